@@ -1,0 +1,31 @@
+"""kyc: account-registration fraud scoring and identity verification."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from kyc.config import Config
+from kyc.runtime import Runtime
+
+
+def create_app(config: Config | None = None, runtime: Runtime | None = None) -> Flask:
+    """Application factory: config, database, rules, blueprints, error handlers."""
+    config = config or (runtime.config if runtime else Config.from_env())
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions["kyc"] = runtime or Runtime.start(config)
+
+    from kyc import api
+
+    api.register(app)
+
+    @app.get("/healthz")
+    def healthz():
+        rt = app.extensions["kyc"]
+        return {"status": "ok", "rules_version": rt.rules.version}
+
+    return app

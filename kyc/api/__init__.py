@@ -1,0 +1,118 @@
+"""HTTP API: thin blueprints that parse, call the domain, and answer.
+
+Every /v1 route except /v1/webhooks/* requires `Authorization: Bearer <api key>`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from flask import Blueprint, Flask, current_app, g, jsonify, request
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import select
+from werkzeug.exceptions import HTTPException
+
+from kyc.errors import ApiError, invalid
+from kyc.models import ApiKey
+from kyc.runtime import Runtime
+from kyc.security import contains_card_number, hash_api_key
+
+M = TypeVar("M", bound=BaseModel)
+
+v1 = Blueprint("v1", __name__, url_prefix="/v1")
+
+
+def runtime() -> Runtime:
+    return current_app.extensions["kyc"]
+
+
+@v1.before_request
+def _authenticate() -> None:
+    if request.path.startswith("/v1/webhooks/"):
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthorized", "missing API key: send Authorization: Bearer <key>",
+                       headers={"WWW-Authenticate": "Bearer"})
+    token = token.strip()
+    rt = runtime()
+    if rt.config.dev_key and token == rt.config.dev_key:
+        g.api_key = "development"
+        return
+    with rt.session() as session:
+        key = session.execute(
+            select(ApiKey.name).where(ApiKey.key_hash == hash_api_key(token), ApiKey.revoked_at.is_(None))
+        ).scalar_one_or_none()
+    if key is None:
+        raise ApiError(401, "unauthorized", "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+    g.api_key = key
+
+
+def read_json() -> Any:
+    """The request body as JSON, refusing what the contract refuses before anything else runs."""
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type", "send the body as JSON with Content-Type: application/json")
+    limit = runtime().config.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+    raw = request.get_data(cache=False)
+    if len(raw) > limit:
+        raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise invalid(f"the body is not valid JSON: {exc}") from None
+    if contains_card_number(data):
+        # Never echoed, stored or logged: the message does not say where or what it was.
+        raise ApiError(400, "card_number_refused",
+                       "the body contains a full card number; send the processor's fingerprint, bin and last4 only")
+    return data
+
+
+def parse(model: type[M], data: Any = None) -> M:
+    data = read_json() if data is None else data
+    if not isinstance(data, dict):
+        raise invalid("the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid("the request has invalid fields", field_errors(exc)) from None
+
+
+def field_errors(exc: ValidationError) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for err in exc.errors(include_url=False, include_input=False):
+        name = ".".join(str(part) for part in err["loc"]) or "body"
+        if err["type"] == "extra_forbidden":
+            message = "unknown field; free-form data goes in metadata"
+        elif err["type"] == "missing":
+            message = "required"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+        fields.setdefault(name, message)
+    return fields
+
+
+def register(app: Flask) -> None:
+    from kyc.api import accounts, signups  # noqa: F401 - routes register on v1
+
+    app.register_blueprint(v1)
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        response = jsonify(exc.body())
+        response.status_code = exc.status
+        response.headers.update(exc.headers)
+        return response
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 415: "unsupported_media_type"}
+        return _api_error(ApiError(exc.code or 500, codes.get(exc.code, "http_error"), exc.description or exc.name))
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        current_app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        return _api_error(ApiError(500, "internal_error", "internal error; nothing was changed"))

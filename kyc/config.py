@@ -1,0 +1,117 @@
+"""One settings object, read once from KYC_* environment variables.
+
+Every default is embedded so that `kyc serve` works on a fresh machine: a SQLite file
+under ./var, the bundled rules/ directory, jobs in-process when no Redis is configured.
+The table in README.md lists every setting; keep it in step with SETTINGS below.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    default: str
+    description: str
+
+
+# The single source of truth for configuration: name, default, meaning.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("KYC_DATABASE_URL", "sqlite:///var/kyc.db",
+            "SQLAlchemy URL. SQLite (embedded default) or postgresql+psycopg://user@host/db."),
+    Setting("KYC_RULES_DIR", "rules", "Directory of rule files, lists and rule tests."),
+    Setting("KYC_DATA_DIR", "var", "Where the embedded defaults keep the SQLite file and generated secret."),
+    Setting("KYC_SECRET_KEY", "",
+            "Key for the keyed hashes of linking identifiers (HMAC-SHA256). Empty: generated once "
+            "into KYC_DATA_DIR/secret.key. Changing it unlinks all history."),
+    Setting("KYC_REDIS_URL", "", "Redis for rq jobs and velocity counters. Empty: jobs run in-process."),
+    Setting("KYC_DEV_KEY", "",
+            "A fixed API key accepted in development. `kyc serve` on the embedded SQLite default "
+            "sets it to kyc_dev_local_only and prints it; never set it in production."),
+    Setting("KYC_MAX_BODY_BYTES", "65536", "Largest accepted request body, in bytes (413 beyond)."),
+    Setting("KYC_LOG_LEVEL", "INFO", "Log level of the service."),
+)
+
+DEV_KEY = "kyc_dev_local_only"
+
+
+@dataclass(frozen=True)
+class Config:
+    database_url: str
+    rules_dir: Path
+    data_dir: Path
+    secret_key: bytes
+    redis_url: str
+    dev_key: str
+    max_body_bytes: int
+    log_level: str
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: os._Environ | dict | None = None, **overrides) -> "Config":
+        env = os.environ if env is None else env
+        raw = {s.env: env.get(s.env, s.default) for s in SETTINGS}
+        data_dir = _resolve(raw["KYC_DATA_DIR"])
+        values = dict(
+            database_url=_database_url(raw["KYC_DATABASE_URL"]),
+            rules_dir=_resolve(raw["KYC_RULES_DIR"], base=PROJECT_ROOT),
+            data_dir=data_dir,
+            secret_key=b"",
+            redis_url=raw["KYC_REDIS_URL"],
+            dev_key=raw["KYC_DEV_KEY"],
+            max_body_bytes=int(raw["KYC_MAX_BODY_BYTES"]),
+            log_level=raw["KYC_LOG_LEVEL"].upper(),
+        )
+        values.update(overrides)
+        if not values["secret_key"]:
+            secret = raw["KYC_SECRET_KEY"]
+            values["secret_key"] = secret.encode() if secret else _load_or_create_secret(Path(values["data_dir"]))
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise TypeError(f"unknown config overrides: {sorted(unknown)}")
+        return cls(**values)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _resolve(path: str, base: Path | None = None) -> Path:
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    # rules/ is bundled with the code; other relative paths are relative to the working directory.
+    if base is not None and not p.exists() and (base / p).exists():
+        return base / p
+    return Path.cwd() / p
+
+
+def _database_url(url: str) -> str:
+    # Relative SQLite paths are made absolute so that workers and the CLI agree on the file.
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        path = Path.cwd() / url[len(prefix):]
+        return prefix + str(path)
+    return url
+
+
+def _load_or_create_secret(data_dir: Path) -> bytes:
+    path = data_dir / "secret.key"
+    if path.exists():
+        return path.read_bytes().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_hex(32).encode()
+    # Write-then-rename so a crash never leaves a half-written key behind.
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(secret)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return secret

@@ -1,0 +1,431 @@
+"""Compile rule conditions into one Python function per rule set.
+
+A condition is written in a small, Python-like language (docs/rules.md). It is parsed with
+`ast`, every node is checked against a whitelist and the signal schema, and then re-emitted
+as source text that this module writes itself: only generated local names, whitelisted helper
+calls and literal constants (via repr) reach `compile`, so a rule cannot name anything the
+language does not offer (`__class__`, `__import__`, attributes of objects).
+
+All conditions of a rule set become one function, so a full evaluation costs one call, with
+every signal read once into a local variable.
+
+A missing signal (None) never makes a condition true: comparisons and helper calls with a
+missing operand are false, and a rule whose arithmetic meets a missing value does not fire.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from re import _constants as sre_constants  # the stable names moved here in 3.11
+from re import _parser as sre_parse
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from kyc.engine.schema import Schema
+
+NUMBER = ("int", "float")
+MAX_REGEX_LENGTH = 200
+MAX_MATCH_INPUT = 512
+
+
+class ConditionError(Exception):
+    """A condition that does not compile; carries what the loader needs to point at it."""
+
+    def __init__(self, message: str, suggestion: str | None = None, offset: int = 0):
+        super().__init__(message)
+        self.message = message
+        self.suggestion = suggestion
+        self.offset = offset          # line offset inside a multi-line condition
+
+
+# --- helper functions rules may call ----------------------------------------------------------
+
+def _startswith(value, prefix):
+    return value is not None and value.startswith(prefix)
+
+
+def _endswith(value, suffix):
+    return value is not None and value.endswith(suffix)
+
+
+def _contains(value, part):
+    return value is not None and part in value
+
+
+def _matches(value, pattern):
+    return value is not None and pattern.search(value[:MAX_MATCH_INPUT]) is not None
+
+
+def _lower(value):
+    return None if value is None else value.lower()
+
+
+def _len(value):
+    return None if value is None else len(value)
+
+
+def _abs(value):
+    return None if value is None else abs(value)
+
+
+@dataclass(frozen=True)
+class Function:
+    impl: Callable
+    args: tuple[str, ...]          # argument types; "regex" is a string literal compiled at load
+    returns: str
+    doc: str
+
+
+FUNCTIONS: dict[str, Function] = {
+    "startswith": Function(_startswith, ("str", "str"), "bool", "startswith(email.local, \"admin\")"),
+    "endswith": Function(_endswith, ("str", "str"), "bool", "endswith(email.domain, \".ru\")"),
+    "contains": Function(_contains, ("str", "str"), "bool", "contains(device.browser, \"Headless\")"),
+    "matches": Function(_matches, ("str", "regex"), "bool", "matches(email.local, \"^[a-z]{8}[0-9]{4}$\")"),
+    "lower": Function(_lower, ("str",), "str", "lower(device.os) == \"linux\""),
+    "len": Function(_len, ("str",), "int", "len(email.local) > 20"),
+    "abs": Function(_abs, ("number",), "number", "abs(ip.tz_offset_hours) > 6"),
+}
+
+_CMP = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=",
+        ast.In: "in", ast.NotIn: "not in"}
+_ARITH = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Mod: "%"}
+_BOOL_NAMES = {"true": True, "false": False, "True": True, "False": False}
+
+
+@dataclass
+class Expr:
+    src: str
+    type: str                      # bool | int | float | str | number | set:<type> | missing
+    field: str | None = None       # set when the expression is a bare field read (may be None)
+    nullable: bool = False         # may evaluate to None
+
+
+@dataclass
+class CompileUnit:
+    """Shared state while compiling every condition of one rule set into one function."""
+
+    schema: Schema
+    lists: dict[str, frozenset]
+    field_locals: dict[str, str] = field(default_factory=dict)
+    constants: dict[str, Any] = field(default_factory=dict)
+
+    def field_local(self, name: str) -> str:
+        if name not in self.field_locals:
+            self.field_locals[name] = f"_f{len(self.field_locals)}"
+        return self.field_locals[name]
+
+    def constant(self, value: Any, prefix: str) -> str:
+        for key, existing in self.constants.items():
+            if key.startswith(prefix) and existing is value:
+                return key
+        key = f"{prefix}{len(self.constants)}"
+        self.constants[key] = value
+        return key
+
+
+def _type_name(t: str) -> str:
+    return {"str": "text", "int": "number", "float": "number", "number": "number", "bool": "true/false"}.get(t, t)
+
+
+def _is_number(t: str) -> bool:
+    return t in NUMBER or t == "number"
+
+
+def _compatible(a: str, b: str) -> bool:
+    return a == b or (_is_number(a) and _is_number(b))
+
+
+class _Compiler:
+    def __init__(self, unit: CompileUnit, text: str):
+        self.unit = unit
+        self.text = text
+
+    def fail(self, node: ast.AST | None, message: str, suggestion: str | None = None) -> ConditionError:
+        offset = (getattr(node, "lineno", 1) or 1) - 1 if node is not None else 0
+        return ConditionError(message, suggestion, offset)
+
+    # Entry point: a condition must be true/false.
+    def condition(self, node: ast.AST) -> str:
+        expr = self.expr(node)
+        if expr.type != "bool":
+            raise self.fail(node, f"the condition is {_type_name(expr.type)}, not true/false",
+                            "compare it, e.g. `... > 0` or `... == \"x\"`")
+        return self.truth(expr)
+
+    def truth(self, expr: Expr) -> str:
+        # A bare boolean field is true only when the signal says True; missing is not true.
+        return f"({expr.src} is True)" if expr.field else expr.src
+
+    def expr(self, node: ast.AST) -> Expr:
+        method = getattr(self, "_" + type(node).__name__, None)
+        if method is None:
+            raise self.fail(node, f"{_describe(node)} is not part of the rule language")
+        return method(node)
+
+    def _Constant(self, node: ast.Constant) -> Expr:
+        value = node.value
+        if isinstance(value, bool):
+            return Expr(repr(value), "bool")
+        if isinstance(value, int):
+            if abs(value) > 10**15:
+                raise self.fail(node, "number too large")
+            return Expr(repr(value), "int")
+        if isinstance(value, float):
+            return Expr(repr(value), "float")
+        if isinstance(value, str):
+            return Expr(repr(value), "str")
+        raise self.fail(node, f"constant {value!r} is not allowed")
+
+    def _Name(self, node: ast.Name) -> Expr:
+        if node.id in _BOOL_NAMES:
+            return Expr(repr(_BOOL_NAMES[node.id]), "bool")
+        if node.id == "missing":
+            return Expr("None", "missing")
+        suggestion = self.unit.schema.suggest(node.id) if "." not in node.id else None
+        fams = ", ".join(self.unit.schema.families)
+        raise self.fail(node, f"unknown name '{node.id}'",
+                        f"did you mean {suggestion}?" if suggestion else f"fields are family.field; families: {fams}")
+
+    def _Attribute(self, node: ast.Attribute) -> Expr:
+        if not isinstance(node.value, ast.Name):
+            raise self.fail(node, f"'{ast.unparse(node)}' is not a field: fields are family.field")
+        family, key = node.value.id, node.attr
+        name = f"{family}.{key}"
+        if family == "lists":
+            if key not in self.unit.lists:
+                close = difflib_close(key, self.unit.lists.keys())
+                raise self.fail(node, f"unknown list '{key}'",
+                                f"did you mean lists.{close}?" if close else
+                                f"lists are the files in rules/lists/: {', '.join(sorted(self.unit.lists)) or 'none'}")
+            values = self.unit.lists[key]
+            elem = "int" if values and all(isinstance(v, int) for v in values) else "str"
+            return Expr(self.unit.constant(values, "_L"), f"set:{elem}")
+        if key.startswith("_") or family.startswith("_"):
+            raise self.fail(node, f"'{name}' is not allowed: names starting with _ are never fields")
+        if name not in self.unit.schema:
+            suggestion = self.unit.schema.suggest(name)
+            raise self.fail(node, f"unknown field '{name}'", f"did you mean {suggestion}?" if suggestion else None)
+        f = self.unit.schema[name]
+        return Expr(self.unit.field_local(name), f.type, field=name, nullable=True)
+
+    def _BoolOp(self, node: ast.BoolOp) -> Expr:
+        op = " and " if isinstance(node.op, ast.And) else " or "
+        parts = []
+        for value in node.values:
+            e = self.expr(value)
+            if e.type != "bool":
+                raise self.fail(value, f"'{ast.unparse(value)}' is {_type_name(e.type)}, not true/false")
+            parts.append(self.truth(e))
+        return Expr("(" + op.join(parts) + ")", "bool")
+
+    def _UnaryOp(self, node: ast.UnaryOp) -> Expr:
+        operand = self.expr(node.operand)
+        if isinstance(node.op, ast.Not):
+            if operand.type != "bool":
+                raise self.fail(node, f"'not' needs true/false, got {_type_name(operand.type)}")
+            if operand.field:
+                return Expr(f"({operand.src} is False)", "bool")
+            return Expr(f"(not {operand.src})", "bool")
+        if isinstance(node.op, ast.USub) and _is_number(operand.type):
+            return Expr(f"(-{operand.src})", operand.type, nullable=operand.nullable)
+        raise self.fail(node, f"operator {type(node.op).__name__} is not allowed here")
+
+    def _BinOp(self, node: ast.BinOp) -> Expr:
+        if type(node.op) not in _ARITH:
+            hint = "powers are not part of the rule language" if isinstance(node.op, ast.Pow) else None
+            raise self.fail(node, f"operator '{ast.unparse(node)}' is not allowed", hint)
+        left, right = self.expr(node.left), self.expr(node.right)
+        for side in (left, right):
+            if not _is_number(side.type):
+                raise self.fail(node, f"arithmetic needs numbers, got {_type_name(side.type)} in '{ast.unparse(node)}'")
+        result = "float" if "float" in (left.type, right.type) or isinstance(node.op, ast.Div) else "int"
+        return Expr(f"({left.src} {_ARITH[type(node.op)]} {right.src})", result,
+                    nullable=left.nullable or right.nullable)
+
+    def _Compare(self, node: ast.Compare) -> Expr:
+        parts = []
+        left_node, left = node.left, self.expr(node.left)
+        for op, right_node in zip(node.ops, node.comparators):
+            right = self.expr(right_node)
+            parts.append(self._compare_pair(node, op, left, right))
+            left_node, left = right_node, right
+        return Expr("(" + " and ".join(parts) + ")", "bool")
+
+    def _compare_pair(self, node: ast.Compare, op: ast.cmpop, left: Expr, right: Expr) -> str:
+        if isinstance(op, (ast.Is, ast.IsNot)):
+            if right.type != "missing":
+                raise self.fail(node, "'is' is only used as 'is missing' / 'is not missing'")
+            if not left.field:
+                raise self.fail(node, "'is missing' applies to a field")
+            return f"({left.src} {'is' if isinstance(op, ast.Is) else 'is not'} None)"
+        if left.type == "missing" or right.type == "missing":
+            raise self.fail(node, "write 'field is missing', not a comparison with missing")
+        sym = _CMP.get(type(op))
+        if sym is None:
+            raise self.fail(node, f"comparison {type(op).__name__} is not allowed")
+        guards = [f"{e.src} is not None" for e in (left, right) if e.field]
+        if sym in ("in", "not in"):
+            if not right.type.startswith("set:"):
+                raise self.fail(node, "'in' needs a list on its right: [\"a\", \"b\"] or lists.name")
+            elem = right.type[4:]
+            if not _compatible(left.type, elem):
+                raise self.fail(node, f"'{ast.unparse(node)}' compares {_type_name(left.type)} with a list of "
+                                      f"{_type_name(elem)}")
+        elif sym in ("==", "!="):
+            if not _compatible(left.type, right.type):
+                raise self.fail(node, f"'{ast.unparse(node)}' compares {_type_name(left.type)} with "
+                                      f"{_type_name(right.type)}")
+        else:
+            ok = (_is_number(left.type) and _is_number(right.type)) or (left.type == right.type == "str")
+            if not ok:
+                raise self.fail(node, f"'{ast.unparse(node)}' orders {_type_name(left.type)} against "
+                                      f"{_type_name(right.type)}",
+                                "ordering (<, >) works on numbers or on text compared with text")
+        test = f"({left.src} {sym} {right.src})"
+        return "(" + " and ".join(guards + [test]) + ")" if guards else test
+
+    def _set_literal(self, node: ast.AST, elts: list[ast.AST]) -> Expr:
+        values = []
+        types = set()
+        for elt in elts:
+            if not isinstance(elt, ast.Constant) or isinstance(elt.value, bool) or \
+                    not isinstance(elt.value, (str, int, float)):
+                raise self.fail(node, "a list holds only text or number constants")
+            values.append(elt.value)
+            types.add("str" if isinstance(elt.value, str) else "number")
+        if len(types) > 1:
+            raise self.fail(node, "a list mixes text and numbers")
+        elem = "str" if types == {"str"} else "int"
+        return Expr(self.unit.constant(frozenset(values), "_S"), f"set:{elem}")
+
+    def _List(self, node: ast.List) -> Expr:
+        return self._set_literal(node, node.elts)
+
+    def _Tuple(self, node: ast.Tuple) -> Expr:
+        return self._set_literal(node, node.elts)
+
+    def _Set(self, node: ast.Set) -> Expr:
+        return self._set_literal(node, node.elts)
+
+    def _Call(self, node: ast.Call) -> Expr:
+        if not isinstance(node.func, ast.Name):
+            raise self.fail(node, f"'{ast.unparse(node.func)}' cannot be called: only functions of the rule "
+                                  f"language ({', '.join(sorted(FUNCTIONS))})")
+        name = node.func.id
+        fn = FUNCTIONS.get(name)
+        if fn is None:
+            close = difflib_close(name, FUNCTIONS.keys())
+            raise self.fail(node, f"unknown function '{name}'",
+                            f"did you mean {close}?" if close else f"functions: {', '.join(sorted(FUNCTIONS))}")
+        if node.keywords or len(node.args) != len(fn.args):
+            raise self.fail(node, f"{name}() takes {len(fn.args)} argument(s): {fn.doc}")
+        args = []
+        for arg_node, want in zip(node.args, fn.args):
+            if want == "regex":
+                if not (isinstance(arg_node, ast.Constant) and isinstance(arg_node.value, str)):
+                    raise self.fail(node, f"{name}() needs its pattern as a text constant")
+                args.append(self.unit.constant(compile_regex(arg_node.value, self), "_R"))
+                continue
+            e = self.expr(arg_node)
+            if not (_compatible(e.type, want) if want != "number" else _is_number(e.type)):
+                raise self.fail(node, f"{name}() argument '{ast.unparse(arg_node)}' is {_type_name(e.type)}, "
+                                      f"expected {_type_name(want)}")
+            args.append(e.src)
+        fn_local = self.unit.constant(fn.impl, "_F")
+        returns = fn.returns if fn.returns != "number" else "float"
+        return Expr(f"{fn_local}({', '.join(args)})", returns, nullable=fn.returns != "bool")
+
+
+def difflib_close(word: str, options) -> str | None:
+    import difflib
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _describe(node: ast.AST) -> str:
+    try:
+        return f"'{ast.unparse(node)}'"
+    except Exception:  # pragma: no cover - unparse handles every node ast.parse makes
+        return type(node).__name__
+
+
+# --- regular expressions ------------------------------------------------------------------------
+
+def _unbounded_repeat_inside(items, inside_repeat: bool) -> bool:
+    for op, av in items:
+        if op in (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT):
+            _min, _max, sub = av
+            unbounded = _max == sre_constants.MAXREPEAT
+            if inside_repeat and unbounded:
+                return True
+            if _unbounded_repeat_inside(sub, inside_repeat or unbounded):
+                return True
+        elif op == sre_constants.SUBPATTERN:
+            if _unbounded_repeat_inside(av[-1], inside_repeat):
+                return True
+        elif op == sre_constants.BRANCH:
+            if any(_unbounded_repeat_inside(branch, inside_repeat) for branch in av[1]):
+                return True
+        elif op in (sre_constants.GROUPREF, sre_constants.GROUPREF_EXISTS):
+            return True
+    return False
+
+
+def compile_regex(pattern: str, compiler: _Compiler) -> re.Pattern:
+    """Compile a rule's regex, refusing the shapes that backtrack catastrophically."""
+    if len(pattern) > MAX_REGEX_LENGTH:
+        raise compiler.fail(None, f"regex longer than {MAX_REGEX_LENGTH} characters")
+    try:
+        parsed = sre_parse.parse(pattern)
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise compiler.fail(None, f"invalid regex {pattern!r}: {exc}")
+    if _unbounded_repeat_inside(list(parsed), False):
+        raise compiler.fail(None, f"regex {pattern!r} nests unbounded repeats or uses back-references, "
+                                  "which can take exponential time", "write it without a repeat inside a repeat")
+    return compiled
+
+
+# --- whole rule sets ----------------------------------------------------------------------------
+
+def parse_condition(text: str) -> ast.AST:
+    if not isinstance(text, str) or not text.strip():
+        raise ConditionError("empty condition")
+    source = " ".join(line.strip() for line in text.strip().splitlines())
+    try:
+        tree = ast.parse(source, mode="eval")
+    except SyntaxError as exc:
+        raise ConditionError(f"cannot read the condition: {exc.msg} at column {exc.offset}")
+    return tree.body
+
+
+def compile_condition(unit: CompileUnit, text: str) -> str:
+    """Check one condition and return its Python source over the unit's locals."""
+    return _Compiler(unit, text).condition(parse_condition(text))
+
+
+def build_function(unit: CompileUnit, conditions: list[str], name: str) -> Callable[[dict], list[int]]:
+    """One function for a whole rule set: returns the indexes of the conditions that hold."""
+    lines = [f"def {name}(S):", "    _hits = []"]
+    families: dict[str, str] = {}
+    for field_name, local in unit.field_locals.items():
+        family, key = field_name.split(".", 1)
+        if family not in families:
+            families[family] = f"_ns{len(families)}"
+            lines.append(f"    {families[family]} = S.get({family!r}) or _EMPTY")
+        lines.append(f"    {local} = {families[family]}.get({key!r})")
+    for i, cond in enumerate(conditions):
+        lines += [
+            "    try:",
+            f"        if {cond}:",
+            f"            _hits.append({i})",
+            "    except (TypeError, ZeroDivisionError, AttributeError, OverflowError):",
+            "        pass",
+        ]
+    lines.append("    return _hits")
+    namespace: dict[str, Any] = {"__builtins__": {}, "_EMPTY": {}}
+    namespace.update(unit.constants)
+    code = compile("\n".join(lines), f"<rules:{name}>", "exec")
+    exec(code, namespace)  # noqa: S102 - source generated above from whitelisted nodes only
+    return namespace[name]

@@ -1,0 +1,131 @@
+"""Typed inputs of the pipeline. The API validates requests into these; workers and backtests
+rebuild them from the input stored with an evaluation, so nothing past parsing sees raw JSON."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationInfo, field_validator
+
+Text = Annotated[StrictStr, Field(max_length=512)]
+ShortText = Annotated[StrictStr, Field(max_length=128)]
+AccountId = Annotated[StrictStr, Field(min_length=1, max_length=128)]
+
+
+def parse_time(value: str) -> datetime:
+    """RFC 3339 with an explicit offset; returned in UTC."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("must be an RFC 3339 time such as 2026-11-24T21:00:00Z") from None
+    if parsed.tzinfo is None:
+        raise ValueError("must carry a UTC offset (Z or +hh:mm)")
+    return parsed.astimezone(timezone.utc)
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else None
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    occurred_at: datetime | None = None
+
+    @field_validator("occurred_at", mode="before")
+    @classmethod
+    def _time(cls, value: Any) -> Any:
+        if value is None or isinstance(value, datetime):
+            return value
+        if not isinstance(value, str):
+            raise ValueError("must be an RFC 3339 time string")
+        return parse_time(value)
+
+    def at(self) -> datetime:
+        return self.occurred_at or datetime.now(timezone.utc)
+
+    def stored(self) -> dict[str, Any]:
+        """The form kept with an evaluation: JSON, defaults dropped, time made explicit."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        return data
+
+
+def _check_ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError("must be an IPv4 or IPv6 address") from None
+
+
+class SignupInput(_Input):
+    account_id: AccountId
+    email: Annotated[StrictStr, Field(max_length=320)]
+    ip: Annotated[StrictStr, Field(max_length=64)]
+    # phone_region precedes phone so the phone check can read it.
+    phone_region: Annotated[StrictStr, Field(min_length=2, max_length=2)] | None = None
+    phone: Annotated[StrictStr, Field(max_length=32)] | None = None
+    user_agent: Annotated[StrictStr, Field(max_length=1024)] | None = None
+    client_hints: dict[ShortText, Text] | None = Field(default=None, max_length=32)
+    device_id: ShortText | None = None
+    timezone: Annotated[StrictStr, Field(max_length=64)] | None = None
+    locale: Annotated[StrictStr, Field(max_length=35)] | None = None
+    form_fill_ms: Annotated[StrictInt, Field(ge=0, le=86_400_000)] | None = None
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        try:
+            validate_email(value, check_deliverability=False, allow_quoted_local=True)
+        except EmailNotValidError as exc:
+            raise ValueError(f"not an email address: {exc}") from None
+        return value
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        return _check_ip(value)
+
+    @field_validator("phone_region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value is not None and value.upper() not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError("must be an ISO 3166 two-letter region phonenumbers knows, such as US")
+        return value.upper() if value else value
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str, info: ValidationInfo) -> str:
+        region = info.data.get("phone_region")
+        try:
+            phonenumbers.parse(value, region)
+        except phonenumbers.NumberParseException as exc:
+            hint = "" if value.startswith("+") or region else " (give E.164 like +14155550123, or add phone_region)"
+            raise ValueError(f"not a phone number: {exc._msg}{hint}") from None
+        return value
+
+
+class PaymentMethodInput(_Input):
+    account_id: AccountId
+    fingerprint: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    bin: Annotated[StrictStr, Field(pattern=r"^\d{6,8}$")]
+    last4: Annotated[StrictStr, Field(pattern=r"^\d{4}$")] | None = None
+    funding: Annotated[StrictStr, Field(pattern=r"^(credit|debit|prepaid|unknown)$")] | None = None
+    issuer_country: Annotated[StrictStr, Field(pattern=r"^[A-Za-z]{2}$")] | None = None
+    billing_country: Annotated[StrictStr, Field(pattern=r"^[A-Za-z]{2}$")] | None = None
+    billing_postal_code: Annotated[StrictStr, Field(max_length=16)] | None = None
+    ip: Annotated[StrictStr, Field(max_length=64)] | None = None
+    device_id: ShortText | None = None
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ip(value)
+
+
+INPUTS: dict[str, type[_Input]] = {"signup": SignupInput, "payment_method": PaymentMethodInput}

@@ -1,0 +1,121 @@
+"""The pipeline every evaluation goes through: Input -> signals -> engine -> persist.
+
+Live signups, payment methods, worker rescoring and backtests all call into here; there is
+no second scoring path.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from kyc.engine import Outcome, RuleSet, most_severe, reason_order
+from kyc.engine.loader import VERIFICATIONS
+from kyc.ids import new_id
+from kyc.inputs import INPUTS, rfc3339
+from kyc.models import Account, Evaluation
+from kyc.runtime import Runtime
+from kyc.security import mask_email, mask_ip
+from kyc.signals import COLLECTORS, Lookups, Signals
+from kyc.store import SqlStore
+
+log = logging.getLogger("kyc.scoring")
+
+
+def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str = "live",
+          at: datetime | None = None, rules: RuleSet | None = None) -> Evaluation:
+    """Score one input and persist the evaluation and the account, in the caller's transaction."""
+    rules = rules or runtime.rules          # read once: a reload mid-request does not split the set
+    at = at or inp.at()
+    lookups = Lookups(rules.lists, SqlStore(session), runtime.config.secret_key)
+    signals, identifiers = COLLECTORS[subject](inp, lookups, at)
+    outcome = rules.evaluate(subject, signals)
+    account = _lock_account(session, inp.account_id, at)
+    evaluation = Evaluation(
+        id=new_id("ev"), account_id=account.id, subject=subject, trigger=trigger, occurred_at=at,
+        input=inp.stored(), signals=signals, reasons=outcome.reasons, decision=outcome.decision,
+        score=outcome.score, required_verifications=outcome.required_verifications,
+        rules_version=rules.version,
+    )
+    session.add(evaluation)
+    lookups.store.record(identifiers, at, account.id, evaluation.id)
+    _apply(account, subject, evaluation, outcome, at)
+    log.info("scored %s account=%s email=%s ip=%s decision=%s score=%d trigger=%s", subject, account.id,
+             mask_email(getattr(inp, "email", None)), mask_ip(getattr(inp, "ip", None)),
+             outcome.decision, outcome.score, trigger)
+    return evaluation
+
+
+def rescore_input(evaluation: Evaluation):
+    """The typed input of a stored evaluation, for rescoring with current rules and history."""
+    return INPUTS[evaluation.subject].model_validate(evaluation.input)
+
+
+def _lock_account(session: Session, account_id: str, at: datetime) -> Account:
+    # Insert-if-absent then lock, so two concurrent first posts of one id never collide.
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(
+        insert(Account).values(id=account_id, first_seen_at=at, last_seen_at=at, decision="allow", score=0,
+                               reasons=[], required_verifications=[], subjects={}, state_version=0)
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+    return session.execute(
+        select(Account).where(Account.id == account_id).with_for_update().execution_options(populate_existing=True)
+    ).scalar_one()
+
+
+def _apply(account: Account, subject: str, evaluation: Evaluation, outcome: Outcome, at: datetime) -> None:
+    subjects = dict(account.subjects or {})
+    current = subjects.get(subject)
+    if current is None or datetime.fromisoformat(current["occurred_at"]) <= at:
+        subjects[subject] = {
+            "evaluation_id": evaluation.id, "occurred_at": at.isoformat(), "decision": outcome.decision,
+            "score": outcome.score, "reasons": outcome.reasons,
+            "required_verifications": outcome.required_verifications,
+        }
+    account.subjects = subjects
+    account.first_seen_at = min(account.first_seen_at, at)
+    account.last_seen_at = max(account.last_seen_at, at)
+    account.last_evaluation_id = evaluation.id
+    decision, score, reasons, required = combine(subjects)
+    if (decision, score, reasons, required) != (account.decision, account.score, account.reasons,
+                                                account.required_verifications):
+        account.state_version = (account.state_version or 0) + 1
+    account.decision, account.score, account.reasons, account.required_verifications = decision, score, reasons, required
+
+
+def combine(subjects: dict[str, dict[str, Any]]) -> tuple[str, int, list[dict], list[str]]:
+    """An account's standing from the latest evaluation of each subject: the most severe wins."""
+    if not subjects:
+        return "allow", 0, [], []
+    decision = most_severe(s["decision"] for s in subjects.values())
+    score = max(s["score"] for s in subjects.values())
+    reasons = [r for s in subjects.values() for r in s["reasons"]]
+    reasons.sort(key=reason_order)
+    needed = {v for s in subjects.values() if s["decision"] == "verify" for v in s["required_verifications"]}
+    required = [v for v in VERIFICATIONS if v in needed] if decision == "verify" else []
+    return decision, score, reasons, required
+
+
+def evaluation_body(evaluation: Evaluation, account: Account | None = None) -> dict[str, Any]:
+    """The contract's evaluation response."""
+    return {
+        "evaluation_id": evaluation.id,
+        "account_id": evaluation.account_id,
+        "subject": evaluation.subject,
+        "decision": evaluation.decision,
+        "score": evaluation.score,
+        "reasons": evaluation.reasons,
+        "required_verifications": evaluation.required_verifications,
+        "cluster": None,
+        "signals": evaluation.signals,
+        "rules_version": evaluation.rules_version,
+        "occurred_at": rfc3339(evaluation.occurred_at),
+    }

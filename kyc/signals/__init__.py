@@ -1,0 +1,62 @@
+"""Signals: plain facts about an input, one module per family.
+
+Each family module declares FIELDS (the schema rules are checked against) and plain functions
+that turn input into facts. `collect` runs the families a subject needs; history lookups go
+through the Store so the same code serves live scoring, workers and backtests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from kyc.engine.schema import Schema
+from kyc.inputs import SignupInput
+from kyc.security import keyed_hash
+from kyc.signals import device, email, network, phone, velocity
+from kyc.store import Store
+
+SCHEMA = Schema(f for family in (email, phone, network, device, velocity) for f in family.FIELDS)
+
+Signals = dict[str, dict[str, Any]]
+Identifiers = list[tuple[str, str]]      # (kind, keyed hash)
+
+
+@dataclass(frozen=True)
+class Lookups:
+    """What signals may consult besides the input itself."""
+
+    lists: dict[str, frozenset]
+    store: Store
+    secret: bytes
+
+
+def _hashed(lookups: Lookups, raw: list[tuple[str, str]]) -> Identifiers:
+    seen: dict[tuple[str, str], None] = {}
+    for kind, value in raw:
+        seen.setdefault((kind, keyed_hash(lookups.secret, kind, value)), None)
+    return list(seen)
+
+
+def signup_signals(inp: SignupInput, lookups: Lookups, at: datetime) -> tuple[Signals, Identifiers]:
+    lists = lookups.lists
+    identifiers = _hashed(lookups, [
+        *email.email_identifiers(inp.email),
+        *phone.phone_identifiers(inp.phone, inp.phone_region),
+        *network.network_identifiers(inp.ip),
+        *device.device_identifiers(inp.device_id),
+    ])
+    counts = lookups.store.distinct_accounts(
+        [key for key in identifiers if key[0] in velocity.VELOCITY_KEYS], at, inp.account_id)
+    signals: Signals = {
+        "email": email.email_signals(inp.email, lists.get("free_email_domains", frozenset())),
+        "phone": phone.phone_signals(inp.phone, inp.phone_region, lists.get("voip_prefixes", frozenset())),
+        "ip": network.network_signals(inp.ip),
+        "device": device.device_signals(inp.user_agent, inp.form_fill_ms),
+        "velocity": velocity.velocity_signals(counts),
+    }
+    return signals, identifiers
+
+
+COLLECTORS = {"signup": signup_signals}
