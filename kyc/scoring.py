@@ -29,8 +29,12 @@ log = logging.getLogger("kyc.scoring")
 
 
 def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str = "live",
-          at: datetime | None = None, rules: RuleSet | None = None) -> Evaluation:
-    """Score one input and persist the evaluation and the account, in the caller's transaction."""
+          at: datetime | None = None, rules: RuleSet | None = None, record: bool = True) -> Evaluation:
+    """Score one input and persist the evaluation and the account, in the caller's transaction.
+
+    `record=False` (rescoring) adds no sightings: no new event happened, so velocity and links
+    must not count the account twice.
+    """
     rules = rules or runtime.rules          # read once: a reload mid-request does not split the set
     at = at or inp.at()
     lookups = Lookups(rules.lists, SqlStore(session), runtime.config.secret_key)
@@ -44,7 +48,8 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
         rules_version=rules.version,
     )
     session.add(evaluation)
-    lookups.store.record(identifiers, at, account.id, evaluation.id)
+    if record:
+        lookups.store.record(identifiers, at, account.id, evaluation.id)
     _apply(account, subject, evaluation, outcome, at)
     log.info("scored %s account=%s email=%s ip=%s decision=%s score=%d trigger=%s", subject, account.id,
              mask_email(getattr(inp, "email", None)), mask_ip(getattr(inp, "ip", None)),
@@ -52,9 +57,22 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     return evaluation
 
 
-def rescore_input(evaluation: Evaluation):
-    """The typed input of a stored evaluation, for rescoring with current rules and history."""
-    return INPUTS[evaluation.subject].model_validate(evaluation.input)
+def rescore_account(runtime: Runtime, session: Session, account_id: str, *, rules: RuleSet | None = None
+                    ) -> list[Evaluation]:
+    """Score again the latest input of each subject of an account, with current rules and history.
+
+    Each new evaluation is marked trigger="rescore" and keeps the original event time.
+    """
+    account = session.get(Account, account_id)
+    if account is None:
+        return []
+    results = []
+    for subject, latest in sorted((account.subjects or {}).items()):
+        original = session.get(Evaluation, latest["evaluation_id"])
+        inp = INPUTS[subject].model_validate(original.input)
+        results.append(score(runtime, session, subject, inp, trigger="rescore", at=original.occurred_at,
+                             rules=rules, record=False))
+    return results
 
 
 def _lock_account(session: Session, account_id: str, at: datetime) -> Account:

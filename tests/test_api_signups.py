@@ -171,3 +171,17 @@ def test_full_card_number_anywhere_is_refused_and_never_echoed(client, auth, run
 def test_card_like_numbers_that_fail_luhn_are_accepted(client, auth):
     response = client.post("/v1/signups", json=signup(metadata={"order": "4111 1111 1111 1112"}), headers=auth)
     assert response.status_code == 200
+
+
+def test_rescore_keeps_event_time_and_records_no_new_sightings(client, auth, runtime):
+    from kyc.jobs import enqueue_rescore
+
+    client.post("/v1/signups", json=signup(), headers=auth)
+    before = _counts(runtime)
+    assert enqueue_rescore(runtime, ["acct_1", "acct_1", "missing"], reason="test") == 1
+    after = _counts(runtime)
+    assert after == (before[0], before[1] + 1, before[2])
+    with runtime.session() as s:
+        latest = s.scalars(select(Evaluation).order_by(Evaluation.created_at.desc())).first()
+    assert latest.trigger == "rescore"
+    assert latest.occurred_at.isoformat().startswith("2026-11-24T21:00:00")
