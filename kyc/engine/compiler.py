@@ -392,11 +392,13 @@ def compile_regex(pattern: str, compiler: _Compiler) -> re.Pattern:
 def parse_condition(text: str) -> ast.AST:
     if not isinstance(text, str) or not text.strip():
         raise ConditionError("empty condition")
-    source = " ".join(line.strip() for line in text.strip().splitlines())
+    # Parenthesised so a condition may span lines; line numbers stay those of the text.
     try:
-        tree = ast.parse(source, mode="eval")
+        tree = ast.parse("(" + text.strip() + "\n)", mode="eval")
     except SyntaxError as exc:
-        raise ConditionError(f"cannot read the condition: {exc.msg} at column {exc.offset}")
+        last_line = text.strip().count("\n")
+        raise ConditionError(f"cannot read the condition: {exc.msg}",
+                             offset=min(max((exc.lineno or 1) - 1, 0), last_line))
     return tree.body
 
 
@@ -420,11 +422,13 @@ def build_function(unit: CompileUnit, conditions: list[str], name: str) -> Calla
             "    try:",
             f"        if {cond}:",
             f"            _hits.append({i})",
-            "    except (TypeError, ZeroDivisionError, AttributeError, OverflowError):",
+            "    except _ERRORS:",
             "        pass",
         ]
     lines.append("    return _hits")
-    namespace: dict[str, Any] = {"__builtins__": {}, "_EMPTY": {}}
+    # Arithmetic or helpers meeting a missing value (TypeError) or a zero divisor: the rule does not fire.
+    errors = (TypeError, ZeroDivisionError, AttributeError, OverflowError, ValueError)
+    namespace: dict[str, Any] = {"__builtins__": {}, "_EMPTY": {}, "_ERRORS": errors}
     namespace.update(unit.constants)
     code = compile("\n".join(lines), f"<rules:{name}>", "exec")
     exec(code, namespace)  # noqa: S102 - source generated above from whitelisted nodes only

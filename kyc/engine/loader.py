@@ -85,7 +85,9 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Mapping:
         key = key_node.value
         if key in mapping.key_lines:
             mapping.duplicate_keys.append((key, key_node.start_mark.line + 1))
-        mapping.key_lines[key] = value_node.start_mark.line + 1
+        # A block scalar (`when: >-` / `when: |`) starts its text on the next line.
+        block = isinstance(value_node, yaml.ScalarNode) and value_node.style in ("|", ">")
+        mapping.key_lines[key] = value_node.start_mark.line + 1 + block
     return mapping
 
 
