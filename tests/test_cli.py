@@ -1,0 +1,96 @@
+"""The `kyc` command, run in-process with click's runner against a real database."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from kyc import create_app
+from kyc.cli import main
+from tests.conftest import RULES_DIR, TEST_SECRET, signup
+
+
+@pytest.fixture
+def env(database_url, tmp_path) -> dict[str, str]:
+    return {"KYC_DATABASE_URL": database_url, "KYC_DATA_DIR": str(tmp_path), "KYC_RULES_DIR": str(RULES_DIR),
+            "KYC_SECRET_KEY": TEST_SECRET.decode(), "KYC_DEV_KEY": ""}
+
+
+def run(env, *args) -> "Result":
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def test_keys_create_prints_a_working_key_once_and_revoke_kills_it(env, make_config, database_url):
+    created = run(env, "keys", "create", "--name", "signup-flow")
+    assert created.exit_code == 0
+    key = created.stdout.strip()
+    assert key.startswith("kyc_") and len(key) > 40
+    listing = run(env, "keys", "list").stdout
+    assert "signup-flow" in listing and key not in listing          # only a prefix is ever shown again
+
+    client = create_app(make_config(database_url)).test_client()
+    headers = {"Authorization": f"Bearer {key}"}
+    assert client.post("/v1/signups", json=signup(), headers=headers).status_code == 200
+
+    key_id = listing.split()[0]
+    assert run(env, "keys", "revoke", key_id).exit_code == 0
+    assert client.post("/v1/signups", json=signup(), headers=headers).status_code == 401
+
+
+def test_db_upgrade_is_idempotent(env):
+    result = run(env, "db", "upgrade")
+    assert result.exit_code == 0 and "database at head" in result.stdout
+    assert run(env, "db", "upgrade").exit_code == 0
+
+
+def test_rules_check_ok_and_failing(env, tmp_path):
+    ok = run(env, "rules", "check")
+    assert ok.exit_code == 0 and ok.stdout.startswith("ok  sha256:")
+    bad = tmp_path / "bad_rules"
+    bad.mkdir()
+    (bad / "signup.yaml").write_text("- id: r\n  description: d\n  when: emial.disposable\n  score: 1\n"
+                                     "  action: review\n")
+    failed = CliRunner().invoke(main, ["rules", "check", "--rules", str(bad)], env=env)
+    assert failed.exit_code == 1
+    assert "signup.yaml:3: rule 'r': unknown field 'emial.disposable' (did you mean email.disposable?)" \
+        in failed.stderr
+
+
+def test_serve_on_embedded_defaults_migrates_prints_the_dev_key_and_scores(tmp_path):
+    """The README's first command, as a real process: fresh directory, SQLite default."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KYC_")}
+    proc = subprocess.Popen([sys.executable, "-m", "kyc.cli", "serve", "--port", str(port), "--workers", "1"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        body = json.dumps(signup()).encode()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/v1/signups", data=body, method="POST",
+                    headers={"Content-Type": "application/json", "Authorization": "Bearer kyc_dev_local_only"})
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    answer = json.load(response)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        assert answer["account_id"] == "acct_1" and answer["evaluation_id"].startswith("ev_")
+        assert (tmp_path / "var" / "kyc.db").exists() and (tmp_path / "var" / "secret.key").exists()
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    assert "development API key (embedded default only): kyc_dev_local_only" in output
+    assert "jane" not in output.lower() and "8.8.8.8" not in output      # PII never logged in full
