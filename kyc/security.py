@@ -36,7 +36,9 @@ def hash_api_key(key: str) -> str:
 # --- Card numbers (PAN) ---------------------------------------------------------------------
 
 # Digit groups joined by single spaces or dashes: "4111 1111 1111 1111", "4111-1111-...".
-_DIGIT_RUN = re.compile(r"\d+(?:[ -]\d+)*")
+# A run written after "+" is an international phone number (E.164 has up to 15 digits, and one
+# in ten passes Luhn by chance); card numbers are never written that way.
+_DIGIT_RUN = re.compile(r"(?<![\d+])\d+(?:[ -]\d+)*")
 
 
 def luhn_ok(digits: str) -> bool:

@@ -185,3 +185,12 @@ def test_rescore_keeps_event_time_and_records_no_new_sightings(client, auth, run
         latest = s.scalars(select(Evaluation).order_by(Evaluation.created_at.desc())).first()
     assert latest.trigger == "rescore"
     assert latest.occurred_at.isoformat().startswith("2026-11-24T21:00:00")
+
+
+def test_long_international_phone_numbers_are_not_mistaken_for_cards(client, auth):
+    # +55 11 96123 4508 has 13 digits and passes Luhn; the leading + says it is a phone number.
+    from kyc.security import contains_card_number, luhn_ok
+
+    assert luhn_ok("5511961234508") and not contains_card_number({"phone": "+5511961234508"})
+    response = client.post("/v1/signups", json=signup(phone="+5511961234508"), headers=auth)
+    assert response.status_code == 200, response.json

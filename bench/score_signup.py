@@ -1,0 +1,139 @@
+"""Benchmark: score varied signups in-process through the full pipeline, with persistence.
+
+Each signup goes through Flask's test client: auth, validation, signals, rules, and the
+evaluation, account and sightings written in one transaction. The floor, measured in the same
+run, is an authenticated no-op request (GET /v1/accounts/<missing> -> 404), so the ratio shows
+what scoring adds on top of the framework and the key lookup.
+
+    python bench/score_signup.py [--n 10000] [--backend sqlite|postgresql|both] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import phonenumbers
+from sqlalchemy import create_engine, text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kyc import create_app  # noqa: E402
+from kyc.config import PROJECT_ROOT, Config  # noqa: E402
+from kyc.runtime import upgrade_database  # noqa: E402
+
+POSTGRES_URL = os.environ.get("KYC_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+USER_AGENTS = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0.0.0 Safari/537.36",
+    "python-requests/2.31.0",
+]
+DOMAINS = ["gmail.com", "outlook.com", "yahoo.com", "proton.me", "mailinator.com", "acme-corp.com", "uni.edu"]
+REGIONS = ["US", "GB", "FR", "DE", "IN", "BR", "NG", "JP", "CA", "AU"]
+
+
+def varied_signups(n: int, seed: int = 7) -> list[dict]:
+    rng = random.Random(seed)
+    phones = []
+    for region in REGIONS:
+        for kind in (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE,
+                     phonenumbers.PhoneNumberType.VOIP):
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example:
+                phones.append(phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164))
+    bodies = []
+    start = 1_790_000_000
+    for i in range(n):
+        name = rng.choice(["jane.smith", "j.doe", "mike", "xk2q9vbn7t", "anna.k", "li.wei"]) + str(rng.randint(1, 9999))
+        phone = rng.choice(phones)
+        body = {
+            "account_id": f"bench_{i}",
+            "email": f"{name}@{rng.choice(DOMAINS)}",
+            "ip": f"{rng.randint(11, 220)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
+            "phone": phone[:-2] + f"{rng.randint(0, 99):02d}",
+            "user_agent": rng.choice(USER_AGENTS),
+            "device_id": f"dv_{rng.randint(0, n // 3)}",
+            "timezone": "Europe/Paris",
+            "locale": "en-US",
+            "form_fill_ms": rng.randint(500, 60_000),
+            "occurred_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start + i * 7)),
+        }
+        bodies.append(body)
+    return bodies
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def database(backend: str, workdir: Path) -> str:
+    if backend == "sqlite":
+        url = f"sqlite:///{workdir / 'bench.db'}"
+    else:
+        engine = create_engine(POSTGRES_URL)
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS kyc_bench CASCADE"))
+            conn.execute(text("CREATE SCHEMA kyc_bench"))
+        engine.dispose()
+        url = POSTGRES_URL + "?options=-csearch_path%3Dkyc_bench"
+    upgrade_database(url)
+    return url
+
+
+def run(backend: str, n: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        url = database(backend, Path(tmp))
+        config = Config.from_env({}, database_url=url, rules_dir=PROJECT_ROOT / "rules", data_dir=Path(tmp),
+                                 secret_key=b"bench", dev_key="bench-key", log_level="WARNING")
+        app = create_app(config)
+        client = app.test_client()
+        headers = {"Authorization": "Bearer bench-key"}
+        bodies = varied_signups(n)
+        for body in bodies[:200]:                                  # warm caches and the connection pool
+            client.post("/v1/signups", json={**body, "account_id": "warm_" + body["account_id"]}, headers=headers)
+        floor = []
+        for _ in range(min(n, 2000)):
+            t0 = time.perf_counter()
+            client.get("/v1/accounts/none", headers=headers)
+            floor.append(time.perf_counter() - t0)
+        latencies = []
+        started = time.perf_counter()
+        for body in bodies:
+            t0 = time.perf_counter()
+            response = client.post("/v1/signups", json=body, headers=headers)
+            latencies.append(time.perf_counter() - t0)
+            assert response.status_code == 200, response.json
+        elapsed = time.perf_counter() - started
+        app.extensions["kyc"].engine.dispose()
+    med, p99 = statistics.median(latencies) * 1e3, percentile(latencies, 99) * 1e3
+    fmed = statistics.median(floor) * 1e3
+    print(f"{backend:<10} n={n:<6} median {med:6.2f} ms   p99 {p99:6.2f} ms   {n / elapsed:7.0f} signups/s   "
+          f"floor median {fmed:5.2f} ms   ratio {med / fmed:4.1f}x   (target p99 < 10 ms: "
+          f"{'met' if p99 < 10 else 'MISSED'})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--quick", action="store_true", help="1,000 signups")
+    args = parser.parse_args()
+    n = 1000 if args.quick else args.n
+    for backend in (["sqlite", "postgresql"] if args.backend == "both" else [args.backend]):
+        run(backend, n)
+
+
+if __name__ == "__main__":
+    main()
