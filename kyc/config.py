@@ -108,10 +108,16 @@ def _load_or_create_secret(data_dir: Path) -> bytes:
     if path.exists():
         return path.read_bytes().strip()
     data_dir.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_hex(32).encode()
-    # Write-then-rename so a crash never leaves a half-written key behind.
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(secret)
+    # Written whole to a private temp file, then linked into place: a crash never leaves a
+    # half-written key, and when several processes start at once the first link wins and
+    # every process reads that one key.
+    tmp = data_dir / f".secret.{os.getpid()}.tmp"
+    tmp.write_bytes(secrets.token_hex(32).encode())
     os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-    return secret
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_bytes().strip()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -45,10 +46,15 @@ class Runtime:
     def start(cls, config: Config, *, migrate: bool | None = None) -> "Runtime":
         """Open the database and load the rules. A bad rule file stops start-up (RuleSetError)."""
         engine = make_engine(config.database_url)
-        if migrate is None:
+        if migrate is None and config.is_sqlite:
             # The embedded default migrates itself on first start; elsewhere `kyc db upgrade` does.
-            migrate = config.is_sqlite and not inspect(engine).has_table("alembic_version")
-        if migrate:
+            # Several gunicorn workers may start at once: one migrates, the others wait on the lock.
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+            with open(config.data_dir / "migrate.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not inspect(engine).has_table("alembic_version"):
+                    upgrade_database(config.database_url)
+        elif migrate:
             upgrade_database(config.database_url)
         rules = RuleSet.load(config.rules_dir, SCHEMA)
         return cls(config, engine, make_session_factory(engine), rules)
