@@ -2,4 +2,4 @@
 
 from kyc import create_app
 
-app = create_app()
+app = create_app(watch_rules=True)

@@ -10,8 +10,12 @@ from kyc.config import Config
 from kyc.runtime import Runtime
 
 
-def create_app(config: Config | None = None, runtime: Runtime | None = None) -> Flask:
-    """Application factory: config, database, rules, blueprints, error handlers."""
+def create_app(config: Config | None = None, runtime: Runtime | None = None, *, watch_rules: bool = False) -> Flask:
+    """Application factory: config, database, rules, blueprints, error handlers.
+
+    watch_rules: the serving process (each worker, after fork) polls the rule files and
+    reloads them when they change and load cleanly (KYC_RULES_POLL_SECONDS).
+    """
     config = config or (runtime.config if runtime else Config.from_env())
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = Flask(__name__)
@@ -22,6 +26,12 @@ def create_app(config: Config | None = None, runtime: Runtime | None = None) -> 
     from kyc import api
 
     api.register(app)
+
+    if watch_rules:
+        @app.before_request
+        def _watch_rules() -> None:
+            # Started from the first request of each process, so it runs in every forked worker.
+            app.extensions["kyc"].watch_rules()
 
     @app.get("/healthz")
     def healthz():

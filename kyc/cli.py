@@ -56,7 +56,7 @@ def serve(host: str, port: int, workers: int) -> None:
         config = _config(dev_key=DEV_KEY)
         click.echo(f"development API key (embedded default only): {DEV_KEY}")
     try:
-        app = create_app(config)
+        app = create_app(config, watch_rules=True)
     except RuleSetError as exc:
         _rule_errors(exc)
         sys.exit(1)
@@ -64,12 +64,22 @@ def serve(host: str, port: int, workers: int) -> None:
     click.echo(f"kyc on http://{host}:{port}  database={_safe_url(config.database_url)}  "
                f"rules={runtime.rules.version[:19]}")
 
+    def _reload_rules_in_master(_server) -> None:
+        # SIGHUP: gunicorn starts fresh workers from the master and retires the old ones once
+        # their requests finish; load first so the new workers inherit the newest clean set.
+        try:
+            runtime.reload_rules()
+        except RuleSetError:
+            pass                                  # logged; the running set stays
+
     class _Server(BaseApplication):
         def load_config(self):
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
             self.cfg.set("accesslog", "-")
             self.cfg.set("post_fork", lambda _server, _worker: runtime.engine.dispose(close=False))
+            self.cfg.set("when_ready", lambda _server: runtime.watch_rules())
+            self.cfg.set("on_reload", _reload_rules_in_master)
 
         def load(self):
             return app
@@ -157,22 +167,148 @@ def rules() -> None:
     """Rule files: check, test, backtest."""
 
 
-@rules.command("check")
-@click.option("--rules", "rules_dir", type=click.Path(file_okay=False), help="directory (default KYC_RULES_DIR)")
-def rules_check(rules_dir: str | None) -> None:
-    """Load and type-check every rule file; exit non-zero with readable errors."""
+def _load_rules(rules_dir: str | None) -> RuleSet:
     from pathlib import Path
 
     from kyc.signals import SCHEMA
 
     root = Path(rules_dir) if rules_dir else _config().rules_dir
     try:
-        ruleset = RuleSet.load(root, SCHEMA)
+        return RuleSet.load(root, SCHEMA)
     except RuleSetError as exc:
         _rule_errors(exc)
         sys.exit(1)
-    counts = ", ".join(f"{s}: {len(c.rules)} rules" for s, c in ruleset.subjects.items())
-    click.echo(f"ok  {ruleset.version}  ({counts}; {len(ruleset.lists)} lists)")
+
+
+_RULES_OPTION = click.option("--rules", "rules_dir", type=click.Path(file_okay=False),
+                             help="rules directory (default KYC_RULES_DIR)")
+
+
+@rules.command("check")
+@_RULES_OPTION
+def rules_check(rules_dir: str | None) -> None:
+    """Load and type-check every rule file, list and test case; exit non-zero with readable errors."""
+    from kyc.ruletests import load_cases, unknown_rule_hits
+    from kyc.signals import SCHEMA
+
+    ruleset = _load_rules(rules_dir)
+    try:
+        cases = load_cases(ruleset.root, SCHEMA)
+    except RuleSetError as exc:
+        _rule_errors(exc)
+        sys.exit(1)
+    stale = unknown_rule_hits(cases, ruleset)
+    if stale:
+        _rule_errors(RuleSetError(stale))
+        sys.exit(1)
+    summary = ruleset.summary()
+    click.echo(f"ok  {ruleset.version}")
+    for subject, counts in summary["subjects"].items():
+        click.echo(f"  {subject + '.yaml':<24} {counts['active']} active, {counts['shadow']} shadow, "
+                   f"{counts['disabled']} disabled")
+    for name, values in sorted(ruleset.lists.items()):
+        kind = getattr(values, "kind", "text")
+        folding = ", case-folded" if getattr(values, "casefold", False) else ""
+        click.echo(f"  {'lists/' + name + '.txt':<24} {len(values)} {kind} values{folding}")
+    click.echo(f"  {'tests/':<24} {len(cases)} cases (run them: kyc rules test)")
+
+
+@rules.command("fields")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown"]), default="text", show_default=True)
+def rules_fields(fmt: str) -> None:
+    """Print every field a rule can read (the signal schema) and the functions of the language."""
+    from kyc.engine.compiler import FUNCTIONS
+    from kyc.signals import SCHEMA
+
+    fields = list(SCHEMA)
+    if fmt == "markdown":
+        click.echo("| Field | Type | Meaning | Example |\n| --- | --- | --- | --- |")
+        for f in fields:
+            click.echo(f"| `{f.name}` | {f.type} | {f.description} | `{f.example!r}` |")
+        click.echo("\n| Function | Example |\n| --- | --- |")
+        for name, fn in sorted(FUNCTIONS.items()):
+            click.echo(f"| `{name}` | `{fn.doc}` |")
+        return
+    width = max(len(f.name) for f in fields)
+    family = None
+    for f in fields:
+        if f.family != family:
+            family = f.family
+            click.echo(f"\n{family}")
+        click.echo(f"  {f.name:<{width}}  {f.type:<5}  {f.description}  (e.g. {f.example!r})")
+    click.echo("\nfunctions")
+    for name, fn in sorted(FUNCTIONS.items()):
+        click.echo(f"  {name:<{width}}  {fn.doc}")
+
+
+@rules.command("test")
+@_RULES_OPTION
+@click.option("--verbose", "-v", is_flag=True, help="print the signals and outcome of failing cases")
+def rules_test(rules_dir: str | None, verbose: bool) -> None:
+    """Run rules/tests/*.yaml against the rules; print a pass/fail table; exit 1 on any failure."""
+    from kyc.ruletests import case_signals, load_cases, run_case, unknown_rule_hits
+    from kyc.signals import SCHEMA
+
+    ruleset = _load_rules(rules_dir)
+    try:
+        cases = load_cases(ruleset.root, SCHEMA)
+    except RuleSetError as exc:
+        _rule_errors(exc)
+        sys.exit(1)
+    stale = unknown_rule_hits(cases, ruleset)
+    if stale:
+        _rule_errors(RuleSetError(stale))
+        sys.exit(1)
+    if not cases:
+        click.echo(f"no cases in {ruleset.root / 'tests'}", err=True)
+        sys.exit(1)
+    failed = 0
+    width = min(60, max(len(c.name) for c in cases))
+    click.echo(f"{'':<4} {'case':<{width}}  {'where':<28} {'decision':<9} hits")
+    for case in cases:
+        result = run_case(case, ruleset)
+        failed += not result.passed
+        mark = "PASS" if result.passed else "FAIL"
+        click.echo(f"{mark:<4} {case.name[:width]:<{width}}  {case.file + ':' + str(case.line):<28} "
+                   f"{result.decision:<9} {', '.join(result.hits) or '-'}")
+        for problem in result.problems:
+            click.echo(f"{'':<5}  -> {problem}")
+        if verbose and not result.passed and case.subject in ruleset.subjects:
+            try:
+                click.echo(f"{'':<5}     signals: {case_signals(case, ruleset)}")
+            except Exception as exc:  # noqa: BLE001 - the problem is already listed above
+                click.echo(f"{'':<5}     signals: ({exc})")
+    click.echo(f"\n{len(cases) - failed} passed, {failed} failed  ({ruleset.version[:19]})")
+    sys.exit(1 if failed else 0)
+
+
+@rules.command("backtest")
+@click.option("--since", default="30d", show_default=True, help="window start: 30d, 12h, 2w or a date")
+@click.option("--until", default=None, help="window end (default now): a duration back from now or a date")
+@_RULES_OPTION
+@click.option("--limit-changed", default=20, show_default=True, type=int, help="accounts with a changed decision to list")
+@click.option("--batch-size", default=5000, show_default=True, type=int, help="evaluations read per query")
+def rules_backtest(since: str, until: str | None, rules_dir: str | None, limit_changed: int, batch_size: int) -> None:
+    """Replay stored live evaluations in the window through candidate rules and compare decisions."""
+    from kyc.backtest import backtest, format_report, parse_since
+    from kyc.db import make_engine
+
+    try:
+        start = parse_since(since)
+        end = parse_since(until) if until else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    ruleset = _load_rules(rules_dir)
+    engine = make_engine(_config().database_url)
+
+    def progress(done: int, total: int, seconds: float) -> None:
+        rate = done / seconds if seconds else 0
+        click.echo(f"\r  {done:,} / {total:,} evaluations  ({rate:,.0f}/s)", err=True, nl=False)
+
+    report = backtest(engine, ruleset, start, end, limit_changed=limit_changed, batch_size=batch_size,
+                      progress=progress)
+    click.echo("", err=True)
+    click.echo(format_report(report))
 
 
 if __name__ == "__main__":  # pragma: no cover

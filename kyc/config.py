@@ -27,6 +27,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("KYC_DATABASE_URL", "sqlite:///var/kyc.db",
             "SQLAlchemy URL. SQLite (embedded default) or postgresql+psycopg://user@host/db."),
     Setting("KYC_RULES_DIR", "rules", "Directory of rule files, lists and rule tests."),
+    Setting("KYC_RULES_POLL_SECONDS", "2",
+            "How often each `kyc serve` process checks the rule files for changes and reloads them "
+            "(only when they load cleanly). 0 turns polling off; SIGHUP and POST /v1/ops/rules/reload still work."),
     Setting("KYC_DATA_DIR", "var", "Where the embedded defaults keep the SQLite file and generated secret."),
     Setting("KYC_SECRET_KEY", "",
             "Key for the keyed hashes of linking identifiers (HMAC-SHA256). Empty: generated once "
@@ -52,6 +55,7 @@ class Config:
     dev_key: str
     max_body_bytes: int
     log_level: str
+    rules_poll_seconds: float = 2.0
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -68,6 +72,7 @@ class Config:
             dev_key=raw["KYC_DEV_KEY"],
             max_body_bytes=int(raw["KYC_MAX_BODY_BYTES"]),
             log_level=raw["KYC_LOG_LEVEL"].upper(),
+            rules_poll_seconds=float(raw["KYC_RULES_POLL_SECONDS"]),
         )
         values.update(overrides)
         if not values["secret_key"]:

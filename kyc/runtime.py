@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -17,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from kyc.config import PROJECT_ROOT, Config
 from kyc.db import make_engine, make_session_factory
 from kyc.engine import RuleSet, RuleSetError
+from kyc.engine.loader import rules_fingerprint
 from kyc.signals import SCHEMA
 
 log = logging.getLogger("kyc")
@@ -40,7 +44,11 @@ class Runtime:
     sessions: sessionmaker
     rules: RuleSet
     rules_error: RuleSetError | None = None
+    rules_error_at: datetime | None = None
+    rules_checked_at: datetime | None = None
     _reload_lock: threading.Lock = field(default_factory=threading.Lock)
+    _rules_fingerprint: tuple = ()
+    _watcher_pid: int | None = None
 
     @classmethod
     def start(cls, config: Config, *, migrate: bool | None = None) -> "Runtime":
@@ -56,8 +64,10 @@ class Runtime:
                     upgrade_database(config.database_url)
         elif migrate:
             upgrade_database(config.database_url)
+        fingerprint = rules_fingerprint(config.rules_dir)
         rules = RuleSet.load(config.rules_dir, SCHEMA)
-        return cls(config, engine, make_session_factory(engine), rules)
+        return cls(config, engine, make_session_factory(engine), rules, rules_checked_at=rules.loaded_at,
+                   _rules_fingerprint=fingerprint)
 
     def session(self) -> Session:
         return self.sessions()
@@ -65,18 +75,71 @@ class Runtime:
     def reload_rules(self, root: Path | None = None) -> RuleSet:
         """Build a new rule set off to the side; swap it in only if it loads cleanly.
 
-        In-flight evaluations keep the RuleSet object they started with: they read
-        `runtime.rules` once, and the swap is a single reference assignment.
+        On failure the running set stays, the error is kept for `GET /v1/ops/rules` and
+        logged, and RuleSetError is raised. In-flight evaluations keep the RuleSet object
+        they started with: they read `runtime.rules` once, and the swap is a single
+        reference assignment.
         """
+        root = Path(root or self.config.rules_dir)
         with self._reload_lock:
+            # Taken before reading, so an edit landing mid-read is seen by the next poll.
+            self._rules_fingerprint = rules_fingerprint(root)
+            self.rules_checked_at = datetime.now(timezone.utc)
             try:
-                rules = RuleSet.load(root or self.config.rules_dir, SCHEMA)
+                rules = RuleSet.load(root, SCHEMA)
             except RuleSetError as exc:
-                self.rules_error = exc
+                self.rules_error, self.rules_error_at = exc, self.rules_checked_at
                 log.error("rules reload refused, keeping %s:\n%s", self.rules.version, exc)
                 raise
-            self.rules_error = None
-            if rules.version != self.rules.version:
-                log.info("rules reloaded: %s -> %s", self.rules.version, rules.version)
+            self.rules_error = self.rules_error_at = None
+            if rules.version == self.rules.version and rules.root == self.rules.root:
+                return self.rules             # same content: keep the running object and its loaded_at
+            log.info("rules reloaded: %s -> %s", self.rules.version, rules.version)
             self.rules = rules
             return rules
+
+    def rules_status(self) -> dict[str, Any]:
+        """The running rule set and the last refused reload, as ops see them."""
+        rules, error = self.rules, self.rules_error
+        status = rules.summary()
+        status["process"] = os.getpid()
+        status["checked_at"] = _iso(self.rules_checked_at)
+        status["last_error"] = None if error is None else {
+            "at": _iso(self.rules_error_at), "errors": [e.as_dict() for e in error.errors]}
+        return status
+
+    def rules_changed_on_disk(self) -> bool:
+        return rules_fingerprint(self.config.rules_dir) != self._rules_fingerprint
+
+    def watch_rules(self) -> None:
+        """Poll the rule files from a daemon thread of this process (idempotent, fork-aware).
+
+        Every process (gunicorn master and each worker) runs its own watcher, so all of them
+        converge on the files' version; a worker forked later inherits the master's set.
+        """
+        interval = self.config.rules_poll_seconds
+        pid = os.getpid()
+        if interval <= 0 or self._watcher_pid == pid:
+            return
+        if self._watcher_pid is not None:
+            # Forked from a process whose watcher may have held the lock: start clean.
+            self._reload_lock = threading.Lock()
+        self._watcher_pid = pid
+        threading.Thread(target=self._watch, args=(interval, pid), name="kyc-rules-watcher", daemon=True).start()
+
+    def _watch(self, interval: float, pid: int) -> None:
+        stop = threading.Event()
+        while not stop.wait(interval):
+            if self._watcher_pid != pid or os.getpid() != pid:
+                return
+            try:
+                if self.rules_changed_on_disk():
+                    self.reload_rules()
+            except RuleSetError:
+                pass                            # kept in rules_error and logged by reload_rules
+            except Exception:                   # noqa: BLE001 - the watcher must outlive any one failure
+                log.exception("rules watcher: unexpected error; the running rules stay")
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat().replace("+00:00", "Z") if at else None

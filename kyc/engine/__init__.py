@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +15,18 @@ from kyc.engine.loader import (
     SUBJECTS,
     VERIFICATIONS,
     CompiledRules,
+    NamedList,
     RuleError,
     RuleSetError,
     compile_rule_file,
     load_lists,
     rules_version,
+    stray_rule_files,
 )
 from kyc.engine.schema import Field, Schema
 
-__all__ = ["RuleSet", "Outcome", "RuleError", "RuleSetError", "Schema", "Field", "SEVERITY", "most_severe", "reason_order"]
+__all__ = ["RuleSet", "Outcome", "RuleError", "RuleSetError", "Schema", "Field", "NamedList", "SEVERITY",
+           "most_severe", "reason_order"]
 
 SEVERITY = {"allow": 0, "verify": 1, "review": 2, "block": 3}
 
@@ -50,16 +54,23 @@ class RuleSet:
     version: str
     subjects: dict[str, CompiledRules]
     lists: dict[str, frozenset] = field(default_factory=dict)
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
     @classmethod
     def load(cls, root: Path, schema: Schema) -> "RuleSet":
+        """Read, check and compile every rule file and list under root, all or nothing:
+        any mistake anywhere raises one RuleSetError listing them all."""
         root = Path(root)
         if not root.is_dir():
-            raise RuleSetError([RuleError(str(root), 0, None, "rules directory not found")])
+            raise RuleSetError([RuleError(str(root), 0, None, "rules directory not found",
+                                          "set KYC_RULES_DIR or pass --rules DIR")])
         version = rules_version(root)
-        lists = load_lists(root)
+        errors: list[RuleError] = stray_rule_files(root)
+        try:
+            lists = load_lists(root)
+        except RuleSetError as exc:
+            raise RuleSetError(errors + exc.errors) from None
         subjects: dict[str, CompiledRules] = {}
-        errors: list[RuleError] = []
         for subject in SUBJECTS:
             path = root / f"{subject}.yaml"
             if not path.exists():
@@ -71,6 +82,22 @@ class RuleSet:
         if errors:
             raise RuleSetError(errors)
         return cls(root, version, subjects, lists)
+
+    def summary(self) -> dict[str, Any]:
+        """What ops see of a loaded set: version, when, and what is in it."""
+        return {
+            "version": self.version,
+            "loaded_at": self.loaded_at.isoformat().replace("+00:00", "Z"),
+            "subjects": {
+                subject: {
+                    "active": sum(1 for r in compiled.rules if r.mode == "active"),
+                    "shadow": sum(1 for r in compiled.rules if r.mode == "shadow"),
+                    "disabled": len(compiled.disabled),
+                }
+                for subject, compiled in self.subjects.items()
+            },
+            "lists": {name: len(values) for name, values in sorted(self.lists.items())},
+        }
 
     def evaluate(self, subject: str, signals: dict[str, dict[str, Any]]) -> Outcome:
         compiled = self.subjects.get(subject)

@@ -16,7 +16,10 @@ missing operand are false, and a rule whose arithmetic meets a missing value doe
 from __future__ import annotations
 
 import ast
+import io
+import keyword
 import re
+import tokenize
 from re import _constants as sre_constants  # the stable names moved here in 3.11
 from re import _parser as sre_parse
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from kyc.engine.schema import Schema
 NUMBER = ("int", "float")
 MAX_REGEX_LENGTH = 200
 MAX_MATCH_INPUT = 512
+MAX_CONDITION_LENGTH = 4000
 
 
 class ConditionError(Exception):
@@ -99,6 +103,8 @@ class Expr:
     type: str                      # bool | int | float | str | number | set:<type> | missing
     field: str | None = None       # set when the expression is a bare field read (may be None)
     nullable: bool = False         # may evaluate to None
+    reads: tuple[str, ...] = ()    # locals of the fields this expression reads
+    list_name: str | None = None   # set for lists.NAME
 
 
 @dataclass
@@ -160,7 +166,9 @@ class _Compiler:
     def expr(self, node: ast.AST) -> Expr:
         method = getattr(self, "_" + type(node).__name__, None)
         if method is None:
-            raise self.fail(node, f"{_describe(node)} is not part of the rule language")
+            raise self.fail(node, f"{_describe(node)} is not part of the rule language",
+                            "conditions use fields, constants, comparisons, and/or/not, + - * / %, in, "
+                            "is missing and the functions in docs/rules.md")
         return method(node)
 
     def _Constant(self, node: ast.Constant) -> Expr:
@@ -169,13 +177,13 @@ class _Compiler:
             return Expr(repr(value), "bool")
         if isinstance(value, int):
             if abs(value) > 10**15:
-                raise self.fail(node, "number too large")
+                raise self.fail(node, "number too large", "numbers in rules stay within ±10^15")
             return Expr(repr(value), "int")
         if isinstance(value, float):
             return Expr(repr(value), "float")
         if isinstance(value, str):
             return Expr(repr(value), "str")
-        raise self.fail(node, f"constant {value!r} is not allowed")
+        raise self.fail(node, f"constant {value!r} is not allowed", "use text in quotes, numbers, true or false")
 
     def _Name(self, node: ast.Name) -> Expr:
         if node.id in _BOOL_NAMES:
@@ -189,8 +197,11 @@ class _Compiler:
 
     def _Attribute(self, node: ast.Attribute) -> Expr:
         if not isinstance(node.value, ast.Name):
-            raise self.fail(node, f"'{ast.unparse(node)}' is not a field: fields are family.field")
+            raise self.fail(node, f"'{ast.unparse(node)}' is not a field",
+                            "fields are family.field (see `kyc rules fields`); objects have no attributes here")
         family, key = node.value.id, node.attr
+        if key.endswith(_KEYWORD_SUFFIX) and keyword.iskeyword(key[:-len(_KEYWORD_SUFFIX)]):
+            key = key[:-len(_KEYWORD_SUFFIX)]
         name = f"{family}.{key}"
         if family == "lists":
             if key not in self.unit.lists:
@@ -199,88 +210,120 @@ class _Compiler:
                                 f"did you mean lists.{close}?" if close else
                                 f"lists are the files in rules/lists/: {', '.join(sorted(self.unit.lists)) or 'none'}")
             values = self.unit.lists[key]
-            elem = "int" if values and all(isinstance(v, int) for v in values) else "str"
-            return Expr(self.unit.constant(values, "_L"), f"set:{elem}")
+            kind = getattr(values, "kind", None) or (
+                "number" if values and all(isinstance(v, (int, float)) for v in values) else "text")
+            elem = "int" if kind == "number" else "str"
+            return Expr(self.unit.constant(values, "_L"), f"set:{elem}", list_name=key)
         if key.startswith("_") or family.startswith("_"):
-            raise self.fail(node, f"'{name}' is not allowed: names starting with _ are never fields")
+            raise self.fail(node, f"'{name}' is not allowed: names starting with _ are never fields",
+                            "fields are family.field (see `kyc rules fields`)")
         if name not in self.unit.schema:
             suggestion = self.unit.schema.suggest(name)
-            raise self.fail(node, f"unknown field '{name}'", f"did you mean {suggestion}?" if suggestion else None)
+            raise self.fail(node, f"unknown field '{name}'", f"did you mean {suggestion}?" if suggestion else
+                            f"`kyc rules fields` lists every field; families: {', '.join(self.unit.schema.families)}")
         f = self.unit.schema[name]
-        return Expr(self.unit.field_local(name), f.type, field=name, nullable=True)
+        local = self.unit.field_local(name)
+        return Expr(local, f.type, field=name, nullable=True, reads=(local,))
 
     def _BoolOp(self, node: ast.BoolOp) -> Expr:
         op = " and " if isinstance(node.op, ast.And) else " or "
-        parts = []
+        parts, reads = [], []
         for value in node.values:
             e = self.expr(value)
             if e.type != "bool":
-                raise self.fail(value, f"'{ast.unparse(value)}' is {_type_name(e.type)}, not true/false")
+                raise self.fail(value, f"'{ast.unparse(value)}' is {_type_name(e.type)}, not true/false",
+                                "compare it, e.g. `... > 0` or `... == \"x\"`")
             parts.append(self.truth(e))
-        return Expr("(" + op.join(parts) + ")", "bool")
+            reads += e.reads
+        return Expr("(" + op.join(parts) + ")", "bool", reads=_unique(reads))
 
     def _UnaryOp(self, node: ast.UnaryOp) -> Expr:
         operand = self.expr(node.operand)
         if isinstance(node.op, ast.Not):
             if operand.type != "bool":
-                raise self.fail(node, f"'not' needs true/false, got {_type_name(operand.type)}")
+                raise self.fail(node, f"'not' needs true/false, got {_type_name(operand.type)}",
+                                "compare it first, e.g. `not (... > 0)`")
             if operand.field:
-                return Expr(f"({operand.src} is False)", "bool")
-            return Expr(f"(not {operand.src})", "bool")
-        if isinstance(node.op, ast.USub) and _is_number(operand.type):
-            return Expr(f"(-{operand.src})", operand.type, nullable=operand.nullable)
-        raise self.fail(node, f"operator {type(node.op).__name__} is not allowed here")
+                return Expr(f"({operand.src} is False)", "bool", reads=operand.reads)
+            # A missing signal never makes a condition true, negated or not: `not (x > 3)` is
+            # false when x is missing, like `x <= 3`.
+            guards = [f"{local} is not None" for local in operand.reads]
+            return Expr("(" + " and ".join(guards + [f"not {operand.src}"]) + ")", "bool", reads=operand.reads)
+        if isinstance(node.op, (ast.USub, ast.UAdd)) and _is_number(operand.type):
+            sign = "-" if isinstance(node.op, ast.USub) else "+"
+            return Expr(f"({sign}{operand.src})", operand.type, nullable=operand.nullable, reads=operand.reads)
+        raise self.fail(node, f"operator '{ast.unparse(node)}' is not allowed here",
+                        "'-' negates numbers; 'not' negates true/false")
 
     def _BinOp(self, node: ast.BinOp) -> Expr:
         if type(node.op) not in _ARITH:
-            hint = "powers are not part of the rule language" if isinstance(node.op, ast.Pow) else None
-            raise self.fail(node, f"operator '{ast.unparse(node)}' is not allowed", hint)
+            hint = ("powers are not part of the rule language (they can build numbers too large to compute); "
+                    "multiply instead") if isinstance(node.op, ast.Pow) else "arithmetic is + - * / %"
+            raise self.fail(node, f"operator in '{ast.unparse(node)}' is not allowed", hint)
         left, right = self.expr(node.left), self.expr(node.right)
         for side in (left, right):
             if not _is_number(side.type):
-                raise self.fail(node, f"arithmetic needs numbers, got {_type_name(side.type)} in '{ast.unparse(node)}'")
+                raise self.fail(node, f"arithmetic needs numbers, got {_type_name(side.type)} in '{ast.unparse(node)}'",
+                                "text is compared (==, in, startswith, matches), not added")
         result = "float" if "float" in (left.type, right.type) or isinstance(node.op, ast.Div) else "int"
         return Expr(f"({left.src} {_ARITH[type(node.op)]} {right.src})", result,
-                    nullable=left.nullable or right.nullable)
+                    nullable=left.nullable or right.nullable, reads=_unique(left.reads + right.reads))
 
     def _Compare(self, node: ast.Compare) -> Expr:
-        parts = []
+        parts, reads = [], []
         left_node, left = node.left, self.expr(node.left)
         for op, right_node in zip(node.ops, node.comparators):
             right = self.expr(right_node)
             parts.append(self._compare_pair(node, op, left, right))
+            reads += left.reads + right.reads
             left_node, left = right_node, right
-        return Expr("(" + " and ".join(parts) + ")", "bool")
+        return Expr("(" + " and ".join(parts) + ")", "bool", reads=_unique(reads))
 
     def _compare_pair(self, node: ast.Compare, op: ast.cmpop, left: Expr, right: Expr) -> str:
         if isinstance(op, (ast.Is, ast.IsNot)):
             if right.type != "missing":
-                raise self.fail(node, "'is' is only used as 'is missing' / 'is not missing'")
+                raise self.fail(node, "'is' is only used as 'is missing' / 'is not missing'",
+                                "compare values with == and !=")
             if not left.field:
-                raise self.fail(node, "'is missing' applies to a field")
+                raise self.fail(node, "'is missing' applies to a field", "e.g. device.form_fill_ms is missing")
             return f"({left.src} {'is' if isinstance(op, ast.Is) else 'is not'} None)"
         if left.type == "missing" or right.type == "missing":
-            raise self.fail(node, "write 'field is missing', not a comparison with missing")
+            raise self.fail(node, "missing is not a value to compare with", "write 'field is missing'")
         sym = _CMP.get(type(op))
         if sym is None:
-            raise self.fail(node, f"comparison {type(op).__name__} is not allowed")
+            raise self.fail(node, f"comparison {type(op).__name__} is not allowed", "use == != < <= > >= in")
         guards = [f"{e.src} is not None" for e in (left, right) if e.field]
         if sym in ("in", "not in"):
             if not right.type.startswith("set:"):
-                raise self.fail(node, "'in' needs a list on its right: [\"a\", \"b\"] or lists.name")
+                raise self.fail(node, "'in' needs a list on its right", "write [\"a\", \"b\"] or lists.name")
             elem = right.type[4:]
+            values = self.unit.lists.get(right.list_name) if right.list_name else None
+            text_values = getattr(values, "text_values", None)
+            if left.type == "str" and elem == "int" and text_values is not None:
+                # An undeclared all-digit list is both: numbers for number fields, text for text.
+                right = Expr(self.unit.constant(text_values, "_L"), "set:str", list_name=right.list_name)
+                elem, values = "str", None
             if not _compatible(left.type, elem):
                 raise self.fail(node, f"'{ast.unparse(node)}' compares {_type_name(left.type)} with a list of "
-                                      f"{_type_name(elem)}")
+                                      f"{_type_name(elem)}",
+                                f"lists.{right.list_name} holds {_type_name(elem)}; declare '# kyc: text' or "
+                                f"'# kyc: numbers' in its file" if right.list_name else
+                                f"write the list's values as {_type_name(left.type)}")
+            if getattr(values, "casefold", False) and left.type == "str":
+                # The list was case-folded at load, as its file declares; fold the value to match.
+                test = f"({left.src}.casefold() {sym} {right.src})"   # None.casefold(): no hit
+                return "(" + " and ".join(guards + [test]) + ")"
         elif sym in ("==", "!="):
             if not _compatible(left.type, right.type):
                 raise self.fail(node, f"'{ast.unparse(node)}' compares {_type_name(left.type)} with "
-                                      f"{_type_name(right.type)}")
+                                      f"{_type_name(right.type)}",
+                                _clash_hint(left, right))
         else:
             ok = (_is_number(left.type) and _is_number(right.type)) or (left.type == right.type == "str")
             if not ok:
                 raise self.fail(node, f"'{ast.unparse(node)}' orders {_type_name(left.type)} against "
                                       f"{_type_name(right.type)}",
+                                _clash_hint(left, right) or
                                 "ordering (<, >) works on numbers or on text compared with text")
         test = f"({left.src} {sym} {right.src})"
         return "(" + " and ".join(guards + [test]) + ")" if guards else test
@@ -291,11 +334,12 @@ class _Compiler:
         for elt in elts:
             if not isinstance(elt, ast.Constant) or isinstance(elt.value, bool) or \
                     not isinstance(elt.value, (str, int, float)):
-                raise self.fail(node, "a list holds only text or number constants")
+                raise self.fail(node, "a list holds only text or number constants",
+                                "for a long or shared list use a file in rules/lists/ and lists.NAME")
             values.append(elt.value)
             types.add("str" if isinstance(elt.value, str) else "number")
         if len(types) > 1:
-            raise self.fail(node, "a list mixes text and numbers")
+            raise self.fail(node, "a list mixes text and numbers", "quote all values, or none")
         elem = "str" if types == {"str"} else "int"
         return Expr(self.unit.constant(frozenset(values), "_S"), f"set:{elem}")
 
@@ -310,8 +354,8 @@ class _Compiler:
 
     def _Call(self, node: ast.Call) -> Expr:
         if not isinstance(node.func, ast.Name):
-            raise self.fail(node, f"'{ast.unparse(node.func)}' cannot be called: only functions of the rule "
-                                  f"language ({', '.join(sorted(FUNCTIONS))})")
+            raise self.fail(node, f"'{ast.unparse(node.func)}' cannot be called",
+                            f"only the functions of the rule language: {', '.join(sorted(FUNCTIONS))}")
         name = node.func.id
         fn = FUNCTIONS.get(name)
         if fn is None:
@@ -319,28 +363,57 @@ class _Compiler:
             raise self.fail(node, f"unknown function '{name}'",
                             f"did you mean {close}?" if close else f"functions: {', '.join(sorted(FUNCTIONS))}")
         if node.keywords or len(node.args) != len(fn.args):
-            raise self.fail(node, f"{name}() takes {len(fn.args)} argument(s): {fn.doc}")
-        args = []
+            raise self.fail(node, f"{name}() takes {len(fn.args)} argument(s)", f"e.g. {fn.doc}")
+        args, reads = [], []
         for arg_node, want in zip(node.args, fn.args):
             if want == "regex":
                 if not (isinstance(arg_node, ast.Constant) and isinstance(arg_node.value, str)):
-                    raise self.fail(node, f"{name}() needs its pattern as a text constant")
-                args.append(self.unit.constant(compile_regex(arg_node.value, self), "_R"))
+                    raise self.fail(node, f"{name}() needs its pattern as a text constant", f"e.g. {fn.doc}")
+                args.append(self.unit.constant(compile_regex(arg_node.value, self, node), "_R"))
                 continue
             e = self.expr(arg_node)
             if not (_compatible(e.type, want) if want != "number" else _is_number(e.type)):
                 raise self.fail(node, f"{name}() argument '{ast.unparse(arg_node)}' is {_type_name(e.type)}, "
-                                      f"expected {_type_name(want)}")
+                                      f"expected {_type_name(want)}", f"e.g. {fn.doc}")
             args.append(e.src)
+            reads += e.reads
         fn_local = self.unit.constant(fn.impl, "_F")
         returns = fn.returns if fn.returns != "number" else "float"
-        return Expr(f"{fn_local}({', '.join(args)})", returns, nullable=fn.returns != "bool")
+        return Expr(f"{fn_local}({', '.join(args)})", returns, nullable=fn.returns != "bool", reads=_unique(reads))
 
 
-def difflib_close(word: str, options) -> str | None:
+def difflib_close(word: str, options, cutoff: float = 0.6) -> str | None:
     import difflib
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=cutoff)
     return close[0] if close else None
+
+
+def _unique(reads) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(reads))
+
+
+def _clash_hint(left: Expr, right: Expr) -> str | None:
+    """What a field of one type is usually compared with, e.g. phone.region == "GB"."""
+    for side, other in ((left, right), (right, left)):
+        if side.field:
+            example = {"str": '"text"', "bool": "true", "int": "3", "float": "0.5"}.get(side.type, "...")
+            return f"{side.field} is {_type_name(side.type)}: compare it with {_type_name(side.type)}, " \
+                   f"e.g. {side.field} == {example}"
+    return None
+
+
+def _syntax_hint(line: str) -> str:
+    if "&&" in line or "||" in line:
+        return "write and / or instead of && / ||"
+    if "!" in line and "!=" not in line:
+        return "write not instead of !"
+    if re.search(r"(?<![=!<>])=(?!=)", line):
+        return "compare with ==, not ="
+    if line.count("(") != line.count(")") or line.count("[") != line.count("]"):
+        return "brackets do not pair up"
+    if line.count('"') % 2 or line.count("'") % 2:
+        return "a quote is not closed"
+    return "see docs/rules.md for the syntax"
 
 
 def _describe(node: ast.AST) -> str:
@@ -372,18 +445,21 @@ def _unbounded_repeat_inside(items, inside_repeat: bool) -> bool:
     return False
 
 
-def compile_regex(pattern: str, compiler: _Compiler) -> re.Pattern:
+def compile_regex(pattern: str, compiler: _Compiler, node: ast.AST | None = None) -> re.Pattern:
     """Compile a rule's regex, refusing the shapes that backtrack catastrophically."""
     if len(pattern) > MAX_REGEX_LENGTH:
-        raise compiler.fail(None, f"regex longer than {MAX_REGEX_LENGTH} characters")
+        raise compiler.fail(node, f"regex longer than {MAX_REGEX_LENGTH} characters",
+                            "split it into several matches() joined with or")
     try:
         parsed = sre_parse.parse(pattern)
         compiled = re.compile(pattern)
-    except re.error as exc:
-        raise compiler.fail(None, f"invalid regex {pattern!r}: {exc}")
+    except (re.error, OverflowError, RecursionError) as exc:
+        raise compiler.fail(node, f"invalid regex {pattern!r}: {exc}",
+                            "check brackets and escapes")
     if _unbounded_repeat_inside(list(parsed), False):
-        raise compiler.fail(None, f"regex {pattern!r} nests unbounded repeats or uses back-references, "
-                                  "which can take exponential time", "write it without a repeat inside a repeat")
+        raise compiler.fail(node, f"regex {pattern!r} nests unbounded repeats or uses back-references, "
+                                  "which can take exponential time",
+                            "write it without a repeat inside a repeat, e.g. (ab)+ instead of (a+b?)+")
     return compiled
 
 
@@ -391,15 +467,44 @@ def compile_regex(pattern: str, compiler: _Compiler) -> re.Pattern:
 
 def parse_condition(text: str) -> ast.AST:
     if not isinstance(text, str) or not text.strip():
-        raise ConditionError("empty condition")
-    # Parenthesised so a condition may span lines; line numbers stay those of the text.
+        raise ConditionError("empty condition", "write a condition, e.g. email.disposable")
+    # Explicit line continuations keep each line's number, so errors point at the right line.
+    lines = text.strip("\n").splitlines()
+    source = " \\\n".join(line.strip() for line in lines)
+    if len(source) > MAX_CONDITION_LENGTH:
+        raise ConditionError(f"condition longer than {MAX_CONDITION_LENGTH} characters",
+                             "split it into several rules, or move long value sets into rules/lists/")
     try:
-        tree = ast.parse("(" + text.strip() + "\n)", mode="eval")
+        tree = ast.parse(_escape_keyword_fields(source), mode="eval")
     except SyntaxError as exc:
-        last_line = text.strip().count("\n")
-        raise ConditionError(f"cannot read the condition: {exc.msg}",
-                             offset=min(max((exc.lineno or 1) - 1, 0), last_line))
+        line = exc.lineno or 1
+        raise ConditionError(f"cannot read the condition: {exc.msg} (column {exc.offset})",
+                             _syntax_hint(lines[line - 1] if 0 < line <= len(lines) else source),
+                             line - 1) from None
+    except (ValueError, MemoryError, RecursionError) as exc:
+        raise ConditionError(f"cannot read the condition: {exc}", "simplify the condition") from None
     return tree.body
+
+
+_KEYWORD_SUFFIX = "__kw"
+
+
+def _escape_keyword_fields(source: str) -> str:
+    """`device.class` is a field, but `class` is a Python keyword: rename such attribute names
+    before parsing (outside string literals) and map them back in _Attribute."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return source                      # ast.parse reports the real problem
+    ends = [tok.end for prev, tok in zip(tokens, tokens[1:])
+            if tok.type == tokenize.NAME and keyword.iskeyword(tok.string)
+            and prev.type == tokenize.OP and prev.string == "."]
+    if not ends:
+        return source
+    lines = source.split("\n")
+    for row, col in reversed(ends):
+        lines[row - 1] = lines[row - 1][:col] + _KEYWORD_SUFFIX + lines[row - 1][col:]
+    return "\n".join(lines)
 
 
 def compile_condition(unit: CompileUnit, text: str) -> str:

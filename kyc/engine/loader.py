@@ -63,6 +63,7 @@ class Rule:
     tags: tuple[str, ...]
     file: str
     line: int
+    enabled: bool = True
 
 
 # --- YAML with line numbers -------------------------------------------------------------------
@@ -105,19 +106,72 @@ def read_yaml(path: Path, display: str) -> Any:
 
 # --- lists ------------------------------------------------------------------------------------
 
-def load_list(path: Path) -> frozenset:
-    """One value per line, `#` comments. Case-folded unless the file says `# kyc: case-sensitive`.
-    A list whose every value is a whole number (ASNs) holds numbers."""
-    text = path.read_text(encoding="utf-8")
-    casefold = "# kyc: case-sensitive" not in text
-    values = []
-    for raw in text.splitlines():
+LIST_DIRECTIVES = ("case-sensitive", "numbers", "text")
+_LIST_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+
+
+class NamedList(frozenset):
+    """The values of rules/lists/NAME.txt, plus how the file declared them.
+
+    A frozenset, so signal code can use it as one; the compiler reads the declaration:
+    `casefold` (text lists compare case-folded unless the file says `# kyc: case-sensitive`)
+    and `kind` (text | number). A list whose every value is a whole number and that declares
+    nothing holds numbers (ASNs) and keeps `text_values`, so a text field can be tested too.
+    """
+
+    casefold: bool = True
+    kind: str = "text"
+    text_values: frozenset | None = None
+
+    @classmethod
+    def of(cls, values, *, casefold: bool = True, kind: str = "text", text_values=None) -> "NamedList":
+        made = cls(values)
+        made.casefold, made.kind, made.text_values = casefold, kind, text_values
+        return made
+
+
+def load_list(path: Path, display: str | None = None) -> NamedList:
+    """One value per line, `#` comments; `# kyc: case-sensitive` / `# kyc: numbers` / `# kyc: text`
+    on a line of its own declare how values compare. Raises RuleSetError naming the line."""
+    display = display or str(path)
+    errors: list[RuleError] = []
+    casefold, declared = True, None
+    entries: list[tuple[int, str]] = []
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        stripped = raw.strip()
+        if stripped.startswith("#") and stripped[1:].strip().startswith("kyc:"):
+            directive = stripped[1:].strip()[4:].strip()
+            if directive == "case-sensitive":
+                casefold = False
+            elif directive in ("numbers", "text"):
+                declared = directive
+            else:
+                close = difflib_close(directive, LIST_DIRECTIVES)
+                errors.append(RuleError(display, number, None, f"unknown list directive 'kyc: {directive}'",
+                                        f"did you mean 'kyc: {close}'?" if close else
+                                        f"directives: {', '.join('kyc: ' + d for d in LIST_DIRECTIVES)}"))
+            continue
         value = raw.split("#", 1)[0].strip()
         if value:
-            values.append(value.casefold() if casefold else value)
-    if values and all(v.isdigit() for v in values):
-        return frozenset(int(v) for v in values)
-    return frozenset(values)
+            entries.append((number, value))
+    if declared == "numbers":
+        values = []
+        for number, value in entries:
+            if not _NUMBER.match(value):
+                errors.append(RuleError(display, number, None, f"'{value}' is not a number",
+                                        "this list declares '# kyc: numbers'; remove the value or the declaration"))
+            else:
+                values.append(float(value) if "." in value else int(value))
+        if errors:
+            raise RuleSetError(errors)
+        return NamedList.of(values, casefold=False, kind="number")
+    if errors:
+        raise RuleSetError(errors)
+    texts = [value.casefold() if casefold else value for _number, value in entries]
+    if declared is None and texts and all(v.isdigit() for v in texts):
+        return NamedList.of((int(v) for v in texts), casefold=False, kind="number", text_values=frozenset(texts))
+    return NamedList.of(texts, casefold=casefold, kind="text")
 
 
 # --- rule sets --------------------------------------------------------------------------------
@@ -125,8 +179,9 @@ def load_list(path: Path) -> frozenset:
 @dataclass
 class CompiledRules:
     subject: str
-    rules: tuple[Rule, ...]
+    rules: tuple[Rule, ...]          # enabled rules, in file order (the match indexes)
     match: Any                       # the generated function: signals -> hit indexes
+    disabled: tuple[Rule, ...] = ()  # checked at load, never evaluated
 
 
 def _display(path: Path, root: Path) -> str:
@@ -137,91 +192,127 @@ def _display(path: Path, root: Path) -> str:
 
 
 def _check_rule(raw: Any, display: str, seen: dict[str, int], errors: list[RuleError]) -> Rule | None:
+    """A Rule from one YAML mapping, or None after appending what is wrong with it to errors."""
     if not isinstance(raw, _Mapping):
-        errors.append(RuleError(display, getattr(raw, "line", 1), None, "each rule is a mapping (id:, when:, ...)"))
+        errors.append(RuleError(display, getattr(raw, "line", 1), None, "each rule is a mapping (id:, when:, ...)",
+                                "start each rule with '- id: some_name' and indent its keys under it"))
         return None
     rule_id = raw.get("id")
     line = raw.line
     bad = len(errors)
 
-    def err(message: str, key: str | None = None, suggestion: str | None = None) -> None:
+    def err(message: str, key: str | None, suggestion: str) -> None:
         errors.append(RuleError(display, raw.key_lines.get(key, line) if key else line,
                                 rule_id if isinstance(rule_id, str) else None, message, suggestion))
 
     for key, key_line in raw.duplicate_keys:
-        errors.append(RuleError(display, key_line, rule_id, f"key '{key}' given twice"))
+        errors.append(RuleError(display, key_line, rule_id if isinstance(rule_id, str) else None,
+                                f"key '{key}' given twice", f"keep one '{key}:'"))
     for key in raw:
         if key not in RULE_KEYS:
             close = difflib_close(str(key), RULE_KEYS)
             err(f"unknown key '{key}'", key, f"did you mean {close}?" if close else f"keys: {', '.join(RULE_KEYS)}")
-    if not isinstance(rule_id, str) or not _ID.match(rule_id):
-        err("id must be lower_snake_case text (a-z, 0-9, _), at most 64 characters", "id")
+    if "id" not in raw:
+        err("the rule has no id", None, "add id: some_name (lower_snake_case, unique in the file)")
+    elif not isinstance(rule_id, str) or not _ID.match(rule_id):
+        suggestion = re.sub(r"[^a-z0-9_]+", "_", str(rule_id).lower()).strip("_")[:64] or "some_name"
+        err("id must be lower_snake_case text (a-z, 0-9, _), at most 64 characters", "id",
+            f"did you mean {suggestion}?" if _ID.match(suggestion) else "write it like disposable_email")
     elif rule_id in seen:
-        err(f"duplicate rule id (first defined on line {seen[rule_id]})", "id")
+        err(f"duplicate rule id '{rule_id}' (first defined on line {seen[rule_id]})", "id",
+            "give each rule its own id, or delete one of the two")
     else:
         seen[rule_id] = line
     description = raw.get("description")
     if not isinstance(description, str) or not description.strip():
-        err("description is required: say what the rule catches", "description")
+        err("description is required", "description", "say in one line what the rule catches")
     when = raw.get("when")
     if not isinstance(when, str) or not when.strip():
-        err("when is required and cannot be empty", "when")
+        err("empty condition: when is required", "when", "write a condition, e.g. when: email.disposable")
     score = raw.get("score")
     if isinstance(score, bool) or not isinstance(score, int) or not 0 <= score <= 100:
-        err("score must be a whole number from 0 to 100", "score")
+        err("score must be a whole number from 0 to 100", "score", "e.g. score: 30")
     action = raw.get("action")
     if action not in ACTIONS:
         close = difflib_close(str(action), ACTIONS)
         err(f"unknown action {action!r}", "action", f"did you mean {close}?" if close else f"one of {', '.join(ACTIONS)}")
     requires = raw.get("requires", [])
     if not isinstance(requires, list) or any(r not in VERIFICATIONS for r in requires):
-        err(f"requires lists verifications: {', '.join(VERIFICATIONS)}", "requires")
+        unknown = [r for r in requires if r not in VERIFICATIONS] if isinstance(requires, list) else []
+        close = difflib_close(str(unknown[0]), VERIFICATIONS) if unknown else None
+        err(f"unknown verification {unknown[0]!r}" if unknown else "requires is a list of verifications",
+            "requires", f"did you mean {close}?" if close else f"e.g. requires: [phone]; one of {', '.join(VERIFICATIONS)}")
         requires = []
     if action == "verify" and not requires:
         err("a verify rule must say which verifications it requires", "action", "add requires: [phone]")
     mode = raw.get("mode", "active")
     if mode not in MODES:
-        err(f"mode must be one of {', '.join(MODES)}", "mode")
+        close = difflib_close(str(mode), MODES)
+        err(f"unknown mode {mode!r}", "mode", f"did you mean {close}?" if close else f"one of {', '.join(MODES)}")
     enabled = raw.get("enabled", True)
     if not isinstance(enabled, bool):
-        err("enabled must be true or false", "enabled")
+        err("enabled must be true or false", "enabled", "enabled: false switches a rule off without deleting it")
     tags = raw.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        err("tags must be a list of text", "tags")
+        err("tags must be a list of text", "tags", "e.g. tags: [email, farms]")
         tags = []
-    if len(errors) > bad or enabled is False:
+    if len(errors) > bad:
         return None
     return Rule(rule_id, description.strip(), when, score, action,
                 tuple(v for v in VERIFICATIONS if v in requires), mode, tuple(tags), display,
-                raw.key_lines.get("when", line))
+                raw.key_lines.get("when", line), enabled)
 
 
 def compile_rule_file(path: Path, subject: str, schema: Schema, lists: dict[str, frozenset],
                       root: Path) -> CompiledRules:
+    """Check and compile one rule file. Disabled rules are checked too (so enabling one later
+    cannot break loading) but left out of the generated function."""
     display = _display(path, root)
     data = read_yaml(path, display)
     errors: list[RuleError] = []
     if data is None:
         data = []
     if not isinstance(data, list):
-        raise RuleSetError([RuleError(display, getattr(data, "line", 1), None,
-                                      "a rule file is a list of rules, each starting with '- id:'")])
+        raise RuleSetError([RuleError(display, getattr(data, "line", 1), None, "a rule file is a list of rules",
+                                      "start each rule with '- id: some_name'")])
     seen: dict[str, int] = {}
     unit = CompileUnit(schema, lists)
+    scratch = CompileUnit(schema, lists)
     rules: list[Rule] = []
+    disabled: list[Rule] = []
     conditions: list[str] = []
     for raw in data:
         rule = _check_rule(raw, display, seen, errors)
         if rule is None:
             continue
         try:
-            conditions.append(compile_condition(unit, rule.when))
-            rules.append(rule)
+            condition = compile_condition(unit if rule.enabled else scratch, rule.when)
         except ConditionError as exc:
             errors.append(RuleError(display, rule.line + exc.offset, rule.id, exc.message, exc.suggestion))
+            continue
+        if rule.enabled:
+            conditions.append(condition)
+            rules.append(rule)
+        else:
+            disabled.append(rule)
     if errors:
         raise RuleSetError(errors)
-    return CompiledRules(subject, tuple(rules), build_function(unit, conditions, f"match_{subject}"))
+    return CompiledRules(subject, tuple(rules), build_function(unit, conditions, f"match_{subject}"),
+                         tuple(disabled))
+
+
+def stray_rule_files(root: Path) -> list[RuleError]:
+    """A file that looks like a misspelt subject (singup.yaml) would silently never load."""
+    errors = []
+    for path in sorted(root.glob("*.y*ml")):
+        if path.stem in SUBJECTS and path.suffix == ".yaml":
+            continue
+        close = difflib_close(path.stem, SUBJECTS, cutoff=0.75)
+        if close or path.stem in SUBJECTS:
+            errors.append(RuleError(_display(path, root), 1, None,
+                                    f"'{path.name}' is not a rule file kyc reads, so its rules would never run",
+                                    f"rename it to {close or path.stem}.yaml"))
+    return errors
 
 
 def rules_version(root: Path) -> str:
@@ -234,6 +325,38 @@ def rules_version(root: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def load_lists(root: Path) -> dict[str, frozenset]:
+def rules_fingerprint(root: Path) -> tuple:
+    """A cheap stat of every file a rule set is built from: when it changes, reload."""
+    root = Path(root)
+    files = sorted(list(root.glob("*.y*ml")) + list((root / "lists").glob("*.txt")))
+    stats = []
+    for path in files:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        stats.append((str(path.relative_to(root)), st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(stats)
+
+
+def load_lists(root: Path) -> dict[str, NamedList]:
+    """Every rules/lists/*.txt by file name; all mistakes in all files in one RuleSetError."""
     lists_dir = root / "lists"
-    return {p.stem: load_list(p) for p in sorted(lists_dir.glob("*.txt"))} if lists_dir.is_dir() else {}
+    if not lists_dir.is_dir():
+        return {}
+    lists: dict[str, NamedList] = {}
+    errors: list[RuleError] = []
+    for path in sorted(lists_dir.glob("*.txt")):
+        display = _display(path, root)
+        if not _LIST_NAME.match(path.stem):
+            suggestion = re.sub(r"[^a-z0-9_]", "_", path.stem.lower())
+            errors.append(RuleError(display, 1, None, "a list file name must be lower_snake_case, so rules can "
+                                    "write lists.NAME", f"rename it to {suggestion}.txt"))
+            continue
+        try:
+            lists[path.stem] = load_list(path, display)
+        except RuleSetError as exc:
+            errors.extend(exc.errors)
+    if errors:
+        raise RuleSetError(errors)
+    return lists

@@ -1,0 +1,179 @@
+"""`kyc rules backtest`: replay stored evaluations through a candidate rule set.
+
+Each live evaluation in the window is evaluated again by the same engine
+(RuleSet.evaluate) on the signals recorded with it, as they were at the time; its stored
+decision is "before", the candidate's is "after". Rows stream in keyset-paginated batches
+(occurred_at, id), so memory stays bounded whatever the window holds: only counters, the
+first N changed accounts and the ids of labeled accounts (few: ops set labels by hand) are kept.
+
+Rescore evaluations are left out: they re-judge an event that already has its live
+evaluation in the window, and would count it twice.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.engine import Engine
+
+from kyc.engine import RuleSet
+from kyc.models import DECISIONS, Account, Evaluation
+
+LABELS = ("fraud", "legit")
+_DURATION = re.compile(r"^(\d+)([mhdw])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """`30d`, `12h`, `90m`, `2w` before now, or an RFC 3339 / ISO date (UTC if no offset)."""
+    now = now or datetime.now(timezone.utc)
+    match = _DURATION.match(text.strip())
+    if match:
+        return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"'{text}' is neither a duration like 30d / 12h nor a date like 2026-11-01") from None
+    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+
+
+@dataclass
+class RuleStats:
+    subject: str
+    rule: str
+    mode: str
+    hits: int = 0
+    fraud: set[str] = field(default_factory=set)      # labeled accounts caught
+    legit: set[str] = field(default_factory=set)
+
+    @property
+    def precision(self) -> float | None:
+        labeled = len(self.fraud) + len(self.legit)
+        return len(self.fraud) / labeled if labeled else None
+
+
+@dataclass
+class Change:
+    account_id: str
+    evaluation_id: str
+    subject: str
+    occurred_at: datetime
+    before: str
+    after: str
+
+
+@dataclass
+class BacktestReport:
+    since: datetime
+    until: datetime
+    rules_version: str
+    evaluations: int = 0
+    matrix: dict[tuple[str, str], int] = field(default_factory=dict)      # (before, after) -> count
+    rules: dict[tuple[str, str], RuleStats] = field(default_factory=dict)  # (subject, rule id)
+    evaluations_by_subject: dict[str, int] = field(default_factory=dict)
+    changed: list[Change] = field(default_factory=list)                   # the first N accounts
+    changed_evaluations: int = 0
+    labeled: dict[str, set[str]] = field(default_factory=lambda: {label: set() for label in LABELS})
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.evaluations / self.seconds if self.seconds else 0.0
+
+
+def backtest(engine: Engine, rules: RuleSet, since: datetime, until: datetime | None = None, *,
+             limit_changed: int = 20, batch_size: int = 5000,
+             progress: Callable[[int, int, float], None] | None = None) -> BacktestReport:
+    """Replay live evaluations with since <= occurred_at < until through `rules`."""
+    until = until or datetime.now(timezone.utc)
+    report = BacktestReport(since, until, rules.version)
+    for subject, compiled in rules.subjects.items():
+        for rule in compiled.rules:
+            report.rules[(subject, rule.id)] = RuleStats(subject, rule.id, rule.mode)
+    window = (Evaluation.trigger == "live", Evaluation.occurred_at >= since, Evaluation.occurred_at < until)
+    query = (
+        select(Evaluation.occurred_at, Evaluation.id, Evaluation.account_id, Evaluation.subject,
+               Evaluation.decision, Evaluation.signals, Account.label)
+        .join(Account, Account.id == Evaluation.account_id)
+        .where(*window)
+        .order_by(Evaluation.occurred_at, Evaluation.id)
+        .limit(batch_size)
+    )
+    matrix = {(b, a): 0 for b in DECISIONS for a in DECISIONS}
+    started = time.perf_counter()
+    with engine.connect() as conn:
+        total = conn.execute(select(func.count()).select_from(Evaluation).where(*window)).scalar_one()
+        last: tuple[datetime, str] | None = None
+        while True:
+            page = query if last is None else query.where(or_(
+                Evaluation.occurred_at > last[0], and_(Evaluation.occurred_at == last[0], Evaluation.id > last[1])))
+            rows = conn.execute(page).all()
+            if not rows:
+                break
+            for occurred_at, evaluation_id, account_id, subject, before, signals, label in rows:
+                outcome = rules.evaluate(subject, signals or {})
+                after = outcome.decision
+                matrix[(before, after)] = matrix.get((before, after), 0) + 1
+                report.evaluations_by_subject[subject] = report.evaluations_by_subject.get(subject, 0) + 1
+                if label in LABELS:
+                    report.labeled[label].add(account_id)
+                for reason in outcome.reasons:
+                    stats = report.rules[(subject, reason["rule"])]
+                    stats.hits += 1
+                    if label == "fraud":
+                        stats.fraud.add(account_id)
+                    elif label == "legit":
+                        stats.legit.add(account_id)
+                if before != after:
+                    report.changed_evaluations += 1       # the rest are only counted: memory stays flat
+                    if len(report.changed) < limit_changed and \
+                            all(c.account_id != account_id for c in report.changed):
+                        report.changed.append(Change(account_id, evaluation_id, subject, occurred_at, before, after))
+            report.evaluations += len(rows)
+            last = (rows[-1][0], rows[-1][1])
+            if progress:
+                progress(report.evaluations, total, time.perf_counter() - started)
+            if len(rows) < batch_size:
+                break
+    report.matrix = matrix
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def format_report(report: BacktestReport) -> str:
+    """The plain-text report `kyc rules backtest` prints."""
+    out = [f"backtest of {report.rules_version}",
+           f"window {_iso(report.since)} .. {_iso(report.until)}: {report.evaluations:,} live evaluations "
+           f"({', '.join(f'{s}: {n:,}' for s, n in sorted(report.evaluations_by_subject.items())) or 'none'}) "
+           f"in {report.seconds:.1f}s"]
+    out += ["", "decisions, before (rows) -> after (columns)",
+            f"{'':>10}" + "".join(f"{d:>10}" for d in DECISIONS) + f"{'total':>10}"]
+    for before in DECISIONS:
+        row = [report.matrix.get((before, after), 0) for after in DECISIONS]
+        out.append(f"{before:>10}" + "".join(f"{n:>10,}" for n in row) + f"{sum(row):>10,}")
+    out.append(f"{'total':>10}" + "".join(f"{sum(report.matrix.get((b, a), 0) for b in DECISIONS):>10,}"
+                                          for a in DECISIONS) + f"{report.evaluations:>10,}")
+    fraud_total, legit_total = (len(report.labeled[label]) for label in LABELS)
+    out += ["", f"rules (labeled accounts in window: {fraud_total} fraud, {legit_total} legit)",
+            f"{'subject':<16}{'rule':<32}{'mode':<8}{'hits':>9}{'rate':>9}{'fraud':>7}{'legit':>7}{'precision':>11}"]
+    for stats in sorted(report.rules.values(), key=lambda s: (s.subject, -s.hits, s.rule)):
+        rate = stats.hits / report.evaluations_by_subject[stats.subject] \
+            if report.evaluations_by_subject.get(stats.subject) else 0.0
+        precision = "-" if stats.precision is None else f"{stats.precision:.1%}"
+        out.append(f"{stats.subject:<16}{stats.rule:<32}{stats.mode:<8}{stats.hits:>9,}{rate:>9.2%}"
+                   f"{len(stats.fraud):>7}{len(stats.legit):>7}{precision:>11}")
+    out += ["", f"decision changes: {report.changed_evaluations:,} evaluations"
+                + (f"; the first {len(report.changed)} accounts:" if report.changed else "")]
+    for change in report.changed:
+        out.append(f"  {change.account_id:<40} {change.subject:<16} {change.before:>7} -> {change.after:<7} "
+                   f"{change.evaluation_id}  {_iso(change.occurred_at)}")
+    return "\n".join(out)
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
