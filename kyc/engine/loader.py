@@ -101,7 +101,9 @@ def read_yaml(path: Path, display: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
-        raise RuleSetError([RuleError(display, line, None, f"YAML: {exc.problem or exc}")])
+        raise RuleSetError([RuleError(display, line, None, f"YAML: {exc.problem or exc}",
+                                      "check indentation and brackets; put a condition containing ': ' or "
+                                      "starting with a quote or [ in quotes, or use when: |")]) from None
 
 
 # --- lists ------------------------------------------------------------------------------------
@@ -242,8 +244,7 @@ def _check_rule(raw: Any, display: str, seen: dict[str, int], errors: list[RuleE
         close = difflib_close(str(unknown[0]), VERIFICATIONS) if unknown else None
         err(f"unknown verification {unknown[0]!r}" if unknown else "requires is a list of verifications",
             "requires", f"did you mean {close}?" if close else f"e.g. requires: [phone]; one of {', '.join(VERIFICATIONS)}")
-        requires = []
-    if action == "verify" and not requires:
+    elif action == "verify" and not requires:
         err("a verify rule must say which verifications it requires", "action", "add requires: [phone]")
     mode = raw.get("mode", "active")
     if mode not in MODES:
@@ -284,6 +285,7 @@ def compile_rule_file(path: Path, subject: str, schema: Schema, lists: dict[str,
     for raw in data:
         rule = _check_rule(raw, display, seen, errors)
         if rule is None:
+            _check_condition_anyway(raw, display, scratch, errors)
             continue
         try:
             condition = compile_condition(unit if rule.enabled else scratch, rule.when)
@@ -299,6 +301,19 @@ def compile_rule_file(path: Path, subject: str, schema: Schema, lists: dict[str,
         raise RuleSetError(errors)
     return CompiledRules(subject, tuple(rules), build_function(unit, conditions, f"match_{subject}"),
                          tuple(disabled))
+
+
+def _check_condition_anyway(raw: Any, display: str, scratch: CompileUnit, errors: list[RuleError]) -> None:
+    """A rule with a bad key still gets its condition checked, so one run lists every mistake."""
+    when = raw.get("when") if isinstance(raw, _Mapping) else None
+    if not isinstance(when, str) or not when.strip():
+        return
+    rule_id = raw.get("id") if isinstance(raw.get("id"), str) else None
+    try:
+        compile_condition(scratch, when)
+    except ConditionError as exc:
+        errors.append(RuleError(display, raw.key_lines.get("when", raw.line) + exc.offset, rule_id,
+                                exc.message, exc.suggestion))
 
 
 def stray_rule_files(root: Path) -> list[RuleError]:
