@@ -491,19 +491,22 @@ _KEYWORD_SUFFIX = "__kw"
 
 def _escape_keyword_fields(source: str) -> str:
     """`device.class` is a field, but `class` is a Python keyword: rename such attribute names
-    before parsing (outside string literals) and map them back in _Attribute."""
+    before parsing (outside string literals) and map them back in _Attribute. And make every
+    text literal raw, so regexes need no doubled backslashes."""
     try:
         tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
     except (tokenize.TokenError, SyntaxError):
         return source                      # ast.parse reports the real problem
-    ends = [tok.end for prev, tok in zip(tokens, tokens[1:])
-            if tok.type == tokenize.NAME and keyword.iskeyword(tok.string)
-            and prev.type == tokenize.OP and prev.string == "."]
-    if not ends:
+    edits = [(tok.end, _KEYWORD_SUFFIX) for prev, tok in zip(tokens, tokens[1:])
+             if tok.type == tokenize.NAME and keyword.iskeyword(tok.string)
+             and prev.type == tokenize.OP and prev.string == "."]
+    # Text is raw: a backslash stays a backslash, as a regex in matches() expects ("\.com$").
+    edits += [(tok.start, "r") for tok in tokens if tok.type == tokenize.STRING and tok.string[0] in "'\""]
+    if not edits:
         return source
     lines = source.split("\n")
-    for row, col in reversed(ends):
-        lines[row - 1] = lines[row - 1][:col] + _KEYWORD_SUFFIX + lines[row - 1][col:]
+    for (row, col), insert in sorted(edits, reverse=True):
+        lines[row - 1] = lines[row - 1][:col] + insert + lines[row - 1][col:]
     return "\n".join(lines)
 
 

@@ -1,0 +1,291 @@
+"""Hot reload: a clean set swaps in atomically, a broken one never does, and ops can see which."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from kyc import create_app
+from kyc.engine import RuleSet, RuleSetError
+from kyc.models import ApiKey
+from kyc.runtime import Runtime
+from kyc.security import hash_api_key, new_api_key
+from kyc.signals import SCHEMA
+from tests.conftest import RULES_DIR, signup
+
+BROKEN = """
+- id: broken
+  description: a typo
+  when: emial.disposable
+  score: 10
+  action: review
+"""
+
+
+def copy_rules(dest: Path) -> Path:
+    shutil.copytree(RULES_DIR, dest)
+    return dest
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write-then-rename, as editors and deploy tools do, so a reader never sees half a file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def with_rule(text: str, rule_id: str, when: str = "email.domain is not missing", action: str = "review") -> str:
+    return text + f"""
+- id: {rule_id}
+  description: added by a test
+  when: {when}
+  score: 5
+  action: {action}
+"""
+
+
+@pytest.fixture
+def live_rules(tmp_path, database_url, make_config):
+    """A runtime whose KYC_RULES_DIR is a private copy of rules/ that the test may edit."""
+    root = copy_rules(tmp_path / "rules")
+    rt = Runtime.start(make_config(database_url, rules_dir=root, rules_poll_seconds=0.05), migrate=False)
+    yield rt, root
+    rt._watcher_pid = -1            # stops the watcher thread at its next tick
+    rt.engine.dispose()
+
+
+@pytest.fixture
+def auth_for():
+    """A test client and Authorization header for a given runtime."""
+    def make(rt: Runtime):
+        key = new_api_key()
+        with rt.session() as session, session.begin():
+            session.add(ApiKey(name="tests", prefix=key[:10], key_hash=hash_api_key(key)))
+        return create_app(runtime=rt).test_client(), {"Authorization": f"Bearer {key}"}
+
+    return make
+
+
+def test_ops_rules_reports_the_running_set(client, auth, runtime):
+    body = client.get("/v1/ops/rules", headers=auth).json
+    assert body["version"] == runtime.rules.version
+    assert body["subjects"]["signup"] == {"active": 15, "shadow": 1, "disabled": 0}
+    assert body["lists"]["free_email_domains"] > 10
+    assert body["last_error"] is None and body["process"] == os.getpid()
+    assert body["loaded_at"].endswith("Z")
+    assert client.get("/v1/ops/rules").status_code == 401
+
+
+def test_reload_endpoint_swaps_a_clean_set_and_refuses_a_broken_one(live_rules, auth_for):
+    rt, root = live_rules
+    client, auth = auth_for(rt)
+    signup_file = root / "signup.yaml"
+    original, before = signup_file.read_text(), rt.rules.version
+
+    replace_file(signup_file, with_rule(original, "added_rule"))
+    response = client.post("/v1/ops/rules/reload", headers=auth)
+    assert response.status_code == 200 and response.json["reloaded"] is True
+    clean = response.json["version"]
+    assert clean != before and rt.rules.version == clean
+    scored = client.post("/v1/signups", json=signup(account_id="a1"), headers=auth).json
+    assert scored["rules_version"] == clean and "added_rule" in [r["rule"] for r in scored["reasons"]]
+
+    replace_file(signup_file, original + BROKEN)
+    response = client.post("/v1/ops/rules/reload", headers=auth)
+    assert response.status_code == 422
+    error = response.json["error"]
+    assert error["code"] == "rules_invalid" and error["running_version"] == clean
+    assert error["errors"] == [{"file": "rules/signup.yaml", "line": original.count("\n") + 4, "rule": "broken",
+                                "message": "unknown field 'emial.disposable'",
+                                "suggestion": "did you mean email.disposable?"}]
+    status = client.get("/v1/ops/rules", headers=auth).json
+    assert status["version"] == clean
+    assert status["last_error"]["errors"] == error["errors"] and status["last_error"]["at"].endswith("Z")
+    scored = client.post("/v1/signups", json=signup(account_id="a2"), headers=auth).json
+    assert scored["rules_version"] == clean            # scoring never stopped
+
+    replace_file(signup_file, original)
+    response = client.post("/v1/ops/rules/reload", headers=auth)
+    assert response.status_code == 200 and response.json["version"] == before
+    assert response.json["last_error"] is None
+
+
+def test_reloading_unchanged_files_keeps_the_running_object(runtime):
+    rules = runtime.rules
+    assert runtime.reload_rules() is rules
+
+
+def test_watcher_picks_up_clean_edits_and_keeps_running_set_on_broken_ones(live_rules):
+    rt, root = live_rules
+    signup_file = root / "signup.yaml"
+    original, before = signup_file.read_text(), rt.rules.version
+    rt.watch_rules()
+    rt.watch_rules()                                   # idempotent: one watcher per process
+    assert sum(t.name == "kyc-rules-watcher" for t in threading.enumerate()) >= 1
+
+    replace_file(signup_file, with_rule(original, "watched_rule"))
+    wait_for(lambda: rt.rules.version != before)
+    edited = rt.rules.version
+    assert "watched_rule" in [r.id for r in rt.rules.subjects["signup"].rules]
+
+    replace_file(signup_file, original + BROKEN)
+    wait_for(lambda: rt.rules_error is not None)
+    assert rt.rules.version == edited
+    assert rt.rules_status()["last_error"]["errors"][0]["rule"] == "broken"
+
+    (root / "lists" / "free_email_domains.txt").write_text("gmail.com\n")
+    replace_file(signup_file, original)
+    wait_for(lambda: rt.rules_error is None and rt.rules.version not in (before, edited))
+    assert rt.rules.lists["free_email_domains"] == frozenset({"gmail.com"})
+
+
+def wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_atomic_reload_under_concurrent_requests(tmp_path, runtime, auth):
+    """Threads score signups while another swaps between two clean sets and a broken one.
+    Every response must come wholly from one set: its version and its reasons agree."""
+    set_a = copy_rules(tmp_path / "a")
+    replace_file(set_a / "signup.yaml", with_rule((set_a / "signup.yaml").read_text(), "only_in_a"))
+    set_b = copy_rules(tmp_path / "b")
+    text_b = (set_b / "signup.yaml").read_text().replace("- id: ", "- id: b_")
+    replace_file(set_b / "signup.yaml", with_rule(text_b, "only_in_b", action="block"))
+    broken = copy_rules(tmp_path / "broken")
+    replace_file(broken / "signup.yaml", (broken / "signup.yaml").read_text() + BROKEN)
+    ids = {RuleSet.load(root, SCHEMA).version: {r.id for r in RuleSet.load(root, SCHEMA).subjects["signup"].rules}
+           for root in (set_a, set_b)}
+    marker = {version: ("only_in_a" if "only_in_a" in rule_ids else "only_in_b") for version, rule_ids in ids.items()}
+    runtime.reload_rules(set_a)
+
+    app = create_app(runtime=runtime)
+    stop = threading.Event()
+    responses: list[dict] = []
+    failures: list[str] = []
+    reloads = {"ok": 0, "refused": 0}
+
+    def reloader():
+        roots = [set_b, broken, set_a, broken]
+        i = 0
+        while not stop.is_set():
+            try:
+                runtime.reload_rules(roots[i % len(roots)])
+                reloads["ok"] += 1
+            except RuleSetError:
+                reloads["refused"] += 1
+            i += 1
+            time.sleep(0.002)
+
+    def scorer(n: int):
+        client = app.test_client()
+        for j in range(25):
+            r = client.post("/v1/signups", json=signup(account_id=f"acct_{n}_{j}", device_id=f"dv_{n}_{j}"),
+                            headers=auth)
+            if r.status_code != 200:
+                failures.append(f"{r.status_code} {r.json}")
+            else:
+                responses.append(r.json)
+
+    threads = [threading.Thread(target=scorer, args=(n,)) for n in range(4)]
+    swapper = threading.Thread(target=reloader)
+    swapper.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    swapper.join()
+
+    assert not failures
+    assert len(responses) == 100 and reloads["ok"] > 2 and reloads["refused"] > 2
+    seen_versions = set()
+    for body in responses:
+        version = body["rules_version"]
+        assert version in ids, "a response carries a version no clean set has"
+        hits = {r["rule"] for r in body["reasons"]}
+        assert hits <= ids[version], f"reasons {hits - ids[version]} are not in the set {version}"
+        assert marker[version] in hits
+        assert body["decision"] == ("block" if marker[version] == "only_in_b" else body["decision"])
+        seen_versions.add(version)
+    assert runtime.rules.version in ids
+
+
+# --- the real server: every gunicorn worker converges -------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, key: str) -> dict:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}", "Connection": "close"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def test_every_gunicorn_worker_converges_and_sighup_reloads(tmp_path):
+    root = copy_rules(tmp_path / "rules")
+    port, key = _free_port(), "kyc_test_reload_key"
+    env = dict(os.environ, KYC_DATABASE_URL=f"sqlite:///{tmp_path / 'kyc.db'}", KYC_RULES_DIR=str(root),
+               KYC_DATA_DIR=str(tmp_path), KYC_DEV_KEY=key, KYC_RULES_POLL_SECONDS="0.2", KYC_LOG_LEVEL="WARNING")
+    server = subprocess.Popen([sys.executable, "-m", "kyc.cli", "serve", "--port", str(port), "--workers", "3"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/v1/ops/rules"
+    try:
+        wait_for(lambda: _reachable(url, key), timeout=30)
+
+        def versions(expect: str, rounds: int = 60) -> dict[int, str]:
+            seen: dict[int, str] = {}
+            for _ in range(rounds):
+                body = _get(url, key)
+                seen[body["process"]] = body["version"]
+                if len(seen) >= 3 and all(v == expect for v in seen.values()):
+                    break
+            return seen
+
+        signup_file = root / "signup.yaml"
+        original = signup_file.read_text()
+        replace_file(signup_file, with_rule(original, "served_rule"))
+        edited = RuleSet.load(root, SCHEMA).version
+        wait_for(lambda: set(versions(edited).values()) == {edited}, timeout=20)
+        assert len(versions(edited)) >= 2, "requests reached a single worker only"
+
+        replace_file(signup_file, original + BROKEN)
+        time.sleep(1.0)
+        body = _get(url, key)
+        assert body["version"] == edited and body["last_error"]["errors"][0]["line"] > 1
+
+        # SIGHUP: the master loads, fresh workers inherit the newest clean set.
+        replace_file(signup_file, original)
+        server.send_signal(signal.SIGHUP)
+        wait_for(lambda: set(versions(RuleSet.load(root, SCHEMA).version).values())
+                 == {RuleSet.load(root, SCHEMA).version}, timeout=20)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def _reachable(url: str, key: str) -> bool:
+    try:
+        _get(url, key)
+        return True
+    except OSError:
+        return False
