@@ -125,6 +125,11 @@ class Runtime:
             # Forked from a process whose watcher may have held the lock: start clean.
             self._reload_lock = threading.Lock()
         self._watcher_pid = pid
+        try:
+            if self.rules_changed_on_disk():      # a worker forked after an edit catches up at once
+                self.reload_rules()
+        except RuleSetError:
+            pass
         threading.Thread(target=self._watch, args=(interval, pid), name="kyc-rules-watcher", daemon=True).start()
 
     def _watch(self, interval: float, pid: int) -> None:

@@ -1,0 +1,123 @@
+"""Backtest: exact numbers on a known small history, streamed in small batches."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from click.testing import CliRunner
+
+from kyc.backtest import backtest, format_report, parse_since
+from kyc.cli import main
+from kyc.engine import RuleSet
+from kyc.models import Account, Evaluation
+from kyc.signals import SCHEMA
+from tests.test_engine_errors import write_rules
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+
+CANDIDATE = """
+- id: r_disposable
+  description: throwaway mailbox
+  when: email.disposable
+  score: 50
+  action: block
+- id: r_headless
+  description: automation
+  when: device.headless
+  score: 60
+  action: block
+- id: r_burst
+  description: busy IP, trial run
+  when: velocity.ip_1h >= 5
+  score: 30
+  action: review
+  mode: shadow
+"""
+
+# (evaluation id, account, days ago, trigger, signals, decision stored at the time)
+HISTORY = [
+    ("ev_1", "a1", 1, "live", {"email": {"disposable": True}}, "allow"),
+    ("ev_2", "a2", 2, "live", {"device": {"headless": True}}, "block"),
+    ("ev_3", "a3", 3, "live", {"email": {"disposable": True}}, "verify"),
+    ("ev_4", "a4", 4, "live", {}, "allow"),
+    ("ev_5", "a5", 4, "live", {"velocity": {"ip_1h": 7}}, "allow"),          # same time as ev_4
+    ("ev_6", "a1", 40, "live", {"device": {"headless": True}}, "allow"),      # outside the window
+    ("ev_7", "a4", 0.5, "rescore", {"email": {"disposable": True}}, "allow"),  # a rescore: not replayed
+]
+LABELS = {"a1": "fraud", "a2": "fraud", "a3": "legit", "a5": "legit"}
+
+
+@pytest.fixture
+def history(runtime):
+    with runtime.session() as session, session.begin():
+        for account in ("a1", "a2", "a3", "a4", "a5"):
+            session.add(Account(id=account, first_seen_at=NOW, last_seen_at=NOW, decision="allow", score=0,
+                                label=LABELS.get(account)))
+        session.flush()
+        for ev_id, account, days, trigger, signals, decision in HISTORY:
+            session.add(Evaluation(id=ev_id, account_id=account, subject="signup", trigger=trigger,
+                                   occurred_at=NOW - timedelta(days=days), input={}, signals=signals, reasons=[],
+                                   decision=decision, score=0, required_verifications=[],
+                                   rules_version="sha256:old"))
+    return runtime
+
+
+def test_backtest_numbers_on_a_known_history(history, tmp_path):
+    rules = RuleSet.load(write_rules(tmp_path / "rules", CANDIDATE), SCHEMA)
+    calls = []
+    report = backtest(history.engine, rules, NOW - timedelta(days=30), NOW, limit_changed=1, batch_size=2,
+                      progress=lambda done, total, _s: calls.append((done, total)))
+    assert report.evaluations == 5 and report.evaluations_by_subject == {"signup": 5}
+    assert calls == [(2, 5), (4, 5), (5, 5)]
+    assert {k: v for k, v in report.matrix.items() if v} == {
+        ("allow", "block"): 1, ("block", "block"): 1, ("verify", "block"): 1, ("allow", "allow"): 2}
+    stats = {rule: (s.hits, sorted(s.fraud), sorted(s.legit), s.precision)
+             for (_subject, rule), s in report.rules.items()}
+    assert stats == {
+        "r_disposable": (2, ["a1"], ["a3"], 0.5),
+        "r_headless": (1, ["a2"], [], 1.0),
+        "r_burst": (1, [], ["a5"], 0.0),
+    }
+    assert {label: sorted(ids) for label, ids in report.labeled.items()} == {"fraud": ["a1", "a2"],
+                                                                             "legit": ["a3", "a5"]}
+    assert report.changed_evaluations == 2
+    assert [(c.account_id, c.evaluation_id, c.before, c.after) for c in report.changed] == [
+        ("a3", "ev_3", "verify", "block")]
+
+    text = format_report(report)
+    assert "5 live evaluations (signup: 5)" in text
+    assert "     allow         2         0         0         1         3" in text
+    assert "signup          r_disposable                    active          2   40.00%      1      1      50.0%" in text
+    assert "signup          r_burst                         shadow          1   20.00%      0      1       0.0%" in text
+    assert "decision changes: 2 evaluations; the first 1 accounts:" in text
+    assert "a3" in text and "ev_3" in text
+
+
+def test_backtest_lists_each_changed_account_once(history, tmp_path):
+    rules = RuleSet.load(write_rules(tmp_path / "rules", CANDIDATE), SCHEMA)
+    report = backtest(history.engine, rules, NOW - timedelta(days=60), NOW, batch_size=3)
+    assert report.evaluations == 6
+    assert [(c.account_id, c.evaluation_id) for c in report.changed] == [("a1", "ev_6"), ("a3", "ev_3")]
+    assert report.changed_evaluations == 3
+
+
+def test_backtest_command(history, tmp_path, monkeypatch):
+    root = write_rules(tmp_path / "rules", CANDIDATE)
+    monkeypatch.setenv("KYC_DATABASE_URL", history.config.database_url)
+    monkeypatch.setenv("KYC_DATA_DIR", str(tmp_path))
+    since = (NOW - timedelta(days=30)).isoformat()
+    result = CliRunner().invoke(main, ["rules", "backtest", "--since", since, "--until", NOW.isoformat(),
+                                       "--rules", str(root), "--limit-changed", "5", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert "5 / 5 evaluations" in result.stderr
+    assert "decision changes: 2 evaluations; the first 2 accounts:" in result.stdout
+
+
+def test_parse_since():
+    assert parse_since("30d", NOW) == NOW - timedelta(days=30)
+    assert parse_since("12h", NOW) == NOW - timedelta(hours=12)
+    assert parse_since("2w", NOW) == NOW - timedelta(weeks=2)
+    assert parse_since("2026-11-01", NOW) == datetime(2026, 11, 1, tzinfo=timezone.utc)
+    with pytest.raises(ValueError, match="30d"):
+        parse_since("last month", NOW)
