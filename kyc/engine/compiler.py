@@ -9,8 +9,9 @@ language does not offer (`__class__`, `__import__`, attributes of objects).
 All conditions of a rule set become one function, so a full evaluation costs one call, with
 every signal read once into a local variable.
 
-A missing signal (None) never makes a condition true: comparisons and helper calls with a
-missing operand are false, and a rule whose arithmetic meets a missing value does not fire.
+A missing signal (None) never makes a condition true: a comparison (arithmetic included) that
+reads a missing field is false, helper calls on a missing value are false, and `not (...)` over
+a missing field is false too. A division by zero makes its rule not fire.
 """
 
 from __future__ import annotations
@@ -292,7 +293,9 @@ class _Compiler:
         sym = _CMP.get(type(op))
         if sym is None:
             raise self.fail(node, f"comparison {type(op).__name__} is not allowed", "use == != < <= > >= in")
-        guards = [f"{e.src} is not None" for e in (left, right) if e.field]
+        # Every field the comparison reads must be present, so `a + b > 6` is simply false when b
+        # is missing (and `... or other` can still hold), instead of raising inside the rule.
+        guards = [f"{local} is not None" for local in _unique(left.reads + right.reads)]
         if sym in ("in", "not in"):
             if not right.type.startswith("set:"):
                 raise self.fail(node, "'in' needs a list on its right", "write [\"a\", \"b\"] or lists.name")
