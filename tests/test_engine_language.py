@@ -220,3 +220,32 @@ def test_accepted_regex_runs_in_bounded_time_on_hostile_input(tmp_path):
 def test_generated_function_has_no_builtins(tmp_path):
     rules = ruleset(tmp_path, "email.free")
     assert rules.subjects["signup"].match.__globals__["__builtins__"] == {}
+
+
+def test_an_or_branch_still_holds_when_the_other_reads_a_missing_field(tmp_path):
+    rules = ruleset(tmp_path, "velocity.ip_24h + velocity.ip_1h > 6 or email.free")
+    assert fires(rules, email={"free": True}, velocity={"ip_24h": 3})
+    assert not fires(rules, email={"free": False}, velocity={"ip_24h": 30})
+    assert fires(rules, email={"free": False}, velocity={"ip_24h": 30, "ip_1h": 1})
+
+
+def test_backslashes_in_text_are_kept_for_regexes(tmp_path):
+    rules = ruleset(tmp_path, r'matches(email.domain, "^\d+\.com$")')
+    assert fires(rules, email={"domain": "123.com"})
+    assert not fires(rules, email={"domain": "123xcom"})
+
+
+def test_every_example_in_the_docs_and_the_function_list_compiles():
+    import re
+
+    from kyc.config import PROJECT_ROOT
+    from kyc.engine.compiler import FUNCTIONS, CompileUnit, compile_condition
+
+    text = (PROJECT_ROOT / "docs" / "rules.md").read_text()
+    table = text[text.index("| Construct | Example |"):text.index("Text goes in double quotes")]
+    examples = [m.group(1) for m in re.finditer(r"^\| [^|]+ \| `(.+)` \|$", table, re.M)]
+    examples += [fn.doc for fn in FUNCTIONS.values()]
+    assert len(examples) > 25
+    lists = {"free_email_domains": frozenset({"gmail.com"})}
+    for example in examples:
+        compile_condition(CompileUnit(SCHEMA, lists), example)

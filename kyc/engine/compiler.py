@@ -83,13 +83,13 @@ class Function:
 
 
 FUNCTIONS: dict[str, Function] = {
-    "startswith": Function(_startswith, ("str", "str"), "bool", "startswith(email.local, \"admin\")"),
+    "startswith": Function(_startswith, ("str", "str"), "bool", "startswith(email.domain, \"mail.\")"),
     "endswith": Function(_endswith, ("str", "str"), "bool", "endswith(email.domain, \".ru\")"),
     "contains": Function(_contains, ("str", "str"), "bool", "contains(device.browser, \"Headless\")"),
-    "matches": Function(_matches, ("str", "regex"), "bool", "matches(email.local, \"^[a-z]{8}[0-9]{4}$\")"),
+    "matches": Function(_matches, ("str", "regex"), "bool", "matches(email.domain, \"^[a-z]{4}[0-9]{3}\\.com$\")"),
     "lower": Function(_lower, ("str",), "str", "lower(device.os) == \"linux\""),
-    "len": Function(_len, ("str",), "int", "len(email.local) > 20"),
-    "abs": Function(_abs, ("number",), "number", "abs(ip.tz_offset_hours) > 6"),
+    "len": Function(_len, ("str",), "int", "len(email.domain) > 20"),
+    "abs": Function(_abs, ("number",), "number", "abs(velocity.ip_1h - velocity.device_1h) > 3"),
 }
 
 _CMP = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=",
