@@ -104,7 +104,7 @@ def test_unknown_key(tmp_path):
 def test_duplicate_id(tmp_path):
     error = one_error(write_rules(tmp_path / "rules", rule("email.free", rule_id="first")))
     assert (error.line, error.rule_id) == (7, "first")
-    assert error.message == "duplicate rule id 'first' (first defined on line 1)"
+    assert error.message == "duplicate rule id (first defined on line 1)"
     assert error.suggestion
 
 

@@ -221,7 +221,7 @@ def _check_rule(raw: Any, display: str, seen: dict[str, int], errors: list[RuleE
         err("id must be lower_snake_case text (a-z, 0-9, _), at most 64 characters", "id",
             f"did you mean {suggestion}?" if _ID.match(suggestion) else "write it like disposable_email")
     elif rule_id in seen:
-        err(f"duplicate rule id '{rule_id}' (first defined on line {seen[rule_id]})", "id",
+        err(f"duplicate rule id (first defined on line {seen[rule_id]})", "id",
             "give each rule its own id, or delete one of the two")
     else:
         seen[rule_id] = line
@@ -230,7 +230,7 @@ def _check_rule(raw: Any, display: str, seen: dict[str, int], errors: list[RuleE
         err("description is required", "description", "say in one line what the rule catches")
     when = raw.get("when")
     if not isinstance(when, str) or not when.strip():
-        err("empty condition: when is required", "when", "write a condition, e.g. when: email.disposable")
+        err("empty condition: when is required and cannot be empty", "when", "write a condition, e.g. when: email.disposable")
     score = raw.get("score")
     if isinstance(score, bool) or not isinstance(score, int) or not 0 <= score <= 100:
         err("score must be a whole number from 0 to 100", "score", "e.g. score: 30")
