@@ -115,7 +115,8 @@ def backtest(engine: Engine, rules: RuleSet, since: datetime, until: datetime | 
         total = conn.execute(select(func.count()).select_from(Evaluation).where(*window)).scalar_one()
         last: tuple[datetime, str] | None = None
         while True:
-            page = query if last is None else query.where(or_(
+            # The plain `>=` lets the index start at the last row instead of the window's start.
+            page = query if last is None else query.where(Evaluation.occurred_at >= last[0], or_(
                 Evaluation.occurred_at > last[0], and_(Evaluation.occurred_at == last[0], Evaluation.id > last[1])))
             rows = conn.execute(page).all()
             if not rows:
