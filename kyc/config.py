@@ -40,6 +40,25 @@ SETTINGS: tuple[Setting, ...] = (
             "sets it to kyc_dev_local_only and prints it; never set it in production."),
     Setting("KYC_MAX_BODY_BYTES", "65536", "Largest accepted request body, in bytes (413 beyond)."),
     Setting("KYC_LOG_LEVEL", "INFO", "Log level of the service."),
+    Setting("KYC_DORMANT_DAYS", "30",
+            "Activity after more than this many days without any is a signal (account.woke_up) and rescores the account."),
+    Setting("KYC_SENDER", "outbox",
+            "How verification codes are sent: outbox (a table plus a masked log line; `kyc outbox` shows codes "
+            "in development only) or http (POST JSON to KYC_SENDER_URL)."),
+    Setting("KYC_SENDER_URL", "", "The SMS/email provider endpoint the http sender posts each code message to."),
+    Setting("KYC_SENDER_TIMEOUT_SECONDS", "5", "Timeout of one http sender call; a failed send creates nothing."),
+    Setting("KYC_CODE_TTL_SECONDS", "600", "How long an email or phone code stays valid."),
+    Setting("KYC_CODE_MAX_ATTEMPTS", "5", "Wrong codes allowed before a verification fails."),
+    Setting("KYC_RESEND_INTERVAL_SECONDS", "60",
+            "Least time between two codes sent for one account and kind (429 with Retry-After before)."),
+    Setting("KYC_MAX_SENDS", "5", "Most codes sent for one verification (429 after)."),
+    Setting("KYC_DOCUMENT_TTL_HOURS", "72", "How long a document verification waits for the provider's decision."),
+    Setting("KYC_PHONE_UNIQUE", "true",
+            "Refuse a phone number already verified on another account (true/false)."),
+    Setting("KYC_WEBHOOK_SECRETS", "",
+            "Identity-provider webhook secrets, provider:secret pairs separated by commas. A provider not "
+            "listed is refused."),
+    Setting("KYC_WEBHOOK_TOLERANCE_SECONDS", "300", "How far a webhook's timestamp may be from now."),
 )
 
 DEV_KEY = "kyc_dev_local_only"
@@ -56,6 +75,18 @@ class Config:
     max_body_bytes: int
     log_level: str
     rules_poll_seconds: float = 2.0
+    dormant_days: int = 30
+    sender: str = "outbox"
+    sender_url: str = ""
+    sender_timeout_seconds: float = 5.0
+    code_ttl_seconds: int = 600
+    code_max_attempts: int = 5
+    resend_interval_seconds: int = 60
+    max_sends: int = 5
+    document_ttl_hours: int = 72
+    phone_unique: bool = True
+    webhook_secrets: dict = field(default_factory=dict)
+    webhook_tolerance_seconds: int = 300
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -73,6 +104,18 @@ class Config:
             max_body_bytes=int(raw["KYC_MAX_BODY_BYTES"]),
             log_level=raw["KYC_LOG_LEVEL"].upper(),
             rules_poll_seconds=float(raw["KYC_RULES_POLL_SECONDS"]),
+            dormant_days=int(raw["KYC_DORMANT_DAYS"]),
+            sender=raw["KYC_SENDER"].strip().lower(),
+            sender_url=raw["KYC_SENDER_URL"].strip(),
+            sender_timeout_seconds=float(raw["KYC_SENDER_TIMEOUT_SECONDS"]),
+            code_ttl_seconds=int(raw["KYC_CODE_TTL_SECONDS"]),
+            code_max_attempts=int(raw["KYC_CODE_MAX_ATTEMPTS"]),
+            resend_interval_seconds=int(raw["KYC_RESEND_INTERVAL_SECONDS"]),
+            max_sends=int(raw["KYC_MAX_SENDS"]),
+            document_ttl_hours=int(raw["KYC_DOCUMENT_TTL_HOURS"]),
+            phone_unique=_flag("KYC_PHONE_UNIQUE", raw["KYC_PHONE_UNIQUE"]),
+            webhook_secrets=parse_webhook_secrets(raw["KYC_WEBHOOK_SECRETS"]),
+            webhook_tolerance_seconds=int(raw["KYC_WEBHOOK_TOLERANCE_SECONDS"]),
         )
         values.update(overrides)
         if not values["secret_key"]:
@@ -87,6 +130,31 @@ class Config:
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def development(self) -> bool:
+        """The embedded SQLite default or a development API key: where codes may be shown."""
+        return bool(self.dev_key) or self.is_sqlite
+
+
+def _flag(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, not {value!r}")
+
+
+def parse_webhook_secrets(value: str) -> dict[str, bytes]:
+    """"provider:secret,other:secret2" -> {provider: b"secret"}; a malformed entry stops start-up."""
+    secrets_by_provider: dict[str, bytes] = {}
+    for entry in filter(None, (part.strip() for part in value.split(","))):
+        provider, sep, secret = entry.partition(":")
+        if not sep or not provider.strip() or not secret.strip():
+            raise ValueError("KYC_WEBHOOK_SECRETS entries are provider:secret separated by commas")
+        secrets_by_provider[provider.strip()] = secret.strip().encode()
+    return secrets_by_provider
 
 
 def _resolve(path: str, base: Path | None = None) -> Path:

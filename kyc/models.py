@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Date, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -123,3 +123,95 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     note: Mapped[str | None] = mapped_column(Text)
+
+
+_AUTO_ID = BigInteger().with_variant(Integer, "sqlite")
+
+VERIFICATION_STATUSES = ("pending", "verified", "failed", "expired")
+
+
+class Verification(Base):
+    """One verification of one kind on one account: pending -> verified | failed | expired.
+
+    Codes are never stored, only their HMAC (code_hash). `target` is the email or phone the
+    code goes to (needed to resend); `target_hash` its keyed hash, to find a number verified
+    on another account without reading PII.
+    """
+
+    __tablename__ = "verifications"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    kind: Mapped[str] = mapped_column(String(16))             # email | phone | document | payment
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    target: Mapped[str | None] = mapped_column(String(320))
+    target_hash: Mapped[str | None] = mapped_column(String(32))
+    line_type: Mapped[str | None] = mapped_column(String(32))  # phone only
+    code_hash: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    sends: Mapped[int] = mapped_column(Integer, default=0)
+    last_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    provider: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)           # the provider's or kyc's reason for the outcome
+
+    __table_args__ = (
+        Index("ix_verifications_account_kind_status", "account_id", "kind", "status"),
+        Index("ix_verifications_target", "kind", "target_hash", "status"),
+    )
+
+
+class VerificationEvent(Base):
+    """The audit trail: every state change and attempt of a verification, append-only."""
+
+    __tablename__ = "verification_events"
+
+    id: Mapped[int] = mapped_column(_AUTO_ID, primary_key=True, autoincrement=True)
+    verification_id: Mapped[str] = mapped_column(ForeignKey("verifications.id"))
+    account_id: Mapped[str] = mapped_column(String(128))
+    event: Mapped[str] = mapped_column(String(32))   # created | sent | attempt_failed | verified | failed | expired
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    __table_args__ = (Index("ix_verification_events_verification", "verification_id", "id"),)
+
+
+class OutboxMessage(Base):
+    """A code message written by the default sender, for a relay to deliver (or a developer to read)."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(_AUTO_ID, primary_key=True, autoincrement=True)
+    verification_id: Mapped[str] = mapped_column(ForeignKey("verifications.id"))
+    channel: Mapped[str] = mapped_column(String(16))        # email | sms
+    recipient: Mapped[str] = mapped_column(String(320))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebhookEvent(Base):
+    """Every provider event id accepted once; a second delivery of the same id is a replay."""
+
+    __tablename__ = "webhook_events"
+
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    verification_id: Mapped[str | None] = mapped_column(String(40))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ActivityDay(Base):
+    """Usage reported by the gateway, one row per account and UTC day."""
+
+    __tablename__ = "activity_days"
+
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Whole days without activity before this day's first report: the dormancy it ended.
+    dormant_days: Mapped[int] = mapped_column(Integer, default=0)
+    last_ip_hash: Mapped[str | None] = mapped_column(String(32))

@@ -22,6 +22,7 @@ from kyc.db import make_engine, make_session_factory
 from kyc.engine import RuleSet, RuleSetError
 from kyc.engine.loader import rules_fingerprint
 from kyc.signals import SCHEMA
+from kyc.tiers import TierPolicy, load_tiers
 
 log = logging.getLogger("kyc")
 
@@ -37,12 +38,19 @@ def upgrade_database(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
 
 
+def load_policy(root: Path) -> tuple[RuleSet, TierPolicy]:
+    """Rule files and the tier policy, loaded and checked together (RuleSetError on any mistake)."""
+    rules = RuleSet.load(root, SCHEMA)
+    return rules, load_tiers(root, SCHEMA, rules.lists)
+
+
 @dataclass
 class Runtime:
     config: Config
     engine: Engine
     sessions: sessionmaker
     rules: RuleSet
+    tiers: TierPolicy
     rules_error: RuleSetError | None = None
     rules_error_at: datetime | None = None
     rules_checked_at: datetime | None = None
@@ -65,8 +73,8 @@ class Runtime:
         elif migrate:
             upgrade_database(config.database_url)
         fingerprint = rules_fingerprint(config.rules_dir)
-        rules = RuleSet.load(config.rules_dir, SCHEMA)
-        return cls(config, engine, make_session_factory(engine), rules, rules_checked_at=rules.loaded_at,
+        rules, tiers = load_policy(config.rules_dir)
+        return cls(config, engine, make_session_factory(engine), rules, tiers, rules_checked_at=rules.loaded_at,
                    _rules_fingerprint=fingerprint)
 
     def session(self) -> Session:
@@ -86,7 +94,7 @@ class Runtime:
             self._rules_fingerprint = rules_fingerprint(root)
             self.rules_checked_at = datetime.now(timezone.utc)
             try:
-                rules = RuleSet.load(root, SCHEMA)
+                rules, tiers = load_policy(root)
             except RuleSetError as exc:
                 self.rules_error, self.rules_error_at = exc, self.rules_checked_at
                 log.error("rules reload refused, keeping %s:\n%s", self.rules.version, exc)
@@ -95,7 +103,7 @@ class Runtime:
             if rules.version == self.rules.version and rules.root == self.rules.root:
                 return self.rules             # same content: keep the running object and its loaded_at
             log.info("rules reloaded: %s -> %s", self.rules.version, rules.version)
-            self.rules = rules
+            self.rules, self.tiers = rules, tiers
             return rules
 
     def rules_status(self) -> dict[str, Any]:

@@ -19,11 +19,14 @@ from kyc.engine import Outcome, RuleSet, most_severe, reason_order
 from kyc.engine.loader import VERIFICATIONS
 from kyc.ids import new_id
 from kyc.inputs import INPUTS, rfc3339
-from kyc.models import Account, Evaluation
+from kyc.activity import latest_dormancy
+from kyc.models import Account, Evaluation, utcnow
 from kyc.runtime import Runtime
 from kyc.security import mask_email, mask_ip
 from kyc.signals import COLLECTORS, Lookups, Signals
+from kyc.signals.account import account_signals
 from kyc.store import SqlStore
+from kyc.verification import verified_kinds
 
 log = logging.getLogger("kyc.scoring")
 
@@ -39,7 +42,15 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     at = at or inp.at()
     lookups = Lookups(rules.lists, SqlStore(session), runtime.config.secret_key)
     signals, identifiers = COLLECTORS[subject](inp, lookups, at)
-    outcome = rules.evaluate(subject, signals)
+    known = session.get(Account, inp.account_id)
+    # Account facts describe the account now when it is rescored (a wake-up is why it is),
+    # and as of the event for a live or backfilled input.
+    facts_at = max(at, utcnow()) if trigger == "rescore" else at
+    signals["account"] = account_signals(known.first_seen_at if known else at, facts_at,
+                                         latest_dormancy(session, inp.account_id) if known else None,
+                                         runtime.config.dormant_days)
+    verified = verified_kinds(session, inp.account_id, known.subjects) if known else frozenset()
+    outcome = rules.evaluate(subject, signals, verified)
     account = _lock_account(session, inp.account_id, at)
     evaluation = Evaluation(
         id=new_id("ev"), account_id=account.id, subject=subject, trigger=trigger, occurred_at=at,
@@ -103,8 +114,11 @@ def _apply(account: Account, subject: str, evaluation: Evaluation, outcome: Outc
     account.last_seen_at = max(account.last_seen_at, at)
     account.last_evaluation_id = evaluation.id
     decision, score, reasons, required = combine(subjects)
-    if (decision, score, reasons, required) != (account.decision, account.score, account.reasons,
-                                                account.required_verifications):
+    # A new latest evaluation brings new signals, which tier conditions read: it can change an
+    # entitlement even when the standing stays the same.
+    became_latest = subjects[subject]["evaluation_id"] == evaluation.id
+    if became_latest or (decision, score, reasons, required) != (account.decision, account.score, account.reasons,
+                                                                 account.required_verifications):
         account.state_version = (account.state_version or 0) + 1
     account.decision, account.score, account.reasons, account.required_verifications = decision, score, reasons, required
 

@@ -14,10 +14,13 @@ from typing import Any
 from kyc.engine.loader import (
     SUBJECTS,
     VERIFICATIONS,
+    CompiledConditions,
     CompiledRules,
+    Condition,
     NamedList,
     RuleError,
     RuleSetError,
+    compile_conditions,
     compile_rule_file,
     load_lists,
     rules_version,
@@ -26,7 +29,7 @@ from kyc.engine.loader import (
 from kyc.engine.schema import Field, Schema
 
 __all__ = ["RuleSet", "Outcome", "RuleError", "RuleSetError", "Schema", "Field", "NamedList", "SEVERITY",
-           "most_severe", "reason_order"]
+           "most_severe", "reason_order", "Condition", "CompiledConditions", "compile_conditions"]
 
 SEVERITY = {"allow": 0, "verify": 1, "review": 2, "block": 3}
 
@@ -99,7 +102,13 @@ class RuleSet:
             "lists": {name: len(values) for name, values in sorted(self.lists.items())},
         }
 
-    def evaluate(self, subject: str, signals: dict[str, dict[str, Any]]) -> Outcome:
+    def evaluate(self, subject: str, signals: dict[str, dict[str, Any]],
+                 verified: frozenset[str] = frozenset()) -> Outcome:
+        """`verified`: the verifications the account has completed. A verify rule asks for proof;
+        once every verification it requires is done, the proof is there, so the rule stays in
+        the reasons (marked "satisfied", score kept: the facts did not change) but no longer
+        moves the decision or the required verifications. Deciding this here, where a rule's
+        `requires` is known, keeps evaluations self-explaining; no later step rewrites them."""
         compiled = self.subjects.get(subject)
         if compiled is None:
             return Outcome("allow", 0, [], [])
@@ -118,10 +127,13 @@ class RuleSet:
                 continue
             reasons.append(reason)
             score += rule.score
+            if rule.action == "verify" and verified.issuperset(rule.requires):
+                reason["satisfied"] = True
+                continue
             if SEVERITY[rule.action] > SEVERITY[decision]:
                 decision = rule.action
             if rule.action == "verify":
-                required.update(rule.requires)
+                required.update(v for v in rule.requires if v not in verified)
         reasons.sort(key=reason_order)
         required_list = [v for v in VERIFICATIONS if v in required] if decision == "verify" else []
         return Outcome(decision, min(score, 100), reasons, required_list)

@@ -330,6 +330,40 @@ def stray_rule_files(root: Path) -> list[RuleError]:
     return errors
 
 
+@dataclass(frozen=True)
+class Condition:
+    """One standalone condition to compile, with where it was written (for error messages)."""
+
+    id: str
+    when: str
+    line: int
+
+
+@dataclass
+class CompiledConditions:
+    conditions: tuple[Condition, ...]
+    families: frozenset[str]         # signal families the conditions read
+    match: Any                       # the generated function: signals -> indexes of conditions that hold
+
+
+def compile_conditions(conditions: list[Condition], schema: Schema, lists: dict[str, frozenset],
+                       display: str, name: str) -> CompiledConditions:
+    """Compile conditions that are not rules (e.g. tier conditions) the way rule files are:
+    same language, same schema check, one generated function; errors name file, line and id."""
+    unit = CompileUnit(schema, lists)
+    compiled: list[str] = []
+    errors: list[RuleError] = []
+    for condition in conditions:
+        try:
+            compiled.append(compile_condition(unit, condition.when))
+        except ConditionError as exc:
+            errors.append(RuleError(display, condition.line + exc.offset, condition.id, exc.message, exc.suggestion))
+    if errors:
+        raise RuleSetError(errors)
+    families = frozenset(f.split(".", 1)[0] for f in unit.field_locals)
+    return CompiledConditions(tuple(conditions), families, build_function(unit, compiled, name))
+
+
 def rules_version(root: Path) -> str:
     """Content hash of everything that changes a decision (rule files and lists, not tests)."""
     digest = hashlib.sha256()

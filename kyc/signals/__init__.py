@@ -14,10 +14,10 @@ from typing import Any
 from kyc.engine.schema import Schema
 from kyc.inputs import SignupInput
 from kyc.security import keyed_hash
-from kyc.signals import device, email, network, phone, velocity
+from kyc.signals import account, device, email, network, phone, velocity
 from kyc.store import Store
 
-SCHEMA = Schema(f for family in (email, phone, network, device, velocity) for f in family.FIELDS)
+SCHEMA = Schema(f for family in (email, phone, network, device, velocity, account) for f in family.FIELDS)
 
 Signals = dict[str, dict[str, Any]]
 Identifiers = list[tuple[str, str]]      # (kind, keyed hash)

@@ -1,0 +1,66 @@
+"""Usage the API gateway reports: last seen, requests per account and UTC day, dormancy.
+
+A day's first report records how long the account had been silent before it (dormant_days).
+More than KYC_DORMANT_DAYS is a wake-up: the account.woke_up signal, and a rescore.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from kyc.errors import not_found
+from kyc.models import Account, ActivityDay
+from kyc.security import keyed_hash
+
+
+@dataclass(frozen=True)
+class ActivityResult:
+    account_id: str
+    day: date
+    requests_today: int
+    last_seen_at: datetime
+    dormant_days: int
+    woke_up: bool
+
+
+def latest_dormancy(conn, account_id: str) -> int | None:
+    """The dormancy (whole days) recorded with the account's latest day of activity; None if none."""
+    return conn.execute(
+        select(ActivityDay.dormant_days).where(ActivityDay.account_id == account_id)
+        .order_by(ActivityDay.day.desc()).limit(1)
+    ).scalar()
+
+
+def record_activity(session: Session, account_id: str, at: datetime, requests: int, ip: str | None,
+                    secret: bytes, threshold: int) -> ActivityResult:
+    """Count the requests and move last-seen, in the caller's transaction (the account row is
+    locked, so concurrent reports of one account serialise and the day's row is created once)."""
+    account = session.execute(
+        select(Account).where(Account.id == account_id).with_for_update().execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if account is None:
+        raise not_found("account")
+    day = at.date()
+    row = session.execute(
+        select(ActivityDay).where(ActivityDay.account_id == account_id, ActivityDay.day == day).with_for_update()
+    ).scalar_one_or_none()
+    previous = account.last_seen_at
+    woke_up = False
+    if row is None:
+        gap = max(0, (at - previous).days)
+        row = ActivityDay(account_id=account_id, day=day, requests=0, first_at=at, last_at=at, dormant_days=gap)
+        session.add(row)
+        woke_up = gap > threshold
+    row.requests += requests
+    row.first_at, row.last_at = min(row.first_at, at), max(row.last_at, at)
+    if ip:
+        row.last_ip_hash = keyed_hash(secret, "ip", ip)
+    account.last_seen_at = max(previous, at)
+    if woke_up:
+        # account.woke_up can change an entitlement (tier conditions read it).
+        account.state_version = (account.state_version or 0) + 1
+    return ActivityResult(account_id, day, row.requests, account.last_seen_at, row.dormant_days, woke_up)

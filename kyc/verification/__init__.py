@@ -1,0 +1,33 @@
+"""Verifications: email and phone codes, identity-document providers, payment.
+
+Each verification is a state machine, pending -> verified | failed | expired, with every
+step written to an append-only audit trail (verification_events). The flows live in
+service.py, codes in codes.py, senders in senders.py, provider webhooks in webhooks.py.
+What an account has proven is read here, by the pipeline and the entitlement check alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from kyc.models import Verification
+
+KINDS = ("email", "phone", "document", "payment")
+CODE_KINDS = ("email", "phone")
+
+
+def payment_verified(subjects: dict[str, Any] | None) -> bool:
+    """Payment is proven by the account's latest payment method being evaluated allow."""
+    return ((subjects or {}).get("payment_method") or {}).get("decision") == "allow"
+
+
+def verified_kinds(conn, account_id: str, subjects: dict[str, Any] | None) -> frozenset[str]:
+    """The kinds of verification the account has completed (a Session or Connection)."""
+    kinds = set(conn.execute(
+        select(Verification.kind).where(Verification.account_id == account_id, Verification.status == "verified")
+    ).scalars())
+    if payment_verified(subjects):
+        kinds.add("payment")
+    return frozenset(kinds)
