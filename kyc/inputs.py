@@ -128,4 +128,16 @@ class PaymentMethodInput(_Input):
         return None if value is None else _check_ip(value)
 
 
+class ActivityInput(_Input):
+    """POST /v1/accounts/{id}/activity: usage the gateway saw (requests since its last report)."""
+
+    requests: Annotated[StrictInt, Field(ge=0, le=1_000_000_000)] = 1
+    ip: Annotated[StrictStr, Field(max_length=64)] | None = None
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ip(value)
+
+
 INPUTS: dict[str, type[_Input]] = {"signup": SignupInput, "payment_method": PaymentMethodInput}

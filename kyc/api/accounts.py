@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from flask import jsonify
 from sqlalchemy import select
 
 from kyc.api import runtime, v1
 from kyc.errors import not_found
 from kyc.inputs import rfc3339
-from kyc.models import Account, Evaluation
+from kyc.models import Account, Evaluation, Verification
+from kyc.verification.service import verification_body
 
 HISTORY = 20
 
@@ -23,7 +26,14 @@ def get_account(account_id: str):
             select(Evaluation).where(Evaluation.account_id == account_id)
             .order_by(Evaluation.created_at.desc(), Evaluation.id.desc()).limit(HISTORY)
         ).scalars().all()
-    return jsonify(account_body(account, history))
+        verifications = session.execute(
+            select(Verification).where(Verification.account_id == account_id)
+            .order_by(Verification.created_at.desc()).limit(HISTORY)
+        ).scalars().all()
+    now = datetime.now(timezone.utc)
+    body = account_body(account, history)
+    body["verifications"] = [verification_body(v, now, runtime().config.code_max_attempts) for v in verifications]
+    return jsonify(body)
 
 
 def account_body(account: Account, history: list[Evaluation]) -> dict:

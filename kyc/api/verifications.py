@@ -1,0 +1,84 @@
+"""Verifications: start one, confirm a code, read one.
+
+POST /v1/accounts/{id}/verifications {"kind"}  -> 201 (new) or 200 (resend / still pending)
+POST /v1/verifications/{id}/confirm {"code"}    -> 200 with the status the code led to
+GET  /v1/verifications/{id}
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Literal
+
+from flask import jsonify
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from kyc.api import parse, runtime, v1
+from kyc.errors import ApiError, invalid, not_found
+from kyc.models import Verification
+from kyc.verification.senders import SendError
+from kyc.verification.service import StartRequest, confirm, start, verification_body
+
+
+class StartBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    kind: Literal["email", "phone", "document", "payment"]
+    email: Annotated[StrictStr, Field(min_length=3, max_length=320)] | None = None
+    phone_region: Annotated[StrictStr, Field(min_length=2, max_length=2)] | None = None
+    phone: Annotated[StrictStr, Field(min_length=3, max_length=32)] | None = None
+    tier: Annotated[StrictStr, Field(max_length=64)] | None = None
+
+
+class ConfirmBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    code: Annotated[StrictStr, Field(pattern=r"^\d{6}$")]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@v1.post("/accounts/<account_id>/verifications")
+def start_verification(account_id: str):
+    body = parse(StartBody)
+    rt = runtime()
+    if body.tier is not None and rt.tiers.get(body.tier) is None:
+        raise invalid("unknown tier", {"tier": f"one of {', '.join(rt.tiers.tiers)}"})
+    if body.kind != "email" and body.email is not None:
+        raise invalid("email is only for kind email", {"email": "only for kind email"})
+    if body.kind != "phone" and (body.phone or body.phone_region or body.tier):
+        raise invalid("phone, phone_region and tier are only for kind phone",
+                      {k: "only for kind phone" for k in ("phone", "phone_region", "tier") if getattr(body, k)})
+    now = _now()
+    try:
+        with rt.session() as session, session.begin():
+            v, created = start(rt, session, account_id, StartRequest(**body.model_dump()), now)
+            answer = verification_body(v, now, rt.config.code_max_attempts)
+    except SendError as exc:
+        raise ApiError(502, "sender_failed", f"{exc}; nothing was started, try again") from None
+    response = jsonify(answer)
+    response.status_code = 201 if created else 200
+    return response
+
+
+@v1.post("/verifications/<verification_id>/confirm")
+def confirm_verification(verification_id: str):
+    body = parse(ConfirmBody)
+    rt = runtime()
+    now = _now()
+    with rt.session() as session, session.begin():
+        v = confirm(rt, session, verification_id, body.code, now)
+        answer = verification_body(v, now, rt.config.code_max_attempts)
+    return jsonify(answer)
+
+
+@v1.get("/verifications/<verification_id>")
+def get_verification(verification_id: str):
+    rt = runtime()
+    with rt.session() as session:
+        v = session.get(Verification, verification_id)
+        if v is None:
+            raise not_found("verification")
+        return jsonify(verification_body(v, _now(), rt.config.code_max_attempts))

@@ -1,0 +1,82 @@
+"""Identity-provider webhooks: who sent it (HMAC-SHA256 over the raw body), when (a timestamp
+within KYC_WEBHOOK_TOLERANCE_SECONDS) and what (an event id, verification id and status).
+
+The signature is checked before the body is even parsed; a call that fails it changes
+nothing and learns nothing. Replays are refused by event id (kyc/verification/service.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from kyc.errors import ApiError, invalid
+from kyc.inputs import parse_time
+from kyc.verification.service import FAILED_STATUSES, VERIFIED_STATUSES
+
+SIGNATURE_HEADER = "X-Signature"
+
+
+@dataclass(frozen=True)
+class ProviderEvent:
+    event_id: str
+    verification_id: str
+    status: str
+    reason: str | None
+    timestamp: datetime
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """The X-Signature value for a body: hex HMAC-SHA256 (a "sha256=" prefix is also accepted)."""
+    return hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def check_signature(secret: bytes | None, body: bytes, header: str | None) -> None:
+    if secret is None:
+        raise ApiError(404, "not_found", "unknown webhook provider")
+    given = (header or "").strip().removeprefix("sha256=")
+    # Compare even when the header is absent, so timing never tells a missing from a wrong signature.
+    if not hmac.compare_digest(sign(secret, body).encode(), given.encode()) or not given:
+        raise ApiError(401, "bad_signature", f"missing or invalid {SIGNATURE_HEADER}")
+
+
+def parse_event(body: bytes, now: datetime, tolerance_seconds: int) -> ProviderEvent:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise invalid(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise invalid("the body must be a JSON object")
+    fields: dict[str, str] = {}
+    for name in ("event_id", "verification_id", "status"):
+        value = data.get(name)
+        if not isinstance(value, str) or not value or len(value) > 128:
+            fields[name] = "required text, at most 128 characters"
+    status = data.get("status")
+    if "status" not in fields and status not in VERIFIED_STATUSES + FAILED_STATUSES:
+        fields["status"] = f"one of {', '.join(VERIFIED_STATUSES + FAILED_STATUSES)}"
+    reason = data.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 512):
+        fields["reason"] = "text, at most 512 characters"
+    timestamp = _timestamp(data.get("timestamp"), fields)
+    if fields:
+        raise invalid("the event has invalid fields", fields)
+    if abs(now - timestamp) > timedelta(seconds=tolerance_seconds):
+        raise ApiError(400, "stale_event", f"the event timestamp is more than {tolerance_seconds}s from now",
+                       {"timestamp": "outside the accepted window"})
+    return ProviderEvent(data["event_id"], data["verification_id"], status, reason, timestamp)
+
+
+def _timestamp(value, fields: dict[str, str]) -> datetime | None:
+    try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return datetime.fromtimestamp(value, timezone.utc)
+        if isinstance(value, str):
+            return parse_time(value)
+    except (ValueError, OverflowError, OSError):
+        pass
+    fields["timestamp"] = "required: Unix seconds or an RFC 3339 time"
+    return None
