@@ -191,8 +191,11 @@ def rules_check(rules_dir: str | None) -> None:
     from kyc.ruletests import load_cases, unknown_rule_hits
     from kyc.signals import SCHEMA
 
+    from kyc.tiers import load_tiers
+
     ruleset = _load_rules(rules_dir)
     try:
+        tiers = load_tiers(ruleset.root, SCHEMA, ruleset.lists)
         cases = load_cases(ruleset.root, SCHEMA)
     except RuleSetError as exc:
         _rule_errors(exc)
@@ -210,6 +213,7 @@ def rules_check(rules_dir: str | None) -> None:
         kind = getattr(values, "kind", "text")
         folding = ", case-folded" if getattr(values, "casefold", False) else ""
         click.echo(f"  {'lists/' + name + '.txt':<24} {len(values)} {kind} values{folding}")
+    click.echo(f"  {'tiers.yaml':<24} {len(tiers.tiers)} tiers: {', '.join(tiers.tiers) or 'none'}")
     click.echo(f"  {'tests/':<24} {len(cases)} cases (run them: kyc rules test)")
 
 
@@ -309,6 +313,30 @@ def rules_backtest(since: str, until: str | None, rules_dir: str | None, limit_c
                       progress=progress)
     click.echo("", err=True)
     click.echo(format_report(report))
+
+
+# --- outbox -----------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--limit", default=20, show_default=True, type=int)
+def outbox(limit: int) -> None:
+    """Latest code messages of the outbox sender. Codes are shown in development only (the
+    embedded SQLite default or KYC_DEV_KEY set); elsewhere they are masked."""
+    import re
+
+    from kyc.models import OutboxMessage
+    from kyc.security import mask_email, mask_phone
+
+    runtime = _runtime()
+    show = runtime.config.development
+    with runtime.session() as session:
+        rows = session.execute(select(OutboxMessage).order_by(OutboxMessage.id.desc()).limit(limit)).scalars().all()
+    for m in rows:
+        to = m.recipient if show else (mask_email(m.recipient) if m.channel == "email" else mask_phone(m.recipient))
+        body = m.body if show else re.sub(r"\d{6}", "******", m.body)
+        click.echo(f"{m.created_at:%Y-%m-%d %H:%M:%S}  {m.verification_id}  {m.channel:<5} {to}  {body}")
+    if not show:
+        click.echo("(codes hidden: not a development setup)", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
