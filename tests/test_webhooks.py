@@ -1,0 +1,140 @@
+"""Identity-provider webhooks: signature, timestamp window, replay, and what a decision changes."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from kyc import create_app
+from kyc.models import Account, Verification, VerificationEvent, WebhookEvent
+from kyc.runtime import Runtime
+from kyc.verification.webhooks import sign
+from tests.conftest import signup
+from tests.flows import WEBHOOK_SECRET, start, webhook
+
+
+@pytest.fixture
+def runtime(database_url, make_config):
+    rt = Runtime.start(make_config(database_url, webhook_secrets={"idv": WEBHOOK_SECRET}), migrate=False)
+    yield rt
+    rt.engine.dispose()
+
+
+@pytest.fixture
+def document(client, auth):
+    client.post("/v1/signups", json=signup(phone="+445612345678"), headers=auth)   # VoIP: verify [document]
+    started = start(client, auth, kind="document")
+    assert started.status_code == 201 and started.json["status"] == "pending"
+    return started.json["verification_id"]
+
+
+def _state(runtime, vid):
+    with runtime.session() as s:
+        v = s.get(Verification, vid)
+        return (v.status, v.reason, s.scalar(select(func.count()).select_from(WebhookEvent)),
+                s.scalar(select(func.count()).select_from(VerificationEvent).where(VerificationEvent.verification_id == vid)),
+                s.get(Account, v.account_id).state_version)
+
+
+def test_signed_approval_verifies_and_rescores(client, auth, runtime, document):
+    assert client.get("/v1/accounts/acct_1", headers=auth).json["decision"] == "verify"
+    answer = webhook(client, verification_id=document, status="approved", reason="passport matched selfie")
+    assert answer.status_code == 200
+    assert answer.json["status"] == "verified" and answer.json["provider"] == "idv"
+    account = client.get("/v1/accounts/acct_1", headers=auth).json
+    assert account["decision"] == "allow"
+    with runtime.session() as s:
+        assert s.get(Verification, document).reason == "passport matched selfie"
+
+
+def test_signed_decline_fails_with_the_providers_reason(client, auth, runtime, document):
+    answer = webhook(client, verification_id=document, status="declined", reason="document expired")
+    assert answer.status_code == 200 and answer.json["status"] == "failed"
+    assert answer.json["reason"] == "document expired"
+    assert client.get("/v1/accounts/acct_1", headers=auth).json["decision"] == "verify"
+
+
+@pytest.mark.parametrize("signature", ["", "00" * 32, "sha256=" + "ab" * 32, "not hex"])
+def test_bad_or_missing_signature_is_401_and_changes_nothing(client, runtime, document, signature):
+    before = _state(runtime, document)
+    raw = json.dumps({"event_id": "evt_1", "verification_id": document, "status": "approved",
+                      "timestamp": int(time.time())}).encode()
+    headers = {"Content-Type": "application/json"}
+    if signature:
+        headers["X-Signature"] = signature
+    answer = client.post("/v1/webhooks/idv", data=raw, headers=headers)
+    assert answer.status_code == 401 and answer.json["error"]["code"] == "bad_signature"
+    assert _state(runtime, document) == before
+
+
+def test_signature_with_another_secret_or_over_another_body_is_refused(client, runtime, document):
+    before = _state(runtime, document)
+    assert webhook(client, secret=b"guessed", verification_id=document, status="approved").status_code == 401
+    raw = json.dumps({"event_id": "evt_2", "verification_id": document, "status": "approved",
+                      "timestamp": int(time.time())}).encode()
+    tampered = raw.replace(b"approved", b"verified")
+    answer = client.post("/v1/webhooks/idv", data=tampered,
+                         headers={"Content-Type": "application/json", "X-Signature": sign(WEBHOOK_SECRET, raw)})
+    assert answer.status_code == 401
+    assert _state(runtime, document) == before
+
+
+def test_sha256_prefixed_signature_is_accepted(client, document):
+    raw = json.dumps({"event_id": "evt_3", "verification_id": document, "status": "approved",
+                      "timestamp": int(time.time())}).encode()
+    answer = client.post("/v1/webhooks/idv", data=raw, headers={"X-Signature": "sha256=" + sign(WEBHOOK_SECRET, raw)})
+    assert answer.status_code == 200 and answer.json["status"] == "verified"
+
+
+def test_unknown_provider_is_refused(client, runtime, document):
+    before = _state(runtime, document)
+    assert webhook(client, provider="other", verification_id=document, status="approved").status_code == 404
+    assert _state(runtime, document) == before
+
+
+@pytest.mark.parametrize("offset", [-301, 301, -3600])
+def test_timestamp_outside_five_minutes_is_refused(client, runtime, document, offset):
+    before = _state(runtime, document)
+    answer = webhook(client, verification_id=document, status="approved", timestamp=int(time.time()) + offset)
+    assert answer.status_code == 400 and answer.json["error"]["code"] == "stale_event"
+    assert _state(runtime, document) == before
+
+
+def test_rfc3339_timestamp_within_the_window_is_accepted(client, document):
+    from datetime import datetime, timezone
+
+    now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    assert webhook(client, verification_id=document, status="approved", timestamp=now).status_code == 200
+
+
+def test_replayed_event_id_is_refused(client, auth, runtime, document):
+    first = webhook(client, event_id="evt_once", verification_id=document, status="declined", reason="blurry")
+    assert first.status_code == 200
+    after_first = _state(runtime, document)
+    # A new document verification, and the old event delivered again at it.
+    second_doc = start(client, auth, kind="document").json["verification_id"]
+    replay = webhook(client, event_id="evt_once", verification_id=second_doc, status="approved")
+    assert replay.status_code == 409 and replay.json["error"]["code"] == "replayed_event"
+    assert _state(runtime, document) == after_first
+    with runtime.session() as s:
+        assert s.get(Verification, second_doc).status == "pending"
+
+
+def test_malformed_event_and_wrong_targets(client, auth, runtime, document):
+    assert webhook(client, verification_id=document, status="maybe").status_code == 400
+    assert webhook(client, verification_id="vf_unknown", status="approved").status_code == 404
+    email = start(client, auth, kind="email").json["verification_id"]
+    assert webhook(client, verification_id=email, status="approved").status_code == 409
+    webhook(client, verification_id=document, status="approved")
+    done = webhook(client, verification_id=document, status="declined")
+    assert done.status_code == 409 and done.json["error"]["code"] == "verification_verified"
+    with runtime.session() as s:
+        assert s.get(Verification, document).status == "verified"
+
+
+def test_webhooks_need_no_api_key_but_other_routes_do(client, document):
+    assert client.get("/v1/accounts/acct_1").status_code == 401
+    assert webhook(client, verification_id=document, status="approved").status_code == 200
