@@ -72,3 +72,14 @@ def allow_payment_method(runtime, account_id="acct_1", decision="allow") -> str:
         s.add(ev)
         _apply(account, "payment_method", ev, Outcome(decision, 0, [], []), at)
         return ev.id
+
+
+def key_headers(runtime) -> dict[str, str]:
+    """A fresh API key on the runtime's database, as request headers."""
+    from kyc.models import ApiKey
+    from kyc.security import hash_api_key, new_api_key
+
+    key = new_api_key()
+    with runtime.session() as s, s.begin():
+        s.add(ApiKey(name="tests", prefix=key[:10], key_hash=hash_api_key(key)))
+    return {"Authorization": f"Bearer {key}"}

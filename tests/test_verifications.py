@@ -17,7 +17,7 @@ from kyc.cli import main as cli
 from kyc.models import Account, OutboxMessage, Verification, VerificationEvent
 from kyc.runtime import Runtime
 from tests.conftest import signup
-from tests.flows import last_code, start, verify_by_code, wrong
+from tests.flows import key_headers, last_code, start, verify_by_code, wrong
 
 GB_VOIP = "+445612345678"
 GB_MOBILE = "+447911123456"
@@ -149,7 +149,7 @@ def test_resend_is_throttled_with_retry_after(client, auth, runtime, account):
     assert _events(runtime, first.json["verification_id"]) == ["created", "sent"]
 
 
-def test_resend_replaces_the_code_and_is_capped(app_with, auth_for, runtime):
+def test_resend_replaces_the_code_and_is_capped(app_with, auth_for):
     app = app_with(resend_interval_seconds=0, max_sends=2)
     client, auth = app.test_client(), auth_for(app)
     client.post("/v1/signups", json=signup(), headers=auth)
@@ -168,16 +168,7 @@ def test_resend_replaces_the_code_and_is_capped(app_with, auth_for, runtime):
 
 @pytest.fixture
 def auth_for():
-    from kyc.models import ApiKey
-    from kyc.security import hash_api_key, new_api_key
-
-    def make(app):
-        key = new_api_key()
-        with app.extensions["kyc"].session() as s, s.begin():
-            s.add(ApiKey(name="tests", prefix=key[:10], key_hash=hash_api_key(key)))
-        return {"Authorization": f"Bearer {key}"}
-
-    return make
+    return lambda app: key_headers(app.extensions["kyc"])
 
 
 def test_phone_line_type_the_tier_forbids_is_refused(client, auth, runtime):
