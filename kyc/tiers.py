@@ -19,15 +19,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 
 from kyc.engine import SEVERITY, CompiledConditions, Condition, RuleError, RuleSetError, compile_conditions
 from kyc.engine.compiler import difflib_close
 from kyc.engine.loader import ACTIONS, VERIFICATIONS, _Mapping, read_yaml
 from kyc.engine.schema import Schema
-from kyc.activity import latest_dormancy
-from kyc.models import Account, Evaluation, Verification
+from kyc.models import Account, ActivityDay, Evaluation, Verification
 from kyc.signals.account import account_signals
 from kyc.verification import payment_verified
 
@@ -206,22 +205,28 @@ def _evaluation_signals(conn: Connection, evaluation_ids: list[str]) -> dict[str
     return found
 
 
+# Built once: on the hot path only the parameters change (SQLAlchemy's compiled cache does the rest).
+_ACCOUNT_STATE = select(
+    Account.decision, Account.label, Account.state_version, Account.reasons, Account.required_verifications,
+    Account.subjects, Account.first_seen_at,
+    select(ActivityDay.dormant_days).where(ActivityDay.account_id == Account.id)
+    .order_by(ActivityDay.day.desc()).limit(1).scalar_subquery(),
+).where(Account.id == bindparam("account_id"))
+_VERIFIED = select(Verification.kind, Verification.line_type).where(
+    Verification.account_id == bindparam("account_id"), Verification.status == "verified")
+
+
 def entitlement(conn: Connection, policy: TierPolicy, tier: Tier, account_id: str, *, dormancy_threshold: int,
                 now: datetime | None = None) -> dict[str, Any]:
     """The contract's entitlement body for one account and tier (UnknownAccount if none)."""
     now = now or datetime.now(timezone.utc)
-    row = conn.execute(
-        select(Account.decision, Account.label, Account.state_version, Account.reasons,
-               Account.required_verifications, Account.subjects, Account.first_seen_at)
-        .where(Account.id == account_id)
-    ).one_or_none()
+    params = {"account_id": account_id}
+    row = conn.execute(_ACCOUNT_STATE, params).one_or_none()
     if row is None:
         raise UnknownAccount(account_id)
-    decision, label, state_version, reasons, required, subjects, first_seen_at = row
+    decision, label, state_version, reasons, required, subjects, first_seen_at, dormant_days = row
     verified = {
-        kind for kind, line_type in conn.execute(
-            select(Verification.kind, Verification.line_type)
-            .where(Verification.account_id == account_id, Verification.status == "verified"))
+        kind for kind, line_type in conn.execute(_VERIFIED, params)
         if not (kind == "phone" and line_type in tier.forbid_phone_line_types)
     }
     if payment_verified(subjects):
@@ -241,7 +246,7 @@ def entitlement(conn: Connection, policy: TierPolicy, tier: Tier, account_id: st
     if missing:
         denied_by.append({"check": "verifications", "description": "missing verifications: " + ", ".join(missing)})
     if tier.conditions is not None:
-        signals = _condition_signals(conn, tier.conditions, account_id, subjects, first_seen_at, now,
+        signals = _condition_signals(conn, tier.conditions, subjects, first_seen_at, dormant_days, now,
                                      dormancy_threshold)
         holding = set(tier.conditions.match(signals))
         for index, condition in enumerate(tier.conditions.conditions):
@@ -261,8 +266,9 @@ def entitlement(conn: Connection, policy: TierPolicy, tier: Tier, account_id: st
     }
 
 
-def _condition_signals(conn: Connection, conditions: CompiledConditions, account_id: str, subjects: dict | None,
-                       first_seen_at: datetime, now: datetime, threshold: int) -> dict[str, dict]:
+def _condition_signals(conn: Connection, conditions: CompiledConditions, subjects: dict | None,
+                       first_seen_at: datetime, dormant_days: int | None, now: datetime, threshold: int
+                       ) -> dict[str, dict]:
     signals: dict[str, dict] = {}
     evaluation_families = conditions.families - {"account"}
     if evaluation_families and subjects:
@@ -274,7 +280,7 @@ def _condition_signals(conn: Connection, conditions: CompiledConditions, account
                 if family in evaluation_families:
                     signals[family] = facts
     if "account" in conditions.families:
-        signals["account"] = account_signals(first_seen_at, now, latest_dormancy(conn, account_id), threshold)
+        signals["account"] = account_signals(first_seen_at, now, dormant_days, threshold)
     return signals
 
 

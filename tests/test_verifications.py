@@ -305,3 +305,11 @@ def test_outbox_command_shows_codes_in_development_only(client, auth, runtime, a
         hidden = CliRunner().invoke(cli, ["outbox"], env={**env, "KYC_DEV_KEY": ""})
         assert hidden.exit_code == 0, hidden.output
         assert vid in hidden.output and code not in hidden.output and "jane.smith84" not in hidden.output
+
+
+def test_payment_verification_waits_for_an_allowed_payment_method(client, auth, runtime, account):
+    pending = start(client, auth, kind="payment")
+    assert pending.status_code == 201 and pending.json["status"] == "pending"
+    again = start(client, auth, kind="payment")
+    assert again.status_code == 200 and again.json["verification_id"] == pending.json["verification_id"]
+    assert again.json["status"] == "pending"

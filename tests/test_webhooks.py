@@ -138,3 +138,11 @@ def test_malformed_event_and_wrong_targets(client, auth, runtime, document):
 def test_webhooks_need_no_api_key_but_other_routes_do(client, document):
     assert client.get("/v1/accounts/acct_1").status_code == 401
     assert webhook(client, verification_id=document, status="approved").status_code == 200
+
+
+def test_card_number_in_a_signed_event_is_refused(client, runtime, document):
+    before = _state(runtime, document)
+    answer = webhook(client, verification_id=document, status="declined", reason="card 4111 1111 1111 1111 on file")
+    assert answer.status_code == 400 and answer.json["error"]["code"] == "card_number_refused"
+    assert "4111" not in answer.get_data(as_text=True)
+    assert _state(runtime, document) == before

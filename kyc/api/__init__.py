@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from werkzeug.exceptions import HTTPException
 
 from kyc.errors import ApiError, invalid
@@ -27,6 +27,9 @@ def runtime() -> Runtime:
     return current_app.extensions["kyc"]
 
 
+_ACTIVE_KEY = select(ApiKey.name).where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+
+
 @v1.before_request
 def _authenticate() -> None:
     if request.path.startswith("/v1/webhooks/"):
@@ -41,10 +44,10 @@ def _authenticate() -> None:
     if rt.config.dev_key and token == rt.config.dev_key:
         g.api_key = "development"
         return
-    with rt.session() as session:
-        key = session.execute(
-            select(ApiKey.name).where(ApiKey.key_hash == hash_api_key(token), ApiKey.revoked_at.is_(None))
-        ).scalar_one_or_none()
+    # A plain connection and a prebuilt statement: this runs before every request, the
+    # gateway's entitlement calls included.
+    with rt.engine.connect() as conn:
+        key = conn.execute(_ACTIVE_KEY, {"key_hash": hash_api_key(token)}).scalar_one_or_none()
     if key is None:
         raise ApiError(401, "unauthorized", "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     g.api_key = key

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 
 from kyc.errors import ApiError, invalid
 from kyc.inputs import parse_time
+from kyc.security import contains_card_number
 from kyc.verification.service import FAILED_STATUSES, VERIFIED_STATUSES
 
 SIGNATURE_HEADER = "X-Signature"
@@ -50,6 +51,8 @@ def parse_event(body: bytes, now: datetime, tolerance_seconds: int) -> ProviderE
         raise invalid(f"the body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise invalid("the body must be a JSON object")
+    if contains_card_number(data):
+        raise ApiError(400, "card_number_refused", "the body contains a full card number")
     fields: dict[str, str] = {}
     for name in ("event_id", "verification_id", "status"):
         value = data.get(name)
