@@ -131,7 +131,7 @@ def _check_tier(raw: Any, display: str, schema: Schema, lists: dict[str, frozens
     if not isinstance(forbid, list) or any(t not in LINE_TYPES for t in forbid):
         err(f"forbid_phone_line_types lists line types: {', '.join(LINE_TYPES)}", "forbid_phone_line_types")
         forbid = []
-    described = _check_conditions(raw.get("conditions", []), raw, display, err)
+    described = _check_conditions(raw.get("conditions", []), raw, err)
     conditions = [c for c, _ in described]
     if len(errors) > before:
         return None
@@ -146,7 +146,7 @@ def _check_tier(raw: Any, display: str, schema: Schema, lists: dict[str, frozens
                 max_decision, frozenset(forbid), compiled, tuple(d for _, d in described))
 
 
-def _check_conditions(raw_conditions: Any, tier: _Mapping, display: str, err) -> list[tuple[Condition, str]]:
+def _check_conditions(raw_conditions: Any, tier: _Mapping, err) -> list[tuple[Condition, str]]:
     if not isinstance(raw_conditions, list):
         err("conditions is a list of {id, description, when}", "conditions")
         return []
@@ -216,7 +216,7 @@ _VERIFIED = select(Verification.kind, Verification.line_type).where(
     Verification.account_id == bindparam("account_id"), Verification.status == "verified")
 
 
-def entitlement(conn: Connection, policy: TierPolicy, tier: Tier, account_id: str, *, dormancy_threshold: int,
+def entitlement(conn: Connection, tier: Tier, account_id: str, *, dormancy_threshold: int,
                 now: datetime | None = None) -> dict[str, Any]:
     """The contract's entitlement body for one account and tier (UnknownAccount if none)."""
     now = now or datetime.now(timezone.utc)

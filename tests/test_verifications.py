@@ -313,3 +313,14 @@ def test_payment_verification_waits_for_an_allowed_payment_method(client, auth, 
     again = start(client, auth, kind="payment")
     assert again.status_code == 200 and again.json["verification_id"] == pending.json["verification_id"]
     assert again.json["status"] == "pending"
+
+
+def test_payment_verification_completes_once_a_payment_method_is_allowed(client, auth, runtime):
+    from tests.flows import allow_payment_method
+
+    client.post("/v1/signups", json=signup(), headers=auth)
+    vid = start(client, auth, kind="payment").json["verification_id"]
+    allow_payment_method(runtime)
+    done = start(client, auth, kind="payment")
+    assert done.status_code == 200 and done.json["verification_id"] == vid and done.json["status"] == "verified"
+    assert _events(runtime, vid) == ["created", "verified"]

@@ -8,7 +8,6 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from kyc import create_app
 from kyc.models import Account, Verification, VerificationEvent, WebhookEvent
 from kyc.runtime import Runtime
 from kyc.verification.webhooks import sign

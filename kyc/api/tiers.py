@@ -32,7 +32,7 @@ def get_entitlement(account_id: str):
                       {"tier": f"{'unknown tier' if tier_id else 'required'}; one of {known}"})
     with rt.engine.connect() as conn:
         try:
-            body = entitlement(conn, tiers, tier, account_id, dormancy_threshold=rt.config.dormant_days)
+            body = entitlement(conn, tier, account_id, dormancy_threshold=rt.config.dormant_days)
         except UnknownAccount:
             raise not_found("account") from None
     tag = etag(body)
