@@ -79,6 +79,12 @@ def rescore_account(runtime: Runtime, session: Session, account_id: str, *, rule
         return []
     results = []
     for subject, latest in sorted((account.subjects or {}).items()):
+        if subject not in COLLECTORS:
+            # Written by a build that scores this subject (a newer release, or an evaluation
+            # recorded by another part of the system); its latest evaluation stays as it is.
+            log.warning("rescore of %s keeps its %s evaluation: this build cannot score %s", account_id,
+                        subject, subject)
+            continue
         original = session.get(Evaluation, latest["evaluation_id"])
         inp = INPUTS[subject].model_validate(original.input)
         results.append(score(runtime, session, subject, inp, trigger="rescore", at=original.occurred_at,

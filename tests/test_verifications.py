@@ -324,3 +324,24 @@ def test_payment_verification_completes_once_a_payment_method_is_allowed(client,
     done = start(client, auth, kind="payment")
     assert done.status_code == 200 and done.json["verification_id"] == vid and done.json["status"] == "verified"
     assert _events(runtime, vid) == ["created", "verified"]
+    assert client.get("/v1/accounts/acct_1", headers=auth).json["evaluations"][0]["trigger"] == "rescore"
+
+
+def test_parallel_wrong_codes_all_count(client, auth, runtime, account, app):
+    vid = start(client, auth, kind="email").json["verification_id"]
+    code = wrong(last_code(runtime, vid))
+    results: list[int] = []
+
+    def attempt():
+        answer = app.test_client().post(f"/v1/verifications/{vid}/confirm", json={"code": code}, headers=auth)
+        results.append(answer.status_code)
+
+    threads = [threading.Thread(target=attempt) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stored = _verification(runtime, vid)
+    # Five attempts were counted, then the verification failed; nothing got past the limit.
+    assert stored.status == "failed" and stored.attempts == 5
+    assert sorted(results) == [200] * 5 + [409] * 3

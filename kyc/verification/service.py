@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import phonenumbers
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from kyc.errors import ApiError, invalid, not_found
@@ -251,16 +251,24 @@ def confirm(runtime: Runtime, session: Session, verification_id: str, code: str,
     if account_id is None:
         raise not_found("verification")
     _lock_account(session, account_id)
+    # Count the attempt first, in one UPDATE: parallel wrong codes all count, on SQLite too,
+    # whose SELECT ... FOR UPDATE locks nothing (the UPDATE takes its write lock).
+    counted = session.execute(
+        update(Verification)
+        .where(Verification.id == verification_id, Verification.status == "pending",
+               Verification.kind.in_(CODE_KINDS), Verification.expires_at > now)
+        .values(attempts=Verification.attempts + 1)
+        .execution_options(synchronize_session=False)
+    ).rowcount
     v = session.execute(select(Verification).where(Verification.id == verification_id).with_for_update()
                         .execution_options(populate_existing=True)).scalar_one()
-    if v.kind not in CODE_KINDS:
-        raise ApiError(409, "no_code", f"a {v.kind} verification is not completed with a code")
-    if v.status != "pending":
-        raise ApiError(409, f"verification_{v.status}", f"this verification is already {v.status}; start a new one")
-    if now >= v.expires_at:
+    if not counted:
+        if v.kind not in CODE_KINDS:
+            raise ApiError(409, "no_code", f"a {v.kind} verification is not completed with a code")
+        if v.status != "pending":
+            raise ApiError(409, f"verification_{v.status}", f"this verification is already {v.status}; start a new one")
         _finish(session, v, "expired", now)
         return v
-    v.attempts += 1
     if code_matches(runtime.config.secret_key, v.id, code, v.code_hash):
         _verified(runtime, session, v, now, attempts=v.attempts)
     elif v.attempts >= runtime.config.code_max_attempts:
