@@ -9,7 +9,7 @@ import click
 from sqlalchemy import select
 
 from kyc.config import DEV_KEY, Config
-from kyc.engine import RuleSetError
+from kyc.engine import RuleSet, RuleSetError
 
 
 def _config(**overrides) -> Config:
