@@ -44,13 +44,14 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     signals, identifiers = COLLECTORS[subject](inp, lookups, at)
     known = session.get(Account, inp.account_id)
     # Account facts describe the account now when it is rescored (a wake-up is why it is),
-    # and as of the event for a live or backfilled input.
+    # and as of the event for a live or backfilled input. They include the verifications
+    # completed, which satisfy verify rules (see RuleSet.evaluate).
     facts_at = max(at, utcnow()) if trigger == "rescore" else at
-    signals["account"] = account_signals(known.first_seen_at if known else at, facts_at,
-                                         latest_dormancy(session, inp.account_id) if known else None,
-                                         runtime.config.dormant_days)
-    verified = verified_kinds(session, inp.account_id, known.subjects) if known else frozenset()
-    outcome = rules.evaluate(subject, signals, verified)
+    signals["account"] = account_signals(
+        known.first_seen_at if known else at, facts_at,
+        latest_dormancy(session, inp.account_id) if known else None, runtime.config.dormant_days,
+        verified_kinds(session, inp.account_id, known.subjects) if known else frozenset())
+    outcome = rules.evaluate(subject, signals)
     account = _lock_account(session, inp.account_id, at)
     evaluation = Evaluation(
         id=new_id("ev"), account_id=account.id, subject=subject, trigger=trigger, occurred_at=at,

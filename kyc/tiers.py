@@ -247,7 +247,7 @@ def entitlement(conn: Connection, tier: Tier, account_id: str, *, dormancy_thres
         denied_by.append({"check": "verifications", "description": "missing verifications: " + ", ".join(missing)})
     if tier.conditions is not None:
         signals = _condition_signals(conn, tier.conditions, subjects, first_seen_at, dormant_days, now,
-                                     dormancy_threshold)
+                                     dormancy_threshold, frozenset(verified))
         holding = set(tier.conditions.match(signals))
         for index, condition in enumerate(tier.conditions.conditions):
             if index not in holding:
@@ -267,8 +267,8 @@ def entitlement(conn: Connection, tier: Tier, account_id: str, *, dormancy_thres
 
 
 def _condition_signals(conn: Connection, conditions: CompiledConditions, subjects: dict | None,
-                       first_seen_at: datetime, dormant_days: int | None, now: datetime, threshold: int
-                       ) -> dict[str, dict]:
+                       first_seen_at: datetime, dormant_days: int | None, now: datetime, threshold: int,
+                       verified: frozenset[str]) -> dict[str, dict]:
     signals: dict[str, dict] = {}
     evaluation_families = conditions.families - {"account"}
     if evaluation_families and subjects:
@@ -280,7 +280,7 @@ def _condition_signals(conn: Connection, conditions: CompiledConditions, subject
                 if family in evaluation_families:
                     signals[family] = facts
     if "account" in conditions.families:
-        signals["account"] = account_signals(first_seen_at, now, dormant_days, threshold)
+        signals["account"] = account_signals(first_seen_at, now, dormant_days, threshold, verified)
     return signals
 
 

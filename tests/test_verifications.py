@@ -345,3 +345,18 @@ def test_parallel_wrong_codes_all_count(client, auth, runtime, account, app):
     # Five attempts were counted, then the verification failed; nothing got past the limit.
     assert stored.status == "failed" and stored.attempts == 5
     assert sorted(results) == [200] * 5 + [409] * 3
+
+
+def test_backtest_of_a_verified_account_agrees_with_what_was_decided(client, auth, runtime):
+    from kyc.backtest import backtest
+
+    client.post("/v1/signups", json=signup(email="x@mailinator.com"), headers=auth)
+    verify_by_code(client, auth, runtime, "phone")
+    again = client.post("/v1/signups", json=signup(email="x@mailinator.com", occurred_at="2026-11-24T21:05:00Z"),
+                        headers=auth).json
+    assert again["decision"] == "allow" and again["signals"]["account"]["phone_verified"] is True
+    # Replaying the live evaluations with the same rules decides exactly as live did: the
+    # completed verification travels in the stored signals.
+    report = backtest(runtime.engine, runtime.rules, datetime(2026, 1, 1, tzinfo=timezone.utc))
+    assert report.evaluations == 2
+    assert report.changed_evaluations == 0

@@ -29,9 +29,16 @@ from kyc.engine.loader import (
 from kyc.engine.schema import Field, Schema
 
 __all__ = ["RuleSet", "Outcome", "RuleError", "RuleSetError", "Schema", "Field", "NamedList", "SEVERITY",
-           "most_severe", "reason_order", "Condition", "CompiledConditions", "compile_conditions"]
+           "most_severe", "reason_order", "completed_verifications", "Condition", "CompiledConditions",
+           "compile_conditions"]
 
 SEVERITY = {"allow": 0, "verify": 1, "review": 2, "block": 3}
+
+
+def completed_verifications(signals: dict[str, dict[str, Any]]) -> frozenset[str]:
+    """The verifications the signals say the account has completed (account.<kind>_verified)."""
+    account = signals.get("account") or {}
+    return frozenset(kind for kind in VERIFICATIONS if account.get(f"{kind}_verified") is True)
 
 
 def most_severe(decisions) -> str:
@@ -102,13 +109,14 @@ class RuleSet:
             "lists": {name: len(values) for name, values in sorted(self.lists.items())},
         }
 
-    def evaluate(self, subject: str, signals: dict[str, dict[str, Any]],
-                 verified: frozenset[str] = frozenset()) -> Outcome:
-        """`verified`: the verifications the account has completed. A verify rule asks for proof;
-        once every verification it requires is done, the proof is there, so the rule stays in
-        the reasons (marked "satisfied", score kept: the facts did not change) but no longer
-        moves the decision or the required verifications. Deciding this here, where a rule's
-        `requires` is known, keeps evaluations self-explaining; no later step rewrites them."""
+    def evaluate(self, subject: str, signals: dict[str, dict[str, Any]]) -> Outcome:
+        """A verify rule asks for proof. Once the account has completed every verification the
+        rule requires, the proof is there: the rule stays in the reasons (marked "satisfied",
+        score kept: the facts did not change) but no longer moves the decision or the required
+        verifications. Completed verifications arrive as signals (account.<kind>_verified), so
+        every path that evaluates signals - live, rescore, backtest, rule tests - decides the
+        same way from what the evaluation stored, and no later step rewrites an outcome."""
+        verified = completed_verifications(signals)
         compiled = self.subjects.get(subject)
         if compiled is None:
             return Outcome("allow", 0, [], [])

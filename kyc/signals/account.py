@@ -18,12 +18,23 @@ FIELDS = (
           "Whole days without any activity before the account's latest day of activity (0 if none).", 0),
     Field("account.woke_up", "bool",
           "The latest activity came after a dormancy longer than KYC_DORMANT_DAYS.", False),
+    Field("account.email_verified", "bool", "The account completed an email verification.", True),
+    Field("account.phone_verified", "bool", "The account completed a phone verification.", True),
+    Field("account.payment_verified", "bool", "The account's latest payment method was evaluated allow.", False),
+    Field("account.document_verified", "bool",
+          "An identity provider verified the account holder's document.", False),
 )
+
+# The engine reads these to know which verify rules are satisfied (kyc.engine.completed_verifications).
+VERIFIED_FIELDS = ("email", "phone", "payment", "document")
 
 
 def account_signals(first_seen_at: datetime | None, at: datetime, dormant_days: int | None,
-                    dormancy_threshold: int) -> dict[str, Any]:
-    """`dormant_days`: the gap recorded with the latest activity day (None: no activity yet)."""
+                    dormancy_threshold: int, verified: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """`dormant_days`: the gap recorded with the latest activity day (None: no activity yet);
+    `verified`: the kinds of verification the account has completed."""
     age = max(0, (at - first_seen_at).days) if first_seen_at else 0
     gap = dormant_days or 0
-    return {"age_days": age, "dormant_days": gap, "woke_up": gap > dormancy_threshold}
+    facts: dict[str, Any] = {"age_days": age, "dormant_days": gap, "woke_up": gap > dormancy_threshold}
+    facts.update({f"{kind}_verified": kind in verified for kind in VERIFIED_FIELDS})
+    return facts
