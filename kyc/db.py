@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 
 class Base(DeclarativeBase):
@@ -35,3 +35,16 @@ def make_engine(url: str) -> Engine:
 
 def make_session_factory(engine: Engine) -> sessionmaker:
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def write_lock(session: Session) -> None:
+    """Take the database's write lock now, for a read-then-write unit of work on SQLite.
+
+    SQLite's SELECT ... FOR UPDATE locks nothing and pysqlite begins its transaction only at
+    the first write, so two requests could both read a row and then both write it. BEGIN
+    IMMEDIATE at the start serialises them (others wait up to the busy timeout). PostgreSQL
+    needs nothing here: its row locks (FOR UPDATE) do the job.
+    """
+    connection = session.connection()
+    if connection.dialect.name == "sqlite" and not connection.connection.dbapi_connection.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -122,3 +122,23 @@ def test_unknown_account_is_404(client, auth, runtime):
     assert activity(client, auth, "acct_nobody", requests=3).status_code == 404
     with runtime.session() as s:
         assert s.scalar(select(func.count()).select_from(ActivityDay)) == 0
+
+
+def test_parallel_reports_of_a_new_day_all_count(client, auth, runtime, account, app):
+    import threading
+
+    results: list[int] = []
+
+    def report():
+        answer = app.test_client().post("/v1/accounts/acct_1/activity", headers=auth,
+                                        json={"occurred_at": "2026-10-05T10:00:00Z", "requests": 10})
+        results.append(answer.status_code)
+
+    threads = [threading.Thread(target=report) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200] * 6
+    with runtime.session() as s:
+        assert s.execute(select(ActivityDay.requests)).scalars().all() == [60]

@@ -360,3 +360,27 @@ def test_backtest_of_a_verified_account_agrees_with_what_was_decided(client, aut
     report = backtest(runtime.engine, runtime.rules, datetime(2026, 1, 1, tzinfo=timezone.utc))
     assert report.evaluations == 2
     assert report.changed_evaluations == 0
+
+
+def test_parallel_starts_send_one_code(client, auth, runtime, account, app):
+    results: list[int] = []
+
+    def begin():
+        results.append(start(app.test_client(), auth, kind="email").status_code)
+
+    threads = [threading.Thread(target=begin) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [201] + [429] * 5
+    with runtime.session() as s:
+        assert s.scalar(select(func.count()).select_from(OutboxMessage)) == 1
+        assert s.scalar(select(func.count()).select_from(Verification)) == 1
+
+
+def test_read_a_verification(client, auth, runtime, account):
+    vid = start(client, auth, kind="email").json["verification_id"]
+    body = client.get(f"/v1/verifications/{vid}", headers=auth).json
+    assert body["status"] == "pending" and body["to"] == "j***@gmail.com" and "code" not in body
+    assert client.get("/v1/verifications/vf_nope", headers=auth).status_code == 404

@@ -145,3 +145,19 @@ def test_card_number_in_a_signed_event_is_refused(client, runtime, document):
     assert answer.status_code == 400 and answer.json["error"]["code"] == "card_number_refused"
     assert "4111" not in answer.get_data(as_text=True)
     assert _state(runtime, document) == before
+
+
+def test_decision_after_the_document_expired_is_refused(client, runtime, document):
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    with runtime.session() as s, s.begin():
+        s.execute(update(Verification).where(Verification.id == document)
+                  .values(expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+    answer = webhook(client, verification_id=document, status="approved")
+    assert answer.status_code == 409 and answer.json["error"]["code"] == "verification_expired"
+    with runtime.session() as s:
+        assert s.get(Verification, document).status == "pending"     # shown as expired, never verified
+    assert client.get(f"/v1/verifications/{document}",
+                      headers={"Authorization": "Bearer x"}).status_code == 401

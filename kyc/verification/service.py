@@ -21,6 +21,7 @@ import phonenumbers
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from kyc.db import write_lock
 from kyc.errors import ApiError, invalid, not_found
 from kyc.ids import new_id
 from kyc.inputs import rfc3339
@@ -98,6 +99,7 @@ def verification_body(v: Verification, now: datetime, max_attempts: int) -> dict
 # --- start --------------------------------------------------------------------------------------
 
 def _lock_account(session: Session, account_id: str) -> Account:
+    write_lock(session)
     account = session.execute(
         select(Account).where(Account.id == account_id).with_for_update().execution_options(populate_existing=True)
     ).scalar_one_or_none()
