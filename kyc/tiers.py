@@ -15,11 +15,12 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, exists, or_, select
 from sqlalchemy.engine import Connection
 
 from kyc.engine import SEVERITY, CompiledConditions, Condition, RuleError, RuleSetError, compile_conditions
@@ -205,30 +206,39 @@ def _evaluation_signals(conn: Connection, evaluation_ids: list[str]) -> dict[str
     return found
 
 
-# Built once: on the hot path only the parameters change (SQLAlchemy's compiled cache does the rest).
-_ACCOUNT_STATE = select(
-    Account.decision, Account.label, Account.state_version, Account.reasons, Account.required_verifications,
-    Account.subjects, Account.first_seen_at,
-    select(ActivityDay.dormant_days).where(ActivityDay.account_id == Account.id)
-    .order_by(ActivityDay.day.desc()).limit(1).scalar_subquery(),
-).where(Account.id == bindparam("account_id"))
-_VERIFIED = select(Verification.kind, Verification.line_type).where(
-    Verification.account_id == bindparam("account_id"), Verification.status == "verified")
+CODE_AND_DOCUMENT = ("email", "phone", "document")      # payment is read from the account's subjects
+
+
+@lru_cache(maxsize=64)
+def _account_state(forbidden_phone_lines: frozenset[str]):
+    """One statement per tier shape, built once: the account row, its latest dormancy and which
+    verifications it completed, in one round trip (only the parameters change per call)."""
+    def completed(kind: str):
+        where = [Verification.account_id == Account.id, Verification.kind == kind, Verification.status == "verified"]
+        if kind == "phone" and forbidden_phone_lines:
+            # A phone verified on a line type the tier forbids does not count for it.
+            where.append(or_(Verification.line_type.is_(None),
+                             Verification.line_type.not_in(sorted(forbidden_phone_lines))))
+        return exists().where(*where)
+
+    return select(
+        Account.decision, Account.label, Account.state_version, Account.reasons, Account.required_verifications,
+        Account.subjects, Account.first_seen_at,
+        select(ActivityDay.dormant_days).where(ActivityDay.account_id == Account.id)
+        .order_by(ActivityDay.day.desc()).limit(1).scalar_subquery(),
+        *(completed(kind) for kind in CODE_AND_DOCUMENT),
+    ).where(Account.id == bindparam("account_id"))
 
 
 def entitlement(conn: Connection, tier: Tier, account_id: str, *, dormancy_threshold: int,
                 now: datetime | None = None) -> dict[str, Any]:
     """The contract's entitlement body for one account and tier (UnknownAccount if none)."""
     now = now or datetime.now(timezone.utc)
-    params = {"account_id": account_id}
-    row = conn.execute(_ACCOUNT_STATE, params).one_or_none()
+    row = conn.execute(_account_state(tier.forbid_phone_line_types), {"account_id": account_id}).one_or_none()
     if row is None:
         raise UnknownAccount(account_id)
-    decision, label, state_version, reasons, required, subjects, first_seen_at, dormant_days = row
-    verified = {
-        kind for kind, line_type in conn.execute(_VERIFIED, params)
-        if not (kind == "phone" and line_type in tier.forbid_phone_line_types)
-    }
+    decision, label, state_version, reasons, required, subjects, first_seen_at, dormant_days = row[:8]
+    verified = {kind for kind, done in zip(CODE_AND_DOCUMENT, row[8:]) if done}
     if payment_verified(subjects):
         verified.add("payment")
 
