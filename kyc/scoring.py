@@ -15,11 +15,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from kyc.activity import latest_dormancy
 from kyc.engine import Outcome, RuleSet, most_severe, reason_order
 from kyc.engine.loader import VERIFICATIONS
 from kyc.ids import new_id
 from kyc.inputs import INPUTS, rfc3339
-from kyc.activity import latest_dormancy
 from kyc.models import Account, Evaluation, utcnow
 from kyc.runtime import Runtime
 from kyc.security import mask_email, mask_ip

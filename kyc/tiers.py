@@ -1,9 +1,9 @@
 """Entitlement: tier policy x account state.
 
 The policy is rules/tiers.yaml, loaded and checked with the rule files (a bad tiers file never
-replaces a good running one). `entitlement()` is on the API gateway's hot path: it reads the
-account row, its completed verifications and, only when the tier's conditions need them, the
-latest activity day and the signals of the latest evaluations (immutable, so cached by id).
+replaces a good running one). `entitlement()` is on the API gateway's hot path: one statement
+reads the account row, its latest dormancy and its completed verifications; only a tier whose
+conditions read evaluation signals also reads those (immutable, so cached by evaluation id).
 Nothing about an account's standing is cached in-process: a block, a fraud label or a
 rescoring is seen by the very next call.
 """
@@ -15,8 +15,8 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
