@@ -110,6 +110,8 @@ class Runtime:
         """The running rule set and the last refused reload, as ops see them."""
         rules, error = self.rules, self.rules_error
         status = rules.summary()
+        status["tiers"] = {t.id: {"requires": list(t.requires), "max_decision": t.max_decision, "quota": t.quota}
+                           for t in self.tiers.tiers.values()}
         status["process"] = os.getpid()
         status["checked_at"] = _iso(self.rules_checked_at)
         status["last_error"] = None if error is None else {

@@ -271,3 +271,9 @@ def test_state_version_bumps_on_rescore_and_verification(client, auth, runtime):
     verify_by_code(client, auth, runtime, "email")
     versions.append(entitlement(client, auth, "free").json["state_version"])
     assert versions == sorted(set(versions))
+
+
+def test_ops_status_shows_the_running_tiers(client, auth):
+    status = client.get("/v1/ops/rules", headers=auth).json
+    assert status["tiers"]["high_volume"]["requires"] == ["phone", "payment", "document"]
+    assert status["tiers"]["free"]["max_decision"] == "verify"
