@@ -40,6 +40,15 @@ SETTINGS: tuple[Setting, ...] = (
             "sets it to kyc_dev_local_only and prints it; never set it in production."),
     Setting("KYC_MAX_BODY_BYTES", "65536", "Largest accepted request body, in bytes (413 beyond)."),
     Setting("KYC_LOG_LEVEL", "INFO", "Log level of the service."),
+    Setting("KYC_GEOIP_CITY_DB", "",
+            "MaxMind DB file for country/region/city/location (GeoIP2 or GeoLite2 City or Country). "
+            "Empty: the bundled DB-IP Lite data (CC BY 4.0)."),
+    Setting("KYC_GEOIP_ASN_DB", "",
+            "MaxMind DB file for the network's ASN and organisation (GeoLite2 ASN). "
+            "Empty: the bundled file built from @ip-location-db/asn (CC BY 4.0)."),
+    Setting("KYC_GEOIP_ANON_DB", "",
+            "GeoIP2 Anonymous IP database (vpn, hosting, tor, public and residential proxy). "
+            "Empty: those signals are missing."),
 )
 
 DEV_KEY = "kyc_dev_local_only"
@@ -56,6 +65,9 @@ class Config:
     max_body_bytes: int
     log_level: str
     rules_poll_seconds: float = 2.0
+    geoip_city_db: str = ""
+    geoip_asn_db: str = ""
+    geoip_anon_db: str = ""
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -73,6 +85,9 @@ class Config:
             max_body_bytes=int(raw["KYC_MAX_BODY_BYTES"]),
             log_level=raw["KYC_LOG_LEVEL"].upper(),
             rules_poll_seconds=float(raw["KYC_RULES_POLL_SECONDS"]),
+            geoip_city_db=raw["KYC_GEOIP_CITY_DB"],
+            geoip_asn_db=raw["KYC_GEOIP_ASN_DB"],
+            geoip_anon_db=raw["KYC_GEOIP_ANON_DB"],
         )
         values.update(overrides)
         if not values["secret_key"]:

@@ -22,6 +22,7 @@ from kyc.db import make_engine, make_session_factory
 from kyc.engine import RuleSet, RuleSetError
 from kyc.engine.loader import rules_fingerprint
 from kyc.signals import SCHEMA
+from kyc.signals.geoip import GeoIP, open_geoip
 
 log = logging.getLogger("kyc")
 
@@ -43,6 +44,7 @@ class Runtime:
     engine: Engine
     sessions: sessionmaker
     rules: RuleSet
+    geoip: GeoIP = field(default_factory=GeoIP)
     rules_error: RuleSetError | None = None
     rules_error_at: datetime | None = None
     rules_checked_at: datetime | None = None
@@ -66,7 +68,8 @@ class Runtime:
             upgrade_database(config.database_url)
         fingerprint = rules_fingerprint(config.rules_dir)
         rules = RuleSet.load(config.rules_dir, SCHEMA)
-        return cls(config, engine, make_session_factory(engine), rules, rules_checked_at=rules.loaded_at,
+        geoip = open_geoip(config.geoip_city_db or None, config.geoip_asn_db or None, config.geoip_anon_db or None)
+        return cls(config, engine, make_session_factory(engine), rules, geoip, rules_checked_at=rules.loaded_at,
                    _rules_fingerprint=fingerprint)
 
     def session(self) -> Session:

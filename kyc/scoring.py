@@ -37,7 +37,7 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     """
     rules = rules or runtime.rules          # read once: a reload mid-request does not split the set
     at = at or inp.at()
-    lookups = Lookups(rules.lists, SqlStore(session), runtime.config.secret_key)
+    lookups = Lookups(rules.lists, SqlStore(session), runtime.config.secret_key, runtime.geoip)
     signals, identifiers = COLLECTORS[subject](inp, lookups, at)
     outcome = rules.evaluate(subject, signals)
     account = _lock_account(session, inp.account_id, at)
