@@ -140,14 +140,14 @@ def current_major(browser: str, on: date) -> int | None:
 def _hint(hints: dict[str, str], name: str) -> str | None:
     for key, value in hints.items():
         if isinstance(key, str) and key.lower() == name and isinstance(value, str):
-            return value.strip().strip('"')
+            return value.strip()
     return None
 
 
 def _hints_facts(hints: dict, ua: dict[str, Any]) -> dict[str, Any]:
     facts: dict[str, Any] = {}
     brands = _hint(hints, "sec-ch-ua")
-    platform = _hint(hints, "sec-ch-ua-platform")
+    platform = (_hint(hints, "sec-ch-ua-platform") or "").strip('"') or None
     mobile = _hint(hints, "sec-ch-ua-mobile")
     if brands is None and platform is None and mobile is None:
         return facts
