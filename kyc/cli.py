@@ -324,9 +324,10 @@ def geoip() -> None:
 @click.option("--out", "outdir", type=click.Path(file_okay=False), default=None,
               help="output directory (default: the package's kyc/data/geoip)")
 @click.option("--fetch", is_flag=True, help="first `npm pack` the pinned packages into --packages")
-@click.option("--only", type=click.Choice(["asn", "city"]), multiple=True, help="build only these files")
+@click.option("--only", type=click.Choice(["asn", "country", "city"]), multiple=True,
+              help="build only these (default: asn and country, the bundled files; city is opt-in)")
 def geoip_build(pkgdir: str, outdir: str | None, fetch: bool, only: tuple[str, ...]) -> None:
-    """Rebuild kyc-asn.mmdb and kyc-city.mmdb from the pinned @ip-location-db npm packages."""
+    """Rebuild kyc-asn.mmdb and kyc-country.mmdb from the pinned @ip-location-db npm packages."""
     from pathlib import Path
 
     from kyc import geoip_build as builder
@@ -336,7 +337,7 @@ def geoip_build(pkgdir: str, outdir: str | None, fetch: bool, only: tuple[str, .
     if fetch:
         builder.fetch(packages)
     try:
-        results = builder.build(packages, Path(outdir) if outdir else DATA_DIR, only or ("asn", "city"))
+        results = builder.build(packages, Path(outdir) if outdir else DATA_DIR, only or ("asn", "country"))
     except builder.BuildError as exc:
         raise click.ClickException(str(exc)) from None
     for result in results:

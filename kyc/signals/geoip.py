@@ -3,8 +3,9 @@
 Three MaxMind DB files, each optional, opened once per process (`open_geoip` is cached on the
 paths) and handed to signals through Lookups:
 
-- city: GeoIP2/GeoLite2 City or Country schema. Default: the bundled DB-IP Lite file
-  (kyc/data/geoip/, CC BY 4.0) converted to the GeoIP2 City schema by `kyc geoip build`.
+- city: GeoIP2/GeoLite2 City or Country schema. Default: kyc-city.mmdb if an operator built it
+  (`kyc geoip build --only city`), else the bundled kyc-country.mmdb (DB-IP Country Lite,
+  CC BY 4.0), which answers the country only.
 - asn: GeoLite2 ASN schema. Default: the bundled file built from @ip-location-db/asn
   (RouteViews, NRO, DB-IP; CC BY 4.0).
 - anon: GeoIP2 Anonymous IP (vpn, hosting, tor, public and residential proxy). No open data
@@ -25,7 +26,8 @@ from typing import Any
 import maxminddb
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "geoip"
-BUNDLED_CITY = DATA_DIR / "kyc-city.mmdb"
+BUNDLED_CITY = DATA_DIR / "kyc-city.mmdb"          # opt-in, not shipped (size)
+BUNDLED_COUNTRY = DATA_DIR / "kyc-country.mmdb"
 BUNDLED_ASN = DATA_DIR / "kyc-asn.mmdb"
 
 # database_type words each role accepts (MaxMind's names and ours both contain them).
@@ -120,11 +122,11 @@ def open_geoip(city: str | None, asn: str | None, anon: str | None) -> GeoIP:
     """The readers for these paths, opened once per process. A missing bundled default is
     tolerated (the facts it would give are left out); a configured file must open."""
     return GeoIP(
-        city=_open("city", Path(city)) if city else _open_bundled("city", BUNDLED_CITY),
+        city=_open("city", Path(city)) if city else _open_bundled("city", BUNDLED_CITY, BUNDLED_COUNTRY),
         asn=_open("asn", Path(asn)) if asn else _open_bundled("asn", BUNDLED_ASN),
         anon=_open("anon", Path(anon)) if anon else None,
     )
 
 
-def _open_bundled(role: str, path: Path) -> maxminddb.Reader | None:
-    return _open(role, path) if path.exists() else None
+def _open_bundled(role: str, *paths: Path) -> maxminddb.Reader | None:
+    return next((_open(role, path) for path in paths if path.exists()), None)

@@ -41,6 +41,10 @@ _TYPES = {
     PhoneNumberType.VOIP: "voip", PhoneNumberType.PERSONAL_NUMBER: "personal_number",
     PhoneNumberType.PAGER: "pager", PhoneNumberType.UAN: "uan", PhoneNumberType.VOICEMAIL: "voicemail",
 }
+# Keep phonenumbers' compiled metadata patterns: with numbers from many regions the re module's own
+# 512-entry cache thrashes and every check recompiles (about 250 µs instead of 5). Newer releases only.
+getattr(phonenumbers, "enable_pattern_cache", lambda: None)()
+
 RANGE_HIDDEN_DIGITS = 3       # the number-range identifier is E.164 without its last 3 digits
 
 
