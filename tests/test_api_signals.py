@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import phonenumbers
 from sqlalchemy import select
 
 from kyc.models import Sighting
 from tests.conftest import signup
 
+GB_VOIP = phonenumbers.format_number(phonenumbers.example_number_for_type("GB", phonenumbers.PhoneNumberType.VOIP),
+                                     phonenumbers.PhoneNumberFormat.E164)
 CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
           "Chrome/131.0.0.0 Safari/537.36")
 
@@ -26,14 +29,14 @@ def test_signals_of_a_signup_from_a_cloud_network(client, auth):
 
 def test_voip_number_from_another_country_than_the_ip(client, auth):
     # A GB VoIP number (phonenumbers' own example) signing up from a UK broadband IP is consistent ...
-    home = client.post("/v1/signups", json=signup(phone="+445633123456", ip="81.2.69.160",
+    home = client.post("/v1/signups", json=signup(phone=GB_VOIP, ip="81.2.69.160",
                                                   timezone="Europe/London", locale="en-GB"), headers=auth).json
     assert home["signals"]["phone"]["voip"] is True
     assert home["signals"]["ip"]["phone_country_mismatch"] is False
     assert "voip_phone_foreign_ip" not in _rules(home)
     # ... from a US network it is not.
     away = client.post("/v1/signups", json=signup(account_id="acct_2", email="sam.lee@example.org", device_id="dv_2",
-                                                  phone="+445633123456", ip="8.8.8.8"),
+                                                  phone=GB_VOIP, ip="8.8.8.8"),
                        headers=auth).json
     assert away["signals"]["ip"]["phone_country_mismatch"] is True
     assert {"voip_phone_foreign_ip", "phone_country_mismatch"} <= set(_rules(away))
