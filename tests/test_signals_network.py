@@ -35,9 +35,15 @@ def test_readers_are_opened_once_per_process(bundled):
     assert open_geoip(None, None, None) is bundled
 
 
+def test_google_public_dns_is_googles_network_not_a_hosting_provider(bundled):
+    for ip in ("8.8.8.8", "2001:4860:4860::8888"):
+        facts = network.network_signals(ip, bundled, HOSTING)
+        assert facts["asn"] == 15169 and facts["asn_org"] == "Google LLC" and facts["hosting"] is False
+    assert network.network_signals("8.8.8.8", bundled, HOSTING)["country"] == "US"
+
+
 @pytest.mark.parametrize("ip, asn, country", [
-    ("8.8.8.8", 15169, "US"),                      # Google Public DNS
-    ("2001:4860:4860::8888", 15169, None),        # DB-IP places this range in CA
+    ("34.120.0.1", 396982, None),                  # Google Cloud
     ("1.1.1.1", 13335, None),                      # Cloudflare DNS (located wherever DB-IP says)
     ("52.94.0.1", 16509, None),                    # Amazon AWS
     ("20.0.0.1", 8075, None),                      # Microsoft Azure
@@ -46,7 +52,7 @@ def test_readers_are_opened_once_per_process(bundled):
 def test_well_known_networks_with_the_bundled_data(bundled, ip, asn, country):
     facts = network.network_signals(ip, bundled, HOSTING)
     assert facts["asn"] == asn and facts["announced"] is True
-    assert facts["hosting"] is True               # all of these are cloud / hosting networks
+    assert facts["hosting"] is True               # all of these are cloud / hosting / CDN networks
     assert len(facts["country"]) == 2
     if country:
         assert facts["country"] == country
