@@ -142,3 +142,21 @@ def test_a_configured_file_of_the_wrong_type_is_refused():
 ])
 def test_mismatches_only_when_both_sides_are_known(ip_country, phone, zone, locale, expected):
     assert network.mismatches(ip_country, phone, zone, locale) == expected
+
+
+def test_settings_point_the_runtime_at_maxmind_files(tmp_path):
+    from kyc.config import Config
+    from kyc.runtime import Runtime
+
+    env = {"KYC_GEOIP_CITY_DB": str(MAXMIND / "GeoIP2-City-Test.mmdb"),
+           "KYC_GEOIP_ASN_DB": str(MAXMIND / "GeoLite2-ASN-Test.mmdb"),
+           "KYC_GEOIP_ANON_DB": str(MAXMIND / "GeoIP2-Anonymous-IP-Test.mmdb")}
+    config = Config.from_env(env, database_url=f"sqlite:///{tmp_path}/kyc.db", data_dir=tmp_path, secret_key=b"k")
+    runtime = Runtime.start(config, migrate=True)
+    try:
+        assert runtime.geoip is open_geoip(*env.values())           # one set of readers per process
+        assert runtime.geoip.anon is not None
+        facts = network.network_signals("1.128.0.1", runtime.geoip, HOSTING)
+        assert facts["asn"] == 1221
+    finally:
+        runtime.engine.dispose()
