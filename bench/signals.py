@@ -87,7 +87,8 @@ def inputs(n: int, rng: random.Random) -> list[SignupInput]:
 def clear_caches() -> None:
     for fn in (email.parse, phone.parse, phone._number_facts, network._address, device._ua_facts):
         fn.cache_clear()
-    device._parser.resolver.cache = type(device._parser.resolver.cache)(2000)
+    resolver = device._parser().resolver
+    resolver.cache = type(resolver.cache)(2000)
 
 
 def timed(fn, items) -> list[float]:

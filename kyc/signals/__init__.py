@@ -34,6 +34,14 @@ class Lookups:
     geoip: GeoIP | None = None       # readers opened once per process (Runtime.geoip)
 
 
+def warm() -> None:
+    """Load what the signals load once per process (the user-agent matcher, the letter-pair and
+    timezone tables), so the first request does not pay for it."""
+    device._parser()
+    device._zone_countries()
+    email._surprisal_table()
+
+
 def _hashed(lookups: Lookups, raw: list[tuple[str, str]]) -> Identifiers:
     seen: dict[tuple[str, str], None] = {}
     for kind, value in raw:

@@ -80,14 +80,17 @@ _SELF_DECLARED_BOT = re.compile(r"bot\b|bot[/_-]|robot|crawl|spider|scrap|slurp|
 _BRAND = re.compile(r'"([^"]*)"\s*;\s*v\s*=\s*"(\d+)')
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z]{4})?[-_]([A-Za-z]{2}|\d{3})(?:[-_.@]|$)")
 
-_parser = ua_parser.Parser.from_matchers(ua_parser.load_builtins())
+@cache
+def _parser() -> ua_parser.Parser:
+    # Built on first use (about 0.5 s: uap-core's regexes into the Rust matcher), once per process.
+    return ua_parser.Parser.from_matchers(ua_parser.load_builtins())
 
 
 class _ParsedAgent(UserAgent):
     """user-agents' UserAgent filled from a ua-parser 1.x result instead of its legacy parser."""
 
     def __init__(self, ua: str):  # noqa: D107 - same fields as the base class
-        result = _parser.parse(ua)
+        result = _parser().parse(ua)
         browser, os_, device = result.user_agent, result.os, result.device
         self.ua_string = ua
         self.browser = parse_browser(*((browser.family, browser.major, browser.minor, browser.patch)

@@ -11,7 +11,9 @@ from typing import Any
 from kyc.engine.schema import Field
 from kyc.signals.geoip import GeoIP
 
-_GEO = "GeoIP city database (bundled: DB-IP Lite, CC BY 4.0; or KYC_GEOIP_CITY_DB)"
+_COUNTRY = "GeoIP city/country database (bundled: DB-IP Country Lite, CC BY 4.0; or KYC_GEOIP_CITY_DB)"
+_GEO = ("a city-level GeoIP database only (KYC_GEOIP_CITY_DB, e.g. GeoIP2 City, or `kyc geoip build --only "
+        "city`); missing with the bundled country data")
 _ASN = "GeoIP ASN database (bundled: @ip-location-db/asn, CC BY 4.0; or KYC_GEOIP_ASN_DB)"
 _ANON = "GeoIP2 Anonymous IP database (KYC_GEOIP_ANON_DB); missing without it"
 
@@ -21,7 +23,7 @@ FIELDS = (
                                 "globally routable (a bogon).", False, "ipaddress (IANA special-purpose registries)"),
     Field("ip.prefix", "str", "The /24 (IPv4) or /64 (IPv6) network, used for velocity and linking.",
           "203.0.113.0/24", "ipaddress"),
-    Field("ip.country", "str", "ISO 3166 country of the IP.", "US", _GEO),
+    Field("ip.country", "str", "ISO 3166 country of the IP.", "US", _COUNTRY),
     Field("ip.region", "str", "First subdivision (state, province), English name (its ISO code where the "
                               "database has no name).", "California", _GEO),
     Field("ip.city", "str", "City (English name).", "Mountain View", _GEO),
