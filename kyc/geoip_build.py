@@ -92,6 +92,8 @@ sources are in this directory: DBIP-ASN-LICENSE, DBIP-COUNTRY-LICENSE, NRO_LICEN
 ROUTEVIEWS-LICENSE, and MODIFICATIONS (the upstream project's note on how it merged the ASN
 sources).
 Creative Commons Attribution 4.0: https://creativecommons.org/licenses/by/4.0/
+DB-IP's licence asks a web application to link back on pages that display or use its results:
+<a href='https://db-ip.com'>IP Geolocation by DB-IP</a>
 """
 
 

