@@ -122,7 +122,7 @@ def _ua_facts(ua: str) -> dict[str, Any]:
         "class": device_class,
         "bot": bot,
         "headless": marker is not None,
-        "non_browser": not lowered.strip('"' ).startswith(("mozilla/", "opera/")),
+        "non_browser": not lowered.strip('"').startswith(("mozilla/", "opera/")),
     }
     major = parsed.browser.version[0] if parsed.browser.version else None
     if isinstance(major, int):
@@ -155,9 +155,8 @@ def _hints_facts(hints: dict, ua: dict[str, Any]) -> dict[str, Any]:
     if brands is None and platform is None and mobile is None:
         return facts
     if brands and "headless" in brands.lower():
-        facts["headless"] = True
-        facts["bot"] = True
-        facts.setdefault("automation", "headlesschrome")
+        facts.update(headless=True, bot=True, automation=ua.get("automation", "headlesschrome"))
+        facts["class"] = "bot"
     expected_platform = _PLATFORMS.get(ua.get("os", ""))
     if platform and expected_platform:
         facts["hints_platform_mismatch"] = platform.lower() != expected_platform.lower()
