@@ -23,7 +23,9 @@ def create_app(config: Config | None = None, runtime: Runtime | None = None, *, 
     app.json.sort_keys = False
     app.extensions["kyc"] = runtime or Runtime.start(config)
 
-    from kyc import api
+    from kyc import api, signals
+
+    signals.warm()              # once per process, before gunicorn forks its workers
 
     api.register(app)
 

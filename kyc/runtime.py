@@ -22,6 +22,7 @@ from kyc.db import make_engine, make_session_factory
 from kyc.engine import RuleSet, RuleSetError
 from kyc.engine.loader import rules_fingerprint
 from kyc.signals import SCHEMA
+from kyc.signals.geoip import GeoIP, open_geoip
 from kyc.tiers import TierPolicy, load_tiers
 
 log = logging.getLogger("kyc")
@@ -51,6 +52,7 @@ class Runtime:
     sessions: sessionmaker
     rules: RuleSet
     tiers: TierPolicy
+    geoip: GeoIP = field(default_factory=GeoIP)
     rules_error: RuleSetError | None = None
     rules_error_at: datetime | None = None
     rules_checked_at: datetime | None = None
@@ -74,7 +76,8 @@ class Runtime:
             upgrade_database(config.database_url)
         fingerprint = rules_fingerprint(config.rules_dir)
         rules, tiers = load_policy(config.rules_dir)
-        return cls(config, engine, make_session_factory(engine), rules, tiers, rules_checked_at=rules.loaded_at,
+        geoip = open_geoip(config.geoip_city_db or None, config.geoip_asn_db or None, config.geoip_anon_db or None)
+        return cls(config, engine, make_session_factory(engine), rules, tiers, geoip, rules_checked_at=rules.loaded_at,
                    _rules_fingerprint=fingerprint)
 
     def session(self) -> Session:

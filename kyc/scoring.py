@@ -40,7 +40,7 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     """
     rules = rules or runtime.rules          # read once: a reload mid-request does not split the set
     at = at or inp.at()
-    lookups = Lookups(rules.lists, SqlStore(session), runtime.config.secret_key)
+    lookups = Lookups(rules.lists, SqlStore(session), runtime.config.secret_key, runtime.geoip)
     signals, identifiers = COLLECTORS[subject](inp, lookups, at)
     known = session.get(Account, inp.account_id)
     # Account facts describe the account now when it is rescored (a wake-up is why it is),

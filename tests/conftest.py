@@ -138,6 +138,11 @@ def auth(api_key) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"}
 
 
+# A UK VoIP number signing up from a UK network with a UK browser: only the VoIP rule fires
+# (verify, requires a document).
+GB_VOIP = {"phone": "+445612345678", "ip": "81.2.69.142", "timezone": "Europe/London", "locale": "en-GB"}
+
+
 def signup(**fields) -> dict:
     """A plausible signup body; override or drop (value None) any field."""
     body = {

@@ -15,8 +15,8 @@ FREE = frozenset({"gmail.com"})
 
 def test_email_facts():
     facts = email_signals("Jane.Doe+x@GMAIL.com", FREE)
-    assert facts == {"valid": True, "domain": "gmail.com", "disposable": False, "free": True,
-                     "local_length": 10, "local_digits": 0, "plus_tag": True}
+    assert facts.items() >= {"valid": True, "domain": "gmail.com", "disposable": False, "free": True,
+                             "local_length": 10, "local_digits": 0, "plus_tag": True}.items()
     assert email_signals("abc@mailinator.com", FREE)["disposable"] is True
     assert email_signals("abc@sub.mailinator.com", FREE)["disposable"] is True     # subdomain of a listed one
 

@@ -12,7 +12,7 @@ from kyc.models import Account
 from kyc.runtime import Runtime
 from kyc.signals import SCHEMA
 from kyc.tiers import load_tiers
-from tests.conftest import RULES_DIR, signup
+from tests.conftest import GB_VOIP, RULES_DIR, signup
 from tests.flows import WEBHOOK_SECRET, allow_payment_method, verify_by_code, verify_document
 
 HEADLESS = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0.0.0 Safari/537.36"
@@ -141,7 +141,7 @@ def test_unknown_tier_400_unknown_account_404(client, auth):
 
 
 def test_contract_shape(client, auth):
-    client.post("/v1/signups", json=signup(phone="+445612345678"), headers=auth)
+    client.post("/v1/signups", json=signup(**GB_VOIP), headers=auth)
     body = entitlement(client, auth, "high_volume").json
     assert {"account_id", "tier", "allowed", "decision", "missing_verifications", "reasons", "quota"} <= set(body)
     assert body["account_id"] == "acct_1" and body["tier"] == "high_volume"
@@ -204,7 +204,7 @@ def test_high_volume_needs_every_verification(client, auth, runtime):
 
 
 def test_voip_phone_verified_for_free_does_not_count_for_high_volume(client, auth, runtime):
-    client.post("/v1/signups", json=signup(phone="+445612345678"), headers=auth)
+    client.post("/v1/signups", json=signup(**GB_VOIP), headers=auth)
     verify_by_code(client, auth, runtime, "phone", tier="free")
     verify_document(client, auth)
     allow_payment_method(runtime)

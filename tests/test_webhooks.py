@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from kyc.models import Account, Verification, VerificationEvent, WebhookEvent
 from kyc.runtime import Runtime
 from kyc.verification.webhooks import sign
-from tests.conftest import signup
+from tests.conftest import GB_VOIP, signup
 from tests.flows import WEBHOOK_SECRET, start, webhook
 
 
@@ -24,7 +24,7 @@ def runtime(database_url, make_config):
 
 @pytest.fixture
 def document(client, auth):
-    client.post("/v1/signups", json=signup(phone="+445612345678"), headers=auth)   # VoIP: verify [document]
+    client.post("/v1/signups", json=signup(**GB_VOIP), headers=auth)   # VoIP: verify [document]
     started = start(client, auth, kind="document")
     assert started.status_code == 201 and started.json["status"] == "pending"
     return started.json["verification_id"]

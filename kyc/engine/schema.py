@@ -15,6 +15,7 @@ class Field:
     type: str                 # one of TYPES
     description: str
     example: Any = None
+    source: str = ""          # where the fact comes from (library, data file, list), for docs/signals.md
 
     def __post_init__(self) -> None:
         if self.type not in TYPES:

@@ -15,6 +15,7 @@ from kyc.engine.schema import Schema
 from kyc.inputs import SignupInput
 from kyc.security import keyed_hash
 from kyc.signals import account, device, email, network, phone, velocity
+from kyc.signals.geoip import GeoIP
 from kyc.store import Store
 
 SCHEMA = Schema(f for family in (email, phone, network, device, velocity, account) for f in family.FIELDS)
@@ -30,6 +31,15 @@ class Lookups:
     lists: dict[str, frozenset]
     store: Store
     secret: bytes
+    geoip: GeoIP | None = None       # readers opened once per process (Runtime.geoip)
+
+
+def warm() -> None:
+    """Load what the signals load once per process (the user-agent matcher, the letter-pair and
+    timezone tables), so the first request does not pay for it."""
+    device._parser()
+    device._zone_countries()
+    email._surprisal_table()
 
 
 def _hashed(lookups: Lookups, raw: list[tuple[str, str]]) -> Identifiers:
@@ -39,23 +49,36 @@ def _hashed(lookups: Lookups, raw: list[tuple[str, str]]) -> Identifiers:
     return list(seen)
 
 
-def signup_signals(inp: SignupInput, lookups: Lookups, at: datetime) -> tuple[Signals, Identifiers]:
+def static_signals(inp: SignupInput, lookups: Lookups, at: datetime) -> tuple[Signals, list[tuple[str, str]]]:
+    """The signals that need no history: email, phone, ip, device; and the raw identifiers."""
     lists = lookups.lists
-    identifiers = _hashed(lookups, [
-        *email.email_identifiers(inp.email),
-        *phone.phone_identifiers(inp.phone, inp.phone_region),
-        *network.network_identifiers(inp.ip),
-        *device.device_identifiers(inp.device_id),
-    ])
-    counts = lookups.store.distinct_accounts(
-        [key for key in identifiers if key[0] in velocity.VELOCITY_KEYS], at, inp.account_id)
+    ip_facts = network.network_signals(inp.ip, lookups.geoip, lists.get("hosting_asns", frozenset()))
+    phone_facts = phone.phone_signals(inp.phone, inp.phone_region, lists.get("voip_prefixes", frozenset()))
+    device_facts = device.device_signals(inp.user_agent, inp.form_fill_ms, client_hints=inp.client_hints,
+                                         timezone=inp.timezone, locale=inp.locale, at=at)
+    ip_facts.update(network.mismatches(ip_facts.get("country"), phone_facts.get("region"),
+                                       device_facts.get("timezone_country"), device_facts.get("locale_region")))
     signals: Signals = {
         "email": email.email_signals(inp.email, lists.get("free_email_domains", frozenset())),
-        "phone": phone.phone_signals(inp.phone, inp.phone_region, lists.get("voip_prefixes", frozenset())),
-        "ip": network.network_signals(inp.ip),
-        "device": device.device_signals(inp.user_agent, inp.form_fill_ms),
-        "velocity": velocity.velocity_signals(counts),
+        "phone": phone_facts,
+        "ip": ip_facts,
+        "device": device_facts,
     }
+    raw = [
+        *email.email_identifiers(inp.email),
+        *phone.phone_identifiers(inp.phone, inp.phone_region),
+        *network.network_identifiers(inp.ip, ip_facts.get("asn")),
+        *device.device_identifiers(inp.device_id),
+    ]
+    return signals, raw
+
+
+def signup_signals(inp: SignupInput, lookups: Lookups, at: datetime) -> tuple[Signals, Identifiers]:
+    signals, raw = static_signals(inp, lookups, at)
+    identifiers = _hashed(lookups, raw)
+    counts = lookups.store.distinct_accounts(
+        [key for key in identifiers if key[0] in velocity.VELOCITY_KEYS], at, inp.account_id)
+    signals["velocity"] = velocity.velocity_signals(counts)
     return signals, identifiers
 
 

@@ -1,4 +1,6 @@
-"""Network facts about the request IP (the `ip` family of signals)."""
+"""Network facts about the request IP (the `ip` family of signals): address class, the /24 or /64
+prefix, location, ASN, hosting and anonymity, and where the IP's country disagrees with what the
+phone, the browser's timezone and its locale say."""
 
 from __future__ import annotations
 
@@ -7,35 +9,99 @@ from functools import lru_cache
 from typing import Any
 
 from kyc.engine.schema import Field
+from kyc.signals.geoip import GeoIP
+
+_COUNTRY = "GeoIP city/country database (bundled: DB-IP Country Lite, CC BY 4.0; or KYC_GEOIP_CITY_DB)"
+_GEO = ("a city-level GeoIP database only (KYC_GEOIP_CITY_DB, e.g. GeoIP2 City, or `kyc geoip build --only "
+        "city`); missing with the bundled country data")
+_ASN = "GeoIP ASN database (bundled: @ip-location-db/asn, CC BY 4.0; or KYC_GEOIP_ASN_DB)"
+_ANON = "GeoIP2 Anonymous IP database (KYC_GEOIP_ANON_DB); missing without it"
 
 FIELDS = (
-    Field("ip.version", "int", "4 or 6.", 4),
-    Field("ip.private", "bool", "Private, loopback, link-local, reserved or otherwise not globally routable.", False),
-    Field("ip.prefix", "str", "The /24 (IPv4) or /64 (IPv6) network, used for velocity and linking.", "203.0.113.0/24"),
+    Field("ip.version", "int", "4 or 6.", 4, "ipaddress"),
+    Field("ip.private", "bool", "Private, loopback, link-local, reserved, documentation or otherwise not "
+                                "globally routable (a bogon).", False, "ipaddress (IANA special-purpose registries)"),
+    Field("ip.prefix", "str", "The /24 (IPv4) or /64 (IPv6) network, used for velocity and linking.",
+          "203.0.113.0/24", "ipaddress"),
+    Field("ip.country", "str", "ISO 3166 country of the IP.", "US", _COUNTRY),
+    Field("ip.region", "str", "First subdivision (state, province), English name (its ISO code where the "
+                              "database has no name).", "California", _GEO),
+    Field("ip.city", "str", "City (English name).", "Mountain View", _GEO),
+    Field("ip.latitude", "float", "Approximate latitude.", 37.386, _GEO),
+    Field("ip.longitude", "float", "Approximate longitude.", -122.0838, _GEO),
+    Field("ip.announced", "bool", "A routed network (an ASN) covers the IP; false for unannounced space.",
+          True, _ASN),
+    Field("ip.asn", "int", "Autonomous system number of the network.", 15169, _ASN),
+    Field("ip.asn_org", "str", "Organisation of the autonomous system.", "Google LLC", _ASN),
+    Field("ip.hosting", "bool", "Hosting, cloud or datacenter network: the ASN is listed, or the Anonymous IP "
+                                "database says hosting provider. Real people rarely sign up from one.", False,
+          "rules/lists/hosting_asns.txt; " + _ANON),
+    Field("ip.anonymous", "bool", "Any anonymiser: VPN, hosting, Tor, public or residential proxy.", False, _ANON),
+    Field("ip.vpn", "bool", "Known VPN exit.", False, _ANON),
+    Field("ip.tor", "bool", "Tor exit node.", False, _ANON),
+    Field("ip.public_proxy", "bool", "Open or public proxy.", False, _ANON),
+    Field("ip.residential_proxy", "bool", "Residential proxy network exit.", False, _ANON),
+    Field("ip.phone_country_mismatch", "bool", "The IP's country differs from the phone number's region.",
+          False, "ip.country vs phone.region"),
+    Field("ip.timezone_country_mismatch", "bool", "The IP's country is not the country of the browser's "
+                                                  "timezone.", False, "ip.country vs device.timezone_country"),
+    Field("ip.locale_country_mismatch", "bool", "The IP's country differs from the region of the browser's "
+                                                "locale (en-US -> US).", False, "ip.country vs device.locale_region"),
 )
+
+_PREFIX = {4: 24, 6: 64}
 
 
 @lru_cache(maxsize=65536)
-def _address_facts(ip: str) -> dict[str, Any] | None:
+def _address(ip: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, dict[str, Any]] | None:
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
         return None
-    prefix_len = 24 if addr.version == 4 else 64
-    return {
+    if addr.version == 6 and addr.ipv4_mapped:       # ::ffff:1.2.3.4 is the IPv4 address
+        addr = addr.ipv4_mapped
+    facts = {
         "version": addr.version,
         "private": not addr.is_global,
-        "prefix": str(ipaddress.ip_network(f"{addr}/{prefix_len}", strict=False)),
+        "prefix": str(ipaddress.ip_network(f"{addr}/{_PREFIX[addr.version]}", strict=False)),
     }
+    return addr, facts
 
 
-def network_signals(ip: str | None) -> dict[str, Any]:
-    facts = _address_facts(ip) if ip else None
-    return dict(facts) if facts else {}
+def network_signals(ip: str | None, geoip: GeoIP | None = None,
+                    hosting_asns: frozenset = frozenset()) -> dict[str, Any]:
+    parsed = _address(ip) if ip and isinstance(ip, str) else None
+    if parsed is None:
+        return {}
+    addr, base = parsed
+    facts = dict(base)
+    if geoip is not None and not base["private"]:
+        facts.update(geoip.lookup(addr))
+        hosting_provider = facts.pop("hosting_provider", None)
+        if "asn" in facts or hosting_provider is not None:
+            facts["hosting"] = facts.get("asn") in hosting_asns or bool(hosting_provider)
+    return facts
 
 
-def network_identifiers(ip: str | None) -> list[tuple[str, str]]:
-    facts = _address_facts(ip) if ip else None
-    if not facts:
+def mismatches(ip_country: str | None, phone_region: str | None, timezone_country: str | None,
+               locale_region: str | None) -> dict[str, bool]:
+    """Each comparison is made only when both sides are known; otherwise the fact is missing."""
+    if not ip_country:
+        return {}
+    facts = {}
+    for name, other in (("phone_country_mismatch", phone_region), ("timezone_country_mismatch", timezone_country),
+                        ("locale_country_mismatch", locale_region)):
+        if other:
+            facts[name] = other != ip_country
+    return facts
+
+
+def network_identifiers(ip: str | None, asn: int | None = None) -> list[tuple[str, str]]:
+    parsed = _address(ip) if ip and isinstance(ip, str) else None
+    if parsed is None:
         return []
-    return [("ip", ip), ("ip_prefix", facts["prefix"])]
+    addr, facts = parsed
+    identifiers = [("ip", str(addr)), ("ip_prefix", facts["prefix"])]
+    if asn is not None:
+        identifiers.append(("asn", str(asn)))
+    return identifiers
