@@ -35,6 +35,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Key for the keyed hashes of linking identifiers (HMAC-SHA256). Empty: generated once "
             "into KYC_DATA_DIR/secret.key. Changing it unlinks all history."),
     Setting("KYC_REDIS_URL", "", "Redis for rq jobs and velocity counters. Empty: jobs run in-process."),
+    Setting("KYC_GRAPH_SUPER_NODE_STRONG", "200",
+            "A strong identifier (device, mailbox, phone, card) shared by more accounts than this is a "
+            "super-node: it stops linking accounts into clusters, velocity still counts it."),
+    Setting("KYC_GRAPH_SUPER_NODE_WEAK", "50",
+            "The same for weak identifiers (IP /24 per day, email template, phone range, BIN + postal code)."),
+    Setting("KYC_GRAPH_RESCORE_SIZES", "5,20,100,500",
+            "Cluster sizes at which every member is queued for rescoring when a cluster grows past one."),
     Setting("KYC_DEV_KEY", "",
             "A fixed API key accepted in development. `kyc serve` on the embedded SQLite default "
             "sets it to kyc_dev_local_only and prints it; never set it in production."),
@@ -81,6 +88,9 @@ class Config:
     secret_key: bytes
     redis_url: str
     dev_key: str
+    graph_super_node_strong: int
+    graph_super_node_weak: int
+    graph_rescore_sizes: tuple[int, ...]
     max_body_bytes: int
     log_level: str
     rules_poll_seconds: float = 2.0
@@ -113,6 +123,9 @@ class Config:
             secret_key=b"",
             redis_url=raw["KYC_REDIS_URL"],
             dev_key=raw["KYC_DEV_KEY"],
+            graph_super_node_strong=int(raw["KYC_GRAPH_SUPER_NODE_STRONG"]),
+            graph_super_node_weak=int(raw["KYC_GRAPH_SUPER_NODE_WEAK"]),
+            graph_rescore_sizes=tuple(sorted(int(v) for v in raw["KYC_GRAPH_RESCORE_SIZES"].split(",") if v.strip())),
             max_body_bytes=int(raw["KYC_MAX_BODY_BYTES"]),
             log_level=raw["KYC_LOG_LEVEL"].upper(),
             rules_poll_seconds=float(raw["KYC_RULES_POLL_SECONDS"]),

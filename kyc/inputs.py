@@ -141,3 +141,12 @@ class ActivityInput(_Input):
 
 
 INPUTS: dict[str, type[_Input]] = {"signup": SignupInput, "payment_method": PaymentMethodInput}
+
+
+class LabelInput(BaseModel):
+    """Ops feedback on an account: POST /v1/accounts/{id}/labels."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    label: Annotated[StrictStr, Field(pattern=r"^(fraud|legit)$")]
+    note: Annotated[StrictStr, Field(max_length=2000)] | None = None

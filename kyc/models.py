@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Date, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Date, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -55,6 +55,7 @@ class Account(Base):
     # The latest evaluation of each subject (signup, payment_method); the account's decision
     # is the most severe of them. {subject: {evaluation_id, occurred_at, decision, score, ...}}
     subjects: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The cluster as of the account's latest evaluation; cluster_members holds live membership.
     cluster_id: Mapped[str | None] = mapped_column(String(40), index=True)
     label: Mapped[str | None] = mapped_column(String(16))
     # Bumped on every change that can alter an entitlement; gateways cache on it (ETag).
@@ -109,6 +110,106 @@ class Sighting(Base):
         Index("ix_sightings_key_time", "kind", "value_hash", "occurred_at"),
         Index("ix_sightings_account", "account_id"),
     )
+
+
+class VelocityMark(Base):
+    """The latest event time at which an account showed a velocity key (SQL velocity backend).
+
+    One row per (key, account): counting distinct accounts in a window is an index range scan,
+    capped (kyc/store.py), so a super-hot key such as gmail.com costs the same as a quiet one.
+    """
+
+    __tablename__ = "velocity_marks"
+
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value_hash: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_velocity_marks_key_time", "kind", "value_hash", "last_at"),)
+
+
+class GraphNode(Base):
+    """A linking identifier (keyed hash) and how many accounts share it.
+
+    A node shared by more accounts than its kind's threshold is a super-node (carrier NAT,
+    university network): it stops linking accounts, while velocity still counts it.
+    """
+
+    __tablename__ = "graph_nodes"
+
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value_hash: Mapped[str] = mapped_column(String(32), primary_key=True)
+    accounts: Mapped[int] = mapped_column(Integer, default=0)
+    super_node: Mapped[bool] = mapped_column(Boolean, default=False)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class GraphEdge(Base):
+    """An account holds a linking identifier (derived from its sightings)."""
+
+    __tablename__ = "graph_edges"
+
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value_hash: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+
+    __table_args__ = (Index("ix_graph_edges_account", "account_id"),)
+
+
+# Member traits a cluster counts, kept on the membership row so merges and splits add up.
+MEMBER_FLAGS = ("blocked", "labeled_fraud", "disposable", "voip", "hosting", "headless")
+
+
+class Cluster(Base):
+    """Accounts linked by shared identifiers: a connected component of the identity graph."""
+
+    __tablename__ = "clusters"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)      # earliest member event time
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    blocked: Mapped[int] = mapped_column(Integer, default=0)
+    labeled_fraud: Mapped[int] = mapped_column(Integer, default=0)
+    disposable: Mapped[int] = mapped_column(Integer, default=0)
+    voip: Mapped[int] = mapped_column(Integer, default=0)
+    hosting: Mapped[int] = mapped_column(Integer, default=0)
+    headless: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (Index("ix_clusters_size", "size"),)
+
+
+class ClusterMember(Base):
+    """An account's place in a cluster and the traits its cluster counts."""
+
+    __tablename__ = "cluster_members"
+
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    cluster_id: Mapped[str] = mapped_column(String(40))
+    joined_at: Mapped[datetime] = mapped_column(UTCDateTime)          # the account's first event time
+    blocked: Mapped[bool] = mapped_column(Boolean, default=False)
+    labeled_fraud: Mapped[bool] = mapped_column(Boolean, default=False)
+    disposable: Mapped[bool] = mapped_column(Boolean, default=False)
+    voip: Mapped[bool] = mapped_column(Boolean, default=False)
+    hosting: Mapped[bool] = mapped_column(Boolean, default=False)
+    headless: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (Index("ix_cluster_members_cluster_joined", "cluster_id", "joined_at"),)
+
+
+class AccountLabel(Base):
+    """Ops feedback on an account (fraud | legit), kept as history; the latest is on the account."""
+
+    __tablename__ = "account_labels"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    label: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str | None] = mapped_column(String(64))            # the API key's name
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class ApiKey(Base):

@@ -56,6 +56,7 @@ class Runtime:
     rules_error: RuleSetError | None = None
     rules_error_at: datetime | None = None
     rules_checked_at: datetime | None = None
+    redis: Any = None                    # a redis.Redis when KYC_REDIS_URL is set (velocity counters)
     _reload_lock: threading.Lock = field(default_factory=threading.Lock)
     _rules_fingerprint: tuple = ()
     _watcher_pid: int | None = None
@@ -77,8 +78,13 @@ class Runtime:
         fingerprint = rules_fingerprint(config.rules_dir)
         rules, tiers = load_policy(config.rules_dir)
         geoip = open_geoip(config.geoip_city_db or None, config.geoip_asn_db or None, config.geoip_anon_db or None)
+        redis_client = None
+        if config.redis_url:
+            import redis
+
+            redis_client = redis.Redis.from_url(config.redis_url)
         return cls(config, engine, make_session_factory(engine), rules, tiers, geoip, rules_checked_at=rules.loaded_at,
-                   _rules_fingerprint=fingerprint)
+                   _rules_fingerprint=fingerprint, redis=redis_client)
 
     def session(self) -> Session:
         return self.sessions()

@@ -20,12 +20,15 @@ from kyc.engine import Outcome, RuleSet, most_severe, reason_order
 from kyc.engine.loader import VERIFICATIONS
 from kyc.ids import new_id
 from kyc.inputs import INPUTS, rfc3339
-from kyc.models import Account, Evaluation, utcnow
+from kyc import graph
+from kyc.models import Account, Cluster, Evaluation, Sighting, utcnow
 from kyc.runtime import Runtime
 from kyc.security import mask_email, mask_ip
 from kyc.signals import COLLECTORS, Lookups, Signals
 from kyc.signals.account import account_signals
-from kyc.store import SqlStore
+from kyc.signals.graph import graph_signals, member_flags
+from kyc.signals.velocity import VELOCITY_KEYS
+from kyc.store import velocity_store
 from kyc.verification import verified_kinds
 
 log = logging.getLogger("kyc.scoring")
@@ -36,23 +39,35 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     """Score one input and persist the evaluation and the account, in the caller's transaction.
 
     `record=False` (rescoring) adds no sightings: no new event happened, so velocity and links
-    must not count the account twice.
+    must not count the account twice. Linking happens before the rules run, so graph signals
+    see the cluster this evaluation joins; the account's traits and block status update the
+    cluster's counters, and a cluster whose standing rises queues its members for rescoring
+    once this transaction commits.
     """
     rules = rules or runtime.rules          # read once: a reload mid-request does not split the set
     at = at or inp.at()
-    lookups = Lookups(rules.lists, SqlStore(session), runtime.config.secret_key, runtime.geoip)
-    signals, identifiers = COLLECTORS[subject](inp, lookups, at)
     known = session.get(Account, inp.account_id)
     # Account facts describe the account now when it is rescored (a wake-up is why it is),
     # and as of the event for a live or backfilled input. They include the verifications
     # completed, which satisfy verify rules (see RuleSet.evaluate).
     facts_at = max(at, utcnow()) if trigger == "rescore" else at
-    signals["account"] = account_signals(
+    account_facts = account_signals(
         known.first_seen_at if known else at, facts_at,
         latest_dormancy(session, inp.account_id) if known else None, runtime.config.dormant_days,
         verified_kinds(session, inp.account_id, known.subjects) if known else frozenset())
-    outcome = rules.evaluate(subject, signals)
     account = _lock_account(session, inp.account_id, at)
+    lookups = Lookups(rules.lists, velocity_store(runtime, session), runtime.config.secret_key, runtime.geoip)
+    signals, identifiers = COLLECTORS[subject](inp, lookups, at)
+    signals["account"] = account_facts
+    policy = graph.Policy.from_config(runtime.config)
+    if record:
+        cluster = graph.link(session, policy, account.id, identifiers, at)
+    else:
+        cluster = session.get(Cluster, graph.ensure_member(session, account.id, at).cluster_id)
+    account.cluster_id = cluster.id
+    graph.set_flags(session, policy, account.id, member_flags(signals))
+    signals["graph"] = graph_signals(cluster, graph.growth(session, cluster.id, at), at)
+    outcome = rules.evaluate(subject, signals)
     evaluation = Evaluation(
         id=new_id("ev"), account_id=account.id, subject=subject, trigger=trigger, occurred_at=at,
         input=inp.stored(), signals=signals, reasons=outcome.reasons, decision=outcome.decision,
@@ -61,8 +76,17 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     )
     session.add(evaluation)
     if record:
-        lookups.store.record(identifiers, at, account.id, evaluation.id)
+        if identifiers:
+            session.flush()                     # the account row first (sightings reference it)
+            session.execute(Sighting.__table__.insert(), [
+                {"kind": k, "value_hash": h, "account_id": account.id, "evaluation_id": evaluation.id,
+                 "occurred_at": at} for k, h in identifiers])
+        lookups.store.record([key for key in identifiers if key[0] in VELOCITY_KEYS], at, account.id)
     _apply(account, subject, evaluation, outcome, at)
+    graph.set_flags(session, policy, account.id, {"blocked": account.decision == "block"})
+    from kyc.jobs import rescore_after_commit   # jobs imports this module
+
+    rescore_after_commit(runtime, session, exclude=account.id)
     log.info("scored %s account=%s email=%s ip=%s decision=%s score=%d trigger=%s", subject, account.id,
              mask_email(getattr(inp, "email", None)), mask_ip(getattr(inp, "ip", None)),
              outcome.decision, outcome.score, trigger)
@@ -143,8 +167,13 @@ def combine(subjects: dict[str, dict[str, Any]]) -> tuple[str, int, list[dict], 
     return decision, score, reasons, required
 
 
+def cluster_ref(cluster_id: str | None, size: int | None) -> dict[str, Any] | None:
+    return {"id": cluster_id, "size": size} if cluster_id else None
+
+
 def evaluation_body(evaluation: Evaluation, account: Account | None = None) -> dict[str, Any]:
-    """The contract's evaluation response."""
+    """The contract's evaluation response; the cluster is the one the evaluation saw."""
+    seen = (evaluation.signals or {}).get("graph", {})
     return {
         "evaluation_id": evaluation.id,
         "account_id": evaluation.account_id,
@@ -153,7 +182,7 @@ def evaluation_body(evaluation: Evaluation, account: Account | None = None) -> d
         "score": evaluation.score,
         "reasons": evaluation.reasons,
         "required_verifications": evaluation.required_verifications,
-        "cluster": None,
+        "cluster": cluster_ref(seen.get("cluster_id"), seen.get("cluster_size")),
         "signals": evaluation.signals,
         "rules_version": evaluation.rules_version,
         "occurred_at": rfc3339(evaluation.occurred_at),

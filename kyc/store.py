@@ -1,30 +1,61 @@
 """The one small interface signals use for lookups that need history: velocity counts.
 
-The SQL implementation answers from the sightings table; it runs inside the caller's
-transaction, so a refused or failed evaluation records nothing.
+A velocity key is an identifier (kind, keyed hash). For each key a store keeps, per account,
+the latest event time at which the account showed it. The count for a window is the number of
+accounts whose latest event time lies in (at - window, at], this account included, where `at`
+is the evaluation's event time, not the wall clock: a backfilled history posted in event-time
+order gives the counts live traffic would have. An event posted late (older than accounts
+already recorded) does not count the accounts whose latest event time is after it.
+
+Counts saturate: other accounts are counted up to COUNT_CAP, so a super-hot key (gmail.com, a
+carrier NAT) costs a bounded index scan in SQL and a bounded sorted set in Redis.
+
+Two backends give identical answers (tests/test_velocity.py runs the same suite on both):
+- SqlStore: velocity_marks rows, written inside the caller's transaction.
+- RedisStore: one sorted set per key (member = account id, score = latest event time in
+  microseconds), written atomically (MULTI) once the caller's transaction commits, trimmed to
+  its newest COUNT_CAP + 1 members, expiring a day after the longest window without writes.
+  Trimming keeps every count exact up to the cap for any event time at or after the trimmed
+  marks; only a query far back in time on a key past the cap (a late backfill of gmail.com)
+  can read lower in Redis than in SQL, and both then read in the hundreds at least.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
+import logging
+from functools import lru_cache
 from typing import Iterable, Protocol
 
-from sqlalchemy import and_, case, func, or_, select
+from redis import exceptions as redis_errors
+from sqlalchemy import bindparam, event, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from kyc.models import Sighting
+from kyc.models import VelocityMark
 
-WINDOWS: dict[str, timedelta] = {"1h": timedelta(hours=1), "24h": timedelta(hours=24)}
+log = logging.getLogger("kyc.store")
+
+WINDOWS: dict[str, timedelta] = {
+    "1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30),
+}
+LONGEST = max(WINDOWS.values())
+COUNT_CAP = 1000              # other accounts counted per key and window; rules never need more
 
 Key = tuple[str, str]          # (kind, keyed hash)
 
 
 class Store(Protocol):
     def distinct_accounts(self, keys: list[Key], at: datetime, account_id: str) -> dict[Key, dict[str, int]]:
-        """Per key and window: distinct accounts seen with it in (at - window, at], this one included."""
+        """Per key and window: accounts seen with it in (at - window, at], this one included."""
 
-    def record(self, keys: Iterable[Key], at: datetime, account_id: str, evaluation_id: str) -> None:
-        """Remember that the account showed these identifiers at this event time."""
+    def record(self, keys: Iterable[Key], at: datetime, account_id: str) -> None:
+        """Remember that the account showed these keys at this event time (kept once committed)."""
+
+
+def _capped(others: int) -> int:
+    return min(others, COUNT_CAP) + 1
 
 
 class SqlStore:
@@ -32,27 +63,138 @@ class SqlStore:
         self.session = session
 
     def distinct_accounts(self, keys: list[Key], at: datetime, account_id: str) -> dict[Key, dict[str, int]]:
-        result = {key: {w: 1 for w in WINDOWS} for key in keys}
         if not keys:
-            return result
-        longest = max(WINDOWS.values())
-        columns = [
-            func.count(func.distinct(case((Sighting.occurred_at > at - span, Sighting.account_id))))
-            for span in WINDOWS.values()
-        ]
-        query = (
-            select(Sighting.kind, Sighting.value_hash, *columns)
-            .where(or_(*(and_(Sighting.kind == k, Sighting.value_hash == h) for k, h in keys)))
-            .where(Sighting.occurred_at > at - longest, Sighting.occurred_at <= at)
-            .where(Sighting.account_id != account_id)
-            .group_by(Sighting.kind, Sighting.value_hash)
-        )
-        for kind, value_hash, *counts in self.session.execute(query):
-            result[(kind, value_hash)] = {w: c + 1 for w, c in zip(WINDOWS, counts)}
+            return {}
+        params: dict = {"at": at, "me": account_id}
+        for i, (kind, value_hash) in enumerate(keys):
+            params[f"k{i}"], params[f"h{i}"] = kind, value_hash
+        for window, span in WINDOWS.items():
+            params[f"lo_{window}"] = at - span
+        row = self.session.execute(_count_statement(len(keys)), params).one()
+        return {key: {w: _capped(row[i * len(WINDOWS) + j]) for j, w in enumerate(WINDOWS)}
+                for i, key in enumerate(keys)}
+
+    def record(self, keys: Iterable[Key], at: datetime, account_id: str) -> None:
+        rows = [{"kind": k, "value_hash": h, "account_id": account_id, "last_at": at} for k, h in keys]
+        if not rows:
+            return
+        self.session.execute(_record_statement(self.session.get_bind().dialect.name), rows)
+
+
+@lru_cache(maxsize=4)
+def _record_statement(dialect: str):
+    table = VelocityMark.__table__
+    if dialect == "postgresql":
+        stmt = pg_insert(table)
+        latest = func.greatest(table.c.last_at, stmt.excluded.last_at)
+    else:
+        stmt = sqlite_insert(table)
+        latest = func.max(table.c.last_at, stmt.excluded.last_at)
+    return stmt.on_conflict_do_update(index_elements=["kind", "value_hash", "account_id"], set_={"last_at": latest})
+
+
+@lru_cache(maxsize=32)
+def _count_statement(key_count: int):
+    """One round trip: a capped count per key and window (LIMIT bounds the index scan).
+
+    Built once per number of keys and reused with bound parameters: building a statement of
+    forty sub-selects costs more than running it.
+    """
+    columns = []
+    for i in range(key_count):
+        for window in WINDOWS:
+            inner = (
+                select(VelocityMark.account_id)
+                .where(VelocityMark.kind == bindparam(f"k{i}"), VelocityMark.value_hash == bindparam(f"h{i}"),
+                       VelocityMark.last_at > bindparam(f"lo_{window}"), VelocityMark.last_at <= bindparam("at"),
+                       VelocityMark.account_id != bindparam("me"))
+                .limit(COUNT_CAP).subquery()
+            )
+            columns.append(select(func.count()).select_from(inner).scalar_subquery())
+    return select(*columns)
+
+
+def _micros(at: datetime) -> int:
+    return int((at - _EPOCH) // timedelta(microseconds=1))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+REDIS_PREFIX = "kyc:velocity:"
+
+
+class RedisStore:
+    """Velocity in Redis; writes wait for the caller's database commit, so a rolled-back
+    evaluation leaves no counter behind."""
+
+    def __init__(self, redis, session: Session):
+        self.redis = redis
+        self.session = session
+
+    @staticmethod
+    def _name(key: Key) -> str:
+        return f"{REDIS_PREFIX}{key[0]}:{key[1]}"
+
+    def distinct_accounts(self, keys: list[Key], at: datetime, account_id: str) -> dict[Key, dict[str, int]]:
+        if not keys:
+            return {}
+        now = _micros(at)
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            name = self._name(key)
+            pipe.zscore(name, account_id)
+            for span in WINDOWS.values():
+                pipe.zcount(name, f"({now - _micros(_EPOCH + span)}", now)
+        replies = pipe.execute()
+        result = {}
+        step = 1 + len(WINDOWS)
+        for i, key in enumerate(keys):
+            own, *counts = replies[i * step:(i + 1) * step]
+            result[key] = {}
+            for (window, span), count in zip(WINDOWS.items(), counts):
+                lower = now - _micros(_EPOCH + span)
+                mine = own is not None and lower < own <= now
+                result[key][window] = _capped(count - mine)
         return result
 
-    def record(self, keys: Iterable[Key], at: datetime, account_id: str, evaluation_id: str) -> None:
-        self.session.add_all(
-            Sighting(kind=k, value_hash=h, account_id=account_id, evaluation_id=evaluation_id, occurred_at=at)
-            for k, h in keys
-        )
+    def record(self, keys: Iterable[Key], at: datetime, account_id: str) -> None:
+        keys = list(keys)
+        if not keys:
+            return
+        pending = self.session.info.setdefault("kyc.redis_velocity", [])
+        if not pending:
+            event.listen(self.session, "after_commit", self._flush, once=True)
+            event.listen(self.session, "after_rollback", self._discard, once=True)
+        pending.append((keys, at, account_id))
+
+    def _discard(self, session: Session) -> None:
+        session.info.pop("kyc.redis_velocity", None)
+
+    def _flush(self, session: Session) -> None:
+        pending = session.info.pop("kyc.redis_velocity", [])
+        if not pending:
+            return
+        try:
+            self._write(pending)
+        except redis_errors.RedisError:
+            # The evaluation is committed; failing the request now would misreport it. The
+            # counters miss this event until Redis is back, which the log says.
+            log.exception("velocity not recorded in Redis for %d evaluation(s)", len(pending))
+
+    def _write(self, pending: list) -> None:
+        ttl = int(LONGEST.total_seconds()) + 86400
+        pipe = self.redis.pipeline(transaction=True)         # MULTI/EXEC: all keys or none
+        for keys, at, account_id in pending:
+            score = _micros(at)
+            for key in keys:
+                name = self._name(key)
+                pipe.zadd(name, {account_id: score}, gt=True)          # keep the latest event time
+                pipe.zremrangebyrank(name, 0, -(COUNT_CAP + 2))         # keep the newest COUNT_CAP + 1
+                pipe.expire(name, ttl)
+        pipe.execute()
+
+
+def velocity_store(runtime, session: Session) -> Store:
+    """Redis when KYC_REDIS_URL is set, the database otherwise."""
+    if runtime.redis is not None:
+        return RedisStore(runtime.redis, session)
+    return SqlStore(session)

@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, text
 from kyc import create_app
 from kyc.config import PROJECT_ROOT, Config
 from kyc.models import ApiKey
+from kyc.jobs import drain
 from kyc.runtime import Runtime, upgrade_database
 from kyc.security import hash_api_key, new_api_key
 
@@ -112,6 +113,7 @@ def make_config(tmp_path):
 def runtime(database_url, make_config):
     rt = Runtime.start(make_config(database_url), migrate=False)
     yield rt
+    drain(rt)                    # background rescoring finishes before the database goes away
     rt.engine.dispose()
 
 

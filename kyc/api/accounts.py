@@ -1,16 +1,18 @@
-"""GET /v1/accounts/{id} — an account's current standing and history."""
+"""GET /v1/accounts/{id} — an account's current standing and history; POST .../labels — ops feedback."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from flask import jsonify
+from flask import g, jsonify
 from sqlalchemy import select
 
-from kyc.api import runtime, v1
+from kyc.api import parse, runtime, v1
 from kyc.errors import not_found
-from kyc.inputs import rfc3339
-from kyc.models import Account, Evaluation, Verification
+from kyc.feedback import label_account
+from kyc.inputs import LabelInput, rfc3339
+from kyc.models import Account, Cluster, ClusterMember, Evaluation, Verification
+from kyc.scoring import cluster_ref
 from kyc.verification.service import verification_body
 
 HISTORY = 20
@@ -30,13 +32,27 @@ def get_account(account_id: str):
             select(Verification).where(Verification.account_id == account_id)
             .order_by(Verification.created_at.desc()).limit(HISTORY)
         ).scalars().all()
+        member = session.get(ClusterMember, account_id)
+        cluster = session.get(Cluster, member.cluster_id) if member else None
     now = datetime.now(timezone.utc)
-    body = account_body(account, history)
+    body = account_body(account, history, cluster)
     body["verifications"] = [verification_body(v, now, runtime().config.code_max_attempts) for v in verifications]
     return jsonify(body)
 
 
-def account_body(account: Account, history: list[Evaluation]) -> dict:
+@v1.post("/accounts/<account_id>/labels")
+def label(account_id: str):
+    inp = parse(LabelInput)
+    rt = runtime()
+    with rt.session() as session, session.begin():
+        account = label_account(rt, session, account_id, inp.label, inp.note, g.get("api_key"))
+        if account is None:
+            raise not_found("account")
+    # A fraud label queued the cluster's members (this account included) for rescoring.
+    return get_account(account_id)
+
+
+def account_body(account: Account, history: list[Evaluation], cluster: Cluster | None = None) -> dict:
     return {
         "account_id": account.id,
         "decision": account.decision,
@@ -44,7 +60,7 @@ def account_body(account: Account, history: list[Evaluation]) -> dict:
         "reasons": account.reasons,
         "required_verifications": account.required_verifications,
         "verifications": [],
-        "cluster": None,
+        "cluster": cluster_ref(cluster.id, cluster.size) if cluster else None,
         "label": account.label,
         "first_seen_at": rfc3339(account.first_seen_at),
         "last_seen_at": rfc3339(account.last_seen_at),

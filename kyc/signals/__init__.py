@@ -14,11 +14,11 @@ from typing import Any
 from kyc.engine.schema import Schema
 from kyc.inputs import SignupInput
 from kyc.security import keyed_hash
-from kyc.signals import account, device, email, network, phone, velocity
+from kyc.signals import account, device, email, graph, network, phone, velocity
 from kyc.signals.geoip import GeoIP
 from kyc.store import Store
 
-SCHEMA = Schema(f for family in (email, phone, network, device, velocity, account) for f in family.FIELDS)
+SCHEMA = Schema(f for family in (email, phone, network, device, velocity, account, graph) for f in family.FIELDS)
 
 Signals = dict[str, dict[str, Any]]
 Identifiers = list[tuple[str, str]]      # (kind, keyed hash)
@@ -26,7 +26,8 @@ Identifiers = list[tuple[str, str]]      # (kind, keyed hash)
 
 @dataclass(frozen=True)
 class Lookups:
-    """What signals may consult besides the input itself."""
+    """What signals may consult besides the input itself. Graph signals need the account's
+    cluster after linking, so the pipeline (kyc/scoring.py) adds them after collection."""
 
     lists: dict[str, frozenset]
     store: Store
@@ -67,7 +68,7 @@ def static_signals(inp: SignupInput, lookups: Lookups, at: datetime) -> tuple[Si
     raw = [
         *email.email_identifiers(inp.email),
         *phone.phone_identifiers(inp.phone, inp.phone_region),
-        *network.network_identifiers(inp.ip, ip_facts.get("asn")),
+        *network.network_identifiers(inp.ip, ip_facts.get("asn"), at),
         *device.device_identifiers(inp.device_id),
     ]
     return signals, raw

@@ -5,6 +5,7 @@ phone, the browser's timezone and its locale say."""
 from __future__ import annotations
 
 import ipaddress
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -96,7 +97,7 @@ def mismatches(ip_country: str | None, phone_region: str | None, timezone_countr
     return facts
 
 
-def network_identifiers(ip: str | None, asn: int | None = None) -> list[tuple[str, str]]:
+def network_identifiers(ip: str | None, asn: int | None = None, at: datetime | None = None) -> list[tuple[str, str]]:
     parsed = _address(ip) if ip and isinstance(ip, str) else None
     if parsed is None:
         return []
@@ -104,4 +105,7 @@ def network_identifiers(ip: str | None, asn: int | None = None) -> list[tuple[st
     identifiers = [("ip", str(addr)), ("ip_prefix", facts["prefix"])]
     if asn is not None:
         identifiers.append(("asn", str(asn)))
+    if at is not None:
+        # The network within one UTC day: a weak link (neighbours on one network the same day).
+        identifiers.append(("ip_prefix_day", f"{facts['prefix']}|{at:%Y-%m-%d}"))
     return identifiers

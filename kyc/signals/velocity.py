@@ -10,12 +10,19 @@ from kyc.engine.schema import Field
 from kyc.store import WINDOWS, Key
 
 # Identifier kinds that are velocity keys, and what each counts.
+# Keys whose identifiers no collector produces yet (asn, card_*) are declared so rules can be
+# written against them; a missing signal never makes a condition true.
 VELOCITY_KEYS = {
     "ip": "the same IP address",
     "ip_prefix": "the same /24 (IPv4) or /64 (IPv6) network",
+    "asn": "the same autonomous system (network operator)",
     "device": "the same device id",
     "email": "the same mailbox (provider canonical form)",
+    "email_domain": "the same email domain",
+    "email_template": "the same email shape and domain (email.template at the domain: Llll.Lllll99@gmail.com)",
     "phone_range": "the same phone number range (E.164 without its last 3 digits)",
+    "card_bin": "the same card BIN",
+    "card_fingerprint": "the same card (processor fingerprint)",
 }
 
 FIELDS = tuple(

@@ -1,0 +1,34 @@
+"""Ops feedback: labels on accounts, which flow through the account's cluster."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from kyc import graph
+from kyc.models import Account, AccountLabel, ClusterMember
+from kyc.runtime import Runtime
+
+
+def label_account(runtime: Runtime, session: Session, account_id: str, label: str, note: str | None,
+                  source: str | None) -> Account | None:
+    """Set the account's label, keep the history, and on a fraud label queue every member of its
+    cluster (the account included) for rescoring once the transaction commits."""
+    account = session.execute(
+        select(Account).where(Account.id == account_id).with_for_update().execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if account is None:
+        return None
+    session.add(AccountLabel(account_id=account.id, label=label, note=note, source=source))
+    if account.label != label:
+        account.label = label
+        account.state_version = (account.state_version or 0) + 1
+    graph.set_flags(session, graph.Policy.from_config(runtime.config), account.id,
+                    {"labeled_fraud": label == "fraud"})
+    if label == "fraud":
+        member = session.get(ClusterMember, account.id)
+        graph.queue_rescore(session, accounts=[account.id], clusters=[member.cluster_id] if member else [])
+    from kyc.jobs import rescore_after_commit
+
+    rescore_after_commit(runtime, session)
+    return account

@@ -1,0 +1,505 @@
+"""The identity graph: accounts linked by the identifiers they share, clustered with union-find.
+
+Identifiers are keyed hashes taken from the sightings an evaluation records:
+- strong (device id, canonical mailbox, phone number, card fingerprint): one shared strong
+  identifier links two accounts;
+- weak (IP /24 or /64 within a day, email template + domain, phone range, BIN + billing
+  postal code): two accounts link when they share weak identifiers of WEAK_KINDS_NEEDED
+  different kinds.
+An identifier held by more accounts than its threshold is a super-node (a carrier NAT, a
+university network, "first.last99@gmail.com"): it links nothing and keeps no edges; velocity
+still counts it. Clusters are the connected components of what is left, so they do not depend
+on the order accounts arrive in: linking one evaluation at a time (`link`) and `rebuild` give
+the same clusters. When an identifier turns into a super-node, the clusters it held together
+are recomputed (`recluster`), which can split them.
+
+Every account evaluated with identifiers has a cluster (size 1 when alone). A cluster keeps
+counters of its members' traits (blocked, labeled fraud, disposable email, VoIP phone, hosting
+IP, headless browser) so graph signals cost one row read.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache
+from types import SimpleNamespace
+from typing import Hashable, Iterable
+
+from sqlalchemy import Integer, bindparam, cast, delete, func, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from kyc.ids import new_id
+from kyc.models import MEMBER_FLAGS, Account, Cluster, ClusterMember, GraphEdge, GraphNode, Sighting
+
+STRONG = frozenset({"device", "email", "phone", "card_fingerprint"})
+WEAK = frozenset({"ip_prefix_day", "email_template", "phone_range", "card_bin_postal"})
+LINK_KINDS = STRONG | WEAK
+WEAK_KINDS_NEEDED = 2
+GROWTH_CAP = 10_000          # members counted by graph.cluster_growth_24h (bounded index scan)
+
+Node = tuple[str, str]       # (kind, keyed hash)
+
+
+@dataclass(frozen=True)
+class Policy:
+    super_strong: int = 200
+    super_weak: int = 50
+    rescore_sizes: tuple[int, ...] = (5, 20, 100, 500)
+
+    @classmethod
+    def from_config(cls, config) -> "Policy":
+        return cls(config.graph_super_node_strong, config.graph_super_node_weak, config.graph_rescore_sizes)
+
+    def is_super(self, kind: str, accounts: int) -> bool:
+        return accounts > (self.super_strong if kind in STRONG else self.super_weak)
+
+    def bucket(self, cluster: Cluster) -> tuple[int, bool, bool]:
+        """What makes members' scores stale when it rises: a size step, a first block, a first fraud label."""
+        step = sum(1 for s in self.rescore_sizes if cluster.size >= s)
+        return step, cluster.blocked > 0, cluster.labeled_fraud > 0
+
+
+# --- the pure core, shared by incremental linking, rebuild and the benchmark ------------------
+
+class UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[Hashable, Hashable] = {}
+        self.size: dict[Hashable, int] = {}
+
+    def add(self, x: Hashable) -> None:
+        if x not in self.parent:
+            self.parent[x] = x
+            self.size[x] = 1
+
+    def find(self, x: Hashable) -> Hashable:
+        parent = self.parent
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]      # path halving
+            x = parent[x]
+        return x
+
+    def union(self, a: Hashable, b: Hashable) -> Hashable:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return ra
+        if self.size[ra] < self.size[rb]:
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.size[ra] += self.size.pop(rb)
+        return ra
+
+    def groups(self) -> dict[Hashable, list[Hashable]]:
+        out: dict[Hashable, list[Hashable]] = defaultdict(list)
+        for x in self.parent:
+            out[self.find(x)].append(x)
+        return out
+
+
+def linked_accounts(account: Hashable, members: dict[Node, list[Hashable]]) -> set[Hashable]:
+    """Accounts an account links to, given the members of each (non-super) node it holds."""
+    linked: set[Hashable] = set()
+    weak_kinds: dict[Hashable, set[str]] = defaultdict(set)
+    for (kind, _), accounts in members.items():
+        if kind in STRONG:
+            linked.update(a for a in accounts if a != account)
+        else:
+            for a in accounts:
+                if a != account:
+                    weak_kinds[a].add(kind)
+    linked.update(a for a, kinds in weak_kinds.items() if len(kinds) >= WEAK_KINDS_NEEDED)
+    return linked
+
+
+def components(edges: Iterable[tuple[Node, Hashable]], accounts: Iterable[Hashable] = ()) -> UnionFind:
+    """Clusters of accounts from (node, account) edges of non-super nodes."""
+    members: dict[Node, list[Hashable]] = defaultdict(list)
+    uf = UnionFind()
+    for account in accounts:
+        uf.add(account)
+    for node, account in edges:
+        members[node].append(account)
+        uf.add(account)
+    weak_nodes: dict[Hashable, list[Node]] = defaultdict(list)
+    for node, accounts_on in members.items():
+        if node[0] in STRONG:
+            first = accounts_on[0]
+            for other in accounts_on[1:]:
+                uf.union(first, other)
+        else:
+            for account in accounts_on:
+                weak_nodes[account].append(node)
+    for account, nodes in weak_nodes.items():
+        if len({kind for kind, _ in nodes}) < WEAK_KINDS_NEEDED:
+            continue
+        for other in linked_accounts(account, {n: members[n] for n in nodes}):
+            uf.union(account, other)
+    return uf
+
+
+# --- database-backed operations (inside the caller's transaction) -----------------------------
+
+@lru_cache(maxsize=4)
+def _statements(dialect: str) -> SimpleNamespace:
+    """The statements of the hot path, built once: building a statement costs more than running it."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    count = insert(GraphNode.__table__)
+    mine = select(GraphEdge.kind, GraphEdge.value_hash).where(GraphEdge.account_id == bindparam("account"))
+    return SimpleNamespace(
+        # Sorted rows: concurrent transactions lock node rows in the same order (no deadlock), and
+        # the row lock makes a concurrent account on the same node wait, then see this one's edge.
+        count=count.on_conflict_do_update(index_elements=["kind", "value_hash"],
+                                          set_={"accounts": GraphNode.__table__.c.accounts + 1})
+        .returning(GraphNode.__table__.c.kind, GraphNode.__table__.c.value_hash, GraphNode.__table__.c.accounts),
+        edge=insert(GraphEdge.__table__).on_conflict_do_nothing(),
+        members=select(GraphEdge.kind, GraphEdge.value_hash, GraphEdge.account_id)
+        .where(tuple_(GraphEdge.kind, GraphEdge.value_hash).in_(mine)),
+        clusters_of=select(ClusterMember.cluster_id).where(ClusterMember.account_id.in_(bindparam("accounts", expanding=True))),
+        growth=select(func.count()).select_from(
+            select(ClusterMember.account_id)
+            .where(ClusterMember.cluster_id == bindparam("cluster"), ClusterMember.joined_at > bindparam("since"),
+                   ClusterMember.joined_at <= bindparam("at")).limit(GROWTH_CAP).subquery()),
+    )
+
+
+@lru_cache(maxsize=64)
+def _known_statement(count: int):
+    """Each node the account shows: is it a super-node, does the account already hold it.
+
+    Spelled as OR-ed key lookups, which every backend answers from the primary key (SQLite
+    scans the table for a row-value IN list joined this way).
+    """
+    keys = or_(*((GraphNode.kind == bindparam(f"k{i}")) & (GraphNode.value_hash == bindparam(f"h{i}"))
+                 for i in range(count)))
+    return (select(GraphNode.kind, GraphNode.value_hash, GraphNode.super_node, GraphEdge.account_id)
+            .outerjoin(GraphEdge, (GraphEdge.kind == GraphNode.kind) & (GraphEdge.value_hash == GraphNode.value_hash)
+                       & (GraphEdge.account_id == bindparam("account")))
+            .where(keys))
+
+
+def _sql(session: Session) -> SimpleNamespace:
+    return _statements(session.get_bind().dialect.name)
+
+
+def queue_rescore(session: Session, *, accounts: Iterable[str] = (), clusters: Iterable[str] = ()) -> None:
+    """Ask for members to be rescored once this transaction commits (kyc/jobs.py drains it)."""
+    pending = session.info.setdefault("kyc.rescore", {"accounts": set(), "clusters": set()})
+    pending["accounts"].update(accounts)
+    pending["clusters"].update(clusters)
+
+
+def _new_cluster(session: Session, at: datetime) -> Cluster:
+    cluster = Cluster(id=new_id("cl"), size=0, first_seen_at=at,
+                      **{flag: 0 for flag in MEMBER_FLAGS})
+    session.add(cluster)
+    return cluster
+
+
+def ensure_member(session: Session, account_id: str, at: datetime) -> ClusterMember:
+    member = session.get(ClusterMember, account_id)
+    if member is None:
+        cluster = _new_cluster(session, at)
+        cluster.size = 1
+        member = ClusterMember(account_id=account_id, cluster_id=cluster.id, joined_at=at,
+                               **{flag: False for flag in MEMBER_FLAGS})
+        session.add(member)
+        session.get(Account, account_id).cluster_id = cluster.id     # the scoring transaction holds it
+    elif at < member.joined_at:
+        # A backfilled earlier event: the account joined its cluster at its first event time.
+        member.joined_at = at
+        cluster = session.get(Cluster, member.cluster_id)
+        cluster.first_seen_at = min(cluster.first_seen_at, at)
+    return member
+
+
+def set_flags(session: Session, policy: Policy, account_id: str, flags: dict[str, bool]) -> None:
+    """Update an account's traits and its cluster's counters; a rising cluster queues a rescore."""
+    member = session.get(ClusterMember, account_id)
+    if member is None:
+        return
+    changes = {f: bool(v) for f, v in flags.items() if bool(v) != getattr(member, f)}
+    if not changes:
+        return
+    cluster = session.get(Cluster, member.cluster_id, with_for_update=True)
+    before = policy.bucket(cluster)
+    for flag, value in changes.items():
+        setattr(member, flag, value)
+        setattr(cluster, flag, getattr(cluster, flag) + (1 if value else -1))
+    if _rose(before, policy.bucket(cluster)):
+        queue_rescore(session, clusters=[cluster.id])
+
+
+def _rose(before: tuple, after: tuple) -> bool:
+    return any(a > b for a, b in zip(after, before))
+
+
+def link(session: Session, policy: Policy, account_id: str, identifiers: Iterable[Node], at: datetime) -> Cluster:
+    """Record the account's linking identifiers, link it, and return its (possibly merged) cluster."""
+    member = ensure_member(session, account_id, at)
+    nodes = sorted({n for n in identifiers if n[0] in LINK_KINDS})
+    sql = _sql(session)
+    if nodes:
+        params = {"account": account_id}
+        for i, (kind, value_hash) in enumerate(nodes):
+            params[f"k{i}"], params[f"h{i}"] = kind, value_hash
+        skip = {(k, h) for k, h, is_super, holder in session.execute(_known_statement(len(nodes)), params)
+                if is_super or holder is not None}
+        fresh = [n for n in nodes if n not in skip]
+        if fresh:                              # new to this account, and not a super-node
+            counted = session.execute(sql.count, [
+                {"kind": k, "value_hash": h, "accounts": 1, "super_node": False, "first_seen_at": at}
+                for k, h in fresh]).all()
+            session.execute(sql.edge, [{"kind": k, "value_hash": h, "account_id": account_id} for k, h in fresh])
+            turned_super = sorted((k, h) for k, h, accounts in counted if policy.is_super(k, accounts))
+            if turned_super:
+                _make_super(session, policy, turned_super)
+                session.refresh(member)        # a split may have moved this account
+    # Link through every node the account holds (earlier signups of the same account included).
+    members: dict[Node, list[str]] = defaultdict(list)
+    for kind, value_hash, other in session.execute(sql.members, {"account": account_id}):
+        members[(kind, value_hash)].append(other)
+    linked = linked_accounts(account_id, members)
+    if linked:
+        cluster_ids = set(session.execute(sql.clusters_of, {"accounts": sorted(linked)}).scalars())
+        cluster_ids.add(member.cluster_id)
+        if len(cluster_ids) > 1:
+            return merge(session, policy, cluster_ids, exclude=account_id)
+    return session.get(Cluster, member.cluster_id)
+
+
+def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], exclude: str | None = None) -> Cluster:
+    """Merge clusters into the largest one (union by size); members whose cluster rose are queued."""
+    clusters = list(session.execute(
+        select(Cluster).where(Cluster.id.in_(sorted(cluster_ids))).order_by(Cluster.id).with_for_update()
+        .execution_options(populate_existing=True)).scalars())
+    # The largest absorbs the others (union by size: an account moves O(log n) times); ties: the oldest.
+    target = min(clusters, key=lambda c: (-c.size, c.first_seen_at, c.id))
+    before = {c.id: policy.bucket(c) for c in clusters}
+    others = [c for c in clusters if c is not target]
+    for other in others:
+        target.size += other.size
+        target.first_seen_at = min(target.first_seen_at, other.first_seen_at)
+        for flag in MEMBER_FLAGS:
+            setattr(target, flag, getattr(target, flag) + getattr(other, flag))
+    after = policy.bucket(target)
+    for other in others:
+        if _rose(before[other.id], after):
+            moved = session.execute(select(ClusterMember.account_id).where(
+                ClusterMember.cluster_id == other.id, ClusterMember.account_id != (exclude or ""))).scalars()
+            queue_rescore(session, accounts=moved)
+    if _rose(before[target.id], after):
+        queue_rescore(session, clusters=[target.id])
+    moved_ids = [c.id for c in others]
+    # Membership rows only: accounts.cluster_id is written by each account's own evaluation, so
+    # a merge never waits on the row lock of a member being scored at the same time (deadlock).
+    session.execute(update(ClusterMember).where(ClusterMember.cluster_id.in_(moved_ids)).values(cluster_id=target.id))
+    for other in others:
+        session.delete(other)
+    session.flush()
+    return target
+
+
+def _make_super(session: Session, policy: Policy, nodes: list[Node]) -> None:
+    """Nodes that crossed their threshold stop linking: drop their edges, split what they held."""
+    condition = tuple_(GraphEdge.kind, GraphEdge.value_hash).in_(nodes)
+    affected = set(session.execute(
+        select(ClusterMember.cluster_id).join(GraphEdge, GraphEdge.account_id == ClusterMember.account_id)
+        .where(condition)).scalars())
+    session.execute(update(GraphNode).where(tuple_(GraphNode.kind, GraphNode.value_hash).in_(nodes))
+                    .values(super_node=True))
+    session.execute(delete(GraphEdge).where(condition))
+    session.flush()
+    recluster(session, policy, affected)
+
+
+def recluster(session: Session, policy: Policy, cluster_ids: Iterable[str]) -> None:
+    """Recompute the components of some clusters from their members' edges (a cluster can only split)."""
+    cluster_ids = sorted(set(cluster_ids))
+    if not cluster_ids:
+        return
+    in_clusters = ClusterMember.cluster_id.in_(cluster_ids)
+    current = dict(session.execute(select(ClusterMember.account_id, ClusterMember.cluster_id).where(in_clusters)).all())
+    edges = session.execute(
+        select(GraphEdge.kind, GraphEdge.value_hash, GraphEdge.account_id)
+        .join(ClusterMember, ClusterMember.account_id == GraphEdge.account_id).where(in_clusters))
+    uf = components((((kind, h), a) for kind, h, a in edges), current)
+    _assign(session, uf.groups().values(), current)
+
+
+def _assign(session: Session, groups: Iterable[list[str]], current: dict[str, str], *,
+            accounts_too: bool = False) -> None:
+    """Give each group of accounts a cluster, keeping ids where a group keeps most of a cluster,
+    and recompute counters from the members' flags."""
+    claimed: set[str] = set()
+    changed: dict[str, str] = {}
+    touched: set[str] = set(current.values())
+    for group in sorted(groups, key=len, reverse=True):
+        votes = Counter(current[a] for a in group if current.get(a))
+        cluster_id = next((cid for cid, _ in votes.most_common() if cid not in claimed), None)
+        if cluster_id is None:
+            first = session.execute(select(func.min(ClusterMember.joined_at))
+                                    .where(ClusterMember.account_id.in_(group[:1]))).scalar()
+            cluster_id = _new_cluster(session, first).id
+        claimed.add(cluster_id)
+        touched.add(cluster_id)
+        for account in group:
+            if current.get(account) != cluster_id:
+                changed[account] = cluster_id
+    session.flush()
+    by_target: dict[str, list[str]] = defaultdict(list)
+    for account, cluster_id in changed.items():
+        by_target[cluster_id].append(account)
+    for cluster_id, accounts in by_target.items():
+        for chunk in _chunks(accounts, 5000):
+            session.execute(update(ClusterMember).where(ClusterMember.account_id.in_(chunk)).values(cluster_id=cluster_id))
+            if accounts_too:           # offline rebuild only: live paths never touch other accounts' rows
+                session.execute(update(Account).where(Account.id.in_(chunk)).values(cluster_id=cluster_id))
+    _recount(session, touched)
+
+
+def _recount(session: Session, cluster_ids: set[str]) -> None:
+    for chunk in _chunks(sorted(cluster_ids), 5000):
+        stats = {row[0]: row[1:] for row in session.execute(
+            select(ClusterMember.cluster_id, func.count(), func.min(ClusterMember.joined_at),
+                   *(func.sum(cast(getattr(ClusterMember, f), Integer)) for f in MEMBER_FLAGS))
+            .where(ClusterMember.cluster_id.in_(chunk)).group_by(ClusterMember.cluster_id))}
+        for cluster in session.execute(select(Cluster).where(Cluster.id.in_(chunk))
+                                       .execution_options(populate_existing=True)).scalars():
+            row = stats.get(cluster.id)
+            if row is None:
+                session.delete(cluster)
+                continue
+            cluster.size, cluster.first_seen_at = row[0], row[1]
+            for flag, value in zip(MEMBER_FLAGS, row[2:]):
+                setattr(cluster, flag, int(value or 0))
+    session.flush()
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def rebuild(session: Session, policy: Policy) -> dict[str, int]:
+    """Recompute nodes, edges and clusters from the sightings; gives what incremental linking gives."""
+    holders: dict[Node, set[str]] = defaultdict(set)
+    first_seen: dict[Node, datetime] = {}
+    for kind, value_hash, account_id, first in session.execute(
+            select(Sighting.kind, Sighting.value_hash, Sighting.account_id, func.min(Sighting.occurred_at))
+            .where(Sighting.kind.in_(sorted(LINK_KINDS)))
+            .group_by(Sighting.kind, Sighting.value_hash, Sighting.account_id)):
+        node = (kind, value_hash)
+        holders[node].add(account_id)
+        first_seen[node] = min(first_seen.get(node, first), first)
+    session.execute(delete(GraphEdge))
+    session.execute(delete(GraphNode))
+    session.flush()
+    node_rows, edge_rows, edges = [], [], []
+    for node, accounts in holders.items():
+        super_node = policy.is_super(node[0], len(accounts))
+        node_rows.append({"kind": node[0], "value_hash": node[1], "accounts": len(accounts),
+                          "super_node": super_node, "first_seen_at": first_seen[node]})
+        if not super_node:
+            for account in accounts:
+                edge_rows.append({"kind": node[0], "value_hash": node[1], "account_id": account})
+                edges.append((node, account))
+    for chunk in _chunks(node_rows, 5000):
+        session.execute(GraphNode.__table__.insert(), chunk)
+    for chunk in _chunks(edge_rows, 5000):
+        session.execute(GraphEdge.__table__.insert(), chunk)
+    current = dict(session.execute(select(ClusterMember.account_id, ClusterMember.cluster_id)).all())
+    # Accounts sighted before the graph existed get a membership row now.
+    firsts = session.execute(select(Sighting.account_id, func.min(Sighting.occurred_at))
+                             .group_by(Sighting.account_id))
+    for account_id, first in firsts:
+        if account_id not in current:
+            cluster = _new_cluster(session, first)
+            session.add(ClusterMember(account_id=account_id, cluster_id=cluster.id, joined_at=first,
+                                      **{flag: False for flag in MEMBER_FLAGS}))
+            current[account_id] = cluster.id
+    session.flush()
+    uf = components(edges, current)
+    _assign(session, uf.groups().values(), current, accounts_too=True)
+    orphans = set(session.execute(select(Cluster.id)).scalars()) - set(
+        session.execute(select(ClusterMember.cluster_id).distinct()).scalars())
+    for chunk in _chunks(sorted(orphans), 5000):
+        session.execute(delete(Cluster).where(Cluster.id.in_(chunk)))
+    clusters = session.scalar(select(func.count()).select_from(Cluster))
+    return {"nodes": len(node_rows), "edges": len(edge_rows),
+            "super_nodes": sum(1 for r in node_rows if r["super_node"]), "clusters": clusters}
+
+
+# --- reading --------------------------------------------------------------------------------
+
+def growth(session: Session, cluster_id: str, at: datetime, span: timedelta = timedelta(hours=24)) -> int:
+    """Members whose first event time lies in (at - span, at], capped at GROWTH_CAP."""
+    return session.scalar(_sql(session).growth, {"cluster": cluster_id, "since": at - span, "at": at})
+
+
+def link_reasons(session: Session, cluster_id: str) -> tuple[dict[str, list[str]], list[dict]]:
+    """Why members are linked: per member, the identifier kinds it shares with another member;
+    and the shared identifiers (hashed, with their kind and how many members hold each)."""
+    rows = session.execute(
+        select(GraphEdge.kind, GraphEdge.value_hash, GraphEdge.account_id)
+        .join(ClusterMember, ClusterMember.account_id == GraphEdge.account_id)
+        .where(ClusterMember.cluster_id == cluster_id)).all()
+    holders: dict[Node, list[str]] = defaultdict(list)
+    for kind, value_hash, account in rows:
+        holders[(kind, value_hash)].append(account)
+    shared = {node: accounts for node, accounts in holders.items() if len(accounts) > 1}
+    reasons: dict[str, set[str]] = defaultdict(set)
+    for (kind, _), accounts in shared.items():
+        for account in accounts:
+            reasons[account].add(kind)
+    identifiers = [
+        {"kind": kind, "hash": value_hash, "strength": "strong" if kind in STRONG else "weak",
+         "accounts": len(accounts)}
+        for (kind, value_hash), accounts in sorted(shared.items(), key=lambda i: (-len(i[1]), i[0]))
+    ]
+    return {a: sorted(k) for a, k in reasons.items()}, identifiers
+
+
+def cluster_summary(session: Session, cluster: Cluster, *, members: int = 0) -> dict:
+    """What ops see of a cluster: size, growth, member decisions, the identifiers that link it
+    (hashed, with their kind) and, when `members` > 0, up to that many members with the kinds
+    that link each one."""
+    newest = session.scalar(select(func.max(ClusterMember.joined_at)).where(ClusterMember.cluster_id == cluster.id))
+    decisions = dict(session.execute(
+        select(Account.decision, func.count()).join(ClusterMember, ClusterMember.account_id == Account.id)
+        .where(ClusterMember.cluster_id == cluster.id).group_by(Account.decision)).all())
+    reasons, identifiers = link_reasons(session, cluster.id)
+    body = {
+        "id": cluster.id,
+        "size": cluster.size,
+        # Growth up to the newest member's event time, so a backfilled history reads as it happened.
+        "growth_24h": growth(session, cluster.id, newest) if newest else 0,
+        "first_seen_at": _rfc3339(cluster.first_seen_at),
+        "last_joined_at": _rfc3339(newest),
+        "decisions": {d: decisions.get(d, 0) for d in ("allow", "verify", "review", "block")},
+        "blocked": cluster.blocked,
+        "labeled_fraud": cluster.labeled_fraud,
+        "shares": {flag: round(getattr(cluster, flag) / max(cluster.size, 1), 4)
+                   for flag in ("disposable", "voip", "hosting", "headless")},
+        "identifiers": identifiers[:50],
+    }
+    if members:
+        rows = session.execute(
+            select(Account.id, Account.decision, Account.score, Account.label, ClusterMember.joined_at)
+            .join(ClusterMember, ClusterMember.account_id == Account.id)
+            .where(ClusterMember.cluster_id == cluster.id)
+            .order_by(ClusterMember.joined_at, Account.id).limit(members)).all()
+        body["members"] = [
+            {"account_id": a, "decision": d, "score": s, "label": label, "joined_at": _rfc3339(j),
+             "linked_by": reasons.get(a, [])}
+            for a, d, s, label, j in rows
+        ]
+    return body
+
+
+def _rfc3339(value: datetime | None) -> str | None:
+    from kyc.inputs import rfc3339
+
+    return rfc3339(value)

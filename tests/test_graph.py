@@ -1,0 +1,315 @@
+"""The identity graph through the API: linking, super-nodes, merges, rebuild, feedback, ops views."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+import pytest
+from sqlalchemy import func, select
+
+from kyc import create_app
+from kyc.graph import Policy, components, rebuild
+from kyc.jobs import drain
+from kyc.models import MEMBER_FLAGS, Account, AccountLabel, Cluster, ClusterMember, Evaluation, GraphNode
+from kyc.runtime import Runtime
+from tests.conftest import signup
+
+
+@pytest.fixture
+def small_graph(database_url, make_config, api_key):
+    """An app whose super-node thresholds are small enough to cross in a test."""
+    rt = Runtime.start(make_config(database_url, graph_super_node_strong=4, graph_super_node_weak=4,
+                                   graph_rescore_sizes=(3, 6)), migrate=False)
+    yield create_app(runtime=rt).test_client(), rt
+    drain(rt)
+    rt.engine.dispose()
+
+
+def phone(n: int) -> str:
+    """Account n's own number, in a phone block of its own."""
+    return f"+1415{200 + n:03d}{n:04d}"
+
+
+def post(client, auth, n: int, **fields):
+    """Signup n with identifiers of its own unless overridden."""
+    body = signup(**{"account_id": f"acct_{n}", "email": f"user{n}@example{n}.org", "device_id": f"dv_{n}",
+                     "phone": phone(n), "ip": f"81.2.{n % 250}.{n % 200 + 1}", **fields})
+    response = client.post("/v1/signups", json=body, headers=auth)
+    assert response.status_code == 200, response.json
+    return response.json
+
+
+def partition(runtime) -> set[frozenset]:
+    with runtime.session() as s:
+        groups = defaultdict(set)
+        for account, cluster in s.execute(select(ClusterMember.account_id, ClusterMember.cluster_id)):
+            groups[cluster].add(account)
+        return {frozenset(g) for g in groups.values()}
+
+
+def cluster_of(runtime, account_id: str) -> Cluster:
+    with runtime.session() as s:
+        return s.get(Cluster, s.get(ClusterMember, account_id).cluster_id)
+
+
+def test_a_lone_account_has_its_own_cluster_in_responses(client, auth):
+    body = post(client, auth, 1)
+    assert body["cluster"]["id"].startswith("cl_") and body["cluster"]["size"] == 1
+    assert body["signals"]["graph"]["cluster_size"] == 1
+    account = client.get("/v1/accounts/acct_1", headers=auth).json
+    assert account["cluster"] == body["cluster"]
+
+
+def test_a_shared_strong_identifier_links(client, auth, runtime):
+    first = post(client, auth, 1)
+    second = post(client, auth, 2, device_id="dv_1")
+    assert second["cluster"] == {"id": first["cluster"]["id"], "size": 2}
+    assert second["signals"]["graph"]["cluster_growth_24h"] == 2
+    assert client.get("/v1/accounts/acct_1", headers=auth).json["cluster"]["size"] == 2
+    # The canonical mailbox is strong too: dots and +tags do not hide it.
+    post(client, auth, 3, email="jane.doe+a@gmail.com")
+    fourth = post(client, auth, 4, email="janedoe+b@googlemail.com")
+    assert fourth["cluster"]["size"] == 2
+    assert partition(runtime) == {frozenset({"acct_1", "acct_2"}), frozenset({"acct_3", "acct_4"})}
+
+
+def test_one_weak_identifier_does_not_link_two_kinds_do(client, auth, runtime):
+    post(client, auth, 1, ip="81.2.3.4")
+    assert post(client, auth, 2, ip="81.2.3.99")["cluster"]["size"] == 1            # same /24, same day
+    # Same /24 the same day and the same phone block: two weak kinds, linked.
+    post(client, auth, 3, ip="90.1.1.1", phone="+14155550101")
+    linked = post(client, auth, 4, ip="90.1.1.2", phone="+14155550177")
+    assert linked["cluster"]["size"] == 2
+    # Same /24 and phone block but on another day: the network link is per day.
+    post(client, auth, 5, ip="77.1.1.1", phone="+14155550201", occurred_at="2026-11-20T10:00:00Z")
+    assert post(client, auth, 6, ip="77.1.1.2", phone="+14155550202")["cluster"]["size"] == 1
+
+
+def test_a_bridge_account_merges_two_clusters(client, auth, runtime):
+    post(client, auth, 1)
+    post(client, auth, 2, device_id="dv_1")                       # cluster A = {1, 2}
+    post(client, auth, 3)
+    post(client, auth, 4, phone=phone(3))                  # cluster B = {3, 4} by phone
+    a, b = cluster_of(runtime, "acct_1"), cluster_of(runtime, "acct_3")
+    assert a.id != b.id
+    bridge = post(client, auth, 5, device_id="dv_1", phone=phone(3))
+    assert bridge["cluster"]["size"] == 5
+    assert partition(runtime) == {frozenset({"acct_1", "acct_2", "acct_3", "acct_4", "acct_5"})}
+    with runtime.session() as s:
+        assert s.scalar(select(func.count()).select_from(Cluster)) == 1
+        assert {c for c, in s.execute(select(ClusterMember.cluster_id))} == {bridge["cluster"]["id"]}
+    for n in range(1, 6):
+        assert client.get(f"/v1/accounts/acct_{n}", headers=auth).json["cluster"] == bridge["cluster"]
+
+
+def test_super_nodes_stop_linking_but_still_count(small_graph, auth):
+    client, rt = small_graph
+    sizes = [post(client, auth, n, device_id="dv_shared")["cluster"]["size"] for n in range(1, 7)]
+    assert sizes[:4] == [1, 2, 3, 4]
+    # The fifth account makes the device a super-node (more than 4 accounts): it links no one.
+    assert sizes[4:] == [1, 1]
+    assert partition(rt) == {frozenset({f"acct_{n}"}) for n in range(1, 7)}
+    with rt.session() as s:
+        node = s.execute(select(GraphNode).where(GraphNode.kind == "device")).scalars().all()
+        assert [n.super_node for n in node if n.accounts > 1] == [True]
+    sixth = client.get("/v1/accounts/acct_6", headers=auth).json
+    assert sixth["cluster"]["size"] == 1
+    last = client.post("/v1/signups", json=signup(account_id="acct_7", device_id="dv_shared",
+                                                  email="x7@example.org"), headers=auth).json
+    assert last["signals"]["velocity"]["device_24h"] == 7                 # still counted
+    assert "device_reuse" in [r["rule"] for r in last["reasons"]]
+
+
+def test_a_super_node_split_keeps_other_links(small_graph, auth):
+    client, rt = small_graph
+    post(client, auth, 1, device_id="dv_shared")
+    post(client, auth, 2, device_id="dv_shared", phone=phone(1))    # also shares 1's phone
+    for n in range(3, 6):
+        post(client, auth, n, device_id="dv_shared")
+    assert partition(rt) == {frozenset({"acct_1", "acct_2"}), frozenset({"acct_3"}), frozenset({"acct_4"}),
+                             frozenset({"acct_5"})}
+
+
+def _random_history(client, auth, seed: int, n: int = 70):
+    rng = random.Random(seed)
+    devices = [f"dv_{i}" for i in range(110)]
+    phones = [f"+1415555{i:04d}" for i in range(150)] + [f"+1415666{i:04d}" for i in range(8)]
+    for i in range(n):
+        body = signup(account_id=f"acct_{i}", email=f"u{rng.randrange(150)}@example.org",
+                      device_id=rng.choice(devices), phone=rng.choice(phones),
+                      ip=f"81.2.{rng.randrange(6)}.{rng.randrange(1, 250)}",
+                      occurred_at=f"2026-11-{rng.randrange(20, 25)}T{rng.randrange(24):02d}:00:00Z")
+        assert client.post("/v1/signups", json=body, headers=auth).status_code == 200
+
+
+def _counters(rt) -> dict[frozenset, tuple]:
+    with rt.session() as s:
+        out = {}
+        for cluster in s.execute(select(Cluster)).scalars():
+            members = frozenset(s.execute(select(ClusterMember.account_id)
+                                          .where(ClusterMember.cluster_id == cluster.id)).scalars())
+            out[members] = (cluster.size, cluster.first_seen_at, *(getattr(cluster, f) for f in MEMBER_FLAGS))
+        return out
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_rebuild_gives_the_clusters_incremental_linking_gave(small_graph, auth, seed):
+    client, rt = small_graph
+    _random_history(client, auth, seed)
+    drain(rt)
+    incremental, counters = partition(rt), _counters(rt)
+    assert len(incremental) > 3 and max(len(c) for c in incremental) > 2        # something was linked
+    with rt.session() as s:
+        super_before = set(s.execute(select(GraphNode.kind, GraphNode.value_hash).where(GraphNode.super_node)))
+    assert super_before                                                         # and some were cut
+    with rt.session() as s, s.begin():
+        stats = rebuild(s, Policy.from_config(rt.config))
+    assert partition(rt) == incremental
+    assert _counters(rt) == counters
+    assert stats["clusters"] == len(incremental)
+    with rt.session() as s:
+        assert set(s.execute(select(GraphNode.kind, GraphNode.value_hash).where(GraphNode.super_node))) == super_before
+
+
+def test_rebuild_keeps_cluster_ids(client, auth, runtime):
+    post(client, auth, 1)
+    cluster = post(client, auth, 2, device_id="dv_1")["cluster"]
+    with runtime.session() as s, s.begin():
+        rebuild(s, Policy.from_config(runtime.config))
+    assert client.get("/v1/accounts/acct_2", headers=auth).json["cluster"] == cluster
+
+
+def test_components_core_is_order_independent():
+    edges = [(("device", "d1"), "a"), (("device", "d1"), "b"), (("phone_range", "r"), "c"),
+             (("ip_prefix_day", "p"), "c"), (("phone_range", "r"), "d"), (("ip_prefix_day", "p"), "d"),
+             (("phone_range", "r"), "e"), (("email_template", "t"), "e")]
+    expected = {frozenset("ab"), frozenset("cd"), frozenset("e")}
+    for seed in range(5):
+        shuffled = edges[:]
+        random.Random(seed).shuffle(shuffled)
+        groups = {frozenset(g) for g in components(shuffled).groups().values()}
+        assert groups == expected
+
+
+def test_a_fraud_label_is_kept_and_rescores_the_cluster(client, auth, runtime):
+    post(client, auth, 1)
+    post(client, auth, 2, device_id="dv_1")
+    post(client, auth, 3)
+    drain(runtime)
+    before = client.get("/v1/accounts/acct_1", headers=auth).json["state_version"]
+    response = client.post("/v1/accounts/acct_1/labels", json={"label": "fraud", "note": "chargebacks"},
+                           headers=auth)
+    assert response.status_code == 200, response.json
+    drain(runtime)                                   # the members' rescoring runs in the background
+    body = response.json
+    assert body["label"] == "fraud" and body["state_version"] == before + 1
+    with runtime.session() as s:
+        assert s.execute(select(AccountLabel.label, AccountLabel.note, AccountLabel.source)).all() == [
+            ("fraud", "chargebacks", "tests")]
+        rescored = dict(s.execute(select(Evaluation.account_id, Evaluation.decision)
+                                  .where(Evaluation.trigger == "rescore")).all())
+    # Both members were rescored through the pipeline; the unlinked account was not.
+    assert set(rescored) == {"acct_1", "acct_2"}
+    second = client.get("/v1/accounts/acct_2", headers=auth).json
+    assert "linked_to_fraud" in [r["rule"] for r in second["reasons"]]
+    assert second["decision"] in ("review", "block")
+    assert client.get("/v1/accounts/acct_3", headers=auth).json["decision"] == "allow"
+    # A repeated label keeps history but not the version (the rescore may have moved it).
+    version = client.get("/v1/accounts/acct_1", headers=auth).json["state_version"]
+    again = client.post("/v1/accounts/acct_1/labels", json={"label": "fraud"}, headers=auth).json
+    assert again["state_version"] == version
+    drain(runtime)
+    legit = client.post("/v1/accounts/acct_1/labels", json={"label": "legit"}, headers=auth).json
+    assert legit["label"] == "legit" and legit["state_version"] > version
+    assert cluster_of(runtime, "acct_1").labeled_fraud == 0
+
+
+def test_bad_labels_are_refused_and_change_nothing(client, auth, runtime):
+    post(client, auth, 1)
+    bad = client.post("/v1/accounts/acct_1/labels", json={"label": "spam"}, headers=auth)
+    assert bad.status_code == 400 and "label" in bad.json["error"]["fields"]
+    extra = client.post("/v1/accounts/acct_1/labels", json={"label": "fraud", "by": "me"}, headers=auth)
+    assert extra.status_code == 400 and "by" in extra.json["error"]["fields"]
+    missing = client.post("/v1/accounts/nobody/labels", json={"label": "fraud"}, headers=auth)
+    assert missing.status_code == 404
+    with runtime.session() as s:
+        assert s.scalar(select(func.count()).select_from(AccountLabel)) == 0
+        assert s.get(Account, "acct_1").label is None
+
+
+def test_a_block_rescores_the_rest_of_the_cluster(client, auth, runtime):
+    post(client, auth, 1)
+    assert client.get("/v1/accounts/acct_1", headers=auth).json["decision"] == "allow"
+    headless = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                "HeadlessChrome/120.0.0.0 Safari/537.36")
+    blocked = post(client, auth, 2, device_id="dv_1", user_agent=headless)
+    assert blocked["decision"] == "block"
+    drain(runtime)
+    first = client.get("/v1/accounts/acct_1", headers=auth).json
+    assert "linked_to_blocked" in [r["rule"] for r in first["reasons"]]
+    assert first["evaluations"][0]["trigger"] == "rescore"
+    assert cluster_of(runtime, "acct_1").blocked == 1
+
+
+def test_growing_past_a_size_step_rescores_members(small_graph, auth):
+    client, rt = small_graph
+    post(client, auth, 1)
+    post(client, auth, 2, device_id="dv_1")
+    drain(rt)
+    with rt.session() as s:
+        assert s.scalar(select(func.count()).select_from(Evaluation).where(Evaluation.trigger == "rescore")) == 0
+    post(client, auth, 3, phone=phone(1))                     # size 3: a rescore step
+    drain(rt)
+    with rt.session() as s:
+        rescored = set(s.execute(select(Evaluation.account_id).where(Evaluation.trigger == "rescore")).scalars())
+    assert rescored == {"acct_1", "acct_2"}
+
+
+def test_ops_see_clusters_largest_first_with_why(client, auth):
+    post(client, auth, 1)
+    post(client, auth, 2, device_id="dv_1")
+    post(client, auth, 3, device_id="dv_1")
+    post(client, auth, 4)
+    post(client, auth, 5, phone=phone(4))
+    listing = client.get("/v1/clusters?min_size=2", headers=auth)
+    assert listing.status_code == 200
+    clusters = listing.json["clusters"]
+    assert [c["size"] for c in clusters] == [3, 2]
+    top = clusters[0]
+    assert top["decisions"]["allow"] + top["decisions"]["verify"] + top["decisions"]["review"] + \
+        top["decisions"]["block"] == 3
+    assert top["identifiers"][0]["kind"] == "device" and top["identifiers"][0]["accounts"] == 3
+    assert len(top["identifiers"][0]["hash"]) == 32 and "dv_1" not in str(top)
+    assert client.get("/v1/clusters?min_size=3", headers=auth).json["clusters"] == [top]
+    detail = client.get(f"/v1/clusters/{clusters[1]['id']}", headers=auth).json
+    assert {m["account_id"]: m["linked_by"] for m in detail["members"]} == {"acct_4": ["phone", "phone_range"],
+                                                                          "acct_5": ["phone", "phone_range"]}
+    assert client.get("/v1/clusters/cl_nope", headers=auth).status_code == 404
+    bad = client.get("/v1/clusters?min_size=two", headers=auth)
+    assert bad.status_code == 400 and "min_size" in bad.json["error"]["fields"]
+    assert client.get("/v1/clusters").status_code == 401
+
+
+def test_concurrent_signups_link_as_a_rebuild_would(app, auth, runtime):
+    """Threads posting accounts that share devices at once: no lost link, no error, no deadlock."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def worker(offset: int) -> list[int]:
+        client = app.test_client()
+        codes = []
+        for n in range(offset, 60, 6):
+            body = signup(account_id=f"acct_{n}", email=f"user{n}@example{n}.org", phone=phone(n),
+                          ip=f"81.2.{n}.1", device_id=f"dv_{n % 7}")
+            codes.append(client.post("/v1/signups", json=body, headers=auth).status_code)
+        return codes
+
+    with ThreadPoolExecutor(6) as pool:
+        codes = [c for result in pool.map(worker, range(6)) for c in result]
+    assert codes == [200] * 60
+    drain(runtime)
+    incremental = partition(runtime)
+    assert incremental == {frozenset(f"acct_{n}" for n in range(60) if n % 7 == d) for d in range(7)}
+    with runtime.session() as s, s.begin():
+        rebuild(s, Policy.from_config(runtime.config))
+    assert partition(runtime) == incremental

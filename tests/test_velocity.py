@@ -1,0 +1,170 @@
+"""Velocity counters in event time: one suite, run on the SQL store (SQLite, PostgreSQL) and on
+the Redis store, asserting the same answers."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from kyc.store import COUNT_CAP, REDIS_PREFIX, WINDOWS, RedisStore, SqlStore
+from tests.conftest import redis_connection
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
+KEY = ("ip", "h_ip_1")
+OTHER = ("device", "h_dev_1")
+
+
+class Counters:
+    """Record in one committed transaction, count in another: how the pipeline uses a store."""
+
+    def __init__(self, runtime, backend: str):
+        self.runtime = runtime
+        self.backend = backend
+        self.redis = None
+        if backend == "redis":
+            self.redis = redis_connection()
+            for name in self.redis.scan_iter(f"{REDIS_PREFIX}*"):
+                self.redis.delete(name)
+
+    def _store(self, session):
+        return RedisStore(self.redis, session) if self.redis is not None else SqlStore(session)
+
+    def record(self, account: str, at: datetime, keys=(KEY,)) -> None:
+        with self.runtime.session() as session, session.begin():
+            self._store(session).record(list(keys), at, account)
+
+    def count(self, account: str, at: datetime, keys=(KEY,)) -> dict:
+        with self.runtime.session() as session:
+            return self._store(session).distinct_accounts(list(keys), at, account)
+
+
+@pytest.fixture(params=["sql", "redis"])
+def counters(request, runtime):
+    return Counters(runtime, request.param)
+
+
+def test_nobody_seen_counts_this_account_only(counters):
+    assert counters.count("a", T0) == {KEY: {w: 1 for w in WINDOWS}}
+
+
+@pytest.mark.parametrize("window", list(WINDOWS))
+def test_window_edges_an_event_exactly_one_window_old_is_out(counters, window):
+    span = WINDOWS[window]
+    counters.record("a", T0)
+    assert counters.count("b", T0 + span - timedelta(microseconds=1))[KEY][window] == 2
+    assert counters.count("b", T0 + span)[KEY][window] == 1
+    assert counters.count("b", T0)[KEY][window] == 2            # same instant: in
+
+
+def test_counts_are_in_event_time_not_wall_clock(counters):
+    # Six weeks of history posted now, in event-time order, counts as live traffic would have.
+    for day in range(42):
+        counters.record(f"acct_{day}", T0 + timedelta(days=day))
+    at = T0 + timedelta(days=41, hours=1)
+    assert counters.count("new", at)[KEY] == {"1h": 1, "24h": 2, "7d": 8, "30d": 31}
+    # As of an earlier event time, later events do not count.
+    assert counters.count("new", T0 + timedelta(days=3))[KEY] == {"1h": 2, "24h": 2, "7d": 5, "30d": 5}
+
+
+def test_out_of_order_events(counters):
+    counters.record("late", T0 + timedelta(hours=2))
+    counters.record("early", T0)                              # posted after, happened before
+    assert counters.count("x", T0 + timedelta(minutes=30))[KEY]["1h"] == 2     # early only
+    assert counters.count("x", T0 + timedelta(hours=2))[KEY]["24h"] == 3      # both
+    # An account's latest event time is what is kept: a late older event does not move it back.
+    counters.record("late", T0 - timedelta(hours=5))
+    assert counters.count("x", T0 + timedelta(hours=2, minutes=30))[KEY]["1h"] == 2
+
+
+def test_an_account_counts_once_and_never_against_itself(counters):
+    for minute in range(5):
+        counters.record("a", T0 + timedelta(minutes=minute))
+    assert counters.count("a", T0 + timedelta(minutes=10))[KEY]["1h"] == 1
+    assert counters.count("b", T0 + timedelta(minutes=10))[KEY]["1h"] == 2
+
+
+def test_keys_are_counted_apart(counters):
+    counters.record("a", T0, keys=(KEY, OTHER))
+    counters.record("b", T0, keys=(KEY,))
+    result = counters.count("c", T0, keys=(KEY, OTHER))
+    assert result[KEY]["1h"] == 3 and result[OTHER]["1h"] == 2
+
+
+def test_a_super_hot_key_saturates_and_stays_bounded(counters):
+    accounts = [f"acct_{i}" for i in range(COUNT_CAP + 25)]
+    with counters.runtime.session() as session, session.begin():
+        store = counters._store(session)
+        for i, account in enumerate(accounts):
+            store.record([KEY], T0 + timedelta(seconds=i), account)
+    at = T0 + timedelta(hours=1)
+    assert counters.count("new", at)[KEY]["1h"] == COUNT_CAP + 1
+    assert counters.count(accounts[-1], at)[KEY]["1h"] == COUNT_CAP + 1
+    if counters.redis is not None:
+        name = f"{REDIS_PREFIX}{KEY[0]}:{KEY[1]}"
+        assert counters.redis.zcard(name) == COUNT_CAP + 1                  # bounded memory per key
+        assert 0 < counters.redis.ttl(name) <= 31 * 86400 + 86400           # expiring
+
+
+def test_nothing_is_recorded_when_the_transaction_rolls_back(counters):
+    with counters.runtime.session() as session:
+        with pytest.raises(RuntimeError):
+            with session.begin():
+                counters._store(session).record([KEY], T0, "a")
+                raise RuntimeError("evaluation failed")
+    assert counters.count("b", T0)[KEY]["1h"] == 1
+
+
+def test_redis_and_sql_counters_agree(runtime):
+    """The same random history, with out-of-order posts, gives the same answers on both."""
+    rng = random.Random(7)
+    keys = [("ip", f"h{i}") for i in range(4)] + [("email_domain", "gmail")]
+    events = []
+    for _ in range(300):
+        at = T0 + timedelta(minutes=rng.randrange(0, 60 * 24 * 40))
+        events.append((f"acct_{rng.randrange(120)}", at, rng.sample(keys, rng.randint(1, 3))))
+    events.sort(key=lambda e: e[1])
+    # A tenth of the events arrive late (a backfill interleaved with live traffic).
+    for i in range(0, len(events) - 5, 10):
+        events[i], events[i + 5] = events[i + 5], events[i]
+    sql, redis_counters = Counters(runtime, "sql"), Counters(runtime, "redis")
+    for account, at, event_keys in events:
+        for backend in (sql, redis_counters):
+            assert backend.count(account, at, keys) == sql.count(account, at, keys) or backend is sql
+        assert redis_counters.count(account, at, keys) == sql.count(account, at, keys), (account, at)
+        sql.record(account, at, event_keys)
+        redis_counters.record(account, at, event_keys)
+
+
+def test_the_pipeline_gives_the_same_velocity_signals_on_redis(make_config, tmp_path, _sqlite_template):
+    """Signups through the API: SQL-backed and Redis-backed velocity signals are identical."""
+    import shutil
+
+    from kyc import create_app
+    from kyc.runtime import Runtime
+    from tests.conftest import REDIS_URL, signup
+
+    conn = redis_connection()
+    for name in conn.scan_iter(f"{REDIS_PREFIX}*"):
+        conn.delete(name)
+    answers = []
+    for backend in ("sql", "redis"):
+        path = tmp_path / f"{backend}.db"
+        shutil.copy(_sqlite_template, path)
+        rt = Runtime.start(make_config(f"sqlite:///{path}", dev_key="dev",
+                                       redis_url=REDIS_URL if backend == "redis" else ""), migrate=False)
+        assert (rt.redis is not None) == (backend == "redis")
+        client = create_app(runtime=rt).test_client()
+        seen = []
+        for n in range(12):
+            body = signup(account_id=f"acct_{n}", email=f"user{n % 5}@corp{n % 2}.example",
+                          device_id=f"dv_{n % 3}", ip=f"81.2.3.{n % 4 + 1}",
+                          occurred_at=f"2026-11-{10 + n % 6:02d}T{(n * 5) % 24:02d}:00:00Z")
+            response = client.post("/v1/signups", json=body, headers={"Authorization": "Bearer dev"})
+            assert response.status_code == 200, response.json
+            seen.append(response.json["signals"]["velocity"])
+        answers.append(seen)
+        rt.engine.dispose()
+    assert answers[0] == answers[1]
+    assert max(v["ip_prefix_30d"] for v in answers[0]) > 5
