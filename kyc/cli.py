@@ -509,7 +509,8 @@ def simulate(seed: int, legit: int, farms: int, farm_size: int, days: int, datab
     if runtime.redis is not None:
         runtime.redis.flushdb()
     app = create_app(runtime=runtime)
-    signups = sim.history(seed, legit, farms, farm_size, days)
+    signups = sim.history(seed, legit, farms, farm_size, days, runtime.geoip,
+                          runtime.rules.lists.get("hosting_asns", frozenset()))
     click.echo(f"posting {len(signups)} signups (seed {seed}, {legit} legit, {farms} farm(s) of {farm_size})")
     result = sim.run(app.test_client(), {"Authorization": f"Bearer {key}"}, signups, echo=click.echo)
     decisions = ("allow", "verify", "review", "block")

@@ -9,6 +9,7 @@ populations are drawn from their own descriptions, and the seed changes every dr
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import string
 import time
@@ -54,6 +55,37 @@ SMS_ACTIVATION_REGIONS = ["GB", "ID", "RU", "PH", "NL", "SE", "PL", "KE"]
 class Signup:
     population: str              # "legit" or "farm_<n>"
     body: dict
+
+
+class Networks:
+    """Home and office /24s per country, drawn from the GeoIP data the service itself reads:
+    announced, not a hosting network, and located in the country. Without GeoIP data, any
+    public /24 will do."""
+
+    def __init__(self, rng: random.Random, geoip=None, hosting_asns: frozenset = frozenset(), per_country: int = 40):
+        self.rng = rng
+        self.by_country: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
+        if geoip is None or geoip.asn is None:
+            return
+        wanted = set(COUNTRIES)
+        for _ in range(5_000_000):
+            if not wanted:
+                break
+            addr = ipaddress.IPv4Address(rng.getrandbits(32))
+            if not addr.is_global:
+                continue
+            facts = geoip.lookup(addr)
+            country = facts.get("country")
+            if (country in wanted and facts.get("announced") and facts.get("asn") not in hosting_asns
+                    and not facts.get("hosting_provider")):
+                octets = addr.packed
+                self.by_country[country].append((octets[0], octets[1], octets[2]))
+                if len(self.by_country[country]) >= per_country:
+                    wanted.discard(country)
+
+    def prefix(self, country: str) -> tuple[int, int, int]:
+        pool = self.by_country.get(country)
+        return self.rng.choice(pool) if pool else _public_prefix(self.rng)
 
 
 def _device_id(rng: random.Random) -> str:
@@ -109,11 +141,11 @@ def _legit_email(rng: random.Random, domains: list[str]) -> str:
     return f"{local}@{domain}"
 
 
-def legit_population(rng: random.Random, count: int, start: datetime, days: int) -> list[Signup]:
+def legit_population(rng: random.Random, count: int, start: datetime, days: int, networks: Networks) -> list[Signup]:
     companies = [f"{rng.choice(LAST)}{rng.choice(['corp', 'labs', 'group', 'media', 'works'])}{i}.com"
                  for i in range(300)]
     isps = ["comcast.net", "t-online.de", "free.fr", "bt.com", "virginmedia.com", "shaw.ca", "bigpond.com"]
-    offices = [_public_prefix(rng) for _ in range(40)]           # offices, campuses: shared networks
+    offices = {c: [networks.prefix(c) for _ in range(2)] for c in COUNTRIES}    # offices, campuses: shared networks
     out: list[Signup] = []
     devices: list[str] = []
     for i in range(count):
@@ -125,7 +157,7 @@ def legit_population(rng: random.Random, count: int, start: datetime, days: int)
         if devices and rng.random() < 0.03:
             device = rng.choice(devices[-200:])                  # a household sharing a computer
         devices.append(device)
-        ip = _public_ip(rng, rng.choice(offices) if rng.random() < 0.15 else None)
+        ip = _public_ip(rng, rng.choice(offices[region]) if rng.random() < 0.15 else networks.prefix(region))
         body = {
             "account_id": f"legit_{i}", "email": _legit_email(rng, companies + isps), "ip": ip,
             "phone": _mobile(rng, region), "user_agent": rng.choice(BROWSERS), "device_id": device,
@@ -138,8 +170,13 @@ def legit_population(rng: random.Random, count: int, start: datetime, days: int)
     return out
 
 
-def farm_population(rng: random.Random, farm: int, count: int, start: datetime, days: int) -> list[Signup]:
-    proxy_prefixes = [_public_prefix(rng) for _ in range(rng.randrange(150, 400))]   # residential proxy pool
+def farm_population(rng: random.Random, farm: int, count: int, start: datetime, days: int,
+                    networks: Networks) -> list[Signup]:
+    # A residential proxy pool: home networks in many countries.
+    proxy_prefixes = []
+    for _ in range(rng.randrange(150, 400)):
+        country = rng.choice(list(COUNTRIES))
+        proxy_prefixes.append((country, networks.prefix(country)))
     regions = rng.sample(SMS_ACTIVATION_REGIONS, rng.randrange(1, 4))
     blocks = []
     for _ in range(rng.randrange(3, 9)):                 # number blocks the SMS-activation service rents
@@ -156,14 +193,16 @@ def farm_population(rng: random.Random, farm: int, count: int, start: datetime, 
     out = []
     for i in range(count):
         at = rng.choice(wave_starts) + timedelta(hours=rng.uniform(0, rng.choice([2, 6, 20])))
-        region = rng.choice(list(COUNTRIES))
+        exit_country, exit_prefix = rng.choice(proxy_prefixes)
+        # Half the anti-detect profiles are set to the proxy exit's country, half are not.
+        region = exit_country if rng.random() < 0.5 else rng.choice(list(COUNTRIES))
         tz, locale = COUNTRIES[region]
         first, last = rng.choice(FIRST), rng.choice(LAST)
         local = rng.choice([f"{first}.{last}{rng.randrange(1000, 9999)}", f"{first}{last}{rng.randrange(100, 9999)}",
                             f"{last}.{first}{rng.randrange(10, 99)}{rng.choice(string.ascii_lowercase)}"])
         body = {
             "account_id": f"farm{farm}_{i}", "email": f"{local}@{rng.choice(domains)}",
-            "ip": _public_ip(rng, rng.choice(proxy_prefixes)), "phone": rng.choice(numbers),
+            "ip": _public_ip(rng, exit_prefix), "phone": rng.choice(numbers),
             "user_agent": ua, "device_id": rng.choice(profiles), "timezone": tz, "locale": locale,
             "form_fill_ms": rng.randrange(1800, 9000), "occurred_at": at.isoformat().replace("+00:00", "Z"),
         }
@@ -171,12 +210,14 @@ def farm_population(rng: random.Random, farm: int, count: int, start: datetime, 
     return out
 
 
-def history(seed: int, legit: int, farms: int, farm_size: int, days: int) -> list[Signup]:
+def history(seed: int, legit: int, farms: int, farm_size: int, days: int, geoip=None,
+            hosting_asns: frozenset = frozenset()) -> list[Signup]:
     rng = random.Random(seed)
+    networks = Networks(random.Random(seed), geoip, hosting_asns)
     start = datetime(2026, 10, 1, tzinfo=timezone.utc)
-    signups = legit_population(rng, legit, start, days)
+    signups = legit_population(rng, legit, start, days, networks)
     for farm in range(farms):
-        signups += farm_population(rng, farm, farm_size, start, days)
+        signups += farm_population(rng, farm, farm_size, start, days, networks)
     signups.sort(key=lambda s: s.body["occurred_at"])
     return signups
 

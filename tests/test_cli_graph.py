@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from click.testing import CliRunner
 
@@ -27,7 +29,7 @@ def test_clusters_list_and_rebuild(cli_env, client, auth):
     listed = runner.invoke(main, ["clusters", "list"])
     assert listed.exit_code == 0, listed.output
     first = listed.output.splitlines()[0]
-    assert "size=2" in first and "allow=" in first
+    assert "size=2" in first and re.search(r"(allow|verify|review|block)=2$", first)
     assert "device" in listed.output and "dv_shared" not in listed.output
     rebuilt = runner.invoke(main, ["clusters", "rebuild"])
     assert rebuilt.exit_code == 0, rebuilt.output
@@ -35,8 +37,9 @@ def test_clusters_list_and_rebuild(cli_env, client, auth):
     assert runner.invoke(main, ["clusters", "list", "--min-size", "3"]).output.startswith("no clusters")
 
 
-def test_simulated_farms_are_caught_and_ordinary_users_pass(client, auth):
-    signups = sim.history(seed=11, legit=150, farms=1, farm_size=60, days=7)
+def test_simulated_farms_are_caught_and_ordinary_users_pass(client, auth, runtime):
+    signups = sim.history(seed=11, legit=150, farms=1, farm_size=60, days=7, geoip=runtime.geoip,
+                          hosting_asns=runtime.rules.lists.get("hosting_asns", frozenset()))
     assert {s.population for s in signups} == {"legit", "farm_0"}
     result = sim.run(client, auth, signups, echo=None)
     figures = sim.summary(result)
