@@ -206,7 +206,6 @@ def ensure_member(session: Session, account_id: str, at: datetime) -> ClusterMem
         member = ClusterMember(account_id=account_id, cluster_id=cluster.id, joined_at=at,
                                **{flag: False for flag in MEMBER_FLAGS})
         session.add(member)
-        session.get(Account, account_id).cluster_id = cluster.id     # the scoring transaction holds it
     elif at < member.joined_at:
         # A backfilled earlier event: the account joined its cluster at its first event time.
         member.joined_at = at

@@ -64,7 +64,6 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
         cluster = graph.link(session, policy, account.id, identifiers, at)
     else:
         cluster = session.get(Cluster, graph.ensure_member(session, account.id, at).cluster_id)
-    account.cluster_id = cluster.id
     graph.set_flags(session, policy, account.id, member_flags(signals))
     signals["graph"] = graph_signals(cluster, graph.growth(session, cluster.id, at), at)
     outcome = rules.evaluate(subject, signals)
@@ -83,6 +82,7 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
                  "occurred_at": at} for k, h in identifiers])
         lookups.store.record([key for key in identifiers if key[0] in VELOCITY_KEYS], at, account.id)
     _apply(account, subject, evaluation, outcome, at)
+    account.cluster_id = cluster.id             # written with the account's other changes
     graph.set_flags(session, policy, account.id, {"blocked": account.decision == "block"})
     from kyc.jobs import rescore_after_commit   # jobs imports this module
 

@@ -28,7 +28,7 @@ from functools import lru_cache
 from typing import Iterable, Protocol
 
 from redis import exceptions as redis_errors
-from sqlalchemy import bindparam, event, func, select
+from sqlalchemy import bindparam, event, func, literal, select, union_all
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -70,9 +70,8 @@ class SqlStore:
             params[f"k{i}"], params[f"h{i}"] = kind, value_hash
         for window, span in WINDOWS.items():
             params[f"lo_{window}"] = at - span
-        row = self.session.execute(_count_statement(len(keys)), params).one()
-        return {key: {w: _capped(row[i * len(WINDOWS) + j]) for j, w in enumerate(WINDOWS)}
-                for i, key in enumerate(keys)}
+        counts = {row[0]: row[1:] for row in self.session.execute(_count_statement(len(keys)), params)}
+        return {key: {w: _capped(counts[i][j]) for j, w in enumerate(WINDOWS)} for i, key in enumerate(keys)}
 
     def record(self, keys: Iterable[Key], at: datetime, account_id: str) -> None:
         rows = [{"kind": k, "value_hash": h, "account_id": account_id, "last_at": at} for k, h in keys]
@@ -95,23 +94,30 @@ def _record_statement(dialect: str):
 
 @lru_cache(maxsize=32)
 def _count_statement(key_count: int):
-    """One round trip: a capped count per key and window (LIMIT bounds the index scan).
+    """One round trip, one row per key: the newest COUNT_CAP other accounts in the longest window
+    (one bounded index scan), counted per window. Windows nest, so each count is exact up to
+    the cap.
 
     Built once per number of keys and reused with bound parameters: building a statement of
-    forty sub-selects costs more than running it.
+    many sub-selects costs more than running it.
     """
-    columns = []
+    rows = []
     for i in range(key_count):
-        for window in WINDOWS:
-            inner = (
-                select(VelocityMark.account_id)
-                .where(VelocityMark.kind == bindparam(f"k{i}"), VelocityMark.value_hash == bindparam(f"h{i}"),
-                       VelocityMark.last_at > bindparam(f"lo_{window}"), VelocityMark.last_at <= bindparam("at"),
-                       VelocityMark.account_id != bindparam("me"))
-                .limit(COUNT_CAP).subquery()
-            )
-            columns.append(select(func.count()).select_from(inner).scalar_subquery())
-    return select(*columns)
+        newest = (
+            select(VelocityMark.last_at)
+            .where(VelocityMark.kind == bindparam(f"k{i}"), VelocityMark.value_hash == bindparam(f"h{i}"),
+                   VelocityMark.last_at > bindparam(f"lo_{_LONGEST_NAME}"), VelocityMark.last_at <= bindparam("at"),
+                   VelocityMark.account_id != bindparam("me"))
+            .order_by(VelocityMark.last_at.desc()).limit(COUNT_CAP).subquery()
+        )
+        rows.append(select(literal(i).label("key"),
+                           *(func.count().filter(newest.c.last_at > bindparam(f"lo_{window}")).label(f"w{j}")
+                             for j, window in enumerate(WINDOWS)))
+                    .select_from(newest))
+    return union_all(*rows) if len(rows) > 1 else rows[0]
+
+
+_LONGEST_NAME = max(WINDOWS, key=WINDOWS.__getitem__)
 
 
 def _micros(at: datetime) -> int:
