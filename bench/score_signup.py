@@ -41,6 +41,10 @@ USER_AGENTS = [
     "python-requests/2.31.0",
 ]
 DOMAINS = ["gmail.com", "outlook.com", "yahoo.com", "proton.me", "mailinator.com", "acme-corp.com", "uni.edu"]
+FIRST = ["jane", "john", "mike", "anna", "li", "wei", "omar", "fatima", "carlos", "maria", "yuki", "olga", "raj",
+         "priya", "kwame", "ama", "lucas", "sofia", "noah", "emma", "ivan", "chen", "ali", "sara", "tom", "eva"]
+LAST = ["smith", "doe", "garcia", "nguyen", "kim", "patel", "muller", "rossi", "silva", "ivanov", "tanaka",
+        "okafor", "cohen", "martin", "lopez", "wang", "singh", "khan", "brown", "dubois", "novak", "berg"]
 REGIONS = ["US", "GB", "FR", "DE", "IN", "BR", "NG", "JP", "CA", "AU"]
 
 
@@ -56,15 +60,17 @@ def varied_signups(n: int, seed: int = 7) -> list[dict]:
     bodies = []
     start = 1_790_000_000
     for i in range(n):
-        name = rng.choice(["jane.smith", "j.doe", "mike", "xk2q9vbn7t", "anna.k", "li.wei"]) + str(rng.randint(1, 9999))
+        name = rng.choice(FIRST) + rng.choice([".", "_", ""]) + rng.choice(LAST) + rng.choice(["", str(rng.randint(1, 99))])
         phone = rng.choice(phones)
+        phone = phone[:-5] + f"{rng.randint(0, 99999):05d}"
         body = {
             "account_id": f"bench_{i}",
             "email": f"{name}@{rng.choice(DOMAINS)}",
             "ip": f"{rng.randint(11, 220)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
-            "phone": phone[:-2] + f"{rng.randint(0, 99):02d}",
+            "phone": phone,
             "user_agent": rng.choice(USER_AGENTS),
-            "device_id": f"dv_{rng.randint(0, n // 3)}",
+            # Most devices are seen once; a few are shared (families, shared computers, farms).
+            "device_id": f"dv_{i}" if rng.random() < 0.95 else f"dv_shared_{rng.randint(0, n // 100)}",
             "timezone": "Europe/Paris",
             "locale": "en-US",
             "form_fill_ms": rng.randint(500, 60_000),
