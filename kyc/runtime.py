@@ -13,7 +13,6 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -66,13 +65,13 @@ class Runtime:
         """Open the database and load the rules. A bad rule file stops start-up (RuleSetError)."""
         engine = make_engine(config.database_url)
         if migrate is None and config.is_sqlite:
-            # The embedded default migrates itself on first start; elsewhere `kyc db upgrade` does.
+            # The embedded default migrates itself at start; elsewhere `kyc db upgrade` does.
             # Several gunicorn workers may start at once: one migrates, the others wait on the lock.
             config.data_dir.mkdir(parents=True, exist_ok=True)
             with open(config.data_dir / "migrate.lock", "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
-                if not inspect(engine).has_table("alembic_version"):
-                    upgrade_database(config.database_url)
+                # Always to head: a file made by an older kyc gains the new migrations too.
+                upgrade_database(config.database_url)
         elif migrate:
             upgrade_database(config.database_url)
         fingerprint = rules_fingerprint(config.rules_dir)

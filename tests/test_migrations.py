@@ -56,3 +56,14 @@ def test_upgrade_keeps_existing_data(empty_url):
         row = conn.execute(text("SELECT decision, score, state_version FROM accounts WHERE id = 'acct_old'")).one()
     engine.dispose()
     assert tuple(row) == ("verify", 40, 3)
+
+
+def test_embedded_default_upgrades_an_older_sqlite_file_at_start(tmp_path, make_config):
+    from kyc.runtime import Runtime
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade_database(url, _revisions(url)[0])                  # a file made by the first release
+    runtime = Runtime.start(make_config(url))                  # migrate=None: the embedded default
+    with runtime.engine.connect() as conn:
+        assert set(Base.metadata.tables) <= set(inspect(conn).get_table_names())
+    runtime.engine.dispose()
