@@ -63,6 +63,15 @@ def serve(host: str, port: int, workers: int) -> None:
     runtime = app.extensions["kyc"]
     click.echo(f"kyc on http://{host}:{port}  database={_safe_url(config.database_url)}  "
                f"rules={runtime.rules.version[:19]}")
+    if not config.redis_url:
+        click.echo("jobs: in-process (no KYC_REDIS_URL); one web worker runs the rescore schedule")
+
+    def post_fork(_server, _worker):
+        runtime.engine.dispose(close=False)
+        if not config.redis_url:
+            from kyc.jobs import InProcessSchedule
+
+            InProcessSchedule.start_once(runtime)
 
     def _reload_rules_in_master(_server) -> None:
         # SIGHUP: gunicorn starts fresh workers from the master and retires the old ones once
@@ -77,7 +86,7 @@ def serve(host: str, port: int, workers: int) -> None:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
             self.cfg.set("accesslog", "-")
-            self.cfg.set("post_fork", lambda _server, _worker: runtime.engine.dispose(close=False))
+            self.cfg.set("post_fork", post_fork)
             self.cfg.set("when_ready", lambda _server: runtime.watch_rules())
             self.cfg.set("on_reload", _reload_rules_in_master)
 
@@ -91,6 +100,108 @@ def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--burst", is_flag=True, help="work until the queues are empty, then exit")
+@click.option("--with-scheduler/--without-scheduler", default=True, show_default=True,
+              help="also move due scheduled jobs (daily dormant rescore, rules watch) onto their queues")
+def worker(burst: bool, with_scheduler: bool) -> None:
+    """Run an rq worker on KYC_REDIS_URL for the queues rescore, graph and default."""
+    from rq import Queue, SimpleWorker
+
+    from kyc import jobs
+
+    runtime = _runtime(migrate=False)
+    connection = jobs.redis_connection(runtime.config)
+    if connection is None:
+        raise click.ClickException("KYC_REDIS_URL is not set; without Redis, `kyc serve` runs jobs in-process")
+    jobs.use_runtime(runtime)
+    jobs.ensure_schedule(connection, runtime.config)
+    # SimpleWorker runs each job in this process (no fork per job): the Runtime (database pool,
+    # compiled rules, lookup tables) is built once here and reused by every job.
+    queues = [Queue(name, connection=connection) for name in jobs.QUEUES]
+    worker = SimpleWorker(queues, connection=connection)
+    worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=runtime.config.log_level)
+
+
+@main.command()
+@click.option("--dormant-days", type=click.IntRange(min=0), help="accounts with no activity for N days")
+@click.option("--all", "all_accounts", is_flag=True, help="every account")
+@click.option("--cluster", "cluster_id", help="the accounts of one cluster")
+@click.option("--since-rules-change", is_flag=True, help="accounts last scored under another rules version")
+@click.option("--resume", "resume_run", metavar="RUN_ID|all", help="finish the unfinished batches of a run")
+@click.option("--batch-size", type=click.IntRange(min=1), help="accounts per job (default KYC_RESCORE_BATCH_SIZE)")
+@click.option("--reason", default="manual", show_default=True)
+def rescore(dormant_days: int | None, all_accounts: bool, cluster_id: str | None, since_rules_change: bool,
+            resume_run: str | None, batch_size: int | None, reason: str) -> None:
+    """Rescore accounts in batches: enqueued on rq with Redis, run here without."""
+    from kyc import jobs
+
+    chosen = [dormant_days is not None, all_accounts, cluster_id is not None, since_rules_change, bool(resume_run)]
+    if sum(chosen) != 1:
+        raise click.UsageError("give exactly one of --dormant-days N, --all, --cluster ID, --since-rules-change, "
+                               "--resume RUN_ID")
+    runtime = _runtime(migrate=False)
+    queued = jobs.redis_connection(runtime.config) is not None
+    if resume_run:
+        pending = jobs.resume(runtime, None if resume_run == "all" else resume_run)
+        click.echo(f"{len(pending)} unfinished batch(es) {'enqueued' if queued else 'rescored'}")
+        return
+    if dormant_days is not None:
+        selector, params = "dormant", {"dormant_days": dormant_days}
+    elif all_accounts:
+        selector, params = "all", {}
+    elif cluster_id is not None:
+        selector, params = "cluster", {"cluster_id": cluster_id}
+    else:
+        selector, params = "rules_change", {}
+    run = jobs.start_run(runtime, selector, params=params, reason=reason, batch_size=batch_size)
+    jobs.dispatch(runtime, run)
+    if queued:
+        click.echo(f"run {run.id}: {run.total} account(s) in {run.batches} batch(es) enqueued on 'rescore'")
+    else:
+        with runtime.session() as session:
+            _print_summary(jobs.run_summary(session, session.get(type(run), run.id)))
+
+
+@main.command("jobs")
+def jobs_status() -> None:
+    """Queued, running, failed and finished jobs, and the last rescore run's summary."""
+    from kyc import jobs
+
+    runtime = _runtime(migrate=False)
+    connection = jobs.redis_connection(runtime.config)
+    if connection is None:
+        click.echo("queues: none (no KYC_REDIS_URL; jobs run in-process)")
+    else:
+        click.echo(f"{'queue':<10}{'queued':>8}{'scheduled':>11}{'running':>9}{'failed':>8}{'finished':>10}")
+        for name, c in jobs.queue_counts(connection).items():
+            click.echo(f"{name:<10}{c['queued']:>8}{c['scheduled']:>11}{c['running']:>9}{c['failed']:>8}"
+                       f"{c['finished']:>10}")
+    with runtime.session() as session:
+        run = jobs.last_run(session)
+        if run is None:
+            click.echo("no rescore run yet")
+            return
+        _print_summary(jobs.run_summary(session, run))
+
+
+def _print_summary(s: dict) -> None:
+    from kyc.models import DECISIONS
+
+    params = " ".join(f"{k}={v}" for k, v in s["params"].items())
+    state = f"finished {s['finished_at']:%Y-%m-%d %H:%M:%S}Z" if s["finished_at"] else \
+        f"in progress ({s['batches_done']}/{s['batches']} batches)"
+    click.echo(f"last run {s['run_id']}: {s['selector']} {params}".rstrip() + f"  ({s['reason']})")
+    click.echo(f"  started {s['created_at']:%Y-%m-%d %H:%M:%S}Z, {state}, rules {s['rules_version'][:19]}")
+    click.echo(f"  accounts: {s['total']} selected, {s['seen']} seen, {s['changed']} changed, "
+               f"{s['escalated']} more severe, {s['held']} kept at block, {s['missing']} missing")
+    click.echo("  old \\ new " + "".join(f"{d:>8}" for d in DECISIONS))
+    for old in DECISIONS:
+        click.echo(f"  {old:<9} " + "".join(f"{s['matrix'].get((old, new), 0):>8}" for new in DECISIONS))
 
 
 # --- db ---------------------------------------------------------------------------------------

@@ -48,7 +48,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("KYC_MAX_BODY_BYTES", "65536", "Largest accepted request body, in bytes (413 beyond)."),
     Setting("KYC_LOG_LEVEL", "INFO", "Log level of the service."),
     Setting("KYC_DORMANT_DAYS", "30",
-            "Activity after more than this many days without any is a signal (account.woke_up) and rescores the account."),
+            "Activity after more than this many days without any is a signal (account.woke_up) and rescores the account; "
+            "the daily schedule rescores accounts dormant this long."),
     Setting("KYC_SENDER", "outbox",
             "How verification codes are sent: outbox (a table plus a masked log line; `kyc outbox` shows codes "
             "in development only) or http (POST JSON to KYC_SENDER_URL)."),
@@ -75,6 +76,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("KYC_GEOIP_ANON_DB", "",
             "GeoIP2 Anonymous IP database (vpn, hosting, tor, public and residential proxy). "
             "Empty: those signals are missing."),
+    Setting("KYC_RESCORE_DAILY_AT", "03:00", "Time of day (HH:MM, UTC) of the daily dormant rescoring."),
+    Setting("KYC_RULES_WATCH_SECONDS", "60",
+            "How often the schedule checks the rules version; a new version starts a rescore of "
+            "accounts last scored under another one."),
+    Setting("KYC_RESCORE_BATCH_SIZE", "500", "Accounts per rescore job (one job per batch)."),
 )
 
 DEV_KEY = "kyc_dev_local_only"
@@ -109,6 +115,9 @@ class Config:
     geoip_city_db: str = ""
     geoip_asn_db: str = ""
     geoip_anon_db: str = ""
+    rescore_daily_at: str = "03:00"
+    rules_watch_seconds: int = 60
+    rescore_batch_size: int = 500
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -144,6 +153,9 @@ class Config:
             geoip_city_db=raw["KYC_GEOIP_CITY_DB"],
             geoip_asn_db=raw["KYC_GEOIP_ASN_DB"],
             geoip_anon_db=raw["KYC_GEOIP_ANON_DB"],
+            rescore_daily_at=_time_of_day(raw["KYC_RESCORE_DAILY_AT"]),
+            rules_watch_seconds=int(raw["KYC_RULES_WATCH_SECONDS"]),
+            rescore_batch_size=int(raw["KYC_RESCORE_BATCH_SIZE"]),
         )
         values.update(overrides)
         if not values["secret_key"]:
@@ -193,6 +205,13 @@ def _resolve(path: str, base: Path | None = None) -> Path:
     if base is not None and not p.exists() and (base / p).exists():
         return base / p
     return Path.cwd() / p
+
+
+def _time_of_day(value: str) -> str:
+    hour, _, minute = value.partition(":")
+    if not (hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60):
+        raise ValueError(f"KYC_RESCORE_DAILY_AT must be HH:MM (UTC), got {value!r}")
+    return f"{int(hour):02d}:{int(minute):02d}"
 
 
 def _database_url(url: str) -> str:

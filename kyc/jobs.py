@@ -1,11 +1,34 @@
-"""Background jobs: plain functions taking ids.
+"""Background jobs: rescoring dormant accounts on rq, or in-process when no Redis is configured.
 
-Until a queue is configured these run in-process through the same functions a worker would
-call. Work asked for inside a transaction (a cluster's members to rescore) is handed over only
-once that transaction has committed, so a rolled-back evaluation queues nothing, and runs on a
-background thread of the process, so a signup that makes a farm's cluster cross a size step
-answers without waiting for the farm to be rescored. `drain` waits for that work (tests, the
-simulator, shutdown).
+Jobs are plain functions taking ids (a run id, a batch number). Each worker process builds one
+Runtime the first time a job needs it and reuses it for every later job.
+
+A rescore *run* and its *batches* are rows in the database (rescore_runs, rescore_batches),
+not state in Redis. A batch job rescores its accounts in small chunks, one transaction per
+chunk, and advances the batch's cursor in the same transaction that stores the chunk's
+evaluations. So:
+  - a worker killed mid-batch loses nothing: the next attempt (rq's retry of the abandoned job,
+    or `kyc rescore --resume`) starts at the cursor, and never rescores a committed account twice;
+  - running a batch job twice is harmless: the second finds the cursor at the end;
+  - the run's summary (seen, changed, old -> new) is read from committed rows only.
+
+Blocks are sticky: a rescore that would relax an account from `block` keeps the block (the new
+evaluation is still stored, for the record) unless one of its acting reasons comes from a rule
+tagged `releases_block` — the rule files, not a side effect of an edit, say when a block may go.
+
+Without Redis (the embedded default) the same functions run in-process: enqueue_rescore runs the
+batches in the calling thread, and `kyc serve` runs the schedule in one background thread
+(InProcessSchedule). We chose a thread over an embedded Redis-compatible store: the embedded
+stores on PyPI are either test doubles (fakeredis: not shared between processes, not the real
+server) or bundle and spawn a redis-server binary (one more process to manage for a default
+that must stay one command); and since progress lives in the database, a thread loses nothing a
+queue would have kept.
+
+Work asked for inside a transaction (a cluster's members to rescore, kyc.graph) is handed over
+only once that transaction has committed, so a rolled-back evaluation queues nothing, and goes
+through a background thread of the process (enqueue_rescore from there: rq, or in-process), so
+a signup that makes a farm's cluster cross a size step answers without waiting for the farm to
+be rescored. `drain` waits for that work (tests, the simulator, shutdown).
 """
 
 from __future__ import annotations
@@ -14,56 +37,130 @@ import logging
 import queue
 import threading
 import weakref
-from typing import Iterable
+from collections import Counter
+from datetime import datetime, time, timedelta, timezone
+from typing import Any, Iterable, Iterator
 
-from sqlalchemy import event, select
+from sqlalchemy import event, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from kyc.models import ClusterMember
+from kyc import graph
+from kyc.config import Config
+from kyc.engine import RuleSet, RuleSetError
+from kyc.ids import new_id
+from kyc.inputs import INPUTS
+from kyc.models import SEVERITY, Account, ClusterMember, Evaluation, RescoreBatch, RescoreRun, utcnow
 from kyc.runtime import Runtime
 from kyc.scoring import rescore_account
+from kyc.signals import clear_value_caches
 
 log = logging.getLogger("kyc.jobs")
+
+QUEUES = ("rescore", "graph", "default")
+SELECTORS = ("dormant", "all", "cluster", "rules_change", "ids")
+CHUNK = 100                              # accounts per transaction inside a batch
+RELEASES_BLOCK = "releases_block"        # rule tag: a hit may relax a blocked account on rescore
+JOB_TIMEOUT = 1800                       # seconds; a batch of 500 takes well under a minute
+RETRY_INTERVALS = [10, 60, 300]          # backoff between the three retries of a failed job
+FAILURE_TTL = 30 * 24 * 3600             # failed jobs are kept a month for inspection
+RESULT_TTL = 7 * 24 * 3600               # finished jobs (and their summaries) a week
+SCHEDULE_RESULT_TTL = 3600               # a finished rules watch (one a minute) an hour
+SCHEDULES = ("rules-watch", "dormant-daily")
+
+
+# --- the runtime of a worker process ----------------------------------------------------------
+
+_worker_runtime: Runtime | None = None
+_worker_lock = threading.Lock()
+
+
+def use_runtime(runtime: Runtime | None) -> None:
+    """Make `runtime` the one job functions use in this process (`kyc worker` sets it at start)."""
+    global _worker_runtime
+    _worker_runtime = runtime
+
+
+def worker_runtime() -> Runtime:
+    """The process's Runtime, built from KYC_* settings on first use and then reused."""
+    global _worker_runtime
+    with _worker_lock:
+        if _worker_runtime is None:
+            _worker_runtime = Runtime.start(Config.from_env(), migrate=False)
+        return _worker_runtime
+
+
+_redis_pools: dict[str, Any] = {}
+
+
+def redis_connection(config: Config):
+    """The Redis connection for rq, or None when jobs run in-process (no KYC_REDIS_URL)."""
+    if not config.redis_url:
+        return None
+    from redis import Redis
+
+    if config.redis_url not in _redis_pools:
+        _redis_pools[config.redis_url] = Redis.from_url(config.redis_url)
+    return _redis_pools[config.redis_url]
+
+
+# --- public entry points other modules call ---------------------------------------------------
 
 _draining = threading.local()
 
 
-def rescore_accounts(runtime: Runtime, account_ids: Iterable[str]) -> int:
-    """Rescore each account in its own transaction; returns how many were rescored."""
-    done = 0
-    for account_id in account_ids:
-        with runtime.session() as session, session.begin():
-            if rescore_account(runtime, session, account_id):
-                done += 1
-    return done
-
-
 def enqueue_rescore(runtime: Runtime, account_ids: Iterable[str], reason: str) -> int:
-    """Ask for accounts to be rescored (in-process until a worker queue is configured).
+    """Ask for accounts to be rescored. With Redis the batches are enqueued on the `rescore`
+    queue and the count of accounts enqueued is returned; without, they are rescored now, in
+    this thread, and the count of accounts rescored is returned.
 
-    A rescore can itself ask for more (a member's rescore blocks it, which is the cluster's
-    first block): asked for while a run is under way, those join that run's queue instead of
-    nesting, and each account is rescored at most once per run.
+    In-process, a rescore can itself ask for more (a member's rescore blocks it, which is the
+    cluster's first block): asked for while a run is under way in this thread, those join it
+    instead of nesting, and each account is rescored at most once per call.
     """
     ids = list(dict.fromkeys(account_ids))
-    log.info("rescore requested for %d account(s): %s", len(ids), reason)
-    queue = getattr(_draining, "queue", None)
-    if queue is not None:
-        queue.extend(ids)
+    if not ids:
         return 0
-    _draining.queue = queue = list(ids)
+    pending = getattr(_draining, "queue", None)
+    if pending is not None:
+        pending.extend(ids)
+        return 0
+    log.info("rescore requested for %d account(s): %s", len(ids), reason)
+    if redis_connection(runtime.config) is not None:
+        run = start_run(runtime, "ids", account_ids=ids, reason=reason)
+        dispatch(runtime, run)
+        return run.total
+    _draining.queue = pending = list(ids)
     seen: set[str] = set()
     done = 0
     try:
-        while queue:
-            account_id = queue.pop(0)
-            if account_id in seen:
-                continue
-            seen.add(account_id)
-            done += rescore_accounts(runtime, [account_id])
+        while pending:
+            fresh = [i for i in dict.fromkeys(pending) if i not in seen]
+            pending.clear()
+            if not fresh:
+                break
+            seen.update(fresh)
+            run = start_run(runtime, "ids", account_ids=fresh, reason=reason)
+            run_inline(runtime, run)
+            done += _rescored(runtime, run.id)
     finally:
         _draining.queue = None
     return done
+
+
+def rescore_accounts(runtime: Runtime, account_ids: Iterable[str]) -> int:
+    """Rescore accounts now, in this thread, through the batch jobs; returns how many were rescored."""
+    ids = list(dict.fromkeys(account_ids))
+    if not ids:
+        return 0
+    run = start_run(runtime, "ids", account_ids=ids, reason="direct call")
+    run_inline(runtime, run)
+    return _rescored(runtime, run.id)
+
+
+def _rescored(runtime: Runtime, run_id: str) -> int:
+    with runtime.session() as session:
+        summary = run_summary(session, session.get(RescoreRun, run_id))
+    return summary["seen"] - summary["missing"]
 
 
 class _Background:
@@ -139,3 +236,496 @@ def rescore_after_commit(runtime: Runtime, session: Session, *, exclude: str | N
     # Whichever fires first empties session.info; the other then finds nothing to do.
     event.listen(session, "after_commit", _after_commit, once=True)
     event.listen(session, "after_rollback", _after_rollback, once=True)
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+def accounts_query(selector: str, params: dict[str, Any], version: str, now: datetime | None = None):
+    """The ids a selector picks, in id order (stable batches, and row locks taken in one order)."""
+    query = select(Account.id)
+    if selector == "dormant":
+        since = (now or utcnow()) - timedelta(days=int(params["dormant_days"]))
+        query = query.where(Account.last_seen_at < since)
+    elif selector == "cluster":
+        query = query.where(Account.cluster_id == params["cluster_id"])
+    elif selector == "rules_change":
+        # Accounts whose latest evaluation was made under another rules version.
+        query = query.join(Evaluation, Evaluation.id == Account.last_evaluation_id).where(
+            Evaluation.rules_version != version)
+    elif selector != "all":
+        raise ValueError(f"unknown selector {selector!r}")
+    return query.order_by(Account.id)
+
+
+def start_run(runtime: Runtime, selector: str, *, params: dict[str, Any] | None = None, reason: str,
+              account_ids: Iterable[str] | None = None, batch_size: int | None = None) -> RescoreRun:
+    """Record a run and its batches in one transaction; nothing is enqueued yet (see dispatch)."""
+    if selector not in SELECTORS:
+        raise ValueError(f"unknown selector {selector!r}")
+    params = dict(params or {})
+    size = batch_size or runtime.config.rescore_batch_size
+    version = current_rules(runtime).version
+    with runtime.session() as session, session.begin():
+        run = RescoreRun(id=new_id("rr"), selector=selector, params=params, reason=reason[:500],
+                         rules_version=version, total=0, batches=0)
+        session.add(run)
+        session.flush()
+        if account_ids is not None:
+            ids: Iterable[str] = account_ids
+        else:
+            query = accounts_query(selector, params, version).execution_options(yield_per=10_000)
+            ids = session.scalars(query)
+        pending: list[dict[str, Any]] = []
+        for batch in _chunks(ids, size):
+            pending.append(dict(run_id=run.id, batch_no=run.batches, account_ids=batch, cursor=0, changes={},
+                                escalated=0, held=0, missing=0, attempts=0))
+            run.batches += 1
+            run.total += len(batch)
+            if len(pending) >= 200:
+                session.execute(insert(RescoreBatch), pending)
+                pending = []
+        if pending:
+            session.execute(insert(RescoreBatch), pending)
+        if run.batches == 0:
+            run.finished_at = utcnow()
+    log.info("rescore run %s: %s %s, %d account(s) in %d batch(es): %s",
+             run.id, selector, params or "", run.total, run.batches, reason)
+    return run
+
+
+def _chunks(ids: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for account_id in ids:
+        batch.append(account_id)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def dispatch(runtime: Runtime, run: RescoreRun) -> bool:
+    """Enqueue the run's batches on rq when Redis is configured (True), else run them here (False)."""
+    connection = redis_connection(runtime.config)
+    if connection is None:
+        run_inline(runtime, run)
+        return False
+    from redis.exceptions import ConnectionError as RedisDown
+
+    try:
+        enqueue_batches(connection, run.id, range(run.batches))
+    except RedisDown:
+        # The run is recorded: the next rules watch after Redis returns enqueues it (sweep_orphans).
+        log.error("Redis unreachable: rescore run %s recorded but not enqueued yet", run.id)
+    return True
+
+
+def run_inline(runtime: Runtime, run: RescoreRun) -> None:
+    for batch_no in range(run.batches):
+        run_batch(runtime, run.id, batch_no)
+
+
+def enqueue_batches(connection, run_id: str, batch_nos: Iterable[int], *, suffix: str = "") -> int:
+    from rq import Queue, Retry
+
+    queue = Queue("rescore", connection=connection)
+    count = 0
+    for group in _chunks(batch_nos, 500):
+        jobs = [Queue.prepare_data(rescore_batch, args=(run_id, n), job_id=f"rescore-{run_id}-{n}{suffix}",
+                                   timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
+                                   retry=Retry(max=len(RETRY_INTERVALS), interval=RETRY_INTERVALS))
+                for n in group]
+        queue.enqueue_many(jobs)
+        count += len(jobs)
+    return count
+
+
+def resume(runtime: Runtime, run_id: str | None = None) -> list[tuple[str, int]]:
+    """Re-enqueue (or, without Redis, run) the unfinished batches of one run, or of every run.
+
+    Safe whatever rq still believes about the old jobs: a batch worked twice resumes from its
+    cursor, and a duplicate finds nothing left to do.
+    """
+    with runtime.session() as session:
+        query = (select(RescoreBatch.run_id, RescoreBatch.batch_no).join(RescoreRun)
+                 .where(RescoreBatch.finished_at.is_(None)).order_by(RescoreRun.created_at, RescoreBatch.batch_no))
+        if run_id:
+            query = query.where(RescoreBatch.run_id == run_id)
+        pending = [(r, n) for r, n in session.execute(query)]
+    connection = redis_connection(runtime.config)
+    by_run: dict[str, list[int]] = {}
+    for r, n in pending:
+        by_run.setdefault(r, []).append(n)
+    suffix = f"-r{int(utcnow().timestamp())}"
+    for r, numbers in by_run.items():
+        if connection is None:
+            for n in numbers:
+                run_batch(runtime, r, n)
+        else:
+            enqueue_batches(connection, r, numbers, suffix=suffix)
+    return pending
+
+
+ORPHAN_AFTER = timedelta(minutes=10)
+
+
+def sweep_orphans(runtime: Runtime, connection, now: datetime | None = None) -> int:
+    """Enqueue never-attempted batches of older runs that have no job in Redis (Redis was down
+    at dispatch, or was flushed). Started batches are left to rq's retry of abandoned jobs and
+    to `kyc rescore --resume`."""
+    from rq.job import Job
+
+    cutoff = (now or utcnow()) - ORPHAN_AFTER
+    with runtime.session() as session:
+        pending = session.execute(
+            select(RescoreBatch.run_id, RescoreBatch.batch_no).join(RescoreRun)
+            .where(RescoreRun.finished_at.is_(None), RescoreRun.created_at < cutoff,
+                   RescoreBatch.attempts == 0, RescoreBatch.finished_at.is_(None))
+            .order_by(RescoreRun.created_at, RescoreBatch.batch_no)).all()
+    orphans: dict[str, list[int]] = {}
+    for run_id, batch_no in pending:
+        if not Job.exists(f"rescore-{run_id}-{batch_no}", connection=connection):
+            orphans.setdefault(run_id, []).append(batch_no)
+    for run_id, numbers in orphans.items():
+        log.warning("rescore run %s: enqueuing %d batch(es) that had no job", run_id, len(numbers))
+        enqueue_batches(connection, run_id, numbers)
+    return sum(len(n) for n in orphans.values())
+
+
+# --- the batch job ------------------------------------------------------------------------------
+
+def rescore_batch(run_id: str, batch_no: int) -> dict[str, Any]:
+    """rq job (queue `rescore`): rescore one batch of a run; idempotent and resumable."""
+    try:
+        return run_batch(worker_runtime(), run_id, batch_no)
+    finally:
+        clear_value_caches()      # a worker's memory stays flat however many batches it works
+
+
+def run_batch(runtime: Runtime, run_id: str, batch_no: int) -> dict[str, Any]:
+    rules = current_rules(runtime)
+    releases = releasing_rules(rules)
+    postgres = runtime.engine.dialect.name == "postgresql"
+    with runtime.session() as session:
+        with session.begin():
+            batch = _lock_batch(session, run_id, batch_no)
+            done = batch.finished_at is not None
+            result = _batch_result(batch)
+            if not done:
+                batch.attempts += 1
+                if batch.started_at is None:
+                    batch.started_at = utcnow()
+                if batch.cursor:
+                    log.info("rescore run %s batch %d resumes at %d/%d", run_id, batch_no, batch.cursor,
+                             len(batch.account_ids))
+        while not done:
+            with session.begin():
+                if postgres:
+                    # Safe without the fsync wait: the cursor commits with the evaluations, so a
+                    # database crash can only lose both together, and the batch redoes exactly those.
+                    session.execute(text("SET LOCAL synchronous_commit = off"))
+                batch = _lock_batch(session, run_id, batch_no)
+                ids = batch.account_ids[batch.cursor:batch.cursor + CHUNK]
+                if not ids:
+                    batch.finished_at = batch.finished_at or utcnow()
+                    result, done = _batch_result(batch), True
+                    break
+                tally = rescore_chunk(runtime, session, ids, rules, releases)
+                changes = Counter(batch.changes)
+                changes.update(tally["changes"])
+                batch.changes = dict(changes)
+                batch.escalated += tally["escalated"]
+                batch.held += tally["held"]
+                batch.missing += tally["missing"]
+                batch.cursor += len(ids)
+            session.expunge_all()           # keep a long batch's memory flat
+        # Also when the batch was already done: a crash between its last commit and this check
+        # must not leave the run open forever.
+        _finish_run_if_done(session, run_id)
+    return result
+
+
+def _lock_batch(session: Session, run_id: str, batch_no: int) -> RescoreBatch:
+    # The row lock serialises two jobs working the same batch (a retry racing a slow original):
+    # the second waits, then reads the advanced cursor.
+    batch = session.execute(
+        select(RescoreBatch).where(RescoreBatch.run_id == run_id, RescoreBatch.batch_no == batch_no)
+        .with_for_update().execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if batch is None:
+        raise LookupError(f"rescore run {run_id} has no batch {batch_no}")
+    return batch
+
+
+def _batch_result(batch: RescoreBatch) -> dict[str, Any]:
+    return {"run_id": batch.run_id, "batch_no": batch.batch_no, "seen": batch.cursor, "changes": batch.changes,
+            "escalated": batch.escalated, "held": batch.held, "missing": batch.missing}
+
+
+def rescore_chunk(runtime: Runtime, session: Session, ids: list[str], rules: RuleSet,
+                  releases: frozenset[str]) -> dict[str, Any]:
+    """Rescore accounts in the caller's transaction through the one pipeline; tally old -> new."""
+    accounts = {a.id: a for a in session.scalars(
+        select(Account).where(Account.id.in_(ids)).order_by(Account.id).with_for_update()
+        .execution_options(populate_existing=True))}
+    latest = [s["evaluation_id"] for a in accounts.values() for s in (a.subjects or {}).values()]
+    # One query loads every input the pipeline will re-read; the list (alive until we return)
+    # keeps them in the session's weak identity map, so rescore_account's session.get() hits.
+    originals = session.scalars(select(Evaluation).where(Evaluation.id.in_(latest))).all() if latest else []
+    changes: Counter[str] = Counter()
+    escalated = held = missing = 0
+    for account_id in ids:
+        account = accounts.get(account_id)
+        if account is None:
+            missing += 1
+            continue
+        before = _standing(account)
+        evaluations = rescore_account(runtime, session, account_id, rules=rules)
+        old, new = before["decision"], account.decision
+        if old == "block" and new != "block" and not _releases(evaluations, releases):
+            _restore(account, before)
+            # The cluster's counters follow the account's standing, which stays blocked.
+            graph.set_flags(session, graph.Policy.from_config(runtime.config), account_id, {"blocked": True})
+            held += 1
+            log.info("rescore kept block account=%s (new evaluation says %s; no %s rule hit)",
+                     account_id, new, RELEASES_BLOCK)
+            new = "block"
+        elif SEVERITY[new] > SEVERITY[old]:
+            escalated += 1
+            log.info("rescore escalated account=%s %s -> %s rules=%s", account_id, old, new, rules.version[:19])
+        changes[f"{old}>{new}"] += 1
+    return {"changes": changes, "escalated": escalated, "held": held, "missing": missing}
+
+
+_STANDING = ("decision", "score", "reasons", "required_verifications", "subjects", "state_version")
+
+
+def _standing(account: Account) -> dict[str, Any]:
+    return {name: getattr(account, name) for name in _STANDING}
+
+
+def _restore(account: Account, before: dict[str, Any]) -> None:
+    for name, value in before.items():
+        setattr(account, name, value)
+
+
+def releasing_rules(rules: RuleSet) -> frozenset[str]:
+    return frozenset(rule.id for compiled in rules.subjects.values() for rule in compiled.rules
+                     if RELEASES_BLOCK in rule.tags)
+
+
+def _releases(evaluations: list[Evaluation], releases: frozenset[str]) -> bool:
+    return any(r["rule"] in releases and not r.get("shadow") for e in evaluations for r in e.reasons)
+
+
+def _finish_run_if_done(session: Session, run_id: str) -> None:
+    # Checked after this batch's commit: of two batches finishing together, the later committer
+    # sees both and closes the run.
+    with session.begin():
+        open_batches = session.scalar(select(func.count()).select_from(RescoreBatch).where(
+            RescoreBatch.run_id == run_id, RescoreBatch.finished_at.is_(None)))
+        if open_batches:
+            return
+        closed = session.execute(update(RescoreRun).where(RescoreRun.id == run_id, RescoreRun.finished_at.is_(None))
+                                 .values(finished_at=utcnow())).rowcount
+    if closed:
+        with session.begin():
+            summary = run_summary(session, session.get(RescoreRun, run_id))
+        log.info("rescore run %s finished: %d seen, %d changed, %d more severe, %d block kept",
+                 run_id, summary["seen"], summary["changed"], summary["escalated"], summary["held"])
+
+
+def current_rules(runtime: Runtime) -> RuleSet:
+    """The rules on disk: reload when the files changed since this process last looked.
+
+    A worker started before a rules change would otherwise rescore with the old version. A bad
+    new rule file is refused (and logged once) by reload_rules; the running set is kept.
+    """
+    try:
+        if runtime.rules_changed_on_disk():
+            runtime.reload_rules()
+    except RuleSetError:
+        pass
+    except OSError as exc:
+        log.warning("rules directory unreadable (%s); rescoring with %s", exc, runtime.rules.version[:19])
+    return runtime.rules
+
+
+# --- summaries ------------------------------------------------------------------------------------
+
+def run_summary(session: Session, run: RescoreRun) -> dict[str, Any]:
+    """What a run did so far, from committed batches only."""
+    changes: Counter[str] = Counter()
+    seen = escalated = held = missing = done = 0
+    rows = session.execute(select(RescoreBatch.cursor, RescoreBatch.changes, RescoreBatch.escalated,
+                                  RescoreBatch.held, RescoreBatch.missing, RescoreBatch.finished_at)
+                           .where(RescoreBatch.run_id == run.id))
+    for cursor, batch_changes, batch_escalated, batch_held, batch_missing, finished_at in rows:
+        seen += cursor
+        changes.update(batch_changes or {})
+        escalated += batch_escalated
+        held += batch_held
+        missing += batch_missing
+        done += finished_at is not None
+    matrix = {tuple(key.split(">")): n for key, n in changes.items()}
+    return {
+        "run_id": run.id, "selector": run.selector, "params": run.params, "reason": run.reason,
+        "rules_version": run.rules_version, "created_at": run.created_at, "finished_at": run.finished_at,
+        "total": run.total, "batches": run.batches, "batches_done": done, "seen": seen, "missing": missing,
+        "changed": sum(n for (old, new), n in matrix.items() if old != new),
+        "escalated": escalated, "held": held, "matrix": matrix,
+    }
+
+
+def last_run(session: Session) -> RescoreRun | None:
+    return session.scalars(select(RescoreRun).order_by(RescoreRun.created_at.desc(), RescoreRun.id.desc())
+                           .limit(1)).first()
+
+
+def queue_counts(connection) -> dict[str, dict[str, int]]:
+    from rq import Queue
+    from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+
+    counts = {}
+    for name in QUEUES:
+        queue = Queue(name, connection=connection)
+        counts[name] = {
+            "queued": queue.count,
+            "scheduled": ScheduledJobRegistry(queue=queue).count,
+            "running": StartedJobRegistry(queue=queue).count,
+            "failed": FailedJobRegistry(queue=queue).count,
+            "finished": FinishedJobRegistry(queue=queue).count,
+        }
+    return counts
+
+
+# --- the schedule ---------------------------------------------------------------------------------
+
+def rescore_dormant(runtime: Runtime, reason: str = "daily schedule") -> RescoreRun:
+    days = runtime.config.dormant_days
+    run = start_run(runtime, "dormant", params={"dormant_days": days}, reason=reason)
+    dispatch(runtime, run)
+    return run
+
+
+def check_rules_change(runtime: Runtime) -> RescoreRun | None:
+    """Start a rescore of accounts scored under another version when the rules version changed
+    since the last such run (a manual `kyc rescore --since-rules-change` counts as one)."""
+    version = current_rules(runtime).version
+    with runtime.session() as session:
+        last = session.scalars(select(RescoreRun).where(RescoreRun.selector == "rules_change")
+                               .order_by(RescoreRun.created_at.desc(), RescoreRun.id.desc()).limit(1)).first()
+    if last is not None and last.rules_version == version:
+        return None
+    run = start_run(runtime, "rules_change", reason=f"rules version is now {version[:19]}")
+    dispatch(runtime, run)
+    return run
+
+
+def next_time(name: str, config: Config, now: datetime | None = None) -> datetime:
+    """When a schedule fires next. Times are UTC, so no daylight-saving shift or local-time cron
+    reading (rq.cron reads cron strings in local time) can move or repeat a run."""
+    now = now or utcnow()
+    if name == "rules-watch":
+        step = max(1, config.rules_watch_seconds)
+        return datetime.fromtimestamp((int(now.timestamp()) // step + 1) * step, timezone.utc)
+    if name == "dormant-daily":
+        hour, minute = (int(x) for x in config.rescore_daily_at.split(":"))
+        at = datetime.combine(now.date(), time(hour, minute), timezone.utc)
+        return at if at > now else at + timedelta(days=1)
+    raise ValueError(f"unknown schedule {name!r}")
+
+
+def schedule_next(connection, config: Config, name: str, now: datetime | None = None):
+    """Put the next occurrence on rq's scheduled registry (fired by a `--with-scheduler` worker).
+
+    The job id is the schedule's name and due time, so any number of workers scheduling the
+    same occurrence make one job, not several.
+    """
+    from rq import Queue
+
+    when = next_time(name, config, now)
+    function = {"rules-watch": scheduled_rules_watch, "dormant-daily": scheduled_dormant_rescore}[name]
+    return Queue("default", connection=connection).enqueue_at(
+        when, function, job_id=f"kyc-{name}-{int(when.timestamp())}", result_ttl=SCHEDULE_RESULT_TTL,
+        failure_ttl=FAILURE_TTL, job_timeout=JOB_TIMEOUT)
+
+
+def ensure_schedule(connection, config: Config) -> None:
+    """Called by every `kyc worker` at start: (re)creates the chain of scheduled jobs."""
+    for name in SCHEDULES:
+        schedule_next(connection, config, name)
+
+
+def scheduled_rules_watch() -> str | None:
+    """rq job (queue `default`): schedule the next check first, so a failure never ends the chain."""
+    runtime = worker_runtime()
+    connection = redis_connection(runtime.config)
+    schedule_next(connection, runtime.config, "rules-watch")
+    sweep_orphans(runtime, connection)
+    run = check_rules_change(runtime)
+    return run.id if run else None
+
+
+def scheduled_dormant_rescore() -> str:
+    runtime = worker_runtime()
+    schedule_next(redis_connection(runtime.config), runtime.config, "dormant-daily")
+    return rescore_dormant(runtime).id
+
+
+class InProcessSchedule(threading.Thread):
+    """The same schedule without Redis: one daemon thread calling the same functions.
+
+    `kyc serve` offers it to every web worker process after the fork (start_once); a lock file
+    lets exactly one of them run it, and a replacement worker takes over when that one exits.
+    (Starting it in the server's parent would fork workers while the thread may hold locks.)
+    """
+
+    def __init__(self, runtime: Runtime):
+        super().__init__(name="kyc-schedule", daemon=True)
+        self.runtime = runtime
+        self.stopped = threading.Event()
+        self._lock_file = None
+
+    @classmethod
+    def start_once(cls, runtime: Runtime) -> "InProcessSchedule | None":
+        """Start the schedule unless another process on this data dir already runs it."""
+        import fcntl
+
+        path = runtime.config.data_dir / "schedule.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")  # noqa: SIM115 - held open for the life of the process: it is the lock
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+        schedule = cls(runtime)
+        schedule._lock_file = handle
+        schedule.start()
+        return schedule
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self._lock_file is not None:
+            self._lock_file.close()          # releases the lock for another process
+            self._lock_file = None
+
+    def run(self) -> None:
+        config = self.runtime.config
+        due = {"rules-watch": utcnow(), "dormant-daily": next_time("dormant-daily", config)}
+        while True:
+            wait = max(0.0, (min(due.values()) - utcnow()).total_seconds())
+            if self.stopped.wait(wait):
+                return
+            for name, when in due.items():
+                if utcnow() < when:
+                    continue
+                due[name] = next_time(name, config)
+                try:
+                    if name == "rules-watch":
+                        check_rules_change(self.runtime)
+                    else:
+                        rescore_dormant(self.runtime)
+                except Exception:  # noqa: BLE001 - the schedule must outlive one failed run
+                    log.exception("scheduled %s failed", name)

@@ -316,3 +316,49 @@ class ActivityDay(Base):
     # Whole days without activity before this day's first report: the dormancy it ended.
     dormant_days: Mapped[int] = mapped_column(Integer, default=0)
     last_ip_hash: Mapped[str | None] = mapped_column(String(32))
+
+
+class RescoreRun(Base):
+    """One rescoring request (dormant, all, a cluster, since a rules change, or given ids).
+
+    The run and its batches live in the database, not in the queue, so progress survives a
+    killed worker or a flushed Redis, and `kyc jobs` can summarise it from committed facts.
+    """
+
+    __tablename__ = "rescore_runs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    selector: Mapped[str] = mapped_column(String(32))       # dormant | all | cluster | rules_change | ids
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    reason: Mapped[str] = mapped_column(Text)
+    rules_version: Mapped[str] = mapped_column(String(80))  # rules on disk when the run was started
+    total: Mapped[int] = mapped_column(Integer)             # accounts selected
+    batches: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_rescore_runs_selector_created", "selector", "created_at"),)
+
+
+class RescoreBatch(Base):
+    """A slice of a run's accounts, worked by one job.
+
+    `cursor` counts the leading account_ids already rescored; it is advanced in the same
+    transaction that stores their evaluations, so a job killed mid-batch resumes exactly
+    where the last commit left it and never rescores a committed account twice.
+    """
+
+    __tablename__ = "rescore_batches"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("rescore_runs.id"), primary_key=True)
+    batch_no: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_ids: Mapped[list[str]] = mapped_column(JSON)
+    cursor: Mapped[int] = mapped_column(Integer, default=0)
+    # {"allow>block": 3, ...}: old -> new account decision of every account rescored so far.
+    changes: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    escalated: Mapped[int] = mapped_column(Integer, default=0)   # new decision more severe
+    held: Mapped[int] = mapped_column(Integer, default=0)        # block kept although the rescore relaxed it
+    missing: Mapped[int] = mapped_column(Integer, default=0)     # account gone since selection
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -43,6 +43,17 @@ def warm() -> None:
     email._surprisal_table()
 
 
+def clear_value_caches() -> None:
+    """Empty the per-value caches of the signal families (parsed emails, phones, addresses, user
+    agents). A batch worker sees most values once: emptied between batches, its memory stays flat
+    instead of growing to the caches' bounds. Process-wide tables (matchers) are kept."""
+    for family in (email, phone, network, device):
+        for value in vars(family).values():
+            limit = value.cache_parameters().get("maxsize") if hasattr(value, "cache_parameters") else None
+            if limit is not None and limit >= 1024:
+                value.cache_clear()
+
+
 def _hashed(lookups: Lookups, raw: list[tuple[str, str]]) -> Identifiers:
     seen: dict[tuple[str, str], None] = {}
     for kind, value in raw:

@@ -1,0 +1,431 @@
+"""Rescoring jobs against real Redis and PostgreSQL: enqueue -> worker -> stored evaluations,
+a worker killed mid-batch, idempotency, the schedule after a rules change, and the in-process
+fallback (SQLite and PostgreSQL, no Redis)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from kyc import jobs
+from kyc.cli import main
+from kyc.config import Config
+from kyc.engine.loader import rules_version
+from kyc.inputs import SignupInput
+from kyc.models import Account, Evaluation, RescoreBatch, RescoreRun, utcnow
+from kyc.runtime import Runtime
+from kyc.scoring import score
+from tests.conftest import REDIS_URL, RULES_DIR, TEST_SECRET, redis_connection, signup
+
+HEADLESS = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "HeadlessChrome/120.0.0.0 Safari/537.36")
+BLOCK_GMAIL = """
+- id: test_gmail_block
+  description: Test rule that blocks one mail provider
+  when: email.domain == "gmail.com"
+  score: 90
+  action: block
+"""
+
+
+@pytest.fixture
+def rules_dir(tmp_path) -> Path:
+    """A private copy of the bundled rules, free to edit."""
+    target = tmp_path / "rules"
+    shutil.copytree(RULES_DIR, target)
+    return target
+
+
+@pytest.fixture
+def redis_db():
+    conn = redis_connection()
+    conn.flushdb()              # only the db number of KYC_TEST_REDIS_URL
+    yield conn
+    conn.flushdb()
+
+
+@pytest.fixture
+def pg_url(request) -> str:
+    from tests.conftest import _truncate_postgres
+
+    url = request.getfixturevalue("_postgres_url")
+    _truncate_postgres(url)
+    return url
+
+
+@pytest.fixture
+def queued_runtime(pg_url, make_config, rules_dir, redis_db):
+    """PostgreSQL + Redis: jobs are enqueued on rq."""
+    rt = Runtime.start(make_config(pg_url, rules_dir=rules_dir, redis_url=REDIS_URL), migrate=False)
+    yield rt
+    jobs.use_runtime(None)
+    jobs.drain(rt)
+    rt.engine.dispose()
+
+
+@pytest.fixture
+def inline_runtime(database_url, make_config, rules_dir):
+    """SQLite or PostgreSQL, no Redis: jobs run in-process."""
+    rt = Runtime.start(make_config(database_url, rules_dir=rules_dir), migrate=False)
+    yield rt
+    jobs.drain(rt)
+    rt.engine.dispose()
+
+
+def seed(runtime: Runtime, n: int, prefix: str = "acct", **over) -> list[str]:
+    ids = [f"{prefix}_{i:05d}" for i in range(n)]
+    with runtime.session() as session, session.begin():
+        for i, account_id in enumerate(ids):
+            body = signup(**{"account_id": account_id, "device_id": f"dv_{prefix}_{i}",
+                             "email": f"user{i}@gmail.com", **over})
+            score(runtime, session, "signup", SignupInput.model_validate(body))
+    return ids
+
+
+def rescore_evaluations(runtime: Runtime) -> dict[str, int]:
+    """Rescore evaluations per account."""
+    with runtime.session() as session:
+        rows = session.execute(select(Evaluation.account_id, func.count()).where(Evaluation.trigger == "rescore")
+                               .group_by(Evaluation.account_id))
+        return dict(rows.all())
+
+
+def worker_env(runtime: Runtime) -> dict[str, str]:
+    config = runtime.config
+    return {**os.environ, "KYC_DATABASE_URL": config.database_url, "KYC_REDIS_URL": config.redis_url,
+            "KYC_RULES_DIR": str(config.rules_dir), "KYC_DATA_DIR": str(config.data_dir),
+            "KYC_SECRET_KEY": TEST_SECRET.decode(), "KYC_LOG_LEVEL": "WARNING"}
+
+
+def kyc_command(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from kyc.cli import main; main()", *args]
+
+
+def run_worker_burst(runtime: Runtime) -> None:
+    done = subprocess.run(kyc_command("worker", "--burst"), env=worker_env(runtime), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def add_rule(rules_dir: Path, text: str) -> None:
+    path = rules_dir / "signup.yaml"
+    path.write_text(path.read_text() + text)
+
+
+def summary(runtime: Runtime, run_id: str) -> dict:
+    with runtime.session() as session:
+        return jobs.run_summary(session, session.get(RescoreRun, run_id))
+
+
+# --- rq + PostgreSQL -------------------------------------------------------------------------------
+
+def test_enqueue_then_a_real_worker_stores_rescore_evaluations(queued_runtime, redis_db, rules_dir):
+    from rq import Queue
+
+    ids = seed(queued_runtime, 30)
+    add_rule(rules_dir, BLOCK_GMAIL)
+    assert jobs.enqueue_rescore(queued_runtime, ids, "test") == 30
+    assert Queue("rescore", connection=redis_db).count == 1
+    assert rescore_evaluations(queued_runtime) == {}            # nothing ran in this process
+
+    run_worker_burst(queued_runtime)
+
+    assert rescore_evaluations(queued_runtime) == {i: 1 for i in ids}
+    new_version = rules_version(rules_dir)
+    with queued_runtime.session() as session:
+        evaluations = session.scalars(select(Evaluation).where(Evaluation.trigger == "rescore")).all()
+        assert {e.rules_version for e in evaluations} == {new_version}   # the current rules
+        assert {a.decision for a in session.scalars(select(Account))} == {"block"}
+        run = session.scalars(select(RescoreRun)).one()
+        assert run.finished_at is not None
+    result = summary(queued_runtime, run.id)
+    assert (result["seen"], result["changed"], result["escalated"]) == (30, 30, 30)
+    assert sum(result["matrix"].values()) == 30 and all(new == "block" for _, new in result["matrix"])
+
+    out = CliRunner().invoke(main, ["jobs"], env=worker_env(queued_runtime))
+    assert out.exit_code == 0, out.output
+    assert "rescore" in out.output and f"last run {run.id}" in out.output
+    assert "30 seen, 30 changed, 30 more severe" in out.output
+
+
+def test_worker_killed_mid_batch_loses_nothing_and_never_rescores_twice(queued_runtime, redis_db):
+    from rq.registry import StartedJobRegistry
+
+    ids = seed(queued_runtime, 1500)
+    run = jobs.start_run(queued_runtime, "all", reason="test", batch_size=1500)
+    jobs.dispatch(queued_runtime, run)
+    worker = subprocess.Popen(kyc_command("worker"), env=worker_env(queued_runtime), start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cursor = 0
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with queued_runtime.session() as session:
+                cursor = session.get(RescoreBatch, (run.id, 0)).cursor
+            if cursor >= jobs.CHUNK:
+                break
+            time.sleep(0.01)
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)   # the worker and its scheduler process
+        worker.wait(10)
+    assert jobs.CHUNK <= cursor < 1500, f"kill came too late (cursor {cursor})"
+
+    with queued_runtime.session() as session:
+        killed_at = session.get(RescoreBatch, (run.id, 0)).cursor
+    done = rescore_evaluations(queued_runtime)
+    # Exactly the committed prefix is rescored; the chunk in flight was rolled back with the kill.
+    assert set(done) == set(ids[:killed_at]) and set(done.values()) == {1}
+    assert killed_at % jobs.CHUNK == 0
+
+    assert jobs.resume(queued_runtime, run.id) == [(run.id, 0)]
+    run_worker_burst(queued_runtime)
+    assert rescore_evaluations(queued_runtime) == {i: 1 for i in ids}
+    assert summary(queued_runtime, run.id)["seen"] == 1500
+    with queued_runtime.session() as session:
+        assert session.get(RescoreRun, run.id).finished_at is not None
+
+    # rq's own recovery of the abandoned job (once its heartbeat has expired) retries it: a no-op now.
+    StartedJobRegistry("rescore", connection=redis_db).cleanup(timestamp=time.time() + 10**6)
+    run_worker_burst(queued_runtime)
+    assert rescore_evaluations(queued_runtime) == {i: 1 for i in ids}
+
+
+def test_schedule_fires_a_rescore_after_a_rules_change(queued_runtime, redis_db, rules_dir, make_config, pg_url):
+    from rq import Queue, SimpleWorker
+    from rq.registry import ScheduledJobRegistry
+
+    ids = seed(queued_runtime, 20)
+    config = make_config(pg_url, rules_dir=rules_dir, redis_url=REDIS_URL, rules_watch_seconds=1)
+    rt = Runtime.start(config, migrate=False)
+    jobs.use_runtime(rt)
+    try:
+        # Baseline: the first watch records the current version (nothing to rescore).
+        assert jobs.check_rules_change(rt).total == 0
+        jobs.ensure_schedule(redis_db, config)
+        scheduled = ScheduledJobRegistry("default", connection=redis_db).get_job_ids()
+        assert any(j.startswith("kyc-rules-watch-") for j in scheduled)
+        assert any(j.startswith("kyc-dormant-daily-") for j in scheduled)
+
+        add_rule(rules_dir, BLOCK_GMAIL)
+        time.sleep(1.2)                                   # the watch is due
+        queues = [Queue(name, connection=redis_db) for name in jobs.QUEUES]
+        SimpleWorker(queues, connection=redis_db).work(burst=True, with_scheduler=True)
+
+        with rt.session() as session:
+            run = session.scalars(select(RescoreRun).where(RescoreRun.selector == "rules_change")
+                                  .order_by(RescoreRun.created_at.desc())).first()
+            assert run.rules_version == rules_version(rules_dir) and run.total == 20
+            assert run.finished_at is not None
+        assert rescore_evaluations(rt) == {i: 1 for i in ids}
+        # The watch scheduled its next occurrence before working.
+        later = ScheduledJobRegistry("default", connection=redis_db).get_job_ids()
+        assert any(j.startswith("kyc-rules-watch-") and j not in scheduled for j in later)
+        # Same version again: the next watch starts nothing.
+        assert jobs.check_rules_change(rt) is None
+    finally:
+        rt.engine.dispose()
+
+
+def test_schedule_job_ids_make_one_job_per_occurrence(queued_runtime, redis_db):
+    from rq.registry import ScheduledJobRegistry
+
+    for _ in range(3):                                # three workers starting together
+        jobs.ensure_schedule(redis_db, queued_runtime.config)
+    assert ScheduledJobRegistry("default", connection=redis_db).count == 2
+
+
+def test_failed_batch_is_retried_with_backoff_and_kept(queued_runtime, redis_db):
+    from rq import Queue, SimpleWorker
+    from rq.registry import FailedJobRegistry, ScheduledJobRegistry
+
+    jobs.use_runtime(queued_runtime)
+    jobs.enqueue_batches(redis_db, "rr_missing", [0])           # no such run: the job raises
+    queue = Queue("rescore", connection=redis_db)
+    SimpleWorker([queue], connection=redis_db).work(burst=True)
+    job = queue.fetch_job("rescore-rr_missing-0")
+    assert job.retries_left == len(jobs.RETRY_INTERVALS) - 1
+    assert job.id in ScheduledJobRegistry(queue=queue).get_job_ids()   # retry waits its backoff
+    job.retries_left = 0
+    job.save()
+    queue.enqueue_job(job)
+    SimpleWorker([queue], connection=redis_db).work(burst=True)
+    assert job.id in FailedJobRegistry(queue=queue).get_job_ids()
+    assert "LookupError" in queue.fetch_job(job.id).latest_result().exc_string
+
+
+# --- idempotency, block policy, in-process fallback (SQLite and PostgreSQL) -----------------------
+
+def test_a_batch_worked_twice_rescores_once(inline_runtime):
+    ids = seed(inline_runtime, 120)
+    run = jobs.start_run(inline_runtime, "all", reason="test", batch_size=100)
+    assert (run.total, run.batches) == (120, 2)
+    first = jobs.run_batch(inline_runtime, run.id, 0)
+    again = jobs.run_batch(inline_runtime, run.id, 0)
+    assert first == again and first["seen"] == 100
+    assert len(rescore_evaluations(inline_runtime)) == 100
+    with inline_runtime.session() as session:
+        assert session.get(RescoreRun, run.id).finished_at is None       # batch 1 still open
+    assert jobs.resume(inline_runtime) == [(run.id, 1)]
+    assert rescore_evaluations(inline_runtime) == {i: 1 for i in ids}
+    with inline_runtime.session() as session, session.begin():
+        assert session.get(RescoreRun, run.id).finished_at is not None
+        session.get(RescoreRun, run.id).finished_at = None     # as if the process died before closing it
+    jobs.run_batch(inline_runtime, run.id, 0)                   # any repeat closes it, rescoring nothing
+    with inline_runtime.session() as session:
+        assert session.get(RescoreRun, run.id).finished_at is not None
+    assert rescore_evaluations(inline_runtime) == {i: 1 for i in ids}
+
+
+def test_in_process_fallback_rescores_now(inline_runtime, rules_dir):
+    ids = seed(inline_runtime, 5) + ["nobody"]
+    add_rule(rules_dir, BLOCK_GMAIL)
+    assert jobs.enqueue_rescore(inline_runtime, ids, "label propagated") == 5
+    assert rescore_evaluations(inline_runtime) == {i: 1 for i in ids[:5]}
+    assert jobs.rescore_accounts(inline_runtime, ids[:2]) == 2
+    with inline_runtime.session() as session:
+        run = jobs.last_run(session)
+        result = jobs.run_summary(session, run)
+        assert {a.decision for a in session.scalars(select(Account))} == {"block"}
+        evaluation = session.scalars(select(Evaluation).where(Evaluation.trigger == "rescore")).first()
+        assert evaluation.rules_version == inline_runtime.rules.version == rules_version(rules_dir)
+    assert (result["seen"], result["missing"]) == (2, 0)
+
+
+def test_dormant_selection(inline_runtime):
+    old = seed(inline_runtime, 3, prefix="old", occurred_at="2026-01-01T00:00:00Z")
+    seed(inline_runtime, 2, prefix="new", occurred_at="2026-11-24T21:00:00Z")
+    days = (utcnow() - datetime(2026, 6, 1, tzinfo=timezone.utc)).days
+    run = jobs.start_run(inline_runtime, "dormant", params={"dormant_days": days}, reason="test")
+    assert run.total == 3
+    jobs.run_inline(inline_runtime, run)
+    assert set(rescore_evaluations(inline_runtime)) == set(old)
+
+
+def test_rescore_keeps_block_unless_a_rule_releases_it(inline_runtime, rules_dir):
+    (blocked,) = seed(inline_runtime, 1, user_agent=HEADLESS)
+    with inline_runtime.session() as session:
+        account = session.get(Account, blocked)
+        assert account.decision == "block"
+        version_before = account.state_version
+    # Ops turn the rule that blocked it into a shadow rule: the new evaluation would allow it.
+    path = rules_dir / "signup.yaml"
+    rule = "  when: device.headless\n  score: 60\n  action: block\n"
+    assert rule in path.read_text()
+    path.write_text(path.read_text().replace(rule, rule + "  mode: shadow\n"))
+    run = jobs.start_run(inline_runtime, "all", reason="test")
+    jobs.run_inline(inline_runtime, run)
+    with inline_runtime.session() as session:
+        account = session.get(Account, blocked)
+        assert (account.decision, account.state_version) == ("block", version_before)
+        latest = session.get(Evaluation, account.last_evaluation_id)
+        assert latest.trigger == "rescore" and latest.decision != "block"      # kept on record
+    result = summary(inline_runtime, run.id)
+    assert (result["held"], result["changed"], result["matrix"]) == (1, 0, {("block", "block"): 1})
+
+    add_rule(rules_dir, """
+- id: test_release
+  description: Test rule allowed to lift a block
+  when: email.domain == "gmail.com"
+  score: 0
+  action: allow
+  tags: [releases_block]
+""")
+    run = jobs.start_run(inline_runtime, "all", reason="test")
+    jobs.run_inline(inline_runtime, run)
+    with inline_runtime.session() as session:
+        assert session.get(Account, blocked).decision != "block"
+    assert summary(inline_runtime, run.id)["held"] == 0
+
+
+def test_in_process_schedule_rescores_after_a_rules_change(database_url, make_config, rules_dir):
+    config = make_config(database_url, rules_dir=rules_dir, rules_watch_seconds=1)
+    rt = Runtime.start(config, migrate=False)
+    ids = seed(rt, 4)
+    schedule = jobs.InProcessSchedule.start_once(rt)
+    try:
+        assert schedule is not None
+        assert jobs.InProcessSchedule.start_once(rt) is None       # one schedule per data dir
+        add_rule(rules_dir, BLOCK_GMAIL)
+        version = rules_version(rules_dir)
+        deadline = time.monotonic() + 30
+        run = None
+        while time.monotonic() < deadline and run is None:
+            time.sleep(0.2)
+            with rt.session() as session:
+                run = session.scalars(select(RescoreRun).where(RescoreRun.rules_version == version,
+                                                               RescoreRun.finished_at.is_not(None))).first()
+        assert run is not None and run.selector == "rules_change" and run.total == 4
+    finally:
+        schedule.stop()
+        schedule.join(10)
+        rt.engine.dispose()
+    assert rescore_evaluations(rt) == {i: 1 for i in ids}
+
+
+def test_next_time_is_utc_and_strictly_ahead():
+    config = Config.from_env({}, secret_key=b"x", rescore_daily_at="03:00", rules_watch_seconds=60)
+    now = datetime(2026, 11, 24, 3, 0, tzinfo=timezone.utc)
+    assert jobs.next_time("dormant-daily", config, now) == datetime(2026, 11, 25, 3, 0, tzinfo=timezone.utc)
+    assert jobs.next_time("rules-watch", config, now) == datetime(2026, 11, 24, 3, 1, tzinfo=timezone.utc)
+
+
+def test_rescore_command_needs_exactly_one_selector(inline_runtime):
+    env = {"KYC_DATABASE_URL": inline_runtime.config.database_url, "KYC_REDIS_URL": "",
+           "KYC_RULES_DIR": str(inline_runtime.config.rules_dir), "KYC_SECRET_KEY": TEST_SECRET.decode()}
+    runner = CliRunner()
+    assert runner.invoke(main, ["rescore"], env=env).exit_code == 2
+    assert runner.invoke(main, ["rescore", "--all", "--dormant-days", "3"], env=env).exit_code == 2
+    seed(inline_runtime, 3)
+    out = runner.invoke(main, ["rescore", "--all"], env=env)
+    assert out.exit_code == 0, out.output
+    assert "3 selected, 3 seen" in out.output
+    out = runner.invoke(main, ["jobs"], env=env)
+    assert "no KYC_REDIS_URL" in out.output and "3 seen" in out.output
+
+
+def test_runs_recorded_while_redis_was_down_are_enqueued_later(pg_url, make_config, redis_db):
+    from datetime import timedelta
+
+    from rq import Queue
+
+    down = Runtime.start(make_config(pg_url, redis_url="redis://127.0.0.1:1/0"), migrate=False)
+    try:
+        ids = seed(down, 3)
+        assert jobs.enqueue_rescore(down, ids, "label propagated") == 3     # accepted, not lost
+    finally:
+        down.engine.dispose()
+    up = Runtime.start(make_config(pg_url, redis_url=REDIS_URL), migrate=False)
+    try:
+        assert jobs.sweep_orphans(up, redis_db) == 0                        # too recent to call orphaned
+        assert jobs.sweep_orphans(up, redis_db, now=utcnow() + timedelta(minutes=11)) == 1
+        assert jobs.sweep_orphans(up, redis_db, now=utcnow() + timedelta(minutes=11)) == 0   # job exists now
+        assert Queue("rescore", connection=redis_db).count == 1
+        run_worker_burst(up)
+        assert rescore_evaluations(up) == {i: 1 for i in ids}
+    finally:
+        up.engine.dispose()
+
+
+def test_a_worker_batch_leaves_no_per_value_cache_behind(inline_runtime):
+    from kyc.signals import device, email
+
+    seed(inline_runtime, 3)
+    run = jobs.start_run(inline_runtime, "all", reason="test")
+    jobs.use_runtime(inline_runtime)
+    try:
+        assert email.parse.cache_info().currsize > 0
+        assert jobs.rescore_batch(run.id, 0)["seen"] == 3
+    finally:
+        jobs.use_runtime(None)
+    assert email.parse.cache_info().currsize == 0                # memory stays flat batch after batch
+    assert device._parser.cache_info().currsize == 1              # the matcher, loaded once, is kept
