@@ -211,26 +211,41 @@ def drain(runtime: Runtime) -> None:
 
 def rescore_after_commit(runtime: Runtime, session: Session, *, exclude: str | None = None) -> None:
     """Run the rescoring the graph asked for in this transaction (session.info["kyc.rescore"])
-    once it commits; `exclude` is the account the transaction itself just scored."""
+    once it commits; `exclude` is the account whose scoring (just now) asked for it.
+
+    A rescore batch scores many accounts in one transaction: each asked-for account or cluster
+    remembers the account whose scoring asked first, and only that one is left out, as if each
+    account had had its own transaction.
+    """
     pending = session.info.get("kyc.rescore")
-    if not pending or session.info.get("kyc.rescore_listening"):
+    if not pending:
+        return
+    askers = session.info.setdefault("kyc.rescore_askers", {})
+    for kind in ("accounts", "clusters"):
+        for item in pending[kind]:
+            askers.setdefault((kind, item), exclude)
+    if session.info.get("kyc.rescore_listening"):
         return
     session.info["kyc.rescore_listening"] = True
 
     def _after_commit(committed: Session) -> None:
         asked = committed.info.pop("kyc.rescore", None) or {"accounts": set(), "clusters": set()}
+        asker = committed.info.pop("kyc.rescore_askers", {})
         committed.info.pop("kyc.rescore_listening", None)
-        ids = set(asked["accounts"])
+        ids = {a for a in asked["accounts"] if a != asker.get(("accounts", a))}
         if asked["clusters"]:
             with runtime.session() as reader:
-                ids.update(reader.execute(select(ClusterMember.account_id).where(
-                    ClusterMember.cluster_id.in_(sorted(asked["clusters"])))).scalars())
-        ids.discard(exclude)
+                for cluster_id, account_id in reader.execute(
+                        select(ClusterMember.cluster_id, ClusterMember.account_id).where(
+                            ClusterMember.cluster_id.in_(sorted(asked["clusters"])))):
+                    if account_id != asker.get(("clusters", cluster_id)):
+                        ids.add(account_id)
         if ids:
             _background(runtime).jobs.put((sorted(ids), "cluster standing changed"))
 
     def _after_rollback(rolled_back: Session) -> None:
         rolled_back.info.pop("kyc.rescore", None)
+        rolled_back.info.pop("kyc.rescore_askers", None)
         rolled_back.info.pop("kyc.rescore_listening", None)
 
     # Whichever fires first empties session.info; the other then finds nothing to do.
@@ -264,7 +279,7 @@ def start_run(runtime: Runtime, selector: str, *, params: dict[str, Any] | None 
         raise ValueError(f"unknown selector {selector!r}")
     params = dict(params or {})
     size = batch_size or runtime.config.rescore_batch_size
-    version = current_rules(runtime).version
+    version = runtime.rules.version
     with runtime.session() as session, session.begin():
         run = RescoreRun(id=new_id("rr"), selector=selector, params=params, reason=reason[:500],
                          rules_version=version, total=0, batches=0)
@@ -396,14 +411,18 @@ def sweep_orphans(runtime: Runtime, connection, now: datetime | None = None) -> 
 
 def rescore_batch(run_id: str, batch_no: int) -> dict[str, Any]:
     """rq job (queue `rescore`): rescore one batch of a run; idempotent and resumable."""
+    runtime = worker_runtime()
+    current_rules(runtime)
     try:
-        return run_batch(worker_runtime(), run_id, batch_no)
+        return run_batch(runtime, run_id, batch_no)
     finally:
         clear_value_caches()      # a worker's memory stays flat however many batches it works
 
 
 def run_batch(runtime: Runtime, run_id: str, batch_no: int) -> dict[str, Any]:
-    rules = current_rules(runtime)
+    """Rescore one batch with the runtime's running rules (a worker job reloads them first; in
+    the service, its rules watcher keeps them current)."""
+    rules = runtime.rules
     releases = releasing_rules(rules)
     postgres = runtime.engine.dialect.name == "postgresql"
     with runtime.session() as session:
@@ -610,8 +629,9 @@ def rescore_dormant(runtime: Runtime, reason: str = "daily schedule") -> Rescore
 
 def check_rules_change(runtime: Runtime) -> RescoreRun | None:
     """Start a rescore of accounts scored under another version when the rules version changed
-    since the last such run (a manual `kyc rescore --since-rules-change` counts as one)."""
-    version = current_rules(runtime).version
+    since the last such run (a manual `kyc rescore --since-rules-change` counts as one).
+    The running rules' version: a worker reloads them first; the service's watcher does."""
+    version = runtime.rules.version
     with runtime.session() as session:
         last = session.scalars(select(RescoreRun).where(RescoreRun.selector == "rules_change")
                                .order_by(RescoreRun.created_at.desc(), RescoreRun.id.desc()).limit(1)).first()
@@ -663,6 +683,7 @@ def scheduled_rules_watch() -> str | None:
     connection = redis_connection(runtime.config)
     schedule_next(connection, runtime.config, "rules-watch")
     sweep_orphans(runtime, connection)
+    current_rules(runtime)
     run = check_rules_change(runtime)
     return run.id if run else None
 

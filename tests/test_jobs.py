@@ -86,8 +86,10 @@ def seed(runtime: Runtime, n: int, prefix: str = "acct", **over) -> list[str]:
     ids = [f"{prefix}_{i:05d}" for i in range(n)]
     with runtime.session() as session, session.begin():
         for i, account_id in enumerate(ids):
-            body = signup(**{"account_id": account_id, "device_id": f"dv_{prefix}_{i}",
-                             "email": f"user{i}@gmail.com", **over})
+            # Unlinked accounts (own device, own /24, no shared phone): no cluster rescoring
+            # joins in, so each test sees exactly the rescoring it asked for.
+            body = signup(**{"account_id": account_id, "device_id": f"dv_{prefix}_{i}", "phone": None,
+                             "ip": f"45.{i // 250}.{i % 250}.10", "email": f"user{i}@gmail.com", **over})
             score(runtime, session, "signup", SignupInput.model_validate(body))
     return ids
 
@@ -289,6 +291,7 @@ def test_a_batch_worked_twice_rescores_once(inline_runtime):
 def test_in_process_fallback_rescores_now(inline_runtime, rules_dir):
     ids = seed(inline_runtime, 5) + ["nobody"]
     add_rule(rules_dir, BLOCK_GMAIL)
+    inline_runtime.reload_rules()                 # as the service's rules watcher does
     assert jobs.enqueue_rescore(inline_runtime, ids, "label propagated") == 5
     assert rescore_evaluations(inline_runtime) == {i: 1 for i in ids[:5]}
     assert jobs.rescore_accounts(inline_runtime, ids[:2]) == 2
@@ -322,6 +325,7 @@ def test_rescore_keeps_block_unless_a_rule_releases_it(inline_runtime, rules_dir
     rule = "  when: device.headless\n  score: 60\n  action: block\n"
     assert rule in path.read_text()
     path.write_text(path.read_text().replace(rule, rule + "  mode: shadow\n"))
+    inline_runtime.reload_rules()
     run = jobs.start_run(inline_runtime, "all", reason="test")
     jobs.run_inline(inline_runtime, run)
     with inline_runtime.session() as session:
@@ -340,6 +344,7 @@ def test_rescore_keeps_block_unless_a_rule_releases_it(inline_runtime, rules_dir
   action: allow
   tags: [releases_block]
 """)
+    inline_runtime.reload_rules()
     run = jobs.start_run(inline_runtime, "all", reason="test")
     jobs.run_inline(inline_runtime, run)
     with inline_runtime.session() as session:
@@ -356,6 +361,7 @@ def test_in_process_schedule_rescores_after_a_rules_change(database_url, make_co
         assert schedule is not None
         assert jobs.InProcessSchedule.start_once(rt) is None       # one schedule per data dir
         add_rule(rules_dir, BLOCK_GMAIL)
+        rt.reload_rules()                         # the service's rules watcher; the schedule notices
         version = rules_version(rules_dir)
         deadline = time.monotonic() + 30
         run = None
@@ -398,13 +404,13 @@ def test_runs_recorded_while_redis_was_down_are_enqueued_later(pg_url, make_conf
 
     from rq import Queue
 
+    up = Runtime.start(make_config(pg_url, redis_url=REDIS_URL), migrate=False)
+    ids = seed(up, 3)
     down = Runtime.start(make_config(pg_url, redis_url="redis://127.0.0.1:1/0"), migrate=False)
     try:
-        ids = seed(down, 3)
         assert jobs.enqueue_rescore(down, ids, "label propagated") == 3     # accepted, not lost
     finally:
         down.engine.dispose()
-    up = Runtime.start(make_config(pg_url, redis_url=REDIS_URL), migrate=False)
     try:
         assert jobs.sweep_orphans(up, redis_db) == 0                        # too recent to call orphaned
         assert jobs.sweep_orphans(up, redis_db, now=utcnow() + timedelta(minutes=11)) == 1
