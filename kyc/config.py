@@ -81,6 +81,9 @@ SETTINGS: tuple[Setting, ...] = (
             "How often the schedule checks the rules version; a new version starts a rescore of "
             "accounts last scored under another one."),
     Setting("KYC_RESCORE_BATCH_SIZE", "500", "Accounts per rescore job (one job per batch)."),
+    Setting("KYC_BIN_TABLE", "",
+            "CSV of card BIN metadata (bin,brand,funding,issuer_country,issuer_name; format in README). "
+            "Empty: the small bundled table of processor test-card BINs, not fit for production."),
 )
 
 DEV_KEY = "kyc_dev_local_only"
@@ -118,6 +121,7 @@ class Config:
     rescore_daily_at: str = "03:00"
     rules_watch_seconds: int = 60
     rescore_batch_size: int = 500
+    bin_table: str = ""                   # "" = the bundled table
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -156,6 +160,7 @@ class Config:
             rescore_daily_at=_time_of_day(raw["KYC_RESCORE_DAILY_AT"]),
             rules_watch_seconds=int(raw["KYC_RULES_WATCH_SECONDS"]),
             rescore_batch_size=int(raw["KYC_RESCORE_BATCH_SIZE"]),
+            bin_table=str(_resolve(raw["KYC_BIN_TABLE"])) if raw["KYC_BIN_TABLE"] else "",
         )
         values.update(overrides)
         if not values["secret_key"]:

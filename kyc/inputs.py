@@ -110,6 +110,8 @@ class SignupInput(_Input):
 
 
 class PaymentMethodInput(_Input):
+    """A card as the payment processor describes it: never its number (refused before parsing)."""
+
     account_id: AccountId
     fingerprint: Annotated[StrictStr, Field(min_length=1, max_length=128)]
     bin: Annotated[StrictStr, Field(pattern=r"^\d{6,8}$")]
@@ -126,6 +128,12 @@ class PaymentMethodInput(_Input):
     @classmethod
     def _ip(cls, value: str | None) -> str | None:
         return None if value is None else _check_ip(value)
+
+    @field_validator("issuer_country", "billing_country")
+    @classmethod
+    def _country(cls, value: str | None) -> str | None:
+        # Processors send "us" or "US"; signals compare countries as ISO upper case.
+        return None if value is None else value.upper()
 
 
 class ActivityInput(_Input):

@@ -52,8 +52,9 @@ class Account(Base):
     reasons: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     required_verifications: Mapped[list[str]] = mapped_column(JSON, default=list)
     last_evaluation_id: Mapped[str | None] = mapped_column(String(40))
-    # The latest evaluation of each subject (signup, payment_method); the account's decision
-    # is the most severe of them. {subject: {evaluation_id, occurred_at, decision, score, ...}}
+    # The latest evaluation of each subject (signup; payment methods one slot per card, keyed
+    # "payment_method:<card hash>"); the account's decision is the most severe of them.
+    # {slot: {subject, evaluation_id, occurred_at, decision, score, ...}}
     subjects: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # The cluster as of the account's latest evaluation; cluster_members holds live membership.
     cluster_id: Mapped[str | None] = mapped_column(String(40), index=True)
@@ -63,6 +64,13 @@ class Account(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     __table_args__ = (Index("ix_accounts_last_seen_at", "last_seen_at"),)
+
+
+def latest_of(subjects: dict[str, Any] | None, subject: str) -> dict[str, Any] | None:
+    """The latest entry of `subject` in Account.subjects; for payment methods, which hold one
+    slot per card, the most recently evaluated card."""
+    entries = [e for slot, e in (subjects or {}).items() if e.get("subject", slot) == subject]
+    return max(entries, key=lambda e: datetime.fromisoformat(e["occurred_at"]), default=None)
 
 
 class Evaluation(Base):
@@ -109,6 +117,11 @@ class Sighting(Base):
     __table_args__ = (
         Index("ix_sightings_key_time", "kind", "value_hash", "occurred_at"),
         Index("ix_sightings_account", "account_id"),
+        # Cards added from one device (values seen together in one evaluation) and cards added
+        # to one account in a window. Both lead with the column that narrows most, so SQLite's
+        # planner (which has no statistics) picks them over ix_sightings_key_time.
+        Index("ix_sightings_evaluation_kind", "evaluation_id", "kind"),
+        Index("ix_sightings_account_kind_time", "account_id", "kind", "occurred_at"),
     )
 
 

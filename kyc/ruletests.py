@@ -20,7 +20,7 @@ velocity count is 1: this account only), as for a first signup on an empty datab
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -47,6 +47,13 @@ class EmptyHistory:
 
     def distinct_accounts(self, keys: list[Key], at: datetime, account_id: str) -> dict[Key, dict[str, int]]:
         return {key: {w: 1 for w in WINDOWS} for key in keys}
+
+    def distinct_values(self, kind: str, at: datetime, window: timedelta, current: str, *,
+                        account_id: str | None = None, seen_with: Key | None = None) -> int:
+        return 1
+
+    def latest_signals(self, account_id: str, subject: str, at: datetime) -> dict | None:
+        return None
 
     def record(self, keys: Iterable[Key], at: datetime, account_id: str, evaluation_id: str) -> None:
         return None

@@ -22,6 +22,7 @@ from kyc.engine import RuleSet, RuleSetError
 from kyc.engine.loader import rules_fingerprint
 from kyc.signals import SCHEMA
 from kyc.signals.geoip import GeoIP, open_geoip
+from kyc.signals.payment import load_bin_table
 from kyc.tiers import TierPolicy, load_tiers
 
 log = logging.getLogger("kyc")
@@ -77,6 +78,7 @@ class Runtime:
         fingerprint = rules_fingerprint(config.rules_dir)
         rules, tiers = load_policy(config.rules_dir)
         geoip = open_geoip(config.geoip_city_db or None, config.geoip_asn_db or None, config.geoip_anon_db or None)
+        load_bin_table(config.bin_table)        # a bad BIN table stops start-up (BinTableError)
         redis_client = None
         if config.redis_url:
             import redis

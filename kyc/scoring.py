@@ -24,9 +24,10 @@ from kyc import graph
 from kyc.models import Account, Cluster, Evaluation, Sighting, utcnow
 from kyc.runtime import Runtime
 from kyc.security import mask_email, mask_ip
-from kyc.signals import COLLECTORS, Lookups, Signals
+from kyc.signals import COLLECTORS, Identifiers, Lookups, Signals
 from kyc.signals.account import account_signals
 from kyc.signals.graph import graph_signals, member_flags
+from kyc.signals.payment import load_bin_table
 from kyc.signals.velocity import VELOCITY_KEYS
 from kyc.store import velocity_store
 from kyc.verification import verified_kinds
@@ -56,7 +57,8 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
         latest_dormancy(session, inp.account_id) if known else None, runtime.config.dormant_days,
         verified_kinds(session, inp.account_id, known.subjects) if known else frozenset())
     account = _lock_account(session, inp.account_id, at)
-    lookups = Lookups(rules.lists, velocity_store(runtime, session), runtime.config.secret_key, runtime.geoip)
+    lookups = Lookups(rules.lists, velocity_store(runtime, session), runtime.config.secret_key, runtime.geoip,
+                      load_bin_table(runtime.config.bin_table))
     signals, identifiers = COLLECTORS[subject](inp, lookups, at)
     signals["account"] = account_facts
     policy = graph.Policy.from_config(runtime.config)
@@ -81,12 +83,13 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
                 {"kind": k, "value_hash": h, "account_id": account.id, "evaluation_id": evaluation.id,
                  "occurred_at": at} for k, h in identifiers])
         lookups.store.record([key for key in identifiers if key[0] in VELOCITY_KEYS], at, account.id)
-    _apply(account, subject, evaluation, outcome, at)
+    _apply(account, _slot(subject, identifiers), subject, evaluation, outcome, at)
     account.cluster_id = cluster.id             # written with the account's other changes
     graph.set_flags(session, policy, account.id, {"blocked": account.decision == "block"})
     from kyc.jobs import rescore_after_commit   # jobs imports this module
 
     rescore_after_commit(runtime, session, exclude=account.id)
+    # Masked identifiers only: never a full email or IP, and payment inputs hold no card number.
     log.info("scored %s account=%s email=%s ip=%s decision=%s score=%d trigger=%s", subject, account.id,
              mask_email(getattr(inp, "email", None)), mask_ip(getattr(inp, "ip", None)),
              outcome.decision, outcome.score, trigger)
@@ -103,7 +106,8 @@ def rescore_account(runtime: Runtime, session: Session, account_id: str, *, rule
     if account is None:
         return []
     results = []
-    for subject, latest in sorted((account.subjects or {}).items()):
+    for slot, latest in sorted((account.subjects or {}).items()):
+        subject = latest.get("subject", slot)
         if subject not in COLLECTORS:
             # Written by a build that scores this subject (a newer release, or an evaluation
             # recorded by another part of the system); its latest evaluation stays as it is.
@@ -131,12 +135,23 @@ def _lock_account(session: Session, account_id: str, at: datetime) -> Account:
     ).scalar_one()
 
 
-def _apply(account: Account, subject: str, evaluation: Evaluation, outcome: Outcome, at: datetime) -> None:
+def _slot(subject: str, identifiers: Identifiers) -> str:
+    """Where an evaluation sits in account.subjects: the latest one per subject, except payment
+    methods, which get one slot per card, so adding a clean card never clears a blocked one."""
+    if subject == "payment_method":
+        card = next(value_hash for kind, value_hash in identifiers if kind == "card_fingerprint")
+        return f"payment_method:{card}"
+    return subject
+
+
+def _apply(account: Account, slot: str, subject: str, evaluation: Evaluation, outcome: Outcome,
+           at: datetime) -> None:
     subjects = dict(account.subjects or {})
-    current = subjects.get(subject)
+    current = subjects.get(slot)
     if current is None or datetime.fromisoformat(current["occurred_at"]) <= at:
-        subjects[subject] = {
-            "evaluation_id": evaluation.id, "occurred_at": at.isoformat(), "decision": outcome.decision,
+        subjects[slot] = {
+            "subject": subject, "evaluation_id": evaluation.id, "occurred_at": at.isoformat(),
+            "decision": outcome.decision,
             "score": outcome.score, "reasons": outcome.reasons,
             "required_verifications": outcome.required_verifications,
         }
@@ -147,7 +162,7 @@ def _apply(account: Account, subject: str, evaluation: Evaluation, outcome: Outc
     decision, score, reasons, required = combine(subjects)
     # A new latest evaluation brings new signals, which tier conditions read: it can change an
     # entitlement even when the standing stays the same.
-    became_latest = subjects[subject]["evaluation_id"] == evaluation.id
+    became_latest = subjects[slot]["evaluation_id"] == evaluation.id
     if became_latest or (decision, score, reasons, required) != (account.decision, account.score, account.reasons,
                                                                  account.required_verifications):
         account.state_version = (account.state_version or 0) + 1
@@ -155,13 +170,16 @@ def _apply(account: Account, subject: str, evaluation: Evaluation, outcome: Outc
 
 
 def combine(subjects: dict[str, dict[str, Any]]) -> tuple[str, int, list[dict], list[str]]:
-    """An account's standing from the latest evaluation of each subject: the most severe wins."""
+    """An account's standing from the latest evaluation of each subject (each card, for payment
+    methods): the most severe decision wins, the highest score, every reason."""
     if not subjects:
         return "allow", 0, [], []
     decision = most_severe(s["decision"] for s in subjects.values())
     score = max(s["score"] for s in subjects.values())
-    reasons = [r for s in subjects.values() for r in s["reasons"]]
-    reasons.sort(key=reason_order)
+    unique: dict[tuple, dict] = {}           # two cards hitting the same rule say it once
+    for reason in sorted((r for s in subjects.values() for r in s["reasons"]), key=reason_order):
+        unique.setdefault((reason["rule"], reason.get("shadow", False)), reason)
+    reasons = list(unique.values())
     needed = {v for s in subjects.values() if s["decision"] == "verify" for v in s["required_verifications"]}
     required = [v for v in VERIFICATIONS if v in needed] if decision == "verify" else []
     return decision, score, reasons, required

@@ -1,4 +1,6 @@
-"""The one small interface signals use for lookups that need history: velocity counts.
+"""The one small interface signals use for lookups that need history: velocity counts, and
+(SqlHistory, from the sightings and evaluations tables) the distinct values an account or a
+device showed and the account's latest evaluation of a subject.
 
 A velocity key is an identifier (kind, keyed hash). For each key a store keeps, per account,
 the latest event time at which the account showed it. The count for a window is the number of
@@ -33,7 +35,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from kyc.models import VelocityMark
+from kyc.models import Evaluation, Sighting, VelocityMark
 
 log = logging.getLogger("kyc.store")
 
@@ -53,12 +55,63 @@ class Store(Protocol):
     def record(self, keys: Iterable[Key], at: datetime, account_id: str) -> None:
         """Remember that the account showed these keys at this event time (kept once committed)."""
 
+    def distinct_values(self, kind: str, at: datetime, window: timedelta, current: str, *,
+                        account_id: str | None = None, seen_with: Key | None = None) -> int:
+        """Distinct values of `kind` seen in (at - window, at] on one account, or in the evaluations
+        that also showed `seen_with`; `current` (the value being scored) counts once, seen or not."""
+
+    def latest_signals(self, account_id: str, subject: str, at: datetime) -> dict | None:
+        """The signals of the account's latest evaluation of `subject` at or before `at`, if any."""
+
+
+class SqlHistory:
+    """The lookups that read the sightings and evaluations tables (written by the pipeline in
+    the caller's transaction, whichever backend counts velocity)."""
+
+    session: Session
+
+    def distinct_values(self, kind: str, at: datetime, window: timedelta, current: str, *,
+                        account_id: str | None = None, seen_with: Key | None = None) -> int:
+        params = {"kind": kind, "current": current, "since": at - window, "at": at}
+        if account_id is not None:
+            found = self.session.execute(_VALUES_ON_ACCOUNT, {**params, "account_id": account_id}).scalar()
+        else:
+            found = self.session.execute(_VALUES_SEEN_WITH, {**params, "with_kind": seen_with[0],
+                                                             "with_hash": seen_with[1]}).scalar()
+        return (found or 0) + 1
+
+    def latest_signals(self, account_id: str, subject: str, at: datetime) -> dict | None:
+        return self.session.execute(
+            _LATEST_SIGNALS, {"account_id": account_id, "subject": subject, "at": at}).scalar_one_or_none()
+
+
+# Built once with bound parameters: the hot path skips statement construction (most of the
+# cost of a lookup) and hits SQLAlchemy's compiled-statement cache.
+_S = Sighting.__table__
+_ANCHOR = _S.alias("anchor")
+_IN_WINDOW = (_S.c.kind == bindparam("kind"), _S.c.value_hash != bindparam("current"),
+              _S.c.occurred_at > bindparam("since"), _S.c.occurred_at <= bindparam("at"))
+_VALUES_ON_ACCOUNT = select(func.count(func.distinct(_S.c.value_hash))).where(
+    *_IN_WINDOW, _S.c.account_id == bindparam("account_id"))
+_VALUES_SEEN_WITH = select(func.count(func.distinct(_S.c.value_hash))).where(
+    *_IN_WINDOW,
+    _S.c.evaluation_id.in_(select(_ANCHOR.c.evaluation_id).where(
+        _ANCHOR.c.kind == bindparam("with_kind"), _ANCHOR.c.value_hash == bindparam("with_hash"),
+        _ANCHOR.c.occurred_at > bindparam("since"), _ANCHOR.c.occurred_at <= bindparam("at"))))
+_E = Evaluation.__table__
+_LATEST_SIGNALS = (
+    select(_E.c.signals)
+    .where(_E.c.account_id == bindparam("account_id"), _E.c.subject == bindparam("subject"),
+           _E.c.occurred_at <= bindparam("at"))
+    .order_by(_E.c.occurred_at.desc(), _E.c.created_at.desc()).limit(1)
+)
+
 
 def _capped(others: int) -> int:
     return min(others, COUNT_CAP) + 1
 
 
-class SqlStore:
+class SqlStore(SqlHistory):
     def __init__(self, session: Session):
         self.session = session
 
@@ -128,7 +181,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 REDIS_PREFIX = "kyc:velocity:"
 
 
-class RedisStore:
+class RedisStore(SqlHistory):
     """Velocity in Redis; writes wait for the caller's database commit, so a rolled-back
     evaluation leaves no counter behind."""
 

@@ -162,3 +162,21 @@ def signup(**fields) -> dict:
     }
     body.update(fields)
     return {k: v for k, v in body.items() if v is not None}
+
+
+def payment(**fields) -> dict:
+    """A plausible payment-method body (the contract's example); override or drop (None) any field."""
+    body = {
+        "account_id": "acct_1",
+        "fingerprint": "pm_fp_91ab",
+        "bin": "424242",
+        "last4": "4242",
+        "funding": "credit",
+        "issuer_country": "US",
+        "billing_country": "US",
+        "ip": "8.8.8.8",
+        "device_id": "dv_1",
+        "occurred_at": "2026-11-24T21:05:00Z",
+    }
+    body.update(fields)
+    return {k: v for k, v in body.items() if v is not None}

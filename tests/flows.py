@@ -12,7 +12,8 @@ from sqlalchemy import select
 from kyc.engine import Outcome
 from kyc.ids import new_id
 from kyc.models import Account, Evaluation, OutboxMessage
-from kyc.scoring import _apply
+from kyc.scoring import _apply, _slot
+from kyc.security import keyed_hash
 from kyc.verification.webhooks import sign
 
 WEBHOOK_SECRET = b"idv-test-secret"
@@ -70,7 +71,9 @@ def allow_payment_method(runtime, account_id="acct_1", decision="allow") -> str:
                         signals={}, reasons=[], decision=decision, score=0, required_verifications=[],
                         rules_version=runtime.rules.version)
         s.add(ev)
-        _apply(account, "payment_method", ev, Outcome(decision, 0, [], []), at)
+        card = keyed_hash(runtime.config.secret_key, "card_fingerprint", "pm_fp_1")
+        _apply(account, _slot("payment_method", [("card_fingerprint", card)]), "payment_method", ev,
+               Outcome(decision, 0, [], []), at)
         return ev.id
 
 

@@ -99,7 +99,8 @@ def field_errors(exc: ValidationError) -> dict[str, str]:
 
 
 def register(app: Flask) -> None:
-    from kyc.api import accounts, clusters, ops, signups, tiers, verifications, webhooks  # noqa: F401 - routes register on v1
+    from kyc.api import (  # noqa: F401 - routes register on v1
+        accounts, clusters, ops, payment_methods, signups, tiers, verifications, webhooks)
 
     app.register_blueprint(v1)
 

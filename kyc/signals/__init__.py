@@ -8,17 +8,19 @@ through the Store so the same code serves live scoring, workers and backtests.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from kyc.engine.schema import Schema
-from kyc.inputs import SignupInput
+from kyc.inputs import PaymentMethodInput, SignupInput
 from kyc.security import keyed_hash
-from kyc.signals import account, device, email, graph, network, phone, velocity
+from kyc.signals import account, device, email, graph, network, payment, phone, velocity
 from kyc.signals.geoip import GeoIP
+from kyc.signals.payment import BinTable, load_bin_table
 from kyc.store import Store
 
-SCHEMA = Schema(f for family in (email, phone, network, device, velocity, account, graph) for f in family.FIELDS)
+SCHEMA = Schema(f for family in (email, phone, network, device, velocity, account, graph, payment)
+                for f in family.FIELDS)
 
 Signals = dict[str, dict[str, Any]]
 Identifiers = list[tuple[str, str]]      # (kind, keyed hash)
@@ -33,6 +35,7 @@ class Lookups:
     store: Store
     secret: bytes
     geoip: GeoIP | None = None       # readers opened once per process (Runtime.geoip)
+    bins: BinTable | None = None     # None: the bundled BIN table
 
 
 def warm() -> None:
@@ -94,4 +97,40 @@ def signup_signals(inp: SignupInput, lookups: Lookups, at: datetime) -> tuple[Si
     return signals, identifiers
 
 
-COLLECTORS = {"signup": signup_signals}
+CARD_TESTING_WINDOW = timedelta(hours=24)
+
+
+def payment_method_signals(inp: PaymentMethodInput, lookups: Lookups, at: datetime
+                           ) -> tuple[Signals, Identifiers]:
+    ip_facts = network.network_signals(inp.ip, lookups.geoip, lookups.lists.get("hosting_asns", frozenset()))
+    identifiers = _hashed(lookups, [
+        *payment.payment_identifiers(inp),
+        *network.network_identifiers(inp.ip, ip_facts.get("asn")),
+        *device.device_identifiers(inp.device_id),
+    ])
+    key = {kind: (kind, value_hash) for kind, value_hash in identifiers}
+    store, card = lookups.store, key["card_fingerprint"]
+    counts = store.distinct_accounts([k for k in identifiers if k[0] in velocity.VELOCITY_KEYS], at, inp.account_id)
+    cards_on_device = None
+    if "device" in key:
+        cards_on_device = store.distinct_values("card_fingerprint", at, CARD_TESTING_WINDOW, card[1],
+                                                seen_with=key["device"])
+    usage = payment.usage_facts(
+        counts[card], counts[key["card_bin"]],
+        store.distinct_values("card_fingerprint", at, CARD_TESTING_WINDOW, card[1], account_id=inp.account_id),
+        cards_on_device,
+    )
+    bins = lookups.bins or load_bin_table()
+    signals: Signals = {
+        "card": {
+            **payment.card_facts(inp, bins.lookup(inp.bin)),
+            **payment.context_facts(ip_facts, store.latest_signals(inp.account_id, "signup", at)),
+            **usage,
+        },
+        "ip": ip_facts,
+        "velocity": velocity.velocity_signals(counts),
+    }
+    return signals, identifiers
+
+
+COLLECTORS = {"signup": signup_signals, "payment_method": payment_method_signals}

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from kyc.models import Verification
+from kyc.models import Verification, latest_of
 
 KINDS = ("email", "phone", "document", "payment")
 CODE_KINDS = ("email", "phone")
@@ -20,7 +20,7 @@ CODE_KINDS = ("email", "phone")
 
 def payment_verified(subjects: dict[str, Any] | None) -> bool:
     """Payment is proven by the account's latest payment method being evaluated allow."""
-    return ((subjects or {}).get("payment_method") or {}).get("decision") == "allow"
+    return (latest_of(subjects, "payment_method") or {}).get("decision") == "allow"
 
 
 def verified_kinds(conn, account_id: str, subjects: dict[str, Any] | None) -> frozenset[str]:

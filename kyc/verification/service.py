@@ -25,7 +25,7 @@ from kyc.db import write_lock
 from kyc.errors import ApiError, invalid, not_found
 from kyc.ids import new_id
 from kyc.inputs import rfc3339
-from kyc.models import Account, Evaluation, Verification, VerificationEvent, WebhookEvent
+from kyc.models import Account, Evaluation, Verification, VerificationEvent, WebhookEvent, latest_of
 from kyc.runtime import Runtime
 from kyc.scoring import rescore_account
 from kyc.security import keyed_hash, mask_email, mask_phone
@@ -148,7 +148,8 @@ def _start_payment(runtime: Runtime, session: Session, account: Account, current
     created = current is None
     v = current or _new(session, account, "payment", now, now + timedelta(hours=runtime.config.document_ttl_hours))
     if payment_verified(account.subjects):
-        _verified(runtime, session, v, now, evaluation_id=account.subjects["payment_method"]["evaluation_id"])
+        latest = latest_of(account.subjects, "payment_method")
+        _verified(runtime, session, v, now, evaluation_id=latest["evaluation_id"])
     return v, created
 
 

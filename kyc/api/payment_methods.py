@@ -1,0 +1,27 @@
+"""POST /v1/payment-methods — score a payment method. Never sees a card number.
+
+read_json() refuses a full card number anywhere in the body before anything is parsed,
+stored or logged; the processor's fingerprint, BIN and last4 are all kyc needs.
+
+An account kyc has not seen yet (its signup was never scored, e.g. it predates kyc) is not
+refused: the payment method is scored and creates the account, with `card.account_has_signup`
+false for rules to weigh. A 404 here would leave such accounts unscorable at the one moment
+they show intent to pay.
+"""
+
+from __future__ import annotations
+
+from flask import jsonify
+
+from kyc.api import parse, runtime, v1
+from kyc.inputs import PaymentMethodInput
+from kyc.scoring import evaluation_body, score
+
+
+@v1.post("/payment-methods")
+def score_payment_method():
+    inp = parse(PaymentMethodInput)
+    rt = runtime()
+    with rt.session() as session, session.begin():
+        evaluation = score(rt, session, "payment_method", inp)
+    return jsonify(evaluation_body(evaluation))
