@@ -92,8 +92,9 @@ def populate(runtime: Runtime, accounts: int, rng: random.Random) -> None:
 
 
 def timed(client, path: str, bodies: list[dict], headers: dict) -> tuple[list[float], list[float]]:
-    """Wall and CPU milliseconds per request. CPU time (this process) shows what the code costs
-    when the machine is shared and wall time mostly measures waiting for a core."""
+    """Wall and CPU milliseconds per request. CPU time (this process, every thread: the background
+    cluster rescoring a request triggers is included) shows what the code costs when the machine
+    is shared and wall time mostly measures waiting for a core."""
     wall, cpu = [], []
     for body in bodies:
         started, started_cpu = time.perf_counter(), time.process_time()
