@@ -66,7 +66,10 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
         cluster = graph.link(session, policy, account.id, identifiers, at)
     else:
         cluster = session.get(Cluster, graph.ensure_member(session, account.id, at).cluster_id)
-    graph.set_flags(session, policy, account.id, member_flags(signals))
+    if subject == "signup":
+        # Traits describe the registration: a card added later from another network must not
+        # reset the signup's hosting (or any other) trait.
+        graph.set_flags(session, policy, account.id, member_flags(signals))
     signals["graph"] = graph_signals(cluster, graph.growth(session, cluster.id, at), at)
     outcome = rules.evaluate(subject, signals)
     evaluation = Evaluation(

@@ -274,3 +274,12 @@ def test_a_card_added_from_a_cloud_network_asks_to_verify_the_card(client, auth)
     assert body["signals"]["ip"]["hosting"] is True
     assert (body["decision"], rules_of(body), body["required_verifications"]) == (
         "verify", ["card_from_hosting_network"], ["payment"])
+
+
+def test_a_card_does_not_reset_the_traits_the_signup_gave_the_cluster(client, auth, runtime):
+    from kyc.models import ClusterMember
+
+    client.post("/v1/signups", json=signup(ip="52.94.0.1"), headers=auth)          # AWS: hosting
+    post(client, auth)                                                               # card from 8.8.8.8
+    with runtime.session() as s:
+        assert s.get(ClusterMember, "acct_1").hosting is True
