@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import random
 import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import text  # noqa: E402
 
 from kyc.db import make_engine, make_session_factory  # noqa: E402
-from kyc.graph import STRONG, Policy, UnionFind, components, link, rebuild  # noqa: E402
+from kyc.graph import Policy, UnionFind, components, link, rebuild  # noqa: E402
 from kyc.models import MEMBER_FLAGS, Account, Cluster, ClusterMember, GraphEdge, GraphNode, Sighting  # noqa: E402
 from kyc.runtime import upgrade_database  # noqa: E402
 

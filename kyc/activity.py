@@ -12,9 +12,7 @@ from datetime import date, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kyc.db import write_lock
-from kyc.errors import not_found
-from kyc.models import Account, ActivityDay
+from kyc.models import ActivityDay, lock_existing_account
 from kyc.security import keyed_hash
 
 
@@ -40,12 +38,7 @@ def record_activity(session: Session, account_id: str, at: datetime, requests: i
                     secret: bytes, threshold: int) -> ActivityResult:
     """Count the requests and move last-seen, in the caller's transaction (the account row is
     locked, so concurrent reports of one account serialise and the day's row is created once)."""
-    write_lock(session)
-    account = session.execute(
-        select(Account).where(Account.id == account_id).with_for_update().execution_options(populate_existing=True)
-    ).scalar_one_or_none()
-    if account is None:
-        raise not_found("account")
+    account = lock_existing_account(session, account_id)
     day = at.date()
     row = session.execute(
         select(ActivityDay).where(ActivityDay.account_id == account_id, ActivityDay.day == day).with_for_update()

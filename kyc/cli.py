@@ -291,22 +291,12 @@ def _load_rules(rules_dir: str | None) -> RuleSet:
         sys.exit(1)
 
 
-_RULES_OPTION = click.option("--rules", "rules_dir", type=click.Path(file_okay=False),
-                             help="rules directory (default KYC_RULES_DIR)")
-
-
-@rules.command("check")
-@_RULES_OPTION
-def rules_check(rules_dir: str | None) -> None:
-    """Load and type-check every rule file, list and test case; exit non-zero with readable errors."""
+def _load_cases(ruleset: RuleSet) -> list:
+    """The rule test cases, checked against the schema and the rules; exit 1 with readable errors."""
     from kyc.ruletests import load_cases, unknown_rule_hits
     from kyc.signals import SCHEMA
 
-    from kyc.tiers import load_tiers
-
-    ruleset = _load_rules(rules_dir)
     try:
-        tiers = load_tiers(ruleset.root, SCHEMA, ruleset.lists)
         cases = load_cases(ruleset.root, SCHEMA)
     except RuleSetError as exc:
         _rule_errors(exc)
@@ -315,6 +305,27 @@ def rules_check(rules_dir: str | None) -> None:
     if stale:
         _rule_errors(RuleSetError(stale))
         sys.exit(1)
+    return cases
+
+
+_RULES_OPTION = click.option("--rules", "rules_dir", type=click.Path(file_okay=False),
+                             help="rules directory (default KYC_RULES_DIR)")
+
+
+@rules.command("check")
+@_RULES_OPTION
+def rules_check(rules_dir: str | None) -> None:
+    """Load and type-check every rule file, list and test case; exit non-zero with readable errors."""
+    from kyc.signals import SCHEMA
+    from kyc.tiers import load_tiers
+
+    ruleset = _load_rules(rules_dir)
+    try:
+        tiers = load_tiers(ruleset.root, SCHEMA, ruleset.lists)
+    except RuleSetError as exc:
+        _rule_errors(exc)
+        sys.exit(1)
+    cases = _load_cases(ruleset)
     summary = ruleset.summary()
     click.echo(f"ok  {ruleset.version}")
     for subject, counts in summary["subjects"].items():
@@ -361,19 +372,10 @@ def rules_fields(fmt: str) -> None:
 @click.option("--verbose", "-v", is_flag=True, help="print the signals and outcome of failing cases")
 def rules_test(rules_dir: str | None, verbose: bool) -> None:
     """Run rules/tests/*.yaml against the rules; print a pass/fail table; exit 1 on any failure."""
-    from kyc.ruletests import case_signals, load_cases, run_case, unknown_rule_hits
-    from kyc.signals import SCHEMA
+    from kyc.ruletests import case_signals, run_case
 
     ruleset = _load_rules(rules_dir)
-    try:
-        cases = load_cases(ruleset.root, SCHEMA)
-    except RuleSetError as exc:
-        _rule_errors(exc)
-        sys.exit(1)
-    stale = unknown_rule_hits(cases, ruleset)
-    if stale:
-        _rule_errors(RuleSetError(stale))
-        sys.exit(1)
+    cases = _load_cases(ruleset)
     if not cases:
         click.echo(f"no cases in {ruleset.root / 'tests'}", err=True)
         sys.exit(1)

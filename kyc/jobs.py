@@ -48,7 +48,6 @@ from kyc import graph
 from kyc.config import Config
 from kyc.engine import RuleSet, RuleSetError
 from kyc.ids import new_id
-from kyc.inputs import INPUTS
 from kyc.models import SEVERITY, Account, ClusterMember, Evaluation, RescoreBatch, RescoreRun, utcnow
 from kyc.runtime import Runtime
 from kyc.scoring import rescore_account

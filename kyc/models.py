@@ -375,3 +375,19 @@ class RescoreBatch(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+def lock_existing_account(session, account_id: str) -> Account:
+    """The account row, locked for this transaction (SQLite: the database write lock), or 404."""
+    from sqlalchemy import select
+
+    from kyc.db import write_lock
+    from kyc.errors import not_found
+
+    write_lock(session)
+    account = session.execute(
+        select(Account).where(Account.id == account_id).with_for_update().execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if account is None:
+        raise not_found("account")
+    return account

@@ -24,7 +24,7 @@ from kyc import graph
 from kyc.models import Account, Cluster, Evaluation, Sighting, utcnow
 from kyc.runtime import Runtime
 from kyc.security import mask_email, mask_ip
-from kyc.signals import COLLECTORS, Identifiers, Lookups, Signals
+from kyc.signals import COLLECTORS, Identifiers, Lookups
 from kyc.signals.account import account_signals
 from kyc.signals.graph import graph_signals, member_flags
 from kyc.signals.payment import load_bin_table

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from kyc import create_app
 from kyc.cli import main
@@ -16,7 +16,7 @@ def env(database_url, tmp_path) -> dict[str, str]:
             "KYC_SECRET_KEY": TEST_SECRET.decode(), "KYC_DEV_KEY": ""}
 
 
-def run(env, *args) -> "Result":
+def run(env, *args) -> Result:
     return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
 
 

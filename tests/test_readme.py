@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 from kyc import create_app
 from kyc.config import DEV_KEY, PROJECT_ROOT

@@ -273,12 +273,12 @@ class _Compiler:
 
     def _Compare(self, node: ast.Compare) -> Expr:
         parts, reads = [], []
-        left_node, left = node.left, self.expr(node.left)
+        left = self.expr(node.left)
         for op, right_node in zip(node.ops, node.comparators):
             right = self.expr(right_node)
             parts.append(self._compare_pair(node, op, left, right))
             reads += left.reads + right.reads
-            left_node, left = right_node, right
+            left = right
         return Expr("(" + " and ".join(parts) + ")", "bool", reads=_unique(reads))
 
     def _compare_pair(self, node: ast.Compare, op: ast.cmpop, left: Expr, right: Expr) -> str:

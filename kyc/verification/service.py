@@ -21,11 +21,11 @@ import phonenumbers
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from kyc.db import write_lock
 from kyc.errors import ApiError, invalid, not_found
 from kyc.ids import new_id
 from kyc.inputs import rfc3339
-from kyc.models import Account, Evaluation, Verification, VerificationEvent, WebhookEvent, latest_of
+from kyc.models import (Account, Evaluation, Verification, VerificationEvent, WebhookEvent, latest_of,
+                        lock_existing_account)
 from kyc.runtime import Runtime
 from kyc.scoring import rescore_account
 from kyc.security import keyed_hash, mask_email, mask_phone
@@ -98,14 +98,6 @@ def verification_body(v: Verification, now: datetime, max_attempts: int) -> dict
 
 # --- start --------------------------------------------------------------------------------------
 
-def _lock_account(session: Session, account_id: str) -> Account:
-    write_lock(session)
-    account = session.execute(
-        select(Account).where(Account.id == account_id).with_for_update().execution_options(populate_existing=True)
-    ).scalar_one_or_none()
-    if account is None:
-        raise not_found("account")
-    return account
 
 
 def _pending(session: Session, account_id: str, kind: str) -> Verification | None:
@@ -119,7 +111,7 @@ def _pending(session: Session, account_id: str, kind: str) -> Verification | Non
 def start(runtime: Runtime, session: Session, account_id: str, req: StartRequest, now: datetime
           ) -> tuple[Verification, bool]:
     """Start (or, for a pending one, resend / return) a verification. Returns (verification, created)."""
-    account = _lock_account(session, account_id)
+    account = lock_existing_account(session, account_id)
     current = _pending(session, account_id, req.kind)
     if current is not None and now >= current.expires_at:
         _finish(session, current, "expired", now)
@@ -253,7 +245,7 @@ def confirm(runtime: Runtime, session: Session, verification_id: str, code: str,
     account_id = session.execute(select(Verification.account_id).where(Verification.id == verification_id)).scalar()
     if account_id is None:
         raise not_found("verification")
-    _lock_account(session, account_id)
+    lock_existing_account(session, account_id)
     # Count the attempt first, in one UPDATE: parallel wrong codes all count, on SQLite too,
     # whose SELECT ... FOR UPDATE locks nothing (the UPDATE takes its write lock).
     counted = session.execute(
@@ -297,7 +289,7 @@ def provider_decision(runtime: Runtime, session: Session, provider: str, event_i
     account_id = session.execute(select(Verification.account_id).where(Verification.id == verification_id)).scalar()
     if account_id is None:
         raise not_found("verification")
-    _lock_account(session, account_id)
+    lock_existing_account(session, account_id)
     v = session.execute(select(Verification).where(Verification.id == verification_id).with_for_update()
                         .execution_options(populate_existing=True)).scalar_one()
     if v.kind != "document":
