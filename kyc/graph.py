@@ -152,7 +152,10 @@ def _statements(dialect: str) -> SimpleNamespace:
         # Sorted rows: concurrent transactions lock node rows in the same order (no deadlock), and
         # the row lock makes a concurrent account on the same node wait, then see this one's edge.
         count=count.on_conflict_do_update(index_elements=["kind", "value_hash"],
-                                          set_={"accounts": GraphNode.__table__.c.accounts + 1})
+                                          set_={"accounts": GraphNode.__table__.c.accounts + 1},
+                                          # A super-node counts no more accounts and links nothing: no row
+                                          # comes back for it, so no edge is written.
+                                          where=GraphNode.__table__.c.super_node.is_(False))
         .returning(GraphNode.__table__.c.kind, GraphNode.__table__.c.value_hash, GraphNode.__table__.c.accounts),
         edge=insert(GraphEdge.__table__).on_conflict_do_nothing(),
         members=select(GraphEdge.kind, GraphEdge.value_hash, GraphEdge.account_id)
@@ -198,31 +201,49 @@ def _new_cluster(session: Session, at: datetime) -> Cluster:
     return cluster
 
 
-def ensure_member(session: Session, account_id: str, at: datetime) -> ClusterMember:
-    member = session.get(ClusterMember, account_id)
+def ensure_member(session: Session, account_id: str, at: datetime, *, flags: dict[str, bool] | None = None,
+                  new_account: bool = False) -> tuple[ClusterMember, Cluster | None]:
+    """The account's membership, created with a cluster of its own when it has none.
+
+    Returns the member and, when this call created it, its new cluster (no other transaction
+    can see that cluster yet, so it needs no lock). A new member starts with `flags` counted,
+    which spares updating the rows just inserted. `new_account`: the account row was created
+    by this transaction, so it has no membership yet (cluster_members references accounts).
+    """
+    member = None if new_account else session.get(ClusterMember, account_id)
     if member is None:
+        traits = {flag: bool((flags or {}).get(flag, False)) for flag in MEMBER_FLAGS}
         cluster = _new_cluster(session, at)
         cluster.size = 1
-        member = ClusterMember(account_id=account_id, cluster_id=cluster.id, joined_at=at,
-                               **{flag: False for flag in MEMBER_FLAGS})
+        for flag, value in traits.items():
+            setattr(cluster, flag, int(value))
+        member = ClusterMember(account_id=account_id, cluster_id=cluster.id, joined_at=at, **traits)
         session.add(member)
-    elif at < member.joined_at:
+        return member, cluster
+    if at < member.joined_at:
         # A backfilled earlier event: the account joined its cluster at its first event time.
         member.joined_at = at
         cluster = session.get(Cluster, member.cluster_id)
         cluster.first_seen_at = min(cluster.first_seen_at, at)
-    return member
+    return member, None
 
 
-def set_flags(session: Session, policy: Policy, account_id: str, flags: dict[str, bool]) -> None:
-    """Update an account's traits and its cluster's counters; a rising cluster queues a rescore."""
-    member = session.get(ClusterMember, account_id)
+def set_flags(session: Session, policy: Policy, account_id: str, flags: dict[str, bool], *,
+              member: ClusterMember | None = None, cluster: Cluster | None = None) -> None:
+    """Update an account's traits and its cluster's counters; a rising cluster queues a rescore.
+
+    The scoring path passes the member it holds and its cluster, already locked (or created) in
+    this transaction, so this reads nothing. (Holding them matters: the session keeps clean
+    objects only weakly, so a second `get` would read the row again.)
+    """
+    member = member or session.get(ClusterMember, account_id)
     if member is None:
         return
     changes = {f: bool(v) for f, v in flags.items() if bool(v) != getattr(member, f)}
     if not changes:
         return
-    cluster = session.get(Cluster, member.cluster_id, with_for_update=True)
+    if cluster is None or cluster.id != member.cluster_id:
+        cluster = session.get(Cluster, member.cluster_id, with_for_update=True)
     before = policy.bucket(cluster)
     for flag, value in changes.items():
         setattr(member, flag, value)
@@ -235,23 +256,37 @@ def _rose(before: tuple, after: tuple) -> bool:
     return any(a > b for a, b in zip(after, before))
 
 
-def link(session: Session, policy: Policy, account_id: str, identifiers: Iterable[Node], at: datetime) -> Cluster:
-    """Record the account's linking identifiers, link it, and return its (possibly merged) cluster."""
-    member = ensure_member(session, account_id, at)
+def member_cluster(session: Session, account_id: str, at: datetime, *, flags: dict[str, bool] | None = None,
+                   new_account: bool = False) -> tuple[ClusterMember, Cluster]:
+    """The account's membership and its cluster, locked for this transaction (no linking: rescoring)."""
+    member, created = ensure_member(session, account_id, at, flags=flags, new_account=new_account)
+    return member, created or session.get(Cluster, member.cluster_id, with_for_update=True)
+
+
+def link(session: Session, policy: Policy, account_id: str, identifiers: Iterable[Node], at: datetime, *,
+         flags: dict[str, bool] | None = None, new_account: bool = False) -> tuple[ClusterMember, Cluster]:
+    """Record the account's linking identifiers, link it, and return its membership and its
+    (possibly merged) cluster, locked for this transaction or created by it."""
+    member, created = ensure_member(session, account_id, at, flags=flags, new_account=new_account)
     nodes = sorted({n for n in identifiers if n[0] in LINK_KINDS})
     sql = _sql(session)
     if nodes:
-        params = {"account": account_id}
-        for i, (kind, value_hash) in enumerate(nodes):
-            params[f"k{i}"], params[f"h{i}"] = kind, value_hash
-        skip = {(k, h) for k, h, is_super, holder in session.execute(_known_statement(len(nodes)), params)
-                if is_super or holder is not None}
-        fresh = [n for n in nodes if n not in skip]
-        if fresh:                              # new to this account, and not a super-node
+        if new_account:
+            fresh = nodes                      # it holds nothing yet; the upsert skips super-nodes
+        else:
+            params = {"account": account_id}
+            for i, (kind, value_hash) in enumerate(nodes):
+                params[f"k{i}"], params[f"h{i}"] = kind, value_hash
+            held = {(k, h) for k, h, is_super, holder in session.execute(_known_statement(len(nodes)), params)
+                    if is_super or holder is not None}
+            fresh = [n for n in nodes if n not in held]
+        if fresh:                              # new to this account: count it, unless a super-node
             counted = session.execute(sql.count, [
                 {"kind": k, "value_hash": h, "accounts": 1, "super_node": False, "first_seen_at": at}
                 for k, h in fresh]).all()
-            session.execute(sql.edge, [{"kind": k, "value_hash": h, "account_id": account_id} for k, h in fresh])
+            if counted:
+                session.execute(sql.edge, [{"kind": k, "value_hash": h, "account_id": account_id}
+                                           for k, h, _ in sorted(counted)])
             turned_super = sorted((k, h) for k, h, accounts in counted if policy.is_super(k, accounts))
             if turned_super:
                 _make_super(session, policy, turned_super)
@@ -265,8 +300,10 @@ def link(session: Session, policy: Policy, account_id: str, identifiers: Iterabl
         cluster_ids = set(session.execute(sql.clusters_of, {"accounts": sorted(linked)}).scalars())
         cluster_ids.add(member.cluster_id)
         if len(cluster_ids) > 1:
-            return merge(session, policy, cluster_ids, exclude=account_id)
-    return session.get(Cluster, member.cluster_id)
+            return member, merge(session, policy, cluster_ids, exclude=account_id)
+    if created is not None and created.id == member.cluster_id:
+        return member, created
+    return member, session.get(Cluster, member.cluster_id, with_for_update=True)
 
 
 def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], exclude: str | None = None) -> Cluster:
@@ -433,8 +470,15 @@ def rebuild(session: Session, policy: Policy) -> dict[str, int]:
 
 # --- reading --------------------------------------------------------------------------------
 
-def growth(session: Session, cluster_id: str, at: datetime, span: timedelta = timedelta(hours=24)) -> int:
-    """Members whose first event time lies in (at - span, at], capped at GROWTH_CAP."""
+def growth(session: Session, cluster_id: str, at: datetime, span: timedelta = timedelta(hours=24), *,
+           member: ClusterMember | None = None, size: int | None = None) -> int:
+    """Members whose first event time lies in (at - span, at], capped at GROWTH_CAP.
+
+    Given a cluster's size and the member being scored, a cluster of one (most accounts) is
+    answered without a read: its one member is that account.
+    """
+    if size == 1 and member is not None and member.cluster_id == cluster_id:
+        return int(at - span < member.joined_at <= at)
     return session.scalar(_sql(session).growth, {"cluster": cluster_id, "since": at - span, "at": at})
 
 

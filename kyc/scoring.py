@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -21,7 +22,7 @@ from kyc.engine.loader import VERIFICATIONS
 from kyc.ids import new_id
 from kyc.inputs import INPUTS, rfc3339
 from kyc import graph
-from kyc.models import Account, Cluster, Evaluation, Sighting, utcnow
+from kyc.models import Account, Evaluation, Sighting, utcnow
 from kyc.runtime import Runtime
 from kyc.security import mask_email, mask_ip
 from kyc.signals import COLLECTORS, Identifiers, Lookups
@@ -47,30 +48,29 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     """
     rules = rules or runtime.rules          # read once: a reload mid-request does not split the set
     at = at or inp.at()
-    known = session.get(Account, inp.account_id)
+    account, created = _lock_account(session, inp.account_id, at)
     # Account facts describe the account now when it is rescored (a wake-up is why it is),
     # and as of the event for a live or backfilled input. They include the verifications
     # completed, which satisfy verify rules (see RuleSet.evaluate).
     facts_at = max(at, utcnow()) if trigger == "rescore" else at
     account_facts = account_signals(
-        known.first_seen_at if known else at, facts_at,
-        latest_dormancy(session, inp.account_id) if known else None, runtime.config.dormant_days,
-        verified_kinds(session, inp.account_id, known.subjects) if known else frozenset())
-    account = _lock_account(session, inp.account_id, at)
+        at if created else account.first_seen_at, facts_at,
+        None if created else latest_dormancy(session, inp.account_id), runtime.config.dormant_days,
+        frozenset() if created else verified_kinds(session, inp.account_id, account.subjects))
     lookups = Lookups(rules.lists, velocity_store(runtime, session), runtime.config.secret_key, runtime.geoip,
                       load_bin_table(runtime.config.bin_table))
     signals, identifiers = COLLECTORS[subject](inp, lookups, at)
     signals["account"] = account_facts
     policy = graph.Policy.from_config(runtime.config)
+    # Traits describe the registration: a card added later from another network must not reset
+    # the signup's hosting (or any other) trait, nor give a new account's cluster its traits.
+    flags = member_flags(signals) if subject == "signup" else {}
     if record:
-        cluster = graph.link(session, policy, account.id, identifiers, at)
+        member, cluster = graph.link(session, policy, account.id, identifiers, at, flags=flags, new_account=created)
     else:
-        cluster = session.get(Cluster, graph.ensure_member(session, account.id, at).cluster_id)
-    if subject == "signup":
-        # Traits describe the registration: a card added later from another network must not
-        # reset the signup's hosting (or any other) trait.
-        graph.set_flags(session, policy, account.id, member_flags(signals))
-    signals["graph"] = graph_signals(cluster, graph.growth(session, cluster.id, at), at)
+        member, cluster = graph.member_cluster(session, account.id, at, flags=flags, new_account=created)
+    graph.set_flags(session, policy, account.id, flags, member=member, cluster=cluster)
+    signals["graph"] = graph_signals(cluster, graph.growth(session, cluster.id, at, member=member, size=cluster.size), at)
     outcome = rules.evaluate(subject, signals)
     evaluation = Evaluation(
         id=new_id("ev"), account_id=account.id, subject=subject, trigger=trigger, occurred_at=at,
@@ -88,7 +88,8 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
         lookups.store.record([key for key in identifiers if key[0] in VELOCITY_KEYS], at, account.id)
     _apply(account, _slot(subject, identifiers), subject, evaluation, outcome, at)
     account.cluster_id = cluster.id             # written with the account's other changes
-    graph.set_flags(session, policy, account.id, {"blocked": account.decision == "block"})
+    graph.set_flags(session, policy, account.id, {"blocked": account.decision == "block"}, member=member,
+                    cluster=cluster)
     from kyc.jobs import rescore_after_commit   # jobs imports this module
 
     rescore_after_commit(runtime, session, exclude=account.id)
@@ -124,18 +125,29 @@ def rescore_account(runtime: Runtime, session: Session, account_id: str, *, rule
     return results
 
 
-def _lock_account(session: Session, account_id: str, at: datetime) -> Account:
-    # Insert-if-absent then lock, so two concurrent first posts of one id never collide.
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    session.execute(
-        insert(Account).values(id=account_id, first_seen_at=at, last_seen_at=at, decision="allow", score=0,
-                               reasons=[], required_verifications=[], subjects={}, state_version=0)
-        .on_conflict_do_nothing(index_elements=["id"])
-    )
+def _lock_account(session: Session, account_id: str, at: datetime) -> tuple[Account, bool]:
+    """The account, locked for this transaction, and whether this transaction created it.
+
+    Insert-if-absent first, so two concurrent first posts of one id never collide. The insert
+    returns the row it created (locked as ours until commit): one statement for a new account.
+    When the row exists (or a concurrent first post just created it) it is read with FOR UPDATE.
+    """
+    new = session.execute(_new_account_statement(session.get_bind().dialect.name),
+                          {"id": account_id, "first_seen_at": at, "last_seen_at": at}).scalar_one_or_none()
+    if new is not None:
+        return new, True
     return session.execute(
         select(Account).where(Account.id == account_id).with_for_update().execution_options(populate_existing=True)
-    ).scalar_one()
+    ).scalar_one(), False
+
+
+@lru_cache(maxsize=4)
+def _new_account_statement(dialect: str):
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return (insert(Account).values(id=bindparam("id"), first_seen_at=bindparam("first_seen_at"),
+                                   last_seen_at=bindparam("last_seen_at"), decision="allow", score=0, reasons=[],
+                                   required_verifications=[], subjects={}, state_version=0)
+            .on_conflict_do_nothing(index_elements=["id"]).returning(Account))
 
 
 def _slot(subject: str, identifiers: Identifiers) -> str:
