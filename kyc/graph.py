@@ -270,6 +270,17 @@ def link(session: Session, policy: Policy, account_id: str, identifiers: Iterabl
     member, created = ensure_member(session, account_id, at, flags=flags, new_account=new_account)
     nodes = sorted({n for n in identifiers if n[0] in LINK_KINDS})
     sql = _sql(session)
+    # A new member and cluster stay pending while the reads and writes below run (none of them
+    # reads this account's membership), so the evaluation's final flush inserts them with their
+    # last values instead of inserting now and updating later. What does read memberships
+    # (merge, super-node splits) flushes first.
+    with session.no_autoflush:
+        return _link(session, policy, account_id, member, created, nodes, sql, at, new_account)
+
+
+def _link(session: Session, policy: Policy, account_id: str, member: ClusterMember, created: Cluster | None,
+          nodes: list[Node], sql: SimpleNamespace, at: datetime, new_account: bool) -> tuple[ClusterMember, Cluster]:
+    counted: list = []
     if nodes:
         if new_account:
             fresh = nodes                      # it holds nothing yet; the upsert skips super-nodes
@@ -289,8 +300,11 @@ def link(session: Session, policy: Policy, account_id: str, identifiers: Iterabl
                                            for k, h, _ in sorted(counted)])
             turned_super = sorted((k, h) for k, h, accounts in counted if policy.is_super(k, accounts))
             if turned_super:
+                session.flush()
                 _make_super(session, policy, turned_super)
                 session.refresh(member)        # a split may have moved this account
+    if new_account and not _may_link(counted):
+        return member, created                 # the only holder of all its nodes: a cluster of one
     # Link through every node the account holds (earlier signups of the same account included).
     members: dict[Node, list[str]] = defaultdict(list)
     for kind, value_hash, other in session.execute(sql.members, {"account": account_id}):
@@ -300,10 +314,20 @@ def link(session: Session, policy: Policy, account_id: str, identifiers: Iterabl
         cluster_ids = set(session.execute(sql.clusters_of, {"accounts": sorted(linked)}).scalars())
         cluster_ids.add(member.cluster_id)
         if len(cluster_ids) > 1:
+            session.flush()
             return member, merge(session, policy, cluster_ids, exclude=account_id)
     if created is not None and created.id == member.cluster_id:
         return member, created
     return member, session.get(Cluster, member.cluster_id, with_for_update=True)
+
+
+def _may_link(counted: list[tuple[str, str, int]]) -> bool:
+    """Whether a new account, holding exactly the nodes just counted, can link to anyone: a node
+    counted once is held by it alone (each holder of a node that is not a super-node has an
+    edge and was counted once), so only shared strong nodes, or shared weak nodes of enough
+    kinds, can link. Most new accounts share nothing and skip reading the other holders."""
+    shared = [kind for kind, _, accounts in counted if accounts > 1]
+    return any(kind in STRONG for kind in shared) or len({k for k in shared if k in WEAK}) >= WEAK_KINDS_NEEDED
 
 
 def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], exclude: str | None = None) -> Cluster:

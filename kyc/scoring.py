@@ -79,17 +79,19 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
         rules_version=rules.version,
     )
     session.add(evaluation)
-    if record:
-        if identifiers:
-            session.flush()                     # the account row first (sightings reference it)
-            session.execute(Sighting.__table__.insert(), [
-                {"kind": k, "value_hash": h, "account_id": account.id, "evaluation_id": evaluation.id,
-                 "occurred_at": at} for k, h in identifiers])
-        lookups.store.record([key for key in identifiers if key[0] in VELOCITY_KEYS], at, account.id)
     _apply(account, _slot(subject, identifiers), subject, evaluation, outcome, at)
     account.cluster_id = cluster.id             # written with the account's other changes
     graph.set_flags(session, policy, account.id, {"blocked": account.decision == "block"}, member=member,
                     cluster=cluster)
+    if record:
+        if identifiers:
+            # One flush writes the account, the evaluation and a new membership with their final
+            # values; the sightings reference the evaluation.
+            session.flush()
+            session.execute(Sighting.__table__.insert(), [
+                {"kind": k, "value_hash": h, "account_id": account.id, "evaluation_id": evaluation.id,
+                 "occurred_at": at} for k, h in identifiers])
+        lookups.store.record([key for key in identifiers if key[0] in VELOCITY_KEYS], at, account.id)
     from kyc.jobs import rescore_after_commit   # jobs imports this module
 
     rescore_after_commit(runtime, session, exclude=account.id)
