@@ -229,12 +229,15 @@ def ensure_member(session: Session, account_id: str, at: datetime, *, flags: dic
 
 
 def set_flags(session: Session, policy: Policy, account_id: str, flags: dict[str, bool], *,
-              member: ClusterMember | None = None, cluster: Cluster | None = None) -> None:
+              member: ClusterMember | None = None, cluster: Cluster | None = None,
+              being_scored: bool = False) -> None:
     """Update an account's traits and its cluster's counters; a rising cluster queues a rescore.
 
     The scoring path passes the member it holds and its cluster, already locked (or created) in
     this transaction, so this reads nothing. (Holding them matters: the session keeps clean
-    objects only weakly, so a second `get` would read the row again.)
+    objects only weakly, so a second `get` would read the row again.) It also says the account
+    is `being_scored`: its own rescore is excluded, so a cluster of one queues nobody, which
+    spares reading its members after the commit.
     """
     member = member or session.get(ClusterMember, account_id)
     if member is None:
@@ -248,7 +251,7 @@ def set_flags(session: Session, policy: Policy, account_id: str, flags: dict[str
     for flag, value in changes.items():
         setattr(member, flag, value)
         setattr(cluster, flag, getattr(cluster, flag) + (1 if value else -1))
-    if _rose(before, policy.bucket(cluster)):
+    if _rose(before, policy.bucket(cluster)) and not (being_scored and cluster.size == 1):
         queue_rescore(session, clusters=[cluster.id])
 
 

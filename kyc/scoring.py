@@ -69,7 +69,7 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
         member, cluster = graph.link(session, policy, account.id, identifiers, at, flags=flags, new_account=created)
     else:
         member, cluster = graph.member_cluster(session, account.id, at, flags=flags, new_account=created)
-    graph.set_flags(session, policy, account.id, flags, member=member, cluster=cluster)
+    graph.set_flags(session, policy, account.id, flags, member=member, cluster=cluster, being_scored=True)
     signals["graph"] = graph_signals(cluster, graph.growth(session, cluster.id, at, member=member, size=cluster.size), at)
     outcome = rules.evaluate(subject, signals)
     evaluation = Evaluation(
@@ -82,7 +82,7 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     _apply(account, _slot(subject, identifiers), subject, evaluation, outcome, at)
     account.cluster_id = cluster.id             # written with the account's other changes
     graph.set_flags(session, policy, account.id, {"blocked": account.decision == "block"}, member=member,
-                    cluster=cluster)
+                    cluster=cluster, being_scored=True)
     if record:
         if identifiers:
             # One flush writes the account, the evaluation and a new membership with their final
