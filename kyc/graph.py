@@ -317,6 +317,8 @@ def _link(session: Session, policy: Policy, account_id: str, member: ClusterMemb
         cluster_ids = set(session.execute(sql.clusters_of, {"accounts": sorted(linked)}).scalars())
         cluster_ids.add(member.cluster_id)
         if len(cluster_ids) > 1:
+            if created is not None and created in session.new:
+                return member, merge(session, policy, cluster_ids, exclude=account_id, joining=(member, created))
             session.flush()
             return member, merge(session, policy, cluster_ids, exclude=account_id)
     if created is not None and created.id == member.cluster_id:
@@ -333,11 +335,22 @@ def _may_link(counted: list[tuple[str, str, int]]) -> bool:
     return any(kind in STRONG for kind in shared) or len({k for k in shared if k in WEAK}) >= WEAK_KINDS_NEEDED
 
 
-def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], exclude: str | None = None) -> Cluster:
-    """Merge clusters into the largest one (union by size); members whose cluster rose are queued."""
+def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], exclude: str | None = None, *,
+          joining: tuple[ClusterMember, Cluster] | None = None) -> Cluster:
+    """Merge clusters into the largest one (union by size); members whose cluster rose are queued.
+
+    `joining`: the membership of the account being scored (`exclude`) and its new cluster of
+    one, both not written yet. When another cluster absorbs it, the member is written straight
+    into that cluster and the new cluster never is (no insert, move and delete of a row that
+    lives a few milliseconds).
+    """
+    new_member, new_cluster = joining or (None, None)
+    stored = sorted(set(cluster_ids) - ({new_cluster.id} if new_cluster else set()))
     clusters = list(session.execute(
-        select(Cluster).where(Cluster.id.in_(sorted(cluster_ids))).order_by(Cluster.id).with_for_update()
+        select(Cluster).where(Cluster.id.in_(stored)).order_by(Cluster.id).with_for_update()
         .execution_options(populate_existing=True)).scalars())
+    if new_cluster is not None:
+        clusters.append(new_cluster)
     # The largest absorbs the others (union by size: an account moves O(log n) times); ties: the oldest.
     target = min(clusters, key=lambda c: (-c.size, c.first_seen_at, c.id))
     before = {c.id: policy.bucket(c) for c in clusters}
@@ -349,18 +362,25 @@ def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], exclude:
             setattr(target, flag, getattr(target, flag) + getattr(other, flag))
     after = policy.bucket(target)
     for other in others:
-        if _rose(before[other.id], after):
+        # The new cluster's one member is the excluded account: nobody to queue.
+        if other is not new_cluster and _rose(before[other.id], after):
             moved = session.execute(select(ClusterMember.account_id).where(
                 ClusterMember.cluster_id == other.id, ClusterMember.account_id != (exclude or ""))).scalars()
             queue_rescore(session, accounts=moved)
     if _rose(before[target.id], after):
         queue_rescore(session, clusters=[target.id])
-    moved_ids = [c.id for c in others]
+    moved_ids = [c.id for c in others if c is not new_cluster]
     # Membership rows only: accounts.cluster_id is written by each account's own evaluation, so
     # a merge never waits on the row lock of a member being scored at the same time (deadlock).
-    session.execute(update(ClusterMember).where(ClusterMember.cluster_id.in_(moved_ids)).values(cluster_id=target.id))
+    if moved_ids:
+        session.execute(update(ClusterMember).where(ClusterMember.cluster_id.in_(moved_ids))
+                        .values(cluster_id=target.id))
     for other in others:
-        session.delete(other)
+        if other is new_cluster:
+            new_member.cluster_id = target.id
+            session.expunge(other)
+        else:
+            session.delete(other)
     session.flush()
     return target
 
