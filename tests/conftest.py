@@ -180,3 +180,45 @@ def payment(**fields) -> dict:
     }
     body.update(fields)
     return {k: v for k, v in body.items() if v is not None}
+
+
+@pytest.fixture
+def on_sql_and_redis(make_config, tmp_path, _sqlite_template):
+    """Post the same bodies through the API with SQL-backed, then Redis-backed velocity.
+
+    `post_all(path, bodies, family)` returns the `signals[family]` of every answer, per backend.
+    """
+    from kyc.store import REDIS_PREFIX
+
+    conn = redis_connection()
+    for name in conn.scan_iter(f"{REDIS_PREFIX}*"):
+        conn.delete(name)
+
+    def post_all(path: str, bodies: list[dict], family: str) -> dict[str, list[dict]]:
+        answers = {}
+        for backend in ("sql", "redis"):
+            db = tmp_path / f"{backend}.db"
+            shutil.copy(_sqlite_template, db)
+            rt = Runtime.start(make_config(f"sqlite:///{db}", dev_key="dev",
+                                           redis_url=REDIS_URL if backend == "redis" else ""), migrate=False)
+            assert (rt.redis is not None) == (backend == "redis")
+            client = create_app(runtime=rt).test_client()
+            seen = []
+            for body in bodies:
+                response = client.post(path, json=body, headers={"Authorization": "Bearer dev"})
+                assert response.status_code == 200, response.json
+                seen.append(response.json["signals"][family])
+            answers[backend] = seen
+            rt.engine.dispose()
+        return answers
+
+    return post_all
+
+
+def assert_field_error(response, field: str, message: str) -> None:
+    """A 400 in the contract's error body that names the field and says why."""
+    assert response.status_code == 400
+    error = response.json["error"]
+    assert error["code"] == "invalid_request"
+    assert field in error["fields"], error
+    assert message in error["fields"][field]

@@ -247,35 +247,11 @@ def test_windows_exclude_an_event_exactly_their_length_old(client, auth):
     assert day["cards_on_device_24h"] == 2                     # fp_edge2 (20:00) and this card
 
 
-def test_card_signals_are_the_same_with_redis_velocity(make_config, tmp_path, _sqlite_template):
+def test_card_signals_are_the_same_with_redis_velocity(on_sql_and_redis):
     """Payment methods through the API with SQL-backed and Redis-backed velocity: identical card signals."""
-    import shutil
-
-    from kyc import create_app
-    from kyc.runtime import Runtime
-    from kyc.store import REDIS_PREFIX
-    from tests.conftest import REDIS_URL, redis_connection
-
-    conn = redis_connection()
-    for name in conn.scan_iter(f"{REDIS_PREFIX}*"):
-        conn.delete(name)
-    answers = []
-    for backend in ("sql", "redis"):
-        path = tmp_path / f"{backend}.db"
-        shutil.copy(_sqlite_template, path)
-        rt = Runtime.start(make_config(f"sqlite:///{path}", dev_key="dev",
-                                       redis_url=REDIS_URL if backend == "redis" else ""), migrate=False)
-        assert (rt.redis is not None) == (backend == "redis")
-        client = create_app(runtime=rt).test_client()
-        seen = []
-        for n in range(10):
-            body = payment(account_id=f"acct_{n}", fingerprint=f"fp_{n % 3}", bin=f"51051{n % 2}",
-                           device_id=f"dv_{n % 2}", occurred_at=f"2026-11-24T{10 + n:02d}:00:00Z")
-            response = client.post("/v1/payment-methods", json=body, headers={"Authorization": "Bearer dev"})
-            assert response.status_code == 200, response.json
-            seen.append(response.json["signals"]["card"])
-        answers.append(seen)
-        rt.engine.dispose()
-    assert answers[0] == answers[1]
-    assert max(c["fingerprint_accounts_24h"] for c in answers[0]) == 4
-    assert max(c["cards_on_device_24h"] for c in answers[0]) == 3
+    bodies = [payment(account_id=f"acct_{n}", fingerprint=f"fp_{n % 3}", bin=f"51051{n % 2}",
+                      device_id=f"dv_{n % 2}", occurred_at=f"2026-11-24T{10 + n:02d}:00:00Z") for n in range(10)]
+    answers = on_sql_and_redis("/v1/payment-methods", bodies, "card")
+    assert answers["sql"] == answers["redis"]
+    assert max(c["fingerprint_accounts_24h"] for c in answers["sql"]) == 4
+    assert max(c["cards_on_device_24h"] for c in answers["sql"]) == 3

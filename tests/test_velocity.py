@@ -137,34 +137,13 @@ def test_redis_and_sql_counters_agree(runtime):
         redis_counters.record(account, at, event_keys)
 
 
-def test_the_pipeline_gives_the_same_velocity_signals_on_redis(make_config, tmp_path, _sqlite_template):
+def test_the_pipeline_gives_the_same_velocity_signals_on_redis(on_sql_and_redis):
     """Signups through the API: SQL-backed and Redis-backed velocity signals are identical."""
-    import shutil
+    from tests.conftest import signup
 
-    from kyc import create_app
-    from kyc.runtime import Runtime
-    from tests.conftest import REDIS_URL, signup
-
-    conn = redis_connection()
-    for name in conn.scan_iter(f"{REDIS_PREFIX}*"):
-        conn.delete(name)
-    answers = []
-    for backend in ("sql", "redis"):
-        path = tmp_path / f"{backend}.db"
-        shutil.copy(_sqlite_template, path)
-        rt = Runtime.start(make_config(f"sqlite:///{path}", dev_key="dev",
-                                       redis_url=REDIS_URL if backend == "redis" else ""), migrate=False)
-        assert (rt.redis is not None) == (backend == "redis")
-        client = create_app(runtime=rt).test_client()
-        seen = []
-        for n in range(12):
-            body = signup(account_id=f"acct_{n}", email=f"user{n % 5}@corp{n % 2}.example",
-                          device_id=f"dv_{n % 3}", ip=f"81.2.3.{n % 4 + 1}",
-                          occurred_at=f"2026-11-{10 + n % 6:02d}T{(n * 5) % 24:02d}:00:00Z")
-            response = client.post("/v1/signups", json=body, headers={"Authorization": "Bearer dev"})
-            assert response.status_code == 200, response.json
-            seen.append(response.json["signals"]["velocity"])
-        answers.append(seen)
-        rt.engine.dispose()
-    assert answers[0] == answers[1]
-    assert max(v["ip_prefix_30d"] for v in answers[0]) > 5
+    bodies = [signup(account_id=f"acct_{n}", email=f"user{n % 5}@corp{n % 2}.example",
+                     device_id=f"dv_{n % 3}", ip=f"81.2.3.{n % 4 + 1}",
+                     occurred_at=f"2026-11-{10 + n % 6:02d}T{(n * 5) % 24:02d}:00:00Z") for n in range(12)]
+    answers = on_sql_and_redis("/v1/signups", bodies, "velocity")
+    assert answers["sql"] == answers["redis"]
+    assert max(v["ip_prefix_30d"] for v in answers["sql"]) > 5
