@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask
+from flask import Flask, g
 
 from kyc.config import Config
 from kyc.runtime import Runtime
@@ -28,6 +28,17 @@ def create_app(config: Config | None = None, runtime: Runtime | None = None, *, 
     signals.warm()              # once per process, before gunicorn forks its workers
 
     api.register(app)
+
+    # Background rescoring without Redis waits for moments when no request is in flight.
+    @app.before_request
+    def _enter() -> None:
+        app.extensions["kyc"].traffic.enter()
+        g.kyc_in_flight = True
+
+    @app.teardown_request
+    def _leave(_exc) -> None:
+        if g.pop("kyc_in_flight", False):
+            app.extensions["kyc"].traffic.leave()
 
     if watch_rules:
         @app.before_request

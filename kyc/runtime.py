@@ -6,6 +6,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,6 +46,35 @@ def load_policy(root: Path) -> tuple[RuleSet, TierPolicy]:
     return rules, load_tiers(root, SCHEMA, rules.lists)
 
 
+class LiveTraffic:
+    """Requests in flight in this process, so background work can stay out of their way.
+
+    Without Redis, rescoring runs on a thread of the serving process and competes with the
+    requests for the interpreter (and, on SQLite, for the write lock); it waits for a quiet
+    moment instead (kyc/jobs.py).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._last = time.monotonic()
+
+    def enter(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self._last = time.monotonic()
+
+    def leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            self._last = time.monotonic()
+
+    def idle_for(self) -> float:
+        """Seconds since the last request ended; 0 while one is in flight."""
+        with self._lock:
+            return 0.0 if self._in_flight else time.monotonic() - self._last
+
+
 @dataclass
 class Runtime:
     config: Config
@@ -57,6 +87,7 @@ class Runtime:
     rules_error_at: datetime | None = None
     rules_checked_at: datetime | None = None
     redis: Any = None                    # a redis.Redis when KYC_REDIS_URL is set (velocity counters)
+    traffic: LiveTraffic = field(default_factory=LiveTraffic)
     _reload_lock: threading.Lock = field(default_factory=threading.Lock)
     _rules_fingerprint: tuple = ()
     _watcher_pid: int | None = None

@@ -22,7 +22,7 @@ from kyc.cli import main
 from kyc.config import Config
 from kyc.engine.loader import rules_version
 from kyc.inputs import SignupInput
-from kyc.models import Account, Evaluation, RescoreBatch, RescoreRun, utcnow
+from kyc.models import Account, ClusterMember, Evaluation, RescoreBatch, RescoreRun, utcnow
 from kyc.runtime import Runtime
 from kyc.scoring import score
 from tests.conftest import REDIS_URL, RULES_DIR, TEST_SECRET, redis_connection, signup
@@ -435,3 +435,52 @@ def test_a_worker_batch_leaves_no_per_value_cache_behind(inline_runtime):
         jobs.use_runtime(None)
     assert email.parse.cache_info().currsize == 0                # memory stays flat batch after batch
     assert device._parser.cache_info().currsize == 1              # the matcher, loaded once, is kept
+
+
+# --- the in-process background thread ----------------------------------------------------------------
+
+def test_background_merges_asks_and_leaves_the_asker_out(inline_runtime):
+    ids = seed(inline_runtime, 4)
+    with inline_runtime.session() as session:
+        cluster_of = dict(session.execute(select(ClusterMember.account_id, ClusterMember.cluster_id)).all())
+    worker = jobs._background(inline_runtime)
+    inline_runtime.traffic.enter()                # a request in flight: nothing runs yet
+    try:
+        for _ in range(3):                        # the same asks, three times over, while it waits
+            worker.put(ids[:2], {cluster_of[ids[2]]: None, cluster_of[ids[3]]: ids[3]})
+        time.sleep(3 * worker.QUIET)
+        assert rescore_evaluations(inline_runtime) == {}
+    finally:
+        inline_runtime.traffic.leave()
+    jobs.drain(inline_runtime)
+    # Each account once; ids[3] asked about its own cluster (it was just scored): left out.
+    assert rescore_evaluations(inline_runtime) == {ids[0]: 1, ids[1]: 1, ids[2]: 1}
+
+
+def test_background_waits_for_requests_but_not_forever(inline_runtime):
+    ids = seed(inline_runtime, 2)
+    worker = jobs._background(inline_runtime)
+    worker.MAX_DEFER = 0.2
+    inline_runtime.traffic.enter()                # traffic that never pauses
+    try:
+        worker.put(ids, {})
+        jobs.drain(inline_runtime)
+        assert rescore_evaluations(inline_runtime) == {i: 1 for i in ids}
+    finally:
+        inline_runtime.traffic.leave()
+
+
+def test_the_service_tells_background_work_when_a_request_is_in_flight(inline_runtime):
+    from kyc import create_app
+
+    app = create_app(runtime=inline_runtime)
+
+    @app.get("/probe")
+    def probe():
+        return {"idle_for": inline_runtime.traffic.idle_for()}
+
+    client = app.test_client()
+    assert client.get("/probe").json == {"idle_for": 0.0}
+    assert client.get("/v1/accounts/none").status_code == 401     # refused early, still counted out
+    time.sleep(0.01)
+    assert inline_runtime.traffic.idle_for() >= 0.01
