@@ -28,7 +28,8 @@ Work asked for inside a transaction (a cluster's members to rescore, kyc.graph) 
 only once that transaction has committed, so a rolled-back evaluation queues nothing, and goes
 through a background thread of the process (enqueue_rescore from there: rq, or in-process), so
 a signup that makes a farm's cluster cross a size step answers without waiting for the farm to
-be rescored. `drain` waits for that work (tests, the simulator, shutdown).
+be rescored. In-process, that thread gives way to live requests (see _Background). `drain`
+waits for that work (tests, the simulator, shutdown).
 """
 
 from __future__ import annotations
