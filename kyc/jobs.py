@@ -50,7 +50,7 @@ from kyc.engine import RuleSet, RuleSetError
 from kyc.ids import new_id
 from kyc.models import SEVERITY, Account, ClusterMember, Evaluation, RescoreBatch, RescoreRun, utcnow
 from kyc.runtime import Runtime
-from kyc.scoring import rescore_account
+from kyc.scoring import read_chunk, rescore_account
 from kyc.signals import clear_value_caches
 
 log = logging.getLogger("kyc.jobs")
@@ -530,14 +530,13 @@ def _batch_result(batch: RescoreBatch) -> dict[str, Any]:
 
 def rescore_chunk(runtime: Runtime, session: Session, ids: list[str], rules: RuleSet,
                   releases: frozenset[str]) -> dict[str, Any]:
-    """Rescore accounts in the caller's transaction through the one pipeline; tally old -> new."""
-    accounts = {a.id: a for a in session.scalars(
-        select(Account).where(Account.id.in_(ids)).order_by(Account.id).with_for_update()
-        .execution_options(populate_existing=True))}
-    latest = [s["evaluation_id"] for a in accounts.values() for s in (a.subjects or {}).values()]
-    # One query loads every input the pipeline will re-read; the list (alive until we return)
-    # keeps them in the session's weak identity map, so rescore_account's session.get() hits.
-    originals = session.scalars(select(Evaluation).where(Evaluation.id.in_(latest))).all() if latest else []
+    """Rescore accounts in the caller's transaction through the one pipeline; tally old -> new.
+
+    What the pipeline reads about the accounts is read for the whole chunk first (read_chunk),
+    so scoring them reads nothing per account and one flush writes them all.
+    """
+    chunk = read_chunk(runtime, session, ids)
+    accounts = chunk.accounts
     changes: Counter[str] = Counter()
     escalated = held = missing = 0
     for account_id in ids:
@@ -546,12 +545,14 @@ def rescore_chunk(runtime: Runtime, session: Session, ids: list[str], rules: Rul
             missing += 1
             continue
         before = _standing(account)
-        evaluations = rescore_account(runtime, session, account_id, rules=rules)
+        evaluations = rescore_account(runtime, session, account_id, rules=rules, chunk=chunk)
         old, new = before["decision"], account.decision
         if old == "block" and new != "block" and not _releases(evaluations, releases):
             _restore(account, before)
             # The cluster's counters follow the account's standing, which stays blocked.
-            graph.set_flags(session, graph.Policy.from_config(runtime.config), account_id, {"blocked": True})
+            member = chunk.graph.members.get(account_id)
+            graph.set_flags(session, graph.Policy.from_config(runtime.config), account_id, {"blocked": True},
+                            member=member, cluster=member and chunk.graph.clusters[member.cluster_id])
             held += 1
             log.info("rescore kept block account=%s (new evaluation says %s; no %s rule hit)",
                      account_id, new, RELEASES_BLOCK)
@@ -560,6 +561,7 @@ def rescore_chunk(runtime: Runtime, session: Session, ids: list[str], rules: Rul
             escalated += 1
             log.info("rescore escalated account=%s %s -> %s rules=%s", account_id, old, new, rules.version[:19])
         changes[f"{old}>{new}"] += 1
+    chunk.write(session)
     return {"changes": changes, "escalated": escalated, "held": held, "missing": missing}
 
 
