@@ -30,6 +30,7 @@ from functools import lru_cache
 from typing import Iterable, Protocol
 
 from redis import exceptions as redis_errors
+from redis.commands.core import Script
 from sqlalchemy import bindparam, event, func, literal, select, union_all
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -203,29 +204,17 @@ class RedisStore(SqlHistory):
 
     def distinct_accounts_many(self, requests: list[tuple[list[Key], datetime, str]]
                                ) -> list[dict[Key, dict[str, int]]]:
-        """distinct_accounts of many (keys, at, account_id) in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
+        """distinct_accounts of many (keys, at, account_id) in one command (_COUNTS_SCRIPT): a
+        rescore chunk's counts cost one round trip, and little parsing, instead of five
+        commands per key."""
+        names, args = [], []
         for keys, at, account_id in requests:
             now = _micros(at)
-            for key in keys:
-                name = self._name(key)
-                pipe.zscore(name, account_id)
-                for span in WINDOWS.values():
-                    pipe.zcount(name, f"({now - _micros(_EPOCH + span)}", now)
-        replies = iter(pipe.execute() if len(pipe) else ())
-        results = []
-        for keys, at, account_id in requests:
-            now = _micros(at)
-            result: dict[Key, dict[str, int]] = {}
-            for key in keys:
-                own = next(replies)
-                result[key] = {}
-                for window, span in WINDOWS.items():
-                    lower = now - _micros(_EPOCH + span)
-                    mine = own is not None and lower < own <= now
-                    result[key][window] = _capped(next(replies) - mine)
-            results.append(result)
-        return results
+            args += [account_id, now, len(keys), *(now - _micros(_EPOCH + span) for span in WINDOWS.values())]
+            names += [self._name(key) for key in keys]
+        replies = iter(_COUNTS(keys=names, args=args, client=self.redis) if names else ())
+        return [{key: {window: _capped(next(replies)) for window in WINDOWS} for key in keys}
+                for keys, _, _ in requests]
 
     def record(self, keys: Iterable[Key], at: datetime, account_id: str) -> None:
         keys = list(keys)
@@ -288,6 +277,31 @@ class ReadAhead:
 
     def latest_signals(self, account_id: str, subject: str, at: datetime) -> dict | None:
         return self.store.latest_signals(account_id, subject, at)
+
+
+# Per request (ARGV: account id, event time, key count, then each window's lower bound, all in
+# microseconds) and per key (KEYS, in order): for each window, the members whose latest event
+# time lies in (lower, at], less the account itself. Numbers stay below 2^53: exact in Lua.
+_COUNTS_SCRIPT = """
+local out, k, a, windows = {}, 1, 1, %d
+while a <= #ARGV do
+  local account, now, n = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  for _ = 1, n do
+    local own = redis.call('ZSCORE', KEYS[k], account)
+    own = own and tonumber(own)
+    for w = 1, windows do
+      local lower = ARGV[a + 2 + w]
+      local count = redis.call('ZCOUNT', KEYS[k], '(' .. lower, ARGV[a + 1])
+      if own and own > tonumber(lower) and own <= now then count = count - 1 end
+      out[#out + 1] = count
+    end
+    k = k + 1
+  end
+  a = a + 3 + windows
+end
+return out
+""" % len(WINDOWS)
+_COUNTS = Script(None, _COUNTS_SCRIPT.encode())     # EVALSHA, loaded on first use by each server
 
 
 def velocity_store(runtime, session: Session) -> Store:
