@@ -12,10 +12,11 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, inspect, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import flag_modified
 
 from kyc.activity import latest_dormancies, latest_dormancy
 from kyc.engine import Outcome, RuleSet, most_severe, reason_order
@@ -156,8 +157,19 @@ class Chunk:
     store: Any
 
     def write(self, session: Session) -> None:
-        """The chunk's cluster counter changes (see graph.ChunkGraph.write); call after scoring."""
+        """Call after scoring the chunk: its accounts, then its cluster counter changes
+        (graph.ChunkGraph.write)."""
+        # The same columns for every account: the flush then sends the chunk's accounts as one
+        # executemany, not one UPDATE per distinct set of changed columns.
+        for account in self.accounts.values():
+            for column in _WRITTEN if inspect(account).modified else ():
+                flag_modified(account, column)
         self.graph.write(session)
+
+
+# What scoring an account changes on its row (score(), _apply).
+_WRITTEN = ("decision", "score", "reasons", "required_verifications", "subjects", "state_version",
+            "last_evaluation_id", "first_seen_at", "last_seen_at", "cluster_id")
 
 
 def read_chunk(runtime: Runtime, session: Session, ids: list[str]) -> Chunk:
