@@ -485,25 +485,29 @@ def run_batch(runtime: Runtime, run_id: str, batch_no: int) -> dict[str, Any]:
                     log.info("rescore run %s batch %d resumes at %d/%d", run_id, batch_no, batch.cursor,
                              len(batch.account_ids))
         while not done:
-            with session.begin():
-                if postgres:
-                    # Safe without the fsync wait: the cursor commits with the evaluations, so a
-                    # database crash can only lose both together, and the batch redoes exactly those.
-                    session.execute(text("SET LOCAL synchronous_commit = off"))
-                batch = _lock_batch(session, run_id, batch_no)
-                ids = batch.account_ids[batch.cursor:batch.cursor + CHUNK]
-                if not ids:
-                    batch.finished_at = batch.finished_at or utcnow()
-                    result, done = _batch_result(batch), True
-                    break
-                tally = rescore_chunk(runtime, session, ids, rules, releases)
-                changes = Counter(batch.changes)
-                changes.update(tally["changes"])
-                batch.changes = dict(changes)
-                batch.escalated += tally["escalated"]
-                batch.held += tally["held"]
-                batch.missing += tally["missing"]
-                batch.cursor += len(ids)
+            try:
+                with session.begin():
+                    if postgres:
+                        # Safe without the fsync wait: the cursor commits with the evaluations, so a
+                        # database crash can only lose both together, and the batch redoes exactly those.
+                        session.execute(text("SET LOCAL synchronous_commit = off"))
+                    batch = _lock_batch(session, run_id, batch_no)
+                    ids = batch.account_ids[batch.cursor:batch.cursor + CHUNK]
+                    if not ids:
+                        batch.finished_at = batch.finished_at or utcnow()
+                        result, done = _batch_result(batch), True
+                        break
+                    tally = rescore_chunk(runtime, session, ids, rules, releases)
+                    changes = Counter(batch.changes)
+                    changes.update(tally["changes"])
+                    batch.changes = dict(changes)
+                    batch.escalated += tally["escalated"]
+                    batch.held += tally["held"]
+                    batch.missing += tally["missing"]
+                    batch.cursor += len(ids)
+            except graph.ChunkStale as exc:
+                # Rolled back: a live merge moved part of the chunk's graph; score it again.
+                log.info("rescore run %s batch %d: chunk scored again (%s)", run_id, batch_no, exc)
             session.expunge_all()           # keep a long batch's memory flat
         # Also when the batch was already done: a crash between its last commit and this check
         # must not leave the run open forever.
