@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from kyc.models import ActivityDay, lock_existing_account
@@ -32,6 +32,17 @@ def latest_dormancy(conn, account_id: str) -> int | None:
         select(ActivityDay.dormant_days).where(ActivityDay.account_id == account_id)
         .order_by(ActivityDay.day.desc()).limit(1)
     ).scalar()
+
+
+def latest_dormancies(conn, account_ids: list[str]) -> dict[str, int]:
+    """latest_dormancy of many accounts in one query (rescoring a chunk); accounts without
+    activity are absent."""
+    latest = (select(ActivityDay.account_id, func.max(ActivityDay.day).label("day"))
+              .where(ActivityDay.account_id.in_(account_ids)).group_by(ActivityDay.account_id).subquery())
+    return dict(conn.execute(
+        select(ActivityDay.account_id, ActivityDay.dormant_days)
+        .join(latest, (ActivityDay.account_id == latest.c.account_id) & (ActivityDay.day == latest.c.day))
+    ).all())
 
 
 def record_activity(session: Session, account_id: str, at: datetime, requests: int, ip: str | None,

@@ -20,6 +20,7 @@ IP, headless browser) so graph signals cost one row read.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,7 +28,7 @@ from functools import lru_cache
 from types import SimpleNamespace
 from typing import Hashable, Iterable
 
-from sqlalchemy import Integer, bindparam, cast, delete, func, or_, select, tuple_, update
+from sqlalchemy import Integer, bindparam, case, cast, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -593,3 +594,92 @@ def _rfc3339(value: datetime | None) -> str | None:
     from kyc.inputs import rfc3339
 
     return rfc3339(value)
+
+
+# --- rescoring a chunk of accounts (kyc/scoring.py read_chunk) --------------------------------
+
+GROWTH_READ_AHEAD = 2_000     # members whose join times a chunk reads for a cluster's growth
+
+
+class ChunkGraph:
+    """The memberships and clusters of a chunk of accounts being rescored (no linking), read in
+    a few queries, and the chunk's changes to cluster counters, written by `write`.
+
+    Clusters are read without a row lock, as copies the session never writes: a farm's cluster
+    spans many chunks, and two workers each locking it for a whole chunk transaction would take
+    turns. Each evaluation sees the counters as read plus the chunk's own changes (set_flags on
+    the copies, which also judges a rise); `write` adds the changes to the rows with relative
+    updates, so a concurrent change is never overwritten, and their row locks last only from
+    there to the commit.
+    """
+
+    def __init__(self, session: Session, account_ids: list[str]):
+        self.members: dict[str, ClusterMember] = {m.account_id: m for m in session.scalars(
+            select(ClusterMember).where(ClusterMember.account_id.in_(account_ids)))}
+        self.read_cluster_of = {a: m.cluster_id for a, m in self.members.items()}
+        self.clusters: dict[str, Cluster] = {}
+        self.read: dict[str, Cluster] = {}
+        if self.members:
+            for row in session.execute(select(*Cluster.__table__.c).where(
+                    Cluster.id.in_(sorted(set(self.read_cluster_of.values()))))).mappings():
+                self.clusters[row["id"]] = Cluster(**row)       # transient: the session never writes it
+                self.read[row["id"]] = Cluster(**row)
+        if len(self.read) < len(set(self.read_cluster_of.values())):
+            raise ChunkStale("a cluster of the chunk was merged away while it was read")
+        self.joined: dict[str, list[datetime]] = defaultdict(list)
+        ahead = sorted(cid for cid, c in self.read.items() if 1 < c.size <= GROWTH_READ_AHEAD)
+        if ahead:
+            for cluster_id, joined_at in session.execute(select(ClusterMember.cluster_id, ClusterMember.joined_at)
+                                                         .where(ClusterMember.cluster_id.in_(ahead))):
+                self.joined[cluster_id].append(joined_at)
+            for times in self.joined.values():
+                times.sort()
+
+    def member_cluster(self, session: Session, account_id: str, at: datetime, *,
+                       flags: dict[str, bool] | None = None) -> tuple[ClusterMember, Cluster]:
+        """member_cluster for an account of the chunk: nothing read, nothing locked."""
+        member = self.members.get(account_id)
+        if member is None:
+            # No membership (read with the chunk): a cluster of its own, inserted by the flush.
+            member, cluster = ensure_member(session, account_id, at, flags=flags, new_account=True)
+            self.members[account_id] = member
+            self.clusters[cluster.id] = cluster
+            return member, cluster
+        cluster = self.clusters[member.cluster_id]
+        if at < member.joined_at:                  # as ensure_member: a backfilled earlier event
+            member.joined_at = at
+            cluster.first_seen_at = min(cluster.first_seen_at, at)
+        return member, cluster
+
+    def growth(self, session: Session, cluster: Cluster, member: ClusterMember, at: datetime,
+               span: timedelta = timedelta(hours=24)) -> int:
+        """growth, from the join times read with the chunk when the cluster is small enough."""
+        times = self.joined.get(cluster.id)
+        if times is None:
+            return growth(session, cluster.id, at, span, member=member, size=cluster.size)
+        return min(GROWTH_CAP, bisect_right(times, at) - bisect_right(times, at - span))
+
+    def write(self, session: Session) -> None:
+        """Check no membership moved since it was read, then add the chunk's counter changes to
+        the clusters (in id order: concurrent chunks lock rows in one order, no deadlock)."""
+        if self.read_cluster_of:
+            now = dict(session.execute(select(ClusterMember.account_id, ClusterMember.cluster_id).where(
+                ClusterMember.account_id.in_(sorted(self.read_cluster_of)))).all())
+            if now != self.read_cluster_of:
+                # A merge moved a member: its evaluation saw a cluster that is gone. Rolled back,
+                # the batch is retried from its cursor and reads the merged cluster.
+                raise ChunkStale("a member of the chunk changed cluster while it was rescored")
+        for cluster_id, read in sorted(self.read.items()):
+            cluster = self.clusters[cluster_id]
+            values = {flag: getattr(Cluster, flag) + (getattr(cluster, flag) - getattr(read, flag))
+                      for flag in MEMBER_FLAGS if getattr(cluster, flag) != getattr(read, flag)}
+            if cluster.first_seen_at < read.first_seen_at:
+                values["first_seen_at"] = case((Cluster.first_seen_at > cluster.first_seen_at, cluster.first_seen_at),
+                                               else_=Cluster.first_seen_at)
+            if values and not session.execute(update(Cluster).where(Cluster.id == cluster_id).values(**values)
+                                               .execution_options(synchronize_session=False)).rowcount:
+                raise ChunkStale("a cluster of the chunk was merged away while it was rescored")
+
+
+class ChunkStale(RuntimeError):
+    """The graph changed under a rescore chunk; its transaction rolls back and is retried."""

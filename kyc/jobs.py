@@ -51,7 +51,7 @@ from kyc.engine import RuleSet, RuleSetError
 from kyc.ids import new_id
 from kyc.models import SEVERITY, Account, ClusterMember, Evaluation, RescoreBatch, RescoreRun, utcnow
 from kyc.runtime import Runtime
-from kyc.scoring import rescore_account
+from kyc.scoring import read_chunk, rescore_account
 from kyc.signals import clear_value_caches
 
 log = logging.getLogger("kyc.jobs")
@@ -486,25 +486,29 @@ def run_batch(runtime: Runtime, run_id: str, batch_no: int) -> dict[str, Any]:
                     log.info("rescore run %s batch %d resumes at %d/%d", run_id, batch_no, batch.cursor,
                              len(batch.account_ids))
         while not done:
-            with session.begin():
-                if postgres:
-                    # Safe without the fsync wait: the cursor commits with the evaluations, so a
-                    # database crash can only lose both together, and the batch redoes exactly those.
-                    session.execute(text("SET LOCAL synchronous_commit = off"))
-                batch = _lock_batch(session, run_id, batch_no)
-                ids = batch.account_ids[batch.cursor:batch.cursor + CHUNK]
-                if not ids:
-                    batch.finished_at = batch.finished_at or utcnow()
-                    result, done = _batch_result(batch), True
-                    break
-                tally = rescore_chunk(runtime, session, ids, rules, releases)
-                changes = Counter(batch.changes)
-                changes.update(tally["changes"])
-                batch.changes = dict(changes)
-                batch.escalated += tally["escalated"]
-                batch.held += tally["held"]
-                batch.missing += tally["missing"]
-                batch.cursor += len(ids)
+            try:
+                with session.begin():
+                    if postgres:
+                        # Safe without the fsync wait: the cursor commits with the evaluations, so a
+                        # database crash can only lose both together, and the batch redoes exactly those.
+                        session.execute(text("SET LOCAL synchronous_commit = off"))
+                    batch = _lock_batch(session, run_id, batch_no)
+                    ids = batch.account_ids[batch.cursor:batch.cursor + CHUNK]
+                    if not ids:
+                        batch.finished_at = batch.finished_at or utcnow()
+                        result, done = _batch_result(batch), True
+                        break
+                    tally = rescore_chunk(runtime, session, ids, rules, releases)
+                    changes = Counter(batch.changes)
+                    changes.update(tally["changes"])
+                    batch.changes = dict(changes)
+                    batch.escalated += tally["escalated"]
+                    batch.held += tally["held"]
+                    batch.missing += tally["missing"]
+                    batch.cursor += len(ids)
+            except graph.ChunkStale as exc:
+                # Rolled back: a live merge moved part of the chunk's graph; score it again.
+                log.info("rescore run %s batch %d: chunk scored again (%s)", run_id, batch_no, exc)
             session.expunge_all()           # keep a long batch's memory flat
         # Also when the batch was already done: a crash between its last commit and this check
         # must not leave the run open forever.
@@ -531,14 +535,13 @@ def _batch_result(batch: RescoreBatch) -> dict[str, Any]:
 
 def rescore_chunk(runtime: Runtime, session: Session, ids: list[str], rules: RuleSet,
                   releases: frozenset[str]) -> dict[str, Any]:
-    """Rescore accounts in the caller's transaction through the one pipeline; tally old -> new."""
-    accounts = {a.id: a for a in session.scalars(
-        select(Account).where(Account.id.in_(ids)).order_by(Account.id).with_for_update()
-        .execution_options(populate_existing=True))}
-    latest = [s["evaluation_id"] for a in accounts.values() for s in (a.subjects or {}).values()]
-    # One query loads every input the pipeline will re-read; the list (alive until we return)
-    # keeps them in the session's weak identity map, so rescore_account's session.get() hits.
-    originals = session.scalars(select(Evaluation).where(Evaluation.id.in_(latest))).all() if latest else []
+    """Rescore accounts in the caller's transaction through the one pipeline; tally old -> new.
+
+    What the pipeline reads about the accounts is read for the whole chunk first (read_chunk),
+    so scoring them reads nothing per account and one flush writes them all.
+    """
+    chunk = read_chunk(runtime, session, ids)
+    accounts = chunk.accounts
     changes: Counter[str] = Counter()
     escalated = held = missing = 0
     for account_id in ids:
@@ -547,12 +550,14 @@ def rescore_chunk(runtime: Runtime, session: Session, ids: list[str], rules: Rul
             missing += 1
             continue
         before = _standing(account)
-        evaluations = rescore_account(runtime, session, account_id, rules=rules)
+        evaluations = rescore_account(runtime, session, account_id, rules=rules, chunk=chunk)
         old, new = before["decision"], account.decision
         if old == "block" and new != "block" and not _releases(evaluations, releases):
             _restore(account, before)
             # The cluster's counters follow the account's standing, which stays blocked.
-            graph.set_flags(session, graph.Policy.from_config(runtime.config), account_id, {"blocked": True})
+            member = chunk.graph.members.get(account_id)
+            graph.set_flags(session, graph.Policy.from_config(runtime.config), account_id, {"blocked": True},
+                            member=member, cluster=member and chunk.graph.clusters[member.cluster_id])
             held += 1
             log.info("rescore kept block account=%s (new evaluation says %s; no %s rule hit)",
                      account_id, new, RELEASES_BLOCK)
@@ -561,6 +566,7 @@ def rescore_chunk(runtime: Runtime, session: Session, ids: list[str], rules: Rul
             escalated += 1
             log.info("rescore escalated account=%s %s -> %s rules=%s", account_id, old, new, rules.version[:19])
         changes[f"{old}>{new}"] += 1
+    chunk.write(session)
     return {"changes": changes, "escalated": escalated, "held": held, "missing": missing}
 
 

@@ -7,16 +7,18 @@ no second scoring path.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, inspect, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import flag_modified
 
-from kyc.activity import latest_dormancy
+from kyc.activity import latest_dormancies, latest_dormancy
 from kyc.engine import Outcome, RuleSet, most_severe, reason_order
 from kyc.engine.loader import VERIFICATIONS
 from kyc.ids import new_id
@@ -30,34 +32,42 @@ from kyc.signals.account import account_signals
 from kyc.signals.graph import graph_signals, member_flags
 from kyc.signals.payment import load_bin_table
 from kyc.signals.velocity import VELOCITY_KEYS
-from kyc.store import velocity_store
-from kyc.verification import verified_kinds
+from kyc.store import ReadAhead, velocity_store
+from kyc.verification import stored_verified_kinds, verified_kinds
 
 log = logging.getLogger("kyc.scoring")
 
 
 def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str = "live",
-          at: datetime | None = None, rules: RuleSet | None = None, record: bool = True) -> Evaluation:
+          at: datetime | None = None, rules: RuleSet | None = None, record: bool = True,
+          chunk: Chunk | None = None) -> Evaluation:
     """Score one input and persist the evaluation and the account, in the caller's transaction.
 
     `record=False` (rescoring) adds no sightings: no new event happened, so velocity and links
     must not count the account twice. Linking happens before the rules run, so graph signals
     see the cluster this evaluation joins; the account's traits and block status update the
     cluster's counters, and a cluster whose standing rises queues its members for rescoring
-    once this transaction commits.
+    once this transaction commits. `chunk` (rescoring, with record=False): what is read about
+    the account was read with its chunk (read_chunk), so nothing is read here.
     """
     rules = rules or runtime.rules          # read once: a reload mid-request does not split the set
     at = at or inp.at()
-    account, created = _lock_account(session, inp.account_id, at)
+    if chunk is None:
+        account, created = _lock_account(session, inp.account_id, at)
+    else:
+        account, created = chunk.accounts[inp.account_id], False
     # Account facts describe the account now when it is rescored (a wake-up is why it is),
     # and as of the event for a live or backfilled input. They include the verifications
     # completed, which satisfy verify rules (see RuleSet.evaluate).
     facts_at = max(at, utcnow()) if trigger == "rescore" else at
     account_facts = account_signals(
         at if created else account.first_seen_at, facts_at,
-        None if created else latest_dormancy(session, inp.account_id), runtime.config.dormant_days,
-        frozenset() if created else verified_kinds(session, inp.account_id, account.subjects))
-    lookups = Lookups(rules.lists, velocity_store(runtime, session), runtime.config.secret_key, runtime.geoip,
+        None if created else chunk.dormancy.get(account.id) if chunk else latest_dormancy(session, inp.account_id),
+        runtime.config.dormant_days,
+        frozenset() if created else verified_kinds(session, inp.account_id, account.subjects,
+                                                   stored=chunk.verified.get(account.id, ()) if chunk else None))
+    lookups = Lookups(rules.lists, chunk.store if chunk else velocity_store(runtime, session),
+                      runtime.config.secret_key, runtime.geoip,
                       load_bin_table(runtime.config.bin_table))
     signals, identifiers = COLLECTORS[subject](inp, lookups, at)
     signals["account"] = account_facts
@@ -67,10 +77,14 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     flags = member_flags(signals) if subject == "signup" else {}
     if record:
         member, cluster = graph.link(session, policy, account.id, identifiers, at, flags=flags, new_account=created)
+    elif chunk is not None:
+        member, cluster = chunk.graph.member_cluster(session, account.id, at, flags=flags)
     else:
         member, cluster = graph.member_cluster(session, account.id, at, flags=flags, new_account=created)
     graph.set_flags(session, policy, account.id, flags, member=member, cluster=cluster, being_scored=True)
-    signals["graph"] = graph_signals(cluster, graph.growth(session, cluster.id, at, member=member, size=cluster.size), at)
+    growth_24h = (chunk.graph.growth(session, cluster, member, at) if chunk
+                  else graph.growth(session, cluster.id, at, member=member, size=cluster.size))
+    signals["graph"] = graph_signals(cluster, growth_24h, at)
     outcome = rules.evaluate(subject, signals)
     evaluation = Evaluation(
         id=new_id("ev"), account_id=account.id, subject=subject, trigger=trigger, occurred_at=at,
@@ -102,11 +116,12 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     return evaluation
 
 
-def rescore_account(runtime: Runtime, session: Session, account_id: str, *, rules: RuleSet | None = None
-                    ) -> list[Evaluation]:
+def rescore_account(runtime: Runtime, session: Session, account_id: str, *, rules: RuleSet | None = None,
+                    chunk: Chunk | None = None) -> list[Evaluation]:
     """Score again the latest input of each subject of an account, with current rules and history.
 
-    Each new evaluation is marked trigger="rescore" and keeps the original event time.
+    Each new evaluation is marked trigger="rescore" and keeps the original event time. `chunk`:
+    the account is one of a chunk read by read_chunk (which holds its account and inputs).
     """
     account = session.get(Account, account_id)
     if account is None:
@@ -123,8 +138,71 @@ def rescore_account(runtime: Runtime, session: Session, account_id: str, *, rule
         original = session.get(Evaluation, latest["evaluation_id"])
         inp = INPUTS[subject].model_validate(original.input)
         results.append(score(runtime, session, subject, inp, trigger="rescore", at=original.occurred_at,
-                             rules=rules, record=False))
+                             rules=rules, record=False, chunk=chunk))
     return results
+
+
+@dataclass
+class Chunk:
+    """What score() reads about the accounts of a rescore chunk, read for all of them at once:
+    the accounts (locked), their latest inputs, dormancy, verified kinds, memberships and
+    clusters, and the velocity counts of each input as of its event time. Scoring them then
+    reads nothing per account, and one flush writes all their evaluations and accounts."""
+
+    accounts: dict[str, Account]
+    originals: list[Evaluation]          # held: the session keeps clean objects only weakly
+    dormancy: dict[str, int]
+    verified: dict[str, set[str]]
+    graph: graph.ChunkGraph
+    store: Any
+
+    def write(self, session: Session) -> None:
+        """Call after scoring the chunk: its accounts, then its cluster counter changes
+        (graph.ChunkGraph.write)."""
+        # The same columns for every account: the flush then sends the chunk's accounts as one
+        # executemany, not one UPDATE per distinct set of changed columns.
+        for account in self.accounts.values():
+            for column in _WRITTEN if inspect(account).modified else ():
+                flag_modified(account, column)
+        self.graph.write(session)
+
+
+# What scoring an account changes on its row (score(), _apply).
+_WRITTEN = ("decision", "score", "reasons", "required_verifications", "subjects", "state_version",
+            "last_evaluation_id", "first_seen_at", "last_seen_at", "cluster_id")
+
+
+def read_chunk(runtime: Runtime, session: Session, ids: list[str]) -> Chunk:
+    """Lock and read a chunk of accounts for rescoring (rescore_account(..., chunk=...))."""
+    accounts = {a.id: a for a in session.scalars(
+        select(Account).where(Account.id.in_(ids)).order_by(Account.id).with_for_update()
+        .execution_options(populate_existing=True))}
+    found = sorted(accounts)
+    latest = [s["evaluation_id"] for a in accounts.values() for s in (a.subjects or {}).values()]
+    originals = session.scalars(select(Evaluation).where(Evaluation.id.in_(latest))).all() if latest else []
+    return Chunk(accounts=accounts, originals=originals,
+                 dormancy=latest_dormancies(session, found) if found else {},
+                 verified=stored_verified_kinds(session, found) if found else {},
+                 graph=graph.ChunkGraph(session, found),
+                 store=ReadAhead(velocity_store(runtime, session), _velocity_requests(session, originals)))
+
+
+def _velocity_requests(session: Session, originals: list[Evaluation]) -> list[tuple[list, datetime, str]]:
+    """The velocity keys each input will be counted on, from the sightings its original
+    evaluation recorded (the same identifiers the collectors derive again; a key they derive
+    that is not here is counted when asked, see ReadAhead)."""
+    wanted = {(e.account_id, e.occurred_at) for e in originals if e.subject in COLLECTORS}
+    if not wanted:
+        return []
+    keys: dict[tuple[str, datetime], set] = {w: set() for w in wanted}
+    for account_id, occurred_at, kind, value_hash in session.execute(
+            select(Sighting.account_id, Sighting.occurred_at, Sighting.kind, Sighting.value_hash).where(
+                Sighting.account_id.in_(sorted({a for a, _ in wanted})),
+                Sighting.occurred_at.in_(sorted({at for _, at in wanted})),
+                Sighting.kind.in_(sorted(VELOCITY_KEYS)))):
+        if (account_id, occurred_at) in keys:
+            keys[(account_id, occurred_at)].add((kind, value_hash))
+    return [(sorted(k), at, account_id) for (account_id, at), k in keys.items() if k]
 
 
 def _lock_account(session: Session, account_id: str, at: datetime) -> tuple[Account, bool]:

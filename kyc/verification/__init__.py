@@ -8,7 +8,7 @@ What an account has proven is read here, by the pipeline and the entitlement che
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 from sqlalchemy import select
 
@@ -23,11 +23,23 @@ def payment_verified(subjects: dict[str, Any] | None) -> bool:
     return (latest_of(subjects, "payment_method") or {}).get("decision") == "allow"
 
 
-def verified_kinds(conn, account_id: str, subjects: dict[str, Any] | None) -> frozenset[str]:
-    """The kinds of verification the account has completed (a Session or Connection)."""
+def verified_kinds(conn, account_id: str, subjects: dict[str, Any] | None, *,
+                   stored: Iterable[str] | None = None) -> frozenset[str]:
+    """The kinds of verification the account has completed (a Session or Connection).
+    `stored`: its verified rows' kinds, already read (stored_verified_kinds)."""
     kinds = set(conn.execute(
         select(Verification.kind).where(Verification.account_id == account_id, Verification.status == "verified")
-    ).scalars())
+    ).scalars() if stored is None else stored)
     if payment_verified(subjects):
         kinds.add("payment")
     return frozenset(kinds)
+
+
+def stored_verified_kinds(conn, account_ids: list[str]) -> dict[str, set[str]]:
+    """The kinds of the verified rows of many accounts in one query (rescoring a chunk)."""
+    kinds: dict[str, set[str]] = {}
+    for account_id, kind in conn.execute(
+            select(Verification.account_id, Verification.kind)
+            .where(Verification.account_id.in_(account_ids), Verification.status == "verified")):
+        kinds.setdefault(account_id, set()).add(kind)
+    return kinds
