@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections import Counter
+from collections import Counter, deque
 from datetime import datetime, time, timedelta, timezone
 from time import monotonic, sleep
 from typing import Any, Iterable, Iterator
@@ -168,10 +168,11 @@ class _Background:
 
     Asks are merged while they wait: a farm's cluster that grows by ten members in a second is
     rescored once, not ten times. With Redis the thread only records and enqueues a run. Without,
-    it rescores here, in the serving process, where it would compete with the requests for the
-    interpreter and, on SQLite, for the write lock: so it works in groups of GROUP accounts, each
-    started once no request has been in flight for QUIET seconds. Under unbroken traffic it still
-    moves: a group waits at most MAX_DEFER seconds.
+    it records the run (so a restart loses nothing: the schedule thread hands unfinished runs
+    back, see take_over) and rescores it here, in the serving process, where it would compete
+    with the requests for the interpreter and, on SQLite, for the write lock: so it works in
+    batches of GROUP accounts, each started once no request has been in flight for QUIET
+    seconds. Under unbroken traffic it still moves: a batch waits at most MAX_DEFER seconds.
     """
 
     GROUP = 5
@@ -183,6 +184,7 @@ class _Background:
         self._changed = threading.Condition()
         self._accounts: dict[str, None] = {}                # an ordered set
         self._clusters: dict[str, str | None] = {}          # cluster -> the member that asked (left out)
+        self._batches: deque[tuple[str, int]] = deque()     # (run id, batch no) recorded, not yet run
         self._busy = False
         self.thread = threading.Thread(target=self._run, name="kyc-rescore", daemon=True)
         self.thread.start()
@@ -195,15 +197,22 @@ class _Background:
                 self._clusters.setdefault(cluster_id, asker)
             self._changed.notify_all()
 
+    def take_over(self, batches: Iterable[tuple[str, int]]) -> None:
+        """Run batches recorded by an earlier process that ended before running them."""
+        with self._changed:
+            known = set(self._batches)
+            self._batches.extend(b for b in batches if b not in known)
+            self._changed.notify_all()
+
     def join(self) -> None:
         with self._changed:
-            while self._accounts or self._clusters or self._busy:
+            while self._accounts or self._clusters or self._batches or self._busy:
                 self._changed.wait()
 
     def _run(self) -> None:
         while True:
             with self._changed:
-                while not (self._accounts or self._clusters):
+                while not (self._accounts or self._clusters or self._batches):
                     if not self._changed.wait(timeout=5) and self.runtime() is None:
                         return                   # the runtime is gone: so is this thread
                 accounts, clusters = list(self._accounts), self._clusters
@@ -211,15 +220,17 @@ class _Background:
             try:
                 runtime = self.runtime()
                 if runtime is not None:
-                    self._rescore(runtime, accounts, clusters)
+                    if accounts or clusters:
+                        self._record(runtime, accounts, clusters)
+                    self._run_one(runtime)
             except Exception:  # noqa: BLE001 - a failed rescore must not stop the thread
-                log.exception("rescore of %d account(s) and %d cluster(s) failed", len(accounts), len(clusters))
+                log.exception("background rescoring failed")
             finally:
                 with self._changed:
                     self._busy = False
                     self._changed.notify_all()
 
-    def _rescore(self, runtime: Runtime, accounts: list[str], clusters: dict[str, str | None]) -> None:
+    def _record(self, runtime: Runtime, accounts: list[str], clusters: dict[str, str | None]) -> None:
         ids = dict.fromkeys(accounts)
         if clusters:
             with runtime.session() as reader:
@@ -228,14 +239,23 @@ class _Background:
                         .where(ClusterMember.cluster_id.in_(sorted(clusters)))):
                     if account_id != clusters[cluster_id]:
                         ids[account_id] = None
+        if not ids:
+            return
         reason = "cluster standing changed"
         if redis_connection(runtime.config) is not None:
             enqueue_rescore(runtime, ids, reason)
             return
-        pending = list(ids)
-        for start in range(0, len(pending), self.GROUP):
-            self._wait_for_quiet(runtime)
-            enqueue_rescore(runtime, pending[start:start + self.GROUP], reason)
+        run = start_run(runtime, "ids", account_ids=ids, reason=reason, batch_size=self.GROUP)
+        with self._changed:
+            self._batches.extend((run.id, n) for n in range(run.batches))
+
+    def _run_one(self, runtime: Runtime) -> None:
+        with self._changed:
+            if not self._batches:
+                return
+            run_id, batch_no = self._batches.popleft()
+        self._wait_for_quiet(runtime)
+        run_batch(runtime, run_id, batch_no)
 
     def _wait_for_quiet(self, runtime: Runtime) -> None:
         deadline = monotonic() + self.MAX_DEFER
@@ -409,12 +429,7 @@ def resume(runtime: Runtime, run_id: str | None = None) -> list[tuple[str, int]]
     Safe whatever rq still believes about the old jobs: a batch worked twice resumes from its
     cursor, and a duplicate finds nothing left to do.
     """
-    with runtime.session() as session:
-        query = (select(RescoreBatch.run_id, RescoreBatch.batch_no).join(RescoreRun)
-                 .where(RescoreBatch.finished_at.is_(None)).order_by(RescoreRun.created_at, RescoreBatch.batch_no))
-        if run_id:
-            query = query.where(RescoreBatch.run_id == run_id)
-        pending = [(r, n) for r, n in session.execute(query)]
+    pending = unfinished_batches(runtime, run_id)
     connection = redis_connection(runtime.config)
     by_run: dict[str, list[int]] = {}
     for r, n in pending:
@@ -427,6 +442,16 @@ def resume(runtime: Runtime, run_id: str | None = None) -> list[tuple[str, int]]
         else:
             enqueue_batches(connection, r, numbers, suffix=suffix)
     return pending
+
+
+def unfinished_batches(runtime: Runtime, run_id: str | None = None) -> list[tuple[str, int]]:
+    """(run id, batch no) of every unfinished batch, oldest run first."""
+    with runtime.session() as session:
+        query = (select(RescoreBatch.run_id, RescoreBatch.batch_no).join(RescoreRun)
+                 .where(RescoreBatch.finished_at.is_(None)).order_by(RescoreRun.created_at, RescoreBatch.batch_no))
+        if run_id:
+            query = query.where(RescoreBatch.run_id == run_id)
+        return [(r, n) for r, n in session.execute(query)]
 
 
 ORPHAN_AFTER = timedelta(minutes=10)
@@ -788,6 +813,12 @@ class InProcessSchedule(threading.Thread):
 
     def run(self) -> None:
         config = self.runtime.config
+        try:
+            # Runs recorded by a process that stopped before finishing them (a restart, a crash):
+            # rescored in the background, giving way to requests like any other.
+            _background(self.runtime).take_over(unfinished_batches(self.runtime))
+        except Exception:  # noqa: BLE001 - the schedule must start whatever happened before
+            log.exception("unfinished rescore runs could not be taken over")
         due = {"rules-watch": utcnow(), "dormant-daily": next_time("dormant-daily", config)}
         while True:
             wait = max(0.0, (min(due.values()) - utcnow()).total_seconds())

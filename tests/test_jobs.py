@@ -484,3 +484,36 @@ def test_the_service_tells_background_work_when_a_request_is_in_flight(inline_ru
     assert client.get("/v1/accounts/none").status_code == 401     # refused early, still counted out
     time.sleep(0.01)
     assert inline_runtime.traffic.idle_for() >= 0.01
+
+
+def test_asks_are_recorded_before_they_wait_and_a_new_process_finishes_them(inline_runtime, make_config,
+                                                                             database_url, rules_dir):
+    ids = seed(inline_runtime, 7)
+    first = jobs._background(inline_runtime)
+    first.MAX_DEFER = 600
+    inline_runtime.traffic.enter()                # this process stays busy: its thread only records
+    try:
+        first.put(ids, {})
+        deadline = time.monotonic() + 30
+        while len(jobs.unfinished_batches(inline_runtime)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(jobs.unfinished_batches(inline_runtime)) == 2         # 7 accounts, batches of 5
+        # The process "stops" here; the next one's schedule thread takes the recorded run over.
+        successor = Runtime.start(make_config(database_url, rules_dir=rules_dir), migrate=False)
+        schedule = jobs.InProcessSchedule(successor)
+        schedule.start()
+        try:
+            deadline = time.monotonic() + 30
+            while jobs.unfinished_batches(successor) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            jobs.drain(successor)
+        finally:
+            schedule.stop()
+            schedule.join(10)
+            successor.engine.dispose()
+        assert jobs.unfinished_batches(inline_runtime) == []
+        assert rescore_evaluations(inline_runtime) == {i: 1 for i in ids}
+    finally:
+        inline_runtime.traffic.leave()
+    jobs.drain(inline_runtime)                    # the first process's thread finds the batches done
+    assert rescore_evaluations(inline_runtime) == {i: 1 for i in ids}
