@@ -53,7 +53,7 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     rules = rules or runtime.rules          # read once: a reload mid-request does not split the set
     at = at or inp.at()
     if chunk is None:
-        account, created = _lock_account(session, inp.account_id, at)
+        account, created = _lock_account(session, inp.account_id, at, likely_new=subject == "signup")
     else:
         account, created = chunk.accounts[inp.account_id], False
     # Account facts describe the account now when it is rescored (a wake-up is why it is),
@@ -205,20 +205,29 @@ def _velocity_requests(session: Session, originals: list[Evaluation]) -> list[tu
     return [(sorted(k), at, account_id) for (account_id, at), k in keys.items() if k]
 
 
-def _lock_account(session: Session, account_id: str, at: datetime) -> tuple[Account, bool]:
+def _lock_account(session: Session, account_id: str, at: datetime, *, likely_new: bool = True
+                  ) -> tuple[Account, bool]:
     """The account, locked for this transaction, and whether this transaction created it.
 
-    Insert-if-absent first, so two concurrent first posts of one id never collide. The insert
-    returns the row it created (locked as ours until commit): one statement for a new account.
-    When the row exists (or a concurrent first post just created it) it is read with FOR UPDATE.
+    Insert-if-absent, so two concurrent first posts of one id never collide. The insert returns
+    the row it created (locked as ours until commit): one statement for a new account. When the
+    row exists (or a concurrent first post just created it) it is read with FOR UPDATE.
+    `likely_new=False` (a payment method: its account signed up first) reads first, which is
+    then the only statement.
     """
+    if not likely_new and (account := _locked_account(session, account_id)) is not None:
+        return account, False
     new = session.execute(_new_account_statement(session.get_bind().dialect.name),
                           {"id": account_id, "first_seen_at": at, "last_seen_at": at}).scalar_one_or_none()
     if new is not None:
         return new, True
+    return _locked_account(session, account_id), False
+
+
+def _locked_account(session: Session, account_id: str) -> Account | None:
     return session.execute(
         select(Account).where(Account.id == account_id).with_for_update().execution_options(populate_existing=True)
-    ).scalar_one(), False
+    ).scalar_one_or_none()
 
 
 @lru_cache(maxsize=4)
