@@ -26,17 +26,10 @@ class ActivityResult:
     woke_up: bool
 
 
-def latest_dormancy(conn, account_id: str) -> int | None:
-    """The dormancy (whole days) recorded with the account's latest day of activity; None if none."""
-    return conn.execute(
-        select(ActivityDay.dormant_days).where(ActivityDay.account_id == account_id)
-        .order_by(ActivityDay.day.desc()).limit(1)
-    ).scalar()
-
-
 def latest_dormancies(conn, account_ids: list[str]) -> dict[str, int]:
-    """latest_dormancy of many accounts in one query (rescoring a chunk); accounts without
-    activity are absent."""
+    """The dormancy (whole days) recorded with each account's latest day of activity, for many
+    accounts in one query (rescoring a chunk; a live evaluation reads it with the account row,
+    kyc.scoring._locked_account); accounts without activity are absent."""
     latest = (select(ActivityDay.account_id, func.max(ActivityDay.day).label("day"))
               .where(ActivityDay.account_id.in_(account_ids)).group_by(ActivityDay.account_id).subquery())
     return dict(conn.execute(

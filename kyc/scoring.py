@@ -12,19 +12,19 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import bindparam, inspect, select
+from sqlalchemy import bindparam, func, inspect, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
 
-from kyc.activity import latest_dormancies, latest_dormancy
+from kyc.activity import latest_dormancies
 from kyc.engine import Outcome, RuleSet, most_severe, reason_order
 from kyc.engine.loader import VERIFICATIONS
 from kyc.ids import new_id
 from kyc.inputs import INPUTS, rfc3339
 from kyc import graph
-from kyc.models import Account, Evaluation, Sighting, utcnow
+from kyc.models import Account, ActivityDay, Evaluation, Sighting, Verification, utcnow
 from kyc.runtime import Runtime
 from kyc.security import mask_email, mask_ip
 from kyc.signals import COLLECTORS, Identifiers, Lookups
@@ -53,19 +53,18 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     rules = rules or runtime.rules          # read once: a reload mid-request does not split the set
     at = at or inp.at()
     if chunk is None:
-        account, created = _lock_account(session, inp.account_id, at, likely_new=subject == "signup")
+        account, created, dormancy, verified = _lock_account(session, inp.account_id, at,
+                                                             likely_new=subject == "signup")
     else:
         account, created = chunk.accounts[inp.account_id], False
+        dormancy, verified = chunk.dormancy.get(account.id), chunk.verified.get(account.id, ())
     # Account facts describe the account now when it is rescored (a wake-up is why it is),
     # and as of the event for a live or backfilled input. They include the verifications
     # completed, which satisfy verify rules (see RuleSet.evaluate).
     facts_at = max(at, utcnow()) if trigger == "rescore" else at
     account_facts = account_signals(
-        at if created else account.first_seen_at, facts_at,
-        None if created else chunk.dormancy.get(account.id) if chunk else latest_dormancy(session, inp.account_id),
-        runtime.config.dormant_days,
-        frozenset() if created else verified_kinds(session, inp.account_id, account.subjects,
-                                                   stored=chunk.verified.get(account.id, ()) if chunk else None))
+        at if created else account.first_seen_at, facts_at, dormancy, runtime.config.dormant_days,
+        frozenset() if created else verified_kinds(session, inp.account_id, account.subjects, stored=verified))
     lookups = Lookups(rules.lists, chunk.store if chunk else velocity_store(runtime, session),
                       runtime.config.secret_key, runtime.geoip,
                       load_bin_table(runtime.config.bin_table))
@@ -206,8 +205,10 @@ def _velocity_requests(session: Session, originals: list[Evaluation]) -> list[tu
 
 
 def _lock_account(session: Session, account_id: str, at: datetime, *, likely_new: bool = True
-                  ) -> tuple[Account, bool]:
-    """The account, locked for this transaction, and whether this transaction created it.
+                  ) -> tuple[Account, bool, int | None, list[str]]:
+    """The account, locked for this transaction, whether this transaction created it, and the
+    dormancy of its latest active day and the kinds of its completed verifications (see
+    _locked_account; a new account has neither).
 
     Insert-if-absent, so two concurrent first posts of one id never collide. The insert returns
     the row it created (locked as ours until commit): one statement for a new account. When the
@@ -215,19 +216,36 @@ def _lock_account(session: Session, account_id: str, at: datetime, *, likely_new
     `likely_new=False` (a payment method: its account signed up first) reads first, which is
     then the only statement.
     """
-    if not likely_new and (account := _locked_account(session, account_id)) is not None:
-        return account, False
+    if not likely_new and (found := _locked_account(session, account_id)) is not None:
+        return found[0], False, found[1], found[2]
     new = session.execute(_new_account_statement(session.get_bind().dialect.name),
                           {"id": account_id, "first_seen_at": at, "last_seen_at": at}).scalar_one_or_none()
     if new is not None:
-        return new, True
-    return _locked_account(session, account_id), False
+        return new, True, None, []
+    account, dormancy, verified = _locked_account(session, account_id)
+    return account, False, dormancy, verified
 
 
-def _locked_account(session: Session, account_id: str) -> Account | None:
-    return session.execute(
-        select(Account).where(Account.id == account_id).with_for_update().execution_options(populate_existing=True)
-    ).scalar_one_or_none()
+def _locked_account(session: Session, account_id: str) -> tuple[Account, int | None, list[str]] | None:
+    """The account row locked, with what its facts need, in the same round trip."""
+    row = session.execute(_LOCKED_ACCOUNT, {"id": account_id}).one_or_none()
+    if row is None:
+        return None
+    account, dormancy, verified = row
+    return account, dormancy, verified.split(",") if verified else []
+
+
+_LOCKED_ACCOUNT = (
+    select(Account,
+           # as activity.latest_dormancies
+           select(ActivityDay.dormant_days).where(ActivityDay.account_id == Account.id)
+           .order_by(ActivityDay.day.desc()).limit(1).scalar_subquery(),
+           # as verification.stored_verified_kinds
+           select(func.aggregate_strings(Verification.kind, ","))
+           .where(Verification.account_id == Account.id, Verification.status == "verified").scalar_subquery())
+    .where(Account.id == bindparam("id")).with_for_update(of=Account.__table__)
+    .execution_options(populate_existing=True)
+)
 
 
 @lru_cache(maxsize=4)
