@@ -88,6 +88,9 @@ def serve(host: str, port: int, workers: int) -> None:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
             self.cfg.set("accesslog", "-")
+            # No client address and no query string: an access log must not hold an IP or
+            # whatever a caller put in a URL (the request bodies are checked, URLs are not).
+            self.cfg.set("access_log_format", '%(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s"')
             self.cfg.set("post_fork", post_fork)
             self.cfg.set("when_ready", lambda _server: runtime.watch_rules())
             self.cfg.set("on_reload", _reload_rules_in_master)

@@ -201,6 +201,10 @@ def test_gunicorn_access_and_error_logs_never_hold_the_number(tmp_path):
         for place in PLACES:
             assert _post(port, "/v1/payment-methods", payment(**place.values[0]), "kyc_dev_local_only") == 400
         assert _post(port, "/v1/payment-methods", payment(bin=VISA[:8], last4=VISA[-4:]), "kyc_dev_local_only") == 200
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", f"/healthz?card={VISA}")
+        assert conn.getresponse().status == 200
+        conn.close()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -208,4 +212,6 @@ def test_gunicorn_access_and_error_logs_never_hold_the_number(tmp_path):
     text = out.read()
     assert text.count('"POST /v1/payment-methods HTTP/1.1" 400') == len(PLACES), text
     assert "scored payment_method" in text
-    assert leaks(text) == []
+    assert '"GET /healthz HTTP/1.1" 200' in text                # logged, without its query string
+    access = [line for line in text.splitlines() if " HTTP/1.1\" " in line]
+    assert leaks(text) == [] and not any("127.0.0.1" in line for line in access)    # nor the client's address
