@@ -20,21 +20,24 @@ IP, headless browser) so graph signals cost one row read.
 
 from __future__ import annotations
 
+import logging
+import time
 from bisect import bisect_right
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from types import SimpleNamespace
 from typing import Hashable, Iterable
 
-from sqlalchemy import Integer, bindparam, case, cast, delete, func, or_, select, tuple_, update
+from sqlalchemy import (Column, Integer, MetaData, String, Table, bindparam, case, cast, delete, distinct, exists,
+                        func, literal, or_, select, text, tuple_, update)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from kyc.ids import new_id
-from kyc.models import MEMBER_FLAGS, Account, Cluster, ClusterMember, GraphEdge, GraphNode, Sighting
+from kyc.models import MEMBER_FLAGS, Account, Cluster, ClusterMember, GraphEdge, GraphNode, Sighting, UTCDateTime
 
 STRONG = frozenset({"device", "email", "phone", "card_fingerprint"})
 WEAK = frozenset({"ip_prefix_day", "email_template", "phone_range", "card_bin_postal"})
@@ -43,6 +46,8 @@ WEAK_KINDS_NEEDED = 2
 GROWTH_CAP = 10_000          # members counted by graph.cluster_growth_24h (bounded index scan)
 
 Node = tuple[str, str]       # (kind, keyed hash)
+
+log = logging.getLogger("kyc.graph")
 
 
 @dataclass(frozen=True)
@@ -413,21 +418,29 @@ def recluster(session: Session, policy: Policy, cluster_ids: Iterable[str]) -> N
     _assign(session, uf.groups().values(), current)
 
 
-def _assign(session: Session, groups: Iterable[list[str]], current: dict[str, str], *,
-            accounts_too: bool = False) -> None:
+def _keep_ids(groups: Iterable[list[str]], current: dict[str, str], claimed: set[str]):
+    """Each group of accounts, largest first, with the cluster id it keeps: the most common of
+    its members' current clusters not claimed by a larger group (None: it needs a new one)."""
+    for group in sorted(groups, key=lambda g: (-len(g), min(g))):
+        votes = Counter(current[a] for a in group if current.get(a))
+        cluster_id = next((cid for cid, _ in sorted(votes.items(), key=lambda v: (-v[1], v[0]))
+                           if cid not in claimed), None)
+        if cluster_id is not None:
+            claimed.add(cluster_id)
+        yield group, cluster_id
+
+
+def _assign(session: Session, groups: Iterable[list[str]], current: dict[str, str]) -> None:
     """Give each group of accounts a cluster, keeping ids where a group keeps most of a cluster,
     and recompute counters from the members' flags."""
     claimed: set[str] = set()
     changed: dict[str, str] = {}
     touched: set[str] = set(current.values())
-    for group in sorted(groups, key=len, reverse=True):
-        votes = Counter(current[a] for a in group if current.get(a))
-        cluster_id = next((cid for cid, _ in votes.most_common() if cid not in claimed), None)
+    for group, cluster_id in _keep_ids(groups, current, claimed):
         if cluster_id is None:
             first = session.execute(select(func.min(ClusterMember.joined_at))
                                     .where(ClusterMember.account_id.in_(group[:1]))).scalar()
             cluster_id = _new_cluster(session, first).id
-        claimed.add(cluster_id)
         touched.add(cluster_id)
         for account in group:
             if current.get(account) != cluster_id:
@@ -439,8 +452,6 @@ def _assign(session: Session, groups: Iterable[list[str]], current: dict[str, st
     for cluster_id, accounts in by_target.items():
         for chunk in _chunks(accounts, 5000):
             session.execute(update(ClusterMember).where(ClusterMember.account_id.in_(chunk)).values(cluster_id=cluster_id))
-            if accounts_too:           # offline rebuild only: live paths never touch other accounts' rows
-                session.execute(update(Account).where(Account.id.in_(chunk)).values(cluster_id=cluster_id))
     _recount(session, touched)
 
 
@@ -468,52 +479,166 @@ def _chunks(items: list, size: int):
 
 
 def rebuild(session: Session, policy: Policy) -> dict[str, int]:
-    """Recompute nodes, edges and clusters from the sightings; gives what incremental linking gives."""
-    holders: dict[Node, set[str]] = defaultdict(set)
-    first_seen: dict[Node, datetime] = {}
-    for kind, value_hash, account_id, first in session.execute(
-            select(Sighting.kind, Sighting.value_hash, Sighting.account_id, func.min(Sighting.occurred_at))
-            .where(Sighting.kind.in_(sorted(LINK_KINDS)))
-            .group_by(Sighting.kind, Sighting.value_hash, Sighting.account_id)):
-        node = (kind, value_hash)
-        holders[node].add(account_id)
-        first_seen[node] = min(first_seen.get(node, first), first)
-    session.execute(delete(GraphEdge))
-    session.execute(delete(GraphNode))
+    """Recompute nodes, edges and clusters from the sightings; gives what incremental linking gives.
+
+    Set-based: the database computes nodes, edges and the pairs of accounts that link (one
+    shared strong node; shared weak nodes of enough kinds); Python holds only a union-find of
+    the linked accounts and streams the memberships once; what changes is written back in bulk.
+    Runs in the caller's transaction, so a rebuild that dies leaves nothing half-written. On
+    PostgreSQL the graph tables are truncated, which makes signups linking meanwhile wait for
+    the commit instead of racing the rebuild.
+    """
     session.flush()
-    node_rows, edge_rows, edges = [], [], []
-    for node, accounts in holders.items():
-        super_node = policy.is_super(node[0], len(accounts))
-        node_rows.append({"kind": node[0], "value_hash": node[1], "accounts": len(accounts),
-                          "super_node": super_node, "first_seen_at": first_seen[node]})
-        if not super_node:
-            for account in accounts:
-                edge_rows.append({"kind": node[0], "value_hash": node[1], "account_id": account})
-                edges.append((node, account))
-    for chunk in _chunks(node_rows, 5000):
-        session.execute(GraphNode.__table__.insert(), chunk)
-    for chunk in _chunks(edge_rows, 5000):
-        session.execute(GraphEdge.__table__.insert(), chunk)
-    current = dict(session.execute(select(ClusterMember.account_id, ClusterMember.cluster_id)).all())
-    # Accounts sighted before the graph existed get a membership row now.
-    firsts = session.execute(select(Sighting.account_id, func.min(Sighting.occurred_at))
-                             .group_by(Sighting.account_id))
-    for account_id, first in firsts:
-        if account_id not in current:
-            cluster = _new_cluster(session, first)
-            session.add(ClusterMember(account_id=account_id, cluster_id=cluster.id, joined_at=first,
-                                      **{flag: False for flag in MEMBER_FLAGS}))
-            current[account_id] = cluster.id
-    session.flush()
-    uf = components(edges, current)
-    _assign(session, uf.groups().values(), current, accounts_too=True)
-    orphans = set(session.execute(select(Cluster.id)).scalars()) - set(
-        session.execute(select(ClusterMember.cluster_id).distinct()).scalars())
-    for chunk in _chunks(sorted(orphans), 5000):
-        session.execute(delete(Cluster).where(Cluster.id.in_(chunk)))
-    clusters = session.scalar(select(func.count()).select_from(Cluster))
-    return {"nodes": len(node_rows), "edges": len(edge_rows),
-            "super_nodes": sum(1 for r in node_rows if r["super_node"]), "clusters": clusters}
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name], clock = round(now - clock, 2), now
+
+    nodes, edges = _rebuild_nodes_and_edges(session, policy)
+    lap("nodes_edges")
+    _add_missing_members(session)
+    lap("members")
+    uf = _link_pairs(session)
+    lap("pairs")
+    moves = _rebuild_assignment(session, uf)
+    del uf
+    lap("assign")
+    _write_moves(session, moves)
+    lap("write")
+    _recount_all(session)
+    lap("recount")
+    log.info("graph rebuilt: %s", ", ".join(f"{k} {v}s" for k, v in timings.items()))
+    return {"nodes": nodes, "edges": edges,
+            "super_nodes": session.scalar(select(func.count()).select_from(GraphNode).where(GraphNode.super_node)),
+            "clusters": session.scalar(select(func.count()).select_from(Cluster)), "moved": len(moves)}
+
+
+def _rebuild_nodes_and_edges(session: Session, policy: Policy) -> tuple[int, int]:
+    s, n, e = Sighting.__table__, GraphNode.__table__, GraphEdge.__table__
+    for table in (e, n):
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text(f"TRUNCATE {table.name}"))
+        else:
+            session.execute(table.delete())
+    holders = func.count(distinct(s.c.account_id))
+    threshold = case((s.c.kind.in_(sorted(STRONG)), policy.super_strong), else_=policy.super_weak)
+    nodes = session.execute(n.insert().from_select(
+        ["kind", "value_hash", "accounts", "super_node", "first_seen_at"],
+        select(s.c.kind, s.c.value_hash, holders, holders > threshold, func.min(s.c.occurred_at))
+        .where(s.c.kind.in_(sorted(LINK_KINDS))).group_by(s.c.kind, s.c.value_hash))).rowcount
+    edges = session.execute(e.insert().from_select(
+        ["kind", "value_hash", "account_id"],
+        select(s.c.kind, s.c.value_hash, s.c.account_id).distinct()
+        .join(n, (n.c.kind == s.c.kind) & (n.c.value_hash == s.c.value_hash))
+        .where(s.c.kind.in_(sorted(LINK_KINDS)), n.c.super_node.is_(False)))).rowcount
+    return nodes, edges
+
+
+def _add_missing_members(session: Session) -> None:
+    """Accounts sighted before the graph existed get a membership (with no cluster yet: '')."""
+    s, m = Sighting.__table__, ClusterMember.__table__
+    session.execute(m.insert().from_select(
+        ["account_id", "cluster_id", "joined_at", *MEMBER_FLAGS],
+        select(s.c.account_id, literal(""), func.min(s.c.occurred_at), *(literal(False) for _ in MEMBER_FLAGS))
+        .where(~exists().where(m.c.account_id == s.c.account_id)).group_by(s.c.account_id)))
+
+
+def _link_pairs(session: Session) -> UnionFind:
+    """Union-find of the accounts that link to another one, from pairs the database finds:
+    holders of one shared strong node, and holders of shared weak nodes of enough kinds."""
+    n, e = GraphNode.__table__, GraphEdge.__table__
+    uf = UnionFind()
+    shared = (n.c.accounts > 1) & n.c.super_node.is_(False)
+    first: dict[Node, str] = {}
+    for kind, value_hash, account in session.execute(
+            select(e.c.kind, e.c.value_hash, e.c.account_id)
+            .join(n, (n.c.kind == e.c.kind) & (n.c.value_hash == e.c.value_hash))
+            .where(e.c.kind.in_(sorted(STRONG)), shared).execution_options(yield_per=20_000)):
+        other = first.setdefault((kind, value_hash), account)
+        if other != account:
+            uf.add(account)
+            uf.add(other)
+            uf.union(account, other)
+    del first
+    a, b = e.alias("a"), e.alias("b")
+    weak_pairs = (
+        select(a.c.account_id, b.c.account_id)
+        .select_from(a.join(n, (n.c.kind == a.c.kind) & (n.c.value_hash == a.c.value_hash))
+                     .join(b, (b.c.kind == a.c.kind) & (b.c.value_hash == a.c.value_hash)
+                           & (b.c.account_id > a.c.account_id)))
+        .where(a.c.kind.in_(sorted(WEAK)), shared)
+        .group_by(a.c.account_id, b.c.account_id)
+        .having(func.count(distinct(a.c.kind)) >= WEAK_KINDS_NEEDED))
+    for one, other in session.execute(weak_pairs.execution_options(yield_per=20_000)):
+        uf.add(one)
+        uf.add(other)
+        uf.union(one, other)
+    return uf
+
+
+def _rebuild_assignment(session: Session, uf: UnionFind) -> list[tuple[str, str]]:
+    """(account, cluster) for every membership that changes. One pass over the memberships:
+    linked accounts' clusters go to `_keep_ids`; a lone account keeps its cluster unless a
+    group claimed it or another lone account of the same old cluster kept it first."""
+    current: dict[str, str] = {}
+    lone: dict[str, str] = {}                  # old cluster -> the lone account keeping it
+    moves: list[tuple[str, str]] = []
+    m = ClusterMember.__table__
+    for account, cluster_id in session.execute(select(m.c.account_id, m.c.cluster_id)
+                                               .order_by(m.c.account_id).execution_options(yield_per=20_000)):
+        if account in uf.parent:
+            current[account] = cluster_id
+        elif cluster_id and cluster_id not in lone:
+            lone[cluster_id] = account
+        else:
+            moves.append((account, new_id("cl")))
+    claimed: set[str] = set()
+    for group, cluster_id in _keep_ids(uf.groups().values(), current, claimed):
+        cluster_id = cluster_id or new_id("cl")
+        moves.extend((account, cluster_id) for account in group if current[account] != cluster_id)
+    moves.extend((lone[cid], new_id("cl")) for cid in claimed if cid in lone)
+    return moves
+
+
+_MOVES = Table("rebuild_moves", MetaData(), Column("account_id", String(128), primary_key=True),
+               Column("cluster_id", String(40)), prefixes=["TEMPORARY"])
+
+
+def _write_moves(session: Session, moves: list[tuple[str, str]]) -> None:
+    """Memberships and accounts.cluster_id changed in bulk, through a temporary table."""
+    if not moves:
+        return
+    connection = session.connection()
+    _MOVES.create(connection)
+    for chunk in _chunks(moves, 20_000):
+        connection.execute(_MOVES.insert(), [{"account_id": a, "cluster_id": c} for a, c in chunk])
+    m = ClusterMember.__table__
+    connection.execute(m.update().where(m.c.account_id == _MOVES.c.account_id).values(cluster_id=_MOVES.c.cluster_id))
+    _MOVES.drop(connection)
+
+
+def _recount_all(session: Session) -> None:
+    """Every cluster's counters from its members: new clusters inserted, changed ones updated,
+    empty ones deleted; accounts.cluster_id follows the memberships."""
+    c, m, a = Cluster.__table__, ClusterMember.__table__, Account.__table__
+    counters = select(m.c.cluster_id.label("id"), func.count().label("size"), func.min(m.c.joined_at).label("first"),
+                      *(func.sum(cast(m.c[f], Integer)).label(f) for f in MEMBER_FLAGS)
+                      ).group_by(m.c.cluster_id).subquery()
+    now = datetime.now(timezone.utc)
+    session.execute(c.delete().where(~exists().where(m.c.cluster_id == c.c.id)))
+    session.execute(c.update().where(c.c.id == counters.c.id, or_(
+        c.c.size != counters.c.size, c.c.first_seen_at != counters.c.first,
+        *(c.c[f] != counters.c[f] for f in MEMBER_FLAGS))).values(
+        size=counters.c.size, first_seen_at=counters.c.first, **{f: counters.c[f] for f in MEMBER_FLAGS}))
+    session.execute(c.insert().from_select(
+        ["id", "size", "first_seen_at", "created_at", "updated_at", *MEMBER_FLAGS],
+        select(counters.c.id, counters.c.size, counters.c.first, literal(now, UTCDateTime), literal(now, UTCDateTime),
+               *(counters.c[f] for f in MEMBER_FLAGS)).where(~exists().where(c.c.id == counters.c.id))))
+    session.execute(a.update().where(a.c.id == m.c.account_id, or_(a.c.cluster_id.is_(None), a.c.cluster_id != m.c.cluster_id))
+                    .values(cluster_id=m.c.cluster_id))
 
 
 # --- reading --------------------------------------------------------------------------------
