@@ -497,13 +497,13 @@ def rebuild(session: Session, policy: Policy) -> dict[str, int]:
         now = time.perf_counter()
         timings[name], clock = round(now - clock, 2), now
 
-    nodes, edges = _rebuild_nodes_and_edges(session, policy)
+    _rebuild_nodes_and_edges(session, policy)
     lap("nodes_edges")
     _add_missing_members(session)
     lap("members")
     uf = _link_pairs(session)
     lap("pairs")
-    moves = _rebuild_assignment(session, uf)
+    moves, added = _rebuild_assignment(session, uf)
     del uf
     lap("assign")
     _write_moves(session, moves)
@@ -511,12 +511,14 @@ def rebuild(session: Session, policy: Policy) -> dict[str, int]:
     _recount_all(session)
     lap("recount")
     log.info("graph rebuilt: %s", ", ".join(f"{k} {v}s" for k, v in timings.items()))
-    return {"nodes": nodes, "edges": edges,
+    return {"nodes": session.scalar(select(func.count()).select_from(GraphNode)),
+            "edges": session.scalar(select(func.count()).select_from(GraphEdge)),
             "super_nodes": session.scalar(select(func.count()).select_from(GraphNode).where(GraphNode.super_node)),
-            "clusters": session.scalar(select(func.count()).select_from(Cluster)), "moved": len(moves)}
+            "clusters": session.scalar(select(func.count()).select_from(Cluster)),
+            "members_added": added, "members_moved": len(moves) - added}
 
 
-def _rebuild_nodes_and_edges(session: Session, policy: Policy) -> tuple[int, int]:
+def _rebuild_nodes_and_edges(session: Session, policy: Policy) -> None:
     s, n, e = Sighting.__table__, GraphNode.__table__, GraphEdge.__table__
     for table in (e, n):
         if session.get_bind().dialect.name == "postgresql":
@@ -525,16 +527,15 @@ def _rebuild_nodes_and_edges(session: Session, policy: Policy) -> tuple[int, int
             session.execute(table.delete())
     holders = func.count(distinct(s.c.account_id))
     threshold = case((s.c.kind.in_(sorted(STRONG)), policy.super_strong), else_=policy.super_weak)
-    nodes = session.execute(n.insert().from_select(
+    session.execute(n.insert().from_select(
         ["kind", "value_hash", "accounts", "super_node", "first_seen_at"],
         select(s.c.kind, s.c.value_hash, holders, holders > threshold, func.min(s.c.occurred_at))
-        .where(s.c.kind.in_(sorted(LINK_KINDS))).group_by(s.c.kind, s.c.value_hash))).rowcount
-    edges = session.execute(e.insert().from_select(
+        .where(s.c.kind.in_(sorted(LINK_KINDS))).group_by(s.c.kind, s.c.value_hash)))
+    session.execute(e.insert().from_select(
         ["kind", "value_hash", "account_id"],
         select(s.c.kind, s.c.value_hash, s.c.account_id).distinct()
         .join(n, (n.c.kind == s.c.kind) & (n.c.value_hash == s.c.value_hash))
-        .where(s.c.kind.in_(sorted(LINK_KINDS)), n.c.super_node.is_(False)))).rowcount
-    return nodes, edges
+        .where(s.c.kind.in_(sorted(LINK_KINDS)), n.c.super_node.is_(False))))
 
 
 def _add_missing_members(session: Session) -> None:
@@ -579,16 +580,19 @@ def _link_pairs(session: Session) -> UnionFind:
     return uf
 
 
-def _rebuild_assignment(session: Session, uf: UnionFind) -> list[tuple[str, str]]:
-    """(account, cluster) for every membership that changes. One pass over the memberships:
+def _rebuild_assignment(session: Session, uf: UnionFind) -> tuple[list[tuple[str, str]], int]:
+    """(account, cluster) for every membership that changes, and how many of them are new
+    (cluster ''). One pass over the memberships:
     linked accounts' clusters go to `_keep_ids`; a lone account keeps its cluster unless a
     group claimed it or another lone account of the same old cluster kept it first."""
     current: dict[str, str] = {}
     lone: dict[str, str] = {}                  # old cluster -> the lone account keeping it
     moves: list[tuple[str, str]] = []
+    added = 0
     m = ClusterMember.__table__
     for account, cluster_id in session.execute(select(m.c.account_id, m.c.cluster_id)
                                                .order_by(m.c.account_id).execution_options(yield_per=20_000)):
+        added += not cluster_id
         if account in uf.parent:
             current[account] = cluster_id
         elif cluster_id and cluster_id not in lone:
@@ -600,7 +604,7 @@ def _rebuild_assignment(session: Session, uf: UnionFind) -> list[tuple[str, str]
         cluster_id = cluster_id or new_id("cl")
         moves.extend((account, cluster_id) for account in group if current[account] != cluster_id)
     moves.extend((lone[cid], new_id("cl")) for cid in claimed if cid in lone)
-    return moves
+    return moves, added
 
 
 _MOVES = Table("rebuild_moves", MetaData(), Column("account_id", String(128), primary_key=True),
