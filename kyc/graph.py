@@ -500,6 +500,7 @@ def rebuild(session: Session, policy: Policy) -> dict[str, int]:
     _rebuild_nodes_and_edges(session, policy)
     lap("nodes_edges")
     _add_missing_members(session)
+    _analyze(session, ClusterMember.__table__)
     lap("members")
     uf = _link_pairs(session)
     lap("pairs")
@@ -531,11 +532,20 @@ def _rebuild_nodes_and_edges(session: Session, policy: Policy) -> None:
         ["kind", "value_hash", "accounts", "super_node", "first_seen_at"],
         select(s.c.kind, s.c.value_hash, holders, holders > threshold, func.min(s.c.occurred_at))
         .where(s.c.kind.in_(sorted(LINK_KINDS))).group_by(s.c.kind, s.c.value_hash)))
+    _analyze(session, n)
     session.execute(e.insert().from_select(
         ["kind", "value_hash", "account_id"],
         select(s.c.kind, s.c.value_hash, s.c.account_id).distinct()
         .join(n, (n.c.kind == s.c.kind) & (n.c.value_hash == s.c.value_hash))
         .where(s.c.kind.in_(sorted(LINK_KINDS)), n.c.super_node.is_(False))))
+    _analyze(session, n, e)
+
+
+def _analyze(session: Session, *tables: Table) -> None:
+    """Fresh planner statistics for tables this transaction rewrote (PostgreSQL would otherwise
+    plan the next statements for the tables as they were, e.g. empty: nested loops over millions)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("ANALYZE " + ", ".join(t.name for t in tables)))
 
 
 def _add_missing_members(session: Session) -> None:
@@ -564,13 +574,18 @@ def _link_pairs(session: Session) -> UnionFind:
             uf.add(other)
             uf.union(account, other)
     del first
-    a, b = e.alias("a"), e.alias("b")
+    # Only accounts whose shared weak nodes span enough kinds can link through them: the
+    # self-join runs over their edges alone.
+    weak = (select(e.c.kind, e.c.value_hash, e.c.account_id)
+            .join(n, (n.c.kind == e.c.kind) & (n.c.value_hash == e.c.value_hash))
+            .where(e.c.kind.in_(sorted(WEAK)), shared).cte("weak"))
+    enough = (select(weak.c.account_id).group_by(weak.c.account_id)
+              .having(func.count(distinct(weak.c.kind)) >= WEAK_KINDS_NEEDED).cte("enough"))
+    candidates = select(weak).join(enough, enough.c.account_id == weak.c.account_id).cte("candidates")
+    a, b = candidates.alias("a"), candidates.alias("b")
     weak_pairs = (
         select(a.c.account_id, b.c.account_id)
-        .select_from(a.join(n, (n.c.kind == a.c.kind) & (n.c.value_hash == a.c.value_hash))
-                     .join(b, (b.c.kind == a.c.kind) & (b.c.value_hash == a.c.value_hash)
-                           & (b.c.account_id > a.c.account_id)))
-        .where(a.c.kind.in_(sorted(WEAK)), shared)
+        .join_from(a, b, (b.c.kind == a.c.kind) & (b.c.value_hash == a.c.value_hash) & (b.c.account_id > a.c.account_id))
         .group_by(a.c.account_id, b.c.account_id)
         .having(func.count(distinct(a.c.kind)) >= WEAK_KINDS_NEEDED))
     for one, other in session.execute(weak_pairs.execution_options(yield_per=20_000)):
@@ -620,8 +635,10 @@ def _write_moves(session: Session, moves: list[tuple[str, str]]) -> None:
     for chunk in _chunks(moves, 20_000):
         connection.execute(_MOVES.insert(), [{"account_id": a, "cluster_id": c} for a, c in chunk])
     m = ClusterMember.__table__
+    _analyze(session, _MOVES)
     connection.execute(m.update().where(m.c.account_id == _MOVES.c.account_id).values(cluster_id=_MOVES.c.cluster_id))
     _MOVES.drop(connection)
+    _analyze(session, m)
 
 
 def _recount_all(session: Session) -> None:
