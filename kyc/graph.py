@@ -24,6 +24,7 @@ import logging
 import time
 from bisect import bisect_right
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -35,6 +36,7 @@ from sqlalchemy import (Column, Integer, MetaData, String, Table, bindparam, cas
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
+from sqlalchemy.schema import CreateIndex, DropIndex
 
 from kyc.ids import new_id
 from kyc.models import MEMBER_FLAGS, Account, Cluster, ClusterMember, GraphEdge, GraphNode, Sighting, UTCDateTime
@@ -164,9 +166,17 @@ def _statements(dialect: str) -> SimpleNamespace:
                                           where=GraphNode.__table__.c.super_node.is_(False))
         .returning(GraphNode.__table__.c.kind, GraphNode.__table__.c.value_hash, GraphNode.__table__.c.accounts),
         edge=insert(GraphEdge.__table__).on_conflict_do_nothing(),
-        members=select(GraphEdge.kind, GraphEdge.value_hash, GraphEdge.account_id)
+        # The other holders of the account's nodes, each with its cluster: one read.
+        members=select(GraphEdge.kind, GraphEdge.value_hash, GraphEdge.account_id, ClusterMember.cluster_id)
+        .outerjoin(ClusterMember, ClusterMember.account_id == GraphEdge.account_id)
         .where(tuple_(GraphEdge.kind, GraphEdge.value_hash).in_(mine)),
-        clusters_of=select(ClusterMember.cluster_id).where(ClusterMember.account_id.in_(bindparam("accounts", expanding=True))),
+        # A stored cluster absorbing a new account's cluster of one: its row updated and read in
+        # one statement (the update takes the row lock a merge needs).
+        absorb=update(Cluster).where(Cluster.id == bindparam("cluster")).values(
+            size=Cluster.size + 1,
+            first_seen_at=case((Cluster.first_seen_at > bindparam("at"), bindparam("at")), else_=Cluster.first_seen_at),
+            **{flag: getattr(Cluster, flag) + bindparam(flag) for flag in MEMBER_FLAGS})
+        .returning(Cluster).execution_options(synchronize_session=False, populate_existing=True),
         growth=select(func.count()).select_from(
             select(ClusterMember.account_id)
             .where(ClusterMember.cluster_id == bindparam("cluster"), ClusterMember.joined_at > bindparam("since"),
@@ -316,11 +326,13 @@ def _link(session: Session, policy: Policy, account_id: str, member: ClusterMemb
         return member, created                 # the only holder of all its nodes: a cluster of one
     # Link through every node the account holds (earlier signups of the same account included).
     members: dict[Node, list[str]] = defaultdict(list)
-    for kind, value_hash, other in session.execute(sql.members, {"account": account_id}):
+    cluster_of: dict[str, str | None] = {}
+    for kind, value_hash, other, other_cluster in session.execute(sql.members, {"account": account_id}):
         members[(kind, value_hash)].append(other)
+        cluster_of[other] = other_cluster
     linked = linked_accounts(account_id, members)
     if linked:
-        cluster_ids = set(session.execute(sql.clusters_of, {"accounts": sorted(linked)}).scalars())
+        cluster_ids = {cluster_of[a] for a in linked if cluster_of[a]}
         cluster_ids.add(member.cluster_id)
         if len(cluster_ids) > 1:
             if created is not None and created in session.new:
@@ -352,6 +364,10 @@ def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], exclude:
     """
     new_member, new_cluster = joining or (None, None)
     stored = sorted(set(cluster_ids) - ({new_cluster.id} if new_cluster else set()))
+    if new_cluster is not None and len(stored) == 1:
+        absorbed = _absorb(session, policy, stored[0], new_member, new_cluster)
+        if absorbed is not None:
+            return absorbed
     clusters = list(session.execute(
         select(Cluster).where(Cluster.id.in_(stored)).order_by(Cluster.id).with_for_update()
         .execution_options(populate_existing=True)).scalars())
@@ -388,6 +404,25 @@ def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], exclude:
         else:
             session.delete(other)
     session.flush()
+    return target
+
+
+def _absorb(session: Session, policy: Policy, cluster_id: str, new_member: ClusterMember,
+            new_cluster: Cluster) -> Cluster | None:
+    """A new account joining one stored cluster (the common merge): the stored cluster keeps its
+    id whatever its size, its counters rise by the new member's in one statement, and the new
+    cluster of one is never written. None: a concurrent merge removed that cluster meanwhile."""
+    added = {flag: getattr(new_cluster, flag) for flag in MEMBER_FLAGS}
+    target = session.scalars(_sql(session).absorb, {"cluster": cluster_id, "at": new_cluster.first_seen_at,
+                                                     **added}).one_or_none()
+    if target is None:
+        return None
+    before = SimpleNamespace(size=target.size - 1, blocked=target.blocked - added["blocked"],
+                             labeled_fraud=target.labeled_fraud - added["labeled_fraud"])
+    if _rose(policy.bucket(before), policy.bucket(target)):
+        queue_rescore(session, clusters=[target.id])
+    new_member.cluster_id = target.id
+    session.expunge(new_cluster)
     return target
 
 
@@ -489,6 +524,11 @@ def rebuild(session: Session, policy: Policy) -> dict[str, int]:
     the commit instead of racing the rebuild.
     """
     session.flush()
+    if session.get_bind().dialect.name == "postgresql":
+        # Sorts and hashes over millions of rows in memory rather than spilled to disk; index
+        # builds likewise. For this transaction only.
+        session.execute(text("SET LOCAL work_mem = '64MB'"))
+        session.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -521,24 +561,46 @@ def rebuild(session: Session, policy: Policy) -> dict[str, int]:
 
 def _rebuild_nodes_and_edges(session: Session, policy: Policy) -> None:
     s, n, e = Sighting.__table__, GraphNode.__table__, GraphEdge.__table__
+    postgres = session.get_bind().dialect.name == "postgresql"
     for table in (e, n):
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(text(f"TRUNCATE {table.name}"))
-        else:
-            session.execute(table.delete())
+        session.execute(text(f"TRUNCATE {table.name}") if postgres else table.delete())
     holders = func.count(distinct(s.c.account_id))
     threshold = case((s.c.kind.in_(sorted(STRONG)), policy.super_strong), else_=policy.super_weak)
-    session.execute(n.insert().from_select(
-        ["kind", "value_hash", "accounts", "super_node", "first_seen_at"],
-        select(s.c.kind, s.c.value_hash, holders, holders > threshold, func.min(s.c.occurred_at))
-        .where(s.c.kind.in_(sorted(LINK_KINDS))).group_by(s.c.kind, s.c.value_hash)))
+    with _indexes_built_after(session, n):
+        session.execute(n.insert().from_select(
+            ["kind", "value_hash", "accounts", "super_node", "first_seen_at"],
+            select(s.c.kind, s.c.value_hash, holders, holders > threshold, func.min(s.c.occurred_at))
+            .where(s.c.kind.in_(sorted(LINK_KINDS))).group_by(s.c.kind, s.c.value_hash)))
     _analyze(session, n)
-    session.execute(e.insert().from_select(
-        ["kind", "value_hash", "account_id"],
-        select(s.c.kind, s.c.value_hash, s.c.account_id).distinct()
-        .join(n, (n.c.kind == s.c.kind) & (n.c.value_hash == s.c.value_hash))
-        .where(s.c.kind.in_(sorted(LINK_KINDS)), n.c.super_node.is_(False))))
-    _analyze(session, n, e)
+    with _indexes_built_after(session, e):
+        session.execute(e.insert().from_select(
+            ["kind", "value_hash", "account_id"],
+            select(s.c.kind, s.c.value_hash, s.c.account_id).distinct()
+            .join(n, (n.c.kind == s.c.kind) & (n.c.value_hash == s.c.value_hash))
+            .where(s.c.kind.in_(sorted(LINK_KINDS)), n.c.super_node.is_(False))))
+    _analyze(session, e)
+
+
+@contextmanager
+def _indexes_built_after(session: Session, table: Table):
+    """PostgreSQL: load a just-truncated table without its primary key and indexes and build
+    them afterwards; one sorted build is several times faster than millions of inserts into
+    each b-tree. Inside the rebuild's transaction, like the truncation (which already keeps
+    everyone else off the table until the commit)."""
+    if session.get_bind().dialect.name != "postgresql":
+        yield
+        return
+    connection = session.connection()
+    primary = connection.scalar(text("SELECT conname FROM pg_constraint WHERE conrelid = CAST(:t AS regclass) "
+                                     "AND contype = 'p'"), {"t": table.name})
+    connection.execute(text(f"ALTER TABLE {table.name} DROP CONSTRAINT {primary}"))
+    for index in table.indexes:
+        connection.execute(DropIndex(index))
+    yield
+    columns = ", ".join(c.name for c in table.primary_key.columns)
+    connection.execute(text(f"ALTER TABLE {table.name} ADD CONSTRAINT {primary} PRIMARY KEY ({columns})"))
+    for index in table.indexes:
+        connection.execute(CreateIndex(index))
 
 
 def _analyze(session: Session, *tables: Table) -> None:
