@@ -31,7 +31,7 @@ from functools import lru_cache
 from types import SimpleNamespace
 from typing import Hashable, Iterable
 
-from sqlalchemy import (Column, Integer, MetaData, String, Table, bindparam, case, cast, delete, distinct, exists,
+from sqlalchemy import (Boolean, Column, Integer, MetaData, String, Table, bindparam, case, cast, delete, distinct, exists,
                         func, literal, or_, select, text, tuple_, update)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -539,15 +539,12 @@ def rebuild(session: Session, policy: Policy) -> dict[str, int]:
 
     _rebuild_nodes_and_edges(session, policy)
     lap("nodes_edges")
-    _add_missing_members(session)
-    _analyze(session, ClusterMember.__table__)
-    lap("members")
     uf = _link_pairs(session)
     lap("pairs")
     moves, added = _rebuild_assignment(session, uf)
     del uf
     lap("assign")
-    _write_moves(session, moves)
+    _write_memberships(session, moves)
     lap("write")
     _recount_all(session)
     lap("recount")
@@ -610,15 +607,6 @@ def _analyze(session: Session, *tables: Table) -> None:
         session.execute(text("ANALYZE " + ", ".join(t.name for t in tables)))
 
 
-def _add_missing_members(session: Session) -> None:
-    """Accounts sighted before the graph existed get a membership (with no cluster yet: '')."""
-    s, m = Sighting.__table__, ClusterMember.__table__
-    session.execute(m.insert().from_select(
-        ["account_id", "cluster_id", "joined_at", *MEMBER_FLAGS],
-        select(s.c.account_id, literal(""), func.min(s.c.occurred_at), *(literal(False) for _ in MEMBER_FLAGS))
-        .where(~exists().where(m.c.account_id == s.c.account_id)).group_by(s.c.account_id)))
-
-
 def _link_pairs(session: Session) -> UnionFind:
     """Union-find of the accounts that link to another one, from pairs the database finds:
     holders of one shared strong node, and holders of shared weak nodes of enough kinds."""
@@ -657,71 +645,107 @@ def _link_pairs(session: Session) -> UnionFind:
     return uf
 
 
-def _rebuild_assignment(session: Session, uf: UnionFind) -> tuple[list[tuple[str, str]], int]:
-    """(account, cluster) for every membership that changes, and how many of them are new
-    (cluster ''). One pass over the memberships:
-    linked accounts' clusters go to `_keep_ids`; a lone account keeps its cluster unless a
-    group claimed it or another lone account of the same old cluster kept it first."""
+def _rebuild_assignment(session: Session, uf: UnionFind) -> tuple[list[tuple[str, str, datetime | None]], int]:
+    """(account, cluster, joined_at) for every membership that changes (joined_at None) or is
+    new (an account sighted before the graph existed: joined at its first sighting), and how
+    many are new. One pass over the memberships: linked accounts' clusters go to `_keep_ids`;
+    a lone account keeps its cluster unless a group claimed it or another lone account of the
+    same old cluster kept it first."""
     current: dict[str, str] = {}
     lone: dict[str, str] = {}                  # old cluster -> the lone account keeping it
-    moves: list[tuple[str, str]] = []
-    added = 0
-    m = ClusterMember.__table__
+    moves: list[tuple[str, str, datetime | None]] = []
+    m, s = ClusterMember.__table__, Sighting.__table__
     for account, cluster_id in session.execute(select(m.c.account_id, m.c.cluster_id)
                                                .order_by(m.c.account_id).execution_options(yield_per=20_000)):
-        added += not cluster_id
         if account in uf.parent:
             current[account] = cluster_id
-        elif cluster_id and cluster_id not in lone:
+        elif cluster_id not in lone:
             lone[cluster_id] = account
         else:
-            moves.append((account, new_id("cl")))
+            moves.append((account, new_id("cl"), None))
+    joined: dict[str, datetime] = {}
+    for account, first in session.execute(
+            select(s.c.account_id, func.min(s.c.occurred_at)).where(~exists().where(m.c.account_id == s.c.account_id))
+            .group_by(s.c.account_id).execution_options(yield_per=20_000)):
+        if account in uf.parent:
+            joined[account] = first
+        else:
+            moves.append((account, new_id("cl"), first))
+    added = len(joined) + sum(1 for move in moves if move[2] is not None)
     claimed: set[str] = set()
     for group, cluster_id in _keep_ids(uf.groups().values(), current, claimed):
         cluster_id = cluster_id or new_id("cl")
-        moves.extend((account, cluster_id) for account in group if current[account] != cluster_id)
-    moves.extend((lone[cid], new_id("cl")) for cid in claimed if cid in lone)
+        moves.extend((account, cluster_id, joined.get(account)) for account in group
+                     if current.get(account) != cluster_id)
+    moves.extend((lone[cid], new_id("cl"), None) for cid in claimed if cid in lone)
     return moves, added
 
 
 _MOVES = Table("rebuild_moves", MetaData(), Column("account_id", String(128), primary_key=True),
-               Column("cluster_id", String(40)), prefixes=["TEMPORARY"])
+               Column("cluster_id", String(40)), Column("joined_at", UTCDateTime, nullable=True),
+               prefixes=["TEMPORARY"])
 
 
-def _write_moves(session: Session, moves: list[tuple[str, str]]) -> None:
-    """Memberships and accounts.cluster_id changed in bulk, through a temporary table."""
+def _write_memberships(session: Session, moves: list[tuple[str, str, datetime | None]]) -> None:
+    """Memberships moved and added in bulk, through a temporary table (loaded with COPY on
+    PostgreSQL: a million rows in seconds)."""
     if not moves:
         return
     connection = session.connection()
     _MOVES.create(connection)
-    for chunk in _chunks(moves, 20_000):
-        connection.execute(_MOVES.insert(), [{"account_id": a, "cluster_id": c} for a, c in chunk])
-    m = ClusterMember.__table__
+    if connection.dialect.name == "postgresql":
+        with connection.connection.dbapi_connection.cursor() as cursor, \
+                cursor.copy("COPY rebuild_moves (account_id, cluster_id, joined_at) FROM STDIN") as copy:
+            for move in moves:
+                copy.write_row(move)
+    else:
+        for chunk in _chunks(moves, 20_000):
+            connection.execute(_MOVES.insert(), [{"account_id": a, "cluster_id": c, "joined_at": j} for a, c, j in chunk])
     _analyze(session, _MOVES)
-    connection.execute(m.update().where(m.c.account_id == _MOVES.c.account_id).values(cluster_id=_MOVES.c.cluster_id))
+    m = ClusterMember.__table__
+    connection.execute(m.update().where(m.c.account_id == _MOVES.c.account_id, _MOVES.c.joined_at.is_(None))
+                       .values(cluster_id=_MOVES.c.cluster_id))
+    connection.execute(m.insert().from_select(
+        ["account_id", "cluster_id", "joined_at", *MEMBER_FLAGS],
+        select(_MOVES.c.account_id, _MOVES.c.cluster_id, _MOVES.c.joined_at, *(literal(False) for _ in MEMBER_FLAGS))
+        .where(_MOVES.c.joined_at.is_not(None))))
     _MOVES.drop(connection)
     _analyze(session, m)
 
 
+_COUNTERS = Table("rebuild_counters", MetaData(), Column("id", String(40), primary_key=True), Column("size", Integer),
+                  Column("first", UTCDateTime), *(Column(flag, Integer) for flag in MEMBER_FLAGS),
+                  Column("known", Boolean), prefixes=["TEMPORARY"])
+
+
 def _recount_all(session: Session) -> None:
-    """Every cluster's counters from its members: new clusters inserted, changed ones updated,
-    empty ones deleted; accounts.cluster_id follows the memberships."""
-    c, m, a = Cluster.__table__, ClusterMember.__table__, Account.__table__
+    """Every cluster's counters from its members: empty clusters deleted, changed ones updated,
+    new ones inserted; accounts.cluster_id follows the memberships. The counters are computed
+    once into a temporary table, which also says which clusters exist already (an insert that
+    looked that up in the table it fills could be planned as a scan per row)."""
+    c, m, a, t = Cluster.__table__, ClusterMember.__table__, Account.__table__, _COUNTERS
+    connection = session.connection()
+    t.create(connection)
     counters = select(m.c.cluster_id.label("id"), func.count().label("size"), func.min(m.c.joined_at).label("first"),
                       *(func.sum(cast(m.c[f], Integer)).label(f) for f in MEMBER_FLAGS)
                       ).group_by(m.c.cluster_id).subquery()
+    connection.execute(t.insert().from_select(
+        ["id", "size", "first", *MEMBER_FLAGS, "known"],
+        select(*counters.c, c.c.id.is_not(None)).select_from(counters.outerjoin(c, c.c.id == counters.c.id))))
+    _analyze(session, t)
+    connection.execute(c.delete().where(~exists().where(m.c.cluster_id == c.c.id)))
+    connection.execute(c.update().where(c.c.id == t.c.id, t.c.known, or_(
+        c.c.size != t.c.size, c.c.first_seen_at != t.c.first, *(c.c[f] != t.c[f] for f in MEMBER_FLAGS))).values(
+        size=t.c.size, first_seen_at=t.c.first, **{f: t.c[f] for f in MEMBER_FLAGS}))
     now = datetime.now(timezone.utc)
-    session.execute(c.delete().where(~exists().where(m.c.cluster_id == c.c.id)))
-    session.execute(c.update().where(c.c.id == counters.c.id, or_(
-        c.c.size != counters.c.size, c.c.first_seen_at != counters.c.first,
-        *(c.c[f] != counters.c[f] for f in MEMBER_FLAGS))).values(
-        size=counters.c.size, first_seen_at=counters.c.first, **{f: counters.c[f] for f in MEMBER_FLAGS}))
-    session.execute(c.insert().from_select(
+    connection.execute(c.insert().from_select(
         ["id", "size", "first_seen_at", "created_at", "updated_at", *MEMBER_FLAGS],
-        select(counters.c.id, counters.c.size, counters.c.first, literal(now, UTCDateTime), literal(now, UTCDateTime),
-               *(counters.c[f] for f in MEMBER_FLAGS)).where(~exists().where(c.c.id == counters.c.id))))
-    session.execute(a.update().where(a.c.id == m.c.account_id, or_(a.c.cluster_id.is_(None), a.c.cluster_id != m.c.cluster_id))
-                    .values(cluster_id=m.c.cluster_id))
+        select(t.c.id, t.c.size, t.c.first, literal(now, UTCDateTime), literal(now, UTCDateTime),
+               *(t.c[f] for f in MEMBER_FLAGS)).where(t.c.known.is_(False))))
+    t.drop(connection)
+    connection.execute(a.update().where(a.c.id == m.c.account_id,
+                                        or_(a.c.cluster_id.is_(None), a.c.cluster_id != m.c.cluster_id))
+                       .values(cluster_id=m.c.cluster_id))
 
 
 # --- reading --------------------------------------------------------------------------------
