@@ -111,7 +111,8 @@ def load_database(url: str, n: int, seed: int) -> None:
             conn.exec_driver_sql("COMMIT")
             conn.exec_driver_sql("ANALYZE")
     engine.dispose()
-    print(f"[{engine.dialect.name}] loaded {n:,} accounts, {6 * n:,} sightings in {time.perf_counter() - started:.0f} s")
+    took = time.perf_counter() - started
+    print(f"[{engine.dialect.name}] loaded {n:,} accounts, {6 * n:,} sightings in {took:.0f} s")
 
 
 def _copy(cursor, accounts: list, sightings: list) -> None:
@@ -149,7 +150,8 @@ def bench_rebuild(url: str, what: str) -> dict:
     child.join()
     dialect = make_engine(url).dialect.name
     cpu_note = ", SQLite's included" if dialect == "sqlite" else ", the server's apart"
-    print(f"[{dialect}] rebuild, {what}: {took:.1f} s  (this process's CPU {cpu:.1f} s{cpu_note})  peak RSS {rss:,.0f} MB  {stats}")
+    print(f"[{dialect}] rebuild, {what}: {took:.1f} s  (this process's CPU {cpu:.1f} s{cpu_note})  "
+          f"peak RSS {rss:,.0f} MB  {stats}")
     return stats
 
 

@@ -31,8 +31,8 @@ from functools import lru_cache
 from types import SimpleNamespace
 from typing import Hashable, Iterable
 
-from sqlalchemy import (Boolean, Column, Integer, MetaData, String, Table, bindparam, case, cast, delete, distinct, exists,
-                        func, literal, or_, select, text, tuple_, update)
+from sqlalchemy import (Boolean, Column, Integer, MetaData, String, Table, bindparam, case, cast, delete, distinct,
+                        exists, func, literal, or_, select, text, tuple_, update)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -635,7 +635,8 @@ def _link_pairs(session: Session) -> UnionFind:
     a, b = candidates.alias("a"), candidates.alias("b")
     weak_pairs = (
         select(a.c.account_id, b.c.account_id)
-        .join_from(a, b, (b.c.kind == a.c.kind) & (b.c.value_hash == a.c.value_hash) & (b.c.account_id > a.c.account_id))
+        .join_from(a, b, (b.c.kind == a.c.kind) & (b.c.value_hash == a.c.value_hash)
+                   & (b.c.account_id > a.c.account_id))
         .group_by(a.c.account_id, b.c.account_id)
         .having(func.count(distinct(a.c.kind)) >= WEAK_KINDS_NEEDED))
     for one, other in session.execute(weak_pairs.execution_options(yield_per=20_000)):
@@ -700,7 +701,8 @@ def _write_memberships(session: Session, moves: list[tuple[str, str, datetime | 
                 copy.write_row(move)
     else:
         for chunk in _chunks(moves, 20_000):
-            connection.execute(_MOVES.insert(), [{"account_id": a, "cluster_id": c, "joined_at": j} for a, c, j in chunk])
+            connection.execute(_MOVES.insert(), [{"account_id": a, "cluster_id": c, "joined_at": j}
+                                                 for a, c, j in chunk])
     _analyze(session, _MOVES)
     m = ClusterMember.__table__
     connection.execute(m.update().where(m.c.account_id == _MOVES.c.account_id, _MOVES.c.joined_at.is_(None))
