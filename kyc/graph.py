@@ -20,21 +20,26 @@ IP, headless browser) so graph signals cost one row read.
 
 from __future__ import annotations
 
+import logging
+import time
 from bisect import bisect_right
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from types import SimpleNamespace
 from typing import Hashable, Iterable
 
-from sqlalchemy import Integer, bindparam, case, cast, delete, func, or_, select, tuple_, update
+from sqlalchemy import (Boolean, Column, Integer, MetaData, String, Table, bindparam, case, cast, delete, distinct,
+                        exists, func, literal, or_, select, text, tuple_, update)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
+from sqlalchemy.schema import CreateIndex, DropIndex
 
 from kyc.ids import new_id
-from kyc.models import MEMBER_FLAGS, Account, Cluster, ClusterMember, GraphEdge, GraphNode, Sighting
+from kyc.models import MEMBER_FLAGS, Account, Cluster, ClusterMember, GraphEdge, GraphNode, Sighting, UTCDateTime
 
 STRONG = frozenset({"device", "email", "phone", "card_fingerprint"})
 WEAK = frozenset({"ip_prefix_day", "email_template", "phone_range", "card_bin_postal"})
@@ -43,6 +48,8 @@ WEAK_KINDS_NEEDED = 2
 GROWTH_CAP = 10_000          # members counted by graph.cluster_growth_24h (bounded index scan)
 
 Node = tuple[str, str]       # (kind, keyed hash)
+
+log = logging.getLogger("kyc.graph")
 
 
 @dataclass(frozen=True)
@@ -159,9 +166,17 @@ def _statements(dialect: str) -> SimpleNamespace:
                                           where=GraphNode.__table__.c.super_node.is_(False))
         .returning(GraphNode.__table__.c.kind, GraphNode.__table__.c.value_hash, GraphNode.__table__.c.accounts),
         edge=insert(GraphEdge.__table__).on_conflict_do_nothing(),
-        members=select(GraphEdge.kind, GraphEdge.value_hash, GraphEdge.account_id)
+        # The other holders of the account's nodes, each with its cluster: one read.
+        members=select(GraphEdge.kind, GraphEdge.value_hash, GraphEdge.account_id, ClusterMember.cluster_id)
+        .outerjoin(ClusterMember, ClusterMember.account_id == GraphEdge.account_id)
         .where(tuple_(GraphEdge.kind, GraphEdge.value_hash).in_(mine)),
-        clusters_of=select(ClusterMember.cluster_id).where(ClusterMember.account_id.in_(bindparam("accounts", expanding=True))),
+        # A stored cluster absorbing a new account's cluster of one: its row updated and read in
+        # one statement (the update takes the row lock a merge needs).
+        absorb=update(Cluster).where(Cluster.id == bindparam("cluster")).values(
+            size=Cluster.size + 1,
+            first_seen_at=case((Cluster.first_seen_at > bindparam("at"), bindparam("at")), else_=Cluster.first_seen_at),
+            **{flag: getattr(Cluster, flag) + bindparam(flag) for flag in MEMBER_FLAGS})
+        .returning(Cluster).execution_options(synchronize_session=False, populate_existing=True),
         growth=select(func.count()).select_from(
             select(ClusterMember.account_id)
             .where(ClusterMember.cluster_id == bindparam("cluster"), ClusterMember.joined_at > bindparam("since"),
@@ -311,11 +326,13 @@ def _link(session: Session, policy: Policy, account_id: str, member: ClusterMemb
         return member, created                 # the only holder of all its nodes: a cluster of one
     # Link through every node the account holds (earlier signups of the same account included).
     members: dict[Node, list[str]] = defaultdict(list)
-    for kind, value_hash, other in session.execute(sql.members, {"account": account_id}):
+    cluster_of: dict[str, str | None] = {}
+    for kind, value_hash, other, other_cluster in session.execute(sql.members, {"account": account_id}):
         members[(kind, value_hash)].append(other)
+        cluster_of[other] = other_cluster
     linked = linked_accounts(account_id, members)
     if linked:
-        cluster_ids = set(session.execute(sql.clusters_of, {"accounts": sorted(linked)}).scalars())
+        cluster_ids = {cluster_of[a] for a in linked if cluster_of[a]}
         cluster_ids.add(member.cluster_id)
         if len(cluster_ids) > 1:
             if created is not None and created in session.new:
@@ -347,6 +364,10 @@ def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], exclude:
     """
     new_member, new_cluster = joining or (None, None)
     stored = sorted(set(cluster_ids) - ({new_cluster.id} if new_cluster else set()))
+    if new_cluster is not None and len(stored) == 1:
+        absorbed = _absorb(session, policy, stored[0], new_member, new_cluster)
+        if absorbed is not None:
+            return absorbed
     clusters = list(session.execute(
         select(Cluster).where(Cluster.id.in_(stored)).order_by(Cluster.id).with_for_update()
         .execution_options(populate_existing=True)).scalars())
@@ -386,6 +407,25 @@ def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], exclude:
     return target
 
 
+def _absorb(session: Session, policy: Policy, cluster_id: str, new_member: ClusterMember,
+            new_cluster: Cluster) -> Cluster | None:
+    """A new account joining one stored cluster (the common merge): the stored cluster keeps its
+    id whatever its size, its counters rise by the new member's in one statement, and the new
+    cluster of one is never written. None: a concurrent merge removed that cluster meanwhile."""
+    added = {flag: getattr(new_cluster, flag) for flag in MEMBER_FLAGS}
+    target = session.scalars(_sql(session).absorb, {"cluster": cluster_id, "at": new_cluster.first_seen_at,
+                                                     **added}).one_or_none()
+    if target is None:
+        return None
+    before = SimpleNamespace(size=target.size - 1, blocked=target.blocked - added["blocked"],
+                             labeled_fraud=target.labeled_fraud - added["labeled_fraud"])
+    if _rose(policy.bucket(before), policy.bucket(target)):
+        queue_rescore(session, clusters=[target.id])
+    new_member.cluster_id = target.id
+    session.expunge(new_cluster)
+    return target
+
+
 def _make_super(session: Session, policy: Policy, nodes: list[Node]) -> None:
     """Nodes that crossed their threshold stop linking: drop their edges, split what they held."""
     condition = tuple_(GraphEdge.kind, GraphEdge.value_hash).in_(nodes)
@@ -413,21 +453,29 @@ def recluster(session: Session, policy: Policy, cluster_ids: Iterable[str]) -> N
     _assign(session, uf.groups().values(), current)
 
 
-def _assign(session: Session, groups: Iterable[list[str]], current: dict[str, str], *,
-            accounts_too: bool = False) -> None:
+def _keep_ids(groups: Iterable[list[str]], current: dict[str, str], claimed: set[str]):
+    """Each group of accounts, largest first, with the cluster id it keeps: the most common of
+    its members' current clusters not claimed by a larger group (None: it needs a new one)."""
+    for group in sorted(groups, key=lambda g: (-len(g), min(g))):
+        votes = Counter(current[a] for a in group if current.get(a))
+        cluster_id = next((cid for cid, _ in sorted(votes.items(), key=lambda v: (-v[1], v[0]))
+                           if cid not in claimed), None)
+        if cluster_id is not None:
+            claimed.add(cluster_id)
+        yield group, cluster_id
+
+
+def _assign(session: Session, groups: Iterable[list[str]], current: dict[str, str]) -> None:
     """Give each group of accounts a cluster, keeping ids where a group keeps most of a cluster,
     and recompute counters from the members' flags."""
     claimed: set[str] = set()
     changed: dict[str, str] = {}
     touched: set[str] = set(current.values())
-    for group in sorted(groups, key=len, reverse=True):
-        votes = Counter(current[a] for a in group if current.get(a))
-        cluster_id = next((cid for cid, _ in votes.most_common() if cid not in claimed), None)
+    for group, cluster_id in _keep_ids(groups, current, claimed):
         if cluster_id is None:
             first = session.execute(select(func.min(ClusterMember.joined_at))
                                     .where(ClusterMember.account_id.in_(group[:1]))).scalar()
             cluster_id = _new_cluster(session, first).id
-        claimed.add(cluster_id)
         touched.add(cluster_id)
         for account in group:
             if current.get(account) != cluster_id:
@@ -439,8 +487,6 @@ def _assign(session: Session, groups: Iterable[list[str]], current: dict[str, st
     for cluster_id, accounts in by_target.items():
         for chunk in _chunks(accounts, 5000):
             session.execute(update(ClusterMember).where(ClusterMember.account_id.in_(chunk)).values(cluster_id=cluster_id))
-            if accounts_too:           # offline rebuild only: live paths never touch other accounts' rows
-                session.execute(update(Account).where(Account.id.in_(chunk)).values(cluster_id=cluster_id))
     _recount(session, touched)
 
 
@@ -468,52 +514,240 @@ def _chunks(items: list, size: int):
 
 
 def rebuild(session: Session, policy: Policy) -> dict[str, int]:
-    """Recompute nodes, edges and clusters from the sightings; gives what incremental linking gives."""
-    holders: dict[Node, set[str]] = defaultdict(set)
-    first_seen: dict[Node, datetime] = {}
-    for kind, value_hash, account_id, first in session.execute(
-            select(Sighting.kind, Sighting.value_hash, Sighting.account_id, func.min(Sighting.occurred_at))
-            .where(Sighting.kind.in_(sorted(LINK_KINDS)))
-            .group_by(Sighting.kind, Sighting.value_hash, Sighting.account_id)):
-        node = (kind, value_hash)
-        holders[node].add(account_id)
-        first_seen[node] = min(first_seen.get(node, first), first)
-    session.execute(delete(GraphEdge))
-    session.execute(delete(GraphNode))
+    """Recompute nodes, edges and clusters from the sightings; gives what incremental linking gives.
+
+    Set-based: the database computes nodes, edges and the pairs of accounts that link (one
+    shared strong node; shared weak nodes of enough kinds); Python holds only a union-find of
+    the linked accounts and streams the memberships once; what changes is written back in bulk.
+    Runs in the caller's transaction, so a rebuild that dies leaves nothing half-written. On
+    PostgreSQL the graph tables are truncated, which makes signups linking meanwhile wait for
+    the commit instead of racing the rebuild.
+    """
     session.flush()
-    node_rows, edge_rows, edges = [], [], []
-    for node, accounts in holders.items():
-        super_node = policy.is_super(node[0], len(accounts))
-        node_rows.append({"kind": node[0], "value_hash": node[1], "accounts": len(accounts),
-                          "super_node": super_node, "first_seen_at": first_seen[node]})
-        if not super_node:
-            for account in accounts:
-                edge_rows.append({"kind": node[0], "value_hash": node[1], "account_id": account})
-                edges.append((node, account))
-    for chunk in _chunks(node_rows, 5000):
-        session.execute(GraphNode.__table__.insert(), chunk)
-    for chunk in _chunks(edge_rows, 5000):
-        session.execute(GraphEdge.__table__.insert(), chunk)
-    current = dict(session.execute(select(ClusterMember.account_id, ClusterMember.cluster_id)).all())
-    # Accounts sighted before the graph existed get a membership row now.
-    firsts = session.execute(select(Sighting.account_id, func.min(Sighting.occurred_at))
-                             .group_by(Sighting.account_id))
-    for account_id, first in firsts:
-        if account_id not in current:
-            cluster = _new_cluster(session, first)
-            session.add(ClusterMember(account_id=account_id, cluster_id=cluster.id, joined_at=first,
-                                      **{flag: False for flag in MEMBER_FLAGS}))
-            current[account_id] = cluster.id
-    session.flush()
-    uf = components(edges, current)
-    _assign(session, uf.groups().values(), current, accounts_too=True)
-    orphans = set(session.execute(select(Cluster.id)).scalars()) - set(
-        session.execute(select(ClusterMember.cluster_id).distinct()).scalars())
-    for chunk in _chunks(sorted(orphans), 5000):
-        session.execute(delete(Cluster).where(Cluster.id.in_(chunk)))
-    clusters = session.scalar(select(func.count()).select_from(Cluster))
-    return {"nodes": len(node_rows), "edges": len(edge_rows),
-            "super_nodes": sum(1 for r in node_rows if r["super_node"]), "clusters": clusters}
+    if session.get_bind().dialect.name == "postgresql":
+        # Sorts and hashes over millions of rows in memory rather than spilled to disk; index
+        # builds likewise. For this transaction only.
+        session.execute(text("SET LOCAL work_mem = '64MB'"))
+        session.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name], clock = round(now - clock, 2), now
+
+    _rebuild_nodes_and_edges(session, policy)
+    lap("nodes_edges")
+    uf = _link_pairs(session)
+    lap("pairs")
+    moves, added = _rebuild_assignment(session, uf)
+    del uf
+    lap("assign")
+    _write_memberships(session, moves)
+    lap("write")
+    _recount_all(session)
+    lap("recount")
+    log.info("graph rebuilt: %s", ", ".join(f"{k} {v}s" for k, v in timings.items()))
+    return {"nodes": session.scalar(select(func.count()).select_from(GraphNode)),
+            "edges": session.scalar(select(func.count()).select_from(GraphEdge)),
+            "super_nodes": session.scalar(select(func.count()).select_from(GraphNode).where(GraphNode.super_node)),
+            "clusters": session.scalar(select(func.count()).select_from(Cluster)),
+            "members_added": added, "members_moved": len(moves) - added}
+
+
+def _rebuild_nodes_and_edges(session: Session, policy: Policy) -> None:
+    s, n, e = Sighting.__table__, GraphNode.__table__, GraphEdge.__table__
+    postgres = session.get_bind().dialect.name == "postgresql"
+    for table in (e, n):
+        session.execute(text(f"TRUNCATE {table.name}") if postgres else table.delete())
+    holders = func.count(distinct(s.c.account_id))
+    threshold = case((s.c.kind.in_(sorted(STRONG)), policy.super_strong), else_=policy.super_weak)
+    with _indexes_built_after(session, n):
+        session.execute(n.insert().from_select(
+            ["kind", "value_hash", "accounts", "super_node", "first_seen_at"],
+            select(s.c.kind, s.c.value_hash, holders, holders > threshold, func.min(s.c.occurred_at))
+            .where(s.c.kind.in_(sorted(LINK_KINDS))).group_by(s.c.kind, s.c.value_hash)))
+    _analyze(session, n)
+    with _indexes_built_after(session, e):
+        session.execute(e.insert().from_select(
+            ["kind", "value_hash", "account_id"],
+            select(s.c.kind, s.c.value_hash, s.c.account_id).distinct()
+            .join(n, (n.c.kind == s.c.kind) & (n.c.value_hash == s.c.value_hash))
+            .where(s.c.kind.in_(sorted(LINK_KINDS)), n.c.super_node.is_(False))))
+    _analyze(session, e)
+
+
+@contextmanager
+def _indexes_built_after(session: Session, table: Table):
+    """PostgreSQL: load a just-truncated table without its primary key and indexes and build
+    them afterwards; one sorted build is several times faster than millions of inserts into
+    each b-tree. Inside the rebuild's transaction, like the truncation (which already keeps
+    everyone else off the table until the commit)."""
+    if session.get_bind().dialect.name != "postgresql":
+        yield
+        return
+    connection = session.connection()
+    primary = connection.scalar(text("SELECT conname FROM pg_constraint WHERE conrelid = CAST(:t AS regclass) "
+                                     "AND contype = 'p'"), {"t": table.name})
+    connection.execute(text(f"ALTER TABLE {table.name} DROP CONSTRAINT {primary}"))
+    for index in table.indexes:
+        connection.execute(DropIndex(index))
+    yield
+    columns = ", ".join(c.name for c in table.primary_key.columns)
+    connection.execute(text(f"ALTER TABLE {table.name} ADD CONSTRAINT {primary} PRIMARY KEY ({columns})"))
+    for index in table.indexes:
+        connection.execute(CreateIndex(index))
+
+
+def _analyze(session: Session, *tables: Table) -> None:
+    """Fresh planner statistics for tables this transaction rewrote (PostgreSQL would otherwise
+    plan the next statements for the tables as they were, e.g. empty: nested loops over millions)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("ANALYZE " + ", ".join(t.name for t in tables)))
+
+
+def _link_pairs(session: Session) -> UnionFind:
+    """Union-find of the accounts that link to another one, from pairs the database finds:
+    holders of one shared strong node, and holders of shared weak nodes of enough kinds."""
+    n, e = GraphNode.__table__, GraphEdge.__table__
+    uf = UnionFind()
+    shared = (n.c.accounts > 1) & n.c.super_node.is_(False)
+    first: dict[Node, str] = {}
+    for kind, value_hash, account in session.execute(
+            select(e.c.kind, e.c.value_hash, e.c.account_id)
+            .join(n, (n.c.kind == e.c.kind) & (n.c.value_hash == e.c.value_hash))
+            .where(e.c.kind.in_(sorted(STRONG)), shared).execution_options(yield_per=20_000)):
+        other = first.setdefault((kind, value_hash), account)
+        if other != account:
+            uf.add(account)
+            uf.add(other)
+            uf.union(account, other)
+    del first
+    # Only accounts whose shared weak nodes span enough kinds can link through them: the
+    # self-join runs over their edges alone.
+    weak = (select(e.c.kind, e.c.value_hash, e.c.account_id)
+            .join(n, (n.c.kind == e.c.kind) & (n.c.value_hash == e.c.value_hash))
+            .where(e.c.kind.in_(sorted(WEAK)), shared).cte("weak"))
+    enough = (select(weak.c.account_id).group_by(weak.c.account_id)
+              .having(func.count(distinct(weak.c.kind)) >= WEAK_KINDS_NEEDED).cte("enough"))
+    candidates = select(weak).join(enough, enough.c.account_id == weak.c.account_id).cte("candidates")
+    a, b = candidates.alias("a"), candidates.alias("b")
+    weak_pairs = (
+        select(a.c.account_id, b.c.account_id)
+        .join_from(a, b, (b.c.kind == a.c.kind) & (b.c.value_hash == a.c.value_hash)
+                   & (b.c.account_id > a.c.account_id))
+        .group_by(a.c.account_id, b.c.account_id)
+        .having(func.count(distinct(a.c.kind)) >= WEAK_KINDS_NEEDED))
+    for one, other in session.execute(weak_pairs.execution_options(yield_per=20_000)):
+        uf.add(one)
+        uf.add(other)
+        uf.union(one, other)
+    return uf
+
+
+def _rebuild_assignment(session: Session, uf: UnionFind) -> tuple[list[tuple[str, str, datetime | None]], int]:
+    """(account, cluster, joined_at) for every membership that changes (joined_at None) or is
+    new (an account sighted before the graph existed: joined at its first sighting), and how
+    many are new. One pass over the memberships: linked accounts' clusters go to `_keep_ids`;
+    a lone account keeps its cluster unless a group claimed it or another lone account of the
+    same old cluster kept it first."""
+    current: dict[str, str] = {}
+    lone: dict[str, str] = {}                  # old cluster -> the lone account keeping it
+    moves: list[tuple[str, str, datetime | None]] = []
+    m, s = ClusterMember.__table__, Sighting.__table__
+    for account, cluster_id in session.execute(select(m.c.account_id, m.c.cluster_id)
+                                               .order_by(m.c.account_id).execution_options(yield_per=20_000)):
+        if account in uf.parent:
+            current[account] = cluster_id
+        elif cluster_id not in lone:
+            lone[cluster_id] = account
+        else:
+            moves.append((account, new_id("cl"), None))
+    joined: dict[str, datetime] = {}
+    for account, first in session.execute(
+            select(s.c.account_id, func.min(s.c.occurred_at)).where(~exists().where(m.c.account_id == s.c.account_id))
+            .group_by(s.c.account_id).execution_options(yield_per=20_000)):
+        if account in uf.parent:
+            joined[account] = first
+        else:
+            moves.append((account, new_id("cl"), first))
+    added = len(joined) + sum(1 for move in moves if move[2] is not None)
+    claimed: set[str] = set()
+    for group, cluster_id in _keep_ids(uf.groups().values(), current, claimed):
+        cluster_id = cluster_id or new_id("cl")
+        moves.extend((account, cluster_id, joined.get(account)) for account in group
+                     if current.get(account) != cluster_id)
+    moves.extend((lone[cid], new_id("cl"), None) for cid in claimed if cid in lone)
+    return moves, added
+
+
+_MOVES = Table("rebuild_moves", MetaData(), Column("account_id", String(128), primary_key=True),
+               Column("cluster_id", String(40)), Column("joined_at", UTCDateTime, nullable=True),
+               prefixes=["TEMPORARY"])
+
+
+def _write_memberships(session: Session, moves: list[tuple[str, str, datetime | None]]) -> None:
+    """Memberships moved and added in bulk, through a temporary table (loaded with COPY on
+    PostgreSQL: a million rows in seconds)."""
+    if not moves:
+        return
+    connection = session.connection()
+    _MOVES.create(connection)
+    if connection.dialect.name == "postgresql":
+        with connection.connection.dbapi_connection.cursor() as cursor, \
+                cursor.copy("COPY rebuild_moves (account_id, cluster_id, joined_at) FROM STDIN") as copy:
+            for move in moves:
+                copy.write_row(move)
+    else:
+        for chunk in _chunks(moves, 20_000):
+            connection.execute(_MOVES.insert(), [{"account_id": a, "cluster_id": c, "joined_at": j}
+                                                 for a, c, j in chunk])
+    _analyze(session, _MOVES)
+    m = ClusterMember.__table__
+    connection.execute(m.update().where(m.c.account_id == _MOVES.c.account_id, _MOVES.c.joined_at.is_(None))
+                       .values(cluster_id=_MOVES.c.cluster_id))
+    connection.execute(m.insert().from_select(
+        ["account_id", "cluster_id", "joined_at", *MEMBER_FLAGS],
+        select(_MOVES.c.account_id, _MOVES.c.cluster_id, _MOVES.c.joined_at, *(literal(False) for _ in MEMBER_FLAGS))
+        .where(_MOVES.c.joined_at.is_not(None))))
+    _MOVES.drop(connection)
+    _analyze(session, m)
+
+
+_COUNTERS = Table("rebuild_counters", MetaData(), Column("id", String(40), primary_key=True), Column("size", Integer),
+                  Column("first", UTCDateTime), *(Column(flag, Integer) for flag in MEMBER_FLAGS),
+                  Column("known", Boolean), prefixes=["TEMPORARY"])
+
+
+def _recount_all(session: Session) -> None:
+    """Every cluster's counters from its members: empty clusters deleted, changed ones updated,
+    new ones inserted; accounts.cluster_id follows the memberships. The counters are computed
+    once into a temporary table, which also says which clusters exist already (an insert that
+    looked that up in the table it fills could be planned as a scan per row)."""
+    c, m, a, t = Cluster.__table__, ClusterMember.__table__, Account.__table__, _COUNTERS
+    connection = session.connection()
+    t.create(connection)
+    counters = select(m.c.cluster_id.label("id"), func.count().label("size"), func.min(m.c.joined_at).label("first"),
+                      *(func.sum(cast(m.c[f], Integer)).label(f) for f in MEMBER_FLAGS)
+                      ).group_by(m.c.cluster_id).subquery()
+    connection.execute(t.insert().from_select(
+        ["id", "size", "first", *MEMBER_FLAGS, "known"],
+        select(*counters.c, c.c.id.is_not(None)).select_from(counters.outerjoin(c, c.c.id == counters.c.id))))
+    _analyze(session, t)
+    connection.execute(c.delete().where(~exists().where(m.c.cluster_id == c.c.id)))
+    connection.execute(c.update().where(c.c.id == t.c.id, t.c.known, or_(
+        c.c.size != t.c.size, c.c.first_seen_at != t.c.first, *(c.c[f] != t.c[f] for f in MEMBER_FLAGS))).values(
+        size=t.c.size, first_seen_at=t.c.first, **{f: t.c[f] for f in MEMBER_FLAGS}))
+    now = datetime.now(timezone.utc)
+    connection.execute(c.insert().from_select(
+        ["id", "size", "first_seen_at", "created_at", "updated_at", *MEMBER_FLAGS],
+        select(t.c.id, t.c.size, t.c.first, literal(now, UTCDateTime), literal(now, UTCDateTime),
+               *(t.c[f] for f in MEMBER_FLAGS)).where(t.c.known.is_(False))))
+    t.drop(connection)
+    connection.execute(a.update().where(a.c.id == m.c.account_id,
+                                        or_(a.c.cluster_id.is_(None), a.c.cluster_id != m.c.cluster_id))
+                       .values(cluster_id=m.c.cluster_id))
 
 
 # --- reading --------------------------------------------------------------------------------

@@ -6,13 +6,13 @@ import random
 from collections import defaultdict
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 
 from kyc import create_app
 from kyc.graph import Policy, components, rebuild
 from kyc.feedback import label_account
 from kyc.jobs import drain
-from kyc.models import MEMBER_FLAGS, Account, AccountLabel, Cluster, ClusterMember, Evaluation, GraphNode
+from kyc.models import MEMBER_FLAGS, Account, AccountLabel, Cluster, ClusterMember, Evaluation, GraphEdge, GraphNode
 from kyc.runtime import Runtime
 from tests.conftest import signup
 
@@ -171,6 +171,35 @@ def test_rebuild_gives_the_clusters_incremental_linking_gave(small_graph, auth, 
     assert stats["clusters"] == len(incremental)
     with rt.session() as s:
         assert set(s.execute(select(GraphNode.kind, GraphNode.value_hash).where(GraphNode.super_node))) == super_before
+
+
+def test_rebuild_repairs_a_graph_lost_or_gone_wrong(small_graph, auth):
+    """Nodes and edges lost, counters off, members scrambled, memberships missing: a rebuild
+    from the sightings restores the partition, the counters and each account's cluster id."""
+    client, rt = small_graph
+    _random_history(client, auth, 3)
+    drain(rt)
+    incremental, counters = partition(rt), _counters(rt)
+    with rt.session() as s:
+        # Lone accounts without traits: a lost membership's traits come back with its next evaluation.
+        lone = sorted(m.account_id for m in s.execute(select(ClusterMember)).scalars()
+                      if frozenset({m.account_id}) in incremental and not any(getattr(m, f) for f in MEMBER_FLAGS))[:2]
+    with rt.session() as s, s.begin():
+        s.execute(delete(GraphEdge))
+        s.execute(delete(GraphNode))
+        s.execute(update(Cluster).values(size=Cluster.size + 3, blocked=7))
+        # Two lone accounts put into one cluster, a linked one out of its own; one membership gone.
+        s.execute(update(ClusterMember).where(ClusterMember.account_id == lone[1])
+                  .values(cluster_id=s.get(ClusterMember, lone[0]).cluster_id))
+        linked = sorted(min(c) for c in incremental if len(c) > 2)[0]
+        s.execute(update(ClusterMember).where(ClusterMember.account_id == linked).values(cluster_id=f"cl_{linked}"))
+        s.delete(s.get(ClusterMember, lone[0]))
+    with rt.session() as s, s.begin():
+        rebuild(s, Policy.from_config(rt.config))
+    assert partition(rt) == incremental
+    assert _counters(rt) == counters
+    with rt.session() as s:
+        assert all(a.cluster_id == s.get(ClusterMember, a.id).cluster_id for a in s.execute(select(Account)).scalars())
 
 
 def test_rebuild_keeps_cluster_ids(client, auth, runtime):
