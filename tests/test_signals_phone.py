@@ -100,3 +100,17 @@ def test_malformed_numbers_are_invalid_not_errors(number, region):
 def test_absent_or_wrongly_typed_input_gives_missing_signals(number):
     assert phone_signals(number, None, frozenset()) == {}
     assert phone_identifiers(number, None) == []
+
+
+def test_warm_compiles_every_regions_patterns_once_per_process():
+    from phonenumbers import re_util
+
+    from kyc.signals import phone
+
+    phone.warm.cache_clear()
+    phone.warm()
+    compiled = dict(re_util._COMPILED_PATTERNS)
+    assert len(compiled) > 1000                      # about 245 regions' metadata, not one
+    phone.warm()                                     # a second call (another create_app) does nothing
+    assert phone.warm.cache_info().hits == 1
+    assert phone.phone_signals("+40721234567", None, frozenset())["region"] == "RO"

@@ -40,10 +40,11 @@ class Lookups:
 
 def warm() -> None:
     """Load what the signals load once per process (the user-agent matcher, the letter-pair and
-    timezone tables), so the first request does not pay for it."""
+    timezone tables, the phone metadata), so the first request does not pay for it."""
     device._parser()
     device._zone_countries()
     email._surprisal_table()
+    phone.warm()
 
 
 def clear_value_caches() -> None:
