@@ -851,13 +851,15 @@ class ChunkGraph:
         self.members: dict[str, ClusterMember] = {m.account_id: m for m in session.scalars(
             select(ClusterMember).where(ClusterMember.account_id.in_(account_ids)))}
         self.read_cluster_of = {a: m.cluster_id for a, m in self.members.items()}
-        self.clusters: dict[str, Cluster] = {}
-        self.read: dict[str, Cluster] = {}
+        self.clusters: dict[str, Cluster | SimpleNamespace] = {}
+        self.read: dict[str, SimpleNamespace] = {}
         if self.members:
             for row in session.execute(select(*Cluster.__table__.c).where(
                     Cluster.id.in_(sorted(set(self.read_cluster_of.values()))))).mappings():
-                self.clusters[row["id"]] = Cluster(**row)       # transient: the session never writes it
-                self.read[row["id"]] = Cluster(**row)
+                # Plain copies, not Cluster objects: the session never writes them, and building
+                # two ORM objects per cluster cost more than scoring reads from them.
+                self.clusters[row["id"]] = SimpleNamespace(**row)
+                self.read[row["id"]] = SimpleNamespace(**row)
         if len(self.read) < len(set(self.read_cluster_of.values())):
             raise ChunkStale("a cluster of the chunk was merged away while it was read")
         self.joined: dict[str, list[datetime]] = defaultdict(list)

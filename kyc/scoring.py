@@ -7,12 +7,12 @@ no second scoring path.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Iterable
 
-from sqlalchemy import bindparam, func, inspect, select
+from sqlalchemy import bindparam, func, insert, inspect, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -91,7 +91,10 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
         score=outcome.score, required_verifications=outcome.required_verifications,
         rules_version=rules.version,
     )
-    session.add(evaluation)
+    if chunk is None:
+        session.add(evaluation)
+    else:
+        chunk.evaluations.append(evaluation)    # inserted with the chunk's others (Chunk.write)
     _apply(account, _slot(subject, identifiers), subject, evaluation, outcome, at)
     account.cluster_id = cluster.id             # written with the account's other changes
     graph.set_flags(session, policy, account.id, {"blocked": account.decision == "block"}, member=member,
@@ -122,7 +125,7 @@ def rescore_account(runtime: Runtime, session: Session, account_id: str, *, rule
     Each new evaluation is marked trigger="rescore" and keeps the original event time. `chunk`:
     the account is one of a chunk read by read_chunk (which holds its account and inputs).
     """
-    account = session.get(Account, account_id)
+    account = chunk.accounts.get(account_id) if chunk else session.get(Account, account_id)
     if account is None:
         return []
     results = []
@@ -134,7 +137,7 @@ def rescore_account(runtime: Runtime, session: Session, account_id: str, *, rule
             log.warning("rescore of %s keeps its %s evaluation: this build cannot score %s", account_id,
                         subject, subject)
             continue
-        original = session.get(Evaluation, latest["evaluation_id"])
+        original = chunk.originals[latest["evaluation_id"]] if chunk else session.get(Evaluation, latest["evaluation_id"])
         inp = INPUTS[subject].model_validate(original.input)
         results.append(score(runtime, session, subject, inp, trigger="rescore", at=original.occurred_at,
                              rules=rules, record=False, chunk=chunk))
@@ -146,18 +149,24 @@ class Chunk:
     """What score() reads about the accounts of a rescore chunk, read for all of them at once:
     the accounts (locked), their latest inputs, dormancy, verified kinds, memberships and
     clusters, and the velocity counts of each input as of its event time. Scoring them then
-    reads nothing per account, and one flush writes all their evaluations and accounts."""
+    reads nothing per account, and `write` stores all their evaluations and accounts."""
 
     accounts: dict[str, Account]
-    originals: list[Evaluation]          # held: the session keeps clean objects only weakly
+    originals: dict[str, Any]            # evaluation id -> (id, account_id, subject, occurred_at, input)
     dormancy: dict[str, int]
     verified: dict[str, set[str]]
     graph: graph.ChunkGraph
     store: Any
+    evaluations: list[Evaluation] = field(default_factory=list)     # scored, not yet inserted
 
     def write(self, session: Session) -> None:
-        """Call after scoring the chunk: its accounts, then its cluster counter changes
-        (graph.ChunkGraph.write)."""
+        """Call after scoring the chunk: its evaluations (one multi-row insert: they are never
+        changed once made, so they skip the session's unit of work), its accounts, then its
+        cluster counter changes (graph.ChunkGraph.write)."""
+        if self.evaluations:
+            session.execute(insert(Evaluation), [{column: getattr(e, column) for column in _EVALUATION_COLUMNS}
+                                                 for e in self.evaluations])
+            self.evaluations = []
         # The same columns for every account: the flush then sends the chunk's accounts as one
         # executemany, not one UPDATE per distinct set of changed columns.
         for account in self.accounts.values():
@@ -166,6 +175,8 @@ class Chunk:
         self.graph.write(session)
 
 
+_EVALUATION_COLUMNS = ("id", "account_id", "subject", "trigger", "occurred_at", "input", "signals", "reasons",
+                       "decision", "score", "required_verifications", "rules_version")
 # What scoring an account changes on its row (score(), _apply).
 _WRITTEN = ("decision", "score", "reasons", "required_verifications", "subjects", "state_version",
             "last_evaluation_id", "first_seen_at", "last_seen_at", "cluster_id")
@@ -178,15 +189,18 @@ def read_chunk(runtime: Runtime, session: Session, ids: list[str]) -> Chunk:
         .execution_options(populate_existing=True))}
     found = sorted(accounts)
     latest = [s["evaluation_id"] for a in accounts.values() for s in (a.subjects or {}).values()]
-    originals = session.scalars(select(Evaluation).where(Evaluation.id.in_(latest))).all() if latest else []
+    # Rows, not evaluations: only the input and what locates it are read (not the signals).
+    originals = {row.id: row for row in session.execute(
+        select(Evaluation.id, Evaluation.account_id, Evaluation.subject, Evaluation.occurred_at, Evaluation.input)
+        .where(Evaluation.id.in_(latest)))} if latest else {}
     return Chunk(accounts=accounts, originals=originals,
                  dormancy=latest_dormancies(session, found) if found else {},
                  verified=stored_verified_kinds(session, found) if found else {},
                  graph=graph.ChunkGraph(session, found),
-                 store=ReadAhead(velocity_store(runtime, session), _velocity_requests(session, originals)))
+                 store=ReadAhead(velocity_store(runtime, session), _velocity_requests(session, originals.values())))
 
 
-def _velocity_requests(session: Session, originals: list[Evaluation]) -> list[tuple[list, datetime, str]]:
+def _velocity_requests(session: Session, originals: Iterable) -> list[tuple[list, datetime, str]]:
     """The velocity keys each input will be counted on, from the sightings its original
     evaluation recorded (the same identifiers the collectors derive again; a key they derive
     that is not here is counted when asked, see ReadAhead)."""
