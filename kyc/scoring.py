@@ -164,7 +164,7 @@ class Chunk:
         changed once made, so they skip the session's unit of work), its accounts, then its
         cluster counter changes (graph.ChunkGraph.write)."""
         if self.evaluations:
-            session.execute(insert(Evaluation), [{column: getattr(e, column) for column in _EVALUATION_COLUMNS}
+            session.execute(insert(Evaluation.__table__), [{column: getattr(e, column) for column in _EVALUATION_COLUMNS}
                                                  for e in self.evaluations])
             self.evaluations = []
         # The same columns for every account: the flush then sends the chunk's accounts as one
