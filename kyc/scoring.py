@@ -12,11 +12,10 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Iterable
 
-from sqlalchemy import bindparam, func, insert, inspect, select
+from sqlalchemy import bindparam, func, insert, inspect, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import flag_modified
 
 from kyc.activity import latest_dormancies
 from kyc.engine import Outcome, RuleSet, most_severe, reason_order
@@ -160,18 +159,22 @@ class Chunk:
     evaluations: list[Evaluation] = field(default_factory=list)     # scored, not yet inserted
 
     def write(self, session: Session) -> None:
-        """Call after scoring the chunk: its evaluations (one multi-row insert: they are never
-        changed once made, so they skip the session's unit of work), its accounts, then its
-        cluster counter changes (graph.ChunkGraph.write)."""
-        if self.evaluations:
-            session.execute(insert(Evaluation.__table__), [{column: getattr(e, column) for column in _EVALUATION_COLUMNS}
-                                                 for e in self.evaluations])
-            self.evaluations = []
-        # The same columns for every account: the flush then sends the chunk's accounts as one
-        # executemany, not one UPDATE per distinct set of changed columns.
-        for account in self.accounts.values():
-            for column in _WRITTEN if inspect(account).modified else ():
-                flag_modified(account, column)
+        """Call after scoring the chunk: its evaluations and its accounts, each in one statement
+        outside the session's unit of work (the accounts' objects are then expunged: written),
+        then its cluster counter changes (graph.ChunkGraph.write)."""
+        with session.no_autoflush:            # or the flush would write the accounts first
+            if self.evaluations:
+                session.execute(insert(Evaluation.__table__), [
+                    {column: getattr(e, column) for column in _EVALUATION_COLUMNS} for e in self.evaluations])
+                self.evaluations = []
+            # Every changed account with the same columns: one executemany, where the flush
+            # would send one UPDATE per distinct set of changed values.
+            changed = [account for account in self.accounts.values() if inspect(account).modified]
+            if changed:
+                session.execute(_ACCOUNT_UPDATE, [{"account_id": a.id, **{c: getattr(a, c) for c in _WRITTEN}}
+                                                  for a in changed])
+                for account in changed:
+                    session.expunge(account)
         self.graph.write(session)
 
 
@@ -180,6 +183,7 @@ _EVALUATION_COLUMNS = ("id", "account_id", "subject", "trigger", "occurred_at", 
 # What scoring an account changes on its row (score(), _apply).
 _WRITTEN = ("decision", "score", "reasons", "required_verifications", "subjects", "state_version",
             "last_evaluation_id", "first_seen_at", "last_seen_at", "cluster_id")
+_ACCOUNT_UPDATE = update(Account.__table__).where(Account.__table__.c.id == bindparam("account_id"))
 
 
 def read_chunk(runtime: Runtime, session: Session, ids: list[str]) -> Chunk:
