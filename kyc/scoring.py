@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
+from types import SimpleNamespace
 from typing import Any, Iterable
 
 from sqlalchemy import bindparam, func, insert, inspect, select, update
@@ -84,16 +85,17 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
                   else graph.growth(session, cluster.id, at, member=member, size=cluster.size))
     signals["graph"] = graph_signals(cluster, growth_24h, at)
     outcome = rules.evaluate(subject, signals)
-    evaluation = Evaluation(
+    values = dict(
         id=new_id("ev"), account_id=account.id, subject=subject, trigger=trigger, occurred_at=at,
         input=inp.stored(), signals=signals, reasons=outcome.reasons, decision=outcome.decision,
         score=outcome.score, required_verifications=outcome.required_verifications,
         rules_version=rules.version,
     )
     if chunk is None:
+        evaluation = Evaluation(**values)
         session.add(evaluation)
     else:
-        chunk.evaluations.append(evaluation)    # inserted with the chunk's others (Chunk.write)
+        evaluation = chunk.add(values)
     _apply(account, _slot(subject, identifiers), subject, evaluation, outcome, at)
     account.cluster_id = cluster.id             # written with the account's other changes
     graph.set_flags(session, policy, account.id, {"blocked": account.decision == "block"}, member=member,
@@ -156,7 +158,13 @@ class Chunk:
     verified: dict[str, set[str]]
     graph: graph.ChunkGraph
     store: Any
-    evaluations: list[Evaluation] = field(default_factory=list)     # scored, not yet inserted
+    evaluations: list[dict[str, Any]] = field(default_factory=list)     # scored, not yet inserted
+
+    def add(self, values: dict[str, Any]) -> Any:
+        """An evaluation of the chunk, inserted with the others by `write`. It is never changed
+        once made, so a plain record stands for it (building an ORM object cost more)."""
+        self.evaluations.append(values)
+        return SimpleNamespace(**values)
 
     def write(self, session: Session) -> None:
         """Call after scoring the chunk: its evaluations and its accounts, each in one statement
@@ -164,8 +172,7 @@ class Chunk:
         then its cluster counter changes (graph.ChunkGraph.write)."""
         with session.no_autoflush:            # or the flush would write the accounts first
             if self.evaluations:
-                session.execute(insert(Evaluation.__table__), [
-                    {column: getattr(e, column) for column in _EVALUATION_COLUMNS} for e in self.evaluations])
+                session.execute(insert(Evaluation.__table__), self.evaluations)
                 self.evaluations = []
             # Every changed account with the same columns: one executemany, where the flush
             # would send one UPDATE per distinct set of changed values.
@@ -178,8 +185,6 @@ class Chunk:
         self.graph.write(session)
 
 
-_EVALUATION_COLUMNS = ("id", "account_id", "subject", "trigger", "occurred_at", "input", "signals", "reasons",
-                       "decision", "score", "required_verifications", "rules_version")
 # What scoring an account changes on its row (score(), _apply).
 _WRITTEN = ("decision", "score", "reasons", "required_verifications", "subjects", "state_version",
             "last_evaluation_id", "first_seen_at", "last_seen_at", "cluster_id")
