@@ -13,7 +13,7 @@ from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any, Iterable
 
-from sqlalchemy import bindparam, func, insert, inspect, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -152,7 +152,8 @@ class Chunk:
     clusters, and the velocity counts of each input as of its event time. Scoring them then
     reads nothing per account, and `write` stores all their evaluations and accounts."""
 
-    accounts: dict[str, Account]
+    accounts: dict[str, SimpleNamespace]      # copies of the rows, changed by scoring
+    read: dict[str, tuple]                     # each account's written columns as read
     originals: dict[str, Any]            # evaluation id -> (id, account_id, subject, occurred_at, input)
     dormancy: dict[str, int]
     verified: dict[str, set[str]]
@@ -167,42 +168,42 @@ class Chunk:
         return SimpleNamespace(**values)
 
     def write(self, session: Session) -> None:
-        """Call after scoring the chunk: its evaluations and its accounts, each in one statement
-        outside the session's unit of work (the accounts' objects are then expunged: written),
-        then its cluster counter changes (graph.ChunkGraph.write)."""
-        with session.no_autoflush:            # or the flush would write the accounts first
-            if self.evaluations:
-                session.execute(insert(Evaluation.__table__), self.evaluations)
-                self.evaluations = []
-            # Every changed account with the same columns: one executemany, where the flush
-            # would send one UPDATE per distinct set of changed values.
-            changed = [account for account in self.accounts.values() if inspect(account).modified]
-            if changed:
-                session.execute(_ACCOUNT_UPDATE, [{"account_id": a.id, **{c: getattr(a, c) for c in _WRITTEN}}
-                                                  for a in changed])
-                for account in changed:
-                    session.expunge(account)
+        """Call after scoring the chunk: its evaluations and its changed accounts, each in one
+        statement (every account with the same columns: one executemany), then its cluster
+        counter changes (graph.ChunkGraph.write)."""
+        if self.evaluations:
+            session.execute(insert(Evaluation.__table__), self.evaluations)
+            self.evaluations = []
+        changed = [a for a in self.accounts.values() if _written(a) != self.read[a.id]]
+        if changed:
+            session.execute(_ACCOUNT_UPDATE, [{"account_id": a.id, **{c: getattr(a, c) for c in _WRITTEN}}
+                                              for a in changed])
+            self.read.update((a.id, _written(a)) for a in changed)
         self.graph.write(session)
 
 
 # What scoring an account changes on its row (score(), _apply).
 _WRITTEN = ("decision", "score", "reasons", "required_verifications", "subjects", "state_version",
             "last_evaluation_id", "first_seen_at", "last_seen_at", "cluster_id")
+def _written(account) -> tuple:
+    return tuple(getattr(account, column) for column in _WRITTEN)
+
+
 _ACCOUNT_UPDATE = update(Account.__table__).where(Account.__table__.c.id == bindparam("account_id"))
 
 
 def read_chunk(runtime: Runtime, session: Session, ids: list[str]) -> Chunk:
     """Lock and read a chunk of accounts for rescoring (rescore_account(..., chunk=...))."""
-    accounts = {a.id: a for a in session.scalars(
-        select(Account).where(Account.id.in_(ids)).order_by(Account.id).with_for_update()
-        .execution_options(populate_existing=True))}
+    # Plain copies of the rows, which the session never sees: Chunk.write writes what changed.
+    accounts = {row["id"]: SimpleNamespace(**row) for row in session.execute(
+        select(*Account.__table__.c).where(Account.id.in_(ids)).order_by(Account.id).with_for_update()).mappings()}
     found = sorted(accounts)
     latest = [s["evaluation_id"] for a in accounts.values() for s in (a.subjects or {}).values()]
     # Rows, not evaluations: only the input and what locates it are read (not the signals).
     originals = {row.id: row for row in session.execute(
         select(Evaluation.id, Evaluation.account_id, Evaluation.subject, Evaluation.occurred_at, Evaluation.input)
         .where(Evaluation.id.in_(latest)))} if latest else {}
-    return Chunk(accounts=accounts, originals=originals,
+    return Chunk(accounts=accounts, read={a.id: _written(a) for a in accounts.values()}, originals=originals,
                  dormancy=latest_dormancies(session, found) if found else {},
                  verified=stored_verified_kinds(session, found) if found else {},
                  graph=graph.ChunkGraph(session, found),
