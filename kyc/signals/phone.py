@@ -69,11 +69,12 @@ def _number_facts(number: str, region: str | None) -> dict[str, Any]:
     if parsed is None:
         return {"valid": False, "possible": False}
     # What is_valid_number and carrier.name_for_number compute, with the number's region and
-    # type looked up once each (each lookup matches the number against its regions' patterns).
+    # type looked up once each (each lookup matches the number against its regions' patterns):
+    # is_valid_number is "the type for the number's region is known".
     number_region = phonenumbers.region_code_for_number(parsed)
     line_type = phonenumbers.number_type(parsed)
     facts: dict[str, Any] = {
-        "valid": phonenumbers.is_valid_number_for_region(parsed, number_region),
+        "valid": line_type != PhoneNumberType.UNKNOWN,
         "possible": phonenumbers.is_possible_number(parsed),
         "country_code": parsed.country_code,
         "line_type": _TYPES.get(line_type, "unknown"),
