@@ -439,7 +439,9 @@ def test_a_worker_batch_leaves_no_per_value_cache_behind(inline_runtime):
 
 def test_rescore_gives_an_account_without_a_membership_a_cluster_of_its_own(inline_runtime):
     """Accounts stored before the graph (no membership) get a cluster of one, with their traits."""
-    plain, headless = seed(inline_runtime, 1) + seed(inline_runtime, 1, prefix="bot", user_agent=HEADLESS)
+    plain, headless = seed(inline_runtime, 1) + seed(inline_runtime, 1, prefix="bot", user_agent=HEADLESS,
+                                                     email="bot@gmail.com", ip="45.9.9.10")   # linked to nobody
+    jobs.drain(inline_runtime)
     with inline_runtime.session() as session, session.begin():
         session.execute(delete(ClusterMember))
         session.execute(delete(Cluster))
