@@ -3,9 +3,12 @@
     python bench/rescore.py --quick            # 20,000 accounts
     python bench/rescore.py                    # 1,000,000 accounts (the scale)
 
-Seeds a private PostgreSQL schema (COPY: accounts, their signup evaluation, the sightings that
-velocity counts read), enqueues one `rescore --all` run on Redis, starts `kyc worker --burst`
-processes and times them until the run is finished. Prints accounts/s, the median and p99
+Seeds a private PostgreSQL schema (COPY: accounts and their signup evaluation, with its
+sightings; no graph memberships, so each account gets a cluster of its own when rescored),
+empties the Redis db (where velocity is counted: every count starts from this account alone),
+enqueues one `rescore --all` run on Redis, starts `kyc worker --burst` processes and times them
+until the run is finished. (A rescore reads the sightings only to know which velocity keys to
+count, in one read per chunk.) Prints accounts/s, the median and p99
 batch time, each worker's peak RSS (VmHWM, sampled while it runs), the CPU time spent per account by the workers
 and their PostgreSQL backends (what an idle machine could do), and a ratio against a baseline measured in
 the same run: the same pipeline called one account per transaction in one process (how

@@ -32,7 +32,7 @@ from types import SimpleNamespace
 from typing import Hashable, Iterable
 
 from sqlalchemy import (Boolean, Column, Integer, MetaData, String, Table, bindparam, case, cast, delete, distinct,
-                        exists, func, literal, or_, select, text, tuple_, update)
+                        exists, func, insert, literal, or_, select, text, tuple_, update)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -837,27 +837,32 @@ GROWTH_READ_AHEAD = 2_000     # members whose join times a chunk reads for a clu
 
 class ChunkGraph:
     """The memberships and clusters of a chunk of accounts being rescored (no linking), read in
-    a few queries, and the chunk's changes to cluster counters, written by `write`.
+    a few queries, and the chunk's changes to them, written by `write`.
 
-    Clusters are read without a row lock, as copies the session never writes: a farm's cluster
-    spans many chunks, and two workers each locking it for a whole chunk transaction would take
-    turns. Each evaluation sees the counters as read plus the chunk's own changes (set_flags on
-    the copies, which also judges a rise); `write` adds the changes to the rows with relative
-    updates, so a concurrent change is never overwritten, and their row locks last only from
-    there to the commit.
+    Clusters are read without a row lock: a farm's cluster spans many chunks, and two workers
+    each locking it for a whole chunk transaction would take turns. Each evaluation sees the
+    counters as read plus the chunk's own changes (set_flags on the copies, which also judges a
+    rise); `write` adds the changes to the rows with relative updates, so a concurrent change is
+    never overwritten, and their row locks last only from there to the commit.
+
+    Memberships and clusters are plain copies, not ORM objects, which the session never sees:
+    building and flushing them cost more than scoring reads from them. An account without a
+    membership gets a cluster of its own, inserted by `write`.
     """
 
     def __init__(self, session: Session, account_ids: list[str]):
-        self.members: dict[str, ClusterMember] = {m.account_id: m for m in session.scalars(
-            select(ClusterMember).where(ClusterMember.account_id.in_(account_ids)))}
+        self.members: dict[str, SimpleNamespace] = {row["account_id"]: SimpleNamespace(**row) for row in session.execute(
+            select(*ClusterMember.__table__.c).where(ClusterMember.account_id.in_(account_ids))).mappings()}
+        self.read_members = {a: vars(m).copy() for a, m in self.members.items()}
         self.read_cluster_of = {a: m.cluster_id for a, m in self.members.items()}
-        self.clusters: dict[str, Cluster] = {}
-        self.read: dict[str, Cluster] = {}
+        self.clusters: dict[str, SimpleNamespace] = {}
+        self.read: dict[str, SimpleNamespace] = {}
+        self.new: list[str] = []              # accounts given a cluster of their own
         if self.members:
             for row in session.execute(select(*Cluster.__table__.c).where(
                     Cluster.id.in_(sorted(set(self.read_cluster_of.values()))))).mappings():
-                self.clusters[row["id"]] = Cluster(**row)       # transient: the session never writes it
-                self.read[row["id"]] = Cluster(**row)
+                self.clusters[row["id"]] = SimpleNamespace(**row)
+                self.read[row["id"]] = SimpleNamespace(**row)
         if len(self.read) < len(set(self.read_cluster_of.values())):
             raise ChunkStale("a cluster of the chunk was merged away while it was read")
         self.joined: dict[str, list[datetime]] = defaultdict(list)
@@ -870,14 +875,18 @@ class ChunkGraph:
                 times.sort()
 
     def member_cluster(self, session: Session, account_id: str, at: datetime, *,
-                       flags: dict[str, bool] | None = None) -> tuple[ClusterMember, Cluster]:
+                       flags: dict[str, bool] | None = None) -> tuple[SimpleNamespace, SimpleNamespace]:
         """member_cluster for an account of the chunk: nothing read, nothing locked."""
         member = self.members.get(account_id)
         if member is None:
-            # No membership (read with the chunk): a cluster of its own, inserted by the flush.
-            member, cluster = ensure_member(session, account_id, at, flags=flags, new_account=True)
+            # No membership (read with the chunk): a cluster of its own, as ensure_member makes.
+            traits = {flag: bool((flags or {}).get(flag, False)) for flag in MEMBER_FLAGS}
+            cluster = SimpleNamespace(id=new_id("cl"), size=1, first_seen_at=at,
+                                      **{flag: int(value) for flag, value in traits.items()})
+            member = SimpleNamespace(account_id=account_id, cluster_id=cluster.id, joined_at=at, **traits)
             self.members[account_id] = member
             self.clusters[cluster.id] = cluster
+            self.new.append(account_id)
             return member, cluster
         cluster = self.clusters[member.cluster_id]
         if at < member.joined_at:                  # as ensure_member: a backfilled earlier event
@@ -885,7 +894,7 @@ class ChunkGraph:
             cluster.first_seen_at = min(cluster.first_seen_at, at)
         return member, cluster
 
-    def growth(self, session: Session, cluster: Cluster, member: ClusterMember, at: datetime,
+    def growth(self, session: Session, cluster: SimpleNamespace, member: SimpleNamespace, at: datetime,
                span: timedelta = timedelta(hours=24)) -> int:
         """growth, from the join times read with the chunk when the cluster is small enough."""
         times = self.joined.get(cluster.id)
@@ -894,8 +903,19 @@ class ChunkGraph:
         return min(GROWTH_CAP, bisect_right(times, at) - bisect_right(times, at - span))
 
     def write(self, session: Session) -> None:
-        """Check no membership moved since it was read, then add the chunk's counter changes to
-        the clusters (in id order: concurrent chunks lock rows in one order, no deadlock)."""
+        """Write the chunk's new and changed memberships, check no membership moved since it was
+        read, then add the chunk's counter changes to the clusters (in id order: concurrent
+        chunks lock rows in one order, no deadlock)."""
+        if self.new:
+            clusters = [self.clusters[self.members[a].cluster_id] for a in self.new]
+            session.execute(insert(Cluster.__table__), [vars(c) for c in clusters])
+            session.execute(insert(ClusterMember.__table__), [vars(self.members[a]) for a in self.new])
+            self.new = []
+        changed = [vars(m) for a, m in self.members.items() if a in self.read_members and vars(m) != self.read_members[a]]
+        if changed:
+            # Traits and join time only: a concurrent merge may move the member (checked below).
+            session.execute(_MEMBER_UPDATE, [{"member": m["account_id"], **{c: m[c] for c in _MEMBER_WRITTEN}}
+                                             for m in changed])
         if self.read_cluster_of:
             now = dict(session.execute(select(ClusterMember.account_id, ClusterMember.cluster_id).where(
                 ClusterMember.account_id.in_(sorted(self.read_cluster_of)))).all())
@@ -913,6 +933,11 @@ class ChunkGraph:
             if values and not session.execute(update(Cluster).where(Cluster.id == cluster_id).values(**values)
                                                .execution_options(synchronize_session=False)).rowcount:
                 raise ChunkStale("a cluster of the chunk was merged away while it was rescored")
+
+
+_MEMBER_WRITTEN = ("joined_at", *MEMBER_FLAGS)
+_MEMBER_UPDATE = (update(ClusterMember.__table__).where(ClusterMember.__table__.c.account_id == bindparam("member"))
+                  .values({c: bindparam(c) for c in _MEMBER_WRITTEN}))
 
 
 class ChunkStale(RuntimeError):

@@ -79,10 +79,14 @@ class SignupInput(_Input):
     @field_validator("email")
     @classmethod
     def _email(cls, value: str) -> str:
-        try:
-            validate_email(value, check_deliverability=False, allow_quoted_local=True)
-        except EmailNotValidError as exc:
-            raise ValueError(f"not an email address: {exc}") from None
+        from kyc.signals.email import parse      # kyc.signals imports this module
+
+        # The signals' cached parse: an address is validated once, here and in its signals.
+        if parse(value) is None:
+            try:
+                validate_email(value, check_deliverability=False, allow_quoted_local=True)
+            except EmailNotValidError as exc:
+                raise ValueError(f"not an email address: {exc}") from None
         return value
 
     @field_validator("ip")
@@ -100,7 +104,11 @@ class SignupInput(_Input):
     @field_validator("phone")
     @classmethod
     def _phone(cls, value: str, info: ValidationInfo) -> str:
+        from kyc.signals.phone import parse      # kyc.signals imports this module
+
         region = info.data.get("phone_region")
+        if parse(value, region) is not None:     # cached: parsed once, here and in its signals
+            return value
         try:
             phonenumbers.parse(value, region)
         except phonenumbers.NumberParseException as exc:

@@ -7,16 +7,16 @@ no second scoring path.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Iterable
 
-from sqlalchemy import bindparam, func, inspect, select
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import flag_modified
 
 from kyc.activity import latest_dormancies
 from kyc.engine import Outcome, RuleSet, most_severe, reason_order
@@ -85,13 +85,17 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
                   else graph.growth(session, cluster.id, at, member=member, size=cluster.size))
     signals["graph"] = graph_signals(cluster, growth_24h, at)
     outcome = rules.evaluate(subject, signals)
-    evaluation = Evaluation(
+    values = dict(
         id=new_id("ev"), account_id=account.id, subject=subject, trigger=trigger, occurred_at=at,
         input=inp.stored(), signals=signals, reasons=outcome.reasons, decision=outcome.decision,
         score=outcome.score, required_verifications=outcome.required_verifications,
         rules_version=rules.version,
     )
-    session.add(evaluation)
+    if chunk is None:
+        evaluation = Evaluation(**values)
+        session.add(evaluation)
+    else:
+        evaluation = chunk.add(values)
     _apply(account, _slot(subject, identifiers), subject, evaluation, outcome, at)
     account.cluster_id = cluster.id             # written with the account's other changes
     graph.set_flags(session, policy, account.id, {"blocked": account.decision == "block"}, member=member,
@@ -122,7 +126,7 @@ def rescore_account(runtime: Runtime, session: Session, account_id: str, *, rule
     Each new evaluation is marked trigger="rescore" and keeps the original event time. `chunk`:
     the account is one of a chunk read by read_chunk (which holds its account and inputs).
     """
-    account = session.get(Account, account_id)
+    account = chunk.accounts.get(account_id) if chunk else session.get(Account, account_id)
     if account is None:
         return []
     results = []
@@ -134,7 +138,7 @@ def rescore_account(runtime: Runtime, session: Session, account_id: str, *, rule
             log.warning("rescore of %s keeps its %s evaluation: this build cannot score %s", account_id,
                         subject, subject)
             continue
-        original = session.get(Evaluation, latest["evaluation_id"])
+        original = chunk.originals[latest["evaluation_id"]] if chunk else session.get(Evaluation, latest["evaluation_id"])
         inp = INPUTS[subject].model_validate(original.input)
         results.append(score(runtime, session, subject, inp, trigger="rescore", at=original.occurred_at,
                              rules=rules, record=False, chunk=chunk))
@@ -146,47 +150,67 @@ class Chunk:
     """What score() reads about the accounts of a rescore chunk, read for all of them at once:
     the accounts (locked), their latest inputs, dormancy, verified kinds, memberships and
     clusters, and the velocity counts of each input as of its event time. Scoring them then
-    reads nothing per account, and one flush writes all their evaluations and accounts."""
+    reads nothing per account, and `write` stores all their evaluations and accounts."""
 
-    accounts: dict[str, Account]
-    originals: list[Evaluation]          # held: the session keeps clean objects only weakly
+    accounts: dict[str, SimpleNamespace]      # copies of the rows, changed by scoring
+    read: dict[str, tuple]                     # each account's written columns as read
+    originals: dict[str, Any]            # evaluation id -> (id, account_id, subject, occurred_at, input)
     dormancy: dict[str, int]
     verified: dict[str, set[str]]
     graph: graph.ChunkGraph
     store: Any
+    evaluations: list[dict[str, Any]] = field(default_factory=list)     # scored, not yet inserted
+
+    def add(self, values: dict[str, Any]) -> Any:
+        """An evaluation of the chunk, inserted with the others by `write`. It is never changed
+        once made, so a plain record stands for it (building an ORM object cost more)."""
+        self.evaluations.append(values)
+        return SimpleNamespace(**values)
 
     def write(self, session: Session) -> None:
-        """Call after scoring the chunk: its accounts, then its cluster counter changes
-        (graph.ChunkGraph.write)."""
-        # The same columns for every account: the flush then sends the chunk's accounts as one
-        # executemany, not one UPDATE per distinct set of changed columns.
-        for account in self.accounts.values():
-            for column in _WRITTEN if inspect(account).modified else ():
-                flag_modified(account, column)
+        """Call after scoring the chunk: its evaluations and its changed accounts, each in one
+        statement (every account with the same columns: one executemany), then its cluster
+        counter changes (graph.ChunkGraph.write)."""
+        if self.evaluations:
+            session.execute(insert(Evaluation.__table__), self.evaluations)
+            self.evaluations = []
+        changed = [a for a in self.accounts.values() if _written(a) != self.read[a.id]]
+        if changed:
+            session.execute(_ACCOUNT_UPDATE, [{"account_id": a.id, **{c: getattr(a, c) for c in _WRITTEN}}
+                                              for a in changed])
+            self.read.update((a.id, _written(a)) for a in changed)
         self.graph.write(session)
 
 
 # What scoring an account changes on its row (score(), _apply).
 _WRITTEN = ("decision", "score", "reasons", "required_verifications", "subjects", "state_version",
             "last_evaluation_id", "first_seen_at", "last_seen_at", "cluster_id")
+def _written(account) -> tuple:
+    return tuple(getattr(account, column) for column in _WRITTEN)
+
+
+_ACCOUNT_UPDATE = update(Account.__table__).where(Account.__table__.c.id == bindparam("account_id"))
 
 
 def read_chunk(runtime: Runtime, session: Session, ids: list[str]) -> Chunk:
     """Lock and read a chunk of accounts for rescoring (rescore_account(..., chunk=...))."""
-    accounts = {a.id: a for a in session.scalars(
-        select(Account).where(Account.id.in_(ids)).order_by(Account.id).with_for_update()
-        .execution_options(populate_existing=True))}
+    # Plain copies of the rows, which the session never sees: Chunk.write writes what changed.
+    accounts = {row["id"]: SimpleNamespace(**row) for row in session.execute(
+        select(*Account.__table__.c).where(Account.id.in_(ids)).order_by(Account.id).with_for_update()).mappings()}
     found = sorted(accounts)
     latest = [s["evaluation_id"] for a in accounts.values() for s in (a.subjects or {}).values()]
-    originals = session.scalars(select(Evaluation).where(Evaluation.id.in_(latest))).all() if latest else []
-    return Chunk(accounts=accounts, originals=originals,
+    # Rows, not evaluations: only the input and what locates it are read (not the signals).
+    originals = {row.id: row for row in session.execute(
+        select(Evaluation.id, Evaluation.account_id, Evaluation.subject, Evaluation.occurred_at, Evaluation.input)
+        .where(Evaluation.id.in_(latest)))} if latest else {}
+    return Chunk(accounts=accounts, read={a.id: _written(a) for a in accounts.values()}, originals=originals,
                  dormancy=latest_dormancies(session, found) if found else {},
                  verified=stored_verified_kinds(session, found) if found else {},
                  graph=graph.ChunkGraph(session, found),
-                 store=ReadAhead(velocity_store(runtime, session), _velocity_requests(session, originals)))
+                 store=ReadAhead(velocity_store(runtime, session), _velocity_requests(session, originals.values())))
 
 
-def _velocity_requests(session: Session, originals: list[Evaluation]) -> list[tuple[list, datetime, str]]:
+def _velocity_requests(session: Session, originals: Iterable) -> list[tuple[list, datetime, str]]:
     """The velocity keys each input will be counted on, from the sightings its original
     evaluation recorded (the same identifiers the collectors derive again; a key they derive
     that is not here is counted when asked, see ReadAhead)."""

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 
 from kyc import jobs
 from kyc.cli import main
 from kyc.config import Config
 from kyc.engine.loader import rules_version
 from kyc.inputs import SignupInput
-from kyc.models import Account, ClusterMember, Evaluation, RescoreBatch, RescoreRun, utcnow
+from kyc.models import Account, Cluster, ClusterMember, Evaluation, RescoreBatch, RescoreRun, utcnow
 from kyc.runtime import Runtime
 from kyc.scoring import score
 from tests.conftest import REDIS_URL, RULES_DIR, TEST_SECRET, redis_connection, signup
@@ -435,6 +435,27 @@ def test_a_worker_batch_leaves_no_per_value_cache_behind(inline_runtime):
         jobs.use_runtime(None)
     assert email.parse.cache_info().currsize == 0                # memory stays flat batch after batch
     assert device._parser.cache_info().currsize == 1              # the matcher, loaded once, is kept
+
+
+def test_rescore_gives_an_account_without_a_membership_a_cluster_of_its_own(inline_runtime):
+    """Accounts stored before the graph (no membership) get a cluster of one, with their traits."""
+    plain, headless = seed(inline_runtime, 1) + seed(inline_runtime, 1, prefix="bot", user_agent=HEADLESS,
+                                                     email="bot@gmail.com", ip="45.9.9.10")   # linked to nobody
+    jobs.drain(inline_runtime)
+    with inline_runtime.session() as session, session.begin():
+        session.execute(delete(ClusterMember))
+        session.execute(delete(Cluster))
+        session.execute(update(Account).values(cluster_id=None))
+    assert jobs.rescore_accounts(inline_runtime, [plain, headless]) == 2
+    with inline_runtime.session() as session:
+        for account_id, blocked, is_headless in ((plain, False, False), (headless, True, True)):
+            member = session.get(ClusterMember, account_id)
+            cluster = session.get(Cluster, member.cluster_id)
+            account = session.get(Account, account_id)
+            assert (member.blocked, member.headless) == (blocked, is_headless)
+            assert (cluster.size, cluster.blocked, cluster.headless) == (1, int(blocked), int(is_headless))
+            assert account.cluster_id == member.cluster_id and cluster.first_seen_at == member.joined_at
+            assert session.get(Evaluation, account.last_evaluation_id).signals["graph"]["cluster_id"] == cluster.id
 
 
 # --- the in-process background thread ----------------------------------------------------------------

@@ -3,6 +3,7 @@ and the shape of the local part (length, digits, randomness, template)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import re
@@ -145,6 +146,14 @@ def randomness(local: str) -> float | None:
         return None
     mean = sum(bits) / len(bits)
     return round(min(1.0, max(0.0, (mean - _SURPRISAL_FLOOR) / _SURPRISAL_SPAN)), 3)
+
+
+# email_validator checks an address's domain (IDNA, UTS 46: most of the cost of a validation)
+# every time. Domains repeat where addresses do not, so this process remembers the check per
+# domain: a pure function of its arguments, whose result validate_email only reads (a failed
+# check raises and is not remembered). Bounded, and emptied with the other per-value caches.
+_validator = importlib.import_module("email_validator.validate_email")
+_domain_check = _validator.validate_email_domain_name = lru_cache(maxsize=4096)(_validator.validate_email_domain_name)
 
 
 @lru_cache(maxsize=65536)

@@ -41,6 +41,8 @@ _TYPES = {
     PhoneNumberType.VOIP: "voip", PhoneNumberType.PERSONAL_NUMBER: "personal_number",
     PhoneNumberType.PAGER: "pager", PhoneNumberType.UAN: "uan", PhoneNumberType.VOICEMAIL: "voicemail",
 }
+# The types carrier data covers (phonenumbers' carrier.name_for_number answers "" for the others).
+_CARRIER_TYPES = frozenset({PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE, PhoneNumberType.PAGER})
 # Keep phonenumbers' compiled metadata patterns: with numbers from many regions the re module's own
 # 512-entry cache thrashes and every check recompiles (about 250 µs instead of 5). Newer releases only.
 getattr(phonenumbers, "enable_pattern_cache", lambda: None)()
@@ -78,16 +80,20 @@ def _number_facts(number: str, region: str | None) -> dict[str, Any]:
     parsed = parse(number, region)
     if parsed is None:
         return {"valid": False, "possible": False}
+    # What is_valid_number and carrier.name_for_number compute, with the number's region and
+    # type looked up once each (each lookup matches the number against its regions' patterns):
+    # is_valid_number is "the type for the number's region is known".
+    number_region = phonenumbers.region_code_for_number(parsed)
+    line_type = phonenumbers.number_type(parsed)
     facts: dict[str, Any] = {
-        "valid": phonenumbers.is_valid_number(parsed),
+        "valid": line_type != PhoneNumberType.UNKNOWN,
         "possible": phonenumbers.is_possible_number(parsed),
         "country_code": parsed.country_code,
-        "line_type": _TYPES.get(phonenumbers.number_type(parsed), "unknown"),
+        "line_type": _TYPES.get(line_type, "unknown"),
     }
-    number_region = phonenumbers.region_code_for_number(parsed)
     if number_region and number_region != "001":        # 001: non-geographic (satellite, UIFN)
         facts["region"] = number_region
-    name = carrier.name_for_number(parsed, "en")
+    name = carrier.name_for_valid_number(parsed, "en") if line_type in _CARRIER_TYPES else None
     if name:
         facts["carrier"] = name
     return facts
