@@ -48,12 +48,9 @@ class EmptyHistory:
     def distinct_accounts(self, keys: list[Key], at: datetime, account_id: str) -> dict[Key, dict[str, int]]:
         return {key: {w: 1 for w in WINDOWS} for key in keys}
 
-    def distinct_values(self, kind: str, at: datetime, window: timedelta, current: str, *,
-                        account_id: str | None = None, seen_with: Key | None = None) -> int:
-        return 1
-
-    def latest_signals(self, account_id: str, subject: str, at: datetime) -> dict | None:
-        return None
+    def card_history(self, card: str, at: datetime, window: timedelta, account_id: str, device: Key | None
+                     ) -> tuple[int, int | None, dict | None]:
+        return 1, 1 if device else None, None
 
     def record(self, keys: Iterable[Key], at: datetime, account_id: str, evaluation_id: str) -> None:
         return None

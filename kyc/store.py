@@ -56,13 +56,11 @@ class Store(Protocol):
     def record(self, keys: Iterable[Key], at: datetime, account_id: str) -> None:
         """Remember that the account showed these keys at this event time (kept once committed)."""
 
-    def distinct_values(self, kind: str, at: datetime, window: timedelta, current: str, *,
-                        account_id: str | None = None, seen_with: Key | None = None) -> int:
-        """Distinct values of `kind` seen in (at - window, at] on one account, or in the evaluations
-        that also showed `seen_with`; `current` (the value being scored) counts once, seen or not."""
-
-    def latest_signals(self, account_id: str, subject: str, at: datetime) -> dict | None:
-        """The signals of the account's latest evaluation of `subject` at or before `at`, if any."""
+    def card_history(self, card: str, at: datetime, window: timedelta, account_id: str, device: Key | None
+                     ) -> tuple[int, int | None, dict | None]:
+        """For a card being scored: the distinct cards seen in (at - window, at] on the account and
+        in the evaluations that showed `device` (None without a device), the card itself counted
+        once, seen or not; and the signals of the account's latest signup at or before `at`."""
 
 
 class SqlHistory:
@@ -71,19 +69,13 @@ class SqlHistory:
 
     session: Session
 
-    def distinct_values(self, kind: str, at: datetime, window: timedelta, current: str, *,
-                        account_id: str | None = None, seen_with: Key | None = None) -> int:
-        params = {"kind": kind, "current": current, "since": at - window, "at": at}
-        if account_id is not None:
-            found = self.session.execute(_VALUES_ON_ACCOUNT, {**params, "account_id": account_id}).scalar()
-        else:
-            found = self.session.execute(_VALUES_SEEN_WITH, {**params, "with_kind": seen_with[0],
-                                                             "with_hash": seen_with[1]}).scalar()
-        return (found or 0) + 1
-
-    def latest_signals(self, account_id: str, subject: str, at: datetime) -> dict | None:
-        return self.session.execute(
-            _LATEST_SIGNALS, {"account_id": account_id, "subject": subject, "at": at}).scalar_one_or_none()
+    def card_history(self, card: str, at: datetime, window: timedelta, account_id: str, device: Key | None
+                     ) -> tuple[int, int | None, dict | None]:
+        on_account, on_device, signup = self.session.execute(_CARD_HISTORY, {
+            "kind": "card_fingerprint", "current": card, "since": at - window, "at": at, "account_id": account_id,
+            "with_kind": device[0] if device else "", "with_hash": device[1] if device else "",
+            "subject": "signup"}).one()
+        return (on_account or 0) + 1, (on_device or 0) + 1 if device else None, signup
 
 
 # Built once with bound parameters: the hot path skips statement construction (most of the
@@ -106,6 +98,9 @@ _LATEST_SIGNALS = (
            _E.c.occurred_at <= bindparam("at"))
     .order_by(_E.c.occurred_at.desc(), _E.c.created_at.desc()).limit(1)
 )
+# The three lookups of a payment method, in one round trip.
+_CARD_HISTORY = select(_VALUES_ON_ACCOUNT.scalar_subquery(), _VALUES_SEEN_WITH.scalar_subquery(),
+                       _LATEST_SIGNALS.scalar_subquery())
 
 
 def _capped(others: int) -> int:
@@ -272,11 +267,8 @@ class ReadAhead:
     def record(self, keys: Iterable[Key], at: datetime, account_id: str) -> None:
         self.store.record(keys, at, account_id)
 
-    def distinct_values(self, *args, **kwargs) -> int:
-        return self.store.distinct_values(*args, **kwargs)
-
-    def latest_signals(self, account_id: str, subject: str, at: datetime) -> dict | None:
-        return self.store.latest_signals(account_id, subject, at)
+    def card_history(self, *args, **kwargs) -> tuple[int, int | None, dict | None]:
+        return self.store.card_history(*args, **kwargs)
 
 
 # ARGV: each window's span, then per request its account id, event time and key count (all times

@@ -112,20 +112,14 @@ def payment_method_signals(inp: PaymentMethodInput, lookups: Lookups, at: dateti
     key = {kind: (kind, value_hash) for kind, value_hash in identifiers}
     store, card = lookups.store, key["card_fingerprint"]
     counts = store.distinct_accounts([k for k in identifiers if k[0] in velocity.VELOCITY_KEYS], at, inp.account_id)
-    cards_on_device = None
-    if "device" in key:
-        cards_on_device = store.distinct_values("card_fingerprint", at, CARD_TESTING_WINDOW, card[1],
-                                                seen_with=key["device"])
-    usage = payment.usage_facts(
-        counts[card], counts[key["card_bin"]],
-        store.distinct_values("card_fingerprint", at, CARD_TESTING_WINDOW, card[1], account_id=inp.account_id),
-        cards_on_device,
-    )
+    cards_on_account, cards_on_device, signup = store.card_history(card[1], at, CARD_TESTING_WINDOW, inp.account_id,
+                                                                   key.get("device"))
+    usage = payment.usage_facts(counts[card], counts[key["card_bin"]], cards_on_account, cards_on_device)
     bins = lookups.bins or load_bin_table()
     signals: Signals = {
         "card": {
             **payment.card_facts(inp, bins.lookup(inp.bin)),
-            **payment.context_facts(ip_facts, store.latest_signals(inp.account_id, "signup", at)),
+            **payment.context_facts(ip_facts, signup),
             **usage,
         },
         "ip": ip_facts,
