@@ -140,6 +140,7 @@ def main() -> None:
     headers = {"Authorization": f"Bearer {key}"}
 
     client = create_app(runtime=runtime).test_client()
+    gc.freeze()        # as `kyc serve` and wsgi.py do once the app is built
     rng = random.Random(11)
     ids = [f"acct_{rng.randrange(accounts)}" for _ in range(requests + 200)]
     sample = client.get(f"/v1/accounts/{ids[0]}/entitlement?tier=high_volume", headers=headers)

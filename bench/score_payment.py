@@ -18,6 +18,7 @@ measure cluster rescoring, not payment scoring.
 from __future__ import annotations
 
 import argparse
+import gc
 import random
 import statistics
 import sys
@@ -124,6 +125,7 @@ def run(backend: str, accounts: int, requests: int, seed: int) -> bool:
         with runtime.session() as session, session.begin():
             session.add(ApiKey(name="bench", prefix=key[:10], key_hash=hash_api_key(key)))
         client = create_app(runtime=runtime).test_client()
+        gc.freeze()        # as `kyc serve` and wsgi.py do once the app is built
         headers = {"Authorization": f"Bearer {key}"}
         new = range(accounts, accounts + requests)
         signups = [signup_body(rng, i, END + timedelta(seconds=n)) for n, i in enumerate(new)]

@@ -16,6 +16,7 @@ each signup, which shows the latency of the request alone.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
 import statistics
@@ -110,6 +111,7 @@ def run(backend: str, n: int, isolated: bool = False) -> None:
         config = Config.from_env({}, database_url=url, rules_dir=PROJECT_ROOT / "rules", data_dir=Path(tmp),
                                  secret_key=b"bench", dev_key="bench-key", log_level="WARNING")
         app = create_app(config)
+        gc.freeze()        # as `kyc serve` and wsgi.py do once the app is built
         client = app.test_client()
         headers = {"Authorization": "Bearer bench-key"}
         bodies = varied_signups(n)
