@@ -556,25 +556,40 @@ def rebuild(session: Session, policy: Policy) -> dict[str, int]:
             "members_added": added, "members_moved": len(moves) - added}
 
 
+_HELD = Table("rebuild_held", MetaData(), Column("kind", String(32)), Column("value_hash", String(32)),
+              Column("account_id", String(128)), Column("first", UTCDateTime), prefixes=["TEMPORARY"])
+
+
 def _rebuild_nodes_and_edges(session: Session, policy: Policy) -> None:
-    s, n, e = Sighting.__table__, GraphNode.__table__, GraphEdge.__table__
+    """Who holds each linking identifier, first seen when, computed once from the sightings into
+    a temporary table (one scan of the sightings and one hash aggregate); nodes are its groups
+    (distinct holders by construction: no count(distinct) sort), edges its rows minus the
+    super-nodes'."""
+    s, n, e, held = Sighting.__table__, GraphNode.__table__, GraphEdge.__table__, _HELD
     postgres = session.get_bind().dialect.name == "postgresql"
     for table in (e, n):
         session.execute(text(f"TRUNCATE {table.name}") if postgres else table.delete())
-    holders = func.count(distinct(s.c.account_id))
-    threshold = case((s.c.kind.in_(sorted(STRONG)), policy.super_strong), else_=policy.super_weak)
+    connection = session.connection()
+    held.create(connection)
+    connection.execute(held.insert().from_select(
+        ["kind", "value_hash", "account_id", "first"],
+        select(s.c.kind, s.c.value_hash, s.c.account_id, func.min(s.c.occurred_at))
+        .where(s.c.kind.in_(sorted(LINK_KINDS))).group_by(s.c.kind, s.c.value_hash, s.c.account_id)))
+    _analyze(session, held)
+    holders = func.count()
+    threshold = case((held.c.kind.in_(sorted(STRONG)), policy.super_strong), else_=policy.super_weak)
     with _indexes_built_after(session, n):
-        session.execute(n.insert().from_select(
+        connection.execute(n.insert().from_select(
             ["kind", "value_hash", "accounts", "super_node", "first_seen_at"],
-            select(s.c.kind, s.c.value_hash, holders, holders > threshold, func.min(s.c.occurred_at))
-            .where(s.c.kind.in_(sorted(LINK_KINDS))).group_by(s.c.kind, s.c.value_hash)))
+            select(held.c.kind, held.c.value_hash, holders, holders > threshold, func.min(held.c.first))
+            .group_by(held.c.kind, held.c.value_hash)))
     _analyze(session, n)
     with _indexes_built_after(session, e):
-        session.execute(e.insert().from_select(
+        connection.execute(e.insert().from_select(
             ["kind", "value_hash", "account_id"],
-            select(s.c.kind, s.c.value_hash, s.c.account_id).distinct()
-            .join(n, (n.c.kind == s.c.kind) & (n.c.value_hash == s.c.value_hash))
-            .where(s.c.kind.in_(sorted(LINK_KINDS)), n.c.super_node.is_(False))))
+            select(held.c.kind, held.c.value_hash, held.c.account_id).where(~exists().where(
+                n.c.super_node, n.c.kind == held.c.kind, n.c.value_hash == held.c.value_hash))))
+    held.drop(connection)
     _analyze(session, e)
 
 
