@@ -444,6 +444,9 @@ def recluster(session: Session, policy: Policy, cluster_ids: Iterable[str]) -> N
     cluster_ids = sorted(set(cluster_ids))
     if not cluster_ids:
         return
+    # The clusters before their members, in id order, as merge() and rescore chunks lock them:
+    # transactions never wait on each other in a circle.
+    session.execute(select(Cluster.id).where(Cluster.id.in_(cluster_ids)).order_by(Cluster.id).with_for_update())
     in_clusters = ClusterMember.cluster_id.in_(cluster_ids)
     current = dict(session.execute(select(ClusterMember.account_id, ClusterMember.cluster_id).where(in_clusters)).all())
     edges = session.execute(
@@ -918,9 +921,22 @@ class ChunkGraph:
         return min(GROWTH_CAP, bisect_right(times, at) - bisect_right(times, at - span))
 
     def write(self, session: Session) -> None:
-        """Write the chunk's new and changed memberships, check no membership moved since it was
-        read, then add the chunk's counter changes to the clusters (in id order: concurrent
-        chunks lock rows in one order, no deadlock)."""
+        """Add the chunk's counter changes to its clusters, then write its new and changed
+        memberships and check that no membership moved since it was read.
+
+        Clusters first, in id order, then member rows: the order merge() and recluster() lock
+        in, so a rescore chunk and a live merge or super-node split never wait on each other in
+        a circle (deadlock)."""
+        for cluster_id, read in sorted(self.read.items()):
+            cluster = self.clusters[cluster_id]
+            values = {flag: getattr(Cluster, flag) + (getattr(cluster, flag) - getattr(read, flag))
+                      for flag in MEMBER_FLAGS if getattr(cluster, flag) != getattr(read, flag)}
+            if cluster.first_seen_at < read.first_seen_at:
+                values["first_seen_at"] = case((Cluster.first_seen_at > cluster.first_seen_at, cluster.first_seen_at),
+                                               else_=Cluster.first_seen_at)
+            if values and not session.execute(update(Cluster).where(Cluster.id == cluster_id).values(**values)
+                                               .execution_options(synchronize_session=False)).rowcount:
+                raise ChunkStale("a cluster of the chunk was merged away while it was rescored")
         if self.new:
             clusters = [self.clusters[self.members[a].cluster_id] for a in self.new]
             session.execute(insert(Cluster.__table__), [vars(c) for c in clusters])
@@ -938,16 +954,6 @@ class ChunkGraph:
                 # A merge moved a member: its evaluation saw a cluster that is gone. Rolled back,
                 # the batch is retried from its cursor and reads the merged cluster.
                 raise ChunkStale("a member of the chunk changed cluster while it was rescored")
-        for cluster_id, read in sorted(self.read.items()):
-            cluster = self.clusters[cluster_id]
-            values = {flag: getattr(Cluster, flag) + (getattr(cluster, flag) - getattr(read, flag))
-                      for flag in MEMBER_FLAGS if getattr(cluster, flag) != getattr(read, flag)}
-            if cluster.first_seen_at < read.first_seen_at:
-                values["first_seen_at"] = case((Cluster.first_seen_at > cluster.first_seen_at, cluster.first_seen_at),
-                                               else_=Cluster.first_seen_at)
-            if values and not session.execute(update(Cluster).where(Cluster.id == cluster_id).values(**values)
-                                               .execution_options(synchronize_session=False)).rowcount:
-                raise ChunkStale("a cluster of the chunk was merged away while it was rescored")
 
 
 _MEMBER_WRITTEN = ("joined_at", *MEMBER_FLAGS)
