@@ -4,7 +4,8 @@
     python bench/rescore.py                    # 1,000,000 accounts (the scale)
 
 Seeds a private PostgreSQL schema (COPY: accounts and their signup evaluation, with its
-sightings; no graph memberships, so each account gets a cluster of its own when rescored),
+sightings, and each account's membership of a cluster of its own, as scoring leaves an account
+that shares nothing; then ANALYZE, since the server may run without autovacuum),
 empties the Redis db (where velocity is counted: every count starts from this account alone),
 enqueues one `rescore --all` run on Redis, starts `kyc worker --burst` processes and times them
 until the run is finished. (A rescore reads the sightings only to know which velocity keys to
@@ -95,27 +96,37 @@ def seed(runtime: Runtime, n: int) -> None:
         template = score(runtime, session, "signup", SignupInput.model_validate(body(0, rng)))
         signals, version = json.dumps(template.signals), template.rules_version
     with runtime.engine.begin() as conn:
-        conn.execute(text("TRUNCATE accounts, evaluations, sightings, rescore_runs, rescore_batches CASCADE"))
+        conn.execute(text("TRUNCATE accounts, evaluations, sightings, clusters, cluster_members, rescore_runs, "
+                          "rescore_batches CASCADE"))
     raw = runtime.engine.raw_connection()
     try:
         cur = raw.cursor()
         now = datetime.now(timezone.utc)
         step = 50_000
         for start in range(0, n, step):
-            accounts, evaluations, sightings = [], [], []
+            accounts, evaluations, sightings, clusters, members = [], [], [], [], []
             for i in range(start, min(n, start + step)):
                 inp = SignupInput.model_validate(body(i, rng))
                 at = inp.occurred_at
                 ev = new_id("ev")
                 subjects = {"signup": {"evaluation_id": ev, "occurred_at": at.isoformat(), "decision": "allow",
                                        "score": 0, "reasons": [], "required_verifications": []}}
-                accounts.append((inp.account_id, now, at, at, "allow", 0, "[]", "[]", ev, json.dumps(subjects), 1, now))
+                cluster = f"cl_{i:08d}"
+                accounts.append((inp.account_id, now, at, at, "allow", 0, "[]", "[]", ev, json.dumps(subjects), 1, now,
+                                 cluster))
+                clusters.append((cluster, 1, at, now, now, 0, 0, 0, 0, 0, 0))
+                members.append((inp.account_id, cluster, at, False, False, False, False, False, False))
                 evaluations.append((ev, inp.account_id, "signup", "live", at, now, json.dumps(inp.stored()), signals,
                                     "[]", "allow", 0, "[]", version))
                 for kind, value_hash in _hashed(lookups, static_signals(inp, lookups, at)[1]):
                     sightings.append((kind, value_hash, inp.account_id, ev, at))
+            _copy(cur, "clusters (id, size, first_seen_at, created_at, updated_at, blocked, labeled_fraud, "
+                       "disposable, voip, hosting, headless)", clusters)
             _copy(cur, "accounts (id, created_at, first_seen_at, last_seen_at, decision, score, reasons, "
-                       "required_verifications, last_evaluation_id, subjects, state_version, updated_at)", accounts)
+                       "required_verifications, last_evaluation_id, subjects, state_version, updated_at, cluster_id)",
+                  accounts)
+            _copy(cur, "cluster_members (account_id, cluster_id, joined_at, blocked, labeled_fraud, disposable, voip, "
+                       "hosting, headless)", members)
             _copy(cur, "evaluations (id, account_id, subject, trigger, occurred_at, created_at, input, signals, "
                        "reasons, decision, score, required_verifications, rules_version)", evaluations)
             _copy(cur, "sightings (kind, value_hash, account_id, evaluation_id, occurred_at)", sightings)

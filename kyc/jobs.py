@@ -43,6 +43,7 @@ from time import monotonic, sleep
 from typing import Any, Iterable, Iterator
 
 from sqlalchemy import event, func, insert, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from kyc import graph
@@ -178,6 +179,7 @@ class _Background:
     GROUP = 5
     QUIET = 0.05
     MAX_DEFER = 5.0
+    RETRY = 1.0                      # seconds before asks or a batch the database refused are tried again
 
     def __init__(self, runtime: Runtime):
         self.runtime = weakref.ref(runtime)
@@ -221,7 +223,16 @@ class _Background:
                 runtime = self.runtime()
                 if runtime is not None:
                     if accounts or clusters:
-                        self._record(runtime, accounts, clusters)
+                        try:
+                            self._record(runtime, accounts, clusters)
+                        except DBAPIError:
+                            # Not recorded (SQLite busy under a long writer, the database away): the
+                            # asks go back and are tried again, so none is lost.
+                            log.warning("rescore asks not recorded yet; retrying in %.0f s", self.RETRY,
+                                        exc_info=True)
+                            self.put(accounts, clusters)
+                            sleep(self.RETRY)
+                            continue
                     self._run_one(runtime)
             except Exception:  # noqa: BLE001 - a failed rescore must not stop the thread
                 log.exception("background rescoring failed")
@@ -255,7 +266,15 @@ class _Background:
                 return
             run_id, batch_no = self._batches.popleft()
         self._wait_for_quiet(runtime)
-        run_batch(runtime, run_id, batch_no)
+        try:
+            run_batch(runtime, run_id, batch_no)
+        except DBAPIError:
+            # Recorded, so a restart would finish it; this process tries again first.
+            log.warning("rescore run %s batch %d failed; retrying in %.0f s", run_id, batch_no, self.RETRY,
+                        exc_info=True)
+            with self._changed:
+                self._batches.appendleft((run_id, batch_no))
+            sleep(self.RETRY)
 
     def _wait_for_quiet(self, runtime: Runtime) -> None:
         deadline = monotonic() + self.MAX_DEFER

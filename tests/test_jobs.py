@@ -538,3 +538,24 @@ def test_asks_are_recorded_before_they_wait_and_a_new_process_finishes_them(inli
         inline_runtime.traffic.leave()
     jobs.drain(inline_runtime)                    # the first process's thread finds the batches done
     assert rescore_evaluations(inline_runtime) == {i: 1 for i in ids}
+
+
+def test_asks_the_database_refused_are_kept_and_recorded_later(inline_runtime, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    ids = seed(inline_runtime, 3)
+    refused = []
+    real_start_run = jobs.start_run
+
+    def start_run_once_refused(*args, **kwargs):
+        if not refused:
+            refused.append(True)                  # as SQLite says under a writer that never pauses
+            raise OperationalError("INSERT INTO rescore_runs ...", {}, Exception("database is locked"))
+        return real_start_run(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "start_run", start_run_once_refused)
+    worker = jobs._background(inline_runtime)
+    worker.RETRY = 0.05
+    worker.put(ids, {})
+    jobs.drain(inline_runtime)
+    assert refused and rescore_evaluations(inline_runtime) == {i: 1 for i in ids}
