@@ -11,10 +11,8 @@ second transaction at a fixed point, in order, so each race happens every run:
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from sqlalchemy import event, func, select, text
@@ -24,23 +22,8 @@ from kyc.inputs import SignupInput
 from kyc.models import MEMBER_FLAGS, Account, Cluster, ClusterMember, Evaluation
 from kyc.runtime import Runtime
 from kyc.scoring import score
-from tests.conftest import RULES_DIR, signup
-
-BLOCK_GMAIL = """
-- id: test_gmail_block
-  description: Test rule that blocks one mail provider
-  when: email.domain == "gmail.com"
-  score: 90
-  action: block
-"""
-
-
-@pytest.fixture
-def rules_dir(tmp_path) -> Path:
-    target = tmp_path / "rules"
-    shutil.copytree(RULES_DIR, target)
-    return target
-
+from tests.conftest import signup
+from tests.test_jobs import BLOCK_GMAIL, rules_dir  # noqa: F401 - rules_dir is a fixture
 
 @pytest.fixture
 def pg_runtime(request, make_config, rules_dir):
