@@ -217,6 +217,13 @@ def _new_cluster(session: Session, at: datetime) -> Cluster:
     return cluster
 
 
+def one_member(account_id: str, at: datetime, flags: dict[str, bool] | None) -> tuple[dict, dict]:
+    """The membership and the cluster of one of an account that has none, its traits counted."""
+    traits = {flag: bool((flags or {}).get(flag, False)) for flag in MEMBER_FLAGS}
+    cluster = {"id": new_id("cl"), "size": 1, "first_seen_at": at, **{f: int(v) for f, v in traits.items()}}
+    return {"account_id": account_id, "cluster_id": cluster["id"], "joined_at": at, **traits}, cluster
+
+
 def ensure_member(session: Session, account_id: str, at: datetime, *, flags: dict[str, bool] | None = None,
                   new_account: bool = False) -> tuple[ClusterMember, Cluster | None]:
     """The account's membership, created with a cluster of its own when it has none.
@@ -228,13 +235,9 @@ def ensure_member(session: Session, account_id: str, at: datetime, *, flags: dic
     """
     member = None if new_account else session.get(ClusterMember, account_id)
     if member is None:
-        traits = {flag: bool((flags or {}).get(flag, False)) for flag in MEMBER_FLAGS}
-        cluster = _new_cluster(session, at)
-        cluster.size = 1
-        for flag, value in traits.items():
-            setattr(cluster, flag, int(value))
-        member = ClusterMember(account_id=account_id, cluster_id=cluster.id, joined_at=at, **traits)
-        session.add(member)
+        member_values, cluster_values = one_member(account_id, at, flags)
+        cluster, member = Cluster(**cluster_values), ClusterMember(**member_values)
+        session.add_all([cluster, member])
         return member, cluster
     if at < member.joined_at:
         # A backfilled earlier event: the account joined its cluster at its first event time.
@@ -872,16 +875,15 @@ class ChunkGraph:
         self.members: dict[str, SimpleNamespace] = {row["account_id"]: SimpleNamespace(**row) for row in session.execute(
             select(*ClusterMember.__table__.c).where(ClusterMember.account_id.in_(account_ids))).mappings()}
         self.read_members = {a: vars(m).copy() for a, m in self.members.items()}
-        self.read_cluster_of = {a: m.cluster_id for a, m in self.members.items()}
         self.clusters: dict[str, SimpleNamespace] = {}
         self.read: dict[str, SimpleNamespace] = {}
         self.new: list[str] = []              # accounts given a cluster of their own
         if self.members:
             for row in session.execute(select(*Cluster.__table__.c).where(
-                    Cluster.id.in_(sorted(set(self.read_cluster_of.values()))))).mappings():
+                    Cluster.id.in_(sorted(self.read_cluster_ids)))).mappings():
                 self.clusters[row["id"]] = SimpleNamespace(**row)
                 self.read[row["id"]] = SimpleNamespace(**row)
-        if len(self.read) < len(set(self.read_cluster_of.values())):
+        if len(self.read) < len(self.read_cluster_ids):
             raise ChunkStale("a cluster of the chunk was merged away while it was read")
         self.joined: dict[str, list[datetime]] = defaultdict(list)
         ahead = sorted(cid for cid, c in self.read.items() if 1 < c.size <= GROWTH_READ_AHEAD)
@@ -892,16 +894,18 @@ class ChunkGraph:
             for times in self.joined.values():
                 times.sort()
 
+    @property
+    def read_cluster_ids(self) -> set[str]:
+        return {m["cluster_id"] for m in self.read_members.values()}
+
     def member_cluster(self, session: Session, account_id: str, at: datetime, *,
                        flags: dict[str, bool] | None = None) -> tuple[SimpleNamespace, SimpleNamespace]:
         """member_cluster for an account of the chunk: nothing read, nothing locked."""
         member = self.members.get(account_id)
         if member is None:
             # No membership (read with the chunk): a cluster of its own, as ensure_member makes.
-            traits = {flag: bool((flags or {}).get(flag, False)) for flag in MEMBER_FLAGS}
-            cluster = SimpleNamespace(id=new_id("cl"), size=1, first_seen_at=at,
-                                      **{flag: int(value) for flag, value in traits.items()})
-            member = SimpleNamespace(account_id=account_id, cluster_id=cluster.id, joined_at=at, **traits)
+            member_values, cluster_values = one_member(account_id, at, flags)
+            member, cluster = SimpleNamespace(**member_values), SimpleNamespace(**cluster_values)
             self.members[account_id] = member
             self.clusters[cluster.id] = cluster
             self.new.append(account_id)
@@ -947,10 +951,10 @@ class ChunkGraph:
             # Traits and join time only: a concurrent merge may move the member (checked below).
             session.execute(_MEMBER_UPDATE, [{"member": m["account_id"], **{c: m[c] for c in _MEMBER_WRITTEN}}
                                              for m in changed])
-        if self.read_cluster_of:
+        if self.read_members:
             now = dict(session.execute(select(ClusterMember.account_id, ClusterMember.cluster_id).where(
-                ClusterMember.account_id.in_(sorted(self.read_cluster_of)))).all())
-            if now != self.read_cluster_of:
+                ClusterMember.account_id.in_(sorted(self.read_members)))).all())
+            if now != {a: m["cluster_id"] for a, m in self.read_members.items()}:
                 # A merge moved a member: its evaluation saw a cluster that is gone. Rolled back,
                 # the batch is retried from its cursor and reads the merged cluster.
                 raise ChunkStale("a member of the chunk changed cluster while it was rescored")

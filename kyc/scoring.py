@@ -64,7 +64,7 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     facts_at = max(at, utcnow()) if trigger == "rescore" else at
     account_facts = account_signals(
         at if created else account.first_seen_at, facts_at, dormancy, runtime.config.dormant_days,
-        frozenset() if created else verified_kinds(session, inp.account_id, account.subjects, stored=verified))
+        frozenset() if created else verified_kinds(verified, account.subjects))
     lookups = Lookups(rules.lists, chunk.store if chunk else velocity_store(runtime, session),
                       runtime.config.secret_key, runtime.geoip,
                       load_bin_table(runtime.config.bin_table))
@@ -185,6 +185,8 @@ class Chunk:
 # What scoring an account changes on its row (score(), _apply).
 _WRITTEN = ("decision", "score", "reasons", "required_verifications", "subjects", "state_version",
             "last_evaluation_id", "first_seen_at", "last_seen_at", "cluster_id")
+
+
 def _written(account) -> tuple:
     return tuple(getattr(account, column) for column in _WRITTEN)
 

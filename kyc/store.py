@@ -53,6 +53,10 @@ class Store(Protocol):
     def distinct_accounts(self, keys: list[Key], at: datetime, account_id: str) -> dict[Key, dict[str, int]]:
         """Per key and window: accounts seen with it in (at - window, at], this one included."""
 
+    def distinct_accounts_many(self, requests: list[tuple[list[Key], datetime, str]]
+                               ) -> list[dict[Key, dict[str, int]]]:
+        """distinct_accounts of many (keys, at, account_id) at once (a rescore chunk)."""
+
     def record(self, keys: Iterable[Key], at: datetime, account_id: str) -> None:
         """Remember that the account showed these keys at this event time (kept once committed)."""
 

@@ -83,7 +83,7 @@ def test_a_merge_while_a_chunk_is_scored_rolls_the_chunk_back_and_scores_it_agai
             # Committed by another transaction after the chunk read its graph, before it writes:
             # the new account shares acct_000's device and acct_004's mailbox.
             live_signup(rt, **account_signup(9, device_id="dv_0", email="user4@gmail.com"))
-        reads.append(dict(chunk.graph.read_cluster_of))
+        reads.append({a: m["cluster_id"] for a, m in chunk.graph.read_members.items()})
         return chunk
 
     monkeypatch.setattr(jobs, "read_chunk", read_chunk_then_merge)

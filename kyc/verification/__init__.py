@@ -23,13 +23,10 @@ def payment_verified(subjects: dict[str, Any] | None) -> bool:
     return (latest_of(subjects, "payment_method") or {}).get("decision") == "allow"
 
 
-def verified_kinds(conn, account_id: str, subjects: dict[str, Any] | None, *,
-                   stored: Iterable[str] | None = None) -> frozenset[str]:
-    """The kinds of verification the account has completed (a Session or Connection).
-    `stored`: its verified rows' kinds, already read (stored_verified_kinds)."""
-    kinds = set(conn.execute(
-        select(Verification.kind).where(Verification.account_id == account_id, Verification.status == "verified")
-    ).scalars() if stored is None else stored)
+def verified_kinds(stored: Iterable[str], subjects: dict[str, Any] | None) -> frozenset[str]:
+    """The kinds of verification the account has completed: its verified rows' kinds (read with
+    the account, see kyc.scoring._locked_account and stored_verified_kinds) and payment."""
+    kinds = set(stored)
     if payment_verified(subjects):
         kinds.add("payment")
     return frozenset(kinds)
