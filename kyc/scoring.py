@@ -19,6 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from kyc.activity import latest_dormancies
+from kyc.db import deferred
 from kyc.engine import Outcome, RuleSet, most_severe, reason_order
 from kyc.engine.loader import VERIFICATIONS
 from kyc.ids import new_id
@@ -49,6 +50,10 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     cluster's counters, and a cluster whose standing rises queues its members for rescoring
     once this transaction commits. `chunk` (rescoring, with record=False): what is read about
     the account was read with its chunk (read_chunk), so nothing is read here.
+
+    The account and the evaluation are plain records written with Core statements, as for a
+    chunk (the ORM's unit of work cost more than the writes themselves); writes nobody reads
+    back are `deferred`, so in a pipelined transaction they travel with the commit.
     """
     rules = rules or runtime.rules          # read once: a reload mid-request does not split the set
     at = at or inp.at()
@@ -92,20 +97,22 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
         rules_version=rules.version,
     )
     if chunk is None:
-        evaluation = Evaluation(**values)
-        session.add(evaluation)
+        session.execute(_EVALUATION_INSERT, values)
+        evaluation = SimpleNamespace(**values)
     else:
         evaluation = chunk.add(values)
     _apply(account, _slot(subject, identifiers), subject, evaluation, outcome, at)
     account.cluster_id = cluster.id             # written with the account's other changes
     graph.set_flags(session, policy, account.id, {"blocked": account.decision == "block"}, member=member,
                     cluster=cluster, being_scored=True)
+    if chunk is None:
+        # A new membership and cluster (graph) first, with their final values: the account's
+        # row references its cluster.
+        session.flush()
+        session.execute(_ACCOUNT_WRITE, {"account_id": account.id, **{c: getattr(account, c) for c in _WRITTEN}})
     if record:
         if identifiers:
-            # One flush writes the account, the evaluation and a new membership with their final
-            # values; the sightings reference the evaluation.
-            session.flush()
-            session.execute(Sighting.__table__.insert(), [
+            session.execute(_SIGHTINGS_INSERT, [
                 {"kind": k, "value_hash": h, "account_id": account.id, "evaluation_id": evaluation.id,
                  "occurred_at": at} for k, h in identifiers])
         lookups.store.record([key for key in identifiers if key[0] in VELOCITY_KEYS], at, account.id)
@@ -126,11 +133,15 @@ def rescore_account(runtime: Runtime, session: Session, account_id: str, *, rule
     Each new evaluation is marked trigger="rescore" and keeps the original event time. `chunk`:
     the account is one of a chunk read by read_chunk (which holds its account and inputs).
     """
-    account = chunk.accounts.get(account_id) if chunk else session.get(Account, account_id)
-    if account is None:
+    if chunk:
+        account = chunk.accounts.get(account_id)
+        subjects = account.subjects if account else None
+    else:
+        subjects = session.execute(select(Account.subjects).where(Account.id == account_id)).scalar_one_or_none()
+    if subjects is None:
         return []
     results = []
-    for slot, latest in sorted((account.subjects or {}).items()):
+    for slot, latest in sorted(subjects.items()):
         subject = latest.get("subject", slot)
         if subject not in COLLECTORS:
             # Written by a build that scores this subject (a newer release, or an evaluation
@@ -192,6 +203,9 @@ def _written(account) -> tuple:
 
 
 _ACCOUNT_UPDATE = update(Account.__table__).where(Account.__table__.c.id == bindparam("account_id"))
+_ACCOUNT_WRITE = deferred(_ACCOUNT_UPDATE)
+_EVALUATION_INSERT = insert(Evaluation.__table__)
+_SIGHTINGS_INSERT = insert(Sighting.__table__)
 
 
 def read_chunk(runtime: Runtime, session: Session, ids: list[str]) -> Chunk:
@@ -231,8 +245,8 @@ def _velocity_requests(session: Session, originals: Iterable) -> list[tuple[list
 
 
 def _lock_account(session: Session, account_id: str, at: datetime, *, likely_new: bool = True
-                  ) -> tuple[Account, bool, int | None, list[str]]:
-    """The account, locked for this transaction, whether this transaction created it, and the
+                  ) -> tuple[SimpleNamespace, bool, int | None, list[str]]:
+    """The account's row (a plain record, see score()), locked for this transaction, whether this transaction created it, and the
     dormancy of its latest active day and the kinds of its completed verifications (see
     _locked_account; a new account has neither).
 
@@ -245,42 +259,43 @@ def _lock_account(session: Session, account_id: str, at: datetime, *, likely_new
     if not likely_new and (found := _locked_account(session, account_id)) is not None:
         return found[0], False, found[1], found[2]
     new = session.execute(_new_account_statement(session.get_bind().dialect.name),
-                          {"id": account_id, "first_seen_at": at, "last_seen_at": at}).scalar_one_or_none()
+                          {"id": account_id, "first_seen_at": at, "last_seen_at": at}).mappings().one_or_none()
     if new is not None:
-        return new, True, None, []
+        return SimpleNamespace(**new), True, None, []
     account, dormancy, verified = _locked_account(session, account_id)
     return account, False, dormancy, verified
 
 
-def _locked_account(session: Session, account_id: str) -> tuple[Account, int | None, list[str]] | None:
+def _locked_account(session: Session, account_id: str) -> tuple[SimpleNamespace, int | None, list[str]] | None:
     """The account row locked, with what its facts need, in the same round trip."""
-    row = session.execute(_LOCKED_ACCOUNT, {"id": account_id}).one_or_none()
+    row = session.execute(_LOCKED_ACCOUNT, {"id": account_id}).mappings().one_or_none()
     if row is None:
         return None
-    account, dormancy, verified = row
-    return account, dormancy, verified.split(",") if verified else []
+    account = dict(row)
+    dormancy, verified = account.pop("_dormancy"), account.pop("_verified")
+    return SimpleNamespace(**account), dormancy, verified.split(",") if verified else []
 
 
 _LOCKED_ACCOUNT = (
-    select(Account,
+    select(*Account.__table__.c,
            # as activity.latest_dormancies
            select(ActivityDay.dormant_days).where(ActivityDay.account_id == Account.id)
-           .order_by(ActivityDay.day.desc()).limit(1).scalar_subquery(),
+           .order_by(ActivityDay.day.desc()).limit(1).scalar_subquery().label("_dormancy"),
            # as verification.stored_verified_kinds
            select(func.aggregate_strings(Verification.kind, ","))
-           .where(Verification.account_id == Account.id, Verification.status == "verified").scalar_subquery())
+           .where(Verification.account_id == Account.id, Verification.status == "verified")
+           .scalar_subquery().label("_verified"))
     .where(Account.id == bindparam("id")).with_for_update(of=Account.__table__)
-    .execution_options(populate_existing=True)
 )
 
 
 @lru_cache(maxsize=4)
 def _new_account_statement(dialect: str):
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return (insert(Account).values(id=bindparam("id"), first_seen_at=bindparam("first_seen_at"),
+    return (insert(Account.__table__).values(id=bindparam("id"), first_seen_at=bindparam("first_seen_at"),
                                    last_seen_at=bindparam("last_seen_at"), decision="allow", score=0, reasons=[],
                                    required_verifications=[], subjects={}, state_version=0)
-            .on_conflict_do_nothing(index_elements=["id"]).returning(Account))
+            .on_conflict_do_nothing(index_elements=["id"]).returning(*Account.__table__.c))
 
 
 def _slot(subject: str, identifiers: Identifiers) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from flask import jsonify
 
 from kyc.api import parse, runtime, v1
+from kyc.db import pipelined
 from kyc.inputs import PaymentMethodInput
 from kyc.scoring import evaluation_body, score
 
@@ -22,6 +23,6 @@ from kyc.scoring import evaluation_body, score
 def score_payment_method():
     inp = parse(PaymentMethodInput)
     rt = runtime()
-    with rt.session() as session, session.begin():
+    with rt.session() as session, pipelined(session):
         evaluation = score(rt, session, "payment_method", inp)
     return jsonify(evaluation_body(evaluation))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import jsonify
 
 from kyc.api import parse, runtime, v1
+from kyc.db import pipelined
 from kyc.inputs import SignupInput
 from kyc.scoring import evaluation_body, score
 
@@ -13,6 +14,6 @@ from kyc.scoring import evaluation_body, score
 def score_signup():
     inp = parse(SignupInput)
     rt = runtime()
-    with rt.session() as session, session.begin():
+    with rt.session() as session, pipelined(session):
         evaluation = score(rt, session, "signup", inp)
     return jsonify(evaluation_body(evaluation))

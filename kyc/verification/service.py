@@ -70,7 +70,8 @@ def _verified(runtime: Runtime, session: Session, v: Verification, at: datetime,
     _finish(session, v, "verified", at, reason, **detail)
     session.flush()
     rescore_account(runtime, session, v.account_id)
-    account = session.get(Account, v.account_id)
+    # Rescoring wrote the account's row with Core statements: read it again.
+    account = session.get(Account, v.account_id, populate_existing=True)
     account.state_version = (account.state_version or 0) + 1
 
 
