@@ -140,13 +140,19 @@ def pipelined(session: Session) -> Iterator[Session]:
             yield session
             return
         info = connection.info              # the pooled connection's: the commit closes `connection`
-        with connection.connection.driver_connection.pipeline() as pipeline:
-            info[_PIPELINE] = pipeline
-            try:
+        driver = connection.connection.driver_connection
+        try:
+            with driver.pipeline() as pipeline:
+                info[_PIPELINE] = pipeline
                 yield session
                 session.commit()            # queued with the last writes: one round trip
-            finally:
-                del info[_PIPELINE]
+        except BaseException:
+            # A failed statement aborts the pipeline and what was queued after it; out of the
+            # pipeline, the transaction is rolled back before the connection goes back to the pool.
+            driver.rollback()
+            raise
+        finally:
+            info.pop(_PIPELINE, None)
 
 
 def _answer_now_unless_deferred(conn, cursor, statement, parameters, context, executemany) -> None:

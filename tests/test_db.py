@@ -6,6 +6,7 @@ import gc
 import threading
 import time
 
+import pytest
 from sqlalchemy import text
 
 from kyc import db
@@ -43,3 +44,70 @@ def test_the_checkpoint_thread_ends_with_its_engine(tmp_path, monkeypatch):
     gc.collect()                                        # an engine sits in reference cycles
     thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+# --- pipelined transactions -------------------------------------------------------------------
+
+def _account_row(account_id: str) -> dict:
+    from kyc.models import utcnow
+
+    now = utcnow()
+    return {"id": account_id, "created_at": now, "first_seen_at": now, "last_seen_at": now, "decision": "allow",
+            "score": 0, "reasons": [], "required_verifications": [], "subjects": {}, "state_version": 1,
+            "updated_at": now}
+
+
+def test_a_pipelined_transaction_writes_everything_and_answers_reads_in_order(runtime):
+    from sqlalchemy import func, insert, select, update
+
+    from kyc.models import Account
+
+    accounts = Account.__table__
+    with runtime.session() as session, db.pipelined(session):
+        session.execute(insert(accounts), [_account_row("p1"), _account_row("p2")])
+        # Not deferred: its rowcount is read, so the queued insert goes first and it sees both rows.
+        changed = session.execute(update(accounts).where(accounts.c.id.in_(["p1", "p2", "p3"]))
+                                  .values(score=5)).rowcount
+        session.execute(db.deferred(update(accounts).where(accounts.c.id == "p1").values(decision="block")))
+        seen = session.execute(select(accounts.c.id, accounts.c.decision).order_by(accounts.c.id)).all()
+    assert changed == 2
+    assert seen == [("p1", "block"), ("p2", "allow")]
+    with runtime.session() as session:
+        assert session.execute(select(func.count()).select_from(accounts).where(accounts.c.score == 5)).scalar() == 2
+
+
+def test_a_failing_deferred_write_fails_the_commit_and_writes_nothing(runtime):
+    from sqlalchemy import func, insert, select
+    from sqlalchemy.exc import IntegrityError
+
+    from kyc.models import Account, Evaluation
+
+    with pytest.raises(IntegrityError):
+        with runtime.session() as session, db.pipelined(session):
+            session.execute(insert(Account.__table__), _account_row("p1"))
+            # References an account that does not exist: on PostgreSQL the error arrives with
+            # the COMMIT it travelled with.
+            session.execute(insert(Evaluation.__table__), {
+                "id": "ev_1", "account_id": "nobody", "subject": "signup", "trigger": "live",
+                "occurred_at": _account_row("x")["created_at"], "input": {}, "signals": {}, "reasons": [],
+                "decision": "allow", "score": 0, "required_verifications": [], "rules_version": "t"})
+    with runtime.session() as session:
+        assert session.execute(select(func.count()).select_from(Account.__table__)).scalar() == 0
+    # The connection went back to the pool usable.
+    with runtime.session() as session, db.pipelined(session):
+        session.execute(insert(Account.__table__), _account_row("p2"))
+    with runtime.session() as session:
+        assert session.execute(select(Account.id)).scalars().all() == ["p2"]
+
+
+def test_an_error_raised_in_a_pipelined_transaction_writes_nothing(runtime):
+    from sqlalchemy import func, insert, select
+
+    from kyc.models import Account
+
+    with pytest.raises(RuntimeError):
+        with runtime.session() as session, db.pipelined(session):
+            session.execute(insert(Account.__table__), _account_row("p1"))
+            raise RuntimeError("the request failed after queueing a write")
+    with runtime.session() as session:
+        assert session.execute(select(func.count()).select_from(Account.__table__)).scalar() == 0
