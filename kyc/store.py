@@ -31,7 +31,7 @@ from typing import Iterable, Protocol
 
 from redis import exceptions as redis_errors
 from redis.commands.core import Script
-from sqlalchemy import bindparam, event, func, literal, select, union_all
+from sqlalchemy import ARRAY, String, bindparam, event, func, literal, select, true, union_all
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -119,11 +119,16 @@ class SqlStore(SqlHistory):
         if not keys:
             return {}
         params: dict = {"at": at, "me": account_id}
-        for i, (kind, value_hash) in enumerate(keys):
-            params[f"k{i}"], params[f"h{i}"] = kind, value_hash
         for window, span in WINDOWS.items():
             params[f"lo_{window}"] = at - span
-        counts = {row[0]: row[1:] for row in self.session.execute(_count_statement(len(keys)), params)}
+        if self.session.get_bind().dialect.name == "postgresql":
+            params["kinds"], params["hashes"] = [k for k, _ in keys], [h for _, h in keys]
+            statement = _COUNT_EACH_KEY
+        else:
+            for i, (kind, value_hash) in enumerate(keys):
+                params[f"k{i}"], params[f"h{i}"] = kind, value_hash
+            statement = _count_statement(len(keys))
+        counts = {row[0]: row[1:] for row in self.session.execute(statement, params)}
         return {key: {w: _capped(counts[i][j]) for j, w in enumerate(WINDOWS)} for i, key in enumerate(keys)}
 
     def distinct_accounts_many(self, requests: list[tuple[list[Key], datetime, str]]
@@ -176,6 +181,27 @@ def _count_statement(key_count: int):
 
 
 _LONGEST_NAME = max(WINDOWS, key=WINDOWS.__getitem__)
+
+
+def _count_each_key():
+    """PostgreSQL: _count_statement's counts for keys passed as two arrays, each key's bounded
+    index scan a LATERAL subquery. One short statement for any number of keys: psycopg parses a
+    statement's text once only under 4 KB (the union of 8 keys is 6 KB, 0.15 ms per call) and
+    prepares it once for every key count."""
+    keys = (func.unnest(bindparam("kinds", type_=ARRAY(String)), bindparam("hashes", type_=ARRAY(String)))
+            .table_valued("kind", "value_hash", with_ordinality="key").render_derived())
+    v = VelocityMark.__table__.alias("v")
+    newest = (select(v.c.last_at)
+              .where(v.c.kind == keys.c.kind, v.c.value_hash == keys.c.value_hash,
+                     v.c.last_at > bindparam(f"lo_{_LONGEST_NAME}"), v.c.last_at <= bindparam("at"),
+                     v.c.account_id != bindparam("me"))
+              .order_by(v.c.last_at.desc()).limit(COUNT_CAP).lateral("n"))
+    return (select(keys.c.key - 1, *(func.count(newest.c.last_at).filter(newest.c.last_at > bindparam(f"lo_{w}"))
+                                     for w in WINDOWS))
+            .select_from(keys.outerjoin(newest, true())).group_by(keys.c.key))
+
+
+_COUNT_EACH_KEY = _count_each_key()
 
 
 def _micros(at: datetime) -> int:
