@@ -96,20 +96,18 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
         score=outcome.score, required_verifications=outcome.required_verifications,
         rules_version=rules.version,
     )
-    if chunk is None:
-        session.execute(_EVALUATION_INSERT, values)
-        evaluation = SimpleNamespace(**values)
-    else:
-        evaluation = chunk.add(values)
+    evaluation = chunk.add(values) if chunk else SimpleNamespace(**values)
     _apply(account, _slot(subject, identifiers), subject, evaluation, outcome, at)
     account.cluster_id = cluster.id             # written with the account's other changes
     graph.set_flags(session, policy, account.id, {"blocked": account.decision == "block"}, member=member,
                     cluster=cluster, being_scored=True)
     if chunk is None:
-        # A new membership and cluster (graph) first, with their final values: the account's
-        # row references its cluster.
+        # A new membership and cluster (graph) first, with their final values (nothing above
+        # flushed them: executing a statement through the session would), then the account's
+        # row, which references its cluster, and its evaluation.
         session.flush()
         session.execute(_ACCOUNT_WRITE, {"account_id": account.id, **{c: getattr(account, c) for c in _WRITTEN}})
+        session.execute(_EVALUATION_INSERT, values)
     if record:
         if identifiers:
             session.execute(_SIGHTINGS_INSERT, [
