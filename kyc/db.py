@@ -7,11 +7,12 @@ import sqlite3
 import threading
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 
@@ -139,17 +140,26 @@ def pipelined(session: Session) -> Iterator[Session]:
         if connection.dialect.name != "postgresql":
             yield session
             return
-        info = connection.info              # the pooled connection's: the commit closes `connection`
-        driver = connection.connection.driver_connection
+        info, driver = connection.info, connection.connection.driver_connection
+        errors = connection.dialect.loaded_dbapi.Error
         try:
             with driver.pipeline() as pipeline:
                 info[_PIPELINE] = pipeline
                 yield session
-                session.commit()            # queued with the last writes: one round trip
+                session.flush()
+                # The COMMIT is queued with the last writes: one round trip. It is the driver's,
+                # so the connection stays ours until it has left pipeline mode (the session's
+                # commit would hand it back to the pool at once, to another thread). The
+                # session's commit then finds nothing left to commit and runs its hooks.
+                try:
+                    driver.commit()
+                except errors as error:
+                    raise DBAPIError.instance("COMMIT", None, error, errors) from error
         except BaseException:
             # A failed statement aborts the pipeline and what was queued after it; out of the
             # pipeline, the transaction is rolled back before the connection goes back to the pool.
-            driver.rollback()
+            with suppress(errors):
+                driver.rollback()
             raise
         finally:
             info.pop(_PIPELINE, None)

@@ -111,3 +111,28 @@ def test_an_error_raised_in_a_pipelined_transaction_writes_nothing(runtime):
             raise RuntimeError("the request failed after queueing a write")
     with runtime.session() as session:
         assert session.execute(select(func.count()).select_from(Account.__table__)).scalar() == 0
+
+
+def test_a_pipelined_connection_leaves_pipeline_mode_before_the_pool_gets_it_back(runtime):
+    # The pool hands a connection back out at once, to any thread: one still in pipeline mode
+    # breaks the next user's ping (seen with the in-process rescoring thread).
+    from sqlalchemy import event, insert
+
+    from kyc.models import Account
+
+    states, hooks = [], []
+    engine = runtime.engine
+
+    def checkin(dbapi_connection, _record):
+        pgconn = getattr(dbapi_connection, "pgconn", None)
+        states.append(pgconn.pipeline_status if pgconn is not None else 0)
+
+    event.listen(engine, "checkin", checkin)
+    try:
+        with runtime.session() as session, db.pipelined(session):
+            event.listen(session, "after_commit", lambda s: hooks.append("committed"))
+            session.execute(insert(Account.__table__), _account_row("p1"))
+    finally:
+        event.remove(engine, "checkin", checkin)
+    assert states and not any(states)
+    assert hooks == ["committed"]
