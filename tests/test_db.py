@@ -136,3 +136,24 @@ def test_a_pipelined_connection_leaves_pipeline_mode_before_the_pool_gets_it_bac
         event.remove(engine, "checkin", checkin)
     assert states and not any(states)
     assert hooks == ["committed"]
+
+
+def test_a_pooled_connection_the_server_closed_is_replaced_before_use(_postgres_url):
+    from sqlalchemy import text
+
+    engine, admin = db.make_engine(_postgres_url), db.make_engine(_postgres_url)
+    try:
+        with engine.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        # The pool keeps that connection; the server ends it, as a restart would.
+        with admin.connect() as conn:
+            assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+            deadline = time.monotonic() + 10
+            while conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}).scalar():
+                assert time.monotonic() < deadline, "the backend did not exit"
+                time.sleep(0.01)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != pid
+    finally:
+        engine.dispose()
+        admin.dispose()
