@@ -244,9 +244,9 @@ def _velocity_requests(session: Session, originals: Iterable) -> list[tuple[list
 
 def _lock_account(session: Session, account_id: str, at: datetime, *, likely_new: bool = True
                   ) -> tuple[SimpleNamespace, bool, int | None, list[str]]:
-    """The account's row (a plain record, see score()), locked for this transaction, whether this transaction created it, and the
-    dormancy of its latest active day and the kinds of its completed verifications (see
-    _locked_account; a new account has neither).
+    """The account's row (a plain record, see score()), locked for this transaction, whether
+    this transaction created it, and the dormancy of its latest active day and the kinds of its
+    completed verifications (see _locked_account; a new account has neither).
 
     Insert-if-absent, so two concurrent first posts of one id never collide. The insert returns
     the row it created (locked as ours until commit): one statement for a new account. When the
@@ -290,9 +290,10 @@ _LOCKED_ACCOUNT = (
 @lru_cache(maxsize=4)
 def _new_account_statement(dialect: str):
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return (insert(Account.__table__).values(id=bindparam("id"), first_seen_at=bindparam("first_seen_at"),
-                                   last_seen_at=bindparam("last_seen_at"), decision="allow", score=0, reasons=[],
-                                   required_verifications=[], subjects={}, state_version=0)
+    return (insert(Account.__table__)
+            .values(id=bindparam("id"), first_seen_at=bindparam("first_seen_at"),
+                    last_seen_at=bindparam("last_seen_at"), decision="allow", score=0, reasons=[],
+                    required_verifications=[], subjects={}, state_version=0)
             .on_conflict_do_nothing(index_elements=["id"]).returning(*Account.__table__.c))
 
 
