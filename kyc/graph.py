@@ -20,6 +20,7 @@ IP, headless browser) so graph signals cost one row read.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from bisect import bisect_right
@@ -31,8 +32,8 @@ from functools import lru_cache
 from types import SimpleNamespace
 from typing import Hashable, Iterable
 
-from sqlalchemy import (Boolean, Column, Integer, MetaData, String, Table, bindparam, case, cast, delete, distinct,
-                        exists, func, insert, literal, or_, select, text, tuple_, update)
+from sqlalchemy import (Boolean, Column, Integer, MetaData, Select, String, Table, and_, bindparam, case, cast, delete,
+                        distinct, exists, func, insert, literal, or_, select, text, tuple_, update)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -522,19 +523,22 @@ def _chunks(items: list, size: int):
 def rebuild(session: Session, policy: Policy) -> dict[str, int]:
     """Recompute nodes, edges and clusters from the sightings; gives what incremental linking gives.
 
-    Set-based: the database computes nodes, edges and the pairs of accounts that link (one
-    shared strong node; shared weak nodes of enough kinds); Python holds only a union-find of
-    the linked accounts and streams the memberships once; what changes is written back in bulk.
-    Runs in the caller's transaction, so a rebuild that dies leaves nothing half-written. On
-    PostgreSQL the graph tables are truncated, which makes signups linking meanwhile wait for
-    the commit instead of racing the rebuild.
+    Set-based: the database computes nodes, edges and the groups of accounts that link (the
+    holders of a shared strong node; of shared weak nodes of enough kinds); Python holds only a
+    union-find of the linked accounts and streams the memberships once; what changes is
+    written back in bulk (on a built graph, little). Runs in the caller's transaction, so a
+    rebuild that dies leaves nothing half-written. On PostgreSQL the graph tables are locked
+    against writes, which makes signups linking meanwhile wait for the commit instead of
+    racing the rebuild.
     """
     session.flush()
     if session.get_bind().dialect.name == "postgresql":
-        # Sorts and hashes over millions of rows in memory rather than spilled to disk; index
-        # builds likewise. For this transaction only.
-        session.execute(text("SET LOCAL work_mem = '64MB'"))
-        session.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
+        # Hashes over millions of rows in memory rather than spilled to disk (a hash may use
+        # hash_mem_multiplier times work_mem); index builds likewise. No JIT: compiling each
+        # of these one-off statements costs more than it saves. For this transaction only.
+        session.execute(text("SET LOCAL work_mem = '256MB'"))
+        session.execute(text("SET LOCAL maintenance_work_mem = '512MB'"))
+        session.execute(text("SET LOCAL jit = off"))
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -570,12 +574,13 @@ def _rebuild_nodes_and_edges(session: Session, policy: Policy) -> None:
     """Who holds each linking identifier, first seen when, computed once from the sightings into
     a temporary table (one scan of the sightings and one hash aggregate); nodes are its groups
     (distinct holders by construction: no count(distinct) sort), edges its rows minus the
-    super-nodes'."""
+    super-nodes'. Each table is then made to hold exactly those rows (`_replace`)."""
     s, n, e, held = Sighting.__table__, GraphNode.__table__, GraphEdge.__table__, _HELD
-    postgres = session.get_bind().dialect.name == "postgresql"
-    for table in (e, n):
-        session.execute(text(f"TRUNCATE {table.name}") if postgres else table.delete())
     connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        # Signups linking meanwhile wait for the commit instead of racing the rebuild; readers
+        # (ops views) go on. In the order linking writes them: no deadlock with a signup.
+        connection.execute(text(f"LOCK TABLE {n.name}, {e.name} IN EXCLUSIVE MODE"))
     held.create(connection)
     connection.execute(held.insert().from_select(
         ["kind", "value_hash", "account_id", "first"],
@@ -584,27 +589,61 @@ def _rebuild_nodes_and_edges(session: Session, policy: Policy) -> None:
     _analyze(session, held)
     holders = func.count()
     threshold = case((held.c.kind.in_(sorted(STRONG)), policy.super_strong), else_=policy.super_weak)
-    with _indexes_built_after(session, n):
-        connection.execute(n.insert().from_select(
-            ["kind", "value_hash", "accounts", "super_node", "first_seen_at"],
-            select(held.c.kind, held.c.value_hash, holders, holders > threshold, func.min(held.c.first))
-            .group_by(held.c.kind, held.c.value_hash)))
-    _analyze(session, n)
-    with _indexes_built_after(session, e):
-        connection.execute(e.insert().from_select(
-            ["kind", "value_hash", "account_id"],
-            select(held.c.kind, held.c.value_hash, held.c.account_id).where(~exists().where(
-                n.c.super_node, n.c.kind == held.c.kind, n.c.value_hash == held.c.value_hash))))
+    _replace(session, n, select(held.c.kind, held.c.value_hash, holders.label("accounts"),
+                                (holders > threshold).label("super_node"), func.min(held.c.first).label("first_seen_at"))
+             .group_by(held.c.kind, held.c.value_hash))
+    _replace(session, e, select(held.c.kind, held.c.value_hash, held.c.account_id).where(~exists().where(
+        n.c.super_node, n.c.kind == held.c.kind, n.c.value_hash == held.c.value_hash)))
     held.drop(connection)
-    _analyze(session, e)
+
+
+def _replace(session: Session, table: Table, wanted: Select) -> None:
+    """Make `table` hold exactly the rows `wanted` selects (its columns named as the table's).
+
+    An empty table is loaded (on PostgreSQL without its indexes, built afterwards). On a built
+    graph PostgreSQL writes only the rows that differ: one hash full join of the wanted rows
+    with the stored ones finds them, which costs a fraction of rewriting millions of rows and
+    rebuilding their indexes (string sorts). SQLite rewrites the table.
+    """
+    connection = session.connection()
+    columns = list(wanted.selected_columns.keys())
+    empty = connection.scalar(select(literal(1)).select_from(table).limit(1)) is None
+    if empty or connection.dialect.name != "postgresql":
+        if not empty:
+            connection.execute(table.delete())
+        with _indexes_built_after(session, table):
+            connection.execute(table.insert().from_select(columns, wanted))
+        _analyze(session, table)
+        return
+    w = wanted.subquery("wanted")
+    keys = [c.name for c in table.primary_key.columns]
+    values = [name for name in columns if name not in keys]
+    changes = Table(f"rebuild_{table.name}_changes", MetaData(), *(Column(name, table.c[name].type) for name in columns),
+                    Column("stored", Boolean), Column("gone", Boolean), prefixes=["TEMPORARY"])
+    changes.create(connection)
+    wanted_key, stored_key = w.c[keys[0]], table.c[keys[0]]
+    connection.execute(changes.insert().from_select(
+        [*columns, "stored", "gone"],
+        select(*(func.coalesce(w.c[k], table.c[k]) for k in keys), *(w.c[v] for v in values),
+               stored_key.is_not(None), wanted_key.is_(None))
+        .select_from(w.outerjoin(table, and_(*(table.c[k] == w.c[k] for k in keys)), full=True))
+        .where(or_(wanted_key.is_(None), stored_key.is_(None), *(w.c[v].is_distinct_from(table.c[v]) for v in values)))))
+    same_key = and_(*(table.c[k] == changes.c[k] for k in keys))
+    connection.execute(table.delete().where(exists().where(same_key, changes.c.gone)))
+    if values:
+        connection.execute(table.update().where(same_key, changes.c.stored, ~changes.c.gone)
+                           .values({v: changes.c[v] for v in values}))
+    connection.execute(table.insert().from_select(columns, select(*(changes.c[c] for c in columns))
+                                                  .where(~changes.c.stored)))
+    changes.drop(connection)
 
 
 @contextmanager
 def _indexes_built_after(session: Session, table: Table):
-    """PostgreSQL: load a just-truncated table without its primary key and indexes and build
-    them afterwards; one sorted build is several times faster than millions of inserts into
-    each b-tree. Inside the rebuild's transaction, like the truncation (which already keeps
-    everyone else off the table until the commit)."""
+    """PostgreSQL: load an empty table without its primary key and indexes and build them
+    afterwards; one sorted build is several times faster than millions of inserts into each
+    b-tree. Inside the rebuild's transaction, whose ALTER TABLE keeps everyone else off the
+    table until the commit."""
     if session.get_bind().dialect.name != "postgresql":
         yield
         return
@@ -628,42 +667,50 @@ def _analyze(session: Session, *tables: Table) -> None:
         session.execute(text("ANALYZE " + ", ".join(t.name for t in tables)))
 
 
+_SHARED = Table("rebuild_shared", MetaData(), Column("kind", String(32)), Column("value_hash", String(32)),
+                Column("account_id", String(128)), prefixes=["TEMPORARY"])
+
+
 def _link_pairs(session: Session) -> UnionFind:
-    """Union-find of the accounts that link to another one, from pairs the database finds:
-    holders of one shared strong node, and holders of shared weak nodes of enough kinds."""
-    n, e = GraphNode.__table__, GraphEdge.__table__
+    """Union-find of the accounts that link to another one, from groups the database finds.
+
+    The edges of shared nodes (held by more than one account, not super) are copied once. A
+    strong node's holders are one group. Two accounts that share weak nodes of
+    WEAK_KINDS_NEEDED kinds both hold the same combination of that many weak nodes of distinct
+    kinds, so each combination held by more than one account is a group too: the database
+    groups each account's combinations (a few per account) and never forms pairs of accounts.
+    Fetched whole rather than through a server-side cursor, which PostgreSQL plans for its
+    first rows and never runs in parallel.
+    """
+    n, e, shared = GraphNode.__table__, GraphEdge.__table__, _SHARED
+    connection = session.connection()
+    shared.create(connection)
+    connection.execute(shared.insert().from_select(
+        ["kind", "value_hash", "account_id"],
+        select(e.c.kind, e.c.value_hash, e.c.account_id)
+        .join(n, (n.c.kind == e.c.kind) & (n.c.value_hash == e.c.value_hash))
+        .where(n.c.accounts > 1, n.c.super_node.is_(False))))
+    _analyze(session, shared)
+    postgres = connection.dialect.name == "postgresql"
+    holders = func.array_agg if postgres else func.json_group_array      # each group's accounts, in one row
+    weak = [shared.alias(f"w{i}") for i in range(WEAK_KINDS_NEEDED)]
+    combinations = select(holders(weak[0].c.account_id)).where(*(w.c.kind.in_(sorted(WEAK)) for w in weak))
+    for before, after in zip(weak, weak[1:]):
+        combinations = combinations.join(after, (after.c.account_id == before.c.account_id)
+                                         & (after.c.kind > before.c.kind))
+    groups = [select(holders(shared.c.account_id)).where(shared.c.kind.in_(sorted(STRONG)))
+              .group_by(shared.c.kind, shared.c.value_hash),
+              combinations.group_by(*(c for w in weak for c in (w.c.kind, w.c.value_hash))).having(func.count() > 1)]
     uf = UnionFind()
-    shared = (n.c.accounts > 1) & n.c.super_node.is_(False)
-    first: dict[Node, str] = {}
-    for kind, value_hash, account in session.execute(
-            select(e.c.kind, e.c.value_hash, e.c.account_id)
-            .join(n, (n.c.kind == e.c.kind) & (n.c.value_hash == e.c.value_hash))
-            .where(e.c.kind.in_(sorted(STRONG)), shared).execution_options(yield_per=20_000)):
-        other = first.setdefault((kind, value_hash), account)
-        if other != account:
-            uf.add(account)
-            uf.add(other)
-            uf.union(account, other)
-    del first
-    # Only accounts whose shared weak nodes span enough kinds can link through them: the
-    # self-join runs over their edges alone.
-    weak = (select(e.c.kind, e.c.value_hash, e.c.account_id)
-            .join(n, (n.c.kind == e.c.kind) & (n.c.value_hash == e.c.value_hash))
-            .where(e.c.kind.in_(sorted(WEAK)), shared).cte("weak"))
-    enough = (select(weak.c.account_id).group_by(weak.c.account_id)
-              .having(func.count(distinct(weak.c.kind)) >= WEAK_KINDS_NEEDED).cte("enough"))
-    candidates = select(weak).join(enough, enough.c.account_id == weak.c.account_id).cte("candidates")
-    a, b = candidates.alias("a"), candidates.alias("b")
-    weak_pairs = (
-        select(a.c.account_id, b.c.account_id)
-        .join_from(a, b, (b.c.kind == a.c.kind) & (b.c.value_hash == a.c.value_hash)
-                   & (b.c.account_id > a.c.account_id))
-        .group_by(a.c.account_id, b.c.account_id)
-        .having(func.count(distinct(a.c.kind)) >= WEAK_KINDS_NEEDED))
-    for one, other in session.execute(weak_pairs.execution_options(yield_per=20_000)):
-        uf.add(one)
-        uf.add(other)
-        uf.union(one, other)
+    for group in groups:
+        for (accounts,) in connection.execute(group):
+            accounts = accounts if postgres else json.loads(accounts)
+            first = accounts[0]
+            uf.add(first)
+            for other in accounts[1:]:
+                uf.add(other)
+                uf.union(first, other)
+    shared.drop(connection)
     return uf
 
 
