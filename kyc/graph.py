@@ -33,8 +33,8 @@ from types import SimpleNamespace
 from typing import Hashable, Iterable
 
 from sqlalchemy import (Boolean, Column, Integer, MetaData, Select, String, Table, and_, bindparam, case, cast, delete,
-                        distinct, exists, func, insert, literal, or_, select, text, tuple_, update)
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+                        distinct, exists, func, insert, literal, null, or_, select, text, tuple_, update)
+from sqlalchemy.dialects.postgresql import ARRAY, insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateIndex, DropIndex
@@ -158,6 +158,7 @@ def _statements(dialect: str) -> SimpleNamespace:
     count = insert(GraphNode.__table__)
     mine = select(GraphEdge.kind, GraphEdge.value_hash).where(GraphEdge.account_id == bindparam("account"))
     return SimpleNamespace(
+        dialect=dialect,
         # Sorted rows: concurrent transactions lock node rows in the same order (no deadlock), and
         # the row lock makes a concurrent account on the same node wait, then see this one's edge.
         count=count.on_conflict_do_update(index_elements=["kind", "value_hash"],
@@ -198,6 +199,65 @@ def _known_statement(count: int):
             .outerjoin(GraphEdge, (GraphEdge.kind == GraphNode.kind) & (GraphEdge.value_hash == GraphNode.value_hash)
                        & (GraphEdge.account_id == bindparam("account")))
             .where(keys))
+
+
+@lru_cache(maxsize=1)
+def _new_account_statement():
+    """PostgreSQL, a new account (it holds no node yet): one statement counts the nodes it shows
+    (as `count` does, in the same order), records its edges, reads the other holders of each
+    with their cluster, and names the nodes that were super-nodes already.
+
+    The holders are read in the statement's snapshot, taken before it waited for any node row
+    a concurrent signup had locked; that signup's edge is then missing from what it read.
+    `_count_and_read` sees that from the counts (a node that is not a super-node has exactly
+    one edge per account it counts) and reads again. The nodes come as two arrays, so the
+    statement is the same for any number of them and compiled once.
+    """
+    n, e, m = GraphNode.__table__, GraphEdge.__table__, ClusterMember.__table__
+    given = func.unnest(bindparam("kinds", type_=ARRAY(String)), bindparam("hashes", type_=ARRAY(String))
+                        ).table_valued("kind", "value_hash").render_derived(name="given")
+    counted = (pg_insert(n).from_select(
+        ["kind", "value_hash", "accounts", "super_node", "first_seen_at"],
+        select(given.c.kind, given.c.value_hash, literal(1), literal(False), bindparam("at", type_=UTCDateTime))
+        .order_by(given.c.kind, given.c.value_hash))
+        .on_conflict_do_update(index_elements=["kind", "value_hash"], set_={"accounts": n.c.accounts + 1},
+                               where=n.c.super_node.is_(False))
+        .returning(n.c.kind, n.c.value_hash, n.c.accounts).cte("counted"))
+    edges = (pg_insert(e).from_select(["kind", "value_hash", "account_id"],
+                                      select(counted.c.kind, counted.c.value_hash, bindparam("account", type_=String)))
+             .on_conflict_do_nothing().cte("edges"))
+    holders = (select(counted.c.kind, counted.c.value_hash, counted.c.accounts, e.c.account_id, m.c.cluster_id)
+               .select_from(counted.outerjoin(e, (e.c.kind == counted.c.kind) & (e.c.value_hash == counted.c.value_hash)
+                                              & (counted.c.accounts > 1))
+                            .outerjoin(m, m.c.account_id == e.c.account_id))
+               .add_cte(edges))
+    supers = (select(n.c.kind, n.c.value_hash, null(), null(), null())
+              .join(given, (n.c.kind == given.c.kind) & (n.c.value_hash == given.c.value_hash)).where(n.c.super_node))
+    return holders.union_all(supers)
+
+
+def _count_and_read(session: Session, account_id: str, nodes: list[Node], at: datetime
+                    ) -> tuple[list[tuple[str, str, int]], list[tuple] | None]:
+    """A new account's nodes counted and its edges recorded (PostgreSQL, one statement): the
+    nodes counted with their counts, and the other holders of each with their cluster, or
+    None when what the statement read may miss a concurrent signup's edge (read them again)."""
+    params = {"account": account_id, "at": at, "kinds": [k for k, _ in nodes], "hashes": [h for _, h in nodes]}
+    counted: dict[Node, int] = {}
+    supers: set[Node] = set()
+    holders: list[tuple] = []
+    for kind, value_hash, accounts, other, other_cluster in session.execute(_new_account_statement(), params):
+        if accounts is None:
+            supers.add((kind, value_hash))
+            continue
+        counted[(kind, value_hash)] = accounts
+        if other is not None:
+            holders.append((kind, value_hash, other, other_cluster))
+    seen = Counter((kind, value_hash) for kind, value_hash, _, _ in holders)
+    # A node neither counted nor a super-node when read turned super meanwhile (a split may have
+    # moved its holders); a node counting more holders than were read gained one meanwhile.
+    complete = all(node in counted or node in supers for node in nodes) and all(
+        seen[node] == accounts - 1 for node, accounts in counted.items())
+    return sorted((k, h, a) for (k, h), a in counted.items()), holders if complete else None
 
 
 def _sql(session: Session) -> SimpleNamespace:
@@ -304,6 +364,7 @@ def link(session: Session, policy: Policy, account_id: str, identifiers: Iterabl
 def _link(session: Session, policy: Policy, account_id: str, member: ClusterMember, created: Cluster | None,
           nodes: list[Node], sql: SimpleNamespace, at: datetime, new_account: bool) -> tuple[ClusterMember, Cluster]:
     counted: list = []
+    read: list[tuple] | None = None            # the other holders and their clusters, when read
     if nodes:
         if new_account:
             fresh = nodes                      # it holds nothing yet; the upsert skips super-nodes
@@ -314,24 +375,29 @@ def _link(session: Session, policy: Policy, account_id: str, member: ClusterMemb
             held = {(k, h) for k, h, is_super, holder in session.execute(_known_statement(len(nodes)), params)
                     if is_super or holder is not None}
             fresh = [n for n in nodes if n not in held]
-        if fresh:                              # new to this account: count it, unless a super-node
+        if fresh and new_account and sql.dialect == "postgresql":
+            counted, read = _count_and_read(session, account_id, fresh, at)
+        elif fresh:                            # new to this account: count it, unless a super-node
             counted = session.execute(sql.count, [
                 {"kind": k, "value_hash": h, "accounts": 1, "super_node": False, "first_seen_at": at}
                 for k, h in fresh]).all()
             if counted:
                 session.execute(sql.edge, [{"kind": k, "value_hash": h, "account_id": account_id}
                                            for k, h, _ in sorted(counted)])
-            turned_super = sorted((k, h) for k, h, accounts in counted if policy.is_super(k, accounts))
-            if turned_super:
-                session.flush()
-                _make_super(session, policy, turned_super)
-                session.refresh(member)        # a split may have moved this account
+        turned_super = sorted((k, h) for k, h, accounts in counted if policy.is_super(k, accounts))
+        if turned_super:
+            session.flush()
+            _make_super(session, policy, turned_super)
+            session.refresh(member)            # a split may have moved this account
+            read = None                        # and others: read them after it
     if new_account and not _may_link(counted):
         return member, created                 # the only holder of all its nodes: a cluster of one
     # Link through every node the account holds (earlier signups of the same account included).
     members: dict[Node, list[str]] = defaultdict(list)
     cluster_of: dict[str, str | None] = {}
-    for kind, value_hash, other, other_cluster in session.execute(sql.members, {"account": account_id}):
+    if read is None:
+        read = session.execute(sql.members, {"account": account_id}).all()
+    for kind, value_hash, other, other_cluster in read:
         members[(kind, value_hash)].append(other)
         cluster_of[other] = other_cluster
     linked = linked_accounts(account_id, members)
