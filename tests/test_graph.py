@@ -6,7 +6,7 @@ import random
 from collections import defaultdict
 
 import pytest
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 
 from kyc import create_app
 from kyc.graph import Policy, components, rebuild
@@ -385,3 +385,52 @@ def test_concurrent_signups_link_as_a_rebuild_would(app, auth, runtime):
     with runtime.session() as s, s.begin():
         rebuild(s, Policy.from_config(runtime.config))
     assert partition(runtime) == incremental
+
+
+def test_a_signup_waiting_on_a_node_a_concurrent_signup_created_links_to_it(runtime, database_url):
+    """PostgreSQL reads a new account's other holders in the statement that counts its nodes,
+    in a snapshot taken before it waited for a concurrent signup's node row: when that signup
+    commits, its edge is missing from what was read, which the counts show, and the holders
+    are read again. Both accounts end in one cluster, as a rebuild would put them."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite runs one writer at a time")
+    import threading
+    from datetime import datetime, timezone
+
+    from kyc.graph import link
+
+    at = datetime(2026, 11, 20, tzinfo=timezone.utc)
+    policy = Policy.from_config(runtime.config)
+
+    def signup_of(s, account: str):
+        s.execute(Account.__table__.insert(), [{"id": account, "first_seen_at": at, "last_seen_at": at,
+                                                "decision": "allow", "score": 0}])
+        link(s, policy, account, [("device", "dv_race"), ("email", f"{account}@example.org")], at, new_account=True)
+        s.flush()
+
+    first = runtime.session()
+    first.begin()
+    signup_of(first, "acct_first")
+    holder = first.scalar(text("SELECT pg_backend_pid()"))
+    errors: list[BaseException] = []
+
+    def second():
+        try:
+            with runtime.session() as s, s.begin():
+                signup_of(s, "acct_second")
+        except BaseException as exc:   # reported by the test, not lost in the thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with runtime.session() as watcher:          # the second signup waits for the first's node row
+        while thread.is_alive() and not watcher.scalar(
+                text("SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"), {"pid": holder}):
+            watcher.rollback()
+            thread.join(0.01)
+    assert thread.is_alive()
+    first.commit()
+    first.close()
+    thread.join()
+    assert not errors
+    assert frozenset({"acct_first", "acct_second"}) in partition(runtime)
