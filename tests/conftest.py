@@ -118,6 +118,16 @@ def runtime(database_url, make_config):
 
 
 @pytest.fixture
+def postgres_runtime(_postgres_url, make_config):
+    """PostgreSQL only, for what SQLite cannot show (concurrent writers, row locks)."""
+    _truncate_postgres(_postgres_url)
+    rt = Runtime.start(make_config(_postgres_url), migrate=False)
+    yield rt
+    drain(rt)
+    rt.engine.dispose()
+
+
+@pytest.fixture
 def app(runtime):
     return create_app(runtime=runtime)
 

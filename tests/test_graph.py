@@ -387,13 +387,13 @@ def test_concurrent_signups_link_as_a_rebuild_would(app, auth, runtime):
     assert partition(runtime) == incremental
 
 
-def test_a_signup_waiting_on_a_node_a_concurrent_signup_created_links_to_it(runtime, database_url):
+def test_a_signup_waiting_on_a_node_a_concurrent_signup_created_links_to_it(postgres_runtime):
     """PostgreSQL reads a new account's other holders in the statement that counts its nodes,
     in a snapshot taken before it waited for a concurrent signup's node row: when that signup
     commits, its edge is missing from what was read, which the counts show, and the holders
-    are read again. Both accounts end in one cluster, as a rebuild would put them."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("SQLite runs one writer at a time")
+    are read again. Both accounts end in one cluster, as a rebuild would put them. (SQLite runs
+    one writer at a time.)"""
+    runtime = postgres_runtime
     import threading
     from datetime import datetime, timezone
 
