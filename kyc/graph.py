@@ -33,7 +33,7 @@ from types import SimpleNamespace
 from typing import Hashable, Iterable
 
 from sqlalchemy import (Boolean, Column, Integer, MetaData, Select, String, Table, and_, bindparam, case, cast, delete,
-                        distinct, exists, func, insert, literal, null, or_, select, text, tuple_, update)
+                        distinct, exists, func, insert, inspect, literal, null, or_, select, text, tuple_, update)
 from sqlalchemy.dialects.postgresql import ARRAY, insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -293,19 +293,38 @@ def ensure_member(session: Session, account_id: str, at: datetime, *, flags: dic
     can see that cluster yet, so it needs no lock). A new member starts with `flags` counted,
     which spares updating the rows just inserted. `new_account`: the account row was created
     by this transaction, so it has no membership yet (cluster_members references accounts).
+
+    A new member and cluster are not in the session yet: most stay a cluster of one, and
+    `write_new` inserts them with their final values in two plain statements, which cost less
+    than the session's unit of work. What needs them in the session (a merge, a split) adds
+    them first (`_attach`).
     """
     member = None if new_account else session.get(ClusterMember, account_id)
     if member is None:
         member_values, cluster_values = one_member(account_id, at, flags)
-        cluster, member = Cluster(**cluster_values), ClusterMember(**member_values)
-        session.add_all([cluster, member])
-        return member, cluster
+        return ClusterMember(**member_values), Cluster(**cluster_values)
     if at < member.joined_at:
         # A backfilled earlier event: the account joined its cluster at its first event time.
         member.joined_at = at
         cluster = session.get(Cluster, member.cluster_id)
         cluster.first_seen_at = min(cluster.first_seen_at, at)
     return member, None
+
+
+def _attach(session: Session, member: ClusterMember, created: Cluster | None) -> None:
+    """A membership and cluster ensure_member made, put in the session (written at its flush)."""
+    if inspect(member).transient:
+        session.add_all([c for c in (created, member) if c is not None and inspect(c).transient])
+
+
+def write_new(session: Session, member: ClusterMember, cluster: Cluster) -> None:
+    """Insert a membership and its cluster of one that ensure_member made and nothing put in
+    the session: call once their flags are final (scoring does, before its writes)."""
+    if not inspect(member).transient:
+        return
+    if inspect(cluster).transient and cluster.id == member.cluster_id:
+        session.execute(insert(Cluster.__table__), dict(inspect(cluster).dict))
+    session.execute(insert(ClusterMember.__table__), dict(inspect(member).dict))
 
 
 def set_flags(session: Session, policy: Policy, account_id: str, flags: dict[str, bool], *,
@@ -386,12 +405,14 @@ def _link(session: Session, policy: Policy, account_id: str, member: ClusterMemb
                                            for k, h, _ in sorted(counted)])
         turned_super = sorted((k, h) for k, h, accounts in counted if policy.is_super(k, accounts))
         if turned_super:
+            _attach(session, member, created)
             session.flush()
             _make_super(session, policy, turned_super)
             session.refresh(member)            # a split may have moved this account
             read = None                        # and others: read them after it
     if new_account and not _may_link(counted):
         return member, created                 # the only holder of all its nodes: a cluster of one
+    _attach(session, member, created)
     # Link through every node the account holds (earlier signups of the same account included).
     members: dict[Node, list[str]] = defaultdict(list)
     cluster_of: dict[str, str | None] = {}

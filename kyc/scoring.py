@@ -102,9 +102,9 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     graph.set_flags(session, policy, account.id, {"blocked": account.decision == "block"}, member=member,
                     cluster=cluster, being_scored=True)
     if chunk is None:
-        # A new membership and cluster (graph) first, with their final values (nothing above
-        # flushed them: executing a statement through the session would), then the account's
-        # row, which references its cluster, and its evaluation.
+        # A new membership and cluster first, with their final values (graph.ensure_member),
+        # then what the session holds, the account's row and its evaluation.
+        graph.write_new(session, member, cluster)
         session.flush()
         session.execute(_ACCOUNT_WRITE, {"account_id": account.id, **{c: getattr(account, c) for c in _WRITTEN}})
         session.execute(_EVALUATION_INSERT, values)

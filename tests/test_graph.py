@@ -397,7 +397,7 @@ def test_a_signup_waiting_on_a_node_a_concurrent_signup_created_links_to_it(post
     import threading
     from datetime import datetime, timezone
 
-    from kyc.graph import link
+    from kyc.graph import link, write_new
 
     at = datetime(2026, 11, 20, tzinfo=timezone.utc)
     policy = Policy.from_config(runtime.config)
@@ -405,7 +405,9 @@ def test_a_signup_waiting_on_a_node_a_concurrent_signup_created_links_to_it(post
     def signup_of(s, account: str):
         s.execute(Account.__table__.insert(), [{"id": account, "first_seen_at": at, "last_seen_at": at,
                                                 "decision": "allow", "score": 0}])
-        link(s, policy, account, [("device", "dv_race"), ("email", f"{account}@example.org")], at, new_account=True)
+        member, cluster = link(s, policy, account, [("device", "dv_race"), ("email", f"{account}@example.org")], at,
+                               new_account=True)
+        write_new(s, member, cluster)
         s.flush()
 
     first = runtime.session()
