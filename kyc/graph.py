@@ -202,8 +202,8 @@ def _known_statement(count: int):
 
 
 @lru_cache(maxsize=1)
-def _new_account_statement():
-    """PostgreSQL, a new account (it holds no node yet): one statement counts the nodes it shows
+def _count_and_read_statement():
+    """PostgreSQL: one statement counts the nodes an account shows that it does not hold yet
     (as `count` does, in the same order), records its edges, reads the other holders of each
     with their cluster, and names the nodes that were super-nodes already.
 
@@ -216,10 +216,12 @@ def _new_account_statement():
     n, e, m = GraphNode.__table__, GraphEdge.__table__, ClusterMember.__table__
     given = func.unnest(bindparam("kinds", type_=ARRAY(String)), bindparam("hashes", type_=ARRAY(String))
                         ).table_valued("kind", "value_hash").render_derived(name="given")
+    held = exists().where(e.c.kind == given.c.kind, e.c.value_hash == given.c.value_hash,
+                          e.c.account_id == bindparam("account", type_=String))
     counted = (pg_insert(n).from_select(
         ["kind", "value_hash", "accounts", "super_node", "first_seen_at"],
         select(given.c.kind, given.c.value_hash, literal(1), literal(False), bindparam("at", type_=UTCDateTime))
-        .order_by(given.c.kind, given.c.value_hash))
+        .where(~held).order_by(given.c.kind, given.c.value_hash))
         .on_conflict_do_update(index_elements=["kind", "value_hash"], set_={"accounts": n.c.accounts + 1},
                                where=n.c.super_node.is_(False))
         .returning(n.c.kind, n.c.value_hash, n.c.accounts).cte("counted"))
@@ -238,14 +240,16 @@ def _new_account_statement():
 
 def _count_and_read(session: Session, account_id: str, nodes: list[Node], at: datetime
                     ) -> tuple[list[tuple[str, str, int]], list[tuple] | None]:
-    """A new account's nodes counted and its edges recorded (PostgreSQL, one statement): the
+    """An account's new nodes counted and its edges recorded (PostgreSQL, one statement): the
     nodes counted with their counts, and the other holders of each with their cluster, or
-    None when what the statement read may miss a concurrent signup's edge (read them again)."""
+    None when that is not all the holders to link through: what the statement read may miss
+    a concurrent signup's edge, or the account held some of the nodes already (read them
+    again, through every node it holds)."""
     params = {"account": account_id, "at": at, "kinds": [k for k, _ in nodes], "hashes": [h for _, h in nodes]}
     counted: dict[Node, int] = {}
     supers: set[Node] = set()
     holders: list[tuple] = []
-    for kind, value_hash, accounts, other, other_cluster in session.execute(_new_account_statement(), params):
+    for kind, value_hash, accounts, other, other_cluster in session.execute(_count_and_read_statement(), params):
         if accounts is None:
             supers.add((kind, value_hash))
             continue
@@ -385,7 +389,12 @@ def _link(session: Session, policy: Policy, account_id: str, member: ClusterMemb
     counted: list = []
     read: list[tuple] | None = None            # the other holders and their clusters, when read
     if nodes:
-        if new_account:
+        fresh: list[Node] = []
+        if sql.dialect == "postgresql":
+            counted, read = _count_and_read(session, account_id, nodes, at)
+            if not new_account:
+                read = None                    # it links through every node it holds: read below
+        elif new_account:
             fresh = nodes                      # it holds nothing yet; the upsert skips super-nodes
         else:
             params = {"account": account_id}
@@ -394,9 +403,7 @@ def _link(session: Session, policy: Policy, account_id: str, member: ClusterMemb
             held = {(k, h) for k, h, is_super, holder in session.execute(_known_statement(len(nodes)), params)
                     if is_super or holder is not None}
             fresh = [n for n in nodes if n not in held]
-        if fresh and new_account and sql.dialect == "postgresql":
-            counted, read = _count_and_read(session, account_id, fresh, at)
-        elif fresh:                            # new to this account: count it, unless a super-node
+        if fresh:                              # new to this account: count it, unless a super-node
             counted = session.execute(sql.count, [
                 {"kind": k, "value_hash": h, "accounts": 1, "super_node": False, "first_seen_at": at}
                 for k, h in fresh]).all()
