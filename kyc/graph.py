@@ -38,7 +38,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from kyc.ids import new_id
+from kyc.ids import new_id, new_ids
 from kyc.models import MEMBER_FLAGS, Account, Cluster, ClusterMember, GraphEdge, GraphNode, Sighting, UTCDateTime
 
 STRONG = frozenset({"device", "email", "phone", "card_fingerprint"})
@@ -842,6 +842,7 @@ def _rebuild_assignment(session: Session, uf: UnionFind) -> tuple[list[tuple[str
     many are new. One pass over the memberships: linked accounts' clusters go to `_keep_ids`;
     a lone account keeps its cluster unless a group claimed it or another lone account of the
     same old cluster kept it first."""
+    fresh = _cluster_ids()
     current: dict[str, str] = {}
     lone: dict[str, str] = {}                  # old cluster -> the lone account keeping it
     moves: list[tuple[str, str, datetime | None]] = []
@@ -853,7 +854,7 @@ def _rebuild_assignment(session: Session, uf: UnionFind) -> tuple[list[tuple[str
         elif cluster_id not in lone:
             lone[cluster_id] = account
         else:
-            moves.append((account, new_id("cl"), None))
+            moves.append((account, next(fresh), None))
     joined: dict[str, datetime] = {}
     for account, first in session.execute(
             select(s.c.account_id, func.min(s.c.occurred_at)).where(~exists().where(m.c.account_id == s.c.account_id))
@@ -861,15 +862,21 @@ def _rebuild_assignment(session: Session, uf: UnionFind) -> tuple[list[tuple[str
         if account in uf.parent:
             joined[account] = first
         else:
-            moves.append((account, new_id("cl"), first))
+            moves.append((account, next(fresh), first))
     added = len(joined) + sum(1 for move in moves if move[2] is not None)
     claimed: set[str] = set()
     for group, cluster_id in _keep_ids(uf.groups().values(), current, claimed):
-        cluster_id = cluster_id or new_id("cl")
+        cluster_id = cluster_id or next(fresh)
         moves.extend((account, cluster_id, joined.get(account)) for account in group
                      if current.get(account) != cluster_id)
-    moves.extend((lone[cid], new_id("cl"), None) for cid in claimed if cid in lone)
+    moves.extend((lone[cid], next(fresh), None) for cid in claimed if cid in lone)
     return moves, added
+
+
+def _cluster_ids():
+    """New cluster ids without end, made by the thousand (a first rebuild makes one per lone account)."""
+    while True:
+        yield from new_ids("cl", 10_000)
 
 
 _MOVES = Table("rebuild_moves", MetaData(), Column("account_id", String(128), primary_key=True),
