@@ -946,13 +946,20 @@ def _recount_all(session: Session) -> None:
 
 def _first_clustering(session: Session) -> bool:
     """PostgreSQL, no membership and no cluster yet (a first rebuild): they can be loaded
-    rather than diffed. Locked against writes first, so none appears meanwhile."""
+    rather than diffed. Then locked against writes and looked at again, so none appears
+    meanwhile (a built graph's tables are not locked)."""
     connection = session.connection()
     if connection.dialect.name != "postgresql":
         return False
     m, c = ClusterMember.__table__, Cluster.__table__
+
+    def empty() -> bool:
+        return all(connection.scalar(select(literal(1)).select_from(t).limit(1)) is None for t in (m, c))
+
+    if not empty():
+        return False
     connection.execute(text(f"LOCK TABLE {c.name}, {m.name} IN EXCLUSIVE MODE"))
-    return all(connection.scalar(select(literal(1)).select_from(t).limit(1)) is None for t in (m, c))
+    return empty()
 
 
 def _load_memberships(session: Session, moves: list[tuple[str, str, datetime | None]]) -> None:
