@@ -156,18 +156,19 @@ def pipelined(session: Session) -> Iterator[Session]:
         info, driver = connection.info, connection.connection.driver_connection
         errors = connection.dialect.loaded_dbapi.Error
         try:
-            with driver.pipeline() as pipeline:
-                info[_PIPELINE] = pipeline
-                yield session
-                session.flush()
-                # The COMMIT is queued with the last writes: one round trip. It is the driver's,
-                # so the connection stays ours until it has left pipeline mode (the session's
-                # commit would hand it back to the pool at once, to another thread). The
-                # session's commit then finds nothing left to commit and runs its hooks.
-                try:
-                    driver.commit()
-                except errors as error:
-                    raise DBAPIError.instance("COMMIT", None, error, errors) from error
+            try:
+                with driver.pipeline() as pipeline:
+                    info[_PIPELINE] = pipeline
+                    yield session
+                    session.flush()
+                    # The COMMIT is queued after the last writes and the pipeline's closing sync
+                    # sends them together: one round trip. It is sent on the driver, so the
+                    # connection stays ours until it has left pipeline mode (the session's
+                    # commit would hand it back to the pool at once, to another thread). The
+                    # session's commit then finds nothing left to commit and runs its hooks.
+                    driver.execute("COMMIT")
+            except errors as error:         # raised by the closing sync: a write or the commit failed
+                raise DBAPIError.instance("COMMIT", None, error, errors) from error
         except BaseException:
             # A failed statement aborts the pipeline and what was queued after it; out of the
             # pipeline, the transaction is rolled back before the connection goes back to the pool.
