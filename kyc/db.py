@@ -155,17 +155,20 @@ def pipelined(session: Session) -> Iterator[Session]:
             return
         info, driver = connection.info, connection.connection.driver_connection
         errors = connection.dialect.loaded_dbapi.Error
+        # The transaction's BEGIN and COMMIT are sent as statements, queued like the writes
+        # (psycopg would wait for its own BEGIN): the BEGIN goes with the first read, the COMMIT
+        # with the last writes and the pipeline's closing sync. Sent on the driver, the COMMIT
+        # keeps the connection ours until it has left pipeline mode (the session's commit
+        # would hand it back to the pool at once, to another thread); the session's commit then
+        # finds nothing left to commit and runs its hooks.
+        driver.autocommit = True
         try:
             try:
                 with driver.pipeline() as pipeline:
                     info[_PIPELINE] = pipeline
+                    driver.execute("BEGIN")
                     yield session
                     session.flush()
-                    # The COMMIT is queued after the last writes and the pipeline's closing sync
-                    # sends them together: one round trip. It is sent on the driver, so the
-                    # connection stays ours until it has left pipeline mode (the session's
-                    # commit would hand it back to the pool at once, to another thread). The
-                    # session's commit then finds nothing left to commit and runs its hooks.
                     driver.execute("COMMIT")
             except errors as error:         # raised by the closing sync: a write or the commit failed
                 raise DBAPIError.instance("COMMIT", None, error, errors) from error
@@ -177,6 +180,8 @@ def pipelined(session: Session) -> Iterator[Session]:
             raise
         finally:
             info.pop(_PIPELINE, None)
+            with suppress(errors):
+                driver.autocommit = False
 
 
 def _answer_now_unless_deferred(conn, cursor, statement, parameters, context, executemany) -> None:
