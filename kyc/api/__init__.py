@@ -45,9 +45,12 @@ def _authenticate() -> None:
         g.api_key = "development"
         return
     # A plain connection and a prebuilt statement: this runs before every request, the
-    # gateway's entitlement calls included. Autocommit: one round trip, not BEGIN, SELECT and
-    # the ROLLBACK that hands the connection back.
-    with rt.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    # gateway's entitlement calls included. On PostgreSQL, autocommit: one round trip, not
+    # BEGIN, SELECT and the ROLLBACK that hands the connection back (SQLite has no round trips,
+    # and switching its connection's mode costs more than the read).
+    with rt.engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="AUTOCOMMIT")
         key = conn.execute(_ACTIVE_KEY, {"key_hash": hash_api_key(token)}).scalar_one_or_none()
     if key is None:
         raise ApiError(401, "unauthorized", "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
