@@ -142,7 +142,7 @@ def pipelined(session: Session) -> Iterator[Session]:
     A scoring transaction is a few reads and a dozen writes whose answers nobody reads. In
     psycopg's pipeline mode, statements are queued: a read (or anything not known to be a
     write whose answer nobody needs) is sent at once with the writes queued before it, and
-    the last writes go with the COMMIT: about 5 round trips instead of 12. Writes sent late are
+    the last writes go with the COMMIT: 4 round trips instead of 12 for a new signup. Writes sent late are
     still written in order, in the same transaction; a failing one fails the next statement or
     the commit, which rolls everything back. Fire-and-forget writes are INSERTs without
     RETURNING (their rowcount is not known here: -1) and statements marked `deferred`.
