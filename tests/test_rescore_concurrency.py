@@ -64,15 +64,21 @@ def assert_counters_match_members(runtime: Runtime) -> None:
                 assert getattr(cluster, flag) == sum(getattr(m, flag) for m in members), (cluster.id, flag)
 
 
+def lone_and_pair(rt, count: int) -> tuple[str, str]:
+    """Signups acct_000..acct_<count-1>, the last two sharing a device: the cluster of one of
+    acct_000 and the cluster of the pair."""
+    for i in range(count):
+        live_signup(rt, **account_signup(i))
+    live_signup(rt, **account_signup(count - 1, device_id=f"dv_{count - 2}"))
+    jobs.drain(rt)
+    return cluster_of(rt, "acct_000"), cluster_of(rt, f"acct_{count - 2:03d}")
+
+
 def test_a_merge_while_a_chunk_is_scored_rolls_the_chunk_back_and_scores_it_again(pg_runtime, monkeypatch, caplog):
     rt = pg_runtime
-    for i in range(6):
-        live_signup(rt, **account_signup(i))
     # acct_004 and acct_005 share a device: a cluster of two, which absorbs acct_000's cluster of
     # one when a new account links to both.
-    live_signup(rt, **account_signup(5, device_id="dv_4"))
-    jobs.drain(rt)
-    moved, farm = cluster_of(rt, "acct_000"), cluster_of(rt, "acct_004")
+    moved, farm = lone_and_pair(rt, 6)
     assert moved != farm and cluster_of(rt, "acct_005") == farm
 
     real_read_chunk, reads = jobs.read_chunk, []
@@ -110,11 +116,7 @@ def test_a_merge_while_a_chunk_is_scored_rolls_the_chunk_back_and_scores_it_agai
 def test_a_cluster_merged_away_between_the_chunk_reads_is_retried(pg_runtime, caplog):
     """The merge commits after the chunk read its memberships, before it reads their clusters."""
     rt = pg_runtime
-    for i in range(3):
-        live_signup(rt, **account_signup(i))
-    live_signup(rt, **account_signup(2, device_id="dv_1"))
-    jobs.drain(rt)
-    moved, farm = cluster_of(rt, "acct_000"), cluster_of(rt, "acct_001")
+    moved, farm = lone_and_pair(rt, 3)
     run = jobs.start_run(rt, "all", reason="test")
     merged = []
 
