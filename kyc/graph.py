@@ -325,7 +325,7 @@ def write_new(session: Session, member: ClusterMember, cluster: Cluster) -> None
     the session: call once their flags are final (scoring does, before its writes)."""
     if not inspect(member).transient:
         return
-    if inspect(cluster).transient and cluster.id == member.cluster_id:
+    if inspect(cluster).transient:
         session.execute(insert(Cluster.__table__), dict(inspect(cluster).dict))
     session.execute(insert(ClusterMember.__table__), dict(inspect(member).dict))
 
@@ -648,13 +648,13 @@ def rebuild(session: Session, policy: Policy) -> dict[str, int]:
     del uf
     lap("assign")
     if _first_clustering(session):
-        _load_memberships(session, moves)
+        _load_memberships(session, moves)      # the clusters counted with them
         lap("write")
     else:
         _write_memberships(session, moves)
         lap("write")
         _recount_all(session)
-    lap("recount")
+        lap("recount")
     _set_account_clusters(session)
     lap("accounts")
     log.info("graph rebuilt: %s", ", ".join(f"{k} {v}s" for k, v in timings.items()))
@@ -671,16 +671,16 @@ _HELD = Table("rebuild_held", MetaData(), Column("kind", String(32)), Column("va
 
 def _rebuild_nodes_and_edges(session: Session, policy: Policy) -> None:
     """Who holds each linking identifier, first seen when, computed once from the sightings into
-    a temporary table (one scan of the sightings and one hash aggregate); nodes are its groups
+    a temporary table (one scan of the sightings and one aggregate); nodes are its groups
     (distinct holders by construction: no count(distinct) sort), edges its rows minus the
     super-nodes'. Each table is then made to hold exactly those rows (`_replace`)."""
     s, n, e, held = Sighting.__table__, GraphNode.__table__, GraphEdge.__table__, _HELD
     connection = session.connection()
-    if connection.dialect.name == "postgresql":
+    postgres = connection.dialect.name == "postgresql"
+    if postgres:
         # Signups linking meanwhile wait for the commit instead of racing the rebuild; readers
         # (ops views) go on. In the order linking writes them: no deadlock with a signup.
         connection.execute(text(f"LOCK TABLE {n.name}, {e.name} IN EXCLUSIVE MODE"))
-    postgres = connection.dialect.name == "postgresql"
     keys = (s.c.kind, s.c.value_hash, s.c.account_id)
     holding = (select(*keys, func.min(s.c.occurred_at).label("first")).where(s.c.kind.in_(sorted(LINK_KINDS)))
                .group_by(*keys).order_by(*keys))
@@ -919,9 +919,9 @@ _COUNTERS = Table("rebuild_counters", MetaData(), Column("id", String(40), prima
 
 def _recount_all(session: Session) -> None:
     """Every cluster's counters from its members: empty clusters deleted, changed ones updated,
-    new ones inserted. The counters are computed
-    once into a temporary table, which also says which clusters exist already (an insert that
-    looked that up in the table it fills could be planned as a scan per row)."""
+    new ones inserted. The counters are computed once into a temporary table, which also says
+    which clusters exist already (an insert that looked that up in the table it fills could be
+    planned as a scan per row)."""
     c, m, t = Cluster.__table__, ClusterMember.__table__, _COUNTERS
     connection = session.connection()
     t.create(connection)
