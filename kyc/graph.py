@@ -36,8 +36,10 @@ from sqlalchemy import (Boolean, Column, Integer, MetaData, Select, String, Tabl
                         distinct, exists, func, insert, inspect, literal, null, or_, select, text, tuple_, update)
 from sqlalchemy.dialects.postgresql import ARRAY, insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
+from kyc.db import deferred
 from kyc.ids import new_id, new_ids
 from kyc.models import MEMBER_FLAGS, Account, Cluster, ClusterMember, GraphEdge, GraphNode, Sighting, UTCDateTime
 
@@ -204,19 +206,24 @@ def _known_statement(count: int):
 def _count_and_read_statement():
     """PostgreSQL: one statement counts the nodes an account shows that it does not hold yet
     (as `count` does, in the same order), records its edges, reads the other holders of each
-    with their cluster, and names the nodes that were super-nodes already.
+    with their cluster, names the nodes that were super-nodes already and, when the account
+    is not new (`existing`), reads the other holders of every node it held already.
 
-    The holders are read in the statement's snapshot, taken before it waited for any node row
-    a concurrent signup had locked; that signup's edge is then missing from what it read.
-    `_count_and_read` sees that from the counts (a node that is not a super-node has exactly
-    one edge per account it counts) and reads again. The nodes come as two arrays, so the
-    statement is the same for any number of them and compiled once.
+    Each row starts with what it is about: a node `counted` (with its count; one row per other
+    holder), a `super` node, or a node `held` already (one row per other holder). The holders
+    are read in the statement's snapshot, taken before it waited for any node row a concurrent
+    signup had locked; that signup's edge is then missing from what it read. `_count_and_read`
+    sees that from the counts (a node that is not a super-node has exactly one edge per account
+    it counts) and reads again. (A node held already is not counted again, so a concurrent
+    signup on it waits for no lock of ours: that signup reads this account's edge and links.)
+    The nodes come as two arrays, so the statement is the same for any number of them and
+    compiled once.
     """
     n, e, m = GraphNode.__table__, GraphEdge.__table__, ClusterMember.__table__
+    account = bindparam("account", type_=String)
     given = func.unnest(bindparam("kinds", type_=ARRAY(String)), bindparam("hashes", type_=ARRAY(String))
                         ).table_valued("kind", "value_hash").render_derived(name="given")
-    held = exists().where(e.c.kind == given.c.kind, e.c.value_hash == given.c.value_hash,
-                          e.c.account_id == bindparam("account", type_=String))
+    held = exists().where(e.c.kind == given.c.kind, e.c.value_hash == given.c.value_hash, e.c.account_id == account)
     counted = (pg_insert(n).from_select(
         ["kind", "value_hash", "accounts", "super_node", "first_seen_at"],
         select(given.c.kind, given.c.value_hash, literal(1), literal(False), bindparam("at", type_=UTCDateTime))
@@ -225,40 +232,47 @@ def _count_and_read_statement():
                                where=n.c.super_node.is_(False))
         .returning(n.c.kind, n.c.value_hash, n.c.accounts).cte("counted"))
     edges = (pg_insert(e).from_select(["kind", "value_hash", "account_id"],
-                                      select(counted.c.kind, counted.c.value_hash, bindparam("account", type_=String)))
+                                      select(counted.c.kind, counted.c.value_hash, account))
              .on_conflict_do_nothing().cte("edges"))
-    holders = (select(counted.c.kind, counted.c.value_hash, counted.c.accounts, e.c.account_id, m.c.cluster_id)
+    holders = (select(literal("counted"), counted.c.kind, counted.c.value_hash, counted.c.accounts, e.c.account_id,
+                      m.c.cluster_id)
                .select_from(counted.outerjoin(e, (e.c.kind == counted.c.kind) & (e.c.value_hash == counted.c.value_hash)
                                               & (counted.c.accounts > 1))
                             .outerjoin(m, m.c.account_id == e.c.account_id))
                .add_cte(edges))
-    supers = (select(n.c.kind, n.c.value_hash, null(), null(), null())
+    supers = (select(literal("super"), n.c.kind, n.c.value_hash, null(), null(), null())
               .join(given, (n.c.kind == given.c.kind) & (n.c.value_hash == given.c.value_hash)).where(n.c.super_node))
-    return holders.union_all(supers)
+    mine, other = e.alias("mine"), e.alias("other")
+    before = (select(literal("held"), mine.c.kind, mine.c.value_hash, null(), other.c.account_id, m.c.cluster_id)
+              .select_from(mine.outerjoin(other, (other.c.kind == mine.c.kind) & (other.c.value_hash == mine.c.value_hash)
+                                          & (other.c.account_id != account))
+                           .outerjoin(m, m.c.account_id == other.c.account_id))
+              .where(mine.c.account_id == account, bindparam("existing", type_=Boolean)))
+    return holders.union_all(supers, before)
 
 
-def _count_and_read(session: Session, account_id: str, nodes: list[Node], at: datetime
+def _count_and_read(session: Session, account_id: str, nodes: list[Node], at: datetime, existing: bool
                     ) -> tuple[list[tuple[str, str, int]], list[tuple] | None]:
     """An account's new nodes counted and its edges recorded (PostgreSQL, one statement): the
-    nodes counted with their counts, and the other holders of each with their cluster, or
-    None when that is not all the holders to link through: what the statement read may miss
-    a concurrent signup's edge, or the account held some of the nodes already (read them
-    again, through every node it holds)."""
-    params = {"account": account_id, "at": at, "kinds": [k for k, _ in nodes], "hashes": [h for _, h in nodes]}
+    nodes counted with their counts, and the other holders of every node it holds with their
+    cluster, or None when what the statement read may miss a concurrent signup's edge (read
+    them again). `existing`: the account may hold nodes already (it is not new)."""
+    params = {"account": account_id, "at": at, "kinds": [k for k, _ in nodes], "hashes": [h for _, h in nodes],
+              "existing": existing}
     counted: dict[Node, int] = {}
-    supers: set[Node] = set()
+    known: set[Node] = set()                   # super-nodes, and nodes the account held already
     holders: list[tuple] = []
-    for kind, value_hash, accounts, other, other_cluster in session.execute(_count_and_read_statement(), params):
-        if accounts is None:
-            supers.add((kind, value_hash))
-            continue
-        counted[(kind, value_hash)] = accounts
+    for role, kind, value_hash, accounts, other, other_cluster in session.execute(_count_and_read_statement(), params):
+        if role == "counted":
+            counted[(kind, value_hash)] = accounts
+        else:
+            known.add((kind, value_hash))
         if other is not None:
             holders.append((kind, value_hash, other, other_cluster))
     seen = Counter((kind, value_hash) for kind, value_hash, _, _ in holders)
-    # A node neither counted nor a super-node when read turned super meanwhile (a split may have
-    # moved its holders); a node counting more holders than were read gained one meanwhile.
-    complete = all(node in counted or node in supers for node in nodes) and all(
+    # A node neither counted nor known when read turned super meanwhile (a split may have moved
+    # its holders); a node counting more holders than were read gained one meanwhile.
+    complete = all(node in counted or node in known for node in nodes) and all(
         seen[node] == accounts - 1 for node, accounts in counted.items())
     return sorted((k, h, a) for (k, h), a in counted.items()), holders if complete else None
 
@@ -289,20 +303,21 @@ def one_member(account_id: str, at: datetime, flags: dict[str, bool] | None) -> 
 
 
 def ensure_member(session: Session, account_id: str, at: datetime, *, flags: dict[str, bool] | None = None,
-                  new_account: bool = False) -> tuple[ClusterMember, Cluster | None]:
+                  new_account: bool = False, stored: dict | None = None) -> tuple[ClusterMember, Cluster | None]:
     """The account's membership, created with a cluster of its own when it has none.
 
     Returns the member and, when this call created it, its new cluster (no other transaction
     can see that cluster yet, so it needs no lock). A new member starts with `flags` counted,
     which spares updating the rows just inserted. `new_account`: the account row was created
     by this transaction, so it has no membership yet (cluster_members references accounts).
+    `stored`: the membership's row, read with the account's lock (scoring), so it is not read again.
 
     A new member and cluster are not in the session yet: most stay a cluster of one, and
     `write_new` inserts them with their final values in two plain statements, which cost less
     than the session's unit of work. What needs them in the session (a merge, a split) adds
     them first (`_attach`).
     """
-    member = None if new_account else session.get(ClusterMember, account_id)
+    member = None if new_account else _loaded(session, stored) if stored else session.get(ClusterMember, account_id)
     if member is None:
         member_values, cluster_values = one_member(account_id, at, flags)
         return ClusterMember(**member_values), Cluster(**cluster_values)
@@ -312,6 +327,16 @@ def ensure_member(session: Session, account_id: str, at: datetime, *, flags: dic
         cluster = session.get(Cluster, member.cluster_id)
         cluster.first_seen_at = min(cluster.first_seen_at, at)
     return member, None
+
+
+def _loaded(session: Session, row: dict) -> ClusterMember:
+    """A membership read by another statement, in the session as if it had loaded it."""
+    member = session.identity_map.get(inspect(ClusterMember).identity_key_from_primary_key((row["account_id"],)))
+    if member is None:
+        member = ClusterMember(**row)
+        make_transient_to_detached(member)     # its values are the stored ones: nothing to write
+        session.add(member)
+    return member
 
 
 def _attach(session: Session, member: ClusterMember, created: Cluster | None) -> None:
@@ -350,11 +375,30 @@ def set_flags(session: Session, policy: Policy, account_id: str, flags: dict[str
     if cluster is None or cluster.id != member.cluster_id:
         cluster = session.get(Cluster, member.cluster_id, with_for_update=True)
     before = policy.bucket(cluster)
-    for flag, value in changes.items():
-        setattr(member, flag, value)
-        setattr(cluster, flag, getattr(cluster, flag) + (1 if value else -1))
+    _store(session, member, changes)
+    _store(session, cluster, {flag: getattr(cluster, flag) + (1 if value else -1) for flag, value in changes.items()})
     if _rose(before, policy.bucket(cluster)) and not (being_scored and cluster.size == 1):
         queue_rescore(session, clusters=[cluster.id])
+
+
+def _store(session: Session, row: Cluster | ClusterMember | SimpleNamespace, values: dict) -> None:
+    """Change a membership's or a cluster's columns. A row the session loaded is written by one
+    `deferred` UPDATE (in a pipelined transaction it travels with the commit: the session's
+    flush would wait for its answer, to check it changed one row) and the object told its values
+    are the stored ones; a row not written yet, or a rescore chunk's record (ChunkGraph writes
+    what changed), just takes the values."""
+    if not values:
+        return
+    state = inspect(row, raiseerr=False)
+    if state is not None and state.persistent:
+        table = row.__table__
+        key = table.primary_key.columns[0]
+        session.execute(deferred(update(table).where(key == getattr(row, key.key)).values(values)))
+        for column, value in values.items():
+            set_committed_value(row, column, value)
+    else:
+        for column, value in values.items():
+            setattr(row, column, value)
 
 
 def _rose(before: tuple, after: tuple) -> bool:
@@ -362,17 +406,19 @@ def _rose(before: tuple, after: tuple) -> bool:
 
 
 def member_cluster(session: Session, account_id: str, at: datetime, *, flags: dict[str, bool] | None = None,
-                   new_account: bool = False) -> tuple[ClusterMember, Cluster]:
+                   new_account: bool = False, stored: dict | None = None) -> tuple[ClusterMember, Cluster]:
     """The account's membership and its cluster, locked for this transaction (no linking: rescoring)."""
-    member, created = ensure_member(session, account_id, at, flags=flags, new_account=new_account)
+    member, created = ensure_member(session, account_id, at, flags=flags, new_account=new_account, stored=stored)
     return member, created or session.get(Cluster, member.cluster_id, with_for_update=True)
 
 
 def link(session: Session, policy: Policy, account_id: str, identifiers: Iterable[Node], at: datetime, *,
-         flags: dict[str, bool] | None = None, new_account: bool = False) -> tuple[ClusterMember, Cluster]:
+         flags: dict[str, bool] | None = None, new_account: bool = False, stored: dict | None = None
+         ) -> tuple[ClusterMember, Cluster]:
     """Record the account's linking identifiers, link it, and return its membership and its
-    (possibly merged) cluster, locked for this transaction or created by it."""
-    member, created = ensure_member(session, account_id, at, flags=flags, new_account=new_account)
+    (possibly merged) cluster, locked for this transaction or created by it. `stored`: see
+    ensure_member."""
+    member, created = ensure_member(session, account_id, at, flags=flags, new_account=new_account, stored=stored)
     nodes = sorted({n for n in identifiers if n[0] in LINK_KINDS})
     sql = _sql(session)
     # A new member and cluster stay pending while the reads and writes below run (none of them
@@ -390,9 +436,7 @@ def _link(session: Session, policy: Policy, account_id: str, member: ClusterMemb
     if nodes:
         fresh: list[Node] = []
         if sql.dialect == "postgresql":
-            counted, read = _count_and_read(session, account_id, nodes, at)
-            if not new_account:
-                read = None                    # it links through every node it holds: read below
+            counted, read = _count_and_read(session, account_id, nodes, at, existing=not new_account)
         elif new_account:
             fresh = nodes                      # it holds nothing yet; the upsert skips super-nodes
         else:
@@ -474,11 +518,9 @@ def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], exclude:
     target = min(clusters, key=lambda c: (-c.size, c.first_seen_at, c.id))
     before = {c.id: policy.bucket(c) for c in clusters}
     others = [c for c in clusters if c is not target]
-    for other in others:
-        target.size += other.size
-        target.first_seen_at = min(target.first_seen_at, other.first_seen_at)
-        for flag in MEMBER_FLAGS:
-            setattr(target, flag, getattr(target, flag) + getattr(other, flag))
+    _store(session, target, {"size": sum(c.size for c in clusters),
+                             "first_seen_at": min(c.first_seen_at for c in clusters),
+                             **{flag: sum(getattr(c, flag) for c in clusters) for flag in MEMBER_FLAGS}})
     after = policy.bucket(target)
     for other in others:
         # The new cluster's one member is the excluded account: nobody to queue.
@@ -492,15 +534,15 @@ def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], exclude:
     # Membership rows only: accounts.cluster_id is written by each account's own evaluation, so
     # a merge never waits on the row lock of a member being scored at the same time (deadlock).
     if moved_ids:
-        session.execute(update(ClusterMember).where(ClusterMember.cluster_id.in_(moved_ids))
-                        .values(cluster_id=target.id))
+        # Written without waiting for answers (see _store); the members the session holds are
+        # moved by the ORM's evaluation of the criteria.
+        session.execute(deferred(update(ClusterMember).where(ClusterMember.cluster_id.in_(moved_ids))
+                                 .values(cluster_id=target.id)))
+        session.execute(deferred(delete(Cluster).where(Cluster.id.in_(moved_ids))))
     for other in others:
         if other is new_cluster:
             new_member.cluster_id = target.id
-            session.expunge(other)
-        else:
-            session.delete(other)
-    session.flush()
+        session.expunge(other)
     return target
 
 

@@ -25,7 +25,7 @@ from kyc.engine.loader import VERIFICATIONS
 from kyc.ids import new_id
 from kyc.inputs import INPUTS, rfc3339
 from kyc import graph
-from kyc.models import Account, ActivityDay, Evaluation, Sighting, Verification, utcnow
+from kyc.models import Account, ActivityDay, ClusterMember, Evaluation, Sighting, Verification, utcnow
 from kyc.runtime import Runtime
 from kyc.security import mask_email, mask_ip
 from kyc.signals import COLLECTORS, Identifiers, Lookups
@@ -57,9 +57,10 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     """
     rules = rules or runtime.rules          # read once: a reload mid-request does not split the set
     at = at or inp.at()
+    stored_member = None
     if chunk is None:
-        account, created, dormancy, verified = _lock_account(session, inp.account_id, at,
-                                                             likely_new=subject == "signup")
+        account, created, dormancy, verified, stored_member = _lock_account(session, inp.account_id, at,
+                                                                            likely_new=subject == "signup")
     else:
         account, created = chunk.accounts[inp.account_id], False
         dormancy, verified = chunk.dormancy.get(account.id), chunk.verified.get(account.id, ())
@@ -80,11 +81,13 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     # the signup's hosting (or any other) trait, nor give a new account's cluster its traits.
     flags = member_flags(signals) if subject == "signup" else {}
     if record:
-        member, cluster = graph.link(session, policy, account.id, identifiers, at, flags=flags, new_account=created)
+        member, cluster = graph.link(session, policy, account.id, identifiers, at, flags=flags, new_account=created,
+                                     stored=stored_member)
     elif chunk is not None:
         member, cluster = chunk.graph.member_cluster(session, account.id, at, flags=flags)
     else:
-        member, cluster = graph.member_cluster(session, account.id, at, flags=flags, new_account=created)
+        member, cluster = graph.member_cluster(session, account.id, at, flags=flags, new_account=created,
+                                               stored=stored_member)
     graph.set_flags(session, policy, account.id, flags, member=member, cluster=cluster, being_scored=True)
     growth_24h = (chunk.graph.growth(session, cluster, member, at) if chunk
                   else graph.growth(session, cluster.id, at, member=member, size=cluster.size))
@@ -243,10 +246,11 @@ def _velocity_requests(session: Session, originals: Iterable) -> list[tuple[list
 
 
 def _lock_account(session: Session, account_id: str, at: datetime, *, likely_new: bool = True
-                  ) -> tuple[SimpleNamespace, bool, int | None, list[str]]:
+                  ) -> tuple[SimpleNamespace, bool, int | None, list[str], dict[str, Any] | None]:
     """The account's row (a plain record, see score()), locked for this transaction, whether
-    this transaction created it, and the dormancy of its latest active day and the kinds of its
-    completed verifications (see _locked_account; a new account has neither).
+    this transaction created it, and what was read with it (see _locked_account; a new account
+    has none of it): the dormancy of its latest active day, the kinds of its completed
+    verifications and its cluster membership.
 
     Insert-if-absent, so two concurrent first posts of one id never collide. The insert returns
     the row it created (locked as ours until commit): one statement for a new account. When the
@@ -255,25 +259,29 @@ def _lock_account(session: Session, account_id: str, at: datetime, *, likely_new
     then the only statement.
     """
     if not likely_new and (found := _locked_account(session, account_id)) is not None:
-        return found[0], False, found[1], found[2]
+        return found[0], False, *found[1:]
     new = session.execute(_new_account_statement(session.get_bind().dialect.name),
                           {"id": account_id, "first_seen_at": at, "last_seen_at": at}).mappings().one_or_none()
     if new is not None:
-        return SimpleNamespace(**new), True, None, []
-    account, dormancy, verified = _locked_account(session, account_id)
-    return account, False, dormancy, verified
+        return SimpleNamespace(**new), True, None, [], None
+    account, dormancy, verified, member = _locked_account(session, account_id)
+    return account, False, dormancy, verified, member
 
 
-def _locked_account(session: Session, account_id: str) -> tuple[SimpleNamespace, int | None, list[str]] | None:
-    """The account row locked, with what its facts need, in the same round trip."""
+def _locked_account(session: Session, account_id: str
+                    ) -> tuple[SimpleNamespace, int | None, list[str], dict[str, Any] | None] | None:
+    """The account row locked, with what its facts and its linking need, in the same round trip."""
     row = session.execute(_LOCKED_ACCOUNT, {"id": account_id}).mappings().one_or_none()
     if row is None:
         return None
     account = dict(row)
     dormancy, verified = account.pop("_dormancy"), account.pop("_verified")
-    return SimpleNamespace(**account), dormancy, verified.split(",") if verified else []
+    member = {column: account.pop(f"_member_{column}") for column in _MEMBER_COLUMNS}
+    return (SimpleNamespace(**account), dormancy, verified.split(",") if verified else [],
+            member if member["account_id"] is not None else None)
 
 
+_MEMBER_COLUMNS = tuple(ClusterMember.__table__.c.keys())
 _LOCKED_ACCOUNT = (
     select(*Account.__table__.c,
            # as activity.latest_dormancies
@@ -282,7 +290,10 @@ _LOCKED_ACCOUNT = (
            # as verification.stored_verified_kinds
            select(func.aggregate_strings(Verification.kind, ","))
            .where(Verification.account_id == Account.id, Verification.status == "verified")
-           .scalar_subquery().label("_verified"))
+           .scalar_subquery().label("_verified"),
+           # as graph.ensure_member (the membership is not locked: only its cluster is, by linking)
+           *(column.label(f"_member_{column.key}") for column in ClusterMember.__table__.c))
+    .select_from(Account.__table__.outerjoin(ClusterMember.__table__, ClusterMember.account_id == Account.id))
     .where(Account.id == bindparam("id")).with_for_update(of=Account.__table__)
 )
 

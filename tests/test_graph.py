@@ -87,6 +87,22 @@ def test_one_weak_identifier_does_not_link_two_kinds_do(client, auth, runtime):
     assert post(client, auth, 6, ip="77.1.1.2", phone="+14155550202")["cluster"]["size"] == 1
 
 
+def test_a_returning_account_links_through_what_it_showed_before_and_now(client, auth, runtime):
+    """Two weak kinds, one shown at the account's first signup and one at its second: linked.
+    Its cluster of one is merged away; the cluster it joins counts it once."""
+    post(client, auth, 1, ip="90.1.1.1", phone="+14155550101")
+    first = post(client, auth, 2, ip="90.1.1.2")                  # the same /24 the same day: one kind
+    assert first["cluster"]["size"] == 1
+    lone = first["cluster"]["id"]
+    again = post(client, auth, 2, ip="10.9.9.9", phone="+14155550177")      # now the same phone block too
+    assert again["cluster"] == {"id": cluster_of(runtime, "acct_1").id, "size": 2}
+    assert partition(runtime) == {frozenset({"acct_1", "acct_2"})}
+    with runtime.session() as s:
+        assert s.get(Cluster, lone) is None
+        assert s.scalar(select(Cluster.size)) == 2
+    assert client.get("/v1/accounts/acct_2", headers=auth).json["cluster"] == again["cluster"]
+
+
 def test_a_bridge_account_merges_two_clusters(client, auth, runtime):
     post(client, auth, 1)
     post(client, auth, 2, device_id="dv_1")                       # cluster A = {1, 2}
@@ -477,3 +493,30 @@ def test_a_signup_waiting_on_a_node_a_concurrent_signup_created_links_to_it(post
     thread.join()
     assert not errors
     assert frozenset({"acct_first", "acct_second"}) in partition(runtime)
+
+
+def test_the_link_statement_reads_a_returning_account_s_holders_through_every_node_it_holds(postgres_runtime):
+    """PostgreSQL: for an account that holds nodes already, the statement that counts its new
+    nodes also reads the other holders of the nodes it held before, so linking it reads nothing
+    more; only a missed concurrent edge (see the test above) makes it read again."""
+    from datetime import datetime, timezone
+
+    from kyc.graph import _count_and_read, link, write_new
+
+    runtime, at = postgres_runtime, datetime(2026, 11, 20, tzinfo=timezone.utc)
+    policy = Policy.from_config(runtime.config)
+    with runtime.session() as s, s.begin():
+        for account, nodes in (("acct_a", [("ip_prefix_day", "p1"), ("phone_range", "r1")]),
+                               ("acct_b", [("ip_prefix_day", "p1")])):
+            s.execute(Account.__table__.insert(), [{"id": account, "first_seen_at": at, "last_seen_at": at,
+                                                    "decision": "allow", "score": 0}])
+            write_new(s, *link(s, policy, account, nodes, at, new_account=True))
+    with runtime.session() as s, s.begin():
+        counted, holders = _count_and_read(s, "acct_b", [("phone_range", "r1"), ("device", "d_b")], at, existing=True)
+        assert counted == [("device", "d_b", 1), ("phone_range", "r1", 2)]
+        assert sorted(h[:3] for h in holders) == [("ip_prefix_day", "p1", "acct_a"), ("phone_range", "r1", "acct_a")]
+        # A new account holds nothing before: the same statement reads only through what it counts.
+        s.execute(Account.__table__.insert(), [{"id": "acct_c", "first_seen_at": at, "last_seen_at": at,
+                                                "decision": "allow", "score": 0}])
+        counted, holders = _count_and_read(s, "acct_c", [("phone_range", "r1")], at, existing=False)
+        assert counted == [("phone_range", "r1", 3)] and sorted(h[2] for h in holders) == ["acct_a", "acct_b"]
