@@ -180,6 +180,9 @@ def _statements(dialect: str) -> SimpleNamespace:
             first_seen_at=case((Cluster.first_seen_at > bindparam("at"), bindparam("at")), else_=Cluster.first_seen_at),
             **{flag: getattr(Cluster, flag) + bindparam(flag) for flag in MEMBER_FLAGS})
         .returning(Cluster).execution_options(synchronize_session=False, populate_existing=True),
+        lock_cluster=select(*Cluster.__table__.c).where(
+            Cluster.id == select(ClusterMember.cluster_id).where(ClusterMember.account_id == bindparam("account"))
+            .scalar_subquery()).with_for_update(),
         growth=select(func.count()).select_from(
             select(ClusterMember.account_id)
             .where(ClusterMember.cluster_id == bindparam("cluster"), ClusterMember.joined_at > bindparam("since"),
@@ -317,7 +320,8 @@ def ensure_member(session: Session, account_id: str, at: datetime, *, flags: dic
     than the session's unit of work. What needs them in the session (a merge, a split) adds
     them first (`_attach`).
     """
-    member = None if new_account else _loaded(session, stored) if stored else session.get(ClusterMember, account_id)
+    member = (None if new_account else _loaded(session, ClusterMember, stored) if stored
+              else session.get(ClusterMember, account_id))
     if member is None:
         member_values, cluster_values = one_member(account_id, at, flags)
         return ClusterMember(**member_values), Cluster(**cluster_values)
@@ -329,14 +333,33 @@ def ensure_member(session: Session, account_id: str, at: datetime, *, flags: dic
     return member, None
 
 
-def _loaded(session: Session, row: dict) -> ClusterMember:
-    """A membership read by another statement, in the session as if it had loaded it."""
-    member = session.identity_map.get(inspect(ClusterMember).identity_key_from_primary_key((row["account_id"],)))
-    if member is None:
-        member = ClusterMember(**row)
-        make_transient_to_detached(member)     # its values are the stored ones: nothing to write
-        session.add(member)
-    return member
+def _loaded(session: Session, model: type, row, *, refresh: bool = False):
+    """A row read by a Core statement, in the session as if the session had loaded it (which
+    costs more than the read). `refresh`: an object the session holds already takes the row's
+    values (a locked read: they are the latest)."""
+    found = session.identity_map.get(inspect(model).identity_key_from_primary_key((row[model.__table__.primary_key.columns[0].key],)))
+    if found is None:
+        found = model(**row)
+        make_transient_to_detached(found)      # its values are the stored ones: nothing to write
+        session.add(found)
+    elif refresh:
+        for column, value in row.items():
+            set_committed_value(found, column, value)
+    return found
+
+
+def locked_cluster(session: Session, member: ClusterMember) -> Cluster:
+    """The member's cluster, locked for this transaction. Read through the membership: a
+    concurrent merge may have moved the member since it was read, and once that merge commits
+    the cluster locked by id would be gone; the member then follows its move."""
+    for _ in range(3):
+        row = session.execute(_sql(session).lock_cluster, {"account": member.account_id}).mappings().one_or_none()
+        if row is not None:
+            if row["id"] != member.cluster_id:
+                set_committed_value(member, "cluster_id", row["id"])
+            return _loaded(session, Cluster, row, refresh=True)
+    # Only a merge committing between each read and its lock, three times over, gets here.
+    raise RuntimeError(f"the cluster of {member.account_id} kept moving while it was being locked")
 
 
 def _attach(session: Session, member: ClusterMember, created: Cluster | None) -> None:
@@ -373,7 +396,7 @@ def set_flags(session: Session, policy: Policy, account_id: str, flags: dict[str
     if not changes:
         return
     if cluster is None or cluster.id != member.cluster_id:
-        cluster = session.get(Cluster, member.cluster_id, with_for_update=True)
+        cluster = locked_cluster(session, member)
     before = policy.bucket(cluster)
     _store(session, member, changes)
     _store(session, cluster, {flag: getattr(cluster, flag) + (1 if value else -1) for flag, value in changes.items()})
@@ -409,7 +432,7 @@ def member_cluster(session: Session, account_id: str, at: datetime, *, flags: di
                    new_account: bool = False, stored: dict | None = None) -> tuple[ClusterMember, Cluster]:
     """The account's membership and its cluster, locked for this transaction (no linking: rescoring)."""
     member, created = ensure_member(session, account_id, at, flags=flags, new_account=new_account, stored=stored)
-    return member, created or session.get(Cluster, member.cluster_id, with_for_update=True)
+    return member, created or locked_cluster(session, member)
 
 
 def link(session: Session, policy: Policy, account_id: str, identifiers: Iterable[Node], at: datetime, *,
@@ -482,7 +505,7 @@ def _link(session: Session, policy: Policy, account_id: str, member: ClusterMemb
             return member, merge(session, policy, cluster_ids, exclude=account_id)
     if created is not None and created.id == member.cluster_id:
         return member, created
-    return member, session.get(Cluster, member.cluster_id, with_for_update=True)
+    return member, locked_cluster(session, member)
 
 
 def _may_link(counted: list[tuple[str, str, int]]) -> bool:

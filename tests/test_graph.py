@@ -444,6 +444,16 @@ def test_concurrent_signups_link_as_a_rebuild_would(app, auth, runtime):
     assert partition(runtime) == incremental
 
 
+def wait_until_blocked_by(runtime, pid: int, thread) -> None:
+    """Return once `thread` waits for a lock held by the backend `pid` (PostgreSQL)."""
+    with runtime.session() as watcher:
+        while thread.is_alive() and not watcher.scalar(
+                text("SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"), {"pid": pid}):
+            watcher.rollback()
+            thread.join(0.01)
+    assert thread.is_alive()
+
+
 def test_a_signup_waiting_on_a_node_a_concurrent_signup_created_links_to_it(postgres_runtime):
     """PostgreSQL reads a new account's other holders in the statement that counts its nodes,
     in a snapshot taken before it waited for a concurrent signup's node row: when that signup
@@ -482,12 +492,7 @@ def test_a_signup_waiting_on_a_node_a_concurrent_signup_created_links_to_it(post
 
     thread = threading.Thread(target=second)
     thread.start()
-    with runtime.session() as watcher:          # the second signup waits for the first's node row
-        while thread.is_alive() and not watcher.scalar(
-                text("SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"), {"pid": holder}):
-            watcher.rollback()
-            thread.join(0.01)
-    assert thread.is_alive()
+    wait_until_blocked_by(runtime, holder, thread)      # the second signup waits for the first's node row
     first.commit()
     first.close()
     thread.join()
@@ -520,3 +525,44 @@ def test_the_link_statement_reads_a_returning_account_s_holders_through_every_no
                                                 "decision": "allow", "score": 0}])
         counted, holders = _count_and_read(s, "acct_c", [("phone_range", "r1")], at, existing=False)
         assert counted == [("phone_range", "r1", 3)] and sorted(h[2] for h in holders) == ["acct_a", "acct_b"]
+
+
+def test_locking_a_member_s_cluster_follows_a_concurrent_merge_that_moved_it(postgres_runtime):
+    """The membership is read before the cluster is locked. A merge committing in between moves
+    the member and deletes its cluster: the lock is taken on the cluster the member is in now,
+    and the member read before follows it."""
+    import threading
+    from datetime import datetime, timezone
+
+    from kyc.graph import link, locked_cluster, write_new
+
+    runtime, at = postgres_runtime, datetime(2026, 11, 20, tzinfo=timezone.utc)
+    policy = Policy.from_config(runtime.config)
+    with runtime.session() as s, s.begin():
+        for account in ("acct_a", "acct_b"):
+            s.execute(Account.__table__.insert(), [{"id": account, "first_seen_at": at, "last_seen_at": at,
+                                                    "decision": "allow", "score": 0}])
+            write_new(s, *link(s, policy, account, [("device", f"dv_{account}")], at, new_account=True))
+    before, after = cluster_of(runtime, "acct_a").id, cluster_of(runtime, "acct_b").id
+    merger = runtime.session()
+    merger.begin()
+    merger.execute(select(Cluster.id).where(Cluster.id == before).with_for_update())
+    merger.execute(update(ClusterMember).where(ClusterMember.account_id == "acct_a").values(cluster_id=after))
+    merger.execute(update(Cluster).where(Cluster.id == after).values(size=2))
+    merger.execute(delete(Cluster).where(Cluster.id == before))
+    holder = merger.scalar(text("SELECT pg_backend_pid()"))
+    found: dict = {}
+
+    def lock():
+        with runtime.session() as s, s.begin():
+            member = s.get(ClusterMember, "acct_a")
+            found["read"] = member.cluster_id
+            found["locked"] = locked_cluster(s, member).id, member.cluster_id
+
+    thread = threading.Thread(target=lock)
+    thread.start()
+    wait_until_blocked_by(runtime, holder, thread)
+    merger.commit()
+    merger.close()
+    thread.join()
+    assert found == {"read": before, "locked": (after, after)}
