@@ -32,7 +32,7 @@ from kyc.engine.loader import SUBJECTS, RuleError, RuleSetError, _display, _Mapp
 from kyc.inputs import INPUTS
 from kyc.signals import COLLECTORS, Lookups, Signals
 from kyc.signals.geoip import open_geoip
-from kyc.store import WINDOWS, Key
+from kyc.store import WINDOWS, History, Key
 
 CASE_KEYS = ("name", "subject", "input", "signals", "expect")
 EXPECT_KEYS = ("decision", "hits", "score", "required_verifications")
@@ -42,7 +42,7 @@ DEFAULT_TIME = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 _TYPES = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
 
 
-class EmptyHistory:
+class EmptyHistory(History):
     """The Store of a database with no past events: each identifier was seen only on this account."""
 
     def distinct_accounts(self, keys: list[Key], at: datetime, account_id: str) -> dict[Key, dict[str, int]]:

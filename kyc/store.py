@@ -31,7 +31,7 @@ from typing import Iterable, Protocol
 
 from redis import exceptions as redis_errors
 from redis.commands.core import Script
-from sqlalchemy import ARRAY, String, bindparam, event, func, literal, select, true, union_all
+from sqlalchemy import ARRAY, String, bindparam, event, func, literal, null, select, true, union_all
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -66,8 +66,20 @@ class Store(Protocol):
         in the evaluations that showed `device` (None without a device), the card itself counted
         once, seen or not; and the signals of the account's latest signup at or before `at`."""
 
+    def payment_history(self, keys: list[Key], at: datetime, account_id: str, card: str, window: timedelta,
+                        device: Key | None) -> tuple[dict[Key, dict[str, int]], tuple[int, int | None, dict | None]]:
+        """distinct_accounts and card_history of a payment method, at once."""
 
-class SqlHistory:
+
+class History:
+    """payment_history as its two lookups; a store that reads both in one statement overrides it."""
+
+    def payment_history(self, keys: list[Key], at: datetime, account_id: str, card: str, window: timedelta,
+                        device: Key | None) -> tuple[dict[Key, dict[str, int]], tuple[int, int | None, dict | None]]:
+        return self.distinct_accounts(keys, at, account_id), self.card_history(card, at, window, account_id, device)
+
+
+class SqlHistory(History):
     """The lookups that read the sightings and evaluations tables (written by the pipeline in
     the caller's transaction, whichever backend counts velocity)."""
 
@@ -75,11 +87,18 @@ class SqlHistory:
 
     def card_history(self, card: str, at: datetime, window: timedelta, account_id: str, device: Key | None
                      ) -> tuple[int, int | None, dict | None]:
-        on_account, on_device, signup = self.session.execute(_CARD_HISTORY, {
-            "kind": "card_fingerprint", "current": card, "since": at - window, "at": at, "account_id": account_id,
-            "with_kind": device[0] if device else "", "with_hash": device[1] if device else "",
-            "subject": "signup"}).one()
-        return (on_account or 0) + 1, (on_device or 0) + 1 if device else None, signup
+        return _card_history(self.session.execute(_CARD_HISTORY, _card_params(card, at, window, account_id, device))
+                             .one(), device)
+
+
+def _card_params(card: str, at: datetime, window: timedelta, account_id: str, device: Key | None) -> dict:
+    return {"kind": "card_fingerprint", "current": card, "since": at - window, "at": at, "account_id": account_id,
+            "with_kind": device[0] if device else "", "with_hash": device[1] if device else "", "subject": "signup"}
+
+
+def _card_history(row, device: Key | None) -> tuple[int, int | None, dict | None]:
+    on_account, on_device, signup = row
+    return (on_account or 0) + 1, (on_device or 0) + 1 if device else None, signup
 
 
 # Built once with bound parameters: the hot path skips statement construction (most of the
@@ -111,6 +130,12 @@ def _capped(others: int) -> int:
     return min(others, COUNT_CAP) + 1
 
 
+def _counts(keys: list[Key], rows) -> dict[Key, dict[str, int]]:
+    """Each key's counts per window from a count statement's rows (key index, one count per window)."""
+    counts = {row[0]: row[1:] for row in rows}
+    return {key: {w: _capped(counts[i][j]) for j, w in enumerate(WINDOWS)} for i, key in enumerate(keys)}
+
+
 class SqlStore(SqlHistory):
     def __init__(self, session: Session):
         self.session = session
@@ -121,15 +146,29 @@ class SqlStore(SqlHistory):
         params: dict = {"at": at, "me": account_id}
         for window, span in WINDOWS.items():
             params[f"lo_{window}"] = at - span
-        if self.session.get_bind().dialect.name == "postgresql":
+        if self._postgresql():
             params["kinds"], params["hashes"] = [k for k, _ in keys], [h for _, h in keys]
             statement = _COUNT_EACH_KEY
         else:
             for i, (kind, value_hash) in enumerate(keys):
                 params[f"k{i}"], params[f"h{i}"] = kind, value_hash
             statement = _count_statement(len(keys))
-        counts = {row[0]: row[1:] for row in self.session.execute(statement, params)}
-        return {key: {w: _capped(counts[i][j]) for j, w in enumerate(WINDOWS)} for i, key in enumerate(keys)}
+        return _counts(keys, self.session.execute(statement, params))
+
+    def payment_history(self, keys: list[Key], at: datetime, account_id: str, card: str, window: timedelta,
+                        device: Key | None) -> tuple[dict[Key, dict[str, int]], tuple[int, int | None, dict | None]]:
+        """PostgreSQL: one statement (_COUNTS_AND_CARD_HISTORY)."""
+        if not (keys and self._postgresql()):
+            return super().payment_history(keys, at, account_id, card, window, device)
+        params = {"me": account_id, "kinds": [k for k, _ in keys], "hashes": [h for _, h in keys],
+                  **{f"lo_{w}": at - span for w, span in WINDOWS.items()},
+                  **_card_params(card, at, window, account_id, device)}
+        rows = self.session.execute(_COUNTS_AND_CARD_HISTORY, params).all()
+        card_row = next(row for row in rows if row[0] == -1)
+        return _counts(keys, rows), _card_history((card_row[1], card_row[2], card_row[-1]), device)
+
+    def _postgresql(self) -> bool:
+        return self.session.get_bind().dialect.name == "postgresql"
 
     def distinct_accounts_many(self, requests: list[tuple[list[Key], datetime, str]]
                                ) -> list[dict[Key, dict[str, int]]]:
@@ -183,11 +222,11 @@ def _count_statement(key_count: int):
 _LONGEST_NAME = max(WINDOWS, key=WINDOWS.__getitem__)
 
 
-def _count_each_key():
+def _count_each_key(*more):
     """PostgreSQL: _count_statement's counts for keys passed as two arrays, each key's bounded
     index scan a LATERAL subquery. One short statement for any number of keys: psycopg parses a
     statement's text once only under 4 KB (the union of 8 keys is 6 KB, 0.15 ms per call) and
-    prepares it once for every key count."""
+    prepares it once for every key count. `more`: columns added to each row."""
     keys = (func.unnest(bindparam("kinds", type_=ARRAY(String)), bindparam("hashes", type_=ARRAY(String)))
             .table_valued("kind", "value_hash", with_ordinality="key").render_derived())
     v = VelocityMark.__table__.alias("v")
@@ -197,11 +236,18 @@ def _count_each_key():
                      v.c.account_id != bindparam("me"))
               .order_by(v.c.last_at.desc()).limit(COUNT_CAP).lateral("n"))
     return (select(keys.c.key - 1, *(func.count(newest.c.last_at).filter(newest.c.last_at > bindparam(f"lo_{w}"))
-                                     for w in WINDOWS))
+                                     for w in WINDOWS), *more)
             .select_from(keys.outerjoin(newest, true())).group_by(keys.c.key))
 
 
 _COUNT_EACH_KEY = _count_each_key()
+# A payment method's counts and card history (PostgreSQL): the counts' rows, then one row of
+# key -1 holding the two card counts and, in a last column empty on the other rows, the signup's
+# signals (one round trip, and one statement, less per payment method).
+_COUNTS_AND_CARD_HISTORY = union_all(
+    _count_each_key(null().label("signals")),
+    select(literal(-1), _VALUES_ON_ACCOUNT.scalar_subquery(), _VALUES_SEEN_WITH.scalar_subquery(),
+           *(literal(0) for _ in range(len(WINDOWS) - 2)), _LATEST_SIGNALS.scalar_subquery()))
 
 
 def _micros(at: datetime) -> int:
@@ -278,12 +324,13 @@ class RedisStore(SqlHistory):
         pipe.execute()
 
 
-class ReadAhead:
+class ReadAhead(SqlHistory):
     """A store whose velocity counts for a chunk of evaluations (rescoring) were read ahead in
-    one round trip; a count not read ahead, recording and the history lookups go to `store`."""
+    one round trip; a count not read ahead and recording go to `store`."""
 
     def __init__(self, store: SqlStore | RedisStore, requests: list[tuple[list[Key], datetime, str]]):
         self.store = store
+        self.session = store.session
         self.counts: dict[tuple[str, datetime, Key], dict[str, int]] = {}
         for (_, at, account_id), result in zip(requests, store.distinct_accounts_many(requests)):
             for key, windows in result.items():
@@ -296,9 +343,6 @@ class ReadAhead:
 
     def record(self, keys: Iterable[Key], at: datetime, account_id: str) -> None:
         self.store.record(keys, at, account_id)
-
-    def card_history(self, *args, **kwargs) -> tuple[int, int | None, dict | None]:
-        return self.store.card_history(*args, **kwargs)
 
 
 # ARGV: each window's span, then per request its account id, event time and key count (all times

@@ -111,9 +111,9 @@ def payment_method_signals(inp: PaymentMethodInput, lookups: Lookups, at: dateti
     ])
     key = {kind: (kind, value_hash) for kind, value_hash in identifiers}
     store, card = lookups.store, key["card_fingerprint"]
-    counts = store.distinct_accounts([k for k in identifiers if k[0] in velocity.VELOCITY_KEYS], at, inp.account_id)
-    cards_on_account, cards_on_device, signup = store.card_history(card[1], at, CARD_TESTING_WINDOW, inp.account_id,
-                                                                   key.get("device"))
+    counts, (cards_on_account, cards_on_device, signup) = store.payment_history(
+        [k for k in identifiers if k[0] in velocity.VELOCITY_KEYS], at, inp.account_id, card[1], CARD_TESTING_WINDOW,
+        key.get("device"))
     usage = payment.usage_facts(counts[card], counts[key["card_bin"]], cards_on_account, cards_on_device)
     bins = lookups.bins or load_bin_table()
     signals: Signals = {
