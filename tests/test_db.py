@@ -157,3 +157,21 @@ def test_a_pooled_connection_the_server_closed_is_replaced_before_use(_postgres_
     finally:
         engine.dispose()
         admin.dispose()
+
+
+def test_postgresql_connections_keep_one_plan_per_prepared_statement(_postgres_url):
+    """The scoring path's statements, prepared by psycopg, are not planned again at each run
+    (see db._generic_plans): checked on a statement with an array parameter, which PostgreSQL
+    planned again every time by default."""
+    engine = db.make_engine(_postgres_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.scalar(text("SHOW plan_cache_mode")) == "force_generic_plan"
+            driver = conn.connection.driver_connection
+            for _ in range(7):
+                driver.execute("SELECT count(*) FROM unnest(%s::text[])", (["a", "b"],), prepare=True)
+            plans = driver.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                                   "WHERE statement LIKE '%unnest%'").fetchall()
+            assert plans and all(custom == 0 and generic >= 1 for generic, custom in plans)
+    finally:
+        engine.dispose()
