@@ -337,7 +337,8 @@ def _loaded(session: Session, model: type, row, *, refresh: bool = False):
     """A row read by a Core statement, in the session as if the session had loaded it (which
     costs more than the read). `refresh`: an object the session holds already takes the row's
     values (a locked read: they are the latest)."""
-    found = session.identity_map.get(inspect(model).identity_key_from_primary_key((row[model.__table__.primary_key.columns[0].key],)))
+    key = row[model.__table__.primary_key.columns[0].key]
+    found = session.identity_map.get(inspect(model).identity_key_from_primary_key((key,)))
     if found is None:
         found = model(**row)
         make_transient_to_detached(found)      # its values are the stored ones: nothing to write
