@@ -157,6 +157,7 @@ def _statements(dialect: str) -> SimpleNamespace:
     """The statements of the hot path, built once: building a statement costs more than running it."""
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     count = insert(GraphNode.__table__)
+    c = Cluster.__table__.c
     mine = select(GraphEdge.kind, GraphEdge.value_hash).where(GraphEdge.account_id == bindparam("account"))
     return SimpleNamespace(
         dialect=dialect,
@@ -176,11 +177,10 @@ def _statements(dialect: str) -> SimpleNamespace:
         # A stored cluster absorbing a new account's cluster of one: its row updated and read in
         # one statement (the update takes the row lock a merge needs).
         # (Core, its row put in the session by _loaded: the ORM's UPDATE ... RETURNING cost 0.5 ms more.)
-        absorb=update(Cluster.__table__).where(Cluster.id == bindparam("cluster")).values(
-            size=Cluster.size + 1,
-            first_seen_at=case((Cluster.first_seen_at > bindparam("at"), bindparam("at")), else_=Cluster.first_seen_at),
-            **{flag: getattr(Cluster, flag) + bindparam(flag) for flag in MEMBER_FLAGS})
-        .returning(*Cluster.__table__.c),
+        absorb=update(Cluster.__table__).where(c.id == bindparam("cluster")).values(
+            size=c.size + 1, first_seen_at=case((c.first_seen_at > bindparam("at"), bindparam("at")), else_=c.first_seen_at),
+            **{flag: c[flag] + bindparam(flag) for flag in MEMBER_FLAGS})
+        .returning(*c),
         lock_cluster=select(*Cluster.__table__.c).where(
             Cluster.id == select(ClusterMember.cluster_id).where(ClusterMember.account_id == bindparam("account"))
             .scalar_subquery()).with_for_update(),
