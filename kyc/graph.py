@@ -181,6 +181,9 @@ def _statements(dialect: str) -> SimpleNamespace:
             size=c.size + 1, first_seen_at=case((c.first_seen_at > bindparam("at"), bindparam("at")), else_=c.first_seen_at),
             **{flag: c[flag] + bindparam(flag) for flag in MEMBER_FLAGS})
         .returning(*c),
+        move_members=deferred(update(ClusterMember).where(ClusterMember.cluster_id.in_(bindparam("moved", expanding=True)))
+                              .values(cluster_id=bindparam("target"))),
+        delete_clusters=deferred(delete(Cluster.__table__).where(c.id.in_(bindparam("moved", expanding=True)))),
         lock_cluster=select(*Cluster.__table__.c).where(
             Cluster.id == select(ClusterMember.cluster_id).where(ClusterMember.account_id == bindparam("account"))
             .scalar_subquery()).with_for_update(),
@@ -417,13 +420,21 @@ def _store(session: Session, row: Cluster | ClusterMember | SimpleNamespace, val
     state = inspect(row, raiseerr=False)
     if state is not None and state.persistent:
         table = row.__table__
-        key = table.primary_key.columns[0]
-        session.execute(deferred(update(table).where(key == getattr(row, key.key)).values(values)))
+        session.execute(_update_statement(table, tuple(values)),
+                        {"_key": getattr(row, table.primary_key.columns[0].key), **values})
         for column, value in values.items():
             set_committed_value(row, column, value)
     else:
         for column, value in values.items():
             setattr(row, column, value)
+
+
+@lru_cache(maxsize=256)
+def _update_statement(table: Table, columns: tuple[str, ...]):
+    """A deferred UPDATE of some columns of one row, built once (building a statement and its
+    cache key each time cost more than sending it)."""
+    key = table.primary_key.columns[0]
+    return deferred(update(table).where(key == bindparam("_key")).values({c: bindparam(c) for c in columns}))
 
 
 def _rose(before: tuple, after: tuple) -> bool:
@@ -535,9 +546,9 @@ def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], exclude:
             return absorbed
     if new_member is not None:
         _attach(session, new_member, new_cluster)
-    clusters = list(session.execute(
-        select(Cluster).where(Cluster.id.in_(stored)).order_by(Cluster.id).with_for_update()
-        .execution_options(populate_existing=True)).scalars())
+    c = Cluster.__table__.c
+    clusters = [_loaded(session, Cluster, row, refresh=True) for row in session.execute(
+        select(*c).where(c.id.in_(stored)).order_by(c.id).with_for_update()).mappings()]
     if new_cluster is not None:
         clusters.append(new_cluster)
     # The largest absorbs the others (union by size: an account moves O(log n) times); ties: the oldest.
@@ -562,9 +573,9 @@ def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], exclude:
     if moved_ids:
         # Written without waiting for answers (see _store); the members the session holds are
         # moved by the ORM's evaluation of the criteria.
-        session.execute(deferred(update(ClusterMember).where(ClusterMember.cluster_id.in_(moved_ids))
-                                 .values(cluster_id=target.id)))
-        session.execute(deferred(delete(Cluster).where(Cluster.id.in_(moved_ids))))
+        sql = _sql(session)
+        session.execute(sql.move_members, {"target": target.id, "moved": moved_ids})
+        session.execute(sql.delete_clusters, {"moved": moved_ids})
     for other in others:
         if other is new_cluster:
             new_member.cluster_id = target.id
