@@ -457,10 +457,11 @@ def link(session: Session, policy: Policy, account_id: str, identifiers: Iterabl
     member, created = ensure_member(session, account_id, at, flags=flags, new_account=new_account, stored=stored)
     nodes = sorted({n for n in identifiers if n[0] in LINK_KINDS})
     sql = _sql(session)
-    # A new member and cluster stay pending while the reads and writes below run (none of them
-    # reads this account's membership), so the evaluation's final flush inserts them with their
-    # last values instead of inserting now and updating later. What does read memberships
-    # (merge, super-node splits) flushes first.
+    # A new member and cluster stay out of the session while the reads and writes below run
+    # (none of them reads this account's membership), so write_new inserts them with their last
+    # values instead of inserting now and updating later; joining one stored cluster keeps them
+    # out too (_absorb). A merge of several clusters puts them in the session, and a super-node
+    # split, which reads memberships, flushes them first.
     with session.no_autoflush:
         return _link(session, policy, account_id, member, created, nodes, sql, at, new_account)
 
