@@ -51,6 +51,7 @@ def serve(host: str, port: int, workers: int) -> None:
     from gunicorn.app.base import BaseApplication
 
     from kyc import create_app
+    from kyc.db import pause_checkpoints, resume_checkpoints
 
     config = _config()
     if config.is_sqlite and not config.dev_key and "KYC_DEV_KEY" not in os.environ:
@@ -70,6 +71,7 @@ def serve(host: str, port: int, workers: int) -> None:
 
     def post_fork(_server, _worker):
         runtime.engine.dispose(close=False)
+        resume_checkpoints(runtime.engine)
         if not config.redis_url:
             from kyc.jobs import InProcessSchedule
 
@@ -98,6 +100,7 @@ def serve(host: str, port: int, workers: int) -> None:
         def load(self):
             return app
 
+    pause_checkpoints(runtime.engine)      # the master forks workers: it runs no database thread
     _Server().run()
 
 

@@ -42,7 +42,8 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         if path and path != ":memory:":
-            _Checkpointer(engine, path).start()
+            _checkpointers[engine] = thread = _Checkpointer(engine, path)
+            thread.start()
         return engine
     postgres = make_url(url).get_backend_name() == "postgresql"
     engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=not postgres)
@@ -96,13 +97,13 @@ class _Checkpointer(threading.Thread):
         super().__init__(name="kyc-sqlite-checkpoint", daemon=True)
         self.engine = weakref.ref(engine)
         self.path = path
+        self.stopped = threading.Event()
 
     def run(self) -> None:
-        stop = threading.Event()
         conn = None
         rounds = 0
         try:
-            while not stop.wait(self.INTERVAL) and self.engine() is not None:
+            while not self.stopped.wait(self.INTERVAL) and self.engine() is not None:
                 rounds += 1
                 try:
                     conn = conn or sqlite3.connect(self.path, timeout=self.BUSY_WAIT, isolation_level=None,
@@ -116,6 +117,27 @@ class _Checkpointer(threading.Thread):
         finally:
             if conn is not None:
                 conn.close()
+
+
+_checkpointers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()     # engine -> this process's thread
+
+
+def pause_checkpoints(engine: Engine) -> None:
+    """Stop this process's checkpoint thread for a SQLite file's engine, before forking
+    workers: a child gets none of the parent's threads, and one forked while that thread held
+    a SQLite lock would find it held forever. Each worker then calls resume_checkpoints."""
+    thread = _checkpointers.get(engine)
+    if thread is not None:
+        thread.stopped.set()
+        thread.join()
+
+
+def resume_checkpoints(engine: Engine) -> None:
+    """Run the checkpoint thread again in this process (a forked worker; none for other engines)."""
+    thread = _checkpointers.get(engine)
+    if thread is not None and not thread.is_alive():
+        _checkpointers[engine] = replacement = _Checkpointer(engine, thread.path)
+        replacement.start()
 
 
 def make_session_factory(engine: Engine) -> sessionmaker:

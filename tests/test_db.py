@@ -46,6 +46,28 @@ def test_the_checkpoint_thread_ends_with_its_engine(tmp_path, monkeypatch):
     assert not thread.is_alive()
 
 
+def test_checkpoints_pause_before_a_fork_and_resume_in_each_child(tmp_path, monkeypatch):
+    """`kyc serve` pauses the master's checkpoint thread before gunicorn forks workers, and each
+    worker runs its own (a thread does not survive a fork, and must not be inside SQLite then)."""
+    import os
+
+    monkeypatch.setattr(db._Checkpointer, "INTERVAL", 0.02)
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'kyc.db'}")
+    first = db._checkpointers[engine]
+    assert first.is_alive()
+    db.pause_checkpoints(engine)
+    assert not first.is_alive()
+    pid = os.fork()
+    if pid == 0:                                        # the worker: its own thread, running
+        db.resume_checkpoints(engine)
+        mine = db._checkpointers[engine]
+        os._exit(0 if mine is not first and mine.is_alive() else 1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    db.resume_checkpoints(engine)
+    assert db._checkpointers[engine].is_alive()
+    engine.dispose()
+
+
 # --- pipelined transactions -------------------------------------------------------------------
 
 def _account_row(account_id: str) -> dict:
