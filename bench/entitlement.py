@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from flask import Flask, jsonify  # noqa: E402
 from sqlalchemy import func, insert, select  # noqa: E402
 
-from kyc import create_app  # noqa: E402
+from kyc import create_app, settle_for_serving  # noqa: E402
 from kyc.config import PROJECT_ROOT, Config  # noqa: E402
 from kyc.models import Account, ActivityDay, ApiKey, Verification  # noqa: E402
 from kyc.runtime import Runtime, upgrade_database  # noqa: E402
@@ -140,7 +140,7 @@ def main() -> None:
     headers = {"Authorization": f"Bearer {key}"}
 
     client = create_app(runtime=runtime).test_client()
-    gc.freeze()        # as `kyc serve` and wsgi.py do once the app is built
+    settle_for_serving()        # as `kyc serve` and wsgi.py do once the app is built
     rng = random.Random(11)
     ids = [f"acct_{rng.randrange(accounts)}" for _ in range(requests + 200)]
     sample = client.get(f"/v1/accounts/{ids[0]}/entitlement?tier=high_volume", headers=headers)

@@ -18,7 +18,6 @@ measure cluster rescoring, not payment scoring.
 from __future__ import annotations
 
 import argparse
-import gc
 import random
 import statistics
 import sys
@@ -32,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from score_signup import database  # noqa: E402
 
-from kyc import create_app  # noqa: E402
+from kyc import create_app, settle_for_serving  # noqa: E402
 from kyc.config import PROJECT_ROOT, Config  # noqa: E402
 from kyc.inputs import PaymentMethodInput, SignupInput  # noqa: E402
 from kyc.jobs import drain  # noqa: E402
@@ -125,7 +124,7 @@ def run(backend: str, accounts: int, requests: int, seed: int) -> bool:
         with runtime.session() as session, session.begin():
             session.add(ApiKey(name="bench", prefix=key[:10], key_hash=hash_api_key(key)))
         client = create_app(runtime=runtime).test_client()
-        gc.freeze()        # as `kyc serve` and wsgi.py do once the app is built
+        settle_for_serving()        # as `kyc serve` and wsgi.py do once the app is built
         headers = {"Authorization": f"Bearer {key}"}
         new = range(accounts, accounts + requests)
         signups = [signup_body(rng, i, END + timedelta(seconds=n)) for n, i in enumerate(new)]

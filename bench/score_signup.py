@@ -19,7 +19,6 @@ a server with Redis runs: velocity counted in Redis, cluster rescoring queued fo
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import random
 import statistics
@@ -34,7 +33,7 @@ from sqlalchemy import create_engine, event, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kyc import create_app  # noqa: E402
+from kyc import create_app, settle_for_serving  # noqa: E402
 from kyc.config import PROJECT_ROOT, Config  # noqa: E402
 from kyc.jobs import drain  # noqa: E402
 from kyc.runtime import upgrade_database  # noqa: E402
@@ -118,7 +117,7 @@ def run(backend: str, n: int, isolated: bool = False, redis_url: str = "") -> No
                                  secret_key=b"bench", dev_key="bench-key", log_level="WARNING",
                                  redis_url=redis_url)
         app = create_app(config)
-        gc.freeze()        # as `kyc serve` and wsgi.py do once the app is built
+        settle_for_serving()        # as `kyc serve` and wsgi.py do once the app is built
         client = app.test_client()
         headers = {"Authorization": "Bearer bench-key"}
         bodies = varied_signups(n)

@@ -45,12 +45,11 @@ def main() -> None:
 @click.option("--workers", default=2, show_default=True, type=int, help="gunicorn worker processes")
 def serve(host: str, port: int, workers: int) -> None:
     """Run the HTTP service (gunicorn). On the embedded SQLite default, migrates and prints a dev key."""
-    import gc
     import os
 
     from gunicorn.app.base import BaseApplication
 
-    from kyc import create_app
+    from kyc import create_app, settle_for_serving
     from kyc.db import pause_checkpoints, resume_checkpoints
 
     config = _config()
@@ -63,7 +62,7 @@ def serve(host: str, port: int, workers: int) -> None:
         _rule_errors(exc)
         sys.exit(1)
     runtime = app.extensions["kyc"]
-    gc.freeze()           # as in wsgi.py: start-up's objects stay out of full collections
+    settle_for_serving()          # as wsgi.py does
     click.echo(f"kyc on http://{host}:{port}  database={_safe_url(config.database_url)}  "
                f"rules={runtime.rules.version[:19]}")
     if not config.redis_url:
