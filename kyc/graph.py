@@ -33,7 +33,7 @@ from types import SimpleNamespace
 from typing import Hashable, Iterable
 
 from sqlalchemy import (Boolean, Column, Integer, MetaData, Select, String, Table, and_, bindparam, case, cast, delete,
-                        distinct, exists, func, insert, inspect, literal, null, or_, select, text, tuple_, update)
+                        exists, func, insert, inspect, literal, null, or_, select, text, tuple_, update)
 from sqlalchemy.dialects.postgresql import ARRAY, insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, make_transient_to_detached
