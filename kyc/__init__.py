@@ -62,9 +62,10 @@ def settle_for_serving() -> None:
     - Start-up's objects (rules, GeoIP readers, parsers) live as long as the process: they are
       kept out of the collector's full passes (a 90 ms pause became 7 ms) and shared after fork.
     - A thread waiting for the interpreter gets it within 0.5 ms, not the default 5: a request
-      thread back from the database waited behind in-process cluster rescoring. On
-      bench/score_payment.py (PostgreSQL, three alternating pairs) the payment p99 was
-      10.9-11.9 ms with it against 13.1-15.2 ms without.
+      thread back from the database waited behind in-process cluster rescoring. On the
+      payment bench's workload (PostgreSQL) 4 of 5 alternating pairs of runs had a lower p99
+      with it (10.9-11.9 ms against 11.9-15.2 ms; the fifth 14.6 against 10.2, on a machine
+      whose noise is of that order).
     """
     gc.freeze()
     sys.setswitchinterval(0.0005)
