@@ -116,10 +116,10 @@ class Sighting(Base):
 
     __table_args__ = (
         Index("ix_sightings_key_time", "kind", "value_hash", "occurred_at"),
-        Index("ix_sightings_account", "account_id"),
         # Cards added from one device (values seen together in one evaluation) and cards added
         # to one account in a window. Both lead with the column that narrows most, so SQLite's
-        # planner (which has no statistics) picks them over ix_sightings_key_time.
+        # planner (which has no statistics) picks them over ix_sightings_key_time. The second
+        # also serves every lookup by account (and the foreign key).
         Index("ix_sightings_evaluation_kind", "evaluation_id", "kind"),
         Index("ix_sightings_account_kind_time", "account_id", "kind", "occurred_at"),
     )

@@ -1,0 +1,56 @@
+"""Migration 0008 (drop ix_sightings_account): on an empty database and on one holding data, both backends."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+
+from kyc.runtime import upgrade_database
+from tests.conftest import pg_schema_url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'm.db'}"
+    return pg_schema_url("kyc_migration_0008")
+
+
+def _sighting_indexes(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        return {index["name"] for index in inspect(engine).get_indexes("sightings")}
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_on_an_empty_database(empty_url):
+    upgrade_database(empty_url)
+    indexes = _sighting_indexes(empty_url)
+    assert "ix_sightings_account" not in indexes and "ix_sightings_account_kind_time" in indexes
+
+
+def test_upgrade_keeps_existing_sightings_and_downgrades(empty_url):
+    from alembic import command
+
+    from kyc.runtime import alembic_config
+
+    upgrade_database(empty_url, "0005")
+    assert "ix_sightings_account" in _sighting_indexes(empty_url)
+    engine = create_engine(empty_url)
+    at = {"t": "2026-11-24 21:00:00+00:00"}
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO accounts (id, created_at, first_seen_at, last_seen_at, decision, score, reasons, "
+            "required_verifications, subjects, state_version, updated_at) VALUES ('a1', :t, :t, :t, 'allow', 0, "
+            "'[]', '[]', '{}', 1, :t)"), at)
+        conn.execute(text("INSERT INTO sightings (kind, value_hash, account_id, evaluation_id, occurred_at) "
+                          "VALUES ('device', 'h1', 'a1', 'ev_1', :t)"), at)
+    upgrade_database(empty_url)
+    assert "ix_sightings_account" not in _sighting_indexes(empty_url)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT kind, value_hash FROM sightings WHERE account_id = 'a1'")).one() == (
+            "device", "h1")
+    engine.dispose()
+    command.downgrade(alembic_config(empty_url), "0005")
+    assert "ix_sightings_account" in _sighting_indexes(empty_url)
