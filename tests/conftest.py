@@ -35,6 +35,15 @@ def _unavailable(what: str, how: str, exc: Exception) -> None:
     pytest.skip(message)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(request, tmp_path) -> str:
+    """An empty database on each backend (migration tests); PostgreSQL's is a schema named
+    after the test module."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'empty.db'}"
+    return pg_schema_url(f"kyc_{request.module.__name__.rsplit('.', 1)[-1]}")
+
+
 def pg_schema_url(schema: str) -> str:
     """A URL whose connections live in a fresh, empty PostgreSQL schema."""
     engine = create_engine(POSTGRES_URL)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -13,16 +12,8 @@ from sqlalchemy import create_engine, inspect, text
 
 from kyc.db import Base
 from kyc.runtime import alembic_config, upgrade_database
-from tests.conftest import pg_schema_url
 
 NEW = {"ix_sightings_evaluation_kind", "ix_sightings_account_kind_time"}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'mig.db'}"
-    return pg_schema_url("kyc_migration_0005")
 
 
 def _indexes(url: str) -> set[str]:

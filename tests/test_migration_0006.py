@@ -4,21 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-import pytest
 from alembic import command
 from sqlalchemy import create_engine, inspect, text
 
 from kyc.runtime import alembic_config, upgrade_database
-from tests.conftest import pg_schema_url
 
 NEW_TABLES = {"verifications", "verification_events", "outbox", "webhook_events", "activity_days"}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'm.db'}"
-    return pg_schema_url("kyc_migration_0006")
 
 
 def _tables(url) -> set[str]:

@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from kyc.runtime import upgrade_database
-from tests.conftest import pg_schema_url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'm.db'}"
-    return pg_schema_url("kyc_migration_0008")
 
 
 def _sighting_indexes(url: str) -> set[str]:

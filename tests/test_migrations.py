@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -10,14 +9,6 @@ from sqlalchemy import create_engine, inspect, text
 
 from kyc.db import Base
 from kyc.runtime import alembic_config, upgrade_database
-from tests.conftest import pg_schema_url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'empty.db'}"
-    return pg_schema_url("kyc_migration_test")
 
 
 def _revisions(url: str) -> list[str]:
