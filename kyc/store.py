@@ -130,6 +130,17 @@ def _capped(others: int) -> int:
     return min(others, COUNT_CAP) + 1
 
 
+def _count_params(keys: list[Key], at: datetime, account_id: str, postgresql: bool) -> dict:
+    """A count statement's parameters: the keys as two arrays (PostgreSQL) or one pair each."""
+    params: dict = {"at": at, "me": account_id, **{f"lo_{w}": at - span for w, span in WINDOWS.items()}}
+    if postgresql:
+        params["kinds"], params["hashes"] = [k for k, _ in keys], [h for _, h in keys]
+    else:
+        for i, (kind, value_hash) in enumerate(keys):
+            params[f"k{i}"], params[f"h{i}"] = kind, value_hash
+    return params
+
+
 def _counts(keys: list[Key], rows) -> dict[Key, dict[str, int]]:
     """Each key's counts per window from a count statement's rows (key index, one count per window)."""
     counts = {row[0]: row[1:] for row in rows}
@@ -143,26 +154,16 @@ class SqlStore(SqlHistory):
     def distinct_accounts(self, keys: list[Key], at: datetime, account_id: str) -> dict[Key, dict[str, int]]:
         if not keys:
             return {}
-        params: dict = {"at": at, "me": account_id}
-        for window, span in WINDOWS.items():
-            params[f"lo_{window}"] = at - span
-        if self._postgresql():
-            params["kinds"], params["hashes"] = [k for k, _ in keys], [h for _, h in keys]
-            statement = _COUNT_EACH_KEY
-        else:
-            for i, (kind, value_hash) in enumerate(keys):
-                params[f"k{i}"], params[f"h{i}"] = kind, value_hash
-            statement = _count_statement(len(keys))
-        return _counts(keys, self.session.execute(statement, params))
+        postgresql = self._postgresql()
+        statement = _COUNT_EACH_KEY if postgresql else _count_statement(len(keys))
+        return _counts(keys, self.session.execute(statement, _count_params(keys, at, account_id, postgresql)))
 
     def payment_history(self, keys: list[Key], at: datetime, account_id: str, card: str, window: timedelta,
                         device: Key | None) -> tuple[dict[Key, dict[str, int]], tuple[int, int | None, dict | None]]:
         """PostgreSQL: one statement (_COUNTS_AND_CARD_HISTORY)."""
         if not (keys and self._postgresql()):
             return super().payment_history(keys, at, account_id, card, window, device)
-        params = {"me": account_id, "kinds": [k for k, _ in keys], "hashes": [h for _, h in keys],
-                  **{f"lo_{w}": at - span for w, span in WINDOWS.items()},
-                  **_card_params(card, at, window, account_id, device)}
+        params = {**_count_params(keys, at, account_id, True), **_card_params(card, at, window, account_id, device)}
         rows = self.session.execute(_COUNTS_AND_CARD_HISTORY, params).all()
         card_row = next(row for row in rows if row[0] == -1)
         return _counts(keys, rows), _card_history((card_row[1], card_row[2], card_row[-1]), device)
