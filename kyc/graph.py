@@ -331,9 +331,9 @@ def ensure_member(session: Session, account_id: str, at: datetime, *, flags: dic
         return ClusterMember(**member_values), Cluster(**cluster_values)
     if at < member.joined_at:
         # A backfilled earlier event: the account joined its cluster at its first event time.
-        member.joined_at = at
+        _store(session, member, {"joined_at": at})
         cluster = session.get(Cluster, member.cluster_id)
-        cluster.first_seen_at = min(cluster.first_seen_at, at)
+        _store(session, cluster, {"first_seen_at": min(cluster.first_seen_at, at)})
     return member, None
 
 

@@ -103,6 +103,15 @@ def test_a_returning_account_links_through_what_it_showed_before_and_now(client,
     assert client.get("/v1/accounts/acct_2", headers=auth).json["cluster"] == again["cluster"]
 
 
+def test_a_backfilled_earlier_event_moves_the_member_and_cluster_back_in_time(client, auth, runtime):
+    post(client, auth, 1, occurred_at="2026-11-20T10:00:00Z")
+    post(client, auth, 2, device_id="dv_1", occurred_at="2026-11-20T11:00:00Z")        # cluster {1, 2}
+    post(client, auth, 2, device_id="dv_1", occurred_at="2026-11-18T09:00:00Z")        # 2's earlier event, late
+    with runtime.session() as s:
+        assert s.get(ClusterMember, "acct_2").joined_at.isoformat() == "2026-11-18T09:00:00+00:00"
+        assert cluster_of(runtime, "acct_1").first_seen_at.isoformat() == "2026-11-18T09:00:00+00:00"
+
+
 def test_a_bridge_account_merges_two_clusters(client, auth, runtime):
     post(client, auth, 1)
     post(client, auth, 2, device_id="dv_1")                       # cluster A = {1, 2}
