@@ -181,7 +181,8 @@ def _statements(dialect: str) -> SimpleNamespace:
             size=c.size + 1, first_seen_at=case((c.first_seen_at > bindparam("at"), bindparam("at")), else_=c.first_seen_at),
             **{flag: c[flag] + bindparam(flag) for flag in MEMBER_FLAGS})
         .returning(*c),
-        move_members=deferred(update(ClusterMember).where(ClusterMember.cluster_id.in_(bindparam("moved", expanding=True)))
+        move_members=deferred(update(ClusterMember.__table__)
+                              .where(ClusterMember.cluster_id.in_(bindparam("moved", expanding=True)))
                               .values(cluster_id=bindparam("target"))),
         delete_clusters=deferred(delete(Cluster.__table__).where(c.id.in_(bindparam("moved", expanding=True)))),
         lock_cluster=select(*Cluster.__table__.c).where(
@@ -513,9 +514,9 @@ def _link(session: Session, policy: Policy, account_id: str, member: ClusterMemb
         cluster_ids.add(member.cluster_id)
         if len(cluster_ids) > 1:
             if created is not None and inspect(created).transient:     # not written: see ensure_member
-                return member, merge(session, policy, cluster_ids, exclude=account_id, joining=(member, created))
+                return member, merge(session, policy, cluster_ids, exclude=member, joining=created)
             session.flush()
-            return member, merge(session, policy, cluster_ids, exclude=account_id)
+            return member, merge(session, policy, cluster_ids, exclude=member)
     if created is not None and created.id == member.cluster_id:
         return member, created
     return member, locked_cluster(session, member)
@@ -530,16 +531,18 @@ def _may_link(counted: list[tuple[str, str, int]]) -> bool:
     return any(kind in STRONG for kind in shared) or len({k for k in shared if k in WEAK}) >= WEAK_KINDS_NEEDED
 
 
-def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], exclude: str | None = None, *,
-          joining: tuple[ClusterMember, Cluster] | None = None) -> Cluster:
+def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], exclude: ClusterMember | None = None, *,
+          joining: Cluster | None = None) -> Cluster:
     """Merge clusters into the largest one (union by size); members whose cluster rose are queued.
 
-    `joining`: the membership of the account being scored (`exclude`) and its new cluster of
-    one, both not written yet. When another cluster absorbs it, the member is written straight
-    into that cluster and the new cluster never is (no insert, move and delete of a row that
-    lives a few milliseconds).
+    `exclude`: the membership of the account being scored, which is not queued (a cluster of one
+    holding only it queues nobody, without reading its members). `joining`: that account's new
+    cluster of one, when neither is written yet. When another cluster absorbs it, the member is
+    written straight into that cluster and the new cluster never is (no insert, move and delete
+    of a row that lives a few milliseconds).
     """
-    new_member, new_cluster = joining or (None, None)
+    new_cluster = joining
+    new_member = exclude if joining is not None else None
     stored = sorted(set(cluster_ids) - ({new_cluster.id} if new_cluster else set()))
     if new_cluster is not None and len(stored) == 1:
         absorbed = _absorb(session, policy, stored[0], new_member, new_cluster)
@@ -560,11 +563,13 @@ def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], exclude:
                              "first_seen_at": min(c.first_seen_at for c in clusters),
                              **{flag: sum(getattr(c, flag) for c in clusters) for flag in MEMBER_FLAGS}})
     after = policy.bucket(target)
+    excluded = exclude.account_id if exclude is not None else ""
     for other in others:
-        # The new cluster's one member is the excluded account: nobody to queue.
-        if other is not new_cluster and _rose(before[other.id], after):
+        # A cluster of one holding the excluded account (the new one, say): nobody to queue.
+        alone = other.size == 1 and exclude is not None and other.id == exclude.cluster_id
+        if not alone and _rose(before[other.id], after):
             moved = session.execute(select(ClusterMember.account_id).where(
-                ClusterMember.cluster_id == other.id, ClusterMember.account_id != (exclude or ""))).scalars()
+                ClusterMember.cluster_id == other.id, ClusterMember.account_id != excluded)).scalars()
             queue_rescore(session, accounts=moved)
     if _rose(before[target.id], after):
         queue_rescore(session, clusters=[target.id])
@@ -572,11 +577,16 @@ def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], exclude:
     # Membership rows only: accounts.cluster_id is written by each account's own evaluation, so
     # a merge never waits on the row lock of a member being scored at the same time (deadlock).
     if moved_ids:
-        # Written without waiting for answers (see _store); the members the session holds are
-        # moved by the ORM's evaluation of the criteria.
+        # Written without waiting for answers (see _store), and the members the session holds
+        # told where they are now: the account being scored updates its traits in the target
+        # without locking it again (locked_cluster).
         sql = _sql(session)
         session.execute(sql.move_members, {"target": target.id, "moved": moved_ids})
         session.execute(sql.delete_clusters, {"moved": moved_ids})
+        moved = set(moved_ids)
+        for held in list(session.identity_map.values()):
+            if isinstance(held, ClusterMember) and inspect(held).dict.get("cluster_id") in moved:
+                set_committed_value(held, "cluster_id", target.id)
     for other in others:
         if other is new_cluster:
             new_member.cluster_id = target.id

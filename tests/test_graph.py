@@ -112,6 +112,30 @@ def test_a_backfilled_earlier_event_moves_the_member_and_cluster_back_in_time(cl
         assert cluster_of(runtime, "acct_1").first_seen_at.isoformat() == "2026-11-18T09:00:00+00:00"
 
 
+def test_a_returning_account_merged_into_another_cluster_holds_that_cluster(runtime):
+    """The membership that link() returns names the cluster it returns, as the stored row does,
+    after a merge moved the account: scoring then counts the account's traits in that cluster
+    without reading and locking it a second time."""
+    from datetime import datetime, timezone
+
+    from kyc.graph import link, write_new
+
+    at = datetime(2026, 11, 20, tzinfo=timezone.utc)
+    policy = Policy.from_config(runtime.config)
+    with runtime.session() as s, s.begin():
+        for account in ("acct_a", "acct_b", "acct_c"):
+            s.execute(Account.__table__.insert(), [{"id": account, "first_seen_at": at, "last_seen_at": at,
+                                                    "decision": "allow", "score": 0}])
+            nodes = [("device", "dv_b" if account == "acct_b" else "dv_a")]
+            write_new(s, *link(s, policy, account, nodes, at, new_account=True))    # {a, c} and {b}
+    with runtime.session() as s, s.begin():
+        member, cluster = link(s, policy, "acct_b", [("device", "dv_a")], at)      # {b} merges into {a, c}
+        assert cluster.size == 3
+        assert member.cluster_id == cluster.id
+        assert s.scalar(select(ClusterMember.cluster_id).where(ClusterMember.account_id == "acct_b")) == cluster.id
+    assert partition(runtime) == {frozenset({"acct_a", "acct_b", "acct_c"})}
+
+
 def test_a_bridge_account_merges_two_clusters(client, auth, runtime):
     post(client, auth, 1)
     post(client, auth, 2, device_id="dv_1")                       # cluster A = {1, 2}
