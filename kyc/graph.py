@@ -38,6 +38,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.elements import Label
 
 from kyc.db import deferred
 from kyc.ids import new_id, new_ids
@@ -48,6 +49,8 @@ WEAK = frozenset({"ip_prefix_day", "email_template", "phone_range", "card_bin_po
 LINK_KINDS = STRONG | WEAK
 WEAK_KINDS_NEEDED = 2
 GROWTH_CAP = 10_000          # members counted by graph.cluster_growth_24h (bounded index scan)
+GROWTH_SPAN = timedelta(hours=24)
+_GROWTH = "kyc.growth"        # session.info: cluster id -> (at, growth over GROWTH_SPAN) read with its lock
 
 Node = tuple[str, str]       # (kind, keyed hash)
 
@@ -159,6 +162,8 @@ def _statements(dialect: str) -> SimpleNamespace:
     count = insert(GraphNode.__table__)
     c = Cluster.__table__.c
     mine = select(GraphEdge.kind, GraphEdge.value_hash).where(GraphEdge.account_id == bindparam("account"))
+    member_cluster = (select(ClusterMember.cluster_id).where(ClusterMember.account_id == bindparam("account"))
+                      .scalar_subquery())
     return SimpleNamespace(
         dialect=dialect,
         # Sorted rows: concurrent transactions lock node rows in the same order (no deadlock), and
@@ -178,21 +183,40 @@ def _statements(dialect: str) -> SimpleNamespace:
         # one statement (the update takes the row lock a merge needs).
         # (Core, its row put in the session by _loaded: the ORM's UPDATE ... RETURNING cost 0.5 ms more.)
         absorb=update(Cluster.__table__).where(c.id == bindparam("cluster")).values(
-            size=c.size + 1, first_seen_at=case((c.first_seen_at > bindparam("at"), bindparam("at")), else_=c.first_seen_at),
+            size=c.size + 1,
+            first_seen_at=case((c.first_seen_at > bindparam("first"), bindparam("first")), else_=c.first_seen_at),
             **{flag: c[flag] + bindparam(flag) for flag in MEMBER_FLAGS})
-        .returning(*c),
+        .returning(*c, _growth_of(c.id)),
         move_members=deferred(update(ClusterMember.__table__)
                               .where(ClusterMember.cluster_id.in_(bindparam("moved", expanding=True)))
                               .values(cluster_id=bindparam("target"))),
         delete_clusters=deferred(delete(Cluster.__table__).where(c.id.in_(bindparam("moved", expanding=True)))),
-        lock_cluster=select(*Cluster.__table__.c).where(
-            Cluster.id == select(ClusterMember.cluster_id).where(ClusterMember.account_id == bindparam("account"))
-            .scalar_subquery()).with_for_update(),
-        growth=select(func.count()).select_from(
-            select(ClusterMember.account_id)
-            .where(ClusterMember.cluster_id == bindparam("cluster"), ClusterMember.joined_at > bindparam("since"),
-                   ClusterMember.joined_at <= bindparam("at")).limit(GROWTH_CAP).subquery()),
+        lock_cluster=select(*c).where(c.id == member_cluster).with_for_update(),
+        lock_cluster_growth=select(*c, _growth_of(c.id)).where(c.id == member_cluster).with_for_update(),
+        growth=select(_growth_of(bindparam("cluster"))),
     )
+
+
+def _growth_of(cluster_id) -> Label:
+    """Members of a cluster whose first event lies in (since, at], up to GROWTH_CAP (a bounded
+    index scan), as a column: the statements that lock a cluster for scoring read it too, so
+    graph.cluster_growth_24h costs no round trip of its own (see growth)."""
+    window = (ClusterMember.cluster_id == cluster_id, ClusterMember.joined_at > bindparam("since"),
+              ClusterMember.joined_at <= bindparam("at"))
+    full = select(ClusterMember.account_id).where(*window).offset(GROWTH_CAP - 1).limit(1).exists()
+    return case((full, GROWTH_CAP), else_=select(func.count()).where(*window).scalar_subquery()).label("_growth")
+
+
+def _window(at: datetime) -> dict[str, datetime]:
+    return {"since": at - GROWTH_SPAN, "at": at}
+
+
+def _locked_with_growth(session: Session, row, at: datetime) -> Cluster:
+    """A cluster row read with its growth (_growth_of): the cluster in the session, its growth
+    kept for growth() (once: a later read of the same cluster reads again)."""
+    values = dict(row)
+    session.info.setdefault(_GROWTH, {})[values["id"]] = (at, values.pop("_growth"))
+    return _loaded(session, Cluster, values, refresh=True)
 
 
 @lru_cache(maxsize=64)
@@ -354,16 +378,19 @@ def _loaded(session: Session, model: type, row, *, refresh: bool = False):
     return found
 
 
-def locked_cluster(session: Session, member: ClusterMember) -> Cluster:
-    """The member's cluster, locked for this transaction. Read through the membership: a
-    concurrent merge may have moved the member since it was read, and once that merge commits
-    the cluster locked by id would be gone; the member then follows its move."""
+def locked_cluster(session: Session, member: ClusterMember, at: datetime | None = None) -> Cluster:
+    """The member's cluster, locked for this transaction, and its growth up to `at` when given
+    (scoring: see growth). Read through the membership: a concurrent merge may have moved the
+    member since it was read, and once that merge commits the cluster locked by id would be
+    gone; the member then follows its move."""
+    sql = _sql(session)
+    statement, params = (sql.lock_cluster, {}) if at is None else (sql.lock_cluster_growth, _window(at))
     for _ in range(3):
-        row = session.execute(_sql(session).lock_cluster, {"account": member.account_id}).mappings().one_or_none()
+        row = session.execute(statement, {"account": member.account_id, **params}).mappings().one_or_none()
         if row is not None:
             if row["id"] != member.cluster_id:
                 set_committed_value(member, "cluster_id", row["id"])
-            return _loaded(session, Cluster, row, refresh=True)
+            return _loaded(session, Cluster, row, refresh=True) if at is None else _locked_with_growth(session, row, at)
     # Only a merge committing between each read and its lock, three times over, gets here.
     raise RuntimeError(f"the cluster of {member.account_id} kept moving while it was being locked")
 
@@ -446,7 +473,7 @@ def member_cluster(session: Session, account_id: str, at: datetime, *, flags: di
                    new_account: bool = False, stored: dict | None = None) -> tuple[ClusterMember, Cluster]:
     """The account's membership and its cluster, locked for this transaction (no linking: rescoring)."""
     member, created = ensure_member(session, account_id, at, flags=flags, new_account=new_account, stored=stored)
-    return member, created or locked_cluster(session, member)
+    return member, created or locked_cluster(session, member, at)
 
 
 def link(session: Session, policy: Policy, account_id: str, identifiers: Iterable[Node], at: datetime, *,
@@ -514,12 +541,12 @@ def _link(session: Session, policy: Policy, account_id: str, member: ClusterMemb
         cluster_ids.add(member.cluster_id)
         if len(cluster_ids) > 1:
             if created is not None and inspect(created).transient:     # not written: see ensure_member
-                return member, merge(session, policy, cluster_ids, exclude=member, joining=created)
+                return member, merge(session, policy, cluster_ids, at, exclude=member, joining=created)
             session.flush()
-            return member, merge(session, policy, cluster_ids, exclude=member)
+            return member, merge(session, policy, cluster_ids, at, exclude=member)
     if created is not None and created.id == member.cluster_id:
         return member, created
-    return member, locked_cluster(session, member)
+    return member, locked_cluster(session, member, at)
 
 
 def _may_link(counted: list[tuple[str, str, int]]) -> bool:
@@ -531,9 +558,10 @@ def _may_link(counted: list[tuple[str, str, int]]) -> bool:
     return any(kind in STRONG for kind in shared) or len({k for k in shared if k in WEAK}) >= WEAK_KINDS_NEEDED
 
 
-def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], exclude: ClusterMember | None = None, *,
-          joining: Cluster | None = None) -> Cluster:
+def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], at: datetime,
+          exclude: ClusterMember | None = None, *, joining: Cluster | None = None) -> Cluster:
     """Merge clusters into the largest one (union by size); members whose cluster rose are queued.
+    The clusters' growth up to `at` (the evaluation's time) is read with their locks: see growth.
 
     `exclude`: the membership of the account being scored, which is not queued (a cluster of one
     holding only it queues nobody, without reading its members). `joining`: that account's new
@@ -545,18 +573,20 @@ def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], exclude:
     new_member = exclude if joining is not None else None
     stored = sorted(set(cluster_ids) - ({new_cluster.id} if new_cluster else set()))
     if new_cluster is not None and len(stored) == 1:
-        absorbed = _absorb(session, policy, stored[0], new_member, new_cluster)
+        absorbed = _absorb(session, policy, stored[0], new_member, new_cluster, at)
         if absorbed is not None:
             return absorbed
     if new_member is not None:
         _attach(session, new_member, new_cluster)
     c = Cluster.__table__.c
-    clusters = [_loaded(session, Cluster, row, refresh=True) for row in session.execute(
-        select(*c).where(c.id.in_(stored)).order_by(c.id).with_for_update()).mappings()]
+    clusters = [_locked_with_growth(session, row, at) for row in session.execute(
+        select(*c, _growth_of(c.id)).where(c.id.in_(stored)).order_by(c.id).with_for_update(), _window(at)).mappings()]
     if new_cluster is not None:
         clusters.append(new_cluster)
     # The largest absorbs the others (union by size: an account moves O(log n) times); ties: the oldest.
     target = min(clusters, key=lambda c: (-c.size, c.first_seen_at, c.id))
+    read = session.info[_GROWTH]               # the merged cluster grew by what each of them did
+    read[target.id] = (at, min(GROWTH_CAP, sum(read.pop(c.id)[1] for c in clusters if c is not new_cluster)))
     before = {c.id: policy.bucket(c) for c in clusters}
     others = [c for c in clusters if c is not target]
     _store(session, target, {"size": sum(c.size for c in clusters),
@@ -595,16 +625,16 @@ def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], exclude:
 
 
 def _absorb(session: Session, policy: Policy, cluster_id: str, new_member: ClusterMember,
-            new_cluster: Cluster) -> Cluster | None:
+            new_cluster: Cluster, at: datetime) -> Cluster | None:
     """A new account joining one stored cluster (the common merge): the stored cluster keeps its
     id whatever its size, its counters rise by the new member's in one statement, and the new
     cluster of one is never written. None: a concurrent merge removed that cluster meanwhile."""
     added = {flag: getattr(new_cluster, flag) for flag in MEMBER_FLAGS}
-    row = session.execute(_sql(session).absorb, {"cluster": cluster_id, "at": new_cluster.first_seen_at,
-                                                  **added}).mappings().one_or_none()
+    row = session.execute(_sql(session).absorb, {"cluster": cluster_id, "first": new_cluster.first_seen_at,
+                                                  **_window(at), **added}).mappings().one_or_none()
     if row is None:
         return None
-    target = _loaded(session, Cluster, row, refresh=True)
+    target = _locked_with_growth(session, row, at)
     before = SimpleNamespace(size=target.size - 1, blocked=target.blocked - added["blocked"],
                              labeled_fraud=target.labeled_fraud - added["labeled_fraud"])
     if _rose(policy.bucket(before), policy.bucket(target)):
@@ -1086,20 +1116,26 @@ def _set_account_clusters(session: Session) -> None:
 
 # --- reading --------------------------------------------------------------------------------
 
-def growth(session: Session, cluster_id: str, at: datetime, span: timedelta = timedelta(hours=24), *,
+def growth(session: Session, cluster_id: str, at: datetime, span: timedelta = GROWTH_SPAN, *,
            member: ClusterMember | None = None, size: int | None = None) -> int:
     """Members whose first event time lies in (at - span, at], capped at GROWTH_CAP.
 
     Given a cluster's size and the member being scored, a cluster of one (most accounts) is
-    answered without a read: its one member is that account. A member not written yet (a new
-    account that joined a stored cluster: write_new inserts it) is counted here.
+    answered without a read: its one member is that account. So is a cluster locked for this
+    evaluation (link, member_cluster), whose growth was read with its lock. A member not
+    written yet (a new account that joined a stored cluster: write_new inserts it) is counted
+    here.
     """
     mine = member is not None and member.cluster_id == cluster_id
     joined = int(mine and at - span < member.joined_at <= at)
     if size == 1 and mine:
         return joined
-    stored = session.scalar(_sql(session).growth, {"cluster": cluster_id, "since": at - span, "at": at})
-    return min(stored + joined, GROWTH_CAP) if mine and inspect(member).transient else stored
+    read = session.info.get(_GROWTH, {}).pop(cluster_id, None)
+    if read is not None and read[0] == at and span == GROWTH_SPAN:
+        stored = read[1]
+    else:
+        stored = session.scalar(_sql(session).growth, {"cluster": cluster_id, "since": at - span, "at": at})
+    return min(stored + joined, GROWTH_CAP) if mine and not inspect(member).persistent else stored
 
 
 def link_reasons(session: Session, cluster_id: str) -> tuple[dict[str, list[str]], list[dict]]:

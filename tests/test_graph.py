@@ -112,6 +112,54 @@ def test_a_backfilled_earlier_event_moves_the_member_and_cluster_back_in_time(cl
         assert cluster_of(runtime, "acct_1").first_seen_at.isoformat() == "2026-11-18T09:00:00+00:00"
 
 
+def test_cluster_growth_counts_members_who_joined_in_the_last_24h_on_every_linking_path(client, auth, runtime):
+    """Growth is read with the cluster's lock: when a new account joins one cluster, when a
+    returning account's cluster is locked, and when a bridge merges clusters (their growths
+    add up). Members who joined more than 24 h before the event, or after it, are not counted."""
+    def growth(body):
+        return body["signals"]["graph"]["cluster_growth_24h"]
+
+    post(client, auth, 1, occurred_at="2026-11-18T10:00:00Z")                       # 2 days before
+    post(client, auth, 2, device_id="dv_1", occurred_at="2026-11-20T09:00:00Z")
+    joined = post(client, auth, 3, device_id="dv_1", occurred_at="2026-11-20T10:00:00Z")   # joins {1, 2}
+    assert joined["cluster"]["size"] == 3 and growth(joined) == 2
+    # acct_2 again, at an earlier time than acct_3 joined: acct_3 is not counted, acct_1 is too old.
+    again = post(client, auth, 2, device_id="dv_1", occurred_at="2026-11-20T09:30:00Z")
+    assert again["cluster"]["size"] == 3 and growth(again) == 1
+    post(client, auth, 4, occurred_at="2026-11-20T08:00:00Z")
+    post(client, auth, 5, phone=phone(4), occurred_at="2026-11-20T08:30:00Z")      # {4, 5} by phone
+    bridge = post(client, auth, 6, device_id="dv_1", phone=phone(4), occurred_at="2026-11-20T11:00:00Z")
+    assert bridge["cluster"]["size"] == 6 and growth(bridge) == 5                  # 2, 3, 4, 5 and itself
+    # A returning member of the merged cluster, seen a day later: only acct_6 joined within 24 h.
+    late = post(client, auth, 5, phone=phone(4), occurred_at="2026-11-21T10:30:00Z")
+    assert late["cluster"]["size"] == 6 and growth(late) == 1
+
+
+def test_growth_is_read_with_the_cluster_lock_not_on_its_own(client, auth, runtime):
+    """A clustered account's evaluation reads its cluster's growth in the statement that locks
+    the cluster: no growth statement is sent on its own."""
+    from sqlalchemy import event
+
+    from kyc.graph import _statements
+
+    post(client, auth, 1)
+    post(client, auth, 2, device_id="dv_1")
+    growth_sql = str(_statements(runtime.engine.dialect.name).growth.compile(dialect=runtime.engine.dialect))
+    sent: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args):
+        sent.append(statement)
+
+    event.listen(runtime.engine, "before_cursor_execute", record)
+    try:
+        third = post(client, auth, 3, device_id="dv_1")                  # a new account joins {1, 2}
+        again = post(client, auth, 2, device_id="dv_1")                  # a returning member
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", record)
+    assert third["signals"]["graph"]["cluster_growth_24h"] == 3 and again["signals"]["graph"]["cluster_growth_24h"] == 3
+    assert sent and growth_sql not in sent
+
+
 def test_a_returning_account_merged_into_another_cluster_holds_that_cluster(runtime):
     """The membership that link() returns names the cluster it returns, as the stored row does,
     after a merge moved the account: scoring then counts the account's traits in that cluster
