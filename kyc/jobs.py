@@ -66,7 +66,8 @@ RETRY_INTERVALS = [10, 60, 300]          # backoff between the three retries of 
 FAILURE_TTL = 30 * 24 * 3600             # failed jobs are kept a month for inspection
 RESULT_TTL = 7 * 24 * 3600               # finished jobs (and their summaries) a week
 SCHEDULE_RESULT_TTL = 3600               # a finished rules watch (one a minute) an hour
-SCHEDULES = ("rules-watch", "dormant-daily")
+SCHEDULES = ("rules-watch", "dormant-daily", "outbox-purge")
+OUTBOX_PURGE_SECONDS = 60
 
 
 # --- the runtime of a worker process ----------------------------------------------------------
@@ -744,8 +745,8 @@ def next_time(name: str, config: Config, now: datetime | None = None) -> datetim
     """When a schedule fires next. Times are UTC, so no daylight-saving shift or local-time cron
     reading (rq.cron reads cron strings in local time) can move or repeat a run."""
     now = now or utcnow()
-    if name == "rules-watch":
-        step = max(1, config.rules_watch_seconds)
+    if name in ("rules-watch", "outbox-purge"):
+        step = max(1, config.rules_watch_seconds) if name == "rules-watch" else OUTBOX_PURGE_SECONDS
         return datetime.fromtimestamp((int(now.timestamp()) // step + 1) * step, timezone.utc)
     if name == "dormant-daily":
         hour, minute = (int(x) for x in config.rescore_daily_at.split(":"))
@@ -763,7 +764,8 @@ def schedule_next(connection, config: Config, name: str, now: datetime | None = 
     from rq import Queue
 
     when = next_time(name, config, now)
-    function = {"rules-watch": scheduled_rules_watch, "dormant-daily": scheduled_dormant_rescore}[name]
+    function = {"rules-watch": scheduled_rules_watch, "dormant-daily": scheduled_dormant_rescore,
+                "outbox-purge": scheduled_outbox_purge}[name]
     return Queue("default", connection=connection).enqueue_at(
         when, function, job_id=f"kyc-{name}-{int(when.timestamp())}", result_ttl=SCHEDULE_RESULT_TTL,
         failure_ttl=FAILURE_TTL, job_timeout=JOB_TIMEOUT)
@@ -790,6 +792,23 @@ def scheduled_dormant_rescore() -> str:
     runtime = worker_runtime()
     schedule_next(redis_connection(runtime.config), runtime.config, "dormant-daily")
     return rescore_dormant(runtime).id
+
+
+def purge_expired_codes(runtime: Runtime) -> int:
+    """Delete outbox messages whose code has expired (kyc.verification.senders.purge_outbox)."""
+    from kyc.verification.senders import purge_outbox
+
+    with runtime.session() as session, session.begin():
+        purged = purge_outbox(session, runtime.config.code_ttl_seconds)
+    if purged:
+        log.info("outbox: %d message(s) with expired codes deleted", purged)
+    return purged
+
+
+def scheduled_outbox_purge() -> int:
+    runtime = worker_runtime()
+    schedule_next(redis_connection(runtime.config), runtime.config, "outbox-purge")
+    return purge_expired_codes(runtime)
 
 
 class InProcessSchedule(threading.Thread):
@@ -838,7 +857,9 @@ class InProcessSchedule(threading.Thread):
             _background(self.runtime).take_over(unfinished_batches(self.runtime))
         except Exception:  # noqa: BLE001 - the schedule must start whatever happened before
             log.exception("unfinished rescore runs could not be taken over")
-        due = {"rules-watch": utcnow(), "dormant-daily": next_time("dormant-daily", config)}
+        # The watch and the purge at once (a restart catches up), the daily rescore at its hour.
+        due = {"rules-watch": utcnow(), "outbox-purge": utcnow(), "dormant-daily": next_time("dormant-daily", config)}
+        work = {"rules-watch": check_rules_change, "outbox-purge": purge_expired_codes, "dormant-daily": rescore_dormant}
         while True:
             wait = max(0.0, (min(due.values()) - utcnow()).total_seconds())
             if self.stopped.wait(wait):
@@ -848,9 +869,6 @@ class InProcessSchedule(threading.Thread):
                     continue
                 due[name] = next_time(name, config)
                 try:
-                    if name == "rules-watch":
-                        check_rules_change(self.runtime)
-                    else:
-                        rescore_dormant(self.runtime)
+                    work[name](self.runtime)
                 except Exception:  # noqa: BLE001 - the schedule must outlive one failed run
                     log.exception("scheduled %s failed", name)

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -243,7 +243,7 @@ def test_schedule_job_ids_make_one_job_per_occurrence(queued_runtime, redis_db):
 
     for _ in range(3):                                # three workers starting together
         jobs.ensure_schedule(redis_db, queued_runtime.config)
-    assert ScheduledJobRegistry("default", connection=redis_db).count == 2
+    assert ScheduledJobRegistry("default", connection=redis_db).count == len(jobs.SCHEDULES) == 3
 
 
 def test_failed_batch_is_retried_with_backoff_and_kept(queued_runtime, redis_db):
@@ -378,11 +378,56 @@ def test_in_process_schedule_rescores_after_a_rules_change(database_url, make_co
     assert rescore_evaluations(rt) == {i: 1 for i in ids}
 
 
+def _message_with_an_expired_code(runtime: Runtime) -> None:
+    """A code sent through the API, then backdated past its validity."""
+    from kyc import create_app
+    from kyc.models import OutboxMessage
+    from tests.flows import key_headers, start
+
+    client, headers = create_app(runtime=runtime).test_client(), key_headers(runtime)
+    assert client.post("/v1/signups", json=signup(), headers=headers).status_code == 200
+    assert start(client, headers, kind="email").status_code == 201
+    with runtime.session() as session, session.begin():
+        session.execute(update(OutboxMessage).values(
+            created_at=utcnow() - timedelta(seconds=runtime.config.code_ttl_seconds + 1)))
+
+
+def _outbox_size(runtime: Runtime) -> int:
+    from kyc.models import OutboxMessage
+
+    with runtime.session() as session:
+        return session.scalar(select(func.count()).select_from(OutboxMessage))
+
+
+def test_in_process_schedule_deletes_expired_codes_from_the_outbox(inline_runtime):
+    _message_with_an_expired_code(inline_runtime)
+    schedule = jobs.InProcessSchedule.start_once(inline_runtime)
+    try:
+        deadline = time.monotonic() + 20
+        while _outbox_size(inline_runtime) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _outbox_size(inline_runtime) == 0
+    finally:
+        schedule.stop()
+        schedule.join(10)
+
+
+def test_scheduled_outbox_purge_deletes_expired_codes_and_schedules_the_next(queued_runtime, redis_db):
+    from rq.registry import ScheduledJobRegistry
+
+    _message_with_an_expired_code(queued_runtime)
+    jobs.use_runtime(queued_runtime)
+    assert jobs.scheduled_outbox_purge() == 1 and _outbox_size(queued_runtime) == 0
+    scheduled = ScheduledJobRegistry("default", connection=redis_db).get_job_ids()
+    assert [j for j in scheduled if j.startswith("kyc-outbox-purge-")]
+
+
 def test_next_time_is_utc_and_strictly_ahead():
     config = Config.from_env({}, secret_key=b"x", rescore_daily_at="03:00", rules_watch_seconds=60)
     now = datetime(2026, 11, 24, 3, 0, tzinfo=timezone.utc)
     assert jobs.next_time("dormant-daily", config, now) == datetime(2026, 11, 25, 3, 0, tzinfo=timezone.utc)
     assert jobs.next_time("rules-watch", config, now) == datetime(2026, 11, 24, 3, 1, tzinfo=timezone.utc)
+    assert jobs.next_time("outbox-purge", config, now) == datetime(2026, 11, 24, 3, 1, tzinfo=timezone.utc)
 
 
 def test_rescore_command_needs_exactly_one_selector(inline_runtime):

@@ -307,6 +307,26 @@ def test_outbox_command_shows_codes_in_development_only(client, auth, runtime, a
         assert vid in hidden.output and code not in hidden.output and "jane.smith84" not in hidden.output
 
 
+def test_outbox_messages_are_deleted_once_their_code_expires(client, auth, runtime, account):
+    """A message holds its code in plain text: it is kept while the code is valid, not after.
+    The code's verification (which keeps only its hash) stays."""
+    from kyc.jobs import purge_expired_codes
+    from kyc.verification.senders import purge_outbox
+
+    vid = start(client, auth, kind="email").json["verification_id"]
+    ttl = runtime.config.code_ttl_seconds
+    with runtime.session() as s:
+        sent_at = s.scalar(select(OutboxMessage.created_at).where(OutboxMessage.verification_id == vid))
+    with runtime.session() as s, s.begin():
+        assert purge_outbox(s, ttl, now=sent_at + timedelta(seconds=ttl - 1)) == 0
+    assert purge_expired_codes(runtime) == 0                          # now: still valid
+    with runtime.session() as s, s.begin():
+        assert purge_outbox(s, ttl, now=sent_at + timedelta(seconds=ttl)) == 1
+    with runtime.session() as s:
+        assert s.scalar(select(func.count()).select_from(OutboxMessage)) == 0
+        assert s.get(Verification, vid) is not None
+
+
 def test_payment_verification_waits_for_an_allowed_payment_method(client, auth, runtime, account):
     pending = start(client, auth, kind="payment")
     assert pending.status_code == 201 and pending.json["status"] == "pending"

@@ -2,7 +2,9 @@
 
 - outbox (default): the message goes into the outbox table, in the caller's transaction, and
   a log line with the recipient masked. A relay delivers from the table; in development
-  `kyc outbox` shows the codes.
+  `kyc outbox` shows the codes. A message holds its code in plain text (it must reach the
+  person), so it is kept only while the code is valid: the schedule deletes it after
+  (purge_outbox, every minute).
 - http: the message is POSTed as JSON to KYC_SENDER_URL (an SMS/email provider or a relay).
   Sent inside the caller's transaction, before it commits: a failed send raises SendError and
   the verification is not created, so nobody waits for a code that never left.
@@ -15,14 +17,15 @@ import logging
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from kyc.config import Config
 from kyc.inputs import rfc3339
-from kyc.models import OutboxMessage
+from kyc.models import OutboxMessage, utcnow
 from kyc.security import mask_email, mask_phone
 
 log = logging.getLogger("kyc.verification")
@@ -63,6 +66,13 @@ class OutboxSender:
                                   recipient=message.recipient, body=message.text))
         log.info("code for %s queued in the outbox: %s to %s", message.verification_id, message.channel,
                  message.masked_recipient)
+
+
+def purge_outbox(session: Session, code_ttl_seconds: int, now: datetime | None = None) -> int:
+    """Delete the outbox messages whose code has expired; returns how many. The verification
+    itself keeps only the code's hash."""
+    cutoff = (now or utcnow()) - timedelta(seconds=code_ttl_seconds)
+    return session.execute(delete(OutboxMessage).where(OutboxMessage.created_at <= cutoff)).rowcount
 
 
 class HttpSender:
