@@ -585,7 +585,7 @@ def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], at: date
         clusters.append(new_cluster)
     # The largest absorbs the others (union by size: an account moves O(log n) times); ties: the oldest.
     target = min(clusters, key=lambda c: (-c.size, c.first_seen_at, c.id))
-    read = session.info[_GROWTH]               # the merged cluster grew by what each of them did
+    read = session.info.setdefault(_GROWTH, {})    # the merged cluster grew by what each of them did
     read[target.id] = (at, min(GROWTH_CAP, sum(read.pop(c.id)[1] for c in clusters if c is not new_cluster)))
     before = {c.id: policy.bucket(c) for c in clusters}
     others = [c for c in clusters if c is not target]
