@@ -1135,7 +1135,9 @@ def growth(session: Session, cluster_id: str, at: datetime, span: timedelta = GR
         stored = read[1]
     else:
         stored = session.scalar(_sql(session).growth, {"cluster": cluster_id, "since": at - span, "at": at})
-    return min(stored + joined, GROWTH_CAP) if mine and not inspect(member).persistent else stored
+    # A rescore chunk's member (a plain record, see ChunkGraph) is a stored row: counted by the read.
+    state = inspect(member, raiseerr=False) if mine else None
+    return min(stored + joined, GROWTH_CAP) if state is not None and not state.persistent else stored
 
 
 def link_reasons(session: Session, cluster_id: str) -> tuple[dict[str, list[str]], list[dict]]:

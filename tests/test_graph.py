@@ -160,6 +160,21 @@ def test_growth_is_read_with_the_cluster_lock_not_on_its_own(client, auth, runti
     assert sent and growth_sql not in sent
 
 
+def test_rescoring_members_of_a_cluster_too_large_to_read_ahead(client, auth, runtime, monkeypatch):
+    """A rescore chunk reads its clusters' join times up to GROWTH_READ_AHEAD members; a larger
+    cluster's growth (a farm's) is read on its own, for the chunk's plain member records."""
+    from kyc import graph
+    from kyc.jobs import rescore_accounts
+
+    for n in (1, 2, 3):
+        post(client, auth, n, device_id="dv_1")
+    monkeypatch.setattr(graph, "GROWTH_READ_AHEAD", 2)
+    assert rescore_accounts(runtime, ["acct_1", "acct_2", "acct_3"]) == 3
+    with runtime.session() as s:
+        grown = s.scalars(select(Evaluation.signals).where(Evaluation.trigger == "rescore")).all()
+    assert [signals["graph"]["cluster_growth_24h"] for signals in grown] == [3, 3, 3]
+
+
 def test_a_returning_account_merged_into_another_cluster_holds_that_cluster(runtime):
     """The membership that link() returns names the cluster it returns, as the stored row does,
     after a merge moved the account: scoring then counts the account's traits in that cluster
