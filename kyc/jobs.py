@@ -745,8 +745,9 @@ def next_time(name: str, config: Config, now: datetime | None = None) -> datetim
     """When a schedule fires next. Times are UTC, so no daylight-saving shift or local-time cron
     reading (rq.cron reads cron strings in local time) can move or repeat a run."""
     now = now or utcnow()
-    if name in ("rules-watch", "outbox-purge"):
-        step = max(1, config.rules_watch_seconds) if name == "rules-watch" else OUTBOX_PURGE_SECONDS
+    every = {"rules-watch": max(1, config.rules_watch_seconds), "outbox-purge": OUTBOX_PURGE_SECONDS}
+    if name in every:
+        step = every[name]
         return datetime.fromtimestamp((int(now.timestamp()) // step + 1) * step, timezone.utc)
     if name == "dormant-daily":
         hour, minute = (int(x) for x in config.rescore_daily_at.split(":"))
