@@ -1,42 +1,47 @@
-"""Migration 0004 (velocity, identity graph, labels) on an empty database and on one holding data."""
+"""Migration 0004 (rescore runs): on an empty database and on one holding data, both backends."""
 
 from __future__ import annotations
-
-from datetime import datetime, timezone
 
 from sqlalchemy import create_engine, inspect, text
 
 from kyc.runtime import upgrade_database
-from tests.conftest import pg_schema_url
-
-TABLES = {"velocity_marks", "graph_nodes", "graph_edges", "clusters", "cluster_members", "account_labels"}
 
 
-def _check(url: str) -> None:
-    upgrade_database(url, "0001")
+def _tables(url: str) -> set[str]:
     engine = create_engine(url)
-    now = datetime(2026, 11, 24, tzinfo=timezone.utc)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_on_an_empty_database(empty_url):
+    upgrade_database(empty_url)
+    assert {"rescore_runs", "rescore_batches", "accounts"} <= _tables(empty_url)
+
+
+def test_upgrade_keeps_existing_data_and_downgrades(empty_url):
+    from alembic import command
+
+    from kyc.runtime import alembic_config
+
+    upgrade_database(empty_url, "0001")
+    engine = create_engine(empty_url)
     with engine.begin() as conn:
         conn.execute(text(
             "INSERT INTO accounts (id, created_at, first_seen_at, last_seen_at, decision, score, reasons, "
-            "required_verifications, subjects, state_version, updated_at) "
-            "VALUES ('acct_old', :t, :t, :t, 'allow', 0, '[]', '[]', '{}', 1, :t)"), {"t": now})
-    upgrade_database(url)
-    names = set(inspect(engine).get_table_names())
-    assert TABLES <= names
+            "required_verifications, subjects, state_version, updated_at) VALUES ('a1', :t, :t, :t, 'block', 70, "
+            "'[]', '[]', '{}', 3, :t)"), {"t": "2026-11-24 21:00:00+00:00"})
+    upgrade_database(empty_url)
     with engine.begin() as conn:
-        assert conn.execute(text("SELECT id FROM accounts")).scalars().all() == ["acct_old"]
-        conn.execute(text("INSERT INTO account_labels (account_id, label, created_at) VALUES ('acct_old', 'legit', :t)"),
-                     {"t": now})
+        assert conn.execute(text("SELECT decision, state_version FROM accounts")).one() == ("block", 3)
+        conn.execute(text(
+            "INSERT INTO rescore_runs (id, selector, params, reason, rules_version, total, batches, created_at) "
+            "VALUES ('rr_1', 'all', '{}', 'test', 'sha256:x', 1, 1, :t)"), {"t": "2026-11-24 21:00:00+00:00"})
+        conn.execute(text(
+            "INSERT INTO rescore_batches (run_id, batch_no, account_ids, cursor, changes, escalated, held, missing, "
+            "attempts) VALUES ('rr_1', 0, '[\"a1\"]', 0, '{}', 0, 0, 0, 0)"))
     engine.dispose()
-
-
-def test_upgrade_sqlite_empty_and_with_data(tmp_path):
-    empty = f"sqlite:///{tmp_path / 'empty.db'}"
-    upgrade_database(empty)
-    assert TABLES <= set(inspect(create_engine(empty)).get_table_names())
-    _check(f"sqlite:///{tmp_path / 'data.db'}")
-
-
-def test_upgrade_postgresql_with_data():
-    _check(pg_schema_url("kyc_migration_0004_test"))
+    command.downgrade(alembic_config(empty_url), "0001")
+    tables = _tables(empty_url)
+    assert "rescore_runs" not in tables and "rescore_batches" not in tables and "accounts" in tables

@@ -46,7 +46,7 @@ def test_upgrade_keeps_existing_data_and_downgrade_removes_only_the_index(empty_
         assert NEW <= sighting_indexes(empty_url)
         with engine.connect() as conn:
             assert conn.execute(text("SELECT account_id FROM sightings WHERE evaluation_id = 'ev_1'")).scalar() == "a1"
-        command.downgrade(alembic_config(empty_url), "0007")        # 0005's parent: undo it and what follows
+        command.downgrade(alembic_config(empty_url), "0004")        # 0005's parent: undo it and what follows
         assert not NEW & sighting_indexes(empty_url)
         assert {"ix_sightings_key_time", "ix_sightings_account"} <= sighting_indexes(empty_url)
         with engine.connect() as conn:

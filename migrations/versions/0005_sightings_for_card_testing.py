@@ -1,7 +1,7 @@
 """sightings by evaluation and by account and kind: cards per device and per account (card testing)
 
 Revision ID: 0005
-Revises: 0007
+Revises: 0004
 Create Date: 2026-11-24
 """
 
@@ -9,7 +9,7 @@ from alembic import op
 
 
 revision = '0005'
-down_revision = '0007'   # chained after main's head at rebase; depends on none of its tables
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 

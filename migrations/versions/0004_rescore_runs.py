@@ -1,7 +1,7 @@
 """rescore runs and batches: resumable background rescoring
 
-Revision ID: 0007
-Revises: 0004
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-11-24
 """
 
@@ -9,8 +9,8 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = "0007"
-down_revision = "0004"
+revision = '0004'
+down_revision = '0003'
 branch_labels = None
 depends_on = None
 

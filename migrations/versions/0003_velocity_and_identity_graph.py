@@ -1,7 +1,7 @@
 """velocity marks, identity graph (nodes, edges, clusters, members), account labels
 
-Revision ID: 0004
-Revises: 0006
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-11-24
 """
 
@@ -9,8 +9,8 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0004'
-down_revision = '0006'
+revision = '0003'
+down_revision = '0002'
 branch_labels = None
 depends_on = None
 

@@ -1,6 +1,6 @@
 """verifications (audit trail, outbox, webhook events) and activity per day
 
-Revision ID: 0006
+Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-24
 """
@@ -9,7 +9,7 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0006'
+revision = '0002'
 down_revision = '0001'
 branch_labels = None
 depends_on = None
