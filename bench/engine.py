@@ -4,7 +4,7 @@
     python bench/engine.py --quick    # 10,000 contexts, 10,000-row backtest
 
 For each rule set it prints median and p99 microseconds per full evaluation
-(RuleSet.evaluate: every condition, then score, decision, reasons) next to the same conditions
+(kyc.scoring.decide.evaluate: every condition, then score, decision, reasons) next to the same conditions
 written as a plain Python function with the same outcome code (the floor), measured in the same
 run over the same contexts, and their ratio (target: within 1.5x). The backtest figure is
 evaluations replayed per second from a SQLite file (target: at least 20,000/s).
@@ -24,7 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kyc.engine import SEVERITY, RuleSet, reason_order  # noqa: E402
+from kyc.engine import RuleSet  # noqa: E402
+from kyc.scoring import decide  # noqa: E402
+from kyc.scoring.decide import evaluate  # noqa: E402
 from kyc.signals import SCHEMA  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,29 +139,10 @@ def plain_function(py_conditions: list[str], rules) -> callable:
 
 
 def _plain_outcome(rules):
-    def outcome(hits, signals):
-        account = signals.get("account") or {}
-        verified = {k for k in ("email", "phone", "payment", "document") if account.get(f"{k}_verified") is True}
-        score, decision, reasons, required = 0, "allow", [], set()
-        for i in hits:
-            rule = rules[i]
-            reason = {"rule": rule.id, "score": rule.score, "action": rule.action, "description": rule.description}
-            if rule.mode == "shadow":
-                reason["shadow"] = True
-                reasons.append(reason)
-                continue
-            reasons.append(reason)
-            score += rule.score
-            if rule.action == "verify" and verified.issuperset(rule.requires):
-                reason["satisfied"] = True
-                continue
-            if SEVERITY[rule.action] > SEVERITY[decision]:
-                decision = rule.action
-            if rule.action == "verify":
-                required.update(rule.requires)
-        reasons.sort(key=reason_order)
-        return decision, min(score, 100), reasons, sorted(required)
-    return outcome
+    """The floor decides its hits with the engine's own decide step: only the conditions differ."""
+    def plain(hits, signals):
+        return decide.outcome([rules[i] for i in hits], decide.completed_verifications(signals))
+    return plain
 
 
 SIGNUP_FLOOR = [
@@ -207,9 +190,7 @@ def _stats(ns: list[int]) -> tuple[float, float]:
 
 def check_same_outcomes(rules: RuleSet, floor_fn, contexts) -> None:
     for ctx in contexts[:2000]:
-        outcome = rules.evaluate("signup", ctx)
-        decision, score, reasons, _required = floor_fn(ctx)
-        assert (outcome.decision, outcome.score, outcome.reasons) == (decision, score, reasons), ctx
+        assert evaluate(rules, "signup", ctx) == floor_fn(ctx), ctx
 
 
 # --- backtest throughput ----------------------------------------------------------------------
@@ -240,7 +221,7 @@ def bench_backtest(rows: int, contexts: list[dict], rules: RuleSet, database_url
             batch = []
             for i in range(rows):
                 ctx = contexts[i % len(contexts)]
-                outcome = rules.evaluate("signup", ctx)
+                outcome = evaluate(rules, "signup", ctx)
                 batch.append({"id": f"ev_{i:09d}", "account_id": f"acct_{i % (rows // 2)}", "subject": "signup",
                               "trigger": "live", "occurred_at": now - timedelta(seconds=i * 7), "input": {},
                               "signals": ctx, "reasons": outcome.reasons, "decision": outcome.decision,
@@ -283,10 +264,10 @@ def main() -> None:
     floor = plain_function(SIGNUP_FLOOR, first.subjects["signup"].rules)
     check_same_outcomes(first, floor, contexts)
     compare(f"first signup set ({len(first.subjects['signup'].rules)} rules)",
-            lambda c: first.evaluate("signup", c), floor, contexts)
+            lambda c: evaluate(first, "signup", c), floor, contexts)
     shipped = RuleSet.load(ROOT / "rules", SCHEMA)
     for subject in shipped.subjects:
-        ns = time_calls(lambda c, s=subject: shipped.evaluate(s, c), contexts)
+        ns = time_calls(lambda c, s=subject: evaluate(shipped, s, c), contexts)
         med, p99 = _stats(ns)
         print(f"shipped {subject} ({len(shipped.subjects[subject].rules)} rules)  engine median {med:.2f} µs  "
               f"p99 {p99:.2f} µs (no hand-written floor)")
@@ -300,7 +281,7 @@ def main() -> None:
         gen_floor = plain_function(py_conditions, generated.subjects["signup"].rules)
         check_same_outcomes(generated, gen_floor, contexts)
         compare(f"generated ({args.rules} rules, load {load_ms:.0f} ms)",
-                lambda c: generated.evaluate("signup", c), gen_floor, contexts)
+                lambda c: evaluate(generated, "signup", c), gen_floor, contexts)
 
     bench_backtest(10_000 if args.quick else 100_000, contexts, shipped, args.database_url)
 

@@ -1,7 +1,7 @@
 """`kyc rules backtest`: replay stored evaluations through a candidate rule set.
 
 Each live evaluation in the window is evaluated again by the same engine
-(RuleSet.evaluate) on the signals recorded with it, as they were at the time; its stored
+(kyc.scoring.decide.evaluate) on the signals recorded with it, as they were at the time; its stored
 decision is "before", the candidate's is "after". Rows stream in keyset-paginated batches
 (occurred_at, id), so memory stays bounded whatever the window holds: only counters, the
 first N changed accounts and the ids of labeled accounts (few: ops set labels by hand) are kept.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable
@@ -24,6 +25,7 @@ from sqlalchemy.engine import Engine
 
 from kyc.engine import RuleSet
 from kyc.models import DECISIONS, Account, Evaluation
+from kyc.scoring.decide import evaluate
 
 LABELS = ("fraud", "legit")
 _DURATION = re.compile(r"^(\d+)([mhdw])$")
@@ -109,7 +111,7 @@ def backtest(engine: Engine, rules: RuleSet, since: datetime, until: datetime | 
     matrix = {(b, a): 0 for b in DECISIONS for a in DECISIONS}
     by_subject: dict[str, int] = {}
     hits: dict[tuple[str, str], int] = dict.fromkeys(report.rules, 0)
-    labeled, changed, evaluate, loads = report.labeled, report.changed, rules.evaluate, orjson.loads
+    labeled, changed, outcome_of, loads = report.labeled, report.changed, partial(evaluate, rules), orjson.loads
     started = time.perf_counter()
     with engine.connect() as conn:
         total = conn.execute(select(func.count()).select_from(Evaluation).where(*window)).scalar_one()
@@ -122,7 +124,7 @@ def backtest(engine: Engine, rules: RuleSet, since: datetime, until: datetime | 
             if not rows:
                 break
             for occurred_at, evaluation_id, account_id, subject, before, signals, label in rows:
-                outcome = evaluate(subject, loads(signals) if signals else {})
+                outcome = outcome_of(subject, loads(signals) if signals else {})
                 after = outcome.decision
                 matrix[(before, after)] = matrix.get((before, after), 0) + 1
                 by_subject[subject] = by_subject.get(subject, 0) + 1

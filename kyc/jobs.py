@@ -12,9 +12,10 @@ evaluations. So:
   - running a batch job twice is harmless: the second finds the cursor at the end;
   - the run's summary (seen, changed, old -> new) is read from committed rows only.
 
-Blocks are sticky: a rescore that would relax an account from `block` keeps the block (the new
-evaluation is still stored, for the record) unless one of its acting reasons comes from a rule
-tagged `releases_block` — the rule files, not a side effect of an edit, say when a block may go.
+Blocks are sticky on every path (kyc.scoring.decide.settle): a rescore that would relax an
+account from `block` keeps the block (the new evaluation is still stored, for the record) unless
+one of its acting reasons comes from a rule tagged `releases_block`; runs count those accounts
+as "kept at block".
 
 Without Redis (the embedded default) the same functions run in-process: enqueue_rescore runs the
 batches in the calling thread, and `kyc serve` runs the schedule in one background thread
@@ -53,6 +54,7 @@ from kyc.ids import new_id
 from kyc.models import SEVERITY, Account, ClusterMember, Evaluation, RescoreBatch, RescoreRun, utcnow
 from kyc.runtime import Runtime
 from kyc.scoring import read_chunk, rescore_account
+from kyc.scoring.decide import RELEASES_BLOCK
 from kyc.signals import clear_value_caches
 
 log = logging.getLogger("kyc.jobs")
@@ -60,7 +62,6 @@ log = logging.getLogger("kyc.jobs")
 QUEUES = ("rescore", "graph", "default")
 SELECTORS = ("dormant", "all", "cluster", "rules_change", "ids")
 CHUNK = 100                              # accounts per transaction inside a batch
-RELEASES_BLOCK = "releases_block"        # rule tag: a hit may relax a blocked account on rescore
 JOB_TIMEOUT = 1800                       # seconds; a batch of 500 takes well under a minute
 RETRY_INTERVALS = [10, 60, 300]          # backoff between the three retries of a failed job
 FAILURE_TTL = 30 * 24 * 3600             # failed jobs are kept a month for inspection
@@ -516,7 +517,6 @@ def run_batch(runtime: Runtime, run_id: str, batch_no: int) -> dict[str, Any]:
     """Rescore one batch with the runtime's running rules (a worker job reloads them first; in
     the service, its rules watcher keeps them current)."""
     rules = runtime.rules
-    releases = releasing_rules(rules)
     postgres = runtime.engine.dialect.name == "postgresql"
     with runtime.session() as session:
         with session.begin():
@@ -543,7 +543,7 @@ def run_batch(runtime: Runtime, run_id: str, batch_no: int) -> dict[str, Any]:
                         batch.finished_at = batch.finished_at or utcnow()
                         result, done = _batch_result(batch), True
                         break
-                    tally = rescore_chunk(runtime, session, ids, rules, releases)
+                    tally = rescore_chunk(runtime, session, ids, rules)
                     changes = Counter(batch.changes)
                     changes.update(tally["changes"])
                     batch.changes = dict(changes)
@@ -578,8 +578,7 @@ def _batch_result(batch: RescoreBatch) -> dict[str, Any]:
             "escalated": batch.escalated, "held": batch.held, "missing": batch.missing}
 
 
-def rescore_chunk(runtime: Runtime, session: Session, ids: list[str], rules: RuleSet,
-                  releases: frozenset[str]) -> dict[str, Any]:
+def rescore_chunk(runtime: Runtime, session: Session, ids: list[str], rules: RuleSet) -> dict[str, Any]:
     """Rescore accounts in the caller's transaction through the one pipeline; tally old -> new.
 
     What the pipeline reads about the accounts is read for the whole chunk first (read_chunk),
@@ -594,46 +593,18 @@ def rescore_chunk(runtime: Runtime, session: Session, ids: list[str], rules: Rul
         if account is None:
             missing += 1
             continue
-        before = _standing(account)
+        old = account.decision
         evaluations = rescore_account(runtime, session, account_id, rules=rules, chunk=chunk)
-        old, new = before["decision"], account.decision
-        if old == "block" and new != "block" and not _releases(evaluations, releases):
-            _restore(account, before)
-            # The cluster's counters follow the account's standing, which stays blocked.
-            member = chunk.graph.members.get(account_id)
-            graph.set_flags(session, graph.Policy.from_config(runtime.config), account_id, {"blocked": True},
-                            member=member, cluster=member and chunk.graph.clusters[member.cluster_id])
+        new = account.decision
+        if any(e.settlement.held for e in evaluations):
             held += 1
-            log.info("rescore kept block account=%s (new evaluation says %s; no %s rule hit)",
-                     account_id, new, RELEASES_BLOCK)
-            new = "block"
+            log.info("rescore kept block account=%s (no %s rule acted)", account_id, RELEASES_BLOCK)
         elif SEVERITY[new] > SEVERITY[old]:
             escalated += 1
             log.info("rescore escalated account=%s %s -> %s rules=%s", account_id, old, new, rules.version[:19])
         changes[f"{old}>{new}"] += 1
     chunk.write(session)
     return {"changes": changes, "escalated": escalated, "held": held, "missing": missing}
-
-
-_STANDING = ("decision", "score", "reasons", "required_verifications", "subjects", "state_version")
-
-
-def _standing(account: Account) -> dict[str, Any]:
-    return {name: getattr(account, name) for name in _STANDING}
-
-
-def _restore(account: Account, before: dict[str, Any]) -> None:
-    for name, value in before.items():
-        setattr(account, name, value)
-
-
-def releasing_rules(rules: RuleSet) -> frozenset[str]:
-    return frozenset(rule.id for compiled in rules.subjects.values() for rule in compiled.rules
-                     if RELEASES_BLOCK in rule.tags)
-
-
-def _releases(evaluations: list[Evaluation], releases: frozenset[str]) -> bool:
-    return any(r["rule"] in releases and not r.get("shadow") for e in evaluations for r in e.reasons)
 
 
 def _finish_run_if_done(session: Session, run_id: str) -> None:

@@ -33,6 +33,7 @@ from kyc.inputs import INPUTS
 from kyc.signals import COLLECTORS, Lookups, Signals
 from kyc.signals.geoip import open_geoip
 from kyc.store import WINDOWS, History, Key
+from kyc.scoring.decide import evaluate
 
 CASE_KEYS = ("name", "subject", "input", "signals", "expect")
 EXPECT_KEYS = ("decision", "hits", "score", "required_verifications")
@@ -204,7 +205,7 @@ def run_case(case: Case, rules: RuleSet) -> CaseResult:
         return CaseResult(case, False, "-", [], 0, [], problems)
     except KeyError:
         return CaseResult(case, False, "-", [], 0, [], [f"no signal code for subject {case.subject}"])
-    outcome = rules.evaluate(case.subject, signals)
+    outcome = evaluate(rules, case.subject, signals)
     hits = sorted(r["rule"] for r in outcome.reasons)
     expect, problems = case.expect, []
     if outcome.decision != expect["decision"]:

@@ -23,13 +23,14 @@ from typing import Any
 from sqlalchemy import bindparam, exists, or_, select
 from sqlalchemy.engine import Connection
 
-from kyc.engine import SEVERITY, CompiledConditions, Condition, RuleError, RuleSetError, compile_conditions
+from kyc.engine import CompiledConditions, Condition, RuleError, RuleSetError, compile_conditions
 from kyc.engine.compiler import difflib_close
 from kyc.engine.loader import ACTIONS, VERIFICATIONS, _Mapping, read_yaml
 from kyc.engine.schema import Schema
 from kyc.models import Account, ActivityDay, Evaluation, Verification
 from kyc.signals.account import account_signals
 from kyc.verification import payment_verified
+from kyc.models import SEVERITY
 
 TIER_KEYS = ("id", "description", "quota", "requires", "max_decision", "forbid_phone_line_types", "conditions")
 QUOTA_KEYS = ("requests_per_day", "requests_per_minute")

@@ -9,10 +9,10 @@ from datetime import datetime, timezone
 
 from sqlalchemy import select
 
-from kyc.engine import Outcome
 from kyc.ids import new_id
 from kyc.models import Account, Evaluation, OutboxMessage
-from kyc.scoring import _apply, _slot
+from kyc.scoring.decide import Outcome, settle
+from kyc.scoring.pipeline import _slot
 from kyc.security import keyed_hash
 from kyc.verification.webhooks import sign
 
@@ -62,7 +62,7 @@ def verify_document(client, auth, account_id="acct_1") -> dict:
 
 def allow_payment_method(runtime, account_id="acct_1", decision="allow") -> str:
     """Persist a payment_method evaluation on the account through the pipeline's own persistence
-    step (scoring._apply), as POST /v1/payment-methods does."""
+    step (decide.settle), as POST /v1/payment-methods does."""
     at = datetime.now(timezone.utc)
     with runtime.session() as s, s.begin():
         account = s.get(Account, account_id)
@@ -72,7 +72,7 @@ def allow_payment_method(runtime, account_id="acct_1", decision="allow") -> str:
                         rules_version=runtime.rules.version)
         s.add(ev)
         card = keyed_hash(runtime.config.secret_key, "card_fingerprint", "pm_fp_1")
-        _apply(account, _slot("payment_method", [("card_fingerprint", card)]), "payment_method", ev,
+        settle(account, _slot("payment_method", [("card_fingerprint", card)]), "payment_method", ev.id,
                Outcome(decision, 0, [], []), at)
         return ev.id
 

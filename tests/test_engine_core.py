@@ -8,6 +8,7 @@ import pytest
 
 from kyc.engine import RuleSet, RuleSetError
 from kyc.signals import SCHEMA
+from kyc.scoring.decide import evaluate
 
 RULE = """\
 - id: {id}
@@ -33,7 +34,7 @@ def write_rules(tmp_path: Path, *rules: dict, lists: dict[str, str] | None = Non
 
 
 def hits(ruleset: RuleSet, signals: dict) -> list[str]:
-    return [r["rule"] for r in ruleset.evaluate("signup", signals).reasons]
+    return [r["rule"] for r in evaluate(ruleset, "signup", signals).reasons]
 
 
 def test_shipped_rules_load():
@@ -49,21 +50,21 @@ def test_score_sums_and_caps_and_decision_is_most_severe(tmp_path):
         {"id": "b", "when": "device.headless", "score": 70, "action": "block"},
         {"id": "c", "when": "ip.private", "score": 5, "action": "review"},
     ), SCHEMA)
-    outcome = ruleset.evaluate("signup", {"email": {"disposable": True}, "device": {"headless": True}})
+    outcome = evaluate(ruleset, "signup", {"email": {"disposable": True}, "device": {"headless": True}})
     assert outcome.score == 100
     assert outcome.decision == "block"
     assert [r["rule"] for r in outcome.reasons] == ["b", "a"]
     assert outcome.required_verifications == []          # block: no verification can lift it
-    outcome = ruleset.evaluate("signup", {"email": {"disposable": True}})
+    outcome = evaluate(ruleset, "signup", {"email": {"disposable": True}})
     assert (outcome.decision, outcome.score, outcome.required_verifications) == ("verify", 60, ["phone"])
-    assert ruleset.evaluate("signup", {}).decision == "allow"
+    assert evaluate(ruleset, "signup", {}).decision == "allow"
 
 
 def test_shadow_rules_are_recorded_but_never_act(tmp_path):
     ruleset = RuleSet.load(write_rules(
         tmp_path, {"id": "s", "when": "device.headless", "score": 90, "action": "block", "extra": {"mode": "shadow"}},
     ), SCHEMA)
-    outcome = ruleset.evaluate("signup", {"device": {"headless": True}})
+    outcome = evaluate(ruleset, "signup", {"device": {"headless": True}})
     assert (outcome.decision, outcome.score) == ("allow", 0)
     assert outcome.reasons == [{"rule": "s", "score": 90, "action": "block", "description": "test rule",
                                 "shadow": True}]

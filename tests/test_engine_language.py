@@ -8,6 +8,7 @@ import pytest
 
 from kyc.engine import RuleSet, RuleSetError
 from kyc.signals import SCHEMA
+from kyc.scoring.decide import evaluate
 from tests.test_engine_errors import write_rules
 
 
@@ -23,7 +24,7 @@ def ruleset(tmp_path, when: str, lists: dict[str, str] | None = None) -> RuleSet
 
 
 def fires(rules: RuleSet, **families) -> bool:
-    return [r["rule"] for r in rules.evaluate("signup", families).reasons] == ["under_test"]
+    return [r["rule"] for r in evaluate(rules, "signup", families).reasons] == ["under_test"]
 
 
 @pytest.mark.parametrize("when, true_for, false_for", [
@@ -143,11 +144,11 @@ def test_shadow_rules_are_recorded_and_never_act(tmp_path):
   enabled: false
 """
     rules = RuleSet.load(write_rules(tmp_path / "rules", signup), SCHEMA)
-    outcome = rules.evaluate("signup", {"email": {"free": True}})
+    outcome = evaluate(rules, "signup", {"email": {"free": True}})
     assert (outcome.decision, outcome.score, outcome.required_verifications) == ("verify", 20, ["email"])
     assert [(r["rule"], r.get("shadow", False)) for r in outcome.reasons] == [("acting", False), ("watching", True)]
     assert rules.summary()["subjects"]["signup"] == {"active": 1, "shadow": 1, "disabled": 1}
-    only_shadow = rules.evaluate("signup", {"email": {"free": False}})
+    only_shadow = evaluate(rules, "signup", {"email": {"free": False}})
     assert (only_shadow.decision, only_shadow.score, only_shadow.reasons) == ("allow", 0, [])
 
 

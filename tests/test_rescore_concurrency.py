@@ -154,13 +154,13 @@ def test_two_chunks_add_their_counter_changes_to_one_cluster(pg_runtime, rules_d
         assert session.get(Cluster, farm).size == 4 and session.get(Cluster, farm).blocked == 0
     (rules_dir / "signup.yaml").write_text((rules_dir / "signup.yaml").read_text() + BLOCK_GMAIL)
     rt.reload_rules()
-    rules, releases = rt.rules, jobs.releasing_rules(rt.rules)
+    rules = rt.rules
 
     first = rt.session()
     first.begin()
     # The first chunk blocks two members and adds +2 to the cluster's counter; its row lock is
     # held until it commits.
-    jobs.rescore_chunk(rt, first, ["acct_000", "acct_001"], rules, releases)
+    jobs.rescore_chunk(rt, first, ["acct_000", "acct_001"], rules)
     first.flush()
 
     pid, failure = [], []
@@ -170,7 +170,7 @@ def test_two_chunks_add_their_counter_changes_to_one_cluster(pg_runtime, rules_d
             with rt.session() as session, session.begin():
                 pid.append(session.execute(text("SELECT pg_backend_pid()")).scalar_one())
                 # Reads the cluster as committed (blocked = 0): the first chunk's +2 is not visible.
-                jobs.rescore_chunk(rt, session, ["acct_002", "acct_003"], rules, releases)
+                jobs.rescore_chunk(rt, session, ["acct_002", "acct_003"], rules)
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             failure.append(exc)
 

@@ -9,6 +9,7 @@ import pytest
 from kyc.engine import RuleSet
 from kyc.ruletests import case_signals, load_cases
 from kyc.signals import SCHEMA
+from kyc.scoring.decide import evaluate
 from tests.conftest import RULES_DIR
 
 CASES = [c for c in load_cases(RULES_DIR, SCHEMA) if c.subject == "payment_method"]
@@ -32,7 +33,7 @@ def test_every_rule_is_exercised_by_a_case(rules):
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_case(rules, case):
-    outcome = rules.evaluate("payment_method", case_signals(case, rules))
+    outcome = evaluate(rules, "payment_method", case_signals(case, rules))
     expect = case.expect
     assert outcome.decision == expect["decision"]
     assert sorted(r["rule"] for r in outcome.reasons) == sorted(expect["hits"])

@@ -1,7 +1,7 @@
 """The rules engine: load rule files once, evaluate them in microseconds.
 
     rules = RuleSet.load(Path("rules"), SCHEMA)
-    outcome = rules.evaluate("signup", signals)
+    hits = rules.hits("signup", signals)        # decided by kyc.scoring.decide.evaluate
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Any
 
 from kyc.engine.loader import (
     SUBJECTS,
-    VERIFICATIONS,
     CompiledConditions,
     CompiledRules,
     Condition,
@@ -28,34 +27,8 @@ from kyc.engine.loader import (
 )
 from kyc.engine.schema import Field, Schema
 
-__all__ = ["RuleSet", "Outcome", "RuleError", "RuleSetError", "Schema", "Field", "NamedList", "SEVERITY",
-           "most_severe", "reason_order", "completed_verifications", "Condition", "CompiledConditions",
-           "compile_conditions"]
-
-SEVERITY = {"allow": 0, "verify": 1, "review": 2, "block": 3}
-
-
-def completed_verifications(signals: dict[str, dict[str, Any]]) -> frozenset[str]:
-    """The verifications the signals say the account has completed (account.<kind>_verified)."""
-    account = signals.get("account") or {}
-    return frozenset(kind for kind in VERIFICATIONS if account.get(f"{kind}_verified") is True)
-
-
-def most_severe(decisions) -> str:
-    return max(decisions, key=SEVERITY.__getitem__, default="allow")
-
-
-def reason_order(reason: dict[str, Any]) -> tuple:
-    """Acting reasons first, most severe and highest score first; shadow hits last."""
-    return reason.get("shadow", False), -SEVERITY[reason["action"]], -reason["score"], reason["rule"]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    decision: str
-    score: int
-    reasons: list[dict[str, Any]]
-    required_verifications: list[str]
+__all__ = ["RuleSet", "RuleError", "RuleSetError", "Schema", "Field", "NamedList", "Condition",
+           "CompiledConditions", "compile_conditions"]
 
 
 @dataclass
@@ -109,39 +82,10 @@ class RuleSet:
             "lists": {name: len(values) for name, values in sorted(self.lists.items())},
         }
 
-    def evaluate(self, subject: str, signals: dict[str, dict[str, Any]]) -> Outcome:
-        """A verify rule asks for proof. Once the account has completed every verification the
-        rule requires, the proof is there: the rule stays in the reasons (marked "satisfied",
-        score kept: the facts did not change) but no longer moves the decision or the required
-        verifications. Completed verifications arrive as signals (account.<kind>_verified), so
-        every path that evaluates signals - live, rescore, backtest, rule tests - decides the
-        same way from what the evaluation stored, and no later step rewrites an outcome."""
-        verified = completed_verifications(signals)
+    def hits(self, subject: str, signals: dict[str, dict[str, Any]]) -> list:
+        """The compiled rules of `subject` the signals match, in file order (what they mean is
+        decided in kyc.scoring.decide)."""
         compiled = self.subjects.get(subject)
         if compiled is None:
-            return Outcome("allow", 0, [], [])
-        score = 0
-        decision = "allow"
-        reasons: list[dict[str, Any]] = []
-        required: set[str] = set()
-        for index in compiled.match(signals):
-            rule = compiled.rules[index]
-            reason = {"rule": rule.id, "score": rule.score, "action": rule.action,
-                      "description": rule.description}
-            if rule.mode == "shadow":
-                # Recorded so ops can see what it would do; never moves score or decision.
-                reason["shadow"] = True
-                reasons.append(reason)
-                continue
-            reasons.append(reason)
-            score += rule.score
-            if rule.action == "verify" and verified.issuperset(rule.requires):
-                reason["satisfied"] = True
-                continue
-            if SEVERITY[rule.action] > SEVERITY[decision]:
-                decision = rule.action
-            if rule.action == "verify":
-                required.update(v for v in rule.requires if v not in verified)
-        reasons.sort(key=reason_order)
-        required_list = [v for v in VERIFICATIONS if v in required] if decision == "verify" else []
-        return Outcome(decision, min(score, 100), reasons, required_list)
+            return []
+        return [compiled.rules[index] for index in compiled.match(signals)]

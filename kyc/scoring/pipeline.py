@@ -1,4 +1,4 @@
-"""The pipeline every evaluation goes through: Input -> signals -> engine -> persist.
+"""The pipeline every evaluation goes through: Input -> signals -> engine -> decide -> persist.
 
 Live signups, payment methods, worker rescoring and backtests all call into here; there is
 no second scoring path.
@@ -20,13 +20,13 @@ from sqlalchemy.orm import Session
 
 from kyc.activity import latest_dormancies
 from kyc.db import deferred
-from kyc.engine import Outcome, RuleSet, most_severe, reason_order
-from kyc.engine.loader import VERIFICATIONS
+from kyc.engine import RuleSet
 from kyc.ids import new_id
 from kyc.inputs import INPUTS, rfc3339
 from kyc import graph
 from kyc.models import Account, ActivityDay, ClusterMember, Evaluation, Sighting, Verification, utcnow
 from kyc.runtime import Runtime
+from kyc.scoring.decide import evaluate, settle
 from kyc.security import mask_email, mask_ip
 from kyc.signals import COLLECTORS, Identifiers, Lookups
 from kyc.signals.account import account_signals
@@ -50,6 +50,9 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     cluster's counters, and a cluster whose standing rises queues its members for rescoring
     once this transaction commits. `chunk` (rescoring, with record=False): what is read about
     the account was read with its chunk (read_chunk), so nothing is read here.
+
+    Returns the evaluation as a plain record, with its `settlement` (decide.Settlement: what
+    it did to the account's standing; a block is kept unless a releases_block rule acts).
 
     The account and the evaluation are plain records written with Core statements, as for a
     chunk (the ORM's unit of work cost more than the writes themselves); writes nobody reads
@@ -92,7 +95,7 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     growth_24h = (chunk.graph.growth(session, cluster, member, at) if chunk
                   else graph.growth(session, cluster.id, at, member=member, size=cluster.size))
     signals["graph"] = graph_signals(cluster, growth_24h, at)
-    outcome = rules.evaluate(subject, signals)
+    outcome = evaluate(rules, subject, signals)
     values = dict(
         id=new_id("ev"), account_id=account.id, subject=subject, trigger=trigger, occurred_at=at,
         input=inp.stored(), signals=signals, reasons=outcome.reasons, decision=outcome.decision,
@@ -100,7 +103,7 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
         rules_version=rules.version,
     )
     evaluation = chunk.add(values) if chunk else SimpleNamespace(**values)
-    _apply(account, _slot(subject, identifiers), subject, evaluation, outcome, at)
+    evaluation.settlement = settle(account, _slot(subject, identifiers), subject, evaluation.id, outcome, at)
     account.cluster_id = cluster.id             # written with the account's other changes
     graph.set_flags(session, policy, account.id, {"blocked": account.decision == "block"}, member=member,
                     cluster=cluster, being_scored=True)
@@ -194,7 +197,7 @@ class Chunk:
         self.graph.write(session)
 
 
-# What scoring an account changes on its row (score(), _apply).
+# What scoring an account changes on its row (score(), decide.settle).
 _WRITTEN = ("decision", "score", "reasons", "required_verifications", "subjects", "state_version",
             "last_evaluation_id", "first_seen_at", "last_seen_at", "cluster_id")
 
@@ -315,47 +318,6 @@ def _slot(subject: str, identifiers: Identifiers) -> str:
         card = next(value_hash for kind, value_hash in identifiers if kind == "card_fingerprint")
         return f"payment_method:{card}"
     return subject
-
-
-def _apply(account: Account, slot: str, subject: str, evaluation: Evaluation, outcome: Outcome,
-           at: datetime) -> None:
-    subjects = dict(account.subjects or {})
-    current = subjects.get(slot)
-    if current is None or datetime.fromisoformat(current["occurred_at"]) <= at:
-        subjects[slot] = {
-            "subject": subject, "evaluation_id": evaluation.id, "occurred_at": at.isoformat(),
-            "decision": outcome.decision,
-            "score": outcome.score, "reasons": outcome.reasons,
-            "required_verifications": outcome.required_verifications,
-        }
-    account.subjects = subjects
-    account.first_seen_at = min(account.first_seen_at, at)
-    account.last_seen_at = max(account.last_seen_at, at)
-    account.last_evaluation_id = evaluation.id
-    decision, score, reasons, required = combine(subjects)
-    # A new latest evaluation brings new signals, which tier conditions read: it can change an
-    # entitlement even when the standing stays the same.
-    became_latest = subjects[slot]["evaluation_id"] == evaluation.id
-    if became_latest or (decision, score, reasons, required) != (account.decision, account.score, account.reasons,
-                                                                 account.required_verifications):
-        account.state_version = (account.state_version or 0) + 1
-    account.decision, account.score, account.reasons, account.required_verifications = decision, score, reasons, required
-
-
-def combine(subjects: dict[str, dict[str, Any]]) -> tuple[str, int, list[dict], list[str]]:
-    """An account's standing from the latest evaluation of each subject (each card, for payment
-    methods): the most severe decision wins, the highest score, every reason."""
-    if not subjects:
-        return "allow", 0, [], []
-    decision = most_severe(s["decision"] for s in subjects.values())
-    score = max(s["score"] for s in subjects.values())
-    unique: dict[tuple, dict] = {}           # two cards hitting the same rule say it once
-    for reason in sorted((r for s in subjects.values() for r in s["reasons"]), key=reason_order):
-        unique.setdefault((reason["rule"], reason.get("shadow", False)), reason)
-    reasons = list(unique.values())
-    needed = {v for s in subjects.values() if s["decision"] == "verify" for v in s["required_verifications"]}
-    required = [v for v in VERIFICATIONS if v in needed] if decision == "verify" else []
-    return decision, score, reasons, required
 
 
 def cluster_ref(cluster_id: str | None, size: int | None) -> dict[str, Any] | None:
