@@ -1140,6 +1140,11 @@ def growth(session: Session, cluster_id: str, at: datetime, span: timedelta = GR
     return min(stored + joined, GROWTH_CAP) if state is not None and not state.persistent else stored
 
 
+def newest_join(session: Session, cluster_id: str) -> datetime | None:
+    """The latest first-event time of the cluster's members: the cluster's "now" in event time."""
+    return session.scalar(select(func.max(ClusterMember.joined_at)).where(ClusterMember.cluster_id == cluster_id))
+
+
 def link_reasons(session: Session, cluster_id: str) -> tuple[dict[str, list[str]], list[dict]]:
     """Why members are linked: per member, the identifier kinds it shares with another member;
     and the shared identifiers (hashed, with their kind and how many members hold each)."""
@@ -1278,6 +1283,11 @@ class ChunkGraph:
         if times is None:
             return growth(session, cluster.id, at, span, member=member, size=cluster.size)
         return min(GROWTH_CAP, bisect_right(times, at) - bisect_right(times, at - span))
+
+    def newest_join(self, session: Session, cluster: SimpleNamespace) -> datetime | None:
+        """newest_join, from the join times read with the chunk when the cluster is small enough."""
+        times = self.joined.get(cluster.id)
+        return times[-1] if times else newest_join(session, cluster.id)
 
     def write(self, session: Session) -> None:
         """Add the chunk's counter changes to its clusters, then write its new and changed

@@ -669,3 +669,29 @@ def test_locking_a_member_s_cluster_follows_a_concurrent_merge_that_moved_it(pos
     merger.close()
     thread.join()
     assert found == {"read": before, "locked": (after, after)}
+
+
+@pytest.mark.parametrize("read_ahead", [2000, 2])
+def test_rescoring_a_farms_first_member_reads_the_growth_that_followed_it(client, auth, runtime, monkeypatch,
+                                                                          read_ahead):
+    """A rescore reads the cluster's growth as of its newest member, not the rescored member's
+    own event time: the first members of a farm see the burst that followed them (before, the
+    first member of five signups in three hours was rescored with a growth of 1)."""
+    from kyc import graph
+    from kyc.jobs import drain, rescore_accounts
+    from kyc.scoring import rescore_account
+
+    for n in range(1, 6):
+        post(client, auth, n, device_id="dv_farm", occurred_at=f"2026-11-24T{10 + n // 2:02d}:{n * 7:02d}:00Z")
+    drain(runtime)                        # reaching size 5 asked for the members' rescoring: let it end
+    with runtime.session() as s:
+        before = set(s.scalars(select(Evaluation.id).where(Evaluation.trigger == "rescore")))
+    monkeypatch.setattr(graph, "GROWTH_READ_AHEAD", read_ahead)
+    assert rescore_accounts(runtime, ["acct_1"]) == 1                    # the batch path
+    with runtime.session() as s, s.begin():
+        single = rescore_account(runtime, s, "acct_1")                    # one account (a verification)
+        latest = s.scalars(select(Evaluation.signals).where(Evaluation.account_id == "acct_1",
+                                                            Evaluation.trigger == "rescore",
+                                                            Evaluation.id.not_in(before))).all()
+    assert [e.signals["graph"]["cluster_growth_24h"] for e in single] == [5]
+    assert [signals["graph"]["cluster_growth_24h"] for signals in latest] == [5, 5]

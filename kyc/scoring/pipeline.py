@@ -92,8 +92,15 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
         member, cluster = graph.member_cluster(session, account.id, at, flags=flags, new_account=created,
                                                stored=stored_member)
     graph.set_flags(session, policy, account.id, flags, member=member, cluster=cluster, being_scored=True)
-    growth_24h = (chunk.graph.growth(session, cluster, member, at) if chunk
-                  else graph.growth(session, cluster.id, at, member=member, size=cluster.size))
+    growth_at = at
+    if trigger == "rescore" and cluster.size > 1:
+        # A rescore reads the cluster's growth as of its newest member's first event (the
+        # cluster's "now" in event time), not this member's own: the first members of a farm
+        # see the burst that followed them, which is why they are rescored.
+        newest = chunk.graph.newest_join(session, cluster) if chunk else graph.newest_join(session, cluster.id)
+        growth_at = max(at, newest or at)
+    growth_24h = (chunk.graph.growth(session, cluster, member, growth_at) if chunk
+                  else graph.growth(session, cluster.id, growth_at, member=member, size=cluster.size))
     signals["graph"] = graph_signals(cluster, growth_24h, at)
     outcome = evaluate(rules, subject, signals)
     values = dict(
