@@ -80,7 +80,7 @@ def serve(host: str, port: int, workers: int) -> None:
         # SIGHUP: gunicorn starts fresh workers from the master and retires the old ones once
         # their requests finish; load first so the new workers inherit the newest clean set.
         try:
-            runtime.reload_rules()
+            runtime.reload_rules(actor="sighup")
         except RuleSetError:
             pass                                  # logged; the running set stays
 
@@ -238,44 +238,85 @@ def keys() -> None:
 
 @keys.command("create")
 @click.option("--name", required=True, help="who uses the key, e.g. signup-flow")
-def keys_create(name: str) -> None:
-    """Create a key and print it once."""
-    from kyc.models import ApiKey
-    from kyc.security import hash_api_key, new_api_key
+@click.option("--role", required=True, type=click.Choice(["signup", "gateway", "ops", "admin"]),
+              help="what the key may call: signup (scoring, verifications), gateway (entitlement, activity), "
+                   "ops (reads, labels, reviews, cluster actions, rules reload), admin (everything)")
+def keys_create(name: str, role: str) -> None:
+    """Create a key for a role and print it once."""
+    from kyc.ops.audit import cli_actor
+    from kyc.ops.keys import create_key
 
     runtime = _runtime()
-    key = new_api_key()
     with runtime.session() as session, session.begin():
-        session.add(ApiKey(name=name, prefix=key[:10], key_hash=hash_api_key(key)))
+        _, key = create_key(session, name, role, cli_actor())
     click.echo(key)
-    click.echo(f"(stored hashed as '{name}'; it cannot be shown again)", err=True)
+    click.echo(f"(stored hashed as '{name}', role {role}; it cannot be shown again)", err=True)
 
 
 @keys.command("list")
 def keys_list() -> None:
-    """List keys (name, prefix, created, revoked)."""
+    """List keys (id, name, role, prefix, created, revoked)."""
     from kyc.models import ApiKey
 
     runtime = _runtime()
     with runtime.session() as session:
         for key in session.execute(select(ApiKey).order_by(ApiKey.id)).scalars():
             state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
-            click.echo(f"{key.id:>4}  {key.name:<24} {key.prefix}...  {key.created_at:%Y-%m-%d}  {state}")
+            click.echo(f"{key.id:>4}  {key.name:<24} {key.role:<8} {key.prefix}...  {key.created_at:%Y-%m-%d}  {state}")
 
 
 @keys.command("revoke")
 @click.argument("key_id", type=int)
 def keys_revoke(key_id: int) -> None:
     """Revoke a key by its id (see `kyc keys list`)."""
-    from kyc.models import ApiKey
+    from kyc.ops.audit import cli_actor
+    from kyc.ops.errors import KeyNotFound
+    from kyc.ops.keys import revoke_key
 
     runtime = _runtime()
-    with runtime.session() as session, session.begin():
-        key = session.get(ApiKey, key_id)
-        if key is None:
-            raise click.ClickException(f"no key {key_id}")
-        key.revoked_at = key.revoked_at or datetime.now(timezone.utc)
+    try:
+        with runtime.session() as session, session.begin():
+            revoke_key(session, key_id, cli_actor())
+    except KeyNotFound as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"revoked key {key_id}")
+
+
+# --- audit ------------------------------------------------------------------------------------
+
+@main.command("audit")
+@click.option("--action", help="e.g. decision.changed, cluster.action, rules.reloaded; or a prefix: decision, key")
+@click.option("--actor", help='e.g. "key:ops-anna", "rules:sha256:...", "cli:root"')
+@click.option("--account", "account_id", help="events about one account")
+@click.option("--cluster", "cluster_id", help="events about one cluster")
+@click.option("--since", default=None, help="window start: 30d, 12h, 2w or a date")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+def audit_list(action: str | None, actor: str | None, account_id: str | None, cluster_id: str | None,
+               since: str | None, limit: int, as_json: bool) -> None:
+    """The audit trail, newest first: decision changes, reviews, cluster actions, rules reloads, key changes."""
+    import json
+
+    from kyc.backtest import parse_since
+    from kyc.ops.audit import list_events
+
+    try:
+        start = parse_since(since) if since else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    runtime = _runtime()
+    with runtime.session() as session:
+        page = list_events(session, action=action, actor=actor, account_id=account_id, cluster_id=cluster_id,
+                           since=start, limit=limit)
+    for e in page["events"]:
+        if as_json:
+            click.echo(json.dumps(e, sort_keys=True))
+            continue
+        about = " ".join(f"{k}={e[k]}" for k in ("account_id", "cluster_id") if e[k])
+        detail = " ".join(f"{k}={v}" for k, v in e["detail"].items() if k not in ("errors",))
+        click.echo(f"{e['at']}  {e['id']:>6}  {e['action']:<16} {e['actor']:<28} {about}  {detail}")
+    if not page["events"]:
+        click.echo("no audit events", err=True)
 
 
 # --- rules ------------------------------------------------------------------------------------

@@ -166,3 +166,41 @@ class LabelInput(BaseModel):
 
     label: Annotated[StrictStr, Field(pattern=r"^(fraud|legit)$")]
     note: Annotated[StrictStr, Field(max_length=2000)] | None = None
+
+
+class ReviewInput(BaseModel):
+    """A person's decision on an account: POST /v1/accounts/{id}/review."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    outcome: Annotated[StrictStr, Field(pattern=r"^(allow|block)$")]
+    note: Annotated[StrictStr, Field(max_length=2000)] | None = None
+
+
+class ClusterActionInput(BaseModel):
+    """One decision for every member of a cluster: POST /v1/clusters/{id}/actions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    action: Annotated[StrictStr, Field(pattern=r"^(block|review|release)$")]
+    note: Annotated[StrictStr, Field(max_length=2000)] | None = None
+
+
+class AuditQuery(BaseModel):
+    """GET /v1/audit's query: filters and paging (`before`: the previous page's `next`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    before: Annotated[int, Field(ge=1)] | None = None
+    action: Annotated[StrictStr, Field(pattern=r"^[a-z]+(\.[a-z_]+)?$", max_length=32)] | None = None
+    actor: Annotated[StrictStr, Field(min_length=1, max_length=128)] | None = None
+    account_id: AccountId | None = None
+    cluster_id: Annotated[StrictStr, Field(min_length=1, max_length=40)] | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _time(cls, value):
+        return parse_time(value) if isinstance(value, str) else value

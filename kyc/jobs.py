@@ -632,7 +632,7 @@ def current_rules(runtime: Runtime) -> RuleSet:
     """
     try:
         if runtime.rules_changed_on_disk():
-            runtime.reload_rules()
+            runtime.reload_rules(actor="worker")
     except RuleSetError:
         pass
     except OSError as exc:

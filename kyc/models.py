@@ -62,8 +62,15 @@ class Account(Base):
     # Bumped on every change that can alter an entitlement; gateways cache on it (ETag).
     state_version: Mapped[int] = mapped_column(Integer, default=1)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # A person's decision standing over the rules (a review, a cluster action, a label), with
+    # what they saw when they made it; or, once new evidence reopened it, what changed
+    # (kyc/ops/standing.py). None: the rules decide alone.
+    override: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Held at review with no person's decision since then: the review queue, oldest first.
+    review_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    __table_args__ = (Index("ix_accounts_last_seen_at", "last_seen_at"),)
+    __table_args__ = (Index("ix_accounts_last_seen_at", "last_seen_at"),
+                      Index("ix_accounts_review_since", "review_since"))
 
 
 def latest_of(subjects: dict[str, Any] | None, subject: str) -> dict[str, Any] | None:
@@ -226,7 +233,8 @@ class AccountLabel(Base):
 
 
 class ApiKey(Base):
-    """An API key. Only its SHA-256 is stored; the key itself is shown once, at creation."""
+    """An API key. Only its SHA-256 is stored; the key itself is shown once, at creation.
+    Its role says which routes it may call (kyc/ops/keys.py)."""
 
     __tablename__ = "api_keys"
 
@@ -237,6 +245,7 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     note: Mapped[str | None] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(String(16), default="admin", server_default="admin")  # signup | gateway | ops | admin
 
 
 _AUTO_ID = BigInteger().with_variant(Integer, "sqlite")
@@ -375,6 +384,48 @@ class RescoreBatch(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditEvent(Base):
+    """Who or what changed something ops care about: a decision (the rules of a version, a
+    reviewer's key, a cluster action), the rules, an API key. Append-only."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(_AUTO_ID, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(128))        # "key:<name>", "rules:<version>", "cli:<user>"
+    action: Mapped[str] = mapped_column(String(32))        # decision.changed | account.reviewed | ...
+    account_id: Mapped[str | None] = mapped_column(String(128))
+    cluster_id: Mapped[str | None] = mapped_column(String(40))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    __table_args__ = (
+        Index("ix_audit_events_account", "account_id", "id"),
+        Index("ix_audit_events_cluster", "cluster_id", "id"),
+        Index("ix_audit_events_action", "action", "id"),
+    )
+
+
+class DecisionWebhook(Base):
+    """A decision change to push to the gateway (the outbox), written in the transaction that
+    made the change. `body` is the exact bytes sent (and signed) on every attempt, so a retry
+    never sends different content; `event_id` lets the receiver drop a repeat."""
+
+    __tablename__ = "decision_webhooks"
+
+    id: Mapped[int] = mapped_column(_AUTO_ID, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(40), unique=True)
+    account_id: Mapped[str] = mapped_column(String(128))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Due time of the next attempt; while an attempt is under way, the end of its lease.
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_decision_webhooks_pending", "delivered_at", "id"),)
 
 
 def lock_existing_account(session, account_id: str) -> Account:

@@ -21,6 +21,7 @@ from kyc.config import PROJECT_ROOT, Config
 from kyc.db import make_engine, make_session_factory
 from kyc.engine import RuleSet, RuleSetError
 from kyc.engine.loader import rules_fingerprint
+from kyc.ops import audit
 from kyc.signals import SCHEMA
 from kyc.signals.geoip import GeoIP, open_geoip
 from kyc.signals.payment import load_bin_table
@@ -121,13 +122,14 @@ class Runtime:
     def session(self) -> Session:
         return self.sessions()
 
-    def reload_rules(self, root: Path | None = None) -> RuleSet:
+    def reload_rules(self, root: Path | None = None, *, actor: str = "rules-watcher") -> RuleSet:
         """Build a new rule set off to the side; swap it in only if it loads cleanly.
 
         On failure the running set stays, the error is kept for `GET /v1/ops/rules` and
         logged, and RuleSetError is raised. In-flight evaluations keep the RuleSet object
         they started with: they read `runtime.rules` once, and the swap is a single
-        reference assignment.
+        reference assignment. A new version and a refused reload are audit events (`actor`
+        made the reload happen: the watcher, a signal, an API key).
         """
         root = Path(root or self.config.rules_dir)
         with self._reload_lock:
@@ -139,13 +141,23 @@ class Runtime:
             except RuleSetError as exc:
                 self.rules_error, self.rules_error_at = exc, self.rules_checked_at
                 log.error("rules reload refused, keeping %s:\n%s", self.rules.version, exc)
+                self._audit_rules(lambda: audit.record_rules_refused(
+                    self.engine, self.rules.version, [e.as_dict() for e in exc.errors], actor))
                 raise
             self.rules_error = self.rules_error_at = None
             if rules.version == self.rules.version and rules.root == self.rules.root:
                 return self.rules             # same content: keep the running object and its loaded_at
             log.info("rules reloaded: %s -> %s", self.rules.version, rules.version)
-            self.rules, self.tiers = rules, tiers
+            previous, self.rules, self.tiers = self.rules, rules, tiers
+            self._audit_rules(lambda: audit.record_rules_reload(self.engine, previous, rules, actor))
             return rules
+
+    def _audit_rules(self, write) -> None:
+        # The reload has happened (or been refused) whatever the audit write does.
+        try:
+            write()
+        except Exception:  # noqa: BLE001 - a database outage must not undo a clean reload
+            log.exception("rules reload not recorded in the audit trail")
 
     def rules_status(self) -> dict[str, Any]:
         """The running rule set and the last refused reload, as ops see them."""

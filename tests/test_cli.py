@@ -21,7 +21,7 @@ def run(env, *args) -> Result:
 
 
 def test_keys_create_prints_a_working_key_once_and_revoke_kills_it(env, make_config, database_url):
-    created = run(env, "keys", "create", "--name", "signup-flow")
+    created = run(env, "keys", "create", "--name", "signup-flow", "--role", "signup")
     assert created.exit_code == 0
     key = created.stdout.strip()
     assert key.startswith("kyc_") and len(key) > 40

@@ -10,13 +10,13 @@ from typing import Any, TypeVar
 
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import bindparam, select
 from werkzeug.exceptions import HTTPException
 
 from kyc.errors import ApiError, invalid
-from kyc.models import ApiKey
+from kyc.ops import errors as ops_errors
+from kyc.ops.keys import authenticate, may_call, roles_for
 from kyc.runtime import Runtime
-from kyc.security import contains_card_number, hash_api_key
+from kyc.security import contains_card_number
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -25,9 +25,6 @@ v1 = Blueprint("v1", __name__, url_prefix="/v1")
 
 def runtime() -> Runtime:
     return current_app.extensions["kyc"]
-
-
-_ACTIVE_KEY = select(ApiKey.name).where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
 
 
 @v1.before_request
@@ -42,7 +39,7 @@ def _authenticate() -> None:
     token = token.strip()
     rt = runtime()
     if rt.config.dev_key and token == rt.config.dev_key:
-        g.api_key = "development"
+        g.api_key, g.api_role = "development", "admin"
         return
     # A plain connection and a prebuilt statement: this runs before every request, the
     # gateway's entitlement calls included. On PostgreSQL, autocommit: one round trip, not
@@ -51,10 +48,14 @@ def _authenticate() -> None:
     with rt.engine.connect() as conn:
         if conn.dialect.name == "postgresql":
             conn.execution_options(isolation_level="AUTOCOMMIT")
-        key = conn.execute(_ACTIVE_KEY, {"key_hash": hash_api_key(token)}).scalar_one_or_none()
-    if key is None:
+        caller = authenticate(conn, token)
+    if caller is None:
         raise ApiError(401, "unauthorized", "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
-    g.api_key = key
+    g.api_key, g.api_role = caller.name, caller.role
+    rule = request.url_rule
+    if rule is not None and not may_call(caller.role, request.method, rule.rule):
+        raise ApiError(403, "forbidden", f"a key with the role {caller.role} may not call {request.method} {rule.rule}; "
+                                         f"roles that may: {', '.join(roles_for(request.method, rule.rule))}")
 
 
 def read_json() -> Any:
@@ -104,7 +105,7 @@ def field_errors(exc: ValidationError) -> dict[str, str]:
 
 def register(app: Flask) -> None:
     from kyc.api import (  # noqa: F401 - routes register on v1
-        accounts, clusters, ops, payment_methods, signups, tiers, verifications, webhooks)
+        accounts, audit, clusters, ops, payment_methods, signups, tiers, verifications, webhooks)
 
     app.register_blueprint(v1)
 
@@ -114,6 +115,15 @@ def register(app: Flask) -> None:
         response.status_code = exc.status
         response.headers.update(exc.headers)
         return response
+
+    # Domain errors of kyc/ops, mapped to HTTP here only.
+    @app.errorhandler(ops_errors.AccountNotFound)
+    def _account_not_found(exc):
+        return _api_error(ApiError(404, "not_found", "account not found"))
+
+    @app.errorhandler(ops_errors.ClusterNotFound)
+    def _cluster_not_found(exc):
+        return _api_error(ApiError(404, "not_found", "cluster not found"))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

@@ -9,9 +9,12 @@ files (KYC_RULES_POLL_SECONDS), so all workers converge on the same version.
 
 from __future__ import annotations
 
+from flask import g
+
 from kyc.api import runtime, v1
 from kyc.engine import RuleSetError
 from kyc.errors import ApiError
+from kyc.ops.audit import key_actor
 
 
 @v1.get("/ops/rules")
@@ -24,7 +27,7 @@ def rules_reload():
     rt = runtime()
     before = rt.rules.version
     try:
-        rt.reload_rules()
+        rt.reload_rules(actor=key_actor(g.get("api_key")))
     except RuleSetError as exc:
         raise ApiError(422, "rules_invalid",
                        f"the rule files have {len(exc.errors)} error(s); still running {before}",

@@ -1,0 +1,105 @@
+"""Scoped API keys: each key has one role, and the role says which routes it may call.
+
+    signup   scoring signups and payment methods, verifications (the signup flow)
+    gateway  entitlement checks and activity reports (the API gateway)
+    ops      every read, labels, reviews, cluster actions, rules reload (ops staff, the console)
+    admin    everything
+
+So a leaked signup-flow key cannot label, review, act on clusters or reload rules. Keys made
+before roles existed were migrated to admin, so nothing that worked stops working. Every key
+created or revoked is an audit event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import bindparam, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from kyc.models import ApiKey
+from kyc.ops import audit
+from kyc.ops.errors import KeyNotFound, UnknownRole
+from kyc.security import hash_api_key, new_api_key
+
+ROLES = ("signup", "gateway", "ops", "admin")
+
+SIGNUP, GATEWAY, OPS = frozenset({"signup"}), frozenset({"gateway"}), frozenset({"ops"})
+
+# (method, Flask URL rule) -> roles besides admin that may call it. A GET not listed is a read,
+# open to ops; any other route not listed is admin's only, so a new write route is closed to
+# scoped keys until it is given its roles here.
+ROUTE_ROLES: dict[tuple[str, str], frozenset[str]] = {
+    ("POST", "/v1/signups"): SIGNUP,
+    ("POST", "/v1/payment-methods"): SIGNUP,
+    ("POST", "/v1/accounts/<account_id>/verifications"): SIGNUP,
+    ("POST", "/v1/verifications/<verification_id>/confirm"): SIGNUP,
+    ("GET", "/v1/verifications/<verification_id>"): SIGNUP | OPS,
+    ("GET", "/v1/accounts/<account_id>/entitlement"): GATEWAY | OPS,
+    ("POST", "/v1/accounts/<account_id>/activity"): GATEWAY,
+    ("POST", "/v1/activity"): GATEWAY,
+    ("POST", "/v1/accounts/<account_id>/labels"): OPS,
+    ("POST", "/v1/accounts/<account_id>/review"): OPS,
+    ("POST", "/v1/clusters/<cluster_id>/actions"): OPS,
+    ("POST", "/v1/ops/rules/reload"): OPS,
+}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the key's name (recorded with what it changes) and its role."""
+
+    name: str
+    role: str
+
+
+def may_call(role: str, method: str, rule: str) -> bool:
+    """Whether a key of `role` may call the route `rule` (Flask's URL rule) with `method`."""
+    if role == "admin":
+        return True
+    method = "GET" if method == "HEAD" else method
+    allowed = ROUTE_ROLES.get((method, rule))
+    if allowed is None:
+        return role == "ops" and method == "GET"
+    return role in allowed
+
+
+def roles_for(method: str, rule: str) -> list[str]:
+    """The roles that may call a route (for the 403 message)."""
+    return [role for role in ROLES if may_call(role, method, rule)]
+
+
+_ACTIVE_KEY = select(ApiKey.name, ApiKey.role).where(ApiKey.key_hash == bindparam("key_hash"),
+                                                     ApiKey.revoked_at.is_(None))
+
+
+def authenticate(conn: Connection, token: str) -> Caller | None:
+    """The active key `token` is, or None. One prebuilt statement on the caller's connection."""
+    row = conn.execute(_ACTIVE_KEY, {"key_hash": hash_api_key(token)}).one_or_none()
+    return Caller(row.name, row.role) if row is not None else None
+
+
+def create_key(session: Session, name: str, role: str, actor: str) -> tuple[ApiKey, str]:
+    """A new key for `role`: the row (its hash only) and the key itself, to show once."""
+    if role not in ROLES:
+        raise UnknownRole(role, ROLES)
+    plaintext = new_api_key()
+    key = ApiKey(name=name, role=role, prefix=plaintext[:10], key_hash=hash_api_key(plaintext))
+    session.add(key)
+    session.flush()
+    audit.record(session, "key.created", actor, detail={"key_id": key.id, "name": name, "role": role,
+                                                         "prefix": key.prefix})
+    return key, plaintext
+
+
+def revoke_key(session: Session, key_id: int, actor: str) -> ApiKey:
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        raise KeyNotFound(key_id)
+    if key.revoked_at is None:
+        key.revoked_at = datetime.now(timezone.utc)
+        audit.record(session, "key.revoked", actor, detail={"key_id": key.id, "name": key.name, "role": key.role,
+                                                             "prefix": key.prefix})
+    return key
