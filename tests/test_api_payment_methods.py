@@ -279,3 +279,23 @@ def test_a_card_does_not_reset_the_traits_the_signup_gave_the_cluster(client, au
     post(client, auth)                                                               # card from 8.8.8.8
     with runtime.session() as s:
         assert s.get(ClusterMember, "acct_1").hosting is True
+
+
+def test_a_card_that_proves_payment_evaluates_the_other_cards_again(client, auth, runtime):
+    """Card A asks for proof of payment; card B, evaluated allow, is that proof: card A's slot is
+    evaluated again at once (before, the account stayed at verify, requiring payment, until a
+    full rescore)."""
+    client.post("/v1/signups", json=signup(), headers=auth)
+    first = post(client, auth, fingerprint="fp_a", billing_country="GB")
+    assert (first["decision"], first["required_verifications"]) == ("verify", ["payment"]), first["reasons"]
+    assert account(client, auth)["decision"] == "verify"
+    second = post(client, auth, fingerprint="fp_b", occurred_at="2026-11-24T21:10:00Z")
+    assert second["decision"] == "allow"
+    standing = account(client, auth)
+    assert (standing["decision"], standing["required_verifications"]) == ("allow", [])
+    with runtime.session() as s:
+        again = s.scalars(select(Evaluation).where(Evaluation.trigger == "rescore")).all()
+    # Only the other subjects were evaluated again (signup, card A), not the proving card.
+    assert sorted(e.input.get("fingerprint", "signup") for e in again) == ["fp_a", "signup"]
+    card_a = next(e for e in again if e.input.get("fingerprint") == "fp_a")
+    assert card_a.decision == "allow" and card_a.signals["account"]["payment_verified"] is True

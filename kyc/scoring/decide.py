@@ -25,6 +25,7 @@ from typing import Any, Iterable, Protocol
 
 from kyc.engine.loader import VERIFICATIONS
 from kyc.models import SEVERITY
+from kyc.verification import payment_verified
 
 RELEASES_BLOCK = "releases_block"           # rule tag: an acting hit may relax a blocked account
 
@@ -45,6 +46,7 @@ class Settlement:
     old: str
     new: str
     held: bool                             # the evaluation would have relaxed a block, which was kept
+    proved_payment: bool = False           # it is the proof of payment another subject asked for
 
 
 class Rule(Protocol):
@@ -130,6 +132,8 @@ def settle(account, slot: str, subject: str, evaluation_id: str, result: Outcome
 
     A block is sticky: if the account was blocked and this evaluation would relax it, the
     account keeps its whole standing (slots included) unless `result.releases_block`.
+    `proved_payment`: this evaluation is the proof of payment (a card evaluated allow) that
+    another subject's outcome asks for (the caller evaluates those again).
     """
     old = account.decision
     kept = {name: getattr(account, name) for name in _STANDING} if old == "block" else None
@@ -155,9 +159,11 @@ def settle(account, slot: str, subject: str, evaluation_id: str, result: Outcome
     if became_latest or standing != (account.decision, account.score, account.reasons,
                                      account.required_verifications):
         account.state_version = (account.state_version or 0) + 1
+    proved = (not payment_verified(account.subjects) and payment_verified(subjects)
+              and any("payment" in entry["required_verifications"] for name, entry in subjects.items() if name != slot))
     account.subjects = subjects
     account.decision, account.score, account.reasons, account.required_verifications = standing
-    return Settlement(old, account.decision, held=False)
+    return Settlement(old, account.decision, held=False, proved_payment=proved)
 
 
 _STANDING = ("decision", "score", "reasons", "required_verifications", "subjects", "state_version")

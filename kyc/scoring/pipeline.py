@@ -110,7 +110,8 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
         rules_version=rules.version,
     )
     evaluation = chunk.add(values) if chunk else SimpleNamespace(**values)
-    evaluation.settlement = settle(account, _slot(subject, identifiers), subject, evaluation.id, outcome, at)
+    slot = _slot(subject, identifiers)
+    evaluation.settlement = settle(account, slot, subject, evaluation.id, outcome, at)
     account.cluster_id = cluster.id             # written with the account's other changes
     graph.set_flags(session, policy, account.id, {"blocked": account.decision == "block"}, member=member,
                     cluster=cluster, being_scored=True)
@@ -127,6 +128,11 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
                 {"kind": k, "value_hash": h, "account_id": account.id, "evaluation_id": evaluation.id,
                  "occurred_at": at} for k, h in identifiers])
         lookups.store.record([key for key in identifiers if key[0] in VELOCITY_KEYS], at, account.id)
+    if evaluation.settlement.proved_payment and chunk is None:
+        # A card that proves payment is a completed verification: as one does (kyc.verification
+        # .service), it evaluates the account's other subjects again at once, which may have
+        # asked for that proof. (A chunk rescores every subject of the account anyway.)
+        rescore_account(runtime, session, account.id, rules=rules, skip=slot)
     from kyc.jobs import rescore_after_commit   # jobs imports this module
 
     rescore_after_commit(runtime, session, exclude=account.id)
@@ -138,11 +144,12 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
 
 
 def rescore_account(runtime: Runtime, session: Session, account_id: str, *, rules: RuleSet | None = None,
-                    chunk: Chunk | None = None) -> list[Evaluation]:
+                    chunk: Chunk | None = None, skip: str | None = None) -> list[Evaluation]:
     """Score again the latest input of each subject of an account, with current rules and history.
 
     Each new evaluation is marked trigger="rescore" and keeps the original event time. `chunk`:
     the account is one of a chunk read by read_chunk (which holds its account and inputs).
+    `skip`: a slot left as it is (the evaluation just made, which asked for the others).
     """
     if chunk:
         account = chunk.accounts.get(account_id)
@@ -153,6 +160,8 @@ def rescore_account(runtime: Runtime, session: Session, account_id: str, *, rule
         return []
     results = []
     for slot, latest in sorted(subjects.items()):
+        if slot == skip:
+            continue
         subject = latest.get("subject", slot)
         if subject not in COLLECTORS:
             # Written by a build that scores this subject (a newer release, or an evaluation
