@@ -351,7 +351,10 @@ def accounts_query(selector: str, params: dict[str, Any], version: str, now: dat
         since = (now or utcnow()) - timedelta(days=int(params["dormant_days"]))
         query = query.where(Account.last_seen_at < since)
     elif selector == "cluster":
-        query = query.where(Account.cluster_id == params["cluster_id"])
+        # The memberships, which merges and splits move at once (accounts.cluster_id follows
+        # only each account's next evaluation).
+        query = query.join(ClusterMember, ClusterMember.account_id == Account.id).where(
+            ClusterMember.cluster_id == params["cluster_id"])
     elif selector == "rules_change":
         # Accounts whose latest evaluation was made under another rules version.
         query = query.join(Evaluation, Evaluation.id == Account.last_evaluation_id).where(

@@ -695,3 +695,26 @@ def test_rescoring_a_farms_first_member_reads_the_growth_that_followed_it(client
                                                             Evaluation.id.not_in(before))).all()
     assert [e.signals["graph"]["cluster_growth_24h"] for e in single] == [5]
     assert [signals["graph"]["cluster_growth_24h"] for signals in latest] == [5, 5]
+
+
+def test_rescoring_a_cluster_after_a_split_selects_its_members_as_they_are_now(small_graph, auth):
+    """The rescore selector of a cluster reads the memberships, which a split moves at once:
+    the copy on each account's row follows only its next evaluation (before, a split left
+    `kyc rescore --cluster` selecting the old members, or nobody)."""
+    from kyc.jobs import accounts_query
+
+    client, rt = small_graph
+    post(client, auth, 1, device_id="dv_shared")
+    post(client, auth, 2, device_id="dv_shared", phone=phone(1))       # {1, 2}: device and phone
+    for n in (3, 4):
+        post(client, auth, n, device_id="dv_shared")                   # {1, 2, 3, 4}
+    post(client, auth, 5, device_id="dv_shared")                       # the device turns super: split
+    drain(rt)
+    assert partition(rt) == {frozenset({"acct_1", "acct_2"}), frozenset({"acct_3"}), frozenset({"acct_4"}),
+                             frozenset({"acct_5"})}
+    with rt.session() as s:
+        clusters = dict(s.execute(select(ClusterMember.account_id, ClusterMember.cluster_id)).all())
+        selected = {account: set(s.scalars(accounts_query("cluster", {"cluster_id": cluster}, "v")))
+                    for account, cluster in clusters.items()}
+    assert selected["acct_1"] == selected["acct_2"] == {"acct_1", "acct_2"}
+    assert [selected[f"acct_{n}"] for n in (3, 4, 5)] == [{"acct_3"}, {"acct_4"}, {"acct_5"}]
