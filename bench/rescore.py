@@ -13,7 +13,7 @@ count, in one read per chunk.) Prints accounts/s, the median and p99
 batch time, each worker's peak RSS (VmHWM, sampled while it runs), the CPU time spent per account by the workers
 and their PostgreSQL backends (what an idle machine could do), and a ratio against a baseline measured in
 the same run: the same pipeline called one account per transaction in one process (how
-rescore_accounts worked before batches).
+the rescoring worked before batches).
 
 Settings: KYC_BENCH_POSTGRES_URL (default: KYC_TEST_POSTGRES_URL, else postgres@127.0.0.1/test)
 and KYC_BENCH_REDIS_URL (default: KYC_TEST_REDIS_URL, else redis://127.0.0.1:6379/15). The

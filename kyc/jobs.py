@@ -59,7 +59,7 @@ from kyc.signals import clear_value_caches
 
 log = logging.getLogger("kyc.jobs")
 
-QUEUES = ("rescore", "graph", "default")
+QUEUES = ("rescore", "default")
 SELECTORS = ("dormant", "all", "cluster", "rules_change", "ids")
 CHUNK = 100                              # accounts per transaction inside a batch
 JOB_TIMEOUT = 1800                       # seconds; a batch of 500 takes well under a minute
@@ -148,16 +148,6 @@ def enqueue_rescore(runtime: Runtime, account_ids: Iterable[str], reason: str) -
     finally:
         _draining.queue = None
     return done
-
-
-def rescore_accounts(runtime: Runtime, account_ids: Iterable[str]) -> int:
-    """Rescore accounts now, in this thread, through the batch jobs; returns how many were rescored."""
-    ids = list(dict.fromkeys(account_ids))
-    if not ids:
-        return 0
-    run = start_run(runtime, "ids", account_ids=ids, reason="direct call")
-    run_inline(runtime, run)
-    return _rescored(runtime, run.id)
 
 
 def _rescored(runtime: Runtime, run_id: str) -> int:

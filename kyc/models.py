@@ -250,7 +250,6 @@ class ApiKey(Base):
 
 _AUTO_ID = BigInteger().with_variant(Integer, "sqlite")
 
-VERIFICATION_STATUSES = ("pending", "verified", "failed", "expired")
 
 
 class Verification(Base):

@@ -164,7 +164,7 @@ def test_rescoring_members_of_a_cluster_too_large_to_read_ahead(client, auth, ru
     """A rescore chunk reads its clusters' join times up to GROWTH_READ_AHEAD members; a larger
     cluster's growth (a farm's) is read on its own, for the chunk's plain member records."""
     from kyc import graph
-    from kyc.jobs import drain, rescore_accounts
+    from kyc.jobs import drain, enqueue_rescore
 
     for n in (1, 2, 3):
         post(client, auth, n, device_id="dv_1")
@@ -175,7 +175,7 @@ def test_rescoring_members_of_a_cluster_too_large_to_read_ahead(client, auth, ru
     with runtime.session() as s:
         before = set(s.scalars(select(Evaluation.id).where(Evaluation.trigger == "rescore")))
     monkeypatch.setattr(graph, "GROWTH_READ_AHEAD", 2)
-    assert rescore_accounts(runtime, ["acct_1", "acct_2", "acct_3"]) == 3
+    assert enqueue_rescore(runtime, ["acct_1", "acct_2", "acct_3"], "test") == 3
     with runtime.session() as s:
         grown = s.scalars(select(Evaluation.signals).where(Evaluation.trigger == "rescore",
                                                            Evaluation.id.not_in(before))).all()
@@ -678,7 +678,7 @@ def test_rescoring_a_farms_first_member_reads_the_growth_that_followed_it(client
     own event time: the first members of a farm see the burst that followed them (before, the
     first member of five signups in three hours was rescored with a growth of 1)."""
     from kyc import graph
-    from kyc.jobs import drain, rescore_accounts
+    from kyc.jobs import drain, enqueue_rescore
     from kyc.scoring import rescore_account
 
     for n in range(1, 6):
@@ -687,7 +687,7 @@ def test_rescoring_a_farms_first_member_reads_the_growth_that_followed_it(client
     with runtime.session() as s:
         before = set(s.scalars(select(Evaluation.id).where(Evaluation.trigger == "rescore")))
     monkeypatch.setattr(graph, "GROWTH_READ_AHEAD", read_ahead)
-    assert rescore_accounts(runtime, ["acct_1"]) == 1                    # the batch path
+    assert enqueue_rescore(runtime, ["acct_1"], "test") == 1              # the batch path
     with runtime.session() as s, s.begin():
         single = rescore_account(runtime, s, "acct_1")                    # one account (a verification)
         latest = s.scalars(select(Evaluation.signals).where(Evaluation.account_id == "acct_1",

@@ -294,7 +294,7 @@ def test_in_process_fallback_rescores_now(inline_runtime, rules_dir):
     inline_runtime.reload_rules()                 # as the service's rules watcher does
     assert jobs.enqueue_rescore(inline_runtime, ids, "label propagated") == 5
     assert rescore_evaluations(inline_runtime) == {i: 1 for i in ids[:5]}
-    assert jobs.rescore_accounts(inline_runtime, ids[:2]) == 2
+    assert jobs.enqueue_rescore(inline_runtime, ids[:2], "test") == 2
     with inline_runtime.session() as session:
         run = jobs.last_run(session)
         result = jobs.run_summary(session, run)
@@ -491,7 +491,7 @@ def test_rescore_gives_an_account_without_a_membership_a_cluster_of_its_own(inli
         session.execute(delete(ClusterMember))
         session.execute(delete(Cluster))
         session.execute(update(Account).values(cluster_id=None))
-    assert jobs.rescore_accounts(inline_runtime, [plain, headless]) == 2
+    assert jobs.enqueue_rescore(inline_runtime, [plain, headless], "test") == 2
     with inline_runtime.session() as session:
         for account_id, blocked, is_headless in ((plain, False, False), (headless, True, True)):
             member = session.get(ClusterMember, account_id)

@@ -262,11 +262,11 @@ def test_etag_and_cache_control_follow_the_state_version(client, auth, runtime):
 
 
 def test_state_version_bumps_on_rescore_and_verification(client, auth, runtime):
-    from kyc.jobs import rescore_accounts
+    from kyc.jobs import enqueue_rescore
 
     client.post("/v1/signups", json=signup(), headers=auth)
     versions = [entitlement(client, auth, "free").json["state_version"]]
-    rescore_accounts(runtime, ["acct_1"])
+    enqueue_rescore(runtime, ["acct_1"], "test")
     versions.append(entitlement(client, auth, "free").json["state_version"])
     verify_by_code(client, auth, runtime, "email")
     versions.append(entitlement(client, auth, "free").json["state_version"])

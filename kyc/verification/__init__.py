@@ -14,7 +14,6 @@ from sqlalchemy import select
 
 from kyc.models import Verification, latest_of
 
-KINDS = ("email", "phone", "document", "payment")
 CODE_KINDS = ("email", "phone")
 
 
