@@ -52,6 +52,7 @@ from kyc.config import Config
 from kyc.engine import RuleSet, RuleSetError
 from kyc.ids import new_id
 from kyc.models import SEVERITY, Account, ClusterMember, Evaluation, RescoreBatch, RescoreRun, utcnow
+from kyc.ops import decisions
 from kyc.runtime import Runtime
 from kyc.scoring import read_chunk, rescore_account
 from kyc.scoring.decide import RELEASES_BLOCK
@@ -590,6 +591,7 @@ def rescore_chunk(runtime: Runtime, session: Session, ids: list[str], rules: Rul
     chunk = read_chunk(runtime, session, ids)
     accounts = chunk.accounts
     changes: Counter[str] = Counter()
+    decision_changes: list[decisions.DecisionChange] = []
     escalated = held = missing = 0
     for account_id in ids:
         account = accounts.get(account_id)
@@ -606,7 +608,10 @@ def rescore_chunk(runtime: Runtime, session: Session, ids: list[str], rules: Rul
             escalated += 1
             log.info("rescore escalated account=%s %s -> %s rules=%s", account_id, old, new, rules.version[:19])
         changes[f"{old}>{new}"] += 1
+        if old != new:
+            decision_changes.append(decisions.by_rules(account, old, rules.version, "rescore"))
     chunk.write(session)
+    decisions.record(runtime, session, decision_changes)
     return {"changes": changes, "escalated": escalated, "held": held, "missing": missing}
 
 
