@@ -32,13 +32,15 @@ def label_account(runtime: Runtime, session: Session, account_id: str, label: st
     if account is None:
         return None
     session.add(AccountLabel(account_id=account.id, label=label, note=note, source=source))
-    if account.label != label:
-        account.label = label
-        account.state_version = (account.state_version or 0) + 1
     graph.set_flags(session, graph.Policy.from_config(runtime.config), account.id,
                     {"labeled_fraud": label == "fraud"})
+    version = account.state_version
     person_decides(runtime, session, account, LABEL_DECISIONS[label], "label", key_actor(source), note,
                    action="account.labeled", detail={"label": label})
+    if account.label != label:
+        account.label = label
+        # One change the gateway sees, however many of label and standing moved.
+        account.state_version = version + 1
     if label == "fraud":
         member = session.get(ClusterMember, account.id)
         graph.queue_rescore(session, accounts=[account.id], clusters=[member.cluster_id] if member else [])

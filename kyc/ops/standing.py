@@ -91,8 +91,8 @@ _DESCRIPTIONS = {
 
 def _person_reason(override: dict[str, Any]) -> dict[str, Any]:
     return {"rule": OPS_RULE_PREFIX + override["source"], "score": 0, "action": override["decision"],
-            "description": f"{override['decision'].capitalize()} by {_DESCRIPTIONS[override['source']]}"
-                           f" ({override['by']}, {override['at'][:19]}Z)"}
+            "description": f"{override['decision'].capitalize()} by {_DESCRIPTIONS[override['source']]} "
+                           f"({override['by']})"}
 
 
 def overlay(override: dict[str, Any] | None, review_since: datetime | None, decision: str,
