@@ -17,11 +17,12 @@ each other in a circle; a new member that joins meanwhile waits for the action t
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -30,18 +31,18 @@ from kyc.models import Account, AuditEvent, Cluster, ClusterMember, utcnow
 from kyc.ops import audit, webhooks
 from kyc.ops.decisions import DecisionChange
 from kyc.ops.errors import ClusterNotFound
-from kyc.ops.standing import decided, evidence, overlay
+from kyc.ops.standing import Standing, decided, evidence, overlay
 
 log = logging.getLogger("kyc.ops")
 
 DECISIONS = {"block": "block", "review": "review", "release": "allow"}
 RETRIES = 3                     # a deadlock with a concurrent merge is retried
 
-_COLUMNS = (Account.id, Account.decision, Account.score, Account.reasons, Account.required_verifications,
-            Account.subjects, Account.override, Account.review_since, Account.state_version)
-_WRITE = (update(Account.__table__).where(Account.__table__.c.id == bindparam("_id"))
-          .values({c: bindparam(c) for c in ("decision", "reasons", "required_verifications", "override",
-                                             "review_since", "state_version")}))
+# What the action reads of each member: its standing is recomputed from its latest evaluations.
+# (The person's reason and the override change on every member, so every member's state version
+# moves: gateways revalidate what they cached.)
+_COLUMNS = (Account.id, Account.decision, Account.subjects)
+IN_LIST = 5_000                 # ids per UPDATE (PostgreSQL takes at most 65,535 parameters)
 
 
 @dataclass(frozen=True)
@@ -92,26 +93,36 @@ def _act(runtime, session: Session, cluster_id: str, action: str, note: str | No
     now = utcnow()
     decision = DECISIONS[action]
     steps = runtime.config.graph_rescore_sizes
-    writes, changes, transitions = [], [], Counter()
+    changes, transitions = [], Counter()
     event_id = audit.record(session, "cluster.action", actor, cluster_id=cluster_id, returning=True,
                             detail={"action": action, "note": note, "members": len(rows)}, at=now)
+    # Members whose latest evaluations give the same standing get the same new standing: a farm's
+    # members mostly hit the same rules, so a few UPDATEs write them all.
+    groups: dict[str, tuple[Standing, list[str]]] = {}
     for row in rows.values():
-        automatic, score, reasons, required = combine(row.subjects or {})
-        override = decided(decision, "cluster_action", actor, now, note, evidence(reasons, cluster),
-                           cluster_id=cluster_id, event=event_id)
-        standing = overlay(override, row.review_since, automatic, reasons, required, cluster, steps, now)
-        changed = (standing.decision, score, standing.reasons, standing.required_verifications) != (
-            row.decision, row.score, row.reasons, row.required_verifications)
-        writes.append({"_id": row.id, "decision": standing.decision, "reasons": standing.reasons,
-                       "required_verifications": standing.required_verifications, "override": standing.override,
-                       "review_since": standing.review_since,
-                       "state_version": (row.state_version or 0) + (1 if changed else 0)})
+        automatic, _, reasons, required = combine(row.subjects or {})
+        key = json.dumps([automatic, reasons, required], separators=(",", ":"))
+        group = groups.get(key)
+        if group is None:
+            override = decided(decision, "cluster_action", actor, now, note, evidence(reasons, cluster),
+                               cluster_id=cluster_id, event=event_id)
+            group = groups[key] = (overlay(override, None, automatic, reasons, required, cluster, steps, now), [])
+        standing = group[0]
+        group[1].append(row.id)
         transitions[f"{row.decision}>{standing.decision}"] += 1
         if standing.decision != row.decision:
             changes.append(DecisionChange(row.id, row.decision, standing.decision, standing.reasons, actor,
                                           "cluster.action", at=now))
-    if writes:
-        session.execute(_WRITE, writes)
+    for standing, ids in groups.values():
+        # Members already held at review keep the time they arrived in the queue.
+        since = func.coalesce(Account.review_since, now) if standing.decision == "review" else None
+        for start in range(0, len(ids), IN_LIST):
+            session.execute(update(Account).where(Account.id.in_(ids[start:start + IN_LIST])).values(
+                decision=standing.decision, reasons=standing.reasons,
+                required_verifications=standing.required_verifications, override=standing.override,
+                review_since=since, state_version=Account.state_version + 1)
+                .execution_options(synchronize_session=False))
+    if groups:
         # The members' blocked trait and the cluster's count follow their decisions.
         blocked = select(Account.decision == "block").where(Account.id == ClusterMember.account_id).scalar_subquery()
         session.execute(update(ClusterMember).where(ClusterMember.cluster_id == cluster_id).values(blocked=blocked)
