@@ -113,11 +113,16 @@ def _act(runtime, session: Session, cluster_id: str, action: str, note: str | No
         if standing.decision != row.decision:
             changes.append(DecisionChange(row.id, row.decision, standing.decision, standing.reasons, actor,
                                           "cluster.action", at=now))
+    members = select(ClusterMember.account_id).where(ClusterMember.cluster_id == cluster_id)
     for standing, ids in groups.values():
         # Members already held at review keep the time they arrived in the queue.
         since = func.coalesce(Account.review_since, now) if standing.decision == "review" else None
-        for start in range(0, len(ids), IN_LIST):
-            session.execute(update(Account).where(Account.id.in_(ids[start:start + IN_LIST])).values(
+        # One standing for the whole farm (the usual case): its members, as the locked cluster
+        # holds them; otherwise each group's ids.
+        where = ([Account.id.in_(members)] if len(groups) == 1
+                 else [Account.id.in_(ids[start:start + IN_LIST]) for start in range(0, len(ids), IN_LIST)])
+        for condition in where:
+            session.execute(update(Account).where(condition).values(
                 decision=standing.decision, reasons=standing.reasons,
                 required_verifications=standing.required_verifications, override=standing.override,
                 review_since=since, state_version=Account.state_version + 1)

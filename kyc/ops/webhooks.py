@@ -55,6 +55,8 @@ DELIVERED_KEPT = timedelta(days=7)          # delivered events are purged after 
 
 _TABLE = DecisionWebhook.__table__
 _INSERT = insert(_TABLE)
+_COLUMNS = ("event_id", "account_id", "body", "created_at", "attempts", "next_attempt_at")
+COPY_FROM = 200                # events written at once from which PostgreSQL's COPY is used
 
 
 def enabled(config) -> bool:
@@ -79,12 +81,24 @@ def add(runtime, session: Session, changes: Iterable) -> int:
                 "reasons": [r for r in c.reasons if not r.get("shadow")], "at": rfc3339(c.at), "actor": c.actor}
         rows.append({"event_id": event_id, "account_id": c.account_id, "body": json.dumps(body, separators=(",", ":")),
                      "created_at": c.at, "attempts": 0, "next_attempt_at": c.at})
-    if rows:
-        # One executemany (psycopg pipelines it; in a pipelined scoring transaction it travels
-        # with the commit).
+    if len(rows) >= COPY_FROM and session.get_bind().dialect.name == "postgresql":
+        _copy(session, rows)
+    elif rows:
+        # One executemany: SQLite's is a loop in C; psycopg pipelines it, and in a pipelined
+        # scoring transaction (one event) it travels with the commit.
         session.execute(_INSERT, rows)
+    if rows:
         _deliver_after_commit(runtime, session)
     return len(rows)
+
+
+def _copy(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Many events on PostgreSQL (a farm action): COPY on the transaction's own connection, ten
+    times faster than statements (each row a statement, or a VALUES list psycopg must parse)."""
+    driver = session.connection().connection.driver_connection
+    with driver.cursor() as cursor, cursor.copy(f"COPY decision_webhooks ({', '.join(_COLUMNS)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(tuple(row[c] for c in _COLUMNS))
 
 
 def _deliver_after_commit(runtime, session: Session) -> None:
