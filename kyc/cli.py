@@ -625,6 +625,42 @@ def clusters_list(min_size: int, limit: int, show_identifiers: int) -> None:
                            f"accounts={ident['accounts']}")
 
 
+@clusters.command("act")
+@click.argument("cluster_id")
+@click.option("--action", required=True, type=click.Choice(["block", "review", "release"]),
+              help="block every member, hold every member for review, or release (allow) every member")
+@click.option("--note", default=None, help="why (kept in the audit trail and on each member)")
+def clusters_act(cluster_id: str, action: str, note: str | None) -> None:
+    """One decision for every current member of a cluster, in one transaction (one audit event)."""
+    import time
+
+    from kyc.ops.actions import act_on_cluster
+    from kyc.ops.audit import cli_actor
+    from kyc.ops.errors import ClusterNotFound
+
+    runtime = _runtime()
+    started = time.perf_counter()
+    try:
+        done = act_on_cluster(runtime, cluster_id, action, note, cli_actor())
+    except ClusterNotFound as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{cluster_id}: {action} on {done.members} member(s), {done.changed} changed "
+               f"in {time.perf_counter() - started:.2f}s (audit event {done.event_id})")
+    _deliver_before_exit(runtime)
+
+
+def _deliver_before_exit(runtime) -> None:
+    """A command that changed decisions: without Redis, its process delivers the webhooks it
+    wrote before it exits (what it cannot deliver stays in the outbox for `kyc serve`)."""
+    from kyc.jobs import redis_connection
+    from kyc.ops import webhooks
+
+    if webhooks.enabled(runtime.config) and redis_connection(runtime.config) is None:
+        sent = webhooks.deliver_due(runtime)
+        if sent:
+            click.echo(f"decision webhooks: {sent} delivered", err=True)
+
+
 @clusters.command("rebuild")
 def clusters_rebuild() -> None:
     """Recompute the identity graph and clusters from the recorded sightings (one transaction)."""

@@ -81,6 +81,13 @@ SETTINGS: tuple[Setting, ...] = (
             "How often the schedule checks the rules version; a new version starts a rescore of "
             "accounts last scored under another one."),
     Setting("KYC_RESCORE_BATCH_SIZE", "500", "Accounts per rescore job (one job per batch)."),
+    Setting("KYC_DECISION_WEBHOOK_URL", "",
+            "Where every change of an account's decision is POSTed (account.decision_changed), signed with "
+            "KYC_DECISION_WEBHOOK_SECRET. Empty: no push."),
+    Setting("KYC_DECISION_WEBHOOK_SECRET", "",
+            "Key of the X-Signature (hex HMAC-SHA256 of the raw body) on decision webhooks; required with the URL."),
+    Setting("KYC_DECISION_WEBHOOK_TIMEOUT_SECONDS", "5",
+            "Timeout of one decision webhook POST; a timeout is a failed attempt, retried with backoff."),
     Setting("KYC_BIN_TABLE", "",
             "CSV of card BIN metadata (bin,brand,funding,issuer_country,issuer_name; format in README). "
             "Empty: the small bundled table of processor test-card BINs, not fit for production."),
@@ -122,6 +129,9 @@ class Config:
     rules_watch_seconds: int = 60
     rescore_batch_size: int = 500
     bin_table: str = ""                   # "" = the bundled table
+    decision_webhook_url: str = ""
+    decision_webhook_secret: str = ""
+    decision_webhook_timeout_seconds: float = 5.0
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -161,11 +171,17 @@ class Config:
             rules_watch_seconds=int(raw["KYC_RULES_WATCH_SECONDS"]),
             rescore_batch_size=int(raw["KYC_RESCORE_BATCH_SIZE"]),
             bin_table=str(_resolve(raw["KYC_BIN_TABLE"])) if raw["KYC_BIN_TABLE"] else "",
+            decision_webhook_url=raw["KYC_DECISION_WEBHOOK_URL"].strip(),
+            decision_webhook_secret=raw["KYC_DECISION_WEBHOOK_SECRET"].strip(),
+            decision_webhook_timeout_seconds=float(raw["KYC_DECISION_WEBHOOK_TIMEOUT_SECONDS"]),
         )
         values.update(overrides)
         if not values["secret_key"]:
             secret = raw["KYC_SECRET_KEY"]
             values["secret_key"] = secret.encode() if secret else _load_or_create_secret(Path(values["data_dir"]))
+        if values["decision_webhook_url"] and not values["decision_webhook_secret"]:
+            raise ValueError("KYC_DECISION_WEBHOOK_URL is set without KYC_DECISION_WEBHOOK_SECRET: "
+                             "decision webhooks are always signed")
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:

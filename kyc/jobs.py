@@ -52,6 +52,7 @@ from kyc.config import Config
 from kyc.engine import RuleSet, RuleSetError
 from kyc.ids import new_id
 from kyc.models import SEVERITY, Account, ClusterMember, Evaluation, RescoreBatch, RescoreRun, utcnow
+from kyc.ops import decisions
 from kyc.runtime import Runtime
 from kyc.scoring import read_chunk, rescore_account
 from kyc.scoring.decide import RELEASES_BLOCK
@@ -67,8 +68,9 @@ RETRY_INTERVALS = [10, 60, 300]          # backoff between the three retries of 
 FAILURE_TTL = 30 * 24 * 3600             # failed jobs are kept a month for inspection
 RESULT_TTL = 7 * 24 * 3600               # finished jobs (and their summaries) a week
 SCHEDULE_RESULT_TTL = 3600               # a finished rules watch (one a minute) an hour
-SCHEDULES = ("rules-watch", "dormant-daily", "outbox-purge")
+SCHEDULES = ("rules-watch", "dormant-daily", "outbox-purge", "decision-webhooks")
 OUTBOX_PURGE_SECONDS = 60
+DECISION_WEBHOOK_SECONDS = 5     # pending decision webhooks (retries, a restart's leftovers) looked at this often
 
 
 # --- the runtime of a worker process ----------------------------------------------------------
@@ -580,6 +582,7 @@ def rescore_chunk(runtime: Runtime, session: Session, ids: list[str], rules: Rul
     chunk = read_chunk(runtime, session, ids)
     accounts = chunk.accounts
     changes: Counter[str] = Counter()
+    decision_changes: list[decisions.DecisionChange] = []
     escalated = held = missing = 0
     for account_id in ids:
         account = accounts.get(account_id)
@@ -596,7 +599,10 @@ def rescore_chunk(runtime: Runtime, session: Session, ids: list[str], rules: Rul
             escalated += 1
             log.info("rescore escalated account=%s %s -> %s rules=%s", account_id, old, new, rules.version[:19])
         changes[f"{old}>{new}"] += 1
+        if old != new:
+            decision_changes.append(decisions.by_rules(account, old, rules.version, "rescore"))
     chunk.write(session)
+    decisions.record(runtime, session, decision_changes)
     return {"changes": changes, "escalated": escalated, "held": held, "missing": missing}
 
 
@@ -709,7 +715,8 @@ def next_time(name: str, config: Config, now: datetime | None = None) -> datetim
     """When a schedule fires next. Times are UTC, so no daylight-saving shift or local-time cron
     reading (rq.cron reads cron strings in local time) can move or repeat a run."""
     now = now or utcnow()
-    every = {"rules-watch": max(1, config.rules_watch_seconds), "outbox-purge": OUTBOX_PURGE_SECONDS}
+    every = {"rules-watch": max(1, config.rules_watch_seconds), "outbox-purge": OUTBOX_PURGE_SECONDS,
+             "decision-webhooks": DECISION_WEBHOOK_SECONDS}
     if name in every:
         step = every[name]
         return datetime.fromtimestamp((int(now.timestamp()) // step + 1) * step, timezone.utc)
@@ -730,7 +737,7 @@ def schedule_next(connection, config: Config, name: str, now: datetime | None = 
 
     when = next_time(name, config, now)
     function = {"rules-watch": scheduled_rules_watch, "dormant-daily": scheduled_dormant_rescore,
-                "outbox-purge": scheduled_outbox_purge}[name]
+                "outbox-purge": scheduled_outbox_purge, "decision-webhooks": scheduled_decision_webhooks}[name]
     return Queue("default", connection=connection).enqueue_at(
         when, function, job_id=f"kyc-{name}-{int(when.timestamp())}", result_ttl=SCHEDULE_RESULT_TTL,
         failure_ttl=FAILURE_TTL, job_timeout=JOB_TIMEOUT)
@@ -760,14 +767,35 @@ def scheduled_dormant_rescore() -> str:
 
 
 def purge_expired_codes(runtime: Runtime) -> int:
-    """Delete outbox messages whose code has expired (kyc.verification.senders.purge_outbox)."""
+    """Delete outbox messages whose code has expired (kyc.verification.senders.purge_outbox),
+    and decision webhooks delivered long ago (kyc.ops.webhooks.purge_delivered)."""
+    from kyc.ops.webhooks import purge_delivered
     from kyc.verification.senders import purge_outbox
 
     with runtime.session() as session, session.begin():
         purged = purge_outbox(session, runtime.config.code_ttl_seconds)
     if purged:
         log.info("outbox: %d message(s) with expired codes deleted", purged)
+    purge_delivered(runtime)
     return purged
+
+
+def scheduled_decision_webhooks() -> int:
+    """rq job (queue `default`): send the decision webhooks that are due (retries after their
+    backoff, events a crash or a Redis outage left behind)."""
+    from kyc.ops.webhooks import deliver_due
+
+    runtime = worker_runtime()
+    schedule_next(redis_connection(runtime.config), runtime.config, "decision-webhooks")
+    return deliver_due(runtime)
+
+
+def wake_decision_webhooks(runtime: Runtime) -> None:
+    """In-process: wake the delivery thread (it also wakes itself when a retry falls due)."""
+    from kyc.ops import webhooks
+
+    if webhooks.enabled(runtime.config):
+        webhooks.kick(runtime)
 
 
 def scheduled_outbox_purge() -> int:
@@ -823,8 +851,10 @@ class InProcessSchedule(threading.Thread):
         except Exception:  # noqa: BLE001 - the schedule must start whatever happened before
             log.exception("unfinished rescore runs could not be taken over")
         # The watch and the purge at once (a restart catches up), the daily rescore at its hour.
-        due = {"rules-watch": utcnow(), "outbox-purge": utcnow(), "dormant-daily": next_time("dormant-daily", config)}
-        work = {"rules-watch": check_rules_change, "outbox-purge": purge_expired_codes, "dormant-daily": rescore_dormant}
+        due = {"rules-watch": utcnow(), "outbox-purge": utcnow(), "dormant-daily": next_time("dormant-daily", config),
+               "decision-webhooks": utcnow()}
+        work = {"rules-watch": check_rules_change, "outbox-purge": purge_expired_codes, "dormant-daily": rescore_dormant,
+                "decision-webhooks": wake_decision_webhooks}
         while True:
             wait = max(0.0, (min(due.values()) - utcnow()).total_seconds())
             if self.stopped.wait(wait):

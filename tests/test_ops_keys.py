@@ -31,9 +31,12 @@ def _calls(account_id: str, cluster_id: str) -> dict[str, tuple[str, str, dict |
         "activity": ("POST", f"/v1/accounts/{account_id}/activity", {"requests": 10}),
         "account": ("GET", f"/v1/accounts/{account_id}", None),
         "clusters": ("GET", "/v1/clusters", None),
+        "reviews": ("GET", "/v1/reviews", None),
         "audit": ("GET", "/v1/audit", None),
         "rules": ("GET", "/v1/ops/rules", None),
         "label": ("POST", f"/v1/accounts/{account_id}/labels", {"label": "legit"}),
+        "review": ("POST", f"/v1/accounts/{account_id}/review", {"outcome": "allow"}),
+        "cluster_action": ("POST", f"/v1/clusters/{cluster_id}/actions", {"action": "review"}),
         "reload": ("POST", "/v1/ops/rules/reload", None),
     }
 

@@ -105,7 +105,7 @@ def field_errors(exc: ValidationError) -> dict[str, str]:
 
 def register(app: Flask) -> None:
     from kyc.api import (  # noqa: F401 - routes register on v1
-        accounts, audit, clusters, ops, payment_methods, signups, tiers, verifications, webhooks)
+        accounts, audit, clusters, ops, payment_methods, reviews, signups, tiers, verifications, webhooks)
 
     app.register_blueprint(v1)
 

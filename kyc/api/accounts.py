@@ -62,6 +62,10 @@ def account_body(account: Account, history: list[Evaluation], cluster: Cluster |
         "verifications": [],
         "cluster": cluster_ref(cluster.id, cluster.size) if cluster else None,
         "label": account.label,
+        # A person's decision standing over the rules' (a review, a cluster action, a label) and
+        # what they saw; or what new evidence reopened it. None: the rules decide alone.
+        "override": account.override,
+        "review_since": rfc3339(account.review_since),
         "first_seen_at": rfc3339(account.first_seen_at),
         "last_seen_at": rfc3339(account.last_seen_at),
         "state_version": account.state_version,

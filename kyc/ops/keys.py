@@ -77,7 +77,13 @@ _ACTIVE_KEY = select(ApiKey.name, ApiKey.role).where(ApiKey.key_hash == bindpara
 
 def authenticate(conn: Connection, token: str) -> Caller | None:
     """The active key `token` is, or None. One prebuilt statement on the caller's connection."""
-    row = conn.execute(_ACTIVE_KEY, {"key_hash": hash_api_key(token)}).one_or_none()
+    return caller_for_hash(conn, hash_api_key(token))
+
+
+def caller_for_hash(conn: Connection, key_hash: str) -> Caller | None:
+    """The active key whose SHA-256 is `key_hash` (a console session keeps the hash, never the
+    key), or None once it is revoked."""
+    row = conn.execute(_ACTIVE_KEY, {"key_hash": key_hash}).one_or_none()
     return Caller(row.name, row.role) if row is not None else None
 
 

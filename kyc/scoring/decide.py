@@ -9,6 +9,9 @@ only). What is decided:
   the reasons, "satisfied", and no longer moves the decision.
 - **standing** (`combine`): the most severe decision of the latest evaluation of each subject
   (each card is a subject of its own), the highest score, every reason once.
+- **a person's decision** (`settle`, through kyc.ops.standing.overlay): a review, a cluster
+  action or a label stands over the rules' standing until evidence the person did not see
+  reopens it.
 - **sticky blocks** (`settle`): a blocked account stays blocked whatever a new evaluation says,
   on every path, unless an acting hit of that evaluation comes from a rule tagged
   `releases_block`. The new evaluation is stored for the record either way.
@@ -20,11 +23,12 @@ comes back, so every path decides the same from the same facts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Iterable, Protocol
 
 from kyc.engine.loader import VERIFICATIONS
 from kyc.models import SEVERITY
+from kyc.ops.standing import overlay
 from kyc.verification import payment_verified
 
 RELEASES_BLOCK = "releases_block"           # rule tag: an acting hit may relax a blocked account
@@ -125,7 +129,8 @@ def combine(subjects: dict[str, dict[str, Any]]) -> tuple[str, int, list[dict], 
     return decision, score, reasons, required
 
 
-def settle(account, slot: str, subject: str, evaluation_id: str, result: Outcome, at: datetime) -> Settlement:
+def settle(account, slot: str, subject: str, evaluation_id: str, result: Outcome, at: datetime, *,
+           cluster=None, steps: tuple[int, ...] = (), now: datetime | None = None) -> Settlement:
     """Put one evaluation's outcome on its account: its subject's slot, the account's times and
     standing, and the state version entitlement ETags follow. `account` is the account's row as
     a plain record; the caller writes what changed.
@@ -134,6 +139,10 @@ def settle(account, slot: str, subject: str, evaluation_id: str, result: Outcome
     account keeps its whole standing (slots included) unless `result.releases_block`.
     `proved_payment`: this evaluation is the proof of payment (a card evaluated allow) that
     another subject's outcome asks for (the caller evaluates those again).
+
+    A person's decision on the account (`account.override`) is laid over the rules' standing
+    (kyc.ops.standing.overlay), given the account's `cluster` now (id, size, labeled_fraud),
+    the cluster size `steps` and `now`; it also keeps `account.review_since` (the queue).
     """
     old = account.decision
     kept = {name: getattr(account, name) for name in _STANDING} if old == "block" else None
@@ -148,7 +157,10 @@ def settle(account, slot: str, subject: str, evaluation_id: str, result: Outcome
     account.first_seen_at = min(account.first_seen_at, at)
     account.last_seen_at = max(account.last_seen_at, at)
     account.last_evaluation_id = evaluation_id
-    standing = combine(subjects)
+    decision, score, reasons, required = combine(subjects)
+    laid = overlay(account.override, account.review_since, decision, reasons, required, cluster, steps,
+                   now or datetime.now(timezone.utc))
+    standing = (laid.decision, score, laid.reasons, laid.required_verifications)
     if kept is not None and standing[0] != "block" and not result.releases_block:
         for name, value in kept.items():
             setattr(account, name, value)
@@ -163,7 +175,9 @@ def settle(account, slot: str, subject: str, evaluation_id: str, result: Outcome
               and any("payment" in entry["required_verifications"] for name, entry in subjects.items() if name != slot))
     account.subjects = subjects
     account.decision, account.score, account.reasons, account.required_verifications = standing
+    account.override, account.review_since = laid.override, laid.review_since
     return Settlement(old, account.decision, held=False, proved_payment=proved)
 
 
-_STANDING = ("decision", "score", "reasons", "required_verifications", "subjects", "state_version")
+_STANDING = ("decision", "score", "reasons", "required_verifications", "subjects", "state_version", "override",
+             "review_since")

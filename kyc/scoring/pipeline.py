@@ -25,6 +25,7 @@ from kyc.ids import new_id
 from kyc.inputs import INPUTS, rfc3339
 from kyc import graph
 from kyc.models import Account, ActivityDay, ClusterMember, Evaluation, Sighting, Verification, utcnow
+from kyc.ops import decisions
 from kyc.runtime import Runtime
 from kyc.scoring.decide import evaluate, settle
 from kyc.security import mask_email, mask_ip
@@ -111,8 +112,14 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     )
     evaluation = chunk.add(values) if chunk else SimpleNamespace(**values)
     slot = _slot(subject, identifiers)
-    evaluation.settlement = settle(account, slot, subject, evaluation.id, outcome, at)
+    evaluation.settlement = settle(account, slot, subject, evaluation.id, outcome, at, cluster=cluster,
+                                   steps=runtime.config.graph_rescore_sizes)
     account.cluster_id = cluster.id             # written with the account's other changes
+    if chunk is None and not created and evaluation.settlement.new != evaluation.settlement.old:
+        # A new account's first decision is not a change. A rescore chunk records its
+        # accounts' changes itself (kyc/jobs.py rescore_chunk), once per account.
+        decisions.record(runtime, session, [decisions.by_rules(account, evaluation.settlement.old, rules.version,
+                                                               trigger)])
     graph.set_flags(session, policy, account.id, {"blocked": account.decision == "block"}, member=member,
                     cluster=cluster, being_scored=True)
     if chunk is None:
@@ -215,7 +222,7 @@ class Chunk:
 
 # What scoring an account changes on its row (score(), decide.settle).
 _WRITTEN = ("decision", "score", "reasons", "required_verifications", "subjects", "state_version",
-            "last_evaluation_id", "first_seen_at", "last_seen_at", "cluster_id")
+            "last_evaluation_id", "first_seen_at", "last_seen_at", "cluster_id", "override", "review_since")
 
 
 def _written(account) -> tuple:

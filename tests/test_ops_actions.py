@@ -1,0 +1,103 @@
+"""Farm actions (contract: POST /v1/clusters/{id}/actions; `kyc clusters act`)."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+
+from kyc.cli import main
+from kyc.models import AuditEvent, Cluster
+from tests.conftest import RULES_DIR, TEST_SECRET, signup
+
+
+def farm(client, auth, size: int, device="dv_farm") -> str:
+    """`size` accounts on one device (a strong identifier): one cluster. Returns its id."""
+    cluster = None
+    for n in range(size):
+        body = client.post("/v1/signups", json=signup(account_id=f"acct_f{n}", email=f"farm.member{n}@gmail.com",
+                                                      device_id=device, phone=None), headers=auth).json
+        cluster = body["cluster"]["id"]
+    return client.get(f"/v1/accounts/acct_f{size - 1}", headers=auth).json["cluster"]["id"] or cluster
+
+
+def decisions(client, auth, size: int) -> list[str]:
+    return [client.get(f"/v1/accounts/acct_f{n}", headers=auth).json["decision"] for n in range(size)]
+
+
+def test_block_review_and_release_apply_to_every_member_in_one_audited_event(client, auth, runtime):
+    cluster_id = farm(client, auth, 4)
+    before = decisions(client, auth, 4)
+    response = client.post(f"/v1/clusters/{cluster_id}/actions", json={"action": "block", "note": "farm"},
+                           headers=auth)
+    assert response.status_code == 200
+    body = response.json
+    assert (body["cluster_id"], body["members"], body["changed"]) == (cluster_id, 4, sum(d != "block" for d in before))
+    assert decisions(client, auth, 4) == ["block"] * 4
+    assert not client.get("/v1/accounts/acct_f0/entitlement?tier=free", headers=auth).json["allowed"]
+    with runtime.session() as session:
+        assert session.get(Cluster, cluster_id).blocked == 4
+    events = client.get(f"/v1/audit?cluster_id={cluster_id}", headers=auth).json["events"]
+    assert len(events) == 1 and events[0]["action"] == "cluster.action" and events[0]["actor"] == "key:tests"
+    assert events[0]["detail"]["members"] == 4 and events[0]["detail"]["note"] == "farm"
+    assert sum(events[0]["detail"]["transitions"].values()) == 4
+    member = client.get("/v1/accounts/acct_f2", headers=auth).json
+    assert member["override"]["event"] == events[0]["id"] and member["override"]["source"] == "cluster_action"
+    assert member["reasons"][0]["rule"] == "ops:cluster_action"
+
+    held = client.post(f"/v1/clusters/{cluster_id}/actions", json={"action": "review"}, headers=auth).json
+    # Held at review, or block where the rules themselves say block.
+    after = decisions(client, auth, 4)
+    assert set(after) <= {"review", "block"} and "review" in after and held["changed"] == after.count("review")
+    queue = client.get("/v1/reviews", headers=auth).json["reviews"]
+    assert sorted(e["account_id"] for e in queue) == [f"acct_f{n}" for n, d in enumerate(after) if d == "review"]
+
+    released = client.post(f"/v1/clusters/{cluster_id}/actions", json={"action": "release"}, headers=auth).json
+    assert released == {"cluster_id": cluster_id, "members": 4, "changed": 4, "audit_event_id": released["audit_event_id"]}
+    assert decisions(client, auth, 4) == ["allow"] * 4
+    assert client.get("/v1/accounts/acct_f0/entitlement?tier=free", headers=auth).json["allowed"]
+    assert client.get("/v1/reviews", headers=auth).json["reviews"] == []
+    with runtime.session() as session:
+        assert session.get(Cluster, cluster_id).blocked == 0
+    # The same action again changes nothing but is still recorded.
+    again = client.post(f"/v1/clusters/{cluster_id}/actions", json={"action": "release"}, headers=auth).json
+    assert (again["members"], again["changed"]) == (4, 0)
+    assert client.post("/v1/clusters/cl_nope/actions", json={"action": "block"}, headers=auth).status_code == 404
+
+
+def test_cli_acts_on_a_cluster_like_the_api(client, auth, runtime, database_url, tmp_path):
+    cluster_id = farm(client, auth, 3)
+    env = {"KYC_DATABASE_URL": database_url, "KYC_DATA_DIR": str(tmp_path), "KYC_RULES_DIR": str(RULES_DIR),
+           "KYC_SECRET_KEY": TEST_SECRET.decode(), "KYC_DEV_KEY": ""}
+    result = CliRunner().invoke(main, ["clusters", "act", cluster_id, "--action", "block", "--note", "seen"], env=env)
+    assert result.exit_code == 0, result.output
+    assert f"{cluster_id}: block on 3 member(s)" in result.stdout
+    assert decisions(client, auth, 3) == ["block"] * 3
+    event = client.get(f"/v1/audit?cluster_id={cluster_id}", headers=auth).json["events"][0]
+    assert event["actor"].startswith("cli:") and event["detail"]["note"] == "seen"
+    missing = CliRunner().invoke(main, ["clusters", "act", "cl_nope", "--action", "block"], env=env)
+    assert missing.exit_code == 1 and "not found" in missing.stderr
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(
+    st.dictionaries(st.sampled_from(["action", "note", "members"]),
+                    st.one_of(st.sampled_from(["block", "review", "release", "allow", "BLOCK", ""]), st.integers(),
+                              st.none()), max_size=3),
+    st.lists(st.text(max_size=3), max_size=2)))
+def test_a_bad_action_body_is_refused_naming_the_field_and_changes_nothing(client, auth, runtime, body):
+    with runtime.session() as session:
+        cluster_id = session.scalar(select(Cluster.id).where(Cluster.size > 1))
+        if cluster_id is None:
+            cluster_id = farm(client, auth, 2)
+        events = session.scalar(select(func.count()).select_from(AuditEvent))
+    response = client.post(f"/v1/clusters/{cluster_id}/actions", json=body, headers=auth)
+    valid = (isinstance(body, dict) and body.get("action") in ("block", "review", "release")
+             and set(body) <= {"action", "note"} and body.get("note") is None)
+    if valid:
+        assert response.status_code == 200 and response.json["members"] == 2
+        return
+    assert response.status_code == 400 and response.json["error"]["code"] == "invalid_request"
+    with runtime.session() as session:
+        assert session.scalar(select(func.count()).select_from(AuditEvent)) == events
