@@ -49,6 +49,7 @@ from sqlalchemy.orm import Session
 
 from kyc import graph
 from kyc.config import Config
+from kyc.db import refresh_statistics
 from kyc.engine import RuleSet, RuleSetError
 from kyc.ids import new_id
 from kyc.models import SEVERITY, Account, ClusterMember, Evaluation, RescoreBatch, RescoreRun, utcnow
@@ -68,8 +69,9 @@ RETRY_INTERVALS = [10, 60, 300]          # backoff between the three retries of 
 FAILURE_TTL = 30 * 24 * 3600             # failed jobs are kept a month for inspection
 RESULT_TTL = 7 * 24 * 3600               # finished jobs (and their summaries) a week
 SCHEDULE_RESULT_TTL = 3600               # a finished rules watch (one a minute) an hour
-SCHEDULES = ("rules-watch", "dormant-daily", "outbox-purge", "decision-webhooks")
+SCHEDULES = ("rules-watch", "dormant-daily", "outbox-purge", "decision-webhooks", "planner-stats")
 OUTBOX_PURGE_SECONDS = 60
+PLANNER_STATS_SECONDS = 60       # kyc.db.refresh_statistics: a look at pg_stat_user_tables, ANALYZE if due
 DECISION_WEBHOOK_SECONDS = 5     # pending decision webhooks (retries, a restart's leftovers) looked at this often
 
 
@@ -716,7 +718,7 @@ def next_time(name: str, config: Config, now: datetime | None = None) -> datetim
     reading (rq.cron reads cron strings in local time) can move or repeat a run."""
     now = now or utcnow()
     every = {"rules-watch": max(1, config.rules_watch_seconds), "outbox-purge": OUTBOX_PURGE_SECONDS,
-             "decision-webhooks": DECISION_WEBHOOK_SECONDS}
+             "decision-webhooks": DECISION_WEBHOOK_SECONDS, "planner-stats": PLANNER_STATS_SECONDS}
     if name in every:
         step = every[name]
         return datetime.fromtimestamp((int(now.timestamp()) // step + 1) * step, timezone.utc)
@@ -737,7 +739,8 @@ def schedule_next(connection, config: Config, name: str, now: datetime | None = 
 
     when = next_time(name, config, now)
     function = {"rules-watch": scheduled_rules_watch, "dormant-daily": scheduled_dormant_rescore,
-                "outbox-purge": scheduled_outbox_purge, "decision-webhooks": scheduled_decision_webhooks}[name]
+                "outbox-purge": scheduled_outbox_purge, "decision-webhooks": scheduled_decision_webhooks,
+                "planner-stats": scheduled_planner_stats}[name]
     return Queue("default", connection=connection).enqueue_at(
         when, function, job_id=f"kyc-{name}-{int(when.timestamp())}", result_ttl=SCHEDULE_RESULT_TTL,
         failure_ttl=FAILURE_TTL, job_timeout=JOB_TIMEOUT)
@@ -764,6 +767,12 @@ def scheduled_dormant_rescore() -> str:
     runtime = worker_runtime()
     schedule_next(redis_connection(runtime.config), runtime.config, "dormant-daily")
     return rescore_dormant(runtime).id
+
+
+def scheduled_planner_stats() -> list[str]:
+    runtime = worker_runtime()
+    schedule_next(redis_connection(runtime.config), runtime.config, "planner-stats")
+    return refresh_statistics(runtime.engine)
 
 
 def purge_expired_codes(runtime: Runtime) -> int:
@@ -852,9 +861,10 @@ class InProcessSchedule(threading.Thread):
             log.exception("unfinished rescore runs could not be taken over")
         # The watch and the purge at once (a restart catches up), the daily rescore at its hour.
         due = {"rules-watch": utcnow(), "outbox-purge": utcnow(), "dormant-daily": next_time("dormant-daily", config),
-               "decision-webhooks": utcnow()}
+               "decision-webhooks": utcnow(), "planner-stats": utcnow()}
         work = {"rules-watch": check_rules_change, "outbox-purge": purge_expired_codes, "dormant-daily": rescore_dormant,
-                "decision-webhooks": wake_decision_webhooks}
+                "decision-webhooks": wake_decision_webhooks,
+                "planner-stats": lambda runtime: refresh_statistics(runtime.engine)}
         while True:
             wait = max(0.0, (min(due.values()) - utcnow()).total_seconds())
             if self.stopped.wait(wait):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kyc.jobs import drain, rescore_accounts
+from kyc.jobs import drain, enqueue_rescore
 from tests.conftest import signup
 
 
@@ -65,7 +65,7 @@ def test_the_queue_lists_held_accounts_oldest_first_and_a_review_decides_at_once
 def test_a_persons_decision_stands_over_rescoring_until_evidence_they_did_not_see(client, auth, runtime):
     held(client, auth, 1, device_id="dv_shared")
     client.post("/v1/accounts/acct_r1/review", json={"outcome": "allow"}, headers=auth)
-    assert rescore_accounts(runtime, ["acct_r1"]) == 1
+    assert enqueue_rescore(runtime, ["acct_r1"], "test") == 1
     again = client.get("/v1/accounts/acct_r1", headers=auth).json
     assert again["decision"] == "allow" and again["override"]["decision"] == "allow"
     assert not client.get("/v1/audit?action=decision.changed&account_id=acct_r1", headers=auth).json["events"]
@@ -90,7 +90,7 @@ def test_a_persons_decision_stands_over_rescoring_until_evidence_they_did_not_se
 
     # A person's block is not lifted by rescoring, whatever the rules say.
     client.post("/v1/accounts/acct_r1/review", json={"outcome": "block"}, headers=auth)
-    rescore_accounts(runtime, ["acct_r1"])
+    enqueue_rescore(runtime, ["acct_r1"], "test")
     assert client.get("/v1/accounts/acct_r1", headers=auth).json["decision"] == "block"
 
 

@@ -1,0 +1,102 @@
+"""Query plans that hold: on a database of realistic size whose statistics kyc keeps fresh
+(kyc.db.refresh_statistics, a schedule), the signup path reads every table through an index.
+
+PostgreSQL only: generic plans (kyc.db._generic_plans) come from the planner's statistics; this
+machine's server, like some production ones, runs without autovacuum.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import create_engine, text
+
+from kyc import create_app
+from kyc.db import refresh_statistics
+from kyc.runtime import Runtime, upgrade_database
+from tests.conftest import pg_schema_url, signup
+
+ACCOUNTS = 20_000
+SCHEMA = "kyc_query_plans"
+APP = "kyc_query_plans_test"
+# What a signup reads (the API key, the account, velocity, the graph); grown as 20,000 accounts
+# of six velocity keys and three linking identifiers each would have grown them.
+GROW = f"""
+INSERT INTO accounts (id, first_seen_at, last_seen_at, decision, score, reasons, required_verifications,
+                      subjects, state_version, created_at, updated_at)
+  SELECT 'bulk' || g, now(), now(), 'allow', 0, '[]', '[]', '{{}}', 0, now(), now()
+  FROM generate_series(1, {ACCOUNTS}) g;
+INSERT INTO sightings (kind, value_hash, account_id, evaluation_id, occurred_at)
+  SELECT k, md5(k || g), 'bulk' || g, 'ev' || g, now() - g * interval '1 second'
+  FROM generate_series(1, {ACCOUNTS}) g, unnest(array['ip', 'device', 'email', 'ip_prefix', 'asn', 'email_domain']) k;
+INSERT INTO velocity_marks (kind, value_hash, account_id, last_at)
+  SELECT k, md5(k || g), 'bulk' || g, now()
+  FROM generate_series(1, {ACCOUNTS}) g, unnest(array['ip', 'device', 'email', 'ip_prefix', 'asn', 'email_domain']) k;
+INSERT INTO graph_nodes (kind, value_hash, accounts, super_node, first_seen_at)
+  SELECT k, md5(k || g), 1, false, now() FROM generate_series(1, {ACCOUNTS}) g, unnest(array['device', 'email', 'ip_day']) k;
+INSERT INTO graph_edges (kind, value_hash, account_id)
+  SELECT k, md5(k || g), 'bulk' || g FROM generate_series(1, {ACCOUNTS}) g, unnest(array['device', 'email', 'ip_day']) k;
+INSERT INTO clusters (id, size, first_seen_at, created_at, updated_at, blocked, labeled_fraud, disposable, voip,
+                      hosting, headless)
+  SELECT 'clb' || g, 1, now(), now(), now(), 0, 0, 0, 0, 0, 0 FROM generate_series(1, {ACCOUNTS}) g;
+INSERT INTO cluster_members (account_id, cluster_id, joined_at, blocked, labeled_fraud, disposable, voip, hosting,
+                             headless)
+  SELECT 'bulk' || g, 'clb' || g, now(), false, false, false, false, false, false
+  FROM generate_series(1, {ACCOUNTS}) g;
+"""
+READ_BY_SIGNUPS = ("accounts", "sightings", "velocity_marks", "graph_nodes", "graph_edges", "clusters",
+                   "cluster_members")
+
+
+def _seq_scans(admin) -> dict[str, int]:
+    with admin.connect() as conn:
+        conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+        return dict(conn.execute(text("SELECT relname, seq_scan FROM pg_stat_user_tables WHERE schemaname = :s"),
+                                 {"s": SCHEMA}).all())
+
+
+def _wait_for_backends_to_exit(admin) -> None:
+    """A backend reports its counters when it exits: wait (bounded) for the app's to be gone."""
+    deadline = time.monotonic() + 30
+    with admin.connect() as conn:
+        while conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :a"),
+                           {"a": APP}).scalar():
+            assert time.monotonic() < deadline, "the app's connections did not close"
+            conn.rollback()
+            time.sleep(0.05)
+
+
+def test_signups_read_through_indexes_once_statistics_are_refreshed(make_config):
+    url = pg_schema_url(SCHEMA)
+    upgrade_database(url)
+    rt = Runtime.start(make_config(f"{url}&application_name={APP}", dev_key="dev"), migrate=False)
+    client = create_app(runtime=rt).test_client()
+    headers = {"Authorization": "Bearer dev"}
+
+    def post(n: int) -> None:
+        body = signup(account_id=f"acct_{n}", email=f"user{n}@example{n}.org", device_id=f"dv_{n}",
+                      phone=None, ip=f"81.{n % 200}.{n % 250}.9")
+        assert client.post("/v1/signups", json=body, headers=headers).status_code == 200
+
+    admin = create_engine(url)
+    try:
+        for n in range(20):                      # the app's statements are prepared on small tables
+            post(n)
+        with admin.begin() as conn:
+            conn.execute(text(GROW))
+        assert set(READ_BY_SIGNUPS) <= set(refresh_statistics(rt.engine))
+        assert refresh_statistics(rt.engine) == []            # nothing changed since
+        rt.engine.dispose()
+        _wait_for_backends_to_exit(admin)
+        before = _seq_scans(admin)
+        for n in range(100, 140):
+            post(n)
+        rt.engine.dispose()
+        _wait_for_backends_to_exit(admin)
+        after = _seq_scans(admin)
+        scanned = {table: after[table] - before[table] for table in READ_BY_SIGNUPS if after[table] > before[table]}
+        assert scanned == {}, f"sequential scans during 40 signups: {scanned}"
+    finally:
+        rt.engine.dispose()
+        admin.dispose()
+
