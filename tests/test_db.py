@@ -173,6 +173,7 @@ def test_a_pooled_connection_the_server_closed_is_replaced_before_use(_postgres_
             deadline = time.monotonic() + 10
             while conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}).scalar():
                 assert time.monotonic() < deadline, "the backend did not exit"
+                conn.rollback()         # pg_stat_activity is read once per transaction: look again
                 time.sleep(0.01)
         with engine.connect() as conn:
             assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != pid

@@ -65,7 +65,7 @@ def test_shadow_hits_are_recorded_and_never_act():
 def account(decision="allow", subjects=None) -> SimpleNamespace:
     return SimpleNamespace(decision=decision, score=0, reasons=[], required_verifications=[],
                            subjects=subjects or {}, state_version=1, first_seen_at=AT, last_seen_at=AT,
-                           last_evaluation_id=None)
+                           last_evaluation_id=None, override=None, review_since=None)
 
 
 def test_settle_combines_slots_and_keeps_a_block_unless_released():
