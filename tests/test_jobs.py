@@ -243,7 +243,7 @@ def test_schedule_job_ids_make_one_job_per_occurrence(queued_runtime, redis_db):
 
     for _ in range(3):                                # three workers starting together
         jobs.ensure_schedule(redis_db, queued_runtime.config)
-    assert ScheduledJobRegistry("default", connection=redis_db).count == len(jobs.SCHEDULES) == 4
+    assert ScheduledJobRegistry("default", connection=redis_db).count == len(jobs.SCHEDULES) == 5
 
 
 def test_failed_batch_is_retried_with_backoff_and_kept(queued_runtime, redis_db):

@@ -109,7 +109,7 @@ def test_an_action_racing_joining_signups_and_rescoring_leaves_every_counter_tru
     from concurrent.futures import ThreadPoolExecutor
 
     from kyc import create_app
-    from kyc.jobs import drain, rescore_accounts
+    from kyc.jobs import drain, enqueue_rescore
     from kyc.models import Account, ClusterMember
     from kyc.ops.actions import act_on_cluster
     from tests.flows import key_headers
@@ -128,7 +128,7 @@ def test_an_action_racing_joining_signups_and_rescoring_leaves_every_counter_tru
     with ThreadPoolExecutor(max_workers=4) as pool:
         action = pool.submit(act_on_cluster, rt, cluster_id, "block", "race", "key:tests")
         joins = [pool.submit(join, n) for n in range(4)]
-        rescore = pool.submit(rescore_accounts, rt, first[:10])
+        rescore = pool.submit(enqueue_rescore, rt, first[:10], "race")
         assert action.result().members >= 20
         assert [j.result() for j in joins] == [200] * 4
         rescore.result()
