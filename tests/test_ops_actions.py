@@ -101,3 +101,44 @@ def test_a_bad_action_body_is_refused_naming_the_field_and_changes_nothing(clien
     assert response.status_code == 400 and response.json["error"]["code"] == "invalid_request"
     with runtime.session() as session:
         assert session.scalar(select(func.count()).select_from(AuditEvent)) == events
+
+
+def test_an_action_racing_joining_signups_and_rescoring_leaves_every_counter_true(postgres_runtime):
+    """PostgreSQL row locks: an action, signups joining the cluster and a rescore of its members,
+    all at once, neither deadlock nor leave a member's blocked trait or the cluster's count wrong."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kyc import create_app
+    from kyc.jobs import drain, enqueue_rescore
+    from kyc.models import Account, ClusterMember
+    from kyc.ops.actions import act_on_cluster
+    from tests.flows import key_headers
+
+    rt = postgres_runtime
+    client, auth = create_app(runtime=rt).test_client(), key_headers(rt)
+    cluster_id = farm(client, auth, 20)
+    drain(rt)
+    first = [f"acct_f{n}" for n in range(20)]
+
+    def join(n: int) -> int:
+        return create_app(runtime=rt).test_client().post(
+            "/v1/signups", json=signup(account_id=f"acct_late{n}", email=f"late.joiner{n}@gmail.com",
+                                       device_id="dv_farm", phone=None), headers=auth).status_code
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        action = pool.submit(act_on_cluster, rt, cluster_id, "block", "race", "key:tests")
+        joins = [pool.submit(join, n) for n in range(4)]
+        rescore = pool.submit(enqueue_rescore, rt, first[:10], "race")
+        assert action.result().members >= 20
+        assert [j.result() for j in joins] == [200] * 4
+        rescore.result()
+    drain(rt)
+    with rt.session() as session:
+        standing = dict(session.execute(select(Account.id, Account.decision)).all())
+        members = session.execute(select(ClusterMember.account_id, ClusterMember.cluster_id, ClusterMember.blocked)).all()
+        clusters = {c.id: c.blocked for c in session.scalars(select(Cluster))}
+    assert all(standing[a] == "block" for a in first)           # members when it began: blocked, and they stay
+    for account_id, _, blocked in members:
+        assert blocked == (standing[account_id] == "block"), account_id
+    for cid, blocked in clusters.items():
+        assert blocked == sum(1 for a, c, b in members if c == cid and b), cid

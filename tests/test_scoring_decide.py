@@ -162,3 +162,21 @@ def test_rescore_runs_count_the_blocks_they_kept(decided):
         result = jobs.run_summary(s, s.get(jobs.RescoreRun, run.id))
         trigger = s.scalars(select(Evaluation.trigger).order_by(Evaluation.created_at.desc())).first()
     assert (result["held"], result["matrix"], trigger) == (1, {("block", "block"): 1}, "rescore")
+
+
+def test_settle_lays_a_persons_decision_over_the_rules_until_new_evidence_reopens_it():
+    from kyc.ops.standing import decided as person_decision, evidence
+
+    blocked = outcome([rule("farm_device", "block", 60)], frozenset())
+    held = account("allow", {})
+    held.override = person_decision("allow", "review", "key:anna", AT, "known customer",
+                                    evidence(blocked.reasons, SimpleNamespace(id="cl_1", size=3, labeled_fraud=0)))
+    cluster = SimpleNamespace(id="cl_1", size=3, labeled_fraud=0)
+    settlement = settle(held, "signup", "signup", "ev_1", blocked, AT, cluster=cluster, steps=(5, 20))
+    assert (settlement.old, settlement.new) == ("allow", "allow")       # what the reviewer saw: it stands
+    assert held.reasons[0]["rule"] == "ops:review" and held.review_since is None
+
+    grown = SimpleNamespace(id="cl_1", size=6, labeled_fraud=0)         # past the size step 5
+    settlement = settle(held, "signup", "signup", "ev_2", blocked, AT, cluster=grown, steps=(5, 20))
+    assert settlement.new == "block" and held.override["decision"] is None
+    assert held.override["reopened"]["changed"] == ["cluster grew from 3 to 6 accounts"]
