@@ -1,0 +1,165 @@
+"""Logs: one JSON object per line (python-json-logger), each line of a request carrying its id.
+
+Every process (kyc serve's master and workers, gunicorn's access log, kyc worker, the CLI) logs
+through `configure`. A request's id is the caller's `X-Request-Id` when it is sane (1-128 of
+letters, digits and . _ : -), else a new one; it is echoed in the response's `X-Request-Id`
+and added to every line logged while the request runs (app lines and the access line).
+
+Values are masked where they are logged (kyc.security.mask_*). As a second line of defence,
+every line is scrubbed before it is written: an email address, an IPv4 or IPv6 address, an
+E.164 phone number or a card number (13-19 digits passing Luhn) left in a message, an
+exception or an extra field is replaced by a placeholder.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import sys
+import uuid
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
+
+from kyc.security import luhn_ok
+
+REQUEST_ID_HEADER = "X-Request-Id"
+ENVIRON_KEY = "kyc.request_id"            # where the WSGI environ holds it (gunicorn's access line reads it)
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def request_id(incoming: str | None) -> str:
+    """The caller's id if it is sane, else a new random one (32 hex digits)."""
+    if incoming and _SANE_REQUEST_ID.fullmatch(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+# --- scrubbing --------------------------------------------------------------------------------
+
+_EMAIL = re.compile(r"(?<![\w.%+'-])[\w.%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
+_IPV6 = re.compile(r"(?<![0-9A-Fa-f:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:%\w+)?(?![0-9A-Fa-f:])")
+_E164 = re.compile(r"\+\d[\d ().-]{6,18}\d")
+_DIGITS = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
+
+
+def _ip_or_same(match: re.Match) -> str:
+    text = match.group()
+    try:
+        ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return text
+    return "[ip]"
+
+
+def _card_or_same(match: re.Match) -> str:
+    digits = re.sub(r"[ -]", "", match.group())
+    return "[card]" if luhn_ok(digits) else match.group()
+
+
+def scrub(text: str) -> str:
+    """The text with emails, IP addresses, E.164 phones and card numbers replaced."""
+    if len(text) < 7:
+        return text
+    text = _EMAIL.sub("[email]", text)
+    text = _DIGITS.sub(_card_or_same, text)
+    text = _E164.sub(lambda m: "[phone]" if 8 <= sum(c.isdigit() for c in m.group()) <= 15 else m.group(), text)
+    text = _IPV4.sub(_ip_or_same, text)
+    if text.count(":") >= 2:
+        text = _IPV6.sub(_ip_or_same, text)
+    return text
+
+
+def _scrubbed(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, list):
+        return [_scrubbed(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _scrubbed(v) for k, v in value.items()}
+    return value
+
+
+class KycJsonFormatter(JsonFormatter):
+    """JSON lines: time, level, logger, message, request_id (inside a request), extras; scrubbed."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s",
+                         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                         datefmt="%Y-%m-%dT%H:%M:%S%z")
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        return {k: _scrubbed(v) for k, v in log_data.items()}
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds the current request's id to a record logged inside a Flask request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            from flask import g, has_request_context
+
+            if has_request_context():
+                rid = g.get("request_id")
+                if rid:
+                    record.request_id = rid
+        return True
+
+
+def json_handler(stream=None) -> logging.Handler:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(KycJsonFormatter())
+    handler.addFilter(RequestIdFilter())
+    handler.set_name("kyc-json")
+    return handler
+
+
+def configure(level: str | int = "INFO") -> None:
+    """Root logging to stderr as JSON lines (idempotent: one handler however often it runs)."""
+    root = logging.getLogger()
+    root.setLevel(level)
+    if not any(h.get_name() == "kyc-json" for h in root.handlers):
+        for handler in list(root.handlers):
+            if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in (
+                    sys.stderr, sys.stdout):
+                root.removeHandler(handler)
+        root.addHandler(json_handler())
+
+
+# --- gunicorn ---------------------------------------------------------------------------------
+
+def gunicorn_logger_class():
+    """gunicorn's Logger with JSON lines for its error log and a structured access line:
+    method, path (no query string), status, bytes, duration, user agent and request id, never
+    the client's address."""
+    from gunicorn.glogging import Logger
+
+    class JsonLogger(Logger):
+        def setup(self, cfg) -> None:
+            super().setup(cfg)
+            for log in (self.error_log, self.access_log):
+                for handler in log.handlers:
+                    handler.setFormatter(KycJsonFormatter())
+
+        def access(self, resp, req, environ, request_time) -> None:
+            if not (self.cfg.accesslog or self.cfg.logconfig or self.cfg.logconfig_dict or self.cfg.syslog):
+                return
+            status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
+            extra = {
+                "method": environ.get("REQUEST_METHOD"),
+                "path": environ.get("PATH_INFO"),
+                "status": int(status) if str(status).isdigit() else status,
+                "bytes": getattr(resp, "sent", None),
+                "duration_ms": round(request_time.total_seconds() * 1000, 2),
+                "user_agent": environ.get("HTTP_USER_AGENT"),
+            }
+            if environ.get(ENVIRON_KEY):
+                extra["request_id"] = environ[ENVIRON_KEY]
+            try:
+                self.access_log.info("request", extra=extra)
+            except Exception:       # noqa: BLE001 - gunicorn's own access() never fails a request either
+                self.error("failed to log the access line")
+
+    return JsonLogger
