@@ -103,9 +103,11 @@ class SignupInput(_Input):
 
     @field_validator("phone")
     @classmethod
-    def _phone(cls, value: str, info: ValidationInfo) -> str:
+    def _phone(cls, value: str | None, info: ValidationInfo) -> str | None:
         from kyc.signals.phone import parse      # kyc.signals imports this module
 
+        if value is None:                        # "phone": null, as if absent
+            return None
         region = info.data.get("phone_region")
         if parse(value, region) is not None:     # cached: parsed once, here and in its signals
             return value

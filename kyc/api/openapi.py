@@ -106,6 +106,8 @@ def _operation(op: Operation, view, endpoint: str, path_params: list, refs: dict
         errors |= {400, 413, 415}
     if not op.public:
         errors.add(401)
+    if path_params:
+        errors.add(404)                        # an id that names nothing
     for status in sorted(errors - set(op.responses)):
         entry = {"description": ERRORS[status], "content": {"application/json": {"schema": refs[(Error, "serialization")]}}}
         if status == 429:
