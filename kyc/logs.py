@@ -38,11 +38,21 @@ def request_id(incoming: str | None) -> str:
 
 # --- scrubbing --------------------------------------------------------------------------------
 
-_EMAIL = re.compile(r"(?<![\w.%+'-])[\w.%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+# RFC 5322 atext, then a dotted domain; a leading "key=" of a message is kept (_email).
+_EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_KEY = re.compile(r"^[A-Za-z_]+=")
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 _IPV6 = re.compile(r"(?<![0-9A-Fa-f:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:%\w+)?(?![0-9A-Fa-f:])")
 _E164 = re.compile(r"\+\d[\d ().-]{6,18}\d")
 _DIGITS = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
+
+
+def _email(match: re.Match) -> str:
+    text = match.group()
+    if "***@" in text:                        # already masked (mask_email): its domain is kept
+        return text
+    key = _KEY.match(text)
+    return (key.group() if key else "") + "[email]"
 
 
 def _ip_or_same(match: re.Match) -> str:
@@ -63,7 +73,7 @@ def scrub(text: str) -> str:
     """The text with emails, IP addresses, E.164 phones and card numbers replaced."""
     if len(text) < 7:
         return text
-    text = _EMAIL.sub("[email]", text)
+    text = _EMAIL.sub(_email, text)
     text = _DIGITS.sub(_card_or_same, text)
     text = _E164.sub(lambda m: "[phone]" if 8 <= sum(c.isdigit() for c in m.group()) <= 15 else m.group(), text)
     text = _IPV4.sub(_ip_or_same, text)

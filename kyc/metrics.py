@@ -10,7 +10,7 @@ metrics are made at their first use (module __getattr__), and `kyc serve` sets t
 Counted where they happen (cheap: a dictionary lookup and an add, or an mmap write):
     kyc_http_request_duration_seconds{method,route,status}  every HTTP request, by Flask route
     kyc_decisions_total{subject,decision,trigger}           evaluations computed (live and rescore)
-    kyc_rule_hits_total{subject,rule,mode}                  rule hits; mode is live or shadow
+    kyc_rule_hits_total{subject,rule,mode}                  rule hits; mode active or shadow
     kyc_signals_duration_seconds{subject}                   time to collect an input's signals
     kyc_signals_degraded_total{family}                      signal families answered without their backend
     kyc_velocity_backend_errors_total{backend,operation}    velocity store failures (read, record)
@@ -48,7 +48,7 @@ def _define() -> dict[str, Any]:
                                   ["method", "route", "status"], buckets=_FAST),
         DECISIONS=Counter("kyc_decisions_total", "Evaluations computed, by subject, decision and trigger",
                           ["subject", "decision", "trigger"]),
-        RULE_HITS=Counter("kyc_rule_hits_total", "Rule hits by subject and rule; mode live or shadow",
+        RULE_HITS=Counter("kyc_rule_hits_total", "Rule hits by subject and rule; mode active (acting) or shadow (recorded only)",
                           ["subject", "rule", "mode"]),
         SIGNALS_SECONDS=Histogram("kyc_signals_duration_seconds", "Time to collect the signals of one input",
                                   ["subject"], buckets=_FAST),
@@ -102,7 +102,7 @@ def evaluated(subject: str, trigger: str, decision: str, reasons: Iterable[dict[
         __getattr__("DECISIONS")
     DECISIONS.labels(subject, decision, trigger).inc()
     for reason in reasons:
-        RULE_HITS.labels(subject, reason["rule"], "shadow" if reason.get("shadow") else "live").inc()
+        RULE_HITS.labels(subject, reason["rule"], "shadow" if reason.get("shadow") else "active").inc()
     if signal_seconds is not None:
         SIGNALS_SECONDS.labels(subject).observe(signal_seconds)
 
