@@ -112,7 +112,7 @@ def serve(host: str, port: int, workers: int) -> None:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
             self.cfg.set("accesslog", "-")
-            self.cfg.set("logger_class", logs.gunicorn_logger_class())
+            self.cfg.set("logger_class", logs.GunicornLogger)
             self.cfg.set("child_exit", lambda _server, worker: metrics.worker_exited(worker.pid))
             # No client address and no query string: an access log must not hold an IP or
             # whatever a caller put in a URL (the request bodies are checked, URLs are not).

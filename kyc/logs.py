@@ -20,6 +20,7 @@ import sys
 import uuid
 from typing import Any
 
+from gunicorn.glogging import Logger
 from pythonjsonlogger.json import JsonFormatter
 
 from kyc.security import luhn_ok
@@ -140,36 +141,32 @@ def configure(level: str | int = "INFO") -> None:
 
 # --- gunicorn ---------------------------------------------------------------------------------
 
-def gunicorn_logger_class():
+class GunicornLogger(Logger):
     """gunicorn's Logger with JSON lines for its error log and a structured access line:
     method, path (no query string), status, bytes, duration, user agent and request id, never
-    the client's address."""
-    from gunicorn.glogging import Logger
+    the client's address. `kyc serve` uses it; with plain gunicorn: --logger-class kyc.logs.GunicornLogger."""
 
-    class JsonLogger(Logger):
-        def setup(self, cfg) -> None:
-            super().setup(cfg)
-            for log in (self.error_log, self.access_log):
-                for handler in log.handlers:
-                    handler.setFormatter(KycJsonFormatter())
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(KycJsonFormatter())
 
-        def access(self, resp, req, environ, request_time) -> None:
-            if not (self.cfg.accesslog or self.cfg.logconfig or self.cfg.logconfig_dict or self.cfg.syslog):
-                return
-            status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
-            extra = {
-                "method": environ.get("REQUEST_METHOD"),
-                "path": environ.get("PATH_INFO"),
-                "status": int(status) if str(status).isdigit() else status,
-                "bytes": getattr(resp, "sent", None),
-                "duration_ms": round(request_time.total_seconds() * 1000, 2),
-                "user_agent": environ.get("HTTP_USER_AGENT"),
-            }
-            if environ.get(ENVIRON_KEY):
-                extra["request_id"] = environ[ENVIRON_KEY]
-            try:
-                self.access_log.info("request", extra=extra)
-            except Exception:       # noqa: BLE001 - gunicorn's own access() never fails a request either
-                self.error("failed to log the access line")
-
-    return JsonLogger
+    def access(self, resp, req, environ, request_time) -> None:
+        if not (self.cfg.accesslog or self.cfg.logconfig or self.cfg.logconfig_dict or self.cfg.syslog):
+            return
+        status = str(resp.status).split(None, 1)[0]
+        extra = {
+            "method": environ.get("REQUEST_METHOD"),
+            "path": environ.get("PATH_INFO"),
+            "status": int(status) if status.isdigit() else status,
+            "bytes": getattr(resp, "sent", None),
+            "duration_ms": round(request_time.total_seconds() * 1000, 2),
+            "user_agent": environ.get("HTTP_USER_AGENT"),
+        }
+        if environ.get(ENVIRON_KEY):
+            extra["request_id"] = environ[ENVIRON_KEY]
+        try:
+            self.access_log.info("request", extra=extra)
+        except Exception:       # noqa: BLE001 - gunicorn's own access() never fails a request either
+            self.error("failed to log the access line")

@@ -123,6 +123,8 @@ def prepare_multiprocess_dir(path: str) -> None:
 def worker_exited(pid: int) -> None:
     """gunicorn's child_exit hook: a dead worker's live gauges stop counting (its counters and
     histograms stay, so totals never go backwards)."""
+    if not multiprocess():
+        return
     from prometheus_client import multiprocess as mp
 
     mp.mark_process_dead(pid)
