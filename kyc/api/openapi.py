@@ -30,6 +30,7 @@ REF = "#/components/schemas/{model}"
 ERRORS = {
     400: "Bad input: `error.fields` names each field and why. Nothing was changed.",
     401: "No API key, or a bad or revoked one (webhooks: a missing or bad X-Signature).",
+    403: "The key's role may not call this route (`error.message` names the roles that may).",
     404: "Not found.",
     409: "Conflict with the current state.",
     413: "The body is larger than KYC_MAX_BODY_BYTES.",
@@ -105,7 +106,7 @@ def _operation(op: Operation, view, endpoint: str, path_params: list, refs: dict
     if op.body is not None:
         errors |= {400, 413, 415}
     if not op.public:
-        errors.add(401)
+        errors |= {401, 403}
     if path_params:
         errors.add(404)                        # an id that names nothing
     for status in sorted(errors - set(op.responses)):

@@ -179,6 +179,21 @@ class RulesStatus(Body):
     reloaded: bool | None = None
 
 
+class AuditEvent(Body):
+    id: int
+    at: Time = Field(json_schema_extra=TIME)
+    actor: str = Field(description="key:NAME, rules:VERSION, cli:USER, ...")
+    action: str = Field(description="e.g. decision.changed, account.reviewed, rules.reloaded, key.created")
+    account_id: str | None
+    cluster_id: str | None
+    detail: dict[str, Any] | None
+
+
+class AuditEvents(Body):
+    events: list[AuditEvent]
+    next: int | None = Field(description="Pass as `before` for the next page; null on the last")
+
+
 class ErrorDetail(Open):
     code: str = Field(description="invalid_request, unauthorized, not_found, ...")
     message: str
