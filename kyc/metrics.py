@@ -20,7 +20,8 @@ Counted where they happen (cheap: a dictionary lookup and an add, or an mmap wri
 Read from the database and Redis at each scrape (StateCollector):
     kyc_queue_depth{queue}                                  jobs waiting on each rq queue (with Redis)
     kyc_rescore_batches_pending                             rescore batches recorded and not finished
-    kyc_webhook_outbox_backlog                              decision webhooks not yet delivered (see OUTBOX_BACKLOG)
+    kyc_webhook_outbox_backlog                              decision webhooks not yet delivered
+    kyc_webhook_outbox_oldest_seconds                       age of the oldest of them (0 when none)
     kyc_rules_info{version}                                 the rules version of the process answering
 """
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 log = logging.getLogger("kyc.metrics")
 
@@ -90,11 +91,6 @@ def defined() -> bool:
     return "DECISIONS" in globals()
 
 
-# The webhook outbox (decision webhooks to the gateway) registers a function here that counts its
-# undelivered messages: OUTBOX_BACKLOG.append(lambda session: ...). Unset, the gauge is absent.
-OUTBOX_BACKLOG: list[Callable[[Any], int]] = []
-
-
 def evaluated(subject: str, trigger: str, decision: str, reasons: Iterable[dict[str, Any]],
               signal_seconds: float | None = None) -> None:
     """One evaluation computed: its decision, its rule hits and its signal time."""
@@ -149,7 +145,7 @@ class StateCollector:
         from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
         from sqlalchemy import func, select
 
-        from kyc.models import RescoreBatch
+        from kyc.models import DecisionWebhook, RescoreBatch, utcnow
 
         rt = self.runtime
         info = InfoMetricFamily("kyc_rules", "Rules version running in the process that answered the scrape")
@@ -157,18 +153,23 @@ class StateCollector:
         yield info
         pending = GaugeMetricFamily("kyc_rescore_batches_pending", "Rescore batches recorded and not finished")
         backlog = GaugeMetricFamily("kyc_webhook_outbox_backlog", "Decision webhooks not yet delivered")
+        oldest = GaugeMetricFamily("kyc_webhook_outbox_oldest_seconds",
+                                   "Age of the oldest decision webhook not yet delivered (0 when none)")
         try:
             with rt.session() as session:
                 pending.add_metric([], session.scalar(
                     select(func.count()).select_from(RescoreBatch).where(RescoreBatch.finished_at.is_(None))))
-                for count in OUTBOX_BACKLOG:
-                    backlog.add_metric([], count(session))
+                count, first = session.execute(
+                    select(func.count(), func.min(DecisionWebhook.created_at))
+                    .where(DecisionWebhook.delivered_at.is_(None))).one()
+                backlog.add_metric([], count)
+                oldest.add_metric([], (utcnow() - first).total_seconds() if first else 0.0)
         except Exception:                      # noqa: BLE001 - a scrape must answer; /readyz says why
             log.warning("metrics: database unreachable, its gauges are left out", exc_info=True)
         else:
             yield pending
-            if OUTBOX_BACKLOG:
-                yield backlog
+            yield backlog
+            yield oldest
         if rt.config.redis_url:
             from rq import Queue
 

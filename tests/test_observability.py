@@ -244,8 +244,9 @@ def test_metrics_under_gunicorn_add_up_both_workers(deployment):
     info = after["kyc_rules_info"]
     assert [(s.name, s.labels, s.value) for s in info] == [
         ("kyc_rules_info", {"version": deployment["rules_version"]}, 1.0)]
-    # The decision webhook outbox is not on main yet: its gauge appears once it registers.
-    assert ("kyc_webhook_outbox_backlog" in after) == bool(__import__("kyc.metrics").metrics.OUTBOX_BACKLOG)
+    # No KYC_DECISION_WEBHOOK_URL here: nothing waits in the decision webhook outbox.
+    assert _total(after["kyc_webhook_outbox_backlog"], "kyc_webhook_outbox_backlog") == 0
+    assert _total(after["kyc_webhook_outbox_oldest_seconds"], "kyc_webhook_outbox_oldest_seconds") == 0
 
 
 def test_the_worker_serves_its_own_metrics(deployment):
@@ -335,3 +336,17 @@ def test_kyc_serve_refuses_an_unmigrated_database(tmp_path):
     done = subprocess.run([KYC, "serve", "--port", str(_free_port())], env=env, cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode != 0 and "at revision 0005" in done.stderr and "kyc db upgrade" in done.stderr
+
+
+def test_the_webhook_outbox_backlog_is_read_at_scrape_time(runtime, client):
+    from datetime import timedelta
+
+    from kyc.models import DecisionWebhook, utcnow
+
+    with runtime.session() as session, session.begin():
+        session.add(DecisionWebhook(event_id="evt_1", account_id="acct_1", body="{}",
+                                    created_at=utcnow() - timedelta(minutes=5)))
+        session.add(DecisionWebhook(event_id="evt_2", account_id="acct_1", body="{}", delivered_at=utcnow()))
+    samples = _families(client.get("/metrics").get_data(as_text=True))
+    assert _total(samples["kyc_webhook_outbox_backlog"], "kyc_webhook_outbox_backlog") == 1
+    assert 300 <= _total(samples["kyc_webhook_outbox_oldest_seconds"], "kyc_webhook_outbox_oldest_seconds") < 400
