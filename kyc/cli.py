@@ -49,21 +49,12 @@ def serve(host: str, port: int, workers: int) -> None:
     import shutil
     import tempfile
 
-    # Before anything imports prometheus_client: it picks multiprocess mode on import.
-    if "prometheus_client" in sys.modules:
-        raise click.ClickException("internal: prometheus_client was imported before kyc serve chose its mode")
-    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    own_metrics_dir = not metrics_dir
-    if own_metrics_dir:
-        metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="kyc-metrics-")
-
     from gunicorn.app.base import BaseApplication
 
     from kyc import create_app, logs, metrics, settle_for_serving
     from kyc.db import make_engine, pause_checkpoints, resume_checkpoints
     from kyc.runtime import NotMigrated, check_migrated
 
-    metrics.prepare_multiprocess_dir(metrics_dir)
     config = _config()
     logs.configure(config.log_level)
     if not config.is_sqlite:
@@ -76,6 +67,15 @@ def serve(host: str, port: int, workers: int) -> None:
             raise click.ClickException(f"{exc} (database {_safe_url(config.database_url)})") from None
         finally:
             engine.dispose()
+    # The workers' metrics add up through files in one directory (prometheus_client's multiprocess
+    # mode, chosen when it is first imported: kyc.metrics imports it at the first metric used).
+    if "prometheus_client" in sys.modules:
+        raise click.ClickException("internal: prometheus_client was imported before kyc serve chose its mode")
+    metrics_dir = os.environ.get(metrics.MULTIPROC_ENV)
+    own_metrics_dir = not metrics_dir
+    if own_metrics_dir:
+        metrics_dir = os.environ[metrics.MULTIPROC_ENV] = tempfile.mkdtemp(prefix="kyc-metrics-")
+    metrics.prepare_multiprocess_dir(metrics_dir)
     if config.is_sqlite and not config.dev_key and "KYC_DEV_KEY" not in os.environ:
         config = _config(dev_key=DEV_KEY)
         click.echo(f"development API key (embedded default only): {DEV_KEY}")
@@ -112,11 +112,10 @@ def serve(host: str, port: int, workers: int) -> None:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
             self.cfg.set("accesslog", "-")
+            # JSON lines; the access line has no client address and no query string: a log must
+            # not hold an IP or whatever a caller put in a URL (bodies are checked, URLs are not).
             self.cfg.set("logger_class", logs.GunicornLogger)
             self.cfg.set("child_exit", lambda _server, worker: metrics.worker_exited(worker.pid))
-            # No client address and no query string: an access log must not hold an IP or
-            # whatever a caller put in a URL (the request bodies are checked, URLs are not).
-            self.cfg.set("access_log_format", '%(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s"')
             self.cfg.set("post_fork", post_fork)
             self.cfg.set("when_ready", lambda _server: runtime.watch_rules())
             self.cfg.set("on_reload", _reload_rules_in_master)

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import re
 import sys
-import uuid
 from typing import Any
 
 from gunicorn.glogging import Logger
 from pythonjsonlogger.json import JsonFormatter
 
-from kyc.security import luhn_ok
+from kyc.security import redact_card_numbers
 
 REQUEST_ID_HEADER = "X-Request-Id"
 ENVIRON_KEY = "kyc.request_id"            # where the WSGI environ holds it (gunicorn's access line reads it)
@@ -34,30 +34,40 @@ def request_id(incoming: str | None) -> str:
     """The caller's id if it is sane, else a new random one (32 hex digits)."""
     if incoming and _SANE_REQUEST_ID.fullmatch(incoming):
         return incoming
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 # --- scrubbing --------------------------------------------------------------------------------
 
-# RFC 5322 atext, then a dotted domain; a leading "key=" of a message is kept (_email).
-_EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
-_KEY = re.compile(r"^[A-Za-z_]+=")
-_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
+# An address is found from its "@" and domain, then its local part (RFC 5322 atext) read backwards
+# from the "@": a pattern starting with the local part tried every position of every line.
+_DOMAIN = re.compile(r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.!#$%&'*+/=?^_`{|}~-")
+_KEY = re.compile(r"^[A-Za-z_]+=")            # a message's "email=" before an address is kept
+_IPV4 = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
 _IPV6 = re.compile(r"(?<![0-9A-Fa-f:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:%\w+)?(?![0-9A-Fa-f:])")
-_E164 = re.compile(r"\+\d[\d ().-]{6,18}\d")
-_DIGITS = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
+_E164 = re.compile(r"\+\d(?:[ .()-]{0,2}\d){7,14}(?!\d)")
 
 
-def _email(match: re.Match) -> str:
-    text = match.group()
-    if "***@" in text:                        # already masked (mask_email): its domain is kept
-        return text
-    key = _KEY.match(text)
-    return (key.group() if key else "") + "[email]"
+def _scrub_emails(text: str) -> str:
+    for match in reversed(list(_DOMAIN.finditer(text))):
+        at = start = match.start()
+        while start > 0 and text[start - 1] in _ATEXT:
+            start -= 1
+        local = text[start:at]
+        if not local or local.endswith("***"):    # no address, or already masked (mask_email)
+            continue
+        key = _KEY.match(local)
+        text = text[:start] + (key.group() if key else "") + "[email]" + text[match.end():]
+    return text
 
 
 def _ip_or_same(match: re.Match) -> str:
     text = match.group()
+    whole = match.string
+    if match.re is _IPV4 and ((match.start() and whole[match.start() - 1] in "0123456789.")
+                              or whole[match.end():match.end() + 1] in tuple("0123456789.")):
+        return text                           # part of a longer dotted number (a version, an OID)
     try:
         ipaddress.ip_address(text.split("%")[0])
     except ValueError:
@@ -65,19 +75,25 @@ def _ip_or_same(match: re.Match) -> str:
     return "[ip]"
 
 
-def _card_or_same(match: re.Match) -> str:
-    digits = re.sub(r"[ -]", "", match.group())
-    return "[card]" if luhn_ok(digits) else match.group()
+_NOT_DIGITS = str.maketrans("", "", "0123456789")
 
 
 def scrub(text: str) -> str:
-    """The text with emails, IP addresses, E.164 phones and card numbers replaced."""
+    """The text with emails, IP addresses, E.164 phones and card numbers replaced.
+
+    Each pattern runs only when the text could hold it (an "@", enough digits, two colons):
+    most lines hold none, and a line costs a few microseconds instead of a hundred."""
     if len(text) < 7:
         return text
-    text = _EMAIL.sub(_email, text)
-    text = _DIGITS.sub(_card_or_same, text)
-    text = _E164.sub(lambda m: "[phone]" if 8 <= sum(c.isdigit() for c in m.group()) <= 15 else m.group(), text)
-    text = _IPV4.sub(_ip_or_same, text)
+    if "@" in text:
+        text = _scrub_emails(text)
+    digits = len(text) - len(text.translate(_NOT_DIGITS))
+    if digits >= 13:
+        text = redact_card_numbers(text)
+    if digits >= 8 and "+" in text:
+        text = _E164.sub("[phone]", text)
+    if digits >= 4 and "." in text:
+        text = _IPV4.sub(_ip_or_same, text)
     if text.count(":") >= 2:
         text = _IPV6.sub(_ip_or_same, text)
     return text
@@ -93,6 +109,9 @@ def _scrubbed(value: Any) -> Any:
     return value
 
 
+_OWN_FIELDS = frozenset({"time", "level", "logger"})
+
+
 class KycJsonFormatter(JsonFormatter):
     """JSON lines: time, level, logger, message, request_id (inside a request), extras; scrubbed."""
 
@@ -102,7 +121,8 @@ class KycJsonFormatter(JsonFormatter):
                          datefmt="%Y-%m-%dT%H:%M:%S%z")
 
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
-        return {k: _scrubbed(v) for k, v in log_data.items()}
+        # time, level and logger are the formatter's own: everything else may carry a value.
+        return {k: v if k in _OWN_FIELDS else _scrubbed(v) for k, v in log_data.items()}
 
 
 class RequestIdFilter(logging.Filter):
