@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from flask import Flask, current_app, render_template_string
+from markupsafe import Markup, escape
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
@@ -178,7 +179,12 @@ def docs_page():
     """The API reference as an HTML page, rendered on the server from the OpenAPI document."""
     doc = _cached(current_app._get_current_object())
     return render_template_string(_PAGE, doc=doc, schemas=doc["components"]["schemas"], resolve=_resolve,
-                                  type_of=_type_of)
+                                  type_of=_type_of, prose=_prose)
+
+
+def _prose(text: str | None) -> Markup:
+    """A description as HTML: escaped, with its `code` spans set as code."""
+    return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", str(escape(text or ""))))
 
 
 def _resolve(schema: dict) -> tuple[str | None, dict]:
@@ -221,30 +227,30 @@ td,th{border:1px solid #dde;padding:.2rem .5rem;text-align:left;vertical-align:t
 nav a{margin-right:.75rem}
 </style></head><body>
 <h1>{{ doc.info.title }} API reference <small>v{{ doc.info.version }}</small></h1>
-<p>{{ doc.info.description }}</p>
+<p>{{ prose(doc.info.description) }}</p>
 <p>Machine-readable: <a href="openapi.json">openapi.json</a> (OpenAPI {{ doc.openapi }}).</p>
 <nav>{% for path, ops in doc.paths.items() %}{% for method, op in ops.items() %}
 <a href="#{{ op.operationId }}">{{ method|upper }} {{ path }}</a>{% endfor %}{% endfor %}</nav>
 {% for path, ops in doc.paths.items() %}{% for method, op in ops.items() %}
 <div class="op" id="{{ op.operationId }}">
 <h3><span class="m">{{ method }}</span><code>{{ path }}</code> — {{ op.summary }}</h3>
-{% if op.description %}<p>{{ op.description }}</p>{% endif %}
+{% if op.description %}<p>{{ prose(op.description) }}</p>{% endif %}
 <p>{% if op.security %}Requires <code>Authorization: Bearer &lt;api key&gt;</code>.{% else %}No API key.{% endif %}</p>
 {% if op.parameters %}<table><tr><th>parameter</th><th>in</th><th>type</th><th>about</th></tr>
 {% for p in op.parameters %}<tr><td><code>{{ p.name }}</code>{% if p.required %} <span class="req">required</span>{% endif %}</td>
-<td>{{ p.in }}</td><td>{{ type_of(p.schema) }}</td><td>{{ p.description or "" }}</td></tr>{% endfor %}</table>{% endif %}
+<td>{{ p.in }}</td><td>{{ type_of(p.schema) }}</td><td>{{ prose(p.description) }}</td></tr>{% endfor %}</table>{% endif %}
 {% if op.requestBody %}{% set name, body = resolve(op.requestBody.content["application/json"].schema) %}
 <p>Body: <a href="#schema-{{ name }}">{{ name }}</a></p>{% endif %}
 <table><tr><th>status</th><th>body</th><th>when</th></tr>
 {% for status, r in op.responses.items() %}<tr><td>{{ status }}</td><td>{% for media, c in (r.content or {}).items() %}{% set name, s = resolve(c.schema) %}{% if name %}<a href="#schema-{{ name }}">{{ name }}</a>{% else %}{{ media }}{% endif %}{% endfor %}</td>
-<td>{{ r.description }}</td></tr>{% endfor %}</table>
+<td>{{ prose(r.description) }}</td></tr>{% endfor %}</table>
 </div>{% endfor %}{% endfor %}
 <h2>Schemas</h2>
 {% for name, schema in schemas.items() %}<div id="schema-{{ name }}"><h3>{{ name }}</h3>
-{% if schema.description %}<p>{{ schema.description }}</p>{% endif %}
+{% if schema.description %}<p>{{ prose(schema.description) }}</p>{% endif %}
 {% if schema.properties %}<table><tr><th>field</th><th>type</th><th>about</th></tr>
 {% for field, prop in schema.properties.items() %}<tr><td><code>{{ field }}</code>{% if field in (schema.required or []) %} <span class="req">required</span>{% endif %}</td>
-<td>{{ type_of(prop) }}</td><td>{{ prop.description or "" }}</td></tr>{% endfor %}</table>
+<td>{{ type_of(prop) }}</td><td>{{ prose(prop.description) }}</td></tr>{% endfor %}</table>
 {% if schema.additionalProperties == false %}<p>Other fields are refused.</p>{% endif %}{% endif %}</div>
 {% endfor %}
 </body></html>
