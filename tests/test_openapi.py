@@ -24,9 +24,6 @@ CONTRACT = (PROJECT_ROOT / "docs" / "contract.md").read_text()
 # served routes not yet in their models.
 NOT_YET = {
     ("POST", "/v1/activity"): "issue 18: bulk activity reports",
-    ("GET", "/v1/reviews"): "issue 19: review queue",
-    ("POST", "/v1/accounts/{}/review"): "issue 19: a person's review decision",
-    ("POST", "/v1/clusters/{}/actions"): "issue 19: cluster actions",
 }
 NOT_YET_FIELDS = {
     # issue 18: activity contract v1.1

@@ -95,6 +95,10 @@ class Account(Body):
     verifications: list[Verification]
     cluster: ClusterRef | None
     label: Literal["fraud", "legit"] | None
+    override: dict[str, Any] | None = Field(
+        description="A person's decision standing over the rules' (review, cluster action, label) and what they "
+                    "saw, or what new evidence reopened it; null: the rules decide alone")
+    review_since: Time | None = Field(json_schema_extra=TIME, description="Held for review since (null: not in the queue)")
     first_seen_at: Time | None = Field(json_schema_extra=TIME)
     last_seen_at: Time | None = Field(json_schema_extra=TIME)
     state_version: int
@@ -177,6 +181,26 @@ class RulesStatus(Body):
     checked_at: Time | None = Field(json_schema_extra=TIME)
     last_error: dict[str, Any] | None
     reloaded: bool | None = None
+
+
+class ReviewEntry(Body):
+    account_id: str
+    score: int
+    reasons: list[Reason]
+    cluster: ClusterRef | None
+    since: Time | None = Field(json_schema_extra=TIME)
+    changed: list[Any] = Field(description="What reopened a person's earlier allow, when that is why it is here")
+
+
+class Reviews(Body):
+    reviews: list[ReviewEntry] = Field(description="Oldest first")
+
+
+class ClusterActionResult(Body):
+    cluster_id: str
+    members: int
+    changed: int
+    audit_event_id: int | None
 
 
 class AuditEvent(Body):
