@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import gc
-import logging
 import sys
+import time
 
-from flask import Flask, g
+from flask import Flask, g, request
 
+from kyc import logs
 from kyc.config import Config
 from kyc.runtime import Runtime
 
@@ -19,23 +20,36 @@ def create_app(config: Config | None = None, runtime: Runtime | None = None, *, 
     reloads them when they change and load cleanly (KYC_RULES_POLL_SECONDS).
     """
     config = config or (runtime.config if runtime else Config.from_env())
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(config.log_level)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False
     app.extensions["kyc"] = runtime or Runtime.start(config)
 
-    from kyc import api, signals
+    from kyc import api, metrics, signals
 
     signals.warm()              # once per process, before gunicorn forks its workers
 
     api.register(app)
 
-    # Background rescoring without Redis waits for moments when no request is in flight.
     @app.before_request
     def _enter() -> None:
+        g.kyc_started = time.perf_counter()
+        g.request_id = request.environ[logs.ENVIRON_KEY] = logs.request_id(
+            request.headers.get(logs.REQUEST_ID_HEADER))
+        # Background rescoring without Redis waits for moments when no request is in flight.
         app.extensions["kyc"].traffic.enter()
         g.kyc_in_flight = True
+
+    @app.after_request
+    def _answered(response):
+        response.headers[logs.REQUEST_ID_HEADER] = g.get("request_id") or ""
+        started = g.get("kyc_started")
+        if started is not None:
+            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            metrics.REQUEST_SECONDS.labels(request.method, route, response.status_code).observe(
+                time.perf_counter() - started)
+        return response
 
     @app.teardown_request
     def _leave(_exc) -> None:
@@ -47,11 +61,6 @@ def create_app(config: Config | None = None, runtime: Runtime | None = None, *, 
         def _watch_rules() -> None:
             # Started from the first request of each process, so it runs in every forked worker.
             app.extensions["kyc"].watch_rules()
-
-    @app.get("/healthz")
-    def healthz():
-        rt = app.extensions["kyc"]
-        return {"status": "ok", "rules_version": rt.rules.version}
 
     return app
 

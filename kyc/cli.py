@@ -46,13 +46,36 @@ def main() -> None:
 def serve(host: str, port: int, workers: int) -> None:
     """Run the HTTP service (gunicorn). On the embedded SQLite default, migrates and prints a dev key."""
     import os
+    import shutil
+    import tempfile
 
     from gunicorn.app.base import BaseApplication
 
-    from kyc import create_app, settle_for_serving
-    from kyc.db import pause_checkpoints, resume_checkpoints
+    from kyc import create_app, logs, metrics, settle_for_serving
+    from kyc.db import make_engine, pause_checkpoints, resume_checkpoints
+    from kyc.runtime import NotMigrated, check_migrated
 
     config = _config()
+    logs.configure(config.log_level)
+    if not config.is_sqlite:
+        # The embedded SQLite default migrates itself; a shared database is migrated on purpose,
+        # by `kyc db upgrade`, before a new release serves from it.
+        engine = make_engine(config.database_url)
+        try:
+            check_migrated(engine)
+        except NotMigrated as exc:
+            raise click.ClickException(f"{exc} (database {_safe_url(config.database_url)})") from None
+        finally:
+            engine.dispose()
+    # The workers' metrics add up through files in one directory (prometheus_client's multiprocess
+    # mode, chosen when it is first imported: kyc.metrics imports it at the first metric used).
+    if "prometheus_client" in sys.modules:
+        raise click.ClickException("internal: prometheus_client was imported before kyc serve chose its mode")
+    metrics_dir = os.environ.get(metrics.MULTIPROC_ENV)
+    own_metrics_dir = not metrics_dir
+    if own_metrics_dir:
+        metrics_dir = os.environ[metrics.MULTIPROC_ENV] = tempfile.mkdtemp(prefix="kyc-metrics-")
+    metrics.prepare_multiprocess_dir(metrics_dir)
     if config.is_sqlite and not config.dev_key and "KYC_DEV_KEY" not in os.environ:
         config = _config(dev_key=DEV_KEY)
         click.echo(f"development API key (embedded default only): {DEV_KEY}")
@@ -89,9 +112,10 @@ def serve(host: str, port: int, workers: int) -> None:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
             self.cfg.set("accesslog", "-")
-            # No client address and no query string: an access log must not hold an IP or
-            # whatever a caller put in a URL (the request bodies are checked, URLs are not).
-            self.cfg.set("access_log_format", '%(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s"')
+            # JSON lines; the access line has no client address and no query string: a log must
+            # not hold an IP or whatever a caller put in a URL (bodies are checked, URLs are not).
+            self.cfg.set("logger_class", logs.GunicornLogger)
+            self.cfg.set("child_exit", lambda _server, worker: metrics.worker_exited(worker.pid))
             self.cfg.set("post_fork", post_fork)
             self.cfg.set("when_ready", lambda _server: runtime.watch_rules())
             self.cfg.set("on_reload", _reload_rules_in_master)
@@ -100,7 +124,11 @@ def serve(host: str, port: int, workers: int) -> None:
             return app
 
     pause_checkpoints(runtime.engine)      # the master forks workers: it runs no database thread
-    _Server().run()
+    try:
+        _Server().run()
+    finally:
+        if own_metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _safe_url(url: str) -> str:
@@ -115,18 +143,27 @@ def _safe_url(url: str) -> str:
 @click.option("--burst", is_flag=True, help="work until the queues are empty, then exit")
 @click.option("--with-scheduler/--without-scheduler", default=True, show_default=True,
               help="also move due scheduled jobs (daily dormant rescore, rules watch) onto their queues")
-def worker(burst: bool, with_scheduler: bool) -> None:
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=0, show_default=True,
+              help="serve this worker's Prometheus metrics on 127.0.0.1:PORT/metrics (0: off)")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True)
+def worker(burst: bool, with_scheduler: bool, metrics_port: int, metrics_host: str) -> None:
     """Run an rq worker on KYC_REDIS_URL for the queues rescore, graph and default."""
     from rq import Queue, SimpleWorker
 
-    from kyc import jobs
+    from kyc import jobs, logs, metrics
 
+    logs.configure(_config().log_level)
     runtime = _runtime(migrate=False)
     connection = jobs.redis_connection(runtime.config)
     if connection is None:
         raise click.ClickException("KYC_REDIS_URL is not set; without Redis, `kyc serve` runs jobs in-process")
     jobs.use_runtime(runtime)
     jobs.ensure_schedule(connection, runtime.config)
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr=metrics_host, registry=metrics.registry(runtime))
+        click.echo(f"worker metrics on http://{metrics_host}:{metrics_port}/metrics")
     # SimpleWorker runs each job in this process (no fork per job): the Runtime (database pool,
     # compiled rules, lookup tables) is built once here and reused by every job.
     queues = [Queue(name, connection=connection) for name in jobs.QUEUES]

@@ -26,7 +26,9 @@ def make_engine(url: str) -> Engine:
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # hide_parameters: a database error's message (logged with its traceback) never holds the
+        # statement's values, which can be emails, phone numbers or addresses.
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - exercised by every SQLite test
@@ -46,7 +48,7 @@ def make_engine(url: str) -> Engine:
             thread.start()
         return engine
     postgres = make_url(url).get_backend_name() == "postgresql"
-    engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=not postgres)
+    engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=not postgres, hide_parameters=True)
     if postgres:
         event.listen(engine, "connect", _generic_plans)
         event.listen(engine, "checkout", _drop_if_closed_by_server)

@@ -24,7 +24,10 @@ def parse_time(value: str) -> datetime:
         raise ValueError("must be an RFC 3339 time such as 2026-11-24T21:00:00Z") from None
     if parsed.tzinfo is None:
         raise ValueError("must carry a UTC offset (Z or +hh:mm)")
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:           # 0001-01-01T00:00:00+01:00 is before the first representable UTC time
+        raise ValueError("must be a time between the years 1 and 9999 in UTC") from None
 
 
 def rfc3339(value: datetime | None) -> str | None:
@@ -103,9 +106,11 @@ class SignupInput(_Input):
 
     @field_validator("phone")
     @classmethod
-    def _phone(cls, value: str, info: ValidationInfo) -> str:
+    def _phone(cls, value: str | None, info: ValidationInfo) -> str | None:
         from kyc.signals.phone import parse      # kyc.signals imports this module
 
+        if value is None:                        # "phone": null, as if absent
+            return None
         region = info.data.get("phone_region")
         if parse(value, region) is not None:     # cached: parsed once, here and in its signals
             return value

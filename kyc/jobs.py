@@ -47,7 +47,7 @@ from sqlalchemy import event, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from kyc import graph
+from kyc import graph, metrics
 from kyc.config import Config
 from kyc.db import refresh_statistics
 from kyc.engine import RuleSet, RuleSetError
@@ -389,6 +389,7 @@ def start_run(runtime: Runtime, selector: str, *, params: dict[str, Any] | None 
             session.execute(insert(RescoreBatch), pending)
         if run.batches == 0:
             run.finished_at = utcnow()
+    metrics.RESCORE_RUNS.labels(selector).inc()
     log.info("rescore run %s: %s %s, %d account(s) in %d batch(es): %s",
              run.id, selector, params or "", run.total, run.batches, reason)
     return run
@@ -519,6 +520,7 @@ def run_batch(runtime: Runtime, run_id: str, batch_no: int) -> dict[str, Any]:
         with session.begin():
             batch = _lock_batch(session, run_id, batch_no)
             done = batch.finished_at is not None
+            finished_here = False
             result = _batch_result(batch)
             if not done:
                 batch.attempts += 1
@@ -537,10 +539,12 @@ def run_batch(runtime: Runtime, run_id: str, batch_no: int) -> dict[str, Any]:
                     batch = _lock_batch(session, run_id, batch_no)
                     ids = batch.account_ids[batch.cursor:batch.cursor + CHUNK]
                     if not ids:
+                        finished_here = batch.finished_at is None
                         batch.finished_at = batch.finished_at or utcnow()
                         result, done = _batch_result(batch), True
                         break
                     tally = rescore_chunk(runtime, session, ids, rules)
+                    counted = tally["changes"]
                     changes = Counter(batch.changes)
                     changes.update(tally["changes"])
                     batch.changes = dict(changes)
@@ -548,10 +552,14 @@ def run_batch(runtime: Runtime, run_id: str, batch_no: int) -> dict[str, Any]:
                     batch.held += tally["held"]
                     batch.missing += tally["missing"]
                     batch.cursor += len(ids)
+                for change, n in counted.items():            # committed: counted once
+                    metrics.RESCORE_ACCOUNTS.labels(*change.split(">")).inc(n)
             except graph.ChunkStale as exc:
                 # Rolled back: a live merge moved part of the chunk's graph; score it again.
                 log.info("rescore run %s batch %d: chunk scored again (%s)", run_id, batch_no, exc)
             session.expunge_all()           # keep a long batch's memory flat
+        if finished_here:                   # committed: a retry racing this job does not count it again
+            metrics.RESCORE_BATCHES.inc()
         # Also when the batch was already done: a crash between its last commit and this check
         # must not leave the run open forever.
         _finish_run_if_done(session, run_id)

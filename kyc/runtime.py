@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,39 @@ def alembic_config(database_url: str) -> AlembicConfig:
 
 def upgrade_database(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
+
+
+@lru_cache(maxsize=1)
+def migration_head() -> str:
+    """The revision `kyc db upgrade` migrates to (the code's newest migration)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def database_revision(engine: Engine) -> str | None:
+    """The revision the database is migrated to (None: never migrated). Raises when unreachable."""
+    from sqlalchemy import inspect, text
+
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one_or_none()
+
+
+class NotMigrated(RuntimeError):
+    """The database is not at the code's migration head."""
+
+    def __init__(self, current: str | None, head: str):
+        self.current, self.head = current, head
+        at = f"at revision {current}" if current else "not migrated"
+        super().__init__(f"the database is {at}, this kyc needs {head}: run `kyc db upgrade`")
+
+
+def check_migrated(engine: Engine) -> None:
+    current, head = database_revision(engine), migration_head()
+    if current != head:
+        raise NotMigrated(current, head)
 
 
 def load_policy(root: Path) -> tuple[RuleSet, TierPolicy]:
@@ -171,6 +205,34 @@ class Runtime:
             "at": _iso(self.rules_error_at), "errors": [e.as_dict() for e in error.errors]}
         return status
 
+    def readiness(self) -> dict[str, dict[str, Any]]:
+        """What /readyz reports: each dependency with ok and, when not, what is wrong."""
+        checks: dict[str, dict[str, Any]] = {}
+        try:
+            current, head = database_revision(self.engine), migration_head()
+        except Exception as exc:                     # noqa: BLE001 - any failure means "not reachable"
+            checks["database"] = {"ok": False, "error": f"unreachable: {_first_line(exc)}"}
+        else:
+            checks["database"] = {"ok": True}
+            checks["migrations"] = {"ok": current == head, "revision": current, "head": head}
+            if current != head:
+                checks["migrations"]["error"] = str(NotMigrated(current, head))
+        checks["rules"] = {"ok": self.rules is not None and self.tiers is not None,
+                           "version": self.rules.version if self.rules is not None else None}
+        if self.rules_error is not None:
+            # The running set stays and still serves: reported, not a reason to take traffic away.
+            checks["rules"]["last_reload_refused_at"] = _iso(self.rules_error_at)
+        if self.config.redis_url:
+            from kyc.jobs import redis_connection
+
+            try:
+                redis_connection(self.config).ping()
+            except Exception as exc:                 # noqa: BLE001
+                checks["redis"] = {"ok": False, "error": f"unreachable: {_first_line(exc)}"}
+            else:
+                checks["redis"] = {"ok": True}
+        return checks
+
     def rules_changed_on_disk(self) -> bool:
         return rules_fingerprint(self.config.rules_dir) != self._rules_fingerprint
 
@@ -207,6 +269,11 @@ class Runtime:
                 pass                            # kept in rules_error and logged by reload_rules
             except Exception:                   # noqa: BLE001 - the watcher must outlive any one failure
                 log.exception("rules watcher: unexpected error; the running rules stay")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0][:200]}" if text else exc.__class__.__name__
 
 
 def _iso(at: datetime | None) -> str | None:

@@ -53,20 +53,29 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _text_has_pan(text: str) -> bool:
-    for match in _DIGIT_RUN.finditer(text):
-        groups = re.split(r"[ -]", match.group())
-        # Any whole-group span of 13-19 digits is a candidate ("ref 12 4111 1111 1111 1111"),
-        # but never an arbitrary slice of one long unseparated number (ids, timestamps).
-        for i in range(len(groups)):
-            digits = ""
-            for group in groups[i:]:
-                digits += group
-                if len(digits) > 19:
-                    break
-                if len(digits) >= 13 and luhn_ok(digits):
-                    return True
+def _run_has_pan(run: str) -> bool:
+    groups = re.split(r"[ -]", run)
+    # Any whole-group span of 13-19 digits is a candidate ("ref 12 4111 1111 1111 1111"),
+    # but never an arbitrary slice of one long unseparated number (ids, timestamps).
+    for i in range(len(groups)):
+        digits = ""
+        for group in groups[i:]:
+            digits += group
+            if len(digits) > 19:
+                break
+            if len(digits) >= 13 and luhn_ok(digits):
+                return True
     return False
+
+
+def _text_has_pan(text: str) -> bool:
+    return any(_run_has_pan(match.group()) for match in _DIGIT_RUN.finditer(text))
+
+
+def redact_card_numbers(text: str) -> str:
+    """The text with every digit run that holds a card number (as contains_card_number finds
+    them) replaced by "[card]" (log lines)."""
+    return _DIGIT_RUN.sub(lambda m: "[card]" if _run_has_pan(m.group()) else m.group(), text)
 
 
 def contains_card_number(value: Any) -> bool:

@@ -36,6 +36,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from kyc import metrics
 from kyc.models import Evaluation, Sighting, VelocityMark
 
 log = logging.getLogger("kyc.store")
@@ -284,7 +285,12 @@ class RedisStore(SqlHistory):
             args += [account_id, _micros(at), len(keys)]
             names += [self._name(key) for key in keys]
         # One string of counts: parsing one reply costs far less than parsing one per count.
-        replies = iter(map(int, _COUNTS(keys=names, args=args, client=self.redis).split(b",")) if names else ())
+        try:
+            counted = _COUNTS(keys=names, args=args, client=self.redis) if names else b""
+        except redis_errors.RedisError:
+            metrics.VELOCITY_ERRORS.labels("redis", "read").inc()
+            raise
+        replies = iter(map(int, counted.split(b",")) if names else ())
         return [{key: {window: _capped(next(replies)) for window in WINDOWS} for key in keys}
                 for keys, _, _ in requests]
 
@@ -308,6 +314,7 @@ class RedisStore(SqlHistory):
         try:
             self._write(pending)
         except redis_errors.RedisError:
+            metrics.VELOCITY_ERRORS.labels("redis", "record").inc()
             # The evaluation is committed; failing the request now would misreport it. The
             # counters miss this event until Redis is back, which the log says.
             log.exception("velocity not recorded in Redis for %d evaluation(s)", len(pending))

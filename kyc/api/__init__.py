@@ -6,9 +6,10 @@ Every /v1 route except /v1/webhooks/* requires `Authorization: Bearer <api key>`
 from __future__ import annotations
 
 import json
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
 
-from flask import Blueprint, Flask, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -29,8 +30,10 @@ def runtime() -> Runtime:
 
 @v1.before_request
 def _authenticate() -> None:
-    if request.path.startswith("/v1/webhooks/"):
-        return
+    view = current_app.view_functions.get(request.endpoint or "")
+    operation = getattr(view, "openapi", None)
+    if operation is not None and operation.public:
+        return                  # webhooks (signed instead) and the API's own documentation
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -89,6 +92,62 @@ def parse(model: type[M], data: Any = None) -> M:
         raise invalid("the request has invalid fields", field_errors(exc)) from None
 
 
+def parse_query(model: type[M]) -> M:
+    """The query string validated into `model` (lax: "5" is an int; unknown parameters ignored)."""
+    try:
+        return model.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise invalid("the request has invalid query parameters", field_errors(exc)) from None
+
+
+def respond(model: type[BaseModel], body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """Answer with `body` validated against `model`, the response model the OpenAPI document
+    shows for this route: a body that does not match its model is an error (500, logged), so
+    the document cannot drift from what is served."""
+    answer = model.model_validate(body)
+    response = current_app.response_class(answer.model_dump_json(exclude_unset=True), status=status,
+                                          mimetype="application/json")
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+@dataclass(frozen=True)
+class Operation:
+    """How a route is documented (kyc/api/openapi.py builds the OpenAPI document from these)."""
+
+    summary: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    responses: dict[int, type[BaseModel] | None] = field(default_factory=dict)
+    errors: tuple[int, ...] = ()
+    public: bool = False                       # no API key (webhooks, probes, the document itself)
+    media_type: str = "application/json"       # of the success responses
+    tag: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)     # request headers: name -> description
+
+
+def documented(summary: str, **operation: Any) -> Callable:
+    """Document a route; stack it under the Flask route decorator:
+
+        @v1.post("/signups")
+        @documented("Score a signup", body=SignupInput, responses={200: Evaluation})
+        def score_signup(): ... return respond(Evaluation, body)
+
+    `body` and `query` are the pydantic models the view validates with (parse, parse_query);
+    `responses` maps status -> the pydantic model of its body (None: no body); `errors` lists
+    the error statuses the route can answer beyond those every route of its kind can (400,
+    413 and 415 for a body; 401 unless public). The view's docstring is the description.
+    """
+    op = Operation(summary, **operation)
+
+    def mark(view: Callable) -> Callable:
+        view.openapi = op
+        return view
+
+    return mark
+
+
 def field_errors(exc: ValidationError) -> dict[str, str]:
     fields: dict[str, str] = {}
     for err in exc.errors(include_url=False, include_input=False):
@@ -105,9 +164,11 @@ def field_errors(exc: ValidationError) -> dict[str, str]:
 
 def register(app: Flask) -> None:
     from kyc.api import (  # noqa: F401 - routes register on v1
-        accounts, audit, clusters, ops, payment_methods, reviews, signups, tiers, verifications, webhooks)
+        accounts, audit, clusters, monitoring, openapi, ops, payment_methods, reviews, signups, tiers,
+        verifications, webhooks)
 
     app.register_blueprint(v1)
+    app.register_blueprint(monitoring.probes)
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):

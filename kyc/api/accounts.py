@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from flask import g, jsonify
+from flask import g
 from sqlalchemy import select
 
-from kyc.api import parse, runtime, v1
+from kyc.api import documented, parse, respond, runtime, v1
+from kyc.api.responses import Account as AccountBody
 from kyc.errors import not_found
 from kyc.feedback import label_account
 from kyc.inputs import LabelInput, rfc3339
@@ -19,7 +20,10 @@ HISTORY = 20
 
 
 @v1.get("/accounts/<account_id>")
+@documented("Read an account", responses={200: AccountBody}, errors=(404,), tag="ops")
 def get_account(account_id: str):
+    """The account's current decision, score, reasons, verifications, cluster, label and its
+    latest evaluations."""
     with runtime().session() as session:
         account = session.get(Account, account_id)
         if account is None:
@@ -37,11 +41,14 @@ def get_account(account_id: str):
     now = datetime.now(timezone.utc)
     body = account_body(account, history, cluster)
     body["verifications"] = [verification_body(v, now, runtime().config.code_max_attempts) for v in verifications]
-    return jsonify(body)
+    return respond(AccountBody, body)
 
 
 @v1.post("/accounts/<account_id>/labels")
+@documented("Label an account", body=LabelInput, responses={200: AccountBody}, errors=(404,), tag="ops")
 def label(account_id: str):
+    """Ops feedback: fraud or legit, kept with its history. A fraud label queues the members of
+    the account's cluster for rescoring. Answers with the account."""
     inp = parse(LabelInput)
     rt = runtime()
     with rt.session() as session, session.begin():

@@ -2,44 +2,46 @@
 
 from __future__ import annotations
 
-from flask import jsonify, request
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from kyc.api import runtime, v1
-from kyc.errors import invalid, not_found
+from kyc.api import documented, parse_query, respond, runtime, v1
+from kyc.api.responses import Cluster as ClusterBody, Clusters
+from kyc.errors import not_found
 from kyc.graph import cluster_summary
 from kyc.models import Cluster
 
 
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise invalid("the request has invalid fields", {name: "must be an integer"}) from None
-    if not low <= value <= high:
-        raise invalid("the request has invalid fields", {name: f"must be between {low} and {high}"})
-    return value
+class ClustersQuery(BaseModel):
+    min_size: int = Field(2, ge=1, le=10_000_000, description="Smallest cluster size listed")
+    limit: int = Field(50, ge=1, le=500, description="Most clusters listed")
+
+
+class ClusterQuery(BaseModel):
+    limit: int = Field(1000, ge=1, le=10_000, description="Most members listed")
 
 
 @v1.get("/clusters")
+@documented("List clusters", query=ClustersQuery, responses={200: Clusters}, errors=(400,), tag="ops")
 def list_clusters():
-    min_size = _int_arg("min_size", 2, 1, 10_000_000)
-    limit = _int_arg("limit", 50, 1, 500)
+    """Linked-account clusters, largest first, with their growth, member decisions and the
+    (hashed) identifiers that link them."""
+    query = parse_query(ClustersQuery)
+    min_size, limit = query.min_size, query.limit
     with runtime().session() as session:
         clusters = session.execute(
             select(Cluster).where(Cluster.size >= min_size).order_by(Cluster.size.desc(), Cluster.id).limit(limit)
         ).scalars().all()
-        return jsonify({"clusters": [cluster_summary(session, c) for c in clusters]})
+        return respond(Clusters, {"clusters": [cluster_summary(session, c) for c in clusters]})
 
 
 @v1.get("/clusters/<cluster_id>")
+@documented("Read a cluster", query=ClusterQuery, responses={200: ClusterBody}, errors=(400, 404), tag="ops")
 def get_cluster(cluster_id: str):
-    limit = _int_arg("limit", 1000, 1, 10_000)
+    """One cluster and its members, each with the identifier kinds that link it."""
+    limit = parse_query(ClusterQuery).limit
     with runtime().session() as session:
         cluster = session.get(Cluster, cluster_id)
         if cluster is None:
             raise not_found("cluster")
-        return jsonify(cluster_summary(session, cluster, members=limit))
+        return respond(ClusterBody, cluster_summary(session, cluster, members=limit))

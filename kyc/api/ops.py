@@ -11,19 +11,26 @@ from __future__ import annotations
 
 from flask import g
 
-from kyc.api import runtime, v1
+from kyc.api import documented, respond, runtime, v1
+from kyc.api.responses import RulesStatus
 from kyc.engine import RuleSetError
 from kyc.errors import ApiError
 from kyc.ops.audit import key_actor
 
 
 @v1.get("/ops/rules")
+@documented("Running rule set", responses={200: RulesStatus}, tag="ops")
 def rules_status():
-    return runtime().rules_status()
+    """The rules version running in the process that answered, when it was loaded, rule and
+    list counts, the tiers, and the last refused reload."""
+    return respond(RulesStatus, runtime().rules_status())
 
 
 @v1.post("/ops/rules/reload")
+@documented("Reload the rules", responses={200: RulesStatus}, errors=(422,), tag="ops")
 def rules_reload():
+    """Loads the rule files now in the process that answered; swaps them in only if they load
+    cleanly, else 422 with every error (file, line, rule)."""
     rt = runtime()
     before = rt.rules.version
     try:
@@ -34,4 +41,4 @@ def rules_reload():
                        details={"errors": [e.as_dict() for e in exc.errors], "running_version": before}) from None
     status = rt.rules_status()
     status["reloaded"] = status["version"] != before
-    return status
+    return respond(RulesStatus, status)

@@ -11,18 +11,21 @@ they show intent to pay.
 
 from __future__ import annotations
 
-from flask import jsonify
-
-from kyc.api import parse, runtime, v1
+from kyc.api import documented, parse, respond, runtime, v1
+from kyc.api.responses import Evaluation
 from kyc.db import pipelined
 from kyc.inputs import PaymentMethodInput
 from kyc.scoring import evaluation_body, score
 
 
 @v1.post("/payment-methods")
+@documented("Score a payment method", body=PaymentMethodInput, responses={200: Evaluation}, tag="scoring")
 def score_payment_method():
+    """Scores a card as the payment processor describes it (fingerprint, BIN, last4, funding,
+    countries); a body holding a full card number is refused. An account kyc has not seen is
+    scored and created."""
     inp = parse(PaymentMethodInput)
     rt = runtime()
     with rt.session() as session, pipelined(session):
         evaluation = score(rt, session, "payment_method", inp)
-    return jsonify(evaluation_body(evaluation))
+    return respond(Evaluation, evaluation_body(evaluation))

@@ -7,26 +7,37 @@
 
 from __future__ import annotations
 
-from flask import g, jsonify
+from flask import g
+from pydantic import BaseModel, Field
 
-from kyc.api import parse, runtime, v1
+from kyc.api import documented, parse, parse_query, respond, runtime, v1
 from kyc.api.accounts import get_account
-from kyc.api.clusters import _int_arg
+from kyc.api.responses import Account, ClusterActionResult, Reviews
 from kyc.inputs import ClusterActionInput, ReviewInput
 from kyc.ops.actions import act_on_cluster
 from kyc.ops.audit import key_actor
 from kyc.ops.reviews import review_account, review_queue
 
 
+class ReviewsQuery(BaseModel):
+    limit: int = Field(50, ge=1, le=500, description="Most entries listed")
+
+
 @v1.get("/reviews")
+@documented("Review queue", query=ReviewsQuery, responses={200: Reviews}, errors=(400,), tag="ops")
 def reviews():
-    limit = _int_arg("limit", 50, 1, 500)
+    """Accounts held at review that no person has decided yet, oldest first."""
+    limit = parse_query(ReviewsQuery).limit
     with runtime().session() as session:
-        return jsonify({"reviews": review_queue(session, limit)})
+        return respond(Reviews, {"reviews": review_queue(session, limit)})
 
 
 @v1.post("/accounts/<account_id>/review")
+@documented("Decide a review", body=ReviewInput, responses={200: Account}, tag="ops")
 def review(account_id: str):
+    """A person's decision: the account's decision becomes `outcome` (entitlements follow at
+    once), recorded with the key's name and time, and the account leaves the queue. Answers
+    with the account."""
     inp = parse(ReviewInput)
     rt = runtime()
     with rt.session() as session, session.begin():
@@ -35,8 +46,10 @@ def review(account_id: str):
 
 
 @v1.post("/clusters/<cluster_id>/actions")
+@documented("Act on a cluster", body=ClusterActionInput, responses={200: ClusterActionResult}, tag="ops")
 def cluster_action(cluster_id: str):
+    """One decision (block, review or release) for every current member of the cluster at once."""
     inp = parse(ClusterActionInput)
     done = act_on_cluster(runtime(), cluster_id, inp.action, inp.note, key_actor(g.get("api_key")))
-    return jsonify({"cluster_id": done.cluster_id, "members": done.members, "changed": done.changed,
-                    "audit_event_id": done.event_id})
+    return respond(ClusterActionResult, {"cluster_id": done.cluster_id, "members": done.members,
+                                         "changed": done.changed, "audit_event_id": done.event_id})

@@ -10,10 +10,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
-from flask import jsonify
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from kyc.api import parse, runtime, v1
+from kyc.api import documented, parse, respond, runtime, v1
+from kyc.api.responses import Verification as VerificationBody
 from kyc.errors import ApiError, invalid, not_found
 from kyc.models import Verification
 from kyc.verification.senders import SendError
@@ -41,7 +41,11 @@ def _now() -> datetime:
 
 
 @v1.post("/accounts/<account_id>/verifications")
+@documented("Start a verification", body=StartBody, responses={200: VerificationBody, 201: VerificationBody},
+            errors=(404, 409, 429, 502), tag="verification")
 def start_verification(account_id: str):
+    """Email and phone send a code through the configured sender (201 new; 200 a resend of the
+    pending one); documents wait for the identity provider's webhook."""
     body = parse(StartBody)
     rt = runtime()
     if body.tier is not None and rt.tiers.get(body.tier) is None:
@@ -58,27 +62,31 @@ def start_verification(account_id: str):
             answer = verification_body(v, now, rt.config.code_max_attempts)
     except SendError as exc:
         raise ApiError(502, "sender_failed", f"{exc}; nothing was started, try again") from None
-    response = jsonify(answer)
-    response.status_code = 201 if created else 200
-    return response
+    return respond(VerificationBody, answer, status=201 if created else 200)
 
 
 @v1.post("/verifications/<verification_id>/confirm")
+@documented("Confirm a code", body=ConfirmBody, responses={200: VerificationBody}, errors=(404, 409, 429),
+            tag="verification")
 def confirm_verification(verification_id: str):
+    """Completes an email or phone verification with its code; attempts are limited. A wrong
+    code answers 200 with the attempts remaining."""
     body = parse(ConfirmBody)
     rt = runtime()
     now = _now()
     with rt.session() as session, session.begin():
         v = confirm(rt, session, verification_id, body.code, now)
         answer = verification_body(v, now, rt.config.code_max_attempts)
-    return jsonify(answer)
+    return respond(VerificationBody, answer)
 
 
 @v1.get("/verifications/<verification_id>")
+@documented("Read a verification", responses={200: VerificationBody}, errors=(404,), tag="verification")
 def get_verification(verification_id: str):
+    """A verification's status, where its code went (masked) and its attempts remaining."""
     rt = runtime()
     with rt.session() as session:
         v = session.get(Verification, verification_id)
         if v is None:
             raise not_found("verification")
-        return jsonify(verification_body(v, _now(), rt.config.code_max_attempts))
+        return respond(VerificationBody, verification_body(v, _now(), rt.config.code_max_attempts))

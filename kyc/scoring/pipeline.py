@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
+from time import perf_counter
 from types import SimpleNamespace
 from typing import Any, Iterable
 
@@ -23,7 +24,7 @@ from kyc.db import deferred
 from kyc.engine import RuleSet
 from kyc.ids import new_id
 from kyc.inputs import INPUTS, rfc3339
-from kyc import graph
+from kyc import graph, metrics
 from kyc.models import Account, ActivityDay, ClusterMember, Evaluation, Sighting, Verification, utcnow
 from kyc.ops import decisions
 from kyc.runtime import Runtime
@@ -78,7 +79,9 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     lookups = Lookups(rules.lists, chunk.store if chunk else velocity_store(runtime, session),
                       runtime.config.secret_key, runtime.geoip,
                       load_bin_table(runtime.config.bin_table))
+    started = perf_counter()
     signals, identifiers = COLLECTORS[subject](inp, lookups, at)
+    signal_seconds = perf_counter() - started
     signals["account"] = account_facts
     policy = graph.Policy.from_config(runtime.config)
     # Traits describe the registration: a card added later from another network must not reset
@@ -104,6 +107,7 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
                   else graph.growth(session, cluster.id, growth_at, member=member, size=cluster.size))
     signals["graph"] = graph_signals(cluster, growth_24h, at)
     outcome = evaluate(rules, subject, signals)
+    metrics.evaluated(subject, trigger, outcome.decision, outcome.reasons, signal_seconds)
     values = dict(
         id=new_id("ev"), account_id=account.id, subject=subject, trigger=trigger, occurred_at=at,
         input=inp.stored(), signals=signals, reasons=outcome.reasons, decision=outcome.decision,

@@ -12,6 +12,9 @@ import hmac
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from kyc.errors import ApiError, invalid
 from kyc.inputs import parse_time
@@ -44,6 +47,20 @@ def check_signature(secret: bytes | None, body: bytes, header: str | None) -> No
         raise ApiError(401, "bad_signature", f"missing or invalid {SIGNATURE_HEADER}")
 
 
+class ProviderEventBody(BaseModel):
+    """An identity provider's decision on a document verification (POST /v1/webhooks/{provider}).
+    Fields besides these are ignored: providers add their own."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    event_id: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    verification_id: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    status: Literal[VERIFIED_STATUSES + FAILED_STATUSES]          # type: ignore[valid-type]
+    reason: Annotated[StrictStr, Field(max_length=512)] | None = None
+    timestamp: StrictInt | StrictFloat | StrictStr = Field(
+        description="When the provider decided: Unix seconds or an RFC 3339 time, within KYC_WEBHOOK_TOLERANCE_SECONDS of now")
+
+
 def parse_event(body: bytes, now: datetime, tolerance_seconds: int) -> ProviderEvent:
     try:
         data = json.loads(body)
@@ -54,26 +71,34 @@ def parse_event(body: bytes, now: datetime, tolerance_seconds: int) -> ProviderE
     if contains_card_number(data):
         raise ApiError(400, "card_number_refused", "the body contains a full card number")
     fields: dict[str, str] = {}
-    for name in ("event_id", "verification_id", "status"):
-        value = data.get(name)
-        if not isinstance(value, str) or not value or len(value) > 128:
-            fields[name] = "required text, at most 128 characters"
-    status = data.get("status")
-    if "status" not in fields and status not in VERIFIED_STATUSES + FAILED_STATUSES:
-        fields["status"] = f"one of {', '.join(VERIFIED_STATUSES + FAILED_STATUSES)}"
-    reason = data.get("reason")
-    if reason is not None and (not isinstance(reason, str) or len(reason) > 512):
-        fields["reason"] = "text, at most 512 characters"
+    try:
+        event = ProviderEventBody.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False, include_input=False):
+            name = str(error["loc"][0]) if error["loc"] else "body"
+            fields.setdefault(name, _MESSAGES.get(name, error["msg"]))
+        event = None
     timestamp = _timestamp(data.get("timestamp"), fields)
-    if fields:
+    if fields or event is None:
         raise invalid("the event has invalid fields", fields)
     if abs(now - timestamp) > timedelta(seconds=tolerance_seconds):
         raise ApiError(400, "stale_event", f"the event timestamp is more than {tolerance_seconds}s from now",
                        {"timestamp": "outside the accepted window"})
-    return ProviderEvent(data["event_id"], data["verification_id"], status, reason, timestamp)
+    return ProviderEvent(event.event_id, event.verification_id, event.status, event.reason, timestamp)
+
+
+_MESSAGES = {
+    "event_id": "required text, at most 128 characters",
+    "verification_id": "required text, at most 128 characters",
+    "status": f"one of {', '.join(VERIFIED_STATUSES + FAILED_STATUSES)}",
+    "reason": "text, at most 512 characters",
+    "timestamp": "required: Unix seconds or an RFC 3339 time",
+}
 
 
 def _timestamp(value, fields: dict[str, str]) -> datetime | None:
+    if "timestamp" in fields:
+        return None
     try:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return datetime.fromtimestamp(value, timezone.utc)
