@@ -26,10 +26,12 @@ def create_app(config: Config | None = None, runtime: Runtime | None = None, *, 
     app.extensions["kyc"] = runtime or Runtime.start(config)
 
     from kyc import api, signals
+    from kyc.ops import console
 
     signals.warm()              # once per process, before gunicorn forks its workers
 
     api.register(app)
+    console.register(app)
 
     # Background rescoring without Redis waits for moments when no request is in flight.
     @app.before_request
