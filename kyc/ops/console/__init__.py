@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import secrets
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 from flask import Blueprint, Flask, abort, current_app, g, redirect, render_template, request, session, url_for
@@ -164,7 +165,8 @@ def _ago(value: Any) -> str:
 
 @console.app_template_filter("num")
 def _num(value: Any) -> str:
-    return f"{value:,}" if isinstance(value, int) else str(value)
+    # PostgreSQL's SUM of a bigint is a Decimal.
+    return f"{int(value):,}" if isinstance(value, (int, Decimal)) and not isinstance(value, bool) else str(value)
 
 
 @console.app_template_filter("changed")
@@ -176,3 +178,10 @@ def _changed(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(map(str, value))
     return str(value)
+
+
+@console.errorhandler(Exception)
+def _unexpected(exc: Exception):
+    current_app.logger.exception("unhandled error on %s %s", request.method, request.path)
+    return render_template("console/error.html", status=500, title="Something went wrong",
+                           message="Nothing was changed. The error is in the service's log."), 500

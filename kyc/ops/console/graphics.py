@@ -53,7 +53,8 @@ def cluster_picture(members: list[dict[str, Any]], identifiers: list[dict[str, A
     # Members in the order of the mean direction of what they hold, then spread evenly.
     order = sorted(members, key=lambda m: (_mean_angle(ident_angle[n] for n in held.get(m["account_id"], []))
                                            or 0.0, m["account_id"]))
-    radius_inner = 0 if len(chosen) == 1 else INNER
+    # A few identifiers sit close together at the hub; many spread over the inner ring.
+    radius_inner = 0 if len(chosen) == 1 else min(INNER, 28 * len(chosen))
     ident_nodes = []
     for node in chosen:
         x, y = _point(ident_angle[node], radius_inner)
@@ -78,7 +79,7 @@ def cluster_picture(members: list[dict[str, Any]], identifiers: list[dict[str, A
             "label_members": len(member_nodes) <= 16}
 
 
-CHART_W, CHART_H, PAD = 640, 170, 28
+CHART_W, CHART_H, PAD = 1100, 190, 30
 
 
 def score_chart(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -97,7 +98,7 @@ def score_chart(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
             "grid": [{"score": s, "y": round(CHART_H - PAD - (CHART_H - 2 * PAD) * s / 100, 1)} for s in (0, 50, 100)]}
 
 
-USAGE_W, USAGE_H = 640, 140
+USAGE_W, USAGE_H = 540, 170
 
 
 def usage_chart(days: list[Any], last_day: date | None, span: int) -> dict[str, Any] | None:
