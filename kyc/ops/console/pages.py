@@ -16,6 +16,7 @@ from kyc.engine import RuleSet, RuleSetError
 from kyc.graph import cluster_summary
 from kyc.models import (DECISIONS, Account, AccountLabel, ActivityDay, Cluster, ClusterMember, Evaluation, GraphEdge,
                         Verification, latest_of)
+from kyc.ops.audit import key_actor, list_events
 from kyc.ops.console import CONSOLE_ROLES, caller_for_token, console, csrf_token, runtime
 from kyc.ops.console.facts import identity, signal_facts, verification_target
 from kyc.ops.console.graphics import cluster_picture, score_chart, usage_chart
@@ -146,6 +147,7 @@ def account(account_id: str):
         linked_by = _linked_by(s, account_id, cluster.id) if cluster and cluster.size > 1 else []
         latest, signup_input = latest_evaluations(s, [account_id]).get(account_id, (None, None))
         rows = [_evaluation_row(e) for e in history]
+        audit = list_events(s, account_id=account_id, limit=20)["events"]
     return render_template(
         "console/account.html", nav="queue", account=acct, evaluations=rows, chart=score_chart(rows),
         latest=latest, facts=signal_facts(latest.signals if latest else {}), identity=identity(signup_input),
@@ -154,7 +156,7 @@ def account(account_id: str):
                         "reason": v.reason, "attempts": v.attempts} for v in verifications],
         labels=labels, usage=usage_chart(days, last_day, USAGE_DAYS),
         usage_totals={"days": totals[0], "requests": totals[1], "last_day": last_day},
-        cluster=cluster, linked_by=linked_by)
+        cluster=cluster, linked_by=linked_by, audit=audit)
 
 
 def _evaluation_row(e: Evaluation) -> dict[str, Any]:
@@ -198,12 +200,13 @@ def cluster(cluster_id: str):
         if row is None:
             abort(404, f"No cluster {cluster_id}.")
         summary = cluster_summary(s, row, members=1000)
+        audit = list_events(s, cluster_id=cluster_id, limit=20)["events"]
         shown = [m["account_id"] for m in summary["members"][:PICTURE_MEMBERS]]
         edges = s.execute(select(GraphEdge.kind, GraphEdge.value_hash, GraphEdge.account_id)
                           .where(GraphEdge.account_id.in_(shown))).all() if shown else []
     picture = cluster_picture(summary["members"][:PICTURE_MEMBERS], summary["identifiers"], edges)
     return render_template("console/cluster.html", nav="clusters", cluster=summary, picture=picture,
-                           shown=len(shown))
+                           shown=len(shown), audit=[e for e in audit if e["account_id"] is None])
 
 
 # --- decisions (kyc.ops services, as the API calls them) ------------------------------------------
@@ -223,7 +226,8 @@ def form_input(model: type[BaseModel], fields: tuple[str, ...]) -> BaseModel | N
 
 
 def actor() -> str:
-    return g.console_caller["name"]
+    """Who changed something, as the API records it: the signed-in key's name."""
+    return key_actor(g.console_caller["name"])
 
 
 @console.post("/accounts/<account_id>/review")
