@@ -68,6 +68,11 @@ def seed(post: Callable[[str, dict], tuple[int, Any]], *, farm_size: int = FARM_
         answer = send("/v1/signups", farm_member(n, now - timedelta(hours=3) + timedelta(minutes=6 * n)))
         decisions[answer["account_id"]] = answer["decision"]
         cluster_id = answer["cluster"]["id"]
+    # A farm member adds a prepaid card, as farms do to reach paid tiers.
+    card = {"account_id": "farm_03", "fingerprint": "pm_fp_farm03", "bin": "424242", "last4": "4242",
+            "funding": "prepaid", "issuer_country": "US", "billing_country": "GB", "ip": farm_member(3, now)["ip"],
+            "device_id": "dv_farm_3", "occurred_at": _iso(now - timedelta(hours=2, minutes=30))}
+    send("/v1/payment-methods", card)
     # Usage the gateway reported: a steady customer, and a farm member's burst once it woke.
     for day in range(14):
         at = now - timedelta(days=14 - day)

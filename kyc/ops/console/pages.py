@@ -74,12 +74,20 @@ def queue():
     with runtime().session() as s:
         entries = queue_entries(s, QUEUE_LIMIT)
         latest = latest_evaluations(s, [e["account_id"] for e in entries])
+    held = held_count(s) if len(entries) >= QUEUE_LIMIT else len(entries)
+    # Farms fill a queue: one action on their cluster decides all of its members at once.
+    clusters: dict[str, dict[str, Any]] = {}
     for entry in entries:
+        if entry["cluster"] and entry["cluster"]["size"] > 1:
+            group = clusters.setdefault(entry["cluster"]["id"], {"id": entry["cluster"]["id"], "size": entry["cluster"]["size"],
+                                                                 "held": 0})
+            group["held"] += 1
         evaluation, signup_input = latest.get(entry["account_id"], (None, None))
         entry["facts"] = signal_facts(evaluation.signals if evaluation else {})
         entry["identity"] = identity(signup_input)
         entry["subject"] = evaluation.subject if evaluation else None
-    return render_template("console/queue.html", entries=entries, nav="queue")
+    farms = sorted((c for c in clusters.values() if c["held"] >= 2), key=lambda c: -c["held"])
+    return render_template("console/queue.html", entries=entries, nav="queue", held=held, farms=farms)
 
 
 def queue_entries(s, limit: int) -> list[dict[str, Any]]:
@@ -91,6 +99,10 @@ def queue_entries(s, limit: int) -> list[dict[str, Any]]:
     return [{"account_id": a.id, "score": a.score, "reasons": a.reasons, "since": a.updated_at,
              "cluster": {"id": cid, "size": size} if cid else None, "changed": None}
             for a, cid, size in rows]
+
+
+def held_count(s) -> int:
+    return s.scalar(select(func.count()).select_from(Account).where(Account.decision == "review"))
 
 
 def latest_evaluations(s, account_ids: list[str]) -> dict[str, tuple[Evaluation | None, dict | None]]:
