@@ -3,6 +3,7 @@
 `seed(post)` takes `post(path, body) -> (status, json)` (a Flask test client or real HTTP) and
 returns the ids the tests look for. It holds:
 - ordinary customers, each on its own phone, device and network, allowed, some with usage;
+- a household: two people on one computer (a cluster of two);
 - single accounts held for review for their own reasons (a crawler's user agent, a private IP);
 - a farm: accounts sharing a phone range, a /24 and an email shape, signed up minutes apart
   through fast form fills; as it grows the rules hold its members for review.
@@ -27,6 +28,13 @@ CUSTOMERS = [
      "device_id": "dv_omar", "timezone": "Europe/London", "locale": "en-GB", "user_agent": SAFARI},
     {"account_id": "acct_lena", "email": "lena.k@web.de", "ip": "89.246.64.10", "phone": "+4915112345678",
      "device_id": "dv_lena", "timezone": "Europe/Berlin", "locale": "de-DE", "user_agent": CHROME},
+]
+# Two people of one household on one computer: a cluster of two, linked by the device, allowed.
+HOUSEHOLD = [
+    {"account_id": "acct_sam", "email": "sam.okafor@icloud.com", "ip": "73.162.10.4", "phone": "+12065550111",
+     "device_id": "dv_home", "timezone": "America/Los_Angeles", "locale": "en-US", "user_agent": SAFARI},
+    {"account_id": "acct_ada", "email": "ada.okafor@icloud.com", "ip": "73.162.10.4", "phone": "+12065550177",
+     "device_id": "dv_home", "timezone": "America/Los_Angeles", "locale": "en-US", "user_agent": SAFARI},
 ]
 HELD = [
     {"account_id": "acct_crawler", "email": "crawler.ops@outlook.com", "ip": "66.249.66.1", "phone": "+16175550188",
@@ -57,7 +65,7 @@ def seed(post: Callable[[str, dict], tuple[int, Any]], *, farm_size: int = FARM_
         assert status == 200, (path, status, answer)
         return answer
 
-    for i, customer in enumerate(CUSTOMERS):
+    for i, customer in enumerate(CUSTOMERS + HOUSEHOLD):
         body = dict(customer, form_fill_ms=6200 + 900 * i, occurred_at=_iso(now - timedelta(days=20 - i)))
         decisions[customer["account_id"]] = send("/v1/signups", body)["decision"]
     for i, held in enumerate(HELD):
@@ -85,5 +93,5 @@ def seed(post: Callable[[str, dict], tuple[int, Any]], *, farm_size: int = FARM_
     return {"decisions": decisions, "farm_cluster": cluster_id,
             "farm": [f"farm_{n:02d}" for n in range(farm_size)],
             "held": [h["account_id"] for h in HELD],
-            "pii": [p[k] for p in CUSTOMERS + HELD for k in ("email", "phone", "ip")]
+            "pii": [p[k] for p in CUSTOMERS + HOUSEHOLD + HELD for k in ("email", "phone", "ip")]
             + [farm_member(n, now)[k] for n in range(farm_size) for k in ("email", "phone", "ip")]}

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import re
 import shutil
-from datetime import datetime, timezone
-
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from kyc.jobs import drain
 from kyc.models import Account, ApiKey, Evaluation
+from kyc.ops.audit import list_events
 from kyc.ops.keys import create_key, revoke_key
+from kyc.security import contains_card_number
 from tests.conftest import RULES_DIR
 from tests.console_data import seed
 
@@ -101,6 +103,20 @@ def test_bearer_keys_work_as_the_api_checks_them(client, runtime):
     assert page.status_code == 200 and runtime.rules.version in page.text
 
 
+def test_the_development_key_signs_in_as_admin_where_it_is_set(app, client, runtime, make_config, database_url):
+    assert sign_in(client, "kyc_dev_local_only").status_code == 401          # not set: no such key
+    from kyc import create_app
+    from kyc.runtime import Runtime
+
+    dev = Runtime.start(make_config(database_url, dev_key="kyc_dev_local_only"), migrate=False)
+    try:
+        dev_client = create_app(runtime=dev).test_client()
+        assert sign_in(dev_client, "kyc_dev_local_only").status_code == 302
+        assert "development · admin" in dev_client.get("/console/queue").text
+    finally:
+        dev.engine.dispose()
+
+
 def test_sign_in_only_sends_a_person_on_within_the_console(client, runtime):
     key = make_key(runtime)
     assert sign_in(client, key, "/console/rules").location == "/console/rules"
@@ -126,7 +142,7 @@ def test_queue_shows_held_accounts_with_their_reasons_and_signals(ops, runtime, 
     page = ops.get("/console/queue")
     assert page.status_code == 200
     with runtime.session() as s:
-        held = s.scalars(select(Account.id).where(Account.decision == "review")).all()
+        held = s.scalars(select(Account.id).where(Account.review_since.is_not(None))).all()
     shown = re.findall(r'data-account="([^"]+)"', page.text)
     assert sorted(shown) == sorted(held) and len(shown) >= 5
     entry = page.text[page.text.index('data-account="acct_crawler"'):]
@@ -224,10 +240,119 @@ def test_backtest_form_explains_what_is_wrong(ops, tmp_path):
     assert answer.status_code == 422 and "do not load" in answer.text and "signup.yaml" in answer.text
 
 
+# --- decisions: the same services as the API ------------------------------------------------------
+
+def _api(runtime) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_key(runtime, 'admin', 'reader')}"}
+
+
+def test_allowing_in_the_console_is_the_apis_review(ops, client, runtime, seeded):
+    api = _api(runtime)
+    assert client.get("/v1/accounts/acct_office/entitlement?tier=free", headers=api).json["allowed"] is False
+    csrf = csrf_of(ops.get("/console/queue"))
+    answer = ops.post("/console/accounts/acct_office/review",
+                      data={"csrf_token": csrf, "outcome": "allow", "note": "office network", "back": "/console/queue"})
+    assert answer.status_code == 302 and answer.location == "/console/queue"
+    page = ops.get("/console/queue")
+    assert 'data-account="acct_office"' not in page.text and "acct_office is now allow" in page.text
+    entitlement = client.get("/v1/accounts/acct_office/entitlement?tier=free", headers=api).json
+    assert entitlement["allowed"] is True and entitlement["decision"] == "allow"
+    queue = client.get("/v1/reviews?limit=100", headers=api).json["reviews"]
+    assert "acct_office" not in [r["account_id"] for r in queue]
+    with runtime.session() as s:
+        events = list_events(s, account_id="acct_office", action="account.reviewed")["events"]
+    assert [(e["actor"], e["detail"]["old"], e["detail"]["new"], e["detail"]["note"]) for e in events] == [
+        ("key:alice", "review", "allow", "office network")]
+    # A return address outside the console is not followed.
+    elsewhere = ops.post("/console/accounts/acct_crawler/review",
+                         data={"csrf_token": csrf, "outcome": "block", "back": "//evil.example/"})
+    assert elsewhere.location == "/console/accounts/acct_crawler"
+    assert ops.post("/console/accounts/nobody/review", data={"csrf_token": csrf, "outcome": "allow"}).status_code == 404
+
+
+def test_blocking_a_cluster_in_the_console_is_the_apis_farm_action(ops, client, runtime, seeded):
+    cluster_id = seeded["farm_cluster"]
+    csrf = csrf_of(ops.get(f"/console/clusters/{cluster_id}"))
+    answer = ops.post(f"/console/clusters/{cluster_id}/actions",
+                      data={"csrf_token": csrf, "action": "block", "note": "one farm"})
+    assert answer.status_code == 302 and answer.location == f"/console/clusters/{cluster_id}"
+    page = ops.get(answer.location)
+    farm = len(seeded["farm"])
+    assert f"{farm} of {farm} members changed decision" in page.text
+    with runtime.session() as s:
+        decisions = s.scalars(select(Account.decision).where(Account.id.in_(seeded["farm"]))).all()
+        events = list_events(s, cluster_id=cluster_id, action="cluster.action")["events"]
+    assert set(decisions) == {"block"} and len(events) == 1 and events[0]["actor"] == "key:alice"
+    assert "Actions on this cluster" in page.text
+    assert "farm_0" not in "".join(re.findall(r'data-account="([^"]+)"', ops.get("/console/queue").text))
+    missing = ops.post("/console/clusters/cl_nope/actions", data={"csrf_token": csrf, "action": "block"})
+    assert missing.status_code == 404
+
+
+def _card_numbers():
+    """Luhn-valid 16-digit numbers, as typed: plain, or in groups of four with spaces or dashes."""
+    def complete(body: str) -> str:
+        total = 0
+        for i, ch in enumerate(reversed(body)):
+            d = int(ch) * (2 if i % 2 == 0 else 1)
+            total += d - 9 if d > 9 else d
+        return body + str((10 - total % 10) % 10)
+
+    numbers = st.integers(10**14, 10**15 - 1).map(lambda n: complete("4" + str(n)[:14]))
+    return st.tuples(numbers, st.sampled_from(["", " ", "-"])).map(
+        lambda t: t[1].join(t[0][i:i + 4] for i in range(0, 16, 4)))
+
+
+def test_console_forms_refuse_what_the_api_refuses_and_change_nothing(ops, client, runtime):
+    api = _api(runtime)
+    body = {"account_id": "acct_held", "email": "held.person@gmail.com", "ip": "10.9.8.7"}
+    assert client.post("/v1/signups", json=body, headers=api).json["decision"] == "review"
+    csrf = csrf_of(ops.get("/console/queue"))
+    with runtime.session() as s:
+        audit_before = len(list_events(s, limit=500)["events"])
+    bad_outcome = st.text(max_size=12).filter(lambda v: v.strip() not in ("allow", "block"))
+    bad_note = st.one_of(st.text(min_size=2001, max_size=2300).filter(lambda v: len(v.strip()) > 2000),
+                         st.tuples(st.text(max_size=40), _card_numbers()).map(lambda t: f"{t[0]} {t[1]}"))
+    cases = st.one_of(st.tuples(bad_outcome, st.one_of(st.none(), st.text(max_size=50))),
+                      st.tuples(st.sampled_from(["allow", "block"]), bad_note))
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(cases)
+    def refused(case):
+        outcome, note = case
+        data = {"csrf_token": csrf, "outcome": outcome}
+        if note is not None:
+            data["note"] = note
+        answer = ops.post("/console/accounts/acct_held/review", data=data)
+        assert answer.status_code == 302
+        page = ops.get(answer.location)
+        assert page.status_code == 200 and 'class="flash error"' in page.text
+        assert "Nothing was changed:" in page.text or "full card number; nothing was changed" in page.text
+        if note is not None and contains_card_number(note):
+            assert re.sub(r"[ -]", "", note.split()[-1]) not in page.text       # never echoed
+        with runtime.session() as s:
+            assert s.get(Account, "acct_held").decision == "review"
+
+    refused()
+    action_cases = st.tuples(st.text(max_size=12).filter(lambda v: v.strip() not in ("block", "review", "release")),
+                             st.one_of(st.none(), bad_note))
+
+    @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(action_cases)
+    def refused_action(case):
+        action, note = case
+        data = {"csrf_token": csrf, "action": action} | ({"note": note} if note is not None else {})
+        answer = ops.post("/console/clusters/cl_any/actions", data=data)
+        assert answer.status_code == 302
+        page = ops.get(answer.location).text
+        assert 'class="flash error"' in page
+        assert "Nothing was changed:" in page or "full card number; nothing was changed" in page
+
+    refused_action()
+    with runtime.session() as s:
+        assert len(list_events(s, limit=500)["events"]) == audit_before
+
+
 def test_error_pages_are_pages(ops):
     page = ops.get("/console/accounts/nobody")
     assert page.status_code == 404 and page.content_type.startswith("text/html") and "No account nobody" in page.text
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)

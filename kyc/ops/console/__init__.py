@@ -112,8 +112,12 @@ def caller_for_token(token: str) -> dict[str, Any] | None:
 
 
 def caller_for_key_hash(key_hash: str) -> dict[str, Any] | None:
-    """The active key with this hash as {name, role, key_hash}, or None (revoked or unknown)."""
-    with runtime().engine.connect() as conn:
+    """The active key with this hash as {name, role, key_hash}, or None (revoked or unknown).
+    The development key (KYC_DEV_KEY) is admin, as the API takes it."""
+    rt = runtime()
+    if rt.config.dev_key and hmac.compare_digest(key_hash, hash_api_key(rt.config.dev_key)):
+        return {"name": "development", "role": "admin", "key_hash": key_hash}
+    with rt.engine.connect() as conn:
         row = conn.execute(select(ApiKey.name, ApiKey.role).where(
             ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))).one_or_none()
     return None if row is None else {"name": row.name, "role": row.role, "key_hash": key_hash}

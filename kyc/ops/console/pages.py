@@ -14,12 +14,16 @@ from kyc.api import field_errors
 from kyc.backtest import backtest, parse_since
 from kyc.engine import RuleSet, RuleSetError
 from kyc.graph import cluster_summary
+from kyc.inputs import ClusterActionInput, ReviewInput
 from kyc.models import (DECISIONS, Account, AccountLabel, ActivityDay, Cluster, ClusterMember, Evaluation, GraphEdge,
                         Verification, latest_of)
+from kyc.ops.actions import act_on_cluster
 from kyc.ops.audit import key_actor, list_events
 from kyc.ops.console import CONSOLE_ROLES, caller_for_token, console, csrf_token, runtime
 from kyc.ops.console.facts import identity, signal_facts, verification_target
 from kyc.ops.console.graphics import cluster_picture, score_chart, usage_chart
+from kyc.ops.errors import AccountNotFound, ClusterNotFound
+from kyc.ops.reviews import review_account, review_queue
 from kyc.security import contains_card_number
 
 QUEUE_LIMIT = 100
@@ -72,7 +76,7 @@ def home():
 @console.get("/queue")
 def queue():
     with runtime().session() as s:
-        entries = queue_entries(s, QUEUE_LIMIT)
+        entries = review_queue(s, QUEUE_LIMIT)
         latest = latest_evaluations(s, [e["account_id"] for e in entries])
     held = held_count(s) if len(entries) >= QUEUE_LIMIT else len(entries)
     # Farms fill a queue: one action on their cluster decides all of its members at once.
@@ -90,19 +94,9 @@ def queue():
     return render_template("console/queue.html", entries=entries, nav="queue", held=held, farms=farms)
 
 
-def queue_entries(s, limit: int) -> list[dict[str, Any]]:
-    rows = s.execute(select(Account, ClusterMember.cluster_id, Cluster.size)
-                     .outerjoin(ClusterMember, ClusterMember.account_id == Account.id)
-                     .outerjoin(Cluster, Cluster.id == ClusterMember.cluster_id)
-                     .where(Account.decision == "review")
-                     .order_by(Account.updated_at, Account.id).limit(limit)).all()
-    return [{"account_id": a.id, "score": a.score, "reasons": a.reasons, "since": a.updated_at,
-             "cluster": {"id": cid, "size": size} if cid else None, "changed": None}
-            for a, cid, size in rows]
-
-
 def held_count(s) -> int:
-    return s.scalar(select(func.count()).select_from(Account).where(Account.decision == "review"))
+    """Accounts in the queue (held at review, undecided by a person), however many."""
+    return s.scalar(select(func.count()).select_from(Account).where(Account.review_since.is_not(None)))
 
 
 def latest_evaluations(s, account_ids: list[str]) -> dict[str, tuple[Evaluation | None, dict | None]]:
@@ -244,10 +238,6 @@ def actor() -> str:
 
 @console.post("/accounts/<account_id>/review")
 def review(account_id: str):
-    from kyc.inputs import ReviewInput
-    from kyc.ops.errors import AccountNotFound
-    from kyc.ops.reviews import review_account
-
     back = request.form.get("back", "")
     if not back.startswith("/console/") or back.startswith("//"):
         back = url_for("console.account", account_id=account_id)
@@ -267,17 +257,11 @@ def review(account_id: str):
 
 @console.post("/clusters/<cluster_id>/actions")
 def cluster_action(cluster_id: str):
-    from kyc.inputs import ClusterActionInput
-    from kyc.ops.actions import act_on_cluster
-    from kyc.ops.errors import ClusterNotFound
-
     inp = form_input(ClusterActionInput, ("action", "note"))
     if inp is None:
         return redirect(url_for("console.cluster", cluster_id=cluster_id))
-    rt = runtime()
     try:
-        with rt.session() as s, s.begin():
-            done = act_on_cluster(rt, s, cluster_id, inp.action, inp.note, actor())
+        done = act_on_cluster(runtime(), cluster_id, inp.action, inp.note, actor())     # its own transaction
     except ClusterNotFound:
         abort(404, f"No cluster {cluster_id}.")
     flash(f"{inp.action.capitalize()}: {done.changed:,} of {done.members:,} members changed decision.", "ok")
