@@ -94,7 +94,8 @@ def signal_facts(signals: dict[str, Any]) -> list[Fact]:
     size = graph.get("cluster_size")
     if isinstance(size, int) and size > 1:
         grown = graph.get("cluster_growth_24h") or 0
-        facts.append(Fact("cluster", f"cluster of {size:,}" + (f", +{grown:,} in 24 h" if grown else ""), size >= 5))
+        facts.append(Fact("cluster", f"cluster of {size:,} when scored" + (f", +{grown:,} in 24 h" if grown else ""),
+                          size >= 5))
         if graph.get("cluster_labeled_fraud"):
             facts.append(Fact("cluster", f"{graph['cluster_labeled_fraud']} labeled fraud in the cluster", True))
     if usage.get("requests_today"):

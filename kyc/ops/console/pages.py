@@ -86,8 +86,8 @@ def queue():
             group = clusters.setdefault(entry["cluster"]["id"], {"id": entry["cluster"]["id"], "size": entry["cluster"]["size"],
                                                                  "held": 0})
             group["held"] += 1
-        evaluation, signup_input = latest.get(entry["account_id"], (None, None))
-        entry["facts"] = signal_facts(evaluation.signals if evaluation else {})
+        evaluation, signals, signup_input = latest.get(entry["account_id"], (None, {}, None))
+        entry["facts"] = signal_facts(signals)
         entry["identity"] = identity(signup_input)
         entry["subject"] = evaluation.subject if evaluation else None
     farms = sorted((c for c in clusters.values() if c["held"] >= 2), key=lambda c: -c["held"])
@@ -99,8 +99,9 @@ def held_count(s) -> int:
     return s.scalar(select(func.count()).select_from(Account).where(Account.review_since.is_not(None)))
 
 
-def latest_evaluations(s, account_ids: list[str]) -> dict[str, tuple[Evaluation | None, dict | None]]:
-    """Per account: its latest evaluation (signals) and its latest signup's input (identity)."""
+def latest_evaluations(s, account_ids: list[str]) -> dict[str, tuple[Evaluation | None, dict, dict | None]]:
+    """Per account: its latest evaluation; the signals a reviewer reads (its latest signup's,
+    with the families only a later evaluation has, such as a card's); its signup's input."""
     if not account_ids:
         return {}
     accounts = s.execute(select(Account.id, Account.last_evaluation_id, Account.subjects)
@@ -113,8 +114,11 @@ def latest_evaluations(s, account_ids: list[str]) -> dict[str, tuple[Evaluation 
     evaluations = {e.id: e for e in s.execute(select(Evaluation).where(Evaluation.id.in_(ids))).scalars()} if ids else {}
     out = {}
     for account_id, (last_id, signup_id) in wanted.items():
-        signup = evaluations.get(signup_id)
-        out[account_id] = (evaluations.get(last_id), signup.input if signup else None)
+        latest, signup = evaluations.get(last_id), evaluations.get(signup_id)
+        signals = dict(signup.signals) if signup else {}
+        for family, values in (latest.signals if latest else {}).items():
+            signals.setdefault(family, values)
+        out[account_id] = (latest, signals, signup.input if signup else None)
     return out
 
 
@@ -151,12 +155,12 @@ def account(account_id: str):
         member = s.get(ClusterMember, account_id)
         cluster = s.get(Cluster, member.cluster_id) if member else None
         linked_by = _linked_by(s, account_id, cluster.id) if cluster and cluster.size > 1 else []
-        latest, signup_input = latest_evaluations(s, [account_id]).get(account_id, (None, None))
+        latest, signals, signup_input = latest_evaluations(s, [account_id]).get(account_id, (None, {}, None))
         rows = [_evaluation_row(e) for e in history]
         audit = list_events(s, account_id=account_id, limit=20)["events"]
     return render_template(
         "console/account.html", nav="queue", account=acct, evaluations=rows, chart=score_chart(rows),
-        latest=latest, facts=signal_facts(latest.signals if latest else {}), identity=identity(signup_input),
+        latest=latest, facts=signal_facts(signals), identity=identity(signup_input),
         verifications=[{"kind": v.kind, "status": v.status, "target": verification_target(v.kind, v.target),
                         "created_at": v.created_at, "completed_at": v.completed_at, "provider": v.provider,
                         "reason": v.reason, "attempts": v.attempts} for v in verifications],
