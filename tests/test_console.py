@@ -94,6 +94,14 @@ def test_the_session_cookie_holds_no_key_and_a_revoked_key_is_out_at_once(client
     assert gone.status_code == 302 and gone.location.startswith("/console/login")
 
 
+def test_pages_may_not_be_framed_cached_or_load_anything_from_elsewhere(ops):
+    page = ops.get("/console/queue")
+    assert page.headers["X-Frame-Options"] == "DENY" and "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+    assert page.headers["Content-Security-Policy"].startswith("default-src 'self'")
+    assert page.headers["Cache-Control"] == "no-store"
+    assert not re.search(r'(src|href)="(https?:)?//', page.text)          # nothing fetched from another host
+
+
 def test_bearer_keys_work_as_the_api_checks_them(client, runtime):
     assert client.get("/console/queue", headers={"Authorization": "Bearer kyc_nope"}).status_code == 401
     gateway = make_key(runtime, "gateway", "gw")

@@ -86,6 +86,25 @@ def _require_caller() -> Any:
     return None
 
 
+# Pages only load what this console serves; no other site may frame them (a framed page could
+# trick a person's two clicks), and none is kept in a cache or sent on as a referrer.
+_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                               "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+@console.after_request
+def _page_headers(response):
+    for name, value in _HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
 def check_csrf() -> None:
     """A POST from the session must carry the session's token (a form of another site cannot)."""
     sent = request.form.get("csrf_token", "")
