@@ -718,3 +718,17 @@ def test_rescoring_a_cluster_after_a_split_selects_its_members_as_they_are_now(s
                     for account, cluster in clusters.items()}
     assert selected["acct_1"] == selected["acct_2"] == {"acct_1", "acct_2"}
     assert [selected[f"acct_{n}"] for n in (3, 4, 5)] == [{"acct_3"}, {"acct_4"}, {"acct_5"}]
+def test_a_members_link_kinds_are_its_entry_of_link_reasons(client, auth, runtime):
+    from kyc.graph import link_reasons, member_link_kinds
+
+    for n in range(1, 6):
+        post(client, auth, n, device_id="dv_shared" if n < 4 else f"dv_{n}",
+             phone="+14155550100" if n in (3, 4) else phone(n))
+    with runtime.session() as s:
+        cluster_id = cluster_of(runtime, "acct_1").id
+        reasons, _ = link_reasons(s, cluster_id)
+        assert reasons, "the accounts were not linked"
+        for n in range(1, 6):
+            member = cluster_of(runtime, f"acct_{n}")
+            if member is not None and member.id == cluster_id:
+                assert member_link_kinds(s, f"acct_{n}", cluster_id) == reasons.get(f"acct_{n}", [])

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from kyc.api import field_errors
 from kyc.backtest import backtest, parse_since
 from kyc.engine import RuleSet, RuleSetError
-from kyc.graph import cluster_summary
+from kyc.graph import cluster_summary, member_link_kinds
 from kyc.inputs import ClusterActionInput, ReviewInput
 from kyc.models import (DECISIONS, Account, AccountLabel, ActivityDay, Cluster, ClusterMember, Evaluation, GraphEdge,
                         Verification, latest_of)
@@ -154,7 +154,7 @@ def account(account_id: str):
                            .where(ActivityDay.account_id == account_id)).one()
         member = s.get(ClusterMember, account_id)
         cluster = s.get(Cluster, member.cluster_id) if member else None
-        linked_by = _linked_by(s, account_id, cluster.id) if cluster and cluster.size > 1 else []
+        linked_by = member_link_kinds(s, account_id, cluster.id) if cluster and cluster.size > 1 else []
         latest, signals, signup_input = latest_evaluations(s, [account_id]).get(account_id, (None, {}, None))
         rows = [_evaluation_row(e) for e in history]
         audit = list_events(s, account_id=account_id, limit=20)["events"]
@@ -174,13 +174,6 @@ def _evaluation_row(e: Evaluation) -> dict[str, Any]:
             "occurred_at": e.occurred_at, "created_at": e.created_at, "rules_version": e.rules_version,
             "rules": [r["rule"] for r in e.reasons if r.get("action") != "satisfied"],
             "reasons": e.reasons}
-
-
-def _linked_by(s, account_id: str, cluster_id: str) -> list[str]:
-    from kyc.graph import link_reasons
-
-    reasons, _ = link_reasons(s, cluster_id)
-    return reasons.get(account_id, [])
 
 
 # --- clusters -----------------------------------------------------------------------------------
