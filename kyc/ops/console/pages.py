@@ -30,6 +30,7 @@ QUEUE_LIMIT = 100
 HISTORY = 50
 USAGE_DAYS = 30
 PICTURE_MEMBERS = 60
+MEMBERS_LISTED = 200          # a farm of 25,000 is read in pages of the API (GET /v1/clusters/{id}?limit=N)
 
 
 # --- signing in ---------------------------------------------------------------------------------
@@ -202,7 +203,7 @@ def cluster(cluster_id: str):
         row = s.get(Cluster, cluster_id)
         if row is None:
             abort(404, f"No cluster {cluster_id}.")
-        summary = cluster_summary(s, row, members=1000)
+        summary = cluster_summary(s, row, members=MEMBERS_LISTED)
         audit = list_events(s, cluster_id=cluster_id, limit=20)["events"]
         shown = [m["account_id"] for m in summary["members"][:PICTURE_MEMBERS]]
         edges = s.execute(select(GraphEdge.kind, GraphEdge.value_hash, GraphEdge.account_id)
