@@ -36,7 +36,7 @@ from sqlalchemy import (Boolean, Column, Integer, MetaData, Select, String, Tabl
                         exists, func, insert, inspect, literal, null, or_, select, text, tuple_, update)
 from sqlalchemy.dialects.postgresql import ARRAY, insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session, aliased, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import Label
 
@@ -1167,6 +1167,19 @@ def link_reasons(session: Session, cluster_id: str, members: Iterable[str] = ())
         for kind, value_hash, accounts in sorted(counted, key=lambda row: (-row[2], row[0], row[1]))
     ]
     return {a: sorted(k) for a, k in reasons.items()}, identifiers
+
+
+def member_link_kinds(session: Session, account_id: str, cluster_id: str) -> list[str]:
+    """The identifier kinds one member shares with another member: its entry of link_reasons,
+    answered by stopping at the first other holder of each of its identifiers, where
+    link_reasons counts every holder (a farm member's page must not count 25,000 of them)."""
+    other = aliased(GraphEdge)
+    held_by_another = (select(literal(1)).select_from(other)
+                       .join(ClusterMember, ClusterMember.account_id == other.account_id)
+                       .where(other.kind == GraphEdge.kind, other.value_hash == GraphEdge.value_hash,
+                              other.account_id != account_id, ClusterMember.cluster_id == cluster_id))
+    return sorted(set(session.scalars(select(GraphEdge.kind).where(GraphEdge.account_id == account_id,
+                                                                   held_by_another.exists()))))
 
 
 def cluster_summary(session: Session, cluster: Cluster, *, members: int = 0) -> dict:
