@@ -21,10 +21,8 @@ from typing import Any
 from flask import Blueprint, Flask, abort, current_app, g, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import HTTPException
 
-from sqlalchemy import select
-
 from kyc.errors import ApiError
-from kyc.models import ApiKey
+from kyc.ops.keys import caller_for_hash
 from kyc.security import hash_api_key
 
 console = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
@@ -137,9 +135,8 @@ def caller_for_key_hash(key_hash: str) -> dict[str, Any] | None:
     if rt.config.dev_key and hmac.compare_digest(key_hash, hash_api_key(rt.config.dev_key)):
         return {"name": "development", "role": "admin", "key_hash": key_hash}
     with rt.engine.connect() as conn:
-        row = conn.execute(select(ApiKey.name, ApiKey.role).where(
-            ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))).one_or_none()
-    return None if row is None else {"name": row.name, "role": row.role, "key_hash": key_hash}
+        caller = caller_for_hash(conn, key_hash)
+    return None if caller is None else {"name": caller.name, "role": caller.role, "key_hash": key_hash}
 
 
 # --- errors as pages ---------------------------------------------------------------------------
