@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,13 @@ from kyc.models import (DECISIONS, Account, AccountLabel, ActivityDay, Cluster, 
                         Verification, latest_of)
 from kyc.ops.actions import act_on_cluster
 from kyc.ops.audit import key_actor, list_events
-from kyc.ops.console import CONSOLE_ROLES, caller_for_token, console, csrf_token, runtime
+from kyc.ops.console import CONSOLE_ROLES, caller_for_token, check_csrf, console, csrf_token, runtime
 from kyc.ops.console.facts import identity, signal_facts, verification_target
 from kyc.ops.console.graphics import cluster_picture, score_chart, usage_chart
 from kyc.ops.errors import AccountNotFound, ClusterNotFound
 from kyc.ops.reviews import review_account, review_queue
 from kyc.security import contains_card_number
+from kyc.signals import SCHEMA
 
 QUEUE_LIMIT = 100
 HISTORY = 50
@@ -39,8 +40,6 @@ MEMBERS_LISTED = 200          # a farm of 25,000 is read in pages of the API (GE
 def login():
     error = None
     if request.method == "POST":
-        from kyc.ops.console import check_csrf
-
         check_csrf()
         caller = caller_for_token(request.form.get("api_key", "").strip())
         if caller is None:
@@ -79,18 +78,16 @@ def queue():
     with runtime().session() as s:
         entries = review_queue(s, QUEUE_LIMIT)
         latest = latest_evaluations(s, [e["account_id"] for e in entries])
-    held = held_count(s) if len(entries) >= QUEUE_LIMIT else len(entries)
+        held = held_count(s) if len(entries) >= QUEUE_LIMIT else len(entries)
     # Farms fill a queue: one action on their cluster decides all of its members at once.
     clusters: dict[str, dict[str, Any]] = {}
     for entry in entries:
-        if entry["cluster"] and entry["cluster"]["size"] > 1:
-            group = clusters.setdefault(entry["cluster"]["id"], {"id": entry["cluster"]["id"], "size": entry["cluster"]["size"],
-                                                                 "held": 0})
-            group["held"] += 1
-        evaluation, signals, signup_input = latest.get(entry["account_id"], (None, {}, None))
+        cluster_ref = entry["cluster"]
+        if cluster_ref and cluster_ref["size"] > 1:
+            clusters.setdefault(cluster_ref["id"], {**cluster_ref, "held": 0})["held"] += 1
+        _, signals, signup_input = latest.get(entry["account_id"], (None, {}, None))
         entry["facts"] = signal_facts(signals)
         entry["identity"] = identity(signup_input)
-        entry["subject"] = evaluation.subject if evaluation else None
     farms = sorted((c for c in clusters.values() if c["held"] >= 2), key=lambda c: -c["held"])
     return render_template("console/queue.html", entries=entries, nav="queue", held=held, farms=farms)
 
@@ -288,8 +285,6 @@ def rules_backtest():
         return _rules_page(form=form, form_error=str(exc))
     if until is not None and until <= since:
         return _rules_page(form=form, form_error="The window's end must be after its start.")
-    from kyc.signals import SCHEMA
-
     try:
         candidate = RuleSet.load(Path(folder), SCHEMA)
     except RuleSetError as exc:
@@ -307,9 +302,4 @@ def _rules_page(*, form: dict | None = None, form_error: str | None = None, cand
     return render_template(
         "console/rules.html", nav="rules", status=status, subjects=subjects, decisions=DECISIONS,
         form=form or {"folder": str(running.root), "since": "30d", "until": ""}, form_error=form_error,
-        candidate_errors=candidate_errors, report=report,
-        status_code=200), (422 if candidate_errors or form_error else 200)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+        candidate_errors=candidate_errors, report=report), 422 if candidate_errors or form_error else 200
