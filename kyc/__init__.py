@@ -27,10 +27,12 @@ def create_app(config: Config | None = None, runtime: Runtime | None = None, *, 
     app.extensions["kyc"] = runtime or Runtime.start(config)
 
     from kyc import api, metrics, signals
+    from kyc.ops import console
 
     signals.warm()              # once per process, before gunicorn forks its workers
 
     api.register(app)
+    console.register(app)
 
     @app.before_request
     def _enter() -> None:

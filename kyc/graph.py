@@ -36,7 +36,7 @@ from sqlalchemy import (Boolean, Column, Integer, MetaData, Select, String, Tabl
                         exists, func, insert, inspect, literal, null, or_, select, text, tuple_, update)
 from sqlalchemy.dialects.postgresql import ARRAY, insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session, aliased, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import Label
 
@@ -1145,27 +1145,41 @@ def newest_join(session: Session, cluster_id: str) -> datetime | None:
     return session.scalar(select(func.max(ClusterMember.joined_at)).where(ClusterMember.cluster_id == cluster_id))
 
 
-def link_reasons(session: Session, cluster_id: str) -> tuple[dict[str, list[str]], list[dict]]:
-    """Why members are linked: per member, the identifier kinds it shares with another member;
-    and the shared identifiers (hashed, with their kind and how many members hold each)."""
-    rows = session.execute(
-        select(GraphEdge.kind, GraphEdge.value_hash, GraphEdge.account_id)
-        .join(ClusterMember, ClusterMember.account_id == GraphEdge.account_id)
-        .where(ClusterMember.cluster_id == cluster_id)).all()
-    holders: dict[Node, list[str]] = defaultdict(list)
-    for kind, value_hash, account in rows:
-        holders[(kind, value_hash)].append(account)
-    shared = {node: accounts for node, accounts in holders.items() if len(accounts) > 1}
+def link_reasons(session: Session, cluster_id: str, members: Iterable[str] = ()) -> tuple[dict[str, list[str]], list[dict]]:
+    """Why members are linked: the shared identifiers (hashed, with their kind and how many
+    members hold each), counted in the database; and, for each of `members`, the identifier
+    kinds it shares with another member. A farm of 25,000 members holds some 75,000 edges: only
+    the shared identifiers and the edges of the members asked about are read."""
+    e, m = GraphEdge, ClusterMember
+    counted = session.execute(
+        select(e.kind, e.value_hash, func.count()).join(m, m.account_id == e.account_id)
+        .where(m.cluster_id == cluster_id).group_by(e.kind, e.value_hash).having(func.count() > 1)).all()
+    shared = {(kind, value_hash) for kind, value_hash, _ in counted}
     reasons: dict[str, set[str]] = defaultdict(set)
-    for (kind, _), accounts in shared.items():
-        for account in accounts:
-            reasons[account].add(kind)
+    members = list(members)
+    for chunk in _chunks(members, 5_000) if shared else ():
+        for account, kind, value_hash in session.execute(
+                select(e.account_id, e.kind, e.value_hash).where(e.account_id.in_(chunk))):
+            if (kind, value_hash) in shared:
+                reasons[account].add(kind)
     identifiers = [
-        {"kind": kind, "hash": value_hash, "strength": "strong" if kind in STRONG else "weak",
-         "accounts": len(accounts)}
-        for (kind, value_hash), accounts in sorted(shared.items(), key=lambda i: (-len(i[1]), i[0]))
+        {"kind": kind, "hash": value_hash, "strength": "strong" if kind in STRONG else "weak", "accounts": accounts}
+        for kind, value_hash, accounts in sorted(counted, key=lambda row: (-row[2], row[0], row[1]))
     ]
     return {a: sorted(k) for a, k in reasons.items()}, identifiers
+
+
+def member_link_kinds(session: Session, account_id: str, cluster_id: str) -> list[str]:
+    """The identifier kinds one member shares with another member: its entry of link_reasons,
+    answered by stopping at the first other holder of each of its identifiers, where
+    link_reasons counts every holder (a farm member's page must not count 25,000 of them)."""
+    other = aliased(GraphEdge)
+    held_by_another = (select(literal(1)).select_from(other)
+                       .join(ClusterMember, ClusterMember.account_id == other.account_id)
+                       .where(other.kind == GraphEdge.kind, other.value_hash == GraphEdge.value_hash,
+                              other.account_id != account_id, ClusterMember.cluster_id == cluster_id))
+    return sorted(set(session.scalars(select(GraphEdge.kind).where(GraphEdge.account_id == account_id,
+                                                                   held_by_another.exists()))))
 
 
 def cluster_summary(session: Session, cluster: Cluster, *, members: int = 0) -> dict:
@@ -1176,7 +1190,6 @@ def cluster_summary(session: Session, cluster: Cluster, *, members: int = 0) -> 
     decisions = dict(session.execute(
         select(Account.decision, func.count()).join(ClusterMember, ClusterMember.account_id == Account.id)
         .where(ClusterMember.cluster_id == cluster.id).group_by(Account.decision)).all())
-    reasons, identifiers = link_reasons(session, cluster.id)
     body = {
         "id": cluster.id,
         "size": cluster.size,
@@ -1189,14 +1202,17 @@ def cluster_summary(session: Session, cluster: Cluster, *, members: int = 0) -> 
         "labeled_fraud": cluster.labeled_fraud,
         "shares": {flag: round(getattr(cluster, flag) / max(cluster.size, 1), 4)
                    for flag in ("disposable", "voip", "hosting", "headless")},
-        "identifiers": identifiers[:50],
     }
+    rows = []
     if members:
         rows = session.execute(
             select(Account.id, Account.decision, Account.score, Account.label, ClusterMember.joined_at)
             .join(ClusterMember, ClusterMember.account_id == Account.id)
             .where(ClusterMember.cluster_id == cluster.id)
             .order_by(ClusterMember.joined_at, Account.id).limit(members)).all()
+    reasons, identifiers = link_reasons(session, cluster.id, [row[0] for row in rows])
+    body["identifiers"] = identifiers[:50]
+    if members:
         body["members"] = [
             {"account_id": a, "decision": d, "score": s, "label": label, "joined_at": _rfc3339(j),
              "linked_by": reasons.get(a, [])}

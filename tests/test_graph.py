@@ -718,3 +718,37 @@ def test_rescoring_a_cluster_after_a_split_selects_its_members_as_they_are_now(s
                     for account, cluster in clusters.items()}
     assert selected["acct_1"] == selected["acct_2"] == {"acct_1", "acct_2"}
     assert [selected[f"acct_{n}"] for n in (3, 4, 5)] == [{"acct_3"}, {"acct_4"}, {"acct_5"}]
+
+
+def test_link_reasons_counts_shared_identifiers_and_reads_the_members_asked_about(client, auth, runtime):
+    """Against the edges themselves: every identifier held by two or more members, with its
+    count; for any subset of members, each one's kinds shared with another member."""
+    from collections import defaultdict
+
+    from kyc.graph import link_reasons, member_link_kinds
+    from kyc.models import GraphEdge
+
+    for n in range(1, 7):
+        post(client, auth, n, device_id="dv_shared" if n < 4 else f"dv_{n}",
+             phone="+14155550100" if n in (3, 4) else phone(n))
+    cluster_id = cluster_of(runtime, "acct_1").id
+    with runtime.session() as s:
+        members = list(s.scalars(select(ClusterMember.account_id).where(ClusterMember.cluster_id == cluster_id)))
+        holders = defaultdict(set)
+        for kind, value_hash, account in s.execute(select(GraphEdge.kind, GraphEdge.value_hash, GraphEdge.account_id)
+                                                   .where(GraphEdge.account_id.in_(members))):
+            holders[(kind, value_hash)].add(account)
+        shared = {node: accounts for node, accounts in holders.items() if len(accounts) > 1}
+        expected = defaultdict(set)
+        for (kind, _), accounts in shared.items():
+            for account in accounts:
+                expected[account].add(kind)
+        assert len(members) == 4 and {"device", "phone"} <= set(expected["acct_3"])
+        reasons, identifiers = link_reasons(s, cluster_id, members)
+        assert reasons == {a: sorted(k) for a, k in expected.items()}
+        assert {(i["kind"], i["hash"]): i["accounts"] for i in identifiers} == {n: len(a) for n, a in shared.items()}
+        assert [i["accounts"] for i in identifiers] == sorted((i["accounts"] for i in identifiers), reverse=True)
+        for one in members:
+            assert link_reasons(s, cluster_id, [one])[0] == ({one: sorted(expected[one])} if expected[one] else {})
+            assert member_link_kinds(s, one, cluster_id) == sorted(expected[one])
+        assert link_reasons(s, cluster_id)[0] == {}
