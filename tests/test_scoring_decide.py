@@ -21,9 +21,8 @@ from kyc.runtime import Runtime
 from kyc.scoring.decide import Outcome, combine, outcome, settle
 from tests.conftest import RULES_DIR, signup
 from tests.flows import key_headers, verify_by_code
+from tests.test_jobs import HEADLESS
 
-HEADLESS = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-            "HeadlessChrome/120.0.0.0 Safari/537.36")
 HEADLESS_RULE = "  when: device.headless\n  score: 60\n  action: block\n"
 RELEASE_RULE = """
 - id: test_release

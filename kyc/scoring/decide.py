@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable
 
-from kyc.engine.loader import VERIFICATIONS
+from kyc.engine.loader import VERIFICATIONS, Rule
 from kyc.models import SEVERITY
 from kyc.ops.standing import overlay
 from kyc.verification import payment_verified
@@ -51,16 +51,6 @@ class Settlement:
     new: str
     held: bool                             # the evaluation would have relaxed a block, which was kept
     proved_payment: bool = False           # it is the proof of payment another subject asked for
-
-
-class Rule(Protocol):
-    id: str
-    score: int
-    action: str
-    description: str
-    requires: tuple[str, ...]
-    mode: str
-    tags: tuple[str, ...]
 
 
 def most_severe(decisions: Iterable[str]) -> str:
