@@ -142,9 +142,12 @@ def _schema(doc: dict, schema: dict) -> dict:
 
 
 def _served_routes(app) -> dict[tuple[str, str], object]:
+    """The API's routes: every route but those of the blueprints openapi.NOT_API names."""
+    from kyc.api.openapi import NOT_API
+
     routes = {}
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint.split(".")[0] in NOT_API:
             continue
         path = normalise(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule))
         for method in rule.methods - {"HEAD", "OPTIONS"}:

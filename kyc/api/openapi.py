@@ -24,6 +24,10 @@ from kyc.api import Operation, documented, v1
 from kyc.api.responses import Error
 
 TITLE = "kyc"
+
+# Blueprints whose routes are not part of the API and stay out of the document: HTML pages for
+# people in a browser, behind their own sign-in.
+NOT_API = {"console": "the ops console (kyc/ops/console): HTML pages and form posts", "static": "static files"}
 VERSION = "1.1"
 REF = "#/components/schemas/{model}"
 
