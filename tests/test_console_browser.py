@@ -201,6 +201,14 @@ def served(database_url, make_config, tmp_path, gateway):
         server.stop()
 
 
+def open_queue(page, server: Server) -> None:
+    """Click the queue in the navigation and wait for it to load (reading the page before the
+    navigation lands would read the previous one)."""
+    with page.expect_navigation(url=server.base + "/console/queue"):
+        page.click("nav a:text-is('Review queue')")
+    page.wait_for_load_state("load")
+
+
 def shots_dir(tmp_path: Path) -> Path:
     wanted = os.environ.get("KYC_CONSOLE_SCREENSHOTS")
     return Path(wanted) if wanted else tmp_path
@@ -241,7 +249,7 @@ def test_a_person_reviews_an_account_and_blocks_a_farm(browser, served, gateway,
     assert page.locator("h1 .badge").inner_text() == "allow"
     status, after = server.call("GET", "/v1/accounts/acct_office/entitlement?tier=free", admin)
     assert after["allowed"] is True and after["decision"] == "allow"
-    page.click("nav a:text-is('Review queue')")
+    open_queue(page, server)
     queued = page.locator("article.entry").evaluate_all("nodes => nodes.map(n => n.dataset.account)")
     assert "acct_office" not in queued and len(queued) == len(held) - 1
 
@@ -259,7 +267,7 @@ def test_a_person_reviews_an_account_and_blocks_a_farm(browser, served, gateway,
     assert f"{len(data['farm'])} of {len(data['farm'])} members changed" in flash
     for account_id in data["farm"]:
         assert server.call("GET", f"/v1/accounts/{account_id}", admin)[1]["decision"] == "block"
-    page.click("nav a:text-is('Review queue')")
+    open_queue(page, server)
     queued = page.locator("article.entry").evaluate_all("nodes => nodes.map(n => n.dataset.account)")
     assert queued == ["acct_crawler"]
 
