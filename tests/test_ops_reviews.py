@@ -139,3 +139,23 @@ def test_a_bad_review_body_is_refused_naming_the_field_and_changes_nothing(clien
         assert set(response.json["error"]["fields"]) & ({"outcome", "note"} | set(body))
     with runtime.session() as session:
         assert session.scalar(select(func.count()).select_from(AuditEvent)) == before
+
+
+def test_a_review_block_that_is_its_clusters_first_rescores_the_other_members(client, auth, runtime):
+    from sqlalchemy import select
+
+    from kyc.models import Evaluation
+
+    held(client, auth, 1, device_id="dv_pair")
+    client.post("/v1/signups", json=signup(account_id="acct_pair", email="pair.person@gmail.com",
+                                           device_id="dv_pair", phone=None), headers=auth)
+    drain(runtime)
+    with runtime.session() as session:
+        before = session.scalars(select(Evaluation.id).where(Evaluation.account_id == "acct_pair",
+                                                             Evaluation.trigger == "rescore")).all()
+    client.post("/v1/accounts/acct_r1/review", json={"outcome": "block"}, headers=auth)
+    drain(runtime)
+    with runtime.session() as session:
+        after = session.scalars(select(Evaluation.id).where(Evaluation.account_id == "acct_pair",
+                                                            Evaluation.trigger == "rescore")).all()
+    assert len(after) > len(before)

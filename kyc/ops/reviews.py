@@ -101,7 +101,12 @@ def review_account(runtime, session: Session, account_id: str, outcome: str, not
     AccountNotFound."""
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {OUTCOMES}")
+    from kyc.jobs import rescore_after_commit     # jobs imports the scoring path, which imports this
+
     account = _locked(session, account_id)
     person_decides(runtime, session, account, outcome, "review", actor, note, action="account.reviewed",
                    detail={"outcome": outcome})
+    # A block that is its cluster's first raises the cluster's standing: its members are rescored
+    # once this commits, as after any other block.
+    rescore_after_commit(runtime, session, exclude=account.id)
     return account
