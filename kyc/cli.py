@@ -105,7 +105,7 @@ def serve(host: str, port: int, workers: int) -> None:
         try:
             runtime.reload_rules(actor="sighup")
         except RuleSetError:
-            pass                                  # logged; the running set stays
+            pass                                  # logged and kept as the last refused reload
 
     class _Server(BaseApplication):
         def load_config(self):
