@@ -201,10 +201,14 @@ def test_gunicorn_access_and_error_logs_never_hold_the_number(tmp_path):
         for place in PLACES:
             assert _post(port, "/v1/payment-methods", payment(**place.values[0]), "kyc_dev_local_only") == 400
         assert _post(port, "/v1/payment-methods", payment(bin=VISA[:8], last4=VISA[-4:]), "kyc_dev_local_only") == 200
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", f"/healthz?card={VISA}")
-        assert conn.getresponse().status == 200
-        conn.close()
+        for target, headers in ((f"/healthz?card={VISA}", {}), (f"/v1/accounts/{spaced(VISA).replace(' ', '%20')}", {}),
+                                (f"/v1/accounts/{VISA}/entitlement?tier=high_volume", {}),
+                                ("/healthz", {"User-Agent": f"card {dashed(AMEX)}"})):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", target, headers={"Authorization": "Bearer kyc_dev_local_only", **headers})
+            response = conn.getresponse()
+            assert response.status == 400 and json.loads(response.read())["error"]["code"] == "card_number_refused"
+            conn.close()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -215,6 +219,7 @@ def test_gunicorn_access_and_error_logs_never_hold_the_number(tmp_path):
     assert sum((a["method"], a["path"], a["status"]) == ("POST", "/v1/payment-methods", 400)
                for a in access) == len(PLACES), text
     assert any(line["message"].startswith("scored payment_method") for line in lines)
-    assert {"method": "GET", "path": "/healthz", "status": 200}.items() <= next(
+    assert {"method": "GET", "path": "/healthz", "status": 400}.items() <= next(
         a for a in access if a["path"] == "/healthz").items()           # logged, without its query string
+    assert any(a["path"] == "/v1/accounts/[card]/entitlement" and a["status"] == 400 for a in access)  # masked
     assert leaks(text) == [] and "127.0.0.1" not in json.dumps(access)   # nor the client's address
