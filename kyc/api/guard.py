@@ -51,7 +51,10 @@ def check_url_and_headers() -> None:
     if has_card_number(query) or any(has_card_number(a) for a in args):
         raise card_number_refused("the query string")
     for name, value in request.headers.items():
-        if has_card_number(value) or has_card_number(name):
+        # WSGI hands header bytes over as latin-1; a client sending UTF-8 (fullwidth digits)
+        # is read both ways.
+        as_utf8 = value.encode("latin-1", "replace").decode("utf-8", "replace")
+        if has_card_number(value) or has_card_number(as_utf8) or has_card_number(name):
             raise card_number_refused(f"the {name} header")
     problem = _text_problem(path)
     if problem:
