@@ -31,6 +31,8 @@ FUTURE_SKEW = timedelta(days=1)
 def parse_time(value: str, *, now: datetime | None = None) -> datetime:
     """An RFC 3339 date-time with an explicit offset, from 2000-01-01 to a day after now; in UTC."""
     if not _RFC3339.fullmatch(value):
+        if _RFC3339.fullmatch(value + "Z"):
+            raise ValueError("must carry a UTC offset (Z or +hh:mm)")
         raise ValueError("must be an RFC 3339 time such as 2026-11-24T21:00:00Z")
     try:
         # Python reads at most 6 fraction digits; RFC 3339 allows more (nanoseconds).
