@@ -28,8 +28,8 @@ EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
 FUTURE_SKEW = timedelta(days=1)
 
 
-def parse_time(value: str, *, now: datetime | None = None) -> datetime:
-    """An RFC 3339 date-time with an explicit offset, from 2000-01-01 to a day after now; in UTC."""
+def parse_time(value: str) -> datetime:
+    """An RFC 3339 date-time with an explicit offset (ASCII digits, 'T', fractions to 9 digits), in UTC."""
     if not _RFC3339.fullmatch(value):
         if _RFC3339.fullmatch(value + "Z"):
             raise ValueError("must carry a UTC offset (Z or +hh:mm)")
@@ -41,6 +41,12 @@ def parse_time(value: str, *, now: datetime | None = None) -> datetime:
     except (ValueError, OverflowError):
         raise ValueError("must be an RFC 3339 time such as 2026-11-24T21:00:00Z (a real date, offset within a day)") \
             from None
+    return parsed
+
+
+def event_time(value: str, *, now: datetime | None = None) -> datetime:
+    """When something happened (occurred_at): parse_time, from 2000-01-01 to a day after now."""
+    parsed = parse_time(value)
     latest = (now or datetime.now(timezone.utc)) + FUTURE_SKEW
     if not EARLIEST <= parsed <= latest:
         raise ValueError(f"must be between {EARLIEST:%Y-%m-%d} and a day from now")
@@ -63,7 +69,7 @@ class _Input(BaseModel):
             return value
         if not isinstance(value, str):
             raise ValueError("must be an RFC 3339 time string")
-        return parse_time(value)
+        return event_time(value)
 
     def at(self) -> datetime:
         return self.occurred_at or datetime.now(timezone.utc)

@@ -139,9 +139,9 @@ def test_a_rule_file_is_refused_at_load_or_always_evaluates_fast(tmp_path_factor
         return
     for families in inputs:
         started = time.perf_counter()
-        outcome = rules.evaluate("signup", families)
+        hits = rules.hits("signup", families)
         assert time.perf_counter() - started < EVALUATION_BUDGET, whens
-        assert outcome.decision in ("allow", "review")
+        assert {rule.id for rule in hits} <= {f"r{i}" for i in range(len(whens))}
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
