@@ -51,7 +51,7 @@ def serve(host: str, port: int, workers: int) -> None:
 
     from gunicorn.app.base import BaseApplication
 
-    from kyc import create_app, logs, metrics, settle_for_serving
+    from kyc import create_app, logs, metrics, serving, settle_for_serving
     from kyc.db import make_engine, pause_checkpoints, resume_checkpoints
     from kyc.runtime import NotMigrated, check_migrated
 
@@ -105,7 +105,7 @@ def serve(host: str, port: int, workers: int) -> None:
         try:
             runtime.reload_rules(actor="sighup")
         except RuleSetError:
-            pass                                  # logged; the running set stays
+            pass                                  # logged and kept as the last refused reload
 
     class _Server(BaseApplication):
         def load_config(self):
@@ -114,7 +114,7 @@ def serve(host: str, port: int, workers: int) -> None:
             self.cfg.set("accesslog", "-")
             # JSON lines; the access line has no client address and no query string: a log must
             # not hold an IP or whatever a caller put in a URL (bodies are checked, URLs are not).
-            self.cfg.set("logger_class", logs.GunicornLogger)
+            serving.configure(self.cfg)        # logs.GunicornLogger, card numbers as sent; JSON errors from gunicorn
             self.cfg.set("child_exit", lambda _server, worker: metrics.worker_exited(worker.pid))
             self.cfg.set("post_fork", post_fork)
             self.cfg.set("when_ready", lambda _server: runtime.watch_rules())

@@ -4,30 +4,53 @@ rebuild them from the input stored with an evaluation, so nothing past parsing s
 from __future__ import annotations
 
 import ipaddress
-from datetime import datetime, timezone
+import re
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationInfo, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints, ValidationInfo,
+                      field_validator)
 
 Text = Annotated[StrictStr, Field(max_length=512)]
 ShortText = Annotated[StrictStr, Field(max_length=128)]
 AccountId = Annotated[StrictStr, Field(min_length=1, max_length=128)]
 
 
+# RFC 3339 section 5.6 date-time, ASCII digits only: 2026-11-24T21:00:00Z, ...T21:00:00.5+01:00.
+_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})")
+# Times kyc accepts for events: nothing before 2000 (no account history kyc could score is
+# older), nothing more than a day ahead of the server's clock (clock skew). A far-future
+# occurred_at would make an account look active forever (never dormant); an ancient one
+# would sit before every velocity window and history.
+EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
+FUTURE_SKEW = timedelta(days=1)
+
+
 def parse_time(value: str) -> datetime:
-    """RFC 3339 with an explicit offset; returned in UTC."""
+    """An RFC 3339 date-time with an explicit offset (ASCII digits, 'T', fractions to 9 digits), in UTC."""
+    if not _RFC3339.fullmatch(value):
+        if _RFC3339.fullmatch(value + "Z"):
+            raise ValueError("must carry a UTC offset (Z or +hh:mm)")
+        raise ValueError("must be an RFC 3339 time such as 2026-11-24T21:00:00Z")
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError("must be an RFC 3339 time such as 2026-11-24T21:00:00Z") from None
-    if parsed.tzinfo is None:
-        raise ValueError("must carry a UTC offset (Z or +hh:mm)")
-    try:
-        return parsed.astimezone(timezone.utc)
-    except OverflowError:           # 0001-01-01T00:00:00+01:00 is before the first representable UTC time
-        raise ValueError("must be a time between the years 1 and 9999 in UTC") from None
+        # Python reads at most 6 fraction digits; RFC 3339 allows more (nanoseconds).
+        text = re.sub(r"(\.[0-9]{6})[0-9]+", r"\1", value.upper())
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        raise ValueError("must be an RFC 3339 time such as 2026-11-24T21:00:00Z (a real date, offset within a day)") \
+            from None
+    return parsed
+
+
+def event_time(value: str, *, now: datetime | None = None) -> datetime:
+    """When something happened (occurred_at): parse_time, from 2000-01-01 to a day after now."""
+    parsed = parse_time(value)
+    latest = (now or datetime.now(timezone.utc)) + FUTURE_SKEW
+    if not EARLIEST <= parsed <= latest:
+        raise ValueError(f"must be between {EARLIEST:%Y-%m-%d} and a day from now")
+    return parsed
 
 
 def rfc3339(value: datetime | None) -> str | None:
@@ -46,7 +69,7 @@ class _Input(BaseModel):
             return value
         if not isinstance(value, str):
             raise ValueError("must be an RFC 3339 time string")
-        return parse_time(value)
+        return event_time(value)
 
     def at(self) -> datetime:
         return self.occurred_at or datetime.now(timezone.utc)
@@ -127,8 +150,9 @@ class PaymentMethodInput(_Input):
 
     account_id: AccountId
     fingerprint: Annotated[StrictStr, Field(min_length=1, max_length=128)]
-    bin: Annotated[StrictStr, Field(pattern=r"^\d{6,8}$")]
-    last4: Annotated[StrictStr, Field(pattern=r"^\d{4}$")] | None = None
+    # ASCII digits exactly as sent: no Arabic-Indic digits, no trailing newline stripped away.
+    bin: Annotated[StrictStr, StringConstraints(strip_whitespace=False, pattern=r"^[0-9]{6,8}$")]
+    last4: Annotated[StrictStr, StringConstraints(strip_whitespace=False, pattern=r"^[0-9]{4}$")] | None = None
     funding: Annotated[StrictStr, Field(pattern=r"^(credit|debit|prepaid|unknown)$")] | None = None
     issuer_country: Annotated[StrictStr, Field(pattern=r"^[A-Za-z]{2}$")] | None = None
     billing_country: Annotated[StrictStr, Field(pattern=r"^[A-Za-z]{2}$")] | None = None

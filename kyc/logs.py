@@ -88,6 +88,8 @@ def scrub(text: str) -> str:
     if "@" in text:
         text = _scrub_emails(text)
     digits = len(text) - len(text.translate(_NOT_DIGITS))
+    if digits < 13 and not text.isascii():
+        digits = sum(ch.isdecimal() for ch in text)    # fullwidth, Arabic-Indic, ... digits
     if digits >= 13:
         text = redact_card_numbers(text)
     if digits >= 8 and "+" in text:

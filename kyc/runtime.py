@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from kyc.config import PROJECT_ROOT, Config
 from kyc.db import make_engine, make_session_factory
-from kyc.engine import RuleSet, RuleSetError
+from kyc.engine import RuleError, RuleSet, RuleSetError
 from kyc.engine.loader import rules_fingerprint
 from kyc.ops import audit
 from kyc.signals import SCHEMA
@@ -171,7 +171,17 @@ class Runtime:
             self._rules_fingerprint = rules_fingerprint(root)
             self.rules_checked_at = datetime.now(timezone.utc)
             try:
-                rules, tiers = load_policy(root)
+                try:
+                    rules, tiers = load_policy(root)
+                except RuleSetError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a rule file never takes a process down
+                    # The loader turns every mistake into a RuleSetError naming file and line;
+                    # anything else is a bug in kyc, refused like a bad file so the set keeps running.
+                    log.exception("rules reload: unexpected error loading %s", root)
+                    raise RuleSetError([RuleError(str(root), 0, None, f"unexpected error while loading the rules: "
+                                                  f"{type(exc).__name__}: {exc}", "report this as a bug in kyc")]) \
+                        from None
             except RuleSetError as exc:
                 self.rules_error, self.rules_error_at = exc, self.rules_checked_at
                 log.error("rules reload refused, keeping %s:\n%s", self.rules.version, exc)

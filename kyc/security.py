@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import unicodedata
 from typing import Any
 
 
@@ -34,11 +35,27 @@ def hash_api_key(key: str) -> str:
 
 
 # --- Card numbers (PAN) ---------------------------------------------------------------------
+#
+# The rule, precisely. Text holds a card number when it holds a *run*: decimal digits of any
+# script (str.isdecimal: ASCII, fullwidth, Arabic-Indic, Devanagari, ...), in groups joined by
+# separators of 1 to 4 characters each, where a separator is any character that is neither a
+# letter nor a digit (whitespace of every kind, dashes, dots, slashes, underscores, plus signs,
+# symbols, control characters) except the list and time punctuation ',', ';' and ':', and where
+# some span of whole consecutive groups holds 13 to 19 digits and passes the Luhn check.
+# Not card numbers:
+#   - a run written right after '+' with at most 15 digits in all: an E.164 phone number
+#     (one in ten passes Luhn by chance). A '+' before 16-19 digits does not exempt them.
+#   - a group glued to a letter ("x4111...", the digits of a hex hash or id): a number inside
+#     a word, as data-loss scanners read word boundaries. Its other groups still count.
+#   - a single unseparated group longer than 19 digits (ids); spans never cut a group.
+# RFC 3339 times (':' and 'T' break them), Unix seconds (10 digits), IPv4 addresses (12 digits
+# at most), lists of numbers (', '), UUIDs and hex hashes never match; a 13-19 digit integer
+# (Unix milliseconds, a 64-bit id) that passes Luhn does, as it must: it cannot be told apart.
 
-# Digit groups joined by single spaces or dashes: "4111 1111 1111 1111", "4111-1111-...".
-# A run written after "+" is an international phone number (E.164 has up to 15 digits, and one
-# in ten passes Luhn by chance); card numbers are never written that way.
-_DIGIT_RUN = re.compile(r"(?<![\d+])\d+(?:[ -]\d+)*")
+_SEPARATOR = r"(?:[^\w,;:]|_)"
+_RUN = re.compile(r"\d+(?:" + _SEPARATOR + r"{1,4}\d+)*")
+_GROUP = re.compile(r"\d+")
+_MIN_PAN, _MAX_PAN, _MAX_PHONE = 13, 19, 15
 
 
 def luhn_ok(digits: str) -> bool:
@@ -53,46 +70,72 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _run_has_pan(run: str) -> bool:
-    groups = re.split(r"[ -]", run)
-    # Any whole-group span of 13-19 digits is a candidate ("ref 12 4111 1111 1111 1111"),
-    # but never an arbitrary slice of one long unseparated number (ids, timestamps).
+def _ascii_digits(group: str) -> str:
+    return group if group.isascii() else "".join(str(unicodedata.decimal(ch)) for ch in group)
+
+
+def _run_has_pan(text: str, start: int, end: int) -> bool:
+    groups = [_ascii_digits(g) for g in _GROUP.findall(text, start, end)]
+    if sum(map(len, groups)) < _MIN_PAN:
+        return False
+    if start > 0 and text[start - 1] == "+" and sum(map(len, groups)) <= _MAX_PHONE:
+        return False                                   # +44 20 7946 0958: a phone number
+    if start > 0 and text[start - 1].isalpha():
+        groups = groups[1:]                            # x4111...: digits inside a word
+    if end < len(text) and text[end].isalpha():
+        groups = groups[:-1]
     for i in range(len(groups)):
         digits = ""
         for group in groups[i:]:
             digits += group
-            if len(digits) > 19:
+            if len(digits) > _MAX_PAN:
                 break
-            if len(digits) >= 13 and luhn_ok(digits):
+            if len(digits) >= _MIN_PAN and luhn_ok(digits):
                 return True
     return False
 
 
-def _text_has_pan(text: str) -> bool:
-    return any(_run_has_pan(match.group()) for match in _DIGIT_RUN.finditer(text))
+def card_number_spans(text: str) -> list[tuple[int, int]]:
+    """Where `text` holds a card number: the (start, end) of each run holding one."""
+    return [m.span() for m in _RUN.finditer(text) if _run_has_pan(text, *m.span())]
+
+
+def has_card_number(text: str) -> bool:
+    return any(_run_has_pan(text, *m.span()) for m in _RUN.finditer(text))
 
 
 def redact_card_numbers(text: str) -> str:
-    """The text with every digit run that holds a card number (as contains_card_number finds
-    them) replaced by "[card]" (log lines)."""
-    return _DIGIT_RUN.sub(lambda m: "[card]" if _run_has_pan(m.group()) else m.group(), text)
+    """The text with every run holding a card number replaced by "[card]": for log lines,
+    which cannot refuse (gunicorn's access log of a request line, kyc's own log records)."""
+    for start, end in reversed(card_number_spans(text)):
+        text = text[:start] + "[card]" + text[end:]
+    return text
+
+
+def number_has_card_number(literal: str) -> bool:
+    """A JSON number as written (-4111111111111111, 4111111111111111.0, 4.111111111111111e15)."""
+    mantissa = re.split(r"[eE]", literal, maxsplit=1)[0]
+    if has_card_number(mantissa):
+        return True
+    try:
+        value = float(literal)
+    except (ValueError, OverflowError):
+        return False
+    return 1e12 <= abs(value) < 1e20 and value == int(value) and has_card_number(str(abs(int(value))))
 
 
 def contains_card_number(value: Any) -> bool:
-    """True if a full card number appears anywhere in a parsed JSON value (keys included)."""
+    """True if a card number appears anywhere in a parsed JSON value (keys included)."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if len(item) >= 13 and _text_has_pan(item):
+            if has_card_number(item):
                 return True
         elif isinstance(item, bool) or item is None:
             continue
-        elif isinstance(item, int):
-            if item >= 10**12 and _text_has_pan(str(item)):
-                return True
-        elif isinstance(item, float):
-            if abs(item) >= 1e12 and _text_has_pan(repr(int(item))):
+        elif isinstance(item, (int, float)):
+            if number_has_card_number(repr(item)):
                 return True
         elif isinstance(item, dict):
             stack.extend(item.keys())

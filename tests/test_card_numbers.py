@@ -5,6 +5,8 @@ logs) and no database row."""
 from __future__ import annotations
 
 import http.client
+import unicodedata
+import urllib.parse
 import json
 import logging
 import os
@@ -201,10 +203,14 @@ def test_gunicorn_access_and_error_logs_never_hold_the_number(tmp_path):
         for place in PLACES:
             assert _post(port, "/v1/payment-methods", payment(**place.values[0]), "kyc_dev_local_only") == 400
         assert _post(port, "/v1/payment-methods", payment(bin=VISA[:8], last4=VISA[-4:]), "kyc_dev_local_only") == 200
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", f"/healthz?card={VISA}")
-        assert conn.getresponse().status == 200
-        conn.close()
+        for target, headers in ((f"/healthz?card={VISA}", {}), (f"/v1/accounts/{spaced(VISA).replace(' ', '%20')}", {}),
+                                (f"/v1/accounts/{VISA}/entitlement?tier=high_volume", {}),
+                                ("/healthz", {"User-Agent": f"card {dashed(AMEX)}"})):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", target, headers={"Authorization": "Bearer kyc_dev_local_only", **headers})
+            response = conn.getresponse()
+            assert response.status == 400 and json.loads(response.read())["error"]["code"] == "card_number_refused"
+            conn.close()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -215,6 +221,129 @@ def test_gunicorn_access_and_error_logs_never_hold_the_number(tmp_path):
     assert sum((a["method"], a["path"], a["status"]) == ("POST", "/v1/payment-methods", 400)
                for a in access) == len(PLACES), text
     assert any(line["message"].startswith("scored payment_method") for line in lines)
-    assert {"method": "GET", "path": "/healthz", "status": 200}.items() <= next(
+    assert {"method": "GET", "path": "/healthz", "status": 400}.items() <= next(
         a for a in access if a["path"] == "/healthz").items()           # logged, without its query string
+    assert any(a["path"] == "/v1/accounts/[card]/entitlement" and a["status"] == 400 for a in access)  # masked
     assert leaks(text) == [] and "127.0.0.1" not in json.dumps(access)   # nor the client's address
+
+
+# --- generated: any script, any separators, any place ------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from kyc.security import has_card_number  # noqa: E402
+
+# The zero of each script; a digit d of that script is chr(zero + d).
+ZEROS = [0x30, 0xFF10, 0x660, 0x6F0, 0x966, 0x9E6, 0xE50, 0x1D7CE, 0x1040, 0x0AE6]
+SEPARATORS = [" ", "  ", " - ", "-", ".", "/", "_", "\t", "\n", "\r\n", "\u00a0", "\u2013", "\u2014", "\u2009",
+              "\u3000", "*", "\\", "|", "+", " . ", "--"]
+
+
+@st.composite
+def card_numbers(draw) -> tuple[str, str]:
+    """(ASCII digits, as written): 13-19 digits passing Luhn, in random scripts and groupings."""
+    body = draw(st.lists(st.integers(0, 9), min_size=12, max_size=18))
+    ascii_digits = with_check_digit("".join(map(str, body)))
+    out, i = "", 0
+    while i < len(ascii_digits):
+        size = draw(st.integers(1, 6))
+        group = ascii_digits[i:i + size]
+        zero = draw(st.sampled_from(ZEROS))
+        out += "".join(chr(zero + int(d)) if draw(st.booleans()) else d for d in group) if zero != 0x30 else group
+        i += size
+        if i < len(ascii_digits):
+            out += draw(st.sampled_from(SEPARATORS)) if draw(st.booleans()) else ""
+    if len(ascii_digits) >= 16 and draw(st.booleans()):
+        out = "+" + out                     # no phone number is that long
+    return ascii_digits, out
+
+
+def digits_of(text: str) -> str:
+    """Every decimal digit of `text`, in ASCII, with everything else dropped."""
+    return "".join(str(unicodedata.decimal(ch)) for ch in text if ch.isdecimal())
+
+
+surround = st.text(alphabet=st.characters(codec="utf-8", categories=["Zs", "P", "S"], exclude_characters="+"),
+                   max_size=3)
+PLACES_GENERATED = ["metadata", "fingerprint", "account_id", "key", "json_number", "path", "query", "header"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(card=card_numbers(), place=st.sampled_from(PLACES_GENERATED), before=surround, after=surround)
+def test_generated_card_numbers_are_refused_and_kept_nowhere(redis_app, caplog, card, place, before, after):
+    app, rt, conn, key = redis_app
+    pan, written = card
+    text = before + written + after
+    assert has_card_number(text)
+    body, path, query, headers = payment(), "/v1/payment-methods", "", {"Authorization": f"Bearer {key}"}
+    if place == "metadata":
+        body["metadata"] = {"note": text}
+    elif place in ("fingerprint", "account_id"):
+        body[place] = text
+    elif place == "key":
+        body["metadata"] = {text: 1}
+    elif place == "path":
+        path = "/v1/accounts/" + urllib.parse.quote(text, safe="") + "/activity"
+    elif place == "query":
+        query = "?ref=" + urllib.parse.quote(text, safe="")
+    elif place == "header":
+        headers["X-Customer-Ref"] = text.encode("utf-8").decode("latin-1").replace("\n", " ").replace("\r", " ")
+    raw = json.dumps(body, ensure_ascii=False)
+    if place == "json_number":
+        raw = json.dumps(payment())[:-1] + f', "metadata": {{"n": -{pan}}}}}'
+    before_counts, before_keys = _counts(rt), conn.dbsize()
+    caplog.clear()
+    caplog.set_level(logging.DEBUG)
+    response = app.test_client().post(path + query, data=raw, headers=headers, content_type="application/json")
+    assert response.status_code == 400, (place, text, response.get_data()[:200])
+    # -0411... is not JSON (no leading zeros): refused as such, and nothing is kept either way.
+    refused_as = "invalid_request" if place == "json_number" and pan[0] == "0" else "card_number_refused"
+    assert response.json["error"]["code"] == refused_as
+    assert pan not in digits_of(response.get_data(as_text=True)) and pan not in digits_of(str(response.headers))
+    assert _counts(rt) == before_counts and conn.dbsize() == before_keys
+    assert pan not in digits_of(caplog.text)
+
+
+@pytest.fixture(scope="module")
+def redis_app(tmp_path_factory, _sqlite_template):
+    """A SQLite-backed app whose velocity counters live in Redis, so a leak there would show."""
+    import shutil
+
+    from kyc import create_app
+    from kyc.config import Config
+    from kyc.models import ApiKey
+    from kyc.runtime import Runtime
+    from kyc.security import hash_api_key, new_api_key
+    from tests.conftest import REDIS_URL, RULES_DIR, TEST_SECRET, redis_connection
+
+    conn = redis_connection()
+    conn.flushdb()
+    path = tmp_path_factory.mktemp("cards") / "kyc.db"
+    shutil.copy(_sqlite_template, path)
+    config = Config.from_env({}, database_url=f"sqlite:///{path}", rules_dir=RULES_DIR, data_dir=path.parent,
+                             secret_key=TEST_SECRET, redis_url=REDIS_URL, dev_key="")
+    rt = Runtime.start(config, migrate=False)
+    key = new_api_key()
+    with rt.session() as session, session.begin():
+        session.add(ApiKey(name="tests", prefix=key[:10], key_hash=hash_api_key(key)))
+    app = create_app(runtime=rt)
+    # Real traffic first, so Redis holds counters a leak would sit beside.
+    assert app.test_client().post("/v1/signups", json=signup(), headers={"Authorization": f"Bearer {key}"}
+                                  ).status_code == 200
+    yield app, rt, conn, key
+    rt.engine.dispose()
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(
+    st.from_regex(r"\+[1-9][0-9]{6,14}", fullmatch=True),                             # E.164 phones
+    st.from_regex(r"\+[1-9][0-9]{0,2} [0-9]{2,4} [0-9]{3,4} [0-9]{3,4}", fullmatch=True),
+    st.datetimes().map(lambda d: d.isoformat() + "Z"),                                   # times
+    st.integers(0, 2**31).map(str),                                                      # Unix seconds
+    st.uuids().map(str), st.uuids().map(lambda u: u.hex + u.hex),                       # ids, hashes
+    st.binary(min_size=16, max_size=32).map(bytes.hex),
+    st.ip_addresses(v=4).map(str), st.lists(st.ip_addresses(v=4).map(str), max_size=4).map(", ".join),
+))
+def test_phones_times_and_ordinary_ids_are_not_card_numbers(text):
+    assert not has_card_number(text), text

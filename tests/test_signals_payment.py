@@ -147,16 +147,17 @@ def post(client, auth, **over) -> dict:
 
 
 def test_fingerprint_reuse_counts_distinct_accounts_over_24h_and_30d(client, auth):
-    post(client, auth, account_id="a1", occurred_at="2026-10-30T12:00:00Z")     # 25 days before
-    post(client, auth, account_id="a2", occurred_at="2026-11-24T09:00:00Z")
-    post(client, auth, account_id="a2", occurred_at="2026-11-24T10:00:00Z")     # same account again
-    last = post(client, auth, account_id="a3", occurred_at="2026-11-24T21:00:00Z")["signals"]["card"]
+    post(client, auth, account_id="a1", occurred_at="2026-09-29T12:00:00Z")     # 25 days before
+    post(client, auth, account_id="a2", occurred_at="2026-10-24T09:00:00Z")
+    post(client, auth, account_id="a2", occurred_at="2026-10-24T10:00:00Z")     # same account again
+    last = post(client, auth, account_id="a3", occurred_at="2026-10-24T21:00:00Z")["signals"]["card"]
     assert (last["fingerprint_accounts_24h"], last["fingerprint_accounts_30d"]) == (2, 3)
     # Another card is counted on its own.
     other = post(client, auth, account_id="a4", fingerprint="pm_fp_other")["signals"]["card"]
     assert other["fingerprint_accounts_30d"] == 1
     # A month on, only the window's accounts count (event time, not wall clock): a2, a3 and a5.
-    late = post(client, auth, account_id="a5", occurred_at="2026-12-24T08:00:00Z")["signals"]["card"]
+    # (Every time here is in the past: occurred_at more than a day ahead of now is refused.)
+    late = post(client, auth, account_id="a5", occurred_at="2026-11-23T08:00:00Z")["signals"]["card"]
     assert (late["fingerprint_accounts_24h"], late["fingerprint_accounts_30d"]) == (1, 3)
 
 

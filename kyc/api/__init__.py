@@ -13,11 +13,11 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
+from kyc.api import guard
 from kyc.errors import ApiError, invalid
 from kyc.ops import errors as ops_errors
 from kyc.ops.keys import authenticate, may_call, roles_for
 from kyc.runtime import Runtime
-from kyc.security import contains_card_number
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -62,24 +62,11 @@ def _authenticate() -> None:
 
 
 def read_json() -> Any:
-    """The request body as JSON, refusing what the contract refuses before anything else runs."""
+    """The request body as JSON, refusing what the contract refuses before anything else runs
+    (kyc/api/guard.py: size however sent, strict JSON, NUL, lone surrogates, card numbers)."""
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "send the body as JSON with Content-Type: application/json")
-    limit = runtime().config.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
-    raw = request.get_data(cache=False)
-    if len(raw) > limit:
-        raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise invalid(f"the body is not valid JSON: {exc}") from None
-    if contains_card_number(data):
-        # Never echoed, stored or logged: the message does not say where or what it was.
-        raise ApiError(400, "card_number_refused",
-                       "the body contains a full card number; send the processor's fingerprint, bin and last4 only")
-    return data
+    return guard.decode_json(guard.read_body(runtime().config.max_body_bytes))
 
 
 def parse(model: type[M], data: Any = None) -> M:
@@ -167,6 +154,8 @@ def register(app: Flask) -> None:
         accounts, audit, clusters, monitoring, openapi, ops, payment_methods, reviews, signups, tiers,
         verifications, webhooks)
 
+    # First of all hooks: a card number in the URL or a header is refused before anything reads it.
+    app.before_request_funcs.setdefault(None, []).insert(0, guard.check_url_and_headers)
     app.register_blueprint(v1)
     app.register_blueprint(monitoring.probes)
 

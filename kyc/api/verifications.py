@@ -33,7 +33,7 @@ class StartBody(BaseModel):
 class ConfirmBody(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    code: Annotated[StrictStr, Field(pattern=r"^\d{6}$")]
+    code: Annotated[StrictStr, Field(pattern=r"^[0-9]{6}$")]
 
 
 def _now() -> datetime:

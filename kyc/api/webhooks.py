@@ -7,9 +7,8 @@ from datetime import datetime, timezone
 
 from flask import request
 
-from kyc.api import documented, respond, runtime, v1
+from kyc.api import documented, guard, respond, runtime, v1
 from kyc.api.responses import Verification as VerificationBody
-from kyc.errors import ApiError
 from kyc.verification.service import provider_decision, verification_body
 from kyc.verification.webhooks import SIGNATURE_HEADER, ProviderEventBody, check_signature, parse_event
 
@@ -23,15 +22,10 @@ def provider_webhook(provider: str):
     key: the X-Signature over the raw body is the authentication (401 without it, 404 for a
     provider not configured), the timestamp must be recent, and a replayed event id is refused."""
     rt = runtime()
-    limit = rt.config.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
-    raw = request.get_data(cache=False)
-    if len(raw) > limit:
-        raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+    raw = guard.read_body(rt.config.max_body_bytes)
     check_signature(rt.config.webhook_secrets.get(provider), raw, request.headers.get(SIGNATURE_HEADER))
     now = datetime.now(timezone.utc)
-    event = parse_event(raw, now, rt.config.webhook_tolerance_seconds)
+    event = parse_event(guard.decode_json(raw), now, rt.config.webhook_tolerance_seconds)
     with rt.session() as session, session.begin():
         v = provider_decision(rt, session, provider, event.event_id, event.verification_id, event.status,
                               event.reason, now)

@@ -9,6 +9,11 @@ language does not offer (`__class__`, `__import__`, attributes of objects).
 All conditions of a rule set become one function, so a full evaluation costs one call, with
 every signal read once into a local variable.
 
+Whatever compiles evaluates, on any signals, within a fixed time: numbers are finite and within
+±10^15, a condition is at most MAX_CONDITION_LENGTH characters and MAX_DEPTH levels deep, and
+regexes run on RE2 (linear time, no backtracking) over at most MAX_MATCH_INPUT characters; a
+pattern RE2 cannot compile is refused at load.
+
 A missing signal (None) never makes a condition true: a comparison (arithmetic included) that
 reads a missing field is false, helper calls on a missing value are false, and `not (...)` over
 a missing field is false too. A division by zero makes its rule not fire.
@@ -19,12 +24,13 @@ from __future__ import annotations
 import ast
 import io
 import keyword
+import math
 import re
 import tokenize
-from re import _constants as sre_constants  # the stable names moved here in 3.11
-from re import _parser as sre_parse
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+import re2
 
 from kyc.engine.schema import Schema
 
@@ -32,6 +38,8 @@ NUMBER = ("int", "float")
 MAX_REGEX_LENGTH = 200
 MAX_MATCH_INPUT = 512
 MAX_CONDITION_LENGTH = 4000
+MAX_DEPTH = 40                 # nesting of the parsed condition; Python's own recursion stays far away
+MAX_NUMBER = 10**15
 
 
 class ConditionError(Exception):
@@ -176,9 +184,13 @@ class _Compiler:
         value = node.value
         if isinstance(value, bool):
             return Expr(repr(value), "bool")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                not (abs(value) <= MAX_NUMBER):          # an int compares exactly; inf and nan fail
+            # 1e309 reads as infinity: refused like any number past the bound.
+            raise self.fail(node, "number too large" if isinstance(value, int) or math.isfinite(value)
+                            else "number too large: it reads as infinity",
+                            "numbers in rules are finite and stay within ±10^15")
         if isinstance(value, int):
-            if abs(value) > 10**15:
-                raise self.fail(node, "number too large", "numbers in rules stay within ±10^15")
             return Expr(repr(value), "int")
         if isinstance(value, float):
             return Expr(repr(value), "float")
@@ -429,42 +441,23 @@ def _describe(node: ast.AST) -> str:
 
 # --- regular expressions ------------------------------------------------------------------------
 
-def _unbounded_repeat_inside(items, inside_repeat: bool) -> bool:
-    for op, av in items:
-        if op in (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT):
-            _min, _max, sub = av
-            unbounded = _max == sre_constants.MAXREPEAT
-            if inside_repeat and unbounded:
-                return True
-            if _unbounded_repeat_inside(sub, inside_repeat or unbounded):
-                return True
-        elif op == sre_constants.SUBPATTERN:
-            if _unbounded_repeat_inside(av[-1], inside_repeat):
-                return True
-        elif op == sre_constants.BRANCH:
-            if any(_unbounded_repeat_inside(branch, inside_repeat) for branch in av[1]):
-                return True
-        elif op in (sre_constants.GROUPREF, sre_constants.GROUPREF_EXISTS):
-            return True
-    return False
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False       # a refused pattern is reported to the rule author, not stderr
 
 
-def compile_regex(pattern: str, compiler: _Compiler, node: ast.AST | None = None) -> re.Pattern:
-    """Compile a rule's regex, refusing the shapes that backtrack catastrophically."""
+def compile_regex(pattern: str, compiler: _Compiler, node: ast.AST | None = None):
+    """Compile a rule's regex with RE2: matching takes time linear in the input, whatever the
+    pattern (no catastrophic backtracking); what RE2 cannot compile (back-references,
+    look-arounds, huge repeats) is refused here, at load."""
     if len(pattern) > MAX_REGEX_LENGTH:
         raise compiler.fail(node, f"regex longer than {MAX_REGEX_LENGTH} characters",
                             "split it into several matches() joined with or")
     try:
-        parsed = sre_parse.parse(pattern)
-        compiled = re.compile(pattern)
-    except (re.error, OverflowError, RecursionError) as exc:
-        raise compiler.fail(node, f"invalid regex {pattern!r}: {exc}",
-                            "check brackets and escapes")
-    if _unbounded_repeat_inside(list(parsed), False):
-        raise compiler.fail(node, f"regex {pattern!r} nests unbounded repeats or uses back-references, "
-                                  "which can take exponential time",
-                            "write it without a repeat inside a repeat, e.g. (ab)+ instead of (a+b?)+")
-    return compiled
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else exc
+        raise compiler.fail(node, f"regex {pattern!r} is not accepted: {reason}",
+                            "rule regexes use RE2 syntax: no back-references or look-arounds, repeats up to {1000}")
 
 
 # --- whole rule sets ----------------------------------------------------------------------------
@@ -487,7 +480,21 @@ def parse_condition(text: str) -> ast.AST:
                              line - 1) from None
     except (ValueError, MemoryError, RecursionError) as exc:
         raise ConditionError(f"cannot read the condition: {exc}", "simplify the condition") from None
+    _check_depth(tree.body)
     return tree.body
+
+
+def _check_depth(root: ast.AST) -> None:
+    """Refuse conditions nested deeper than MAX_DEPTH (e.g. 1,900 unary minus signs), walking
+    the tree without recursion so the check itself cannot overflow the stack."""
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ConditionError(f"the condition is nested more than {MAX_DEPTH} levels deep",
+                                 "simplify it, or split it into several rules",
+                                 (getattr(node, "lineno", 1) or 1) - 1)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
 
 
 _KEYWORD_SUFFIX = "__kw"

@@ -95,15 +95,37 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Mapping:
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def read_yaml(path: Path, display: str) -> Any:
+def read_text(path: Path, display: str) -> str:
+    """A rule or list file's text; not UTF-8 is a RuleSetError naming the line."""
+    data = path.read_bytes()
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise RuleSetError([RuleError(display, line, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})",
+                                      "save the file as UTF-8")]) from None
+
+
+def read_yaml(path: Path, display: str) -> Any:
+    text = read_text(path, display)
+    try:
+        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+    except RecursionError:
+        # PyYAML composes and constructs recursively: [[[[... thousands deep would overflow.
+        raise RuleSetError([RuleError(display, 1, None, "YAML nested too deeply to read",
+                                      "a rule file is a flat list of rules")]) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise RuleSetError([RuleError(display, line, None, f"YAML: character {exc.character!r} is not allowed",
+                                      "remove control characters (NUL and the like) from the file")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         raise RuleSetError([RuleError(display, line, None, f"YAML: {exc.problem or exc}",
                                       "check indentation and brackets; put a condition containing ': ' or "
                                       "starting with a quote or [ in quotes, or use when: |")]) from None
+    except yaml.YAMLError as exc:
+        raise RuleSetError([RuleError(display, 1, None, f"YAML: {exc}", "check the file's syntax")]) from None
 
 
 # --- lists ------------------------------------------------------------------------------------
@@ -140,7 +162,7 @@ def load_list(path: Path, display: str | None = None) -> NamedList:
     errors: list[RuleError] = []
     casefold, declared = True, None
     entries: list[tuple[int, str]] = []
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, raw in enumerate(read_text(path, display).splitlines(), start=1):
         stripped = raw.strip()
         if stripped.startswith("#") and stripped[1:].strip().startswith("kyc:"):
             directive = stripped[1:].strip()[4:].strip()

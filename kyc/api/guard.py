@@ -1,0 +1,155 @@
+"""What every request is refused for before a view runs: the one place requests are read.
+
+- A card number (kyc.security's rule) in the URL path, the query string or any header: 400
+  `card_number_refused` before authentication, routing errors or any log line of kyc's, so an
+  account id that is a card number never reaches the service log, the database or Redis.
+- NUL characters and lone surrogates in the path or query: 400 (PostgreSQL refuses NUL; a
+  lone surrogate cannot be encoded).
+- The body, however it is sent (Content-Length or chunked): at most KYC_MAX_BODY_BYTES, else
+  413; never truncated and scored.
+- JSON bodies: strict UTF-8; no NaN, Infinity or numbers past the float range (1e999999);
+  nesting at most MAX_JSON_DEPTH; no NUL or lone surrogate in any key or text; no card number
+  in any key, text or number as written. Errors name the field where one can be named, and a
+  card number is never echoed (its error names no field, since a key may be the number).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from flask import request
+
+from kyc.errors import ApiError, invalid
+from kyc.security import has_card_number, number_has_card_number
+
+MAX_JSON_DEPTH = 32
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def card_number_refused(where: str = "the body") -> ApiError:
+    return ApiError(400, "card_number_refused",
+                    f"{where} contains a full card number; send the processor's fingerprint, bin and last4 only")
+
+
+def _text_problem(text: str) -> str | None:
+    match = _BAD_TEXT.search(text)
+    if match is None:
+        return None
+    return "contains a NUL character" if match.group() == "\x00" else "contains a lone surrogate (not Unicode text)"
+
+
+def check_url_and_headers() -> None:
+    """Flask before_request hook, registered before every other one."""
+    path = request.path
+    query = request.query_string.decode("latin-1")
+    args = [part for pair in request.args.items(multi=True) for part in pair]
+    if has_card_number(path):
+        raise card_number_refused("the URL path")
+    if has_card_number(query) or any(has_card_number(a) for a in args):
+        raise card_number_refused("the query string")
+    for name, value in request.headers.items():
+        # WSGI hands header bytes over as latin-1; a client sending UTF-8 (fullwidth digits)
+        # is read both ways.
+        as_utf8 = value.encode("latin-1", "replace").decode("utf-8", "replace")
+        if has_card_number(value) or has_card_number(as_utf8) or has_card_number(name):
+            raise card_number_refused(f"the {name} header")
+    problem = _text_problem(path)
+    if problem:
+        raise invalid(f"the URL path {problem}", {"path": problem})
+    for name, value in request.args.items(multi=True):
+        problem = _text_problem(name) or _text_problem(value)
+        if problem:
+            raise invalid(f"the query string {problem}", {name if not _text_problem(name) else "query": problem})
+
+
+def read_body(limit: int) -> bytes:
+    """The raw body, refused with 413 past `limit` bytes whether or not Content-Length was sent."""
+    too_large = ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise too_large
+        return request.get_data(cache=False)
+    if not request.environ.get("wsgi.input_terminated"):
+        return b""                  # no length and a server that does not end the stream: no body
+    # Chunked: the server ends the stream; read one byte past the limit to know it was passed.
+    # (request.stream would stop quietly at the limit: a longer body scored as its first part.)
+    raw = request.environ["wsgi.input"].read(limit + 1)
+    if len(raw) > limit:
+        raise too_large
+    return raw
+
+
+class _NonFinite(float):
+    """A number the JSON held that is not a finite float (NaN, Infinity, 1e999999)."""
+
+
+def _parse_float(literal: str) -> float:
+    if number_has_card_number(literal):
+        raise card_number_refused()
+    value = float(literal)
+    return value if math.isfinite(value) else _NonFinite(value)
+
+
+def _parse_int(literal: str) -> int:
+    if len(literal) >= 13 and number_has_card_number(literal):
+        raise card_number_refused()
+    return int(literal)
+
+
+def _parse_constant(literal: str) -> float:
+    return _NonFinite(literal.replace("Infinity", "inf"))
+
+
+def decode_json(raw: bytes) -> Any:
+    """Parse and check a JSON body; every refusal is an ApiError in the contract's shape."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise invalid(f"the body is not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = json.loads(text, parse_float=_parse_float, parse_int=_parse_int, parse_constant=_parse_constant)
+    except RecursionError:
+        raise invalid(f"the body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:      # json.JSONDecodeError, and ints past Python's 4,300 digits
+        message = str(exc).split(":")[0] if "Exceeds the limit" in str(exc) else str(exc)
+        raise invalid(f"the body is not valid JSON: {message}") from None
+    problems = _check(data)
+    if problems:
+        raise invalid("the request has invalid fields", problems)
+    return data
+
+
+def _check(data: Any) -> dict[str, str]:
+    """Walk the parsed body once, without recursion: card numbers first (refused outright),
+    then depth, non-finite numbers, NUL and lone surrogates (named by field)."""
+    problems: dict[str, str] = {}
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            problems.setdefault(path or "body", f"nested deeper than {MAX_JSON_DEPTH} levels")
+            continue
+        if isinstance(item, str):
+            if has_card_number(item):
+                raise card_number_refused()
+            problem = _text_problem(item)
+            if problem:
+                problems.setdefault(path or "body", problem)
+        elif isinstance(item, _NonFinite):
+            problems.setdefault(path or "body", "must be a finite number (no NaN, Infinity or 1e999999)")
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                if has_card_number(key):
+                    raise card_number_refused()
+                problem = _text_problem(key)
+                if problem:
+                    problems.setdefault(path or "body", f"a key {problem}")
+                    continue
+                stack.append((value, f"{path}.{key}" if path else key, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((value, f"{path}[{i}]", depth + 1) for i, value in enumerate(item))
+    return problems

@@ -1,0 +1,73 @@
+"""gunicorn, as kyc serves with it (`kyc serve`, or `gunicorn -c python:kyc.serving wsgi:app`): errors gunicorn answers itself are JSON in the contract's
+shape, and its logs never hold a card number.
+
+gunicorn answers some requests before the app sees them (a request line past 4094 bytes: 414;
+a NUL or other bad character in a header: 400; a worker killed by the timeout: 500) with an
+HTML page written by gunicorn.util.write_error. Every worker calls that one function, so kyc
+replaces it (install()) with one writing {"error": {"code", "message"}}. A request line that
+holds a card number cannot be refused before gunicorn logs it: kyc/logs.py redacts card numbers
+in every log line (kyc.security's rule); the Logger here hands it the path as sent.
+"""
+
+from __future__ import annotations
+
+import json
+
+from gunicorn import util
+
+from kyc.logs import GunicornLogger
+
+from kyc.security import redact_card_numbers
+
+_CODES = {400: "invalid_request", 403: "forbidden", 414: "uri_too_long", 417: "expectation_failed",
+          431: "headers_too_large", 500: "internal_error", 501: "not_implemented"}
+
+
+def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn.util.write_error's signature, answering in the contract's error shape."""
+    if status_int == 500:
+        message = "internal error or timeout; nothing was changed"
+    else:
+        message = f"{reason}: {redact_card_numbers(mesg)[:200]}" if mesg else reason
+    body = json.dumps({"error": {"code": _CODES.get(status_int, "http_error"), "message": message}}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+    util.write_nonblock(sock, head + body)
+
+
+def install() -> None:
+    util.write_error = write_json_error
+
+
+class Logger(GunicornLogger):
+    """kyc's JSON gunicorn logger (kyc/logs.py scrubs card numbers, emails, IPs from every line),
+    reading the path and user agent as the UTF-8 the client sent: WSGI hands them over as
+    latin-1, and a fullwidth-digit card number would otherwise be logged as mojibake that still
+    holds its digits' bytes."""
+
+    def access(self, resp, req, environ, request_time) -> None:
+        readable = dict(environ)
+        for key in ("PATH_INFO", "HTTP_USER_AGENT"):
+            value = environ.get(key)
+            if isinstance(value, str):
+                try:
+                    readable[key] = value.encode("latin-1").decode("utf-8")
+                except UnicodeError:
+                    pass
+        super().access(resp, req, readable, request_time)
+
+
+# Read as a gunicorn config file too: `gunicorn -c python:kyc.serving wsgi:app`.
+logger_class = "kyc.serving.Logger"
+accesslog = "-"
+
+
+def on_starting(_server) -> None:
+    install()
+
+
+def configure(cfg) -> None:
+    """The gunicorn settings of every kyc server (kyc serve; the tests' gunicorn)."""
+    install()
+    for name in ("logger_class", "accesslog"):
+        cfg.set(name, globals()[name])
