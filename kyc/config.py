@@ -35,6 +35,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Key for the keyed hashes of linking identifiers (HMAC-SHA256). Empty: generated once "
             "into KYC_DATA_DIR/secret.key. Changing it unlinks all history."),
     Setting("KYC_REDIS_URL", "", "Redis for rq jobs and velocity counters. Empty: jobs run in-process."),
+    Setting("KYC_REDIS_TIMEOUT_MS", "200",
+            "Time budget of one velocity read or write in Redis (connect and answer), with no retry. Over it, "
+            "or with Redis unreachable, velocity is counted from the database and the evaluation is marked "
+            "degraded: [\"velocity\"]."),
     Setting("KYC_GRAPH_SUPER_NODE_STRONG", "200",
             "A strong identifier (device, mailbox, phone, card) shared by more accounts than this is a "
             "super-node: it stops linking accounts into clusters, velocity still counts it."),
@@ -110,6 +114,7 @@ class Config:
     max_body_bytes: int
     log_level: str
     rules_poll_seconds: float = 2.0
+    redis_timeout_ms: int = 200
     dormant_days: int = 30
     sender: str = "outbox"
     sender_url: str = ""
@@ -152,6 +157,7 @@ class Config:
             max_body_bytes=int(raw["KYC_MAX_BODY_BYTES"]),
             log_level=raw["KYC_LOG_LEVEL"].upper(),
             rules_poll_seconds=float(raw["KYC_RULES_POLL_SECONDS"]),
+            redis_timeout_ms=int(raw["KYC_REDIS_TIMEOUT_MS"]),
             dormant_days=int(raw["KYC_DORMANT_DAYS"]),
             sender=raw["KYC_SENDER"].strip().lower(),
             sender_url=raw["KYC_SENDER_URL"].strip(),
