@@ -164,6 +164,8 @@ def worker(burst: bool, with_scheduler: bool, metrics_port: int, metrics_host: s
 
         start_http_server(metrics_port, addr=metrics_host, registry=metrics.registry(runtime))
         click.echo(f"worker metrics on http://{metrics_host}:{metrics_port}/metrics")
+    # Re-creates the schedules if Redis loses them and re-enqueues batches a killed worker left.
+    jobs.WorkerMaintenance(runtime, connection).start()
     # SimpleWorker runs each job in this process (no fork per job): the Runtime (database pool,
     # compiled rules, lookup tables) is built once here and reused by every job.
     queues = [Queue(name, connection=connection) for name in jobs.QUEUES]
