@@ -61,6 +61,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("KYC_SENDER_TIMEOUT_SECONDS", "5", "Timeout of one http sender call; a failed send creates nothing."),
     Setting("KYC_CODE_TTL_SECONDS", "600", "How long an email or phone code stays valid."),
     Setting("KYC_CODE_MAX_ATTEMPTS", "5", "Wrong codes allowed before a verification fails."),
+    Setting("KYC_CODE_MAX_WRONG_PER_DAY", "10",
+            "Wrong codes allowed per account and kind (email, phone) in any 24 hours, across all its "
+            "verifications; beyond, starting and confirming codes of that kind answer 429 with Retry-After."),
     Setting("KYC_RESEND_INTERVAL_SECONDS", "60",
             "Least time between two codes sent for one account and kind (429 with Retry-After before)."),
     Setting("KYC_MAX_SENDS", "5", "Most codes sent for one verification (429 after)."),
@@ -121,6 +124,7 @@ class Config:
     sender_timeout_seconds: float = 5.0
     code_ttl_seconds: int = 600
     code_max_attempts: int = 5
+    code_max_wrong_per_day: int = 10
     resend_interval_seconds: int = 60
     max_sends: int = 5
     document_ttl_hours: int = 72
@@ -164,6 +168,7 @@ class Config:
             sender_timeout_seconds=float(raw["KYC_SENDER_TIMEOUT_SECONDS"]),
             code_ttl_seconds=int(raw["KYC_CODE_TTL_SECONDS"]),
             code_max_attempts=int(raw["KYC_CODE_MAX_ATTEMPTS"]),
+            code_max_wrong_per_day=int(raw["KYC_CODE_MAX_WRONG_PER_DAY"]),
             resend_interval_seconds=int(raw["KYC_RESEND_INTERVAL_SECONDS"]),
             max_sends=int(raw["KYC_MAX_SENDS"]),
             document_ttl_hours=int(raw["KYC_DOCUMENT_TTL_HOURS"]),
