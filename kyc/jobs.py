@@ -556,6 +556,19 @@ def maintain(runtime: Runtime, connection) -> dict[str, int]:
     return swept
 
 
+def wait_for_redis(connection, stopped: threading.Event | None = None) -> None:
+    """Return once Redis answers (a worker whose rq loop quit on a Redis outage serves again)."""
+    from redis.exceptions import RedisError
+
+    stopped = stopped or threading.Event()
+    while not stopped.wait(1.0):
+        try:
+            connection.ping()
+            return
+        except RedisError:
+            continue
+
+
 class WorkerMaintenance(threading.Thread):
     """`kyc worker`'s maintenance thread (maintain), beside rq's work loop."""
 
@@ -627,10 +640,15 @@ class _working:
         self.stopped.set()
         if self.connection is None:
             return
-        if exc_type is None:
-            self.connection.delete(self.alive)
         # A failed job keeps its key until it expires: by then rq has scheduled its retry, so
         # the sweep never mistakes a failure for a killed worker.
+        if exc_type is None:
+            from redis.exceptions import RedisError
+
+            try:
+                self.connection.delete(self.alive)
+            except RedisError:
+                pass                  # Redis away: the key expires by itself; the batch is done either way
 
 
 def run_batch(runtime: Runtime, run_id: str, batch_no: int) -> dict[str, Any]:
