@@ -86,15 +86,17 @@ def test_fallback_counts_equal_the_redis_counts(database_url, make_config, tmp_p
     for name in conn.scan_iter(f"{REDIS_PREFIX}*"):
         conn.delete(name)
     # The same history again on an empty database, Redis away: every count the same.
-    from tests.conftest import _truncate_postgres
-
     if database_url.startswith("postgresql"):
+        from tests.conftest import _truncate_postgres
+
         _truncate_postgres(database_url)
+        empty = database_url
     else:
         import shutil
 
-        shutil.copy(_sqlite_template, database_url.removeprefix("sqlite:///"))
-    down, _ = _post_all(database_url, make_config, f"redis://127.0.0.1:{_free_port()}/0", bodies)
+        shutil.copy(_sqlite_template, tmp_path / "again.db")
+        empty = f"sqlite:///{tmp_path / 'again.db'}"
+    down, _ = _post_all(empty, make_config, f"redis://127.0.0.1:{_free_port()}/0", bodies)
     assert [a["signals"]["velocity"] for a in down] == [a["signals"]["velocity"] for a in up]
     assert {tuple(a["degraded"]) for a in down} == {("velocity",)}
 
