@@ -57,10 +57,13 @@ def _run(runtime, run_id: str) -> RescoreRun:
 
 
 def test_ensure_schedule_creates_only_what_is_missing(queued_runtime, redis_db):
-    assert jobs.ensure_schedule(redis_db, queued_runtime.config) == 3
-    assert jobs.ensure_schedule(redis_db, queued_runtime.config) == 0
+    from kyc.models import utcnow
+
+    now = utcnow()                    # one instant: a 5-second schedule's next slot must not move between calls
+    assert jobs.ensure_schedule(redis_db, queued_runtime.config, now) == len(jobs.SCHEDULES)
+    assert jobs.ensure_schedule(redis_db, queued_runtime.config, now) == 0
     redis_db.flushdb()                                   # Redis restarted empty
-    assert jobs.ensure_schedule(redis_db, queued_runtime.config) == 3
+    assert jobs.ensure_schedule(redis_db, queued_runtime.config, now) == len(jobs.SCHEDULES)
     assert _schedules(redis_db) == set(jobs.SCHEDULES)
 
 
