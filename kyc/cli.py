@@ -148,6 +148,7 @@ def _safe_url(url: str) -> str:
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
 def worker(burst: bool, with_scheduler: bool, metrics_port: int, metrics_host: str) -> None:
     """Run an rq worker on KYC_REDIS_URL for the queues rescore, graph and default."""
+    from redis.exceptions import RedisError
     from rq import Queue, SimpleWorker
 
     from kyc import jobs, logs, metrics
@@ -164,11 +165,25 @@ def worker(burst: bool, with_scheduler: bool, metrics_port: int, metrics_host: s
 
         start_http_server(metrics_port, addr=metrics_host, registry=metrics.registry(runtime))
         click.echo(f"worker metrics on http://{metrics_host}:{metrics_port}/metrics")
+    # Re-creates the schedules if Redis loses them and re-enqueues batches a killed worker left.
+    jobs.WorkerMaintenance(runtime, connection).start()
     # SimpleWorker runs each job in this process (no fork per job): the Runtime (database pool,
     # compiled rules, lookup tables) is built once here and reused by every job.
     queues = [Queue(name, connection=connection) for name in jobs.QUEUES]
-    worker = SimpleWorker(queues, connection=connection)
-    worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=runtime.config.log_level)
+    while True:
+        worker = SimpleWorker(queues, connection=connection)
+        try:
+            worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=runtime.config.log_level)
+        except RedisError as exc:
+            # rq's loop quits when Redis goes away mid-job, and its teardown then fails too.
+            if burst:
+                raise
+            click.echo(f"worker: Redis unavailable ({exc.__class__.__name__}); waiting for it", err=True)
+        if burst or getattr(worker, "_stop_requested", False):
+            return
+        # rq quit on its own (a Redis outage, an error outside a job): serve again once Redis
+        # answers; the maintenance thread re-creates what an empty Redis lost.
+        jobs.wait_for_redis(connection)
 
 
 @main.command()

@@ -35,6 +35,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Key for the keyed hashes of linking identifiers (HMAC-SHA256). Empty: generated once "
             "into KYC_DATA_DIR/secret.key. Changing it unlinks all history."),
     Setting("KYC_REDIS_URL", "", "Redis for rq jobs and velocity counters. Empty: jobs run in-process."),
+    Setting("KYC_REDIS_TIMEOUT_MS", "200",
+            "Time budget of one velocity read or write in Redis (connect and answer), with no retry. Over it, "
+            "or with Redis unreachable, velocity is counted from the database and the evaluation is marked "
+            "degraded: [\"velocity\"]."),
     Setting("KYC_GRAPH_SUPER_NODE_STRONG", "200",
             "A strong identifier (device, mailbox, phone, card) shared by more accounts than this is a "
             "super-node: it stops linking accounts into clusters, velocity still counts it."),
@@ -57,6 +61,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("KYC_SENDER_TIMEOUT_SECONDS", "5", "Timeout of one http sender call; a failed send creates nothing."),
     Setting("KYC_CODE_TTL_SECONDS", "600", "How long an email or phone code stays valid."),
     Setting("KYC_CODE_MAX_ATTEMPTS", "5", "Wrong codes allowed before a verification fails."),
+    Setting("KYC_CODE_MAX_WRONG_PER_DAY", "10",
+            "Wrong codes allowed per account and kind (email, phone) in any 24 hours, across all its "
+            "verifications; beyond, starting and confirming codes of that kind answer 429 with Retry-After."),
     Setting("KYC_RESEND_INTERVAL_SECONDS", "60",
             "Least time between two codes sent for one account and kind (429 with Retry-After before)."),
     Setting("KYC_MAX_SENDS", "5", "Most codes sent for one verification (429 after)."),
@@ -110,12 +117,14 @@ class Config:
     max_body_bytes: int
     log_level: str
     rules_poll_seconds: float = 2.0
+    redis_timeout_ms: int = 200
     dormant_days: int = 30
     sender: str = "outbox"
     sender_url: str = ""
     sender_timeout_seconds: float = 5.0
     code_ttl_seconds: int = 600
     code_max_attempts: int = 5
+    code_max_wrong_per_day: int = 10
     resend_interval_seconds: int = 60
     max_sends: int = 5
     document_ttl_hours: int = 72
@@ -152,12 +161,14 @@ class Config:
             max_body_bytes=int(raw["KYC_MAX_BODY_BYTES"]),
             log_level=raw["KYC_LOG_LEVEL"].upper(),
             rules_poll_seconds=float(raw["KYC_RULES_POLL_SECONDS"]),
+            redis_timeout_ms=int(raw["KYC_REDIS_TIMEOUT_MS"]),
             dormant_days=int(raw["KYC_DORMANT_DAYS"]),
             sender=raw["KYC_SENDER"].strip().lower(),
             sender_url=raw["KYC_SENDER_URL"].strip(),
             sender_timeout_seconds=float(raw["KYC_SENDER_TIMEOUT_SECONDS"]),
             code_ttl_seconds=int(raw["KYC_CODE_TTL_SECONDS"]),
             code_max_attempts=int(raw["KYC_CODE_MAX_ATTEMPTS"]),
+            code_max_wrong_per_day=int(raw["KYC_CODE_MAX_WRONG_PER_DAY"]),
             resend_interval_seconds=int(raw["KYC_RESEND_INTERVAL_SECONDS"]),
             max_sends=int(raw["KYC_MAX_SENDS"]),
             document_ttl_hours=int(raw["KYC_DOCUMENT_TTL_HOURS"]),

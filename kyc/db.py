@@ -21,6 +21,9 @@ class Base(DeclarativeBase):
     pass
 
 
+PG_CONNECT_TIMEOUT = 5          # seconds
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.removeprefix("sqlite:///")
@@ -47,8 +50,13 @@ def make_engine(url: str) -> Engine:
             _checkpointers[engine] = thread = _Checkpointer(engine, path)
             thread.start()
         return engine
-    postgres = make_url(url).get_backend_name() == "postgresql"
-    engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=not postgres, hide_parameters=True)
+    parsed = make_url(url)
+    postgres = parsed.get_backend_name() == "postgresql"
+    # An unreachable server fails a request within seconds (answered 503, see kyc.api), not
+    # after the operating system's TCP timeout of minutes; a URL may set its own.
+    connect_args = {"connect_timeout": PG_CONNECT_TIMEOUT} if postgres and "connect_timeout" not in parsed.query else {}
+    engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=not postgres, hide_parameters=True,
+                           connect_args=connect_args)
     if postgres:
         event.listen(engine, "connect", _generic_plans)
         event.listen(engine, "checkout", _drop_if_closed_by_server)

@@ -106,7 +106,10 @@ def redis_connection(config: Config):
     from redis import Redis
 
     if config.redis_url not in _redis_pools:
-        _redis_pools[config.redis_url] = Redis.from_url(config.redis_url)
+        # A hung Redis must not hold the thread that enqueues a service's rescoring forever; an
+        # rq worker raises the read timeout above its blocking reads' wait (rq's _set_connection).
+        _redis_pools[config.redis_url] = Redis.from_url(config.redis_url, socket_connect_timeout=5,
+                                                        socket_timeout=10)
     return _redis_pools[config.redis_url]
 
 
@@ -412,12 +415,12 @@ def dispatch(runtime: Runtime, run: RescoreRun) -> bool:
     if connection is None:
         run_inline(runtime, run)
         return False
-    from redis.exceptions import ConnectionError as RedisDown
+    from redis.exceptions import RedisError
 
     try:
         enqueue_batches(connection, run.id, range(run.batches))
-    except RedisDown:
-        # The run is recorded: the next rules watch after Redis returns enqueues it (sweep_orphans).
+    except RedisError:
+        # The run is recorded: a worker's maintenance enqueues it once Redis is back (sweep_orphans).
         log.error("Redis unreachable: rescore run %s recorded but not enqueued yet", run.id)
     return True
 
@@ -473,13 +476,12 @@ def unfinished_batches(runtime: Runtime, run_id: str | None = None) -> list[tupl
         return [(r, n) for r, n in session.execute(query)]
 
 
-ORPHAN_AFTER = timedelta(minutes=10)
+ORPHAN_AFTER = timedelta(minutes=1)     # a run's batches are enqueued within milliseconds of being recorded
 
 
 def sweep_orphans(runtime: Runtime, connection, now: datetime | None = None) -> int:
     """Enqueue never-attempted batches of older runs that have no job in Redis (Redis was down
-    at dispatch, or was flushed). Started batches are left to rq's retry of abandoned jobs and
-    to `kyc rescore --resume`."""
+    at dispatch, or was flushed). Started batches: sweep_abandoned."""
     from rq.job import Job
 
     cutoff = (now or utcnow()) - ORPHAN_AFTER
@@ -499,6 +501,92 @@ def sweep_orphans(runtime: Runtime, connection, now: datetime | None = None) -> 
     return sum(len(n) for n in orphans.values())
 
 
+def sweep_abandoned(runtime: Runtime, connection) -> int:
+    """Enqueue again the started, unfinished batches that no live job is working: their worker
+    was killed (its liveness key expired while rq still believes the job started: rq itself
+    would wait for the job's timeout, 30 minutes), or Redis lost their job (restarted empty).
+    A batch whose job failed and waits for rq's retry, or failed for good, is left to rq and
+    to `kyc rescore --resume`. The new job continues at the batch's cursor; if the old one was
+    somehow alive after all, the batch's row lock makes them take turns, never rescoring twice."""
+    from rq.job import Job, JobStatus
+    from rq.exceptions import NoSuchJobError
+
+    with runtime.session() as session:
+        started = session.execute(
+            select(RescoreBatch.run_id, RescoreBatch.batch_no, RescoreBatch.attempts).join(RescoreRun)
+            .where(RescoreRun.finished_at.is_(None), RescoreBatch.attempts > 0, RescoreBatch.finished_at.is_(None))
+            .order_by(RescoreRun.created_at, RescoreBatch.batch_no)).all()
+    again: dict[str, list[tuple[int, int]]] = {}
+    for run_id, batch_no, attempts in started:
+        if connection.exists(ALIVE_KEY.format(run_id=run_id, batch_no=batch_no)):
+            continue
+        job_id = connection.get(LAST_JOB_KEY.format(run_id=run_id, batch_no=batch_no))
+        if job_id is not None:
+            try:
+                status = Job.fetch(job_id.decode(), connection=connection).get_status()
+            except NoSuchJobError:
+                status = None
+            if status != JobStatus.STARTED:
+                continue              # waiting for its retry, failed for good, or queued again
+        again.setdefault(run_id, []).append((batch_no, attempts))
+    for run_id, numbers in again.items():
+        log.warning("rescore run %s: batch(es) %s abandoned by their worker; enqueued again", run_id,
+                    ", ".join(str(n) for n, _ in numbers))
+        for batch_no, attempts in numbers:
+            job_id = f"rescore-{run_id}-{batch_no}-a{attempts}"
+            enqueue_batches(connection, run_id, [batch_no], suffix=f"-a{attempts}")
+            # Until the new job starts (and says so itself), the sweep sees it queued.
+            connection.set(LAST_JOB_KEY.format(run_id=run_id, batch_no=batch_no), job_id, ex=FAILURE_TTL)
+    return sum(len(n) for n in again.values())
+
+
+MAINTENANCE_SECONDS = 10
+MAINTENANCE_LOCK = "kyc:maintenance"
+
+
+def maintain(runtime: Runtime, connection) -> dict[str, int]:
+    """What every `kyc worker` does every MAINTENANCE_SECONDS besides its jobs: re-create the
+    schedules Redis lost (restarted empty), and (one worker at a time) enqueue the batches
+    nobody works: never enqueued (sweep_orphans) or abandoned by a killed worker (sweep_abandoned)."""
+    created = ensure_schedule(connection, runtime.config)
+    swept = {"schedules": created, "orphans": 0, "abandoned": 0}
+    if connection.set(MAINTENANCE_LOCK, "1", nx=True, px=MAINTENANCE_SECONDS * 1000 - 500):
+        swept["orphans"] = sweep_orphans(runtime, connection)
+        swept["abandoned"] = sweep_abandoned(runtime, connection)
+    return swept
+
+
+def wait_for_redis(connection, stopped: threading.Event | None = None) -> None:
+    """Return once Redis answers (a worker whose rq loop quit on a Redis outage serves again)."""
+    from redis.exceptions import RedisError
+
+    stopped = stopped or threading.Event()
+    while not stopped.wait(1.0):
+        try:
+            connection.ping()
+            return
+        except RedisError:
+            continue
+
+
+class WorkerMaintenance(threading.Thread):
+    """`kyc worker`'s maintenance thread (maintain), beside rq's work loop."""
+
+    def __init__(self, runtime: Runtime, connection):
+        super().__init__(name="kyc-worker-maintenance", daemon=True)
+        self.runtime, self.connection = runtime, connection
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                maintain(self.runtime, self.connection)
+            except Exception as exc:  # noqa: BLE001 - Redis or the database away: try again next round
+                log.warning("worker maintenance skipped: %s: %s", exc.__class__.__name__, exc)
+            if self.stopped.wait(MAINTENANCE_SECONDS):
+                return
+
+
 # --- the batch job ------------------------------------------------------------------------------
 
 def rescore_batch(run_id: str, batch_no: int) -> dict[str, Any]:
@@ -506,9 +594,61 @@ def rescore_batch(run_id: str, batch_no: int) -> dict[str, Any]:
     runtime = worker_runtime()
     current_rules(runtime)
     try:
-        return run_batch(runtime, run_id, batch_no)
+        with _working(redis_connection(runtime.config), run_id, batch_no):
+            return run_batch(runtime, run_id, batch_no)
     finally:
         clear_value_caches()      # a worker's memory stays flat however many batches it works
+
+
+# A batch job says it is alive with a key that expires ALIVE_SECONDS after its last refresh
+# (every ALIVE_SECONDS / 3, from a thread): a worker killed mid-batch stops refreshing it, and
+# the next maintenance round after it expires enqueues the batch again (sweep_abandoned).
+ALIVE_SECONDS = 15
+ALIVE_KEY = "kyc:rescore:alive:{run_id}:{batch_no}"
+LAST_JOB_KEY = "kyc:rescore:job:{run_id}:{batch_no}"      # the rq job that last worked the batch
+
+
+class _working:
+    def __init__(self, connection, run_id: str, batch_no: int):
+        self.connection = connection
+        self.alive = ALIVE_KEY.format(run_id=run_id, batch_no=batch_no)
+        self.last_job = LAST_JOB_KEY.format(run_id=run_id, batch_no=batch_no)
+        self.stopped = threading.Event()
+
+    def __enter__(self) -> None:
+        if self.connection is None:
+            return
+        from rq import get_current_job
+
+        job = get_current_job()
+        with self.connection.pipeline() as pipe:
+            pipe.set(self.alive, "1", px=ALIVE_SECONDS * 1000)
+            if job is not None:
+                pipe.set(self.last_job, job.id, ex=FAILURE_TTL)
+            pipe.execute()
+        threading.Thread(target=self._beat, name="kyc-batch-alive", daemon=True).start()
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(ALIVE_SECONDS / 3):
+            try:
+                # SET, not PEXPIRE: a Redis restarted empty gets the key back.
+                self.connection.set(self.alive, "1", px=ALIVE_SECONDS * 1000)
+            except Exception as exc:  # noqa: BLE001 - Redis away: the batch goes on; a sweep may start a twin, harmless
+                log.warning("rescore liveness not refreshed: %s", exc)
+
+    def __exit__(self, exc_type, _exc, _tb) -> None:
+        self.stopped.set()
+        if self.connection is None:
+            return
+        # A failed job keeps its key until it expires: by then rq has scheduled its retry, so
+        # the sweep never mistakes a failure for a killed worker.
+        if exc_type is None:
+            from redis.exceptions import RedisError
+
+            try:
+                self.connection.delete(self.alive)
+            except RedisError:
+                pass                  # Redis away: the key expires by itself; the batch is done either way
 
 
 def run_batch(runtime: Runtime, run_id: str, batch_no: int) -> dict[str, Any]:
@@ -754,10 +894,21 @@ def schedule_next(connection, config: Config, name: str, now: datetime | None = 
         failure_ttl=FAILURE_TTL, job_timeout=JOB_TIMEOUT)
 
 
-def ensure_schedule(connection, config: Config) -> None:
-    """Called by every `kyc worker` at start: (re)creates the chain of scheduled jobs."""
+def ensure_schedule(connection, config: Config, now: datetime | None = None) -> int:
+    """(Re)create the chain of each schedule whose next occurrence is not in Redis (a worker
+    starting; Redis restarted empty). Returns how many were created.
+
+    Each occurrence schedules the next one as it starts, under the same id this computes, so
+    re-creating one that a running occurrence is about to schedule makes the same single job."""
+    from rq.job import Job
+
+    created = 0
     for name in SCHEDULES:
-        schedule_next(connection, config, name)
+        when = next_time(name, config, now)
+        if not Job.exists(f"kyc-{name}-{int(when.timestamp())}", connection=connection):
+            schedule_next(connection, config, name, now)
+            created += 1
+    return created
 
 
 def scheduled_rules_watch() -> str | None:
@@ -765,7 +916,6 @@ def scheduled_rules_watch() -> str | None:
     runtime = worker_runtime()
     connection = redis_connection(runtime.config)
     schedule_next(connection, runtime.config, "rules-watch")
-    sweep_orphans(runtime, connection)
     current_rules(runtime)
     run = check_rules_change(runtime)
     return run.id if run else None

@@ -285,6 +285,19 @@ class Verification(Base):
     )
 
 
+class PhoneClaim(Base):
+    """The account that verified a phone number first: one row per number (keyed hash), so two
+    accounts confirming one number at the same moment cannot both have it (KYC_PHONE_UNIQUE).
+    The primary key is the constraint; a check-then-write would let both through."""
+
+    __tablename__ = "phone_claims"
+
+    target_hash: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    verification_id: Mapped[str] = mapped_column(String(40))
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class VerificationEvent(Base):
     """The audit trail: every state change and attempt of a verification, append-only."""
 

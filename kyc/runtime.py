@@ -81,6 +81,21 @@ def load_policy(root: Path) -> tuple[RuleSet, TierPolicy]:
     return rules, load_tiers(root, SCHEMA, rules.lists)
 
 
+def velocity_redis(config: Config):
+    """The Redis client of the velocity counters: every command within KYC_REDIS_TIMEOUT_MS
+    (connecting included) and never retried, so a Redis that is down or slow costs a signup
+    one time budget, after which velocity is counted from the database (kyc.store.RedisStore).
+    redis-py's default would retry three times with backoff: seconds per request.
+    rq's connection (kyc.jobs.redis_connection) is another client: its blocking reads wait long."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    budget = config.redis_timeout_ms / 1000
+    return redis.Redis.from_url(config.redis_url, socket_timeout=budget, socket_connect_timeout=budget,
+                                retry=Retry(NoBackoff(), 0))
+
+
 class LiveTraffic:
     """Requests in flight in this process, so background work can stay out of their way.
 
@@ -147,9 +162,7 @@ class Runtime:
         load_bin_table(config.bin_table)        # a bad BIN table stops start-up (BinTableError)
         redis_client = None
         if config.redis_url:
-            import redis
-
-            redis_client = redis.Redis.from_url(config.redis_url)
+            redis_client = velocity_redis(config)
         return cls(config, engine, make_session_factory(engine), rules, tiers, geoip, rules_checked_at=rules.loaded_at,
                    _rules_fingerprint=fingerprint, redis=redis_client)
 

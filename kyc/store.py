@@ -73,7 +73,12 @@ class Store(Protocol):
 
 
 class History:
-    """payment_history as its two lookups; a store that reads both in one statement overrides it."""
+    """payment_history as its two lookups; a store that reads both in one statement overrides it.
+
+    `degraded`: set once a count of this store did not come from its primary source (see
+    RedisStore); the pipeline records it as the signal degraded.velocity."""
+
+    degraded = False
 
     def payment_history(self, keys: list[Key], at: datetime, account_id: str, card: str, window: timedelta,
                         device: Key | None) -> tuple[dict[Key, dict[str, int]], tuple[int, int | None, dict | None]]:
@@ -252,6 +257,58 @@ _COUNTS_AND_CARD_HISTORY = union_all(
            *(literal(0) for _ in range(len(WINDOWS) - 2)), _LATEST_SIGNALS.scalar_subquery()))
 
 
+class SightingCounts(SqlHistory):
+    """Velocity counted from the sightings table: what a RedisStore answers when Redis does not
+    answer within its time budget. The pipeline writes every sighting in the scoring transaction
+    whichever backend counts velocity, so the database always holds the events Redis counts.
+
+    Each key reads its newest FALLBACK_SCAN sightings in the longest window (one bounded scan of
+    ix_sightings_key_time) and counts the distinct other accounts among them per window. For
+    events posted in event-time order this is the same count as the marks' up to the cap, as
+    long as the newest FALLBACK_SCAN sightings of the key hold COUNT_CAP accounts; a key whose
+    accounts show it again and again (one account's many cards on one BIN) can read lower.
+    """
+
+    def __init__(self, session: Session):
+        self.session = session
+
+    def distinct_accounts(self, keys: list[Key], at: datetime, account_id: str) -> dict[Key, dict[str, int]]:
+        if not keys:
+            return {}
+        return _counts(keys, self.session.execute(_sighting_count_statement(len(keys)),
+                                                  _count_params(keys, at, account_id, False)))
+
+    def distinct_accounts_many(self, requests: list[tuple[list[Key], datetime, str]]
+                               ) -> list[dict[Key, dict[str, int]]]:
+        return [self.distinct_accounts(keys, at, account_id) for keys, at, account_id in requests]
+
+    def record(self, keys: Iterable[Key], at: datetime, account_id: str) -> None:
+        raise NotImplementedError("sightings are written by the pipeline")
+
+
+FALLBACK_SCAN = 4 * COUNT_CAP       # sightings read per key when counting from the database
+
+
+@lru_cache(maxsize=32)
+def _sighting_count_statement(key_count: int):
+    """_count_statement's counts from the sightings (SightingCounts), one row per key."""
+    rows = []
+    for i in range(key_count):
+        newest = (
+            select(_S.c.account_id, _S.c.occurred_at)
+            .where(_S.c.kind == bindparam(f"k{i}"), _S.c.value_hash == bindparam(f"h{i}"),
+                   _S.c.occurred_at > bindparam(f"lo_{_LONGEST_NAME}"), _S.c.occurred_at <= bindparam("at"),
+                   _S.c.account_id != bindparam("me"))
+            .order_by(_S.c.occurred_at.desc()).limit(FALLBACK_SCAN).subquery()
+        )
+        rows.append(select(literal(i).label("key"),
+                           *(func.count(func.distinct(newest.c.account_id))
+                             .filter(newest.c.occurred_at > bindparam(f"lo_{window}")).label(f"w{j}")
+                             for j, window in enumerate(WINDOWS)))
+                    .select_from(newest))
+    return union_all(*rows) if len(rows) > 1 else rows[0]
+
+
 def _micros(at: datetime) -> int:
     return int((at - _EPOCH) // timedelta(microseconds=1))
 
@@ -284,13 +341,19 @@ class RedisStore(SqlHistory):
         for keys, at, account_id in requests:
             args += [account_id, _micros(at), len(keys)]
             names += [self._name(key) for key in keys]
-        # One string of counts: parsing one reply costs far less than parsing one per count.
+        if not names:
+            return [{} for _ in requests]
         try:
-            counted = _COUNTS(keys=names, args=args, client=self.redis) if names else b""
-        except redis_errors.RedisError:
+            # One string of counts: parsing one reply costs far less than parsing one per count.
+            replies = iter(map(int, _COUNTS(keys=names, args=args, client=self.redis).split(b",")))
+        except redis_errors.RedisError as exc:
+            # Unreachable, or slower than its time budget (the client's socket timeouts,
+            # KYC_REDIS_TIMEOUT_MS): count from the database instead and say so.
             metrics.VELOCITY_ERRORS.labels("redis", "read").inc()
-            raise
-        replies = iter(map(int, counted.split(b",")) if names else ())
+            log.warning("velocity: Redis did not answer (%s: %s); counted from the database",
+                        exc.__class__.__name__, exc)
+            self.degraded = True
+            return SightingCounts(self.session).distinct_accounts_many(requests)
         return [{key: {window: _capped(next(replies)) for window in WINDOWS} for key in keys}
                 for keys, _, _ in requests]
 
@@ -313,11 +376,12 @@ class RedisStore(SqlHistory):
             return
         try:
             self._write(pending)
-        except redis_errors.RedisError:
+        except redis_errors.RedisError as exc:
             metrics.VELOCITY_ERRORS.labels("redis", "record").inc()
-            # The evaluation is committed; failing the request now would misreport it. The
-            # counters miss this event until Redis is back, which the log says.
-            log.exception("velocity not recorded in Redis for %d evaluation(s)", len(pending))
+            # The evaluation and its sightings are committed; failing the request now would
+            # misreport it. The Redis counters miss this event, which the log says.
+            log.warning("velocity not recorded in Redis for %d evaluation(s): %s: %s", len(pending),
+                        exc.__class__.__name__, exc)
 
     def _write(self, pending: list) -> None:
         ttl = int(LONGEST.total_seconds()) + 86400
@@ -351,6 +415,10 @@ class ReadAhead(SqlHistory):
 
     def record(self, keys: Iterable[Key], at: datetime, account_id: str) -> None:
         self.store.record(keys, at, account_id)
+
+    @property
+    def degraded(self) -> bool:
+        return self.store.degraded
 
 
 # ARGV: each window's span, then per request its account id, event time and key count (all times

@@ -48,7 +48,7 @@ def test_same_shape_as_a_signup_evaluation_and_stored_on_the_account(client, aut
         "acct_1", "payment_method", "allow", 0)
     assert body["reasons"] == [] and body["required_verifications"] == []
     assert body["rules_version"] == signed["rules_version"]
-    assert set(body["signals"]) == {"card", "ip", "account", "velocity", "graph"}
+    assert set(body["signals"]) == {"card", "ip", "account", "velocity", "graph", "degraded"}
     # The shared velocity counters see the card's keys too (same counts as the card family's).
     assert body["signals"]["velocity"]["card_fingerprint_30d"] == body["signals"]["card"]["fingerprint_accounts_30d"]
     assert body["signals"]["velocity"]["card_bin_1h"] == body["signals"]["card"]["bin_accounts_1h"]

@@ -241,9 +241,11 @@ def test_schedule_fires_a_rescore_after_a_rules_change(queued_runtime, redis_db,
 def test_schedule_job_ids_make_one_job_per_occurrence(queued_runtime, redis_db):
     from rq.registry import ScheduledJobRegistry
 
+    now = utcnow()                                    # one instant: a 5-second schedule's slot stays put
     for _ in range(3):                                # three workers starting together
-        jobs.ensure_schedule(redis_db, queued_runtime.config)
-    assert ScheduledJobRegistry("default", connection=redis_db).count == len(jobs.SCHEDULES) == 5
+        jobs.schedule_next(redis_db, queued_runtime.config, "decision-webhooks", now)
+        jobs.ensure_schedule(redis_db, queued_runtime.config, now)
+    assert ScheduledJobRegistry("default", connection=redis_db).count == len(jobs.SCHEDULES)
 
 
 def test_failed_batch_is_retried_with_backoff_and_kept(queued_runtime, redis_db):

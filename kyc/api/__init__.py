@@ -182,5 +182,46 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
+        if database_unavailable(exc):
+            # Not a bug: the caller should retry. A connection cut while its commit was under way
+            # may or may not have committed, so the answer does not claim nothing was changed.
+            current_app.logger.warning("database unavailable on %s %s: %s: %s", request.method, request.path,
+                                       exc.__class__.__name__, str(exc).splitlines()[0] if str(exc) else "")
+            return _api_error(ApiError(503, "database_unavailable",
+                                       "the database did not answer; retry after Retry-After seconds",
+                                       headers={"Retry-After": str(DATABASE_RETRY_AFTER)}))
         current_app.logger.exception("unhandled error on %s %s", request.method, request.path)
         return _api_error(ApiError(500, "internal_error", "internal error; nothing was changed"))
+
+
+DATABASE_RETRY_AFTER = 2          # seconds: a restart, a failover or a cut connection is over by then
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """The database is away or cut the connection (refused, terminated, restarting, pool
+    exhausted, a serialisation failure or deadlock to retry, SQLite busy): a 503, not a bug.
+    Errors in what was asked (a constraint, a bad statement) are not among them."""
+    from sqlalchemy import exc as sa
+
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, sa.TimeoutError):             # no pooled connection freed in time
+            return True
+        if isinstance(exc, sa.DBAPIError):
+            if exc.connection_invalidated:
+                return True
+            exc = exc.orig
+            continue
+        module = type(exc).__module__
+        if module.startswith("psycopg"):
+            import psycopg
+
+            # OperationalError: connection refused or lost, admin shutdown, query cancelled,
+            # serialisation failure, deadlock. InterfaceError here: the connection is closed.
+            return isinstance(exc, psycopg.OperationalError) or (
+                isinstance(exc, psycopg.InterfaceError) and "closed" in str(exc))
+        if module == "sqlite3":
+            return "locked" in str(exc) or "busy" in str(exc)
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False

@@ -32,6 +32,7 @@ from kyc.scoring.decide import evaluate, settle
 from kyc.security import mask_email, mask_ip
 from kyc.signals import COLLECTORS, Identifiers, Lookups
 from kyc.signals.account import account_signals
+from kyc.signals.degraded import degraded_sources
 from kyc.signals.graph import graph_signals, member_flags
 from kyc.signals.payment import load_bin_table
 from kyc.signals.velocity import VELOCITY_KEYS
@@ -364,6 +365,8 @@ def evaluation_body(evaluation: Evaluation, account: Account | None = None) -> d
         "required_verifications": evaluation.required_verifications,
         "cluster": cluster_ref(seen.get("cluster_id"), seen.get("cluster_size")),
         "signals": evaluation.signals,
+        # Sources that did not answer in time: this decision was made without them (or from a fallback).
+        "degraded": degraded_sources(evaluation.signals or {}),
         "rules_version": evaluation.rules_version,
         "occurred_at": rfc3339(evaluation.occurred_at),
     }

@@ -14,12 +14,12 @@ from typing import Any
 from kyc.engine.schema import Schema
 from kyc.inputs import PaymentMethodInput, SignupInput
 from kyc.security import keyed_hash
-from kyc.signals import account, device, email, graph, network, payment, phone, velocity
+from kyc.signals import account, degraded, device, email, graph, network, payment, phone, velocity
 from kyc.signals.geoip import GeoIP
 from kyc.signals.payment import BinTable, load_bin_table
 from kyc.store import Store
 
-SCHEMA = Schema(f for family in (email, phone, network, device, velocity, account, graph, payment)
+SCHEMA = Schema(f for family in (email, phone, network, device, velocity, account, graph, payment, degraded)
                 for f in family.FIELDS)
 
 Signals = dict[str, dict[str, Any]]
@@ -95,6 +95,7 @@ def signup_signals(inp: SignupInput, lookups: Lookups, at: datetime) -> tuple[Si
     counts = lookups.store.distinct_accounts(
         [key for key in identifiers if key[0] in velocity.VELOCITY_KEYS], at, inp.account_id)
     signals["velocity"] = velocity.velocity_signals(counts)
+    signals["degraded"] = degraded.degraded_signals(lookups.store)
     return signals, identifiers
 
 
@@ -124,6 +125,7 @@ def payment_method_signals(inp: PaymentMethodInput, lookups: Lookups, at: dateti
         },
         "ip": ip_facts,
         "velocity": velocity.velocity_signals(counts),
+        "degraded": degraded.degraded_signals(store),
     }
     return signals, identifiers
 

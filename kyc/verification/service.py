@@ -19,12 +19,14 @@ from typing import Any
 
 import phonenumbers
 from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from kyc.errors import ApiError, invalid, not_found
 from kyc.ids import new_id
 from kyc.inputs import rfc3339
-from kyc.models import (Account, Evaluation, Verification, VerificationEvent, WebhookEvent, latest_of,
+from kyc.models import (Account, Evaluation, PhoneClaim, Verification, VerificationEvent, WebhookEvent, latest_of,
                         lock_existing_account)
 from kyc.runtime import Runtime
 from kyc.scoring import rescore_account
@@ -67,6 +69,8 @@ def _finish(session: Session, v: Verification, status: str, at: datetime, reason
 
 def _verified(runtime: Runtime, session: Session, v: Verification, at: datetime, reason: str | None = None,
               **detail: Any) -> None:
+    if v.kind == "phone":
+        _claim_phone(runtime, session, v, at)
     _finish(session, v, "verified", at, reason, **detail)
     session.flush()
     rescore_account(runtime, session, v.account_id)
@@ -183,6 +187,7 @@ def _start_code(runtime: Runtime, session: Session, account: Account, req: Start
     target_hash = keyed_hash(config.secret_key, req.kind, normalised)
     if req.kind == "phone":
         _check_phone(runtime, session, account, req.tier, target_hash, line_type)
+    _wrong_codes_cap(runtime, session, account.id, req.kind, now)      # no code that could not be checked
     # Throttle on the last code sent to this account for this kind, whichever verification sent it.
     last_sent = session.execute(
         select(Verification.last_sent_at).where(Verification.account_id == account.id, Verification.kind == req.kind,
@@ -223,14 +228,53 @@ def _check_phone(runtime: Runtime, session: Session, account: Account, tier: str
         raise ApiError(400, "phone_refused", f"{line_type} numbers cannot be verified under {for_what}",
                        {"phone": f"{line_type} line type is refused; use a mobile number"})
     if runtime.config.phone_unique:
-        elsewhere = session.execute(
-            select(Verification.id).where(Verification.kind == "phone", Verification.target_hash == target_hash,
-                                          Verification.status == "verified", Verification.account_id != account.id)
-            .limit(1)
-        ).scalar()
-        if elsewhere is not None:
-            raise ApiError(409, "phone_in_use", "this number is already verified on another account",
-                           {"phone": "already verified on another account"})
+        owner = session.execute(select(PhoneClaim.account_id).where(PhoneClaim.target_hash == target_hash)).scalar()
+        if owner is not None and owner != account.id:
+            raise _phone_in_use()         # early: no code is sent; the claim at confirmation decides races
+
+
+def _claim_phone(runtime: Runtime, session: Session, v: Verification, at: datetime) -> None:
+    """The first account to verify a number owns it (phone_claims). The row is inserted unless
+    one exists, then read: of two accounts confirming one number at once, the second insert
+    waits for the first to commit and then finds its row (PostgreSQL; SQLite serialises
+    writers), so only one can have it. With KYC_PHONE_UNIQUE=false a number is still claimed
+    by its first account (so turning uniqueness on later knows who had it first), never refused."""
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.execute(insert(PhoneClaim).values(target_hash=v.target_hash, account_id=v.account_id,
+                                              verification_id=v.id, claimed_at=at)
+                    .on_conflict_do_nothing(index_elements=["target_hash"]))
+    owner = session.execute(select(PhoneClaim.account_id).where(PhoneClaim.target_hash == v.target_hash)).scalar_one()
+    if owner != v.account_id and runtime.config.phone_unique:
+        raise _phone_in_use()
+
+
+def _phone_in_use() -> ApiError:
+    return ApiError(409, "phone_in_use", "this number is already verified on another account",
+                    {"phone": "already verified on another account"})
+
+
+DAY = timedelta(hours=24)
+
+
+def _wrong_codes_cap(runtime: Runtime, session: Session, account_id: str, kind: str, now: datetime) -> None:
+    """Refuse (429, Retry-After) once the account entered KYC_CODE_MAX_WRONG_PER_DAY wrong codes
+    of this kind in the last 24 hours, across all its verifications: a new verification after a
+    lockout does not bring fresh attempts. A wrong code is an attempt_failed event, or the failed
+    event of the code that exhausted its verification. The caller holds the account's lock, so
+    parallel confirmations count in turn."""
+    cap = runtime.config.code_max_wrong_per_day
+    since = now - DAY
+    wrong = session.execute(
+        select(VerificationEvent.at).join(Verification, Verification.id == VerificationEvent.verification_id)
+        .where(Verification.account_id == account_id, Verification.kind == kind,
+               # a code is only checked before it expires: older verifications hold no wrong code in the window
+               Verification.last_sent_at > since - timedelta(seconds=runtime.config.code_ttl_seconds),
+               VerificationEvent.event.in_(("attempt_failed", "failed")), VerificationEvent.at > since)
+        .order_by(VerificationEvent.at)).scalars().all()
+    if len(wrong) >= cap:
+        # Open again when enough of them are over a day old to fall below the cap.
+        raise _throttled(wrong[len(wrong) - cap] + DAY - now,
+                         f"{len(wrong)} wrong {kind} codes in 24 hours (at most {cap})")
 
 
 def _throttled(wait: timedelta, message: str) -> ApiError:
@@ -247,6 +291,9 @@ def confirm(runtime: Runtime, session: Session, verification_id: str, code: str,
     if account_id is None:
         raise not_found("verification")
     lock_existing_account(session, account_id)
+    kind = session.execute(select(Verification.kind).where(Verification.id == verification_id)).scalar_one()
+    if kind in CODE_KINDS:
+        _wrong_codes_cap(runtime, session, account_id, kind, now)
     # Count the attempt first, in one UPDATE: parallel wrong codes all count, on SQLite too,
     # whose SELECT ... FOR UPDATE locks nothing (the UPDATE takes its write lock).
     counted = session.execute(

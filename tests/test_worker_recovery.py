@@ -1,0 +1,159 @@
+"""Workers recover what Redis or a killed worker lost, on real Redis and PostgreSQL: the
+schedules come back after Redis restarts empty, and a killed worker's batch is worked again
+within a minute (rq alone waits for the job's 30-minute timeout)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from rq import Queue, SimpleWorker
+from rq.job import Job, JobStatus
+from rq.registry import ScheduledJobRegistry
+
+from kyc import jobs
+from kyc.models import RescoreBatch, RescoreRun
+from tests.test_jobs import (kyc_command, pg_url, queued_runtime, redis_db, rescore_evaluations,  # noqa: F401
+                             rules_dir, seed, worker_env)
+
+
+def _wait_for(predicate, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not within {seconds} s")
+
+
+def _schedules(connection) -> set[str]:
+    ids = ScheduledJobRegistry("default", connection=connection).get_job_ids()
+    return {name for name in jobs.SCHEDULES if any(j.startswith(f"kyc-{name}-") for j in ids)}
+
+
+def _start_worker(runtime) -> subprocess.Popen:
+    return subprocess.Popen(kyc_command("worker"), env=worker_env(runtime), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _kill(worker: subprocess.Popen) -> None:
+    if worker.poll() is None:
+        os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait(10)
+
+
+def _batch(runtime, run_id: str, batch_no: int = 0) -> RescoreBatch:
+    with runtime.session() as session:
+        return session.get(RescoreBatch, (run_id, batch_no))
+
+
+def _run(runtime, run_id: str) -> RescoreRun:
+    with runtime.session() as session:
+        return session.get(RescoreRun, run_id)
+
+
+def test_ensure_schedule_creates_only_what_is_missing(queued_runtime, redis_db):
+    from kyc.models import utcnow
+
+    now = utcnow()                    # one instant: a 5-second schedule's next slot must not move between calls
+    assert jobs.ensure_schedule(redis_db, queued_runtime.config, now) == len(jobs.SCHEDULES)
+    assert jobs.ensure_schedule(redis_db, queued_runtime.config, now) == 0
+    redis_db.flushdb()                                   # Redis restarted empty
+    assert jobs.ensure_schedule(redis_db, queued_runtime.config, now) == len(jobs.SCHEDULES)
+    assert _schedules(redis_db) == set(jobs.SCHEDULES)
+
+
+def test_a_running_worker_recreates_the_schedules_redis_lost(queued_runtime, redis_db):
+    worker = _start_worker(queued_runtime)
+    try:
+        _wait_for(lambda: _schedules(redis_db) == set(jobs.SCHEDULES), 60, "schedules at start")
+        redis_db.flushdb()
+        assert _schedules(redis_db) == set()
+        _wait_for(lambda: _schedules(redis_db) == set(jobs.SCHEDULES), jobs.MAINTENANCE_SECONDS + 20,
+                  "schedules re-created")
+    finally:
+        _kill(worker)
+
+
+def test_a_killed_workers_batch_is_worked_again_within_a_minute(queued_runtime, redis_db):
+    ids = seed(queued_runtime, 1000)
+    run = jobs.start_run(queued_runtime, "all", reason="test", batch_size=1000)
+    jobs.dispatch(queued_runtime, run)
+    first = _start_worker(queued_runtime)
+    second = None
+    try:
+        _wait_for(lambda: _batch(queued_runtime, run.id).cursor >= jobs.CHUNK, 120, "first chunk")
+        _kill(first)
+        killed_at = time.monotonic()
+        cursor = _batch(queued_runtime, run.id).cursor
+        assert cursor < 1000, "kill came too late"
+        second = _start_worker(queued_runtime)
+        # No `kyc rescore --resume`: the surviving worker finds the batch abandoned.
+        _wait_for(lambda: _batch(queued_runtime, run.id).attempts >= 2, 60, "the batch picked up again")
+        assert time.monotonic() - killed_at < 60
+        _wait_for(lambda: _run(queued_runtime, run.id).finished_at is not None, 300, "the run finished")
+    finally:
+        _kill(first)
+        if second is not None:
+            _kill(second)
+    assert rescore_evaluations(queued_runtime) == {i: 1 for i in ids}      # each account once
+
+
+def _failing_batch(runtime, redis_db, monkeypatch) -> tuple[str, Job]:
+    """A batch whose job started, counted an attempt and failed: rq schedules its retry."""
+    seed(runtime, 3)
+    run = jobs.start_run(runtime, "all", reason="test")
+    jobs.dispatch(runtime, run)
+    jobs.use_runtime(runtime)
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("the database hiccuped")
+
+    monkeypatch.setattr(jobs, "rescore_chunk", broken)
+    queue = Queue("rescore", connection=redis_db)
+    SimpleWorker([queue], connection=redis_db).work(burst=True)
+    monkeypatch.undo()
+    job = queue.fetch_job(f"rescore-{run.id}-0")
+    assert _batch(runtime, run.id).attempts == 1 and job.get_status() == JobStatus.SCHEDULED
+    return run.id, job
+
+
+def test_sweep_leaves_a_failed_job_to_its_retry_and_takes_an_abandoned_one(queued_runtime, redis_db, monkeypatch):
+    run_id, job = _failing_batch(queued_runtime, redis_db, monkeypatch)
+    alive = jobs.ALIVE_KEY.format(run_id=run_id, batch_no=0)
+    assert redis_db.exists(alive)                        # a failed job's key lives out its time
+    assert jobs.sweep_abandoned(queued_runtime, redis_db) == 0
+    redis_db.delete(alive)                               # ... and expires
+    assert jobs.sweep_abandoned(queued_runtime, redis_db) == 0       # its retry is rq's
+    # A worker killed mid-job: rq still believes the job started, nothing says it is alive.
+    job.set_status(JobStatus.STARTED)
+    assert jobs.sweep_abandoned(queued_runtime, redis_db) == 1
+    assert jobs.sweep_abandoned(queued_runtime, redis_db) == 0       # queued once, not every round
+    assert Queue("rescore", connection=redis_db).get_job_ids() == [f"rescore-{run_id}-0-a1"]
+    SimpleWorker([Queue("rescore", connection=redis_db)], connection=redis_db).work(burst=True)
+    assert _batch(queued_runtime, run_id).finished_at is not None
+    assert not redis_db.exists(alive)
+    assert jobs.sweep_abandoned(queued_runtime, redis_db) == 0
+
+
+def test_sweep_takes_a_started_batch_whose_job_redis_lost(queued_runtime, redis_db, monkeypatch):
+    run_id, _ = _failing_batch(queued_runtime, redis_db, monkeypatch)
+    redis_db.flushdb()                                   # restarted empty: no job, no liveness
+    assert jobs.sweep_abandoned(queued_runtime, redis_db) == 1
+    SimpleWorker([Queue("rescore", connection=redis_db)], connection=redis_db).work(burst=True)
+    assert _batch(queued_runtime, run_id).finished_at is not None
+
+
+@pytest.mark.parametrize("minutes, swept", [(0, 0), (2, 1)])
+def test_batches_never_enqueued_are_swept_after_a_minute(queued_runtime, redis_db, minutes, swept):
+    from datetime import timedelta
+
+    from kyc.models import utcnow
+
+    seed(queued_runtime, 2)
+    jobs.start_run(queued_runtime, "all", reason="recorded while Redis was away")      # never dispatched
+    assert jobs.sweep_orphans(queued_runtime, redis_db, now=utcnow() + timedelta(minutes=minutes)) == swept
