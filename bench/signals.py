@@ -118,7 +118,7 @@ def main() -> None:
     rng = random.Random(7)
     items = inputs(n, rng)
     lists = {name: load_list(PROJECT_ROOT / "rules" / "lists" / f"{name}.txt")
-             for name in ("free_email_domains", "voip_prefixes", "hosting_asns")}
+             for name in ("free_email_domains", "voip_prefixes")}
     geoip = open_geoip(None, None, None)
     lookups = Lookups(lists, store=None, secret=b"bench-secret", geoip=geoip)
     warmup = inputs(2 * n, random.Random(11))
@@ -137,7 +137,7 @@ def main() -> None:
         fams = {
             "email": lambda i: email.email_signals(i.email, lists["free_email_domains"]),
             "phone": lambda i: phone.phone_signals(i.phone, None, lists["voip_prefixes"]),
-            "ip": lambda i: network.network_signals(i.ip, geoip, lists["hosting_asns"]),
+            "ip": lambda i: network.network_signals(i.ip, geoip),
             "device": lambda i: device.device_signals(i.user_agent, i.form_fill_ms, client_hints=i.client_hints,
                                                       timezone=i.timezone, locale=i.locale, at=AT),
         }
