@@ -144,6 +144,15 @@ def main() -> None:
         for name, fn in fams.items():
             report(name, timed(fn, items), base if name == "device" else None)
         if label.startswith("cold"):
+            # Parts of the families above, on the same inputs: the network-intelligence lookup
+            # (inside ip) and the positive browser model (inside device's parse).
+            parsed = [(network._address(i.ip), i) for i in items]
+            report("  of ip: netintel lookup", timed(lambda p: geoip.netintel.facts(p[0][0], None), parsed))
+            agents = [(device._ParsedAgent(i.user_agent), i.user_agent) for i in items]
+            report("  of device: browser model", timed(
+                lambda a: device._model_mismatch(a[1], a[0].browser.family, a[0].os.family,
+                                                 a[0].os.version[0] if a[0].os.version else None), agents))
+        if label.startswith("cold"):
             clear_caches()
         total = report("total (4 families + ids)",
                        timed(lambda i: _hashed(lookups, static_signals(i, lookups, AT)[1]), items))

@@ -102,15 +102,16 @@ _BROWSER_FORM = re.compile(r"^(?:Mozilla/[45]\.0 |Opera/9\.\d+ \()")
 # Characters no browser puts in its user agent: quotes, brackets of markup and templates, shell
 # and template sigils. Injection probes (${jndi:...}, ' OR 1=1, <script>) carry them.
 _PROBE = re.compile(r"[\"'<>{}$`\\]")
-_ENGINES = (   # (engine, token that proves it), most specific first
-    ("edgehtml", re.compile(r"\bEdge/1[2-9]\.")),
-    ("blink", re.compile(r"AppleWebKit/537\.36 .*\bChrome/\d+|\bCrMo/\d+")),
-    ("webkit", re.compile(r"AppleWebKit/\d+")),
-    ("gecko", re.compile(r"\brv:\d+(?:\.\d+)*\) Gecko/\d+")),
-    ("trident", re.compile(r"\bMSIE \d+\.\d+|\bTrident/\d+")),
-    ("presto", re.compile(r"\bPresto/\d+|^Opera/9\.\d+ \(")),
-    ("khtml", re.compile(r"\bKHTML/\d+")),
-    ("ucweb", re.compile(r"\bUCWEB|\bUCBrowser/?\d|\bU[23]/\d")),
+_UC_ENGINE = re.compile(r"U[23]/\d")
+_ENGINES = (   # (engine, test that proves it), most specific first; substring tests are cheap
+    ("edgehtml", re.compile(r"Edge/1[2-9]\.").search),
+    ("blink", lambda ua: ("AppleWebKit/537.36" in ua and "Chrome/" in ua) or "CrMo/" in ua),
+    ("webkit", lambda ua: "AppleWebKit/" in ua),
+    ("gecko", re.compile(r"rv:\d+(?:\.\d+)*\) Gecko/\d").search),
+    ("trident", lambda ua: "MSIE " in ua or "Trident/" in ua),
+    ("presto", lambda ua: "Presto/" in ua or ua.startswith("Opera/9.")),
+    ("khtml", lambda ua: "KHTML/" in ua),
+    ("ucweb", lambda ua: "UCWEB" in ua or "UCBrowser" in ua or _UC_ENGINE.search(ua) is not None),
 )
 # ua-parser families that are not a browser even with browser-like tokens: HTTP clients and
 # frameworks that copy a browser's user agent.
@@ -125,11 +126,11 @@ _OS_OF = {
 _WINDOWS_ONLY = frozenset({"IE", "IE Mobile", "IE Large Screen"})
 _CHROME_BUILDS = ((28, 1500), (44, 2403), (50, 2661), (60, 3112), (70, 3538), (80, 3987), (90, 4430),
                   (100, 4896), (110, 5481), (120, 6099), (130, 6723), (140, 7339))  # major, its first build
-_CHROME_VERSION = re.compile(r"\b(?:Chrome|CriOS|Chromium)/(\d+)\.(\d+)\.(\d+)")
-_EDG = re.compile(r"\bEdg(?:A|iOS)?/(\d+)")
-_FIREFOX = re.compile(r"\brv:(\d+)\.\d+\) Gecko/\S+ Firefox/(\d+)")
-_SAFARI = re.compile(r"AppleWebKit/(\d+)(?:\.(\d+))?.*\bVersion/(\d+)")
-_IOS_VERSION = re.compile(r"\bOS (\d+)_\d+(?:_\d+)? like Mac OS X")
+_CHROME_VERSION = re.compile(r"(?:Chrome|CriOS|Chromium)/(\d+)\.(\d+)\.(\d+)")
+_EDG = re.compile(r"Edg(?:A|iOS)?/(\d+)")
+_FIREFOX = re.compile(r"rv:(\d+)\.\d+\) Gecko/\S+ Firefox/(\d+)")
+_WEBKIT_BUILD = re.compile(r"AppleWebKit/(\d+)(?:\.(\d+))?")
+_SAFARI_VERSION = re.compile(r"Version/(\d+)")
 
 @cache
 def _parser() -> ua_parser.Parser:
@@ -168,7 +169,7 @@ def _model_mismatch(ua: str, family: str, os_family: str, os_major: Any) -> str 
     """Why this user agent is not a browser kyc recognises, or None. Date-free checks only."""
     if family in _NOT_BROWSERS or not _BROWSER_FORM.match(ua) or _PROBE.search(ua):
         return "unrecognised"
-    engine = next((name for name, token in _ENGINES if token.search(ua)), None)
+    engine = next((name for name, proves in _ENGINES if proves(ua)), None)
     if engine is None:
         return "unrecognised"
     if family in _OS_OF and os_family not in _OS_OF[family]:
@@ -196,16 +197,15 @@ def _model_mismatch(ua: str, family: str, os_family: str, os_major: Any) -> str 
             if major >= 4 and rv != major and not (rv == 109 and 110 <= major <= 119):
                 return "engine"                  # Firefox 110-119 froze rv at 109
     if engine == "webkit" and family in ("Safari", "Mobile Safari"):
-        safari = _SAFARI.search(ua)
-        if safari:
-            webkit, version = int(safari.group(1)), int(safari.group(3))
-            if version >= 13 and (webkit, int(safari.group(2) or 0)) != (605, 1):
+        build, version = _WEBKIT_BUILD.search(ua), _SAFARI_VERSION.search(ua)
+        if build and version:
+            webkit, safari = (int(build.group(1)), int(build.group(2) or 0)), int(version.group(1))
+            if safari >= 13 and webkit != (605, 1):
                 return "engine"                  # Safari 13+ froze WebKit at 605.1.15
-            if 11 <= version <= 12 and not 604 <= webkit <= 606:
+            if 11 <= safari <= 12 and not 604 <= webkit[0] <= 606:
                 return "engine"
-        if family == "Mobile Safari" and isinstance(os_major, int) and safari:
-            version = int(safari.group(3))
-            if os_major >= 8 and version != os_major and not (os_major == 18 and version >= 26):
+            if family == "Mobile Safari" and isinstance(os_major, int) and os_major >= 8 and safari != os_major \
+                    and not (os_major == 18 and safari >= 26):
                 return "engine"                  # iOS Safari's version is iOS's; iOS 26 reports OS 18_x
     if "iPhone" in ua and "Mobile/" not in ua and engine == "webkit":
         return "mobile"
