@@ -154,21 +154,21 @@ def main() -> None:
     parser.add_argument("--show", choices=("tuning", "held_out"), help="list the misclassified user agents of a split")
     args = parser.parse_args()
     names = args.corpus or [*BROWSER_CORPORA, *AUTOMATION_CORPORA]
-    print(f"{'corpus':<22}{'kind':<12}{'split':<10}{'n':>6}{'not allowed':>13}{'share':>9}   goal")
+    print(f"{'corpus':<26}{'kind':<12}{'split':<10}{'n':>6}{'not allowed':>13}{'share':>9}   goal")
     for name in names:
         kind = "browsers" if name in BROWSER_CORPORA else "automation"
         goal = f"<= {MAX_BROWSERS_NOT_ALLOWED:.0%}" if kind == "browsers" else f">= {MIN_AUTOMATION_NOT_ALLOWED:.0%}"
         for split in ("tuning", "held_out"):
-            m = measure(name, split)
-            print(f"{name:<22}{kind:<12}{split:<10}{m['n']:>6}{m['not_allowed']:>13}{m['share']:>9.2%}   {goal}")
+            m = held_out = measure(name, split)
+            print(f"{name:<26}{kind:<12}{split:<10}{m['n']:>6}{m['not_allowed']:>13}{m['share']:>9.2%}   {goal}")
             if args.show == split:
                 wrong = m["examples"] if kind == "browsers" else \
                     [(ua, "allow", []) for ua in corpus(name) if split_of(ua) == split and decision(ua)[0] == "allow"]
                 for ua, verdict, hits in wrong:
                     print(f"    {verdict:<7} {','.join(hits)[:60]:<60} {ua[:160]}")
         if args.show is None:
-            print(f"{'':<22}{'':<12}rules hit on the held-out split: "
-                  f"{', '.join(f'{r} {n}' for r, n in measure(name, 'held_out')['rules'].most_common(5)) or '-'}")
+            print(f"{'':<26}{'':<12}rules hit on the held-out split: "
+                  f"{', '.join(f'{r} {n}' for r, n in held_out['rules'].most_common(5)) or '-'}")
 
 
 if __name__ == "__main__":

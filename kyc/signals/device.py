@@ -1,4 +1,6 @@
-"""Device facts from the user agent, client hints, timezone, locale and form timing.
+"""Device facts from the user agent, client hints, timezone, locale and form timing, and whether
+the user agent is a browser kyc recognises (a positive model: a known family on its engine and
+system, with tokens of its version's era), not merely absent from a list of bots.
 
 The user agent is parsed by ua-parser 1.x (its Rust `regex` resolver, cached), and the result is
 handed to user-agents for its device-class rules (mobile, tablet, pc, bot). user-agents' own
