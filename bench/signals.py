@@ -118,7 +118,7 @@ def main() -> None:
     rng = random.Random(7)
     items = inputs(n, rng)
     lists = {name: load_list(PROJECT_ROOT / "rules" / "lists" / f"{name}.txt")
-             for name in ("free_email_domains", "voip_prefixes", "hosting_asns")}
+             for name in ("free_email_domains", "voip_prefixes")}
     geoip = open_geoip(None, None, None)
     lookups = Lookups(lists, store=None, secret=b"bench-secret", geoip=geoip)
     warmup = inputs(2 * n, random.Random(11))
@@ -137,12 +137,21 @@ def main() -> None:
         fams = {
             "email": lambda i: email.email_signals(i.email, lists["free_email_domains"]),
             "phone": lambda i: phone.phone_signals(i.phone, None, lists["voip_prefixes"]),
-            "ip": lambda i: network.network_signals(i.ip, geoip, lists["hosting_asns"]),
+            "ip": lambda i: network.network_signals(i.ip, geoip),
             "device": lambda i: device.device_signals(i.user_agent, i.form_fill_ms, client_hints=i.client_hints,
                                                       timezone=i.timezone, locale=i.locale, at=AT),
         }
         for name, fn in fams.items():
             report(name, timed(fn, items), base if name == "device" else None)
+        if label.startswith("cold"):
+            # Parts of the families above, on the same inputs: the network-intelligence lookup
+            # (inside ip) and the positive browser model (inside device's parse).
+            parsed = [(network._address(i.ip), i) for i in items]
+            report("  of ip: netintel lookup", timed(lambda p: geoip.netintel.facts(p[0][0], None), parsed))
+            agents = [(device._ParsedAgent(i.user_agent), i.user_agent) for i in items]
+            report("  of device: browser model", timed(
+                lambda a: device._model_mismatch(a[1], a[0].browser.family, a[0].os.family,
+                                                 a[0].os.version[0] if a[0].os.version else None), agents))
         if label.startswith("cold"):
             clear_caches()
         total = report("total (4 families + ids)",

@@ -592,15 +592,40 @@ def geoip_lookup(address: str) -> None:
     """Print the ip.* signals for ADDRESS with the configured (or bundled) databases."""
     import json
 
-    from kyc.engine.loader import load_list
     from kyc.signals import network
     from kyc.signals.geoip import open_geoip
 
     config = _config()
     readers = open_geoip(config.geoip_city_db or None, config.geoip_asn_db or None, config.geoip_anon_db or None)
-    hosting = config.rules_dir / "lists" / "hosting_asns.txt"
-    facts = network.network_signals(address, readers, load_list(hosting) if hosting.exists() else frozenset())
+    facts = network.network_signals(address, readers)
     click.echo(json.dumps(facts, indent=2))
+
+
+# --- netintel ---------------------------------------------------------------------------------
+
+@main.group()
+def netintel() -> None:
+    """Bundled network intelligence (datacenter, VPN, cloud, crawler, Tor, privacy relays)."""
+
+
+@netintel.command("build")
+@click.option("--from", "src", type=click.Path(file_okay=False, exists=True), required=True,
+              help="directory holding x4bnet-lists_vpn/, ipranges/ and tor/ (copies of the upstream repositories)")
+@click.option("--out", "outdir", type=click.Path(file_okay=False), default=None,
+              help="output directory (default: the package's kyc/data/netintel)")
+def netintel_build(src: str, outdir: str | None) -> None:
+    """Compile the lists into kyc-netintel.mmdb and the ASN lists, licences and SOURCE lines beside them."""
+    from pathlib import Path
+
+    from kyc import netintel_build as builder
+    from kyc.signals.netintel import DATA_DIR
+
+    try:
+        result = builder.build(Path(src), Path(outdir) if outdir else DATA_DIR)
+    except builder.BuildError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{result['file']}: {result['ranges']} listed ranges -> {result['networks']} networks, "
+               f"{result['records']} records, {result['bytes']} bytes")
 
 
 # --- signals ----------------------------------------------------------------------------------
@@ -758,8 +783,9 @@ def simulate(seed: int, legit: int, farms: int, farm_size: int, days: int, datab
     if runtime.redis is not None:
         runtime.redis.flushdb()
     app = create_app(runtime=runtime)
+    netintel = runtime.geoip.netintel
     signups = sim.history(seed, legit, farms, farm_size, days, runtime.geoip,
-                          runtime.rules.lists.get("hosting_asns", frozenset()))
+                          netintel.datacenter_asns if netintel else frozenset())
     click.echo(f"posting {len(signups)} signups (seed {seed}, {legit} legit, {farms} farm(s) of {farm_size})")
     result = sim.run(app.test_client(), {"Authorization": f"Bearer {key}"}, signups, echo=click.echo)
     decisions = ("allow", "verify", "review", "block")

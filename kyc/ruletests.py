@@ -4,7 +4,7 @@ A case file is a list of cases:
 
     - name: throwaway mailbox asks for a phone check
       subject: signup                 # optional when the file is named after the subject
-      input: {email: x@mailinator.com, ip: 8.8.8.8}   # a request body: real signal code, empty history
+      input: {email: x@mailinator.com, ip: 73.15.1.1}   # a request body: real signal code, empty history
       signals: {velocity: {ip_1h: 6}} # raw signals; with input, they override the computed ones
       expect:
         decision: verify
@@ -134,7 +134,7 @@ def _check_case(raw: Any, display: str, stem: str, schema: Schema, errors: list[
     if inp is None and signals is None:
         err("a case needs input or signals", None, "add input: {...} (a request body) or signals: {...}")
     if inp is not None and not isinstance(inp, dict):
-        err("input is a mapping: the request body", "input", "e.g. input: {email: a@b.com, ip: 8.8.8.8}")
+        err("input is a mapping: the request body", "input", "e.g. input: {email: a@b.com, ip: 73.15.1.1}")
     if signals is not None:
         _check_signals(signals, schema, lambda m, s: err(m, "signals", s))
     expect = raw.get("expect")

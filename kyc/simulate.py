@@ -77,7 +77,7 @@ class Networks:
             facts = geoip.lookup(addr)
             country = facts.get("country")
             if (country in wanted and facts.get("announced") and facts.get("asn") not in hosting_asns
-                    and not facts.get("hosting_provider")):
+                    and not facts.get("hosting") and not facts.get("vpn")):
                 octets = addr.packed
                 self.by_country[country].append((octets[0], octets[1], octets[2]))
                 if len(self.by_country[country]) >= per_country:

@@ -178,7 +178,7 @@ def signup(**fields) -> dict:
     body = {
         "account_id": "acct_1",
         "email": "jane.smith84@gmail.com",
-        "ip": "8.8.8.8",
+        "ip": "73.15.1.1",
         "phone": "+14155550123",
         "user_agent": ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
                        "Chrome/131.0.0.0 Safari/537.36"),
@@ -202,7 +202,7 @@ def payment(**fields) -> dict:
         "funding": "credit",
         "issuer_country": "US",
         "billing_country": "US",
-        "ip": "8.8.8.8",
+        "ip": "73.15.1.1",
         "device_id": "dv_1",
         "occurred_at": "2026-11-24T21:05:00Z",
     }

@@ -92,7 +92,7 @@ def test_signup_verify_and_clean_card_keep_the_signup_verifications(client, auth
 
 def test_both_verify_require_the_union_of_verifications(client, auth):
     client.post("/v1/signups", json=signup(email="x@mailinator.com"), headers=auth)
-    body = post(client, auth, billing_country="GB")          # issuer US, billing GB, IP (8.8.8.8) US
+    body = post(client, auth, billing_country="GB")          # issuer US, billing GB, IP (73.15.1.1) US
     assert (body["decision"], body["required_verifications"]) == ("verify", ["payment"])
     standing = account(client, auth)
     assert (standing["decision"], standing["required_verifications"]) == ("verify", ["phone", "payment"])
@@ -254,7 +254,7 @@ def test_an_allowed_card_completes_a_payment_verification(client, auth):
 
 def test_countries_compare_with_the_ip_country_from_geolocation(client, auth):
     client.post("/v1/signups", json=signup(), headers=auth)                 # phone +1 415: US
-    home = post(client, auth)                                                # US card, US billing, 8.8.8.8
+    home = post(client, auth)                                                # US card, US billing, 73.15.1.1
     assert home["signals"]["card"]["ip_country"] == "US" and home["decision"] == "allow" and home["score"] == 0
     abroad = post(client, auth, ip="193.0.6.139", occurred_at="2026-11-24T21:10:00Z")     # RIPE NCC, NL
     assert abroad["signals"]["card"]["ip_country"] == "NL"
@@ -276,7 +276,7 @@ def test_a_card_does_not_reset_the_traits_the_signup_gave_the_cluster(client, au
     from kyc.models import ClusterMember
 
     client.post("/v1/signups", json=signup(ip="52.94.0.1"), headers=auth)          # AWS: hosting
-    post(client, auth)                                                               # card from 8.8.8.8
+    post(client, auth)                                                               # card from 73.15.1.1
     with runtime.session() as s:
         assert s.get(ClusterMember, "acct_1").hosting is True
 

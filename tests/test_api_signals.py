@@ -36,7 +36,7 @@ def test_voip_number_from_another_country_than_the_ip(client, auth):
     assert "voip_phone_foreign_ip" not in _rules(home)
     # ... from a US network it is not.
     away = client.post("/v1/signups", json=signup(account_id="acct_2", email="sam.lee@example.org", device_id="dv_2",
-                                                  phone=GB_VOIP, ip="8.8.8.8"),
+                                                  phone=GB_VOIP, ip="73.15.1.1"),
                        headers=auth).json
     assert away["signals"]["ip"]["phone_country_mismatch"] is True
     assert {"voip_phone_foreign_ip", "phone_country_mismatch"} <= set(_rules(away))
@@ -67,7 +67,7 @@ def test_missing_optional_inputs_leave_their_signals_missing(client, auth):
 
 
 def test_new_identifier_kinds_are_recorded_as_keyed_hashes(client, auth, runtime):
-    client.post("/v1/signups", json=signup(email="Mark.Hale84@gmail.com", ip="8.8.8.8"), headers=auth)
+    client.post("/v1/signups", json=signup(email="Mark.Hale84@gmail.com", ip="73.15.1.1"), headers=auth)
     with runtime.session() as session:
         kinds = {row.kind: row.value_hash for row in session.execute(select(Sighting)).scalars()}
     assert {"email", "email_domain", "email_template", "phone", "phone_range", "ip", "ip_prefix", "asn",

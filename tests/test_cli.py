@@ -94,4 +94,4 @@ def test_serve_on_embedded_defaults_migrates_prints_the_dev_key_and_scores(tmp_p
     assert answer["account_id"] == "acct_1" and answer["evaluation_id"].startswith("ev_")
     assert (tmp_path / "var" / "kyc.db").exists() and (tmp_path / "var" / "secret.key").exists()
     assert "development API key (embedded default only): kyc_dev_local_only" in output
-    assert "jane" not in output.lower() and "8.8.8.8" not in output      # PII never logged in full
+    assert "jane" not in output.lower() and "73.15.1.1" not in output      # PII never logged in full

@@ -154,7 +154,7 @@ def test_shadow_rules_are_recorded_and_never_act(tmp_path):
 
 def test_shadow_reason_is_stored_with_the_evaluation(client, auth):
     body = client.post("/v1/signups", headers=auth, json={
-        "account_id": "acct_shadow", "email": "qwzx83741920xk@gmail.com", "ip": "8.8.8.8",
+        "account_id": "acct_shadow", "email": "qwzx83741920xk@gmail.com", "ip": "73.15.1.1",
         "user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
                       "Chrome/131.0.0.0 Safari/537.36", "form_fill_ms": 5000}).json
     assert (body["decision"], body["score"]) == ("allow", 0)

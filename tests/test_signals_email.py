@@ -93,3 +93,25 @@ def test_template_links_names_generated_from_one_pattern():
     first = dict(email_identifiers("Mark.Hale84@gmail.com"))["email_template"]
     second = dict(email_identifiers("Lisa.Wong19@gmail.com"))["email_template"]
     assert first == second == "Llll.Llll99@gmail.com"
+
+
+@pytest.mark.parametrize("address, relay", [
+    ("k7x2mq9d4f@privaterelay.appleid.com", "apple_hide_my_email"),
+    ("abc123xyz@mozmail.com", "firefox_relay"),
+    ("shop.x7q2@jane.mozmail.com", "firefox_relay"),            # per-user subdomain
+    ("quick-brown-fox@duck.com", "duckduckgo"),
+    ("random_word123@aleeas.com", "simplelogin"),
+    ("newsletter@jane.addy.io", "addy"),
+    ("fluffy.cat42@passmail.net", "proton_pass"),
+])
+def test_privacy_relays_are_their_own_fact_not_disposable(address, relay):
+    facts = email_signals(address, frozenset())
+    assert facts["privacy_relay"] == relay
+    assert facts["disposable"] is False
+
+
+def test_ordinary_and_throwaway_domains_are_no_relay():
+    assert "privacy_relay" not in email_signals("jane.smith84@gmail.com", frozenset())
+    assert "privacy_relay" not in email_signals("x@icloud.com", frozenset())
+    throwaway = email_signals("x7k2q9@mailinator.com", frozenset())
+    assert throwaway["disposable"] is True and "privacy_relay" not in throwaway

@@ -16,7 +16,6 @@ from kyc.signals import network
 from kyc.signals.geoip import BUNDLED_ASN, BUNDLED_COUNTRY, GeoIPError, open_geoip
 
 MAXMIND = Path(__file__).parent / "data" / "maxmind"
-HOSTING = load_list(PROJECT_ROOT / "rules" / "lists" / "hosting_asns.txt")
 
 
 @pytest.fixture(scope="module")
@@ -35,48 +34,49 @@ def test_readers_are_opened_once_per_process(bundled):
     assert open_geoip(None, None, None) is bundled
 
 
-def test_google_public_dns_is_googles_network_not_a_hosting_provider(bundled):
+def test_google_public_dns_is_on_googles_listed_network(bundled):
+    # X4B's datacenter list holds AS15169 and ipranges publishes Google's ranges: not an eyeball network.
     for ip in ("8.8.8.8", "2001:4860:4860::8888"):
-        facts = network.network_signals(ip, bundled, HOSTING)
-        assert facts["asn"] == 15169 and facts["asn_org"] == "Google LLC" and facts["hosting"] is False
-    assert network.network_signals("8.8.8.8", bundled, HOSTING)["country"] == "US"
+        facts = network.network_signals(ip, bundled)
+        assert facts["asn"] == 15169 and facts["asn_org"] == "Google LLC"
+        assert facts["hosting"] is True and facts["cloud"] == "google" and "privacy_relay" not in facts
+    assert network.network_signals("8.8.8.8", bundled)["country"] == "US"
 
 
 @pytest.mark.parametrize("ip, asn, country", [
     ("34.120.0.1", 396982, None),                  # Google Cloud
-    ("1.1.1.1", 13335, None),                      # Cloudflare DNS (located wherever DB-IP says)
     ("52.94.0.1", 16509, None),                    # Amazon AWS
     ("20.0.0.1", 8075, None),                      # Microsoft Azure
     ("167.99.0.1", 14061, None),                   # DigitalOcean
 ])
 def test_well_known_networks_with_the_bundled_data(bundled, ip, asn, country):
-    facts = network.network_signals(ip, bundled, HOSTING)
+    facts = network.network_signals(ip, bundled)
     assert facts["asn"] == asn and facts["announced"] is True
-    assert facts["hosting"] is True               # all of these are cloud / hosting / CDN networks
+    assert facts["hosting"] is True               # all of these are cloud / hosting networks
     assert len(facts["country"]) == 2
     if country:
         assert facts["country"] == country
 
 
 def test_bundled_data_gives_country_and_network_not_city(bundled):
-    facts = network.network_signals("8.8.8.8", bundled, HOSTING)
+    facts = network.network_signals("8.8.8.8", bundled)
     assert facts["asn_org"] == "Google LLC" and facts["country"] == "US"
     # City, region and location need a city-level file (KYC_GEOIP_CITY_DB or --only city).
     assert not {"city", "region", "latitude", "longitude"} & set(facts)
-    home = network.network_signals("81.2.69.160", bundled, HOSTING)     # Andrews & Arnold, a UK ISP
+    home = network.network_signals("81.2.69.160", bundled)     # Andrews & Arnold, a UK ISP
     assert home["country"] == "GB" and home["asn"] == 20712 and home["hosting"] is False
 
 
 def test_ipv4_mapped_ipv6_is_the_ipv4_address(bundled):
-    mapped = network.network_signals("::ffff:8.8.8.8", bundled, HOSTING)
-    assert mapped == network.network_signals("8.8.8.8", bundled, HOSTING)
+    mapped = network.network_signals("::ffff:8.8.8.8", bundled)
+    assert mapped == network.network_signals("8.8.8.8", bundled)
     assert ("ip", "8.8.8.8") in network.network_identifiers("::ffff:8.8.8.8")
 
 
 @pytest.mark.parametrize("ip", ["10.0.0.1", "192.168.1.20", "127.0.0.1", "100.64.0.1", "169.254.1.1",
                                 "203.0.113.7", "::1", "fe80::1", "fc00::1", "2001:db8::1", "240.0.0.1"])
 def test_private_reserved_and_documentation_ranges(bundled, ip):
-    facts = network.network_signals(ip, bundled, HOSTING)
+    facts = network.network_signals(ip, bundled)
     assert facts["private"] is True
     assert "asn" not in facts and "country" not in facts and "hosting" not in facts
 
@@ -90,23 +90,23 @@ def test_prefix_for_velocity_and_linking():
 
 @pytest.mark.parametrize("ip", [None, "", "999.1.1.1", "8.8.8", "not an ip", "1.2.3.4/24", 12345, "::ffff::1"])
 def test_absent_or_malformed_ip_gives_missing_signals(bundled, ip):
-    assert network.network_signals(ip, bundled, HOSTING) == {}
+    assert network.network_signals(ip, bundled) == {}
     assert network.network_identifiers(ip) == []
 
 
 def test_maxmind_databases_through_the_settings(maxmind):
-    london = network.network_signals("81.2.69.160", maxmind, HOSTING)
+    london = network.network_signals("81.2.69.160", maxmind)
     assert (london["country"], london["region"], london["city"]) == ("GB", "England", "London")
     assert london["latitude"] == pytest.approx(51.5142)
-    telstra = network.network_signals("1.128.0.1", maxmind, HOSTING)
+    telstra = network.network_signals("1.128.0.1", maxmind)
     assert telstra["asn"] == 1221 and telstra["asn_org"] == "Telstra Pty Ltd" and telstra["hosting"] is False
-    vpn = network.network_signals("1.2.0.1", maxmind, HOSTING)
+    vpn = network.network_signals("1.2.0.1", maxmind)
     assert vpn["anonymous"] is True and vpn["vpn"] is True and vpn["tor"] is False
-    tor = network.network_signals("1.124.213.1", maxmind, HOSTING)
+    tor = network.network_signals("1.124.213.1", maxmind)
     assert tor["tor"] is True
     # MaxMind's test file marks 81.2.69.160 as everything, hosting provider included.
     assert london["tor"] and london["residential_proxy"] and london["hosting"] is True
-    clean = network.network_signals("89.160.20.112", maxmind, HOSTING)
+    clean = network.network_signals("89.160.20.112", maxmind)
     assert clean["country"] == "SE" and clean["anonymous"] is False and clean["vpn"] is False
 
 
@@ -119,10 +119,10 @@ def test_anonymous_ip_file_written_with_mmdb_writer(tmp_path):
     path = tmp_path / "anon.mmdb"
     writer.to_db_file(str(path))
     readers = open_geoip(str(MAXMIND / "GeoIP2-City-Test.mmdb"), str(MAXMIND / "GeoLite2-ASN-Test.mmdb"), str(path))
-    proxy = network.network_signals("81.2.69.160", readers, HOSTING)
+    proxy = network.network_signals("81.2.69.160", readers)
     assert proxy["public_proxy"] is True and proxy["hosting"] is False
     # Documentation ranges are private for kyc, so the anonymous facts of 198.51.100/24 never apply.
-    assert "hosting" not in network.network_signals("198.51.100.1", readers, HOSTING)
+    assert "hosting" not in network.network_signals("198.51.100.1", readers)
 
 
 def test_a_configured_file_of_the_wrong_type_is_refused():
@@ -156,7 +156,7 @@ def test_settings_point_the_runtime_at_maxmind_files(tmp_path):
     try:
         assert runtime.geoip is open_geoip(*env.values())           # one set of readers per process
         assert runtime.geoip.anon is not None
-        facts = network.network_signals("1.128.0.1", runtime.geoip, HOSTING)
+        facts = network.network_signals("1.128.0.1", runtime.geoip)
         assert facts["asn"] == 1221
     finally:
         runtime.engine.dispose()

@@ -214,7 +214,7 @@ def test_response_carries_card_and_ip_families(client, auth):
     facts = body["signals"]["card"]
     assert facts["brand"] == "mastercard" and facts["funding"] == "prepaid" and facts["prepaid"] is True
     assert facts["bin_known"] is True and "issuer_country" not in facts
-    assert body["signals"]["ip"]["prefix"] == "8.8.8.0/24"
+    assert body["signals"]["ip"]["prefix"] == "73.15.1.0/24"
 
 
 def test_operator_bin_table_is_used(database_url, make_config, tmp_path):

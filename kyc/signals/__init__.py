@@ -68,7 +68,7 @@ def _hashed(lookups: Lookups, raw: list[tuple[str, str]]) -> Identifiers:
 def static_signals(inp: SignupInput, lookups: Lookups, at: datetime) -> tuple[Signals, list[tuple[str, str]]]:
     """The signals that need no history: email, phone, ip, device; and the raw identifiers."""
     lists = lookups.lists
-    ip_facts = network.network_signals(inp.ip, lookups.geoip, lists.get("hosting_asns", frozenset()))
+    ip_facts = network.network_signals(inp.ip, lookups.geoip)
     phone_facts = phone.phone_signals(inp.phone, inp.phone_region, lists.get("voip_prefixes", frozenset()))
     device_facts = device.device_signals(inp.user_agent, inp.form_fill_ms, client_hints=inp.client_hints,
                                          timezone=inp.timezone, locale=inp.locale, at=at)
@@ -104,7 +104,7 @@ CARD_TESTING_WINDOW = timedelta(hours=24)
 
 def payment_method_signals(inp: PaymentMethodInput, lookups: Lookups, at: datetime
                            ) -> tuple[Signals, Identifiers]:
-    ip_facts = network.network_signals(inp.ip, lookups.geoip, lookups.lists.get("hosting_asns", frozenset()))
+    ip_facts = network.network_signals(inp.ip, lookups.geoip)
     identifiers = _hashed(lookups, [
         *payment.payment_identifiers(inp),
         *network.network_identifiers(inp.ip, ip_facts.get("asn")),

@@ -1,4 +1,6 @@
-"""Device facts from the user agent, client hints, timezone, locale and form timing.
+"""Device facts from the user agent, client hints, timezone, locale and form timing, and whether
+the user agent is a browser kyc recognises (a positive model: a known family on its engine and
+system, with tokens of its version's era), not merely absent from a list of bots.
 
 The user agent is parsed by ua-parser 1.x (its Rust `regex` resolver, cached), and the result is
 handed to user-agents for its device-class rules (mobile, tablet, pc, bot). user-agents' own
@@ -38,6 +40,20 @@ FIELDS = (
                                       "curl, ...).", "python-requests", "kyc"),
     Field("device.non_browser", "bool", "The user agent does not start like any browser's (Mozilla/, Opera/): "
                                         "an app, script or tool.", False, "kyc"),
+    Field("device.real_browser", "bool",
+          "The user agent is a browser kyc recognises, whose parts fit together: a known browser family on a "
+          "rendering engine it ships with (Blink, WebKit, Gecko, Trident, EdgeHTML, Presto), on an operating "
+          "system it runs on (Safari only on Apple systems, every iOS browser on WebKit, Internet Explorer only on "
+          "Windows), with engine tokens of its version's era (Safari's WebKit build, Firefox's rv:, Chrome's build "
+          "number, Edge's Chromium), a version already released at the event time, and client hints that agree. "
+          "Old but real browsers (ESR, old iPhones, smart TVs) are real browsers. False for bots, HTTP "
+          "libraries, apps' own clients, unknown strings and injection probes.", True, "kyc (ua-parser family)"),
+    Field("device.browser_mismatch", "str",
+          "Why the user agent is not a real browser: unrecognised (no known browser and engine: a library, app, "
+          "tool, unknown string or probe), bot (a bot or automation marker), os (family on a system it does not "
+          "run on), engine (engine tokens that do not fit the family or its version), mobile (an iPhone without "
+          "its Mobile token), version (not released at the event time), hints (client hints disagree).", "engine",
+          "kyc"),
     Field("device.ua_missing", "bool", "No user agent was sent.", False, "input"),
     Field("device.hints_platform_mismatch", "bool", "sec-ch-ua-platform names another OS than the user agent "
                                                     "(UA says Windows, hints say Linux).", False, "client hints"),
@@ -75,10 +91,48 @@ _PLATFORMS = {  # ua-parser OS family -> sec-ch-ua-platform value
     "Android": "Android", "Chrome OS": "Chrome OS", "iOS": "iOS",
 }
 # Self-declared robots: real browsers never put these words or a contact URL in their user agent.
-_SELF_DECLARED_BOT = re.compile(r"bot\b|bot[/_-]|robot|crawl|spider|scrap|slurp|https?://|\+http|www\.|"
+_SELF_DECLARED_BOT = re.compile(r"(?<!cu)bot\b|bot[/_-]|robot|crawl|spider|scrap|slurp|https?://|\+http|www\.|"
                                 r"checker|monitor|validator|fetcher|archiver|scanner|preview", re.IGNORECASE)
 _BRAND = re.compile(r'"([^"]*)"\s*;\s*v\s*=\s*"(\d+)')
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z]{4})?[-_]([A-Za-z]{2}|\d{3})(?:[-_.@]|$)")
+
+# --- the positive model of a browser ----------------------------------------------------------
+# What a browser's user agent is made of: the form every browser since the late 1990s sends, and
+# one rendering engine's tokens. Apps' own HTTP clients (Dalvik, CFNetwork, okhttp), libraries,
+# tools and unknown strings have neither.
+_BROWSER_FORM = re.compile(r"^(?:Mozilla/[45]\.0 |Opera/9\.\d+ \()")
+# Characters no browser puts in its user agent: quotes, brackets of markup and templates, shell
+# and template sigils. Injection probes (${jndi:...}, ' OR 1=1, <script>) carry them.
+_PROBE = re.compile(r"[\"'<>{}$`\\]")
+_UC_ENGINE = re.compile(r"U[23]/\d")
+_ENGINES = (   # (engine, test that proves it), most specific first; substring tests are cheap
+    ("edgehtml", re.compile(r"Edge/1[2-9]\.").search),
+    ("blink", lambda ua: ("AppleWebKit/537.36" in ua and "Chrome/" in ua) or "CrMo/" in ua),
+    ("webkit", lambda ua: "AppleWebKit/" in ua),
+    ("gecko", re.compile(r"rv:\d+(?:\.\d+)*\) Gecko/\d").search),
+    ("trident", lambda ua: "MSIE " in ua or "Trident/" in ua),
+    ("presto", lambda ua: "Presto/" in ua or ua.startswith("Opera/9.")),
+    ("khtml", lambda ua: "KHTML/" in ua),
+    ("ucweb", lambda ua: "UCWEB" in ua or "UCBrowser" in ua or _UC_ENGINE.search(ua) is not None),
+)
+# ua-parser families that are not a browser even with browser-like tokens: HTTP clients and
+# frameworks that copy a browser's user agent.
+_NOT_BROWSERS = frozenset({"Other", "HeadlessChrome", "PhantomJS", "Electron", "Python Requests", "curl",
+                           "Java", "Apache-HttpClient", "okhttp", "Go-http-client", "Python-urllib"})
+# Families that run only on some systems (ua-parser OS families).
+_APPLE_OS = frozenset({"Mac OS X", "iOS", "Mac OS", "ATV OS X", "tvOS", "iPadOS", "watchOS"})
+_OS_OF = {
+    "Mobile Safari": frozenset({"iOS"}), "Mobile Safari UI/WKWebView": frozenset({"iOS"}),
+    "Chrome Mobile iOS": frozenset({"iOS"}), "Firefox iOS": frozenset({"iOS"}), "Edge Mobile iOS": frozenset({"iOS"}),
+}
+_WINDOWS_ONLY = frozenset({"IE", "IE Mobile", "IE Large Screen"})
+_CHROME_BUILDS = ((28, 1500), (44, 2403), (50, 2661), (60, 3112), (70, 3538), (80, 3987), (90, 4430),
+                  (100, 4896), (110, 5481), (120, 6099), (130, 6723), (140, 7339))  # major, its first build
+_CHROME_VERSION = re.compile(r"(?:Chrome|CriOS|Chromium)/(\d+)\.(\d+)\.(\d+)")
+_EDG = re.compile(r"Edg(?:A|iOS)?/(\d+)")
+_FIREFOX = re.compile(r"rv:(\d+)\.\d+\) Gecko/\S+ Firefox/(\d+)")
+_WEBKIT_BUILD = re.compile(r"AppleWebKit/(\d+)(?:\.(\d+))?")
+_SAFARI_VERSION = re.compile(r"Version/(\d+)")
 
 @cache
 def _parser() -> ua_parser.Parser:
@@ -98,6 +152,66 @@ class _ParsedAgent(UserAgent):
         self.os = parse_operating_system(*((os_.family, os_.major, os_.minor, os_.patch) if os_ else ("Other",)))
         self.device = parse_device(*((device.family, device.brand, device.model) if device
                                      else ("Other", None, None)))
+
+
+def _chrome_build_fits(major: int, build: int) -> bool:
+    """Chrome's build number grows with its major version (M120 shipped builds 6099.x): a build
+    far from its major's (interpolated) first build is a generated string. Reduced user agents
+    send M.0.0.0."""
+    if build == 0 or major < _CHROME_BUILDS[0][0]:
+        return True
+    below = [p for p in _CHROME_BUILDS if p[0] <= major][-1]
+    above = next((p for p in _CHROME_BUILDS if p[0] > major), None)
+    (m0, b0), (m1, b1) = (below, above) if above else (_CHROME_BUILDS[-2], _CHROME_BUILDS[-1])
+    expected = b0 + (b1 - b0) * (major - m0) / (m1 - m0)
+    return abs(build - expected) <= 250
+
+
+def _model_mismatch(ua: str, family: str, os_family: str, os_major: Any) -> str | None:
+    """Why this user agent is not a browser kyc recognises, or None. Date-free checks only."""
+    if family in _NOT_BROWSERS or not _BROWSER_FORM.match(ua) or _PROBE.search(ua):
+        return "unrecognised"
+    engine = next((name for name, proves in _ENGINES if proves(ua)), None)
+    if engine is None:
+        return "unrecognised"
+    if family in _OS_OF and os_family not in _OS_OF[family]:
+        return "os"
+    if family == "Safari" and "Version/" in ua and os_family not in _APPLE_OS and os_family != "Other" \
+            and not ("SmartTV" in ua or "Web0S" in ua or "Tizen" in ua):
+        return "os"                              # Apple's Safari (Version/N) runs on Apple systems only
+    if family in _WINDOWS_ONLY and not os_family.startswith("Windows"):
+        return "os"
+    if os_family == "iOS" and engine not in ("webkit",):
+        return "engine"                          # every iOS browser is WebKit (Apple's App Store rule)
+    if family == "Chrome" and os_family == "iOS":
+        return "os"                              # Chrome on iOS says CriOS
+    if engine == "blink":
+        version = _CHROME_VERSION.search(ua)
+        if version and not _chrome_build_fits(int(version.group(1)), int(version.group(3))):
+            return "engine"
+        edge = _EDG.search(ua)
+        if edge and version and int(edge.group(1)) >= 79 and int(edge.group(1)) != int(version.group(1)):
+            return "engine"                      # Chromium Edge's major is its Chromium's major
+    if engine == "gecko" and "Firefox/" in ua:
+        firefox = _FIREFOX.search(ua)
+        if firefox:
+            rv, major = int(firefox.group(1)), int(firefox.group(2))
+            if major >= 4 and rv != major and not (rv == 109 and 110 <= major <= 119):
+                return "engine"                  # Firefox 110-119 froze rv at 109
+    if engine == "webkit" and family in ("Safari", "Mobile Safari"):
+        build, version = _WEBKIT_BUILD.search(ua), _SAFARI_VERSION.search(ua)
+        if build and version:
+            webkit, safari = (int(build.group(1)), int(build.group(2) or 0)), int(version.group(1))
+            if safari >= 13 and webkit != (605, 1):
+                return "engine"                  # Safari 13+ froze WebKit at 605.1.15
+            if 11 <= safari <= 12 and not 604 <= webkit[0] <= 606:
+                return "engine"
+            if family == "Mobile Safari" and isinstance(os_major, int) and os_major >= 8 and safari != os_major \
+                    and not (os_major == 18 and safari >= 26):
+                return "engine"                  # iOS Safari's version is iOS's; iOS 26 reports OS 18_x
+    if "iPhone" in ua and "Mobile/" not in ua and engine == "webkit":
+        return "mobile"
+    return None
 
 
 @lru_cache(maxsize=16384)
@@ -129,6 +243,11 @@ def _ua_facts(ua: str) -> dict[str, Any]:
         facts["browser_major"] = major
     if marker:
         facts["automation"] = marker.rstrip("/ (")
+    os_major = parsed.os.version[0] if parsed.os.version else None
+    mismatch = "bot" if bot else _model_mismatch(ua, parsed.browser.family, parsed.os.family, os_major)
+    facts["real_browser"] = mismatch is None
+    if mismatch:
+        facts["browser_mismatch"] = mismatch
     return facts
 
 
@@ -209,10 +328,17 @@ def device_signals(user_agent: str | None, form_fill_ms: int | None, *, client_h
             current = current_major(facts["browser"], at.date())
             if current is not None:
                 facts["browser_versions_behind"] = max(0, current - facts["browser_major"])
+                if facts["real_browser"] and facts["browser_major"] > current + 1:   # beta/dev are a step ahead
+                    facts.update(real_browser=False, browser_mismatch="version")
     else:
         facts = {"ua_missing": True}
     if client_hints and isinstance(client_hints, dict):
         facts.update(_hints_facts(client_hints, facts))
+        if facts.get("real_browser") and (facts.get("hints_platform_mismatch") or facts.get("hints_mobile_mismatch")
+                                          or facts.get("hints_browser_mismatch")):
+            facts.update(real_browser=False, browser_mismatch="hints")
+        elif facts.get("bot") and facts.get("real_browser"):        # HeadlessChrome in the hints
+            facts.update(real_browser=False, browser_mismatch="bot")
     zone_country = timezone_country(timezone)
     if zone_country:
         facts["timezone_country"] = zone_country

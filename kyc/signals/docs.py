@@ -25,8 +25,11 @@ canonical form), `email_domain`, `email_template` (local-part shape + domain), `
 `phone_range` (E.164 without its last 3 digits), `ip`, `ip_prefix` (/24 or /64), `asn`, `device`.
 
 Data shipped with kyc and where it comes from: `kyc/data/geoip/ATTRIBUTION.txt` (DB-IP Lite,
-RouteViews, NRO; CC BY 4.0, rebuilt by `kyc geoip build`), `kyc/data/letter_bigrams.json`
-(`kyc signals bigrams`), and the operator-edited lists in `rules/lists/`. MaxMind's own databases
+RouteViews, NRO; CC BY 4.0, rebuilt by `kyc geoip build`), `kyc/data/netintel/` (datacenter,
+VPN, cloud, crawler, Tor and privacy-relay ranges from X4B lists_vpn, MIT, lord-alfred/ipranges,
+CC0, and a Tor exit list, MIT; licences and SOURCE lines beside the data; rebuilt from newer
+copies by `kyc netintel build --from DIR`), `kyc/data/letter_bigrams.json` (`kyc signals
+bigrams`), and the operator-edited lists in `rules/lists/`. MaxMind's own databases
 replace the bundled ones through `KYC_GEOIP_CITY_DB`, `KYC_GEOIP_ASN_DB` and `KYC_GEOIP_ANON_DB`.
 
 **Phone line types.** phonenumbers types a number as VoIP only where the country's metadata

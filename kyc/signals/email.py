@@ -27,6 +27,11 @@ FIELDS = (
                                              "+tag or -keyword that the provider ignores).", False, "kyc"),
     Field("email.disposable", "bool", "Domain (or a parent domain) is a known throwaway provider.", False,
           "disposable-email-domains package"),
+    Field("email.privacy_relay", "str", "The domain is a privacy relay's that forwards to a real mailbox: "
+                                        "apple_hide_my_email, firefox_relay, duckduckgo, simplelogin, addy, "
+                                        "proton_pass, 33mail. Random-looking local parts are normal there; these "
+                                        "are not throwaway mailboxes.", "firefox_relay",
+          "kyc (the relays' published domains)"),
     Field("email.free", "bool", "Domain is a free-mail provider.", True, "rules/lists/free_email_domains.txt"),
     Field("email.role", "bool", "The local part is a role or shared mailbox (admin@, info@, support@, ...).",
           False, "kyc"),
@@ -60,6 +65,21 @@ _DOMAIN_ALIAS = {"googlemail.com": "gmail.com", "protonmail.com": "proton.me", "
                  "pm.me": "proton.me", "me.com": "icloud.com", "mac.com": "icloud.com"}
 _PLUS_TAGS = {"gmail", "outlook", "proton", "icloud", "fastmail"}
 
+# Privacy relays: an alias that forwards to the user's real mailbox (each service's documented
+# alias domains; addy.io, Firefox Relay and 33mail also give each user a subdomain).
+PRIVACY_RELAYS = {
+    "privaterelay.appleid.com": "apple_hide_my_email",
+    "mozmail.com": "firefox_relay", "relay.firefox.com": "firefox_relay",
+    "duck.com": "duckduckgo",
+    "simplelogin.com": "simplelogin", "simplelogin.co": "simplelogin", "simplelogin.fr": "simplelogin",
+    "aleeas.com": "simplelogin", "slmail.me": "simplelogin", "slmails.com": "simplelogin",
+    "silomails.com": "simplelogin", "8alias.com": "simplelogin", "8shield.net": "simplelogin",
+    "addy.io": "addy", "anonaddy.com": "addy", "anonaddy.me": "addy",
+    "passmail.net": "proton_pass", "passmail.com": "proton_pass", "passinbox.com": "proton_pass",
+    "passfwd.com": "proton_pass",
+    "33mail.com": "33mail",
+}
+
 # RFC 2142 mailbox names and common shared inboxes.
 ROLE_LOCAL_PARTS = frozenset({
     "abuse", "accounts", "admin", "administrator", "billing", "careers", "contact", "help", "hello", "hostmaster",
@@ -78,6 +98,12 @@ def is_disposable(domain: str) -> bool:
         return True
     parts = domain.split(".")
     return any(".".join(parts[i:]) in DISPOSABLE_DOMAINS for i in range(1, len(parts) - 1))
+
+
+def privacy_relay(domain: str) -> str | None:
+    parts = domain.split(".")
+    return next((PRIVACY_RELAYS[".".join(parts[i:])] for i in range(len(parts) - 1)
+                 if ".".join(parts[i:]) in PRIVACY_RELAYS), None)
 
 
 def canonical(local: str, domain: str) -> str:
@@ -191,6 +217,9 @@ def email_signals(address: str | None, free_domains: frozenset) -> dict[str, Any
     provider = _PROVIDER_OF.get(domain)
     if provider:
         facts["provider"] = provider
+    relay = privacy_relay(domain)
+    if relay:
+        facts["privacy_relay"] = relay
     score = randomness(bare)
     if score is not None:
         facts["local_randomness"] = score

