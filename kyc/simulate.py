@@ -251,21 +251,26 @@ def _device_id(rng: random.Random) -> str:
     return "dv_" + "".join(rng.choice(string.ascii_lowercase) for _ in range(14))
 
 
+_MOBILE_TYPES = (PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE)
+
+
 def _mobile(rng: random.Random, region: str, block: str | None = None) -> str:
-    """A valid mobile number of the region; within `block` (E.164 without its last 3 digits) if given."""
+    """A valid mobile number of the region, spread over its numbering plan as subscribers' are;
+    within `block` (E.164 without its last 3 digits) if given."""
     example = phonenumbers.example_number_for_type(region, PhoneNumberType.MOBILE)
-    for _ in range(200):
+    for _ in range(400):
         if block:
             candidate = block + f"{rng.randrange(1000):03d}"
         else:
             national = str(example.national_number)
-            keep = max(len(national) - 6, 1)
+            keep = max(len(national) - 8, 1)
             candidate = f"+{example.country_code}{national[:keep]}" + "".join(
                 rng.choice(string.digits) for _ in range(len(national) - keep))
         parsed = phonenumbers.parse(candidate)
         # Numbers of 13+ digits that pass the Luhn check are refused as card numbers by the API
         # (a known limitation of the card-number guard); draw another.
-        if phonenumbers.is_valid_number(parsed) and not contains_card_number(candidate):
+        if (phonenumbers.is_valid_number(parsed) and not contains_card_number(candidate)
+                and phonenumbers.number_type(parsed) in _MOBILE_TYPES):
             return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     return phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)
 
@@ -295,8 +300,9 @@ def _relay_address(rng: random.Random) -> str:
     domain = _weighted(rng, PRIVACY_RELAYS)
     alnum = string.ascii_lowercase + string.digits
     if domain == "duck.com":
-        local = "-".join(rng.choice(["quiet", "amber", "river", "stone", "maple", "swift", "cloud", "lunar"])
-                         for _ in range(3))
+        local = "-".join(rng.choice(["quiet", "amber", "river", "stone", "maple", "swift", "cloud", "lunar",
+                                     "ember", "frost", "cedar", "tidal", "opal", "brisk", "hazel", "north"])
+                         for _ in range(3)) + str(rng.randrange(10, 99))
     elif domain == "simplelogin.com":
         local = f"{rng.choice(FIRST)}.{rng.choice(LAST)}{rng.randrange(100, 999)}"
     else:
@@ -399,6 +405,7 @@ def legit_population(rng: random.Random, count: int, start: datetime, days: floa
     companies = [f"{rng.choice(LAST)}{rng.choice(['corp', 'labs', 'group', 'media', 'works'])}{i}.com"
                  for i in range(200)]
     households: list[dict] = []
+    mailboxes: set[str] = set()
     for i in range(count):
         account = f"legit_{i}"
         region = rng.choices(_REGIONS, _REGION_WEIGHTS)[0]
@@ -412,8 +419,10 @@ def legit_population(rng: random.Random, count: int, start: datetime, days: floa
         device = _device_id(rng)
         household = None
         draw = rng.random()
-        if households and rng.random() < SHARES["shared_device"]:
-            household = rng.choice(households[-300:])              # a family member's computer, at home
+        open_households = [h for h in households[-300:] if h["members"] < 3]   # two or three to a device
+        if open_households and rng.random() < SHARES["shared_device"]:
+            household = rng.choice(open_households)                 # a family member's computer, at home
+            household["members"] += 1
             device, region, browser = household["device"], household["region"], household["browser"]
             tz, locale, _ = COUNTRIES[region]
             ip = networks.rotate(household["v6"]) if household["v6"] else household["ip"]
@@ -443,10 +452,12 @@ def legit_population(rng: random.Random, count: int, start: datetime, days: floa
             ip = networks.rotate(prefix) if prefix else networks.home_v4(region)
             if prefix:
                 traits.add("ipv6_rotation")
-            households.append({"device": device, "region": region, "browser": browser, "v6": prefix, "ip": ip})
+            households.append({"device": device, "region": region, "browser": browser, "v6": prefix, "ip": ip,
+                               "members": 1})
         else:
             ip = networks.home_v4(region)
-            households.append({"device": device, "region": region, "browser": browser, "v6": None, "ip": ip})
+            households.append({"device": device, "region": region, "browser": browser, "v6": None, "ip": ip,
+                               "members": 1})
         home = region
         if household is None and rng.random() < SHARES["traveller"]:
             # Abroad: travelling, studying, working; the phone and often the browser stay at home.
@@ -473,7 +484,11 @@ def legit_population(rng: random.Random, count: int, start: datetime, days: floa
                 domain = rng.choice(NATIONAL_MAIL[home])
             else:
                 domain = rng.choice(companies)
+            # A mailbox belongs to one person (gmail ignores dots: james.smith is jamessmith).
+            while f"{local.replace('.', '')}@{domain}" in mailboxes:
+                local = f"{local}{rng.randrange(2, 99)}"
             email = f"{local}@{domain}"
+        mailboxes.add(f"{email.split('@')[0].replace('.', '')}@{email.split('@')[1]}")
         form_fill = int(rng.lognormvariate(9.4, 0.55))
         if rng.random() < SHARES["fast_form"]:
             form_fill = rng.randrange(1000, 3000)
@@ -522,6 +537,7 @@ def farm_population(rng: random.Random, farm: int, count: int, start: datetime, 
     browsers = [_browser(rng, current=True) for _ in range(rng.randrange(1, 4))]
     virtual_bins = [f"5{rng.randrange(10000, 99999)}" for _ in range(2)]               # a virtual-card issuer
     farm_cards = [_fingerprint(rng) for _ in range(max(count // 6, 1))]
+    billing_matches = rng.random() < 0.5          # careful farms bill to the card's own country
     if "burst" in tactics:
         waves = sorted(start + timedelta(days=rng.uniform(0, days - 0.5)) for _ in range(rng.randrange(2, 6)))
         times = [rng.choice(waves) + timedelta(hours=rng.uniform(0, rng.choice([2, 6, 20]))) for _ in range(count)]
@@ -548,7 +564,7 @@ def farm_population(rng: random.Random, farm: int, count: int, start: datetime, 
             later = at + timedelta(minutes=rng.uniform(2, 90))
             world.events.append(Event("payment_method", later, f"farm_{farm}", _card_body(
                 rng, account, later, rng.choice(virtual_bins), rng.choice(["prepaid", "debit"]), "US",
-                rng.choice(countries), ip, body["device_id"], rng.choice(farm_cards))))
+                "US" if billing_matches else rng.choice(countries), ip, body["device_id"], rng.choice(farm_cards))))
         world.accounts[account] = SimAccount(f"farm_{farm}", True, set(tactics))
 
 

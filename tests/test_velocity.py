@@ -221,12 +221,12 @@ def test_surge_and_popularity_by_hand():
 
     quiet = {"1h": 1, "24h": 1, "7d": 1, "30d": 1}
     assert surge(quiet, "1h") == 1.0 and surge(quiet, "24h") == 1.0 and not popular(quiet)
-    # 30 accounts over the 29 days before today is about one a day: today's 6 are a surge of 6.
-    monthly = {"1h": 2, "24h": 6, "7d": 12, "30d": 35}
-    assert surge(monthly, "24h") == 6.0 and popular(monthly) == (35 - 6 >= POPULAR_ACCOUNTS)
+    # 12 accounts over the 6 days before today is two a day: today's 6 are a surge of 3.
+    weekly = {"1h": 2, "24h": 6, "7d": 18, "30d": 35}
+    assert surge(weekly, "24h") == 3.0 and popular(weekly) == (35 - 6 >= POPULAR_ACCOUNTS)
     busy = {"1h": 50, "24h": 600, "7d": COUNT_CAP + 1, "30d": COUNT_CAP + 1}
     assert surge(busy, "1h") == round(50 / ((600 - 50) / 23), 2)
-    assert surge(busy, "24h") == 1.0          # every base window saturated: no evidence either way
+    assert surge(busy, "24h") == 1.0          # its base window saturated: no evidence either way
     flood = {w: COUNT_CAP + 1 for w in WINDOWS}
     assert surge(flood, "1h") == 1.0 and popular(flood)
 

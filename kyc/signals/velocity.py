@@ -9,7 +9,8 @@ a university's /24 and gmail.com honestly see many new accounts every hour. So e
 carries
 - a *surge* per short window: the count now divided by the key's own mean count per window of
   that length over a trailing base period (1h against the 7 days before that hour, 24h against
-  the 30 days before that day), the mean floored at one account, so that a key with no history
+  the 6 days before that day: a week covers weekdays and weekends, and a new deployment or a
+  new key has a baseline within days), the mean floored at one account, so that a key with no history
   reads its plain count (a surge of 5 on a rare key is 5 accounts) and a busy key reads how far
   above its usual rate it is (a surge of 5 on a BIN that sees 40 accounts an hour is 200);
 - *popularity*: POPULAR_ACCOUNTS or more other accounts in the 30 days before the current day.
@@ -46,11 +47,11 @@ VELOCITY_KEYS = {
 
 # Surge windows: each compared with the key's mean over its base windows, longest first (the
 # first whose count is not saturated is used).
-SURGES: dict[str, tuple[str, ...]] = {"1h": ("7d", "24h"), "24h": ("30d", "7d")}
+SURGES: dict[str, tuple[str, ...]] = {"1h": ("7d", "24h"), "24h": ("7d",)}
 POPULAR_ACCOUNTS = 25          # other accounts in the 30 days before the current day
 _POPULAR_WINDOW, _RECENT = "30d", "24h"
 _SATURATED = COUNT_CAP + 1      # a count at the cap: the window holds at least this many
-_RATIO = {(w, base): WINDOWS[base] / WINDOWS[w] - 1 for w, bases in SURGES.items() for base in bases}
+_BASES = {w: tuple((base, WINDOWS[base] / WINDOWS[w] - 1) for base in bases) for w, bases in SURGES.items()}
 
 FIELDS = tuple(
     Field(f"velocity.{kind}_{window}", "int",
@@ -60,8 +61,8 @@ FIELDS = tuple(
 ) + tuple(
     Field(f"velocity.{kind}_surge_{window}", "float",
           f"Accounts seen with {meaning} in the last {window}, divided by the mean per {window} over the "
-          f"{bases[0]} before (floored at 1 account): the plain count for a rare key, the multiple of its usual "
-          f"rate for a busy one.", 1.0)
+          f"{bases[0]} up to that {window} (floored at 1 account): the plain count for a rare key, the multiple of "
+          f"its usual rate for a busy one.", 1.0)
     for kind, meaning in VELOCITY_KEYS.items()
     for window, bases in SURGES.items()
 ) + tuple(
@@ -75,11 +76,11 @@ FIELDS = tuple(
 def surge(per_window: dict[str, int], window: str) -> float:
     """The count in `window` over the key's mean count per such window in its base period."""
     count = per_window[window]
-    for base in SURGES[window]:
+    for base, ratio in _BASES[window]:
         total = per_window[base]
         if total < _SATURATED:
             # Accounts whose latest event lies in the base period before the window, per window.
-            mean = (total - count) / _RATIO[(window, base)]
+            mean = (total - count) / ratio
             return round(count / mean, 2) if mean > 1.0 else float(count)
     return 1.0
 
@@ -91,13 +92,20 @@ def popular(per_window: dict[str, int]) -> bool:
     return per_window[_POPULAR_WINDOW] - recent >= POPULAR_ACCOUNTS or recent >= _SATURATED
 
 
+# Field names per kind, built once: formatting names per signup costs more than the arithmetic.
+_NAMES = {kind: ({w: f"{kind}_{w}" for w in WINDOWS}, {w: f"{kind}_surge_{w}" for w in SURGES}, f"{kind}_popular")
+          for kind in VELOCITY_KEYS}
+
+
 def velocity_signals(counts: dict[Key, dict[str, int]]) -> dict[str, int | float | bool]:
     facts: dict[str, int | float | bool] = {}
     for (kind, _hash), per_window in counts.items():
-        if kind in VELOCITY_KEYS:
+        names = _NAMES.get(kind)
+        if names is not None:
+            counts_named, surges_named, popular_named = names
             for window, count in per_window.items():
-                facts[f"{kind}_{window}"] = count
-            for window in SURGES:
-                facts[f"{kind}_surge_{window}"] = surge(per_window, window)
-            facts[f"{kind}_popular"] = popular(per_window)
+                facts[counts_named[window]] = count
+            for window, name in surges_named.items():
+                facts[name] = surge(per_window, window)
+            facts[popular_named] = popular(per_window)
     return facts
