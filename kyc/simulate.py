@@ -463,6 +463,7 @@ def legit_population(rng: random.Random, count: int, start: datetime, days: floa
             # Abroad: travelling, studying, working; the phone and often the browser stay at home.
             ip_country = rng.choice([c for c in _REGIONS if c != home])
             ip = networks.carrier_nat(ip_country) if rng.random() < 0.4 else networks.home_v4(ip_country)
+            traits -= {"vpn", "private_relay", "cloud_desktop", "shared_network", "carrier_nat", "ipv6_rotation"}
             traits.add("traveller")
             if rng.random() < 0.6:
                 traits.add("locale_mismatch")
