@@ -161,9 +161,11 @@ def _announced_networks(geoip, hosting: frozenset) -> tuple[dict, dict]:
             continue
         if not network.network_address.is_global:
             continue
-        country = geoip.lookup(network.network_address).get("country") if geoip.city is not None else None
-        if country in COUNTRIES:
-            by_country[country][asn].append(network)
+        facts = geoip.lookup(network.network_address)
+        if facts.get("hosting") or facts.get("vpn"):       # where network intelligence says so
+            continue
+        if facts.get("country") in COUNTRIES:
+            by_country[facts["country"]][asn].append(network)
     return ({c: dict(v) for c, v in by_country.items()}, dict(special))
 
 
