@@ -8,6 +8,12 @@ first N changed accounts and the ids of labeled accounts (few: ops set labels by
 
 Rescore evaluations are left out: they re-judge an event that already has its live
 evaluation in the window, and would count it twice.
+
+Ranking quality, on labeled accounts: each labeled account is judged by its highest candidate
+score and its most severe candidate decision over its evaluations in the window. The report gives
+the ROC AUC of that score (the chance that a fraud account outscores a legitimate one, ties
+counting half) and, at each decision threshold, the precision and recall of "at least this
+decision", so ops see whether the score orders risk, not only which rules hit.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from sqlalchemy import Text, and_, cast, func, or_, select
 from sqlalchemy.engine import Engine
 
 from kyc.engine import RuleSet
-from kyc.models import DECISIONS, Account, Evaluation
+from kyc.models import DECISIONS, SEVERITY, Account, Evaluation
 from kyc.scoring.decide import evaluate
 
 LABELS = ("fraud", "legit")
@@ -60,6 +66,62 @@ class RuleStats:
         return len(self.fraud) / labeled if labeled else None
 
 
+@dataclass(frozen=True)
+class Threshold:
+    """Labeled accounts whose decision is `decision` or more severe."""
+    decision: str
+    fraud: int            # true positives
+    legit: int            # false positives
+    fraud_total: int
+    legit_total: int
+
+    @property
+    def precision(self) -> float | None:
+        flagged = self.fraud + self.legit
+        return self.fraud / flagged if flagged else None
+
+    @property
+    def recall(self) -> float | None:
+        return self.fraud / self.fraud_total if self.fraud_total else None
+
+    @property
+    def legit_share(self) -> float | None:
+        """The share of legitimate accounts at this decision or worse (false-positive rate)."""
+        return self.legit / self.legit_total if self.legit_total else None
+
+
+def roc_auc(fraud_scores: list[float], legit_scores: list[float]) -> float | None:
+    """The chance that a random fraud account scores above a random legitimate one, ties counting
+    half (the Mann-Whitney U statistic over both counts); None without both labels."""
+    if not fraud_scores or not legit_scores:
+        return None
+    ranked = sorted([(s, 1) for s in fraud_scores] + [(s, 0) for s in legit_scores])
+    # Each fraud score beats the legit scores below it and ties half of those equal to it.
+    wins, below, i = 0.0, 0, 0
+    while i < len(ranked):
+        j = i
+        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
+            j += 1
+        fraud_here = sum(label for _, label in ranked[i:j])
+        legit_here = (j - i) - fraud_here
+        wins += fraud_here * (below + legit_here / 2)
+        below += legit_here
+        i = j
+    return wins / (len(fraud_scores) * len(legit_scores))
+
+
+def thresholds(outcomes: dict[str, tuple[str, int, str]]) -> list[Threshold]:
+    """Precision and recall of each decision as a threshold; `outcomes`: account -> (label,
+    score, decision)."""
+    totals = {label: sum(1 for lab, _, _ in outcomes.values() if lab == label) for label in LABELS}
+    out = []
+    for decision in DECISIONS:
+        at_least = [lab for lab, _, d in outcomes.values() if SEVERITY[d] >= SEVERITY[decision]]
+        out.append(Threshold(decision, at_least.count("fraud"), at_least.count("legit"),
+                             totals["fraud"], totals["legit"]))
+    return out
+
+
 @dataclass
 class Change:
     account_id: str
@@ -82,7 +144,18 @@ class BacktestReport:
     changed: list[Change] = field(default_factory=list)                   # the first N accounts
     changed_evaluations: int = 0
     labeled: dict[str, set[str]] = field(default_factory=lambda: {label: set() for label in LABELS})
+    # Labeled account -> (label, highest candidate score, most severe candidate decision).
+    outcomes: dict[str, tuple[str, int, str]] = field(default_factory=dict)
     seconds: float = 0.0
+
+    @property
+    def auc(self) -> float | None:
+        scores = {label: [s for lab, s, _ in self.outcomes.values() if lab == label] for label in LABELS}
+        return roc_auc(scores["fraud"], scores["legit"])
+
+    @property
+    def thresholds(self) -> list[Threshold]:
+        return thresholds(self.outcomes)
 
     @property
     def rate(self) -> float:
@@ -112,6 +185,7 @@ def backtest(engine: Engine, rules: RuleSet, since: datetime, until: datetime | 
     by_subject: dict[str, int] = {}
     hits: dict[tuple[str, str], int] = dict.fromkeys(report.rules, 0)
     labeled, changed, outcome_of, loads = report.labeled, report.changed, partial(evaluate, rules), orjson.loads
+    outcomes = report.outcomes
     started = time.perf_counter()
     with engine.connect() as conn:
         total = conn.execute(select(func.count()).select_from(Evaluation).where(*window)).scalar_one()
@@ -132,6 +206,9 @@ def backtest(engine: Engine, rules: RuleSet, since: datetime, until: datetime | 
                     hits[(subject, reason["rule"])] += 1
                 if label in labeled:
                     labeled[label].add(account_id)
+                    _, score, worst = outcomes.get(account_id, (label, outcome.score, after))
+                    outcomes[account_id] = (label, max(score, outcome.score),
+                                            after if SEVERITY[after] > SEVERITY[worst] else worst)
                     for reason in outcome.reasons:
                         getattr(report.rules[(subject, reason["rule"])], label).add(account_id)
                 if before != after:
@@ -174,12 +251,23 @@ def format_report(report: BacktestReport) -> str:
         precision = "-" if stats.precision is None else f"{stats.precision:.1%}"
         out.append(f"{stats.subject:<16}{stats.rule:<32}{stats.mode:<8}{stats.hits:>9,}{rate:>9.2%}"
                    f"{len(stats.fraud):>7}{len(stats.legit):>7}{precision:>11}")
+    auc = report.auc
+    out += ["", "ranking on labeled accounts (each by its highest score and most severe decision in the window)",
+            f"ROC AUC of the score: {'-' if auc is None else f'{auc:.3f}'}",
+            f"{'decision >=':<12}{'fraud':>8}{'legit':>8}{'precision':>11}{'recall':>9}{'legit share':>13}"]
+    for t in report.thresholds:
+        out.append(f"{t.decision:<12}{t.fraud:>8}{t.legit:>8}{_share(t.precision):>11}{_share(t.recall):>9}"
+                   f"{_share(t.legit_share):>13}")
     out += ["", f"decision changes: {report.changed_evaluations:,} evaluations"
                 + (f"; the first {len(report.changed)} accounts:" if report.changed else "")]
     for change in report.changed:
         out.append(f"  {change.account_id:<40} {change.subject:<16} {change.before:>7} -> {change.after:<7} "
                    f"{change.evaluation_id}  {_iso(change.occurred_at)}")
     return "\n".join(out)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def _iso(at: datetime) -> str:

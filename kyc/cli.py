@@ -756,20 +756,29 @@ def clusters_rebuild() -> None:
 
 @main.command()
 @click.option("--seed", default=1, show_default=True, type=int)
-@click.option("--legit", default=3000, show_default=True, type=int, help="ordinary users")
-@click.option("--farms", default=2, show_default=True, type=int)
-@click.option("--farm-size", default=400, show_default=True, type=int)
-@click.option("--days", default=14, show_default=True, type=int, help="period the history spans")
+@click.option("--legit", default=3000, show_default=True, type=int, help="ordinary users in the measured period")
+@click.option("--farms", default=3, show_default=True, type=int)
+@click.option("--farm-size", default=300, show_default=True, type=int)
+@click.option("--days", default=3.0, show_default=True, type=float, help="measured period")
+@click.option("--warmup-days", default=2.0, show_default=True, type=float,
+              help="ordinary traffic at the same rate before the measured period (not measured)")
 @click.option("--database-url", default="", help="default: a fresh SQLite file in a temporary directory")
 @click.option("--redis-url", default="", help="velocity in this Redis (use a db of its own: it is flushed)")
-def simulate(seed: int, legit: int, farms: int, farm_size: int, days: int, database_url: str, redis_url: str) -> None:
-    """Post a labeled signup history (ordinary users + farms) through the API; print how it scored."""
+def simulate(seed: int, legit: int, farms: int, farm_size: int, days: float, warmup_days: float, database_url: str,
+             redis_url: str) -> None:
+    """Post a labeled history (ordinary users as realism.md describes them, and farms) of signups
+    and cards through the API; print how it scored and how well the scores rank."""
     import secrets
     import tempfile
+    from datetime import timedelta
     from pathlib import Path
+
+    from sqlalchemy import update
 
     from kyc import create_app
     from kyc import simulate as sim
+    from kyc.backtest import backtest
+    from kyc.models import Account
 
     tmp = tempfile.TemporaryDirectory(prefix="kyc-simulate-")
     url = database_url or f"sqlite:///{Path(tmp.name) / 'simulate.db'}"
@@ -784,10 +793,16 @@ def simulate(seed: int, legit: int, farms: int, farm_size: int, days: int, datab
         runtime.redis.flushdb()
     app = create_app(runtime=runtime)
     netintel = runtime.geoip.netintel
-    signups = sim.history(seed, legit, farms, farm_size, days, runtime.geoip,
-                          netintel.datacenter_asns if netintel else frozenset())
-    click.echo(f"posting {len(signups)} signups (seed {seed}, {legit} legit, {farms} farm(s) of {farm_size})")
-    result = sim.run(app.test_client(), {"Authorization": f"Bearer {key}"}, signups, echo=click.echo)
+    world = sim.history(seed, legit, farms, farm_size, days, runtime.geoip,
+                        netintel.datacenter_asns if netintel else frozenset(), warmup_days=warmup_days)
+    measured = sum(1 for a in world.accounts.values() if a.measured)
+    click.echo(f"posting {len(world.events)} events for {len(world.accounts)} accounts, {measured} measured (seed {seed}, "
+               f"{legit} legit over {days:g} days after {warmup_days:g} days of warm-up, {farms} farm(s) of {farm_size})")
+    composition = world.composition()
+    legit_measured = sum(1 for a in world.accounts.values() if a.population == "legit" and a.measured)
+    click.echo("realism items among measured legit accounts: " + ", ".join(
+        f"{item} {composition[item]} ({composition[item] / max(legit_measured, 1):.1%})" for item in sim.REALISM))
+    result = sim.run(app.test_client(), {"Authorization": f"Bearer {key}"}, world, echo=click.echo)
     decisions = ("allow", "verify", "review", "block")
     for stage in ("at_signup", "final"):
         click.echo(f"\n{stage.replace('_', ' ')}:  {'population':<10}" + "".join(f"{d:>8}" for d in decisions))
@@ -796,9 +811,26 @@ def simulate(seed: int, legit: int, farms: int, farm_size: int, days: int, datab
             click.echo(f"{'':>13}{population:<10}" + "".join(f"{counts[d]:>8}" for d in decisions))
     click.echo("")
     for name, value in sim.summary(result).items():
-        click.echo(f"{name:<24} {value:7.2%}")
-    click.echo(f"signup latency (test client; cluster rescoring runs on a background thread): median {result['median_ms']:.1f} ms, "
+        click.echo(f"{name:<26} {value:7.2%}")
+    click.echo(f"latency (test client; cluster rescoring runs on a background thread): median {result['median_ms']:.1f} ms, "
                f"p99 {result['p99_ms']:.1f} ms")
+    # Label the measured accounts as ops would, and replay them: how well the live scores rank.
+    with runtime.session() as session, session.begin():
+        for population, label in (("legit", "legit"), (None, "fraud")):
+            ids = [i for i, a in world.accounts.items() if a.measured and (a.population == "legit") == (label == "legit")]
+            for chunk in range(0, len(ids), 500):
+                session.execute(update(Account).where(Account.id.in_(ids[chunk:chunk + 500])).values(label=label))
+    last = max(e.at for e in world.events) + timedelta(seconds=1)
+    report = backtest(runtime.engine, runtime.rules, world.measured_since, last)
+    click.echo(f"\nlive evaluations replayed on labeled accounts: ROC AUC {report.auc:.3f}" if report.auc is not None
+               else "\nno labeled accounts to rank")
+    for t in report.thresholds:
+        click.echo(f"  decision >= {t.decision:<7} precision {t.precision or 0:7.2%}  recall {t.recall or 0:7.2%}  "
+                   f"legit share {t.legit_share or 0:7.2%}")
+    click.echo("rules hit at live time, by labeled accounts (fraud / legit):")
+    for stats in sorted(report.rules.values(), key=lambda r: (-len(r.legit), -len(r.fraud))):
+        if stats.fraud or stats.legit:
+            click.echo(f"  {stats.subject:<15}{stats.rule:<36}{len(stats.fraud):>6} /{len(stats.legit):>5}")
     runtime.engine.dispose()
     tmp.cleanup()
 

@@ -59,10 +59,13 @@ def test_repost_rescores_and_keeps_history(client, auth, runtime):
 
 
 def test_velocity_counts_distinct_accounts_in_event_time(client, auth):
-    for i in range(3):
+    for i in range(4):
         body = signup(account_id=f"a{i}", device_id="dv_shared", occurred_at=f"2026-11-24T21:{i:02d}:00Z")
         last = client.post("/v1/signups", json=body, headers=auth).json
-    assert last["signals"]["velocity"]["device_24h"] == 3
+        if i == 2:                   # a family shares a computer between two or three
+            assert last["signals"]["velocity"]["device_24h"] == 3
+            assert "device_reuse" not in [r["rule"] for r in last["reasons"]]
+    assert last["signals"]["velocity"]["device_24h"] == 4
     assert "device_reuse" in [r["rule"] for r in last["reasons"]]
     # A day later the window has moved on.
     late = client.post("/v1/signups", json=signup(account_id="a9", device_id="dv_shared",

@@ -6,8 +6,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
-from kyc.backtest import backtest, format_report, parse_since
+from kyc.backtest import Threshold, backtest, format_report, parse_since, roc_auc, thresholds
 from kyc.cli import main
 from kyc.engine import RuleSet
 from kyc.models import Account, Evaluation
@@ -92,6 +94,55 @@ def test_backtest_numbers_on_a_known_history(history, tmp_path):
     assert "signup          r_burst                         shadow          1   20.00%      0      1       0.0%" in text
     assert "decision changes: 2 evaluations; the first 1 accounts:" in text
     assert "a3" in text and "ev_3" in text
+
+
+def test_backtest_ranks_labeled_accounts_by_score(history, tmp_path):
+    """By hand: fraud a1 (r_disposable, 50, block) and a2 (r_headless, 60, block); legit a3
+    (r_disposable, 50, block) and a5 (only a shadow rule: 0, allow). Of the four fraud-legit
+    pairs, three are won and one (50 vs 50) tied: AUC = 3.5 / 4."""
+    rules = RuleSet.load(write_rules(tmp_path / "rules", CANDIDATE), SCHEMA)
+    report = backtest(history.engine, rules, NOW - timedelta(days=30), NOW, batch_size=2)
+    assert report.outcomes == {"a1": ("fraud", 50, "block"), "a2": ("fraud", 60, "block"),
+                               "a3": ("legit", 50, "block"), "a5": ("legit", 0, "allow")}
+    assert report.auc == 0.875
+    assert report.thresholds == [Threshold("allow", 2, 2, 2, 2), Threshold("verify", 2, 1, 2, 2),
+                                 Threshold("review", 2, 1, 2, 2), Threshold("block", 2, 1, 2, 2)]
+    block = report.thresholds[-1]
+    assert (block.precision, block.recall, block.legit_share) == (2 / 3, 1.0, 0.5)
+    text = format_report(report)
+    assert "ROC AUC of the score: 0.875" in text
+    assert "block              2       1      66.7%   100.0%        50.0%" in text
+
+
+def test_an_account_is_judged_by_its_highest_score_and_worst_decision(history, tmp_path):
+    rules = RuleSet.load(write_rules(tmp_path / "rules", CANDIDATE), SCHEMA)
+    # a1 has a second evaluation, 40 days back: in a 60-day window its headless hit (60) counts.
+    report = backtest(history.engine, rules, NOW - timedelta(days=60), NOW, batch_size=2)
+    assert report.outcomes["a1"] == ("fraud", 60, "block")
+
+
+def test_roc_auc_by_hand():
+    assert roc_auc([3, 2], [1, 0]) == 1.0                       # every fraud above every legit
+    assert roc_auc([0, 1], [2, 3]) == 0.0
+    assert roc_auc([5, 5], [5, 5]) == 0.5                       # all tied: chance
+    assert roc_auc([10, 40, 60], [0, 40]) == (1 + 1.5 + 2) / 6   # 40 vs 40 ties: half a win
+    assert roc_auc([], [1]) is None and roc_auc([1], []) is None
+
+
+@given(st.lists(st.integers(0, 100), min_size=1, max_size=40), st.lists(st.integers(0, 100), min_size=1, max_size=40))
+def test_roc_auc_is_the_share_of_fraud_legit_pairs_won(fraud, legit):
+    pairs = [(f > g) + 0.5 * (f == g) for f in fraud for g in legit]
+    assert roc_auc(fraud, legit) == pytest.approx(sum(pairs) / len(pairs))
+
+
+def test_thresholds_by_hand():
+    outcomes = {"f1": ("fraud", 90, "block"), "f2": ("fraud", 40, "review"), "f3": ("fraud", 0, "allow"),
+                "l1": ("legit", 20, "verify"), "l2": ("legit", 0, "allow"), "l3": ("legit", 0, "allow"),
+                "l4": ("legit", 70, "block")}
+    table = {t.decision: (t.fraud, t.legit, t.precision, t.recall) for t in thresholds(outcomes)}
+    assert table == {"allow": (3, 4, 3 / 7, 1.0), "verify": (2, 2, 0.5, 2 / 3),
+                     "review": (2, 1, 2 / 3, 2 / 3), "block": (1, 1, 0.5, 1 / 3)}
+    assert thresholds({})[0].precision is None and thresholds({})[0].recall is None
 
 
 def test_backtest_lists_each_changed_account_once(history, tmp_path):

@@ -38,10 +38,10 @@ def test_clusters_list_and_rebuild(cli_env, client, auth):
 
 
 def test_simulated_farms_are_caught_and_ordinary_users_pass(client, auth, runtime):
-    signups = sim.history(seed=11, legit=150, farms=1, farm_size=60, days=7, geoip=runtime.geoip,
-                          hosting_asns=runtime.geoip.netintel.datacenter_asns)
-    assert {s.population for s in signups} == {"legit", "farm_0"}
-    result = sim.run(client, auth, signups, echo=None)
+    world = sim.history(seed=11, legit=150, farms=1, farm_size=60, days=2, geoip=runtime.geoip,
+                        hosting_asns=runtime.geoip.netintel.datacenter_asns, warmup_days=1)
+    assert {e.population for e in world.events} == {"legit", "farm_0"}
+    result = sim.run(client, auth, world, echo=None)
     figures = sim.summary(result)
     assert figures["farm_recall_final"] >= 0.9
     assert figures["legit_non_allow_final"] <= 0.05

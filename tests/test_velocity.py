@@ -147,3 +147,111 @@ def test_the_pipeline_gives_the_same_velocity_signals_on_redis(on_sql_and_redis)
     answers = on_sql_and_redis("/v1/signups", bodies, "velocity")
     assert answers["sql"] == answers["redis"]
     assert max(v["ip_prefix_30d"] for v in answers["sql"]) > 5
+
+
+# --- each key against its own baseline, and its popularity (kyc/signals/velocity.py) ----------
+
+BIN = ("card_bin", "h_bin_big")
+RARE = ("card_bin", "h_bin_rare")
+
+
+def _record_many(counters, events) -> None:
+    with counters.runtime.session() as session, session.begin():
+        store = counters._store(session)
+        for account, at, keys in events:
+            store.record(list(keys), at, account)
+
+
+def _signals(counters, account, at, keys=(BIN, RARE)):
+    from kyc.signals.velocity import velocity_signals
+
+    with counters.runtime.session() as session:
+        # Two keys of one kind: read each on its own (signals are named by kind).
+        return [velocity_signals({key: counts}) for key, counts in
+                counters._store(session).distinct_accounts(list(keys), at, account).items()]
+
+
+def test_a_busy_key_is_judged_against_its_own_rate(counters):
+    """A big bank's BIN sees four new accounts an hour, all week: four more in the last hour is
+    its usual rate (surge 1), while four on a BIN nobody used is a surge of 4. Thirty-six more in
+    the hour is ten times the BIN's rate."""
+    week = [(f"bank_{i}", T0 + timedelta(minutes=15 * i), (BIN,)) for i in range(7 * 24 * 4)]
+    rare = [(f"rare_{i}", T0 + timedelta(hours=167, minutes=10 + 10 * i), (RARE,)) for i in range(3)]
+    _record_many(counters, week + rare)
+    at = T0 + timedelta(hours=168)
+    big, small = _signals(counters, "new", at)
+    # 1h: the three marks after 167:00 and this account; 7d: all but the mark at T0 exactly, +1.
+    assert (big["card_bin_1h"], big["card_bin_7d"]) == (4, 672)
+    assert big["card_bin_surge_1h"] == 1.0                        # (672 - 4) / 167 = 4 an hour
+    assert small["card_bin_1h"] == 4 and small["card_bin_surge_1h"] == 4.0
+    assert big["card_bin_popular"] is True and small["card_bin_popular"] is False
+    burst = [(f"burst_{i}", at - timedelta(minutes=50) + timedelta(seconds=i), (BIN,)) for i in range(36)]
+    _record_many(counters, burst)
+    big, _ = _signals(counters, "new", at)
+    assert big["card_bin_1h"] == 40 and big["card_bin_surge_1h"] == 10.0   # 40 / ((708 - 40) / 167)
+
+
+def test_a_burst_does_not_make_its_own_key_popular(counters):
+    _record_many(counters, [(f"farm_{i}", T0 + timedelta(seconds=20 * i + 1), (RARE,)) for i in range(150)])
+    at = T0 + timedelta(hours=1)
+    (rare,) = _signals(counters, "new", at, keys=(RARE,))
+    assert rare["card_bin_1h"] == 151 and rare["card_bin_surge_1h"] == 151.0
+    assert rare["card_bin_surge_24h"] == 151.0 and rare["card_bin_popular"] is False
+    # A month later the farm's burst is history: 150 accounts before the last day.
+    (later,) = _signals(counters, "new", T0 + timedelta(days=20), keys=(RARE,))
+    assert later["card_bin_popular"] is True and later["card_bin_1h"] == 1
+
+
+def test_a_saturated_base_window_measures_the_rate_over_the_last_day(counters):
+    """More than COUNT_CAP accounts in the week: the 7-day count is saturated, so the hourly rate
+    comes from the last 24 hours."""
+    events = [(f"a_{i}", T0 + timedelta(minutes=5 * i), (BIN,)) for i in range(COUNT_CAP + 200)]
+    _record_many(counters, events)
+    at = events[-1][1] + timedelta(minutes=1)
+    (big,) = _signals(counters, "new", at, keys=(BIN,))
+    assert big["card_bin_7d"] == COUNT_CAP + 1
+    # 12 an hour: 1h holds 12 others (+1), 24h holds 288 (+1); mean (289 - 13) / 23 = 12.
+    assert (big["card_bin_1h"], big["card_bin_24h"]) == (13, 289)
+    assert big["card_bin_surge_1h"] == round(13 / 12, 2)
+    assert big["card_bin_popular"] is True
+
+
+def test_surge_and_popularity_by_hand():
+    from kyc.signals.velocity import POPULAR_ACCOUNTS, popular, surge
+
+    quiet = {"1h": 1, "24h": 1, "7d": 1, "30d": 1}
+    assert surge(quiet, "1h") == 1.0 and surge(quiet, "24h") == 1.0 and not popular(quiet)
+    # 12 accounts over the 6 days before today is two a day: today's 6 are a surge of 3.
+    weekly = {"1h": 2, "24h": 6, "7d": 18, "30d": 35}
+    assert surge(weekly, "24h") == 3.0 and popular(weekly) == (35 - 6 >= POPULAR_ACCOUNTS)
+    busy = {"1h": 50, "24h": 600, "7d": COUNT_CAP + 1, "30d": COUNT_CAP + 1}
+    assert surge(busy, "1h") == round(50 / ((600 - 50) / 23), 2)
+    assert surge(busy, "24h") == 1.0          # its base window saturated: no evidence either way
+    flood = {w: COUNT_CAP + 1 for w in WINDOWS}
+    assert surge(flood, "1h") == 1.0 and popular(flood)
+
+
+def test_baseline_signals_agree_on_redis_and_sql(runtime):
+    """The same random history with bursts and quiet keys: identical surges and popularity."""
+    from kyc.signals.velocity import velocity_signals
+
+    rng = random.Random(11)
+    keys = [("ip", f"h{i}") for i in range(3)] + [("email_domain", "gmail")]
+    events = []
+    for n in range(400):
+        at = T0 + timedelta(minutes=rng.randrange(0, 60 * 24 * 35))
+        if n % 50 == 0:                                     # a burst on one key
+            burst_key = rng.choice(keys)
+            events += [(f"burst_{n}_{i}", at + timedelta(seconds=i), [burst_key]) for i in range(20)]
+        events.append((f"acct_{rng.randrange(200)}", at, rng.sample(keys, rng.randint(1, 2))))
+    events.sort(key=lambda e: e[1])
+    sql, redis_counters = Counters(runtime, "sql"), Counters(runtime, "redis")
+    _record_many(sql, events)
+    _record_many(redis_counters, events)
+    surges = 0
+    for account, at, _ in events[::7]:
+        answers = [{k: velocity_signals({k: c}) for k, c in backend.count(account, at, keys).items()}
+                   for backend in (sql, redis_counters)]
+        assert answers[0] == answers[1], (account, at)
+        surges += sum(s[f"{k[0]}_surge_1h"] > 3 for k, s in answers[0].items())
+    assert surges > 0

@@ -1,13 +1,33 @@
-"""Velocity: how many distinct accounts showed the same identifier in a recent window.
+"""Velocity: how many distinct accounts showed the same identifier in a recent window, against
+that identifier's own usual rate, and whether many people share it.
 
 Counted in event time (the evaluation's occurred_at), so a backfilled history gives the same
 counts live traffic would have.
+
+A count alone cannot tell a farm from a crowd: a big bank's BIN, a mobile carrier's NAT address,
+a university's /24 and gmail.com honestly see many new accounts every hour. So each key also
+carries
+- a *surge* per short window: the count now divided by the key's own mean count per window of
+  that length over a trailing base period (1h against the 7 days before that hour, 24h against
+  the 6 days before that day: a week covers weekdays and weekends, and a new deployment or a
+  new key has a baseline within days), the mean floored at one account, so that a key with no history
+  reads its plain count (a surge of 5 on a rare key is 5 accounts) and a busy key reads how far
+  above its usual rate it is (a surge of 5 on a BIN that sees 40 accounts an hour is 200);
+- *popularity*: POPULAR_ACCOUNTS or more other accounts in the 30 days before the current day.
+  The current day is left out, so a burst cannot make its own key look popular (unless the
+  day alone saturates the count: more than COUNT_CAP accounts in a day is a crowd).
+
+The counts come from the Store (kyc/store.py), identical on the SQL and Redis backends, so the
+surges and popularity are too. Counts saturate at COUNT_CAP other accounts: when a base window
+is saturated, the base period shrinks to the longest window that is not (a key seeing more than
+COUNT_CAP accounts a week has its rate measured over the last day), and with none the surge is
+1 (no evidence either way).
 """
 
 from __future__ import annotations
 
 from kyc.engine.schema import Field
-from kyc.store import WINDOWS, Key
+from kyc.store import COUNT_CAP, WINDOWS, Key
 
 # Identifier kinds that are velocity keys, and what each counts.
 # Keys whose identifiers no collector produces yet (asn, card_*) are declared so rules can be
@@ -25,18 +45,67 @@ VELOCITY_KEYS = {
     "card_fingerprint": "the same card (processor fingerprint)",
 }
 
+# Surge windows: each compared with the key's mean over its base windows, longest first (the
+# first whose count is not saturated is used).
+SURGES: dict[str, tuple[str, ...]] = {"1h": ("7d", "24h"), "24h": ("7d",)}
+POPULAR_ACCOUNTS = 25          # other accounts in the 30 days before the current day
+_POPULAR_WINDOW, _RECENT = "30d", "24h"
+_SATURATED = COUNT_CAP + 1      # a count at the cap: the window holds at least this many
+_BASES = {w: tuple((base, WINDOWS[base] / WINDOWS[w] - 1) for base in bases) for w, bases in SURGES.items()}
+
 FIELDS = tuple(
     Field(f"velocity.{kind}_{window}", "int",
           f"Distinct accounts seen with {meaning} in the last {window} (event time), this one included.", 1)
     for kind, meaning in VELOCITY_KEYS.items()
     for window in WINDOWS
+) + tuple(
+    Field(f"velocity.{kind}_surge_{window}", "float",
+          f"Accounts seen with {meaning} in the last {window}, divided by the mean per {window} over the "
+          f"{bases[0]} up to that {window} (floored at 1 account): the plain count for a rare key, the multiple of "
+          f"its usual rate for a busy one.", 1.0)
+    for kind, meaning in VELOCITY_KEYS.items()
+    for window, bases in SURGES.items()
+) + tuple(
+    Field(f"velocity.{kind}_popular", "bool",
+          f"{POPULAR_ACCOUNTS} or more other accounts were seen with {meaning} in the 30 days before the last 24 "
+          f"hours: an identifier many people share (a big bank's BIN, a carrier NAT, gmail.com).", False)
+    for kind, meaning in VELOCITY_KEYS.items()
 )
 
 
-def velocity_signals(counts: dict[Key, dict[str, int]]) -> dict[str, int]:
-    facts: dict[str, int] = {}
+def surge(per_window: dict[str, int], window: str) -> float:
+    """The count in `window` over the key's mean count per such window in its base period."""
+    count = per_window[window]
+    for base, ratio in _BASES[window]:
+        total = per_window[base]
+        if total < _SATURATED:
+            # Accounts whose latest event lies in the base period before the window, per window.
+            mean = (total - count) / ratio
+            return round(count / mean, 2) if mean > 1.0 else float(count)
+    return 1.0
+
+
+def popular(per_window: dict[str, int]) -> bool:
+    """Shared by many over the month before today; a key saturated even within a day (more than
+    COUNT_CAP accounts) is popular whatever its month looked like."""
+    recent = per_window[_RECENT]
+    return per_window[_POPULAR_WINDOW] - recent >= POPULAR_ACCOUNTS or recent >= _SATURATED
+
+
+# Field names per kind, built once: formatting names per signup costs more than the arithmetic.
+_NAMES = {kind: ({w: f"{kind}_{w}" for w in WINDOWS}, {w: f"{kind}_surge_{w}" for w in SURGES}, f"{kind}_popular")
+          for kind in VELOCITY_KEYS}
+
+
+def velocity_signals(counts: dict[Key, dict[str, int]]) -> dict[str, int | float | bool]:
+    facts: dict[str, int | float | bool] = {}
     for (kind, _hash), per_window in counts.items():
-        if kind in VELOCITY_KEYS:
+        names = _NAMES.get(kind)
+        if names is not None:
+            counts_named, surges_named, popular_named = names
             for window, count in per_window.items():
-                facts[f"{kind}_{window}"] = count
+                facts[counts_named[window]] = count
+            for window, name in surges_named.items():
+                facts[name] = surge(per_window, window)
+            facts[popular_named] = popular(per_window)
     return facts
