@@ -22,7 +22,7 @@ CRAWLER = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.ht
 
 # Full values the pages must never show (the tests look for each in every page).
 CUSTOMERS = [
-    {"account_id": "acct_jane", "email": "jane.smith84@gmail.com", "ip": "8.8.8.8", "phone": "+14155550123",
+    {"account_id": "acct_jane", "email": "jane.smith84@gmail.com", "ip": "73.15.1.1", "phone": "+14155550123",
      "device_id": "dv_jane", "timezone": "America/New_York", "locale": "en-US", "user_agent": CHROME},
     {"account_id": "acct_omar", "email": "omar.haddad@outlook.com", "ip": "81.2.69.142", "phone": "+447700900123",
      "device_id": "dv_omar", "timezone": "Europe/London", "locale": "en-GB", "user_agent": SAFARI},
