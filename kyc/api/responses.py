@@ -57,6 +57,9 @@ class Evaluation(Body):
     signals: dict[str, dict[str, Any]] = Field(description="Facts by family; every field is in docs/signals.md")
     rules_version: str
     occurred_at: Time = Field(json_schema_extra=TIME)
+    degraded: list[str] = Field(description="Signal sources that did not answer in time and were read another "
+                                            "way or left missing (e.g. velocity: counted from the database); "
+                                            "empty when none")
 
 
 class EvaluationSummary(Body):
