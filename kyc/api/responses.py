@@ -55,8 +55,6 @@ class Evaluation(Body):
     required_verifications: list[VerificationKind]
     cluster: ClusterRef | None
     signals: dict[str, dict[str, Any]] = Field(description="Facts by family; every field is in docs/signals.md")
-    degraded: list[str] = Field(description="Signal sources that did not answer in time (e.g. velocity: Redis away, "
-                                            "counted from the database); empty when none")
     rules_version: str
     occurred_at: Time = Field(json_schema_extra=TIME)
     degraded: list[str] = Field(description="Signal sources that did not answer in time and were read another "
