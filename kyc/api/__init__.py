@@ -58,18 +58,20 @@ def _authenticate() -> None:
                                          f"roles that may: {', '.join(roles_for(request.method, rule.rule))}")
 
 
-def read_json() -> Any:
-    """The request body as JSON, refusing what the contract refuses before anything else runs."""
+def read_json(limit: int | None = None) -> Any:
+    """The request body as JSON, refusing what the contract refuses before anything else runs.
+    `limit`: the largest body accepted, when the endpoint accepts more than KYC_MAX_BODY_BYTES."""
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "send the body as JSON with Content-Type: application/json")
-    limit = runtime().config.max_body_bytes
+    limit = limit or runtime().config.max_body_bytes
+    request.max_content_length = limit
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
     raw = request.get_data(cache=False)
     if len(raw) > limit:
         raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError) as exc:
         raise invalid(f"the body is not valid JSON: {exc}") from None
     if contains_card_number(data):
@@ -79,8 +81,13 @@ def read_json() -> Any:
     return data
 
 
-def parse(model: type[M], data: Any = None) -> M:
-    data = read_json() if data is None else data
+def _not_json(constant: str) -> None:
+    # Python's json reads NaN and Infinity, which JSON does not have (and no field accepts).
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def parse(model: type[M], data: Any = None, *, limit: int | None = None) -> M:
+    data = read_json(limit) if data is None else data
     if not isinstance(data, dict):
         raise invalid("the body must be a JSON object")
     try:
@@ -92,7 +99,7 @@ def parse(model: type[M], data: Any = None) -> M:
 def field_errors(exc: ValidationError) -> dict[str, str]:
     fields: dict[str, str] = {}
     for err in exc.errors(include_url=False, include_input=False):
-        name = ".".join(str(part) for part in err["loc"]) or "body"
+        name = field_name(err["loc"])
         if err["type"] == "extra_forbidden":
             message = "unknown field; free-form data goes in metadata"
         elif err["type"] == "missing":
@@ -103,9 +110,17 @@ def field_errors(exc: ValidationError) -> dict[str, str]:
     return fields
 
 
+def field_name(loc: tuple) -> str:
+    """A field's name in an error: dotted, list positions in brackets (reports[3].requests)."""
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
+    return name or "body"
+
+
 def register(app: Flask) -> None:
     from kyc.api import (  # noqa: F401 - routes register on v1
-        accounts, audit, clusters, ops, payment_methods, reviews, signups, tiers, verifications, webhooks)
+        accounts, activity, audit, clusters, ops, payment_methods, reviews, signups, tiers, verifications, webhooks)
 
     app.register_blueprint(v1)
 

@@ -1,4 +1,4 @@
-"""The API gateway's calls: GET /v1/accounts/{id}/entitlement?tier= and POST /v1/accounts/{id}/activity.
+"""The API gateway's tier check: GET /v1/accounts/{id}/entitlement?tier= (its usage reports: kyc/api/activity.py).
 
 The entitlement answer is cacheable by the gateway: ETag = the account's state version plus a
 digest of the answer, with Cache-Control: no-cache so the gateway revalidates every time
@@ -10,11 +10,8 @@ from __future__ import annotations
 
 from flask import Response, jsonify, request
 
-from kyc.activity import record_activity
 from kyc.api import parse, runtime, v1
 from kyc.errors import invalid, not_found
-from kyc.inputs import ActivityInput, rfc3339
-from kyc.jobs import enqueue_rescore
 from kyc.tiers import UnknownAccount, entitlement, etag
 
 CACHE_CONTROL = "private, no-cache"
@@ -43,20 +40,3 @@ def get_entitlement(account_id: str):
     response.set_etag(tag)
     response.headers["Cache-Control"] = CACHE_CONTROL
     return response
-
-
-@v1.post("/accounts/<account_id>/activity")
-def report_activity(account_id: str):
-    inp = parse(ActivityInput)
-    rt = runtime()
-    with rt.session() as session, session.begin():
-        result = record_activity(session, account_id, inp.at(), inp.requests, inp.ip, rt.config.secret_key,
-                                 rt.config.dormant_days)
-    if result.woke_up:
-        # After the commit: the rescore reads the activity just recorded (account.woke_up).
-        enqueue_rescore(rt, [account_id], f"activity after {result.dormant_days} dormant days")
-    return jsonify({
-        "account_id": account_id, "last_seen_at": rfc3339(result.last_seen_at), "day": result.day.isoformat(),
-        "requests_today": result.requests_today, "dormant_days": result.dormant_days, "woke_up": result.woke_up,
-        "rescore_requested": result.woke_up,
-    })

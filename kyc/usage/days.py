@@ -1,0 +1,34 @@
+"""The account's days of usage, read back: for the usage signals and the account's dormancy."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.orm import Session
+
+from kyc.models import ActivityDay
+
+_DAY = ActivityDay.__table__
+_LATEST_DAY = (select(*_DAY.c).where(_DAY.c.account_id == bindparam("account_id"), _DAY.c.day <= bindparam("until"))
+               .order_by(_DAY.c.day.desc()).limit(1))
+_FAR = date(9999, 12, 31)
+
+
+def latest_day(session: Session, account_id: str, until: date | None = None) -> dict[str, Any] | None:
+    """The account's latest day of usage on or before `until` (None: its latest of all)."""
+    row = session.execute(_LATEST_DAY, {"account_id": account_id, "until": until or _FAR}).mappings().one_or_none()
+    return dict(row) if row is not None else None
+
+
+def latest_days(conn, account_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Each account's latest day of usage, for many accounts in one query (a rescore chunk);
+    accounts without usage are absent."""
+    if not account_ids:
+        return {}
+    latest = (select(_DAY.c.account_id, func.max(_DAY.c.day).label("day"))
+              .where(_DAY.c.account_id.in_(account_ids)).group_by(_DAY.c.account_id).subquery())
+    return {row["account_id"]: dict(row) for row in conn.execute(
+        select(*_DAY.c).join(latest, (_DAY.c.account_id == latest.c.account_id) & (_DAY.c.day == latest.c.day))
+    ).mappings()}
