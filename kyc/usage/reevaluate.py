@@ -17,7 +17,9 @@ from typing import Any, Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kyc.engine import SEVERITY, RuleSet
+from kyc.engine import RuleSet
+from kyc.models import SEVERITY
+from kyc.scoring.decide import evaluate
 from kyc.models import Account, ClusterMember
 from kyc.runtime import Runtime
 from kyc.signals.usage import usage_signals
@@ -34,7 +36,7 @@ def riskier(rules: RuleSet, subjects: dict[str, Any] | None, usage: dict[str, An
             continue
         if (signals.get("usage") or {}) == usage:
             continue
-        outcome = rules.evaluate(latest.get("subject", slot), {**signals, "usage": usage})
+        outcome = evaluate(rules, latest.get("subject", slot), {**signals, "usage": usage})
         if SEVERITY[outcome.decision] > SEVERITY[latest["decision"]] or outcome.score > latest["score"]:
             return True
     return False
@@ -70,12 +72,12 @@ def reevaluate(runtime: Runtime, session: Session, account_ids: list[str]) -> di
     """Re-evaluate accounts through the pipeline in the caller's transaction and ask for their
     clusters' rescoring once it commits; returns each account's new decision."""
     from kyc import graph
-    from kyc.jobs import releasing_rules, rescore_after_commit, rescore_chunk
+    from kyc.jobs import rescore_after_commit, rescore_chunk
 
     if not account_ids:
         return {}
     rules = runtime.rules
-    rescore_chunk(runtime, session, account_ids, rules, releasing_rules(rules))
+    rescore_chunk(runtime, session, account_ids, rules)
     for account_id, cluster_id in session.execute(
             select(ClusterMember.account_id, ClusterMember.cluster_id)
             .where(ClusterMember.account_id.in_(account_ids))).all():
