@@ -198,3 +198,27 @@ def test_a_generated_bad_report_refuses_the_batch_and_changes_nothing(client, au
     assert _counts(runtime) == before
     with runtime.session() as s:
         assert s.scalar(select(func.count()).select_from(Evaluation).where(Evaluation.trigger == "rescore")) == 0
+
+
+def test_the_readme_gateway_examples_work(client, auth, runtime):
+    import re
+
+    from kyc.config import PROJECT_ROOT
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme[readme.index("## Gateway integration"):]
+    section = section[:section.index("\n## ", 5)]
+    bodies = [json.loads(b) for b in re.findall(r"-d '(.*?)'", section, re.S)]
+    assert len(bodies) == 2
+    for account in ("acct_demo", "acct_other"):
+        body = signup(account_id=account, email=f"{account}@gmail.com", device_id=account,
+                      occurred_at="2026-11-20T12:00:00Z")
+        assert client.post("/v1/signups", json=body, headers=auth).status_code == 200
+    single = client.post("/v1/accounts/acct_demo/activity", json=bodies[0], headers=auth)
+    assert single.status_code == 200, single.json
+    documented = json.loads(re.search(r"```json\n(.*?)\n *```", section, re.S).group(1))
+    assert set(single.json) == set(documented)
+    assert single.json["requests_today"] == documented["requests_today"]
+    bulk = client.post("/v1/activity", json=bodies[1], headers=auth)
+    assert bulk.status_code == 200 and [r["account_id"] for r in bulk.json["results"]] == ["acct_demo", "acct_other"]
+    assert client.get("/v1/accounts/acct_demo/entitlement?tier=free", headers=auth).status_code == 200
