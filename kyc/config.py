@@ -50,6 +50,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("KYC_DORMANT_DAYS", "30",
             "Activity after more than this many days without any is a signal (account.woke_up) and rescores the account; "
             "the daily schedule rescores accounts dormant this long."),
+    Setting("KYC_USAGE_POPULAR_PROMPT", "1000",
+            "A prompt template (activity reports' prompt_fingerprints) used by more accounts than this on a UTC day is "
+            "popular (a common tool's prompt): lockstep detection ignores it (usage.lockstep_accounts)."),
     Setting("KYC_SENDER", "outbox",
             "How verification codes are sent: outbox (a table plus a masked log line; `kyc outbox` shows codes "
             "in development only) or http (POST JSON to KYC_SENDER_URL)."),
@@ -111,6 +114,7 @@ class Config:
     log_level: str
     rules_poll_seconds: float = 2.0
     dormant_days: int = 30
+    usage_popular_prompt: int = 1000
     sender: str = "outbox"
     sender_url: str = ""
     sender_timeout_seconds: float = 5.0
@@ -153,6 +157,7 @@ class Config:
             log_level=raw["KYC_LOG_LEVEL"].upper(),
             rules_poll_seconds=float(raw["KYC_RULES_POLL_SECONDS"]),
             dormant_days=int(raw["KYC_DORMANT_DAYS"]),
+            usage_popular_prompt=int(raw["KYC_USAGE_POPULAR_PROMPT"]),
             sender=raw["KYC_SENDER"].strip().lower(),
             sender_url=raw["KYC_SENDER_URL"].strip(),
             sender_timeout_seconds=float(raw["KYC_SENDER_TIMEOUT_SECONDS"]),

@@ -386,6 +386,31 @@ class ActivityReport(Base):
     __table_args__ = (Index("ix_activity_reports_account_time", "account_id", "occurred_at"),)
 
 
+class PromptUse(Base):
+    """An account used a prompt template (keyed hash of the gateway's fingerprint) on a UTC day,
+    in these hours (bit h = UTC hour h): what lockstep detection compares (kyc/usage/lockstep.py)."""
+
+    __tablename__ = "prompt_uses"
+
+    value_hash: Mapped[str] = mapped_column(String(32), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hours: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (Index("ix_prompt_uses_account_day", "account_id", "day"),)
+
+
+class PromptDay(Base):
+    """How many accounts used a prompt template on a UTC day: its popularity. A template used by
+    many accounts (a popular tool's system prompt) says nothing about who acts together."""
+
+    __tablename__ = "prompt_days"
+
+    value_hash: Mapped[str] = mapped_column(String(32), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    accounts: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class RescoreRun(Base):
     """One rescoring request (dormant, all, a cluster, since a rules change, or given ids).
 

@@ -23,7 +23,7 @@ def _layout(url: str) -> tuple[set[str], set[str]]:
 def test_upgrade_on_an_empty_database(empty_url):
     upgrade_database(empty_url)
     tables, columns = _layout(empty_url)
-    assert "activity_reports" in tables and NEW_DAY_COLUMNS <= columns
+    assert {"activity_reports", "prompt_uses", "prompt_days"} <= tables and NEW_DAY_COLUMNS <= columns
 
 
 def test_upgrade_keeps_existing_days_and_downgrades(empty_url):
@@ -49,7 +49,7 @@ def test_upgrade_keeps_existing_days_and_downgrades(empty_url):
     engine.dispose()
     command.downgrade(alembic_config(empty_url), "0007")
     tables, columns = _layout(empty_url)
-    assert "activity_reports" not in tables and not NEW_DAY_COLUMNS & columns
+    assert not {"activity_reports", "prompt_uses", "prompt_days"} & tables and not NEW_DAY_COLUMNS & columns
     engine = create_engine(empty_url)
     with engine.begin() as conn:
         assert conn.execute(text("SELECT requests FROM activity_days")).scalar() == 1200

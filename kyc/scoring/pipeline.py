@@ -32,10 +32,9 @@ from kyc.signals import COLLECTORS, Identifiers, Lookups
 from kyc.signals.account import account_signals
 from kyc.signals.graph import graph_signals, member_flags
 from kyc.signals.payment import load_bin_table
-from kyc.signals.usage import usage_signals
 from kyc.signals.velocity import VELOCITY_KEYS
 from kyc.store import ReadAhead, velocity_store
-from kyc.usage.days import latest_day, latest_days
+from kyc.usage.days import latest_day, latest_days, usage_facts
 from kyc.verification import stored_verified_kinds, verified_kinds
 
 log = logging.getLogger("kyc.scoring")
@@ -90,7 +89,7 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
             session, account.id, None if trigger == "rescore" else at.date())
     if usage_day is not None:
         usage_at = usage_day["last_at"] if trigger == "rescore" else at
-        signals["usage"] = usage_signals(usage_day, usage_at, account.first_seen_at, runtime.tiers.daily_quotas)
+        signals["usage"] = usage_facts(runtime, session, account.id, usage_day, usage_at, account.first_seen_at)
     policy = graph.Policy.from_config(runtime.config)
     # Traits describe the registration: a card added later from another network must not reset
     # the signup's hosting (or any other) trait, nor give a new account's cluster its traits.

@@ -48,6 +48,11 @@ FIELDS = (
           "its first use (days without usage count 0).", 900.0),
     Field("usage.history_days", "int",
           f"Days of usage history that baseline covers (0 to {BASELINE_DAYS}; 0: the day is the first use).", 28),
+    Field("usage.lockstep_accounts", "int",
+          "Other accounts acting in lockstep with this one on the day: sharing 3 or more of its prompt templates "
+          "that are not popular (KYC_USAGE_POPULAR_PROMPT), in a common UTC hour (kyc/usage/lockstep.py).", 0),
+    Field("usage.lockstep_woke", "int",
+          "Of those, accounts that woke from a dormancy longer than KYC_DORMANT_DAYS the same day.", 0),
     Field("usage.baseline_ratio", "float",
           "requests_today / the baseline (1 = an ordinary day for this account; missing without history).", 1.1),
 )

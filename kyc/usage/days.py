@@ -9,6 +9,8 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from kyc.models import ActivityDay
+from kyc.signals.usage import usage_signals
+from kyc.usage.lockstep import SHARED, lockstep_facts
 
 _DAY = ActivityDay.__table__
 _LATEST_DAY = (select(*_DAY.c).where(_DAY.c.account_id == bindparam("account_id"), _DAY.c.day <= bindparam("until"))
@@ -32,3 +34,15 @@ def latest_days(conn, account_ids: list[str]) -> dict[str, dict[str, Any]]:
     return {row["account_id"]: dict(row) for row in conn.execute(
         select(*_DAY.c).join(latest, (_DAY.c.account_id == latest.c.account_id) & (_DAY.c.day == latest.c.day))
     ).mappings()}
+
+
+def usage_facts(runtime, session: Session, account_id: str, day: dict[str, Any], at, first_seen_at) -> dict[str, Any]:
+    """The usage signals of an account as of `at` from its latest day of usage at or before it,
+    with the lockstep facts when that day is at's and holds enough prompt templates to share."""
+    facts = usage_signals(day, at, first_seen_at, runtime.tiers.daily_quotas)
+    if day["day"] == at.date() and len(day.get("fingerprints") or ()) >= SHARED:
+        facts.update(lockstep_facts(session, account_id, day["day"], popular=runtime.config.usage_popular_prompt,
+                                    dormant=runtime.config.dormant_days))
+    elif day["day"] == at.date():
+        facts.update(lockstep_accounts=0, lockstep_woke=0)
+    return facts

@@ -22,7 +22,7 @@ from kyc.models import SEVERITY
 from kyc.scoring.decide import evaluate
 from kyc.models import Account, ClusterMember
 from kyc.runtime import Runtime
-from kyc.signals.usage import usage_signals
+from kyc.usage.days import usage_facts
 from kyc.usage.reports import Recorded
 
 
@@ -55,14 +55,14 @@ def accounts_to_reevaluate(runtime: Runtime, session: Session, recorded: Iterabl
             woke.add(r.account_id)
         if r.account_id not in latest or r.day >= latest[r.account_id].day:
             latest[r.account_id] = r
-    rules, quotas = runtime.rules, runtime.tiers.daily_quotas
+    rules = runtime.rules
     candidates = [a for a in latest if a not in woke and standing[a].subjects]
     stored = evaluation_signals(session, [s["evaluation_id"] for a in candidates
                                           for s in standing[a].subjects.values()]) if candidates else {}
     rising = set(woke)
     for account_id in candidates:
         day = latest[account_id].usage_day
-        usage = usage_signals(day, day["last_at"], standing[account_id].first_seen_at, quotas)
+        usage = usage_facts(runtime, session, account_id, day, day["last_at"], standing[account_id].first_seen_at)
         if riskier(rules, standing[account_id].subjects, usage, stored):
             rising.add(account_id)
     return sorted(rising)

@@ -28,6 +28,7 @@ from kyc.inputs import ActivityInput
 from kyc.models import Account, ActivityDay, ActivityReport, utcnow
 from kyc.security import keyed_hash
 from kyc.signals.usage import BASELINE_DAYS, HOURS
+from kyc.usage.lockstep import record_uses
 
 MAX_DAY_FINGERPRINTS = 100      # prompt templates kept per account and day: the most used
 
@@ -109,6 +110,7 @@ def record_reports(session: Session, reports: Sequence[tuple[str, ActivityInput]
     versions = {a: accounts[a].state_version or 0 for a in ids}
     results: list[Recorded] = []
     rows: list[dict[str, Any]] = []
+    uses: dict[tuple[str, date, str], int] = {}
     for (account_id, inp), at in zip(reports, times):
         key = (account_id, at.date())
         day = days.get(key)
@@ -122,10 +124,16 @@ def record_reports(session: Session, reports: Sequence[tuple[str, ActivityInput]
                 versions[account_id] += 1        # account.woke_up can change an entitlement
             day = days[key] = _new_day(account_id, key[1], at, gap, history.get(key))
         _add(day, inp, at, secret)
+        if inp.prompt_fingerprints:
+            mask = window_hours(at, inp.window_seconds)
+            for fingerprint in inp.prompt_fingerprints:
+                use = (keyed_hash(secret, "prompt", fingerprint), key[1], account_id)
+                uses[use] = uses.get(use, 0) | mask
         seen[account_id] = max(seen[account_id], at)
         results.append(Recorded(account_id, key[1], day["requests"], seen[account_id], day["dormant_days"], woke_up,
                                 day))
         rows.append(_report_row(account_id, inp, at, secret))
+    record_uses(session, uses)
     touched = {(r.account_id, r.day) for r in results}
     session.execute(_UPSERTS[session.get_bind().dialect.name], [days[k] for k in sorted(touched)])
     session.execute(_INSERT_REPORT, rows)
@@ -229,6 +237,11 @@ def spread(hours: list[int], at: datetime, window_seconds: int, requests: int) -
         given += share
     hours[last] += requests - given
     return hours
+
+
+def window_hours(at: datetime, window_seconds: int) -> int:
+    """The UTC hours of its day a report's window (at - window, at] covers, as a bit mask."""
+    return sum(1 << h for h, n in enumerate(spread([0] * HOURS, at, window_seconds, HOURS * 3600)) if n)
 
 
 def _report_row(account_id: str, inp: ActivityInput, at: datetime, secret: bytes) -> dict[str, Any]:

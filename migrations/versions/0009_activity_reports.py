@@ -1,4 +1,5 @@
-"""activity reports as sent (identifiers hashed) and the usage totals of each account's day
+"""activity reports as sent (identifiers hashed), the usage totals of each account's day, and
+who used which prompt template when (lockstep detection)
 
 Revision ID: 0009
 Revises: 0007
@@ -61,7 +62,26 @@ def upgrade() -> None:
                                           server_default=sa.text(default) if default is not None else None))
 
 
+    op.create_table('prompt_uses',
+    sa.Column('value_hash', sa.String(length=32), nullable=False),
+    sa.Column('day', sa.Date(), nullable=False),
+    sa.Column('account_id', sa.String(length=128), nullable=False),
+    sa.Column('hours', sa.Integer(), nullable=False),
+    sa.PrimaryKeyConstraint('value_hash', 'day', 'account_id')
+    )
+    with op.batch_alter_table('prompt_uses', schema=None) as batch_op:
+        batch_op.create_index('ix_prompt_uses_account_day', ['account_id', 'day'], unique=False)
+    op.create_table('prompt_days',
+    sa.Column('value_hash', sa.String(length=32), nullable=False),
+    sa.Column('day', sa.Date(), nullable=False),
+    sa.Column('accounts', sa.Integer(), nullable=False),
+    sa.PrimaryKeyConstraint('value_hash', 'day')
+    )
+
+
 def downgrade() -> None:
+    op.drop_table('prompt_days')
+    op.drop_table('prompt_uses')
     with op.batch_alter_table('activity_days', schema=None) as batch_op:
         for name, _, _ in reversed(_DAY_COLUMNS):
             batch_op.drop_column(name)
