@@ -685,7 +685,13 @@ def clusters_rebuild() -> None:
 @click.option("--days", default=14, show_default=True, type=int, help="period the history spans")
 @click.option("--database-url", default="", help="default: a fresh SQLite file in a temporary directory")
 @click.option("--redis-url", default="", help="velocity in this Redis (use a db of its own: it is flushed)")
-def simulate(seed: int, legit: int, farms: int, farm_size: int, days: int, database_url: str, redis_url: str) -> None:
+@click.option("--usage", "usage_phase", is_flag=True,
+              help="then a week of API usage (kyc/usage/simulate.py): light, heavy, company, popular-tool users and a "
+                   "distillation farm, reported in bulk; prints farm requests served and legitimate requests denied")
+@click.option("--usage-sizes", default="300,30,8,2000,400", show_default=True,
+              help="usage phase: light users, heavy users, companies, popular-tool users, farm accounts")
+def simulate(seed: int, legit: int, farms: int, farm_size: int, days: int, database_url: str, redis_url: str,
+             usage_phase: bool, usage_sizes: str) -> None:
     """Post a labeled signup history (ordinary users + farms) through the API; print how it scored."""
     import secrets
     import tempfile
@@ -721,6 +727,13 @@ def simulate(seed: int, legit: int, farms: int, farm_size: int, days: int, datab
         click.echo(f"{name:<24} {value:7.2%}")
     click.echo(f"signup latency (test client; cluster rescoring runs on a background thread): median {result['median_ms']:.1f} ms, "
                f"p99 {result['p99_ms']:.1f} ms")
+    if usage_phase:
+        from kyc.usage import simulate as usage_sim
+
+        accounts, signups = usage_sim.populations(seed, *(int(n) for n in usage_sizes.split(",")))
+        click.echo(f"\nusage phase: {len(accounts)} accounts sign up, then a week of usage")
+        usage_sim.report(usage_sim.run(app.test_client(), {"Authorization": f"Bearer {key}"}, accounts, signups,
+                                       echo=click.echo), echo=click.echo)
     runtime.engine.dispose()
     tmp.cleanup()
 
