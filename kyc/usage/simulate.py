@@ -38,9 +38,9 @@ LAST = ["smith", "garcia", "wang", "ivanova", "khan", "rossi", "silva", "muller"
         "tanaka", "lopez", "brown", "dubois", "novak", "jensen", "okafor", "haddad", "schmidt", "costa"]
 BROWSER = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 "
            "Safari/537.36")
-# Consumer broadband networks (Comcast, Verizon, BT, Orange, Deutsche Telekom): homes and the
+# A consumer broadband network (Comcast, 73.0.0.0/8): homes and the
 # residential proxies that rent them look alike.
-HOME_PREFIXES = ["73", "71", "86", "90", "79"]
+HOME_PREFIXES = ["73"]
 
 
 @dataclass
