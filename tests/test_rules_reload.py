@@ -81,7 +81,7 @@ def auth_for():
 def test_ops_rules_reports_the_running_set(client, auth, runtime):
     body = client.get("/v1/ops/rules", headers=auth).json
     assert body["version"] == runtime.rules.version
-    assert body["subjects"]["signup"] == {"active": 34, "shadow": 1, "disabled": 0}
+    assert body["subjects"]["signup"] == {"active": 41, "shadow": 2, "disabled": 0}
     assert body["lists"]["free_email_domains"] > 10
     assert body["last_error"] is None and body["process"] == os.getpid()
     assert body["loaded_at"].endswith("Z")

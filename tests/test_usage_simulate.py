@@ -15,7 +15,7 @@ def test_a_small_usage_week_stops_the_farm_and_serves_everyone_else(tmp_path, ma
     shutil.copy(_sqlite_template, db)
     rt = Runtime.start(make_config(f"sqlite:///{db}", dev_key="sim"), migrate=False)
     try:
-        accounts, signups = usage_sim.populations(3, 10, 3, 2, 40, 30)
+        accounts, signups = usage_sim.populations(3, 10, 3, 2, 40, 50)
         assert {a.population for a in accounts} == {"light", "heavy", "company", "tool_user", "farm"}
         result = usage_sim.run(create_app(runtime=rt).test_client(), {"Authorization": "Bearer sim"}, accounts,
                                signups, echo=None)
@@ -26,5 +26,7 @@ def test_a_small_usage_week_stops_the_farm_and_serves_everyone_else(tmp_path, ma
     assert result["wanted"]["farm"] > 0 and result["wanted"]["heavy"] > result["wanted"]["light"]
     assert summary["heavy_or_company_denied"] == 0, result["denied_accounts"]
     assert summary["legit_denied_share"] <= 0.01, result
-    assert result["final"]["farm"].get("block", 0) >= 25, result["final"]
+    # A small farm (the lockstep rule wants 20 accounts together) is stopped more slowly than a
+    # large one: most of it blocked, well under half its traffic served.
+    assert result["final"]["farm"].get("block", 0) >= 30, result["final"]
     assert summary["farm_served_share"] < 0.5, result

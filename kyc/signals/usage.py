@@ -53,6 +53,13 @@ FIELDS = (
           "that are not popular (KYC_USAGE_POPULAR_PROMPT), in a common UTC hour (kyc/usage/lockstep.py).", 0),
     Field("usage.lockstep_woke", "int",
           "Of those, accounts that woke from a dormancy longer than KYC_DORMANT_DAYS the same day.", 0),
+    Field("usage.cluster_requests_today", "int",
+          "Requests the account's whole cluster (graph.cluster_id) was served on the day.", 1200),
+    Field("usage.cluster_quota_ratio", "float",
+          "The cluster's requests on the day / the sum of its active members' daily quotas.", 0.12),
+    Field("usage.cluster_active_hour", "int", "Cluster members with requests in the UTC hour of the latest report.", 1),
+    Field("usage.cluster_woke_today", "int",
+          "Cluster members whose usage that day ended a dormancy longer than KYC_DORMANT_DAYS.", 0),
     Field("usage.baseline_ratio", "float",
           "requests_today / the baseline (1 = an ordinary day for this account; missing without history).", 1.1),
 )
@@ -64,6 +71,20 @@ def quota_tier(tier: str | None, quotas: Mapping[str, int]) -> str | None:
     if tier in quotas:
         return tier
     return min(quotas, key=lambda t: (quotas[t], t)) if quotas else None
+
+
+def cluster_usage_signals(days: list[Mapping[str, Any]], at: datetime, quotas: Mapping[str, int],
+                          dormancy_threshold: int) -> dict[str, Any]:
+    """The cluster facts from its members' rows of the day of `at` (members without usage that
+    day are absent)."""
+    requests = sum(d["requests"] for d in days)
+    quota = sum(quotas.get(quota_tier(d.get("tier"), quotas), 0) for d in days)
+    return {
+        "cluster_requests_today": requests,
+        "cluster_quota_ratio": round(requests / quota, 4) if quota else 0.0,
+        "cluster_active_hour": sum(1 for d in days if (d.get("hours") or [0] * HOURS)[at.hour] > 0),
+        "cluster_woke_today": sum(1 for d in days if (d.get("dormant_days") or 0) > dormancy_threshold),
+    }
 
 
 def usage_signals(day: Mapping[str, Any] | None, at: datetime, first_seen_at: datetime | None,

@@ -8,14 +8,22 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from kyc.models import ActivityDay
-from kyc.signals.usage import usage_signals
+from kyc.models import ActivityDay, ClusterMember
+from kyc.signals.usage import cluster_usage_signals, usage_signals
 from kyc.usage.lockstep import SHARED, lockstep_facts
 
 _DAY = ActivityDay.__table__
 _LATEST_DAY = (select(*_DAY.c).where(_DAY.c.account_id == bindparam("account_id"), _DAY.c.day <= bindparam("until"))
                .order_by(_DAY.c.day.desc()).limit(1))
 _FAR = date(9999, 12, 31)
+CLUSTER_READ = 5000          # members' days read for the cluster facts (a bounded index scan)
+_M = ClusterMember.__table__
+_MINE = _M.alias("mine")
+_CLUSTER_DAYS = (select(_DAY.c.requests, _DAY.c.tier, _DAY.c.hours, _DAY.c.dormant_days)
+                 .select_from(_M.join(_DAY, (_DAY.c.account_id == _M.c.account_id) & (_DAY.c.day == bindparam("day"))))
+                 .where(_M.c.cluster_id == select(_MINE.c.cluster_id).where(_MINE.c.account_id == bindparam("account_id"))
+                        .scalar_subquery())
+                 .limit(CLUSTER_READ))
 
 
 def latest_day(session: Session, account_id: str, until: date | None = None) -> dict[str, Any] | None:
@@ -45,4 +53,8 @@ def usage_facts(runtime, session: Session, account_id: str, day: dict[str, Any],
                                     dormant=runtime.config.dormant_days))
     elif day["day"] == at.date():
         facts.update(lockstep_accounts=0, lockstep_woke=0)
+    if day["day"] == at.date():
+        members = [dict(r) for r in session.execute(_CLUSTER_DAYS, {"day": day["day"], "account_id": account_id})
+                   .mappings()] or [day]
+        facts.update(cluster_usage_signals(members, at, runtime.tiers.daily_quotas, runtime.config.dormant_days))
     return facts
