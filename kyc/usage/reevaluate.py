@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from kyc.engine import RuleSet
 from kyc.models import SEVERITY
 from kyc.scoring.decide import evaluate
-from kyc.models import Account, ClusterMember
+from kyc.models import Account, Cluster, ClusterMember
 from kyc.runtime import Runtime
 from kyc.usage.days import usage_facts
 from kyc.usage.reports import Recorded
@@ -59,10 +59,14 @@ def accounts_to_reevaluate(runtime: Runtime, session: Session, recorded: Iterabl
     candidates = [a for a in latest if a not in woke and standing[a].subjects]
     stored = evaluation_signals(session, [s["evaluation_id"] for a in candidates
                                           for s in standing[a].subjects.values()]) if candidates else {}
+    # Most accounts are clusters of one: their cluster facts are their own (one read for all).
+    linked = set(session.scalars(select(ClusterMember.account_id).join(Cluster, Cluster.id == ClusterMember.cluster_id)
+                                 .where(ClusterMember.account_id.in_(candidates), Cluster.size > 1))) if candidates else set()
     rising = set(woke)
     for account_id in candidates:
         day = latest[account_id].usage_day
-        usage = usage_facts(runtime, session, account_id, day, day["last_at"], standing[account_id].first_seen_at)
+        usage = usage_facts(runtime, session, account_id, day, day["last_at"], standing[account_id].first_seen_at,
+                            linked=account_id in linked)
         if riskier(rules, standing[account_id].subjects, usage, stored):
             rising.add(account_id)
     return sorted(rising)
