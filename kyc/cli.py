@@ -764,10 +764,16 @@ def clusters_rebuild() -> None:
               help="ordinary traffic at the same rate before the measured period (not measured)")
 @click.option("--database-url", default="", help="default: a fresh SQLite file in a temporary directory")
 @click.option("--redis-url", default="", help="velocity in this Redis (use a db of its own: it is flushed)")
+@click.option("--usage", "usage_phase", is_flag=True,
+              help="then a week of API usage (kyc/usage/simulate.py): light, heavy, company, popular-tool users and a "
+                   "distillation farm, reported in bulk; prints farm requests served and legitimate requests denied")
+@click.option("--usage-sizes", default="300,30,8,2000,400", show_default=True,
+              help="usage phase: light users, heavy users, companies, popular-tool users, farm accounts")
 def simulate(seed: int, legit: int, farms: int, farm_size: int, days: float, warmup_days: float, database_url: str,
-             redis_url: str) -> None:
+             redis_url: str, usage_phase: bool, usage_sizes: str) -> None:
     """Post a labeled history (ordinary users as realism.md describes them, and farms) of signups
-    and cards through the API; print how it scored and how well the scores rank."""
+    and cards through the API; print how it scored and how well the scores rank. `--usage` then
+    adds a week of API usage."""
     import secrets
     import tempfile
     from datetime import timedelta
@@ -831,6 +837,13 @@ def simulate(seed: int, legit: int, farms: int, farm_size: int, days: float, war
     for stats in sorted(report.rules.values(), key=lambda r: (-len(r.legit), -len(r.fraud))):
         if stats.fraud or stats.legit:
             click.echo(f"  {stats.subject:<15}{stats.rule:<36}{len(stats.fraud):>6} /{len(stats.legit):>5}")
+    if usage_phase:
+        from kyc.usage import simulate as usage_sim
+
+        accounts, signups = usage_sim.populations(seed, *(int(n) for n in usage_sizes.split(",")))
+        click.echo(f"\nusage phase: {len(accounts)} accounts sign up, then a week of usage")
+        usage_sim.report(usage_sim.run(app.test_client(), {"Authorization": f"Bearer {key}"}, accounts, signups,
+                                       echo=click.echo), echo=click.echo)
     runtime.engine.dispose()
     tmp.cleanup()
 

@@ -54,6 +54,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("KYC_DORMANT_DAYS", "30",
             "Activity after more than this many days without any is a signal (account.woke_up) and rescores the account; "
             "the daily schedule rescores accounts dormant this long."),
+    Setting("KYC_USAGE_POPULAR_PROMPT", "1000",
+            "A prompt template (activity reports' prompt_fingerprints) used by more accounts than this on a UTC day is "
+            "popular (a common tool's prompt): lockstep detection ignores it (usage.lockstep_accounts)."),
     Setting("KYC_SENDER", "outbox",
             "How verification codes are sent: outbox (a table plus a masked log line; `kyc outbox` shows codes "
             "in development only) or http (POST JSON to KYC_SENDER_URL)."),
@@ -119,6 +122,7 @@ class Config:
     rules_poll_seconds: float = 2.0
     redis_timeout_ms: int = 200
     dormant_days: int = 30
+    usage_popular_prompt: int = 1000
     sender: str = "outbox"
     sender_url: str = ""
     sender_timeout_seconds: float = 5.0
@@ -163,6 +167,7 @@ class Config:
             rules_poll_seconds=float(raw["KYC_RULES_POLL_SECONDS"]),
             redis_timeout_ms=int(raw["KYC_REDIS_TIMEOUT_MS"]),
             dormant_days=int(raw["KYC_DORMANT_DAYS"]),
+            usage_popular_prompt=int(raw["KYC_USAGE_POPULAR_PROMPT"]),
             sender=raw["KYC_SENDER"].strip().lower(),
             sender_url=raw["KYC_SENDER_URL"].strip(),
             sender_timeout_seconds=float(raw["KYC_SENDER_TIMEOUT_SECONDS"]),

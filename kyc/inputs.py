@@ -173,16 +173,45 @@ class PaymentMethodInput(_Input):
         return None if value is None else value.upper()
 
 
-class ActivityInput(_Input):
-    """POST /v1/accounts/{id}/activity: usage the gateway saw (requests since its last report)."""
+MAX_FINGERPRINTS = 100
+MAX_BULK_REPORTS = 1000
+Count = Annotated[StrictInt, Field(ge=0, le=10**12)]
 
-    requests: Annotated[StrictInt, Field(ge=0, le=1_000_000_000)] = 1
+
+class ActivityInput(_Input):
+    """POST /v1/accounts/{id}/activity: what the gateway served the account since its last report."""
+
+    window_seconds: Annotated[StrictInt, Field(ge=0, le=7 * 86400)] = 0
+    requests: Annotated[StrictInt, Field(ge=0, le=1_000_000_000)]
     ip: Annotated[StrictStr, Field(max_length=64)] | None = None
+    api_key_id: Annotated[StrictStr, Field(min_length=1, max_length=128)] | None = None
+    tier: Annotated[StrictStr, Field(min_length=1, max_length=64)] | None = None
+    user_agent: Annotated[StrictStr, Field(max_length=1024)] | None = None
+    tokens_in: Count | None = None
+    tokens_out: Count | None = None
+    models: dict[Annotated[StrictStr, Field(min_length=1, max_length=128)], Count] | None = Field(
+        default=None, max_length=100)
+    prompt_fingerprints: dict[Annotated[StrictStr, Field(min_length=1, max_length=128)], Count] | None = Field(
+        default=None, max_length=MAX_FINGERPRINTS)
+    interval_cv: Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False, strict=True)] | None = None
+    refused: Count | None = None
 
     @field_validator("ip")
     @classmethod
     def _ip(cls, value: str | None) -> str | None:
         return None if value is None else _check_ip(value)
+
+
+class BulkActivityReport(ActivityInput):
+    account_id: AccountId
+
+
+class BulkActivityInput(BaseModel):
+    """POST /v1/activity: 1 to MAX_BULK_REPORTS reports, all or nothing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reports: list[BulkActivityReport] = Field(min_length=1, max_length=MAX_BULK_REPORTS)
 
 
 INPUTS: dict[str, type[_Input]] = {"signup": SignupInput, "payment_method": PaymentMethodInput}

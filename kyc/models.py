@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Date, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Date, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -338,7 +338,12 @@ class WebhookEvent(Base):
 
 
 class ActivityDay(Base):
-    """Usage reported by the gateway, one row per account and UTC day."""
+    """Usage reported by the gateway, one row per account and UTC day: the day's totals, which
+    the usage signals read (kyc/signals/usage.py), so a signal costs one row read.
+
+    What the day's first report learns about the account's past is kept with the row (dormancy,
+    trailing baseline, first use), so nothing later needs the older days again.
+    """
 
     __tablename__ = "activity_days"
 
@@ -350,6 +355,73 @@ class ActivityDay(Base):
     # Whole days without activity before this day's first report: the dormancy it ended.
     dormant_days: Mapped[int] = mapped_column(Integer, default=0)
     last_ip_hash: Mapped[str | None] = mapped_column(String(32))
+    refused: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens_in: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens_out: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Requests per UTC hour of the day (24 numbers; a report's window spread over the hours it covers).
+    hours: Mapped[list[int] | None] = mapped_column(JSON)
+    # Request-weighted interval_cv: the sum of cv x requests over the reports that gave one, and their requests.
+    cv_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    cv_requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    models: Mapped[dict[str, int] | None] = mapped_column(JSON)              # model -> requests
+    fingerprints: Mapped[dict[str, int] | None] = mapped_column(JSON)        # keyed hash -> requests (top 100)
+    tier: Mapped[str | None] = mapped_column(String(64))                     # the latest report's tier
+    # Read when the day's first report arrives: mean requests per day over the trailing
+    # BASELINE_DAYS days since first use (days without activity count 0), how many days that
+    # mean covers, and the account's first use of the API.
+    baseline: Mapped[float] = mapped_column(Float, default=0.0)
+    history_days: Mapped[int] = mapped_column(Integer, default=0)
+    first_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ActivityReport(Base):
+    """One report of the API gateway, as sent, identifiers as keyed hashes (never in clear)."""
+
+    __tablename__ = "activity_reports"
+
+    id: Mapped[int] = mapped_column(_AUTO_ID, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    window_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    refused: Mapped[int | None] = mapped_column(BigInteger)
+    ip_hash: Mapped[str | None] = mapped_column(String(32))
+    api_key_hash: Mapped[str | None] = mapped_column(String(32))
+    tier: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(1024))
+    tokens_in: Mapped[int | None] = mapped_column(BigInteger)
+    tokens_out: Mapped[int | None] = mapped_column(BigInteger)
+    models: Mapped[dict[str, int] | None] = mapped_column(JSON)
+    prompt_fingerprints: Mapped[dict[str, int] | None] = mapped_column(JSON)   # keyed hash -> requests
+    interval_cv: Mapped[float | None] = mapped_column(Float)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_activity_reports_account_time", "account_id", "occurred_at"),)
+
+
+class PromptUse(Base):
+    """An account used a prompt template (keyed hash of the gateway's fingerprint) on a UTC day,
+    in these hours (bit h = UTC hour h): what lockstep detection compares (kyc/usage/lockstep.py)."""
+
+    __tablename__ = "prompt_uses"
+
+    value_hash: Mapped[str] = mapped_column(String(32), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hours: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (Index("ix_prompt_uses_account_day", "account_id", "day"),)
+
+
+class PromptDay(Base):
+    """How many accounts used a prompt template on a UTC day: its popularity. A template used by
+    many accounts (a popular tool's system prompt) says nothing about who acts together."""
+
+    __tablename__ = "prompt_days"
+
+    value_hash: Mapped[str] = mapped_column(String(32), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    accounts: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class RescoreRun(Base):

@@ -16,7 +16,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,11 @@ class TierPolicy:
 
     def get(self, tier_id: str | None) -> Tier | None:
         return self.tiers.get(tier_id) if tier_id else None
+
+    @cached_property
+    def daily_quotas(self) -> dict[str, int]:
+        """tier -> requests_per_day, for the tiers that set one (the usage signals' quotas)."""
+        return {t.id: t.quota["requests_per_day"] for t in self.tiers.values() if "requests_per_day" in t.quota}
 
     def refused_line_types(self, tier_id: str | None = None) -> frozenset[str]:
         """Phone line types phone verification refuses: the named tier's, or every tier's."""
@@ -186,7 +191,7 @@ _SIGNALS_CACHE_SIZE = 50_000
 _SIGNALS_LOCK = threading.Lock()
 
 
-def _evaluation_signals(conn: Connection, evaluation_ids: list[str]) -> dict[str, dict]:
+def evaluation_signals(conn: Connection, evaluation_ids: list[str]) -> dict[str, dict]:
     """Signals of evaluations by id; evaluations never change, so they are cached (LRU)."""
     found: dict[str, dict] = {}
     missing = []
@@ -285,7 +290,7 @@ def _condition_signals(conn: Connection, conditions: CompiledConditions, subject
     if evaluation_families and subjects:
         # Latest evaluation of each subject; where two subjects fill one family, the later wins.
         latest = sorted(subjects.values(), key=lambda s: s["occurred_at"])
-        by_id = _evaluation_signals(conn, [s["evaluation_id"] for s in latest])
+        by_id = evaluation_signals(conn, [s["evaluation_id"] for s in latest])
         for s in latest:
             for family, facts in (by_id.get(s["evaluation_id"]) or {}).items():
                 if family in evaluation_families:

@@ -38,7 +38,7 @@ def test_counts_requests_per_day_and_moves_last_seen(client, auth, runtime, acco
     assert first.json["woke_up"] is False and first.json["dormant_days"] == 0
     second = activity(client, auth, occurred_at="2026-10-02T17:00:00Z", requests=300).json
     assert second["requests_today"] == 1500 and second["last_seen_at"] == "2026-10-02T17:00:00Z"
-    next_day = activity(client, auth, occurred_at="2026-10-03T01:00:00Z").json
+    next_day = activity(client, auth, occurred_at="2026-10-03T01:00:00Z", requests=1).json
     assert next_day["requests_today"] == 1 and next_day["day"] == "2026-10-03"
     late = activity(client, auth, occurred_at="2026-10-02T20:00:00Z", requests=5).json
     assert late["requests_today"] == 1505 and late["last_seen_at"] == "2026-10-03T01:00:00Z"
@@ -63,13 +63,13 @@ def test_activity_after_dormancy_is_a_signal_and_rescores(client, auth, runtime,
     high = client.get("/v1/accounts/acct_1/entitlement?tier=high_volume", headers=auth).json
     assert "not_just_woken" in {d["check"] for d in high["denied_by"]}
     # The same day's later reports are no new wake-up.
-    again = activity(client, auth, occurred_at="2026-11-24T22:00:00Z").json
+    again = activity(client, auth, occurred_at="2026-11-24T22:00:00Z", requests=1).json
     assert again["woke_up"] is False and len(_evaluations(runtime)) == before + 1
 
 
 def test_short_silence_is_no_wake_up(client, auth, runtime, account):
     before = len(_evaluations(runtime))
-    answer = activity(client, auth, occurred_at="2026-10-11T12:00:00Z").json
+    answer = activity(client, auth, occurred_at="2026-10-11T12:00:00Z", requests=1).json
     assert answer["woke_up"] is False and answer["dormant_days"] == 10
     assert len(_evaluations(runtime)) == before
 
@@ -80,7 +80,7 @@ def test_dormancy_threshold_is_a_setting(database_url, make_config):
         client = create_app(runtime=rt).test_client()
         headers = key_headers(rt)
         client.post("/v1/signups", json=signup(occurred_at=SIGNED_UP), headers=headers)
-        assert activity(client, headers, occurred_at="2026-10-11T12:00:00Z").json["woke_up"] is True
+        assert activity(client, headers, occurred_at="2026-10-11T12:00:00Z", requests=1).json["woke_up"] is True
     finally:
         rt.engine.dispose()
 
@@ -96,7 +96,7 @@ def test_rules_can_act_on_a_wake_up(database_url, make_config, tmp_path):
         headers = key_headers(rt)
         client = create_app(runtime=rt).test_client()
         assert client.post("/v1/signups", json=signup(occurred_at=SIGNED_UP), headers=headers).json["decision"] == "allow"
-        activity(client, headers, occurred_at="2026-11-24T21:00:00Z")
+        activity(client, headers, occurred_at="2026-11-24T21:00:00Z", requests=1)
         account = client.get("/v1/accounts/acct_1", headers=headers).json
         assert account["decision"] == "review"
         assert account["reasons"][0]["rule"] == "sleeper_woke_up"
@@ -105,8 +105,8 @@ def test_rules_can_act_on_a_wake_up(database_url, make_config, tmp_path):
 
 
 @pytest.mark.parametrize("body", [
-    {"requests": -1}, {"requests": "12"}, {"requests": 1.5}, {"ip": "999.1.1.1"}, {"occurred_at": "yesterday"},
-    {"requests": 1, "user": "x"},
+    {"requests": -1}, {"requests": "12"}, {"requests": 1.5}, {"requests": 1, "ip": "999.1.1.1"},
+    {"requests": 1, "occurred_at": "yesterday"}, {"requests": 1, "user": "x"}, {"ip": "203.0.113.7"},
 ])
 def test_bad_activity_is_refused_and_changes_nothing(client, auth, runtime, account, body):
     with runtime.session() as s:

@@ -61,16 +61,17 @@ def _authenticate() -> None:
                                          f"roles that may: {', '.join(roles_for(request.method, rule.rule))}")
 
 
-def read_json() -> Any:
+def read_json(limit: int | None = None) -> Any:
     """The request body as JSON, refusing what the contract refuses before anything else runs
-    (kyc/api/guard.py: size however sent, strict JSON, NUL, lone surrogates, card numbers)."""
+    (kyc/api/guard.py: size however sent, strict JSON, NUL, lone surrogates, card numbers).
+    `limit`: the largest body accepted, when the endpoint accepts more than KYC_MAX_BODY_BYTES."""
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "send the body as JSON with Content-Type: application/json")
-    return guard.decode_json(guard.read_body(runtime().config.max_body_bytes))
+    return guard.decode_json(guard.read_body(limit or runtime().config.max_body_bytes))
 
 
-def parse(model: type[M], data: Any = None) -> M:
-    data = read_json() if data is None else data
+def parse(model: type[M], data: Any = None, *, limit: int | None = None) -> M:
+    data = read_json(limit) if data is None else data
     if not isinstance(data, dict):
         raise invalid("the body must be a JSON object")
     try:
@@ -138,7 +139,7 @@ def documented(summary: str, **operation: Any) -> Callable:
 def field_errors(exc: ValidationError) -> dict[str, str]:
     fields: dict[str, str] = {}
     for err in exc.errors(include_url=False, include_input=False):
-        name = ".".join(str(part) for part in err["loc"]) or "body"
+        name = field_name(err["loc"])
         if err["type"] == "extra_forbidden":
             message = "unknown field; free-form data goes in metadata"
         elif err["type"] == "missing":
@@ -149,9 +150,17 @@ def field_errors(exc: ValidationError) -> dict[str, str]:
     return fields
 
 
+def field_name(loc: tuple) -> str:
+    """A field's name in an error: dotted, list positions in brackets (reports[3].requests)."""
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
+    return name or "body"
+
+
 def register(app: Flask) -> None:
     from kyc.api import (  # noqa: F401 - routes register on v1
-        accounts, audit, clusters, monitoring, openapi, ops, payment_methods, reviews, signups, tiers,
+        accounts, activity, audit, clusters, monitoring, openapi, ops, payment_methods, reviews, signups, tiers,
         verifications, webhooks)
 
     # First of all hooks: a card number in the URL or a header is refused before anything reads it.

@@ -68,6 +68,7 @@ def check_url_and_headers() -> None:
 def read_body(limit: int) -> bytes:
     """The raw body, refused with 413 past `limit` bytes whether or not Content-Length was sent."""
     too_large = ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+    request.max_content_length = limit       # the app's MAX_CONTENT_LENGTH, raised for this endpoint
     length = request.content_length
     if length is not None:
         if length > limit:

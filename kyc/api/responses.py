@@ -130,12 +130,18 @@ class Entitlement(Body):
 
 class Activity(Body):
     account_id: str
+    requests_today: int
+    decision: Decision = Field(description="The account's decision after this report")
     last_seen_at: Time | None = Field(json_schema_extra=TIME)
     day: str = Field(json_schema_extra={"format": "date"})
-    requests_today: int
     dormant_days: int
     woke_up: bool
+    reevaluated: bool = Field(description="The report made the account riskier: it was evaluated again at once")
     rescore_requested: bool
+
+
+class BulkActivity(Body):
+    results: list[Activity] = Field(description="One answer per report, in order")
 
 
 class SharedIdentifier(Body):

@@ -1,4 +1,4 @@
-"""The API gateway's calls: GET /v1/accounts/{id}/entitlement?tier= and POST /v1/accounts/{id}/activity.
+"""The API gateway's tier check: GET /v1/accounts/{id}/entitlement?tier= (its usage reports: kyc/api/activity.py).
 
 The entitlement answer is cacheable by the gateway: ETag = the account's state version plus a
 digest of the answer, with Cache-Control: no-cache so the gateway revalidates every time
@@ -11,12 +11,9 @@ from __future__ import annotations
 from flask import Response, request
 from pydantic import BaseModel, Field
 
-from kyc.activity import record_activity
-from kyc.api import documented, parse, parse_query, respond, runtime, v1
-from kyc.api.responses import Activity, Entitlement
+from kyc.api import documented, parse_query, respond, runtime, v1
+from kyc.api.responses import Entitlement
 from kyc.errors import invalid, not_found
-from kyc.inputs import ActivityInput, rfc3339
-from kyc.jobs import enqueue_rescore
 from kyc.tiers import UnknownAccount, entitlement, etag
 
 CACHE_CONTROL = "private, no-cache"
@@ -54,23 +51,3 @@ def get_entitlement(account_id: str):
     response.set_etag(tag)
     response.headers["Cache-Control"] = CACHE_CONTROL
     return response
-
-
-@v1.post("/accounts/<account_id>/activity")
-@documented("Report activity", body=ActivityInput, responses={200: Activity}, tag="gateway")
-def report_activity(account_id: str):
-    """What the gateway served to the account since its last report. Updates last-seen and the
-    usage counters; activity after a long dormancy rescores the account."""
-    inp = parse(ActivityInput)
-    rt = runtime()
-    with rt.session() as session, session.begin():
-        result = record_activity(session, account_id, inp.at(), inp.requests, inp.ip, rt.config.secret_key,
-                                 rt.config.dormant_days)
-    if result.woke_up:
-        # After the commit: the rescore reads the activity just recorded (account.woke_up).
-        enqueue_rescore(rt, [account_id], f"activity after {result.dormant_days} dormant days")
-    return respond(Activity, {
-        "account_id": account_id, "last_seen_at": rfc3339(result.last_seen_at), "day": result.day.isoformat(),
-        "requests_today": result.requests_today, "dormant_days": result.dormant_days, "woke_up": result.woke_up,
-        "rescore_requested": result.woke_up,
-    })

@@ -19,7 +19,6 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from kyc.activity import latest_dormancies
 from kyc.db import deferred
 from kyc.engine import RuleSet
 from kyc.ids import new_id
@@ -37,6 +36,7 @@ from kyc.signals.graph import graph_signals, member_flags
 from kyc.signals.payment import load_bin_table
 from kyc.signals.velocity import VELOCITY_KEYS
 from kyc.store import ReadAhead, velocity_store
+from kyc.usage.days import latest_day, latest_days, usage_facts
 from kyc.verification import stored_verified_kinds, verified_kinds
 
 log = logging.getLogger("kyc.scoring")
@@ -84,6 +84,16 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     signals, identifiers = COLLECTORS[subject](inp, lookups, at)
     signal_seconds = perf_counter() - started
     signals["account"] = account_facts
+    # Usage as of the event for a live or backfilled input; a rescore reads the account's
+    # latest day of usage as of its latest report (what a report re-evaluates it for).
+    if chunk is not None:
+        usage_day = chunk.usage.get(account.id)
+    else:
+        usage_day = None if created or dormancy is None else latest_day(
+            session, account.id, None if trigger == "rescore" else at.date())
+    if usage_day is not None:
+        usage_at = usage_day["last_at"] if trigger == "rescore" else at
+        signals["usage"] = usage_facts(runtime, session, account.id, usage_day, usage_at, account.first_seen_at)
     policy = graph.Policy.from_config(runtime.config)
     # Traits describe the registration: a card added later from another network must not reset
     # the signup's hosting (or any other) trait, nor give a new account's cluster its traits.
@@ -199,6 +209,7 @@ class Chunk:
     read: dict[str, tuple]                     # each account's written columns as read
     originals: dict[str, Any]            # evaluation id -> (id, account_id, subject, occurred_at, input)
     dormancy: dict[str, int]
+    usage: dict[str, dict[str, Any]]         # each account's latest day of usage (kyc.usage.days)
     verified: dict[str, set[str]]
     graph: graph.ChunkGraph
     store: Any
@@ -251,8 +262,9 @@ def read_chunk(runtime: Runtime, session: Session, ids: list[str]) -> Chunk:
     originals = {row.id: row for row in session.execute(
         select(Evaluation.id, Evaluation.account_id, Evaluation.subject, Evaluation.occurred_at, Evaluation.input)
         .where(Evaluation.id.in_(latest)))} if latest else {}
+    usage = latest_days(session, found)
     return Chunk(accounts=accounts, read={a.id: _written(a) for a in accounts.values()}, originals=originals,
-                 dormancy=latest_dormancies(session, found) if found else {},
+                 dormancy={a: day["dormant_days"] for a, day in usage.items()}, usage=usage,
                  verified=stored_verified_kinds(session, found) if found else {},
                  graph=graph.ChunkGraph(session, found),
                  store=ReadAhead(velocity_store(runtime, session), _velocity_requests(session, originals.values())))
@@ -315,7 +327,7 @@ def _locked_account(session: Session, account_id: str
 _MEMBER_COLUMNS = tuple(ClusterMember.__table__.c.keys())
 _LOCKED_ACCOUNT = (
     select(*Account.__table__.c,
-           # as activity.latest_dormancies
+           # the dormancy of the latest day, as usage.days.latest_days reads it
            select(ActivityDay.dormant_days).where(ActivityDay.account_id == Account.id)
            .order_by(ActivityDay.day.desc()).limit(1).scalar_subquery().label("_dormancy"),
            # as verification.stored_verified_kinds

@@ -14,12 +14,12 @@ from typing import Any
 from kyc.engine.schema import Schema
 from kyc.inputs import PaymentMethodInput, SignupInput
 from kyc.security import keyed_hash
-from kyc.signals import account, degraded, device, email, graph, network, payment, phone, velocity
+from kyc.signals import account, degraded, device, email, graph, network, payment, phone, usage, velocity
 from kyc.signals.geoip import GeoIP
 from kyc.signals.payment import BinTable, load_bin_table
 from kyc.store import Store
 
-SCHEMA = Schema(f for family in (email, phone, network, device, velocity, account, graph, payment, degraded)
+SCHEMA = Schema(f for family in (email, phone, network, device, velocity, account, graph, payment, degraded, usage)
                 for f in family.FIELDS)
 
 Signals = dict[str, dict[str, Any]]

@@ -1,0 +1,173 @@
+"""Benchmark activity ingestion: POST /v1/activity (bulk) against the same reports one call each.
+
+    python bench/activity.py --database-url postgresql+psycopg://...   # 1,000,000 accounts stored
+    python bench/activity.py --quick                                    # 10,000 accounts, SQLite
+
+Accounts are stored as bench/entitlement.py stores them (reused when the database holds them
+already); the reported accounts each get a real signup evaluation, so the check for riskier
+usage reads and evaluates real stored signals. The reports are ordinary usage (inside the
+tier's quota, nothing re-evaluates): the steady state of a gateway. In-process through Flask's
+test client, both ways in the same run: bulk calls of --batch reports, then single reports,
+each on fresh (account, hour) pairs. Prints reports/s by wall clock and by the process's CPU
+time (one core), per-call median and p99, and the ratio bulk / single.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy import bindparam, insert, select, update  # noqa: E402
+
+from kyc import create_app, settle_for_serving  # noqa: E402
+from kyc.config import PROJECT_ROOT, Config  # noqa: E402
+from kyc.models import Account, ApiKey, Evaluation  # noqa: E402
+from kyc.runtime import Runtime, upgrade_database  # noqa: E402
+from kyc.security import hash_api_key, new_api_key  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("bench_entitlement", Path(__file__).with_name("entitlement.py"))
+entitlement_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(entitlement_bench)
+
+SIGNUP = {"account_id": "acct_template", "email": "jane.smith84@gmail.com", "ip": "73.15.1.1",
+          "phone": "+14155550123", "device_id": "dv_template", "form_fill_ms": 5400,
+          "user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                        "Chrome/131.0.0.0 Safari/537.36", "occurred_at": "2026-01-05T12:00:00Z"}
+
+
+def give_evaluations(runtime: Runtime, client, headers: dict, ids: list[str]) -> None:
+    """One real signup evaluation's signals, stored as the latest signup evaluation of each
+    account, last seen the day before the reports start (steady usage, no wake-up)."""
+    answer = client.post("/v1/signups", json=SIGNUP, headers=headers).json
+    with runtime.engine.begin() as conn:
+        signals = conn.scalar(select(Evaluation.signals).where(Evaluation.id == answer["evaluation_id"]))
+        rows, updates = [], []
+        for n, account_id in enumerate(ids):
+            ev = f"ev_bench{n:020d}"
+            rows.append({"id": ev, "account_id": account_id, "subject": "signup", "trigger": "live",
+                         "occurred_at": answer_time(), "created_at": answer_time(),
+                         "input": {**SIGNUP, "account_id": account_id}, "signals": signals,
+                         "reasons": [], "decision": "allow", "score": 0, "required_verifications": [],
+                         "rules_version": "bench"})
+            updates.append({"i": account_id, "subjects": {"signup": {
+                "subject": "signup", "evaluation_id": ev, "occurred_at": answer_time().isoformat(), "decision": "allow",
+                "score": 0, "reasons": [], "required_verifications": []}}})
+        existing = set(conn.scalars(select(Evaluation.id).where(Evaluation.id.in_([r["id"] for r in rows]))))
+        fresh = [r for r in rows if r["id"] not in existing]
+        if fresh:
+            conn.execute(insert(Evaluation), fresh)
+        # Seen the day before the reports: ordinary steady usage, no wake-up.
+        conn.execute(update(Account).where(Account.id == bindparam("i")).values(
+            subjects=bindparam("subjects"), decision="allow", first_seen_at=answer_time(),
+            last_seen_at=answer_time().replace(month=2, day=28)),
+                     updates, execution_options={"synchronize_session": False})
+
+
+def answer_time():
+    from datetime import datetime, timezone
+
+    return datetime(2026, 1, 5, 12, tzinfo=timezone.utc)
+
+
+def reports_for(ids: list[str], start_day: int, rng: random.Random) -> list[dict]:
+    """One ordinary report per account: an hour's usage well inside the free quota."""
+    out = []
+    for n, account_id in enumerate(ids):
+        day, hour = start_day + n // (len(ids) // 20 + 1) // 24, n // (len(ids) // 20 + 1) % 24
+        out.append({"account_id": account_id, "occurred_at": f"2026-03-{1 + day % 28:02d}T{hour:02d}:{rng.randrange(60):02d}:00Z",
+                    "window_seconds": 3600, "requests": rng.randint(1, 30), "tier": "free",
+                    "ip": f"73.15.{rng.randrange(256)}.{rng.randrange(256)}", "api_key_id": f"key_{account_id}",
+                    "user_agent": "python-httpx/0.27.0", "tokens_in": rng.randint(100, 5000),
+                    "tokens_out": rng.randint(100, 5000), "models": {"model-small": 10},
+                    "prompt_fingerprints": {f"pf_{rng.randrange(50)}": 5, f"pf_{rng.randrange(5000)}": 5},
+                    "interval_cv": round(rng.uniform(0.3, 2.0), 3)})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="10,000 accounts, fewer reports")
+    parser.add_argument("--accounts", type=int, help="accounts stored (default 1,000,000; --quick 10,000)")
+    parser.add_argument("--reports", type=int, help="reports sent each way (default 20,000; --quick 4,000)")
+    parser.add_argument("--batch", type=int, default=1000, help="reports per bulk call")
+    parser.add_argument("--database-url", help="default: a SQLite file in a temporary directory")
+    args = parser.parse_args()
+    accounts = args.accounts or (10_000 if args.quick else 1_000_000)
+    count = args.reports or (4_000 if args.quick else 20_000)
+
+    workdir = Path(tempfile.mkdtemp(prefix="kyc-bench-"))
+    url = args.database_url or f"sqlite:///{workdir / 'bench.db'}"
+    upgrade_database(url)
+    config = Config.from_env({}, database_url=url, rules_dir=PROJECT_ROOT / "rules", data_dir=workdir,
+                             secret_key=b"bench", redis_url="", dev_key="", log_level="WARNING")
+    runtime = Runtime.start(config, migrate=False)
+    entitlement_bench.populate(runtime, accounts)
+    key = new_api_key()
+    with runtime.session() as session, session.begin():
+        session.add(ApiKey(name="bench", prefix=key[:10], key_hash=hash_api_key(key), role="admin"))
+    headers = {"Authorization": f"Bearer {key}"}
+    client = create_app(runtime=runtime).test_client()
+    rng = random.Random(5)
+    ids = rng.sample(range(accounts), min(accounts, 2 * count))
+    ids = [f"acct_{i}" for i in ids]
+    give_evaluations(runtime, client, headers, ids)
+    settle_for_serving()
+
+    bulk_reports = reports_for(ids[:count], 0, rng)
+    single_reports = reports_for(ids[count:2 * count] or ids[:count], 30, rng)
+    warm = client.post("/v1/activity", json={"reports": reports_for(ids[:50], 60, rng)}, headers=headers)
+    assert warm.status_code == 200, warm.json
+
+    bodies = [json.dumps({"reports": bulk_reports[i:i + args.batch]}) for i in range(0, len(bulk_reports), args.batch)]
+    wall, cpu = [], []
+    c_all, t_all = time.process_time(), time.perf_counter()
+    for body in bodies:
+        c0, t0 = time.process_time(), time.perf_counter()
+        answer = client.post("/v1/activity", data=body, content_type="application/json", headers=headers)
+        wall.append((time.perf_counter() - t0) * 1000)
+        cpu.append((time.process_time() - c0) * 1000)
+        assert answer.status_code == 200, answer.json
+        assert not any(r["reevaluated"] for r in answer.json["results"])
+    bulk_wall, bulk_cpu = time.perf_counter() - t_all, time.process_time() - c_all
+
+    singles = [(r["account_id"], json.dumps({k: v for k, v in r.items() if k != "account_id"}))
+               for r in single_reports]
+    swall, scpu = [], []
+    c_all, t_all = time.process_time(), time.perf_counter()
+    for account_id, body in singles:
+        c0, t0 = time.process_time(), time.perf_counter()
+        answer = client.post(f"/v1/accounts/{account_id}/activity", data=body, content_type="application/json",
+                             headers=headers)
+        swall.append((time.perf_counter() - t0) * 1000)
+        scpu.append((time.process_time() - c0) * 1000)
+        assert answer.status_code == 200, answer.json
+    single_wall, single_cpu = time.perf_counter() - t_all, time.process_time() - c_all
+
+    backend = "sqlite" if url.startswith("sqlite") else url.split(":")[0]
+    print(f"activity ingestion: {accounts:,} accounts stored, {count:,} reports each way, {backend}, "
+          f"bulk calls of {args.batch}")
+
+    def line(name, n, wall_s, cpu_s, per_call_wall, per_call_cpu):
+        print(f"{name:<22} {n / wall_s:9,.0f} reports/s wall  {n / cpu_s:9,.0f} reports/s CPU (one core)   "
+              f"per call: median {statistics.median(per_call_wall):8.2f} ms  "
+              f"p99 {sorted(per_call_wall)[max(0, int(len(per_call_wall) * .99) - 1)]:8.2f} ms wall, "
+              f"median {statistics.median(per_call_cpu):8.2f} ms CPU")
+
+    line("bulk POST /v1/activity", count, bulk_wall, bulk_cpu, wall, cpu)
+    line("one report per call", count, single_wall, single_cpu, swall, scpu)
+    print(f"bulk / single: x{(count / bulk_wall) / (count / single_wall):.1f} wall, "
+          f"x{(count / bulk_cpu) / (count / single_cpu):.1f} CPU")
+    runtime.engine.dispose()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""The API gateway's two calls over HTTP: wrk against gunicorn, beside a bare Flask JSON endpoint
+in the same run.
+
+    python bench/gateway_http.py --database-url postgresql+psycopg://...   [--duration 10]
+
+Accounts are stored as bench/entitlement.py stores them (reused when present; --accounts, default
+1,000,000). kyc (wsgi.py) and bench/bare_flask.py each run under gunicorn with the same worker
+count; wrk sends, for each, GET entitlement?tier=free and POST activity (one report, an account
+last seen in the past three weeks: steady usage, no wake-up) to accounts drawn at random, with a
+real API key (its read included). Prints requests/s, wrk's latency percentiles, and kyc's share of
+bare Flask's requests/s. On a shared, loaded machine compare the ratios of one run, not the
+absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import select  # noqa: E402
+
+from kyc.config import PROJECT_ROOT, Config  # noqa: E402
+from kyc.models import Account, ApiKey  # noqa: E402
+from kyc.runtime import Runtime, upgrade_database  # noqa: E402
+from kyc.security import hash_api_key, new_api_key  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("bench_entitlement", Path(__file__).with_name("entitlement.py"))
+entitlement_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(entitlement_bench)
+
+LUA = """
+ids = {%(ids)s}
+headers = {["Authorization"] = "Bearer %(key)s", ["Content-Type"] = "application/json"}
+request = function()
+  local id = ids[math.random(#ids)]
+  if "%(call)s" == "entitlement" then
+    return wrk.format("GET", "/v1/accounts/" .. id .. "/entitlement?tier=free", headers)
+  end
+  return wrk.format("POST", "/v1/accounts/" .. id .. "/activity", headers, '%(body)s')
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(app: str, port: int, workers: int, env: dict, cwd: Path) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-m", "gunicorn", app, "-w", str(workers), "-b", f"127.0.0.1:{port}",
+                                "--log-level", "warning"], cwd=cwd, env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"{app} did not start")
+
+
+def wrk(port: int, script: str, duration: int, threads: int, connections: int) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency",
+                          "-s", f.name, f"http://127.0.0.1:{port}"], capture_output=True, text=True, check=True).stdout
+    os.unlink(f.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    pct = dict(re.findall(r"\s+(50|99)%\s+([\d.]+\w+)", out))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p50": pct.get("50"), "p99": pct.get("99"), "non_2xx": int(errors.group(1)) if errors else 0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--accounts", type=int, default=1_000_000)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--workers", type=int, default=1, help="gunicorn workers, both apps")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--connections", type=int, default=8)
+    args = parser.parse_args()
+
+    upgrade_database(args.database_url)
+    workdir = Path(tempfile.mkdtemp(prefix="kyc-bench-"))
+    config = Config.from_env({}, database_url=args.database_url, rules_dir=PROJECT_ROOT / "rules", data_dir=workdir,
+                             secret_key=b"bench", redis_url="", dev_key="", log_level="WARNING")
+    runtime = Runtime.start(config, migrate=False)
+    entitlement_bench.populate(runtime, args.accounts)
+    key = new_api_key()
+    recent = datetime.now(timezone.utc) - timedelta(days=21)
+    with runtime.session() as session, session.begin():
+        session.add(ApiKey(name="bench-http", prefix=key[:10], key_hash=hash_api_key(key), role="gateway"))
+        ids = list(session.scalars(select(Account.id).where(Account.last_seen_at > recent).limit(5000)))
+    runtime.engine.dispose()
+    assert ids, "no account seen in the past three weeks"
+    env = {**os.environ, "KYC_DATABASE_URL": args.database_url, "KYC_RULES_DIR": str(PROJECT_ROOT / "rules"),
+           "KYC_DATA_DIR": str(workdir), "KYC_SECRET_KEY": "bench", "KYC_LOG_LEVEL": "WARNING",
+           "KYC_RULES_POLL_SECONDS": "0", "KYC_REDIS_URL": "", "KYC_DEV_KEY": ""}
+    report = {"window_seconds": 60, "requests": 3, "tier": "free", "ip": "73.15.1.1", "api_key_id": "key_bench",
+              "user_agent": "python-httpx/0.27.0", "tokens_in": 900, "tokens_out": 1400,
+              "models": {"model-small": 3}, "prompt_fingerprints": {"pf_bench": 3}, "interval_cv": 0.9}
+    ports = {"kyc": free_port(), "bare": free_port()}
+    servers = [start("wsgi:app", ports["kyc"], args.workers, env, ROOT),
+               start("bare_flask:app", ports["bare"], args.workers, env, ROOT / "bench")]
+    results = {}
+    try:
+        for call in ("entitlement", "activity"):
+            script = LUA % {"ids": ",".join(json.dumps(i) for i in ids), "key": key, "call": call,
+                            "body": json.dumps(report)}
+            for name in ("bare", "kyc", "bare", "kyc"):            # alternated: load drifts over a run
+                results.setdefault((call, name), []).append(wrk(ports[name], script, args.duration, args.threads,
+                                                                args.connections))
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait()
+    print(f"gateway calls over HTTP: {args.accounts:,} accounts stored, "
+          f"{'sqlite' if args.database_url.startswith('sqlite') else 'postgresql'}, gunicorn -w {args.workers}, "
+          f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, two alternated runs each")
+    for call in ("entitlement", "activity"):
+        bare, kyc = results[(call, "bare")], results[(call, "kyc")]
+        for name, runs in (("bare Flask", bare), ("kyc", kyc)):
+            print(f"{call:<12} {name:<10} " + "   ".join(
+                f"{r['rps']:8.0f} req/s (p50 {r['p50']}, p99 {r['p99']}, non-2xx {r['non_2xx']})" for r in runs))
+        share = sum(r["rps"] for r in kyc) / sum(r["rps"] for r in bare)
+        print(f"{call:<12} kyc / bare Flask: {share:.0%}")
+
+
+if __name__ == "__main__":
+    main()

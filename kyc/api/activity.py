@@ -1,0 +1,72 @@
+"""The API gateway's usage reports: POST /v1/accounts/{id}/activity and POST /v1/activity (bulk).
+
+Both record in one transaction and answer each report with the account's decision after it:
+a report that made the account riskier re-evaluated it before the commit (kyc/usage/).
+"""
+
+from __future__ import annotations
+
+from kyc.api import documented, parse, respond, runtime, v1
+from kyc.api.responses import Activity, BulkActivity
+from kyc.errors import invalid, not_found
+from kyc.inputs import ActivityInput, BulkActivityInput, rfc3339
+from kyc.usage.reevaluate import accounts_to_reevaluate, reevaluate
+from kyc.usage.reports import Recorded, UnknownAccounts, record_reports
+
+BULK_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+@v1.post("/accounts/<account_id>/activity")
+@documented("Report activity", body=ActivityInput, responses={200: Activity}, tag="gateway")
+def report_activity(account_id: str):
+    """What the gateway served to the account since its last report. Updates last-seen and the
+    usage counters; a report that makes the account riskier evaluates it again at once."""
+    inp = parse(ActivityInput)
+    _check_tiers([inp], lambda i: "tier")
+    try:
+        (answer,) = _record([(account_id, inp)])
+    except UnknownAccounts:
+        raise not_found("account") from None
+    return respond(Activity, answer)
+
+
+@v1.post("/activity")
+@documented("Report activity in bulk", body=BulkActivityInput, responses={200: BulkActivity}, tag="gateway")
+def report_activity_bulk():
+    """1 to 1,000 reports, all or nothing (errors keyed by index); bodies up to 4 MiB."""
+    bulk = parse(BulkActivityInput, limit=BULK_MAX_BODY_BYTES)
+    _check_tiers(bulk.reports, lambda i: f"reports[{i}].tier")
+    try:
+        answers = _record([(r.account_id, r) for r in bulk.reports])
+    except UnknownAccounts as exc:
+        raise invalid("the request names unknown accounts; nothing was recorded",
+                      {f"reports[{i}].account_id": "unknown account" for i in exc.indexes}) from None
+    return respond(BulkActivity, {"results": answers})
+
+
+def _check_tiers(reports: list[ActivityInput], name) -> None:
+    tiers = runtime().tiers.tiers
+    wrong = {name(i): f"unknown tier; one of {', '.join(tiers)}" for i, r in enumerate(reports)
+             if r.tier is not None and r.tier not in tiers}
+    if wrong:
+        raise invalid("the request has invalid fields", wrong)
+
+
+def _record(reports: list[tuple[str, ActivityInput]]) -> list[dict]:
+    rt = runtime()
+    with rt.session() as session, session.begin():
+        recorded, standing = record_reports(session, reports, secret=rt.config.secret_key,
+                                            dormancy_threshold=rt.config.dormant_days)
+        again = accounts_to_reevaluate(rt, session, recorded, standing)
+        decisions = {a: row.decision for a, row in standing.items()}
+        decisions.update(reevaluate(rt, session, again))
+    redone = set(again)
+    return [_answer(r, decisions[r.account_id], r.account_id in redone) for r in recorded]
+
+
+def _answer(r: Recorded, decision: str, reevaluated: bool) -> dict:
+    return {
+        "account_id": r.account_id, "requests_today": r.requests_today, "decision": decision,
+        "day": r.day.isoformat(), "last_seen_at": rfc3339(r.last_seen_at), "dormant_days": r.dormant_days,
+        "woke_up": r.woke_up, "reevaluated": reevaluated, "rescore_requested": reevaluated,
+    }

@@ -1,0 +1,63 @@
+"""The account's days of usage, read back: for the usage signals and the account's dormancy."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.orm import Session
+
+from kyc.models import ActivityDay, ClusterMember
+from kyc.signals.usage import cluster_usage_signals, usage_signals
+from kyc.usage.lockstep import SHARED, lockstep_facts
+
+_DAY = ActivityDay.__table__
+_LATEST_DAY = (select(*_DAY.c).where(_DAY.c.account_id == bindparam("account_id"), _DAY.c.day <= bindparam("until"))
+               .order_by(_DAY.c.day.desc()).limit(1))
+_FAR = date(9999, 12, 31)
+CLUSTER_READ = 5000          # members' days read for the cluster facts (a bounded index scan)
+_M = ClusterMember.__table__
+_MINE = _M.alias("mine")
+_CLUSTER_DAYS = (select(_DAY.c.requests, _DAY.c.tier, _DAY.c.hours, _DAY.c.dormant_days)
+                 .select_from(_M.join(_DAY, (_DAY.c.account_id == _M.c.account_id) & (_DAY.c.day == bindparam("day"))))
+                 .where(_M.c.cluster_id == select(_MINE.c.cluster_id).where(_MINE.c.account_id == bindparam("account_id"))
+                        .scalar_subquery())
+                 .limit(CLUSTER_READ))
+
+
+def latest_day(session: Session, account_id: str, until: date | None = None) -> dict[str, Any] | None:
+    """The account's latest day of usage on or before `until` (None: its latest of all)."""
+    row = session.execute(_LATEST_DAY, {"account_id": account_id, "until": until or _FAR}).mappings().one_or_none()
+    return dict(row) if row is not None else None
+
+
+def latest_days(conn, account_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Each account's latest day of usage, for many accounts in one query (a rescore chunk);
+    accounts without usage are absent."""
+    if not account_ids:
+        return {}
+    latest = (select(_DAY.c.account_id, func.max(_DAY.c.day).label("day"))
+              .where(_DAY.c.account_id.in_(account_ids)).group_by(_DAY.c.account_id).subquery())
+    return {row["account_id"]: dict(row) for row in conn.execute(
+        select(*_DAY.c).join(latest, (_DAY.c.account_id == latest.c.account_id) & (_DAY.c.day == latest.c.day))
+    ).mappings()}
+
+
+def usage_facts(runtime, session: Session, account_id: str, day: dict[str, Any], at, first_seen_at, *,
+                linked: bool = True) -> dict[str, Any]:
+    """The usage signals of an account as of `at` from its latest day of usage at or before it,
+    with the lockstep facts when that day is at's and holds enough prompt templates to share,
+    and its cluster's (`linked=False`: the caller knows the account is a cluster of one, whose
+    cluster facts are its own, so nothing is read for them)."""
+    facts = usage_signals(day, at, first_seen_at, runtime.tiers.daily_quotas)
+    if day["day"] == at.date() and len(day.get("fingerprints") or ()) >= SHARED:
+        facts.update(lockstep_facts(session, account_id, day["day"], popular=runtime.config.usage_popular_prompt,
+                                    dormant=runtime.config.dormant_days))
+    elif day["day"] == at.date():
+        facts.update(lockstep_accounts=0, lockstep_woke=0)
+    if day["day"] == at.date():
+        members = ([dict(r) for r in session.execute(_CLUSTER_DAYS, {"day": day["day"], "account_id": account_id})
+                    .mappings()] if linked else []) or [day]
+        facts.update(cluster_usage_signals(members, at, runtime.tiers.daily_quotas, runtime.config.dormant_days))
+    return facts

@@ -1,0 +1,97 @@
+"""Lockstep: accounts that act together, read from the prompt templates they use and when.
+
+CopyCatch (Beutel et al., WWW 2013) finds groups of users acting on the same set of pages in
+the same time window; SynchroTrap (Cao et al., CCS 2014) groups accounts whose timestamped
+actions match. Here an action is a prompt template (the gateway's prompt_fingerprints, kept as
+keyed hashes) used in some UTC hours of a day. Two accounts act in lockstep on a day when they
+share at least SHARED templates, in a common hour, counting only templates that are not
+popular that day: a template more than KYC_USAGE_POPULAR_PROMPT accounts used (a popular
+tool's system prompt, sent by thousands of unrelated customers) tells nothing about who acts
+together, as a super-node links nobody in the identity graph. What a *group* shares that
+almost nobody else does is what counts.
+
+The facts (usage.lockstep_accounts, usage.lockstep_woke): how many other accounts are in
+lockstep with this one on the day, and how many of those woke from a dormancy that day
+(KYC_DORMANT_DAYS): a farm's accounts wake together.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import date
+from typing import Any
+
+from sqlalchemy import bindparam, case, func, literal, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from kyc.models import ActivityDay, PromptDay, PromptUse
+
+SHARED = 3
+
+_U, _P, _D = PromptUse.__table__, PromptDay.__table__, ActivityDay.__table__
+_HELD = select(_U.c.value_hash, _U.c.day, _U.c.account_id, _U.c.hours).where(
+    _U.c.account_id.in_(bindparam("ids", expanding=True)), _U.c.day.in_(bindparam("days", expanding=True)))
+_ADD_HOURS = update(_U).where(_U.c.value_hash == bindparam("h"), _U.c.day == bindparam("d"),
+                              _U.c.account_id == bindparam("a")).values(hours=bindparam("hours"))
+_MINE = (select(_U.c.value_hash, _U.c.hours).join(_P, (_P.c.value_hash == _U.c.value_hash) & (_P.c.day == _U.c.day))
+         .where(_U.c.account_id == bindparam("account"), _U.c.day == bindparam("day"),
+                _P.c.accounts <= bindparam("popular")))
+_others = _U.alias("other")
+_NEIGHBOURS = (select(_others.c.account_id)
+               .where(_others.c.day == bindparam("day"), _others.c.value_hash.in_(bindparam("mine", expanding=True)),
+                      _others.c.account_id != bindparam("account"),
+                      _others.c.hours.op("&")(bindparam("hours")) != literal(0))
+               .group_by(_others.c.account_id).having(func.count() >= SHARED).subquery())
+_LOCKSTEP = (select(func.count(), func.coalesce(func.sum(case((_D.c.dormant_days > bindparam("dormant"), 1), else_=0)), 0))
+             .select_from(_NEIGHBOURS.outerjoin(_D, (_D.c.account_id == _NEIGHBOURS.c.account_id)
+                                                & (_D.c.day == bindparam("day")))))
+
+
+def _count_statement(dialect: str):
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(_P)
+    return statement.on_conflict_do_update(index_elements=["value_hash", "day"],
+                                           set_={"accounts": _P.c.accounts + statement.excluded.accounts})
+
+
+_COUNTS = {name: _count_statement(name) for name in ("postgresql", "sqlite")}
+
+
+def hours_mask(hours: list[int] | None) -> int:
+    return sum(1 << h for h, n in enumerate(hours or ()) if n)
+
+
+def record_uses(session: Session, uses: dict[tuple[str, date, str], int]) -> None:
+    """Record (template hash, day, account) -> hours mask, in the caller's transaction (the
+    accounts are locked by it, so no other transaction writes their rows meanwhile); a template's
+    first use by an account on a day counts the account in its popularity."""
+    if not uses:
+        return
+    held = {(h, d, a): hours for h, d, a, hours in session.execute(
+        _HELD, {"ids": sorted({a for _, _, a in uses}), "days": sorted({d for _, d, _ in uses})})}
+    new = [{"value_hash": h, "day": d, "account_id": a, "hours": m} for (h, d, a), m in uses.items()
+           if (h, d, a) not in held]
+    grown = [{"h": h, "d": d, "a": a, "hours": held[(h, d, a)] | m} for (h, d, a), m in uses.items()
+             if (h, d, a) in held and held[(h, d, a)] | m != held[(h, d, a)]]
+    if new:
+        session.execute(_U.insert(), new)
+        counts = Counter((row["value_hash"], row["day"]) for row in new)
+        session.execute(_COUNTS[session.get_bind().dialect.name],
+                        [{"value_hash": h, "day": d, "accounts": n} for (h, d), n in sorted(counts.items())])
+    if grown:
+        session.execute(_ADD_HOURS, grown)
+
+
+def lockstep_facts(session: Session, account_id: str, day: date, *, popular: int, dormant: int) -> dict[str, Any]:
+    """usage.lockstep_accounts and usage.lockstep_woke of an account on a day."""
+    mine = session.execute(_MINE, {"account": account_id, "day": day, "popular": popular}).all()
+    if len(mine) < SHARED:
+        return {"lockstep_accounts": 0, "lockstep_woke": 0}
+    hours = 0
+    for _, mask in mine:
+        hours |= mask
+    together, woke = session.execute(_LOCKSTEP, {"day": day, "mine": sorted(h for h, _ in mine), "account": account_id,
+                                                 "hours": hours, "dormant": dormant}).one()
+    return {"lockstep_accounts": int(together), "lockstep_woke": int(woke)}

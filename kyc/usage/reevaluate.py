@@ -1,0 +1,90 @@
+"""Usage changes decisions at once: a report that makes an account riskier re-evaluates it.
+
+Which accounts: those a report woke up (account.woke_up), and those whose new usage facts
+would make the rules hit harder. The second is asked of the rules themselves, not of fixed
+thresholds: each subject's latest evaluation is evaluated again with its stored signals and
+the new usage facts (a microsecond-scale check, its signals cached by evaluation id), and an
+account whose decision or score would rise is re-evaluated. The check only selects accounts;
+what they become is decided by the one pipeline (kyc.jobs.rescore_chunk -> kyc.scoring), in
+the report's transaction, so the answer to the report and the next entitlement check carry the
+new decision. Each re-evaluated account's cluster is then rescored after the commit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from kyc.engine import RuleSet
+from kyc.models import SEVERITY
+from kyc.scoring.decide import evaluate
+from kyc.models import Account, Cluster, ClusterMember
+from kyc.runtime import Runtime
+from kyc.usage.days import usage_facts
+from kyc.usage.reports import Recorded
+
+
+def riskier(rules: RuleSet, subjects: dict[str, Any] | None, usage: dict[str, Any],
+            stored: dict[str, dict]) -> bool:
+    """Whether the rules, given `usage` in place of each latest evaluation's usage facts, hit any
+    subject harder than its stored outcome (`stored`: evaluation id -> its signals)."""
+    for slot, latest in (subjects or {}).items():
+        signals = stored.get(latest["evaluation_id"])
+        if signals is None:
+            continue
+        if (signals.get("usage") or {}) == usage:
+            continue
+        outcome = evaluate(rules, latest.get("subject", slot), {**signals, "usage": usage})
+        if SEVERITY[outcome.decision] > SEVERITY[latest["decision"]] or outcome.score > latest["score"]:
+            return True
+    return False
+
+
+def accounts_to_reevaluate(runtime: Runtime, session: Session, recorded: Iterable[Recorded],
+                           standing: dict[str, Any]) -> list[str]:
+    """The accounts among `recorded` to re-evaluate now. `standing`: account id -> its row as
+    locked for the report (subjects, first_seen_at)."""
+    from kyc.tiers import evaluation_signals
+
+    latest: dict[str, Recorded] = {}
+    woke: set[str] = set()
+    for r in recorded:
+        if r.woke_up:
+            woke.add(r.account_id)
+        if r.account_id not in latest or r.day >= latest[r.account_id].day:
+            latest[r.account_id] = r
+    rules = runtime.rules
+    candidates = [a for a in latest if a not in woke and standing[a].subjects]
+    stored = evaluation_signals(session, [s["evaluation_id"] for a in candidates
+                                          for s in standing[a].subjects.values()]) if candidates else {}
+    # Most accounts are clusters of one: their cluster facts are their own (one read for all).
+    linked = set(session.scalars(select(ClusterMember.account_id).join(Cluster, Cluster.id == ClusterMember.cluster_id)
+                                 .where(ClusterMember.account_id.in_(candidates), Cluster.size > 1))) if candidates else set()
+    rising = set(woke)
+    for account_id in candidates:
+        day = latest[account_id].usage_day
+        usage = usage_facts(runtime, session, account_id, day, day["last_at"], standing[account_id].first_seen_at,
+                            linked=account_id in linked)
+        if riskier(rules, standing[account_id].subjects, usage, stored):
+            rising.add(account_id)
+    return sorted(rising)
+
+
+def reevaluate(runtime: Runtime, session: Session, account_ids: list[str]) -> dict[str, str]:
+    """Re-evaluate accounts through the pipeline in the caller's transaction and ask for their
+    clusters' rescoring once it commits; returns each account's new decision."""
+    from kyc import graph
+    from kyc.jobs import rescore_after_commit, rescore_chunk
+
+    if not account_ids:
+        return {}
+    rules = runtime.rules
+    rescore_chunk(runtime, session, account_ids, rules)
+    for account_id, cluster_id in session.execute(
+            select(ClusterMember.account_id, ClusterMember.cluster_id)
+            .where(ClusterMember.account_id.in_(account_ids))).all():
+        graph.queue_rescore(session, clusters=[cluster_id])
+        rescore_after_commit(runtime, session, exclude=account_id)
+    return dict(session.execute(select(Account.id, Account.decision).where(Account.id.in_(account_ids))).all())

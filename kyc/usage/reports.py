@@ -1,0 +1,257 @@
+"""Activity reports from the API gateway, recorded in the caller's transaction.
+
+Each report is kept as sent, its identifiers (IP, API key id, prompt fingerprints) as keyed
+hashes, and added to the account's day of totals (one row per account and UTC day, which the
+usage signals read). A day's first report records how long the account had been silent before
+it (dormant_days: more than KYC_DORMANT_DAYS is a wake-up, the account.woke_up signal), and its
+trailing baseline and first use, so that nothing later reads the older days again.
+
+A batch (the bulk endpoint; the single report is a batch of one) costs a fixed number of
+statements whatever its size: lock the accounts, read their touched days, read the history of
+the days it starts, then write days, reports and accounts, each in one statement.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any, Sequence
+
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from kyc.db import write_lock
+from kyc.inputs import ActivityInput
+from kyc.models import Account, ActivityDay, ActivityReport, utcnow
+from kyc.security import keyed_hash
+from kyc.signals.usage import BASELINE_DAYS, HOURS
+from kyc.usage.lockstep import record_uses
+
+MAX_DAY_FINGERPRINTS = 100      # prompt templates kept per account and day: the most used
+
+
+class UnknownAccounts(LookupError):
+    """Reports name accounts kyc does not know; nothing was recorded."""
+
+    def __init__(self, indexes: list[int]):
+        super().__init__(f"unknown account in report(s) {indexes}")
+        self.indexes = indexes
+
+
+@dataclass
+class Recorded:
+    """What recording one report changed: the answer's facts, and the account's day after it."""
+
+    account_id: str
+    day: date
+    requests_today: int
+    last_seen_at: datetime
+    dormant_days: int
+    woke_up: bool
+    usage_day: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+_A = Account.__table__
+_D = ActivityDay.__table__
+_LOCK_ACCOUNTS = (select(_A.c.id, _A.c.first_seen_at, _A.c.last_seen_at, _A.c.state_version, _A.c.decision,
+                         _A.c.subjects)
+                  .where(_A.c.id.in_(bindparam("ids", expanding=True))).order_by(_A.c.id).with_for_update())
+_DAYS = (select(*_D.c).where(_D.c.account_id.in_(bindparam("ids", expanding=True)),
+                             _D.c.day.in_(bindparam("days", expanding=True))).with_for_update())
+# The days a new day's baseline reads (the trailing window), and the first use of accounts
+# whose window holds none (a day's row carries the account's first use forward).
+_WINDOW = select(_D.c.account_id, _D.c.day, _D.c.requests, _D.c.first_at, _D.c.first_used_at).where(
+    _D.c.account_id.in_(bindparam("ids", expanding=True)), _D.c.day >= bindparam("since"),
+    _D.c.day < bindparam("until"))
+_EARLIER = _D.alias("earlier")
+_FIRST_USE = select(_D.c.account_id, func.coalesce(_D.c.first_used_at, _D.c.first_at)).where(
+    _D.c.account_id.in_(bindparam("ids", expanding=True)),
+    _D.c.day == select(func.max(_EARLIER.c.day)).where(_EARLIER.c.account_id == _D.c.account_id,
+                                                       _EARLIER.c.day < bindparam("since")).scalar_subquery())
+_TOUCH_ACCOUNT = update(_A).where(_A.c.id == bindparam("account_id")).values(
+    last_seen_at=bindparam("seen"), state_version=bindparam("version"))
+_INSERT_REPORT = ActivityReport.__table__.insert()
+_DAY_VALUES = ("requests", "first_at", "last_at", "dormant_days", "last_ip_hash", "refused", "tokens_in", "tokens_out",
+               "hours", "cv_sum", "cv_requests", "models", "fingerprints", "tier", "baseline", "history_days",
+               "first_used_at")
+
+
+def _upsert_days(dialect: str):
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(_D)
+    return statement.on_conflict_do_update(index_elements=["account_id", "day"],
+                                           set_={c: statement.excluded[c] for c in _DAY_VALUES})
+
+
+_UPSERTS = {name: _upsert_days(name) for name in ("postgresql", "sqlite")}
+
+
+def record_reports(session: Session, reports: Sequence[tuple[str, ActivityInput]], *, secret: bytes,
+                   dormancy_threshold: int) -> tuple[list[Recorded], dict[str, Any]]:
+    """Record (account id, report) pairs: one Recorded per report, in order, and each account's
+    row as locked before the reports (id, first_seen_at, last_seen_at, state_version, decision,
+    subjects). UnknownAccounts (and nothing written) if any names an account kyc does not know."""
+    write_lock(session)
+    ids = sorted({account_id for account_id, _ in reports})
+    accounts = {row.id: row for row in session.execute(_LOCK_ACCOUNTS, {"ids": ids})}
+    unknown = [i for i, (account_id, _) in enumerate(reports) if account_id not in accounts]
+    if unknown:
+        raise UnknownAccounts(unknown)
+    times = [inp.at() for _, inp in reports]
+    keys = {(account_id, at.date()) for (account_id, _), at in zip(reports, times)}
+    days = {(row["account_id"], row["day"]): dict(row) for row in session.execute(
+        _DAYS, {"ids": ids, "days": sorted({d for _, d in keys})}).mappings()}
+    new = sorted(k for k in keys if k not in days)
+    history = _history(session, new)
+    seen = {a: accounts[a].last_seen_at for a in ids}
+    versions = {a: accounts[a].state_version or 0 for a in ids}
+    results: list[Recorded] = []
+    rows: list[dict[str, Any]] = []
+    uses: dict[tuple[str, date, str], int] = {}
+    for (account_id, inp), at in zip(reports, times):
+        key = (account_id, at.date())
+        day = days.get(key)
+        woke_up = False
+        if day is None:
+            # The day's first report: the silence it ended counts from the account's last
+            # sighting (a signup, a payment method or earlier usage).
+            gap = max(0, (at - seen[account_id]).days)
+            woke_up = gap > dormancy_threshold
+            if woke_up:
+                versions[account_id] += 1        # account.woke_up can change an entitlement
+            day = days[key] = _new_day(account_id, key[1], at, gap, history.get(key))
+        _add(day, inp, at, secret)
+        if inp.prompt_fingerprints:
+            mask = window_hours(at, inp.window_seconds)
+            for fingerprint in inp.prompt_fingerprints:
+                use = (keyed_hash(secret, "prompt", fingerprint), key[1], account_id)
+                uses[use] = uses.get(use, 0) | mask
+        seen[account_id] = max(seen[account_id], at)
+        results.append(Recorded(account_id, key[1], day["requests"], seen[account_id], day["dormant_days"], woke_up,
+                                day))
+        rows.append(_report_row(account_id, inp, at, secret))
+    record_uses(session, uses)
+    touched = {(r.account_id, r.day) for r in results}
+    session.execute(_UPSERTS[session.get_bind().dialect.name], [days[k] for k in sorted(touched)])
+    session.execute(_INSERT_REPORT, rows)
+    changed = [{"account_id": a, "seen": seen[a], "version": versions[a]} for a in ids
+               if (seen[a], versions[a]) != (accounts[a].last_seen_at, accounts[a].state_version or 0)]
+    if changed:
+        session.execute(_TOUCH_ACCOUNT, changed)
+    for result in results:
+        result.last_seen_at = seen[result.account_id]
+    return results, accounts
+
+
+def _history(session: Session, new: list[tuple[str, date]]) -> dict[tuple[str, date], tuple[float, int, datetime | None]]:
+    """For each (account, day) about to be started: the trailing baseline (mean requests per day
+    over the BASELINE_DAYS days before it, since first use), the days it covers, and the
+    account's first use before it (None: never used)."""
+    if not new:
+        return {}
+    ids = sorted({a for a, _ in new})
+    since = min(d for _, d in new) - timedelta(days=BASELINE_DAYS)
+    until = max(d for _, d in new)
+    window: dict[str, list] = defaultdict(list)
+    first_use: dict[str, datetime] = {}
+    for account_id, day, requests, first_at, first_used_at in session.execute(
+            _WINDOW, {"ids": ids, "since": since, "until": until}):
+        window[account_id].append((day, requests))
+        used = first_used_at or first_at
+        first_use[account_id] = min(first_use.get(account_id, used), used)
+    older = [a for a in ids if a not in first_use]
+    if older:
+        first_use.update(session.execute(_FIRST_USE, {"ids": older, "since": since}).all())
+    out = {}
+    for account_id, day in new:
+        used = first_use.get(account_id)
+        lo = day - timedelta(days=BASELINE_DAYS)
+        before = [(d, n) for d, n in window.get(account_id, ()) if lo <= d < day]
+        start = max(lo, used.date()) if used is not None else day
+        covered = max(0, (day - start).days)
+        total = sum(n for _, n in before)
+        out[(account_id, day)] = (total / covered if covered else 0.0, covered, used)
+    return out
+
+
+def _new_day(account_id: str, day: date, at: datetime, gap: int,
+             history: tuple[float, int, datetime | None] | None) -> dict[str, Any]:
+    baseline, covered, used = history or (0.0, 0, None)
+    return {"account_id": account_id, "day": day, "requests": 0, "first_at": at, "last_at": at, "dormant_days": gap,
+            "last_ip_hash": None, "refused": 0, "tokens_in": 0, "tokens_out": 0, "hours": [0] * HOURS, "cv_sum": 0.0,
+            "cv_requests": 0, "models": {}, "fingerprints": {}, "tier": None, "baseline": baseline,
+            "history_days": covered, "first_used_at": min(used, at) if used else at}
+
+
+def _add(day: dict[str, Any], inp: ActivityInput, at: datetime, secret: bytes) -> None:
+    """Add one report to its day's totals (in place)."""
+    latest = at >= day["last_at"]
+    day["requests"] += inp.requests
+    day["first_at"], day["last_at"] = min(day["first_at"], at), max(day["last_at"], at)
+    day["first_used_at"] = min(day["first_used_at"] or at, at)
+    if inp.ip and (latest or day["last_ip_hash"] is None):
+        day["last_ip_hash"] = keyed_hash(secret, "ip", inp.ip)
+    if inp.tier and (latest or day["tier"] is None):
+        day["tier"] = inp.tier
+    day["refused"] += inp.refused or 0
+    day["tokens_in"] += inp.tokens_in or 0
+    day["tokens_out"] += inp.tokens_out or 0
+    day["hours"] = spread(list(day["hours"] or [0] * HOURS), at, inp.window_seconds, inp.requests)
+    if inp.interval_cv is not None and inp.requests:
+        day["cv_sum"] += inp.interval_cv * inp.requests
+        day["cv_requests"] += inp.requests
+    if inp.models:
+        models = dict(day["models"] or {})
+        for model, n in inp.models.items():
+            models[model] = models.get(model, 0) + n
+        day["models"] = models
+    if inp.prompt_fingerprints:
+        prints = dict(day["fingerprints"] or {})
+        for fingerprint, n in inp.prompt_fingerprints.items():
+            h = keyed_hash(secret, "prompt", fingerprint)
+            prints[h] = prints.get(h, 0) + n
+        if len(prints) > MAX_DAY_FINGERPRINTS:
+            prints = dict(sorted(prints.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_DAY_FINGERPRINTS])
+        day["fingerprints"] = prints
+
+
+def spread(hours: list[int], at: datetime, window_seconds: int, requests: int) -> list[int]:
+    """Add a report's requests to the UTC hours of its day that its window (at - window, at]
+    covers, in proportion to the overlap (whole requests; the rounding goes to the last hour).
+    A window reaching back before the day's midnight is spread over its part within the day."""
+    midnight = datetime(at.year, at.month, at.day, tzinfo=at.tzinfo)
+    end = (at - midnight).total_seconds()
+    start = max(0.0, end - window_seconds)
+    last = min(int(end // 3600), HOURS - 1)
+    if window_seconds <= 0 or last == int(start // 3600):
+        hours[last] += requests
+        return hours
+    span = end - start
+    given = 0
+    for hour in range(int(start // 3600), last):
+        share = int(requests * (min(end, (hour + 1) * 3600) - max(start, hour * 3600)) / span)
+        hours[hour] += share
+        given += share
+    hours[last] += requests - given
+    return hours
+
+
+def window_hours(at: datetime, window_seconds: int) -> int:
+    """The UTC hours of its day a report's window (at - window, at] covers, as a bit mask."""
+    return sum(1 << h for h, n in enumerate(spread([0] * HOURS, at, window_seconds, HOURS * 3600)) if n)
+
+
+def _report_row(account_id: str, inp: ActivityInput, at: datetime, secret: bytes) -> dict[str, Any]:
+    return {
+        "account_id": account_id, "occurred_at": at, "window_seconds": inp.window_seconds, "requests": inp.requests,
+        "refused": inp.refused, "ip_hash": keyed_hash(secret, "ip", inp.ip) if inp.ip else None,
+        "api_key_hash": keyed_hash(secret, "api_key", inp.api_key_id) if inp.api_key_id else None,
+        "tier": inp.tier, "user_agent": inp.user_agent, "tokens_in": inp.tokens_in, "tokens_out": inp.tokens_out,
+        "models": inp.models,
+        "prompt_fingerprints": ({keyed_hash(secret, "prompt", f): n for f, n in inp.prompt_fingerprints.items()}
+                                if inp.prompt_fingerprints else None),
+        "interval_cv": inp.interval_cv, "received_at": utcnow(),
+    }

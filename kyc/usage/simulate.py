@@ -1,0 +1,222 @@
+"""The usage phase of `kyc simulate`: a week of API usage by labeled populations, reported by a
+simulated gateway through the real API, and what kyc's decisions cost each of them.
+
+Populations (all sign up cleanly first, weeks before the week of usage):
+- light users: a few days of sporadic use, human-irregular, one or two popular tools' prompts;
+- heavy users: batch jobs all day, every day, at a machine-regular pace near their tier's quota,
+  on their own prompt templates (some back after a long silence);
+- companies: several accounts each, one office IP, sharing the company's internal templates,
+  office hours;
+- users of popular tools: thousands of people sending the same few tools' system prompts;
+- a distillation farm: clean signups through residential proxies, dormant, then waking within
+  hours of each other, each account about 27 calls a day, machine-regular, drawing its prompts
+  from one rare set of templates nobody else uses.
+
+The gateway asks nothing it would not: it serves an account's hour of traffic while the
+account's last answer (a report's decision) is one the free tier tolerates, refuses it
+otherwise (reporting the refused requests), and reports each hour in bulk calls of up to 1,000.
+The simulated accounts complete no verifications, so the gate is the decision (free tier:
+worst tolerated `verify`). Nothing here reads the rules.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+SIGNUPS_FROM = datetime(2026, 8, 1, tzinfo=timezone.utc)
+WEEK_FROM = datetime(2026, 11, 20, tzinfo=timezone.utc)
+DAYS = 7
+TOOLS = [f"pf_tool_{name}" for name in ("codeassist", "chatui", "sqlhelper", "translator", "summariser")]
+TOLERATED = ("allow", "verify")          # the free tier's max_decision and below
+FIRST = ["james", "maria", "wei", "olga", "ahmed", "sofia", "lucas", "emma", "noah", "li", "fatima", "ivan",
+         "yuki", "carlos", "ana", "david", "sarah", "chen", "priya", "omar", "lena", "mateo", "zoe", "arjun"]
+LAST = ["smith", "garcia", "wang", "ivanova", "khan", "rossi", "silva", "muller", "kim", "nguyen", "patel",
+        "tanaka", "lopez", "brown", "dubois", "novak", "jensen", "okafor", "haddad", "schmidt", "costa"]
+BROWSER = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 "
+           "Safari/537.36")
+# A consumer broadband network (Comcast, 73.0.0.0/8): homes and the
+# residential proxies that rent them look alike.
+HOME_PREFIXES = ["73"]
+
+
+@dataclass
+class Account:
+    id: str
+    population: str
+    tier: str
+    ip: str
+    hours: dict[int, list[dict]] = field(default_factory=lambda: defaultdict(list))   # hour index -> reports
+
+
+def _home_ip(rng: random.Random) -> str:
+    return f"{rng.choice(HOME_PREFIXES)}.{rng.randrange(1, 255)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+
+
+def _signup(rng: random.Random, account: Account, n: int, at: datetime) -> dict:
+    first, last = rng.choice(FIRST), rng.choice(LAST)
+    return {"account_id": account.id, "email": f"{first}.{last}{n}@gmail.com", "ip": account.ip,
+            "user_agent": BROWSER, "device_id": f"dv_{account.id}", "form_fill_ms": rng.randrange(4000, 30000),
+            "timezone": "America/New_York", "locale": "en-US", "occurred_at": _z(at)}
+
+
+def _z(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+def _hourly(account: Account, hour: int, requests: int, cv: float, prompts: dict[str, int], rng: random.Random,
+            tokens: tuple[int, int] = (800, 1200)) -> None:
+    at = WEEK_FROM + timedelta(hours=hour + 1)
+    account.hours[hour].append({
+        "account_id": account.id, "occurred_at": _z(at), "window_seconds": 3600, "requests": requests,
+        "tier": account.tier, "ip": account.ip, "api_key_id": f"key_{account.id}",
+        "user_agent": "python-httpx/0.27.0", "tokens_in": requests * tokens[0],
+        "tokens_out": requests * tokens[1], "models": {"model-large": requests},
+        "prompt_fingerprints": prompts, "interval_cv": round(cv, 3)})
+
+
+def _spread(total: int, slots: int) -> list[int]:
+    base, extra = divmod(total, slots)
+    return [base + (1 if i < extra else 0) for i in range(slots)]
+
+
+def populations(seed: int, light: int, heavy: int, companies: int, tool_users: int, farm: int
+                ) -> tuple[list[Account], list[dict]]:
+    """The accounts with their week of hourly usage, and their signups (in time order)."""
+    rng = random.Random(seed)
+    accounts: list[Account] = []
+    for i in range(light):
+        a = Account(f"light_{i}", "light", "free", _home_ip(rng))
+        mine = rng.sample(TOOLS, rng.choice([1, 1, 2])) + [f"pf_own_light_{i}"]
+        for day in rng.sample(range(DAYS), rng.randint(1, 3)):
+            for h in rng.sample(range(8, 23), rng.randint(1, 4)):
+                n = rng.randint(2, 40)
+                _hourly(a, day * 24 + h, n, rng.uniform(0.8, 2.5), {p: max(1, n // len(mine)) for p in mine}, rng)
+        accounts.append(a)
+    for i in range(heavy):
+        a = Account(f"heavy_{i}", "heavy", "standard", _home_ip(rng) if i % 2 else f"34.{i}.7.9")
+        own = [f"pf_batch_{i}_{k}" for k in range(rng.randint(2, 4))]
+        per_day = rng.randint(5000, 9500)
+        first_day = 0 if i % 4 else rng.randrange(1, 4)       # some start (or come back) mid-week
+        for day in range(first_day, DAYS):
+            for h, n in enumerate(_spread(per_day, 24)):
+                _hourly(a, day * 24 + h, n, rng.uniform(0.01, 0.08), {p: n // len(own) for p in own}, rng,
+                        tokens=(1500, 400))
+        accounts.append(a)
+    for c in range(companies):
+        office = _home_ip(rng)
+        internal = [f"pf_company_{c}_{k}" for k in range(rng.randint(4, 7))]
+        for j in range(rng.randint(3, 6)):
+            a = Account(f"company_{c}_{j}", "company", "standard", office)
+            per_day = rng.randint(500, 4000)
+            for day in range(DAYS):
+                if day % 7 in (5, 6) and rng.random() < 0.8:
+                    continue                                   # weekends, mostly
+                for h, n in zip(range(9, 18), _spread(per_day, 9)):
+                    used = rng.sample(internal, rng.randint(3, len(internal)))
+                    _hourly(a, day * 24 + h, n, rng.uniform(0.05, 1.2), {p: max(1, n // len(used)) for p in used}, rng)
+            accounts.append(a)
+    for i in range(tool_users):
+        a = Account(f"tooluser_{i}", "tool_user", "free", _home_ip(rng))
+        mine = rng.sample(TOOLS, rng.choices([1, 2, 3], weights=[6, 3, 1])[0])
+        for day in rng.sample(range(DAYS), rng.randint(1, 5)):
+            for h in rng.sample(range(7, 24), rng.randint(1, 5)):
+                n = rng.randint(1, 60)
+                _hourly(a, day * 24 + h, n, rng.uniform(0.6, 2.0), {p: max(1, n // len(mine)) for p in mine}, rng)
+        accounts.append(a)
+    templates = [f"pf_farm_{k}" for k in range(12)]
+    wake = 4 * 24 + rng.randrange(0, 12)                       # day 4 of the week, within hours
+    for i in range(farm):
+        a = Account(f"farm_{i}", "farm", "free", _home_ip(rng))
+        start = wake + rng.randrange(0, 4)
+        for day_start in range(start, DAYS * 24, 24):
+            drawn = rng.sample(templates, 6)
+            for h, n in zip(range(day_start, min(day_start + 24, DAYS * 24)), _spread(27, 24)):
+                a.ip = _home_ip(rng)                            # a residential proxy exit per hour
+                _hourly(a, h, n, rng.uniform(0.02, 0.08), {rng.choice(drawn): n} if n else {}, rng,
+                        tokens=(300, 2400))
+        accounts.append(a)
+    signups = []
+    for n, a in enumerate(accounts):
+        at = SIGNUPS_FROM + timedelta(days=rng.uniform(0, 40))
+        signups.append(_signup(rng, a, n, at))
+    signups.sort(key=lambda s: s["occurred_at"])
+    return accounts, signups
+
+
+def run(client, headers: dict, accounts: list[Account], signups: list[dict], echo=print) -> dict:
+    """Sign everyone up, then play the week hour by hour through the gateway's bulk reports."""
+    from kyc.jobs import drain
+
+    for i, body in enumerate(signups):
+        answer = client.post("/v1/signups", json=body, headers=headers)
+        if answer.status_code != 200:
+            raise RuntimeError(f"signup {body['account_id']} refused: {answer.status_code} {answer.get_json()}")
+        if echo and (i + 1) % 1000 == 0:
+            echo(f"  signed up {i + 1}/{len(signups)}")
+    drain(client.application.extensions["kyc"])
+    population = {a.id: a.population for a in accounts}
+    decision = {a.id: client.get(f"/v1/accounts/{a.id}", headers=headers).get_json()["decision"] for a in accounts}
+    wanted: dict[str, int] = defaultdict(int)
+    served: dict[str, int] = defaultdict(int)
+    denied_accounts: dict[str, set[str]] = defaultdict(set)
+    started, reports = time.perf_counter(), 0
+    for hour in range(DAYS * 24):
+        batch = []
+        for a in accounts:
+            for report in a.hours.get(hour, ()):
+                wanted[a.population] += report["requests"]
+                if decision[a.id] in TOLERATED:
+                    served[a.population] += report["requests"]
+                else:                                            # the gateway refuses the hour
+                    denied_accounts[a.population].add(a.id)
+                    report = {**report, "refused": report["requests"], "requests": 0, "prompt_fingerprints": {}}
+                batch.append(report)
+        for i in range(0, len(batch), 1000):
+            answer = client.post("/v1/activity", json={"reports": batch[i:i + 1000]}, headers=headers)
+            if answer.status_code != 200:
+                raise RuntimeError(f"bulk report refused: {answer.status_code} {answer.get_json()}")
+            for result in answer.get_json()["results"]:
+                decision[result["account_id"]] = result["decision"]
+        reports += len(batch)
+        if echo and hour % 24 == 23:
+            echo(f"  day {hour // 24 + 1}: {reports} reports")
+    drain(client.application.extensions["kyc"])
+    final = defaultdict(lambda: defaultdict(int))
+    for a in accounts:
+        final[a.population][client.get(f"/v1/accounts/{a.id}", headers=headers).get_json()["decision"]] += 1
+    return {"wanted": dict(wanted), "served": dict(served), "final": {p: dict(c) for p, c in final.items()},
+            "denied_accounts": {p: sorted(ids) for p, ids in denied_accounts.items()},
+            "accounts": {p: sum(1 for a in accounts if a.population == p) for p in set(population.values())},
+            "reports": reports, "seconds": time.perf_counter() - started}
+
+
+def summary(result: dict) -> dict[str, float]:
+    legit = [p for p in result["wanted"] if p != "farm"]
+    wanted_legit = sum(result["wanted"][p] for p in legit)
+    served_legit = sum(result["served"].get(p, 0) for p in legit)
+    farm_wanted = result["wanted"].get("farm", 0)
+    return {
+        "farm_served_share": result["served"].get("farm", 0) / farm_wanted if farm_wanted else 0.0,
+        "legit_denied_share": 1 - served_legit / wanted_legit if wanted_legit else 0.0,
+        "heavy_or_company_denied": float(len(result["denied_accounts"].get("heavy", ()))
+                                         + len(result["denied_accounts"].get("company", ()))),
+    }
+
+
+def report(result: dict, echo=print) -> None:
+    decisions = ("allow", "verify", "review", "block")
+    echo(f"\nusage week: {result['reports']} reports in {result['seconds']:.0f} s")
+    echo(f"{'population':<12}{'accounts':>9}{'wanted':>11}{'served':>11}{'denied accts':>14}"
+         + "".join(f"{d:>8}" for d in decisions))
+    for p in sorted(result["wanted"]):
+        final = result["final"].get(p, {})
+        echo(f"{p:<12}{result['accounts'].get(p, 0):>9}{result['wanted'][p]:>11}{result['served'].get(p, 0):>11}"
+             f"{len(result['denied_accounts'].get(p, ())):>14}" + "".join(f"{final.get(d, 0):>8}" for d in decisions))
+    s = summary(result)
+    echo(f"farm requests served before denial  {s['farm_served_share']:7.2%} of what it meant to send (goal <= 10%)")
+    echo(f"legitimate requests denied          {s['legit_denied_share']:7.2%} (goal <= 1%)")
+    echo(f"heavy-user or company accounts denied {int(s['heavy_or_company_denied'])} (goal 0)")

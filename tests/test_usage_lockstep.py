@@ -1,0 +1,101 @@
+"""Lockstep (kyc/usage/lockstep.py): accounts sharing uncommon prompt templates in the same
+hours are a group; popular templates link nobody; a farm waking together is blocked at once."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from sqlalchemy import select
+
+from kyc import create_app
+from kyc.models import PromptDay, PromptUse
+from kyc.runtime import Runtime
+from kyc.security import keyed_hash
+from kyc.usage.reports import window_hours
+from tests.conftest import TEST_SECRET, signup
+from tests.flows import key_headers
+
+SIGNED_UP = "2026-10-01T12:00:00Z"
+WOKE = "2026-11-24"
+
+
+_EMAIL_SHAPES = ("{p}.person{i}", "{p}{i}x", "x_{p}_{i}", "{p}-{i}-mail", "{i}{p}")
+_DOMAINS = ("gmail.com", "outlook.com", "yahoo.com", "icloud.com", "proton.me")
+
+
+def _signups(client, auth, prefix: str, n: int) -> list[str]:
+    ids = []
+    for i in range(n):
+        account = f"{prefix}_{i}"
+        # People, not a farm: addresses of many shapes at many providers.
+        body = signup(account_id=account, email=_EMAIL_SHAPES[i % 5].format(p=prefix, i=i) + "@" + _DOMAINS[i // 5 % 5],
+                      device_id=f"dv_{prefix}_{i}",
+                      phone=None, ip=f"73.{15 + i}.1.{i + 1}",
+                      occurred_at=SIGNED_UP)
+        assert client.post("/v1/signups", json=body, headers=auth).status_code == 200
+        ids.append(account)
+    return ids
+
+
+def _report(account: str, fingerprints: dict, hour: int = 10, cv: float = 0.04, requests: int = 27) -> dict:
+    return {"account_id": account, "occurred_at": f"{WOKE}T{hour:02d}:30:00Z", "window_seconds": 1800,
+            "requests": requests, "prompt_fingerprints": fingerprints, "interval_cv": cv, "tier": "free"}
+
+
+def test_a_farm_waking_together_on_shared_rare_templates_is_blocked(client, auth, runtime):
+    farm = _signups(client, auth, "farm", 25)
+    templates = [f"pf_farm_{k}" for k in range(6)]
+    # Each account draws five of the six templates: any two share at least four.
+    reports = [_report(a, {t: 5 for t in templates if t != templates[i % 6]}) for i, a in enumerate(farm)]
+    results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
+    assert all(r["woke_up"] for r in results)
+    assert [r["decision"] for r in results] == ["block"] * 25
+    account = client.get(f"/v1/accounts/{farm[0]}", headers=auth).json
+    assert "lockstep_farm_waking" in {r["rule"] for r in account["reasons"]}
+    assert client.get(f"/v1/accounts/{farm[0]}/entitlement?tier=free", headers=auth).json["allowed"] is False
+
+
+def test_a_company_sharing_internal_templates_is_not_a_farm(client, auth, runtime):
+    company = _signups(client, auth, "acme", 4)
+    internal = {f"pf_acme_{k}": 50 for k in range(5)}
+    reports = [{**_report(a, internal, cv=0.02, requests=2000), "tier": "standard"} for a in company]
+    results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
+    assert [r["decision"] for r in results] == ["allow"] * 4
+
+
+def test_popular_templates_link_nobody(database_url, make_config):
+    rt = Runtime.start(make_config(database_url, usage_popular_prompt=10), migrate=False)
+    try:
+        client, auth = create_app(runtime=rt).test_client(), key_headers(rt)
+        users = _signups(client, auth, "user", 25)
+        tools = {f"pf_tool_{k}": 3 for k in range(4)}          # four popular tools' system prompts
+        results = client.post("/v1/activity", json={"reports": [_report(a, tools) for a in users]},
+                              headers=auth).json["results"]
+        assert [r["decision"] for r in results] == ["allow"] * 25
+        with rt.session() as s:
+            counted = s.execute(select(PromptDay.accounts)).scalars().all()
+        assert counted == [25] * 4
+    finally:
+        rt.engine.dispose()
+
+
+def test_uses_are_kept_per_template_day_and_hours(client, auth, runtime):
+    (account,) = _signups(client, auth, "solo", 1)
+    for hour in (9, 10, 10):
+        assert client.post("/v1/activity", json={"reports": [_report(account, {"pf_a": 1, "pf_b": 2}, hour=hour)]},
+                           headers=auth).status_code == 200
+    with runtime.session() as s:
+        uses = s.execute(select(PromptUse.value_hash, PromptUse.day, PromptUse.hours)).all()
+        days = dict(s.execute(select(PromptDay.value_hash, PromptDay.accounts)).all())
+    assert sorted(uses) == sorted((keyed_hash(TEST_SECRET, "prompt", f), date(2026, 11, 24), (1 << 9) | (1 << 10))
+                                  for f in ("pf_a", "pf_b"))
+    assert set(days.values()) == {1}
+
+
+def test_window_hours():
+    from datetime import datetime, timezone
+
+    at = datetime(2026, 11, 24, 10, 30, tzinfo=timezone.utc)
+    assert window_hours(at, 0) == 1 << 10
+    assert window_hours(at, 1800) == 1 << 10
+    assert window_hours(at, 7200) == (1 << 8) | (1 << 9) | (1 << 10)

@@ -1,0 +1,224 @@
+"""The activity contract v1.1: every field of a report validated and stored, identifiers hashed,
+and the bulk endpoint (all or nothing, errors keyed by index, 4 MiB bodies). Both backends."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import date
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from sqlalchemy import func, select
+
+from kyc.models import Account, ActivityDay, ActivityReport, Evaluation
+from kyc.security import keyed_hash
+from kyc.usage.reports import spread
+from tests.conftest import TEST_SECRET, signup
+
+FULL = {
+    "occurred_at": "2026-11-24T21:00:00Z", "window_seconds": 3600, "requests": 1200, "ip": "203.0.113.7",
+    "api_key_id": "key_91ab", "tier": "standard", "user_agent": "python-httpx/0.27.0",
+    "tokens_in": 250000, "tokens_out": 910000, "models": {"model-large": 1150, "model-small": 50},
+    "prompt_fingerprints": {"pf_3c9a1e": 800, "pf_77d1b0": 400}, "interval_cv": 0.08, "refused": 40,
+}
+
+
+@pytest.fixture
+def accounts(client, auth):
+    for i in range(3):
+        body = signup(account_id=f"acct_{i}", email=f"jane.smith{i}@gmail.com", device_id=f"dv_{i}", phone=None,
+                      occurred_at="2026-11-20T12:00:00Z")
+        assert client.post("/v1/signups", json=body, headers=auth).status_code == 200
+    return ["acct_0", "acct_1", "acct_2"]
+
+
+def _counts(runtime) -> tuple[int, int, list]:
+    with runtime.session() as s:
+        return (s.scalar(select(func.count()).select_from(ActivityReport)),
+                s.scalar(select(func.count()).select_from(ActivityDay)),
+                s.execute(select(Account.id, Account.last_seen_at, Account.state_version).order_by(Account.id)).all())
+
+
+def test_every_field_is_stored_and_identifiers_only_hashed(client, auth, runtime, accounts, caplog):
+    caplog.set_level(logging.DEBUG)
+    answer = client.post("/v1/accounts/acct_0/activity", json=FULL, headers=auth)
+    assert answer.status_code == 200, answer.json
+    body = answer.json
+    assert body["account_id"] == "acct_0" and body["requests_today"] == 1200 and body["decision"] == "allow"
+    with runtime.session() as s:
+        report = s.execute(select(ActivityReport)).scalar_one()
+        day = s.get(ActivityDay, ("acct_0", date(2026, 11, 24)))
+        raw = json.dumps([list(map(str, s.execute(select(ActivityReport.__table__)).one())),
+                          list(map(str, s.execute(select(ActivityDay.__table__)).one()))])
+    assert report.window_seconds == 3600 and report.requests == 1200 and report.refused == 40
+    assert report.tier == "standard" and report.user_agent == "python-httpx/0.27.0"
+    assert (report.tokens_in, report.tokens_out, report.interval_cv) == (250000, 910000, 0.08)
+    assert report.models == FULL["models"]
+    assert report.ip_hash == keyed_hash(TEST_SECRET, "ip", "203.0.113.7")
+    assert report.api_key_hash == keyed_hash(TEST_SECRET, "api_key", "key_91ab")
+    assert report.prompt_fingerprints == {keyed_hash(TEST_SECRET, "prompt", f): n
+                                          for f, n in FULL["prompt_fingerprints"].items()}
+    # The day's totals: an hour-long window ending at 21:00 lies in hour 20.
+    assert day.requests == 1200 and day.refused == 40 and day.tier == "standard"
+    assert day.hours[20] == 1200 and sum(day.hours) == 1200
+    assert day.cv_sum == pytest.approx(0.08 * 1200) and day.cv_requests == 1200
+    assert day.models == FULL["models"] and sorted(day.fingerprints.values()) == [400, 800]
+    # Nothing the rest of kyc hashes is stored or logged in clear.
+    for clear in ("203.0.113.7", "key_91ab", "pf_3c9a1e", "pf_77d1b0"):
+        assert clear not in raw
+        assert clear not in caplog.text
+
+
+def test_a_late_report_counts_in_its_own_day(client, auth, runtime, accounts):
+    post = lambda **b: client.post("/v1/accounts/acct_0/activity", json=b, headers=auth).json  # noqa: E731
+    post(occurred_at="2026-11-24T10:00:00Z", requests=10, tier="free")
+    post(occurred_at="2026-11-25T10:00:00Z", requests=20, tier="standard")
+    late = post(occurred_at="2026-11-24T11:00:00Z", requests=5, tier="standard")
+    assert late["day"] == "2026-11-24" and late["requests_today"] == 15
+    assert late["last_seen_at"] == "2026-11-25T10:00:00Z"
+    with runtime.session() as s:
+        day = s.get(ActivityDay, ("acct_0", date(2026, 11, 24)))
+        assert day.tier == "standard" and day.hours[10] == 10 and day.hours[11] == 5
+
+
+def test_the_day_keeps_its_baseline_and_first_use(client, auth, runtime, accounts):
+    for d in range(1, 11):
+        r = client.post("/v1/accounts/acct_0/activity",
+                        json={"occurred_at": f"2026-11-{d:02d}T12:00:00Z", "requests": 100 * d}, headers=auth)
+        assert r.status_code == 200
+    with runtime.session() as s:
+        day = s.get(ActivityDay, ("acct_0", date(2026, 11, 10)))
+        first = s.get(ActivityDay, ("acct_0", date(2026, 11, 1)))
+    assert first.history_days == 0 and first.first_used_at.isoformat().startswith("2026-11-01T12:00")
+    assert day.history_days == 9 and day.baseline == pytest.approx(sum(100 * d for d in range(1, 10)) / 9)
+    assert day.first_used_at == first.first_used_at
+
+
+@pytest.mark.parametrize("window,at,expected", [
+    (0, "2026-11-24T21:30:00+00:00", {21: 100}),
+    (3600, "2026-11-24T21:30:00+00:00", {20: 50, 21: 50}),
+    (7200, "2026-11-24T21:00:00+00:00", {19: 50, 20: 50}),
+    (86400, "2026-11-24T01:00:00+00:00", {0: 100}),
+])
+def test_a_window_is_spread_over_the_hours_it_covers(window, at, expected):
+    from datetime import datetime
+
+    hours = spread([0] * 24, datetime.fromisoformat(at), window, 100)
+    assert {h: n for h, n in enumerate(hours) if n} == expected
+
+
+def test_bulk_records_every_report_in_order(client, auth, runtime, accounts):
+    reports = [{"account_id": a, **FULL, "requests": 10 * (i + 1)} for i, a in enumerate(accounts)]
+    reports.append({"account_id": "acct_0", "requests": 1, "occurred_at": "2026-11-24T21:05:00Z"})
+    answer = client.post("/v1/activity", json={"reports": reports}, headers=auth)
+    assert answer.status_code == 200, answer.json
+    results = answer.json["results"]
+    assert [r["account_id"] for r in results] == ["acct_0", "acct_1", "acct_2", "acct_0"]
+    assert [r["requests_today"] for r in results] == [10, 20, 30, 11]
+    assert all(r["decision"] == "allow" for r in results)
+    reports_stored, days, _ = _counts(runtime)
+    assert (reports_stored, days) == (4, 3)
+
+
+def test_bulk_is_all_or_nothing_with_errors_keyed_by_index(client, auth, runtime, accounts):
+    before = _counts(runtime)
+    reports = [{"account_id": "acct_0", "requests": 5}, {"account_id": "acct_1", "requests": 5},
+               {"account_id": "acct_2", "requests": 5}, {"account_id": "acct_1", "requests": -1},
+               {"account_id": "acct_2", "requests": 5, "prompt_fingerprints": {f"pf{i}": 1 for i in range(101)}}]
+    answer = client.post("/v1/activity", json={"reports": reports}, headers=auth)
+    assert answer.status_code == 400
+    fields = answer.json["error"]["fields"]
+    assert set(fields) == {"reports[3].requests", "reports[4].prompt_fingerprints"}, fields
+    assert "100" in fields["reports[4].prompt_fingerprints"]
+    unknown = client.post("/v1/activity", json={"reports": [{"account_id": "acct_0", "requests": 5},
+                                                            {"account_id": "acct_nobody", "requests": 5}]}, headers=auth)
+    assert unknown.status_code == 400
+    assert unknown.json["error"]["fields"] == {"reports[1].account_id": "unknown account"}
+    tier = client.post("/v1/activity", json={"reports": [{"account_id": "acct_0", "requests": 5, "tier": "gold"}]},
+                       headers=auth)
+    assert tier.status_code == 400 and "reports[0].tier" in tier.json["error"]["fields"]
+    assert _counts(runtime) == before
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"reports": []}, "reports"),
+    ({"reports": [{"account_id": "acct_0", "requests": 1}] * 1001}, "reports"),
+    ({"reports": [{"account_id": "acct_0", "requests": 1}], "extra": 1}, "extra"),
+    ({}, "reports"),
+])
+def test_bulk_envelope_is_checked(client, auth, runtime, accounts, body, field):
+    answer = client.post("/v1/activity", json=body, headers=auth)
+    assert answer.status_code == 400 and field in answer.json["error"]["fields"], answer.json
+
+
+def test_bulk_accepts_bodies_up_to_4_mib_and_only_there(client, auth, runtime, accounts):
+    padding = "x" * 1000
+    reports = [{"account_id": accounts[i % 3], "requests": 1, "user_agent": padding} for i in range(1000)]
+    body = json.dumps({"reports": reports})
+    assert 65536 < len(body) < 4 * 1024 * 1024
+    ok = client.post("/v1/activity", data=body, content_type="application/json", headers=auth)
+    assert ok.status_code == 200 and len(ok.json["results"]) == 1000
+    too_big = json.dumps({"reports": reports, "pad": "y" * (4 * 1024 * 1024)})
+    assert client.post("/v1/activity", data=too_big, content_type="application/json", headers=auth).status_code == 413
+    single = json.dumps({"requests": 1, "user_agent": "x" * 70000})
+    assert client.post("/v1/accounts/acct_0/activity", data=single, content_type="application/json",
+                       headers=auth).status_code == 413
+
+
+_names = st.text(alphabet="abcdef_0123456789", min_size=1, max_size=12)
+_bad_values = {
+    "requests": st.one_of(st.integers(max_value=-1), st.integers(min_value=10**9 + 1), st.text(max_size=4),
+                          st.floats(allow_nan=False, allow_infinity=False), st.none(), st.booleans()),
+    "window_seconds": st.one_of(st.integers(max_value=-1), st.integers(min_value=7 * 86400 + 1), st.text(max_size=3)),
+    "tokens_in": st.one_of(st.integers(max_value=-1), st.text(max_size=3), st.floats(allow_nan=False, allow_infinity=False)),
+    "interval_cv": st.one_of(st.floats(max_value=-0.001, allow_infinity=False), st.floats(min_value=1000.001, allow_infinity=False), st.text(max_size=3)),
+    "ip": st.text(alphabet="xyz:.", min_size=1, max_size=20),
+    "models": st.one_of(st.dictionaries(_names, st.integers(max_value=-1), min_size=1, max_size=3),
+                        st.lists(st.integers(), max_size=2)),
+    "prompt_fingerprints": st.dictionaries(_names, st.integers(min_value=0, max_value=5), min_size=101, max_size=110),
+    "occurred_at": st.text(alphabet="abc-:T0", max_size=10),
+}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(sorted(_bad_values)).flatmap(lambda f: st.tuples(st.just(f), _bad_values[f])),
+       st.integers(min_value=0, max_value=4))
+def test_a_generated_bad_report_refuses_the_batch_and_changes_nothing(client, auth, runtime, accounts, bad, index):
+    field, value = bad
+    before = _counts(runtime)
+    reports = [{"account_id": accounts[i % 3], "requests": 3, "occurred_at": "2026-11-24T21:00:00Z"} for i in range(5)]
+    reports[index] = {**reports[index], field: value}
+    answer = client.post("/v1/activity", json={"reports": reports}, headers=auth)
+    assert answer.status_code == 400, (field, value)
+    assert any(name.startswith(f"reports[{index}].{field}") for name in answer.json["error"]["fields"])
+    single = client.post(f"/v1/accounts/{accounts[0]}/activity",
+                         json={k: v for k, v in reports[index].items() if k != "account_id"}, headers=auth)
+    assert single.status_code == 400 and any(n.startswith(field) for n in single.json["error"]["fields"])
+    assert _counts(runtime) == before
+    with runtime.session() as s:
+        assert s.scalar(select(func.count()).select_from(Evaluation).where(Evaluation.trigger == "rescore")) == 0
+
+
+def test_the_readme_gateway_examples_work(client, auth, runtime):
+    import re
+
+    from kyc.config import PROJECT_ROOT
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme[readme.index("## Gateway integration"):]
+    section = section[:section.index("\n## ", 5)]
+    bodies = [json.loads(b) for b in re.findall(r"-d '(.*?)'", section, re.S)]
+    assert len(bodies) == 2
+    for account in ("acct_demo", "acct_other"):
+        body = signup(account_id=account, email=f"{account}@gmail.com", device_id=account,
+                      occurred_at="2026-11-20T12:00:00Z")
+        assert client.post("/v1/signups", json=body, headers=auth).status_code == 200
+    single = client.post("/v1/accounts/acct_demo/activity", json=bodies[0], headers=auth)
+    assert single.status_code == 200, single.json
+    documented = json.loads(re.search(r"```json\n(.*?)\n *```", section, re.S).group(1))
+    assert set(single.json) == set(documented)
+    assert single.json["requests_today"] == documented["requests_today"]
+    bulk = client.post("/v1/activity", json=bodies[1], headers=auth)
+    assert bulk.status_code == 200 and [r["account_id"] for r in bulk.json["results"]] == ["acct_demo", "acct_other"]
+    assert client.get("/v1/accounts/acct_demo/entitlement?tier=free", headers=auth).status_code == 200

@@ -1,0 +1,32 @@
+"""The usage phase of `kyc simulate` at a small size: the farm is stopped, nobody legitimate is."""
+
+from __future__ import annotations
+
+from kyc import create_app
+from kyc.jobs import drain
+from kyc.runtime import Runtime
+from kyc.usage import simulate as usage_sim
+
+
+def test_a_small_usage_week_stops_the_farm_and_serves_everyone_else(tmp_path, make_config, _sqlite_template):
+    import shutil
+
+    db = tmp_path / "sim.db"
+    shutil.copy(_sqlite_template, db)
+    rt = Runtime.start(make_config(f"sqlite:///{db}", dev_key="sim"), migrate=False)
+    try:
+        accounts, signups = usage_sim.populations(3, 10, 3, 2, 40, 50)
+        assert {a.population for a in accounts} == {"light", "heavy", "company", "tool_user", "farm"}
+        result = usage_sim.run(create_app(runtime=rt).test_client(), {"Authorization": "Bearer sim"}, accounts,
+                               signups, echo=None)
+        drain(rt)
+    finally:
+        rt.engine.dispose()
+    summary = usage_sim.summary(result)
+    assert result["wanted"]["farm"] > 0 and result["wanted"]["heavy"] > result["wanted"]["light"]
+    assert summary["heavy_or_company_denied"] == 0, result["denied_accounts"]
+    assert summary["legit_denied_share"] <= 0.01, result
+    # A small farm (the lockstep rule wants 20 accounts together) is stopped more slowly than a
+    # large one: most of it blocked, well under half its traffic served.
+    assert result["final"]["farm"].get("block", 0) >= 30, result["final"]
+    assert summary["farm_served_share"] < 0.5, result
