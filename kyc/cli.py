@@ -124,10 +124,14 @@ def serve(host: str, port: int, workers: int) -> None:
             return app
 
     pause_checkpoints(runtime.engine)      # the master forks workers: it runs no database thread
+    master = os.getpid()
     try:
         _Server().run()
     finally:
-        if own_metrics_dir:
+        # Workers are forked inside run() and leave it by SystemExit through this block too: only
+        # the master may remove the directory (a worker retired by SIGHUP removed it, and every
+        # later worker answered 500 on its first metric).
+        if own_metrics_dir and os.getpid() == master:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
