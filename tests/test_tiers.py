@@ -277,3 +277,30 @@ def test_ops_status_shows_the_running_tiers(client, auth):
     status = client.get("/v1/ops/rules", headers=auth).json
     assert status["tiers"]["high_volume"]["requires"] == ["phone", "payment", "document"]
     assert status["tiers"]["free"]["max_decision"] == "verify"
+
+
+def test_at_evaluates_the_check_as_of_that_time(runtime, client, auth, tmp_path):
+    """The contract's `at=`: a condition on the account's age reads it as of `at` (a replay of
+    the gateway's checks), and a malformed time is a field error."""
+    root = _rules_copy(tmp_path, """\
+- id: seasoned
+  description: Accounts a week old
+  quota: {requests_per_day: 5}
+  max_decision: allow
+  conditions:
+    - id: a_week_old
+      description: The account is at least seven days old
+      when: account.age_days >= 7
+""")
+    runtime.reload_rules(root)
+    client.post("/v1/signups", json=signup(occurred_at="2026-11-01T12:00:00Z"), headers=auth)
+
+    def check(at: str):
+        return client.get(f"/v1/accounts/acct_1/entitlement?tier=seasoned&at={at}", headers=auth)
+
+    assert check("2026-11-03T12:00:00Z").json["allowed"] is False
+    assert check("2026-11-09T12:00:00Z").json["allowed"] is True
+    assert entitlement(client, auth, "seasoned").json["allowed"] is True          # now: a month old
+    for bad in ("yesterday", "2026-11-09", "2026-11-09T12:00:00"):
+        refused = check(bad)
+        assert refused.status_code == 400 and "at" in refused.json["error"]["fields"], refused.json

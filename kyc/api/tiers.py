@@ -9,11 +9,12 @@ for a small 304 only.
 from __future__ import annotations
 
 from flask import Response, request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from kyc.api import documented, parse_query, respond, runtime, v1
 from kyc.api.responses import Entitlement
 from kyc.errors import invalid, not_found
+from kyc.inputs import parse_time
 from kyc.tiers import UnknownAccount, entitlement, etag
 
 CACHE_CONTROL = "private, no-cache"
@@ -21,6 +22,15 @@ CACHE_CONTROL = "private, no-cache"
 
 class EntitlementQuery(BaseModel):
     tier: str = Field(min_length=1, max_length=64, description="A tier of rules/tiers.yaml, e.g. high_volume")
+    at: str | None = Field(None, max_length=40, description="Evaluate the check as of this RFC 3339 time "
+                                                            "(backfills and replays); default now")
+
+    @field_validator("at")
+    @classmethod
+    def _rfc3339(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_time(value)
+        return value
 
 
 @v1.get("/accounts/<account_id>/entitlement")
@@ -31,7 +41,8 @@ def get_entitlement(account_id: str):
     """Whether the account may use the tier now, and the quota the gateway enforces. The answer
     carries an ETag and Cache-Control: private, no-cache; revalidate with If-None-Match."""
     rt = runtime()
-    tier_id = parse_query(EntitlementQuery).tier
+    query = parse_query(EntitlementQuery)
+    tier_id = query.tier
     tiers = rt.tiers
     tier = tiers.get(tier_id)
     if tier is None:
@@ -40,7 +51,8 @@ def get_entitlement(account_id: str):
                       {"tier": f"{'unknown tier' if tier_id else 'required'}; one of {known}"})
     with rt.engine.connect() as conn:
         try:
-            body = entitlement(conn, tier, account_id, dormancy_threshold=rt.config.dormant_days)
+            body = entitlement(conn, tier, account_id, dormancy_threshold=rt.config.dormant_days,
+                               now=parse_time(query.at) if query.at else None)
         except UnknownAccount:
             raise not_found("account") from None
     tag = etag(body)
