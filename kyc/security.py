@@ -7,6 +7,7 @@ cannot be joined against a list of known emails or phone numbers.
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 import hmac
 import re
 import secrets
@@ -48,6 +49,10 @@ def hash_api_key(key: str) -> str:
 #   - a group glued to a letter ("x4111...", the digits of a hex hash or id): a number inside
 #     a word, as data-loss scanners read word boundaries. Its other groups still count.
 #   - a single unseparated group longer than 19 digits (ids); spans never cut a group.
+#   - only zeros (a nil UUID, 00000000-0000-0000-0000-000000000000): no card number is.
+#   - 14 digits that read as a time stamp YYYYMMDDhhmmss from 19xx or 20xx.
+#   - groups joined by dots where one has one or two digits: a version or an address
+#     (GSA/359.1.734651750, in a real iPhone user agent, passes Luhn).
 # RFC 3339 times (':' and 'T' break them), Unix seconds (10 digits), IPv4 addresses (12 digits
 # at most), lists of numbers (', '), UUIDs and hex hashes never match; a 13-19 digit integer
 # (Unix milliseconds, a 64-bit id) that passes Luhn does, as it must: it cannot be told apart.
@@ -75,24 +80,45 @@ def _ascii_digits(group: str) -> str:
 
 
 def _run_has_pan(text: str, start: int, end: int) -> bool:
-    groups = [_ascii_digits(g) for g in _GROUP.findall(text, start, end)]
-    if sum(map(len, groups)) < _MIN_PAN:
+    found = [(m.start(), m.end(), _ascii_digits(m.group())) for m in _GROUP.finditer(text, start, end)]
+    if sum(len(g) for _, _, g in found) < _MIN_PAN:
         return False
-    if start > 0 and text[start - 1] == "+" and sum(map(len, groups)) <= _MAX_PHONE:
+    if start > 0 and text[start - 1] == "+" and sum(len(g) for _, _, g in found) <= _MAX_PHONE:
         return False                                   # +44 20 7946 0958: a phone number
     if start > 0 and text[start - 1].isalpha():
-        groups = groups[1:]                            # x4111...: digits inside a word
+        found = found[1:]                              # x4111...: digits inside a word
     if end < len(text) and text[end].isalpha():
-        groups = groups[:-1]
-    for i in range(len(groups)):
+        found = found[:-1]
+    for i in range(len(found)):
         digits = ""
-        for group in groups[i:]:
-            digits += group
+        for j in range(i, len(found)):
+            digits += found[j][2]
             if len(digits) > _MAX_PAN:
                 break
-            if len(digits) >= _MIN_PAN and luhn_ok(digits):
+            if (len(digits) >= _MIN_PAN and luhn_ok(digits) and digits.strip("0")
+                    and not _dotted_version(text, found[i:j + 1]) and not _date_stamp(digits)):
                 return True
     return False
+
+
+def _date_stamp(digits: str) -> bool:
+    """YYYYMMDDhhmmss (20100715071639 in an archive URL): no network issues 14-digit numbers
+    starting 19 or 20 (Diners' 14-digit ones start 30, 36 or 38)."""
+    if len(digits) != 14 or digits[:2] not in ("19", "20"):
+        return False
+    try:
+        datetime.strptime(digits, "%Y%m%d%H%M%S")
+    except ValueError:
+        return False
+    return True
+
+
+def _dotted_version(text: str, groups: list[tuple[int, int, str]]) -> bool:
+    """Groups joined by dots with one of one or two digits: a version or an address
+    (GSA/359.1.734651750 in a real iPhone user agent), never how a card number is written."""
+    return len(groups) > 1 and any(
+        len(digits) < 3 and "." in text[max(groups[0][0], begin - 4):min(groups[-1][1], finish + 4)]
+        for begin, finish, digits in groups)
 
 
 def card_number_spans(text: str) -> list[tuple[int, int]]:
