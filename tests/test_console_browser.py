@@ -131,7 +131,8 @@ class Server:
                    KYC_DECISION_WEBHOOK_SECRET=WEBHOOK_SECRET)
         self.log = open(data_dir / "server.log", "wb")
         self.process = subprocess.Popen([sys.executable, "-m", "kyc.cli", "serve", "--port", str(self.port),
-                                         "--workers", "2"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+                                         "--workers", "2"], env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
         wait_for(self._up, timeout=60, what="kyc serve to answer")
 
     def _up(self) -> bool:

@@ -15,6 +15,7 @@ import http.client
 import ipaddress
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -124,7 +125,7 @@ def deployment(tmp_path_factory):
     port, worker_port = _free_port(), _free_port()
     serve_log, worker_log = tmp / "serve.log", tmp / "worker.log"
     serve = subprocess.Popen([KYC, "serve", "--port", str(port), "--workers", "2"], env=env, cwd=tmp,
-                             stdout=serve_log.open("w"), stderr=subprocess.STDOUT)
+                             stdout=serve_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     worker = None
     run: dict = {"port": port, "key": key, "metrics_dir": metrics_dir}
     try:
@@ -174,7 +175,8 @@ def deployment(tmp_path_factory):
         assert _call(port, "GET", "/readyz")[0] == 200
 
         worker = subprocess.Popen([KYC, "worker", "--metrics-port", str(worker_port), "--without-scheduler"],
-                                  env=env, cwd=tmp, stdout=worker_log.open("w"), stderr=subprocess.STDOUT)
+                                  env=env, cwd=tmp, stdout=worker_log.open("w"), stderr=subprocess.STDOUT,
+                                  start_new_session=True)
         _wait_for_port(worker_port, worker, worker_log)
         deadline = time.monotonic() + 120
         while True:                      # the rescoring the label asked for, worked by the worker
@@ -190,10 +192,17 @@ def deployment(tmp_path_factory):
         run["worker_metrics"] = conn.getresponse().read().decode()
         conn.close()
     finally:
+        # Each in a session of its own, stopped with what it started: nothing it does to its
+        # process group reaches the test run, and nothing outlives the test.
         for proc in (worker, serve):
             if proc is not None:
                 proc.terminate()
-                proc.wait(timeout=60)
+                try:
+                    proc.wait(timeout=60)
+                finally:
+                    if proc.poll() is None:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                        proc.wait(timeout=10)
     run["logs"] = serve_log.read_text() + worker_log.read_text()
     return run
 

@@ -206,7 +206,7 @@ def test_sighup_with_a_bad_rule_file_keeps_kyc_serve_running(tmp_path):
                KYC_DATA_DIR=str(tmp_path), KYC_DEV_KEY=key, KYC_RULES_POLL_SECONDS="0", KYC_LOG_LEVEL="WARNING")
     log = (tmp_path / "serve.log").open("w+")
     server = subprocess.Popen([sys.executable, "-m", "kyc.cli", "serve", "--port", str(port), "--workers", "2"],
-                              env=env, stdout=log, stderr=subprocess.STDOUT)
+                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1/ops/rules"
     try:
         wait_for(lambda: _reachable(url, key), timeout=30)
