@@ -183,7 +183,9 @@ def worker(burst: bool, with_scheduler: bool, metrics_port: int, metrics_host: s
             if burst:
                 raise
             click.echo(f"worker: Redis unavailable ({exc.__class__.__name__}); waiting for it", err=True)
-        if burst or getattr(worker, "_stop_requested", False):
+        # A stop asked for by a signal: rq marks a busy worker _stop_requested, an idle one only
+        # with the date of the request (it leaves its loop at once). Either way, stop.
+        if burst or getattr(worker, "_stop_requested", False) or getattr(worker, "_shutdown_requested_date", None):
             return
         # rq quit on its own (a Redis outage, an error outside a job): serve again once Redis
         # answers; the maintenance thread re-creates what an empty Redis lost.

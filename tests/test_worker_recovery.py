@@ -157,3 +157,19 @@ def test_batches_never_enqueued_are_swept_after_a_minute(queued_runtime, redis_d
     seed(queued_runtime, 2)
     jobs.start_run(queued_runtime, "all", reason="recorded while Redis was away")      # never dispatched
     assert jobs.sweep_orphans(queued_runtime, redis_db, now=utcnow() + timedelta(minutes=minutes)) == swept
+
+
+def test_an_idle_worker_stops_on_sigterm(queued_runtime, redis_db):
+    """A deploy or a supervisor stops `kyc worker` with SIGTERM. rq marks an idle worker's stop
+    only by its date, which the loop that serves again after a Redis outage did not read: the
+    worker started over and never stopped (a test run's workers outlived it)."""
+    from rq import Worker
+
+    worker = _start_worker(queued_runtime)
+    try:
+        _wait_for(lambda: Worker.count(connection=redis_db) == 1, 30, "the worker to register")
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+        assert worker.returncode == 0
+    finally:
+        _kill(worker)
