@@ -52,10 +52,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from kyc.simulate import GENERATED_CHROME  # noqa: E402  (the simulator draws honest users without them)
+
 DATA = ROOT / "bench" / "data" / "user_agents"
 BROWSER_CORPORA = ("fake-useragent", "isbot-browsers", "uap-core-browsers")
 AUTOMATION_CORPORA = ("crawler-user-agents", "isbot-crawlers", "uap-core-crawlers", "fake-useragent-generated")
-_GENERATED_CHROME = re.compile(r"\bChrome/(39|[45]\d|60)\.0\.\d+\.\d{4}\b")
 CLEAN_SIGNUP = {"account_id": "acct_ua_corpus", "email": "jane.smith84@gmail.com", "ip": "73.15.1.1",
                 "phone": "+14155550123", "form_fill_ms": 5400, "timezone": "America/Los_Angeles",
                 "locale": "en-US"}
@@ -96,10 +97,10 @@ def corpus(name: str) -> tuple[str, ...]:
     """The distinct user agents of one corpus, sorted."""
     if name == "fake-useragent":
         agents = [row["useragent"].strip('"') for row in _fake_useragent_rows()
-                  if not _GENERATED_CHROME.search(row["useragent"])]
+                  if not GENERATED_CHROME.search(row["useragent"])]
     elif name == "fake-useragent-generated":
         agents = [row["useragent"].strip('"') for row in _fake_useragent_rows()
-                  if _GENERATED_CHROME.search(row["useragent"])]
+                  if GENERATED_CHROME.search(row["useragent"])]
     elif name == "isbot-browsers":
         agents = _fixture_agents(DATA / "isbot-browsers.yml")
     elif name == "isbot-crawlers":

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import random
 import string
 import time
@@ -319,11 +320,18 @@ class Browser:
     old: bool
 
 
+# fake-useragent's rows that a generator made, not a browser: Chrome 39-60 with four-digit
+# patch numbers Chrome never shipped (Blink on iOS 11, say). bench/ua_corpora.py reads the same.
+GENERATED_CHROME = re.compile(r"\bChrome/(39|[45]\d|60)\.0\.\d+\.\d{4}\b")
+
+
 @lru_cache(maxsize=1)
 def _browser_corpus() -> tuple[list[dict], list[float]]:
-    """fake-useragent's corpus of real browser user agents, with how often each is seen."""
+    """fake-useragent's corpus of real browser user agents, with how often each is seen (its
+    generated rows left out: honest people do not send them)."""
     text = resources.files("fake_useragent").joinpath("data/browsers.jsonl").read_text(encoding="utf-8")
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = [row for row in (json.loads(line) for line in text.splitlines() if line.strip())
+            if not GENERATED_CHROME.search(row["useragent"])]
     return rows, [max(row.get("percent") or 0.0, 0.0001) for row in rows]
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from kyc import simulate as sim
-from kyc.engine.loader import load_list
 from kyc.signals.device import device_signals
 from kyc.signals.geoip import open_geoip
 
@@ -25,8 +24,9 @@ def geoip():
 
 @pytest.fixture(scope="module")
 def world(geoip):
-    hosting = load_list(RULES / "lists" / "hosting_asns.txt")
-    return sim.history(seed=5, legit=2000, farms=2, farm_size=80, days=2, geoip=geoip, hosting_asns=hosting,
+    # The datacenter ASNs of the bundled network intelligence, as `kyc simulate` passes them.
+    return sim.history(seed=5, legit=2000, farms=2, farm_size=80, days=2, geoip=geoip,
+                       hosting_asns=geoip.netintel.datacenter_asns,
                        warmup_days=1)
 
 
