@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +13,6 @@ from kyc import simulate as sim
 from kyc.signals.device import device_signals
 from kyc.signals.geoip import open_geoip
 
-RULES = Path(__file__).resolve().parent.parent / "rules"
 
 
 @pytest.fixture(scope="module")
