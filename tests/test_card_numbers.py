@@ -376,3 +376,15 @@ def test_real_user_agents_are_never_taken_for_card_numbers():
     assert [ua for ua in agents if has_card_number(ua)] == [
         "GuzzleHttp/6.3.3 PHP/7.1.17-1+0~20180505045738.17+stretch~1.gbpde69c6"]
     assert has_card_number("Mozilla/5.0 4111.1111.1111.1111")             # a dotted card number still is one
+
+
+def test_entity_tags_sent_back_are_not_scanned(client, auth):
+    """A browser revalidating a static file sends back its entity tag (mtime.micros-size-checksum),
+    whose digits pass Luhn one time in ten: the console's favicon was refused. Validators echo
+    what this server issued and are neither logged nor stored."""
+    tag = '"1796303473.474672-835-3912345670"'
+    assert has_card_number(tag)                                     # the case, as the detector reads it
+    answer = client.get("/v1/accounts/acct_nobody", headers={**auth, "If-None-Match": tag})
+    assert answer.status_code == 404
+    refused = client.get("/v1/accounts/acct_nobody", headers={**auth, "X-Note": tag})
+    assert refused.status_code == 400 and refused.json["error"]["code"] == "card_number_refused"
