@@ -169,7 +169,7 @@ def test_an_idle_worker_stops_on_sigterm(queued_runtime, redis_db):
     try:
         _wait_for(lambda: Worker.count(connection=redis_db) == 1, 30, "the worker to register")
         worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=30)
-        assert worker.returncode == 0
+        # Stopped, by rq's warm shutdown (0) or, if the signal came before rq took it over, by it.
+        assert worker.wait(timeout=30) in (0, -signal.SIGTERM)
     finally:
         _kill(worker)
