@@ -1,7 +1,7 @@
 """A labeled history of signups and cards, posted through the real API in event-time order, and
 how it scored.
 
-The honest population is drawn from what real traffic holds (/work/shared/realism.md, in the
+The honest population is drawn from what real traffic holds (the shared realism notes, in the
 repository's words: "every measured population must contain all of it"), each item at roughly
 its magnitude, because each one trips a naive rule:
 
