@@ -5,7 +5,6 @@ Every /v1 route except /v1/webhooks/* requires `Authorization: Bearer <api key>`
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
