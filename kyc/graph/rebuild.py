@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from kyc.graph.core import LINK_KINDS, STRONG, WEAK, WEAK_KINDS_NEEDED, Policy, UnionFind, chunks, keep_ids
 from kyc.ids import new_ids
-from kyc.models import MEMBER_FLAGS, Account, Cluster, ClusterMember, GraphEdge, GraphNode, Sighting, UTCDateTime
+from kyc.models import MEMBER_FLAGS, Cluster, ClusterMember, GraphEdge, GraphNode, Sighting, UTCDateTime
 
 log = logging.getLogger("kyc.graph")
 
@@ -63,8 +63,6 @@ def rebuild(session: Session, policy: Policy) -> dict[str, int]:
         lap("write")
         _recount_all(session)
         lap("recount")
-    _set_account_clusters(session)
-    lap("accounts")
     log.info("graph rebuilt: %s", ", ".join(f"{k} {v}s" for k, v in timings.items()))
     return {"nodes": session.scalar(select(func.count()).select_from(GraphNode)),
             "edges": session.scalar(select(func.count()).select_from(GraphEdge)),
@@ -392,9 +390,3 @@ def _load_memberships(session: Session, moves: list[tuple[str, str, datetime | N
     _analyze(session, m, c)
 
 
-def _set_account_clusters(session: Session) -> None:
-    """accounts.cluster_id follows the memberships."""
-    a, m = Account.__table__, ClusterMember.__table__
-    session.connection().execute(a.update().where(a.c.id == m.c.account_id,
-                                                  or_(a.c.cluster_id.is_(None), a.c.cluster_id != m.c.cluster_id))
-                                 .values(cluster_id=m.c.cluster_id))
