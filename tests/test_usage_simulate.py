@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kyc import create_app
-from kyc.jobs import drain
+from kyc.rescore.background import drain
 from kyc.runtime import Runtime
 from kyc.usage import simulate as usage_sim
 
