@@ -13,8 +13,8 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from kyc.api import guard
-from kyc.errors import ApiError, invalid
-from kyc.ops import errors as ops_errors
+from kyc.api.errors import ApiError, answer, invalid
+from kyc.errors import DomainError
 from kyc.ops.keys import authenticate, may_call, roles_for
 from kyc.runtime import Runtime
 
@@ -43,14 +43,9 @@ def _authenticate() -> None:
     if rt.config.dev_key and token == rt.config.dev_key:
         g.api_key, g.api_role = "development", "admin"
         return
-    # A plain connection and a prebuilt statement: this runs before every request, the
-    # gateway's entitlement calls included. On PostgreSQL, autocommit: one round trip, not
-    # BEGIN, SELECT and the ROLLBACK that hands the connection back (SQLite has no round trips,
-    # and switching its connection's mode costs more than the read).
-    with rt.engine.connect() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execution_options(isolation_level="AUTOCOMMIT")
-        caller = authenticate(conn, token)
+    # This runs before every request, the gateway's calls included: a key read in the past
+    # seconds is not read again (kyc/ops/keys.py says how revocation is honoured).
+    caller = authenticate(rt.read_connection, token)
     if caller is None:
         raise ApiError(401, "unauthorized", "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     g.api_key, g.api_role = caller.name, caller.role
@@ -174,14 +169,10 @@ def register(app: Flask) -> None:
         response.headers.update(exc.headers)
         return response
 
-    # Domain errors of kyc/ops, mapped to HTTP here only.
-    @app.errorhandler(ops_errors.AccountNotFound)
-    def _account_not_found(exc):
-        return _api_error(ApiError(404, "not_found", "account not found"))
-
-    @app.errorhandler(ops_errors.ClusterNotFound)
-    def _cluster_not_found(exc):
-        return _api_error(ApiError(404, "not_found", "cluster not found"))
+    # Every refusal of a service, mapped to HTTP here only (kyc/api/errors.py).
+    @app.errorhandler(DomainError)
+    def _domain_error(exc: DomainError):
+        return _api_error(answer(exc))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
