@@ -26,7 +26,7 @@ from kyc.models import MEMBER_FLAGS, Account, Cluster, ClusterMember, Evaluation
 from kyc.runtime import Runtime
 from kyc.scoring import score
 from tests.conftest import signup
-from tests.test_jobs import BLOCK_GMAIL, rules_dir  # noqa: F401 - rules_dir is a fixture
+from tests.rescore.test_jobs import BLOCK_GMAIL, rules_dir  # noqa: F401 - rules_dir is a fixture
 
 @pytest.fixture
 def pg_runtime(request, make_config, rules_dir):
