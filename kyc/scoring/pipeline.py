@@ -317,7 +317,7 @@ _MEMBER_COLUMNS = tuple(ClusterMember.__table__.c.keys())
 _LOCKED_ACCOUNT = (
     select(*Account.__table__.c,
            # the dormancy of the latest day, as usage.days.latest_days reads it
-           select(ActivityDay.dormant_days).where(ActivityDay.account_id == Account.id)
+           select(ActivityDay.dormant_days).where(ActivityDay.account_id == Account.id, ActivityDay.requests > 0)
            .order_by(ActivityDay.day.desc()).limit(1).scalar_subquery().label("_dormancy"),
            # as verification.stored_verified_kinds
            select(func.aggregate_strings(Verification.kind, ","))
