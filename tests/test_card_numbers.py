@@ -409,3 +409,50 @@ def test_the_cheap_precheck_never_changes_the_answer(text):
     """has_card_number skips texts without 13 digits each at most 4 separators from the last: a
     necessary condition of the rule, so the answer is the rule's on any text."""
     assert has_card_number(text) == _rule_without_precheck(text), text
+
+
+_CLEAN_TEXT = st.text(alphabet=st.sampled_from(
+    list("0123456789") * 4 + [" ", "-", ".", "/", "_", "+", ",", ":", "x", "e", "E", "N", "a", "I", "n", "[", "{",
+                              "\u00a0", "\uff11", "\U0001d7cf"]), max_size=30)
+_CLEAN_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=False, allow_infinity=False)
+    | _CLEAN_TEXT, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_CLEAN_TEXT, inner, max_size=4),
+    max_leaves=20)
+# What the walk refuses, one per body (or none): a card number as a text or a key, a
+# non-finite number, a text the raw body holds as an escape (NUL, a lone surrogate, a newline).
+_HAZARDS = st.one_of(
+    st.none(), card_numbers().map(lambda c: c[1]), card_numbers().map(lambda c: {c[1]: 1}),
+    st.sampled_from([float("nan"), float("inf"), -float("inf"), "a\x00b", "\ud800", "x\ny", 'say "hi"']))
+
+
+def _walked(raw: bytes) -> str:
+    """What decode_json answers when it walks every body (the rule without the raw pre-check)."""
+    from kyc.api import guard
+    from kyc.errors import ApiError
+
+    try:
+        data = json.loads(raw.decode(), parse_float=guard._parse_float, parse_int=guard._parse_int,
+                          parse_constant=guard._parse_constant)
+        return "refused" if guard._check(data) else "accepted"
+    except (ApiError, ValueError, RecursionError):
+        return "refused"
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_CLEAN_VALUES, _HAZARDS, st.integers(0, 40), st.booleans())
+def test_the_raw_precheck_never_changes_what_a_body_is_refused_for(value, hazard, nesting, as_key):
+    """decode_json skips walking a body whose raw text shows none of what the walk refuses; its
+    answer is the walk's on every body: clean ones, ones with one hazard, deeply nested ones."""
+    from kyc.api.guard import decode_json
+    from kyc.errors import ApiError
+
+    body = [value, hazard]
+    for _ in range(nesting):
+        body = {"k": body} if as_key else [body]
+    raw = json.dumps(body, ensure_ascii=False, allow_nan=True).encode("utf-8", "surrogatepass")
+    try:
+        decode_json(raw)
+        answer = "accepted"
+    except ApiError:
+        answer = "refused"
+    assert answer == _walked(raw), raw[:200]
