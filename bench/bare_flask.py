@@ -1,4 +1,5 @@
-"""A bare Flask JSON endpoint: the floor bench/gateway_http.py measures kyc's gateway calls against."""
+"""A bare Flask JSON endpoint: the floor bench/gateway_http.py and bench/signup_http.py measure kyc's
+calls against (the same routes, a fixed answer, JSON parsed and written)."""
 
 from flask import Flask, jsonify, request
 
@@ -16,3 +17,10 @@ def entitlement(account_id):
 def activity(account_id):
     body = request.get_json()
     return jsonify({"account_id": account_id, "requests_today": body.get("requests", 0), "decision": "allow"})
+
+
+@app.post("/v1/signups")
+def signup():
+    body = request.get_json()
+    return jsonify({"account_id": body["account_id"], "evaluation_id": "ev_1", "decision": "allow", "score": 0,
+                    "reasons": [], "required_verifications": []})

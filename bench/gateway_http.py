@@ -18,12 +18,8 @@ import argparse
 import importlib.util
 import json
 import os
-import re
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -36,6 +32,8 @@ from kyc.config import PROJECT_ROOT, Config  # noqa: E402
 from kyc.models import Account, ApiKey  # noqa: E402
 from kyc.runtime import Runtime, upgrade_database  # noqa: E402
 from kyc.security import hash_api_key, new_api_key  # noqa: E402
+
+from http_load import free_port, start, stop, wrk  # noqa: E402  (bench/, the script's folder)
 
 _spec = importlib.util.spec_from_file_location("bench_entitlement", Path(__file__).with_name("entitlement.py"))
 entitlement_bench = importlib.util.module_from_spec(_spec)
@@ -52,38 +50,6 @@ request = function()
   return wrk.format("POST", "/v1/accounts/" .. id .. "/activity", headers, '%(body)s')
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(app: str, port: int, workers: int, env: dict, cwd: Path) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-m", "gunicorn", app, "-w", str(workers), "-b", f"127.0.0.1:{port}",
-                                "--log-level", "warning"], cwd=cwd, env=env)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"{app} did not start")
-
-
-def wrk(port: int, script: str, duration: int, threads: int, connections: int) -> dict:
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(script)
-    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency",
-                          "-s", f.name, f"http://127.0.0.1:{port}"], capture_output=True, text=True, check=True).stdout
-    os.unlink(f.name)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    pct = dict(re.findall(r"\s+(50|99)%\s+([\d.]+\w+)", out))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50": pct.get("50"), "p99": pct.get("99"), "non_2xx": int(errors.group(1)) if errors else 0}
 
 
 def main() -> None:
@@ -128,8 +94,7 @@ def main() -> None:
                                                                 args.connections))
     finally:
         for server in servers:
-            server.terminate()
-            server.wait()
+            stop(server)
     print(f"gateway calls over HTTP: {args.accounts:,} accounts stored, "
           f"{'sqlite' if args.database_url.startswith('sqlite') else 'postgresql'}, gunicorn -w {args.workers}, "
           f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, two alternated runs each")

@@ -327,14 +327,14 @@ def keys_list() -> None:
 def keys_revoke(key_id: int) -> None:
     """Revoke a key by its id (see `kyc keys list`)."""
     from kyc.ops.audit import cli_actor
-    from kyc.ops.errors import KeyNotFound
+    from kyc.errors import NotFound
     from kyc.ops.keys import revoke_key
 
     runtime = _runtime()
     try:
         with runtime.session() as session, session.begin():
             revoke_key(session, key_id, cli_actor())
-    except KeyNotFound as exc:
+    except NotFound as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"revoked key {key_id}")
 
@@ -718,13 +718,13 @@ def clusters_act(cluster_id: str, action: str, note: str | None) -> None:
 
     from kyc.ops.actions import act_on_cluster
     from kyc.ops.audit import cli_actor
-    from kyc.ops.errors import ClusterNotFound
+    from kyc.errors import NotFound
 
     runtime = _runtime()
     started = time.perf_counter()
     try:
         done = act_on_cluster(runtime, cluster_id, action, note, cli_actor())
-    except ClusterNotFound as exc:
+    except NotFound as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{cluster_id}: {action} on {done.members} member(s), {done.changed} changed "
                f"in {time.perf_counter() - started:.2f}s (audit event {done.event_id})")

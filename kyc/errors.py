@@ -1,30 +1,100 @@
-"""Errors a caller sees, rendered as the contract's error body."""
+"""Domain errors: what went wrong, as facts (which account, how long to wait, which status).
+
+Services raise these and nothing else for a refusal the caller can act on; they know nothing
+of HTTP. kyc/api/errors.py maps each to the contract's answer (status, code, fields, headers)
+in one place; the CLI prints their message. An error's message is for a person and names what
+was wrong, never the PII that was.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, fields: dict[str, str] | None = None,
-                 headers: dict[str, str] | None = None, details: dict[str, Any] | None = None):
+class DomainError(Exception):
+    """Base of the errors below."""
+
+
+class NotFound(DomainError):
+    """No `kind` (account, cluster, verification, API key) with this id."""
+
+    def __init__(self, kind: str, id: str | int):
+        super().__init__(f"{kind} {id} not found")
+        self.kind, self.id = kind, id
+
+
+class UnknownAccounts(DomainError):
+    """Activity reports (by their position in the request) name accounts kyc does not know;
+    nothing was recorded."""
+
+    def __init__(self, indexes: Sequence[int]):
+        super().__init__(f"unknown account in report(s) {list(indexes)}")
+        self.indexes = list(indexes)
+
+
+class UnknownRole(DomainError):
+    def __init__(self, role: str, roles: tuple[str, ...]):
+        super().__init__(f"unknown role {role!r}: one of {', '.join(roles)}")
+        self.role, self.roles = role, roles
+
+
+class InvalidInput(DomainError):
+    """What the caller asked for cannot be done with what kyc holds (no email on file, a phone
+    number that is not a number): `fields` maps each field to what is wrong with it."""
+
+    def __init__(self, message: str, fields: dict[str, str]):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.fields = fields or {}
-        self.headers = headers or {}
-        self.details = details or {}          # extra members of the error object, e.g. rule errors
-
-    def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.fields:
-            error["fields"] = self.fields
-        error.update(self.details)
-        return {"error": error}
+        self.fields = dict(fields)
 
 
-def invalid(message: str, fields: dict[str, str] | None = None) -> ApiError:
-    return ApiError(400, "invalid_request", message, fields)
+class Throttled(DomainError):
+    """Too many of something; asking again succeeds after `retry_after` whole seconds."""
+
+    def __init__(self, reason: str, retry_after: int):
+        super().__init__(f"{reason}; retry in {retry_after}s")
+        self.reason, self.retry_after = reason, retry_after
 
 
-def not_found(what: str) -> ApiError:
-    return ApiError(404, "not_found", f"{what} not found")
+class PhoneRefused(DomainError):
+    """The tier (or the tier policy when `tier` is None) refuses numbers of this line type."""
+
+    def __init__(self, line_type: str, tier: str | None):
+        for_what = f"the {tier} tier" if tier else "the tier policy"
+        super().__init__(f"{line_type} numbers cannot be verified under {for_what}")
+        self.line_type, self.tier = line_type, tier
+
+
+class PhoneInUse(DomainError):
+    """The number is verified on another account (KYC_PHONE_UNIQUE)."""
+
+    def __init__(self) -> None:
+        super().__init__("this number is already verified on another account")
+
+
+class VerificationNotPending(DomainError):
+    """The verification already ended (`status`: verified, failed or expired)."""
+
+    def __init__(self, verification_id: str, status: str, message: str):
+        super().__init__(message)
+        self.verification_id, self.status = verification_id, status
+
+
+class WrongVerificationKind(DomainError):
+    """The step needs a verification of `expected` kind ("code": email or phone; "document")."""
+
+    def __init__(self, verification_id: str, kind: str, expected: str):
+        super().__init__(f"a {kind} verification is not completed with a code" if expected == "code"
+                         else f"verification {verification_id} is a {kind} verification")
+        self.verification_id, self.kind, self.expected = verification_id, kind, expected
+
+
+class ReplayedEvent(DomainError):
+    """A provider's event id that was already received."""
+
+    def __init__(self, provider: str, event_id: str):
+        super().__init__("this event id was already received")
+        self.provider, self.event_id = provider, event_id
+
+
+class SendFailed(DomainError):
+    """A code could not be sent (the sender is unreachable or refused); nothing was started."""

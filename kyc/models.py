@@ -513,16 +513,16 @@ class DecisionWebhook(Base):
 
 
 def lock_existing_account(session, account_id: str) -> Account:
-    """The account row, locked for this transaction (SQLite: the database write lock), or 404."""
+    """The account row, locked for this transaction (SQLite: the database write lock), or NotFound."""
     from sqlalchemy import select
 
     from kyc.db import write_lock
-    from kyc.errors import not_found
+    from kyc.errors import NotFound
 
     write_lock(session)
     account = session.execute(
         select(Account).where(Account.id == account_id).with_for_update().execution_options(populate_existing=True)
     ).scalar_one_or_none()
     if account is None:
-        raise not_found("account")
+        raise NotFound("account", account_id)
     return account

@@ -27,6 +27,7 @@ from kyc.engine import CompiledConditions, Condition, RuleError, RuleSetError, c
 from kyc.engine.compiler import difflib_close
 from kyc.engine.loader import ACTIONS, VERIFICATIONS, _Mapping, read_yaml
 from kyc.engine.schema import Schema
+from kyc.errors import NotFound
 from kyc.models import Account, ActivityDay, Evaluation, Verification
 from kyc.signals.account import account_signals
 from kyc.verification import payment_verified
@@ -182,10 +183,6 @@ def _check_conditions(raw_conditions: Any, tier: _Mapping, err) -> list[tuple[Co
 
 # --- entitlement ------------------------------------------------------------------------------
 
-class UnknownAccount(LookupError):
-    pass
-
-
 _SIGNALS_CACHE: OrderedDict[str, dict] = OrderedDict()
 _SIGNALS_CACHE_SIZE = 50_000
 _SIGNALS_LOCK = threading.Lock()
@@ -238,11 +235,11 @@ def _account_state(forbidden_phone_lines: frozenset[str]):
 
 def entitlement(conn: Connection, tier: Tier, account_id: str, *, dormancy_threshold: int,
                 now: datetime | None = None) -> dict[str, Any]:
-    """The contract's entitlement body for one account and tier (UnknownAccount if none)."""
+    """The contract's entitlement body for one account and tier (NotFound if none)."""
     now = now or datetime.now(timezone.utc)
     row = conn.execute(_account_state(tier.forbid_phone_line_types), {"account_id": account_id}).one_or_none()
     if row is None:
-        raise UnknownAccount(account_id)
+        raise NotFound("account", account_id)
     decision, label, state_version, reasons, required, subjects, first_seen_at, dormant_days = row[:8]
     verified = {kind for kind, done in zip(CODE_AND_DOCUMENT, row[8:]) if done}
     if payment_verified(subjects):

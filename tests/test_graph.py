@@ -140,7 +140,7 @@ def test_growth_is_read_with_the_cluster_lock_not_on_its_own(client, auth, runti
     the cluster: no growth statement is sent on its own."""
     from sqlalchemy import event
 
-    from kyc.graph import _statements
+    from kyc.graph.link import _statements
 
     post(client, auth, 1)
     post(client, auth, 2, device_id="dv_1")
@@ -174,7 +174,7 @@ def test_rescoring_members_of_a_cluster_too_large_to_read_ahead(client, auth, ru
     drain(runtime)
     with runtime.session() as s:
         before = set(s.scalars(select(Evaluation.id).where(Evaluation.trigger == "rescore")))
-    monkeypatch.setattr(graph, "GROWTH_READ_AHEAD", 2)
+    monkeypatch.setattr(graph.chunk, "GROWTH_READ_AHEAD", 2)
     assert enqueue_rescore(runtime, ["acct_1", "acct_2", "acct_3"], "test") == 3
     with runtime.session() as s:
         grown = s.scalars(select(Evaluation.signals).where(Evaluation.trigger == "rescore",
@@ -609,7 +609,7 @@ def test_the_link_statement_reads_a_returning_account_s_holders_through_every_no
     more; only a missed concurrent edge (see the test above) makes it read again."""
     from datetime import datetime, timezone
 
-    from kyc.graph import _count_and_read, link, write_new
+    from kyc.graph.link import _count_and_read, link, write_new
 
     runtime, at = postgres_runtime, datetime(2026, 11, 20, tzinfo=timezone.utc)
     policy = Policy.from_config(runtime.config)
@@ -686,7 +686,7 @@ def test_rescoring_a_farms_first_member_reads_the_growth_that_followed_it(client
     drain(runtime)                        # reaching size 5 asked for the members' rescoring: let it end
     with runtime.session() as s:
         before = set(s.scalars(select(Evaluation.id).where(Evaluation.trigger == "rescore")))
-    monkeypatch.setattr(graph, "GROWTH_READ_AHEAD", read_ahead)
+    monkeypatch.setattr(graph.chunk, "GROWTH_READ_AHEAD", read_ahead)
     assert enqueue_rescore(runtime, ["acct_1"], "test") == 1              # the batch path
     with runtime.session() as s, s.begin():
         single = rescore_account(runtime, s, "acct_1")                    # one account (a verification)

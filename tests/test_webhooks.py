@@ -9,10 +9,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, select
 
-from kyc.errors import ApiError
+from kyc.api.errors import ApiError
+from kyc.api.webhooks import parse_event
 from kyc.models import Account, Verification, VerificationEvent, WebhookEvent
 from kyc.runtime import Runtime
-from kyc.verification.webhooks import parse_event, sign
+from kyc.verification.webhooks import sign
 from tests.conftest import GB_VOIP, signup
 from tests.flows import WEBHOOK_SECRET, start, webhook
 

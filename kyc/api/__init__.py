@@ -13,8 +13,8 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from kyc.api import guard
-from kyc.errors import ApiError, invalid
-from kyc.ops import errors as ops_errors
+from kyc.api.errors import ApiError, answer, invalid
+from kyc.errors import DomainError
 from kyc.ops.keys import authenticate, may_call, roles_for
 from kyc.runtime import Runtime
 
@@ -169,14 +169,10 @@ def register(app: Flask) -> None:
         response.headers.update(exc.headers)
         return response
 
-    # Domain errors of kyc/ops, mapped to HTTP here only.
-    @app.errorhandler(ops_errors.AccountNotFound)
-    def _account_not_found(exc):
-        return _api_error(ApiError(404, "not_found", "account not found"))
-
-    @app.errorhandler(ops_errors.ClusterNotFound)
-    def _cluster_not_found(exc):
-        return _api_error(ApiError(404, "not_found", "cluster not found"))
+    # Every refusal of a service, mapped to HTTP here only (kyc/api/errors.py).
+    @app.errorhandler(DomainError)
+    def _domain_error(exc: DomainError):
+        return _api_error(answer(exc))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from kyc.api import documented, parse, respond, runtime, v1
 from kyc.api.responses import Account as AccountBody
-from kyc.errors import not_found
+from kyc.api.errors import not_found
 from kyc.feedback import label_account
 from kyc.inputs import LabelInput, rfc3339
 from kyc.models import Account, Cluster, ClusterMember, Evaluation, Verification

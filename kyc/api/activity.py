@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from kyc.api import documented, parse, respond, runtime, v1
 from kyc.api.responses import Activity, BulkActivity
-from kyc.errors import invalid, not_found
+from kyc.api.errors import invalid
+from kyc.errors import NotFound, UnknownAccounts
 from kyc.inputs import ActivityInput, BulkActivityInput, rfc3339
 from kyc.usage.reevaluate import accounts_to_reevaluate, reevaluate
-from kyc.usage.reports import Recorded, UnknownAccounts, record_reports
+from kyc.usage.reports import Recorded, record_reports
 
 BULK_MAX_BODY_BYTES = 4 * 1024 * 1024
 
@@ -26,7 +27,7 @@ def report_activity(account_id: str):
     try:
         (answer,) = _record([(account_id, inp)])
     except UnknownAccounts:
-        raise not_found("account") from None
+        raise NotFound("account", account_id) from None
     return respond(Activity, answer)
 
 
@@ -36,11 +37,7 @@ def report_activity_bulk():
     """1 to 1,000 reports, all or nothing (errors keyed by index); bodies up to 4 MiB."""
     bulk = parse(BulkActivityInput, limit=BULK_MAX_BODY_BYTES)
     _check_tiers(bulk.reports, lambda i: f"reports[{i}].tier")
-    try:
-        answers = _record([(r.account_id, r) for r in bulk.reports])
-    except UnknownAccounts as exc:
-        raise invalid("the request names unknown accounts; nothing was recorded",
-                      {f"reports[{i}].account_id": "unknown account" for i in exc.indexes}) from None
+    answers = _record([(r.account_id, r) for r in bulk.reports])      # UnknownAccounts: 400, fields by index
     return respond(BulkActivity, {"results": answers})
 
 

@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from kyc.api import documented, parse_query, respond, runtime, v1
 from kyc.api.responses import Cluster as ClusterBody, Clusters
-from kyc.errors import not_found
+from kyc.api.errors import not_found
 from kyc.graph import cluster_summary
 from kyc.models import Cluster
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from flask import request
 
-from kyc.errors import ApiError, invalid
+from kyc.api.errors import ApiError, invalid
 from kyc.security import has_card_number, may_hold_card_number, number_has_card_number
 
 MAX_JSON_DEPTH = 32

@@ -14,7 +14,7 @@ from flask import g
 from kyc.api import documented, respond, runtime, v1
 from kyc.api.responses import RulesStatus
 from kyc.engine import RuleSetError
-from kyc.errors import ApiError
+from kyc.api.errors import ApiError
 from kyc.ops.audit import key_actor
 
 

@@ -13,9 +13,9 @@ from pydantic import BaseModel, Field, field_validator
 
 from kyc.api import documented, parse_query, respond, runtime, v1
 from kyc.api.responses import Entitlement
-from kyc.errors import invalid, not_found
+from kyc.api.errors import invalid
 from kyc.inputs import parse_time
-from kyc.tiers import UnknownAccount, entitlement, etag
+from kyc.tiers import entitlement, etag
 
 CACHE_CONTROL = "private, no-cache"
 
@@ -50,11 +50,8 @@ def get_entitlement(account_id: str):
         raise invalid("unknown tier" if tier_id else "tier is required",
                       {"tier": f"{'unknown tier' if tier_id else 'required'}; one of {known}"})
     with rt.read_connection() as conn:
-        try:
-            body = entitlement(conn, tier, account_id, dormancy_threshold=rt.config.dormant_days,
-                               now=parse_time(query.at) if query.at else None)
-        except UnknownAccount:
-            raise not_found("account") from None
+        body = entitlement(conn, tier, account_id, dormancy_threshold=rt.config.dormant_days,
+                           now=parse_time(query.at) if query.at else None)
     tag = etag(body)
     if request.if_none_match.contains(tag):
         response = Response(status=304)

@@ -14,9 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from kyc.api import documented, parse, respond, runtime, v1
 from kyc.api.responses import Verification as VerificationBody
-from kyc.errors import ApiError, invalid, not_found
+from kyc.api.errors import invalid, not_found
 from kyc.models import Verification
-from kyc.verification.senders import SendError
 from kyc.verification.service import StartRequest, confirm, start, verification_body
 
 
@@ -56,12 +55,9 @@ def start_verification(account_id: str):
         raise invalid("phone, phone_region and tier are only for kind phone",
                       {k: "only for kind phone" for k in ("phone", "phone_region", "tier") if getattr(body, k)})
     now = _now()
-    try:
-        with rt.session() as session, session.begin():
-            v, created = start(rt, session, account_id, StartRequest(**body.model_dump()), now)
-            answer = verification_body(v, now, rt.config.code_max_attempts)
-    except SendError as exc:
-        raise ApiError(502, "sender_failed", f"{exc}; nothing was started, try again") from None
+    with rt.session() as session, session.begin():         # SendFailed: 502, nothing was started
+        v, created = start(rt, session, account_id, StartRequest(**body.model_dump()), now)
+        answer = verification_body(v, now, rt.config.code_max_attempts)
     return respond(VerificationBody, answer, status=201 if created else 200)
 
 

@@ -2,6 +2,6 @@
 person's decisions, farm (cluster) actions, and the decision webhooks that push every change
 of an account's decision to the API gateway.
 
-Services here take a session (the caller owns the transaction) and raise the named errors of
-kyc/ops/errors.py; kyc/api maps those to HTTP, the CLI to messages.
+Services here take a session (the caller owns the transaction) and raise the domain errors of
+kyc/errors.py; kyc/api maps those to HTTP, the CLI to messages.
 """

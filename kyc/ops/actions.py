@@ -30,7 +30,7 @@ from kyc.db import write_lock
 from kyc.models import Account, AuditEvent, Cluster, ClusterMember, utcnow
 from kyc.ops import audit, webhooks
 from kyc.ops.decisions import DecisionChange
-from kyc.ops.errors import ClusterNotFound
+from kyc.errors import NotFound
 from kyc.ops.standing import Standing, decided, evidence, overlay
 
 log = logging.getLogger("kyc.ops")
@@ -55,7 +55,7 @@ class ClusterAction:
 
 def act_on_cluster(runtime, cluster_id: str, action: str, note: str | None, actor: str) -> ClusterAction:
     """Apply `action` to every current member of the cluster, in one transaction of its own.
-    Raises ClusterNotFound."""
+    Raises NotFound."""
     if action not in DECISIONS:
         raise ValueError(f"action must be one of {', '.join(DECISIONS)}")
     for attempt in range(RETRIES):
@@ -84,7 +84,7 @@ def _act(runtime, session: Session, cluster_id: str, action: str, note: str | No
     cluster = session.execute(select(Cluster).where(Cluster.id == cluster_id).with_for_update()
                               .execution_options(populate_existing=True)).scalar_one_or_none()
     if cluster is None:
-        raise ClusterNotFound(cluster_id)
+        raise NotFound("cluster", cluster_id)
     # Members that joined between the first read and the cluster's lock (their joining committed).
     late = sorted(set(_member_ids(session, cluster_id)) - set(rows))
     if late:

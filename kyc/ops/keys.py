@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from kyc.models import ApiKey
 from kyc.ops import audit
-from kyc.ops.errors import KeyNotFound, UnknownRole
+from kyc.errors import NotFound, UnknownRole
 from kyc.security import hash_api_key, new_api_key
 
 ROLES = ("signup", "gateway", "ops", "admin")
@@ -130,7 +130,7 @@ def create_key(session: Session, name: str, role: str, actor: str) -> tuple[ApiK
 def revoke_key(session: Session, key_id: int, actor: str) -> ApiKey:
     key = session.get(ApiKey, key_id)
     if key is None:
-        raise KeyNotFound(key_id)
+        raise NotFound("API key", key_id)
     if key.revoked_at is None:
         key.revoked_at = datetime.now(timezone.utc)
         _ACTIVE.pop(key.key_hash, None)

@@ -20,7 +20,7 @@ from kyc.inputs import rfc3339
 from kyc.models import Account, Cluster, ClusterMember, utcnow
 from kyc.ops import audit, webhooks
 from kyc.ops.decisions import DecisionChange
-from kyc.ops.errors import AccountNotFound
+from kyc.errors import NotFound
 from kyc.ops.standing import decided, evidence, overlay
 
 OUTCOMES = ("allow", "block")
@@ -48,7 +48,7 @@ def _locked(session: Session, account_id: str) -> Account:
     account = session.execute(select(Account).where(Account.id == account_id).with_for_update()
                               .execution_options(populate_existing=True)).scalar_one_or_none()
     if account is None:
-        raise AccountNotFound(account_id)
+        raise NotFound("account", account_id)
     return account
 
 
@@ -98,7 +98,7 @@ def review_account(runtime, session: Session, account_id: str, outcome: str, not
                    actor: str) -> Account:
     """A person's review: the account's decision becomes `outcome` (allow | block), recorded
     with `actor` (the API key) and the time, and the account leaves the queue. Raises
-    AccountNotFound."""
+    NotFound."""
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {OUTCOMES}")
     from kyc.jobs import rescore_after_commit     # jobs imports the scoring path, which imports this

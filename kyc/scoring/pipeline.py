@@ -98,25 +98,15 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     # Traits describe the registration: a card added later from another network must not reset
     # the signup's hosting (or any other) trait, nor give a new account's cluster its traits.
     flags = member_flags(signals) if subject == "signup" else {}
-    if record:
-        member, cluster = graph.link(session, policy, account.id, identifiers, at, flags=flags, new_account=created,
-                                     stored=stored_member)
-    elif chunk is not None:
-        member, cluster = chunk.graph.member_cluster(session, account.id, at, flags=flags)
+    if chunk is not None:
+        attachment = chunk.graph.attach(account.id, at, flags=flags)
     else:
-        member, cluster = graph.member_cluster(session, account.id, at, flags=flags, new_account=created,
-                                               stored=stored_member)
-    graph.set_flags(session, policy, account.id, flags, member=member, cluster=cluster, being_scored=True)
-    growth_at = at
-    if trigger == "rescore" and cluster.size > 1:
-        # A rescore reads the cluster's growth as of its newest member's first event (the
-        # cluster's "now" in event time), not this member's own: the first members of a farm
-        # see the burst that followed them, which is why they are rescored.
-        newest = chunk.graph.newest_join(session, cluster) if chunk else graph.newest_join(session, cluster.id)
-        growth_at = max(at, newest or at)
-    growth_24h = (chunk.graph.growth(session, cluster, member, growth_at) if chunk
-                  else graph.growth(session, cluster.id, growth_at, member=member, size=cluster.size))
-    signals["graph"] = graph_signals(cluster, growth_24h, at)
+        attachment = graph.attach(session, policy, account.id, at, identifiers=identifiers if record else None,
+                                  flags=flags, new_account=created, stored=stored_member)
+    cluster = attachment.cluster
+    graph.settle_flags(session, policy, attachment, flags)
+    signals["graph"] = graph_signals(graph.cluster_facts(session, attachment, at, as_of_newest=trigger == "rescore"),
+                                     at)
     outcome = evaluate(rules, subject, signals)
     metrics.evaluated(subject, trigger, outcome.decision, outcome.reasons, signal_seconds)
     values = dict(
@@ -135,12 +125,11 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
         # accounts' changes itself (kyc/jobs.py rescore_chunk), once per account.
         decisions.record(runtime, session, [decisions.by_rules(account, evaluation.settlement.old, rules.version,
                                                                trigger)])
-    graph.set_flags(session, policy, account.id, {"blocked": account.decision == "block"}, member=member,
-                    cluster=cluster, being_scored=True)
+    graph.settle_flags(session, policy, attachment, {"blocked": account.decision == "block"})
     if chunk is None:
-        # A new membership and cluster first, with their final values (graph.ensure_member),
+        # A new membership and cluster first, with their final values (graph.attach),
         # then what the session holds, the account's row and its evaluation.
-        graph.write_new(session, member, cluster)
+        graph.write_new(session, attachment.member, attachment.cluster)
         session.flush()
         session.execute(_ACCOUNT_WRITE, {"account_id": account.id, **{c: getattr(account, c) for c in _WRITTEN}})
         session.execute(_EVALUATION_INSERT, values)

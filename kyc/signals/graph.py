@@ -1,12 +1,14 @@
-"""Graph facts: the cluster of accounts this one is linked to (kyc/graph.py builds it)."""
+"""Graph facts: the cluster of accounts this one is linked to (kyc/graph builds it)."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kyc.engine.schema import Field
-from kyc.models import Cluster
+
+if TYPE_CHECKING:
+    from kyc.graph import ClusterFacts
 
 FIELDS = (
     Field("graph.cluster_id", "str", "Id of the account's cluster (accounts linked by shared identifiers).", "cl_..."),
@@ -38,12 +40,13 @@ def member_flags(signals: dict[str, dict[str, Any]]) -> dict[str, bool]:
     return flags
 
 
-def graph_signals(cluster: Cluster, growth_24h: int, at: datetime) -> dict[str, Any]:
+def graph_signals(cluster: ClusterFacts, at: datetime) -> dict[str, Any]:
+    """The graph family from a cluster's facts (kyc.graph.ClusterFacts)."""
     size = max(cluster.size, 1)
     return {
         "cluster_id": cluster.id,
         "cluster_size": cluster.size,
-        "cluster_growth_24h": growth_24h,
+        "cluster_growth_24h": cluster.growth_24h,
         "cluster_age_days": round(max((at - cluster.first_seen_at).total_seconds(), 0) / 86400, 3),
         "cluster_disposable_share": round(cluster.disposable / size, 4),
         "cluster_voip_share": round(cluster.voip / size, 4),

@@ -24,6 +24,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from kyc.db import json_rows, rows_json, write_lock
+from kyc.errors import UnknownAccounts
 from kyc.inputs import ActivityInput
 from kyc.models import Account, ActivityDay, ActivityReport, utcnow
 from kyc.security import keyed_hash
@@ -31,14 +32,6 @@ from kyc.signals.usage import BASELINE_DAYS, HOURS
 from kyc.usage.lockstep import record_uses
 
 MAX_DAY_FINGERPRINTS = 100      # prompt templates kept per account and day: the most used
-
-
-class UnknownAccounts(LookupError):
-    """Reports name accounts kyc does not know; nothing was recorded."""
-
-    def __init__(self, indexes: list[int]):
-        super().__init__(f"unknown account in report(s) {indexes}")
-        self.indexes = indexes
 
 
 @dataclass

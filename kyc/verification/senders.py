@@ -6,7 +6,7 @@
   person), so it is kept only while the code is valid: the schedule deletes it after
   (purge_outbox, every minute).
 - http: the message is POSTed as JSON to KYC_SENDER_URL (an SMS/email provider or a relay).
-  Sent inside the caller's transaction, before it commits: a failed send raises SendError and
+  Sent inside the caller's transaction, before it commits: a failed send raises SendFailed and
   the verification is not created, so nobody waits for a code that never left.
 """
 
@@ -24,6 +24,7 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from kyc.config import Config
+from kyc.errors import SendFailed
 from kyc.inputs import rfc3339
 from kyc.models import OutboxMessage, utcnow
 from kyc.security import mask_email, mask_phone
@@ -31,10 +32,6 @@ from kyc.security import mask_email, mask_phone
 log = logging.getLogger("kyc.verification")
 
 SENDERS = ("outbox", "http")
-
-
-class SendError(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -57,7 +54,7 @@ class Message:
 
 class Sender(Protocol):
     def send(self, session: Session, message: Message) -> None:
-        """Deliver (or durably queue) the message; raise SendError if it cannot."""
+        """Deliver (or durably queue) the message; raise SendFailed if it cannot."""
 
 
 class OutboxSender:
@@ -95,10 +92,10 @@ class HttpSender:
             status = exc.code
         except (urllib.error.URLError, OSError) as exc:
             log.warning("sender unreachable for %s: %s", message.verification_id, exc)
-            raise SendError("the code could not be sent: sender unreachable") from None
+            raise SendFailed("the code could not be sent: sender unreachable") from None
         if not 200 <= status < 300:
             log.warning("sender refused %s with HTTP %d", message.verification_id, status)
-            raise SendError(f"the code could not be sent: sender answered {status}")
+            raise SendFailed(f"the code could not be sent: sender answered {status}")
         log.info("code for %s sent over http: %s to %s", message.verification_id, message.channel,
                  message.masked_recipient)
 

@@ -1,5 +1,6 @@
 """The verification flows. Each function runs in the caller's transaction and either completes
-its whole step or raises an ApiError (the caller rolls back: nothing half-written).
+its whole step or raises a domain error of kyc/errors.py (the caller rolls back: nothing
+half-written).
 
 Lock order is always account row, then verification row, so concurrent starts, confirms and
 webhooks of one account serialise instead of deadlocking, and parallel wrong codes all count.
@@ -23,7 +24,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from kyc.errors import ApiError, invalid, not_found
+from kyc.errors import (InvalidInput, NotFound, PhoneInUse, PhoneRefused, ReplayedEvent, Throttled,
+                        VerificationNotPending, WrongVerificationKind)
 from kyc.ids import new_id
 from kyc.inputs import rfc3339
 from kyc.models import (Account, Evaluation, PhoneClaim, Verification, VerificationEvent, WebhookEvent, latest_of,
@@ -165,15 +167,15 @@ def _code_target(runtime: Runtime, session: Session, account: Account, req: Star
     if req.kind == "email":
         email = req.email or on_file.get("email")
         if not email:
-            raise invalid("no email to verify", {"email": "required: the account has no email on file"})
+            raise InvalidInput("no email to verify", {"email": "required: the account has no email on file"})
         return email, email.strip().lower(), None
     number = req.phone or on_file.get("phone")
     region = req.phone_region or (None if req.phone else on_file.get("phone_region"))
     if not number:
-        raise invalid("no phone number to verify", {"phone": "required: the account has no phone on file"})
+        raise InvalidInput("no phone number to verify", {"phone": "required: the account has no phone on file"})
     parsed = parse_phone(number, region)
     if parsed is None or not phonenumbers.is_valid_number(parsed):
-        raise invalid("not a valid phone number", {"phone": "not a valid number (give E.164 like +14155550123)"})
+        raise InvalidInput("not a valid phone number", {"phone": "not a valid number (give E.164 like +14155550123)"})
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     facts = phone_signals(e164, None, runtime.rules.lists.get("voip_prefixes", frozenset()))
     line_type = "voip" if facts.get("voip") else facts.get("line_type", "unknown")
@@ -224,13 +226,11 @@ def _check_phone(runtime: Runtime, session: Session, account: Account, tier: str
                  line_type: str | None) -> None:
     refused = runtime.tiers.refused_line_types(tier)
     if line_type in refused:
-        for_what = f"the {tier} tier" if tier else "the tier policy"
-        raise ApiError(400, "phone_refused", f"{line_type} numbers cannot be verified under {for_what}",
-                       {"phone": f"{line_type} line type is refused; use a mobile number"})
+        raise PhoneRefused(line_type, tier)
     if runtime.config.phone_unique:
         owner = session.execute(select(PhoneClaim.account_id).where(PhoneClaim.target_hash == target_hash)).scalar()
         if owner is not None and owner != account.id:
-            raise _phone_in_use()         # early: no code is sent; the claim at confirmation decides races
+            raise PhoneInUse()         # early: no code is sent; the claim at confirmation decides races
 
 
 def _claim_phone(runtime: Runtime, session: Session, v: Verification, at: datetime) -> None:
@@ -245,19 +245,14 @@ def _claim_phone(runtime: Runtime, session: Session, v: Verification, at: dateti
                     .on_conflict_do_nothing(index_elements=["target_hash"]))
     owner = session.execute(select(PhoneClaim.account_id).where(PhoneClaim.target_hash == v.target_hash)).scalar_one()
     if owner != v.account_id and runtime.config.phone_unique:
-        raise _phone_in_use()
-
-
-def _phone_in_use() -> ApiError:
-    return ApiError(409, "phone_in_use", "this number is already verified on another account",
-                    {"phone": "already verified on another account"})
+        raise PhoneInUse()
 
 
 DAY = timedelta(hours=24)
 
 
 def _wrong_codes_cap(runtime: Runtime, session: Session, account_id: str, kind: str, now: datetime) -> None:
-    """Refuse (429, Retry-After) once the account entered KYC_CODE_MAX_WRONG_PER_DAY wrong codes
+    """Refuse (Throttled) once the account entered KYC_CODE_MAX_WRONG_PER_DAY wrong codes
     of this kind in the last 24 hours, across all its verifications: a new verification after a
     lockout does not bring fresh attempts. A wrong code is an attempt_failed event, or the failed
     event of the code that exhausted its verification. The caller holds the account's lock, so
@@ -277,9 +272,8 @@ def _wrong_codes_cap(runtime: Runtime, session: Session, account_id: str, kind: 
                          f"{len(wrong)} wrong {kind} codes in 24 hours (at most {cap})")
 
 
-def _throttled(wait: timedelta, message: str) -> ApiError:
-    seconds = max(1, math.ceil(wait.total_seconds()))
-    return ApiError(429, "rate_limited", f"{message}; retry in {seconds}s", headers={"Retry-After": str(seconds)})
+def _throttled(wait: timedelta, reason: str) -> Throttled:
+    return Throttled(reason, retry_after=max(1, math.ceil(wait.total_seconds())))
 
 
 # --- confirm ------------------------------------------------------------------------------------
@@ -289,7 +283,7 @@ def confirm(runtime: Runtime, session: Session, verification_id: str, code: str,
     expiry moves the verification to expired. The returned verification says which happened."""
     account_id = session.execute(select(Verification.account_id).where(Verification.id == verification_id)).scalar()
     if account_id is None:
-        raise not_found("verification")
+        raise NotFound("verification", verification_id)
     lock_existing_account(session, account_id)
     kind = session.execute(select(Verification.kind).where(Verification.id == verification_id)).scalar_one()
     if kind in CODE_KINDS:
@@ -307,9 +301,9 @@ def confirm(runtime: Runtime, session: Session, verification_id: str, code: str,
                         .execution_options(populate_existing=True)).scalar_one()
     if not counted:
         if v.kind not in CODE_KINDS:
-            raise ApiError(409, "no_code", f"a {v.kind} verification is not completed with a code")
+            raise WrongVerificationKind(v.id, v.kind, expected="code")
         if v.status != "pending":
-            raise ApiError(409, f"verification_{v.status}", f"this verification is already {v.status}; start a new one")
+            raise VerificationNotPending(v.id, v.status, f"this verification is already {v.status}; start a new one")
         _finish(session, v, "expired", now)
         return v
     if code_matches(runtime.config.secret_key, v.id, code, v.code_hash):
@@ -333,17 +327,18 @@ def provider_decision(runtime: Runtime, session: Session, provider: str, event_i
     seen = session.execute(select(WebhookEvent.event_id).where(WebhookEvent.provider == provider,
                                                                WebhookEvent.event_id == event_id)).scalar()
     if seen is not None:
-        raise ApiError(409, "replayed_event", "this event id was already received")
+        raise ReplayedEvent(provider, event_id)
     account_id = session.execute(select(Verification.account_id).where(Verification.id == verification_id)).scalar()
     if account_id is None:
-        raise not_found("verification")
+        raise NotFound("verification", verification_id)
     lock_existing_account(session, account_id)
     v = session.execute(select(Verification).where(Verification.id == verification_id).with_for_update()
                         .execution_options(populate_existing=True)).scalar_one()
     if v.kind != "document":
-        raise ApiError(409, "not_a_document_verification", f"verification {v.id} is a {v.kind} verification")
-    if effective_status(v, now) != "pending":
-        raise ApiError(409, f"verification_{effective_status(v, now)}", f"verification {v.id} is not pending")
+        raise WrongVerificationKind(v.id, v.kind, expected="document")
+    current = effective_status(v, now)
+    if current != "pending":
+        raise VerificationNotPending(v.id, current, f"verification {v.id} is not pending")
     # The primary key (provider, event_id) also refuses a replay racing this one.
     session.add(WebhookEvent(provider=provider, event_id=event_id, verification_id=v.id, received_at=now))
     v.provider = provider

@@ -21,7 +21,6 @@ from typing import Any
 from flask import Blueprint, Flask, abort, current_app, g, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import HTTPException
 
-from kyc.errors import ApiError
 from kyc.ops.keys import caller_for_hash
 from kyc.security import hash_api_key
 
@@ -68,7 +67,7 @@ def _require_caller() -> Any:
     if token is not None:
         caller = caller_for_token(token)
         if caller is None:
-            raise ApiError(401, "unauthorized", "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+            return _error_page(401, "Unauthorized", "invalid or revoked API key", {"WWW-Authenticate": "Bearer"})
         if caller["role"] not in CONSOLE_ROLES:
             abort(403, f"the key's role is {caller['role']}; the console needs ops or admin")
         g.console_caller, g.console_bearer = caller, True
@@ -143,16 +142,11 @@ def caller_for_key_hash(key_hash: str) -> dict[str, Any] | None:
 
 @console.errorhandler(HTTPException)
 def _http_error(exc: HTTPException):
-    return render_template("console/error.html", status=exc.code, title=exc.name,
-                           message=exc.description), exc.code or 500
+    return _error_page(exc.code or 500, exc.name, exc.description)
 
 
-@console.errorhandler(ApiError)
-def _api_error(exc: ApiError):
-    response = current_app.make_response((render_template(
-        "console/error.html", status=exc.status, title=exc.code.replace("_", " "), message=exc.message), exc.status))
-    response.headers.update(exc.headers)
-    return response
+def _error_page(status: int, title: str, message: str | None, headers: dict[str, str] | None = None):
+    return render_template("console/error.html", status=status, title=title, message=message), status, headers or {}
 
 
 # --- template filters -------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from kyc.ops.audit import key_actor, list_events
 from kyc.ops.console import CONSOLE_ROLES, caller_for_token, check_csrf, console, csrf_token, runtime
 from kyc.ops.console.facts import identity, signal_facts, verification_target
 from kyc.ops.console.graphics import cluster_picture, score_chart, usage_chart
-from kyc.ops.errors import AccountNotFound, ClusterNotFound
+from kyc.errors import NotFound
 from kyc.ops.reviews import review_account, review_queue
 from kyc.security import contains_card_number
 from kyc.signals import SCHEMA
@@ -244,7 +244,7 @@ def review(account_id: str):
         with rt.session() as s, s.begin():
             account = review_account(rt, s, account_id, inp.outcome, inp.note, actor())
             decision = account.decision
-    except AccountNotFound:
+    except NotFound:
         abort(404, f"No account {account_id}.")
     flash(f"{account_id} is now {decision}: decided by {actor()}, out of the review queue.", "ok")
     return redirect(back)
@@ -257,7 +257,7 @@ def cluster_action(cluster_id: str):
         return redirect(url_for("console.cluster", cluster_id=cluster_id))
     try:
         done = act_on_cluster(runtime(), cluster_id, inp.action, inp.note, actor())     # its own transaction
-    except ClusterNotFound:
+    except NotFound:
         abort(404, f"No cluster {cluster_id}.")
     flash(f"{inp.action.capitalize()}: {done.changed:,} of {done.members:,} members changed decision.", "ok")
     return redirect(url_for("console.cluster", cluster_id=cluster_id))

@@ -1,0 +1,105 @@
+"""What the HTTP benches share: gunicorn started on a free port, a wrk run parsed, and the CPU
+time processes spent (gunicorn's workers, PostgreSQL's backends) read from /proc.
+
+Used by bench/gateway_http.py and bench/signup_http.py (run as scripts: this folder is on
+their import path).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(app: str, port: int, workers: int, env: dict, cwd: Path, python: str = sys.executable) -> subprocess.Popen:
+    """gunicorn serving `app` from `cwd` (which reads its gunicorn.conf.py, if any), once every
+    worker has loaded the app. Its access log and output are dropped: a line per request would
+    flood the run."""
+    process = subprocess.Popen([python, "-m", "gunicorn", app, "-w", str(workers), "-b", f"127.0.0.1:{port}",
+                                "--log-level", "warning"], cwd=cwd, env=env, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    last: dict[int, int] = {}
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{app} in {cwd} exited with {process.returncode}")
+        time.sleep(1)
+        # The master listens before its workers have imported the app (seconds on a loaded
+        # machine); a request sent then waits for them. A worker that loaded the app waits for
+        # connections and spends no CPU: ready once every worker's CPU stands still for a second.
+        ticks = {pid: cpu_ticks(pid) for pid in children(process.pid)}
+        if len(ticks) == workers and ticks == last:
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            return process
+        last = ticks
+    process.kill()
+    raise RuntimeError(f"{app} did not start")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def wrk(port: int, script: str, duration: int, threads: int, connections: int) -> dict:
+    """One wrk run: requests/s, latency p50 and p99 (as wrk prints them), requests sent, non-2xx."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    try:
+        out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency",
+                              "-s", f.name, f"http://127.0.0.1:{port}"], capture_output=True, text=True,
+                             check=True).stdout
+    finally:
+        os.unlink(f.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    pct = dict(re.findall(r"\s+(50|99)%\s+([\d.]+\w+)", out))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"rps": rps, "p50": pct.get("50"), "p99": pct.get("99"), "requests": requests,
+            "non_2xx": int(errors.group(1)) if errors else 0}
+
+
+def cpu_ticks(pid: int) -> int:
+    """User + system CPU of a process so far, in clock ticks (0 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = stat[stat.rindex(")") + 2:].split()      # after "pid (comm) "; comm may hold spaces
+    return int(fields[11]) + int(fields[12])           # utime, stime: fields 14 and 15 of stat
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (gunicorn's workers under its master)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def cpu_seconds(before: dict[int, int], after: dict[int, int]) -> float:
+    """CPU spent between two {pid: ticks} readings (a process born in between counts in full)."""
+    return sum(ticks - before.get(pid, 0) for pid, ticks in after.items()) / TICKS_PER_SECOND

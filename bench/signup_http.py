@@ -1,0 +1,199 @@
+"""Signups over HTTP: wrk against gunicorn and PostgreSQL, beside a bare Flask JSON endpoint in
+the same run, and optionally against another revision of kyc (an A/B).
+
+    python bench/signup_http.py [--database-url postgresql+psycopg://...] [--against 6c06bbd]
+                                [--duration 15] [--rounds 2] [--workers 2] [--connections 8]
+
+Each side is served by gunicorn (--workers, each side's own gunicorn.conf.py if it has one)
+from its own checkout: this one, and with --against a `git worktree` of that revision run with
+the same interpreter and its checkout first on the import path (its own rules and migrations).
+Before each of its runs a side gets the same database freshly migrated by its own code (schema
+kyc_bench_signup, dropped and made again), then a few seconds of warm-up signups. wrk posts
+varied, realistic signups (bench/score_signup.py's generator: each a new account, with its
+email, phone, IP, user agent and device) read by its Lua script from a file, one per request,
+authenticated with the development key. Runs alternate between the apps, round after round,
+since load on a shared machine drifts.
+
+Prints, per run, requests/s, wrk's latency p50 and p99, and the CPU per signup of gunicorn's
+workers and of PostgreSQL's backends (their /proc/<pid>/stat before and after the timed run);
+then kyc's share of bare Flask's requests/s and, with --against, this checkout / that revision.
+Rescoring runs in-process (no Redis), so a worker's CPU includes the cluster rescoring its
+signups ask for. Compare the ratios of one run, not absolute figures, on a loaded machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import create_engine, text  # noqa: E402
+
+from http_load import children, cpu_seconds, cpu_ticks, free_port, start, stop, wrk  # noqa: E402
+from score_signup import varied_signups  # noqa: E402
+
+SCHEMA = "kyc_bench_signup"
+DEV_KEY = "bench-signup-key"
+
+LUA = """
+local bodies = {}
+for line in io.lines("%(path)s") do bodies[#bodies + 1] = line end
+local headers = {["Authorization"] = "Bearer %(key)s", ["Content-Type"] = "application/json"}
+local threads, next_id, sent = %(threads)d, 0, 0
+setup = function(thread)
+  thread:set("offset", next_id)
+  next_id = next_id + 1
+end
+request = function()
+  -- Threads take turns through the file: every signup in it is sent once before any repeats.
+  local i = (sent * threads + offset) %% #bodies + 1
+  sent = sent + 1
+  return wrk.format("POST", "/v1/signups", headers, bodies[i])
+end
+"""
+
+
+def bodies_file(directory: Path, name: str, bodies: list[dict]) -> Path:
+    path = directory / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(b, separators=(",", ":")) + "\n" for b in bodies))
+    return path
+
+
+def side_env(checkout: Path, database_url: str, data_dir: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(checkout), "KYC_DATABASE_URL": database_url,
+            "KYC_RULES_DIR": str(checkout / "rules"), "KYC_DATA_DIR": str(data_dir), "KYC_SECRET_KEY": "bench",
+            "KYC_DEV_KEY": DEV_KEY, "KYC_LOG_LEVEL": "WARNING", "KYC_RULES_POLL_SECONDS": "0", "KYC_REDIS_URL": ""}
+
+
+def check_imports(checkout: Path, env: dict) -> None:
+    """The side runs its own code, not the package installed in this interpreter."""
+    where = subprocess.run([sys.executable, "-c", "import kyc; print(kyc.__file__)"], cwd=checkout, env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where).resolve().is_relative_to(checkout.resolve()), f"{checkout} imported kyc from {where}"
+
+
+def fresh_database(admin_url: str, checkout: Path, env: dict) -> None:
+    """Drop and make the bench schema again, then migrate it with the side's own code."""
+    engine = create_engine(admin_url)
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
+        conn.execute(text(f"CREATE SCHEMA {SCHEMA}"))
+    engine.dispose()
+    subprocess.run([sys.executable, "-c", "import sys; from kyc.runtime import upgrade_database; "
+                                          "upgrade_database(sys.argv[1])", env["KYC_DATABASE_URL"]],
+                   cwd=checkout, env=env, check=True, stdout=subprocess.DEVNULL)
+
+
+def backend_ticks(admin_engine) -> dict[int, int]:
+    """CPU so far of the database's client backends other than this script's own."""
+    with admin_engine.connect() as conn:
+        database = conn.execute(text("SELECT current_database()")).scalar()
+        pids = conn.execute(text("SELECT pid FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid() "
+                                 "AND backend_type = 'client backend'"), {"db": database}).scalars().all()
+    return {pid: cpu_ticks(pid) for pid in pids}
+
+
+def measure(server, port: int, admin_engine, script: str, warm_script: str, args) -> dict:
+    wrk(port, warm_script, args.warmup, args.threads, args.connections)
+    workers = children(server.pid)
+    before_workers, before_pg = {p: cpu_ticks(p) for p in workers}, backend_ticks(admin_engine)
+    result = wrk(port, script, args.duration, args.threads, args.connections)
+    after_workers, after_pg = {p: cpu_ticks(p) for p in children(server.pid)}, backend_ticks(admin_engine)
+    done = max(1, result["requests"] - result["non_2xx"])
+    result["worker_ms"] = cpu_seconds(before_workers, after_workers) * 1e3 / done
+    result["pg_ms"] = cpu_seconds(before_pg, after_pg) * 1e3 / done
+    return result
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-url", default=os.environ.get(
+        "KYC_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--against", metavar="REV", help="also run this revision of kyc (a git worktree of it)")
+    parser.add_argument("--duration", type=int, default=15, help="seconds per timed wrk run")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up signups before each timed run")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each app, alternated")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers, every app")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--signups", type=int, default=30_000, help="distinct signups in the file wrk sends")
+    args = parser.parse_args()
+    if not args.database_url.startswith("postgresql"):
+        parser.error("--database-url: a PostgreSQL database (its backends' CPU is measured)")
+
+    work = Path(tempfile.mkdtemp(prefix="kyc-bench-signup-"))
+    sides = {"kyc": ROOT}
+    against = work / "against"
+    if args.against:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(against), args.against],
+                       check=True, capture_output=True)
+        sides[f"kyc@{args.against}"] = against
+    admin_url = args.database_url + f"?options=-csearch_path%3D{SCHEMA}"
+    admin_engine = create_engine(args.database_url)
+    bodies = varied_signups(args.signups)
+    run_file = bodies_file(work, "signups", bodies)
+    warm_file = bodies_file(work, "warm", [{**b, "account_id": "warm_" + b["account_id"]} for b in bodies[:5000]])
+
+    def script(path: Path) -> str:
+        return LUA % {"path": path, "key": DEV_KEY, "threads": args.threads}
+
+    load_before = loadavg()
+    results: dict[str, list[dict]] = {}
+    bare = start("bare_flask:app", free_port(), args.workers, dict(os.environ), ROOT / "bench")
+    bare_port = int(bare.args[bare.args.index("-b") + 1].rsplit(":", 1)[1])
+    try:
+        for _ in range(args.rounds):
+            results.setdefault("bare Flask", []).append(
+                measure(bare, bare_port, admin_engine, script(run_file), script(warm_file), args))
+            for name, checkout in sides.items():
+                (work / name).mkdir(exist_ok=True)
+                env = side_env(checkout, admin_url, work / name)
+                check_imports(checkout, env)
+                fresh_database(args.database_url, checkout, env)
+                port = free_port()
+                server = start("wsgi:app", port, args.workers, env, checkout)
+                try:
+                    results.setdefault(name, []).append(
+                        measure(server, port, admin_engine, script(run_file), script(warm_file), args))
+                finally:
+                    stop(server)
+    finally:
+        stop(bare)
+        admin_engine.dispose()
+        if args.against:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(against)], check=False)
+
+    print(f"signups over HTTP: postgresql, gunicorn -w {args.workers}, wrk -t{args.threads} -c{args.connections} "
+          f"-d{args.duration}s after {args.warmup}s of warm-up, {args.rounds} alternated round(s), "
+          f"{args.signups:,} distinct signups; load average {load_before} before, {loadavg()} after")
+    for name, runs in results.items():
+        for r in runs:
+            wrapped = "  (file wrapped: repeats)" if name != "bare Flask" and r["requests"] > args.signups else ""
+            print(f"{name:<16} {r['rps']:8.1f} req/s  p50 {r['p50']:>8}  p99 {r['p99']:>8}  non-2xx {r['non_2xx']:<5}"
+                  f"  CPU per request: workers {r['worker_ms']:6.2f} ms, PostgreSQL {r['pg_ms']:5.2f} ms{wrapped}")
+
+    def total(name: str, key: str) -> float:
+        return sum(r[key] for r in results[name]) / len(results[name])
+
+    for name in sides:
+        print(f"{name} / bare Flask requests/s: {total(name, 'rps') / total('bare Flask', 'rps'):.1%}")
+    if args.against:
+        old = f"kyc@{args.against}"
+        print(f"kyc / {old}: requests/s {total('kyc', 'rps') / total(old, 'rps'):.2f}x; CPU per signup: workers "
+              f"{total('kyc', 'worker_ms'):.2f} vs {total(old, 'worker_ms'):.2f} ms, PostgreSQL "
+              f"{total('kyc', 'pg_ms'):.2f} vs {total(old, 'pg_ms'):.2f} ms")
+
+
+if __name__ == "__main__":
+    main()

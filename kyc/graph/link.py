@@ -1,0 +1,543 @@
+"""Linking: an account's identifiers attached to the graph, inside the scoring transaction.
+
+`attach` is what scoring calls: it records the account's linking identifiers (nodes and edges),
+links the account to the holders it shares enough with, merges their clusters (union by size),
+turns a node held by too many accounts into a super-node and splits what it held together
+(`recluster`), and returns the account's Attachment: its membership and its cluster, locked
+for this transaction or created by it, with the cluster's growth read with that lock.
+`settle_flags` then counts the account's traits in its cluster; a cluster whose standing rises
+(a size step, a first block, a first fraud label) asks for its members' rescoring once the
+transaction commits.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from datetime import datetime
+from functools import lru_cache
+from types import SimpleNamespace
+from typing import Iterable
+
+from sqlalchemy import (Boolean, Integer, String, bindparam, case, cast, delete, exists, func, insert, inspect,
+                        literal, null, or_, select, tuple_, update)
+from sqlalchemy.dialects.postgresql import ARRAY, insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+
+from kyc.db import deferred
+from kyc.graph.core import (LINK_KINDS, STRONG, WEAK, WEAK_KINDS_NEEDED, GROWTH_CAP, Attachment, Node, Policy,
+                            as_loaded, chunks, components, growth_column, growth_window, keep_ids, linked_accounts,
+                            locked_with_growth, add_cluster, one_member, rose, store)
+from kyc.models import MEMBER_FLAGS, Cluster, ClusterMember, GraphEdge, GraphNode, UTCDateTime
+
+
+@lru_cache(maxsize=4)
+def _statements(dialect: str) -> SimpleNamespace:
+    """The statements of the hot path, built once: building a statement costs more than running it."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    count = insert(GraphNode.__table__)
+    c = Cluster.__table__.c
+    mine = select(GraphEdge.kind, GraphEdge.value_hash).where(GraphEdge.account_id == bindparam("account"))
+    member_cluster = (select(ClusterMember.cluster_id).where(ClusterMember.account_id == bindparam("account"))
+                      .scalar_subquery())
+    return SimpleNamespace(
+        dialect=dialect,
+        # Sorted rows: concurrent transactions lock node rows in the same order (no deadlock), and
+        # the row lock makes a concurrent account on the same node wait, then see this one's edge.
+        count=count.on_conflict_do_update(index_elements=["kind", "value_hash"],
+                                          set_={"accounts": GraphNode.__table__.c.accounts + 1},
+                                          # A super-node counts no more accounts and links nothing: no row
+                                          # comes back for it, so no edge is written.
+                                          where=GraphNode.__table__.c.super_node.is_(False))
+        .returning(GraphNode.__table__.c.kind, GraphNode.__table__.c.value_hash, GraphNode.__table__.c.accounts),
+        edge=insert(GraphEdge.__table__).on_conflict_do_nothing(),
+        # The other holders of the account's nodes, each with its cluster: one read.
+        members=select(GraphEdge.kind, GraphEdge.value_hash, GraphEdge.account_id, ClusterMember.cluster_id)
+        .outerjoin(ClusterMember, ClusterMember.account_id == GraphEdge.account_id)
+        .where(tuple_(GraphEdge.kind, GraphEdge.value_hash).in_(mine)),
+        # A stored cluster absorbing a new account's cluster of one: its row updated and read in
+        # one statement (the update takes the row lock a merge needs).
+        # (Core, its row put in the session by as_loaded: the ORM's UPDATE ... RETURNING cost 0.5 ms more.)
+        absorb=update(Cluster.__table__).where(c.id == bindparam("cluster")).values(
+            size=c.size + 1,
+            first_seen_at=case((c.first_seen_at > bindparam("first"), bindparam("first")), else_=c.first_seen_at),
+            **{flag: c[flag] + bindparam(flag) for flag in MEMBER_FLAGS})
+        .returning(*c, growth_column(c.id)),
+        move_members=deferred(update(ClusterMember.__table__)
+                              .where(ClusterMember.cluster_id.in_(bindparam("moved", expanding=True)))
+                              .values(cluster_id=bindparam("target"))),
+        delete_clusters=deferred(delete(Cluster.__table__).where(c.id.in_(bindparam("moved", expanding=True)))),
+        lock_cluster=select(*c).where(c.id == member_cluster).with_for_update(),
+        lock_cluster_growth=select(*c, growth_column(c.id)).where(c.id == member_cluster).with_for_update(),
+        growth=select(growth_column(bindparam("cluster"))),
+    )
+
+
+@lru_cache(maxsize=64)
+def _known_statement(count: int):
+    """Each node the account shows: is it a super-node, does the account already hold it.
+
+    Spelled as OR-ed key lookups, which every backend answers from the primary key (SQLite
+    scans the table for a row-value IN list joined this way).
+    """
+    keys = or_(*((GraphNode.kind == bindparam(f"k{i}")) & (GraphNode.value_hash == bindparam(f"h{i}"))
+                 for i in range(count)))
+    return (select(GraphNode.kind, GraphNode.value_hash, GraphNode.super_node, GraphEdge.account_id)
+            .outerjoin(GraphEdge, (GraphEdge.kind == GraphNode.kind) & (GraphEdge.value_hash == GraphNode.value_hash)
+                       & (GraphEdge.account_id == bindparam("account")))
+            .where(keys))
+
+
+@lru_cache(maxsize=1)
+def _count_and_read_statement():
+    """PostgreSQL: one statement counts the nodes an account shows that it does not hold yet
+    (as `count` does, in the same order), records its edges, reads the other holders of each
+    with their cluster, names the nodes that were super-nodes already and, when the account
+    is not new (`existing`), reads the other holders of every node it held already.
+
+    Each row starts with what it is about: a node `counted` (with its count; one row per other
+    holder), a `super` node, or a node `held` already (one row per other holder). The holders
+    are read in the statement's snapshot, taken before it waited for any node row a concurrent
+    signup had locked; that signup's edge is then missing from what it read. `_count_and_read`
+    sees that from the counts (a node that is not a super-node has exactly one edge per account
+    it counts) and reads again. (A node held already is not counted again, so a concurrent
+    signup on it waits for no lock of ours: that signup reads this account's edge and links.)
+    The nodes come as two arrays, so the statement is the same for any number of them and
+    compiled once.
+    """
+    n, e, m = GraphNode.__table__, GraphEdge.__table__, ClusterMember.__table__
+    account = bindparam("account", type_=String)
+    given = func.unnest(bindparam("kinds", type_=ARRAY(String)), bindparam("hashes", type_=ARRAY(String))
+                        ).table_valued("kind", "value_hash").render_derived(name="given")
+    held = exists().where(e.c.kind == given.c.kind, e.c.value_hash == given.c.value_hash, e.c.account_id == account)
+    counted = (pg_insert(n).from_select(
+        ["kind", "value_hash", "accounts", "super_node", "first_seen_at"],
+        select(given.c.kind, given.c.value_hash, literal(1), literal(False), bindparam("at", type_=UTCDateTime))
+        .where(~held).order_by(given.c.kind, given.c.value_hash))
+        .on_conflict_do_update(index_elements=["kind", "value_hash"], set_={"accounts": n.c.accounts + 1},
+                               where=n.c.super_node.is_(False))
+        .returning(n.c.kind, n.c.value_hash, n.c.accounts).cte("counted"))
+    edges = (pg_insert(e).from_select(["kind", "value_hash", "account_id"],
+                                      select(counted.c.kind, counted.c.value_hash, account))
+             .on_conflict_do_nothing().cte("edges"))
+    holders = (select(literal("counted"), counted.c.kind, counted.c.value_hash, counted.c.accounts, e.c.account_id,
+                      m.c.cluster_id)
+               .select_from(counted.outerjoin(e, (e.c.kind == counted.c.kind) & (e.c.value_hash == counted.c.value_hash)
+                                              & (counted.c.accounts > 1))
+                            .outerjoin(m, m.c.account_id == e.c.account_id))
+               .add_cte(edges))
+    supers = (select(literal("super"), n.c.kind, n.c.value_hash, null(), null(), null())
+              .join(given, (n.c.kind == given.c.kind) & (n.c.value_hash == given.c.value_hash)).where(n.c.super_node))
+    mine, other = e.alias("mine"), e.alias("other")
+    before = (select(literal("held"), mine.c.kind, mine.c.value_hash, null(), other.c.account_id, m.c.cluster_id)
+              .select_from(mine.outerjoin(other, (other.c.kind == mine.c.kind) & (other.c.value_hash == mine.c.value_hash)
+                                          & (other.c.account_id != account))
+                           .outerjoin(m, m.c.account_id == other.c.account_id))
+              .where(mine.c.account_id == account, bindparam("existing", type_=Boolean)))
+    return holders.union_all(supers, before)
+
+
+def _count_and_read(session: Session, account_id: str, nodes: list[Node], at: datetime, existing: bool
+                    ) -> tuple[list[tuple[str, str, int]], list[tuple] | None]:
+    """An account's new nodes counted and its edges recorded (PostgreSQL, one statement): the
+    nodes counted with their counts, and the other holders of every node it holds with their
+    cluster, or None when what the statement read may miss a concurrent signup's edge (read
+    them again). `existing`: the account may hold nodes already (it is not new)."""
+    params = {"account": account_id, "at": at, "kinds": [k for k, _ in nodes], "hashes": [h for _, h in nodes],
+              "existing": existing}
+    counted: dict[Node, int] = {}
+    known: set[Node] = set()                   # super-nodes, and nodes the account held already
+    holders: list[tuple] = []
+    for role, kind, value_hash, accounts, other, other_cluster in session.execute(_count_and_read_statement(), params):
+        if role == "counted":
+            counted[(kind, value_hash)] = accounts
+        else:
+            known.add((kind, value_hash))
+        if other is not None:
+            holders.append((kind, value_hash, other, other_cluster))
+    seen = Counter((kind, value_hash) for kind, value_hash, _, _ in holders)
+    # A node neither counted nor known when read turned super meanwhile (a split may have moved
+    # its holders); a node counting more holders than were read gained one meanwhile.
+    complete = all(node in counted or node in known for node in nodes) and all(
+        seen[node] == accounts - 1 for node, accounts in counted.items())
+    return sorted((k, h, a) for (k, h), a in counted.items()), holders if complete else None
+
+
+def statements(session: Session) -> SimpleNamespace:
+    return _statements(session.get_bind().dialect.name)
+
+
+def queue_rescore(session: Session, *, accounts: Iterable[str] = (), clusters: Iterable[str] = ()) -> None:
+    """Ask for members to be rescored once this transaction commits (kyc/jobs.py drains it)."""
+    pending = session.info.setdefault("kyc.rescore", {"accounts": set(), "clusters": set()})
+    pending["accounts"].update(accounts)
+    pending["clusters"].update(clusters)
+
+
+def ensure_member(session: Session, account_id: str, at: datetime, *, flags: dict[str, bool] | None = None,
+                  new_account: bool = False, stored: dict | None = None) -> tuple[ClusterMember, Cluster | None]:
+    """The account's membership, created with a cluster of its own when it has none.
+
+    Returns the member and, when this call created it, its new cluster (no other transaction
+    can see that cluster yet, so it needs no lock). A new member starts with `flags` counted,
+    which spares updating the rows just inserted. `new_account`: the account row was created
+    by this transaction, so it has no membership yet (cluster_members references accounts).
+    `stored`: the membership's row, read with the account's lock (scoring), so it is not read again.
+
+    A new member and cluster are not in the session yet: most stay a cluster of one, and
+    `write_new` inserts them with their final values in two plain statements, which cost less
+    than the session's unit of work. What needs them in the session (a merge, a split) adds
+    them first (`_attach`).
+    """
+    member = (None if new_account else as_loaded(session, ClusterMember, stored) if stored
+              else session.get(ClusterMember, account_id))
+    if member is None:
+        member_values, cluster_values = one_member(account_id, at, flags)
+        return ClusterMember(**member_values), Cluster(**cluster_values)
+    if at < member.joined_at:
+        # A backfilled earlier event: the account joined its cluster at its first event time.
+        store(session, member, {"joined_at": at})
+        cluster = session.get(Cluster, member.cluster_id)
+        store(session, cluster, {"first_seen_at": min(cluster.first_seen_at, at)})
+    return member, None
+
+
+def locked_cluster(session: Session, member: ClusterMember) -> Cluster:
+    """The member's cluster, locked for this transaction."""
+    return _lock(session, member, None)[0]
+
+
+def _lock(session: Session, member: ClusterMember, at: datetime | None) -> tuple[Cluster, int | None]:
+    """The member's cluster, locked for this transaction, and its growth up to `at` when given
+    (scoring: see Attachment). Read through the membership: a concurrent merge may have moved the
+    member since it was read, and once that merge commits the cluster locked by id would be
+    gone; the member then follows its move."""
+    sql = statements(session)
+    statement, params = (sql.lock_cluster, {}) if at is None else (sql.lock_cluster_growth, growth_window(at))
+    for _ in range(3):
+        row = session.execute(statement, {"account": member.account_id, **params}).mappings().one_or_none()
+        if row is not None:
+            if row["id"] != member.cluster_id:
+                set_committed_value(member, "cluster_id", row["id"])
+            return (as_loaded(session, Cluster, row, refresh=True), None) if at is None else locked_with_growth(session, row)
+    # Only a merge committing between each read and its lock, three times over, gets here.
+    raise RuntimeError(f"the cluster of {member.account_id} kept moving while it was being locked")
+
+
+def _attach(session: Session, member: ClusterMember, created: Cluster | None) -> None:
+    """A membership and cluster ensure_member made, put in the session (written at its flush)."""
+    if inspect(member).transient:
+        session.add_all([c for c in (created, member) if c is not None and inspect(c).transient])
+
+
+def write_new(session: Session, member: ClusterMember, cluster: Cluster) -> None:
+    """Insert a membership and its cluster of one that ensure_member made and nothing put in
+    the session: call once their flags are final (scoring does, before its writes). A rescore
+    chunk's records are written by the chunk (ChunkGraph.write)."""
+    state = inspect(member, raiseerr=False)
+    if state is None or not state.transient:
+        return
+    if inspect(cluster).transient:
+        session.execute(insert(Cluster.__table__), dict(inspect(cluster).dict))
+    session.execute(insert(ClusterMember.__table__), dict(inspect(member).dict))
+
+
+def set_flags(session: Session, policy: Policy, account_id: str, flags: dict[str, bool], *,
+              member: ClusterMember | None = None, cluster: Cluster | None = None,
+              being_scored: bool = False) -> None:
+    """Update an account's traits and its cluster's counters; a rising cluster queues a rescore.
+
+    The scoring path passes the member it holds and its cluster, already locked (or created) in
+    this transaction, so this reads nothing. (Holding them matters: the session keeps clean
+    objects only weakly, so a second `get` would read the row again.) It also says the account
+    is `being_scored`: its own rescore is excluded, so a cluster of one queues nobody, which
+    spares reading its members after the commit.
+    """
+    member = member or session.get(ClusterMember, account_id)
+    if member is None:
+        return
+    changes = {f: bool(v) for f, v in flags.items() if bool(v) != getattr(member, f)}
+    if not changes:
+        return
+    if cluster is None or cluster.id != member.cluster_id:
+        cluster = locked_cluster(session, member)
+    before = policy.bucket(cluster)
+    store(session, member, changes)
+    store(session, cluster, {flag: getattr(cluster, flag) + (1 if value else -1) for flag, value in changes.items()})
+    if rose(before, policy.bucket(cluster)) and not (being_scored and cluster.size == 1):
+        queue_rescore(session, clusters=[cluster.id])
+
+
+def settle_flags(session: Session, policy: Policy, attachment: Attachment, flags: dict[str, bool]) -> None:
+    """The traits of the account being scored counted in its attached cluster (set_flags, reading
+    nothing); its own rescore is never asked for."""
+    set_flags(session, policy, attachment.member.account_id, flags, member=attachment.member,
+              cluster=attachment.cluster, being_scored=True)
+
+
+def attach(session: Session, policy: Policy, account_id: str, at: datetime, *,
+           identifiers: Iterable[Node] | None = None, flags: dict[str, bool] | None = None,
+           new_account: bool = False, stored: dict | None = None) -> Attachment:
+    """The account's place in the graph for an evaluation at `at`: its membership and its
+    cluster, locked for this transaction or created by it, and the cluster's growth read with
+    the lock. With `identifiers` (a new event) the account's linking identifiers are recorded
+    and it is linked first, which may merge or split clusters; without (a rescore) nothing is
+    linked. `flags`: the traits a new membership starts with. `new_account`: the account row
+    was created by this transaction. `stored`: see ensure_member."""
+    member, created = ensure_member(session, account_id, at, flags=flags, new_account=new_account, stored=stored)
+    if identifiers is None:
+        if created is not None:
+            return Attachment(member, created, at)
+        cluster, grown = _lock(session, member, at)
+        return Attachment(member, cluster, at, grown)
+    nodes = sorted({n for n in identifiers if n[0] in LINK_KINDS})
+    sql = statements(session)
+    # A new member and cluster stay out of the session while the reads and writes below run
+    # (none of them reads this account's membership), so write_new inserts them with their last
+    # values instead of inserting now and updating later; joining one stored cluster keeps them
+    # out too (_absorb). A merge of several clusters puts them in the session, and a super-node
+    # split, which reads memberships, flushes them first.
+    with session.no_autoflush:
+        return _link(session, policy, account_id, member, created, nodes, sql, at, new_account)
+
+
+def link(session: Session, policy: Policy, account_id: str, identifiers: Iterable[Node], at: datetime, *,
+         flags: dict[str, bool] | None = None, new_account: bool = False, stored: dict | None = None
+         ) -> tuple[ClusterMember, Cluster]:
+    """attach with identifiers, for what needs only the membership and the cluster (tools, benches)."""
+    attached = attach(session, policy, account_id, at, identifiers=identifiers, flags=flags,
+                      new_account=new_account, stored=stored)
+    return attached.member, attached.cluster
+
+
+def _link(session: Session, policy: Policy, account_id: str, member: ClusterMember, created: Cluster | None,
+          nodes: list[Node], sql: SimpleNamespace, at: datetime, new_account: bool) -> Attachment:
+    counted: list = []
+    read: list[tuple] | None = None            # the other holders and their clusters, when read
+    if nodes:
+        fresh: list[Node] = []
+        if sql.dialect == "postgresql":
+            counted, read = _count_and_read(session, account_id, nodes, at, existing=not new_account)
+        elif new_account:
+            fresh = nodes                      # it holds nothing yet; the upsert skips super-nodes
+        else:
+            params = {"account": account_id}
+            for i, (kind, value_hash) in enumerate(nodes):
+                params[f"k{i}"], params[f"h{i}"] = kind, value_hash
+            held = {(k, h) for k, h, is_super, holder in session.execute(_known_statement(len(nodes)), params)
+                    if is_super or holder is not None}
+            fresh = [n for n in nodes if n not in held]
+        if fresh:                              # new to this account: count it, unless a super-node
+            counted = session.execute(sql.count, [
+                {"kind": k, "value_hash": h, "accounts": 1, "super_node": False, "first_seen_at": at}
+                for k, h in fresh]).all()
+            if counted:
+                session.execute(sql.edge, [{"kind": k, "value_hash": h, "account_id": account_id}
+                                           for k, h, _ in sorted(counted)])
+        turned_super = sorted((k, h) for k, h, accounts in counted if policy.is_super(k, accounts))
+        if turned_super:
+            _attach(session, member, created)
+            session.flush()
+            _make_super(session, policy, turned_super)
+            session.refresh(member)            # a split may have moved this account
+            read = None                        # and others: read them after it
+    if new_account and not _may_link(counted):
+        return Attachment(member, created, at)  # the only holder of all its nodes: a cluster of one
+    # Link through every node the account holds (earlier signups of the same account included).
+    members: dict[Node, list[str]] = defaultdict(list)
+    cluster_of: dict[str, str | None] = {}
+    if read is None:
+        read = session.execute(sql.members, {"account": account_id}).all()
+    for kind, value_hash, other, other_cluster in read:
+        members[(kind, value_hash)].append(other)
+        cluster_of[other] = other_cluster
+    linked = linked_accounts(account_id, members)
+    if linked:
+        cluster_ids = {cluster_of[a] for a in linked if cluster_of[a]}
+        cluster_ids.add(member.cluster_id)
+        if len(cluster_ids) > 1:
+            if created is not None and inspect(created).transient:     # not written: see ensure_member
+                cluster, grown = merge(session, policy, cluster_ids, at, exclude=member, joining=created)
+            else:
+                session.flush()
+                cluster, grown = merge(session, policy, cluster_ids, at, exclude=member)
+            return Attachment(member, cluster, at, grown)
+    if created is not None and created.id == member.cluster_id:
+        return Attachment(member, created, at)
+    cluster, grown = _lock(session, member, at)
+    return Attachment(member, cluster, at, grown)
+
+
+def _may_link(counted: list[tuple[str, str, int]]) -> bool:
+    """Whether a new account, holding exactly the nodes just counted, can link to anyone: a node
+    counted once is held by it alone (each holder of a node that is not a super-node has an
+    edge and was counted once), so only shared strong nodes, or shared weak nodes of enough
+    kinds, can link. Most new accounts share nothing and skip reading the other holders."""
+    shared = [kind for kind, _, accounts in counted if accounts > 1]
+    return any(kind in STRONG for kind in shared) or len({k for k in shared if k in WEAK}) >= WEAK_KINDS_NEEDED
+
+
+def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], at: datetime,
+          exclude: ClusterMember | None = None, *, joining: Cluster | None = None) -> tuple[Cluster, int]:
+    """Merge clusters into the largest one (union by size); members whose cluster rose are queued.
+    Returns the merged cluster and its growth up to `at` (the evaluation's time), read with the
+    clusters' locks (see Attachment).
+
+    `exclude`: the membership of the account being scored, which is not queued (a cluster of one
+    holding only it queues nobody, without reading its members). `joining`: that account's new
+    cluster of one, when neither is written yet. When another cluster absorbs it, the member is
+    written straight into that cluster and the new cluster never is (no insert, move and delete
+    of a row that lives a few milliseconds).
+    """
+    new_cluster = joining
+    new_member = exclude if joining is not None else None
+    stored = sorted(set(cluster_ids) - ({new_cluster.id} if new_cluster else set()))
+    if new_cluster is not None and len(stored) == 1:
+        absorbed = _absorb(session, policy, stored[0], new_member, new_cluster, at)
+        if absorbed is not None:
+            return absorbed
+    if new_member is not None:
+        _attach(session, new_member, new_cluster)
+    c = Cluster.__table__.c
+    locked = [locked_with_growth(session, row) for row in session.execute(
+        select(*c, growth_column(c.id)).where(c.id.in_(stored)).order_by(c.id).with_for_update(),
+        growth_window(at)).mappings()]
+    clusters = [cluster for cluster, _ in locked]
+    # The merged cluster grew by what each of them did (a member not written yet: see cluster_facts).
+    grown = min(GROWTH_CAP, sum(g for _, g in locked))
+    if new_cluster is not None:
+        clusters.append(new_cluster)
+    # The largest absorbs the others (union by size: an account moves O(log n) times); ties: the oldest.
+    target = min(clusters, key=lambda c: (-c.size, c.first_seen_at, c.id))
+    before = {c.id: policy.bucket(c) for c in clusters}
+    others = [c for c in clusters if c is not target]
+    store(session, target, {"size": sum(c.size for c in clusters),
+                             "first_seen_at": min(c.first_seen_at for c in clusters),
+                             **{flag: sum(getattr(c, flag) for c in clusters) for flag in MEMBER_FLAGS}})
+    after = policy.bucket(target)
+    excluded = exclude.account_id if exclude is not None else ""
+    for other in others:
+        # A cluster of one holding the excluded account (the new one, say): nobody to queue.
+        alone = other.size == 1 and exclude is not None and other.id == exclude.cluster_id
+        if not alone and rose(before[other.id], after):
+            moved = session.execute(select(ClusterMember.account_id).where(
+                ClusterMember.cluster_id == other.id, ClusterMember.account_id != excluded)).scalars()
+            queue_rescore(session, accounts=moved)
+    if rose(before[target.id], after):
+        queue_rescore(session, clusters=[target.id])
+    moved_ids = [c.id for c in others if c is not new_cluster]
+    # Membership rows only: accounts.cluster_id is written by each account's own evaluation, so
+    # a merge never waits on the row lock of a member being scored at the same time (deadlock).
+    if moved_ids:
+        # Written without waiting for answers (see store), and the members the session holds
+        # told where they are now: the account being scored updates its traits in the target
+        # without locking it again (locked_cluster).
+        sql = statements(session)
+        session.execute(sql.move_members, {"target": target.id, "moved": moved_ids})
+        session.execute(sql.delete_clusters, {"moved": moved_ids})
+        moved = set(moved_ids)
+        for held in list(session.identity_map.values()):
+            if isinstance(held, ClusterMember) and inspect(held).dict.get("cluster_id") in moved:
+                set_committed_value(held, "cluster_id", target.id)
+    for other in others:
+        if other is new_cluster:
+            new_member.cluster_id = target.id
+        session.expunge(other)
+    return target, grown
+
+
+def _absorb(session: Session, policy: Policy, cluster_id: str, new_member: ClusterMember,
+            new_cluster: Cluster, at: datetime) -> tuple[Cluster, int] | None:
+    """A new account joining one stored cluster (the common merge): the stored cluster keeps its
+    id whatever its size, its counters rise by the new member's in one statement, and the new
+    cluster of one is never written. None: a concurrent merge removed that cluster meanwhile."""
+    added = {flag: getattr(new_cluster, flag) for flag in MEMBER_FLAGS}
+    row = session.execute(statements(session).absorb, {"cluster": cluster_id, "first": new_cluster.first_seen_at,
+                                                  **growth_window(at), **added}).mappings().one_or_none()
+    if row is None:
+        return None
+    target, grown = locked_with_growth(session, row)
+    before = SimpleNamespace(size=target.size - 1, blocked=target.blocked - added["blocked"],
+                             labeled_fraud=target.labeled_fraud - added["labeled_fraud"])
+    if rose(policy.bucket(before), policy.bucket(target)):
+        queue_rescore(session, clusters=[target.id])
+    new_member.cluster_id = target.id          # written by write_new, as for a cluster of one
+    if new_cluster in session:
+        session.expunge(new_cluster)
+    return target, grown
+
+
+def _make_super(session: Session, policy: Policy, nodes: list[Node]) -> None:
+    """Nodes that crossed their threshold stop linking: drop their edges, split what they held."""
+    condition = tuple_(GraphEdge.kind, GraphEdge.value_hash).in_(nodes)
+    affected = set(session.execute(
+        select(ClusterMember.cluster_id).join(GraphEdge, GraphEdge.account_id == ClusterMember.account_id)
+        .where(condition)).scalars())
+    session.execute(update(GraphNode).where(tuple_(GraphNode.kind, GraphNode.value_hash).in_(nodes))
+                    .values(super_node=True))
+    session.execute(delete(GraphEdge).where(condition))
+    session.flush()
+    recluster(session, policy, affected)
+
+
+def recluster(session: Session, policy: Policy, cluster_ids: Iterable[str]) -> None:
+    """Recompute the components of some clusters from their members' edges (a cluster can only split)."""
+    cluster_ids = sorted(set(cluster_ids))
+    if not cluster_ids:
+        return
+    # The clusters before their members, in id order, as merge() and rescore chunks lock them:
+    # transactions never wait on each other in a circle.
+    session.execute(select(Cluster.id).where(Cluster.id.in_(cluster_ids)).order_by(Cluster.id).with_for_update())
+    in_clusters = ClusterMember.cluster_id.in_(cluster_ids)
+    current = dict(session.execute(select(ClusterMember.account_id, ClusterMember.cluster_id).where(in_clusters)).all())
+    edges = session.execute(
+        select(GraphEdge.kind, GraphEdge.value_hash, GraphEdge.account_id)
+        .join(ClusterMember, ClusterMember.account_id == GraphEdge.account_id).where(in_clusters))
+    uf = components((((kind, h), a) for kind, h, a in edges), current)
+    _assign(session, uf.groups().values(), current)
+
+
+def _assign(session: Session, groups: Iterable[list[str]], current: dict[str, str]) -> None:
+    """Give each group of accounts a cluster, keeping ids where a group keeps most of a cluster,
+    and recompute counters from the members' flags."""
+    claimed: set[str] = set()
+    changed: dict[str, str] = {}
+    touched: set[str] = set(current.values())
+    for group, cluster_id in keep_ids(groups, current, claimed):
+        if cluster_id is None:
+            first = session.execute(select(func.min(ClusterMember.joined_at))
+                                    .where(ClusterMember.account_id.in_(group[:1]))).scalar()
+            cluster_id = add_cluster(session, first).id
+        touched.add(cluster_id)
+        for account in group:
+            if current.get(account) != cluster_id:
+                changed[account] = cluster_id
+    session.flush()
+    by_target: dict[str, list[str]] = defaultdict(list)
+    for account, cluster_id in changed.items():
+        by_target[cluster_id].append(account)
+    for cluster_id, accounts in by_target.items():
+        for chunk in chunks(accounts, 5000):
+            session.execute(update(ClusterMember).where(ClusterMember.account_id.in_(chunk)).values(cluster_id=cluster_id))
+    _recount(session, touched)
+
+
+def _recount(session: Session, cluster_ids: set[str]) -> None:
+    for chunk in chunks(sorted(cluster_ids), 5000):
+        stats = {row[0]: row[1:] for row in session.execute(
+            select(ClusterMember.cluster_id, func.count(), func.min(ClusterMember.joined_at),
+                   *(func.sum(cast(getattr(ClusterMember, f), Integer)) for f in MEMBER_FLAGS))
+            .where(ClusterMember.cluster_id.in_(chunk)).group_by(ClusterMember.cluster_id))}
+        for cluster in session.execute(select(Cluster).where(Cluster.id.in_(chunk))
+                                       .execution_options(populate_existing=True)).scalars():
+            row = stats.get(cluster.id)
+            if row is None:
+                session.delete(cluster)
+                continue
+            cluster.size, cluster.first_seen_at = row[0], row[1]
+            for flag, value in zip(MEMBER_FLAGS, row[2:]):
+                setattr(cluster, flag, int(value or 0))
+    session.flush()
+
+
