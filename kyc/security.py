@@ -141,11 +141,6 @@ def card_number_spans(text: str) -> list[tuple[int, int]]:
     return [m.span() for m in _RUN.finditer(text) if _run_has_pan(text, *m.span())]
 
 
-def may_hold_card_number(text: str) -> bool:
-    """The rule's cheap necessary condition: False means `text` holds no card number."""
-    return _MAYBE_PAN.search(text) is not None
-
-
 def has_card_number(text: str) -> bool:
     if _MAYBE_PAN.search(text) is None:
         return False
