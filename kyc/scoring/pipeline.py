@@ -12,7 +12,7 @@ from datetime import datetime
 from functools import lru_cache
 from time import perf_counter
 from types import SimpleNamespace
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -26,7 +26,7 @@ from kyc.inputs import INPUTS, rfc3339
 from kyc import graph, metrics
 from kyc.models import Account, ActivityDay, ClusterMember, Evaluation, Sighting, Verification, utcnow
 from kyc.ops import decisions
-from kyc.runtime import Runtime
+from kyc.rescore.requests import after_commit
 from kyc.scoring.decide import evaluate, settle
 from kyc.security import mask_email, mask_ip
 from kyc.signals import COLLECTORS, Identifiers, Lookups
@@ -38,6 +38,9 @@ from kyc.signals.velocity import VELOCITY_KEYS
 from kyc.store import ReadAhead, velocity_store
 from kyc.usage.days import latest_day, latest_days, usage_facts
 from kyc.verification import stored_verified_kinds, verified_kinds
+
+if TYPE_CHECKING:
+    from kyc.runtime import Runtime   # which starts the background rescoring: it imports this module
 
 log = logging.getLogger("kyc.scoring")
 
@@ -122,7 +125,7 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     account.cluster_id = cluster.id             # written with the account's other changes
     if chunk is None and not created and evaluation.settlement.new != evaluation.settlement.old:
         # A new account's first decision is not a change. A rescore chunk records its
-        # accounts' changes itself (kyc/jobs.py rescore_chunk), once per account.
+        # accounts' changes itself (kyc.rescore.batch.rescore_chunk), once per account.
         decisions.record(runtime, session, [decisions.by_rules(account, evaluation.settlement.old, rules.version,
                                                                trigger)])
     graph.settle_flags(session, policy, attachment, {"blocked": account.decision == "block"})
@@ -144,9 +147,7 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
         # .service), it evaluates the account's other subjects again at once, which may have
         # asked for that proof. (A chunk rescores every subject of the account anyway.)
         rescore_account(runtime, session, account.id, rules=rules, skip=slot)
-    from kyc.jobs import rescore_after_commit   # jobs imports this module
-
-    rescore_after_commit(runtime, session, exclude=account.id)
+    after_commit(session).hand_over(runtime, exclude=account.id)
     # Masked identifiers only: never a full email or IP, and payment inputs hold no card number.
     log.info("scored %s account=%s email=%s ip=%s decision=%s score=%d trigger=%s", subject, account.id,
              mask_email(getattr(inp, "email", None)), mask_ip(getattr(inp, "ip", None)),
