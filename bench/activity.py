@@ -51,8 +51,8 @@ def give_evaluations(runtime: Runtime, client, headers: dict, ids: list[str]) ->
     with runtime.engine.begin() as conn:
         signals = conn.scalar(select(Evaluation.signals).where(Evaluation.id == answer["evaluation_id"]))
         rows, updates = [], []
-        for n, account_id in enumerate(ids):
-            ev = f"ev_bench{n:020d}"
+        for account_id in ids:
+            ev = f"ev_bench_{account_id}"      # one per account: runs with other seeds reuse none
             rows.append({"id": ev, "account_id": account_id, "subject": "signup", "trigger": "live",
                          "occurred_at": answer_time(), "created_at": answer_time(),
                          "input": {**SIGNUP, "account_id": account_id}, "signals": signals,
