@@ -30,7 +30,7 @@ from sqlalchemy import bindparam, insert, select, update  # noqa: E402
 
 from kyc import create_app, settle_for_serving  # noqa: E402
 from kyc.config import PROJECT_ROOT, Config  # noqa: E402
-from kyc.models import Account, ApiKey, Evaluation  # noqa: E402
+from kyc.models import Account, ApiKey, Cluster, ClusterMember, Evaluation  # noqa: E402
 from kyc.runtime import Runtime, upgrade_database  # noqa: E402
 from kyc.security import hash_api_key, new_api_key  # noqa: E402
 
@@ -65,6 +65,14 @@ def give_evaluations(runtime: Runtime, client, headers: dict, ids: list[str]) ->
         fresh = [r for r in rows if r["id"] not in existing]
         if fresh:
             conn.execute(insert(Evaluation), fresh)
+        # Each in a cluster of its own, as its signup left it.
+        members = set(conn.scalars(select(ClusterMember.account_id).where(ClusterMember.account_id.in_(ids))))
+        alone = [a for a in ids if a not in members]
+        if alone:
+            conn.execute(insert(Cluster), [{"id": f"cl_bench_{a}", "size": 1, "first_seen_at": answer_time()}
+                                           for a in alone])
+            conn.execute(insert(ClusterMember), [{"account_id": a, "cluster_id": f"cl_bench_{a}",
+                                                  "joined_at": answer_time()} for a in alone])
         # Seen the day before the reports: ordinary steady usage, no wake-up.
         conn.execute(update(Account).where(Account.id == bindparam("i")).values(
             subjects=bindparam("subjects"), decision="allow", first_seen_at=answer_time(),
@@ -79,13 +87,14 @@ def answer_time():
 
 
 def reports_for(ids: list[str], start_day: int, rng: random.Random) -> list[dict]:
-    """One ordinary report per account: an hour's usage well inside the free quota."""
+    """One ordinary report per account: an hour's usage well inside the free quota, from an
+    address of its own network (unrelated customers: nothing links them)."""
     out = []
     for n, account_id in enumerate(ids):
         day, hour = start_day + n // (len(ids) // 20 + 1) // 24, n // (len(ids) // 20 + 1) % 24
         out.append({"account_id": account_id, "occurred_at": f"2026-03-{1 + day % 28:02d}T{hour:02d}:{rng.randrange(60):02d}:00Z",
                     "window_seconds": 3600, "requests": rng.randint(1, 30), "tier": "free",
-                    "ip": f"73.15.{rng.randrange(256)}.{rng.randrange(256)}", "api_key_id": f"key_{account_id}",
+                    "ip": f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}", "api_key_id": f"key_{account_id}",
                     "user_agent": "python-httpx/0.27.0", "tokens_in": rng.randint(100, 5000),
                     "tokens_out": rng.randint(100, 5000), "models": {"model-small": 10},
                     "prompt_fingerprints": {f"pf_{rng.randrange(50)}": 5, f"pf_{rng.randrange(5000)}": 5},
