@@ -88,7 +88,8 @@ def answer_time():
 
 def reports_for(ids: list[str], start_day: int, rng: random.Random) -> list[dict]:
     """One ordinary report per account: an hour's usage well inside the free quota, from an
-    address of its own network (unrelated customers: nothing links them)."""
+    address of its own network, on one of 50 popular templates and one of its own (unrelated
+    customers: nothing links them)."""
     out = []
     for n, account_id in enumerate(ids):
         day, hour = start_day + n // (len(ids) // 20 + 1) // 24, n // (len(ids) // 20 + 1) % 24
@@ -97,7 +98,7 @@ def reports_for(ids: list[str], start_day: int, rng: random.Random) -> list[dict
                     "ip": f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}", "api_key_id": f"key_{account_id}",
                     "user_agent": "python-httpx/0.27.0", "tokens_in": rng.randint(100, 5000),
                     "tokens_out": rng.randint(100, 5000), "models": {"model-small": 10},
-                    "prompt_fingerprints": {f"pf_{rng.randrange(50)}": 5, f"pf_{rng.randrange(5000)}": 5},
+                    "prompt_fingerprints": {f"pf_{rng.randrange(50)}": 5, f"pf_{account_id}_{rng.randrange(3)}": 5},
                     "interval_cv": round(rng.uniform(0.3, 2.0), 3)})
     return out
 
