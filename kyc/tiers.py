@@ -20,7 +20,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, exists, or_, select
+from sqlalchemy import bindparam, exists, literal_column, or_, select
 from sqlalchemy.engine import Connection
 
 from kyc.engine import CompiledConditions, Condition, RuleError, RuleSetError, compile_conditions
@@ -219,9 +219,11 @@ def _account_state(forbidden_phone_lines: frozenset[str]):
     def completed(kind: str):
         where = [Verification.account_id == Account.id, Verification.kind == kind, Verification.status == "verified"]
         if kind == "phone" and forbidden_phone_lines:
-            # A phone verified on a line type the tier forbids does not count for it.
-            where.append(or_(Verification.line_type.is_(None),
-                             Verification.line_type.not_in(sorted(forbidden_phone_lines))))
+            # A phone verified on a line type the tier forbids does not count for it. The types
+            # are written into the statement (LINE_TYPES names, checked when the tiers load): a
+            # bound list is expanded into the statement's text again at every call.
+            forbidden = [literal_column(f"'{t}'") for t in sorted(forbidden_phone_lines)]
+            where.append(or_(Verification.line_type.is_(None), Verification.line_type.not_in(forbidden)))
         return exists().where(*where)
 
     return select(

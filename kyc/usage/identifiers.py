@@ -23,10 +23,11 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from kyc import graph
+from kyc.db import json_rows, rows_json
 from kyc.graph.link import statements
 from kyc.ids import new_id
 from kyc.inputs import ActivityInput
@@ -38,6 +39,14 @@ from kyc.store import velocity_store
 
 Node = tuple[str, str]
 _READ_CHUNK = 2000
+_N, _E = GraphNode.__table__, GraphEdge.__table__
+_SHOWN = json_rows(_N, ("kind", "value_hash")).subquery("shown")
+_PG_NODES = select(_N.c.kind, _N.c.value_hash, _N.c.accounts, _N.c.super_node).join(
+    _SHOWN, and_(_N.c.kind == _SHOWN.c.kind, _N.c.value_hash == _SHOWN.c.value_hash))
+_SHOWN_ON = json_rows(_E, ("kind", "value_hash", "account_id")).subquery("shown_on")
+_PG_EDGES = select(_E.c.kind, _E.c.value_hash, _E.c.account_id).join(
+    _SHOWN_ON, and_(_E.c.kind == _SHOWN_ON.c.kind, _E.c.value_hash == _SHOWN_ON.c.value_hash,
+                    _E.c.account_id == _SHOWN_ON.c.account_id))
 
 
 def report_identifiers(inp: ActivityInput, at: datetime, secret: bytes) -> list[Node]:
@@ -68,17 +77,26 @@ def link_reports(runtime, session: Session, reports: Sequence[tuple[str, Activit
     if not shown:
         return []
     ids = sorted(shown)
-    hashes = sorted({h for nodes in shown.values() for _, h in nodes})
-    # What the graph knows of these nodes, and which of them each account holds already.
     known: dict[Node, tuple[int, bool]] = {}
     held: set[tuple[str, Node]] = set()
-    for part in _chunks(hashes):
+    if session.get_bind().dialect.name == "postgresql":
+        # Each node and (account, node) looked up by its key: with the hashes as a bound list,
+        # PostgreSQL's generic plan compared every node of the kinds with the whole list (2-7 s
+        # a statement for 2,000 hashes against 20,000 nodes, loaded machine).
+        nodes = sorted({node for shown_nodes in shown.values() for node in shown_nodes})
         known.update({(k, h): (n, s) for k, h, n, s in session.execute(
-            select(GraphNode.kind, GraphNode.value_hash, GraphNode.accounts, GraphNode.super_node)
-            .where(GraphNode.value_hash.in_(part)))})
-        held.update((a, (k, h)) for k, h, a in session.execute(
-            select(GraphEdge.kind, GraphEdge.value_hash, GraphEdge.account_id)
-            .where(GraphEdge.value_hash.in_(part), GraphEdge.account_id.in_(ids))))
+            _PG_NODES, {"rows": rows_json([{"kind": k, "value_hash": h} for k, h in nodes])})})
+        held.update((a, (k, h)) for k, h, a in session.execute(_PG_EDGES, {"rows": rows_json(
+            [{"kind": k, "value_hash": h, "account_id": a} for a in ids for k, h in sorted(shown[a])])}))
+    else:
+        hashes = sorted({h for nodes in shown.values() for _, h in nodes})
+        for part in _chunks(hashes):
+            known.update({(k, h): (n, s) for k, h, n, s in session.execute(
+                select(GraphNode.kind, GraphNode.value_hash, GraphNode.accounts, GraphNode.super_node)
+                .where(GraphNode.value_hash.in_(part)))})
+            held.update((a, (k, h)) for k, h, a in session.execute(
+                select(GraphEdge.kind, GraphEdge.value_hash, GraphEdge.account_id)
+                .where(GraphEdge.value_hash.in_(part), GraphEdge.account_id.in_(ids))))
     # Velocity kinds already sighted on the account that UTC day.
     since = min(at for nodes in shown.values() for at in nodes.values()).replace(hour=0, minute=0, second=0,
                                                                                 microsecond=0)

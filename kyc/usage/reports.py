@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -105,6 +105,16 @@ def record_reports(session: Session, reports: Sequence[tuple[str, ActivityInput]
     row as locked before the reports (id, first_seen_at, last_seen_at, state_version, decision,
     subjects). UnknownAccounts (and nothing written) if any names an account kyc does not know."""
     write_lock(session)
+    hashes: dict[tuple[str, str], str] = {}
+
+    def hashed(kind: str, value: str) -> str:
+        """keyed_hash, once per identifier in the batch (a report's IP is hashed for its day
+        and for itself, a template for the day, its use and the report)."""
+        key = (kind, value)
+        if key not in hashes:
+            hashes[key] = keyed_hash(secret, kind, value)
+        return hashes[key]
+
     ids = sorted({account_id for account_id, _ in reports})
     accounts = {row.id: row for row in session.execute(_LOCK_ACCOUNTS, {"ids": ids})}
     unknown = [i for i, (account_id, _) in enumerate(reports) if account_id not in accounts]
@@ -133,16 +143,16 @@ def record_reports(session: Session, reports: Sequence[tuple[str, ActivityInput]
             if woke_up:
                 versions[account_id] += 1        # account.woke_up can change an entitlement
             day = days[key] = _new_day(account_id, key[1], at, gap, history.get(key))
-        _add(day, inp, at, secret)
+        _add(day, inp, at, hashed)
         if inp.prompt_fingerprints:
             mask = window_hours(at, inp.window_seconds)
             for fingerprint in inp.prompt_fingerprints:
-                use = (keyed_hash(secret, "prompt", fingerprint), key[1], account_id)
+                use = (hashed("prompt", fingerprint), key[1], account_id)
                 uses[use] = uses.get(use, 0) | mask
         seen[account_id] = max(seen[account_id], at)
         results.append(Recorded(account_id, key[1], day["requests"], seen[account_id], day["dormant_days"], woke_up,
                                 day))
-        rows.append(_report_row(account_id, inp, at, secret))
+        rows.append(_report_row(account_id, inp, at, hashed))
     record_uses(session, uses)
     touched = [days[k] for k in sorted({(r.account_id, r.day) for r in results})]
     changed = [a for a in ids if (seen[a], versions[a]) != (accounts[a].last_seen_at, accounts[a].state_version or 0)]
@@ -203,14 +213,14 @@ def _new_day(account_id: str, day: date, at: datetime, gap: int,
             "history_days": covered, "first_used_at": min(used, at) if used else at}
 
 
-def _add(day: dict[str, Any], inp: ActivityInput, at: datetime, secret: bytes) -> None:
+def _add(day: dict[str, Any], inp: ActivityInput, at: datetime, hashed: Callable[[str, str], str]) -> None:
     """Add one report to its day's totals (in place)."""
     latest = at >= day["last_at"]
     day["requests"] += inp.requests
     day["first_at"], day["last_at"] = min(day["first_at"], at), max(day["last_at"], at)
     day["first_used_at"] = min(day["first_used_at"] or at, at)
     if inp.ip and (latest or day["last_ip_hash"] is None):
-        day["last_ip_hash"] = keyed_hash(secret, "ip", inp.ip)
+        day["last_ip_hash"] = hashed("ip", inp.ip)
     if inp.tier and (latest or day["tier"] is None):
         day["tier"] = inp.tier
     day["refused"] += inp.refused or 0
@@ -228,7 +238,7 @@ def _add(day: dict[str, Any], inp: ActivityInput, at: datetime, secret: bytes) -
     if inp.prompt_fingerprints:
         prints = dict(day["fingerprints"] or {})
         for fingerprint, n in inp.prompt_fingerprints.items():
-            h = keyed_hash(secret, "prompt", fingerprint)
+            h = hashed("prompt", fingerprint)
             prints[h] = prints.get(h, 0) + n
         if len(prints) > MAX_DAY_FINGERPRINTS:
             prints = dict(sorted(prints.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_DAY_FINGERPRINTS])
@@ -261,14 +271,15 @@ def window_hours(at: datetime, window_seconds: int) -> int:
     return sum(1 << h for h, n in enumerate(spread([0] * HOURS, at, window_seconds, HOURS * 3600)) if n)
 
 
-def _report_row(account_id: str, inp: ActivityInput, at: datetime, secret: bytes) -> dict[str, Any]:
+def _report_row(account_id: str, inp: ActivityInput, at: datetime, hashed: Callable[[str, str], str]
+                ) -> dict[str, Any]:
     return {
         "account_id": account_id, "occurred_at": at, "window_seconds": inp.window_seconds, "requests": inp.requests,
-        "refused": inp.refused, "ip_hash": keyed_hash(secret, "ip", inp.ip) if inp.ip else None,
-        "api_key_hash": keyed_hash(secret, "api_key", inp.api_key_id) if inp.api_key_id else None,
+        "refused": inp.refused, "ip_hash": hashed("ip", inp.ip) if inp.ip else None,
+        "api_key_hash": hashed("api_key", inp.api_key_id) if inp.api_key_id else None,
         "tier": inp.tier, "user_agent": inp.user_agent, "tokens_in": inp.tokens_in, "tokens_out": inp.tokens_out,
         "models": inp.models,
-        "prompt_fingerprints": ({keyed_hash(secret, "prompt", f): n for f, n in inp.prompt_fingerprints.items()}
+        "prompt_fingerprints": ({hashed("prompt", f): n for f, n in inp.prompt_fingerprints.items()}
                                 if inp.prompt_fingerprints else None),
         "interval_cv": inp.interval_cv, "received_at": utcnow(),
     }
