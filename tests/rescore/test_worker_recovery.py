@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from datetime import datetime, timezone
 
 import pytest
 from rq import Queue, SimpleWorker
@@ -75,10 +76,15 @@ def test_a_running_worker_recreates_the_schedules_redis_lost(queued_runtime, red
     worker = _start_worker(queued_runtime)
     try:
         _wait_for(lambda: _schedules(redis_db) == set(rescore.schedule.SCHEDULES), 60, "schedules at start")
+        # The live worker may re-create them at any moment after the flush (an "empty right
+        # after the flush" check failed once): what proves it is that each schedule's job was
+        # created after the flush.
+        flushed_at = datetime.now(timezone.utc).replace(microsecond=0)
         redis_db.flushdb()
-        assert _schedules(redis_db) == set()
         _wait_for(lambda: _schedules(redis_db) == set(rescore.schedule.SCHEDULES), rescore.schedule.MAINTENANCE_SECONDS + 20,
                   "schedules re-created")
+        jobs_now = [Job.fetch(i, connection=redis_db) for i in ScheduledJobRegistry("default", connection=redis_db).get_job_ids()]
+        assert jobs_now and all(job.created_at.replace(tzinfo=timezone.utc) >= flushed_at for job in jobs_now)
     finally:
         _kill(worker)
 
