@@ -200,6 +200,9 @@ OLD_BUT_REAL = {
     "an iPhone app writing its own WebKit string (no Mobile/)": "Mozilla/5.0 (iPhone; CPU iPhone OS 11_2_6 like Mac OS X) "
                                                                "AppleWebKit/604.5.6 (KHTML, like Gecko) "
                                                                "Snapchat/10.38.0.25 (iPhone8,1; iOS 11.2.6; gzip)",
+    "a vendor's token on Chrome 30 (Nokia X)": "Mozilla/5.0 (Linux; Android 4.1.2; Nokia_X Build/JZO54K) AppleWebKit/537.36 "
+                                              "(KHTML, like Gecko) Chrome/30.0.1599.82 Mobile Safari/537.36 "
+                                              "NokiaBrowser/1.2.0.12",
     "Firefox 3 with a .NET comment": "Mozilla/5.0 (Windows; U; Windows NT 5.1; en-US; rv:1.9.0.5) Gecko/2008120122 "
                                      "Firefox/3.0.5 (.NET CLR 3.5.30729)",
 }
@@ -240,6 +243,9 @@ def test_old_but_real_browsers_are_real_browsers(name):
      "Chrome/136.0.0.0 Mobile Safari/537.36 Chrome-Lighthouse", "tokens"),
     ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/132.0.0.0 "
      "Safari/537.36; Manus-User/1.0", "tokens"),
+    # a word inside WebKit's own (KHTML, like Gecko) comment
+    ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko; Google Search Console) "
+     "Chrome/41.0.2272.118 Safari/537.36", "tokens"),
     # a monitor's name in Firefox's comment after rv:
     ("Mozilla/5.0 (X11; Linux x86_64; rv:45.0; Rigor) Gecko/20100101 Firefox/45.0", "tokens"),
     # Chrome 160 in January 2026 (Chrome 143 was current)

@@ -52,8 +52,9 @@ FIELDS = (
           "Why the user agent is not a real browser: unrecognised (no known browser and engine, or a tool "
           "uap-core names before any browser: a library, app, monitor, unknown string or probe), bot (a bot or automation marker), os (family on a system it does not "
           "run on), engine (engine tokens that do not fit the family or its version), mobile (an iPhone without "
-          "its Mobile token), tokens (a word after the browser's own last token, or in Firefox's comment after "
-          "rv:, where tools that drive or copy a browser sign), version (not released at the event time), hints (client hints disagree).", "engine",
+          "its Mobile token), tokens (a word after the browser's own last token, in Firefox's comment after "
+          "rv: or inside WebKit's (KHTML, like Gecko), where tools that drive or copy a browser sign), version "
+          "(not released at the event time), hints (client hints disagree).", "engine",
           "kyc"),
     Field("device.ua_missing", "bool", "No user agent was sent.", False, "input"),
     Field("device.hints_platform_mismatch", "bool", "sec-ch-ua-platform names another OS than the user agent "
@@ -136,13 +137,17 @@ ENGINELESS_BROWSERS = frozenset({
 # parentheses: `... Chrome/131.0.0.0 Safari/537.36`, `...; rv:137.0) Gecko/20100101 Firefox/137.0`.
 # A tool that drives or copies a current browser adds its own word after it (Chrome-Lighthouse,
 # RuxitSynthetic/1.0, Manus-User/1.0) or inside Firefox's comment after rv: (`rv:45.0; Rigor)`).
-# Older browsers carried vendors' and proxies' tokens (ChromePlus, Novarra-Vision) and iOS apps
-# append their names to Safari's string (BingWeb/6): neither is read this way.
+# Older browsers carried vendors' and proxies' tokens (ChromePlus, Novarra-Vision), smart TVs pin an
+# older Chrome and add their own (WebAppManager on webOS's Chrome 79), and iOS apps append their
+# names to Safari's string (BingWeb/6): none is read this way.
 _ENDS_AS = {   # family: (the first major read, how its string ends)
     "Chrome": (100, re.compile(r"Safari/[\d.]+$")), "Chrome Mobile": (100, re.compile(r"Safari/[\d.]+$")),
     "Edge": (100, re.compile(r"Edg/[\d.]+$")), "Firefox": (100, re.compile(r"Firefox/[\d.]+$")),
     "Safari": (13, re.compile(r"Safari/[\d.]+$")),
 }
+# WebKit's own comment is "(KHTML, like Gecko)" (old Safari and OmniWeb add ", Safari/.."); a word
+# after a semicolon there is a tool's (googleweblight, Google Page Speed Insights, compatible; BW/1.2).
+_KHTML_WORDS = re.compile(r"\(KHTML[^()]*;")
 _TRAILING_COMMENTS = re.compile(r"(?:\s*\([^()]*\))+\s*$")
 _RV_LAST = re.compile(r"rv:[\w.]+\) (?:Gecko|Goanna)/")
 # Apps' embedded browsers (WebViews) render pages like the browser they embed; some apps put their
@@ -224,6 +229,8 @@ def _model_mismatch(ua: str, family: str, major: Any, os_family: str, os_major: 
         return "tokens"                          # Gecko's comment ends with rv:
     if engine is None or family in _NOT_BROWSERS or _tool_rules().search(ua):
         return "unrecognised"
+    if _KHTML_WORDS.search(ua):
+        return "tokens"
     if family == "Other":
         return None                              # a build of a known engine ua-parser has no name for
     grammar = _ENDS_AS.get(family)
