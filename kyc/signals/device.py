@@ -49,11 +49,12 @@ FIELDS = (
           "Old but real browsers (ESR, old iPhones, smart TVs) are real browsers. False for bots, HTTP "
           "libraries, apps' own clients, unknown strings and injection probes.", True, "kyc (ua-parser family)"),
     Field("device.browser_mismatch", "str",
-          "Why the user agent is not a real browser: unrecognised (no known browser and engine: a library, app, "
-          "tool, unknown string or probe), bot (a bot or automation marker), os (family on a system it does not "
+          "Why the user agent is not a real browser: unrecognised (no known browser and engine, or a tool "
+          "uap-core names before any browser: a library, app, monitor, unknown string or probe), bot (a bot or automation marker), os (family on a system it does not "
           "run on), engine (engine tokens that do not fit the family or its version), mobile (an iPhone without "
-          "its Mobile token), tokens (a word after the browser's own last token, or in Firefox's comment after "
-          "rv:, where tools that drive or copy a browser sign), version (not released at the event time), hints (client hints disagree).", "engine",
+          "its Mobile token), tokens (a word after the browser's own last token, in Firefox's comment after "
+          "rv: or inside WebKit's (KHTML, like Gecko), where tools that drive or copy a browser sign), version "
+          "(not released at the event time), hints (client hints disagree).", "engine",
           "kyc"),
     Field("device.ua_missing", "bool", "No user agent was sent.", False, "input"),
     Field("device.hints_platform_mismatch", "bool", "sec-ch-ua-platform names another OS than the user agent "
@@ -102,15 +103,17 @@ _LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z]{4})?[-_]([A-Za-z]{2}|\d{3})
 # one rendering engine's tokens. Apps' own HTTP clients (Dalvik, CFNetwork, okhttp), libraries,
 # tools and unknown strings have neither.
 _BROWSER_FORM = re.compile(r"^(?:Mozilla/[45]\.0 |Opera/9\.\d+ \()")
-# Characters no browser puts in its user agent: quotes, brackets of markup and templates, shell
-# and template sigils. Injection probes (${jndi:...}, ' OR 1=1, <script>) carry them.
-_PROBE = re.compile(r"[\"'<>{}$`\\]")
+# What no browser puts in its user agent: quotes, markup brackets, backticks, backslashes, and
+# template and shell expansions (${..}, {{..}}, $(..)). Injection probes (${jndi:...}, ' OR 1=1,
+# <script>) carry them; bare braces do not make a probe (an IE toolbar writes `CK={}`).
+_PROBE = re.compile(r"[\"'<>`\\]|\$\{|\{\{|\$\(")
 _UC_ENGINE = re.compile(r"U[23]/\d")
 _ENGINES = (   # (engine, test that proves it), most specific first; substring tests are cheap
     ("edgehtml", re.compile(r"Edge/1[2-9]\.").search),
     ("blink", lambda ua: ("AppleWebKit/537.36" in ua and "Chrome/" in ua) or "CrMo/" in ua),
     ("webkit", re.compile(r"AppleWebKit[/ ]", re.IGNORECASE).search),   # early in-app and Haiku builds
-    ("gecko", re.compile(r"\) Gecko/\d").search),     # a build date, or Firefox for Android's version
+    ("gecko", re.compile(r"\) (?:Gecko|Goanna)/\d").search),  # a build date, or Firefox for Android's
+                                                                # version; Goanna is Pale Moon's Gecko fork
     ("trident", lambda ua: "MSIE " in ua or "Trident/" in ua),
     ("presto", lambda ua: "Presto/" in ua or ua.startswith("Opera/9.")),
     ("khtml", lambda ua: "KHTML/" in ua),
@@ -118,7 +121,7 @@ _ENGINES = (   # (engine, test that proves it), most specific first; substring t
 )
 # ua-parser families that are not a browser even with browser-like tokens: HTTP clients and
 # frameworks that copy a browser's user agent.
-_NOT_BROWSERS = frozenset({"Other", "HeadlessChrome", "PhantomJS", "Electron", "Python Requests", "curl",
+_NOT_BROWSERS = frozenset({"HeadlessChrome", "PhantomJS", "Electron", "Python Requests", "curl",
                            "Java", "Apache-HttpClient", "okhttp", "Go-http-client", "Python-urllib"})
 # Browsers ua-parser knows whose user agents carry no modern engine's tokens: text browsers,
 # feature-phone and WAP browsers (Opera Mini renders on Opera's servers), early smartphones,
@@ -134,15 +137,19 @@ ENGINELESS_BROWSERS = frozenset({
 # parentheses: `... Chrome/131.0.0.0 Safari/537.36`, `...; rv:137.0) Gecko/20100101 Firefox/137.0`.
 # A tool that drives or copies a current browser adds its own word after it (Chrome-Lighthouse,
 # RuxitSynthetic/1.0, Manus-User/1.0) or inside Firefox's comment after rv: (`rv:45.0; Rigor)`).
-# Older browsers carried vendors' and proxies' tokens (ChromePlus, Novarra-Vision) and iOS apps
-# append their names to Safari's string (BingWeb/6): neither is read this way.
+# Older browsers carried vendors' and proxies' tokens (ChromePlus, Novarra-Vision), smart TVs pin an
+# older Chrome and add their own (WebAppManager on webOS's Chrome 79), and iOS apps append their
+# names to Safari's string (BingWeb/6): none is read this way.
 _ENDS_AS = {   # family: (the first major read, how its string ends)
     "Chrome": (100, re.compile(r"Safari/[\d.]+$")), "Chrome Mobile": (100, re.compile(r"Safari/[\d.]+$")),
     "Edge": (100, re.compile(r"Edg/[\d.]+$")), "Firefox": (100, re.compile(r"Firefox/[\d.]+$")),
     "Safari": (13, re.compile(r"Safari/[\d.]+$")),
 }
+# WebKit's own comment is "(KHTML, like Gecko)" (old Safari and OmniWeb add ", Safari/.."); a word
+# after a semicolon there is a tool's (googleweblight, Google Page Speed Insights, compatible; BW/1.2).
+_KHTML_WORDS = re.compile(r"\(KHTML[^()]*;")
 _TRAILING_COMMENTS = re.compile(r"(?:\s*\([^()]*\))+\s*$")
-_RV_LAST = re.compile(r"rv:[\w.]+\) Gecko/")
+_RV_LAST = re.compile(r"rv:[\w.]+\) (?:Gecko|Goanna)/")
 # Apps' embedded browsers (WebViews) render pages like the browser they embed; some apps put their
 # own product token before the Mozilla/5.0 form.
 _WEBVIEWS = frozenset({"Chrome Mobile WebView", "Mobile Safari UI/WKWebView"})
@@ -166,6 +173,36 @@ _SAFARI_VERSION = re.compile(r"Version/(\d+)")
 def _parser() -> ua_parser.Parser:
     # Built on first use (about 0.5 s: uap-core's regexes into the Rust matcher), once per process.
     return ua_parser.Parser.from_matchers(ua_parser.load_builtins())
+
+
+@cache
+def _tool_rules() -> ua_parser.Parser:
+    """uap-core's rules that come before its first browser rule (HbbTV): GIS and podcast apps'
+    clients, CFNetwork, uptime and synthetic-testing monitors (Pingdom, RuxitSynthetic,
+    StatusCake, WebPageTest), link previewers, HTTP libraries and its generic bot rules. uap-core
+    matches them first because they copy a browser's tokens, which would otherwise name a browser
+    (`... Chrome/144 Safari/537.36 RuxitSynthetic/1.0` is "Ruxit Synthetic"). A user agent one of
+    them matches is not a browser, whatever tokens it carries; Facebook's in-app browser, matched
+    there for its [FB..] tokens, is a WebView and keeps its browser reading. Built on the same
+    matcher as the full parser (a few µs a string; Python's re over these rules takes milliseconds)."""
+    matchers = ua_parser.load_builtins()[0]
+    head = matchers[:next(i for i, m in enumerate(matchers) if m.regex.startswith("(HbbTV)"))]
+    return ua_parser.Parser(ua_parser.BestAvailableResolver(([m for m in head if "Facebook" not in m.family],
+                                                              [], [])))
+
+
+# ua-parser gives the family of the first rule that matches and the tool rules come first, so a
+# browser-form user agent it calls one of these browsers matched none of them: the check (a few µs)
+# is left out for them. (A tool rule names "Safari" only from an app's `Safari/9537 CFNetwork/..`,
+# which has no browser's form and is refused before.)
+_NAMED_BY_BROWSER_RULES = frozenset({
+    "Chrome", "Chrome Mobile", "Chrome Mobile iOS", "Chrome Mobile WebView", "Mobile Safari",
+    "Mobile Safari UI/WKWebView", "Safari", "Firefox", "Firefox Mobile", "Firefox iOS", "Edge", "Edge Mobile",
+    "Samsung Internet", "Opera", "IE"})
+
+
+def _tool_named(ua: str, family: str) -> bool:
+    return family not in _NAMED_BY_BROWSER_RULES and _tool_rules().parse_user_agent(ua) is not None
 
 
 class _ParsedAgent(UserAgent):
@@ -206,10 +243,12 @@ def _model_mismatch(ua: str, family: str, major: Any, os_family: str, os_major: 
         return "unrecognised"
     if engine == "gecko" and "rv:" in ua and not _RV_LAST.search(ua):
         return "tokens"                          # Gecko's comment ends with rv:
-    if family == "Other" and engine == "gecko":
-        return None                              # a Mozilla-suite build ua-parser has no name for
-    if engine is None or family in _NOT_BROWSERS:
+    if engine is None or family in _NOT_BROWSERS or _tool_named(ua, family):
         return "unrecognised"
+    if _KHTML_WORDS.search(ua):
+        return "tokens"
+    if family == "Other":
+        return None                              # a build of a known engine ua-parser has no name for
     grammar = _ENDS_AS.get(family)
     if grammar is not None and isinstance(major, int) and major >= grammar[0] \
             and not grammar[1].search(_TRAILING_COMMENTS.sub("", ua.rstrip())):
@@ -238,8 +277,10 @@ def _model_mismatch(ua: str, family: str, major: Any, os_family: str, os_major: 
         firefox = _FIREFOX.search(ua)
         if firefox:
             rv, major = int(firefox.group(1)), int(firefox.group(2))
-            if major >= 4 and rv != major and not (rv == 109 and 110 <= major <= 119):
-                return "engine"                  # Firefox 110-119 froze rv at 109
+            if family.startswith("Firefox") and major >= 5 and rv != major \
+                    and not (rv == 109 and 110 <= major <= 119):
+                return "engine"                  # rv is Firefox's own major from 5 (4 was rv:2.0), frozen at
+                                                 # 109 for 110-119; forks (Pale Moon, Waterfox) number their own
     if engine == "webkit" and family in ("Safari", "Mobile Safari"):
         build, version = _WEBKIT_BUILD.search(ua), _SAFARI_VERSION.search(ua)
         if build and version:
@@ -251,8 +292,9 @@ def _model_mismatch(ua: str, family: str, major: Any, os_family: str, os_major: 
             if family == "Mobile Safari" and isinstance(os_major, int) and os_major >= 8 and safari != os_major \
                     and not (os_major == 18 and safari >= 26):
                 return "engine"                  # iOS Safari's version is iOS's; iOS 26 reports OS 18_x
-    if "(iPhone" in ua and "Mobile/" not in ua and engine == "webkit":      # the device, not "CPU iPhone OS"
-        return "mobile"
+    if family.startswith("Mobile Safari") and "(iPhone" in ua and "Mobile/" not in ua:
+        return "mobile"     # Apple's own iPhone string (Safari, WKWebView) always has Mobile/; apps and
+                            # other browsers (Snapchat, Puffin, PHX) write their own
     return None
 
 
