@@ -14,12 +14,11 @@ from time import perf_counter
 from types import SimpleNamespace
 from typing import Any, Iterable
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from kyc.db import deferred
 from kyc.engine import RuleSet
 from kyc.ids import new_id
 from kyc.inputs import INPUTS, rfc3339
@@ -27,6 +26,7 @@ from kyc import graph, metrics
 from kyc.models import Account, ActivityDay, ClusterMember, Evaluation, Sighting, Verification, utcnow
 from kyc.ops import decisions
 from kyc.runtime import Runtime
+from kyc.scoring import persist
 from kyc.scoring.decide import evaluate, settle
 from kyc.security import mask_email, mask_ip
 from kyc.signals import COLLECTORS, Identifiers, Lookups
@@ -126,18 +126,17 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
         decisions.record(runtime, session, [decisions.by_rules(account, evaluation.settlement.old, rules.version,
                                                                trigger)])
     graph.settle_flags(session, policy, attachment, {"blocked": account.decision == "block"})
+    sightings = [{"kind": k, "value_hash": h, "account_id": account.id, "evaluation_id": evaluation.id,
+                  "occurred_at": at} for k, h in identifiers] if record else []
     if chunk is None:
         # A new membership and cluster first, with their final values (graph.attach),
-        # then what the session holds, the account's row and its evaluation.
+        # then what the session holds, the account's row, its evaluation and its sightings.
         graph.write_new(session, attachment.member, attachment.cluster)
         session.flush()
-        session.execute(_ACCOUNT_WRITE, {"account_id": account.id, **{c: getattr(account, c) for c in _WRITTEN}})
-        session.execute(_EVALUATION_INSERT, values)
+        persist.write(session, evaluations=[values], accounts=[persist.account_row(account)], sightings=sightings)
+    else:
+        persist.write(session, sightings=sightings)
     if record:
-        if identifiers:
-            session.execute(_SIGHTINGS_INSERT, [
-                {"kind": k, "value_hash": h, "account_id": account.id, "evaluation_id": evaluation.id,
-                 "occurred_at": at} for k, h in identifiers])
         lookups.store.record([key for key in identifiers if key[0] in VELOCITY_KEYS], at, account.id)
     if evaluation.settlement.proved_payment and chunk is None:
         # A card that proves payment is a completed verification: as one does (kyc.verification
@@ -214,30 +213,15 @@ class Chunk:
         """Call after scoring the chunk: its evaluations and its changed accounts, each in one
         statement (every account with the same columns: one executemany), then its cluster
         counter changes (graph.ChunkGraph.write)."""
-        if self.evaluations:
-            session.execute(insert(Evaluation.__table__), self.evaluations)
-            self.evaluations = []
         changed = [a for a in self.accounts.values() if _written(a) != self.read[a.id]]
-        if changed:
-            session.execute(_ACCOUNT_UPDATE, [{"account_id": a.id, **{c: getattr(a, c) for c in _WRITTEN}}
-                                              for a in changed])
-            self.read.update((a.id, _written(a)) for a in changed)
+        persist.write(session, evaluations=self.evaluations, accounts=[persist.account_row(a) for a in changed])
+        self.evaluations = []
+        self.read.update((a.id, _written(a)) for a in changed)
         self.graph.write(session)
 
 
-# What scoring an account changes on its row (score(), decide.settle).
-_WRITTEN = ("decision", "score", "reasons", "required_verifications", "subjects", "state_version",
-            "last_evaluation_id", "first_seen_at", "last_seen_at", "cluster_id", "override", "review_since")
-
-
 def _written(account) -> tuple:
-    return tuple(getattr(account, column) for column in _WRITTEN)
-
-
-_ACCOUNT_UPDATE = update(Account.__table__).where(Account.__table__.c.id == bindparam("account_id"))
-_ACCOUNT_WRITE = deferred(_ACCOUNT_UPDATE)
-_EVALUATION_INSERT = insert(Evaluation.__table__)
-_SIGHTINGS_INSERT = insert(Sighting.__table__)
+    return tuple(getattr(account, column) for column in persist.ACCOUNT_WRITTEN)
 
 
 def read_chunk(runtime: Runtime, session: Session, ids: list[str]) -> Chunk:
