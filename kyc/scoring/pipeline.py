@@ -213,15 +213,13 @@ class Chunk:
         """Call after scoring the chunk: its evaluations and its changed accounts, each in one
         statement (every account with the same columns: one executemany), then its cluster
         counter changes (graph.ChunkGraph.write)."""
-        changed = [a for a in self.accounts.values() if _written(a) != self.read[a.id]]
+        changed = [a for a in self.accounts.values() if persist.written(a) != self.read[a.id]]
         persist.write(session, evaluations=self.evaluations, accounts=[persist.account_row(a) for a in changed])
         self.evaluations = []
-        self.read.update((a.id, _written(a)) for a in changed)
+        self.read.update((a.id, persist.written(a)) for a in changed)
         self.graph.write(session)
 
 
-def _written(account) -> tuple:
-    return tuple(getattr(account, column) for column in persist.ACCOUNT_WRITTEN)
 
 
 def read_chunk(runtime: Runtime, session: Session, ids: list[str]) -> Chunk:
@@ -236,7 +234,7 @@ def read_chunk(runtime: Runtime, session: Session, ids: list[str]) -> Chunk:
         select(Evaluation.id, Evaluation.account_id, Evaluation.subject, Evaluation.occurred_at, Evaluation.input)
         .where(Evaluation.id.in_(latest)))} if latest else {}
     usage = latest_days(session, found)
-    return Chunk(accounts=accounts, read={a.id: _written(a) for a in accounts.values()}, originals=originals,
+    return Chunk(accounts=accounts, read={a.id: persist.written(a) for a in accounts.values()}, originals=originals,
                  dormancy={a: day["dormant_days"] for a, day in usage.items()}, usage=usage,
                  verified=stored_verified_kinds(session, found) if found else {},
                  graph=graph.ChunkGraph(session, found),
