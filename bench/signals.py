@@ -150,8 +150,10 @@ def main() -> None:
             report("  of ip: netintel lookup", timed(lambda p: geoip.netintel.facts(p[0][0], None), parsed))
             agents = [(device._ParsedAgent(i.user_agent), i.user_agent) for i in items]
             report("  of device: browser model", timed(
-                lambda a: device._model_mismatch(a[1], a[0].browser.family, a[0].os.family,
-                                                 a[0].os.version[0] if a[0].os.version else None), agents))
+                lambda a: device._model_mismatch(a[1], a[0].browser.family,
+                                                 a[0].browser.version[0] if a[0].browser.version else None,
+                                                 a[0].os.family, a[0].os.version[0] if a[0].os.version else None),
+                agents))
         if label.startswith("cold"):
             clear_caches()
         total = report("total (4 families + ids)",

@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from datetime import datetime, timezone
@@ -168,6 +169,17 @@ class Runtime:
 
     def session(self) -> Session:
         return self.sessions()
+
+    @contextmanager
+    def read_connection(self):
+        """A connection for one read statement on a hot path (the API key, the entitlement
+        check). On PostgreSQL in autocommit: one round trip, not BEGIN, the read, and the
+        ROLLBACK that hands the connection back (SQLite has no round trips, and switching its
+        connection's mode costs more than the read)."""
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
 
     def reload_rules(self, root: Path | None = None, *, actor: str = "rules-watcher") -> RuleSet:
         """Build a new rule set off to the side; swap it in only if it loads cleanly.

@@ -60,6 +60,11 @@ def hash_api_key(key: str) -> str:
 _SEPARATOR = r"(?:[^\w,;:]|_)"
 _RUN = re.compile(r"\d+(?:" + _SEPARATOR + r"{1,4}\d+)*")
 _GROUP = re.compile(r"\d+")
+# A necessary condition of the rule, checked first in one C-level search: 13 digits, each next
+# one after at most 4 separator characters. Every run holding 13 or more digits holds such a
+# stretch, so text without one holds no card number, and the rule proper (a Python loop per
+# run) only reads the few texts with one. The card scan was ~17% of a bulk activity call.
+_MAYBE_PAN = re.compile(r"\d(?:" + _SEPARATOR + r"{0,4}\d){12}")
 _MIN_PAN, _MAX_PAN, _MAX_PHONE = 13, 19, 15
 
 
@@ -123,10 +128,14 @@ def _dotted_version(text: str, groups: list[tuple[int, int, str]]) -> bool:
 
 def card_number_spans(text: str) -> list[tuple[int, int]]:
     """Where `text` holds a card number: the (start, end) of each run holding one."""
+    if _MAYBE_PAN.search(text) is None:
+        return []
     return [m.span() for m in _RUN.finditer(text) if _run_has_pan(text, *m.span())]
 
 
 def has_card_number(text: str) -> bool:
+    if _MAYBE_PAN.search(text) is None:
+        return False
     return any(_run_has_pan(text, *m.span()) for m in _RUN.finditer(text))
 
 

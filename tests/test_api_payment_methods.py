@@ -21,6 +21,11 @@ def post(client, auth, **over) -> dict:
     return response.json
 
 
+# A prepaid card issued in a country that is neither the phone's nor the IP's (both US): asks for
+# a document. (A prepaid card from home adds score without friction.)
+PREPAID_ABROAD = {"funding": "prepaid", "issuer_country": "GB", "billing_country": "GB"}
+
+
 def account(client, auth, account_id="acct_1") -> dict:
     response = client.get(f"/v1/accounts/{account_id}", headers=auth)
     assert response.status_code == 200
@@ -107,7 +112,7 @@ def test_a_later_clean_signup_does_not_clear_a_blocked_card(client, auth):
 
 def test_a_clean_second_card_does_not_clear_a_blocked_one(client, auth):
     client.post("/v1/signups", json=signup(), headers=auth)
-    assert post(client, auth, fingerprint="fp_prepaid", funding="prepaid")["decision"] == "verify"
+    assert post(client, auth, fingerprint="fp_prepaid", **PREPAID_ABROAD)["decision"] == "verify"
     assert post(client, auth, fingerprint="fp_clean", occurred_at="2026-11-24T21:30:00Z")["decision"] == "allow"
     standing = account(client, auth)
     assert (standing["decision"], standing["required_verifications"]) == ("verify", ["document"])
@@ -115,19 +120,19 @@ def test_a_clean_second_card_does_not_clear_a_blocked_one(client, auth):
 
 def test_rescoring_the_same_card_replaces_its_own_evaluation(client, auth):
     client.post("/v1/signups", json=signup(), headers=auth)
-    post(client, auth, funding="prepaid")
+    post(client, auth, **PREPAID_ABROAD)
     assert account(client, auth)["decision"] == "verify"
     post(client, auth, funding="credit", occurred_at="2026-11-24T21:30:00Z")
     assert account(client, auth)["decision"] == "allow"
     # An older event for the card does not override the newer one.
-    post(client, auth, funding="prepaid", occurred_at="2026-11-24T21:10:00Z")
+    post(client, auth, **PREPAID_ABROAD, occurred_at="2026-11-24T21:10:00Z")
     assert account(client, auth)["decision"] == "allow"
 
 
 def test_rescore_runs_every_subject_and_card_again(client, auth, runtime):
     client.post("/v1/signups", json=signup(), headers=auth)
     post(client, auth, fingerprint="fp_a")
-    post(client, auth, fingerprint="fp_b", funding="prepaid")
+    post(client, auth, fingerprint="fp_b", **PREPAID_ABROAD)
     before = _counts(runtime)
     assert enqueue_rescore(runtime, ["acct_1"], reason="test") == 1
     after = _counts(runtime)
@@ -160,11 +165,11 @@ def test_farm_cards_shared_across_accounts_are_blocked(client, auth):
         client.post("/v1/signups", json=signup(account_id=f"farm{i}", email=f"farm{i}@example.com",
                                                device_id=f"dv_{i}"), headers=auth)
         body = post(client, auth, account_id=f"farm{i}", fingerprint="pm_fp_farm", bin="51051051",
-                    funding="prepaid", device_id=f"dv_{i}", occurred_at=f"2026-11-24T21:1{i}:00Z")
+                    **PREPAID_ABROAD, device_id=f"dv_{i}", occurred_at=f"2026-11-24T21:1{i}:00Z")
     assert body["decision"] == "block"
     assert {"card_reused_widely", "card_shared_across_accounts", "prepaid_card"} <= set(rules_of(body))
     assert account(client, auth, "farm3")["decision"] == "block"
-    assert account(client, auth, "farm0")["decision"] == "verify"       # the first was only prepaid then
+    assert account(client, auth, "farm0")["decision"] == "verify"       # the first was only prepaid from abroad then
 
 
 BAD_BODIES = [
@@ -227,7 +232,7 @@ def test_readme_payment_example_gives_the_documented_answer(database_url, make_c
         if key != "...":
             assert answer["signals"]["card"][key] == value, key
     standing = client.get("/v1/accounts/acct_demo", headers=headers).json
-    assert standing["required_verifications"] == ["phone", "payment", "document"]     # as the README says
+    assert standing["required_verifications"] == ["phone", "payment"]     # as the README says
 
 
 def test_two_cards_hitting_one_rule_give_the_account_that_reason_once(client, auth):
@@ -242,7 +247,7 @@ def test_an_allowed_card_completes_a_payment_verification(client, auth):
     pending = client.post("/v1/accounts/acct_1/verifications", json={"kind": "payment"}, headers=auth)
     assert pending.status_code == 201 and pending.json["status"] == "pending"
     # A prepaid card asking for a document proves nothing; a clean card added later does.
-    assert post(client, auth, fingerprint="fp_prepaid", funding="prepaid")["decision"] == "verify"
+    assert post(client, auth, fingerprint="fp_prepaid", **PREPAID_ABROAD)["decision"] == "verify"
     again = client.post("/v1/accounts/acct_1/verifications", json={"kind": "payment"}, headers=auth)
     assert again.json["status"] == "pending"
     assert post(client, auth, fingerprint="fp_clean", occurred_at="2026-11-24T21:30:00Z")["decision"] == "allow"

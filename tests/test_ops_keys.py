@@ -86,6 +86,32 @@ def test_revoked_and_unknown_keys_are_401_not_403(client, keys, runtime):
     assert client.get("/v1/audit", headers={"Authorization": "Bearer kyc_nope"}).status_code == 401
 
 
+def test_a_key_read_is_kept_seconds_and_a_revocation_is_honoured(client, keys, runtime, monkeypatch):
+    """Keys read are kept KEY_CACHE_SECONDS (on a stepped clock here): revoke_key drops one at
+    once; a revocation written elsewhere (another process, the database) holds once they pass."""
+    from types import SimpleNamespace
+
+    from sqlalchemy import select, update
+
+    from kyc.models import ApiKey, utcnow
+    from kyc.ops import keys as key_module
+
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(key_module, "time", SimpleNamespace(monotonic=lambda: clock.now))
+    key_module.forget_cached_keys()
+    assert client.get("/v1/audit", headers=keys["ops"]).status_code == 200
+    assert client.get("/v1/audit", headers=keys["admin"]).status_code == 200
+    with runtime.session() as session, session.begin():
+        key_module.revoke_key(session, session.scalar(select(ApiKey.id).where(ApiKey.name == "ops-key")), "cli:tests")
+        session.execute(update(ApiKey).where(ApiKey.name == "admin-key").values(revoked_at=utcnow()))
+    assert client.get("/v1/audit", headers=keys["ops"]).status_code == 401          # revoke_key: at once
+    assert client.get("/v1/audit", headers=keys["admin"]).status_code == 200        # kept, within the seconds
+    clock.now += key_module.KEY_CACHE_SECONDS
+    assert client.get("/v1/audit", headers=keys["admin"]).status_code == 401        # read again: revoked
+    clock.now += 3600
+    assert client.get("/v1/audit", headers=keys["admin"]).status_code == 401        # never kept once refused
+
+
 def test_cli_creates_a_key_for_a_role_and_records_creation_and_revocation(database_url, tmp_path, runtime):
     env = {"KYC_DATABASE_URL": database_url, "KYC_DATA_DIR": str(tmp_path), "KYC_RULES_DIR": str(RULES_DIR),
            "KYC_SECRET_KEY": TEST_SECRET.decode(), "KYC_DEV_KEY": ""}

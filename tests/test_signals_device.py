@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from user_agents import parse as legacy_parse
 
-from kyc.signals.device import current_major, device_identifiers, device_signals, locale_region, timezone_country
+from kyc.signals.device import (ENGINELESS_BROWSERS, current_major, device_identifiers, device_signals, locale_region,
+                                timezone_country)
 
 BROWSERS = [json.loads(line) for line in
             resources.files("fake_useragent").joinpath("data/browsers.jsonl").read_text().splitlines()]
@@ -173,6 +174,24 @@ OLD_BUT_REAL = {
                                          "(KHTML, like Gecko) Version/26.0 Mobile/15E148 Safari/604.1",
     "Facebook in-app browser": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, "
                                "like Gecko) Mobile/15E148 [FBAN/FBIOS;FBAV/460.0.0.38.108;FBDV/iPhone14,5;FBSV/17.4]",
+    "Facebook in-app browser on an early iPad": "Mozilla/5.0 (iPad; U; CPU iPhone OS 4_3_5 like Mac OS X; de_DE) "
+                                                "AppleWebKit (KHTML, like Gecko) Mobile [FBAN/FBForIPhone;FBAV/4.0.3]",
+    "an app's Android WebView after the app's name": "Job Search/24.4.0 Mozilla/5.0 (Linux; Android 14; SM-S918U "
+                                                     "Build/UP1A.231005.007; wv) AppleWebKit/537.36 (KHTML, like Gecko) "
+                                                     "Version/4.0 Chrome/122.0.6261.119 Mobile Safari/537.36",
+    "a Cubot phone (a brand, not a bot)": "Mozilla/5.0 (Linux; Android 8.0.0; CUBOT_P20) AppleWebKit/537.36 (KHTML, "
+                                          "like Gecko) Chrome/70.0.3538.110 Mobile Safari/537.36",
+    "Lynx, a text browser": "Lynx/2.9.0dev.6 libwww-FM/2.14 SSL-MM/1.4.1 OpenSSL/1.1.1j-dev",
+    "UC Browser on a Symbian phone": "UCWEB/2.0 (Symbian; U; S60 V5; en-US; Nokia5250) U2/1.0.0 UCBrowser/8.9.0.277 "
+                                     "U2/1.0.0 Mobile",
+    "Nokia's WAP browser": "Nokia6280/2.0 (03.60) Profile/MIDP-2.0 Configuration/CLDC-1.1",
+    "Mozilla suite 1.7": "Mozilla/5.0 (Macintosh; U; PPC Mac OS X Mach-O; en-US; rv:1.7.12) Gecko/20050915",
+    "Firefox 78 on Android (Gecko/ names the version)": "Mozilla/5.0 (Android 9; Mobile; rv:78.0) Gecko/78.0 "
+                                                        "Firefox/78.0",
+    "Safari 5.1 on Windows": "Mozilla/5.0 (Windows NT 6.1; WOW64) AppleWebKit/534.57.2 (KHTML, like Gecko) "
+                             "Version/5.1.7 Safari/534.57.2",
+    "Firefox 3 with a .NET comment": "Mozilla/5.0 (Windows; U; Windows NT 5.1; en-US; rv:1.9.0.5) Gecko/2008120122 "
+                                     "Firefox/3.0.5 (.NET CLR 3.5.30729)",
 }
 
 
@@ -206,6 +225,13 @@ def test_old_but_real_browsers_are_real_browsers(name):
     # an iPhone without its Mobile token
     ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
      "Version/17.5 Safari/604.1", "mobile"),
+    # a tool's word after a current Chrome's last token (Lighthouse audits, synthetic monitors, agents)
+    ("Mozilla/5.0 (Linux; Android 11; moto g power (2022)) AppleWebKit/537.36 (KHTML, like Gecko) "
+     "Chrome/136.0.0.0 Mobile Safari/537.36 Chrome-Lighthouse", "tokens"),
+    ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/132.0.0.0 "
+     "Safari/537.36; Manus-User/1.0", "tokens"),
+    # a monitor's name in Firefox's comment after rv:
+    ("Mozilla/5.0 (X11; Linux x86_64; rv:45.0; Rigor) Gecko/20100101 Firefox/45.0", "tokens"),
     # Chrome 160 in January 2026 (Chrome 143 was current)
     ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/160.0.0.0 "
      "Safari/537.36", "version"),
@@ -255,8 +281,9 @@ def test_generated_user_agents_never_raise_and_never_pass_without_a_browser_form
     facts = device_signals(ua, None, at=JAN_2026)
     if not ua:
         assert facts == {"ua_missing": True}
-    elif not ua.startswith(("Mozilla/4.0 ", "Mozilla/5.0 ", "Opera/9.")):
-        assert facts["real_browser"] is False
+    elif not ua.startswith(("Mozilla/4.0 ", "Mozilla/5.0 ", "Opera/9.")) and " Mozilla/5.0 (" not in ua:
+        # without a browser's form only the browsers that never had one (Lynx, Opera Mini, WAP) pass
+        assert facts["real_browser"] is False or facts["browser"] in ENGINELESS_BROWSERS
 
 
 @settings(max_examples=200, deadline=None)

@@ -10,6 +10,8 @@ from bench import ua_corpora as corpora
 
 
 def test_the_split_is_deterministic_and_about_half():
+    # (app-clients is drawn from two browser lists by what the strings are, not by the hash: its
+    # halves need not be even.)
     for name in (*corpora.BROWSER_CORPORA, *corpora.AUTOMATION_CORPORA):
         agents = corpora.corpus(name)
         held_out = sum(corpora.split_of(ua) == "held_out" for ua in agents)
@@ -20,7 +22,19 @@ def test_the_split_is_deterministic_and_about_half():
 def test_corpora_are_large_enough_to_measure():
     sizes = {name: len(corpora.corpus(name)) for name in (*corpora.BROWSER_CORPORA, *corpora.AUTOMATION_CORPORA)}
     assert sizes["fake-useragent"] > 300 and sizes["crawler-user-agents"] > 2000
-    assert sizes["isbot-crawlers"] > 500 and sizes["uap-core-crawlers"] > 200 and sizes["isbot-browsers"] > 500
+    assert sizes["isbot-crawlers"] > 500 and sizes["uap-core-crawlers"] > 200 and sizes["isbot-browsers"] > 450
+
+
+def test_apps_own_clients_are_counted_apart_from_the_browsers_they_were_listed_with():
+    apps = set(corpora.corpus("app-clients"))
+    assert len(apps) > 50
+    assert not apps & set(corpora.corpus("isbot-browsers")) and not apps & set(corpora.corpus("uap-core-browsers"))
+    assert "Viber/12.8.0.1 CFNetwork/1121.2.2 Darwin/19.3.0" in apps
+    assert corpora.NOT_A_BROWSER.search("Hulu/6.8.1 (iOS 13.3; en_US; iPhone12,1; 17C54)")
+    # In-app browsers render pages: they stay browsers.
+    assert not corpora.NOT_A_BROWSER.search(
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 18_3_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+        "Mobile/15E148 [FBAN/FBIOS;FBAV/500.0.0.40.95;FBBV/700000000;FBDV/iPhone14,5;FBMD/iPhone;FBSN/iOS]")
 
 
 def test_real_browsers_on_clean_signups_are_allowed_on_the_held_out_split():
@@ -34,6 +48,12 @@ def test_real_automation_is_not_allowed_on_the_held_out_split(name):
     measured = corpora.measure(name, "held_out")
     assert measured["n"] > 100
     assert measured["share"] >= corpora.MIN_AUTOMATION_NOT_ALLOWED, name
+
+
+def test_apps_own_clients_are_not_allowed_on_the_held_out_split():
+    measured = corpora.measure("app-clients", "held_out")
+    assert measured["n"] > 20
+    assert measured["share"] >= corpora.MIN_AUTOMATION_NOT_ALLOWED
 
 
 def test_a_corpus_user_agent_is_scored_by_the_shipped_rules():

@@ -43,14 +43,9 @@ def _authenticate() -> None:
     if rt.config.dev_key and token == rt.config.dev_key:
         g.api_key, g.api_role = "development", "admin"
         return
-    # A plain connection and a prebuilt statement: this runs before every request, the
-    # gateway's entitlement calls included. On PostgreSQL, autocommit: one round trip, not
-    # BEGIN, SELECT and the ROLLBACK that hands the connection back (SQLite has no round trips,
-    # and switching its connection's mode costs more than the read).
-    with rt.engine.connect() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execution_options(isolation_level="AUTOCOMMIT")
-        caller = authenticate(conn, token)
+    # This runs before every request, the gateway's calls included: a key read in the past
+    # seconds is not read again (kyc/ops/keys.py says how revocation is honoured).
+    caller = authenticate(rt.read_connection, token)
     if caller is None:
         raise ApiError(401, "unauthorized", "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     g.api_key, g.api_role = caller.name, caller.role

@@ -49,7 +49,7 @@ def get_entitlement(account_id: str):
         known = ", ".join(tiers.tiers)
         raise invalid("unknown tier" if tier_id else "tier is required",
                       {"tier": f"{'unknown tier' if tier_id else 'required'}; one of {known}"})
-    with rt.engine.connect() as conn:
+    with rt.read_connection() as conn:
         body = entitlement(conn, tier, account_id, dormancy_threshold=rt.config.dormant_days,
                            now=parse_time(query.at) if query.at else None)
     tag = etag(body)

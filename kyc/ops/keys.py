@@ -12,6 +12,7 @@ created or revoked is an audit event.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -75,9 +76,35 @@ _ACTIVE_KEY = select(ApiKey.name, ApiKey.role).where(ApiKey.key_hash == bindpara
                                                      ApiKey.revoked_at.is_(None))
 
 
-def authenticate(conn: Connection, token: str) -> Caller | None:
-    """The active key `token` is, or None. One prebuilt statement on the caller's connection."""
-    return caller_for_hash(conn, hash_api_key(token))
+# Active keys as read, for KEY_CACHE_SECONDS: the key read was a third of the gateway's
+# entitlement check. Only active keys are kept (a new key works at once; an unknown or revoked
+# one is read every time). A revocation through revoke_key drops the key here at once; one made
+# in another process (`kyc keys revoke` beside the server's workers) or straight in the
+# database is honoured by every worker within KEY_CACHE_SECONDS.
+KEY_CACHE_SECONDS = 2.0
+_ACTIVE: dict[str, tuple[Caller, float]] = {}
+
+
+def authenticate(conn_for, token: str) -> Caller | None:
+    """The active key `token` is, or None. `conn_for`: a callable giving a connection context,
+    opened only when the key is not among those read in the past KEY_CACHE_SECONDS."""
+    key_hash = hash_api_key(token)
+    held = _ACTIVE.get(key_hash)
+    now = time.monotonic()
+    if held is not None and held[1] > now:
+        return held[0]
+    with conn_for() as conn:
+        caller = caller_for_hash(conn, key_hash)
+    if caller is None:
+        _ACTIVE.pop(key_hash, None)
+    else:
+        _ACTIVE[key_hash] = (caller, now + KEY_CACHE_SECONDS)
+    return caller
+
+
+def forget_cached_keys() -> None:
+    """Drop every key read (revoke_key does; so do tests that revoke keys in the database)."""
+    _ACTIVE.clear()
 
 
 def caller_for_hash(conn: Connection, key_hash: str) -> Caller | None:
@@ -106,6 +133,7 @@ def revoke_key(session: Session, key_id: int, actor: str) -> ApiKey:
         raise NotFound("API key", key_id)
     if key.revoked_at is None:
         key.revoked_at = datetime.now(timezone.utc)
+        _ACTIVE.pop(key.key_hash, None)
         audit.record(session, "key.revoked", actor, detail={"key_id": key.id, "name": key.name, "role": key.role,
                                                              "prefix": key.prefix})
     return key

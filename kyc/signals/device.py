@@ -52,7 +52,8 @@ FIELDS = (
           "Why the user agent is not a real browser: unrecognised (no known browser and engine: a library, app, "
           "tool, unknown string or probe), bot (a bot or automation marker), os (family on a system it does not "
           "run on), engine (engine tokens that do not fit the family or its version), mobile (an iPhone without "
-          "its Mobile token), version (not released at the event time), hints (client hints disagree).", "engine",
+          "its Mobile token), tokens (a word after the browser's own last token, or in Firefox's comment after "
+          "rv:, where tools that drive or copy a browser sign), version (not released at the event time), hints (client hints disagree).", "engine",
           "kyc"),
     Field("device.ua_missing", "bool", "No user agent was sent.", False, "input"),
     Field("device.hints_platform_mismatch", "bool", "sec-ch-ua-platform names another OS than the user agent "
@@ -91,7 +92,7 @@ _PLATFORMS = {  # ua-parser OS family -> sec-ch-ua-platform value
     "Android": "Android", "Chrome OS": "Chrome OS", "iOS": "iOS",
 }
 # Self-declared robots: real browsers never put these words or a contact URL in their user agent.
-_SELF_DECLARED_BOT = re.compile(r"(?<!cu)bot\b|bot[/_-]|robot|crawl|spider|scrap|slurp|https?://|\+http|www\.|"
+_SELF_DECLARED_BOT = re.compile(r"(?<!cu)bot(?:\b|[/_-])|robot|crawl|spider|scrap|slurp|https?://|\+http|www\.|"
                                 r"checker|monitor|validator|fetcher|archiver|scanner|preview", re.IGNORECASE)
 _BRAND = re.compile(r'"([^"]*)"\s*;\s*v\s*=\s*"(\d+)')
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z]{4})?[-_]([A-Za-z]{2}|\d{3})(?:[-_.@]|$)")
@@ -108,8 +109,8 @@ _UC_ENGINE = re.compile(r"U[23]/\d")
 _ENGINES = (   # (engine, test that proves it), most specific first; substring tests are cheap
     ("edgehtml", re.compile(r"Edge/1[2-9]\.").search),
     ("blink", lambda ua: ("AppleWebKit/537.36" in ua and "Chrome/" in ua) or "CrMo/" in ua),
-    ("webkit", lambda ua: "AppleWebKit/" in ua),
-    ("gecko", re.compile(r"rv:\d+(?:\.\d+)*\) Gecko/\d").search),
+    ("webkit", re.compile(r"AppleWebKit[/ ]", re.IGNORECASE).search),   # early in-app and Haiku builds
+    ("gecko", re.compile(r"\) Gecko/\d").search),     # a build date, or Firefox for Android's version
     ("trident", lambda ua: "MSIE " in ua or "Trident/" in ua),
     ("presto", lambda ua: "Presto/" in ua or ua.startswith("Opera/9.")),
     ("khtml", lambda ua: "KHTML/" in ua),
@@ -119,6 +120,33 @@ _ENGINES = (   # (engine, test that proves it), most specific first; substring t
 # frameworks that copy a browser's user agent.
 _NOT_BROWSERS = frozenset({"Other", "HeadlessChrome", "PhantomJS", "Electron", "Python Requests", "curl",
                            "Java", "Apache-HttpClient", "okhttp", "Go-http-client", "Python-urllib"})
+# Browsers ua-parser knows whose user agents carry no modern engine's tokens: text browsers,
+# feature-phone and WAP browsers (Opera Mini renders on Opera's servers), early smartphones,
+# and the browsers of other systems (AmigaOS, Haiku). Real, and rare; not a tool's string.
+ENGINELESS_BROWSERS = frozenset({
+    "Lynx", "Links", "ELinks", "w3m", "NCSA Mosaic", "Dillo", "NetSurf", "Amaya", "IBrowse", "AWeb", "Voyager",
+    "Opera", "Opera Mini", "Opera Mobile", "UC Browser", "Ovi Browser", "Nokia Browser", "Nokia OSS Browser",
+    "Nokia Services (WAP) Browser", "NetFront", "NetFront NX", "BlackBerry", "Obigo", "Openwave", "Polaris",
+    "Teleca Browser"})
+# The grammar of today's big browsers' user agents (Chrome, Chromium Edge and Firefox 100 and
+# later, desktop Safari 13 and later), which nothing follows but a vendor's own token (OPR/,
+# YaBrowser/, HeyTapBrowser/: ua-parser then names that vendor instead) or a comment in
+# parentheses: `... Chrome/131.0.0.0 Safari/537.36`, `...; rv:137.0) Gecko/20100101 Firefox/137.0`.
+# A tool that drives or copies a current browser adds its own word after it (Chrome-Lighthouse,
+# RuxitSynthetic/1.0, Manus-User/1.0) or inside Firefox's comment after rv: (`rv:45.0; Rigor)`).
+# Older browsers carried vendors' and proxies' tokens (ChromePlus, Novarra-Vision) and iOS apps
+# append their names to Safari's string (BingWeb/6): neither is read this way.
+_ENDS_AS = {   # family: (the first major read, how its string ends)
+    "Chrome": (100, re.compile(r"Safari/[\d.]+$")), "Chrome Mobile": (100, re.compile(r"Safari/[\d.]+$")),
+    "Edge": (100, re.compile(r"Edg/[\d.]+$")), "Firefox": (100, re.compile(r"Firefox/[\d.]+$")),
+    "Safari": (13, re.compile(r"Safari/[\d.]+$")),
+}
+_TRAILING_COMMENTS = re.compile(r"(?:\s*\([^()]*\))+\s*$")
+_RV_LAST = re.compile(r"rv:[\w.]+\) Gecko/")
+# Apps' embedded browsers (WebViews) render pages like the browser they embed; some apps put their
+# own product token before the Mozilla/5.0 form.
+_WEBVIEWS = frozenset({"Chrome Mobile WebView", "Mobile Safari UI/WKWebView"})
+_APP_THEN_BROWSER = re.compile(r"^[A-Za-z][\w .-]{0,40}/[\d.]+ Mozilla/5\.0 \(")
 # Families that run only on some systems (ua-parser OS families).
 _APPLE_OS = frozenset({"Mac OS X", "iOS", "Mac OS", "ATV OS X", "tvOS", "iPadOS", "watchOS"})
 _OS_OF = {
@@ -167,18 +195,32 @@ def _chrome_build_fits(major: int, build: int) -> bool:
     return abs(build - expected) <= 250
 
 
-def _model_mismatch(ua: str, family: str, os_family: str, os_major: Any) -> str | None:
+def _model_mismatch(ua: str, family: str, major: Any, os_family: str, os_major: Any) -> str | None:
     """Why this user agent is not a browser kyc recognises, or None. Date-free checks only."""
-    if family in _NOT_BROWSERS or not _BROWSER_FORM.match(ua) or _PROBE.search(ua):
+    if _PROBE.search(ua):
         return "unrecognised"
     engine = next((name for name, proves in _ENGINES if proves(ua)), None)
-    if engine is None:
+    if family in ENGINELESS_BROWSERS and engine in (None, "presto", "ucweb"):
+        return None
+    if not (_BROWSER_FORM.match(ua) or (family in _WEBVIEWS and _APP_THEN_BROWSER.match(ua))):
         return "unrecognised"
+    if engine == "gecko" and "rv:" in ua and not _RV_LAST.search(ua):
+        return "tokens"                          # Gecko's comment ends with rv:
+    if family == "Other" and engine == "gecko":
+        return None                              # a Mozilla-suite build ua-parser has no name for
+    if engine is None or family in _NOT_BROWSERS:
+        return "unrecognised"
+    grammar = _ENDS_AS.get(family)
+    if grammar is not None and isinstance(major, int) and major >= grammar[0] \
+            and not grammar[1].search(_TRAILING_COMMENTS.sub("", ua.rstrip())):
+        return "tokens"
     if family in _OS_OF and os_family not in _OS_OF[family]:
         return "os"
     if family == "Safari" and "Version/" in ua and os_family not in _APPLE_OS and os_family != "Other" \
-            and not ("SmartTV" in ua or "Web0S" in ua or "Tizen" in ua):
-        return "os"                              # Apple's Safari (Version/N) runs on Apple systems only
+            and not ("SmartTV" in ua or "Web0S" in ua or "Tizen" in ua) \
+            and not (os_family.startswith("Windows") and _SAFARI_VERSION.search(ua)
+                     and int(_SAFARI_VERSION.search(ua).group(1)) <= 5):
+        return "os"                              # Apple's Safari (Version/N) runs on Apple systems (and Windows up to 5.1)
     if family in _WINDOWS_ONLY and not os_family.startswith("Windows"):
         return "os"
     if os_family == "iOS" and engine not in ("webkit",):
@@ -209,7 +251,7 @@ def _model_mismatch(ua: str, family: str, os_family: str, os_major: Any) -> str 
             if family == "Mobile Safari" and isinstance(os_major, int) and os_major >= 8 and safari != os_major \
                     and not (os_major == 18 and safari >= 26):
                 return "engine"                  # iOS Safari's version is iOS's; iOS 26 reports OS 18_x
-    if "iPhone" in ua and "Mobile/" not in ua and engine == "webkit":
+    if "(iPhone" in ua and "Mobile/" not in ua and engine == "webkit":      # the device, not "CPU iPhone OS"
         return "mobile"
     return None
 
@@ -244,7 +286,7 @@ def _ua_facts(ua: str) -> dict[str, Any]:
     if marker:
         facts["automation"] = marker.rstrip("/ (")
     os_major = parsed.os.version[0] if parsed.os.version else None
-    mismatch = "bot" if bot else _model_mismatch(ua, parsed.browser.family, parsed.os.family, os_major)
+    mismatch = "bot" if bot else _model_mismatch(ua, parsed.browser.family, major, parsed.os.family, os_major)
     facts["real_browser"] = mismatch is None
     if mismatch:
         facts["browser_mismatch"] = mismatch

@@ -26,6 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from kyc.db import json_rows, rows_json
 from kyc.models import ActivityDay, PromptDay, PromptUse
 
 SHARED = 3
@@ -57,6 +58,17 @@ def _count_statement(dialect: str):
 
 
 _COUNTS = {name: _count_statement(name) for name in ("postgresql", "sqlite")}
+# PostgreSQL: a batch's new uses, their counts and grown hours, each one statement over arrays
+# (kyc.db.json_rows), not one per row.
+_USE_COLUMNS = ("value_hash", "day", "account_id", "hours")
+_PG_INSERT_USES = _U.insert().from_select(_USE_COLUMNS, json_rows(_U, _USE_COLUMNS))
+_pg_counts = pg_insert(_P).from_select(("value_hash", "day", "accounts"),
+                                       json_rows(_P, ("value_hash", "day", "accounts")))
+_PG_COUNTS = _pg_counts.on_conflict_do_update(index_elements=["value_hash", "day"],
+                                              set_={"accounts": _P.c.accounts + _pg_counts.excluded.accounts})
+_GROWN = json_rows(_U, _USE_COLUMNS).subquery("grown")
+_PG_ADD_HOURS = update(_U).where(_U.c.value_hash == _GROWN.c.value_hash, _U.c.day == _GROWN.c.day,
+                                 _U.c.account_id == _GROWN.c.account_id).values(hours=_GROWN.c.hours)
 
 
 def hours_mask(hours: list[int] | None) -> int:
@@ -73,15 +85,24 @@ def record_uses(session: Session, uses: dict[tuple[str, date, str], int]) -> Non
         _HELD, {"ids": sorted({a for _, _, a in uses}), "days": sorted({d for _, d, _ in uses})})}
     new = [{"value_hash": h, "day": d, "account_id": a, "hours": m} for (h, d, a), m in uses.items()
            if (h, d, a) not in held]
-    grown = [{"h": h, "d": d, "a": a, "hours": held[(h, d, a)] | m} for (h, d, a), m in uses.items()
-             if (h, d, a) in held and held[(h, d, a)] | m != held[(h, d, a)]]
+    grown = [{"value_hash": h, "day": d, "account_id": a, "hours": held[(h, d, a)] | m}
+             for (h, d, a), m in uses.items() if (h, d, a) in held and held[(h, d, a)] | m != held[(h, d, a)]]
+    postgres = session.get_bind().dialect.name == "postgresql"
     if new:
-        session.execute(_U.insert(), new)
-        counts = Counter((row["value_hash"], row["day"]) for row in new)
-        session.execute(_COUNTS[session.get_bind().dialect.name],
-                        [{"value_hash": h, "day": d, "accounts": n} for (h, d), n in sorted(counts.items())])
+        counts = [{"value_hash": h, "day": d, "accounts": n}
+                  for (h, d), n in sorted(Counter((row["value_hash"], row["day"]) for row in new).items())]
+        if postgres:
+            session.execute(_PG_INSERT_USES, {"rows": rows_json(new)})
+            session.execute(_PG_COUNTS, {"rows": rows_json(counts)})
+        else:
+            session.execute(_U.insert(), new)
+            session.execute(_COUNTS["sqlite"], counts)
     if grown:
-        session.execute(_ADD_HOURS, grown)
+        if postgres:
+            session.execute(_PG_ADD_HOURS, {"rows": rows_json(grown)})
+        else:
+            session.execute(_ADD_HOURS, [{"h": r["value_hash"], "d": r["day"], "a": r["account_id"],
+                                          "hours": r["hours"]} for r in grown])
 
 
 def lockstep_facts(session: Session, account_id: str, day: date, *, popular: int, dormant: int) -> dict[str, Any]:
