@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from kyc.db import pipelined
 from kyc.models import Account, Evaluation, Sighting
 from kyc.scoring import persist
-from kyc.scoring.pipeline import _new_account_statement
+from kyc.scoring.accounts import _new_account_statement
 
 AT = datetime(2026, 11, 24, 21, 0, tzinfo=timezone.utc)
 
