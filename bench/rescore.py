@@ -40,7 +40,9 @@ from sqlalchemy import create_engine, select, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kyc import jobs  # noqa: E402
+import kyc.rescore.queue  # noqa: E402
+import kyc.rescore.runs  # noqa: E402
+from kyc import rescore  # noqa: E402
 from kyc.config import PROJECT_ROOT, Config  # noqa: E402
 from kyc.ids import new_id  # noqa: E402
 from kyc.inputs import SignupInput  # noqa: E402
@@ -218,11 +220,11 @@ def main() -> None:
     base = baseline(runtime, sample)
     print(f"baseline (one account per transaction, 1 process, {len(sample):,} accounts): {base:,.0f} accounts/s")
 
-    connection = jobs.redis_connection(config)
+    connection = rescore.queue.redis_connection(config)
     connection.flushdb()
     t = time.perf_counter()
-    run = jobs.start_run(runtime, "all", reason="bench", batch_size=args.batch_size)
-    jobs.enqueue_batches(connection, run.id, range(run.batches))
+    run = rescore.runs.start_run(runtime, "all", reason="bench", batch_size=args.batch_size)
+    rescore.runs.enqueue_batches(connection, run.id, range(run.batches))
     print(f"run {run.id}: {run.total:,} accounts in {run.batches:,} batches selected and enqueued in "
           f"{time.perf_counter() - t:.1f}s")
 
@@ -249,7 +251,7 @@ def main() -> None:
     wall = time.perf_counter() - started
 
     with runtime.session() as session:
-        summary = jobs.run_summary(session, session.get(type(run), run.id))
+        summary = rescore.runs.run_summary(session, session.get(type(run), run.id))
         spans = [(b.started_at, b.finished_at) for b in session.scalars(
             select(RescoreBatch).where(RescoreBatch.run_id == run.id))]
     done = [s for s in spans if s[0] and s[1]]

@@ -34,7 +34,7 @@ from score_signup import database  # noqa: E402
 from kyc import create_app, settle_for_serving  # noqa: E402
 from kyc.config import PROJECT_ROOT, Config  # noqa: E402
 from kyc.inputs import PaymentMethodInput, SignupInput  # noqa: E402
-from kyc.jobs import drain  # noqa: E402
+from kyc.rescore.background import drain  # noqa: E402
 from kyc.models import ApiKey  # noqa: E402
 from kyc.runtime import Runtime  # noqa: E402
 from kyc.scoring import score  # noqa: E402

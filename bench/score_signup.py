@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kyc import create_app, settle_for_serving  # noqa: E402
 from kyc.config import PROJECT_ROOT, Config  # noqa: E402
-from kyc.jobs import drain  # noqa: E402
+from kyc.rescore.background import drain  # noqa: E402
 from kyc.runtime import upgrade_database  # noqa: E402
 
 POSTGRES_URL = os.environ.get("KYC_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

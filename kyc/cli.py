@@ -94,7 +94,7 @@ def serve(host: str, port: int, workers: int) -> None:
         runtime.engine.dispose(close=False)
         resume_checkpoints(runtime.engine)
         if not config.redis_url:
-            from kyc.jobs import InProcessSchedule
+            from kyc.rescore.schedule import InProcessSchedule
 
             InProcessSchedule.start_once(runtime)
 
@@ -155,24 +155,25 @@ def worker(burst: bool, with_scheduler: bool, metrics_port: int, metrics_host: s
     from rq import Queue, SimpleWorker
 
     from kyc import jobs, logs, metrics
+    from kyc.rescore import queue, schedule
 
     logs.configure(_config().log_level)
     runtime = _runtime(migrate=False)
-    connection = jobs.redis_connection(runtime.config)
+    connection = queue.redis_connection(runtime.config)
     if connection is None:
         raise click.ClickException("KYC_REDIS_URL is not set; without Redis, `kyc serve` runs jobs in-process")
     jobs.use_runtime(runtime)
-    jobs.ensure_schedule(connection, runtime.config)
+    schedule.ensure_schedule(connection, runtime.config)
     if metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, addr=metrics_host, registry=metrics.registry(runtime))
         click.echo(f"worker metrics on http://{metrics_host}:{metrics_port}/metrics")
     # Re-creates the schedules if Redis loses them and re-enqueues batches a killed worker left.
-    jobs.WorkerMaintenance(runtime, connection).start()
+    schedule.WorkerMaintenance(runtime, connection).start()
     # SimpleWorker runs each job in this process (no fork per job): the Runtime (database pool,
     # compiled rules, lookup tables) is built once here and reused by every job.
-    queues = [Queue(name, connection=connection) for name in jobs.QUEUES]
+    queues = [Queue(name, connection=connection) for name in queue.QUEUES]
     while True:
         worker = SimpleWorker(queues, connection=connection)
         try:
@@ -188,7 +189,7 @@ def worker(burst: bool, with_scheduler: bool, metrics_port: int, metrics_host: s
             return
         # rq quit on its own (a Redis outage, an error outside a job): serve again once Redis
         # answers; the maintenance thread re-creates what an empty Redis lost.
-        jobs.wait_for_redis(connection)
+        queue.wait_for_redis(connection)
 
 
 @main.command()
@@ -202,16 +203,16 @@ def worker(burst: bool, with_scheduler: bool, metrics_port: int, metrics_host: s
 def rescore(dormant_days: int | None, all_accounts: bool, cluster_id: str | None, since_rules_change: bool,
             resume_run: str | None, batch_size: int | None, reason: str) -> None:
     """Rescore accounts in batches: enqueued on rq with Redis, run here without."""
-    from kyc import jobs
+    from kyc.rescore import batch, queue, runs
 
     chosen = [dormant_days is not None, all_accounts, cluster_id is not None, since_rules_change, bool(resume_run)]
     if sum(chosen) != 1:
         raise click.UsageError("give exactly one of --dormant-days N, --all, --cluster ID, --since-rules-change, "
                                "--resume RUN_ID")
     runtime = _runtime(migrate=False)
-    queued = jobs.redis_connection(runtime.config) is not None
+    queued = queue.redis_connection(runtime.config) is not None
     if resume_run:
-        pending = jobs.resume(runtime, None if resume_run == "all" else resume_run)
+        pending = batch.resume(runtime, None if resume_run == "all" else resume_run)
         click.echo(f"{len(pending)} unfinished batch(es) {'enqueued' if queued else 'rescored'}")
         return
     if dormant_days is not None:
@@ -222,35 +223,35 @@ def rescore(dormant_days: int | None, all_accounts: bool, cluster_id: str | None
         selector, params = "cluster", {"cluster_id": cluster_id}
     else:
         selector, params = "rules_change", {}
-    run = jobs.start_run(runtime, selector, params=params, reason=reason, batch_size=batch_size)
-    jobs.dispatch(runtime, run)
+    run = runs.start_run(runtime, selector, params=params, reason=reason, batch_size=batch_size)
+    batch.dispatch(runtime, run)
     if queued:
         click.echo(f"run {run.id}: {run.total} account(s) in {run.batches} batch(es) enqueued on 'rescore'")
     else:
         with runtime.session() as session:
-            _print_summary(jobs.run_summary(session, session.get(type(run), run.id)))
+            _print_summary(runs.run_summary(session, session.get(type(run), run.id)))
 
 
 @main.command("jobs")
 def jobs_status() -> None:
     """Queued, running, failed and finished jobs, and the last rescore run's summary."""
-    from kyc import jobs
+    from kyc.rescore import queue, runs
 
     runtime = _runtime(migrate=False)
-    connection = jobs.redis_connection(runtime.config)
+    connection = queue.redis_connection(runtime.config)
     if connection is None:
         click.echo("queues: none (no KYC_REDIS_URL; jobs run in-process)")
     else:
         click.echo(f"{'queue':<10}{'queued':>8}{'scheduled':>11}{'running':>9}{'failed':>8}{'finished':>10}")
-        for name, c in jobs.queue_counts(connection).items():
+        for name, c in queue.queue_counts(connection).items():
             click.echo(f"{name:<10}{c['queued']:>8}{c['scheduled']:>11}{c['running']:>9}{c['failed']:>8}"
                        f"{c['finished']:>10}")
     with runtime.session() as session:
-        run = jobs.last_run(session)
+        run = runs.last_run(session)
         if run is None:
             click.echo("no rescore run yet")
             return
-        _print_summary(jobs.run_summary(session, run))
+        _print_summary(runs.run_summary(session, run))
 
 
 def _print_summary(s: dict) -> None:
@@ -734,7 +735,7 @@ def clusters_act(cluster_id: str, action: str, note: str | None) -> None:
 def _deliver_before_exit(runtime) -> None:
     """A command that changed decisions: without Redis, its process delivers the webhooks it
     wrote before it exits (what it cannot deliver stays in the outbox for `kyc serve`)."""
-    from kyc.jobs import redis_connection
+    from kyc.rescore.queue import redis_connection
     from kyc.ops import webhooks
 
     if webhooks.enabled(runtime.config) and redis_connection(runtime.config) is None:

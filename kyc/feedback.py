@@ -15,6 +15,7 @@ from kyc.db import write_lock
 from kyc.models import Account, AccountLabel, ClusterMember
 from kyc.ops.audit import key_actor
 from kyc.ops.reviews import person_decides
+from kyc.rescore.requests import after_commit
 from kyc.runtime import Runtime
 
 LABEL_DECISIONS = {"fraud": "block", "legit": "allow"}
@@ -43,8 +44,6 @@ def label_account(runtime: Runtime, session: Session, account_id: str, label: st
         account.state_version = version + 1
     if label == "fraud":
         member = session.get(ClusterMember, account.id)
-        graph.queue_rescore(session, accounts=[account.id], clusters=[member.cluster_id] if member else [])
-    from kyc.jobs import rescore_after_commit
-
-    rescore_after_commit(runtime, session)
+        after_commit(session).ask_rescore(accounts=[account.id], clusters=[member.cluster_id] if member else [])
+    after_commit(session).hand_over(runtime)
     return account

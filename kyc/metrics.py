@@ -173,7 +173,7 @@ class StateCollector:
         if rt.config.redis_url:
             from rq import Queue
 
-            from kyc.jobs import QUEUES, redis_connection
+            from kyc.rescore.queue import QUEUES, redis_connection
 
             depth = GaugeMetricFamily("kyc_queue_depth", "Jobs waiting on each rq queue", labels=["queue"])
             try:

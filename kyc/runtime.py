@@ -23,6 +23,7 @@ from kyc.config import PROJECT_ROOT, Config
 from kyc.db import make_engine, make_session_factory
 from kyc.engine import RuleError, RuleSet, RuleSetError
 from kyc.engine.loader import rules_fingerprint
+from kyc.rescore.background import Background, background
 from kyc.ops import audit
 from kyc.signals import SCHEMA
 from kyc.signals.geoip import GeoIP, open_geoip
@@ -87,7 +88,7 @@ def velocity_redis(config: Config):
     (connecting included) and never retried, so a Redis that is down or slow costs a signup
     one time budget, after which velocity is counted from the database (kyc.store.RedisStore).
     redis-py's default would retry three times with backoff: seconds per request.
-    rq's connection (kyc.jobs.redis_connection) is another client: its blocking reads wait long."""
+    rq's connection (kyc.rescore.queue.redis_connection) is another client: its blocking reads wait long."""
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
@@ -102,7 +103,7 @@ class LiveTraffic:
 
     Without Redis, rescoring runs on a thread of the serving process and competes with the
     requests for the interpreter (and, on SQLite, for the write lock); it waits for a quiet
-    moment instead (kyc/jobs.py).
+    moment instead (kyc/rescore/background.py).
     """
 
     def __init__(self) -> None:
@@ -181,6 +182,11 @@ class Runtime:
                 conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
 
+    def rescoring(self) -> Background:
+        """The thread rescoring what committed transactions asked for (kyc.rescore.requests hands
+        their asks over), started on first use."""
+        return background(self)
+
     def reload_rules(self, root: Path | None = None, *, actor: str = "rules-watcher") -> RuleSet:
         """Build a new rule set off to the side; swap it in only if it loads cleanly.
 
@@ -258,7 +264,7 @@ class Runtime:
             # The running set stays and still serves: reported, not a reason to take traffic away.
             checks["rules"]["last_reload_refused_at"] = _iso(self.rules_error_at)
         if self.config.redis_url:
-            from kyc.jobs import redis_connection
+            from kyc.rescore.queue import redis_connection
 
             try:
                 redis_connection(self.config).ping()

@@ -47,7 +47,7 @@ from typing import Callable
 import phonenumbers
 from phonenumbers import PhoneNumberType
 
-from kyc.jobs import drain
+from kyc.rescore.background import drain
 from kyc.security import contains_card_number
 
 COUNTRIES = {  # region: (timezone, locale, share of signups)

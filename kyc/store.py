@@ -31,13 +31,14 @@ from typing import Iterable, Protocol
 
 from redis import exceptions as redis_errors
 from redis.commands.core import Script
-from sqlalchemy import ARRAY, String, bindparam, event, func, literal, null, select, true, union_all
+from sqlalchemy import ARRAY, String, bindparam, func, literal, null, select, true, union_all
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from kyc import metrics
 from kyc.models import Evaluation, Sighting, VelocityMark
+from kyc.rescore.requests import after_commit
 
 log = logging.getLogger("kyc.store")
 
@@ -361,17 +362,10 @@ class RedisStore(SqlHistory):
         keys = list(keys)
         if not keys:
             return
-        pending = self.session.info.setdefault("kyc.redis_velocity", [])
-        if not pending:
-            event.listen(self.session, "after_commit", self._flush, once=True)
-            event.listen(self.session, "after_rollback", self._discard, once=True)
-        pending.append((keys, at, account_id))
+        # Written once the transaction commits (never for one rolled back), all its marks at once.
+        after_commit(self.session).collect(RedisStore, self._flush).append((keys, at, account_id))
 
-    def _discard(self, session: Session) -> None:
-        session.info.pop("kyc.redis_velocity", None)
-
-    def _flush(self, session: Session) -> None:
-        pending = session.info.pop("kyc.redis_velocity", [])
+    def _flush(self, pending: list) -> None:
         if not pending:
             return
         try:

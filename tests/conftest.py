@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, inspect, text
 from kyc import create_app
 from kyc.config import PROJECT_ROOT, Config
 from kyc.models import ApiKey
-from kyc.jobs import drain
+from kyc.rescore.background import drain
 from kyc.runtime import Runtime, upgrade_database
 from kyc.security import hash_api_key, new_api_key
 

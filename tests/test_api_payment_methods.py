@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from kyc.jobs import enqueue_rescore
+from kyc.rescore.batch import enqueue_rescore
 from kyc.models import Account, Evaluation, Sighting
 from tests.conftest import assert_field_error, payment, signup
 

@@ -173,7 +173,7 @@ def test_card_like_numbers_that_fail_luhn_are_accepted(client, auth):
 
 
 def test_rescore_keeps_event_time_and_records_no_new_sightings(client, auth, runtime):
-    from kyc.jobs import enqueue_rescore
+    from kyc.rescore.batch import enqueue_rescore
 
     client.post("/v1/signups", json=signup(), headers=auth)
     before = _counts(runtime)

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from kyc.jobs import drain
+from kyc.rescore.background import drain
 from kyc.models import Account, ApiKey, Evaluation
 from kyc.ops.audit import list_events
 from kyc.ops.keys import create_key, revoke_key

@@ -32,7 +32,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, select as sql_select, text
 
-from kyc import jobs
+import kyc.rescore.schedule
+from kyc import rescore
 from kyc.models import Evaluation, RescoreRun
 from tests.conftest import POSTGRES_URL, RULES_DIR, TEST_SECRET, _truncate_postgres, signup
 
@@ -239,9 +240,9 @@ def test_failure_drill(drill_database, tmp_path):
 
         def schedules() -> set[str]:
             ids = ScheduledJobRegistry("default", connection=redis_py.Redis.from_url(redis.url)).get_job_ids()
-            return {name for name in jobs.SCHEDULES if any(j.startswith(f"kyc-{name}-") for j in ids)}
+            return {name for name in rescore.schedule.SCHEDULES if any(j.startswith(f"kyc-{name}-") for j in ids)}
 
-        _wait_for(lambda: schedules() == set(jobs.SCHEDULES), 60, "the worker's schedules")
+        _wait_for(lambda: schedules() == set(rescore.schedule.SCHEDULES), 60, "the worker's schedules")
 
         # 0. All well.
         warm = burst.run("warm", 30)
@@ -274,7 +275,7 @@ def test_failure_drill(drill_database, tmp_path):
         recovered = burst.run("pg_back", 30)
 
         # Schedules re-created by the running worker in the Redis that came back empty.
-        _wait_for(lambda: schedules() == set(jobs.SCHEDULES), jobs.MAINTENANCE_SECONDS + 30,
+        _wait_for(lambda: schedules() == set(rescore.schedule.SCHEDULES), rescore.schedule.MAINTENANCE_SECONDS + 30,
                   "schedules re-created after Redis came back empty")
     finally:
         for proc in (server, worker):

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from kyc import create_app
-from kyc.jobs import drain
+from kyc.rescore.background import drain
 from kyc.models import Base
 from kyc.runtime import Runtime
 from kyc.verification.webhooks import sign

@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, select, text, update
 from kyc import create_app
 from kyc.graph import Policy, components, rebuild
 from kyc.feedback import label_account
-from kyc.jobs import drain
+from kyc.rescore.background import drain
 from kyc.models import MEMBER_FLAGS, Account, AccountLabel, Cluster, ClusterMember, Evaluation, GraphEdge, GraphNode
 from kyc.runtime import Runtime
 from tests.conftest import signup
@@ -164,7 +164,8 @@ def test_rescoring_members_of_a_cluster_too_large_to_read_ahead(client, auth, ru
     """A rescore chunk reads its clusters' join times up to GROWTH_READ_AHEAD members; a larger
     cluster's growth (a farm's) is read on its own, for the chunk's plain member records."""
     from kyc import graph
-    from kyc.jobs import drain, enqueue_rescore
+    from kyc.rescore.background import drain
+    from kyc.rescore.batch import enqueue_rescore
 
     for n in (1, 2, 3):
         post(client, auth, n, device_id="dv_1")
@@ -678,7 +679,8 @@ def test_rescoring_a_farms_first_member_reads_the_growth_that_followed_it(client
     own event time: the first members of a farm see the burst that followed them (before, the
     first member of five signups in three hours was rescored with a growth of 1)."""
     from kyc import graph
-    from kyc.jobs import drain, enqueue_rescore
+    from kyc.rescore.background import drain
+    from kyc.rescore.batch import enqueue_rescore
     from kyc.scoring import rescore_account
 
     for n in range(1, 6):
@@ -701,7 +703,7 @@ def test_rescoring_a_cluster_after_a_split_selects_its_members_as_they_are_now(s
     """The rescore selector of a cluster reads the memberships, which a split moves at once:
     the copy on each account's row follows only its next evaluation (before, a split left
     `kyc rescore --cluster` selecting the old members, or nobody)."""
-    from kyc.jobs import accounts_query
+    from kyc.rescore.runs import accounts_query
 
     client, rt = small_graph
     post(client, auth, 1, device_id="dv_shared")

@@ -18,6 +18,12 @@ from click.testing import CliRunner
 from sqlalchemy import delete, func, select, update
 
 from kyc import jobs
+import kyc.rescore.background
+import kyc.rescore.batch
+import kyc.rescore.queue
+import kyc.rescore.runs
+import kyc.rescore.schedule
+from kyc import rescore
 from kyc.cli import main
 from kyc.config import Config
 from kyc.engine.loader import rules_version
@@ -69,7 +75,7 @@ def queued_runtime(pg_url, make_config, rules_dir, redis_db):
     rt = Runtime.start(make_config(pg_url, rules_dir=rules_dir, redis_url=REDIS_URL), migrate=False)
     yield rt
     jobs.use_runtime(None)
-    jobs.drain(rt)
+    rescore.background.drain(rt)
     rt.engine.dispose()
 
 
@@ -78,7 +84,7 @@ def inline_runtime(database_url, make_config, rules_dir):
     """SQLite or PostgreSQL, no Redis: jobs run in-process."""
     rt = Runtime.start(make_config(database_url, rules_dir=rules_dir), migrate=False)
     yield rt
-    jobs.drain(rt)
+    rescore.background.drain(rt)
     rt.engine.dispose()
 
 
@@ -126,7 +132,7 @@ def add_rule(rules_dir: Path, text: str) -> None:
 
 def summary(runtime: Runtime, run_id: str) -> dict:
     with runtime.session() as session:
-        return jobs.run_summary(session, session.get(RescoreRun, run_id))
+        return rescore.runs.run_summary(session, session.get(RescoreRun, run_id))
 
 
 # --- rq + PostgreSQL -------------------------------------------------------------------------------
@@ -136,7 +142,7 @@ def test_enqueue_then_a_real_worker_stores_rescore_evaluations(queued_runtime, r
 
     ids = seed(queued_runtime, 30)
     add_rule(rules_dir, BLOCK_GMAIL)
-    assert jobs.enqueue_rescore(queued_runtime, ids, "test") == 30
+    assert rescore.batch.enqueue_rescore(queued_runtime, ids, "test") == 30
     assert Queue("rescore", connection=redis_db).count == 1
     assert rescore_evaluations(queued_runtime) == {}            # nothing ran in this process
 
@@ -164,8 +170,8 @@ def test_worker_killed_mid_batch_loses_nothing_and_never_rescores_twice(queued_r
     from rq.registry import StartedJobRegistry
 
     ids = seed(queued_runtime, 1500)
-    run = jobs.start_run(queued_runtime, "all", reason="test", batch_size=1500)
-    jobs.dispatch(queued_runtime, run)
+    run = rescore.runs.start_run(queued_runtime, "all", reason="test", batch_size=1500)
+    rescore.batch.dispatch(queued_runtime, run)
     worker = subprocess.Popen(kyc_command("worker"), env=worker_env(queued_runtime), start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     cursor = 0
@@ -174,22 +180,22 @@ def test_worker_killed_mid_batch_loses_nothing_and_never_rescores_twice(queued_r
         while time.monotonic() < deadline:
             with queued_runtime.session() as session:
                 cursor = session.get(RescoreBatch, (run.id, 0)).cursor
-            if cursor >= jobs.CHUNK:
+            if cursor >= rescore.batch.CHUNK:
                 break
             time.sleep(0.01)
     finally:
         os.killpg(worker.pid, signal.SIGKILL)   # the worker and its scheduler process
         worker.wait(10)
-    assert jobs.CHUNK <= cursor < 1500, f"kill came too late (cursor {cursor})"
+    assert rescore.batch.CHUNK <= cursor < 1500, f"kill came too late (cursor {cursor})"
 
     with queued_runtime.session() as session:
         killed_at = session.get(RescoreBatch, (run.id, 0)).cursor
     done = rescore_evaluations(queued_runtime)
     # Exactly the committed prefix is rescored; the chunk in flight was rolled back with the kill.
     assert set(done) == set(ids[:killed_at]) and set(done.values()) == {1}
-    assert killed_at % jobs.CHUNK == 0
+    assert killed_at % rescore.batch.CHUNK == 0
 
-    assert jobs.resume(queued_runtime, run.id) == [(run.id, 0)]
+    assert rescore.batch.resume(queued_runtime, run.id) == [(run.id, 0)]
     run_worker_burst(queued_runtime)
     assert rescore_evaluations(queued_runtime) == {i: 1 for i in ids}
     assert summary(queued_runtime, run.id)["seen"] == 1500
@@ -212,15 +218,15 @@ def test_schedule_fires_a_rescore_after_a_rules_change(queued_runtime, redis_db,
     jobs.use_runtime(rt)
     try:
         # Baseline: the first watch records the current version (nothing to rescore).
-        assert jobs.check_rules_change(rt).total == 0
-        jobs.ensure_schedule(redis_db, config)
+        assert rescore.schedule.check_rules_change(rt).total == 0
+        rescore.schedule.ensure_schedule(redis_db, config)
         scheduled = ScheduledJobRegistry("default", connection=redis_db).get_job_ids()
         assert any(j.startswith("kyc-rules-watch-") for j in scheduled)
         assert any(j.startswith("kyc-dormant-daily-") for j in scheduled)
 
         add_rule(rules_dir, BLOCK_GMAIL)
         time.sleep(1.2)                                   # the watch is due
-        queues = [Queue(name, connection=redis_db) for name in jobs.QUEUES]
+        queues = [Queue(name, connection=redis_db) for name in rescore.queue.QUEUES]
         SimpleWorker(queues, connection=redis_db).work(burst=True, with_scheduler=True)
 
         with rt.session() as session:
@@ -233,7 +239,7 @@ def test_schedule_fires_a_rescore_after_a_rules_change(queued_runtime, redis_db,
         later = ScheduledJobRegistry("default", connection=redis_db).get_job_ids()
         assert any(j.startswith("kyc-rules-watch-") and j not in scheduled for j in later)
         # Same version again: the next watch starts nothing.
-        assert jobs.check_rules_change(rt) is None
+        assert rescore.schedule.check_rules_change(rt) is None
     finally:
         rt.engine.dispose()
 
@@ -243,9 +249,9 @@ def test_schedule_job_ids_make_one_job_per_occurrence(queued_runtime, redis_db):
 
     now = utcnow()                                    # one instant: a 5-second schedule's slot stays put
     for _ in range(3):                                # three workers starting together
-        jobs.schedule_next(redis_db, queued_runtime.config, "decision-webhooks", now)
-        jobs.ensure_schedule(redis_db, queued_runtime.config, now)
-    assert ScheduledJobRegistry("default", connection=redis_db).count == len(jobs.SCHEDULES)
+        rescore.schedule.schedule_next(redis_db, queued_runtime.config, "decision-webhooks", now)
+        rescore.schedule.ensure_schedule(redis_db, queued_runtime.config, now)
+    assert ScheduledJobRegistry("default", connection=redis_db).count == len(rescore.schedule.SCHEDULES)
 
 
 def test_failed_batch_is_retried_with_backoff_and_kept(queued_runtime, redis_db):
@@ -253,11 +259,11 @@ def test_failed_batch_is_retried_with_backoff_and_kept(queued_runtime, redis_db)
     from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 
     jobs.use_runtime(queued_runtime)
-    jobs.enqueue_batches(redis_db, "rr_missing", [0])           # no such run: the job raises
+    rescore.runs.enqueue_batches(redis_db, "rr_missing", [0])           # no such run: the job raises
     queue = Queue("rescore", connection=redis_db)
     SimpleWorker([queue], connection=redis_db).work(burst=True)
     job = queue.fetch_job("rescore-rr_missing-0")
-    assert job.retries_left == len(jobs.RETRY_INTERVALS) - 1
+    assert job.retries_left == len(rescore.queue.RETRY_INTERVALS) - 1
     assert job.id in ScheduledJobRegistry(queue=queue).get_job_ids()   # retry waits its backoff
     job.retries_left = 0
     job.save()
@@ -271,20 +277,20 @@ def test_failed_batch_is_retried_with_backoff_and_kept(queued_runtime, redis_db)
 
 def test_a_batch_worked_twice_rescores_once(inline_runtime):
     ids = seed(inline_runtime, 120)
-    run = jobs.start_run(inline_runtime, "all", reason="test", batch_size=100)
+    run = rescore.runs.start_run(inline_runtime, "all", reason="test", batch_size=100)
     assert (run.total, run.batches) == (120, 2)
-    first = jobs.run_batch(inline_runtime, run.id, 0)
-    again = jobs.run_batch(inline_runtime, run.id, 0)
+    first = rescore.batch.run_batch(inline_runtime, run.id, 0)
+    again = rescore.batch.run_batch(inline_runtime, run.id, 0)
     assert first == again and first["seen"] == 100
     assert len(rescore_evaluations(inline_runtime)) == 100
     with inline_runtime.session() as session:
         assert session.get(RescoreRun, run.id).finished_at is None       # batch 1 still open
-    assert jobs.resume(inline_runtime) == [(run.id, 1)]
+    assert rescore.batch.resume(inline_runtime) == [(run.id, 1)]
     assert rescore_evaluations(inline_runtime) == {i: 1 for i in ids}
     with inline_runtime.session() as session, session.begin():
         assert session.get(RescoreRun, run.id).finished_at is not None
         session.get(RescoreRun, run.id).finished_at = None     # as if the process died before closing it
-    jobs.run_batch(inline_runtime, run.id, 0)                   # any repeat closes it, rescoring nothing
+    rescore.batch.run_batch(inline_runtime, run.id, 0)                   # any repeat closes it, rescoring nothing
     with inline_runtime.session() as session:
         assert session.get(RescoreRun, run.id).finished_at is not None
     assert rescore_evaluations(inline_runtime) == {i: 1 for i in ids}
@@ -294,12 +300,12 @@ def test_in_process_fallback_rescores_now(inline_runtime, rules_dir):
     ids = seed(inline_runtime, 5) + ["nobody"]
     add_rule(rules_dir, BLOCK_GMAIL)
     inline_runtime.reload_rules()                 # as the service's rules watcher does
-    assert jobs.enqueue_rescore(inline_runtime, ids, "label propagated") == 5
+    assert rescore.batch.enqueue_rescore(inline_runtime, ids, "label propagated") == 5
     assert rescore_evaluations(inline_runtime) == {i: 1 for i in ids[:5]}
-    assert jobs.enqueue_rescore(inline_runtime, ids[:2], "test") == 2
+    assert rescore.batch.enqueue_rescore(inline_runtime, ids[:2], "test") == 2
     with inline_runtime.session() as session:
-        run = jobs.last_run(session)
-        result = jobs.run_summary(session, run)
+        run = rescore.runs.last_run(session)
+        result = rescore.runs.run_summary(session, run)
         assert {a.decision for a in session.scalars(select(Account))} == {"block"}
         evaluation = session.scalars(select(Evaluation).where(Evaluation.trigger == "rescore")).first()
         assert evaluation.rules_version == inline_runtime.rules.version == rules_version(rules_dir)
@@ -310,9 +316,9 @@ def test_dormant_selection(inline_runtime):
     old = seed(inline_runtime, 3, prefix="old", occurred_at="2026-01-01T00:00:00Z")
     seed(inline_runtime, 2, prefix="new", occurred_at="2026-11-24T21:00:00Z")
     days = (utcnow() - datetime(2026, 6, 1, tzinfo=timezone.utc)).days
-    run = jobs.start_run(inline_runtime, "dormant", params={"dormant_days": days}, reason="test")
+    run = rescore.runs.start_run(inline_runtime, "dormant", params={"dormant_days": days}, reason="test")
     assert run.total == 3
-    jobs.run_inline(inline_runtime, run)
+    rescore.batch.run_inline(inline_runtime, run)
     assert set(rescore_evaluations(inline_runtime)) == set(old)
 
 
@@ -328,8 +334,8 @@ def test_rescore_keeps_block_unless_a_rule_releases_it(inline_runtime, rules_dir
     assert rule in path.read_text()
     path.write_text(path.read_text().replace(rule, rule + "  mode: shadow\n"))
     inline_runtime.reload_rules()
-    run = jobs.start_run(inline_runtime, "all", reason="test")
-    jobs.run_inline(inline_runtime, run)
+    run = rescore.runs.start_run(inline_runtime, "all", reason="test")
+    rescore.batch.run_inline(inline_runtime, run)
     with inline_runtime.session() as session:
         account = session.get(Account, blocked)
         assert (account.decision, account.state_version) == ("block", version_before)
@@ -347,8 +353,8 @@ def test_rescore_keeps_block_unless_a_rule_releases_it(inline_runtime, rules_dir
   tags: [releases_block]
 """)
     inline_runtime.reload_rules()
-    run = jobs.start_run(inline_runtime, "all", reason="test")
-    jobs.run_inline(inline_runtime, run)
+    run = rescore.runs.start_run(inline_runtime, "all", reason="test")
+    rescore.batch.run_inline(inline_runtime, run)
     with inline_runtime.session() as session:
         assert session.get(Account, blocked).decision != "block"
     assert summary(inline_runtime, run.id)["held"] == 0
@@ -358,10 +364,10 @@ def test_in_process_schedule_rescores_after_a_rules_change(database_url, make_co
     config = make_config(database_url, rules_dir=rules_dir, rules_watch_seconds=1)
     rt = Runtime.start(config, migrate=False)
     ids = seed(rt, 4)
-    schedule = jobs.InProcessSchedule.start_once(rt)
+    schedule = rescore.schedule.InProcessSchedule.start_once(rt)
     try:
         assert schedule is not None
-        assert jobs.InProcessSchedule.start_once(rt) is None       # one schedule per data dir
+        assert rescore.schedule.InProcessSchedule.start_once(rt) is None       # one schedule per data dir
         add_rule(rules_dir, BLOCK_GMAIL)
         rt.reload_rules()                         # the service's rules watcher; the schedule notices
         version = rules_version(rules_dir)
@@ -403,7 +409,7 @@ def _outbox_size(runtime: Runtime) -> int:
 
 def test_in_process_schedule_deletes_expired_codes_from_the_outbox(inline_runtime):
     _message_with_an_expired_code(inline_runtime)
-    schedule = jobs.InProcessSchedule.start_once(inline_runtime)
+    schedule = rescore.schedule.InProcessSchedule.start_once(inline_runtime)
     try:
         deadline = time.monotonic() + 20
         while _outbox_size(inline_runtime) and time.monotonic() < deadline:
@@ -427,9 +433,9 @@ def test_scheduled_outbox_purge_deletes_expired_codes_and_schedules_the_next(que
 def test_next_time_is_utc_and_strictly_ahead():
     config = Config.from_env({}, secret_key=b"x", rescore_daily_at="03:00", rules_watch_seconds=60)
     now = datetime(2026, 11, 24, 3, 0, tzinfo=timezone.utc)
-    assert jobs.next_time("dormant-daily", config, now) == datetime(2026, 11, 25, 3, 0, tzinfo=timezone.utc)
-    assert jobs.next_time("rules-watch", config, now) == datetime(2026, 11, 24, 3, 1, tzinfo=timezone.utc)
-    assert jobs.next_time("outbox-purge", config, now) == datetime(2026, 11, 24, 3, 1, tzinfo=timezone.utc)
+    assert rescore.schedule.next_time("dormant-daily", config, now) == datetime(2026, 11, 25, 3, 0, tzinfo=timezone.utc)
+    assert rescore.schedule.next_time("rules-watch", config, now) == datetime(2026, 11, 24, 3, 1, tzinfo=timezone.utc)
+    assert rescore.schedule.next_time("outbox-purge", config, now) == datetime(2026, 11, 24, 3, 1, tzinfo=timezone.utc)
 
 
 def test_rescore_command_needs_exactly_one_selector(inline_runtime):
@@ -455,13 +461,13 @@ def test_runs_recorded_while_redis_was_down_are_enqueued_later(pg_url, make_conf
     ids = seed(up, 3)
     down = Runtime.start(make_config(pg_url, redis_url="redis://127.0.0.1:1/0"), migrate=False)
     try:
-        assert jobs.enqueue_rescore(down, ids, "label propagated") == 3     # accepted, not lost
+        assert rescore.batch.enqueue_rescore(down, ids, "label propagated") == 3     # accepted, not lost
     finally:
         down.engine.dispose()
     try:
-        assert jobs.sweep_orphans(up, redis_db) == 0                        # too recent to call orphaned
-        assert jobs.sweep_orphans(up, redis_db, now=utcnow() + timedelta(minutes=11)) == 1
-        assert jobs.sweep_orphans(up, redis_db, now=utcnow() + timedelta(minutes=11)) == 0   # job exists now
+        assert rescore.runs.sweep_orphans(up, redis_db) == 0                        # too recent to call orphaned
+        assert rescore.runs.sweep_orphans(up, redis_db, now=utcnow() + timedelta(minutes=11)) == 1
+        assert rescore.runs.sweep_orphans(up, redis_db, now=utcnow() + timedelta(minutes=11)) == 0   # job exists now
         assert Queue("rescore", connection=redis_db).count == 1
         run_worker_burst(up)
         assert rescore_evaluations(up) == {i: 1 for i in ids}
@@ -473,7 +479,7 @@ def test_a_worker_batch_leaves_no_per_value_cache_behind(inline_runtime):
     from kyc.signals import device, email
 
     seed(inline_runtime, 3)
-    run = jobs.start_run(inline_runtime, "all", reason="test")
+    run = rescore.runs.start_run(inline_runtime, "all", reason="test")
     jobs.use_runtime(inline_runtime)
     try:
         assert email.parse.cache_info().currsize > 0
@@ -488,12 +494,12 @@ def test_rescore_gives_an_account_without_a_membership_a_cluster_of_its_own(inli
     """Accounts stored before the graph (no membership) get a cluster of one, with their traits."""
     plain, headless = seed(inline_runtime, 1) + seed(inline_runtime, 1, prefix="bot", user_agent=HEADLESS,
                                                      email="bot@gmail.com", ip="45.9.9.10")   # linked to nobody
-    jobs.drain(inline_runtime)
+    rescore.background.drain(inline_runtime)
     with inline_runtime.session() as session, session.begin():
         session.execute(delete(ClusterMember))
         session.execute(delete(Cluster))
         session.execute(update(Account).values(cluster_id=None))
-    assert jobs.enqueue_rescore(inline_runtime, [plain, headless], "test") == 2
+    assert rescore.batch.enqueue_rescore(inline_runtime, [plain, headless], "test") == 2
     with inline_runtime.session() as session:
         for account_id, blocked, is_headless in ((plain, False, False), (headless, True, True)):
             member = session.get(ClusterMember, account_id)
@@ -511,7 +517,7 @@ def test_background_merges_asks_and_leaves_the_asker_out(inline_runtime):
     ids = seed(inline_runtime, 4)
     with inline_runtime.session() as session:
         cluster_of = dict(session.execute(select(ClusterMember.account_id, ClusterMember.cluster_id)).all())
-    worker = jobs._background(inline_runtime)
+    worker = rescore.background.background(inline_runtime)
     inline_runtime.traffic.enter()                # a request in flight: nothing runs yet
     try:
         for _ in range(3):                        # the same asks, three times over, while it waits
@@ -520,19 +526,19 @@ def test_background_merges_asks_and_leaves_the_asker_out(inline_runtime):
         assert rescore_evaluations(inline_runtime) == {}
     finally:
         inline_runtime.traffic.leave()
-    jobs.drain(inline_runtime)
+    rescore.background.drain(inline_runtime)
     # Each account once; ids[3] asked about its own cluster (it was just scored): left out.
     assert rescore_evaluations(inline_runtime) == {ids[0]: 1, ids[1]: 1, ids[2]: 1}
 
 
 def test_background_waits_for_requests_but_not_forever(inline_runtime):
     ids = seed(inline_runtime, 2)
-    worker = jobs._background(inline_runtime)
+    worker = rescore.background.background(inline_runtime)
     worker.MAX_DEFER = 0.2
     inline_runtime.traffic.enter()                # traffic that never pauses
     try:
         worker.put(ids, {})
-        jobs.drain(inline_runtime)
+        rescore.background.drain(inline_runtime)
         assert rescore_evaluations(inline_runtime) == {i: 1 for i in ids}
     finally:
         inline_runtime.traffic.leave()
@@ -557,33 +563,33 @@ def test_the_service_tells_background_work_when_a_request_is_in_flight(inline_ru
 def test_asks_are_recorded_before_they_wait_and_a_new_process_finishes_them(inline_runtime, make_config,
                                                                              database_url, rules_dir):
     ids = seed(inline_runtime, 7)
-    first = jobs._background(inline_runtime)
+    first = rescore.background.background(inline_runtime)
     first.MAX_DEFER = 600
     inline_runtime.traffic.enter()                # this process stays busy: its thread only records
     try:
         first.put(ids, {})
         deadline = time.monotonic() + 30
-        while len(jobs.unfinished_batches(inline_runtime)) < 2 and time.monotonic() < deadline:
+        while len(rescore.runs.unfinished_batches(inline_runtime)) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert len(jobs.unfinished_batches(inline_runtime)) == 2         # 7 accounts, batches of 5
+        assert len(rescore.runs.unfinished_batches(inline_runtime)) == 2         # 7 accounts, batches of 5
         # The process "stops" here; the next one's schedule thread takes the recorded run over.
         successor = Runtime.start(make_config(database_url, rules_dir=rules_dir), migrate=False)
-        schedule = jobs.InProcessSchedule(successor)
+        schedule = rescore.schedule.InProcessSchedule(successor)
         schedule.start()
         try:
             deadline = time.monotonic() + 30
-            while jobs.unfinished_batches(successor) and time.monotonic() < deadline:
+            while rescore.runs.unfinished_batches(successor) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            jobs.drain(successor)
+            rescore.background.drain(successor)
         finally:
             schedule.stop()
             schedule.join(10)
             successor.engine.dispose()
-        assert jobs.unfinished_batches(inline_runtime) == []
+        assert rescore.runs.unfinished_batches(inline_runtime) == []
         assert rescore_evaluations(inline_runtime) == {i: 1 for i in ids}
     finally:
         inline_runtime.traffic.leave()
-    jobs.drain(inline_runtime)                    # the first process's thread finds the batches done
+    rescore.background.drain(inline_runtime)                    # the first process's thread finds the batches done
     assert rescore_evaluations(inline_runtime) == {i: 1 for i in ids}
 
 
@@ -592,7 +598,7 @@ def test_asks_the_database_refused_are_kept_and_recorded_later(inline_runtime, m
 
     ids = seed(inline_runtime, 3)
     refused = []
-    real_start_run = jobs.start_run
+    real_start_run = rescore.runs.start_run
 
     def start_run_once_refused(*args, **kwargs):
         if not refused:
@@ -600,9 +606,9 @@ def test_asks_the_database_refused_are_kept_and_recorded_later(inline_runtime, m
             raise OperationalError("INSERT INTO rescore_runs ...", {}, Exception("database is locked"))
         return real_start_run(*args, **kwargs)
 
-    monkeypatch.setattr(jobs, "start_run", start_run_once_refused)
-    worker = jobs._background(inline_runtime)
+    monkeypatch.setattr(rescore.background, "start_run", start_run_once_refused)
+    worker = rescore.background.background(inline_runtime)
     worker.RETRY = 0.05
     worker.put(ids, {})
-    jobs.drain(inline_runtime)
+    rescore.background.drain(inline_runtime)
     assert refused and rescore_evaluations(inline_runtime) == {i: 1 for i in ids}

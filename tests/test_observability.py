@@ -249,7 +249,7 @@ def test_metrics_under_gunicorn_add_up_both_workers(deployment):
     assert _total(before["kyc_rescore_batches_pending"], "kyc_rescore_batches_pending") >= 1
     assert _total(before["kyc_queue_depth"], "kyc_queue_depth", queue="rescore") >= 1
     assert _total(after["kyc_rescore_batches_pending"], "kyc_rescore_batches_pending") == 0
-    assert {s.labels["queue"] for s in after["kyc_queue_depth"]} == set(__import__("kyc.jobs").jobs.QUEUES)
+    assert {s.labels["queue"] for s in after["kyc_queue_depth"]} == set(__import__("kyc.rescore.queue").rescore.queue.QUEUES)
     info = after["kyc_rules_info"]
     assert [(s.name, s.labels, s.value) for s in info] == [
         ("kyc_rules_info", {"version": deployment["rules_version"]}, 1.0)]

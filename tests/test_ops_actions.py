@@ -109,7 +109,8 @@ def test_an_action_racing_joining_signups_and_rescoring_leaves_every_counter_tru
     from concurrent.futures import ThreadPoolExecutor
 
     from kyc import create_app
-    from kyc.jobs import drain, enqueue_rescore
+    from kyc.rescore.background import drain
+    from kyc.rescore.batch import enqueue_rescore
     from kyc.models import Account, ClusterMember
     from kyc.ops.actions import act_on_cluster
     from tests.flows import key_headers

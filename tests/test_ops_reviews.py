@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kyc.jobs import drain, enqueue_rescore
+from kyc.rescore.background import drain
+from kyc.rescore.batch import enqueue_rescore
 from tests.conftest import signup
 
 

@@ -17,7 +17,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from kyc import create_app
-from kyc.jobs import drain
+from kyc.rescore.background import drain
 from kyc.models import DecisionWebhook
 from kyc.ops import webhooks
 from kyc.runtime import Runtime

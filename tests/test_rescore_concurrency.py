@@ -17,7 +17,10 @@ import time
 import pytest
 from sqlalchemy import event, func, select, text
 
-from kyc import jobs
+import kyc.rescore.background
+import kyc.rescore.batch
+import kyc.rescore.runs
+from kyc import rescore
 from kyc.inputs import SignupInput
 from kyc.models import MEMBER_FLAGS, Account, Cluster, ClusterMember, Evaluation
 from kyc.runtime import Runtime
@@ -34,7 +37,7 @@ def pg_runtime(request, make_config, rules_dir):
     _truncate_postgres(url)
     rt = Runtime.start(make_config(url, rules_dir=rules_dir), migrate=False)
     yield rt
-    jobs.drain(rt)
+    rescore.background.drain(rt)
     rt.engine.dispose()
 
 
@@ -70,7 +73,7 @@ def lone_and_pair(rt, count: int) -> tuple[str, str]:
     for i in range(count):
         live_signup(rt, **account_signup(i))
     live_signup(rt, **account_signup(count - 1, device_id=f"dv_{count - 2}"))
-    jobs.drain(rt)
+    rescore.background.drain(rt)
     return cluster_of(rt, "acct_000"), cluster_of(rt, f"acct_{count - 2:03d}")
 
 
@@ -81,7 +84,7 @@ def test_a_merge_while_a_chunk_is_scored_rolls_the_chunk_back_and_scores_it_agai
     moved, farm = lone_and_pair(rt, 6)
     assert moved != farm and cluster_of(rt, "acct_005") == farm
 
-    real_read_chunk, reads = jobs.read_chunk, []
+    real_read_chunk, reads = rescore.batch.read_chunk, []
 
     def read_chunk_then_merge(runtime, session, ids):
         chunk = real_read_chunk(runtime, session, ids)
@@ -92,12 +95,12 @@ def test_a_merge_while_a_chunk_is_scored_rolls_the_chunk_back_and_scores_it_agai
         reads.append({a: m["cluster_id"] for a, m in chunk.graph.read_members.items()})
         return chunk
 
-    monkeypatch.setattr(jobs, "read_chunk", read_chunk_then_merge)
+    monkeypatch.setattr(rescore.batch, "read_chunk", read_chunk_then_merge)
     with rt.session() as session:
         ids = sorted(session.scalars(select(Account.id).where(Account.id != "acct_009")))
-    run = jobs.start_run(rt, "ids", account_ids=ids, reason="test")
+    run = rescore.runs.start_run(rt, "ids", account_ids=ids, reason="test")
     caplog.set_level("INFO", logger="kyc.jobs")
-    result = jobs.run_batch(rt, run.id, 0)
+    result = rescore.batch.run_batch(rt, run.id, 0)
 
     assert len(reads) == 2 and reads[0]["acct_000"] == moved and reads[1]["acct_000"] == farm
     assert "chunk scored again (a member of the chunk changed cluster while it was rescored)" in caplog.text
@@ -117,7 +120,7 @@ def test_a_cluster_merged_away_between_the_chunk_reads_is_retried(pg_runtime, ca
     """The merge commits after the chunk read its memberships, before it reads their clusters."""
     rt = pg_runtime
     moved, farm = lone_and_pair(rt, 3)
-    run = jobs.start_run(rt, "all", reason="test")
+    run = rescore.runs.start_run(rt, "all", reason="test")
     merged = []
 
     def merge_before_the_cluster_read(state) -> None:
@@ -129,7 +132,7 @@ def test_a_cluster_merged_away_between_the_chunk_reads_is_retried(pg_runtime, ca
     caplog.set_level("INFO", logger="kyc.jobs")
     event.listen(rt.sessions, "do_orm_execute", merge_before_the_cluster_read)
     try:
-        result = jobs.run_batch(rt, run.id, 0)
+        result = rescore.batch.run_batch(rt, run.id, 0)
     finally:
         event.remove(rt.sessions, "do_orm_execute", merge_before_the_cluster_read)
 
@@ -148,7 +151,7 @@ def test_two_chunks_add_their_counter_changes_to_one_cluster(pg_runtime, rules_d
     for i in range(4):
         # A day apart: the shared device is not reused within 24 hours (no block yet).
         live_signup(rt, **account_signup(i, device_id="dv_farm", occurred_at=f"2026-11-{20 + i}T21:00:00Z"))
-    jobs.drain(rt)
+    rescore.background.drain(rt)
     farm = cluster_of(rt, "acct_000")
     with rt.session() as session:
         assert session.get(Cluster, farm).size == 4 and session.get(Cluster, farm).blocked == 0
@@ -160,7 +163,7 @@ def test_two_chunks_add_their_counter_changes_to_one_cluster(pg_runtime, rules_d
     first.begin()
     # The first chunk blocks two members and adds +2 to the cluster's counter; its row lock is
     # held until it commits.
-    jobs.rescore_chunk(rt, first, ["acct_000", "acct_001"], rules)
+    rescore.batch.rescore_chunk(rt, first, ["acct_000", "acct_001"], rules)
     first.flush()
 
     pid, failure = [], []
@@ -170,7 +173,7 @@ def test_two_chunks_add_their_counter_changes_to_one_cluster(pg_runtime, rules_d
             with rt.session() as session, session.begin():
                 pid.append(session.execute(text("SELECT pg_backend_pid()")).scalar_one())
                 # Reads the cluster as committed (blocked = 0): the first chunk's +2 is not visible.
-                jobs.rescore_chunk(rt, session, ["acct_002", "acct_003"], rules)
+                rescore.batch.rescore_chunk(rt, session, ["acct_002", "acct_003"], rules)
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             failure.append(exc)
 
@@ -187,7 +190,7 @@ def test_two_chunks_add_their_counter_changes_to_one_cluster(pg_runtime, rules_d
     first.close()
     thread.join(timeout=60)
     assert not thread.is_alive() and not failure, failure
-    jobs.drain(rt)
+    rescore.background.drain(rt)
     with rt.session() as session:
         cluster = session.get(Cluster, farm)
         assert (cluster.size, cluster.blocked) == (4, 4)

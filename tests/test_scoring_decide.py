@@ -14,9 +14,12 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import select
 
-from kyc import create_app, jobs
+import kyc.rescore.background
+import kyc.rescore.batch
+import kyc.rescore.runs
+from kyc import create_app, rescore
 from kyc.engine.loader import Rule
-from kyc.models import Account, Evaluation
+from kyc.models import Account, Evaluation, RescoreRun
 from kyc.runtime import Runtime
 from kyc.scoring.decide import Outcome, combine, outcome, settle
 from tests.conftest import RULES_DIR, signup
@@ -102,7 +105,7 @@ def decided(database_url, make_config, tmp_path):
     answer = client.post("/v1/signups", json=body, headers=auth)
     assert answer.json["decision"] == "block", answer.json
     yield SimpleNamespace(rt=rt, client=client, auth=auth, body=body, rules_dir=rules_dir)
-    jobs.drain(rt)
+    rescore.background.drain(rt)
     rt.engine.dispose()
 
 
@@ -111,8 +114,8 @@ def live(d) -> None:
 
 
 def batch(d) -> None:
-    run = jobs.start_run(d.rt, "ids", account_ids=["acct_1"], reason="test")
-    jobs.run_inline(d.rt, run)
+    run = rescore.runs.start_run(d.rt, "ids", account_ids=["acct_1"], reason="test")
+    rescore.batch.run_inline(d.rt, run)
 
 
 def verification(d) -> None:
@@ -155,10 +158,10 @@ def test_every_path_lifts_a_block_when_a_releases_block_rule_acts(decided, path)
 
 def test_rescore_runs_count_the_blocks_they_kept(decided):
     edit_rules(decided, HEADLESS_RULE, HEADLESS_RULE + "  mode: shadow\n")
-    run = jobs.start_run(decided.rt, "ids", account_ids=["acct_1"], reason="test")
-    jobs.run_inline(decided.rt, run)
+    run = rescore.runs.start_run(decided.rt, "ids", account_ids=["acct_1"], reason="test")
+    rescore.batch.run_inline(decided.rt, run)
     with decided.rt.session() as s:
-        result = jobs.run_summary(s, s.get(jobs.RescoreRun, run.id))
+        result = rescore.runs.run_summary(s, s.get(RescoreRun, run.id))
         trigger = s.scalars(select(Evaluation.trigger).order_by(Evaluation.created_at.desc())).first()
     assert (result["held"], result["matrix"], trigger) == (1, {("block", "block"): 1}, "rescore")
 

@@ -262,7 +262,7 @@ def test_etag_and_cache_control_follow_the_state_version(client, auth, runtime):
 
 
 def test_state_version_bumps_on_rescore_and_verification(client, auth, runtime):
-    from kyc.jobs import enqueue_rescore
+    from kyc.rescore.batch import enqueue_rescore
 
     client.post("/v1/signups", json=signup(), headers=auth)
     versions = [entitlement(client, auth, "free").json["state_version"]]

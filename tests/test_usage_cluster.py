@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from kyc.jobs import drain
+from kyc.rescore.background import drain
 from kyc.models import Evaluation
 from tests.conftest import signup
 
@@ -38,8 +38,8 @@ def test_the_cluster_s_usage_is_read_with_the_account_s(client, auth, runtime):
 
 def test_linked_accounts_waking_together_are_refused_as_one(client, auth, runtime):
     ids = _linked(client, auth, 6)
-    reports = [{"account_id": account, "occurred_at": "2026-11-24T10:30:00Z", "requests": 27, "tier": "free"}
-               for account in ids]
+    reports = [{"account_id": account, "occurred_at": "2026-11-24T10:30:00Z", "requests": 27, "tier": "free",
+                "interval_cv": 0.05} for account in ids]
     results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
     assert all(r["woke_up"] for r in results)
     drain(runtime)              # the cluster's rescore after the commit
@@ -47,3 +47,14 @@ def test_linked_accounts_waking_together_are_refused_as_one(client, auth, runtim
         answer = client.get(f"/v1/accounts/{account}/entitlement?tier=free", headers=auth).json
         assert answer["allowed"] is False, (account, answer)
         assert "cluster_waking_together" in {r["rule"] for r in answer["reasons"]}
+
+
+def test_linked_accounts_waking_together_at_a_human_pace_are_served(client, auth, runtime):
+    ids = _linked(client, auth, 6)
+    reports = [{"account_id": account, "occurred_at": "2026-11-24T10:30:00Z", "requests": 27, "tier": "free",
+                "interval_cv": 0.8} for account in ids]
+    results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
+    assert all(r["woke_up"] for r in results)
+    drain(runtime)
+    for account in ids:
+        assert client.get(f"/v1/accounts/{account}/entitlement?tier=free", headers=auth).json["allowed"] is True

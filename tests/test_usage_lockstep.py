@@ -55,6 +55,25 @@ def test_a_farm_waking_together_on_shared_rare_templates_is_blocked(client, auth
     assert client.get(f"/v1/accounts/{farm[0]}/entitlement?tier=free", headers=auth).json["allowed"] is False
 
 
+def test_a_farm_waking_together_is_held_before_any_two_accounts_share_three_templates(client, auth, runtime):
+    farm = _signups(client, auth, "farm", 24)
+    # A careful farm's first hour: one template per account and report, so no two accounts
+    # share three (the pairwise lockstep sees nothing); its users woke together that day.
+    reports = [_report(a, {"pf_farm_0": 2}, requests=2) for a in farm]
+    results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
+    assert [r["decision"] for r in results] == ["review"] * 24
+    reasons = {r["rule"] for r in client.get(f"/v1/accounts/{farm[0]}", headers=auth).json["reasons"]}
+    assert "woke_together_on_rare_templates" in reasons and "lockstep_machine_group" not in reasons
+    assert client.get(f"/v1/accounts/{farm[0]}/entitlement?tier=free", headers=auth).json["allowed"] is False
+
+
+def test_people_waking_the_same_day_on_one_uncommon_tool_at_a_human_pace_are_served(client, auth, runtime):
+    users = _signups(client, auth, "user", 24)
+    reports = [_report(a, {"pf_tool_0": 2}, requests=2, cv=1.3) for a in users]
+    results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
+    assert [r["decision"] for r in results] == ["allow"] * 24
+
+
 def test_a_company_sharing_internal_templates_is_not_a_farm(client, auth, runtime):
     company = _signups(client, auth, "acme", 4)
     internal = {f"pf_acme_{k}": 50 for k in range(5)}

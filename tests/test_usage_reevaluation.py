@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from kyc.jobs import drain
+from kyc.rescore.background import drain
 from kyc.models import Evaluation
 from tests.conftest import signup
 

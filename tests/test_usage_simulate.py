@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kyc import create_app
-from kyc.jobs import drain
+from kyc.rescore.background import drain
 from kyc.runtime import Runtime
 from kyc.usage import simulate as usage_sim
 
@@ -26,7 +26,7 @@ def test_a_small_usage_week_stops_the_farm_and_serves_everyone_else(tmp_path, ma
     assert result["wanted"]["farm"] > 0 and result["wanted"]["heavy"] > result["wanted"]["light"]
     assert summary["heavy_or_company_denied"] == 0, result["denied_accounts"]
     assert summary["legit_denied_share"] <= 0.01, result
-    # A small farm (the lockstep rule wants 20 accounts together) is stopped more slowly than a
-    # large one: most of it blocked, well under half its traffic served.
-    assert result["final"]["farm"].get("block", 0) >= 30, result["final"]
-    assert summary["farm_served_share"] < 0.5, result
+    # Every farm account is held (its accounts woke together on templates nobody else uses),
+    # within its first hours: a small farm's group reaches twenty later than a large one's.
+    assert result["final"]["farm"].get("review", 0) + result["final"]["farm"].get("block", 0) == 50, result["final"]
+    assert summary["farm_served_share"] < 0.15, result

@@ -310,7 +310,7 @@ def test_outbox_command_shows_codes_in_development_only(client, auth, runtime, a
 def test_outbox_messages_are_deleted_once_their_code_expires(client, auth, runtime, account):
     """A message holds its code in plain text: it is kept while the code is valid, not after.
     The code's verification (which keeps only its hash) stays."""
-    from kyc.jobs import purge_expired_codes
+    from kyc.rescore.schedule import purge_expired_codes
     from kyc.verification.senders import purge_outbox
 
     vid = start(client, auth, kind="email").json["verification_id"]

@@ -15,6 +15,10 @@ from rq.job import Job, JobStatus
 from rq.registry import ScheduledJobRegistry
 
 from kyc import jobs
+import kyc.rescore.batch
+import kyc.rescore.runs
+import kyc.rescore.schedule
+from kyc import rescore
 from kyc.models import RescoreBatch, RescoreRun
 from tests.test_jobs import (kyc_command, pg_url, queued_runtime, redis_db, rescore_evaluations,  # noqa: F401
                              rules_dir, seed, worker_env)
@@ -32,7 +36,7 @@ def _wait_for(predicate, seconds: float, what: str):
 
 def _schedules(connection) -> set[str]:
     ids = ScheduledJobRegistry("default", connection=connection).get_job_ids()
-    return {name for name in jobs.SCHEDULES if any(j.startswith(f"kyc-{name}-") for j in ids)}
+    return {name for name in rescore.schedule.SCHEDULES if any(j.startswith(f"kyc-{name}-") for j in ids)}
 
 
 def _start_worker(runtime) -> subprocess.Popen:
@@ -60,20 +64,20 @@ def test_ensure_schedule_creates_only_what_is_missing(queued_runtime, redis_db):
     from kyc.models import utcnow
 
     now = utcnow()                    # one instant: a 5-second schedule's next slot must not move between calls
-    assert jobs.ensure_schedule(redis_db, queued_runtime.config, now) == len(jobs.SCHEDULES)
-    assert jobs.ensure_schedule(redis_db, queued_runtime.config, now) == 0
+    assert rescore.schedule.ensure_schedule(redis_db, queued_runtime.config, now) == len(rescore.schedule.SCHEDULES)
+    assert rescore.schedule.ensure_schedule(redis_db, queued_runtime.config, now) == 0
     redis_db.flushdb()                                   # Redis restarted empty
-    assert jobs.ensure_schedule(redis_db, queued_runtime.config, now) == len(jobs.SCHEDULES)
-    assert _schedules(redis_db) == set(jobs.SCHEDULES)
+    assert rescore.schedule.ensure_schedule(redis_db, queued_runtime.config, now) == len(rescore.schedule.SCHEDULES)
+    assert _schedules(redis_db) == set(rescore.schedule.SCHEDULES)
 
 
 def test_a_running_worker_recreates_the_schedules_redis_lost(queued_runtime, redis_db):
     worker = _start_worker(queued_runtime)
     try:
-        _wait_for(lambda: _schedules(redis_db) == set(jobs.SCHEDULES), 60, "schedules at start")
+        _wait_for(lambda: _schedules(redis_db) == set(rescore.schedule.SCHEDULES), 60, "schedules at start")
         redis_db.flushdb()
         assert _schedules(redis_db) == set()
-        _wait_for(lambda: _schedules(redis_db) == set(jobs.SCHEDULES), jobs.MAINTENANCE_SECONDS + 20,
+        _wait_for(lambda: _schedules(redis_db) == set(rescore.schedule.SCHEDULES), rescore.schedule.MAINTENANCE_SECONDS + 20,
                   "schedules re-created")
     finally:
         _kill(worker)
@@ -81,12 +85,12 @@ def test_a_running_worker_recreates_the_schedules_redis_lost(queued_runtime, red
 
 def test_a_killed_workers_batch_is_worked_again_within_a_minute(queued_runtime, redis_db):
     ids = seed(queued_runtime, 1000)
-    run = jobs.start_run(queued_runtime, "all", reason="test", batch_size=1000)
-    jobs.dispatch(queued_runtime, run)
+    run = rescore.runs.start_run(queued_runtime, "all", reason="test", batch_size=1000)
+    rescore.batch.dispatch(queued_runtime, run)
     first = _start_worker(queued_runtime)
     second = None
     try:
-        _wait_for(lambda: _batch(queued_runtime, run.id).cursor >= jobs.CHUNK, 120, "first chunk")
+        _wait_for(lambda: _batch(queued_runtime, run.id).cursor >= rescore.batch.CHUNK, 120, "first chunk")
         _kill(first)
         killed_at = time.monotonic()
         cursor = _batch(queued_runtime, run.id).cursor
@@ -106,14 +110,14 @@ def test_a_killed_workers_batch_is_worked_again_within_a_minute(queued_runtime, 
 def _failing_batch(runtime, redis_db, monkeypatch) -> tuple[str, Job]:
     """A batch whose job started, counted an attempt and failed: rq schedules its retry."""
     seed(runtime, 3)
-    run = jobs.start_run(runtime, "all", reason="test")
-    jobs.dispatch(runtime, run)
+    run = rescore.runs.start_run(runtime, "all", reason="test")
+    rescore.batch.dispatch(runtime, run)
     jobs.use_runtime(runtime)
 
     def broken(*_args, **_kwargs):
         raise RuntimeError("the database hiccuped")
 
-    monkeypatch.setattr(jobs, "rescore_chunk", broken)
+    monkeypatch.setattr(rescore.batch, "rescore_chunk", broken)
     queue = Queue("rescore", connection=redis_db)
     SimpleWorker([queue], connection=redis_db).work(burst=True)
     monkeypatch.undo()
@@ -124,26 +128,26 @@ def _failing_batch(runtime, redis_db, monkeypatch) -> tuple[str, Job]:
 
 def test_sweep_leaves_a_failed_job_to_its_retry_and_takes_an_abandoned_one(queued_runtime, redis_db, monkeypatch):
     run_id, job = _failing_batch(queued_runtime, redis_db, monkeypatch)
-    alive = jobs.ALIVE_KEY.format(run_id=run_id, batch_no=0)
+    alive = rescore.runs.ALIVE_KEY.format(run_id=run_id, batch_no=0)
     assert redis_db.exists(alive)                        # a failed job's key lives out its time
-    assert jobs.sweep_abandoned(queued_runtime, redis_db) == 0
+    assert rescore.runs.sweep_abandoned(queued_runtime, redis_db) == 0
     redis_db.delete(alive)                               # ... and expires
-    assert jobs.sweep_abandoned(queued_runtime, redis_db) == 0       # its retry is rq's
+    assert rescore.runs.sweep_abandoned(queued_runtime, redis_db) == 0       # its retry is rq's
     # A worker killed mid-job: rq still believes the job started, nothing says it is alive.
     job.set_status(JobStatus.STARTED)
-    assert jobs.sweep_abandoned(queued_runtime, redis_db) == 1
-    assert jobs.sweep_abandoned(queued_runtime, redis_db) == 0       # queued once, not every round
+    assert rescore.runs.sweep_abandoned(queued_runtime, redis_db) == 1
+    assert rescore.runs.sweep_abandoned(queued_runtime, redis_db) == 0       # queued once, not every round
     assert Queue("rescore", connection=redis_db).get_job_ids() == [f"rescore-{run_id}-0-a1"]
     SimpleWorker([Queue("rescore", connection=redis_db)], connection=redis_db).work(burst=True)
     assert _batch(queued_runtime, run_id).finished_at is not None
     assert not redis_db.exists(alive)
-    assert jobs.sweep_abandoned(queued_runtime, redis_db) == 0
+    assert rescore.runs.sweep_abandoned(queued_runtime, redis_db) == 0
 
 
 def test_sweep_takes_a_started_batch_whose_job_redis_lost(queued_runtime, redis_db, monkeypatch):
     run_id, _ = _failing_batch(queued_runtime, redis_db, monkeypatch)
     redis_db.flushdb()                                   # restarted empty: no job, no liveness
-    assert jobs.sweep_abandoned(queued_runtime, redis_db) == 1
+    assert rescore.runs.sweep_abandoned(queued_runtime, redis_db) == 1
     SimpleWorker([Queue("rescore", connection=redis_db)], connection=redis_db).work(burst=True)
     assert _batch(queued_runtime, run_id).finished_at is not None
 
@@ -155,8 +159,8 @@ def test_batches_never_enqueued_are_swept_after_a_minute(queued_runtime, redis_d
     from kyc.models import utcnow
 
     seed(queued_runtime, 2)
-    jobs.start_run(queued_runtime, "all", reason="recorded while Redis was away")      # never dispatched
-    assert jobs.sweep_orphans(queued_runtime, redis_db, now=utcnow() + timedelta(minutes=minutes)) == swept
+    rescore.runs.start_run(queued_runtime, "all", reason="recorded while Redis was away")      # never dispatched
+    assert rescore.runs.sweep_orphans(queued_runtime, redis_db, now=utcnow() + timedelta(minutes=minutes)) == swept
 
 
 def test_an_idle_worker_stops_on_sigterm(queued_runtime, redis_db):

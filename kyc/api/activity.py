@@ -11,6 +11,7 @@ from kyc.api.responses import Activity, BulkActivity
 from kyc.api.errors import invalid
 from kyc.errors import NotFound, UnknownAccounts
 from kyc.inputs import ActivityInput, BulkActivityInput, rfc3339
+from kyc.usage.identifiers import link_reports
 from kyc.usage.reevaluate import accounts_to_reevaluate, reevaluate
 from kyc.usage.reports import Recorded, record_reports
 
@@ -54,7 +55,8 @@ def _record(reports: list[tuple[str, ActivityInput]]) -> list[dict]:
     with rt.session() as session, session.begin():
         recorded, standing = record_reports(session, reports, secret=rt.config.secret_key,
                                             dormancy_threshold=rt.config.dormant_days)
-        again = accounts_to_reevaluate(rt, session, recorded, standing)
+        linked = link_reports(rt, session, reports)
+        again = sorted(set(accounts_to_reevaluate(rt, session, recorded, standing)) | set(linked))
         decisions = {a: row.decision for a, row in standing.items()}
         decisions.update(reevaluate(rt, session, again))
     redone = set(again)

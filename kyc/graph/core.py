@@ -2,10 +2,10 @@
 
 Identifiers are keyed hashes taken from the sightings an evaluation records, each of a kind
 listed in LINK_KINDS:
-- strong (device id, canonical mailbox, phone number, card fingerprint): one shared strong
+- strong (device id, canonical mailbox, phone number, card fingerprint, API key): one shared strong
   identifier links two accounts;
 - weak (IP /24 or /64 within a day, email template + domain, phone range, BIN + billing
-  postal code): two accounts link when they share weak identifiers of WEAK_KINDS_NEEDED
+  postal code, a prompt template): two accounts link when they share weak identifiers of WEAK_KINDS_NEEDED
   different kinds.
 An identifier held by more accounts than its threshold is a super-node (a carrier NAT, a
 university network, "first.last99@gmail.com"): it links nothing and keeps no edges; velocity
@@ -51,6 +51,8 @@ LINK_KINDS: dict[str, str] = {
     "email_template": "weak",          # the mailbox's shape + its domain
     "phone_range": "weak",
     "card_bin_postal": "weak",         # BIN + billing country + postal code
+    "api_key": "strong",               # the API gateway's key id (activity reports)
+    "prompt": "weak",                  # a prompt template (activity reports' prompt_fingerprints)
 }
 STRONG = frozenset(kind for kind, strength in LINK_KINDS.items() if strength == "strong")
 WEAK = frozenset(kind for kind, strength in LINK_KINDS.items() if strength == "weak")

@@ -30,6 +30,7 @@ from kyc.graph.core import (LINK_KINDS, STRONG, WEAK, WEAK_KINDS_NEEDED, GROWTH_
                             as_loaded, chunks, components, growth_column, growth_window, keep_ids, linked_accounts,
                             locked_with_growth, add_cluster, one_member, rose, store)
 from kyc.models import MEMBER_FLAGS, Cluster, ClusterMember, GraphEdge, GraphNode, UTCDateTime
+from kyc.rescore.requests import after_commit
 
 
 @lru_cache(maxsize=4)
@@ -168,13 +169,6 @@ def statements(session: Session) -> SimpleNamespace:
     return _statements(session.get_bind().dialect.name)
 
 
-def queue_rescore(session: Session, *, accounts: Iterable[str] = (), clusters: Iterable[str] = ()) -> None:
-    """Ask for members to be rescored once this transaction commits (kyc/jobs.py drains it)."""
-    pending = session.info.setdefault("kyc.rescore", {"accounts": set(), "clusters": set()})
-    pending["accounts"].update(accounts)
-    pending["clusters"].update(clusters)
-
-
 def ensure_member(session: Session, account_id: str, at: datetime, *, flags: dict[str, bool] | None = None,
                   new_account: bool = False, stored: dict | None = None) -> tuple[ClusterMember, Cluster | None]:
     """The account's membership, created with a cluster of its own when it has none.
@@ -266,7 +260,7 @@ def set_flags(session: Session, policy: Policy, account_id: str, flags: dict[str
     store(session, member, changes)
     store(session, cluster, {flag: getattr(cluster, flag) + (1 if value else -1) for flag, value in changes.items()})
     if rose(before, policy.bucket(cluster)) and not (being_scored and cluster.size == 1):
-        queue_rescore(session, clusters=[cluster.id])
+        after_commit(session).ask_rescore(clusters=[cluster.id])
 
 
 def settle_flags(session: Session, policy: Policy, attachment: Attachment, flags: dict[str, bool]) -> None:
@@ -423,9 +417,9 @@ def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], at: date
         if not alone and rose(before[other.id], after):
             moved = session.execute(select(ClusterMember.account_id).where(
                 ClusterMember.cluster_id == other.id, ClusterMember.account_id != excluded)).scalars()
-            queue_rescore(session, accounts=moved)
+            after_commit(session).ask_rescore(accounts=moved)
     if rose(before[target.id], after):
-        queue_rescore(session, clusters=[target.id])
+        after_commit(session).ask_rescore(clusters=[target.id])
     moved_ids = [c.id for c in others if c is not new_cluster]
     # Membership rows only: accounts.cluster_id is written by each account's own evaluation, so
     # a merge never waits on the row lock of a member being scored at the same time (deadlock).
@@ -461,7 +455,7 @@ def _absorb(session: Session, policy: Policy, cluster_id: str, new_member: Clust
     before = SimpleNamespace(size=target.size - 1, blocked=target.blocked - added["blocked"],
                              labeled_fraud=target.labeled_fraud - added["labeled_fraud"])
     if rose(policy.bucket(before), policy.bucket(target)):
-        queue_rescore(session, clusters=[target.id])
+        after_commit(session).ask_rescore(clusters=[target.id])
     new_member.cluster_id = target.id          # written by write_new, as for a cluster of one
     if new_cluster in session:
         session.expunge(new_cluster)

@@ -14,6 +14,7 @@ from sqlalchemy import (Boolean, Column, Integer, MetaData, Select, String, Tabl
                         literal, or_, select, text)
 from sqlalchemy.orm import Session
 
+from kyc.db import write_lock
 from kyc.graph.core import LINK_KINDS, STRONG, WEAK, WEAK_KINDS_NEEDED, Policy, UnionFind, chunks, keep_ids
 from kyc.ids import new_ids
 from kyc.models import MEMBER_FLAGS, Account, Cluster, ClusterMember, GraphEdge, GraphNode, Sighting, UTCDateTime
@@ -32,6 +33,10 @@ def rebuild(session: Session, policy: Policy) -> dict[str, int]:
     against writes, which makes signups linking meanwhile wait for the commit instead of
     racing the rebuild.
     """
+    # SQLite: take the write lock before the first read. A read transaction that later writes
+    # while another connection writes (the in-process rescoring thread) gets "database is
+    # locked" at once, without the busy wait.
+    write_lock(session)
     session.flush()
     if session.get_bind().dialect.name == "postgresql":
         # Hashes over millions of rows in memory rather than spilled to disk (a hash may use

@@ -22,6 +22,7 @@ from kyc.ops import audit, webhooks
 from kyc.ops.decisions import DecisionChange
 from kyc.errors import NotFound
 from kyc.ops.standing import decided, evidence, overlay
+from kyc.rescore.requests import after_commit
 
 OUTCOMES = ("allow", "block")
 
@@ -101,12 +102,10 @@ def review_account(runtime, session: Session, account_id: str, outcome: str, not
     NotFound."""
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {OUTCOMES}")
-    from kyc.jobs import rescore_after_commit     # jobs imports the scoring path, which imports this
-
     account = _locked(session, account_id)
     person_decides(runtime, session, account, outcome, "review", actor, note, action="account.reviewed",
                    detail={"outcome": outcome})
     # A block that is its cluster's first raises the cluster's standing: its members are rescored
     # once this commits, as after any other block.
-    rescore_after_commit(runtime, session, exclude=account.id)
+    after_commit(session).hand_over(runtime, exclude=account.id)
     return account

@@ -17,7 +17,7 @@ answers 2xx. So:
     drop a repeat (a 2xx whose recording was lost to a crash is the only way to get one);
   - one account's events are sent in order: its next event waits until the previous is delivered.
 
-Delivery runs where the rescoring does (kyc/jobs.py): with Redis an rq job on the `default`
+Delivery runs where the rescoring does (kyc/rescore/): with Redis an rq job on the `default`
 queue, asked for after each commit that wrote events and every few seconds by the schedule;
 without Redis a thread of the process, woken after each such commit and by the in-process
 schedule. Several deliverers never send one event at once: each claims its batch (a lease) in
@@ -37,12 +37,14 @@ from datetime import datetime, timedelta
 from time import time as now_seconds
 from typing import Any, Iterable
 
-from sqlalchemy import bindparam, event, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from kyc.ids import new_ids
 from kyc.inputs import rfc3339
 from kyc.models import DecisionWebhook, utcnow
+from kyc.rescore.queue import FAILURE_TTL, SCHEDULE_RESULT_TTL, redis_connection
+from kyc.rescore.requests import after_commit
 
 log = logging.getLogger("kyc.webhooks")
 
@@ -102,27 +104,14 @@ def _copy(session: Session, rows: list[dict[str, Any]]) -> None:
 
 
 def _deliver_after_commit(runtime, session: Session) -> None:
-    if session.info.get("kyc.webhooks"):
-        return
-    session.info["kyc.webhooks"] = True
-
-    def _committed(committed: Session) -> None:
-        committed.info.pop("kyc.webhooks", None)
-        kick(runtime)
-
-    def _rolled_back(rolled_back: Session) -> None:
-        rolled_back.info.pop("kyc.webhooks", None)
-
-    event.listen(session, "after_commit", _committed, once=True)
-    event.listen(session, "after_rollback", _rolled_back, once=True)
+    """Delivery is asked for once the transaction that wrote events commits (once however many)."""
+    after_commit(session).collect(kick, lambda _: kick(runtime))
 
 
 # --- delivering ------------------------------------------------------------------------------------
 
 def kick(runtime) -> None:
     """Ask for delivery now: an rq job with Redis, else this process's delivery thread."""
-    from kyc.jobs import redis_connection
-
     connection = redis_connection(runtime.config)
     if connection is None:
         _deliverer(runtime).wake()
@@ -136,8 +125,6 @@ def kick(runtime) -> None:
 
 def enqueue_delivery(connection) -> None:
     from rq import Queue
-
-    from kyc.jobs import FAILURE_TTL, SCHEDULE_RESULT_TTL
 
     # One job per second at most: a burst of commits asks once.
     Queue("default", connection=connection).enqueue(

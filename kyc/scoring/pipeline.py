@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,7 +19,7 @@ from kyc.engine import RuleSet
 from kyc.ids import new_id
 from kyc.inputs import INPUTS, PaymentMethodInput, SignupInput, rfc3339
 from kyc.models import Account, Evaluation, utcnow
-from kyc.runtime import Runtime
+from kyc.rescore.requests import after_commit
 from kyc.scoring.accounts import AccountView, Chunk, EvaluationRecord, LiveAccount
 from kyc.scoring.decide import evaluate, settle
 from kyc.security import mask_email, mask_ip
@@ -30,6 +30,9 @@ from kyc.signals.graph import graph_signals, member_flags
 from kyc.signals.payment import load_bin_table
 from kyc.usage.days import usage_facts
 from kyc.verification import verified_kinds
+
+if TYPE_CHECKING:
+    from kyc.runtime import Runtime   # which starts the background rescoring: it imports this module
 
 log = logging.getLogger("kyc.scoring")
 
@@ -105,9 +108,7 @@ def score(runtime: Runtime, session: Session, subject: str, inp: SignupInput | P
         # .service), it evaluates the account's other subjects again at once, which may have
         # asked for that proof.
         rescore_account(runtime, session, account.id, rules=rules, skip=slot)
-    from kyc.jobs import rescore_after_commit   # jobs imports this module
-
-    rescore_after_commit(runtime, session, exclude=account.id)
+    after_commit(session).hand_over(runtime, exclude=account.id)
     # Masked identifiers only: never a full email or IP, and payment inputs hold no card number.
     log.info("scored %s account=%s email=%s ip=%s decision=%s score=%d trigger=%s", subject, account.id,
              mask_email(getattr(inp, "email", None)), mask_ip(getattr(inp, "ip", None)),

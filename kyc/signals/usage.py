@@ -53,6 +53,10 @@ FIELDS = (
           "that are not popular (KYC_USAGE_POPULAR_PROMPT), in a common UTC hour (kyc/usage/lockstep.py).", 0),
     Field("usage.lockstep_woke", "int",
           "Of those, accounts that woke from a dormancy longer than KYC_DORMANT_DAYS the same day.", 0),
+    Field("usage.woke_together", "int",
+          "On the day the account woke from a dormancy longer than KYC_DORMANT_DAYS: other accounts that woke the "
+          "same UTC day and used any of its prompt templates that are not popular (KYC_USAGE_POPULAR_PROMPT) that "
+          "day (kyc/usage/lockstep.py); 0 on other days.", 0),
     Field("usage.cluster_requests_today", "int",
           "Requests the account's whole cluster (graph.cluster_id) was served on the day.", 1200),
     Field("usage.cluster_quota_ratio", "float",

@@ -47,15 +47,19 @@ def latest_days(conn, account_ids: list[str]) -> dict[str, dict[str, Any]]:
 def usage_facts(runtime, session: Session, account_id: str, day: dict[str, Any], at, first_seen_at, *,
                 linked: bool = True) -> dict[str, Any]:
     """The usage signals of an account as of `at` from its latest day of usage at or before it,
-    with the lockstep facts when that day is at's and holds enough prompt templates to share,
+    with the lockstep facts when that day is at's and holds enough prompt templates to share (or
+    any, on the day the account woke: usage.woke_together),
     and its cluster's (`linked=False`: the caller knows the account is a cluster of one, whose
     cluster facts are its own, so nothing is read for them)."""
     facts = usage_signals(day, at, first_seen_at, runtime.tiers.daily_quotas)
-    if day["day"] == at.date() and len(day.get("fingerprints") or ()) >= SHARED:
+    dormant = runtime.config.dormant_days
+    woke = (day.get("dormant_days") or 0) > dormant
+    templates = len(day.get("fingerprints") or ())
+    if day["day"] == at.date() and (templates >= SHARED or (woke and templates)):
         facts.update(lockstep_facts(session, account_id, day["day"], popular=runtime.config.usage_popular_prompt,
-                                    dormant=runtime.config.dormant_days))
+                                    dormant=dormant, woke=woke))
     elif day["day"] == at.date():
-        facts.update(lockstep_accounts=0, lockstep_woke=0)
+        facts.update(lockstep_accounts=0, lockstep_woke=0, woke_together=0)
     if day["day"] == at.date():
         members = ([dict(r) for r in session.execute(_CLUSTER_DAYS, {"day": day["day"], "account_id": account_id})
                     .mappings()] if linked else []) or [day]

@@ -13,6 +13,14 @@ almost nobody else does is what counts.
 The facts (usage.lockstep_accounts, usage.lockstep_woke): how many other accounts are in
 lockstep with this one on the day, and how many of those woke from a dormancy that day
 (KYC_DORMANT_DAYS): a farm's accounts wake together.
+
+The pairwise test is slow against a careful farm: an account sending a request an hour, each
+on one template drawn from a shared set, needs many hours before it holds three templates in
+common with twenty others. The group is seen sooner (CopyCatch's view: many accounts on one set
+of items within one window): usage.woke_together counts, for an account on the day it woke,
+the other accounts that woke that same day and used any of its uncommon templates that day.
+Waking is rare and a template nobody popular shares is rare, so both together are a group
+almost nobody else belongs to; from its first request the farm account's group is the farm.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from collections import Counter
 from datetime import date
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, literal, select, update
+from sqlalchemy import bindparam, case, distinct, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -48,6 +56,11 @@ _NEIGHBOURS = (select(_others.c.account_id)
 _LOCKSTEP = (select(func.count(), func.coalesce(func.sum(case((_D.c.dormant_days > bindparam("dormant"), 1), else_=0)), 0))
              .select_from(_NEIGHBOURS.outerjoin(_D, (_D.c.account_id == _NEIGHBOURS.c.account_id)
                                                 & (_D.c.day == bindparam("day")))))
+_WOKE_TOGETHER = (select(func.count(distinct(_others.c.account_id)))
+                  .select_from(_others.join(_D, (_D.c.account_id == _others.c.account_id) & (_D.c.day == _others.c.day)))
+                  .where(_others.c.day == bindparam("day"),
+                         _others.c.value_hash.in_(bindparam("mine", expanding=True)),
+                         _others.c.account_id != bindparam("account"), _D.c.dormant_days > bindparam("dormant")))
 
 
 def _count_statement(dialect: str):
@@ -105,14 +118,21 @@ def record_uses(session: Session, uses: dict[tuple[str, date, str], int]) -> Non
                                           "hours": r["hours"]} for r in grown])
 
 
-def lockstep_facts(session: Session, account_id: str, day: date, *, popular: int, dormant: int) -> dict[str, Any]:
-    """usage.lockstep_accounts and usage.lockstep_woke of an account on a day."""
+def lockstep_facts(session: Session, account_id: str, day: date, *, popular: int, dormant: int,
+                   woke: bool = False) -> dict[str, Any]:
+    """usage.lockstep_accounts and usage.lockstep_woke of an account on a day, and, when the
+    account woke that day (`woke`), usage.woke_together."""
     mine = session.execute(_MINE, {"account": account_id, "day": day, "popular": popular}).all()
+    facts = {"lockstep_accounts": 0, "lockstep_woke": 0, "woke_together": 0}
+    if woke and mine:
+        facts["woke_together"] = int(session.execute(_WOKE_TOGETHER, {
+            "day": day, "mine": sorted(h for h, _ in mine), "account": account_id, "dormant": dormant}).scalar_one())
     if len(mine) < SHARED:
-        return {"lockstep_accounts": 0, "lockstep_woke": 0}
+        return facts
     hours = 0
     for _, mask in mine:
         hours |= mask
-    together, woke = session.execute(_LOCKSTEP, {"day": day, "mine": sorted(h for h, _ in mine), "account": account_id,
-                                                 "hours": hours, "dormant": dormant}).one()
-    return {"lockstep_accounts": int(together), "lockstep_woke": int(woke)}
+    together, woke_too = session.execute(_LOCKSTEP, {"day": day, "mine": sorted(h for h, _ in mine),
+                                                     "account": account_id, "hours": hours, "dormant": dormant}).one()
+    facts.update(lockstep_accounts=int(together), lockstep_woke=int(woke_too))
+    return facts

@@ -5,7 +5,7 @@ would make the rules hit harder. The second is asked of the rules themselves, no
 thresholds: each subject's latest evaluation is evaluated again with its stored signals and
 the new usage facts (a microsecond-scale check, its signals cached by evaluation id), and an
 account whose decision or score would rise is re-evaluated. The check only selects accounts;
-what they become is decided by the one pipeline (kyc.jobs.rescore_chunk -> kyc.scoring), in
+what they become is decided by the one pipeline (kyc.rescore.batch.rescore_chunk -> kyc.scoring), in
 the report's transaction, so the answer to the report and the next entitlement check carry the
 new decision. Each re-evaluated account's cluster is then rescored after the commit.
 """
@@ -21,6 +21,8 @@ from kyc.engine import RuleSet
 from kyc.models import SEVERITY
 from kyc.scoring.decide import evaluate
 from kyc.models import Account, Cluster, ClusterMember
+from kyc.rescore.batch import rescore_chunk
+from kyc.rescore.requests import after_commit
 from kyc.runtime import Runtime
 from kyc.usage.days import usage_facts
 from kyc.usage.reports import Recorded
@@ -75,9 +77,6 @@ def accounts_to_reevaluate(runtime: Runtime, session: Session, recorded: Iterabl
 def reevaluate(runtime: Runtime, session: Session, account_ids: list[str]) -> dict[str, str]:
     """Re-evaluate accounts through the pipeline in the caller's transaction and ask for their
     clusters' rescoring once it commits; returns each account's new decision."""
-    from kyc import graph
-    from kyc.jobs import rescore_after_commit, rescore_chunk
-
     if not account_ids:
         return {}
     rules = runtime.rules
@@ -85,6 +84,6 @@ def reevaluate(runtime: Runtime, session: Session, account_ids: list[str]) -> di
     for account_id, cluster_id in session.execute(
             select(ClusterMember.account_id, ClusterMember.cluster_id)
             .where(ClusterMember.account_id.in_(account_ids))).all():
-        graph.queue_rescore(session, clusters=[cluster_id])
-        rescore_after_commit(runtime, session, exclude=account_id)
+        after_commit(session).ask_rescore(clusters=[cluster_id])
+        after_commit(session).hand_over(runtime, exclude=account_id)
     return dict(session.execute(select(Account.id, Account.decision).where(Account.id.in_(account_ids))).all())

@@ -149,7 +149,7 @@ def populations(seed: int, light: int, heavy: int, companies: int, tool_users: i
 
 def run(client, headers: dict, accounts: list[Account], signups: list[dict], echo=print) -> dict:
     """Sign everyone up, then play the week hour by hour through the gateway's bulk reports."""
-    from kyc.jobs import drain
+    from kyc.rescore.background import drain
 
     for i, body in enumerate(signups):
         answer = client.post("/v1/signups", json=body, headers=headers)

@@ -1,0 +1,88 @@
+"""What a transaction asks to happen once it commits: the one object that carries work out of a
+transaction (AfterCommit), attached to its session once.
+
+Rescoring is asked for inside a transaction (the graph asks when a cluster's standing rises, a
+fraud label asks for the account's cluster) and handed over only once that transaction has
+committed, so a rolled-back evaluation asks for nothing; it then goes to the process's
+background rescoring (kyc.rescore.background), so a signup that makes a farm's cluster cross a
+size step answers without waiting for the farm to be rescored. Other work that must follow a
+commit and never a rollback (velocity marks written to Redis, decision webhooks woken) is
+collected here too, each kind in its own list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from kyc.runtime import Runtime
+
+_KEY = "kyc.after_commit"          # the session's one entry: its AfterCommit
+
+
+@dataclass
+class AfterCommit:
+    """The work one session's current transaction asks for after its commit; emptied by the
+    commit (which hands it over) or by a rollback (which drops it).
+
+    Rescoring: `ask_rescore` records accounts and clusters; `hand_over` says which runtime
+    rescores them and which account asked (its own evaluation is current: left out). A rescore
+    batch scores many accounts in one transaction, so each ask remembers the account whose
+    scoring asked first, and only that one is left out, as if each had had its own transaction.
+    Asks no `hand_over` followed are dropped with the transaction.
+    """
+
+    accounts: dict[str, str | None] = field(default_factory=dict)    # account -> the asker left out
+    clusters: dict[str, str | None] = field(default_factory=dict)    # cluster -> the asker left out
+    unowned: set[tuple[str, str]] = field(default_factory=set)       # ("accounts" | "clusters", id) not handed over yet
+    runtime: Runtime | None = None
+    collected: dict[Any, tuple[list, Callable[[list], None]]] = field(default_factory=dict)
+
+    def ask_rescore(self, *, accounts: Iterable[str] = (), clusters: Iterable[str] = ()) -> None:
+        """Ask for accounts, and every member of clusters, to be rescored after the commit."""
+        self.unowned.update(("accounts", a) for a in accounts if a not in self.accounts)
+        self.unowned.update(("clusters", c) for c in clusters if c not in self.clusters)
+
+    def hand_over(self, runtime: Runtime, *, exclude: str | None = None) -> None:
+        """The rescoring asked for so far goes to `runtime` once the transaction commits;
+        `exclude` is the account whose scoring (just now) asked for it."""
+        for kind, item in self.unowned:
+            getattr(self, kind).setdefault(item, exclude)
+        self.unowned.clear()
+        self.runtime = runtime
+
+    def collect(self, kind: Any, deliver: Callable[[list], None]) -> list:
+        """The list of `kind` of work this transaction asks for (append to it), given to
+        `deliver` once it commits; the first caller's `deliver` is the one called."""
+        return self.collected.setdefault(kind, ([], deliver))[0]
+
+    def _committed(self) -> None:
+        if self.runtime is not None:        # handed over: asks made after the last hand_over too
+            for kind, item in self.unowned:
+                getattr(self, kind).setdefault(item, None)
+        accounts = sorted(a for a, asker in self.accounts.items() if a != asker)
+        # The clusters' members are read by the background thread, not by the request that asked.
+        clusters = dict(sorted(self.clusters.items()))
+        runtime, collected = self.runtime, list(self.collected.values())
+        self._clear()
+        for work, deliver in collected:
+            deliver(work)
+        if runtime is not None and (accounts or clusters):
+            runtime.rescoring().put(accounts, clusters)
+
+    def _clear(self) -> None:
+        self.accounts, self.clusters, self.unowned, self.runtime, self.collected = {}, {}, set(), None, {}
+
+
+def after_commit(session: Session) -> AfterCommit:
+    """The session's AfterCommit, attached (with its commit and rollback listeners) on first use."""
+    found = session.info.get(_KEY)
+    if found is None:
+        found = session.info[_KEY] = AfterCommit()
+        event.listen(session, "after_commit", lambda _session: found._committed())
+        event.listen(session, "after_rollback", lambda _session: found._clear())
+    return found

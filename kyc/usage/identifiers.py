@@ -1,0 +1,144 @@
+"""Usage links accounts: the identifiers an activity report shows, as sightings of its account.
+
+- the API key (the gateway's key id): a strong identifier, one key behind two accounts links them;
+- the prompt templates (prompt_fingerprints): weak, as a template a popular tool sends is held
+  by thousands of unrelated accounts and turns into a super-node that links nobody (the graph's
+  popularity, kyc/graph/core.py); a template links two accounts only together with another weak
+  kind, such as
+- the activity IP's network within the UTC day (ip_prefix_day, as a signup's IP gives): an
+  office's accounts on one network using the company's internal templates are one operator;
+- the activity IP and its network are velocity sightings like a signup's IP (velocity.ip_*).
+
+Each identifier is recorded once per account (linking kinds: once ever, what the graph holds;
+velocity kinds: once per UTC day), in the report's transaction, so `kyc clusters rebuild`
+sees what incremental linking saw. Linking costs the batch a few reads; an account is linked
+one by one (kyc.graph.attach) only when a node it shows for the first time is held by another
+account, which is what can change its cluster. Returns the accounts whose cluster changed:
+their re-evaluation reads the cluster's facts.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from typing import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from kyc import graph
+from kyc.graph.link import statements
+from kyc.ids import new_id
+from kyc.inputs import ActivityInput
+from kyc.models import Cluster, ClusterMember, GraphEdge, GraphNode, Sighting
+from kyc.security import keyed_hash
+from kyc.signals.network import network_identifiers
+from kyc.signals.velocity import VELOCITY_KEYS
+from kyc.store import velocity_store
+
+Node = tuple[str, str]
+_READ_CHUNK = 2000
+
+
+def report_identifiers(inp: ActivityInput, at: datetime, secret: bytes) -> list[Node]:
+    """The keyed hashes of what a report shows: IP, its network and network-day, API key, templates."""
+    raw = list(network_identifiers(inp.ip, None, at)) if inp.ip else []
+    if inp.api_key_id:
+        raw.append(("api_key", inp.api_key_id))
+    raw.extend(("prompt", fingerprint) for fingerprint in sorted(inp.prompt_fingerprints or ()))
+    return [(kind, keyed_hash(secret, kind, value)) for kind, value in raw]
+
+
+def _chunks(items: list, size: int = _READ_CHUNK):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def link_reports(runtime, session: Session, reports: Sequence[tuple[str, ActivityInput]]) -> list[str]:
+    """Record the reports' identifiers and link their accounts (in the caller's transaction,
+    after record_reports has locked the accounts); the accounts whose cluster changed."""
+    secret = runtime.config.secret_key
+    shown: dict[str, dict[Node, datetime]] = defaultdict(dict)      # account -> node -> first time in batch
+    for account_id, inp in reports:
+        at = inp.at()
+        for node in report_identifiers(inp, at, secret):
+            if node[0] in graph.LINK_KINDS or node[0] in VELOCITY_KEYS:
+                if node not in shown[account_id] or at < shown[account_id][node]:
+                    shown[account_id][node] = at
+    if not shown:
+        return []
+    ids = sorted(shown)
+    hashes = sorted({h for nodes in shown.values() for _, h in nodes})
+    # What the graph knows of these nodes, and which of them each account holds already.
+    known: dict[Node, tuple[int, bool]] = {}
+    held: set[tuple[str, Node]] = set()
+    for part in _chunks(hashes):
+        known.update({(k, h): (n, s) for k, h, n, s in session.execute(
+            select(GraphNode.kind, GraphNode.value_hash, GraphNode.accounts, GraphNode.super_node)
+            .where(GraphNode.value_hash.in_(part)))})
+        held.update((a, (k, h)) for k, h, a in session.execute(
+            select(GraphEdge.kind, GraphEdge.value_hash, GraphEdge.account_id)
+            .where(GraphEdge.value_hash.in_(part), GraphEdge.account_id.in_(ids))))
+    # Velocity kinds already sighted on the account that UTC day.
+    since = min(at for nodes in shown.values() for at in nodes.values()).replace(hour=0, minute=0, second=0,
+                                                                                microsecond=0)
+    seen_today: set[tuple[str, Node, object]] = set()
+    velocity_kinds = sorted(k for k in VELOCITY_KEYS if k not in graph.LINK_KINDS)
+    for part in _chunks(ids):
+        seen_today.update((a, (k, h), t.date()) for a, k, h, t in session.execute(
+            select(Sighting.account_id, Sighting.kind, Sighting.value_hash, Sighting.occurred_at)
+            .where(Sighting.account_id.in_(part), Sighting.kind.in_(velocity_kinds), Sighting.occurred_at >= since)))
+
+    sightings: list[dict] = []
+    fresh: dict[str, dict[Node, datetime]] = defaultdict(dict)        # linking nodes new to the account
+    velocity: dict[str, list[tuple[Node, datetime]]] = defaultdict(list)
+    for account_id in ids:
+        for node, at in sorted(shown[account_id].items()):
+            kind = node[0]
+            if kind in graph.LINK_KINDS:
+                count, is_super = known.get(node, (0, False))
+                if is_super or (account_id, node) in held:
+                    continue
+                fresh[account_id][node] = at
+            elif (account_id, node, at.date()) in seen_today:
+                continue
+            if kind in VELOCITY_KEYS:
+                velocity[account_id].append((node, at))
+            sightings.append({"kind": kind, "value_hash": node[1], "account_id": account_id, "occurred_at": at})
+    if sightings:
+        batch = new_id("act")
+        session.execute(Sighting.__table__.insert(), [{**row, "evaluation_id": batch} for row in sightings])
+    if velocity:
+        store = velocity_store(runtime, session)
+        for account_id, keys in velocity.items():
+            for node, at in keys:
+                store.record([node], at, account_id)
+
+    # A node nobody else holds (in the graph or in this batch) links nobody: count it and add
+    # the account's edge in bulk. An account showing a node someone else holds is linked.
+    holders = defaultdict(int)
+    for nodes in fresh.values():
+        for node in nodes:
+            holders[node] += 1
+    alone = {a: nodes for a, nodes in fresh.items()
+             if all(known.get(n, (0, False))[0] == 0 and holders[n] == 1 for n in nodes)}
+    rows = sorted((n, a, at) for a, nodes in alone.items() for n, at in nodes.items())
+    if rows:
+        sql = statements(session)
+        session.execute(sql.count, [{"kind": k, "value_hash": h, "accounts": 1, "super_node": False,
+                                     "first_seen_at": at} for (k, h), _, at in rows]).all()
+        session.execute(sql.edge, [{"kind": k, "value_hash": h, "account_id": a} for (k, h), a, _ in rows])
+    shared = sorted(a for a in fresh if a not in alone)
+    if not shared:
+        return []
+    before = {a: (c, n) for a, c, n in session.execute(
+        select(ClusterMember.account_id, ClusterMember.cluster_id, Cluster.size)
+        .join(Cluster, Cluster.id == ClusterMember.cluster_id).where(ClusterMember.account_id.in_(shared)))}
+    policy = graph.Policy.from_config(runtime.config)
+    changed = []
+    for account_id in shared:
+        nodes = fresh[account_id]
+        attached = graph.attach(session, policy, account_id, min(nodes.values()), identifiers=sorted(nodes))
+        if (attached.cluster.id, attached.cluster.size) != before.get(account_id):
+            changed.append(account_id)
+    return changed

@@ -1,0 +1,135 @@
+"""Usage links accounts (kyc/usage/identifiers.py): an API key, prompt templates and the
+activity IP's network are identifiers of the identity graph; a popular template links nobody;
+the activity IP is a velocity sighting like a signup's."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import select
+
+from kyc import create_app, graph
+from kyc.models import ClusterMember, Evaluation, Sighting
+from kyc.runtime import Runtime
+from tests.conftest import signup
+from tests.flows import key_headers
+
+SIGNED_UP = "2026-10-01T12:00:00Z"
+DAY = "2026-11-24"
+_SHAPES = ("{i}.person{p}", "{p}{i}x", "x_{p}_{i}", "{p}-{i}-mail", "{i}{p}")
+_DOMAINS = ("gmail.com", "outlook.com", "yahoo.com", "icloud.com", "proton.me")
+
+
+def _people(client, auth, prefix: str, n: int, first: int = 0) -> list[str]:
+    """n unrelated people: their own devices, mailboxes (of different shapes) and home networks."""
+    ids = []
+    for i in range(first, first + n):
+        body = signup(account_id=f"{prefix}_{i}", email=_SHAPES[i % 5].format(p=prefix, i=i) + "@" + _DOMAINS[i // 5],
+                      device_id=f"dv_{prefix}_{i}", phone=None, ip=f"73.{15 + i}.1.{i + 1}", occurred_at=SIGNED_UP)
+        assert client.post("/v1/signups", json=body, headers=auth).status_code == 200
+        ids.append(body["account_id"])
+    return ids
+
+
+def _report(account: str, *, ip: str, prompts: dict | None = None, key: str | None = None, hour: int = 10) -> dict:
+    body = {"account_id": account, "occurred_at": f"{DAY}T{hour:02d}:30:00Z", "window_seconds": 3600,
+            "requests": 300, "ip": ip, "tier": "standard", "interval_cv": 0.7}
+    if prompts:
+        body["prompt_fingerprints"] = prompts
+    if key:
+        body["api_key_id"] = key
+    return body
+
+
+def _clusters(runtime, ids: list[str]) -> dict[str, str]:
+    with runtime.session() as s:
+        return dict(s.execute(select(ClusterMember.account_id, ClusterMember.cluster_id)
+                              .where(ClusterMember.account_id.in_(ids))).all())
+
+
+def test_one_api_key_behind_two_accounts_links_them(client, auth, runtime):
+    a, b, c = _people(client, auth, "user", 3)
+    reports = [_report(a, ip="73.90.1.1", key="key_shared"), _report(b, ip="198.51.100.7", key="key_shared"),
+               _report(c, ip="73.91.1.1", key="key_own")]
+    assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
+    clusters = _clusters(runtime, [a, b, c])
+    assert clusters[a] == clusters[b] != clusters[c]
+    assert client.get(f"/v1/accounts/{a}", headers=auth).json["cluster"]["size"] == 2
+
+
+def test_a_key_seen_again_later_links_the_later_account(client, auth, runtime):
+    a, b = _people(client, auth, "user", 2)
+    single = {k: v for k, v in _report(a, ip="73.90.1.1", key="key_x").items() if k != "account_id"}
+    assert client.post(f"/v1/accounts/{a}/activity", json=single, headers=auth).status_code == 200
+    answer = client.post("/v1/activity", json={"reports": [_report(b, ip="73.92.1.1", key="key_x", hour=14)]},
+                         headers=auth)
+    assert answer.status_code == 200 and answer.json["results"][0]["reevaluated"] is True
+    clusters = _clusters(runtime, [a, b])
+    assert clusters[a] == clusters[b]
+
+
+def test_an_office_s_accounts_on_internal_templates_are_one_cluster_and_served(client, auth, runtime):
+    team = _people(client, auth, "acme", 4)
+    internal = {f"pf_acme_{k}": 40 for k in range(5)}
+    reports = [_report(a, ip=f"203.0.113.{10 + i}", prompts=internal, key=f"key_{a}") for i, a in enumerate(team)]
+    results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
+    assert [r["decision"] for r in results] == ["allow"] * 4
+    assert len(set(_clusters(runtime, team).values())) == 1
+    # One shared weak kind alone links nobody: the same templates from home networks.
+    others = _people(client, auth, "home", 2, first=4)
+    reports = [_report(a, ip=f"73.{120 + i}.4.4", prompts=internal, key=f"key_{a}") for i, a in enumerate(others)]
+    assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
+    clusters = _clusters(runtime, team + others)
+    assert len({clusters[o] for o in others} | {clusters[team[0]]}) == 3
+
+
+def test_a_popular_template_on_a_shared_network_links_nobody(database_url, make_config):
+    rt = Runtime.start(make_config(database_url, graph_super_node_weak=5), migrate=False)
+    try:
+        client, auth = create_app(runtime=rt).test_client(), key_headers(rt)
+        users = _people(client, auth, "user", 8)
+        # Eight customers behind one carrier NAT sending a popular tool's system prompt: both
+        # nodes are held by more than the weak threshold, so neither links anyone.
+        reports = [_report(a, ip=f"100.64.9.{i + 1}", prompts={"pf_tool_codeassist": 5}) for i, a in enumerate(users)]
+        assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
+        assert len(set(_clusters(rt, users).values())) == 8
+    finally:
+        rt.engine.dispose()
+
+
+def test_the_activity_ip_is_a_velocity_sighting_and_is_recorded_once_a_day(client, auth, runtime):
+    users = _people(client, auth, "user", 3)
+    for hour in (9, 10):
+        reports = [_report(a, ip="198.51.100.7", hour=hour) for a in users]
+        assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
+    with runtime.session() as s:
+        ip_sightings = s.execute(select(Sighting.account_id).where(
+            Sighting.kind == "ip", Sighting.account_id.in_(users),
+            Sighting.occurred_at >= datetime(2026, 11, 24, tzinfo=timezone.utc))).scalars().all()
+    assert sorted(ip_sightings) == sorted(users)
+    body = signup(account_id="newcomer", email="new.comer77@gmail.com", device_id="dv_new", phone=None,
+                  ip="198.51.100.7", occurred_at=f"{DAY}T11:00:00Z")
+    assert client.post("/v1/signups", json=body, headers=auth).status_code == 200
+    with runtime.session() as s:
+        signals = s.execute(select(Evaluation.signals).where(Evaluation.account_id == "newcomer")).scalar_one()
+    assert signals["velocity"]["ip_24h"] == 4
+
+
+def test_rebuild_gives_the_clusters_usage_linking_gave(client, auth, runtime):
+    a, b, c, d = _people(client, auth, "user", 4)
+    internal = {"pf_team_1": 5, "pf_team_2": 5}
+    reports = [_report(a, ip="203.0.113.5", prompts=internal), _report(b, ip="203.0.113.6", prompts=internal),
+               _report(c, ip="73.95.1.1", key="key_cd"), _report(d, ip="73.96.1.1", key="key_cd")]
+    assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
+
+    def partition() -> set[frozenset[str]]:
+        groups: dict[str, set[str]] = {}
+        for account, cluster in _clusters(runtime, [a, b, c, d]).items():
+            groups.setdefault(cluster, set()).add(account)
+        return {frozenset(g) for g in groups.values()}
+
+    incremental = partition()
+    assert incremental == {frozenset({a, b}), frozenset({c, d})}
+    with runtime.session() as s, s.begin():
+        graph.rebuild(s, graph.Policy.from_config(runtime.config))
+    assert partition() == incremental
