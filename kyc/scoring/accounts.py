@@ -19,7 +19,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -36,6 +36,9 @@ from kyc.signals.velocity import VELOCITY_KEYS
 from kyc.store import ReadAhead, Store, velocity_store
 from kyc.usage.days import latest_day, latest_days
 from kyc.verification import stored_verified_kinds
+
+if TYPE_CHECKING:
+    from kyc.runtime import Runtime   # which starts the background rescoring: it imports scoring
 
 
 @dataclass
@@ -104,7 +107,7 @@ class AccountView(Protocol):
     rescores_alone: bool            # a proof of payment rescores its other subjects at once
     #                                 (a chunk rescores every subject of its accounts anyway)
 
-    def velocity(self, runtime) -> Store:
+    def velocity(self, runtime: Runtime) -> Store:
         """The velocity counters its signals count on."""
 
     def usage_day(self, session: Session, day: date | None) -> dict[str, Any] | None:
@@ -114,7 +117,7 @@ class AccountView(Protocol):
                flags: dict[str, bool]) -> graph.Attachment:
         """Its place in the graph (with `identifiers`, a new event: linked first)."""
 
-    def keep(self, runtime, session: Session, evaluation: EvaluationRecord, attachment: graph.Attachment,
+    def keep(self, runtime: Runtime, session: Session, evaluation: EvaluationRecord, attachment: graph.Attachment,
              identifiers: Identifiers | None) -> None:
         """Write what scoring made (or gather it for the chunk's write): the evaluation, the
         account's row, its new membership and cluster, the sightings of `identifiers` (a new
@@ -165,7 +168,7 @@ class LiveAccount:
         return cls(session, AccountRecord.from_row(row), False, row["_dormancy"],
                    verified.split(",") if verified else (), member if member["account_id"] is not None else None)
 
-    def velocity(self, runtime) -> Store:
+    def velocity(self, runtime: Runtime) -> Store:
         if self._store is None:
             self._store = velocity_store(runtime, self.session)
         return self._store
@@ -180,7 +183,7 @@ class LiveAccount:
         return graph.attach(session, policy, self.account.id, at, identifiers=identifiers, flags=flags,
                             new_account=self.created, stored=self._member)
 
-    def keep(self, runtime, session: Session, evaluation: EvaluationRecord, attachment: graph.Attachment,
+    def keep(self, runtime: Runtime, session: Session, evaluation: EvaluationRecord, attachment: graph.Attachment,
              identifiers: Identifiers | None) -> None:
         settlement = evaluation.settlement
         if not self.created and settlement is not None and settlement.new != settlement.old:
@@ -277,7 +280,7 @@ class ChunkAccount:
         self.dormancy = chunk.dormancy.get(account.id)
         self.verified: Collection[str] = chunk.verified.get(account.id, ())
 
-    def velocity(self, runtime) -> Store:
+    def velocity(self, runtime: Runtime) -> Store:
         return self.chunk.store
 
     def usage_day(self, session: Session, day: date | None) -> dict[str, Any] | None:
@@ -288,13 +291,13 @@ class ChunkAccount:
         assert identifiers is None, "a rescore links nothing"
         return self.chunk.graph.attach(self.account.id, at, flags=flags)
 
-    def keep(self, runtime, session: Session, evaluation: EvaluationRecord, attachment: graph.Attachment,
+    def keep(self, runtime: Runtime, session: Session, evaluation: EvaluationRecord, attachment: graph.Attachment,
              identifiers: Identifiers | None) -> None:
         assert identifiers is None, "a rescore records nothing"
         self.chunk.evaluations.append(evaluation)
 
 
-def read_chunk(runtime, session: Session, ids: list[str]) -> Chunk:
+def read_chunk(runtime: Runtime, session: Session, ids: list[str]) -> Chunk:
     """Lock and read a chunk of accounts for rescoring (rescore_account(..., chunk=...))."""
     # Records of the rows, which the session never sees: Chunk.write writes what changed.
     accounts = {row["id"]: AccountRecord.from_row(row) for row in session.execute(
