@@ -24,7 +24,7 @@ def payment_verified(subjects: dict[str, Any] | None) -> bool:
 
 def verified_kinds(stored: Iterable[str], subjects: dict[str, Any] | None) -> frozenset[str]:
     """The kinds of verification the account has completed: its verified rows' kinds (read with
-    the account, see kyc.scoring._locked_account and stored_verified_kinds) and payment."""
+    the account, see kyc.scoring.accounts.LiveAccount and stored_verified_kinds) and payment."""
     kinds = set(stored)
     if payment_verified(subjects):
         kinds.add("payment")

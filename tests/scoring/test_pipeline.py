@@ -1,0 +1,78 @@
+"""kyc.scoring.pipeline without HTTP: score() and rescore_account() in the caller's transaction,
+and what they leave in the database."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from kyc.db import pipelined
+from kyc.inputs import SignupInput
+from kyc.models import Account, Evaluation, Sighting, VelocityMark
+from kyc.scoring import rescore_account, score
+from tests.conftest import GB_VOIP, signup
+
+
+def _score(runtime, **fields):
+    with runtime.session() as session, pipelined(session):
+        return score(runtime, session, "signup", SignupInput.model_validate(signup(**fields)))
+
+
+def _count(session, model, **where) -> int:
+    return session.scalar(select(func.count()).select_from(model).filter_by(**where))
+
+
+def test_a_new_signup_stores_its_evaluation_account_and_sightings(runtime):
+    evaluation = _score(runtime, **GB_VOIP)
+    assert (evaluation.decision, evaluation.trigger) == ("verify", "live")
+    assert [r["rule"] for r in evaluation.reasons] == ["voip_phone"]
+    with runtime.session() as session:
+        stored = session.get(Evaluation, evaluation.id)
+        assert (stored.decision, stored.score, stored.signals) == (evaluation.decision, evaluation.score,
+                                                                   evaluation.signals)
+        account = session.get(Account, "acct_1")
+        assert (account.decision, account.last_evaluation_id) == ("verify", evaluation.id)
+        assert account.subjects["signup"]["evaluation_id"] == evaluation.id
+        assert account.required_verifications == evaluation.required_verifications == ["document"]
+        assert account.cluster_id == evaluation.signals["graph"]["cluster_id"]
+        sightings = _count(session, Sighting, evaluation_id=evaluation.id)
+        assert sightings >= 5                   # email, phone, ip, device and more: each recorded once
+        assert _count(session, VelocityMark, account_id="acct_1") > 0
+
+
+def test_scoring_an_account_again_keeps_its_first_seen_time_and_adds_an_evaluation(runtime):
+    first = _score(runtime, occurred_at="2026-11-24T21:00:00Z")
+    second = _score(runtime, occurred_at="2026-11-25T09:30:00Z", **GB_VOIP)
+    with runtime.session() as session:
+        account = session.get(Account, "acct_1")
+        assert account.first_seen_at.isoformat() == "2026-11-24T21:00:00+00:00"
+        assert account.last_seen_at.isoformat() == "2026-11-25T09:30:00+00:00"
+        assert (account.last_evaluation_id, account.decision) == (second.id, "verify")
+        assert _count(session, Evaluation, account_id="acct_1") == 2
+        assert first.settlement.new == "allow" and second.settlement.old == "allow"
+
+
+def test_rescoring_adds_an_evaluation_but_no_sightings(runtime):
+    live = _score(runtime, **GB_VOIP)
+    with runtime.session() as session:
+        sightings = _count(session, Sighting)
+    with runtime.session() as session, pipelined(session):
+        (again,) = rescore_account(runtime, session, "acct_1")
+    assert (again.trigger, again.occurred_at, again.decision) == ("rescore", live.occurred_at, live.decision)
+    with runtime.session() as session:
+        assert _count(session, Sighting) == sightings             # no new event: nothing counted twice
+        assert session.get(Account, "acct_1").last_evaluation_id == again.id
+        assert session.get(Evaluation, again.id).input == live.input
+
+
+def test_a_failure_after_scoring_writes_nothing(runtime):
+    class Refused(Exception):
+        pass
+
+    try:
+        with runtime.session() as session, pipelined(session):
+            score(runtime, session, "signup", SignupInput.model_validate(signup()))
+            raise Refused
+    except Refused:
+        pass
+    with runtime.session() as session:
+        assert (_count(session, Account), _count(session, Evaluation), _count(session, Sighting)) == (0, 0, 0)
