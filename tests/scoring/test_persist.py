@@ -34,7 +34,7 @@ def _account(account_id: str, evaluation_id: str) -> dict:
             "reasons": [{"rule": "r1", "score": 10, "action": "verify"}], "required_verifications": ["phone"],
             "subjects": {"signup": {"evaluation_id": evaluation_id, "decision": "verify"}}, "state_version": 1,
             "last_evaluation_id": evaluation_id, "first_seen_at": AT - timedelta(days=1), "last_seen_at": AT,
-            "cluster_id": "cl_1", "override": None, "review_since": None}
+            "override": None, "review_since": None}
 
 
 def _sightings(account_id: str, evaluation_id: str, count: int) -> list[dict]:

@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 
 from kyc.db import pipelined
 from kyc.inputs import SignupInput
-from kyc.models import Account, Evaluation, Sighting, VelocityMark
+from kyc.models import Account, ClusterMember, Evaluation, Sighting, VelocityMark
 from kyc.scoring import rescore_account, score
 from tests.conftest import GB_VOIP, signup
 
@@ -33,7 +33,8 @@ def test_a_new_signup_stores_its_evaluation_account_and_sightings(runtime):
         assert (account.decision, account.last_evaluation_id) == ("verify", evaluation.id)
         assert account.subjects["signup"]["evaluation_id"] == evaluation.id
         assert account.required_verifications == evaluation.required_verifications == ["document"]
-        assert account.cluster_id == evaluation.signals["graph"]["cluster_id"]
+        member = session.get(ClusterMember, "acct_1")
+        assert member is not None and member.cluster_id == evaluation.signals["graph"]["cluster_id"]
         sightings = _count(session, Sighting, evaluation_id=evaluation.id)
         assert sightings >= 5                   # email, phone, ip, device and more: each recorded once
         assert _count(session, VelocityMark, account_id="acct_1") > 0
