@@ -8,7 +8,7 @@ import logging
 from datetime import date
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 from sqlalchemy import func, select
 
 from kyc.models import Account, ActivityDay, ActivityReport, Evaluation
@@ -184,17 +184,23 @@ _bad_values = {
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.sampled_from(sorted(_bad_values)).flatmap(lambda f: st.tuples(st.just(f), _bad_values[f])),
        st.integers(min_value=0, max_value=4))
+@example(("requests", 4111111111111111), 0)
 def test_a_generated_bad_report_refuses_the_batch_and_changes_nothing(client, auth, runtime, accounts, bad, index):
     field, value = bad
     before = _counts(runtime)
     reports = [{"account_id": accounts[i % 3], "requests": 3, "occurred_at": "2026-11-24T21:00:00Z"} for i in range(5)]
     reports[index] = {**reports[index], field: value}
+    # A generated number of 13-19 digits that passes Luhn is refused earlier, as a card number
+    # (the request guard names no field for those): a refusal all the same.
     answer = client.post("/v1/activity", json={"reports": reports}, headers=auth)
     assert answer.status_code == 400, (field, value)
-    assert any(name.startswith(f"reports[{index}].{field}") for name in answer.json["error"]["fields"])
+    if answer.json["error"]["code"] != "card_number_refused":
+        assert any(name.startswith(f"reports[{index}].{field}") for name in answer.json["error"]["fields"])
     single = client.post(f"/v1/accounts/{accounts[0]}/activity",
                          json={k: v for k, v in reports[index].items() if k != "account_id"}, headers=auth)
-    assert single.status_code == 400 and any(n.startswith(field) for n in single.json["error"]["fields"])
+    assert single.status_code == 400
+    if single.json["error"]["code"] != "card_number_refused":
+        assert any(n.startswith(field) for n in single.json["error"]["fields"])
     assert _counts(runtime) == before
     with runtime.session() as s:
         assert s.scalar(select(func.count()).select_from(Evaluation).where(Evaluation.trigger == "rescore")) == 0
