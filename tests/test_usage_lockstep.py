@@ -68,7 +68,7 @@ def test_a_farm_waking_together_is_held_before_any_two_accounts_share_three_temp
 
 
 def test_a_farm_held_the_day_it_woke_stays_held_through_refused_days_and_rescores(client, auth, runtime):
-    from kyc.jobs import enqueue_rescore
+    from kyc.rescore.batch import enqueue_rescore
 
     farm = _signups(client, auth, "farm", 24)
     reports = [_report(a, {"pf_farm_0": 2}, requests=2) for a in farm]
