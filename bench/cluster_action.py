@@ -104,7 +104,7 @@ def seed(runtime: Runtime, members: int, cluster_id: str) -> None:
         accounts.append({"id": account_id, "created_at": now, "first_seen_at": at, "last_seen_at": at,
                          "decision": "review", "score": 20, "reasons": [REASON], "required_verifications": [],
                          "last_evaluation_id": signup["evaluation_id"], "subjects": {"signup": signup},
-                         "cluster_id": cluster_id, "state_version": 1, "updated_at": now, "review_since": now})
+                         "state_version": 1, "updated_at": now, "review_since": now})
         rows.append({"account_id": account_id, "cluster_id": cluster_id, "joined_at": at, "blocked": False,
                      "labeled_fraud": False, "disposable": False, "voip": False, "hosting": False, "headless": False})
     with runtime.engine.begin() as conn:

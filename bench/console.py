@@ -70,7 +70,7 @@ def populate(rt: Runtime, members: int) -> None:
                 at = now - timedelta(days=2) + timedelta(seconds=6 * i)
                 accounts.append({"id": account_id, "created_at": at, "first_seen_at": at, "last_seen_at": at,
                                  "decision": "review", "score": 100, "reasons": REASONS, "required_verifications": [],
-                                 "last_evaluation_id": evaluation_id, "cluster_id": CLUSTER, "state_version": 1,
+                                 "last_evaluation_id": evaluation_id, "state_version": 1,
                                  "updated_at": at, "review_since": at,
                                  "subjects": {"signup": {"subject": "signup", "evaluation_id": evaluation_id,
                                                          "occurred_at": at.isoformat(), "decision": "review"}}})

@@ -114,8 +114,7 @@ def seed(runtime: Runtime, n: int) -> None:
                 subjects = {"signup": {"evaluation_id": ev, "occurred_at": at.isoformat(), "decision": "allow",
                                        "score": 0, "reasons": [], "required_verifications": []}}
                 cluster = f"cl_{i:08d}"
-                accounts.append((inp.account_id, now, at, at, "allow", 0, "[]", "[]", ev, json.dumps(subjects), 1, now,
-                                 cluster))
+                accounts.append((inp.account_id, now, at, at, "allow", 0, "[]", "[]", ev, json.dumps(subjects), 1, now))
                 clusters.append((cluster, 1, at, now, now, 0, 0, 0, 0, 0, 0))
                 members.append((inp.account_id, cluster, at, False, False, False, False, False, False))
                 evaluations.append((ev, inp.account_id, "signup", "live", at, now, json.dumps(inp.stored()), signals,
@@ -125,7 +124,7 @@ def seed(runtime: Runtime, n: int) -> None:
             _copy(cur, "clusters (id, size, first_seen_at, created_at, updated_at, blocked, labeled_fraud, "
                        "disposable, voip, hosting, headless)", clusters)
             _copy(cur, "accounts (id, created_at, first_seen_at, last_seen_at, decision, score, reasons, "
-                       "required_verifications, last_evaluation_id, subjects, state_version, updated_at, cluster_id)",
+                       "required_verifications, last_evaluation_id, subjects, state_version, updated_at)",
                   accounts)
             _copy(cur, "cluster_members (account_id, cluster_id, joined_at, blocked, labeled_fraud, disposable, voip, "
                        "hosting, headless)", members)

@@ -56,8 +56,6 @@ class Account(Base):
     # "payment_method:<card hash>"); the account's decision is the most severe of them.
     # {slot: {subject, evaluation_id, occurred_at, decision, score, ...}}
     subjects: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    # The cluster as of the account's latest evaluation; cluster_members holds live membership.
-    cluster_id: Mapped[str | None] = mapped_column(String(40), index=True)
     label: Mapped[str | None] = mapped_column(String(16))
     # Bumped on every change that can alter an entitlement; gateways cache on it (ETag).
     state_version: Mapped[int] = mapped_column(Integer, default=1)

@@ -272,8 +272,16 @@ def test_every_gunicorn_worker_converges_and_sighup_reloads(tmp_path):
         wait_for(lambda: set(versions(edited).values()) == {edited}, timeout=20)
         assert len(versions(edited)) >= 2, "requests reached a single worker only"
 
+        # Each worker polls on its own clock: wait until every worker answering has refused the
+        # broken file (a fixed sleep was too short for one of them on a loaded machine).
         replace_file(signup_file, original + BROKEN)
-        time.sleep(1.0)
+
+        def refused_everywhere() -> bool:
+            with ThreadPoolExecutor(max_workers=6) as pool:
+                bodies = list(pool.map(lambda _: _get(url, key), range(6)))
+            return all(b["version"] == edited and b.get("last_error") for b in bodies)
+
+        wait_for(refused_everywhere, timeout=20)
         body = _get(url, key)
         assert body["version"] == edited and body["last_error"]["errors"][0]["line"] > 1
 

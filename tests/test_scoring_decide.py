@@ -24,7 +24,7 @@ from kyc.runtime import Runtime
 from kyc.scoring.decide import Outcome, combine, outcome, settle
 from tests.conftest import RULES_DIR, signup
 from tests.flows import key_headers, verify_by_code
-from tests.test_jobs import HEADLESS
+from tests.rescore.test_jobs import HEADLESS
 
 HEADLESS_RULE = "  when: device.headless\n  score: 60\n  action: block\n"
 RELEASE_RULE = """

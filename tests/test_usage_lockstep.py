@@ -67,6 +67,23 @@ def test_a_farm_waking_together_is_held_before_any_two_accounts_share_three_temp
     assert client.get(f"/v1/accounts/{farm[0]}/entitlement?tier=free", headers=auth).json["allowed"] is False
 
 
+def test_a_farm_held_the_day_it_woke_stays_held_through_refused_days_and_rescores(client, auth, runtime):
+    from kyc.jobs import enqueue_rescore
+
+    farm = _signups(client, auth, "farm", 24)
+    reports = [_report(a, {"pf_farm_0": 2}, requests=2) for a in farm]
+    assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
+    # The next day the gateway refuses it everything; then a rescore (a schedule, a rules change).
+    refused = {"account_id": farm[0], "occurred_at": "2026-11-25T10:30:00Z", "window_seconds": 3600,
+               "requests": 0, "refused": 2, "tier": "free"}
+    results = client.post("/v1/activity", json={"reports": [refused]}, headers=auth).json["results"]
+    assert results[0]["decision"] == "review"
+    assert enqueue_rescore(runtime, [farm[0]], "test") == 1
+    account = client.get(f"/v1/accounts/{farm[0]}", headers=auth).json
+    assert account["decision"] == "review"
+    assert "woke_together_on_rare_templates" in {r["rule"] for r in account["reasons"]}
+
+
 def test_people_waking_the_same_day_on_one_uncommon_tool_at_a_human_pace_are_served(client, auth, runtime):
     users = _signups(client, auth, "user", 24)
     reports = [_report(a, {"pf_tool_0": 2}, requests=2, cv=1.3) for a in users]

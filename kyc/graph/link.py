@@ -421,8 +421,8 @@ def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], at: date
     if rose(before[target.id], after):
         after_commit(session).ask_rescore(clusters=[target.id])
     moved_ids = [c.id for c in others if c is not new_cluster]
-    # Membership rows only: accounts.cluster_id is written by each account's own evaluation, so
-    # a merge never waits on the row lock of a member being scored at the same time (deadlock).
+    # Membership rows only (an account's cluster is its membership): a merge never waits on the
+    # row lock of a member being scored at the same time (deadlock).
     if moved_ids:
         # Written without waiting for answers (see store), and the members the session holds
         # told where they are now: the account being scored updates its traits in the target

@@ -14,9 +14,10 @@ from sqlalchemy import (Boolean, Column, Integer, MetaData, Select, String, Tabl
                         literal, or_, select, text)
 from sqlalchemy.orm import Session
 
+from kyc.db import write_lock
 from kyc.graph.core import LINK_KINDS, STRONG, WEAK, WEAK_KINDS_NEEDED, Policy, UnionFind, chunks, keep_ids
 from kyc.ids import new_ids
-from kyc.models import MEMBER_FLAGS, Account, Cluster, ClusterMember, GraphEdge, GraphNode, Sighting, UTCDateTime
+from kyc.models import MEMBER_FLAGS, Cluster, ClusterMember, GraphEdge, GraphNode, Sighting, UTCDateTime
 
 log = logging.getLogger("kyc.graph")
 
@@ -32,6 +33,10 @@ def rebuild(session: Session, policy: Policy) -> dict[str, int]:
     against writes, which makes signups linking meanwhile wait for the commit instead of
     racing the rebuild.
     """
+    # SQLite: take the write lock before the first read. A read transaction that later writes
+    # while another connection writes (the in-process rescoring thread) gets "database is
+    # locked" at once, without the busy wait.
+    write_lock(session)
     session.flush()
     if session.get_bind().dialect.name == "postgresql":
         # Hashes over millions of rows in memory rather than spilled to disk (a hash may use
@@ -63,8 +68,6 @@ def rebuild(session: Session, policy: Policy) -> dict[str, int]:
         lap("write")
         _recount_all(session)
         lap("recount")
-    _set_account_clusters(session)
-    lap("accounts")
     log.info("graph rebuilt: %s", ", ".join(f"{k} {v}s" for k, v in timings.items()))
     return {"nodes": session.scalar(select(func.count()).select_from(GraphNode)),
             "edges": session.scalar(select(func.count()).select_from(GraphEdge)),
@@ -392,9 +395,3 @@ def _load_memberships(session: Session, moves: list[tuple[str, str, datetime | N
     _analyze(session, m, c)
 
 
-def _set_account_clusters(session: Session) -> None:
-    """accounts.cluster_id follows the memberships."""
-    a, m = Account.__table__, ClusterMember.__table__
-    session.connection().execute(a.update().where(a.c.id == m.c.account_id,
-                                                  or_(a.c.cluster_id.is_(None), a.c.cluster_id != m.c.cluster_id))
-                                 .values(cluster_id=m.c.cluster_id))

@@ -12,6 +12,7 @@ collected here too, each kind in its own list.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from kyc.runtime import Runtime
 
 _KEY = "kyc.after_commit"          # the session's one entry: its AfterCommit
+
+log = logging.getLogger("kyc.jobs")
 
 
 @dataclass
@@ -69,8 +72,13 @@ class AfterCommit:
         clusters = dict(sorted(self.clusters.items()))
         runtime, collected = self.runtime, list(self.collected.values())
         self._clear()
+        # Each kind of work on its own: one that fails (its own errors are its to report) must
+        # not cost the others, and the commit has happened whatever they do.
         for work, deliver in collected:
-            deliver(work)
+            try:
+                deliver(work)
+            except Exception:  # noqa: BLE001
+                log.exception("after-commit work failed: %r", deliver)
         if runtime is not None and (accounts or clusters):
             runtime.rescoring().put(accounts, clusters)
 

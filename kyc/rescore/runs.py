@@ -50,8 +50,7 @@ def accounts_query(selector: str, params: dict[str, Any], version: str, now: dat
         since = (now or utcnow()) - timedelta(days=int(params["dormant_days"]))
         query = query.where(Account.last_seen_at < since)
     elif selector == "cluster":
-        # The memberships, which merges and splits move at once (accounts.cluster_id follows
-        # only each account's next evaluation).
+        # The memberships, which merges and splits move at once.
         query = query.join(ClusterMember, ClusterMember.account_id == Account.id).where(
             ClusterMember.cluster_id == params["cluster_id"])
     elif selector == "rules_change":

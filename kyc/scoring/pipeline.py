@@ -122,7 +122,6 @@ def score(runtime: Runtime, session: Session, subject: str, inp, *, trigger: str
     slot = _slot(subject, identifiers)
     evaluation.settlement = settle(account, slot, subject, evaluation.id, outcome, at, cluster=cluster,
                                    steps=runtime.config.graph_rescore_sizes)
-    account.cluster_id = cluster.id             # written with the account's other changes
     if chunk is None and not created and evaluation.settlement.new != evaluation.settlement.old:
         # A new account's first decision is not a change. A rescore chunk records its
         # accounts' changes itself (kyc.rescore.batch.rescore_chunk), once per account.
@@ -228,7 +227,7 @@ class Chunk:
 
 # What scoring an account changes on its row (score(), decide.settle).
 _WRITTEN = ("decision", "score", "reasons", "required_verifications", "subjects", "state_version",
-            "last_evaluation_id", "first_seen_at", "last_seen_at", "cluster_id", "override", "review_since")
+            "last_evaluation_id", "first_seen_at", "last_seen_at", "override", "review_since")
 
 
 def _written(account) -> tuple:
@@ -318,7 +317,7 @@ _MEMBER_COLUMNS = tuple(ClusterMember.__table__.c.keys())
 _LOCKED_ACCOUNT = (
     select(*Account.__table__.c,
            # the dormancy of the latest day, as usage.days.latest_days reads it
-           select(ActivityDay.dormant_days).where(ActivityDay.account_id == Account.id)
+           select(ActivityDay.dormant_days).where(ActivityDay.account_id == Account.id, ActivityDay.requests > 0)
            .order_by(ActivityDay.day.desc()).limit(1).scalar_subquery().label("_dormancy"),
            # as verification.stored_verified_kinds
            select(func.aggregate_strings(Verification.kind, ","))

@@ -13,7 +13,11 @@ from kyc.signals.usage import cluster_usage_signals, usage_signals
 from kyc.usage.lockstep import SHARED, lockstep_facts
 
 _DAY = ActivityDay.__table__
-_LATEST_DAY = (select(*_DAY.c).where(_DAY.c.account_id == bindparam("account_id"), _DAY.c.day <= bindparam("until"))
+# The latest day the account was served: a day the gateway refused it everything (it was held)
+# tells nothing new of its usage, and reading it would let a rescore forget the evidence that
+# held the account (a farm held on the day it woke would be released the next day).
+_LATEST_DAY = (select(*_DAY.c).where(_DAY.c.account_id == bindparam("account_id"), _DAY.c.day <= bindparam("until"),
+                                     _DAY.c.requests > 0)
                .order_by(_DAY.c.day.desc()).limit(1))
 _FAR = date(9999, 12, 31)
 CLUSTER_READ = 5000          # members' days read for the cluster facts (a bounded index scan)
@@ -27,18 +31,18 @@ _CLUSTER_DAYS = (select(_DAY.c.requests, _DAY.c.tier, _DAY.c.hours, _DAY.c.dorma
 
 
 def latest_day(session: Session, account_id: str, until: date | None = None) -> dict[str, Any] | None:
-    """The account's latest day of usage on or before `until` (None: its latest of all)."""
+    """The account's latest day of served usage on or before `until` (None: its latest of all)."""
     row = session.execute(_LATEST_DAY, {"account_id": account_id, "until": until or _FAR}).mappings().one_or_none()
     return dict(row) if row is not None else None
 
 
 def latest_days(conn, account_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Each account's latest day of usage, for many accounts in one query (a rescore chunk);
-    accounts without usage are absent."""
+    """Each account's latest day of served usage, for many accounts in one query (a rescore
+    chunk); accounts without usage are absent."""
     if not account_ids:
         return {}
     latest = (select(_DAY.c.account_id, func.max(_DAY.c.day).label("day"))
-              .where(_DAY.c.account_id.in_(account_ids)).group_by(_DAY.c.account_id).subquery())
+              .where(_DAY.c.account_id.in_(account_ids), _DAY.c.requests > 0).group_by(_DAY.c.account_id).subquery())
     return {row["account_id"]: dict(row) for row in conn.execute(
         select(*_DAY.c).join(latest, (_DAY.c.account_id == latest.c.account_id) & (_DAY.c.day == latest.c.day))
     ).mappings()}

@@ -318,8 +318,6 @@ def test_rebuild_repairs_a_graph_lost_or_gone_wrong(small_graph, auth):
         rebuild(s, Policy.from_config(rt.config))
     assert partition(rt) == incremental
     assert _counters(rt) == counters
-    with rt.session() as s:
-        assert all(a.cluster_id == s.get(ClusterMember, a.id).cluster_id for a in s.execute(select(Account)).scalars())
 
 
 def _schema(rt) -> set:
@@ -355,8 +353,6 @@ def test_a_first_rebuild_of_an_empty_graph_gives_the_clusters_incremental_linkin
     # A lost membership's traits come back with its next evaluation; sizes and first sightings at once.
     assert {m: v[:2] for m, v in _counters(rt).items()} == {m: v[:2] for m, v in counters.items()}
     assert _schema(rt) == schema
-    with rt.session() as s:
-        assert all(a.cluster_id == s.get(ClusterMember, a.id).cluster_id for a in s.execute(select(Account)).scalars())
     with rt.session() as s, s.begin():
         again = rebuild(s, Policy.from_config(rt.config))
     assert again["members_moved"] == again["members_added"] == 0

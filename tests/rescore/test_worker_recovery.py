@@ -20,7 +20,7 @@ import kyc.rescore.runs
 import kyc.rescore.schedule
 from kyc import rescore
 from kyc.models import RescoreBatch, RescoreRun
-from tests.test_jobs import (kyc_command, pg_url, queued_runtime, redis_db, rescore_evaluations,  # noqa: F401
+from tests.rescore.test_jobs import (kyc_command, pg_url, queued_runtime, redis_db, rescore_evaluations,  # noqa: F401
                              rules_dir, seed, worker_env)
 
 

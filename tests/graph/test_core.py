@@ -1,0 +1,24 @@
+"""The graph's model (kyc.graph.core): the table of identifier kinds and the clustering rule
+linking and rebuild both follow."""
+
+from __future__ import annotations
+
+from kyc.graph import LINK_KINDS, STRONG, WEAK, WEAK_KINDS_NEEDED, components
+from kyc.models import GraphNode
+
+
+def test_every_linking_kind_has_a_strength_and_fits_the_node_column():
+    width = GraphNode.__table__.c.kind.type.length
+    assert set(LINK_KINDS.values()) == {"strong", "weak"}
+    assert all(0 < len(kind) <= width for kind in LINK_KINDS)
+    assert STRONG | WEAK == set(LINK_KINDS) and not STRONG & WEAK
+
+
+def test_a_strong_kind_links_on_one_value_a_weak_kind_only_with_enough_others():
+    strong = sorted(STRONG)[0]
+    weak = sorted(WEAK)[:WEAK_KINDS_NEEDED]
+    edges = [((strong, "s1"), "a"), ((strong, "s1"), "b"),                      # a-b: one strong value
+             ((weak[0], "w1"), "c"), ((weak[0], "w1"), "d"),                    # c-d: one weak kind only
+             *(((kind, "w2"), account) for kind in weak for account in ("e", "f"))]   # e-f: enough weak kinds
+    groups = {frozenset(g) for g in components(edges, ["g"]).groups().values()}
+    assert groups == {frozenset("ab"), frozenset("c"), frozenset("d"), frozenset("ef"), frozenset("g")}
