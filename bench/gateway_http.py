@@ -6,7 +6,8 @@ in the same run.
 Accounts are stored as bench/entitlement.py stores them (reused when present; --accounts, default
 1,000,000). kyc (wsgi.py) and bench/bare_flask.py each run under gunicorn with the same worker
 count; wrk sends, for each, GET entitlement?tier=free and POST activity (one report, an account
-last seen in the past three weeks: steady usage, no wake-up) to accounts drawn at random, with a
+last seen in the past three weeks, with its own API key id, template and address: steady usage
+of unrelated customers, no wake-up, nothing linked) to accounts drawn at random, with a
 real API key (its read included). Prints requests/s, wrk's latency percentiles, and kyc's share of
 bare Flask's requests/s. On a shared, loaded machine compare the ratios of one run, not the
 absolute figures.
@@ -47,7 +48,9 @@ request = function()
   if "%(call)s" == "entitlement" then
     return wrk.format("GET", "/v1/accounts/" .. id .. "/entitlement?tier=free", headers)
   end
-  return wrk.format("POST", "/v1/accounts/" .. id .. "/activity", headers, '%(body)s')
+  local ip = math.random(1, 223) .. "." .. math.random(0, 255) .. "." .. math.random(0, 255) .. "." .. math.random(1, 254)
+  local body = (string.gsub((string.gsub('%(body)s', "ACCOUNT", id)), "IPADDR", ip))
+  return wrk.format("POST", "/v1/accounts/" .. id .. "/activity", headers, body)
 end
 """
 
@@ -78,9 +81,11 @@ def main() -> None:
     env = {**os.environ, "KYC_DATABASE_URL": args.database_url, "KYC_RULES_DIR": str(PROJECT_ROOT / "rules"),
            "KYC_DATA_DIR": str(workdir), "KYC_SECRET_KEY": "bench", "KYC_LOG_LEVEL": "WARNING",
            "KYC_RULES_POLL_SECONDS": "0", "KYC_REDIS_URL": "", "KYC_DEV_KEY": ""}
-    report = {"window_seconds": 60, "requests": 3, "tier": "free", "ip": "73.15.1.1", "api_key_id": "key_bench",
+    # Unrelated customers: each account's own API key, template and address (one key or address
+    # for all would link them into one cluster, re-evaluated at every report: not steady usage).
+    report = {"window_seconds": 60, "requests": 3, "tier": "free", "ip": "IPADDR", "api_key_id": "key_ACCOUNT",
               "user_agent": "python-httpx/0.27.0", "tokens_in": 900, "tokens_out": 1400,
-              "models": {"model-small": 3}, "prompt_fingerprints": {"pf_bench": 3}, "interval_cv": 0.9}
+              "models": {"model-small": 3}, "prompt_fingerprints": {"pf_ACCOUNT": 3}, "interval_cv": 0.9}
     ports = {"kyc": free_port(), "bare": free_port()}
     servers = [start("wsgi:app", ports["kyc"], args.workers, env, ROOT),
                start("bare_flask:app", ports["bare"], args.workers, env, ROOT / "bench")]

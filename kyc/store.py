@@ -62,6 +62,9 @@ class Store(Protocol):
     def record(self, keys: Iterable[Key], at: datetime, account_id: str) -> None:
         """Remember that the account showed these keys at this event time (kept once committed)."""
 
+    def record_many(self, marks: list[tuple[Key, datetime, str]]) -> None:
+        """record() of many (key, event time, account) at once."""
+
     def card_history(self, card: str, at: datetime, window: timedelta, account_id: str, device: Key | None
                      ) -> tuple[int, int | None, dict | None]:
         """For a card being scored: the distinct cards seen in (at - window, at] on the account and
@@ -184,10 +187,14 @@ class SqlStore(SqlHistory):
         return [self.distinct_accounts(keys, at, account_id) for keys, at, account_id in requests]
 
     def record(self, keys: Iterable[Key], at: datetime, account_id: str) -> None:
-        rows = [{"kind": k, "value_hash": h, "account_id": account_id, "last_at": at} for k, h in keys]
-        if not rows:
-            return
-        self.session.execute(_record_statement(self.session.get_bind().dialect.name), rows)
+        self.record_many([(key, at, account_id) for key in keys])
+
+    def record_many(self, marks: list[tuple[Key, datetime, str]]) -> None:
+        """record() of many (key, event time, account): one executemany (an activity batch's
+        thousands of marks were as many statements)."""
+        rows = [{"kind": k, "value_hash": h, "account_id": account_id, "last_at": at} for (k, h), at, account_id in marks]
+        if rows:
+            self.session.execute(_record_statement(self.session.get_bind().dialect.name), rows)
 
 
 @lru_cache(maxsize=4)
@@ -364,6 +371,10 @@ class RedisStore(SqlHistory):
             return
         # Written once the transaction commits (never for one rolled back), all its marks at once.
         after_commit(self.session).collect(RedisStore, self._flush).append((keys, at, account_id))
+
+    def record_many(self, marks: list[tuple[Key, datetime, str]]) -> None:
+        for key, at, account_id in marks:
+            self.record([key], at, account_id)
 
     def _flush(self, pending: list) -> None:
         if not pending:

@@ -127,10 +127,8 @@ def link_reports(runtime, session: Session, reports: Sequence[tuple[str, Activit
         batch = new_id("act")
         session.execute(Sighting.__table__.insert(), [{**row, "evaluation_id": batch} for row in sightings])
     if velocity:
-        store = velocity_store(runtime, session)
-        for account_id, keys in velocity.items():
-            for node, at in keys:
-                store.record([node], at, account_id)
+        velocity_store(runtime, session).record_many(
+            [(node, at, account_id) for account_id, keys in velocity.items() for node, at in keys])
 
     # A node nobody else holds (in the graph or in this batch) links nobody: count it and add
     # the account's edge in bulk. An account showing a node someone else holds is linked.
