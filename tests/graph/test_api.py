@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import delete, func, select, text, update
 
 from kyc import create_app
+from kyc.db import write_lock
 from kyc.graph import Policy, components, rebuild
 from kyc.feedback import label_account
 from kyc.rescore.background import drain
@@ -379,6 +380,7 @@ def test_rebuild_of_a_built_graph_corrects_only_what_differs(small_graph, auth):
     shared = sorted((k, h) for k, h, accounts, is_super, _ in nodes if accounts > 1 and not is_super)
     lone = sorted((k, h) for k, h, accounts, _, _ in nodes if accounts == 1)
     with rt.session() as s, s.begin():
+        write_lock(s)       # read, then write: on SQLite wait for any other writer instead of failing at once
         gone = s.execute(select(GraphEdge).where(GraphEdge.kind == shared[0][0], GraphEdge.value_hash == shared[0][1])
                          ).scalars().first()
         s.delete(gone)                                                            # an edge lost
