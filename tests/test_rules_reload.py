@@ -194,15 +194,23 @@ def test_atomic_reload_under_concurrent_requests(tmp_path, runtime, auth):
             i += 1
             time.sleep(0.002)
 
+    def swapped_enough() -> bool:
+        return reloads["ok"] > 2 and reloads["refused"] > 2
+
     def scorer(n: int):
+        # At least 25 signups each, and on until the swapper has swapped and refused a few
+        # times: how far each thread gets in a fixed count depends on the scheduler (the
+        # scorers once finished before the third clean swap). 500 bounds a stuck swapper.
         client = app.test_client()
-        for j in range(25):
+        j = 0
+        while j < 25 or (not swapped_enough() and j < 500):
             r = client.post("/v1/signups", json=signup(account_id=f"acct_{n}_{j}", device_id=f"dv_{n}_{j}"),
                             headers=auth)
             if r.status_code != 200:
                 failures.append(f"{r.status_code} {r.json}")
             else:
                 responses.append(r.json)
+            j += 1
 
     threads = [threading.Thread(target=scorer, args=(n,)) for n in range(4)]
     swapper = threading.Thread(target=reloader)
@@ -215,7 +223,7 @@ def test_atomic_reload_under_concurrent_requests(tmp_path, runtime, auth):
     swapper.join()
 
     assert not failures
-    assert len(responses) == 100 and reloads["ok"] > 2 and reloads["refused"] > 2
+    assert len(responses) >= 100 and swapped_enough()
     seen_versions = set()
     for body in responses:
         version = body["rules_version"]
