@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -250,3 +251,10 @@ def assert_field_error(response, field: str, message: str) -> None:
     assert error["code"] == "invalid_request"
     assert field in error["fields"], error
     assert message in error["fields"][field]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a server a test starts (or one nothing listens on)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -23,7 +23,7 @@ from sqlalchemy import MetaData, func, select
 
 from kyc.models import Account, Evaluation, Sighting
 from kyc.security import luhn_ok
-from tests.conftest import payment, signup
+from tests.conftest import free_port, payment, signup
 
 
 def with_check_digit(prefix: str) -> str:
@@ -144,12 +144,6 @@ def test_no_log_line_holds_the_number(client, auth, caplog):
         assert leaks(record.getMessage()) == [] and leaks(repr(record.args)) == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(port: int, path: str, body: dict | str, key: str) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     data = body if isinstance(body, str) else json.dumps(body)
@@ -181,7 +175,7 @@ def test_werkzeug_access_log_never_holds_the_number(app, api_key, caplog):
 
 def test_gunicorn_access_and_error_logs_never_hold_the_number(tmp_path):
     """The real `kyc serve` (gunicorn, access log to stdout) on the embedded SQLite default."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "KYC_DATABASE_URL": f"sqlite:///{tmp_path / 'kyc.db'}", "KYC_DATA_DIR": str(tmp_path),
            "KYC_LOG_LEVEL": "DEBUG"}
     env.pop("KYC_DEV_KEY", None)

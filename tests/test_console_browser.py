@@ -17,7 +17,6 @@ import hashlib
 import hmac
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -31,7 +30,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from kyc.models import RescoreRun
-from tests.conftest import CI, RULES_DIR, TEST_SECRET
+from tests.conftest import free_port, CI, RULES_DIR, TEST_SECRET
 from tests.console_data import seed
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -70,12 +69,6 @@ def wait_for(condition, timeout: float = 30.0, what: str = "condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Gateway:
@@ -123,7 +116,7 @@ class Server:
     """`kyc serve` on a free port, and plain HTTP calls to its API."""
 
     def __init__(self, database_url: str, data_dir: Path, webhook_url: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, KYC_DATABASE_URL=database_url, KYC_RULES_DIR=str(RULES_DIR),
                    KYC_DATA_DIR=str(data_dir), KYC_SECRET_KEY=TEST_SECRET.decode(), KYC_DEV_KEY="",

@@ -6,26 +6,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import socket
 from datetime import datetime, timezone
 
 import pytest
 
 from kyc import create_app
 from kyc.runtime import Runtime
-from tests.conftest import payment, signup
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port, payment, signup
 
 
 @pytest.fixture
 def unreachable(make_config):
     """An app whose PostgreSQL refuses connections (nothing listens on its port)."""
-    url = f"postgresql+psycopg://postgres@127.0.0.1:{_free_port()}/kyc"
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/kyc"
     rt = Runtime.start(make_config(url, dev_key="dev", webhook_secrets={"idv": b"s3cret"}), migrate=False)
     yield create_app(runtime=rt)
     rt.engine.dispose()

@@ -13,17 +13,11 @@ from sqlalchemy import select
 from kyc import create_app
 from kyc.models import Evaluation
 from kyc.runtime import Runtime
-from tests.conftest import REDIS_URL, payment, redis_connection, signup
+from tests.conftest import free_port, REDIS_URL, payment, redis_connection, signup
 
 # One farm: five accounts on one device and one /24, in event-time order.
 FARM = [signup(account_id=f"acct_{i}", email=f"farm{i}@gmail.com", ip=f"203.0.113.{i + 1}", device_id="dv_farm",
                phone=None, occurred_at=f"2026-11-24T21:0{i}:00Z") for i in range(5)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -61,7 +55,7 @@ def _post_all(database_url, make_config, redis_url: str, bodies: list[dict], pat
 @pytest.mark.parametrize("redis", ["down", "hung"])
 def test_redis_down_or_hung_counts_velocity_from_the_database(database_url, make_config, tmp_path, redis,
                                                               blackhole, _sqlite_template):
-    url = f"redis://127.0.0.1:{_free_port()}/0" if redis == "down" else blackhole
+    url = f"redis://127.0.0.1:{free_port()}/0" if redis == "down" else blackhole
     answers, stored = _post_all(database_url, make_config, url, FARM)
     for answer in answers:
         assert answer["degraded"] == ["velocity"]
@@ -96,13 +90,13 @@ def test_fallback_counts_equal_the_redis_counts(database_url, make_config, tmp_p
 
         shutil.copy(_sqlite_template, tmp_path / "again.db")
         empty = f"sqlite:///{tmp_path / 'again.db'}"
-    down, _ = _post_all(empty, make_config, f"redis://127.0.0.1:{_free_port()}/0", bodies)
+    down, _ = _post_all(empty, make_config, f"redis://127.0.0.1:{free_port()}/0", bodies)
     assert [a["signals"]["velocity"] for a in down] == [a["signals"]["velocity"] for a in up]
     assert {tuple(a["degraded"]) for a in down} == {("velocity",)}
 
 
 def test_payment_method_with_redis_down_is_scored_and_marked(database_url, make_config):
-    answers, stored = _post_all(database_url, make_config, f"redis://127.0.0.1:{_free_port()}/0",
+    answers, stored = _post_all(database_url, make_config, f"redis://127.0.0.1:{free_port()}/0",
                                 [payment(account_id="acct_p1"), payment(account_id="acct_p2")],
                                 path="/v1/payment-methods")
     assert [a["degraded"] for a in answers] == [["velocity"], ["velocity"]]

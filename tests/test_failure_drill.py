@@ -35,17 +35,11 @@ from sqlalchemy import create_engine, select as sql_select, text
 import kyc.rescore.schedule
 from kyc import rescore
 from kyc.models import Evaluation, RescoreRun
-from tests.conftest import POSTGRES_URL, RULES_DIR, TEST_SECRET, _truncate_postgres, signup
+from tests.conftest import free_port, POSTGRES_URL, RULES_DIR, TEST_SECRET, _truncate_postgres, signup
 
 APP_NAME = "kyc_failure_drill"
 KEY = "drill-key"
 CLIENTS = 6
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(predicate, seconds: float, what: str):
@@ -65,7 +59,7 @@ class RedisServer:
     """A redis-server of the drill's own: no persistence, so a restart comes back empty."""
 
     def __init__(self, workdir: Path):
-        self.port, self.workdir, self.proc = _free_port(), workdir, None
+        self.port, self.workdir, self.proc = free_port(), workdir, None
 
     @property
     def url(self) -> str:
@@ -92,7 +86,7 @@ class TcpProxy:
     database unreachable); start() lets them through again."""
 
     def __init__(self, target: tuple[str, int]):
-        self.target, self.port = target, _free_port()
+        self.target, self.port = target, free_port()
         self.listener = None
         self.sockets: set[socket.socket] = set()
         self.lock = threading.Lock()
@@ -216,7 +210,7 @@ def test_failure_drill(drill_database, tmp_path):
         {"application_name": APP_NAME}).render_as_string(hide_password=False)
     redis = RedisServer(tmp_path)
     redis.start()
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "KYC_DATABASE_URL": through_proxy, "KYC_REDIS_URL": redis.url,
            "KYC_RULES_DIR": str(RULES_DIR), "KYC_DATA_DIR": str(tmp_path), "KYC_SECRET_KEY": TEST_SECRET.decode(),
            "KYC_DEV_KEY": KEY, "KYC_LOG_LEVEL": "WARNING", "KYC_RULES_POLL_SECONDS": "0"}

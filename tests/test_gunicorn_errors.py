@@ -17,21 +17,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import payment, signup
+from tests.conftest import free_port, payment, signup
 from tests.test_card_numbers import card_numbers, digits_of
 from tests.test_fuzz_api import assert_contract_error as _shape
 
 KEY = "kyc_test_gunicorn_key"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(args: list[str], tmp: Path, **env) -> tuple[subprocess.Popen, int, Path]:
-    port = _free_port()
+    port = free_port()
     environ = dict(os.environ, KYC_DATABASE_URL=f"sqlite:///{tmp / 'kyc.db'}", KYC_DATA_DIR=str(tmp),
                    KYC_DEV_KEY=KEY, KYC_LOG_LEVEL="INFO", **env)
     log = tmp / "server.log"

@@ -33,16 +33,10 @@ from kyc.logs import request_id, scrub
 from kyc.models import ApiKey
 from kyc.runtime import upgrade_database
 from kyc.security import hash_api_key, new_api_key
-from tests.conftest import REDIS_URL, TEST_SECRET, pg_schema_url, redis_connection
+from tests.conftest import free_port, REDIS_URL, TEST_SECRET, pg_schema_url, redis_connection
 
 KYC = str(Path(sys.executable).with_name("kyc"))
 CARD = "4111 1111 1111 1111"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, seconds: float = 60) -> None:
@@ -122,7 +116,7 @@ def deployment(tmp_path_factory):
            "KYC_SECRET_KEY": TEST_SECRET.decode(), "KYC_DATA_DIR": str(tmp), "KYC_RULES_POLL_SECONDS": "0",
            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "KYC_LOG_LEVEL": "INFO"}
     env.pop("KYC_DEV_KEY", None)
-    port, worker_port = _free_port(), _free_port()
+    port, worker_port = free_port(), free_port()
     serve_log, worker_log = tmp / "serve.log", tmp / "worker.log"
     serve = subprocess.Popen([KYC, "serve", "--port", str(port), "--workers", "2"], env=env, cwd=tmp,
                              stdout=serve_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -337,12 +331,12 @@ def test_readyz_names_what_is_wrong(make_config, tmp_path):
 def test_kyc_serve_refuses_an_unmigrated_database(tmp_path):
     url = pg_schema_url("kyc_unmigrated")
     env = {**os.environ, "KYC_DATABASE_URL": url, "KYC_SECRET_KEY": "x", "KYC_DATA_DIR": str(tmp_path)}
-    done = subprocess.run([KYC, "serve", "--port", str(_free_port())], env=env, cwd=tmp_path, capture_output=True,
+    done = subprocess.run([KYC, "serve", "--port", str(free_port())], env=env, cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode != 0
     assert "not migrated" in done.stderr and "kyc db upgrade" in done.stderr, done.stderr
     upgrade_database(url, "0005")
-    done = subprocess.run([KYC, "serve", "--port", str(_free_port())], env=env, cwd=tmp_path, capture_output=True,
+    done = subprocess.run([KYC, "serve", "--port", str(free_port())], env=env, cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode != 0 and "at revision 0005" in done.stderr and "kyc db upgrade" in done.stderr
 

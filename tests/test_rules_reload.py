@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ from kyc.models import ApiKey
 from kyc.runtime import Runtime
 from kyc.security import hash_api_key, new_api_key
 from kyc.signals import SCHEMA
-from tests.conftest import RULES_DIR, signup
+from tests.conftest import free_port, RULES_DIR, signup
 
 BROKEN = """
 - id: broken
@@ -238,12 +237,6 @@ def test_atomic_reload_under_concurrent_requests(tmp_path, runtime, auth):
 
 # --- the real server: every gunicorn worker converges -------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str, key: str) -> dict:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}", "Connection": "close"})
     with urllib.request.urlopen(request, timeout=5) as response:
@@ -252,7 +245,7 @@ def _get(url: str, key: str) -> dict:
 
 def test_every_gunicorn_worker_converges_and_sighup_reloads(tmp_path):
     root = copy_rules(tmp_path / "rules")
-    port, key = _free_port(), "kyc_test_reload_key"
+    port, key = free_port(), "kyc_test_reload_key"
     env = dict(os.environ, KYC_DATABASE_URL=f"sqlite:///{tmp_path / 'kyc.db'}", KYC_RULES_DIR=str(root),
                KYC_DATA_DIR=str(tmp_path), KYC_DEV_KEY=key, KYC_RULES_POLL_SECONDS="0.2", KYC_LOG_LEVEL="WARNING")
     server = subprocess.Popen([sys.executable, "-m", "kyc.cli", "serve", "--port", str(port), "--workers", "3"],

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from kyc.engine import RuleSet, RuleSetError
 from kyc.signals import SCHEMA
-from tests.conftest import signup
+from tests.conftest import free_port, signup
 from tests.test_rules_reload import (  # noqa: F401 - fixtures used by name
-    _free_port, _get, _reachable, auth_for, copy_rules, live_rules, replace_file, wait_for)
+    _get, _reachable, auth_for, copy_rules, live_rules, replace_file, wait_for)
 
 FIELDS = {t: [f.name for f in SCHEMA if f.type == t] for t in ("bool", "int", "float", "str")}
 EVALUATION_BUDGET = 0.25          # seconds for one evaluation, on a loaded 2-core machine; RE2 needs ~1 ms
@@ -201,7 +201,7 @@ def test_sighup_with_a_bad_rule_file_keeps_kyc_serve_running(tmp_path):
     """The real `kyc serve`: SIGHUP makes the master reload; a file that nests 1,900 unary minus
     signs used to raise RecursionError out of gunicorn's on_reload hook and exit the master."""
     root = copy_rules(tmp_path / "rules")
-    port, key = _free_port(), "kyc_test_sighup_key"
+    port, key = free_port(), "kyc_test_sighup_key"
     env = dict(os.environ, KYC_DATABASE_URL=f"sqlite:///{tmp_path / 'kyc.db'}", KYC_RULES_DIR=str(root),
                KYC_DATA_DIR=str(tmp_path), KYC_DEV_KEY=key, KYC_RULES_POLL_SECONDS="0", KYC_LOG_LEVEL="WARNING")
     log = (tmp_path / "serve.log").open("w+")
