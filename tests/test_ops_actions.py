@@ -121,8 +121,13 @@ def test_an_action_racing_joining_signups_and_rescoring_leaves_every_counter_tru
     drain(rt)
     first = [f"acct_f{n}" for n in range(20)]
 
+    # Each joiner's app is built here, not in its thread: CPython 3.11.7 keeps the AST
+    # builder's recursion depth per interpreter, not per thread, and apps built in four
+    # threads at once raised "AST constructor recursion depth mismatch" once (gh-106905).
+    apps = [create_app(runtime=rt) for _ in range(4)]
+
     def join(n: int) -> int:
-        return create_app(runtime=rt).test_client().post(
+        return apps[n].test_client().post(
             "/v1/signups", json=signup(account_id=f"acct_late{n}", email=f"late.joiner{n}@gmail.com",
                                        device_id="dv_farm", phone=None), headers=auth).status_code
 
