@@ -94,7 +94,7 @@ CUT = re.compile(r"^[^(]*\)")
 CLEAN_SIGNUP = {"account_id": "acct_ua_corpus", "email": "jane.smith84@gmail.com", "ip": "73.15.1.1",
                 "phone": "+14155550123", "form_fill_ms": 5400, "timezone": "America/Los_Angeles",
                 "locale": "en-US"}
-# Thresholds of issue 17, checked by tests/test_user_agent_corpora.py on the held-out split.
+# Thresholds of issue 17, checked by tests/signals/test_user_agent_corpora.py on the held-out split.
 MAX_BROWSERS_NOT_ALLOWED = 0.01
 MIN_AUTOMATION_NOT_ALLOWED = 0.90
 

@@ -12,7 +12,7 @@ already recorded) does not count the accounts whose latest event time is after i
 Counts saturate: other accounts are counted up to COUNT_CAP, so a super-hot key (gmail.com, a
 carrier NAT) costs a bounded index scan in SQL and a bounded sorted set in Redis.
 
-Two backends give identical answers (tests/test_velocity.py runs the same suite on both):
+Two backends give identical answers (tests/signals/test_velocity.py runs the same suite on both):
 - SqlStore: velocity_marks rows, written inside the caller's transaction.
 - RedisStore: one sorted set per key (member = account id, score = latest event time in
   microseconds), written atomically (MULTI) once the caller's transaction commits, trimmed to

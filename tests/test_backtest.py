@@ -14,7 +14,7 @@ from kyc.cli import main
 from kyc.engine import RuleSet
 from kyc.models import Account, Evaluation
 from kyc.signals import SCHEMA
-from tests.test_engine_errors import write_rules
+from tests.engine.test_errors import write_rules
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
 

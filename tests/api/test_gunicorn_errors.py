@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import free_port, payment, signup
 from tests.test_card_numbers import card_numbers, digits_of
-from tests.test_fuzz_api import assert_contract_error as _shape
+from tests.api.test_fuzz import assert_contract_error as _shape
 
 KEY = "kyc_test_gunicorn_key"
 
@@ -29,7 +29,7 @@ def _start(args: list[str], tmp: Path, **env) -> tuple[subprocess.Popen, int, Pa
     environ = dict(os.environ, KYC_DATABASE_URL=f"sqlite:///{tmp / 'kyc.db'}", KYC_DATA_DIR=str(tmp),
                    KYC_DEV_KEY=KEY, KYC_LOG_LEVEL="INFO", **env)
     log = tmp / "server.log"
-    proc = subprocess.Popen([a.replace("{port}", str(port)) for a in args], env=environ, cwd=Path(__file__).parents[1],
+    proc = subprocess.Popen([a.replace("{port}", str(port)) for a in args], env=environ, cwd=Path(__file__).parents[2],
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 40
     while True:
@@ -162,7 +162,7 @@ def test_generated_card_numbers_never_reach_gunicorn_logs(kyc_serve, card, place
 def test_worker_timeout_is_json(tmp_path):
     """A worker killed by gunicorn's timeout: the client gets the contract's 500, not HTML."""
     proc, port, _log = _start([sys.executable, "-m", "gunicorn", "-c", "python:kyc.serving", "--timeout", "2",
-                               "--workers", "1", "--bind", "127.0.0.1:{port}", "tests.slow_app:app"], tmp_path)
+                               "--workers", "1", "--bind", "127.0.0.1:{port}", "tests.api.slow_app:app"], tmp_path)
     try:
         answer = raw_request(port, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
     finally:

@@ -15,7 +15,7 @@ from kyc.engine.loader import load_list
 from kyc.signals import network
 from kyc.signals.geoip import BUNDLED_ASN, BUNDLED_COUNTRY, GeoIPError, open_geoip
 
-MAXMIND = Path(__file__).parent / "data" / "maxmind"
+MAXMIND = Path(__file__).parents[1] / "data" / "maxmind"
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 enter, CSRF, what each page shows (and never shows: full PII), the backtest form, and that a
 decision made in the console is the same service call the API makes.
 
-The same flows in a real browser against a real server: tests/test_console_browser.py.
+The same flows in a real browser against a real server: tests/ops/test_console_browser.py.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from kyc.ops.audit import list_events
 from kyc.ops.keys import create_key, revoke_key
 from kyc.security import contains_card_number
 from tests.conftest import RULES_DIR
-from tests.console_data import seed
+from tests.ops.console_data import seed
 
 
 def make_key(runtime, role: str = "ops", name: str = "alice") -> str:

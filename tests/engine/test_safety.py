@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from kyc.engine import RuleSet, RuleSetError
 from kyc.signals import SCHEMA
 from tests.conftest import free_port, signup
-from tests.test_rules_reload import (  # noqa: F401 - fixtures used by name
+from tests.engine.test_reload import (  # noqa: F401 - fixtures used by name
     _get, _reachable, auth_for, copy_rules, live_rules, replace_file, wait_for)
 
 FIELDS = {t: [f.name for f in SCHEMA if f.type == t] for t in ("bool", "int", "float", "str")}

@@ -1,4 +1,4 @@
-"""A kyc app with one route slower than gunicorn's worker timeout (tests/test_gunicorn_errors.py)."""
+"""A kyc app with one route slower than gunicorn's worker timeout (tests/api/test_gunicorn_errors.py)."""
 
 import time
 

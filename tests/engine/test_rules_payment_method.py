@@ -1,6 +1,6 @@
 """rules/payment_method.yaml against its cases in rules/tests/payment_method.yaml, evaluated
 directly through RuleSet (the same compiled rules the pipeline runs); `kyc rules test` runs the
-same cases through its own table (tests/test_rules_cli.py)."""
+same cases through its own table (tests/engine/test_rules_cli.py)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import pytest
 from kyc.engine import RuleSet, RuleSetError
 from kyc.signals import SCHEMA
 from kyc.scoring.decide import evaluate
-from tests.test_engine_errors import write_rules
+from tests.engine.test_errors import write_rules
 
 
 def ruleset(tmp_path, when: str, lists: dict[str, str] | None = None) -> RuleSet:

@@ -31,7 +31,7 @@ from sqlalchemy import create_engine, func, select
 
 from kyc.models import RescoreRun
 from tests.conftest import free_port, CI, RULES_DIR, TEST_SECRET
-from tests.console_data import seed
+from tests.ops.console_data import seed
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

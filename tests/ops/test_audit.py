@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kyc.ops import audit
-from tests.test_rules_reload import auth_for, live_rules, replace_file, with_rule  # noqa: F401 - fixtures
+from tests.engine.test_reload import auth_for, live_rules, replace_file, with_rule  # noqa: F401 - fixtures
 
 
 def test_a_rules_reload_records_version_and_the_rule_ids_added_removed_and_changed(live_rules, auth_for):
