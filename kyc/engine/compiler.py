@@ -26,6 +26,7 @@ import io
 import keyword
 import math
 import re
+import threading
 import tokenize
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -462,6 +463,14 @@ def compile_regex(pattern: str, compiler: _Compiler, node: ast.AST | None = None
 
 # --- whole rule sets ----------------------------------------------------------------------------
 
+# CPython releases without the fix of gh-106905 (such as 3.11.7) keep the AST converter's
+# recursion depth per interpreter, not per thread: two threads in ast.parse at once can raise
+# "SystemError: AST constructor recursion depth mismatch" (seen once in this suite). Rules load in
+# request threads and in the embedded rescoring thread, so kyc's one ast.parse call takes this
+# lock; parsing is a rules-load cost, never a per-request one.
+_AST_LOCK = threading.Lock()
+
+
 def parse_condition(text: str) -> ast.AST:
     if not isinstance(text, str) or not text.strip():
         raise ConditionError("empty condition", "write a condition, e.g. email.disposable")
@@ -472,7 +481,8 @@ def parse_condition(text: str) -> ast.AST:
         raise ConditionError(f"condition longer than {MAX_CONDITION_LENGTH} characters",
                              "split it into several rules, or move long value sets into rules/lists/")
     try:
-        tree = ast.parse(_escape_keyword_fields(source), mode="eval")
+        with _AST_LOCK:
+            tree = ast.parse(_escape_keyword_fields(source), mode="eval")
     except SyntaxError as exc:
         line = exc.lineno or 1
         raise ConditionError(f"cannot read the condition: {exc.msg} (column {exc.offset})",

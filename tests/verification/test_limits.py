@@ -7,28 +7,12 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import select
 
 from kyc import create_app
 from kyc.models import PhoneClaim, Verification, VerificationEvent
-from kyc.runtime import Runtime
 from tests.conftest import signup
 from tests.flows import key_headers, last_code, start, verify_by_code, wrong
-
-
-@pytest.fixture
-def app_with(database_url, make_config):
-    runtimes = []
-
-    def make(**overrides):
-        rt = Runtime.start(make_config(database_url, **overrides), migrate=False)
-        runtimes.append(rt)
-        return create_app(runtime=rt)
-
-    yield make
-    for rt in runtimes:
-        rt.engine.dispose()
 
 
 def _two_accounts_one_phone(client, auth, phone: str, n: int) -> tuple[str, str]:

@@ -12,30 +12,13 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select, update
 
-from kyc import create_app
 from kyc.cli import main as cli
 from kyc.models import Account, OutboxMessage, Verification, VerificationEvent
-from kyc.runtime import Runtime
 from tests.conftest import signup
 from tests.flows import key_headers, last_code, start, verify_by_code, wrong
 
 GB_VOIP = "+445612345678"
 GB_MOBILE = "+447911123456"
-
-
-@pytest.fixture
-def app_with(database_url, make_config):
-    """An app on the test database with some settings changed."""
-    runtimes = []
-
-    def make(**overrides):
-        rt = Runtime.start(make_config(database_url, **overrides), migrate=False)
-        runtimes.append(rt)
-        return create_app(runtime=rt)
-
-    yield make
-    for rt in runtimes:
-        rt.engine.dispose()
 
 
 @pytest.fixture
