@@ -37,6 +37,14 @@ def test_apps_own_clients_are_counted_apart_from_the_browsers_they_were_listed_w
         "Mobile/15E148 [FBAN/FBIOS;FBAV/500.0.0.40.95;FBBV/700000000;FBDV/iPhone14,5;FBMD/iPhone;FBSN/iOS]")
 
 
+def test_groups_isbot_heads_as_bots_are_counted_apart_from_its_browsers():
+    bots = set(corpora.corpus("isbot-labelled-bots"))
+    assert 5 <= len(bots) <= 20
+    assert not bots & set(corpora.corpus("isbot-browsers")) and not bots & set(corpora.corpus("app-clients"))
+    assert corpora.ISBOT_LABELLED_BOTS.search("ZZZ Insignificat bots - Crosswalk project (deprecated)")
+    assert not corpora.ISBOT_LABELLED_BOTS.search("ZZZ Miscellaneous Browsers - These browsers are not bots, but ..")
+
+
 def test_real_browsers_on_clean_signups_are_allowed_on_the_held_out_split():
     measured = corpora.measure("fake-useragent", "held_out")
     assert measured["n"] > 150
