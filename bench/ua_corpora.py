@@ -188,27 +188,34 @@ def _rules():
     return RuleSet.load(PROJECT_ROOT / "rules", SCHEMA)
 
 
+def _as_sent(ua: str) -> str:
+    """A web server log's form of the header (spaces as '+') read back as it was sent."""
+    return ua.replace("+", " ") if " " not in ua and "+" in ua else ua
+
+
 def decision(ua: str) -> tuple[str, list[str]]:
     """(decision, rules hit) for a clean signup carrying this user agent."""
     from kyc.ruletests import Case, run_case
 
-    if " " not in ua and "+" in ua:
-        ua = ua.replace("+", " ")       # a web server log's form of the header: read back as sent
-    case = Case("corpus", 0, "corpus", "signup", {**CLEAN_SIGNUP, "user_agent": ua}, None, {"decision": "allow"})
+    case = Case("corpus", 0, "corpus", "signup", {**CLEAN_SIGNUP, "user_agent": _as_sent(ua)}, None, {"decision": "allow"})
     result = run_case(case, _rules())
     return result.decision, result.hits
 
 
 def measure(name: str, split: str) -> dict:
+    from kyc.signals.device import device_signals
+
     agents = [ua for ua in corpus(name) if split_of(ua) == split]
-    not_allowed, rules = [], Counter()
+    not_allowed, rules, reasons = [], Counter(), Counter()
     for ua in agents:
         verdict, hits = decision(ua)
         if verdict != "allow":
             not_allowed.append((ua, verdict, hits))
             rules.update(hits)
+            reasons[device_signals(_as_sent(ua), None).get("browser_mismatch", "-")] += 1
     return {"corpus": name, "split": split, "n": len(agents), "not_allowed": len(not_allowed),
-            "share": len(not_allowed) / len(agents) if agents else 0.0, "rules": rules, "examples": not_allowed}
+            "share": len(not_allowed) / len(agents) if agents else 0.0, "rules": rules, "reasons": reasons,
+            "examples": not_allowed}
 
 
 def main() -> None:
@@ -233,7 +240,8 @@ def main() -> None:
                     print(f"    {verdict:<7} {','.join(hits)[:60]:<60} {ua[:160]}")
         if not args.show:
             print(f"{'':<26}{'':<12}rules hit on the held-out split: "
-                  f"{', '.join(f'{r} {n}' for r, n in held_out['rules'].most_common(5)) or '-'}")
+                  f"{', '.join(f'{r} {n}' for r, n in held_out['rules'].most_common(5)) or '-'}; "
+                  f"device.browser_mismatch: {', '.join(f'{r} {n}' for r, n in held_out['reasons'].most_common()) or '-'}")
 
 
 if __name__ == "__main__":
