@@ -160,7 +160,7 @@ _APP_THEN_BROWSER = re.compile(r"^[A-Za-z][\w .-]{0,40}/[\w.]+[ /]Mozilla/5\.0 \
 # string, which need not start like a desktop browser's (`UCWEB/2.0 (Java; ..) U2/1.0.0 UCBrowser/..`,
 # `Opera/9.80 (J2ME/MIDP; Opera Mini/..) Presto/..`): their engine's tokens with their browser's
 # name prove a browser.
-_OWN_FORM = re.compile(r"Presto/|^Opera/9\.|UC(?:WEB|Browser|Pro)")
+_OWN_FORM = re.compile(r"Presto/\d|UC(?:WEB|Browser|Pro)")
 # Systems whose only clients that fetch web pages are their own browsers, which predate or never
 # adopted a modern engine (AmigaOS, MorphOS and AROS: IBrowse, AWeb, Voyager; BeOS, Haiku, RISC OS,
 # Syllable, OS/2): no crawler, library or tool names them, so a string naming one as its system is
@@ -249,7 +249,7 @@ def _model_mismatch(ua: str, family: str, major: Any, os_family: str, os_major: 
     if _PROBE.search(ua):
         return "unrecognised"
     engine = next((name for name, proves in _ENGINES if proves(ua)), None)
-    if (engine in ("presto", "ucweb") and _OWN_FORM.search(ua)) or (engine is None and family in ENGINELESS_BROWSERS) \
+    if (family in ENGINELESS_BROWSERS and engine in (None, "presto", "ucweb")) or _OWN_FORM.search(ua) \
             or _BROWSER_ONLY_SYSTEMS.search(ua):
         return None
     if not (_BROWSER_FORM.match(ua) or _APP_THEN_BROWSER.match(ua)):

@@ -209,6 +209,8 @@ OLD_BUT_REAL = {
         "Mobile/10A523 Safari/7534.48.3",
     "a feature phone's UC engine in its own form": "M4A1-WAPCHOI/2.0 (Java; U; MIDP-2.0; vi; NokiaC5-00.2) WAPCHOI/1.0.0 "
                                                    "UCPro/9.4.1.377 U2/1.0.0 Mobile UNTRUSTED/1.0 3gpp-gba",
+    "UC's own form on an iPhone, whose WebKit token comes first": "UCWEB/3.0 (iPhone; CPU OS_6; en-US)AppleWebKit/534.1 "
+                                                                  "U3/3.0.0 Mobile",
     "an AmigaOS browser in its own form": "AmigaVoyager/3.2 (AmigaOS/MC680x0)",
     "an AmigaOS browser in the compatible form": "Mozilla/5.0 (compatible; IBrowse 3.0; AmigaOS4.0)",
     "an AmigaOS browser as Mozilla/6.0 and MSIE": "Mozilla/6.0 (compatible; MSIE 7.01; Amiga-AWeb)",
