@@ -149,7 +149,9 @@ _ENDS_AS = {   # family: (the first major read, how its string ends)
 # WebKit's own comment is "(KHTML, like Gecko)" (old Safari and OmniWeb add ", Safari/.."); a word
 # after a semicolon there is a tool's (googleweblight, Google Page Speed Insights, compatible; BW/1.2).
 _KHTML_WORDS = re.compile(r"\(KHTML[^()]*;")
-_TRAILING_COMMENTS = re.compile(r"(?:\s*\([^()]*\))+\s*$")
+# Comments after the last token, in parentheses or, as in-app browsers write theirs, in brackets
+# (`[FB_IAB/FB4A;FBAV/..;]`, `[Pinterest/Android]`, `[LinkedInApp]`).
+_TRAILING_COMMENTS = re.compile(r"(?:\s*(?:\([^()]*\)|\[[^\[\]]*\]))+\s*$")
 _RV_LAST = re.compile(r"rv:[\w.]+\) (?:Gecko|Goanna)/")
 # Apps that open pages in a browser of their own (in-app browsers, WebViews, QQ's and other
 # vendors' shells) may put their product token before the browser's Mozilla/5.0 form

@@ -211,6 +211,9 @@ OLD_BUT_REAL = {
                                                    "UCPro/9.4.1.377 U2/1.0.0 Mobile UNTRUSTED/1.0 3gpp-gba",
     "UC's own form on an iPhone, whose WebKit token comes first": "UCWEB/3.0 (iPhone; CPU OS_6; en-US)AppleWebKit/534.1 "
                                                                   "U3/3.0.0 Mobile",
+    "an in-app browser's bracketed comment after a current Chrome's last token":
+        "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 "
+        "Mobile Safari/537.36 [SomeApp/Android]",
     "an AmigaOS browser in its own form": "AmigaVoyager/3.2 (AmigaOS/MC680x0)",
     "an AmigaOS browser in the compatible form": "Mozilla/5.0 (compatible; IBrowse 3.0; AmigaOS4.0)",
     "an AmigaOS browser as Mozilla/6.0 and MSIE": "Mozilla/6.0 (compatible; MSIE 7.01; Amiga-AWeb)",
