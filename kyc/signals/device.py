@@ -257,7 +257,8 @@ def _model_mismatch(ua: str, family: str, major: Any, os_family: str, os_major: 
     if _PROBE.search(ua):
         return "unrecognised"
     engine = next((name for name, proves in _ENGINES if proves(ua)), None)
-    if (family in ENGINELESS_BROWSERS and engine in (None, "presto", "ucweb")) or _OWN_FORM.search(ua) \
+    if (family in ENGINELESS_BROWSERS and engine in (None, "presto", "ucweb")) \
+            or (engine in ("presto", "ucweb", "webkit") and _OWN_FORM.search(ua)) \
             or _names_browser_only_system(ua):
         return None
     if not (_BROWSER_FORM.match(ua) or _APP_THEN_BROWSER.match(ua)):
