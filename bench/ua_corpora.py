@@ -89,13 +89,15 @@ SET_APART = ("cut-strings",)            # not as any client sent them: counted, 
 # Electron shells, Office, vert.x), an app naming itself with a version and its platform and no
 # browser (`Hulu/6.8.1 (iOS 13.3; ..)`, `Instagram 415.0 Android (..)`, `[FBAN/FB4A;..]`,
 # `Outlook-iOS/..`; every phone browser's string starts with Mozilla/ but Opera's and UC's), a TV
-# box's own client (Roku), and injection or scanner probes.
+# box's own client (Roku), and injection or scanner probes: a string with injection syntax (a quote,
+# angle bracket, backtick or backslash, a template or shell expansion: `') OR 941=(SELECT ..`,
+# `${jndi:..}`), which no browser writes in its user agent, or a scanner naming its probe.
 NOT_A_BROWSER = re.compile(
     r"CFNetwork/|Darwin/\d|AppleCoreMedia/|iTunes/|Dalvik/|okhttp|ExoPlayer|stagefright|UPnP/|QuickTime/|Electron/|"
     r"MSOffice|Microsoft Office|vert\.x|\bPlayer\b|"
     r"^(?!Mozilla/|Opera)(?!.*(?:UCWEB|UCBrowser|Opera|AppleWebKit)).*(?:\biOS\b|\b[Aa]ndroid\b|iPhone|iPad)|"
     r"^Roku|^\[FBAN/|^Instagram \d|^[\w.-]+-iOS/|^(?!Mozilla|Opera)[\w .-]+/[\w.-]+ \((?:iOS|[Aa]ndroid|Linux; ?Android|"
-    r"Java; Android|GOG)|^(?!Mozilla|Opera)\w+/[\d.]+ Windows Phone|^pinterest/|SELECT .* FROM|\.env Presence", re.IGNORECASE)
+    r"Java; Android|GOG)|^(?!Mozilla|Opera)\w+/[\d.]+ Windows Phone|^pinterest/|[\"'<>`\\]|\$\{|\{\{|\$\(|\.env Presence", re.IGNORECASE)
 # isbot's browser-list groups whose heading calls their members bots (kept there as not worth
 # blocking, not as browsers). Chosen by heading, never by string.
 ISBOT_LABELLED_BOTS = re.compile(r"^ZZZ Insignifica\w* bots\b")
