@@ -37,6 +37,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from kyc import metrics
+from kyc.db import send
 from kyc.models import Evaluation, Sighting, VelocityMark
 from kyc.rescore.requests import after_commit
 
@@ -194,7 +195,7 @@ class SqlStore(SqlHistory):
         thousands of marks were as many statements)."""
         rows = [{"kind": k, "value_hash": h, "account_id": account_id, "last_at": at} for (k, h), at, account_id in marks]
         if rows:
-            self.session.execute(_record_statement(self.session.get_bind().dialect.name), rows)
+            send(self.session, _record_statement(self.session.get_bind().dialect.name), rows)
 
 
 @lru_cache(maxsize=4)

@@ -25,7 +25,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from kyc.db import deferred
+from kyc.db import deferred, send
 from kyc.graph.core import (LINK_KINDS, STRONG, WEAK, WEAK_KINDS_NEEDED, GROWTH_CAP, Attachment, Node, Policy,
                             as_loaded, chunks, components, growth_column, growth_window, keep_ids, linked_accounts,
                             locked_with_growth, add_cluster, one_member, rose, store)
@@ -233,8 +233,12 @@ def write_new(session: Session, member: ClusterMember, cluster: Cluster) -> None
     if state is None or not state.transient:
         return
     if inspect(cluster).transient:
-        session.execute(insert(Cluster.__table__), dict(inspect(cluster).dict))
-    session.execute(insert(ClusterMember.__table__), dict(inspect(member).dict))
+        send(session, _CLUSTER_INSERT, [dict(inspect(cluster).dict)])
+    send(session, _MEMBER_INSERT, [dict(inspect(member).dict)])
+
+
+_CLUSTER_INSERT = insert(Cluster.__table__)
+_MEMBER_INSERT = insert(ClusterMember.__table__)
 
 
 def set_flags(session: Session, policy: Policy, account_id: str, flags: dict[str, bool], *,

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, update
 from sqlalchemy.orm import Session
 
-from kyc.db import deferred
+from kyc.db import deferred, send
 from kyc.models import Account, Evaluation, Sighting
 
 # What scoring an account changes on its row (score(), decide.settle).
@@ -49,12 +49,9 @@ def write(session: Session, *, evaluations: Sequence[dict[str, Any]] = (), accou
     """Insert `evaluations` (the evaluations table's columns each, created_at by default), update
     `accounts` (account_row each) and insert `sightings`. A failure fails the statement, or in
     a pipelined transaction the commit: either way nothing is written."""
-    if evaluations:
-        session.execute(_EVALUATION_INSERT, list(evaluations))
-    if accounts:
-        session.execute(_ACCOUNT_UPDATE, list(accounts))
-    if sightings:
-        session.execute(_SIGHTINGS_INSERT, list(sightings))
+    send(session, _EVALUATION_INSERT, list(evaluations))
+    send(session, _ACCOUNT_UPDATE, list(accounts))
+    send(session, _SIGHTINGS_INSERT, list(sightings))
 
 
 _EVALUATION_INSERT = insert(Evaluation.__table__)
