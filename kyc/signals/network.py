@@ -63,6 +63,7 @@ FIELDS = (
 )
 
 _PREFIX = {4: 24, 6: 64}
+_MASK = {version: ((1 << bits) - 1) << (width - bits) for version, bits, width in ((4, 24, 32), (6, 64, 128))}
 
 
 @lru_cache(maxsize=65536)
@@ -76,7 +77,9 @@ def _address(ip: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, di
     facts = {
         "version": addr.version,
         "private": not addr.is_global,
-        "prefix": str(ipaddress.ip_network(f"{addr}/{_PREFIX[addr.version]}", strict=False)),
+        # The network by masking the address (ip_network() parses its text again: half the cost
+        # of reading an activity report's identifiers).
+        "prefix": f"{type(addr)(int(addr) & _MASK[addr.version])}/{_PREFIX[addr.version]}",
     }
     return addr, facts
 

@@ -42,6 +42,7 @@ from kyc.ids import new_id
 from kyc.inputs import ActivityInput
 from kyc.models import Account, Cluster, ClusterMember, GraphEdge, GraphNode, PendingLink, Sighting, utcnow
 from kyc.rescore.requests import after_commit
+from kyc.scoring.persist import count_nodes_and_edges, write_sightings
 from kyc.security import keyed_hash
 from kyc.signals.network import network_identifiers
 from kyc.signals.velocity import VELOCITY_KEYS
@@ -188,7 +189,7 @@ def link_shown(runtime, session: Session, shown: dict[str, dict[Node, datetime]]
             sightings.append({"kind": kind, "value_hash": node[1], "account_id": account_id, "occurred_at": at})
     if sightings:
         batch = new_id("act")
-        session.execute(Sighting.__table__.insert(), [{**row, "evaluation_id": batch} for row in sightings])
+        write_sightings(session, [{**row, "evaluation_id": batch} for row in sightings])
     if velocity:
         velocity_store(runtime, session).record_many(
             [(node, at, account_id) for account_id, keys in velocity.items() for node, at in keys])
@@ -202,7 +203,7 @@ def link_shown(runtime, session: Session, shown: dict[str, dict[Node, datetime]]
     alone = {a: nodes for a, nodes in fresh.items()
              if all(known.get(n, (0, False))[0] == 0 and holders[n] == 1 for n in nodes)}
     rows = sorted((n, a, at) for a, nodes in alone.items() for n, at in nodes.items())
-    if rows:
+    if rows and not count_nodes_and_edges(session, rows):
         sql = statements(session)
         session.execute(sql.count, [{"kind": k, "value_hash": h, "accounts": 1, "super_node": False,
                                      "first_seen_at": at} for (k, h), _, at in rows]).all()
