@@ -28,7 +28,8 @@ cluster; its re-evaluation then reads the cluster's facts.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import threading
+from collections import OrderedDict, defaultdict
 from datetime import datetime
 from typing import Sequence
 
@@ -94,10 +95,59 @@ def shown_identifiers(reports: Sequence[tuple[str, ActivityInput]], secret: byte
     return shown
 
 
+class Linked:
+    """What this process has linked and committed: (account, node) for the graph's kinds (held
+    for good: a node that became a super-node links nobody either), (account, node, UTC day) for
+    velocity's (sighted once a day). A report showing only these has nothing to link (a gateway's
+    account reports the same key, templates and network all day): no pending row, no linking.
+    Never stale in what it says, as nothing unlinks an account from a node it showed; bounded
+    (least recently shown dropped first), and each process has its own, so a miss costs only a
+    linking that finds nothing new."""
+
+    SIZE = 200_000
+
+    def __init__(self):
+        self._done: OrderedDict[tuple, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(account_id: str, node: Node, at: datetime) -> tuple:
+        return (account_id, node) if node[0] in graph.LINK_KINDS else (account_id, node, at.date())
+
+    def new(self, shown: dict[str, dict[Node, datetime]]) -> dict[str, dict[Node, datetime]]:
+        """`shown` without what is linked already."""
+        out: dict[str, dict[Node, datetime]] = {}
+        with self._lock:
+            for account_id, nodes in shown.items():
+                for node, at in nodes.items():
+                    key = self.key(account_id, node, at)
+                    if key in self._done:
+                        self._done.move_to_end(key)
+                    else:
+                        out.setdefault(account_id, {})[node] = at
+        return out
+
+    def add(self, shown: dict[str, dict[Node, datetime]]) -> None:
+        with self._lock:
+            for account_id, nodes in shown.items():
+                for node, at in nodes.items():
+                    self._done[self.key(account_id, node, at)] = None
+            while len(self._done) > self.SIZE:
+                self._done.popitem(last=False)
+
+
+def linked(runtime) -> Linked:
+    """The runtime's Linked (one per runtime: a runtime is one database)."""
+    found = getattr(runtime, "_usage_linked", None)
+    if found is None:
+        found = runtime._usage_linked = Linked()
+    return found
+
+
 def queue_links(runtime, session: Session, reports: Sequence[tuple[str, ActivityInput]]) -> None:
     """Keep the reports' identifiers for linking after the commit, in the caller's transaction
     (one row, one statement), and have the background thread link them once it commits."""
-    shown = shown_identifiers(reports, runtime.config.secret_key)
+    shown = linked(runtime).new(shown_identifiers(reports, runtime.config.secret_key))
     rows = [[a, k, h, at.isoformat()] for a, nodes in sorted(shown.items()) for (k, h), at in sorted(nodes.items())]
     if not rows:
         return
@@ -132,6 +182,7 @@ def link_pending(runtime, *, limit: int = PENDING_READ) -> int:
             changed = link_shown(runtime, session, shown)
             reevaluate(runtime, session, changed)
             session.execute(_DELETE_PENDING, {"ids": [row_id for row_id, _ in pending]})
+        linked(runtime).add(shown)           # committed
         done += len(pending)
 
 

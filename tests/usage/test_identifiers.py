@@ -182,7 +182,7 @@ def test_identifiers_committed_and_not_linked_are_linked_by_the_next_process(cli
         restarted.engine.dispose()
 
 
-def test_linking_the_same_identifiers_again_changes_nothing(client, auth, runtime):
+def test_linking_the_same_identifiers_again_changes_nothing(client, auth, runtime, database_url, make_config):
     a, b = _people(client, auth, "user", 2)
     reports = [_report(a, ip="203.0.113.5", key="key_ab", prompts={"pf_t1": 5, "pf_t2": 5}),
                _report(b, ip="203.0.113.6", key="key_ab", prompts={"pf_t1": 5, "pf_t2": 5})]
@@ -202,7 +202,33 @@ def test_linking_the_same_identifiers_again_changes_nothing(client, auth, runtim
 
     linked = graph_state()
     assert linked[3][a] == linked[3][b]
-    # The same batch's identifiers pending again (as if its linking ran and the row survived).
-    _die_at_commit(runtime, reports)
-    assert link_pending(runtime) == 1
+    # Another process (which never linked them) records the same identifiers, and links them.
+    other = Runtime.start(make_config(database_url), migrate=False)
+    try:
+        _die_at_commit(other, reports)
+        assert link_pending(other) == 1
+    finally:
+        other.engine.dispose()
     assert graph_state()[:3] == linked[:3] and len(set(graph_state()[3].values())) == 1
+
+
+def test_identifiers_this_process_linked_are_not_kept_for_linking_again(client, auth, runtime):
+    a, b = _people(client, auth, "user", 2)
+    first = [_report(a, ip="203.0.113.5", key="key_a", prompts={"pf_t1": 5}),
+             _report(b, ip="73.96.1.1", key="key_b")]
+    assert client.post("/v1/activity", json={"reports": first}, headers=auth).status_code == 200
+    drain(runtime)
+
+    def pending() -> int:
+        with runtime.session() as s:
+            return s.scalar(select(func.count()).select_from(PendingLink))
+
+    # The same account, key, template and network an hour later: nothing new to link.
+    _die_at_commit(runtime, [_report(a, ip="203.0.113.5", key="key_a", prompts={"pf_t1": 5}, hour=11)])
+    assert pending() == 0
+    # A new key on the account is kept, and links it to the account that holds it.
+    _die_at_commit(runtime, [_report(a, ip="203.0.113.5", key="key_b", prompts={"pf_t1": 5}, hour=12)])
+    assert pending() == 1
+    assert link_pending(runtime) == 1
+    clusters = _clusters(runtime, [a, b])
+    assert clusters[a] == clusters[b]
