@@ -49,6 +49,11 @@ class Background:
     QUIET = 0.05
     MAX_DEFER = 5.0
     RETRY = 1.0                      # seconds before asks or a batch the database refused are tried again
+    # Seconds the linking of usage identifiers waits for more reports to commit, so that single
+    # reports are linked several to a transaction, not one each (bench/activity.py, one report
+    # per call: each linked alone cost as much CPU again as answering it). Linking, and what it
+    # changes, follows a report's commit by this much plus the linking itself.
+    LINK_GATHER = 0.2
 
     def __init__(self, runtime: Runtime):
         self.runtime = weakref.ref(runtime)
@@ -126,6 +131,7 @@ class Background:
         the database refuses, they stay pending and are tried again after RETRY seconds."""
         from kyc.usage.identifiers import link_pending
 
+        sleep(self.LINK_GATHER)
         try:
             link_pending(runtime)
         except DBAPIError:
