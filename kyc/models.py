@@ -397,6 +397,19 @@ class ActivityReport(Base):
     __table_args__ = (Index("ix_activity_reports_account_time", "account_id", "occurred_at"),)
 
 
+class PendingLink(Base):
+    """Identifiers activity reports showed, not linked into the identity graph yet: one row per
+    committed report transaction, written with its reports and deleted by the transaction that
+    links them (kyc.usage.identifiers.link_pending), so a crash between the two loses nothing.
+    `shown`: [account id, kind, keyed hash, first time shown (RFC 3339)] rows."""
+
+    __tablename__ = "pending_links"
+
+    id: Mapped[int] = mapped_column(_AUTO_ID, primary_key=True, autoincrement=True)
+    shown: Mapped[list] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class PromptUse(Base):
     """An account used a prompt template (keyed hash of the gateway's fingerprint) on a UTC day,
     in these hours (bit h = UTC hour h): what lockstep detection compares (kyc/usage/lockstep.py)."""

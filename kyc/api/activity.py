@@ -1,7 +1,9 @@
 """The API gateway's usage reports: POST /v1/accounts/{id}/activity and POST /v1/activity (bulk).
 
 Both record in one transaction and answer each report with the account's decision after it:
-a report that made the account riskier re-evaluated it before the commit (kyc/usage/).
+a report that made the account riskier re-evaluated it before the commit (kyc/usage/). The
+identifiers the reports show are linked into the identity graph just after the commit
+(kyc.usage.identifiers.link_pending), and accounts whose cluster that changes re-evaluated then.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from kyc.api.responses import Activity, BulkActivity
 from kyc.api.errors import invalid
 from kyc.errors import NotFound, UnknownAccounts
 from kyc.inputs import ActivityInput, BulkActivityInput, rfc3339
-from kyc.usage.identifiers import link_reports
+from kyc.usage.identifiers import queue_links
 from kyc.usage.reevaluate import accounts_to_reevaluate, reevaluate
 from kyc.usage.reports import Recorded, record_reports
 
@@ -55,8 +57,8 @@ def _record(reports: list[tuple[str, ActivityInput]]) -> list[dict]:
     with rt.session() as session, session.begin():
         recorded, standing = record_reports(session, reports, secret=rt.config.secret_key,
                                             dormancy_threshold=rt.config.dormant_days)
-        linked = link_reports(rt, session, reports)
-        again = sorted(set(accounts_to_reevaluate(rt, session, recorded, standing)) | set(linked))
+        queue_links(rt, session, reports)
+        again = accounts_to_reevaluate(rt, session, recorded, standing)
         decisions = {a: row.decision for a, row in standing.items()}
         decisions.update(reevaluate(rt, session, again))
     redone = set(again)

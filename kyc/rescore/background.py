@@ -49,6 +49,11 @@ class Background:
     QUIET = 0.05
     MAX_DEFER = 5.0
     RETRY = 1.0                      # seconds before asks or a batch the database refused are tried again
+    # Seconds the linking of usage identifiers waits for more reports to commit, so that single
+    # reports are linked several to a transaction, not one each (bench/activity.py, one report
+    # per call: each linked alone cost as much CPU again as answering it). Linking, and what it
+    # changes, follows a report's commit by this much plus the linking itself.
+    LINK_GATHER = 0.2
 
     def __init__(self, runtime: Runtime):
         self.runtime = weakref.ref(runtime)
@@ -57,6 +62,9 @@ class Background:
         self._clusters: dict[str, str | None] = {}          # cluster -> the member that asked (left out)
         self._batches: deque[tuple[str, int]] = deque()     # (run id, batch no) recorded, not yet run
         self._busy = False
+        # Usage identifiers waiting to be linked (kyc.usage.identifiers.link_pending): True at
+        # start, so rows an earlier process committed and never linked are linked now.
+        self._links = True
         self.thread = threading.Thread(target=self._run, name="kyc-rescore", daemon=True)
         self.thread.start()
 
@@ -68,6 +76,12 @@ class Background:
                 self._clusters.setdefault(cluster_id, asker)
             self._changed.notify_all()
 
+    def link_usage(self) -> None:
+        """Link the usage identifiers committed reports left pending (soon, in this thread)."""
+        with self._changed:
+            self._links = True
+            self._changed.notify_all()
+
     def take_over(self, batches: Iterable[tuple[str, int]]) -> None:
         """Run batches recorded by an earlier process that ended before running them."""
         with self._changed:
@@ -77,20 +91,22 @@ class Background:
 
     def join(self) -> None:
         with self._changed:
-            while self._accounts or self._clusters or self._batches or self._busy:
+            while self._accounts or self._clusters or self._batches or self._links or self._busy:
                 self._changed.wait()
 
     def _run(self) -> None:
         while True:
             with self._changed:
-                while not (self._accounts or self._clusters or self._batches):
+                while not (self._accounts or self._clusters or self._batches or self._links):
                     if not self._changed.wait(timeout=5) and self.runtime() is None:
                         return                   # the runtime is gone: so is this thread
-                accounts, clusters = list(self._accounts), self._clusters
-                self._accounts, self._clusters, self._busy = {}, {}, True
+                accounts, clusters, links = list(self._accounts), self._clusters, self._links
+                self._accounts, self._clusters, self._links, self._busy = {}, {}, False, True
             try:
                 runtime = self.runtime()
                 if runtime is not None:
+                    if links:
+                        self._link(runtime)
                     if accounts or clusters:
                         try:
                             self._record(runtime, accounts, clusters)
@@ -109,6 +125,19 @@ class Background:
                 with self._changed:
                     self._busy = False
                     self._changed.notify_all()
+
+    def _link(self, runtime: Runtime) -> None:
+        """Link pending usage identifiers (before rescoring: a link can change a cluster). If
+        the database refuses, they stay pending and are tried again after RETRY seconds."""
+        from kyc.usage.identifiers import link_pending
+
+        sleep(self.LINK_GATHER)
+        try:
+            link_pending(runtime)
+        except DBAPIError:
+            log.warning("usage identifiers not linked yet; retrying in %.0f s", self.RETRY, exc_info=True)
+            sleep(self.RETRY)
+            self.link_usage()
 
     def _record(self, runtime: Runtime, accounts: list[str], clusters: dict[str, str | None]) -> None:
         ids = dict.fromkeys(accounts)

@@ -131,12 +131,17 @@ MAINTENANCE_LOCK = "kyc:maintenance"
 def maintain(runtime: Runtime, connection) -> dict[str, int]:
     """What every `kyc worker` does every MAINTENANCE_SECONDS besides its jobs: re-create the
     schedules Redis lost (restarted empty), and (one worker at a time) enqueue the batches
-    nobody works: never enqueued (sweep_orphans) or abandoned by a killed worker (sweep_abandoned)."""
+    nobody works: never enqueued (sweep_orphans) or abandoned by a killed worker (sweep_abandoned),
+    and link the usage identifiers left pending (kyc.usage.identifiers.link_pending)."""
+    from kyc.usage.identifiers import link_pending
+
     created = ensure_schedule(connection, runtime.config)
     swept = {"schedules": created, "orphans": 0, "abandoned": 0}
     if connection.set(MAINTENANCE_LOCK, "1", nx=True, px=MAINTENANCE_SECONDS * 1000 - 500):
         swept["orphans"] = sweep_orphans(runtime, connection)
         swept["abandoned"] = sweep_abandoned(runtime, connection)
+        # Usage identifiers a web process committed and did not link (it stopped first).
+        swept["links"] = link_pending(runtime)
     return swept
 
 

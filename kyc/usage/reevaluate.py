@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from kyc.engine import RuleSet
 from kyc.models import SEVERITY
 from kyc.scoring.decide import evaluate
-from kyc.models import Account, Cluster, ClusterMember
+from kyc.models import Account, ClusterMember
 from kyc.rescore.batch import rescore_chunk
 from kyc.rescore.requests import after_commit
 from kyc.runtime import Runtime
@@ -47,7 +47,7 @@ def riskier(rules: RuleSet, subjects: dict[str, Any] | None, usage: dict[str, An
 def accounts_to_reevaluate(runtime: Runtime, session: Session, recorded: Iterable[Recorded],
                            standing: dict[str, Any]) -> list[str]:
     """The accounts among `recorded` to re-evaluate now. `standing`: account id -> its row as
-    locked for the report (subjects, first_seen_at)."""
+    locked for the report (subjects, first_seen_at, cluster_size)."""
     from kyc.tiers import evaluation_signals
 
     latest: dict[str, Recorded] = {}
@@ -61,9 +61,8 @@ def accounts_to_reevaluate(runtime: Runtime, session: Session, recorded: Iterabl
     candidates = [a for a in latest if a not in woke and standing[a].subjects]
     stored = evaluation_signals(session, [s["evaluation_id"] for a in candidates
                                           for s in standing[a].subjects.values()]) if candidates else {}
-    # Most accounts are clusters of one: their cluster facts are their own (one read for all).
-    linked = set(session.scalars(select(ClusterMember.account_id).join(Cluster, Cluster.id == ClusterMember.cluster_id)
-                                 .where(ClusterMember.account_id.in_(candidates), Cluster.size > 1))) if candidates else set()
+    # Most accounts are clusters of one: their cluster facts are their own (nothing to read).
+    linked = {a for a in candidates if (standing[a].cluster_size or 1) > 1}
     rising = set(woke)
     for account_id in candidates:
         day = latest[account_id].usage_day

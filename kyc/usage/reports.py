@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from kyc.db import json_rows, rows_json, write_lock
 from kyc.errors import UnknownAccounts
 from kyc.inputs import ActivityInput
-from kyc.models import Account, ActivityDay, ActivityReport, utcnow
+from kyc.models import Account, ActivityDay, ActivityReport, Cluster, ClusterMember, utcnow
 from kyc.security import keyed_hash
 from kyc.signals.usage import BASELINE_DAYS, HOURS
 from kyc.usage.lockstep import record_uses
@@ -49,8 +49,12 @@ class Recorded:
 
 _A = Account.__table__
 _D = ActivityDay.__table__
+# With each account its cluster's size (the riskier-usage check reads a cluster's facts only for
+# accounts in a cluster of more than one): one statement fewer a call.
+_CLUSTER_SIZE = (select(Cluster.size).join(ClusterMember, ClusterMember.cluster_id == Cluster.id)
+                 .where(ClusterMember.account_id == _A.c.id).scalar_subquery().label("cluster_size"))
 _LOCK_ACCOUNTS = (select(_A.c.id, _A.c.first_seen_at, _A.c.last_seen_at, _A.c.state_version, _A.c.decision,
-                         _A.c.subjects)
+                         _A.c.subjects, _CLUSTER_SIZE)
                   .where(_A.c.id.in_(bindparam("ids", expanding=True))).order_by(_A.c.id).with_for_update())
 _DAYS = (select(*_D.c).where(_D.c.account_id.in_(bindparam("ids", expanding=True)),
                              _D.c.day.in_(bindparam("days", expanding=True))).with_for_update())
@@ -103,7 +107,7 @@ def record_reports(session: Session, reports: Sequence[tuple[str, ActivityInput]
                    dormancy_threshold: int) -> tuple[list[Recorded], dict[str, Any]]:
     """Record (account id, report) pairs: one Recorded per report, in order, and each account's
     row as locked before the reports (id, first_seen_at, last_seen_at, state_version, decision,
-    subjects). UnknownAccounts (and nothing written) if any names an account kyc does not know."""
+    subjects, and its cluster's size: cluster_size). UnknownAccounts (and nothing written) if any names an account kyc does not know."""
     write_lock(session)
     hashes: dict[tuple[str, str], str] = {}
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from kyc import create_app, graph
-from kyc.models import ClusterMember, Evaluation, Sighting
+from kyc.models import ClusterMember, Evaluation, GraphEdge, GraphNode, PendingLink, Sighting
+from kyc.rescore.background import drain
+from kyc.usage.identifiers import link_pending
 from kyc.runtime import Runtime
 from tests.conftest import signup
 from tests.flows import key_headers
@@ -42,6 +44,7 @@ def _report(account: str, *, ip: str, prompts: dict | None = None, key: str | No
 
 
 def _clusters(runtime, ids: list[str]) -> dict[str, str]:
+    drain(runtime)              # the linking after the reports' commit
     with runtime.session() as s:
         return dict(s.execute(select(ClusterMember.account_id, ClusterMember.cluster_id)
                               .where(ClusterMember.account_id.in_(ids))).all())
@@ -63,9 +66,14 @@ def test_a_key_seen_again_later_links_the_later_account(client, auth, runtime):
     assert client.post(f"/v1/accounts/{a}/activity", json=single, headers=auth).status_code == 200
     answer = client.post("/v1/activity", json={"reports": [_report(b, ip="73.92.1.1", key="key_x", hour=14)]},
                          headers=auth)
-    assert answer.status_code == 200 and answer.json["results"][0]["reevaluated"] is True
+    assert answer.status_code == 200
     clusters = _clusters(runtime, [a, b])
     assert clusters[a] == clusters[b]
+    # The link changed b's cluster: b was re-evaluated with it, after the report's commit.
+    with runtime.session() as s:
+        latest = s.execute(select(Evaluation).where(Evaluation.account_id == b)
+                           .order_by(Evaluation.created_at.desc()).limit(1)).scalar_one()
+    assert latest.trigger != "live" and latest.signals["usage"]["requests_today"] == 300
 
 
 def test_an_office_s_accounts_on_internal_templates_are_one_cluster_and_served(client, auth, runtime):
@@ -102,6 +110,7 @@ def test_the_activity_ip_is_a_velocity_sighting_and_is_recorded_once_a_day(clien
     for hour in (9, 10):
         reports = [_report(a, ip="198.51.100.7", hour=hour) for a in users]
         assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
+    drain(runtime)
     with runtime.session() as s:
         ip_sightings = s.execute(select(Sighting.account_id).where(
             Sighting.kind == "ip", Sighting.account_id.in_(users),
@@ -133,3 +142,93 @@ def test_rebuild_gives_the_clusters_usage_linking_gave(client, auth, runtime):
     with runtime.session() as s, s.begin():
         graph.rebuild(s, graph.Policy.from_config(runtime.config))
     assert partition() == incremental
+
+
+def _die_at_commit(runtime, reports: list[dict]) -> None:
+    """What a process that stops right after a report transaction's COMMIT leaves: the reports
+    and their pending identifiers committed, the after-commit linking never run."""
+    from kyc.inputs import ActivityInput
+    from kyc.rescore.requests import after_commit
+    from kyc.usage.identifiers import queue_links
+    from kyc.usage.reports import record_reports
+
+    pairs = [(r["account_id"], ActivityInput.model_validate({k: v for k, v in r.items() if k != "account_id"}))
+             for r in reports]
+    with runtime.session() as session, session.begin():
+        record_reports(session, pairs, secret=runtime.config.secret_key, dormancy_threshold=runtime.config.dormant_days)
+        queue_links(runtime, session, pairs)
+        after_commit(session).collected.clear()
+
+
+def test_identifiers_committed_and_not_linked_are_linked_by_the_next_process(client, auth, runtime, database_url,
+                                                                            make_config):
+    a, b, c = _people(client, auth, "user", 3)
+    _die_at_commit(runtime, [_report(a, ip="73.90.1.1", key="key_shared"), _report(b, ip="198.51.100.7",
+                                                                                    key="key_shared")])
+    with runtime.session() as s:
+        assert s.scalar(select(func.count()).select_from(PendingLink)) == 1
+        before = dict(s.execute(select(ClusterMember.account_id, ClusterMember.cluster_id)
+                                .where(ClusterMember.account_id.in_([a, b]))).all())
+    assert before[a] != before[b]                       # not linked: the report's answer came first
+    restarted = Runtime.start(make_config(database_url), migrate=False)
+    try:
+        restarted.rescoring()          # a serving process starts its background thread (InProcessSchedule)
+        drain(restarted)
+        clusters = _clusters(restarted, [a, b, c])
+        assert clusters[a] == clusters[b] != clusters[c]
+        with restarted.session() as s:
+            assert s.scalar(select(func.count()).select_from(PendingLink)) == 0
+    finally:
+        restarted.engine.dispose()
+
+
+def test_linking_the_same_identifiers_again_changes_nothing(client, auth, runtime, database_url, make_config):
+    a, b = _people(client, auth, "user", 2)
+    reports = [_report(a, ip="203.0.113.5", key="key_ab", prompts={"pf_t1": 5, "pf_t2": 5}),
+               _report(b, ip="203.0.113.6", key="key_ab", prompts={"pf_t1": 5, "pf_t2": 5})]
+    assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
+    drain(runtime)
+
+    def graph_state():
+        with runtime.session() as s:
+            return (sorted(s.execute(select(GraphEdge.kind, GraphEdge.value_hash, GraphEdge.account_id)
+                                     .where(GraphEdge.account_id.in_([a, b]))).all()),
+                    sorted(s.execute(select(GraphNode.kind, GraphNode.value_hash, GraphNode.accounts)
+                                     .join(GraphEdge, (GraphEdge.kind == GraphNode.kind)
+                                           & (GraphEdge.value_hash == GraphNode.value_hash))
+                                     .where(GraphEdge.account_id == a)).all()),
+                    s.scalar(select(func.count()).select_from(Sighting).where(Sighting.account_id.in_([a, b]))),
+                    _clusters(runtime, [a, b]))
+
+    linked = graph_state()
+    assert linked[3][a] == linked[3][b]
+    # Another process (which never linked them) records the same identifiers, and links them.
+    other = Runtime.start(make_config(database_url), migrate=False)
+    try:
+        _die_at_commit(other, reports)
+        assert link_pending(other) == 1
+    finally:
+        other.engine.dispose()
+    assert graph_state()[:3] == linked[:3] and len(set(graph_state()[3].values())) == 1
+
+
+def test_identifiers_this_process_linked_are_not_kept_for_linking_again(client, auth, runtime):
+    a, b = _people(client, auth, "user", 2)
+    first = [_report(a, ip="203.0.113.5", key="key_a", prompts={"pf_t1": 5}),
+             _report(b, ip="73.96.1.1", key="key_b")]
+    assert client.post("/v1/activity", json={"reports": first}, headers=auth).status_code == 200
+    drain(runtime)
+
+    def pending() -> int:
+        with runtime.session() as s:
+            return s.scalar(select(func.count()).select_from(PendingLink))
+
+    # The same account, key, template and network an hour later: nothing new to link.
+    _die_at_commit(runtime, [_report(a, ip="203.0.113.5", key="key_a", prompts={"pf_t1": 5}, hour=11)])
+    assert pending() == 0
+    # A new key on the account is kept, and links it to the account that holds it.
+    _die_at_commit(runtime, [_report(a, ip="203.0.113.5", key="key_b", prompts={"pf_t1": 5}, hour=12)])
+    assert pending() == 1
+    assert link_pending(runtime) == 1
+    clusters = _clusters(runtime, [a, b])
+    assert clusters[a] == clusters[b]
