@@ -27,6 +27,7 @@ from kyc.models import ClusterMember
 from kyc.rescore.batch import enqueue_rescore, run_batch
 from kyc.rescore.queue import redis_connection
 from kyc.rescore.runs import start_run
+from kyc.usage.identifiers import link_pending
 
 if TYPE_CHECKING:
     from kyc.runtime import Runtime
@@ -89,10 +90,16 @@ class Background:
             self._batches.extend(b for b in batches if b not in known)
             self._changed.notify_all()
 
-    def join(self) -> None:
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until nothing is left to do; False if `timeout` seconds passed first."""
+        deadline = None if timeout is None else monotonic() + timeout
         with self._changed:
             while self._accounts or self._clusters or self._batches or self._links or self._busy:
-                self._changed.wait()
+                left = None if deadline is None else deadline - monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._changed.wait(left)
+        return True
 
     def _run(self) -> None:
         while True:
@@ -129,8 +136,6 @@ class Background:
     def _link(self, runtime: Runtime) -> None:
         """Link pending usage identifiers (before rescoring: a link can change a cluster). If
         the database refuses, they stay pending and are tried again after RETRY seconds."""
-        from kyc.usage.identifiers import link_pending
-
         sleep(self.LINK_GATHER)
         try:
             link_pending(runtime)
@@ -192,8 +197,8 @@ def background(runtime: Runtime) -> Background:
         return worker
 
 
-def drain(runtime: Runtime) -> None:
-    """Wait until every rescore handed to the background thread has run."""
+def drain(runtime: Runtime, timeout: float | None = None) -> bool:
+    """Wait until every rescore handed to the background thread has run; False if `timeout`
+    seconds passed first (a database that keeps refusing keeps a batch waiting)."""
     worker = getattr(runtime, "_rescore_worker", None)
-    if worker is not None:
-        worker.join()
+    return worker is None or worker.join(timeout)

@@ -48,6 +48,7 @@ from kyc.security import keyed_hash
 from kyc.signals.network import network_identifiers
 from kyc.signals.velocity import VELOCITY_KEYS
 from kyc.store import velocity_store
+from kyc.usage.reevaluate import reevaluate
 
 Node = tuple[str, str]
 _READ_CHUNK = 2000
@@ -161,8 +162,6 @@ def link_pending(runtime, *, limit: int = PENDING_READ) -> int:
     transaction that links them and deletes the rows. A crash or rollback leaves the rows for
     the next call; two processes take different rows (SKIP LOCKED; SQLite's write lock
     serialises them). Returns the rows linked."""
-    from kyc.usage.reevaluate import reevaluate
-
     done = 0
     while True:
         with runtime.session() as session, session.begin():

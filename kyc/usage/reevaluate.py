@@ -12,20 +12,21 @@ new decision. Each re-evaluated account's cluster is then rescored after the com
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from kyc.engine import RuleSet
-from kyc.models import SEVERITY
+from kyc.models import SEVERITY, Account, ClusterMember
 from kyc.scoring.decide import evaluate
-from kyc.models import Account, ClusterMember
 from kyc.rescore.batch import rescore_chunk
 from kyc.rescore.requests import after_commit
-from kyc.runtime import Runtime
 from kyc.usage.days import usage_facts
 from kyc.usage.reports import Recorded
+
+if TYPE_CHECKING:
+    from kyc.runtime import Runtime
 
 
 def riskier(rules: RuleSet, subjects: dict[str, Any] | None, usage: dict[str, Any],
