@@ -156,7 +156,17 @@ def deployment(tmp_path_factory):
                                 headers={"X-Request-Id": "req-label-1"})
         assert status == 200, body
         run["rules_version"] = _call(port, "GET", "/v1/ops/rules", key=key)[1]["version"]
-        run["before_worker"] = _call(port, "GET", "/metrics")[1]
+        # The label's commit hands its rescoring to the serving process's background thread,
+        # which records and enqueues it a moment later: wait (bounded) until it has.
+        deadline = time.monotonic() + 30
+        while True:
+            run["before_worker"] = _call(port, "GET", "/metrics")[1]
+            samples = _families(run["before_worker"])
+            if (_total(samples.get("kyc_rescore_batches_pending", []), "kyc_rescore_batches_pending") >= 1
+                    and _total(samples.get("kyc_queue_depth", []), "kyc_queue_depth", queue="rescore") >= 1):
+                break
+            assert time.monotonic() < deadline, "the label's rescoring was never recorded"
+            time.sleep(0.2)
         # Until both workers have answered (they share the traffic; wait, bounded, for the second).
         pids = set()
         for _ in range(100):
