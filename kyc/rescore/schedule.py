@@ -25,6 +25,7 @@ from kyc.rescore.background import background
 from kyc.rescore.batch import dispatch
 from kyc.rescore.queue import FAILURE_TTL, JOB_TIMEOUT, SCHEDULE_RESULT_TTL, SCHEDULED_JOBS
 from kyc.rescore.runs import start_run, sweep_abandoned, sweep_orphans, unfinished_batches
+from kyc.usage.identifiers import link_pending
 from kyc.verification.senders import purge_outbox
 
 if TYPE_CHECKING:
@@ -133,8 +134,6 @@ def maintain(runtime: Runtime, connection) -> dict[str, int]:
     schedules Redis lost (restarted empty), and (one worker at a time) enqueue the batches
     nobody works: never enqueued (sweep_orphans) or abandoned by a killed worker (sweep_abandoned),
     and link the usage identifiers left pending (kyc.usage.identifiers.link_pending)."""
-    from kyc.usage.identifiers import link_pending
-
     created = ensure_schedule(connection, runtime.config)
     swept = {"schedules": created, "orphans": 0, "abandoned": 0}
     if connection.set(MAINTENANCE_LOCK, "1", nx=True, px=MAINTENANCE_SECONDS * 1000 - 500):
