@@ -32,6 +32,7 @@ from kyc.ops import audit, webhooks
 from kyc.ops.decisions import DecisionChange
 from kyc.errors import NotFound
 from kyc.ops.standing import Standing, decided, evidence, overlay
+from kyc.scoring.decide import combine
 
 log = logging.getLogger("kyc.ops")
 
@@ -75,8 +76,6 @@ def _member_ids(session: Session, cluster_id: str) -> list[str]:
 
 
 def _act(runtime, session: Session, cluster_id: str, action: str, note: str | None, actor: str) -> ClusterAction:
-    from kyc.scoring import combine           # scoring imports this package
-
     write_lock(session)
     ids = _member_ids(session, cluster_id)
     rows = {r.id: r for r in session.execute(select(*_COLUMNS).where(Account.id.in_(ids)).order_by(Account.id)

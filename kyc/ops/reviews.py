@@ -23,6 +23,7 @@ from kyc.ops.decisions import DecisionChange
 from kyc.errors import NotFound
 from kyc.ops.standing import decided, evidence, overlay
 from kyc.rescore.requests import after_commit
+from kyc.scoring.decide import combine
 
 OUTCOMES = ("allow", "block")
 
@@ -61,8 +62,6 @@ def cluster_of(session: Session, account_id: str) -> Cluster | None:
 def restand(account, cluster, steps: tuple[int, ...], now: datetime) -> None:
     """Recompute the account's standing from its latest evaluations and its override, as
     scoring does (kyc.scoring.combine, then overlay); bump its state version if it changed."""
-    from kyc.scoring import combine       # scoring imports this package
-
     decision, score, reasons, required = combine(account.subjects or {})
     standing = overlay(account.override, account.review_since, decision, reasons, required, cluster, steps, now)
     new = (standing.decision, score, standing.reasons, standing.required_verifications)
@@ -77,8 +76,6 @@ def person_decides(runtime, session: Session, account: Account, decision: str, s
     """Record a person's `decision` on a locked account and apply it at once (entitlements
     follow with the next check); returns the old decision. One audit event (`action`, with
     old and new) and, when the decision changed, a decision webhook."""
-    from kyc.scoring import combine
-
     now = utcnow()
     cluster = cluster_of(session, account.id)
     _, _, seen, _ = combine(account.subjects or {})
