@@ -2,8 +2,9 @@
 
 Both record in one transaction and answer each report with the account's decision after it:
 a report that made the account riskier re-evaluated it before the commit (kyc/usage/). The
-identifiers the reports show are linked into the identity graph just after the commit
-(kyc.usage.identifiers.link_pending), and accounts whose cluster that changes re-evaluated then.
+identifiers the reports show are linked into the identity graph just after the commit, before
+the answer (kyc.usage.identifiers.link_row): accounts whose cluster that changes are
+re-evaluated then, and answered with their new decision.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from kyc.api.responses import Activity, BulkActivity
 from kyc.api.errors import invalid
 from kyc.errors import NotFound, UnknownAccounts
 from kyc.inputs import ActivityInput, BulkActivityInput, rfc3339
-from kyc.usage.identifiers import queue_links
+from kyc.usage.identifiers import link_row, queue_links
 from kyc.usage.reevaluate import accounts_to_reevaluate, reevaluate
 from kyc.usage.reports import Recorded, record_reports
 
@@ -57,11 +58,13 @@ def _record(reports: list[tuple[str, ActivityInput]]) -> list[dict]:
     with rt.session() as session, session.begin():
         recorded, standing = record_reports(session, reports, secret=rt.config.secret_key,
                                             dormancy_threshold=rt.config.dormant_days)
-        queue_links(rt, session, reports)
+        pending = queue_links(rt, session, reports)
         again = accounts_to_reevaluate(rt, session, recorded, standing)
         decisions = {a: row.decision for a, row in standing.items()}
         decisions.update(reevaluate(rt, session, again))
-    redone = set(again)
+    linked = link_row(rt, pending)
+    decisions.update(linked)
+    redone = set(again) | set(linked)
     return [_answer(r, decisions[r.account_id], r.account_id in redone) for r in recorded]
 
 

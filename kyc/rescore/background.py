@@ -50,11 +50,6 @@ class Background:
     QUIET = 0.05
     MAX_DEFER = 5.0
     RETRY = 1.0                      # seconds before asks or a batch the database refused are tried again
-    # Seconds the linking of usage identifiers waits for more reports to commit, so that single
-    # reports are linked several to a transaction, not one each (bench/activity.py, one report
-    # per call: each linked alone cost as much CPU again as answering it). Linking, and what it
-    # changes, follows a report's commit by this much plus the linking itself.
-    LINK_GATHER = 0.2
 
     def __init__(self, runtime: Runtime):
         self.runtime = weakref.ref(runtime)
@@ -63,8 +58,9 @@ class Background:
         self._clusters: dict[str, str | None] = {}          # cluster -> the member that asked (left out)
         self._batches: deque[tuple[str, int]] = deque()     # (run id, batch no) recorded, not yet run
         self._busy = False
-        # Usage identifiers waiting to be linked (kyc.usage.identifiers.link_pending): True at
-        # start, so rows an earlier process committed and never linked are linked now.
+        # Usage identifiers left pending (kyc.usage.identifiers.link_pending): a report links its
+        # own before its answer, so these are what a refusal or a crash left. True at start, so
+        # rows an earlier process committed and never linked are linked now.
         self._links = True
         self.thread = threading.Thread(target=self._run, name="kyc-rescore", daemon=True)
         self.thread.start()
@@ -78,7 +74,7 @@ class Background:
             self._changed.notify_all()
 
     def link_usage(self) -> None:
-        """Link the usage identifiers committed reports left pending (soon, in this thread)."""
+        """Link the usage identifiers committed reports left pending (in this thread)."""
         with self._changed:
             self._links = True
             self._changed.notify_all()
@@ -136,7 +132,6 @@ class Background:
     def _link(self, runtime: Runtime) -> None:
         """Link pending usage identifiers (before rescoring: a link can change a cluster). If
         the database refuses, they stay pending and are tried again after RETRY seconds."""
-        sleep(self.LINK_GATHER)
         try:
             link_pending(runtime)
         except DBAPIError:

@@ -9,15 +9,17 @@
   office's accounts on one network using the company's internal templates are one operator;
 - the activity IP and its network are velocity sightings like a signup's IP (velocity.ip_*).
 
-Linking follows the report's commit, not inside its transaction: it was about half the CPU of
-a bulk call (bench/activity.py). The report's transaction keeps what the reports showed (one
-pending_links row, keyed hashes only) and the background thread links it once the transaction
-commits (link_pending): in one transaction it records the identifiers, links the accounts,
-re-evaluates those whose cluster changed and deletes the row. A crash before that leaves the
-row, which the next link_pending takes (each process's thread runs one when it starts); linking
-is idempotent anyway (what an account already holds, or sighted that day, is skipped). So the
-answer to a report does not yet reflect a link it makes: the next entitlement check after the
-linking (normally well under a second) does.
+Linking follows the report's commit, in its own transaction, before the report is answered:
+the contract promises that the next entitlement check answers with what a report taught kyc,
+and a link that joins a farm's accounts into one cluster is what it taught. Inside the report's
+transaction it held the accounts' locks for the whole linking (about half the CPU of a bulk
+call, bench/activity.py). The report's transaction keeps what the reports showed (one
+pending_links row, keyed hashes only); once it commits, the request links that row (link_row):
+in one transaction it records the identifiers, links the accounts, re-evaluates those whose
+cluster changed and deletes the row, and the answer carries their new decisions. A crash or a
+refusal between the two leaves the row, which the background thread links (link_pending; each
+process's thread runs one when it starts, and `kyc worker` takes leftovers); linking is
+idempotent anyway (what an account already holds, or sighted that day, is skipped).
 
 Each identifier is recorded once per account (linking kinds: once ever, what the graph holds;
 velocity kinds: once per UTC day), so `kyc clusters rebuild` sees what incremental linking saw.
@@ -28,12 +30,14 @@ cluster; its re-evaluation then reads the cluster's facts.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict, defaultdict
 from datetime import datetime
 from typing import Sequence
 
 from sqlalchemy import and_, bindparam, delete, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from kyc import graph
@@ -42,7 +46,6 @@ from kyc.graph.link import statements
 from kyc.ids import new_id
 from kyc.inputs import ActivityInput
 from kyc.models import Account, Cluster, ClusterMember, GraphEdge, GraphNode, PendingLink, Sighting, utcnow
-from kyc.rescore.requests import after_commit
 from kyc.scoring.persist import count_nodes_and_edges, write_sightings
 from kyc.security import keyed_hash
 from kyc.signals.network import network_identifiers
@@ -50,12 +53,14 @@ from kyc.signals.velocity import VELOCITY_KEYS
 from kyc.store import velocity_store
 from kyc.usage.reevaluate import reevaluate
 
+log = logging.getLogger("kyc.usage")
 Node = tuple[str, str]
 _READ_CHUNK = 2000
 PENDING_READ = 20          # pending rows linked a transaction (a bulk call's row holds up to 1,000 reports)
 _P = PendingLink.__table__
 _INSERT_PENDING = _P.insert()
 _PENDING = select(_P.c.id, _P.c.shown).order_by(_P.c.id).limit(bindparam("limit")).with_for_update(skip_locked=True)
+_PENDING_ROW = select(_P.c.id, _P.c.shown).where(_P.c.id == bindparam("id")).with_for_update()
 _DELETE_PENDING = delete(_P).where(_P.c.id.in_(bindparam("ids", expanding=True)))
 _LOCK_ACCOUNTS = (select(Account.__table__.c.id).where(Account.__table__.c.id.in_(bindparam("ids", expanding=True)))
                   .order_by(Account.__table__.c.id).with_for_update())
@@ -145,15 +150,37 @@ def linked(runtime) -> Linked:
     return found
 
 
-def queue_links(runtime, session: Session, reports: Sequence[tuple[str, ActivityInput]]) -> None:
+def queue_links(runtime, session: Session, reports: Sequence[tuple[str, ActivityInput]]) -> int | None:
     """Keep the reports' identifiers for linking after the commit, in the caller's transaction
-    (one row, one statement), and have the background thread link them once it commits."""
+    (one row, one statement); the row's id, for link_row once the transaction commits (None:
+    nothing new to link)."""
     shown = linked(runtime).new(shown_identifiers(reports, runtime.config.secret_key))
     rows = [[a, k, h, at.isoformat()] for a, nodes in sorted(shown.items()) for (k, h), at in sorted(nodes.items())]
     if not rows:
-        return
-    session.execute(_INSERT_PENDING, {"shown": rows, "created_at": utcnow()})
-    after_commit(session).collect("usage-links", lambda _work: runtime.rescoring().link_usage()).append(True)
+        return None
+    return session.execute(_INSERT_PENDING, {"shown": rows, "created_at": utcnow()}).inserted_primary_key[0]
+
+
+def link_row(runtime, row_id: int | None) -> dict[str, str]:
+    """Link one committed pending row now (the report's own, just after its commit): the new
+    decision of each account its links re-evaluated. If another process took the row first,
+    this waits for its commit and links nothing; if the database refuses, the row stays pending
+    and the background thread links it."""
+    if row_id is None:
+        return {}
+    try:
+        with runtime.session() as session, session.begin():
+            write_lock(session)
+            pending = session.execute(_PENDING_ROW, {"id": row_id}).all()
+            if not pending:
+                return {}
+            shown, decisions = _link(runtime, session, pending)
+    except DBAPIError:
+        log.warning("usage identifiers not linked at once; the background thread will", exc_info=True)
+        runtime.rescoring().link_usage()
+        return {}
+    linked(runtime).add(shown)           # committed
+    return decisions
 
 
 def link_pending(runtime, *, limit: int = PENDING_READ) -> int:
@@ -169,20 +196,27 @@ def link_pending(runtime, *, limit: int = PENDING_READ) -> int:
             pending = session.execute(_PENDING, {"limit": limit}).all()
             if not pending:
                 return done
-            shown: dict[str, dict[Node, datetime]] = defaultdict(dict)
-            for _, rows in pending:
-                for account_id, kind, value_hash, at in rows:
-                    at = datetime.fromisoformat(at)
-                    node = (kind, value_hash)
-                    if node not in shown[account_id] or at < shown[account_id][node]:
-                        shown[account_id][node] = at
-            # The accounts locked in id order, as a report's transaction locks them.
-            session.execute(_LOCK_ACCOUNTS, {"ids": sorted(shown)}).all()
-            changed = link_shown(runtime, session, shown)
-            reevaluate(runtime, session, changed)
-            session.execute(_DELETE_PENDING, {"ids": [row_id for row_id, _ in pending]})
+            shown, _ = _link(runtime, session, pending)
         linked(runtime).add(shown)           # committed
         done += len(pending)
+
+
+def _link(runtime, session: Session, pending: list) -> tuple[dict[str, dict[Node, datetime]], dict[str, str]]:
+    """Link locked pending rows (id, shown) and delete them, in the caller's transaction: what
+    they showed, and the new decision of each account re-evaluated."""
+    shown: dict[str, dict[Node, datetime]] = defaultdict(dict)
+    for _, rows in pending:
+        for account_id, kind, value_hash, at in rows:
+            at = datetime.fromisoformat(at)
+            node = (kind, value_hash)
+            if node not in shown[account_id] or at < shown[account_id][node]:
+                shown[account_id][node] = at
+    # The accounts locked in id order, as a report's transaction locks them.
+    session.execute(_LOCK_ACCOUNTS, {"ids": sorted(shown)}).all()
+    changed = link_shown(runtime, session, shown)
+    decisions = reevaluate(runtime, session, changed)
+    session.execute(_DELETE_PENDING, {"ids": [row_id for row_id, _ in pending]})
+    return shown, decisions
 
 
 def link_shown(runtime, session: Session, shown: dict[str, dict[Node, datetime]]) -> list[str]:
