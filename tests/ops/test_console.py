@@ -61,6 +61,20 @@ def ops(client, runtime):
 
 # --- who may enter --------------------------------------------------------------------------------
 
+def test_the_session_cookie_is_secure_over_https_and_never_readable_by_scripts(app, runtime):
+    for base, secure in (("https://kyc.example", True), ("http://127.0.0.1:8000", False)):
+        client = app.test_client()
+        page = client.get("/console/login", base_url=base)
+        cookie = page.headers["Set-Cookie"]
+        assert cookie.startswith("kyc_console=") and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+        assert ("; Secure" in cookie) is secure
+        token = csrf_of(page)
+        signed_in = client.post("/console/login", data={"api_key": make_key(runtime, name=base), "csrf_token": token},
+                                base_url=base)
+        assert signed_in.status_code == 302
+        assert ("; Secure" in signed_in.headers["Set-Cookie"]) is secure
+
+
 def test_pages_need_a_signed_in_ops_or_admin_key(client, runtime):
     first = client.get("/console/queue")
     assert first.status_code == 302 and first.location.startswith("/console/login")

@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from flask import Blueprint, Flask, abort, current_app, g, redirect, render_template, request, session, url_for
+from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
 
 from kyc.ops.keys import caller_for_hash
@@ -36,6 +37,16 @@ def runtime():
     return current_app.extensions["kyc"]
 
 
+class ConsoleSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, with the cookie marked Secure whenever the console was
+    reached over HTTPS (directly, or through a proxy the WSGI server trusts for
+    X-Forwarded-Proto, as gunicorn's forwarded_allow_ips does): the cookie stands for an ops
+    key, and must never travel in clear. Plain HTTP (`kyc serve` on a laptop) keeps working."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return request.is_secure or super().get_cookie_secure(app)
+
+
 def register(app: Flask) -> None:
     # The session cookie is signed with a key derived from the runtime's secret, never the
     # secret itself (that one keys the linking hashes).
@@ -43,6 +54,7 @@ def register(app: Flask) -> None:
     app.config.update(SESSION_COOKIE_NAME="kyc_console", SESSION_COOKIE_HTTPONLY=True,
                       SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_PATH="/console",
                       PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS))
+    app.session_interface = ConsoleSessionInterface()
     from kyc.ops.console import pages  # noqa: F401 - routes register on the blueprint
 
     app.register_blueprint(console)
