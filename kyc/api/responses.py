@@ -136,7 +136,8 @@ class Activity(Body):
     day: str = Field(json_schema_extra={"format": "date"})
     dormant_days: int
     woke_up: bool
-    reevaluated: bool = Field(description="The report made the account riskier: it was evaluated again at once")
+    reevaluated: bool = Field(description="The account was evaluated again before this answer: the report made it "
+                                          "riskier, or linked it into another cluster")
     rescore_requested: bool
 
 
