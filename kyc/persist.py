@@ -41,13 +41,16 @@ log = logging.getLogger("kyc.persist")
 def postgres(bind) -> bool:
     """Whether a session, connection or engine talks to PostgreSQL: the test callers choose a
     strategy by (which statement of this module to run), kept here with the SQL it selects."""
-    dialect = getattr(bind, "dialect", None) or bind.get_bind().dialect
-    return dialect.name == "postgresql"
+    return _dialect(bind).name == "postgresql"
 
 
 def dialect_of(bind) -> str:
     """The dialect's name, as a cache key of statements built per dialect."""
-    return (getattr(bind, "dialect", None) or bind.get_bind().dialect).name
+    return _dialect(bind).name
+
+
+def _dialect(bind):
+    return bind.get_bind().dialect if isinstance(bind, Session) else bind.dialect
 
 
 def _insert(dialect: str):
