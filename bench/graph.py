@@ -36,7 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kyc.db import make_engine, make_session_factory, pipelined  # noqa: E402
+from kyc.db import make_engine, make_session_factory  # noqa: E402
+from kyc.persist import pipelined  # noqa: E402
 from kyc.graph import Policy, link, rebuild, write_new  # noqa: E402
 from kyc.models import Account, Sighting  # noqa: E402
 from kyc.runtime import upgrade_database  # noqa: E402

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import select
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from functools import lru_cache
-from datetime import date, datetime
 from pathlib import Path
 
-from sqlalchemy import JSON, Table, Text, bindparam, cast, column, create_engine, event, func, make_url, text
-from sqlalchemy import select as select_rows
+from sqlalchemy import create_engine, event, make_url
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 
@@ -76,37 +70,6 @@ def _generic_plans(dbapi_connection, _record) -> None:
     with dbapi_connection.cursor() as cursor:
         cursor.execute("SET plan_cache_mode = force_generic_plan")
     dbapi_connection.commit()
-
-
-# autovacuum's analyze threshold (50 rows + 10% of the table), for servers that run without it.
-ANALYZE_BASE = 50
-ANALYZE_SCALE = 0.1
-
-
-def refresh_statistics(engine) -> list[str]:
-    """ANALYZE kyc's tables that changed by more than autovacuum's threshold since their last
-    ANALYZE (PostgreSQL; returns their names). Where autovacuum runs, it has done this already
-    and nothing is left to do.
-
-    Why: kyc forces generic plans (_generic_plans), made from the tables' statistics. A server
-    without autovacuum never gathers them: measured here (autovacuum off), once the graph tables
-    held 20,000 accounts a signup scanned graph_nodes and graph_edges in full, 97 ms a signup
-    against 17 ms after one ANALYZE (60 signups each, loaded machine). An ANALYZE also makes
-    every connection plan its prepared statements again.
-    """
-    if engine.dialect.name != "postgresql":
-        return []
-    with engine.connect() as conn:
-        stale = conn.execute(text(
-            "SELECT relname FROM pg_stat_user_tables WHERE schemaname = current_schema()"
-            " AND n_mod_since_analyze > :base + :scale * n_live_tup ORDER BY relname"),
-            {"base": ANALYZE_BASE, "scale": ANALYZE_SCALE}).scalars().all()
-    for table in stale:
-        with engine.begin() as conn:
-            conn.execute(text(f'ANALYZE "{table}"'))
-    if stale:
-        log.info("planner statistics refreshed: %s", ", ".join(stale))
-    return list(stale)
 
 
 def _drop_if_closed_by_server(dbapi_connection, _record, _proxy) -> None:
@@ -202,136 +165,15 @@ def write_lock(session: Session) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-# --- pipelined transactions (PostgreSQL) ------------------------------------------------------
+# --- pipelined transactions (PostgreSQL; kyc.persist.pipelined) ---------------------------------
 
-_PIPELINE = "kyc.pipeline"
-
-
-def deferred(statement):
-    """Mark a write whose result nobody reads (no rowcount, no rows): in a pipelined transaction
-    it travels with the next statement whose answer is needed, or with the COMMIT."""
-    return statement.execution_options(kyc_deferred=True)
-
-
-@contextmanager
-def pipelined(session: Session) -> Iterator[Session]:
-    """A transaction, committed at the end, whose writes travel together (PostgreSQL).
-
-    A scoring transaction is a few reads and a dozen writes whose answers nobody reads. In
-    psycopg's pipeline mode, statements are queued: a read (or anything not known to be a
-    write whose answer nobody needs) is sent at once with the writes queued before it, and
-    the last writes go with the COMMIT: 4 round trips instead of 12 for a new signup. Writes sent late are
-    still written in order, in the same transaction; a failing one fails the next statement or
-    the commit, which rolls everything back. Fire-and-forget writes are INSERTs without
-    RETURNING (their rowcount is not known here: -1) and statements marked `deferred`.
-    Elsewhere this is a plain transaction.
-    """
-    with session.begin():
-        connection = session.connection()
-        if connection.dialect.name != "postgresql":
-            yield session
-            return
-        info, driver = connection.info, connection.connection.driver_connection
-        errors = connection.dialect.loaded_dbapi.Error
-        # The transaction's BEGIN and COMMIT are sent as statements, queued like the writes
-        # (psycopg would wait for its own BEGIN): the BEGIN goes with the first read, the COMMIT
-        # with the last writes and the pipeline's closing sync. Sent on the driver, the COMMIT
-        # keeps the connection ours until it has left pipeline mode (the session's commit
-        # would hand it back to the pool at once, to another thread); the session's commit then
-        # finds nothing left to commit and runs its hooks.
-        driver.autocommit = True
-        try:
-            try:
-                with driver.pipeline() as pipeline:
-                    info[_PIPELINE] = pipeline
-                    driver.execute("BEGIN")
-                    yield session
-                    session.flush()
-                    driver.execute("COMMIT")
-            except errors as error:         # raised by the closing sync: a write or the commit failed
-                raise DBAPIError.instance("COMMIT", None, error, errors) from error
-        except BaseException:
-            # A failed statement aborts the pipeline and what was queued after it; out of the
-            # pipeline, the transaction is rolled back before the connection goes back to the pool.
-            with suppress(errors):
-                driver.rollback()
-            raise
-        finally:
-            info.pop(_PIPELINE, None)
-            with suppress(errors):
-                driver.autocommit = False
-
-
-def send(session: Session, statement, rows: list[dict]) -> None:
-    """Run a write nobody reads the answer of (no rows, no rowcount) for each of `rows`, in the
-    session's transaction: an INSERT without RETURNING, or a `deferred` statement.
-
-    In a pipelined transaction it goes straight to the driver's cursor, compiled once per
-    dialect and set of keys (_Sendable), and travels with the next read or the COMMIT like any
-    deferred write. Why: SQLAlchemy's execution (a context, its events, a result nobody reads)
-    cost more than psycopg's for a statement whose answer nobody reads: the six writes of a
-    signup (its evaluation, account, sightings, velocity marks, new cluster and membership) sent
-    this way took this process from 8.47 to 7.99 ms of CPU a signup (in-process signups on
-    PostgreSQL, one round of 1,500 each, load average 9). Over HTTP (bench/signup_http.py, 3
-    alternated rounds, load average 5-6), this and registering the after-commit listeners once
-    (kyc.rescore.requests) took a signup from 9.68 to 7.42 ms of gunicorn worker CPU and from
-    4.00 to 3.50 ms of PostgreSQL's: 1.25 times the signups/s. A failure fails the next
-    statement or the commit, as it would have. Elsewhere this is session.execute.
-    """
-    if not rows:
-        return
-    connection = session.connection()
-    if _PIPELINE not in connection.info:
-        session.execute(statement, rows)
-        return
-    sendable = _sendable(statement, connection.dialect, frozenset(rows[0]))
-    cursor = connection.connection.driver_connection.cursor()
-    many = len(rows) > 1
-    params = [sendable.params(row) for row in rows] if many else sendable.params(rows[0])
-    # Listeners still see every statement (bench/score_signup.py counts them).
-    connection.dispatch.before_cursor_execute(connection, cursor, sendable.sql, params, None, many)
-    if many:
-        cursor.executemany(sendable.sql, params)
-    else:
-        cursor.execute(sendable.sql, params)
-
-
-class _Sendable:
-    """A Core statement compiled for a dialect with given parameter keys: its SQL, the bind
-    processors of its types, and the Python defaults SQLAlchemy would fill in (created_at,
-    updated_at)."""
-
-    def __init__(self, statement, dialect, keys: frozenset[str]):
-        compiled = statement.compile(dialect=dialect, column_keys=sorted(keys))
-        assert not compiled.positional, "a named paramstyle (psycopg's)"
-        self.sql = compiled.string
-        self.processors = compiled._bind_processors
-        self.defaults = [(column.key, column.default.arg) for column in compiled.insert_prefetch]
-        self.defaults += [(column.key, column.onupdate.arg) for column in compiled.update_prefetch]
-        assert all(callable(arg) for _, arg in self.defaults), "Python defaults are callables here"
-        # Values the statement holds itself (.values(decision="allow")).
-        self.fixed = {name: value for name, value in compiled.construct_params({key: None for key in keys}).items()
-                      if name not in keys and name not in dict(self.defaults)}
-
-    def params(self, row: dict) -> dict:
-        values = {**self.fixed, **{key: arg(None) for key, arg in self.defaults if key not in row}, **row}
-        processors = self.processors
-        for name, value in values.items():
-            processor = processors.get(name)
-            if processor is not None:
-                values[name] = processor(value)
-        return values
-
-
-@lru_cache(maxsize=64)
-def _sendable(statement, dialect, keys: frozenset[str]) -> _Sendable:
-    return _Sendable(statement, dialect, keys)
+PIPELINE = "kyc.pipeline"     # connection.info key: the psycopg pipeline of a pipelined transaction
 
 
 def _answer_now_unless_deferred(conn, cursor, statement, parameters, context, executemany) -> None:
     """In a pipelined transaction, fetch a statement's answer before SQLAlchemy reads it (rows,
     rowcount), unless it is a write nobody reads the answer of."""
-    pipeline = conn.info.get(_PIPELINE)
+    pipeline = conn.info.get(PIPELINE)
     if pipeline is None:
         return
     if context.execution_options.get("kyc_deferred"):
@@ -339,27 +181,3 @@ def _answer_now_unless_deferred(conn, cursor, statement, parameters, context, ex
     if context.isinsert and not (context.compiled is not None and context.compiled.effective_returning):
         return
     pipeline.sync()
-
-
-# --- set-based writes (PostgreSQL) ------------------------------------------------------------
-
-def json_rows(table: Table, names: tuple[str, ...], param: str = "rows"):
-    """PostgreSQL: a SELECT of the rows bound as one JSON array of objects (`param`, made by
-    rows_json), each key read as its column's type: an INSERT ... SELECT or UPDATE ... FROM of
-    any number of rows is one short statement, prepared once, where an executemany runs one
-    statement per row on the server. JSON, not one array per column: psycopg dumps arrays in
-    Python, element by element (slower than the executemany); json.dumps is C."""
-    rows = func.json_to_recordset(cast(bindparam(param, type_=Text), JSON)).table_valued(
-        *(column(name, table.c[name].type) for name in names)).render_derived(with_types=True)
-    return select_rows(*(rows.c[name] for name in names))
-
-
-def _plain(value):
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON")
-
-
-def rows_json(rows: list[dict]) -> str:
-    """The parameter of a json_rows statement: the rows (dicts keyed by column) as JSON text."""
-    return json.dumps(rows, default=_plain, separators=(",", ":"))

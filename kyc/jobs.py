@@ -12,7 +12,7 @@ import threading
 from typing import Any
 
 from kyc.config import Config
-from kyc.db import refresh_statistics
+from kyc.persist import refresh_statistics
 from kyc.ops.webhooks import deliver_due
 from kyc.rescore.batch import current_rules, run_batch, working
 from kyc.rescore.queue import redis_connection

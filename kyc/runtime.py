@@ -25,6 +25,7 @@ from kyc.engine import RuleError, RuleSet, RuleSetError
 from kyc.engine.loader import rules_fingerprint
 from kyc.rescore.background import Background, background
 from kyc.ops import audit
+from kyc.persist import autocommit
 from kyc.signals import SCHEMA
 from kyc.signals.geoip import GeoIP, open_geoip
 from kyc.signals.payment import load_bin_table
@@ -174,12 +175,9 @@ class Runtime:
     @contextmanager
     def read_connection(self):
         """A connection for one read statement on a hot path (the API key, the entitlement
-        check). On PostgreSQL in autocommit: one round trip, not BEGIN, the read, and the
-        ROLLBACK that hands the connection back (SQLite has no round trips, and switching its
-        connection's mode costs more than the read)."""
+        check), in autocommit where that saves round trips (kyc.persist.autocommit)."""
         with self.engine.connect() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execution_options(isolation_level="AUTOCOMMIT")
+            autocommit(conn)
             yield conn
 
     def rescoring(self) -> Background:

@@ -31,13 +31,11 @@ from typing import Iterable, Protocol
 
 from redis import exceptions as redis_errors
 from redis.commands.core import Script
-from sqlalchemy import ARRAY, String, bindparam, func, literal, null, select, true, union_all
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import bindparam, func, literal, null, select, true, union_all
 from sqlalchemy.orm import Session
 
 from kyc import metrics
-from kyc.db import send
+from kyc.persist import dialect_of, postgres, record_marks_statement, send, unnested
 from kyc.models import Evaluation, Sighting, VelocityMark
 from kyc.rescore.requests import after_commit
 
@@ -141,10 +139,10 @@ def _capped(others: int) -> int:
     return min(others, COUNT_CAP) + 1
 
 
-def _count_params(keys: list[Key], at: datetime, account_id: str, postgresql: bool) -> dict:
+def _count_params(keys: list[Key], at: datetime, account_id: str, arrays: bool) -> dict:
     """A count statement's parameters: the keys as two arrays (PostgreSQL) or one pair each."""
     params: dict = {"at": at, "me": account_id, **{f"lo_{w}": at - span for w, span in WINDOWS.items()}}
-    if postgresql:
+    if arrays:
         params["kinds"], params["hashes"] = [k for k, _ in keys], [h for _, h in keys]
     else:
         for i, (kind, value_hash) in enumerate(keys):
@@ -165,22 +163,19 @@ class SqlStore(SqlHistory):
     def distinct_accounts(self, keys: list[Key], at: datetime, account_id: str) -> dict[Key, dict[str, int]]:
         if not keys:
             return {}
-        postgresql = self._postgresql()
-        statement = _COUNT_EACH_KEY if postgresql else _count_statement(len(keys))
-        return _counts(keys, self.session.execute(statement, _count_params(keys, at, account_id, postgresql)))
+        arrays = postgres(self.session)
+        statement = _COUNT_EACH_KEY if arrays else _count_statement(len(keys))
+        return _counts(keys, self.session.execute(statement, _count_params(keys, at, account_id, arrays)))
 
     def payment_history(self, keys: list[Key], at: datetime, account_id: str, card: str, window: timedelta,
                         device: Key | None) -> tuple[dict[Key, dict[str, int]], tuple[int, int | None, dict | None]]:
         """PostgreSQL: one statement (_COUNTS_AND_CARD_HISTORY)."""
-        if not (keys and self._postgresql()):
+        if not (keys and postgres(self.session)):
             return super().payment_history(keys, at, account_id, card, window, device)
         params = {**_count_params(keys, at, account_id, True), **_card_params(card, at, window, account_id, device)}
         rows = self.session.execute(_COUNTS_AND_CARD_HISTORY, params).all()
         card_row = next(row for row in rows if row[0] == -1)
         return _counts(keys, rows), _card_history((card_row[1], card_row[2], card_row[-1]), device)
-
-    def _postgresql(self) -> bool:
-        return self.session.get_bind().dialect.name == "postgresql"
 
     def distinct_accounts_many(self, requests: list[tuple[list[Key], datetime, str]]
                                ) -> list[dict[Key, dict[str, int]]]:
@@ -195,19 +190,7 @@ class SqlStore(SqlHistory):
         thousands of marks were as many statements)."""
         rows = [{"kind": k, "value_hash": h, "account_id": account_id, "last_at": at} for (k, h), at, account_id in marks]
         if rows:
-            send(self.session, _record_statement(self.session.get_bind().dialect.name), rows)
-
-
-@lru_cache(maxsize=4)
-def _record_statement(dialect: str):
-    table = VelocityMark.__table__
-    if dialect == "postgresql":
-        stmt = pg_insert(table)
-        latest = func.greatest(table.c.last_at, stmt.excluded.last_at)
-    else:
-        stmt = sqlite_insert(table)
-        latest = func.max(table.c.last_at, stmt.excluded.last_at)
-    return stmt.on_conflict_do_update(index_elements=["kind", "value_hash", "account_id"], set_={"last_at": latest})
+            send(self.session, record_marks_statement(dialect_of(self.session)), rows)
 
 
 @lru_cache(maxsize=32)
@@ -243,8 +226,7 @@ def _count_each_key(*more):
     index scan a LATERAL subquery. One short statement for any number of keys: psycopg parses a
     statement's text once only under 4 KB (the union of 8 keys is 6 KB, 0.15 ms per call) and
     prepares it once for every key count. `more`: columns added to each row."""
-    keys = (func.unnest(bindparam("kinds", type_=ARRAY(String)), bindparam("hashes", type_=ARRAY(String)))
-            .table_valued("kind", "value_hash", with_ordinality="key").render_derived())
+    keys = unnested("kinds", "hashes", names=("kind", "value_hash"), ordinality="key")
     v = VelocityMark.__table__.alias("v")
     newest = (select(v.c.last_at)
               .where(v.c.kind == keys.c.kind, v.c.value_hash == keys.c.value_hash,

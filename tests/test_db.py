@@ -9,7 +9,7 @@ import time
 import pytest
 from sqlalchemy import text
 
-from kyc import db
+from kyc import db, persist
 
 
 def test_sqlite_wal_is_checkpointed_off_the_request_path(tmp_path, monkeypatch):
@@ -85,12 +85,12 @@ def test_a_pipelined_transaction_writes_everything_and_answers_reads_in_order(ru
     from kyc.models import Account
 
     accounts = Account.__table__
-    with runtime.session() as session, db.pipelined(session):
+    with runtime.session() as session, persist.pipelined(session):
         session.execute(insert(accounts), [_account_row("p1"), _account_row("p2")])
         # Not deferred: its rowcount is read, so the queued insert goes first and it sees both rows.
         changed = session.execute(update(accounts).where(accounts.c.id.in_(["p1", "p2", "p3"]))
                                   .values(score=5)).rowcount
-        session.execute(db.deferred(update(accounts).where(accounts.c.id == "p1").values(decision="block")))
+        session.execute(persist.deferred(update(accounts).where(accounts.c.id == "p1").values(decision="block")))
         seen = session.execute(select(accounts.c.id, accounts.c.decision).order_by(accounts.c.id)).all()
     assert changed == 2
     assert seen == [("p1", "block"), ("p2", "allow")]
@@ -105,7 +105,7 @@ def test_a_failing_deferred_write_fails_the_commit_and_writes_nothing(runtime):
     from kyc.models import Account, Evaluation
 
     with pytest.raises(IntegrityError):
-        with runtime.session() as session, db.pipelined(session):
+        with runtime.session() as session, persist.pipelined(session):
             session.execute(insert(Account.__table__), _account_row("p1"))
             # References an account that does not exist: on PostgreSQL the error arrives with
             # the COMMIT it travelled with.
@@ -116,7 +116,7 @@ def test_a_failing_deferred_write_fails_the_commit_and_writes_nothing(runtime):
     with runtime.session() as session:
         assert session.execute(select(func.count()).select_from(Account.__table__)).scalar() == 0
     # The connection went back to the pool usable.
-    with runtime.session() as session, db.pipelined(session):
+    with runtime.session() as session, persist.pipelined(session):
         session.execute(insert(Account.__table__), _account_row("p2"))
     with runtime.session() as session:
         assert session.execute(select(Account.id)).scalars().all() == ["p2"]
@@ -128,7 +128,7 @@ def test_an_error_raised_in_a_pipelined_transaction_writes_nothing(runtime):
     from kyc.models import Account
 
     with pytest.raises(RuntimeError):
-        with runtime.session() as session, db.pipelined(session):
+        with runtime.session() as session, persist.pipelined(session):
             session.execute(insert(Account.__table__), _account_row("p1"))
             raise RuntimeError("the request failed after queueing a write")
     with runtime.session() as session:
@@ -151,7 +151,7 @@ def test_a_pipelined_connection_leaves_pipeline_mode_before_the_pool_gets_it_bac
 
     event.listen(engine, "checkin", checkin)
     try:
-        with runtime.session() as session, db.pipelined(session):
+        with runtime.session() as session, persist.pipelined(session):
             event.listen(session, "after_commit", lambda s: hooks.append("committed"))
             session.execute(insert(Account.__table__), _account_row("p1"))
     finally:

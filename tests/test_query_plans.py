@@ -1,5 +1,5 @@
 """Query plans that hold: on a database of realistic size whose statistics kyc keeps fresh
-(kyc.db.refresh_statistics, a schedule), the signup path reads every table through an index.
+(kyc.persist.refresh_statistics, a schedule), the signup path reads every table through an index.
 
 PostgreSQL only: generic plans (kyc.db._generic_plans) come from the planner's statistics; this
 machine's server, like some production ones, runs without autovacuum.
@@ -12,7 +12,7 @@ import time
 from sqlalchemy import create_engine, text
 
 from kyc import create_app
-from kyc.db import refresh_statistics
+from kyc.persist import refresh_statistics
 from kyc.runtime import Runtime, upgrade_database
 from tests.conftest import pg_schema_url, signup
 

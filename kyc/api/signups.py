@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kyc.api import documented, parse, respond, runtime, v1
 from kyc.api.responses import Evaluation
-from kyc.db import pipelined
+from kyc.persist import pipelined
 from kyc.inputs import SignupInput
 from kyc.scoring import evaluation_body, score
 

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import Label
 
-from kyc.db import deferred
+from kyc.persist import deferred
 from kyc.ids import new_id
 from kyc.models import MEMBER_FLAGS, Cluster, ClusterMember
 

@@ -18,41 +18,33 @@ from functools import lru_cache
 from types import SimpleNamespace
 from typing import Iterable
 
-from sqlalchemy import (Boolean, Integer, String, bindparam, case, cast, delete, exists, func, insert, inspect,
-                        literal, null, or_, select, tuple_, update)
-from sqlalchemy.dialects.postgresql import ARRAY, insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Integer, bindparam, case, cast, delete, func, insert, inspect, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from kyc.db import deferred, send
 from kyc.graph.core import (LINK_KINDS, STRONG, WEAK, WEAK_KINDS_NEEDED, GROWTH_CAP, Attachment, Node, Policy,
                             as_loaded, chunks, components, growth_column, growth_window, keep_ids, linked_accounts,
                             locked_with_growth, add_cluster, one_member, rose, store)
-from kyc.models import MEMBER_FLAGS, Cluster, ClusterMember, GraphEdge, GraphNode, UTCDateTime
+from kyc.models import MEMBER_FLAGS, Cluster, ClusterMember, GraphEdge, GraphNode
+from kyc.persist import (add_edges_statement, count_and_read_statement, count_nodes_statement, deferred,
+                         dialect_of, send)
 from kyc.rescore.requests import after_commit
 
 
 @lru_cache(maxsize=4)
 def _statements(dialect: str) -> SimpleNamespace:
     """The statements of the hot path, built once: building a statement costs more than running it."""
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    count = insert(GraphNode.__table__)
     c = Cluster.__table__.c
     mine = select(GraphEdge.kind, GraphEdge.value_hash).where(GraphEdge.account_id == bindparam("account"))
     member_cluster = (select(ClusterMember.cluster_id).where(ClusterMember.account_id == bindparam("account"))
                       .scalar_subquery())
     return SimpleNamespace(
-        dialect=dialect,
         # Sorted rows: concurrent transactions lock node rows in the same order (no deadlock), and
         # the row lock makes a concurrent account on the same node wait, then see this one's edge.
-        count=count.on_conflict_do_update(index_elements=["kind", "value_hash"],
-                                          set_={"accounts": GraphNode.__table__.c.accounts + 1},
-                                          # A super-node counts no more accounts and links nothing: no row
-                                          # comes back for it, so no edge is written.
-                                          where=GraphNode.__table__.c.super_node.is_(False))
-        .returning(GraphNode.__table__.c.kind, GraphNode.__table__.c.value_hash, GraphNode.__table__.c.accounts),
-        edge=insert(GraphEdge.__table__).on_conflict_do_nothing(),
+        count=count_nodes_statement(dialect),
+        edge=add_edges_statement(dialect),
+        # PostgreSQL: count, record and read in one statement (None elsewhere: the three above).
+        count_and_read=count_and_read_statement(dialect),
         # The other holders of the account's nodes, each with its cluster: one read.
         members=select(GraphEdge.kind, GraphEdge.value_hash, GraphEdge.account_id, ClusterMember.cluster_id)
         .outerjoin(ClusterMember, ClusterMember.account_id == GraphEdge.account_id)
@@ -90,67 +82,20 @@ def _known_statement(count: int):
             .where(keys))
 
 
-@lru_cache(maxsize=1)
-def _count_and_read_statement():
-    """PostgreSQL: one statement counts the nodes an account shows that it does not hold yet
-    (as `count` does, in the same order), records its edges, reads the other holders of each
-    with their cluster, names the nodes that were super-nodes already and, when the account
-    is not new (`existing`), reads the other holders of every node it held already.
-
-    Each row starts with what it is about: a node `counted` (with its count; one row per other
-    holder), a `super` node, or a node `held` already (one row per other holder). The holders
-    are read in the statement's snapshot, taken before it waited for any node row a concurrent
-    signup had locked; that signup's edge is then missing from what it read. `_count_and_read`
-    sees that from the counts (a node that is not a super-node has exactly one edge per account
-    it counts) and reads again. (A node held already is not counted again, so a concurrent
-    signup on it waits for no lock of ours: that signup reads this account's edge and links.)
-    The nodes come as two arrays, so the statement is the same for any number of them and
-    compiled once.
-    """
-    n, e, m = GraphNode.__table__, GraphEdge.__table__, ClusterMember.__table__
-    account = bindparam("account", type_=String)
-    given = func.unnest(bindparam("kinds", type_=ARRAY(String)), bindparam("hashes", type_=ARRAY(String))
-                        ).table_valued("kind", "value_hash").render_derived(name="given")
-    held = exists().where(e.c.kind == given.c.kind, e.c.value_hash == given.c.value_hash, e.c.account_id == account)
-    counted = (pg_insert(n).from_select(
-        ["kind", "value_hash", "accounts", "super_node", "first_seen_at"],
-        select(given.c.kind, given.c.value_hash, literal(1), literal(False), bindparam("at", type_=UTCDateTime))
-        .where(~held).order_by(given.c.kind, given.c.value_hash))
-        .on_conflict_do_update(index_elements=["kind", "value_hash"], set_={"accounts": n.c.accounts + 1},
-                               where=n.c.super_node.is_(False))
-        .returning(n.c.kind, n.c.value_hash, n.c.accounts).cte("counted"))
-    edges = (pg_insert(e).from_select(["kind", "value_hash", "account_id"],
-                                      select(counted.c.kind, counted.c.value_hash, account))
-             .on_conflict_do_nothing().cte("edges"))
-    holders = (select(literal("counted"), counted.c.kind, counted.c.value_hash, counted.c.accounts, e.c.account_id,
-                      m.c.cluster_id)
-               .select_from(counted.outerjoin(e, (e.c.kind == counted.c.kind) & (e.c.value_hash == counted.c.value_hash)
-                                              & (counted.c.accounts > 1))
-                            .outerjoin(m, m.c.account_id == e.c.account_id))
-               .add_cte(edges))
-    supers = (select(literal("super"), n.c.kind, n.c.value_hash, null(), null(), null())
-              .join(given, (n.c.kind == given.c.kind) & (n.c.value_hash == given.c.value_hash)).where(n.c.super_node))
-    mine, other = e.alias("mine"), e.alias("other")
-    before = (select(literal("held"), mine.c.kind, mine.c.value_hash, null(), other.c.account_id, m.c.cluster_id)
-              .select_from(mine.outerjoin(other, (other.c.kind == mine.c.kind) & (other.c.value_hash == mine.c.value_hash)
-                                          & (other.c.account_id != account))
-                           .outerjoin(m, m.c.account_id == other.c.account_id))
-              .where(mine.c.account_id == account, bindparam("existing", type_=Boolean)))
-    return holders.union_all(supers, before)
-
-
 def _count_and_read(session: Session, account_id: str, nodes: list[Node], at: datetime, existing: bool
                     ) -> tuple[list[tuple[str, str, int]], list[tuple] | None]:
-    """An account's new nodes counted and its edges recorded (PostgreSQL, one statement): the
-    nodes counted with their counts, and the other holders of every node it holds with their
-    cluster, or None when what the statement read may miss a concurrent signup's edge (read
-    them again). `existing`: the account may hold nodes already (it is not new)."""
+    """An account's new nodes counted and its edges recorded (PostgreSQL, one statement:
+    kyc.persist.count_and_read_statement): the nodes counted with their counts, and the other
+    holders of every node it holds with their cluster, or None when what the statement read may
+    miss a concurrent signup's edge (read them again). `existing`: the account may hold nodes
+    already (it is not new)."""
     params = {"account": account_id, "at": at, "kinds": [k for k, _ in nodes], "hashes": [h for _, h in nodes],
               "existing": existing}
     counted: dict[Node, int] = {}
     known: set[Node] = set()                   # super-nodes, and nodes the account held already
     holders: list[tuple] = []
-    for role, kind, value_hash, accounts, other, other_cluster in session.execute(_count_and_read_statement(), params):
+    rows = session.execute(statements(session).count_and_read, params)
+    for role, kind, value_hash, accounts, other, other_cluster in rows:
         if role == "counted":
             counted[(kind, value_hash)] = accounts
         else:
@@ -166,7 +111,7 @@ def _count_and_read(session: Session, account_id: str, nodes: list[Node], at: da
 
 
 def statements(session: Session) -> SimpleNamespace:
-    return _statements(session.get_bind().dialect.name)
+    return _statements(dialect_of(session))
 
 
 def ensure_member(session: Session, account_id: str, at: datetime, *, flags: dict[str, bool] | None = None,
@@ -315,7 +260,7 @@ def _link(session: Session, policy: Policy, account_id: str, member: ClusterMemb
     read: list[tuple] | None = None            # the other holders and their clusters, when read
     if nodes:
         fresh: list[Node] = []
-        if sql.dialect == "postgresql":
+        if sql.count_and_read is not None:
             counted, read = _count_and_read(session, account_id, nodes, at, existing=not new_account)
         elif new_account:
             fresh = nodes                      # it holds nothing yet; the upsert skips super-nodes

@@ -4,20 +4,20 @@ edges and clusters incremental linking gives, computed set-based in the database
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from sqlalchemy import (Boolean, Column, Integer, MetaData, Select, String, Table, and_, case, cast, exists, func,
-                        literal, or_, select, text)
+                        literal, or_, select)
 from sqlalchemy.orm import Session
 
 from kyc.db import write_lock
-from kyc.graph.core import LINK_KINDS, STRONG, WEAK, WEAK_KINDS_NEEDED, Policy, UnionFind, chunks, keep_ids
+from kyc.graph.core import LINK_KINDS, STRONG, WEAK, WEAK_KINDS_NEEDED, Policy, UnionFind, keep_ids
 from kyc.ids import new_ids
 from kyc.models import MEMBER_FLAGS, Cluster, ClusterMember, GraphEdge, GraphNode, Sighting, UTCDateTime
+from kyc.persist import (analyze, bulk_settings, create_temporary, group_list, indexes_built_after, load_rows,
+                         lock_against_writes, postgres, sorted_aggregates)
 
 log = logging.getLogger("kyc.graph")
 
@@ -38,13 +38,7 @@ def rebuild(session: Session, policy: Policy) -> dict[str, int]:
     # locked" at once, without the busy wait.
     write_lock(session)
     session.flush()
-    if session.get_bind().dialect.name == "postgresql":
-        # Hashes over millions of rows in memory rather than spilled to disk (a hash may use
-        # hash_mem_multiplier times work_mem); index builds likewise. No JIT: compiling each
-        # of these one-off statements costs more than it saves. For this transaction only.
-        session.execute(text("SET LOCAL work_mem = '256MB'"))
-        session.execute(text("SET LOCAL maintenance_work_mem = '512MB'"))
-        session.execute(text("SET LOCAL jit = off"))
+    bulk_settings(session)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -87,34 +81,22 @@ def _rebuild_nodes_and_edges(session: Session, policy: Policy) -> None:
     super-nodes'. Each table is then made to hold exactly those rows (`_replace`)."""
     s, n, e, held = Sighting.__table__, GraphNode.__table__, GraphEdge.__table__, _HELD
     connection = session.connection()
-    postgres = connection.dialect.name == "postgresql"
-    if postgres:
-        # Signups linking meanwhile wait for the commit instead of racing the rebuild; readers
-        # (ops views) go on. In the order linking writes them: no deadlock with a signup.
-        connection.execute(text(f"LOCK TABLE {n.name}, {e.name} IN EXCLUSIVE MODE"))
+    lock_against_writes(connection, n, e)
     keys = (s.c.kind, s.c.value_hash, s.c.account_id)
     holding = (select(*keys, func.min(s.c.occurred_at).label("first")).where(s.c.kind.in_(sorted(LINK_KINDS)))
                .group_by(*keys).order_by(*keys))
-    if postgres:
-        # Sorted rather than hashed: the holders come out in the order of the edges' primary
-        # key, so the nodes are counted from them without another sort (a group aggregate
-        # over a presorted sort costs one pass), and both tables are loaded in the order of
-        # their primary keys, whose builds then find their input sorted. CREATE TABLE AS,
-        # unlike INSERT, sorts in parallel.
-        connection.execute(text("SET LOCAL enable_hashagg = off"))
-        connection.exec_driver_sql(f"CREATE TEMPORARY TABLE {held.name} AS " + str(
-            holding.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True})))
-    else:
-        held.create(connection)
-        connection.execute(held.insert().from_select(["kind", "value_hash", "account_id", "first"], holding))
-    _analyze(session, held)
-    holders = func.count()
-    threshold = case((held.c.kind.in_(sorted(STRONG)), policy.super_strong), else_=policy.super_weak)
-    _replace(session, n, select(held.c.kind, held.c.value_hash, holders.label("accounts"),
-                                (holders > threshold).label("super_node"), func.min(held.c.first).label("first_seen_at"))
-             .group_by(held.c.kind, held.c.value_hash).order_by(held.c.kind, held.c.value_hash))
-    if postgres:
-        connection.execute(text("SET LOCAL enable_hashagg TO DEFAULT"))
+    # Sorted rather than hashed: the holders come out in the order of the edges' primary key,
+    # so the nodes are counted from them without another sort, and both tables are loaded in
+    # the order of their primary keys, whose builds then find their input sorted.
+    with sorted_aggregates(connection):
+        create_temporary(connection, held, holding)
+        analyze(connection, held)
+        holders = func.count()
+        threshold = case((held.c.kind.in_(sorted(STRONG)), policy.super_strong), else_=policy.super_weak)
+        _replace(session, n, select(held.c.kind, held.c.value_hash, holders.label("accounts"),
+                                    (holders > threshold).label("super_node"),
+                                    func.min(held.c.first).label("first_seen_at"))
+                 .group_by(held.c.kind, held.c.value_hash).order_by(held.c.kind, held.c.value_hash))
     # The held rows in their order: the anti join hashes the few super-nodes and keeps it.
     _replace(session, e, select(held.c.kind, held.c.value_hash, held.c.account_id).where(~exists().where(
         n.c.super_node, n.c.kind == held.c.kind, n.c.value_hash == held.c.value_hash)))
@@ -132,12 +114,12 @@ def _replace(session: Session, table: Table, wanted: Select) -> None:
     connection = session.connection()
     columns = list(wanted.selected_columns.keys())
     empty = connection.scalar(select(literal(1)).select_from(table).limit(1)) is None
-    if empty or connection.dialect.name != "postgresql":
+    if empty or not postgres(connection):
         if not empty:
             connection.execute(table.delete())
-        with _indexes_built_after(session, table):
+        with indexes_built_after(connection, table):
             connection.execute(table.insert().from_select(columns, wanted))
-        _analyze(session, table)
+        analyze(connection, table)
         return
     w = wanted.subquery("wanted")
     keys = [c.name for c in table.primary_key.columns]
@@ -160,44 +142,6 @@ def _replace(session: Session, table: Table, wanted: Select) -> None:
     connection.execute(table.insert().from_select(columns, select(*(changes.c[c] for c in columns))
                                                   .where(~changes.c.stored)))
     changes.drop(connection)
-
-
-@contextmanager
-def _indexes_built_after(session: Session, table: Table):
-    """PostgreSQL: load an empty table without its constraints (primary key, foreign keys) and
-    indexes and put them back afterwards, each as the schema defined it; one sorted build is
-    several times faster than millions of inserts into each b-tree, and one join validates a
-    foreign key faster than a check per row. Inside the rebuild's transaction, whose ALTER
-    TABLE keeps everyone else off the table until the commit (adding a foreign key also keeps
-    writers off the table it references)."""
-    if session.get_bind().dialect.name != "postgresql":
-        yield
-        return
-    connection = session.connection()
-    oid = connection.scalar(text("SELECT CAST(CAST(:t AS regclass) AS oid)"), {"t": table.name})
-    constraints = connection.execute(text(
-        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = :oid AND contype IN ('p', 'f') "
-        "ORDER BY contype DESC, conname"), {"oid": oid}).all()                # the primary key first
-    indexes = connection.execute(text(
-        "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-        "WHERE i.indrelid = :oid AND NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conindid = i.indexrelid) "
-        "ORDER BY c.relname"), {"oid": oid}).all()
-    for name, _ in constraints:
-        connection.execute(text(f'ALTER TABLE {table.name} DROP CONSTRAINT "{name}"'))
-    for name, _ in indexes:
-        connection.execute(text(f'DROP INDEX "{name}"'))
-    yield
-    for name, definition in constraints:
-        connection.execute(text(f'ALTER TABLE {table.name} ADD CONSTRAINT "{name}" {definition}'))
-    for _, definition in indexes:
-        connection.execute(text(definition))
-
-
-def _analyze(session: Session, *tables: Table) -> None:
-    """Fresh planner statistics for tables this transaction rewrote (PostgreSQL would otherwise
-    plan the next statements for the tables as they were, e.g. empty: nested loops over millions)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("ANALYZE " + ", ".join(t.name for t in tables)))
 
 
 _SHARED = Table("rebuild_shared", MetaData(), Column("kind", String(32)), Column("value_hash", String(32)),
@@ -223,9 +167,8 @@ def _link_pairs(session: Session) -> UnionFind:
         select(e.c.kind, e.c.value_hash, e.c.account_id)
         .join(n, (n.c.kind == e.c.kind) & (n.c.value_hash == e.c.value_hash))
         .where(n.c.accounts > 1, n.c.super_node.is_(False))))
-    _analyze(session, shared)
-    postgres = connection.dialect.name == "postgresql"
-    holders = func.array_agg if postgres else func.json_group_array      # each group's accounts, in one row
+    analyze(connection, shared)
+    holders, as_list = group_list(connection)           # each group's accounts, in one row
     weak = [shared.alias(f"w{i}") for i in range(WEAK_KINDS_NEEDED)]
     combinations = select(holders(weak[0].c.account_id)).where(*(w.c.kind.in_(sorted(WEAK)) for w in weak))
     for before, after in zip(weak, weak[1:]):
@@ -237,7 +180,7 @@ def _link_pairs(session: Session) -> UnionFind:
     uf = UnionFind()
     for group in groups:
         for (accounts,) in connection.execute(group):
-            accounts = accounts if postgres else json.loads(accounts)
+            accounts = as_list(accounts)
             first = accounts[0]
             uf.add(first)
             for other in accounts[1:]:
@@ -296,22 +239,13 @@ _MOVES = Table("rebuild_moves", MetaData(), Column("account_id", String(128), pr
 
 
 def _write_memberships(session: Session, moves: list[tuple[str, str, datetime | None]]) -> None:
-    """Memberships moved and added in bulk, through a temporary table (loaded with COPY on
-    PostgreSQL: a million rows in seconds)."""
+    """Memberships moved and added in bulk, through a temporary table (kyc.persist.load_rows)."""
     if not moves:
         return
     connection = session.connection()
     _MOVES.create(connection)
-    if connection.dialect.name == "postgresql":
-        with connection.connection.dbapi_connection.cursor() as cursor, \
-                cursor.copy("COPY rebuild_moves (account_id, cluster_id, joined_at) FROM STDIN") as copy:
-            for move in moves:
-                copy.write_row(move)
-    else:
-        for chunk in chunks(moves, 20_000):
-            connection.execute(_MOVES.insert(), [{"account_id": a, "cluster_id": c, "joined_at": j}
-                                                 for a, c, j in chunk])
-    _analyze(session, _MOVES)
+    load_rows(connection, _MOVES, ("account_id", "cluster_id", "joined_at"), moves)
+    analyze(connection, _MOVES)
     m = ClusterMember.__table__
     connection.execute(m.update().where(m.c.account_id == _MOVES.c.account_id, _MOVES.c.joined_at.is_(None))
                        .values(cluster_id=_MOVES.c.cluster_id))
@@ -320,7 +254,7 @@ def _write_memberships(session: Session, moves: list[tuple[str, str, datetime | 
         select(_MOVES.c.account_id, _MOVES.c.cluster_id, _MOVES.c.joined_at, *(literal(False) for _ in MEMBER_FLAGS))
         .where(_MOVES.c.joined_at.is_not(None))))
     _MOVES.drop(connection)
-    _analyze(session, m)
+    analyze(connection, m)
 
 
 _COUNTERS = Table("rebuild_counters", MetaData(), Column("id", String(40), primary_key=True), Column("size", Integer),
@@ -342,7 +276,7 @@ def _recount_all(session: Session) -> None:
     connection.execute(t.insert().from_select(
         ["id", "size", "first", *MEMBER_FLAGS, "known"],
         select(*counters.c, c.c.id.is_not(None)).select_from(counters.outerjoin(c, c.c.id == counters.c.id))))
-    _analyze(session, t)
+    analyze(connection, t)
     connection.execute(c.delete().where(~exists().where(m.c.cluster_id == c.c.id)))
     connection.execute(c.update().where(c.c.id == t.c.id, t.c.known, or_(
         c.c.size != t.c.size, c.c.first_seen_at != t.c.first, *(c.c[f] != t.c[f] for f in MEMBER_FLAGS))).values(
@@ -360,7 +294,7 @@ def _first_clustering(session: Session) -> bool:
     rather than diffed. Then locked against writes and looked at again, so none appears
     meanwhile (a built graph's tables are not locked)."""
     connection = session.connection()
-    if connection.dialect.name != "postgresql":
+    if not postgres(connection):
         return False
     m, c = ClusterMember.__table__, Cluster.__table__
 
@@ -369,29 +303,26 @@ def _first_clustering(session: Session) -> bool:
 
     if not empty():
         return False
-    connection.execute(text(f"LOCK TABLE {c.name}, {m.name} IN EXCLUSIVE MODE"))
+    lock_against_writes(connection, c, m)
     return empty()
 
 
 def _load_memberships(session: Session, moves: list[tuple[str, str, datetime | None]]) -> None:
-    """A first rebuild: every membership is new, so the memberships are loaded with COPY into the
-    empty table and the clusters counted from them by one aggregate into the other, both
-    without their indexes (built afterwards, `_indexes_built_after`). A new member carries no
-    traits: a cluster's size and earliest join are all there is to count."""
+    """A first rebuild: every membership is new, so the memberships are loaded in bulk into the
+    empty table (kyc.persist.load_rows) and the clusters counted from them by one aggregate into
+    the other, both without their indexes (built afterwards, kyc.persist.indexes_built_after).
+    A new member carries no traits: a cluster's size and earliest join are all there is to count."""
     m, c = ClusterMember.__table__, Cluster.__table__
     connection = session.connection()
     traits = (False,) * len(MEMBER_FLAGS)
-    with _indexes_built_after(session, m), _indexes_built_after(session, c):
-        with connection.connection.dbapi_connection.cursor() as cursor, \
-                cursor.copy(f"COPY {m.name} (account_id, cluster_id, joined_at, {', '.join(MEMBER_FLAGS)}) "
-                            "FROM STDIN") as copy:
-            for account, cluster_id, joined in moves:
-                copy.write_row((account, cluster_id, joined, *traits))
+    with indexes_built_after(connection, m), indexes_built_after(connection, c):
+        load_rows(connection, m, ("account_id", "cluster_id", "joined_at", *MEMBER_FLAGS),
+                  ((account, cluster_id, joined, *traits) for account, cluster_id, joined in moves))
         now = literal(datetime.now(timezone.utc), UTCDateTime)
         connection.execute(c.insert().from_select(
             ["id", "size", "first_seen_at", "created_at", "updated_at", *MEMBER_FLAGS],
             select(m.c.cluster_id, func.count(), func.min(m.c.joined_at), now, now, *(literal(0) for _ in MEMBER_FLAGS))
             .group_by(m.c.cluster_id)))
-    _analyze(session, m, c)
+    analyze(connection, m, c)
 
 

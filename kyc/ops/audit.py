@@ -27,7 +27,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from kyc.db import deferred
+from kyc.persist import deferred
 from kyc.inputs import rfc3339
 from kyc.models import AuditEvent, utcnow
 

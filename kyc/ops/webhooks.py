@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session
 from kyc.ids import new_ids
 from kyc.inputs import rfc3339
 from kyc.models import DecisionWebhook, utcnow
+from kyc.persist import load_rows
 from kyc.rescore.queue import FAILURE_TTL, SCHEDULE_RESULT_TTL, redis_connection
 from kyc.rescore.requests import after_commit
 
@@ -58,7 +59,7 @@ DELIVERED_KEPT = timedelta(days=7)          # delivered events are purged after 
 _TABLE = DecisionWebhook.__table__
 _INSERT = insert(_TABLE)
 _COLUMNS = ("event_id", "account_id", "body", "created_at", "attempts", "next_attempt_at")
-COPY_FROM = 200                # events written at once from which PostgreSQL's COPY is used
+LOAD_FROM = 200                # events written at once from which they are loaded (kyc.persist.load_rows)
 
 
 def enabled(config) -> bool:
@@ -83,8 +84,9 @@ def add(runtime, session: Session, changes: Iterable) -> int:
                 "reasons": [r for r in c.reasons if not r.get("shadow")], "at": rfc3339(c.at), "actor": c.actor}
         rows.append({"event_id": event_id, "account_id": c.account_id, "body": json.dumps(body, separators=(",", ":")),
                      "created_at": c.at, "attempts": 0, "next_attempt_at": c.at})
-    if len(rows) >= COPY_FROM and session.get_bind().dialect.name == "postgresql":
-        _copy(session, rows)
+    if len(rows) >= LOAD_FROM:
+        # Many events (a farm action): loaded in bulk, ten times faster than statements on PostgreSQL.
+        load_rows(session.connection(), _TABLE, _COLUMNS, [tuple(row[c] for c in _COLUMNS) for row in rows])
     elif rows:
         # One executemany: SQLite's is a loop in C; psycopg pipelines it, and in a pipelined
         # scoring transaction (one event) it travels with the commit.
@@ -92,15 +94,6 @@ def add(runtime, session: Session, changes: Iterable) -> int:
     if rows:
         _deliver_after_commit(runtime, session)
     return len(rows)
-
-
-def _copy(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Many events on PostgreSQL (a farm action): COPY on the transaction's own connection, ten
-    times faster than statements (each row a statement, or a VALUES list psycopg must parse)."""
-    driver = session.connection().connection.driver_connection
-    with driver.cursor() as cursor, cursor.copy(f"COPY decision_webhooks ({', '.join(_COLUMNS)}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(tuple(row[c] for c in _COLUMNS))
 
 
 def _deliver_after_commit(runtime, session: Session) -> None:

@@ -15,13 +15,14 @@ import threading
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterable
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from kyc import graph, metrics
 from kyc.engine import RuleSet, RuleSetError
 from kyc.models import SEVERITY, RescoreBatch, RescoreRun, utcnow
 from kyc.ops import decisions
+from kyc.persist import commit_without_waiting
 from kyc.rescore.queue import FAILURE_TTL, redis_connection
 from kyc.rescore.runs import (ALIVE_KEY, ALIVE_SECONDS, LAST_JOB_KEY, enqueue_batches, run_summary, start_run,
                               unfinished_batches)
@@ -173,7 +174,6 @@ def run_batch(runtime: Runtime, run_id: str, batch_no: int) -> dict[str, Any]:
     """Rescore one batch with the runtime's running rules (a worker job reloads them first; in
     the service, its rules watcher keeps them current)."""
     rules = runtime.rules
-    postgres = runtime.engine.dialect.name == "postgresql"
     with runtime.session() as session:
         with session.begin():
             batch = _lock_batch(session, run_id, batch_no)
@@ -190,10 +190,7 @@ def run_batch(runtime: Runtime, run_id: str, batch_no: int) -> dict[str, Any]:
         while not done:
             try:
                 with session.begin():
-                    if postgres:
-                        # Safe without the fsync wait: the cursor commits with the evaluations, so a
-                        # database crash can only lose both together, and the batch redoes exactly those.
-                        session.execute(text("SET LOCAL synchronous_commit = off"))
+                    commit_without_waiting(session)
                     batch = _lock_batch(session, run_id, batch_no)
                     ids = batch.account_ids[batch.cursor:batch.cursor + CHUNK]
                     if not ids:

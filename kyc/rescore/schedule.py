@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from kyc.config import Config
-from kyc.db import refresh_statistics
+from kyc.persist import refresh_statistics
 from kyc.models import RescoreRun, utcnow
 from kyc.ops import webhooks
 from kyc.ops.webhooks import purge_delivered
@@ -35,7 +35,7 @@ log = logging.getLogger("kyc.jobs")
 
 SCHEDULES = tuple(SCHEDULED_JOBS)
 OUTBOX_PURGE_SECONDS = 60
-PLANNER_STATS_SECONDS = 60       # kyc.db.refresh_statistics: a look at pg_stat_user_tables, ANALYZE if due
+PLANNER_STATS_SECONDS = 60       # kyc.persist.refresh_statistics: a look at pg_stat_user_tables, ANALYZE if due
 DECISION_WEBHOOK_SECONDS = 5     # pending decision webhooks (retries, a restart's leftovers) looked at this often
 
 

@@ -18,17 +18,15 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import bindparam, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from kyc import graph
 from kyc.models import Account, ActivityDay, ClusterMember, Evaluation, Sighting, Verification
 from kyc.ops import decisions
+from kyc.persist import dialect_of, new_account_statement
 from kyc.scoring import persist
 from kyc.scoring.decide import Settlement
 from kyc.signals import COLLECTORS, Identifiers
@@ -149,7 +147,7 @@ class LiveAccount:
         reads first, which is then the only statement."""
         if not likely_new and (found := cls._locked(session, account_id)) is not None:
             return found
-        new = session.execute(_new_account_statement(session.get_bind().dialect.name),
+        new = session.execute(new_account_statement(dialect_of(session)),
                               {"id": account_id, "first_seen_at": at, "last_seen_at": at}).mappings().one_or_none()
         if new is not None:
             return cls(session, AccountRecord.from_row(new), True, None, (), None)
@@ -221,16 +219,6 @@ _LOCKED_ACCOUNT = (
     .select_from(Account.__table__.outerjoin(ClusterMember.__table__, ClusterMember.account_id == Account.id))
     .where(Account.id == bindparam("id")).with_for_update(of=Account.__table__)
 )
-
-
-@lru_cache(maxsize=4)
-def _new_account_statement(dialect: str):
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return (insert(Account.__table__)
-            .values(id=bindparam("id"), first_seen_at=bindparam("first_seen_at"),
-                    last_seen_at=bindparam("last_seen_at"), decision="allow", score=0, reasons=[],
-                    required_verifications=[], subjects={}, state_version=0)
-            .on_conflict_do_nothing(index_elements=["id"]).returning(*Account.__table__.c))
 
 
 # --- read ahead: the accounts of a rescore chunk -------------------------------------------------

@@ -36,17 +36,17 @@ from collections import OrderedDict, defaultdict
 from datetime import datetime
 from typing import Sequence
 
-from sqlalchemy import and_, bindparam, delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from kyc import graph
-from kyc.db import json_rows, rows_json, write_lock
+from kyc.db import write_lock
 from kyc.graph.link import statements
 from kyc.ids import new_id
 from kyc.inputs import ActivityInput
 from kyc.models import Account, Cluster, ClusterMember, GraphEdge, GraphNode, PendingLink, Sighting, utcnow
-from kyc.scoring.persist import count_nodes_and_edges, write_sightings
+from kyc.persist import count_nodes_and_edges, insert_rows, shown_nodes_and_edges
 from kyc.security import keyed_hash
 from kyc.signals.network import network_identifiers
 from kyc.signals.velocity import VELOCITY_KEYS
@@ -64,14 +64,7 @@ _PENDING_ROW = select(_P.c.id, _P.c.shown).where(_P.c.id == bindparam("id")).wit
 _DELETE_PENDING = delete(_P).where(_P.c.id.in_(bindparam("ids", expanding=True)))
 _LOCK_ACCOUNTS = (select(Account.__table__.c.id).where(Account.__table__.c.id.in_(bindparam("ids", expanding=True)))
                   .order_by(Account.__table__.c.id).with_for_update())
-_N, _E = GraphNode.__table__, GraphEdge.__table__
-_SHOWN = json_rows(_N, ("kind", "value_hash")).subquery("shown")
-_PG_NODES = select(_N.c.kind, _N.c.value_hash, _N.c.accounts, _N.c.super_node).join(
-    _SHOWN, and_(_N.c.kind == _SHOWN.c.kind, _N.c.value_hash == _SHOWN.c.value_hash))
-_SHOWN_ON = json_rows(_E, ("kind", "value_hash", "account_id")).subquery("shown_on")
-_PG_EDGES = select(_E.c.kind, _E.c.value_hash, _E.c.account_id).join(
-    _SHOWN_ON, and_(_E.c.kind == _SHOWN_ON.c.kind, _E.c.value_hash == _SHOWN_ON.c.value_hash,
-                    _E.c.account_id == _SHOWN_ON.c.account_id))
+_SIGHTING_COLUMNS = ("kind", "value_hash", "account_id", "evaluation_id", "occurred_at")
 
 
 def report_identifiers(inp: ActivityInput, at: datetime, secret: bytes) -> list[Node]:
@@ -227,15 +220,10 @@ def link_shown(runtime, session: Session, shown: dict[str, dict[Node, datetime]]
     ids = sorted(shown)
     known: dict[Node, tuple[int, bool]] = {}
     held: set[tuple[str, Node]] = set()
-    if session.get_bind().dialect.name == "postgresql":
-        # Each node and (account, node) looked up by its key: with the hashes as a bound list,
-        # PostgreSQL's generic plan compared every node of the kinds with the whole list (2-7 s
-        # a statement for 2,000 hashes against 20,000 nodes, loaded machine).
-        nodes = sorted({node for shown_nodes in shown.values() for node in shown_nodes})
-        known.update({(k, h): (n, s) for k, h, n, s in session.execute(
-            _PG_NODES, {"rows": rows_json([{"kind": k, "value_hash": h} for k, h in nodes])})})
-        held.update((a, (k, h)) for k, h, a in session.execute(_PG_EDGES, {"rows": rows_json(
-            [{"kind": k, "value_hash": h, "account_id": a} for a in ids for k, h in sorted(shown[a])])}))
+    stored = shown_nodes_and_edges(session, shown)
+    if stored is not None:
+        known.update({(k, h): (n, s) for k, h, n, s in stored[0]})
+        held.update((a, (k, h)) for k, h, a in stored[1])
     else:
         hashes = sorted({h for nodes in shown.values() for _, h in nodes})
         for part in _chunks(hashes):
@@ -273,7 +261,8 @@ def link_shown(runtime, session: Session, shown: dict[str, dict[Node, datetime]]
             sightings.append({"kind": kind, "value_hash": node[1], "account_id": account_id, "occurred_at": at})
     if sightings:
         batch = new_id("act")
-        write_sightings(session, [{**row, "evaluation_id": batch} for row in sightings])
+        insert_rows(session, Sighting.__table__, [{**row, "evaluation_id": batch} for row in sightings],
+                    _SIGHTING_COLUMNS)
     if velocity:
         velocity_store(runtime, session).record_many(
             [(node, at, account_id) for account_id, keys in velocity.items() for node, at in keys])

@@ -29,21 +29,17 @@ from collections import Counter
 from datetime import date
 from typing import Any
 
-from sqlalchemy import bindparam, case, distinct, func, literal, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import bindparam, case, distinct, func, literal, select
 from sqlalchemy.orm import Session
 
-from kyc.db import json_rows, rows_json
 from kyc.models import ActivityDay, PromptDay, PromptUse
+from kyc.persist import insert_rows, update_rows, upsert_rows
 
 SHARED = 3
 
 _U, _P, _D = PromptUse.__table__, PromptDay.__table__, ActivityDay.__table__
 _HELD = select(_U.c.value_hash, _U.c.day, _U.c.account_id, _U.c.hours).where(
     _U.c.account_id.in_(bindparam("ids", expanding=True)), _U.c.day.in_(bindparam("days", expanding=True)))
-_ADD_HOURS = update(_U).where(_U.c.value_hash == bindparam("h"), _U.c.day == bindparam("d"),
-                              _U.c.account_id == bindparam("a")).values(hours=bindparam("hours"))
 _MINE = (select(_U.c.value_hash, _U.c.hours).join(_P, (_P.c.value_hash == _U.c.value_hash) & (_P.c.day == _U.c.day))
          .where(_U.c.account_id == bindparam("account"), _U.c.day == bindparam("day"),
                 _P.c.accounts <= bindparam("popular")))
@@ -63,25 +59,7 @@ _WOKE_TOGETHER = (select(func.count(distinct(_others.c.account_id)))
                          _others.c.account_id != bindparam("account"), _D.c.dormant_days > bindparam("dormant")))
 
 
-def _count_statement(dialect: str):
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = insert(_P)
-    return statement.on_conflict_do_update(index_elements=["value_hash", "day"],
-                                           set_={"accounts": _P.c.accounts + statement.excluded.accounts})
-
-
-_COUNTS = {name: _count_statement(name) for name in ("postgresql", "sqlite")}
-# PostgreSQL: a batch's new uses, their counts and grown hours, each one statement over arrays
-# (kyc.db.json_rows), not one per row.
 _USE_COLUMNS = ("value_hash", "day", "account_id", "hours")
-_PG_INSERT_USES = _U.insert().from_select(_USE_COLUMNS, json_rows(_U, _USE_COLUMNS))
-_pg_counts = pg_insert(_P).from_select(("value_hash", "day", "accounts"),
-                                       json_rows(_P, ("value_hash", "day", "accounts")))
-_PG_COUNTS = _pg_counts.on_conflict_do_update(index_elements=["value_hash", "day"],
-                                              set_={"accounts": _P.c.accounts + _pg_counts.excluded.accounts})
-_GROWN = json_rows(_U, _USE_COLUMNS).subquery("grown")
-_PG_ADD_HOURS = update(_U).where(_U.c.value_hash == _GROWN.c.value_hash, _U.c.day == _GROWN.c.day,
-                                 _U.c.account_id == _GROWN.c.account_id).values(hours=_GROWN.c.hours)
 
 
 def hours_mask(hours: list[int] | None) -> int:
@@ -100,22 +78,13 @@ def record_uses(session: Session, uses: dict[tuple[str, date, str], int]) -> Non
            if (h, d, a) not in held]
     grown = [{"value_hash": h, "day": d, "account_id": a, "hours": held[(h, d, a)] | m}
              for (h, d, a), m in uses.items() if (h, d, a) in held and held[(h, d, a)] | m != held[(h, d, a)]]
-    postgres = session.get_bind().dialect.name == "postgresql"
+    # Each one statement on PostgreSQL (kyc.persist.insert_rows says why).
     if new:
         counts = [{"value_hash": h, "day": d, "accounts": n}
                   for (h, d), n in sorted(Counter((row["value_hash"], row["day"]) for row in new).items())]
-        if postgres:
-            session.execute(_PG_INSERT_USES, {"rows": rows_json(new)})
-            session.execute(_PG_COUNTS, {"rows": rows_json(counts)})
-        else:
-            session.execute(_U.insert(), new)
-            session.execute(_COUNTS["sqlite"], counts)
-    if grown:
-        if postgres:
-            session.execute(_PG_ADD_HOURS, {"rows": rows_json(grown)})
-        else:
-            session.execute(_ADD_HOURS, [{"h": r["value_hash"], "d": r["day"], "a": r["account_id"],
-                                          "hours": r["hours"]} for r in grown])
+        insert_rows(session, _U, new, _USE_COLUMNS)
+        upsert_rows(session, _P, counts, keys=("value_hash", "day"), add=("accounts",))
+    update_rows(session, _U, grown, keys=("value_hash", "day", "account_id"))
 
 
 def lockstep_facts(session: Session, account_id: str, day: date, *, popular: int, dormant: int,

@@ -18,15 +18,14 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Callable, Sequence
 
-from sqlalchemy import bindparam, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from kyc.db import json_rows, rows_json, write_lock
+from kyc.db import write_lock
 from kyc.errors import UnknownAccounts
 from kyc.inputs import ActivityInput
 from kyc.models import Account, ActivityDay, ActivityReport, Cluster, ClusterMember, utcnow
+from kyc.persist import insert_rows, update_rows, upsert_rows
 from kyc.security import keyed_hash
 from kyc.signals.usage import BASELINE_DAYS, HOURS
 from kyc.usage.lockstep import record_uses
@@ -68,39 +67,12 @@ _FIRST_USE = select(_D.c.account_id, func.coalesce(_D.c.first_used_at, _D.c.firs
     _D.c.account_id.in_(bindparam("ids", expanding=True)),
     _D.c.day == select(func.max(_EARLIER.c.day)).where(_EARLIER.c.account_id == _D.c.account_id,
                                                        _EARLIER.c.day < bindparam("since")).scalar_subquery())
-_TOUCH_ACCOUNT = update(_A).where(_A.c.id == bindparam("account_id")).values(
-    last_seen_at=bindparam("seen"), state_version=bindparam("version"))
-_INSERT_REPORT = ActivityReport.__table__.insert()
 _DAY_VALUES = ("requests", "first_at", "last_at", "dormant_days", "last_ip_hash", "refused", "tokens_in", "tokens_out",
                "hours", "cv_sum", "cv_requests", "models", "fingerprints", "tier", "baseline", "history_days",
                "first_used_at")
-
-
-def _upsert_days(dialect: str):
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = insert(_D)
-    return statement.on_conflict_do_update(index_elements=["account_id", "day"],
-                                           set_={c: statement.excluded[c] for c in _DAY_VALUES})
-
-
-_UPSERTS = {name: _upsert_days(name) for name in ("postgresql", "sqlite")}
-
-# PostgreSQL: each write of a batch is one statement over arrays, not one per row (an
-# executemany, even pipelined, runs every row's statement on the server). Bulk of 1,000 on
-# 10,000 stored accounts, load ~6 on 2 cores: days, reports, accounts and prompt uses took
-# 1.6 s of server wall time per 3,000 reports as executemany.
-_DAY_COLUMNS = ("account_id", "day") + _DAY_VALUES
 _REPORT_COLUMNS = ("account_id", "occurred_at", "window_seconds", "requests", "refused", "ip_hash", "api_key_hash",
                    "tier", "user_agent", "tokens_in", "tokens_out", "models", "prompt_fingerprints", "interval_cv",
                    "received_at")
-_pg_days = pg_insert(_D).from_select(_DAY_COLUMNS, json_rows(_D, _DAY_COLUMNS))
-_PG_UPSERT_DAYS = _pg_days.on_conflict_do_update(index_elements=["account_id", "day"],
-                                                 set_={c: _pg_days.excluded[c] for c in _DAY_VALUES})
-_PG_INSERT_REPORTS = ActivityReport.__table__.insert().from_select(
-    _REPORT_COLUMNS, json_rows(ActivityReport.__table__, _REPORT_COLUMNS))
-_TOUCHED = json_rows(_A, ("id", "last_seen_at", "state_version")).subquery("touched")
-_PG_TOUCH_ACCOUNTS = update(_A).where(_A.c.id == _TOUCHED.c.id).values(
-    last_seen_at=_TOUCHED.c.last_seen_at, state_version=_TOUCHED.c.state_version)
 
 
 def record_reports(session: Session, reports: Sequence[tuple[str, ActivityInput]], *, secret: bytes,
@@ -160,18 +132,11 @@ def record_reports(session: Session, reports: Sequence[tuple[str, ActivityInput]
     record_uses(session, uses)
     touched = [days[k] for k in sorted({(r.account_id, r.day) for r in results})]
     changed = [a for a in ids if (seen[a], versions[a]) != (accounts[a].last_seen_at, accounts[a].state_version or 0)]
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(_PG_UPSERT_DAYS, {"rows": rows_json(touched)})
-        session.execute(_PG_INSERT_REPORTS, {"rows": rows_json(rows)})
-        if changed:
-            session.execute(_PG_TOUCH_ACCOUNTS, {"rows": rows_json(
-                [{"id": a, "last_seen_at": seen[a], "state_version": versions[a]} for a in changed])})
-    else:
-        session.execute(_UPSERTS["sqlite"], touched)
-        session.execute(_INSERT_REPORT, rows)
-        if changed:
-            session.execute(_TOUCH_ACCOUNT, [{"account_id": a, "seen": seen[a], "version": versions[a]}
-                                             for a in changed])
+    # Each one statement on PostgreSQL (kyc.persist.insert_rows says why).
+    upsert_rows(session, _D, touched, keys=("account_id", "day"), replace=_DAY_VALUES)
+    insert_rows(session, ActivityReport.__table__, rows, _REPORT_COLUMNS)
+    update_rows(session, _A, [{"id": a, "last_seen_at": seen[a], "state_version": versions[a]} for a in changed],
+                keys=("id",))
     for result in results:
         result.last_seen_at = seen[result.account_id]
     return results, accounts

@@ -20,8 +20,6 @@ from typing import Any
 
 import phonenumbers
 from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from kyc.errors import (InvalidInput, NotFound, PhoneInUse, PhoneRefused, ReplayedEvent, Throttled,
@@ -30,6 +28,7 @@ from kyc.ids import new_id
 from kyc.inputs import rfc3339
 from kyc.models import (Account, Evaluation, PhoneClaim, Verification, VerificationEvent, WebhookEvent, latest_of,
                         lock_existing_account)
+from kyc.persist import claim_phone
 from kyc.runtime import Runtime
 from kyc.scoring import rescore_account
 from kyc.security import keyed_hash, mask_email, mask_phone
@@ -239,10 +238,7 @@ def _claim_phone(runtime: Runtime, session: Session, v: Verification, at: dateti
     waits for the first to commit and then finds its row (PostgreSQL; SQLite serialises
     writers), so only one can have it. With KYC_PHONE_UNIQUE=false a number is still claimed
     by its first account (so turning uniqueness on later knows who had it first), never refused."""
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.execute(insert(PhoneClaim).values(target_hash=v.target_hash, account_id=v.account_id,
-                                              verification_id=v.id, claimed_at=at)
-                    .on_conflict_do_nothing(index_elements=["target_hash"]))
+    claim_phone(session, target_hash=v.target_hash, account_id=v.account_id, verification_id=v.id, claimed_at=at)
     owner = session.execute(select(PhoneClaim.account_id).where(PhoneClaim.target_hash == v.target_hash)).scalar_one()
     if owner != v.account_id and runtime.config.phone_unique:
         raise PhoneInUse()

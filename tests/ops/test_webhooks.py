@@ -141,7 +141,7 @@ def test_a_change_is_pushed_signed_and_retried_with_the_same_bytes_until_2xx(gat
 
 
 def test_a_cluster_action_pushes_one_event_per_changed_member(gateway, pushing, monkeypatch):
-    monkeypatch.setattr(webhooks, "COPY_FROM", 2)      # a farm's many events: COPY on PostgreSQL
+    monkeypatch.setattr(webhooks, "LOAD_FROM", 2)      # a farm's many events: loaded (COPY on PostgreSQL)
     hook = gateway()
     rt = pushing(hook.url)
     client, auth = create_app(runtime=rt).test_client(), key_headers(rt)

@@ -3,7 +3,7 @@ account, so scoring through either comes out the same."""
 
 from __future__ import annotations
 
-from kyc.db import pipelined
+from kyc.persist import pipelined
 from kyc.inputs import PaymentMethodInput, SignupInput
 from kyc.scoring import AccountRecord, EvaluationRecord, read_chunk, rescore_account, score
 from kyc.scoring.accounts import AccountView, ChunkAccount, LiveAccount

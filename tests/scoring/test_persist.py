@@ -8,16 +8,16 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from kyc.db import pipelined
+from kyc.persist import pipelined
 from kyc.models import Account, Evaluation, Sighting
 from kyc.scoring import persist
-from kyc.scoring.accounts import _new_account_statement
+from kyc.persist import dialect_of, new_account_statement
 
 AT = datetime(2026, 11, 24, 21, 0, tzinfo=timezone.utc)
 
 
 def _new_account(session, account_id: str) -> None:
-    session.execute(_new_account_statement(session.get_bind().dialect.name),
+    session.execute(new_account_statement(dialect_of(session)),
                     {"id": account_id, "first_seen_at": AT, "last_seen_at": AT}).all()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from kyc.db import pipelined
+from kyc.persist import pipelined
 from kyc.inputs import SignupInput
 from kyc.models import Account, ClusterMember, Evaluation, Sighting, VelocityMark
 from kyc.scoring import rescore_account, score

@@ -1,0 +1,610 @@
+"""Persist: the one place for dialect-specific SQL and for deferred, pipelined writes.
+
+Everything else in kyc writes portable SQLAlchemy; where PostgreSQL has a faster way to write
+(or read) the same rows and a bench figure pays for it, the statement or the mechanics live
+here, each with its figure, and the portable way sits beside it for SQLite:
+
+- pipelined transactions and `send` (writes whose answer nobody reads travel together);
+- set-based writes: many rows as one statement over one JSON document (`json_rows`), COPY;
+- ON CONFLICT statements (SQLite and PostgreSQL spell them alike but need their own insert);
+- the graph's linking statement and its rebuild's bulk mechanics (locks, temporary tables
+  built sorted, indexes built after a load, ANALYZE);
+- transaction settings (autocommit reads, relaxed commits of a rescore chunk).
+
+Callers choose a strategy with `postgres(bind)`, the one test of the dialect outside the
+engine's set-up (kyc.db). Imports only kyc.db and kyc.models, so every layer can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import date, datetime
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import (JSON, Boolean, String, Table, Text, and_, bindparam, cast, column, exists, func, literal, null,
+                        select, text, update)
+from sqlalchemy.dialects.postgresql import ARRAY, insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from kyc.db import PIPELINE
+from kyc.models import Account, ClusterMember, GraphEdge, GraphNode, PhoneClaim, UTCDateTime, VelocityMark
+
+log = logging.getLogger("kyc.persist")
+
+
+def postgres(bind) -> bool:
+    """Whether a session, connection or engine talks to PostgreSQL: the test callers choose a
+    strategy by (which statement of this module to run), kept here with the SQL it selects."""
+    return _dialect(bind).name == "postgresql"
+
+
+def dialect_of(bind) -> str:
+    """The dialect's name, as a cache key of statements built per dialect."""
+    return _dialect(bind).name
+
+
+def _dialect(bind):
+    return bind.get_bind().dialect if isinstance(bind, Session) else bind.dialect
+
+
+def _insert(dialect: str):
+    """The dialect's INSERT, which knows ON CONFLICT."""
+    return pg_insert if dialect == "postgresql" else sqlite_insert
+
+
+# --- pipelined transactions (PostgreSQL) ------------------------------------------------------
+
+def deferred(statement):
+    """Mark a write whose result nobody reads (no rowcount, no rows): in a pipelined transaction
+    it travels with the next statement whose answer is needed, or with the COMMIT."""
+    return statement.execution_options(kyc_deferred=True)
+
+
+@contextmanager
+def pipelined(session: Session) -> Iterator[Session]:
+    """A transaction, committed at the end, whose writes travel together (PostgreSQL).
+
+    A scoring transaction is a few reads and a dozen writes whose answers nobody reads. In
+    psycopg's pipeline mode, statements are queued: a read (or anything not known to be a
+    write whose answer nobody needs) is sent at once with the writes queued before it, and
+    the last writes go with the COMMIT: 4 round trips instead of 12 for a new signup. Writes sent late are
+    still written in order, in the same transaction; a failing one fails the next statement or
+    the commit, which rolls everything back. Fire-and-forget writes are INSERTs without
+    RETURNING (their rowcount is not known here: -1) and statements marked `deferred`.
+    Elsewhere this is a plain transaction.
+    """
+    with session.begin():
+        connection = session.connection()
+        if not postgres(connection):
+            yield session
+            return
+        info, driver = connection.info, connection.connection.driver_connection
+        errors = connection.dialect.loaded_dbapi.Error
+        # The transaction's BEGIN and COMMIT are sent as statements, queued like the writes
+        # (psycopg would wait for its own BEGIN): the BEGIN goes with the first read, the COMMIT
+        # with the last writes and the pipeline's closing sync. Sent on the driver, the COMMIT
+        # keeps the connection ours until it has left pipeline mode (the session's commit
+        # would hand it back to the pool at once, to another thread); the session's commit then
+        # finds nothing left to commit and runs its hooks.
+        driver.autocommit = True
+        try:
+            try:
+                with driver.pipeline() as pipeline:
+                    info[PIPELINE] = pipeline
+                    driver.execute("BEGIN")
+                    yield session
+                    session.flush()
+                    driver.execute("COMMIT")
+            except errors as error:         # raised by the closing sync: a write or the commit failed
+                raise DBAPIError.instance("COMMIT", None, error, errors) from error
+        except BaseException:
+            # A failed statement aborts the pipeline and what was queued after it; out of the
+            # pipeline, the transaction is rolled back before the connection goes back to the pool.
+            with suppress(errors):
+                driver.rollback()
+            raise
+        finally:
+            info.pop(PIPELINE, None)
+            with suppress(errors):
+                driver.autocommit = False
+
+
+def send(session: Session, statement, rows: list[dict]) -> None:
+    """Run a write nobody reads the answer of (no rows, no rowcount) for each of `rows`, in the
+    session's transaction: an INSERT without RETURNING, or a `deferred` statement.
+
+    In a pipelined transaction it goes straight to the driver's cursor, compiled once per
+    dialect and set of keys (_Sendable), and travels with the next read or the COMMIT like any
+    deferred write. Why: SQLAlchemy's execution (a context, its events, a result nobody reads)
+    cost more than psycopg's for a statement whose answer nobody reads: the six writes of a
+    signup (its evaluation, account, sightings, velocity marks, new cluster and membership) sent
+    this way took this process from 8.47 to 7.99 ms of CPU a signup (in-process signups on
+    PostgreSQL, one round of 1,500 each, load average 9). Over HTTP (bench/signup_http.py, 3
+    alternated rounds, load average 5-6), this and registering the after-commit listeners once
+    (kyc.rescore.requests) took a signup from 9.68 to 7.42 ms of gunicorn worker CPU and from
+    4.00 to 3.50 ms of PostgreSQL's: 1.25 times the signups/s. A failure fails the next
+    statement or the commit, as it would have. Elsewhere this is session.execute.
+    """
+    if not rows:
+        return
+    connection = session.connection()
+    if PIPELINE not in connection.info:
+        session.execute(statement, rows)
+        return
+    sendable = _sendable(statement, connection.dialect, frozenset(rows[0]))
+    cursor = connection.connection.driver_connection.cursor()
+    many = len(rows) > 1
+    params = [sendable.params(row) for row in rows] if many else sendable.params(rows[0])
+    # Listeners still see every statement (bench/score_signup.py counts them).
+    connection.dispatch.before_cursor_execute(connection, cursor, sendable.sql, params, None, many)
+    if many:
+        cursor.executemany(sendable.sql, params)
+    else:
+        cursor.execute(sendable.sql, params)
+
+
+class _Sendable:
+    """A Core statement compiled for a dialect with given parameter keys: its SQL, the bind
+    processors of its types, and the Python defaults SQLAlchemy would fill in (created_at,
+    updated_at)."""
+
+    def __init__(self, statement, dialect, keys: frozenset[str]):
+        compiled = statement.compile(dialect=dialect, column_keys=sorted(keys))
+        assert not compiled.positional, "a named paramstyle (psycopg's)"
+        self.sql = compiled.string
+        self.processors = compiled._bind_processors
+        self.defaults = [(column.key, column.default.arg) for column in compiled.insert_prefetch]
+        self.defaults += [(column.key, column.onupdate.arg) for column in compiled.update_prefetch]
+        assert all(callable(arg) for _, arg in self.defaults), "Python defaults are callables here"
+        # Values the statement holds itself (.values(decision="allow")).
+        self.fixed = {name: value for name, value in compiled.construct_params({key: None for key in keys}).items()
+                      if name not in keys and name not in dict(self.defaults)}
+
+    def params(self, row: dict) -> dict:
+        values = {**self.fixed, **{key: arg(None) for key, arg in self.defaults if key not in row}, **row}
+        processors = self.processors
+        for name, value in values.items():
+            processor = processors.get(name)
+            if processor is not None:
+                values[name] = processor(value)
+        return values
+
+
+@lru_cache(maxsize=64)
+def _sendable(statement, dialect, keys: frozenset[str]) -> _Sendable:
+    return _Sendable(statement, dialect, keys)
+
+
+# --- set-based writes (PostgreSQL) ------------------------------------------------------------
+
+def json_rows(table: Table, names: tuple[str, ...], param: str = "rows"):
+    """PostgreSQL: a SELECT of the rows bound as one JSON array of objects (`param`, made by
+    rows_json), each key read as its column's type: an INSERT ... SELECT or UPDATE ... FROM of
+    any number of rows is one short statement, prepared once, where an executemany runs one
+    statement per row on the server. JSON, not one array per column: psycopg dumps arrays in
+    Python, element by element (slower than the executemany); json.dumps is C."""
+    rows = func.json_to_recordset(cast(bindparam(param, type_=Text), JSON)).table_valued(
+        *(column(name, table.c[name].type) for name in names)).render_derived(with_types=True)
+    return select(*(rows.c[name] for name in names))
+
+
+def _plain(value):
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def rows_json(rows: list[dict]) -> str:
+    """The parameter of a json_rows statement: the rows (dicts keyed by column) as JSON text."""
+    return json.dumps(rows, default=_plain, separators=(",", ":"))
+
+
+# Many rows written as one statement on PostgreSQL, an executemany elsewhere (SQLite's is a loop
+# in C). Why: an executemany, even pipelined, runs one statement per row on the server, and
+# psycopg's pipeline costs this process ~70 us a row. Activity reports, bulk calls of 1,000 on
+# 10,000 stored accounts, load ~6 on 2 cores: their days, reports, accounts and prompt uses took
+# 1.6 s of server wall time per 3,000 reports as executemany. Usage linking of 3,000 reports (3
+# bulk calls of 1,000; ~30,000 rows over sightings, nodes and edges) on 1,000,000 stored
+# accounts, loaded machine: the three executemany cost the linking thread 2.3 s of its 5.6 s of
+# CPU under the profiler. Not for scoring's few rows a signup (kyc.scoring.persist says why).
+
+def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    """INSERT `rows` (dicts holding `columns`)."""
+    if not rows:
+        return
+    if postgres(session):
+        session.execute(_json_insert(table, columns), {"rows": rows_json(rows)})
+    else:
+        session.execute(table.insert(), rows)
+
+
+def upsert_rows(session: Session, table: Table, rows: list[dict[str, Any]], *, keys: tuple[str, ...],
+                replace: tuple[str, ...] = (), add: tuple[str, ...] = ()) -> None:
+    """INSERT `rows`; a row whose `keys` are stored already sets the stored row's `replace`
+    columns to its own and adds its `add` columns to the stored ones."""
+    if not rows:
+        return
+    if postgres(session):
+        session.execute(_json_upsert(table, keys, replace, add), {"rows": rows_json(rows)})
+    else:
+        session.execute(_upsert("sqlite", table, keys, replace, add), rows)
+
+
+def update_rows(session: Session, table: Table, rows: list[dict[str, Any]], *, keys: tuple[str, ...]) -> None:
+    """UPDATE the rows named by `keys` with each row's other columns (every row the same columns)."""
+    if not rows:
+        return
+    columns = tuple(c for c in rows[0] if c not in keys)
+    if postgres(session):
+        session.execute(_json_update(table, keys, columns), {"rows": rows_json(rows)})
+    else:
+        # Bound under other names: SQLAlchemy keeps a column's own name for its SET value.
+        session.execute(_keyed_update(table, keys, columns),
+                        [{f"_{name}": value for name, value in row.items()} for row in rows])
+
+
+@lru_cache(maxsize=32)
+def _json_insert(table: Table, columns: tuple[str, ...]):
+    return table.insert().from_select(columns, json_rows(table, columns))
+
+
+def _upsert_set(table: Table, excluded, replace: tuple[str, ...], add: tuple[str, ...]) -> dict:
+    return {**{c: excluded[c] for c in replace}, **{c: table.c[c] + excluded[c] for c in add}}
+
+
+@lru_cache(maxsize=32)
+def _json_upsert(table: Table, keys: tuple[str, ...], replace: tuple[str, ...], add: tuple[str, ...]):
+    statement = pg_insert(table).from_select(keys + replace + add, json_rows(table, keys + replace + add))
+    return statement.on_conflict_do_update(index_elements=list(keys),
+                                           set_=_upsert_set(table, statement.excluded, replace, add))
+
+
+@lru_cache(maxsize=32)
+def _upsert(dialect: str, table: Table, keys: tuple[str, ...], replace: tuple[str, ...], add: tuple[str, ...]):
+    statement = _insert(dialect)(table)
+    return statement.on_conflict_do_update(index_elements=list(keys),
+                                           set_=_upsert_set(table, statement.excluded, replace, add))
+
+
+@lru_cache(maxsize=32)
+def _json_update(table: Table, keys: tuple[str, ...], columns: tuple[str, ...]):
+    given = json_rows(table, keys + columns).subquery("given")
+    return update(table).where(*(table.c[k] == given.c[k] for k in keys)).values({c: given.c[c] for c in columns})
+
+
+@lru_cache(maxsize=32)
+def _keyed_update(table: Table, keys: tuple[str, ...], columns: tuple[str, ...]):
+    return update(table).where(*(table.c[k] == bindparam(f"_{k}") for k in keys)).values(
+        {c: bindparam(f"_{c}") for c in columns})
+
+
+def load_rows(connection, table: Table, columns: Sequence[str], rows: Iterable[tuple]) -> None:
+    """Load many rows (tuples in `columns`' order) into `table`, in the connection's transaction:
+    COPY on PostgreSQL, ten times faster than statements (each row a statement, or a VALUES list
+    psycopg must parse); a million memberships of a graph rebuild in seconds. Elsewhere
+    executemany of 20,000 rows at a time."""
+    if postgres(connection):
+        with connection.connection.dbapi_connection.cursor() as cursor, \
+                cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
+    chunk: list[dict] = []
+    for row in rows:
+        chunk.append(dict(zip(columns, row)))
+        if len(chunk) == 20_000:
+            connection.execute(table.insert(), chunk)
+            chunk = []
+    if chunk:
+        connection.execute(table.insert(), chunk)
+
+
+# --- inserts unless present (ON CONFLICT) ------------------------------------------------------
+# Not a speed choice: one statement that cannot collide with a concurrent insert of the same key
+# (a read then an insert could), in each dialect's own spelling.
+
+@lru_cache(maxsize=4)
+def new_account_statement(dialect: str):
+    """An account created first seen at `first_seen_at` unless its id exists, returning the row
+    it created (kyc.scoring.accounts: one statement for a new account)."""
+    return (_insert(dialect)(Account.__table__)
+            .values(id=bindparam("id"), first_seen_at=bindparam("first_seen_at"),
+                    last_seen_at=bindparam("last_seen_at"), decision="allow", score=0, reasons=[],
+                    required_verifications=[], subjects={}, state_version=0)
+            .on_conflict_do_nothing(index_elements=["id"]).returning(*Account.__table__.c))
+
+
+def claim_phone(session: Session, **values) -> None:
+    """A phone claim (kyc.verification) inserted unless the number has one."""
+    session.execute(_insert(dialect_of(session))(PhoneClaim).values(**values)
+                    .on_conflict_do_nothing(index_elements=["target_hash"]))
+
+
+@lru_cache(maxsize=4)
+def record_marks_statement(dialect: str):
+    """Velocity marks (kyc.store.SqlStore): an account's latest event time on a key, kept the latest."""
+    table = VelocityMark.__table__
+    statement = _insert(dialect)(table)
+    newer = func.greatest if dialect == "postgresql" else func.max
+    return statement.on_conflict_do_update(index_elements=["kind", "value_hash", "account_id"],
+                                           set_={"last_at": newer(table.c.last_at, statement.excluded.last_at)})
+
+
+def unnested(*arrays: str, names: tuple[str, ...], ordinality: str | None = None):
+    """PostgreSQL: rows from string arrays bound as parameters `arrays` (columns `names`), for one
+    statement (compiled and prepared once) for any number of rows. kyc.store counts velocity
+    for a signup's keys with it: psycopg parses a statement's text once only under 4 KB (the
+    union of 8 keys' lookups is 6 KB, 0.15 ms a call)."""
+    return (func.unnest(*(bindparam(a, type_=ARRAY(String)) for a in arrays))
+            .table_valued(*names, with_ordinality=ordinality).render_derived())
+
+
+# --- graph linking (kyc.graph.link) -------------------------------------------------------------
+
+@lru_cache(maxsize=4)
+def count_nodes_statement(dialect: str):
+    """An account's new nodes counted (rows sorted: concurrent transactions lock node rows in the
+    same order, no deadlock), returning each node's count. A super-node counts no more
+    accounts and links nothing: no row comes back for it, so no edge is written."""
+    n = GraphNode.__table__
+    return (_insert(dialect)(n).on_conflict_do_update(index_elements=["kind", "value_hash"],
+                                                      set_={"accounts": n.c.accounts + 1},
+                                                      where=n.c.super_node.is_(False))
+            .returning(n.c.kind, n.c.value_hash, n.c.accounts))
+
+
+@lru_cache(maxsize=4)
+def add_edges_statement(dialect: str):
+    return _insert(dialect)(GraphEdge.__table__).on_conflict_do_nothing()
+
+
+@lru_cache(maxsize=4)
+def count_and_read_statement(dialect: str):
+    """PostgreSQL (None elsewhere): one statement counts the nodes an account shows that it does
+    not hold yet (as count_nodes_statement does, in the same order), records its edges, reads
+    the other holders of each with their cluster, names the nodes that were super-nodes already
+    and, when the account is not new (`existing`), reads the other holders of every node it held
+    already. kyc.graph.link reads its rows (_count_and_read).
+
+    Each row starts with what it is about: a node `counted` (with its count; one row per other
+    holder), a `super` node, or a node `held` already (one row per other holder). The holders
+    are read in the statement's snapshot, taken before it waited for any node row a concurrent
+    signup had locked; that signup's edge is then missing from what it read. The caller sees
+    that from the counts (a node that is not a super-node has exactly one edge per account it
+    counts) and reads again. (A node held already is not counted again, so a concurrent signup
+    on it waits for no lock of ours: that signup reads this account's edge and links.) The
+    nodes come as two arrays, so the statement is the same for any number of them and compiled
+    once: one round trip where the portable way (kyc.graph.link) takes up to three.
+    """
+    if dialect != "postgresql":
+        return None
+    n, e, m = GraphNode.__table__, GraphEdge.__table__, ClusterMember.__table__
+    account = bindparam("account", type_=String)
+    given = func.unnest(bindparam("kinds", type_=ARRAY(String)), bindparam("hashes", type_=ARRAY(String))
+                        ).table_valued("kind", "value_hash").render_derived(name="given")
+    held = exists().where(e.c.kind == given.c.kind, e.c.value_hash == given.c.value_hash, e.c.account_id == account)
+    counted = (pg_insert(n).from_select(
+        ["kind", "value_hash", "accounts", "super_node", "first_seen_at"],
+        select(given.c.kind, given.c.value_hash, literal(1), literal(False), bindparam("at", type_=UTCDateTime))
+        .where(~held).order_by(given.c.kind, given.c.value_hash))
+        .on_conflict_do_update(index_elements=["kind", "value_hash"], set_={"accounts": n.c.accounts + 1},
+                               where=n.c.super_node.is_(False))
+        .returning(n.c.kind, n.c.value_hash, n.c.accounts).cte("counted"))
+    edges = (pg_insert(e).from_select(["kind", "value_hash", "account_id"],
+                                      select(counted.c.kind, counted.c.value_hash, account))
+             .on_conflict_do_nothing().cte("edges"))
+    holders = (select(literal("counted"), counted.c.kind, counted.c.value_hash, counted.c.accounts, e.c.account_id,
+                      m.c.cluster_id)
+               .select_from(counted.outerjoin(e, (e.c.kind == counted.c.kind) & (e.c.value_hash == counted.c.value_hash)
+                                              & (counted.c.accounts > 1))
+                            .outerjoin(m, m.c.account_id == e.c.account_id))
+               .add_cte(edges))
+    supers = (select(literal("super"), n.c.kind, n.c.value_hash, null(), null(), null())
+              .join(given, (n.c.kind == given.c.kind) & (n.c.value_hash == given.c.value_hash)).where(n.c.super_node))
+    mine, other = e.alias("mine"), e.alias("other")
+    before = (select(literal("held"), mine.c.kind, mine.c.value_hash, null(), other.c.account_id, m.c.cluster_id)
+              .select_from(mine.outerjoin(other, (other.c.kind == mine.c.kind) & (other.c.value_hash == mine.c.value_hash)
+                                          & (other.c.account_id != account))
+                           .outerjoin(m, m.c.account_id == other.c.account_id))
+              .where(mine.c.account_id == account, bindparam("existing", type_=Boolean)))
+    return holders.union_all(supers, before)
+
+
+# --- usage linking (kyc.usage.identifiers.link_shown), PostgreSQL --------------------------------
+# A batch of activity reports shows thousands of identifiers nobody else holds: their lookups,
+# node counts and edges are each one statement over the rows as one JSON document (the figures
+# above insert_rows).
+
+_N, _E = GraphNode.__table__, GraphEdge.__table__
+_SHOWN = json_rows(_N, ("kind", "value_hash")).subquery("shown")
+_SHOWN_NODES = select(_N.c.kind, _N.c.value_hash, _N.c.accounts, _N.c.super_node).join(
+    _SHOWN, and_(_N.c.kind == _SHOWN.c.kind, _N.c.value_hash == _SHOWN.c.value_hash))
+_SHOWN_ON = json_rows(_E, ("kind", "value_hash", "account_id")).subquery("shown_on")
+_SHOWN_EDGES = select(_E.c.kind, _E.c.value_hash, _E.c.account_id).join(
+    _SHOWN_ON, and_(_E.c.kind == _SHOWN_ON.c.kind, _E.c.value_hash == _SHOWN_ON.c.value_hash,
+                    _E.c.account_id == _SHOWN_ON.c.account_id))
+_NODE_COLUMNS = ("kind", "value_hash", "accounts", "super_node", "first_seen_at")
+_json_nodes = pg_insert(_N).from_select(_NODE_COLUMNS, json_rows(_N, _NODE_COLUMNS))
+# As count_nodes_statement: a super-node counts no more accounts. The rows are each a node no
+# other row of the statement holds (ON CONFLICT may touch a row once), sorted.
+_COUNT_SHOWN_NODES = _json_nodes.on_conflict_do_update(
+    index_elements=["kind", "value_hash"], set_={"accounts": _N.c.accounts + 1}, where=_N.c.super_node.is_(False))
+_EDGE_COLUMNS = ("kind", "value_hash", "account_id")
+_ADD_SHOWN_EDGES = pg_insert(_E).from_select(_EDGE_COLUMNS, json_rows(_E, _EDGE_COLUMNS)).on_conflict_do_nothing()
+
+
+def shown_nodes_and_edges(session: Session, shown: dict[str, Iterable[tuple[str, str]]]
+                          ) -> tuple[list[tuple], list[tuple]] | None:
+    """PostgreSQL: the stored (kind, hash, accounts, super) of the nodes `shown` (account -> its
+    nodes) and the stored (kind, hash, account) of its edges, each looked up by its key: with the
+    hashes as a bound list, PostgreSQL's generic plan compared every node of the kinds with the
+    whole list (2-7 s a statement for 2,000 hashes against 20,000 nodes, loaded machine). None
+    elsewhere."""
+    if not postgres(session):
+        return None
+    nodes = sorted({node for account_nodes in shown.values() for node in account_nodes})
+    found = session.execute(_SHOWN_NODES, {"rows": rows_json([{"kind": k, "value_hash": h} for k, h in nodes])}).all()
+    return found, session.execute(_SHOWN_EDGES, {"rows": rows_json(
+        [{"kind": k, "value_hash": h, "account_id": a} for a in sorted(shown) for k, h in sorted(shown[a])])}).all()
+
+
+def count_nodes_and_edges(session: Session, rows: list[tuple[tuple[str, str], str, Any]]) -> bool:
+    """PostgreSQL: count sorted ((kind, hash), account, first seen) rows of distinct nodes, one
+    account each, and add their edges, one statement each; False elsewhere (the caller runs
+    kyc.graph.link's statements)."""
+    if not postgres(session):
+        return False
+    session.execute(_COUNT_SHOWN_NODES, {"rows": rows_json(
+        [{"kind": k, "value_hash": h, "accounts": 1, "super_node": False, "first_seen_at": at}
+         for (k, h), _, at in rows])})
+    session.execute(_ADD_SHOWN_EDGES, {"rows": rows_json(
+        [{"kind": k, "value_hash": h, "account_id": a} for (k, h), a, _ in rows])})
+    return True
+
+
+# --- bulk rewrites (kyc.graph.rebuild), PostgreSQL ---------------------------------------------
+# A rebuild rewrites millions of rows in one transaction; these make that minutes, not hours
+# (a first rebuild of 1,000,000 accounts; each says what it saves). No-ops on SQLite.
+
+def bulk_settings(session: Session) -> None:
+    """Hashes over millions of rows in memory rather than spilled to disk (a hash may use
+    hash_mem_multiplier times work_mem); index builds likewise. No JIT: compiling each of the
+    rebuild's one-off statements costs more than it saves. For this transaction only."""
+    if postgres(session):
+        session.execute(text("SET LOCAL work_mem = '256MB'"))
+        session.execute(text("SET LOCAL maintenance_work_mem = '512MB'"))
+        session.execute(text("SET LOCAL jit = off"))
+
+
+def lock_against_writes(connection, *tables: Table) -> None:
+    """Writers (signups linking) wait for the commit instead of racing the rewrite; readers go
+    on. Lock in the order linking writes the tables: no deadlock with a signup."""
+    if postgres(connection):
+        connection.execute(text(f"LOCK TABLE {', '.join(t.name for t in tables)} IN EXCLUSIVE MODE"))
+
+
+@contextmanager
+def sorted_aggregates(connection) -> Iterator[None]:
+    """Aggregates sorted rather than hashed, while inside: rows grouped in the order of a
+    primary key come out in it, so a later group aggregate and the primary key's build find
+    their input sorted (a group aggregate over presorted rows costs one pass)."""
+    if not postgres(connection):
+        yield
+        return
+    connection.execute(text("SET LOCAL enable_hashagg = off"))
+    yield
+    connection.execute(text("SET LOCAL enable_hashagg TO DEFAULT"))
+
+
+def create_temporary(connection, table: Table, rows) -> None:
+    """A temporary `table` holding what `rows` (a SELECT of its columns) selects. PostgreSQL:
+    CREATE TABLE AS, which unlike INSERT sorts in parallel."""
+    if postgres(connection):
+        connection.exec_driver_sql(f"CREATE TEMPORARY TABLE {table.name} AS " + str(
+            rows.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True})))
+    else:
+        table.create(connection)
+        connection.execute(table.insert().from_select([c.name for c in table.c], rows))
+
+
+@contextmanager
+def indexes_built_after(connection, table: Table) -> Iterator[None]:
+    """PostgreSQL: load an empty table without its constraints (primary key, foreign keys) and
+    indexes and put them back afterwards, each as the schema defined it; one sorted build is
+    several times faster than millions of inserts into each b-tree, and one join validates a
+    foreign key faster than a check per row. Inside the caller's transaction, whose ALTER
+    TABLE keeps everyone else off the table until the commit (adding a foreign key also keeps
+    writers off the table it references)."""
+    if not postgres(connection):
+        yield
+        return
+    oid = connection.scalar(text("SELECT CAST(CAST(:t AS regclass) AS oid)"), {"t": table.name})
+    constraints = connection.execute(text(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = :oid AND contype IN ('p', 'f') "
+        "ORDER BY contype DESC, conname"), {"oid": oid}).all()                # the primary key first
+    indexes = connection.execute(text(
+        "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE i.indrelid = :oid AND NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conindid = i.indexrelid) "
+        "ORDER BY c.relname"), {"oid": oid}).all()
+    for name, _ in constraints:
+        connection.execute(text(f'ALTER TABLE {table.name} DROP CONSTRAINT "{name}"'))
+    for name, _ in indexes:
+        connection.execute(text(f'DROP INDEX "{name}"'))
+    yield
+    for name, definition in constraints:
+        connection.execute(text(f'ALTER TABLE {table.name} ADD CONSTRAINT "{name}" {definition}'))
+    for _, definition in indexes:
+        connection.execute(text(definition))
+
+
+def analyze(connection, *tables: Table) -> None:
+    """Fresh planner statistics for tables this transaction rewrote (PostgreSQL would otherwise
+    plan the next statements for the tables as they were, e.g. empty: nested loops over millions)."""
+    if postgres(connection):
+        connection.execute(text("ANALYZE " + ", ".join(t.name for t in tables)))
+
+
+def group_list(connection):
+    """An aggregate of a column's values into one value per group, and how to read it as a list:
+    PostgreSQL's array_agg, SQLite's json_group_array."""
+    if postgres(connection):
+        return func.array_agg, list
+    return func.json_group_array, json.loads
+
+
+# --- transaction settings -------------------------------------------------------------------------
+
+def autocommit(connection) -> None:
+    """A connection for one read statement on a hot path (the API key, the entitlement check),
+    in autocommit on PostgreSQL: one round trip, not BEGIN, the read, and the ROLLBACK that hands
+    the connection back (SQLite has no round trips, and switching its connection's mode costs
+    more than the read)."""
+    if postgres(connection):
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def commit_without_waiting(session: Session) -> None:
+    """This transaction's commit does not wait for its WAL to reach the disk (PostgreSQL): for a
+    rescore chunk, whose cursor commits with its evaluations, so a database crash can only lose
+    both together and the batch redoes exactly those. Saves the fsync wait of each chunk's commit."""
+    if postgres(session):
+        session.execute(text("SET LOCAL synchronous_commit = off"))
+
+
+# autovacuum's analyze threshold (50 rows + 10% of the table), for servers that run without it.
+ANALYZE_BASE = 50
+ANALYZE_SCALE = 0.1
+
+
+def refresh_statistics(engine) -> list[str]:
+    """ANALYZE kyc's tables that changed by more than autovacuum's threshold since their last
+    ANALYZE (PostgreSQL; returns their names). Where autovacuum runs, it has done this already
+    and nothing is left to do.
+
+    Why: kyc forces generic plans (kyc.db._generic_plans), made from the tables' statistics. A server
+    without autovacuum never gathers them: measured here (autovacuum off), once the graph tables
+    held 20,000 accounts a signup scanned graph_nodes and graph_edges in full, 97 ms a signup
+    against 17 ms after one ANALYZE (60 signups each, loaded machine). An ANALYZE also makes
+    every connection plan its prepared statements again.
+    """
+    if not postgres(engine):
+        return []
+    with engine.connect() as conn:
+        stale = conn.execute(text(
+            "SELECT relname FROM pg_stat_user_tables WHERE schemaname = current_schema()"
+            " AND n_mod_since_analyze > :base + :scale * n_live_tup ORDER BY relname"),
+            {"base": ANALYZE_BASE, "scale": ANALYZE_SCALE}).scalars().all()
+    for table in stale:
+        with engine.begin() as conn:
+            conn.execute(text(f'ANALYZE "{table}"'))
+    if stale:
+        log.info("planner statistics refreshed: %s", ", ".join(stale))
+    return list(stale)
+
+
