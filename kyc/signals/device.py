@@ -147,6 +147,14 @@ _ENDS_AS = {   # family: (the first major read, how its string ends)
     "Edge": (100, re.compile(r"Edg/[\d.]+$")), "Firefox": (100, re.compile(r"Firefox/[\d.]+$")),
     "Safari": (13, re.compile(r"Safari/[\d.]+$")),
 }
+# Desktop Chrome's platform comment is its system's and nothing else: `(Windows NT 10.0; Win64; x64)`,
+# `(Macintosh; Intel Mac OS X 10_15_7)`, `(X11; Linux x86_64)` (a distribution may name itself
+# before Linux; embedded builds write `(Linux;)`), `(X11; CrOS x86_64 14541.0.0)`. Tools that drive or copy it sign there (`X11; Linux
+# x86_64; Rigor`, `iplabel; Windows NT 6.3`, `feeder.co; Intel Mac OS X`, `compatible; ..`).
+_CHROME_DESKTOP_OS = frozenset({"Windows", "Mac OS X", "Linux", "Ubuntu", "Fedora", "Chrome OS"})
+_CHROME_PLATFORM = re.compile(r"Mozilla/5\.0 \((?:Windows NT \d+\.\d(?:; (?:Win64; x64|WOW64|Win64; IA64|ARM64))?|"
+                              r"Macintosh; Intel Mac OS X \d+(?:[_.]\d+)*|"
+                              r"(?:X11; ?(?:[A-Z][a-z]+; )?)?(?:Linux(?: [\w-]+)?;?|CrOS [\w-]+ [\d.]+))\)")
 # WebKit's own comment is "(KHTML, like Gecko)" (old Safari and OmniWeb add ", Safari/.."); a word
 # after a semicolon there is a tool's (googleweblight, Google Page Speed Insights, compatible; BW/1.2).
 _KHTML_WORDS = re.compile(r"\(KHTML[^()]*;")
@@ -310,6 +318,9 @@ def _model_mismatch(ua: str, family: str, major: Any, os_family: str, os_major: 
         # (most strings end with the token itself: the comments are stripped, 10 µs, only when not)
         if not grammar[1].search(ending) and not grammar[1].search(_TRAILING_COMMENTS.sub("", ending)):
             return "tokens"
+    if family == "Chrome" and isinstance(major, int) and major >= 30 and os_family in _CHROME_DESKTOP_OS \
+            and not _CHROME_PLATFORM.match(ua, max(0, ua.find("Mozilla/5.0 ("))) and not _DEVICE_FORM.search(ua):
+        return "tokens"                          # (TV standards' strings write their own comment)
     if family in _OS_OF and os_family not in _OS_OF[family]:
         return "os"
     if family == "Safari" and "Version/" in ua and os_family not in _APPLE_OS and os_family != "Other" \

@@ -246,6 +246,11 @@ OLD_BUT_REAL = {
                                                                  "Build/OPM2.171019.012) AppleWebKit/537.36 (KHTML, like "
                                                                  "Gecko) Chrome/110.0.5481.153 Mobile Safari/537.36",
     "a KaiOS phone (device after rv:)": "Mozilla/5.0 (Mobile; rv:48.0; A405DL) Gecko/48.0 Firefox/48.0 KAIOS/2.5",
+    "Chrome naming the Linux distribution": "Mozilla/5.0 (X11; Fedora; Linux x86_64) AppleWebKit/537.36 (KHTML, like "
+                                            "Gecko) Chrome/98.0.4758.121 Safari/537.36",
+    "an embedded Chrome on a TV (`(Linux;)`)": "Mozilla/5.0 (Linux;) AppleWebKit/537.36 (KHTML, like Gecko) "
+                                              "Chrome/47.0.2526.106 Safari/537.36 SRAF/4.0 (; SERAPHIC; SERAPHIC; v4.0; "
+                                              "v1.0; ); CE-HTML/1.0 hbbtv NETRANGEMMH",
     "GNOME Web (WebKit's own Version/ Safari/ form on Linux)": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/605.1.15 "
                                                                "(KHTML, like Gecko) Version/17.0 Safari/605.1.15",
 }
@@ -264,6 +269,11 @@ def test_old_but_real_browsers_are_real_browsers(name):
     # Blink on an iPhone: every iOS browser is WebKit (Chrome there says CriOS)
     ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/537.36 (KHTML, like Gecko) "
      "Chrome/126.0.0.0 Mobile Safari/537.36", "engine"),
+    # desktop Chrome whose platform comment carries a tool's word (before it, or after the system)
+    ("Mozilla/5.0 (X11; Linux x86_64; Rigor) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/80.0.3987.106 "
+     "Safari/537.36", "tokens"),
+    ("Mozilla/5.0 (iplabel; Windows NT 6.3; WOW64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/86.0.4240.75 "
+     "Safari/537.36", "tokens"),
     # Firefox whose rv: is not its version
     ("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:91.0) Gecko/20100101 Firefox/128.0", "engine"),
     # Safari 17 on an old WebKit build
