@@ -155,6 +155,10 @@ _CHROME_DESKTOP_OS = frozenset({"Windows", "Mac OS X", "Linux", "Ubuntu", "Fedor
 _CHROME_PLATFORM = re.compile(r"Mozilla/5\.0 \((?:Windows NT \d+\.\d(?:; (?:Win64; x64|WOW64|Win64; IA64|ARM64))?|"
                               r"Macintosh; Intel Mac OS X \d+(?:[_.]\d+)*|"
                               r"(?:X11; ?(?:[A-Z][a-z]+; )?)?(?:Linux(?: [\w-]+)?;?|CrOS [\w-]+ [\d.]+))\)")
+# Chrome on ARM Linux or Fuchsia is an embedded device's (a TV, a Chromecast, a smart display):
+# those name themselves after Chrome's last token (`CrKey/1.56.500000`, `VIZIO SmartCast(..)`).
+# Desktops are on x86 and Chromebooks say CrOS; the tools that sign there run on servers' x86.
+_EMBEDDED_CHROME = re.compile(r"Mozilla/5\.0 \((?:X11; ?Linux (?:armv\d\w*|aarch64)|Fuchsia)\)")
 # WebKit's own comment is "(KHTML, like Gecko)" (old Safari and OmniWeb add ", Safari/.."); a word
 # after a semicolon there is a tool's (googleweblight, Google Page Speed Insights, compatible; BW/1.2).
 _KHTML_WORDS = re.compile(r"\(KHTML[^()]*;")
@@ -316,7 +320,8 @@ def _model_mismatch(ua: str, family: str, major: Any, os_family: str, os_major: 
     if grammar is not None and isinstance(major, int) and major >= grammar[0]:
         ending = ua.rstrip()
         # (most strings end with the token itself: the comments are stripped, 10 µs, only when not)
-        if not grammar[1].search(ending) and not grammar[1].search(_TRAILING_COMMENTS.sub("", ending)):
+        if not grammar[1].search(ending) and not grammar[1].search(_TRAILING_COMMENTS.sub("", ending)) \
+                and not _EMBEDDED_CHROME.match(ua):
             return "tokens"
     if family == "Chrome" and isinstance(major, int) and major >= 30 and os_family in _CHROME_DESKTOP_OS \
             and not _CHROME_PLATFORM.match(ua, max(0, ua.find("Mozilla/5.0 ("))) and not _DEVICE_FORM.search(ua):

@@ -251,6 +251,11 @@ OLD_BUT_REAL = {
     "an embedded Chrome on a TV (`(Linux;)`)": "Mozilla/5.0 (Linux;) AppleWebKit/537.36 (KHTML, like Gecko) "
                                               "Chrome/47.0.2526.106 Safari/537.36 SRAF/4.0 (; SERAPHIC; SERAPHIC; v4.0; "
                                               "v1.0; ); CE-HTML/1.0 hbbtv NETRANGEMMH",
+    "a smart TV's Chrome on ARM naming the TV after Chrome's last token":
+        "Mozilla/5.0 (X11; Linux armv7l) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/108.0.5359.124 Safari/537.36 "
+        "CrKey/1.0.999999 VIZIO SmartCast(Conjure/MTKC-108.710.14 FW/1.710.30.2-1 Model/V435-J01) CrKey/1.56.500000",
+    "a Nest Hub (Fuchsia)": "Mozilla/5.0 (Fuchsia) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/110.0.0.0 "
+                            "Safari/537.36 CrKey/1.56.500000",
     "GNOME Web (WebKit's own Version/ Safari/ form on Linux)": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/605.1.15 "
                                                                "(KHTML, like Gecko) Version/17.0 Safari/605.1.15",
 }
