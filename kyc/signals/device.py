@@ -329,12 +329,13 @@ def _model_mismatch(ua: str, family: str, major: Any, os_family: str, os_major: 
     if family in _OS_OF and os_family not in _OS_OF[family]:
         return "os"
     if family == "Safari" and "Version/" in ua and os_family not in _APPLE_OS and os_family != "Other" \
-            and not ("SmartTV" in ua or "Web0S" in ua or "Tizen" in ua) and os_family != "Linux" \
+            and not ("SmartTV" in ua or "Web0S" in ua or "Tizen" in ua) and os_family not in ("Linux", "Android") \
             and not (os_family.startswith("Windows") and _SAFARI_VERSION.search(ua)
                      and int(_SAFARI_VERSION.search(ua).group(1)) <= 5):
         return "os"                              # Apple's Safari (Version/N) runs on Apple systems (and Windows up to 5.1);
                                                  # on Linux, `Version/N Safari/` is WebKit's own form (GNOME Web,
-                                                 # WPE and set-top boxes' embedded WebKit), and TVs write it too
+                                                 # WPE and set-top boxes' embedded WebKit), on Android the stock
+                                                 # (AOSP) browser's, and TVs write it too
     if family in _WINDOWS_ONLY and not os_family.startswith("Windows"):
         return "os"
     if os_family == "iOS" and engine not in ("webkit",):

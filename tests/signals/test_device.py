@@ -256,6 +256,9 @@ OLD_BUT_REAL = {
         "CrKey/1.0.999999 VIZIO SmartCast(Conjure/MTKC-108.710.14 FW/1.710.30.2-1 Model/V435-J01) CrKey/1.56.500000",
     "a Nest Hub (Fuchsia)": "Mozilla/5.0 (Fuchsia) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/110.0.0.0 "
                             "Safari/537.36 CrKey/1.56.500000",
+    "Android's stock browser on a console (Version/4.0 Safari/, no Mobile)":
+        "Mozilla/5.0 (Linux; U; Android OUYA 4.1.2; en-us; OUYA Build/JZO54L-OUYA) AppleWebKit/534.30 (KHTML, like "
+        "Gecko) Version/4.0 Safari/534.30",
     "GNOME Web (WebKit's own Version/ Safari/ form on Linux)": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/605.1.15 "
                                                                "(KHTML, like Gecko) Version/17.0 Safari/605.1.15",
 }
