@@ -46,7 +46,9 @@ FIELDS = (
           "system it runs on (Safari only on Apple systems, every iOS browser on WebKit, Internet Explorer only on "
           "Windows), with engine tokens of its version's era (Safari's WebKit build, Firefox's rv:, Chrome's build "
           "number, Edge's Chromium), a version already released at the event time, and client hints that agree. "
-          "Old but real browsers (ESR, old iPhones, smart TVs) are real browsers. False for bots, HTTP "
+          "Old but real browsers (ESR, old iPhones, smart TVs) are real browsers, and so are the forms device "
+          "standards write instead (feature phones' MIDP and WAP browsers, HbbTV televisions) and a device's name "
+          "before a browser's Mozilla form. False for bots, HTTP "
           "libraries, apps' own clients, unknown strings and injection probes.", True, "kyc (ua-parser family)"),
     Field("device.browser_mismatch", "str",
           "Why the user agent is not a real browser: unrecognised (no known browser and engine, or a tool "
