@@ -396,3 +396,31 @@ def test_bare_braces_of_a_toolbar_are_not_a_probe():
     ie11 = "Mozilla/5.0 CK={} (Windows NT 6.1; WOW64; Trident/7.0; rv:11.0) like Gecko"
     assert device_signals(ie11, None, at=JAN_2026)["real_browser"] is True
     assert device_signals(ie11.replace("{}", "${jndi:ldap://x/a}"), None, at=JAN_2026)["real_browser"] is False
+
+
+ANDROID_CHROME = ("Mozilla/5.0 (Linux; Android 14; {model}) AppleWebKit/537.36 (KHTML, like Gecko) "
+                  "Chrome/131.0.0.0 Mobile Safari/537.36")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 _-", min_size=1, max_size=20),
+       st.sampled_from(["bot", "Bot", "Ruby", "crawler", "spider"]),
+       st.sampled_from(["{model} {word}", "{word} {model}", "{model}_{word}"]))
+def test_a_word_in_an_android_device_model_is_the_product_name_but_after_the_string_it_is_the_clients(model, word,
+                                                                                                       shape):
+    named = shape.format(model=model.strip() or "X", word=word)
+    assert device_signals(ANDROID_CHROME.format(model=named), None, at=AT)["real_browser"] is True
+    signed = ANDROID_CHROME.format(model=model.strip() or "X") + f" (compatible; Some{word}/1.0)"
+    assert device_signals(signed, None, at=AT)["real_browser"] is False
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["Windows NT 10.0; Win64; x64", "Macintosh; Intel Mac OS X 10_15_7", "X11; Linux x86_64",
+                        "X11; CrOS x86_64 14541.0.0"]),
+       st.from_regex(r"[A-Za-z][A-Za-z0-9.-]{1,15}", fullmatch=True), st.booleans())
+def test_a_word_in_desktop_chromes_platform_comment_is_a_tools(platform, word, before):
+    comment = f"{word}; {platform}" if before else f"{platform}; {word}"
+    assert device_signals(CHROME_WIN.replace("Windows NT 10.0; Win64; x64", platform), None,
+                          at=AT)["real_browser"] is True
+    facts = device_signals(CHROME_WIN.replace("Windows NT 10.0; Win64; x64", comment), None, at=AT)
+    assert facts["real_browser"] is False
