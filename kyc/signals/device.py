@@ -46,7 +46,9 @@ FIELDS = (
           "system it runs on (Safari only on Apple systems, every iOS browser on WebKit, Internet Explorer only on "
           "Windows), with engine tokens of its version's era (Safari's WebKit build, Firefox's rv:, Chrome's build "
           "number, Edge's Chromium), a version already released at the event time, and client hints that agree. "
-          "Old but real browsers (ESR, old iPhones, smart TVs) are real browsers. False for bots, HTTP "
+          "Old but real browsers (ESR, old iPhones, smart TVs) are real browsers, and so are the forms device "
+          "standards write instead (feature phones' MIDP and WAP browsers, HbbTV televisions) and a device's name "
+          "before a browser's Mozilla form. False for bots, HTTP "
           "libraries, apps' own clients, unknown strings and injection probes.", True, "kyc (ua-parser family)"),
     Field("device.browser_mismatch", "str",
           "Why the user agent is not a real browser: unrecognised (no known browser and engine, or a tool "
@@ -112,7 +114,8 @@ _UC_ENGINE = re.compile(r"U[23]/\d")
 _ENGINES = (   # (engine, test that proves it), most specific first; substring tests are cheap
     ("edgehtml", re.compile(r"Edge/1[2-9]\.").search),
     ("blink", lambda ua: ("AppleWebKit/537.36" in ua and "Chrome/" in ua) or "CrMo/" in ua),
-    ("webkit", re.compile(r"AppleWebKit[/ ]", re.IGNORECASE).search),   # early in-app and Haiku builds
+    ("webkit", re.compile(r"AppleWebKit(?:[/ ]|\d)", re.IGNORECASE).search),   # early in-app and Haiku builds,
+                                                    # and China's TD phones' `Browser/AppleWebKit534.30`
     ("gecko", re.compile(r"\) (?:Gecko|Goanna)/\d").search),  # a build date, or Firefox for Android's
                                                                 # version; Goanna is Pale Moon's Gecko fork
     ("trident", lambda ua: "MSIE " in ua or "Trident/" in ua),
@@ -146,6 +149,18 @@ _ENDS_AS = {   # family: (the first major read, how its string ends)
     "Edge": (100, re.compile(r"Edg/[\d.]+$")), "Firefox": (100, re.compile(r"Firefox/[\d.]+$")),
     "Safari": (13, re.compile(r"Safari/[\d.]+$")),
 }
+# Desktop Chrome's platform comment is its system's and nothing else: `(Windows NT 10.0; Win64; x64)`,
+# `(Macintosh; Intel Mac OS X 10_15_7)`, `(X11; Linux x86_64)` (a distribution may name itself
+# before Linux; embedded builds write `(Linux;)`), `(X11; CrOS x86_64 14541.0.0)`. Tools that drive or copy it sign there (`X11; Linux
+# x86_64; Rigor`, `iplabel; Windows NT 6.3`, `feeder.co; Intel Mac OS X`, `compatible; ..`).
+_CHROME_DESKTOP_OS = frozenset({"Windows", "Mac OS X", "Linux", "Ubuntu", "Fedora", "Chrome OS"})
+_CHROME_PLATFORM = re.compile(r"Mozilla/5\.0 \((?:Windows NT \d+\.\d(?:; (?:Win64; x64|WOW64|Win64; IA64|ARM64))?|"
+                              r"Macintosh; Intel Mac OS X \d+(?:[_.]\d+)*|"
+                              r"(?:X11; ?(?:[A-Z][a-z]+; )?)?(?:Linux(?: [\w-]+)?;?|CrOS [\w-]+ [\d.]+))\)")
+# Chrome on ARM Linux or Fuchsia is an embedded device's (a TV, a Chromecast, a smart display):
+# those name themselves after Chrome's last token (`CrKey/1.56.500000`, `VIZIO SmartCast(..)`).
+# Desktops are on x86 and Chromebooks say CrOS; the tools that sign there run on servers' x86.
+_EMBEDDED_CHROME = re.compile(r"Mozilla/5\.0 \((?:X11; ?Linux (?:armv\d\w*|aarch64)|Fuchsia)\)")
 # WebKit's own comment is "(KHTML, like Gecko)" (old Safari and OmniWeb add ", Safari/.."); a word
 # after a semicolon there is a tool's (googleweblight, Google Page Speed Insights, compatible; BW/1.2).
 _KHTML_WORDS = re.compile(r"\(KHTML[^()]*;")
@@ -153,11 +168,41 @@ _KHTML_WORDS = re.compile(r"\(KHTML[^()]*;")
 # (`[FB_IAB/FB4A;FBAV/..;]`, `[Pinterest/Android]`, `[LinkedInApp]`).
 _TRAILING_COMMENTS = re.compile(r"(?:\s*(?:\([^()]*\)|\[[^\[\]]*\]))+\s*$")
 _RV_LAST = re.compile(r"rv:[\w.]+\) (?:Gecko|Goanna)/")
+# Firefox OS and KaiOS phones write their device class first and may name the phone or its
+# carrier build after rv: (`(Mobile; rv:48.0; A405DL) Gecko/48.0 Firefox/48.0 KAIOS/2.5`).
+_GECKO_DEVICE_COMMENT = re.compile(r"\((?:Mobile|Tablet|TV)\s*;")
+# An Android WebView (`; wv)`, or the `Version/4.0 Chrome/` form before Android 5) is an app's
+# own browser: the app names itself after it (`YandexSearch/7.52`), as monitors copying desktop
+# Chrome also do; a WebView's string is read as a browser's whatever the app adds.
+_WEBVIEW = re.compile(r"; wv\)|Android [\d.]+;.*Version/4\.0 Chrome/")
+# The device model in an Android browser's comment (`(Linux; Android 7.0; M bot 51 Build/NRD90M)`)
+# is the vendor's product name: words in it (bot, Ruby) say nothing about the software.
+_ANDROID_MODEL = re.compile(r"(Android[ ]?[\d.]*;(?: ?[a-z]{2,3}[-_][a-zA-Z]{2,4};)?)[^;)]*(?=[;)])")
 # Apps that open pages in a browser of their own (in-app browsers, WebViews, QQ's and other
 # vendors' shells) may put their product token before the browser's Mozilla/5.0 form
 # (`Job Search/24.4.0 Mozilla/5.0 (Linux; ..`, `MQQBrowser/39 Mozilla/5.0 (iPhone; ..`): the rest is
 # then judged as any browser's string.
 _APP_THEN_BROWSER = re.compile(r"^[A-Za-z][\w .-]{0,40}/[\w.]+[ /]Mozilla/5\.0 \(")
+# Devices that put their own tokens before a browser's Mozilla form: a phone's or set-top box's
+# name (`HTC_Touch2_T3333 Mozilla/4.0 (compatible; MSIE 6.0; Windows CE..`, `BrightSign/8.0.48
+# (LS424-W)Mozilla/5.0 (X11; ..`, `MOT-XT615/Mozilla/5.0 (Linux; ..`), a TV's platform
+# (`Opera/9.80 NETTV/4.5.0 Mozilla/5.0 (Linux armv7i; ..`, `HbbTV/1.4.1 (..) FVC/2.0 (..) Mozilla/5.0`):
+# the Mozilla form that follows is then judged as any browser's string.
+_MOZILLA_FORM = re.compile(r"Mozilla/[45]\.0 ?\(")
+_DEVICE_PREFIX = re.compile(r"[\w.+/ ()-]*")   # product tokens and comments: no commas, quotes or other words
+
+
+def _embeds_browser_form(ua: str) -> bool:
+    at = ua.find("Mozilla/", 1)
+    return at > 0 and _MOZILLA_FORM.match(ua, at) is not None and _DEVICE_PREFIX.fullmatch(ua, 0, at) is not None
+# The forms of browsers on devices that follow a device standard instead of the desktop form:
+# feature phones (the J2ME profile `Profile/MIDP-2.0 Configuration/CLDC-1.1`, Openwave's
+# `UP.Browser/`, MediaTek's MAUI and MRE platform, i-mode's `DoCoMo/1.0/..`), the carrier form of
+# China's TD-SCDMA phones (`Linux/3.4.5 Android/4.2.2 Release/03.26.2013 Browser/AppleWebKit534.30`)
+# and TV standards (HbbTV's `HbbTV/1.5.1 (<capabilities>; <vendor>; <model>; ..)`, CE-HTML, NetTV).
+# No crawler, library or tool writes these without a bot's own words (which are read first).
+_DEVICE_FORM = re.compile(r"\bMIDP-?\d|UP\.Browser/|\bMAUI\b|\bMRE/\d|^DoCoMo/\d|\bAndroid/[\d.]+ +Release/|"
+                          r"^HbbTV/\d|\bCE-HTML/|\bNETTV/")
 # The engines of feature-phone and proxy browsers (UC's U2/U3, Opera's Presto) write their own
 # string, which need not start like a desktop browser's (`UCWEB/2.0 (Java; ..) U2/1.0.0 UCBrowser/..`,
 # `Opera/9.80 (J2ME/MIDP; Opera Mini/..) Presto/..`): their engine's tokens with their browser's
@@ -261,11 +306,13 @@ def _model_mismatch(ua: str, family: str, major: Any, os_family: str, os_major: 
             or (engine in ("presto", "ucweb", "webkit") and _OWN_FORM.search(ua)) \
             or _names_browser_only_system(ua):
         return None
-    if not (_BROWSER_FORM.match(ua) or _APP_THEN_BROWSER.match(ua)):
-        return "unrecognised"
-    if engine == "gecko" and "rv:" in ua and not _RV_LAST.search(ua):
+    if not (_BROWSER_FORM.match(ua) or _APP_THEN_BROWSER.match(ua) or _embeds_browser_form(ua)):
+        return None if _DEVICE_FORM.search(ua) else "unrecognised"
+    if engine == "gecko" and "rv:" in ua and not _RV_LAST.search(ua) and not _GECKO_DEVICE_COMMENT.search(ua):
         return "tokens"                          # Gecko's comment ends with rv:
-    if engine is None or family in _NOT_BROWSERS or _tool_named(ua, family):
+    if engine is None and _DEVICE_FORM.search(ua):
+        return None
+    if engine is None or family in _NOT_BROWSERS or (_tool_named(ua, family) and not _WEBVIEW.search(ua)):
         return "unrecognised"
     if _KHTML_WORDS.search(ua):
         return "tokens"
@@ -275,15 +322,22 @@ def _model_mismatch(ua: str, family: str, major: Any, os_family: str, os_major: 
     if grammar is not None and isinstance(major, int) and major >= grammar[0]:
         ending = ua.rstrip()
         # (most strings end with the token itself: the comments are stripped, 10 µs, only when not)
-        if not grammar[1].search(ending) and not grammar[1].search(_TRAILING_COMMENTS.sub("", ending)):
+        if not grammar[1].search(ending) and not grammar[1].search(_TRAILING_COMMENTS.sub("", ending)) \
+                and not _EMBEDDED_CHROME.match(ua):
             return "tokens"
+    if family == "Chrome" and isinstance(major, int) and major >= 30 and os_family in _CHROME_DESKTOP_OS \
+            and not _CHROME_PLATFORM.match(ua, max(0, ua.find("Mozilla/5.0 ("))) and not _DEVICE_FORM.search(ua):
+        return "tokens"                          # (TV standards' strings write their own comment)
     if family in _OS_OF and os_family not in _OS_OF[family]:
         return "os"
     if family == "Safari" and "Version/" in ua and os_family not in _APPLE_OS and os_family != "Other" \
-            and not ("SmartTV" in ua or "Web0S" in ua or "Tizen" in ua) \
+            and not ("SmartTV" in ua or "Web0S" in ua or "Tizen" in ua) and os_family not in ("Linux", "Android") \
             and not (os_family.startswith("Windows") and _SAFARI_VERSION.search(ua)
                      and int(_SAFARI_VERSION.search(ua).group(1)) <= 5):
-        return "os"                              # Apple's Safari (Version/N) runs on Apple systems (and Windows up to 5.1)
+        return "os"                              # Apple's Safari (Version/N) runs on Apple systems (and Windows up to 5.1);
+                                                 # on Linux, `Version/N Safari/` is WebKit's own form (GNOME Web,
+                                                 # WPE and set-top boxes' embedded WebKit), on Android the stock
+                                                 # (AOSP) browser's, and TVs write it too
     if family in _WINDOWS_ONLY and not os_family.startswith("Windows"):
         return "os"
     if os_family == "iOS" and engine not in ("webkit",):
@@ -324,6 +378,18 @@ def _model_mismatch(ua: str, family: str, major: Any, os_family: str, os_major: 
 
 @lru_cache(maxsize=16384)
 def _ua_facts(ua: str) -> dict[str, Any]:
+    facts = _facts_of(ua)
+    if (facts["bot"] or facts.get("browser_mismatch") == "unrecognised") and "Android" in ua \
+            and not _PROBE.search(ua):
+        model_free = _ANDROID_MODEL.sub(r"\1", ua, count=1)   # (rare: bots and strangers only)
+        if model_free != ua:
+            again = _facts_of(model_free)
+            if again["real_browser"]:
+                return again
+    return facts
+
+
+def _facts_of(ua: str) -> dict[str, Any]:
     parsed = _ParsedAgent(ua)
     lowered = ua.lower()
     marker = next((m for m in AUTOMATION_MARKERS if m in lowered), None)

@@ -222,6 +222,45 @@ OLD_BUT_REAL = {
                                                        "Mobile/7B314 Safari/531.21.10",
     "Firefox 3 with a .NET comment": "Mozilla/5.0 (Windows; U; Windows NT 5.1; en-US; rv:1.9.0.5) Gecko/2008120122 "
                                      "Firefox/3.0.5 (.NET CLR 3.5.30729)",
+    # kinds Device Detector's corpus showed kyc refusing (bench/ua_corpora.py, its tuning half)
+    "a feature phone's Openwave browser": "SIE-S55/16 UP.Browser/6.1.0.5.c.4 (GUI) MMP/1.0 UP.Link/5.1.2.10",
+    "a feature phone's MediaTek MAUI browser": "Micromax X246/Q03C MAUI-Browser Profile/MIDP-2.0 Configuration/CLDC-1.1",
+    "a TD-SCDMA phone's carrier form": "OPPO_R821T/1.0 Linux/3.4.5 Android/4.2.2 Release/03.26.2013 "
+                                       "Browser/AppleWebKit534.30 Mobile Safari/534.30 MBBMS/2.2 System/Android 4.2.2;",
+    "an HbbTV television": "HbbTV/1.2.1 (;Philips;MT5580;;;) ANTGalio/3.3.0.26.04",
+    "a Windows Mobile phone naming itself before IE's form": "HTC_Touch_3G_T3232 Mozilla/4.0 (compatible; MSIE 6.0; "
+                                                             "Windows CE; IEMobile 7.11)",
+    "a signage player naming itself before Chromium's form": "BrightSign/8.0.48 (LS424-W)Mozilla/5.0 (X11; Linux aarch64) "
+                                                            "AppleWebKit/537.36 (KHTML, like Gecko) QtWebEngine/5.11.2 "
+                                                            "Chrome/65.0.3325.230 Safari/537.36",
+    "a TV platform's tokens before the browser's form": "Opera/9.80 NETTV/4.5.0 Mozilla/5.0 (Linux armv7i; CE-HTML/1.0; "
+                                                        "U; en) AppleWebKit/537.36 (KHTML, like Gecko) "
+                                                        "Chrome/49.0.2623.75 Safari/537.36 Tbrowser/2.0",
+    "an app's Android WebView with the app's tokens after it": "Mozilla/5.0 (Linux; Android 10; BQ-6045L "
+                                                               "Build/QP1A.190711.020; wv) AppleWebKit/537.36 (KHTML, like "
+                                                               "Gecko) Version/4.0 Chrome/81.0.4044.138 Mobile "
+                                                               "Safari/537.36 YandexSearch/7.52 YandexSearchBrowser/7.52",
+    "a phone model with 'bot' in its name": "Mozilla/5.0 (Linux; Android 7.0; M bot 51) AppleWebKit/537.36 (KHTML, like "
+                                            "Gecko) Chrome/81.0.4044.138 Mobile Safari/537.36",
+    "a phone model named Ruby (not the language's HTTP client)": "Mozilla/5.0 (Linux; Android 8.1.0; RUBY "
+                                                                 "Build/OPM2.171019.012) AppleWebKit/537.36 (KHTML, like "
+                                                                 "Gecko) Chrome/110.0.5481.153 Mobile Safari/537.36",
+    "a KaiOS phone (device after rv:)": "Mozilla/5.0 (Mobile; rv:48.0; A405DL) Gecko/48.0 Firefox/48.0 KAIOS/2.5",
+    "Chrome naming the Linux distribution": "Mozilla/5.0 (X11; Fedora; Linux x86_64) AppleWebKit/537.36 (KHTML, like "
+                                            "Gecko) Chrome/98.0.4758.121 Safari/537.36",
+    "an embedded Chrome on a TV (`(Linux;)`)": "Mozilla/5.0 (Linux;) AppleWebKit/537.36 (KHTML, like Gecko) "
+                                              "Chrome/47.0.2526.106 Safari/537.36 SRAF/4.0 (; SERAPHIC; SERAPHIC; v4.0; "
+                                              "v1.0; ); CE-HTML/1.0 hbbtv NETRANGEMMH",
+    "a smart TV's Chrome on ARM naming the TV after Chrome's last token":
+        "Mozilla/5.0 (X11; Linux armv7l) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/108.0.5359.124 Safari/537.36 "
+        "CrKey/1.0.999999 VIZIO SmartCast(Conjure/MTKC-108.710.14 FW/1.710.30.2-1 Model/V435-J01) CrKey/1.56.500000",
+    "a Nest Hub (Fuchsia)": "Mozilla/5.0 (Fuchsia) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/110.0.0.0 "
+                            "Safari/537.36 CrKey/1.56.500000",
+    "Android's stock browser on a console (Version/4.0 Safari/, no Mobile)":
+        "Mozilla/5.0 (Linux; U; Android OUYA 4.1.2; en-us; OUYA Build/JZO54L-OUYA) AppleWebKit/534.30 (KHTML, like "
+        "Gecko) Version/4.0 Safari/534.30",
+    "GNOME Web (WebKit's own Version/ Safari/ form on Linux)": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/605.1.15 "
+                                                               "(KHTML, like Gecko) Version/17.0 Safari/605.1.15",
 }
 
 
@@ -238,6 +277,11 @@ def test_old_but_real_browsers_are_real_browsers(name):
     # Blink on an iPhone: every iOS browser is WebKit (Chrome there says CriOS)
     ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/537.36 (KHTML, like Gecko) "
      "Chrome/126.0.0.0 Mobile Safari/537.36", "engine"),
+    # desktop Chrome whose platform comment carries a tool's word (before it, or after the system)
+    ("Mozilla/5.0 (X11; Linux x86_64; Rigor) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/80.0.3987.106 "
+     "Safari/537.36", "tokens"),
+    ("Mozilla/5.0 (iplabel; Windows NT 6.3; WOW64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/86.0.4240.75 "
+     "Safari/537.36", "tokens"),
     # Firefox whose rv: is not its version
     ("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:91.0) Gecko/20100101 Firefox/128.0", "engine"),
     # Safari 17 on an old WebKit build
@@ -289,6 +333,13 @@ def test_browsers_whose_parts_do_not_fit_together(ua, reason):
     "MyApp/1.0 Mozilla/5.0 (compatible; MyApp)", "Mozilla/5.0/Firefox/42.0", "fetch-client U2/1.0.0",
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 "
     "Safari/537.36' OR '1'='1",
+    # a device's tokens before a Mozilla form only when they are product tokens: not a sentence
+    "Anonymous, Mozilla/5.0 (Linux; Android 9; Pixel 3) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/76.0.3809.111 "
+    "Mobile Safari/537.36",
+    # a bot on an Android browser's string: its name outside the device model still counts
+    "Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0.6099.109 Mobile Safari/537.36 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    "rest-client/2.1.0 (linux x86_64) ruby/2.7.6p219",
 ])
 def test_anything_that_is_no_recognised_browser_is_not_a_real_browser(ua):
     facts = device_signals(ua, None, at=JAN_2026)
@@ -322,9 +373,11 @@ def test_generated_user_agents_never_raise_and_never_pass_without_a_browser_form
     facts = device_signals(ua, None, at=JAN_2026)
     if not ua:
         assert facts == {"ua_missing": True}
-    elif not re.match(r"Mozilla/[1-6]\.\d+[ (]|Opera/9\.", ua) and not re.search(r"[ /]Mozilla/5\.0 \(", ua) \
-            and not re.search(r"Presto/|UCWEB|UCBrowser|UCPro|Amiga|MorphOS|AROS|BeOS|Haiku|RISC ?OS|Syllable|OS/2", ua):
-        # without a browser's form only the browsers that never had one (Lynx, Opera Mini, WAP) pass
+    elif not re.match(r"Mozilla/[1-6]\.\d+[ (]|Opera/9\.", ua) and not re.search(r"Mozilla/[45]\.0 ?\(", ua) \
+            and not re.search(r"Presto/|UCWEB|UCBrowser|UCPro|Amiga|MorphOS|AROS|BeOS|Haiku|RISC ?OS|Syllable|OS/2|"
+                              r"MIDP|UP\.Browser/|MAUI|MRE/|DoCoMo/|Android/.*Release/|HbbTV/|CE-HTML/|NETTV/", ua):
+        # without a browser's form only the browsers that never had one (Lynx, Opera Mini, WAP, feature
+        # phones' and TV standards' own forms) pass
         assert facts["real_browser"] is False or facts["browser"] in ENGINELESS_BROWSERS
 
 
@@ -343,3 +396,31 @@ def test_bare_braces_of_a_toolbar_are_not_a_probe():
     ie11 = "Mozilla/5.0 CK={} (Windows NT 6.1; WOW64; Trident/7.0; rv:11.0) like Gecko"
     assert device_signals(ie11, None, at=JAN_2026)["real_browser"] is True
     assert device_signals(ie11.replace("{}", "${jndi:ldap://x/a}"), None, at=JAN_2026)["real_browser"] is False
+
+
+ANDROID_CHROME = ("Mozilla/5.0 (Linux; Android 14; {model}) AppleWebKit/537.36 (KHTML, like Gecko) "
+                  "Chrome/131.0.0.0 Mobile Safari/537.36")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 _-", min_size=1, max_size=20),
+       st.sampled_from(["bot", "Bot", "Ruby", "crawler", "spider"]),
+       st.sampled_from(["{model} {word}", "{word} {model}", "{model}_{word}"]))
+def test_a_word_in_an_android_device_model_is_the_product_name_but_after_the_string_it_is_the_clients(model, word,
+                                                                                                       shape):
+    named = shape.format(model=model.strip() or "X", word=word)
+    assert device_signals(ANDROID_CHROME.format(model=named), None, at=AT)["real_browser"] is True
+    signed = ANDROID_CHROME.format(model=model.strip() or "X") + f" (compatible; Some{word}/1.0)"
+    assert device_signals(signed, None, at=AT)["real_browser"] is False
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["Windows NT 10.0; Win64; x64", "Macintosh; Intel Mac OS X 10_15_7", "X11; Linux x86_64",
+                        "X11; CrOS x86_64 14541.0.0"]),
+       st.from_regex(r"[A-Za-z][A-Za-z0-9.-]{1,15}", fullmatch=True), st.booleans())
+def test_a_word_in_desktop_chromes_platform_comment_is_a_tools(platform, word, before):
+    comment = f"{word}; {platform}" if before else f"{platform}; {word}"
+    assert device_signals(CHROME_WIN.replace("Windows NT 10.0; Win64; x64", platform), None,
+                          at=AT)["real_browser"] is True
+    facts = device_signals(CHROME_WIN.replace("Windows NT 10.0; Win64; x64", comment), None, at=AT)
+    assert facts["real_browser"] is False
