@@ -37,7 +37,7 @@ from sqlalchemy import and_, bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from kyc import graph
-from kyc.db import json_rows, rows_json, write_lock
+from kyc.db import json_rows, rows_json, send, write_lock
 from kyc.graph.link import statements
 from kyc.ids import new_id
 from kyc.inputs import ActivityInput
@@ -54,7 +54,7 @@ Node = tuple[str, str]
 _READ_CHUNK = 2000
 PENDING_READ = 20          # pending rows linked a transaction (a bulk call's row holds up to 1,000 reports)
 _P = PendingLink.__table__
-_INSERT_PENDING = _P.insert()
+_INSERT_PENDING = _P.insert().inline()          # no RETURNING: its id is not read
 _PENDING = select(_P.c.id, _P.c.shown).order_by(_P.c.id).limit(bindparam("limit")).with_for_update(skip_locked=True)
 _DELETE_PENDING = delete(_P).where(_P.c.id.in_(bindparam("ids", expanding=True)))
 _LOCK_ACCOUNTS = (select(Account.__table__.c.id).where(Account.__table__.c.id.in_(bindparam("ids", expanding=True)))
@@ -152,7 +152,7 @@ def queue_links(runtime, session: Session, reports: Sequence[tuple[str, Activity
     rows = [[a, k, h, at.isoformat()] for a, nodes in sorted(shown.items()) for (k, h), at in sorted(nodes.items())]
     if not rows:
         return
-    session.execute(_INSERT_PENDING, {"shown": rows, "created_at": utcnow()})
+    send(session, _INSERT_PENDING, [{"shown": rows, "created_at": utcnow()}])
     after_commit(session).collect("usage-links", lambda _work: runtime.rescoring().link_usage()).append(True)
 
 

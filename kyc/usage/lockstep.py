@@ -34,7 +34,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from kyc.db import json_rows, rows_json
+from kyc.db import deferred, json_rows, rows_json
 from kyc.models import ActivityDay, PromptDay, PromptUse
 
 SHARED = 3
@@ -80,8 +80,8 @@ _pg_counts = pg_insert(_P).from_select(("value_hash", "day", "accounts"),
 _PG_COUNTS = _pg_counts.on_conflict_do_update(index_elements=["value_hash", "day"],
                                               set_={"accounts": _P.c.accounts + _pg_counts.excluded.accounts})
 _GROWN = json_rows(_U, _USE_COLUMNS).subquery("grown")
-_PG_ADD_HOURS = update(_U).where(_U.c.value_hash == _GROWN.c.value_hash, _U.c.day == _GROWN.c.day,
-                                 _U.c.account_id == _GROWN.c.account_id).values(hours=_GROWN.c.hours)
+_PG_ADD_HOURS = deferred(update(_U).where(_U.c.value_hash == _GROWN.c.value_hash, _U.c.day == _GROWN.c.day,
+                                          _U.c.account_id == _GROWN.c.account_id).values(hours=_GROWN.c.hours))
 
 
 def hours_mask(hours: list[int] | None) -> int:

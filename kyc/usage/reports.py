@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from kyc.db import json_rows, rows_json, write_lock
+from kyc.db import deferred, json_rows, rows_json, write_lock
 from kyc.errors import UnknownAccounts
 from kyc.inputs import ActivityInput
 from kyc.models import Account, ActivityDay, ActivityReport, Cluster, ClusterMember, utcnow
@@ -99,8 +99,8 @@ _PG_UPSERT_DAYS = _pg_days.on_conflict_do_update(index_elements=["account_id", "
 _PG_INSERT_REPORTS = ActivityReport.__table__.insert().from_select(
     _REPORT_COLUMNS, json_rows(ActivityReport.__table__, _REPORT_COLUMNS))
 _TOUCHED = json_rows(_A, ("id", "last_seen_at", "state_version")).subquery("touched")
-_PG_TOUCH_ACCOUNTS = update(_A).where(_A.c.id == _TOUCHED.c.id).values(
-    last_seen_at=_TOUCHED.c.last_seen_at, state_version=_TOUCHED.c.state_version)
+_PG_TOUCH_ACCOUNTS = deferred(update(_A).where(_A.c.id == _TOUCHED.c.id).values(
+    last_seen_at=_TOUCHED.c.last_seen_at, state_version=_TOUCHED.c.state_version))
 
 
 def record_reports(session: Session, reports: Sequence[tuple[str, ActivityInput]], *, secret: bytes,
