@@ -328,6 +328,44 @@ def _sendable(statement, dialect, keys: frozenset[str]) -> _Sendable:
     return _Sendable(statement, dialect, keys)
 
 
+def fetch(conn, statement, params: dict) -> list[tuple]:
+    """The rows of a read on a hot path (the API key, the entitlement check), as tuples.
+
+    PostgreSQL: straight on the driver's cursor, the statement compiled once per dialect and
+    set of keys (_Readable), the read counterpart of send(). Why: SQLAlchemy's execution (a
+    context, its events, a result object) cost as much CPU as psycopg's for a one-row read
+    (0.205 ms a Core SELECT against 0.101 ms on the cursor, the entitlement's statement).
+    Elsewhere this is conn.execute. `conn`: a Connection or a Session."""
+    connection = conn.connection() if isinstance(conn, Session) else conn
+    if connection.dialect.name != "postgresql":
+        return [tuple(row) for row in connection.execute(statement, params)]
+    readable = _readable(statement, connection.dialect, frozenset(params))
+    values = readable.params(params)
+    with connection.connection.driver_connection.cursor() as cursor:
+        connection.dispatch.before_cursor_execute(connection, cursor, readable.sql, values, None, False)
+        cursor.execute(readable.sql, values)
+        rows = cursor.fetchall()
+    processors = readable.results
+    if not any(processors):
+        return rows
+    return [tuple(value if p is None else p(value) for p, value in zip(processors, row)) for row in rows]
+
+
+class _Readable(_Sendable):
+    """A SELECT compiled for a dialect with given parameter keys, and its columns' result
+    processors (None where the driver's value is kept as is)."""
+
+    def __init__(self, statement, dialect, keys: frozenset[str]):
+        super().__init__(statement, dialect, keys)
+        compiled = statement.compile(dialect=dialect, column_keys=sorted(keys))
+        self.results = [entry.type._cached_result_processor(dialect, None) for entry in compiled._result_columns]
+
+
+@lru_cache(maxsize=64)
+def _readable(statement, dialect, keys: frozenset[str]) -> _Readable:
+    return _Readable(statement, dialect, keys)
+
+
 def _answer_now_unless_deferred(conn, cursor, statement, parameters, context, executemany) -> None:
     """In a pipelined transaction, fetch a statement's answer before SQLAlchemy reads it (rows,
     rowcount), unless it is a write nobody reads the answer of."""

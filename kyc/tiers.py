@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import bindparam, exists, literal_column, or_, select
 from sqlalchemy.engine import Connection
 
+from kyc.db import fetch
 from kyc.engine import CompiledConditions, Condition, RuleError, RuleSetError, compile_conditions
 from kyc.engine.compiler import difflib_close
 from kyc.engine.loader import ACTIONS, VERIFICATIONS, _Mapping, read_yaml
@@ -239,9 +240,10 @@ def entitlement(conn: Connection, tier: Tier, account_id: str, *, dormancy_thres
                 now: datetime | None = None) -> dict[str, Any]:
     """The contract's entitlement body for one account and tier (NotFound if none)."""
     now = now or datetime.now(timezone.utc)
-    row = conn.execute(_account_state(tier.forbid_phone_line_types), {"account_id": account_id}).one_or_none()
-    if row is None:
+    rows = fetch(conn, _account_state(tier.forbid_phone_line_types), {"account_id": account_id})
+    if not rows:
         raise NotFound("account", account_id)
+    row = rows[0]
     decision, label, state_version, reasons, required, subjects, first_seen_at, dormant_days = row[:8]
     verified = {kind for kind, done in zip(CODE_AND_DOCUMENT, row[8:]) if done}
     if payment_verified(subjects):
