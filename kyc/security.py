@@ -141,6 +141,12 @@ def card_number_spans(text: str) -> list[tuple[int, int]]:
     return [m.span() for m in _RUN.finditer(text) if _run_has_pan(text, *m.span())]
 
 
+def may_hold_card_number(text: str) -> bool:
+    """The necessary condition alone (one C-level search): False means no card number; True,
+    ask has_card_number. A prefilter for texts read together (a request's headers)."""
+    return _MAYBE_PAN.search(text) is not None
+
+
 def has_card_number(text: str) -> bool:
     if _MAYBE_PAN.search(text) is None:
         return False
