@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Callable, Sequence
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, exists, func, literal, select, union_all, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -60,14 +60,22 @@ _DAYS = (select(*_D.c).where(_D.c.account_id.in_(bindparam("ids", expanding=True
                              _D.c.day.in_(bindparam("days", expanding=True))).with_for_update())
 # The days a new day's baseline reads (the trailing window), and the first use of accounts
 # whose window holds none (a day's row carries the account's first use forward).
-_WINDOW = select(_D.c.account_id, _D.c.day, _D.c.requests, _D.c.first_at, _D.c.first_used_at).where(
-    _D.c.account_id.in_(bindparam("ids", expanding=True)), _D.c.day >= bindparam("since"),
-    _D.c.day < bindparam("until"))
+# One statement, one round trip: the window's days (in_window true), and for accounts with
+# none in it, the first use their latest earlier day carries (in_window false).
+_IN_WINDOW = (_D.c.day >= bindparam("since")) & (_D.c.day < bindparam("until"))
 _EARLIER = _D.alias("earlier")
-_FIRST_USE = select(_D.c.account_id, func.coalesce(_D.c.first_used_at, _D.c.first_at)).where(
-    _D.c.account_id.in_(bindparam("ids", expanding=True)),
-    _D.c.day == select(func.max(_EARLIER.c.day)).where(_EARLIER.c.account_id == _D.c.account_id,
-                                                       _EARLIER.c.day < bindparam("since")).scalar_subquery())
+_WINDOWED = _D.alias("windowed")
+_HISTORY = union_all(
+    select(_D.c.account_id, _D.c.day, _D.c.requests, func.coalesce(_D.c.first_used_at, _D.c.first_at).label("used"),
+           literal(True).label("in_window"))
+    .where(_D.c.account_id.in_(bindparam("ids", expanding=True)), _IN_WINDOW),
+    select(_D.c.account_id, _D.c.day, _D.c.requests, func.coalesce(_D.c.first_used_at, _D.c.first_at),
+           literal(False))
+    .where(_D.c.account_id.in_(bindparam("ids", expanding=True)),
+           _D.c.day == select(func.max(_EARLIER.c.day)).where(_EARLIER.c.account_id == _D.c.account_id,
+                                                              _EARLIER.c.day < bindparam("since")).scalar_subquery(),
+           ~exists().where(_WINDOWED.c.account_id == _D.c.account_id, _WINDOWED.c.day >= bindparam("since"),
+                           _WINDOWED.c.day < bindparam("until"))))
 _TOUCH_ACCOUNT = update(_A).where(_A.c.id == bindparam("account_id")).values(
     last_seen_at=bindparam("seen"), state_version=bindparam("version"))
 _INSERT_REPORT = ActivityReport.__table__.insert()
@@ -157,7 +165,7 @@ def record_reports(session: Session, reports: Sequence[tuple[str, ActivityInput]
         results.append(Recorded(account_id, key[1], day["requests"], seen[account_id], day["dormant_days"], woke_up,
                                 day))
         rows.append(_report_row(account_id, inp, at, hashed))
-    record_uses(session, uses)
+    record_uses(session, uses, started=frozenset(new))
     touched = [days[k] for k in sorted({(r.account_id, r.day) for r in results})]
     changed = [a for a in ids if (seen[a], versions[a]) != (accounts[a].last_seen_at, accounts[a].state_version or 0)]
     if session.get_bind().dialect.name == "postgresql":
@@ -188,14 +196,11 @@ def _history(session: Session, new: list[tuple[str, date]]) -> dict[tuple[str, d
     until = max(d for _, d in new)
     window: dict[str, list] = defaultdict(list)
     first_use: dict[str, datetime] = {}
-    for account_id, day, requests, first_at, first_used_at in session.execute(
-            _WINDOW, {"ids": ids, "since": since, "until": until}):
-        window[account_id].append((day, requests))
-        used = first_used_at or first_at
+    for account_id, day, requests, used, in_window in session.execute(
+            _HISTORY, {"ids": ids, "since": since, "until": until}):
+        if in_window:
+            window[account_id].append((day, requests))
         first_use[account_id] = min(first_use.get(account_id, used), used)
-    older = [a for a in ids if a not in first_use]
-    if older:
-        first_use.update(session.execute(_FIRST_USE, {"ids": older, "since": since}).all())
     out = {}
     for account_id, day in new:
         used = first_use.get(account_id)
