@@ -31,7 +31,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict, defaultdict
 from datetime import datetime
-from typing import Sequence
+from typing import Callable, Sequence
 
 from sqlalchemy import and_, bindparam, delete, select
 from sqlalchemy.orm import Session
@@ -44,7 +44,7 @@ from kyc.inputs import ActivityInput
 from kyc.models import Account, Cluster, ClusterMember, GraphEdge, GraphNode, PendingLink, Sighting, utcnow
 from kyc.rescore.requests import after_commit
 from kyc.scoring.persist import count_nodes_and_edges, write_sightings
-from kyc.security import keyed_hash
+from kyc.security import KeyedHashes
 from kyc.signals.network import network_identifiers
 from kyc.signals.velocity import VELOCITY_KEYS
 from kyc.store import velocity_store
@@ -69,13 +69,14 @@ _PG_EDGES = select(_E.c.kind, _E.c.value_hash, _E.c.account_id).join(
                     _E.c.account_id == _SHOWN_ON.c.account_id))
 
 
-def report_identifiers(inp: ActivityInput, at: datetime, secret: bytes) -> list[Node]:
-    """The keyed hashes of what a report shows: IP, its network and network-day, API key, templates."""
+def report_identifiers(inp: ActivityInput, at: datetime, hashed: Callable[[str, str], str]) -> list[Node]:
+    """The keyed hashes (`hashed`: a KeyedHashes) of what a report shows: IP, its network and
+    network-day, API key, templates."""
     raw = list(network_identifiers(inp.ip, None, at)) if inp.ip else []
     if inp.api_key_id:
         raw.append(("api_key", inp.api_key_id))
     raw.extend(("prompt", fingerprint) for fingerprint in sorted(inp.prompt_fingerprints or ()))
-    return [(kind, keyed_hash(secret, kind, value)) for kind, value in raw]
+    return [(kind, hashed(kind, value)) for kind, value in raw]
 
 
 def _chunks(items: list, size: int = _READ_CHUNK):
@@ -83,13 +84,14 @@ def _chunks(items: list, size: int = _READ_CHUNK):
         yield items[i:i + size]
 
 
-def shown_identifiers(reports: Sequence[tuple[str, ActivityInput]], secret: bytes) -> dict[str, dict[Node, datetime]]:
+def shown_identifiers(reports: Sequence[tuple[str, ActivityInput]], hashed: Callable[[str, str], str]
+                      ) -> dict[str, dict[Node, datetime]]:
     """What the reports show that the graph links or velocity counts: account -> node -> the
     first time the batch showed it."""
     shown: dict[str, dict[Node, datetime]] = defaultdict(dict)
     for account_id, inp in reports:
         at = inp.at()
-        for node in report_identifiers(inp, at, secret):
+        for node in report_identifiers(inp, at, hashed):
             if node[0] in graph.LINK_KINDS or node[0] in VELOCITY_KEYS:
                 if node not in shown[account_id] or at < shown[account_id][node]:
                     shown[account_id][node] = at
@@ -145,10 +147,12 @@ def linked(runtime) -> Linked:
     return found
 
 
-def queue_links(runtime, session: Session, reports: Sequence[tuple[str, ActivityInput]]) -> None:
+def queue_links(runtime, session: Session, reports: Sequence[tuple[str, ActivityInput]],
+                hashes: KeyedHashes | None = None) -> None:
     """Keep the reports' identifiers for linking after the commit, in the caller's transaction
-    (one row, one statement), and have the background thread link them once it commits."""
-    shown = linked(runtime).new(shown_identifiers(reports, runtime.config.secret_key))
+    (one row, one statement), and have the background thread link them once it commits.
+    `hashes`: the batch's, when recording the reports hashed some of them already."""
+    shown = linked(runtime).new(shown_identifiers(reports, hashes or KeyedHashes(runtime.config.secret_key)))
     rows = [[a, k, h, at.isoformat()] for a, nodes in sorted(shown.items()) for (k, h), at in sorted(nodes.items())]
     if not rows:
         return

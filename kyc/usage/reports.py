@@ -27,7 +27,7 @@ from kyc.db import deferred, json_rows, rows_json, write_lock
 from kyc.errors import UnknownAccounts
 from kyc.inputs import ActivityInput
 from kyc.models import Account, ActivityDay, ActivityReport, Cluster, ClusterMember, utcnow
-from kyc.security import keyed_hash
+from kyc.security import KeyedHashes
 from kyc.signals.usage import BASELINE_DAYS, HOURS
 from kyc.usage.lockstep import record_uses
 
@@ -112,20 +112,15 @@ _PG_TOUCH_ACCOUNTS = deferred(update(_A).where(_A.c.id == _TOUCHED.c.id).values(
 
 
 def record_reports(session: Session, reports: Sequence[tuple[str, ActivityInput]], *, secret: bytes,
-                   dormancy_threshold: int) -> tuple[list[Recorded], dict[str, Any]]:
+                   dormancy_threshold: int, hashes: KeyedHashes | None = None
+                   ) -> tuple[list[Recorded], dict[str, Any]]:
     """Record (account id, report) pairs: one Recorded per report, in order, and each account's
     row as locked before the reports (id, first_seen_at, last_seen_at, state_version, decision,
     subjects, and its cluster's size: cluster_size). UnknownAccounts (and nothing written) if any names an account kyc does not know."""
     write_lock(session)
-    hashes: dict[tuple[str, str], str] = {}
-
-    def hashed(kind: str, value: str) -> str:
-        """keyed_hash, once per identifier in the batch (a report's IP is hashed for its day
-        and for itself, a template for the day, its use and the report)."""
-        key = (kind, value)
-        if key not in hashes:
-            hashes[key] = keyed_hash(secret, kind, value)
-        return hashes[key]
+    # Once per identifier in the batch (a report's IP is hashed for its day and for itself, a
+    # template for the day, its use and the report; `hashes`, shared with the batch's linking).
+    hashed = hashes or KeyedHashes(secret)
 
     ids = sorted({account_id for account_id, _ in reports})
     accounts = {row.id: row for row in session.execute(_LOCK_ACCOUNTS, {"ids": ids})}
