@@ -176,8 +176,7 @@ class Runtime:
     def read_connection(self):
         """A connection for one read statement on a hot path (the API key, the entitlement
         check), in autocommit where that saves round trips (kyc.persist.autocommit)."""
-        with self.engine.connect() as conn:
-            autocommit(conn)
+        with self.engine.connect() as conn, autocommit(conn):
             yield conn
 
     def rescoring(self) -> Background:

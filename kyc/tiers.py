@@ -32,6 +32,7 @@ from kyc.models import Account, ActivityDay, Evaluation, Verification
 from kyc.signals.account import account_signals
 from kyc.verification import payment_verified
 from kyc.models import SEVERITY
+from kyc.persist import fetch
 
 TIER_KEYS = ("id", "description", "quota", "requires", "max_decision", "forbid_phone_line_types", "conditions")
 QUOTA_KEYS = ("requests_per_day", "requests_per_minute")
@@ -239,9 +240,10 @@ def entitlement(conn: Connection, tier: Tier, account_id: str, *, dormancy_thres
                 now: datetime | None = None) -> dict[str, Any]:
     """The contract's entitlement body for one account and tier (NotFound if none)."""
     now = now or datetime.now(timezone.utc)
-    row = conn.execute(_account_state(tier.forbid_phone_line_types), {"account_id": account_id}).one_or_none()
-    if row is None:
+    rows = fetch(conn, _account_state(tier.forbid_phone_line_types), {"account_id": account_id})
+    if not rows:
         raise NotFound("account", account_id)
+    row = rows[0]
     decision, label, state_version, reasons, required, subjects, first_seen_at, dormant_days = row[:8]
     verified = {kind for kind, done in zip(CODE_AND_DOCUMENT, row[8:]) if done}
     if payment_verified(subjects):

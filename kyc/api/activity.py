@@ -14,6 +14,8 @@ from kyc.api.responses import Activity, BulkActivity
 from kyc.api.errors import invalid
 from kyc.errors import NotFound, UnknownAccounts
 from kyc.inputs import ActivityInput, BulkActivityInput, rfc3339
+from kyc.persist import pipelined
+from kyc.security import KeyedHashes
 from kyc.usage.identifiers import link_row, queue_links
 from kyc.usage.reevaluate import accounts_to_reevaluate, reevaluate
 from kyc.usage.reports import Recorded, record_reports
@@ -55,10 +57,13 @@ def _check_tiers(reports: list[ActivityInput], name) -> None:
 
 def _record(reports: list[tuple[str, ActivityInput]]) -> list[dict]:
     rt = runtime()
-    with rt.session() as session, session.begin():
+    # Pipelined (kyc.persist.pipelined): the batch's writes (uses, days, reports, accounts, the
+    # pending links) travel with the next read and the COMMIT, not one round trip each.
+    with rt.session() as session, pipelined(session):
+        hashes = KeyedHashes(rt.config.secret_key)
         recorded, standing = record_reports(session, reports, secret=rt.config.secret_key,
-                                            dormancy_threshold=rt.config.dormant_days)
-        pending = queue_links(rt, session, reports)
+                                            dormancy_threshold=rt.config.dormant_days, hashes=hashes)
+        pending = queue_links(rt, session, reports, hashes)
         again = accounts_to_reevaluate(rt, session, recorded, standing)
         decisions = {a: row.decision for a, row in standing.items()}
         decisions.update(reevaluate(rt, session, again))

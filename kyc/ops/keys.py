@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from kyc.models import ApiKey
 from kyc.ops import audit
 from kyc.errors import NotFound, UnknownRole
+from kyc.persist import fetch
 from kyc.security import hash_api_key, new_api_key
 
 ROLES = ("signup", "gateway", "ops", "admin")
@@ -110,8 +111,8 @@ def forget_cached_keys() -> None:
 def caller_for_hash(conn: Connection, key_hash: str) -> Caller | None:
     """The active key whose SHA-256 is `key_hash` (a console session keeps the hash, never the
     key), or None once it is revoked."""
-    row = conn.execute(_ACTIVE_KEY, {"key_hash": key_hash}).one_or_none()
-    return Caller(row.name, row.role) if row is not None else None
+    rows = fetch(conn, _ACTIVE_KEY, {"key_hash": key_hash})
+    return Caller(*rows[0]) if rows else None
 
 
 def create_key(session: Session, name: str, role: str, actor: str) -> tuple[ApiKey, str]:

@@ -34,7 +34,7 @@ import logging
 import threading
 from collections import OrderedDict, defaultdict
 from datetime import datetime
-from typing import Sequence
+from typing import Callable, Sequence
 
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import DBAPIError
@@ -47,7 +47,7 @@ from kyc.ids import new_id
 from kyc.inputs import ActivityInput
 from kyc.models import Account, Cluster, ClusterMember, GraphEdge, GraphNode, PendingLink, Sighting, utcnow
 from kyc.persist import count_nodes_and_edges, insert_rows, shown_nodes_and_edges
-from kyc.security import keyed_hash
+from kyc.security import KeyedHashes
 from kyc.signals.network import network_identifiers
 from kyc.signals.velocity import VELOCITY_KEYS
 from kyc.store import velocity_store
@@ -58,7 +58,7 @@ Node = tuple[str, str]
 _READ_CHUNK = 2000
 PENDING_READ = 20          # pending rows linked a transaction (a bulk call's row holds up to 1,000 reports)
 _P = PendingLink.__table__
-_INSERT_PENDING = _P.insert()
+_INSERT_PENDING = _P.insert().returning(_P.c.id)     # its id: the request links the row after the commit
 _PENDING = select(_P.c.id, _P.c.shown).order_by(_P.c.id).limit(bindparam("limit")).with_for_update(skip_locked=True)
 _PENDING_ROW = select(_P.c.id, _P.c.shown).where(_P.c.id == bindparam("id")).with_for_update()
 _DELETE_PENDING = delete(_P).where(_P.c.id.in_(bindparam("ids", expanding=True)))
@@ -67,13 +67,14 @@ _LOCK_ACCOUNTS = (select(Account.__table__.c.id).where(Account.__table__.c.id.in
 _SIGHTING_COLUMNS = ("kind", "value_hash", "account_id", "evaluation_id", "occurred_at")
 
 
-def report_identifiers(inp: ActivityInput, at: datetime, secret: bytes) -> list[Node]:
-    """The keyed hashes of what a report shows: IP, its network and network-day, API key, templates."""
+def report_identifiers(inp: ActivityInput, at: datetime, hashed: Callable[[str, str], str]) -> list[Node]:
+    """The keyed hashes (`hashed`: a KeyedHashes) of what a report shows: IP, its network and
+    network-day, API key, templates."""
     raw = list(network_identifiers(inp.ip, None, at)) if inp.ip else []
     if inp.api_key_id:
         raw.append(("api_key", inp.api_key_id))
     raw.extend(("prompt", fingerprint) for fingerprint in sorted(inp.prompt_fingerprints or ()))
-    return [(kind, keyed_hash(secret, kind, value)) for kind, value in raw]
+    return [(kind, hashed(kind, value)) for kind, value in raw]
 
 
 def _chunks(items: list, size: int = _READ_CHUNK):
@@ -81,13 +82,14 @@ def _chunks(items: list, size: int = _READ_CHUNK):
         yield items[i:i + size]
 
 
-def shown_identifiers(reports: Sequence[tuple[str, ActivityInput]], secret: bytes) -> dict[str, dict[Node, datetime]]:
+def shown_identifiers(reports: Sequence[tuple[str, ActivityInput]], hashed: Callable[[str, str], str]
+                      ) -> dict[str, dict[Node, datetime]]:
     """What the reports show that the graph links or velocity counts: account -> node -> the
     first time the batch showed it."""
     shown: dict[str, dict[Node, datetime]] = defaultdict(dict)
     for account_id, inp in reports:
         at = inp.at()
-        for node in report_identifiers(inp, at, secret):
+        for node in report_identifiers(inp, at, hashed):
             if node[0] in graph.LINK_KINDS or node[0] in VELOCITY_KEYS:
                 if node not in shown[account_id] or at < shown[account_id][node]:
                     shown[account_id][node] = at
@@ -143,15 +145,17 @@ def linked(runtime) -> Linked:
     return found
 
 
-def queue_links(runtime, session: Session, reports: Sequence[tuple[str, ActivityInput]]) -> int | None:
+def queue_links(runtime, session: Session, reports: Sequence[tuple[str, ActivityInput]],
+                hashes: KeyedHashes | None = None) -> int | None:
     """Keep the reports' identifiers for linking after the commit, in the caller's transaction
     (one row, one statement); the row's id, for link_row once the transaction commits (None:
-    nothing new to link)."""
-    shown = linked(runtime).new(shown_identifiers(reports, runtime.config.secret_key))
+    nothing new to link). `hashes`: the batch's, when recording the reports hashed some of
+    them already."""
+    shown = linked(runtime).new(shown_identifiers(reports, hashes or KeyedHashes(runtime.config.secret_key)))
     rows = [[a, k, h, at.isoformat()] for a, nodes in sorted(shown.items()) for (k, h), at in sorted(nodes.items())]
     if not rows:
         return None
-    return session.execute(_INSERT_PENDING, {"shown": rows, "created_at": utcnow()}).inserted_primary_key[0]
+    return session.execute(_INSERT_PENDING, {"shown": rows, "created_at": utcnow()}).scalar_one()
 
 
 def link_row(runtime, row_id: int | None) -> dict[str, str]:

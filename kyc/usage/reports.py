@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Callable, Sequence
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, exists, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from kyc.db import write_lock
@@ -26,7 +26,7 @@ from kyc.errors import UnknownAccounts
 from kyc.inputs import ActivityInput
 from kyc.models import Account, ActivityDay, ActivityReport, Cluster, ClusterMember, utcnow
 from kyc.persist import insert_rows, update_rows, upsert_rows
-from kyc.security import keyed_hash
+from kyc.security import KeyedHashes
 from kyc.signals.usage import BASELINE_DAYS, HOURS
 from kyc.usage.lockstep import record_uses
 
@@ -58,15 +58,23 @@ _LOCK_ACCOUNTS = (select(_A.c.id, _A.c.first_seen_at, _A.c.last_seen_at, _A.c.st
 _DAYS = (select(*_D.c).where(_D.c.account_id.in_(bindparam("ids", expanding=True)),
                              _D.c.day.in_(bindparam("days", expanding=True))).with_for_update())
 # The days a new day's baseline reads (the trailing window), and the first use of accounts
-# whose window holds none (a day's row carries the account's first use forward).
-_WINDOW = select(_D.c.account_id, _D.c.day, _D.c.requests, _D.c.first_at, _D.c.first_used_at).where(
-    _D.c.account_id.in_(bindparam("ids", expanding=True)), _D.c.day >= bindparam("since"),
-    _D.c.day < bindparam("until"))
+# whose window holds none (a day's row carries the account's first use forward). One
+# statement, one round trip: the window's days (in_window true), and for accounts with none in
+# it, the first use their latest earlier day carries (in_window false).
+_IN_WINDOW = (_D.c.day >= bindparam("since")) & (_D.c.day < bindparam("until"))
 _EARLIER = _D.alias("earlier")
-_FIRST_USE = select(_D.c.account_id, func.coalesce(_D.c.first_used_at, _D.c.first_at)).where(
-    _D.c.account_id.in_(bindparam("ids", expanding=True)),
-    _D.c.day == select(func.max(_EARLIER.c.day)).where(_EARLIER.c.account_id == _D.c.account_id,
-                                                       _EARLIER.c.day < bindparam("since")).scalar_subquery())
+_WINDOWED = _D.alias("windowed")
+_HISTORY = union_all(
+    select(_D.c.account_id, _D.c.day, _D.c.requests, func.coalesce(_D.c.first_used_at, _D.c.first_at).label("used"),
+           literal(True).label("in_window"))
+    .where(_D.c.account_id.in_(bindparam("ids", expanding=True)), _IN_WINDOW),
+    select(_D.c.account_id, _D.c.day, _D.c.requests, func.coalesce(_D.c.first_used_at, _D.c.first_at),
+           literal(False))
+    .where(_D.c.account_id.in_(bindparam("ids", expanding=True)),
+           _D.c.day == select(func.max(_EARLIER.c.day)).where(_EARLIER.c.account_id == _D.c.account_id,
+                                                              _EARLIER.c.day < bindparam("since")).scalar_subquery(),
+           ~exists().where(_WINDOWED.c.account_id == _D.c.account_id, _WINDOWED.c.day >= bindparam("since"),
+                           _WINDOWED.c.day < bindparam("until"))))
 _DAY_VALUES = ("requests", "first_at", "last_at", "dormant_days", "last_ip_hash", "refused", "tokens_in", "tokens_out",
                "hours", "cv_sum", "cv_requests", "models", "fingerprints", "tier", "baseline", "history_days",
                "first_used_at")
@@ -76,20 +84,15 @@ _REPORT_COLUMNS = ("account_id", "occurred_at", "window_seconds", "requests", "r
 
 
 def record_reports(session: Session, reports: Sequence[tuple[str, ActivityInput]], *, secret: bytes,
-                   dormancy_threshold: int) -> tuple[list[Recorded], dict[str, Any]]:
+                   dormancy_threshold: int, hashes: KeyedHashes | None = None
+                   ) -> tuple[list[Recorded], dict[str, Any]]:
     """Record (account id, report) pairs: one Recorded per report, in order, and each account's
     row as locked before the reports (id, first_seen_at, last_seen_at, state_version, decision,
     subjects, and its cluster's size: cluster_size). UnknownAccounts (and nothing written) if any names an account kyc does not know."""
     write_lock(session)
-    hashes: dict[tuple[str, str], str] = {}
-
-    def hashed(kind: str, value: str) -> str:
-        """keyed_hash, once per identifier in the batch (a report's IP is hashed for its day
-        and for itself, a template for the day, its use and the report)."""
-        key = (kind, value)
-        if key not in hashes:
-            hashes[key] = keyed_hash(secret, kind, value)
-        return hashes[key]
+    # Once per identifier in the batch (a report's IP is hashed for its day and for itself, a
+    # template for the day, its use and the report; `hashes`, shared with the batch's linking).
+    hashed = hashes or KeyedHashes(secret)
 
     ids = sorted({account_id for account_id, _ in reports})
     accounts = {row.id: row for row in session.execute(_LOCK_ACCOUNTS, {"ids": ids})}
@@ -129,7 +132,7 @@ def record_reports(session: Session, reports: Sequence[tuple[str, ActivityInput]
         results.append(Recorded(account_id, key[1], day["requests"], seen[account_id], day["dormant_days"], woke_up,
                                 day))
         rows.append(_report_row(account_id, inp, at, hashed))
-    record_uses(session, uses)
+    record_uses(session, uses, started=frozenset(new))
     touched = [days[k] for k in sorted({(r.account_id, r.day) for r in results})]
     changed = [a for a in ids if (seen[a], versions[a]) != (accounts[a].last_seen_at, accounts[a].state_version or 0)]
     # Each one statement on PostgreSQL (kyc.persist.insert_rows says why).
@@ -153,14 +156,11 @@ def _history(session: Session, new: list[tuple[str, date]]) -> dict[tuple[str, d
     until = max(d for _, d in new)
     window: dict[str, list] = defaultdict(list)
     first_use: dict[str, datetime] = {}
-    for account_id, day, requests, first_at, first_used_at in session.execute(
-            _WINDOW, {"ids": ids, "since": since, "until": until}):
-        window[account_id].append((day, requests))
-        used = first_used_at or first_at
+    for account_id, day, requests, used, in_window in session.execute(
+            _HISTORY, {"ids": ids, "since": since, "until": until}):
+        if in_window:
+            window[account_id].append((day, requests))
         first_use[account_id] = min(first_use.get(account_id, used), used)
-    older = [a for a in ids if a not in first_use]
-    if older:
-        first_use.update(session.execute(_FIRST_USE, {"ids": older, "since": since}).all())
     out = {}
     for account_id, day in new:
         used = first_use.get(account_id)

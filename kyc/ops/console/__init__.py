@@ -37,16 +37,6 @@ def runtime():
     return current_app.extensions["kyc"]
 
 
-class ConsoleSessionInterface(SecureCookieSessionInterface):
-    """Flask's signed-cookie sessions, with the cookie marked Secure whenever the console was
-    reached over HTTPS (directly, or through a proxy the WSGI server trusts for
-    X-Forwarded-Proto, as gunicorn's forwarded_allow_ips does): the cookie stands for an ops
-    key, and must never travel in clear. Plain HTTP (`kyc serve` on a laptop) keeps working."""
-
-    def get_cookie_secure(self, app: Flask) -> bool:
-        return request.is_secure or super().get_cookie_secure(app)
-
-
 def register(app: Flask) -> None:
     # The session cookie is signed with a key derived from the runtime's secret, never the
     # secret itself (that one keys the linking hashes).
@@ -54,10 +44,29 @@ def register(app: Flask) -> None:
     app.config.update(SESSION_COOKIE_NAME="kyc_console", SESSION_COOKIE_HTTPONLY=True,
                       SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_PATH="/console",
                       PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS))
-    app.session_interface = ConsoleSessionInterface()
+    app.session_interface = ConsoleSessions()
     from kyc.ops.console import pages  # noqa: F401 - routes register on the blueprint
 
     app.register_blueprint(console)
+
+
+class ConsoleSessions(SecureCookieSessionInterface):
+    """The console's signed cookie session.
+
+    Opened under /console only (its cookie's path): the API authenticates by API key and never
+    reads a session, and opening one (a signing serializer built per request) was 7% of an
+    entitlement check's CPU in process. Its cookie is marked Secure whenever the console was
+    reached over HTTPS (directly, or through a proxy the WSGI server trusts for
+    X-Forwarded-Proto, as gunicorn's forwarded_allow_ips does): it stands for an ops key and
+    must never travel in clear. Plain HTTP (`kyc serve` on a laptop) keeps working."""
+
+    def open_session(self, app: Flask, request):
+        if not request.path.startswith(console.url_prefix + "/") and request.path != console.url_prefix:
+            return self.make_null_session(app)
+        return super().open_session(app, request)
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return request.is_secure or super().get_cookie_secure(app)
 
 
 def runtime_secret(app: Flask) -> bytes:
