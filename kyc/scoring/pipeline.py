@@ -141,7 +141,14 @@ def rescore_account(runtime: Runtime, session: Session, account_id: str, *, rule
             log.warning("rescore of %s keeps its %s evaluation: this build cannot score %s", account_id,
                         subject, subject)
             continue
-        original = chunk.originals[latest["evaluation_id"]] if chunk else session.get(Evaluation, latest["evaluation_id"])
+        evaluation_id = latest["evaluation_id"]
+        original = chunk.originals.get(evaluation_id) if chunk else session.get(Evaluation, evaluation_id)
+        if original is None:
+            # The account names an evaluation the database does not hold (rows restored or
+            # loaded by hand): nothing to score again; the others are, and the slot stays.
+            log.warning("rescore of %s keeps its %s slot: its evaluation %s is not stored", account_id, slot,
+                        evaluation_id)
+            continue
         inp = INPUTS[subject].model_validate(original.input)
         results.append(score(runtime, session, subject, inp, trigger="rescore", at=original.occurred_at,
                              rules=rules, record=False, view=chunk.view(account_id) if chunk else None))

@@ -37,7 +37,6 @@ from datetime import datetime
 from typing import Callable, Sequence
 
 from sqlalchemy import bindparam, delete, select
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from kyc import graph
@@ -172,8 +171,9 @@ def link_row(runtime, row_id: int | None) -> dict[str, str]:
             if not pending:
                 return {}
             shown, decisions = _link(runtime, session, pending)
-    except DBAPIError:
-        log.warning("usage identifiers not linked at once; the background thread will", exc_info=True)
+    except Exception:  # noqa: BLE001 - the reports are committed: their answer must say so (an error
+        # would have the gateway send them again, counted twice); the row stays pending.
+        log.exception("usage identifiers not linked at once; the background thread will link them")
         runtime.rescoring().link_usage()
         return {}
     linked(runtime).add(shown)           # committed

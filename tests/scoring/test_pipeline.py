@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from kyc.persist import pipelined
 from kyc.inputs import SignupInput
 from kyc.models import Account, ClusterMember, Evaluation, Sighting, VelocityMark
-from kyc.scoring import rescore_account, score
+from kyc.scoring import read_chunk, rescore_account, score
 from tests.conftest import GB_VOIP, signup
 
 
@@ -77,3 +77,20 @@ def test_a_failure_after_scoring_writes_nothing(runtime):
         pass
     with runtime.session() as session:
         assert (_count(session, Account), _count(session, Evaluation), _count(session, Sighting)) == (0, 0, 0)
+
+
+def test_rescoring_passes_over_a_slot_whose_evaluation_is_not_stored(runtime, caplog):
+    """An account naming an evaluation the database lacks (restored or hand-loaded rows) is
+    rescored in its other slots, one by one or in a chunk, and never fails the rescore (a
+    failure there stalled the linking of usage identifiers behind it)."""
+    _score(runtime, **GB_VOIP)
+    with runtime.session() as session, session.begin():
+        account = session.get(Account, "acct_1")
+        gone = {**account.subjects["signup"], "evaluation_id": "ev_gone", "subject": "payment_method"}
+        account.subjects = {**account.subjects, "payment_method:gone": gone}
+    for chunked in (False, True):
+        with runtime.session() as session, pipelined(session):
+            chunk = read_chunk(runtime, session, ["acct_1"]) if chunked else None
+            again = rescore_account(runtime, session, "acct_1", chunk=chunk)
+        assert [e.subject for e in again] == ["signup"]
+    assert "its evaluation ev_gone is not stored" in caplog.text
