@@ -5,27 +5,20 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from alembic import command
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, text
 
 from kyc.runtime import alembic_config, upgrade_database
+from tests.migrations import table_names
 
 NEW_TABLES = {"verifications", "verification_events", "outbox", "webhook_events", "activity_days"}
 
 
-def _tables(url) -> set[str]:
-    engine = create_engine(url)
-    try:
-        return set(inspect(engine).get_table_names())
-    finally:
-        engine.dispose()
-
-
 def test_upgrade_empty_database(empty_url):
     upgrade_database(empty_url)
-    assert NEW_TABLES <= _tables(empty_url)
+    assert NEW_TABLES <= table_names(empty_url)
 
 
-def test_upgrade_keeps_data_and_downgrade_removes_only_its_tables(empty_url):
+def test_upgrade_keeps_data_and_downgrade_removes_only_itstable_names(empty_url):
     upgrade_database(empty_url, "0001")
     now = datetime.now(timezone.utc)
     engine = create_engine(empty_url)
@@ -45,5 +38,5 @@ def test_upgrade_keeps_data_and_downgrade_removes_only_its_tables(empty_url):
             "VALUES ('acct_old', :d, 5, :t, :t, 0)"), {"t": now, "d": now.date()})
     engine.dispose()
     command.downgrade(alembic_config(empty_url), "0001")
-    tables = _tables(empty_url)
+    tables = table_names(empty_url)
     assert not NEW_TABLES & tables and "accounts" in tables

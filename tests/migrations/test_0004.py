@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, text
 
 from kyc.runtime import upgrade_database
-
-
-def _tables(url: str) -> set[str]:
-    engine = create_engine(url)
-    try:
-        return set(inspect(engine).get_table_names())
-    finally:
-        engine.dispose()
+from tests.migrations import table_names
 
 
 def test_upgrade_on_an_empty_database(empty_url):
     upgrade_database(empty_url)
-    assert {"rescore_runs", "rescore_batches", "accounts"} <= _tables(empty_url)
+    assert {"rescore_runs", "rescore_batches", "accounts"} <= table_names(empty_url)
 
 
 def test_upgrade_keeps_existing_data_and_downgrades(empty_url):
@@ -43,5 +36,5 @@ def test_upgrade_keeps_existing_data_and_downgrades(empty_url):
             "attempts) VALUES ('rr_1', 0, '[\"a1\"]', 0, '{}', 0, 0, 0, 0)"))
     engine.dispose()
     command.downgrade(alembic_config(empty_url), "0001")
-    tables = _tables(empty_url)
+    tables = table_names(empty_url)
     assert "rescore_runs" not in tables and "rescore_batches" not in tables and "accounts" in tables

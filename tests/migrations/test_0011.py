@@ -4,19 +4,12 @@ empty database and on one holding data, both backends, and back down."""
 from __future__ import annotations
 
 from alembic import command
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, text
 
 from kyc.runtime import alembic_config, upgrade_database
+from tests.migrations import table_names
 
 AT = {"t": "2026-11-24 21:00:00+00:00"}
-
-
-def _tables(url: str) -> set[str]:
-    engine = create_engine(url)
-    try:
-        return set(inspect(engine).get_table_names())
-    finally:
-        engine.dispose()
 
 
 def test_upgrade_on_an_empty_database_takes_a_pending_link(empty_url):
@@ -38,11 +31,11 @@ def test_upgrade_keeps_accounts_and_usage_and_downgrades(empty_url):
             "required_verifications, subjects, label, state_version, updated_at) VALUES "
             "('a1', :t, :t, :t, 'allow', 5, '[]', '[]', '{}', NULL, 1, :t)"), AT)
     upgrade_database(empty_url)
-    assert "pending_links" in _tables(empty_url)
+    assert "pending_links" in table_names(empty_url)
     with engine.begin() as conn:
         assert conn.execute(text("SELECT id, decision, score FROM accounts")).all() == [("a1", "allow", 5)]
     engine.dispose()
 
     command.downgrade(alembic_config(empty_url), "0010")
-    tables = _tables(empty_url)
+    tables = table_names(empty_url)
     assert "pending_links" not in tables and "accounts" in tables
