@@ -2,7 +2,9 @@
 
 Under CI=true a missing PostgreSQL or Redis fails the run; elsewhere those tests skip with a
 message saying what to start. Point at other servers with KYC_TEST_POSTGRES_URL and
-KYC_TEST_REDIS_URL (each developer or parallel run uses its own database / Redis db number).
+KYC_TEST_REDIS_URL (each developer or parallel run uses its own Redis db number). PostgreSQL
+schemas are this run's own (suffixed with its process id): a second run on the same database
+used to drop the first one's schema when it started (`relation "rescore_runs" does not exist`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ CI = os.environ.get("CI", "").lower() == "true"
 POSTGRES_URL = os.environ.get("KYC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("KYC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 RULES_DIR = PROJECT_ROOT / "rules"
+RUN_TAG = f"run{os.getpid()}"         # this test run's PostgreSQL schemas end with it
 TEST_SECRET = b"test-secret-key"
 
 
@@ -55,8 +58,14 @@ def sighting_indexes(url: str) -> set[str]:
         engine.dispose()
 
 
-def pg_schema_url(schema: str) -> str:
-    """A URL whose connections live in a fresh, empty PostgreSQL schema."""
+def run_schema(name: str) -> str:
+    """The name of this run's PostgreSQL schema `name`."""
+    return f"{name}_{RUN_TAG}"
+
+
+def pg_schema_url(name: str) -> str:
+    """A URL whose connections live in a fresh, empty PostgreSQL schema of this run's."""
+    schema = run_schema(name)
     engine = create_engine(POSTGRES_URL)
     try:
         with engine.begin() as conn:
@@ -94,6 +103,23 @@ def _postgres_url() -> str:
     url = pg_schema_url("kyc_test")
     upgrade_database(url)
     return url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_this_runs_schemas():
+    """This run's PostgreSQL schemas are dropped when it ends (a killed run leaves them; they
+    are only ever named by their own run)."""
+    yield
+    engine = create_engine(POSTGRES_URL)
+    try:
+        with engine.begin() as conn:
+            for (schema,) in conn.execute(text("SELECT nspname FROM pg_namespace WHERE nspname LIKE :pattern"),
+                                          {"pattern": f"%\\_{RUN_TAG}"}).all():
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    except Exception:  # noqa: BLE001 - no PostgreSQL in this run: nothing was created
+        pass
+    finally:
+        engine.dispose()
 
 
 def _truncate_postgres(url: str) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, text
 from kyc import create_app
 from kyc.persist import refresh_statistics
 from kyc.runtime import Runtime, upgrade_database
-from tests.conftest import pg_schema_url, signup
+from tests.conftest import pg_schema_url, run_schema, signup
 
 ACCOUNTS = 20_000
 SCHEMA = "kyc_query_plans"
@@ -52,7 +52,7 @@ def _seq_scans(admin) -> dict[str, int]:
     with admin.connect() as conn:
         conn.execute(text("SELECT pg_stat_clear_snapshot()"))
         return dict(conn.execute(text("SELECT relname, seq_scan FROM pg_stat_user_tables WHERE schemaname = :s"),
-                                 {"s": SCHEMA}).all())
+                                 {"s": run_schema(SCHEMA)}).all())
 
 
 def _wait_for_backends_to_exit(admin) -> None:
