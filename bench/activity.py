@@ -10,9 +10,9 @@ tier's quota, nothing re-evaluates): the steady state of a gateway. In-process t
 test client, both ways in the same run: bulk calls of --batch reports, then single reports,
 each on fresh (account, hour) pairs. Prints reports/s by wall clock and by CPU time (one core),
 per-call median and p99, and the ratio bulk / single. The identifiers the reports show are
-linked into the identity graph after each commit, by the process's background thread
-(kyc.usage.identifiers.link_pending): "request" CPU is the calling thread's (what answering the
-gateway costs), "with linking" the whole process's until the linking is done (drained).
+linked into the identity graph in each call's transaction (kyc.usage.identifiers.link_reports):
+"request" CPU is the calling thread's (what answering the gateway costs), "with linking" the
+whole process's until its background thread (cluster rescoring) is done (drained).
 """
 
 from __future__ import annotations

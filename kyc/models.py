@@ -398,9 +398,10 @@ class ActivityReport(Base):
 
 
 class PendingLink(Base):
-    """Identifiers activity reports showed, not linked into the identity graph yet: one row per
-    committed report transaction, written with its reports and deleted by the transaction that
-    links them (kyc.usage.identifiers.link_pending), so a crash between the two loses nothing.
+    """Identifiers activity reports showed, not linked into the identity graph yet: an earlier
+    release wrote one row per report transaction and linked it after the commit; reports now link
+    in their own transaction, and rows it left are linked (and deleted) by
+    kyc.usage.identifiers.link_pending.
     `shown`: [account id, kind, keyed hash, first time shown (RFC 3339)] rows."""
 
     __tablename__ = "pending_links"

@@ -1,10 +1,8 @@
 """The API gateway's usage reports: POST /v1/accounts/{id}/activity and POST /v1/activity (bulk).
 
-Both record in one transaction and answer each report with the account's decision after it:
-a report that made the account riskier re-evaluated it before the commit (kyc/usage/). The
-identifiers the reports show are linked into the identity graph just after the commit, before
-the answer (kyc.usage.identifiers.link_row): accounts whose cluster that changes are
-re-evaluated then, and answered with their new decision.
+Both record and link in one transaction and answer each report with the account's decision
+after it: a report that made the account riskier, or whose identifiers moved it into another
+cluster (kyc.usage.identifiers.link_reports), re-evaluated it before the commit (kyc/usage/).
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from kyc.errors import NotFound, UnknownAccounts
 from kyc.inputs import ActivityInput, BulkActivityInput, rfc3339
 from kyc.persist import pipelined
 from kyc.security import KeyedHashes
-from kyc.usage.identifiers import link_row, queue_links
+from kyc.usage.identifiers import link_reports, linked
 from kyc.usage.reevaluate import accounts_to_reevaluate, reevaluate
 from kyc.usage.reports import Recorded, record_reports
 
@@ -57,19 +55,17 @@ def _check_tiers(reports: list[ActivityInput], name) -> None:
 
 def _record(reports: list[tuple[str, ActivityInput]]) -> list[dict]:
     rt = runtime()
-    # Pipelined (kyc.persist.pipelined): the batch's writes (uses, days, reports, accounts, the
-    # pending links) travel with the next read and the COMMIT, not one round trip each.
+    # Pipelined (kyc.persist.pipelined): the batch's writes (uses, days, reports, accounts, links)
+    # travel with the next read and the COMMIT, not one round trip each.
     with rt.session() as session, pipelined(session):
         hashes = KeyedHashes(rt.config.secret_key)
         recorded, standing = record_reports(session, reports, secret=rt.config.secret_key,
                                             dormancy_threshold=rt.config.dormant_days, hashes=hashes)
-        pending = queue_links(rt, session, reports, hashes)
-        again = accounts_to_reevaluate(rt, session, recorded, standing)
+        shown, moved = link_reports(rt, session, reports, hashes)
+        redone = set(accounts_to_reevaluate(rt, session, recorded, standing)) | set(moved)
         decisions = {a: row.decision for a, row in standing.items()}
-        decisions.update(reevaluate(rt, session, again))
-    linked = link_row(rt, pending)
-    decisions.update(linked)
-    redone = set(again) | set(linked)
+        decisions.update(reevaluate(rt, session, sorted(redone)))
+    linked(rt).add(shown)               # committed
     return [_answer(r, decisions[r.account_id], r.account_id in redone) for r in recorded]
 
 

@@ -58,9 +58,8 @@ class Background:
         self._clusters: dict[str, str | None] = {}          # cluster -> the member that asked (left out)
         self._batches: deque[tuple[str, int]] = deque()     # (run id, batch no) recorded, not yet run
         self._busy = False
-        # Usage identifiers left pending (kyc.usage.identifiers.link_pending): a report links its
-        # own before its answer, so these are what a refusal or a crash left. True at start, so
-        # rows an earlier process committed and never linked are linked now.
+        # Usage identifiers an earlier release left pending (kyc.usage.identifiers.link_pending;
+        # reports now link theirs in their own transaction). True at start, so they are linked now.
         self._links = True
         self.thread = threading.Thread(target=self._run, name="kyc-rescore", daemon=True)
         self.thread.start()

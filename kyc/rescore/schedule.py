@@ -139,7 +139,7 @@ def maintain(runtime: Runtime, connection) -> dict[str, int]:
     if connection.set(MAINTENANCE_LOCK, "1", nx=True, px=MAINTENANCE_SECONDS * 1000 - 500):
         swept["orphans"] = sweep_orphans(runtime, connection)
         swept["abandoned"] = sweep_abandoned(runtime, connection)
-        # Usage identifiers a web process committed and did not link (it stopped first).
+        # Usage identifiers an earlier release's web process committed and did not link.
         swept["links"] = link_pending(runtime)
     return swept
 

@@ -9,17 +9,16 @@
   office's accounts on one network using the company's internal templates are one operator;
 - the activity IP and its network are velocity sightings like a signup's IP (velocity.ip_*).
 
-Linking follows the report's commit, in its own transaction, before the report is answered:
-the contract promises that the next entitlement check answers with what a report taught kyc,
-and a link that joins a farm's accounts into one cluster is what it taught. Inside the report's
-transaction it held the accounts' locks for the whole linking (about half the CPU of a bulk
-call, bench/activity.py). The report's transaction keeps what the reports showed (one
-pending_links row, keyed hashes only); once it commits, the request links that row (link_row):
-in one transaction it records the identifiers, links the accounts, re-evaluates those whose
-cluster changed and deletes the row, and the answer carries their new decisions. A crash or a
-refusal between the two leaves the row, which the background thread links (link_pending; each
-process's thread runs one when it starts, and `kyc worker` takes leftovers); linking is
-idempotent anyway (what an account already holds, or sighted that day, is skipped).
+Linking is part of the report's transaction (link_reports), after its reports are recorded and
+with its accounts locked: the contract promises that the next entitlement check answers with what
+a report taught kyc, and a link that joins a farm's accounts into one cluster is what it taught.
+The accounts whose cluster a link changes are re-evaluated in that transaction and answered with
+their new decision. One transaction, so a crash or a refusal leaves neither reports without their
+links nor links without their reports, and the gateway's resend counts nothing twice. (An earlier
+release linked after the commit, from a pending_links row the report's transaction wrote; rows it
+left unlinked are linked by link_pending: each process's background thread at start, and `kyc
+worker`'s maintenance.) Linking is idempotent anyway: what an account already holds, or sighted
+that day, is skipped.
 
 Each identifier is recorded once per account (linking kinds: once ever, what the graph holds;
 velocity kinds: once per UTC day), so `kyc clusters rebuild` sees what incremental linking saw.
@@ -30,7 +29,6 @@ cluster; its re-evaluation then reads the cluster's facts.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import OrderedDict, defaultdict
 from datetime import datetime
@@ -52,14 +50,11 @@ from kyc.signals.velocity import VELOCITY_KEYS
 from kyc.store import velocity_store
 from kyc.usage.reevaluate import reevaluate
 
-log = logging.getLogger("kyc.usage")
 Node = tuple[str, str]
 _READ_CHUNK = 2000
-PENDING_READ = 20          # pending rows linked a transaction (a bulk call's row holds up to 1,000 reports)
+PENDING_READ = 20          # an earlier release's pending rows linked a transaction (each up to 1,000 reports)
 _P = PendingLink.__table__
-_INSERT_PENDING = _P.insert().returning(_P.c.id)     # its id: the request links the row after the commit
 _PENDING = select(_P.c.id, _P.c.shown).order_by(_P.c.id).limit(bindparam("limit")).with_for_update(skip_locked=True)
-_PENDING_ROW = select(_P.c.id, _P.c.shown).where(_P.c.id == bindparam("id")).with_for_update()
 _DELETE_PENDING = delete(_P).where(_P.c.id.in_(bindparam("ids", expanding=True)))
 _LOCK_ACCOUNTS = (select(Account.__table__.c.id).where(Account.__table__.c.id.in_(bindparam("ids", expanding=True)))
                   .order_by(Account.__table__.c.id).with_for_update())
@@ -99,7 +94,7 @@ class Linked:
     """What this process has linked and committed: (account, node) for the graph's kinds (held
     for good: a node that became a super-node links nobody either), (account, node, UTC day) for
     velocity's (sighted once a day). A report showing only these has nothing to link (a gateway's
-    account reports the same key, templates and network all day): no pending row, no linking.
+    account reports the same key, templates and network all day): nothing to link, no statement.
     Never stale in what it says, as nothing unlinks an account from a node it showed; bounded
     (least recently shown dropped first), and each process has its own, so a miss costs only a
     linking that finds nothing new."""
@@ -144,44 +139,17 @@ def linked(runtime) -> Linked:
     return found
 
 
-def queue_links(runtime, session: Session, reports: Sequence[tuple[str, ActivityInput]],
-                hashes: KeyedHashes | None = None) -> int | None:
-    """Keep the reports' identifiers for linking after the commit, in the caller's transaction
-    (one row, one statement); the row's id, for link_row once the transaction commits (None:
-    nothing new to link). `hashes`: the batch's, when recording the reports hashed some of
-    them already."""
-    shown = linked(runtime).new(shown_identifiers(reports, hashes or KeyedHashes(runtime.config.secret_key)))
-    rows = [[a, k, h, at.isoformat()] for a, nodes in sorted(shown.items()) for (k, h), at in sorted(nodes.items())]
-    if not rows:
-        return None
-    return session.execute(_INSERT_PENDING, {"shown": rows, "created_at": utcnow()}).scalar_one()
-
-
-def link_row(runtime, row_id: int | None) -> dict[str, str]:
-    """Link one committed pending row now (the report's own, just after its commit): the new
-    decision of each account its links re-evaluated. If another process took the row first,
-    this waits for its commit and links nothing; if the database refuses, the row stays pending
-    and the background thread links it."""
-    if row_id is None:
-        return {}
-    try:
-        with runtime.session() as session, session.begin():
-            write_lock(session)
-            pending = session.execute(_PENDING_ROW, {"id": row_id}).all()
-            if not pending:
-                return {}
-            shown, decisions = _link(runtime, session, pending)
-    except Exception:  # noqa: BLE001 - the reports are committed: their answer must say so (an error
-        # would have the gateway send them again, counted twice); the row stays pending.
-        log.exception("usage identifiers not linked at once; the background thread will link them")
-        runtime.rescoring().link_usage()
-        return {}
-    linked(runtime).add(shown)           # committed
-    return decisions
+def link_reports(runtime, session: Session, reports: Sequence[tuple[str, ActivityInput]],
+                 hashes: KeyedHashes) -> tuple[dict[str, dict[Node, datetime]], list[str]]:
+    """Link what the reports show, in the report's transaction (its accounts locked by
+    record_reports; `hashes`, the batch's): what was new to this process, for `linked(runtime).add`
+    once the transaction commits, and the accounts whose cluster changed (to re-evaluate)."""
+    shown = linked(runtime).new(shown_identifiers(reports, hashes))
+    return shown, link_shown(runtime, session, shown)
 
 
 def link_pending(runtime, *, limit: int = PENDING_READ) -> int:
-    """Link what committed reports showed (pending_links), oldest first, `limit` rows a
+    """Link what an earlier release's committed reports left pending (pending_links), oldest first, `limit` rows a
     transaction, until none is left; re-evaluate the accounts whose cluster changed, in the same
     transaction that links them and deletes the rows. A crash or rollback leaves the rows for
     the next call; two processes take different rows (SKIP LOCKED; SQLite's write lock
@@ -193,14 +161,14 @@ def link_pending(runtime, *, limit: int = PENDING_READ) -> int:
             pending = session.execute(_PENDING, {"limit": limit}).all()
             if not pending:
                 return done
-            shown, _ = _link(runtime, session, pending)
+            shown = _link(runtime, session, pending)
         linked(runtime).add(shown)           # committed
         done += len(pending)
 
 
-def _link(runtime, session: Session, pending: list) -> tuple[dict[str, dict[Node, datetime]], dict[str, str]]:
-    """Link locked pending rows (id, shown) and delete them, in the caller's transaction: what
-    they showed, and the new decision of each account re-evaluated."""
+def _link(runtime, session: Session, pending: list) -> dict[str, dict[Node, datetime]]:
+    """Link locked pending rows (id, shown), re-evaluate the accounts whose cluster changed and
+    delete the rows, in the caller's transaction; what they showed."""
     shown: dict[str, dict[Node, datetime]] = defaultdict(dict)
     for _, rows in pending:
         for account_id, kind, value_hash, at in rows:
@@ -211,9 +179,9 @@ def _link(runtime, session: Session, pending: list) -> tuple[dict[str, dict[Node
     # The accounts locked in id order, as a report's transaction locks them.
     session.execute(_LOCK_ACCOUNTS, {"ids": sorted(shown)}).all()
     changed = link_shown(runtime, session, shown)
-    decisions = reevaluate(runtime, session, changed)
+    reevaluate(runtime, session, changed)
     session.execute(_DELETE_PENDING, {"ids": [row_id for row_id, _ in pending]})
-    return shown, decisions
+    return shown
 
 
 def link_shown(runtime, session: Session, shown: dict[str, dict[Node, datetime]]) -> list[str]:

@@ -147,32 +147,40 @@ def test_rebuild_gives_the_clusters_usage_linking_gave(client, auth, runtime):
     assert partition() == incremental
 
 
-def _die_at_commit(runtime, reports: list[dict]) -> None:
-    """What a process that stops right after a report transaction's COMMIT leaves: the reports
-    and their pending identifiers committed, the after-commit linking never run."""
+def _pairs(reports: list[dict]):
     from kyc.inputs import ActivityInput
+
+    return [(r["account_id"], ActivityInput.model_validate({k: v for k, v in r.items() if k != "account_id"}))
+            for r in reports]
+
+
+def _left_pending(runtime, reports: list[dict]) -> None:
+    """What an earlier release left when its process stopped right after a report transaction's
+    COMMIT: the reports recorded and their identifiers in a pending_links row, never linked."""
     from kyc.rescore.requests import after_commit
-    from kyc.usage.identifiers import queue_links
+    from kyc.security import KeyedHashes
+    from kyc.usage.identifiers import shown_identifiers
     from kyc.usage.reports import record_reports
 
-    pairs = [(r["account_id"], ActivityInput.model_validate({k: v for k, v in r.items() if k != "account_id"}))
-             for r in reports]
+    pairs = _pairs(reports)
+    shown = shown_identifiers(pairs, KeyedHashes(runtime.config.secret_key))
     with runtime.session() as session, session.begin():
         record_reports(session, pairs, secret=runtime.config.secret_key, dormancy_threshold=runtime.config.dormant_days)
-        queue_links(runtime, session, pairs)
+        session.add(PendingLink(shown=[[a, k, h, at.isoformat()] for a, nodes in sorted(shown.items())
+                                       for (k, h), at in sorted(nodes.items())]))
         after_commit(session).collected.clear()
 
 
-def test_identifiers_committed_and_not_linked_are_linked_by_the_next_process(client, auth, runtime, database_url,
-                                                                            make_config):
+def test_identifiers_an_earlier_release_left_pending_are_linked_by_the_next_process(client, auth, runtime,
+                                                                                   database_url, make_config):
     a, b, c = _people(client, auth, "user", 3)
-    _die_at_commit(runtime, [_report(a, ip="73.90.1.1", key="key_shared"), _report(b, ip="198.51.100.7",
+    _left_pending(runtime, [_report(a, ip="73.90.1.1", key="key_shared"), _report(b, ip="198.51.100.7",
                                                                                     key="key_shared")])
     with runtime.session() as s:
         assert s.scalar(select(func.count()).select_from(PendingLink)) == 1
         before = dict(s.execute(select(ClusterMember.account_id, ClusterMember.cluster_id)
                                 .where(ClusterMember.account_id.in_([a, b]))).all())
-    assert before[a] != before[b]                       # not linked: the report's answer came first
+    assert before[a] != before[b]                       # not linked yet
     restarted = Runtime.start(make_config(database_url), migrate=False)
     try:
         restarted.rescoring()          # a serving process starts its background thread (InProcessSchedule)
@@ -208,30 +216,63 @@ def test_linking_the_same_identifiers_again_changes_nothing(client, auth, runtim
     # Another process (which never linked them) records the same identifiers, and links them.
     other = Runtime.start(make_config(database_url), migrate=False)
     try:
-        _die_at_commit(other, reports)
+        _left_pending(other, reports)
         assert link_pending(other) == 1
     finally:
         other.engine.dispose()
     assert graph_state()[:3] == linked[:3] and len(set(graph_state()[3].values())) == 1
 
 
-def test_identifiers_this_process_linked_are_not_kept_for_linking_again(client, auth, runtime):
+def test_identifiers_this_process_linked_are_not_linked_again(client, auth, runtime):
+    from kyc.security import KeyedHashes
+    from kyc.usage.identifiers import link_reports, linked
+    from kyc.usage.reports import record_reports
+
     a, b = _people(client, auth, "user", 2)
     first = [_report(a, ip="203.0.113.5", key="key_a", prompts={"pf_t1": 5}),
              _report(b, ip="73.96.1.1", key="key_b")]
     assert client.post("/v1/activity", json={"reports": first}, headers=auth).status_code == 200
     drain(runtime)
 
-    def pending() -> int:
-        with runtime.session() as s:
-            return s.scalar(select(func.count()).select_from(PendingLink))
+    def link(report: dict):
+        pairs = _pairs([report])
+        with runtime.session() as session, session.begin():
+            record_reports(session, pairs, secret=runtime.config.secret_key,
+                           dormancy_threshold=runtime.config.dormant_days)
+            shown, moved = link_reports(runtime, session, pairs, KeyedHashes(runtime.config.secret_key))
+        linked(runtime).add(shown)
+        return shown, moved
 
     # The same account, key, template and network an hour later: nothing new to link.
-    _die_at_commit(runtime, [_report(a, ip="203.0.113.5", key="key_a", prompts={"pf_t1": 5}, hour=11)])
-    assert pending() == 0
-    # A new key on the account is kept, and links it to the account that holds it.
-    _die_at_commit(runtime, [_report(a, ip="203.0.113.5", key="key_b", prompts={"pf_t1": 5}, hour=12)])
-    assert pending() == 1
-    assert link_pending(runtime) == 1
+    assert link(_report(a, ip="203.0.113.5", key="key_a", prompts={"pf_t1": 5}, hour=11)) == ({}, [])
+    # A new key on the account is linked, and links it to the account that holds it.
+    shown, moved = link(_report(a, ip="203.0.113.5", key="key_b", prompts={"pf_t1": 5}, hour=12))
+    assert [kind for kind, _ in shown[a]] == ["api_key"] and moved == [a]
     clusters = _clusters(runtime, [a, b])
     assert clusters[a] == clusters[b]
+
+
+def test_a_report_whose_transaction_fails_leaves_neither_reports_nor_links(client, auth, runtime, monkeypatch):
+    from kyc.api import activity
+    from kyc.models import ActivityReport
+
+    a, b = _people(client, auth, "user", 2)
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(activity, "reevaluate", refused)      # after recording and linking, before the commit
+    reports = [_report(a, ip="73.90.1.1", key="key_shared"), _report(b, ip="198.51.100.7", key="key_shared")]
+    answer = client.post("/v1/activity", json={"reports": reports}, headers=auth)
+    assert answer.status_code == 500
+    with runtime.session() as s:
+        assert s.scalar(select(func.count()).select_from(ActivityReport)) == 0
+        assert s.scalar(select(func.count()).select_from(GraphEdge).where(GraphEdge.kind == "api_key")) == 0
+        assert s.scalar(select(func.count()).select_from(PendingLink)) == 0
+    monkeypatch.undo()
+    # Sent again (the gateway's retry), it is counted once and links them.
+    assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
+    clusters = _clusters(runtime, [a, b])
+    assert clusters[a] == clusters[b]
+    with runtime.session() as s:
+        assert s.scalar(select(func.count()).select_from(ActivityReport)) == 2
