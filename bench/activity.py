@@ -139,6 +139,7 @@ def main() -> None:
     ids = rng.sample(range(accounts), min(accounts, 2 * count))
     ids = [f"acct_{i}" for i in ids]
     give_evaluations(runtime, client, headers, ids)
+    entitlement_bench.settled(runtime)
     settle_for_serving()
 
     bulk_reports = reports_for(ids[:count], 0, rng)
