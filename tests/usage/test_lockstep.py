@@ -126,6 +126,16 @@ def test_uses_are_kept_per_template_day_and_hours(client, auth, runtime):
     assert sorted(uses) == sorted((keyed_hash(TEST_SECRET, "prompt", f), date(2026, 11, 24), (1 << 9) | (1 << 10))
                                   for f in ("pf_a", "pf_b"))
     assert set(days.values()) == {1}
+    # Another account's first use of one of them, then its second: counted once.
+    (other,) = _signups(client, auth, "pair", 1)
+    for hour in (11, 12):
+        assert client.post("/v1/activity", json={"reports": [_report(other, {"pf_a": 1}, hour=hour)]},
+                           headers=auth).status_code == 200
+    with runtime.session() as s:
+        days = dict(s.execute(select(PromptDay.value_hash, PromptDay.accounts)).all())
+        mine = s.scalar(select(PromptUse.hours).where(PromptUse.account_id == other))
+    assert days == {keyed_hash(TEST_SECRET, "prompt", "pf_a"): 2, keyed_hash(TEST_SECRET, "prompt", "pf_b"): 1}
+    assert mine == (1 << 11) | (1 << 12)
 
 
 def test_window_hours():
