@@ -130,9 +130,10 @@ def store_evaluations(runtime: Runtime, ids: list[str]) -> None:
         rows = []
         for account_id, subjects in conn.execute(select(Account.id, Account.subjects).where(Account.id.in_(ids))):
             for slot, latest in (subjects or {}).items():
-                rows.append({"id": latest["evaluation_id"], "account_id": account_id, "subject": slot,
+                subject = latest.get("subject", slot.partition(":")[0])     # payment_method:<its hash>
+                rows.append({"id": latest["evaluation_id"], "account_id": account_id, "subject": subject,
                              "trigger": "live", "occurred_at": now, "created_at": now, "input": {},
-                             "signals": signals[slot], "reasons": latest["reasons"], "decision": latest["decision"],
+                             "signals": signals[subject], "reasons": latest["reasons"], "decision": latest["decision"],
                              "score": latest["score"], "required_verifications": latest["required_verifications"],
                              "rules_version": "bench"})
         stored = set(conn.scalars(select(Evaluation.id).where(Evaluation.id.in_([r["id"] for r in rows]))))
