@@ -21,7 +21,7 @@ import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from functools import lru_cache
 from typing import Any
 
@@ -467,13 +467,6 @@ def count_and_read_statement(dialect: str):
 # above insert_rows).
 
 _N, _E = GraphNode.__table__, GraphEdge.__table__
-_SHOWN = json_rows(_N, ("kind", "value_hash")).subquery("shown")
-_SHOWN_NODES = select(_N.c.kind, _N.c.value_hash, _N.c.accounts, _N.c.super_node).join(
-    _SHOWN, and_(_N.c.kind == _SHOWN.c.kind, _N.c.value_hash == _SHOWN.c.value_hash))
-_SHOWN_ON = json_rows(_E, ("kind", "value_hash", "account_id")).subquery("shown_on")
-_SHOWN_EDGES = select(_E.c.kind, _E.c.value_hash, _E.c.account_id).join(
-    _SHOWN_ON, and_(_E.c.kind == _SHOWN_ON.c.kind, _E.c.value_hash == _SHOWN_ON.c.value_hash,
-                    _E.c.account_id == _SHOWN_ON.c.account_id))
 _NODE_COLUMNS = ("kind", "value_hash", "accounts", "super_node", "first_seen_at")
 _json_nodes = pg_insert(_N).from_select(_NODE_COLUMNS, json_rows(_N, _NODE_COLUMNS))
 # As count_nodes_statement: a super-node counts no more accounts. The rows are each a node no
@@ -484,19 +477,49 @@ _EDGE_COLUMNS = ("kind", "value_hash", "account_id")
 _ADD_SHOWN_EDGES = pg_insert(_E).from_select(_EDGE_COLUMNS, json_rows(_E, _EDGE_COLUMNS)).on_conflict_do_nothing()
 
 
-def shown_nodes_and_edges(session: Session, shown: dict[str, Iterable[tuple[str, str]]]
-                          ) -> tuple[list[tuple], list[tuple]] | None:
-    """PostgreSQL: the stored (kind, hash, accounts, super) of the nodes `shown` (account -> its
-    nodes) and the stored (kind, hash, account) of its edges, each looked up by its key: with the
-    hashes as a bound list, PostgreSQL's generic plan compared every node of the kinds with the
-    whole list (2-7 s a statement for 2,000 hashes against 20,000 nodes, loaded machine). None
-    elsewhere."""
+# What linking reads before it writes, in one statement (one round trip): the stored nodes
+# shown, the accounts' edges to them, and their velocity sightings since the batch's first day.
+# Each is looked up by its key from the rows as JSON: with the hashes as a bound list,
+# PostgreSQL's generic plan compared every node of the kinds with the whole list (2-7 s a
+# statement for 2,000 hashes against 20,000 nodes, loaded machine). One statement, not three: a
+# report of identifiers its account holds already, first from this process, 10 -> 8 statements,
+# 4.46/5.67/5.43 -> 3.53/4.09/5.25 ms CPU (median of 380 in process, three alternated pairs, load ~3).
+_SHOWN_AND_SIGHTED = text("""
+SELECT 'node', g.kind, g.value_hash, g.accounts, g.super_node, CAST(NULL AS VARCHAR), CAST(NULL AS TIMESTAMPTZ)
+FROM graph_nodes g JOIN json_to_recordset(CAST(:nodes AS JSON)) AS n(kind VARCHAR, value_hash VARCHAR)
+  ON g.kind = n.kind AND g.value_hash = n.value_hash
+UNION ALL
+SELECT 'edge', g.kind, g.value_hash, NULL, NULL, g.account_id, NULL
+FROM graph_edges g JOIN json_to_recordset(CAST(:edges AS JSON)) AS e(kind VARCHAR, value_hash VARCHAR, account_id VARCHAR)
+  ON g.kind = e.kind AND g.value_hash = e.value_hash AND g.account_id = e.account_id
+UNION ALL
+SELECT 'sighting', t.kind, t.value_hash, NULL, NULL, t.account_id, t.occurred_at
+FROM sightings t JOIN json_to_recordset(CAST(:sighted AS JSON)) AS s(kind VARCHAR, value_hash VARCHAR, account_id VARCHAR)
+  ON t.account_id = s.account_id AND t.kind = s.kind AND t.value_hash = s.value_hash
+WHERE t.occurred_at >= :since
+""")
+
+
+def shown_and_sighted(session: Session, shown: dict[str, Iterable[tuple[str, str]]], sighted: set[str],
+                      since: datetime) -> tuple[list[tuple], list[tuple], list[tuple]] | None:
+    """PostgreSQL: for `shown` (account -> its nodes), the stored (kind, hash, accounts, super) of
+    its nodes, the stored (kind, hash, account) of its edges, and the (account, kind, hash, time)
+    of the sightings since `since` of its nodes of the `sighted` kinds. None elsewhere."""
     if not postgres(session):
         return None
     nodes = sorted({node for account_nodes in shown.values() for node in account_nodes})
-    found = session.execute(_SHOWN_NODES, {"rows": rows_json([{"kind": k, "value_hash": h} for k, h in nodes])}).all()
-    return found, session.execute(_SHOWN_EDGES, {"rows": rows_json(
-        [{"kind": k, "value_hash": h, "account_id": a} for a in sorted(shown) for k, h in sorted(shown[a])])}).all()
+    pairs = [{"kind": k, "value_hash": h, "account_id": a} for a in sorted(shown) for k, h in sorted(shown[a])]
+    found: tuple[list, list, list] = ([], [], [])
+    for tag, kind, value_hash, accounts, super_node, account_id, at in session.execute(_SHOWN_AND_SIGHTED, {
+            "nodes": rows_json([{"kind": k, "value_hash": h} for k, h in nodes]), "edges": rows_json(pairs),
+            "sighted": rows_json([p for p in pairs if p["kind"] in sighted]), "since": since}):
+        if tag == "node":
+            found[0].append((kind, value_hash, accounts, super_node))
+        elif tag == "edge":
+            found[1].append((kind, value_hash, account_id))
+        else:
+            found[2].append((account_id, kind, value_hash, at.astimezone(timezone.utc)))    # the UTC day
+    return found
 
 
 def count_nodes_and_edges(session: Session, rows: list[tuple[tuple[str, str], str, Any]]) -> bool:

@@ -43,7 +43,7 @@ from kyc.graph.link import statements
 from kyc.ids import new_id
 from kyc.inputs import ActivityInput
 from kyc.models import Account, Cluster, ClusterMember, GraphEdge, GraphNode, PendingLink, Sighting, utcnow
-from kyc.persist import count_nodes_and_edges, insert_rows, shown_nodes_and_edges
+from kyc.persist import count_nodes_and_edges, insert_rows, shown_and_sighted
 from kyc.security import KeyedHashes
 from kyc.signals.network import network_identifiers
 from kyc.signals.velocity import VELOCITY_KEYS
@@ -190,30 +190,32 @@ def link_shown(runtime, session: Session, shown: dict[str, dict[Node, datetime]]
     if not shown:
         return []
     ids = sorted(shown)
-    known: dict[Node, tuple[int, bool]] = {}
-    held: set[tuple[str, Node]] = set()
-    stored = shown_nodes_and_edges(session, shown)
-    if stored is not None:
-        known.update({(k, h): (n, s) for k, h, n, s in stored[0]})
-        held.update((a, (k, h)) for k, h, a in stored[1])
-    else:
-        hashes = sorted({h for nodes in shown.values() for _, h in nodes})
-        for part in _chunks(hashes):
-            known.update({(k, h): (n, s) for k, h, n, s in session.execute(
-                select(GraphNode.kind, GraphNode.value_hash, GraphNode.accounts, GraphNode.super_node)
-                .where(GraphNode.value_hash.in_(part)))})
-            held.update((a, (k, h)) for k, h, a in session.execute(
-                select(GraphEdge.kind, GraphEdge.value_hash, GraphEdge.account_id)
-                .where(GraphEdge.value_hash.in_(part), GraphEdge.account_id.in_(ids))))
-    # Velocity kinds already sighted on the account that UTC day.
+    # What the graph holds of the nodes shown, and velocity kinds already sighted on the account
+    # that UTC day.
     since = min(at for nodes in shown.values() for at in nodes.values()).replace(hour=0, minute=0, second=0,
                                                                                 microsecond=0)
-    seen_today: set[tuple[str, Node, object]] = set()
     velocity_kinds = sorted(k for k in VELOCITY_KEYS if k not in graph.LINK_KINDS)
-    for part in _chunks(ids):
-        seen_today.update((a, (k, h), t.date()) for a, k, h, t in session.execute(
-            select(Sighting.account_id, Sighting.kind, Sighting.value_hash, Sighting.occurred_at)
-            .where(Sighting.account_id.in_(part), Sighting.kind.in_(velocity_kinds), Sighting.occurred_at >= since)))
+    stored = shown_and_sighted(session, shown, set(velocity_kinds), since)
+    if stored is not None:
+        nodes, edges, sighted = stored
+    else:
+        nodes, edges, sighted = [], [], []
+        hashes = sorted({h for account_nodes in shown.values() for _, h in account_nodes})
+        for part in _chunks(hashes):
+            nodes += session.execute(
+                select(GraphNode.kind, GraphNode.value_hash, GraphNode.accounts, GraphNode.super_node)
+                .where(GraphNode.value_hash.in_(part))).all()
+            edges += session.execute(
+                select(GraphEdge.kind, GraphEdge.value_hash, GraphEdge.account_id)
+                .where(GraphEdge.value_hash.in_(part), GraphEdge.account_id.in_(ids))).all()
+        for part in _chunks(ids):
+            sighted += session.execute(
+                select(Sighting.account_id, Sighting.kind, Sighting.value_hash, Sighting.occurred_at)
+                .where(Sighting.account_id.in_(part), Sighting.kind.in_(velocity_kinds),
+                       Sighting.occurred_at >= since)).all()
+    known: dict[Node, tuple[int, bool]] = {(k, h): (n, s) for k, h, n, s in nodes}
+    held: set[tuple[str, Node]] = {(a, (k, h)) for k, h, a in edges}
+    seen_today: set[tuple[str, Node, object]] = {(a, (k, h), t.date()) for a, k, h, t in sighted}
 
     sightings: list[dict] = []
     fresh: dict[str, dict[Node, datetime]] = defaultdict(dict)        # linking nodes new to the account
