@@ -472,7 +472,8 @@ _json_nodes = pg_insert(_N).from_select(_NODE_COLUMNS, json_rows(_N, _NODE_COLUM
 # As count_nodes_statement: a super-node counts no more accounts. The rows are each a node no
 # other row of the statement holds (ON CONFLICT may touch a row once), sorted.
 _COUNT_SHOWN_NODES = _json_nodes.on_conflict_do_update(
-    index_elements=["kind", "value_hash"], set_={"accounts": _N.c.accounts + 1}, where=_N.c.super_node.is_(False))
+    index_elements=["kind", "value_hash"], set_={"accounts": _N.c.accounts + 1}, where=_N.c.super_node.is_(False)
+).returning(_N.c.kind, _N.c.value_hash, _N.c.accounts)
 _EDGE_COLUMNS = ("kind", "value_hash", "account_id")
 _ADD_SHOWN_EDGES = pg_insert(_E).from_select(_EDGE_COLUMNS, json_rows(_E, _EDGE_COLUMNS)).on_conflict_do_nothing()
 
@@ -522,18 +523,19 @@ def shown_and_sighted(session: Session, shown: dict[str, Iterable[tuple[str, str
     return found
 
 
-def count_nodes_and_edges(session: Session, rows: list[tuple[tuple[str, str], str, Any]]) -> bool:
+def count_nodes_and_edges(session: Session, rows: list[tuple[tuple[str, str], str, Any]]) -> list[tuple] | None:
     """PostgreSQL: count sorted ((kind, hash), account, first seen) rows of distinct nodes, one
-    account each, and add their edges, one statement each; False elsewhere (the caller runs
-    kyc.graph.link's statements)."""
+    account each, and add their edges, one statement each; the (kind, hash, accounts) of each
+    node counted (a super-node is not). None elsewhere (the caller runs kyc.graph.link's
+    statements)."""
     if not postgres(session):
-        return False
-    session.execute(_COUNT_SHOWN_NODES, {"rows": rows_json(
+        return None
+    counted = session.execute(_COUNT_SHOWN_NODES, {"rows": rows_json(
         [{"kind": k, "value_hash": h, "accounts": 1, "super_node": False, "first_seen_at": at}
-         for (k, h), _, at in rows])})
+         for (k, h), _, at in rows])}).all()
     session.execute(_ADD_SHOWN_EDGES, {"rows": rows_json(
         [{"kind": k, "value_hash": h, "account_id": a} for (k, h), a, _ in rows])})
-    return True
+    return counted
 
 
 # --- prompt template uses (kyc.usage.lockstep.record_uses), PostgreSQL -------------------------

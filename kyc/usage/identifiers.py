@@ -250,12 +250,17 @@ def link_shown(runtime, session: Session, shown: dict[str, dict[Node, datetime]]
     alone = {a: nodes for a, nodes in fresh.items()
              if all(known.get(n, (0, False))[0] == 0 and holders[n] == 1 for n in nodes)}
     rows = sorted((n, a, at) for a, nodes in alone.items() for n, at in nodes.items())
-    if rows and not count_nodes_and_edges(session, rows):
+    counted = count_nodes_and_edges(session, rows) if rows else []
+    if counted is None:
         sql = statements(session)
-        session.execute(sql.count, [{"kind": k, "value_hash": h, "accounts": 1, "super_node": False,
-                                     "first_seen_at": at} for (k, h), _, at in rows]).all()
+        counted = session.execute(sql.count, [{"kind": k, "value_hash": h, "accounts": 1, "super_node": False,
+                                               "first_seen_at": at} for (k, h), _, at in rows]).all()
         session.execute(sql.edge, [{"kind": k, "value_hash": h, "account_id": a} for (k, h), a, _ in rows])
-    shared = sorted(a for a in fresh if a not in alone)
+    # A node another transaction counted meanwhile (its report committed after this one read the
+    # graph; the count's row lock made this one wait for it) is held by someone else after all:
+    # its account is linked like the others (its edge is there, so attach counts nothing twice).
+    taken = {(k, h) for k, h, accounts in counted if accounts > 1}
+    shared = sorted(a for a in fresh if a not in alone or any(n in taken for n in alone[a]))
     if not shared:
         return []
     before = {a: (c, n) for a, c, n in session.execute(

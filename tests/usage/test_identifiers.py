@@ -276,3 +276,35 @@ def test_a_report_whose_transaction_fails_leaves_neither_reports_nor_links(clien
     assert clusters[a] == clusters[b]
     with runtime.session() as s:
         assert s.scalar(select(func.count()).select_from(ActivityReport)) == 2
+
+
+def test_parallel_bulk_calls_linking_across_each_others_accounts_all_land(client, auth, runtime, app):
+    """Each call's transaction locks its own accounts and links them to accounts other calls hold
+    locked: every call is answered 200, every report counted once, and the links all made."""
+    import threading
+
+    people = _people(client, auth, "user", 12)
+    # Call c reports accounts c, c+4 and c+8 (of 12), on keys c, c+1 and c+2 (of 4): each key is
+    # behind three accounts of three calls, so every call links into accounts others are recording.
+    calls = [[_report(people[c + 4 * k], ip=f"73.{90 + c}.{k}.1", key=f"key_{(c + k) % 4}") for k in range(3)]
+             for c in range(4)]
+    answers: list[int] = []
+
+    def send(reports):
+        answers.append(app.test_client().post("/v1/activity", json={"reports": reports}, headers=auth).status_code)
+
+    threads = [threading.Thread(target=send, args=(reports,)) for reports in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == [200] * 4
+    from kyc.models import ActivityReport
+    with runtime.session() as s:
+        assert s.scalar(select(func.count()).select_from(ActivityReport)) == 12
+    clusters = _clusters(runtime, people)
+    by_key: dict[str, set[str]] = {}
+    for reports in calls:
+        for r in reports:
+            by_key.setdefault(r["api_key_id"], set()).add(clusters[r["account_id"]])
+    assert all(len(c) == 1 for c in by_key.values()) and len(set().union(*by_key.values())) == 4
