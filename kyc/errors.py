@@ -32,6 +32,13 @@ class UnknownAccounts(DomainError):
         self.indexes = list(indexes)
 
 
+class IdempotencyKeyReused(DomainError):
+    """An idempotency key already answered a call with another body (kyc/idempotency.py)."""
+
+    def __init__(self):
+        super().__init__("this Idempotency-Key was used for a call with another body; use a new key for a new call")
+
+
 class UnknownRole(DomainError):
     def __init__(self, role: str, roles: tuple[str, ...]):
         super().__init__(f"unknown role {role!r}: one of {', '.join(roles)}")

@@ -397,6 +397,19 @@ class ActivityReport(Base):
     __table_args__ = (Index("ix_activity_reports_account_time", "account_id", "occurred_at"),)
 
 
+class IdempotentAnswer(Base):
+    """kyc's answer to a call sent with an Idempotency-Key (kyc/idempotency.py), kept a day: the
+    same call sent again is answered with it and changes nothing. `key_hash`: keyed hash of the
+    caller, the route and the key; `body_hash`: digest of the validated body it answered."""
+
+    __tablename__ = "idempotent_answers"
+
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    body_hash: Mapped[str] = mapped_column(String(64))
+    answer: Mapped[Any] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
 class PendingLink(Base):
     """Identifiers activity reports showed, not linked into the identity graph yet: an earlier
     release wrote one row per report transaction and linked it after the commit; reports now link

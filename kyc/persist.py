@@ -33,7 +33,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from kyc.db import PIPELINE
-from kyc.models import Account, ClusterMember, GraphEdge, GraphNode, PhoneClaim, UTCDateTime, VelocityMark
+from kyc.models import (Account, ClusterMember, GraphEdge, GraphNode, IdempotentAnswer, PhoneClaim, UTCDateTime,
+                        VelocityMark)
 
 log = logging.getLogger("kyc.persist")
 
@@ -363,6 +364,17 @@ def new_account_statement(dialect: str):
                     last_seen_at=bindparam("last_seen_at"), decision="allow", score=0, reasons=[],
                     required_verifications=[], subjects={}, state_version=0)
             .on_conflict_do_nothing(index_elements=["id"]).returning(*Account.__table__.c))
+
+
+@lru_cache(maxsize=4)
+def keep_answer_statement(dialect: str):
+    """An answer kept under its idempotency key unless one is (kyc.idempotency), returning the key
+    when this call kept it: a concurrent call with the same key waits for the first to commit and
+    then keeps nothing."""
+    table = IdempotentAnswer.__table__
+    return (_insert(dialect)(table).values(key_hash=bindparam("key_hash"), body_hash=bindparam("body_hash"),
+                                           answer=bindparam("answer", type_=JSON), created_at=bindparam("created_at"))
+            .on_conflict_do_nothing(index_elements=["key_hash"]).returning(table.c.key_hash))
 
 
 def claim_phone(session: Session, **values) -> None:

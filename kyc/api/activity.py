@@ -7,10 +7,13 @@ cluster (kyc.usage.identifiers.link_reports), re-evaluated it before the commit 
 
 from __future__ import annotations
 
+from flask import g, request
+
 from kyc.api import documented, parse, respond, runtime, v1
 from kyc.api.responses import Activity, BulkActivity
 from kyc.api.errors import invalid
 from kyc.errors import NotFound, UnknownAccounts
+from kyc.idempotency import Call, key_problem
 from kyc.inputs import ActivityInput, BulkActivityInput, rfc3339
 from kyc.persist import pipelined
 from kyc.security import KeyedHashes
@@ -21,28 +24,48 @@ from kyc.usage.reports import Recorded, record_reports
 BULK_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
+IDEMPOTENCY = {"Idempotency-Key": "Optional, unique per call (1-255 visible ASCII characters): the same call "
+                                   "sent again within 24 hours is answered as the first time and changes "
+                                   "nothing; reused for another body, 409 (kyc/idempotency.py)"}
+
+
 @v1.post("/accounts/<account_id>/activity")
-@documented("Report activity", body=ActivityInput, responses={200: Activity}, tag="gateway")
+@documented("Report activity", body=ActivityInput, responses={200: Activity}, errors=(409,), tag="gateway",
+            headers=IDEMPOTENCY)
 def report_activity(account_id: str):
     """What the gateway served to the account since its last report. Updates last-seen and the
     usage counters; a report that makes the account riskier evaluates it again at once."""
     inp = parse(ActivityInput)
     _check_tiers([inp], lambda i: "tier")
+    call = _call({"account_id": account_id, **inp.model_dump(mode="json", exclude_unset=True)})
     try:
-        (answer,) = _record([(account_id, inp)])
+        (answer,) = _record([(account_id, inp)], call)
     except UnknownAccounts:
         raise NotFound("account", account_id) from None
     return respond(Activity, answer)
 
 
 @v1.post("/activity")
-@documented("Report activity in bulk", body=BulkActivityInput, responses={200: BulkActivity}, tag="gateway")
+@documented("Report activity in bulk", body=BulkActivityInput, responses={200: BulkActivity}, errors=(409,),
+            tag="gateway", headers=IDEMPOTENCY)
 def report_activity_bulk():
     """1 to 1,000 reports, all or nothing (errors keyed by index); bodies up to 4 MiB."""
     bulk = parse(BulkActivityInput, limit=BULK_MAX_BODY_BYTES)
     _check_tiers(bulk.reports, lambda i: f"reports[{i}].tier")
-    answers = _record([(r.account_id, r) for r in bulk.reports])      # UnknownAccounts: 400, fields by index
+    call = _call(bulk.model_dump(mode="json", exclude_unset=True))
+    answers = _record([(r.account_id, r) for r in bulk.reports], call)   # UnknownAccounts: 400, fields by index
     return respond(BulkActivity, {"results": answers})
+
+
+def _call(body: dict) -> Call | None:
+    """The call's idempotency key, if it sent one (400 if it is not one)."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    problem = key_problem(key)
+    if problem is not None:
+        raise invalid("the Idempotency-Key header is not a key", {"Idempotency-Key": problem})
+    return Call(runtime().config.secret_key, g.api_key, request.path, key, body)
 
 
 def _check_tiers(reports: list[ActivityInput], name) -> None:
@@ -53,20 +76,31 @@ def _check_tiers(reports: list[ActivityInput], name) -> None:
         raise invalid("the request has invalid fields", wrong)
 
 
-def _record(reports: list[tuple[str, ActivityInput]]) -> list[dict]:
+class _AnsweredBefore(Exception):
+    """A call with the same idempotency key committed first: roll back, answer as it was."""
+
+
+def _record(reports: list[tuple[str, ActivityInput]], call: Call | None) -> list[dict]:
     rt = runtime()
-    # Pipelined (kyc.persist.pipelined): the batch's writes (uses, days, reports, accounts, links)
-    # travel with the next read and the COMMIT, not one round trip each.
-    with rt.session() as session, pipelined(session):
-        hashes = KeyedHashes(rt.config.secret_key)
-        recorded, standing = record_reports(session, reports, secret=rt.config.secret_key,
-                                            dormancy_threshold=rt.config.dormant_days, hashes=hashes)
-        shown, moved = link_reports(rt, session, reports, hashes)
-        redone = set(accounts_to_reevaluate(rt, session, recorded, standing)) | set(moved)
-        decisions = {a: row.decision for a, row in standing.items()}
-        decisions.update(reevaluate(rt, session, sorted(redone)))
+    try:
+        # Pipelined (kyc.persist.pipelined): the batch's writes (uses, days, reports, accounts,
+        # links) travel with the next read and the COMMIT, not one round trip each.
+        with rt.session() as session, pipelined(session):
+            hashes = KeyedHashes(rt.config.secret_key)
+            recorded, standing = record_reports(session, reports, secret=rt.config.secret_key,
+                                                dormancy_threshold=rt.config.dormant_days, hashes=hashes)
+            shown, moved = link_reports(rt, session, reports, hashes)
+            redone = set(accounts_to_reevaluate(rt, session, recorded, standing)) | set(moved)
+            decisions = {a: row.decision for a, row in standing.items()}
+            decisions.update(reevaluate(rt, session, sorted(redone)))
+            answers = [_answer(r, decisions[r.account_id], r.account_id in redone) for r in recorded]
+            if call is not None and not call.keep(session, answers):
+                raise _AnsweredBefore
+    except _AnsweredBefore:
+        with rt.session() as session:
+            return call.kept(session)
     linked(rt).add(shown)               # committed
-    return [_answer(r, decisions[r.account_id], r.account_id in redone) for r in recorded]
+    return answers
 
 
 def _answer(r: Recorded, decision: str, reevaluated: bool) -> dict:

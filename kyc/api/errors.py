@@ -53,6 +53,8 @@ def answer(exc: domain.DomainError) -> ApiError:
         case domain.PhoneRefused():
             return ApiError(400, "phone_refused", str(exc),
                             {"phone": f"{exc.line_type} line type is refused; use a mobile number"})
+        case domain.IdempotencyKeyReused():
+            return ApiError(409, "idempotency_key_reused", str(exc), {"Idempotency-Key": "used for another body"})
         case domain.PhoneInUse():
             return ApiError(409, "phone_in_use", str(exc), {"phone": "already verified on another account"})
         case domain.VerificationNotPending():

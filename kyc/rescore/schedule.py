@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
+from kyc import idempotency
 from kyc.config import Config
 from kyc.persist import refresh_statistics
 from kyc.models import RescoreRun, utcnow
@@ -110,11 +111,15 @@ def ensure_schedule(connection, config: Config, now: datetime | None = None) -> 
 
 def purge_expired_codes(runtime: Runtime) -> int:
     """Delete outbox messages whose code has expired (kyc.verification.senders.purge_outbox),
-    and decision webhooks delivered long ago (kyc.ops.webhooks.purge_delivered)."""
+    decision webhooks delivered long ago (kyc.ops.webhooks.purge_delivered) and answers kept
+    under idempotency keys past their day (kyc.idempotency.purge)."""
     with runtime.session() as session, session.begin():
         purged = purge_outbox(session, runtime.config.code_ttl_seconds)
+        answers = idempotency.purge(session)
     if purged:
         log.info("outbox: %d message(s) with expired codes deleted", purged)
+    if answers:
+        log.info("idempotency: %d answer(s) kept past their day deleted", answers)
     purge_delivered(runtime)
     return purged
 
