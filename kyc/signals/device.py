@@ -97,8 +97,10 @@ _PLATFORMS = {  # ua-parser OS family -> sec-ch-ua-platform value
     "Android": "Android", "Chrome OS": "Chrome OS", "iOS": "iOS",
 }
 # Self-declared robots: real browsers never put these words or a contact URL in their user agent.
+# Searched in the lower-cased string: with re.IGNORECASE the alternation took 21 µs a browser's string
+# (a quarter of an unseen user agent's cost), on the lower-cased one 5.
 _SELF_DECLARED_BOT = re.compile(r"(?<!cu)bot(?:\b|[/_-])|robot|crawl|spider|scrap|slurp|https?://|\+http|www\.|"
-                                r"checker|monitor|validator|fetcher|archiver|scanner|preview", re.IGNORECASE)
+                                r"checker|monitor|validator|fetcher|archiver|scanner|preview")
 _BRAND = re.compile(r'"([^"]*)"\s*;\s*v\s*=\s*"(\d+)')
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z]{4})?[-_]([A-Za-z]{2}|\d{3})(?:[-_.@]|$)")
 
@@ -416,7 +418,7 @@ def _facts_of(ua: str) -> dict[str, Any]:
     parsed = _ParsedAgent(ua)
     lowered = ua.lower()
     marker = next((m for m in AUTOMATION_MARKERS if m in lowered), None)
-    bot = parsed.is_bot or marker is not None or _SELF_DECLARED_BOT.search(ua) is not None
+    bot = parsed.is_bot or marker is not None or _SELF_DECLARED_BOT.search(lowered) is not None
     if bot:
         device_class = "bot"
     elif parsed.is_tablet:
