@@ -246,6 +246,9 @@ _OS_OF = {
     "Mobile Safari": frozenset({"iOS"}), "Mobile Safari UI/WKWebView": frozenset({"iOS"}),
     "Chrome Mobile iOS": frozenset({"iOS"}), "Firefox iOS": frozenset({"iOS"}), "Edge Mobile iOS": frozenset({"iOS"}),
 }
+# An iPad asks for desktop sites (iPadOS 13 and later): its browsers then write a Mac's platform,
+# frozen at 10_15, on iOS's WebKit, and keep their own iOS token (`FxiOS/119.0`, `EdgiOS/108`).
+_IPAD_DESKTOP = re.compile(r"Mozilla/5\.0 \(Macintosh; Intel Mac OS X 10_15(?:_\d+)?\) AppleWebKit/605\.1\.15 ")
 _WINDOWS_ONLY = frozenset({"IE", "IE Mobile", "IE Large Screen"})
 _CHROME_BUILDS = ((28, 1500), (44, 2403), (50, 2661), (60, 3112), (70, 3538), (80, 3987), (90, 4430),
                   (100, 4896), (110, 5481), (120, 6099), (130, 6723), (140, 7339))  # major, its first build
@@ -350,7 +353,7 @@ def _model_mismatch(ua: str, family: str, major: Any, os_family: str, os_major: 
     if family == "Chrome" and isinstance(major, int) and major >= 30 and os_family in _CHROME_DESKTOP_OS \
             and not _CHROME_PLATFORM.match(ua, max(0, ua.find("Mozilla/5.0 ("))) and not _DEVICE_FORM.search(ua):
         return "tokens"                          # (TV standards' strings write their own comment)
-    if family in _OS_OF and os_family not in _OS_OF[family]:
+    if family in _OS_OF and os_family not in _OS_OF[family] and not _IPAD_DESKTOP.match(ua):
         return "os"
     if family == "Safari" and "Version/" in ua and os_family not in _APPLE_OS and os_family != "Other" \
             and not ("SmartTV" in ua or "Web0S" in ua or "Tizen" in ua or "(X11;" in ua) \

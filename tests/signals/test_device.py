@@ -287,6 +287,9 @@ OLD_BUT_REAL = {
     "a vendor's token after current desktop Safari's grammar": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) "
                                                               "AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.6 "
                                                               "Safari/605.1.15 Orion/0.99.125",
+    "Firefox on an iPad asking for desktop sites (a Mac's platform, its FxiOS token)":
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) FxiOS/119.0 "
+        "Safari/605.1.15",
     "an app's WebView on Android 4.1 (the stock browser's form) with the app's name after it":
         "Mozilla/5.0 (Linux; U; Android 4.1.1; ru-ru; RMD_600 Build/JRO03C) AppleWebKit/534.30 (KHTML, like Gecko) "
         "Version/4.0 Mobile Safari/534.30 YandexSearch/7.16",
@@ -302,6 +305,9 @@ def test_old_but_real_browsers_are_real_browsers(name):
 @pytest.mark.parametrize("ua, reason", [
     # Safari's Version/ token on Windows: Apple's Safari runs on Apple systems only
     ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 "
+     "Safari/605.1.15", "os"),
+    # an iOS browser's token on a Mac's platform that is not the iPad's desktop form (not 10_15, or not iOS's WebKit)
+    ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_13_6) AppleWebKit/605.1.15 (KHTML, like Gecko) FxiOS/119.0 "
      "Safari/605.1.15", "os"),
     # Blink on an iPhone: every iOS browser is WebKit (Chrome there says CriOS)
     ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/537.36 (KHTML, like Gecko) "
