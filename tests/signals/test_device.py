@@ -350,6 +350,9 @@ def test_old_but_real_browsers_are_real_browsers(name):
      "Scope3/2.0 (scope3.com)", "tokens"),
     ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/138.0.7204.168 Safari/537.36 "
      "DatadogSynthetics", "tokens"),
+    # vendors add one or two product tokens; a run of them is read no further than three
+    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 "
+     "Safari/537.36" + " Kinza/7.4.1" * 4, "tokens"),
     # a word inside WebKit's own (KHTML, like Gecko) comment
     ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko; Google Search Console) "
      "Chrome/41.0.2272.118 Safari/537.36", "tokens"),
