@@ -261,6 +261,38 @@ OLD_BUT_REAL = {
         "Gecko) Version/4.0 Safari/534.30",
     "GNOME Web (WebKit's own Version/ Safari/ form on Linux)": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/605.1.15 "
                                                                "(KHTML, like Gecko) Version/17.0 Safari/605.1.15",
+    # kinds found by writing real browsers' strings from other families and eras than the corpora's tuning halves
+    "GNOME Web on a distribution ua-parser names (Ubuntu)": "Mozilla/5.0 (X11; Ubuntu; Linux x86_64) "
+                                                            "AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.0 "
+                                                            "Safari/605.1.15",
+    "GNOME Web on FreeBSD": "Mozilla/5.0 (X11; FreeBSD amd64) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 "
+                            "Safari/605.1.15",
+    "Netscape Navigator 4 (no engine token: it was the Mozilla)": "Mozilla/4.8 [en] (Windows NT 5.1; U)",
+    "Netscape Navigator 3 on a Mac": "Mozilla/3.01 (Macintosh; I; PPC)",
+    "Netscape Navigator 4 on Linux": "Mozilla/4.79 [en] (X11; U; Linux 2.4.18 i686)",
+    "a Chromium browser's own token after Chrome's grammar": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+                                                            "(KHTML, like Gecko) Chrome/116.0.0.0 Safari/537.36 "
+                                                            "Kinza/7.4.1",
+    "a car's browser naming its firmware after Chrome's grammar": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 "
+                                                                 "(KHTML, like Gecko) Chrome/102.0.5005.61 Safari/537.36 "
+                                                                 "Tesla/2022.40.25.4-c2f2b1b6ffc8",
+    "an Android app's name after Chrome Mobile's grammar": "Mozilla/5.0 (Linux; Android 12; SO-54C) AppleWebKit/537.36 "
+                                                          "(KHTML, like Gecko) Chrome/100.0.4896.127 Mobile Safari/537.36 "
+                                                          "RakutenWebsearch/5.100.07",
+    "the new Outlook's WebView after Edge's grammar": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+                                                     "(KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36 Edg/120.0.0.0 "
+                                                     "OneOutlook/1.2023.1117.300",
+    "a vendor's token after current Firefox's grammar": "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) "
+                                                     "Gecko/20100101 Firefox/128.0 Floorp/11.19.1",
+    "a vendor's token after current desktop Safari's grammar": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) "
+                                                              "AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.6 "
+                                                              "Safari/605.1.15 Orion/0.99.125",
+    "Firefox on an iPad asking for desktop sites (a Mac's platform, its FxiOS token)":
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) FxiOS/119.0 "
+        "Safari/605.1.15",
+    "an app's WebView on Android 4.1 (the stock browser's form) with the app's name after it":
+        "Mozilla/5.0 (Linux; U; Android 4.1.1; ru-ru; RMD_600 Build/JRO03C) AppleWebKit/534.30 (KHTML, like Gecko) "
+        "Version/4.0 Mobile Safari/534.30 YandexSearch/7.16",
 }
 
 
@@ -273,6 +305,9 @@ def test_old_but_real_browsers_are_real_browsers(name):
 @pytest.mark.parametrize("ua, reason", [
     # Safari's Version/ token on Windows: Apple's Safari runs on Apple systems only
     ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 "
+     "Safari/605.1.15", "os"),
+    # an iOS browser's token on a Mac's platform that is not the iPad's desktop form (not 10_15, or not iOS's WebKit)
+    ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_13_6) AppleWebKit/605.1.15 (KHTML, like Gecko) FxiOS/119.0 "
      "Safari/605.1.15", "os"),
     # Blink on an iPhone: every iOS browser is WebKit (Chrome there says CriOS)
     ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -304,6 +339,20 @@ def test_old_but_real_browsers_are_real_browsers(name):
      "Chrome/136.0.0.0 Mobile Safari/537.36 Chrome-Lighthouse", "tokens"),
     ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/132.0.0.0 "
      "Safari/537.36; Manus-User/1.0", "tokens"),
+    # a tool's product token there: it names what the tool does, or carries the tool's address
+    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 "
+     "Safari/537.36 CookieHubScan/3.0", "tokens"),
+    ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/125.0.6422.26 Safari/537.36 "
+     "TestLocally/1.0", "tokens"),
+    ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/109.0.0.0 "
+     "Safari/537.36 CloudflareObservatory/1.0", "tokens"),
+    ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/133.0.0.0 Safari/537.36 "
+     "Scope3/2.0 (scope3.com)", "tokens"),
+    ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/138.0.7204.168 Safari/537.36 "
+     "DatadogSynthetics", "tokens"),
+    # vendors add one or two product tokens; a run of them is read no further than three
+    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 "
+     "Safari/537.36" + " Kinza/7.4.1" * 4, "tokens"),
     # a word inside WebKit's own (KHTML, like Gecko) comment
     ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko; Google Search Console) "
      "Chrome/41.0.2272.118 Safari/537.36", "tokens"),
