@@ -48,20 +48,31 @@ def latest_days(conn, account_ids: list[str]) -> dict[str, dict[str, Any]]:
     ).mappings()}
 
 
-def usage_facts(runtime, session: Session, account_id: str, day: dict[str, Any], at, first_seen_at, *,
-                linked: bool = True) -> dict[str, Any]:
-    """The usage signals of an account as of `at` from its latest day of usage at or before it,
-    with the lockstep facts when that day is at's and holds enough prompt templates to share (or
-    any, on the day the account woke: usage.woke_together),
-    and its cluster's (`linked=False`: the caller knows the account is a cluster of one, whose
-    cluster facts are its own, so nothing is read for them)."""
-    facts = usage_signals(day, at, first_seen_at, runtime.tiers.daily_quotas)
-    dormant = runtime.config.dormant_days
-    woke = (day.get("dormant_days") or 0) > dormant
+def lockstep_wanted(runtime, account_id: str, day: dict[str, Any], at) -> tuple[str, date, bool] | None:
+    """What lockstep_facts needs for the account's `day` as of `at`: only on at's own day, and
+    only when it holds enough prompt templates to share (or any, on the day the account woke:
+    usage.woke_together); None otherwise."""
+    woke = (day.get("dormant_days") or 0) > runtime.config.dormant_days
     templates = len(day.get("fingerprints") or ())
     if day["day"] == at.date() and (templates >= SHARED or (woke and templates)):
-        facts.update(lockstep_facts(session, account_id, day["day"], popular=runtime.config.usage_popular_prompt,
-                                    dormant=dormant, woke=woke))
+        return (account_id, day["day"], woke)
+    return None
+
+
+def usage_facts(runtime, session: Session, account_id: str, day: dict[str, Any], at, first_seen_at, *,
+                linked: bool = True, lockstep: dict[tuple[str, date], dict[str, Any]] | None = None
+                ) -> dict[str, Any]:
+    """The usage signals of an account as of `at` from its latest day of usage at or before it,
+    with the lockstep facts on at's own day (kyc.usage.lockstep; `lockstep`: read already for a
+    batch, by lockstep_wanted) and its cluster's (`linked=False`: the caller knows the account is
+    a cluster of one, whose cluster facts are its own, so nothing is read for them)."""
+    facts = usage_signals(day, at, first_seen_at, runtime.tiers.daily_quotas)
+    wanted = lockstep_wanted(runtime, account_id, day, at)
+    if wanted is not None:
+        if lockstep is None:
+            lockstep = lockstep_facts(session, [wanted], popular=runtime.config.usage_popular_prompt,
+                                      dormant=runtime.config.dormant_days)
+        facts.update(lockstep[wanted[:2]])
     elif day["day"] == at.date():
         facts.update(lockstep_accounts=0, lockstep_woke=0, woke_together=0)
     if day["day"] == at.date():

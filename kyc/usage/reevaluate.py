@@ -22,7 +22,8 @@ from kyc.models import SEVERITY, Account, ClusterMember
 from kyc.scoring.decide import evaluate
 from kyc.rescore.batch import rescore_chunk
 from kyc.rescore.requests import after_commit
-from kyc.usage.days import usage_facts
+from kyc.usage.days import lockstep_wanted, usage_facts
+from kyc.usage.lockstep import lockstep_facts
 from kyc.usage.reports import Recorded
 
 if TYPE_CHECKING:
@@ -65,10 +66,15 @@ def accounts_to_reevaluate(runtime: Runtime, session: Session, recorded: Iterabl
     # Most accounts are clusters of one: their cluster facts are their own (nothing to read).
     linked = {a for a in candidates if (standing[a].cluster_size or 1) > 1}
     rising = set(woke)
+    # The lockstep facts of all candidates in two statements (kyc.usage.lockstep), not per account.
+    wanted = [w for w in (lockstep_wanted(runtime, a, latest[a].usage_day, latest[a].usage_day["last_at"])
+                          for a in candidates) if w is not None]
+    lockstep = lockstep_facts(session, wanted, popular=runtime.config.usage_popular_prompt,
+                              dormant=runtime.config.dormant_days)
     for account_id in candidates:
         day = latest[account_id].usage_day
         usage = usage_facts(runtime, session, account_id, day, day["last_at"], standing[account_id].first_seen_at,
-                            linked=account_id in linked)
+                            linked=account_id in linked, lockstep=lockstep)
         if riskier(rules, standing[account_id].subjects, usage, stored):
             rising.add(account_id)
     return sorted(rising)

@@ -145,3 +145,26 @@ def test_window_hours():
     assert window_hours(at, 0) == 1 << 10
     assert window_hours(at, 1800) == 1 << 10
     assert window_hours(at, 7200) == (1 << 8) | (1 << 9) | (1 << 10)
+
+
+def test_a_batch_reads_the_lockstep_facts_each_account_alone_would(client, auth, runtime):
+    from kyc.usage.lockstep import lockstep_facts
+
+    farm = _signups(client, auth, "farm", 8)
+    people = _signups(client, auth, "person", 4)
+    templates = [f"pf_farm_{k}" for k in range(5)]
+    reports = [_report(a, {t: 5 for t in templates if t != templates[i % 5]}, hour=9 + i % 2) for i, a in enumerate(farm)]
+    reports += [_report(p, {f"pf_own_{i}_{k}": 2 for k in range(3)} | {templates[0]: 1}, hour=14)
+                for i, p in enumerate(people)]
+    assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
+    day = date(2026, 11, 24)
+    wanted = [(a, day, i % 3 == 0) for i, a in enumerate(farm + people)]
+    settings = {"popular": runtime.config.usage_popular_prompt, "dormant": runtime.config.dormant_days}
+    with runtime.session() as s:
+        together = lockstep_facts(s, wanted, **settings)
+        alone = {w[:2]: lockstep_facts(s, [w], **settings)[w[:2]] for w in wanted}
+    assert together == alone
+    # The farm account at 09:00 shares four templates with the three others at 09:00, none with those
+    # at 10:00 in a common hour; the people share one template with some of the farm.
+    assert together[(farm[0], day)]["lockstep_accounts"] == 3 and together[(people[0], day)]["lockstep_accounts"] == 0
+    assert together[(farm[0], day)]["woke_together"] == 7 and together[(farm[1], day)]["woke_together"] == 0
