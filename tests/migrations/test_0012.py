@@ -7,7 +7,7 @@ from alembic import command
 from sqlalchemy import create_engine, text
 
 from kyc.runtime import alembic_config, upgrade_database
-from tests.migrations import table_names
+from tests.migrations import insert_account, table_names
 
 AT = {"t": "2026-11-24 21:00:00+00:00"}
 
@@ -32,10 +32,7 @@ def test_upgrade_keeps_accounts_and_usage_and_downgrades(empty_url):
     upgrade_database(empty_url, "0011")
     engine = create_engine(empty_url)
     with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO accounts (id, created_at, first_seen_at, last_seen_at, decision, score, reasons, "
-            "required_verifications, subjects, label, state_version, updated_at) VALUES "
-            "('a1', :t, :t, :t, 'allow', 5, '[]', '[]', '{}', NULL, 1, :t)"), AT)
+        insert_account(conn)
         conn.execute(text("INSERT INTO activity_days (account_id, day, requests, first_at, last_at, dormant_days) "
                           "VALUES ('a1', '2026-11-24', 40, :t, :t, 0)"), AT)
     upgrade_database(empty_url)
