@@ -96,11 +96,13 @@ _PLATFORMS = {  # ua-parser OS family -> sec-ch-ua-platform value
     "Windows": "Windows", "Mac OS X": "macOS", "Linux": "Linux", "Ubuntu": "Linux", "Fedora": "Linux",
     "Android": "Android", "Chrome OS": "Chrome OS", "iOS": "iOS",
 }
-# Self-declared robots: real browsers never put these words or a contact URL in their user agent.
+# Self-declared robots: real browsers never put these words, a contact URL or a contact address
+# (`+collection@infegy.com`, `mailto:`) in their user agent.
 # Searched in the lower-cased string: with re.IGNORECASE the alternation took 21 µs a browser's string
 # (a quarter of an unseen user agent's cost), on the lower-cased one 5.
 _SELF_DECLARED_BOT = re.compile(r"(?<!cu)bot(?:\b|[/_-])|robot|crawl|spider|scrap|slurp|https?://|\+http|www\.|"
-                                r"checker|monitor|validator|fetcher|archiver|scanner|preview")
+                                r"checker|monitor|validator|fetcher|archiver|scanner|preview|mailto:|"
+                                r"[\w.+-]@[a-z0-9-]+\.[a-z]{2,}")
 _BRAND = re.compile(r'"([^"]*)"\s*;\s*v\s*=\s*"(\d+)')
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z]{4})?[-_]([A-Za-z]{2}|\d{3})(?:[-_.@]|$)")
 

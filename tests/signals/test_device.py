@@ -389,6 +389,10 @@ def test_browsers_whose_parts_do_not_fit_together(ua, reason):
     "Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/120.0.6099.109 Mobile Safari/537.36 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
     "rest-client/2.1.0 (linux x86_64) ruby/2.7.6p219",
+    # a contact address signs a robot, like a contact URL, even on a browser's string
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 "
+    "Safari/537.36 +collection@example-social.com",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0 (mailto:ops@example.org)",
 ])
 def test_anything_that_is_no_recognised_browser_is_not_a_real_browser(ua):
     facts = device_signals(ua, None, at=JAN_2026)
