@@ -73,6 +73,7 @@ EXAMPLES = [
     domain.WrongVerificationKind("vf_1", "document", expected="code"),
     domain.ReplayedEvent("idv", "ev_1"),
     domain.SendFailed("the code could not be sent: sender answered 503"),
+    domain.IdempotencyKeyReused(),
 ]
 
 
