@@ -10,8 +10,11 @@ last seen in the past three weeks, with its own API key id, template and address
 of unrelated customers, no wake-up, nothing linked) to accounts drawn at random, with a
 real API key (its read included). Before the runs each account reports once (bulk calls): a
 gateway's customers have reported before, so their identifiers are linked and their day started;
-the evaluations the accounts' decisions came from are stored (store_evaluations). Prints requests/s, wrk's latency percentiles, and kyc's share of
-bare Flask's requests/s. On a shared, loaded machine compare the ratios of one run, not the
+the evaluations the accounts' decisions came from are stored (store_evaluations). A third app,
+bench/flask_one_statement.py, is bare Flask plus one PostgreSQL statement per call (a primary-key
+read for the entitlement, a one-row update for a report): the floor of any design that touches
+the account once per call. Prints requests/s, wrk's latency percentiles, and kyc's share of
+bare Flask's requests/s and of that floor's. On a shared, loaded machine compare the ratios of one run, not the
 absolute figures.
 """
 
@@ -111,8 +114,10 @@ def main() -> None:
               "user_agent": "python-httpx/0.27.0", "tokens_in": 900, "tokens_out": 1400,
               "models": {"model-small": 3}, "prompt_fingerprints": {"pf_ACCOUNT": 3}, "interval_cv": 0.9}
     ports = {"kyc": free_port(), "bare": free_port()}
+    ports["floor"] = free_port()
     servers = [start("wsgi:app", ports["kyc"], args.workers, env, ROOT),
-               start("bare_flask:app", ports["bare"], args.workers, env, ROOT / "bench")]
+               start("bare_flask:app", ports["bare"], args.workers, env, ROOT / "bench"),
+               start("flask_one_statement:app", ports["floor"], args.workers, env, ROOT / "bench")]
     results = {}
     try:
         # Steady usage: each account has reported before (its key, template and address linked,
@@ -123,7 +128,7 @@ def main() -> None:
         for call in ("entitlement", "activity"):
             script = LUA % {"ids": ",".join(json.dumps(i) for i in ids), "key": key, "call": call,
                             "body": json.dumps(report)}
-            for name in ("bare", "kyc", "bare", "kyc"):            # alternated: load drifts over a run
+            for name in ("bare", "floor", "kyc", "bare", "floor", "kyc"):     # alternated: load drifts over a run
                 results.setdefault((call, name), []).append(wrk(ports[name], script, args.duration, args.threads,
                                                                 args.connections))
     finally:
@@ -134,12 +139,14 @@ def main() -> None:
           f"{'sqlite' if args.database_url.startswith('sqlite') else 'postgresql'}, gunicorn -w {args.workers}, "
           f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, two alternated runs each")
     for call in ("entitlement", "activity"):
-        bare, kyc = results[(call, "bare")], results[(call, "kyc")]
-        for name, runs in (("bare Flask", bare), ("kyc", kyc)):
+        bare, floor, kyc = results[(call, "bare")], results[(call, "floor")], results[(call, "kyc")]
+        for name, runs in (("bare Flask", bare), ("one stmt", floor), ("kyc", kyc)):
             print(f"{call:<12} {name:<10} " + "   ".join(
                 f"{r['rps']:8.0f} req/s (p50 {r['p50']}, p99 {r['p99']}, non-2xx {r['non_2xx']})" for r in runs))
-        share = sum(r["rps"] for r in kyc) / sum(r["rps"] for r in bare)
-        print(f"{call:<12} kyc / bare Flask: {share:.0%}")
+        rate = {name: sum(r["rps"] for r in runs) for name, runs in (("bare", bare), ("floor", floor), ("kyc", kyc))}
+        print(f"{call:<12} kyc / bare Flask: {rate['kyc'] / rate['bare']:.0%}   bare Flask + one statement / bare "
+              f"Flask: {rate['floor'] / rate['bare']:.0%}   kyc / bare Flask + one statement: "
+              f"{rate['kyc'] / rate['floor']:.0%}")
 
 
 if __name__ == "__main__":
