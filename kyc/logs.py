@@ -55,9 +55,15 @@ def _scrub_emails(text: str) -> str:
         while start > 0 and text[start - 1] in _ATEXT:
             start -= 1
         local = text[start:at]
+        path = local.startswith("/")
+        if path:
+            # A URL path (`/v1/accounts/jane@example.com/entitlement`): "/" is atext, but the
+            # address is the path's last segment, not the path.
+            start = at - len(local.rpartition("/")[2])
+            local = text[start:at]
         if not local or local.endswith("***"):    # no address, or already masked (mask_email)
             continue
-        key = _KEY.match(local)
+        key = None if path else _KEY.match(local)
         text = text[:start] + (key.group() if key else "") + "[email]" + text[match.end():]
     return text
 
