@@ -11,7 +11,6 @@ rescoring is seen by the very next call.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -301,9 +300,8 @@ def _condition_signals(conn: Connection, conditions: CompiledConditions, subject
     return signals
 
 
-def etag(body: dict[str, Any]) -> str:
-    """State version plus a digest of the answer: any change to what the gateway would act on
-    (including a tier or time-dependent condition) changes the tag, not only a version bump."""
-    digest = hashlib.blake2b(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode(),
-                             digest_size=8).hexdigest()
-    return f"{body['state_version']}-{digest}"
+def etag(state_version: int, served: bytes) -> str:
+    """State version plus a digest of the answer as served: any change to what the gateway would
+    act on (including a tier or time-dependent condition) changes the tag, not only a version
+    bump. The digest is of the bytes written anyway, not of the body encoded a second time."""
+    return f"{state_version}-{hashlib.blake2b(served, digest_size=8).hexdigest()}"

@@ -52,11 +52,10 @@ def get_entitlement(account_id: str):
     with rt.read_connection() as conn:
         body = entitlement(conn, tier, account_id, dormancy_threshold=rt.config.dormant_days,
                            now=parse_time(query.at) if query.at else None)
-    tag = etag(body)
+    response = respond(Entitlement, body)
+    tag = etag(body["state_version"], response.get_data())
     if request.if_none_match.contains(tag):
         response = Response(status=304)
-    else:
-        response = respond(Entitlement, body)
     response.set_etag(tag)
     response.headers["Cache-Control"] = CACHE_CONTROL
     return response
