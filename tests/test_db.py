@@ -98,6 +98,37 @@ def test_a_pipelined_transaction_writes_everything_and_answers_reads_in_order(ru
         assert session.execute(select(func.count()).select_from(accounts).where(accounts.c.score == 5)).scalar() == 2
 
 
+def test_reads_in_order_answer_each_read_after_the_writes_before_it(runtime):
+    """fetch_in_order: rows by attribute and as dicts, IN and NOT IN lists, each read after what
+    was queued before it (on PostgreSQL all of them in one round trip)."""
+    from datetime import date
+
+    from sqlalchemy import bindparam, insert, select
+
+    from kyc.models import Account, ActivityDay, utcnow
+
+    accounts, days, now = Account.__table__, ActivityDay.__table__, utcnow()
+    by_ids = select(accounts.c.id, accounts.c.score).where(accounts.c.id.in_(bindparam("ids", expanding=True)))
+    others = (select(accounts.c.id).where(accounts.c.id.not_in(bindparam("ids", expanding=True)))
+              .order_by(accounts.c.id))
+    on_days = select(days.c.account_id, days.c.day, days.c.requests).where(
+        days.c.account_id.in_(bindparam("ids", expanding=True)), days.c.day.in_(bindparam("days", expanding=True)))
+    with runtime.session() as session, persist.pipelined(session):
+        session.execute(insert(accounts), [_account_row("r1"), _account_row("r2"), _account_row("r3")])
+        session.execute(insert(days), [{"account_id": "r1", "day": date(2026, 10, 5), "requests": 7,
+                                        "first_at": now, "last_at": now, "dormant_days": 0}])
+        mine, rest, counted, none = persist.fetch_in_order(session, [
+            (by_ids.order_by(accounts.c.id), {"ids": ["r1", "r3", "nobody"]}),
+            (others, {"ids": ["r1"]}),
+            (on_days, {"ids": ["r1", "r2"], "days": [date(2026, 10, 5), date(2026, 10, 6)]}),
+            (by_ids, {"ids": []}),
+        ])
+    assert [(row.id, row.score) for row in mine] == [("r1", 0), ("r3", 0)]
+    assert [row.id for row in rest] == ["r2", "r3"]
+    assert [row._asdict() for row in counted] == [{"account_id": "r1", "day": date(2026, 10, 5), "requests": 7}]
+    assert none == []
+
+
 def test_a_failing_deferred_write_fails_the_commit_and_writes_nothing(runtime):
     from sqlalchemy import func, insert, select
     from sqlalchemy.exc import IntegrityError

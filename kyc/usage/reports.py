@@ -25,7 +25,7 @@ from kyc.db import write_lock
 from kyc.errors import UnknownAccounts
 from kyc.inputs import ActivityInput
 from kyc.models import Account, ActivityDay, ActivityReport, Cluster, ClusterMember, utcnow
-from kyc.persist import insert_rows, update_rows, upsert_rows
+from kyc.persist import fetch_in_order, insert_rows, update_rows, upsert_rows
 from kyc.security import KeyedHashes
 from kyc.signals.usage import BASELINE_DAYS, HOURS
 from kyc.usage.lockstep import record_uses
@@ -95,14 +95,17 @@ def record_reports(session: Session, reports: Sequence[tuple[str, ActivityInput]
     hashed = hashes or KeyedHashes(secret)
 
     ids = sorted({account_id for account_id, _ in reports})
-    accounts = {row.id: row for row in session.execute(_LOCK_ACCOUNTS, {"ids": ids})}
+    times = [inp.at() for _, inp in reports]
+    keys = {(account_id, at.date()) for (account_id, _), at in zip(reports, times)}
+    # The accounts locked, then their days read (after the lock: what a report of the same
+    # account committed meanwhile is seen), in one round trip on PostgreSQL (fetch_in_order).
+    locked, day_rows = fetch_in_order(session, [(_LOCK_ACCOUNTS, {"ids": ids}),
+                                                (_DAYS, {"ids": ids, "days": sorted({d for _, d in keys})})])
+    accounts = {row.id: row for row in locked}
     unknown = [i for i, (account_id, _) in enumerate(reports) if account_id not in accounts]
     if unknown:
         raise UnknownAccounts(unknown)
-    times = [inp.at() for _, inp in reports]
-    keys = {(account_id, at.date()) for (account_id, _), at in zip(reports, times)}
-    days = {(row["account_id"], row["day"]): dict(row) for row in session.execute(
-        _DAYS, {"ids": ids, "days": sorted({d for _, d in keys})}).mappings()}
+    days = {(row.account_id, row.day): row._asdict() for row in day_rows}
     new = sorted(k for k in keys if k not in days)
     history = _history(session, new)
     seen = {a: accounts[a].last_seen_at for a in ids}
