@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import namedtuple
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import date, datetime, timezone
@@ -219,10 +218,10 @@ def fetch_in_order(session: Session, reads: Sequence[tuple[Any, dict]]) -> list[
     executions before its writes and COMMIT; read this way, 2.62/2.27/3.27 ms of CPU a report
     against 3.33/2.92/4.23 (medians of ~450 each, the two ways interleaved report by report in
     one process, three runs, 1,000,000 accounts stored, load ~0.8), and wall 3.06/2.73/3.88
-    against 3.93/3.52/5.03 ms. A signup's two reads (its keys' velocity counts, its nodes counted
-    and their holders read) each one read this way: 4.84/5.23/5.30 ms of CPU a signup against
-    5.17/5.37/5.58 (medians of 750 each, interleaved likewise, three seeds). Elsewhere each is
-    session.execute."""
+    against 3.93/3.52/5.03 ms. A signup's three reads (its account created or locked, its keys'
+    velocity counts, its nodes counted and their holders read) each one read this way:
+    4.77/4.20/3.77 ms of CPU a signup against 5.29/4.73/4.23 (medians of 750 each, interleaved
+    likewise, three seeds of 1,500). Elsewhere each is session.execute."""
     connection = session.connection()
     pipeline = connection.info.get(PIPELINE)
     if pipeline is None:
@@ -247,6 +246,27 @@ def fetch_in_order(session: Session, reads: Sequence[tuple[Any, dict]]) -> list[
     return answers
 
 
+class _Row(tuple):
+    """A row of a read on the driver's cursor: a tuple whose columns are also read by name
+    (row.id), and as a dict (row._asdict()), like SQLAlchemy's Row; any label, `_dormancy` too."""
+
+    __slots__ = ()
+    _fields: tuple[str, ...] = ()
+    _index: dict[str, int] = {}
+
+    def __new__(cls, *values):
+        return super().__new__(cls, values)
+
+    def __getattr__(self, name: str):
+        try:
+            return self[self._index[name]]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def _asdict(self) -> dict[str, Any]:
+        return dict(zip(self._fields, self))
+
+
 class _Readable(_Sendable):
     """A SELECT compiled for a dialect with given parameter keys, and its columns' result
     processors (None where the driver's value is kept as is). An expanding bind parameter (an
@@ -255,15 +275,21 @@ class _Readable(_Sendable):
     def __init__(self, statement, dialect, keys: frozenset[str]):
         super().__init__(statement, dialect, keys)
         compiled = statement.compile(dialect=dialect, column_keys=sorted(keys))
-        for bind in compiled.binds.values():
+        for bind, name in compiled.bind_names.items():
             if bind.expanding:
-                placeholder = f"(__[POSTCOMPILE_{bind.key}])"
-                self.sql = (self.sql.replace(f"NOT IN {placeholder}", f"<> ALL(%({bind.key})s)")
-                            .replace(f"IN {placeholder}", f"= ANY(%({bind.key})s)"))
+                placeholder = f"(__[POSTCOMPILE_{name}])"
+                self.sql = (self.sql.replace(f"NOT IN {placeholder}", f"<> ALL(%({name})s)")
+                            .replace(f"IN {placeholder}", f"= ANY(%({name})s)"))
+            elif bind in compiled.literal_execute_params:   # a constant written into the text (string_agg's ',')
+                self.sql = self.sql.replace(f"__[POSTCOMPILE_{name}]",
+                                            compiled.render_literal_value(bind.value, bind.type))
+                self.fixed.pop(name, None)
         assert "__[POSTCOMPILE" not in self.sql, self.sql
-        self.expanding = frozenset(bind.key for bind in compiled.binds.values() if bind.expanding)
+        self.expanding = frozenset(name for bind, name in compiled.bind_names.items() if bind.expanding)
         self._types, self._dialect, self._results = [entry.type for entry in compiled._result_columns], dialect, None
-        self.row = namedtuple("Row", [entry.keyname for entry in compiled._result_columns], rename=True)
+        names = tuple(entry.keyname for entry in compiled._result_columns)
+        self.row = type("Row", (_Row,), {"__slots__": (), "_fields": names,
+                                         "_index": {name: i for i, name in enumerate(names)}})
 
     def results(self, description) -> list:
         """Each column's result processor (None: the driver's value is kept), for the types the
