@@ -182,50 +182,38 @@ def _sendable(statement, dialect, keys: frozenset[str]) -> _Sendable:
     return _Sendable(statement, dialect, keys)
 
 
-def fetch(conn, statement, params: dict) -> list[tuple]:
-    """The rows of a read on a hot path (the API key, the entitlement check), as tuples.
-
-    PostgreSQL: straight on the driver's cursor, the statement compiled once per dialect and
-    set of keys (_Readable), the read counterpart of send(). Why: SQLAlchemy's execution (a
-    context, its events, a result object) cost as much CPU as psycopg's for a one-row read
-    (0.205 ms a Core SELECT against 0.101 ms on the cursor, the entitlement's statement).
-    Elsewhere this is conn.execute. `conn`: a Connection or a Session."""
-    connection = conn.connection() if isinstance(conn, Session) else conn
-    if not postgres(connection):
-        return [tuple(row) for row in connection.execute(statement, params)]
-    readable = _readable(statement, connection.dialect, frozenset(params))
-    values = readable.params(params)
-    with connection.connection.driver_connection.cursor() as cursor:
-        connection.dispatch.before_cursor_execute(connection, cursor, readable.sql, values, None, False)
-        cursor.execute(readable.sql, values)
-        rows = cursor.fetchall()
-        processors = readable.results(cursor.description)
-    if not any(processors):
-        return rows
-    return [tuple(value if p is None else p(value) for p, value in zip(processors, row)) for row in rows]
+def fetch(bind, statement, params: dict) -> list[Any]:
+    """The rows of one read (fetch_in_order's, alone). `bind`: a Connection or a Session."""
+    return fetch_in_order(bind, [(statement, params)])[0]
 
 
-def fetch_in_order(session: Session, reads: Sequence[tuple[Any, dict]]) -> list[list[Any]]:
-    """The rows of each read (a statement and its parameters), run one after the other in the
-    session's transaction; rows read by attribute (row.id) or as a dict (row._asdict()).
+def fetch_in_order(bind, reads: Sequence[tuple[Any, dict]]) -> list[list[Any]]:
+    """The rows of each read (a statement and its parameters), run one after the other on `bind`
+    (a Connection or a Session, in its transaction); rows are tuples whose columns are also read
+    by name (row.id) or as a dict (row._asdict()).
 
-    In a pipelined transaction (PostgreSQL) all of them travel in one round trip, each on the
-    driver's cursor like fetch(). Each still starts when the one before it has finished, with
-    its own snapshot (READ COMMITTED): a read after a row lock (FOR UPDATE) sees what the
-    transaction it waited for committed, which one statement reading both could not. An IN
-    list (an expanding bind parameter) is sent as one array: `= ANY(%(ids)s)`. Why: a steady
-    single activity report locked its account, then read its day, two round trips and two ORM
-    executions before its writes and COMMIT; read this way, 2.62/2.27/3.27 ms of CPU a report
-    against 3.33/2.92/4.23 (medians of ~450 each, the two ways interleaved report by report in
-    one process, three runs, 1,000,000 accounts stored, load ~0.8), and wall 3.06/2.73/3.88
-    against 3.93/3.52/5.03 ms. A signup's three reads (its account created or locked, its keys'
-    velocity counts, its nodes counted and their holders read) each one read this way:
-    4.77/4.20/3.77 ms of CPU a signup against 5.29/4.73/4.23 (medians of 750 each, interleaved
-    likewise, three seeds of 1,500). Elsewhere each is session.execute."""
-    connection = session.connection()
+    PostgreSQL: straight on the driver's cursor, each statement compiled once per dialect and set
+    of keys (_Readable), the read counterpart of send(). Why: SQLAlchemy's execution (a context,
+    its events, a result object) cost as much CPU as psycopg's for a one-row read (0.205 ms a
+    Core SELECT against 0.101 ms on the cursor, the entitlement's statement). In a pipelined
+    transaction all of them travel in one round trip. Each still starts when the one before it
+    has finished, with its own snapshot (READ COMMITTED): a read after a row lock (FOR UPDATE)
+    sees what the transaction it waited for committed, which one statement reading both could
+    not. An IN list (an expanding bind parameter) is sent as one array: `= ANY(%(ids)s)`.
+    A steady single activity report locked its account, then read its day, two round trips and
+    two ORM executions before its writes and COMMIT; read this way, 2.62/2.27/3.27 ms of CPU a
+    report against 3.33/2.92/4.23 (medians of ~450 each, the two ways interleaved report by
+    report in one process, three runs, 1,000,000 accounts stored, load ~0.8), and wall
+    3.06/2.73/3.88 against 3.93/3.52/5.03 ms. A signup's three reads (its account created or
+    locked, its keys' velocity counts, its nodes counted and their holders read) each one read
+    this way: 4.77/4.20/3.77 ms of CPU a signup against 5.29/4.73/4.23 (medians of 750 each,
+    interleaved likewise, three seeds of 1,500). Elsewhere (SQLite; a session's transaction that
+    is not pipelined, whose errors SQLAlchemy's execution maps, a deadlock to OperationalError
+    for the callers that retry one) each is bind.execute."""
+    connection = bind.connection() if isinstance(bind, Session) else bind
     pipeline = connection.info.get(PIPELINE)
-    if pipeline is None:
-        return [list(session.execute(statement, params)) for statement, params in reads]
+    if not postgres(connection) or (pipeline is None and isinstance(bind, Session)):
+        return [list(bind.execute(statement, params)) for statement, params in reads]
     driver = connection.connection.driver_connection
     sent = []
     for statement, params in reads:
@@ -235,7 +223,8 @@ def fetch_in_order(session: Session, reads: Sequence[tuple[Any, dict]]) -> list[
         connection.dispatch.before_cursor_execute(connection, cursor, readable.sql, values, None, False)
         cursor.execute(readable.sql, values)
         sent.append((readable, cursor))
-    pipeline.sync()
+    if pipeline is not None:
+        pipeline.sync()
     answers = []
     for readable, cursor in sent:
         with cursor:
