@@ -129,6 +129,43 @@ def test_reads_in_order_answer_each_read_after_the_writes_before_it(runtime):
     assert none == []
 
 
+def test_a_read_queued_after_a_lock_sees_what_the_lock_waited_for(postgres_runtime):
+    """The reason fetch_in_order keeps one statement per read: the second read starts once the
+    lock is ours, with its own snapshot, so it sees the row the lock holder committed meanwhile
+    (one statement reading both would not)."""
+    from datetime import date
+
+    from sqlalchemy import bindparam, insert, select
+
+    from kyc.models import Account, ActivityDay, utcnow
+
+    runtime = postgres_runtime
+    accounts, days, now = Account.__table__, ActivityDay.__table__, utcnow()
+    with runtime.session() as session, session.begin():
+        session.execute(insert(accounts), [_account_row("lk1")])
+    lock = select(accounts.c.id).where(accounts.c.id.in_(bindparam("ids", expanding=True))).with_for_update()
+    day = select(days.c.requests).where(days.c.account_id == bindparam("account_id"))
+    holder = runtime.session()
+    holder.begin()
+    holder.execute(lock, {"ids": ["lk1"]})              # the lock, held until the day row commits
+    read: list = []
+
+    def reader() -> None:
+        with runtime.session() as session, persist.pipelined(session):
+            read.append(persist.fetch_in_order(session, [(lock, {"ids": ["lk1"]}), (day, {"account_id": "lk1"})]))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    time.sleep(0.5)                                    # the reader waits on the lock
+    holder.execute(insert(days), [{"account_id": "lk1", "day": date(2026, 10, 5), "requests": 9,
+                                   "first_at": now, "last_at": now, "dormant_days": 0}])
+    holder.commit()
+    holder.close()
+    thread.join(timeout=30)
+    (locked, counted), = read
+    assert [row.id for row in locked] == ["lk1"] and [row.requests for row in counted] == [9]
+
+
 def test_a_failing_deferred_write_fails_the_commit_and_writes_nothing(runtime):
     from sqlalchemy import func, insert, select
     from sqlalchemy.exc import IntegrityError
