@@ -144,7 +144,10 @@ class VelocityMark(Base):
     account_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     last_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
-    __table_args__ = (Index("ix_velocity_marks_key_time", "kind", "value_hash", "last_at"),)
+    # account_id carried in the index (PostgreSQL): a velocity count reads the index alone
+    # (migration 0013 has the figure).
+    __table_args__ = (Index("ix_velocity_marks_key_time", "kind", "value_hash", "last_at",
+                            postgresql_include=["account_id"]),)
 
 
 class GraphNode(Base):
