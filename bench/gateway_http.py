@@ -113,8 +113,7 @@ def main() -> None:
     report = {"window_seconds": 60, "requests": 3, "tier": "free", "ip": "IPADDR", "api_key_id": "key_ACCOUNT",
               "user_agent": "python-httpx/0.27.0", "tokens_in": 900, "tokens_out": 1400,
               "models": {"model-small": 3}, "prompt_fingerprints": {"pf_ACCOUNT": 3}, "interval_cv": 0.9}
-    ports = {"kyc": free_port(), "bare": free_port()}
-    ports["floor"] = free_port()
+    ports = {"kyc": free_port(), "bare": free_port(), "floor": free_port()}
     servers = [start("wsgi:app", ports["kyc"], args.workers, env, ROOT),
                start("bare_flask:app", ports["bare"], args.workers, env, ROOT / "bench"),
                start("flask_one_statement:app", ports["floor"], args.workers, env, ROOT / "bench")]

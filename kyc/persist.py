@@ -156,7 +156,7 @@ class _Sendable:
     updated_at)."""
 
     def __init__(self, statement, dialect, keys: frozenset[str]):
-        compiled = statement.compile(dialect=dialect, column_keys=sorted(keys))
+        self.compiled = compiled = statement.compile(dialect=dialect, column_keys=sorted(keys))
         assert not compiled.positional, "a named paramstyle (psycopg's)"
         self.sql = compiled.string
         self.processors = compiled._bind_processors
@@ -263,9 +263,10 @@ class _Readable(_Sendable):
 
     def __init__(self, statement, dialect, keys: frozenset[str]):
         super().__init__(statement, dialect, keys)
-        compiled = statement.compile(dialect=dialect, column_keys=sorted(keys))
+        compiled, expanding = self.compiled, set()
         for bind, name in compiled.bind_names.items():
             if bind.expanding:
+                expanding.add(name)
                 placeholder = f"(__[POSTCOMPILE_{name}])"
                 self.sql = (self.sql.replace(f"NOT IN {placeholder}", f"<> ALL(%({name})s)")
                             .replace(f"IN {placeholder}", f"= ANY(%({name})s)"))
@@ -274,7 +275,7 @@ class _Readable(_Sendable):
                                             compiled.render_literal_value(bind.value, bind.type))
                 self.fixed.pop(name, None)
         assert "__[POSTCOMPILE" not in self.sql, self.sql
-        self.expanding = frozenset(name for bind, name in compiled.bind_names.items() if bind.expanding)
+        self.expanding = frozenset(expanding)
         self._types, self._dialect, self._results = [entry.type for entry in compiled._result_columns], dialect, None
         names = tuple(entry.keyname for entry in compiled._result_columns)
         self.row = type("Row", (_Row,), {"__slots__": (), "_fields": names,

@@ -35,7 +35,7 @@ from sqlalchemy import bindparam, func, literal, null, select, true, union_all
 from sqlalchemy.orm import Session
 
 from kyc import metrics
-from kyc.persist import dialect_of, fetch_in_order, postgres, record_marks_statement, send, unnested
+from kyc.persist import dialect_of, fetch, postgres, record_marks_statement, send, unnested
 from kyc.models import Evaluation, Sighting, VelocityMark
 from kyc.rescore.requests import after_commit
 
@@ -165,8 +165,7 @@ class SqlStore(SqlHistory):
             return {}
         arrays = postgres(self.session)
         statement = _COUNT_EACH_KEY if arrays else _count_statement(len(keys))
-        (rows,) = fetch_in_order(self.session, [(statement, _count_params(keys, at, account_id, arrays))])
-        return _counts(keys, rows)
+        return _counts(keys, fetch(self.session, statement, _count_params(keys, at, account_id, arrays)))
 
     def payment_history(self, keys: list[Key], at: datetime, account_id: str, card: str, window: timedelta,
                         device: Key | None) -> tuple[dict[Key, dict[str, int]], tuple[int, int | None, dict | None]]:

@@ -31,7 +31,7 @@ from kyc.models import Account, ActivityDay, Evaluation, Verification
 from kyc.signals.account import account_signals
 from kyc.verification import payment_verified
 from kyc.models import SEVERITY
-from kyc.persist import fetch, fetch_in_order
+from kyc.persist import fetch
 
 TIER_KEYS = ("id", "description", "quota", "requires", "max_decision", "forbid_phone_line_types", "conditions")
 QUOTA_KEYS = ("requests_per_day", "requests_per_minute")
@@ -189,7 +189,7 @@ _SIGNALS_LOCK = threading.Lock()
 
 
 # An activity batch's accounts are mostly read cold (a gateway's customers outnumber the cache):
-# one statement whose id list is one array (kyc.persist.fetch_in_order), not 1,000 parameters.
+# one statement whose id list is one array (kyc.persist.fetch), not 1,000 parameters.
 _SIGNALS_OF = select(Evaluation.id, Evaluation.signals).where(Evaluation.id.in_(bindparam("ids", expanding=True)))
 
 
@@ -205,7 +205,7 @@ def evaluation_signals(conn: Connection, evaluation_ids: list[str]) -> dict[str,
             else:
                 missing.append(ev_id)
     if missing:
-        (rows,) = fetch_in_order(conn, [(_SIGNALS_OF, {"ids": missing})])
+        rows = fetch(conn, _SIGNALS_OF, {"ids": missing})
         with _SIGNALS_LOCK:
             for ev_id, signals in rows:
                 found[ev_id] = _SIGNALS_CACHE[ev_id] = signals

@@ -27,7 +27,7 @@ from kyc.graph.core import (LINK_KINDS, STRONG, WEAK, WEAK_KINDS_NEEDED, GROWTH_
                             locked_with_growth, add_cluster, one_member, rose, store)
 from kyc.models import MEMBER_FLAGS, Cluster, ClusterMember, GraphEdge, GraphNode
 from kyc.persist import (add_edges_statement, count_and_read_statement, count_nodes_statement, deferred,
-                         dialect_of, fetch_in_order, send)
+                         dialect_of, fetch, send)
 from kyc.rescore.requests import after_commit
 
 
@@ -94,7 +94,7 @@ def _count_and_read(session: Session, account_id: str, nodes: list[Node], at: da
     counted: dict[Node, int] = {}
     known: set[Node] = set()                   # super-nodes, and nodes the account held already
     holders: list[tuple] = []
-    (rows,) = fetch_in_order(session, [(statements(session).count_and_read, params)])
+    rows = fetch(session, statements(session).count_and_read, params)
     for role, kind, value_hash, accounts, other, other_cluster in rows:
         if role == "counted":
             counted[(kind, value_hash)] = accounts

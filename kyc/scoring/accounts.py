@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from kyc import graph
 from kyc.models import Account, ActivityDay, ClusterMember, Evaluation, Sighting, Verification
 from kyc.ops import decisions
-from kyc.persist import dialect_of, fetch_in_order, new_account_statement
+from kyc.persist import dialect_of, fetch, new_account_statement
 from kyc.scoring import persist
 from kyc.scoring.decide import Settlement
 from kyc.signals import COLLECTORS, Identifiers
@@ -147,8 +147,8 @@ class LiveAccount:
         reads first, which is then the only statement."""
         if not likely_new and (found := cls._locked(session, account_id)) is not None:
             return found
-        (new,) = fetch_in_order(session, [(new_account_statement(dialect_of(session)),
-                                           {"id": account_id, "first_seen_at": at, "last_seen_at": at})])
+        new = fetch(session, new_account_statement(dialect_of(session)),
+                    {"id": account_id, "first_seen_at": at, "last_seen_at": at})
         if new:
             return cls(session, AccountRecord.from_row(new[0]._asdict()), True, None, (), None)
         found = cls._locked(session, account_id)
@@ -157,7 +157,7 @@ class LiveAccount:
 
     @classmethod
     def _locked(cls, session: Session, account_id: str) -> LiveAccount | None:
-        (rows,) = fetch_in_order(session, [(_LOCKED_ACCOUNT, {"id": account_id})])
+        rows = fetch(session, _LOCKED_ACCOUNT, {"id": account_id})
         if not rows:
             return None
         row = rows[0]._asdict()
