@@ -130,9 +130,10 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
                     woken.add(account_id)
         for account_id, templates in asked.items():
             facts = out[(account_id, day)]
-            others = {o for h in templates for o, _ in users.get(h, ()) if o != account_id}
             if woke[account_id]:
-                facts["woke_together"] = len(others & woken)
+                # (only then: every other user of its templates, a set as large as the day's read)
+                facts["woke_together"] = len({o for h in templates for o, _ in users.get(h, ())
+                                              if o != account_id and o in woken})
             if len(templates) < SHARED:
                 continue
             mask = 0
