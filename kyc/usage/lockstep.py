@@ -40,18 +40,22 @@ SHARED = 3
 _U, _P, _D = PromptUse.__table__, PromptDay.__table__, ActivityDay.__table__
 _HELD = select(_U.c.value_hash, _U.c.day, _U.c.account_id, _U.c.hours).where(
     _U.c.account_id.in_(bindparam("ids", expanding=True)), _U.c.day.in_(bindparam("days", expanding=True)))
-# A batch's accounts' uncommon templates of a day, then every use of those templates that day
-# with its account's dormancy: two statements for a whole batch (lockstep_facts). Read one
+# A batch's accounts' uncommon templates of a day (with how many accounts used each), the uses
+# of their least used templates that day, then the day's uses of the accounts found there, each
+# with its account's dormancy: three statements for a whole batch (lockstep_facts). Read one
 # account at a time, they were one or two statements a report whose day held SHARED templates
 # or more: a bulk call of 1,000 steady reports of accounts holding a few templates each day went
 # from 1,926 statements and 1,679 ms of CPU to 9 and 764 (in process, PostgreSQL, load ~3).
-_MINE = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours)
+_MINE = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _P.c.accounts)
          .join(_P, (_P.c.value_hash == _U.c.value_hash) & (_P.c.day == _U.c.day))
          .where(_U.c.account_id.in_(bindparam("accounts", expanding=True)), _U.c.day == bindparam("day"),
                 _P.c.accounts <= bindparam("popular")))
 _USES = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _D.c.dormant_days)
          .select_from(_U.outerjoin(_D, (_D.c.account_id == _U.c.account_id) & (_D.c.day == _U.c.day)))
          .where(_U.c.day == bindparam("day"), _U.c.value_hash.in_(bindparam("hashes", expanding=True))))
+_THEIRS = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _D.c.dormant_days)
+           .select_from(_U.outerjoin(_D, (_D.c.account_id == _U.c.account_id) & (_D.c.day == _U.c.day)))
+           .where(_U.c.day == bindparam("day"), _U.c.account_id.in_(bindparam("accounts", expanding=True))))
 _READ_CHUNK = 1000
 
 
@@ -103,7 +107,18 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
 
     Lockstep: the other accounts that used at least SHARED of the account's uncommon templates
     that day in an hour the account used any of them; and how many of those woke that day.
-    Woke together: the other accounts that woke that day and used any of its uncommon templates."""
+    Woke together: the other accounts that woke that day and used any of its uncommon templates.
+
+    Who can be in lockstep with an account of k templates is read from its k - SHARED + 1 least
+    used ones: another account holding SHARED of the k lacks at most k - SHARED of them, so it
+    holds one of those (prefix filtering, as set-similarity joins do). Those templates' users are
+    the candidates; their own uses of the day are then read to count what they share. Read from
+    every user of every template instead, 1,000 steady accounts each on popular (but not too
+    popular: ~400 users) templates and their own (bench/activity.py's second phase) read ~22,000
+    rows and counted pairs in Python: 114 -> 23 and 149 -> 34 ms of CPU, 330 -> 58 ms wall, for
+    1,000 accounts (medians of 24, old and new interleaved in one process, PostgreSQL, 1,000,000
+    accounts stored). tests/usage/test_lockstep.py compares it with the pairwise definition on
+    generated days."""
     out: dict[tuple[str, date], dict[str, Any]] = {}
     by_day: dict[date, dict[str, bool]] = {}
     for account_id, day, woke in wanted:
@@ -111,39 +126,52 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
         out[(account_id, day)] = {"lockstep_accounts": 0, "lockstep_woke": 0, "woke_together": 0}
     for day, woke in by_day.items():
         mine: dict[str, dict[str, int]] = {}
+        held_by: dict[str, int] = {}                             # template -> accounts that used it that day
         ids = sorted(woke)
         for i in range(0, len(ids), _READ_CHUNK):
-            for account_id, value_hash, hours in session.execute(
+            for account_id, value_hash, hours, accounts in session.execute(
                     _MINE, {"accounts": ids[i:i + _READ_CHUNK], "day": day, "popular": popular}):
                 mine.setdefault(account_id, {})[value_hash] = hours
+                held_by[value_hash] = accounts
         asked = {a: m for a, m in mine.items() if len(m) >= SHARED or woke[a]}
         if not asked:
             continue
-        hashes = sorted({h for m in asked.values() for h in m})
-        users: dict[str, list[tuple[str, int]]] = {}             # template -> (account, hours)
+        # Every user of a woken account's templates (usage.woke_together counts them), of the others
+        # the users of their least used ones.
+        prefix = {a: (sorted(m) if woke[a] else
+                      sorted(m, key=lambda h: (held_by[h], h))[:max(0, len(m) - SHARED + 1)])
+                  for a, m in asked.items()}
+        users: dict[str, list[str]] = {}                         # template -> the accounts that used it
+        used: dict[tuple[str, str], int] = {}                    # (account, template) -> its hours
         woken: set[str] = set()
-        for i in range(0, len(hashes), _READ_CHUNK):
-            for account_id, value_hash, hours, dormant_days in session.execute(
-                    _USES, {"day": day, "hashes": hashes[i:i + _READ_CHUNK]}):
-                users.setdefault(value_hash, []).append((account_id, hours))
+
+        def take(rows) -> None:
+            for account_id, value_hash, hours, dormant_days in rows:
+                if (account_id, value_hash) not in used:
+                    users.setdefault(value_hash, []).append(account_id)
+                used[(account_id, value_hash)] = hours
                 if (dormant_days or 0) > dormant:
                     woken.add(account_id)
+
+        hashes = sorted({h for read in prefix.values() for h in read})
+        for i in range(0, len(hashes), _READ_CHUNK):
+            take(session.execute(_USES, {"day": day, "hashes": hashes[i:i + _READ_CHUNK]}))
+        candidates = {a: {o for h in prefix[a] for o in users.get(h, ()) if o != a}
+                      for a, m in asked.items() if len(m) >= SHARED}
+        others = sorted({o for found in candidates.values() for o in found})
+        for i in range(0, len(others), _READ_CHUNK):
+            take(session.execute(_THEIRS, {"day": day, "accounts": others[i:i + _READ_CHUNK]}))
         for account_id, templates in asked.items():
             facts = out[(account_id, day)]
             if woke[account_id]:
-                # (only then: every other user of its templates, a set as large as the day's read)
-                facts["woke_together"] = len({o for h in templates for o, _ in users.get(h, ())
+                facts["woke_together"] = len({o for h in templates for o in users.get(h, ())
                                               if o != account_id and o in woken})
-            if len(templates) < SHARED:
+            if account_id not in candidates:
                 continue
             mask = 0
             for hours in templates.values():
                 mask |= hours
-            shared: dict[str, int] = {}
-            for h in templates:
-                for other, hours in users.get(h, ()):
-                    if other != account_id and hours & mask:
-                        shared[other] = shared.get(other, 0) + 1
-            together = {o for o, n in shared.items() if n >= SHARED}
+            together = {o for o in candidates[account_id]
+                        if sum(1 for h in templates if used.get((o, h), 0) & mask) >= SHARED}
             facts.update(lockstep_accounts=len(together), lockstep_woke=len(together & woken))
     return out

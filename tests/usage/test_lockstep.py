@@ -3,14 +3,17 @@ hours are a group; popular templates link nobody; a farm waking together is bloc
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime, timezone
 
-from sqlalchemy import select
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import delete, insert, select
 
 from kyc import create_app
 from kyc.models import PromptDay, PromptUse
 from kyc.runtime import Runtime
 from kyc.security import keyed_hash
+from kyc.usage.lockstep import SHARED
 from kyc.usage.reports import window_hours
 from tests.conftest import TEST_SECRET, signup
 from tests.flows import key_headers
@@ -168,3 +171,70 @@ def test_a_batch_reads_the_lockstep_facts_each_account_alone_would(client, auth,
     # at 10:00 in a common hour; the people share one template with some of the farm.
     assert together[(farm[0], day)]["lockstep_accounts"] == 3 and together[(people[0], day)]["lockstep_accounts"] == 0
     assert together[(farm[0], day)]["woke_together"] == 7 and together[(farm[1], day)]["woke_together"] == 0
+
+
+# A day of template uses: (account, template, hours mask) with each account's dormancy. Small
+# pools of accounts and templates so that groups sharing SHARED templates arise often.
+_USE = st.tuples(st.integers(0, 11), st.integers(0, 4), st.integers(1, 0b1111))
+_DAY = date(2026, 11, 24)
+
+
+def _brute_force(uses: dict[tuple[str, str], int], dormant: dict[str, int], wanted, *, popular: int, limit: int):
+    """The definitions of lockstep_facts, pair by pair: every other account, every template."""
+    held = {}
+    for (account, template) in uses:
+        held[template] = held.get(template, 0) + 1
+    out = {}
+    for account, day, woke in wanted:
+        mine = {t: h for (a, t), h in uses.items() if a == account and held[t] <= popular}
+        facts = {"lockstep_accounts": 0, "lockstep_woke": 0, "woke_together": 0}
+        if len(mine) >= SHARED or (woke and mine):
+            others = {a for (a, t) in uses if t in mine and a != account}
+            woken = {a for a in others if dormant.get(a, 0) > limit}
+            if woke:
+                facts["woke_together"] = len(woken)
+            if len(mine) >= SHARED:
+                mask = 0
+                for h in mine.values():
+                    mask |= h
+                together = {o for o in others
+                            if sum(1 for t in mine if uses.get((o, t), 0) & mask) >= SHARED}
+                facts.update(lockstep_accounts=len(together), lockstep_woke=len(together & woken))
+        out[(account, day)] = facts
+    return out
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(uses=st.lists(_USE, max_size=60), dormant=st.lists(st.sampled_from([0, 0, 45]), min_size=12, max_size=12),
+       woke=st.lists(st.booleans(), min_size=12, max_size=12), popular=st.integers(2, 12))
+def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, dormant, woke, popular):
+    """Whatever the day's uses, the batch read (least used templates first, then the candidates'
+    uses) gives what comparing every pair of accounts gives."""
+    from kyc.models import Account, ActivityDay
+    from kyc.usage.lockstep import lockstep_facts
+
+    day_uses: dict[tuple[str, str], int] = {}
+    for account, template, hours in uses:
+        key = (f"ls_{account}", f"t{template}")
+        day_uses[key] = day_uses.get(key, 0) | hours
+    accounts = [f"ls_{i}" for i in range(12)]
+    at = datetime(2026, 11, 24, 12, tzinfo=timezone.utc)
+    limit = runtime.config.dormant_days
+    with runtime.session() as s, s.begin():
+        for table in (PromptUse, PromptDay, ActivityDay, Account):     # the example before's
+            s.execute(delete(table))
+        s.execute(insert(Account), [{"id": a, "first_seen_at": at, "last_seen_at": at, "decision": "allow", "score": 0}
+                                    for a in accounts])
+        s.execute(insert(ActivityDay), [{"account_id": a, "day": _DAY, "first_at": at, "last_at": at,
+                                         "dormant_days": d} for a, d in zip(accounts, dormant)])
+        if day_uses:
+            s.execute(insert(PromptUse), [{"value_hash": t, "day": _DAY, "account_id": a, "hours": h}
+                                          for (a, t), h in day_uses.items()])
+            held = {}
+            for _, t in day_uses:
+                held[t] = held.get(t, 0) + 1
+            s.execute(insert(PromptDay), [{"value_hash": t, "day": _DAY, "accounts": n} for t, n in held.items()])
+    wanted = [(a, _DAY, w) for a, w in zip(accounts, woke)]
+    with runtime.session() as s:
+        found = lockstep_facts(s, wanted, popular=popular, dormant=limit)
+    assert found == _brute_force(day_uses, dict(zip(accounts, dormant)), wanted, popular=popular, limit=limit)
