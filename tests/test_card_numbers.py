@@ -406,3 +406,16 @@ def test_the_cheap_precheck_never_changes_the_answer(text):
     """has_card_number skips texts without 13 digits each at most 4 separators from the last: a
     necessary condition of the rule, so the answer is the rule's on any text."""
     assert has_card_number(text) == _rule_without_precheck(text), text
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(_DIGITS_AND_SEPARATORS, st.text(max_size=80), st.tuples(st.text(max_size=20), card_numbers(),
+                                                                        _DIGITS_AND_SEPARATORS).map(
+    lambda t: t[0] + t[1][1] + t[2])))
+def test_the_prefilter_of_texts_read_together_never_misses_a_card_number(text):
+    """may_hold_card_number (a whole body or the headers at once, on bytes) is weaker than the
+    rule: False only where the rule finds no card number, whatever the text."""
+    from kyc.security import may_hold_card_number
+
+    if _rule_without_precheck(text):
+        assert may_hold_card_number(text), text
