@@ -229,7 +229,7 @@ def fetch_in_order(bind, reads: Sequence[tuple[Any, dict]]) -> list[list[Any]]:
     for readable, cursor in sent:
         with cursor:
             rows = cursor.fetchall()
-            processors, row = readable.results(cursor.description), readable.row
+            processors, row = readable.results(cursor), readable.row
         answers.append([row(*(value if p is None else p(value) for p, value in zip(processors, values)))
                         for values in rows])
     return answers
@@ -281,12 +281,14 @@ class _Readable(_Sendable):
         self.row = type("Row", (_Row,), {"__slots__": (), "_fields": names,
                                          "_index": {name: i for i, name in enumerate(names)}})
 
-    def results(self, description) -> list:
+    def results(self, cursor) -> list:
         """Each column's result processor (None: the driver's value is kept), for the types the
-        server answered with (a Float column's processor depends on it)."""
+        server answered with (a Float column's processor depends on it). The cursor's
+        description is read once: psycopg builds it anew at each read, a Column a column (the
+        entitlement read's 11: 14.4 us a read, timed alone)."""
         if self._results is None:
             self._results = [t._cached_result_processor(self._dialect, d.type_code)
-                             for t, d in zip(self._types, description)]
+                             for t, d in zip(self._types, cursor.description)]
         return self._results
 
     def params(self, row: dict) -> dict:
