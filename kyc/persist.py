@@ -598,7 +598,8 @@ SELECT 'sighting', t.kind, t.value_hash, NULL, NULL, t.account_id, t.occurred_at
 FROM sightings t JOIN json_to_recordset(CAST(:sighted AS JSON)) AS s(kind VARCHAR, value_hash VARCHAR, account_id VARCHAR)
   ON t.account_id = s.account_id AND t.kind = s.kind AND t.value_hash = s.value_hash
 WHERE t.occurred_at >= :since
-""")
+""").columns(column("tag", String), column("kind", String), column("value_hash", String), column("accounts"),
+             column("super_node", Boolean), column("account_id", String), column("occurred_at"))
 
 
 def shown_and_sighted(session: Session, shown: dict[str, Iterable[tuple[str, str]]], sighted: set[str],
@@ -611,7 +612,7 @@ def shown_and_sighted(session: Session, shown: dict[str, Iterable[tuple[str, str
     nodes = sorted({node for account_nodes in shown.values() for node in account_nodes})
     pairs = [{"kind": k, "value_hash": h, "account_id": a} for a in sorted(shown) for k, h in sorted(shown[a])]
     found: tuple[list, list, list] = ([], [], [])
-    for tag, kind, value_hash, accounts, super_node, account_id, at in session.execute(_SHOWN_AND_SIGHTED, {
+    for tag, kind, value_hash, accounts, super_node, account_id, at in fetch(session, _SHOWN_AND_SIGHTED, {
             "nodes": rows_json([{"kind": k, "value_hash": h} for k, h in nodes]), "edges": rows_json(pairs),
             "sighted": rows_json([p for p in pairs if p["kind"] in sighted]), "since": since}):
         if tag == "node":
@@ -630,11 +631,11 @@ def count_nodes_and_edges(session: Session, rows: list[tuple[tuple[str, str], st
     statements)."""
     if not postgres(session):
         return None
-    counted = session.execute(_COUNT_SHOWN_NODES, {"rows": rows_json(
+    counted = fetch(session, _COUNT_SHOWN_NODES, {"rows": rows_json(
         [{"kind": k, "value_hash": h, "accounts": 1, "super_node": False, "first_seen_at": at}
-         for (k, h), _, at in rows])}).all()
-    session.execute(_ADD_SHOWN_EDGES, {"rows": rows_json(
-        [{"kind": k, "value_hash": h, "account_id": a} for (k, h), a, _ in rows])})
+         for (k, h), _, at in rows])})
+    send(session, _ADD_SHOWN_EDGES, [{"rows": rows_json(
+        [{"kind": k, "value_hash": h, "account_id": a} for (k, h), a, _ in rows])}])
     return counted
 
 

@@ -25,7 +25,7 @@ from kyc.db import write_lock
 from kyc.errors import UnknownAccounts
 from kyc.inputs import ActivityInput
 from kyc.models import Account, ActivityDay, ActivityReport, Cluster, ClusterMember, utcnow
-from kyc.persist import fetch_in_order, insert_rows, update_rows, upsert_rows
+from kyc.persist import fetch, fetch_in_order, insert_rows, update_rows, upsert_rows
 from kyc.security import KeyedHashes
 from kyc.signals.usage import BASELINE_DAYS, HOURS
 from kyc.usage.lockstep import record_uses
@@ -159,8 +159,8 @@ def _history(session: Session, new: list[tuple[str, date]]) -> dict[tuple[str, d
     until = max(d for _, d in new)
     window: dict[str, list] = defaultdict(list)
     first_use: dict[str, datetime] = {}
-    for account_id, day, requests, used, in_window in session.execute(
-            _HISTORY, {"ids": ids, "since": since, "until": until}):
+    for account_id, day, requests, used, in_window in fetch(session, _HISTORY, {"ids": ids, "since": since,
+                                                                                "until": until}):
         if in_window:
             window[account_id].append((day, requests))
         first_use[account_id] = min(first_use.get(account_id, used), used)
