@@ -50,12 +50,11 @@ _MINE = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _P.c.accounts)
          .join(_P, (_P.c.value_hash == _U.c.value_hash) & (_P.c.day == _U.c.day))
          .where(_U.c.account_id.in_(bindparam("accounts", expanding=True)), _U.c.day == bindparam("day"),
                 _P.c.accounts <= bindparam("popular")))
-_USES = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _D.c.dormant_days)
-         .select_from(_U.outerjoin(_D, (_D.c.account_id == _U.c.account_id) & (_D.c.day == _U.c.day)))
-         .where(_U.c.day == bindparam("day"), _U.c.value_hash.in_(bindparam("hashes", expanding=True))))
-_THEIRS = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _D.c.dormant_days)
-           .select_from(_U.outerjoin(_D, (_D.c.account_id == _U.c.account_id) & (_D.c.day == _U.c.day)))
-           .where(_U.c.day == bindparam("day"), _U.c.account_id.in_(bindparam("accounts", expanding=True))))
+_DAYS_USES = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _D.c.dormant_days)
+              .select_from(_U.outerjoin(_D, (_D.c.account_id == _U.c.account_id) & (_D.c.day == _U.c.day)))
+              .where(_U.c.day == bindparam("day")))
+_USES = _DAYS_USES.where(_U.c.value_hash.in_(bindparam("hashes", expanding=True)))
+_THEIRS = _DAYS_USES.where(_U.c.account_id.in_(bindparam("accounts", expanding=True)))
 _READ_CHUNK = 1000
 
 
