@@ -498,9 +498,10 @@ def count_nodes_statement(dialect: str):
     same order, no deadlock), returning each node's count. A super-node counts no more
     accounts and links nothing: no row comes back for it, so no edge is written."""
     n = GraphNode.__table__
-    return (_insert(dialect)(n).on_conflict_do_update(index_elements=["kind", "value_hash"],
-                                                      set_={"accounts": n.c.accounts + 1},
-                                                      where=n.c.super_node.is_(False))
+    statement = _insert(dialect)(n)
+    return (statement.on_conflict_do_update(index_elements=["kind", "value_hash"],
+                                            set_={"accounts": n.c.accounts + statement.excluded.accounts},
+                                            where=n.c.super_node.is_(False))
             .returning(n.c.kind, n.c.value_hash, n.c.accounts))
 
 
@@ -570,9 +571,11 @@ _N, _E = GraphNode.__table__, GraphEdge.__table__
 _NODE_COLUMNS = ("kind", "value_hash", "accounts", "super_node", "first_seen_at")
 _json_nodes = pg_insert(_N).from_select(_NODE_COLUMNS, json_rows(_N, _NODE_COLUMNS))
 # As count_nodes_statement: a super-node counts no more accounts. The rows are each a node no
-# other row of the statement holds (ON CONFLICT may touch a row once), sorted.
+# other row of the statement holds (ON CONFLICT may touch a row once), sorted, with the number of
+# accounts the batch adds to it.
 _COUNT_SHOWN_NODES = _json_nodes.on_conflict_do_update(
-    index_elements=["kind", "value_hash"], set_={"accounts": _N.c.accounts + 1}, where=_N.c.super_node.is_(False)
+    index_elements=["kind", "value_hash"], set_={"accounts": _N.c.accounts + _json_nodes.excluded.accounts},
+    where=_N.c.super_node.is_(False)
 ).returning(_N.c.kind, _N.c.value_hash, _N.c.accounts)
 _EDGE_COLUMNS = ("kind", "value_hash", "account_id")
 _ADD_SHOWN_EDGES = pg_insert(_E).from_select(_EDGE_COLUMNS, json_rows(_E, _EDGE_COLUMNS)).on_conflict_do_nothing()
@@ -625,17 +628,24 @@ def shown_and_sighted(session: Session, shown: dict[str, Iterable[tuple[str, str
 
 
 def count_nodes_and_edges(session: Session, rows: list[tuple[tuple[str, str], str, Any]]) -> list[tuple] | None:
-    """PostgreSQL: count sorted ((kind, hash), account, first seen) rows of distinct nodes, one
-    account each, and add their edges, one statement each; the (kind, hash, accounts) of each
-    node counted (a super-node is not). None elsewhere (the caller runs kyc.graph.link's
-    statements)."""
+    """PostgreSQL: count sorted ((kind, hash), account, first seen) rows, each an account new to
+    a node, and add the edges of the nodes counted, one statement each; the (kind, hash,
+    accounts) of each node counted (a super-node is not). None elsewhere (the caller runs
+    kyc.graph.link's statements)."""
     if not postgres(session):
         return None
+    nodes: dict[tuple[str, str], list] = {}
+    for node, _, at in rows:
+        counted = nodes.setdefault(node, [0, at])
+        counted[0] += 1
+        counted[1] = min(counted[1], at)
     counted = fetch(session, _COUNT_SHOWN_NODES, {"rows": rows_json(
-        [{"kind": k, "value_hash": h, "accounts": 1, "super_node": False, "first_seen_at": at}
-         for (k, h), _, at in rows])})
-    send(session, _ADD_SHOWN_EDGES, [{"rows": rows_json(
-        [{"kind": k, "value_hash": h, "account_id": a} for (k, h), a, _ in rows])}])
+        [{"kind": k, "value_hash": h, "accounts": n, "super_node": False, "first_seen_at": at}
+         for (k, h), (n, at) in sorted(nodes.items())])})
+    kept = {(k, h) for k, h, _ in counted}
+    if kept:
+        send(session, _ADD_SHOWN_EDGES, [{"rows": rows_json(
+            [{"kind": k, "value_hash": h, "account_id": a} for (k, h), a, _ in rows if (k, h) in kept])}])
     return counted
 
 

@@ -157,6 +157,13 @@ class UnionFind:
         return out
 
 
+def may_link(shared_kinds: Iterable[str]) -> bool:
+    """Whether an account that shares nodes of these kinds with other accounts can be linked to
+    any of them: a shared strong kind, or shared weak kinds enough (linked_accounts)."""
+    kinds = set(shared_kinds)
+    return bool(kinds & STRONG) or len(kinds & WEAK) >= WEAK_KINDS_NEEDED
+
+
 def linked_accounts(account: Hashable, members: dict[Node, list[Hashable]]) -> set[Hashable]:
     """Accounts an account links to, given the members of each (non-super) node it holds."""
     linked: set[Hashable] = set()

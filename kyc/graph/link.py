@@ -22,12 +22,12 @@ from sqlalchemy import Integer, bindparam, case, cast, delete, func, insert, ins
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from kyc.graph.core import (LINK_KINDS, STRONG, WEAK, WEAK_KINDS_NEEDED, GROWTH_CAP, Attachment, Node, Policy,
-                            as_loaded, chunks, components, growth_column, growth_window, keep_ids, linked_accounts,
-                            locked_with_growth, add_cluster, one_member, rose, store)
+from kyc.graph.core import (LINK_KINDS, WEAK, GROWTH_CAP, Attachment, Node, Policy, as_loaded, chunks, components,
+                            growth_column, growth_window, keep_ids, linked_accounts, locked_with_growth, add_cluster,
+                            may_link, one_member, rose, store)
 from kyc.models import MEMBER_FLAGS, Cluster, ClusterMember, GraphEdge, GraphNode
-from kyc.persist import (add_edges_statement, count_and_read_statement, count_nodes_statement, deferred,
-                         dialect_of, fetch, send)
+from kyc.persist import (add_edges_statement, count_and_read_statement, count_nodes_and_edges, count_nodes_statement,
+                         deferred, dialect_of, fetch, send)
 from kyc.rescore.requests import after_commit
 
 
@@ -315,10 +315,82 @@ def _link(session: Session, policy: Policy, account_id: str, member: ClusterMemb
 def _may_link(counted: list[tuple[str, str, int]]) -> bool:
     """Whether a new account, holding exactly the nodes just counted, can link to anyone: a node
     counted once is held by it alone (each holder of a node that is not a super-node has an
-    edge and was counted once), so only shared strong nodes, or shared weak nodes of enough
-    kinds, can link. Most new accounts share nothing and skip reading the other holders."""
-    shared = [kind for kind, _, accounts in counted if accounts > 1]
-    return any(kind in STRONG for kind in shared) or len({k for k in shared if k in WEAK}) >= WEAK_KINDS_NEEDED
+    edge and was counted once). Most new accounts share nothing and skip reading the other holders."""
+    return may_link(kind for kind, _, accounts in counted if accounts > 1)
+
+
+# Per account, the weak kinds of the nodes it holds that someone else holds too.
+_SHARED_WEAK_KINDS = (select(GraphEdge.account_id, GraphEdge.kind).distinct()
+                      .join(GraphNode, (GraphNode.kind == GraphEdge.kind) & (GraphNode.value_hash == GraphEdge.value_hash))
+                      .where(GraphEdge.account_id.in_(bindparam("ids", expanding=True)),
+                             GraphEdge.kind.in_(sorted(WEAK)), GraphNode.accounts > 1, GraphNode.super_node.is_(False)))
+_CLUSTERS_OF = (select(ClusterMember.account_id, ClusterMember.cluster_id, Cluster.size)
+                .join(Cluster, Cluster.id == ClusterMember.cluster_id)
+                .where(ClusterMember.account_id.in_(bindparam("ids", expanding=True))))
+
+
+def link_many(session: Session, policy: Policy, fresh: dict[str, dict[Node, datetime]]) -> list[str]:
+    """Link a batch of accounts' nodes, each new to its account (account -> node -> first time;
+    none a super-node as read), in the caller's transaction, the accounts locked by it: the
+    accounts whose cluster changed.
+
+    Every node is counted and its edges added in one statement for the whole batch (its node
+    rows locked in sorted order, as attach locks them: no deadlock), and a node that crossed its
+    threshold turns super once for the batch. An account is then linked one by one (attach) only
+    when it can be linked to anyone: it shares a strong node, or weak nodes of enough kinds,
+    counting the nodes it held before (read after the count, which waited for any concurrent
+    transaction on the same nodes: what it committed is seen). An account that shares nothing,
+    or only one weak kind (a popular template, its office network), is counted and done: most of
+    a gateway's batch.
+    """
+    rows = sorted((node, account_id, at) for account_id, nodes in fresh.items() for node, at in nodes.items())
+    if not rows:
+        return []
+    counted = count_nodes_and_edges(session, rows)
+    if counted is None:
+        sql = statements(session)
+        per_node: dict[Node, list] = {}
+        for node, _, at in rows:
+            entry = per_node.setdefault(node, [0, at])
+            entry[0] += 1
+            entry[1] = min(entry[1], at)
+        counted = session.execute(sql.count, [{"kind": k, "value_hash": h, "accounts": n, "super_node": False,
+                                               "first_seen_at": at} for (k, h), (n, at) in sorted(per_node.items())]).all()
+        kept = {(k, h) for k, h, _ in counted}
+        if kept:
+            session.execute(sql.edge, [{"kind": k, "value_hash": h, "account_id": a} for (k, h), a, _ in rows
+                                       if (k, h) in kept])
+    counts = {(k, h): accounts for k, h, accounts in counted}
+    turned = sorted(node for node, accounts in counts.items() if policy.is_super(node[0], accounts))
+    changed: set[str] = set()
+    if turned:
+        # Once per node ever: a split may move any of the batch's accounts.
+        ids = sorted(fresh)
+        before = _clusters_of(session, ids)
+        _make_super(session, policy, turned)
+        after = _clusters_of(session, ids)
+        changed = {a for a in ids if before.get(a) != after.get(a)}
+        for node in turned:
+            del counts[node]
+    shared = {a: {node[0] for node in nodes if counts.get(node, 0) > 1} for a, nodes in fresh.items()}
+    one_weak = sorted(a for a, kinds in shared.items() if kinds and not may_link(kinds))
+    for part in chunks(one_weak, 5000):
+        for account_id, kind in session.execute(_SHARED_WEAK_KINDS, {"ids": part}):
+            shared[account_id].add(kind)
+    linking = sorted(a for a, kinds in shared.items() if may_link(kinds))
+    if not linking:
+        return sorted(changed)
+    before = _clusters_of(session, linking)
+    for account_id in linking:
+        # Its new nodes are held now: attach links it through every node it holds.
+        attached = attach(session, policy, account_id, min(fresh[account_id].values()), identifiers=())
+        if (attached.cluster.id, attached.cluster.size) != before.get(account_id):
+            changed.add(account_id)
+    return sorted(changed)
+
+
+def _clusters_of(session: Session, ids: list[str]) -> dict[str, tuple[str, int]]:
+    return {a: (c, n) for part in chunks(ids, 5000) for a, c, n in session.execute(_CLUSTERS_OF, {"ids": part})}
 
 
 def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], at: datetime,

@@ -22,9 +22,9 @@ that day, is skipped.
 
 Each identifier is recorded once per account (linking kinds: once ever, what the graph holds;
 velocity kinds: once per UTC day), so `kyc clusters rebuild` sees what incremental linking saw.
-Linking costs a few reads a batch; an account is linked one by one (kyc.graph.attach) only when
-a node it shows for the first time is held by another account, which is what can change its
-cluster; its re-evaluation then reads the cluster's facts.
+Linking costs a few statements a batch (kyc.graph.link_many); an account is linked one by one
+(kyc.graph.attach) only when what it shares with other accounts can link it, which is what can
+change its cluster; its re-evaluation then reads the cluster's facts.
 """
 
 from __future__ import annotations
@@ -241,36 +241,4 @@ def link_shown(runtime, session: Session, shown: dict[str, dict[Node, datetime]]
         velocity_store(runtime, session).record_many(
             [(node, at, account_id) for account_id, keys in velocity.items() for node, at in keys])
 
-    # A node nobody else holds (in the graph or in this batch) links nobody: count it and add
-    # the account's edge in bulk. An account showing a node someone else holds is linked.
-    holders = defaultdict(int)
-    for nodes in fresh.values():
-        for node in nodes:
-            holders[node] += 1
-    alone = {a: nodes for a, nodes in fresh.items()
-             if all(known.get(n, (0, False))[0] == 0 and holders[n] == 1 for n in nodes)}
-    rows = sorted((n, a, at) for a, nodes in alone.items() for n, at in nodes.items())
-    counted = count_nodes_and_edges(session, rows) if rows else []
-    if counted is None:
-        sql = statements(session)
-        counted = session.execute(sql.count, [{"kind": k, "value_hash": h, "accounts": 1, "super_node": False,
-                                               "first_seen_at": at} for (k, h), _, at in rows]).all()
-        session.execute(sql.edge, [{"kind": k, "value_hash": h, "account_id": a} for (k, h), a, _ in rows])
-    # A node another transaction counted meanwhile (its report committed after this one read the
-    # graph; the count's row lock made this one wait for it) is held by someone else after all:
-    # its account is linked like the others (its edge is there, so attach counts nothing twice).
-    taken = {(k, h) for k, h, accounts in counted if accounts > 1}
-    shared = sorted(a for a in fresh if a not in alone or any(n in taken for n in alone[a]))
-    if not shared:
-        return []
-    before = {a: (c, n) for a, c, n in session.execute(
-        select(ClusterMember.account_id, ClusterMember.cluster_id, Cluster.size)
-        .join(Cluster, Cluster.id == ClusterMember.cluster_id).where(ClusterMember.account_id.in_(shared)))}
-    policy = graph.Policy.from_config(runtime.config)
-    changed = []
-    for account_id in shared:
-        nodes = fresh[account_id]
-        attached = graph.attach(session, policy, account_id, min(nodes.values()), identifiers=sorted(nodes))
-        if (attached.cluster.id, attached.cluster.size) != before.get(account_id):
-            changed.append(account_id)
-    return changed
+    return graph.link_many(session, graph.Policy.from_config(runtime.config), fresh)

@@ -4,7 +4,9 @@ the activity IP is a velocity sighting like a signup's."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
+
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from sqlalchemy import func, select
 
@@ -308,3 +310,64 @@ def test_parallel_bulk_calls_linking_across_each_others_accounts_all_land(client
         for r in reports:
             by_key.setdefault(r["api_key_id"], set()).add(clusters[r["account_id"]])
     assert all(len(c) == 1 for c in by_key.values()) and len(set().union(*by_key.values())) == 4
+
+
+_EXAMPLES = iter(range(10**6))
+# A report of a generated call: which of 6 accounts, which of 2 shared networks (or one of its
+# own), which of 3 API keys (or none), which of 3 templates. Few values, so accounts share
+# them often, across calls as within one, and some turn super (thresholds of 4 below).
+_GENERATED_REPORT = st.tuples(st.integers(0, 5), st.one_of(st.none(), st.integers(0, 1)),
+                              st.one_of(st.none(), st.none(), st.none(), st.integers(0, 2)),
+                              st.sets(st.integers(0, 2), max_size=2))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(calls=st.lists(st.lists(_GENERATED_REPORT, min_size=1, max_size=6), min_size=2, max_size=6))
+# Two accounts on one network in a call, on one template in a later one: linked by the second.
+@example(calls=[[(0, 0, None, set()), (1, 0, None, set())], [(0, None, None, {0}), (1, None, None, {0})]])
+def test_linking_generated_batches_gives_the_clusters_a_rebuild_gives(database_url, make_config, calls):
+    """Whatever the batches show (shared keys, networks and templates, nodes that turn super
+    within a batch or across batches), the clusters linking left are the connected components
+    kyc.graph.rebuild computes from every sighting: the batch counts most accounts without
+    linking them one by one, and that skips no link."""
+    example = next(_EXAMPLES)
+    rt = Runtime.start(make_config(database_url, graph_super_node_weak=4, graph_super_node_strong=4), migrate=False)
+    try:
+        client, auth = create_app(runtime=rt).test_client(), key_headers(rt)
+        # Values of this example only (the database keeps earlier examples' graph).
+        day = date(2026, 1, 1) + timedelta(days=example)
+        ids = []
+        for i in range(6):
+            body = signup(account_id=f"gen{example}_{i}", email=f"gen{example}.person{i}@gmail.com",
+                          device_id=f"dv_gen{example}_{i}", phone=None, ip=f"73.{example % 200}.{i}.1",
+                          occurred_at=SIGNED_UP)
+            assert client.post("/v1/signups", json=body, headers=auth).status_code == 200
+            ids.append(body["account_id"])
+        for hour, call in enumerate(calls):
+            reports = []
+            for account, network, key, templates in call:
+                report = {"account_id": ids[account], "occurred_at": f"{day}T{hour:02d}:30:00Z",
+                          "window_seconds": 3600, "requests": 10, "tier": "standard",
+                          "ip": f"198.51.{100 + network}.{account + 1}" if network is not None
+                          else f"73.{example % 200}.{100 + account}.{hour + 1}"}
+                if key is not None:
+                    report["api_key_id"] = f"gen{example}_key{key}"
+                if templates:
+                    report["prompt_fingerprints"] = {f"gen{example}_t{t}": 1 for t in templates}
+                reports.append(report)
+            answer = client.post("/v1/activity", json={"reports": reports}, headers=auth)
+            assert answer.status_code == 200, answer.json
+
+        def partition() -> set[frozenset[str]]:
+            groups: dict[str, set[str]] = {}
+            for account, cluster in _clusters(rt, ids).items():
+                groups.setdefault(cluster, set()).add(account)
+            return {frozenset(g) for g in groups.values()}
+
+        linked = partition()
+        with rt.session() as s, s.begin():
+            graph.rebuild(s, graph.Policy.from_config(rt.config))
+        assert partition() == linked
+    finally:
+        drain(rt)
+        rt.engine.dispose()
