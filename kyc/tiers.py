@@ -31,7 +31,7 @@ from kyc.models import Account, ActivityDay, Evaluation, Verification
 from kyc.signals.account import account_signals
 from kyc.verification import payment_verified
 from kyc.models import SEVERITY
-from kyc.persist import fetch
+from kyc.persist import fetch, in_list
 
 TIER_KEYS = ("id", "description", "quota", "requires", "max_decision", "forbid_phone_line_types", "conditions")
 QUOTA_KEYS = ("requests_per_day", "requests_per_minute")
@@ -190,7 +190,7 @@ _SIGNALS_LOCK = threading.Lock()
 
 # An activity batch's accounts are mostly read cold (a gateway's customers outnumber the cache):
 # one statement whose id list is one array (kyc.persist.fetch), not 1,000 parameters.
-_SIGNALS_OF = select(Evaluation.id, Evaluation.signals).where(Evaluation.id.in_(bindparam("ids", expanding=True)))
+_SIGNALS_OF = select(Evaluation.id, Evaluation.signals).where(in_list(Evaluation.id, "ids"))
 
 
 def evaluation_signals(conn: Connection, evaluation_ids: list[str]) -> dict[str, dict]:

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlalchemy import text
 
 from kyc import db, persist
@@ -103,16 +104,15 @@ def test_reads_in_order_answer_each_read_after_the_writes_before_it(runtime):
     was queued before it (on PostgreSQL all of them in one round trip)."""
     from datetime import date
 
-    from sqlalchemy import bindparam, insert, select
+    from sqlalchemy import insert, select
 
     from kyc.models import Account, ActivityDay, utcnow
 
     accounts, days, now = Account.__table__, ActivityDay.__table__, utcnow()
-    by_ids = select(accounts.c.id, accounts.c.score).where(accounts.c.id.in_(bindparam("ids", expanding=True)))
-    others = (select(accounts.c.id).where(accounts.c.id.not_in(bindparam("ids", expanding=True)))
-              .order_by(accounts.c.id))
+    by_ids = select(accounts.c.id, accounts.c.score).where(persist.in_list(accounts.c.id, "ids"))
+    others = select(accounts.c.id).where(~persist.in_list(accounts.c.id, "ids")).order_by(accounts.c.id)
     on_days = select(days.c.account_id, days.c.day, days.c.requests).where(
-        days.c.account_id.in_(bindparam("ids", expanding=True)), days.c.day.in_(bindparam("days", expanding=True)))
+        persist.in_list(days.c.account_id, "ids"), persist.in_list(days.c.day, "days"))
     with runtime.session() as session, persist.pipelined(session):
         session.execute(insert(accounts), [_account_row("r1"), _account_row("r2"), _account_row("r3")])
         session.execute(insert(days), [{"account_id": "r1", "day": date(2026, 10, 5), "requests": 7,
@@ -129,6 +129,34 @@ def test_reads_in_order_answer_each_read_after_the_writes_before_it(runtime):
     assert none == []
 
 
+_IDS = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stored=st.sets(_IDS, max_size=12), asked=st.lists(_IDS, max_size=30))
+def test_an_in_list_reads_exactly_the_rows_listed_whatever_the_ids(runtime, stored, asked):
+    """persist.in_list, whatever the ids (quotes, backslashes, any script) and however many: the
+    rows whose id is listed, and NOT: the others, through the session and through fetch alike
+    (on PostgreSQL the list travels as one JSON text)."""
+    from sqlalchemy import delete, insert, select
+
+    from kyc.models import Account
+
+    accounts = Account.__table__
+    listed = select(accounts.c.id).where(persist.in_list(accounts.c.id, "ids"))
+    not_listed = select(accounts.c.id).where(~persist.in_list(accounts.c.id, "ids"))
+    asked = asked + sorted(stored)[:len(asked) % 3]              # some of them stored
+    with runtime.session() as session, persist.pipelined(session):
+        session.execute(delete(accounts))
+        if stored:
+            session.execute(insert(accounts), [_account_row(i) for i in stored])
+        through_session = {r.id for r in session.execute(listed, {"ids": asked})}
+        through_fetch, others = persist.fetch_in_order(session, [(listed, {"ids": asked}), (not_listed, {"ids": asked})])
+        session.rollback()
+    assert through_session == {r.id for r in through_fetch} == stored & set(asked)
+    assert {r.id for r in others} == stored - set(asked)
+
+
 def test_a_read_queued_after_a_lock_sees_what_the_lock_waited_for(postgres_runtime):
     """The reason fetch_in_order keeps one statement per read: the second read starts once the
     lock is ours, with its own snapshot, so it sees the row the lock holder committed meanwhile
@@ -143,7 +171,7 @@ def test_a_read_queued_after_a_lock_sees_what_the_lock_waited_for(postgres_runti
     accounts, days, now = Account.__table__, ActivityDay.__table__, utcnow()
     with runtime.session() as session, session.begin():
         session.execute(insert(accounts), [_account_row("lk1")])
-    lock = select(accounts.c.id).where(accounts.c.id.in_(bindparam("ids", expanding=True))).with_for_update()
+    lock = select(accounts.c.id).where(persist.in_list(accounts.c.id, "ids")).with_for_update()
     day = select(days.c.requests).where(days.c.account_id == bindparam("account_id"))
     holder = runtime.session()
     holder.begin()

@@ -27,7 +27,7 @@ from kyc.graph.core import (LINK_KINDS, WEAK, GROWTH_CAP, Attachment, Node, Poli
                             may_link, one_member, rose, store)
 from kyc.models import MEMBER_FLAGS, Cluster, ClusterMember, GraphEdge, GraphNode
 from kyc.persist import (add_edges_statement, count_and_read_statement, count_nodes_and_edges, count_nodes_statement,
-                         deferred, dialect_of, fetch, send)
+                         deferred, dialect_of, fetch, in_list, send)
 from kyc.rescore.requests import after_commit
 
 
@@ -58,9 +58,9 @@ def _statements(dialect: str) -> SimpleNamespace:
             **{flag: c[flag] + bindparam(flag) for flag in MEMBER_FLAGS})
         .returning(*c, growth_column(c.id)),
         move_members=deferred(update(ClusterMember.__table__)
-                              .where(ClusterMember.cluster_id.in_(bindparam("moved", expanding=True)))
+                              .where(in_list(ClusterMember.cluster_id, "moved"))
                               .values(cluster_id=bindparam("target"))),
-        delete_clusters=deferred(delete(Cluster.__table__).where(c.id.in_(bindparam("moved", expanding=True)))),
+        delete_clusters=deferred(delete(Cluster.__table__).where(in_list(c.id, "moved"))),
         lock_cluster=select(*c).where(c.id == member_cluster).with_for_update(),
         lock_cluster_growth=select(*c, growth_column(c.id)).where(c.id == member_cluster).with_for_update(),
         growth=select(growth_column(bindparam("cluster"))),
@@ -322,11 +322,11 @@ def _may_link(counted: list[tuple[str, str, int]]) -> bool:
 # Per account, the weak kinds of the nodes it holds that someone else holds too.
 _SHARED_WEAK_KINDS = (select(GraphEdge.account_id, GraphEdge.kind).distinct()
                       .join(GraphNode, (GraphNode.kind == GraphEdge.kind) & (GraphNode.value_hash == GraphEdge.value_hash))
-                      .where(GraphEdge.account_id.in_(bindparam("ids", expanding=True)),
+                      .where(in_list(GraphEdge.account_id, "ids"),
                              GraphEdge.kind.in_(sorted(WEAK)), GraphNode.accounts > 1, GraphNode.super_node.is_(False)))
 _CLUSTERS_OF = (select(ClusterMember.account_id, ClusterMember.cluster_id, Cluster.size)
                 .join(Cluster, Cluster.id == ClusterMember.cluster_id)
-                .where(ClusterMember.account_id.in_(bindparam("ids", expanding=True))))
+                .where(in_list(ClusterMember.account_id, "ids")))
 
 
 def link_many(session: Session, policy: Policy, fresh: dict[str, dict[Node, datetime]]) -> list[str]:

@@ -9,6 +9,7 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from kyc.models import ActivityDay, ClusterMember
+from kyc.persist import in_list
 from kyc.signals.usage import cluster_usage_signals, usage_signals
 from kyc.usage.lockstep import SHARED, lockstep_facts
 
@@ -28,6 +29,10 @@ _CLUSTER_DAYS = (select(_DAY.c.requests, _DAY.c.tier, _DAY.c.hours, _DAY.c.dorma
                  .where(_M.c.cluster_id == select(_MINE.c.cluster_id).where(_MINE.c.account_id == bindparam("account_id"))
                         .scalar_subquery())
                  .limit(CLUSTER_READ))
+# Each account's latest day of served usage (latest_days).
+_LATEST = (select(_DAY.c.account_id, func.max(_DAY.c.day).label("day"))
+           .where(in_list(_DAY.c.account_id, "ids"), _DAY.c.requests > 0).group_by(_DAY.c.account_id).subquery())
+_LATEST_DAYS = select(*_DAY.c).join(_LATEST, (_DAY.c.account_id == _LATEST.c.account_id) & (_DAY.c.day == _LATEST.c.day))
 
 
 def latest_day(session: Session, account_id: str, until: date | None = None) -> dict[str, Any] | None:
@@ -41,11 +46,8 @@ def latest_days(conn, account_ids: list[str]) -> dict[str, dict[str, Any]]:
     chunk); accounts without usage are absent."""
     if not account_ids:
         return {}
-    latest = (select(_DAY.c.account_id, func.max(_DAY.c.day).label("day"))
-              .where(_DAY.c.account_id.in_(account_ids), _DAY.c.requests > 0).group_by(_DAY.c.account_id).subquery())
-    return {row["account_id"]: dict(row) for row in conn.execute(
-        select(*_DAY.c).join(latest, (_DAY.c.account_id == latest.c.account_id) & (_DAY.c.day == latest.c.day))
-    ).mappings()}
+    return {row["account_id"]: dict(row) for row in conn.execute(_LATEST_DAYS, {"ids": account_ids}).mappings()}
+
 
 
 def lockstep_wanted(runtime, account_id: str, day: dict[str, Any], at) -> tuple[str, date, bool] | None:

@@ -43,7 +43,7 @@ from kyc.graph.link import statements
 from kyc.ids import new_id
 from kyc.inputs import ActivityInput
 from kyc.models import Account, Cluster, ClusterMember, GraphEdge, GraphNode, PendingLink, Sighting, utcnow
-from kyc.persist import count_nodes_and_edges, insert_rows, shown_and_sighted
+from kyc.persist import in_list, insert_rows, shown_and_sighted
 from kyc.security import KeyedHashes
 from kyc.signals.network import network_identifiers
 from kyc.signals.velocity import VELOCITY_KEYS
@@ -55,8 +55,8 @@ _READ_CHUNK = 2000
 PENDING_READ = 20          # an earlier release's pending rows linked a transaction (each up to 1,000 reports)
 _P = PendingLink.__table__
 _PENDING = select(_P.c.id, _P.c.shown).order_by(_P.c.id).limit(bindparam("limit")).with_for_update(skip_locked=True)
-_DELETE_PENDING = delete(_P).where(_P.c.id.in_(bindparam("ids", expanding=True)))
-_LOCK_ACCOUNTS = (select(Account.__table__.c.id).where(Account.__table__.c.id.in_(bindparam("ids", expanding=True)))
+_DELETE_PENDING = delete(_P).where(in_list(_P.c.id, "ids"))
+_LOCK_ACCOUNTS = (select(Account.__table__.c.id).where(in_list(Account.__table__.c.id, "ids"))
                   .order_by(Account.__table__.c.id).with_for_update())
 _SIGHTING_COLUMNS = ("kind", "value_hash", "account_id", "evaluation_id", "occurred_at")
 

@@ -33,13 +33,13 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from kyc.models import ActivityDay, PromptDay, PromptUse
-from kyc.persist import insert_rows, merge_prompt_uses, postgres, update_rows, upsert_rows
+from kyc.persist import in_list, insert_rows, merge_prompt_uses, postgres, update_rows, upsert_rows
 
 SHARED = 3
 
 _U, _P, _D = PromptUse.__table__, PromptDay.__table__, ActivityDay.__table__
 _HELD = select(_U.c.value_hash, _U.c.day, _U.c.account_id, _U.c.hours).where(
-    _U.c.account_id.in_(bindparam("ids", expanding=True)), _U.c.day.in_(bindparam("days", expanding=True)))
+    in_list(_U.c.account_id, "ids"), in_list(_U.c.day, "days"))
 # A batch's accounts' uncommon templates of a day (with how many accounts used each), the uses
 # of their least used templates that day, then the day's uses of the accounts found there, each
 # with its account's dormancy: three statements for a whole batch (lockstep_facts). Read one
@@ -48,13 +48,13 @@ _HELD = select(_U.c.value_hash, _U.c.day, _U.c.account_id, _U.c.hours).where(
 # from 1,926 statements and 1,679 ms of CPU to 9 and 764 (in process, PostgreSQL, load ~3).
 _MINE = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _P.c.accounts)
          .join(_P, (_P.c.value_hash == _U.c.value_hash) & (_P.c.day == _U.c.day))
-         .where(_U.c.account_id.in_(bindparam("accounts", expanding=True)), _U.c.day == bindparam("day"),
+         .where(in_list(_U.c.account_id, "accounts"), _U.c.day == bindparam("day"),
                 _P.c.accounts <= bindparam("popular")))
 _DAYS_USES = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _D.c.dormant_days)
               .select_from(_U.outerjoin(_D, (_D.c.account_id == _U.c.account_id) & (_D.c.day == _U.c.day)))
               .where(_U.c.day == bindparam("day")))
-_USES = _DAYS_USES.where(_U.c.value_hash.in_(bindparam("hashes", expanding=True)))
-_THEIRS = _DAYS_USES.where(_U.c.account_id.in_(bindparam("accounts", expanding=True)))
+_USES = _DAYS_USES.where(in_list(_U.c.value_hash, "hashes"))
+_THEIRS = _DAYS_USES.where(in_list(_U.c.account_id, "accounts"))
 _READ_CHUNK = 1000
 
 

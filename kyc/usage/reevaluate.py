@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from kyc.engine import RuleSet
 from kyc.models import SEVERITY, Account, ClusterMember
+from kyc.persist import in_list
 from kyc.scoring.decide import evaluate
 from kyc.rescore.batch import rescore_chunk
 from kyc.rescore.requests import after_commit
@@ -28,6 +29,9 @@ from kyc.usage.reports import Recorded
 
 if TYPE_CHECKING:
     from kyc.runtime import Runtime
+
+_CLUSTERS = select(ClusterMember.account_id, ClusterMember.cluster_id).where(in_list(ClusterMember.account_id, "ids"))
+_DECISIONS = select(Account.id, Account.decision).where(in_list(Account.id, "ids"))
 
 
 def riskier(rules: RuleSet, subjects: dict[str, Any] | None, usage: dict[str, Any],
@@ -87,9 +91,8 @@ def reevaluate(runtime: Runtime, session: Session, account_ids: list[str]) -> di
         return {}
     rules = runtime.rules
     rescore_chunk(runtime, session, account_ids, rules)
-    for account_id, cluster_id in session.execute(
-            select(ClusterMember.account_id, ClusterMember.cluster_id)
-            .where(ClusterMember.account_id.in_(account_ids))).all():
+    for account_id, cluster_id in session.execute(_CLUSTERS, {"ids": account_ids}).all():
         after_commit(session).ask_rescore(clusters=[cluster_id])
         after_commit(session).hand_over(runtime, exclude=account_id)
-    return dict(session.execute(select(Account.id, Account.decision).where(Account.id.in_(account_ids))).all())
+    return dict(session.execute(_DECISIONS, {"ids": account_ids}).all())
+

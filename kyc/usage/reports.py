@@ -25,7 +25,7 @@ from kyc.db import write_lock
 from kyc.errors import UnknownAccounts
 from kyc.inputs import ActivityInput
 from kyc.models import Account, ActivityDay, ActivityReport, Cluster, ClusterMember, utcnow
-from kyc.persist import fetch, fetch_in_order, insert_rows, update_rows, upsert_rows
+from kyc.persist import fetch, fetch_in_order, in_list, insert_rows, update_rows, upsert_rows
 from kyc.security import KeyedHashes
 from kyc.signals.usage import BASELINE_DAYS, HOURS
 from kyc.usage.lockstep import record_uses
@@ -54,9 +54,9 @@ _CLUSTER_SIZE = (select(Cluster.size).join(ClusterMember, ClusterMember.cluster_
                  .where(ClusterMember.account_id == _A.c.id).scalar_subquery().label("cluster_size"))
 _LOCK_ACCOUNTS = (select(_A.c.id, _A.c.first_seen_at, _A.c.last_seen_at, _A.c.state_version, _A.c.decision,
                          _A.c.subjects, _CLUSTER_SIZE)
-                  .where(_A.c.id.in_(bindparam("ids", expanding=True))).order_by(_A.c.id).with_for_update())
-_DAYS = (select(*_D.c).where(_D.c.account_id.in_(bindparam("ids", expanding=True)),
-                             _D.c.day.in_(bindparam("days", expanding=True))).with_for_update())
+                  .where(in_list(_A.c.id, "ids")).order_by(_A.c.id).with_for_update())
+_DAYS = (select(*_D.c).where(in_list(_D.c.account_id, "ids"),
+                             in_list(_D.c.day, "days")).with_for_update())
 # The days a new day's baseline reads (the trailing window), and the first use of accounts
 # whose window holds none (a day's row carries the account's first use forward). One
 # statement, one round trip: the window's days (in_window true), and for accounts with none in
@@ -67,10 +67,10 @@ _WINDOWED = _D.alias("windowed")
 _HISTORY = union_all(
     select(_D.c.account_id, _D.c.day, _D.c.requests, func.coalesce(_D.c.first_used_at, _D.c.first_at).label("used"),
            literal(True).label("in_window"))
-    .where(_D.c.account_id.in_(bindparam("ids", expanding=True)), _IN_WINDOW),
+    .where(in_list(_D.c.account_id, "ids"), _IN_WINDOW),
     select(_D.c.account_id, _D.c.day, _D.c.requests, func.coalesce(_D.c.first_used_at, _D.c.first_at),
            literal(False))
-    .where(_D.c.account_id.in_(bindparam("ids", expanding=True)),
+    .where(in_list(_D.c.account_id, "ids"),
            _D.c.day == select(func.max(_EARLIER.c.day)).where(_EARLIER.c.account_id == _D.c.account_id,
                                                               _EARLIER.c.day < bindparam("since")).scalar_subquery(),
            ~exists().where(_WINDOWED.c.account_id == _D.c.account_id, _WINDOWED.c.day >= bindparam("since"),
