@@ -486,9 +486,11 @@ def _absorb(session: Session, policy: Policy, cluster_id: str, new_member: Clust
 def _make_super(session: Session, policy: Policy, nodes: list[Node]) -> None:
     """Nodes that crossed their threshold stop linking: drop their edges, split what they held."""
     condition = tuple_(GraphEdge.kind, GraphEdge.value_hash).in_(nodes)
+    # A cluster of one cannot split: only larger ones are computed again. (A popular template
+    # turns super held by dozens of accounts that it never linked, each alone in its cluster.)
     affected = set(session.execute(
         select(ClusterMember.cluster_id).join(GraphEdge, GraphEdge.account_id == ClusterMember.account_id)
-        .where(condition)).scalars())
+        .join(Cluster, Cluster.id == ClusterMember.cluster_id).where(condition, Cluster.size > 1)).scalars())
     session.execute(update(GraphNode).where(tuple_(GraphNode.kind, GraphNode.value_hash).in_(nodes))
                     .values(super_node=True))
     session.execute(delete(GraphEdge).where(condition))
