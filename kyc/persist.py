@@ -21,12 +21,12 @@ import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import (JSON, Boolean, String, Table, Text, and_, bindparam, cast, column, exists, func, literal, null,
+from sqlalchemy import (JSON, Boolean, String, Table, Text, bindparam, cast, column, exists, func, literal, null,
                         select, text, update)
 from sqlalchemy.dialects.postgresql import ARRAY, insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert

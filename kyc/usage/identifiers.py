@@ -39,10 +39,9 @@ from sqlalchemy.orm import Session
 
 from kyc import graph
 from kyc.db import write_lock
-from kyc.graph.link import statements
 from kyc.ids import new_id
 from kyc.inputs import ActivityInput
-from kyc.models import Account, Cluster, ClusterMember, GraphEdge, GraphNode, PendingLink, Sighting, utcnow
+from kyc.models import Account, GraphEdge, GraphNode, PendingLink, Sighting
 from kyc.persist import in_list, insert_rows, shown_and_sighted
 from kyc.security import KeyedHashes
 from kyc.signals.network import network_identifiers
