@@ -596,7 +596,7 @@ def count_and_read_statement(dialect: str):
     return holders.union_all(supers, before)
 
 
-# --- usage linking (kyc.usage.identifiers.link_shown), PostgreSQL --------------------------------
+# --- usage linking (kyc.usage.identifiers.link_shown, kyc.graph.link_many), PostgreSQL ---------
 # A batch of activity reports shows thousands of identifiers nobody else holds: their lookups,
 # node counts and edges are each one statement over the rows as one JSON document (the figures
 # above insert_rows).
@@ -661,25 +661,29 @@ def shown_and_sighted(session: Session, shown: dict[str, Iterable[tuple[str, str
     return found
 
 
-def count_nodes_and_edges(session: Session, rows: list[tuple[tuple[str, str], str, Any]]) -> list[tuple] | None:
-    """PostgreSQL: count sorted ((kind, hash), account, first seen) rows, each an account new to
-    a node, and add the edges of the nodes counted, one statement each; the (kind, hash,
-    accounts) of each node counted (a super-node is not). None elsewhere (the caller runs
-    kyc.graph.link's statements)."""
-    if not postgres(session):
-        return None
+def count_nodes_and_edges(session: Session, rows: list[tuple[tuple[str, str], str, Any]]) -> list[tuple]:
+    """Count sorted ((kind, hash), account, first seen) rows, each an account new to a node, and
+    add the edges of the nodes counted: the (kind, hash, accounts) of each node counted (a
+    super-node is not, and gets no edge). Each node is one row of the count, with the number of
+    accounts the batch adds to it (ON CONFLICT may touch a row once). PostgreSQL: one statement
+    each over the rows as JSON; elsewhere count_nodes_statement and add_edges_statement."""
     nodes: dict[tuple[str, str], list] = {}
     for node, _, at in rows:
-        counted = nodes.setdefault(node, [0, at])
-        counted[0] += 1
-        counted[1] = min(counted[1], at)
-    counted = fetch(session, _COUNT_SHOWN_NODES, {"rows": rows_json(
-        [{"kind": k, "value_hash": h, "accounts": n, "super_node": False, "first_seen_at": at}
-         for (k, h), (n, at) in sorted(nodes.items())])})
+        added = nodes.setdefault(node, [0, at])
+        added[0] += 1
+        added[1] = min(added[1], at)
+    counts = [{"kind": k, "value_hash": h, "accounts": n, "super_node": False, "first_seen_at": at}
+              for (k, h), (n, at) in sorted(nodes.items())]
+    if postgres(session):
+        counted = fetch(session, _COUNT_SHOWN_NODES, {"rows": rows_json(counts)})
+    else:
+        counted = session.execute(count_nodes_statement(dialect_of(session)), counts).all()
     kept = {(k, h) for k, h, _ in counted}
-    if kept:
-        send(session, _ADD_SHOWN_EDGES, [{"rows": rows_json(
-            [{"kind": k, "value_hash": h, "account_id": a} for (k, h), a, _ in rows if (k, h) in kept])}])
+    edges = [{"kind": k, "value_hash": h, "account_id": a} for (k, h), a, _ in rows if (k, h) in kept]
+    if edges and postgres(session):
+        send(session, _ADD_SHOWN_EDGES, [{"rows": rows_json(edges)}])
+    elif edges:
+        session.execute(add_edges_statement(dialect_of(session)), edges)
     return counted
 
 

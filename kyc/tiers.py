@@ -189,7 +189,7 @@ _SIGNALS_LOCK = threading.Lock()
 
 
 # An activity batch's accounts are mostly read cold (a gateway's customers outnumber the cache):
-# one statement whose id list is one array (kyc.persist.fetch), not 1,000 parameters.
+# one statement whose id list is one parameter (kyc.persist.in_list), not 1,000.
 _SIGNALS_OF = select(Evaluation.id, Evaluation.signals).where(in_list(Evaluation.id, "ids"))
 
 

@@ -347,19 +347,6 @@ def link_many(session: Session, policy: Policy, fresh: dict[str, dict[Node, date
     if not rows:
         return []
     counted = count_nodes_and_edges(session, rows)
-    if counted is None:
-        sql = statements(session)
-        per_node: dict[Node, list] = {}
-        for node, _, at in rows:
-            entry = per_node.setdefault(node, [0, at])
-            entry[0] += 1
-            entry[1] = min(entry[1], at)
-        counted = session.execute(sql.count, [{"kind": k, "value_hash": h, "accounts": n, "super_node": False,
-                                               "first_seen_at": at} for (k, h), (n, at) in sorted(per_node.items())]).all()
-        kept = {(k, h) for k, h, _ in counted}
-        if kept:
-            session.execute(sql.edge, [{"kind": k, "value_hash": h, "account_id": a} for (k, h), a, _ in rows
-                                       if (k, h) in kept])
     counts = {(k, h): accounts for k, h, accounts in counted}
     turned = sorted(node for node, accounts in counts.items() if policy.is_super(node[0], accounts))
     changed: set[str] = set()

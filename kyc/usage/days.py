@@ -49,7 +49,6 @@ def latest_days(conn, account_ids: list[str]) -> dict[str, dict[str, Any]]:
     return {row["account_id"]: dict(row) for row in conn.execute(_LATEST_DAYS, {"ids": account_ids}).mappings()}
 
 
-
 def lockstep_wanted(runtime, account_id: str, day: dict[str, Any], at) -> tuple[str, date, bool] | None:
     """What lockstep_facts needs for the account's `day` as of `at`: only on at's own day, and
     only when it holds enough prompt templates to share (or any, on the day the account woke:

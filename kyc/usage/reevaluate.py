@@ -95,4 +95,3 @@ def reevaluate(runtime: Runtime, session: Session, account_ids: list[str]) -> di
         after_commit(session).ask_rescore(clusters=[cluster_id])
         after_commit(session).hand_over(runtime, exclude=account_id)
     return dict(session.execute(_DECISIONS, {"ids": account_ids}).all())
-
