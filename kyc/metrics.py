@@ -27,6 +27,7 @@ Read from the database and Redis at each scrape (StateCollector):
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import threading
@@ -126,6 +127,33 @@ def worker_exited(pid: int) -> None:
     mp.mark_process_dead(pid)
 
 
+class _AllProcesses:
+    """Every process's samples (multiprocess mode): prometheus_client's MultiProcessCollector
+    over the files that are ready. A process creates its file empty and then sizes it (its
+    MmapedDict), so a scrape between the two read an empty file and /metrics answered 500 (a
+    `kyc worker` starting during a scrape; tests/test_observability.py's deployment failed so
+    once in a CI run). A file's size only grows, so one left out now is read by the next scrape."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def collect(self):
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        return MultiProcessCollector.merge(_ready_files(self.path), accumulate=True)
+
+
+def _ready_files(path: str) -> list[str]:
+    ready = []
+    for name in glob.glob(os.path.join(path, "*.db")):
+        try:
+            if os.path.getsize(name) > 0:
+                ready.append(name)
+        except FileNotFoundError:        # a dead worker's live gauges, removed meanwhile
+            continue
+    return ready
+
+
 class _ThisProcess:
     """The samples this process keeps in memory (no multiprocess directory)."""
 
@@ -193,9 +221,7 @@ def registry(runtime):
     __getattr__("DECISIONS")              # defined, so a scrape shows every family from the start
     reg = CollectorRegistry(auto_describe=False)
     if multiprocess():
-        from prometheus_client.multiprocess import MultiProcessCollector
-
-        MultiProcessCollector(reg)
+        reg.register(_AllProcesses(os.environ[MULTIPROC_ENV]))
     else:
         reg.register(_ThisProcess())
     reg.register(StateCollector(runtime))

@@ -370,3 +370,22 @@ def test_the_webhook_outbox_backlog_is_read_at_scrape_time(runtime, client):
     samples = _families(client.get("/metrics").get_data(as_text=True))
     assert _total(samples["kyc_webhook_outbox_backlog"], "kyc_webhook_outbox_backlog") == 1
     assert 300 <= _total(samples["kyc_webhook_outbox_oldest_seconds"], "kyc_webhook_outbox_oldest_seconds") < 400
+
+
+def test_a_scrape_skips_a_process_file_still_being_created(runtime, tmp_path, monkeypatch):
+    """prometheus_client creates a process's file empty, then sizes it: a scrape in between read
+    an empty file and /metrics answered 500 (a `kyc worker` starting during a scrape, seen once
+    in the deployment test above). The scrape leaves that file out until it is ready."""
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    from kyc import metrics
+
+    directory = tmp_path / "metrics"                        # (tmp_path holds the SQLite database)
+    directory.mkdir()
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, str(directory))
+    ready = MmapedDict(str(directory / "counter_101.db"))
+    ready.write_value(mmap_key("kyc_probe", "kyc_probe_total", [], [], "a probe"), 3.0, 0)
+    ready.close()
+    (directory / "counter_102.db").touch()                   # another process's, being created
+    text = metrics.exposition(runtime).decode()
+    assert "kyc_probe_total 3.0" in text
