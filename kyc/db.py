@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import select
 import sqlite3
 import threading
 import weakref
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from sqlalchemy import create_engine, event, make_url
 from sqlalchemy.engine import Engine
@@ -21,6 +25,34 @@ class Base(DeclarativeBase):
 
 PG_CONNECT_TIMEOUT = 5          # seconds
 
+# A number of 19 digits or more may not fit in 64 bits, and orjson reads one as a float (losing
+# digits) where json keeps an int: a document that may hold one (a free-form `metadata` can), or
+# that orjson refuses (NaN, which SQLite's JSON text can hold), is read by json. The test is a
+# necessary condition, in C: digits as 0, whitespace and '-' dropped, then 19 zeros after a ':',
+# ',' or '[' (a re search for it took 10 us a document, as long as json's whole reading).
+_DIGIT_RUNS = bytes.maketrans(b"0123456789,[", b"0000000000::")
+_LONG_NUMBER = b":" + b"0" * 19
+
+
+def _may_hold_long_number(raw: bytes) -> bool:
+    runs = raw.translate(_DIGIT_RUNS, b" \t\n\r-")
+    return _LONG_NUMBER in runs or runs.startswith(_LONG_NUMBER[1:])
+
+
+def load_json(document: bytes | str) -> Any:
+    """A JSON column's value, read with orjson: every JSON column read, through the ORM or a raw
+    cursor, on both databases. A bulk activity call reads ~3,000 documents (days, signals,
+    subjects), and json's reading was 7% of its CPU. On 4,363 documents stored by the activity
+    bench (1,353 bytes on average): json.loads 10.5 us a document, this 4.7 (the test included),
+    orjson alone 3.0."""
+    raw = document.encode() if isinstance(document, str) else document
+    if not _may_hold_long_number(raw):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw)
+
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
@@ -29,7 +61,8 @@ def make_engine(url: str) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # hide_parameters: a database error's message (logged with its traceback) never holds the
         # statement's values, which can be emails, phone numbers or addresses.
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True,
+                               json_deserializer=load_json)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - exercised by every SQLite test
@@ -54,7 +87,7 @@ def make_engine(url: str) -> Engine:
     # after the operating system's TCP timeout of minutes; a URL may set its own.
     connect_args = {"connect_timeout": PG_CONNECT_TIMEOUT} if postgres and "connect_timeout" not in parsed.query else {}
     engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=not postgres, hide_parameters=True,
-                           connect_args=connect_args)
+                           connect_args=connect_args, json_deserializer=load_json)
     if postgres:
         event.listen(engine, "connect", _generic_plans)
         event.listen(engine, "checkout", _drop_if_closed_by_server)
