@@ -390,15 +390,16 @@ def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]], colu
 
 
 def upsert_rows(session: Session, table: Table, rows: list[dict[str, Any]], *, keys: tuple[str, ...],
-                replace: tuple[str, ...] = (), add: tuple[str, ...] = ()) -> None:
-    """INSERT `rows`; a row whose `keys` are stored already sets the stored row's `replace`
-    columns to its own and adds its `add` columns to the stored ones."""
+                replace: tuple[str, ...] = (), add: tuple[str, ...] = (), latest: tuple[str, ...] = ()) -> None:
+    """INSERT `rows` (no two with the same `keys`); a row whose `keys` are stored already sets the
+    stored row's `replace` columns to its own, adds its `add` columns to the stored ones and keeps
+    the greater of the stored and its own `latest` columns."""
     if not rows:
         return
     if postgres(session):
-        send(session, _json_upsert(table, keys, replace, add), [{"rows": rows_json(rows)}])
+        send(session, _json_upsert(table, keys, replace, add, latest), [{"rows": rows_json(rows)}])
     else:
-        session.execute(_upsert("sqlite", table, keys, replace, add), rows)
+        session.execute(_upsert(table, keys, replace, add, latest), rows)
 
 
 def update_rows(session: Session, table: Table, rows: list[dict[str, Any]], *, keys: tuple[str, ...]) -> None:
@@ -419,22 +420,29 @@ def _json_insert(table: Table, columns: tuple[str, ...]):
     return table.insert().from_select(columns, json_rows(table, columns))
 
 
-def _upsert_set(table: Table, excluded, replace: tuple[str, ...], add: tuple[str, ...]) -> dict:
-    return {**{c: excluded[c] for c in replace}, **{c: table.c[c] + excluded[c] for c in add}}
+def _upsert_set(table: Table, excluded, replace: tuple[str, ...], add: tuple[str, ...], latest: tuple[str, ...],
+                greater) -> dict:
+    return {**{c: excluded[c] for c in replace}, **{c: table.c[c] + excluded[c] for c in add},
+            **{c: greater(table.c[c], excluded[c]) for c in latest}}
 
 
 @lru_cache(maxsize=32)
-def _json_upsert(table: Table, keys: tuple[str, ...], replace: tuple[str, ...], add: tuple[str, ...]):
-    statement = pg_insert(table).from_select(keys + replace + add, json_rows(table, keys + replace + add))
+def _json_upsert(table: Table, keys: tuple[str, ...], replace: tuple[str, ...], add: tuple[str, ...],
+                 latest: tuple[str, ...]):
+    columns = keys + replace + add + latest
+    statement = pg_insert(table).from_select(columns, json_rows(table, columns))
     return statement.on_conflict_do_update(index_elements=list(keys),
-                                           set_=_upsert_set(table, statement.excluded, replace, add))
+                                           set_=_upsert_set(table, statement.excluded, replace, add, latest,
+                                                            func.greatest))
 
 
 @lru_cache(maxsize=32)
-def _upsert(dialect: str, table: Table, keys: tuple[str, ...], replace: tuple[str, ...], add: tuple[str, ...]):
-    statement = _insert(dialect)(table)
+def _upsert(table: Table, keys: tuple[str, ...], replace: tuple[str, ...], add: tuple[str, ...],
+            latest: tuple[str, ...]):
+    statement = sqlite_insert(table)
     return statement.on_conflict_do_update(index_elements=list(keys),
-                                           set_=_upsert_set(table, statement.excluded, replace, add))
+                                           set_=_upsert_set(table, statement.excluded, replace, add, latest,
+                                                            func.max))
 
 
 @lru_cache(maxsize=32)
@@ -506,15 +514,6 @@ def claim_phone(session: Session, **values) -> None:
 
 
 @lru_cache(maxsize=4)
-def record_marks_statement(dialect: str):
-    """Velocity marks (kyc.store.SqlStore): an account's latest event time on a key, kept the latest."""
-    table = VelocityMark.__table__
-    statement = _insert(dialect)(table)
-    newer = func.greatest if dialect == "postgresql" else func.max
-    return statement.on_conflict_do_update(index_elements=["kind", "value_hash", "account_id"],
-                                           set_={"last_at": newer(table.c.last_at, statement.excluded.last_at)})
-
-
 def unnested(*arrays: str, names: tuple[str, ...], ordinality: str | None = None):
     """PostgreSQL: rows from string arrays bound as parameters `arrays` (columns `names`), for one
     statement (compiled and prepared once) for any number of rows. kyc.store counts velocity

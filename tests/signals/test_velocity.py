@@ -116,6 +116,21 @@ def test_nothing_is_recorded_when_the_transaction_rolls_back(counters):
     assert counters.count("b", T0)[KEY]["1h"] == 1
 
 
+def test_one_batch_may_mark_a_key_and_account_many_times_the_latest_is_kept(counters):
+    """record_many (an activity batch: one statement on PostgreSQL) with the same key and account
+    several times, out of order, and after a later stored mark: each pair keeps its latest time.
+    (A count includes the asking account.)"""
+    counters.record("stored", T0 + timedelta(hours=3))
+    marks = [(KEY, T0 + timedelta(hours=2), "a"), (KEY, T0, "a"), (OTHER, T0, "a"), (KEY, T0 + timedelta(hours=1), "b"),
+             (KEY, T0 + timedelta(hours=1), "b"), (KEY, T0, "stored")]
+    with counters.runtime.session() as session, session.begin():
+        counters._store(session).record_many(marks)
+    in_hour = counters.count("x", T0 + timedelta(hours=3, minutes=30), (KEY, OTHER))
+    assert in_hour[KEY]["1h"] == 2 and in_hour[OTHER]["24h"] == 2                     # stored's 3:00 kept
+    assert counters.count("x", T0 + timedelta(hours=2, minutes=30))[KEY]["1h"] == 2    # a at 2:00, not 0:00
+    assert counters.count("x", T0 + timedelta(hours=2, minutes=30))[KEY]["24h"] == 3   # a, b (stored is later)
+
+
 def test_redis_and_sql_counters_agree(runtime):
     """The same random history, with out-of-order posts, gives the same answers on both."""
     rng = random.Random(7)
