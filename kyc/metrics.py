@@ -179,6 +179,12 @@ class StateCollector:
         info = InfoMetricFamily("kyc_rules", "Rules version running in the process that answered the scrape")
         info.add_metric([], {"version": rt.rules.version})
         yield info
+        dated = GaugeMetricFamily("kyc_data_source_timestamp_seconds",
+                                  "When each network data source was made (GeoIP build date, each list's upstream "
+                                  "commit): alert on time() minus it", labels=["source"])
+        for source, date in sorted(rt.geoip.data_dates().items()):
+            dated.add_metric([source], date.timestamp())
+        yield dated
         pending = GaugeMetricFamily("kyc_rescore_batches_pending", "Rescore batches recorded and not finished")
         backlog = GaugeMetricFamily("kyc_webhook_outbox_backlog", "Decision webhooks not yet delivered")
         oldest = GaugeMetricFamily("kyc_webhook_outbox_oldest_seconds",

@@ -21,15 +21,15 @@ counts per label; the bytes depend only on the inputs.
 
 from __future__ import annotations
 
-import calendar
 import hashlib
 import ipaddress
 import json
 import re
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Iterable
+
+from kyc.signals.netintel import source_date
 
 # ipranges folder -> (record key, value). Cloud: machines anyone can rent. Crawler: networks the
 # operators publish for their crawlers, link-preview fetchers and uptime monitors.
@@ -185,10 +185,5 @@ def build(src: Path, outdir: Path) -> dict[str, Any]:
 
 
 def _newest_source_date(lines: Iterable[str]) -> int:
-    # SOURCE lines read "commit <sha> <ISO date>"; the newest date is the build epoch.
-    epochs = []
-    for line in lines:
-        match = re.search(r"(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})", line)
-        if match:
-            epochs.append(calendar.timegm(time.strptime(" ".join(match.groups()), "%Y-%m-%d %H:%M:%S")))
-    return max(epochs, default=0)
+    """The build epoch: the newest of the SOURCE lines' dates."""
+    return max((int(date.timestamp()) for date in map(source_date, lines) if date is not None), default=0)

@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,19 @@ from kyc.signals.payment import load_bin_table
 from kyc.tiers import TierPolicy, load_tiers
 
 log = logging.getLogger("kyc")
+STALE_DATA_DAYS = 30           # network data older than this is named at start-up
+
+
+def warn_if_stale(geoip: GeoIP, now: datetime | None = None) -> list[str]:
+    """Name, in one warning, the network data sources older than STALE_DATA_DAYS (a Tor exit list
+    or a cloud's ranges go stale within weeks; nothing refreshes them at run time). Returns them."""
+    now = now or datetime.now(timezone.utc)
+    stale = sorted((name, (now - date).days) for name, date in geoip.data_dates().items()
+                   if now - date > timedelta(days=STALE_DATA_DAYS))
+    if stale:
+        log.warning("network data older than %d days: %s; refresh it (README: Network intelligence)",
+                    STALE_DATA_DAYS, ", ".join(f"{name} {days} days" for name, days in stale))
+    return [name for name, _ in stale]
 
 
 def alembic_config(database_url: str) -> AlembicConfig:
@@ -162,6 +175,7 @@ class Runtime:
         fingerprint = rules_fingerprint(config.rules_dir)
         rules, tiers = load_policy(config.rules_dir)
         geoip = open_geoip(config.geoip_city_db or None, config.geoip_asn_db or None, config.geoip_anon_db or None)
+        warn_if_stale(geoip)
         load_bin_table(config.bin_table)        # a bad BIN table stops start-up (BinTableError)
         redis_client = None
         if config.redis_url:

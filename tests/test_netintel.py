@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import maxminddb
@@ -136,6 +137,12 @@ def test_build_labels_overlaps_with_every_list_and_is_reproducible(tmp_path):
     assert (tmp_path / "a" / "ipranges" / "LICENSE").exists()
     manifest = json.loads((tmp_path / "a" / "MANIFEST.json").read_text())
     assert manifest["listed_ranges"]["privacy_relay:icloud_private_relay"] == 3
+    # Each list's upstream date, offsets honoured; the database is dated by the newest.
+    utc = timezone.utc
+    assert intel.sources == {"x4bnet-lists_vpn": datetime(2026, 8, 22, 16, 37, 12, tzinfo=utc),
+                             "ipranges": datetime(2026, 8, 22, 9, 44, 53, tzinfo=utc),
+                             "tor": datetime(2024, 2, 27, 3, 57, 52, tzinfo=utc)}
+    assert intel.ranges.metadata().build_epoch == int(datetime(2026, 8, 22, 16, 37, 12, tzinfo=utc).timestamp())
 
 
 def test_cli_refreshes_from_a_directory_and_names_bad_lines(tmp_path):

@@ -389,3 +389,37 @@ def test_a_scrape_skips_a_process_file_still_being_created(runtime, tmp_path, mo
     (directory / "counter_102.db").touch()                   # another process's, being created
     text = metrics.exposition(runtime).decode()
     assert "kyc_probe_total 3.0" in text
+
+
+def test_each_network_data_source_dates_itself_on_metrics(client):
+    """kyc_data_source_timestamp_seconds: the bundled GeoIP files by their build date, each
+    network list by its upstream commit's date (the Tor list's offset honoured)."""
+    from datetime import datetime, timedelta, timezone
+
+    import maxminddb
+
+    from kyc.signals.geoip import BUNDLED_ASN
+
+    samples = _families(client.get("/metrics").get_data(as_text=True))["kyc_data_source_timestamp_seconds"]
+    dated = {s.labels["source"]: s.value for s in samples}
+    assert set(dated) == {"geoip_asn", "geoip_city", "netintel_ipranges", "netintel_tor", "netintel_x4bnet-lists_vpn"}
+    assert dated["netintel_tor"] == datetime(2024, 2, 27, 9, 27, 52, tzinfo=timezone(timedelta(hours=5, minutes=30))).timestamp()
+    assert dated["geoip_asn"] == maxminddb.open_database(str(BUNDLED_ASN)).metadata().build_epoch
+
+
+def test_network_data_older_than_a_month_is_named_at_start_up(caplog):
+    from datetime import datetime, timezone
+
+    from kyc.runtime import warn_if_stale
+    from kyc.signals.geoip import open_geoip
+
+    bundled = open_geoip(None, None, None)
+    # Three weeks after the bundled country file (June 1, 2026), before the lists (August 22):
+    # only the Tor list (February 2024) is stale.
+    with caplog.at_level("WARNING", logger="kyc"):
+        assert warn_if_stale(bundled, now=datetime(2026, 6, 22, tzinfo=timezone.utc)) == ["netintel_tor"]
+    assert "netintel_tor 845 days" in caplog.text and "geoip" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="kyc"):
+        assert warn_if_stale(bundled, now=datetime(2024, 3, 1, tzinfo=timezone.utc)) == []
+    assert caplog.text == ""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,15 @@ class GeoIP:
             facts["hosting"] = facts.get("hosting", False) or (bool(record.get("is_hosting_provider"))
                                                                and not relay)
         return facts
+
+    def data_dates(self) -> dict[str, datetime]:
+        """When each source's data was made: a GeoIP database's build date (its metadata) and each
+        network list's upstream date, by name (geoip_city, geoip_asn, geoip_anon, netintel_tor, ...)."""
+        dates = {f"geoip_{role}": datetime.fromtimestamp(reader.metadata().build_epoch, timezone.utc)
+                 for role, reader in (("city", self.city), ("asn", self.asn), ("anon", self.anon)) if reader is not None}
+        if self.netintel is not None:
+            dates.update({f"netintel_{name}": date for name, date in self.netintel.sources.items()})
+        return dates
 
     def close(self) -> None:
         for reader in (self.city, self.asn, self.anon, self.netintel):

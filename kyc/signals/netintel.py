@@ -15,7 +15,10 @@ is taken as WARP (WARP, Zero Trust gateways, and customers' own prefixes: people
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,16 @@ import maxminddb
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "netintel"
 DATABASE = "kyc-netintel.mmdb"
 CLOUDFLARE_ASN = 13335
+_SOURCE_DATE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:Z|[+-]\d{2}:\d{2})?")
+
+
+def source_date(line: str) -> datetime | None:
+    """The date of a SOURCE line, "commit <sha> <ISO date>" (its upstream commit's), or None."""
+    match = _SOURCE_DATE.search(line)
+    if match is None:
+        return None
+    parsed = datetime.fromisoformat(match.group(0))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def _asn_list(path: Path) -> frozenset[int]:
@@ -36,11 +49,18 @@ class NetIntel:
     ranges: maxminddb.Reader
     datacenter_asns: frozenset[int]
     vpn_asns: frozenset[int]
+    # Each list's upstream date (MANIFEST.json's SOURCE lines): how stale each is (a Tor exit
+    # list goes stale within days), for the data-age gauge and the start-up warning.
+    sources: dict[str, datetime] = field(default_factory=dict)
 
     @classmethod
     def open(cls, directory: Path = DATA_DIR) -> NetIntel:
         reader = maxminddb.open_database(str(directory / DATABASE))
-        return cls(reader, _asn_list(directory / "datacenter_asns.txt"), _asn_list(directory / "vpn_asns.txt"))
+        manifest = directory / "MANIFEST.json"
+        lines = json.loads(manifest.read_text(encoding="utf-8")).get("sources", {}) if manifest.exists() else {}
+        sources = {name: date for name, line in lines.items() if (date := source_date(line)) is not None}
+        return cls(reader, _asn_list(directory / "datacenter_asns.txt"), _asn_list(directory / "vpn_asns.txt"),
+                   sources)
 
     def facts(self, address, asn: int | None) -> dict[str, Any]:
         """hosting, vpn, tor (always), and cloud, crawler, privacy_relay when the address is in one."""
