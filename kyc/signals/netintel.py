@@ -50,8 +50,9 @@ class NetIntel:
     datacenter_asns: frozenset[int]
     vpn_asns: frozenset[int]
     # Each list's upstream date (MANIFEST.json's SOURCE lines): how stale each is (a Tor exit
-    # list goes stale within days), for the data-age gauge and the start-up warning.
-    sources: dict[str, datetime] = field(default_factory=dict)
+    # list goes stale within days), for the data-age gauge and the start-up warning. Not part
+    # of the hash: readers are cache keys (kyc.simulate).
+    sources: dict[str, datetime] = field(default_factory=dict, hash=False, compare=False)
 
     @classmethod
     def open(cls, directory: Path = DATA_DIR) -> NetIntel:
