@@ -13,7 +13,8 @@ template that day); then single reports, each on fresh (account, hour) pairs. Pr
 per-call median and p99, and the ratio bulk / single. The identifiers the reports show are
 linked into the identity graph in each call's transaction (kyc.usage.identifiers.link_reports):
 "request" CPU is the calling thread's (what answering the gateway costs), "with linking" the
-whole process's until its background thread (cluster rescoring) is done (drained).
+whole process's until its background thread (cluster rescoring) is done (drained). On a local
+PostgreSQL, each line also gives the CPU its client backends spent a call (read from /proc).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import bindparam, insert, select, update  # noqa: E402
+from sqlalchemy import bindparam, create_engine, insert, select, update  # noqa: E402
 
 from kyc import create_app, settle_for_serving  # noqa: E402
 from kyc.config import PROJECT_ROOT, Config  # noqa: E402
@@ -38,6 +39,8 @@ from kyc.rescore.background import drain  # noqa: E402
 from kyc.models import Account, ApiKey, Cluster, ClusterMember, Evaluation  # noqa: E402
 from kyc.runtime import Runtime, upgrade_database  # noqa: E402
 from kyc.security import hash_api_key, new_api_key  # noqa: E402
+
+from http_load import backend_ticks, cpu_seconds  # noqa: E402  (bench/, the script's folder)
 
 _spec = importlib.util.spec_from_file_location("bench_entitlement", Path(__file__).with_name("entitlement.py"))
 entitlement_bench = importlib.util.module_from_spec(_spec)
@@ -154,8 +157,14 @@ def main() -> None:
 
     drain(runtime)
 
+    # PostgreSQL's side: its client backends' CPU (this process's pooled connections), when local.
+    admin = (create_engine(url) if url.startswith("postgresql") and ("127.0.0.1" in url or "localhost" in url)
+             else None)
+
     def run(calls):
-        """(wall s, request-thread CPU s, process CPU s until linked, per-call wall ms, per-call CPU ms)."""
+        """(wall s, request-thread CPU s, process CPU s until linked, per-call wall ms, per-call CPU ms,
+        PostgreSQL CPU s or None)."""
+        pg_before = backend_ticks(admin) if admin is not None else None
         wall, cpu = [], []
         p_all, c_all, t_all = time.process_time(), time.thread_time(), time.perf_counter()
         for path, body in calls:
@@ -167,39 +176,43 @@ def main() -> None:
             assert not any(r["reevaluated"] for r in answer.json.get("results", [answer.json]))
         took, request_cpu = time.perf_counter() - t_all, time.thread_time() - c_all
         drain(runtime)
-        return took, request_cpu, time.process_time() - p_all, wall, cpu
+        pg = cpu_seconds(pg_before, backend_ticks(admin)) if admin is not None else None
+        return took, request_cpu, time.process_time() - p_all, wall, cpu, pg
 
     bodies = [("/v1/activity", json.dumps({"reports": bulk_reports[i:i + args.batch]}))
               for i in range(0, len(bulk_reports), args.batch)]
-    bulk_wall, bulk_cpu, bulk_linked, wall, cpu = run(bodies)
+    bulk_wall, bulk_cpu, bulk_linked, wall, cpu, bulk_pg = run(bodies)
     # The same accounts again, later that hour, with what they showed before and one more
     # template of their own: a gateway's usual report (its day started, its identifiers linked,
     # three templates that day, so the lockstep facts are read).
     again = [{**r, "prompt_fingerprints": {**r["prompt_fingerprints"], f"pf_{r['account_id']}_more": 5}}
              for r in bulk_reports]
-    again_wall, again_cpu, again_linked, awall, acpu = run(
+    again_wall, again_cpu, again_linked, awall, acpu, again_pg = run(
         [("/v1/activity", json.dumps({"reports": again[i:i + args.batch]})) for i in range(0, len(again), args.batch)])
     singles = [(f"/v1/accounts/{r['account_id']}/activity", json.dumps({k: v for k, v in r.items() if k != "account_id"}))
                for r in single_reports]
-    single_wall, single_cpu, single_linked, swall, scpu = run(singles)
+    single_wall, single_cpu, single_linked, swall, scpu, single_pg = run(singles)
 
     backend = "sqlite" if url.startswith("sqlite") else url.split(":")[0]
     print(f"activity ingestion: {accounts:,} accounts stored, {count:,} reports in bulk, {singles_count:,} one per call, "
           f"{backend}, bulk calls of {args.batch}")
 
-    def line(name, n, wall_s, cpu_s, linked_s, per_call_wall, per_call_cpu):
+    def line(name, n, wall_s, cpu_s, linked_s, per_call_wall, per_call_cpu, pg_s):
+        database = f", PostgreSQL {pg_s * 1000 / len(per_call_cpu):8.2f} ms CPU a call" if pg_s is not None else ""
         print(f"{name:<22} {n / wall_s:9,.0f} reports/s wall  {n / cpu_s:9,.0f} reports/s request CPU (one core)  "
               f"{n / linked_s:9,.0f} with linking   per call: median {statistics.median(per_call_wall):8.2f} ms  "
               f"p99 {sorted(per_call_wall)[max(0, int(len(per_call_wall) * .99) - 1)]:8.2f} ms wall, "
-              f"median {statistics.median(per_call_cpu):8.2f} ms CPU")
+              f"median {statistics.median(per_call_cpu):8.2f} ms CPU{database}")
 
-    line("bulk POST /v1/activity", count, bulk_wall, bulk_cpu, bulk_linked, wall, cpu)
-    line("bulk, same accounts again", count, again_wall, again_cpu, again_linked, awall, acpu)
-    line("one report per call", singles_count, single_wall, single_cpu, single_linked, swall, scpu)
+    line("bulk POST /v1/activity", count, bulk_wall, bulk_cpu, bulk_linked, wall, cpu, bulk_pg)
+    line("bulk, same accounts again", count, again_wall, again_cpu, again_linked, awall, acpu, again_pg)
+    line("one report per call", singles_count, single_wall, single_cpu, single_linked, swall, scpu, single_pg)
     print(f"bulk / single: x{(count / bulk_wall) / (singles_count / single_wall):.1f} wall, "
           f"x{(count / bulk_cpu) / (singles_count / single_cpu):.1f} request CPU, "
           f"x{(count / bulk_linked) / (singles_count / single_linked):.1f} with linking")
     runtime.engine.dispose()
+    if admin is not None:
+        admin.dispose()
 
 
 if __name__ == "__main__":

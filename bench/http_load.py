@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sqlalchemy import text
+
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
 
@@ -103,3 +105,12 @@ def children(pid: int) -> list[int]:
 def cpu_seconds(before: dict[int, int], after: dict[int, int]) -> float:
     """CPU spent between two {pid: ticks} readings (a process born in between counts in full)."""
     return sum(ticks - before.get(pid, 0) for pid, ticks in after.items()) / TICKS_PER_SECOND
+
+
+def backend_ticks(admin_engine) -> dict[int, int]:
+    """CPU so far of the database's client backends other than this script's own."""
+    with admin_engine.connect() as conn:
+        database = conn.execute(text("SELECT current_database()")).scalar()
+        pids = conn.execute(text("SELECT pid FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid() "
+                                 "AND backend_type = 'client backend'"), {"db": database}).scalars().all()
+    return {pid: cpu_ticks(pid) for pid in pids}

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from http_load import children, cpu_seconds, cpu_ticks, free_port, start, stop, wrk  # noqa: E402
+from http_load import backend_ticks, children, cpu_seconds, cpu_ticks, free_port, start, stop, wrk  # noqa: E402
 from score_signup import varied_signups  # noqa: E402
 
 SCHEMA = "kyc_bench_signup"
@@ -89,15 +89,6 @@ def fresh_database(admin_url: str, checkout: Path, env: dict) -> None:
     subprocess.run([sys.executable, "-c", "import sys; from kyc.runtime import upgrade_database; "
                                           "upgrade_database(sys.argv[1])", env["KYC_DATABASE_URL"]],
                    cwd=checkout, env=env, check=True, stdout=subprocess.DEVNULL)
-
-
-def backend_ticks(admin_engine) -> dict[int, int]:
-    """CPU so far of the database's client backends other than this script's own."""
-    with admin_engine.connect() as conn:
-        database = conn.execute(text("SELECT current_database()")).scalar()
-        pids = conn.execute(text("SELECT pid FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid() "
-                                 "AND backend_type = 'client backend'"), {"db": database}).scalars().all()
-    return {pid: cpu_ticks(pid) for pid in pids}
 
 
 def measure(server, port: int, admin_engine, script: str, warm_script: str, args) -> dict:
