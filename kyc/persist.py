@@ -38,8 +38,7 @@ from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import TypeDecorator
 
 from kyc.db import PIPELINE
-from kyc.models import (Account, ClusterMember, GraphEdge, GraphNode, IdempotentAnswer, PhoneClaim, UTCDateTime,
-                        VelocityMark)
+from kyc.models import Account, ClusterMember, GraphEdge, GraphNode, IdempotentAnswer, PhoneClaim, UTCDateTime
 
 log = logging.getLogger("kyc.persist")
 
