@@ -44,6 +44,8 @@ from kyc.ops.actions import act_on_cluster  # noqa: E402
 from kyc.ops.reviews import review_account  # noqa: E402
 from kyc.runtime import Runtime, upgrade_database  # noqa: E402
 
+from stats import percentile  # noqa: E402  (bench/, the script's folder)
+
 SCHEMA = "bench_cluster_action"
 BASELINE_SAMPLE = 300
 REASON = {"rule": "large_cluster", "score": 20, "action": "review", "description": "Member of a large cluster"}
@@ -119,11 +121,6 @@ def seed(runtime: Runtime, members: int, cluster_id: str) -> None:
             conn.execute(text("ANALYZE"))
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2,000 members instead of 25,000")
@@ -174,13 +171,13 @@ def main() -> None:
     with runtime.session() as session:
         outbox = session.scalar(select(DecisionWebhook.id).order_by(DecisionWebhook.id.desc()).limit(1))
 
-    median, p99 = statistics.median(actions), pct(actions, 0.99)
+    median, p99 = statistics.median(actions), percentile(actions, 0.99)
     print(f"\ncluster action, {members:,} members, webhooks on ({args.backend}; {args.runs} runs; "
           f"machine shared, load {os.getloadavg()[0]:.1f}):")
     print(f"  action (one transaction)     median {median:6.2f} s   p99 {p99:6.2f} s   "
           f"({median / members * 1e6:,.0f} us per member)")
     print(f"  webhook delivery             median {statistics.median(deliveries):6.2f} s   p99 "
-          f"{pct(deliveries, 0.99):6.2f} s   ({members / statistics.median(deliveries):,.0f} events/s, "
+          f"{percentile(deliveries, 0.99):6.2f} s   ({members / statistics.median(deliveries):,.0f} events/s, "
           f"{webhooks.CONCURRENCY} in flight)")
     print(f"  baseline: one review per member, one transaction each: {per_member * 1e3:.2f} ms per member "
           f"-> {per_member * members:,.1f} s for the cluster")

@@ -35,6 +35,8 @@ from kyc.persist import refresh_statistics  # noqa: E402
 from kyc.runtime import Runtime, upgrade_database  # noqa: E402
 from kyc.security import hash_api_key, new_api_key  # noqa: E402
 
+from stats import percentile  # noqa: E402  (bench/, the script's folder)
+
 CHUNK = 20_000
 DECISIONS = ["allow"] * 7 + ["verify", "verify", "review"]
 
@@ -157,20 +159,14 @@ def measure(call, n: int) -> tuple[list[float], list[float]]:
     return wall, cpu
 
 
-def pct(samples: list[float], q: float) -> float:
-    return sorted(samples)[max(0, int(len(samples) * q) - 1)]
-
-
-def p99(samples: list[float]) -> float:
-    return pct(samples, 0.99)
 
 
 def report(name: str, measured: tuple[list[float], list[float]], floor: tuple[list[float], list[float]] | None
            ) -> None:
     for clock, samples, base in zip(("wall", "cpu"), measured, floor or (None, None)):
-        med, tail = statistics.median(samples), p99(samples)
-        ratio = f"  x{med / statistics.median(base):.1f} median, x{tail / p99(base):.1f} p99 vs floor" if base else ""
-        print(f"{name:<34} {clock:<4} median {med:6.3f} ms   p95 {pct(samples, 0.95):6.3f} ms   "
+        med, tail = statistics.median(samples), percentile(samples, 0.99)
+        ratio = f"  x{med / statistics.median(base):.1f} median, x{tail / percentile(base, 0.99):.1f} p99 vs floor" if base else ""
+        print(f"{name:<34} {clock:<4} median {med:6.3f} ms   p95 {percentile(samples, 0.95):6.3f} ms   "
               f"p99 {tail:6.3f} ms{ratio}")
 
 
