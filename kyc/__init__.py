@@ -10,7 +10,7 @@ from flask import Flask, g, request
 
 from kyc import logs
 from kyc.config import Config
-from kyc.runtime import Runtime
+from kyc.runtime import Runtime, warn_if_stale
 
 
 def create_app(config: Config | None = None, runtime: Runtime | None = None, *, watch_rules: bool = False) -> Flask:
@@ -25,6 +25,8 @@ def create_app(config: Config | None = None, runtime: Runtime | None = None, *, 
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False
     app.extensions["kyc"] = runtime or Runtime.start(config)
+    if watch_rules:
+        warn_if_stale(app.extensions["kyc"].geoip)
 
     from kyc import api, metrics, signals
     from kyc.ops import console

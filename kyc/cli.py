@@ -156,9 +156,11 @@ def worker(burst: bool, with_scheduler: bool, metrics_port: int, metrics_host: s
 
     from kyc import jobs, logs, metrics
     from kyc.rescore import queue, schedule
+    from kyc.runtime import warn_if_stale
 
     logs.configure(_config().log_level)
     runtime = _runtime(migrate=False)
+    warn_if_stale(runtime.geoip)
     connection = queue.redis_connection(runtime.config)
     if connection is None:
         raise click.ClickException("KYC_REDIS_URL is not set; without Redis, `kyc serve` runs jobs in-process")

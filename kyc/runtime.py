@@ -37,7 +37,9 @@ STALE_DATA_DAYS = 30           # network data older than this is named at start-
 
 def warn_if_stale(geoip: GeoIP, now: datetime | None = None) -> list[str]:
     """Name, in one warning, the network data sources older than STALE_DATA_DAYS (a Tor exit list
-    or a cloud's ranges go stale within weeks; nothing refreshes them at run time). Returns them."""
+    or a cloud's ranges go stale within weeks; nothing refreshes them at run time). Returns them.
+    Said by the processes that score (each serving app, `kyc worker`) as they start, not by every
+    CLI command; the kyc_data_source_timestamp_seconds gauge says it all the time."""
     now = now or datetime.now(timezone.utc)
     stale = sorted((name, (now - date).days) for name, date in geoip.data_dates().items()
                    if now - date > timedelta(days=STALE_DATA_DAYS))
@@ -175,7 +177,6 @@ class Runtime:
         fingerprint = rules_fingerprint(config.rules_dir)
         rules, tiers = load_policy(config.rules_dir)
         geoip = open_geoip(config.geoip_city_db or None, config.geoip_asn_db or None, config.geoip_anon_db or None)
-        warn_if_stale(geoip)
         load_bin_table(config.bin_table)        # a bad BIN table stops start-up (BinTableError)
         redis_client = None
         if config.redis_url:

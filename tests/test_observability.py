@@ -33,7 +33,7 @@ from kyc.logs import request_id, scrub
 from kyc.models import ApiKey
 from kyc.runtime import upgrade_database
 from kyc.security import hash_api_key, new_api_key
-from tests.conftest import free_port, REDIS_URL, TEST_SECRET, pg_schema_url, redis_connection
+from tests.conftest import free_port, REDIS_URL, RULES_DIR, TEST_SECRET, pg_schema_url, redis_connection
 
 KYC = str(Path(sys.executable).with_name("kyc"))
 CARD = "4111 1111 1111 1111"
@@ -423,3 +423,26 @@ def test_network_data_older_than_a_month_is_named_at_start_up(caplog):
     with caplog.at_level("WARNING", logger="kyc"):
         assert warn_if_stale(bundled, now=datetime(2024, 3, 1, tzinfo=timezone.utc)) == []
     assert caplog.text == ""
+
+
+def test_the_serving_app_names_stale_data_and_a_cli_command_does_not(runtime, tmp_path, caplog):
+    """The bundled Tor list dates from February 2024: stale whenever this runs. A serving
+    process (create_app(watch_rules=True): `kyc serve`, wsgi.py) names it as it starts; a CLI
+    command that opens the same runtime, such as `kyc keys list`, says nothing of it."""
+    from click.testing import CliRunner
+
+    from kyc.cli import main
+
+    with caplog.at_level("WARNING", logger="kyc"):
+        create_app(runtime=runtime)
+    assert "network data older than" not in caplog.text
+    with caplog.at_level("WARNING", logger="kyc"):
+        create_app(runtime=runtime, watch_rules=True)
+    assert "network data older than" in caplog.text and "netintel_tor" in caplog.text
+    caplog.clear()
+    env = {"KYC_DATABASE_URL": runtime.config.database_url, "KYC_DATA_DIR": str(tmp_path),
+           "KYC_RULES_DIR": str(RULES_DIR), "KYC_SECRET_KEY": "test"}
+    with caplog.at_level("WARNING", logger="kyc"):
+        listed = CliRunner().invoke(main, ["keys", "list"], env=env, catch_exceptions=False)
+    assert listed.exit_code == 0, listed.output
+    assert "network data older than" not in caplog.text + listed.output
