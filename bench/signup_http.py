@@ -8,7 +8,8 @@ Each side is served by gunicorn (--workers, each side's own gunicorn.conf.py if 
 from its own checkout: this one, and with --against a `git worktree` of that revision run with
 the same interpreter and its checkout first on the import path (its own rules and migrations).
 Before each of its runs a side gets the same database freshly migrated by its own code (schema
-kyc_bench_signup, dropped and made again), then a few seconds of warm-up signups. wrk posts
+kyc_bench_signup, dropped and made again), then a few seconds of warm-up signups, then an
+ANALYZE of the schema (analyze_schema says why; --blind-plans leaves it out). wrk posts
 varied, realistic signups (bench/score_signup.py's generator: each a new account, with its
 email, phone, IP, user agent and device) read by its Lua script from a file, one per request,
 authenticated with the development key. Runs alternate between the apps, round after round,
@@ -91,8 +92,25 @@ def fresh_database(admin_url: str, checkout: Path, env: dict) -> None:
                    cwd=checkout, env=env, check=True, stdout=subprocess.DEVNULL)
 
 
-def measure(server, port: int, admin_engine, script: str, warm_script: str, args) -> dict:
+def analyze_schema(admin_engine) -> None:
+    """Planner statistics of the bench schema as a serving database has them: autovacuum, or
+    kyc's schedule where it is off (kyc.persist.refresh_statistics, every minute), analyzes
+    tables that grew. A timed run of seconds on a schema made just before gets neither, and
+    kyc's generic plans (kyc.db._generic_plans), made while the tables were empty, then
+    stay for the whole run (measured in process, 5,000 signups: the graph link statement
+    1.64 ms a signup in the bench against 0.39-0.43 ms replayed on the same tables with fresh
+    plans). An ANALYZE also makes every connection plan its prepared statements again."""
+    with admin_engine.connect() as conn:
+        tables = conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = :s"), {"s": SCHEMA}).scalars().all()
+    with admin_engine.begin() as conn:
+        for table in tables:
+            conn.execute(text(f'ANALYZE "{SCHEMA}"."{table}"'))
+
+
+def measure(server, port: int, admin_engine, script: str, warm_script: str, args, *, analyze: bool = False) -> dict:
     wrk(port, warm_script, args.warmup, args.threads, args.connections)
+    if analyze:
+        analyze_schema(admin_engine)
     workers = children(server.pid)
     before_workers, before_pg = {p: cpu_ticks(p) for p in workers}, backend_ticks(admin_engine)
     result = wrk(port, script, args.duration, args.threads, args.connections)
@@ -119,6 +137,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--signups", type=int, default=30_000, help="distinct signups in the file wrk sends")
+    parser.add_argument("--blind-plans", action="store_true",
+                        help="do not analyze the schema after the warm-up (what earlier runs measured)")
     args = parser.parse_args()
     if not args.database_url.startswith("postgresql"):
         parser.error("--database-url: a PostgreSQL database (its backends' CPU is measured)")
@@ -156,7 +176,8 @@ def main() -> None:
                 server = start("wsgi:app", port, args.workers, env, checkout)
                 try:
                     results.setdefault(name, []).append(
-                        measure(server, port, admin_engine, script(run_file), script(warm_file), args))
+                        measure(server, port, admin_engine, script(run_file), script(warm_file), args,
+                                analyze=not args.blind_plans))
                 finally:
                     stop(server)
     finally:
@@ -166,7 +187,8 @@ def main() -> None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(against)], check=False)
 
     print(f"signups over HTTP: postgresql, gunicorn -w {args.workers}, wrk -t{args.threads} -c{args.connections} "
-          f"-d{args.duration}s after {args.warmup}s of warm-up, {args.rounds} alternated round(s), "
+          f"-d{args.duration}s after {args.warmup}s of warm-up"
+          f"{' (schema not analyzed)' if args.blind_plans else ' and ANALYZE'}, {args.rounds} alternated round(s), "
           f"{args.signups:,} distinct signups; load average {load_before} before, {loadavg()} after")
     for name, runs in results.items():
         for r in runs:
