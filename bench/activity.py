@@ -37,6 +37,7 @@ from kyc import create_app, settle_for_serving  # noqa: E402
 from kyc.config import PROJECT_ROOT, Config  # noqa: E402
 from kyc.rescore.background import drain  # noqa: E402
 from kyc.models import Account, ApiKey, Cluster, ClusterMember, Evaluation  # noqa: E402
+from kyc.persist import in_list  # noqa: E402
 from kyc.runtime import Runtime, upgrade_database  # noqa: E402
 from kyc.security import hash_api_key, new_api_key  # noqa: E402
 
@@ -70,12 +71,16 @@ def give_evaluations(runtime: Runtime, client, headers: dict, ids: list[str]) ->
             updates.append({"i": account_id, "subjects": {"signup": {
                 "subject": "signup", "evaluation_id": ev, "occurred_at": answer_time().isoformat(), "decision": "allow",
                 "score": 0, "reasons": [], "required_verifications": []}}})
-        existing = set(conn.scalars(select(Evaluation.id).where(Evaluation.id.in_([r["id"] for r in rows]))))
+        # kyc's in_list: one parameter whatever the count (an expanding IN of 80,000 ids passes
+        # PostgreSQL's limit of 65,535 parameters).
+        existing = set(conn.scalars(select(Evaluation.id).where(in_list(Evaluation.id, "ids")),
+                                    {"ids": [r["id"] for r in rows]}))
         fresh = [r for r in rows if r["id"] not in existing]
         if fresh:
             conn.execute(insert(Evaluation), fresh)
         # Each in a cluster of its own, as its signup left it.
-        members = set(conn.scalars(select(ClusterMember.account_id).where(ClusterMember.account_id.in_(ids))))
+        members = set(conn.scalars(select(ClusterMember.account_id).where(in_list(ClusterMember.account_id, "ids")),
+                                   {"ids": ids}))
         alone = [a for a in ids if a not in members]
         if alone:
             conn.execute(insert(Cluster), [{"id": f"cl_bench_{a}", "size": 1, "first_seen_at": answer_time()}
