@@ -159,8 +159,6 @@ def measure(call, n: int) -> tuple[list[float], list[float]]:
     return wall, cpu
 
 
-
-
 def report(name: str, measured: tuple[list[float], list[float]], floor: tuple[list[float], list[float]] | None
            ) -> None:
     for clock, samples, base in zip(("wall", "cpu"), measured, floor or (None, None)):

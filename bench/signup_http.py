@@ -9,7 +9,7 @@ from its own checkout: this one, and with --against a `git worktree` of that rev
 the same interpreter and its checkout first on the import path (its own rules and migrations).
 Before each of its runs a side gets the same database freshly migrated by its own code (schema
 kyc_bench_signup, dropped and made again), then a few seconds of warm-up signups, then an
-ANALYZE of the schema (analyze_schema says why; --blind-plans leaves it out). wrk posts
+ANALYZE of the tables that grew (measure says why; --blind-plans leaves it out). wrk posts
 varied, realistic signups (bench/score_signup.py's generator: each a new account, with its
 email, phone, IP, user agent and device) read by its Lua script from a file, one per request,
 authenticated with the development key. Runs alternate between the apps, round after round,
@@ -39,6 +39,8 @@ from sqlalchemy import create_engine, text  # noqa: E402
 
 from http_load import backend_ticks, children, cpu_seconds, cpu_ticks, free_port, start, stop, wrk  # noqa: E402
 from score_signup import varied_signups  # noqa: E402
+
+from kyc.persist import refresh_statistics  # noqa: E402
 
 SCHEMA = "kyc_bench_signup"
 DEV_KEY = "bench-signup-key"
@@ -92,25 +94,18 @@ def fresh_database(admin_url: str, checkout: Path, env: dict) -> None:
                    cwd=checkout, env=env, check=True, stdout=subprocess.DEVNULL)
 
 
-def analyze_schema(admin_engine) -> None:
-    """Planner statistics of the bench schema as a serving database has them: autovacuum, or
-    kyc's schedule where it is off (kyc.persist.refresh_statistics, every minute), analyzes
-    tables that grew. A timed run of seconds on a schema made just before gets neither, and
-    kyc's generic plans (kyc.db._generic_plans), made while the tables were empty, then
-    stay for the whole run (measured in process, 5,000 signups: the graph link statement
-    1.64 ms a signup in the bench against 0.39-0.43 ms replayed on the same tables with fresh
-    plans). An ANALYZE also makes every connection plan its prepared statements again."""
-    with admin_engine.connect() as conn:
-        tables = conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = :s"), {"s": SCHEMA}).scalars().all()
-    with admin_engine.begin() as conn:
-        for table in tables:
-            conn.execute(text(f'ANALYZE "{SCHEMA}"."{table}"'))
-
-
-def measure(server, port: int, admin_engine, script: str, warm_script: str, args, *, analyze: bool = False) -> dict:
+def measure(server, port: int, admin_engine, script: str, warm_script: str, args, *, schema_engine=None) -> dict:
+    """`schema_engine` (on the bench schema): after the warm-up, its planner statistics as a
+    serving database has them. autovacuum, or kyc's schedule where it is off, analyzes every
+    minute the tables that grew (kyc.persist.refresh_statistics, called here). A timed run of
+    seconds on a schema made just before gets neither, and kyc's generic plans
+    (kyc.db._generic_plans), made while the tables were empty, then stay for the whole run
+    (measured in process, 5,000 signups: the graph link statement 1.64 ms a signup in the bench
+    against 0.39-0.43 ms replayed on the same tables with fresh plans). An ANALYZE also makes
+    every connection plan its prepared statements again. --blind-plans leaves it out."""
     wrk(port, warm_script, args.warmup, args.threads, args.connections)
-    if analyze:
-        analyze_schema(admin_engine)
+    if schema_engine is not None:
+        refresh_statistics(schema_engine)
     workers = children(server.pid)
     before_workers, before_pg = {p: cpu_ticks(p) for p in workers}, backend_ticks(admin_engine)
     result = wrk(port, script, args.duration, args.threads, args.connections)
@@ -152,6 +147,7 @@ def main() -> None:
         sides[f"kyc@{args.against}"] = against
     admin_url = args.database_url + f"?options=-csearch_path%3D{SCHEMA}"
     admin_engine = create_engine(args.database_url)
+    schema_engine = None if args.blind_plans else create_engine(admin_url)
     bodies = varied_signups(args.signups)
     run_file = bodies_file(work, "signups", bodies)
     warm_file = bodies_file(work, "warm", [{**b, "account_id": "warm_" + b["account_id"]} for b in bodies[:5000]])
@@ -177,12 +173,14 @@ def main() -> None:
                 try:
                     results.setdefault(name, []).append(
                         measure(server, port, admin_engine, script(run_file), script(warm_file), args,
-                                analyze=not args.blind_plans))
+                                schema_engine=schema_engine))
                 finally:
                     stop(server)
     finally:
         stop(bare)
         admin_engine.dispose()
+        if schema_engine is not None:
+            schema_engine.dispose()
         if args.against:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(against)], check=False)
 
