@@ -51,7 +51,7 @@ def serve(host: str, port: int, workers: int) -> None:
     from gunicorn.app.base import BaseApplication
 
     from kyc import create_app, logs, metrics, serving, settle_for_serving
-    from kyc.db import make_engine, pause_checkpoints, resume_checkpoints
+    from kyc.db import make_engine, pause_checkpoints
     from kyc.runtime import NotMigrated, check_migrated
 
     config = _config()
@@ -90,14 +90,6 @@ def serve(host: str, port: int, workers: int) -> None:
     if not config.redis_url:
         click.echo("jobs: in-process (no KYC_REDIS_URL); one web worker runs the rescore schedule")
 
-    def post_fork(_server, _worker):
-        runtime.engine.dispose(close=False)
-        resume_checkpoints(runtime.engine)
-        if not config.redis_url:
-            from kyc.rescore.schedule import InProcessSchedule
-
-            InProcessSchedule.start_once(runtime)
-
     def _reload_rules_in_master(_server) -> None:
         # SIGHUP: gunicorn starts fresh workers from the master and retires the old ones once
         # their requests finish; load first so the new workers inherit the newest clean set.
@@ -113,9 +105,10 @@ def serve(host: str, port: int, workers: int) -> None:
             self.cfg.set("accesslog", "-")
             # JSON lines; the access line has no client address and no query string: a log must
             # not hold an IP or whatever a caller put in a URL (bodies are checked, URLs are not).
-            serving.configure(self.cfg)        # logs.GunicornLogger, card numbers as sent; JSON errors from gunicorn
-            self.cfg.set("child_exit", lambda _server, worker: metrics.worker_exited(worker.pid))
-            self.cfg.set("post_fork", post_fork)
+            # JSON logs with card numbers as sent, JSON errors from gunicorn, metrics of exited
+            # workers; each worker leaves the parent's pooled connections and, without Redis,
+            # one runs the schedule (kyc/serving.py).
+            serving.configure(self.cfg)
             self.cfg.set("when_ready", lambda _server: runtime.watch_rules())
             self.cfg.set("on_reload", _reload_rules_in_master)
 

@@ -12,11 +12,13 @@ in every log line (kyc.security's rule); the Logger here hands it the path as se
 from __future__ import annotations
 
 import json
+import os
 
 from gunicorn import util
 
+from kyc import metrics
+from kyc.db import resume_checkpoints
 from kyc.logs import GunicornLogger
-
 from kyc.security import redact_card_numbers
 
 _CODES = {400: "invalid_request", 403: "forbidden", 414: "uri_too_long", 417: "expectation_failed",
@@ -57,17 +59,44 @@ class Logger(GunicornLogger):
         super().access(resp, req, readable, request_time)
 
 
-# Read as a gunicorn config file too: `gunicorn -c python:kyc.serving wsgi:app`.
+# Read as a gunicorn config file too: `gunicorn -c python:kyc.serving wsgi:app`, and by
+# gunicorn.conf.py (what `gunicorn wsgi:app` from the repository root reads): one set of settings.
 logger_class = "kyc.serving.Logger"
 accesslog = "-"
 
 
 def on_starting(_server) -> None:
     install()
+    # Multiprocess metrics need PROMETHEUS_MULTIPROC_DIR set before gunicorn starts; empty it.
+    if metrics.multiprocess():
+        metrics.prepare_multiprocess_dir(os.environ[metrics.MULTIPROC_ENV])
+
+
+def child_exit(_server, worker) -> None:
+    metrics.worker_exited(worker.pid)
+
+
+def post_worker_init(worker) -> None:
+    """In each worker, once its app is loaded and before it serves:
+    - an app loaded before the fork (`kyc serve`, `--preload`) drops the pooled connections it
+      shares with the parent and restarts its SQLite checkpoint thread (kyc.db);
+    - without Redis, the schedule (daily dormant rescore, planner statistics, webhooks, purges)
+      runs in one worker: each offers to start it, and a lock file lets exactly one run it
+      (InProcessSchedule.start_once). Not in wsgi.py: a parent that loads the app before forking
+      must not start threads."""
+    runtime = getattr(worker.wsgi, "extensions", {}).get("kyc")
+    if runtime is None:
+        return
+    runtime.engine.dispose(close=False)
+    resume_checkpoints(runtime.engine)
+    if not runtime.config.redis_url:
+        from kyc.rescore.schedule import InProcessSchedule
+
+        InProcessSchedule.start_once(runtime)
 
 
 def configure(cfg) -> None:
     """The gunicorn settings of every kyc server (kyc serve; the tests' gunicorn)."""
     install()
-    for name in ("logger_class", "accesslog"):
+    for name in ("logger_class", "accesslog", "child_exit", "post_worker_init"):
         cfg.set(name, globals()[name])

@@ -420,6 +420,44 @@ def test_in_process_schedule_deletes_expired_codes_from_the_outbox(inline_runtim
         schedule.join(10)
 
 
+@pytest.mark.parametrize("entry", [
+    ["wsgi:app"],                                   # from the repository root: reads gunicorn.conf.py
+    ["-c", "python:kyc.serving", "wsgi:app"],
+    ["-c", "python:kyc.serving", "--preload", "wsgi:app"],   # the app loaded in the parent, then forked
+], ids=["gunicorn.conf.py", "kyc.serving", "preload"])
+def test_plain_gunicorn_without_redis_runs_the_schedule_in_one_worker(tmp_path, entry):
+    """`gunicorn wsgi:app` without Redis, as an operator may run kyc instead of `kyc serve`: one of
+    its workers runs the in-process schedule (here its first round's purge of expired codes)."""
+    import fcntl
+
+    from tests.conftest import free_port
+
+    env = {"KYC_DATABASE_URL": f"sqlite:///{tmp_path / 'kyc.db'}", "KYC_DATA_DIR": str(tmp_path),
+           "KYC_RULES_DIR": str(RULES_DIR), "KYC_SECRET_KEY": TEST_SECRET.decode(), "KYC_REDIS_URL": "",
+           "KYC_DEV_KEY": "", "KYC_LOG_LEVEL": "WARNING"}
+    runtime = Runtime.start(Config.from_env(env))
+    try:
+        _message_with_an_expired_code(runtime)
+        server = subprocess.Popen([sys.executable, "-m", "gunicorn", *entry, "-w", "2", "-b",
+                                   f"127.0.0.1:{free_port()}"], cwd=Path(__file__).parents[2],
+                                  env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while _outbox_size(runtime) and time.monotonic() < deadline and server.poll() is None:
+                time.sleep(0.2)
+            assert _outbox_size(runtime) == 0, "no worker ran the schedule"
+            with open(tmp_path / "schedule.lock", "a") as lock:       # held by the worker that runs it
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            server.terminate()
+            _, errors = server.communicate(timeout=30)
+        assert "Traceback" not in errors, errors
+    finally:
+        runtime.engine.dispose()
+
+
 def test_scheduled_outbox_purge_deletes_expired_codes_and_schedules_the_next(queued_runtime, redis_db):
     from rq.registry import ScheduledJobRegistry
 
