@@ -11,6 +11,7 @@ from typing import Any, Callable, TypeVar
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
 from kyc.api import guard
 from kyc.api.errors import ApiError, answer, invalid
@@ -53,6 +54,14 @@ def _authenticate() -> None:
     if rule is not None and not may_call(caller.role, request.method, rule.rule):
         raise ApiError(403, "forbidden", f"a key with the role {caller.role} may not call {request.method} {rule.rule}; "
                                          f"roles that may: {', '.join(roles_for(request.method, rule.rule))}")
+
+
+@v1.url_value_preprocessor
+def _account_id_as_stored(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+    # Surrounding whitespace is trimmed from an account id in a body (the inputs strip text),
+    # so from one in a path too: " acct_1 " names the account stored as "acct_1".
+    if values and isinstance(values.get("account_id"), str):
+        values["account_id"] = values["account_id"].strip()
 
 
 def read_json(limit: int | None = None) -> Any:
@@ -159,6 +168,10 @@ def register(app: Flask) -> None:
 
     # First of all hooks: a card number in the URL or a header is refused before anything reads it.
     app.before_request_funcs.setdefault(None, []).insert(0, guard.check_url_and_headers)
+    # An id in a path may hold '/': a caller's account id is any 1-128 characters (the contract),
+    # and one with a slash, sent percent-encoded, arrives decoded. (Routes keep their `<name>`
+    # form, which the role map, the metrics' route label and the OpenAPI document read.)
+    app.url_map.converters["default"] = PathConverter
     app.register_blueprint(v1)
     app.register_blueprint(monitoring.probes)
 

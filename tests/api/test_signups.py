@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlalchemy import func, select
 
 from kyc.models import Account, Evaluation, Sighting
@@ -193,3 +194,25 @@ def test_long_international_phone_numbers_are_not_mistaken_for_cards(client, aut
     assert luhn_ok("5511961234508") and not contains_card_number({"phone": "+5511961234508"})
     response = client.post("/v1/signups", json=signup(phone="+5511961234508"), headers=auth)
     assert response.status_code == 200, response.json
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=40)
+       .filter(lambda t: t.strip() and not any(c.isdigit() for c in t)))
+def test_any_account_id_the_contract_allows_works_on_every_account_route(client, auth, account_id):
+    """"caller's id, 1-128 chars": one holding '/', '?', '%', spaces or any Unicode, sent
+    percent-encoded in a path, names the account its signup created (surrounding whitespace
+    trimmed in both places). (No digits: a generated run of them could be a card number,
+    which is refused anywhere; tests/test_card_numbers.py.)"""
+    from urllib.parse import quote
+
+    assert client.post("/v1/signups", json=signup(account_id=account_id), headers=auth).status_code == 200
+    path = f"/v1/accounts/{quote(account_id, safe='')}"
+    shown = client.get(path, headers=auth)
+    assert shown.status_code == 200 and shown.json["account_id"] == account_id.strip(), shown.json
+    entitled = client.get(f"{path}/entitlement?tier=free", headers=auth)
+    assert entitled.status_code == 200 and entitled.json["account_id"] == account_id.strip()
+    reported = client.post(f"{path}/activity", json={"requests": 1}, headers=auth)
+    assert reported.status_code == 200 and reported.json["account_id"] == account_id.strip()
+    labelled = client.post(f"{path}/labels", json={"label": "legit"}, headers=auth)
+    assert labelled.status_code == 200, labelled.json
