@@ -15,7 +15,8 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, String
 
 Text = Annotated[StrictStr, Field(max_length=512)]
 ShortText = Annotated[StrictStr, Field(max_length=128)]
-AccountId = Annotated[StrictStr, Field(min_length=1, max_length=128)]
+MAX_ACCOUNT_ID = 128
+AccountId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ACCOUNT_ID)]
 
 
 # RFC 3339 section 5.6 date-time, ASCII digits only: 2026-11-24T21:00:00Z, ...T21:00:00.5+01:00.
@@ -200,6 +201,13 @@ class ActivityInput(_Input):
     @classmethod
     def _ip(cls, value: str | None) -> str | None:
         return None if value is None else _check_ip(value)
+
+    @field_validator("window_seconds", mode="before")
+    @classmethod
+    def _moment(cls, value: Any) -> Any:
+        # Every optional field may be sent as null (the contract: a gateway sends what it has);
+        # a window left null is the default, a single moment.
+        return 0 if value is None else value
 
 
 class BulkActivityReport(ActivityInput):

@@ -11,17 +11,17 @@ from typing import Callable
 
 from flask import g, request
 
-from kyc.api import documented, parse, respond, runtime, v1
+from kyc.api import documented, parse, read_json, respond, runtime, v1
 from kyc.api.responses import Activity, BulkActivity
-from kyc.api.errors import invalid
+from kyc.api.errors import ApiError, invalid
 from kyc.errors import NotFound, UnknownAccounts
 from kyc.idempotency import Call, key_problem
-from kyc.inputs import ActivityInput, BulkActivityInput, rfc3339
+from kyc.inputs import MAX_ACCOUNT_ID, MAX_BULK_REPORTS, ActivityInput, BulkActivityInput, rfc3339
 from kyc.persist import pipelined
 from kyc.security import KeyedHashes
 from kyc.usage.identifiers import link_reports, linked
 from kyc.usage.reevaluate import accounts_to_reevaluate, reevaluate
-from kyc.usage.reports import Recorded, record_reports
+from kyc.usage.reports import Recorded, record_reports, unknown_accounts
 
 BULK_MAX_BODY_BYTES = 4 * 1024 * 1024
 
@@ -52,8 +52,12 @@ def report_activity(account_id: str):
             tag="gateway", headers=IDEMPOTENCY)
 def report_activity_bulk():
     """1 to 1,000 reports, all or nothing (errors keyed by index); bodies up to 4 MiB."""
-    bulk = parse(BulkActivityInput, limit=BULK_MAX_BODY_BYTES)
-    _check_tiers(bulk.reports, lambda i: f"reports[{i}].tier")
+    data = read_json(BULK_MAX_BODY_BYTES)
+    try:
+        bulk = parse(BulkActivityInput, data)
+        _check_tiers(bulk.reports, lambda i: f"reports[{i}].tier")
+    except ApiError as refused:
+        raise _every_error(refused, data) from None
     call = _call(lambda: bulk.model_dump(mode="json", exclude_unset=True))
     answers = _record([(r.account_id, r) for r in bulk.reports], call)   # UnknownAccounts: 400, fields by index
     return respond(BulkActivity, {"results": answers})
@@ -72,11 +76,34 @@ def _call(body: Callable[[], dict]) -> Call | None:
 
 
 def _check_tiers(reports: list[ActivityInput], name) -> None:
-    tiers = runtime().tiers.tiers
-    wrong = {name(i): f"unknown tier; one of {', '.join(tiers)}" for i, r in enumerate(reports)
-             if r.tier is not None and r.tier not in tiers}
+    wrong = _unknown_tiers([(name(i), r.tier) for i, r in enumerate(reports)])
     if wrong:
         raise invalid("the request has invalid fields", wrong)
+
+
+def _unknown_tiers(named: list[tuple[str, object]]) -> dict[str, str]:
+    tiers = runtime().tiers.tiers
+    return {field: f"unknown tier; one of {', '.join(tiers)}" for field, tier in named
+            if isinstance(tier, str) and tier.strip() not in tiers}
+
+
+def _every_error(refused: ApiError, data: object) -> ApiError:
+    """A refused bulk call names at once every report the gateway must drop or mend: beside the
+    fields refused, the unknown tiers and accounts of all its reports. (Found one kind after the
+    other, a gateway that resends the rest met them in as many rounds.) A call with no invalid
+    field still finds all its unknown accounts at once, as it records (UnknownAccounts)."""
+    reports = data.get("reports") if isinstance(data, dict) else None
+    if refused.code != "invalid_request" or not isinstance(reports, list) or not 0 < len(reports) <= MAX_BULK_REPORTS:
+        return refused
+    readable = [(i, r) for i, r in enumerate(reports) if isinstance(r, dict)]
+    fields = _unknown_tiers([(f"reports[{i}].tier", r.get("tier")) for i, r in readable])
+    named = {i: r["account_id"].strip() for i, r in readable
+             if isinstance(r.get("account_id"), str) and 0 < len(r["account_id"].strip()) <= MAX_ACCOUNT_ID}
+    with runtime().read_connection() as conn:
+        unknown = unknown_accounts(conn, list(named.values()))
+    fields.update({f"reports[{i}].account_id": "unknown account" for i, a in named.items() if a in unknown})
+    fields.update(refused.fields)           # a field's own error first: it says why it is wrong
+    return invalid(refused.message, fields)
 
 
 class _AnsweredBefore(Exception):

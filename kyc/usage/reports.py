@@ -83,6 +83,15 @@ _REPORT_COLUMNS = ("account_id", "occurred_at", "window_seconds", "requests", "r
                    "received_at")
 
 
+_KNOWN = select(_A.c.id).where(in_list(_A.c.id, "ids"))
+
+
+def unknown_accounts(conn, account_ids: Sequence[str]) -> set[str]:
+    """Which of `account_ids` kyc does not know (one read; for a refusal that names them all)."""
+    ids = sorted(set(account_ids))
+    return set(ids) - set(conn.scalars(_KNOWN, {"ids": ids})) if ids else set()
+
+
 def record_reports(session: Session, reports: Sequence[tuple[str, ActivityInput]], *, secret: bytes,
                    dormancy_threshold: int, hashes: KeyedHashes | None = None
                    ) -> tuple[list[Recorded], dict[str, Any]]:

@@ -70,6 +70,18 @@ def test_every_field_is_stored_and_identifiers_only_hashed(client, auth, runtime
         assert clear not in caplog.text
 
 
+def test_every_optional_field_may_be_sent_as_null(client, auth, runtime, accounts):
+    """A gateway sends what it has: null stands for a field it does not have (window_seconds: a
+    single moment, its default)."""
+    body = {name: None for name in FULL if name != "requests"} | {"requests": 7}
+    answer = client.post("/v1/accounts/acct_0/activity", json=body, headers=auth)
+    assert answer.status_code == 200, answer.json
+    assert answer.json["requests_today"] == 7
+    with runtime.session() as s:
+        report = s.scalars(select(ActivityReport)).one()
+        assert report.window_seconds == 0 and report.ip_hash is None and report.models is None
+
+
 def test_a_late_report_counts_in_its_own_day(client, auth, runtime, accounts):
     post = lambda **b: client.post("/v1/accounts/acct_0/activity", json=b, headers=auth).json  # noqa: E731
     post(occurred_at="2026-11-24T10:00:00Z", requests=10, tier="free")
@@ -181,12 +193,67 @@ _bad_values = {
     "tokens_in": st.one_of(st.integers(min_value=-_BIG, max_value=-1), st.text(max_size=3), _floats),
     "interval_cv": st.one_of(st.floats(min_value=-1e9, max_value=-0.01).map(lambda x: round(x, 2)),
                              st.floats(min_value=1000.01, max_value=1e9).map(lambda x: round(x, 2)), st.text(max_size=3)),
-    "ip": st.text(alphabet="xyz:.", min_size=1, max_size=20),
+    # "::" is an address (IPv6's unspecified one): a generated text is not one by construction.
+    "ip": st.text(alphabet="xyz:.", min_size=1, max_size=20).filter(lambda t: t != "::"),
     "models": st.one_of(st.dictionaries(_names, st.integers(min_value=-_BIG, max_value=-1), min_size=1, max_size=3),
                         st.lists(_ints, max_size=2)),
     "prompt_fingerprints": st.dictionaries(_names, st.integers(min_value=0, max_value=5), min_size=101, max_size=110),
     "occurred_at": st.text(alphabet="abc-:T0", max_size=10),
 }
+
+
+def test_a_refused_batch_names_every_report_to_drop_at_once(client, auth, runtime, accounts):
+    """A field refused, an unknown tier and an unknown account, in one batch: all three in one
+    answer, so a gateway that drops them and resends the rest succeeds at the second call."""
+    before = _counts(runtime)
+    reports = [{"account_id": "acct_0", "requests": 5}, {"account_id": "acct_nobody", "requests": 5},
+               {"account_id": "acct_1", "requests": -5}, {"account_id": "acct_2", "requests": 5, "tier": "gold"},
+               {"account_id": "acct_ghost", "requests": "x"}]
+    answer = client.post("/v1/activity", json={"reports": reports}, headers=auth)
+    assert answer.status_code == 400
+    fields = answer.json["error"]["fields"]
+    assert set(fields) == {"reports[1].account_id", "reports[2].requests", "reports[3].tier",
+                           "reports[4].account_id", "reports[4].requests"}, fields
+    assert fields["reports[1].account_id"] == "unknown account" and "unknown tier" in fields["reports[3].tier"]
+    tier_and_account = client.post("/v1/activity", json={"reports": [
+        {"account_id": "acct_nobody", "requests": 5}, {"account_id": "acct_0", "requests": 5, "tier": "gold"}]},
+        headers=auth)
+    assert set(tier_and_account.json["error"]["fields"]) == {"reports[0].account_id", "reports[1].tier"}
+    assert _counts(runtime) == before
+    kept = [r for i, r in enumerate(reports) if f"reports[{i}].account_id" not in fields
+            and not any(f.startswith(f"reports[{i}].") for f in fields)]
+    assert client.post("/v1/activity", json={"reports": kept}, headers=auth).status_code == 200
+
+
+_mistakes = st.sampled_from(["ok", "unknown_account", "unknown_tier", "bad_field"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(_mistakes, st.sampled_from(sorted(_bad_values)).flatmap(
+    lambda f: st.tuples(st.just(f), _bad_values[f]))), min_size=1, max_size=6))
+def test_a_generated_batch_is_refused_naming_every_bad_report(client, auth, runtime, accounts, plan):
+    before = _counts(runtime)
+    reports, bad = [], set()
+    for i, (mistake, (field, value)) in enumerate(plan):
+        report = {"account_id": accounts[i % 3], "requests": 3, "occurred_at": "2026-11-24T21:00:00Z"}
+        if mistake == "unknown_account":
+            report["account_id"] = f"acct_unknown_{i}"
+        elif mistake == "unknown_tier":
+            report["tier"] = "platinum"
+        elif mistake == "bad_field":
+            report[field] = value
+        reports.append(report)
+        if mistake != "ok":
+            bad.add(i)
+    answer = client.post("/v1/activity", json={"reports": reports}, headers=auth)
+    if not bad:
+        assert answer.status_code == 200
+        return
+    assert answer.status_code == 400
+    if answer.json["error"]["code"] != "card_number_refused":      # a generated number may be one
+        named = {int(f.split("]")[0].removeprefix("reports[")) for f in answer.json["error"]["fields"]}
+        assert named == bad, (answer.json, plan)
+        assert _counts(runtime) == before
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
