@@ -80,7 +80,7 @@ def parse(model: type[M], data: Any = None, *, limit: int | None = None) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise invalid("the request has invalid fields", field_errors(exc)) from None
+        raise invalid("the request has invalid fields", field_errors(exc, model)) from None
 
 
 def parse_query(model: type[M]) -> M:
@@ -139,12 +139,17 @@ def documented(summary: str, **operation: Any) -> Callable:
     return mark
 
 
-def field_errors(exc: ValidationError) -> dict[str, str]:
+def field_errors(exc: ValidationError, model: type[BaseModel] | None = None) -> dict[str, str]:
+    """The contract's `fields` of a validation error. An unknown field of a `model` that takes
+    free-form `metadata` (signups, payment methods) says where such data goes; elsewhere (activity
+    reports) there is no such place, and the message does not send the caller to one."""
+    takes_metadata = model is not None and "metadata" in model.model_fields
     fields: dict[str, str] = {}
     for err in exc.errors(include_url=False, include_input=False):
         name = field_name(err["loc"])
         if err["type"] == "extra_forbidden":
-            message = "unknown field; free-form data goes in metadata"
+            message = ("unknown field; free-form data goes in metadata" if takes_metadata and len(err["loc"]) == 1
+                       else "unknown field")
         elif err["type"] == "missing":
             message = "required"
         else:

@@ -303,3 +303,13 @@ def test_the_readme_gateway_examples_work(client, auth, runtime):
     bulk = client.post("/v1/activity", json=bodies[1], headers=auth)
     assert bulk.status_code == 200 and [r["account_id"] for r in bulk.json["results"]] == ["acct_demo", "acct_other"]
     assert client.get("/v1/accounts/acct_demo/entitlement?tier=free", headers=auth).status_code == 200
+
+
+def test_an_unknown_field_says_where_free_form_data_goes_only_where_there_is_such_a_place(client, auth, accounts):
+    report = client.post("/v1/accounts/acct_0/activity", json={"requests": 1, "note": "x"}, headers=auth)
+    assert report.json["error"]["fields"] == {"note": "unknown field"}
+    bulk = client.post("/v1/activity", json={"reports": [{"account_id": "acct_0", "requests": 1, "note": "x"}]},
+                       headers=auth)
+    assert bulk.json["error"]["fields"] == {"reports[0].note": "unknown field"}
+    signed_up = client.post("/v1/signups", json=signup(note="x"), headers=auth)
+    assert signed_up.json["error"]["fields"] == {"note": "unknown field; free-form data goes in metadata"}
