@@ -24,8 +24,9 @@ class Setting:
 
 # The single source of truth for configuration: name, default, meaning.
 SETTINGS: tuple[Setting, ...] = (
-    Setting("KYC_DATABASE_URL", "sqlite:///var/kyc.db",
-            "SQLAlchemy URL. SQLite (embedded default) or postgresql+psycopg://user@host/db."),
+    Setting("KYC_DATABASE_URL", "",
+            "SQLAlchemy URL: postgresql+psycopg://user@host/db, or sqlite:///path. Empty: the embedded "
+            "SQLite file KYC_DATA_DIR/kyc.db."),
     Setting("KYC_RULES_DIR", "rules", "Directory of rule files, lists and rule tests."),
     Setting("KYC_RULES_POLL_SECONDS", "2",
             "How often each `kyc serve` process checks the rule files for changes and reloads them "
@@ -153,7 +154,7 @@ class Config:
         raw = {s.env: env.get(s.env, s.default) for s in SETTINGS}
         data_dir = _resolve(raw["KYC_DATA_DIR"])
         values = dict(
-            database_url=_database_url(raw["KYC_DATABASE_URL"]),
+            database_url=_database_url(raw["KYC_DATABASE_URL"] or f"sqlite:///{data_dir / 'kyc.db'}"),
             rules_dir=_resolve(raw["KYC_RULES_DIR"], base=PROJECT_ROOT),
             data_dir=data_dir,
             secret_key=b"",

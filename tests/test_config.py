@@ -20,6 +20,16 @@ def test_embedded_defaults(tmp_path, monkeypatch):
     assert (tmp_path / "var" / "secret.key").stat().st_mode & 0o077 == 0       # private to its owner
 
 
+def test_the_embedded_database_lives_in_the_data_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    elsewhere = tmp_path / "data"
+    config = Config.from_env({"KYC_DATA_DIR": str(elsewhere)})
+    assert config.database_url == f"sqlite:///{elsewhere / 'kyc.db'}"
+    assert not (tmp_path / "var").exists()
+    given = Config.from_env({"KYC_DATA_DIR": str(elsewhere), "KYC_DATABASE_URL": "sqlite:///other.db"})
+    assert given.database_url == f"sqlite:///{tmp_path / 'other.db'}"
+
+
 def test_generated_secret_is_the_same_for_every_process(tmp_path):
     with ProcessPoolExecutor(4) as pool:
         secrets = set(pool.map(_secret, [str(tmp_path)] * 8))
