@@ -179,6 +179,10 @@ class GunicornLogger(Logger):
         for log in (self.error_log, self.access_log):
             for handler in log.handlers:
                 handler.setFormatter(KycJsonFormatter())
+                # Every log line on stderr, access lines too (gunicorn writes `accesslog = "-"`
+                # to stdout): stdout keeps only what a command prints for its user.
+                if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+                    handler.setStream(sys.stderr)
 
     def access(self, resp, req, environ, request_time) -> None:
         if not (self.cfg.accesslog or self.cfg.logconfig or self.cfg.logconfig_dict or self.cfg.syslog):

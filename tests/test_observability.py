@@ -119,7 +119,7 @@ def deployment(tmp_path_factory):
     port, worker_port = free_port(), free_port()
     serve_log, worker_log = tmp / "serve.log", tmp / "worker.log"
     serve = subprocess.Popen([KYC, "serve", "--port", str(port), "--workers", "2"], env=env, cwd=tmp,
-                             stdout=serve_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+                             stdout=(tmp / "serve.out").open("w"), stderr=serve_log.open("w"), start_new_session=True)
     worker = None
     run: dict = {"port": port, "key": key, "metrics_dir": metrics_dir}
     try:
@@ -208,6 +208,7 @@ def deployment(tmp_path_factory):
                         os.killpg(proc.pid, signal.SIGKILL)
                         proc.wait(timeout=10)
     run["logs"] = serve_log.read_text() + worker_log.read_text()
+    run["serve_stdout"] = (tmp / "serve.out").read_text()
     return run
 
 
@@ -283,6 +284,9 @@ def test_logs_are_json_lines_with_request_ids_and_no_personal_data(deployment):
         records.append(json.loads(line))      # every other line is one JSON object
     access = [r for r in records if r["logger"] == "gunicorn.access"]
     assert len(access) >= 20 and all(r.get("request_id") for r in access)
+    # Log lines go to stderr, access lines included; stdout holds only kyc serve's banner.
+    assert all(line.startswith(("development API key", "kyc on ", "jobs: ")) for line in
+               deployment["serve_stdout"].splitlines() if line.strip()), deployment["serve_stdout"][:2000]
     by_id = {r["request_id"]: r for r in access}
     assert by_id["req-card-1"]["status"] == 400 and by_id["req-label-1"]["status"] == 200
     generated = deployment["generated_id"]
