@@ -16,13 +16,18 @@ def _config(**overrides) -> Config:
 
 
 def _runtime(migrate: bool | None = None):
-    from kyc.runtime import Runtime
+    from kyc.runtime import Runtime, check_migrated
 
     try:
-        return Runtime.start(_config(), migrate=migrate)
+        runtime = Runtime.start(_config(), migrate=migrate)
     except RuleSetError as exc:
         _rule_errors(exc)
         sys.exit(1)
+    if not runtime.config.is_sqlite:
+        # A shared database is migrated on purpose (`kyc db upgrade`): a command on one that is
+        # not at head says so, instead of failing on the first table that is missing.
+        check_migrated(runtime.engine)
+    return runtime
 
 
 def _rule_errors(exc: RuleSetError) -> None:
@@ -31,7 +36,34 @@ def _rule_errors(exc: RuleSetError) -> None:
         click.echo(f"  {error}", err=True)
 
 
-@click.group()
+class _Group(click.Group):
+    """Failures an operator mends (a setting, a database or Redis that does not answer, a
+    database not migrated, a BIN table that cannot be read) end a command with one line naming
+    what to mend, not a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from redis.exceptions import ConnectionError as RedisUnavailable, TimeoutError as RedisTimeout
+        from sqlalchemy.exc import OperationalError
+
+        from kyc.config import SettingError
+        from kyc.runtime import NotMigrated
+        from kyc.signals.payment import BinTableError
+
+        try:
+            return super().invoke(ctx)
+        except (SettingError, BinTableError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except NotMigrated as exc:
+            raise click.ClickException(f"{exc} (database {_safe_url(Config.from_env().database_url)})") from None
+        except OperationalError as exc:
+            first = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+            raise click.ClickException(f"the database did not answer "
+                                       f"({_safe_url(Config.from_env().database_url)}): {first}") from None
+        except (RedisUnavailable, RedisTimeout) as exc:
+            raise click.ClickException(f"Redis did not answer (KYC_REDIS_URL): {exc}") from None
+
+
+@click.group(cls=_Group)
 def main() -> None:
     """kyc: account-registration fraud scoring and identity verification."""
 

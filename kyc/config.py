@@ -11,6 +11,7 @@ import os
 import secrets
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -153,6 +154,13 @@ class Config:
         env = os.environ if env is None else env
         raw = {s.env: env.get(s.env, s.default) for s in SETTINGS}
         data_dir = _resolve(raw["KYC_DATA_DIR"])
+
+        def whole(name: str) -> int:
+            return _number(name, raw[name], int)
+
+        def real(name: str) -> float:
+            return _number(name, raw[name], float)
+
         values = dict(
             database_url=_database_url(raw["KYC_DATABASE_URL"] or f"sqlite:///{data_dir / 'kyc.db'}"),
             rules_dir=_resolve(raw["KYC_RULES_DIR"], base=PROJECT_ROOT),
@@ -160,44 +168,45 @@ class Config:
             secret_key=b"",
             redis_url=raw["KYC_REDIS_URL"],
             dev_key=raw["KYC_DEV_KEY"],
-            graph_super_node_strong=int(raw["KYC_GRAPH_SUPER_NODE_STRONG"]),
-            graph_super_node_weak=int(raw["KYC_GRAPH_SUPER_NODE_WEAK"]),
-            graph_rescore_sizes=tuple(sorted(int(v) for v in raw["KYC_GRAPH_RESCORE_SIZES"].split(",") if v.strip())),
-            max_body_bytes=int(raw["KYC_MAX_BODY_BYTES"]),
+            graph_super_node_strong=whole("KYC_GRAPH_SUPER_NODE_STRONG"),
+            graph_super_node_weak=whole("KYC_GRAPH_SUPER_NODE_WEAK"),
+            graph_rescore_sizes=tuple(sorted(_number("KYC_GRAPH_RESCORE_SIZES", v, int) for v in
+                                             raw["KYC_GRAPH_RESCORE_SIZES"].split(",") if v.strip())),
+            max_body_bytes=whole("KYC_MAX_BODY_BYTES"),
             log_level=raw["KYC_LOG_LEVEL"].upper(),
-            rules_poll_seconds=float(raw["KYC_RULES_POLL_SECONDS"]),
-            redis_timeout_ms=int(raw["KYC_REDIS_TIMEOUT_MS"]),
-            dormant_days=int(raw["KYC_DORMANT_DAYS"]),
-            usage_popular_prompt=int(raw["KYC_USAGE_POPULAR_PROMPT"]),
+            rules_poll_seconds=real("KYC_RULES_POLL_SECONDS"),
+            redis_timeout_ms=whole("KYC_REDIS_TIMEOUT_MS"),
+            dormant_days=whole("KYC_DORMANT_DAYS"),
+            usage_popular_prompt=whole("KYC_USAGE_POPULAR_PROMPT"),
             sender=raw["KYC_SENDER"].strip().lower(),
             sender_url=raw["KYC_SENDER_URL"].strip(),
-            sender_timeout_seconds=float(raw["KYC_SENDER_TIMEOUT_SECONDS"]),
-            code_ttl_seconds=int(raw["KYC_CODE_TTL_SECONDS"]),
-            code_max_attempts=int(raw["KYC_CODE_MAX_ATTEMPTS"]),
-            code_max_wrong_per_day=int(raw["KYC_CODE_MAX_WRONG_PER_DAY"]),
-            resend_interval_seconds=int(raw["KYC_RESEND_INTERVAL_SECONDS"]),
-            max_sends=int(raw["KYC_MAX_SENDS"]),
-            document_ttl_hours=int(raw["KYC_DOCUMENT_TTL_HOURS"]),
+            sender_timeout_seconds=real("KYC_SENDER_TIMEOUT_SECONDS"),
+            code_ttl_seconds=whole("KYC_CODE_TTL_SECONDS"),
+            code_max_attempts=whole("KYC_CODE_MAX_ATTEMPTS"),
+            code_max_wrong_per_day=whole("KYC_CODE_MAX_WRONG_PER_DAY"),
+            resend_interval_seconds=whole("KYC_RESEND_INTERVAL_SECONDS"),
+            max_sends=whole("KYC_MAX_SENDS"),
+            document_ttl_hours=whole("KYC_DOCUMENT_TTL_HOURS"),
             phone_unique=_flag("KYC_PHONE_UNIQUE", raw["KYC_PHONE_UNIQUE"]),
             webhook_secrets=parse_webhook_secrets(raw["KYC_WEBHOOK_SECRETS"]),
-            webhook_tolerance_seconds=int(raw["KYC_WEBHOOK_TOLERANCE_SECONDS"]),
+            webhook_tolerance_seconds=whole("KYC_WEBHOOK_TOLERANCE_SECONDS"),
             geoip_city_db=raw["KYC_GEOIP_CITY_DB"],
             geoip_asn_db=raw["KYC_GEOIP_ASN_DB"],
             geoip_anon_db=raw["KYC_GEOIP_ANON_DB"],
             rescore_daily_at=_time_of_day(raw["KYC_RESCORE_DAILY_AT"]),
-            rules_watch_seconds=int(raw["KYC_RULES_WATCH_SECONDS"]),
-            rescore_batch_size=int(raw["KYC_RESCORE_BATCH_SIZE"]),
+            rules_watch_seconds=whole("KYC_RULES_WATCH_SECONDS"),
+            rescore_batch_size=whole("KYC_RESCORE_BATCH_SIZE"),
             bin_table=str(_resolve(raw["KYC_BIN_TABLE"])) if raw["KYC_BIN_TABLE"] else "",
             decision_webhook_url=raw["KYC_DECISION_WEBHOOK_URL"].strip(),
             decision_webhook_secret=raw["KYC_DECISION_WEBHOOK_SECRET"].strip(),
-            decision_webhook_timeout_seconds=float(raw["KYC_DECISION_WEBHOOK_TIMEOUT_SECONDS"]),
+            decision_webhook_timeout_seconds=real("KYC_DECISION_WEBHOOK_TIMEOUT_SECONDS"),
         )
         values.update(overrides)
         if not values["secret_key"]:
             secret = raw["KYC_SECRET_KEY"]
             values["secret_key"] = secret.encode() if secret else _load_or_create_secret(Path(values["data_dir"]))
         if values["decision_webhook_url"] and not values["decision_webhook_secret"]:
-            raise ValueError("KYC_DECISION_WEBHOOK_URL is set without KYC_DECISION_WEBHOOK_SECRET: "
+            raise SettingError("KYC_DECISION_WEBHOOK_URL is set without KYC_DECISION_WEBHOOK_SECRET: "
                              "decision webhooks are always signed")
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
@@ -215,13 +224,25 @@ class Config:
         return bool(self.dev_key) or self.is_sqlite
 
 
+class SettingError(ValueError):
+    """A setting kyc cannot use; the message names it and says what it takes."""
+
+
+def _number(name: str, value: str, kind: type) -> Any:
+    try:
+        return kind(value.strip())
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise SettingError(f"{name} must be {what}, not {value!r}") from None
+
+
 def _flag(name: str, value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
     if lowered in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"{name} must be true or false, not {value!r}")
+    raise SettingError(f"{name} must be true or false, not {value!r}")
 
 
 def parse_webhook_secrets(value: str) -> dict[str, bytes]:
@@ -230,7 +251,7 @@ def parse_webhook_secrets(value: str) -> dict[str, bytes]:
     for entry in filter(None, (part.strip() for part in value.split(","))):
         provider, sep, secret = entry.partition(":")
         if not sep or not provider.strip() or not secret.strip():
-            raise ValueError("KYC_WEBHOOK_SECRETS entries are provider:secret separated by commas")
+            raise SettingError("KYC_WEBHOOK_SECRETS entries are provider:secret separated by commas")
         secrets_by_provider[provider.strip()] = secret.strip().encode()
     return secrets_by_provider
 
@@ -248,7 +269,7 @@ def _resolve(path: str, base: Path | None = None) -> Path:
 def _time_of_day(value: str) -> str:
     hour, _, minute = value.partition(":")
     if not (hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60):
-        raise ValueError(f"KYC_RESCORE_DAILY_AT must be HH:MM (UTC), got {value!r}")
+        raise SettingError(f"KYC_RESCORE_DAILY_AT must be HH:MM (UTC), got {value!r}")
     return f"{int(hour):02d}:{int(minute):02d}"
 
 

@@ -95,3 +95,36 @@ def test_serve_on_embedded_defaults_migrates_prints_the_dev_key_and_scores(tmp_p
     assert (tmp_path / "var" / "kyc.db").exists() and (tmp_path / "var" / "secret.key").exists()
     assert "development API key (embedded default only): kyc_dev_local_only" in output
     assert "jane" not in output.lower() and "73.15.1.1" not in output      # PII never logged in full
+
+
+def _mended(result: Result) -> str:
+    """What a command that stopped on something an operator mends printed: one line, no traceback."""
+    assert result.exit_code == 1 and result.exception is not None and isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    return result.output
+
+
+@pytest.mark.parametrize("name,value,said", [
+    ("KYC_MAX_BODY_BYTES", "64k", "KYC_MAX_BODY_BYTES must be a whole number, not '64k'"),
+    ("KYC_GRAPH_RESCORE_SIZES", "5,x", "KYC_GRAPH_RESCORE_SIZES must be a whole number, not 'x'"),
+    ("KYC_SENDER_TIMEOUT_SECONDS", "soon", "KYC_SENDER_TIMEOUT_SECONDS must be a number, not 'soon'"),
+    ("KYC_PHONE_UNIQUE", "maybe", "KYC_PHONE_UNIQUE must be true or false"),
+    ("KYC_RESCORE_DAILY_AT", "25:00", "KYC_RESCORE_DAILY_AT must be HH:MM"),
+    ("KYC_WEBHOOK_SECRETS", "idv", "KYC_WEBHOOK_SECRETS entries are provider:secret"),
+])
+def test_a_setting_kyc_cannot_use_is_named_without_a_traceback(env, name, value, said):
+    result = CliRunner().invoke(main, ["keys", "list"], env={**env, name: value})
+    assert said in _mended(result)
+
+
+def test_a_database_not_migrated_or_away_is_said_in_one_line(tmp_path):
+    from tests.conftest import pg_schema_url
+
+    env = {"KYC_DATA_DIR": str(tmp_path), "KYC_RULES_DIR": str(RULES_DIR), "KYC_SECRET_KEY": TEST_SECRET.decode(),
+           "KYC_DEV_KEY": ""}
+    empty = pg_schema_url("kyc_cli_unmigrated")
+    result = CliRunner().invoke(main, ["keys", "list"], env={**env, "KYC_DATABASE_URL": empty})
+    assert "the database is not migrated, this kyc needs" in _mended(result) and "kyc db upgrade" in result.output
+    away = "postgresql+psycopg://postgres@127.0.0.1:1/kyc?connect_timeout=2"
+    result = CliRunner().invoke(main, ["keys", "list"], env={**env, "KYC_DATABASE_URL": away})
+    assert "the database did not answer (postgresql+psycopg://postgres@127.0.0.1:1/kyc" in _mended(result)
