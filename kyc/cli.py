@@ -247,13 +247,21 @@ def rescore(dormant_days: int | None, all_accounts: bool, cluster_id: str | None
     elif all_accounts:
         selector, params = "all", {}
     elif cluster_id is not None:
+        from kyc.models import Cluster
+
+        with runtime.session() as session:
+            if session.get(Cluster, cluster_id) is None:
+                raise click.ClickException(f"no cluster {cluster_id!r} (`kyc clusters list` shows them)")
         selector, params = "cluster", {"cluster_id": cluster_id}
     else:
         selector, params = "rules_change", {}
     run = runs.start_run(runtime, selector, params=params, reason=reason, batch_size=batch_size)
-    batch.dispatch(runtime, run)
-    if queued:
+    done = batch.dispatch(runtime, run)
+    if done == "enqueued":
         click.echo(f"run {run.id}: {run.total} account(s) in {run.batches} batch(es) enqueued on 'rescore'")
+    elif done == "recorded":
+        click.echo(f"run {run.id}: {run.total} account(s) in {run.batches} batch(es) recorded; Redis did not answer, "
+                   f"a kyc worker enqueues them once it is back")
     else:
         with runtime.session() as session:
             _print_summary(runs.run_summary(session, session.get(type(run), run.id)))
@@ -306,12 +314,19 @@ def db() -> None:
 @db.command("upgrade")
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
-    """Apply migrations up to REVISION."""
-    from kyc.runtime import upgrade_database
+    """Apply migrations up to REVISION (never back: a database past it stays where it is)."""
+    from kyc.db import make_engine
+    from kyc.runtime import database_revision, upgrade_database
 
     config = _config()
     upgrade_database(config.database_url, revision)
-    click.echo(f"database at {revision}: {_safe_url(config.database_url)}")
+    engine = make_engine(config.database_url)
+    try:
+        reached = database_revision(engine)
+    finally:
+        engine.dispose()
+    past = f" (past {revision}: upgrade never goes back)" if revision not in ("head", reached) else ""
+    click.echo(f"database at {'head' if revision == 'head' else reached}{past}: {_safe_url(config.database_url)}")
 
 
 # --- keys -------------------------------------------------------------------------------------
@@ -564,7 +579,7 @@ def rules_backtest(since: str, until: str | None, rules_dir: str | None, limit_c
 # --- outbox -----------------------------------------------------------------------------------
 
 @main.command()
-@click.option("--limit", default=20, show_default=True, type=int)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
 def outbox(limit: int) -> None:
     """Latest code messages of the outbox sender. Codes are shown in development only (the
     embedded SQLite default or KYC_DEV_KEY set); elsewhere they are masked."""
@@ -628,6 +643,12 @@ def geoip_lookup(address: str) -> None:
     from kyc.signals import network
     from kyc.signals.geoip import open_geoip
 
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise click.BadParameter("not an IPv4 or IPv6 address", param_hint="ADDRESS") from None
     config = _config()
     readers = open_geoip(config.geoip_city_db or None, config.geoip_asn_db or None, config.geoip_anon_db or None)
     facts = network.network_signals(address, readers)
@@ -711,7 +732,7 @@ def clusters() -> None:
 
 @clusters.command("list")
 @click.option("--min-size", default=2, show_default=True, type=int)
-@click.option("--limit", default=20, show_default=True, type=int)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--identifiers", "show_identifiers", default=3, show_default=True, type=int,
               help="linking identifiers shown per cluster")
 def clusters_list(min_size: int, limit: int, show_identifiers: int) -> None:
@@ -787,23 +808,32 @@ def clusters_rebuild() -> None:
 
 # --- simulate ---------------------------------------------------------------------------------
 
+def _five_sizes(_ctx, _param, value: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in value.split(",")]
+    if len(parts) != 5 or not all(p.isdigit() for p in parts):
+        raise click.BadParameter("five whole numbers separated by commas: light,heavy,companies,tool users,farm")
+    return tuple(int(p) for p in parts)
+
+
 @main.command()
 @click.option("--seed", default=1, show_default=True, type=int)
-@click.option("--legit", default=3000, show_default=True, type=int, help="ordinary users in the measured period")
-@click.option("--farms", default=3, show_default=True, type=int)
-@click.option("--farm-size", default=300, show_default=True, type=int)
-@click.option("--days", default=3.0, show_default=True, type=float, help="measured period")
-@click.option("--warmup-days", default=2.0, show_default=True, type=float,
+@click.option("--legit", default=3000, show_default=True, type=click.IntRange(min=1),
+              help="ordinary users in the measured period")
+@click.option("--farms", default=3, show_default=True, type=click.IntRange(min=0))
+@click.option("--farm-size", default=300, show_default=True, type=click.IntRange(min=1))
+@click.option("--days", default=3.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="measured period")
+@click.option("--warmup-days", default=2.0, show_default=True, type=click.FloatRange(min=0),
               help="ordinary traffic at the same rate before the measured period (not measured)")
 @click.option("--database-url", default="", help="default: a fresh SQLite file in a temporary directory")
 @click.option("--redis-url", default="", help="velocity in this Redis (use a db of its own: it is flushed)")
 @click.option("--usage", "usage_phase", is_flag=True,
               help="then a week of API usage (kyc/usage/simulate.py): light, heavy, company, popular-tool users and a "
                    "distillation farm, reported in bulk; prints farm requests served and legitimate requests denied")
-@click.option("--usage-sizes", default="300,30,8,2000,400", show_default=True,
+@click.option("--usage-sizes", default="300,30,8,2000,400", show_default=True, callback=_five_sizes,
               help="usage phase: light users, heavy users, companies, popular-tool users, farm accounts")
 def simulate(seed: int, legit: int, farms: int, farm_size: int, days: float, warmup_days: float, database_url: str,
-             redis_url: str, usage_phase: bool, usage_sizes: str) -> None:
+             redis_url: str, usage_phase: bool, usage_sizes: tuple[int, ...]) -> None:
     """Post a labeled history (ordinary users as realism.md describes them, and farms) of signups
     and cards through the API; print how it scored and how well the scores rank. `--usage` then
     adds a week of API usage."""
@@ -873,7 +903,7 @@ def simulate(seed: int, legit: int, farms: int, farm_size: int, days: float, war
     if usage_phase:
         from kyc.usage import simulate as usage_sim
 
-        accounts, signups = usage_sim.populations(seed, *(int(n) for n in usage_sizes.split(",")))
+        accounts, signups = usage_sim.populations(seed, *usage_sizes)
         click.echo(f"\nusage phase: {len(accounts)} accounts sign up, then a week of usage")
         usage_sim.report(usage_sim.run(app.test_client(), {"Authorization": f"Bearer {key}"}, accounts, signups,
                                        echo=click.echo), echo=click.echo)

@@ -178,7 +178,7 @@ class Config:
             redis_timeout_ms=whole("KYC_REDIS_TIMEOUT_MS"),
             dormant_days=whole("KYC_DORMANT_DAYS"),
             usage_popular_prompt=whole("KYC_USAGE_POPULAR_PROMPT"),
-            sender=raw["KYC_SENDER"].strip().lower(),
+            sender=_one_of("KYC_SENDER", raw["KYC_SENDER"].strip().lower(), SENDERS),
             sender_url=raw["KYC_SENDER_URL"].strip(),
             sender_timeout_seconds=real("KYC_SENDER_TIMEOUT_SECONDS"),
             code_ttl_seconds=whole("KYC_CODE_TTL_SECONDS"),
@@ -205,6 +205,8 @@ class Config:
         if not values["secret_key"]:
             secret = raw["KYC_SECRET_KEY"]
             values["secret_key"] = secret.encode() if secret else _load_or_create_secret(Path(values["data_dir"]))
+        if values["sender"] == "http" and not values["sender_url"]:
+            raise SettingError("KYC_SENDER is http without KYC_SENDER_URL: codes would have nowhere to go")
         if values["decision_webhook_url"] and not values["decision_webhook_secret"]:
             raise SettingError("KYC_DECISION_WEBHOOK_URL is set without KYC_DECISION_WEBHOOK_SECRET: "
                              "decision webhooks are always signed")
@@ -226,6 +228,15 @@ class Config:
 
 class SettingError(ValueError):
     """A setting kyc cannot use; the message names it and says what it takes."""
+
+
+SENDERS = ("outbox", "http")          # how verification codes are sent (kyc/verification/senders.py)
+
+
+def _one_of(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise SettingError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
 
 
 def _number(name: str, value: str, kind: type) -> Any:

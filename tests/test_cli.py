@@ -111,6 +111,7 @@ def _mended(result: Result) -> str:
     ("KYC_PHONE_UNIQUE", "maybe", "KYC_PHONE_UNIQUE must be true or false"),
     ("KYC_RESCORE_DAILY_AT", "25:00", "KYC_RESCORE_DAILY_AT must be HH:MM"),
     ("KYC_WEBHOOK_SECRETS", "idv", "KYC_WEBHOOK_SECRETS entries are provider:secret"),
+    ("KYC_SENDER", "smtp", "KYC_SENDER must be one of outbox, http, not 'smtp'"),
 ])
 def test_a_setting_kyc_cannot_use_is_named_without_a_traceback(env, name, value, said):
     result = CliRunner().invoke(main, ["keys", "list"], env={**env, name: value})
@@ -128,3 +129,31 @@ def test_a_database_not_migrated_or_away_is_said_in_one_line(tmp_path):
     away = "postgresql+psycopg://postgres@127.0.0.1:1/kyc?connect_timeout=2"
     result = CliRunner().invoke(main, ["keys", "list"], env={**env, "KYC_DATABASE_URL": away})
     assert "the database did not answer (postgresql+psycopg://postgres@127.0.0.1:1/kyc" in _mended(result)
+
+
+def test_arguments_a_command_cannot_use_are_refused_before_it_runs(env):
+    """Each refused as click refuses a bad option (exit 2, naming it), not by a traceback or a
+    quiet empty answer."""
+    for args, said in [(["geoip", "lookup", "not-an-ip"], "not an IPv4 or IPv6 address"),
+                       (["outbox", "--limit", "-1"], "--limit"),
+                       (["simulate", "--days", "0"], "--days"),
+                       (["simulate", "--usage", "--usage-sizes", "1,2"], "five whole numbers")]:
+        result = CliRunner().invoke(main, args, env=env)
+        assert result.exit_code == 2 and said in result.output and "Traceback" not in result.output, (args, result.output)
+
+
+def test_rescore_of_an_unknown_cluster_or_with_redis_away_says_so(env, make_config, database_url):
+    key = run(env, "keys", "create", "--name", "signup-flow", "--role", "signup").stdout.strip()
+    client = create_app(make_config(database_url)).test_client()
+    assert client.post("/v1/signups", json=signup(), headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    unknown = CliRunner().invoke(main, ["rescore", "--cluster", "cl_nosuch"], env=env)
+    assert "no cluster 'cl_nosuch'" in _mended(unknown)
+    away = run({**env, "KYC_REDIS_URL": "redis://127.0.0.1:1/0"}, "rescore", "--all")
+    assert away.exit_code == 0 and "recorded; Redis did not answer" in away.stdout
+    assert "enqueued on" not in away.stdout
+
+
+def test_db_upgrade_to_an_older_revision_says_where_the_database_is(env):
+    assert "database at head" in run(env, "db", "upgrade").stdout
+    older = run(env, "db", "upgrade", "--revision", "0012").stdout
+    assert "database at 0013 (past 0012: upgrade never goes back)" in older

@@ -84,12 +84,14 @@ def _rescored(runtime: Runtime, run_id: str) -> int:
     return summary["seen"] - summary["missing"]
 
 
-def dispatch(runtime: Runtime, run: RescoreRun) -> bool:
-    """Enqueue the run's batches on rq when Redis is configured (True), else run them here (False)."""
+def dispatch(runtime: Runtime, run: RescoreRun) -> str:
+    """Enqueue the run's batches on rq when Redis is configured, else run them here. What became
+    of them: "enqueued", "recorded" (Redis did not answer: a worker enqueues them once it is
+    back) or "rescored" (here, without Redis)."""
     connection = redis_connection(runtime.config)
     if connection is None:
         run_inline(runtime, run)
-        return False
+        return "rescored"
     from redis.exceptions import RedisError
 
     try:
@@ -97,7 +99,8 @@ def dispatch(runtime: Runtime, run: RescoreRun) -> bool:
     except RedisError:
         # The run is recorded: a worker's maintenance enqueues it once Redis is back (sweep_orphans).
         log.error("Redis unreachable: rescore run %s recorded but not enqueued yet", run.id)
-    return True
+        return "recorded"
+    return "enqueued"
 
 
 def run_inline(runtime: Runtime, run: RescoreRun) -> None:

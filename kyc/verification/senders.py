@@ -23,7 +23,7 @@ from typing import Protocol
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from kyc.config import Config
+from kyc.config import SENDERS, Config
 from kyc.errors import SendFailed
 from kyc.inputs import rfc3339
 from kyc.models import OutboxMessage, utcnow
@@ -31,7 +31,6 @@ from kyc.security import mask_email, mask_phone
 
 log = logging.getLogger("kyc.verification")
 
-SENDERS = ("outbox", "http")
 
 
 @dataclass(frozen=True)
