@@ -239,6 +239,12 @@ def rescore(dormant_days: int | None, all_accounts: bool, cluster_id: str | None
     runtime = _runtime(migrate=False)
     queued = queue.redis_connection(runtime.config) is not None
     if resume_run:
+        if resume_run != "all":
+            from kyc.models import RescoreRun
+
+            with runtime.session() as session:
+                if session.get(RescoreRun, resume_run) is None:
+                    raise click.ClickException(f"no rescore run {resume_run!r} (`kyc jobs` shows the last one)")
         pending = batch.resume(runtime, None if resume_run == "all" else resume_run)
         click.echo(f"{len(pending)} unfinished batch(es) {'enqueued' if queued else 'rescored'}")
         return

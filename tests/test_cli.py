@@ -148,6 +148,7 @@ def test_rescore_of_an_unknown_cluster_or_with_redis_away_says_so(env, make_conf
     assert client.post("/v1/signups", json=signup(), headers={"Authorization": f"Bearer {key}"}).status_code == 200
     unknown = CliRunner().invoke(main, ["rescore", "--cluster", "cl_nosuch"], env=env)
     assert "no cluster 'cl_nosuch'" in _mended(unknown)
+    assert "no rescore run 'rr_nosuch'" in _mended(CliRunner().invoke(main, ["rescore", "--resume", "rr_nosuch"], env=env))
     away = run({**env, "KYC_REDIS_URL": "redis://127.0.0.1:1/0"}, "rescore", "--all")
     assert away.exit_code == 0 and "recorded; Redis did not answer" in away.stdout
     assert "enqueued on" not in away.stdout
