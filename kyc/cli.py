@@ -644,12 +644,11 @@ def geoip_build(pkgdir: str, outdir: str | None, fetch: bool, only: tuple[str, .
 @click.argument("address")
 def geoip_lookup(address: str) -> None:
     """Print the ip.* signals for ADDRESS with the configured (or bundled) databases."""
+    import ipaddress
     import json
 
     from kyc.signals import network
     from kyc.signals.geoip import open_geoip
-
-    import ipaddress
 
     try:
         ipaddress.ip_address(address)

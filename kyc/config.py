@@ -1,7 +1,7 @@
 """One settings object, read once from KYC_* environment variables.
 
 Every default is embedded so that `kyc serve` works on a fresh machine: a SQLite file
-under ./var, the bundled rules/ directory, jobs in-process when no Redis is configured.
+in KYC_DATA_DIR (./var), the bundled rules/ directory, jobs in-process when no Redis is configured.
 The table in README.md lists every setting; keep it in step with SETTINGS below.
 """
 
@@ -209,7 +209,7 @@ class Config:
             raise SettingError("KYC_SENDER is http without KYC_SENDER_URL: codes would have nowhere to go")
         if values["decision_webhook_url"] and not values["decision_webhook_secret"]:
             raise SettingError("KYC_DECISION_WEBHOOK_URL is set without KYC_DECISION_WEBHOOK_SECRET: "
-                             "decision webhooks are always signed")
+                               "decision webhooks are always signed")
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
