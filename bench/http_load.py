@@ -32,7 +32,8 @@ def start(app: str, port: int, workers: int, env: dict, cwd: Path, python: str =
     worker has loaded the app. Its access log and output are dropped: a line per request would
     flood the run."""
     process = subprocess.Popen([python, "-m", "gunicorn", app, "-w", str(workers), "-b", f"127.0.0.1:{port}",
-                                "--log-level", "warning"], cwd=cwd, env=env, stdout=subprocess.DEVNULL)
+                                "--log-level", "warning"], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)     # kyc's access lines go to stderr
     deadline = time.time() + 120
     last: dict[int, int] = {}
     while time.time() < deadline:

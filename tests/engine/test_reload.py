@@ -248,8 +248,10 @@ def test_every_gunicorn_worker_converges_and_sighup_reloads(tmp_path):
     port, key = free_port(), "kyc_test_reload_key"
     env = dict(os.environ, KYC_DATABASE_URL=f"sqlite:///{tmp_path / 'kyc.db'}", KYC_RULES_DIR=str(root),
                KYC_DATA_DIR=str(tmp_path), KYC_DEV_KEY=key, KYC_RULES_POLL_SECONDS="0.2", KYC_LOG_LEVEL="WARNING")
+    # Its log (access lines included, on stderr) to a file: a pipe nobody reads fills after a few
+    # hundred requests and then blocks the server mid-request.
     server = subprocess.Popen([sys.executable, "-m", "kyc.cli", "serve", "--port", str(port), "--workers", "3"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("w"))
     url = f"http://127.0.0.1:{port}/v1/ops/rules"
     try:
         wait_for(lambda: _reachable(url, key), timeout=30)

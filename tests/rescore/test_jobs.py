@@ -438,10 +438,10 @@ def test_plain_gunicorn_without_redis_runs_the_schedule_in_one_worker(tmp_path, 
     runtime = Runtime.start(Config.from_env(env))
     try:
         _message_with_an_expired_code(runtime)
+        log = tmp_path / "gunicorn.log"
         server = subprocess.Popen([sys.executable, "-m", "gunicorn", *entry, "-w", "2", "-b",
                                    f"127.0.0.1:{free_port()}"], cwd=Path(__file__).parents[2],
-                                  env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  text=True)
+                                  env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=log.open("w"))
         try:
             deadline = time.monotonic() + 60
             while _outbox_size(runtime) and time.monotonic() < deadline and server.poll() is None:
@@ -452,8 +452,8 @@ def test_plain_gunicorn_without_redis_runs_the_schedule_in_one_worker(tmp_path, 
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         finally:
             server.terminate()
-            _, errors = server.communicate(timeout=30)
-        assert "Traceback" not in errors, errors
+            server.wait(timeout=30)
+        assert "Traceback" not in log.read_text(), log.read_text()
     finally:
         runtime.engine.dispose()
 
