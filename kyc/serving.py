@@ -17,7 +17,7 @@ import os
 from gunicorn import util
 
 from kyc import metrics
-from kyc.db import resume_checkpoints
+from kyc.db import pause_checkpoints, resume_checkpoints
 from kyc.logs import GunicornLogger
 from kyc.security import redact_card_numbers
 
@@ -76,6 +76,17 @@ def child_exit(_server, worker) -> None:
     metrics.worker_exited(worker.pid)
 
 
+def pre_fork(server, _worker) -> None:
+    """In the parent, before each worker is forked from an app it loaded (`--preload`): its SQLite
+    checkpoint thread stops (kyc.db.pause_checkpoints: a child forked while that thread held a
+    lock would find it held forever); each worker runs its own (post_worker_init). `kyc serve`
+    pauses it itself before gunicorn starts."""
+    app = getattr(server.app, "callable", None)
+    runtime = getattr(app, "extensions", {}).get("kyc") if app is not None else None
+    if runtime is not None:
+        pause_checkpoints(runtime.engine)
+
+
 def post_worker_init(worker) -> None:
     """In each worker, once its app is loaded and before it serves:
     - an app loaded before the fork (`kyc serve`, `--preload`) drops the pooled connections it
@@ -98,5 +109,5 @@ def post_worker_init(worker) -> None:
 def configure(cfg) -> None:
     """The gunicorn settings of every kyc server (kyc serve; the tests' gunicorn)."""
     install()
-    for name in ("logger_class", "accesslog", "child_exit", "post_worker_init"):
+    for name in ("logger_class", "accesslog", "child_exit", "pre_fork", "post_worker_init"):
         cfg.set(name, globals()[name])

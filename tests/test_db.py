@@ -70,6 +70,30 @@ def test_checkpoints_pause_before_a_fork_and_resume_in_each_child(tmp_path, monk
     engine.dispose()
 
 
+def test_gunicorn_settings_pause_an_app_loaded_before_the_fork_and_each_worker_resumes(tmp_path):
+    """`gunicorn --preload` with kyc's settings (kyc/serving.py): the parent's checkpoint thread
+    stops before each fork, and a worker starts its own once its app is loaded. (The two
+    namespaces are the attributes gunicorn hands its hooks: the arbiter's loaded app, a worker's.)"""
+    from types import SimpleNamespace
+
+    from kyc import create_app, serving
+    from kyc.config import Config
+    from tests.conftest import RULES_DIR
+
+    config = Config.from_env({}, database_url=f"sqlite:///{tmp_path / 'kyc.db'}", data_dir=tmp_path,
+                             rules_dir=RULES_DIR, secret_key=b"x", redis_url="redis://127.0.0.1:1/0", dev_key="")
+    app = create_app(config)
+    engine = app.extensions["kyc"].engine
+    parent = db._checkpointers[engine]
+    serving.pre_fork(SimpleNamespace(app=SimpleNamespace(callable=None)), None)    # not preloaded: nothing
+    assert parent.is_alive()
+    serving.pre_fork(SimpleNamespace(app=SimpleNamespace(callable=app)), None)
+    assert not parent.is_alive()
+    serving.post_worker_init(SimpleNamespace(wsgi=app))       # with Redis set: no in-process schedule
+    assert db._checkpointers[engine] is not parent and db._checkpointers[engine].is_alive()
+    engine.dispose()
+
+
 # --- pipelined transactions -------------------------------------------------------------------
 
 def _account_row(account_id: str) -> dict:
