@@ -243,13 +243,14 @@ def format_report(report: BacktestReport) -> str:
     out.append(f"{'total':>10}" + "".join(f"{sum(report.matrix.get((b, a), 0) for b in DECISIONS):>10,}"
                                           for a in DECISIONS) + f"{report.evaluations:>10,}")
     fraud_total, legit_total = (len(report.labeled[label]) for label in LABELS)
+    width = rule_column(report.rules.values(), 32)
     out += ["", f"rules (labeled accounts in window: {fraud_total} fraud, {legit_total} legit)",
-            f"{'subject':<16}{'rule':<32}{'mode':<8}{'hits':>9}{'rate':>9}{'fraud':>7}{'legit':>7}{'precision':>11}"]
+            f"{'subject':<16}{'rule':<{width}}{'mode':<8}{'hits':>9}{'rate':>9}{'fraud':>7}{'legit':>7}{'precision':>11}"]
     for stats in sorted(report.rules.values(), key=lambda s: (s.subject, -s.hits, s.rule)):
         rate = stats.hits / report.evaluations_by_subject[stats.subject] \
             if report.evaluations_by_subject.get(stats.subject) else 0.0
         precision = "-" if stats.precision is None else f"{stats.precision:.1%}"
-        out.append(f"{stats.subject:<16}{stats.rule:<32}{stats.mode:<8}{stats.hits:>9,}{rate:>9.2%}"
+        out.append(f"{stats.subject:<16}{stats.rule:<{width}}{stats.mode:<8}{stats.hits:>9,}{rate:>9.2%}"
                    f"{len(stats.fraud):>7}{len(stats.legit):>7}{precision:>11}")
     auc = report.auc
     out += ["", "ranking on labeled accounts (each by its highest score and most severe decision in the window)",
@@ -264,6 +265,11 @@ def format_report(report: BacktestReport) -> str:
         out.append(f"  {change.account_id:<40} {change.subject:<16} {change.before:>7} -> {change.after:<7} "
                    f"{change.evaluation_id}  {_iso(change.occurred_at)}")
     return "\n".join(out)
+
+
+def rule_column(stats, least: int) -> int:
+    """The width of a table's rule column: `least`, or wider for the longest rule id and a space."""
+    return max([least, *(len(s.rule) + 2 for s in stats)])
 
 
 def _share(value: float | None) -> str:

@@ -851,7 +851,7 @@ def simulate(seed: int, legit: int, farms: int, farm_size: int, days: float, war
 
     from kyc import create_app
     from kyc import simulate as sim
-    from kyc.backtest import backtest
+    from kyc.backtest import backtest, rule_column
     from kyc.models import Account
 
     tmp = tempfile.TemporaryDirectory(prefix="kyc-simulate-")
@@ -902,9 +902,11 @@ def simulate(seed: int, legit: int, farms: int, farm_size: int, days: float, war
         click.echo(f"  decision >= {t.decision:<7} precision {t.precision or 0:7.2%}  recall {t.recall or 0:7.2%}  "
                    f"legit share {t.legit_share or 0:7.2%}")
     click.echo("rules hit at live time, by labeled accounts (fraud / legit):")
-    for stats in sorted(report.rules.values(), key=lambda r: (-len(r.legit), -len(r.fraud))):
-        if stats.fraud or stats.legit:
-            click.echo(f"  {stats.subject:<15}{stats.rule:<36}{len(stats.fraud):>6} /{len(stats.legit):>5}")
+    hit = [stats for stats in sorted(report.rules.values(), key=lambda r: (-len(r.legit), -len(r.fraud)))
+           if stats.fraud or stats.legit]
+    width = rule_column(hit, 36)
+    for stats in hit:
+        click.echo(f"  {stats.subject:<15}{stats.rule:<{width}}{len(stats.fraud):>6} /{len(stats.legit):>5}")
     if usage_phase:
         from kyc.usage import simulate as usage_sim
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -94,6 +95,11 @@ def test_backtest_numbers_on_a_known_history(history, tmp_path):
     assert "signup          r_burst                         shadow          1   20.00%      0      1       0.0%" in text
     assert "decision changes: 2 evaluations; the first 1 accounts:" in text
     assert "a3" in text and "ev_3" in text
+    # A rule id longer than the column widens it: never run into the next column.
+    long_id = "client_hints_contradict_user_agent_long"
+    report.rules[("signup", long_id)] = replace(report.rules[("signup", "r_burst")], rule=long_id)
+    rows = {line.split()[1]: line.split() for line in format_report(report).splitlines() if line.startswith("signup ")}
+    assert rows[long_id][2] == "shadow" and rows["r_burst"][2] == "shadow"
 
 
 def test_backtest_ranks_labeled_accounts_by_score(history, tmp_path):
