@@ -93,8 +93,8 @@ def _every_error(refused: ApiError, data: object) -> ApiError:
     other, a gateway that resends the rest met them in as many rounds.) A call with no invalid
     field still finds all its unknown accounts at once, as it records (UnknownAccounts)."""
     reports = data.get("reports") if isinstance(data, dict) else None
-    if refused.code != "invalid_request" or not isinstance(reports, list) or not 0 < len(reports) <= MAX_BULK_REPORTS:
-        return refused
+    if not isinstance(reports, list) or not 0 < len(reports) <= MAX_BULK_REPORTS:
+        return refused                      # the envelope itself is wrong: nothing more to name
     readable = [(i, r) for i, r in enumerate(reports) if isinstance(r, dict)]
     fields = _unknown_tiers([(f"reports[{i}].tier", r.get("tier")) for i, r in readable])
     named = {i: r["account_id"].strip() for i, r in readable

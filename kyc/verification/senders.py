@@ -32,7 +32,6 @@ from kyc.security import mask_email, mask_phone
 log = logging.getLogger("kyc.verification")
 
 
-
 @dataclass(frozen=True)
 class Message:
     verification_id: str
