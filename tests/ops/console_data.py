@@ -58,6 +58,11 @@ def _iso(at: datetime) -> str:
 
 def seed(post: Callable[[str, dict], tuple[int, Any]], *, farm_size: int = FARM_SIZE) -> dict[str, Any]:
     now = datetime.now(timezone.utc).replace(microsecond=0)
+    if now.hour < 3:
+        # The farm member's usage (from two hours ago to one) must fall on one UTC day: the
+        # account page counts active days. In the first hours after midnight the whole history
+        # is set three hours back, into the day before.
+        now -= timedelta(hours=3)
     decisions: dict[str, str] = {}
 
     def send(path: str, body: dict) -> Any:
