@@ -432,17 +432,21 @@ def rules() -> None:
     """Rule files: check, test, backtest."""
 
 
-def _load_rules(rules_dir: str | None) -> RuleSet:
+def _load_policy(rules_dir: str | None):
+    """The rules folder as kyc would serve it (kyc.runtime.load_policy): rules and tiers."""
     from pathlib import Path
 
-    from kyc.signals import SCHEMA
+    from kyc.runtime import load_policy
 
-    root = Path(rules_dir) if rules_dir else _config().rules_dir
     try:
-        return RuleSet.load(root, SCHEMA)
+        return load_policy(Path(rules_dir) if rules_dir else _config().rules_dir)
     except RuleSetError as exc:
         _rule_errors(exc)
         sys.exit(1)
+
+
+def _load_rules(rules_dir: str | None) -> RuleSet:
+    return _load_policy(rules_dir)[0]
 
 
 def _load_cases(ruleset: RuleSet) -> list:
@@ -470,15 +474,7 @@ _RULES_OPTION = click.option("--rules", "rules_dir", type=click.Path(file_okay=F
 @_RULES_OPTION
 def rules_check(rules_dir: str | None) -> None:
     """Load and type-check every rule file, list and test case; exit non-zero with readable errors."""
-    from kyc.signals import SCHEMA
-    from kyc.tiers import load_tiers
-
-    ruleset = _load_rules(rules_dir)
-    try:
-        tiers = load_tiers(ruleset.root, SCHEMA, ruleset.lists)
-    except RuleSetError as exc:
-        _rule_errors(exc)
-        sys.exit(1)
+    ruleset, tiers = _load_policy(rules_dir)
     cases = _load_cases(ruleset)
     summary = ruleset.summary()
     click.echo(f"ok  {ruleset.version}")

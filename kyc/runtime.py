@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from kyc.config import PROJECT_ROOT, Config
 from kyc.db import make_engine, make_session_factory
 from kyc.engine import RuleError, RuleSet, RuleSetError
-from kyc.engine.loader import rules_fingerprint
+from kyc.engine.loader import SUBJECTS, rules_fingerprint
 from kyc.rescore.background import Background, background
 from kyc.ops import audit
 from kyc.persist import autocommit
@@ -93,10 +93,32 @@ def check_migrated(engine: Engine) -> None:
         raise NotMigrated(current, head)
 
 
+# The files of a rules folder kyc can serve (rules/lists/ and rules/tests/ may hold nothing).
+WHOLE_FOLDER = tuple(f"{subject}.yaml" for subject in SUBJECTS) + ("tiers.yaml",)
+
+
 def load_policy(root: Path) -> tuple[RuleSet, TierPolicy]:
-    """Rule files and the tier policy, loaded and checked together (RuleSetError on any mistake)."""
-    rules = RuleSet.load(root, SCHEMA)
-    return rules, load_tiers(root, SCHEMA, rules.lists)
+    """The rules folder kyc serves: rule files and the tier policy, loaded and checked together
+    (RuleSetError on any mistake). It must be whole: each subject's rule file and the tiers file
+    present and none empty. A file moved away, emptied or renamed would otherwise load as "no
+    rules" (every signup allowed) or "no tiers" (every entitlement refused) and go live."""
+    root = Path(root)
+    errors = [RuleError(f"{root.name}/{name}", 0, None, "missing: kyc serves a whole rules folder", f"restore {name}")
+              for name in WHOLE_FOLDER if root.is_dir() and not (root / name).is_file()]
+    try:
+        rules = RuleSet.load(root, SCHEMA)
+        tiers = load_tiers(root, SCHEMA, rules.lists)
+    except RuleSetError as exc:
+        raise RuleSetError(errors + exc.errors) from None
+    held = {f"{s}.yaml": len(c.rules) + len(c.disabled) for s, c in rules.subjects.items()}
+    held["tiers.yaml"] = len(tiers.tiers)
+    errors += [RuleError(f"{root.name}/{name}", 1, None, f"holds no {what}: kyc would serve none",
+                         f"restore its {what}" + (" (switch one off with `enabled: false`)" if what == "rules" else ""))
+               for name, what in ((n, "tiers" if n == "tiers.yaml" else "rules") for n in WHOLE_FOLDER)
+               if (root / name).is_file() and not held.get(name)]
+    if errors:
+        raise RuleSetError(errors)
+    return rules, tiers
 
 
 def velocity_redis(config: Config):

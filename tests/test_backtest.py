@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
@@ -15,6 +16,7 @@ from kyc.cli import main
 from kyc.engine import RuleSet
 from kyc.models import Account, Evaluation
 from kyc.signals import SCHEMA
+from tests.conftest import RULES_DIR
 from tests.engine.test_errors import write_rules
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
@@ -160,7 +162,7 @@ def test_backtest_lists_each_changed_account_once(history, tmp_path):
 
 
 def test_backtest_command(history, tmp_path, monkeypatch):
-    root = write_rules(tmp_path / "rules", CANDIDATE)
+    root = write_rules(shutil.copytree(RULES_DIR, tmp_path / "rules"), CANDIDATE)   # a whole folder
     monkeypatch.setenv("KYC_DATABASE_URL", history.config.database_url)
     monkeypatch.setenv("KYC_DATA_DIR", str(tmp_path))
     since = (NOW - timedelta(days=30)).isoformat()

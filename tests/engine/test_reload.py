@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from kyc import create_app
+from kyc.cli import main
 from kyc.engine import RuleSet, RuleSetError
 from kyc.models import ApiKey
 from kyc.runtime import Runtime
@@ -307,3 +309,32 @@ def _reachable(url: str, key: str) -> bool:
         return True
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("change", ["remove", "empty", "rename", "only_comments"])
+@pytest.mark.parametrize("name", ["signup.yaml", "payment_method.yaml", "tiers.yaml"])
+def test_a_rules_folder_missing_or_emptying_a_file_is_refused_and_the_running_set_stays(live_rules, auth_for, name,
+                                                                                        change):
+    """A moved, truncated or misnamed file would otherwise load as "no rules" (every signup
+    allowed) or "no tiers" (every entitlement refused) and go live."""
+    rt, root = live_rules
+    client, auth = auth_for(rt)
+    before, path = rt.rules.version, root / name
+    if change == "remove":
+        path.unlink()
+    elif change == "rename":
+        path.rename(root / f"old_{name}")
+    else:
+        replace_file(path, "" if change == "empty" else "# emptied for now\n[]\n")
+    response = client.post("/v1/ops/rules/reload", headers=auth)
+    assert response.status_code == 422, response.json
+    error = response.json["error"]["errors"][0]          # (a renamed rule file is also named as stray)
+    assert error["file"] == f"rules/{name}"
+    assert error["message"] == ("missing: kyc serves a whole rules folder" if change in ("remove", "rename")
+                                else f"holds no {'tiers' if name == 'tiers.yaml' else 'rules'}: kyc would serve none")
+    assert rt.rules.version == before and set(rt.rules.subjects) == {"signup", "payment_method"}
+    assert rt.tiers.tiers and rt.rules.subjects["signup"].rules
+    crawler = signup(account_id="a_crawler", user_agent="python-requests/2.31.0")
+    assert client.post("/v1/signups", json=crawler, headers=auth).json["decision"] != "allow"
+    checked = CliRunner().invoke(main, ["rules", "check", "--rules", str(root)])
+    assert checked.exit_code == 1 and f"rules/{name}:" in checked.output, checked.output

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from kyc.api import field_errors
 from kyc.backtest import backtest, parse_since
-from kyc.engine import RuleSet, RuleSetError
+from kyc.engine import RuleSetError
 from kyc.graph import cluster_summary, member_link_kinds
 from kyc.inputs import ClusterActionInput, ReviewInput
 from kyc.models import (DECISIONS, Account, AccountLabel, ActivityDay, Cluster, ClusterMember, Evaluation, GraphEdge,
@@ -24,8 +24,8 @@ from kyc.ops.console.facts import identity, signal_facts, verification_target
 from kyc.ops.console.graphics import cluster_picture, score_chart, usage_chart
 from kyc.errors import NotFound
 from kyc.ops.reviews import review_account, review_queue
+from kyc.runtime import load_policy
 from kyc.security import contains_card_number
-from kyc.signals import SCHEMA
 
 QUEUE_LIMIT = 100
 HISTORY = 50
@@ -286,7 +286,7 @@ def rules_backtest():
     if until is not None and until <= since:
         return _rules_page(form=form, form_error="The window's end must be after its start.")
     try:
-        candidate = RuleSet.load(Path(folder), SCHEMA)
+        candidate, _ = load_policy(Path(folder))
     except RuleSetError as exc:
         return _rules_page(form=form, candidate_errors=[e.as_dict() for e in exc.errors])
     report = backtest(runtime().engine, candidate, since, until, limit_changed=50)
