@@ -24,6 +24,7 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from kyc import graph
+from kyc.db import write_lock
 from kyc.models import Account, ActivityDay, ClusterMember, Evaluation, Sighting, Verification
 from kyc.ops import decisions
 from kyc.persist import dialect_of, fetch, new_account_statement
@@ -144,7 +145,10 @@ class LiveAccount:
         returns the row it created (locked as ours until commit): one statement for a new
         account. When the row exists (or a concurrent first post just created it) it is read
         with FOR UPDATE. `likely_new=False` (a payment method: its account signed up first)
-        reads first, which is then the only statement."""
+        reads first, which is then the only statement. On SQLite, where FOR UPDATE locks
+        nothing, the database's write lock is taken before the read (kyc.db.write_lock): else a
+        review committed between the read and this transaction's first write is written over."""
+        write_lock(session)
         if not likely_new and (found := cls._locked(session, account_id)) is not None:
             return found
         new = fetch(session, new_account_statement(dialect_of(session)),
@@ -287,6 +291,7 @@ class ChunkAccount:
 
 def read_chunk(runtime: Runtime, session: Session, ids: list[str]) -> Chunk:
     """Lock and read a chunk of accounts for rescoring (rescore_account(..., chunk=...))."""
+    write_lock(session)                 # SQLite: FOR UPDATE below locks nothing (LiveAccount.open)
     # Records of the rows, which the session never sees: Chunk.write writes what changed.
     accounts = {row["id"]: AccountRecord.from_row(row) for row in session.execute(
         select(*Account.__table__.c).where(Account.id.in_(ids)).order_by(Account.id).with_for_update()).mappings()}

@@ -3,9 +3,14 @@ account, so scoring through either comes out the same."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 from kyc.persist import pipelined
 from kyc.inputs import PaymentMethodInput, SignupInput
 from kyc.scoring import AccountRecord, EvaluationRecord, read_chunk, rescore_account, score
+from kyc.rescore import batch
+from kyc.rescore.batch import rescore_chunk
 from kyc.scoring.accounts import AccountView, ChunkAccount, LiveAccount
 from tests.conftest import GB_VOIP, payment, signup
 
@@ -75,3 +80,51 @@ def test_opening_a_live_view_of_an_unknown_account_creates_it(runtime):
 
 def payment_time():
     return PaymentMethodInput.model_validate(payment()).at()
+
+
+def _review_while_held(runtime, client, auth, monkeypatch, hold_at, work) -> dict:
+    """Run `work` in a thread that pauses for half a second after `hold_at` (which reads the
+    account; it is written back later), and review the account (block) meanwhile. A scoring
+    transaction must lock the row it reads: the review waits for it and then stands, instead
+    of being written over by the scoring's stale copy (on SQLite, where FOR UPDATE locks
+    nothing, that takes the database's write lock before the read)."""
+    held = threading.Event()
+    original = getattr(*hold_at)
+
+    def pause(*args, **kwargs):
+        read = original(*args, **kwargs)
+        held.set()
+        time.sleep(0.5)
+        return read
+
+    monkeypatch.setattr(*hold_at, staticmethod(pause) if isinstance(hold_at[0], type) else pause)
+    worker = threading.Thread(target=work)
+    worker.start()
+    assert held.wait(10)
+    answer = client.post("/v1/accounts/acct_1/review", json={"outcome": "block"}, headers=auth)
+    worker.join(30)
+    assert answer.status_code == 200, answer.json
+    return client.get("/v1/accounts/acct_1", headers=auth).json
+
+
+def test_a_review_during_a_payment_methods_scoring_stands(runtime, client, auth, monkeypatch):
+    _scored(runtime)
+
+    def add_card():
+        with runtime.session() as session, pipelined(session):
+            score(runtime, session, "payment_method",
+                  PaymentMethodInput.model_validate(payment(fingerprint="pm_fp_second", last4="1881")))
+
+    account = _review_while_held(runtime, client, auth, monkeypatch, (LiveAccount, "open"), add_card)
+    assert account["decision"] == "block"
+
+
+def test_a_review_during_a_rescore_chunk_stands(runtime, client, auth, monkeypatch):
+    _scored(runtime)
+
+    def rescore():
+        with runtime.session() as session, session.begin():
+            rescore_chunk(runtime, session, ["acct_1", "acct_2"], runtime.rules)
+
+    account = _review_while_held(runtime, client, auth, monkeypatch, (batch, "read_chunk"), rescore)
+    assert account["decision"] == "block"
