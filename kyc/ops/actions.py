@@ -21,6 +21,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
@@ -75,20 +76,32 @@ def _member_ids(session: Session, cluster_id: str) -> list[str]:
                                 .order_by(ClusterMember.account_id)))
 
 
+def _lock_members(session: Session, cluster_id: str) -> tuple[dict[str, Any], Cluster]:
+    """The members' rows and the cluster's, locked as every writer locks: accounts in id order,
+    then clusters. A member that joined between the first read and the cluster's lock (its
+    joining committed) is not locked after higher ids, which a bulk report holding it and
+    waiting for another member would meet in a circle (a deadlock, its call cancelled): the
+    locks are given back (ROLLBACK TO SAVEPOINT releases them) and all taken again in order."""
+    ids = set(_member_ids(session, cluster_id))
+    while True:
+        attempt = session.begin_nested()
+        rows = {r.id: r for r in session.execute(select(*_COLUMNS).where(Account.id.in_(sorted(ids)))
+                                                 .order_by(Account.id).with_for_update())} if ids else {}
+        cluster = session.execute(select(Cluster).where(Cluster.id == cluster_id).with_for_update()
+                                  .execution_options(populate_existing=True)).scalar_one_or_none()
+        if cluster is None:
+            raise NotFound("cluster", cluster_id)
+        late = set(_member_ids(session, cluster_id)) - set(rows)
+        if not late:
+            attempt.commit()                    # RELEASE SAVEPOINT: the locks stay the transaction's
+            return rows, cluster
+        attempt.rollback()
+        ids |= late
+
+
 def _act(runtime, session: Session, cluster_id: str, action: str, note: str | None, actor: str) -> ClusterAction:
     write_lock(session)
-    ids = _member_ids(session, cluster_id)
-    rows = {r.id: r for r in session.execute(select(*_COLUMNS).where(Account.id.in_(ids)).order_by(Account.id)
-                                             .with_for_update())} if ids else {}
-    cluster = session.execute(select(Cluster).where(Cluster.id == cluster_id).with_for_update()
-                              .execution_options(populate_existing=True)).scalar_one_or_none()
-    if cluster is None:
-        raise NotFound("cluster", cluster_id)
-    # Members that joined between the first read and the cluster's lock (their joining committed).
-    late = sorted(set(_member_ids(session, cluster_id)) - set(rows))
-    if late:
-        rows.update({r.id: r for r in session.execute(select(*_COLUMNS).where(Account.id.in_(late))
-                                                      .order_by(Account.id).with_for_update())})
+    rows, cluster = _lock_members(session, cluster_id)
     now = utcnow()
     decision = DECISIONS[action]
     steps = runtime.config.graph_rescore_sizes

@@ -149,3 +149,65 @@ def test_an_action_racing_joining_signups_and_rescoring_leaves_every_counter_tru
         assert blocked == (standing[account_id] == "block"), account_id
     for cid, blocked in clusters.items():
         assert blocked == sum(1 for a, c, b in members if c == cid and b), cid
+
+
+def test_an_action_meeting_a_late_member_keeps_the_lock_order_of_every_other_writer(postgres_runtime, monkeypatch):
+    """Every writer locks accounts in id order, then clusters. A member that joined between an
+    action's first read and its lock of the cluster (here acct_f0, the lowest id) must not be
+    locked after higher ids: a bulk activity report holding it and waiting for another member
+    would meet the action in a circle, and PostgreSQL would cancel the report (503)."""
+    import threading
+    import time
+
+    from sqlalchemy import update
+
+    from kyc import create_app
+    from kyc.models import Account
+    from kyc.ops import actions
+    from tests.flows import key_headers
+
+    rt = postgres_runtime
+    client, auth = create_app(runtime=rt).test_client(), key_headers(rt)
+    cluster_id = farm(client, auth, 4)
+    report_holds_late, action_holds_first = threading.Event(), threading.Event()
+    reads, original = [], actions._member_ids
+
+    def members(session, cluster):
+        ids = original(session, cluster)
+        reads.append(ids)
+        if len(reads) == 1:                      # the first read missed the member joining
+            assert report_holds_late.wait(10)
+            return [i for i in ids if i != "acct_f0"]
+        if len(reads) == 2:                      # the re-read after the cluster's lock sees it
+            action_holds_first.set()
+            time.sleep(0.3)                      # the report now waits for acct_f1
+        return ids
+
+    def report():
+        # What record_reports does: lock its accounts in id order (acct_f0, then acct_f1).
+        with rt.engine.begin() as conn:
+            conn.execute(select(Account.id).where(Account.id == "acct_f0").with_for_update())
+            report_holds_late.set()
+            assert action_holds_first.wait(10)
+            conn.execute(select(Account.id).where(Account.id == "acct_f1").with_for_update())
+            conn.execute(update(Account).where(Account.id == "acct_f1").values(last_seen_at=func.now()))
+
+    monkeypatch.setattr(actions, "_member_ids", members)
+    outcome = {}
+
+    def guarded(name, work):
+        try:
+            outcome[name] = work()
+        except Exception as exc:  # noqa: BLE001 - the test reports which side failed, and how
+            outcome[name] = exc
+
+    threads = [threading.Thread(target=guarded, args=("report", report)),
+               threading.Thread(target=guarded, args=("action", lambda: actions.act_on_cluster(
+                   rt, cluster_id, "block", None, "key:tests")))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not isinstance(outcome["report"], Exception), outcome["report"]
+    assert outcome["action"].members == 4
+    assert decisions(client, auth, 4) == ["block"] * 4
