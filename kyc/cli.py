@@ -201,6 +201,7 @@ def worker(burst: bool, with_scheduler: bool, metrics_port: int, metrics_host: s
     # SimpleWorker runs each job in this process (no fork per job): the Runtime (database pool,
     # compiled rules, lookup tables) is built once here and reused by every job.
     queues = [Queue(name, connection=connection) for name in queue.QUEUES]
+    queue.children_die_with_this_process()          # rq's scheduler child: not left holding our sockets
     while True:
         worker = SimpleWorker(queues, connection=connection)
         try:

@@ -7,6 +7,10 @@ would strand the jobs enqueued before a deploy.
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import sys
 import threading
 from typing import Any
 
@@ -73,3 +77,30 @@ def queue_counts(connection) -> dict[str, dict[str, int]]:
             "finished": FinishedJobRegistry(queue=queue).count,
         }
     return counts
+
+
+_PR_SET_PDEATHSIG = 1
+_forking_pid = 0
+
+
+def children_die_with_this_process() -> None:
+    """Every child this process forks from now on is killed by the kernel when this process
+    dies (Linux's PR_SET_PDEATHSIG; elsewhere nothing changes).
+
+    rq runs its scheduler in a forked child, which holds copies of the worker's sockets. After
+    `kill -9` of the worker it lived on, keeping a dead transaction's database connection open
+    (its row locks held, so no worker could take the batch over) and the metrics port bound."""
+    if not sys.platform.startswith("linux"):
+        return
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def before() -> None:
+        global _forking_pid
+        _forking_pid = os.getpid()
+
+    def in_child() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != _forking_pid:       # the parent died before the request took effect
+            os._exit(1)
+
+    os.register_at_fork(before=before, after_in_child=in_child)

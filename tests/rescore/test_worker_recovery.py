@@ -185,3 +185,43 @@ def test_an_idle_worker_stops_on_sigterm(queued_runtime, redis_db):
         assert worker.wait(timeout=30) == 0
     finally:
         _kill(worker)
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.add(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_worker_killed_with_sigkill_takes_its_scheduler_child_with_it(queued_runtime, redis_db):
+    """rq runs its scheduler in a forked child, which holds copies of the worker's database
+    sockets and metrics port. Left running after `kill -9` of the worker, it kept a dead
+    transaction's connection open (its row locks held, the batch never taken over) and the port."""
+    worker = _start_worker(queued_runtime)
+    try:
+        (child,) = _wait_for(lambda: _children(worker.pid), 60, "rq's scheduler child")
+        os.kill(worker.pid, signal.SIGKILL)           # the worker alone, not its process group
+        worker.wait(10)
+        _wait_for(lambda: not _alive(child), 10, "the child gone with its parent")
+    finally:
+        try:
+            os.killpg(worker.pid, signal.SIGKILL)     # whatever of its group is left
+        except ProcessLookupError:
+            pass
+        worker.wait(10)
