@@ -171,33 +171,50 @@ class InProcessSchedule(threading.Thread):
     """The same schedule without Redis: one daemon thread calling the same functions.
 
     `kyc serve` offers it to every web worker process after the fork (start_once); a lock file
-    lets exactly one of them run it, and a replacement worker takes over when that one exits.
+    lets exactly one of them run it at a time, and the others keep trying for the lock, so one
+    takes over within LOCK_RETRY_SECONDS when the holder exits (a crash, a restart, or gunicorn's
+    HUP, which starts the new workers while the old holder still runs).
     (Starting it in the server's parent would fork workers while the thread may hold locks.)
     """
+
+    LOCK_RETRY_SECONDS = 2.0
 
     def __init__(self, runtime: Runtime):
         super().__init__(name="kyc-schedule", daemon=True)
         self.runtime = runtime
         self.stopped = threading.Event()
+        self.holding = threading.Event()
         self._lock_file = None
 
     @classmethod
-    def start_once(cls, runtime: Runtime) -> "InProcessSchedule | None":
-        """Start the schedule unless another process on this data dir already runs it."""
-        import fcntl
-
-        path = runtime.config.data_dir / "schedule.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a")  # noqa: SIM115 - held open for the life of the process: it is the lock
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            return None
+    def start_once(cls, runtime: Runtime) -> "InProcessSchedule":
+        """Offer this process to run the schedule: the thread runs it once it holds the lock on
+        the data dir (at once, unless another process on that data dir runs it)."""
         schedule = cls(runtime)
-        schedule._lock_file = handle
         schedule.start()
         return schedule
+
+    def _take_lock(self) -> bool:
+        """Wait for the schedule's lock file (False: stopped first)."""
+        import fcntl
+
+        path = self.runtime.config.data_dir / "schedule.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")  # noqa: SIM115 - held open while this process runs the schedule: it is the lock
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if self.stopped.wait(self.LOCK_RETRY_SECONDS):
+                    handle.close()
+                    return False
+                continue
+            self._lock_file = handle
+            if self.stopped.is_set():       # stop() came between the lock and the line above
+                self.stop()
+                return False
+            self.holding.set()
+            return True
 
     def stop(self) -> None:
         self.stopped.set()
@@ -206,6 +223,8 @@ class InProcessSchedule(threading.Thread):
             self._lock_file = None
 
     def run(self) -> None:
+        if not self._take_lock():
+            return
         config = self.runtime.config
         try:
             # Runs recorded by a process that stopped before finishing them (a restart, a crash):

@@ -365,9 +365,13 @@ def test_in_process_schedule_rescores_after_a_rules_change(database_url, make_co
     rt = Runtime.start(config, migrate=False)
     ids = seed(rt, 4)
     schedule = rescore.schedule.InProcessSchedule.start_once(rt)
+    other = rescore.schedule.InProcessSchedule.start_once(rt)           # another process's offer
     try:
-        assert schedule is not None
-        assert rescore.schedule.InProcessSchedule.start_once(rt) is None       # one schedule per data dir
+        assert schedule.holding.wait(10)
+        assert not other.holding.wait(2 * other.LOCK_RETRY_SECONDS)    # one schedule per data dir
+        other.stop()
+        other.join(10)
+        assert not other.is_alive() and not other.holding.is_set()
         add_rule(rules_dir, BLOCK_GMAIL)
         rt.reload_rules()                         # the service's rules watcher; the schedule notices
         version = rules_version(rules_dir)
@@ -456,6 +460,65 @@ def test_plain_gunicorn_without_redis_runs_the_schedule_in_one_worker(tmp_path, 
         assert "Traceback" not in log.read_text(), log.read_text()
     finally:
         runtime.engine.dispose()
+
+
+def _lock_held(path: Path) -> bool:
+    import fcntl
+
+    with open(path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        return False
+
+
+def _wait(predicate, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what}: not within {seconds} s"
+        time.sleep(0.2)
+
+
+def test_after_sighup_a_new_worker_takes_the_schedule_over(tmp_path):
+    """gunicorn's HUP starts new workers while the old ones still run (the schedule's holder
+    among them): one of the new ones must take the schedule over once the old one is gone,
+    not give up because the lock was held when it started."""
+    from tests.conftest import free_port
+
+    env = {"KYC_DATABASE_URL": f"sqlite:///{tmp_path / 'kyc.db'}", "KYC_DATA_DIR": str(tmp_path),
+           "KYC_RULES_DIR": str(RULES_DIR), "KYC_SECRET_KEY": TEST_SECRET.decode(), "KYC_REDIS_URL": "",
+           "KYC_DEV_KEY": "", "KYC_LOG_LEVEL": "WARNING"}
+    runtime = Runtime.start(Config.from_env(env))
+    lock = tmp_path / "schedule.lock"
+    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "python:kyc.serving", "wsgi:app", "-w", "2",
+                               "-b", f"127.0.0.1:{free_port()}"], cwd=Path(__file__).parents[2],
+                              env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(lambda: lock.exists() and _lock_held(lock), 60, "a worker runs the schedule")
+        before = _worker_pids(server.pid)
+        server.send_signal(signal.SIGHUP)
+        _wait(lambda: not before & _worker_pids(server.pid), 60, "the old workers retired")
+        _message_with_an_expired_code(runtime)
+        _wait(lambda: _lock_held(lock), 30, "a new worker holds the schedule")
+        _wait(lambda: _outbox_size(runtime) == 0, 30, "the new holder's purge")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        runtime.engine.dispose()
+
+
+def _worker_pids(parent: int) -> set[int]:
+    return {int(p) for p in os.listdir("/proc") if p.isdigit() and _parent_of(p) == parent}
+
+
+def _parent_of(pid: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
 
 
 def test_scheduled_outbox_purge_deletes_expired_codes_and_schedules_the_next(queued_runtime, redis_db):
