@@ -25,6 +25,7 @@ def create_app(config: Config | None = None, runtime: Runtime | None = None, *, 
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False
     app.extensions["kyc"] = runtime or Runtime.start(config)
+    app.config["KYC_WATCH_RULES"] = watch_rules     # read by kyc.serving: gunicorn workers watch from their start
     if watch_rules:
         warn_if_stale(app.extensions["kyc"].geoip)
 
@@ -63,7 +64,8 @@ def create_app(config: Config | None = None, runtime: Runtime | None = None, *, 
     if watch_rules:
         @app.before_request
         def _watch_rules() -> None:
-            # Started from the first request of each process, so it runs in every forked worker.
+            # Under gunicorn each worker starts it as it starts (kyc.serving.post_worker_init);
+            # under another server, from the first request of each process.
             app.extensions["kyc"].watch_rules()
 
     return app

@@ -91,6 +91,7 @@ def post_worker_init(worker) -> None:
     """In each worker, once its app is loaded and before it serves:
     - an app loaded before the fork (`kyc serve`, `--preload`) drops the pooled connections it
       shares with the parent and restarts its SQLite checkpoint thread (kyc.db);
+    - it starts watching the rule files (create_app(watch_rules=True));
     - without Redis, the schedule (daily dormant rescore, planner statistics, webhooks, purges)
       runs in one worker: each offers to start it, and a lock file lets exactly one run it
       (InProcessSchedule.start_once). Not in wsgi.py: a parent that loads the app before forking
@@ -100,6 +101,8 @@ def post_worker_init(worker) -> None:
         return
     runtime.engine.dispose(close=False)
     resume_checkpoints(runtime.engine)
+    if worker.wsgi.config.get("KYC_WATCH_RULES"):
+        runtime.watch_rules()           # now, not at its first request: an idle worker stays current
     if not runtime.config.redis_url:
         from kyc.rescore.schedule import InProcessSchedule
 

@@ -338,3 +338,37 @@ def test_a_rules_folder_missing_or_emptying_a_file_is_refused_and_the_running_se
     assert client.post("/v1/signups", json=crawler, headers=auth).json["decision"] != "allow"
     checked = CliRunner().invoke(main, ["rules", "check", "--rules", str(root)])
     assert checked.exit_code == 1 and f"rules/{name}:" in checked.output, checked.output
+
+
+def test_an_idle_server_reloads_edited_rules_and_its_schedule_rescores_under_them(tmp_path):
+    """No request reaches the server after the edit: each worker watches the files from its
+    start (it waited for its first request before, so an idle schedule worker rescored under
+    the old rules and started no rules-change run)."""
+    from sqlalchemy import create_engine, select
+
+    from kyc.models import RescoreRun
+
+    root = copy_rules(tmp_path / "rules")
+    port, key = free_port(), "kyc_test_reload_key"
+    db = tmp_path / "kyc.db"
+    env = dict(os.environ, KYC_DATABASE_URL=f"sqlite:///{db}", KYC_RULES_DIR=str(root), KYC_REDIS_URL="",
+               KYC_DATA_DIR=str(tmp_path), KYC_DEV_KEY=key, KYC_RULES_POLL_SECONDS="0.2",
+               KYC_RULES_WATCH_SECONDS="1", KYC_LOG_LEVEL="WARNING")
+    server = subprocess.Popen([sys.executable, "-m", "kyc.cli", "serve", "--port", str(port), "--workers", "2"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("w"))
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        wait_for(lambda: (tmp_path / "schedule.lock").exists(), timeout=30)
+        replace_file(root / "signup.yaml", with_rule((root / "signup.yaml").read_text(), "idle_rule"))
+        edited = RuleSet.load(root, SCHEMA).version
+
+        def rescored_under_the_edit() -> bool:
+            with engine.connect() as conn:
+                return conn.scalar(select(RescoreRun.id).where(RescoreRun.selector == "rules_change",
+                                                               RescoreRun.rules_version == edited)) is not None
+
+        wait_for(rescored_under_the_edit, timeout=30)
+    finally:
+        server.terminate()
+        server.wait(30)
+        engine.dispose()
