@@ -554,18 +554,25 @@ def rules_test(rules_dir: str | None, verbose: bool) -> None:
 @click.option("--since", default="30d", show_default=True, help="window start: 30d, 12h, 2w or a date")
 @click.option("--until", default=None, help="window end (default now): a duration back from now or a date")
 @_RULES_OPTION
-@click.option("--limit-changed", default=20, show_default=True, type=int, help="accounts with a changed decision to list")
-@click.option("--batch-size", default=5000, show_default=True, type=int, help="evaluations read per query")
+@click.option("--limit-changed", default=20, show_default=True, type=click.IntRange(min=0),
+              help="accounts with a changed decision to list")
+@click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(min=1),
+              help="evaluations read per query")
 def rules_backtest(since: str, until: str | None, rules_dir: str | None, limit_changed: int, batch_size: int) -> None:
     """Replay stored live evaluations in the window through candidate rules and compare decisions."""
     from kyc.backtest import backtest, format_report, parse_since
     from kyc.db import make_engine
 
+    from kyc.models import utcnow
+
+    now = utcnow()                      # one clock for both ends
     try:
-        start = parse_since(since)
-        end = parse_since(until) if until else None
+        start = parse_since(since, now)
+        end = parse_since(until, now) if until else None
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    if end is not None and end <= start:
+        raise click.BadParameter(f"the window's end ({until}) must be after its start ({since})", param_hint="--until")
     ruleset = _load_rules(rules_dir)
     engine = make_engine(_config().database_url)
 

@@ -7,6 +7,7 @@ The table in README.md lists every setting; keep it in step with SETTINGS below.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from dataclasses import dataclass, field, fields
@@ -155,8 +156,8 @@ class Config:
         raw = {s.env: env.get(s.env, s.default) for s in SETTINGS}
         data_dir = _resolve(raw["KYC_DATA_DIR"])
 
-        def whole(name: str) -> int:
-            return _number(name, raw[name], int)
+        def whole(name: str, minimum: int = 0) -> int:
+            return _number(name, raw[name], int, minimum)
 
         def real(name: str) -> float:
             return _number(name, raw[name], float)
@@ -168,11 +169,11 @@ class Config:
             secret_key=b"",
             redis_url=raw["KYC_REDIS_URL"],
             dev_key=raw["KYC_DEV_KEY"],
-            graph_super_node_strong=whole("KYC_GRAPH_SUPER_NODE_STRONG"),
-            graph_super_node_weak=whole("KYC_GRAPH_SUPER_NODE_WEAK"),
+            graph_super_node_strong=whole("KYC_GRAPH_SUPER_NODE_STRONG", 1),
+            graph_super_node_weak=whole("KYC_GRAPH_SUPER_NODE_WEAK", 1),
             graph_rescore_sizes=tuple(sorted(_number("KYC_GRAPH_RESCORE_SIZES", v, int) for v in
                                              raw["KYC_GRAPH_RESCORE_SIZES"].split(",") if v.strip())),
-            max_body_bytes=whole("KYC_MAX_BODY_BYTES"),
+            max_body_bytes=whole("KYC_MAX_BODY_BYTES", 1),
             log_level=raw["KYC_LOG_LEVEL"].upper(),
             rules_poll_seconds=real("KYC_RULES_POLL_SECONDS"),
             redis_timeout_ms=whole("KYC_REDIS_TIMEOUT_MS"),
@@ -182,7 +183,7 @@ class Config:
             sender_url=raw["KYC_SENDER_URL"].strip(),
             sender_timeout_seconds=real("KYC_SENDER_TIMEOUT_SECONDS"),
             code_ttl_seconds=whole("KYC_CODE_TTL_SECONDS"),
-            code_max_attempts=whole("KYC_CODE_MAX_ATTEMPTS"),
+            code_max_attempts=whole("KYC_CODE_MAX_ATTEMPTS", 1),
             code_max_wrong_per_day=whole("KYC_CODE_MAX_WRONG_PER_DAY"),
             resend_interval_seconds=whole("KYC_RESEND_INTERVAL_SECONDS"),
             max_sends=whole("KYC_MAX_SENDS"),
@@ -195,7 +196,7 @@ class Config:
             geoip_anon_db=raw["KYC_GEOIP_ANON_DB"],
             rescore_daily_at=_time_of_day(raw["KYC_RESCORE_DAILY_AT"]),
             rules_watch_seconds=whole("KYC_RULES_WATCH_SECONDS"),
-            rescore_batch_size=whole("KYC_RESCORE_BATCH_SIZE"),
+            rescore_batch_size=whole("KYC_RESCORE_BATCH_SIZE", 1),
             bin_table=str(_resolve(raw["KYC_BIN_TABLE"])) if raw["KYC_BIN_TABLE"] else "",
             decision_webhook_url=raw["KYC_DECISION_WEBHOOK_URL"].strip(),
             decision_webhook_secret=raw["KYC_DECISION_WEBHOOK_SECRET"].strip(),
@@ -239,12 +240,17 @@ def _one_of(name: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def _number(name: str, value: str, kind: type) -> Any:
+def _number(name: str, value: str, kind: type, minimum: int = 0) -> Any:
+    """A numeric setting, at least `minimum` (no setting means anything below zero, and a count
+    such as a batch size below one would mean nothing done)."""
+    what = "a whole number" if kind is int else "a number"
     try:
-        return kind(value.strip())
+        number = kind(value.strip())
     except ValueError:
-        what = "a whole number" if kind is int else "a number"
         raise SettingError(f"{name} must be {what}, not {value!r}") from None
+    if not math.isfinite(number) or number < minimum:
+        raise SettingError(f"{name} must be {what} of at least {minimum}, not {value!r}")
+    return number
 
 
 def _flag(name: str, value: str) -> bool:
@@ -279,7 +285,8 @@ def _resolve(path: str, base: Path | None = None) -> Path:
 
 def _time_of_day(value: str) -> str:
     hour, _, minute = value.partition(":")
-    if not (hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60):
+    if not (hour.isascii() and hour.isdigit() and minute.isascii() and minute.isdigit()
+            and int(hour) < 24 and int(minute) < 60):
         raise SettingError(f"KYC_RESCORE_DAILY_AT must be HH:MM (UTC), got {value!r}")
     return f"{int(hour):02d}:{int(minute):02d}"
 

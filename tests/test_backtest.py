@@ -173,6 +173,19 @@ def test_backtest_command(history, tmp_path, monkeypatch):
     assert "decision changes: 2 evaluations; the first 2 accounts:" in result.stdout
 
 
+@pytest.mark.parametrize("options,refused", [
+    (["--batch-size", "0"], "--batch-size"), (["--batch-size", "-1"], "--batch-size"),
+    (["--limit-changed", "-3"], "--limit-changed"), (["--since", "2026-11-10", "--until", "2026-11-01"], "--until"),
+    (["--since", "7d", "--until", "7d"], "--until"),
+])
+def test_backtest_refuses_options_that_mean_nothing(tmp_path, monkeypatch, options, refused):
+    """A batch of no evaluations reported "0 live evaluations" (and -1 ended in a traceback); a
+    window ending before it starts silently reported nothing."""
+    monkeypatch.setenv("KYC_DATA_DIR", str(tmp_path))
+    result = CliRunner().invoke(main, ["rules", "backtest", *options])
+    assert result.exit_code == 2 and refused in result.output and "Traceback" not in result.output, result.output
+
+
 def test_parse_since():
     assert parse_since("30d", NOW) == NOW - timedelta(days=30)
     assert parse_since("12h", NOW) == NOW - timedelta(hours=12)

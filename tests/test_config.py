@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from concurrent.futures import ProcessPoolExecutor
 
-from kyc.config import Config
+from kyc.config import Config, SettingError
 
 
 def _secret(data_dir: str) -> bytes:
@@ -40,3 +45,24 @@ def test_generated_secret_is_the_same_for_every_process(tmp_path):
 def test_explicit_secret_wins(tmp_path):
     assert Config.from_env({"KYC_DATA_DIR": str(tmp_path), "KYC_SECRET_KEY": "abc"}).secret_key == b"abc"
     assert not (tmp_path / "secret.key").exists()
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.sampled_from(["KYC_RESCORE_BATCH_SIZE", "KYC_CODE_MAX_ATTEMPTS", "KYC_DORMANT_DAYS",
+                             "KYC_MAX_BODY_BYTES", "KYC_RULES_POLL_SECONDS", "KYC_RESCORE_DAILY_AT",
+                             "KYC_SENDER_TIMEOUT_SECONDS", "KYC_GRAPH_SUPER_NODE_STRONG"]),
+       value=st.one_of(st.text(max_size=12), st.integers(-10**6, 10**6).map(str),
+                       st.floats(allow_nan=True, allow_infinity=True).map(str)))
+def test_a_setting_is_usable_or_refused_naming_it(tmp_path_factory, name, value):
+    """Any text in a numeric setting gives a config within its range or a SettingError naming
+    the setting: never another exception, never a batch of no accounts or a negative wait."""
+    data_dir = tmp_path_factory.getbasetemp()
+    try:
+        config = Config.from_env({"KYC_DATA_DIR": str(data_dir), "KYC_SECRET_KEY": "k", name: value})
+    except SettingError as exc:
+        assert name in str(exc)
+        return
+    assert config.rescore_batch_size >= 1 and config.code_max_attempts >= 1 and config.max_body_bytes >= 1
+    assert config.graph_super_node_strong >= 1
+    assert config.dormant_days >= 0 and config.rules_poll_seconds >= 0 and config.sender_timeout_seconds >= 0
+    assert math.isfinite(config.rules_poll_seconds) and math.isfinite(config.sender_timeout_seconds)

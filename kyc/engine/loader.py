@@ -193,7 +193,7 @@ def load_list(path: Path, display: str | None = None) -> NamedList:
     if errors:
         raise RuleSetError(errors)
     texts = [value.casefold() if casefold else value for _number, value in entries]
-    if declared is None and texts and all(v.isdigit() for v in texts):
+    if declared is None and texts and all(v.isascii() and v.isdigit() for v in texts):   # ASCII: "²" is a digit to isdigit, not to int()
         return NamedList.of((int(v) for v in texts), casefold=False, kind="number", text_values=frozenset(texts))
     return NamedList.of(texts, casefold=casefold, kind="text")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kyc.engine import RuleSet, RuleSetError
 from kyc.signals import SCHEMA
@@ -165,3 +167,22 @@ def test_lists_fold_case_unless_declared_and_hold_numbers(tmp_path):
     assert load_list(tmp_path / "a.txt") == {"foo.com", "bar.com"}
     assert load_list(tmp_path / "b.txt") == {"Foo"}
     assert load_list(tmp_path / "c.txt") == {16509, 15169}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(st.one_of(st.text(st.characters(blacklist_categories=["Cs"]), max_size=8),
+                                st.sampled_from(["²", "٣", "16509", "# kyc: numbers", "# kyc: case-sensitive", "1.5"])),
+                      max_size=6))
+def test_any_list_file_loads_or_is_refused_as_a_rule_error(tmp_path, lines):
+    """A list is ops' text: whatever it holds loads or is refused naming file and line (a
+    superscript digit, a digit to str.isdigit but not to int(), crashed the loader)."""
+    from kyc.engine.loader import load_list
+
+    path = tmp_path / "any.txt"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    try:
+        values = load_list(path)
+    except RuleSetError as exc:
+        assert all(e.line >= 1 for e in exc.errors)
+        return
+    assert all(isinstance(v, (int, float, str)) for v in values)
