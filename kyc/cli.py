@@ -175,7 +175,7 @@ def _safe_url(url: str) -> str:
               help="serve this worker's Prometheus metrics on 127.0.0.1:PORT/metrics (0: off)")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
 def worker(burst: bool, with_scheduler: bool, metrics_port: int, metrics_host: str) -> None:
-    """Run an rq worker on KYC_REDIS_URL for the queues rescore and default."""
+    """Run an rq worker on KYC_REDIS_URL for the queues default and rescore (default first)."""
     from redis.exceptions import RedisError
     from rq import Queue, SimpleWorker
 

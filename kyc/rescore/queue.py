@@ -16,7 +16,9 @@ from typing import Any
 
 from kyc.config import Config
 
-QUEUES = ("rescore", "default")
+# A worker takes the first queue that holds a job: the schedules, webhooks and purges of
+# `default` are short and due now, and must not wait behind a large run's thousands of batches.
+QUEUES = ("default", "rescore")
 JOB_TIMEOUT = 1800                       # seconds; a batch of 500 takes well under a minute
 RETRY_INTERVALS = [10, 60, 300]          # backoff between the three retries of a failed job
 FAILURE_TTL = 30 * 24 * 3600             # failed jobs are kept a month for inspection

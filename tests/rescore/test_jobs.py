@@ -462,6 +462,22 @@ def test_plain_gunicorn_without_redis_runs_the_schedule_in_one_worker(tmp_path, 
         runtime.engine.dispose()
 
 
+def test_a_worker_takes_the_default_queue_before_rescore_batches(redis_db):
+    """Schedules, webhooks and purges are short and due now; a run of a million accounts is
+    thousands of batches. Rescore first, a decision webhook waited behind every batch."""
+    from rq import Queue, SimpleWorker
+
+    rescore_queue = Queue("rescore", connection=redis_db)
+    batches = [rescore_queue.enqueue("builtins.len", [n]) for n in range(5)]
+    due = Queue("default", connection=redis_db).enqueue("builtins.len", [0])
+    queues = [Queue(name, connection=redis_db) for name in rescore.queue.QUEUES]
+    SimpleWorker(queues, connection=redis_db).work(burst=True)
+    due.refresh()
+    for batch in batches:
+        batch.refresh()
+    assert due.ended_at < min(batch.started_at for batch in batches)
+
+
 def _lock_held(path: Path) -> bool:
     import fcntl
 
