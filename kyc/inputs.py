@@ -10,8 +10,8 @@ from typing import Annotated, Any
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints, ValidationInfo,
-                      field_validator)
+from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints, ValidationError,
+                      ValidationInfo, field_validator)
 
 Text = Annotated[StrictStr, Field(max_length=512)]
 ShortText = Annotated[StrictStr, Field(max_length=128)]
@@ -270,3 +270,32 @@ class AuditQuery(BaseModel):
     @classmethod
     def _time(cls, value):
         return parse_time(value) if isinstance(value, str) else value
+
+
+# --- refusals ---------------------------------------------------------------------------------
+
+def field_errors(exc: ValidationError, model: type[BaseModel] | None = None) -> dict[str, str]:
+    """The contract's `fields` of a validation error. An unknown field of a `model` that takes
+    free-form `metadata` (signups, payment methods) says where such data goes; elsewhere (activity
+    reports) there is no such place, and the message does not send the caller to one."""
+    takes_metadata = model is not None and "metadata" in model.model_fields
+    fields: dict[str, str] = {}
+    for err in exc.errors(include_url=False, include_input=False):
+        name = field_name(err["loc"])
+        if err["type"] == "extra_forbidden":
+            message = ("unknown field; free-form data goes in metadata" if takes_metadata and len(err["loc"]) == 1
+                       else "unknown field")
+        elif err["type"] == "missing":
+            message = "required"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+        fields.setdefault(name, message)
+    return fields
+
+
+def field_name(loc: tuple) -> str:
+    """A field's name in an error: dotted, list positions in brackets (reports[3].requests)."""
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
+    return name or "body"

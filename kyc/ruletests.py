@@ -28,8 +28,8 @@ from pydantic import ValidationError
 
 from kyc.engine import RuleSet, Schema
 from kyc.engine.compiler import difflib_close
-from kyc.engine.loader import SUBJECTS, RuleError, RuleSetError, _display, _Mapping, read_yaml
-from kyc.inputs import INPUTS
+from kyc.engine.loader import SUBJECTS, VERIFICATIONS, RuleError, RuleSetError, _display, _Mapping, read_yaml
+from kyc.inputs import INPUTS, field_errors
 from kyc.signals import COLLECTORS, Lookups, Signals
 from kyc.signals.geoip import open_geoip
 from kyc.store import WINDOWS, History, Key
@@ -135,6 +135,14 @@ def _check_case(raw: Any, display: str, stem: str, schema: Schema, errors: list[
         err("a case needs input or signals", None, "add input: {...} (a request body) or signals: {...}")
     if inp is not None and not isinstance(inp, dict):
         err("input is a mapping: the request body", "input", "e.g. input: {email: a@b.com, ip: 73.15.1.1}")
+    elif inp is not None and subject in SUBJECTS:
+        # The body as the API would take it (kyc.api.field_errors' words), so a typo is found here
+        # and not only when the case runs.
+        try:
+            INPUTS[subject].model_validate({"account_id": DEFAULT_ACCOUNT, **inp})
+        except ValidationError as exc:
+            for where, message in field_errors(exc, INPUTS[subject]).items():
+                err(f"input {where}: {message}", "input", "the input is a request body, as the API takes it")
     if signals is not None:
         _check_signals(signals, schema, lambda m, s: err(m, "signals", s))
     expect = raw.get("expect")
@@ -152,6 +160,13 @@ def _check_case(raw: Any, display: str, stem: str, schema: Schema, errors: list[
         for key in ("hits", "required_verifications"):
             if key in expect and not (isinstance(expect[key], list) and all(isinstance(v, str) for v in expect[key])):
                 err(f"expect.{key} is a list of names", None, f"e.g. {key}: []", expect.key_lines.get(key))
+            elif key == "required_verifications" and key in expect:
+                for kind in expect[key]:
+                    if kind not in VERIFICATIONS:
+                        close = difflib_close(kind, VERIFICATIONS)
+                        err(f"unknown verification '{kind}' in expect.{key}", None,
+                            f"did you mean {close}?" if close else f"one of {', '.join(VERIFICATIONS)}",
+                            expect.key_lines.get(key))
         if "score" in expect and (isinstance(expect["score"], bool) or not isinstance(expect["score"], int)):
             err("expect.score is a whole number", None, "e.g. score: 30", expect.key_lines.get("score"))
     if len(errors) > bad:

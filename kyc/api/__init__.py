@@ -16,6 +16,7 @@ from werkzeug.routing import PathConverter
 from kyc.api import guard
 from kyc.api.errors import ApiError, answer, invalid
 from kyc.errors import DomainError
+from kyc.inputs import field_errors
 from kyc.ops.keys import authenticate, may_call, roles_for
 from kyc.runtime import Runtime
 
@@ -137,33 +138,6 @@ def documented(summary: str, **operation: Any) -> Callable:
         return view
 
     return mark
-
-
-def field_errors(exc: ValidationError, model: type[BaseModel] | None = None) -> dict[str, str]:
-    """The contract's `fields` of a validation error. An unknown field of a `model` that takes
-    free-form `metadata` (signups, payment methods) says where such data goes; elsewhere (activity
-    reports) there is no such place, and the message does not send the caller to one."""
-    takes_metadata = model is not None and "metadata" in model.model_fields
-    fields: dict[str, str] = {}
-    for err in exc.errors(include_url=False, include_input=False):
-        name = field_name(err["loc"])
-        if err["type"] == "extra_forbidden":
-            message = ("unknown field; free-form data goes in metadata" if takes_metadata and len(err["loc"]) == 1
-                       else "unknown field")
-        elif err["type"] == "missing":
-            message = "required"
-        else:
-            message = err["msg"].removeprefix("Value error, ")
-        fields.setdefault(name, message)
-    return fields
-
-
-def field_name(loc: tuple) -> str:
-    """A field's name in an error: dotted, list positions in brackets (reports[3].requests)."""
-    name = ""
-    for part in loc:
-        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
-    return name or "body"
 
 
 def register(app: Flask) -> None:

@@ -113,3 +113,26 @@ def test_fields_prints_every_schema_field_and_function():
     assert "startswith(email.local" in result.stdout or "startswith(" in result.stdout
     markdown = run("fields", "--format", "markdown").stdout
     assert "| `email.disposable` | bool |" in markdown
+
+
+def test_check_finds_mistakes_in_a_case_s_input_and_expected_verifications(tmp_path):
+    """`kyc rules check` checks the cases too: a typo in an input (a request body the case
+    scores) or in an expected verification was only found by `test`, or never."""
+    root = rules_copy(tmp_path)
+    (root / "tests" / "bad.yaml").write_text(textwrap.dedent("""
+        - name: typo in the input
+          subject: signup
+          input: {emial: x7k2q9@mailinator.com, ip: 73.15.1.1}
+          expect: {decision: verify}
+        - name: typo in a verification
+          subject: signup
+          input: {email: x7k2q9@mailinator.com, ip: 73.15.1.1}
+          expect: {decision: verify, required_verifications: [phnoe]}
+    """))
+    result = run("check", "--rules", str(root))
+    assert result.exit_code == 1, result.output
+    assert ("rules/tests/bad.yaml:4: rule 'typo in the input': input emial: unknown field; free-form data goes in "
+            "metadata") in result.stderr
+    assert "rules/tests/bad.yaml:4: rule 'typo in the input': input email: required" in result.stderr
+    assert ("rule 'typo in a verification': unknown verification 'phnoe' in expect.required_verifications "
+            "(did you mean phone?)") in result.stderr

@@ -10,7 +10,7 @@ from flask import abort, flash, g, redirect, render_template, request, session, 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select
 
-from kyc.api import field_errors
+from kyc.inputs import field_errors
 from kyc.backtest import backtest, parse_since
 from kyc.engine import RuleSetError
 from kyc.graph import cluster_summary, member_link_kinds
