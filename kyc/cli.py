@@ -42,8 +42,9 @@ class _Group(click.Group):
     what to mend, not a traceback."""
 
     def invoke(self, ctx: click.Context):
-        from redis.exceptions import ConnectionError as RedisUnavailable, TimeoutError as RedisTimeout
-        from sqlalchemy.exc import OperationalError
+        from alembic.util.exc import CommandError
+        from redis.exceptions import ConnectionError as RedisUnavailable, ResponseError, TimeoutError as RedisTimeout
+        from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 
         from kyc.config import SettingError
         from kyc.runtime import NotMigrated
@@ -55,11 +56,14 @@ class _Group(click.Group):
             raise click.ClickException(str(exc)) from None
         except NotMigrated as exc:
             raise click.ClickException(f"{exc} (database {_safe_url(Config.from_env().database_url)})") from None
-        except OperationalError as exc:
+        except CommandError as exc:                 # alembic: e.g. an unknown --revision
+            raise click.ClickException(f"migrations: {exc}") from None
+        except (OperationalError, InterfaceError, ProgrammingError) as exc:
+            # ProgrammingError: refused before any statement, e.g. a bad parameter in the URL
             first = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
             raise click.ClickException(f"the database did not answer "
                                        f"({_safe_url(Config.from_env().database_url)}): {first}") from None
-        except (RedisUnavailable, RedisTimeout) as exc:
+        except (RedisUnavailable, RedisTimeout, ResponseError) as exc:
             raise click.ClickException(f"Redis did not answer (KYC_REDIS_URL): {exc}") from None
 
 

@@ -167,7 +167,7 @@ class Config:
             rules_dir=_resolve(raw["KYC_RULES_DIR"], base=PROJECT_ROOT),
             data_dir=data_dir,
             secret_key=b"",
-            redis_url=raw["KYC_REDIS_URL"],
+            redis_url=_redis_url(raw["KYC_REDIS_URL"].strip()),
             dev_key=raw["KYC_DEV_KEY"],
             graph_super_node_strong=whole("KYC_GRAPH_SUPER_NODE_STRONG", 1),
             graph_super_node_weak=whole("KYC_GRAPH_SUPER_NODE_WEAK", 1),
@@ -291,12 +291,39 @@ def _time_of_day(value: str) -> str:
     return f"{int(hour):02d}:{int(minute):02d}"
 
 
+# The databases kyc runs on (SQLite, PostgreSQL through psycopg 3), as SQLAlchemy names them.
+DATABASE_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql+psycopg")
+
+
 def _database_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        driver = make_url(url).drivername
+    except ArgumentError:
+        raise SettingError("KYC_DATABASE_URL is not a database URL: e.g. postgresql+psycopg://user@host:5432/kyc "
+                           "or sqlite:///var/kyc.db") from None
+    if driver in ("postgresql", "postgres"):
+        # The usual spelling of a PostgreSQL URL: kyc's driver is psycopg 3, which SQLAlchemy
+        # would not pick by itself (it would look for psycopg2, not installed).
+        driver = "postgresql+psycopg"
+        url = driver + url[url.index("://"):]
+    if driver not in DATABASE_DRIVERS:
+        scheme = "sqlite:///" if driver.startswith("sqlite") else "postgresql+psycopg://"
+        raise SettingError(f"KYC_DATABASE_URL names {driver}://, which kyc does not run on: "
+                           f"use {scheme}... (kyc runs on {', '.join(DATABASE_DRIVERS)})")
     # Relative SQLite paths are made absolute so that workers and the CLI agree on the file.
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
         path = Path.cwd() / url[len(prefix):]
         return prefix + str(path)
+    return url
+
+
+def _redis_url(url: str) -> str:
+    if url and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingError(f"KYC_REDIS_URL must start redis://, rediss:// or unix://, not {url.split('://')[0]}://")
     return url
 
 

@@ -158,3 +158,15 @@ def test_db_upgrade_to_an_older_revision_says_where_the_database_is(env):
     assert "database at head" in run(env, "db", "upgrade").stdout
     older = run(env, "db", "upgrade", "--revision", "0012").stdout
     assert "database at 0013 (past 0012: upgrade never goes back)" in older
+
+
+def test_an_unknown_revision_or_redis_db_ends_in_one_line(env):
+    unknown = run(env, "db", "upgrade", "--revision", "9999")
+    assert unknown.exit_code == 1 and "migrations: Can't locate revision identified by '9999'" in unknown.stderr
+    from tests.conftest import REDIS_URL, redis_connection
+
+    redis_connection()                  # the test Redis answers (else: skipped, or failed in CI)
+    beyond = REDIS_URL.rsplit("/", 1)[0] + "/99999"
+    no_such_db = CliRunner().invoke(main, ["jobs"], env={**env, "KYC_REDIS_URL": beyond})
+    assert no_such_db.exit_code == 1 and "DB index is out of range" in no_such_db.stderr
+    assert no_such_db.exception is None or isinstance(no_such_db.exception, SystemExit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -66,3 +67,18 @@ def test_a_setting_is_usable_or_refused_naming_it(tmp_path_factory, name, value)
     assert config.graph_super_node_strong >= 1
     assert config.dormant_days >= 0 and config.rules_poll_seconds >= 0 and config.sender_timeout_seconds >= 0
     assert math.isfinite(config.rules_poll_seconds) and math.isfinite(config.sender_timeout_seconds)
+
+
+def test_database_and_redis_urls_are_ones_kyc_runs_on(tmp_path):
+    def url(**env) -> str:
+        return Config.from_env({"KYC_DATA_DIR": str(tmp_path), "KYC_SECRET_KEY": "k", **env}).database_url
+
+    assert url(KYC_DATABASE_URL="postgres://kyc:pw@db:5432/kyc") == "postgresql+psycopg://kyc:pw@db:5432/kyc"
+    assert url(KYC_DATABASE_URL="postgresql://kyc@db/kyc") == "postgresql+psycopg://kyc@db/kyc"
+    for bad, says in [("garbage", "is not a database URL"), ("mysql://u:secret@db/kyc", "names mysql://"),
+                      ("postgresql+psycopg2://u@db/kyc", "names postgresql+psycopg2://")]:
+        with pytest.raises(SettingError, match="KYC_DATABASE_URL") as refused:
+            url(KYC_DATABASE_URL=bad)
+        assert says in str(refused.value) and "secret" not in str(refused.value)
+    with pytest.raises(SettingError, match="KYC_REDIS_URL must start redis://"):
+        url(KYC_REDIS_URL="http://127.0.0.1:6379")
