@@ -27,8 +27,8 @@ class Setting:
 # The single source of truth for configuration: name, default, meaning.
 SETTINGS: tuple[Setting, ...] = (
     Setting("KYC_DATABASE_URL", "",
-            "SQLAlchemy URL: postgresql+psycopg://user@host/db, or sqlite:///path. Empty: the embedded "
-            "SQLite file KYC_DATA_DIR/kyc.db."),
+            "SQLAlchemy URL: postgresql+psycopg://user@host/db (postgres:// and postgresql:// are taken as "
+            "psycopg 3), or sqlite:///path. Empty: the embedded SQLite file KYC_DATA_DIR/kyc.db."),
     Setting("KYC_RULES_DIR", "rules", "Directory of rule files, lists and rule tests."),
     Setting("KYC_RULES_POLL_SECONDS", "2",
             "How often each `kyc serve` process checks the rule files for changes and reloads them "
