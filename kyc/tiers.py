@@ -10,6 +10,8 @@ rescoring is seen by the very next call.
 
 from __future__ import annotations
 
+import re
+
 import hashlib
 import threading
 from collections import OrderedDict
@@ -94,6 +96,10 @@ def load_tiers(root: Path, schema: Schema, lists: dict[str, frozenset]) -> TierP
     return TierPolicy(tiers)
 
 
+_TIER_ID = re.compile(r"[a-z][a-z0-9_]*")          # ASCII: ids travel in URLs and gateway configs
+MAX_QUOTA = 2**53 - 1                               # the largest integer a gateway's JSON holds exactly
+
+
 def _check_tier(raw: Any, display: str, schema: Schema, lists: dict[str, frozenset], seen: dict[str, Tier],
                 errors: list[RuleError]) -> Tier | None:
     if not isinstance(raw, _Mapping):
@@ -110,8 +116,8 @@ def _check_tier(raw: Any, display: str, schema: Schema, lists: dict[str, frozens
         if key not in TIER_KEYS:
             close = difflib_close(str(key), TIER_KEYS)
             err(f"unknown key '{key}'", key, f"did you mean {close}?" if close else f"keys: {', '.join(TIER_KEYS)}")
-    if not isinstance(tier_id, str) or not tier_id or not tier_id.replace("_", "").isalnum() or not tier_id.islower():
-        err("id must be lower_snake_case text", "id")
+    if not isinstance(tier_id, str) or not _TIER_ID.fullmatch(tier_id):
+        err("id must be lower_snake_case text (a-z, 0-9, _; a letter first)", "id")
     elif tier_id in seen:
         err("duplicate tier id", "id")
     description = raw.get("description")
@@ -125,8 +131,8 @@ def _check_tier(raw: Any, display: str, schema: Schema, lists: dict[str, frozens
         if key not in QUOTA_KEYS:
             close = difflib_close(str(key), QUOTA_KEYS)
             err(f"unknown quota '{key}'", "quota", f"did you mean {close}?" if close else f"one of {', '.join(QUOTA_KEYS)}")
-        elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            err(f"quota {key} must be a whole number, 0 or more", "quota")
+        elif isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_QUOTA:
+            err(f"quota {key} must be a whole number from 0 to {MAX_QUOTA}", "quota")
     requires = raw.get("requires", [])
     if not isinstance(requires, list) or any(r not in VERIFICATIONS for r in requires):
         err(f"requires lists verifications: {', '.join(VERIFICATIONS)}", "requires")

@@ -307,3 +307,22 @@ def test_at_evaluates_the_check_as_of_that_time(runtime, client, auth, tmp_path)
     for bad in ("yesterday", "2026-11-09", "2026-11-09T12:00:00"):
         refused = check(bad)
         assert refused.status_code == 400 and "at" in refused.json["error"]["fields"], refused.json
+
+
+@pytest.mark.parametrize("tier_id,quota,refused", [
+    ("prémium", 10, "id must be lower_snake_case"), ("Gold", 10, "id must be lower_snake_case"),
+    ("9gold", 10, "id must be lower_snake_case"), ("gold tier", 10, "id must be lower_snake_case"),
+    ("gold", 10**26, "quota requests_per_day must be a whole number from 0 to 9007199254740991"),
+])
+def test_a_tier_id_is_ascii_snake_case_and_a_quota_a_json_exact_number(tmp_path, tier_id, quota, refused):
+    """Tier ids travel in URLs (?tier=) and gateway configs; a quota beyond 2^53 - 1 is no
+    longer exact in a gateway's JSON."""
+    root = _rules_copy(tmp_path, f"""\
+- id: {tier_id}
+  description: A tier
+  quota: {{requests_per_day: {quota}}}
+  max_decision: allow
+""")
+    with pytest.raises(RuleSetError) as caught:
+        load_tiers(root, SCHEMA, {})
+    assert refused in str(caught.value)
