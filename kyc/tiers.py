@@ -10,9 +10,8 @@ rescoring is seen by the very next call.
 
 from __future__ import annotations
 
-import re
-
 import hashlib
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
