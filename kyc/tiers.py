@@ -11,7 +11,6 @@ rescoring is seen by the very next call.
 from __future__ import annotations
 
 import hashlib
-import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from sqlalchemy.engine import Connection
 
 from kyc.engine import CompiledConditions, Condition, RuleError, RuleSetError, compile_conditions
 from kyc.engine.compiler import difflib_close
-from kyc.engine.loader import ACTIONS, VERIFICATIONS, _Mapping, read_yaml
+from kyc.engine.loader import ACTIONS, ID, VERIFICATIONS, _Mapping, read_yaml
 from kyc.engine.schema import Schema
 from kyc.errors import NotFound
 from kyc.models import Account, ActivityDay, Evaluation, Verification
@@ -95,7 +94,6 @@ def load_tiers(root: Path, schema: Schema, lists: dict[str, frozenset]) -> TierP
     return TierPolicy(tiers)
 
 
-_TIER_ID = re.compile(r"[a-z][a-z0-9_]*")          # ASCII: ids travel in URLs and gateway configs
 MAX_QUOTA = 2**53 - 1                               # the largest integer a gateway's JSON holds exactly
 
 
@@ -115,8 +113,8 @@ def _check_tier(raw: Any, display: str, schema: Schema, lists: dict[str, frozens
         if key not in TIER_KEYS:
             close = difflib_close(str(key), TIER_KEYS)
             err(f"unknown key '{key}'", key, f"did you mean {close}?" if close else f"keys: {', '.join(TIER_KEYS)}")
-    if not isinstance(tier_id, str) or not _TIER_ID.fullmatch(tier_id):
-        err("id must be lower_snake_case text (a-z, 0-9, _; a letter first)", "id")
+    if not isinstance(tier_id, str) or not ID.fullmatch(tier_id):
+        err("id must be lower_snake_case text (a-z, 0-9, _), at most 64 characters", "id")
     elif tier_id in seen:
         err("duplicate tier id", "id")
     description = raw.get("description")

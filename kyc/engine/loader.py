@@ -23,7 +23,8 @@ ACTIONS = ("allow", "verify", "review", "block")
 VERIFICATIONS = ("email", "phone", "payment", "document")
 MODES = ("active", "shadow")
 RULE_KEYS = ("id", "description", "when", "score", "action", "requires", "mode", "enabled", "tags")
-_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# A rule's or a tier's id: lower_snake_case ASCII (ids travel in URLs, reasons and configs).
+ID = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -238,10 +239,10 @@ def _check_rule(raw: Any, display: str, seen: dict[str, int], errors: list[RuleE
             err(f"unknown key '{key}'", key, f"did you mean {close}?" if close else f"keys: {', '.join(RULE_KEYS)}")
     if "id" not in raw:
         err("the rule has no id", None, "add id: some_name (lower_snake_case, unique in the file)")
-    elif not isinstance(rule_id, str) or not _ID.match(rule_id):
+    elif not isinstance(rule_id, str) or not ID.fullmatch(rule_id):
         suggestion = re.sub(r"[^a-z0-9_]+", "_", str(rule_id).lower()).strip("_")[:64] or "some_name"
         err("id must be lower_snake_case text (a-z, 0-9, _), at most 64 characters", "id",
-            f"did you mean {suggestion}?" if _ID.match(suggestion) else "write it like disposable_email")
+            f"did you mean {suggestion}?" if ID.fullmatch(suggestion) else "write it like disposable_email")
     elif rule_id in seen:
         err(f"duplicate rule id (first defined on line {seen[rule_id]})", "id",
             "give each rule its own id, or delete one of the two")
