@@ -162,16 +162,21 @@ class BacktestReport:
         return self.evaluations / self.seconds if self.seconds else 0.0
 
 
+REPLAYED = ("live", "usage")            # the evaluations a backtest replays (kyc.scoring.pipeline.AGAIN)
+
+
 def backtest(engine: Engine, rules: RuleSet, since: datetime, until: datetime | None = None, *,
              limit_changed: int = 20, batch_size: int = 5000,
              progress: Callable[[int, int, float], None] | None = None) -> BacktestReport:
-    """Replay live evaluations with since <= occurred_at < until through `rules`."""
+    """Replay live evaluations with since <= occurred_at < until through `rules`: those made
+    as events came (trigger "live") and those usage reports made (trigger "usage": a usage rule
+    acts there), not the rescores, which repeat them."""
     until = until or datetime.now(timezone.utc)
     report = BacktestReport(since, until, rules.version)
     for subject, compiled in rules.subjects.items():
         for rule in compiled.rules:
             report.rules[(subject, rule.id)] = RuleStats(subject, rule.id, rule.mode)
-    window = (Evaluation.trigger == "live", Evaluation.occurred_at >= since, Evaluation.occurred_at < until)
+    window = (Evaluation.trigger.in_(REPLAYED), Evaluation.occurred_at >= since, Evaluation.occurred_at < until)
     query = (
         select(Evaluation.occurred_at, Evaluation.id, Evaluation.account_id, Evaluation.subject,
                # As text, decoded here with orjson: JSON decoding is most of the cost of a row.

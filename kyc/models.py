@@ -86,7 +86,7 @@ class Evaluation(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     subject: Mapped[str] = mapped_column(String(32))          # signup | payment_method
-    trigger: Mapped[str] = mapped_column(String(32))          # live | rescore
+    trigger: Mapped[str] = mapped_column(String(32))          # live | rescore | usage (kyc.scoring.pipeline.AGAIN)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     input: Mapped[dict[str, Any]] = mapped_column(JSON)

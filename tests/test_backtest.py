@@ -193,3 +193,21 @@ def test_parse_since():
     assert parse_since("2026-11-01", NOW) == datetime(2026, 11, 1, tzinfo=timezone.utc)
     with pytest.raises(ValueError, match="30d"):
         parse_since("last month", NOW)
+
+
+def test_a_backtest_replays_what_usage_reports_re_evaluated(client, auth, runtime):
+    """A usage rule acts when the gateway's report re-evaluates an account: those evaluations
+    are replayed too (trigger "usage"), so ops see a usage rule's hits and its account's score
+    in the ranking, not 0 hits and a miss."""
+    from tests.conftest import signup
+
+    body = signup(account_id="bt_heavy", occurred_at=(NOW - timedelta(days=3)).isoformat())
+    assert client.post("/v1/signups", json=body, headers=auth).json["decision"] == "allow"
+    report = {"occurred_at": (NOW - timedelta(days=2)).isoformat(), "requests": 500_000, "tier": "free"}
+    answer = client.post("/v1/accounts/bt_heavy/activity", json=report, headers=auth).json
+    assert answer["reevaluated"] and answer["decision"] == "review"
+    assert client.post("/v1/accounts/bt_heavy/labels", json={"label": "fraud"}, headers=auth).status_code in (200, 201)
+    replayed = backtest(runtime.engine, runtime.rules, NOW - timedelta(days=30), NOW + timedelta(days=1))
+    assert replayed.rules[("signup", "usage_far_beyond_quota")].hits == 1
+    assert replayed.outcomes["bt_heavy"][2] == "review"
+    assert replayed.matrix[("review", "review")] >= 1

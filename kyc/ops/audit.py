@@ -2,7 +2,7 @@
 
 Actions:
     decision.changed   the rules changed an account's decision (actor "rules:<version>"; detail:
-                       old, new, trigger live|rescore)
+                       old, new, trigger live|rescore|usage)
     account.reviewed   a person decided an account (actor "key:<name>"; outcome, note, old, new)
     account.labeled    a label (fraud | legit) and the decision change it made
     cluster.action     block | review | release of every member of a cluster: one event, with

@@ -241,8 +241,10 @@ def _batch_result(batch: RescoreBatch) -> dict[str, Any]:
             "escalated": batch.escalated, "held": batch.held, "missing": batch.missing}
 
 
-def rescore_chunk(runtime: Runtime, session: Session, ids: list[str], rules: RuleSet) -> dict[str, Any]:
+def rescore_chunk(runtime: Runtime, session: Session, ids: list[str], rules: RuleSet,
+                  trigger: str = "rescore") -> dict[str, Any]:
     """Rescore accounts in the caller's transaction through the one pipeline; tally old -> new.
+    `trigger`: what the evaluations are marked (kyc.scoring.pipeline.AGAIN).
 
     What the pipeline reads about the accounts is read for the whole chunk first (read_chunk),
     so scoring them reads nothing per account and one flush writes them all.
@@ -258,7 +260,7 @@ def rescore_chunk(runtime: Runtime, session: Session, ids: list[str], rules: Rul
             missing += 1
             continue
         old = account.decision
-        evaluations = rescore_account(runtime, session, account_id, rules=rules, chunk=chunk)
+        evaluations = rescore_account(runtime, session, account_id, rules=rules, chunk=chunk, trigger=trigger)
         new = account.decision
         if any(e.settlement.held for e in evaluations):
             held += 1
@@ -268,7 +270,7 @@ def rescore_chunk(runtime: Runtime, session: Session, ids: list[str], rules: Rul
             log.info("rescore escalated account=%s %s -> %s rules=%s", account_id, old, new, rules.version[:19])
         changes[f"{old}>{new}"] += 1
         if old != new:
-            decision_changes.append(decisions.by_rules(account, old, rules.version, "rescore"))
+            decision_changes.append(decisions.by_rules(account, old, rules.version, trigger))
     chunk.write(session)
     decisions.record(runtime, session, decision_changes)
     return {"changes": changes, "escalated": escalated, "held": held, "missing": missing}

@@ -37,6 +37,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("kyc.scoring")
 
 
+# What an evaluation was made for (evaluations.trigger): "live", an event as it came (a signup,
+# a card; a backfilled one too); the others score an account again, reading its facts as of now:
+# "rescore" (rules, cluster or verifications changed) and "usage" (a usage report made it
+# riskier; the backtest replays these with the live ones, kyc.backtest).
+AGAIN = ("rescore", "usage")
+
+
 def score(runtime: Runtime, session: Session, subject: str, inp: SignupInput | PaymentMethodInput, *,
           trigger: str = "live", at: datetime | None = None, rules: RuleSet | None = None, record: bool = True,
           view: AccountView | None = None) -> EvaluationRecord:
@@ -63,7 +70,7 @@ def score(runtime: Runtime, session: Session, subject: str, inp: SignupInput | P
     # Account facts describe the account now when it is rescored (a wake-up is why it is),
     # and as of the event for a live or backfilled input. They include the verifications
     # completed, which satisfy verify rules (see RuleSet.evaluate).
-    facts_at = max(at, utcnow()) if trigger == "rescore" else at
+    facts_at = max(at, utcnow()) if trigger in AGAIN else at
     account_facts = account_signals(
         at if created else account.first_seen_at, facts_at, view.dormancy, runtime.config.dormant_days,
         frozenset() if created else verified_kinds(view.verified, account.subjects))
@@ -75,9 +82,9 @@ def score(runtime: Runtime, session: Session, subject: str, inp: SignupInput | P
     signals["account"] = account_facts
     # Usage as of the event for a live or backfilled input; a rescore reads the account's
     # latest day of usage as of its latest report (what a report re-evaluates it for).
-    usage_day = view.usage_day(session, None if trigger == "rescore" else at.date())
+    usage_day = view.usage_day(session, None if trigger in AGAIN else at.date())
     if usage_day is not None:
-        usage_at = usage_day["last_at"] if trigger == "rescore" else at
+        usage_at = usage_day["last_at"] if trigger in AGAIN else at
         signals["usage"] = usage_facts(runtime, session, account.id, usage_day, usage_at, account.first_seen_at)
     policy = graph.Policy.from_config(runtime.config)
     # Traits describe the registration: a card added later from another network must not reset
@@ -87,7 +94,7 @@ def score(runtime: Runtime, session: Session, subject: str, inp: SignupInput | P
     attachment = view.attach(session, policy, at, new_event, flags)
     cluster = attachment.cluster
     graph.settle_flags(session, policy, attachment, flags)
-    signals["graph"] = graph_signals(graph.cluster_facts(session, attachment, at, as_of_newest=trigger == "rescore"),
+    signals["graph"] = graph_signals(graph.cluster_facts(session, attachment, at, as_of_newest=trigger in AGAIN),
                                      at)
     outcome = evaluate(rules, subject, signals)
     metrics.evaluated(subject, trigger, outcome.decision, outcome.reasons, signal_seconds)
@@ -116,10 +123,12 @@ def score(runtime: Runtime, session: Session, subject: str, inp: SignupInput | P
 
 
 def rescore_account(runtime: Runtime, session: Session, account_id: str, *, rules: RuleSet | None = None,
-                    chunk: Chunk | None = None, skip: str | None = None) -> list[EvaluationRecord]:
+                    chunk: Chunk | None = None, skip: str | None = None, trigger: str = "rescore"
+                    ) -> list[EvaluationRecord]:
     """Score again the latest input of each subject of an account, with current rules and history.
 
-    Each new evaluation is marked trigger="rescore" and keeps the original event time. `chunk`:
+    Each new evaluation is marked `trigger` (one of AGAIN: "rescore", or "usage" when a usage
+    report re-evaluates it) and keeps the original event time. `chunk`:
     the account is one of a chunk read by read_chunk (which holds its account and inputs).
     `skip`: a slot left as it is (the evaluation just made, which asked for the others).
     """
@@ -150,7 +159,7 @@ def rescore_account(runtime: Runtime, session: Session, account_id: str, *, rule
                         evaluation_id)
             continue
         inp = INPUTS[subject].model_validate(original.input)
-        results.append(score(runtime, session, subject, inp, trigger="rescore", at=original.occurred_at,
+        results.append(score(runtime, session, subject, inp, trigger=trigger, at=original.occurred_at,
                              rules=rules, record=False, view=chunk.view(account_id) if chunk else None))
     return results
 

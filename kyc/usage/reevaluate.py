@@ -90,7 +90,7 @@ def reevaluate(runtime: Runtime, session: Session, account_ids: list[str]) -> di
     if not account_ids:
         return {}
     rules = runtime.rules
-    rescore_chunk(runtime, session, account_ids, rules)
+    rescore_chunk(runtime, session, account_ids, rules, trigger="usage")
     for account_id, cluster_id in session.execute(_CLUSTERS, {"ids": account_ids}).all():
         after_commit(session).ask_rescore(clusters=[cluster_id])
         after_commit(session).hand_over(runtime, exclude=account_id)

@@ -57,7 +57,7 @@ def test_activity_after_dormancy_is_a_signal_and_rescores(client, auth, runtime,
     evaluations = _evaluations(runtime)
     assert len(evaluations) == before + 1
     rescored = evaluations[-1]
-    assert rescored.trigger == "rescore"
+    assert rescored.trigger == "usage"           # a usage report re-evaluated it (kyc.scoring.pipeline.AGAIN)
     assert rescored.signals["account"]["woke_up"] is True and rescored.signals["account"]["dormant_days"] == 54
     assert client.get("/v1/accounts/acct_1", headers=auth).json["state_version"] > version
     high = client.get("/v1/accounts/acct_1/entitlement?tier=high_volume", headers=auth).json

@@ -34,7 +34,7 @@ def test_a_report_far_over_quota_changes_the_decision_and_the_entitlement_at_onc
                          json={"occurred_at": "2026-10-02T10:00:00Z", "requests": 50000}).json
     assert answer["decision"] == "review" and answer["reevaluated"] is True
     latest = _evaluations(runtime, "acct_1")[-1]
-    assert latest.trigger == "rescore" and latest.subject == "signup"
+    assert latest.trigger == "usage" and latest.subject == "signup"
     assert latest.signals["usage"]["quota_ratio"] == 50.0 and latest.signals["usage"]["tier"] == "free"
     assert [r["rule"] for r in latest.reasons] == ["usage_far_beyond_quota"]
     entitled = client.get("/v1/accounts/acct_1/entitlement?tier=free", headers=auth).json
