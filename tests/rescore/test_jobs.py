@@ -365,9 +365,10 @@ def test_in_process_schedule_rescores_after_a_rules_change(database_url, make_co
     rt = Runtime.start(config, migrate=False)
     ids = seed(rt, 4)
     schedule = rescore.schedule.InProcessSchedule.start_once(rt)
+    assert schedule.holding.wait(10)
+    # Offered once the first holds the lock (offered at once, either thread could win it).
     other = rescore.schedule.InProcessSchedule.start_once(rt)           # another process's offer
     try:
-        assert schedule.holding.wait(10)
         assert not other.holding.wait(2 * other.LOCK_RETRY_SECONDS)    # one schedule per data dir
         other.stop()
         other.join(10)
