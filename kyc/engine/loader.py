@@ -79,21 +79,43 @@ class _LineLoader(yaml.SafeLoader):
     pass
 
 
+_MERGE = "tag:yaml.org,2002:merge"
+
+
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Mapping:
+    # The keys written here, before a merge key (`<<: *base`) adds the base's: only these can
+    # be given twice; a key that overrides a merged one is not a duplicate.
+    own = [(k, v) for k, v in node.value if k.tag != _MERGE]
     mapping = _Mapping(loader.construct_mapping(node, deep=True))
     mapping.line = node.start_mark.line + 1
     mapping.key_lines, mapping.duplicate_keys = {}, []
-    for key_node, value_node in node.value:
-        key = key_node.value
-        if key in mapping.key_lines:
-            mapping.duplicate_keys.append((key, key_node.start_mark.line + 1))
+    merged = [(k, v) for k, v in node.value if (k, v) not in own]
+    for key_node, value_node in merged + own:
         # A block scalar (`when: >-` / `when: |`) starts its text on the next line.
         block = isinstance(value_node, yaml.ScalarNode) and value_node.style in ("|", ">")
-        mapping.key_lines[key] = value_node.start_mark.line + 1 + block
+        mapping.key_lines[key_node.value] = value_node.start_mark.line + 1 + block
+    seen: set = set()
+    for key_node, _ in own:
+        if key_node.value in seen:
+            mapping.duplicate_keys.append((key_node.value, key_node.start_mark.line + 1))
+        seen.add(key_node.value)
     return mapping
 
 
+# YAML 1.1 reads 030 as 24 (base 8) and 1:30 as 90 (base 60): never what a rule's author meant.
+_SURPRISING_INT = re.compile(r"[-+]?0[0-9_]+|[-+]?0o[0-7_]+|[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+")
+
+
+def _construct_int(loader: _LineLoader, node: yaml.ScalarNode) -> int:
+    if _SURPRISING_INT.fullmatch(node.value):
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{node.value} would be read as a number in base 8 or 60 (YAML 1.1): write it without "
+            "leading zeros or colons, or quote it", node.start_mark)
+    return loader.construct_yaml_int(node)
+
+
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_LineLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def read_text(path: Path, display: str) -> str:

@@ -235,3 +235,31 @@ def test_every_mistake_in_every_file_is_reported_at_once(tmp_path):
     with pytest.raises(RuleSetError) as info:
         RuleSet.load(write_rules(tmp_path / "rules", signup), SCHEMA)
     assert sorted((e.line, e.rule_id) for e in info.value.errors) == [(9, "second"), (15, "third"), (17, "third")]
+
+
+@pytest.mark.parametrize("score", ["030", "1:30", "0_30", "-07"])
+def test_a_number_yaml_would_read_in_base_8_or_60_is_refused(tmp_path, score):
+    """YAML 1.1 reads `score: 030` as 24 and `1:30` as 90: ops meant 30 and 130, or a time."""
+    text = RULE.replace("score: 10", f"score: {score}")
+    error = one_error(write_rules(tmp_path / "rules", text))
+    assert (error.file, error.line) == ("rules/signup.yaml", 4)
+    assert "base 8 or 60" in error.message
+
+
+def test_a_rule_may_share_its_keys_through_a_yaml_merge_key(tmp_path):
+    """`<<: *base` gives a rule the keys of another; its own `id` and `when` are not duplicates."""
+    text = """\
+- &base
+  id: first
+  description: a fine rule
+  when: email.disposable
+  score: 10
+  action: review
+- <<: *base
+  id: second
+  when: email.free
+"""
+    rules = RuleSet.load(write_rules(tmp_path / "rules", text), SCHEMA).subjects["signup"].rules
+    assert [(r.id, r.when, r.score, r.action) for r in rules] == [
+        ("first", "email.disposable", 10, "review"), ("second", "email.free", 10, "review")]
+    assert rules[1].line == 9                  # its own when:, not the base's
