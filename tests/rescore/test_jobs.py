@@ -527,6 +527,7 @@ def test_after_sighup_a_new_worker_takes_the_schedule_over(tmp_path):
 
 
 def _worker_pids(parent: int) -> set[int]:
+    """The processes whose parent is `parent` (read from /proc)."""
     return {int(p) for p in os.listdir("/proc") if p.isdigit() and _parent_of(p) == parent}
 
 

@@ -21,8 +21,8 @@ import kyc.rescore.runs
 import kyc.rescore.schedule
 from kyc import rescore
 from kyc.models import RescoreBatch, RescoreRun
-from tests.rescore.test_jobs import (kyc_command, pg_url, queued_runtime, redis_db, rescore_evaluations,  # noqa: F401
-                             rules_dir, seed, worker_env)
+from tests.rescore.test_jobs import (_worker_pids, kyc_command, pg_url, queued_runtime, redis_db,  # noqa: F401
+                                    rescore_evaluations, rules_dir, seed, worker_env)
 
 
 def _wait_for(predicate, seconds: float, what: str):
@@ -187,20 +187,6 @@ def test_an_idle_worker_stops_on_sigterm(queued_runtime, redis_db):
         _kill(worker)
 
 
-def _children(pid: int) -> set[int]:
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.add(int(entry))
-    return found
-
-
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -215,7 +201,7 @@ def test_a_worker_killed_with_sigkill_takes_its_scheduler_child_with_it(queued_r
     transaction's connection open (its row locks held, the batch never taken over) and the port."""
     worker = _start_worker(queued_runtime)
     try:
-        (child,) = _wait_for(lambda: _children(worker.pid), 60, "rq's scheduler child")
+        (child,) = _wait_for(lambda: _worker_pids(worker.pid), 60, "rq's scheduler child")
         os.kill(worker.pid, signal.SIGKILL)           # the worker alone, not its process group
         worker.wait(10)
         _wait_for(lambda: not _alive(child), 10, "the child gone with its parent")
