@@ -75,6 +75,10 @@ class _Mapping(dict):
     duplicate_keys: list[tuple[str, int]]
 
 
+class _Sequence(list):
+    lines: list[int]                 # each item's line (a scalar item cannot carry its own)
+
+
 class _LineLoader(yaml.SafeLoader):
     pass
 
@@ -114,7 +118,14 @@ def _construct_int(loader: _LineLoader, node: yaml.ScalarNode) -> int:
     return loader.construct_yaml_int(node)
 
 
+def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> _Sequence:
+    sequence = _Sequence(loader.construct_sequence(node, deep=True))
+    sequence.lines = [item.start_mark.line + 1 for item in node.value]
+    return sequence
+
+
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 _LineLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
@@ -238,10 +249,11 @@ def _display(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _check_rule(raw: Any, display: str, seen: dict[str, int], errors: list[RuleError]) -> Rule | None:
+def _check_rule(raw: Any, display: str, seen: dict[str, int], errors: list[RuleError], item_line: int = 1
+                ) -> Rule | None:
     """A Rule from one YAML mapping, or None after appending what is wrong with it to errors."""
     if not isinstance(raw, _Mapping):
-        errors.append(RuleError(display, getattr(raw, "line", 1), None, "each rule is a mapping (id:, when:, ...)",
+        errors.append(RuleError(display, item_line, None, "each rule is a mapping (id:, when:, ...)",
                                 "start each rule with '- id: some_name' and indent its keys under it"))
         return None
     rule_id = raw.get("id")
@@ -327,8 +339,8 @@ def compile_rule_file(path: Path, subject: str, schema: Schema, lists: dict[str,
     rules: list[Rule] = []
     disabled: list[Rule] = []
     conditions: list[str] = []
-    for raw in data:
-        rule = _check_rule(raw, display, seen, errors)
+    for raw, item_line in zip(data, getattr(data, "lines", [1] * len(data))):
+        rule = _check_rule(raw, display, seen, errors, item_line)
         if rule is None:
             _check_condition_anyway(raw, display, scratch, errors)
             continue

@@ -263,3 +263,8 @@ def test_a_rule_may_share_its_keys_through_a_yaml_merge_key(tmp_path):
     assert [(r.id, r.when, r.score, r.action) for r in rules] == [
         ("first", "email.disposable", 10, "review"), ("second", "email.free", 10, "review")]
     assert rules[1].line == 9                  # its own when:, not the base's
+
+
+def test_an_item_that_is_not_a_rule_is_named_at_its_line(tmp_path):
+    error = one_error(write_rules(tmp_path / "rules", RULE + "- just_a_string_rule\n"))
+    assert (error.line, error.message) == (6, "each rule is a mapping (id:, when:, ...)")
