@@ -25,7 +25,7 @@ def test_the_cluster_s_usage_is_read_with_the_account_s(client, auth, runtime):
     a, b = _linked(client, auth, 2)
     for account, n in ((a, 300), (b, 500)):
         client.post(f"/v1/accounts/{account}/activity", headers=auth,
-                    json={"occurred_at": "2026-09-03T10:05:00Z", "requests": n, "tier": "free"})
+                    json={"occurred_at": "2026-09-03T10:00:00Z", "requests": n, "tier": "free"})
     client.post(f"/v1/accounts/{b}/activity", headers=auth,
                 json={"occurred_at": "2026-09-03T10:10:00Z", "requests": 20000, "tier": "free"})
     with runtime.session() as s:
