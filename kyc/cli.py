@@ -566,7 +566,6 @@ def rules_backtest(since: str, until: str | None, rules_dir: str | None, limit_c
     """Replay stored live evaluations in the window through candidate rules and compare decisions."""
     from kyc.backtest import backtest, format_report, parse_since
     from kyc.db import make_engine
-
     from kyc.models import utcnow
 
     now = utcnow()                      # one clock for both ends
