@@ -136,7 +136,7 @@ def _check_case(raw: Any, display: str, stem: str, schema: Schema, errors: list[
     if inp is not None and not isinstance(inp, dict):
         err("input is a mapping: the request body", "input", "e.g. input: {email: a@b.com, ip: 73.15.1.1}")
     elif inp is not None and subject in SUBJECTS:
-        # The body as the API would take it (kyc.api.field_errors' words), so a typo is found here
+        # The body as the API would take it (in field_errors' words), so a typo is found here
         # and not only when the case runs.
         try:
             INPUTS[subject].model_validate({"account_id": DEFAULT_ACCOUNT, **inp})
