@@ -110,12 +110,12 @@ def load_policy(root: Path) -> tuple[RuleSet, TierPolicy]:
         tiers = load_tiers(root, SCHEMA, rules.lists)
     except RuleSetError as exc:
         raise RuleSetError(errors + exc.errors) from None
-    held = {f"{s}.yaml": len(c.rules) + len(c.disabled) for s, c in rules.subjects.items()}
-    held["tiers.yaml"] = len(tiers.tiers)
-    errors += [RuleError(f"{root.name}/{name}", 1, None, f"holds no {what}: kyc would serve none",
-                         f"restore its {what}" + (" (switch one off with `enabled: false`)" if what == "rules" else ""))
-               for name, what in ((n, "tiers" if n == "tiers.yaml" else "rules") for n in WHOLE_FOLDER)
-               if (root / name).is_file() and not held.get(name)]
+    empty = [f"{s}.yaml" for s, c in rules.subjects.items() if not c.rules and not c.disabled]
+    errors += [RuleError(f"{root.name}/{name}", 1, None, "holds no rules: kyc would serve none",
+                         "restore its rules (switch one off with `enabled: false`)") for name in empty]
+    if (root / "tiers.yaml").is_file() and not tiers.tiers:
+        errors.append(RuleError(f"{root.name}/tiers.yaml", 1, None, "holds no tiers: kyc would serve none",
+                                "restore its tiers"))
     if errors:
         raise RuleSetError(errors)
     return rules, tiers
