@@ -9,17 +9,26 @@ usage the day's counts are 0.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, Mapping
 
 from kyc.engine.schema import Field
 
 HOURS = 24
+
+
+def hour_of(at: datetime) -> int:
+    """The UTC hour of its day that `at` falls in, hours being (h:00, h+1:00] as a report's
+    window is (at - window, at]: a report ending on the hour (a gateway reporting hourly) is the
+    hour before's. The day's first moment, 00:00:00, is its hour 0."""
+    seconds = at.hour * 3600 + at.minute * 60 + at.second + at.microsecond / 1e6
+    return max(0, math.ceil(seconds / 3600) - 1)
 BASELINE_DAYS = 28          # the trailing window of usage.baseline_requests
 
 FIELDS = (
     Field("usage.requests_today", "int", "Requests served to the account on the UTC day (activity reports).", 1200),
-    Field("usage.requests_hour", "int", "Requests served in the UTC clock hour of the latest report.", 150),
+    Field("usage.requests_hour", "int", "Requests served in the UTC hour of the latest report, hours being (h:00, h+1:00] as windows are: a report ending on the hour is the hour before's.", 150),
     Field("usage.refused_today", "int", "Requests the gateway refused the account on the day (not entitled, over quota).", 0),
     Field("usage.tier", "str",
           "Tier whose quota the day is measured against: the latest report's tier, else the tier with the "
@@ -61,7 +70,7 @@ FIELDS = (
           "Requests the account's whole cluster (graph.cluster_id) was served on the day.", 1200),
     Field("usage.cluster_quota_ratio", "float",
           "The cluster's requests on the day / the sum of its active members' daily quotas.", 0.12),
-    Field("usage.cluster_active_hour", "int", "Cluster members with requests in the UTC hour of the latest report.", 1),
+    Field("usage.cluster_active_hour", "int", "Cluster members with requests in the UTC hour of the latest report (as usage.requests_hour).", 1),
     Field("usage.cluster_woke_today", "int",
           "Cluster members whose usage that day ended a dormancy longer than KYC_DORMANT_DAYS.", 0),
     Field("usage.baseline_ratio", "float",
@@ -86,7 +95,7 @@ def cluster_usage_signals(days: list[Mapping[str, Any]], at: datetime, quotas: M
     return {
         "cluster_requests_today": requests,
         "cluster_quota_ratio": round(requests / quota, 4) if quota else 0.0,
-        "cluster_active_hour": sum(1 for d in days if (d.get("hours") or [0] * HOURS)[at.hour] > 0),
+        "cluster_active_hour": sum(1 for d in days if (d.get("hours") or [0] * HOURS)[hour_of(at)] > 0),
         "cluster_woke_today": sum(1 for d in days if (d.get("dormant_days") or 0) > dormancy_threshold),
     }
 
@@ -106,7 +115,7 @@ def usage_signals(day: Mapping[str, Any] | None, at: datetime, first_seen_at: da
     hours = (day.get("hours") or [0] * HOURS) if today else [0] * HOURS
     active = sum(1 for n in hours if n > 0)
     tier = quota_tier(day.get("tier"), quotas)
-    facts.update(requests_today=requests, requests_hour=hours[at.hour] if today else 0,
+    facts.update(requests_today=requests, requests_hour=hours[hour_of(at)] if today else 0,
                  refused_today=(day.get("refused") or 0) if today else 0,
                  active_hours=active, active_share=round(active / HOURS, 4))
     if tier is not None:

@@ -27,7 +27,7 @@ from kyc.inputs import ActivityInput
 from kyc.models import Account, ActivityDay, ActivityReport, Cluster, ClusterMember, utcnow
 from kyc.persist import fetch, fetch_in_order, in_list, insert_rows, update_rows, upsert_rows
 from kyc.security import KeyedHashes
-from kyc.signals.usage import BASELINE_DAYS, HOURS
+from kyc.signals.usage import BASELINE_DAYS, HOURS, hour_of
 from kyc.usage.lockstep import record_uses
 
 MAX_DAY_FINGERPRINTS = 100      # prompt templates kept per account and day: the most used
@@ -227,14 +227,14 @@ def _add(day: dict[str, Any], inp: ActivityInput, at: datetime, hashed: Callable
 
 
 def spread(hours: list[int], at: datetime, window_seconds: int, requests: int) -> list[int]:
-    """Add a report's requests to the UTC hours of its day that its window (at - window, at]
-    covers, in proportion to the overlap (whole requests; the rounding goes to the last hour).
+    """Add a report's requests to the UTC hours (h:00, h+1:00] of its day that its window
+    (at - window, at] covers, in proportion to the overlap (whole requests; the rounding goes to the last hour).
     A window reaching back before the day's midnight is spread over its part within the day."""
     midnight = datetime(at.year, at.month, at.day, tzinfo=at.tzinfo)
     end = (at - midnight).total_seconds()
     start = max(0.0, end - window_seconds)
-    last = min(int(end // 3600), HOURS - 1)
-    if window_seconds <= 0 or last == int(start // 3600):
+    last = hour_of(at)                  # hours are (h:00, h+1:00], as windows are
+    if window_seconds <= 0 or last <= int(start // 3600):
         hours[last] += requests
         return hours
     span = end - start

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from kyc.rescore.background import drain
@@ -25,7 +26,7 @@ def test_the_cluster_s_usage_is_read_with_the_account_s(client, auth, runtime):
     a, b = _linked(client, auth, 2)
     for account, n in ((a, 300), (b, 500)):
         client.post(f"/v1/accounts/{account}/activity", headers=auth,
-                    json={"occurred_at": "2026-09-03T10:00:00Z", "requests": n, "tier": "free"})
+                    json={"occurred_at": "2026-09-03T10:05:00Z", "requests": n, "tier": "free"})
     client.post(f"/v1/accounts/{b}/activity", headers=auth,
                 json={"occurred_at": "2026-09-03T10:10:00Z", "requests": 20000, "tier": "free"})
     with runtime.session() as s:
@@ -36,25 +37,37 @@ def test_the_cluster_s_usage_is_read_with_the_account_s(client, auth, runtime):
     assert usage["cluster_quota_ratio"] == 10.4 and usage["cluster_woke_today"] == 0
 
 
-def test_linked_accounts_waking_together_are_refused_as_one(client, auth, runtime):
+def test_a_cluster_far_beyond_its_quotas_is_refused_as_one(client, auth, runtime):
     ids = _linked(client, auth, 6)
-    reports = [{"account_id": account, "occurred_at": "2026-11-24T10:30:00Z", "requests": 27, "tier": "free",
-                "interval_cv": 0.05} for account in ids]
+    # Each account alone is at six times the free quota (under usage_far_beyond_quota's ten), and
+    # none is waking (they signed up days before): the cluster, at six times its members' quotas, is.
+    reports = [{"account_id": account, "occurred_at": "2026-09-12T10:30:00Z", "requests": 6000, "tier": "free"}
+               for account in ids]
     results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
-    assert all(r["woke_up"] for r in results)
+    assert not any(r["woke_up"] for r in results)
     drain(runtime)              # the cluster's rescore after the commit
     for account in ids:
         answer = client.get(f"/v1/accounts/{account}/entitlement?tier=free", headers=auth).json
         assert answer["allowed"] is False, (account, answer)
-        assert "cluster_waking_together" in {r["rule"] for r in answer["reasons"]}
+        assert "cluster_far_beyond_quota" in {r["rule"] for r in answer["reasons"]}
 
 
-def test_linked_accounts_waking_together_at_a_human_pace_are_served(client, auth, runtime):
+@pytest.mark.parametrize("interval_cv, hit", [(0.05, True), (0.8, False)])
+def test_linked_accounts_waking_together_in_one_hour_are_recorded_not_refused(client, auth, runtime, interval_cv, hit):
+    # Hourly reports ending on the hour, as a gateway sends them: 11:00:00 closes hour 10, so
+    # cluster_active_hour counts the six in hour 10 (not the empty hour 11).
     ids = _linked(client, auth, 6)
-    reports = [{"account_id": account, "occurred_at": "2026-11-24T10:30:00Z", "requests": 27, "tier": "free",
-                "interval_cv": 0.8} for account in ids]
+    reports = [{"account_id": account, "occurred_at": "2026-11-24T11:00:00Z", "window_seconds": 3600,
+                "requests": 27, "tier": "free", "interval_cv": interval_cv} for account in ids]
     results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
     assert all(r["woke_up"] for r in results)
     drain(runtime)
     for account in ids:
-        assert client.get(f"/v1/accounts/{account}/entitlement?tier=free", headers=auth).json["allowed"] is True
+        answer = client.get(f"/v1/accounts/{account}/entitlement?tier=free", headers=auth).json
+        assert answer["allowed"] is True, (account, answer)
+    with runtime.session() as s:
+        latest = s.execute(select(Evaluation).where(Evaluation.account_id == ids[0])
+                           .order_by(Evaluation.created_at.desc()).limit(1)).scalar_one()
+    assert latest.signals["usage"]["cluster_active_hour"] == 6
+    shadow = {r["rule"] for r in latest.reasons if r.get("shadow")}
+    assert ("cluster_waking_together" in shadow) is hit

@@ -91,7 +91,8 @@ def test_a_late_report_counts_in_its_own_day(client, auth, runtime, accounts):
     assert late["last_seen_at"] == "2026-11-25T10:00:00Z"
     with runtime.session() as s:
         day = s.get(ActivityDay, ("acct_0", date(2026, 11, 24)))
-        assert day.tier == "standard" and day.hours[10] == 10 and day.hours[11] == 5
+        # moments on the hour: the hour before's, as hours are (h:00, h+1:00] (spread)
+        assert day.tier == "standard" and day.hours[9] == 10 and day.hours[10] == 5
 
 
 def test_the_day_keeps_its_baseline_and_first_use(client, auth, runtime, accounts):
@@ -112,12 +113,34 @@ def test_the_day_keeps_its_baseline_and_first_use(client, auth, runtime, account
     (3600, "2026-11-24T21:30:00+00:00", {20: 50, 21: 50}),
     (7200, "2026-11-24T21:00:00+00:00", {19: 50, 20: 50}),
     (86400, "2026-11-24T01:00:00+00:00", {0: 100}),
+    # An hour is (h:00, h+1:00], as a window is (at - window, at]: what ends on the hour is the
+    # hour before's (a gateway reporting hourly, on the hour); a day's first moment is its hour 0.
+    (0, "2026-11-24T21:00:00+00:00", {20: 100}),
+    (0, "2026-11-24T00:00:00+00:00", {0: 100}),
 ])
 def test_a_window_is_spread_over_the_hours_it_covers(window, at, expected):
     from datetime import datetime
 
     hours = spread([0] * 24, datetime.fromisoformat(at), window, 100)
     assert {h: n for h, n in enumerate(hours) if n} == expected
+
+
+@pytest.mark.parametrize("at,window", [("2026-11-24T15:00:00Z", 3600), ("2026-11-24T15:00:00Z", 0),
+                                       ("2026-11-24T15:20:00Z", 1200), ("2026-11-24T15:20:00Z", 0)])
+def test_the_hour_of_the_latest_report_holds_its_requests(client, auth, runtime, accounts, at, window):
+    """usage.requests_hour reads the hour the report's requests were put in (an hourly report
+    ending on the hour was read from the next, empty hour: the rules on it never fired)."""
+    from datetime import datetime
+
+    from kyc.signals.usage import usage_signals
+
+    body = {"occurred_at": at, "window_seconds": window, "requests": 20000}
+    assert client.post("/v1/accounts/acct_0/activity", json=body, headers=auth).status_code == 200
+    with runtime.session() as s:
+        row = s.get(ActivityDay, ("acct_0", date(2026, 11, 24)))
+        day = {c: getattr(row, c) for c in ActivityDay.__table__.c.keys()}
+    moment = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    assert usage_signals(day, moment, None, {})["requests_hour"] == 20000
 
 
 def test_bulk_records_every_report_in_order(client, auth, runtime, accounts):
