@@ -427,6 +427,20 @@ class PendingLink(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class RescoreAsk(Base):
+    """Rescoring a committed transaction asked for, written in that transaction (kyc.rescore.requests)
+    and turned into a rescore run, and deleted, by kyc.rescore.background.settle_asks: a process
+    killed between the commit and the run leaves the row for the next one.
+    `accounts`: account ids; `clusters`: cluster id -> the member whose scoring asked (left out) or null."""
+
+    __tablename__ = "rescore_asks"
+
+    id: Mapped[int] = mapped_column(_AUTO_ID, primary_key=True, autoincrement=True)
+    accounts: Mapped[list] = mapped_column(JSON)
+    clusters: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class PromptUse(Base):
     """An account used a prompt template (keyed hash of the gateway's fingerprint) on a UTC day,
     in these hours (bit h = UTC hour h): what lockstep detection compares (kyc/usage/lockstep.py)."""

@@ -1,5 +1,6 @@
-"""Background rescoring: one daemon thread per runtime rescoring what committed transactions
-asked for (kyc.rescore.requests hands the asks over once each transaction commits).
+"""Background rescoring: one daemon thread per runtime turning the rescoring committed
+transactions asked for (rescore_asks rows, written in those transactions by
+kyc.rescore.requests) into rescore runs (settle_asks), and working them without Redis.
 
 Without Redis (the embedded default) the same functions run in-process: this thread records
 the runs and works their batches, and `kyc serve` runs the schedule in one background thread
@@ -20,13 +21,17 @@ from collections import deque
 from time import monotonic, sleep
 from typing import TYPE_CHECKING, Iterable
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import DBAPIError
 
-from kyc.models import ClusterMember
-from kyc.rescore.batch import enqueue_rescore, run_batch
+from kyc import metrics
+from kyc.db import write_lock
+from kyc.models import ClusterMember, RescoreAsk, RescoreRun
+from kyc.persist import in_list
+from kyc.rescore.batch import dispatch, run_batch
 from kyc.rescore.queue import redis_connection
-from kyc.rescore.runs import start_run
+from kyc.rescore.requests import after_commit
+from kyc.rescore.runs import record_run
 from kyc.usage.identifiers import link_pending
 
 if TYPE_CHECKING:
@@ -34,16 +39,61 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kyc.jobs")
 
+ASKS_READ = 500             # rescore_asks rows settled per transaction
+REASON = "cluster standing changed"
+_ASKS = (select(RescoreAsk.id, RescoreAsk.accounts, RescoreAsk.clusters).order_by(RescoreAsk.id)
+         .limit(bindparam("limit")).with_for_update(skip_locked=True))
+_DELETE_ASKS = delete(RescoreAsk).where(in_list(RescoreAsk.__table__.c.id, "ids"))
+
+
+def settle_asks(runtime: Runtime, *, batch_size: int | None = None, limit: int = ASKS_READ) -> list[RescoreRun]:
+    """Turn committed rescore asks into runs, oldest first: per transaction, up to `limit` rows
+    are merged (each account once), their clusters' members read, one run recorded and the rows
+    deleted, so a crash leaves either the rows or the run, never neither. Two processes take
+    different rows (SKIP LOCKED; SQLite's write lock serialises them). The runs recorded are
+    returned, not yet worked or enqueued (dispatch them, or run their batches)."""
+    runs = []
+    while True:
+        with runtime.session() as session, session.begin():
+            write_lock(session)
+            rows = session.execute(_ASKS, {"limit": limit}).all()
+            if not rows:
+                return runs
+            ids: dict[str, None] = {}
+            left_out: dict[str, str | None] = {}
+            for _, accounts, clusters in rows:
+                ids.update(dict.fromkeys(accounts))
+                for cluster_id, asker in clusters.items():
+                    # An asker's own evaluation is current only if nobody else changed the cluster too.
+                    left_out[cluster_id] = asker if left_out.get(cluster_id, asker) == asker else None
+            if left_out:
+                for cluster_id, account_id in session.execute(
+                        select(ClusterMember.cluster_id, ClusterMember.account_id)
+                        .where(ClusterMember.cluster_id.in_(sorted(left_out)))):
+                    if account_id != left_out[cluster_id]:
+                        ids[account_id] = None
+            run = (record_run(runtime, session, "ids", account_ids=ids, reason=REASON, batch_size=batch_size)
+                   if ids else None)
+            session.execute(_DELETE_ASKS, {"ids": [row_id for row_id, _, _ in rows]})
+        if run is not None:
+            metrics.RESCORE_RUNS.labels("ids").inc()
+            log.info("rescore run %s: %d account(s) in %d batch(es): %s (%d ask(s))", run.id, run.total,
+                     run.batches, REASON, len(rows))
+            runs.append(run)
+
+
 class Background:
     """One daemon thread per runtime rescoring what committed transactions asked for.
 
-    Asks are merged while they wait: a farm's cluster that grows by ten members in a second is
-    rescored once, not ten times. With Redis the thread only records and enqueues a run. Without,
-    it records the run (so a restart loses nothing: the schedule thread hands unfinished runs
-    back, see take_over) and rescores it here, in the serving process, where it would compete
-    with the requests for the interpreter and, on SQLite, for the write lock: so it works in
-    batches of GROUP accounts, each started once no request has been in flight for QUIET
-    seconds. Under unbroken traffic it still moves: a batch waits at most MAX_DEFER seconds.
+    Asks are committed rows (rescore_asks), merged when settled: a farm's cluster that grows by
+    ten members in a second is rescored once, not ten times. With Redis the thread settles them
+    into a run at once and enqueues it. Without, it settles them and rescores the run here, in the
+    serving process, where it would compete with the requests for the interpreter and, on SQLite,
+    for the write lock: so it settles once no request has been in flight for QUIET seconds, and
+    works in batches of GROUP accounts, each started the same way. Under unbroken traffic it
+    still moves: each waits at most MAX_DEFER seconds. A restart loses nothing: asks stay rows
+    until settled, and the schedule thread hands unfinished runs back (take_over) and wakes the
+    settling of asks a killed process left (InProcessSchedule).
     """
 
     GROUP = 5
@@ -54,8 +104,9 @@ class Background:
     def __init__(self, runtime: Runtime):
         self.runtime = weakref.ref(runtime)
         self._changed = threading.Condition()
-        self._accounts: dict[str, None] = {}                # an ordered set
-        self._clusters: dict[str, str | None] = {}          # cluster -> the member that asked (left out)
+        # Asks committed and not settled yet (rescore_asks): True at start, for those a process
+        # killed after its commit left.
+        self._asks = True
         self._batches: deque[tuple[str, int]] = deque()     # (run id, batch no) recorded, not yet run
         self._busy = False
         # Usage identifiers an earlier release left pending (kyc.usage.identifiers.link_pending;
@@ -64,13 +115,23 @@ class Background:
         self.thread = threading.Thread(target=self._run, name="kyc-rescore", daemon=True)
         self.thread.start()
 
-    def put(self, accounts: Iterable[str], clusters: dict[str, str | None]) -> None:
+    def wake(self) -> None:
+        """Settle the rescore asks committed so far (in this thread)."""
         with self._changed:
-            self._accounts.update(dict.fromkeys(accounts))
-            for cluster_id, asker in clusters.items():
-                # The first asker is the one whose evaluation came before every change asked about.
-                self._clusters.setdefault(cluster_id, asker)
+            self._asks = True
             self._changed.notify_all()
+
+    def put(self, accounts: Iterable[str], clusters: dict[str, str | None]) -> None:
+        """Ask, from outside any transaction, for accounts and clusters (cluster -> the member
+        left out, or None) to be rescored: committed as one ask, then settled here."""
+        runtime = self.runtime()
+        with runtime.session() as session, session.begin():
+            asks = after_commit(session)
+            asks.ask_rescore(accounts=accounts)
+            asks.hand_over(runtime)
+            for cluster_id, asker in clusters.items():
+                asks.ask_rescore(clusters=[cluster_id])
+                asks.hand_over(runtime, exclude=asker)
 
     def link_usage(self) -> None:
         """Link the usage identifiers committed reports left pending (in this thread)."""
@@ -89,7 +150,7 @@ class Background:
         """Wait until nothing is left to do; False if `timeout` seconds passed first."""
         deadline = None if timeout is None else monotonic() + timeout
         with self._changed:
-            while self._accounts or self._clusters or self._batches or self._links or self._busy:
+            while self._asks or self._batches or self._links or self._busy:
                 left = None if deadline is None else deadline - monotonic()
                 if left is not None and left <= 0:
                     return False
@@ -99,26 +160,26 @@ class Background:
     def _run(self) -> None:
         while True:
             with self._changed:
-                while not (self._accounts or self._clusters or self._batches or self._links):
+                while not (self._asks or self._batches or self._links):
                     if not self._changed.wait(timeout=5) and self.runtime() is None:
                         return                   # the runtime is gone: so is this thread
-                accounts, clusters, links = list(self._accounts), self._clusters, self._links
-                self._accounts, self._clusters, self._links, self._busy = {}, {}, False, True
+                asks, links = self._asks, self._links
+                self._asks, self._links, self._busy = False, False, True
             try:
                 runtime = self.runtime()
                 if runtime is not None:
                     if links:
                         self._link(runtime)
-                    if accounts or clusters:
+                    if asks:
                         try:
-                            self._record(runtime, accounts, clusters)
+                            self._settle(runtime)
                         except DBAPIError:
-                            # Not recorded (SQLite busy under a long writer, the database away): the
-                            # asks go back and are tried again, so none is lost.
-                            log.warning("rescore asks not recorded yet; retrying in %.0f s", self.RETRY,
+                            # Not settled (SQLite busy under a long writer, the database away): the
+                            # asks stay committed and are tried again, so none is lost.
+                            log.warning("rescore asks not settled yet; retrying in %.0f s", self.RETRY,
                                         exc_info=True)
-                            self.put(accounts, clusters)
                             sleep(self.RETRY)
+                            self.wake()
                             continue
                     self._run_one(runtime)
             except Exception:  # noqa: BLE001 - a failed rescore must not stop the thread
@@ -138,24 +199,18 @@ class Background:
             sleep(self.RETRY)
             self.link_usage()
 
-    def _record(self, runtime: Runtime, accounts: list[str], clusters: dict[str, str | None]) -> None:
-        ids = dict.fromkeys(accounts)
-        if clusters:
-            with runtime.session() as reader:
-                for cluster_id, account_id in reader.execute(
-                        select(ClusterMember.cluster_id, ClusterMember.account_id)
-                        .where(ClusterMember.cluster_id.in_(sorted(clusters)))):
-                    if account_id != clusters[cluster_id]:
-                        ids[account_id] = None
-        if not ids:
-            return
-        reason = "cluster standing changed"
+    def _settle(self, runtime: Runtime) -> None:
         if redis_connection(runtime.config) is not None:
-            enqueue_rescore(runtime, ids, reason)
+            for run in settle_asks(runtime):
+                dispatch(runtime, run)      # Redis away: a worker's maintenance enqueues it later
             return
-        run = start_run(runtime, "ids", account_ids=ids, reason=reason, batch_size=self.GROUP)
+        # Settled once requests pause, as its batches run: asks committed meanwhile merge into one
+        # run (a farm's cluster growing by ten members in a second is rescored once), and the
+        # rows keep them safe while they wait.
+        self._wait_for_quiet(runtime)
+        runs = settle_asks(runtime, batch_size=self.GROUP)
         with self._changed:
-            self._batches.extend((run.id, n) for n in range(run.batches))
+            self._batches.extend((run.id, n) for run in runs for n in range(run.batches))
 
     def _run_one(self, runtime: Runtime) -> None:
         with self._changed:

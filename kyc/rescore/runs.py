@@ -65,37 +65,46 @@ def accounts_query(selector: str, params: dict[str, Any], version: str, now: dat
 def start_run(runtime: Runtime, selector: str, *, params: dict[str, Any] | None = None, reason: str,
               account_ids: Iterable[str] | None = None, batch_size: int | None = None) -> RescoreRun:
     """Record a run and its batches in one transaction; nothing is enqueued yet (see dispatch)."""
+    with runtime.session() as session, session.begin():
+        run = record_run(runtime, session, selector, params=params, reason=reason, account_ids=account_ids,
+                         batch_size=batch_size)
+    metrics.RESCORE_RUNS.labels(selector).inc()
+    log.info("rescore run %s: %s %s, %d account(s) in %d batch(es): %s",
+             run.id, selector, params or "", run.total, run.batches, reason)
+    return run
+
+
+def record_run(runtime: Runtime, session: Session, selector: str, *, params: dict[str, Any] | None = None,
+               reason: str, account_ids: Iterable[str] | None = None, batch_size: int | None = None) -> RescoreRun:
+    """Record a run and its batches in the caller's transaction (start_run commits its own)."""
     if selector not in SELECTORS:
         raise ValueError(f"unknown selector {selector!r}")
     params = dict(params or {})
     size = batch_size or runtime.config.rescore_batch_size
     version = runtime.rules.version
-    with runtime.session() as session, session.begin():
-        run = RescoreRun(id=new_id("rr"), selector=selector, params=params, reason=reason[:500],
-                         rules_version=version, total=0, batches=0)
-        session.add(run)
-        session.flush()
-        if account_ids is not None:
-            ids: Iterable[str] = account_ids
-        else:
-            query = accounts_query(selector, params, version).execution_options(yield_per=10_000)
-            ids = session.scalars(query)
-        pending: list[dict[str, Any]] = []
-        for batch in _chunks(ids, size):
-            pending.append(dict(run_id=run.id, batch_no=run.batches, account_ids=batch, cursor=0, changes={},
-                                escalated=0, held=0, missing=0, attempts=0))
-            run.batches += 1
-            run.total += len(batch)
-            if len(pending) >= 200:
-                session.execute(insert(RescoreBatch), pending)
-                pending = []
-        if pending:
+    run = RescoreRun(id=new_id("rr"), selector=selector, params=params, reason=reason[:500],
+                     rules_version=version, total=0, batches=0)
+    session.add(run)
+    session.flush()
+    if account_ids is not None:
+        ids: Iterable[str] = account_ids
+    else:
+        query = accounts_query(selector, params, version).execution_options(yield_per=10_000)
+        ids = session.scalars(query)
+    pending: list[dict[str, Any]] = []
+    for batch in _chunks(ids, size):
+        pending.append(dict(run_id=run.id, batch_no=run.batches, account_ids=batch, cursor=0, changes={},
+                            escalated=0, held=0, missing=0, attempts=0))
+        run.batches += 1
+        run.total += len(batch)
+        if len(pending) >= 200:
             session.execute(insert(RescoreBatch), pending)
-        if run.batches == 0:
-            run.finished_at = utcnow()
-    metrics.RESCORE_RUNS.labels(selector).inc()
-    log.info("rescore run %s: %s %s, %d account(s) in %d batch(es): %s",
-             run.id, selector, params or "", run.total, run.batches, reason)
+            pending = []
+    if pending:
+        session.execute(insert(RescoreBatch), pending)
+    if run.batches == 0:
+        run.finished_at = utcnow()
+    session.flush()
     return run
 
 

@@ -22,7 +22,7 @@ from kyc.persist import refresh_statistics
 from kyc.models import RescoreRun, utcnow
 from kyc.ops import webhooks
 from kyc.ops.webhooks import purge_delivered
-from kyc.rescore.background import background
+from kyc.rescore.background import background, settle_asks
 from kyc.rescore.batch import dispatch
 from kyc.rescore.queue import FAILURE_TTL, JOB_TIMEOUT, SCHEDULE_RESULT_TTL, SCHEDULED_JOBS
 from kyc.rescore.runs import start_run, sweep_abandoned, sweep_orphans, unfinished_batches
@@ -38,6 +38,7 @@ SCHEDULES = tuple(SCHEDULED_JOBS)
 OUTBOX_PURGE_SECONDS = 60
 PLANNER_STATS_SECONDS = 60       # kyc.persist.refresh_statistics: a look at pg_stat_user_tables, ANALYZE if due
 DECISION_WEBHOOK_SECONDS = 5     # pending decision webhooks (retries, a restart's leftovers) looked at this often
+RESCORE_ASKS_SECONDS = 10        # in-process: rescore asks a killed process committed and left (Redis: maintain)
 
 
 def rescore_dormant(runtime: Runtime, reason: str = "daily schedule") -> RescoreRun:
@@ -67,7 +68,8 @@ def next_time(name: str, config: Config, now: datetime | None = None) -> datetim
     reading (rq.cron reads cron strings in local time) can move or repeat a run."""
     now = now or utcnow()
     every = {"rules-watch": max(1, config.rules_watch_seconds), "outbox-purge": OUTBOX_PURGE_SECONDS,
-             "decision-webhooks": DECISION_WEBHOOK_SECONDS, "planner-stats": PLANNER_STATS_SECONDS}
+             "decision-webhooks": DECISION_WEBHOOK_SECONDS, "planner-stats": PLANNER_STATS_SECONDS,
+             "rescore-asks": RESCORE_ASKS_SECONDS}
     if name in every:
         step = every[name]
         return datetime.fromtimestamp((int(now.timestamp()) // step + 1) * step, timezone.utc)
@@ -138,10 +140,15 @@ def maintain(runtime: Runtime, connection) -> dict[str, int]:
     """What every `kyc worker` does every MAINTENANCE_SECONDS besides its jobs: re-create the
     schedules Redis lost (restarted empty), and (one worker at a time) enqueue the batches
     nobody works: never enqueued (sweep_orphans) or abandoned by a killed worker (sweep_abandoned),
-    and link the usage identifiers left pending (kyc.usage.identifiers.link_pending)."""
+    settle the rescore asks a web process committed and did not (settle_asks: it was killed), and
+    link the usage identifiers left pending (kyc.usage.identifiers.link_pending)."""
     created = ensure_schedule(connection, runtime.config)
     swept = {"schedules": created, "orphans": 0, "abandoned": 0}
     if connection.set(MAINTENANCE_LOCK, "1", nx=True, px=MAINTENANCE_SECONDS * 1000 - 500):
+        runs = settle_asks(runtime)
+        for run in runs:
+            dispatch(runtime, run)
+        swept["asks"] = len(runs)
         swept["orphans"] = sweep_orphans(runtime, connection)
         swept["abandoned"] = sweep_abandoned(runtime, connection)
         # Usage identifiers an earlier release's web process committed and did not link.
@@ -234,9 +241,12 @@ class InProcessSchedule(threading.Thread):
             log.exception("unfinished rescore runs could not be taken over")
         # The watch and the purge at once (a restart catches up), the daily rescore at its hour.
         due = {"rules-watch": utcnow(), "outbox-purge": utcnow(), "dormant-daily": next_time("dormant-daily", config),
-               "decision-webhooks": utcnow(), "planner-stats": utcnow()}
+               "decision-webhooks": utcnow(), "planner-stats": utcnow(), "rescore-asks": utcnow()}
         work = {"rules-watch": check_rules_change, "outbox-purge": purge_expired_codes, "dormant-daily": rescore_dormant,
                 "decision-webhooks": wake_decision_webhooks,
+                # Asks another web process committed and was killed before settling: the
+                # background thread settles every committed ask, whoever made it.
+                "rescore-asks": lambda runtime: background(runtime).wake(),
                 "planner-stats": lambda runtime: refresh_statistics(runtime.engine)}
         while True:
             wait = max(0.0, (min(due.values()) - utcnow()).total_seconds())

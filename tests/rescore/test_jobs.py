@@ -21,6 +21,7 @@ from kyc import jobs
 import kyc.rescore.background
 import kyc.rescore.batch
 import kyc.rescore.queue
+import kyc.rescore.requests
 import kyc.rescore.runs
 import kyc.rescore.schedule
 from kyc import rescore
@@ -28,7 +29,7 @@ from kyc.cli import main
 from kyc.config import Config
 from kyc.engine.loader import rules_version
 from kyc.inputs import SignupInput
-from kyc.models import Account, Cluster, ClusterMember, Evaluation, RescoreBatch, RescoreRun, utcnow
+from kyc.models import Account, Cluster, ClusterMember, Evaluation, RescoreAsk, RescoreBatch, RescoreRun, utcnow
 from kyc.runtime import Runtime
 from kyc.scoring import score
 from tests.conftest import REDIS_URL, RULES_DIR, TEST_SECRET, redis_connection, signup
@@ -678,19 +679,22 @@ def test_the_service_tells_background_work_when_a_request_is_in_flight(inline_ru
     assert inline_runtime.traffic.idle_for() >= 0.01
 
 
-def test_asks_are_recorded_before_they_wait_and_a_new_process_finishes_them(inline_runtime, make_config,
-                                                                             database_url, rules_dir):
+def asks_waiting(runtime) -> list[list[str]]:
+    with runtime.session() as session:
+        return [accounts for accounts, in session.execute(select(RescoreAsk.accounts).order_by(RescoreAsk.id))]
+
+
+def test_asks_are_committed_rows_that_a_new_process_settles(inline_runtime, make_config, database_url, rules_dir):
     ids = seed(inline_runtime, 7)
+    rescore.background.drain(inline_runtime)
     first = rescore.background.background(inline_runtime)
     first.MAX_DEFER = 600
-    inline_runtime.traffic.enter()                # this process stays busy: its thread only records
+    inline_runtime.traffic.enter()                # this process stays busy: its thread waits to settle
     try:
         first.put(ids, {})
-        deadline = time.monotonic() + 30
-        while len(rescore.runs.unfinished_batches(inline_runtime)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert len(rescore.runs.unfinished_batches(inline_runtime)) == 2         # 7 accounts, batches of 5
-        # The process "stops" here; the next one's schedule thread takes the recorded run over.
+        assert asks_waiting(inline_runtime) == [ids]          # committed, in the database
+        assert rescore.runs.unfinished_batches(inline_runtime) == []
+        # The process is killed here; the next one's schedule thread settles the ask and rescores.
         successor = Runtime.start(make_config(database_url, rules_dir=rules_dir), migrate=False)
         schedule = rescore.schedule.InProcessSchedule(successor)
         schedule.start()
@@ -703,12 +707,52 @@ def test_asks_are_recorded_before_they_wait_and_a_new_process_finishes_them(inli
             schedule.stop()
             schedule.join(10)
             successor.engine.dispose()
-        assert rescore.runs.unfinished_batches(inline_runtime) == []
+        assert rescore.runs.unfinished_batches(inline_runtime) == [] and asks_waiting(inline_runtime) == []
         assert rescore_evaluations(inline_runtime) == {i: 1 for i in ids}
     finally:
         inline_runtime.traffic.leave()
-    rescore.background.drain(inline_runtime)                    # the first process's thread finds the batches done
+    rescore.background.drain(inline_runtime)                    # the first process's thread finds nothing left
     assert rescore_evaluations(inline_runtime) == {i: 1 for i in ids}
+
+
+def test_a_rolled_back_transaction_asks_for_nothing(inline_runtime):
+    ids = seed(inline_runtime, 2)
+    rescore.background.drain(inline_runtime)
+    with inline_runtime.session() as session:
+        session.begin()
+        asks = rescore.requests.after_commit(session)
+        asks.ask_rescore(accounts=ids)
+        asks.hand_over(inline_runtime)
+        session.rollback()
+    rescore.background.drain(inline_runtime)
+    assert asks_waiting(inline_runtime) == [] and rescore_evaluations(inline_runtime) == {}
+
+
+def test_asks_from_several_transactions_merge_and_leave_an_asker_out_only_when_alone(inline_runtime):
+    ids = seed(inline_runtime, 3, device_id="dv_one")          # one cluster of three
+    rescore.background.drain(inline_runtime)
+    with inline_runtime.session() as session:
+        cluster_id = session.get(ClusterMember, ids[0]).cluster_id
+        assert {m.cluster_id for m in session.scalars(select(ClusterMember))} == {cluster_id}
+        session.execute(delete(Evaluation).where(Evaluation.trigger == "rescore"))   # the seed's own
+        session.commit()
+    worker = rescore.background.background(inline_runtime)
+    inline_runtime.traffic.enter()
+    try:
+        worker.put([], {cluster_id: ids[0]})
+        worker.put([], {cluster_id: ids[0]})                    # the same asker twice: still left out
+    finally:
+        inline_runtime.traffic.leave()
+    rescore.background.drain(inline_runtime)
+    assert rescore_evaluations(inline_runtime) == {ids[1]: 1, ids[2]: 1}
+    inline_runtime.traffic.enter()
+    try:
+        worker.put([], {cluster_id: ids[0]})
+        worker.put([], {cluster_id: ids[1]})                    # two askers: each may be behind the other's change
+    finally:
+        inline_runtime.traffic.leave()
+    rescore.background.drain(inline_runtime)
+    assert rescore_evaluations(inline_runtime) == {ids[0]: 1, ids[1]: 2, ids[2]: 2}
 
 
 def test_asks_the_database_refused_are_kept_and_recorded_later(inline_runtime, monkeypatch):
@@ -716,15 +760,15 @@ def test_asks_the_database_refused_are_kept_and_recorded_later(inline_runtime, m
 
     ids = seed(inline_runtime, 3)
     refused = []
-    real_start_run = rescore.runs.start_run
+    real_record_run = rescore.runs.record_run
 
-    def start_run_once_refused(*args, **kwargs):
+    def record_run_once_refused(*args, **kwargs):
         if not refused:
             refused.append(True)                  # as SQLite says under a writer that never pauses
             raise OperationalError("INSERT INTO rescore_runs ...", {}, Exception("database is locked"))
-        return real_start_run(*args, **kwargs)
+        return real_record_run(*args, **kwargs)
 
-    monkeypatch.setattr(rescore.background, "start_run", start_run_once_refused)
+    monkeypatch.setattr(rescore.background, "record_run", record_run_once_refused)
     worker = rescore.background.background(inline_runtime)
     worker.RETRY = 0.05
     worker.put(ids, {})

@@ -20,7 +20,7 @@ import kyc.rescore.batch
 import kyc.rescore.runs
 import kyc.rescore.schedule
 from kyc import rescore
-from kyc.models import RescoreBatch, RescoreRun
+from kyc.models import RescoreAsk, RescoreBatch, RescoreRun
 from tests.rescore.test_jobs import (_worker_pids, kyc_command, pg_url, queued_runtime, redis_db,  # noqa: F401
                                     rescore_evaluations, rules_dir, seed, worker_env)
 
@@ -167,6 +167,21 @@ def test_batches_never_enqueued_are_swept_after_a_minute(queued_runtime, redis_d
     seed(queued_runtime, 2)
     rescore.runs.start_run(queued_runtime, "all", reason="recorded while Redis was away")      # never dispatched
     assert rescore.runs.sweep_orphans(queued_runtime, redis_db, now=utcnow() + timedelta(minutes=minutes)) == swept
+
+
+def test_maintenance_settles_asks_a_killed_web_process_committed(queued_runtime, redis_db):
+    ids = seed(queued_runtime, 3)
+    with queued_runtime.session() as session, session.begin():
+        # What a transaction that asked wrote; its process was killed before its thread settled it.
+        session.add(RescoreAsk(accounts=ids[:2], clusters={}))
+    assert rescore.schedule.maintain(queued_runtime, redis_db)["asks"] == 1
+    assert rescore.schedule.maintain(queued_runtime, redis_db).get("asks", 0) == 0      # settled once
+    jobs.use_runtime(queued_runtime)
+    try:
+        SimpleWorker([Queue("rescore", connection=redis_db)], connection=redis_db).work(burst=True)
+    finally:
+        jobs.use_runtime(None)
+    assert rescore_evaluations(queued_runtime) == {ids[0]: 1, ids[1]: 1}
 
 
 def test_an_idle_worker_stops_on_sigterm(queued_runtime, redis_db):
