@@ -88,6 +88,19 @@ def _check_ip(value: str) -> str:
         raise ValueError("must be an IPv4 or IPv6 address") from None
 
 
+def check_email(value: str) -> str:
+    """An email address, or ValueError saying why not (signups, and email verifications' `email`)."""
+    from kyc.signals.email import parse      # kyc.signals imports this module
+
+    # The signals' cached parse: an address is validated once, here and in its signals.
+    if parse(value) is None:
+        try:
+            validate_email(value, check_deliverability=False, allow_quoted_local=True)
+        except EmailNotValidError as exc:
+            raise ValueError(f"not an email address: {exc}") from None
+    return value
+
+
 class SignupInput(_Input):
     account_id: AccountId
     email: Annotated[StrictStr, Field(max_length=320)]
@@ -106,15 +119,7 @@ class SignupInput(_Input):
     @field_validator("email")
     @classmethod
     def _email(cls, value: str) -> str:
-        from kyc.signals.email import parse      # kyc.signals imports this module
-
-        # The signals' cached parse: an address is validated once, here and in its signals.
-        if parse(value) is None:
-            try:
-                validate_email(value, check_deliverability=False, allow_quoted_local=True)
-            except EmailNotValidError as exc:
-                raise ValueError(f"not an email address: {exc}") from None
-        return value
+        return check_email(value)
 
     @field_validator("ip")
     @classmethod

@@ -14,7 +14,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
@@ -237,7 +237,9 @@ def _account_state(forbidden_phone_lines: frozenset[str]):
     return select(
         Account.decision, Account.label, Account.state_version, Account.reasons, Account.required_verifications,
         Account.subjects, Account.first_seen_at,
-        select(ActivityDay.dormant_days).where(ActivityDay.account_id == Account.id)
+        # The latest activity day up to the check's time (`at` replays a past check).
+        select(ActivityDay.dormant_days).where(ActivityDay.account_id == Account.id,
+                                               ActivityDay.day <= bindparam("until"))
         .order_by(ActivityDay.day.desc()).limit(1).scalar_subquery(),
         *(completed(kind) for kind in CODE_AND_DOCUMENT),
     ).where(Account.id == bindparam("account_id"))
@@ -246,8 +248,10 @@ def _account_state(forbidden_phone_lines: frozenset[str]):
 def entitlement(conn: Connection, tier: Tier, account_id: str, *, dormancy_threshold: int,
                 now: datetime | None = None) -> dict[str, Any]:
     """The contract's entitlement body for one account and tier (NotFound if none)."""
+    # Without `at`, every day recorded counts (a gateway's clock may run a little ahead of ours).
+    until = now.date() if now is not None else date.max
     now = now or datetime.now(timezone.utc)
-    rows = fetch(conn, _account_state(tier.forbid_phone_line_types), {"account_id": account_id})
+    rows = fetch(conn, _account_state(tier.forbid_phone_line_types), {"account_id": account_id, "until": until})
     if not rows:
         raise NotFound("account", account_id)
     row = rows[0]

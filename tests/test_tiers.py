@@ -304,9 +304,26 @@ def test_at_evaluates_the_check_as_of_that_time(runtime, client, auth, tmp_path)
     assert check("2026-11-03T12:00:00Z").json["allowed"] is False
     assert check("2026-11-09T12:00:00Z").json["allowed"] is True
     assert entitlement(client, auth, "seasoned").json["allowed"] is True          # now: a month old
-    for bad in ("yesterday", "2026-11-09", "2026-11-09T12:00:00"):
+    for bad in ("yesterday", "2026-11-09", "2026-11-09T12:00:00", "1999-01-01T00:00:00Z", "9999-12-31T23:59:59Z"):
         refused = check(bad)
         assert refused.status_code == 400 and "at" in refused.json["error"]["fields"], refused.json
+
+
+def test_at_reads_the_dormancy_and_wake_up_as_of_that_time(runtime, client, auth):
+    """high_volume's not_just_woken, replayed: before the wake-up the account had not just woken."""
+    client.post("/v1/signups", json=signup(occurred_at="2026-08-01T12:00:00Z"), headers=auth)
+    for at in ("2026-08-10T12:00:00Z", "2026-11-01T12:00:00Z"):
+        woke = client.post("/v1/accounts/acct_1/activity", json={"requests": 10, "occurred_at": at}, headers=auth).json
+    assert woke["woke_up"] is True
+
+    def not_just_woken_denies(at: str | None) -> bool:
+        answer = client.get("/v1/accounts/acct_1/entitlement?tier=high_volume" + (f"&at={at}" if at else ""),
+                            headers=auth).json
+        return "not_just_woken" in {d["check"] for d in answer["denied_by"]}
+
+    assert not_just_woken_denies(None) and not_just_woken_denies("2026-11-01T18:00:00Z")
+    assert not not_just_woken_denies("2026-10-20T12:00:00Z")      # dormant, not yet woken
+    assert not not_just_woken_denies("2026-08-05T12:00:00Z")      # before any use
 
 
 @pytest.mark.parametrize("tier_id,quota,refused", [

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, field_validator
 from kyc.api import documented, parse_query, respond, runtime, v1
 from kyc.api.responses import Entitlement
 from kyc.api.errors import invalid
-from kyc.inputs import parse_time
+from kyc.inputs import event_time, parse_time
 from kyc.tiers import entitlement, etag
 
 CACHE_CONTROL = "private, no-cache"
@@ -32,7 +32,7 @@ class EntitlementQuery(BaseModel):
     @classmethod
     def _rfc3339(cls, value: str | None) -> str | None:
         if value is not None:
-            parse_time(value)
+            event_time(value)          # from 2000-01-01 to a day ahead, as every time kyc reads
         return value
 
 

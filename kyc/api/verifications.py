@@ -10,11 +10,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from kyc.api import documented, parse, respond, runtime, v1
 from kyc.api.responses import Verification as VerificationBody
 from kyc.api.errors import invalid, not_found
+from kyc.inputs import check_email
 from kyc.models import Verification
 from kyc.verification.service import StartRequest, confirm, start, verification_body
 
@@ -27,6 +28,11 @@ class StartBody(BaseModel):
     phone_region: Annotated[StrictStr, Field(min_length=2, max_length=2)] | None = None
     phone: Annotated[StrictStr, Field(min_length=3, max_length=32)] | None = None
     tier: Annotated[StrictStr, Field(max_length=64)] | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        return None if value is None else check_email(value)
 
 
 class ConfirmBody(BaseModel):

@@ -267,3 +267,52 @@ def _api_key(rt: Runtime) -> str:
 def api_key_for():
     return _api_key
 
+
+
+# A key given twice: a parser keeps the last value, so every check would see only that one.
+DUPLICATED_IN = {
+    "/v1/signups": signup(metadata={"note": "hello"}),
+    "/v1/accounts/acct_dup/activity": {"requests": 5, "tier": "free", "user_agent": "python-httpx/0.27.0"},
+    "/v1/activity": {"reports": [{"account_id": "acct_dup", "requests": 5, "api_key_id": "key_1"}]},
+}
+
+
+def _with_first_value(text: str, key: str, first: str) -> str:
+    """`text` with `"key": first, ` put before the object's own `"key": ...` (each key's first
+    occurrence in these bodies is the one to shadow)."""
+    at = text.index(json.dumps(key) + ":")
+    return text[:at] + json.dumps(key) + ": " + first + ", " + text[at:]
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(route=st.sampled_from(sorted(DUPLICATED_IN)), data=st.data())
+def test_a_key_given_twice_is_refused_whatever_its_first_value_held(client, auth, runtime, route, data):
+    from tests.test_card_numbers import card_numbers
+
+    client.post("/v1/signups", json=signup(account_id="acct_dup"), headers=auth)
+    before = _counts(runtime)
+    text = json.dumps(DUPLICATED_IN[route])
+    keys = sorted({k for k in ("account_id", "metadata", "note", "requests", "user_agent", "api_key_id", "reports",
+                               "tier", "email") if json.dumps(k) + ":" in text})
+    key = data.draw(st.sampled_from(keys))
+    first = data.draw(st.one_of(
+        card_numbers().map(lambda pair: json.dumps(pair[1])),
+        st.sampled_from(["NaN", "Infinity", '"a\\u0000b"', "[" * 40 + "]" * 40, '{"x": "4242 4242 4242 4242"}']),
+        json_value.map(lambda v: json.dumps(v)),
+    ))
+    response = client.post(route, data=_with_first_value(text, key, first), headers=auth,
+                           content_type="application/json")
+    assert response.status_code == 400, (key, first, response.json)
+    assert_contract_error(response)
+    error = response.json["error"]
+    assert error["code"] == "card_number_refused" or error.get("fields"), error
+    assert _counts(runtime) == before
+
+
+def test_a_duplicated_key_is_named(client, auth):
+    text = json.dumps(signup())[:-1] + ', "metadata": {"note": "card 4242 4242 4242 4242"}, "metadata": {}}'
+    assert client.post("/v1/signups", data=text, headers=auth, content_type="application/json").json["error"]["code"] \
+        == "card_number_refused"
+    text = '{"email": "a@b.com", "account_id": "acct_x", "email": "c@d.com", "ip": "73.15.1.1"}'
+    answer = client.post("/v1/signups", data=text, headers=auth, content_type="application/json").json
+    assert answer["error"]["fields"] == {"email": "is given more than once in one object; send each field once"}

@@ -10,6 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select, update
 
 from kyc.cli import main as cli
@@ -387,3 +389,32 @@ def test_read_a_verification(client, auth, runtime, account):
     body = client.get(f"/v1/verifications/{vid}", headers=auth).json
     assert body["status"] == "pending" and body["to"] == "j***@gmail.com" and "code" not in body
     assert client.get("/v1/verifications/vf_nope", headers=auth).status_code == 404
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(address=st.one_of(
+    st.text(min_size=3, max_size=60).filter(lambda t: "@" not in t),
+    st.tuples(st.text(max_size=20), st.text(max_size=20)).map(lambda p: f"{p[0]}@@{p[1]}"),
+    st.text(alphabet=" <>()[],;:\\\"", min_size=1, max_size=10).map(lambda t: f"a{t}b@example.com"),
+    st.sampled_from(["not-an-email", "a b c", "<script>@x", "x@", "@example.com", "a@b@c.com", "a@-example.com"]),
+))
+def test_an_email_verification_refuses_what_is_not_an_address_and_writes_nothing(client, auth, runtime, account,
+                                                                                  address):
+    from kyc.inputs import check_email
+
+    try:
+        check_email(address.strip())
+        assume(False)               # an address after all: not this test's case
+    except ValueError:
+        pass
+    answer = client.post("/v1/accounts/acct_1/verifications", json={"kind": "email", "email": address}, headers=auth)
+    assert answer.status_code == 400 and "email" in answer.json["error"]["fields"], answer.json
+    with runtime.session() as s:
+        assert s.scalar(select(func.count()).select_from(Verification)) == 0
+        assert s.scalar(select(func.count()).select_from(OutboxMessage)) == 0
+
+
+def test_an_email_verification_to_another_valid_address_is_sent(client, auth, runtime, account):
+    answer = client.post("/v1/accounts/acct_1/verifications", json={"kind": "email", "email": "jane.work@example.org"},
+                         headers=auth)
+    assert answer.status_code == 201 and answer.json["to"] == "j***@example.org", answer.json
