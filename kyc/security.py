@@ -64,7 +64,8 @@ def hash_api_key(key: str) -> str:
 #
 # The rule, precisely. Text holds a card number when it holds a *run*: decimal digits of any
 # script (str.isdecimal: ASCII, fullwidth, Arabic-Indic, Devanagari, ...), in groups joined by
-# separators of 1 to 4 characters each, where a separator is any character that is neither a
+# separators of 1 to 4 characters each, or by whitespace however long (a number pasted from a
+# formatted table, "4242     4242 ..."), where a separator is any character that is neither a
 # letter nor a digit (whitespace of every kind, dashes, dots, slashes, underscores, plus signs,
 # symbols, control characters) except the list and time punctuation ',', ';' and ':', and where
 # some span of whole consecutive groups holds 13 to 19 digits and passes the Luhn check.
@@ -83,13 +84,14 @@ def hash_api_key(key: str) -> str:
 # (Unix milliseconds, a 64-bit id) that passes Luhn does, as it must: it cannot be told apart.
 
 _SEPARATOR = r"(?:[^\w,;:]|_)"
-_RUN = re.compile(r"\d+(?:" + _SEPARATOR + r"{1,4}\d+)*")
+_JOIN = r"(?:" + _SEPARATOR + r"{1,4}|\s+)"
+_RUN = re.compile(r"\d+(?:" + _JOIN + r"\d+)*")
 _GROUP = re.compile(r"\d+")
 # A necessary condition of the rule, checked first in one C-level search: 13 digits, each next
-# one after at most 4 separator characters. Every run holding 13 or more digits holds such a
+# one after at most 4 separator characters or any whitespace. Every run holding 13 or more digits holds such a
 # stretch, so text without one holds no card number, and the rule proper (a Python loop per
 # run) only reads the few texts with one. The card scan was ~17% of a bulk activity call.
-_MAYBE_PAN = re.compile(r"\d(?:" + _SEPARATOR + r"{0,4}\d){12}")
+_MAYBE_PAN = re.compile(r"\d(?:(?:" + _SEPARATOR + r"{0,4}|\s+)\d){12}")
 _MIN_PAN, _MAX_PAN, _MAX_PHONE = 13, 19, 15
 
 

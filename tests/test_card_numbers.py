@@ -393,9 +393,10 @@ def _rule_without_precheck(text: str) -> bool:
     return any(_run_has_pan(text, *m.span()) for m in _RUN.finditer(text))
 
 
-_DIGITS_AND_SEPARATORS = st.text(alphabet=st.sampled_from(
+_DIGITS_AND_SEPARATORS = st.lists(st.sampled_from(
     [chr(zero + d) for zero in (0x30, 0xFF10, 0x660) for d in range(10)] * 3
-    + [" ", "-", ".", "/", "_", "\t", "\u00a0", "\u2013", "*", "\\", "+", ",", ":", ";", "x", "T", "e"]), max_size=60)
+    + [" ", "-", ".", "/", "_", "\t", "\u00a0", "\u2013", "*", "\\", "+", ",", ":", ";", "x", "T", "e", "      ",
+       " \n\t  \u3000 "]), max_size=60).map("".join)
 
 
 @settings(max_examples=1000, deadline=None)
@@ -403,7 +404,7 @@ _DIGITS_AND_SEPARATORS = st.text(alphabet=st.sampled_from(
     lambda t: t[0] + t[1][1] + t[2]), st.tuples(_DIGITS_AND_SEPARATORS, card_numbers(), _DIGITS_AND_SEPARATORS).map(
     lambda t: t[0] + t[1][1] + t[2])))
 def test_the_cheap_precheck_never_changes_the_answer(text):
-    """has_card_number skips texts without 13 digits each at most 4 separators from the last: a
+    """has_card_number skips texts without 13 digits each at most 4 separators (or any whitespace) from the last: a
     necessary condition of the rule, so the answer is the rule's on any text."""
     assert has_card_number(text) == _rule_without_precheck(text), text
 
@@ -419,3 +420,14 @@ def test_the_prefilter_of_texts_read_together_never_misses_a_card_number(text):
 
     if _rule_without_precheck(text):
         assert may_hold_card_number(text), text
+
+
+@settings(max_examples=300, deadline=None)
+@given(card_numbers(), st.lists(st.text(alphabet=" \t\n\u00a0\u3000", min_size=5, max_size=40), min_size=1, max_size=6))
+def test_whitespace_of_any_length_between_groups_still_joins_a_card_number(card, gaps):
+    """The contract: "with or without spaces or dashes", however many spaces were pasted."""
+    digits, _ = card
+    cut = sorted({max(1, min(len(digits) - 1, (i + 1) * len(digits) // (len(gaps) + 1))) for i in range(len(gaps))})
+    parts = [digits[a:b] for a, b in zip([0, *cut], [*cut, len(digits)])]
+    text = "".join(part + (gaps[i] if i < len(gaps) and i < len(parts) - 1 else "") for i, part in enumerate(parts))
+    assert has_card_number(text) and has_card_number(f"note: {text} thanks"), repr(text)

@@ -41,6 +41,17 @@ def test_a_report_far_over_quota_changes_the_decision_and_the_entitlement_at_onc
     assert entitled["allowed"] is False and entitled["decision"] == "review"
 
 
+def test_a_bulk_call_answers_each_report_with_its_counts_and_the_account_s_decision_after_the_call(
+        client, auth, runtime):
+    """An account re-evaluated by a bulk call is evaluated once, after all its reports (README)."""
+    _signup(client, auth, 1)
+    reports = [{"account_id": "acct_1", "occurred_at": "2026-10-02T10:00:00Z", "requests": n} for n in (10, 50000)]
+    results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
+    assert [(r["requests_today"], r["decision"], r["reevaluated"]) for r in results] == [
+        (10, "review", True), (50010, "review", True)]
+    assert [e.trigger for e in _evaluations(runtime, "acct_1")] == ["live", "usage"]
+
+
 def test_ordinary_usage_re_evaluates_nothing(client, auth, runtime):
     _signup(client, auth, 1)
     for hour in range(9, 18):
