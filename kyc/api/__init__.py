@@ -153,6 +153,7 @@ def register(app: Flask) -> None:
     app.url_map.converters["default"] = PathConverter
     app.register_blueprint(v1)
     app.register_blueprint(monitoring.probes)
+    app.register_blueprint(openapi.reference)
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):

@@ -1,5 +1,6 @@
-"""The OpenAPI 3.1 document, built from the running app: GET /v1/openapi.json, and the
-reference page rendered from it on the server, GET /v1/docs.
+"""The OpenAPI 3.1 document, built from the running app: GET /openapi.json, and the
+reference page rendered from it on the server, GET /docs. Both outside /v1 and open to anyone
+without a key (the contract: every /v1 route but the webhooks requires one).
 
 Nothing here is written by hand per route. Paths and methods come from Flask's URL map; each
 route's request, query and response schemas are the pydantic models its view validates with
@@ -15,13 +16,15 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from flask import Flask, current_app, render_template_string
+from flask import Blueprint, Flask, current_app, render_template_string
 from markupsafe import Markup, escape
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from kyc.api import Operation, documented, v1
+from kyc.api import Operation, documented
 from kyc.api.responses import Error
+
+reference = Blueprint("reference", __name__)
 
 TITLE = "kyc"
 
@@ -149,7 +152,7 @@ def build(app: Flask) -> dict[str, Any]:
         "info": {
             "title": TITLE, "version": VERSION,
             "summary": "Account-registration fraud scoring and identity verification",
-            "description": "Every /v1 route except the webhooks and this documentation requires "
+            "description": "Every /v1 route except the webhooks requires "
                            "`Authorization: Bearer <api key>`. Bodies are JSON; times are RFC 3339 UTC. "
                            "Unknown top-level fields and full card numbers anywhere in a body are refused "
                            "(400), and a refused request changes nothing.",
@@ -169,14 +172,14 @@ def _cached(app: Flask) -> dict[str, Any]:
     return build(app)
 
 
-@v1.get("/openapi.json")
+@reference.get("/openapi.json")
 @documented("This OpenAPI document", responses={200: None}, public=True, tag="documentation")
 def openapi_json():
     """The OpenAPI 3.1 document of this API, generated from the code that validates it."""
     return _cached(current_app._get_current_object())
 
 
-@v1.get("/docs")
+@reference.get("/docs")
 @documented("API reference page", responses={200: None}, public=True, tag="documentation",
             media_type="text/html")
 def docs_page():

@@ -122,7 +122,7 @@ def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("openapi")
     app = create_app(Config.from_env({}, database_url=f"sqlite:///{tmp / 'kyc.db'}", rules_dir=RULES_DIR,
                                      data_dir=tmp, secret_key=TEST_SECRET, dev_key=""))
-    response = app.test_client().get("/v1/openapi.json")
+    response = app.test_client().get("/openapi.json")
     assert response.status_code == 200
     return app, response.json
 
@@ -204,7 +204,7 @@ def test_payment_methods_answer_as_signups_do(served):
 
 def test_the_reference_page_shows_every_route_and_field(served):
     app, doc = served
-    page = app.test_client().get("/v1/docs")
+    page = app.test_client().get("/docs")
     assert page.status_code == 200 and page.mimetype == "text/html"
     html = page.get_data(as_text=True)
     for path, ops in doc["paths"].items():
@@ -219,7 +219,12 @@ def test_the_reference_page_shows_every_route_and_field(served):
 def test_probes_and_documentation_need_no_key(served):
     app, doc = served
     client = app.test_client()
-    for path in ("/healthz", "/readyz", "/metrics", "/v1/openapi.json", "/v1/docs"):
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
         assert client.get(path).status_code == 200, path
         assert _documented(doc)[("GET", path)]["security"] == []
     assert client.get("/v1/ops/rules").status_code == 401
+    # The contract: every /v1 route but the webhooks needs a key; nothing under /v1 is open.
+    for path in ("/v1/openapi.json", "/v1/docs"):
+        assert client.get(path).status_code == 404, path          # moved out of /v1
+    assert all(op["security"] for (method, path), op in _documented(doc).items()
+               if path.startswith("/v1/") and not path.startswith("/v1/webhooks/")), "an open /v1 route"
