@@ -17,7 +17,7 @@ from tests.conftest import free_port, REDIS_URL, payment, redis_connection, sign
 
 # One farm: five accounts on one device and one /24, in event-time order.
 FARM = [signup(account_id=f"acct_{i}", email=f"farm{i}@gmail.com", ip=f"203.0.113.{i + 1}", device_id="dv_farm",
-               phone=None, occurred_at=f"2026-11-24T21:0{i}:00Z") for i in range(5)]
+               phone=None, occurred_at=f"2026-11-24T21:0{i}:00Z") for i in range(9)]
 
 
 @pytest.fixture
@@ -61,10 +61,11 @@ def test_redis_down_or_hung_counts_velocity_from_the_database(database_url, make
         assert answer["degraded"] == ["velocity"]
         # Stored with the evaluation, where rules, backtests and queries read it.
         assert stored[answer["evaluation_id"]].signals["degraded"] == {"velocity": True}
-    # The database's counts are the counts: the fifth account on the device is caught.
-    assert [a["signals"]["velocity"]["device_24h"] for a in answers] == [1, 2, 3, 4, 5]
-    assert [a["signals"]["velocity"]["ip_prefix_1h"] for a in answers] == [1, 2, 3, 4, 5]
-    assert answers[-1]["decision"] == "block" and "device_reuse" in [r["rule"] for r in answers[-1]["reasons"]]
+    # The database's counts are the counts: the fourth account on the device is held, the ninth blocked.
+    assert [a["signals"]["velocity"]["device_24h"] for a in answers] == list(range(1, 10))
+    assert [a["signals"]["velocity"]["ip_prefix_1h"] for a in answers] == list(range(1, 10))
+    assert "device_reuse" in [r["rule"] for r in answers[3]["reasons"]] and answers[3]["decision"] == "review"
+    assert answers[-1]["decision"] == "block" and "device_farm" in [r["rule"] for r in answers[-1]["reasons"]]
 
 
 def test_fallback_counts_equal_the_redis_counts(database_url, make_config, tmp_path, _sqlite_template):
