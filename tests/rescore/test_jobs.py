@@ -637,6 +637,7 @@ def test_background_merges_asks_and_leaves_the_asker_out(inline_runtime):
     with inline_runtime.session() as session:
         cluster_of = dict(session.execute(select(ClusterMember.account_id, ClusterMember.cluster_id)).all())
     worker = rescore.background.background(inline_runtime)
+    worker.MAX_DEFER = 600                        # however slow the machine, nothing settles before leave()
     inline_runtime.traffic.enter()                # a request in flight: nothing runs yet
     try:
         for _ in range(3):                        # the same asks, three times over, while it waits
@@ -700,7 +701,9 @@ def test_asks_are_committed_rows_that_a_new_process_settles(inline_runtime, make
         schedule.start()
         try:
             deadline = time.monotonic() + 30
-            while rescore.runs.unfinished_batches(successor) and time.monotonic() < deadline:
+            # Settled (the ask row gone) and worked (no batch left); its thread starts with the schedule's.
+            while ((asks_waiting(successor) or rescore.runs.unfinished_batches(successor))
+                   and time.monotonic() < deadline):
                 time.sleep(0.05)
             rescore.background.drain(successor)
         finally:
@@ -737,6 +740,7 @@ def test_asks_from_several_transactions_merge_and_leave_an_asker_out_only_when_a
         session.execute(delete(Evaluation).where(Evaluation.trigger == "rescore"))   # the seed's own
         session.commit()
     worker = rescore.background.background(inline_runtime)
+    worker.MAX_DEFER = 600                                      # nothing is settled before traffic.leave()
     inline_runtime.traffic.enter()
     try:
         worker.put([], {cluster_id: ids[0]})
