@@ -66,6 +66,10 @@ FIELDS = (
           "On the day the account woke from a dormancy longer than KYC_DORMANT_DAYS: other accounts that woke the "
           "same UTC day and used any of its prompt templates that are not popular (KYC_USAGE_POPULAR_PROMPT) that "
           "day (kyc/usage/lockstep.py); 0 on other days.", 0),
+    Field("usage.woke_together_share", "float",
+          "On the day the account woke: of the other accounts that used any of those templates that day, the share "
+          "that woke that day too (1.0: everyone on its templates woke with it, a farm; a tool's users coming back "
+          "from a break are a small share of its users); missing on other days.", 1.0),
     Field("usage.cluster_requests_today", "int",
           "Requests the account's whole cluster (graph.cluster_id) was served on the day.", 1200),
     Field("usage.cluster_quota_ratio", "float",

@@ -12,7 +12,10 @@ almost nobody else does is what counts.
 
 The facts (usage.lockstep_accounts, usage.lockstep_woke): how many other accounts are in
 lockstep with this one on the day, and how many of those woke from a dormancy that day
-(KYC_DORMANT_DAYS): a farm's accounts wake together.
+(KYC_DORMANT_DAYS): a farm's accounts wake together, all of them. A tool's users share its
+templates too, and some of them come back from a break on any given day: what tells the farm
+apart is the share of the group that woke (rules compare lockstep_woke with lockstep_accounts,
+and read usage.woke_together_share), not a count of wakers alone.
 
 The pairwise test is slow against a careful farm: an account sending a request an hour, each
 on one template drawn from a shared set, needs many hours before it holds three templates in
@@ -163,8 +166,9 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
         for account_id, templates in asked.items():
             facts = out[(account_id, day)]
             if woke[account_id]:
-                facts["woke_together"] = len({o for h in templates for o in users.get(h, ())
-                                              if o != account_id and o in woken})
+                peers = {o for h in templates for o in users.get(h, ()) if o != account_id}
+                facts["woke_together"] = len(peers & woken)
+                facts["woke_together_share"] = round(len(peers & woken) / len(peers), 4) if peers else 0.0
             if account_id not in candidates:
                 continue
             mask = 0

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sqlalchemy import delete, insert, select
 
 from kyc import create_app
-from kyc.models import PromptDay, PromptUse
+from kyc.models import Evaluation, PromptDay, PromptUse
 from kyc.runtime import Runtime
 from kyc.security import keyed_hash
 from kyc.usage.lockstep import SHARED
@@ -194,6 +194,7 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, dormant: dict[
             woken = {a for a in others if dormant.get(a, 0) > limit}
             if woke:
                 facts["woke_together"] = len(woken)
+                facts["woke_together_share"] = round(len(woken) / len(others), 4) if others else 0.0
             if len(mine) >= SHARED:
                 mask = 0
                 for h in mine.values():
@@ -237,3 +238,29 @@ def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, do
     with runtime.session() as s:
         found = lockstep_facts(s, wanted, popular=popular, dormant=limit)
     assert found == _brute_force(day_uses, held, dict(zip(accounts, dormant)), wanted, popular=popular, limit=limit)
+
+
+def test_a_tool_s_users_some_back_from_a_break_are_not_a_farm_waking(client, auth, runtime):
+    """An outside test: 600 users of an agent tool (four shared system prompts, machine pace), 60 of
+    them back from a break the same day, were all blocked by lockstep_farm_waking. A farm wakes
+    whole; here 21 of 50 wake (enough for the old counts: lockstep_woke >= 10, woke_together >= 20)."""
+    users = _signups(client, auth, "tooluser", 50)
+    tool = {f"pf_agent_{k}": 5 for k in range(4)}
+    # The others started on the tool one or two a day over the weeks before: not waking today.
+    regulars = users[21:]
+    earlier = [{**_report(a, tool, cv=0.1), "occurred_at": f"2026-11-{1 + i % 20:02d}T10:30:00Z"}
+               for i, a in enumerate(regulars)]
+    assert client.post("/v1/activity", json={"reports": earlier}, headers=auth).status_code == 200
+    reports = [_report(a, tool | {f"pf_own_{a}": 2}, cv=0.1) for a in users]
+    results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
+    assert sum(r["woke_up"] for r in results) == 21
+    with runtime.session() as s:
+        waker = s.execute(select(Evaluation.signals).where(Evaluation.account_id == users[0])
+                          .order_by(Evaluation.created_at.desc()).limit(1)).scalar_one()["usage"]
+    assert (waker["lockstep_accounts"], waker["lockstep_woke"], waker["woke_together"]) == (49, 20, 20)
+    assert waker["woke_together_share"] == round(20 / 49, 4)
+    for a in users:
+        answer = client.get(f"/v1/accounts/{a}", headers=auth).json
+        reasons = {r["rule"] for r in answer["reasons"]}
+        assert "lockstep_farm_waking" not in reasons and "woke_together_on_rare_templates" not in reasons, (a, reasons)
+        assert answer["decision"] != "block"
