@@ -207,6 +207,16 @@ class ActivityInput(_Input):
     def _ip(cls, value: str | None) -> str | None:
         return None if value is None else _check_ip(value)
 
+    def at(self) -> datetime:
+        """The moment kyc files the report at: the end of its window, except that a window ending
+        exactly at a UTC midnight is filed at the last moment of the day it covers (a microsecond
+        before), so a gateway reporting hourly on the hour counts 23:00-24:00 in that day, its
+        hour 23, as it counts every other hour in the hour before the report."""
+        end = super().at()
+        if self.window_seconds and not (end.hour or end.minute or end.second or end.microsecond):
+            return end - timedelta(microseconds=1)
+        return end
+
     @field_validator("window_seconds", mode="before")
     @classmethod
     def _moment(cls, value: Any) -> Any:

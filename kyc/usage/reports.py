@@ -255,7 +255,9 @@ def window_hours(at: datetime, window_seconds: int) -> int:
 def _report_row(account_id: str, inp: ActivityInput, at: datetime, hashed: Callable[[str, str], str]
                 ) -> dict[str, Any]:
     return {
-        "account_id": account_id, "occurred_at": at, "window_seconds": inp.window_seconds, "requests": inp.requests,
+        # The report as the gateway sent it (`at` is where it is filed: ActivityInput.at).
+        "account_id": account_id, "occurred_at": inp.occurred_at or at, "window_seconds": inp.window_seconds,
+        "requests": inp.requests,
         "refused": inp.refused, "ip_hash": hashed("ip", inp.ip) if inp.ip else None,
         "api_key_hash": hashed("api_key", inp.api_key_id) if inp.api_key_id else None,
         "tier": inp.tier, "user_agent": inp.user_agent, "tokens_in": inp.tokens_in, "tokens_out": inp.tokens_out,

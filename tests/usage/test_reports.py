@@ -95,6 +95,24 @@ def test_a_late_report_counts_in_its_own_day(client, auth, runtime, accounts):
         assert day.tier == "standard" and day.hours[9] == 10 and day.hours[10] == 5
 
 
+def test_a_window_ending_at_midnight_counts_in_the_day_it_covers(client, auth, runtime, accounts):
+    """A gateway reporting hourly on the hour: 00:00:00Z with a window of an hour is 23:00-24:00 of
+    the day before (its hour 23), not the next day's; a single moment at midnight is the new day's."""
+    post = lambda **b: client.post("/v1/accounts/acct_0/activity", json=b, headers=auth).json  # noqa: E731
+    post(occurred_at="2026-11-24T23:00:00Z", window_seconds=3600, requests=10)
+    last = post(occurred_at="2026-11-25T00:00:00Z", window_seconds=3600, requests=7)
+    assert (last["day"], last["requests_today"]) == ("2026-11-24", 17)
+    moment = post(occurred_at="2026-11-25T00:00:00Z", requests=1)
+    assert (moment["day"], moment["requests_today"]) == ("2026-11-25", 1)
+    with runtime.session() as s:
+        day = s.get(ActivityDay, ("acct_0", date(2026, 11, 24)))
+        assert (day.hours[22], day.hours[23]) == (10, 7)
+        assert s.get(ActivityDay, ("acct_0", date(2026, 11, 25))).hours[0] == 1
+        sent = sorted(r.occurred_at for r in s.scalars(select(ActivityReport)))
+        assert [t.isoformat() for t in sent] == ["2026-11-24T23:00:00+00:00", "2026-11-25T00:00:00+00:00",
+                                                 "2026-11-25T00:00:00+00:00"]      # stored as sent
+
+
 def test_the_day_keeps_its_baseline_and_first_use(client, auth, runtime, accounts):
     for d in range(1, 11):
         r = client.post("/v1/accounts/acct_0/activity",
