@@ -474,7 +474,9 @@ _AST_LOCK = threading.Lock()
 def parse_condition(text: str) -> ast.AST:
     if not isinstance(text, str) or not text.strip():
         raise ConditionError("empty condition", "write a condition, e.g. email.disposable")
-    # Explicit line continuations keep each line's number, so errors point at the right line.
+    # Explicit line continuations keep each line's number, so errors point at the right line;
+    # blank lines before the condition (`when: |` then an empty line) count too.
+    lead = len(text) - len(text.lstrip("\n"))
     lines = text.strip("\n").splitlines()
     source = " \\\n".join(line.strip() for line in lines)
     if len(source) > MAX_CONDITION_LENGTH:
@@ -487,10 +489,12 @@ def parse_condition(text: str) -> ast.AST:
         line = exc.lineno or 1
         raise ConditionError(f"cannot read the condition: {exc.msg} (column {exc.offset})",
                              _syntax_hint(lines[line - 1] if 0 < line <= len(lines) else source),
-                             line - 1) from None
+                             line - 1 + lead) from None
     except (ValueError, MemoryError, RecursionError) as exc:
         raise ConditionError(f"cannot read the condition: {exc}", "simplify the condition") from None
     _check_depth(tree.body)
+    if lead:
+        ast.increment_lineno(tree, lead)
     return tree.body
 
 

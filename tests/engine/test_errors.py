@@ -149,6 +149,28 @@ def test_type_error_on_a_later_line_of_a_block_condition(tmp_path):
     assert (error.line, error.suggestion) == (11, "did you mean email.disposable?")
 
 
+@pytest.mark.parametrize("style", ["|", ">-"])
+@pytest.mark.parametrize("blank, later, line, suggestion", [
+    (1, "and emial.disposable", 12, "did you mean email.disposable?"),
+    (2, "and device.form_fill_ms = 100", 13, "compare with ==, not ="),
+])
+def test_blank_lines_opening_a_block_condition_keep_the_line_numbers(tmp_path, style, blank, later, line, suggestion):
+    signup = RULE + f"""
+- id: second
+  description: multi-line condition after {blank} blank line(s)
+  when: {style}
+""" + "\n" * blank + f"""    email.free
+    {later}
+  score: 10
+  action: review
+"""
+    error = one_error(write_rules(tmp_path / "rules", signup))
+    if style == ">-":
+        line -= 1          # folded text is one line: its errors name the condition's first line
+    assert (error.line, error.rule_id, error.suggestion) == (line, "second", suggestion)
+    assert signup.splitlines()[line - 1].strip() == (later if style == "|" else "email.free")
+
+
 def test_condition_that_is_not_true_or_false(tmp_path):
     error = one_error(write_rules(tmp_path / "rules", rule("velocity.ip_1h + 1")))
     assert error.line == 9 and "not true/false" in error.message and error.suggestion
