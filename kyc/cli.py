@@ -236,6 +236,7 @@ def rescore(dormant_days: int | None, all_accounts: bool, cluster_id: str | None
             resume_run: str | None, batch_size: int | None, reason: str) -> None:
     """Rescore accounts in batches: enqueued on rq with Redis, run here without."""
     from kyc.rescore import batch, queue, runs
+    from kyc.rescore.background import drain
 
     chosen = [dormant_days is not None, all_accounts, cluster_id is not None, since_rules_change, bool(resume_run)]
     if sum(chosen) != 1:
@@ -251,6 +252,8 @@ def rescore(dormant_days: int | None, all_accounts: bool, cluster_id: str | None
                 if session.get(RescoreRun, resume_run) is None:
                     raise click.ClickException(f"no rescore run {resume_run!r} (`kyc jobs` shows the last one)")
         pending = batch.resume(runtime, None if resume_run == "all" else resume_run)
+        if not queued:
+            drain(runtime)
         click.echo(f"{len(pending)} unfinished batch(es) {'enqueued' if queued else 'rescored'}")
         return
     if dormant_days is not None:
@@ -274,6 +277,9 @@ def rescore(dormant_days: int | None, all_accounts: bool, cluster_id: str | None
         click.echo(f"run {run.id}: {run.total} account(s) in {run.batches} batch(es) recorded; Redis did not answer, "
                    f"a kyc worker enqueues them once it is back")
     else:
+        # What the run's own evaluations asked for (a member's new block rescores its cluster) is
+        # worked here too, before the command ends and takes its background thread with it.
+        drain(runtime)
         with runtime.session() as session:
             _print_summary(runs.run_summary(session, session.get(type(run), run.id)))
 

@@ -718,6 +718,28 @@ def test_asks_are_committed_rows_that_a_new_process_settles(inline_runtime, make
     assert rescore_evaluations(inline_runtime) == {i: 1 for i in ids}
 
 
+def test_an_in_process_rescore_command_finishes_what_its_run_asked_for(inline_runtime, rules_dir):
+    """`kyc rescore` without Redis: a member blocked by the run rescores its cluster after the
+    commit, in the command's background thread, which the command waits for before it ends."""
+    path = rules_dir / "signup.yaml"
+    rule = "  when: device.headless\n  score: 60\n  action: block\n"
+    path.write_text(path.read_text().replace(rule, rule + "  mode: shadow\n"))
+    inline_runtime.reload_rules()
+    (plain,) = seed(inline_runtime, 1, device_id="dv_family")
+    (bot,) = seed(inline_runtime, 1, prefix="bot", user_agent=HEADLESS, device_id="dv_family", email="bot@gmail.com")
+    rescore.background.drain(inline_runtime)
+    with inline_runtime.session() as session:
+        assert session.get(ClusterMember, plain).cluster_id == session.get(ClusterMember, bot).cluster_id
+        assert {session.get(Account, a).decision for a in (plain, bot)} == {"allow"}
+    path.write_text(path.read_text().replace(rule + "  mode: shadow\n", rule))       # the block acts again
+    done = subprocess.run(kyc_command("rescore", "--since-rules-change"), env=worker_env(inline_runtime),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert asks_waiting(inline_runtime) == [] and rescore.runs.unfinished_batches(inline_runtime) == []
+    # The plain member, rescored before the bot was blocked, again after: the cluster's first block.
+    assert rescore_evaluations(inline_runtime) == {plain: 2, bot: 1}
+
+
 def test_a_rolled_back_transaction_asks_for_nothing(inline_runtime):
     ids = seed(inline_runtime, 2)
     rescore.background.drain(inline_runtime)
