@@ -182,6 +182,7 @@ def write_new(session: Session, member: ClusterMember, cluster: Cluster) -> None
     send(session, _MEMBER_INSERT, [dict(inspect(member).dict)])
 
 
+MERGE_ATTEMPTS = 5       # rounds of following clusters concurrent merges removed (each round: one that committed)
 _CLUSTER_INSERT = insert(Cluster.__table__)
 _MEMBER_INSERT = insert(ClusterMember.__table__)
 
@@ -301,10 +302,11 @@ def _link(session: Session, policy: Policy, account_id: str, member: ClusterMemb
         cluster_ids.add(member.cluster_id)
         if len(cluster_ids) > 1:
             if created is not None and inspect(created).transient:     # not written: see ensure_member
-                cluster, grown = merge(session, policy, cluster_ids, at, exclude=member, joining=created)
+                cluster, grown = merge(session, policy, cluster_ids, at, exclude=member, joining=created,
+                                       linked=linked)
             else:
                 session.flush()
-                cluster, grown = merge(session, policy, cluster_ids, at, exclude=member)
+                cluster, grown = merge(session, policy, cluster_ids, at, exclude=member, linked=linked)
             return Attachment(member, cluster, at, grown)
     if created is not None and created.id == member.cluster_id:
         return Attachment(member, created, at)
@@ -381,7 +383,8 @@ def _clusters_of(session: Session, ids: list[str]) -> dict[str, tuple[str, int]]
 
 
 def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], at: datetime,
-          exclude: ClusterMember | None = None, *, joining: Cluster | None = None) -> tuple[Cluster, int]:
+          exclude: ClusterMember | None = None, *, joining: Cluster | None = None,
+          linked: Iterable[str] = ()) -> tuple[Cluster, int]:
     """Merge clusters into the largest one (union by size); members whose cluster rose are queued.
     Returns the merged cluster and its growth up to `at` (the evaluation's time), read with the
     clusters' locks (see Attachment).
@@ -390,7 +393,9 @@ def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], at: date
     holding only it queues nobody, without reading its members). `joining`: that account's new
     cluster of one, when neither is written yet. When another cluster absorbs it, the member is
     written straight into that cluster and the new cluster never is (no insert, move and delete
-    of a row that lives a few milliseconds).
+    of a row that lives a few milliseconds). `linked`: the accounts whose clusters `cluster_ids`
+    are, as read before their locks: a cluster a concurrent merge removed meanwhile is followed
+    to where those accounts are now (before, they were silently left out: a lost link).
     """
     new_cluster = joining
     new_member = exclude if joining is not None else None
@@ -402,9 +407,20 @@ def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], at: date
     if new_member is not None:
         _attach(session, new_member, new_cluster)
     c = Cluster.__table__.c
-    locked = [locked_with_growth(session, row) for row in session.execute(
-        select(*c, growth_column(c.id)).where(c.id.in_(stored)).order_by(c.id).with_for_update(),
-        growth_window(at)).mappings()]
+    followed = sorted(set(linked) | ({exclude.account_id} if exclude is not None and new_cluster is None else set()))
+    for _ in range(MERGE_ATTEMPTS):
+        locked = [locked_with_growth(session, row) for row in session.execute(
+            select(*c, growth_column(c.id)).where(c.id.in_(stored)).order_by(c.id).with_for_update(),
+            growth_window(at)).mappings()]
+        if len(locked) == len(stored) or not followed:
+            break
+        # A merge that committed after the clusters were read moved their members and deleted
+        # them: read (after the locks, so what it committed is seen) where the accounts are now.
+        now = dict(session.execute(select(ClusterMember.account_id, ClusterMember.cluster_id)
+                                   .where(ClusterMember.account_id.in_(followed))).all())
+        if exclude is not None and exclude.account_id in now:
+            set_committed_value(exclude, "cluster_id", now[exclude.account_id])    # moved with its cluster
+        stored = sorted(set(now.values()) - ({new_cluster.id} if new_cluster else set()))
     clusters = [cluster for cluster, _ in locked]
     # The merged cluster grew by what each of them did (a member not written yet: see cluster_facts).
     grown = min(GROWTH_CAP, sum(g for _, g in locked))

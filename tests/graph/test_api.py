@@ -752,3 +752,48 @@ def test_link_reasons_counts_shared_identifiers_and_reads_the_members_asked_abou
             assert link_reasons(s, cluster_id, [one])[0] == ({one: sorted(expected[one])} if expected[one] else {})
             assert member_link_kinds(s, one, cluster_id) == sorted(expected[one])
         assert link_reasons(s, cluster_id)[0] == {}
+
+
+def test_joining_a_cluster_a_concurrent_merge_removes_follows_it(postgres_runtime, monkeypatch):
+    """PostgreSQL: a new account B shares A's device. After B's transaction read A's cluster and
+    before it locked it, D's signup (Z's device, A's phone) merged A's cluster into Z's and
+    committed. B joins the cluster A is in now; before, it found A's cluster gone and was left
+    alone (an outside test lost the link in 22 rounds of 40)."""
+    from datetime import datetime, timezone
+
+    import sys
+
+    from kyc.graph import link as link_account, write_new
+
+    graph_link = sys.modules["kyc.graph.link"]           # the module (kyc.graph.link is also a function)
+
+    runtime, at = postgres_runtime, datetime(2026, 11, 20, tzinfo=timezone.utc)
+    policy = Policy.from_config(runtime.config)
+
+    def signup_of(s, account: str, nodes):
+        s.execute(Account.__table__.insert(), [{"id": account, "first_seen_at": at, "last_seen_at": at,
+                                                "decision": "allow", "score": 0}])
+        write_new(s, *link_account(s, policy, account, nodes, at, new_account=True))
+
+    with runtime.session() as s, s.begin():
+        signup_of(s, "acct_z1", [("device", "dv_z")])
+        signup_of(s, "acct_z2", [("device", "dv_z")])
+        signup_of(s, "acct_a", [("device", "dv_a"), ("phone", "ph_a")])
+    real_absorb = graph_link._absorb
+    raced = []
+
+    def absorb_after_a_concurrent_merge(session, *args, **kwargs):
+        if not raced:
+            raced.append(True)
+            with runtime.session() as other, other.begin():      # D, committing first
+                signup_of(other, "acct_d", [("device", "dv_z"), ("phone", "ph_a")])
+        return real_absorb(session, *args, **kwargs)
+
+    monkeypatch.setattr(graph_link, "_absorb", absorb_after_a_concurrent_merge)
+    with runtime.session() as s, s.begin():
+        signup_of(s, "acct_b", [("device", "dv_a")])
+    assert raced
+    assert frozenset({"acct_z1", "acct_z2", "acct_a", "acct_b", "acct_d"}) in partition(runtime)
+    with runtime.session() as s:
+        cluster = s.get(Cluster, s.get(ClusterMember, "acct_b").cluster_id)
+        assert cluster.size == 5
