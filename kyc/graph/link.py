@@ -190,7 +190,9 @@ _MEMBER_INSERT = insert(ClusterMember.__table__)
 def set_flags(session: Session, policy: Policy, account_id: str, flags: dict[str, bool], *,
               member: ClusterMember | None = None, cluster: Cluster | None = None,
               being_scored: bool = False) -> None:
-    """Update an account's traits and its cluster's counters; a rising cluster queues a rescore.
+    """Update an account's traits and its cluster's counters; a cluster whose standing moves
+    queues a rescore: a first block or fraud label, and as much the last one lifted (a label
+    changed to legit, a member released by a person: the others' linked_to_* reasons go with it).
 
     The scoring path passes the member it holds and its cluster, already locked (or created) in
     this transaction, so this reads nothing. (Holding them matters: the session keeps clean
@@ -209,7 +211,7 @@ def set_flags(session: Session, policy: Policy, account_id: str, flags: dict[str
     before = policy.bucket(cluster)
     store(session, member, changes)
     store(session, cluster, {flag: getattr(cluster, flag) + (1 if value else -1) for flag, value in changes.items()})
-    if rose(before, policy.bucket(cluster)) and not (being_scored and cluster.size == 1):
+    if before != policy.bucket(cluster) and not (being_scored and cluster.size == 1):
         after_commit(session).ask_rescore(clusters=[cluster.id])
 
 
@@ -515,12 +517,15 @@ def recluster(session: Session, policy: Policy, cluster_ids: Iterable[str]) -> N
         select(GraphEdge.kind, GraphEdge.value_hash, GraphEdge.account_id)
         .join(ClusterMember, ClusterMember.account_id == GraphEdge.account_id).where(in_clusters))
     uf = components((((kind, h), a) for kind, h, a in edges), current)
-    _assign(session, uf.groups().values(), current)
+    if _assign(session, uf.groups().values(), current):
+        # A split: every member's cluster facts changed (its size, who is blocked or labelled in
+        # it), those who stayed as much as those who moved.
+        after_commit(session).ask_rescore(accounts=sorted(current))
 
 
-def _assign(session: Session, groups: Iterable[list[str]], current: dict[str, str]) -> None:
+def _assign(session: Session, groups: Iterable[list[str]], current: dict[str, str]) -> dict[str, str]:
     """Give each group of accounts a cluster, keeping ids where a group keeps most of a cluster,
-    and recompute counters from the members' flags."""
+    and recompute counters from the members' flags; the accounts moved, to their new cluster."""
     claimed: set[str] = set()
     changed: dict[str, str] = {}
     touched: set[str] = set(current.values())
@@ -541,6 +546,7 @@ def _assign(session: Session, groups: Iterable[list[str]], current: dict[str, st
         for chunk in chunks(accounts, 5000):
             session.execute(update(ClusterMember).where(ClusterMember.account_id.in_(chunk)).values(cluster_id=cluster_id))
     _recount(session, touched)
+    return changed
 
 
 def _recount(session: Session, cluster_ids: set[str]) -> None:

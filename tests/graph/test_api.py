@@ -453,6 +453,29 @@ def test_a_fraud_label_is_kept_and_rescores_the_cluster(client, auth, runtime):
     legit = client.post("/v1/accounts/acct_1/labels", json={"label": "legit"}, headers=auth).json
     assert legit["label"] == "legit" and legit["state_version"] > version
     assert cluster_of(runtime, "acct_1").labeled_fraud == 0
+    # The label lifted is news too: the member held for the link is rescored without it.
+    drain(runtime)
+    second = client.get("/v1/accounts/acct_2", headers=auth).json
+    assert not {"linked_to_fraud", "linked_to_blocked"} & {r["rule"] for r in second["reasons"]}, second
+    assert second["decision"] == "allow"
+
+
+def test_a_split_rescores_the_members_whose_links_went_with_it(small_graph, auth):
+    """A device turning super-node links nobody: the members it held together, held for a
+    fraud label on one of them, are rescored alone and lose the linked_to_* reasons."""
+    client, runtime = small_graph
+    for n in (20, 21, 22):
+        post(client, auth, n, device_id="dv_family")
+    assert client.post("/v1/accounts/acct_20/labels", json={"label": "fraud"}, headers=auth).status_code == 200
+    drain(runtime)
+    assert "linked_to_fraud" in {r["rule"] for r in client.get("/v1/accounts/acct_21", headers=auth).json["reasons"]}
+    for n in (23, 24):                              # the device's fifth holder makes it a super-node (threshold 4)
+        post(client, auth, n, device_id="dv_family")
+    drain(runtime)
+    for n in (21, 22):
+        account = client.get(f"/v1/accounts/acct_{n}", headers=auth).json
+        assert account["cluster"]["size"] == 1, account
+        assert not {"linked_to_fraud", "linked_to_blocked"} & {r["rule"] for r in account["reasons"]}, account
 
 
 def test_bad_labels_are_refused_and_change_nothing(client, auth, runtime):
