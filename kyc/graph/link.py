@@ -493,24 +493,36 @@ def _make_super(session: Session, policy: Policy, nodes: list[Node]) -> None:
     condition = tuple_(GraphEdge.kind, GraphEdge.value_hash).in_(nodes)
     # A cluster of one cannot split: only larger ones are computed again. (A popular template
     # turns super held by dozens of accounts that it never linked, each alone in its cluster.)
+    holders = sorted(set(session.scalars(select(GraphEdge.account_id).where(condition))))
     affected = set(session.execute(
-        select(ClusterMember.cluster_id).join(GraphEdge, GraphEdge.account_id == ClusterMember.account_id)
-        .join(Cluster, Cluster.id == ClusterMember.cluster_id).where(condition, Cluster.size > 1)).scalars())
+        select(ClusterMember.cluster_id).join(Cluster, Cluster.id == ClusterMember.cluster_id)
+        .where(ClusterMember.account_id.in_(holders), Cluster.size > 1)).scalars()) if holders else set()
     session.execute(update(GraphNode).where(tuple_(GraphNode.kind, GraphNode.value_hash).in_(nodes))
                     .values(super_node=True))
     session.execute(delete(GraphEdge).where(condition))
     session.flush()
-    recluster(session, policy, affected)
+    recluster(session, policy, affected, holders=holders)
 
 
-def recluster(session: Session, policy: Policy, cluster_ids: Iterable[str]) -> None:
-    """Recompute the components of some clusters from their members' edges (a cluster can only split)."""
+def recluster(session: Session, policy: Policy, cluster_ids: Iterable[str], *, holders: Iterable[str] = ()) -> None:
+    """Recompute the components of some clusters from their members' edges (a cluster can only split).
+    `holders`: accounts whose clusters these are, as read before the locks: a merge that committed
+    meanwhile may have moved them into another cluster, which is then split too."""
     cluster_ids = sorted(set(cluster_ids))
+    holders = sorted(set(holders))
     if not cluster_ids:
         return
     # The clusters before their members, in id order, as merge() and rescore chunks lock them:
     # transactions never wait on each other in a circle.
     session.execute(select(Cluster.id).where(Cluster.id.in_(cluster_ids)).order_by(Cluster.id).with_for_update())
+    for _ in range(MERGE_ATTEMPTS):
+        now = set(session.scalars(select(ClusterMember.cluster_id).join(Cluster, Cluster.id == ClusterMember.cluster_id)
+                                  .where(ClusterMember.account_id.in_(holders), Cluster.size > 1))) if holders else set()
+        if now <= set(cluster_ids):
+            break
+        more = sorted(now - set(cluster_ids))
+        session.execute(select(Cluster.id).where(Cluster.id.in_(more)).order_by(Cluster.id).with_for_update())
+        cluster_ids = sorted(set(cluster_ids) | now)
     in_clusters = ClusterMember.cluster_id.in_(cluster_ids)
     current = dict(session.execute(select(ClusterMember.account_id, ClusterMember.cluster_id).where(in_clusters)).all())
     edges = session.execute(

@@ -820,3 +820,48 @@ def test_joining_a_cluster_a_concurrent_merge_removes_follows_it(postgres_runtim
     with runtime.session() as s:
         cluster = s.get(Cluster, s.get(ClusterMember, "acct_b").cluster_id)
         assert cluster.size == 5
+
+
+def test_a_split_follows_members_a_concurrent_merge_moved(postgres_runtime, monkeypatch):
+    """PostgreSQL: a device held by a1-a4 turns super-node with S, its fifth holder. Between S's
+    reading their cluster and locking it, T (a phone of L's and a1's phone) merged that cluster into
+    the larger L and committed. S splits L: a2-a4 were held in it only by the device (before,
+    S split the cluster it had read, gone by then, and a2-a4 stayed linked to L for good)."""
+    import sys
+    from dataclasses import replace
+    from datetime import datetime, timezone
+
+    from kyc.graph import link as link_account, write_new
+
+    graph_link = sys.modules["kyc.graph.link"]
+    runtime, at = postgres_runtime, datetime(2026, 11, 20, tzinfo=timezone.utc)
+    policy = replace(Policy.from_config(runtime.config), super_strong=4)
+
+    def signup_of(s, account: str, nodes):
+        s.execute(Account.__table__.insert(), [{"id": account, "first_seen_at": at, "last_seen_at": at,
+                                                "decision": "allow", "score": 0}])
+        write_new(s, *link_account(s, policy, account, nodes, at, new_account=True))
+
+    with runtime.session() as s, s.begin():
+        for n in range(1, 5):
+            signup_of(s, f"acct_a{n}", [("device", "dv_x"), ("phone", f"ph_a{n}")])
+        for n in range(1, 7):                # L: six accounts chained by phones (none held by more than two)
+            signup_of(s, f"acct_l{n}", [("phone", f"ph_l{n}"), ("phone", f"ph_l{n + 1}")])
+    real_recluster = graph_link.recluster
+    raced = []
+
+    def recluster_after_a_concurrent_merge(session, *args, **kwargs):
+        if not raced:
+            raced.append(True)
+            with runtime.session() as other, other.begin():      # T, committing first
+                signup_of(other, "acct_t", [("phone", "ph_l1"), ("phone", "ph_a1")])
+        return real_recluster(session, *args, **kwargs)
+
+    monkeypatch.setattr(graph_link, "recluster", recluster_after_a_concurrent_merge)
+    with runtime.session() as s, s.begin():
+        signup_of(s, "acct_s", [("device", "dv_x")])
+    assert raced
+    groups = partition(runtime)
+    assert frozenset({"acct_a1", "acct_t"} | {f"acct_l{n}" for n in range(1, 7)}) in groups
+    for alone in ("acct_a2", "acct_a3", "acct_a4", "acct_s"):
+        assert frozenset({alone}) in groups, groups
