@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import random
+import sys
 from collections import defaultdict
+from dataclasses import replace
+from datetime import datetime, timezone
 
 import pytest
 from sqlalchemy import delete, func, select, text, update
@@ -777,49 +780,54 @@ def test_link_reasons_counts_shared_identifiers_and_reads_the_members_asked_abou
         assert link_reasons(s, cluster_id)[0] == {}
 
 
+class _Race:
+    """Signups linked straight through the graph (PostgreSQL), and one that commits in another
+    transaction at the moment a step of the graph's code is about to run in the first."""
+
+    AT = datetime(2026, 11, 20, tzinfo=timezone.utc)
+
+    def __init__(self, runtime, policy: Policy):
+        self.runtime, self.policy = runtime, policy
+
+    def signup(self, s, account: str, nodes) -> None:
+        from kyc.graph import link as link_account, write_new
+
+        s.execute(Account.__table__.insert(), [{"id": account, "first_seen_at": self.AT, "last_seen_at": self.AT,
+                                                "decision": "allow", "score": 0}])
+        write_new(s, *link_account(s, self.policy, account, nodes, self.AT, new_account=True))
+
+    def commit_before(self, monkeypatch, step: str, account: str, nodes) -> list:
+        """Before the first call of kyc.graph.link's `step`, sign `account` up and commit."""
+        graph_link = sys.modules["kyc.graph.link"]           # the module (kyc.graph.link is also a function)
+        real, raced = getattr(graph_link, step), []
+
+        def first_the_other(session, *args, **kwargs):
+            if not raced:
+                raced.append(True)
+                with self.runtime.session() as other, other.begin():
+                    self.signup(other, account, nodes)
+            return real(session, *args, **kwargs)
+
+        monkeypatch.setattr(graph_link, step, first_the_other)
+        return raced
+
+
 def test_joining_a_cluster_a_concurrent_merge_removes_follows_it(postgres_runtime, monkeypatch):
     """PostgreSQL: a new account B shares A's device. After B's transaction read A's cluster and
     before it locked it, D's signup (Z's device, A's phone) merged A's cluster into Z's and
     committed. B joins the cluster A is in now; before, it found A's cluster gone and was left
     alone (an outside test lost the link in 22 rounds of 40)."""
-    from datetime import datetime, timezone
-
-    import sys
-
-    from kyc.graph import link as link_account, write_new
-
-    graph_link = sys.modules["kyc.graph.link"]           # the module (kyc.graph.link is also a function)
-
-    runtime, at = postgres_runtime, datetime(2026, 11, 20, tzinfo=timezone.utc)
-    policy = Policy.from_config(runtime.config)
-
-    def signup_of(s, account: str, nodes):
-        s.execute(Account.__table__.insert(), [{"id": account, "first_seen_at": at, "last_seen_at": at,
-                                                "decision": "allow", "score": 0}])
-        write_new(s, *link_account(s, policy, account, nodes, at, new_account=True))
-
-    with runtime.session() as s, s.begin():
-        signup_of(s, "acct_z1", [("device", "dv_z")])
-        signup_of(s, "acct_z2", [("device", "dv_z")])
-        signup_of(s, "acct_a", [("device", "dv_a"), ("phone", "ph_a")])
-    real_absorb = graph_link._absorb
-    raced = []
-
-    def absorb_after_a_concurrent_merge(session, *args, **kwargs):
-        if not raced:
-            raced.append(True)
-            with runtime.session() as other, other.begin():      # D, committing first
-                signup_of(other, "acct_d", [("device", "dv_z"), ("phone", "ph_a")])
-        return real_absorb(session, *args, **kwargs)
-
-    monkeypatch.setattr(graph_link, "_absorb", absorb_after_a_concurrent_merge)
-    with runtime.session() as s, s.begin():
-        signup_of(s, "acct_b", [("device", "dv_a")])
+    race = _Race(postgres_runtime, Policy.from_config(postgres_runtime.config))
+    with postgres_runtime.session() as s, s.begin():
+        race.signup(s, "acct_z1", [("device", "dv_z")])
+        race.signup(s, "acct_z2", [("device", "dv_z")])
+        race.signup(s, "acct_a", [("device", "dv_a"), ("phone", "ph_a")])
+    raced = race.commit_before(monkeypatch, "_absorb", "acct_d", [("device", "dv_z"), ("phone", "ph_a")])
+    with postgres_runtime.session() as s, s.begin():
+        race.signup(s, "acct_b", [("device", "dv_a")])
     assert raced
-    assert frozenset({"acct_z1", "acct_z2", "acct_a", "acct_b", "acct_d"}) in partition(runtime)
-    with runtime.session() as s:
-        cluster = s.get(Cluster, s.get(ClusterMember, "acct_b").cluster_id)
-        assert cluster.size == 5
+    assert frozenset({"acct_z1", "acct_z2", "acct_a", "acct_b", "acct_d"}) in partition(postgres_runtime)
+    assert cluster_of(postgres_runtime, "acct_b").size == 5
 
 
 def test_a_split_follows_members_a_concurrent_merge_moved(postgres_runtime, monkeypatch):
@@ -827,41 +835,17 @@ def test_a_split_follows_members_a_concurrent_merge_moved(postgres_runtime, monk
     reading their cluster and locking it, T (a phone of L's and a1's phone) merged that cluster into
     the larger L and committed. S splits L: a2-a4 were held in it only by the device (before,
     S split the cluster it had read, gone by then, and a2-a4 stayed linked to L for good)."""
-    import sys
-    from dataclasses import replace
-    from datetime import datetime, timezone
-
-    from kyc.graph import link as link_account, write_new
-
-    graph_link = sys.modules["kyc.graph.link"]
-    runtime, at = postgres_runtime, datetime(2026, 11, 20, tzinfo=timezone.utc)
-    policy = replace(Policy.from_config(runtime.config), super_strong=4)
-
-    def signup_of(s, account: str, nodes):
-        s.execute(Account.__table__.insert(), [{"id": account, "first_seen_at": at, "last_seen_at": at,
-                                                "decision": "allow", "score": 0}])
-        write_new(s, *link_account(s, policy, account, nodes, at, new_account=True))
-
-    with runtime.session() as s, s.begin():
+    race = _Race(postgres_runtime, replace(Policy.from_config(postgres_runtime.config), super_strong=4))
+    with postgres_runtime.session() as s, s.begin():
         for n in range(1, 5):
-            signup_of(s, f"acct_a{n}", [("device", "dv_x"), ("phone", f"ph_a{n}")])
+            race.signup(s, f"acct_a{n}", [("device", "dv_x"), ("phone", f"ph_a{n}")])
         for n in range(1, 7):                # L: six accounts chained by phones (none held by more than two)
-            signup_of(s, f"acct_l{n}", [("phone", f"ph_l{n}"), ("phone", f"ph_l{n + 1}")])
-    real_recluster = graph_link.recluster
-    raced = []
-
-    def recluster_after_a_concurrent_merge(session, *args, **kwargs):
-        if not raced:
-            raced.append(True)
-            with runtime.session() as other, other.begin():      # T, committing first
-                signup_of(other, "acct_t", [("phone", "ph_l1"), ("phone", "ph_a1")])
-        return real_recluster(session, *args, **kwargs)
-
-    monkeypatch.setattr(graph_link, "recluster", recluster_after_a_concurrent_merge)
-    with runtime.session() as s, s.begin():
-        signup_of(s, "acct_s", [("device", "dv_x")])
+            race.signup(s, f"acct_l{n}", [("phone", f"ph_l{n}"), ("phone", f"ph_l{n + 1}")])
+    raced = race.commit_before(monkeypatch, "recluster", "acct_t", [("phone", "ph_l1"), ("phone", "ph_a1")])
+    with postgres_runtime.session() as s, s.begin():
+        race.signup(s, "acct_s", [("device", "dv_x")])
     assert raced
-    groups = partition(runtime)
+    groups = partition(postgres_runtime)
     assert frozenset({"acct_a1", "acct_t"} | {f"acct_l{n}" for n in range(1, 7)}) in groups
     for alone in ("acct_a2", "acct_a3", "acct_a4", "acct_s"):
         assert frozenset({alone}) in groups, groups
