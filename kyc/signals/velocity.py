@@ -12,7 +12,9 @@ carries
   the 6 days before that day: a week covers weekdays and weekends, and a new deployment or a
   new key has a baseline within days), the mean floored at one account, so that a key with no history
   reads its plain count (a surge of 5 on a rare key is 5 accounts) and a busy key reads how far
-  above its usual rate it is (a surge of 5 on a BIN that sees 40 accounts an hour is 200);
+  above its usual rate it is (a surge of 5 on a BIN that sees 40 accounts an hour is 200); an IP
+  with no history of its own is read against its /24's (or /64's) rate instead of one account
+  (PARENT): a new address of a busy carrier NAT pool or campus network is as busy as its network;
 - *popularity*: POPULAR_ACCOUNTS or more other accounts in the 30 days before the current day.
   The current day is left out, so a burst cannot make its own key look popular (unless the
   day alone saturates the count: more than COUNT_CAP accounts in a day is a crowd).
@@ -45,6 +47,8 @@ VELOCITY_KEYS = {
     "card_fingerprint": "the same card (processor fingerprint)",
 }
 
+# A key with no history of its own is read against its parent's rate: an IP against its network's.
+PARENT = {"ip": "ip_prefix"}
 # Surge windows: each compared with the key's mean over its base windows, longest first (the
 # first whose count is not saturated is used).
 SURGES: dict[str, tuple[str, ...]] = {"1h": ("7d", "24h"), "24h": ("7d",)}
@@ -62,7 +66,8 @@ FIELDS = tuple(
     Field(f"velocity.{kind}_surge_{window}", "float",
           f"Accounts seen with {meaning} in the last {window}, divided by the mean per {window} over the "
           f"{bases[0]} up to that {window} (floored at 1 account): the plain count for a rare key, the multiple of "
-          f"its usual rate for a busy one.", 1.0)
+          f"its usual rate for a busy one." + (f" With no history of its own, against its {PARENT[kind]}'s mean."
+                                               if kind in PARENT else ""), 1.0)
     for kind, meaning in VELOCITY_KEYS.items()
     for window, bases in SURGES.items()
 ) + tuple(
@@ -73,16 +78,29 @@ FIELDS = tuple(
 )
 
 
-def surge(per_window: dict[str, int], window: str) -> float:
-    """The count in `window` over the key's mean count per such window in its base period."""
+def base_mean(per_window: dict[str, int], window: str) -> float | None:
+    """The key's mean count per `window` over its base period (None: every base window saturated)."""
     count = per_window[window]
     for base, ratio in _BASES[window]:
         total = per_window[base]
         if total < _SATURATED:
             # Accounts whose latest event lies in the base period before the window, per window.
-            mean = (total - count) / ratio
-            return round(count / mean, 2) if mean > 1.0 else float(count)
-    return 1.0
+            return (total - count) / ratio
+    return None
+
+
+def surge(per_window: dict[str, int], window: str, prior: float = 0.0) -> float:
+    """The count in `window` over the key's mean count per such window in its base period.
+    `prior`: the mean to read a key with no history of its own against (an IP never seen before,
+    against its network's rate: a carrier NAT pool's or a campus's new address is as busy as its
+    network usually is, a farm's fresh address on a quiet network is not)."""
+    mean = base_mean(per_window, window)
+    if mean is None:
+        return 1.0
+    if mean == 0:
+        mean = prior
+    count = per_window[window]
+    return round(count / mean, 2) if mean > 1.0 else float(count)
 
 
 def popular(per_window: dict[str, int]) -> bool:
@@ -99,13 +117,16 @@ _NAMES = {kind: ({w: f"{kind}_{w}" for w in WINDOWS}, {w: f"{kind}_surge_{w}" fo
 
 def velocity_signals(counts: dict[Key, dict[str, int]]) -> dict[str, int | float | bool]:
     facts: dict[str, int | float | bool] = {}
+    by_kind = {kind: per_window for (kind, _hash), per_window in counts.items()}
     for (kind, _hash), per_window in counts.items():
         names = _NAMES.get(kind)
         if names is not None:
             counts_named, surges_named, popular_named = names
             for window, count in per_window.items():
                 facts[counts_named[window]] = count
+            parent = by_kind.get(PARENT.get(kind, ""))
             for window, name in surges_named.items():
-                facts[name] = surge(per_window, window)
+                prior = (base_mean(parent, window) or 0.0) if parent is not None else 0.0
+                facts[name] = surge(per_window, window, prior)
             facts[popular_named] = popular(per_window)
     return facts

@@ -246,6 +246,24 @@ def test_surge_and_popularity_by_hand():
     assert surge(flood, "1h") == 1.0 and popular(flood)
 
 
+def test_a_new_address_is_read_against_its_network_s_rate():
+    """An IP nobody used before: five accounts in its first hour are a surge of 5 on a quiet
+    network, and nothing on a carrier NAT pool or campus /24 that sees twenty accounts an hour."""
+    from kyc.signals.velocity import velocity_signals
+
+    new_ip = {"1h": 5, "24h": 5, "7d": 5, "30d": 5}
+    busy_network = {"1h": 25, "24h": 480, "7d": 3380, "30d": 5000}      # ~20 an hour, all week
+    quiet_network = {"1h": 5, "24h": 6, "7d": 7, "30d": 9}
+    busy = velocity_signals({("ip", "h_ip"): new_ip, ("ip_prefix", "h_net"): busy_network})
+    quiet = velocity_signals({("ip", "h_ip"): new_ip, ("ip_prefix", "h_net"): quiet_network})
+    assert busy["ip_surge_1h"] == round(5 / ((3380 - 25) / 167), 2) < 1
+    assert quiet["ip_surge_1h"] == 5.0 and quiet["ip_prefix_surge_1h"] == 5.0
+    # An address with history of its own keeps its own rate, whatever its network's.
+    seen_ip = {"1h": 5, "24h": 10, "7d": 40, "30d": 60}
+    own = velocity_signals({("ip", "h_ip"): seen_ip, ("ip_prefix", "h_net"): busy_network})
+    assert own["ip_surge_1h"] == 5.0                                     # (40 - 5) / 167 < 1 a hour: floored
+
+
 def test_baseline_signals_agree_on_redis_and_sql(runtime):
     """The same random history with bursts and quiet keys: identical surges and popularity."""
     from kyc.signals.velocity import velocity_signals
