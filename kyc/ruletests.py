@@ -116,7 +116,7 @@ def _check_case(raw: Any, display: str, stem: str, schema: Schema, errors: list[
 
     def err(message: str, key: str | None, suggestion: str, line: int | None = None) -> None:
         errors.append(RuleError(display, line or raw.key_lines.get(key, raw.line), name if isinstance(name, str)
-                                else None, message, suggestion))
+                                else None, message, suggestion, kind="case"))
 
     for key in raw:
         if key not in CASE_KEYS:

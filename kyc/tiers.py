@@ -107,7 +107,7 @@ def _check_tier(raw: Any, display: str, schema: Schema, lists: dict[str, frozens
 
     def err(message: str, key: str | None = None, suggestion: str | None = None, line: int | None = None) -> None:
         errors.append(RuleError(display, line or raw.key_lines.get(key, raw.line), tier_id if isinstance(tier_id, str)
-                                else None, message, suggestion))
+                                else None, message, suggestion, kind="tier"))
 
     for key in raw:
         if key not in TIER_KEYS:

@@ -79,8 +79,8 @@ def test_tier_mistakes_name_file_line_tier_and_suggestion(tmp_path):
     with pytest.raises(RuleSetError) as caught:
         load_tiers(root, SCHEMA, {})
     text = str(caught.value)
-    assert "rules/tiers.yaml:3: rule 'gold': unknown quota 'requests_per_hour' (did you mean requests_per_day?)" in text
-    assert "rules/tiers.yaml:4: rule 'gold': requires lists verifications" in text
+    assert "rules/tiers.yaml:3: tier 'gold': unknown quota 'requests_per_hour' (did you mean requests_per_day?)" in text
+    assert "rules/tiers.yaml:4: tier 'gold': requires lists verifications" in text
     assert "rules/tiers.yaml:5:" in text and "(did you mean allow?)" in text
     root = _rules_copy(tmp_path / "b", """\
 - id: gold
@@ -97,6 +97,7 @@ def test_tier_mistakes_name_file_line_tier_and_suggestion(tmp_path):
     error = caught.value.errors[0]
     assert (error.file.endswith("tiers.yaml"), error.line, error.rule_id) == (True, 8, "old_enough")
     assert error.suggestion == "did you mean account.age_days?"
+    assert "tiers.yaml:8: condition 'old_enough': unknown" in str(error)      # named as what it is, not a rule
 
 
 def test_bad_tiers_file_never_replaces_the_running_policy(runtime, tmp_path):

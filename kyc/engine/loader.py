@@ -34,15 +34,16 @@ class RuleError:
     rule_id: str | None
     message: str
     suggestion: str | None = None
+    kind: str = "rule"          # what rule_id names: a rule, a tier, a tier's condition, a test case
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}"
-        rule = f" rule '{self.rule_id}':" if self.rule_id else ""
+        rule = f" {self.kind} '{self.rule_id}':" if self.rule_id else ""
         hint = f" ({self.suggestion})" if self.suggestion else ""
         return f"{where}:{rule} {self.message}{hint}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "rule": self.rule_id,
+        return {"file": self.file, "line": self.line, "rule": self.rule_id, "kind": self.kind,
                 "message": self.message, "suggestion": self.suggestion}
 
 
@@ -414,7 +415,8 @@ def compile_conditions(conditions: list[Condition], schema: Schema, lists: dict[
         try:
             compiled.append(compile_condition(unit, condition.when))
         except ConditionError as exc:
-            errors.append(RuleError(display, condition.line + exc.offset, condition.id, exc.message, exc.suggestion))
+            errors.append(RuleError(display, condition.line + exc.offset, condition.id, exc.message, exc.suggestion,
+                                    kind="condition"))
     if errors:
         raise RuleSetError(errors)
     families = frozenset(f.split(".", 1)[0] for f in unit.field_locals)

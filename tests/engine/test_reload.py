@@ -112,7 +112,7 @@ def test_reload_endpoint_swaps_a_clean_set_and_refuses_a_broken_one(live_rules, 
     error = response.json["error"]
     assert error["code"] == "rules_invalid" and error["running_version"] == clean
     assert error["errors"] == [{"file": "rules/signup.yaml", "line": original.count("\n") + 4, "rule": "broken",
-                                "message": "unknown field 'emial.disposable'",
+                                "kind": "rule", "message": "unknown field 'emial.disposable'",
                                 "suggestion": "did you mean email.disposable?"}]
     status = client.get("/v1/ops/rules", headers=auth).json
     assert status["version"] == clean

@@ -88,7 +88,7 @@ def test_case_mistakes_are_rule_errors(tmp_path):
     """))
     result = run("test", "--rules", str(root))
     assert result.exit_code == 1
-    assert "rules/tests/bad.yaml:5: rule 'typo in a key': unknown key 'expcet' in a case (did you mean expect?)" \
+    assert "rules/tests/bad.yaml:5: case 'typo in a key': unknown key 'expcet' in a case (did you mean expect?)" \
         in result.stderr
     assert "unknown field 'emial.disposable' in signals (did you mean email.disposable?)" in result.stderr
     assert "signals device.headless is bool, got 'yes'" in result.stderr
@@ -131,8 +131,8 @@ def test_check_finds_mistakes_in_a_case_s_input_and_expected_verifications(tmp_p
     """))
     result = run("check", "--rules", str(root))
     assert result.exit_code == 1, result.output
-    assert ("rules/tests/bad.yaml:4: rule 'typo in the input': input emial: unknown field; free-form data goes in "
+    assert ("rules/tests/bad.yaml:4: case 'typo in the input': input emial: unknown field; free-form data goes in "
             "metadata") in result.stderr
-    assert "rules/tests/bad.yaml:4: rule 'typo in the input': input email: required" in result.stderr
-    assert ("rule 'typo in a verification': unknown verification 'phnoe' in expect.required_verifications "
+    assert "rules/tests/bad.yaml:4: case 'typo in the input': input email: required" in result.stderr
+    assert ("case 'typo in a verification': unknown verification 'phnoe' in expect.required_verifications "
             "(did you mean phone?)") in result.stderr
