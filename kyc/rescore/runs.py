@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from kyc import metrics
 from kyc.ids import new_id
 from kyc.models import Account, ClusterMember, Evaluation, RescoreBatch, RescoreRun, utcnow
+from kyc.persist import in_list
 from kyc.rescore.queue import FAILURE_TTL, JOB_TIMEOUT, RESCORE_BATCH_JOB, RESULT_TTL, RETRY_INTERVALS
 
 if TYPE_CHECKING:
@@ -54,9 +55,10 @@ def accounts_query(selector: str, params: dict[str, Any], version: str, now: dat
         query = query.join(ClusterMember, ClusterMember.account_id == Account.id).where(
             ClusterMember.cluster_id == params["cluster_id"])
     elif selector == "rules_change":
-        # Accounts whose latest evaluation was made under another rules version.
-        query = query.join(Evaluation, Evaluation.id == Account.last_evaluation_id).where(
-            Evaluation.rules_version != version)
+        # Every scored account, with its latest evaluation's version and its slots: stale_slots
+        # keeps those with any slot scored under another version.
+        query = (select(Account.id, Evaluation.rules_version, Account.subjects)
+                 .join(Evaluation, Evaluation.id == Account.last_evaluation_id))
     elif selector != "all":
         raise ValueError(f"unknown selector {selector!r}")
     return query.order_by(Account.id)
@@ -88,6 +90,9 @@ def record_run(runtime: Runtime, session: Session, selector: str, *, params: dic
     session.flush()
     if account_ids is not None:
         ids: Iterable[str] = account_ids
+    elif selector == "rules_change":
+        ids = stale_slots(session, session.execute(
+            accounts_query(selector, params, version).execution_options(yield_per=_STALE_READ)), version)
     else:
         query = accounts_query(selector, params, version).execution_options(yield_per=10_000)
         ids = session.scalars(query)
@@ -106,6 +111,34 @@ def record_run(runtime: Runtime, session: Session, selector: str, *, params: dic
         run.finished_at = utcnow()
     session.flush()
     return run
+
+
+_STALE_READ = 10_000
+
+
+def stale_slots(session: Session, rows: Iterable[tuple[str, str, dict | None]], version: str) -> Iterator[str]:
+    """The accounts (in the rows' id order) any of whose slots was scored under another rules
+    version than `version`. An account's decision combines its slots (its signup, each card): one
+    whose latest evaluation (a card added after a rules change) is current may still hold a
+    signup scored under the old rules, so each slot's version is read, a window of rows at a time
+    (one statement per window, for the accounts with more than one slot)."""
+    window: list[tuple[str, str, dict | None]] = []
+    for row in rows:
+        window.append(row)
+        if len(window) >= _STALE_READ:
+            yield from _stale_in(session, window, version)
+            window = []
+    yield from _stale_in(session, window, version)
+
+
+def _stale_in(session: Session, window: list[tuple[str, str, dict | None]], version: str) -> list[str]:
+    slots = {account_id: [slot["evaluation_id"] for slot in (subjects or {}).values()]
+             for account_id, latest, subjects in window if latest == version and len(subjects or {}) > 1}
+    wanted = sorted({e for ids in slots.values() for e in ids})
+    versions = dict(session.execute(select(Evaluation.id, Evaluation.rules_version)
+                                    .where(in_list(Evaluation.__table__.c.id, "ids")), {"ids": wanted}).all()) if wanted else {}
+    return [account_id for account_id, latest, _ in window
+            if latest != version or any(versions.get(e, version) != version for e in slots.get(account_id, ()))]
 
 
 def _chunks(ids: Iterable[str], size: int) -> Iterator[list[str]]:

@@ -32,7 +32,7 @@ from kyc.inputs import SignupInput
 from kyc.models import Account, Cluster, ClusterMember, Evaluation, RescoreAsk, RescoreBatch, RescoreRun, utcnow
 from kyc.runtime import Runtime
 from kyc.scoring import score
-from tests.conftest import REDIS_URL, RULES_DIR, TEST_SECRET, redis_connection, signup
+from tests.conftest import REDIS_URL, RULES_DIR, TEST_SECRET, payment, redis_connection, signup
 
 HEADLESS = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
             "HeadlessChrome/120.0.0.0 Safari/537.36")
@@ -738,6 +738,35 @@ def test_an_in_process_rescore_command_finishes_what_its_run_asked_for(inline_ru
     assert asks_waiting(inline_runtime) == [] and rescore.runs.unfinished_batches(inline_runtime) == []
     # The plain member, rescored before the bot was blocked, again after: the cluster's first block.
     assert rescore_evaluations(inline_runtime) == {plain: 2, bot: 1}
+
+
+def test_a_rules_change_reaches_a_slot_scored_before_it_whatever_came_after(inline_runtime, rules_dir):
+    """An account whose latest evaluation (a card added after a rules change) is current, but
+    whose signup was scored under the old rules, is rescored by the rules-change run too."""
+    from kyc.inputs import PaymentMethodInput
+
+    ids = seed(inline_runtime, 2, email="someone@flagged-domain.com")
+    rescore.schedule.check_rules_change(inline_runtime)
+    rescore.background.drain(inline_runtime)
+    path = rules_dir / "signup.yaml"
+    path.write_text(path.read_text() + """
+- id: test_flagged_domain
+  description: Test rule on one domain's signups
+  when: email.domain == "flagged-domain.com"
+  score: 60
+  action: review
+""")
+    inline_runtime.reload_rules()
+    with inline_runtime.session() as session, session.begin():       # a clean card, scored under the new rules
+        score(inline_runtime, session, "payment_method",
+              PaymentMethodInput.model_validate(payment(account_id=ids[0], ip="45.0.0.10")))
+    run = rescore.schedule.check_rules_change(inline_runtime)
+    rescore.background.drain(inline_runtime)
+    assert run is not None and run.total == 2
+    with inline_runtime.session() as session:
+        for account_id in ids:
+            account = session.get(Account, account_id)
+            assert account.decision == "review" and "test_flagged_domain" in {r["rule"] for r in account.reasons}
 
 
 def test_a_rolled_back_transaction_asks_for_nothing(inline_runtime):
