@@ -418,8 +418,7 @@ def merge(session: Session, policy: Policy, cluster_ids: Iterable[str], at: date
             break
         # A merge that committed after the clusters were read moved their members and deleted
         # them: read (after the locks, so what it committed is seen) where the accounts are now.
-        now = dict(session.execute(select(ClusterMember.account_id, ClusterMember.cluster_id)
-                                   .where(ClusterMember.account_id.in_(followed))).all())
+        now = {a: cluster_id for a, (cluster_id, _) in _clusters_of(session, followed).items()}
         if exclude is not None and exclude.account_id in now:
             set_committed_value(exclude, "cluster_id", now[exclude.account_id])    # moved with its cluster
         stored = sorted(set(now.values()) - ({new_cluster.id} if new_cluster else set()))
@@ -494,9 +493,7 @@ def _make_super(session: Session, policy: Policy, nodes: list[Node]) -> None:
     # A cluster of one cannot split: only larger ones are computed again. (A popular template
     # turns super held by dozens of accounts that it never linked, each alone in its cluster.)
     holders = sorted(set(session.scalars(select(GraphEdge.account_id).where(condition))))
-    affected = set(session.execute(
-        select(ClusterMember.cluster_id).join(Cluster, Cluster.id == ClusterMember.cluster_id)
-        .where(ClusterMember.account_id.in_(holders), Cluster.size > 1)).scalars()) if holders else set()
+    affected = {cluster_id for cluster_id, size in _clusters_of(session, holders).values() if size > 1}
     session.execute(update(GraphNode).where(tuple_(GraphNode.kind, GraphNode.value_hash).in_(nodes))
                     .values(super_node=True))
     session.execute(delete(GraphEdge).where(condition))
@@ -508,21 +505,19 @@ def recluster(session: Session, policy: Policy, cluster_ids: Iterable[str], *, h
     """Recompute the components of some clusters from their members' edges (a cluster can only split).
     `holders`: accounts whose clusters these are, as read before the locks: a merge that committed
     meanwhile may have moved them into another cluster, which is then split too."""
-    cluster_ids = sorted(set(cluster_ids))
-    holders = sorted(set(holders))
-    if not cluster_ids:
-        return
-    # The clusters before their members, in id order, as merge() and rescore chunks lock them:
-    # transactions never wait on each other in a circle.
-    session.execute(select(Cluster.id).where(Cluster.id.in_(cluster_ids)).order_by(Cluster.id).with_for_update())
+    wanted, locked, holders = set(cluster_ids), set(), sorted(set(holders))
     for _ in range(MERGE_ATTEMPTS):
-        now = set(session.scalars(select(ClusterMember.cluster_id).join(Cluster, Cluster.id == ClusterMember.cluster_id)
-                                  .where(ClusterMember.account_id.in_(holders), Cluster.size > 1))) if holders else set()
-        if now <= set(cluster_ids):
+        more = sorted(wanted - locked)
+        if not more:
             break
-        more = sorted(now - set(cluster_ids))
+        # The clusters before their members, in id order, as merge() and rescore chunks lock them:
+        # transactions never wait on each other in a circle.
         session.execute(select(Cluster.id).where(Cluster.id.in_(more)).order_by(Cluster.id).with_for_update())
-        cluster_ids = sorted(set(cluster_ids) | now)
+        locked.update(more)
+        wanted |= {cluster_id for cluster_id, size in _clusters_of(session, holders).values() if size > 1}
+    if not locked:
+        return
+    cluster_ids = sorted(locked)
     in_clusters = ClusterMember.cluster_id.in_(cluster_ids)
     current = dict(session.execute(select(ClusterMember.account_id, ClusterMember.cluster_id).where(in_clusters)).all())
     edges = session.execute(

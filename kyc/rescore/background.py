@@ -30,7 +30,6 @@ from kyc.models import ClusterMember, RescoreAsk, RescoreRun
 from kyc.persist import in_list
 from kyc.rescore.batch import dispatch, run_batch
 from kyc.rescore.queue import redis_connection
-from kyc.rescore.requests import after_commit
 from kyc.rescore.runs import record_run
 from kyc.usage.identifiers import link_pending
 
@@ -120,18 +119,6 @@ class Background:
         with self._changed:
             self._asks = True
             self._changed.notify_all()
-
-    def put(self, accounts: Iterable[str], clusters: dict[str, str | None]) -> None:
-        """Ask, from outside any transaction, for accounts and clusters (cluster -> the member
-        left out, or None) to be rescored: committed as one ask, then settled here."""
-        runtime = self.runtime()
-        with runtime.session() as session, session.begin():
-            asks = after_commit(session)
-            asks.ask_rescore(accounts=accounts)
-            asks.hand_over(runtime)
-            for cluster_id, asker in clusters.items():
-                asks.ask_rescore(clusters=[cluster_id])
-                asks.hand_over(runtime, exclude=asker)
 
     def link_usage(self) -> None:
         """Link the usage identifiers committed reports left pending (in this thread)."""

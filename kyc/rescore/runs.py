@@ -45,7 +45,8 @@ LAST_JOB_KEY = "kyc:rescore:job:{run_id}:{batch_no}"      # the rq job that last
 
 
 def accounts_query(selector: str, params: dict[str, Any], version: str, now: datetime | None = None):
-    """The ids a selector picks, in id order (stable batches, and row locks taken in one order)."""
+    """The ids a selector picks, in id order (stable batches, and row locks taken in one order);
+    rules_change reads each account's slots (stale_slots)."""
     query = select(Account.id)
     if selector == "dormant":
         since = (now or utcnow()) - timedelta(days=int(params["dormant_days"]))
@@ -55,10 +56,7 @@ def accounts_query(selector: str, params: dict[str, Any], version: str, now: dat
         query = query.join(ClusterMember, ClusterMember.account_id == Account.id).where(
             ClusterMember.cluster_id == params["cluster_id"])
     elif selector == "rules_change":
-        # Every scored account, with its latest evaluation's version and its slots: stale_slots
-        # keeps those with any slot scored under another version.
-        query = (select(Account.id, Evaluation.rules_version, Account.subjects)
-                 .join(Evaluation, Evaluation.id == Account.last_evaluation_id))
+        raise ValueError("rules_change reads each account's slots: stale_slots")
     elif selector != "all":
         raise ValueError(f"unknown selector {selector!r}")
     return query.order_by(Account.id)
@@ -91,8 +89,7 @@ def record_run(runtime: Runtime, session: Session, selector: str, *, params: dic
     if account_ids is not None:
         ids: Iterable[str] = account_ids
     elif selector == "rules_change":
-        ids = stale_slots(session, session.execute(
-            accounts_query(selector, params, version).execution_options(yield_per=_STALE_READ)), version)
+        ids = stale_slots(session, version)
     else:
         query = accounts_query(selector, params, version).execution_options(yield_per=10_000)
         ids = session.scalars(query)
@@ -116,14 +113,18 @@ def record_run(runtime: Runtime, session: Session, selector: str, *, params: dic
 _STALE_READ = 10_000
 
 
-def stale_slots(session: Session, rows: Iterable[tuple[str, str, dict | None]], version: str) -> Iterator[str]:
-    """The accounts (in the rows' id order) any of whose slots was scored under another rules
-    version than `version`. An account's decision combines its slots (its signup, each card): one
-    whose latest evaluation (a card added after a rules change) is current may still hold a
-    signup scored under the old rules, so each slot's version is read, a window of rows at a time
-    (one statement per window, for the accounts with more than one slot)."""
+_SCORED = (select(Account.id, Evaluation.rules_version, Account.subjects)
+           .join(Evaluation, Evaluation.id == Account.last_evaluation_id).order_by(Account.id))
+
+
+def stale_slots(session: Session, version: str) -> Iterator[str]:
+    """The accounts, in id order, any of whose slots was scored under another rules version than
+    `version`. An account's decision combines its slots (its signup, each card): one whose latest
+    evaluation (a card added after a rules change) is current may still hold a signup scored
+    under the old rules, so each slot's version is read, a window of accounts at a time (one
+    statement per window, for the accounts with more than one slot)."""
     window: list[tuple[str, str, dict | None]] = []
-    for row in rows:
+    for row in session.execute(_SCORED.execution_options(yield_per=_STALE_READ)):
         window.append(row)
         if len(window) >= _STALE_READ:
             yield from _stale_in(session, window, version)

@@ -101,6 +101,18 @@ def seed(runtime: Runtime, n: int, prefix: str = "acct", **over) -> list[str]:
     return ids
 
 
+def ask(runtime: Runtime, accounts, clusters: dict) -> None:
+    """A committed transaction that asks for accounts, and clusters (cluster -> the member whose
+    scoring asked, left out, or None), to be rescored: as the graph and labels ask."""
+    with runtime.session() as session, session.begin():
+        asks = rescore.requests.after_commit(session)
+        asks.ask_rescore(accounts=accounts)
+        asks.hand_over(runtime)
+        for cluster_id, asker in clusters.items():
+            asks.ask_rescore(clusters=[cluster_id])
+            asks.hand_over(runtime, exclude=asker)
+
+
 def rescore_evaluations(runtime: Runtime) -> dict[str, int]:
     """Rescore evaluations per account."""
     with runtime.session() as session:
@@ -641,7 +653,7 @@ def test_background_merges_asks_and_leaves_the_asker_out(inline_runtime):
     inline_runtime.traffic.enter()                # a request in flight: nothing runs yet
     try:
         for _ in range(3):                        # the same asks, three times over, while it waits
-            worker.put(ids[:2], {cluster_of[ids[2]]: None, cluster_of[ids[3]]: ids[3]})
+            ask(inline_runtime, ids[:2], {cluster_of[ids[2]]: None, cluster_of[ids[3]]: ids[3]})
         time.sleep(3 * worker.QUIET)
         assert rescore_evaluations(inline_runtime) == {}
     finally:
@@ -657,7 +669,7 @@ def test_background_waits_for_requests_but_not_forever(inline_runtime):
     worker.MAX_DEFER = 0.2
     inline_runtime.traffic.enter()                # traffic that never pauses
     try:
-        worker.put(ids, {})
+        ask(inline_runtime, ids, {})
         rescore.background.drain(inline_runtime)
         assert rescore_evaluations(inline_runtime) == {i: 1 for i in ids}
     finally:
@@ -692,7 +704,7 @@ def test_asks_are_committed_rows_that_a_new_process_settles(inline_runtime, make
     first.MAX_DEFER = 600
     inline_runtime.traffic.enter()                # this process stays busy: its thread waits to settle
     try:
-        first.put(ids, {})
+        ask(inline_runtime, ids, {})
         assert asks_waiting(inline_runtime) == [ids]          # committed, in the database
         assert rescore.runs.unfinished_batches(inline_runtime) == []
         # The process is killed here; the next one's schedule thread settles the ask and rescores.
@@ -794,16 +806,16 @@ def test_asks_from_several_transactions_merge_and_leave_an_asker_out_only_when_a
     worker.MAX_DEFER = 600                                      # nothing is settled before traffic.leave()
     inline_runtime.traffic.enter()
     try:
-        worker.put([], {cluster_id: ids[0]})
-        worker.put([], {cluster_id: ids[0]})                    # the same asker twice: still left out
+        ask(inline_runtime, [], {cluster_id: ids[0]})
+        ask(inline_runtime, [], {cluster_id: ids[0]})                    # the same asker twice: still left out
     finally:
         inline_runtime.traffic.leave()
     rescore.background.drain(inline_runtime)
     assert rescore_evaluations(inline_runtime) == {ids[1]: 1, ids[2]: 1}
     inline_runtime.traffic.enter()
     try:
-        worker.put([], {cluster_id: ids[0]})
-        worker.put([], {cluster_id: ids[1]})                    # two askers: each may be behind the other's change
+        ask(inline_runtime, [], {cluster_id: ids[0]})
+        ask(inline_runtime, [], {cluster_id: ids[1]})                    # two askers: each may be behind the other's change
     finally:
         inline_runtime.traffic.leave()
     rescore.background.drain(inline_runtime)
@@ -826,6 +838,6 @@ def test_asks_the_database_refused_are_kept_and_recorded_later(inline_runtime, m
     monkeypatch.setattr(rescore.background, "record_run", record_run_once_refused)
     worker = rescore.background.background(inline_runtime)
     worker.RETRY = 0.05
-    worker.put(ids, {})
+    ask(inline_runtime, ids, {})
     rescore.background.drain(inline_runtime)
     assert refused and rescore_evaluations(inline_runtime) == {i: 1 for i in ids}
