@@ -793,8 +793,8 @@ def clusters_act(cluster_id: str, action: str, note: str | None) -> None:
         done = act_on_cluster(runtime, cluster_id, action, note, cli_actor())
     except NotFound as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{cluster_id}: {action} on {done.members} member(s), {done.changed} changed "
-               f"in {time.perf_counter() - started:.2f}s (audit event {done.event_id})")
+    click.echo(f"{cluster_id}: {action} on {done.members} member(s), {done.changed} changed, "
+               f"{done.kept} kept (blocked by a person on their own) in {time.perf_counter() - started:.2f}s (audit event {done.event_id})")
     _deliver_before_exit(runtime)
 
 

@@ -210,6 +210,8 @@ class ClusterActionResult(Body):
     cluster_id: str
     members: int
     changed: int
+    kept: int = Field(description="Members a person blocked on their own (a review's block, a fraud label), "
+                                  "left as they are")
     audit_event_id: int | None
 
 

@@ -52,4 +52,5 @@ def cluster_action(cluster_id: str):
     inp = parse(ClusterActionInput)
     done = act_on_cluster(runtime(), cluster_id, inp.action, inp.note, key_actor(g.get("api_key")))
     return respond(ClusterActionResult, {"cluster_id": done.cluster_id, "members": done.members,
-                                         "changed": done.changed, "audit_event_id": done.event_id})
+                                         "changed": done.changed, "kept": done.kept,
+                                         "audit_event_id": done.event_id})

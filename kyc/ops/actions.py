@@ -5,6 +5,10 @@
     release  a person's allow on every member, which stands until evidence they did not see
              (kyc/ops/standing.py)
 
+A member a person blocked on its own (a review's block, a fraud label) is kept as it is: the
+action is about the farm, and says nothing that overrules what was decided about that one
+account (a release would otherwise allow a fraud-labelled account and tell the gateway so).
+
 The action is one audit event (`cluster.action`: action, note, members, changed, old -> new
 counts) and each member's override points at it; each member whose decision changed gets a
 decision webhook. Everything is written with a few set-based statements, so a farm of 25,000
@@ -43,7 +47,7 @@ RETRIES = 3                     # a deadlock with a concurrent merge is retried
 # What the action reads of each member: its standing is recomputed from its latest evaluations.
 # (The person's reason and the override change on every member, so every member's state version
 # moves: gateways revalidate what they cached.)
-_COLUMNS = (Account.id, Account.decision, Account.subjects)
+_COLUMNS = (Account.id, Account.decision, Account.subjects, Account.override, Account.label)
 IN_LIST = 5_000                 # ids per UPDATE (PostgreSQL takes at most 65,535 parameters)
 
 
@@ -53,6 +57,7 @@ class ClusterAction:
     members: int
     changed: int
     event_id: int | None = None         # the audit event
+    kept: int = 0                       # members a person blocked on their own, left as they are
 
 
 def act_on_cluster(runtime, cluster_id: str, action: str, note: str | None, actor: str) -> ClusterAction:
@@ -111,7 +116,11 @@ def _act(runtime, session: Session, cluster_id: str, action: str, note: str | No
     # Members whose latest evaluations give the same standing get the same new standing: a farm's
     # members mostly hit the same rules, so a few UPDATEs write them all.
     groups: dict[str, tuple[Standing, list[str]]] = {}
+    kept = 0
     for row in rows.values():
+        if _blocked_on_its_own(row):
+            kept += 1
+            continue
         automatic, _, reasons, required = combine(row.subjects or {})
         key = json.dumps([automatic, reasons, required], separators=(",", ":"))
         group = groups.get(key)
@@ -131,7 +140,7 @@ def _act(runtime, session: Session, cluster_id: str, action: str, note: str | No
         since = func.coalesce(Account.review_since, now) if standing.decision == "review" else None
         # One standing for the whole farm (the usual case): its members, as the locked cluster
         # holds them; otherwise each group's ids.
-        where = ([Account.id.in_(members)] if len(groups) == 1
+        where = ([Account.id.in_(members)] if len(groups) == 1 and not kept
                  else [Account.id.in_(ids[start:start + IN_LIST]) for start in range(0, len(ids), IN_LIST)])
         for condition in where:
             session.execute(update(Account).where(condition).values(
@@ -148,7 +157,14 @@ def _act(runtime, session: Session, cluster_id: str, action: str, note: str | No
             ClusterMember.cluster_id == cluster_id, ClusterMember.blocked.is_(True)))
     webhooks.add(runtime, session, changes)
     session.execute(update(AuditEvent).where(AuditEvent.id == event_id).values(
-        detail={"action": action, "note": note, "members": len(rows), "changed": len(changes),
+        detail={"action": action, "note": note, "members": len(rows), "changed": len(changes), "kept": kept,
                 "transitions": dict(sorted(transitions.items()))}))
-    log.info("cluster %s: %s by %s, %d member(s), %d changed", cluster_id, action, actor, len(rows), len(changes))
-    return ClusterAction(cluster_id, len(rows), len(changes), event_id)
+    log.info("cluster %s: %s by %s, %d member(s), %d changed, %d kept", cluster_id, action, actor, len(rows),
+             len(changes), kept)
+    return ClusterAction(cluster_id, len(rows), len(changes), event_id, kept)
+
+
+def _blocked_on_its_own(row) -> bool:
+    """A fraud label, or a block a person gave this account itself (not an earlier cluster action)."""
+    override = row.override or {}
+    return row.label == "fraud" or (override.get("decision") == "block" and override.get("source") != "cluster_action")

@@ -54,7 +54,8 @@ def test_block_review_and_release_apply_to_every_member_in_one_audited_event(cli
     assert sorted(e["account_id"] for e in queue) == [f"acct_f{n}" for n, d in enumerate(after) if d == "review"]
 
     released = client.post(f"/v1/clusters/{cluster_id}/actions", json={"action": "release"}, headers=auth).json
-    assert released == {"cluster_id": cluster_id, "members": 4, "changed": 4, "audit_event_id": released["audit_event_id"]}
+    assert released == {"cluster_id": cluster_id, "members": 4, "changed": 4, "kept": 0,
+                        "audit_event_id": released["audit_event_id"]}
     assert decisions(client, auth, 4) == ["allow"] * 4
     assert client.get("/v1/accounts/acct_f0/entitlement?tier=free", headers=auth).json["allowed"]
     assert client.get("/v1/reviews", headers=auth).json["reviews"] == []
@@ -64,6 +65,28 @@ def test_block_review_and_release_apply_to_every_member_in_one_audited_event(cli
     again = client.post(f"/v1/clusters/{cluster_id}/actions", json={"action": "release"}, headers=auth).json
     assert (again["members"], again["changed"]) == (4, 0)
     assert client.post("/v1/clusters/cl_nope/actions", json={"action": "block"}, headers=auth).status_code == 404
+
+
+def test_members_a_person_blocked_on_their_own_are_kept_by_every_action(client, auth, runtime):
+    """A fraud label and a review's block were decided about that one account: a farm action
+    (a release above all) does not overrule them, nor queue them for review again."""
+    cluster_id = farm(client, auth, 4)
+    assert client.post("/v1/accounts/acct_f0/labels", json={"label": "fraud"}, headers=auth).status_code == 200
+    assert client.post("/v1/accounts/acct_f1/review", json={"outcome": "block"}, headers=auth).status_code == 200
+    cluster_id = client.get("/v1/accounts/acct_f3", headers=auth).json["cluster"]["id"]
+    for action in ("review", "release", "block", "release"):
+        body = client.post(f"/v1/clusters/{cluster_id}/actions", json={"action": action}, headers=auth).json
+        assert (body["members"], body["kept"]) == (4, 2), action
+        after = decisions(client, auth, 4)
+        assert after[:2] == ["block", "block"], action
+        assert [client.get(f"/v1/accounts/acct_f{n}", headers=auth).json["override"]["source"] for n in (0, 1)] \
+            == ["label", "review"]
+    assert after[2:] == ["allow", "allow"]
+    assert {e["account_id"] for e in client.get("/v1/reviews", headers=auth).json["reviews"]} == set()
+    event = client.get(f"/v1/audit?cluster_id={cluster_id}&limit=1", headers=auth).json["events"][0]
+    assert event["detail"]["kept"] == 2
+    with runtime.session() as session:
+        assert session.get(Cluster, cluster_id).blocked == 2
 
 
 def test_cli_acts_on_a_cluster_like_the_api(client, auth, runtime, database_url, tmp_path):

@@ -259,7 +259,8 @@ def cluster_action(cluster_id: str):
         done = act_on_cluster(runtime(), cluster_id, inp.action, inp.note, actor())     # its own transaction
     except NotFound:
         abort(404, f"No cluster {cluster_id}.")
-    flash(f"{inp.action.capitalize()}: {done.changed:,} of {done.members:,} members changed decision.", "ok")
+    kept = f" {done.kept:,} blocked by a person on their own kept as they are." if done.kept else ""
+    flash(f"{inp.action.capitalize()}: {done.changed:,} of {done.members:,} members changed decision.{kept}", "ok")
     return redirect(url_for("console.cluster", cluster_id=cluster_id))
 
 
