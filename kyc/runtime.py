@@ -232,8 +232,12 @@ class Runtime:
         """
         root = Path(root or self.config.rules_dir)
         with self._reload_lock:
-            # Taken before reading, so an edit landing mid-read is seen by the next poll.
-            self._rules_fingerprint = rules_fingerprint(root)
+            # Taken before reading, so an edit landing mid-read is seen by the next poll; kept
+            # only once the set it describes (or its refusal) is in place. A gunicorn worker
+            # forked from the master mid-reload inherits both: had the master already marked the
+            # new files as read while still serving the old set, that worker never reloaded
+            # (tests/engine/test_reload.py, seen under load).
+            fingerprint = rules_fingerprint(root)
             self.rules_checked_at = datetime.now(timezone.utc)
             try:
                 try:
@@ -249,15 +253,18 @@ class Runtime:
                         from None
             except RuleSetError as exc:
                 self.rules_error, self.rules_error_at = exc, self.rules_checked_at
+                self._rules_fingerprint = fingerprint
                 log.error("rules reload refused, keeping %s:\n%s", self.rules.version, exc)
                 self._audit_rules(lambda: audit.record_rules_refused(
                     self.engine, self.rules.version, [e.as_dict() for e in exc.errors], actor))
                 raise
             self.rules_error = self.rules_error_at = None
             if rules.version == self.rules.version and rules.root == self.rules.root:
+                self._rules_fingerprint = fingerprint
                 return self.rules             # same content: keep the running object and its loaded_at
             log.info("rules reloaded: %s -> %s", self.rules.version, rules.version)
             previous, self.rules, self.tiers = self.rules, rules, tiers
+            self._rules_fingerprint = fingerprint       # after the set it describes, never before
             self._audit_rules(lambda: audit.record_rules_reload(self.engine, previous, rules, actor))
             return rules
 

@@ -22,6 +22,7 @@ from kyc import create_app
 from kyc.cli import main
 from kyc.engine import RuleSet, RuleSetError
 from kyc.models import ApiKey
+from kyc import runtime as runtime_module
 from kyc.runtime import Runtime
 from kyc.security import hash_api_key, new_api_key
 from kyc.signals import SCHEMA
@@ -160,6 +161,37 @@ def wait_for(condition, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def test_a_process_forked_mid_reload_still_sees_the_edit(tmp_path, database_url, make_config, monkeypatch):
+    """gunicorn forks workers from the master, whose watcher may be halfway through a reload:
+    what a child inherits must never say "these files are read" beside the set from before
+    them, or that worker serves the old rules until the next edit."""
+    root = copy_rules(tmp_path / "rules")
+    rt = Runtime.start(make_config(database_url, rules_dir=root, rules_poll_seconds=0), migrate=False)
+    try:
+        before = rt.rules.version
+        replace_file(root / "signup.yaml", with_rule((root / "signup.yaml").read_text(), "added_rule"))
+        seen_mid_reload = []
+        loading = runtime_module.load_policy
+
+        def load_as_a_fork_would_see_it(where):
+            # What a process forked at this moment would find: the running set, and whether its
+            # watcher would still see the files as changed.
+            seen_mid_reload.append((rt.rules.version, rt.rules_changed_on_disk()))
+            return loading(where)
+
+        monkeypatch.setattr(runtime_module, "load_policy", load_as_a_fork_would_see_it)
+        rt.reload_rules()
+        assert seen_mid_reload == [(before, True)]
+        assert rt.rules.version != before and not rt.rules_changed_on_disk()
+
+        replace_file(root / "signup.yaml", (root / "signup.yaml").read_text() + BROKEN)
+        with pytest.raises(RuleSetError):
+            rt.reload_rules()
+        assert seen_mid_reload[-1][1] is True and not rt.rules_changed_on_disk()
+    finally:
+        rt.engine.dispose()
 
 
 def test_atomic_reload_under_concurrent_requests(tmp_path, runtime, auth):
