@@ -134,18 +134,20 @@ def deliver_job() -> int:
     return deliver_due(worker_runtime())
 
 
+# Each account's oldest undelivered event: the only one of its events that may be sent now. Read
+# over every pending event, not the oldest few: a gateway refusing a thousand accounts' events
+# (each waiting out its backoff) held back every other account's behind them.
+_HEADS = (select(func.min(_TABLE.c.id).label("id")).where(_TABLE.c.delivered_at.is_(None))
+          .group_by(_TABLE.c.account_id).subquery())
+
+
 def _claim(runtime, limit: int) -> list[dict[str, Any]]:
     """Claim due events, oldest first and one per account (an account's next event waits for the
     one before it), by pushing their next attempt a lease into the future."""
     now = utcnow()
     with runtime.session() as session, session.begin():
-        rows = session.execute(
-            select(_TABLE.c.id, _TABLE.c.account_id, _TABLE.c.next_attempt_at)
-            .where(_TABLE.c.delivered_at.is_(None)).order_by(_TABLE.c.id).limit(limit * 2)).all()
-        first: dict[str, tuple] = {}
-        for row in rows:
-            first.setdefault(row.account_id, row)
-        due = sorted(row.id for row in first.values() if row.next_attempt_at <= now)[:limit]
+        due = list(session.scalars(select(_TABLE.c.id).join(_HEADS, _HEADS.c.id == _TABLE.c.id)
+                                   .where(_TABLE.c.next_attempt_at <= now).order_by(_TABLE.c.id).limit(limit)))
         if not due:
             return []
         # Claimed only where still due: of two deliverers, each event goes to one.
@@ -235,9 +237,9 @@ def deliver_due(runtime, *, limit: int = BATCH) -> int:
 
 
 def next_due(runtime) -> datetime | None:
-    """When the earliest pending event is due (None: nothing pending)."""
+    """When the earliest event that may be sent is due (None: nothing pending)."""
     with runtime.session() as session:
-        return session.scalar(select(func.min(_TABLE.c.next_attempt_at)).where(_TABLE.c.delivered_at.is_(None)))
+        return session.scalar(select(func.min(_TABLE.c.next_attempt_at)).join(_HEADS, _HEADS.c.id == _TABLE.c.id))
 
 
 def pending(session: Session) -> int:

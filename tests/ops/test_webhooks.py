@@ -18,7 +18,7 @@ from werkzeug.wrappers import Request, Response
 
 from kyc import create_app
 from kyc.rescore.background import drain
-from kyc.models import DecisionWebhook
+from kyc.models import DecisionWebhook, utcnow
 from kyc.ops import webhooks
 from kyc.runtime import Runtime
 from tests.conftest import REDIS_URL, redis_connection, signup
@@ -200,6 +200,30 @@ def test_an_attempt_cut_short_by_a_crash_is_retried_after_its_lease(gateway, pus
     assert len(claimed) == 1 and webhooks.deliver_due(rt) == 0   # leased: nobody else sends it
     time.sleep(0.6)
     assert webhooks.deliver_due(rt) == 1 and hook.delivered()[0]["event_id"] == claimed[0]["event_id"]
+
+
+def test_events_waiting_out_their_backoff_never_hold_back_another_accounts(gateway, pushing):
+    """A gateway answering non-2xx for a thousand accounts (ones it does not know, say) leaves
+    their events in backoff: every other account's events still go, and the next wake-up is
+    when something can be sent."""
+    hook = gateway()
+    rt = pushing(hook.url)
+    rt._webhook_deliverer = type("Stopped", (), {"wake": lambda self: None, "thread": threading.current_thread()})()
+    now = utcnow()
+    with rt.session() as session, session.begin():
+        session.add_all(DecisionWebhook(event_id=f"ev_backoff_{n}", account_id=f"acct_refused_{n}", body="{}",
+                                        attempts=3, next_attempt_at=now + timedelta(minutes=10))
+                        for n in range(1000))
+        # An account's second event waits for its first, however due it is.
+        session.add(DecisionWebhook(event_id="ev_second", account_id="acct_refused_7", body="{}",
+                                    next_attempt_at=now - timedelta(minutes=1)))
+        session.add(DecisionWebhook(event_id="ev_due", account_id="acct_fine", body='{"event_id": "ev_due"}',
+                                    next_attempt_at=now - timedelta(seconds=1)))
+    # Due: ev_due's time, not the blocked second event's earlier one (a deliverer would wake to it
+    # every 50 ms and find nothing it may send).
+    assert abs(webhooks.next_due(rt) - (now - timedelta(seconds=1))) < timedelta(milliseconds=1)
+    assert [e["event_id"] for e in webhooks._claim(rt, 100)] == ["ev_due"]
+    assert webhooks.next_due(rt) > now
 
 
 def test_two_deliverers_never_send_one_event_twice(gateway, pushing):
