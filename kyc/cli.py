@@ -206,8 +206,11 @@ def worker(burst: bool, with_scheduler: bool, metrics_port: int, metrics_host: s
     # compiled rules, lookup tables) is built once here and reused by every job.
     queues = [Queue(name, connection=connection) for name in queue.QUEUES]
     queue.children_die_with_this_process()          # rq's scheduler child: not left holding our sockets
+    heartbeat = queue.WorkerHeartbeat(connection)   # what `kyc jobs` tells a running job from an abandoned one by
+    heartbeat.start()
     while True:
         worker = SimpleWorker(queues, connection=connection)
+        heartbeat.follow(worker.name)
         try:
             worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=runtime.config.log_level)
         except RedisError as exc:
@@ -294,10 +297,11 @@ def jobs_status() -> None:
     if connection is None:
         click.echo("queues: none (no KYC_REDIS_URL; jobs run in-process)")
     else:
-        click.echo(f"{'queue':<10}{'queued':>8}{'scheduled':>11}{'running':>9}{'failed':>8}{'finished':>10}")
+        click.echo(f"{'queue':<10}{'queued':>8}{'scheduled':>11}{'running':>9}{'abandoned':>11}{'failed':>8}"
+                   f"{'finished':>10}")
         for name, c in queue.queue_counts(connection).items():
-            click.echo(f"{name:<10}{c['queued']:>8}{c['scheduled']:>11}{c['running']:>9}{c['failed']:>8}"
-                       f"{c['finished']:>10}")
+            click.echo(f"{name:<10}{c['queued']:>8}{c['scheduled']:>11}{c['running']:>9}{c['abandoned']:>11}"
+                       f"{c['failed']:>8}{c['finished']:>10}")
     with runtime.session() as session:
         run = runs.last_run(session)
         if run is None:

@@ -64,17 +64,62 @@ def wait_for_redis(connection, stopped: threading.Event | None = None) -> None:
             continue
 
 
+# A kyc worker process says it is alive under the name of the rq worker it runs, every few
+# seconds (WorkerHeartbeat). rq keeps a started job in its registry until the job's timeout
+# (JOB_TIMEOUT) when its worker is killed: half an hour of "running" for a job nobody runs, while
+# another worker had long taken the batch over (kyc.rescore.runs). The heartbeat tells them apart.
+WORKER_ALIVE_KEY = "kyc:worker:alive:{name}"
+WORKER_ALIVE_SECONDS = 15
+WORKER_BEAT_SECONDS = 5
+
+
+class WorkerHeartbeat(threading.Thread):
+    """`kyc worker`'s heartbeat: WORKER_ALIVE_KEY of the rq worker it runs now (`name`), kept
+    alive while this process is."""
+
+    def __init__(self, connection):
+        super().__init__(name="kyc-worker-heartbeat", daemon=True)
+        self.connection, self.name = connection, None
+        self.stopped = threading.Event()
+
+    def follow(self, name: str) -> None:
+        """From now on, say that the rq worker `name` is alive (at once: it may take a job now)."""
+        self.name = name
+        self._beat()
+
+    def _beat(self) -> None:
+        from redis.exceptions import RedisError
+
+        if self.name:
+            try:
+                self.connection.set(WORKER_ALIVE_KEY.format(name=self.name), 1, ex=WORKER_ALIVE_SECONDS)
+            except RedisError:
+                pass                            # Redis away: so is every job's registry
+
+    def run(self) -> None:
+        while not self.stopped.wait(WORKER_BEAT_SECONDS):
+            self._beat()
+
+
 def queue_counts(connection) -> dict[str, dict[str, int]]:
+    """Jobs per queue and state. `running`: started by a worker that is alive; `abandoned`:
+    started by one that died (killed mid-job), until rq's cleanup retries them."""
     from rq import Queue
+    from rq.job import Job
     from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
     counts = {}
     for name in QUEUES:
         queue = Queue(name, connection=connection)
+        started = StartedJobRegistry(queue=queue).get_job_ids(cleanup=False)
+        workers = [job.worker_name if job is not None else None
+                   for job in Job.fetch_many(started, connection=connection)]
+        alive = [bool(connection.exists(WORKER_ALIVE_KEY.format(name=w))) if w else False for w in workers]
         counts[name] = {
             "queued": queue.count,
             "scheduled": ScheduledJobRegistry(queue=queue).count,
-            "running": StartedJobRegistry(queue=queue).count,
+            "running": sum(alive),
+            "abandoned": len(alive) - sum(alive),
             "failed": FailedJobRegistry(queue=queue).count,
             "finished": FinishedJobRegistry(queue=queue).count,
         }

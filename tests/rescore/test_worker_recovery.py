@@ -17,6 +17,7 @@ from rq.registry import ScheduledJobRegistry
 
 from kyc import jobs
 import kyc.rescore.batch
+import kyc.rescore.queue
 import kyc.rescore.runs
 import kyc.rescore.schedule
 from kyc import rescore
@@ -97,20 +98,35 @@ def test_a_killed_workers_batch_is_worked_again_within_a_minute(queued_runtime, 
     second = None
     try:
         _wait_for(lambda: _batch(queued_runtime, run.id).cursor >= rescore.batch.CHUNK, 120, "first chunk")
+        assert _jobs(redis_db) == {"running": 1, "abandoned": 0}
         _kill(first)
         killed_at = time.monotonic()
         cursor = _batch(queued_runtime, run.id).cursor
         assert cursor < 1000, "kill came too late"
+        # rq keeps the killed worker's job as started until its 30-minute timeout; kyc jobs does not
+        # call it running once the worker's heartbeat is gone.
+        _wait_for(lambda: _jobs(redis_db)["abandoned"] == 1, rescore.queue.WORKER_ALIVE_SECONDS + 10,
+                  "the dead worker's job counted abandoned")
+        assert _jobs(redis_db)["running"] == 0
         second = _start_worker(queued_runtime)
         # No `kyc rescore --resume`: the surviving worker finds the batch abandoned.
         _wait_for(lambda: _batch(queued_runtime, run.id).attempts >= 2, 60, "the batch picked up again")
         assert time.monotonic() - killed_at < 60
         _wait_for(lambda: _run(queued_runtime, run.id).finished_at is not None, 300, "the run finished")
+        shown = subprocess.run(kyc_command("jobs"), env=worker_env(queued_runtime), capture_output=True, text=True,
+                               check=True).stdout.splitlines()
+        assert shown[0].split()[:6] == ["queue", "queued", "scheduled", "running", "abandoned", "failed"]
+        assert [line.split()[4] for line in shown if line.startswith("rescore ")] == ["1"]
     finally:
         _kill(first)
         if second is not None:
             _kill(second)
     assert rescore_evaluations(queued_runtime) == {i: 1 for i in ids}      # each account once
+
+
+def _jobs(connection) -> dict[str, int]:
+    counts = rescore.queue.queue_counts(connection)["rescore"]
+    return {"running": counts["running"], "abandoned": counts["abandoned"]}
 
 
 def _failing_batch(runtime, redis_db, monkeypatch) -> tuple[str, Job]:
