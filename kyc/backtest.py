@@ -7,7 +7,11 @@ decision is "before", the candidate's is "after". Rows stream in keyset-paginate
 first N changed accounts and the ids of labeled accounts (few: ops set labels by hand) are kept.
 
 Rescore evaluations are left out: they re-judge an event that already has its live
-evaluation in the window, and would count it twice.
+evaluation in the window, and would count it twice. A usage re-evaluation (trigger "usage": a
+usage report re-evaluated the account) keeps its signup's event time but reads the facts of the
+moment the report came (that day's usage, the cluster then): it is in the window when it was
+made there (created_at), so a window that ends before a report never replays what it taught, and
+one that holds the report replays it however old the signup is.
 
 Ranking quality, on labeled accounts: each labeled account is judged by its highest candidate
 score and its most severe candidate decision over its evaluations in the window. The report gives
@@ -162,30 +166,22 @@ class BacktestReport:
         return self.evaluations / self.seconds if self.seconds else 0.0
 
 
-REPLAYED = ("live", "usage")            # the evaluations a backtest replays (kyc.scoring.pipeline.AGAIN)
-
-
 def backtest(engine: Engine, rules: RuleSet, since: datetime, until: datetime | None = None, *,
              limit_changed: int = 20, batch_size: int = 5000,
              progress: Callable[[int, int, float], None] | None = None) -> BacktestReport:
-    """Replay live evaluations with since <= occurred_at < until through `rules`: those made
-    as events came (trigger "live") and those usage reports made (trigger "usage": a usage rule
-    acts there), not the rescores, which repeat them."""
+    """Replay the evaluations of [since, until) through `rules`: those made as events came
+    (trigger "live", by event time) and those usage reports made (trigger "usage": a usage rule
+    acts there; by when they were made), not the rescores, which repeat them."""
     until = until or datetime.now(timezone.utc)
     report = BacktestReport(since, until, rules.version)
     for subject, compiled in rules.subjects.items():
         for rule in compiled.rules:
             report.rules[(subject, rule.id)] = RuleStats(subject, rule.id, rule.mode)
-    window = (Evaluation.trigger.in_(REPLAYED), Evaluation.occurred_at >= since, Evaluation.occurred_at < until)
-    query = (
-        select(Evaluation.occurred_at, Evaluation.id, Evaluation.account_id, Evaluation.subject,
-               # As text, decoded here with orjson: JSON decoding is most of the cost of a row.
-               Evaluation.decision, cast(Evaluation.signals, Text), Account.label)
-        .join(Account, Account.id == Evaluation.account_id)
-        .where(*window)
-        .order_by(Evaluation.occurred_at, Evaluation.id)
-        .limit(batch_size)
-    )
+    # Each replayed kind of evaluation in its own keyset pass, by the time its facts are of.
+    passes = [(Evaluation.occurred_at, (Evaluation.trigger == "live", Evaluation.occurred_at >= since,
+                                        Evaluation.occurred_at < until)),
+              (Evaluation.created_at, (Evaluation.trigger == "usage", Evaluation.created_at >= since,
+                                       Evaluation.created_at < until))]
     matrix = {(b, a): 0 for b in DECISIONS for a in DECISIONS}
     by_subject: dict[str, int] = {}
     hits: dict[tuple[str, str], int] = dict.fromkeys(report.rules, 0)
@@ -193,39 +189,50 @@ def backtest(engine: Engine, rules: RuleSet, since: datetime, until: datetime | 
     outcomes = report.outcomes
     started = time.perf_counter()
     with engine.connect() as conn:
-        total = conn.execute(select(func.count()).select_from(Evaluation).where(*window)).scalar_one()
-        last: tuple[datetime, str] | None = None
-        while True:
-            # The plain `>=` lets the index start at the last row instead of the window's start.
-            page = query if last is None else query.where(Evaluation.occurred_at >= last[0], or_(
-                Evaluation.occurred_at > last[0], and_(Evaluation.occurred_at == last[0], Evaluation.id > last[1])))
-            rows = conn.execute(page).all()
-            if not rows:
-                break
-            for occurred_at, evaluation_id, account_id, subject, before, signals, label in rows:
-                outcome = outcome_of(subject, loads(signals) if signals else {})
-                after = outcome.decision
-                matrix[(before, after)] = matrix.get((before, after), 0) + 1
-                by_subject[subject] = by_subject.get(subject, 0) + 1
-                for reason in outcome.reasons:
-                    hits[(subject, reason["rule"])] += 1
-                if label in labeled:
-                    labeled[label].add(account_id)
-                    _, score, worst = outcomes.get(account_id, (label, outcome.score, after))
-                    outcomes[account_id] = (label, max(score, outcome.score),
-                                            after if SEVERITY[after] > SEVERITY[worst] else worst)
+        total = sum(conn.execute(select(func.count()).select_from(Evaluation).where(*window)).scalar_one()
+                    for _, window in passes)
+        for at, window in passes:
+            query = (
+                select(at, Evaluation.id, Evaluation.occurred_at, Evaluation.account_id, Evaluation.subject,
+                       # As text, decoded here with orjson: JSON decoding is most of the cost of a row.
+                       Evaluation.decision, cast(Evaluation.signals, Text), Account.label)
+                .join(Account, Account.id == Evaluation.account_id)
+                .where(*window)
+                .order_by(at, Evaluation.id)
+                .limit(batch_size)
+            )
+            last: tuple[datetime, str] | None = None
+            while True:
+                # The plain `>=` lets the index start at the last row instead of the window's start.
+                page = query if last is None else query.where(at >= last[0], or_(
+                    at > last[0], and_(at == last[0], Evaluation.id > last[1])))
+                rows = conn.execute(page).all()
+                if not rows:
+                    break
+                for _, evaluation_id, occurred_at, account_id, subject, before, signals, label in rows:
+                    outcome = outcome_of(subject, loads(signals) if signals else {})
+                    after = outcome.decision
+                    matrix[(before, after)] = matrix.get((before, after), 0) + 1
+                    by_subject[subject] = by_subject.get(subject, 0) + 1
                     for reason in outcome.reasons:
-                        getattr(report.rules[(subject, reason["rule"])], label).add(account_id)
-                if before != after:
-                    report.changed_evaluations += 1       # the rest are only counted: memory stays flat
-                    if len(changed) < limit_changed and all(c.account_id != account_id for c in changed):
-                        changed.append(Change(account_id, evaluation_id, subject, occurred_at, before, after))
-            report.evaluations += len(rows)
-            last = (rows[-1][0], rows[-1][1])
-            if progress:
-                progress(report.evaluations, total, time.perf_counter() - started)
-            if len(rows) < batch_size:
-                break
+                        hits[(subject, reason["rule"])] += 1
+                    if label in labeled:
+                        labeled[label].add(account_id)
+                        _, score, worst = outcomes.get(account_id, (label, outcome.score, after))
+                        outcomes[account_id] = (label, max(score, outcome.score),
+                                                after if SEVERITY[after] > SEVERITY[worst] else worst)
+                        for reason in outcome.reasons:
+                            getattr(report.rules[(subject, reason["rule"])], label).add(account_id)
+                    if before != after:
+                        report.changed_evaluations += 1       # the rest are only counted: memory stays flat
+                        if len(changed) < limit_changed and all(c.account_id != account_id for c in changed):
+                            changed.append(Change(account_id, evaluation_id, subject, occurred_at, before, after))
+                report.evaluations += len(rows)
+                last = (rows[-1][0], rows[-1][1])
+                if progress:
+                    progress(report.evaluations, total, time.perf_counter() - started)
+                if len(rows) < batch_size:
+                    break
     for key, count in hits.items():
         report.rules[key].hits = count
     report.evaluations_by_subject = by_subject

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Date, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Date, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -100,6 +100,10 @@ class Evaluation(Base):
     __table_args__ = (
         Index("ix_evaluations_occurred_at", "occurred_at"),
         Index("ix_evaluations_account_occurred", "account_id", "occurred_at"),
+        # A usage re-evaluation keeps its event's time but reads the facts of when it was made:
+        # the backtest windows those by created_at (kyc/backtest.py). Partial: live inserts pay nothing.
+        Index("ix_evaluations_usage_created", "created_at", "id", postgresql_where=text("trigger = 'usage'"),
+              sqlite_where=text("trigger = 'usage'")),
     )
 
 

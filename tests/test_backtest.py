@@ -195,19 +195,33 @@ def test_parse_since():
         parse_since("last month", NOW)
 
 
-def test_a_backtest_replays_what_usage_reports_re_evaluated(client, auth, runtime):
+def test_a_backtest_replays_what_usage_reports_re_evaluated_when_they_did(client, auth, runtime):
     """A usage rule acts when the gateway's report re-evaluates an account: those evaluations
     are replayed too (trigger "usage"), so ops see a usage rule's hits and its account's score
-    in the ranking, not 0 hits and a miss."""
+    in the ranking, not 0 hits and a miss. They are placed when they were made (the report's
+    facts), not at the signup's time they keep: a window that ends before the report replays
+    nothing it taught (nor the label's score it earned), one that holds it does, however old
+    the signup."""
     from tests.conftest import signup
 
-    body = signup(account_id="bt_heavy", occurred_at=(NOW - timedelta(days=3)).isoformat())
+    now = datetime.now(timezone.utc)
+    body = signup(account_id="bt_heavy", occurred_at=(now - timedelta(days=20)).isoformat())
     assert client.post("/v1/signups", json=body, headers=auth).json["decision"] == "allow"
-    report = {"occurred_at": (NOW - timedelta(days=2)).isoformat(), "requests": 500_000, "tier": "free"}
+    report = {"occurred_at": (now - timedelta(days=2)).isoformat(), "requests": 500_000, "tier": "free"}
     answer = client.post("/v1/accounts/bt_heavy/activity", json=report, headers=auth).json
     assert answer["reevaluated"] and answer["decision"] == "review"
     assert client.post("/v1/accounts/bt_heavy/labels", json={"label": "fraud"}, headers=auth).status_code in (200, 201)
-    replayed = backtest(runtime.engine, runtime.rules, NOW - timedelta(days=30), NOW + timedelta(days=1))
+
+    later = now + timedelta(hours=1)
+    replayed = backtest(runtime.engine, runtime.rules, now - timedelta(days=30), later)
     assert replayed.rules[("signup", "usage_far_beyond_quota")].hits == 1
     assert replayed.outcomes["bt_heavy"][2] == "review"
-    assert replayed.matrix[("review", "review")] >= 1
+    assert replayed.matrix[("review", "review")] == 1 and replayed.evaluations == 2
+
+    before_the_report = backtest(runtime.engine, runtime.rules, now - timedelta(days=30), now - timedelta(days=10))
+    assert before_the_report.rules[("signup", "usage_far_beyond_quota")].hits == 0
+    assert before_the_report.evaluations == 1 and before_the_report.outcomes["bt_heavy"][2] == "allow"
+    assert before_the_report.matrix[("allow", "allow")] == 1
+
+    only_the_report = backtest(runtime.engine, runtime.rules, now - timedelta(days=1), later)
+    assert only_the_report.evaluations == 1 and only_the_report.rules[("signup", "usage_far_beyond_quota")].hits == 1
