@@ -71,6 +71,16 @@ class PhoneRefused(DomainError):
         self.line_type, self.tier = line_type, tier
 
 
+class AccountChanged(DomainError):
+    """A person decided on what they saw at `seen`; the account has moved on to `now` since
+    (a rescoring with new evidence, another reviewer)."""
+
+    def __init__(self, account_id: str, seen: int, now: int):
+        super().__init__(f"account {account_id} changed since it was read (state_version {seen}, now {now}); "
+                         f"read it again and decide on what it holds now")
+        self.account_id, self.seen, self.now = account_id, seen, now
+
+
 class PhoneInUse(DomainError):
     """The number is verified on another account (KYC_PHONE_UNIQUE)."""
 

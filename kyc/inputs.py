@@ -256,6 +256,10 @@ class ReviewInput(BaseModel):
 
     outcome: Annotated[StrictStr, Field(pattern=r"^(allow|block)$")]
     note: Annotated[StrictStr, Field(max_length=2000)] | None = None
+    state_version: Annotated[StrictInt, Field(ge=0, description=(
+        "The account's state_version the reviewer saw (GET /v1/reviews, GET /v1/accounts/{id}): if the "
+        "account changed since (rescored, decided by someone else), 409 account_changed and nothing changes"))] \
+        | None = None
 
 
 class ClusterActionInput(BaseModel):

@@ -200,6 +200,8 @@ class ReviewEntry(Body):
     cluster: ClusterRef | None
     since: Time | None = Field(json_schema_extra=TIME)
     changed: list[Any] = Field(description="What reopened a person's earlier allow, when that is why it is here")
+    state_version: int = Field(description="Send it with the review: if the account changes meanwhile, the review is "
+                                           "refused (409 account_changed) rather than recorded as seen")
 
 
 class Reviews(Body):

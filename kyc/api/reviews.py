@@ -33,7 +33,7 @@ def reviews():
 
 
 @v1.post("/accounts/<account_id>/review")
-@documented("Decide a review", body=ReviewInput, responses={200: Account}, tag="ops")
+@documented("Decide a review", body=ReviewInput, responses={200: Account}, errors=(400, 404, 409), tag="ops")
 def review(account_id: str):
     """A person's decision: the account's decision becomes `outcome` (entitlements follow at
     once), recorded with the key's name and time, and the account leaves the queue. Answers
@@ -41,7 +41,8 @@ def review(account_id: str):
     inp = parse(ReviewInput)
     rt = runtime()
     with rt.session() as session, session.begin():
-        review_account(rt, session, account_id, inp.outcome, inp.note, key_actor(g.get("api_key")))
+        review_account(rt, session, account_id, inp.outcome, inp.note, key_actor(g.get("api_key")),
+                       seen_version=inp.state_version)
     return get_account(account_id)
 
 

@@ -20,7 +20,7 @@ from kyc.inputs import rfc3339
 from kyc.models import Account, Cluster, ClusterMember, utcnow
 from kyc.ops import audit, webhooks
 from kyc.ops.decisions import DecisionChange
-from kyc.errors import NotFound
+from kyc.errors import AccountChanged, NotFound
 from kyc.ops.standing import decided, evidence, overlay
 from kyc.rescore.requests import after_commit
 from kyc.scoring.decide import combine
@@ -33,7 +33,7 @@ def review_queue(session: Session, limit: int = 50) -> list[dict[str, Any]]:
     entries, plus `changed` (what reopened a person's earlier allow, if that is why it is here)."""
     rows = session.execute(
         select(Account.id, Account.score, Account.reasons, Account.review_since, Account.override, Cluster.id,
-               Cluster.size)
+               Cluster.size, Account.state_version)
         .outerjoin(ClusterMember, ClusterMember.account_id == Account.id)
         .outerjoin(Cluster, Cluster.id == ClusterMember.cluster_id)
         .where(Account.review_since.is_not(None))
@@ -41,8 +41,8 @@ def review_queue(session: Session, limit: int = 50) -> list[dict[str, Any]]:
     return [{
         "account_id": account_id, "score": score, "reasons": [r for r in reasons if not r.get("shadow")],
         "cluster": {"id": cluster_id, "size": size} if cluster_id else None, "since": rfc3339(since),
-        "changed": ((override or {}).get("reopened") or {}).get("changed", []),
-    } for account_id, score, reasons, since, override, cluster_id, size in rows]
+        "changed": ((override or {}).get("reopened") or {}).get("changed", []), "state_version": version,
+    } for account_id, score, reasons, since, override, cluster_id, size, version in rows]
 
 
 def _locked(session: Session, account_id: str) -> Account:
@@ -93,13 +93,16 @@ def person_decides(runtime, session: Session, account: Account, decision: str, s
 
 
 def review_account(runtime, session: Session, account_id: str, outcome: str, note: str | None,
-                   actor: str) -> Account:
+                   actor: str, *, seen_version: int | None = None) -> Account:
     """A person's review: the account's decision becomes `outcome` (allow | block), recorded
     with `actor` (the API key) and the time, and the account leaves the queue. Raises
-    NotFound."""
+    NotFound, and AccountChanged when `seen_version` (the state the person decided on) is not
+    the account's now: its evidence recorded as seen would be evidence they never saw."""
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {OUTCOMES}")
     account = _locked(session, account_id)
+    if seen_version is not None and seen_version != account.state_version:
+        raise AccountChanged(account_id, seen_version, account.state_version)
     person_decides(runtime, session, account, outcome, "review", actor, note, action="account.reviewed",
                    detail={"outcome": outcome})
     # A block that is its cluster's first raises the cluster's standing: its members are rescored

@@ -292,6 +292,28 @@ def test_allowing_in_the_console_is_the_apis_review(ops, client, runtime, seeded
     assert ops.post("/console/accounts/nobody/review", data={"csrf_token": csrf, "outcome": "allow"}).status_code == 404
 
 
+def test_the_console_sends_the_state_it_showed_and_a_stale_form_changes_nothing(ops, client, runtime, seeded):
+    page = ops.get("/console/queue").text
+    with runtime.session() as s:
+        shown = s.get(Account, "acct_office").state_version
+    assert f'name="state_version" value="{shown}"' in page
+    csrf = csrf_of(ops.get("/console/queue"))
+    with runtime.session() as s, s.begin():
+        s.get(Account, "acct_office").state_version = shown + 1          # rescored meanwhile
+    answer = ops.post("/console/accounts/acct_office/review",
+                      data={"csrf_token": csrf, "outcome": "allow", "state_version": str(shown), "back": "/console/queue"})
+    assert answer.status_code == 302 and answer.location == "/console/accounts/acct_office"
+    assert "changed while you were reading it" in ops.get(answer.location).text
+    with runtime.session() as s:
+        assert s.get(Account, "acct_office").decision == "review"
+        assert not list_events(s, account_id="acct_office", action="account.reviewed")["events"]
+    fresh = ops.post("/console/accounts/acct_office/review",
+                     data={"csrf_token": csrf, "outcome": "allow", "state_version": str(shown + 1)})
+    assert fresh.status_code == 302
+    with runtime.session() as s:
+        assert s.get(Account, "acct_office").decision == "allow"
+
+
 def test_blocking_a_cluster_in_the_console_is_the_apis_farm_action(ops, client, runtime, seeded):
     cluster_id = seeded["farm_cluster"]
     csrf = csrf_of(ops.get(f"/console/clusters/{cluster_id}"))

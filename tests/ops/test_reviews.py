@@ -36,7 +36,7 @@ def test_the_queue_lists_held_accounts_oldest_first_and_a_review_decides_at_once
                 headers=auth)
     entries = queue(client, auth)
     assert [e["account_id"] for e in entries] == ["acct_r0", "acct_r1", "acct_r2"]
-    assert set(entries[0]) == {"account_id", "score", "reasons", "cluster", "since", "changed"}
+    assert set(entries[0]) == {"account_id", "score", "reasons", "cluster", "since", "changed", "state_version"}
     assert entries[0]["reasons"][0]["rule"] == "private_ip" and entries[0]["since"].endswith("Z")
     assert entries[0]["cluster"]["size"] == 1 and entries[0]["changed"] == []
     assert [e["account_id"] for e in queue(client, auth, limit=2)] == ["acct_r0", "acct_r1"]
@@ -61,6 +61,34 @@ def test_the_queue_lists_held_accounts_oldest_first_and_a_review_decides_at_once
         ("acct_r1", "key:tests", "review", "block"), ("acct_r0", "key:tests", "review", "allow")]
     assert trail[1]["detail"]["note"] == "known customer" and trail[1]["at"].endswith("Z")
     assert client.post("/v1/accounts/acct_nobody/review", json={"outcome": "allow"}, headers=auth).status_code == 404
+
+
+def test_a_review_sent_with_the_state_it_saw_is_refused_once_the_account_moved_on(client, auth, runtime):
+    """The reviewer saw one rule; the signup came again from a headless browser and the rules now
+    block it. An allow on what they saw must not record the new evidence as seen; nor may a second
+    reviewer's decision silently replace the first's."""
+    held(client, auth, 1)
+    (entry,) = queue(client, auth)
+    seen = entry["state_version"]
+    assert seen == client.get("/v1/accounts/acct_r1", headers=auth).json["state_version"]
+    again = signup(account_id="acct_r1", email="held.person1@gmail.com", ip="10.1.0.1", device_id="dv_r1", phone=None,
+                   user_agent="Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                              "HeadlessChrome/120.0.0.0 Safari/537.36")
+    assert client.post("/v1/signups", json=again, headers=auth).json["decision"] == "block"
+    before = client.get("/v1/accounts/acct_r1", headers=auth).json
+
+    stale = client.post("/v1/accounts/acct_r1/review", json={"outcome": "allow", "state_version": seen}, headers=auth)
+    assert stale.status_code == 409 and stale.json["error"]["code"] == "account_changed"
+    assert stale.json["error"]["fields"] == {"state_version": f"now {before['state_version']}"}
+    assert client.get("/v1/accounts/acct_r1", headers=auth).json == before           # nothing changed
+    assert not client.get("/v1/audit?action=account.reviewed", headers=auth).json["events"]
+
+    current = client.post("/v1/accounts/acct_r1/review", json={"outcome": "block", "state_version": before["state_version"]},
+                          headers=auth)
+    assert current.status_code == 200 and current.json["decision"] == "block"
+    second = client.post("/v1/accounts/acct_r1/review",
+                         json={"outcome": "allow", "state_version": before["state_version"]}, headers=auth)
+    assert second.status_code == 409 and client.get("/v1/accounts/acct_r1", headers=auth).json["decision"] == "block"
 
 
 def test_a_persons_decision_stands_over_rescoring_until_evidence_they_did_not_see(client, auth, runtime):

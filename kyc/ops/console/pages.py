@@ -22,7 +22,7 @@ from kyc.ops.audit import key_actor, list_events
 from kyc.ops.console import CONSOLE_ROLES, caller_for_token, check_csrf, console, csrf_token, runtime
 from kyc.ops.console.facts import identity, signal_facts, verification_target
 from kyc.ops.console.graphics import cluster_picture, score_chart, usage_chart
-from kyc.errors import NotFound
+from kyc.errors import AccountChanged, NotFound
 from kyc.ops.reviews import review_account, review_queue
 from kyc.runtime import load_policy
 from kyc.security import contains_card_number
@@ -212,9 +212,11 @@ def cluster(cluster_id: str):
 
 # --- decisions (kyc.ops services, as the API calls them) ------------------------------------------
 
-def form_input(model: type[BaseModel], fields: tuple[str, ...]) -> BaseModel | None:
-    """The form's fields through the API's own input model; on a mistake, flash it and None."""
+def form_input(model: type[BaseModel], fields: tuple[str, ...], whole: tuple[str, ...] = ()) -> BaseModel | None:
+    """The form's fields through the API's own input model; on a mistake, flash it and None.
+    `whole`: fields sent as digits that the model takes as a number."""
     data = {name: request.form.get(name) or None for name in fields}
+    data.update({name: int(data[name]) for name in whole if data.get(name) and data[name].isdigit()})
     if contains_card_number(data):
         flash("The note contains a full card number; nothing was changed. Never paste card numbers here.", "error")
         return None
@@ -236,16 +238,21 @@ def review(account_id: str):
     back = request.form.get("back", "")
     if not back.startswith("/console/") or back.startswith("//"):
         back = url_for("console.account", account_id=account_id)
-    inp = form_input(ReviewInput, ("outcome", "note"))
+    inp = form_input(ReviewInput, ("outcome", "note", "state_version"), whole=("state_version",))
     if inp is None:
         return redirect(back)
     rt = runtime()
     try:
         with rt.session() as s, s.begin():
-            account = review_account(rt, s, account_id, inp.outcome, inp.note, actor())
+            account = review_account(rt, s, account_id, inp.outcome, inp.note, actor(),
+                                     seen_version=inp.state_version)
             decision = account.decision
     except NotFound:
         abort(404, f"No account {account_id}.")
+    except AccountChanged:
+        flash(f"Nothing was changed: {account_id} changed while you were reading it (new evidence or another "
+              f"reviewer). Read it again and decide on what it holds now.", "error")
+        return redirect(url_for("console.account", account_id=account_id))
     flash(f"{account_id} is now {decision}: decided by {actor()}, out of the review queue.", "ok")
     return redirect(back)
 
