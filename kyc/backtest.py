@@ -1,7 +1,9 @@
 """`kyc rules backtest`: replay stored evaluations through a candidate rule set.
 
 Each live evaluation in the window is evaluated again by the same engine
-(kyc.scoring.decide.evaluate) on the signals recorded with it, as they were at the time; its stored
+(kyc.scoring.decide.evaluate) on the signals recorded with it, as they were at the time, except
+the facts rules/lists/ decide (email.free, phone.voip), which are read again under the
+candidate's lists (kyc.signals.relisted): a list edit is backtested like a rule edit. Its stored
 decision is "before", the candidate's is "after". Rows stream in keyset-paginated batches
 (occurred_at, id), so memory stays bounded whatever the window holds: only counters, the
 first N changed accounts and the ids of labeled accounts (few: ops set labels by hand) are kept.
@@ -36,6 +38,7 @@ from sqlalchemy.engine import Engine
 from kyc.engine import RuleSet
 from kyc.models import DECISIONS, SEVERITY, Account, Evaluation
 from kyc.scoring.decide import evaluate
+from kyc.signals import relisted
 
 LABELS = ("fraud", "legit")
 _DURATION = re.compile(r"^(\d+)([mhdw])$")
@@ -195,7 +198,8 @@ def backtest(engine: Engine, rules: RuleSet, since: datetime, until: datetime | 
             query = (
                 select(at, Evaluation.id, Evaluation.occurred_at, Evaluation.account_id, Evaluation.subject,
                        # As text, decoded here with orjson: JSON decoding is most of the cost of a row.
-                       Evaluation.decision, cast(Evaluation.signals, Text), Account.label)
+                       Evaluation.decision, cast(Evaluation.signals, Text), cast(Evaluation.input, Text),
+                       Account.label)
                 .join(Account, Account.id == Evaluation.account_id)
                 .where(*window)
                 .order_by(at, Evaluation.id)
@@ -209,8 +213,13 @@ def backtest(engine: Engine, rules: RuleSet, since: datetime, until: datetime | 
                 rows = conn.execute(page).all()
                 if not rows:
                     break
-                for _, evaluation_id, occurred_at, account_id, subject, before, signals, label in rows:
-                    outcome = outcome_of(subject, loads(signals) if signals else {})
+                for _, evaluation_id, occurred_at, account_id, subject, before, signals, inp, label in rows:
+                    facts = loads(signals) if signals else {}
+                    if subject == "signup":
+                        # The input only where a stored number is read again under the candidate's lists.
+                        facts = relisted(facts, loads(inp) if inp and "line_type" in facts.get("phone", ()) else {},
+                                         rules.lists)
+                    outcome = outcome_of(subject, facts)
                     after = outcome.decision
                     matrix[(before, after)] = matrix.get((before, after), 0) + 1
                     by_subject[subject] = by_subject.get(subject, 0) + 1

@@ -225,3 +225,39 @@ def test_a_backtest_replays_what_usage_reports_re_evaluated_when_they_did(client
 
     only_the_report = backtest(runtime.engine, runtime.rules, now - timedelta(days=1), later)
     assert only_the_report.evaluations == 1 and only_the_report.rules[("signup", "usage_far_beyond_quota")].hits == 1
+
+
+def test_a_list_edit_is_backtested_like_a_rule_edit(client, auth, runtime, tmp_path):
+    """rules/lists/ decide signal facts (phone.voip, email.free) when a signup is scored; a
+    backtest of a candidate whose lists changed reads those facts again from the stored input,
+    so it shows what deploying the edit would change, not "0 changes"."""
+    from tests.conftest import signup
+
+    body = signup(account_id="bt_voip", phone="+12025550123", phone_region=None)
+    live = client.post("/v1/signups", json=body, headers=auth).json
+    assert "voip_phone" not in [r["rule"] for r in live["reasons"]]
+    candidate = tmp_path / "rules"
+    shutil.copytree(RULES_DIR, candidate)
+    with (candidate / "lists" / "voip_prefixes.txt").open("a") as listed:
+        listed.write("+1202555\n")
+    rules = RuleSet.load(candidate, SCHEMA)
+    at = datetime.fromisoformat(live["occurred_at"].replace("Z", "+00:00"))
+    window = (at - timedelta(days=1), at + timedelta(days=1))
+    report = backtest(runtime.engine, rules, *window)
+    assert report.rules[("signup", "voip_phone")].hits == 1 and report.changed_evaluations == 1
+    assert [c.account_id for c in report.changed] == ["bt_voip"]
+    # The running lists: nothing changes.
+    assert backtest(runtime.engine, runtime.rules, *window).changed_evaluations == 0
+
+
+def test_relisted_reads_only_the_list_facts_again():
+    from kyc.signals import relisted
+
+    stored = {"email": {"domain": "corp.example", "free": False, "disposable": False},
+              "phone": {"line_type": "mobile", "listed_voip": False, "voip": False}, "ip": {"hosting": True}}
+    again = relisted(stored, {"phone": "+447700900123"}, {"free_email_domains": frozenset({"corp.example"}),
+                                                         "voip_prefixes": frozenset({"+4477009"})})
+    assert again["email"] == {"domain": "corp.example", "free": True, "disposable": False}
+    assert again["phone"] == {"line_type": "mobile", "listed_voip": True, "voip": True}
+    assert again["ip"] == {"hosting": True}
+    assert relisted({"email": {"valid": False}}, {}, {}) == {"email": {"valid": False}}

@@ -89,6 +89,20 @@ def static_signals(inp: SignupInput, lookups: Lookups, at: datetime) -> tuple[Si
     return signals, raw
 
 
+def relisted(signals: Signals, inp: dict[str, Any], lists: dict[str, frozenset]) -> Signals:
+    """Stored signals with the facts that rules/lists/ decide (email.free, phone.listed_voip and
+    phone.voip) read again under `lists`, from the stored input: a backtest of a list edit sees
+    what it changes. Everything else is as it was stored."""
+    email_facts, phone_facts = signals.get("email"), signals.get("phone")
+    if email_facts and "domain" in email_facts:
+        signals["email"] = {**email_facts, "free": email_facts["domain"] in lists.get("free_email_domains", frozenset())}
+    if phone_facts and "line_type" in phone_facts and isinstance(inp.get("phone"), str):
+        region = inp.get("phone_region")
+        signals["phone"] = phone.listed_facts(dict(phone_facts), phone.e164(inp["phone"], region if isinstance(
+            region, str) else None), lists.get("voip_prefixes", frozenset()))
+    return signals
+
+
 def signup_signals(inp: SignupInput, lookups: Lookups, at: datetime) -> tuple[Signals, Identifiers]:
     signals, raw = static_signals(inp, lookups, at)
     identifiers = _hashed(lookups, raw)

@@ -105,7 +105,12 @@ def phone_signals(number: str | None, region: str | None, voip_prefixes: frozens
     facts = dict(_number_facts(number, region if isinstance(region, str) else None))
     if "line_type" not in facts:
         return facts
-    formatted = e164(number, region)
+    return listed_facts(facts, e164(number, region), voip_prefixes)
+
+
+def listed_facts(facts: dict[str, Any], formatted: str, voip_prefixes: frozenset) -> dict[str, Any]:
+    """The facts rules/lists/voip_prefixes.txt decides, set on a valid number's `facts` (also how
+    a backtest reads a stored number under a candidate's lists)."""
     listed = bool(voip_prefixes) and any(formatted.startswith(p) for p in voip_prefixes)
     facts["listed_voip"] = listed
     facts["voip"] = facts["line_type"] == "voip" or listed
