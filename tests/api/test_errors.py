@@ -74,6 +74,7 @@ EXAMPLES = [
     domain.ReplayedEvent("idv", "ev_1"),
     domain.SendFailed("the code could not be sent: sender answered 503"),
     domain.IdempotencyKeyReused(),
+    domain.AccountChanged("acct_1", seen=3, now=5),
 ]
 
 
