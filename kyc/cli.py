@@ -832,8 +832,9 @@ def clusters_rebuild() -> None:
 
 def _five_sizes(_ctx, _param, value: str) -> tuple[int, ...]:
     parts = [p.strip() for p in value.split(",")]
-    if len(parts) != 5 or not all(p.isdigit() for p in parts):
-        raise click.BadParameter("five whole numbers separated by commas: light,heavy,companies,tool users,farm")
+    if len(parts) not in (5, 6) or not all(p.isdigit() for p in parts):
+        raise click.BadParameter("five whole numbers separated by commas: light,heavy,companies,tool users,farm "
+                                 "(or six: then agent-tool users)")
     return tuple(int(p) for p in parts)
 
 
@@ -850,10 +851,11 @@ def _five_sizes(_ctx, _param, value: str) -> tuple[int, ...]:
 @click.option("--database-url", default="", help="default: a fresh SQLite file in a temporary directory")
 @click.option("--redis-url", default="", help="velocity in this Redis (use a db of its own: it is flushed)")
 @click.option("--usage", "usage_phase", is_flag=True,
-              help="then a week of API usage (kyc/usage/simulate.py): light, heavy, company, popular-tool users and a "
+              help="then a week of API usage (kyc/usage/simulate.py): light, heavy, company, popular-tool, agent-tool users and a "
                    "distillation farm, reported in bulk; prints farm requests served and legitimate requests denied")
-@click.option("--usage-sizes", default="300,30,8,2000,400", show_default=True, callback=_five_sizes,
-              help="usage phase: light users, heavy users, companies, popular-tool users, farm accounts")
+@click.option("--usage-sizes", default="300,30,8,2000,400,600", show_default=True, callback=_five_sizes,
+              help="usage phase: light users, heavy users, companies, popular-tool users, farm accounts, and "
+                   "(optional, 0 without) users of a mid-size agent tool who adopted it over the weeks before")
 def simulate(seed: int, legit: int, farms: int, farm_size: int, days: float, warmup_days: float, database_url: str,
              redis_url: str, usage_phase: bool, usage_sizes: tuple[int, ...]) -> None:
     """Post a labeled history (ordinary users as realism.md describes them, and farms) of signups

@@ -8,6 +8,10 @@ Populations (all sign up cleanly first, weeks before the week of usage):
 - companies: several accounts each, one office IP, sharing the company's internal templates,
   office hours;
 - users of popular tools: thousands of people sending the same few tools' system prompts;
+- users of a mid-size agent tool: a few hundred developers who adopted one agent framework over
+  the six weeks before the week (and during it), each running it every day since, at a
+  machine-regular pace, on the tool's handful of system-prompt templates (too few users for them
+  to be popular); the weeks before the week are reported one day's window at a time;
 - a distillation farm: clean signups through residential proxies, dormant, then waking within
   hours of each other, each account about 27 calls a day, machine-regular, drawing its prompts
   from one rare set of templates nobody else uses.
@@ -31,6 +35,8 @@ SIGNUPS_FROM = datetime(2026, 8, 1, tzinfo=timezone.utc)
 WEEK_FROM = datetime(2026, 11, 20, tzinfo=timezone.utc)
 DAYS = 7
 TOOLS = [f"pf_tool_{name}" for name in ("codeassist", "chatui", "sqlhelper", "translator", "summariser")]
+AGENT_TEMPLATES = [f"pf_agent_{name}" for name in ("system", "planner", "tool_call", "critic", "summary")]
+ADOPTION_DAYS = 42                       # the agent tool's users adopted it over the six weeks before the week
 TOLERATED = ("allow", "verify")          # the free tier's max_decision and below
 FIRST = ["james", "maria", "wei", "olga", "ahmed", "sofia", "lucas", "emma", "noah", "li", "fatima", "ivan",
          "yuki", "carlos", "ana", "david", "sarah", "chen", "priya", "omar", "lena", "mateo", "zoe", "arjun"]
@@ -83,10 +89,12 @@ def _spread(total: int, slots: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(slots)]
 
 
-def populations(seed: int, light: int, heavy: int, companies: int, tool_users: int, farm: int
+def populations(seed: int, light: int, heavy: int, companies: int, tool_users: int, farm: int, agent_users: int = 0
                 ) -> tuple[list[Account], list[dict]]:
-    """The accounts with their week of hourly usage, and their signups (in time order)."""
+    """The accounts with their week of hourly usage, and their signups (in time order). Hours
+    before the week (negative) are the agent tool's users' history, one report a day."""
     rng = random.Random(seed)
+    agent_rng = random.Random(seed * 7919 + 1)                 # the other populations draw as before
     accounts: list[Account] = []
     for i in range(light):
         a = Account(f"light_{i}", "light", "free", _home_ip(rng))
@@ -139,6 +147,22 @@ def populations(seed: int, light: int, heavy: int, companies: int, tool_users: i
                 _hourly(a, h, n, rng.uniform(0.02, 0.08), {rng.choice(drawn): n} if n else {}, rng,
                         tokens=(300, 2400))
         accounts.append(a)
+    for i in range(agent_users):
+        a = Account(f"agent_{i}", "agent_tool", "free", _home_ip(agent_rng))
+        adopted = agent_rng.randrange(-ADOPTION_DAYS, DAYS)    # spread over weeks, some during the week
+        start, length = agent_rng.randrange(6, 15), agent_rng.randint(6, 10)
+        per_hour = agent_rng.randint(20, 80)
+        for day in range(adopted, DAYS):                       # every day since: never dormant
+            cv = agent_rng.uniform(0.03, 0.2)
+            if day < 0:                                        # history: the day's window in one report
+                used = {t: max(1, per_hour * length // 4) for t in agent_rng.sample(AGENT_TEMPLATES, 4)}
+                _hourly(a, day * 24 + start + length - 1, per_hour * length, cv, used, agent_rng)
+                a.hours[day * 24 + start + length - 1][-1]["window_seconds"] = length * 3600
+                continue
+            for h in range(start, start + length):
+                used = agent_rng.sample(AGENT_TEMPLATES, agent_rng.randint(3, 5))
+                _hourly(a, day * 24 + h, per_hour, cv, {t: max(1, per_hour // len(used)) for t in used}, agent_rng)
+        accounts.append(a)
     signups = []
     for n, a in enumerate(accounts):
         at = SIGNUPS_FROM + timedelta(days=rng.uniform(0, 40))
@@ -164,13 +188,17 @@ def run(client, headers: dict, accounts: list[Account], signups: list[dict], ech
     served: dict[str, int] = defaultdict(int)
     denied_accounts: dict[str, set[str]] = defaultdict(set)
     started, reports = time.perf_counter(), 0
-    for hour in range(DAYS * 24):
+    first = min((h for a in accounts for h in a.hours), default=0)
+    for hour in range(min(first, 0), DAYS * 24):
         batch = []
         for a in accounts:
             for report in a.hours.get(hour, ()):
-                wanted[a.population] += report["requests"]
+                # The weeks before the week are history: gated as the week is, but not counted.
+                if hour >= 0:
+                    wanted[a.population] += report["requests"]
                 if decision[a.id] in TOLERATED:
-                    served[a.population] += report["requests"]
+                    if hour >= 0:
+                        served[a.population] += report["requests"]
                 else:                                            # the gateway refuses the hour
                     denied_accounts[a.population].add(a.id)
                     report = {**report, "refused": report["requests"], "requests": 0, "prompt_fingerprints": {}}
@@ -182,7 +210,7 @@ def run(client, headers: dict, accounts: list[Account], signups: list[dict], ech
             for result in answer.get_json()["results"]:
                 decision[result["account_id"]] = result["decision"]
         reports += len(batch)
-        if echo and hour % 24 == 23:
+        if echo and hour % 24 == 23 and hour >= 0:
             echo(f"  day {hour // 24 + 1}: {reports} reports")
     drain(client.application.extensions["kyc"])
     final = defaultdict(lambda: defaultdict(int))
@@ -204,6 +232,9 @@ def summary(result: dict) -> dict[str, float]:
         "legit_denied_share": 1 - served_legit / wanted_legit if wanted_legit else 0.0,
         "heavy_or_company_denied": float(len(result["denied_accounts"].get("heavy", ()))
                                          + len(result["denied_accounts"].get("company", ()))),
+        # Of the agent tool's users, the share the gateway refused at any time (the weeks before too).
+        "agent_tool_denied_share": (len(result["denied_accounts"].get("agent_tool", ()))
+                                    / result["accounts"]["agent_tool"]) if result["accounts"].get("agent_tool") else 0.0,
     }
 
 
@@ -220,3 +251,6 @@ def report(result: dict, echo=print) -> None:
     echo(f"farm requests served before denial  {s['farm_served_share']:7.2%} of what it meant to send (goal <= 10%)")
     echo(f"legitimate requests denied          {s['legit_denied_share']:7.2%} (goal <= 1%)")
     echo(f"heavy-user or company accounts denied {int(s['heavy_or_company_denied'])} (goal 0)")
+    if result["accounts"].get("agent_tool"):
+        echo(f"agent-tool users denied at any time  {s['agent_tool_denied_share']:7.2%} of "
+             f"{result['accounts']['agent_tool']} (goal 0)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import date, datetime, timezone
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, insert, select
@@ -264,3 +265,54 @@ def test_a_tool_s_users_some_back_from_a_break_are_not_a_farm_waking(client, aut
         reasons = {r["rule"] for r in answer["reasons"]}
         assert "lockstep_farm_waking" not in reasons and "woke_together_on_rare_templates" not in reasons, (a, reasons)
         assert answer["decision"] != "block"
+
+
+def _days_before(day: str, n: int) -> str:
+    from datetime import timedelta
+
+    return (date.fromisoformat(day) - timedelta(days=n)).isoformat()
+
+
+@pytest.mark.xfail(strict=True, reason="lockstep_machine_group holds a tool's users (the red-team finding)")
+def test_an_agent_tool_s_users_who_adopted_it_over_weeks_are_not_a_machine_group(client, auth, runtime):
+    """An outside red-team: 600 of 600 users of a mid-size agent tool (its handful of system
+    prompts, machine-regular, never dormant) were held by lockstep_machine_group. They share the
+    tool's templates in the same hours, as a farm does; but they began on them one or two a day
+    over weeks, where a farm's accounts begin together (CopyCatch's window)."""
+    users = _signups(client, auth, "agent", 24)
+    tool = {f"pf_agent_{k}": 5 for k in range(4)}
+    # User i adopted the tool 24 - i days before today and has used it every day since.
+    for back in range(24, 0, -1):
+        day = _days_before(WOKE, back)
+        reports = [{**_report(a, tool, cv=0.1), "occurred_at": f"{day}T10:30:00Z"} for a in users[:25 - back]]
+        assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
+    results = client.post("/v1/activity", json={"reports": [_report(a, tool, cv=0.1) for a in users]},
+                          headers=auth).json["results"]
+    assert not any(r["woke_up"] for r in results)
+    from kyc.usage.lockstep import lockstep_facts
+
+    with runtime.session() as s:
+        facts = lockstep_facts(s, [(users[12], date.fromisoformat(WOKE), False)],
+                               popular=runtime.config.usage_popular_prompt,
+                               dormant=runtime.config.dormant_days)[(users[12], date.fromisoformat(WOKE))]
+    # In lockstep with all 23 others today; of those, only the neighbours in adoption began with it.
+    assert facts["lockstep_accounts"] == 23 and facts["lockstep_began_together"] == 2
+    assert [r["decision"] for r in results] == ["allow"] * 24
+
+
+def test_a_farm_that_began_on_its_templates_together_is_held_without_waking(client, auth, runtime):
+    """Never dormant (its accounts kept up a trickle of their own traffic), a farm still begins on
+    its shared templates together: lockstep_machine_group holds it."""
+    farm = _signups(client, auth, "farm", 24)
+    for back in range(10, 0, -1):
+        day = _days_before(WOKE, back)
+        reports = [{**_report(a, {f"pf_own_{a}": 1}, requests=1, cv=1.5), "occurred_at": f"{day}T08:30:00Z"}
+                   for a in farm]
+        assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
+    templates = {f"pf_farm_{k}": 5 for k in range(4)}
+    results = client.post("/v1/activity", json={"reports": [_report(a, templates) for a in farm]},
+                          headers=auth).json["results"]
+    assert not any(r["woke_up"] for r in results)
+    assert [r["decision"] for r in results] == ["review"] * 24
+    reasons = {r["rule"] for r in client.get(f"/v1/accounts/{farm[0]}", headers=auth).json["reasons"]}
+    assert "lockstep_machine_group" in reasons
