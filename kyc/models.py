@@ -470,6 +470,18 @@ class PromptDay(Base):
     accounts: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class PromptStart(Base):
+    """The UTC day an account began on a prompt template (its first use kept): a farm's accounts
+    begin on their shared templates together, a tool's users adopt it over weeks
+    (kyc/usage/lockstep.py, usage.lockstep_began_together)."""
+
+    __tablename__ = "prompt_starts"
+
+    value_hash: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    day: Mapped[date] = mapped_column(Date)
+
+
 class RescoreRun(Base):
     """One rescoring request (dormant, all, a cluster, since a rules change, or given ids).
 

@@ -62,6 +62,10 @@ FIELDS = (
           "that are not popular (KYC_USAGE_POPULAR_PROMPT), in a common UTC hour (kyc/usage/lockstep.py).", 0),
     Field("usage.lockstep_woke", "int",
           "Of those, accounts that woke from a dormancy longer than KYC_DORMANT_DAYS the same day.", 0),
+    Field("usage.lockstep_began_together", "int",
+          "Of those, accounts that began on the templates they share with this one (their first use of any of "
+          "them) within a day of when this one began on them: a farm's accounts are set going together, a tool's "
+          "users adopt it over weeks (kyc/usage/lockstep.py). Compare it with lockstep_accounts.", 0),
     Field("usage.woke_together", "int",
           "On the day the account woke from a dormancy longer than KYC_DORMANT_DAYS: other accounts that woke the "
           "same UTC day and used any of its prompt templates that are not popular (KYC_USAGE_POPULAR_PROMPT) that "

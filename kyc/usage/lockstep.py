@@ -24,6 +24,19 @@ of items within one window): usage.woke_together counts, for an account on the d
 the other accounts that woke that same day and used any of its uncommon templates that day.
 Waking is rare and a template nobody popular shares is rare, so both together are a group
 almost nobody else belongs to; from its first request the farm account's group is the farm.
+
+Sharing uncommon templates in the same hours at a machine pace is also what a mid-size agent
+tool's users do (a few hundred developers, the tool's handful of system prompts, all day): an
+outside test found 600 of 600 of them held for review by the lockstep count alone. What tells
+the farm apart is CopyCatch's time window applied to when each account *began* on the
+templates: a farm's accounts are set going together, a tool's users adopt it one or two a day
+over weeks. usage.lockstep_began_together counts, of the lockstep group, the accounts that
+began on the templates they share with this one within BEGAN_WITHIN days of the day this one
+began on them (each side's earliest start on those templates, kept in prompt_starts); rules
+compare it with usage.lockstep_accounts. Two limits: a farm that pre-warms its accounts on its
+templates at staggered times over weeks looks like a tool's users to this test (the rules that
+read waking, above, and the identity graph remain for it); and a tool's first days, when most of
+its users began within a day or two of each other, look like a farm's.
 """
 
 from __future__ import annotations
@@ -35,12 +48,13 @@ from typing import Any
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from kyc.models import ActivityDay, PromptDay, PromptUse
+from kyc.models import ActivityDay, PromptDay, PromptStart, PromptUse
 from kyc.persist import in_list, insert_rows, merge_prompt_uses, postgres, update_rows, upsert_rows
 
 SHARED = 3
+BEGAN_WITHIN = 1            # days between two accounts' starts on shared templates that count as together
 
-_U, _P, _D = PromptUse.__table__, PromptDay.__table__, ActivityDay.__table__
+_U, _P, _D, _S = PromptUse.__table__, PromptDay.__table__, ActivityDay.__table__, PromptStart.__table__
 _HELD = select(_U.c.value_hash, _U.c.day, _U.c.account_id, _U.c.hours).where(
     in_list(_U.c.account_id, "ids"), in_list(_U.c.day, "days"))
 # A batch's accounts' uncommon templates of a day (with how many accounts used each), the uses
@@ -49,12 +63,16 @@ _HELD = select(_U.c.value_hash, _U.c.day, _U.c.account_id, _U.c.hours).where(
 # account at a time, they were one or two statements a report whose day held SHARED templates
 # or more: a bulk call of 1,000 steady reports of accounts holding a few templates each day went
 # from 1,926 statements and 1,679 ms of CPU to 9 and 764 (in process, PostgreSQL, load ~3).
-_MINE = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _P.c.accounts)
-         .join(_P, (_P.c.value_hash == _U.c.value_hash) & (_P.c.day == _U.c.day))
+# Each use with the day its account began on the template (prompt_starts, by its primary key).
+_STARTED = (_S.c.value_hash == _U.c.value_hash) & (_S.c.account_id == _U.c.account_id)
+_MINE = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _P.c.accounts, _S.c.day)
+         .select_from(_U.join(_P, (_P.c.value_hash == _U.c.value_hash) & (_P.c.day == _U.c.day))
+                      .outerjoin(_S, _STARTED))
          .where(in_list(_U.c.account_id, "accounts"), _U.c.day == bindparam("day"),
                 _P.c.accounts <= bindparam("popular")))
-_DAYS_USES = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _D.c.dormant_days)
-              .select_from(_U.outerjoin(_D, (_D.c.account_id == _U.c.account_id) & (_D.c.day == _U.c.day)))
+_DAYS_USES = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _D.c.dormant_days, _S.c.day)
+              .select_from(_U.outerjoin(_D, (_D.c.account_id == _U.c.account_id) & (_D.c.day == _U.c.day))
+                           .outerjoin(_S, _STARTED))
               .where(_U.c.day == bindparam("day")))
 _USES = _DAYS_USES.where(in_list(_U.c.value_hash, "hashes"))
 _THEIRS = _DAYS_USES.where(in_list(_U.c.account_id, "accounts"))
@@ -72,7 +90,8 @@ def record_uses(session: Session, uses: dict[tuple[str, date, str], int],
                 started: frozenset[tuple[str, date]] = frozenset()) -> None:
     """Record (template hash, day, account) -> hours mask, in the caller's transaction (the
     accounts are locked by it, so no other transaction writes their rows meanwhile); a template's
-    first use by an account on a day counts the account in its popularity. `started`: the
+    first use by an account on a day counts the account in its popularity, and its day is the
+    account's start on the template (prompt_starts) unless it began earlier. `started`: the
     (account, day) pairs whose day of usage the caller's batch begins: a use is only written
     with its day, so they hold none and are not read (one round trip fewer for a day's first
     report, the single report's usual case in bench/activity.py)."""
@@ -97,18 +116,28 @@ def record_uses(session: Session, uses: dict[tuple[str, date, str], int],
     if new:
         counts = [{"value_hash": h, "day": d, "accounts": n}
                   for (h, d), n in sorted(Counter((row["value_hash"], row["day"]) for row in new).items())]
+        starts: dict[tuple[str, str], date] = {}
+        for row in new:
+            key = (row["value_hash"], row["account_id"])
+            starts[key] = min(starts.get(key, row["day"]), row["day"])
         insert_rows(session, _U, new, _USE_COLUMNS)
         upsert_rows(session, _P, counts, keys=("value_hash", "day"), add=("accounts",))
+        upsert_rows(session, _S, [{"value_hash": h, "account_id": a, "day": d} for (h, a), d in sorted(starts.items())],
+                    keys=("value_hash", "account_id"), earliest=("day",))
     update_rows(session, _U, grown, keys=("value_hash", "day", "account_id"))
 
 
 def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, popular: int, dormant: int
                    ) -> dict[tuple[str, date], dict[str, Any]]:
-    """usage.lockstep_accounts and usage.lockstep_woke of each (account, day, woke) in `wanted`,
-    and, for an account that woke that day, usage.woke_together; keyed by (account, day).
+    """usage.lockstep_accounts, usage.lockstep_woke and usage.lockstep_began_together of each
+    (account, day, woke) in `wanted`, and, for an account that woke that day, usage.woke_together;
+    keyed by (account, day).
 
     Lockstep: the other accounts that used at least SHARED of the account's uncommon templates
-    that day in an hour the account used any of them; and how many of those woke that day.
+    that day in an hour the account used any of them; how many of those woke that day; and how
+    many of those began on the templates counted for the pair within BEGAN_WITHIN days of when
+    the account did (each side's earliest start on them; a use without a start kept counts as
+    begun that day).
     Woke together: the other accounts that woke that day and used any of its uncommon templates.
 
     Who can be in lockstep with an account of k templates is read from its k - SHARED + 1 least
@@ -125,16 +154,19 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
     by_day: dict[date, dict[str, bool]] = {}
     for account_id, day, woke in wanted:
         by_day.setdefault(day, {})[account_id] = woke
-        out[(account_id, day)] = {"lockstep_accounts": 0, "lockstep_woke": 0, "woke_together": 0}
+        out[(account_id, day)] = {"lockstep_accounts": 0, "lockstep_woke": 0, "lockstep_began_together": 0,
+                                  "woke_together": 0}
     for day, woke in by_day.items():
         mine: dict[str, dict[str, int]] = {}
         held_by: dict[str, int] = {}                             # template -> accounts that used it that day
+        began: dict[tuple[str, str], date] = {}                  # (account, template) -> its start on it
         ids = sorted(woke)
         for i in range(0, len(ids), _READ_CHUNK):
-            for account_id, value_hash, hours, accounts in session.execute(
+            for account_id, value_hash, hours, accounts, start in session.execute(
                     _MINE, {"accounts": ids[i:i + _READ_CHUNK], "day": day, "popular": popular}):
                 mine.setdefault(account_id, {})[value_hash] = hours
                 held_by[value_hash] = accounts
+                began[(account_id, value_hash)] = start or day
         asked = {a: m for a, m in mine.items() if len(m) >= SHARED or woke[a]}
         if not asked:
             continue
@@ -148,10 +180,11 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
         woken: set[str] = set()
 
         def take(rows) -> None:
-            for account_id, value_hash, hours, dormant_days in rows:
+            for account_id, value_hash, hours, dormant_days, start in rows:
                 if (account_id, value_hash) not in used:
                     users.setdefault(value_hash, []).append(account_id)
                 used[(account_id, value_hash)] = hours
+                began[(account_id, value_hash)] = start or day
                 if (dormant_days or 0) > dormant:
                     woken.add(account_id)
 
@@ -174,7 +207,16 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
             mask = 0
             for hours in templates.values():
                 mask |= hours
-            together = {o for o in candidates[account_id]
-                        if sum(1 for h in templates if used.get((o, h), 0) & mask) >= SHARED}
-            facts.update(lockstep_accounts=len(together), lockstep_woke=len(together & woken))
+            together = 0
+            lockstep = set()
+            for o in candidates[account_id]:
+                shared = [h for h in templates if used.get((o, h), 0) & mask]
+                if len(shared) < SHARED:
+                    continue
+                lockstep.add(o)
+                # When each began on what they share: together within BEGAN_WITHIN days?
+                gap = min(began[(o, h)] for h in shared) - min(began[(account_id, h)] for h in shared)
+                together += abs(gap.days) <= BEGAN_WITHIN
+            facts.update(lockstep_accounts=len(lockstep), lockstep_woke=len(lockstep & woken),
+                         lockstep_began_together=together)
     return out

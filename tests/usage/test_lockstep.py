@@ -4,7 +4,7 @@ hours are a group; popular templates link nobody; a farm waking together is bloc
 from __future__ import annotations
 
 from collections import Counter
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sqlalchemy import delete, insert, select
 
 from kyc import create_app
-from kyc.models import Evaluation, PromptDay, PromptUse
+from kyc.models import Evaluation, PromptDay, PromptStart, PromptUse
 from kyc.runtime import Runtime
 from kyc.security import keyed_hash
 from kyc.usage.lockstep import SHARED
@@ -143,6 +143,19 @@ def test_uses_are_kept_per_template_day_and_hours(client, auth, runtime):
     assert mine == (1 << 11) | (1 << 12)
 
 
+def test_an_account_s_start_on_a_template_is_its_earliest_use(client, auth, runtime):
+    (account,) = _signups(client, auth, "solo", 1)
+    # A day, a later one, then a backfilled earlier one: the start moves back only.
+    for day, prints in (("2026-11-24", {"pf_a": 1}), ("2026-11-26", {"pf_a": 1, "pf_b": 1}),
+                        ("2026-11-22", {"pf_a": 1}), ("2026-11-26", {"pf_b": 3})):
+        report = {**_report(account, prints), "occurred_at": f"{day}T10:30:00Z"}
+        assert client.post("/v1/activity", json={"reports": [report]}, headers=auth).status_code == 200
+    with runtime.session() as s:
+        starts = dict(s.execute(select(PromptStart.value_hash, PromptStart.day)).all())
+    assert starts == {keyed_hash(TEST_SECRET, "prompt", "pf_a"): date(2026, 11, 22),
+                      keyed_hash(TEST_SECRET, "prompt", "pf_b"): date(2026, 11, 26)}
+
+
 def test_window_hours():
     from datetime import datetime, timezone
 
@@ -183,13 +196,16 @@ _DAY = date(2026, 11, 24)
 
 
 def _brute_force(uses: dict[tuple[str, str], int], held: Counter, dormant: dict[str, int], wanted, *,
-                 popular: int, limit: int):
+                 popular: int, limit: int, starts: dict[tuple[str, str], date]):
     """The definitions of lockstep_facts, pair by pair: every other account, every template
-    (`held`: template -> the accounts that used it)."""
+    (`held`: template -> the accounts that used it; `starts`: (account, template) -> the day it
+    began on it, the day itself when absent)."""
+    from kyc.usage.lockstep import BEGAN_WITHIN
+
     out = {}
     for account, day, woke in wanted:
         mine = {t: h for (a, t), h in uses.items() if a == account and held[t] <= popular}
-        facts = {"lockstep_accounts": 0, "lockstep_woke": 0, "woke_together": 0}
+        facts = {"lockstep_accounts": 0, "lockstep_woke": 0, "lockstep_began_together": 0, "woke_together": 0}
         if len(mine) >= SHARED or (woke and mine):
             others = {a for (a, t) in uses if t in mine and a != account}
             woken = {a for a in others if dormant.get(a, 0) > limit}
@@ -202,15 +218,23 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, dormant: dict[
                     mask |= h
                 together = {o for o in others
                             if sum(1 for t in mine if uses.get((o, t), 0) & mask) >= SHARED}
-                facts.update(lockstep_accounts=len(together), lockstep_woke=len(together & woken))
+                began = 0
+                for o in together:
+                    shared = [t for t in mine if uses.get((o, t), 0) & mask]
+                    theirs = min(starts.get((o, t), day) for t in shared)
+                    ours = min(starts.get((account, t), day) for t in shared)
+                    began += abs(theirs - ours) <= timedelta(days=BEGAN_WITHIN)
+                facts.update(lockstep_accounts=len(together), lockstep_woke=len(together & woken),
+                             lockstep_began_together=began)
         out[(account, day)] = facts
     return out
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(uses=st.lists(_USE, min_size=10, max_size=60), dormant=st.lists(st.sampled_from([0, 0, 45]), min_size=12, max_size=12),
-       woke=st.lists(st.booleans(), min_size=12, max_size=12), popular=st.integers(3, 12))
-def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, dormant, woke, popular):
+       woke=st.lists(st.booleans(), min_size=12, max_size=12), popular=st.integers(3, 12),
+       began=st.lists(st.sampled_from([None, 0, 1, 2, 3]), min_size=60, max_size=60))
+def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, dormant, woke, popular, began):
     """Whatever the day's uses, the batch read (least used templates first, then the candidates'
     uses) gives what comparing every pair of accounts gives."""
     from kyc.models import Account, ActivityDay
@@ -221,11 +245,14 @@ def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, do
         key = (f"ls_{account}", f"t{template}")
         day_uses[key] = day_uses.get(key, 0) | hours
     held = Counter(t for _, t in day_uses)
+    # When each (account, template) began: days before the day, or no start kept (None).
+    starts = {(f"ls_{a}", f"t{t}"): _DAY - timedelta(days=began[a * 5 + t]) for a in range(12) for t in range(5)
+              if began[a * 5 + t] is not None and (f"ls_{a}", f"t{t}") in day_uses}
     accounts = [f"ls_{i}" for i in range(12)]
     at = datetime(2026, 11, 24, 12, tzinfo=timezone.utc)
     limit = runtime.config.dormant_days
     with runtime.session() as s, s.begin():
-        for table in (PromptUse, PromptDay, ActivityDay, Account):     # the example before's
+        for table in (PromptUse, PromptDay, PromptStart, ActivityDay, Account):     # the example before's
             s.execute(delete(table))
         s.execute(insert(Account), [{"id": a, "first_seen_at": at, "last_seen_at": at, "decision": "allow", "score": 0}
                                     for a in accounts])
@@ -235,10 +262,13 @@ def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, do
             s.execute(insert(PromptUse), [{"value_hash": t, "day": _DAY, "account_id": a, "hours": h}
                                           for (a, t), h in day_uses.items()])
             s.execute(insert(PromptDay), [{"value_hash": t, "day": _DAY, "accounts": n} for t, n in held.items()])
+        if starts:
+            s.execute(insert(PromptStart), [{"value_hash": t, "account_id": a, "day": d} for (a, t), d in starts.items()])
     wanted = [(a, _DAY, w) for a, w in zip(accounts, woke)]
     with runtime.session() as s:
         found = lockstep_facts(s, wanted, popular=popular, dormant=limit)
-    assert found == _brute_force(day_uses, held, dict(zip(accounts, dormant)), wanted, popular=popular, limit=limit)
+    assert found == _brute_force(day_uses, held, dict(zip(accounts, dormant)), wanted, popular=popular, limit=limit,
+                                 starts=starts)
 
 
 def test_a_tool_s_users_some_back_from_a_break_are_not_a_farm_waking(client, auth, runtime):
@@ -273,7 +303,6 @@ def _days_before(day: str, n: int) -> str:
     return (date.fromisoformat(day) - timedelta(days=n)).isoformat()
 
 
-@pytest.mark.xfail(strict=True, reason="lockstep_machine_group holds a tool's users (the red-team finding)")
 def test_an_agent_tool_s_users_who_adopted_it_over_weeks_are_not_a_machine_group(client, auth, runtime):
     """An outside red-team: 600 of 600 users of a mid-size agent tool (its handful of system
     prompts, machine-regular, never dormant) were held by lockstep_machine_group. They share the
