@@ -830,7 +830,7 @@ def clusters_rebuild() -> None:
 
 # --- simulate ---------------------------------------------------------------------------------
 
-def _five_sizes(_ctx, _param, value: str) -> tuple[int, ...]:
+def _usage_sizes(_ctx, _param, value: str) -> tuple[int, ...]:
     parts = [p.strip() for p in value.split(",")]
     if len(parts) not in (5, 6) or not all(p.isdigit() for p in parts):
         raise click.BadParameter("five whole numbers separated by commas: light,heavy,companies,tool users,farm "
@@ -853,7 +853,7 @@ def _five_sizes(_ctx, _param, value: str) -> tuple[int, ...]:
 @click.option("--usage", "usage_phase", is_flag=True,
               help="then a week of API usage (kyc/usage/simulate.py): light, heavy, company, popular-tool, agent-tool users and a "
                    "distillation farm, reported in bulk; prints farm requests served and legitimate requests denied")
-@click.option("--usage-sizes", default="300,30,8,2000,400,600", show_default=True, callback=_five_sizes,
+@click.option("--usage-sizes", default="300,30,8,2000,400,600", show_default=True, callback=_usage_sizes,
               help="usage phase: light users, heavy users, companies, popular-tool users, farm accounts, and "
                    "(optional, 0 without) users of a mid-size agent tool who adopted it over the weeks before")
 def simulate(seed: int, legit: int, farms: int, farm_size: int, days: float, warmup_days: float, database_url: str,
