@@ -798,7 +798,8 @@ def clusters_act(cluster_id: str, action: str, note: str | None) -> None:
     except NotFound as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{cluster_id}: {action} on {done.members} member(s), {done.changed} changed, "
-               f"{done.kept} kept (blocked by a person on their own) in {time.perf_counter() - started:.2f}s (audit event {done.event_id})")
+               f"{done.kept} kept (blocked by a person on their own) in {time.perf_counter() - started:.2f}s "
+               f"(audit event {done.event_id})")
     _deliver_before_exit(runtime)
 
 
@@ -851,8 +852,9 @@ def _usage_sizes(_ctx, _param, value: str) -> tuple[int, ...]:
 @click.option("--database-url", default="", help="default: a fresh SQLite file in a temporary directory")
 @click.option("--redis-url", default="", help="velocity in this Redis (use a db of its own: it is flushed)")
 @click.option("--usage", "usage_phase", is_flag=True,
-              help="then a week of API usage (kyc/usage/simulate.py): light, heavy, company, popular-tool, agent-tool users and a "
-                   "distillation farm, reported in bulk; prints farm requests served and legitimate requests denied")
+              help="then a week of API usage (kyc/usage/simulate.py): light, heavy, company, popular-tool, agent-tool "
+                   "users and a distillation farm, reported in bulk; prints farm requests served and legitimate "
+                   "requests denied")
 @click.option("--usage-sizes", default="300,30,8,2000,400,600", show_default=True, callback=_usage_sizes,
               help="usage phase: light users, heavy users, companies, popular-tool users, farm accounts, and "
                    "(optional, 0 without) users of a mid-size agent tool who adopted it over the weeks before")
