@@ -169,12 +169,21 @@ class BacktestReport:
         return self.evaluations / self.seconds if self.seconds else 0.0
 
 
+class WindowTooLarge(ValueError):
+    """The window holds more evaluations than the caller may replay (`most`)."""
+
+    def __init__(self, total: int, most: int):
+        super().__init__(f"the window holds {total:,} evaluations, more than the {most:,} replayed here")
+        self.total, self.most = total, most
+
+
 def backtest(engine: Engine, rules: RuleSet, since: datetime, until: datetime | None = None, *,
-             limit_changed: int = 20, batch_size: int = 5000,
+             limit_changed: int = 20, batch_size: int = 5000, most: int | None = None,
              progress: Callable[[int, int, float], None] | None = None) -> BacktestReport:
     """Replay the evaluations of [since, until) through `rules`: those made as events came
     (trigger "live", by event time) and those usage reports made (trigger "usage": a usage rule
-    acts there; by when they were made), not the rescores, which repeat them."""
+    acts there; by when they were made), not the rescores, which repeat them. `most`: raise
+    WindowTooLarge, having replayed nothing, when the window holds more evaluations."""
     until = until or datetime.now(timezone.utc)
     report = BacktestReport(since, until, rules.version)
     for subject, compiled in rules.subjects.items():
@@ -194,6 +203,8 @@ def backtest(engine: Engine, rules: RuleSet, since: datetime, until: datetime | 
     with engine.connect() as conn:
         total = sum(conn.execute(select(func.count()).select_from(Evaluation).where(*window)).scalar_one()
                     for _, window in passes)
+        if most is not None and total > most:
+            raise WindowTooLarge(total, most)
         for at, window in passes:
             query = (
                 select(at, Evaluation.id, Evaluation.occurred_at, Evaluation.account_id, Evaluation.subject,

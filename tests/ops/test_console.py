@@ -248,6 +248,23 @@ def test_backtest_form_replays_history_through_a_candidate(ops, runtime, seeded,
         assert s.get(Account, "acct_crawler").decision == "review"       # a backtest changes nothing
 
 
+def test_a_window_too_large_for_a_page_is_refused_before_any_replay(ops, runtime, seeded, monkeypatch):
+    """The console replays inside its request: a window that would outlast the server's timeout
+    is refused with what to do instead, not cut off by the worker's death (a 500)."""
+    from kyc.ops.console import pages
+
+    with runtime.session() as s:
+        live = s.scalar(select(func.count()).select_from(Evaluation).where(Evaluation.trigger == "live"))
+    monkeypatch.setattr(pages, "CONSOLE_BACKTEST_MOST", live - 1)
+    csrf = csrf_of(ops.get("/console/rules"))
+    answer = ops.post("/console/rules/backtest", data={"csrf_token": csrf, "folder": str(RULES_DIR), "since": "30d"})
+    assert answer.status_code == 422 and f"holds {live:,} evaluations" in answer.text
+    assert "kyc rules backtest --since 30d" in answer.text and 'data-testid="backtest-report"' not in answer.text
+    monkeypatch.setattr(pages, "CONSOLE_BACKTEST_MOST", live)
+    assert ops.post("/console/rules/backtest", data={"csrf_token": csrf, "folder": str(RULES_DIR),
+                                                     "since": "30d"}).status_code == 200
+
+
 def test_backtest_form_explains_what_is_wrong(ops, tmp_path):
     csrf = csrf_of(ops.get("/console/rules"))
     missing = ops.post("/console/rules/backtest", data={"csrf_token": csrf, "folder": str(tmp_path / "none")})
