@@ -81,6 +81,14 @@ class AccountChanged(DomainError):
         self.account_id, self.seen, self.now = account_id, seen, now
 
 
+class WrongProvider(DomainError):
+    """A document verification sent to one identity provider was decided by another's webhook."""
+
+    def __init__(self, verification_id: str, expected: str, provider: str):
+        super().__init__(f"verification {verification_id} was sent to provider {expected}, not {provider}")
+        self.verification_id, self.expected, self.provider = verification_id, expected, provider
+
+
 class PhoneInUse(DomainError):
     """The number is verified on another account (KYC_PHONE_UNIQUE)."""
 

@@ -55,6 +55,8 @@ def answer(exc: domain.DomainError) -> ApiError:
                             {"phone": f"{exc.line_type} line type is refused; use a mobile number"})
         case domain.IdempotencyKeyReused():
             return ApiError(409, "idempotency_key_reused", str(exc), {"Idempotency-Key": "used for another body"})
+        case domain.WrongProvider():
+            return ApiError(409, "wrong_provider", str(exc))
         case domain.AccountChanged():
             return ApiError(409, "account_changed", str(exc), {"state_version": f"now {exc.now}"})
         case domain.PhoneInUse():

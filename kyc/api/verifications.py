@@ -28,6 +28,9 @@ class StartBody(BaseModel):
     phone_region: Annotated[StrictStr, Field(min_length=2, max_length=2)] | None = None
     phone: Annotated[StrictStr, Field(min_length=3, max_length=32)] | None = None
     tier: Annotated[StrictStr, Field(max_length=64)] | None = None
+    provider: Annotated[StrictStr, Field(min_length=1, max_length=64, description=(
+        "kind document: the identity provider the document is sent to (one of KYC_WEBHOOK_SECRETS); "
+        "only its signed webhook may then decide it"))] | None = None
 
     @field_validator("email")
     @classmethod
@@ -57,6 +60,10 @@ def start_verification(account_id: str):
         raise invalid("unknown tier", {"tier": f"one of {', '.join(rt.tiers.tiers)}"})
     if body.kind != "email" and body.email is not None:
         raise invalid("email is only for kind email", {"email": "only for kind email"})
+    if body.provider is not None and (body.kind != "document" or body.provider not in rt.config.webhook_secrets):
+        raise invalid("provider is a configured identity provider, for kind document", {"provider": (
+            "only for kind document" if body.kind != "document"
+            else f"unknown provider; one of {', '.join(sorted(rt.config.webhook_secrets)) or '(none configured)'}")})
     if body.kind != "phone" and (body.phone or body.phone_region or body.tier):
         raise invalid("phone, phone_region and tier are only for kind phone",
                       {k: "only for kind phone" for k in ("phone", "phone_region", "tier") if getattr(body, k)})

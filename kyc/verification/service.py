@@ -23,7 +23,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from kyc.errors import (InvalidInput, NotFound, PhoneInUse, PhoneRefused, ReplayedEvent, Throttled,
-                        VerificationNotPending, WrongVerificationKind)
+                        VerificationNotPending, WrongProvider, WrongVerificationKind)
 from kyc.ids import new_id
 from kyc.inputs import rfc3339
 from kyc.models import (Account, Evaluation, PhoneClaim, Verification, VerificationEvent, WebhookEvent, latest_of,
@@ -48,6 +48,7 @@ class StartRequest:
     phone: str | None = None
     phone_region: str | None = None
     tier: str | None = None
+    provider: str | None = None          # document: the only provider whose webhook may decide it
 
 
 # --- state machine ----------------------------------------------------------------------------
@@ -128,7 +129,8 @@ def start(runtime: Runtime, session: Session, account_id: str, req: StartRequest
         return _start_payment(runtime, session, account, current, now)
     if current is not None:              # document: the pending one is still waiting for its provider
         return current, False
-    v = _new(session, account, "document", now, now + timedelta(hours=runtime.config.document_ttl_hours))
+    v = _new(session, account, "document", now, now + timedelta(hours=runtime.config.document_ttl_hours),
+             provider=req.provider)
     return v, True
 
 
@@ -332,6 +334,8 @@ def provider_decision(runtime: Runtime, session: Session, provider: str, event_i
                         .execution_options(populate_existing=True)).scalar_one()
     if v.kind != "document":
         raise WrongVerificationKind(v.id, v.kind, expected="document")
+    if v.provider is not None and v.provider != provider:
+        raise WrongProvider(v.id, v.provider, provider)
     current = effective_status(v, now)
     if current != "pending":
         raise VerificationNotPending(v.id, current, f"verification {v.id} is not pending")

@@ -75,6 +75,7 @@ EXAMPLES = [
     domain.SendFailed("the code could not be sent: sender answered 503"),
     domain.IdempotencyKeyReused(),
     domain.AccountChanged("acct_1", seen=3, now=5),
+    domain.WrongProvider("vf_1", "idv", "other"),
 ]
 
 

@@ -177,3 +177,30 @@ def test_decision_after_the_document_expired_is_refused(client, runtime, documen
         assert s.get(Verification, document).status == "pending"     # shown as expired, never verified
     assert client.get(f"/v1/verifications/{document}",
                       headers={"Authorization": "Bearer x"}).status_code == 401
+
+
+def test_a_document_sent_to_one_provider_is_decided_by_that_provider_only(client, auth, database_url, make_config):
+    """With two providers configured, a verification started for one (`provider`) is refused to
+    the other's signed webhook, and nothing changes; without `provider`, any configured one decides."""
+    from kyc import create_app
+
+    rt = Runtime.start(make_config(database_url, webhook_secrets={"idv": WEBHOOK_SECRET, "other": b"other-secret"}),
+                       migrate=False)
+    try:
+        app = create_app(runtime=rt).test_client()
+        app.post("/v1/signups", json=signup(**GB_VOIP), headers=auth)
+        started = start(app, auth, kind="document", provider="idv")
+        assert started.status_code == 201 and started.json["provider"] == "idv"
+        vid = started.json["verification_id"]
+        before = _state(rt, vid)
+        foreign = webhook(app, provider="other", secret=b"other-secret", verification_id=vid, status="approved")
+        assert foreign.status_code == 409 and foreign.json["error"]["code"] == "wrong_provider"
+        assert _state(rt, vid) == before
+        assert webhook(app, verification_id=vid, status="approved").json["status"] == "verified"
+
+        for body, field in (({"kind": "document", "provider": "nobody"}, "provider"),
+                            ({"kind": "email", "provider": "idv"}, "provider")):
+            refused = start(app, auth, **body)
+            assert refused.status_code == 400 and field in refused.json["error"]["fields"], refused.json
+    finally:
+        rt.engine.dispose()
