@@ -5,8 +5,9 @@ Each live evaluation in the window is evaluated again by the same engine
 the facts rules/lists/ decide (email.free, phone.voip), which are read again under the
 candidate's lists (kyc.signals.relisted): a list edit is backtested like a rule edit. Its stored
 decision is "before", the candidate's is "after". Rows stream in keyset-paginated batches
-(occurred_at, id), so memory stays bounded whatever the window holds: only counters, the
-first N changed accounts and the ids of labeled accounts (few: ops set labels by hand) are kept.
+((occurred_at, id); usage re-evaluations (created_at, id), below), so memory stays bounded
+whatever the window holds: only counters, the first N changed accounts and the ids of labeled
+accounts (few: ops set labels by hand) are kept.
 
 Rescore evaluations are left out: they re-judge an event that already has its live
 evaluation in the window, and would count it twice. A usage re-evaluation (trigger "usage": a
