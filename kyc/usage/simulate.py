@@ -191,14 +191,12 @@ def run(client, headers: dict, accounts: list[Account], signups: list[dict], ech
     first = min((h for a in accounts for h in a.hours), default=0)
     for hour in range(min(first, 0), DAYS * 24):
         batch = []
+        counted = hour >= 0             # the weeks before the week are history: gated as the week is, not counted
         for a in accounts:
             for report in a.hours.get(hour, ()):
-                # The weeks before the week are history: gated as the week is, but not counted.
-                if hour >= 0:
-                    wanted[a.population] += report["requests"]
+                wanted[a.population] += report["requests"] if counted else 0
                 if decision[a.id] in TOLERATED:
-                    if hour >= 0:
-                        served[a.population] += report["requests"]
+                    served[a.population] += report["requests"] if counted else 0
                 else:                                            # the gateway refuses the hour
                     denied_accounts[a.population].add(a.id)
                     report = {**report, "refused": report["requests"], "requests": 0, "prompt_fingerprints": {}}
@@ -210,7 +208,7 @@ def run(client, headers: dict, accounts: list[Account], signups: list[dict], ech
             for result in answer.get_json()["results"]:
                 decision[result["account_id"]] = result["decision"]
         reports += len(batch)
-        if echo and hour % 24 == 23 and hour >= 0:
+        if echo and hour % 24 == 23 and counted:
             echo(f"  day {hour // 24 + 1}: {reports} reports")
     drain(client.application.extensions["kyc"])
     final = defaultdict(lambda: defaultdict(int))
