@@ -33,7 +33,12 @@ templates: a farm's accounts are set going together, a tool's users adopt it one
 over weeks. usage.lockstep_began_together counts, of the lockstep group, the accounts that
 began on the templates they share with this one within BEGAN_WITHIN days of the day this one
 began on them (each side's earliest start on those templates, kept in prompt_starts); rules
-compare it with usage.lockstep_accounts. Two limits: a farm that pre-warms its accounts on its
+compare it with usage.lockstep_accounts, and with usage.lockstep_adopters: the accounts that had
+begun by the day on the shared template most accounts began on, used that day or not. Today's
+group alone is not enough: an account the gateway refuses sends no templates, so each account held
+shrinks the group, and a tool's next adopters then made up most of it (`kyc simulate --usage`,
+seed 6161: its adopters held six days running, 32 of 600; read against its adopters, 14 of 600
+from its first four days). Two limits: a farm that pre-warms its accounts on its
 templates at staggered times over weeks looks like a tool's users to this test (the rules that
 read waking, above, and the identity graph remain for it); and a tool's first days, when most of
 its users began within a day or two of each other, look like a farm's.
@@ -45,7 +50,7 @@ from collections import Counter
 from datetime import date
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from kyc.models import ActivityDay, PromptDay, PromptStart, PromptUse
@@ -76,6 +81,11 @@ _DAYS_USES = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _D.c.dormant_
               .where(_U.c.day == bindparam("day")))
 _USES = _DAYS_USES.where(in_list(_U.c.value_hash, "hashes"))
 _THEIRS = _DAYS_USES.where(in_list(_U.c.account_id, "accounts"))
+# How many accounts had begun on each template by the day: counted on prompt_starts' primary key
+# (value_hash, account_id), one statement for the batch's templates shared in lockstep.
+_ADOPTERS = (select(_S.c.value_hash, func.count()).where(in_list(_S.c.value_hash, "hashes"),
+                                                          _S.c.day <= bindparam("day"))
+             .group_by(_S.c.value_hash))
 _READ_CHUNK = 1000
 
 
@@ -155,11 +165,12 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
     for account_id, day, woke in wanted:
         by_day.setdefault(day, {})[account_id] = woke
         out[(account_id, day)] = {"lockstep_accounts": 0, "lockstep_woke": 0, "lockstep_began_together": 0,
-                                  "woke_together": 0}
+                                  "lockstep_adopters": 0, "woke_together": 0}
     for day, woke in by_day.items():
         mine: dict[str, dict[str, int]] = {}
         held_by: dict[str, int] = {}                             # template -> accounts that used it that day
         began: dict[tuple[str, str], date] = {}                  # (account, template) -> its start on it
+        kept: set[tuple[str, str]] = set()                       # (account, template) whose start is kept
         ids = sorted(woke)
         for i in range(0, len(ids), _READ_CHUNK):
             for account_id, value_hash, hours, accounts, start in session.execute(
@@ -167,6 +178,8 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
                 mine.setdefault(account_id, {})[value_hash] = hours
                 held_by[value_hash] = accounts
                 began[(account_id, value_hash)] = start or day
+                if start is not None:
+                    kept.add((account_id, value_hash))
         asked = {a: m for a, m in mine.items() if len(m) >= SHARED or woke[a]}
         if not asked:
             continue
@@ -196,6 +209,7 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
         others = sorted({o for found in candidates.values() for o in found})
         for i in range(0, len(others), _READ_CHUNK):
             take(session.execute(_THEIRS, {"day": day, "accounts": others[i:i + _READ_CHUNK]}))
+        shared_in_lockstep: dict[str, set[str]] = {}             # account -> the templates its group shares
         for account_id, templates in asked.items():
             facts = out[(account_id, day)]
             if woke[account_id]:
@@ -214,9 +228,17 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
                 if len(shared) < SHARED:
                     continue
                 lockstep.add(o)
+                shared_in_lockstep.setdefault(account_id, set()).update(shared)
                 # When each began on what they share: together within BEGAN_WITHIN days?
                 gap = min(began[(o, h)] for h in shared) - min(began[(account_id, h)] for h in shared)
                 together += abs(gap.days) <= BEGAN_WITHIN
             facts.update(lockstep_accounts=len(lockstep), lockstep_woke=len(lockstep & woken),
                          lockstep_began_together=together)
+        hashes = sorted({h for shared in shared_in_lockstep.values() for h in shared})
+        adopters: dict[str, int] = {}
+        for i in range(0, len(hashes), _READ_CHUNK):
+            adopters.update(session.execute(_ADOPTERS, {"day": day, "hashes": hashes[i:i + _READ_CHUNK]}).all())
+        for account_id, shared in shared_in_lockstep.items():
+            out[(account_id, day)]["lockstep_adopters"] = max(
+                adopters.get(h, 0) - ((account_id, h) in kept) for h in shared)
     return out

@@ -205,7 +205,8 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, dormant: dict[
     out = {}
     for account, day, woke in wanted:
         mine = {t: h for (a, t), h in uses.items() if a == account and held[t] <= popular}
-        facts = {"lockstep_accounts": 0, "lockstep_woke": 0, "lockstep_began_together": 0, "woke_together": 0}
+        facts = {"lockstep_accounts": 0, "lockstep_woke": 0, "lockstep_began_together": 0, "lockstep_adopters": 0,
+                 "woke_together": 0}
         if len(mine) >= SHARED or (woke and mine):
             others = {a for (a, t) in uses if t in mine and a != account}
             woken = {a for a in others if dormant.get(a, 0) > limit}
@@ -218,14 +219,19 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, dormant: dict[
                     mask |= h
                 together = {o for o in others
                             if sum(1 for t in mine if uses.get((o, t), 0) & mask) >= SHARED}
-                began = 0
+                began, group_templates = 0, set()
                 for o in together:
                     shared = [t for t in mine if uses.get((o, t), 0) & mask]
+                    group_templates.update(shared)
                     theirs = min(starts.get((o, t), day) for t in shared)
                     ours = min(starts.get((account, t), day) for t in shared)
                     began += abs(theirs - ours) <= timedelta(days=BEGAN_WITHIN)
+                # Adopters: the accounts other than this one whose start on a template is kept, by the day,
+                # for the template of the group's with the most.
+                adopters = max((sum(1 for (a, t2), d in starts.items() if t2 == t and a != account and d <= day)
+                                for t in group_templates), default=0)
                 facts.update(lockstep_accounts=len(together), lockstep_woke=len(together & woken),
-                             lockstep_began_together=began)
+                             lockstep_began_together=began, lockstep_adopters=adopters)
         out[(account, day)] = facts
     return out
 
@@ -245,9 +251,12 @@ def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, do
         key = (f"ls_{account}", f"t{template}")
         day_uses[key] = day_uses.get(key, 0) | hours
     held = Counter(t for _, t in day_uses)
-    # When each (account, template) began: days before the day, or no start kept (None).
-    starts = {(f"ls_{a}", f"t{t}"): _DAY - timedelta(days=began[a * 5 + t]) for a in range(12) for t in range(5)
-              if began[a * 5 + t] is not None and (f"ls_{a}", f"t{t}") in day_uses}
+    # When each (account, template) began: days before the day, or no start kept (None). An account that
+    # does not use a template that day may have begun on it before (a user the gateway now refuses) or
+    # after (a replayed day: it had not begun by then, so it is no adopter).
+    starts = {(f"ls_{a}", f"t{t}"): _DAY - timedelta(days=began[a * 5 + t] if (f"ls_{a}", f"t{t}") in day_uses
+                                                     else began[a * 5 + t] or -1)
+              for a in range(12) for t in range(5) if began[a * 5 + t] is not None}
     accounts = [f"ls_{i}" for i in range(12)]
     at = datetime(2026, 11, 24, 12, tzinfo=timezone.utc)
     limit = runtime.config.dormant_days
@@ -345,3 +354,31 @@ def test_a_farm_that_began_on_its_templates_together_is_held_without_waking(clie
     assert [r["decision"] for r in results] == ["review"] * 24
     reasons = {r["rule"] for r in client.get(f"/v1/accounts/{farm[0]}", headers=auth).json["reasons"]}
     assert "lockstep_machine_group" in reasons
+
+
+def test_a_tool_s_next_adopters_are_not_a_machine_group_while_its_first_are_refused(client, auth, runtime):
+    """A tool's earlier adopters that the gateway refuses today send no templates, so today's lockstep
+    group is only the newest adopters, all begun together. In `kyc simulate --usage` that held each next
+    day's adopters of an agent tool in turn; the tool's adopters (prompt_starts) still count everyone."""
+    tool = {f"pf_agent_{k}": 5 for k in range(4)}
+    earlier = _signups(client, auth, "early", 60)
+    for i, a in enumerate(earlier):                 # six a day over the ten days before, then refused
+        report = {**_report(a, tool, cv=0.1), "occurred_at": f"{_days_before(WOKE, 3 + i // 6)}T10:30:00Z"}
+        assert client.post("/v1/activity", json={"reports": [report]}, headers=auth).status_code == 200
+    newest = _signups(client, auth, "newest", 24)
+    for back in range(10, 0, -1):                   # their own trickle before: not waking today
+        reports = [{**_report(a, {f"pf_own_{a}": 1}, requests=1, cv=1.5),
+                    "occurred_at": f"{_days_before(WOKE, back)}T08:30:00Z"} for a in newest]
+        assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
+    results = client.post("/v1/activity", json={"reports": [_report(a, tool, cv=0.1) for a in newest]},
+                          headers=auth).json["results"]
+    assert not any(r["woke_up"] for r in results)
+    from kyc.usage.lockstep import lockstep_facts
+
+    with runtime.session() as s:
+        usage = lockstep_facts(s, [(newest[0], date.fromisoformat(WOKE), False)],
+                               popular=runtime.config.usage_popular_prompt,
+                               dormant=runtime.config.dormant_days)[(newest[0], date.fromisoformat(WOKE))]
+    # Today's group alone began together, as a farm's does; the tool's adopters are 83 besides this one.
+    assert (usage["lockstep_accounts"], usage["lockstep_began_together"], usage["lockstep_adopters"]) == (23, 23, 83)
+    assert [r["decision"] for r in results] == ["allow"] * 24
