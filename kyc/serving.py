@@ -114,3 +114,12 @@ def configure(cfg) -> None:
     install()
     for name in ("logger_class", "accesslog", "child_exit", "pre_fork", "post_worker_init"):
         cfg.set(name, globals()[name])
+    if "control_socket_disable" in cfg.settings:           # gunicorn 24 and later
+        cfg.set("control_socket_disable", control_socket_disable)
+
+
+# gunicorn's control interface (a Unix socket the master serves, gunicornc) is not used by kyc, and
+# its default path is one per user (~/.gunicorn/gunicorn.ctl): every gunicorn of that user (a
+# second kyc, another service, a benchmark's bare Flask) binds the same path, the last one started
+# takes it over, and the first one stopped unlinks it from under the others.
+control_socket_disable = True

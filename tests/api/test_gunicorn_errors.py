@@ -92,6 +92,23 @@ class _FakeSocket:
         return io.BytesIO(self.data)
 
 
+def test_kyc_serve_and_gunicorn_conf_leave_the_shared_control_socket_alone(kyc_serve):
+    """gunicorn's control socket defaults to one path per user: kyc binds none (kyc/serving.py)."""
+    import runpy
+
+    from gunicorn.config import Config
+
+    from kyc import serving
+
+    _port, log = kyc_serve
+    assert "Booting worker" in log.read_text() and "Control socket" not in log.read_text()
+    cfg = Config()
+    serving.configure(cfg)
+    assert cfg.control_socket_disable is True
+    conf = runpy.run_path(str(Path(__file__).parents[2] / "gunicorn.conf.py"))
+    assert conf["control_socket_disable"] is True
+
+
 def test_uri_too_long_is_json(kyc_serve):
     port, _log = kyc_serve
     answer = raw_request(port, b"GET /v1/accounts/" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
