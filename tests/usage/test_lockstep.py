@@ -306,6 +306,16 @@ def test_a_tool_s_users_some_back_from_a_break_are_not_a_farm_waking(client, aut
         assert answer["decision"] != "block"
 
 
+def _facts_today(runtime, account: str) -> dict:
+    """The lockstep facts of an account on WOKE, read as a report that day would (not woken)."""
+    from kyc.usage.lockstep import lockstep_facts
+
+    with runtime.session() as s:
+        return lockstep_facts(s, [(account, date.fromisoformat(WOKE), False)],
+                              popular=runtime.config.usage_popular_prompt,
+                              dormant=runtime.config.dormant_days)[(account, date.fromisoformat(WOKE))]
+
+
 def _days_before(day: str, n: int) -> str:
     from datetime import timedelta
 
@@ -327,12 +337,7 @@ def test_an_agent_tool_s_users_who_adopted_it_over_weeks_are_not_a_machine_group
     results = client.post("/v1/activity", json={"reports": [_report(a, tool, cv=0.1) for a in users]},
                           headers=auth).json["results"]
     assert not any(r["woke_up"] for r in results)
-    from kyc.usage.lockstep import lockstep_facts
-
-    with runtime.session() as s:
-        facts = lockstep_facts(s, [(users[12], date.fromisoformat(WOKE), False)],
-                               popular=runtime.config.usage_popular_prompt,
-                               dormant=runtime.config.dormant_days)[(users[12], date.fromisoformat(WOKE))]
+    facts = _facts_today(runtime, users[12])
     # In lockstep with all 23 others today; of those, only the neighbours in adoption began with it.
     assert facts["lockstep_accounts"] == 23 and facts["lockstep_began_together"] == 2
     assert [r["decision"] for r in results] == ["allow"] * 24
@@ -373,12 +378,7 @@ def test_a_tool_s_next_adopters_are_not_a_machine_group_while_its_first_are_refu
     results = client.post("/v1/activity", json={"reports": [_report(a, tool, cv=0.1) for a in newest]},
                           headers=auth).json["results"]
     assert not any(r["woke_up"] for r in results)
-    from kyc.usage.lockstep import lockstep_facts
-
-    with runtime.session() as s:
-        usage = lockstep_facts(s, [(newest[0], date.fromisoformat(WOKE), False)],
-                               popular=runtime.config.usage_popular_prompt,
-                               dormant=runtime.config.dormant_days)[(newest[0], date.fromisoformat(WOKE))]
+    usage = _facts_today(runtime, newest[0])
     # Today's group alone began together, as a farm's does; the tool's adopters are 83 besides this one.
     assert (usage["lockstep_accounts"], usage["lockstep_began_together"], usage["lockstep_adopters"]) == (23, 23, 83)
     assert [r["decision"] for r in results] == ["allow"] * 24
