@@ -65,7 +65,8 @@ FIELDS = (
     Field("usage.lockstep_began_together", "int",
           "Of those, accounts that began on the templates they share with this one (their first use of any of "
           "them) within a day of when this one began on them: a farm's accounts are set going together, a tool's "
-          "users adopt it over weeks (kyc/usage/lockstep.py). Compare it with lockstep_accounts.", 0),
+          "users adopt it over weeks (kyc/usage/lockstep.py). A start in kyc's first two days of usage is where "
+          "kyc began watching, and counts for no pair. Compare it with lockstep_accounts.", 0),
     Field("usage.lockstep_adopters", "int",
           "Other accounts that had begun, by the day, on the template most accounts began on of those this one "
           "shares in lockstep, whether or not they used it that day (prompt_starts): a farm's group is the farm, a "

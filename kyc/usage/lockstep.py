@@ -38,7 +38,11 @@ begun by the day on the shared template most accounts began on, used that day or
 group alone is not enough: an account the gateway refuses sends no templates, so each account held
 shrinks the group, and a tool's next adopters then made up most of it (`kyc simulate --usage`,
 seed 6161: its adopters held six days running, 32 of 600; read against its adopters, 14 of 600
-from its first four days). Two limits: a farm that pre-warms its accounts on its
+from its first four days). A start in kyc's own first days of usage (BEGAN_WITHIN days after the
+first day activity_days holds) is where kyc began watching, not where the account began: put in
+front of a gateway, kyc first sees every account's templates on its first days, so a tool's
+existing users would all have "begun together" then, for good. Such starts are left-censored:
+they count for no pair. Two limits: a farm that pre-warms its accounts on its
 templates at staggered times over weeks looks like a tool's users to this test (the rules that
 read waking, above, and the identity graph remain for it); and a tool's first days, when most of
 its users began within a day or two of each other, look like a farm's.
@@ -47,7 +51,7 @@ its users began within a day or two of each other, look like a farm's.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
@@ -90,6 +94,8 @@ _ADOPTERS = (select(_S.c.value_hash, func.count()).where(in_list(_S.c.value_hash
                                                           _S.c.day <= bindparam("day"))
              .group_by(_S.c.value_hash))
 _READ_CHUNK = 1000
+# Where kyc began watching: its first day of usage (one step of ix_activity_days_day).
+_WATCHED_SINCE = select(func.min(_D.c.day))
 
 
 _USE_COLUMNS = ("value_hash", "day", "account_id", "hours")
@@ -165,6 +171,7 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
     generated days."""
     out: dict[tuple[str, date], dict[str, Any]] = {}
     by_day: dict[date, dict[str, bool]] = {}
+    censored_to: date | None = None                              # starts up to this day are kyc's own start
     for account_id, day, woke in wanted:
         by_day.setdefault(day, {})[account_id] = woke
         out[(account_id, day)] = {"lockstep_accounts": 0, "lockstep_woke": 0, "lockstep_began_together": 0,
@@ -213,6 +220,8 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
         for i in range(0, len(others), _READ_CHUNK):
             take(session.execute(_THEIRS, {"day": day, "accounts": others[i:i + _READ_CHUNK]}))
         shared_in_lockstep: dict[str, set[str]] = {}             # account -> the templates its group shares
+        if candidates and censored_to is None:
+            censored_to = (session.execute(_WATCHED_SINCE).scalar() or day) + timedelta(days=BEGAN_WITHIN)
         for account_id, templates in asked.items():
             facts = out[(account_id, day)]
             if woke[account_id]:
@@ -232,9 +241,10 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
                     continue
                 lockstep.add(o)
                 shared_in_lockstep.setdefault(account_id, set()).update(shared)
-                # When each began on what they share: together within BEGAN_WITHIN days?
-                gap = min(began[(o, h)] for h in shared) - min(began[(account_id, h)] for h in shared)
-                together += abs(gap.days) <= BEGAN_WITHIN
+                # When each began on what they share: together within BEGAN_WITHIN days, both after
+                # kyc's first days (a start then is where kyc began watching: left-censored)?
+                theirs, ours = min(began[(o, h)] for h in shared), min(began[(account_id, h)] for h in shared)
+                together += abs((theirs - ours).days) <= BEGAN_WITHIN and min(theirs, ours) > censored_to
             facts.update(lockstep_accounts=len(lockstep), lockstep_woke=len(lockstep & woken),
                          lockstep_began_together=together)
         hashes = sorted({h for shared in shared_in_lockstep.values() for h in shared})

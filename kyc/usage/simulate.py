@@ -4,7 +4,9 @@ simulated gateway through the real API, and what kyc's decisions cost each of th
 Populations (all sign up cleanly first, weeks before the week of usage):
 - light users: a few days of sporadic use, human-irregular, one or two popular tools' prompts;
 - heavy users: batch jobs all day, every day, at a machine-regular pace near their tier's quota,
-  on their own prompt templates (some back after a long silence);
+  on their own prompt templates (some back after a long silence); the steady ones have run for
+  the eight weeks before the week, reported one day's window at a time, so kyc's usage history
+  begins before the agent tool below launches (its first days are where kyc began watching);
 - companies: several accounts each, one office IP, sharing the company's internal templates,
   office hours;
 - users of popular tools: thousands of people sending the same few tools' system prompts;
@@ -37,6 +39,7 @@ DAYS = 7
 TOOLS = [f"pf_tool_{name}" for name in ("codeassist", "chatui", "sqlhelper", "translator", "summariser")]
 AGENT_TEMPLATES = [f"pf_agent_{name}" for name in ("system", "planner", "tool_call", "critic", "summary")]
 ADOPTION_DAYS = 42                       # the agent tool's users adopted it over the six weeks before the week
+HEAVY_HISTORY_DAYS = 56                  # the steady heavy users ran for the eight weeks before it
 TOLERATED = ("allow", "verify")          # the free tier's max_decision and below
 FIRST = ["james", "maria", "wei", "olga", "ahmed", "sofia", "lucas", "emma", "noah", "li", "fatima", "ivan",
          "yuki", "carlos", "ana", "david", "sarah", "chen", "priya", "omar", "lena", "mateo", "zoe", "arjun"]
@@ -92,9 +95,11 @@ def _spread(total: int, slots: int) -> list[int]:
 def populations(seed: int, light: int, heavy: int, companies: int, tool_users: int, farm: int, agent_users: int = 0
                 ) -> tuple[list[Account], list[dict]]:
     """The accounts with their week of hourly usage, and their signups (in time order). Hours
-    before the week (negative) are the agent tool's users' history, one report a day."""
+    before the week (negative) are the steady heavy users' and the agent tool's users' history,
+    one report a day."""
     rng = random.Random(seed)
     agent_rng = random.Random(seed * 7919 + 1)                 # the other populations draw as before
+    history_rng = random.Random(seed * 7919 + 2)
     accounts: list[Account] = []
     for i in range(light):
         a = Account(f"light_{i}", "light", "free", _home_ip(rng))
@@ -109,6 +114,10 @@ def populations(seed: int, light: int, heavy: int, companies: int, tool_users: i
         own = [f"pf_batch_{i}_{k}" for k in range(rng.randint(2, 4))]
         per_day = rng.randint(5000, 9500)
         first_day = 0 if i % 4 else rng.randrange(1, 4)       # some start (or come back) mid-week
+        for day in range(-HEAVY_HISTORY_DAYS, 0) if first_day == 0 else ():
+            _hourly(a, day * 24 + 23, per_day, history_rng.uniform(0.01, 0.08), {p: per_day // len(own) for p in own},
+                    history_rng, tokens=(1500, 400))           # history: the day's window in one report
+            a.hours[day * 24 + 23][-1]["window_seconds"] = 24 * 3600
         for day in range(first_day, DAYS):
             for h, n in enumerate(_spread(per_day, 24)):
                 _hourly(a, day * 24 + h, n, rng.uniform(0.01, 0.08), {p: n // len(own) for p in own}, rng,

@@ -27,7 +27,7 @@ _EMAIL_SHAPES = ("{p}.person{i}", "{p}{i}x", "x_{p}_{i}", "{p}-{i}-mail", "{i}{p
 _DOMAINS = ("gmail.com", "outlook.com", "yahoo.com", "icloud.com", "proton.me")
 
 
-def _signups(client, auth, prefix: str, n: int) -> list[str]:
+def _signups(client, auth, prefix: str, n: int, signed_up: str = SIGNED_UP) -> list[str]:
     ids = []
     for i in range(n):
         account = f"{prefix}_{i}"
@@ -35,7 +35,7 @@ def _signups(client, auth, prefix: str, n: int) -> list[str]:
         body = signup(account_id=account, email=_EMAIL_SHAPES[i % 5].format(p=prefix, i=i) + "@" + _DOMAINS[i // 5 % 5],
                       device_id=f"dv_{prefix}_{i}",
                       phone=None, ip=f"73.{15 + i}.1.{i + 1}",
-                      occurred_at=SIGNED_UP)
+                      occurred_at=signed_up)
         assert client.post("/v1/signups", json=body, headers=auth).status_code == 200
         ids.append(account)
     return ids
@@ -195,10 +195,10 @@ _DAY = date(2026, 11, 24)
 
 
 def _brute_force(uses: dict[tuple[str, str], int], held: Counter, dormant: dict[str, int], wanted, *,
-                 popular: int, limit: int, starts: dict[tuple[str, str], date]):
+                 popular: int, limit: int, starts: dict[tuple[str, str], date], since: date):
     """The definitions of lockstep_facts, pair by pair: every other account, every template
     (`held`: template -> the accounts that used it; `starts`: (account, template) -> the day it
-    began on it, the day itself when absent)."""
+    began on it, the day itself when absent; `since`: kyc's first day of usage)."""
     from kyc.usage.lockstep import BEGAN_WITHIN
 
     out = {}
@@ -224,7 +224,8 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, dormant: dict[
                     group_templates.update(shared)
                     theirs = min(starts.get((o, t), day) for t in shared)
                     ours = min(starts.get((account, t), day) for t in shared)
-                    began += abs(theirs - ours) <= timedelta(days=BEGAN_WITHIN)
+                    began += (abs(theirs - ours) <= timedelta(days=BEGAN_WITHIN)
+                              and min(theirs, ours) > since + timedelta(days=BEGAN_WITHIN))
                 # Adopters: the accounts other than this one whose start on a template is kept, by the day,
                 # for the template of the group's with the most.
                 adopters = max((sum(1 for (a, t2), d in starts.items() if t2 == t and a != account and d <= day)
@@ -238,8 +239,9 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, dormant: dict[
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(uses=st.lists(_USE, min_size=10, max_size=60), dormant=st.lists(st.sampled_from([0, 0, 45]), min_size=12, max_size=12),
        woke=st.lists(st.booleans(), min_size=12, max_size=12), popular=st.integers(3, 12),
-       began=st.lists(st.sampled_from([None, 0, 1, 2, 3]), min_size=60, max_size=60))
-def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, dormant, woke, popular, began):
+       began=st.lists(st.sampled_from([None, 0, 1, 2, 3]), min_size=60, max_size=60),
+       watched=st.sampled_from([0, 1, 2, 3, 4, 10]))
+def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, dormant, woke, popular, began, watched):
     """Whatever the day's uses, the batch read (least used templates first, then the candidates'
     uses) gives what comparing every pair of accounts gives."""
     from kyc.models import Account, ActivityDay
@@ -266,6 +268,9 @@ def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, do
                                     for a in accounts])
         s.execute(insert(ActivityDay), [{"account_id": a, "day": _DAY, "first_at": at, "last_at": at,
                                          "dormant_days": d} for a, d in zip(accounts, dormant)])
+        if watched:                    # kyc's first day of usage, `watched` days before (else the day)
+            s.execute(insert(ActivityDay), [{"account_id": accounts[0], "day": _DAY - timedelta(days=watched),
+                                             "first_at": at, "last_at": at}])
         if day_uses:
             s.execute(insert(PromptUse), [{"value_hash": t, "day": _DAY, "account_id": a, "hours": h}
                                           for (a, t), h in day_uses.items()])
@@ -276,7 +281,7 @@ def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, do
     with runtime.session() as s:
         found = lockstep_facts(s, wanted, popular=popular, dormant=limit)
     assert found == _brute_force(day_uses, held, dict(zip(accounts, dormant)), wanted, popular=popular, limit=limit,
-                                 starts=starts)
+                                 starts=starts, since=_DAY - timedelta(days=watched))
 
 
 def test_a_tool_s_users_some_back_from_a_break_are_not_a_farm_waking(client, auth, runtime):
@@ -380,4 +385,22 @@ def test_a_tool_s_next_adopters_are_not_a_machine_group_while_its_first_are_refu
     usage = _facts_today(runtime, newest[0])
     # Today's group alone began together, as a farm's does; the tool's adopters are 83 besides this one.
     assert (usage["lockstep_accounts"], usage["lockstep_began_together"], usage["lockstep_adopters"]) == (23, 23, 83)
+    assert [r["decision"] for r in results] == ["allow"] * 24
+
+
+def test_a_tool_s_users_already_on_it_when_kyc_began_watching_are_not_a_machine_group(client, auth, runtime):
+    """kyc put in front of a gateway sees every account's templates first on its first days: those
+    starts are where kyc began watching (left-censored), not where the accounts began on them.
+    Read as beginnings, a tool's existing users all 'began together' that day, for good."""
+    users = _signups(client, auth, "existing", 24, signed_up="2026-11-12T12:00:00Z")   # not dormant
+    tool = {f"pf_agent_{k}": 5 for k in range(4)}
+    for back in (2, 1):                              # kyc's first day of usage: two days before today
+        reports = [{**_report(a, tool, cv=0.1), "occurred_at": f"{_days_before(WOKE, back)}T10:30:00Z"}
+                   for a in users]
+        assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
+    results = client.post("/v1/activity", json={"reports": [_report(a, tool, cv=0.1) for a in users]},
+                          headers=auth).json["results"]
+    assert not any(r["woke_up"] for r in results)
+    facts = _facts_today(runtime, users[0])
+    assert (facts["lockstep_accounts"], facts["lockstep_began_together"], facts["lockstep_adopters"]) == (23, 0, 23)
     assert [r["decision"] for r in results] == ["allow"] * 24
