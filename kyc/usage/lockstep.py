@@ -88,8 +88,9 @@ _THEIRS = _DAYS_USES.where(in_list(_U.c.account_id, "accounts"))
 # How many accounts had begun on each template by the day: counted on prompt_starts' primary key
 # (value_hash, account_id), one statement for the batch's templates shared in lockstep, read only
 # when some account of the batch is in lockstep (a farm, a tool's users, a company). It grows with
-# the templates' adopters: 50 templates of 5,000 adopters each counted in 157 ms on PostgreSQL
-# (EXPLAIN ANALYZE, a bitmap scan of the key and the rows' days), 5 of 600 each in 1-4 ms.
+# the templates' adopters: 50 templates of 5,000 adopters each counted in 20 to 160 ms on
+# PostgreSQL (EXPLAIN ANALYZE, a bitmap scan of the key and the rows' days; by the machine's load
+# and whether the rows had been read since they were written), 5 of 600 each in 1-4 ms.
 _ADOPTERS = (select(_S.c.value_hash, func.count()).where(in_list(_S.c.value_hash, "hashes"),
                                                           _S.c.day <= bindparam("day"))
              .group_by(_S.c.value_hash))
