@@ -14,6 +14,15 @@ def table_names(url: str) -> set[str]:
         engine.dispose()
 
 
+def index_names(url: str, table: str) -> set[str]:
+    """The names of `table`'s indexes in the database at `url` now."""
+    engine = create_engine(url)
+    try:
+        return {index["name"] for index in inspect(engine).get_indexes(table)}
+    finally:
+        engine.dispose()
+
+
 def insert_account(conn, at: str = "2026-11-24 21:00:00+00:00") -> None:
     """Account a1 (allow, score 5) as migrations 0010 and later hold it."""
     conn.execute(text(
