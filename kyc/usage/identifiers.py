@@ -194,12 +194,12 @@ def link_shown(runtime, session: Session, shown: dict[str, dict[Node, datetime]]
     since = min(at for nodes in shown.values() for at in nodes.values()).replace(hour=0, minute=0, second=0,
                                                                                 microsecond=0)
     velocity_kinds = sorted(k for k in VELOCITY_KEYS if k not in graph.LINK_KINDS)
-    stored = shown_and_sighted(session, shown, set(velocity_kinds), since)
+    stored = shown_and_sighted(session, shown, set(graph.LINK_KINDS), set(velocity_kinds), since)
     if stored is not None:
         nodes, edges, sighted = stored
     else:
         nodes, edges, sighted = [], [], []
-        hashes = sorted({h for account_nodes in shown.values() for _, h in account_nodes})
+        hashes = sorted({h for account_nodes in shown.values() for k, h in account_nodes if k in graph.LINK_KINDS})
         for part in _chunks(hashes):
             nodes += session.execute(
                 select(GraphNode.kind, GraphNode.value_hash, GraphNode.accounts, GraphNode.super_node)
