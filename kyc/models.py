@@ -405,8 +405,8 @@ class ActivityReport(Base):
     prompt_fingerprints: Mapped[dict[str, int] | None] = mapped_column(JSON)   # keyed hash -> requests
     interval_cv: Mapped[float | None] = mapped_column(Float)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-    __table_args__ = (Index("ix_activity_reports_account_time", "account_id", "occurred_at"),)
+    # No index besides the primary key: nothing reads reports by account, and an index cost
+    # each report an insertion (migration 0018 has the figure).
 
 
 class IdempotentAnswer(Base):
