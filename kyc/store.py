@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from kyc import metrics
 from kyc.persist import fetch, postgres, unnested, upsert_rows
-from kyc.models import Evaluation, Sighting, VelocityMark
+from kyc.models import Evaluation, Sighting, VelocityMark, velocity_kind
 from kyc.rescore.requests import after_commit
 
 log = logging.getLogger("kyc.store")
@@ -121,7 +121,8 @@ _VALUES_ON_ACCOUNT = select(func.count(func.distinct(_S.c.value_hash))).where(
 _VALUES_SEEN_WITH = select(func.count(func.distinct(_S.c.value_hash))).where(
     *_IN_WINDOW,
     _S.c.evaluation_id.in_(select(_ANCHOR.c.evaluation_id).where(
-        _ANCHOR.c.kind == bindparam("with_kind"), _ANCHOR.c.value_hash == bindparam("with_hash"),
+        _ANCHOR.c.kind == bindparam("with_kind"), velocity_kind(_ANCHOR.c.kind),
+        _ANCHOR.c.value_hash == bindparam("with_hash"),
         _ANCHOR.c.occurred_at > bindparam("since"), _ANCHOR.c.occurred_at <= bindparam("at"))))
 _E = Evaluation.__table__
 _LATEST_SIGNALS = (
@@ -294,7 +295,7 @@ def _sighting_count_statement(key_count: int):
     for i in range(key_count):
         newest = (
             select(_S.c.account_id, _S.c.occurred_at)
-            .where(_S.c.kind == bindparam(f"k{i}"), _S.c.value_hash == bindparam(f"h{i}"),
+            .where(_S.c.kind == bindparam(f"k{i}"), velocity_kind(_S.c.kind), _S.c.value_hash == bindparam(f"h{i}"),
                    _S.c.occurred_at > bindparam(f"lo_{_LONGEST_NAME}"), _S.c.occurred_at <= bindparam("at"),
                    _S.c.account_id != bindparam("me"))
             .order_by(_S.c.occurred_at.desc()).limit(FALLBACK_SCAN).subquery()
