@@ -108,11 +108,19 @@ def _generic_plans(dbapi_connection, _record) -> None:
 def _drop_if_closed_by_server(dbapi_connection, _record, _proxy) -> None:
     """A pooled connection the server has closed (restart, terminate, idle timeout) is
     replaced before use, without pool_pre_ping's round trip on every checkout (a SELECT 1 each
-    request). A server closing a connection says so and shuts the socket, so an idle
-    connection whose socket has something to read is dead: the pool opens a new one."""
-    readable, _, _ = select.select([dbapi_connection.pgconn.socket], [], [], 0)
-    if readable:
+    request): the pool opens a new one."""
+    if closed_by_server(dbapi_connection):
         raise DisconnectionError("the server closed this pooled connection")
+
+
+def closed_by_server(dbapi_connection) -> bool:
+    """Whether the server has closed an idle PostgreSQL connection. A server closing a
+    connection says so and shuts the socket, so an idle connection whose socket has something
+    to read is dead."""
+    if dbapi_connection.closed:
+        return True
+    readable, _, _ = select.select([dbapi_connection.pgconn.socket], [], [], 0)
+    return bool(readable)
 
 
 log = logging.getLogger("kyc.db")

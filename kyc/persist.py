@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
@@ -26,8 +28,8 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import (JSON, Boolean, String, Table, Text, bindparam, cast, column, exists, func, literal, null,
-                        select, text, update)
+from sqlalchemy import (JSON, Boolean, String, Table, Text, bindparam, cast, column, event, exists, func, literal,
+                        null, select, text, update)
 from sqlalchemy.dialects.postgresql import ARRAY, insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
@@ -37,7 +39,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import TypeDecorator
 
-from kyc.db import PIPELINE
+from kyc.db import PIPELINE, closed_by_server
 from kyc.models import Account, ClusterMember, GraphEdge, GraphNode, IdempotentAnswer, PhoneClaim, UTCDateTime
 
 log = logging.getLogger("kyc.persist")
@@ -846,6 +848,99 @@ def autocommit(connection) -> Iterator[None]:
     finally:
         if not driver.closed:
             driver.autocommit = False
+
+
+
+class HeldReadConnection:
+    """The connection the hot path's one-statement reads run on (Runtime.read_connection: the
+    API key, the entitlement check), held from one read to the next instead of checked out of
+    the pool for each. Why: a checkout and its return (SQLAlchemy's Connection, the pool's
+    events, the reset's rollback) and switching the driver to autocommit and back (autocommit
+    above) took 18 us a read (in-process, best of 5), more than the rest of the entitlement
+    check's Python beside its round trip.
+
+    It stays in autocommit on PostgreSQL and is rolled back after each read elsewhere: no
+    transaction or snapshot is held between two reads, so each sees everything committed
+    before it, as on a fresh checkout. One thread reads on it at a time; another finding it in
+    use (a threaded server) checks one out of the pool, as every read did before. It is let go,
+    and the next read takes a new one, when a read leaves it in a transaction or broken, once
+    the server has closed it (the pool's checkout test, kyc.db.closed_by_server), in a forked
+    child (which must never use its parent's socket) and when its engine is disposed."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self._postgres = postgres(engine)
+        self._lock = threading.Lock()
+        self._held = None                       # a SQLAlchemy Connection, checked out for good
+        self._pool = None                       # the engine's pool it came from (dispose replaces it)
+        self._pid = 0
+        if self._postgres:
+            from psycopg.pq import TransactionStatus
+
+            self._idle = TransactionStatus.IDLE
+        event.listen(engine, "engine_disposed", self._disposed)
+
+    @contextmanager
+    def __call__(self) -> Iterator[Any]:
+        if not self._lock.acquire(blocking=False):
+            with self._engine.connect() as conn, autocommit(conn):
+                yield conn
+            return
+        try:
+            conn = self._held
+            if conn is None or self._pid != os.getpid() or self._engine.pool is not self._pool or conn.invalidated \
+                    or (self._postgres and closed_by_server(conn.connection.driver_connection)):
+                conn = self._take()
+            try:
+                yield conn
+            finally:
+                self._settle(conn)
+        finally:
+            self._lock.release()
+
+    def _take(self):
+        self._let_go()
+        conn = self._engine.connect()
+        if self._postgres:
+            conn.connection.driver_connection.autocommit = True
+        self._held, self._pool, self._pid = conn, self._engine.pool, os.getpid()
+        return conn
+
+    def _settle(self, conn) -> None:
+        try:
+            if conn.in_transaction():
+                conn.rollback()                 # SQLite's; autocommit leaves none on PostgreSQL
+            if self._postgres and conn.connection.driver_connection.info.transaction_status != self._idle:
+                self._let_go()                  # a read cut short (its result never read)
+        except Exception:
+            self._let_go()
+            raise
+
+    def _let_go(self) -> None:
+        conn, self._held = self._held, None
+        if conn is None:
+            return
+        if self._pid != os.getpid():
+            conn.detach()                       # the parent's: neither closed nor reset from here
+            return
+        if self._engine.pool is not self._pool:
+            conn.detach()                       # its pool was disposed of: closed, as that pool's were
+            conn.close()
+            return
+        try:
+            driver = conn.connection.driver_connection
+            if self._postgres and not driver.closed:
+                driver.autocommit = False       # back to the pool as the pool's others are
+            conn.close()
+        except Exception:  # noqa: BLE001 - a broken connection is discarded, not returned
+            conn.invalidate()
+
+    def _disposed(self, _engine) -> None:
+        if self._lock.acquire(blocking=False):  # in use: let go when that read ends (its pool changed)
+            try:
+                self._let_go()
+            finally:
+                self._lock.release()
 
 
 def commit_without_waiting(session: Session) -> None:

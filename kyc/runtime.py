@@ -7,7 +7,6 @@ import logging
 import os
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from datetime import datetime, timedelta, timezone
@@ -25,7 +24,7 @@ from kyc.engine import RuleError, RuleSet, RuleSetError
 from kyc.engine.loader import SUBJECTS, rules_fingerprint
 from kyc.rescore.background import Background, background
 from kyc.ops import audit
-from kyc.persist import autocommit
+from kyc.persist import HeldReadConnection
 from kyc.signals import SCHEMA
 from kyc.signals.geoip import GeoIP, open_geoip
 from kyc.signals.payment import load_bin_table
@@ -181,6 +180,10 @@ class Runtime:
     _reload_lock: threading.Lock = field(default_factory=threading.Lock)
     _rules_fingerprint: tuple = ()
     _watcher_pid: int | None = None
+    _held_reads: HeldReadConnection | None = None
+
+    def __post_init__(self) -> None:
+        self._held_reads = HeldReadConnection(self.engine)
 
     @classmethod
     def start(cls, config: Config, *, migrate: bool | None = None) -> "Runtime":
@@ -209,12 +212,11 @@ class Runtime:
     def session(self) -> Session:
         return self.sessions()
 
-    @contextmanager
     def read_connection(self):
         """A connection for one read statement on a hot path (the API key, the entitlement
-        check), in autocommit where that saves round trips (kyc.persist.autocommit)."""
-        with self.engine.connect() as conn, autocommit(conn):
-            yield conn
+        check), in autocommit where that saves round trips, held by the process from one read
+        to the next (kyc.persist.HeldReadConnection): `with runtime.read_connection() as conn`."""
+        return self._held_reads()
 
     def rescoring(self) -> Background:
         """The thread rescoring what committed transactions asked for (kyc.rescore.requests hands
