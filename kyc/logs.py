@@ -132,6 +132,22 @@ class KycJsonFormatter(JsonFormatter):
         # time, level and logger are the formatter's own: everything else may carry a value.
         return {k: v if k in _OWN_FIELDS else _scrubbed(v) for k, v in log_data.items()}
 
+    def format(self, record: logging.LogRecord) -> str:
+        """python-json-logger's format, its generic steps (defaults, static fields, a dict as
+        the message) left out for a line without an exception or a stack: the same object,
+        field by field and in the same order. The access line of every request is one."""
+        if record.exc_info or record.exc_text or record.stack_info or isinstance(record.msg, dict):
+            return super().format(record)
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, self.datefmt)
+        log_data = {"time": record.asctime, "level": record.levelname, "logger": record.name,
+                    "message": record.message}
+        skip = self._skip_fields
+        for key, value in record.__dict__.items():      # pythonjsonlogger.core.merge_record_extra
+            if key not in skip and not (hasattr(key, "startswith") and key.startswith("_")):
+                log_data[key] = value
+        return self.serialize_log_record(self.process_log_record(log_data))
+
 
 class RequestIdFilter(logging.Filter):
     """Adds the current request's id to a record logged inside a Flask request."""
@@ -176,6 +192,8 @@ class GunicornLogger(Logger):
 
     def setup(self, cfg) -> None:
         super().setup(cfg)
+        # Read once: gunicorn's settings are looked up by name at each read.
+        self._logs_access = bool(cfg.accesslog or cfg.logconfig or cfg.logconfig_dict or cfg.syslog)
         for log in (self.error_log, self.access_log):
             for handler in log.handlers:
                 handler.setFormatter(KycJsonFormatter())
@@ -185,20 +203,26 @@ class GunicornLogger(Logger):
                     handler.setStream(sys.stderr)
 
     def access(self, resp, req, environ, request_time) -> None:
-        if not (self.cfg.accesslog or self.cfg.logconfig or self.cfg.logconfig_dict or self.cfg.syslog):
+        self.log_access(resp, environ, environ.get("PATH_INFO"), environ.get("HTTP_USER_AGENT"), request_time)
+
+    def log_access(self, resp, environ, path: str | None, user_agent: str | None, request_time) -> None:
+        log = self.access_log
+        if not self._logs_access or not log.isEnabledFor(logging.INFO):
             return
         status = str(resp.status).split(None, 1)[0]
         extra = {
             "method": environ.get("REQUEST_METHOD"),
-            "path": environ.get("PATH_INFO"),
+            "path": path,
             "status": int(status) if status.isdigit() else status,
             "bytes": getattr(resp, "sent", None),
             "duration_ms": round(request_time.total_seconds() * 1000, 2),
-            "user_agent": environ.get("HTTP_USER_AGENT"),
+            "user_agent": user_agent,
         }
         if environ.get(ENVIRON_KEY):
             extra["request_id"] = environ[ENVIRON_KEY]
         try:
-            self.access_log.info("request", extra=extra)
+            # Logger.info's record without its search of the stack for the caller (pathname,
+            # lineno: no line of kyc's holds them, and this one is always here).
+            log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "request", (), None, extra=extra))
         except Exception:       # noqa: BLE001 - gunicorn's own access() never fails a request either
             self.error("failed to log the access line")

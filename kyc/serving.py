@@ -48,15 +48,18 @@ class Logger(GunicornLogger):
     holds its digits' bytes."""
 
     def access(self, resp, req, environ, request_time) -> None:
-        readable = dict(environ)
-        for key in ("PATH_INFO", "HTTP_USER_AGENT"):
-            value = environ.get(key)
-            if isinstance(value, str):
-                try:
-                    readable[key] = value.encode("latin-1").decode("utf-8")
-                except UnicodeError:
-                    pass
-        super().access(resp, req, readable, request_time)
+        self.log_access(resp, environ, _as_sent(environ.get("PATH_INFO")), _as_sent(environ.get("HTTP_USER_AGENT")),
+                        request_time)
+
+
+def _as_sent(value: str | None) -> str | None:
+    """A WSGI text (latin-1) read as the UTF-8 the client sent, when it is."""
+    if isinstance(value, str) and not value.isascii():
+        try:
+            return value.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            pass
+    return value
 
 
 # Read as a gunicorn config file too: `gunicorn -c python:kyc.serving wsgi:app`, and by
