@@ -26,6 +26,7 @@ from pythonjsonlogger.json import JsonFormatter
 from kyc.security import redact_card_numbers
 
 REQUEST_ID_HEADER = "X-Request-Id"
+REQUEST_ID_ENVIRON = "HTTP_X_REQUEST_ID"  # the same header in the WSGI environ
 ENVIRON_KEY = "kyc.request_id"            # where the WSGI environ holds it (gunicorn's access line reads it)
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 

@@ -47,20 +47,30 @@ def _text_problem(text: str) -> str | None:
 # stored; a static file's tag (mtime.micros-size-checksum) passes Luhn one time in ten, and
 # browsers revalidating the console's favicon were refused.
 _VALIDATORS = frozenset({"if-none-match", "if-match", "if-range"})
+# The same headers as the WSGI environ names them, and the two it names without HTTP_.
+_VALIDATOR_KEYS = frozenset({"HTTP_IF_NONE_MATCH", "HTTP_IF_MATCH", "HTTP_IF_RANGE"})
+_UNPREFIXED = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})
 
 
 def check_url_and_headers() -> None:
     """Flask before_request hook, registered before every other one."""
-    path = request.path
-    query = request.query_string.decode("latin-1")
-    args = [part for pair in request.args.items(multi=True) for part in pair]
-    headers = [(name, value) for name, value in request.headers.items() if name.lower() not in _VALIDATORS]
+    req = request._get_current_object()
+    environ = req.environ
+    path = req.path
+    query = req.query_string.decode("latin-1")
+    args = [part for pair in req.args.items(multi=True) for part in pair]
     # Everything read at once first (almost never a hit), each part on its own only then: the
     # per-part checks were most of this hook's CPU on the gateway's calls. A line break joins
     # the parts: it neither hides a card number (it is a separator of the rule) nor makes one.
+    # The headers are read from the environ as the server wrote them (their names as
+    # HTTP_USER_AGENT: the same letters and digits), not through request.headers, which spells
+    # each name anew: 9.0 -> 4.5 us this hook (in-process, best of 5).
     url = "\n".join((path, *args))
-    together = "\n".join((url, query, *(f"{name}\n{value}" for name, value in headers)))
+    together = "\n".join((url, query, *(f"{key}\n{value}" for key, value in environ.items()
+                                        if (key.startswith("HTTP_") or key in _UNPREFIXED)
+                                        and key not in _VALIDATOR_KEYS and isinstance(value, str))))
     if may_hold_card_number(together) or (not together.isascii() and may_hold_card_number(_as_utf8(together))):
+        headers = [(name, value) for name, value in req.headers.items() if name.lower() not in _VALIDATORS]
         _refuse_a_card_number(path, query, args, headers)
     if _BAD_TEXT.search(url) is None:
         return
