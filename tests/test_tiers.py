@@ -344,3 +344,41 @@ def test_a_tier_id_is_ascii_snake_case_and_a_quota_a_json_exact_number(tmp_path,
     with pytest.raises(RuleSetError) as caught:
         load_tiers(root, SCHEMA, {})
     assert refused in str(caught.value)
+
+
+def test_each_tier_reads_only_what_can_decide_it_and_answers_as_a_full_read_would(runtime, client, auth, tmp_path,
+                                                                                    monkeypatch):
+    """A tier's statement leaves out the verification and dormancy lookups that cannot change
+    its answer (kyc.tiers._reads); every answer is the one a read of everything gives."""
+    import kyc.tiers
+    from sqlalchemy import event
+
+    root = _rules_copy(tmp_path, (RULES_DIR / "tiers.yaml").read_text() + """
+- id: documented
+  description: Held for review at worst, with a document
+  quota: {requests_per_day: 50}
+  requires: [document]
+  max_decision: review
+""")
+    runtime.reload_rules(root)
+    client.post("/v1/signups", json=signup(email="x@mailinator.com"), headers=auth)          # verify
+    client.post("/v1/signups", json=signup(account_id="acct_2", email="b.two@gmail.com", phone="+447911123456",
+                                           device_id="dv_2"), headers=auth)
+    verify_by_code(client, auth, runtime, "phone", account_id="acct_2")
+    verify_document(client, auth, account_id="acct_2")
+    client.post("/v1/signups", json=signup(account_id="acct_3", email="c.three@gmail.com", device_id="dv_3",
+                                           **GB_VOIP), headers=auth)
+    verify_by_code(client, auth, runtime, "phone", account_id="acct_3", tier="free")
+    client.post("/v1/signups", json=signup(account_id="acct_4", email="d.four@gmail.com", device_id="dv_4",
+                                           ip="10.1.2.3"), headers=auth)                      # review
+    statements = []
+    event.listen(runtime.engine, "before_cursor_execute",
+                 lambda _conn, _cursor, statement, *_: statements.append(statement))
+    answers = {(tier, account): entitlement(client, auth, tier, account).json
+               for tier in runtime.tiers.tiers for account in ("acct_1", "acct_2", "acct_3", "acct_4")}
+    free = entitlement(client, auth, "free", "acct_2")
+    assert free.status_code == 200 and "FROM verifications" not in statements[-1] and "activity_days" not in statements[-1]
+    monkeypatch.setattr(kyc.tiers, "_reads", lambda tier: (kyc.tiers.CODE_AND_DOCUMENT, True))
+    for (tier, account), answer in answers.items():
+        assert entitlement(client, auth, tier, account).json == answer, (tier, account)
+    assert {a["allowed"] for a in answers.values()} == {True, False}
