@@ -2,8 +2,9 @@
 
 The policy is rules/tiers.yaml, loaded and checked with the rule files (a bad tiers file never
 replaces a good running one). `entitlement()` is on the API gateway's hot path: one statement
-reads the account row, its latest dormancy and its completed verifications; only a tier whose
-conditions read evaluation signals also reads those (immutable, so cached by evaluation id).
+reads the account row and what the tier can be decided by (its latest dormancy, its completed
+verifications: _reads); only a tier whose conditions read evaluation signals also reads those
+(immutable, so cached by evaluation id).
 Nothing about an account's standing is cached in-process: a block, a fraud label or a
 rescoring is seen by the very next call.
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, exists, literal_column, or_, select
 from sqlalchemy.engine import Connection
@@ -220,11 +221,19 @@ def evaluation_signals(conn: Connection, evaluation_ids: list[str]) -> dict[str,
 CODE_AND_DOCUMENT = ("email", "phone", "document")      # payment is read from the account's subjects
 
 
+class _Reads(NamedTuple):
+    """What a tier's check reads beside the account's standing (decision, label, state
+    version, reasons), which every check reads."""
+
+    details: bool                   # its step-up, subjects (the payment method) and first seen
+    dormancy: bool                  # its latest dormancy
+    kinds: tuple[str, ...]          # which of these kinds of verification it completed
+
+
 @lru_cache(maxsize=64)
-def _account_state(forbidden_phone_lines: frozenset[str], kinds: tuple[str, ...], dormancy: bool):
+def _account_state(forbidden_phone_lines: frozenset[str], reads: _Reads):
     """One statement per tier shape, built once: the account row and, in the same round trip,
-    what the tier's check can read besides (its latest dormancy, which of `kinds` of
-    verification it completed); only the parameters change per call."""
+    what the tier's check reads besides; only the parameters change per call."""
     def completed(kind: str):
         where = [Verification.account_id == Account.id, Verification.kind == kind, Verification.status == "verified"]
         if kind == "phone" and forbidden_phone_lines:
@@ -240,23 +249,27 @@ def _account_state(forbidden_phone_lines: frozenset[str], kinds: tuple[str, ...]
                        .where(ActivityDay.account_id == Account.id, ActivityDay.day <= bindparam("until"))
                        .order_by(ActivityDay.day.desc()).limit(1).scalar_subquery())
     return select(
-        Account.decision, Account.label, Account.state_version, Account.reasons, Account.required_verifications,
-        Account.subjects, Account.first_seen_at, *([latest_dormancy] if dormancy else []),
-        *(completed(kind) for kind in kinds),
+        Account.decision, Account.label, Account.state_version, Account.reasons,
+        *((Account.required_verifications, Account.subjects, Account.first_seen_at) if reads.details else ()),
+        *((latest_dormancy,) if reads.dormancy else ()),
+        *(completed(kind) for kind in reads.kinds),
     ).where(Account.id == bindparam("account_id"))
 
 
-def _reads(tier: Tier) -> tuple[tuple[str, ...], bool]:
-    """What a tier's check reads beside the account row: the kinds of verification that can
-    decide it (those it requires; every kind where a verify decision is too severe for it, as
-    the account's step-up is then wanted, or where its conditions read the account's), and
-    whether its conditions read dormancy. Why: the free tier needs none of them, and reading
-    them took its read from 204 to 223 us wall, 105 to 114 us CPU (the best of 8 alternated runs
-    of 1,500 reads in one process, 1,000,000 accounts; medians 220 against 300, 112 against 127)."""
+def _reads(tier: Tier) -> _Reads:
+    """What can decide a tier's check: the account's step-up (wanted when a verify decision is
+    too severe for the tier), its payment method (a requirement, or a step-up), the kinds of
+    verification the tier requires (every kind where a step-up can be wanted or its conditions
+    read the account's), and whatever its conditions read. Why: the free tier needs none of
+    them; its read took 131 us wall and 84 us CPU, 150 and 95 with the step-up, subjects and
+    first seen, 194 and 112 with the verifications and dormancy too (the best of 8 alternated
+    runs of 1,500 reads in one process, 1,000,000 accounts)."""
     reads_account = tier.conditions is not None and "account" in tier.conditions.families
-    if reads_account or SEVERITY["verify"] > SEVERITY[tier.max_decision]:
-        return CODE_AND_DOCUMENT, reads_account
-    return tuple(kind for kind in CODE_AND_DOCUMENT if kind in tier.requires), False
+    step_up = SEVERITY["verify"] > SEVERITY[tier.max_decision]
+    details = tier.conditions is not None or step_up or "payment" in tier.requires
+    if reads_account or step_up:
+        return _Reads(details, reads_account, CODE_AND_DOCUMENT)
+    return _Reads(details, False, tuple(kind for kind in CODE_AND_DOCUMENT if kind in tier.requires))
 
 
 def entitlement(conn: Connection, tier: Tier, account_id: str, *, dormancy_threshold: int,
@@ -265,15 +278,18 @@ def entitlement(conn: Connection, tier: Tier, account_id: str, *, dormancy_thres
     # Without `at`, every day recorded counts (a gateway's clock may run a little ahead of ours).
     until = now.date() if now is not None else date.max
     now = now or datetime.now(timezone.utc)
-    kinds, dormancy = _reads(tier)
-    rows = fetch(conn, _account_state(tier.forbid_phone_line_types, kinds, dormancy),
-                 {"account_id": account_id, "until": until} if dormancy else {"account_id": account_id})
+    reads = _reads(tier)
+    rows = fetch(conn, _account_state(tier.forbid_phone_line_types, reads),
+                 {"account_id": account_id, "until": until} if reads.dormancy else {"account_id": account_id})
     if not rows:
         raise NotFound("account", account_id)
-    row = rows[0]
-    decision, label, state_version, reasons, required, subjects, first_seen_at = row[:7]
-    dormant_days = row[7] if dormancy else None
-    verified = {kind for kind, done in zip(kinds, row[8 if dormancy else 7:]) if done}
+    row = list(rows[0])
+    decision, label, state_version, reasons = row[:4]
+    required, subjects, first_seen_at = row[4:7] if reads.details else (None, None, None)
+    at = 7 if reads.details else 4
+    dormant_days = row[at] if reads.dormancy else None
+    done = row[at + reads.dormancy:]
+    verified = {kind for kind, completed in zip(reads.kinds, done) if completed}
     if payment_verified(subjects):
         verified.add("payment")
 
