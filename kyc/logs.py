@@ -128,6 +128,22 @@ class KycJsonFormatter(JsonFormatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s",
                          rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
                          datefmt="%Y-%m-%dT%H:%M:%S%z")
+        # What json.dumps(..., cls=, default=, ensure_ascii=) builds at each line, built once.
+        self._encoder = self.json_encoder(default=self.json_default, ensure_ascii=self.json_ensure_ascii,
+                                          indent=self.json_indent)
+        self._second: tuple[int, str] = (-1, "")
+
+    def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
+        return self._encoder.encode(log_data)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        # Whole seconds (the format has no fraction): formatted once a second, not once a line.
+        second, text = self._second
+        if int(record.created) != second or datefmt != self.datefmt:
+            text = super().formatTime(record, datefmt)
+            if datefmt == self.datefmt:
+                self._second = (int(record.created), text)
+        return text
 
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
         # time, level and logger are the formatter's own: everything else may carry a value.

@@ -8,6 +8,7 @@ import datetime
 import io
 import json
 import logging
+import time
 
 from gunicorn.config import Config
 from pythonjsonlogger.json import JsonFormatter
@@ -71,3 +72,12 @@ def test_the_access_line_holds_what_ops_read():
         "path": "/v1/accounts/café/entitlement", "status": 404, "bytes": 87, "duration_ms": 2.35,
         "user_agent": "gateway/1.0", "request_id": "req-1"}
     assert "10.9.8.7" not in stream.getvalue() and "tier=free" not in stream.getvalue()
+
+
+def test_the_time_is_each_lines_own_second():
+    formatter = KycJsonFormatter()
+    for created in (1_700_000_000.2, 1_700_000_000.9, 1_700_000_001.1, 1_600_000_000.5, 1_700_000_001.7):
+        record = _record("tick")
+        record.created = created
+        expected = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(created))
+        assert json.loads(formatter.format(record))["time"] == expected
