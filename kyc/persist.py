@@ -850,7 +850,6 @@ def autocommit(connection) -> Iterator[None]:
             driver.autocommit = False
 
 
-
 class HeldReadConnection:
     """The connection the hot path's one-statement reads run on (Runtime.read_connection: the
     API key, the entitlement check), held from one read to the next instead of checked out of
@@ -912,9 +911,8 @@ class HeldReadConnection:
                 conn.rollback()                 # SQLite's; autocommit leaves none on PostgreSQL
             if self._postgres and conn.connection.driver_connection.info.transaction_status != self._idle:
                 self._let_go()                  # a read cut short (its result never read)
-        except Exception:
+        except Exception:  # noqa: BLE001 - the read's own outcome stands; the connection goes
             self._let_go()
-            raise
 
     def _let_go(self) -> None:
         conn, self._held = self._held, None
