@@ -326,6 +326,21 @@ def _days_before(day: str, n: int) -> str:
     return (date.fromisoformat(day) - timedelta(days=n)).isoformat()
 
 
+def _post_before(client, auth, back: int, reports: list[dict], time: str = "10:30:00") -> None:
+    """Post `reports` in one bulk call as of `back` days before WOKE, at `time`."""
+    day = _days_before(WOKE, back)
+    reports = [{**report, "occurred_at": f"{day}T{time}Z"} for report in reports]
+    assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
+
+
+def _own_trickle(client, auth, accounts: list[str], days: int = 10) -> None:
+    """A request a day on each account's own template, at a human pace, over the `days` days
+    before WOKE: active, so not waking today."""
+    for back in range(days, 0, -1):
+        _post_before(client, auth, back, [_report(a, {f"pf_own_{a}": 1}, requests=1, cv=1.5) for a in accounts],
+                     time="08:30:00")
+
+
 def test_an_agent_tool_s_users_who_adopted_it_over_weeks_are_not_a_machine_group(client, auth, runtime):
     """An outside red-team: 600 of 600 users of a mid-size agent tool (its handful of system
     prompts, machine-regular, never dormant) were held by lockstep_machine_group. They share the
@@ -335,9 +350,7 @@ def test_an_agent_tool_s_users_who_adopted_it_over_weeks_are_not_a_machine_group
     tool = {f"pf_agent_{k}": 5 for k in range(4)}
     # User i adopted the tool 24 - i days before today and has used it every day since.
     for back in range(24, 0, -1):
-        day = _days_before(WOKE, back)
-        reports = [{**_report(a, tool, cv=0.1), "occurred_at": f"{day}T10:30:00Z"} for a in users[:25 - back]]
-        assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
+        _post_before(client, auth, back, [_report(a, tool, cv=0.1) for a in users[:25 - back]])
     results = client.post("/v1/activity", json={"reports": [_report(a, tool, cv=0.1) for a in users]},
                           headers=auth).json["results"]
     assert not any(r["woke_up"] for r in results)
@@ -351,11 +364,7 @@ def test_a_farm_that_began_on_its_templates_together_is_held_without_waking(clie
     """Never dormant (its accounts kept up a trickle of their own traffic), a farm still begins on
     its shared templates together: lockstep_machine_group holds it."""
     farm = _signups(client, auth, "farm", 24)
-    for back in range(10, 0, -1):
-        day = _days_before(WOKE, back)
-        reports = [{**_report(a, {f"pf_own_{a}": 1}, requests=1, cv=1.5), "occurred_at": f"{day}T08:30:00Z"}
-                   for a in farm]
-        assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
+    _own_trickle(client, auth, farm)
     templates = {f"pf_farm_{k}": 5 for k in range(4)}
     results = client.post("/v1/activity", json={"reports": [_report(a, templates) for a in farm]},
                           headers=auth).json["results"]
@@ -371,14 +380,10 @@ def test_a_tool_s_next_adopters_are_not_a_machine_group_while_its_first_are_refu
     day's adopters of an agent tool in turn; the tool's adopters (prompt_starts) still count everyone."""
     tool = {f"pf_agent_{k}": 5 for k in range(4)}
     earlier = _signups(client, auth, "early", 60)
-    for i, a in enumerate(earlier):                 # six a day over the ten days before, then refused
-        report = {**_report(a, tool, cv=0.1), "occurred_at": f"{_days_before(WOKE, 3 + i // 6)}T10:30:00Z"}
-        assert client.post("/v1/activity", json={"reports": [report]}, headers=auth).status_code == 200
+    for i in range(0, 60, 6):                       # six a day over the ten days before, then refused
+        _post_before(client, auth, 3 + i // 6, [_report(a, tool, cv=0.1) for a in earlier[i:i + 6]])
     newest = _signups(client, auth, "newest", 24)
-    for back in range(10, 0, -1):                   # their own trickle before: not waking today
-        reports = [{**_report(a, {f"pf_own_{a}": 1}, requests=1, cv=1.5),
-                    "occurred_at": f"{_days_before(WOKE, back)}T08:30:00Z"} for a in newest]
-        assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
+    _own_trickle(client, auth, newest)
     results = client.post("/v1/activity", json={"reports": [_report(a, tool, cv=0.1) for a in newest]},
                           headers=auth).json["results"]
     assert not any(r["woke_up"] for r in results)
@@ -395,9 +400,7 @@ def test_a_tool_s_users_already_on_it_when_kyc_began_watching_are_not_a_machine_
     users = _signups(client, auth, "existing", 24, signed_up="2026-11-12T12:00:00Z")   # not dormant
     tool = {f"pf_agent_{k}": 5 for k in range(4)}
     for back in (2, 1):                              # kyc's first day of usage: two days before today
-        reports = [{**_report(a, tool, cv=0.1), "occurred_at": f"{_days_before(WOKE, back)}T10:30:00Z"}
-                   for a in users]
-        assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
+        _post_before(client, auth, back, [_report(a, tool, cv=0.1) for a in users])
     results = client.post("/v1/activity", json={"reports": [_report(a, tool, cv=0.1) for a in users]},
                           headers=auth).json["results"]
     assert not any(r["woke_up"] for r in results)
