@@ -174,7 +174,7 @@ def _safe_url(url: str) -> str:
 @main.command()
 @click.option("--burst", is_flag=True, help="work until the queues are empty, then exit")
 @click.option("--with-scheduler/--without-scheduler", default=True, show_default=True,
-              help="also move due scheduled jobs (daily dormant rescore, rules watch) onto their queues")
+              help="also move due scheduled jobs (daily rescore, rules watch) onto their queues")
 @click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=0, show_default=True,
               help="serve this worker's Prometheus metrics on 127.0.0.1:PORT/metrics (0: off)")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
@@ -229,22 +229,25 @@ def worker(burst: bool, with_scheduler: bool, metrics_port: int, metrics_host: s
 
 @main.command()
 @click.option("--dormant-days", type=click.IntRange(min=0), help="accounts with no activity for N days")
+@click.option("--refused-on", type=click.DateTime(formats=["%Y-%m-%d"]), metavar="YYYY-MM-DD",
+              help="held accounts (verify, review) the gateway refused requests of on that UTC day")
 @click.option("--all", "all_accounts", is_flag=True, help="every account")
 @click.option("--cluster", "cluster_id", help="the accounts of one cluster")
 @click.option("--since-rules-change", is_flag=True, help="accounts last scored under another rules version")
 @click.option("--resume", "resume_run", metavar="RUN_ID|all", help="finish the unfinished batches of a run")
 @click.option("--batch-size", type=click.IntRange(min=1), help="accounts per job (default KYC_RESCORE_BATCH_SIZE)")
 @click.option("--reason", default="manual", show_default=True)
-def rescore(dormant_days: int | None, all_accounts: bool, cluster_id: str | None, since_rules_change: bool,
-            resume_run: str | None, batch_size: int | None, reason: str) -> None:
+def rescore(dormant_days: int | None, refused_on, all_accounts: bool, cluster_id: str | None,
+            since_rules_change: bool, resume_run: str | None, batch_size: int | None, reason: str) -> None:
     """Rescore accounts in batches: enqueued on rq with Redis, run here without."""
     from kyc.rescore import batch, queue, runs
     from kyc.rescore.background import drain
 
-    chosen = [dormant_days is not None, all_accounts, cluster_id is not None, since_rules_change, bool(resume_run)]
+    chosen = [dormant_days is not None, refused_on is not None, all_accounts, cluster_id is not None,
+              since_rules_change, bool(resume_run)]
     if sum(chosen) != 1:
-        raise click.UsageError("give exactly one of --dormant-days N, --all, --cluster ID, --since-rules-change, "
-                               "--resume RUN_ID")
+        raise click.UsageError("give exactly one of --dormant-days N, --refused-on DAY, --all, --cluster ID, "
+                               "--since-rules-change, --resume RUN_ID")
     runtime = _runtime(migrate=False)
     queued = queue.redis_connection(runtime.config) is not None
     if resume_run:
@@ -261,6 +264,8 @@ def rescore(dormant_days: int | None, all_accounts: bool, cluster_id: str | None
         return
     if dormant_days is not None:
         selector, params = "dormant", {"dormant_days": dormant_days}
+    elif refused_on is not None:
+        selector, params = "refused", {"day": refused_on.date().isoformat()}
     elif all_accounts:
         selector, params = "all", {}
     elif cluster_id is not None:

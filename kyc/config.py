@@ -89,7 +89,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("KYC_GEOIP_ANON_DB", "",
             "GeoIP2 Anonymous IP database (vpn, hosting, tor, public and residential proxy). "
             "Empty: those signals are missing."),
-    Setting("KYC_RESCORE_DAILY_AT", "03:00", "Time of day (HH:MM, UTC) of the daily dormant rescoring."),
+    Setting("KYC_RESCORE_DAILY_AT", "03:00",
+            "Time of day (HH:MM, UTC) of the daily rescoring (dormant accounts; held accounts refused the day before)."),
     Setting("KYC_RULES_WATCH_SECONDS", "60",
             "How often the schedule checks the rules version; a new version starts a rescore of "
             "accounts last scored under another one."),

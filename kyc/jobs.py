@@ -16,7 +16,7 @@ from kyc.persist import refresh_statistics
 from kyc.ops.webhooks import deliver_due
 from kyc.rescore.batch import current_rules, run_batch, working
 from kyc.rescore.queue import redis_connection
-from kyc.rescore.schedule import (check_rules_change, purge_expired_codes, rescore_dormant, schedule_next)
+from kyc.rescore.schedule import (check_rules_change, purge_expired_codes, rescore_daily, schedule_next)
 from kyc.runtime import Runtime
 from kyc.signals import clear_value_caches
 
@@ -60,10 +60,11 @@ def scheduled_rules_watch() -> str | None:
     return run.id if run else None
 
 
-def scheduled_dormant_rescore() -> str:
+def scheduled_dormant_rescore() -> list[str]:
+    """The daily rescore (kyc.rescore.schedule.rescore_daily: dormant, then refused accounts)."""
     runtime = worker_runtime()
     schedule_next(redis_connection(runtime.config), runtime.config, "dormant-daily")
-    return rescore_dormant(runtime).id
+    return [run.id for run in rescore_daily(runtime)]
 
 
 def scheduled_planner_stats() -> list[str]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from sqlalchemy import insert, select
@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from kyc import metrics
 from kyc.ids import new_id
-from kyc.models import Account, ClusterMember, Evaluation, RescoreBatch, RescoreRun, utcnow
+from kyc.models import Account, ActivityDay, ClusterMember, Evaluation, RescoreBatch, RescoreRun, utcnow
 from kyc.persist import in_list
 from kyc.rescore.queue import FAILURE_TTL, JOB_TIMEOUT, RESCORE_BATCH_JOB, RESULT_TTL, RETRY_INTERVALS
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kyc.jobs")
 
-SELECTORS = ("dormant", "all", "cluster", "rules_change", "ids")
+SELECTORS = ("dormant", "refused", "all", "cluster", "rules_change", "ids")
 
 # A batch job says it is alive with a key that expires ALIVE_SECONDS after its last refresh
 # (every ALIVE_SECONDS / 3, from a thread): a worker killed mid-batch stops refreshing it, and
@@ -51,6 +51,14 @@ def accounts_query(selector: str, params: dict[str, Any], version: str, now: dat
     if selector == "dormant":
         since = (now or utcnow()) - timedelta(days=int(params["dormant_days"]))
         query = query.where(Account.last_seen_at < since)
+    elif selector == "refused":
+        # Held accounts the gateway refused on the day: a held account sends nothing that would
+        # re-evaluate it, and the evidence that held it may have weakened since (a tool's first
+        # users, held as a group until the tool grows past them: kyc.usage.lockstep). The day's
+        # rows are one range of ix_activity_days_day.
+        refused = select(ActivityDay.account_id).where(ActivityDay.day == date.fromisoformat(params["day"]),
+                                                       ActivityDay.refused > 0)
+        query = query.where(Account.decision.in_(("verify", "review")), Account.id.in_(refused))
     elif selector == "cluster":
         # The memberships, which merges and splits move at once.
         query = query.join(ClusterMember, ClusterMember.account_id == Account.id).where(

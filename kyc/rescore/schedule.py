@@ -41,11 +41,17 @@ DECISION_WEBHOOK_SECONDS = 5     # pending decision webhooks (retries, a restart
 RESCORE_ASKS_SECONDS = 10        # in-process: rescore asks a killed process committed and left (Redis: maintain)
 
 
-def rescore_dormant(runtime: Runtime, reason: str = "daily schedule") -> RescoreRun:
-    days = runtime.config.dormant_days
-    run = start_run(runtime, "dormant", params={"dormant_days": days}, reason=reason)
-    dispatch(runtime, run)
-    return run
+def rescore_daily(runtime: Runtime, reason: str = "daily schedule", now: datetime | None = None
+                  ) -> tuple[RescoreRun, RescoreRun]:
+    """The daily rescore: accounts dormant KYC_DORMANT_DAYS (what was learned since reaches them
+    before they wake), then the held accounts the gateway refused the day before (what held them
+    may have weakened, and they send nothing that would re-evaluate them)."""
+    day = ((now or utcnow()) - timedelta(days=1)).date()
+    runs = (start_run(runtime, "dormant", params={"dormant_days": runtime.config.dormant_days}, reason=reason),
+            start_run(runtime, "refused", params={"day": day.isoformat()}, reason=reason))
+    for run in runs:
+        dispatch(runtime, run)
+    return runs
 
 
 def check_rules_change(runtime: Runtime) -> RescoreRun | None:
@@ -242,7 +248,7 @@ class InProcessSchedule(threading.Thread):
         # The watch and the purge at once (a restart catches up), the daily rescore at its hour.
         due = {"rules-watch": utcnow(), "outbox-purge": utcnow(), "dormant-daily": next_time("dormant-daily", config),
                "decision-webhooks": utcnow(), "planner-stats": utcnow(), "rescore-asks": utcnow()}
-        work = {"rules-watch": check_rules_change, "outbox-purge": purge_expired_codes, "dormant-daily": rescore_dormant,
+        work = {"rules-watch": check_rules_change, "outbox-purge": purge_expired_codes, "dormant-daily": rescore_daily,
                 "decision-webhooks": wake_decision_webhooks,
                 # Asks another web process committed and was killed before settling: the
                 # background thread settles every committed ask, whoever made it.

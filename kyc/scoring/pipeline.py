@@ -81,11 +81,14 @@ def score(runtime: Runtime, session: Session, subject: str, inp: SignupInput | P
     signal_seconds = perf_counter() - started
     signals["account"] = account_facts
     # Usage as of the event for a live or backfilled input; a rescore reads the account's
-    # latest day of usage as of its latest report (what a report re-evaluates it for).
+    # latest day of usage as of its latest report (what a report re-evaluates it for), with
+    # the prompt templates' adopters known now (kyc.usage.lockstep: a tool's first users,
+    # held as a group, are released once the tool has grown past them).
     usage_day = view.usage_day(session, None if trigger in AGAIN else at.date())
     if usage_day is not None:
         usage_at = usage_day["last_at"] if trigger in AGAIN else at
-        signals["usage"] = usage_facts(runtime, session, account.id, usage_day, usage_at, account.first_seen_at)
+        signals["usage"] = usage_facts(runtime, session, account.id, usage_day, usage_at, account.first_seen_at,
+                                       adopted_by=facts_at.date() if trigger in AGAIN else None)
     policy = graph.Policy.from_config(runtime.config)
     # Traits describe the registration: a card added later from another network must not reset
     # the signup's hosting (or any other) trait, nor give a new account's cluster its traits.

@@ -61,18 +61,19 @@ def lockstep_wanted(runtime, account_id: str, day: dict[str, Any], at) -> tuple[
 
 
 def usage_facts(runtime, session: Session, account_id: str, day: dict[str, Any], at, first_seen_at, *,
-                linked: bool = True, lockstep: dict[tuple[str, date], dict[str, Any]] | None = None
-                ) -> dict[str, Any]:
+                linked: bool = True, lockstep: dict[tuple[str, date], dict[str, Any]] | None = None,
+                adopted_by: date | None = None) -> dict[str, Any]:
     """The usage signals of an account as of `at` from its latest day of usage at or before it,
     with the lockstep facts on at's own day (kyc.usage.lockstep; `lockstep`: read already for a
-    batch, by lockstep_wanted) and its cluster's (`linked=False`: the caller knows the account is
-    a cluster of one, whose cluster facts are its own, so nothing is read for them)."""
+    batch, by lockstep_wanted; `adopted_by`: a later day whose adopters count, for a rescore) and
+    its cluster's (`linked=False`: the caller knows the account is a cluster of one, whose
+    cluster facts are its own, so nothing is read for them)."""
     facts = usage_signals(day, at, first_seen_at, runtime.tiers.daily_quotas)
     wanted = lockstep_wanted(runtime, account_id, day, at)
     if wanted is not None:
         if lockstep is None:
             lockstep = lockstep_facts(session, [wanted], popular=runtime.config.usage_popular_prompt,
-                                      dormant=runtime.config.dormant_days)
+                                      dormant=runtime.config.dormant_days, adopted_by=adopted_by)
         facts.update(lockstep[wanted[:2]])
     elif day["day"] == at.date():
         facts.update(lockstep_accounts=0, lockstep_woke=0, lockstep_began_together=0, lockstep_adopters=0,

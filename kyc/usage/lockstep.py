@@ -45,7 +45,11 @@ existing users would all have "begun together" then, for good. Such starts are l
 they count for no pair. Two limits: a farm that pre-warms its accounts on its
 templates at staggered times over weeks looks like a tool's users to this test (the rules that
 read waking, above, and the identity graph remain for it); and a tool's first days, when most of
-its users began within a day or two of each other, look like a farm's.
+its users began within a day or two of each other, look like a farm's. Those first users are held
+only until the tool grows past them: a held account sends nothing that would re-evaluate it, so
+the daily rescore takes the accounts the gateway refused the day before (kyc.rescore.runs,
+selector "refused"), and a rescore counts the adopters known now, not those of the day that held
+it. A farm's templates gain no adopters but the farm's, so its accounts stay held.
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ _THEIRS = _DAYS_USES.where(in_list(_U.c.account_id, "accounts"))
 # PostgreSQL (EXPLAIN ANALYZE, a bitmap scan of the key and the rows' days; by the machine's load
 # and whether the rows had been read since they were written), 5 of 600 each in 1-4 ms.
 _ADOPTERS = (select(_S.c.value_hash, func.count()).where(in_list(_S.c.value_hash, "hashes"),
-                                                          _S.c.day <= bindparam("day"))
+                                                          _S.c.day <= bindparam("by"))
              .group_by(_S.c.value_hash))
 _READ_CHUNK = 1000
 # Where kyc began watching: its first day of usage (one step of ix_activity_days_day).
@@ -147,8 +151,8 @@ def record_uses(session: Session, uses: dict[tuple[str, date, str], int],
     update_rows(session, _U, grown, keys=("value_hash", "day", "account_id"))
 
 
-def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, popular: int, dormant: int
-                   ) -> dict[tuple[str, date], dict[str, Any]]:
+def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, popular: int, dormant: int,
+                   adopted_by: date | None = None) -> dict[tuple[str, date], dict[str, Any]]:
     """usage.lockstep_accounts, usage.lockstep_woke and usage.lockstep_began_together of each
     (account, day, woke) in `wanted`, and, for an account that woke that day, usage.woke_together;
     keyed by (account, day).
@@ -159,6 +163,9 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
     the account did (each side's earliest start on them; a use without a start kept counts as
     begun that day).
     Woke together: the other accounts that woke that day and used any of its uncommon templates.
+    Adopters: the accounts that had begun on the template by the day, or by `adopted_by` when the
+    day is read again later (a rescore: what is known now, so a tool's launch adopters held as
+    a group are released once the tool has grown past them).
 
     Who can be in lockstep with an account of k templates is read from its k - SHARED + 1 least
     used ones: another account holding SHARED of the k lacks at most k - SHARED of them, so it
@@ -251,7 +258,8 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
         hashes = sorted({h for shared in shared_in_lockstep.values() for h in shared})
         adopters: dict[str, int] = {}
         for i in range(0, len(hashes), _READ_CHUNK):
-            adopters.update(session.execute(_ADOPTERS, {"day": day, "hashes": hashes[i:i + _READ_CHUNK]}).all())
+            adopters.update(session.execute(_ADOPTERS, {"by": max(day, adopted_by or day),
+                                                           "hashes": hashes[i:i + _READ_CHUNK]}).all())
         for account_id, shared in shared_in_lockstep.items():
             out[(account_id, day)]["lockstep_adopters"] = max(
                 adopters.get(h, 0) - ((account_id, h) in kept) for h in shared)

@@ -180,6 +180,19 @@ def populations(seed: int, light: int, heavy: int, companies: int, tool_users: i
     return accounts, signups
 
 
+def daily_rescore(runtime, now: datetime) -> None:
+    """The daily schedule's rescore of held accounts the gateway refused the day before
+    (kyc.rescore.schedule.rescore_daily), on the simulated clock. Its other run, of dormant
+    accounts, selects by the wall clock, which the simulated weeks are not on."""
+    from kyc.rescore.background import drain
+    from kyc.rescore.batch import dispatch
+    from kyc.rescore.runs import start_run
+
+    dispatch(runtime, start_run(runtime, "refused", params={"day": (now - timedelta(days=1)).date().isoformat()},
+                                reason="simulated daily schedule"))
+    drain(runtime)
+
+
 def run(client, headers: dict, accounts: list[Account], signups: list[dict], echo=print) -> dict:
     """Sign everyone up, then play the week hour by hour through the gateway's bulk reports."""
     from kyc.rescore.background import drain
@@ -199,6 +212,8 @@ def run(client, headers: dict, accounts: list[Account], signups: list[dict], ech
     started, reports = time.perf_counter(), 0
     first = min((h for a in accounts for h in a.hours), default=0)
     for hour in range(min(first, 0), DAYS * 24):
+        if hour % 24 == 3:              # the daily rescore's hour (KYC_RESCORE_DAILY_AT)
+            daily_rescore(client.application.extensions["kyc"], WEEK_FROM + timedelta(hours=hour))
         batch = []
         counted = hour >= 0             # the weeks before the week are history: gated as the week is, not counted
         for a in accounts:

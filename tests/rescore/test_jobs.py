@@ -335,6 +335,36 @@ def test_dormant_selection(inline_runtime):
     assert set(rescore_evaluations(inline_runtime)) == set(old)
 
 
+def test_refused_selection_is_the_held_accounts_the_gateway_refused_that_day(inline_runtime):
+    """Held (verify, review) and refused on the day: selected. Refused while allowed (over its
+    quota), refused another day, or held and served: not."""
+    from datetime import date
+
+    from sqlalchemy import insert
+
+    from kyc.models import ActivityDay
+
+    ids = seed(inline_runtime, 6)
+    at = datetime(2026, 11, 23, 12, tzinfo=timezone.utc)
+    # (decision, day, requests served, refused) of each account's one day of usage
+    days = [("review", 23, 0, 27), ("verify", 23, 5, 20), ("allow", 23, 0, 27), ("review", 22, 0, 27),
+            ("review", 23, 27, 0), ("block", 23, 0, 27)]
+    with inline_runtime.session() as session, session.begin():
+        for account_id, (decision, day, requests, refused) in zip(ids, days):
+            session.execute(update(Account).where(Account.id == account_id).values(decision=decision))
+            session.execute(insert(ActivityDay).values(account_id=account_id, day=date(2026, 11, day), first_at=at,
+                                                       last_at=at, requests=requests, refused=refused))
+    run = rescore.runs.start_run(inline_runtime, "refused", params={"day": "2026-11-23"}, reason="test")
+    assert run.total == 2
+    with inline_runtime.session() as session:
+        assert sorted(session.scalars(select(RescoreBatch.account_ids).where(RescoreBatch.run_id == run.id)).one()) \
+            == ids[:2]
+    # The daily schedule selects the day before it runs; the dormant run comes first.
+    dormant, refused = rescore.schedule.rescore_daily(inline_runtime, now=datetime(2026, 11, 24, 3, tzinfo=timezone.utc))
+    assert (dormant.selector, refused.selector, refused.params, refused.total) == (
+        "dormant", "refused", {"day": "2026-11-23"}, 2)
+
+
 def test_rescore_keeps_block_unless_a_rule_releases_it(inline_runtime, rules_dir):
     (blocked,) = seed(inline_runtime, 1, user_agent=HEADLESS)
     with inline_runtime.session() as session:
@@ -579,12 +609,15 @@ def test_rescore_command_needs_exactly_one_selector(inline_runtime):
     runner = CliRunner()
     assert runner.invoke(main, ["rescore"], env=env).exit_code == 2
     assert runner.invoke(main, ["rescore", "--all", "--dormant-days", "3"], env=env).exit_code == 2
+    assert runner.invoke(main, ["rescore", "--refused-on", "23/11/2026"], env=env).exit_code == 2
     seed(inline_runtime, 3)
     out = runner.invoke(main, ["rescore", "--all"], env=env)
     assert out.exit_code == 0, out.output
     assert "3 selected, 3 seen" in out.output
     out = runner.invoke(main, ["jobs"], env=env)
     assert "no KYC_REDIS_URL" in out.output and "3 seen" in out.output
+    out = runner.invoke(main, ["rescore", "--refused-on", "2026-11-23"], env=env)      # nobody held was refused
+    assert out.exit_code == 0 and "0 selected" in out.output, out.output
 
 
 def test_runs_recorded_while_redis_was_down_are_enqueued_later(pg_url, make_config, redis_db):

@@ -195,10 +195,12 @@ _DAY = date(2026, 11, 24)
 
 
 def _brute_force(uses: dict[tuple[str, str], int], held: Counter, dormant: dict[str, int], wanted, *,
-                 popular: int, limit: int, starts: dict[tuple[str, str], date], since: date):
+                 popular: int, limit: int, starts: dict[tuple[str, str], date], since: date,
+                 adopted_by: date | None = None):
     """The definitions of lockstep_facts, pair by pair: every other account, every template
     (`held`: template -> the accounts that used it; `starts`: (account, template) -> the day it
-    began on it, the day itself when absent; `since`: kyc's first day of usage)."""
+    began on it, the day itself when absent; `since`: kyc's first day of usage; `adopted_by`: the
+    later day a rescore counts adopters by)."""
     from kyc.usage.lockstep import BEGAN_WITHIN
 
     out = {}
@@ -226,9 +228,10 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, dormant: dict[
                     ours = min(starts.get((account, t), day) for t in shared)
                     began += (abs(theirs - ours) <= timedelta(days=BEGAN_WITHIN)
                               and min(theirs, ours) > since + timedelta(days=BEGAN_WITHIN))
-                # Adopters: the accounts other than this one whose start on a template is kept, by the day,
-                # for the template of the group's with the most.
-                adopters = max((sum(1 for (a, t2), d in starts.items() if t2 == t and a != account and d <= day)
+                # Adopters: the accounts other than this one whose start on a template is kept, by the day
+                # (or the later adopted_by), for the template of the group's with the most.
+                by = max(day, adopted_by or day)
+                adopters = max((sum(1 for (a, t2), d in starts.items() if t2 == t and a != account and d <= by)
                                 for t in group_templates), default=0)
                 facts.update(lockstep_accounts=len(together), lockstep_woke=len(together & woken),
                              lockstep_began_together=began, lockstep_adopters=adopters)
@@ -240,10 +243,12 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, dormant: dict[
 @given(uses=st.lists(_USE, min_size=10, max_size=60), dormant=st.lists(st.sampled_from([0, 0, 45]), min_size=12, max_size=12),
        woke=st.lists(st.booleans(), min_size=12, max_size=12), popular=st.integers(3, 12),
        began=st.lists(st.sampled_from([None, 0, 1, 2, 3]), min_size=60, max_size=60),
-       watched=st.sampled_from([0, 1, 2, 3, 4, 10]))
-def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, dormant, woke, popular, began, watched):
+       watched=st.sampled_from([0, 1, 2, 3, 4, 10]), later=st.sampled_from([None, 0, 1, 2]))
+def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, dormant, woke, popular, began, watched,
+                                                                 later):
     """Whatever the day's uses, the batch read (least used templates first, then the candidates'
-    uses) gives what comparing every pair of accounts gives."""
+    uses) gives what comparing every pair of accounts gives; read again `later` days after, as a
+    rescore does, the adopters counted by then."""
     from kyc.models import Account, ActivityDay
     from kyc.usage.lockstep import lockstep_facts
 
@@ -254,9 +259,10 @@ def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, do
     held = Counter(t for _, t in day_uses)
     # When each (account, template) began: days before the day, or no start kept (None). An account that
     # does not use a template that day may have begun on it before (a user the gateway now refuses) or
-    # after (a replayed day: it had not begun by then, so it is no adopter).
+    # after (a replayed day: it had not begun by then, so it is no adopter; one or two days after, so
+    # a rescore reading the day again later counts some of them).
     starts = {(f"ls_{a}", f"t{t}"): _DAY - timedelta(days=began[a * 5 + t] if (f"ls_{a}", f"t{t}") in day_uses
-                                                     else began[a * 5 + t] or -1)
+                                                     else began[a * 5 + t] or -1 - a % 2)
               for a in range(12) for t in range(5) if began[a * 5 + t] is not None}
     accounts = [f"ls_{i}" for i in range(12)]
     at = datetime(2026, 11, 24, 12, tzinfo=timezone.utc)
@@ -279,9 +285,10 @@ def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, do
             s.execute(insert(PromptStart), [{"value_hash": t, "account_id": a, "day": d} for (a, t), d in starts.items()])
     wanted = [(a, _DAY, w) for a, w in zip(accounts, woke)]
     with runtime.session() as s:
-        found = lockstep_facts(s, wanted, popular=popular, dormant=limit)
+        adopted_by = None if later is None else _DAY + timedelta(days=later)
+        found = lockstep_facts(s, wanted, popular=popular, dormant=limit, adopted_by=adopted_by)
     assert found == _brute_force(day_uses, held, dict(zip(accounts, dormant)), wanted, popular=popular, limit=limit,
-                                 starts=starts, since=_DAY - timedelta(days=watched))
+                                 starts=starts, since=_DAY - timedelta(days=watched), adopted_by=adopted_by)
 
 
 def test_a_tool_s_users_some_back_from_a_break_are_not_a_farm_waking(client, auth, runtime):
@@ -407,3 +414,47 @@ def test_a_tool_s_users_already_on_it_when_kyc_began_watching_are_not_a_machine_
     facts = _facts_today(runtime, users[0])
     assert (facts["lockstep_accounts"], facts["lockstep_began_together"], facts["lockstep_adopters"]) == (23, 0, 23)
     assert [r["decision"] for r in results] == ["allow"] * 24
+
+
+def test_a_tool_s_launch_adopters_held_as_a_group_are_released_once_it_grows_and_a_farm_is_not(
+        client, auth, runtime):
+    """A tool's first users begin on it together, as a farm's accounts do, and are held. Held, they
+    send nothing that would re-evaluate them: `kyc simulate --usage` found them held for good. The
+    daily rescore takes the held accounts the gateway refused the day before, and counts the
+    templates' adopters known now: the tool has grown past its first users, the farm has not."""
+    from kyc.rescore.background import drain
+    from kyc.rescore.schedule import rescore_daily
+
+    tool = {f"pf_agent_{k}": 5 for k in range(4)}
+    farm_templates = {f"pf_farm_{k}": 5 for k in range(4)}
+    launch, farm = _signups(client, auth, "launch", 24), _signups(client, auth, "farm", 24)
+    later = _signups(client, auth, "later", 30)
+    held = launch + farm
+    for back in range(12, 8, -1):                   # kyc watching since 12 days before: nobody dormant
+        _post_before(client, auth, back, [_report(a, {f"pf_own_{a}": 1}, requests=1, cv=1.5) for a in held + later])
+    _post_before(client, auth, 8, [_report(a, tool, cv=0.1) for a in launch]
+                 + [_report(a, farm_templates) for a in farm])
+    assert {client.get(f"/v1/accounts/{a}", headers=auth).json["decision"] for a in held} == {"review"}
+    for back in range(7, 0, -1):
+        # The gateway refuses the held accounts; five new users a day take up the tool.
+        refused = [{**_report(a, {}), "requests": 0, "refused": 27} for a in held]
+        newcomers = later[(6 - back) * 5:(7 - back) * 5] if back <= 6 else []
+        _post_before(client, auth, back, refused + [_report(a, tool, cv=0.1) for a in newcomers])
+    assert {client.get(f"/v1/accounts/{a}", headers=auth).json["decision"] for a in later} == {"allow"}
+    assert {client.get(f"/v1/accounts/{a}", headers=auth).json["decision"] for a in held} == {"review"}
+
+    dormant, refused_run = rescore_daily(runtime, now=datetime.fromisoformat(f"{WOKE}T03:00:00+00:00"))
+    drain(runtime)
+    assert refused_run.total == 48                   # the held accounts refused the day before, no one else
+    for a in launch:
+        assert client.get(f"/v1/accounts/{a}", headers=auth).json["decision"] == "allow", a
+        assert client.get(f"/v1/accounts/{a}/entitlement?tier=free", headers=auth).json["allowed"] is True
+    with runtime.session() as s:
+        usage = s.execute(select(Evaluation.signals).where(Evaluation.account_id == launch[0],
+                                                           Evaluation.trigger == "rescore")
+                          .order_by(Evaluation.created_at.desc()).limit(1)).scalar_one()["usage"]
+    # Began together with its 23 launch peers, of 53 other adopters by now (23 + 30).
+    assert (usage["lockstep_began_together"], usage["lockstep_adopters"]) == (23, 53)
+    for a in farm:
+        answer = client.get(f"/v1/accounts/{a}", headers=auth).json
+        assert answer["decision"] == "review" and "lockstep_machine_group" in {r["rule"] for r in answer["reasons"]}
