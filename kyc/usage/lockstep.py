@@ -49,7 +49,9 @@ its users began within a day or two of each other, look like a farm's. Those fir
 only until the tool grows past them: a held account sends nothing that would re-evaluate it, so
 the daily rescore takes the accounts the gateway refused the day before (kyc.rescore.runs,
 selector "refused"), and a rescore counts the adopters known now, not those of the day that held
-it. A farm's templates gain no adopters but the farm's, so its accounts stay held.
+it. A farm's templates gain no adopters but the farm's, so its accounts stay held; a farm that
+set going more accounts on its templates than it held, later, would release the first ones, while
+each new batch begins together and is held in turn (blocks stay: kyc.scoring.decide).
 """
 
 from __future__ import annotations
