@@ -585,6 +585,22 @@ def _parent_of(pid: str) -> int | None:
         return None
 
 
+def test_scheduled_daily_rescore_starts_the_dormant_and_the_refused_run_and_schedules_the_next(queued_runtime,
+                                                                                                redis_db):
+    from rq.registry import ScheduledJobRegistry
+
+    jobs.use_runtime(queued_runtime)
+    yesterday = {(utcnow() - timedelta(days=1)).date().isoformat()}
+    dormant, refused = jobs.scheduled_dormant_rescore()
+    yesterday.add((utcnow() - timedelta(days=1)).date().isoformat())       # the job may run across midnight
+    with queued_runtime.session() as session:
+        runs = {run.id: run for run in session.scalars(select(RescoreRun).where(RescoreRun.id.in_([dormant, refused])))}
+    assert (runs[dormant].selector, runs[refused].selector) == ("dormant", "refused")
+    assert runs[refused].params["day"] in yesterday
+    scheduled = ScheduledJobRegistry("default", connection=redis_db).get_job_ids()
+    assert [j for j in scheduled if j.startswith("kyc-dormant-daily-")]
+
+
 def test_scheduled_outbox_purge_deletes_expired_codes_and_schedules_the_next(queued_runtime, redis_db):
     from rq.registry import ScheduledJobRegistry
 
