@@ -21,6 +21,7 @@ Populations (all sign up cleanly first, weeks before the week of usage):
 The gateway asks nothing it would not: it serves an account's hour of traffic while the
 account's last answer (a report's decision) is one the free tier tolerates, refuses it
 otherwise (reporting the refused requests), and reports each hour in bulk calls of up to 1,000.
+kyc's daily rescore of the held accounts refused the day before runs at 03:00 of each simulated day.
 The simulated accounts complete no verifications, so the gate is the decision (free tier:
 worst tolerated `verify`). Nothing here reads the rules.
 """
