@@ -69,9 +69,10 @@ FIELDS = (
           "kyc began watching, and counts for no pair. Compare it with lockstep_accounts.", 0),
     Field("usage.lockstep_adopters", "int",
           "Other accounts that had begun, by the day, on the template most accounts began on of those this one "
-          "shares in lockstep, whether or not they used it that day (prompt_starts): a farm's group is the farm, a "
-          "tool's users keep adding up over weeks, and the gateway refusing some of them does not shrink it "
-          "(kyc/usage/lockstep.py); 0 without lockstep. Compare lockstep_began_together with it.", 0),
+          "shares in lockstep, whether or not they used it that day (prompt_starts; a rescore counts those begun "
+          "by the day it runs): a farm's group is the farm, a tool's users keep adding up over weeks, and the "
+          "gateway refusing some of them does not shrink it (kyc/usage/lockstep.py); 0 without lockstep. Compare "
+          "lockstep_began_together with it.", 0),
     Field("usage.woke_together", "int",
           "On the day the account woke from a dormancy longer than KYC_DORMANT_DAYS: other accounts that woke the "
           "same UTC day and used any of its prompt templates that are not popular (KYC_USAGE_POPULAR_PROMPT) that "
