@@ -134,7 +134,8 @@ class Sighting(Base):
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(32))
     value_hash: Mapped[str] = mapped_column(String(32))
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    # No foreign key: see ActivityDay.account_id.
+    account_id: Mapped[str] = mapped_column(String(128))
     evaluation_id: Mapped[str] = mapped_column(String(40))
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -148,7 +149,7 @@ class Sighting(Base):
         # Cards added from one device (values seen together in one evaluation) and cards added
         # to one account in a window. Both lead with the column that narrows most, so SQLite's
         # planner (which has no statistics) picks them over ix_sightings_key_time. The second
-        # also serves every lookup by account (and the foreign key).
+        # also serves every lookup by account.
         Index("ix_sightings_evaluation_kind", "evaluation_id", "kind"),
         Index("ix_sightings_account_kind_time", "account_id", "kind", "occurred_at"),
     )
@@ -372,7 +373,11 @@ class ActivityDay(Base):
 
     __tablename__ = "activity_days"
 
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    # No foreign key to accounts (nor on activity_reports and sightings): each row is written
+    # with its account's row locked (an activity batch naming an unknown account is refused
+    # whole: kyc.usage.reports.record_reports), and no account is ever deleted, so a check per
+    # row proved nothing (migration 0020 has its cost).
+    account_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     requests: Mapped[int] = mapped_column(BigInteger, default=0)
     first_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -410,7 +415,7 @@ class ActivityReport(Base):
     __tablename__ = "activity_reports"
 
     id: Mapped[int] = mapped_column(_AUTO_ID, primary_key=True, autoincrement=True)
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    account_id: Mapped[str] = mapped_column(String(128))              # no foreign key: see ActivityDay
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
     window_seconds: Mapped[int] = mapped_column(Integer, default=0)
     requests: Mapped[int] = mapped_column(BigInteger)

@@ -71,14 +71,14 @@ def test_an_account_that_did_not_change_is_not_written_by_default(runtime):
 
 
 def test_a_failing_write_writes_nothing_of_the_transaction(runtime):
-    """A sighting naming an account that does not exist breaks its foreign key: the account's
-    update and the evaluation written with it are not kept either (pipelined: the commit fails)."""
+    """A sighting without its value breaks NOT NULL: the account's update and the evaluation
+    written with it are not kept either (pipelined: the commit fails)."""
     with runtime.session() as session, pipelined(session):
         _new_account(session, "a1")
     with pytest.raises(IntegrityError):
         with runtime.session() as session, pipelined(session):
             persist.write(session, evaluations=[_evaluation("a1", "ev1")], accounts=[_account("a1", "ev1")],
-                          sightings=_sightings("nobody", "ev1", 1))
+                          sightings=[{**_sightings("a1", "ev1", 1)[0], "value_hash": None}])
     with runtime.session() as session:
         assert session.get(Evaluation, "ev1") is None
         assert session.get(Account, "a1").last_evaluation_id is None

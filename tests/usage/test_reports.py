@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 from sqlalchemy import func, select
 
-from kyc.models import Account, ActivityDay, ActivityReport, Evaluation
+from kyc.models import Account, ActivityDay, ActivityReport, Evaluation, GraphEdge, PromptUse, Sighting
 from kyc.security import keyed_hash
 from kyc.usage.reports import spread
 from tests.conftest import TEST_SECRET, signup
@@ -192,6 +192,33 @@ def test_bulk_is_all_or_nothing_with_errors_keyed_by_index(client, auth, runtime
                        headers=auth)
     assert tier.status_code == 400 and "reports[0].tier" in tier.json["error"]["fields"]
     assert _counts(runtime) == before
+
+
+def test_a_report_naming_an_unknown_account_writes_nothing_anywhere(client, auth, runtime, accounts):
+    """The tables a report writes hold no foreign key to accounts (migration 0020): the batch's
+    own check (its accounts locked, an unknown one refuses the batch) is what keeps rows of
+    unknown accounts out, from every table a report writes or links into."""
+    tables = (ActivityDay, ActivityReport, Sighting, PromptUse, GraphEdge)
+
+    def rows() -> list[int]:
+        with runtime.session() as s:
+            return [s.scalar(select(func.count()).select_from(t)) for t in tables]
+
+    before = rows()
+    known = {**FULL, "account_id": "acct_0", "api_key_id": "key_shared"}
+    unknown = {**FULL, "account_id": "acct_nobody", "api_key_id": "key_shared"}
+    answer = client.post("/v1/activity", json={"reports": [known, unknown]}, headers=auth)
+    assert answer.status_code == 400
+    assert answer.json["error"]["fields"] == {"reports[1].account_id": "unknown account"}
+    single = client.post("/v1/accounts/acct_nobody/activity", json=FULL, headers=auth)
+    assert single.status_code == 404
+    assert rows() == before
+    with runtime.session() as s:
+        assert all(s.scalar(select(func.count()).select_from(t).where(t.account_id == "acct_nobody")) == 0
+                   for t in tables)
+    # The same reports without the unknown account are recorded: nothing else refused them.
+    assert client.post("/v1/activity", json={"reports": [known]}, headers=auth).status_code == 200
+    assert all(after > was for after, was in zip(rows(), before))
 
 
 @pytest.mark.parametrize("body,field", [
