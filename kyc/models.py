@@ -149,9 +149,12 @@ class Sighting(Base):
         # Cards added from one device (values seen together in one evaluation) and cards added
         # to one account in a window. Both lead with the column that narrows most, so SQLite's
         # planner (which has no statistics) picks them over ix_sightings_key_time. The second
-        # also serves every lookup by account.
+        # serves every lookup by account, all of velocity kinds (the cards on an account, the
+        # keys an evaluation counted, what linking finds sighted that day): it holds those only,
+        # as ix_sightings_key_time does, and its readers state VELOCITY_SIGHTINGS (migration 0021).
         Index("ix_sightings_evaluation_kind", "evaluation_id", "kind"),
-        Index("ix_sightings_account_kind_time", "account_id", "kind", "occurred_at"),
+        Index("ix_sightings_account_kind_time", "account_id", "kind", "occurred_at",
+              postgresql_where=text(VELOCITY_SIGHTINGS), sqlite_where=text(VELOCITY_SIGHTINGS)),
     )
 
 

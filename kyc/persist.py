@@ -40,7 +40,8 @@ from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import TypeDecorator
 
 from kyc.db import PIPELINE, closed_by_server
-from kyc.models import Account, ClusterMember, GraphEdge, GraphNode, IdempotentAnswer, PhoneClaim, UTCDateTime
+from kyc.models import (VELOCITY_SIGHTINGS, Account, ClusterMember, GraphEdge, GraphNode, IdempotentAnswer,
+                        PhoneClaim, UTCDateTime)
 
 log = logging.getLogger("kyc.persist")
 
@@ -628,7 +629,9 @@ _ADD_SHOWN_EDGES = pg_insert(_E).from_select(_EDGE_COLUMNS, json_rows(_E, _EDGE_
 # never a node), and edges only of the nodes found (no node, no edge): a first-of-day bulk call of
 # 1,000 reports showed 5,050 nodes and 6,000 (node, account) pairs and probed them all; now 3,050
 # and ~760, the read 109 -> 56 ms wall (medians of 5 as the call's first read, old and new on the
-# same calls, 1,000,000 accounts stored, load ~4).
+# same calls, 1,000,000 accounts stored, load ~4). The sightings' kinds are stated as constants
+# (VELOCITY_SIGHTINGS), so the generic plan may read them through ix_sightings_account_kind_time,
+# which holds velocity kinds only (migration 0021).
 _SHOWN_AND_SIGHTED = text("""
 WITH found AS MATERIALIZED (
 SELECT g.kind, g.value_hash, g.accounts, g.super_node
@@ -645,7 +648,7 @@ UNION ALL
 SELECT 'sighting', t.kind, t.value_hash, NULL, NULL, t.account_id, t.occurred_at
 FROM sightings t JOIN json_to_recordset(CAST(:sighted AS JSON)) AS s(kind VARCHAR, value_hash VARCHAR, account_id VARCHAR)
   ON t.account_id = s.account_id AND t.kind = s.kind AND t.value_hash = s.value_hash
-WHERE t.occurred_at >= :since
+WHERE t.occurred_at >= :since AND t.""" + VELOCITY_SIGHTINGS + """
 """).columns(column("tag", String), column("kind", String), column("value_hash", String), column("accounts"),
              column("super_node", Boolean), column("account_id", String), column("occurred_at"))
 

@@ -117,7 +117,7 @@ _ANCHOR = _S.alias("anchor")
 _IN_WINDOW = (_S.c.kind == bindparam("kind"), _S.c.value_hash != bindparam("current"),
               _S.c.occurred_at > bindparam("since"), _S.c.occurred_at <= bindparam("at"))
 _VALUES_ON_ACCOUNT = select(func.count(func.distinct(_S.c.value_hash))).where(
-    *_IN_WINDOW, _S.c.account_id == bindparam("account_id"))
+    *_IN_WINDOW, velocity_kind(_S.c.kind), _S.c.account_id == bindparam("account_id"))
 _VALUES_SEEN_WITH = select(func.count(func.distinct(_S.c.value_hash))).where(
     *_IN_WINDOW,
     _S.c.evaluation_id.in_(select(_ANCHOR.c.evaluation_id).where(

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from kyc import graph
 from kyc.db import write_lock
-from kyc.models import Account, ActivityDay, ClusterMember, Evaluation, Sighting, Verification
+from kyc.models import Account, ActivityDay, ClusterMember, Evaluation, Sighting, Verification, velocity_kind
 from kyc.ops import decisions
 from kyc.persist import dialect_of, fetch, new_account_statement
 from kyc.scoring import persist
@@ -321,7 +321,7 @@ def _velocity_requests(session: Session, originals: Iterable) -> list[tuple[list
             select(Sighting.account_id, Sighting.occurred_at, Sighting.kind, Sighting.value_hash).where(
                 Sighting.account_id.in_(sorted({a for a, _ in wanted})),
                 Sighting.occurred_at.in_(sorted({at for _, at in wanted})),
-                Sighting.kind.in_(sorted(VELOCITY_KEYS)))):
+                Sighting.kind.in_(sorted(VELOCITY_KEYS)), velocity_kind(Sighting.kind))):
         if (account_id, occurred_at) in keys:
             keys[(account_id, occurred_at)].add((kind, value_hash))
     return [(sorted(k), at, account_id) for (account_id, at), k in keys.items() if k]

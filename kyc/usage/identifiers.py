@@ -41,7 +41,7 @@ from kyc import graph
 from kyc.db import write_lock
 from kyc.ids import new_id
 from kyc.inputs import ActivityInput
-from kyc.models import Account, GraphEdge, GraphNode, PendingLink, Sighting
+from kyc.models import Account, GraphEdge, GraphNode, PendingLink, Sighting, velocity_kind
 from kyc.persist import in_list, insert_rows, shown_and_sighted
 from kyc.security import KeyedHashes
 from kyc.signals.network import network_identifiers
@@ -210,7 +210,7 @@ def link_shown(runtime, session: Session, shown: dict[str, dict[Node, datetime]]
         for part in _chunks(ids):
             sighted += session.execute(
                 select(Sighting.account_id, Sighting.kind, Sighting.value_hash, Sighting.occurred_at)
-                .where(Sighting.account_id.in_(part), Sighting.kind.in_(velocity_kinds),
+                .where(Sighting.account_id.in_(part), Sighting.kind.in_(velocity_kinds), velocity_kind(Sighting.kind),
                        Sighting.occurred_at >= since)).all()
     known: dict[Node, tuple[int, bool]] = {(k, h): (n, s) for k, h, n, s in nodes}
     held: set[tuple[str, Node]] = {(a, (k, h)) for k, h, a in edges}

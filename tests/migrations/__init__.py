@@ -29,3 +29,22 @@ def insert_account(conn, at: str = "2026-11-24 21:00:00+00:00") -> None:
         "INSERT INTO accounts (id, created_at, first_seen_at, last_seen_at, decision, score, reasons, "
         "required_verifications, subjects, label, state_version, updated_at) VALUES "
         "('a1', :t, :t, :t, 'allow', 5, '[]', '[]', '{}', NULL, 1, :t)"), {"t": at})
+
+
+def grow_sightings(url: str, accounts: int = 20_000) -> None:
+    """PostgreSQL: sightings of `accounts` accounts, of velocity and linking kinds, and fresh
+    statistics: with both of the sightings' partial indexes (migrations 0019, 0021) an empty
+    table's plans cost them alike, and the planner tells them apart only from the rows."""
+    if url.startswith("sqlite"):
+        return
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO sightings (kind, value_hash, account_id, evaluation_id, occurred_at) "
+                "SELECT k, md5(k || g), 'grown' || g, 'ev' || g, now() - g * interval '1 second' "
+                "FROM generate_series(1, :n) g, unnest(array['ip', 'device', 'card_fingerprint', 'prompt', 'api_key']) k"),
+                {"n": accounts})
+            conn.execute(text("ANALYZE sightings"))
+    finally:
+        engine.dispose()

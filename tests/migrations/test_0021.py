@@ -1,0 +1,84 @@
+"""Migration 0021 (ix_sightings_account_kind_time holds the velocity kinds only): on an empty
+database and on one holding sightings, both backends, and back down; its readers still read
+through it, with PostgreSQL's generic plans (kyc.db._generic_plans), which do not know the
+kinds or accounts they are given."""
+
+from __future__ import annotations
+
+from alembic import command
+from sqlalchemy import create_engine, text
+from sqlalchemy.dialects.postgresql import asyncpg
+
+from kyc.persist import _SHOWN_AND_SIGHTED
+from kyc.runtime import alembic_config, upgrade_database
+from kyc.store import _CARD_HISTORY
+from tests.migrations import grow_sightings, insert_account
+
+INDEX = "ix_sightings_account_kind_time"
+SIGHTING = ("INSERT INTO sightings (kind, value_hash, account_id, evaluation_id, occurred_at) "
+            "VALUES (:kind, :h, 'a1', 'ev_1', '2026-12-05 06:00:00+00:00')")
+
+
+def _definition(url: str) -> str:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if url.startswith("sqlite"):
+                return conn.execute(text("SELECT sql FROM sqlite_master WHERE name = :n"), {"n": INDEX}).scalar()
+            return conn.execute(text("SELECT indexdef FROM pg_indexes WHERE indexname = :n "
+                                     "AND schemaname = current_schema()"), {"n": INDEX}).scalar()
+    finally:
+        engine.dispose()
+
+
+def _plans(url: str) -> list[str]:
+    """The plans of a card's history (the cards on its account) and, on PostgreSQL, of linking's
+    read of what its accounts were sighted on (generic plans: the statements prepared)."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if url.startswith("sqlite"):
+                compiled = _CARD_HISTORY.compile(dialect=engine.dialect)
+                return [" ".join(str(row[-1]) for row in conn.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN " + compiled.string, tuple(compiled.params[k] for k in compiled.positiontup)))]
+            conn.execute(text("SET plan_cache_mode = force_generic_plan"))
+            plans = []
+            for name, statement in (("cards", _CARD_HISTORY), ("sighted", _SHOWN_AND_SIGHTED)):
+                compiled = statement.compile(dialect=asyncpg.dialect())        # $n parameters, for PREPARE
+                conn.exec_driver_sql(f"PREPARE {name} AS {compiled.string}")
+                args = ", ".join("NULL" for _ in compiled.positiontup)
+                plans.append(" ".join(conn.exec_driver_sql(f"EXPLAIN EXECUTE {name}({args})").scalars()))
+            return plans
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_on_an_empty_database_keeps_velocity_kinds_only_and_reads_through_it(empty_url):
+    upgrade_database(empty_url)
+    assert "WHERE" in _definition(empty_url) and "'prompt'" not in _definition(empty_url)
+    grow_sightings(empty_url)
+    for plan in _plans(empty_url):
+        assert INDEX in plan, plan
+    assert "ix_sightings_key_time" in _plans(empty_url)[0]     # the device's cards: still by its key
+
+
+def test_upgrade_keeps_sightings_and_downgrades(empty_url):
+    upgrade_database(empty_url, "0020")
+    assert "WHERE" not in _definition(empty_url)
+    engine = create_engine(empty_url)
+    with engine.begin() as conn:
+        insert_account(conn)
+        conn.execute(text(SIGHTING), {"kind": "ip", "h": "h1"})
+        conn.execute(text(SIGHTING), {"kind": "prompt", "h": "h2"})
+    upgrade_database(empty_url)
+    assert "WHERE" in _definition(empty_url)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT kind FROM sightings WHERE account_id = 'a1' AND kind = 'ip'")).scalar() == "ip"
+        assert conn.execute(text("SELECT count(*) FROM sightings")).scalar_one() == 2
+    engine.dispose()
+    command.downgrade(alembic_config(empty_url), "0020")
+    assert "WHERE" not in _definition(empty_url)
+    engine = create_engine(empty_url)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT count(*) FROM sightings")).scalar_one() == 2
+    engine.dispose()
