@@ -96,6 +96,26 @@ def test_an_office_s_accounts_on_internal_templates_are_one_cluster_and_served(c
     assert len({clusters[o] for o in others} | {clusters[team[0]]}) == 3
 
 
+def test_a_weak_kind_shared_in_a_later_call_links_with_the_kind_shared_before(client, auth, runtime):
+    """Two weak kinds shared in different calls link as in one: the second call's accounts share
+    one kind among what they show, and the other among what they held already (read, each kind
+    shared already left out: kyc.graph.link._shared_weak_kinds), whichever came first."""
+    office = _people(client, auth, "acme", 2)
+    away = _people(client, auth, "away", 2, first=2)
+    network_first = [_report(a, ip=f"203.0.113.{10 + i}", prompts={f"pf_own_{a}": 5}) for i, a in enumerate(office)]
+    templates_first = [_report(a, ip=f"73.{130 + i}.4.4", prompts={"pf_away_tool": 5}) for i, a in enumerate(away)]
+    assert client.post("/v1/activity", json={"reports": network_first + templates_first}, headers=auth).status_code == 200
+    clusters = _clusters(runtime, office + away)
+    assert len(set(clusters.values())) == 4             # one weak kind each: nobody linked yet
+    later = ([_report(a, ip=f"203.0.113.{10 + i}", prompts={"pf_acme_internal": 5}, hour=11)
+              for i, a in enumerate(office)]
+             + [_report(a, ip="198.51.100.20", prompts={"pf_away_tool": 5}, hour=11) for a in away])
+    assert client.post("/v1/activity", json={"reports": later}, headers=auth).status_code == 200
+    clusters = _clusters(runtime, office + away)
+    assert clusters[office[0]] == clusters[office[1]] and clusters[away[0]] == clusters[away[1]]
+    assert clusters[office[0]] != clusters[away[0]]
+
+
 def test_a_popular_template_on_a_shared_network_links_nobody(database_url, make_config):
     rt = Runtime.start(make_config(database_url, graph_super_node_weak=5), migrate=False)
     try:
