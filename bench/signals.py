@@ -109,7 +109,7 @@ def inputs(n: int, rng: random.Random, by_share: bool = False) -> list[SignupInp
 
 
 def clear_caches() -> None:
-    for fn in (email.parse, phone.parse, phone._number_facts, network._address, device._ua_facts):
+    for fn in (email.parse, phone.parse, phone._number_facts, network._address, network._facts, device._ua_facts):
         fn.cache_clear()
     resolver = device._parser().resolver
     resolver.cache = type(resolver.cache)(2000)

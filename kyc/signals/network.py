@@ -66,19 +66,28 @@ _PREFIX = {4: 24, 6: 64}
 
 
 @lru_cache(maxsize=65536)
-def _address(ip: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, dict[str, Any]] | None:
+def _address(ip: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, str] | None:
+    """The address and its network (_prefix): all its identifiers need."""
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
         return None
     if addr.version == 6 and addr.ipv4_mapped:       # ::ffff:1.2.3.4 is the IPv4 address
         addr = addr.ipv4_mapped
-    facts = {
-        "version": addr.version,
-        "private": not addr.is_global,
-        "prefix": _prefix(addr),
-    }
-    return addr, facts
+    return addr, _prefix(addr)
+
+
+@lru_cache(maxsize=65536)
+def _facts(ip: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, dict[str, Any]] | None:
+    """The address and its own facts, for its signals. Apart from _address, which is all an
+    activity report's identifiers read: is_global (a network built, the private ranges walked)
+    made network_identifiers of a new address 11.8-12.9 us, 7.4-8.5 without (100,000 random
+    addresses, three alternated runs, load ~4): ~4.5 ms of a bulk call from 1,000 addresses."""
+    parsed = _address(ip)
+    if parsed is None:
+        return None
+    addr, prefix = parsed
+    return addr, {"version": addr.version, "private": not addr.is_global, "prefix": prefix}
 
 
 def _prefix(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
@@ -90,7 +99,7 @@ def _prefix(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
 
 
 def network_signals(ip: str | None, geoip: GeoIP | None = None) -> dict[str, Any]:
-    parsed = _address(ip) if ip and isinstance(ip, str) else None
+    parsed = _facts(ip) if ip and isinstance(ip, str) else None
     if parsed is None:
         return {}
     addr, base = parsed
@@ -117,11 +126,11 @@ def network_identifiers(ip: str | None, asn: int | None = None, at: datetime | N
     parsed = _address(ip) if ip and isinstance(ip, str) else None
     if parsed is None:
         return []
-    addr, facts = parsed
-    identifiers = [("ip", str(addr)), ("ip_prefix", facts["prefix"])]
+    addr, prefix = parsed
+    identifiers = [("ip", str(addr)), ("ip_prefix", prefix)]
     if asn is not None:
         identifiers.append(("asn", str(asn)))
     if at is not None:
         # The network within one UTC day: a weak link (neighbours on one network the same day).
-        identifiers.append(("ip_prefix_day", f"{facts['prefix']}|{at.date().isoformat()}"))   # strftime: 4.6 µs, this 0.3
+        identifiers.append(("ip_prefix_day", f"{prefix}|{at.date().isoformat()}"))   # strftime: 4.6 µs, this 0.3
     return identifiers
