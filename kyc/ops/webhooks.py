@@ -37,7 +37,7 @@ from datetime import datetime, timedelta
 from time import time as now_seconds
 from typing import Any, Iterable
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, event, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from kyc.ids import new_ids
@@ -265,10 +265,20 @@ class _Deliverer:
         self._woken = threading.Event()
         self._idle = threading.Condition()
         self._busy = False
+        self.stopped = False
+        # A disposed engine is its runtime let go (a test's teardown, a command's end): the thread
+        # stops with it instead of looking, every IDLE seconds, at a database that may be gone
+        # (the test suite's last runtime logged an error at exit once its tables were dropped).
+        # The next kick starts a new one (_deliverer), should the runtime still be used.
+        event.listen(runtime.engine, "engine_disposed", self.stop)
         self.thread = threading.Thread(target=self._run, name="kyc-decision-webhooks", daemon=True)
         self.thread.start()
 
     def wake(self) -> None:
+        self._woken.set()
+
+    def stop(self, *_engine) -> None:
+        self.stopped = True
         self._woken.set()
 
     def _run(self) -> None:
@@ -277,7 +287,7 @@ class _Deliverer:
             self._woken.wait(timeout=wait)
             self._woken.clear()
             runtime = self.runtime()
-            if runtime is None:
+            if runtime is None or self.stopped:
                 return
             with self._idle:
                 self._busy = True
@@ -301,7 +311,9 @@ _deliverers_lock = threading.Lock()
 def _deliverer(runtime) -> _Deliverer:
     with _deliverers_lock:
         deliverer = getattr(runtime, "_webhook_deliverer", None)
-        if deliverer is None or not deliverer.thread.is_alive():      # e.g. in a forked worker process
+        # None alive: in a forked worker process, or stopped with its engine (a stopped one may
+        # not have returned yet)
+        if deliverer is None or deliverer.stopped or not deliverer.thread.is_alive():
             deliverer = _Deliverer(runtime)
             runtime._webhook_deliverer = deliverer
         return deliverer

@@ -247,6 +247,24 @@ def test_two_deliverers_never_send_one_event_twice(gateway, pushing):
     assert sum(results) == written == len(ids) == len(set(ids))
 
 
+def test_the_delivery_thread_stops_with_its_engine_and_a_kick_starts_another(gateway, pushing):
+    """A disposed engine is its runtime let go: the thread must not go on looking at a database
+    that may be gone (the suite's last runtime logged an error at exit once its tables were
+    dropped). Should the runtime still be used, the next change is delivered by a new thread."""
+    hook = gateway()
+    rt = pushing(hook.url)
+    webhooks.kick(rt)
+    first = rt._webhook_deliverer.thread
+    assert first.is_alive()
+    rt.engine.dispose()
+    first.join(timeout=5)
+    assert not first.is_alive()
+    client, auth = create_app(runtime=rt).test_client(), key_headers(rt)
+    held_then_allowed(client, auth)
+    assert hook.wait_for(1)[0]["account_id"] == "acct_w1"
+    assert rt._webhook_deliverer.thread is not first and rt._webhook_deliverer.thread.is_alive()
+
+
 def test_without_a_url_nothing_is_written_to_the_outbox(client, auth, runtime):
     held_then_allowed(client, auth)
     with runtime.session() as session:
