@@ -863,8 +863,10 @@ def _usage_sizes(_ctx, _param, value: str) -> tuple[int, ...]:
 @click.option("--usage-sizes", default="300,30,8,2000,400,600", show_default=True, callback=_usage_sizes,
               help="usage phase: light users, heavy users, companies, popular-tool users, farm accounts, and "
                    "(optional, 0 without) users of a mid-size agent tool who adopted it over the weeks before")
+@click.option("--usage-without-interval-cv", "usage_without_cv", is_flag=True,
+              help="usage phase: the simulated gateway does not time requests (sends no interval_cv)")
 def simulate(seed: int, legit: int, farms: int, farm_size: int, days: float, warmup_days: float, database_url: str,
-             redis_url: str, usage_phase: bool, usage_sizes: tuple[int, ...]) -> None:
+             redis_url: str, usage_phase: bool, usage_sizes: tuple[int, ...], usage_without_cv: bool) -> None:
     """Post a labeled history (ordinary users as realism.md describes them, and farms) of signups
     and cards through the API; print how it scored and how well the scores rank. `--usage` then
     adds a week of API usage."""
@@ -939,7 +941,7 @@ def simulate(seed: int, legit: int, farms: int, farm_size: int, days: float, war
         accounts, signups = usage_sim.populations(seed, *usage_sizes)
         click.echo(f"\nusage phase: {len(accounts)} accounts sign up, then a week of usage")
         usage_sim.report(usage_sim.run(app.test_client(), {"Authorization": f"Bearer {key}"}, accounts, signups,
-                                       echo=click.echo), echo=click.echo)
+                                       echo=click.echo, interval_cv=not usage_without_cv), echo=click.echo)
     runtime.engine.dispose()
     tmp.cleanup()
 

@@ -80,12 +80,15 @@ def _z(at: datetime) -> str:
 def _hourly(account: Account, hour: int, requests: int, cv: float, prompts: dict[str, int], rng: random.Random,
             tokens: tuple[int, int] = (800, 1200)) -> None:
     at = WEEK_FROM + timedelta(hours=hour + 1)
-    account.hours[hour].append({
+    report = {
         "account_id": account.id, "occurred_at": _z(at), "window_seconds": 3600, "requests": requests,
         "tier": account.tier, "ip": account.ip, "api_key_id": f"key_{account.id}",
         "user_agent": "python-httpx/0.27.0", "tokens_in": requests * tokens[0],
         "tokens_out": requests * tokens[1], "models": {"model-large": requests},
-        "prompt_fingerprints": prompts, "interval_cv": round(cv, 3)})
+        "prompt_fingerprints": prompts}
+    if requests >= 2:                  # the contract: absent when the window had fewer than 2
+        report["interval_cv"] = round(cv, 3)
+    account.hours[hour].append(report)
 
 
 def _spread(total: int, slots: int) -> list[int]:
@@ -194,8 +197,10 @@ def daily_rescore(runtime, now: datetime) -> None:
     drain(runtime)
 
 
-def run(client, headers: dict, accounts: list[Account], signups: list[dict], echo=print) -> dict:
-    """Sign everyone up, then play the week hour by hour through the gateway's bulk reports."""
+def run(client, headers: dict, accounts: list[Account], signups: list[dict], echo=print, *,
+        interval_cv: bool = True) -> dict:
+    """Sign everyone up, then play the week hour by hour through the gateway's bulk reports
+    (`interval_cv=False`: a gateway that does not time requests sends no interval_cv)."""
     from kyc.rescore.background import drain
 
     for i, body in enumerate(signups):
@@ -224,8 +229,9 @@ def run(client, headers: dict, accounts: list[Account], signups: list[dict], ech
                     served[a.population] += report["requests"] if counted else 0
                 else:                                            # the gateway refuses the hour
                     denied_accounts[a.population].add(a.id)
-                    report = {**report, "refused": report["requests"], "requests": 0, "prompt_fingerprints": {}}
-                batch.append(report)
+                    report = {**{k: v for k, v in report.items() if k != "interval_cv"}, "refused": report["requests"],
+                              "requests": 0, "prompt_fingerprints": {}}
+                batch.append(report if interval_cv else {k: v for k, v in report.items() if k != "interval_cv"})
         for i in range(0, len(batch), 1000):
             answer = client.post("/v1/activity", json={"reports": batch[i:i + 1000]}, headers=headers)
             if answer.status_code != 200:
