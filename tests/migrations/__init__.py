@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from alembic import command
 from sqlalchemy import create_engine, inspect, text
+
+from kyc.runtime import alembic_config, upgrade_database
 
 
 def table_names(url: str) -> set[str]:
@@ -48,3 +51,43 @@ def grow_sightings(url: str, accounts: int = 20_000) -> None:
             conn.execute(text("ANALYZE sightings"))
     finally:
         engine.dispose()
+
+
+def index_definition(url: str, name: str) -> str | None:
+    """The index `name`'s definition (its SQL) in the database at `url` now."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if url.startswith("sqlite"):
+                return conn.execute(text("SELECT sql FROM sqlite_master WHERE name = :n"), {"n": name}).scalar()
+            return conn.execute(text("SELECT indexdef FROM pg_indexes WHERE indexname = :n "
+                                     "AND schemaname = current_schema()"), {"n": name}).scalar()
+    finally:
+        engine.dispose()
+
+
+def sightings_kept_while_index_goes_partial(url: str, before: str, index: str) -> None:
+    """Upgrade from `before` with an ip and a prompt sighting stored, then downgrade back: both are
+    kept each way, and `index` gains its WHERE (partial on the velocity kinds) and loses it again."""
+    upgrade_database(url, before)
+    assert "WHERE" not in index_definition(url, index)
+    engine = create_engine(url)
+    sighting = ("INSERT INTO sightings (kind, value_hash, account_id, evaluation_id, occurred_at) "
+                "VALUES (:kind, :h, 'a1', 'ev_1', '2026-12-05 06:00:00+00:00')")
+    with engine.begin() as conn:
+        insert_account(conn)
+        conn.execute(text(sighting), {"kind": "ip", "h": "h1"})
+        conn.execute(text(sighting), {"kind": "prompt", "h": "h2"})
+    upgrade_database(url)
+    assert "WHERE" in index_definition(url, index)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT kind FROM sightings WHERE account_id = 'a1' AND kind = 'ip' "
+                                 "AND value_hash = 'h1'")).scalar() == "ip"
+        assert conn.execute(text("SELECT count(*) FROM sightings")).scalar_one() == 2
+    engine.dispose()
+    command.downgrade(alembic_config(url), before)
+    assert "WHERE" not in index_definition(url, index)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT count(*) FROM sightings")).scalar_one() == 2
+    engine.dispose()

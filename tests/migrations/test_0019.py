@@ -4,32 +4,15 @@ PostgreSQL's generic plans (kyc.db._generic_plans), which do not know the kind t
 
 from __future__ import annotations
 
-from alembic import command
 from sqlalchemy import create_engine, text
 from sqlalchemy.dialects.postgresql import asyncpg
 
 from kyc.models import VELOCITY_KINDS
-from kyc.runtime import alembic_config, upgrade_database
+from kyc.runtime import upgrade_database
 from kyc.signals.velocity import VELOCITY_KEYS
 from kyc.store import _CARD_HISTORY, _sighting_count_statement
-from tests.migrations import grow_sightings, insert_account
+from tests.migrations import grow_sightings, index_definition, sightings_kept_while_index_goes_partial
 
-SIGHTING = ("INSERT INTO sightings (kind, value_hash, account_id, evaluation_id, occurred_at) "
-            "VALUES (:kind, :h, 'a1', 'ev_1', '2026-12-05 06:00:00+00:00')")
-
-
-def _key_index(url: str) -> str:
-    """ix_sightings_key_time's definition."""
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            if url.startswith("sqlite"):
-                return conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'ix_sightings_key_time'")
-                                    ).scalar()
-            return conn.execute(text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_sightings_key_time' "
-                                     "AND schemaname = current_schema()")).scalar()
-    finally:
-        engine.dispose()
 
 
 def _plans(url: str) -> list[str]:
@@ -62,7 +45,8 @@ def test_the_kinds_are_velocity_s():
 
 def test_upgrade_on_an_empty_database_keeps_velocity_kinds_only_and_reads_through_it(empty_url):
     upgrade_database(empty_url)
-    assert "WHERE" in _key_index(empty_url) and "'prompt'" not in _key_index(empty_url)
+    definition = index_definition(empty_url, "ix_sightings_key_time")
+    assert "WHERE" in definition and "'prompt'" not in definition
     grow_sightings(empty_url)               # planned with rows (0021's index costs the same empty)
     counts, cards = _plans(empty_url)
     assert "ix_sightings_key_time" in counts
@@ -70,22 +54,4 @@ def test_upgrade_on_an_empty_database_keeps_velocity_kinds_only_and_reads_throug
 
 
 def test_upgrade_keeps_sightings_and_downgrades(empty_url):
-    upgrade_database(empty_url, "0018")
-    assert "WHERE" not in _key_index(empty_url)
-    engine = create_engine(empty_url)
-    with engine.begin() as conn:
-        insert_account(conn)
-        conn.execute(text(SIGHTING), {"kind": "ip", "h": "h1"})
-        conn.execute(text(SIGHTING), {"kind": "prompt", "h": "h2"})
-    upgrade_database(empty_url)
-    assert "WHERE" in _key_index(empty_url)
-    with engine.begin() as conn:
-        assert conn.execute(text("SELECT kind FROM sightings WHERE kind = 'ip' AND value_hash = 'h1'")).scalar() == "ip"
-        assert conn.execute(text("SELECT count(*) FROM sightings")).scalar_one() == 2
-    engine.dispose()
-    command.downgrade(alembic_config(empty_url), "0018")
-    assert "WHERE" not in _key_index(empty_url)
-    engine = create_engine(empty_url)
-    with engine.begin() as conn:
-        assert conn.execute(text("SELECT count(*) FROM sightings")).scalar_one() == 2
-    engine.dispose()
+    sightings_kept_while_index_goes_partial(empty_url, "0018", "ix_sightings_key_time")

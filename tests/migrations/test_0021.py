@@ -5,30 +5,15 @@ kinds or accounts they are given."""
 
 from __future__ import annotations
 
-from alembic import command
 from sqlalchemy import create_engine, text
 from sqlalchemy.dialects.postgresql import asyncpg
 
 from kyc.persist import _SHOWN_AND_SIGHTED
-from kyc.runtime import alembic_config, upgrade_database
+from kyc.runtime import upgrade_database
 from kyc.store import _CARD_HISTORY
-from tests.migrations import grow_sightings, insert_account
+from tests.migrations import grow_sightings, index_definition, sightings_kept_while_index_goes_partial
 
 INDEX = "ix_sightings_account_kind_time"
-SIGHTING = ("INSERT INTO sightings (kind, value_hash, account_id, evaluation_id, occurred_at) "
-            "VALUES (:kind, :h, 'a1', 'ev_1', '2026-12-05 06:00:00+00:00')")
-
-
-def _definition(url: str) -> str:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            if url.startswith("sqlite"):
-                return conn.execute(text("SELECT sql FROM sqlite_master WHERE name = :n"), {"n": INDEX}).scalar()
-            return conn.execute(text("SELECT indexdef FROM pg_indexes WHERE indexname = :n "
-                                     "AND schemaname = current_schema()"), {"n": INDEX}).scalar()
-    finally:
-        engine.dispose()
 
 
 def _plans(url: str) -> list[str]:
@@ -55,7 +40,8 @@ def _plans(url: str) -> list[str]:
 
 def test_upgrade_on_an_empty_database_keeps_velocity_kinds_only_and_reads_through_it(empty_url):
     upgrade_database(empty_url)
-    assert "WHERE" in _definition(empty_url) and "'prompt'" not in _definition(empty_url)
+    definition = index_definition(empty_url, INDEX)
+    assert "WHERE" in definition and "'prompt'" not in definition
     grow_sightings(empty_url)
     for plan in _plans(empty_url):
         assert INDEX in plan, plan
@@ -63,22 +49,4 @@ def test_upgrade_on_an_empty_database_keeps_velocity_kinds_only_and_reads_throug
 
 
 def test_upgrade_keeps_sightings_and_downgrades(empty_url):
-    upgrade_database(empty_url, "0020")
-    assert "WHERE" not in _definition(empty_url)
-    engine = create_engine(empty_url)
-    with engine.begin() as conn:
-        insert_account(conn)
-        conn.execute(text(SIGHTING), {"kind": "ip", "h": "h1"})
-        conn.execute(text(SIGHTING), {"kind": "prompt", "h": "h2"})
-    upgrade_database(empty_url)
-    assert "WHERE" in _definition(empty_url)
-    with engine.begin() as conn:
-        assert conn.execute(text("SELECT kind FROM sightings WHERE account_id = 'a1' AND kind = 'ip'")).scalar() == "ip"
-        assert conn.execute(text("SELECT count(*) FROM sightings")).scalar_one() == 2
-    engine.dispose()
-    command.downgrade(alembic_config(empty_url), "0020")
-    assert "WHERE" not in _definition(empty_url)
-    engine = create_engine(empty_url)
-    with engine.begin() as conn:
-        assert conn.execute(text("SELECT count(*) FROM sightings")).scalar_one() == 2
-    engine.dispose()
+    sightings_kept_while_index_goes_partial(empty_url, "0020", INDEX)
