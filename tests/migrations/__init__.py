@@ -91,3 +91,30 @@ def sightings_kept_while_index_goes_partial(url: str, before: str, index: str) -
     with engine.begin() as conn:
         assert conn.execute(text("SELECT count(*) FROM sightings")).scalar_one() == 2
     engine.dispose()
+
+
+def query_plans(url: str, postgresql: list, sqlite: list) -> list[str]:
+    """The plans of `postgresql`'s statements on PostgreSQL, as generic plans (each statement
+    prepared: what kyc's forced generic plans run), or of `sqlite`'s on SQLite (its query plans)."""
+    from sqlalchemy.dialects.postgresql import asyncpg
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if url.startswith("sqlite"):
+                plans = []
+                for statement in sqlite:
+                    compiled = statement.compile(dialect=engine.dialect)
+                    plans.append(" ".join(str(row[-1]) for row in conn.exec_driver_sql(
+                        "EXPLAIN QUERY PLAN " + compiled.string, tuple(compiled.params[k] for k in compiled.positiontup))))
+                return plans
+            conn.execute(text("SET plan_cache_mode = force_generic_plan"))
+            plans = []
+            for n, statement in enumerate(postgresql):
+                compiled = statement.compile(dialect=asyncpg.dialect())        # $n parameters, for PREPARE
+                conn.exec_driver_sql(f"PREPARE plan_{n} AS {compiled.string}")
+                args = ", ".join("NULL" for _ in compiled.positiontup)
+                plans.append(" ".join(conn.exec_driver_sql(f"EXPLAIN EXECUTE plan_{n}({args})").scalars()))
+            return plans
+    finally:
+        engine.dispose()

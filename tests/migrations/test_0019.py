@@ -4,39 +4,19 @@ PostgreSQL's generic plans (kyc.db._generic_plans), which do not know the kind t
 
 from __future__ import annotations
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.dialects.postgresql import asyncpg
-
 from kyc.models import VELOCITY_KINDS
 from kyc.runtime import upgrade_database
 from kyc.signals.velocity import VELOCITY_KEYS
 from kyc.store import _CARD_HISTORY, _sighting_count_statement
-from tests.migrations import grow_sightings, index_definition, sightings_kept_while_index_goes_partial
+from tests.migrations import (grow_sightings, index_definition, query_plans,
+                              sightings_kept_while_index_goes_partial)
 
 
 
 def _plans(url: str) -> list[str]:
     """The plans of the velocity counts from the sightings and of a card's history: generic plans
     (the statements prepared, the kinds parameters) on PostgreSQL, SQLite's query plans."""
-    engine = create_engine(url)
-    plans = []
-    try:
-        with engine.connect() as conn:
-            if url.startswith("sqlite"):
-                for statement in (_sighting_count_statement(1), _CARD_HISTORY):
-                    compiled = statement.compile(dialect=engine.dialect)
-                    plans.append(" ".join(str(row[-1]) for row in conn.exec_driver_sql(
-                        "EXPLAIN QUERY PLAN " + compiled.string, tuple(compiled.params[k] for k in compiled.positiontup))))
-                return plans
-            conn.execute(text("SET plan_cache_mode = force_generic_plan"))
-            for name, statement in (("counts", _sighting_count_statement(1)), ("cards", _CARD_HISTORY)):
-                compiled = statement.compile(dialect=asyncpg.dialect())        # $n parameters, for PREPARE
-                conn.exec_driver_sql(f"PREPARE {name} AS {compiled.string}")
-                args = ", ".join("NULL" for _ in compiled.positiontup)
-                plans.append(" ".join(conn.exec_driver_sql(f"EXPLAIN EXECUTE {name}({args})").scalars()))
-            return plans
-    finally:
-        engine.dispose()
+    return query_plans(url, postgresql=[_sighting_count_statement(1), _CARD_HISTORY], sqlite=[_sighting_count_statement(1), _CARD_HISTORY])
 
 
 def test_the_kinds_are_velocity_s():

@@ -5,13 +5,11 @@ kinds or accounts they are given."""
 
 from __future__ import annotations
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.dialects.postgresql import asyncpg
-
 from kyc.persist import _SHOWN_AND_SIGHTED
 from kyc.runtime import upgrade_database
 from kyc.store import _CARD_HISTORY
-from tests.migrations import grow_sightings, index_definition, sightings_kept_while_index_goes_partial
+from tests.migrations import (grow_sightings, index_definition, query_plans,
+                              sightings_kept_while_index_goes_partial)
 
 INDEX = "ix_sightings_account_kind_time"
 
@@ -19,23 +17,7 @@ INDEX = "ix_sightings_account_kind_time"
 def _plans(url: str) -> list[str]:
     """The plans of a card's history (the cards on its account) and, on PostgreSQL, of linking's
     read of what its accounts were sighted on (generic plans: the statements prepared)."""
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            if url.startswith("sqlite"):
-                compiled = _CARD_HISTORY.compile(dialect=engine.dialect)
-                return [" ".join(str(row[-1]) for row in conn.exec_driver_sql(
-                    "EXPLAIN QUERY PLAN " + compiled.string, tuple(compiled.params[k] for k in compiled.positiontup)))]
-            conn.execute(text("SET plan_cache_mode = force_generic_plan"))
-            plans = []
-            for name, statement in (("cards", _CARD_HISTORY), ("sighted", _SHOWN_AND_SIGHTED)):
-                compiled = statement.compile(dialect=asyncpg.dialect())        # $n parameters, for PREPARE
-                conn.exec_driver_sql(f"PREPARE {name} AS {compiled.string}")
-                args = ", ".join("NULL" for _ in compiled.positiontup)
-                plans.append(" ".join(conn.exec_driver_sql(f"EXPLAIN EXECUTE {name}({args})").scalars()))
-            return plans
-    finally:
-        engine.dispose()
+    return query_plans(url, postgresql=[_CARD_HISTORY, _SHOWN_AND_SIGHTED], sqlite=[_CARD_HISTORY])
 
 
 def test_upgrade_on_an_empty_database_keeps_velocity_kinds_only_and_reads_through_it(empty_url):
