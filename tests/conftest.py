@@ -16,7 +16,7 @@ import weakref
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, text
 
 from kyc import create_app
 from kyc.config import PROJECT_ROOT, Config
@@ -47,15 +47,6 @@ def empty_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'empty.db'}"
     return pg_schema_url(f"kyc_{request.module.__name__.rsplit('.', 1)[-1]}")
-
-
-def sighting_indexes(url: str) -> set[str]:
-    """The names of the sightings table's indexes (migration tests)."""
-    engine = create_engine(url)
-    try:
-        return {index["name"] for index in inspect(engine).get_indexes("sightings")}
-    finally:
-        engine.dispose()
 
 
 def run_schema(name: str) -> str:
