@@ -43,9 +43,10 @@ FIELDS = (
     Field("device.real_browser", "bool",
           "The user agent is a browser kyc recognises, whose parts fit together: a known browser family on a "
           "rendering engine it ships with (Blink, WebKit, Gecko, Trident, EdgeHTML, Presto), on an operating "
-          "system it runs on (Safari only on Apple systems, every iOS browser on WebKit, Internet Explorer only on "
-          "Windows), with engine tokens of its version's era (Safari's WebKit build, Firefox's rv:, Chrome's build "
-          "number, Edge's Chromium), a version already released at the event time, and client hints that agree. "
+          "system it runs on (Safari only on Apple systems, every iOS browser on WebKit, Internet Explorer on "
+          "Windows, up to 5 also on Macs and Unix), with engine tokens of its version's era (Safari's WebKit build, "
+          "Firefox's rv:, Chrome's build number, Edge's Chromium), a version already released at the event time, "
+          "and client hints that agree. "
           "Old but real browsers (ESR, old iPhones, smart TVs) are real browsers, and so are the forms device "
           "standards write instead (feature phones' MIDP and WAP browsers, HbbTV televisions), Netscape Navigator's "
           "own engineless form, a device's name before a browser's Mozilla form, and another vendor's product "
@@ -266,6 +267,9 @@ _OS_OF = {
 # frozen at 10_15, on iOS's WebKit, and keep their own iOS token (`FxiOS/119.0`, `EdgiOS/108`).
 _IPAD_DESKTOP = re.compile(r"Mozilla/5\.0 \(Macintosh; Intel Mac OS X 10_15(?:_\d+)?\) AppleWebKit/605\.1\.15 ")
 _WINDOWS_ONLY = frozenset({"IE", "IE Mobile", "IE Large Screen"})
+# Internet Explorer up to 5 also ran on Macs (IE for Mac: `MSIE 5.23; Mac_PowerPC`) and on Unix
+# workstations (IE for UNIX: `MSIE 5.0; SunOS 5.9 sun4u; X11`); from 6 on, on Windows only.
+_IE_BEFORE_6_BEYOND_WINDOWS = re.compile(r"MSIE [2-5]\.\d+\w*; (?:Mac_|[^()]*\bX11\b)")
 _CHROME_BUILDS = ((28, 1500), (44, 2403), (50, 2661), (60, 3112), (70, 3538), (80, 3987), (90, 4430),
                   (100, 4896), (110, 5481), (120, 6099), (130, 6723), (140, 7339))  # major, its first build
 _CHROME_VERSION = re.compile(r"(?:Chrome|CriOS|Chromium)/(\d+)\.(\d+)\.(\d+)")
@@ -382,7 +386,7 @@ def _model_mismatch(ua: str, family: str, major: Any, os_family: str, os_major: 
                                                  # distribution or BSD it names: `X11; Ubuntu; Linux x86_64`,
                                                  # `X11; FreeBSD amd64`), on Android the stock
                                                  # (AOSP) browser's, and TVs write it too
-    if family in _WINDOWS_ONLY and not os_family.startswith("Windows"):
+    if family in _WINDOWS_ONLY and not os_family.startswith("Windows") and not _IE_BEFORE_6_BEYOND_WINDOWS.search(ua):
         return "os"
     if os_family == "iOS" and engine not in ("webkit",):
         return "engine"                          # every iOS browser is WebKit (Apple's App Store rule)

@@ -290,6 +290,8 @@ OLD_BUT_REAL = {
     "Firefox on an iPad asking for desktop sites (a Mac's platform, its FxiOS token)":
         "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) FxiOS/119.0 "
         "Safari/605.1.15",
+    "Internet Explorer 5 for Mac": "Mozilla/4.0 (compatible; MSIE 5.23; Mac_PowerPC)",
+    "Internet Explorer 5 for UNIX on Solaris": "Mozilla/4.0 (compatible; MSIE 5.0; SunOS 5.9 sun4u; X11)",
     "an app's WebView on Android 4.1 (the stock browser's form) with the app's name after it":
         "Mozilla/5.0 (Linux; U; Android 4.1.1; ru-ru; RMD_600 Build/JRO03C) AppleWebKit/534.30 (KHTML, like Gecko) "
         "Version/4.0 Mobile Safari/534.30 YandexSearch/7.16",
@@ -358,6 +360,10 @@ def test_old_but_real_browsers_are_real_browsers(name):
      "Chrome/41.0.2272.118 Safari/537.36", "tokens"),
     # a monitor's name in Firefox's comment after rv:
     ("Mozilla/5.0 (X11; Linux x86_64; rv:45.0; Rigor) Gecko/20100101 Firefox/45.0", "tokens"),
+    # Internet Explorer 6 and later ran on Windows only (IE for Mac and for UNIX ended with 5)
+    ("Mozilla/4.0 (compatible; MSIE 6.0; Mac_PowerPC)", "os"),
+    ("Mozilla/5.0 (compatible; MSIE 10.0; Macintosh; Intel Mac OS X 10_7_3; Trident/6.0)", "os"),
+    ("Mozilla/4.0 (compatible; MSIE 7.0; X11; Linux x86_64)", "os"),
     # Chrome 160 in January 2026 (Chrome 143 was current)
     ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/160.0.0.0 "
      "Safari/537.36", "version"),
