@@ -127,7 +127,8 @@ _ENGINES = (   # (engine, test that proves it), most specific first; substring t
                                                                 # version; Goanna is Pale Moon's Gecko fork
     ("trident", lambda ua: "MSIE " in ua or "Trident/" in ua),
     ("presto", lambda ua: "Presto/" in ua or ua.startswith("Opera/9.")),
-    ("khtml", lambda ua: "KHTML/" in ua),
+    ("khtml", lambda ua: "KHTML/" in ua or "Konqueror/" in ua),   # KHTML was Konqueror's own engine, which
+                                                    # wrote no token of it before 3.2 (`(compatible; Konqueror/3.1; Linux)`)
     ("ucweb", lambda ua: "UCWEB" in ua or "UCBrowser" in ua or _UC_ENGINE.search(ua) is not None),
 )
 # ua-parser families that are not a browser even with browser-like tokens: HTTP clients and
@@ -136,12 +137,14 @@ _NOT_BROWSERS = frozenset({"HeadlessChrome", "PhantomJS", "Electron", "Python Re
                            "Java", "Apache-HttpClient", "okhttp", "Go-http-client", "Python-urllib"})
 # Browsers ua-parser knows whose user agents carry no modern engine's tokens: text browsers,
 # feature-phone and WAP browsers (Opera Mini renders on Opera's servers), early smartphones,
-# and the browsers of other systems (AmigaOS, Haiku). Real, and rare; not a tool's string.
+# the browsers of other systems (AmigaOS, Haiku), and browsers on an engine of their own before
+# they moved to WebKit (iCab up to 3: `iCab/3.0.5 (Macintosh; U; PPC Mac OS X)`). Real, and rare;
+# not a tool's string.
 ENGINELESS_BROWSERS = frozenset({
     "Lynx", "Links", "ELinks", "w3m", "NCSA Mosaic", "Dillo", "NetSurf", "Amaya", "IBrowse", "AWeb", "Voyager",
     "Opera", "Opera Mini", "Opera Mobile", "UC Browser", "Ovi Browser", "Nokia Browser", "Nokia OSS Browser",
     "Nokia Services (WAP) Browser", "NetFront", "NetFront NX", "BlackBerry", "Obigo", "Openwave", "Polaris",
-    "Teleca Browser"})
+    "Teleca Browser", "iCab"})
 # The grammar of today's big browsers' user agents (Chrome, Chromium Edge and Firefox 100 and
 # later, desktop Safari 13 and later), which nothing follows but a vendor's own token (OPR/,
 # YaBrowser/, HeyTapBrowser/: ua-parser then names that vendor instead) or a comment in

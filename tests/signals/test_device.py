@@ -292,6 +292,9 @@ OLD_BUT_REAL = {
         "Safari/605.1.15",
     "Internet Explorer 5 for Mac": "Mozilla/4.0 (compatible; MSIE 5.23; Mac_PowerPC)",
     "Internet Explorer 5 for UNIX on Solaris": "Mozilla/4.0 (compatible; MSIE 5.0; SunOS 5.9 sun4u; X11)",
+    "Konqueror before it wrote its KHTML engine's token": "Mozilla/5.0 (compatible; Konqueror/3.1; Linux)",
+    "iCab 3 on its own engine, in its own form": "iCab/3.0.5 (Macintosh; U; PPC Mac OS X)",
+    "iCab 3 on its own engine, in the Mozilla form": "Mozilla/5.0 (Macintosh; U; PPC Mac OS X; de-de) iCab/3.0.2",
     "an app's WebView on Android 4.1 (the stock browser's form) with the app's name after it":
         "Mozilla/5.0 (Linux; U; Android 4.1.1; ru-ru; RMD_600 Build/JRO03C) AppleWebKit/534.30 (KHTML, like Gecko) "
         "Version/4.0 Mobile Safari/534.30 YandexSearch/7.16",
@@ -386,6 +389,8 @@ def test_browsers_whose_parts_do_not_fit_together(ua, reason):
     "MyApp/3.2 CFNetwork/1410.0.3 Darwin/22.6.0", "Mozilla/5.0", "",
     # an app's token before a Mozilla form with no engine; engine tokens without their browser's name
     "MyApp/1.0 Mozilla/5.0 (compatible; MyApp)", "Mozilla/5.0/Firefox/42.0", "fetch-client U2/1.0.0",
+    # Konqueror's name proves its engine only in a browser's form
+    "Konqueror/3.5 (Linux)",
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 "
     "Safari/537.36' OR '1'='1",
     # a device's tokens before a Mozilla form only when they are product tokens: not a sentence
