@@ -44,9 +44,9 @@ FIELDS = (
           "The user agent is a browser kyc recognises, whose parts fit together: a known browser family on a "
           "rendering engine it ships with (Blink, WebKit, Gecko, Trident, EdgeHTML, Presto), on an operating "
           "system it runs on (Safari only on Apple systems, every iOS browser on WebKit, Internet Explorer on "
-          "Windows, up to 5 also on Macs and Unix), with engine tokens of its version's era (Safari's WebKit build, "
-          "Firefox's rv:, Chrome's build number, Edge's Chromium), a version already released at the event time, "
-          "and client hints that agree. "
+          "Windows, up to 5 also on Macs, Unix and WebTV), with engine tokens of its version's era (Safari's "
+          "WebKit build, Firefox's rv:, Chrome's build number, Edge's Chromium), a version already released at the "
+          "event time, and client hints that agree. "
           "Old but real browsers (ESR, old iPhones, smart TVs) are real browsers, and so are the forms device "
           "standards write instead (feature phones' MIDP and WAP browsers, HbbTV televisions), Netscape Navigator's "
           "own engineless form, a device's name before a browser's Mozilla form, and another vendor's product "
@@ -270,9 +270,12 @@ _OS_OF = {
 # frozen at 10_15, on iOS's WebKit, and keep their own iOS token (`FxiOS/119.0`, `EdgiOS/108`).
 _IPAD_DESKTOP = re.compile(r"Mozilla/5\.0 \(Macintosh; Intel Mac OS X 10_15(?:_\d+)?\) AppleWebKit/605\.1\.15 ")
 _WINDOWS_ONLY = frozenset({"IE", "IE Mobile", "IE Large Screen"})
-# Internet Explorer up to 5 also ran on Macs (IE for Mac: `MSIE 5.23; Mac_PowerPC`) and on Unix
-# workstations (IE for UNIX: `MSIE 5.0; SunOS 5.9 sun4u; X11`); from 6 on, on Windows only.
-_IE_BEFORE_6_BEYOND_WINDOWS = re.compile(r"MSIE [2-5]\.\d+\w*; (?:Mac_|[^()]*\bX11\b)")
+# Internet Explorer up to 5 also ran on Macs (IE for Mac: `MSIE 5.23; Mac_PowerPC`), on Unix
+# workstations (IE for UNIX: `MSIE 5.0; SunOS 5.9 sun4u; X11`) and on Microsoft's WebTV set-top
+# boxes, which named themselves first (`Mozilla/4.0 WebTV/2.6 (compatible; MSIE 4.0)`); from 6 on,
+# on Windows only.
+_IE_BEFORE_6_BEYOND_WINDOWS = re.compile(r"MSIE [2-5]\.\d+\w*; (?:Mac_|[^()]*\bX11\b)|"
+                                         r"WebTV/[\d.]+ \(compatible; MSIE [2-5]\.")
 _CHROME_BUILDS = ((28, 1500), (44, 2403), (50, 2661), (60, 3112), (70, 3538), (80, 3987), (90, 4430),
                   (100, 4896), (110, 5481), (120, 6099), (130, 6723), (140, 7339))  # major, its first build
 _CHROME_VERSION = re.compile(r"(?:Chrome|CriOS|Chromium)/(\d+)\.(\d+)\.(\d+)")

@@ -292,6 +292,7 @@ OLD_BUT_REAL = {
         "Safari/605.1.15",
     "Internet Explorer 5 for Mac": "Mozilla/4.0 (compatible; MSIE 5.23; Mac_PowerPC)",
     "Internet Explorer 5 for UNIX on Solaris": "Mozilla/4.0 (compatible; MSIE 5.0; SunOS 5.9 sun4u; X11)",
+    "a WebTV set-top box's Internet Explorer": "Mozilla/4.0 WebTV/2.6 (compatible; MSIE 4.0)",
     "Konqueror before it wrote its KHTML engine's token": "Mozilla/5.0 (compatible; Konqueror/3.1; Linux)",
     "iCab 3 on its own engine, in its own form": "iCab/3.0.5 (Macintosh; U; PPC Mac OS X)",
     "iCab 3 on its own engine, in the Mozilla form": "Mozilla/5.0 (Macintosh; U; PPC Mac OS X; de-de) iCab/3.0.2",
@@ -367,6 +368,7 @@ def test_old_but_real_browsers_are_real_browsers(name):
     ("Mozilla/4.0 (compatible; MSIE 6.0; Mac_PowerPC)", "os"),
     ("Mozilla/5.0 (compatible; MSIE 10.0; Macintosh; Intel Mac OS X 10_7_3; Trident/6.0)", "os"),
     ("Mozilla/4.0 (compatible; MSIE 7.0; X11; Linux x86_64)", "os"),
+    ("Mozilla/4.0 WebTV/2.6 (compatible; MSIE 8.0)", "os"),
     # Chrome 160 in January 2026 (Chrome 143 was current)
     ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/160.0.0.0 "
      "Safari/537.36", "version"),
