@@ -42,7 +42,7 @@ FIELDS = (
                                         "an app, script or tool.", False, "kyc"),
     Field("device.real_browser", "bool",
           "The user agent is a browser kyc recognises, whose parts fit together: a known browser family on a "
-          "rendering engine it ships with (Blink, WebKit, Gecko, Trident, EdgeHTML, Presto), on an operating "
+          "rendering engine it ships with (Blink, WebKit, Gecko, Servo, Trident, EdgeHTML, Presto), on an operating "
           "system it runs on (Safari only on Apple systems, every iOS browser on WebKit, Internet Explorer on "
           "Windows, up to 5 also on Macs, Unix and WebTV), with engine tokens of its version's era (Safari's "
           "WebKit build, Firefox's rv:, Chrome's build number, Edge's Chromium), a version already released at the "
@@ -125,6 +125,7 @@ _ENGINES = (   # (engine, test that proves it), most specific first; substring t
                                                     # and China's TD phones' `Browser/AppleWebKit534.30`
     ("gecko", re.compile(r"\) (?:Gecko|Goanna)/\d").search),  # a build date, or Firefox for Android's
                                                                 # version; Goanna is Pale Moon's Gecko fork
+    ("servo", lambda ua: ") Servo/" in ua),         # Mozilla's Servo, in Gecko's place in Firefox's form
     ("trident", lambda ua: "MSIE " in ua or "Trident/" in ua),
     ("presto", lambda ua: "Presto/" in ua or ua.startswith("Opera/9.")),
     ("khtml", lambda ua: "KHTML/" in ua or "Konqueror/" in ua),   # KHTML was Konqueror's own engine, which
@@ -202,7 +203,7 @@ _KHTML_WORDS = re.compile(r"\(KHTML[^()]*;")
 # Comments after the last token, in parentheses or, as in-app browsers write theirs, in brackets
 # (`[FB_IAB/FB4A;FBAV/..;]`, `[Pinterest/Android]`, `[LinkedInApp]`).
 _TRAILING_COMMENTS = re.compile(r"(?:\s*(?:\([^()]*\)|\[[^\[\]]*\]))+\s*$")
-_RV_LAST = re.compile(r"rv:[\w.]+\) (?:Gecko|Goanna)/")
+_RV_LAST = re.compile(r"rv:[\w.]+\) (?:Gecko|Goanna|Servo)/")
 # Firefox OS and KaiOS phones write their device class first and may name the phone or its
 # carrier build after rv: (`(Mobile; rv:48.0; A405DL) Gecko/48.0 Firefox/48.0 KAIOS/2.5`).
 _GECKO_DEVICE_COMMENT = re.compile(r"\((?:Mobile|Tablet|TV)\s*;")
@@ -359,7 +360,8 @@ def _model_mismatch(ua: str, family: str, major: Any, os_family: str, os_major: 
         return None
     if not (_BROWSER_FORM.match(ua) or _APP_THEN_BROWSER.match(ua) or _embeds_browser_form(ua)):
         return None if _DEVICE_FORM.search(ua) else "unrecognised"
-    if engine == "gecko" and "rv:" in ua and not _RV_LAST.search(ua) and not _GECKO_DEVICE_COMMENT.search(ua):
+    if engine in ("gecko", "servo") and "rv:" in ua and not _RV_LAST.search(ua) \
+            and not _GECKO_DEVICE_COMMENT.search(ua):
         return "tokens"                          # Gecko's comment ends with rv:
     if engine is None and _DEVICE_FORM.search(ua):
         return None

@@ -293,6 +293,9 @@ OLD_BUT_REAL = {
     "Internet Explorer 5 for Mac": "Mozilla/4.0 (compatible; MSIE 5.23; Mac_PowerPC)",
     "Internet Explorer 5 for UNIX on Solaris": "Mozilla/4.0 (compatible; MSIE 5.0; SunOS 5.9 sun4u; X11)",
     "a WebTV set-top box's Internet Explorer": "Mozilla/4.0 WebTV/2.6 (compatible; MSIE 4.0)",
+    "Servo writing Firefox's form with its own engine token": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Servo/1.0 "
+                                                              "Firefox/128.0",
+    "an early Servo build on a Mac": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10.10; rv:37.0) Servo/1.0 Firefox/37.0",
     "Konqueror before it wrote its KHTML engine's token": "Mozilla/5.0 (compatible; Konqueror/3.1; Linux)",
     "iCab 3 on its own engine, in its own form": "iCab/3.0.5 (Macintosh; U; PPC Mac OS X)",
     "iCab 3 on its own engine, in the Mozilla form": "Mozilla/5.0 (Macintosh; U; PPC Mac OS X; de-de) iCab/3.0.2",
@@ -362,8 +365,9 @@ def test_old_but_real_browsers_are_real_browsers(name):
     # a word inside WebKit's own (KHTML, like Gecko) comment
     ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko; Google Search Console) "
      "Chrome/41.0.2272.118 Safari/537.36", "tokens"),
-    # a monitor's name in Firefox's comment after rv:
+    # a monitor's name in Firefox's comment after rv: (on Gecko or Servo)
     ("Mozilla/5.0 (X11; Linux x86_64; rv:45.0; Rigor) Gecko/20100101 Firefox/45.0", "tokens"),
+    ("Mozilla/5.0 (X11; Linux x86_64; rv:128.0; Rigor) Servo/1.0 Firefox/128.0", "tokens"),
     # Internet Explorer 6 and later ran on Windows only (IE for Mac and for UNIX ended with 5)
     ("Mozilla/4.0 (compatible; MSIE 6.0; Mac_PowerPC)", "os"),
     ("Mozilla/5.0 (compatible; MSIE 10.0; Macintosh; Intel Mac OS X 10_7_3; Trident/6.0)", "os"),
