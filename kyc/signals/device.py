@@ -234,12 +234,13 @@ def _embeds_browser_form(ua: str) -> bool:
     return at > 0 and _MOZILLA_FORM.match(ua, at) is not None and _DEVICE_PREFIX.fullmatch(ua, 0, at) is not None
 # The forms of browsers on devices that follow a device standard instead of the desktop form:
 # feature phones (the J2ME profile `Profile/MIDP-2.0 Configuration/CLDC-1.1`, Openwave's
-# `UP.Browser/`, MediaTek's MAUI and MRE platform, i-mode's `DoCoMo/1.0/..`), the carrier form of
+# `UP.Browser/`, MediaTek's MAUI and MRE platform, i-mode's `DoCoMo/1.0/..`, a WAP browser naming
+# itself one: `lephone K10/Dorado WAP-Browser/1.0.0`), the carrier form of
 # China's TD-SCDMA phones (`Linux/3.4.5 Android/4.2.2 Release/03.26.2013 Browser/AppleWebKit534.30`)
 # and TV standards (HbbTV's `HbbTV/1.5.1 (<capabilities>; <vendor>; <model>; ..)`, CE-HTML, NetTV).
 # No crawler, library or tool writes these without a bot's own words (which are read first).
-_DEVICE_FORM = re.compile(r"\bMIDP-?\d|UP\.Browser/|\bMAUI\b|\bMRE/\d|^DoCoMo/\d|\bAndroid/[\d.]+ +Release/|"
-                          r"^HbbTV/\d|\bCE-HTML/|\bNETTV/")
+_DEVICE_FORM = re.compile(r"\bMIDP-?\d|UP\.Browser/|\bMAUI\b|\bMRE/\d|^DoCoMo/\d|\bWAP-Browser/\d|"
+                          r"\bAndroid/[\d.]+ +Release/|^HbbTV/\d|\bCE-HTML/|\bNETTV/")
 # The engines of feature-phone and proxy browsers (UC's U2/U3, Opera's Presto) write their own
 # string, which need not start like a desktop browser's (`UCWEB/2.0 (Java; ..) U2/1.0.0 UCBrowser/..`,
 # `Opera/9.80 (J2ME/MIDP; Opera Mini/..) Presto/..`): their engine's tokens with their browser's
