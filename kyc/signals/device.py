@@ -253,10 +253,11 @@ _OWN_FORM = re.compile(r"Presto/\d|UC(?:WEB|Browser|Pro)")
 _NETSCAPE_FORM = re.compile(r"Mozilla/[234]\.\d+\w* (?:\[[\w-]+\] ?)?\((?:[^();]*; ?)*[UIN](?:;[^()]*)?\)")
 # Systems whose only clients that fetch web pages are their own browsers, which predate or never
 # adopted a modern engine (AmigaOS, MorphOS and AROS: IBrowse, AWeb, Voyager; BeOS, Haiku, RISC OS,
-# Syllable, OS/2): no crawler, library or tool names them, so a string naming one as its system is
-# that system's browser, in whatever form it writes it.
-_BROWSER_ONLY_SYSTEMS = re.compile(r"\bAmiga|MorphOS|\bAROS\b|\bBeOS\b|\bHaiku\b|RISC ?OS|\bSyllable\b|\bOS/2\b")
-_BROWSER_ONLY_SYSTEM_WORDS = ("Amiga", "MorphOS", "AROS", "BeOS", "Haiku", "RISC", "Syllable", "OS/2")
+# Syllable, OS/2; Palm OS: Blazer, WebPro, Xiino): no crawler, library or tool names them, so a
+# string naming one as its system is that system's browser, in whatever form it writes it.
+_BROWSER_ONLY_SYSTEMS = re.compile(r"\bAmiga|MorphOS|\bAROS\b|\bBeOS\b|\bHaiku\b|RISC ?OS|\bSyllable\b|\bOS/2\b|"
+                                   r"\bPalm ?OS\b")
+_BROWSER_ONLY_SYSTEM_WORDS = ("Amiga", "MorphOS", "AROS", "BeOS", "Haiku", "RISC", "Syllable", "OS/2", "Palm")
 
 
 def _names_browser_only_system(ua: str) -> bool:

@@ -226,6 +226,7 @@ OLD_BUT_REAL = {
     "a feature phone's Openwave browser": "SIE-S55/16 UP.Browser/6.1.0.5.c.4 (GUI) MMP/1.0 UP.Link/5.1.2.10",
     "a feature phone's MediaTek MAUI browser": "Micromax X246/Q03C MAUI-Browser Profile/MIDP-2.0 Configuration/CLDC-1.1",
     "a feature phone's WAP browser naming itself one": "lephone K10/Dorado WAP-Browser/1.0.0",
+    "a Palm OS browser (its system's only web client)": "Mozilla/5.0 [en] (PalmOS; U; WebPro/3.5; Palm-Zi72)",
     "a TD-SCDMA phone's carrier form": "OPPO_R821T/1.0 Linux/3.4.5 Android/4.2.2 Release/03.26.2013 "
                                        "Browser/AppleWebKit534.30 Mobile Safari/534.30 MBBMS/2.2 System/Android 4.2.2;",
     "an HbbTV television": "HbbTV/1.2.1 (;Philips;MT5580;;;) ANTGalio/3.3.0.26.04",
@@ -446,7 +447,7 @@ def test_generated_user_agents_never_raise_and_never_pass_without_a_browser_form
         assert facts == {"ua_missing": True}
     elif not re.match(r"Mozilla/[1-6]\.\d+[ (]|Opera/9\.", ua) and not re.search(r"Mozilla/[45]\.0 ?\(", ua) \
             and not re.search(r"Presto/|UCWEB|UCBrowser|UCPro|Amiga|MorphOS|AROS|BeOS|Haiku|RISC ?OS|Syllable|OS/2|"
-                              r"MIDP|UP\.Browser/|MAUI|MRE/|DoCoMo/|WAP-Browser/|Android/.*Release/|HbbTV/|"
+                              r"Palm ?OS|MIDP|UP\.Browser/|MAUI|MRE/|DoCoMo/|WAP-Browser/|Android/.*Release/|HbbTV/|"
                               r"CE-HTML/|NETTV/", ua):
         # without a browser's form only the browsers that never had one (Lynx, Opera Mini, WAP, feature
         # phones' and TV standards' own forms) pass
