@@ -83,6 +83,11 @@ AUTOMATION_MARKERS = (
     "got (", "postmanruntime", "insomnia", "guzzlehttp", "ruby", "httpie", "powershell", "winhttp",
 )
 
+# `Java/` with a version is the JDK's own HTTP client (`Java/1.8.0_25`, `Java/17.0.2`); a feature
+# phone's J2ME virtual machine writes its name there instead, next to its MIDP profile
+# (`Java/ASVM/1.1 Profile/MIDP-2.1`, LG's phones' browsers): that is the phone, not the library.
+_JDK_CLIENT = re.compile(r"java/\d")
+
 # Browsers on a 4-week major release cadence: (a major, its stable release date).
 _CADENCE = {
     "Chrome": (121, date(2024, 1, 23)), "Chrome Mobile": (121, date(2024, 1, 23)),
@@ -450,7 +455,8 @@ def _ua_facts(ua: str) -> dict[str, Any]:
 def _facts_of(ua: str) -> dict[str, Any]:
     parsed = _ParsedAgent(ua)
     lowered = ua.lower()
-    marker = next((m for m in AUTOMATION_MARKERS if m in lowered), None)
+    marker = next((m for m in AUTOMATION_MARKERS if m in lowered and (m != "java/" or _JDK_CLIENT.search(lowered))),
+                  None)
     bot = parsed.is_bot or marker is not None or _SELF_DECLARED_BOT.search(lowered) is not None
     if bot:
         device_class = "bot"

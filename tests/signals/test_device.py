@@ -226,6 +226,9 @@ OLD_BUT_REAL = {
     "a feature phone's Openwave browser": "SIE-S55/16 UP.Browser/6.1.0.5.c.4 (GUI) MMP/1.0 UP.Link/5.1.2.10",
     "a feature phone's MediaTek MAUI browser": "Micromax X246/Q03C MAUI-Browser Profile/MIDP-2.0 Configuration/CLDC-1.1",
     "a feature phone's WAP browser naming itself one": "lephone K10/Dorado WAP-Browser/1.0.0",
+    "a feature phone's browser next to its J2ME virtual machine (Java/ASVM, not the JDK's client)":
+        "Mozilla/4.0 (Vodafone/1.0/LG-GU280/v10a Browser/Obigo-Q7.3 MMS/LG-MMS-V1.0/1.2 Java/ASVM/1.1 "
+        "Profile/MIDP-2.1 Configuration/CLDC-1.1)",
     "a Palm OS browser (its system's only web client)": "Mozilla/5.0 [en] (PalmOS; U; WebPro/3.5; Palm-Zi72)",
     "a TD-SCDMA phone's carrier form": "OPPO_R821T/1.0 Linux/3.4.5 Android/4.2.2 Release/03.26.2013 "
                                        "Browser/AppleWebKit534.30 Mobile Safari/534.30 MBBMS/2.2 System/Android 4.2.2;",
@@ -408,6 +411,8 @@ def test_browsers_whose_parts_do_not_fit_together(ua, reason):
     "Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/120.0.6099.109 Mobile Safari/537.36 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
     "rest-client/2.1.0 (linux x86_64) ruby/2.7.6p219",
+    # the JDK's HTTP client names Java with its version
+    "Java/17.0.2", "Mozilla/5.0 (Windows NT 10.0) Java/1.8.0_151",
     # a contact address signs a robot, like a contact URL, even on a browser's string
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 "
     "Safari/537.36 +collection@example-social.com",
