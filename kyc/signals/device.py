@@ -42,11 +42,11 @@ FIELDS = (
                                         "an app, script or tool.", False, "kyc"),
     Field("device.real_browser", "bool",
           "The user agent is a browser kyc recognises, whose parts fit together: a known browser family on a "
-          "rendering engine it ships with (Blink, WebKit, Gecko, Servo, Trident, EdgeHTML, Presto), on an operating "
-          "system it runs on (Safari only on Apple systems, every iOS browser on WebKit, Internet Explorer on "
-          "Windows, up to 5 also on Macs, Unix and WebTV), with engine tokens of its version's era (Safari's "
-          "WebKit build, Firefox's rv:, Chrome's build number, Edge's Chromium), a version already released at the "
-          "event time, and client hints that agree. "
+          "rendering engine it ships with (Blink, WebKit, Gecko, Servo, LibWeb, Trident, EdgeHTML, Presto), on "
+          "an operating system it runs on (Safari only on Apple systems, every iOS browser on WebKit, Internet "
+          "Explorer on Windows, up to 5 also on Macs, Unix and WebTV), with engine tokens of its version's era "
+          "(Safari's WebKit build, Firefox's rv:, Chrome's build number, Edge's Chromium), a version already "
+          "released at the event time, and client hints that agree. "
           "Old but real browsers (ESR, old iPhones, smart TVs) are real browsers, and so are the forms device "
           "standards write instead (feature phones' MIDP and WAP browsers, HbbTV televisions), Netscape Navigator's "
           "own engineless form, a device's name before a browser's Mozilla form, and another vendor's product "
@@ -131,6 +131,8 @@ _ENGINES = (   # (engine, test that proves it), most specific first; substring t
     ("gecko", re.compile(r"\) (?:Gecko|Goanna)/\d").search),  # a build date, or Firefox for Android's
                                                                 # version; Goanna is Pale Moon's Gecko fork
     ("servo", lambda ua: ") Servo/" in ua),         # Mozilla's Servo, in Gecko's place in Firefox's form
+    ("libweb", lambda ua: "LibWeb" in ua or "Ladybird/" in ua),   # Ladybird's own engine (SerenityOS's before),
+                                                    # named or proven by Ladybird's name, as KHTML by Konqueror's
     ("trident", lambda ua: "MSIE " in ua or "Trident/" in ua),
     ("presto", lambda ua: "Presto/" in ua or ua.startswith("Opera/9.")),
     ("khtml", lambda ua: "KHTML/" in ua or "Konqueror/" in ua),   # KHTML was Konqueror's own engine, which

@@ -300,6 +300,8 @@ OLD_BUT_REAL = {
     "a WebTV set-top box's Internet Explorer": "Mozilla/4.0 WebTV/2.6 (compatible; MSIE 4.0)",
     "Servo writing Firefox's form with its own engine token": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Servo/1.0 "
                                                               "Firefox/128.0",
+    "Ladybird on its own engine, LibWeb": "Mozilla/5.0 (Linux; x86_64) LibWeb+LibJS/1.0 Ladybird/1.0",
+    "Ladybird naming only itself": "Mozilla/5.0 (Linux; x86_64) Ladybird/1.0",
     "an early Servo build on a Mac": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10.10; rv:37.0) Servo/1.0 Firefox/37.0",
     "Konqueror before it wrote its KHTML engine's token": "Mozilla/5.0 (compatible; Konqueror/3.1; Linux)",
     "iCab 3 on its own engine, in its own form": "iCab/3.0.5 (Macintosh; U; PPC Mac OS X)",
