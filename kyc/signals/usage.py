@@ -73,6 +73,11 @@ FIELDS = (
           "by the day it runs): a farm's group is the farm, a tool's users keep adding up over weeks, and the "
           "gateway refusing some of them does not shrink it (kyc/usage/lockstep.py); 0 without lockstep. Compare "
           "lockstep_began_together with it.", 0),
+    Field("usage.lockstep_adopters_together", "int",
+          "Of lockstep_adopters, those that began on that template within a day of when this one did, whether or "
+          "not they used it that day: a farm's accounts set going together stay together in it when the gateway "
+          "holds most of them, which shrinks lockstep_began_together (kyc/usage/lockstep.py). A start in kyc's "
+          "first two days of usage counts for none, as for lockstep_began_together.", 0),
     Field("usage.woke_together", "int",
           "On the day the account woke from a dormancy longer than KYC_DORMANT_DAYS: other accounts that woke the "
           "same UTC day and used any of its prompt templates that are not popular (KYC_USAGE_POPULAR_PROMPT) that "

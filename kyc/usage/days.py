@@ -77,6 +77,7 @@ def usage_facts(runtime, session: Session, account_id: str, day: dict[str, Any],
         facts.update(lockstep[wanted[:2]])
     elif day["day"] == at.date():
         facts.update(lockstep_accounts=0, lockstep_woke=0, lockstep_began_together=0, lockstep_adopters=0,
+                     lockstep_adopters_together=0,
                      woke_together=0)
     if day["day"] == at.date():
         members = ([dict(r) for r in session.execute(_CLUSTER_DAYS, {"day": day["day"], "account_id": account_id})

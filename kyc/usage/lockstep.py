@@ -97,9 +97,10 @@ _THEIRS = _DAYS_USES.where(in_list(_U.c.account_id, "accounts"))
 # the templates' adopters: 50 templates of 5,000 adopters each counted in 20 to 160 ms on
 # PostgreSQL (EXPLAIN ANALYZE, a bitmap scan of the key and the rows' days; by the machine's load
 # and whether the rows had been read since they were written), 5 of 600 each in 1-4 ms.
-_ADOPTERS = (select(_S.c.value_hash, func.count()).where(in_list(_S.c.value_hash, "hashes"),
-                                                          _S.c.day <= bindparam("by"))
-             .group_by(_S.c.value_hash))
+# By day begun, for how many began near this account's own start (lockstep_adopters_together).
+_ADOPTERS = (select(_S.c.value_hash, _S.c.day, func.count()).where(in_list(_S.c.value_hash, "hashes"),
+                                                                   _S.c.day <= bindparam("by"))
+             .group_by(_S.c.value_hash, _S.c.day))
 _READ_CHUNK = 1000
 # Where kyc began watching: its first day of usage (one step of ix_activity_days_day).
 _WATCHED_SINCE = select(func.min(_D.c.day))
@@ -185,7 +186,7 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
     for account_id, day, woke in wanted:
         by_day.setdefault(day, {})[account_id] = woke
         out[(account_id, day)] = {"lockstep_accounts": 0, "lockstep_woke": 0, "lockstep_began_together": 0,
-                                  "lockstep_adopters": 0, "woke_together": 0}
+                                  "lockstep_adopters": 0, "lockstep_adopters_together": 0, "woke_together": 0}
     for day, woke in by_day.items():
         mine: dict[str, dict[str, int]] = {}
         held_by: dict[str, int] = {}                             # template -> accounts that used it that day
@@ -258,11 +259,19 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
             facts.update(lockstep_accounts=len(lockstep), lockstep_woke=len(lockstep & woken),
                          lockstep_began_together=together)
         hashes = sorted({h for shared in shared_in_lockstep.values() for h in shared})
-        adopters: dict[str, int] = {}
+        begun: dict[str, dict[date, int]] = {}                   # template -> day begun -> accounts
         for i in range(0, len(hashes), _READ_CHUNK):
-            adopters.update(session.execute(_ADOPTERS, {"by": max(day, adopted_by or day),
-                                                           "hashes": hashes[i:i + _READ_CHUNK]}).all())
+            for value_hash, start, n in session.execute(_ADOPTERS, {"by": max(day, adopted_by or day),
+                                                                    "hashes": hashes[i:i + _READ_CHUNK]}):
+                begun.setdefault(value_hash, {})[start] = n
         for account_id, shared in shared_in_lockstep.items():
-            out[(account_id, day)]["lockstep_adopters"] = max(
-                adopters.get(h, 0) - ((account_id, h) in kept) for h in shared)
+            def adopters(h: str) -> int:
+                return sum(begun.get(h, {}).values()) - ((account_id, h) in kept)
+            widest = max(sorted(shared), key=adopters)
+            ours = began[(account_id, widest)]
+            near = sum(n for start, n in begun.get(widest, {}).items()
+                       if abs((start - ours).days) <= BEGAN_WITHIN and start > censored_to)
+            out[(account_id, day)].update(
+                lockstep_adopters=adopters(widest),
+                lockstep_adopters_together=(near - ((account_id, widest) in kept)) if ours > censored_to else 0)
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import date, datetime, timedelta, timezone
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, insert, select
@@ -41,9 +42,11 @@ def _signups(client, auth, prefix: str, n: int, signed_up: str = SIGNED_UP) -> l
     return ids
 
 
-def _report(account: str, fingerprints: dict, hour: int = 10, cv: float = 0.04, requests: int = 27) -> dict:
-    return {"account_id": account, "occurred_at": f"{WOKE}T{hour:02d}:30:00Z", "window_seconds": 1800,
-            "requests": requests, "prompt_fingerprints": fingerprints, "interval_cv": cv, "tier": "free"}
+def _report(account: str, fingerprints: dict, hour: int = 10, cv: float | None = 0.04, requests: int = 27) -> dict:
+    """A report of half an hour; `cv=None`: a gateway that does not time requests sends no interval_cv."""
+    report = {"account_id": account, "occurred_at": f"{WOKE}T{hour:02d}:30:00Z", "window_seconds": 1800,
+              "requests": requests, "prompt_fingerprints": fingerprints, "tier": "free"}
+    return report if cv is None else {**report, "interval_cv": cv}
 
 
 def test_a_farm_waking_together_on_shared_rare_templates_is_blocked(client, auth, runtime):
@@ -207,7 +210,7 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, dormant: dict[
     for account, day, woke in wanted:
         mine = {t: h for (a, t), h in uses.items() if a == account and held[t] <= popular}
         facts = {"lockstep_accounts": 0, "lockstep_woke": 0, "lockstep_began_together": 0, "lockstep_adopters": 0,
-                 "woke_together": 0}
+                 "lockstep_adopters_together": 0, "woke_together": 0}
         if len(mine) >= SHARED or (woke and mine):
             others = {a for (a, t) in uses if t in mine and a != account}
             woken = {a for a in others if dormant.get(a, 0) > limit}
@@ -229,12 +232,25 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, dormant: dict[
                     began += (abs(theirs - ours) <= timedelta(days=BEGAN_WITHIN)
                               and min(theirs, ours) > since + timedelta(days=BEGAN_WITHIN))
                 # Adopters: the accounts other than this one whose start on a template is kept, by the day
-                # (or the later adopted_by), for the template of the group's with the most.
+                # (or the later adopted_by), for the template of the group's with the most (the first by
+                # name of those with as many); of them, those begun within BEGAN_WITHIN days of this one's
+                # start on it, both after kyc's first days.
                 by = max(day, adopted_by or day)
-                adopters = max((sum(1 for (a, t2), d in starts.items() if t2 == t and a != account and d <= by)
-                                for t in group_templates), default=0)
+                near = timedelta(days=BEGAN_WITHIN)
+
+                def adopters_of(t):
+                    return [d for (a, t2), d in starts.items() if t2 == t and a != account and d <= by]
+
+                adopters, adopters_together = 0, 0
+                if group_templates:
+                    widest = max(sorted(group_templates), key=lambda t: len(adopters_of(t)))
+                    ours = starts.get((account, widest), day)
+                    adopters = len(adopters_of(widest))
+                    adopters_together = sum(1 for d in adopters_of(widest) if abs(d - ours) <= near
+                                            and d > since + near) if ours > since + near else 0
                 facts.update(lockstep_accounts=len(together), lockstep_woke=len(together & woken),
-                             lockstep_began_together=began, lockstep_adopters=adopters)
+                             lockstep_began_together=began, lockstep_adopters=adopters,
+                             lockstep_adopters_together=adopters_together)
         out[(account, day)] = facts
     return out
 
@@ -340,15 +356,21 @@ def _post_before(client, auth, back: int, reports: list[dict], time: str = "10:3
     assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
 
 
-def _own_trickle(client, auth, accounts: list[str], days: int = 10) -> None:
+def _own_trickle(client, auth, accounts: list[str], days: int = 10, last: int = 1) -> None:
     """A request a day on each account's own template, at a human pace, over the `days` days
-    before WOKE: active, so not waking today."""
-    for back in range(days, 0, -1):
+    before WOKE up to `last` days before it: active, so not waking today."""
+    for back in range(days, last - 1, -1):
         _post_before(client, auth, back, [_report(a, {f"pf_own_{a}": 1}, requests=1, cv=1.5) for a in accounts],
                      time="08:30:00")
 
 
-def test_an_agent_tool_s_users_who_adopted_it_over_weeks_are_not_a_machine_group(client, auth, runtime):
+# Machine-regular traffic, and a gateway that does not time requests (no interval_cv): a group's
+# beginnings decide alone then (lockstep_machine_group).
+PACES = pytest.mark.parametrize("cv", [0.1, None], ids=["machine_pace", "no_interval_cv"])
+
+
+@PACES
+def test_an_agent_tool_s_users_who_adopted_it_over_weeks_are_not_a_machine_group(client, auth, runtime, cv):
     """An outside red-team: 600 of 600 users of a mid-size agent tool (its handful of system
     prompts, machine-regular, never dormant) were held by lockstep_machine_group. They share the
     tool's templates in the same hours, as a farm does; but they began on them one or two a day
@@ -357,8 +379,8 @@ def test_an_agent_tool_s_users_who_adopted_it_over_weeks_are_not_a_machine_group
     tool = {f"pf_agent_{k}": 5 for k in range(4)}
     # User i adopted the tool 24 - i days before today and has used it every day since.
     for back in range(24, 0, -1):
-        _post_before(client, auth, back, [_report(a, tool, cv=0.1) for a in users[:25 - back]])
-    results = client.post("/v1/activity", json={"reports": [_report(a, tool, cv=0.1) for a in users]},
+        _post_before(client, auth, back, [_report(a, tool, cv=cv) for a in users[:25 - back]])
+    results = client.post("/v1/activity", json={"reports": [_report(a, tool, cv=cv) for a in users]},
                           headers=auth).json["results"]
     assert not any(r["woke_up"] for r in results)
     facts = _facts_today(runtime, users[12])
@@ -367,13 +389,14 @@ def test_an_agent_tool_s_users_who_adopted_it_over_weeks_are_not_a_machine_group
     assert [r["decision"] for r in results] == ["allow"] * 24
 
 
-def test_a_farm_that_began_on_its_templates_together_is_held_without_waking(client, auth, runtime):
+@PACES
+def test_a_farm_that_began_on_its_templates_together_is_held_without_waking(client, auth, runtime, cv):
     """Never dormant (its accounts kept up a trickle of their own traffic), a farm still begins on
     its shared templates together: lockstep_machine_group holds it."""
     farm = _signups(client, auth, "farm", 24)
     _own_trickle(client, auth, farm)
     templates = {f"pf_farm_{k}": 5 for k in range(4)}
-    results = client.post("/v1/activity", json={"reports": [_report(a, templates) for a in farm]},
+    results = client.post("/v1/activity", json={"reports": [_report(a, templates, cv=cv) for a in farm]},
                           headers=auth).json["results"]
     assert not any(r["woke_up"] for r in results)
     assert [r["decision"] for r in results] == ["review"] * 24
@@ -381,23 +404,51 @@ def test_a_farm_that_began_on_its_templates_together_is_held_without_waking(clie
     assert "lockstep_machine_group" in reasons
 
 
-def test_a_tool_s_next_adopters_are_not_a_machine_group_while_its_first_are_refused(client, auth, runtime):
+@PACES
+def test_a_tool_s_next_adopters_are_not_a_machine_group_while_its_first_are_refused(client, auth, runtime, cv):
     """A tool's earlier adopters that the gateway refuses today send no templates, so today's lockstep
     group is only the newest adopters, all begun together. In `kyc simulate --usage` that held each next
     day's adopters of an agent tool in turn; the tool's adopters (prompt_starts) still count everyone."""
     tool = {f"pf_agent_{k}": 5 for k in range(4)}
     earlier = _signups(client, auth, "early", 60)
     for i in range(0, 60, 6):                       # six a day over the ten days before, then refused
-        _post_before(client, auth, 3 + i // 6, [_report(a, tool, cv=0.1) for a in earlier[i:i + 6]])
+        _post_before(client, auth, 3 + i // 6, [_report(a, tool, cv=cv) for a in earlier[i:i + 6]])
     newest = _signups(client, auth, "newest", 24)
     _own_trickle(client, auth, newest)
-    results = client.post("/v1/activity", json={"reports": [_report(a, tool, cv=0.1) for a in newest]},
+    results = client.post("/v1/activity", json={"reports": [_report(a, tool, cv=cv) for a in newest]},
                           headers=auth).json["results"]
     assert not any(r["woke_up"] for r in results)
     usage = _facts_today(runtime, newest[0])
     # Today's group alone began together, as a farm's does; the tool's adopters are 83 besides this one.
     assert (usage["lockstep_accounts"], usage["lockstep_began_together"], usage["lockstep_adopters"]) == (23, 23, 83)
     assert [r["decision"] for r in results] == ["allow"] * 24
+
+
+@PACES
+def test_a_farm_s_remnant_is_a_machine_group_while_the_gateway_refuses_the_rest(client, auth, runtime, cv):
+    """The mirror of the tool's next adopters: 40 of a farm's accounts began on its templates
+    yesterday and are held (refused today, they send no templates); 24 more began today. Today's
+    group alone is 24 of 63 adopters, as a tool's newest adopters are; but every adopter began within a day of
+    this one (lockstep_adopters_together), where the tool's began over weeks. `kyc simulate --usage` without
+    interval_cv: the farm's accounts whose lockstep group stayed small on the day it woke were served
+    for the rest of the week, 25% of what the farm meant to send."""
+    templates = {f"pf_farm_{k}": 5 for k in range(4)}
+    first, rest = _signups(client, auth, "first", 40), _signups(client, auth, "rest", 24)
+    # Their own trickle before (not dormant), on other days than the farm's: a day's interval_cv is
+    # its reports' that gave one.
+    _own_trickle(client, auth, first, last=2)
+    _own_trickle(client, auth, rest)
+    _post_before(client, auth, 1, [_report(a, templates, cv=cv) for a in first], time="11:30:00")
+    assert {client.get(f"/v1/accounts/{a}", headers=auth).json["decision"] for a in first} == {"review"}
+    refused = [{**_report(a, {}, cv=None), "requests": 0, "refused": 27} for a in first]
+    results = client.post("/v1/activity", json={"reports": refused + [_report(a, templates, cv=cv) for a in rest]},
+                          headers=auth).json["results"][40:]
+    usage = _facts_today(runtime, rest[0])
+    assert (usage["lockstep_accounts"], usage["lockstep_began_together"], usage["lockstep_adopters"],
+            usage["lockstep_adopters_together"]) == (23, 23, 63, 63)
+    assert [r["decision"] for r in results] == ["review"] * 24
+    reasons = {r["rule"] for r in client.get(f"/v1/accounts/{rest[0]}", headers=auth).json["reasons"]}
+    assert "lockstep_machine_group" in reasons
 
 
 def test_a_tool_s_users_already_on_it_when_kyc_began_watching_are_not_a_machine_group(client, auth, runtime):
