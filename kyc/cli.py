@@ -898,6 +898,9 @@ def simulate(seed: int, legit: int, farms: int, farm_size: int, days: float, war
     world = sim.history(seed, legit, farms, farm_size, days, runtime.geoip,
                         netintel.datacenter_asns if netintel else frozenset(), warmup_days=warmup_days)
     measured = sum(1 for a in world.accounts.values() if a.measured)
+    # Which rules: KYC_RULES_DIR's default, `rules`, is read from the working directory when it has
+    # one, so a copy of the code run from another checkout scores with that checkout's rules.
+    click.echo(f"rules: {runtime.rules.root} ({runtime.rules.version})")
     click.echo(f"posting {len(world.events)} events for {len(world.accounts)} accounts, {measured} measured (seed {seed}, "
                f"{legit} legit over {days:g} days after {warmup_days:g} days of warm-up, {farms} farm(s) of {farm_size})")
     composition = world.composition()

@@ -175,3 +175,14 @@ def test_an_unknown_revision_or_redis_db_ends_in_one_line(env):
     no_such_db = CliRunner().invoke(main, ["jobs"], env={**env, "KYC_REDIS_URL": beyond})
     assert no_such_db.exit_code == 1 and "DB index is out of range" in no_such_db.stderr
     assert no_such_db.exception is None or isinstance(no_such_db.exception, SystemExit)
+
+
+def test_simulate_names_the_rules_it_scores_with(env, tmp_path):
+    """KYC_RULES_DIR's default is read from the working directory when it has a rules/ of its own,
+    so a copy of the code run from another checkout scored with that checkout's rules, unsaid."""
+    from kyc.engine.loader import rules_version
+
+    result = run({**env, "KYC_DATABASE_URL": ""}, "simulate", "--legit", "20", "--farms", "1", "--farm-size", "5",
+                 "--days", "0.1", "--warmup-days", "0")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == f"rules: {RULES_DIR} ({rules_version(RULES_DIR)})"
