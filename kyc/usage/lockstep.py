@@ -168,7 +168,9 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
     Woke together: the other accounts that woke that day and used any of its uncommon templates.
     Adopters: the accounts that had begun on the template by the day, or by `adopted_by` when the
     day is read again later (a rescore: what is known now, so a tool's launch adopters held as
-    a group are released once the tool has grown past them).
+    a group are released once the tool has grown past them); and of those, the ones that began
+    on it within BEGAN_WITHIN days of this account (lockstep_adopters_together: a farm's remnant,
+    the rest of it held and silent, began with all of them; a tool's newest adopters did not).
 
     Who can be in lockstep with an account of k templates is read from its k - SHARED + 1 least
     used ones: another account holding SHARED of the k lacks at most k - SHARED of them, so it
@@ -264,14 +266,16 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
             for value_hash, start, n in session.execute(_ADOPTERS, {"by": max(day, adopted_by or day),
                                                                     "hashes": hashes[i:i + _READ_CHUNK]}):
                 begun.setdefault(value_hash, {})[start] = n
+        adopters = {h: sum(days.values()) for h, days in begun.items()}
         for account_id, shared in shared_in_lockstep.items():
-            def adopters(h: str) -> int:
-                return sum(begun.get(h, {}).values()) - ((account_id, h) in kept)
-            widest = max(sorted(shared), key=adopters)
+            # The template most others began on (the first by name of as many); this account's own
+            # kept start is no adopter of its own.
+            widest = max(sorted(shared), key=lambda h: adopters.get(h, 0) - ((account_id, h) in kept))
+            mine_kept = (account_id, widest) in kept
             ours = began[(account_id, widest)]
             near = sum(n for start, n in begun.get(widest, {}).items()
                        if abs((start - ours).days) <= BEGAN_WITHIN and start > censored_to)
             out[(account_id, day)].update(
-                lockstep_adopters=adopters(widest),
-                lockstep_adopters_together=(near - ((account_id, widest) in kept)) if ours > censored_to else 0)
+                lockstep_adopters=adopters.get(widest, 0) - mine_kept,
+                lockstep_adopters_together=near - mine_kept if ours > censored_to else 0)
     return out
