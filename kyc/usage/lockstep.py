@@ -51,7 +51,8 @@ the daily rescore takes the accounts the gateway refused the day before (kyc.res
 selector "refused"), and a rescore counts the adopters known now, not those of the day that held
 it. A farm's templates gain no adopters but the farm's, so its accounts stay held; a farm that
 set going more accounts on its templates than it held, later, would release the first ones, while
-each new batch begins together and is held in turn (blocks stay: kyc.scoring.decide).
+each new batch begins together and is held in turn (the usage rules hold for review; a person's or a
+cluster action's block stays: kyc.scoring.decide).
 """
 
 from __future__ import annotations

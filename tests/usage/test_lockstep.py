@@ -1,5 +1,5 @@
 """Lockstep (kyc/usage/lockstep.py): accounts sharing uncommon prompt templates in the same
-hours are a group; popular templates link nobody; a farm waking together is blocked at once."""
+hours are a group; popular templates link nobody; a farm waking together is held at once."""
 
 from __future__ import annotations
 
@@ -49,14 +49,14 @@ def _report(account: str, fingerprints: dict, hour: int = 10, cv: float | None =
     return report if cv is None else {**report, "interval_cv": cv}
 
 
-def test_a_farm_waking_together_on_shared_rare_templates_is_blocked(client, auth, runtime):
+def test_a_farm_waking_together_on_shared_rare_templates_is_held(client, auth, runtime):
     farm = _signups(client, auth, "farm", 25)
     templates = [f"pf_farm_{k}" for k in range(6)]
     # Each account draws five of the six templates: any two share at least four.
     reports = [_report(a, {t: 5 for t in templates if t != templates[i % 6]}) for i, a in enumerate(farm)]
     results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
     assert all(r["woke_up"] for r in results)
-    assert [r["decision"] for r in results] == ["block"] * 25
+    assert [r["decision"] for r in results] == ["review"] * 25
     account = client.get(f"/v1/accounts/{farm[0]}", headers=auth).json
     assert "lockstep_farm_waking" in {r["rule"] for r in account["reasons"]}
     assert client.get(f"/v1/accounts/{farm[0]}/entitlement?tier=free", headers=auth).json["allowed"] is False
@@ -467,12 +467,16 @@ def test_a_tool_s_users_already_on_it_when_kyc_began_watching_are_not_a_machine_
     assert [r["decision"] for r in results] == ["allow"] * 24
 
 
+@pytest.mark.parametrize("waking", [False, True], ids=["active_before", "waking_on_launch"])
 def test_a_tool_s_launch_adopters_held_as_a_group_are_released_once_it_grows_and_a_farm_is_not(
-        client, auth, runtime):
+        client, auth, runtime, waking):
     """A tool's first users begin on it together, as a farm's accounts do, and are held. Held, they
     send nothing that would re-evaluate them: `kyc simulate --usage` found them held for good. The
     daily rescore takes the held accounts the gateway refused the day before, and counts the
-    templates' adopters known now: the tool has grown past its first users, the farm has not."""
+    templates' adopters known now: the tool has grown past its first users, the farm has not.
+    `waking`: the first users signed up long before and wake on the tool's launch day, as a farm
+    waking does (lockstep_farm_waking); `kyc simulate --usage --seed 7373` found 22 of them
+    blocked for good when that rule blocked."""
     from kyc.rescore.background import drain
     from kyc.rescore.schedule import rescore_daily
 
@@ -481,8 +485,9 @@ def test_a_tool_s_launch_adopters_held_as_a_group_are_released_once_it_grows_and
     launch, farm = _signups(client, auth, "launch", 24), _signups(client, auth, "farm", 24)
     later = _signups(client, auth, "later", 30)
     held = launch + farm
-    for back in range(12, 8, -1):                   # kyc watching since 12 days before: nobody dormant
-        _post_before(client, auth, back, [_report(a, {f"pf_own_{a}": 1}, requests=1, cv=1.5) for a in held + later])
+    active = farm + later + ([] if waking else launch)
+    for back in range(12, 8, -1):                   # kyc watching since 12 days before: dormant only if waking
+        _post_before(client, auth, back, [_report(a, {f"pf_own_{a}": 1}, requests=1, cv=1.5) for a in active])
     _post_before(client, auth, 8, [_report(a, tool, cv=0.1) for a in launch]
                  + [_report(a, farm_templates) for a in farm])
     assert {client.get(f"/v1/accounts/{a}", headers=auth).json["decision"] for a in held} == {"review"}
@@ -504,8 +509,9 @@ def test_a_tool_s_launch_adopters_held_as_a_group_are_released_once_it_grows_and
         usage = s.execute(select(Evaluation.signals).where(Evaluation.account_id == launch[0],
                                                            Evaluation.trigger == "rescore")
                           .order_by(Evaluation.created_at.desc()).limit(1)).scalar_one()["usage"]
-    # Began together with its 23 launch peers, of 53 other adopters by now (23 + 30).
+    # Began (and woke) together with its 23 launch peers, of 53 other adopters by now (23 + 30).
     assert (usage["lockstep_began_together"], usage["lockstep_adopters"]) == (23, 53)
+    assert usage["lockstep_woke"] == (23 if waking else 0)
     for a in farm:
         answer = client.get(f"/v1/accounts/{a}", headers=auth).json
         assert answer["decision"] == "review" and "lockstep_machine_group" in {r["rule"] for r in answer["reasons"]}
