@@ -137,7 +137,8 @@ def test_arguments_a_command_cannot_use_are_refused_before_it_runs(env):
     for args, said in [(["geoip", "lookup", "not-an-ip"], "not an IPv4 or IPv6 address"),
                        (["outbox", "--limit", "-1"], "--limit"),
                        (["simulate", "--days", "0"], "--days"),
-                       (["simulate", "--usage", "--usage-sizes", "1,2"], "five whole numbers")]:
+                       (["simulate", "--usage", "--usage-sizes", "1,2"], "five whole numbers"),
+                       (["simulate", "--usage", "--usage-farm-wake-days", "4"], "--usage-farm-wake-days")]:
         result = CliRunner().invoke(main, args, env=env)
         assert result.exit_code == 2 and said in result.output and "Traceback" not in result.output, (args, result.output)
 

@@ -91,16 +91,30 @@ def _hourly(account: Account, hour: int, requests: int, cv: float, prompts: dict
     account.hours[hour].append(report)
 
 
+def _wake_later(account: Account, hours: int) -> None:
+    """Move the account's usage `hours` later, each report with its hour; what falls past the week is dropped."""
+    if not hours:
+        return
+    moved: dict[int, list[dict]] = defaultdict(list)
+    for hour, reports in account.hours.items():
+        if hour + hours < DAYS * 24:
+            for report in reports:
+                report["occurred_at"] = _z(WEEK_FROM + timedelta(hours=hour + hours + 1))
+            moved[hour + hours] = reports
+    account.hours = moved
+
+
 def _spread(total: int, slots: int) -> list[int]:
     base, extra = divmod(total, slots)
     return [base + (1 if i < extra else 0) for i in range(slots)]
 
 
-def populations(seed: int, light: int, heavy: int, companies: int, tool_users: int, farm: int, agent_users: int = 0
-                ) -> tuple[list[Account], list[dict]]:
+def populations(seed: int, light: int, heavy: int, companies: int, tool_users: int, farm: int, agent_users: int = 0,
+                *, farm_wake_days: int = 1) -> tuple[list[Account], list[dict]]:
     """The accounts with their week of hourly usage, and their signups (in time order). Hours
     before the week (negative) are the steady heavy users' and the agent tool's users' history,
-    one report a day."""
+    one report a day. `farm_wake_days`: the farm wakes over that many days, an equal share each
+    day (a more careful farm; 1: within hours); everything else is drawn the same."""
     rng = random.Random(seed)
     agent_rng = random.Random(seed * 7919 + 1)                 # the other populations draw as before
     history_rng = random.Random(seed * 7919 + 2)
@@ -159,6 +173,7 @@ def populations(seed: int, light: int, heavy: int, companies: int, tool_users: i
                 a.ip = _home_ip(rng)                            # a residential proxy exit per hour
                 _hourly(a, h, n, rng.uniform(0.02, 0.08), {rng.choice(drawn): n} if n else {}, rng,
                         tokens=(300, 2400))
+        _wake_later(a, (i % farm_wake_days) * 24)              # drawn as above, so nothing else changes
         accounts.append(a)
     for i in range(agent_users):
         a = Account(f"agent_{i}", "agent_tool", "free", _home_ip(agent_rng))
