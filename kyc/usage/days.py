@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from kyc.models import ActivityDay, ClusterMember
 from kyc.persist import in_list
 from kyc.signals.usage import cluster_usage_signals, usage_signals
-from kyc.usage.lockstep import SHARED, lockstep_facts
+from kyc.usage.lockstep import NO_LOCKSTEP, SHARED, lockstep_facts
 
 _DAY = ActivityDay.__table__
 # The latest day the account was served: a day the gateway refused it everything (it was held)
@@ -76,9 +76,7 @@ def usage_facts(runtime, session: Session, account_id: str, day: dict[str, Any],
                                       dormant=runtime.config.dormant_days, adopted_by=adopted_by)
         facts.update(lockstep[wanted[:2]])
     elif day["day"] == at.date():
-        facts.update(lockstep_accounts=0, lockstep_woke=0, lockstep_began_together=0, lockstep_adopters=0,
-                     lockstep_adopters_together=0,
-                     woke_together=0)
+        facts.update(NO_LOCKSTEP)
     if day["day"] == at.date():
         members = ([dict(r) for r in session.execute(_CLUSTER_DAYS, {"day": day["day"], "account_id": account_id})
                     .mappings()] if linked else []) or [day]

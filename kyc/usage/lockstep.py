@@ -108,6 +108,9 @@ _WATCHED_SINCE = select(func.min(_D.c.day))
 
 
 _USE_COLUMNS = ("value_hash", "day", "account_id", "hours")
+# The facts of an account in no group that day (lockstep_facts starts each from these).
+NO_LOCKSTEP = {"lockstep_accounts": 0, "lockstep_woke": 0, "lockstep_began_together": 0, "lockstep_adopters": 0,
+               "lockstep_adopters_together": 0, "woke_together": 0}
 
 
 def hours_mask(hours: list[int] | None) -> int:
@@ -188,8 +191,7 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
     censored_to: date | None = None                              # starts up to this day are kyc's own start
     for account_id, day, woke in wanted:
         by_day.setdefault(day, {})[account_id] = woke
-        out[(account_id, day)] = {"lockstep_accounts": 0, "lockstep_woke": 0, "lockstep_began_together": 0,
-                                  "lockstep_adopters": 0, "lockstep_adopters_together": 0, "woke_together": 0}
+        out[(account_id, day)] = dict(NO_LOCKSTEP)
     for day, woke in by_day.items():
         mine: dict[str, dict[str, int]] = {}
         held_by: dict[str, int] = {}                             # template -> accounts that used it that day

@@ -77,11 +77,19 @@ def _z(at: datetime) -> str:
     return at.isoformat().replace("+00:00", "Z")
 
 
+def _hour_end(hour: int) -> str:
+    """When a report of the week's `hour` is filed: the end of its hour's window."""
+    return _z(WEEK_FROM + timedelta(hours=hour + 1))
+
+
+def _without_cv(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k != "interval_cv"}
+
+
 def _hourly(account: Account, hour: int, requests: int, cv: float, prompts: dict[str, int], rng: random.Random,
             tokens: tuple[int, int] = (800, 1200)) -> None:
-    at = WEEK_FROM + timedelta(hours=hour + 1)
     report = {
-        "account_id": account.id, "occurred_at": _z(at), "window_seconds": 3600, "requests": requests,
+        "account_id": account.id, "occurred_at": _hour_end(hour), "window_seconds": 3600, "requests": requests,
         "tier": account.tier, "ip": account.ip, "api_key_id": f"key_{account.id}",
         "user_agent": "python-httpx/0.27.0", "tokens_in": requests * tokens[0],
         "tokens_out": requests * tokens[1], "models": {"model-large": requests},
@@ -99,7 +107,7 @@ def _wake_later(account: Account, hours: int) -> None:
     for hour, reports in account.hours.items():
         if hour + hours < DAYS * 24:
             for report in reports:
-                report["occurred_at"] = _z(WEEK_FROM + timedelta(hours=hour + hours + 1))
+                report["occurred_at"] = _hour_end(hour + hours)
             moved[hour + hours] = reports
     account.hours = moved
 
@@ -244,9 +252,9 @@ def run(client, headers: dict, accounts: list[Account], signups: list[dict], ech
                     served[a.population] += report["requests"] if counted else 0
                 else:                                            # the gateway refuses the hour
                     denied_accounts[a.population].add(a.id)
-                    report = {**{k: v for k, v in report.items() if k != "interval_cv"}, "refused": report["requests"],
-                              "requests": 0, "prompt_fingerprints": {}}
-                batch.append(report if interval_cv else {k: v for k, v in report.items() if k != "interval_cv"})
+                    report = {**_without_cv(report), "refused": report["requests"], "requests": 0,
+                              "prompt_fingerprints": {}}
+                batch.append(report if interval_cv else _without_cv(report))
         for i in range(0, len(batch), 1000):
             answer = client.post("/v1/activity", json={"reports": batch[i:i + 1000]}, headers=headers)
             if answer.status_code != 200:
