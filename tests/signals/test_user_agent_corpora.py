@@ -24,6 +24,7 @@ def test_corpora_are_large_enough_to_measure():
     assert sizes["fake-useragent"] > 300 and sizes["crawler-user-agents"] > 2000
     assert sizes["isbot-crawlers"] > 500 and sizes["uap-core-crawlers"] > 200 and sizes["isbot-browsers"] > 450
     assert sizes["device-detector-browsers"] > 30000 and sizes["device-detector-bots"] > 1000
+    assert sizes["intoli-browsers"] > 3000
 
 
 def test_apps_own_clients_are_counted_apart_from_the_browsers_they_were_listed_with():
