@@ -75,9 +75,12 @@ FIELDS = (
     Field("device.form_fill_ms", "int", "Milliseconds from form render to submit, as reported.", 5400, "input"),
 )
 
-# Lower-cased substrings of automation tools and HTTP libraries, most specific first.
+# Lower-cased substrings of automation tools and HTTP libraries, most specific first. The headless
+# renderers built on QtWebKit, as PhantomJS was, write a browser's WebKit form with their own name in
+# it and nothing else amiss: Scrapy's Splash (`(KHTML, like Gecko) splash Version/9.0 Safari/602.1`)
+# and wkhtmltopdf's `wkhtmltoimage`/`wkhtmltopdf`.
 AUTOMATION_MARKERS = (
-    "headlesschrome", "phantomjs", "slimerjs", "selenium", "webdriver", "puppeteer", "playwright",
+    "headlesschrome", "phantomjs", "slimerjs", "splash ", "wkhtmlto", "selenium", "webdriver", "puppeteer", "playwright",
     "python-requests", "python-urllib", "python-httpx", "aiohttp", "httpx", "scrapy", "curl/", "wget/",
     "go-http-client", "okhttp", "java/", "apache-httpclient", "libwww-perl", "node-fetch", "axios/", "undici",
     "got (", "postmanruntime", "insomnia", "guzzlehttp", "ruby", "httpie", "powershell", "winhttp",

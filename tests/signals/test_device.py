@@ -70,12 +70,23 @@ def test_most_crawlers_are_bots_and_nearly_all_are_bots_or_non_browsers():
     ("Go-http-client/1.1", "go-http-client"),
     ("Wget/1.21.4", "wget"),
     ("okhttp/4.12.0", "okhttp"),
+    # QtWebKit headless renderers: Scrapy's Splash and wkhtmltopdf's wkhtmltoimage
+    ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/602.1 (KHTML, like Gecko) splash Version/9.0 Safari/602.1",
+     "splash"),
+    ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/538.1 (KHTML, like Gecko) wkhtmltoimage Safari/538.1", "wkhtmlto"),
 ])
 def test_automation_markers_that_user_agents_misses(ua, marker):
     assert legacy_parse(ua).is_bot is False          # the gap this signal closes
     facts = device_signals(ua, None)
     assert facts["headless"] is True and facts["bot"] is True and facts["class"] == "bot"
     assert facts["automation"] == marker
+
+
+def test_a_phone_model_named_like_a_headless_renderer_is_still_a_browser():
+    phone = ("Mozilla/5.0 (Linux; Android 10; Splash Build/QP1A.190711.020) AppleWebKit/537.36 (KHTML, like Gecko) "
+             "Chrome/131.0.6778.135 Mobile Safari/537.36")
+    facts = device_signals(phone, None)
+    assert facts["real_browser"] is True and not facts["headless"] and not facts["bot"]
 
 
 def test_crawler_corpus_automation_tools_are_marked():
