@@ -27,6 +27,16 @@ def test_corpora_are_large_enough_to_measure():
     assert sizes["intoli-browsers"] > 3000
 
 
+def test_the_intoli_corpus_is_vendored_with_its_licence_and_without_generated_rows():
+    from kyc.simulate import GENERATED_CHROME
+
+    assert "BSD" in (corpora.DATA / "user-agents-LICENSE").read_text(encoding="utf-8")
+    lines = (corpora.DATA / "intoli-user-agents.txt").read_text(encoding="utf-8").splitlines()
+    agents = [ua for ua in lines if not ua.startswith("#")]
+    assert agents == sorted(set(agents)) and not any(GENERATED_CHROME.search(ua) for ua in agents)
+    assert set(corpora.corpus("intoli-browsers")) <= set(agents)
+
+
 def test_apps_own_clients_are_counted_apart_from_the_browsers_they_were_listed_with():
     apps = set(corpora.corpus("app-clients"))
     assert len(apps) > 50
