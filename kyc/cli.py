@@ -838,9 +838,9 @@ def clusters_rebuild() -> None:
 
 def _usage_sizes(_ctx, _param, value: str) -> tuple[int, ...]:
     parts = [p.strip() for p in value.split(",")]
-    if len(parts) not in (5, 6) or not all(p.isdigit() for p in parts):
+    if len(parts) not in (5, 6, 7) or not all(p.isdigit() for p in parts):
         raise click.BadParameter("five whole numbers separated by commas: light,heavy,companies,tool users,farm "
-                                 "(or six: then agent-tool users)")
+                                 "(or six: then agent-tool users; seven: then workshop participants)")
     return tuple(int(p) for p in parts)
 
 
@@ -858,11 +858,12 @@ def _usage_sizes(_ctx, _param, value: str) -> tuple[int, ...]:
 @click.option("--redis-url", default="", help="velocity in this Redis (use a db of its own: it is flushed)")
 @click.option("--usage", "usage_phase", is_flag=True,
               help="then a week of API usage (kyc/usage/simulate.py): light, heavy, company, popular-tool, agent-tool "
-                   "users and a distillation farm, reported in bulk; prints farm requests served and legitimate "
-                   "requests denied")
-@click.option("--usage-sizes", default="300,30,8,2000,400,600", show_default=True, callback=_usage_sizes,
+                   "users, a workshop's participants and a distillation farm, reported in bulk; prints farm requests "
+                   "served and legitimate requests denied")
+@click.option("--usage-sizes", default="300,30,8,2000,400,600,40", show_default=True, callback=_usage_sizes,
               help="usage phase: light users, heavy users, companies, popular-tool users, farm accounts, and "
-                   "(optional, 0 without) users of a mid-size agent tool who adopted it over the weeks before")
+                   "(optional, 0 without) users of a mid-size agent tool who adopted it over the weeks before, "
+                   "and (optional, 0 without) participants of a workshop who begin together in one lab session")
 @click.option("--usage-without-interval-cv", "usage_without_cv", is_flag=True,
               help="usage phase: the simulated gateway does not time requests (sends no interval_cv)")
 @click.option("--usage-farm-wake-days", default=1, show_default=True, type=click.IntRange(1, 3),

@@ -14,6 +14,11 @@ Populations (all sign up cleanly first, weeks before the week of usage):
   the six weeks before the week (and during it), each running it every day since, at a
   machine-regular pace, on the tool's handful of system-prompt templates (too few users for them
   to be popular); the weeks before the week are reported one day's window at a time;
+- a workshop (a course's lab session): participants who signed up weeks before, at enrolment, and
+  never used the API, all begin together in one two-hour session, from the campus's one address,
+  on the course's handful of templates that nobody else uses, at a human pace; about half come
+  back from home on a later day. Usage alone shows what a farm's wake shows (dormant accounts
+  acting together on rare templates); the pace is what differs;
 - a distillation farm: clean signups through residential proxies, dormant, then waking within
   hours of each other, each account about 27 calls a day, machine-regular, drawing its prompts
   from one rare set of templates nobody else uses.
@@ -36,6 +41,7 @@ from datetime import datetime, timedelta, timezone
 
 SIGNUPS_FROM = datetime(2026, 8, 1, tzinfo=timezone.utc)
 WEEK_FROM = datetime(2026, 11, 20, tzinfo=timezone.utc)
+CAMPUS_IP = "128.59.1.10"                # a university's NAT address: the lab session's one address
 DAYS = 7
 TOOLS = [f"pf_tool_{name}" for name in ("codeassist", "chatui", "sqlhelper", "translator", "summariser")]
 AGENT_TEMPLATES = [f"pf_agent_{name}" for name in ("system", "planner", "tool_call", "critic", "summary")]
@@ -118,7 +124,7 @@ def _spread(total: int, slots: int) -> list[int]:
 
 
 def populations(seed: int, light: int, heavy: int, companies: int, tool_users: int, farm: int, agent_users: int = 0,
-                *, farm_wake_days: int = 1) -> tuple[list[Account], list[dict]]:
+                workshop: int = 0, *, farm_wake_days: int = 1) -> tuple[list[Account], list[dict]]:
     """The accounts with their week of hourly usage, and their signups (in time order). Hours
     before the week (negative) are the steady heavy users' and the agent tool's users' history,
     one report a day. `farm_wake_days`: the farm wakes over that many days, an equal share each
@@ -126,6 +132,7 @@ def populations(seed: int, light: int, heavy: int, companies: int, tool_users: i
     rng = random.Random(seed)
     agent_rng = random.Random(seed * 7919 + 1)                 # the other populations draw as before
     history_rng = random.Random(seed * 7919 + 2)
+    workshop_rng = random.Random(seed * 7919 + 3)
     accounts: list[Account] = []
     for i in range(light):
         a = Account(f"light_{i}", "light", "free", _home_ip(rng))
@@ -198,6 +205,22 @@ def populations(seed: int, light: int, heavy: int, companies: int, tool_users: i
             for h in range(start, start + length):
                 used = agent_rng.sample(AGENT_TEMPLATES, agent_rng.randint(3, 5))
                 _hourly(a, day * 24 + h, per_hour, cv, {t: max(1, per_hour // len(used)) for t in used}, agent_rng)
+        accounts.append(a)
+    course = [f"pf_course_{seed}_{k}" for k in range(6)]
+    session = workshop_rng.randrange(0, DAYS - 2) * 24 + workshop_rng.randrange(13, 19)   # 13-19 UTC: a US class
+    for i in range(workshop):
+        a = Account(f"workshop_{i}", "workshop", "free", CAMPUS_IP)
+        for h in (session, session + 1):
+            n = workshop_rng.randint(3, 40)
+            used = workshop_rng.sample(course, workshop_rng.randint(3, 5))
+            _hourly(a, h, n, workshop_rng.uniform(0.5, 2.0), {t: max(1, n // len(used)) for t in used}, workshop_rng)
+        a.ip = _home_ip(workshop_rng)                          # signed up, and comes back, from home
+        if workshop_rng.random() < 0.5:
+            day = workshop_rng.randrange(session // 24 + 1, DAYS)
+            n = workshop_rng.randint(2, 20)
+            used = workshop_rng.sample(course, workshop_rng.randint(2, 3))
+            _hourly(a, day * 24 + workshop_rng.randrange(14, 23), n, workshop_rng.uniform(0.5, 2.0),
+                    {t: max(1, n // len(used)) for t in used}, workshop_rng)
         accounts.append(a)
     signups = []
     for n, a in enumerate(accounts):
@@ -287,6 +310,8 @@ def summary(result: dict) -> dict[str, float]:
         # Of the agent tool's users, the share the gateway refused at any time (the weeks before too).
         "agent_tool_denied_share": (len(result["denied_accounts"].get("agent_tool", ()))
                                     / result["accounts"]["agent_tool"]) if result["accounts"].get("agent_tool") else 0.0,
+        "workshop_denied_share": (len(result["denied_accounts"].get("workshop", ()))
+                                  / result["accounts"]["workshop"]) if result["accounts"].get("workshop") else 0.0,
     }
 
 
@@ -306,3 +331,6 @@ def report(result: dict, echo=print) -> None:
     if result["accounts"].get("agent_tool"):
         echo(f"agent-tool users denied at any time  {s['agent_tool_denied_share']:7.2%} of "
              f"{result['accounts']['agent_tool']} (goal 0)")
+    if result["accounts"].get("workshop"):
+        echo(f"workshop participants denied at any time {s['workshop_denied_share']:7.2%} of "
+             f"{result['accounts']['workshop']} (goal 0)")

@@ -71,3 +71,43 @@ def test_a_farm_waking_over_days_wakes_a_share_each_day_and_everyone_else_is_dra
     for a in slow:
         for hour, reports in a.hours.items():
             assert all(r["occurred_at"] == usage_sim._z(usage_sim.WEEK_FROM + timedelta(hours=hour + 1)) for r in reports)
+
+
+def test_a_workshop_begins_together_from_the_campus_and_everyone_else_is_drawn_the_same():
+    without, signups = usage_sim.populations(7, 4, 2, 1, 10, 30, 20)
+    accounts, with_signups = usage_sim.populations(7, 4, 2, 1, 10, 30, 20, 30)
+    workshop = [a for a in accounts if a.population == "workshop"]
+    assert len(workshop) == 30
+    first = {min(a.hours) for a in workshop}
+    assert len(first) == 1                                  # one session, its two hours, for everyone
+    session = first.pop()
+    for a in workshop:
+        reports = a.hours[session] + a.hours[session + 1]
+        assert len(reports) == 2 and all(r["ip"] == usage_sim.CAMPUS_IP for r in reports)
+        assert all(r["interval_cv"] >= 0.5 for r in reports)           # a human pace
+        assert all(3 <= len(r["prompt_fingerprints"]) <= 5 for r in reports)
+        later = [r for h, rs in a.hours.items() if h > session + 1 for r in rs]
+        assert all(r["ip"] != usage_sim.CAMPUS_IP for r in later)     # back from home, if at all
+    templates = {t for a in workshop for rs in a.hours.values() for r in rs for t in r["prompt_fingerprints"]}
+    assert templates and not templates & {t for a in accounts if a.population != "workshop"
+                                          for rs in a.hours.values() for r in rs for t in r["prompt_fingerprints"]}
+    assert [(a.id, dict(a.hours)) for a in accounts if a.population != "workshop"] == [
+        (a.id, dict(a.hours)) for a in without]
+    assert {s["account_id"]: s for s in signups}.items() <= {
+        s["account_id"]: s for s in with_signups}.items()
+    # Signed up at enrolment, weeks before the session, from home.
+    joined = {s["account_id"]: s for s in with_signups if s["account_id"].startswith("workshop_")}
+    assert len(joined) == 30 and all(s["ip"] != usage_sim.CAMPUS_IP for s in joined.values())
+    assert all(s["occurred_at"] < usage_sim._z(usage_sim.WEEK_FROM) for s in joined.values())
+
+
+def test_the_summary_counts_workshop_participants_ever_denied():
+    result = {"wanted": {"farm": 100, "light": 50, "workshop": 40}, "served": {"farm": 5, "light": 50, "workshop": 20},
+              "final": {}, "denied_accounts": {"farm": ["f1"], "workshop": ["w1", "w2"]},
+              "accounts": {"farm": 1, "light": 1, "workshop": 4}, "reports": 3, "seconds": 1.0}
+    summary = usage_sim.summary(result)
+    assert summary["workshop_denied_share"] == 0.5 and summary["farm_served_share"] == 0.05
+    assert summary["legit_denied_share"] == 1 - 70 / 90
+    lines = []
+    usage_sim.report(result, echo=lines.append)
+    assert any(line.startswith("workshop participants denied at any time") and "50.00% of 4" in line for line in lines)
