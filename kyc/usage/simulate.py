@@ -118,21 +118,33 @@ def _wake_later(account: Account, hours: int) -> None:
     account.hours = moved
 
 
+def _human_pace(account: Account, rng: random.Random) -> None:
+    """Give the account's reports a person's irregular pace (what they carry of interval_cv)."""
+    for reports in account.hours.values():
+        for report in reports:
+            if "interval_cv" in report:
+                report["interval_cv"] = round(rng.uniform(0.6, 2.0), 3)
+
+
 def _spread(total: int, slots: int) -> list[int]:
     base, extra = divmod(total, slots)
     return [base + (1 if i < extra else 0) for i in range(slots)]
 
 
 def populations(seed: int, light: int, heavy: int, companies: int, tool_users: int, farm: int, agent_users: int = 0,
-                workshop: int = 0, *, farm_wake_days: int = 1) -> tuple[list[Account], list[dict]]:
+                workshop: int = 0, *, farm_wake_days: int = 1, farm_human_pace: bool = False
+                ) -> tuple[list[Account], list[dict]]:
     """The accounts with their week of hourly usage, and their signups (in time order). Hours
     before the week (negative) are the steady heavy users' and the agent tool's users' history,
     one report a day. `farm_wake_days`: the farm wakes over that many days, an equal share each
-    day (a more careful farm; 1: within hours); everything else is drawn the same."""
+    day (a more careful farm; 1: within hours); `farm_human_pace`: the farm jitters its requests'
+    timing as people's is (interval_cv 0.6-2.0, as the popular tools' users; the pace is measured
+    on traffic the farm sends, so it can fake it); everything else is drawn the same."""
     rng = random.Random(seed)
     agent_rng = random.Random(seed * 7919 + 1)                 # the other populations draw as before
     history_rng = random.Random(seed * 7919 + 2)
     workshop_rng = random.Random(seed * 7919 + 3)
+    pace_rng = random.Random(seed * 7919 + 4)
     accounts: list[Account] = []
     for i in range(light):
         a = Account(f"light_{i}", "light", "free", _home_ip(rng))
@@ -189,6 +201,8 @@ def populations(seed: int, light: int, heavy: int, companies: int, tool_users: i
                 _hourly(a, h, n, rng.uniform(0.02, 0.08), {rng.choice(drawn): n} if n else {}, rng,
                         tokens=(300, 2400))
         _wake_later(a, (i % farm_wake_days) * 24)              # drawn as above, so nothing else changes
+        if farm_human_pace:
+            _human_pace(a, pace_rng)
         accounts.append(a)
     for i in range(agent_users):
         a = Account(f"agent_{i}", "agent_tool", "free", _home_ip(agent_rng))

@@ -111,3 +111,21 @@ def test_the_summary_counts_workshop_participants_ever_denied():
     lines = []
     usage_sim.report(result, echo=lines.append)
     assert any(line.startswith("workshop participants denied at any time") and "50.00% of 4" in line for line in lines)
+
+
+def test_a_farm_at_a_human_pace_differs_only_in_the_pace_it_reports():
+    machine, signups = usage_sim.populations(9, 4, 2, 1, 10, 30, 10, 10)
+    human, human_signups = usage_sim.populations(9, 4, 2, 1, 10, 30, 10, 10, farm_human_pace=True)
+    assert human_signups == signups
+
+    def without_cv(accounts):
+        return [(a.id, {h: [usage_sim._without_cv(r) for r in rs] for h, rs in a.hours.items()}) for a in accounts]
+
+    assert without_cv(human) == without_cv(machine)
+    assert [(a.id, dict(a.hours)) for a in human if a.population != "farm"] == [
+        (a.id, dict(a.hours)) for a in machine if a.population != "farm"]
+    cvs = [r["interval_cv"] for a in human if a.population == "farm" for rs in a.hours.values() for r in rs
+           if "interval_cv" in r]
+    assert cvs and all(0.6 <= cv <= 2.0 for cv in cvs)
+    assert all(r["interval_cv"] < 0.1 for a in machine if a.population == "farm" for rs in a.hours.values()
+               for r in rs if "interval_cv" in r)
