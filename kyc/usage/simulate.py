@@ -321,12 +321,16 @@ def summary(result: dict) -> dict[str, float]:
         "legit_denied_share": 1 - served_legit / wanted_legit if wanted_legit else 0.0,
         "heavy_or_company_denied": float(len(result["denied_accounts"].get("heavy", ()))
                                          + len(result["denied_accounts"].get("company", ()))),
-        # Of the agent tool's users, the share the gateway refused at any time (the weeks before too).
-        "agent_tool_denied_share": (len(result["denied_accounts"].get("agent_tool", ()))
-                                    / result["accounts"]["agent_tool"]) if result["accounts"].get("agent_tool") else 0.0,
-        "workshop_denied_share": (len(result["denied_accounts"].get("workshop", ()))
-                                  / result["accounts"]["workshop"]) if result["accounts"].get("workshop") else 0.0,
+        # Of the agent tool's users and the workshop's participants, the share the gateway refused at
+        # any time (the weeks before too).
+        "agent_tool_denied_share": _ever_denied(result, "agent_tool"),
+        "workshop_denied_share": _ever_denied(result, "workshop"),
     }
+
+
+def _ever_denied(result: dict, population: str) -> float:
+    accounts = result["accounts"].get(population)
+    return len(result["denied_accounts"].get(population, ())) / accounts if accounts else 0.0
 
 
 def report(result: dict, echo=print) -> None:
