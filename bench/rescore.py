@@ -2,10 +2,12 @@
 
     python bench/rescore.py --quick            # 20,000 accounts
     python bench/rescore.py                    # 1,000,000 accounts (the issue's scale)
+    python bench/rescore.py --quick --cluster-size 20000   # one farm's cluster of 20,000
 
 Seeds a private PostgreSQL schema (COPY: accounts and their signup evaluation, with its
 sightings, and each account's membership of a cluster of its own, as scoring leaves an account
-that shares nothing; then ANALYZE, since the server may run without autovacuum),
+that shares nothing, or with --cluster-size of a farm's cluster and the edges that link it;
+then ANALYZE, since the server may run without autovacuum),
 empties the Redis db (where velocity is counted: every count starts from this account alone),
 enqueues one `rescore --all` run on Redis, starts `kyc worker --burst` processes and times them
 until the run is finished. (A rescore reads the sightings only to know which velocity keys to
@@ -91,8 +93,11 @@ def body(i: int, rng: random.Random) -> dict:
     }
 
 
-def seed(runtime: Runtime, n: int) -> None:
-    """COPY n accounts, each with one stored signup evaluation and its sightings."""
+def seed(runtime: Runtime, n: int, cluster_size: int = 1) -> None:
+    """COPY n accounts, each with one stored signup evaluation and its sightings, in clusters of
+    `cluster_size` consecutive accounts (1: each its own). A larger cluster is linked as a farm's
+    is, in a chain: each 50 members share a device, and a phone range overlaps each pair of
+    device groups (graph edges of both), so a rescore reads what links each member."""
     rng = random.Random(7)
     lookups = Lookups(runtime.rules.lists, None, SECRET, runtime.geoip)
     # One real evaluation gives the stored shape (signals, reasons) every seeded row reuses.
@@ -101,24 +106,29 @@ def seed(runtime: Runtime, n: int) -> None:
         signals, version = json.dumps(template.signals), template.rules_version
     with runtime.engine.begin() as conn:
         conn.execute(text("TRUNCATE accounts, evaluations, sightings, clusters, cluster_members, rescore_runs, "
-                          "rescore_batches CASCADE"))
+                          "rescore_batches, graph_edges CASCADE"))
     raw = runtime.engine.raw_connection()
     try:
         cur = raw.cursor()
         now = datetime.now(timezone.utc)
         step = 50_000
         for start in range(0, n, step):
-            accounts, evaluations, sightings, clusters, members = [], [], [], [], []
+            accounts, evaluations, sightings, clusters, members, edges = [], [], [], [], [], []
             for i in range(start, min(n, start + step)):
                 inp = SignupInput.model_validate(body(i, rng))
                 at = inp.occurred_at
                 ev = new_id("ev")
                 subjects = {"signup": {"evaluation_id": ev, "occurred_at": at.isoformat(), "decision": "allow",
                                        "score": 0, "reasons": [], "required_verifications": []}}
-                cluster = f"cl_{i:08d}"
+                cluster = f"cl_{i // cluster_size:08d}"
                 accounts.append((inp.account_id, now, at, at, "allow", 0, "[]", "[]", ev, json.dumps(subjects), 1, now))
-                clusters.append((cluster, 1, at, now, now, 0, 0, 0, 0, 0, 0))
+                if i % cluster_size == 0:
+                    first = datetime(2025, 1, 1, tzinfo=timezone.utc)     # the members' events are later
+                    clusters.append((cluster, min(cluster_size, n - i), first, now, now, 0, 0, 0, 0, 0, 0))
                 members.append((inp.account_id, cluster, at, False, False, False, False, False, False))
+                if cluster_size > 1:
+                    edges += [("device", f"farm_d{i // 50}", inp.account_id),
+                              ("phone_range", f"farm_p{(i + 25) // 50}", inp.account_id)]
                 evaluations.append((ev, inp.account_id, "signup", "live", at, now, json.dumps(inp.stored()), signals,
                                     "[]", "allow", 0, "[]", version))
                 for kind, value_hash in _hashed(lookups, static_signals(inp, lookups, at)[1]):
@@ -133,6 +143,7 @@ def seed(runtime: Runtime, n: int) -> None:
             _copy(cur, "evaluations (id, account_id, subject, trigger, occurred_at, created_at, input, signals, "
                        "reasons, decision, score, required_verifications, rules_version)", evaluations)
             _copy(cur, "sightings (kind, value_hash, account_id, evaluation_id, occurred_at)", sightings)
+            _copy(cur, "graph_edges (kind, value_hash, account_id)", edges)
             raw.commit()
             print(f"  seeded {min(n, start + step):,}", end="\r", flush=True)
         cur.execute("ANALYZE")
@@ -195,6 +206,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--baseline-sample", type=int, default=2000)
     parser.add_argument("--reuse", action="store_true", help="keep the seeded schema of a previous run")
+    parser.add_argument("--cluster-size", type=int, default=1,
+                        help="accounts per cluster (1: each its own; e.g. 25000: one farm, linked in a chain)")
     args = parser.parse_args()
     n = 20_000 if args.quick else args.accounts
 
@@ -213,7 +226,7 @@ def main() -> None:
     runtime = Runtime.start(config, migrate=False)
     if not args.reuse:
         t = time.perf_counter()
-        seed(runtime, n)
+        seed(runtime, n, args.cluster_size)
         print(f"seeded {n:,} accounts in {time.perf_counter() - t:.1f}s")
 
     with runtime.session() as session:
