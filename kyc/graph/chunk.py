@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, case, insert, select, update
 from sqlalchemy.orm import Session
 
 from kyc.graph.core import GROWTH_CAP, GROWTH_SPAN, Attachment, one_member
-from kyc.graph.readout import growth, newest_join
+from kyc.graph.readout import growth, newest_join, shared_kinds
 from kyc.models import MEMBER_FLAGS, Cluster, ClusterMember
 
 GROWTH_READ_AHEAD = 2_000     # members whose join times a chunk reads for a cluster's growth
@@ -54,6 +54,7 @@ class ChunkGraph:
         if len(self.read) < len(self.read_cluster_ids):
             raise ChunkStale("a cluster of the chunk was merged away while it was read")
         self.joined: dict[str, list[datetime]] = defaultdict(list)
+        self.shared: dict[str, list[str]] | None = None     # shared_kinds of the chunk, read when first asked
         ahead = sorted(cid for cid, c in self.read.items() if 1 < c.size <= GROWTH_READ_AHEAD)
         if ahead:
             for cluster_id, joined_at in session.execute(select(ClusterMember.cluster_id, ClusterMember.joined_at)
@@ -95,6 +96,13 @@ class ChunkGraph:
         """newest_join, from the join times read with the chunk when the cluster is small enough."""
         times = self.joined.get(cluster.id)
         return times[-1] if times else newest_join(session, cluster.id)
+
+    def shared_kinds(self, session: Session, account_id: str) -> list[str]:
+        """shared_kinds, read for all the chunk's members of clusters of two or more at once."""
+        if self.shared is None:
+            self.shared = shared_kinds(session, [a for a, m in self.read_members.items()
+                                                 if self.read[m["cluster_id"]].size > 1])
+        return self.shared.get(account_id, [])
 
     def write(self, session: Session) -> None:
         """Add the chunk's counter changes to its clusters, then write its new and changed

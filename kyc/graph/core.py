@@ -56,6 +56,11 @@ LINK_KINDS: dict[str, str] = {
 }
 STRONG = frozenset(kind for kind, strength in LINK_KINDS.items() if strength == "strong")
 WEAK = frozenset(kind for kind, strength in LINK_KINDS.items() if strength == "weak")
+# The kinds that show what accounts work on, not who holds them: people who work together (an
+# office's staff, a course's participants) share them honestly, together with their network, and
+# are linked by them. A member linked only with them (linked_by_work_only) is in its cluster for
+# working with the others, which the usage rules judge: the cluster's size alone says little.
+SHARED_WORK = frozenset({"prompt"})
 WEAK_KINDS_NEEDED = 2
 GROWTH_CAP = 10_000          # members counted by graph.cluster_growth_24h (bounded index scan)
 GROWTH_SPAN = timedelta(hours=24)
@@ -95,11 +100,12 @@ class ClusterFacts:
     headless: int
     labeled_fraud: int
     blocked: int
+    linked_by_work_only: bool = False
 
     @classmethod
-    def of(cls, cluster, growth_24h: int) -> "ClusterFacts":
+    def of(cls, cluster, growth_24h: int, linked_by_work_only: bool = False) -> "ClusterFacts":
         return cls(cluster.id, cluster.size, growth_24h, cluster.first_seen_at, cluster.disposable, cluster.voip,
-                   cluster.hosting, cluster.headless, cluster.labeled_fraud, cluster.blocked)
+                   cluster.hosting, cluster.headless, cluster.labeled_fraud, cluster.blocked, linked_by_work_only)
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,16 @@ def may_link(shared_kinds: Iterable[str]) -> bool:
     any of them: a shared strong kind, or shared weak kinds enough (linked_accounts)."""
     kinds = set(shared_kinds)
     return bool(kinds & STRONG) or len(kinds & WEAK) >= WEAK_KINDS_NEEDED
+
+
+def linked_by_work_only(shared_kinds: Iterable[str]) -> bool:
+    """Whether a member that shares nodes of these kinds with other members of its cluster is
+    linked to them only with the SHARED_WORK kinds: without them, what it shares could not link
+    it (may_link). The kinds are pooled over the other members, so a member that shares a weak
+    kind with one and another weak kind with a second counts as linked without them: the error
+    keeps the member's cluster size counting against it, never the reverse."""
+    kinds = set(shared_kinds)
+    return bool(kinds & SHARED_WORK) and not may_link(kinds - SHARED_WORK)
 
 
 def linked_accounts(account: Hashable, members: dict[Node, list[Hashable]]) -> set[Hashable]:

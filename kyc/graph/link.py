@@ -22,7 +22,7 @@ from sqlalchemy import Integer, bindparam, case, cast, delete, func, insert, ins
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from kyc.graph.core import (LINK_KINDS, WEAK, GROWTH_CAP, Attachment, Node, Policy, as_loaded, chunks, components,
+from kyc.graph.core import (LINK_KINDS, SHARED_WORK, WEAK, GROWTH_CAP, Attachment, Node, Policy, as_loaded, chunks, components,
                             growth_column, growth_window, keep_ids, linked_accounts, locked_with_growth, add_cluster,
                             may_link, one_member, rose, store)
 from kyc.models import MEMBER_FLAGS, Cluster, ClusterMember, GraphEdge, GraphNode
@@ -342,7 +342,7 @@ _CLUSTERS_OF = (select(ClusterMember.account_id, ClusterMember.cluster_id, Clust
 def link_many(session: Session, policy: Policy, fresh: dict[str, dict[Node, datetime]]) -> list[str]:
     """Link a batch of accounts' nodes, each new to its account (account -> node -> first time;
     none a super-node as read), in the caller's transaction, the accounts locked by it: the
-    accounts whose cluster changed.
+    accounts whose cluster changed, or that a new node links by more than shared work.
 
     Every node is counted and its edges added in one statement for the whole batch (its node
     rows locked in sorted order, as attach locks them: no deadlock), and a node that crossed its
@@ -388,7 +388,10 @@ def link_many(session: Session, policy: Policy, fresh: dict[str, dict[Node, date
     for account_id in linking:
         # Its new nodes are held now: attach links it through every node it holds.
         attached = attach(session, policy, account_id, min(fresh[account_id].values()), identifiers=())
-        if (attached.cluster.id, attached.cluster.size) != before.get(account_id):
+        # Its cluster changed; or its new nodes link it by more than shared work, which may
+        # change what links it to a cluster it was in already (linked_by_work_only).
+        if ((attached.cluster.id, attached.cluster.size) != before.get(account_id)
+                or may_link(shared[account_id] - SHARED_WORK)):
             changed.add(account_id)
     return sorted(changed)
 

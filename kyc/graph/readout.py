@@ -1,8 +1,9 @@
 """Reading the graph: a cluster's facts for an evaluation, and what ops see of a cluster.
 
-`cluster_facts` is what scoring reads about the cluster an account is attached to (its counters
-and its growth, read at the right time); `cluster_summary`, `link_reasons` and
-`member_link_kinds` are the ops views (the API's cluster page, the console), which count in the
+`cluster_facts` is what scoring reads about the cluster an account is attached to (its counters,
+its growth, read at the right time, and what links the account to it: shared_kinds, which a
+rescore chunk reads for all its accounts at once); `cluster_summary`, `link_reasons` and
+`shared_kinds` are also the ops views (the API's cluster page, the console), which count in the
 database and read only the edges of the members they show.
 """
 
@@ -15,7 +16,8 @@ from typing import Iterable
 from sqlalchemy import func, inspect, literal, select
 from sqlalchemy.orm import Session, aliased
 
-from kyc.graph.core import GROWTH_CAP, GROWTH_SPAN, STRONG, Attachment, ClusterFacts, chunks
+from kyc.graph.core import (GROWTH_CAP, GROWTH_SPAN, STRONG, Attachment, ClusterFacts, chunks,
+                            linked_by_work_only)
 from kyc.graph.link import statements
 from kyc.inputs import rfc3339
 from kyc.models import Account, Cluster, ClusterMember, GraphEdge
@@ -41,7 +43,16 @@ def cluster_facts(session: Session, attachment: Attachment, at: datetime, *, as_
     else:
         grown = growth(session, cluster.id, growth_at, member=member, size=cluster.size,
                        locked=attachment.growth if growth_at == attachment.at else None)
-    return ClusterFacts.of(cluster, grown)
+    # What links it: read for a stored member of a cluster of two or more. A member not written
+    # yet (a new account's signup) holds no SHARED_WORK kinds: they come from activity reports,
+    # of accounts kyc knows.
+    work_only = False
+    state = inspect(member, raiseerr=False)
+    if cluster.size > 1 and (state is None or state.persistent):
+        kinds = (chunk.shared_kinds(session, member.account_id) if chunk is not None
+                 else shared_kinds(session, [member.account_id]).get(member.account_id, ()))
+        work_only = linked_by_work_only(kinds)
+    return ClusterFacts.of(cluster, grown, work_only)
 
 
 def growth(session: Session, cluster_id: str, at: datetime, span: timedelta = GROWTH_SPAN, *,
@@ -96,17 +107,22 @@ def link_reasons(session: Session, cluster_id: str, members: Iterable[str] = ())
     return {a: sorted(k) for a, k in reasons.items()}, identifiers
 
 
-def member_link_kinds(session: Session, account_id: str, cluster_id: str) -> list[str]:
-    """The identifier kinds one member shares with another member: its entry of link_reasons,
-    answered by stopping at the first other holder of each of its identifiers, where
-    link_reasons counts every holder (a farm member's page must not count 25,000 of them)."""
-    other = aliased(GraphEdge)
-    held_by_another = (select(literal(1)).select_from(other)
-                       .join(ClusterMember, ClusterMember.account_id == other.account_id)
+def shared_kinds(session: Session, account_ids: Iterable[str]) -> dict[str, list[str]]:
+    """Per account, the identifier kinds it shares with another member of its cluster: its entry
+    of link_reasons, answered by stopping at the first other holder of each of its identifiers,
+    where link_reasons counts every holder (a farm member's page must not count 25,000 of them).
+    One statement for many accounts (a rescore chunk's), one for one (the console's page)."""
+    mine, theirs, other = aliased(ClusterMember), aliased(ClusterMember), aliased(GraphEdge)
+    held_by_another = (select(literal(1)).select_from(other).join(theirs, theirs.account_id == other.account_id)
                        .where(other.kind == GraphEdge.kind, other.value_hash == GraphEdge.value_hash,
-                              other.account_id != account_id, ClusterMember.cluster_id == cluster_id))
-    return sorted(set(session.scalars(select(GraphEdge.kind).where(GraphEdge.account_id == account_id,
-                                                                   held_by_another.exists()))))
+                              other.account_id != GraphEdge.account_id, theirs.cluster_id == mine.cluster_id))
+    kinds: dict[str, set[str]] = defaultdict(set)
+    for part in chunks(sorted(set(account_ids)), 5_000):
+        for account, kind in session.execute(
+                select(GraphEdge.account_id, GraphEdge.kind).join(mine, mine.account_id == GraphEdge.account_id)
+                .where(GraphEdge.account_id.in_(part), held_by_another.exists())):
+            kinds[account].add(kind)
+    return {account: sorted(k) for account, k in kinds.items()}
 
 
 def cluster_summary(session: Session, cluster: Cluster, *, members: int = 0) -> dict:

@@ -21,6 +21,10 @@ FIELDS = (
     Field("graph.cluster_hosting_share", "float",
           "Share of members whose signup IP is a hosting / data-centre address (the ip.hosting signal).", 0.0),
     Field("graph.cluster_headless_share", "float", "Share of members that signed up from a headless or automated browser.", 0.0),
+    Field("graph.linked_by_work_only", "bool",
+          "The account is linked to its cluster only with the prompt templates it shares with members (and, with "
+          "them, a network: an office, a campus), as people who work together are; false when it shares an identity "
+          "(device, mailbox, phone, card, API key, or weak kinds enough without templates) or links to none.", False),
     Field("graph.cluster_labeled_fraud", "int", "Members labeled fraud by ops.", 0),
     Field("graph.cluster_blocked", "int", "Members currently blocked.", 0),
 )
@@ -52,6 +56,7 @@ def graph_signals(cluster: ClusterFacts, at: datetime) -> dict[str, Any]:
         "cluster_voip_share": round(cluster.voip / size, 4),
         "cluster_hosting_share": round(cluster.hosting / size, 4),
         "cluster_headless_share": round(cluster.headless / size, 4),
+        "linked_by_work_only": cluster.linked_by_work_only,
         "cluster_labeled_fraud": cluster.labeled_fraud,
         "cluster_blocked": cluster.blocked,
     }

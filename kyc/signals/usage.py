@@ -78,6 +78,10 @@ FIELDS = (
           "not they used it that day: a farm's accounts set going together stay together in it when the gateway "
           "holds most of them, which shrinks lockstep_began_together (kyc/usage/lockstep.py). A start in kyc's "
           "first two days of usage counts for none, as for lockstep_began_together.", 0),
+    Field("usage.lockstep_addresses", "int",
+          "Distinct addresses the lockstep group (this account and lockstep_accounts) acted from on the day, each "
+          "account's last activity IP of the day: as many as the accounts, a farm behind residential proxies; one or "
+          "a few, a group that shows itself (a class on its campus's NAT address, an office); 0 without lockstep.", 1),
     Field("usage.woke_together", "int",
           "On the day the account woke from a dormancy longer than KYC_DORMANT_DAYS: other accounts that woke the "
           "same UTC day and used any of its prompt templates that are not popular (KYC_USAGE_POPULAR_PROMPT) that "

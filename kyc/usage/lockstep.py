@@ -12,7 +12,10 @@ almost nobody else does is what counts.
 
 The facts (usage.lockstep_accounts, usage.lockstep_woke): how many other accounts are in
 lockstep with this one on the day, and how many of those woke from a dormancy that day
-(KYC_DORMANT_DAYS): a farm's accounts wake together, all of them. A tool's users share its
+(KYC_DORMANT_DAYS): a farm's accounts wake together, all of them. usage.lockstep_addresses: from
+how many addresses the group (this account included) acted that day, each account's last of the
+day: a farm's accounts behind residential proxies, one address each; a course's participants in
+their lab session, or an office's staff, behind one NAT address. A tool's users share its
 templates too, and some of them come back from a break on any given day: what tells the farm
 apart is the share of the group that woke (rules compare lockstep_woke with lockstep_accounts,
 and read usage.woke_together_share), not a count of wakers alone.
@@ -86,7 +89,7 @@ _MINE = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _P.c.accounts, _S.
                       .outerjoin(_S, _STARTED))
          .where(in_list(_U.c.account_id, "accounts"), _U.c.day == bindparam("day"),
                 _P.c.accounts <= bindparam("popular")))
-_DAYS_USES = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _D.c.dormant_days, _S.c.day)
+_DAYS_USES = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _D.c.dormant_days, _S.c.day, _D.c.last_ip_hash)
               .select_from(_U.outerjoin(_D, (_D.c.account_id == _U.c.account_id) & (_D.c.day == _U.c.day))
                            .outerjoin(_S, _STARTED))
               .where(_U.c.day == bindparam("day")))
@@ -110,7 +113,7 @@ _WATCHED_SINCE = select(func.min(_D.c.day))
 _USE_COLUMNS = ("value_hash", "day", "account_id", "hours")
 # The facts of an account in no group that day (lockstep_facts starts each from these).
 NO_LOCKSTEP = {"lockstep_accounts": 0, "lockstep_woke": 0, "lockstep_began_together": 0, "lockstep_adopters": 0,
-               "lockstep_adopters_together": 0, "woke_together": 0}
+               "lockstep_adopters_together": 0, "lockstep_addresses": 0, "woke_together": 0}
 
 
 def hours_mask(hours: list[int] | None) -> int:
@@ -217,9 +220,11 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
         users: dict[str, list[str]] = {}                         # template -> the accounts that used it
         used: dict[tuple[str, str], int] = {}                    # (account, template) -> its hours
         woken: set[str] = set()
+        address: dict[str, str | None] = {}                       # account -> the day's last activity IP
 
         def take(rows) -> None:
-            for account_id, value_hash, hours, dormant_days, start in rows:
+            for account_id, value_hash, hours, dormant_days, start, ip_hash in rows:
+                address[account_id] = ip_hash
                 if (account_id, value_hash) not in used:
                     users.setdefault(value_hash, []).append(account_id)
                 used[(account_id, value_hash)] = hours
@@ -261,8 +266,11 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
                 # kyc's first days (a start then is where kyc began watching: left-censored)?
                 theirs, ours = min(began[(o, h)] for h in shared), min(began[(account_id, h)] for h in shared)
                 together += abs((theirs - ours).days) <= BEGAN_WITHIN and min(theirs, ours) > censored_to
+            # Where the group acts from: as many addresses as accounts hides behind proxies (a farm); one
+            # or a few shows itself (a class on its campus's address, an office's staff).
+            addresses = {address.get(a) for a in lockstep | {account_id}} - {None} if lockstep else set()
             facts.update(lockstep_accounts=len(lockstep), lockstep_woke=len(lockstep & woken),
-                         lockstep_began_together=together)
+                         lockstep_began_together=together, lockstep_addresses=len(addresses))
         hashes = sorted({h for shared in shared_in_lockstep.values() for h in shared})
         begun: dict[str, dict[date, int]] = {}                   # template -> day begun -> accounts
         for i in range(0, len(hashes), _READ_CHUNK):

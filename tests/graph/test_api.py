@@ -751,7 +751,7 @@ def test_link_reasons_counts_shared_identifiers_and_reads_the_members_asked_abou
     count; for any subset of members, each one's kinds shared with another member."""
     from collections import defaultdict
 
-    from kyc.graph import link_reasons, member_link_kinds
+    from kyc.graph import link_reasons, shared_kinds
     from kyc.models import GraphEdge
 
     for n in range(1, 7):
@@ -776,7 +776,8 @@ def test_link_reasons_counts_shared_identifiers_and_reads_the_members_asked_abou
         assert [i["accounts"] for i in identifiers] == sorted((i["accounts"] for i in identifiers), reverse=True)
         for one in members:
             assert link_reasons(s, cluster_id, [one])[0] == ({one: sorted(expected[one])} if expected[one] else {})
-            assert member_link_kinds(s, one, cluster_id) == sorted(expected[one])
+            assert shared_kinds(s, [one]).get(one, []) == sorted(expected[one])
+        assert shared_kinds(s, members) == {a: sorted(k) for a, k in expected.items()}
         assert link_reasons(s, cluster_id)[0] == {}
 
 

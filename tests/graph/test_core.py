@@ -22,3 +22,15 @@ def test_a_strong_kind_links_on_one_value_a_weak_kind_only_with_enough_others():
              *(((kind, "w2"), account) for kind in weak for account in ("e", "f"))]   # e-f: enough weak kinds
     groups = {frozenset(g) for g in components(edges, ["g"]).groups().values()}
     assert groups == {frozenset("ab"), frozenset("c"), frozenset("d"), frozenset("ef"), frozenset("g")}
+
+
+def test_a_member_is_linked_by_work_only_when_its_other_shared_kinds_could_not_link_it():
+    from kyc.graph.core import linked_by_work_only
+
+    assert linked_by_work_only({"prompt", "ip_prefix_day"})            # an office's or a campus's network
+    assert linked_by_work_only({"prompt"})
+    assert not linked_by_work_only({"prompt", "device"})               # an identity: one device
+    assert not linked_by_work_only({"prompt", "api_key"})
+    assert not linked_by_work_only({"prompt", "ip_prefix_day", "email_template"})   # weak kinds enough without
+    assert not linked_by_work_only({"ip_prefix_day", "email_template"})            # no shared work at all
+    assert not linked_by_work_only(set())

@@ -15,7 +15,7 @@ from kyc.models import ClusterMember, Evaluation, GraphEdge, GraphNode, PendingL
 from kyc.rescore.background import drain
 from kyc.usage.identifiers import link_pending
 from kyc.runtime import Runtime
-from tests.conftest import signup
+from tests.conftest import payment, signup
 from tests.flows import key_headers
 
 SIGNED_UP = "2026-10-01T12:00:00Z"
@@ -94,6 +94,47 @@ def test_an_office_s_accounts_on_internal_templates_are_one_cluster_and_served(c
     assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
     clusters = _clusters(runtime, team + others)
     assert len({clusters[o] for o in others} | {clusters[team[0]]}) == 3
+
+
+def _graph_facts(runtime, account: str) -> dict:
+    with runtime.session() as s:
+        return s.execute(select(Evaluation.signals).where(Evaluation.account_id == account)
+                         .order_by(Evaluation.created_at.desc(), Evaluation.id.desc()).limit(1)).scalar_one()["graph"]
+
+
+def test_a_course_linked_by_its_templates_on_the_campus_network_is_not_held_for_its_size(client, auth, runtime):
+    """Twenty-two participants of a lab session on the campus's one address, on the course's
+    templates, are one cluster (two weak kinds), linked only with the templates: not held for
+    the cluster's size, whether scored by a report (a rescore chunk) or live (a card). Two of
+    them behind one API key are linked by what they are too, and held for it. (They enrolled
+    over three weeks and tried the API from home the week before: no wake, no burst of growth.)"""
+    course = []
+    for i in range(22):
+        body = signup(account_id=f"student_{i}", email=_SHAPES[i % 5].format(p="student", i=i) + "@" + _DOMAINS[i // 5],
+                      device_id=f"dv_student_{i}", phone=None, ip=f"73.{15 + i}.1.{i + 1}",
+                      occurred_at=f"2026-10-{1 + i:02d}T12:00:00Z")
+        assert client.post("/v1/signups", json=body, headers=auth).status_code == 200
+        course.append(body["account_id"])
+    tried = [{**_report(a, ip=f"73.{15 + i}.1.{i + 1}"), "occurred_at": "2026-11-17T20:30:00Z", "requests": 5}
+             for i, a in enumerate(course)]
+    assert client.post("/v1/activity", json={"reports": tried}, headers=auth).status_code == 200
+    templates = {f"pf_course_{k}": 5 for k in range(4)}
+    reports = [_report(a, ip="128.59.1.10", prompts=templates, key=f"key_{a}") for a in course]
+    results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
+    assert len(set(_clusters(runtime, course).values())) == 1
+    assert [r["decision"] for r in results] == ["allow"] * 22
+    facts = _graph_facts(runtime, course[0])
+    assert facts["cluster_size"] == 22 and facts["linked_by_work_only"] is True
+    card = payment(account_id=course[1], occurred_at=f"{DAY}T12:00:00Z")
+    answer = client.post("/v1/payment-methods", json=card, headers=auth)
+    assert answer.status_code == 200 and answer.json["decision"] == "allow"
+    assert _graph_facts(runtime, course[1])["linked_by_work_only"] is True
+    shared_key = [_report(a, ip="128.59.1.10", prompts=templates, key="key_lab", hour=11) for a in course[2:4]]
+    results = client.post("/v1/activity", json={"reports": shared_key}, headers=auth).json["results"]
+    assert [r["decision"] for r in results] == ["review"] * 2
+    assert _graph_facts(runtime, course[2])["linked_by_work_only"] is False
+    assert "large_cluster" in {r["rule"] for r in client.get(f"/v1/accounts/{course[2]}", headers=auth).json["reasons"]}
+    assert client.get(f"/v1/accounts/{course[4]}", headers=auth).json["decision"] == "allow"
 
 
 def test_a_weak_kind_shared_in_a_later_call_links_with_the_kind_shared_before(client, auth, runtime):

@@ -62,6 +62,32 @@ def test_a_farm_waking_together_on_shared_rare_templates_is_held(client, auth, r
     assert client.get(f"/v1/accounts/{farm[0]}/entitlement?tier=free", headers=auth).json["allowed"] is False
 
 
+def test_a_group_waking_together_at_a_person_s_pace_is_held_behind_many_addresses_not_on_one(client, auth, runtime):
+    """Dormant accounts waking together on six rare templates at a person's pace: behind an
+    address each (a farm's residential proxies) they are held; on one address (a course's lab
+    session behind its campus's NAT) they are served."""
+    templates = [f"pf_farm_{k}" for k in range(6)]
+    farm = _signups(client, auth, "farm", 25)
+    reports = [{**_report(a, {t: 5 for t in templates if t != templates[i % 6]}, cv=1.1), "ip": f"73.{40 + i}.9.9"}
+               for i, a in enumerate(farm)]
+    results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
+    assert [r["decision"] for r in results] == ["review"] * 25
+    assert "lockstep_farm_waking" in {r["rule"] for r in client.get(f"/v1/accounts/{farm[0]}", headers=auth).json["reasons"]}
+    assert _facts_today(runtime, farm[0])["lockstep_addresses"] == 25
+    course = [f"pf_course_{k}" for k in range(6)]
+    students = _signups(client, auth, "student", 25)
+    reports = [{**_report(a, {t: 5 for t in course if t != course[i % 6]}, cv=1.1), "ip": "128.59.1.10"}
+               for i, a in enumerate(students)]
+    results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
+    # (They enrolled in the same second, so the cluster their address and templates make grew by 25
+    # in a day: growing_cluster asks for a document, which the free tier serves.)
+    reasons = {r["rule"] for r in client.get(f"/v1/accounts/{students[0]}", headers=auth).json["reasons"]}
+    assert reasons == {"growing_cluster"}
+    assert all(client.get(f"/v1/accounts/{a}/entitlement?tier=free", headers=auth).json["allowed"] for a in students)
+    facts = _facts_today(runtime, students[0])
+    assert (facts["lockstep_accounts"], facts["lockstep_woke"], facts["lockstep_addresses"]) == (24, 24, 1)
+
+
 def test_a_farm_waking_together_is_held_before_any_two_accounts_share_three_templates(client, auth, runtime):
     farm = _signups(client, auth, "farm", 24)
     # A careful farm's first hour: one template per account and report, so no two accounts
@@ -199,18 +225,18 @@ _DAY = date(2026, 11, 24)
 
 def _brute_force(uses: dict[tuple[str, str], int], held: Counter, dormant: dict[str, int], wanted, *,
                  popular: int, limit: int, starts: dict[tuple[str, str], date], since: date,
-                 adopted_by: date | None = None):
+                 adopted_by: date | None = None, ips: dict[str, str | None] | None = None):
     """The definitions of lockstep_facts, pair by pair: every other account, every template
     (`held`: template -> the accounts that used it; `starts`: (account, template) -> the day it
     began on it, the day itself when absent; `since`: kyc's first day of usage; `adopted_by`: the
-    later day a rescore counts adopters by)."""
+    later day a rescore counts adopters by; `ips`: each account's last address of the day)."""
     from kyc.usage.lockstep import BEGAN_WITHIN
 
     out = {}
     for account, day, woke in wanted:
         mine = {t: h for (a, t), h in uses.items() if a == account and held[t] <= popular}
         facts = {"lockstep_accounts": 0, "lockstep_woke": 0, "lockstep_began_together": 0, "lockstep_adopters": 0,
-                 "lockstep_adopters_together": 0, "woke_together": 0}
+                 "lockstep_adopters_together": 0, "lockstep_addresses": 0, "woke_together": 0}
         if len(mine) >= SHARED or (woke and mine):
             others = {a for (a, t) in uses if t in mine and a != account}
             woken = {a for a in others if dormant.get(a, 0) > limit}
@@ -250,7 +276,9 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, dormant: dict[
                                             and d > since + near) if ours > since + near else 0
                 facts.update(lockstep_accounts=len(together), lockstep_woke=len(together & woken),
                              lockstep_began_together=began, lockstep_adopters=adopters,
-                             lockstep_adopters_together=adopters_together)
+                             lockstep_adopters_together=adopters_together,
+                             lockstep_addresses=len({(ips or {}).get(a) for a in together | {account}} - {None})
+                             if together else 0)
         out[(account, day)] = facts
     return out
 
@@ -259,9 +287,10 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, dormant: dict[
 @given(uses=st.lists(_USE, min_size=10, max_size=60), dormant=st.lists(st.sampled_from([0, 0, 45]), min_size=12, max_size=12),
        woke=st.lists(st.booleans(), min_size=12, max_size=12), popular=st.integers(3, 12),
        began=st.lists(st.sampled_from([None, 0, 1, 2, 3]), min_size=60, max_size=60),
-       watched=st.sampled_from([0, 1, 2, 3, 4, 10]), later=st.sampled_from([None, 0, 1, 2]))
+       watched=st.sampled_from([0, 1, 2, 3, 4, 10]), later=st.sampled_from([None, 0, 1, 2]),
+       ips=st.lists(st.sampled_from([None, "ip_a", "ip_b", "ip_c"]), min_size=12, max_size=12))
 def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, dormant, woke, popular, began, watched,
-                                                                 later):
+                                                                 later, ips):
     """Whatever the day's uses, the batch read (least used templates first, then the candidates'
     uses) gives what comparing every pair of accounts gives; read again `later` days after, as a
     rescore does, the adopters counted by then."""
@@ -289,7 +318,7 @@ def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, do
         s.execute(insert(Account), [{"id": a, "first_seen_at": at, "last_seen_at": at, "decision": "allow", "score": 0}
                                     for a in accounts])
         s.execute(insert(ActivityDay), [{"account_id": a, "day": _DAY, "first_at": at, "last_at": at,
-                                         "dormant_days": d} for a, d in zip(accounts, dormant)])
+                                         "dormant_days": d, "last_ip_hash": ip} for a, d, ip in zip(accounts, dormant, ips)])
         if watched:                    # kyc's first day of usage, `watched` days before (else the day)
             s.execute(insert(ActivityDay), [{"account_id": accounts[0], "day": _DAY - timedelta(days=watched),
                                              "first_at": at, "last_at": at}])
@@ -304,7 +333,8 @@ def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, do
         adopted_by = None if later is None else _DAY + timedelta(days=later)
         found = lockstep_facts(s, wanted, popular=popular, dormant=limit, adopted_by=adopted_by)
     assert found == _brute_force(day_uses, held, dict(zip(accounts, dormant)), wanted, popular=popular, limit=limit,
-                                 starts=starts, since=_DAY - timedelta(days=watched), adopted_by=adopted_by)
+                                 starts=starts, since=_DAY - timedelta(days=watched), adopted_by=adopted_by,
+                                 ips=dict(zip(accounts, ips)))
 
 
 def test_a_tool_s_users_some_back_from_a_break_are_not_a_farm_waking(client, auth, runtime):

@@ -96,6 +96,8 @@ def signal_facts(signals: dict[str, Any]) -> list[Fact]:
         grown = graph.get("cluster_growth_24h") or 0
         facts.append(Fact("cluster", f"cluster of {size:,} when scored" + (f", +{grown:,} in 24 h" if grown else ""),
                           size >= 5))
+        if graph.get("linked_by_work_only"):
+            facts.append(Fact("cluster", "linked only by shared prompt templates (working together)"))
         if graph.get("cluster_labeled_fraud"):
             facts.append(Fact("cluster", f"{graph['cluster_labeled_fraud']} labeled fraud in the cluster", True))
     if usage.get("requests_today"):

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from kyc.inputs import field_errors
 from kyc.backtest import WindowTooLarge, backtest, parse_since
 from kyc.engine import RuleSetError
-from kyc.graph import cluster_summary, member_link_kinds
+from kyc.graph import cluster_summary, shared_kinds
 from kyc.inputs import ClusterActionInput, ReviewInput
 from kyc.models import (DECISIONS, Account, AccountLabel, ActivityDay, Cluster, ClusterMember, Evaluation, GraphEdge,
                         Verification, latest_of)
@@ -155,7 +155,7 @@ def account(account_id: str):
                            .where(ActivityDay.account_id == account_id)).one()
         member = s.get(ClusterMember, account_id)
         cluster = s.get(Cluster, member.cluster_id) if member else None
-        linked_by = member_link_kinds(s, account_id, cluster.id) if cluster and cluster.size > 1 else []
+        linked_by = shared_kinds(s, [account_id]).get(account_id, []) if cluster and cluster.size > 1 else []
         latest, signals, signup_input = latest_evaluations(s, [account_id]).get(account_id, (None, {}, None))
         rows = [_evaluation_row(e) for e in history]
         audit = list_events(s, account_id=account_id, limit=20)["events"]
