@@ -1,5 +1,6 @@
 """Query plans that hold: on a database of realistic size whose statistics kyc keeps fresh
-(kyc.persist.refresh_statistics, a schedule), the signup path reads every table through an index.
+(kyc.persist.refresh_statistics, a schedule), the signup path reads every table through an index,
+and so does the read of what links a member to its cluster.
 
 PostgreSQL only: generic plans (kyc.db._generic_plans) come from the planner's statistics; this
 machine's server, like some production ones, runs without autovacuum.
@@ -12,6 +13,7 @@ import time
 from sqlalchemy import create_engine, text
 
 from kyc import create_app
+from kyc.graph import shared_kinds
 from kyc.persist import refresh_statistics
 from kyc.runtime import Runtime, upgrade_database
 from tests.conftest import pg_schema_url, run_schema, signup
@@ -91,11 +93,17 @@ def test_signups_read_through_indexes_once_statistics_are_refreshed(make_config)
         before = _seq_scans(admin)
         for n in range(100, 140):
             post(n)
+        # What links a member to its cluster (graph.linked_by_work_only), for one account and for a
+        # rescore chunk's: prepared after five executions, then planned generically.
+        with rt.session() as session:
+            for n in range(1, 13):
+                assert shared_kinds(session, [f"bulk{n}"]) == {}
+                assert shared_kinds(session, [f"bulk{m}" for m in range(n * 500, n * 500 + 500)]) == {}
         rt.engine.dispose()
         _wait_for_backends_to_exit(admin)
         after = _seq_scans(admin)
         scanned = {table: after[table] - before[table] for table in READ_BY_SIGNUPS if after[table] > before[table]}
-        assert scanned == {}, f"sequential scans during 40 signups: {scanned}"
+        assert scanned == {}, f"sequential scans during 40 signups and 24 shared-kinds reads: {scanned}"
     finally:
         rt.engine.dispose()
         admin.dispose()
