@@ -53,14 +53,19 @@ LINK_KINDS: dict[str, str] = {
     "card_bin_postal": "weak",         # BIN + billing country + postal code
     "api_key": "strong",               # the API gateway's key id (activity reports)
     "prompt": "weak",                  # a prompt template (activity reports' prompt_fingerprints)
+    "activity_prefix_day": "weak",     # the network an activity report came from, within a day
 }
 STRONG = frozenset(kind for kind, strength in LINK_KINDS.items() if strength == "strong")
 WEAK = frozenset(kind for kind, strength in LINK_KINDS.items() if strength == "weak")
-# The kinds that show what accounts work on, not who holds them: people who work together (an
-# office's staff, a course's participants) share them honestly, together with their network, and
-# are linked by them. A member linked only with them (linked_by_work_only) is in its cluster for
-# working with the others, which the usage rules judge: the cluster's size alone says little.
-SHARED_WORK = frozenset({"prompt"})
+# The kinds that show what accounts work on and from where, not who holds them: people who work
+# together (an office's staff, a course's participants) share their templates and the network they
+# use the API from honestly, and are linked by them. A member linked only with them
+# (linked_by_work_only) is in its cluster for working with the others, which the usage rules judge:
+# the cluster's size alone says little. The network apart from the signup's (ip_prefix_day): an
+# office's staff share an email shape at the company's domain too, which with the office's network
+# made two weak kinds without a template (`kyc simulate --usage --seed 9595`: 8 of a workshop's 40
+# participants held by large_cluster, by their email shape and the campus's address).
+SHARED_WORK = frozenset({"prompt", "activity_prefix_day"})
 WEAK_KINDS_NEEDED = 2
 GROWTH_CAP = 10_000          # members counted by graph.cluster_growth_24h (bounded index scan)
 GROWTH_SPAN = timedelta(hours=24)

@@ -22,9 +22,9 @@ FIELDS = (
           "Share of members whose signup IP is a hosting / data-centre address (the ip.hosting signal).", 0.0),
     Field("graph.cluster_headless_share", "float", "Share of members that signed up from a headless or automated browser.", 0.0),
     Field("graph.linked_by_work_only", "bool",
-          "The account is linked to its cluster only with the prompt templates it shares with members (and, with "
-          "them, a network: an office, a campus), as people who work together are; false when it shares an identity "
-          "(device, mailbox, phone, card, API key, or weak kinds enough without templates) or links to none.", False),
+          "The account is linked to its cluster only with what people who work together share: prompt templates "
+          "and the network activity reports came from (an office, a campus); false when it shares an identity "
+          "(device, mailbox, phone, card, API key, or weak kinds enough without those) or links to none.", False),
     Field("graph.cluster_labeled_fraud", "int", "Members labeled fraud by ops.", 0),
     Field("graph.cluster_blocked", "int", "Members currently blocked.", 0),
 )

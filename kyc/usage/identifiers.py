@@ -5,8 +5,9 @@
   by thousands of unrelated accounts and turns into a super-node that links nobody (the graph's
   popularity, kyc/graph/core.py); a template links two accounts only together with another weak
   kind, such as
-- the activity IP's network within the UTC day (ip_prefix_day, as a signup's IP gives): an
-  office's accounts on one network using the company's internal templates are one operator;
+- the activity IP's network within the UTC day (activity_prefix_day, a kind of its own, not a
+  signup's ip_prefix_day): an office's accounts on one network using the company's internal
+  templates are one operator, linked as people who work together are (kyc.graph.SHARED_WORK);
 - the activity IP and its network are velocity sightings like a signup's IP (velocity.ip_*).
 
 Linking is part of the report's transaction (link_reports), after its reports are recorded and
@@ -63,7 +64,9 @@ _SIGHTING_COLUMNS = ("kind", "value_hash", "account_id", "evaluation_id", "occur
 def report_identifiers(inp: ActivityInput, at: datetime, hashed: Callable[[str, str], str]) -> list[Node]:
     """The keyed hashes (`hashed`: a KeyedHashes) of what a report shows: IP, its network and
     network-day, API key, templates."""
-    raw = list(network_identifiers(inp.ip, None, at)) if inp.ip else []
+    # The network a report came from is where the account works, not where it signed up.
+    raw = [("activity_prefix_day" if kind == "ip_prefix_day" else kind, value)
+           for kind, value in (network_identifiers(inp.ip, None, at) if inp.ip else ())]
     if inp.api_key_id:
         raw.append(("api_key", inp.api_key_id))
     raw.extend(("prompt", fingerprint) for fingerprint in sorted(inp.prompt_fingerprints or ()))

@@ -27,8 +27,10 @@ def test_a_strong_kind_links_on_one_value_a_weak_kind_only_with_enough_others():
 def test_a_member_is_linked_by_work_only_when_its_other_shared_kinds_could_not_link_it():
     from kyc.graph.core import linked_by_work_only
 
-    assert linked_by_work_only({"prompt", "ip_prefix_day"})            # an office's or a campus's network
+    assert linked_by_work_only({"prompt", "activity_prefix_day"})      # an office's or a campus's network
+    assert linked_by_work_only({"email_template", "activity_prefix_day"})   # staff's email shape at the office
     assert linked_by_work_only({"prompt"})
+    assert linked_by_work_only({"prompt", "ip_prefix_day"})            # the signup's network alone links nobody
     assert not linked_by_work_only({"prompt", "device"})               # an identity: one device
     assert not linked_by_work_only({"prompt", "api_key"})
     assert not linked_by_work_only({"prompt", "ip_prefix_day", "email_template"})   # weak kinds enough without

@@ -137,6 +137,28 @@ def test_a_course_linked_by_its_templates_on_the_campus_network_is_not_held_for_
     assert client.get(f"/v1/accounts/{course[4]}", headers=auth).json["decision"] == "allow"
 
 
+def test_an_office_s_staff_sharing_an_email_shape_are_linked_by_their_work_not_held_for_their_number(
+        client, auth, runtime):
+    """Twenty-two staff with addresses of one shape at the company's domain, who signed up from
+    home on different days, use the API from the office's network: the email shape and the
+    office's network link them (two weak kinds, no template), as people who work together are,
+    and they are not held for the cluster's size."""
+    firsts, lasts = ("anna", "john", "mark", "lisa", "paul", "kate"), ("smith", "jones", "brown", "moore")
+    staff = []
+    for i in range(22):
+        body = signup(account_id=f"staff_{i}", email=f"{firsts[i % 6]}.{lasts[i // 6]}@acmecorp.com",
+                      device_id=f"dv_staff_{i}", phone=None, ip=f"73.{60 + i}.1.{i + 1}",
+                      occurred_at=f"2026-09-{1 + i:02d}T12:00:00Z")
+        assert client.post("/v1/signups", json=body, headers=auth).status_code == 200
+        staff.append(body["account_id"])
+    reports = [_report(a, ip=f"198.51.100.{10 + i}", key=f"key_{a}") for i, a in enumerate(staff)]
+    results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
+    assert len(set(_clusters(runtime, staff).values())) == 1
+    assert [r["decision"] for r in results] == ["allow"] * 22
+    facts = _graph_facts(runtime, staff[0])
+    assert facts["cluster_size"] == 22 and facts["linked_by_work_only"] is True
+
+
 def test_a_weak_kind_shared_in_a_later_call_links_with_the_kind_shared_before(client, auth, runtime):
     """Two weak kinds shared in different calls link as in one: the second call's accounts share
     one kind among what they show, and the other among what they held already (read, each kind

