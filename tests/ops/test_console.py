@@ -417,3 +417,16 @@ def test_console_forms_refuse_what_the_api_refuses_and_change_nothing(ops, clien
 def test_error_pages_are_pages(ops):
     page = ops.get("/console/accounts/nobody")
     assert page.status_code == 404 and page.content_type.startswith("text/html") and "No account nobody" in page.text
+
+
+def test_a_reviewer_reads_that_a_cluster_is_held_together_only_by_shared_work():
+    from kyc.ops.console.facts import signal_facts
+
+    def cluster_texts(graph):
+        return [f.text for f in signal_facts({"graph": graph}) if f.family == "cluster"]
+
+    office = cluster_texts({"cluster_size": 40, "cluster_growth_24h": 0, "linked_by_work_only": True})
+    assert office == ["cluster of 40 when scored",
+                      "linked only by what people working together share (templates, network)"]
+    assert cluster_texts({"cluster_size": 40, "cluster_growth_24h": 0, "linked_by_work_only": False}) == [
+        "cluster of 40 when scored"]

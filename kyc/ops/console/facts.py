@@ -97,7 +97,7 @@ def signal_facts(signals: dict[str, Any]) -> list[Fact]:
         facts.append(Fact("cluster", f"cluster of {size:,} when scored" + (f", +{grown:,} in 24 h" if grown else ""),
                           size >= 5))
         if graph.get("linked_by_work_only"):
-            facts.append(Fact("cluster", "linked only by shared prompt templates (working together)"))
+            facts.append(Fact("cluster", "linked only by what people working together share (templates, network)"))
         if graph.get("cluster_labeled_fraud"):
             facts.append(Fact("cluster", f"{graph['cluster_labeled_fraud']} labeled fraud in the cluster", True))
     if usage.get("requests_today"):
