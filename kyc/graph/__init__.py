@@ -15,15 +15,15 @@ rescoring once the transaction commits.
 """
 
 from kyc.graph.chunk import ChunkGraph, ChunkStale
-from kyc.graph.core import (GROWTH_CAP, GROWTH_SPAN, LINK_KINDS, SHARED_WORK, STRONG, WEAK, WEAK_KINDS_NEEDED, Attachment,
-                            ClusterFacts, Node, Policy, UnionFind, components, linked_accounts)
+from kyc.graph.core import (GROWTH_CAP, GROWTH_SPAN, LINK_KINDS, SHARED_WORK, STRONG, WEAK, WEAK_KINDS_NEEDED,
+                            Attachment, ClusterFacts, Node, Policy, UnionFind, components, linked_accounts)
 from kyc.graph.link import (attach, ensure_member, link, link_many, locked_cluster, merge, recluster, set_flags,
                             settle_flags, write_new)
 from kyc.graph.readout import cluster_facts, cluster_summary, growth, link_reasons, newest_join, shared_kinds
 from kyc.graph.rebuild import rebuild
 
-__all__ = ["GROWTH_CAP", "GROWTH_SPAN", "LINK_KINDS", "STRONG", "WEAK", "WEAK_KINDS_NEEDED", "SHARED_WORK", "Attachment",
-           "ChunkGraph", "ChunkStale", "ClusterFacts", "Node", "Policy", "UnionFind", "attach", "cluster_facts",
-           "cluster_summary", "components", "ensure_member", "growth", "link", "link_many", "link_reasons", "linked_accounts",
-           "locked_cluster", "merge", "newest_join", "rebuild", "recluster",
+__all__ = ["GROWTH_CAP", "GROWTH_SPAN", "LINK_KINDS", "SHARED_WORK", "STRONG", "WEAK", "WEAK_KINDS_NEEDED",
+           "Attachment", "ChunkGraph", "ChunkStale", "ClusterFacts", "Node", "Policy", "UnionFind", "attach",
+           "cluster_facts", "cluster_summary", "components", "ensure_member", "growth", "link", "link_many",
+           "link_reasons", "linked_accounts", "locked_cluster", "merge", "newest_join", "rebuild", "recluster",
            "set_flags", "settle_flags", "shared_kinds", "write_new"]

@@ -22,9 +22,9 @@ from sqlalchemy import Integer, bindparam, case, cast, delete, func, insert, ins
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from kyc.graph.core import (LINK_KINDS, SHARED_WORK, WEAK, GROWTH_CAP, Attachment, Node, Policy, as_loaded, chunks, components,
-                            growth_column, growth_window, keep_ids, linked_accounts, locked_with_growth, add_cluster,
-                            may_link, one_member, rose, store)
+from kyc.graph.core import (LINK_KINDS, SHARED_WORK, WEAK, GROWTH_CAP, Attachment, Node, Policy, as_loaded, chunks,
+                            components, growth_column, growth_window, keep_ids, linked_accounts, locked_with_growth,
+                            add_cluster, may_link, one_member, rose, store)
 from kyc.models import MEMBER_FLAGS, Cluster, ClusterMember, GraphEdge, GraphNode
 from kyc.persist import (add_edges_statement, count_and_read_statement, count_nodes_and_edges, count_nodes_statement,
                          deferred, dialect_of, fetch, in_list, send)
