@@ -108,7 +108,7 @@ class ClusterFacts:
     linked_by_work_only: bool = False
 
     @classmethod
-    def of(cls, cluster, growth_24h: int, linked_by_work_only: bool = False) -> "ClusterFacts":
+    def of(cls, cluster, growth_24h: int, linked_by_work_only: bool) -> "ClusterFacts":
         return cls(cluster.id, cluster.size, growth_24h, cluster.first_seen_at, cluster.disposable, cluster.voip,
                    cluster.hosting, cluster.headless, cluster.labeled_fraud, cluster.blocked, linked_by_work_only)
 

@@ -388,10 +388,11 @@ def link_many(session: Session, policy: Policy, fresh: dict[str, dict[Node, date
     for account_id in linking:
         # Its new nodes are held now: attach links it through every node it holds.
         attached = attach(session, policy, account_id, min(fresh[account_id].values()), identifiers=())
-        # Its cluster changed; or its new nodes link it by more than shared work, which may
-        # change what links it to a cluster it was in already (linked_by_work_only).
+        # Its cluster changed; or a new node of its own links it by more than shared work (an API
+        # key it shares), which may change what links it to a cluster it was in already
+        # (linked_by_work_only). Not the kinds it held before: those linked it already.
         if ((attached.cluster.id, attached.cluster.size) != before.get(account_id)
-                or may_link(shared[account_id] - SHARED_WORK)):
+                or may_link({node[0] for node in fresh[account_id] if counts.get(node, 0) > 1} - SHARED_WORK)):
             changed.add(account_id)
     return sorted(changed)
 

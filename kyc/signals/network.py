@@ -122,7 +122,11 @@ def mismatches(ip_country: str | None, phone_region: str | None, timezone_countr
     return facts
 
 
-def network_identifiers(ip: str | None, asn: int | None = None, at: datetime | None = None) -> list[tuple[str, str]]:
+def network_identifiers(ip: str | None, asn: int | None = None, at: datetime | None = None,
+                        day_kind: str = "ip_prefix_day") -> list[tuple[str, str]]:
+    """The address, its network and (with `at`) the network within that UTC day, as `day_kind`:
+    a signup's or a card's (ip_prefix_day), or the network an activity report came from
+    (activity_prefix_day: where an account works, kyc.graph.SHARED_WORK)."""
     parsed = _address(ip) if ip and isinstance(ip, str) else None
     if parsed is None:
         return []
@@ -132,5 +136,5 @@ def network_identifiers(ip: str | None, asn: int | None = None, at: datetime | N
         identifiers.append(("asn", str(asn)))
     if at is not None:
         # The network within one UTC day: a weak link (neighbours on one network the same day).
-        identifiers.append(("ip_prefix_day", f"{prefix}|{at.date().isoformat()}"))   # strftime: 4.6 µs, this 0.3
+        identifiers.append((day_kind, f"{prefix}|{at.date().isoformat()}"))   # strftime: 4.6 µs, this 0.3
     return identifiers

@@ -65,8 +65,7 @@ def report_identifiers(inp: ActivityInput, at: datetime, hashed: Callable[[str, 
     """The keyed hashes (`hashed`: a KeyedHashes) of what a report shows: IP, its network and
     network-day, API key, templates."""
     # The network a report came from is where the account works, not where it signed up.
-    raw = [("activity_prefix_day" if kind == "ip_prefix_day" else kind, value)
-           for kind, value in (network_identifiers(inp.ip, None, at) if inp.ip else ())]
+    raw = list(network_identifiers(inp.ip, None, at, day_kind="activity_prefix_day")) if inp.ip else []
     if inp.api_key_id:
         raw.append(("api_key", inp.api_key_id))
     raw.extend(("prompt", fingerprint) for fingerprint in sorted(inp.prompt_fingerprints or ()))
