@@ -39,6 +39,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from kyc.simulate import BIG_MAIL, FIRST, LAST, NATIONAL_MAIL, SHARES, _mailbox, _relay_address, _weighted
+
 SIGNUPS_FROM = datetime(2026, 8, 1, tzinfo=timezone.utc)
 WEEK_FROM = datetime(2026, 11, 20, tzinfo=timezone.utc)
 CAMPUS_IP = "128.59.1.10"                # a university's NAT address: the lab session's one address
@@ -48,10 +50,6 @@ AGENT_TEMPLATES = [f"pf_agent_{name}" for name in ("system", "planner", "tool_ca
 ADOPTION_DAYS = 42                       # the agent tool's users adopted it over the six weeks before the week
 HEAVY_HISTORY_DAYS = 56                  # the steady heavy users ran for the eight weeks before it
 TOLERATED = ("allow", "verify")          # the free tier's max_decision and below
-FIRST = ["james", "maria", "wei", "olga", "ahmed", "sofia", "lucas", "emma", "noah", "li", "fatima", "ivan",
-         "yuki", "carlos", "ana", "david", "sarah", "chen", "priya", "omar", "lena", "mateo", "zoe", "arjun"]
-LAST = ["smith", "garcia", "wang", "ivanova", "khan", "rossi", "silva", "muller", "kim", "nguyen", "patel",
-        "tanaka", "lopez", "brown", "dubois", "novak", "jensen", "okafor", "haddad", "schmidt", "costa"]
 BROWSER = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 "
            "Safari/537.36")
 # A consumer broadband network (Comcast, 73.0.0.0/8): homes and the
@@ -72,9 +70,33 @@ def _home_ip(rng: random.Random) -> str:
     return f"{rng.choice(HOME_PREFIXES)}.{rng.randrange(1, 255)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
 
 
-def _signup(rng: random.Random, account: Account, n: int, at: datetime) -> dict:
+def _email(rng: random.Random, account: Account, taken: set[str]) -> str:
+    """An address of the account's population as the signup phase draws people's (kyc.simulate:
+    the shapes and providers of real mailboxes, some privacy relays): a company's staff at the
+    company's domain, in its one shape; a course's participants, half at the university's; a farm
+    human-looking at the big providers. (Every address was first.lastN@gmail.com before: each shape
+    held by fewer accounts than a super-node, so coincidental links that people do not make.)"""
     first, last = rng.choice(FIRST), rng.choice(LAST)
-    return {"account_id": account.id, "email": f"{first}.{last}{n}@gmail.com", "ip": account.ip,
+    if account.population == "company":
+        company = account.id.split("_")[1]
+        local, domain = f"{first}.{last}", f"{LAST[int(company) % len(LAST)]}-works{company}.com"
+    elif account.population == "workshop" and rng.random() < 0.5:
+        local, domain = f"{first[0]}{last}{rng.randrange(1, 99)}", "university.edu"
+    elif account.population != "farm" and rng.random() < SHARES["privacy_relay_email"]:
+        local, _, domain = _relay_address(rng).partition("@")
+    else:
+        local = _mailbox(rng, first, last)[0]
+        domain = _weighted(rng, BIG_MAIL) if account.population == "farm" or rng.random() < 0.8 else \
+            rng.choice([d for domains in NATIONAL_MAIL.values() for d in domains])
+    # A mailbox belongs to one person (gmail ignores dots: james.smith is jamessmith).
+    while f"{local.replace('.', '')}@{domain}" in taken:
+        local = f"{local}{rng.randrange(2, 99)}"
+    taken.add(f"{local.replace('.', '')}@{domain}")
+    return f"{local}@{domain}"
+
+
+def _signup(rng: random.Random, account: Account, email: str, at: datetime) -> dict:
+    return {"account_id": account.id, "email": email, "ip": account.ip,
             "user_agent": BROWSER, "device_id": f"dv_{account.id}", "form_fill_ms": rng.randrange(4000, 30000),
             "timezone": "America/New_York", "locale": "en-US", "occurred_at": _z(at)}
 
@@ -237,9 +259,10 @@ def populations(seed: int, light: int, heavy: int, companies: int, tool_users: i
                     {t: max(1, n // len(used)) for t in used}, workshop_rng)
         accounts.append(a)
     signups = []
-    for n, a in enumerate(accounts):
+    email_rng, taken = random.Random(seed * 7919 + 5), set()
+    for a in accounts:
         at = SIGNUPS_FROM + timedelta(days=rng.uniform(0, 40))
-        signups.append(_signup(rng, a, n, at))
+        signups.append(_signup(rng, a, _email(email_rng, a, taken), at))
     signups.sort(key=lambda s: s["occurred_at"])
     return accounts, signups
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 
 import pytest
@@ -135,3 +136,27 @@ def test_a_farm_at_a_human_pace_differs_only_in_the_pace_it_reports():
     assert cvs and all(0.6 <= cv <= 2.0 for cv in cvs)
     assert all(r["interval_cv"] < 0.1 for a in machine if a.population == "farm" for rs in a.hours.values()
                for r in rs if "interval_cv" in r)
+
+
+def test_signups_carry_addresses_of_the_shapes_and_providers_people_use():
+    """Not one shape at one provider (every address was first.lastN@gmail.com, each shape a
+    linking node shared by a few dozen strangers): a company's staff at its own domain in its one
+    shape, the farm at the big providers, the others at many, and no mailbox twice."""
+    from kyc.signals.email import email_identifiers
+
+    accounts, signups = usage_sim.populations(11, 200, 10, 6, 600, 100, 100, 30)
+    population = {a.id: a.population for a in accounts}
+    emails = {s["account_id"]: s["email"] for s in signups}
+    mailboxes = [dict(email_identifiers(e))["email"] for e in emails.values()]
+    assert len(set(mailboxes)) == len(mailboxes)
+    domain = {a: e.rsplit("@", 1)[1] for a, e in emails.items()}
+    companies = {a.split("_")[1] for a in emails if population[a] == "company"}
+    for c in companies:
+        staff = [e for a, e in emails.items() if a.startswith(f"company_{c}_")]
+        assert len({e.rsplit("@", 1)[1] for e in staff}) == 1 and all(e.count(".") == 2 for e in staff)
+    assert len({domain[a] for a in emails if population[a] == "company"}) == len(companies)
+    assert {domain[a] for a in emails if population[a] == "farm"} <= {d for d, _ in usage_sim.BIG_MAIL}
+    people = [a for a in emails if population[a] in ("light", "tool_user")]
+    assert len({domain[a] for a in people}) >= 8
+    templates = Counter(dict(email_identifiers(emails[a]))["email_template"] for a in people)
+    assert templates.most_common(1)[0][1] < len(people) / 10
