@@ -13,8 +13,9 @@ gateway's customers have reported before, so their identifiers are linked and th
 the evaluations the accounts' decisions came from are stored (store_evaluations). A third app,
 bench/flask_one_statement.py, is bare Flask plus one PostgreSQL statement per call (a primary-key
 read for the entitlement, a one-row update for a report): the floor of any design that touches
-the account once per call. Prints requests/s, wrk's latency percentiles, and kyc's share of
-bare Flask's requests/s and of that floor's. On a shared, loaded machine compare the ratios of one run, not the
+the account once per call. Prints requests/s, wrk's latency percentiles, the CPU a call costs
+gunicorn's workers and PostgreSQL's backends, and kyc's share of bare Flask's requests/s and of
+that floor's. On a shared, loaded machine compare the ratios of one run, not the
 absolute figures.
 """
 
@@ -40,7 +41,8 @@ from kyc.models import Account, ApiKey  # noqa: E402
 from kyc.runtime import Runtime, upgrade_database  # noqa: E402
 from kyc.security import hash_api_key, new_api_key  # noqa: E402
 
-from http_load import free_port, start, stop, wrk  # noqa: E402  (bench/, the script's folder)
+from http_load import (  # noqa: E402  (bench/, the script's folder)
+    backend_ticks, children, cpu_seconds, cpu_ticks, free_port, start, stop, wrk)
 
 _spec = importlib.util.spec_from_file_location("bench_entitlement", Path(__file__).with_name("entitlement.py"))
 entitlement_bench = importlib.util.module_from_spec(_spec)
@@ -82,6 +84,16 @@ def warm_up(port: int, key: str, ids: list[str], report: dict) -> None:
             assert answer.status == 200
 
 
+def timed(server, port: int, script: str, args, runtime: Runtime) -> dict:
+    """One wrk run, with the CPU the server's workers and PostgreSQL's backends spent in it (from
+    /proc, before and after: what a call costs each side, which requests/s on a shared machine hide)."""
+    workers = children(server.pid)
+    before, pg_before = {pid: cpu_ticks(pid) for pid in workers}, backend_ticks(runtime.engine)
+    result = wrk(port, script, args.duration, args.threads, args.connections)
+    after, pg_after = {pid: cpu_ticks(pid) for pid in workers}, {pid: cpu_ticks(pid) for pid in pg_before}
+    return {**result, "worker_cpu": cpu_seconds(before, after), "pg_cpu": cpu_seconds(pg_before, pg_after)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", required=True)
@@ -114,9 +126,9 @@ def main() -> None:
               "user_agent": "python-httpx/0.27.0", "tokens_in": 900, "tokens_out": 1400,
               "models": {"model-small": 3}, "prompt_fingerprints": {"pf_ACCOUNT": 3}, "interval_cv": 0.9}
     ports = {"kyc": free_port(), "bare": free_port(), "floor": free_port()}
-    servers = [start("wsgi:app", ports["kyc"], args.workers, env, ROOT),
-               start("bare_flask:app", ports["bare"], args.workers, env, ROOT / "bench"),
-               start("flask_one_statement:app", ports["floor"], args.workers, env, ROOT / "bench")]
+    servers = {"kyc": start("wsgi:app", ports["kyc"], args.workers, env, ROOT),
+               "bare": start("bare_flask:app", ports["bare"], args.workers, env, ROOT / "bench"),
+               "floor": start("flask_one_statement:app", ports["floor"], args.workers, env, ROOT / "bench")}
     results = {}
     try:
         # Steady usage: each account has reported before (its key, template and address linked,
@@ -128,10 +140,9 @@ def main() -> None:
             script = LUA % {"ids": ",".join(json.dumps(i) for i in ids), "key": key, "call": call,
                             "body": json.dumps(report)}
             for name in ("bare", "floor", "kyc", "bare", "floor", "kyc"):     # alternated: load drifts over a run
-                results.setdefault((call, name), []).append(wrk(ports[name], script, args.duration, args.threads,
-                                                                args.connections))
+                results.setdefault((call, name), []).append(timed(servers[name], ports[name], script, args, runtime))
     finally:
-        for server in servers:
+        for server in servers.values():
             stop(server)
         runtime.engine.dispose()
     print(f"gateway calls over HTTP: {args.accounts:,} accounts stored, "
@@ -142,6 +153,10 @@ def main() -> None:
         for name, runs in (("bare Flask", bare), ("one stmt", floor), ("kyc", kyc)):
             print(f"{call:<12} {name:<10} " + "   ".join(
                 f"{r['rps']:8.0f} req/s (p50 {r['p50']}, p99 {r['p99']}, non-2xx {r['non_2xx']})" for r in runs))
+        print(f"{call:<12} CPU a call (both runs): " + "   ".join(
+            f"{name} workers {sum(r['worker_cpu'] for r in runs) * 1000 / sum(r['requests'] for r in runs):.2f} ms, "
+            f"PostgreSQL {sum(r['pg_cpu'] for r in runs) * 1000 / sum(r['requests'] for r in runs):.2f} ms"
+            for name, runs in (("bare Flask", bare), ("one stmt", floor), ("kyc", kyc))))
         rate = {name: sum(r["rps"] for r in runs) for name, runs in (("bare", bare), ("floor", floor), ("kyc", kyc))}
         print(f"{call:<12} kyc / bare Flask: {rate['kyc'] / rate['bare']:.0%}   bare Flask + one statement / bare "
               f"Flask: {rate['floor'] / rate['bare']:.0%}   kyc / bare Flask + one statement: "
