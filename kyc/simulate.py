@@ -278,12 +278,12 @@ def _mobile(rng: random.Random, region: str, block: str | None = None) -> str:
     return phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)
 
 
-def _weighted(rng: random.Random, pairs):
+def weighted(rng: random.Random, pairs):
     items, weights = zip(*pairs)
     return rng.choices(items, weights)[0]
 
 
-def _mailbox(rng: random.Random, first: str, last: str) -> tuple[str, bool]:
+def mailbox(rng: random.Random, first: str, last: str) -> tuple[str, bool]:
     """A person's local part, and whether it is a first.last(NN) shape."""
     shape = rng.random()
     if shape < 0.22:
@@ -299,8 +299,18 @@ def _mailbox(rng: random.Random, first: str, last: str) -> tuple[str, bool]:
     return f"{first}{rng.choice(string.ascii_lowercase)}{rng.choice(['x', 'z', 'o', ''])}{rng.randrange(0, 999)}", False
 
 
-def _relay_address(rng: random.Random) -> str:
-    domain = _weighted(rng, PRIVACY_RELAYS)
+def unique_mailbox(rng: random.Random, local: str, domain: str, taken: set[str]) -> str:
+    """local@domain, with digits added to the local part while `taken` holds its mailbox already
+    (a mailbox belongs to one person; gmail ignores dots: james.smith is jamessmith); recorded
+    in `taken`."""
+    while f"{local.replace('.', '')}@{domain}" in taken:
+        local = f"{local}{rng.randrange(2, 99)}"
+    taken.add(f"{local.replace('.', '')}@{domain}")
+    return f"{local}@{domain}"
+
+
+def relay_address(rng: random.Random) -> str:
+    domain = weighted(rng, PRIVACY_RELAYS)
     alnum = string.ascii_lowercase + string.digits
     if domain == "duck.com":
         local = "-".join(rng.choice(["quiet", "amber", "river", "stone", "maple", "swift", "cloud", "lunar",
@@ -481,25 +491,22 @@ def legit_population(rng: random.Random, count: int, start: datetime, days: floa
                 tz = COUNTRIES[ip_country][0]                       # clock set to local time
         email_draw = rng.random()
         if email_draw < SHARES["privacy_relay_email"]:
-            email = _relay_address(rng)
+            email = relay_address(rng)
             traits.add("privacy_relay_email")
+            mailboxes.add(f"{email.split('@')[0].replace('.', '')}@{email.split('@')[1]}")
         else:
-            local, named = _mailbox(rng, first, last)
+            local, named = mailbox(rng, first, last)
             if named:
                 traits.add("name_shape")
             roll = rng.random()
             if roll < 0.70:
-                domain = _weighted(rng, BIG_MAIL)
+                domain = weighted(rng, BIG_MAIL)
                 traits.add("big_free_mail")
             elif roll < 0.82 and home in NATIONAL_MAIL:
                 domain = rng.choice(NATIONAL_MAIL[home])
             else:
                 domain = rng.choice(companies)
-            # A mailbox belongs to one person (gmail ignores dots: james.smith is jamessmith).
-            while f"{local.replace('.', '')}@{domain}" in mailboxes:
-                local = f"{local}{rng.randrange(2, 99)}"
-            email = f"{local}@{domain}"
-        mailboxes.add(f"{email.split('@')[0].replace('.', '')}@{email.split('@')[1]}")
+            email = unique_mailbox(rng, local, domain, mailboxes)
         form_fill = int(rng.lognormvariate(9.4, 0.55))
         if rng.random() < SHARES["fast_form"]:
             form_fill = rng.randrange(1000, 3000)

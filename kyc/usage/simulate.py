@@ -39,7 +39,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from kyc.simulate import BIG_MAIL, FIRST, LAST, NATIONAL_MAIL, SHARES, _mailbox, _relay_address, _weighted
+from kyc.simulate import (BIG_MAIL, FIRST, LAST, NATIONAL_MAIL, SHARES, mailbox, relay_address, unique_mailbox,
+                          weighted)
 
 SIGNUPS_FROM = datetime(2026, 8, 1, tzinfo=timezone.utc)
 WEEK_FROM = datetime(2026, 11, 20, tzinfo=timezone.utc)
@@ -83,16 +84,12 @@ def _email(rng: random.Random, account: Account, taken: set[str]) -> str:
     elif account.population == "workshop" and rng.random() < 0.5:
         local, domain = f"{first[0]}{last}{rng.randrange(1, 99)}", "university.edu"
     elif account.population != "farm" and rng.random() < SHARES["privacy_relay_email"]:
-        local, _, domain = _relay_address(rng).partition("@")
+        local, _, domain = relay_address(rng).partition("@")
     else:
-        local = _mailbox(rng, first, last)[0]
-        domain = _weighted(rng, BIG_MAIL) if account.population == "farm" or rng.random() < 0.8 else \
+        local = mailbox(rng, first, last)[0]
+        domain = weighted(rng, BIG_MAIL) if account.population == "farm" or rng.random() < 0.8 else \
             rng.choice([d for domains in NATIONAL_MAIL.values() for d in domains])
-    # A mailbox belongs to one person (gmail ignores dots: james.smith is jamessmith).
-    while f"{local.replace('.', '')}@{domain}" in taken:
-        local = f"{local}{rng.randrange(2, 99)}"
-    taken.add(f"{local.replace('.', '')}@{domain}")
-    return f"{local}@{domain}"
+    return unique_mailbox(rng, local, domain, taken)
 
 
 def _signup(rng: random.Random, account: Account, email: str, at: datetime) -> dict:
