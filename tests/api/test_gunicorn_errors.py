@@ -33,10 +33,18 @@ def _start(args: list[str], tmp: Path, **env) -> tuple[subprocess.Popen, int, Pa
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 40
     while True:
+        # Ready once a worker answers: gunicorn's master listens, and the kernel accepts
+        # connections into its backlog, before any worker has booted (on a loaded machine the
+        # log then held no "Booting worker" line yet).
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                conn.request("GET", "/healthz")
+                conn.getresponse().read()
+            finally:
+                conn.close()
             return proc, port, log
-        except OSError:
+        except (OSError, http.client.HTTPException):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"server did not start:\n{log.read_text()}")
             time.sleep(0.2)
