@@ -25,6 +25,7 @@ def test_corpora_are_large_enough_to_measure():
     assert sizes["isbot-crawlers"] > 500 and sizes["uap-core-crawlers"] > 200 and sizes["isbot-browsers"] > 450
     assert sizes["device-detector-browsers"] > 30000 and sizes["device-detector-bots"] > 1000
     assert sizes["intoli-browsers"] > 3000
+    assert sizes["crawlerdetect-browsers"] > 5000 and sizes["crawlerdetect-crawlers"] > 3500
 
 
 def test_the_intoli_corpus_is_vendored_with_its_licence_and_without_generated_rows():
@@ -35,6 +36,16 @@ def test_the_intoli_corpus_is_vendored_with_its_licence_and_without_generated_ro
     agents = [ua for ua in lines if not ua.startswith("#")]
     assert agents == sorted(set(agents)) and not any(GENERATED_CHROME.search(ua) for ua in agents)
     assert set(corpora.corpus("intoli-browsers")) <= set(agents)
+
+
+def test_the_crawlerdetect_sample_is_vendored_with_its_licences_and_drawn_by_hash():
+    import hashlib
+
+    licences = (corpora.DATA / "crawlerdetect-LICENSE").read_text(encoding="utf-8")
+    assert "Copyright (c) 2019 Vitalii Shishorin" in licences and "Copyright (c) 2015-2018 Mark Beech" in licences
+    lines = (corpora.DATA / "crawlerdetect-devices-sample.txt").read_text(encoding="utf-8").splitlines()
+    assert lines == sorted(set(lines))
+    assert all(hashlib.sha256(ua.encode()).digest()[1] % 32 == 0 for ua in lines)
 
 
 def test_apps_own_clients_are_counted_apart_from_the_browsers_they_were_listed_with():
@@ -61,7 +72,7 @@ def test_groups_isbot_heads_as_bots_are_counted_apart_from_its_browsers():
     assert not corpora.ISBOT_LABELLED_BOTS.search("ZZZ Miscellaneous Browsers - These browsers are not bots, but ..")
 
 
-@pytest.mark.parametrize("name", ["fake-useragent", "device-detector-browsers"])
+@pytest.mark.parametrize("name", ["fake-useragent", "device-detector-browsers", "crawlerdetect-browsers"])
 def test_real_browsers_on_clean_signups_are_allowed_on_the_held_out_split(name):
     measured = corpora.measure(name, "held_out")
     assert measured["n"] > 150
