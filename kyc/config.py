@@ -58,8 +58,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Activity after more than this many days without any is a signal (account.woke_up) and rescores the account; "
             "the daily schedule rescores accounts dormant this long."),
     Setting("KYC_USAGE_POPULAR_PROMPT", "1000",
-            "A prompt template (activity reports' prompt_fingerprints) used by more accounts than this on a UTC day is "
-            "popular (a common tool's prompt): lockstep detection ignores it (usage.lockstep_accounts)."),
+            "A prompt template (activity reports' prompt_fingerprints) used by more accounts than this on a UTC day, "
+            "fewer than half of them newcomers to it that day or the day before, is popular (a common tool's prompt): "
+            "lockstep detection ignores it (usage.lockstep_accounts). A burst of newcomers (a farm set going on its "
+            "templates) never makes its own template popular, except in kyc's first two days of usage."),
     Setting("KYC_SENDER", "outbox",
             "How verification codes are sent: outbox (a table plus a masked log line; `kyc outbox` shows codes "
             "in development only) or http (POST JSON to KYC_SENDER_URL)."),

@@ -493,14 +493,17 @@ class PromptUse(Base):
 
 
 class PromptDay(Base):
-    """How many accounts used a prompt template on a UTC day: its popularity. A template used by
-    many accounts (a popular tool's system prompt) says nothing about who acts together."""
+    """How many accounts used a prompt template on a UTC day, and how many of them began on it
+    that day (their first use of it ever): its popularity. A template many accounts used, most of
+    them for days already (a popular tool's system prompt), says nothing about who acts together;
+    one a burst of newcomers took up (a farm set going on its templates) says the most."""
 
     __tablename__ = "prompt_days"
 
     value_hash: Mapped[str] = mapped_column(String(32), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     accounts: Mapped[int] = mapped_column(Integer, default=0)
+    began: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class PromptStart(Base):

@@ -707,7 +707,10 @@ def count_nodes_and_edges(session: Session, rows: list[tuple[tuple[str, str], st
 
 # One write, no read: each (template, day, account)'s hours OR-ed into its stored row, the
 # accounts new to a template that day added to its popularity (a row inserted has xmax 0), and
-# their day kept as the account's start on the template unless it began on it earlier.
+# their day kept as the account's start on the template unless it began on it earlier; those
+# whose start it became are the day's newcomers (prompt_days.began). A start moved earlier (a
+# day replayed out of order) leaves the later day counting it as a newcomer still: that day
+# reads as more of a burst than it was, which only reads more of its users for lockstep.
 # Why: the read of the stored masks was a round trip of every report (its answer needed before
 # the writes); a steady single report is 5 statements and 2 round trips with this, 6 and 3
 # without (figure in kyc.usage.lockstep.record_uses).
@@ -725,10 +728,14 @@ started AS (
     INSERT INTO prompt_starts (value_hash, account_id, day)
     SELECT value_hash, account_id, min(day) FROM up WHERE inserted
     GROUP BY value_hash, account_id ORDER BY value_hash, account_id
-    ON CONFLICT (value_hash, account_id) DO UPDATE SET day = excluded.day WHERE excluded.day < prompt_starts.day)
-INSERT INTO prompt_days (value_hash, day, accounts)
-SELECT value_hash, day, count(*) FROM up WHERE inserted GROUP BY value_hash, day ORDER BY value_hash, day
-ON CONFLICT (value_hash, day) DO UPDATE SET accounts = prompt_days.accounts + excluded.accounts
+    ON CONFLICT (value_hash, account_id) DO UPDATE SET day = excluded.day WHERE excluded.day < prompt_starts.day
+    RETURNING value_hash, account_id, day)
+INSERT INTO prompt_days (value_hash, day, accounts, began)
+SELECT up.value_hash, up.day, count(*), count(started.day) FROM up
+LEFT JOIN started ON started.value_hash = up.value_hash AND started.account_id = up.account_id AND started.day = up.day
+WHERE up.inserted GROUP BY up.value_hash, up.day ORDER BY up.value_hash, up.day
+ON CONFLICT (value_hash, day) DO UPDATE SET accounts = prompt_days.accounts + excluded.accounts,
+                                            began = prompt_days.began + excluded.began
 """).execution_options(kyc_deferred=True)
 
 

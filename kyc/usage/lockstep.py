@@ -8,7 +8,12 @@ share at least SHARED templates, in a common hour, counting only templates that 
 popular that day: a template more than KYC_USAGE_POPULAR_PROMPT accounts used (a popular
 tool's system prompt, sent by thousands of unrelated customers) tells nothing about who acts
 together, as a super-node links nobody in the identity graph. What a *group* shares that
-almost nobody else does is what counts.
+almost nobody else does is what counts. A burst of newcomers never makes its own template
+popular (as a velocity key's popularity leaves out its last day): half or more of the day's
+accounts on it began on it that day or the day before (prompt_days.began), and it stays
+uncommon. Counted alone, a farm of 3,000 accounts on twelve templates made every one of them
+popular (1,500 accounts a day each) within its first hours and went free (`kyc simulate --usage
+--usage-sizes 300,30,8,2000,3000,600,40`).
 
 The facts (usage.lockstep_accounts, usage.lockstep_woke): how many other accounts are in
 lockstep with this one on the day, and how many of those woke from a dormancy that day
@@ -64,7 +69,7 @@ from collections import Counter
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from kyc.models import ActivityDay, PromptDay, PromptStart, PromptUse
@@ -84,11 +89,22 @@ _HELD = select(_U.c.value_hash, _U.c.day, _U.c.account_id, _U.c.hours).where(
 # from 1,926 statements and 1,679 ms of CPU to 9 and 764 (in process, PostgreSQL, load ~3).
 # Each use with the day its account began on the template (prompt_starts, by its primary key).
 _STARTED = (_S.c.value_hash == _U.c.value_hash) & (_S.c.account_id == _U.c.account_id)
+# Where kyc began watching: its first day of usage (one step of ix_activity_days_day).
+_WATCHED_SINCE = select(func.min(_D.c.day))
+# A template is popular on a day when more than `popular` accounts used it and fewer than half as
+# many began on it that day or the day before: a burst of newcomers never makes its own template
+# popular (as a velocity key's popularity leaves out its last day). Starts in kyc's first days
+# are where kyc began watching (left-censored, below): there the count alone decides.
+_YESTERDAY = _P.alias("prompt_days_before")
+_NEWCOMERS = _P.c.began + func.coalesce(_YESTERDAY.c.began, 0)
+_UNCOMMON = or_(_P.c.accounts <= bindparam("popular"),
+                and_(_NEWCOMERS * 2 >= _P.c.accounts, _WATCHED_SINCE.scalar_subquery() < bindparam("watched_before")))
 _MINE = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _P.c.accounts, _S.c.day)
          .select_from(_U.join(_P, (_P.c.value_hash == _U.c.value_hash) & (_P.c.day == _U.c.day))
+                      .outerjoin(_YESTERDAY, (_YESTERDAY.c.value_hash == _U.c.value_hash)
+                                 & (_YESTERDAY.c.day == bindparam("yesterday")))
                       .outerjoin(_S, _STARTED))
-         .where(in_list(_U.c.account_id, "accounts"), _U.c.day == bindparam("day"),
-                _P.c.accounts <= bindparam("popular")))
+         .where(in_list(_U.c.account_id, "accounts"), _U.c.day == bindparam("day"), _UNCOMMON))
 _DAYS_USES = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _D.c.dormant_days, _S.c.day, _D.c.last_ip_hash)
               .select_from(_U.outerjoin(_D, (_D.c.account_id == _U.c.account_id) & (_D.c.day == _U.c.day))
                            .outerjoin(_S, _STARTED))
@@ -106,8 +122,6 @@ _ADOPTERS = (select(_S.c.value_hash, _S.c.day, func.count()).where(in_list(_S.c.
                                                                    _S.c.day <= bindparam("by"))
              .group_by(_S.c.value_hash, _S.c.day))
 _READ_CHUNK = 1000
-# Where kyc began watching: its first day of usage (one step of ix_activity_days_day).
-_WATCHED_SINCE = select(func.min(_D.c.day))
 
 
 _USE_COLUMNS = ("value_hash", "day", "account_id", "hours")
@@ -148,14 +162,19 @@ def record_uses(session: Session, uses: dict[tuple[str, date, str], int],
              for (h, d, a), m in uses.items() if (h, d, a) in held and held[(h, d, a)] | m != held[(h, d, a)]]
     # Each one statement on PostgreSQL (kyc.persist.insert_rows says why).
     if new:
-        counts = [{"value_hash": h, "day": d, "accounts": n}
-                  for (h, d), n in sorted(Counter((row["value_hash"], row["day"]) for row in new).items())]
         starts: dict[tuple[str, str], date] = {}
         for row in new:
             key = (row["value_hash"], row["account_id"])
             starts[key] = min(starts.get(key, row["day"]), row["day"])
+        kept = {(h, a): d for h, a, d in session.execute(
+            select(_S.c.value_hash, _S.c.account_id, _S.c.day).where(
+                in_list(_S.c.account_id, "ids"), in_list(_S.c.value_hash, "hashes")),
+            {"ids": sorted({a for _, a in starts}), "hashes": sorted({h for h, _ in starts})})}
+        began = Counter((h, d) for (h, a), d in starts.items() if (h, a) not in kept or d < kept[(h, a)])
+        counts = [{"value_hash": h, "day": d, "accounts": n, "began": began[(h, d)]}
+                  for (h, d), n in sorted(Counter((row["value_hash"], row["day"]) for row in new).items())]
         insert_rows(session, _U, new, _USE_COLUMNS)
-        upsert_rows(session, _P, counts, keys=("value_hash", "day"), add=("accounts",))
+        upsert_rows(session, _P, counts, keys=("value_hash", "day"), add=("accounts", "began"))
         upsert_rows(session, _S, [{"value_hash": h, "account_id": a, "day": d} for (h, a), d in sorted(starts.items())],
                     keys=("value_hash", "account_id"), earliest=("day",))
     update_rows(session, _U, grown, keys=("value_hash", "day", "account_id"))
@@ -203,7 +222,8 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
         ids = sorted(woke)
         for i in range(0, len(ids), _READ_CHUNK):
             for account_id, value_hash, hours, accounts, start in session.execute(
-                    _MINE, {"accounts": ids[i:i + _READ_CHUNK], "day": day, "popular": popular}):
+                    _MINE, {"accounts": ids[i:i + _READ_CHUNK], "day": day, "popular": popular,
+                            "yesterday": day - timedelta(days=1), "watched_before": day - timedelta(days=BEGAN_WITHIN)}):
                 mine.setdefault(account_id, {})[value_hash] = hours
                 held_by[value_hash] = accounts
                 began[(account_id, value_hash)] = start or day

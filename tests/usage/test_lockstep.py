@@ -148,6 +148,34 @@ def test_popular_templates_link_nobody(database_url, make_config):
         rt.engine.dispose()
 
 
+def test_a_farm_larger_than_the_popular_count_does_not_make_its_own_templates_popular(database_url, make_config):
+    """A burst of newcomers never makes its own template popular: a farm of more accounts than
+    KYC_USAGE_POPULAR_PROMPT, set going on its templates together, is held; a tool its users took
+    up over the days before stays popular and links nobody."""
+    rt = Runtime.start(make_config(database_url, usage_popular_prompt=10), migrate=False)
+    try:
+        client, auth = create_app(runtime=rt).test_client(), key_headers(rt)
+        users = _signups(client, auth, "user", 25)
+        tool = {f"pf_tool_{k}": 3 for k in range(4)}
+        for back in range(10, 0, -1):                           # taken up over ten days, a few a day
+            _post_before(client, auth, back, [_report(a, tool, cv=1.3) for a in users[:(11 - back) * 25 // 10]])
+        farm = _signups(client, auth, "farm", 25)
+        templates = [f"pf_farm_{k}" for k in range(6)]
+        reports = [_report(a, {t: 5 for t in templates if t != templates[i % 6]}) for i, a in enumerate(farm)]
+        results = client.post("/v1/activity", json={"reports": reports + [_report(a, tool, cv=1.3) for a in users]},
+                              headers=auth).json["results"]
+        assert [r["decision"] for r in results] == ["review"] * 25 + ["allow"] * 25
+        assert _facts_today(rt, farm[0])["lockstep_accounts"] == 24 and _facts_today(rt, users[0])["lockstep_accounts"] == 0
+        with rt.session() as s:
+            days = {(d.value_hash, d.day.isoformat()): (d.accounts, d.began) for d in s.scalars(select(PromptDay))}
+        farm_template, tool_template = (keyed_hash(TEST_SECRET, "prompt", t) for t in (templates[0], "pf_tool_0"))
+        assert days[(farm_template, WOKE)] == (20, 20)          # five of the six templates each: all newcomers
+        assert days[(tool_template, WOKE)] == (25, 0)
+        assert days[(tool_template, _days_before(WOKE, 1))] == (25, 3)
+    finally:
+        rt.engine.dispose()
+
+
 def test_uses_are_kept_per_template_day_and_hours(client, auth, runtime):
     (account,) = _signups(client, auth, "solo", 1)
     for hour in (9, 10, 10):
@@ -233,8 +261,16 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, dormant: dict[
     from kyc.usage.lockstep import BEGAN_WITHIN
 
     out = {}
+    near = timedelta(days=BEGAN_WITHIN)
+
+    def uncommon(t, day):
+        # Popular: more than `popular` accounts that day, fewer than half as many newcomers (begun on it
+        # that day or the day before), unless the day is among kyc's first (there the count alone).
+        newcomers = sum(1 for (_, t2), d in starts.items() if t2 == t and day - timedelta(days=1) <= d <= day)
+        return held[t] <= popular or (newcomers * 2 >= held[t] and day > since + near)
+
     for account, day, woke in wanted:
-        mine = {t: h for (a, t), h in uses.items() if a == account and held[t] <= popular}
+        mine = {t: h for (a, t), h in uses.items() if a == account and uncommon(t, day)}
         facts = {"lockstep_accounts": 0, "lockstep_woke": 0, "lockstep_began_together": 0, "lockstep_adopters": 0,
                  "lockstep_adopters_together": 0, "lockstep_addresses": 0, "woke_together": 0}
         if len(mine) >= SHARED or (woke and mine):
@@ -262,7 +298,6 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, dormant: dict[
                 # name of those with as many); of them, those begun within BEGAN_WITHIN days of this one's
                 # start on it, both after kyc's first days.
                 by = max(day, adopted_by or day)
-                near = timedelta(days=BEGAN_WITHIN)
 
                 def adopters_of(t):
                     return [d for (a, t2), d in starts.items() if t2 == t and a != account and d <= by]
@@ -325,7 +360,14 @@ def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, do
         if day_uses:
             s.execute(insert(PromptUse), [{"value_hash": t, "day": _DAY, "account_id": a, "hours": h}
                                           for (a, t), h in day_uses.items()])
-            s.execute(insert(PromptDay), [{"value_hash": t, "day": _DAY, "accounts": n} for t, n in held.items()])
+            # Each template's newcomers that day and the day before: the starts kept on those days.
+            newcomers = Counter((t, d) for (_, t), d in starts.items() if _DAY - timedelta(days=1) <= d <= _DAY)
+            s.execute(insert(PromptDay), [{"value_hash": t, "day": _DAY, "accounts": n, "began": newcomers[(t, _DAY)]}
+                                          for t, n in held.items()])
+            before = [{"value_hash": t, "day": d, "accounts": n, "began": n} for (t, d), n in newcomers.items()
+                      if d < _DAY]
+            if before:
+                s.execute(insert(PromptDay), before)
         if starts:
             s.execute(insert(PromptStart), [{"value_hash": t, "account_id": a, "day": d} for (a, t), d in starts.items()])
     wanted = [(a, _DAY, w) for a, w in zip(accounts, woke)]
