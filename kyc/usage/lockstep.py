@@ -15,8 +15,9 @@ uncommon. Counted alone, a farm twenty times KYC_USAGE_POPULAR_PROMPT (as 25,000
 against 1,000) made its own templates popular within its first hours and went free: `kyc simulate
 --usage` with KYC_USAGE_POPULAR_PROMPT=20 (its 400 farm accounts), seed 6161, served the farm
 100.00% of what it meant to send; with newcomers read, 3.71% (as at 1,000); on seed 9898, not
-looked at before, 99.92% and 3.54%; legitimate requests denied 0.00% in all four. (A held account sends no templates, so a farm caught in its first hour never
-reaches the count: 3,000 farm accounts at the default threshold were held either way.)
+looked at before, 99.92% and 3.54%; legitimate requests denied 0.00% in all four. (A held
+account sends no templates, so a farm caught in its first hour never reaches the count: 3,000
+farm accounts at the default threshold were held either way.)
 
 The facts (usage.lockstep_accounts, usage.lockstep_woke): how many other accounts are in
 lockstep with this one on the day, and how many of those woke from a dormancy that day
