@@ -208,8 +208,12 @@ def test_an_account_s_start_on_a_template_is_its_earliest_use(client, auth, runt
         assert client.post("/v1/activity", json={"reports": [report]}, headers=auth).status_code == 200
     with runtime.session() as s:
         starts = dict(s.execute(select(PromptStart.value_hash, PromptStart.day)).all())
-    assert starts == {keyed_hash(TEST_SECRET, "prompt", "pf_a"): date(2026, 11, 22),
-                      keyed_hash(TEST_SECRET, "prompt", "pf_b"): date(2026, 11, 26)}
+        began = {(d.value_hash, d.day.isoformat()): d.began for d in s.scalars(select(PromptDay))}
+    a, b = (keyed_hash(TEST_SECRET, "prompt", t) for t in ("pf_a", "pf_b"))
+    assert starts == {a: date(2026, 11, 22), b: date(2026, 11, 26)}
+    # Each day a start was written counts a newcomer; the 24th keeps its newcomer after the start
+    # moved back to the 22nd (replayed out of order: the 24th reads as more of a burst, not less).
+    assert began == {(a, "2026-11-24"): 1, (a, "2026-11-26"): 0, (b, "2026-11-26"): 1, (a, "2026-11-22"): 1}
 
 
 def test_window_hours():
