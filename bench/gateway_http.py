@@ -41,8 +41,7 @@ from kyc.models import Account, ApiKey  # noqa: E402
 from kyc.runtime import Runtime, upgrade_database  # noqa: E402
 from kyc.security import hash_api_key, new_api_key  # noqa: E402
 
-from http_load import (  # noqa: E402  (bench/, the script's folder)
-    backend_ticks, children, cpu_seconds, cpu_ticks, free_port, start, stop, wrk)
+from http_load import free_port, start, stop, wrk_with_cpu  # noqa: E402  (bench/, the script's folder)
 
 _spec = importlib.util.spec_from_file_location("bench_entitlement", Path(__file__).with_name("entitlement.py"))
 entitlement_bench = importlib.util.module_from_spec(_spec)
@@ -82,16 +81,6 @@ def warm_up(port: int, key: str, ids: list[str], report: dict) -> None:
                                          headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=300) as answer:
             assert answer.status == 200
-
-
-def timed(server, port: int, script: str, args, runtime: Runtime) -> dict:
-    """One wrk run, with the CPU the server's workers and PostgreSQL's backends spent in it (from
-    /proc, before and after: what a call costs each side, which requests/s on a shared machine hide)."""
-    workers = children(server.pid)
-    before, pg_before = {pid: cpu_ticks(pid) for pid in workers}, backend_ticks(runtime.engine)
-    result = wrk(port, script, args.duration, args.threads, args.connections)
-    after, pg_after = {pid: cpu_ticks(pid) for pid in workers}, {pid: cpu_ticks(pid) for pid in pg_before}
-    return {**result, "worker_cpu": cpu_seconds(before, after), "pg_cpu": cpu_seconds(pg_before, pg_after)}
 
 
 def main() -> None:
@@ -140,7 +129,8 @@ def main() -> None:
             script = LUA % {"ids": ",".join(json.dumps(i) for i in ids), "key": key, "call": call,
                             "body": json.dumps(report)}
             for name in ("bare", "floor", "kyc", "bare", "floor", "kyc"):     # alternated: load drifts over a run
-                results.setdefault((call, name), []).append(timed(servers[name], ports[name], script, args, runtime))
+                results.setdefault((call, name), []).append(wrk_with_cpu(
+                    servers[name], ports[name], script, args.duration, args.threads, args.connections, runtime.engine))
     finally:
         for server in servers.values():
             stop(server)

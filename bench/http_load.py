@@ -115,3 +115,14 @@ def backend_ticks(admin_engine) -> dict[int, int]:
         pids = conn.execute(text("SELECT pid FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid() "
                                  "AND backend_type = 'client backend'"), {"db": database}).scalars().all()
     return {pid: cpu_ticks(pid) for pid in pids}
+
+
+def wrk_with_cpu(server, port: int, script: str, duration: int, threads: int, connections: int,
+                 admin_engine) -> dict:
+    """One wrk run (as wrk() answers it), with the CPU seconds `server`'s workers (worker_cpu) and
+    the database's client backends (pg_cpu) spent in it, read from /proc before and after: what a
+    call costs each side, which requests/s on a shared machine hide."""
+    before, pg_before = {pid: cpu_ticks(pid) for pid in children(server.pid)}, backend_ticks(admin_engine)
+    result = wrk(port, script, duration, threads, connections)
+    after, pg_after = {pid: cpu_ticks(pid) for pid in children(server.pid)}, backend_ticks(admin_engine)
+    return {**result, "worker_cpu": cpu_seconds(before, after), "pg_cpu": cpu_seconds(pg_before, pg_after)}

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from http_load import backend_ticks, children, cpu_seconds, cpu_ticks, free_port, start, stop, wrk  # noqa: E402
+from http_load import free_port, start, stop, wrk, wrk_with_cpu  # noqa: E402
 from score_signup import varied_signups  # noqa: E402
 
 from kyc.persist import refresh_statistics  # noqa: E402
@@ -106,14 +106,9 @@ def measure(server, port: int, admin_engine, script: str, warm_script: str, args
     wrk(port, warm_script, args.warmup, args.threads, args.connections)
     if schema_engine is not None:
         refresh_statistics(schema_engine)
-    workers = children(server.pid)
-    before_workers, before_pg = {p: cpu_ticks(p) for p in workers}, backend_ticks(admin_engine)
-    result = wrk(port, script, args.duration, args.threads, args.connections)
-    after_workers, after_pg = {p: cpu_ticks(p) for p in children(server.pid)}, backend_ticks(admin_engine)
+    result = wrk_with_cpu(server, port, script, args.duration, args.threads, args.connections, admin_engine)
     done = max(1, result["requests"] - result["non_2xx"])
-    result["worker_ms"] = cpu_seconds(before_workers, after_workers) * 1e3 / done
-    result["pg_ms"] = cpu_seconds(before_pg, after_pg) * 1e3 / done
-    return result
+    return {**result, "worker_ms": result["worker_cpu"] * 1e3 / done, "pg_ms": result["pg_cpu"] * 1e3 / done}
 
 
 def loadavg() -> str:
