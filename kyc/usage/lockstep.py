@@ -93,8 +93,9 @@ _HELD = select(_U.c.value_hash, _U.c.day, _U.c.account_id, _U.c.hours).where(
 # from 1,926 statements and 1,679 ms of CPU to 9 and 764 (in process, PostgreSQL, load ~3).
 # Each use with the day its account began on the template (prompt_starts, by its primary key).
 _STARTED = (_S.c.value_hash == _U.c.value_hash) & (_S.c.account_id == _U.c.account_id)
-# Where kyc began watching: its first day of usage (one step of ix_activity_days_day).
-_WATCHED_SINCE = select(func.min(_D.c.day))
+# Where kyc began watching: its first day of usage (one step of ix_activity_days_day), read once
+# by each _MINE (an uncorrelated subquery), which also returns it for the starts' censoring below.
+_WATCHED_SINCE = select(func.min(_D.c.day)).scalar_subquery()
 # A template is popular on a day when more than `popular` accounts used it and fewer than half as
 # many began on it that day or the day before: a burst of newcomers never makes its own template
 # popular (as a velocity key's popularity leaves out its last day). Starts in kyc's first days
@@ -102,8 +103,8 @@ _WATCHED_SINCE = select(func.min(_D.c.day))
 _YESTERDAY = _P.alias("prompt_days_before")
 _NEWCOMERS = _P.c.began + func.coalesce(_YESTERDAY.c.began, 0)
 _UNCOMMON = or_(_P.c.accounts <= bindparam("popular"),
-                and_(_NEWCOMERS * 2 >= _P.c.accounts, _WATCHED_SINCE.scalar_subquery() < bindparam("watched_before")))
-_MINE = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _P.c.accounts, _S.c.day)
+                and_(_NEWCOMERS * 2 >= _P.c.accounts, _WATCHED_SINCE < bindparam("watched_before")))
+_MINE = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _P.c.accounts, _S.c.day, _WATCHED_SINCE)
          .select_from(_U.join(_P, (_P.c.value_hash == _U.c.value_hash) & (_P.c.day == _U.c.day))
                       .outerjoin(_YESTERDAY, (_YESTERDAY.c.value_hash == _U.c.value_hash)
                                  & (_YESTERDAY.c.day == bindparam("yesterday")))
@@ -214,7 +215,7 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
     generated days."""
     out: dict[tuple[str, date], dict[str, Any]] = {}
     by_day: dict[date, dict[str, bool]] = {}
-    censored_to: date | None = None                              # starts up to this day are kyc's own start
+    watched_since: date | None = None                            # kyc's first day of usage (from _MINE)
     for account_id, day, woke in wanted:
         by_day.setdefault(day, {})[account_id] = woke
         out[(account_id, day)] = dict(NO_LOCKSTEP)
@@ -225,7 +226,7 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
         kept: set[tuple[str, str]] = set()                       # (account, template) whose start is kept
         ids = sorted(woke)
         for i in range(0, len(ids), _READ_CHUNK):
-            for account_id, value_hash, hours, accounts, start in session.execute(
+            for account_id, value_hash, hours, accounts, start, watched_since in session.execute(
                     _MINE, {"accounts": ids[i:i + _READ_CHUNK], "day": day, "popular": popular,
                             "yesterday": day - timedelta(days=1), "watched_before": day - timedelta(days=BEGAN_WITHIN)}):
                 mine.setdefault(account_id, {})[value_hash] = hours
@@ -265,8 +266,7 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
         for i in range(0, len(others), _READ_CHUNK):
             take(session.execute(_THEIRS, {"day": day, "accounts": others[i:i + _READ_CHUNK]}))
         shared_in_lockstep: dict[str, set[str]] = {}             # account -> the templates its group shares
-        if candidates and censored_to is None:
-            censored_to = (session.execute(_WATCHED_SINCE).scalar() or day) + timedelta(days=BEGAN_WITHIN)
+        censored_to = (watched_since or day) + timedelta(days=BEGAN_WITHIN)   # starts up to it are kyc's own
         for account_id, templates in asked.items():
             facts = out[(account_id, day)]
             if woke[account_id]:
