@@ -206,6 +206,11 @@ def _crawler_patterns() -> re.Pattern:
     return re.compile("|".join(f"(?:{e['pattern']})" for e in crawleruseragents.CRAWLER_USER_AGENTS_DATA))
 
 
+def _browser_string(ua: str) -> bool:
+    """What a browser list keeps as a browser: neither an app's client or probe nor a cut string."""
+    return not (NOT_A_BROWSER.search(ua) or CUT.search(ua))
+
+
 @cache
 def corpus(name: str) -> tuple[str, ...]:
     """The distinct user agents of one corpus, sorted."""
@@ -217,7 +222,7 @@ def corpus(name: str) -> tuple[str, ...]:
                   if GENERATED_CHROME.search(row["useragent"])]
     elif name == "isbot-browsers":
         agents = [ua for ua in _fixture_agents(DATA / "isbot-browsers.yml", labelled_bots=False)
-                  if not NOT_A_BROWSER.search(ua) and not CUT.search(ua)]
+                  if _browser_string(ua)]
     elif name == "isbot-labelled-bots":
         agents = _fixture_agents(DATA / "isbot-browsers.yml", labelled_bots=True)
     elif name == "cut-strings":
@@ -233,18 +238,17 @@ def corpus(name: str) -> tuple[str, ...]:
     elif name in ("uap-core-browsers", "uap-core-browsers-all"):
         families = {row["browser"] for row in _fake_useragent_rows()}
         agents = [c["user_agent_string"] for c in _uap_cases() if c["family"] in families
-                  and (name.endswith("-all") or not (NOT_A_BROWSER.search(c["user_agent_string"])
-                                                     or CUT.search(c["user_agent_string"])))]
+                  and (name.endswith("-all") or _browser_string(c["user_agent_string"]))]
     elif name == "device-detector-browsers":
         agents = [ua for row in _device_detector_fixtures() if row["file"] != "bots.yml"
                   and isinstance(row.get("client"), dict) and row["client"].get("type") == "browser"
-                  for ua in [str(row["user_agent"])] if not NOT_A_BROWSER.search(ua) and not CUT.search(ua)]
+                  for ua in [str(row["user_agent"])] if _browser_string(ua)]
     elif name == "intoli-browsers":
         lines = (DATA / "intoli-user-agents.txt").read_text(encoding="utf-8").splitlines()
-        agents = [ua for ua in lines if not ua.startswith("#") and not NOT_A_BROWSER.search(ua) and not CUT.search(ua)]
+        agents = [ua for ua in lines if not ua.startswith("#") and _browser_string(ua)]
     elif name == "crawlerdetect-browsers":
         lines = (DATA / "crawlerdetect-devices-sample.txt").read_text(encoding="utf-8").splitlines()
-        agents = [ua for ua in lines if not (NOT_A_BROWSER.search(ua) or CUT.search(ua) or GENERATED_CHROME.search(ua))]
+        agents = [ua for ua in lines if _browser_string(ua) and not GENERATED_CHROME.search(ua)]
     elif name == "crawlerdetect-crawlers":
         agents = (DATA / "crawlerdetect-crawlers.txt").read_text(encoding="utf-8").splitlines()
     elif name == "device-detector-bots":
