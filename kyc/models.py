@@ -405,6 +405,12 @@ class ActivityDay(Base):
     baseline: Mapped[float] = mapped_column(Float, default=0.0)
     history_days: Mapped[int] = mapped_column(Integer, default=0)
     first_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The day of the account's latest wake (a day whose first report ended a dormancy longer than
+    # KYC_DORMANT_DAYS, or was its first use AGED_FIRST_USE_DAYS or more after signup:
+    # kyc.usage.lockstep), carried forward by each new day: lockstep counts an account as woken for
+    # that day and the next (kyc.usage.lockstep.WOKE_WITHIN), so a farm waking in the last hour of a
+    # UTC day is still a group that woke together after midnight. None: never woke.
+    woke_on: Mapped[date | None] = mapped_column(Date)
 
     # The first day of usage kyc holds, read by lockstep (kyc/usage/lockstep.py: where kyc began
     # watching). min(day) through it: 0.07 ms; the index costs a new day's row about 0.5 us more

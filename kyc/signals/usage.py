@@ -61,7 +61,9 @@ FIELDS = (
           "Other accounts acting in lockstep with this one on the day: sharing 3 or more of its prompt templates "
           "that are not popular (KYC_USAGE_POPULAR_PROMPT), in a common UTC hour (kyc/usage/lockstep.py).", 0),
     Field("usage.lockstep_woke", "int",
-          "Of those, accounts that woke from a dormancy longer than KYC_DORMANT_DAYS the same day.", 0),
+          "Of those, accounts woken: that woke the same UTC day or the day before (a wake late in a day is still "
+          "one the next), from a dormancy longer than KYC_DORMANT_DAYS or by a first use of the API 7 days or more "
+          "after signup (farms age their accounts; kyc/usage/lockstep.py).", 0),
     Field("usage.lockstep_began_together", "int",
           "Of those, accounts that began on the templates they share with this one (their first use of any of "
           "them) within a day of when this one began on them: a farm's accounts are set going together, a tool's "
@@ -83,12 +85,12 @@ FIELDS = (
           "account's last activity IP of the day: as many as the accounts, a farm behind residential proxies; one or "
           "a few, a group that shows itself (a class on its campus's NAT address, an office); 0 without lockstep.", 1),
     Field("usage.woke_together", "int",
-          "On the day the account woke from a dormancy longer than KYC_DORMANT_DAYS: other accounts that woke the "
-          "same UTC day and used any of its prompt templates that are not popular (KYC_USAGE_POPULAR_PROMPT) that "
-          "day (kyc/usage/lockstep.py); 0 on other days.", 0),
+          "On the day the account woke (as for lockstep_woke), and the day after: other "
+          "accounts woken too (that day or the day before) that used any of its prompt templates that are not "
+          "popular (KYC_USAGE_POPULAR_PROMPT) that day (kyc/usage/lockstep.py); 0 on other days.", 0),
     Field("usage.woke_together_share", "float",
-          "On the day the account woke: of the other accounts that used any of those templates that day, the share "
-          "that woke that day too (1.0: everyone on its templates woke with it, a farm; a tool's users coming back "
+          "On the day the account woke, and the day after: of the other accounts that used any of those templates "
+          "that day, the share woken too (1.0: everyone on its templates woke with it, a farm; a tool's users coming back "
           "from a break are a small share of its users); missing on other days.", 1.0),
     Field("usage.cluster_requests_today", "int",
           "Requests the account's whole cluster (graph.cluster_id) was served on the day.", 1200),

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from kyc.models import ActivityDay, ClusterMember
 from kyc.persist import in_list
 from kyc.signals.usage import cluster_usage_signals, usage_signals
-from kyc.usage.lockstep import NO_LOCKSTEP, SHARED, lockstep_facts
+from kyc.usage.lockstep import NO_LOCKSTEP, SHARED, lockstep_facts, woken
 
 _DAY = ActivityDay.__table__
 # The latest day the account was served: a day the gateway refused it everything (it was held)
@@ -53,7 +53,7 @@ def lockstep_wanted(runtime, account_id: str, day: dict[str, Any], at) -> tuple[
     """What lockstep_facts needs for the account's `day` as of `at`: only on at's own day, and
     only when it holds enough prompt templates to share (or any, on the day the account woke:
     usage.woke_together); None otherwise."""
-    woke = (day.get("dormant_days") or 0) > runtime.config.dormant_days
+    woke = woken(day.get("woke_on"), day["day"])
     templates = len(day.get("fingerprints") or ())
     if day["day"] == at.date() and (templates >= SHARED or (woke and templates)):
         return (account_id, day["day"], woke)
@@ -73,7 +73,7 @@ def usage_facts(runtime, session: Session, account_id: str, day: dict[str, Any],
     if wanted is not None:
         if lockstep is None:
             lockstep = lockstep_facts(session, [wanted], popular=runtime.config.usage_popular_prompt,
-                                      dormant=runtime.config.dormant_days, adopted_by=adopted_by)
+                                      adopted_by=adopted_by)
         facts.update(lockstep[wanted[:2]])
     elif day["day"] == at.date():
         facts.update(NO_LOCKSTEP)

@@ -20,8 +20,9 @@ account sends no templates, so a farm caught in its first hour never reaches the
 farm accounts at the default threshold were held either way.)
 
 The facts (usage.lockstep_accounts, usage.lockstep_woke): how many other accounts are in
-lockstep with this one on the day, and how many of those woke from a dormancy that day
-(KYC_DORMANT_DAYS): a farm's accounts wake together, all of them. usage.lockstep_addresses: from
+lockstep with this one on the day, and how many of those are woken: woke from a dormancy
+(KYC_DORMANT_DAYS) that day or the day before (WOKE_WITHIN): a farm's accounts wake together, all
+of them, and a wake in a day's last hour is one the next day too. usage.lockstep_addresses: from
 how many addresses the group (this account included) acted that day, each account's last of the
 day: a farm's accounts behind residential proxies, one address each; a course's participants in
 their lab session, or an office's staff, behind one NAT address. A tool's users share its
@@ -32,8 +33,8 @@ and read usage.woke_together_share), not a count of wakers alone.
 The pairwise test is slow against a careful farm: an account sending a request an hour, each
 on one template drawn from a shared set, needs many hours before it holds three templates in
 common with twenty others. The group is seen sooner (CopyCatch's view: many accounts on one set
-of items within one window): usage.woke_together counts, for an account on the day it woke,
-the other accounts that woke that same day and used any of its uncommon templates that day.
+of items within one window): usage.woke_together counts, for an account woken (on the day it
+woke and the next), the other accounts woken too that used any of its uncommon templates that day.
 Waking is rare and a template nobody popular shares is rare, so both together are a group
 almost nobody else belongs to; from its first request the farm account's group is the farm.
 
@@ -81,6 +82,26 @@ from kyc.persist import in_list, insert_rows, merge_prompt_uses, postgres, updat
 
 SHARED = 3
 BEGAN_WITHIN = 1            # days between two accounts' starts on shared templates that count as together
+# An account counts as woken on the day of its latest wake and the next (activity_days.woke_on): a
+# farm that wakes at 23:00 UTC sends one hour's templates on its wake day, too few to show its group;
+# read on that day only, its accounts had woken for that hour, and the group was free from midnight
+# on (60 accounts, one template an hour each, woken at 23:00: 19 held at midnight, none by 21:00).
+WOKE_WITHIN = 1
+# A first use of the API this many days or more after the account was last seen (its signup) is a
+# wake for lockstep too, however short of KYC_DORMANT_DAYS: farms register slowly and let their
+# accounts age before using them, at a steady drip over weeks, so most of a farm's accounts are
+# younger than KYC_DORMANT_DAYS when it wakes. Read at that length alone, 40 accounts signed up
+# one a day over the 40 days before they woke together (9 of them dormant longer than 30 days), at a
+# machine pace on two of three shared templates each in their first hour, were none of them held
+# then; with this, 33 (all but those signed up in the week before: tests/usage/test_lockstep.py). Not account.woke_up (a tier's gate): a person trying the API a week
+# after signing up is no dormancy. A first use in kyc's own first days of usage is where kyc began
+# watching (kyc.usage.reports.record_reports), as a start is below.
+AGED_FIRST_USE_DAYS = 7
+
+
+def woken(woke_on: date | None, day: date) -> bool:
+    """Whether an account whose latest wake was on `woke_on` counts as woken on `day`."""
+    return woke_on is not None and day - timedelta(days=WOKE_WITHIN) <= woke_on <= day
 
 _U, _P, _D, _S = PromptUse.__table__, PromptDay.__table__, ActivityDay.__table__, PromptStart.__table__
 _HELD = select(_U.c.value_hash, _U.c.day, _U.c.account_id, _U.c.hours).where(
@@ -110,7 +131,7 @@ _MINE = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _P.c.accounts, _S.
                                  & (_YESTERDAY.c.day == bindparam("yesterday")))
                       .outerjoin(_S, _STARTED))
          .where(in_list(_U.c.account_id, "accounts"), _U.c.day == bindparam("day"), _UNCOMMON))
-_DAYS_USES = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _D.c.dormant_days, _S.c.day, _D.c.last_ip_hash)
+_DAYS_USES = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _D.c.woke_on, _S.c.day, _D.c.last_ip_hash)
               .select_from(_U.outerjoin(_D, (_D.c.account_id == _U.c.account_id) & (_D.c.day == _U.c.day))
                            .outerjoin(_S, _STARTED))
               .where(_U.c.day == bindparam("day")))
@@ -185,18 +206,18 @@ def record_uses(session: Session, uses: dict[tuple[str, date, str], int],
     update_rows(session, _U, grown, keys=("value_hash", "day", "account_id"))
 
 
-def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, popular: int, dormant: int,
+def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, popular: int,
                    adopted_by: date | None = None) -> dict[tuple[str, date], dict[str, Any]]:
     """usage.lockstep_accounts, usage.lockstep_woke and usage.lockstep_began_together of each
-    (account, day, woke) in `wanted`, and, for an account that woke that day, usage.woke_together;
+    (account, day, woke) in `wanted`, and, for an account woken that day (`woke`), usage.woke_together;
     keyed by (account, day).
 
     Lockstep: the other accounts that used at least SHARED of the account's uncommon templates
-    that day in an hour the account used any of them; how many of those woke that day; and how
+    that day in an hour the account used any of them; how many of those are woken (woken); and how
     many of those began on the templates counted for the pair within BEGAN_WITHIN days of when
     the account did (each side's earliest start on them; a use without a start kept counts as
     begun that day).
-    Woke together: the other accounts that woke that day and used any of its uncommon templates.
+    Woke together: the other accounts woken that day that used any of its uncommon templates.
     Adopters: the accounts that had begun on the template by the day, or by `adopted_by` when the
     day is read again later (a rescore: what is known now, so a tool's launch adopters held as
     a group are released once the tool has grown past them); and of those, the ones that began
@@ -244,18 +265,18 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
                   for a, m in asked.items()}
         users: dict[str, list[str]] = {}                         # template -> the accounts that used it
         used: dict[tuple[str, str], int] = {}                    # (account, template) -> its hours
-        woken: set[str] = set()
+        awake: set[str] = set()                                  # accounts woken that day (woken)
         address: dict[str, str | None] = {}                       # account -> the day's last activity IP
 
         def take(rows) -> None:
-            for account_id, value_hash, hours, dormant_days, start, ip_hash in rows:
+            for account_id, value_hash, hours, woke_on, start, ip_hash in rows:
                 address[account_id] = ip_hash
                 if (account_id, value_hash) not in used:
                     users.setdefault(value_hash, []).append(account_id)
                 used[(account_id, value_hash)] = hours
                 began[(account_id, value_hash)] = start or day
-                if (dormant_days or 0) > dormant:
-                    woken.add(account_id)
+                if woken(woke_on, day):
+                    awake.add(account_id)
 
         hashes = sorted({h for read in prefix.values() for h in read})
         for i in range(0, len(hashes), _READ_CHUNK):
@@ -271,8 +292,8 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
             facts = out[(account_id, day)]
             if woke[account_id]:
                 peers = {o for h in templates for o in users.get(h, ()) if o != account_id}
-                facts["woke_together"] = len(peers & woken)
-                facts["woke_together_share"] = round(len(peers & woken) / len(peers), 4) if peers else 0.0
+                facts["woke_together"] = len(peers & awake)
+                facts["woke_together_share"] = round(len(peers & awake) / len(peers), 4) if peers else 0.0
             if account_id not in candidates:
                 continue
             mask = 0
@@ -293,7 +314,7 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
             # Where the group acts from: as many addresses as accounts hides behind proxies (a farm); one
             # or a few shows itself (a class on its campus's address, an office's staff).
             addresses = {address.get(a) for a in lockstep | {account_id}} - {None} if lockstep else set()
-            facts.update(lockstep_accounts=len(lockstep), lockstep_woke=len(lockstep & woken),
+            facts.update(lockstep_accounts=len(lockstep), lockstep_woke=len(lockstep & awake),
                          lockstep_began_together=together, lockstep_addresses=len(addresses))
         hashes = sorted({h for shared in shared_in_lockstep.values() for h in shared})
         begun: dict[str, dict[date, int]] = {}                   # template -> day begun -> accounts

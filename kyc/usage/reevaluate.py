@@ -73,8 +73,7 @@ def accounts_to_reevaluate(runtime: Runtime, session: Session, recorded: Iterabl
     # The lockstep facts of all candidates in two statements (kyc.usage.lockstep), not per account.
     wanted = [w for w in (lockstep_wanted(runtime, a, latest[a].usage_day, latest[a].usage_day["last_at"])
                           for a in candidates) if w is not None]
-    lockstep = lockstep_facts(session, wanted, popular=runtime.config.usage_popular_prompt,
-                              dormant=runtime.config.dormant_days)
+    lockstep = lockstep_facts(session, wanted, popular=runtime.config.usage_popular_prompt)
     for account_id in candidates:
         day = latest[account_id].usage_day
         usage = usage_facts(runtime, session, account_id, day, day["last_at"], standing[account_id].first_seen_at,

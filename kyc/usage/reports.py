@@ -3,8 +3,10 @@
 Each report is kept as sent, its identifiers (IP, API key id, prompt fingerprints) as keyed
 hashes, and added to the account's day of totals (one row per account and UTC day, which the
 usage signals read). A day's first report records how long the account had been silent before
-it (dormant_days: more than KYC_DORMANT_DAYS is a wake-up, the account.woke_up signal), and its
-trailing baseline and first use, so that nothing later reads the older days again.
+it (dormant_days: more than KYC_DORMANT_DAYS is a wake-up, the account.woke_up signal), its
+trailing baseline and first use, and the day of its latest wake for lockstep (woke_on: this day if
+it woke, or is the account's first use AGED_FIRST_USE_DAYS or more after signup; else carried from
+the day before), so that nothing later reads the older days again.
 
 A batch (the bulk endpoint; the single report is a batch of one) costs a fixed number of
 statements whatever its size: lock the accounts, read their touched days, read the history of
@@ -28,7 +30,7 @@ from kyc.models import Account, ActivityDay, ActivityReport, Cluster, ClusterMem
 from kyc.persist import fetch, fetch_in_order, in_list, insert_rows, update_rows, upsert_rows
 from kyc.security import KeyedHashes
 from kyc.signals.usage import BASELINE_DAYS, HOURS, hour_of
-from kyc.usage.lockstep import record_uses
+from kyc.usage.lockstep import AGED_FIRST_USE_DAYS, BEGAN_WITHIN, record_uses
 
 MAX_DAY_FINGERPRINTS = 100      # prompt templates kept per account and day: the most used
 
@@ -66,10 +68,10 @@ _EARLIER = _D.alias("earlier")
 _WINDOWED = _D.alias("windowed")
 _HISTORY = union_all(
     select(_D.c.account_id, _D.c.day, _D.c.requests, func.coalesce(_D.c.first_used_at, _D.c.first_at).label("used"),
-           literal(True).label("in_window"))
+           _D.c.woke_on, literal(True).label("in_window"))
     .where(in_list(_D.c.account_id, "ids"), _IN_WINDOW),
     select(_D.c.account_id, _D.c.day, _D.c.requests, func.coalesce(_D.c.first_used_at, _D.c.first_at),
-           literal(False))
+           _D.c.woke_on, literal(False))
     .where(in_list(_D.c.account_id, "ids"),
            _D.c.day == select(func.max(_EARLIER.c.day)).where(_EARLIER.c.account_id == _D.c.account_id,
                                                               _EARLIER.c.day < bindparam("since")).scalar_subquery(),
@@ -77,13 +79,14 @@ _HISTORY = union_all(
                            _WINDOWED.c.day < bindparam("until"))))
 _DAY_VALUES = ("requests", "first_at", "last_at", "dormant_days", "last_ip_hash", "refused", "tokens_in", "tokens_out",
                "hours", "cv_sum", "cv_requests", "models", "fingerprints", "tier", "baseline", "history_days",
-               "first_used_at")
+               "first_used_at", "woke_on")
 _REPORT_COLUMNS = ("account_id", "occurred_at", "window_seconds", "requests", "refused", "ip_hash", "api_key_hash",
                    "tier", "user_agent", "tokens_in", "tokens_out", "models", "prompt_fingerprints", "interval_cv",
                    "received_at")
 
 
 _KNOWN = select(_A.c.id).where(in_list(_A.c.id, "ids"))
+_WATCHED_SINCE = select(func.min(_D.c.day))      # kyc's first day of usage (ix_activity_days_day)
 
 
 def unknown_accounts(conn, account_ids: Sequence[str]) -> set[str]:
@@ -115,6 +118,9 @@ def record_reports(session: Session, reports: Sequence[tuple[str, ActivityInput]
     if unknown:
         raise UnknownAccounts(unknown)
     days = {(row.account_id, row.day): row._asdict() for row in day_rows}
+    held_days: dict[str, list[dict[str, Any]]] = defaultdict(list)      # account -> its days in `days`
+    for row in days.values():
+        held_days[row["account_id"]].append(row)
     new = sorted(k for k in keys if k not in days)
     history = _history(session, new)
     seen = {a: accounts[a].last_seen_at for a in ids}
@@ -122,6 +128,7 @@ def record_reports(session: Session, reports: Sequence[tuple[str, ActivityInput]
     results: list[Recorded] = []
     rows: list[dict[str, Any]] = []
     uses: dict[tuple[str, date, str], int] = {}
+    watched: list[date | None] = []                 # kyc's first day of usage, read once if needed
     for (account_id, inp), at in zip(reports, times):
         key = (account_id, at.date())
         day = days.get(key)
@@ -133,7 +140,21 @@ def record_reports(session: Session, reports: Sequence[tuple[str, ActivityInput]
             woke_up = gap > dormancy_threshold
             if woke_up:
                 versions[account_id] += 1        # account.woke_up can change an entitlement
-            day = days[key] = _new_day(account_id, key[1], at, gap, history.get(key))
+            # The day of the latest wake, for lockstep (activity_days.woke_on): this one's if it ended a
+            # dormancy or is the account's first use after it aged (AGED_FIRST_USE_DAYS), else carried.
+            # A first use in kyc's own first days of usage is where kyc began watching (as a start on a
+            # template is: kyc.usage.lockstep), not the account's: a gateway's existing customers all
+            # show their "first" use then.
+            earlier = [row for row in held_days[account_id] if row["day"] < key[1]]
+            first_use = (history.get(key) or (0.0, 0, None, None))[2] is None and not earlier
+            aged = first_use and gap >= AGED_FIRST_USE_DAYS
+            if aged:
+                if not watched:
+                    watched.append(session.scalar(_WATCHED_SINCE))
+                aged = watched[0] is not None and key[1] > watched[0] + timedelta(days=BEGAN_WITHIN)
+            day = days[key] = _new_day(account_id, key[1], at, gap, history.get(key),
+                                       woke_on=key[1] if woke_up or aged else _carried_wake(earlier, history.get(key)))
+            held_days[account_id].append(day)
         _add(day, inp, at, hashed)
         if inp.prompt_fingerprints:
             mask = window_hours(at, inp.window_seconds)
@@ -157,10 +178,22 @@ def record_reports(session: Session, reports: Sequence[tuple[str, ActivityInput]
     return results, accounts
 
 
-def _history(session: Session, new: list[tuple[str, date]]) -> dict[tuple[str, date], tuple[float, int, datetime | None]]:
+def _carried_wake(earlier: list[dict[str, Any]], history: tuple | None) -> date | None:
+    """The latest wake a new day carries forward: its latest earlier day's, of those the batch
+    holds (`earlier`: a batch may start an account's days out of order) and the one stored before
+    (`history`, from _history)."""
+    found = [(row["day"], row.get("woke_on")) for row in earlier]
+    if history is not None and history[3] is not None:
+        found.append(history[3])
+    return max(found, key=lambda day_wake: day_wake[0])[1] if found else None
+
+
+def _history(session: Session, new: list[tuple[str, date]]
+             ) -> dict[tuple[str, date], tuple[float, int, datetime | None, tuple[date, date | None] | None]]:
     """For each (account, day) about to be started: the trailing baseline (mean requests per day
-    over the BASELINE_DAYS days before it, since first use), the days it covers, and the
-    account's first use before it (None: never used)."""
+    over the BASELINE_DAYS days before it, since first use), the days it covers, the
+    account's first use before it (None: never used), and its latest earlier day read with that
+    day's latest wake (day, woke_on; None: no earlier day read)."""
     if not new:
         return {}
     ids = sorted({a for a, _ in new})
@@ -168,10 +201,12 @@ def _history(session: Session, new: list[tuple[str, date]]) -> dict[tuple[str, d
     until = max(d for _, d in new)
     window: dict[str, list] = defaultdict(list)
     first_use: dict[str, datetime] = {}
-    for account_id, day, requests, used, in_window in fetch(session, _HISTORY, {"ids": ids, "since": since,
-                                                                                "until": until}):
+    wakes: dict[str, list[tuple[date, date | None]]] = defaultdict(list)
+    for account_id, day, requests, used, woke_on, in_window in fetch(session, _HISTORY, {"ids": ids, "since": since,
+                                                                                         "until": until}):
         if in_window:
             window[account_id].append((day, requests))
+        wakes[account_id].append((day, woke_on))
         first_use[account_id] = min(first_use.get(account_id, used), used)
     out = {}
     for account_id, day in new:
@@ -181,17 +216,18 @@ def _history(session: Session, new: list[tuple[str, date]]) -> dict[tuple[str, d
         start = max(lo, used.date()) if used is not None else day
         covered = max(0, (day - start).days)
         total = sum(n for _, n in before)
-        out[(account_id, day)] = (total / covered if covered else 0.0, covered, used)
+        latest = max(((d, w) for d, w in wakes.get(account_id, ()) if d < day), default=None)
+        out[(account_id, day)] = (total / covered if covered else 0.0, covered, used, latest)
     return out
 
 
 def _new_day(account_id: str, day: date, at: datetime, gap: int,
-             history: tuple[float, int, datetime | None] | None) -> dict[str, Any]:
-    baseline, covered, used = history or (0.0, 0, None)
+             history: tuple[float, int, datetime | None, Any] | None, *, woke_on: date | None) -> dict[str, Any]:
+    baseline, covered, used, _ = history or (0.0, 0, None, None)
     return {"account_id": account_id, "day": day, "requests": 0, "first_at": at, "last_at": at, "dormant_days": gap,
             "last_ip_hash": None, "refused": 0, "tokens_in": 0, "tokens_out": 0, "hours": [0] * HOURS, "cv_sum": 0.0,
             "cv_requests": 0, "models": {}, "fingerprints": {}, "tier": None, "baseline": baseline,
-            "history_days": covered, "first_used_at": min(used, at) if used else at}
+            "history_days": covered, "first_used_at": min(used, at) if used else at, "woke_on": woke_on}
 
 
 def _add(day: dict[str, Any], inp: ActivityInput, at: datetime, hashed: Callable[[str, str], str]) -> None:

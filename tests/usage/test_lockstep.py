@@ -49,6 +49,63 @@ def _report(account: str, fingerprints: dict, hour: int = 10, cv: float | None =
     return report if cv is None else {**report, "interval_cv": cv}
 
 
+def test_a_farm_waking_in_the_last_hour_of_a_utc_day_is_held_after_midnight(client, auth, runtime):
+    """Woken counts for the wake's day and the next (activity_days.woke_on): a farm woken at 23:00
+    UTC sent one template each before midnight, too few to show its group that day, and was read as
+    never woken from midnight on (dormant_days 0 on its new day) and went free."""
+    from kyc.models import ActivityDay
+
+    farm = _signups(client, auth, "farm", 25)
+    templates = [f"pf_farm_{k}" for k in range(6)]
+    late = [_report(a, {templates[i % 6]: 5}, hour=23) for i, a in enumerate(farm)]
+    results = client.post("/v1/activity", json={"reports": late}, headers=auth).json["results"]
+    assert all(r["woke_up"] for r in results) and {r["decision"] for r in results} == {"allow"}
+    after = [{**_report(a, {t: 5 for t in templates if t != templates[i % 6]}, hour=1),
+              "occurred_at": f"{_days_before(WOKE, -1)}T01:30:00Z"} for i, a in enumerate(farm)]
+    results = client.post("/v1/activity", json={"reports": after}, headers=auth).json["results"]
+    assert not any(r["woke_up"] for r in results) and {r["dormant_days"] for r in results} == {0}
+    assert [r["decision"] for r in results] == ["review"] * 25
+    reasons = {r["rule"] for r in client.get(f"/v1/accounts/{farm[0]}", headers=auth).json["reasons"]}
+    assert {"lockstep_farm_waking", "woke_together_on_rare_templates"} <= reasons
+    # The wake is carried by each new day; woken only on its day and the next.
+    later = [{**_report(farm[0], {templates[0]: 1}), "occurred_at": f"{_days_before(WOKE, -3)}T10:30:00Z"}]
+    assert client.post("/v1/activity", json={"reports": later}, headers=auth).status_code == 200
+    with runtime.session() as s:
+        days = s.execute(select(ActivityDay.day, ActivityDay.dormant_days, ActivityDay.woke_on)
+                         .where(ActivityDay.account_id == farm[0]).order_by(ActivityDay.day)).all()
+    woke = date.fromisoformat(WOKE)
+    assert [(d, w) for d, _, w in days] == [(woke, woke), (woke + timedelta(days=1), woke),
+                                            (woke + timedelta(days=3), woke)]
+    from kyc.usage.lockstep import woken
+    assert [woken(w, d) for d, _, w in days] == [True, True, False]
+
+
+def test_a_farm_registered_at_a_steady_drip_is_held_when_it_wakes(client, auth, runtime):
+    """Farms let their accounts age before using them, registering at a steady drip: signed up one a
+    day over the 40 days before the wake, three in four are younger than KYC_DORMANT_DAYS. A first
+    use AGED_FIRST_USE_DAYS or more after signup is a wake for lockstep (not account.woke_up)."""
+    farm = []
+    for back in range(40):
+        signed_up = f"{_days_before(WOKE, 40 - back)}T12:00:00Z"
+        farm += _signups(client, auth, f"drip{back}", 1, signed_up=signed_up)
+    # kyc has watched the gateway's usage for ten days (a first use in its own first days is where it
+    # began watching, not the account's: test_a_tool_s_users_already_on_it_when_kyc_began_watching_..).
+    (person,) = _signups(client, auth, "person", 1)
+    _post_before(client, auth, 10, [_report(person, {"pf_own": 3})])
+    # Its first hour: two of three templates each (too few for lockstep, which needs three shared),
+    # so what shows the farm is that it woke together (woke_together_on_rare_templates).
+    templates = [f"pf_farm_{k}" for k in range(3)]
+    reports = [_report(a, {t: 5 for t in templates if t != templates[i % 3]}) for i, a in enumerate(farm)]
+    results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
+    assert sum(r["woke_up"] for r in results) == 9                       # dormant more than 30 days
+    held = [a for a, r in zip(farm, results) if r["decision"] == "review"]
+    # All but the seven signed up in the week before (a first use then is no wake; they are held
+    # once the group acts in lockstep); with the dormancy alone (9 woken of 40), none was.
+    assert held == farm[:33]
+    reasons = {r["rule"] for r in client.get(f"/v1/accounts/{farm[0]}", headers=auth).json["reasons"]}
+    assert "woke_together_on_rare_templates" in reasons and not {"lockstep_farm_waking", "lockstep_machine_group"} & reasons
+
+
 def test_a_farm_waking_together_on_shared_rare_templates_is_held(client, auth, runtime):
     farm = _signups(client, auth, "farm", 25)
     templates = [f"pf_farm_{k}" for k in range(6)]
@@ -237,7 +294,7 @@ def test_a_batch_reads_the_lockstep_facts_each_account_alone_would(client, auth,
     assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
     day = date(2026, 11, 24)
     wanted = [(a, day, i % 3 == 0) for i, a in enumerate(farm + people)]
-    settings = {"popular": runtime.config.usage_popular_prompt, "dormant": runtime.config.dormant_days}
+    settings = {"popular": runtime.config.usage_popular_prompt}
     with runtime.session() as s:
         together = lockstep_facts(s, wanted, **settings)
         alone = {w[:2]: lockstep_facts(s, [w], **settings)[w[:2]] for w in wanted}
@@ -248,20 +305,21 @@ def test_a_batch_reads_the_lockstep_facts_each_account_alone_would(client, auth,
     assert together[(farm[0], day)]["woke_together"] == 7 and together[(farm[1], day)]["woke_together"] == 0
 
 
-# A day of template uses: (account, template, hours mask) with each account's dormancy. Six of
+# A day of template uses: (account, template, hours mask) with each account's latest wake. Six of
 # the twelve accounts on five templates, at least ten uses: groups sharing SHARED templates arise
 # in most examples (with fewer, reading one template too few passed under most seeds).
 _USE = st.tuples(st.integers(0, 5), st.integers(0, 4), st.integers(1, 0b1111))
 _DAY = date(2026, 11, 24)
 
 
-def _brute_force(uses: dict[tuple[str, str], int], held: Counter, dormant: dict[str, int], wanted, *,
-                 popular: int, limit: int, starts: dict[tuple[str, str], date], since: date,
+def _brute_force(uses: dict[tuple[str, str], int], held: Counter, woke_on: dict[str, date | None], wanted, *,
+                 popular: int, starts: dict[tuple[str, str], date], since: date,
                  adopted_by: date | None = None, ips: dict[str, str | None] | None = None):
     """The definitions of lockstep_facts, pair by pair: every other account, every template
     (`held`: template -> the accounts that used it; `starts`: (account, template) -> the day it
     began on it, the day itself when absent; `since`: kyc's first day of usage; `adopted_by`: the
-    later day a rescore counts adopters by; `ips`: each account's last address of the day)."""
+    later day a rescore counts adopters by; `ips`: each account's last address of the day;
+    `woke_on`: each account's latest wake, woken on its day and the next)."""
     from kyc.usage.lockstep import BEGAN_WITHIN
 
     out = {}
@@ -279,7 +337,7 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, dormant: dict[
                  "lockstep_adopters_together": 0, "lockstep_addresses": 0, "woke_together": 0}
         if len(mine) >= SHARED or (woke and mine):
             others = {a for (a, t) in uses if t in mine and a != account}
-            woken = {a for a in others if dormant.get(a, 0) > limit}
+            woken = {a for a in others if woke_on.get(a) in (day, day - timedelta(days=1))}
             if woke:
                 facts["woke_together"] = len(woken)
                 facts["woke_together_share"] = round(len(woken) / len(others), 4) if others else 0.0
@@ -323,12 +381,13 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, dormant: dict[
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(uses=st.lists(_USE, min_size=10, max_size=60), dormant=st.lists(st.sampled_from([0, 0, 45]), min_size=12, max_size=12),
+@given(uses=st.lists(_USE, min_size=10, max_size=60),
+       wakes=st.lists(st.sampled_from([None, None, 0, 1, 2]), min_size=12, max_size=12),
        woke=st.lists(st.booleans(), min_size=12, max_size=12), popular=st.integers(3, 12),
        began=st.lists(st.sampled_from([None, 0, 1, 2, 3]), min_size=60, max_size=60),
        watched=st.sampled_from([0, 1, 2, 3, 4, 10]), later=st.sampled_from([None, 0, 1, 2]),
        ips=st.lists(st.sampled_from([None, "ip_a", "ip_b", "ip_c"]), min_size=12, max_size=12))
-def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, dormant, woke, popular, began, watched,
+def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, wakes, woke, popular, began, watched,
                                                                  later, ips):
     """Whatever the day's uses, the batch read (least used templates first, then the candidates'
     uses) gives what comparing every pair of accounts gives; read again `later` days after, as a
@@ -350,14 +409,15 @@ def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, do
               for a in range(12) for t in range(5) if began[a * 5 + t] is not None}
     accounts = [f"ls_{i}" for i in range(12)]
     at = datetime(2026, 11, 24, 12, tzinfo=timezone.utc)
-    limit = runtime.config.dormant_days
     with runtime.session() as s, s.begin():
         for table in (PromptUse, PromptDay, PromptStart, ActivityDay, Account):     # the example before's
             s.execute(delete(table))
         s.execute(insert(Account), [{"id": a, "first_seen_at": at, "last_seen_at": at, "decision": "allow", "score": 0}
                                     for a in accounts])
+        # Each account's latest wake: that day, the day before (woken still), two days before or never.
+        woke_on = {a: None if w is None else _DAY - timedelta(days=w) for a, w in zip(accounts, wakes)}
         s.execute(insert(ActivityDay), [{"account_id": a, "day": _DAY, "first_at": at, "last_at": at,
-                                         "dormant_days": d, "last_ip_hash": ip} for a, d, ip in zip(accounts, dormant, ips)])
+                                         "woke_on": woke_on[a], "last_ip_hash": ip} for a, ip in zip(accounts, ips)])
         if watched:                    # kyc's first day of usage, `watched` days before (else the day)
             s.execute(insert(ActivityDay), [{"account_id": accounts[0], "day": _DAY - timedelta(days=watched),
                                              "first_at": at, "last_at": at}])
@@ -377,8 +437,8 @@ def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, do
     wanted = [(a, _DAY, w) for a, w in zip(accounts, woke)]
     with runtime.session() as s:
         adopted_by = None if later is None else _DAY + timedelta(days=later)
-        found = lockstep_facts(s, wanted, popular=popular, dormant=limit, adopted_by=adopted_by)
-    assert found == _brute_force(day_uses, held, dict(zip(accounts, dormant)), wanted, popular=popular, limit=limit,
+        found = lockstep_facts(s, wanted, popular=popular, adopted_by=adopted_by)
+    assert found == _brute_force(day_uses, held, woke_on, wanted, popular=popular,
                                  starts=starts, since=_DAY - timedelta(days=watched), adopted_by=adopted_by,
                                  ips=dict(zip(accounts, ips)))
 
@@ -415,8 +475,7 @@ def _facts_today(runtime, account: str) -> dict:
 
     with runtime.session() as s:
         return lockstep_facts(s, [(account, date.fromisoformat(WOKE), False)],
-                              popular=runtime.config.usage_popular_prompt,
-                              dormant=runtime.config.dormant_days)[(account, date.fromisoformat(WOKE))]
+                              popular=runtime.config.usage_popular_prompt)[(account, date.fromisoformat(WOKE))]
 
 
 def _days_before(day: str, n: int) -> str:
