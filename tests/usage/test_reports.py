@@ -126,6 +126,32 @@ def test_the_day_keeps_its_baseline_and_first_use(client, auth, runtime, account
     assert day.first_used_at == first.first_used_at
 
 
+def test_each_day_keeps_the_latest_wake_within_one_batch_and_across_batches(client, auth, runtime, accounts):
+    """activity_days.woke_on: the day a report ended a dormancy longer than KYC_DORMANT_DAYS (or was
+    the account's first use 7 days or more after signup, once kyc has watched usage for two days),
+    carried by each later day, whether the batch that starts it also started the wake or not."""
+    # Another account's usage from the 1st: kyc has watched since then.
+    assert client.post("/v1/accounts/acct_2/activity", headers=auth,
+                       json={"occurred_at": "2026-11-01T09:00:00Z", "requests": 1}).status_code == 200
+    # acct_0 (signed up on the 20th) first uses the API on the 29th: a first use 9 days after signup.
+    # acct_1 on the 21st (a day after signup: no wake), then again on the 29th.
+    reports = [{"account_id": a, "occurred_at": at, "requests": 1} for a, at in (
+        ("acct_0", "2026-11-29T10:00:00Z"), ("acct_0", "2026-11-30T10:00:00Z"),
+        ("acct_1", "2026-11-21T10:00:00Z"), ("acct_1", "2026-11-29T10:00:00Z"))]
+    results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
+    assert [r["woke_up"] for r in results] == [False] * 4            # account.woke_up: dormancy only
+    assert client.post("/v1/accounts/acct_0/activity", headers=auth,
+                       json={"occurred_at": "2026-12-04T10:00:00Z", "requests": 1}).status_code == 200
+    with runtime.session() as s:
+        found = s.execute(select(ActivityDay.account_id, ActivityDay.day, ActivityDay.woke_on)
+                          .where(ActivityDay.account_id != "acct_2")
+                          .order_by(ActivityDay.account_id, ActivityDay.day)).all()
+    woke = date(2026, 11, 29)
+    assert [(a, d.isoformat(), w) for a, d, w in found] == [
+        ("acct_0", "2026-11-29", woke), ("acct_0", "2026-11-30", woke), ("acct_0", "2026-12-04", woke),
+        ("acct_1", "2026-11-21", None), ("acct_1", "2026-11-29", None)]
+
+
 @pytest.mark.parametrize("window,at,expected", [
     (0, "2026-11-24T21:30:00+00:00", {21: 100}),
     (3600, "2026-11-24T21:30:00+00:00", {20: 50, 21: 50}),
