@@ -86,6 +86,11 @@ BEGAN_WITHIN = 1            # days between two accounts' starts on shared templa
 # farm that wakes at 23:00 UTC sends one hour's templates on its wake day, too few to show its group;
 # read on that day only, its accounts had woken for that hour, and the group was free from midnight
 # on (60 accounts, one template an hour each, woken at 23:00: 19 held at midnight, none by 21:00).
+# Tried: woke_together also counting the users of the account's templates the day before (after
+# midnight a woken group's new day holds few uses). 59 accounts woken at 22:00 UTC, refused once
+# held, were served 412 requests instead of 528 over 30 hours, but `kyc simulate --usage` held more of
+# the agent tool's launch adopters (seed 6161: 44 of 600 instead of 36; seed 4343: 58 instead of 41).
+# Reverted.
 WOKE_WITHIN = 1
 # A first use of the API this many days or more after the account was last seen (its signup) is a
 # wake for lockstep too, however short of KYC_DORMANT_DAYS: farms register slowly and let their
