@@ -98,9 +98,10 @@ WOKE_WITHIN = 1
 # younger than KYC_DORMANT_DAYS when it wakes. Read at that length alone, 40 accounts signed up
 # one a day over the 40 days before they woke together (9 of them dormant longer than 30 days), at a
 # machine pace on two of three shared templates each in their first hour, were none of them held
-# then; with this, 33 (all but those signed up in the week before: tests/usage/test_lockstep.py). Not account.woke_up (a tier's gate): a person trying the API a week
-# after signing up is no dormancy. A first use in kyc's own first days of usage is where kyc began
-# watching (kyc.usage.reports.record_reports), as a start is below.
+# then; with this, 33 (all but those signed up in the week before: tests/usage/test_lockstep.py).
+# Not account.woke_up (a tier's gate): a person trying the API a week after signing up is no
+# dormancy. A first use in kyc's own first days of usage is where kyc began watching
+# (kyc.usage.reports.record_reports, by watching_began), as a start is below.
 AGED_FIRST_USE_DAYS = 7
 
 
@@ -122,6 +123,13 @@ _STARTED = (_S.c.value_hash == _U.c.value_hash) & (_S.c.account_id == _U.c.accou
 # Where kyc began watching: its first day of usage (one step of ix_activity_days_day), read once
 # by each _MINE (an uncorrelated subquery), which also returns it for the starts' censoring below.
 _WATCHED_SINCE = select(func.min(_D.c.day)).scalar_subquery()
+
+
+def watching_began(session: Session) -> date | None:
+    """kyc's first day of usage (None: none yet), read alone (record_reports' aged first uses)."""
+    return session.scalar(select(_WATCHED_SINCE))
+
+
 # A template is popular on a day when more than `popular` accounts used it and fewer than half as
 # many began on it that day or the day before: a burst of newcomers never makes its own template
 # popular (as a velocity key's popularity leaves out its last day). Starts in kyc's first days

@@ -30,7 +30,7 @@ from kyc.models import Account, ActivityDay, ActivityReport, Cluster, ClusterMem
 from kyc.persist import fetch, fetch_in_order, in_list, insert_rows, update_rows, upsert_rows
 from kyc.security import KeyedHashes
 from kyc.signals.usage import BASELINE_DAYS, HOURS, hour_of
-from kyc.usage.lockstep import AGED_FIRST_USE_DAYS, BEGAN_WITHIN, record_uses
+from kyc.usage.lockstep import AGED_FIRST_USE_DAYS, BEGAN_WITHIN, record_uses, watching_began
 
 MAX_DAY_FINGERPRINTS = 100      # prompt templates kept per account and day: the most used
 
@@ -86,7 +86,6 @@ _REPORT_COLUMNS = ("account_id", "occurred_at", "window_seconds", "requests", "r
 
 
 _KNOWN = select(_A.c.id).where(in_list(_A.c.id, "ids"))
-_WATCHED_SINCE = select(func.min(_D.c.day))      # kyc's first day of usage (ix_activity_days_day)
 
 
 def unknown_accounts(conn, account_ids: Sequence[str]) -> set[str]:
@@ -146,14 +145,14 @@ def record_reports(session: Session, reports: Sequence[tuple[str, ActivityInput]
             # template is: kyc.usage.lockstep), not the account's: a gateway's existing customers all
             # show their "first" use then.
             earlier = [row for row in held_days[account_id] if row["day"] < key[1]]
-            first_use = (history.get(key) or (0.0, 0, None, None))[2] is None and not earlier
+            first_use = history[key][2] is None and not earlier       # no use before this day
             aged = first_use and gap >= AGED_FIRST_USE_DAYS
             if aged:
                 if not watched:
-                    watched.append(session.scalar(_WATCHED_SINCE))
+                    watched.append(watching_began(session))
                 aged = watched[0] is not None and key[1] > watched[0] + timedelta(days=BEGAN_WITHIN)
-            day = days[key] = _new_day(account_id, key[1], at, gap, history.get(key),
-                                       woke_on=key[1] if woke_up or aged else _carried_wake(earlier, history.get(key)))
+            day = days[key] = _new_day(account_id, key[1], at, gap, history[key],
+                                       woke_on=key[1] if woke_up or aged else _carried_wake(earlier, history[key]))
             held_days[account_id].append(day)
         _add(day, inp, at, hashed)
         if inp.prompt_fingerprints:
