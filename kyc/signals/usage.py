@@ -68,7 +68,8 @@ FIELDS = (
           "Of those, accounts that began on the templates they share with this one (their first use of any of "
           "them) within a day of when this one began on them: a farm's accounts are set going together, a tool's "
           "users adopt it over weeks (kyc/usage/lockstep.py). A start in kyc's first two days of usage is where "
-          "kyc began watching, and counts for no pair. Compare it with lockstep_accounts.", 0),
+          "kyc began watching, and counts for no pair, unless the account signed up on or after kyc's first day "
+          "of usage (kyc saw all its uses). Compare it with lockstep_accounts.", 0),
     Field("usage.lockstep_adopters", "int",
           "Other accounts that had begun, by the day, on the template most accounts began on of those this one "
           "shares in lockstep, whether or not they used it that day (prompt_starts; a rescore counts those begun "
@@ -79,7 +80,8 @@ FIELDS = (
           "Of lockstep_adopters, those that began on that template within a day of when this one did, whether or "
           "not they used it that day: a farm's accounts set going together stay together in it when the gateway "
           "holds most of them, which shrinks lockstep_began_together (kyc/usage/lockstep.py). A start in kyc's "
-          "first two days of usage counts for none, as for lockstep_began_together.", 0),
+          "first two days of usage counts for none (but an account's signed up since), as for "
+          "lockstep_began_together.", 0),
     Field("usage.lockstep_addresses", "int",
           "Distinct addresses the lockstep group (this account and lockstep_accounts) acted from on the day, each "
           "account's last activity IP of the day: as many as the accounts, a farm behind residential proxies; one or "

@@ -55,7 +55,11 @@ from its first four days). A start in kyc's own first days of usage (BEGAN_WITHI
 first day activity_days holds) is where kyc began watching, not where the account began: put in
 front of a gateway, kyc first sees every account's templates on its first days, so a tool's
 existing users would all have "begun together" then, for good. Such starts are left-censored:
-they count for no pair. Two limits: a farm that pre-warms its accounts on its
+they count for no pair, unless the account signed up on or after kyc's first day of usage (kyc then
+saw every use it made, so its start is its own). Censoring every start of those days let a farm that
+signed up and queried in a fresh kyc's first day go free: 30 accounts, signed up an hour before, on
+twelve rare templates at a machine pace from an address each, were none of them held in 30 hours (with
+kyc watching usage a week before, all 30 from their fifth hour; tests/usage/test_lockstep.py). Two limits: a farm that pre-warms its accounts on its
 templates at staggered times over weeks looks like a tool's users to this test (the rules that
 read waking, above, and the identity graph remain for it); and a tool's first days, when most of
 its users began within a day or two of each other, look like a farm's. Those first users are held
@@ -71,13 +75,13 @@ cluster action's block stays: kyc.scoring.decide).
 from __future__ import annotations
 
 from collections import Counter
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
-from kyc.models import ActivityDay, PromptDay, PromptStart, PromptUse
+from kyc.models import Account, ActivityDay, PromptDay, PromptStart, PromptUse
 from kyc.persist import in_list, insert_rows, merge_prompt_uses, postgres, update_rows, upsert_rows
 
 SHARED = 3
@@ -109,7 +113,8 @@ def woken(woke_on: date | None, day: date) -> bool:
     """Whether an account whose latest wake was on `woke_on` counts as woken on `day`."""
     return woke_on is not None and day - timedelta(days=WOKE_WITHIN) <= woke_on <= day
 
-_U, _P, _D, _S = PromptUse.__table__, PromptDay.__table__, ActivityDay.__table__, PromptStart.__table__
+_U, _P, _D, _S, _A = (PromptUse.__table__, PromptDay.__table__, ActivityDay.__table__, PromptStart.__table__,
+                      Account.__table__)
 _HELD = select(_U.c.value_hash, _U.c.day, _U.c.account_id, _U.c.hours).where(
     in_list(_U.c.account_id, "ids"), in_list(_U.c.day, "days"))
 # A batch's accounts' uncommon templates of a day (with how many accounts used each), the uses
@@ -160,6 +165,15 @@ _THEIRS = _DAYS_USES.where(in_list(_U.c.account_id, "accounts"))
 _ADOPTERS = (select(_S.c.value_hash, _S.c.day, func.count()).where(in_list(_S.c.value_hash, "hashes"),
                                                                    _S.c.day <= bindparam("by"))
              .group_by(_S.c.value_hash, _S.c.day))
+# Of the starts in kyc's first days (left-censored), those of accounts signed up on or after its
+# first day of usage, which count (read only when an account's own start is near those days).
+_ADOPTERS_WATCHED = (select(_S.c.value_hash, _S.c.day, func.count())
+                     .select_from(_S.join(_A, _A.c.id == _S.c.account_id))
+                     .where(in_list(_S.c.value_hash, "hashes"), _S.c.day <= bindparam("by"),
+                            _S.c.day <= bindparam("censored_to"), _A.c.first_seen_at >= bindparam("watched_from"))
+                     .group_by(_S.c.value_hash, _S.c.day))
+# Which of some accounts signed up on or after kyc's first day of usage.
+_WATCHED_FROM_SIGNUP = select(_A.c.id).where(in_list(_A.c.id, "ids"), _A.c.first_seen_at >= bindparam("watched_from"))
 _READ_CHUNK = 1000
 
 
@@ -301,6 +315,7 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
             take(session.execute(_THEIRS, {"day": day, "accounts": others[i:i + _READ_CHUNK]}))
         shared_in_lockstep: dict[str, set[str]] = {}             # account -> the templates its group shares
         censored_to = (watched_since or day) + timedelta(days=BEGAN_WITHIN)   # starts up to it are kyc's own
+        near_pairs: dict[str, list[tuple[str, date, date]]] = {}  # account -> (other, its start, this one's)
         for account_id, templates in asked.items():
             facts = out[(account_id, day)]
             if woke[account_id]:
@@ -312,7 +327,6 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
             mask = 0
             for hours in templates.values():
                 mask |= hours
-            together = 0
             lockstep = set()
             for o in candidates[account_id]:
                 shared = [h for h in templates if used.get((o, h), 0) & mask]
@@ -320,15 +334,15 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
                     continue
                 lockstep.add(o)
                 shared_in_lockstep.setdefault(account_id, set()).update(shared)
-                # When each began on what they share: together within BEGAN_WITHIN days, both after
-                # kyc's first days (a start then is where kyc began watching: left-censored)?
+                # When each began on what they share: within BEGAN_WITHIN days of each other?
                 theirs, ours = min(began[(o, h)] for h in shared), min(began[(account_id, h)] for h in shared)
-                together += abs((theirs - ours).days) <= BEGAN_WITHIN and min(theirs, ours) > censored_to
+                if abs((theirs - ours).days) <= BEGAN_WITHIN:
+                    near_pairs.setdefault(account_id, []).append((o, theirs, ours))
             # Where the group acts from: as many addresses as accounts hides behind proxies (a farm); one
             # or a few shows itself (a class on its campus's address, an office's staff).
             addresses = {address.get(a) for a in lockstep | {account_id}} - {None} if lockstep else set()
             facts.update(lockstep_accounts=len(lockstep), lockstep_woke=len(lockstep & awake),
-                         lockstep_began_together=together, lockstep_addresses=len(addresses))
+                         lockstep_addresses=len(addresses))
         hashes = sorted({h for shared in shared_in_lockstep.values() for h in shared})
         begun: dict[str, dict[date, int]] = {}                   # template -> day begun -> accounts
         for i in range(0, len(hashes), _READ_CHUNK):
@@ -336,15 +350,45 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
                                                                     "hashes": hashes[i:i + _READ_CHUNK]}):
                 begun.setdefault(value_hash, {})[start] = n
         adopters = {h: sum(days.values()) for h, days in begun.items()}
+        widest: dict[str, str] = {}
         for account_id, shared in shared_in_lockstep.items():
             # The template most others began on (the first by name of as many); this account's own
             # kept start is no adopter of its own.
-            widest = max(sorted(shared), key=lambda h: adopters.get(h, 0) - ((account_id, h) in kept))
-            mine_kept = (account_id, widest) in kept
-            ours = began[(account_id, widest)]
-            near = sum(n for start, n in begun.get(widest, {}).items()
-                       if abs((start - ours).days) <= BEGAN_WITHIN and start > censored_to)
+            widest[account_id] = max(sorted(shared), key=lambda h: adopters.get(h, 0) - ((account_id, h) in kept))
+        # A start in kyc's first days is where kyc began watching (left-censored) unless kyc saw the
+        # account from its signup on: read for the accounts whose start decides something.
+        early = sorted({o for pairs in near_pairs.values() for o, theirs, _ in pairs if theirs <= censored_to}
+                       | {a for a, pairs in near_pairs.items() if any(ours <= censored_to for _, _, ours in pairs)}
+                       | {a for a, h in widest.items() if began[(a, h)] <= censored_to})
+        watched_from = datetime.combine(watched_since or day, time(), timezone.utc)
+        signed_since: set[str] = set()
+        for i in range(0, len(early), _READ_CHUNK):
+            signed_since.update(session.scalars(_WATCHED_FROM_SIGNUP, {"ids": early[i:i + _READ_CHUNK],
+                                                                       "watched_from": watched_from}))
+
+        def counts(account_id: str, start: date) -> bool:
+            """Whether the account's start counts as where it began (kyc saw it: not censored)."""
+            return start > censored_to or account_id in signed_since
+
+        for account_id, pairs in near_pairs.items():
+            out[(account_id, day)]["lockstep_began_together"] = sum(
+                counts(o, theirs) and counts(account_id, ours) for o, theirs, ours in pairs)
+        # The censored starts that count (accounts kyc saw from their signup on), read only when some
+        # account's own start that counts is near those days.
+        begun_watched: dict[str, dict[date, int]] = {}           # template -> day begun -> such accounts
+        if any(counts(a, began[(a, h)]) and began[(a, h)] <= censored_to + timedelta(days=BEGAN_WITHIN)
+               for a, h in widest.items()):
+            for i in range(0, len(hashes), _READ_CHUNK):
+                for value_hash, start, n in session.execute(_ADOPTERS_WATCHED, {
+                        "by": max(day, adopted_by or day), "hashes": hashes[i:i + _READ_CHUNK],
+                        "censored_to": censored_to, "watched_from": watched_from}):
+                    begun_watched.setdefault(value_hash, {})[start] = n
+        for account_id, h in widest.items():
+            mine_kept = (account_id, h) in kept
+            ours = began[(account_id, h)]
+            near = sum(n for days in (begun, begun_watched) for start, n in days.get(h, {}).items()
+                       if abs((start - ours).days) <= BEGAN_WITHIN and (days is begun_watched or start > censored_to))
             out[(account_id, day)].update(
-                lockstep_adopters=adopters.get(widest, 0) - mine_kept,
-                lockstep_adopters_together=near - mine_kept if ours > censored_to else 0)
+                lockstep_adopters=adopters.get(h, 0) - mine_kept,
+                lockstep_adopters_together=near - mine_kept if counts(account_id, ours) else 0)
     return out

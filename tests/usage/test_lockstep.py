@@ -313,12 +313,14 @@ _DAY = date(2026, 11, 24)
 
 
 def _brute_force(uses: dict[tuple[str, str], int], held: Counter, woke_on: dict[str, date | None], wanted, *,
-                 popular: int, starts: dict[tuple[str, str], date], since: date,
+                 popular: int, starts: dict[tuple[str, str], date], since: date, signed_up: dict[str, date],
                  adopted_by: date | None = None, ips: dict[str, str | None] | None = None):
     """The definitions of lockstep_facts, pair by pair: every other account, every template
     (`held`: template -> the accounts that used it; `starts`: (account, template) -> the day it
     began on it, the day itself when absent; `since`: kyc's first day of usage; `adopted_by`: the
     later day a rescore counts adopters by; `ips`: each account's last address of the day;
+    `signed_up`: each account's signup day, a start in kyc's first days counting only for an account
+    signed up on or after kyc's first day of usage;
     `woke_on`: each account's latest wake, woken on its day and the next)."""
     from kyc.usage.lockstep import BEGAN_WITHIN
 
@@ -330,6 +332,9 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, woke_on: dict[
         # that day or the day before), unless the day is among kyc's first (there the count alone).
         newcomers = sum(1 for (_, t2), d in starts.items() if t2 == t and day - timedelta(days=1) <= d <= day)
         return held[t] <= popular or (newcomers * 2 >= held[t] and day > since + near)
+
+    def counts(a, d):
+        return d > since + near or signed_up[a] >= since
 
     for account, day, woke in wanted:
         mine = {t: h for (a, t), h in uses.items() if a == account and uncommon(t, day)}
@@ -354,23 +359,23 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, woke_on: dict[
                     theirs = min(starts.get((o, t), day) for t in shared)
                     ours = min(starts.get((account, t), day) for t in shared)
                     began += (abs(theirs - ours) <= timedelta(days=BEGAN_WITHIN)
-                              and min(theirs, ours) > since + timedelta(days=BEGAN_WITHIN))
+                              and counts(o, theirs) and counts(account, ours))
                 # Adopters: the accounts other than this one whose start on a template is kept, by the day
                 # (or the later adopted_by), for the template of the group's with the most (the first by
                 # name of those with as many); of them, those begun within BEGAN_WITHIN days of this one's
-                # start on it, both after kyc's first days.
+                # start on it, both counted (after kyc's first days, or signed up since).
                 by = max(day, adopted_by or day)
 
                 def adopters_of(t):
-                    return [d for (a, t2), d in starts.items() if t2 == t and a != account and d <= by]
+                    return [(a, d) for (a, t2), d in starts.items() if t2 == t and a != account and d <= by]
 
                 adopters, adopters_together = 0, 0
                 if group_templates:
                     widest = max(sorted(group_templates), key=lambda t: len(adopters_of(t)))
                     ours = starts.get((account, widest), day)
                     adopters = len(adopters_of(widest))
-                    adopters_together = sum(1 for d in adopters_of(widest) if abs(d - ours) <= near
-                                            and d > since + near) if ours > since + near else 0
+                    adopters_together = sum(1 for a, d in adopters_of(widest) if abs(d - ours) <= near
+                                            and counts(a, d)) if counts(account, ours) else 0
                 facts.update(lockstep_accounts=len(together), lockstep_woke=len(together & woken),
                              lockstep_began_together=began, lockstep_adopters=adopters,
                              lockstep_adopters_together=adopters_together,
@@ -386,9 +391,10 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, woke_on: dict[
        woke=st.lists(st.booleans(), min_size=12, max_size=12), popular=st.integers(3, 12),
        began=st.lists(st.sampled_from([None, 0, 1, 2, 3]), min_size=60, max_size=60),
        watched=st.sampled_from([0, 1, 2, 3, 4, 10]), later=st.sampled_from([None, 0, 1, 2]),
-       ips=st.lists(st.sampled_from([None, "ip_a", "ip_b", "ip_c"]), min_size=12, max_size=12))
+       ips=st.lists(st.sampled_from([None, "ip_a", "ip_b", "ip_c"]), min_size=12, max_size=12),
+       signed=st.lists(st.sampled_from([0, 1, 3, 5, 30]), min_size=12, max_size=12))
 def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, wakes, woke, popular, began, watched,
-                                                                 later, ips):
+                                                                 later, ips, signed):
     """Whatever the day's uses, the batch read (least used templates first, then the candidates'
     uses) gives what comparing every pair of accounts gives; read again `later` days after, as a
     rescore does, the adopters counted by then."""
@@ -412,8 +418,9 @@ def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, wa
     with runtime.session() as s, s.begin():
         for table in (PromptUse, PromptDay, PromptStart, ActivityDay, Account):     # the example before's
             s.execute(delete(table))
-        s.execute(insert(Account), [{"id": a, "first_seen_at": at, "last_seen_at": at, "decision": "allow", "score": 0}
-                                    for a in accounts])
+        # Each signed up `signed` days before the day: before kyc's first day of usage or since.
+        s.execute(insert(Account), [{"id": a, "first_seen_at": at - timedelta(days=d), "last_seen_at": at,
+                                     "decision": "allow", "score": 0} for a, d in zip(accounts, signed)])
         # Each account's latest wake: that day, the day before (woken still), two days before or never.
         woke_on = {a: None if w is None else _DAY - timedelta(days=w) for a, w in zip(accounts, wakes)}
         s.execute(insert(ActivityDay), [{"account_id": a, "day": _DAY, "first_at": at, "last_at": at,
@@ -440,6 +447,7 @@ def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, wa
         found = lockstep_facts(s, wanted, popular=popular, adopted_by=adopted_by)
     assert found == _brute_force(day_uses, held, woke_on, wanted, popular=popular,
                                  starts=starts, since=_DAY - timedelta(days=watched), adopted_by=adopted_by,
+                                 signed_up={a: _DAY - timedelta(days=d) for a, d in zip(accounts, signed)},
                                  ips=dict(zip(accounts, ips)))
 
 
@@ -600,6 +608,31 @@ def test_a_tool_s_users_already_on_it_when_kyc_began_watching_are_not_a_machine_
     facts = _facts_today(runtime, users[0])
     assert (facts["lockstep_accounts"], facts["lockstep_began_together"], facts["lockstep_adopters"]) == (23, 0, 23)
     assert [r["decision"] for r in results] == ["allow"] * 24
+
+
+@pytest.mark.parametrize("signed_up", ["2026-11-24T08:00:00Z", "2026-11-23T08:00:00Z"], ids=["since", "before"])
+def test_a_farm_signed_up_on_kyc_s_first_day_of_usage_and_querying_at_once_is_held(client, auth, runtime, signed_up):
+    """A start in kyc's first days counts for an account signed up on or after its first day of usage:
+    kyc saw every use it made. Censored, a farm that signed up and queried in a fresh kyc's first day
+    (machine-paced, on twelve rare templates, an address each) went free: none of 30 held in 30 hours.
+    An account signed up before then may have used the API unseen, as a gateway's existing customers
+    did (the test above): its start there stays censored."""
+    farm = _signups(client, auth, "farm", 30, signed_up=signed_up)
+    templates = [f"pf_farm_{k}" for k in range(12)]
+    for hour in range(9, 15):                        # kyc's first day of usage: the farm's first hours
+        reports = [{**_report(a, {templates[(i + hour) % 12]: 20, templates[(5 * i + hour) % 12]: 7}, hour=hour),
+                    "ip": f"73.{40 + i}.{hour}.9"} for i, a in enumerate(farm)]
+        results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
+    assert not any(r["woke_up"] for r in results)
+    facts = _facts_today(runtime, farm[0])
+    if signed_up.startswith("2026-11-24"):
+        assert facts["lockstep_began_together"] == facts["lockstep_accounts"] >= 20
+        assert facts["lockstep_adopters_together"] == facts["lockstep_adopters"] >= 20
+        assert [r["decision"] for r in results] == ["review"] * 30
+        assert "lockstep_machine_group" in {r["rule"] for r in client.get(f"/v1/accounts/{farm[0]}", headers=auth).json["reasons"]}
+    else:
+        assert (facts["lockstep_began_together"], facts["lockstep_adopters_together"]) == (0, 0)
+        assert facts["lockstep_accounts"] >= 20
 
 
 @pytest.mark.parametrize("waking", [False, True], ids=["active_before", "waking_on_launch"])
