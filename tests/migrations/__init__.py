@@ -17,6 +17,15 @@ def table_names(url: str) -> set[str]:
         engine.dispose()
 
 
+def column_names(url: str, table: str) -> set[str]:
+    """The names of `table`'s columns in the database at `url` now."""
+    engine = create_engine(url)
+    try:
+        return {column["name"] for column in inspect(engine).get_columns(table)}
+    finally:
+        engine.dispose()
+
+
 def index_names(url: str, table: str) -> set[str]:
     """The names of `table`'s indexes in the database at `url` now."""
     engine = create_engine(url)

@@ -4,22 +4,15 @@ and on one holding template uses, both backends, and back down."""
 from __future__ import annotations
 
 from alembic import command
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, text
 
 from kyc.runtime import alembic_config, upgrade_database
-
-
-def _columns(url: str) -> set[str]:
-    engine = create_engine(url)
-    try:
-        return {c["name"] for c in inspect(engine).get_columns("prompt_days")}
-    finally:
-        engine.dispose()
+from tests.migrations import column_names
 
 
 def test_upgrade_on_an_empty_database_adds_the_newcomers_count(empty_url):
     upgrade_database(empty_url)
-    assert "began" in _columns(empty_url)
+    assert "began" in column_names(empty_url, "prompt_days")
 
 
 def test_upgrade_counts_the_starts_kept_on_each_day_and_downgrades(empty_url):
@@ -43,4 +36,4 @@ def test_upgrade_counts_the_starts_kept_on_each_day_and_downgrades(empty_url):
     assert [(h, str(d), n, b) for h, d, n, b in rows] == [
         ("t1", "2026-11-23", 1, 1), ("t1", "2026-11-24", 3, 2), ("t2", "2026-11-24", 1, 0)]
     command.downgrade(alembic_config(empty_url), "0021")
-    assert "began" not in _columns(empty_url) and "accounts" in _columns(empty_url)
+    assert "began" not in column_names(empty_url, "prompt_days") and "accounts" in column_names(empty_url, "prompt_days")

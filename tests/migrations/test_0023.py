@@ -4,22 +4,15 @@ database and on one holding days of usage, both backends, and back down."""
 from __future__ import annotations
 
 from alembic import command
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, text
 
 from kyc.runtime import alembic_config, upgrade_database
-
-
-def _columns(url: str) -> set[str]:
-    engine = create_engine(url)
-    try:
-        return {c["name"] for c in inspect(engine).get_columns("activity_days")}
-    finally:
-        engine.dispose()
+from tests.migrations import column_names
 
 
 def test_upgrade_on_an_empty_database_adds_the_latest_wake(empty_url):
     upgrade_database(empty_url)
-    assert "woke_on" in _columns(empty_url)
+    assert "woke_on" in column_names(empty_url, "activity_days")
 
 
 def test_upgrade_marks_each_wake_and_the_day_after_it_and_downgrades(empty_url):
@@ -45,4 +38,4 @@ def test_upgrade_marks_each_wake_and_the_day_after_it_and_downgrades(empty_url):
         ("a1", "2026-11-23", "2026-11-23"), ("a1", "2026-11-24", "2026-11-23"), ("a1", "2026-11-26", None),
         ("a2", "2026-11-24", None), ("a3", "2026-11-20", "2026-11-20"), ("a3", "2026-11-24", None)]
     command.downgrade(alembic_config(empty_url), "0022")
-    assert "woke_on" not in _columns(empty_url) and "dormant_days" in _columns(empty_url)
+    assert "woke_on" not in column_names(empty_url, "activity_days") and "dormant_days" in column_names(empty_url, "activity_days")
