@@ -58,8 +58,10 @@ existing users would all have "begun together" then, for good. Such starts are l
 they count for no pair, unless the account signed up on or after kyc's first day of usage (kyc then
 saw every use it made, so its start is its own). Censoring every start of those days let a farm that
 signed up and queried in a fresh kyc's first day go free: 30 accounts, signed up an hour before, on
-twelve rare templates at a machine pace from an address each, were none of them held in 30 hours (with
-kyc watching usage a week before, all 30 from their fifth hour; tests/usage/test_lockstep.py). Two limits: a farm that pre-warms its accounts on its
+twelve rare templates at a machine pace from an address each, were none of them held in 30 hours
+(with kyc watching usage a week before, all 30 from their sixth hour; tests/usage/test_lockstep.py).
+The cost: a tool's users who all sign up and begin on it the same day are held as its launch
+adopters are in a kyc that has watched for longer (below). Two limits: a farm that pre-warms its accounts on its
 templates at staggered times over weeks looks like a tool's users to this test (the rules that
 read waking, above, and the identity graph remain for it); and a tool's first days, when most of
 its users began within a day or two of each other, look like a farm's. Those first users are held
