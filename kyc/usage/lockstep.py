@@ -388,8 +388,9 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
         for account_id, h in widest.items():
             mine_kept = (account_id, h) in kept
             ours = began[(account_id, h)]
-            near = sum(n for days in (begun, begun_watched) for start, n in days.get(h, {}).items()
-                       if abs((start - ours).days) <= BEGAN_WITHIN and (days is begun_watched or start > censored_to))
+            near = sum(n for start, n in begun.get(h, {}).items()
+                       if abs((start - ours).days) <= BEGAN_WITHIN and start > censored_to)
+            near += sum(n for start, n in begun_watched.get(h, {}).items() if abs((start - ours).days) <= BEGAN_WITHIN)
             out[(account_id, day)].update(
                 lockstep_adopters=adopters.get(h, 0) - mine_kept,
                 lockstep_adopters_together=near - mine_kept if counts(account_id, ours) else 0)

@@ -2,37 +2,40 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from alembic import command
 from sqlalchemy import create_engine, inspect, text
 
 from kyc.runtime import alembic_config, upgrade_database
 
 
-def table_names(url: str) -> set[str]:
-    """The tables the database at `url` holds now."""
+@contextmanager
+def _inspected(url: str):
+    """An inspector of the database at `url` now, its engine disposed on leaving."""
     engine = create_engine(url)
     try:
-        return set(inspect(engine).get_table_names())
+        yield inspect(engine)
     finally:
         engine.dispose()
+
+
+def table_names(url: str) -> set[str]:
+    """The tables the database at `url` holds now."""
+    with _inspected(url) as found:
+        return set(found.get_table_names())
 
 
 def column_names(url: str, table: str) -> set[str]:
     """The names of `table`'s columns in the database at `url` now."""
-    engine = create_engine(url)
-    try:
-        return {column["name"] for column in inspect(engine).get_columns(table)}
-    finally:
-        engine.dispose()
+    with _inspected(url) as found:
+        return {column["name"] for column in found.get_columns(table)}
 
 
 def index_names(url: str, table: str) -> set[str]:
     """The names of `table`'s indexes in the database at `url` now."""
-    engine = create_engine(url)
-    try:
-        return {index["name"] for index in inspect(engine).get_indexes(table)}
-    finally:
-        engine.dispose()
+    with _inspected(url) as found:
+        return {index["name"] for index in found.get_indexes(table)}
 
 
 def insert_account(conn, at: str = "2026-11-24 21:00:00+00:00") -> None:
