@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from kyc import create_app
 from kyc.models import Account, ActivityDay, Evaluation
 from kyc.runtime import Runtime
-from tests.conftest import RULES_DIR, signup
+from tests.conftest import RULES_DIR, as_a_gateway, signup
 from tests.flows import key_headers
 
 SIGNED_UP = "2026-10-01T12:00:00Z"
@@ -130,8 +130,8 @@ def test_parallel_reports_of_a_new_day_all_count(client, auth, runtime, account,
     results: list[int] = []
 
     def report():
-        answer = app.test_client().post("/v1/accounts/acct_1/activity", headers=auth,
-                                        json={"occurred_at": "2026-10-05T10:00:00Z", "requests": 10})
+        answer = as_a_gateway(lambda: app.test_client().post(
+            "/v1/accounts/acct_1/activity", headers=auth, json={"occurred_at": "2026-10-05T10:00:00Z", "requests": 10}))
         results.append(answer.status_code)
 
     threads = [threading.Thread(target=report) for _ in range(6)]

@@ -13,7 +13,7 @@ from sqlalchemy import func, select, update
 from kyc.idempotency import KEEP_HOURS, key_problem, purge
 from kyc.models import ActivityDay, ActivityReport, ApiKey, IdempotentAnswer, utcnow
 from kyc.security import hash_api_key, new_api_key
-from tests.conftest import signup
+from tests.conftest import as_a_gateway, signup
 
 SIGNED_UP = "2026-10-01T12:00:00Z"
 REPORT = {"occurred_at": "2026-10-02T09:00:00Z", "requests": 1200, "ip": "203.0.113.7", "tier": "free"}
@@ -86,7 +86,8 @@ def test_calls_with_one_key_at_once_are_counted_once(app, auth, runtime, account
     answers: list = []
 
     def send():
-        answer = app.test_client().post("/v1/activity", json=body, headers={**auth, "Idempotency-Key": "same"})
+        answer = as_a_gateway(lambda: app.test_client().post("/v1/activity", json=body,
+                                                              headers={**auth, "Idempotency-Key": "same"}))
         answers.append((answer.status_code, answer.json))
 
     threads = [threading.Thread(target=send) for _ in range(4)]

@@ -15,7 +15,7 @@ from kyc.models import ClusterMember, Evaluation, GraphEdge, GraphNode, PendingL
 from kyc.rescore.background import drain
 from kyc.usage.identifiers import link_pending
 from kyc.runtime import Runtime
-from tests.conftest import payment, signup
+from tests.conftest import as_a_gateway, payment, signup
 from tests.flows import key_headers
 
 SIGNED_UP = "2026-10-01T12:00:00Z"
@@ -376,7 +376,8 @@ def test_parallel_bulk_calls_linking_across_each_others_accounts_all_land(client
     answers: list[int] = []
 
     def send(reports):
-        answers.append(app.test_client().post("/v1/activity", json={"reports": reports}, headers=auth).status_code)
+        answers.append(as_a_gateway(lambda: app.test_client().post("/v1/activity", json={"reports": reports},
+                                                                   headers=auth)).status_code)
 
     threads = [threading.Thread(target=send, args=(reports,)) for reports in calls]
     for t in threads:

@@ -16,7 +16,7 @@ from sqlalchemy import func, select, update
 
 from kyc.cli import main as cli
 from kyc.models import Account, OutboxMessage, Verification, VerificationEvent
-from tests.conftest import signup
+from tests.conftest import as_a_gateway, signup
 from tests.flows import key_headers, last_code, start, verify_by_code, wrong
 
 GB_VOIP = "+445612345678"
@@ -338,7 +338,8 @@ def test_parallel_wrong_codes_all_count(client, auth, runtime, account, app):
     results: list[int] = []
 
     def attempt():
-        answer = app.test_client().post(f"/v1/verifications/{vid}/confirm", json={"code": code}, headers=auth)
+        answer = as_a_gateway(lambda: app.test_client().post(f"/v1/verifications/{vid}/confirm", json={"code": code},
+                                                              headers=auth))
         results.append(answer.status_code)
 
     threads = [threading.Thread(target=attempt) for _ in range(8)]
