@@ -271,13 +271,18 @@ class ClusterActionInput(BaseModel):
     note: Annotated[StrictStr, Field(max_length=2000)] | None = None
 
 
+MAX_ROW_ID = 2**63 - 1
+
+
 class AuditQuery(BaseModel):
     """GET /v1/audit's query: filters and paging (`before`: the previous page's `next`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
     limit: Annotated[int, Field(ge=1, le=500)] = 50
-    before: Annotated[int, Field(ge=1)] | None = None
+    # An audit event's id: at most a 64-bit integer's, as both databases store it (a larger one
+    # overflowed SQLite's INTEGER in the query: a 500).
+    before: Annotated[int, Field(ge=1, le=MAX_ROW_ID)] | None = None
     action: Annotated[StrictStr, Field(pattern=r"^[a-z]+(\.[a-z_]+)?$", max_length=32)] | None = None
     actor: Annotated[StrictStr, Field(min_length=1, max_length=128)] | None = None
     account_id: AccountId | None = None

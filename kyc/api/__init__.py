@@ -173,7 +173,10 @@ def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 415: "unsupported_media_type"}
-        return _api_error(ApiError(exc.code or 500, codes.get(exc.code, "http_error"), exc.description or exc.name))
+        # The exception's own headers, but its HTML's type: a 405's Allow, which RFC 9110 requires.
+        headers = {name: value for name, value in exc.get_headers() if name.lower() != "content-type"}
+        return _api_error(ApiError(exc.code or 500, codes.get(exc.code, "http_error"), exc.description or exc.name,
+                                   headers=headers))
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -119,3 +119,17 @@ def test_every_domain_error_has_an_http_answer():
 def test_domain_errors_answer_as_the_contract_says(exc, status, body, headers):
     api = answer(exc)
     assert (api.status, api.body(), api.headers) == (status, body, headers)
+
+
+@pytest.mark.parametrize("method, path, allowed", [
+    ("TRACE", "/healthz", {"GET", "HEAD", "OPTIONS"}),
+    ("PUT", "/v1/signups", {"POST", "OPTIONS"}),
+    # An account id may hold '/': this is also GET /v1/accounts/{id} of "acct_1/activity".
+    ("DELETE", "/v1/accounts/acct_1/activity", {"GET", "HEAD", "POST", "OPTIONS"}),
+])
+def test_a_method_a_route_does_not_take_is_405_saying_which_it_takes(client, auth, method, path, allowed):
+    answer = client.open(path, method=method, headers=auth)
+    assert answer.status_code == 405 and answer.json["error"]["code"] == "method_not_allowed"
+    assert answer.content_type == "application/json"
+    # RFC 9110: a 405 carries Allow, the methods the route takes.
+    assert {m.strip() for m in answer.headers["Allow"].split(",")} == allowed

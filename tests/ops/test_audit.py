@@ -7,6 +7,7 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kyc.inputs import MAX_ROW_ID
 from kyc.ops import audit
 from tests.engine.test_reload import auth_for, live_rules, replace_file, with_rule  # noqa: F401 - fixtures
 
@@ -81,7 +82,7 @@ def test_a_bad_audit_query_is_refused_naming_the_parameter(client, auth, name, v
         if name == "limit":
             assert 1 <= int(value) <= 500
         elif name == "before":
-            assert int(value) >= 1
+            assert 1 <= int(value) <= MAX_ROW_ID
         elif name == "action":
             assert value.strip() == "" or value.strip().replace(".", "").replace("_", "").isalpha()
         else:
@@ -90,3 +91,18 @@ def test_a_bad_audit_query_is_refused_naming_the_parameter(client, auth, name, v
     assert response.status_code == 400
     assert response.json["error"]["code"] == "invalid_request"
     assert name in response.json["error"]["fields"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(before=st.one_of(st.integers(max_value=0), st.integers(min_value=MAX_ROW_ID + 1)))
+def test_a_page_cursor_no_row_id_can_be_is_refused(client, auth, before):
+    # Past a 64-bit integer, SQLite's INTEGER overflowed in the query: a 500, before the bound.
+    response = client.get("/v1/audit", query_string={"before": str(before)}, headers=auth)
+    error = response.json["error"]
+    assert response.status_code == 400
+    # 13 to 19 digits that pass Luhn's check are refused first, as any card number in a URL.
+    assert "before" in error.get("fields", {}) or error["code"] == "card_number_refused"
+
+
+def test_the_largest_row_id_is_a_page_cursor(client, auth):
+    assert client.get("/v1/audit", query_string={"before": str(MAX_ROW_ID)}, headers=auth).status_code == 200
