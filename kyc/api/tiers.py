@@ -8,6 +8,8 @@ for a small 304 only.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from flask import Response, request
 from pydantic import BaseModel, Field, field_validator
 
@@ -22,11 +24,10 @@ CACHE_CONTROL = "private, no-cache"
 
 class EntitlementQuery(BaseModel):
     tier: str = Field(min_length=1, max_length=64, description="A tier of rules/tiers.yaml, e.g. high_volume")
-    at: str | None = Field(None, max_length=40, description="Evaluate the check as of this RFC 3339 time "
-                                                            "(backfills and replays; default now): the tier's "
-                                                            "time-dependent conditions (account age, dormancy, "
-                                                            "wake-up) as of then, the account's standing "
-                                                            "(decision, label, verifications) as kyc knows it now")
+    at: Annotated[str, Field(max_length=40, json_schema_extra={"format": "date-time"})] | None = Field(
+        None, description="Evaluate the check as of this RFC 3339 time (backfills and replays; default now): the "
+                          "tier's time-dependent conditions (account age, dormancy, wake-up) as of then, the "
+                          "account's standing (decision, label, verifications) as kyc knows it now")
 
     @field_validator("at")
     @classmethod
