@@ -25,7 +25,7 @@ from tests.engine.test_reload import (  # noqa: F401 - fixtures used by name
     _get, _reachable, auth_for, copy_rules, live_rules, replace_file, wait_for)
 
 FIELDS = {t: [f.name for f in SCHEMA if f.type == t] for t in ("bool", "int", "float", "str")}
-EVALUATION_BUDGET = 0.25          # seconds for one evaluation, on a loaded 2-core machine; RE2 needs ~1 ms
+EVALUATION_BUDGET = 0.25          # seconds of this thread's CPU for one evaluation (a stall takes none); RE2 needs ~1 ms
 
 # --- conditions -------------------------------------------------------------------------------
 
@@ -138,9 +138,9 @@ def test_a_rule_file_is_refused_at_load_or_always_evaluates_fast(tmp_path_factor
             assert error.file.endswith("signup.yaml") and error.line >= 1 and error.rule_id, str(error)
         return
     for families in inputs:
-        started = time.perf_counter()
+        started = time.thread_time()
         hits = rules.hits("signup", families)
-        assert time.perf_counter() - started < EVALUATION_BUDGET, whens
+        assert time.thread_time() - started < EVALUATION_BUDGET, whens
         assert {rule.id for rule in hits} <= {f"r{i}" for i in range(len(whens))}
 
 
