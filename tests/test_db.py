@@ -44,7 +44,7 @@ def test_the_checkpoint_thread_ends_with_its_engine(tmp_path, monkeypatch):
     engine.dispose()
     del engine
     gc.collect()                                        # an engine sits in reference cycles
-    thread.join(timeout=10)
+    thread.join(timeout=60)                           # returns when it ends
     assert not thread.is_alive()
 
 
