@@ -11,6 +11,7 @@ from datetime import datetime
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -161,7 +162,17 @@ def rescore_account(runtime: Runtime, session: Session, account_id: str, *, rule
             log.warning("rescore of %s keeps its %s slot: its evaluation %s is not stored", account_id, slot,
                         evaluation_id)
             continue
-        inp = INPUTS[subject].model_validate(original.input)
+        try:
+            inp = INPUTS[subject].model_validate(original.input)
+        except ValidationError as exc:
+            # Stored by a release that accepted what this one refuses (a field's check tightened
+            # since): raised here, it failed the whole batch at every try, and the accounts after
+            # this one were never rescored. The slot keeps its evaluation. Field names only: the
+            # values may be an email or an address.
+            fields = sorted({".".join(map(str, error["loc"])) for error in exc.errors()})
+            log.warning("rescore of %s keeps its %s slot: this build refuses its stored input (%s)", account_id,
+                        slot, ", ".join(fields))
+            continue
         results.append(score(runtime, session, subject, inp, trigger=trigger, at=original.occurred_at,
                              rules=rules, record=False, view=chunk.view(account_id) if chunk else None))
     return results

@@ -94,3 +94,25 @@ def test_rescoring_passes_over_a_slot_whose_evaluation_is_not_stored(runtime, ca
             again = rescore_account(runtime, session, "acct_1", chunk=chunk)
         assert [e.subject for e in again] == ["signup"]
     assert "its evaluation ev_gone is not stored" in caplog.text
+
+
+def test_rescoring_passes_over_a_stored_input_this_build_refuses(runtime, caplog):
+    """An input stored by a release that accepted what this one refuses (a check tightened since)
+    keeps its slot; the accounts after it in the chunk are rescored (it failed the whole batch at
+    every try before). The warning names the field, never its value."""
+    from kyc.rescore.batch import rescore_chunk
+
+    _score(runtime, account_id="acct_1", email="first.person@gmail.com")
+    _score(runtime, account_id="acct_2", email="second.person@gmail.com", device_id="dv_2", ip="81.2.69.160")
+    with runtime.session() as session, session.begin():
+        evaluation = session.get(Evaluation, session.get(Account, "acct_1").last_evaluation_id)
+        evaluation.input = {**evaluation.input, "email": "second.person.at.gmail"}
+    with runtime.session() as session, pipelined(session):
+        tally = rescore_chunk(runtime, session, ["acct_1", "acct_2"], runtime.rules)
+    assert sum(tally["changes"].values()) == 2 and tally["missing"] == 0
+    with runtime.session() as session:
+        assert [e.trigger for e in session.scalars(select(Evaluation).filter_by(account_id="acct_2")
+                                                   .order_by(Evaluation.created_at))] == ["live", "rescore"]
+        assert _count(session, Evaluation, account_id="acct_1") == 1          # its slot kept as it was
+    assert "acct_1 keeps its signup slot: this build refuses its stored input (email)" in caplog.text
+    assert "second.person.at.gmail" not in caplog.text
