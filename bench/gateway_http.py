@@ -8,8 +8,10 @@ Accounts are stored as bench/entitlement.py stores them (reused when present; --
 count; wrk sends, for each, GET entitlement?tier=free and POST activity (one report, an account
 last seen in the past three weeks, with its own API key id, template and address: steady usage
 of unrelated customers, no wake-up, nothing linked) to accounts drawn at random, with a
-real API key (its read included). Before the runs each account reports once (bulk calls): a
-gateway's customers have reported before, so their identifiers are linked and their day started;
+real API key (its read included). Before the runs each account reports twice (bulk calls), when it
+signed up and now: a gateway's customers have used the API before (else today's report is a first
+use long after signup, a wake for lockstep), and have reported today, so their identifiers are
+linked and their day started;
 the evaluations the accounts' decisions came from are stored (store_evaluations). A third app,
 bench/flask_one_statement.py, is bare Flask plus one PostgreSQL statement per call (a primary-key
 read for the entitlement, a one-row update for a report): the floor of any design that touches
@@ -34,10 +36,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import select  # noqa: E402
+from sqlalchemy import exists, select  # noqa: E402
 
 from kyc.config import PROJECT_ROOT, Config  # noqa: E402
-from kyc.models import Account, ApiKey  # noqa: E402
+from kyc.models import Account, ActivityDay, ApiKey  # noqa: E402
 from kyc.runtime import Runtime, upgrade_database  # noqa: E402
 from kyc.security import hash_api_key, new_api_key  # noqa: E402
 
@@ -70,17 +72,28 @@ def address(account_id: str) -> str:
     return f"{11 + n % 200}.{(n // 200) % 256}.{(n // 51200) % 256}.7"
 
 
-def warm_up(port: int, key: str, ids: list[str], report: dict) -> None:
-    """One report per account, in bulk calls of 1,000, through the kyc server."""
+def warm_up(port: int, key: str, signed_up: dict[str, datetime], report: dict) -> None:
+    """Two reports per account, in bulk calls of 1,000, through the kyc server: one when it signed
+    up (its first use of the API, then), one now. Without the first, today's report was each
+    account's first use a week or more after its signup: a wake for lockstep
+    (kyc.usage.lockstep.AGED_FIRST_USE_DAYS, since e3a7c24), whose every later report reads who
+    else woke on its templates: not the steady usage this bench measures."""
     template = json.dumps(report)
-    for i in range(0, len(ids), 1000):
-        reports = [{**json.loads(template.replace("ACCOUNT", a).replace("IPADDR", address(a))), "account_id": a}
-                   for a in ids[i:i + 1000]]
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/activity", method="POST",
-                                         data=json.dumps({"reports": reports}).encode(),
-                                         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=300) as answer:
-            assert answer.status == 200
+    ids = sorted(signed_up)
+    for when in ("signup", "now"):
+        for i in range(0, len(ids), 1000):
+            _post_reports(port, key, [{**json.loads(template.replace("ACCOUNT", a).replace("IPADDR", address(a))),
+                                       "account_id": a,
+                                       **({"occurred_at": signed_up[a].isoformat()} if when == "signup" else {})}
+                                      for a in ids[i:i + 1000]])
+
+
+def _post_reports(port: int, key: str, reports: list[dict]) -> None:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/activity", method="POST",
+                                     data=json.dumps({"reports": reports}).encode(),
+                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as answer:
+        assert answer.status == 200
 
 
 def main() -> None:
@@ -103,8 +116,13 @@ def main() -> None:
     recent = datetime.now(timezone.utc) - timedelta(days=21)
     with runtime.session() as session, session.begin():
         session.add(ApiKey(name="bench-http", prefix=key[:10], key_hash=hash_api_key(key), role="gateway"))
-        ids = list(session.scalars(select(Account.id).where(Account.last_seen_at > recent).limit(5000)))
-    assert ids, "no account seen in the past three weeks"
+        # Accounts that have not reported yet: an earlier run's have today's day, woken for
+        # lockstep by that run's first report if it was made before the warm-up below was.
+        signed_up = dict(session.execute(
+            select(Account.id, Account.first_seen_at).where(
+                Account.last_seen_at > recent, ~exists().where(ActivityDay.account_id == Account.id)).limit(5000)).all())
+    ids = sorted(signed_up)
+    assert len(ids) == 5000, f"{len(ids)} accounts seen in the past three weeks and not reported yet: populate afresh"
     entitlement_bench.store_evaluations(runtime, ids)
     env = {**os.environ, "KYC_DATABASE_URL": args.database_url, "KYC_RULES_DIR": str(PROJECT_ROOT / "rules"),
            "KYC_DATA_DIR": str(workdir), "KYC_SECRET_KEY": "bench", "KYC_LOG_LEVEL": "WARNING",
@@ -123,7 +141,7 @@ def main() -> None:
         # Steady usage: each account has reported before (its key, template and address linked,
         # its day started), as a gateway's customers have; the first report of each in a fresh
         # process is the cold case, not what a serving process mostly answers.
-        warm_up(ports["kyc"], key, ids, report)
+        warm_up(ports["kyc"], key, signed_up, report)
         entitlement_bench.settled(runtime)
         for call in ("entitlement", "activity"):
             script = LUA % {"ids": ",".join(json.dumps(i) for i in ids), "key": key, "call": call,
