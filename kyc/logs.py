@@ -75,6 +75,11 @@ def _ip_or_same(match: re.Match) -> str:
     if match.re is _IPV4 and ((match.start() and whole[match.start() - 1] in "0123456789.")
                               or whole[match.end():match.end() + 1] in tuple("0123456789.")):
         return text                           # part of a longer dotted number (a version, an OID)
+    if match.re is _IPV4 and text.endswith(".0.0.0"):
+        # A /8's network number identifies nobody, and it is how every Chromium browser writes its
+        # version since the reduced user agent (Chrome/131.0.0.0, Edg/131.0.0.0): scrubbed, ops
+        # read "Chrome/[ip]" in the access line of most browser traffic.
+        return text
     try:
         ipaddress.ip_address(text.split("%")[0])
     except ValueError:
