@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import time
 import weakref
 from pathlib import Path
 
@@ -310,3 +311,21 @@ def as_a_gateway(send, tries: int = 5):
         if answer.status_code != 503 or answer.json["error"]["code"] != "database_unavailable":
             return answer
     return send()
+
+
+def wait_until(predicate, seconds: float = 60.0, what: str = "the condition", *, not_yet: tuple = ()):
+    """Poll `predicate` until it returns something true, and return that; AssertionError after
+    `seconds`. `not_yet`: exceptions that mean "not yet" (a server still starting refuses
+    connections). The wait ends as soon as the condition holds, so a generous limit costs a
+    passing test nothing and spares it a stalled machine."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            value = predicate()
+        except not_yet:
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {seconds} s")
+        time.sleep(0.02)

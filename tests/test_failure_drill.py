@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -35,24 +36,15 @@ from sqlalchemy import create_engine, select as sql_select, text
 import kyc.rescore.schedule
 from kyc import rescore
 from kyc.models import Evaluation, RescoreRun
-from tests.conftest import free_port, POSTGRES_URL, RULES_DIR, TEST_SECRET, _truncate_postgres, signup
+from tests.conftest import free_port, POSTGRES_URL, RULES_DIR, TEST_SECRET, _truncate_postgres, signup, wait_until
 
 APP_NAME = "kyc_failure_drill"
 KEY = "drill-key"
 CLIENTS = 6
 
 
-def _wait_for(predicate, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except Exception:  # noqa: BLE001 - not up yet
-            value = None
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {seconds} s")
+# The drill's services refuse connections, or answer errors, until they are up.
+_wait_for = partial(wait_until, not_yet=(Exception,))
 
 
 class RedisServer:

@@ -26,7 +26,7 @@ from kyc import runtime as runtime_module
 from kyc.runtime import Runtime
 from kyc.security import hash_api_key, new_api_key
 from kyc.signals import SCHEMA
-from tests.conftest import free_port, RULES_DIR, signup
+from tests.conftest import free_port, RULES_DIR, signup, wait_until
 
 BROKEN = """
 - id: broken
@@ -141,26 +141,19 @@ def test_watcher_picks_up_clean_edits_and_keeps_running_set_on_broken_ones(live_
     assert sum(t.name == "kyc-rules-watcher" for t in threading.enumerate()) >= 1
 
     replace_file(signup_file, with_rule(original, "watched_rule"))
-    wait_for(lambda: rt.rules.version != before)
+    wait_until(lambda: rt.rules.version != before)
     edited = rt.rules.version
     assert "watched_rule" in [r.id for r in rt.rules.subjects["signup"].rules]
 
     replace_file(signup_file, original + BROKEN)
-    wait_for(lambda: rt.rules_error is not None)
+    wait_until(lambda: rt.rules_error is not None)
     assert rt.rules.version == edited
     assert rt.rules_status()["last_error"]["errors"][0]["rule"] == "broken"
 
     (root / "lists" / "free_email_domains.txt").write_text("gmail.com\n")
     replace_file(signup_file, original)
-    wait_for(lambda: rt.rules_error is None and rt.rules.version not in (before, edited))
+    wait_until(lambda: rt.rules_error is None and rt.rules.version not in (before, edited))
     assert rt.rules.lists["free_email_domains"] == frozenset({"gmail.com"})
-
-
-def wait_for(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_a_process_forked_mid_reload_still_sees_the_edit(tmp_path, database_url, make_config, monkeypatch):
@@ -288,7 +281,7 @@ def test_every_gunicorn_worker_converges_and_sighup_reloads(tmp_path):
                               env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("w"))
     url = f"http://127.0.0.1:{port}/v1/ops/rules"
     try:
-        wait_for(lambda: _reachable(url, key), timeout=30)
+        wait_until(lambda: _reachable(url, key), 30)
 
         def versions(expect: str, rounds: int = 20) -> dict[int, str]:
             # Concurrent connections: one at a time, a single idle worker may win every accept
@@ -306,7 +299,7 @@ def test_every_gunicorn_worker_converges_and_sighup_reloads(tmp_path):
         original = signup_file.read_text()
         replace_file(signup_file, with_rule(original, "served_rule"))
         edited = RuleSet.load(root, SCHEMA).version
-        wait_for(lambda: set(versions(edited).values()) == {edited}, timeout=20)
+        wait_until(lambda: set(versions(edited).values()) == {edited}, 20)
         assert len(versions(edited)) >= 2, "requests reached a single worker only"
 
         # Each worker polls on its own clock: wait until all three workers have refused the broken
@@ -323,15 +316,15 @@ def test_every_gunicorn_worker_converges_and_sighup_reloads(tmp_path):
                     refused[b["process"]] = b["version"] == edited and bool(b.get("last_error"))
             return len(refused) >= 3 and all(refused.values())
 
-        wait_for(refused_everywhere, timeout=20)
+        wait_until(refused_everywhere, 20)
         body = _get(url, key)
         assert body["version"] == edited and body["last_error"]["errors"][0]["line"] > 1
 
         # SIGHUP: the master loads, fresh workers inherit the newest clean set.
         replace_file(signup_file, original)
         server.send_signal(signal.SIGHUP)
-        wait_for(lambda: set(versions(RuleSet.load(root, SCHEMA).version).values())
-                 == {RuleSet.load(root, SCHEMA).version}, timeout=20)
+        wait_until(lambda: set(versions(RuleSet.load(root, SCHEMA).version).values())
+                   == {RuleSet.load(root, SCHEMA).version}, 20)
     finally:
         server.terminate()
         try:
@@ -395,7 +388,7 @@ def test_an_idle_server_reloads_edited_rules_and_its_schedule_rescores_under_the
                               env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("w"))
     engine = create_engine(f"sqlite:///{db}")
     try:
-        wait_for(lambda: (tmp_path / "schedule.lock").exists(), timeout=30)
+        wait_until(lambda: (tmp_path / "schedule.lock").exists(), 30)
         replace_file(root / "signup.yaml", with_rule((root / "signup.yaml").read_text(), "idle_rule"))
         edited = RuleSet.load(root, SCHEMA).version
 
@@ -404,7 +397,7 @@ def test_an_idle_server_reloads_edited_rules_and_its_schedule_rescores_under_the
                 return conn.scalar(select(RescoreRun.id).where(RescoreRun.selector == "rules_change",
                                                                RescoreRun.rules_version == edited)) is not None
 
-        wait_for(rescored_under_the_edit, timeout=30)
+        wait_until(rescored_under_the_edit, 30)
     finally:
         server.terminate()
         server.wait(30)

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from kyc.engine import RuleSet, RuleSetError
 from kyc.signals import SCHEMA
-from tests.conftest import free_port, signup
+from tests.conftest import free_port, signup, wait_until
 from tests.engine.test_reload import (  # noqa: F401 - fixtures used by name
-    _get, _reachable, auth_for, copy_rules, live_rules, replace_file, wait_for)
+    _get, _reachable, auth_for, copy_rules, live_rules, replace_file)
 
 FIELDS = {t: [f.name for f in SCHEMA if f.type == t] for t in ("bool", "int", "float", "str")}
 EVALUATION_BUDGET = 0.25          # seconds of this thread's CPU for one evaluation (a stall takes none); RE2 needs ~1 ms
@@ -193,7 +193,7 @@ def test_reload_endpoint_and_poll_refuse_with_file_and_line(kind, live_rules, au
     rt.rules_error = None
     rt._rules_fingerprint = ()
     rt.watch_rules()
-    wait_for(lambda: rt.rules_error is not None)
+    wait_until(lambda: rt.rules_error is not None)
     assert [e.as_dict() for e in rt.rules_error.errors] == [error] and rt.rules.version == before
 
 
@@ -209,7 +209,7 @@ def test_sighup_with_a_bad_rule_file_keeps_kyc_serve_running(tmp_path):
                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1/ops/rules"
     try:
-        wait_for(lambda: _reachable(url, key), timeout=30)
+        wait_until(lambda: _reachable(url, key), 30)
         before = _get(url, key)["version"]
         signup_file = root / "signup.yaml"
         original = signup_file.read_text()
@@ -217,7 +217,7 @@ def test_sighup_with_a_bad_rule_file_keeps_kyc_serve_running(tmp_path):
         server.send_signal(signal.SIGHUP)
         # The master reloads, then forks fresh workers that inherit its record of the refusal.
         # Old workers retire once their requests end: wait until every answer comes from a new one.
-        wait_for(lambda: _reachable(url, key) and all(_get(url, key)["last_error"] for _ in range(6)), timeout=30)
+        wait_until(lambda: _reachable(url, key) and all(_get(url, key)["last_error"] for _ in range(6)), 30)
         status = _get(url, key)
         assert server.poll() is None, "the gunicorn master exited"
         assert status["version"] == before
@@ -226,7 +226,7 @@ def test_sighup_with_a_bad_rule_file_keeps_kyc_serve_running(tmp_path):
         assert "nested more than" in error["message"]
         server.send_signal(signal.SIGHUP)                 # and again: still alive
         time.sleep(1.0)
-        wait_for(lambda: _reachable(url, key), timeout=30)
+        wait_until(lambda: _reachable(url, key), 30)
         assert server.poll() is None
     finally:
         server.terminate()

@@ -30,7 +30,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from kyc.models import RescoreRun
-from tests.conftest import free_port, CI, RULES_DIR, TEST_SECRET
+from tests.conftest import free_port, CI, RULES_DIR, TEST_SECRET, wait_until
 from tests.ops.console_data import seed
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -58,17 +58,6 @@ def browser():
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
-
-
-def wait_for(condition, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class Gateway:
@@ -126,7 +115,7 @@ class Server:
         self.process = subprocess.Popen([sys.executable, "-m", "kyc.cli", "serve", "--port", str(self.port),
                                          "--workers", "2"], env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
-        wait_for(self._up, timeout=60, what="kyc serve to answer")
+        wait_until(self._up, 60, "kyc serve to answer")
 
     def _up(self) -> bool:
         if self.process.poll() is not None:
@@ -188,7 +177,7 @@ def served(database_url, make_config, tmp_path, gateway):
                                       .where(RescoreRun.finished_at.is_(None)))
             return running == 0 and set(decisions.values()) == {"review"}
 
-        wait_for(settled, timeout=60, what="the farm's rescoring")
+        wait_until(settled, 60, "the farm's rescoring")
         engine.dispose()
         yield server, data, {"admin": admin, "ops": ops}
     finally:

@@ -22,18 +22,9 @@ import kyc.rescore.runs
 import kyc.rescore.schedule
 from kyc import rescore
 from kyc.models import RescoreAsk, RescoreBatch, RescoreRun
+from tests.conftest import wait_until
 from tests.rescore.test_jobs import (_worker_pids, kyc_command, pg_url, queued_runtime, redis_db,  # noqa: F401
                                     rescore_evaluations, rules_dir, seed, worker_env)
-
-
-def _wait_for(predicate, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {seconds} s")
 
 
 def _schedules(connection) -> set[str]:
@@ -76,13 +67,13 @@ def test_ensure_schedule_creates_only_what_is_missing(queued_runtime, redis_db):
 def test_a_running_worker_recreates_the_schedules_redis_lost(queued_runtime, redis_db):
     worker = _start_worker(queued_runtime)
     try:
-        _wait_for(lambda: _schedules(redis_db) == set(rescore.schedule.SCHEDULES), 60, "schedules at start")
+        wait_until(lambda: _schedules(redis_db) == set(rescore.schedule.SCHEDULES), 60, "schedules at start")
         # The live worker may re-create them at any moment after the flush (an "empty right
         # after the flush" check failed once): what proves it is that each schedule's job was
         # created after the flush.
         flushed_at = datetime.now(timezone.utc).replace(microsecond=0)
         redis_db.flushdb()
-        _wait_for(lambda: _schedules(redis_db) == set(rescore.schedule.SCHEDULES), rescore.schedule.MAINTENANCE_SECONDS + 20,
+        wait_until(lambda: _schedules(redis_db) == set(rescore.schedule.SCHEDULES), rescore.schedule.MAINTENANCE_SECONDS + 20,
                   "schedules re-created")
         jobs_now = [Job.fetch(i, connection=redis_db) for i in ScheduledJobRegistry("default", connection=redis_db).get_job_ids()]
         assert jobs_now and all(job.created_at.replace(tzinfo=timezone.utc) >= flushed_at for job in jobs_now)
@@ -97,7 +88,7 @@ def test_a_killed_workers_batch_is_worked_again_within_a_minute(queued_runtime, 
     first = _start_worker(queued_runtime)
     second = None
     try:
-        _wait_for(lambda: _batch(queued_runtime, run.id).cursor >= rescore.batch.CHUNK, 120, "first chunk")
+        wait_until(lambda: _batch(queued_runtime, run.id).cursor >= rescore.batch.CHUNK, 120, "first chunk")
         assert _jobs(redis_db) == {"running": 1, "abandoned": 0}
         _kill(first)
         killed_at = time.monotonic()
@@ -105,14 +96,14 @@ def test_a_killed_workers_batch_is_worked_again_within_a_minute(queued_runtime, 
         assert cursor < 1000, "kill came too late"
         # rq keeps the killed worker's job as started until its 30-minute timeout; kyc jobs does not
         # call it running once the worker's heartbeat is gone.
-        _wait_for(lambda: _jobs(redis_db)["abandoned"] == 1, rescore.queue.WORKER_ALIVE_SECONDS + 10,
+        wait_until(lambda: _jobs(redis_db)["abandoned"] == 1, rescore.queue.WORKER_ALIVE_SECONDS + 10,
                   "the dead worker's job counted abandoned")
         assert _jobs(redis_db)["running"] == 0
         second = _start_worker(queued_runtime)
         # No `kyc rescore --resume`: the surviving worker finds the batch abandoned.
-        _wait_for(lambda: _batch(queued_runtime, run.id).attempts >= 2, 60, "the batch picked up again")
+        wait_until(lambda: _batch(queued_runtime, run.id).attempts >= 2, 60, "the batch picked up again")
         assert time.monotonic() - killed_at < 60
-        _wait_for(lambda: _run(queued_runtime, run.id).finished_at is not None, 300, "the run finished")
+        wait_until(lambda: _run(queued_runtime, run.id).finished_at is not None, 300, "the run finished")
         shown = subprocess.run(kyc_command("jobs"), env=worker_env(queued_runtime), capture_output=True, text=True,
                                check=True).stdout.splitlines()
         assert shown[0].split()[:6] == ["queue", "queued", "scheduled", "running", "abandoned", "failed"]
@@ -210,7 +201,7 @@ def test_an_idle_worker_stops_on_sigterm(queued_runtime, redis_db):
     try:
         # Idle, waiting for jobs: rq registers a worker before it takes SIGTERM over, so a
         # signal sent on registration alone could end it the default way instead of rq's.
-        _wait_for(lambda: [w.get_state() for w in Worker.all(connection=redis_db)] == ["idle"], 30,
+        wait_until(lambda: [w.get_state() for w in Worker.all(connection=redis_db)] == ["idle"], 30,
                   "the worker to wait for jobs")
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
@@ -232,10 +223,10 @@ def test_a_worker_killed_with_sigkill_takes_its_scheduler_child_with_it(queued_r
     transaction's connection open (its row locks held, the batch never taken over) and the port."""
     worker = _start_worker(queued_runtime)
     try:
-        (child,) = _wait_for(lambda: _worker_pids(worker.pid), 60, "rq's scheduler child")
+        (child,) = wait_until(lambda: _worker_pids(worker.pid), 60, "rq's scheduler child")
         os.kill(worker.pid, signal.SIGKILL)           # the worker alone, not its process group
         worker.wait(10)
-        _wait_for(lambda: not _alive(child), 10, "the child gone with its parent")
+        wait_until(lambda: not _alive(child), 10, "the child gone with its parent")
     finally:
         try:
             os.killpg(worker.pid, signal.SIGKILL)     # whatever of its group is left
