@@ -203,7 +203,7 @@ def test_an_action_meeting_a_late_member_keeps_the_lock_order_of_every_other_wri
         ids = original(session, cluster)
         reads.append(ids)
         if len(reads) == 1:                      # the first read missed the member joining
-            assert report_holds_late.wait(10)
+            assert report_holds_late.wait(60)
             return [i for i in ids if i != "acct_f0"]
         if len(reads) == 2:                      # the re-read after the cluster's lock sees it
             action_holds_first.set()
@@ -215,7 +215,7 @@ def test_an_action_meeting_a_late_member_keeps_the_lock_order_of_every_other_wri
         with rt.engine.begin() as conn:
             conn.execute(select(Account.id).where(Account.id == "acct_f0").with_for_update())
             report_holds_late.set()
-            assert action_holds_first.wait(10)
+            assert action_holds_first.wait(60)
             conn.execute(select(Account.id).where(Account.id == "acct_f1").with_for_update())
             conn.execute(update(Account).where(Account.id == "acct_f1").values(last_seen_at=func.now()))
 

@@ -408,7 +408,7 @@ def test_in_process_schedule_rescores_after_a_rules_change(database_url, make_co
     rt = Runtime.start(config, migrate=False)
     ids = seed(rt, 4)
     schedule = rescore.schedule.InProcessSchedule.start_once(rt)
-    assert schedule.holding.wait(10)
+    assert schedule.holding.wait(60)
     # Offered once the first holds the lock (offered at once, either thread could win it).
     other = rescore.schedule.InProcessSchedule.start_once(rt)           # another process's offer
     try:

@@ -100,7 +100,7 @@ def _review_while_held(runtime, client, auth, monkeypatch, hold_at, work) -> dic
     monkeypatch.setattr(*hold_at, staticmethod(pause) if isinstance(hold_at[0], type) else pause)
     worker = threading.Thread(target=work)
     worker.start()
-    assert held.wait(10)
+    assert held.wait(60)
     answer = client.post("/v1/accounts/acct_1/review", json={"outcome": "block"}, headers=auth)
     worker.join(30)
     assert answer.status_code == 200, answer.json
