@@ -65,7 +65,7 @@ class RedisServer:
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
 
-        _wait_for(lambda: redis.Redis(port=self.port, socket_timeout=0.5).ping(), 20, "redis-server up")
+        _wait_for(lambda: redis.Redis(port=self.port, socket_timeout=0.5).ping(), what="redis-server up")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -220,7 +220,7 @@ def test_failure_drill(drill_database, tmp_path):
             conn.request("GET", "/healthz")
             return conn.getresponse().status == 200
 
-        _wait_for(healthy, 60, "kyc serve up")
+        _wait_for(healthy, what="kyc serve up")
         import redis as redis_py
         from rq.registry import ScheduledJobRegistry
 
@@ -228,7 +228,7 @@ def test_failure_drill(drill_database, tmp_path):
             ids = ScheduledJobRegistry("default", connection=redis_py.Redis.from_url(redis.url)).get_job_ids()
             return {name for name in rescore.schedule.SCHEDULES if any(j.startswith(f"kyc-{name}-") for j in ids)}
 
-        _wait_for(lambda: schedules() == set(rescore.schedule.SCHEDULES), 60, "the worker's schedules")
+        _wait_for(lambda: schedules() == set(rescore.schedule.SCHEDULES), what="the worker's schedules")
 
         # 0. All well.
         warm = burst.run("warm", 30)

@@ -281,7 +281,7 @@ def test_every_gunicorn_worker_converges_and_sighup_reloads(tmp_path):
                               env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("w"))
     url = f"http://127.0.0.1:{port}/v1/ops/rules"
     try:
-        wait_until(lambda: _reachable(url, key), 30)
+        wait_until(lambda: _reachable(url, key))
 
         def versions(expect: str, rounds: int = 20) -> dict[int, str]:
             # Concurrent connections: one at a time, a single idle worker may win every accept
@@ -299,7 +299,7 @@ def test_every_gunicorn_worker_converges_and_sighup_reloads(tmp_path):
         original = signup_file.read_text()
         replace_file(signup_file, with_rule(original, "served_rule"))
         edited = RuleSet.load(root, SCHEMA).version
-        wait_until(lambda: set(versions(edited).values()) == {edited}, 20)
+        wait_until(lambda: set(versions(edited).values()) == {edited})
         assert len(versions(edited)) >= 2, "requests reached a single worker only"
 
         # Each worker polls on its own clock: wait until all three workers have refused the broken
@@ -316,7 +316,7 @@ def test_every_gunicorn_worker_converges_and_sighup_reloads(tmp_path):
                     refused[b["process"]] = b["version"] == edited and bool(b.get("last_error"))
             return len(refused) >= 3 and all(refused.values())
 
-        wait_until(refused_everywhere, 20)
+        wait_until(refused_everywhere)
         body = _get(url, key)
         assert body["version"] == edited and body["last_error"]["errors"][0]["line"] > 1
 
@@ -324,7 +324,7 @@ def test_every_gunicorn_worker_converges_and_sighup_reloads(tmp_path):
         replace_file(signup_file, original)
         server.send_signal(signal.SIGHUP)
         wait_until(lambda: set(versions(RuleSet.load(root, SCHEMA).version).values())
-                   == {RuleSet.load(root, SCHEMA).version}, 20)
+                   == {RuleSet.load(root, SCHEMA).version})
     finally:
         server.terminate()
         try:
@@ -388,7 +388,7 @@ def test_an_idle_server_reloads_edited_rules_and_its_schedule_rescores_under_the
                               env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("w"))
     engine = create_engine(f"sqlite:///{db}")
     try:
-        wait_until(lambda: (tmp_path / "schedule.lock").exists(), 30)
+        wait_until(lambda: (tmp_path / "schedule.lock").exists())
         replace_file(root / "signup.yaml", with_rule((root / "signup.yaml").read_text(), "idle_rule"))
         edited = RuleSet.load(root, SCHEMA).version
 
@@ -397,7 +397,7 @@ def test_an_idle_server_reloads_edited_rules_and_its_schedule_rescores_under_the
                 return conn.scalar(select(RescoreRun.id).where(RescoreRun.selector == "rules_change",
                                                                RescoreRun.rules_version == edited)) is not None
 
-        wait_until(rescored_under_the_edit, 30)
+        wait_until(rescored_under_the_edit)
     finally:
         server.terminate()
         server.wait(30)

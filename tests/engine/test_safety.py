@@ -209,7 +209,7 @@ def test_sighup_with_a_bad_rule_file_keeps_kyc_serve_running(tmp_path):
                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1/ops/rules"
     try:
-        wait_until(lambda: _reachable(url, key), 30)
+        wait_until(lambda: _reachable(url, key))
         before = _get(url, key)["version"]
         signup_file = root / "signup.yaml"
         original = signup_file.read_text()
@@ -217,7 +217,7 @@ def test_sighup_with_a_bad_rule_file_keeps_kyc_serve_running(tmp_path):
         server.send_signal(signal.SIGHUP)
         # The master reloads, then forks fresh workers that inherit its record of the refusal.
         # Old workers retire once their requests end: wait until every answer comes from a new one.
-        wait_until(lambda: _reachable(url, key) and all(_get(url, key)["last_error"] for _ in range(6)), 30)
+        wait_until(lambda: _reachable(url, key) and all(_get(url, key)["last_error"] for _ in range(6)))
         status = _get(url, key)
         assert server.poll() is None, "the gunicorn master exited"
         assert status["version"] == before
@@ -226,7 +226,7 @@ def test_sighup_with_a_bad_rule_file_keeps_kyc_serve_running(tmp_path):
         assert "nested more than" in error["message"]
         server.send_signal(signal.SIGHUP)                 # and again: still alive
         time.sleep(1.0)
-        wait_until(lambda: _reachable(url, key), 30)
+        wait_until(lambda: _reachable(url, key))
         assert server.poll() is None
     finally:
         server.terminate()

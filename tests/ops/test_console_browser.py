@@ -20,7 +20,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -115,7 +114,7 @@ class Server:
         self.process = subprocess.Popen([sys.executable, "-m", "kyc.cli", "serve", "--port", str(self.port),
                                          "--workers", "2"], env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
-        wait_until(self._up, 60, "kyc serve to answer")
+        wait_until(self._up, what="kyc serve to answer")
 
     def _up(self) -> bool:
         if self.process.poll() is not None:
@@ -177,7 +176,7 @@ def served(database_url, make_config, tmp_path, gateway):
                                       .where(RescoreRun.finished_at.is_(None)))
             return running == 0 and set(decisions.values()) == {"review"}
 
-        wait_until(settled, 60, "the farm's rescoring")
+        wait_until(settled, what="the farm's rescoring")
         engine.dispose()
         yield server, data, {"admin": admin, "ops": ops}
     finally:

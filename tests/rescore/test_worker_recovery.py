@@ -67,7 +67,7 @@ def test_ensure_schedule_creates_only_what_is_missing(queued_runtime, redis_db):
 def test_a_running_worker_recreates_the_schedules_redis_lost(queued_runtime, redis_db):
     worker = _start_worker(queued_runtime)
     try:
-        wait_until(lambda: _schedules(redis_db) == set(rescore.schedule.SCHEDULES), 60, "schedules at start")
+        wait_until(lambda: _schedules(redis_db) == set(rescore.schedule.SCHEDULES), what="schedules at start")
         # The live worker may re-create them at any moment after the flush (an "empty right
         # after the flush" check failed once): what proves it is that each schedule's job was
         # created after the flush.
@@ -101,7 +101,7 @@ def test_a_killed_workers_batch_is_worked_again_within_a_minute(queued_runtime, 
         assert _jobs(redis_db)["running"] == 0
         second = _start_worker(queued_runtime)
         # No `kyc rescore --resume`: the surviving worker finds the batch abandoned.
-        wait_until(lambda: _batch(queued_runtime, run.id).attempts >= 2, 60, "the batch picked up again")
+        wait_until(lambda: _batch(queued_runtime, run.id).attempts >= 2, what="the batch picked up again")
         assert time.monotonic() - killed_at < 60
         wait_until(lambda: _run(queued_runtime, run.id).finished_at is not None, 300, "the run finished")
         shown = subprocess.run(kyc_command("jobs"), env=worker_env(queued_runtime), capture_output=True, text=True,
@@ -201,8 +201,8 @@ def test_an_idle_worker_stops_on_sigterm(queued_runtime, redis_db):
     try:
         # Idle, waiting for jobs: rq registers a worker before it takes SIGTERM over, so a
         # signal sent on registration alone could end it the default way instead of rq's.
-        wait_until(lambda: [w.get_state() for w in Worker.all(connection=redis_db)] == ["idle"], 30,
-                  "the worker to wait for jobs")
+        wait_until(lambda: [w.get_state() for w in Worker.all(connection=redis_db)] == ["idle"],
+                   what="the worker to wait for jobs")
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
     finally:
@@ -223,10 +223,10 @@ def test_a_worker_killed_with_sigkill_takes_its_scheduler_child_with_it(queued_r
     transaction's connection open (its row locks held, the batch never taken over) and the port."""
     worker = _start_worker(queued_runtime)
     try:
-        (child,) = wait_until(lambda: _worker_pids(worker.pid), 60, "rq's scheduler child")
+        (child,) = wait_until(lambda: _worker_pids(worker.pid), what="rq's scheduler child")
         os.kill(worker.pid, signal.SIGKILL)           # the worker alone, not its process group
         worker.wait(10)
-        wait_until(lambda: not _alive(child), 10, "the child gone with its parent")
+        wait_until(lambda: not _alive(child), what="the child gone with its parent")
     finally:
         try:
             os.killpg(worker.pid, signal.SIGKILL)     # whatever of its group is left
