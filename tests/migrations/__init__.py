@@ -123,7 +123,8 @@ def query_plans(url: str, postgresql: list, sqlite: list) -> list[str]:
             conn.execute(text("SET plan_cache_mode = force_generic_plan"))
             plans = []
             for n, statement in enumerate(postgresql):
-                compiled = statement.compile(dialect=asyncpg.dialect())        # $n parameters, for PREPARE
+                # $n parameters, for PREPARE; a literal list (IN of constants) one parameter each
+                compiled = statement.compile(dialect=asyncpg.dialect(), compile_kwargs={"render_postcompile": True})
                 conn.exec_driver_sql(f"PREPARE plan_{n} AS {compiled.string}")
                 args = ", ".join("NULL" for _ in compiled.positiontup)
                 plans.append(" ".join(conn.exec_driver_sql(f"EXPLAIN EXECUTE plan_{n}({args})").scalars()))
