@@ -1,6 +1,7 @@
 """Query plans that hold: on a database of realistic size whose statistics kyc keeps fresh
 (kyc.persist.refresh_statistics, a schedule), the signup path reads every table through an index,
-and so does the read of what links a member to its cluster.
+and so does the read of what links a member to its cluster; so do the gateway's calls (activity
+reports, entitlement checks) and reads of a list of ids on a new deployment's smaller tables.
 
 PostgreSQL only: generic plans (kyc.db._generic_plans) come from the planner's statistics; this
 machine's server, like some production ones, runs without autovacuum.
@@ -9,6 +10,7 @@ machine's server, like some production ones, runs without autovacuum.
 from __future__ import annotations
 
 import time
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import create_engine, select, text
 
@@ -24,48 +26,53 @@ from tests.migrations import query_plans
 ACCOUNTS = 20_000
 SCHEMA = "kyc_query_plans"
 APP = "kyc_query_plans_test"
-# What a signup reads (the API key, the account, velocity, the graph); grown as 20,000 accounts
-# of six velocity keys and three linking identifiers each would have grown them.
-GROW = f"""
+
+
+def grow(accounts: int) -> str:
+    """What a signup reads (the API key, the account, velocity, the graph), grown as `accounts`
+    accounts of six velocity keys and three linking identifiers each would have grown them."""
+    return f"""
 INSERT INTO accounts (id, first_seen_at, last_seen_at, decision, score, reasons, required_verifications,
                       subjects, state_version, created_at, updated_at)
   SELECT 'bulk' || g, now(), now(), 'allow', 0, '[]', '[]', '{{}}', 0, now(), now()
-  FROM generate_series(1, {ACCOUNTS}) g;
+  FROM generate_series(1, {accounts}) g;
 INSERT INTO sightings (kind, value_hash, account_id, evaluation_id, occurred_at)
   SELECT k, md5(k || g), 'bulk' || g, 'ev' || g, now() - g * interval '1 second'
-  FROM generate_series(1, {ACCOUNTS}) g, unnest(array['ip', 'device', 'email', 'ip_prefix', 'asn', 'email_domain']) k;
+  FROM generate_series(1, {accounts}) g, unnest(array['ip', 'device', 'email', 'ip_prefix', 'asn', 'email_domain']) k;
 INSERT INTO velocity_marks (kind, value_hash, account_id, last_at)
   SELECT k, md5(k || g), 'bulk' || g, now()
-  FROM generate_series(1, {ACCOUNTS}) g, unnest(array['ip', 'device', 'email', 'ip_prefix', 'asn', 'email_domain']) k;
+  FROM generate_series(1, {accounts}) g, unnest(array['ip', 'device', 'email', 'ip_prefix', 'asn', 'email_domain']) k;
 INSERT INTO graph_nodes (kind, value_hash, accounts, super_node, first_seen_at)
-  SELECT k, md5(k || g), 1, false, now() FROM generate_series(1, {ACCOUNTS}) g, unnest(array['device', 'email', 'ip_day']) k;
+  SELECT k, md5(k || g), 1, false, now() FROM generate_series(1, {accounts}) g, unnest(array['device', 'email', 'ip_day']) k;
 INSERT INTO graph_edges (kind, value_hash, account_id)
-  SELECT k, md5(k || g), 'bulk' || g FROM generate_series(1, {ACCOUNTS}) g, unnest(array['device', 'email', 'ip_day']) k;
+  SELECT k, md5(k || g), 'bulk' || g FROM generate_series(1, {accounts}) g, unnest(array['device', 'email', 'ip_day']) k;
 INSERT INTO clusters (id, size, first_seen_at, created_at, updated_at, blocked, labeled_fraud, disposable, voip,
                       hosting, headless)
-  SELECT 'clb' || g, 1, now(), now(), now(), 0, 0, 0, 0, 0, 0 FROM generate_series(1, {ACCOUNTS}) g;
+  SELECT 'clb' || g, 1, now(), now(), now(), 0, 0, 0, 0, 0, 0 FROM generate_series(1, {accounts}) g;
 INSERT INTO cluster_members (account_id, cluster_id, joined_at, blocked, labeled_fraud, disposable, voip, hosting,
                              headless)
   SELECT 'bulk' || g, 'clb' || g, now(), false, false, false, false, false, false
-  FROM generate_series(1, {ACCOUNTS}) g;
+  FROM generate_series(1, {accounts}) g;
 """
+
+
 READ_BY_SIGNUPS = ("accounts", "sightings", "velocity_marks", "graph_nodes", "graph_edges", "clusters",
                    "cluster_members")
 
 
-def _seq_scans(admin) -> dict[str, int]:
+def _seq_scans(admin, schema: str = SCHEMA) -> dict[str, int]:
     with admin.connect() as conn:
         conn.execute(text("SELECT pg_stat_clear_snapshot()"))
         return dict(conn.execute(text("SELECT relname, seq_scan FROM pg_stat_user_tables WHERE schemaname = :s"),
-                                 {"s": run_schema(SCHEMA)}).all())
+                                 {"s": run_schema(schema)}).all())
 
 
-def _wait_for_backends_to_exit(admin) -> None:
+def _wait_for_backends_to_exit(admin, app: str = APP) -> None:
     """A backend reports its counters when it exits: wait (bounded) for the app's to be gone."""
     deadline = time.monotonic() + 30
     with admin.connect() as conn:
         while conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :a"),
-                           {"a": APP}).scalar():
+                           {"a": app}).scalar():
             assert time.monotonic() < deadline, "the app's connections did not close"
             conn.rollback()
             time.sleep(0.05)
@@ -88,7 +95,7 @@ def test_signups_read_through_indexes_once_statistics_are_refreshed(make_config)
         for n in range(20):                      # the app's statements are prepared on small tables
             post(n)
         with admin.begin() as conn:
-            conn.execute(text(GROW))
+            conn.execute(text(grow(ACCOUNTS)))
         assert set(READ_BY_SIGNUPS) <= set(refresh_statistics(rt.engine))
         assert refresh_statistics(rt.engine) == []            # nothing changed since
         rt.engine.dispose()
@@ -148,4 +155,63 @@ def test_reads_of_a_list_of_ids_go_through_an_index_on_a_new_deployment_s_tables
         for statement, plan in zip(statements, query_plans(url, postgresql=statements, sqlite=[])):
             assert "Seq Scan" not in plan, f"{statement}\n{plan}"
     finally:
+        admin.dispose()
+
+
+# A deployment's first weeks, for the gateway's calls: 10,000 accounts and two days of their usage.
+GATEWAY_ACCOUNTS = 10_000
+READ_BY_THE_GATEWAY = ("accounts", "activity_days", "activity_reports", "prompt_uses", "prompt_days",
+                       "prompt_starts", "graph_nodes", "graph_edges", "clusters", "cluster_members", "sightings",
+                       "velocity_marks", "evaluations")
+
+
+def _report(n: int, at: datetime) -> dict:
+    """Account bulk<n>'s usage in the hour before `at`: its own address, key and template, and one
+    of 50 templates a tool's users share."""
+    return {"account_id": f"bulk{n}", "occurred_at": at.isoformat(), "window_seconds": 3600, "requests": 1 + n % 40,
+            "tier": "free", "ip": f"{11 + n % 200}.{(n // 200) % 256}.{n % 97}.7", "api_key_id": f"key_{n}",
+            "prompt_fingerprints": {f"pf_own_{n}": 3, f"pf_tool_{n % 50}": 2}, "interval_cv": 0.8}
+
+
+def test_the_gateway_s_calls_read_through_indexes_on_a_new_deployment_s_tables(make_config):
+    """Activity reports (single and bulk) and entitlement checks, once statistics are refreshed,
+    on 10,000 accounts with two days of usage: no sequential scan. Before kyc.persist.in_list
+    matched lists as = ANY(ARRAY(...)), each single report scanned accounts (a generic plan
+    took its one id for 100)."""
+    schema, app = "kyc_gateway_plans", "kyc_gateway_plans_test"
+    url = pg_schema_url(schema)
+    upgrade_database(url)
+    admin = create_engine(url)
+    rt = Runtime.start(make_config(f"{url}&application_name={app}", dev_key="dev"), migrate=False)
+    client = create_app(runtime=rt).test_client()
+    headers = {"Authorization": "Bearer dev"}
+    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+    def bulk(first: int, last: int, at: datetime) -> None:
+        reports = [_report(n, at) for n in range(first, last + 1)]
+        assert client.post("/v1/activity", json={"reports": reports}, headers=headers).status_code == 200
+
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(grow(GATEWAY_ACCOUNTS)))
+        for days_ago in (2, 1):
+            for first in range(1, GATEWAY_ACCOUNTS + 1, 1000):
+                bulk(first, first + 999, now - timedelta(days=days_ago))
+        assert set(READ_BY_THE_GATEWAY) - {"evaluations"} <= set(refresh_statistics(rt.engine))
+        rt.engine.dispose()
+        _wait_for_backends_to_exit(admin, app)
+        before = _seq_scans(admin, schema)
+        for n in range(1, 101):
+            one = {k: v for k, v in _report(n, now).items() if k != "account_id"}
+            assert client.post(f"/v1/accounts/bulk{n}/activity", json=one, headers=headers).status_code == 200
+            assert client.get(f"/v1/accounts/bulk{n}/entitlement?tier=free", headers=headers).status_code == 200
+        for first in (1001, 2001, 3001):
+            bulk(first, first + 999, now)
+        rt.engine.dispose()
+        _wait_for_backends_to_exit(admin, app)
+        after = _seq_scans(admin, schema)
+        scanned = {table: after[table] - before[table] for table in READ_BY_THE_GATEWAY if after[table] > before[table]}
+        assert scanned == {}, f"sequential scans during 100 single reports, 100 entitlements and 3 bulk calls: {scanned}"
+    finally:
+        rt.engine.dispose()
         admin.dispose()
