@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Callable, Sequence
 
-from sqlalchemy import bindparam, exists, func, literal, select, union_all
+from sqlalchemy import bindparam, exists, func, literal, select, true, union_all
 from sqlalchemy.orm import Session
 
 from kyc.db import write_lock
@@ -63,7 +63,13 @@ _DAYS = (select(*_D.c).where(in_list(_D.c.account_id, "ids"),
 # whose window holds none (a day's row carries the account's first use forward). One
 # statement, one round trip: the window's days (in_window true), and for accounts with none in
 # it, the first use their latest earlier day carries (in_window false).
-_IN_WINDOW = (_D.c.day >= bindparam("since")) & (_D.c.day < bindparam("until"))
+# The window's end is tested as `(day < until) IS TRUE` (the same rows: day is never NULL) so that
+# only its start bounds an index scan. Why: a generic plan takes a range between two parameters
+# for 0.5% of the table, and on a table of up to ~100,000 days (a new deployment's first months)
+# read every account's days of the window through ix_activity_days_day, filtering on the account,
+# instead of the accounts' own days through the primary key: 3,000 accounts of 30 days, 13.2 ms
+# against 0.29 ms (EXPLAIN ANALYZE of the generic plan), at each new day's first report.
+_IN_WINDOW = (_D.c.day >= bindparam("since")) & (_D.c.day < bindparam("until")).is_(true())
 _EARLIER = _D.alias("earlier")
 _WINDOWED = _D.alias("windowed")
 _HISTORY = union_all(
@@ -76,7 +82,7 @@ _HISTORY = union_all(
            _D.c.day == select(func.max(_EARLIER.c.day)).where(_EARLIER.c.account_id == _D.c.account_id,
                                                               _EARLIER.c.day < bindparam("since")).scalar_subquery(),
            ~exists().where(_WINDOWED.c.account_id == _D.c.account_id, _WINDOWED.c.day >= bindparam("since"),
-                           _WINDOWED.c.day < bindparam("until"))))
+                           (_WINDOWED.c.day < bindparam("until")).is_(true()))))
 _DAY_VALUES = ("requests", "first_at", "last_at", "dormant_days", "last_ip_hash", "refused", "tokens_in", "tokens_out",
                "hours", "cv_sum", "cv_requests", "models", "fingerprints", "tier", "baseline", "history_days",
                "first_used_at", "woke_on")
