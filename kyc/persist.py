@@ -638,12 +638,16 @@ _ADD_SHOWN_EDGES = pg_insert(_E).from_select(_EDGE_COLUMNS, json_rows(_E, _EDGE_
 # and ~760, the read 109 -> 56 ms wall (medians of 5 as the call's first read, old and new on the
 # same calls, 1,000,000 accounts stored, load ~4). The sightings' kinds are stated as constants
 # (VELOCITY_SIGHTINGS), so the generic plan may read them through ix_sightings_account_kind_time,
-# which holds velocity kinds only (migration 0021).
+# which holds velocity kinds only (migration 0021). The nodes are looked up one by one (a LATERAL
+# subquery, LIMIT 1 so that the planner keeps it one): a generic plan takes the JSON rows for 100,
+# and as a join it scanned graph_nodes of ~20,000-30,000 rows (a new deployment's first weeks),
+# 2.3-3.1 ms a single activity report at 2,500-3,000 accounts (pg_stat_statements).
 _SHOWN_AND_SIGHTED = text("""
 WITH found AS MATERIALIZED (
 SELECT g.kind, g.value_hash, g.accounts, g.super_node
-FROM graph_nodes g JOIN json_to_recordset(CAST(:nodes AS JSON)) AS n(kind VARCHAR, value_hash VARCHAR)
-  ON g.kind = n.kind AND g.value_hash = n.value_hash)
+FROM json_to_recordset(CAST(:nodes AS JSON)) AS n(kind VARCHAR, value_hash VARCHAR)
+JOIN LATERAL (SELECT g.kind, g.value_hash, g.accounts, g.super_node FROM graph_nodes g
+              WHERE g.kind = n.kind AND g.value_hash = n.value_hash LIMIT 1) AS g ON true)
 SELECT 'node', f.kind, f.value_hash, f.accounts, f.super_node, CAST(NULL AS VARCHAR), CAST(NULL AS TIMESTAMPTZ)
 FROM found f
 UNION ALL
