@@ -15,7 +15,9 @@ per-call median and p99, and the ratio bulk / single. The identifiers the report
 linked into the identity graph in each call's transaction (kyc.usage.identifiers.link_reports):
 "request" CPU is the calling thread's (what answering the gateway costs), "with linking" the
 whole process's until its background thread (cluster rescoring) is done (drained). On a local
-PostgreSQL, each line also gives the CPU its client backends spent a call (read from /proc).
+PostgreSQL, each line also gives the CPU its client backends spent a call (read from /proc) and,
+where the server loads pg_stat_statements and the database has the extension, the server's time
+in statements a call: the figure to compare in an A/B of a statement or a plan (http_load.statement_ms).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from kyc.persist import in_list  # noqa: E402
 from kyc.runtime import Runtime, upgrade_database  # noqa: E402
 from kyc.security import hash_api_key, new_api_key  # noqa: E402
 
-from http_load import backend_ticks, cpu_seconds  # noqa: E402  (bench/, the script's folder)
+from http_load import backend_ticks, cpu_seconds, statement_ms  # noqa: E402  (bench/, the script's folder)
 from stats import percentile  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("bench_entitlement", Path(__file__).with_name("entitlement.py"))
@@ -174,12 +176,12 @@ def main() -> None:
 
     def run(calls):
         """(wall s, request-thread CPU s, process CPU s until linked, per-call wall ms, per-call CPU ms,
-        PostgreSQL CPU s or None)."""
+        (PostgreSQL CPU s, its time in statements ms or None) or None)."""
         # Statistics as the serving schedule keeps them (refreshed every minute): the run before
         # wrote rows to tables last analyzed empty, and a phase of single reports lasts minutes
         # (measured: 48.6 ms of PostgreSQL CPU a single report planned blind, 1.6 ms analyzed).
         entitlement_bench.settled(runtime)
-        pg_before = backend_ticks(admin) if admin is not None else None
+        pg_before = (backend_ticks(admin), statement_ms(admin)) if admin is not None else None
         wall, cpu = [], []
         p_all, c_all, t_all = time.process_time(), time.thread_time(), time.perf_counter()
         for path, body in calls:
@@ -191,7 +193,11 @@ def main() -> None:
             assert not any(r["reevaluated"] for r in answer.json.get("results", [answer.json]))
         took, request_cpu = time.perf_counter() - t_all, time.thread_time() - c_all
         drain(runtime)
-        pg = cpu_seconds(pg_before, backend_ticks(admin)) if admin is not None else None
+        pg = None
+        if admin is not None:
+            statements = statement_ms(admin)
+            pg = (cpu_seconds(pg_before[0], backend_ticks(admin)),
+                  statements - pg_before[1] if statements is not None else None)
         return took, request_cpu, time.process_time() - p_all, wall, cpu, pg
 
     bodies = [("/v1/activity", json.dumps({"reports": bulk_reports[i:i + args.batch]}))
@@ -213,7 +219,11 @@ def main() -> None:
           f"{backend}, bulk calls of {args.batch}, velocity in {'Redis' if args.redis_url else 'the database'}")
 
     def line(name, n, wall_s, cpu_s, linked_s, per_call_wall, per_call_cpu, pg_s):
-        database = f", PostgreSQL {pg_s * 1000 / len(per_call_cpu):8.2f} ms CPU a call" if pg_s is not None else ""
+        database = ""
+        if pg_s is not None:
+            database = f", PostgreSQL {pg_s[0] * 1000 / len(per_call_cpu):8.2f} ms CPU a call"
+            if pg_s[1] is not None:
+                database += f" ({pg_s[1] / len(per_call_cpu):.2f} ms in statements)"
         print(f"{name:<22} {n / wall_s:9,.0f} reports/s wall  {n / cpu_s:9,.0f} reports/s request CPU (one core)  "
               f"{n / linked_s:9,.0f} with linking   per call: median {statistics.median(per_call_wall):8.2f} ms  "
               f"p99 {percentile(per_call_wall, 0.99):8.2f} ms wall, "

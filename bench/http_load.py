@@ -108,6 +108,21 @@ def cpu_seconds(before: dict[int, int], after: dict[int, int]) -> float:
     return sum(ticks - before.get(pid, 0) for pid, ticks in after.items()) / TICKS_PER_SECOND
 
 
+def statement_ms(admin_engine) -> float | None:
+    """The server's time so far in this database's statements (execution and planning, ms), from
+    pg_stat_statements where the server loads it and the database has the extension; else None.
+    Why beside backend_ticks: a backend's CPU also counts its buffer misses on a database of a
+    million accounts, which vary with what earlier runs left cached (bench/activity.py's
+    PostgreSQL CPU a bulk call varied 2x between runs of the same code); the time in statements
+    compared in an A/B showed a plan change the CPU figure hid."""
+    with admin_engine.connect() as conn:
+        if not conn.execute(text("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'")).scalar():
+            return None
+        return conn.execute(text(
+            "SELECT coalesce(sum(total_exec_time + total_plan_time), 0) FROM pg_stat_statements"
+            " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())")).scalar()
+
+
 def backend_ticks(admin_engine) -> dict[int, int]:
     """CPU so far of the database's client backends other than this script's own."""
     with admin_engine.connect() as conn:
