@@ -74,7 +74,7 @@ def test_a_running_worker_recreates_the_schedules_redis_lost(queued_runtime, red
         flushed_at = datetime.now(timezone.utc).replace(microsecond=0)
         redis_db.flushdb()
         wait_until(lambda: _schedules(redis_db) == set(rescore.schedule.SCHEDULES), rescore.schedule.MAINTENANCE_SECONDS + 20,
-                  "schedules re-created")
+                   "schedules re-created")
         jobs_now = [Job.fetch(i, connection=redis_db) for i in ScheduledJobRegistry("default", connection=redis_db).get_job_ids()]
         assert jobs_now and all(job.created_at.replace(tzinfo=timezone.utc) >= flushed_at for job in jobs_now)
     finally:
@@ -97,7 +97,7 @@ def test_a_killed_workers_batch_is_worked_again_within_a_minute(queued_runtime, 
         # rq keeps the killed worker's job as started until its 30-minute timeout; kyc jobs does not
         # call it running once the worker's heartbeat is gone.
         wait_until(lambda: _jobs(redis_db)["abandoned"] == 1, rescore.queue.WORKER_ALIVE_SECONDS + 10,
-                  "the dead worker's job counted abandoned")
+                   "the dead worker's job counted abandoned")
         assert _jobs(redis_db)["running"] == 0
         second = _start_worker(queued_runtime)
         # No `kyc rescore --resume`: the surviving worker finds the batch abandoned.
