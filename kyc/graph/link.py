@@ -128,17 +128,15 @@ def ensure_member(session: Session, account_id: str, at: datetime, *, flags: dic
     `write_new` inserts them with their final values in two plain statements, which cost less
     than the session's unit of work. What needs them in the session (a merge, a split) adds
     them first (`_attach`).
+
+    A member that joined after `at` (a backfilled earlier event) is moved back by `attach`, once
+    its cluster is locked (_backfill).
     """
     member = (None if new_account else as_loaded(session, ClusterMember, stored) if stored
               else session.get(ClusterMember, account_id))
     if member is None:
         member_values, cluster_values = one_member(account_id, at, flags)
         return ClusterMember(**member_values), Cluster(**cluster_values)
-    if at < member.joined_at:
-        # A backfilled earlier event: the account joined its cluster at its first event time.
-        store(session, member, {"joined_at": at})
-        cluster = session.get(Cluster, member.cluster_id)
-        store(session, cluster, {"first_seen_at": min(cluster.first_seen_at, at)})
     return member, None
 
 
@@ -232,20 +230,39 @@ def attach(session: Session, policy: Policy, account_id: str, at: datetime, *,
     linked. `flags`: the traits a new membership starts with. `new_account`: the account row
     was created by this transaction. `stored`: see ensure_member."""
     member, created = ensure_member(session, account_id, at, flags=flags, new_account=new_account, stored=stored)
+    backfilled = created is None and at < member.joined_at
     if identifiers is None:
         if created is not None:
             return Attachment(member, created, at)
         cluster, grown = _lock(session, member, at)
-        return Attachment(member, cluster, at, grown)
-    nodes = sorted({n for n in identifiers if n[0] in LINK_KINDS})
-    sql = statements(session)
-    # A new member and cluster stay out of the session while the reads and writes below run
-    # (none of them reads this account's membership), so write_new inserts them with their last
-    # values instead of inserting now and updating later; joining one stored cluster keeps them
-    # out too (_absorb). A merge of several clusters puts them in the session, and a super-node
-    # split, which reads memberships, flushes them first.
-    with session.no_autoflush:
-        return _link(session, policy, account_id, member, created, nodes, sql, at, new_account)
+        attachment = Attachment(member, cluster, at, grown)
+    else:
+        nodes = sorted({n for n in identifiers if n[0] in LINK_KINDS})
+        sql = statements(session)
+        # A new member and cluster stay out of the session while the reads and writes below run
+        # (none of them reads this account's membership), so write_new inserts them with their last
+        # values instead of inserting now and updating later; joining one stored cluster keeps them
+        # out too (_absorb). A merge of several clusters puts them in the session, and a super-node
+        # split, which reads memberships, flushes them first.
+        with session.no_autoflush:
+            attachment = _link(session, policy, account_id, member, created, nodes, sql, at, new_account)
+    return _backfill(session, attachment) if backfilled else attachment
+
+
+def _backfill(session: Session, attachment: Attachment) -> Attachment:
+    """A backfilled earlier event: the account joined its cluster at its first event time, and the
+    cluster was first seen no later. Written once the cluster is locked, after the nodes: the order
+    in which every transaction takes them. Why: written before the nodes were counted, the
+    membership and cluster rows were locked first, and a concurrent signup holding one of those
+    nodes and waiting for that cluster met it in a circle (a deadlock, a 503); and the cluster,
+    read by the id the membership held, could be one a concurrent merge had deleted (a 500).
+    The member now counts in the growth read with the lock, as it did written first: it joined
+    at the evaluation's time, inside the window."""
+    member, cluster, at = attachment.member, attachment.cluster, attachment.at
+    store(session, member, {"joined_at": at})
+    store(session, cluster, {"first_seen_at": min(cluster.first_seen_at, at)})
+    grown = None if attachment.growth is None else min(GROWTH_CAP, attachment.growth + 1)
+    return Attachment(member, cluster, at, grown, attachment.chunk)
 
 
 def link(session: Session, policy: Policy, account_id: str, identifiers: Iterable[Node], at: datetime, *,

@@ -628,6 +628,61 @@ def test_a_signup_waiting_on_a_node_a_concurrent_signup_created_links_to_it(post
     assert frozenset({"acct_first", "acct_second"}) in partition(runtime)
 
 
+def test_a_backfilled_event_waits_for_a_node_a_concurrent_signup_holds_without_holding_its_cluster(postgres_runtime):
+    """An account's earlier event (a backfill) moves its membership and cluster back in time.
+    Written before its nodes were counted, those rows were locked first; a concurrent signup
+    that counted one of its nodes and then locked that cluster met it in a circle, and one of
+    the two was cancelled (deadlock detected: a 503). Written after the cluster's lock, the
+    backfill waits for the node only, the signup goes through, then the backfill links to it."""
+    import threading
+    from datetime import timedelta
+
+    from kyc.graph import link, locked_cluster, write_new
+
+    runtime, at = postgres_runtime, datetime(2026, 11, 20, tzinfo=timezone.utc)
+    earlier = at - timedelta(days=3)
+    policy = Policy.from_config(runtime.config)
+
+    def new_account(s, account: str, nodes: list) -> None:
+        s.execute(Account.__table__.insert(), [{"id": account, "first_seen_at": at, "last_seen_at": at,
+                                                "decision": "allow", "score": 0}])
+        write_new(s, *link(s, policy, account, nodes, at, new_account=True))
+
+    with runtime.session() as s, s.begin():
+        new_account(s, "acct_a", [("device", "dv_ab")])
+        new_account(s, "acct_b", [("device", "dv_ab")])
+    cluster = cluster_of(runtime, "acct_a").id
+    assert cluster_of(runtime, "acct_b").id == cluster
+    # A signup counts a new node (its row locked until it commits)...
+    signup_tx = runtime.session()
+    signup_tx.begin()
+    new_account(signup_tx, "acct_d", [("device", "dv_new")])
+    holder = signup_tx.scalar(text("SELECT pg_backend_pid()"))
+    errors: list[BaseException] = []
+
+    def backfill():
+        try:
+            with runtime.session() as s, s.begin():
+                link(s, policy, "acct_a", [("device", "dv_new")], earlier)
+        except BaseException as exc:   # reported by the test, not lost in the thread
+            errors.append(exc)
+
+    # ... while the account's earlier event shows the same node: it waits for that row ...
+    thread = threading.Thread(target=backfill)
+    thread.start()
+    wait_until_blocked_by(runtime, holder, thread)
+    # ... and the signup, still holding it, locks the account's cluster (say it links to it too).
+    locked_cluster(signup_tx, signup_tx.get(ClusterMember, "acct_b"))
+    signup_tx.commit()
+    signup_tx.close()
+    thread.join()
+    assert not errors
+    assert frozenset({"acct_a", "acct_b", "acct_d"}) in partition(runtime)
+    with runtime.session() as s:
+        assert s.get(ClusterMember, "acct_a").joined_at == earlier
+        assert s.get(Cluster, s.get(ClusterMember, "acct_a").cluster_id).first_seen_at == earlier
+
+
 def test_the_link_statement_reads_a_returning_account_s_holders_through_every_node_it_holds(postgres_runtime):
     """PostgreSQL: for an account that holds nodes already, the statement that counts its new
     nodes also reads the other holders of the nodes it held before, so linking it reads nothing
