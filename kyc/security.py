@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 import hmac
 import re
 import secrets
@@ -193,15 +194,25 @@ def redact_card_numbers(text: str) -> str:
 
 
 def number_has_card_number(literal: str) -> bool:
-    """A JSON number as written (-4111111111111111, 4111111111111111.0, 4.111111111111111e15)."""
+    """A JSON number as written whose whole part is a card number (-4111111111111111,
+    4111111111111111.0, 4.111111111111111e15). Not the digits of a fraction: a float a gateway
+    computes (interval_cv = 0.8444218515250481) holds 16 or 17 of them, which pass the Luhn
+    check one time in ten; read as a card number, one report in ten and nearly every bulk call
+    of such reports were refused."""
     mantissa = re.split(r"[eE]", literal, maxsplit=1)[0]
-    if has_card_number(mantissa):
+    if has_card_number(mantissa.split(".", 1)[0]):
         return True
+    # A whole value written otherwise (4.111111111111111e15, 4111.111111111111e12), read exactly:
+    # a float would round the last digits of 17 to 19.
     try:
-        value = float(literal)
-    except (ValueError, OverflowError):
+        value = abs(Decimal(literal))
+    except InvalidOperation:
         return False
-    return 1e12 <= abs(value) < 1e20 and value == int(value) and has_card_number(str(abs(int(value))))
+    return (value.is_finite() and _LEAST_PAN <= value < _PAST_PAN and value == value.to_integral_value()
+            and has_card_number(str(int(value))))
+
+
+_LEAST_PAN, _PAST_PAN = Decimal(10) ** 12, Decimal(10) ** 20
 
 
 def contains_card_number(value: Any) -> bool:
