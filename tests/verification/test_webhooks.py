@@ -84,11 +84,21 @@ def test_signature_with_another_secret_or_over_another_body_is_refused(client, r
     assert _state(runtime, document) == before
 
 
-def test_sha256_prefixed_signature_is_accepted(client, document):
+@pytest.mark.parametrize("written", ["sha256=hex", "HEX", "base64", "sha256=base64"])
+def test_a_signature_is_accepted_as_providers_write_it(client, document, written):
+    """Providers write the same MAC in hex (either case) or base64, some after "sha256="."""
+    import base64
+
     raw = json.dumps({"event_id": "evt_3", "verification_id": document, "status": "approved",
                       "timestamp": int(time.time())}).encode()
-    answer = client.post("/v1/webhooks/idv", data=raw, headers={"X-Signature": "sha256=" + sign(WEBHOOK_SECRET, raw)})
+    mac = sign(WEBHOOK_SECRET, raw)
+    value = {"sha256=hex": "sha256=" + mac, "HEX": mac.upper(), "base64": base64.b64encode(bytes.fromhex(mac)).decode(),
+             "sha256=base64": "sha256=" + base64.b64encode(bytes.fromhex(mac)).decode()}[written]
+    answer = client.post("/v1/webhooks/idv", data=raw, headers={"X-Signature": value})
     assert answer.status_code == 200 and answer.json["status"] == "verified"
+    # Over another body, each form is refused.
+    other = raw.replace(b"evt_3", b"evt_4")
+    assert client.post("/v1/webhooks/idv", data=other, headers={"X-Signature": value}).status_code == 401
 
 
 def test_unknown_provider_is_refused(client, runtime, document):
