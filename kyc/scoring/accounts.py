@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from kyc import graph
 from kyc.db import write_lock
-from kyc.models import Account, ActivityDay, ClusterMember, Evaluation, Sighting, Verification, velocity_kind
+from kyc.models import Account, ActivityDay, ClusterMember, Evaluation, Sighting, Verification, utcnow, velocity_kind
 from kyc.ops import decisions
 from kyc.persist import dialect_of, fetch, new_account_statement
 from kyc.scoring import persist
@@ -33,7 +33,7 @@ from kyc.scoring.decide import Settlement
 from kyc.signals import COLLECTORS, Identifiers
 from kyc.signals.velocity import VELOCITY_KEYS
 from kyc.store import ReadAhead, Store, velocity_store
-from kyc.usage.days import latest_day, latest_days
+from kyc.usage.days import cluster_days, latest_day, latest_days, latest_lockstep
 from kyc.verification import stored_verified_kinds
 
 if TYPE_CHECKING:
@@ -111,6 +111,13 @@ class AccountView(Protocol):
     def usage_day(self, session: Session, day: date | None) -> dict[str, Any] | None:
         """Its latest day of usage up to `day` (None: the latest reported)."""
 
+    def lockstep(self, adopted_by: date) -> Mapping[tuple[str, date], dict[str, Any]] | None:
+        """The lockstep facts of its latest day of usage, as a rescore reads them with the adopters
+        known by `adopted_by`, read ahead (None: usage_facts reads them)."""
+
+    def cluster_days(self, session: Session, day: date) -> list[dict[str, Any]] | None:
+        """Its cluster's days of usage on `day`, read ahead (None: usage_facts reads them)."""
+
     def attach(self, session: Session, policy: graph.Policy, at: datetime, identifiers: Identifiers | None,
                flags: dict[str, bool]) -> graph.Attachment:
         """Its place in the graph (with `identifiers`, a new event: linked first)."""
@@ -180,6 +187,12 @@ class LiveAccount:
             return None
         return latest_day(session, self.account.id, day)
 
+    def lockstep(self, adopted_by: date) -> Mapping[tuple[str, date], dict[str, Any]] | None:
+        return None
+
+    def cluster_days(self, session: Session, day: date) -> list[dict[str, Any]] | None:
+        return None
+
     def attach(self, session: Session, policy: graph.Policy, at: datetime, identifiers: Identifiers | None,
                flags: dict[str, bool]) -> graph.Attachment:
         return graph.attach(session, policy, self.account.id, at, identifiers=identifiers, flags=flags,
@@ -240,10 +253,14 @@ class Chunk:
     originals: dict[str, Any]               # evaluation id -> (id, account_id, subject, occurred_at, input)
     dormancy: dict[str, int]
     usage: dict[str, dict[str, Any]]        # each account's latest day of usage (kyc.usage.days)
+    lockstep: dict[tuple[str, date], dict[str, Any]]    # their lockstep facts (kyc.usage.days.latest_lockstep)
+    lockstep_by: date                       # ... with the adopters known by that day
     verified: dict[str, set[str]]
     graph: graph.ChunkGraph
     store: ReadAhead
     evaluations: list[EvaluationRecord] = field(default_factory=list)     # scored, not yet inserted
+    # (cluster id, day) -> its members' days of usage, read when an account of it first asks
+    cluster_days: dict[tuple[str, date], list[dict[str, Any]]] = field(default_factory=dict)
 
     def view(self, account_id: str) -> ChunkAccount:
         return ChunkAccount(self, self.accounts[account_id])
@@ -278,6 +295,18 @@ class ChunkAccount:
     def usage_day(self, session: Session, day: date | None) -> dict[str, Any] | None:
         return self.chunk.usage.get(self.account.id)         # the latest, read with the chunk
 
+    def lockstep(self, adopted_by: date) -> Mapping[tuple[str, date], dict[str, Any]] | None:
+        return self.chunk.lockstep if adopted_by == self.chunk.lockstep_by else None
+
+    def cluster_days(self, session: Session, day: date) -> list[dict[str, Any]] | None:
+        member = self.chunk.graph.members.get(self.account.id)
+        if member is None:
+            return None
+        key = (member.cluster_id, day)
+        if key not in self.chunk.cluster_days:        # once for the chunk's accounts of the cluster
+            self.chunk.cluster_days[key] = cluster_days(session, *key)
+        return self.chunk.cluster_days[key]
+
     def attach(self, session: Session, policy: graph.Policy, at: datetime, identifiers: Identifiers | None,
                flags: dict[str, bool]) -> graph.Attachment:
         assert identifiers is None, "a rescore links nothing"
@@ -302,8 +331,10 @@ def read_chunk(runtime: Runtime, session: Session, ids: list[str]) -> Chunk:
         select(Evaluation.id, Evaluation.account_id, Evaluation.subject, Evaluation.occurred_at, Evaluation.input)
         .where(Evaluation.id.in_(latest)))} if latest else {}
     usage = latest_days(session, found)
+    today = utcnow().date()                 # a rescore's adopters are those known now (score)
     return Chunk(accounts=accounts, read={a.id: persist.written(a) for a in accounts.values()}, originals=originals,
                  dormancy={a: day["dormant_days"] for a, day in usage.items()}, usage=usage,
+                 lockstep=latest_lockstep(runtime, session, usage, today), lockstep_by=today,
                  verified=stored_verified_kinds(session, found) if found else {},
                  graph=graph.ChunkGraph(session, found),
                  store=ReadAhead(velocity_store(runtime, session), _velocity_requests(session, originals.values())))

@@ -88,8 +88,10 @@ def score(runtime: Runtime, session: Session, subject: str, inp: SignupInput | P
     usage_day = view.usage_day(session, None if trigger in AGAIN else at.date())
     if usage_day is not None:
         usage_at = usage_day["last_at"] if trigger in AGAIN else at
+        adopted_by = facts_at.date() if trigger in AGAIN else None
         signals["usage"] = usage_facts(runtime, session, account.id, usage_day, usage_at, account.first_seen_at,
-                                       adopted_by=facts_at.date() if trigger in AGAIN else None)
+                                       adopted_by=adopted_by, lockstep=view.lockstep(adopted_by) if adopted_by else None,
+                                       members=view.cluster_days(session, usage_day["day"]))
     policy = graph.Policy.from_config(runtime.config)
     # Traits describe the registration: a card added later from another network must not reset
     # the signup's hosting (or any other) trait, nor give a new account's cluster its traits.

@@ -24,11 +24,11 @@ _FAR = date(9999, 12, 31)
 CLUSTER_READ = 5000          # members' days read for the cluster facts (a bounded index scan)
 _M = ClusterMember.__table__
 _MINE = _M.alias("mine")
-_CLUSTER_DAYS = (select(_DAY.c.requests, _DAY.c.tier, _DAY.c.hours, _DAY.c.dormant_days)
-                 .select_from(_M.join(_DAY, (_DAY.c.account_id == _M.c.account_id) & (_DAY.c.day == bindparam("day"))))
-                 .where(_M.c.cluster_id == select(_MINE.c.cluster_id).where(_MINE.c.account_id == bindparam("account_id"))
-                        .scalar_subquery())
-                 .limit(CLUSTER_READ))
+_MEMBER_DAYS = (select(_DAY.c.requests, _DAY.c.tier, _DAY.c.hours, _DAY.c.dormant_days)
+                .select_from(_M.join(_DAY, (_DAY.c.account_id == _M.c.account_id) & (_DAY.c.day == bindparam("day")))))
+_CLUSTER_DAYS = _MEMBER_DAYS.where(_M.c.cluster_id == select(_MINE.c.cluster_id).where(
+    _MINE.c.account_id == bindparam("account_id")).scalar_subquery()).limit(CLUSTER_READ)
+_DAYS_OF_CLUSTER = _MEMBER_DAYS.where(_M.c.cluster_id == bindparam("cluster_id")).limit(CLUSTER_READ)
 # Each account's latest day of served usage (latest_days).
 _LATEST = (select(_DAY.c.account_id, func.max(_DAY.c.day).label("day"))
            .where(in_list(_DAY.c.account_id, "ids"), _DAY.c.requests > 0).group_by(_DAY.c.account_id).subquery())
@@ -60,25 +60,50 @@ def lockstep_wanted(runtime, account_id: str, day: dict[str, Any], at) -> tuple[
     return None
 
 
+def latest_lockstep(runtime, session: Session, days: dict[str, dict[str, Any]], adopted_by: date
+                    ) -> dict[tuple[str, date], dict[str, Any]]:
+    """The lockstep facts of accounts' latest days of usage (latest_days) as a rescore reads them,
+    as of each day's latest report with the adopters known by `adopted_by`: for a rescore chunk,
+    in one lockstep_facts call. Why: read account by account, each read every use of the
+    templates its group shares that day, and a cluster's rescore read its group once per member:
+    400 accounts in lockstep on 15 templates, 75 ms of CPU an account, 82% of it here."""
+    wanted = [w for account_id, day in days.items()
+              if (w := lockstep_wanted(runtime, account_id, day, day["last_at"])) is not None]
+    return lockstep_facts(session, wanted, popular=runtime.config.usage_popular_prompt,
+                          adopted_by=adopted_by) if wanted else {}
+
+
+def cluster_days(session: Session, cluster_id: str, day: date) -> list[dict[str, Any]]:
+    """The days of usage of a cluster's members on `day` (up to CLUSTER_READ), as usage_facts reads
+    them for an account of the cluster: a rescore chunk reads them once for its accounts of one
+    cluster (kyc.scoring.accounts.Chunk), not once an account (a cluster of 400 in lockstep, 400
+    rows read 400 times: 27% of its rescore's CPU)."""
+    return [dict(r) for r in session.execute(_DAYS_OF_CLUSTER, {"cluster_id": cluster_id, "day": day}).mappings()]
+
+
 def usage_facts(runtime, session: Session, account_id: str, day: dict[str, Any], at, first_seen_at, *,
                 linked: bool = True, lockstep: dict[tuple[str, date], dict[str, Any]] | None = None,
-                adopted_by: date | None = None) -> dict[str, Any]:
+                adopted_by: date | None = None, members: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The usage signals of an account as of `at` from its latest day of usage at or before it,
     with the lockstep facts on at's own day (kyc.usage.lockstep; `lockstep`: read already for a
-    batch, by lockstep_wanted; `adopted_by`: a later day whose adopters count, for a rescore) and
+    batch, by lockstep_wanted or latest_lockstep, read here if the account's are not in it; `adopted_by`: a later day whose adopters count, for a rescore) and
     its cluster's (`linked=False`: the caller knows the account is a cluster of one, whose
-    cluster facts are its own, so nothing is read for them)."""
+    cluster facts are its own, so nothing is read for them; `members`: its cluster's days of
+    at's day, read already by cluster_days)."""
     facts = usage_signals(day, at, first_seen_at, runtime.tiers.daily_quotas)
     wanted = lockstep_wanted(runtime, account_id, day, at)
     if wanted is not None:
-        if lockstep is None:
-            lockstep = lockstep_facts(session, [wanted], popular=runtime.config.usage_popular_prompt,
-                                      adopted_by=adopted_by)
-        facts.update(lockstep[wanted[:2]])
+        found = lockstep.get(wanted[:2]) if lockstep is not None else None
+        if found is None:
+            found = lockstep_facts(session, [wanted], popular=runtime.config.usage_popular_prompt,
+                                   adopted_by=adopted_by)[wanted[:2]]
+        facts.update(found)
     elif day["day"] == at.date():
         facts.update(NO_LOCKSTEP)
     if day["day"] == at.date():
-        members = ([dict(r) for r in session.execute(_CLUSTER_DAYS, {"day": day["day"], "account_id": account_id})
-                    .mappings()] if linked else []) or [day]
+        if members is None:
+            members = [dict(r) for r in session.execute(_CLUSTER_DAYS, {"day": day["day"], "account_id": account_id})
+                       .mappings()] if linked else []
+        members = members or [day]
         facts.update(cluster_usage_signals(members, at, runtime.tiers.daily_quotas, runtime.config.dormant_days))
     return facts
