@@ -181,6 +181,7 @@ _READ_CHUNK = 1000
 
 _USE_COLUMNS = ("value_hash", "day", "account_id", "hours")
 # The facts of an account in no group that day (lockstep_facts starts each from these).
+_NONE: dict[str, int] = {}      # the uses of an account none of which were read (never written)
 NO_LOCKSTEP = {"lockstep_accounts": 0, "lockstep_woke": 0, "lockstep_began_together": 0, "lockstep_adopters": 0,
                "lockstep_adopters_together": 0, "lockstep_addresses": 0, "woke_together": 0}
 
@@ -272,7 +273,7 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
     for day, woke in by_day.items():
         mine: dict[str, dict[str, int]] = {}
         held_by: dict[str, int] = {}                             # template -> accounts that used it that day
-        began: dict[tuple[str, str], date] = {}                  # (account, template) -> its start on it
+        began: dict[str, dict[str, date]] = {}                   # account -> template -> its start on it
         kept: set[tuple[str, str]] = set()                       # (account, template) whose start is kept
         ids = sorted(woke)
         for i in range(0, len(ids), _READ_CHUNK):
@@ -281,7 +282,7 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
                             "yesterday": day - timedelta(days=1), "watched_before": day - timedelta(days=BEGAN_WITHIN)}):
                 mine.setdefault(account_id, {})[value_hash] = hours
                 held_by[value_hash] = accounts
-                began[(account_id, value_hash)] = start or day
+                began.setdefault(account_id, {})[value_hash] = start or day
                 if start is not None:
                     kept.add((account_id, value_hash))
         asked = {a: m for a, m in mine.items() if len(m) >= SHARED or woke[a]}
@@ -293,17 +294,18 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
                       sorted(m, key=lambda h: (held_by[h], h))[:max(0, len(m) - SHARED + 1)])
                   for a, m in asked.items()}
         users: dict[str, list[str]] = {}                         # template -> the accounts that used it
-        used: dict[tuple[str, str], int] = {}                    # (account, template) -> its hours
+        used: dict[str, dict[str, int]] = {}                     # account -> template -> its hours
         awake: set[str] = set()                                  # accounts woken that day (woken)
         address: dict[str, str | None] = {}                       # account -> the day's last activity IP
 
         def take(rows) -> None:
             for account_id, value_hash, hours, woke_on, start, ip_hash in rows:
                 address[account_id] = ip_hash
-                if (account_id, value_hash) not in used:
+                its = used.setdefault(account_id, {})
+                if value_hash not in its:
                     users.setdefault(value_hash, []).append(account_id)
-                used[(account_id, value_hash)] = hours
-                began[(account_id, value_hash)] = start or day
+                its[value_hash] = hours
+                began.setdefault(account_id, {})[value_hash] = start or day
                 if woken(woke_on, day):
                     awake.add(account_id)
 
@@ -330,14 +332,19 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
             for hours in templates.values():
                 mask |= hours
             lockstep = set()
+            ours_began = began[account_id]
+            # Per pair, nested dicts and map() rather than (account, template) keys and generators:
+            # a farm's accounts are each other's candidates, and a bulk call of 400 of one cluster
+            # on 15 templates spent 41% of its CPU here.
             for o in candidates[account_id]:
-                shared = [h for h in templates if used.get((o, h), 0) & mask]
+                theirs_used = used.get(o, _NONE)
+                shared = [h for h in templates if theirs_used.get(h, 0) & mask]
                 if len(shared) < SHARED:
                     continue
                 lockstep.add(o)
                 shared_in_lockstep.setdefault(account_id, set()).update(shared)
                 # When each began on what they share: within BEGAN_WITHIN days of each other?
-                theirs, ours = min(began[(o, h)] for h in shared), min(began[(account_id, h)] for h in shared)
+                theirs, ours = min(map(began[o].__getitem__, shared)), min(map(ours_began.__getitem__, shared))
                 if abs((theirs - ours).days) <= BEGAN_WITHIN:
                     near_pairs.setdefault(account_id, []).append((o, theirs, ours))
             # Where the group acts from: as many addresses as accounts hides behind proxies (a farm); one
@@ -361,7 +368,7 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
         # account from its signup on: read for the accounts whose start decides something.
         early = sorted({o for pairs in near_pairs.values() for o, theirs, _ in pairs if theirs <= censored_to}
                        | {a for a, pairs in near_pairs.items() if any(ours <= censored_to for _, _, ours in pairs)}
-                       | {a for a, h in widest.items() if began[(a, h)] <= censored_to})
+                       | {a for a, h in widest.items() if began[a][h] <= censored_to})
         watched_from = datetime.combine(watched_since or day, time(), timezone.utc)
         signed_since: set[str] = set()
         for i in range(0, len(early), _READ_CHUNK):
@@ -378,7 +385,7 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
         # The censored starts that count (accounts kyc saw from their signup on), read only when some
         # account's own start that counts is near those days.
         begun_watched: dict[str, dict[date, int]] = {}           # template -> day begun -> such accounts
-        if any(counts(a, began[(a, h)]) and began[(a, h)] <= censored_to + timedelta(days=BEGAN_WITHIN)
+        if any(counts(a, began[a][h]) and began[a][h] <= censored_to + timedelta(days=BEGAN_WITHIN)
                for a, h in widest.items()):
             for i in range(0, len(hashes), _READ_CHUNK):
                 for value_hash, start, n in session.execute(_ADOPTERS_WATCHED, {
@@ -387,7 +394,7 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
                     begun_watched.setdefault(value_hash, {})[start] = n
         for account_id, h in widest.items():
             mine_kept = (account_id, h) in kept
-            ours = began[(account_id, h)]
+            ours = began[account_id][h]
             near = sum(n for start, n in begun.get(h, {}).items()
                        if abs((start - ours).days) <= BEGAN_WITHIN and start > censored_to)
             near += sum(n for start, n in begun_watched.get(h, {}).items() if abs((start - ours).days) <= BEGAN_WITHIN)

@@ -54,8 +54,10 @@ _D = ActivityDay.__table__
 # accounts in a cluster of more than one): one statement fewer a call.
 _CLUSTER_SIZE = (select(Cluster.size).join(ClusterMember, ClusterMember.cluster_id == Cluster.id)
                  .where(ClusterMember.account_id == _A.c.id).scalar_subquery().label("cluster_size"))
+_CLUSTER_ID = (select(ClusterMember.cluster_id).where(ClusterMember.account_id == _A.c.id).scalar_subquery()
+               .label("cluster_id"))
 _LOCK_ACCOUNTS = (select(_A.c.id, _A.c.first_seen_at, _A.c.last_seen_at, _A.c.state_version, _A.c.decision,
-                         _A.c.subjects, _CLUSTER_SIZE)
+                         _A.c.subjects, _CLUSTER_SIZE, _CLUSTER_ID)
                   .where(in_list(_A.c.id, "ids")).order_by(_A.c.id).with_for_update())
 _DAYS = (select(*_D.c).where(in_list(_D.c.account_id, "ids"),
                              in_list(_D.c.day, "days")).with_for_update())
@@ -105,7 +107,7 @@ def record_reports(session: Session, reports: Sequence[tuple[str, ActivityInput]
                    ) -> tuple[list[Recorded], dict[str, Any]]:
     """Record (account id, report) pairs: one Recorded per report, in order, and each account's
     row as locked before the reports (id, first_seen_at, last_seen_at, state_version, decision,
-    subjects, and its cluster's size: cluster_size). UnknownAccounts (and nothing written) if any names an account kyc does not know."""
+    subjects, its cluster's size and id: cluster_size, cluster_id). UnknownAccounts (and nothing written) if any names an account kyc does not know."""
     write_lock(session)
     # Once per identifier in the batch (a report's IP is hashed for its day and for itself, a
     # template for the day, its use and the report; `hashes`, shared with the batch's linking).

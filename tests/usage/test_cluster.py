@@ -52,6 +52,35 @@ def test_a_cluster_far_beyond_its_quotas_is_refused_as_one(client, auth, runtime
         assert "cluster_far_beyond_quota" in {r["rule"] for r in answer["reasons"]}
 
 
+def test_a_bulk_call_reads_a_cluster_s_day_once_for_its_accounts(client, auth, runtime):
+    """The riskier-usage check and the re-evaluation read a cluster's days of usage once for the
+    call's accounts of it, not once an account: a bulk call of 400 steady reports of one cluster of
+    400 read 160,000 rows (kyc.usage.days.cluster_days)."""
+    from sqlalchemy import event
+
+    ids = _linked(client, auth, 6)
+    drain(runtime)                  # the rescoring its growth asked for, done (its members know their cluster)
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    reports = [{"account_id": account, "occurred_at": "2026-09-12T10:30:00Z", "requests": 6000, "tier": "free"}
+               for account in ids]
+    event.listen(runtime.engine, "before_cursor_execute", record)
+    try:
+        results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", record)
+    # Held as one: the check read the cluster's day once, the re-evaluation once (7 reads before).
+    assert [r["decision"] for r in results] == ["review"] * 6 and all(r["reevaluated"] for r in results)
+    assert len([st for st in statements if "FROM cluster_members JOIN activity_days" in st]) == 2
+    with runtime.session() as s:
+        latest = s.execute(select(Evaluation).where(Evaluation.account_id == ids[0])
+                           .order_by(Evaluation.created_at.desc()).limit(1)).scalar_one()
+    assert latest.signals["usage"]["cluster_requests_today"] == 36000
+
+
 @pytest.mark.parametrize("interval_cv, hit", [(0.05, True), (0.8, False)])
 def test_linked_accounts_waking_together_in_one_hour_are_recorded_not_refused(client, auth, runtime, interval_cv, hit):
     # Hourly reports ending on the hour, as a gateway sends them: 11:00:00 closes hour 10, so
