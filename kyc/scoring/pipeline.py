@@ -89,8 +89,10 @@ def score(runtime: Runtime, session: Session, subject: str, inp: SignupInput | P
     if usage_day is not None:
         usage_at = usage_day["last_at"] if trigger in AGAIN else at
         adopted_by = facts_at.date() if trigger in AGAIN else None
+        # What the view read ahead (a rescore chunk: its accounts' lockstep and clusters' days).
+        ahead = view.lockstep(adopted_by) if adopted_by else None
         signals["usage"] = usage_facts(runtime, session, account.id, usage_day, usage_at, account.first_seen_at,
-                                       adopted_by=adopted_by, lockstep=view.lockstep(adopted_by) if adopted_by else None,
+                                       adopted_by=adopted_by, lockstep=ahead,
                                        members=view.cluster_days(session, usage_day["day"]))
     policy = graph.Policy.from_config(runtime.config)
     # Traits describe the registration: a card added later from another network must not reset

@@ -86,10 +86,11 @@ def usage_facts(runtime, session: Session, account_id: str, day: dict[str, Any],
                 adopted_by: date | None = None, members: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The usage signals of an account as of `at` from its latest day of usage at or before it,
     with the lockstep facts on at's own day (kyc.usage.lockstep; `lockstep`: read already for a
-    batch, by lockstep_wanted or latest_lockstep, read here if the account's are not in it; `adopted_by`: a later day whose adopters count, for a rescore) and
-    its cluster's (`linked=False`: the caller knows the account is a cluster of one, whose
-    cluster facts are its own, so nothing is read for them; `members`: its cluster's days of
-    at's day, read already by cluster_days)."""
+    batch, by lockstep_wanted or latest_lockstep, read here if the account's are not in it;
+    `adopted_by`: a later day whose adopters count, for a rescore) and its cluster's
+    (`linked=False`: the caller knows the account is a cluster of one, whose cluster facts are
+    its own, so nothing is read for them; `members`: its cluster's days of at's day, read
+    already by cluster_days)."""
     facts = usage_signals(day, at, first_seen_at, runtime.tiers.daily_quotas)
     wanted = lockstep_wanted(runtime, account_id, day, at)
     if wanted is not None:

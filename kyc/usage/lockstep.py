@@ -180,8 +180,8 @@ _READ_CHUNK = 1000
 
 
 _USE_COLUMNS = ("value_hash", "day", "account_id", "hours")
-# The facts of an account in no group that day (lockstep_facts starts each from these).
 _NONE: dict[str, int] = {}      # the uses of an account none of which were read (never written)
+# The facts of an account in no group that day (lockstep_facts starts each from these).
 NO_LOCKSTEP = {"lockstep_accounts": 0, "lockstep_woke": 0, "lockstep_began_together": 0, "lockstep_adopters": 0,
                "lockstep_adopters_together": 0, "lockstep_addresses": 0, "woke_together": 0}
 

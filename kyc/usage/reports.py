@@ -107,7 +107,8 @@ def record_reports(session: Session, reports: Sequence[tuple[str, ActivityInput]
                    ) -> tuple[list[Recorded], dict[str, Any]]:
     """Record (account id, report) pairs: one Recorded per report, in order, and each account's
     row as locked before the reports (id, first_seen_at, last_seen_at, state_version, decision,
-    subjects, its cluster's size and id: cluster_size, cluster_id). UnknownAccounts (and nothing written) if any names an account kyc does not know."""
+    subjects, its cluster's size and id: cluster_size, cluster_id). UnknownAccounts (and nothing
+    written) if any names an account kyc does not know."""
     write_lock(session)
     # Once per identifier in the batch (a report's IP is hashed for its day and for itself, a
     # template for the day, its use and the report; `hashes`, shared with the batch's linking).

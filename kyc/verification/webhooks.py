@@ -1,7 +1,7 @@
 """How an identity provider signs its webhooks: HMAC-SHA256 of the raw body with the
-provider's secret, in X-Signature (hex, as kyc signs; base64 and a "sha256=" prefix accepted). kyc/api/webhooks.py checks the signature before it parses
-anything, then the timestamp and the event; replays are refused by event id
-(kyc/verification/service.py).
+provider's secret, in X-Signature (hex, as kyc signs; base64 and a "sha256=" prefix accepted).
+kyc/api/webhooks.py checks the signature before it parses anything, then the timestamp and the
+event; replays are refused by event id (kyc/verification/service.py).
 """
 
 from __future__ import annotations
