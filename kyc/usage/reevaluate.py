@@ -36,14 +36,23 @@ _DECISIONS = select(Account.id, Account.decision).where(in_list(Account.id, "ids
 
 
 def riskier(rules: RuleSet, subjects: dict[str, Any] | None, usage: dict[str, Any],
-            stored: dict[str, dict]) -> bool:
+            stored: dict[str, dict], cluster_size: int | None = None) -> bool:
     """Whether the rules, given `usage` in place of each latest evaluation's usage facts, hit any
-    subject harder than its stored outcome (`stored`: evaluation id -> its signals)."""
+    subject harder than its stored outcome (`stored`: evaluation id -> its signals).
+
+    `cluster_size`: the account's cluster's size now (read with its lock), in place of the one
+    stored. Why: an evaluation made before its cluster grew holds the size it had then, and a rule
+    reading the size with usage (cluster_far_beyond_quota) missed the cluster's first members
+    until the cluster's rescore, after the commit: two of six linked accounts reported far beyond
+    their quotas answered `allow`."""
     for slot, latest in (subjects or {}).items():
         signals = stored.get(latest["evaluation_id"])
         if signals is None:
             continue
-        if (signals.get("usage") or {}) == usage:
+        graph = signals.get("graph")
+        if cluster_size is not None and graph is not None and graph.get("cluster_size") != cluster_size:
+            signals = {**signals, "graph": {**graph, "cluster_size": cluster_size}}
+        elif (signals.get("usage") or {}) == usage:
             continue
         outcome = evaluate(rules, latest.get("subject", slot), {**signals, "usage": usage})
         if SEVERITY[outcome.decision] > SEVERITY[latest["decision"]] or outcome.score > latest["score"]:
@@ -85,7 +94,7 @@ def accounts_to_reevaluate(runtime: Runtime, session: Session, recorded: Iterabl
             members[key] = cluster_days(session, *key)
         usage = usage_facts(runtime, session, account_id, day, day["last_at"], standing[account_id].first_seen_at,
                             linked=account_id in linked, lockstep=lockstep, members=members.get(key))
-        if riskier(rules, standing[account_id].subjects, usage, stored):
+        if riskier(rules, standing[account_id].subjects, usage, stored, standing[account_id].cluster_size or 1):
             rising.add(account_id)
     return sorted(rising)
 

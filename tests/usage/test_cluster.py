@@ -52,6 +52,17 @@ def test_a_cluster_far_beyond_its_quotas_is_refused_as_one(client, auth, runtime
         assert "cluster_far_beyond_quota" in {r["rule"] for r in answer["reasons"]}
 
 
+def test_a_cluster_far_beyond_its_quotas_is_held_as_one_in_the_call_that_shows_it(client, auth, runtime):
+    """The riskier-usage check reads the cluster's size now, not the one the account's evaluation
+    stored: the first members, evaluated when the cluster was one or two accounts, were answered
+    `allow` (and entitled) until the cluster's rescore after the commit."""
+    ids = _linked(client, auth, 6)
+    reports = [{"account_id": account, "occurred_at": "2026-09-12T10:30:00Z", "requests": 6000, "tier": "free"}
+               for account in ids]
+    results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
+    assert [r["decision"] for r in results] == ["review"] * 6 and all(r["reevaluated"] for r in results)
+
+
 def test_a_bulk_call_reads_a_cluster_s_day_once_for_its_accounts(client, auth, runtime):
     """The riskier-usage check and the re-evaluation read a cluster's days of usage once for the
     call's accounts of it, not once an account: a bulk call of 400 steady reports of one cluster of
