@@ -70,6 +70,15 @@ def _seq_scans(admin, schema: str = SCHEMA) -> dict[str, int]:
                                  {"s": run_schema(schema)}).all())
 
 
+def _seq_scans_since(admin, before: dict[str, int], tables, *, schema: str = SCHEMA, app: str = APP
+                     ) -> dict[str, int]:
+    """The sequential scans of `tables` since `before` (_seq_scans), once the app's backends have
+    exited (the engine disposed) and reported them."""
+    _wait_for_backends_to_exit(admin, app)
+    after = _seq_scans(admin, schema)
+    return {table: after[table] - before[table] for table in tables if after[table] > before[table]}
+
+
 def _wait_for_backends_to_exit(admin, app: str = APP) -> None:
     """A backend reports its counters when it exits: wait (bounded) for the app's to be gone."""
     deadline = time.monotonic() + 30
@@ -113,9 +122,7 @@ def test_signups_read_through_indexes_once_statistics_are_refreshed(make_config)
                 assert shared_kinds(session, [f"bulk{n}"]) == {}
                 assert shared_kinds(session, [f"bulk{m}" for m in range(n * 500, n * 500 + 500)]) == {}
         rt.engine.dispose()
-        _wait_for_backends_to_exit(admin)
-        after = _seq_scans(admin)
-        scanned = {table: after[table] - before[table] for table in READ_BY_SIGNUPS if after[table] > before[table]}
+        scanned = _seq_scans_since(admin, before, READ_BY_SIGNUPS)
         assert scanned == {}, f"sequential scans during 40 signups and 24 shared-kinds reads: {scanned}"
     finally:
         rt.engine.dispose()
@@ -200,9 +207,7 @@ def test_the_gateway_s_calls_read_through_indexes_on_a_new_deployment_s_tables(m
         for first in (1001, 2001, 3001):
             bulk(first, first + 999, now)
         rt.engine.dispose()
-        _wait_for_backends_to_exit(admin, app)
-        after = _seq_scans(admin, schema)
-        scanned = {table: after[table] - before[table] for table in READ_BY_THE_GATEWAY if after[table] > before[table]}
+        scanned = _seq_scans_since(admin, before, READ_BY_THE_GATEWAY, schema=schema, app=app)
         assert scanned == {}, f"sequential scans during 100 single reports, 100 entitlements and 3 bulk calls: {scanned}"
     finally:
         rt.engine.dispose()
