@@ -33,7 +33,7 @@ from kyc.scoring.decide import Settlement
 from kyc.signals import COLLECTORS, Identifiers
 from kyc.signals.velocity import VELOCITY_KEYS
 from kyc.store import ReadAhead, Store, velocity_store
-from kyc.usage.days import cluster_days, latest_day, latest_days, latest_lockstep
+from kyc.usage.days import ClusterDaysOnce, latest_day, latest_days, latest_lockstep
 from kyc.verification import stored_verified_kinds
 
 if TYPE_CHECKING:
@@ -259,8 +259,7 @@ class Chunk:
     graph: graph.ChunkGraph
     store: ReadAhead
     evaluations: list[EvaluationRecord] = field(default_factory=list)     # scored, not yet inserted
-    # (cluster id, day) -> its members' days of usage, read when an account of it first asks
-    cluster_days: dict[tuple[str, date], list[dict[str, Any]]] = field(default_factory=dict)
+    cluster_days: ClusterDaysOnce = field(default_factory=ClusterDaysOnce)     # read when first asked
 
     def view(self, account_id: str) -> ChunkAccount:
         return ChunkAccount(self, self.accounts[account_id])
@@ -302,10 +301,7 @@ class ChunkAccount:
         member = self.chunk.graph.members.get(self.account.id)
         if member is None:
             return None
-        key = (member.cluster_id, day)
-        if key not in self.chunk.cluster_days:        # once for the chunk's accounts of the cluster
-            self.chunk.cluster_days[key] = cluster_days(session, *key)
-        return self.chunk.cluster_days[key]
+        return self.chunk.cluster_days(session, member.cluster_id, day)
 
     def attach(self, session: Session, policy: graph.Policy, at: datetime, identifiers: Identifiers | None,
                flags: dict[str, bool]) -> graph.Attachment:

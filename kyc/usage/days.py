@@ -81,6 +81,20 @@ def cluster_days(session: Session, cluster_id: str, day: date) -> list[dict[str,
     return [dict(r) for r in session.execute(_DAYS_OF_CLUSTER, {"cluster_id": cluster_id, "day": day}).mappings()]
 
 
+class ClusterDaysOnce:
+    """cluster_days, each (cluster, day) read once: what a batch of accounts (a rescore chunk, a
+    bulk call's riskier-usage check) reads for its accounts of one cluster."""
+
+    def __init__(self) -> None:
+        self._read: dict[tuple[str, date], list[dict[str, Any]]] = {}
+
+    def __call__(self, session: Session, cluster_id: str, day: date) -> list[dict[str, Any]]:
+        key = (cluster_id, day)
+        if key not in self._read:
+            self._read[key] = cluster_days(session, cluster_id, day)
+        return self._read[key]
+
+
 def usage_facts(runtime, session: Session, account_id: str, day: dict[str, Any], at, first_seen_at, *,
                 linked: bool = True, lockstep: dict[tuple[str, date], dict[str, Any]] | None = None,
                 adopted_by: date | None = None, members: list[dict[str, Any]] | None = None) -> dict[str, Any]:

@@ -12,7 +12,6 @@ new decision. Each re-evaluated account's cluster is then rescored after the com
 
 from __future__ import annotations
 
-from datetime import date
 from typing import TYPE_CHECKING, Any, Iterable
 
 from sqlalchemy import select
@@ -24,7 +23,7 @@ from kyc.persist import in_list
 from kyc.scoring.decide import evaluate
 from kyc.rescore.batch import rescore_chunk
 from kyc.rescore.requests import after_commit
-from kyc.usage.days import cluster_days, lockstep_wanted, usage_facts
+from kyc.usage.days import ClusterDaysOnce, lockstep_wanted, usage_facts
 from kyc.usage.lockstep import lockstep_facts
 from kyc.usage.reports import Recorded
 
@@ -86,14 +85,12 @@ def accounts_to_reevaluate(runtime: Runtime, session: Session, recorded: Iterabl
     lockstep = lockstep_facts(session, wanted, popular=runtime.config.usage_popular_prompt)
     # A cluster's days read once for the batch's accounts of it (kyc.usage.days.cluster_days): read
     # account by account, a bulk call of 400 steady reports of a cluster of 400 read 160,000 rows.
-    members: dict[tuple[str, date], list[dict[str, Any]]] = {}
+    read_once = ClusterDaysOnce()
     for account_id in candidates:
         day = latest[account_id].usage_day
-        key = (standing[account_id].cluster_id, day["day"])
-        if account_id in linked and key not in members:
-            members[key] = cluster_days(session, *key)
+        members = read_once(session, standing[account_id].cluster_id, day["day"]) if account_id in linked else None
         usage = usage_facts(runtime, session, account_id, day, day["last_at"], standing[account_id].first_seen_at,
-                            linked=account_id in linked, lockstep=lockstep, members=members.get(key))
+                            linked=account_id in linked, lockstep=lockstep, members=members)
         if riskier(rules, standing[account_id].subjects, usage, stored, standing[account_id].cluster_size or 1):
             rising.add(account_id)
     return sorted(rising)
