@@ -304,8 +304,13 @@ def test_at_evaluates_the_check_as_of_that_time(runtime, client, auth, tmp_path)
 
     assert check("2026-11-03T12:00:00Z").json["allowed"] is False
     assert check("2026-11-09T12:00:00Z").json["allowed"] is True
+    # An offset: encoded, and with its '+' sent unencoded (a query string decodes it to a space).
+    assert check("2026-11-03T13:00:00%2B01:00").json["allowed"] is False
+    assert check("2026-11-08T13:00:00+01:00").json["allowed"] is True
+    assert check("2026-11-08T10:00:00-01:00").json["allowed"] is False
     assert entitlement(client, auth, "seasoned").json["allowed"] is True          # now: a month old
-    for bad in ("yesterday", "2026-11-09", "2026-11-09T12:00:00", "1999-01-01T00:00:00Z", "9999-12-31T23:59:59Z"):
+    for bad in ("yesterday", "2026-11-09", "2026-11-09T12:00:00", "1999-01-01T00:00:00Z", "9999-12-31T23:59:59Z",
+                "2026-11-09T12:00:00+01", "2026-11-09 12:00:00Z", "2026-11-09T12:00:00++01:00"):
         refused = check(bad)
         assert refused.status_code == 400 and "at" in refused.json["error"]["fields"], refused.json
 

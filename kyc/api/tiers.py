@@ -8,6 +8,7 @@ for a small 304 only.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from flask import Response, request
@@ -20,6 +21,10 @@ from kyc.inputs import event_time, parse_time
 from kyc.tiers import entitlement, etag
 
 CACHE_CONTROL = "private, no-cache"
+# A '+' offset sent unencoded in a query string arrives as a space (form decoding): `at=...T09:00:00+01:00`
+# reads `...T09:00:00 01:00`. A space is never part of an RFC 3339 time there, so it is read back
+# as the '+' the gateway meant, not refused.
+_UNENCODED_PLUS = re.compile(r"(.*T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?) ([0-9]{2}:[0-9]{2})", re.IGNORECASE)
 
 
 class EntitlementQuery(BaseModel):
@@ -33,6 +38,7 @@ class EntitlementQuery(BaseModel):
     @classmethod
     def _rfc3339(cls, value: str | None) -> str | None:
         if value is not None:
+            value = _UNENCODED_PLUS.sub(r"\1+\2", value)
             event_time(value)          # from 2000-01-01 to a day ahead, as every time kyc reads
         return value
 
