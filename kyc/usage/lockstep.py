@@ -236,6 +236,134 @@ def record_uses(session: Session, uses: dict[tuple[str, date, str], int],
     update_rows(session, _U, grown, keys=("value_hash", "day", "account_id"))
 
 
+def at_least(n: int, sets) -> int:
+    """The bits set in at least `n` (1 or more) of `sets` (Python ints as sets of accounts)."""
+    levels = [0] * n                        # levels[j]: the bits seen in more than j of the sets so far
+    for bits in sets:
+        for j in range(n - 1, 0, -1):
+            levels[j] |= levels[j - 1] & bits
+        levels[0] |= bits
+    return levels[n - 1]
+
+
+class _DayGroup:
+    """The accounts lockstep_facts read for one day, as sets held in the bits of Python ints (bit i:
+    the i-th account), so that what one account shares with every other is a few operations on
+    whole sets, not a loop over the others. Why: compared pair by pair, a farm's accounts are each
+    other's candidates, so the work grew with the square of the farm's accounts that used its
+    templates that day (a farm of 25,000 reported in calls of 1,000: 25,000,000 pairs a call). A
+    farm of 1,000 woken together, reported hourly in one bulk call of its 1,000 reports (three of
+    fifteen shared templates each an hour, SQLite, in process): lockstep_facts 1.5, 2.7, 3.4, 4.5,
+    4.6 s of CPU in its 2nd-6th hours pair by pair, 0.09, 0.13, 0.16, 0.19, 0.20 s on sets; the
+    whole call in its 6th hour 5.0 -> 0.75 s. Exact: tests/usage/test_lockstep.py compares the
+    facts with the pairwise definition on generated days.
+
+    `used`: account -> template -> hours; `users`: template -> the accounts that used it (both as
+    read); `began`: account -> template -> its start; `awake`: the accounts woken; `address`:
+    account -> the day's last address; `asked`: the accounts whose facts are wanted."""
+
+    def __init__(self, used: dict[str, dict[str, int]], users: dict[str, list[str]],
+                 began: dict[str, dict[str, date]], awake: set[str], address: dict[str, str | None], asked: set[str]):
+        self._ids = sorted(set(used) | asked)
+        self._index = {a: i for i, a in enumerate(self._ids)}
+        self._used, self._users, self._began = used, users, began
+        self._all_users: dict[str, int] = {}                       # template -> its users that day
+        self._by_hour: dict[str, dict[int, int]] = {}             # template -> hour -> its users then
+        self._used_in: dict[tuple[str, int], int] = {}
+        self._starts: dict[str, dict[date, int]] = {}              # template -> start day -> its users begun then
+        self._before: dict[tuple[str, date], int] = {}
+        self.awake = self.bits(awake)
+        at: dict[str, int] = {}                                    # address -> the accounts last seen there
+        for a in self._ids:
+            ip = address.get(a)
+            if ip is not None:
+                at[ip] = at.get(ip, 0) | self.bit(a)
+        self._alone = 0                                            # accounts alone on their address
+        self._shared: list[int] = []                               # the accounts of each address of several
+        for bits in at.values():
+            if bits & (bits - 1):
+                self._shared.append(bits)
+            else:
+                self._alone |= bits
+
+    def bit(self, account_id: str) -> int:
+        return 1 << self._index[account_id]
+
+    def bits(self, account_ids) -> int:
+        out = 0
+        for a in account_ids:
+            out |= 1 << self._index[a]
+        return out
+
+    def accounts(self, bits: int) -> list[str]:
+        out = []
+        while bits:
+            low = bits & -bits
+            out.append(self._ids[low.bit_length() - 1])
+            bits ^= low
+        return out
+
+    def users_of(self, templates) -> int:
+        """Every account that used any of `templates` that day."""
+        out = 0
+        for h in templates:
+            found = self._all_users.get(h)
+            if found is None:
+                found = self._all_users[h] = self.bits(self._users.get(h, ()))
+            out |= found
+        return out
+
+    def used_in(self, template: str, mask: int) -> int:
+        """The accounts that used `template` in an hour of `mask`."""
+        key = (template, mask)
+        found = self._used_in.get(key)
+        if found is None:
+            by_hour = self._by_hour.get(template)
+            if by_hour is None:
+                by_hour = self._by_hour[template] = {}
+                for o in self._users.get(template, ()):
+                    bit, hours = 1 << self._index[o], self._used[o][template]
+                    while hours:
+                        low = hours & -hours
+                        by_hour[low] = by_hour.get(low, 0) | bit
+                        hours ^= low
+            found = 0
+            for hour, bits in by_hour.items():
+                if hour & mask:
+                    found |= bits
+            self._used_in[key] = found
+        return found
+
+    def began_before(self, sharing: dict[str, int], day: date) -> int:
+        """The accounts of each template's set in `sharing` that began on that template before `day`."""
+        out = 0
+        for h, bits in sharing.items():
+            if bits:
+                out |= bits & self._begun_before(h, day)
+        return out
+
+    def _begun_before(self, template: str, day: date) -> int:
+        key = (template, day)
+        found = self._before.get(key)
+        if found is None:
+            starts = self._starts.get(template)
+            if starts is None:
+                starts = self._starts[template] = {}
+                for o in self._users.get(template, ()):
+                    start = self._began[o][template]
+                    starts[start] = starts.get(start, 0) | (1 << self._index[o])
+            found = 0
+            for start, bits in starts.items():
+                if start < day:
+                    found |= bits
+            self._before[key] = found
+        return found
+
+    def addresses(self, bits: int) -> int:
+        """From how many addresses the accounts of `bits` acted (each account's last of the day)."""
+        return (bits & self._alone).bit_count() + sum(1 for shared in self._shared if shared & bits)
+
+
 def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, popular: int,
                    adopted_by: date | None = None) -> dict[tuple[str, date], dict[str, Any]]:
     """usage.lockstep_accounts, usage.lockstep_woke and usage.lockstep_began_together of each
@@ -312,46 +440,60 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
         hashes = sorted({h for read in prefix.values() for h in read})
         for i in range(0, len(hashes), _READ_CHUNK):
             take(session.execute(_USES, {"day": day, "hashes": hashes[i:i + _READ_CHUNK]}))
-        candidates = {a: {o for h in prefix[a] for o in users.get(h, ()) if o != a}
-                      for a, m in asked.items() if len(m) >= SHARED}
-        others = sorted({o for found in candidates.values() for o in found})
+        # The candidates' own uses of the day: the users of every asked account's least used templates.
+        read = {h for a, m in asked.items() if len(m) >= SHARED for h in prefix[a]}
+        others = sorted({o for h in read for o in users.get(h, ())})
         for i in range(0, len(others), _READ_CHUNK):
             take(session.execute(_THEIRS, {"day": day, "accounts": others[i:i + _READ_CHUNK]}))
-        shared_in_lockstep: dict[str, set[str]] = {}             # account -> the templates its group shares
         censored_to = (watched_since or day) + timedelta(days=BEGAN_WITHIN)   # starts up to it are kyc's own
-        near_pairs: dict[str, list[tuple[str, date, date]]] = {}  # account -> (other, its start, this one's)
+        group = _DayGroup(used, users, began, awake, address, set(asked))
+        shared_in_lockstep: dict[str, set[str]] = {}             # account -> the templates its group shares
+        # account -> (its start on what it shares -> the others begun within BEGAN_WITHIN days of it),
+        # and the others that began on it in kyc's first days (their start is censored)
+        near_sets: dict[str, tuple[list[tuple[date, int]], int]] = {}
         for account_id, templates in asked.items():
             facts = out[(account_id, day)]
+            me = group.bit(account_id)
             if woke[account_id]:
-                peers = {o for h in templates for o in users.get(h, ()) if o != account_id}
-                facts["woke_together"] = len(peers & awake)
-                facts["woke_together_share"] = round(len(peers & awake) / len(peers), 4) if peers else 0.0
-            if account_id not in candidates:
+                peers = group.users_of(templates) & ~me
+                facts["woke_together"] = (peers & group.awake).bit_count()
+                facts["woke_together_share"] = (round(facts["woke_together"] / peers.bit_count(), 4) if peers
+                                                else 0.0)
+            if len(templates) < SHARED:
                 continue
             mask = 0
             for hours in templates.values():
                 mask |= hours
-            lockstep = set()
+            # Each template's others that used it in an hour this account used any: whoever is in
+            # SHARED of those sets or more is in lockstep with it.
+            sharing = {h: group.used_in(h, mask) & ~me for h in templates}
+            lockstep = at_least(SHARED, sharing.values())
+            if not lockstep:
+                facts.update(lockstep_accounts=0, lockstep_woke=0, lockstep_addresses=0)
+                continue
+            shared_in_lockstep[account_id] = {h for h, bits in sharing.items() if bits & lockstep}
+            # When each began on what they share (each side's earliest start on the templates shared
+            # by the pair): this account's side splits the group by its start, the others' side is
+            # read from who began on each template before a day.
             ours_began = began[account_id]
-            # Per pair, nested dicts and map() rather than (account, template) keys and generators:
-            # a farm's accounts are each other's candidates, and a bulk call of 400 of one cluster
-            # on 15 templates spent 41% of its CPU here.
-            for o in candidates[account_id]:
-                theirs_used = used.get(o, _NONE)
-                shared = [h for h in templates if theirs_used.get(h, 0) & mask]
-                if len(shared) < SHARED:
-                    continue
-                lockstep.add(o)
-                shared_in_lockstep.setdefault(account_id, set()).update(shared)
-                # When each began on what they share: within BEGAN_WITHIN days of each other?
-                theirs, ours = min(map(began[o].__getitem__, shared)), min(map(ours_began.__getitem__, shared))
-                if abs((theirs - ours).days) <= BEGAN_WITHIN:
-                    near_pairs.setdefault(account_id, []).append((o, theirs, ours))
+            left, by_ours = lockstep, {}
+            for h in sorted(templates, key=ours_began.__getitem__):
+                first_here = sharing[h] & left
+                if first_here:
+                    by_ours[ours_began[h]] = by_ours.get(ours_began[h], 0) | first_here
+                    left &= ~first_here
+            near = []
+            for ours, bits in by_ours.items():
+                earlier = group.began_before(sharing, ours - timedelta(days=BEGAN_WITHIN))
+                by_then = group.began_before(sharing, ours + timedelta(days=BEGAN_WITHIN + 1))
+                bits &= by_then & ~earlier
+                if bits:
+                    near.append((ours, bits))
+            near_sets[account_id] = (near, group.began_before(sharing, censored_to + timedelta(days=1)))
             # Where the group acts from: as many addresses as accounts hides behind proxies (a farm); one
             # or a few shows itself (a class on its campus's address, an office's staff).
-            addresses = {address.get(a) for a in lockstep | {account_id}} - {None} if lockstep else set()
-            facts.update(lockstep_accounts=len(lockstep), lockstep_woke=len(lockstep & awake),
-                         lockstep_addresses=len(addresses))
+            facts.update(lockstep_accounts=lockstep.bit_count(), lockstep_woke=(lockstep & group.awake).bit_count(),
+                         lockstep_addresses=group.addresses(lockstep | me))
         hashes = sorted({h for shared in shared_in_lockstep.values() for h in shared})
         begun: dict[str, dict[date, int]] = {}                   # template -> day begun -> accounts
         for i in range(0, len(hashes), _READ_CHUNK):
@@ -366,8 +508,12 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
             widest[account_id] = max(sorted(shared), key=lambda h: adopters.get(h, 0) - ((account_id, h) in kept))
         # A start in kyc's first days is where kyc began watching (left-censored) unless kyc saw the
         # account from its signup on: read for the accounts whose start decides something.
-        early = sorted({o for pairs in near_pairs.values() for o, theirs, _ in pairs if theirs <= censored_to}
-                       | {a for a, pairs in near_pairs.items() if any(ours <= censored_to for _, _, ours in pairs)}
+        early_bits = 0
+        for near, censored in near_sets.values():
+            for _, bits in near:
+                early_bits |= bits & censored
+        early = sorted(set(group.accounts(early_bits))
+                       | {a for a, (near, _) in near_sets.items() if any(ours <= censored_to for ours, _ in near)}
                        | {a for a, h in widest.items() if began[a][h] <= censored_to})
         watched_from = datetime.combine(watched_since or day, time(), timezone.utc)
         signed_since: set[str] = set()
@@ -379,9 +525,12 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
             """Whether the account's start counts as where it began (kyc saw it: not censored)."""
             return start > censored_to or account_id in signed_since
 
-        for account_id, pairs in near_pairs.items():
+        signed_bits = group.bits(signed_since)
+        for account_id, (near, censored) in near_sets.items():
+            # An other's start counts when it is after kyc's first days (not `censored`) or kyc saw it
+            # from its signup on.
             out[(account_id, day)]["lockstep_began_together"] = sum(
-                counts(o, theirs) and counts(account_id, ours) for o, theirs, ours in pairs)
+                (bits & (~censored | signed_bits)).bit_count() for ours, bits in near if counts(account_id, ours))
         # The censored starts that count (accounts kyc saw from their signup on), read only when some
         # account's own start that counts is near those days.
         begun_watched: dict[str, dict[date, int]] = {}           # template -> day begun -> such accounts
