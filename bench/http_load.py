@@ -27,13 +27,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(app: str, port: int, workers: int, env: dict, cwd: Path, python: str = sys.executable) -> subprocess.Popen:
+def start(app: str, port: int, workers: int, env: dict, cwd: Path, python: str = sys.executable,
+          threads: int = 1, log: Path | None = None) -> subprocess.Popen:
     """gunicorn serving `app` from `cwd` (which reads its gunicorn.conf.py, if any), once every
-    worker has loaded the app. Its access log and output are dropped: a line per request would
-    flood the run."""
-    process = subprocess.Popen([python, "-m", "gunicorn", app, "-w", str(workers), "-b", f"127.0.0.1:{port}",
-                                "--log-level", "warning"], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)     # kyc's access lines go to stderr
+    worker has loaded the app, with `threads` threads a worker. Its access log and output are
+    dropped unless `log` names a file to write them to: a line per request would flood a
+    timing run, and a run looking for errors reads them."""
+    output = open(log, "ab") if log else subprocess.DEVNULL      # kyc's access lines go to stderr
+    try:
+        process = subprocess.Popen([python, "-m", "gunicorn", app, "-w", str(workers), "--threads", str(threads),
+                                    "-b", f"127.0.0.1:{port}", "--log-level", "warning"], cwd=cwd, env=env,
+                                   stdout=output, stderr=output)
+    finally:
+        if log:
+            output.close()                                       # the child holds its own copy
     deadline = time.time() + 120
     last: dict[int, int] = {}
     while time.time() < deadline:
