@@ -295,8 +295,10 @@ class Traffic:
         if person is None:
             return self.backfill(c, rng)
         body = {**person.signup, "occurred_at": rfc3339(person.signed_up_at)}
-        status, _, _ = c.call("signup", "POST", "/v1/signups", "signup", body, required=EVALUATION)
+        status, answer, _ = c.call("signup", "POST", "/v1/signups", "signup", body, required=EVALUATION)
         person.state = "known" if status == 200 else "new"
+        if status == 200 and answer.get("account_id") != person.id:
+            c.tally.finding("signup", "answer names another account", f"{person.id}: {answer.get('account_id')}")
 
     def backfill(self, c: Client, rng: random.Random) -> None:
         """The same account posted again with an earlier occurred_at: a caller importing history."""
@@ -344,8 +346,11 @@ class Traffic:
     def activity(self, c: Client, rng: random.Random) -> None:
         person = self.reporter(rng)
         if person:
-            c.call("activity", "POST", f"/v1/accounts/{quote(person.id)}/activity", "gateway",
-                   self.report(rng, person), required=ACTIVITY)
+            body = self.report(rng, person)
+            status, answer, _ = c.call("activity", "POST", f"/v1/accounts/{quote(person.id)}/activity", "gateway",
+                                       body, required=ACTIVITY)
+            if status == 200 and answer.get("day") == body["occurred_at"][:10] and answer["requests_today"] < body["requests"]:
+                c.tally.finding("activity", "requests_today below the report's requests", f"{body['requests']}: {answer}")
 
     def bulk_reports(self, rng: random.Random, size: int) -> list[dict]:
         reports = []
@@ -359,14 +364,15 @@ class Traffic:
         return reports
 
     def activity_bulk(self, c: Client, rng: random.Random) -> None:
-        reports = self.bulk_reports(rng, rng.randint(2, 60))
+        reports = self.bulk_reports(rng, 1000 if rng.random() < 0.03 else rng.randint(2, 60))
         if not reports:
             return
         body = {"reports": reports}
         headers = {"Idempotency-Key": f"gw-{rng.getrandbits(64):016x}"} if rng.random() < 0.3 else None
         status, answer, _ = c.call("activity bulk", "POST", "/v1/activity", "gateway", body, headers=headers)
         if status == 200 and (not isinstance(answer, dict) or not isinstance(answer.get("results"), list) or len(answer["results"]) != len(reports)
-                              or any(not ACTIVITY <= r.keys() for r in answer["results"])):
+                              or any(not ACTIVITY <= r.keys() for r in answer["results"])
+                              or [r["account_id"] for r in answer["results"]] != [r["account_id"] for r in reports]):
             c.tally.finding("activity bulk", "results not one per report", json.dumps(answer)[:300])
         if status == 200 and headers:           # the gateway's retry after a timeout: answered as the first
             again, repeat, _ = c.call("activity bulk (idempotent resend)", "POST", "/v1/activity", "gateway", body,
@@ -393,7 +399,9 @@ class Traffic:
         if rng.random() < 0.3:
             at = person.signed_up_at + (datetime.now(timezone.utc) - person.signed_up_at) * rng.random()
             path += f"&at={quote(rfc3339(at))}"
-        status, _, headers = c.call("entitlement", "GET", path, "gateway", required=ENTITLEMENT)
+        status, answer, headers = c.call("entitlement", "GET", path, "gateway", required=ENTITLEMENT)
+        if status == 200 and answer["allowed"] and (answer["missing_verifications"] or answer["decision"] == "block"):
+            c.tally.finding("entitlement", "allowed despite missing verifications or a block", json.dumps(answer)[:300])
         if status == 200 and headers.get("ETag") and rng.random() < 0.3:
             c.call("entitlement revalidated", "GET", path, "gateway", expect=(200, 304),
                    headers={"If-None-Match": headers["ETag"]}, required=ENTITLEMENT)
@@ -415,9 +423,11 @@ class Traffic:
     def label(self, c: Client, rng: random.Random) -> None:
         person = self.known(rng)
         if person:
-            c.call("label", "POST", f"/v1/accounts/{quote(person.id)}/labels", "ops",
-                   {"label": "fraud" if person.farm and rng.random() < 0.5 else "legit", "note": "mixed load"},
-                   required={"account_id", "decision", "label"})
+            label = "fraud" if person.farm and rng.random() < 0.5 else "legit"
+            status, answer, _ = c.call("label", "POST", f"/v1/accounts/{quote(person.id)}/labels", "ops",
+                                       {"label": label, "note": "mixed load"}, required={"account_id", "decision", "label"})
+            if status == 200 and (answer["label"] != label or (label == "fraud" and answer["decision"] != "block")):
+                c.tally.finding("label", f"{label} label not in the answer", json.dumps(answer)[:300])
 
     def reviews(self, c: Client, rng: random.Random) -> None:
         status, answer, _ = c.call("reviews", "GET", f"/v1/reviews?limit={rng.randint(1, 50)}", "ops",
@@ -427,8 +437,11 @@ class Traffic:
             body = {"outcome": rng.choice(["allow", "block"]), "note": "mixed load"}
             if rng.random() < 0.7 and "state_version" in entry:   # as the console: 409 if the account moved on
                 body["state_version"] = entry["state_version"]
-            c.call("review", "POST", f"/v1/accounts/{quote(entry['account_id'])}/review", "ops", body,
-                   expect=(200, 409) if "state_version" in body else (200,), required=ACCOUNT)
+            status, answer, _ = c.call("review", "POST", f"/v1/accounts/{quote(entry['account_id'])}/review", "ops",
+                                       body, expect=(200, 409) if "state_version" in body else (200,), required=ACCOUNT)
+            if status == 200 and answer["decision"] != body["outcome"] and answer.get("label") is None:
+                c.tally.finding("review", "answer's decision is not the outcome",
+                                f"{body['outcome']} -> {answer['decision']} {json.dumps(answer.get('override'))[:200]}")
 
     def clusters_read(self, c: Client, rng: random.Random) -> None:
         status, answer, _ = c.call("clusters", "GET", f"/v1/clusters?min_size={rng.choice([2, 5, 20])}&limit=10", "ops",
@@ -469,8 +482,11 @@ class Traffic:
             right = self.stubs.codes.get(verification_id)
             code = right if right and rng.random() < 0.8 else f"{rng.randint(0, 999999):06d}"
             # 200 with attempts left for a wrong code; 409 once it ended; 429 past the day's wrong codes.
-            c.call("verification confirm", "POST", f"/v1/verifications/{verification_id}/confirm", "signup",
-                   {"code": code}, expect=(200, 409, 429), required=VERIFICATION)
+            status, answer, _ = c.call("verification confirm", "POST", f"/v1/verifications/{verification_id}/confirm",
+                                       "signup", {"code": code}, expect=(200, 409, 429), required=VERIFICATION)
+            if status == 200 and (answer["status"] == "verified") != (code == right):
+                c.tally.finding("verification confirm", f"{'right' if code == right else 'wrong'} code answered "
+                                f"{answer['status']}", json.dumps(answer)[:300])
 
     def document_decision(self, c: Client, rng: random.Random) -> None:
         documents = [v for v, k in self.verifications if k == "document"]
@@ -506,6 +522,10 @@ class Traffic:
         c.call("account after a refused signup", "GET", f"/v1/accounts/{ghost}", "ops", expect=(404,))
         person = self.known(rng)
         if person:
+            c.call("activity with 101 templates", "POST", f"/v1/accounts/{quote(person.id)}/activity", "gateway",
+                   {"requests": 101, "prompt_fingerprints": {f"pf_{i}": 1 for i in range(101)}}, expect=(400,))
+            c.call("signup with an unknown field", "POST", "/v1/signups", "signup",
+                   {**person.signup, "emial": "typo@example.org"}, expect=(400,), error_code="invalid_request")
             c.call("label with a gateway key", "POST", f"/v1/accounts/{quote(person.id)}/labels", "gateway",
                    {"label": "legit"}, expect=(403,), error_code="forbidden")
 
