@@ -659,9 +659,11 @@ def main() -> int:
             while not stopping.wait(args.rescore_every):
                 started = time.monotonic()
                 with open(logs["rescore"], "ab") as out:
-                    rc = subprocess.run([sys.executable, "-m", "kyc.cli", "rescore", "--all", "--reason", "mixed load"],
-                                        cwd=ROOT, env=env, stdout=out, stderr=out).returncode
-                rescores.append((rc, time.monotonic() - started))
+                    rescore = subprocess.Popen([sys.executable, "-m", "kyc.cli", "rescore", "--all", "--reason",
+                                                "mixed load"], cwd=ROOT, env=env, stdout=out, stderr=out)
+                processes.append(rescore)           # stopped with the others if the run ends meanwhile
+                rescores.append((rescore.wait(), time.monotonic() - started))
+                processes.remove(rescore)
 
         rescorer = threading.Thread(target=rescore_loop, daemon=True)
         rescorer.start()
@@ -687,7 +689,7 @@ def main() -> int:
         time.sleep(5)                          # the worker's and the outbox's last webhooks
     finally:
         stopping.set()
-        for process in processes:
+        for process in list(processes):
             stop(process)
         stubs.server.shutdown()
 
