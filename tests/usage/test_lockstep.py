@@ -15,7 +15,7 @@ from kyc import create_app
 from kyc.models import Evaluation, PromptDay, PromptStart, PromptUse
 from kyc.runtime import Runtime
 from kyc.security import keyed_hash
-from kyc.usage.lockstep import SHARED
+from kyc.usage.lockstep import SHARED, at_least
 from kyc.usage.reports import window_hours
 from tests.conftest import TEST_SECRET, signup
 from tests.flows import key_headers
@@ -315,6 +315,14 @@ def test_an_account_s_start_on_a_template_is_its_earliest_use(client, auth, runt
     # Each day a start was written counts a newcomer; the 24th keeps its newcomer after the start
     # moved back to the 22nd (replayed out of order: the 24th reads as more of a burst, not less).
     assert began == {(a, "2026-11-24"): 1, (a, "2026-11-26"): 0, (b, "2026-11-26"): 1, (a, "2026-11-22"): 1}
+
+
+@given(sets=st.lists(st.sets(st.integers(0, 200)), max_size=12), n=st.integers(1, 5))
+def test_at_least_n_sets_hold_a_bit_as_counting_says(sets, n):
+    """The sets of accounts lockstep counts on are the bits of ints: a bit in `n` or more of them."""
+    counts = Counter(member for members in sets for member in members)
+    found = at_least(n, [sum(1 << m for m in members) for members in sets])
+    assert {m for m in range(201) if found >> m & 1} == {m for m, k in counts.items() if k >= n}
 
 
 def test_window_hours():
