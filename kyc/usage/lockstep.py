@@ -268,10 +268,8 @@ class _DayGroup:
         self._index = {a: i for i, a in enumerate(self._ids)}
         self._used, self._users, self._began = used, users, began
         self._all_users: dict[str, int] = {}                       # template -> its users that day
-        self._by_hour: dict[str, dict[int, int]] = {}             # template -> hour -> its users then
-        self._used_in: dict[tuple[str, int], int] = {}
-        self._starts: dict[str, dict[date, int]] = {}              # template -> start day -> its users begun then
-        self._before: dict[tuple[str, date], int] = {}
+        self._groups: dict[tuple[str, str], dict[Any, int]] = {}   # (template, kind) -> group -> its users
+        self._unions: dict[tuple, int] = {}                         # (template, kind, arg) -> _union's
         self.awake = self.bits(awake)
         at: dict[str, int] = {}                                    # address -> the accounts last seen there
         for a in self._ids:
@@ -315,49 +313,46 @@ class _DayGroup:
 
     def used_in(self, template: str, mask: int) -> int:
         """The accounts that used `template` in an hour of `mask`."""
-        key = (template, mask)
-        found = self._used_in.get(key)
-        if found is None:
-            by_hour = self._by_hour.get(template)
-            if by_hour is None:
-                by_hour = self._by_hour[template] = {}
-                for o in self._users.get(template, ()):
-                    bit, hours = 1 << self._index[o], self._used[o][template]
-                    while hours:
-                        low = hours & -hours
-                        by_hour[low] = by_hour.get(low, 0) | bit
-                        hours ^= low
-            found = 0
-            for hour, bits in by_hour.items():
-                if hour & mask:
-                    found |= bits
-            self._used_in[key] = found
-        return found
+        return self._union(template, "hour", mask, lambda hour: hour & mask)
 
     def began_before(self, sharing: dict[str, int], day: date) -> int:
         """The accounts of each template's set in `sharing` that began on that template before `day`."""
         out = 0
         for h, bits in sharing.items():
             if bits:
-                out |= bits & self._begun_before(h, day)
+                out |= bits & self._union(h, "start", day, lambda start: start < day)
         return out
 
-    def _begun_before(self, template: str, day: date) -> int:
-        key = (template, day)
-        found = self._before.get(key)
+    def _union(self, template: str, kind: str, arg, wanted) -> int:
+        """The template's users of the groups (_users_by) that `wanted` takes, kept by `arg`."""
+        key = (template, kind, arg)
+        found = self._unions.get(key)
         if found is None:
-            starts = self._starts.get(template)
-            if starts is None:
-                starts = self._starts[template] = {}
-                for o in self._users.get(template, ()):
-                    start = self._began[o][template]
-                    starts[start] = starts.get(start, 0) | (1 << self._index[o])
             found = 0
-            for start, bits in starts.items():
-                if start < day:
+            for group, bits in self._users_by(template, kind).items():
+                if wanted(group):
                     found |= bits
-            self._before[key] = found
+            self._unions[key] = found
         return found
+
+    def _users_by(self, template: str, kind: str) -> dict[Any, int]:
+        """The template's users as sets by `kind`: "hour" (each hour it was used in, as its bit of
+        the hours mask) or "start" (the day its user began on it)."""
+        groups = self._groups.get((template, kind))
+        if groups is None:
+            groups = self._groups[(template, kind)] = {}
+            for o in self._users.get(template, ()):
+                bit = 1 << self._index[o]
+                if kind == "start":
+                    start = self._began[o][template]
+                    groups[start] = groups.get(start, 0) | bit
+                    continue
+                hours = self._used[o][template]
+                while hours:
+                    low = hours & -hours
+                    groups[low] = groups.get(low, 0) | bit
+                    hours ^= low
+        return groups
 
     def addresses(self, bits: int) -> int:
         """From how many addresses the accounts of `bits` acted (each account's last of the day)."""
