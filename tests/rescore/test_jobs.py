@@ -874,6 +874,40 @@ def test_asks_from_several_transactions_merge_and_leave_an_asker_out_only_when_a
     assert rescore_evaluations(inline_runtime) == {ids[0]: 1, ids[1]: 2, ids[2]: 2}
 
 
+def test_an_ask_leaves_out_the_accounts_a_batch_not_yet_begun_will_rescore(inline_runtime):
+    """A batch no job has begun reads its accounts when it begins, after the asks committed: a
+    second ask for them records nothing new; once the batch has begun, an ask is a run again.
+    (A farm's members each asked for the whole cluster at every usage re-evaluation, and runs of
+    it queued up faster than a worker rescored them.)"""
+    ids = seed(inline_runtime, 4)
+    rescore.background.drain(inline_runtime)
+    worker = rescore.background.background(inline_runtime)
+    worker.MAX_DEFER = 600                                      # this test settles, not the thread
+    inline_runtime.traffic.enter()
+    try:
+        ask(inline_runtime, ids[:3], {})
+        (first,) = rescore.background.settle_asks(inline_runtime)
+        assert first.total == 3
+        ask(inline_runtime, ids[:3], {})
+        assert rescore.background.settle_asks(inline_runtime) == [] and asks_waiting(inline_runtime) == []
+        ask(inline_runtime, ids[1:], {})                        # one account no batch holds
+        (second,) = rescore.background.settle_asks(inline_runtime)
+        assert second.total == 1
+        with inline_runtime.session() as session:
+            assert session.scalars(select(RescoreBatch.account_ids).where(RescoreBatch.run_id == second.id)).all() \
+                == [[ids[3]]]
+        rescore.batch.run_batch(inline_runtime, first.id, 0)   # begun (and done): asks are runs again
+        ask(inline_runtime, ids[:2], {})
+        (third,) = rescore.background.settle_asks(inline_runtime)
+        assert third.total == 2
+        rescore.batch.run_batch(inline_runtime, second.id, 0)
+        rescore.batch.run_batch(inline_runtime, third.id, 0)
+    finally:
+        inline_runtime.traffic.leave()
+    rescore.background.drain(inline_runtime)
+    assert rescore_evaluations(inline_runtime) == {ids[0]: 2, ids[1]: 2, ids[2]: 1, ids[3]: 1}
+
+
 def test_asks_the_database_refused_are_kept_and_recorded_later(inline_runtime, monkeypatch):
     from sqlalchemy.exc import OperationalError
 
