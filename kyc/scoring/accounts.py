@@ -116,7 +116,7 @@ class AccountView(Protocol):
         known by `adopted_by`, read ahead (None: usage_facts reads them)."""
 
     def cluster_days(self, session: Session, day: date) -> list[dict[str, Any]] | None:
-        """Its cluster's days of usage on `day`, read ahead (None: usage_facts reads them)."""
+        """Its cluster's days of usage on `day`, read ahead (None: usage_facts reads them; []: alone in it)."""
 
     def attach(self, session: Session, policy: graph.Policy, at: datetime, identifiers: Identifiers | None,
                flags: dict[str, bool]) -> graph.Attachment:
@@ -301,6 +301,12 @@ class ChunkAccount:
         member = self.chunk.graph.members.get(self.account.id)
         if member is None:
             return None
+        cluster = self.chunk.graph.read.get(member.cluster_id)
+        if cluster is None or cluster.size <= 1:
+            # Alone in its cluster (a rescore links nothing): the cluster's day is its own, which
+            # usage_facts has. Read anyway, each was a statement: 1,000 accounts of a farm woken
+            # together and re-evaluated in their report's transaction read 1,000 of them.
+            return []
         return self.chunk.cluster_days(session, member.cluster_id, day)
 
     def attach(self, session: Session, policy: graph.Policy, at: datetime, identifiers: Identifiers | None,

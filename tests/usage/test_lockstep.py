@@ -201,6 +201,45 @@ def test_a_rescore_chunk_reads_its_group_once_and_gives_each_account_what_it_rea
             assert rescored.signals["usage"] == alone and alone["lockstep_accounts"] == 29
 
 
+def test_a_rescore_chunk_reads_no_cluster_days_for_accounts_alone_in_their_cluster(client, auth, runtime):
+    """An account alone in its cluster has its own day as its cluster's: a rescore chunk (a farm's
+    wake re-evaluated in its report's transaction is one) reads no cluster days for it, and its
+    usage facts are the ones it reads on its own. (1,000 such accounts read 1,000 of them.)"""
+    from sqlalchemy import event
+
+    from kyc.models import Account, utcnow
+    from kyc.rescore.background import drain
+    from kyc.rescore.batch import rescore_chunk
+    from kyc.usage.days import latest_day, usage_facts
+
+    people = _signups(client, auth, "alone", 6)
+    reports = [_report(a, {f"pf_own_{a}": 5, "pf_tool": 3}) for a in people]
+    assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
+    assert {client.get(f"/v1/accounts/{a}", headers=auth).json["cluster"]["size"] for a in people} == {1}
+    drain(runtime)
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    event.listen(runtime.engine, "before_cursor_execute", record)
+    try:
+        with runtime.session() as s, s.begin():
+            rescore_chunk(runtime, s, people, runtime.rules)
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", record)
+    assert [st for st in statements if "cluster_members" in st and "activity_days" in st] == []
+    with runtime.session() as s:
+        for account_id in people:
+            rescored = s.scalars(select(Evaluation).where(Evaluation.account_id == account_id)
+                                 .order_by(Evaluation.created_at.desc(), Evaluation.id.desc()).limit(1)).one()
+            day = latest_day(s, account_id)
+            alone = usage_facts(runtime, s, account_id, day, day["last_at"], s.get(Account, account_id).first_seen_at,
+                                adopted_by=utcnow().date())
+            assert rescored.trigger == "rescore" and rescored.signals["usage"] == alone
+            assert alone["cluster_requests_today"] == 27
+
+
 def test_a_farm_held_the_day_it_woke_stays_held_through_refused_days_and_rescores(client, auth, runtime):
     from kyc.rescore.batch import enqueue_rescore
 
