@@ -157,16 +157,33 @@ def test_a_farm_waking_together_is_held_before_any_two_accounts_share_three_temp
     assert client.get(f"/v1/accounts/{farm[0]}/entitlement?tier=free", headers=auth).json["allowed"] is False
 
 
+def _statements_of_a_rescore_chunk(runtime, account_ids: list[str]) -> list[str]:
+    """The statements a rescore chunk of `account_ids` sends (committed)."""
+    from sqlalchemy import event
+
+    from kyc.rescore.batch import rescore_chunk
+
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    event.listen(runtime.engine, "before_cursor_execute", record)
+    try:
+        with runtime.session() as s, s.begin():
+            rescore_chunk(runtime, s, account_ids, runtime.rules)
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", record)
+    return statements
+
+
 def test_a_rescore_chunk_reads_its_group_once_and_gives_each_account_what_it_reads_alone(client, auth, runtime):
     """A rescore chunk of a cluster in lockstep reads the group's template uses (lockstep) and the
     cluster's days once for the chunk (kyc.usage.days.latest_lockstep, cluster_days), not once an
     account: a cluster of 400 in lockstep took 49 s to rescore, 82% of it reading its group again
     for each member. Each account gets the usage facts it reads on its own."""
-    from sqlalchemy import event
-
     from kyc.models import Account, utcnow
     from kyc.rescore.background import drain
-    from kyc.rescore.batch import rescore_chunk
     from kyc.usage.days import latest_day, usage_facts
 
     farm = _signups(client, auth, "farm", 30)
@@ -177,17 +194,7 @@ def test_a_rescore_chunk_reads_its_group_once_and_gives_each_account_what_it_rea
     assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
     assert client.get(f"/v1/accounts/{farm[0]}", headers=auth).json["cluster"]["size"] == 30
     drain(runtime)                          # the cluster's own rescore, asked by the reports, done first
-    statements: list[str] = []
-
-    def record(conn, cursor, statement, *args):
-        statements.append(statement)
-
-    event.listen(runtime.engine, "before_cursor_execute", record)
-    try:
-        with runtime.session() as s, s.begin():
-            rescore_chunk(runtime, s, farm, runtime.rules)
-    finally:
-        event.remove(runtime.engine, "before_cursor_execute", record)
+    statements = _statements_of_a_rescore_chunk(runtime, farm)
     assert len([st for st in statements if "FROM prompt_uses" in st]) <= 4      # 62 read account by account
     assert len([st for st in statements if "WHERE cluster_members.cluster_id" in st and "activity_days" in st]) == 1
     with runtime.session() as s:
@@ -205,11 +212,8 @@ def test_a_rescore_chunk_reads_no_cluster_days_for_accounts_alone_in_their_clust
     """An account alone in its cluster has its own day as its cluster's: a rescore chunk (a farm's
     wake re-evaluated in its report's transaction is one) reads no cluster days for it, and its
     usage facts are the ones it reads on its own. (1,000 such accounts read 1,000 of them.)"""
-    from sqlalchemy import event
-
     from kyc.models import Account, utcnow
     from kyc.rescore.background import drain
-    from kyc.rescore.batch import rescore_chunk
     from kyc.usage.days import latest_day, usage_facts
 
     people = _signups(client, auth, "alone", 6)
@@ -217,17 +221,7 @@ def test_a_rescore_chunk_reads_no_cluster_days_for_accounts_alone_in_their_clust
     assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
     assert {client.get(f"/v1/accounts/{a}", headers=auth).json["cluster"]["size"] for a in people} == {1}
     drain(runtime)
-    statements: list[str] = []
-
-    def record(conn, cursor, statement, *args):
-        statements.append(statement)
-
-    event.listen(runtime.engine, "before_cursor_execute", record)
-    try:
-        with runtime.session() as s, s.begin():
-            rescore_chunk(runtime, s, people, runtime.rules)
-    finally:
-        event.remove(runtime.engine, "before_cursor_execute", record)
+    statements = _statements_of_a_rescore_chunk(runtime, people)
     assert [st for st in statements if "cluster_members" in st and "activity_days" in st] == []
     with runtime.session() as s:
         for account_id in people:
