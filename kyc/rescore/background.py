@@ -43,8 +43,11 @@ REASON = "cluster standing changed"
 _ASKS = (select(RescoreAsk.id, RescoreAsk.accounts, RescoreAsk.clusters).order_by(RescoreAsk.id)
          .limit(bindparam("limit")).with_for_update(skip_locked=True))
 _DELETE_ASKS = delete(RescoreAsk).where(in_list(RescoreAsk.__table__.c.id, "ids"))
-# The accounts of batches no job has begun (ix_rescore_batches_unstarted).
-_UNSTARTED = select(RescoreBatch.account_ids).where(RescoreBatch.started_at.is_(None))
+# The accounts of asks' batches no job has begun (ix_rescore_batches_unstarted). Asks' runs only:
+# they are small and follow each other; a full rescore's thousand batches, read at every settle
+# while it runs, would cost more than the few accounts an ask shares with them.
+_UNSTARTED = (select(RescoreBatch.account_ids).join(RescoreRun, RescoreRun.id == RescoreBatch.run_id)
+              .where(RescoreBatch.started_at.is_(None), RescoreRun.reason == bindparam("reason")))
 
 
 def settle_asks(runtime: Runtime, *, batch_size: int | None = None, limit: int = ASKS_READ) -> list[RescoreRun]:
@@ -54,7 +57,7 @@ def settle_asks(runtime: Runtime, *, batch_size: int | None = None, limit: int =
     different rows (SKIP LOCKED; SQLite's write lock serialises them). The runs recorded are
     returned, not yet worked or enqueued (dispatch them, or run their batches).
 
-    An account already in a batch no job has begun is left out: that batch reads the account
+    An account already in an asks' batch no job has begun is left out: that batch reads the account
     when it begins, after the asks' transactions committed, so it rescores what they changed.
     Why: every usage re-evaluation of a farm's member asks for its cluster, and a farm of 300
     woken under the mixed load (bench/mixed_load.py, seed 3) was asked for a new run of all its
@@ -82,7 +85,7 @@ def settle_asks(runtime: Runtime, *, batch_size: int | None = None, limit: int =
                     if account_id != left_out[cluster_id]:
                         ids[account_id] = None
             if ids:
-                for waiting in session.scalars(_UNSTARTED):
+                for waiting in session.scalars(_UNSTARTED, {"reason": REASON}):
                     for account_id in waiting:
                         ids.pop(account_id, None)
             run = (record_run(runtime, session, "ids", account_ids=ids, reason=REASON, batch_size=batch_size)

@@ -902,10 +902,20 @@ def test_an_ask_leaves_out_the_accounts_a_batch_not_yet_begun_will_rescore(inlin
         assert third.total == 2
         rescore.batch.run_batch(inline_runtime, second.id, 0)
         rescore.batch.run_batch(inline_runtime, third.id, 0)
+        # Only asks' batches count: a run of another kind (a manual or daily rescore, maybe
+        # thousands of batches) waiting with the account does not hold the ask back.
+        with inline_runtime.session() as session, session.begin():
+            manual = rescore.runs.record_run(inline_runtime, session, "ids", account_ids=dict.fromkeys(ids[3:]),
+                                             reason="manual")
+        ask(inline_runtime, ids[3:], {})
+        (fourth,) = rescore.background.settle_asks(inline_runtime)
+        assert fourth.total == 1
+        rescore.batch.run_batch(inline_runtime, manual.id, 0)
+        rescore.batch.run_batch(inline_runtime, fourth.id, 0)
     finally:
         inline_runtime.traffic.leave()
     rescore.background.drain(inline_runtime)
-    assert rescore_evaluations(inline_runtime) == {ids[0]: 2, ids[1]: 2, ids[2]: 1, ids[3]: 1}
+    assert rescore_evaluations(inline_runtime) == {ids[0]: 2, ids[1]: 2, ids[2]: 1, ids[3]: 3}
 
 
 def test_asks_the_database_refused_are_kept_and_recorded_later(inline_runtime, monkeypatch):
