@@ -96,15 +96,14 @@ class ClusterDaysOnce:
 
 
 def usage_facts(runtime, session: Session, account_id: str, day: dict[str, Any], at, first_seen_at, *,
-                linked: bool = True, lockstep: dict[tuple[str, date], dict[str, Any]] | None = None,
+                lockstep: dict[tuple[str, date], dict[str, Any]] | None = None,
                 adopted_by: date | None = None, members: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The usage signals of an account as of `at` from its latest day of usage at or before it,
     with the lockstep facts on at's own day (kyc.usage.lockstep; `lockstep`: read already for a
     batch, by lockstep_wanted or latest_lockstep, read here if the account's are not in it;
-    `adopted_by`: a later day whose adopters count, for a rescore) and its cluster's
-    (`linked=False`: the caller knows the account is a cluster of one, whose cluster facts are
-    its own, so nothing is read for them; `members`: its cluster's days of at's day, read
-    already by cluster_days)."""
+    `adopted_by`: a later day whose adopters count, for a rescore) and its cluster's (`members`:
+    its cluster's days of at's day, read already by cluster_days; [] when the caller knows the
+    account is a cluster of one, whose cluster facts are its own; None: read here)."""
     facts = usage_signals(day, at, first_seen_at, runtime.tiers.daily_quotas)
     wanted = lockstep_wanted(runtime, account_id, day, at)
     if wanted is not None:
@@ -118,7 +117,7 @@ def usage_facts(runtime, session: Session, account_id: str, day: dict[str, Any],
     if day["day"] == at.date():
         if members is None:
             members = [dict(r) for r in session.execute(_CLUSTER_DAYS, {"day": day["day"], "account_id": account_id})
-                       .mappings()] if linked else []
+                       .mappings()]
         members = members or [day]
         facts.update(cluster_usage_signals(members, at, runtime.tiers.daily_quotas, runtime.config.dormant_days))
     return facts

@@ -464,8 +464,7 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
             sharing = {h: group.used_in(h, mask) & ~me for h in templates}
             lockstep = at_least(SHARED, sharing.values())
             if not lockstep:
-                facts.update(lockstep_accounts=0, lockstep_woke=0, lockstep_addresses=0)
-                continue
+                continue                                         # its facts stay NO_LOCKSTEP's
             shared_in_lockstep[account_id] = {h for h, bits in sharing.items() if bits & lockstep}
             # When each began on what they share (each side's earliest start on the templates shared
             # by the pair): this account's side splits the group by its start, the others' side is

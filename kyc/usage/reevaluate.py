@@ -88,9 +88,10 @@ def accounts_to_reevaluate(runtime: Runtime, session: Session, recorded: Iterabl
     read_once = ClusterDaysOnce()
     for account_id in candidates:
         day = latest[account_id].usage_day
-        members = read_once(session, standing[account_id].cluster_id, day["day"]) if account_id in linked else None
+        # A cluster of one: its cluster's day is its own (nothing to read).
+        members = read_once(session, standing[account_id].cluster_id, day["day"]) if account_id in linked else []
         usage = usage_facts(runtime, session, account_id, day, day["last_at"], standing[account_id].first_seen_at,
-                            linked=account_id in linked, lockstep=lockstep, members=members)
+                            lockstep=lockstep, members=members)
         if riskier(rules, standing[account_id].subjects, usage, stored, standing[account_id].cluster_size or 1):
             rising.add(account_id)
     return sorted(rising)
