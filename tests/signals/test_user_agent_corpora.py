@@ -26,6 +26,7 @@ def test_corpora_are_large_enough_to_measure():
     assert sizes["device-detector-browsers"] > 30000 and sizes["device-detector-bots"] > 1000
     assert sizes["intoli-browsers"] > 3000
     assert sizes["crawlerdetect-browsers"] > 5000 and sizes["crawlerdetect-crawlers"] > 3500
+    assert sizes["top-user-agents-browsers"] > 1500
 
 
 def test_the_intoli_corpus_is_vendored_with_its_licence_and_without_generated_rows():
@@ -36,6 +37,26 @@ def test_the_intoli_corpus_is_vendored_with_its_licence_and_without_generated_ro
     agents = [ua for ua in lines if not ua.startswith("#")]
     assert agents == sorted(set(agents)) and not any(GENERATED_CHROME.search(ua) for ua in agents)
     assert set(corpora.corpus("intoli-browsers")) <= set(agents)
+
+
+def test_the_top_user_agents_corpus_is_vendored_with_its_licence():
+    assert "MIT" in (corpora.DATA / "top-user-agents-LICENSE").read_text(encoding="utf-8")
+    lines = (corpora.DATA / "top-user-agents.txt").read_text(encoding="utf-8").splitlines()
+    agents = [ua for ua in lines if not ua.startswith("#")]
+    assert agents == sorted(set(agents)) and set(corpora.corpus("top-user-agents-browsers")) <= set(agents)
+
+
+def test_what_device_detector_lists_as_a_bot_or_library_is_counted_apart_from_the_browsers():
+    named = corpora.named_by_device_detector
+    assert named("Dart/3.6 (dart:io)") and named(
+        "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; Googlebot/2.1; +http://www.google.com/bot.html) "
+        "Chrome/118.0.5993.70 Safari/537.36")
+    assert not named("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                     "Chrome/142.0.0.0 Safari/537.36")
+    bots = set(corpora.corpus("browser-lists-bots"))
+    assert "Dart/3.6 (dart:io)" in bots and len(bots) > 20
+    for name in corpora.BROWSER_CORPORA:
+        assert not bots & set(corpora.corpus(name)), name
 
 
 def test_the_crawlerdetect_sample_is_vendored_with_its_licences_and_drawn_by_hash():
@@ -72,7 +93,8 @@ def test_groups_isbot_heads_as_bots_are_counted_apart_from_its_browsers():
     assert not corpora.ISBOT_LABELLED_BOTS.search("ZZZ Miscellaneous Browsers - These browsers are not bots, but ..")
 
 
-@pytest.mark.parametrize("name", ["fake-useragent", "device-detector-browsers", "crawlerdetect-browsers"])
+@pytest.mark.parametrize("name", ["fake-useragent", "device-detector-browsers", "crawlerdetect-browsers",
+                                  "intoli-browsers", "top-user-agents-browsers"])
 def test_real_browsers_on_clean_signups_are_allowed_on_the_held_out_split(name):
     measured = corpora.measure(name, "held_out")
     assert measured["n"] > 150
@@ -106,6 +128,8 @@ def test_strings_no_client_sent_as_written_are_set_apart_or_read_back():
     assert corpora.CUT.search(cut) and cut in corpora.corpus("cut-strings")
     assert cut not in corpora.corpus("isbot-browsers")
     assert not corpora.CUT.search("Mozilla/5.0 (Linux; Android 11) AppleWebKit/537.36 (KHTML, like Gecko)")
+    assert corpora.CUT.search("AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/118.0.0.0 Mobile "
+                              "DuckDuckGo/5 Safari/537.36")
     # a web server log's form (spaces as '+') is scored as the header was sent
     sent = ("Mozilla/5.0 (iPad; CPU OS 9_3_1 like Mac OS X) AppleWebKit/601.1.46 (KHTML, like Gecko) Version/9.0 "
             "Mobile/13E238 Safari/601.1")
