@@ -457,12 +457,26 @@ def _ua_facts(ua: str) -> dict[str, Any]:
     return facts
 
 
+# The app's own product token at the end of a WebView's string (`Mobile Safari/537.36
+# CamScanner/6.60.0`): the app's name, in which a bot's word (a document scanner, a baby monitor)
+# says nothing about the software that fetches the page.
+_WEBVIEW_APP_TOKENS = re.compile(r"(safari/[\d.]+)(?: [a-z][\w-]*/\d[\w.]*)+$")
+
+
+def _self_declared_bot(ua: str, lowered: str) -> bool:
+    if _SELF_DECLARED_BOT.search(lowered) is None:
+        return False
+    if not _WEBVIEW.search(ua):           # (only strings with a bot's word pay for the WebView test)
+        return True
+    return _SELF_DECLARED_BOT.search(_WEBVIEW_APP_TOKENS.sub(r"\1", lowered)) is not None
+
+
 def _facts_of(ua: str) -> dict[str, Any]:
     parsed = _ParsedAgent(ua)
     lowered = ua.lower()
     marker = next((m for m in AUTOMATION_MARKERS if m in lowered and (m != "java/" or _JDK_CLIENT.search(lowered))),
                   None)
-    bot = parsed.is_bot or marker is not None or _SELF_DECLARED_BOT.search(lowered) is not None
+    bot = parsed.is_bot or marker is not None or _self_declared_bot(ua, lowered)
     if bot:
         device_class = "bot"
     elif parsed.is_tablet:

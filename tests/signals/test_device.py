@@ -505,6 +505,24 @@ def test_a_word_in_an_android_device_model_is_the_product_name_but_after_the_str
     assert device_signals(signed, None, at=AT)["real_browser"] is False
 
 
+ANDROID_WEBVIEW = ("Mozilla/5.0 (Linux; Android 14; SM-S918B Build/UP1A.231005.007; wv) AppleWebKit/537.36 (KHTML, "
+                   "like Gecko) Version/4.0 Chrome/124.0.6367.123 Mobile Safari/537.36")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.from_regex(r"[A-Z][a-z]{0,8}", fullmatch=True),
+       st.sampled_from(["Scanner", "Monitor", "Checker", "Validator", "Preview"]),   # (ua-parser itself calls a
+       st.from_regex(r"[0-9]{1,2}(\.[0-9]{1,10}){0,3}", fullmatch=True))        # `..Bot/1` a bot, wherever it is)
+def test_a_tools_word_in_the_apps_name_after_a_webview_is_the_apps_but_a_link_or_a_mobile_chrome_is_a_bots(
+        name, word, version):
+    app = f"{name}{word}/{version}"                       # CamScanner/6.60.0, BabyMonitor/2.1
+    assert device_signals(f"{ANDROID_WEBVIEW} {app}", None, at=AT)["real_browser"] is True
+    # the same token after a browser that is no app's WebView, or a contact link after the WebView: a bot
+    assert device_signals(f"{ANDROID_CHROME.format(model='SM-S918B')} {app}", None, at=AT)["bot"] is True
+    assert device_signals(f"{ANDROID_WEBVIEW} https://{name.lower()}.example/{word.lower()}", None,
+                          at=AT)["bot"] is True
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from(["Windows NT 10.0; Win64; x64", "Macintosh; Intel Mac OS X 10_15_7", "X11; Linux x86_64",
                         "X11; CrOS x86_64 14541.0.0"]),
