@@ -143,6 +143,15 @@ def documented(summary: str, **operation: Any) -> Callable:
     return mark
 
 
+class AnyIdConverter(PathConverter):
+    """A path segment that may hold '/' anywhere, first and last included (an account id of `/`, or
+    `/a`, arrives as `/v1/accounts//`, `/v1/accounts//a`); Werkzeug's path converter wants a first
+    character other than '/'."""
+
+    regex = ".+?"
+    part_isolating = False      # (Werkzeug infers it from a '/' in the regex, which this one has not)
+
+
 def register(app: Flask) -> None:
     from kyc.api import (  # noqa: F401 - routes register on v1
         accounts, activity, audit, clusters, monitoring, openapi, ops, payment_methods, reviews, signups, tiers,
@@ -153,7 +162,10 @@ def register(app: Flask) -> None:
     # An id in a path may hold '/': a caller's account id is any 1-128 characters (the contract),
     # and one with a slash, sent percent-encoded, arrives decoded. (Routes keep their `<name>`
     # form, which the role map, the metrics' route label and the OpenAPI document read.)
-    app.url_map.converters["default"] = PathConverter
+    app.url_map.converters["default"] = AnyIdConverter
+    # ... so slashes in a path are an id's own: `a//b` is not `a/b` (Werkzeug would merge them and
+    # redirect to another account's URL).
+    app.url_map.merge_slashes = False
     app.register_blueprint(v1)
     app.register_blueprint(monitoring.probes)
     app.register_blueprint(openapi.reference)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 from sqlalchemy import func, select
 
 from kyc.models import Account, Evaluation, Sighting
@@ -199,6 +199,12 @@ def test_long_international_phone_numbers_are_not_mistaken_for_cards(client, aut
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=40)
        .filter(lambda t: t.strip() and not any(c.isdigit() for c in t)))
+# Slashes where Werkzeug's path converter and its merging of slashes lost them (a 404, or another
+# account's URL): found by this test in one CI run in ten or so.
+@example(account_id="/")
+@example(account_id="/acct")
+@example(account_id="acct/")
+@example(account_id="a//b")
 def test_any_account_id_the_contract_allows_works_on_every_account_route(client, auth, account_id):
     """"caller's id, 1-128 chars": one holding '/', '?', '%', spaces or any Unicode, sent
     percent-encoded in a path, names the account its signup created (surrounding whitespace
