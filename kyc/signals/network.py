@@ -21,8 +21,14 @@ _NETINTEL = "kyc/data/netintel (X4B lists_vpn, MIT; lord-alfred/ipranges, CC0; T
 
 FIELDS = (
     Field("ip.version", "int", "4 or 6.", 4, "ipaddress"),
-    Field("ip.private", "bool", "Private, loopback, link-local, reserved, documentation or otherwise not "
-                                "globally routable (a bogon).", False, "ipaddress (IANA special-purpose registries)"),
+    Field("ip.private", "bool", "Private, loopback, link-local, reserved or otherwise not globally routable "
+                                "(a bogon); not the documentation ranges.", False,
+          "ipaddress (IANA special-purpose registries)"),
+    Field("ip.documentation", "bool", "One of the ranges kept for examples (192.0.2.0/24, 198.51.100.0/24, "
+                                      "203.0.113.0/24, 2001:db8::/32): what integrations' staging and tests send, "
+                                      "as the contract's own examples do. Read as a public address of unknown "
+                                      "location (no GeoIP facts), not as private. Missing otherwise.", True,
+          "ipaddress (RFC 5737, RFC 3849)"),
     Field("ip.prefix", "str", "The /24 (IPv4) or /64 (IPv6) network, used for velocity and linking.",
           "203.0.113.0/24", "ipaddress"),
     Field("ip.country", "str", "ISO 3166 country of the IP.", "US", _COUNTRY),
@@ -63,6 +69,12 @@ FIELDS = (
 )
 
 _PREFIX = {4: 24, 6: 64}
+# The documentation ranges (RFC 5737, RFC 3849). No client on the Internet has one, so only an
+# integration's staging, its tests and examples send them (the contract's signup example is
+# 203.0.113.7): holding them as private would put every test signup in the review queue, and they
+# say nothing about the person. They are read as public addresses whose location is unknown.
+_DOCUMENTATION = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24",
+                                                         "2001:db8::/32"))
 
 
 @lru_cache(maxsize=65536)
@@ -87,7 +99,11 @@ def _facts(ip: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, dict
     if parsed is None:
         return None
     addr, prefix = parsed
-    return addr, {"version": addr.version, "private": not addr.is_global, "prefix": prefix}
+    if addr.is_global:
+        return addr, {"version": addr.version, "private": False, "prefix": prefix}
+    if any(addr in network for network in _DOCUMENTATION):
+        return addr, {"version": addr.version, "private": False, "documentation": True, "prefix": prefix}
+    return addr, {"version": addr.version, "private": True, "prefix": prefix}
 
 
 def _prefix(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
@@ -104,7 +120,7 @@ def network_signals(ip: str | None, geoip: GeoIP | None = None) -> dict[str, Any
         return {}
     addr, base = parsed
     facts = dict(base)
-    if geoip is not None and not base["private"]:
+    if geoip is not None and addr.is_global:          # neither private nor documentation: no data there
         facts.update(geoip.lookup(addr))
     return facts
 

@@ -430,3 +430,14 @@ def test_a_reviewer_reads_that_a_cluster_is_held_together_only_by_shared_work():
                       "linked only by what people working together share (templates, network)"]
     assert cluster_texts({"cluster_size": 40, "cluster_growth_24h": 0, "linked_by_work_only": False}) == [
         "cluster of 40 when scored"]
+
+
+def test_a_reviewer_reads_a_documentation_address_as_a_tests_and_a_private_one_as_private():
+    from kyc.ops.console.facts import signal_facts
+    from kyc.signals.network import network_signals
+
+    def ip_texts(ip):
+        return [(f.text, f.risky) for f in signal_facts({"ip": network_signals(ip)}) if f.family == "ip"]
+
+    assert ip_texts("203.0.113.7") == [("documentation address (a test's)", True)]
+    assert ip_texts("10.1.2.3") == [("private address", True)]

@@ -95,7 +95,7 @@ def test_device_missing_ua():
 @pytest.mark.parametrize("ip,version,private,prefix", [
     ("8.8.8.8", 4, False, "8.8.8.0/24"),
     ("10.1.2.3", 4, True, "10.1.2.0/24"),
-    ("192.0.2.1", 4, True, "192.0.2.0/24"),            # TEST-NET-1, documentation range
+    ("192.168.0.2", 4, True, "192.168.0.0/24"),
     ("2001:4860:4860::8888", 6, False, "2001:4860:4860::/64"),
     ("::1", 6, True, "::/64"),
 ])

@@ -74,11 +74,25 @@ def test_ipv4_mapped_ipv6_is_the_ipv4_address(bundled):
 
 
 @pytest.mark.parametrize("ip", ["10.0.0.1", "192.168.1.20", "127.0.0.1", "100.64.0.1", "169.254.1.1",
-                                "203.0.113.7", "::1", "fe80::1", "fc00::1", "2001:db8::1", "240.0.0.1"])
-def test_private_reserved_and_documentation_ranges(bundled, ip):
+                                "::1", "fe80::1", "fc00::1", "240.0.0.1", "198.18.0.1"])
+def test_private_and_reserved_ranges(bundled, ip):
     facts = network.network_signals(ip, bundled)
-    assert facts["private"] is True
+    assert facts["private"] is True and "documentation" not in facts
     assert "asn" not in facts and "country" not in facts and "hosting" not in facts
+
+
+@pytest.mark.parametrize("ip", ["192.0.2.1", "198.51.100.255", "203.0.113.7", "2001:db8::1", "2001:db8:ffff::7",
+                                "::ffff:203.0.113.7"])
+def test_documentation_ranges_are_public_addresses_of_unknown_location(bundled, ip):
+    facts = network.network_signals(ip, bundled)
+    assert facts["private"] is False and facts["documentation"] is True
+    # no GeoIP facts: neither a country nor an unannounced network (which unannounced_ip would hold)
+    assert not {"asn", "country", "announced", "hosting", "vpn"} & set(facts)
+
+
+@pytest.mark.parametrize("ip", ["192.0.1.255", "192.0.3.0", "198.51.99.1", "203.0.114.1", "2001:db9::1", "8.8.8.8"])
+def test_the_neighbours_of_the_documentation_ranges_are_not_documentation(ip):
+    assert "documentation" not in network.network_signals(ip)
 
 
 def test_prefix_for_velocity_and_linking():
@@ -121,7 +135,7 @@ def test_anonymous_ip_file_written_with_mmdb_writer(tmp_path):
     readers = open_geoip(str(MAXMIND / "GeoIP2-City-Test.mmdb"), str(MAXMIND / "GeoLite2-ASN-Test.mmdb"), str(path))
     proxy = network.network_signals("81.2.69.160", readers)
     assert proxy["public_proxy"] is True and proxy["hosting"] is False
-    # Documentation ranges are private for kyc, so the anonymous facts of 198.51.100/24 never apply.
+    # Documentation ranges carry no GeoIP data, so the anonymous facts of 198.51.100/24 never apply.
     assert "hosting" not in network.network_signals("198.51.100.1", readers)
 
 

@@ -61,7 +61,7 @@ def signal_facts(signals: dict[str, Any]) -> list[Fact]:
         if where:
             facts.append(Fact("ip", where))
         for flag, text in (("hosting", "hosting network"), ("vpn", "VPN"), ("tor", "Tor exit"), ("proxy", "proxy"),
-                           ("private", "private address")):
+                           ("private", "private address"), ("documentation", "documentation address (a test's)")):
             if ip.get(flag):
                 facts.append(Fact("ip", text, True))
         if ip.get("phone_country_mismatch"):
