@@ -6,7 +6,8 @@ went wrong.
         [--redis-url redis://127.0.0.1:6379/11] [--duration 180] [--clients 16] [--seed 1] [--recreate]
 
 The database must be empty or missing (created then); `--recreate` drops and creates it, and
-flushes the Redis db. kyc runs as in production: migrated, one API key per role, gunicorn
+flushes the Redis db. A SQLite file (`--database-url sqlite:////tmp/mixed.db`, no `--redis-url`) runs
+the embedded default `kyc serve` runs, jobs in-process. kyc runs as in production: migrated, one API key per role, gunicorn
 (`wsgi:app`, -w 3 --threads 4), with `--redis-url` a `kyc worker`, and `kyc rescore --all` every
 `--rescore-every` seconds while traffic runs. Codes go to an HTTP sender and decisions to a
 webhook receiver, both stubs in this process (as an SMS provider and the gateway are); document
@@ -543,6 +544,12 @@ class Traffic:
 def prepare(database_url: str, redis_url: str | None, recreate: bool) -> None:
     """An empty, migrated database (and an empty Redis db with --recreate)."""
     url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":         # the embedded default: a file
+        if recreate and url.database:
+            for suffix in ("", "-wal", "-shm"):
+                Path(url.database + suffix).unlink(missing_ok=True)
+        upgrade_database(database_url)
+        return
     admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         if recreate:
@@ -605,7 +612,8 @@ def scan_logs(paths: list[Path]) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--database-url", required=True, help="PostgreSQL (psycopg); empty or missing, or --recreate")
+    parser.add_argument("--database-url", required=True, help="PostgreSQL (psycopg), or a SQLite file (the embedded "
+                                                               "default); empty or missing, or --recreate")
     parser.add_argument("--redis-url", default="", help="a Redis db of its own; empty: jobs run in-process")
     parser.add_argument("--recreate", action="store_true", help="drop and create the database, flush the Redis db")
     parser.add_argument("--duration", type=int, default=180, help="seconds of traffic")
