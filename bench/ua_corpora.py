@@ -245,6 +245,16 @@ def _browser_string(ua: str) -> bool:
     return not (NOT_A_BROWSER.search(ua) or CUT.search(ua) or named_by_device_detector(_as_sent(ua)))
 
 
+# The browser lists vendored one string a line (bench/data/user_agents/SOURCE).
+_BROWSER_FILES = {"intoli-browsers": "intoli-user-agents.txt", "crawlerdetect-browsers": "crawlerdetect-devices-sample.txt",
+                  "top-user-agents-browsers": "top-user-agents.txt"}
+
+
+def _vendored(filename: str) -> list[str]:
+    """A vendored file's strings, one a line, without its '#' header."""
+    return [ua for ua in (DATA / filename).read_text(encoding="utf-8").splitlines() if not ua.startswith("#")]
+
+
 @cache
 def corpus(name: str) -> tuple[str, ...]:
     """The distinct user agents of one corpus, sorted."""
@@ -281,17 +291,11 @@ def corpus(name: str) -> tuple[str, ...]:
         agents = [ua for row in _device_detector_fixtures() if row["file"] != "bots.yml"
                   and isinstance(row.get("client"), dict) and row["client"].get("type") == "browser"
                   for ua in [str(row["user_agent"])] if _browser_string(ua)]
-    elif name in ("intoli-browsers", "intoli-browsers-all"):
-        lines = (DATA / "intoli-user-agents.txt").read_text(encoding="utf-8").splitlines()
-        agents = [ua for ua in lines if not ua.startswith("#") and (name.endswith("-all") or _browser_string(ua))]
-    elif name in ("crawlerdetect-browsers", "crawlerdetect-browsers-all"):
-        lines = (DATA / "crawlerdetect-devices-sample.txt").read_text(encoding="utf-8").splitlines()
-        agents = [ua for ua in lines if (name.endswith("-all") or _browser_string(ua)) and not GENERATED_CHROME.search(ua)]
-    elif name in ("top-user-agents-browsers", "top-user-agents-browsers-all"):
-        lines = (DATA / "top-user-agents.txt").read_text(encoding="utf-8").splitlines()
-        agents = [ua for ua in lines if not ua.startswith("#") and (name.endswith("-all") or _browser_string(ua))]
+    elif name.removesuffix("-all") in _BROWSER_FILES:
+        agents = [ua for ua in _vendored(_BROWSER_FILES[name.removesuffix("-all")])
+                  if (name.endswith("-all") or _browser_string(ua)) and not GENERATED_CHROME.search(ua)]
     elif name == "crawlerdetect-crawlers":
-        agents = (DATA / "crawlerdetect-crawlers.txt").read_text(encoding="utf-8").splitlines()
+        agents = _vendored("crawlerdetect-crawlers.txt")
     elif name == "device-detector-bots":
         agents = [str(row["user_agent"]) for row in _device_detector_fixtures() if row["file"] == "bots.yml"]
     elif name == "uap-core-crawlers":

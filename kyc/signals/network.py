@@ -120,7 +120,7 @@ def network_signals(ip: str | None, geoip: GeoIP | None = None) -> dict[str, Any
         return {}
     addr, base = parsed
     facts = dict(base)
-    if geoip is not None and addr.is_global:          # neither private nor documentation: no data there
+    if geoip is not None and not base["private"] and "documentation" not in base:   # no data there
         facts.update(geoip.lookup(addr))
     return facts
 
