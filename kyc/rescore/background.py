@@ -116,6 +116,7 @@ class Background:
     QUIET = 0.05
     MAX_DEFER = 5.0
     RETRY = 1.0                      # seconds before asks or a batch the database refused are tried again
+    IDLE = 5.0                       # seconds between looks, when idle, whether the runtime is gone
 
     def __init__(self, runtime: Runtime):
         self.runtime = weakref.ref(runtime)
@@ -165,33 +166,40 @@ class Background:
         while True:
             with self._changed:
                 while not (self._asks or self._batches or self._links):
-                    if not self._changed.wait(timeout=5) and self.runtime() is None:
+                    if not self._changed.wait(timeout=self.IDLE) and self.runtime() is None:
                         return                   # the runtime is gone: so is this thread
                 asks, links = self._asks, self._links
                 self._asks, self._links, self._busy = False, False, True
             try:
-                runtime = self.runtime()
-                if runtime is not None:
-                    if links:
-                        self._link(runtime)
-                    if asks:
-                        try:
-                            self._settle(runtime)
-                        except DBAPIError:
-                            # Not settled (SQLite busy under a long writer, the database away): the
-                            # asks stay committed and are tried again, so none is lost.
-                            log.warning("rescore asks not settled yet; retrying in %.0f s", self.RETRY,
-                                        exc_info=True)
-                            sleep(self.RETRY)
-                            self.wake()
-                            continue
-                    self._run_one(runtime)
+                self._work(asks, links)
             except Exception:  # noqa: BLE001 - a failed rescore must not stop the thread
                 log.exception("background rescoring failed")
             finally:
                 with self._changed:
                     self._busy = False
                     self._changed.notify_all()
+
+    def _work(self, asks: bool, links: bool) -> None:
+        # The runtime is held only while working, never across the wait above: a thread that
+        # kept it between rounds kept it alive for good (and this thread with it), so every
+        # runtime a process ever let go of stayed, with its engine and threads (the test suite
+        # ended with over a hundred).
+        runtime = self.runtime()
+        if runtime is None:
+            return
+        if links:
+            self._link(runtime)
+        if asks:
+            try:
+                self._settle(runtime)
+            except DBAPIError:
+                # Not settled (SQLite busy under a long writer, the database away): the asks
+                # stay committed and are tried again, so none is lost.
+                log.warning("rescore asks not settled yet; retrying in %.0f s", self.RETRY, exc_info=True)
+                sleep(self.RETRY)
+                self.wake()
+                return
+        self._run_one(runtime)
 
     def _link(self, runtime: Runtime) -> None:
         """Link pending usage identifiers (before rescoring: a link can change a cluster). If
