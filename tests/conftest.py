@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from kyc import create_app
 from kyc.config import PROJECT_ROOT, Config
@@ -114,14 +115,40 @@ def _drop_this_runs_schemas():
         engine.dispose()
 
 
+TRUNCATE_LOCK_WAIT = "120s"
+
+
 def _truncate_postgres(url: str) -> None:
+    """Empty this run's tables. TRUNCATE waits for every transaction that touched them: if one
+    is still open after TRUNCATE_LOCK_WAIT (a test's connection left in a transaction, a thread
+    still working), the test fails naming it, instead of waiting without end."""
     engine = create_engine(url)
-    with engine.begin() as conn:
-        tables = [r[0] for r in conn.execute(text(
-            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'alembic_version'"))]
-        if tables:
-            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-    engine.dispose()
+    try:
+        with engine.begin() as conn:
+            tables = [r[0] for r in conn.execute(text(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'alembic_version'"))]
+            if tables:
+                conn.execute(text(f"SET LOCAL lock_timeout = '{TRUNCATE_LOCK_WAIT}'"))
+                try:
+                    conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+                except OperationalError as exc:
+                    if getattr(exc.orig, "sqlstate", None) != "55P03":      # lock_not_available
+                        raise
+                    pytest.fail(f"TRUNCATE waited {TRUNCATE_LOCK_WAIT} for: {_lock_holders(url)}", pytrace=False)
+    finally:
+        engine.dispose()
+
+
+def _lock_holders(url: str) -> list[tuple]:
+    """Every other open transaction on this database: pid, state, its age and last statement."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(
+                "SELECT pid, state, now() - xact_start, left(query, 300) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"))]
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(autouse=True)
