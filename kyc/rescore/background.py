@@ -183,7 +183,7 @@ class Background:
         # The runtime is held only while working, never across the wait above: a thread that
         # kept it between rounds kept it alive for good (and this thread with it), so every
         # runtime a process ever let go of stayed, with its engine and threads (the test suite
-        # ended with over a hundred).
+        # ended with 305 of these threads and 216 SQLite checkpoint threads; no more than 37 since).
         runtime = self.runtime()
         if runtime is None:
             return
