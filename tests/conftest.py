@@ -17,7 +17,7 @@ import weakref
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from kyc import create_app
@@ -134,21 +134,18 @@ def _truncate_postgres(url: str) -> None:
                 except OperationalError as exc:
                     if getattr(exc.orig, "sqlstate", None) != "55P03":      # lock_not_available
                         raise
-                    pytest.fail(f"TRUNCATE waited {TRUNCATE_LOCK_WAIT} for: {_lock_holders(url)}", pytrace=False)
+                    pytest.fail(f"TRUNCATE waited {TRUNCATE_LOCK_WAIT} for: {_lock_holders(engine)}", pytrace=False)
     finally:
         engine.dispose()
 
 
-def _lock_holders(url: str) -> list[tuple]:
-    """Every other open transaction on this database: pid, state, its age and last statement."""
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(row) for row in conn.execute(text(
-                "SELECT pid, state, now() - xact_start, left(query, 300) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"))]
-    finally:
-        engine.dispose()
+def _lock_holders(engine: Engine) -> list[tuple]:
+    """Every other open transaction on this database: pid, state, its age and last statement
+    (read on a second connection of the pool: the truncating one's transaction is aborted)."""
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(text(
+            "SELECT pid, state, now() - xact_start, left(query, 300) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"))]
 
 
 @pytest.fixture(autouse=True)
