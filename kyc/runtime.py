@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from functools import lru_cache
 from datetime import datetime, timedelta, timezone
@@ -339,20 +340,27 @@ class Runtime:
                 self.reload_rules()
         except RuleSetError:
             pass
-        threading.Thread(target=self._watch, args=(interval, pid), name="kyc-rules-watcher", daemon=True).start()
+        # The thread holds its runtime weakly, as the rescoring thread does (kyc.rescore.background):
+        # a bound method kept it, and every runtime a process let go of while watching stayed.
+        threading.Thread(target=_watch, args=(weakref.ref(self), interval, pid), name="kyc-rules-watcher",
+                         daemon=True).start()
 
-    def _watch(self, interval: float, pid: int) -> None:
-        stop = threading.Event()
-        while not stop.wait(interval):
-            if self._watcher_pid != pid or os.getpid() != pid:
-                return
-            try:
-                if self.rules_changed_on_disk():
-                    self.reload_rules()
-            except RuleSetError:
-                pass                            # kept in rules_error and logged by reload_rules
-            except Exception:                   # noqa: BLE001 - the watcher must outlive any one failure
-                log.exception("rules watcher: unexpected error; the running rules stay")
+
+def _watch(runtime_ref: weakref.ref, interval: float, pid: int) -> None:
+    """The rules watcher's loop: ends when its runtime is collected, or stops watching in this process."""
+    stop = threading.Event()
+    while not stop.wait(interval):
+        runtime = runtime_ref()
+        if runtime is None or runtime._watcher_pid != pid or os.getpid() != pid:
+            return
+        try:
+            if runtime.rules_changed_on_disk():
+                runtime.reload_rules()
+        except RuleSetError:
+            pass                                # kept in rules_error and logged by reload_rules
+        except Exception:                       # noqa: BLE001 - the watcher must outlive any one failure
+            log.exception("rules watcher: unexpected error; the running rules stay")
+        del runtime                             # not held across the wait
 
 
 def _first_line(exc: Exception) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -154,6 +156,28 @@ def test_watcher_picks_up_clean_edits_and_keeps_running_set_on_broken_ones(live_
     replace_file(signup_file, original)
     wait_until(lambda: rt.rules_error is None and rt.rules.version not in (before, edited))
     assert rt.rules.lists["free_email_domains"] == frozenset({"gmail.com"})
+
+
+def test_a_watched_runtime_let_go_is_collected_and_its_watcher_ends(tmp_path, database_url, make_config):
+    """The watcher's thread ran a bound method of its runtime, so a runtime that had watched its
+    rules stayed alive for the life of the process, with its engine and the thread itself (as
+    the rescoring thread did: tests/rescore/test_background.py)."""
+    rt = Runtime.start(make_config(database_url, rules_dir=copy_rules(tmp_path / "rules"), rules_poll_seconds=0.05),
+                       migrate=False)
+    before = set(threading.enumerate())
+    rt.watch_rules()
+    (watcher,) = [t for t in set(threading.enumerate()) - before if t.name == "kyc-rules-watcher"]
+    gone = weakref.ref(rt)
+    rt.engine.dispose()
+    del rt
+
+    def collected() -> bool:
+        gc.collect()                    # a runtime sits in reference cycles; a round in progress holds it
+        return gone() is None
+
+    wait_until(collected, 30, "the runtime collected")
+    watcher.join(timeout=30)
+    assert not watcher.is_alive()
 
 
 def test_a_process_forked_mid_reload_still_sees_the_edit(tmp_path, database_url, make_config, monkeypatch):
