@@ -165,8 +165,11 @@ ENGINELESS_BROWSERS = frozenset({
 # Older browsers carried vendors' and proxies' tokens (ChromePlus, Novarra-Vision), smart TVs pin an
 # older Chrome and add their own (WebAppManager on webOS's Chrome 79), and iOS apps append their
 # names to Safari's string (BingWeb/6): none is read this way.
+# HarmonyOS NEXT's web engine, ArkWeb (Chromium's Blink), writes Chrome's string with its own token and,
+# on phones, the device class after it (`Safari/537.36 ArkWeb/4.1.6.1 Mobile`), then the app's tokens.
+_CHROME_ENDING = re.compile(r"Safari/[\d.]+(?: ArkWeb/[\d.]+(?: Mobile)?)?$")
 _ENDS_AS = {   # family: (the first major read, how its string ends)
-    "Chrome": (100, re.compile(r"Safari/[\d.]+$")), "Chrome Mobile": (100, re.compile(r"Safari/[\d.]+$")),
+    "Chrome": (100, _CHROME_ENDING), "Chrome Mobile": (100, _CHROME_ENDING),
     "Edge": (100, re.compile(r"Edg/[\d.]+$")), "Firefox": (100, re.compile(r"Firefox/[\d.]+$")),
     "Safari": (13, re.compile(r"Safari/[\d.]+$")),
 }

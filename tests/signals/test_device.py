@@ -317,6 +317,14 @@ OLD_BUT_REAL = {
     "Konqueror before it wrote its KHTML engine's token": "Mozilla/5.0 (compatible; Konqueror/3.1; Linux)",
     "iCab 3 on its own engine, in its own form": "iCab/3.0.5 (Macintosh; U; PPC Mac OS X)",
     "iCab 3 on its own engine, in the Mozilla form": "Mozilla/5.0 (Macintosh; U; PPC Mac OS X; de-de) iCab/3.0.2",
+    "HarmonyOS NEXT's ArkWeb on a phone (its token and device class after Chrome's grammar)":
+        "Mozilla/5.0 (Phone; OpenHarmony 4.1) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/114.0.0.0 Safari/537.36 "
+        "ArkWeb/4.1.6.1 Mobile",
+    "Huawei's browser on ArkWeb, its product token after ArkWeb's":
+        "Mozilla/5.0 (Phone; OpenHarmony 5.0; HarmonyOS 5.0) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/114.0.0.0 "
+        "Safari/537.36 ArkWeb/4.1.6.1 Mobile HuaweiBrowser/5.0.4.300",
+    "ArkWeb on a PC (no device class)": "Mozilla/5.0 (PC; OpenHarmony 5.0; HarmonyOS 5.0) AppleWebKit/537.36 "
+                                       "(KHTML, like Gecko) Chrome/114.0.0.0 Safari/537.36 ArkWeb/4.1.6.1",
     "an app's WebView on Android 4.1 (the stock browser's form) with the app's name after it":
         "Mozilla/5.0 (Linux; U; Android 4.1.1; ru-ru; RMD_600 Build/JRO03C) AppleWebKit/534.30 (KHTML, like Gecko) "
         "Version/4.0 Mobile Safari/534.30 YandexSearch/7.16",
@@ -377,6 +385,11 @@ def test_old_but_real_browsers_are_real_browsers(name):
      "Scope3/2.0 (scope3.com)", "tokens"),
     ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/138.0.7204.168 Safari/537.36 "
      "DatadogSynthetics", "tokens"),
+    # ArkWeb's grammar is its token and a device class, not any bare word after it
+    ("Mozilla/5.0 (Phone; OpenHarmony 4.1) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/114.0.0.0 Safari/537.36 "
+     "ArkWeb/4.1.6.1 Mobile SiteAudit", "tokens"),
+    ("Mozilla/5.0 (Phone; OpenHarmony 4.1) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/114.0.0.0 Safari/537.36 "
+     "ArkWeb/4.1.6.1 Desktop", "tokens"),
     # vendors add one or two product tokens; a run of them is read no further than three
     ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 "
      "Safari/537.36" + " Kinza/7.4.1" * 4, "tokens"),
