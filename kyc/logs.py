@@ -23,7 +23,7 @@ from typing import Any
 from gunicorn.glogging import Logger
 from pythonjsonlogger.json import JsonFormatter
 
-from kyc.security import redact_card_numbers
+from kyc.security import may_hold_card_number, redact_card_numbers
 
 REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID_ENVIRON = "HTTP_X_REQUEST_ID"  # the same header in the WSGI environ
@@ -102,7 +102,9 @@ def scrub(text: str) -> str:
     digits = len(text) - len(text.translate(_NOT_DIGITS))
     if digits < 13 and not text.isascii():
         digits = sum(ch.isdecimal() for ch in text)    # fullwidth, Arabic-Indic, ... digits
-    if digits >= 13:
+    # The rule's byte-level necessary condition first: a request id kyc made (32 hex digits, about
+    # 20 of them decimal) took the rule's regex 7 us, in every access line (0.5 us this way).
+    if digits >= 13 and may_hold_card_number(text):
         text = redact_card_numbers(text)
     if digits >= 8 and "+" in text:
         text = _E164.sub("[phone]", text)
