@@ -154,6 +154,33 @@ def test_reads_in_order_answer_each_read_after_the_writes_before_it(runtime):
     assert none == []
 
 
+def test_reads_outside_a_pipeline_each_answer_their_own_rows_on_a_fresh_or_replaced_connection(runtime):
+    """On a connection outside a pipeline (the held read connection: API keys, entitlements,
+    signals) the reads share the connection's kept cursor (kyc.persist._kept_cursor): each read's
+    rows are its own, read before the next is sent, and once the pool replaces the connection
+    the reads go on, on a new one."""
+    from sqlalchemy import insert, select
+
+    from kyc.models import Account
+
+    accounts = Account.__table__
+    by_ids = select(accounts.c.id, accounts.c.score).where(persist.in_list(accounts.c.id, "ids")).order_by(accounts.c.id)
+    others = select(accounts.c.id).where(~persist.in_list(accounts.c.id, "ids")).order_by(accounts.c.id)
+    with runtime.session() as session, session.begin():
+        session.execute(insert(accounts), [_account_row("k1"), _account_row("k2"), _account_row("k3")])
+    with runtime.read_connection() as conn:
+        first, rest, none = persist.fetch_in_order(conn, [(by_ids, {"ids": ["k1"]}), (others, {"ids": ["k1"]}),
+                                                          (by_ids, {"ids": []})])
+        again = persist.fetch(conn, by_ids, {"ids": ["k2", "k3"]})
+    assert [(r.id, r.score) for r in first] == [("k1", 0)]
+    assert [r.id for r in rest] == ["k2", "k3"] and none == []
+    assert [r.id for r in again] == ["k2", "k3"]
+    with runtime.read_connection() as conn:
+        conn.invalidate()                       # as the pool does with a connection the server cut
+    with runtime.read_connection() as conn:
+        assert [r.id for r in persist.fetch(conn, by_ids, {"ids": ["k3"]})] == ["k3"]
+
+
 _IDS = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20)
 
 
