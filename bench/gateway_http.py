@@ -1,7 +1,7 @@
 """The API gateway's two calls over HTTP: wrk against gunicorn, beside a bare Flask JSON endpoint
 in the same run.
 
-    python bench/gateway_http.py --database-url postgresql+psycopg://...   [--duration 10]
+    python bench/gateway_http.py --database-url postgresql+psycopg://...   [--duration 10] [--against REV]
 
 Accounts are stored as bench/entitlement.py stores them (reused when present; --accounts, default
 1,000,000). kyc (wsgi.py) and bench/bare_flask.py each run under gunicorn with the same worker
@@ -15,7 +15,10 @@ linked and their day started;
 the evaluations the accounts' decisions came from are stored (store_evaluations). A third app,
 bench/flask_one_statement.py, is bare Flask plus one PostgreSQL statement per call (a primary-key
 read for the entitlement, a one-row update for a report): the floor of any design that touches
-the account once per call. Prints requests/s, wrk's latency percentiles, the CPU a call costs
+the account once per call. With --against, a fourth: kyc at another revision (a `git worktree` of
+it, its own code, rules and gunicorn.conf.py) on the same database and accounts, warmed up by this
+checkout's server: an A/B of a change to the gateway's path (both revisions' migrations must
+agree). Prints requests/s, wrk's latency percentiles, the CPU a call costs
 gunicorn's workers and PostgreSQL's backends, and kyc's share of bare Flask's requests/s and of
 that floor's. On a shared, loaded machine compare the ratios of one run, not the
 absolute figures.
@@ -30,6 +33,7 @@ import os
 import sys
 import tempfile
 import urllib.request
+from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -43,7 +47,7 @@ from kyc.models import Account, ActivityDay, ApiKey  # noqa: E402
 from kyc.runtime import Runtime, upgrade_database  # noqa: E402
 from kyc.security import hash_api_key, new_api_key  # noqa: E402
 
-from http_load import free_port, start, stop, wrk_with_cpu  # noqa: E402  (bench/, the script's folder)
+from http_load import check_imports, free_port, revision, start, stop, wrk_with_cpu  # noqa: E402  (bench/, the script's folder)
 
 _spec = importlib.util.spec_from_file_location("bench_entitlement", Path(__file__).with_name("entitlement.py"))
 entitlement_bench = importlib.util.module_from_spec(_spec)
@@ -103,6 +107,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers, both apps")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--against", metavar="REV", help="also run this revision of kyc (a git worktree of it)")
     args = parser.parse_args()
 
     upgrade_database(args.database_url)
@@ -131,10 +136,21 @@ def main() -> None:
     report = {"window_seconds": 60, "requests": 3, "tier": "free", "ip": "IPADDR", "api_key_id": "key_ACCOUNT",
               "user_agent": "python-httpx/0.27.0", "tokens_in": 900, "tokens_out": 1400,
               "models": {"model-small": 3}, "prompt_fingerprints": {"pf_ACCOUNT": 3}, "interval_cv": 0.9}
-    ports = {"kyc": free_port(), "bare": free_port(), "floor": free_port()}
-    servers = {"kyc": start("wsgi:app", ports["kyc"], args.workers, env, ROOT),
-               "bare": start("bare_flask:app", ports["bare"], args.workers, env, ROOT / "bench"),
-               "floor": start("flask_one_statement:app", ports["floor"], args.workers, env, ROOT / "bench")}
+    checkouts = ExitStack()                  # the other side's worktree, removed at the end
+    sides = {"kyc": ROOT}
+    if args.against:
+        sides[f"kyc@{args.against}"] = checkouts.enter_context(revision(ROOT, args.against, workdir / "against"))
+    side_env = {name: {**env, "PYTHONPATH": str(checkout), "KYC_RULES_DIR": str(checkout / "rules"),
+                       "KYC_DATA_DIR": str(workdir / "data" / name)} for name, checkout in sides.items()}
+    for name in sides:
+        (workdir / "data" / name).mkdir(parents=True)
+    for name, checkout in sides.items():
+        check_imports(checkout, side_env[name])
+    ports = {name: free_port() for name in ("bare", "floor", *sides)}
+    servers = {"bare": start("bare_flask:app", ports["bare"], args.workers, env, ROOT / "bench"),
+               "floor": start("flask_one_statement:app", ports["floor"], args.workers, env, ROOT / "bench"),
+               **{name: start("wsgi:app", ports[name], args.workers, side_env[name], checkout)
+                  for name, checkout in sides.items()}}
     results = {}
     try:
         # Steady usage: each account has reported before (its key, template and address linked,
@@ -145,29 +161,33 @@ def main() -> None:
         for call in ("entitlement", "activity"):
             script = LUA % {"ids": ",".join(json.dumps(i) for i in ids), "key": key, "call": call,
                             "body": json.dumps(report)}
-            for name in ("bare", "floor", "kyc", "bare", "floor", "kyc"):     # alternated: load drifts over a run
+            for name in ("bare", "floor", *sides) * 2:     # alternated: load drifts over a run
                 results.setdefault((call, name), []).append(wrk_with_cpu(
                     servers[name], ports[name], script, args.duration, args.threads, args.connections, runtime.engine))
     finally:
         for server in servers.values():
             stop(server)
         runtime.engine.dispose()
+        checkouts.close()
     print(f"gateway calls over HTTP: {args.accounts:,} accounts stored, "
           f"{'sqlite' if args.database_url.startswith('sqlite') else 'postgresql'}, gunicorn -w {args.workers}, "
           f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, two alternated runs each")
+    labels = {"bare": "bare Flask", "floor": "one stmt", **{name: name for name in sides}}
     for call in ("entitlement", "activity"):
-        bare, floor, kyc = results[(call, "bare")], results[(call, "floor")], results[(call, "kyc")]
-        for name, runs in (("bare Flask", bare), ("one stmt", floor), ("kyc", kyc)):
-            print(f"{call:<12} {name:<10} " + "   ".join(
-                f"{r['rps']:8.0f} req/s (p50 {r['p50']}, p99 {r['p99']}, non-2xx {r['non_2xx']})" for r in runs))
+        for name, label in labels.items():
+            print(f"{call:<12} {label:<10} " + "   ".join(
+                f"{r['rps']:8.0f} req/s (p50 {r['p50']}, p99 {r['p99']}, non-2xx {r['non_2xx']})"
+                for r in results[(call, name)]))
         print(f"{call:<12} CPU a call (both runs): " + "   ".join(
-            f"{name} workers {sum(r['worker_cpu'] for r in runs) * 1000 / sum(r['requests'] for r in runs):.2f} ms, "
+            f"{label} workers {sum(r['worker_cpu'] for r in runs) * 1000 / sum(r['requests'] for r in runs):.2f} ms, "
             f"PostgreSQL {sum(r['pg_cpu'] for r in runs) * 1000 / sum(r['requests'] for r in runs):.2f} ms"
-            for name, runs in (("bare Flask", bare), ("one stmt", floor), ("kyc", kyc))))
-        rate = {name: sum(r["rps"] for r in runs) for name, runs in (("bare", bare), ("floor", floor), ("kyc", kyc))}
+            for label, runs in ((labels[name], results[(call, name)]) for name in labels)))
+        rate = {name: sum(r["rps"] for r in results[(call, name)]) for name in labels}
         print(f"{call:<12} kyc / bare Flask: {rate['kyc'] / rate['bare']:.0%}   bare Flask + one statement / bare "
               f"Flask: {rate['floor'] / rate['bare']:.0%}   kyc / bare Flask + one statement: "
-              f"{rate['kyc'] / rate['floor']:.0%}")
+              f"{rate['kyc'] / rate['floor']:.0%}" + "".join(
+                  f"   {name} / bare Flask: {rate[name] / rate['bare']:.0%}   kyc / {name}: "
+                  f"{rate['kyc'] / rate[name]:.2f}x" for name in sides if name != "kyc"))
 
 
 if __name__ == "__main__":

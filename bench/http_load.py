@@ -2,7 +2,8 @@
 time processes spent (gunicorn's workers, PostgreSQL's backends) read from /proc.
 
 Used by bench/gateway_http.py and bench/signup_http.py (run as scripts: this folder is on
-their import path).
+their import path), with another revision of kyc checked out beside this one for an A/B
+(`revision`, `check_imports`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,32 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from sqlalchemy import text
 
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def revision(root: Path, rev: str, where: Path) -> Iterator[Path]:
+    """A `git worktree` of `rev` at `where` (the A/B's other side: its own code, rules, migrations
+    and gunicorn.conf.py), removed afterwards."""
+    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(where), rev], check=True,
+                   capture_output=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(where)], check=False)
+
+
+def check_imports(checkout: Path, env: dict) -> None:
+    """A side runs its own code, not the package installed in this interpreter."""
+    where = subprocess.run([sys.executable, "-c", "import kyc; print(kyc.__file__)"], cwd=checkout, env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where).resolve().is_relative_to(checkout.resolve()), f"{checkout} imported kyc from {where}"
 
 
 def free_port() -> int:

@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from http_load import free_port, start, stop, wrk, wrk_with_cpu  # noqa: E402
+from http_load import check_imports, free_port, revision, start, stop, wrk, wrk_with_cpu  # noqa: E402
 from score_signup import varied_signups  # noqa: E402
 
 from kyc.persist import refresh_statistics  # noqa: E402
@@ -73,13 +74,6 @@ def side_env(checkout: Path, database_url: str, data_dir: Path) -> dict[str, str
     return {**os.environ, "PYTHONPATH": str(checkout), "KYC_DATABASE_URL": database_url,
             "KYC_RULES_DIR": str(checkout / "rules"), "KYC_DATA_DIR": str(data_dir), "KYC_SECRET_KEY": "bench",
             "KYC_DEV_KEY": DEV_KEY, "KYC_LOG_LEVEL": "WARNING", "KYC_RULES_POLL_SECONDS": "0", "KYC_REDIS_URL": ""}
-
-
-def check_imports(checkout: Path, env: dict) -> None:
-    """The side runs its own code, not the package installed in this interpreter."""
-    where = subprocess.run([sys.executable, "-c", "import kyc; print(kyc.__file__)"], cwd=checkout, env=env,
-                           capture_output=True, text=True, check=True).stdout.strip()
-    assert Path(where).resolve().is_relative_to(checkout.resolve()), f"{checkout} imported kyc from {where}"
 
 
 def fresh_database(admin_url: str, checkout: Path, env: dict) -> None:
@@ -135,11 +129,9 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="kyc-bench-signup-"))
     sides = {"kyc": ROOT}
-    against = work / "against"
+    checkouts = ExitStack()                  # the other side's worktree, removed at the end
     if args.against:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(against), args.against],
-                       check=True, capture_output=True)
-        sides[f"kyc@{args.against}"] = against
+        sides[f"kyc@{args.against}"] = checkouts.enter_context(revision(ROOT, args.against, work / "against"))
     admin_url = args.database_url + f"?options=-csearch_path%3D{SCHEMA}"
     admin_engine = create_engine(args.database_url)
     schema_engine = None if args.blind_plans else create_engine(admin_url)
@@ -176,8 +168,7 @@ def main() -> None:
         admin_engine.dispose()
         if schema_engine is not None:
             schema_engine.dispose()
-        if args.against:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(against)], check=False)
+        checkouts.close()
 
     print(f"signups over HTTP: postgresql, gunicorn -w {args.workers}, wrk -t{args.threads} -c{args.connections} "
           f"-d{args.duration}s after {args.warmup}s of warm-up"
