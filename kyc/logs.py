@@ -103,7 +103,7 @@ def scrub(text: str) -> str:
     if digits < 13 and not text.isascii():
         digits = sum(ch.isdecimal() for ch in text)    # fullwidth, Arabic-Indic, ... digits
     # The rule's byte-level necessary condition first: a request id kyc made (32 hex digits, about
-    # 20 of them decimal) took the rule's regex 7 us, in every access line (0.5 us this way).
+    # 20 of them decimal) went to the rule's regex, in every access line: its scrub 7 -> 1.1 us.
     if digits >= 13 and may_hold_card_number(text):
         text = redact_card_numbers(text)
     if digits >= 8 and "+" in text:
