@@ -170,23 +170,30 @@ class Background:
                         return                   # the runtime is gone: so is this thread
                 asks, links = self._asks, self._links
                 self._asks, self._links, self._busy = False, False, True
+            alive = True
             try:
-                self._work(asks, links)
+                alive = self._work(asks, links)
             except Exception:  # noqa: BLE001 - a failed rescore must not stop the thread
                 log.exception("background rescoring failed")
             finally:
                 with self._changed:
                     self._busy = False
                     self._changed.notify_all()
+            if not alive:
+                # The runtime went with work pending: what it asked for stays committed (asks,
+                # runs) for the next process. Going round again found the same batches and
+                # spun, a core each, for the rest of the process.
+                return
 
-    def _work(self, asks: bool, links: bool) -> None:
+    def _work(self, asks: bool, links: bool) -> bool:
+        """One round's work; False if the runtime is gone."""
         # The runtime is held only while working, never across the wait above: a thread that
         # kept it between rounds kept it alive for good (and this thread with it), so every
         # runtime a process ever let go of stayed, with its engine and threads (the test suite
         # ended with 305 of these threads and 216 SQLite checkpoint threads; no more than 37 since).
         runtime = self.runtime()
         if runtime is None:
-            return
+            return False
         if links:
             self._link(runtime)
         if asks:
@@ -198,8 +205,9 @@ class Background:
                 log.warning("rescore asks not settled yet; retrying in %.0f s", self.RETRY, exc_info=True)
                 sleep(self.RETRY)
                 self.wake()
-                return
+                return True
         self._run_one(runtime)
+        return True
 
     def _link(self, runtime: Runtime) -> None:
         """Link pending usage identifiers (before rescoring: a link can change a cluster). If

@@ -40,3 +40,25 @@ def test_a_runtime_let_go_after_its_thread_worked_is_collected_and_its_threads_e
     for thread in threads:
         thread.join(timeout=60)
         assert not thread.is_alive(), thread.name
+
+
+def test_a_runtime_gone_with_batches_pending_ends_its_thread_instead_of_spinning(database_url, make_config,
+                                                                                 monkeypatch):
+    """A batch left in the thread's queue when its runtime went was found again at every round,
+    and the thread went round without waiting: a core busy for the rest of the process (the test
+    suite ran twice as long once rules watchers stopped keeping their runtimes alive)."""
+    monkeypatch.setattr(Background, "IDLE", 60.0)        # it waits for work, not for its idle timeout
+    rt = Runtime.start(make_config(database_url), migrate=False)
+    _ask_a_rescore(rt)
+    assert drain(rt, timeout=60)
+    worker = rt._rescore_worker
+    gone = weakref.ref(rt)
+    rt.engine.dispose()
+    del rt
+    gc.collect()
+    assert gone() is None
+    with worker._changed:
+        worker._batches.append(("run_left", 0))          # recorded, not run, when the runtime went
+        worker._changed.notify_all()
+    worker.thread.join(timeout=30)
+    assert not worker.thread.is_alive()
