@@ -140,11 +140,11 @@ def main() -> None:
     sides = {"kyc": ROOT}
     if args.against:
         sides[f"kyc@{args.against}"] = checkouts.enter_context(revision(ROOT, args.against, workdir / "against"))
-    side_env = {name: {**env, "PYTHONPATH": str(checkout), "KYC_RULES_DIR": str(checkout / "rules"),
-                       "KYC_DATA_DIR": str(workdir / "data" / name)} for name, checkout in sides.items()}
-    for name in sides:
+    side_env = {}
+    for name, checkout in sides.items():         # each side its own code, rules and data folder
         (workdir / "data" / name).mkdir(parents=True)
-    for name, checkout in sides.items():
+        side_env[name] = {**env, "PYTHONPATH": str(checkout), "KYC_RULES_DIR": str(checkout / "rules"),
+                          "KYC_DATA_DIR": str(workdir / "data" / name)}
         check_imports(checkout, side_env[name])
     ports = {name: free_port() for name in ("bare", "floor", *sides)}
     servers = {"bare": start("bare_flask:app", ports["bare"], args.workers, env, ROOT / "bench"),
