@@ -948,7 +948,7 @@ def simulate(seed: int, legit: int, farms: int, farm_size: int, days: float, war
         from kyc.usage import simulate as usage_sim
 
         accounts, signups = usage_sim.populations(seed, *usage_sizes, farm_wake_days=usage_farm_wake_days,
-                                                  farm_human_pace=usage_farm_human_pace)
+                                                  farm_human_pace=usage_farm_human_pace, mailboxes=world.mailboxes)
         click.echo(f"\nusage phase: {len(accounts)} accounts sign up, then a week of usage")
         usage_sim.report(usage_sim.run(app.test_client(), {"Authorization": f"Bearer {key}"}, accounts, signups,
                                        echo=click.echo, interval_cv=not usage_without_cv), echo=click.echo)

@@ -128,6 +128,10 @@ class World:
     events: list[Event]
     accounts: dict[str, SimAccount]
     measured_since: datetime
+    # Every mailbox an account signed up with (dots ignored): the API's owner refuses an address
+    # already registered, so no two accounts, honest or a farm's, share one (unique_mailbox).
+    # The usage phase draws its accounts' addresses against it too.
+    mailboxes: set[str] = field(default_factory=set)
 
     def composition(self, population: str = "legit") -> Counter:
         """How many measured accounts of a population carry each trait (realism items, farm tactics)."""
@@ -425,7 +429,7 @@ def legit_population(rng: random.Random, count: int, start: datetime, days: floa
     companies = [f"{rng.choice(LAST)}{rng.choice(['corp', 'labs', 'group', 'media', 'works'])}{i}.com"
                  for i in range(200)]
     households: list[dict] = []
-    mailboxes: set[str] = set()
+    mailboxes = world.mailboxes
     for i in range(count):
         account = f"legit_{i}"
         region = rng.choices(_REGIONS, _REGION_WEIGHTS)[0]
@@ -571,7 +575,8 @@ def farm_population(rng: random.Random, farm: int, count: int, start: datetime, 
         local = rng.choice([f"{first}.{last}{rng.randrange(10, 99)}", f"{first}{last}{rng.randrange(100, 9999)}",
                             f"{first}.{last}", f"{last}.{first}{rng.randrange(10, 99)}"])
         browser = rng.choice(browsers)
-        body = {"account_id": account, "email": f"{local}@{rng.choice(domains)}", "ip": ip,
+        email = unique_mailbox(rng, local, rng.choice(domains), world.mailboxes)
+        body = {"account_id": account, "email": email, "ip": ip,
                 "phone": rng.choice(numbers), "user_agent": browser.user_agent, "device_id": rng.choice(profiles),
                 "timezone": tz, "locale": locale, "occurred_at": _iso(at),
                 "form_fill_ms": rng.randrange(1800, 9000) if rng.random() < 0.5 else int(rng.lognormvariate(9.4, 0.5))}

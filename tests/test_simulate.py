@@ -107,6 +107,29 @@ def test_farms_look_like_people_one_by_one_and_share_rare_identifiers(world):
     assert tactics["residential_proxy"] + tactics["mobile_proxy"] == len(farm)
 
 
+def _mailboxes(emails) -> list[str]:
+    from kyc.signals.email import email_identifiers
+
+    return [dict(email_identifiers(e))["email"] for e in emails]
+
+
+def test_no_two_accounts_sign_up_with_one_mailbox(world, geoip):
+    """The API's owner refuses an address already registered: honest people and farms alike each
+    hold their own (a farm's human-looking first.last@gmail.com had been an honest user's too, and
+    linked that user into the farm's cluster). The usage phase, drawn against the same register,
+    takes none of them either."""
+    from kyc.usage import simulate as usage_sim
+
+    emails = [e.body["email"] for e in world.events if e.kind == "signup"]
+    assert len({e.body["account_id"] for e in world.events if e.kind == "signup"}) == len(emails)
+    signed_up = _mailboxes(emails)
+    assert len(set(signed_up)) == len(signed_up)
+    assert {dict(world.accounts)[e.body["account_id"]].population for e in world.events} >= {"legit", "farm_0"}
+    _, usage_signups = usage_sim.populations(5, 300, 10, 6, 2000, 400, 600, 40, mailboxes=set(world.mailboxes))
+    later = _mailboxes(s["email"] for s in usage_signups)
+    assert len(set(later)) == len(later) and not set(later) & set(signed_up)
+
+
 def test_the_same_seed_draws_the_same_world(geoip):
     one = sim.history(seed=9, legit=200, farms=1, farm_size=20, days=1, geoip=geoip, warmup_days=0.5)
     two = sim.history(seed=9, legit=200, farms=1, farm_size=20, days=1, geoip=geoip, warmup_days=0.5)

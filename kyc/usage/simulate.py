@@ -151,14 +151,15 @@ def _spread(total: int, slots: int) -> list[int]:
 
 
 def populations(seed: int, light: int, heavy: int, companies: int, tool_users: int, farm: int, agent_users: int = 0,
-                workshop: int = 0, *, farm_wake_days: int = 1, farm_human_pace: bool = False
-                ) -> tuple[list[Account], list[dict]]:
+                workshop: int = 0, *, farm_wake_days: int = 1, farm_human_pace: bool = False,
+                mailboxes: set[str] | None = None) -> tuple[list[Account], list[dict]]:
     """The accounts with their week of hourly usage, and their signups (in time order). Hours
     before the week (negative) are the steady heavy users' and the agent tool's users' history,
     one report a day. `farm_wake_days`: the farm wakes over that many days, an equal share each
     day (a more careful farm; 1: within hours); `farm_human_pace`: the farm jitters its requests'
     timing as people's is (interval_cv 0.6-2.0, as the popular tools' users; the pace is measured
-    on traffic the farm sends, so it can fake it); everything else is drawn the same."""
+    on traffic the farm sends, so it can fake it); everything else is drawn the same. `mailboxes`: the addresses taken already (the
+    signup phase's World.mailboxes, added to here): no address is drawn twice across the phases."""
     rng = random.Random(seed)
     agent_rng = random.Random(seed * 7919 + 1)                 # the other populations draw as before
     history_rng = random.Random(seed * 7919 + 2)
@@ -256,7 +257,7 @@ def populations(seed: int, light: int, heavy: int, companies: int, tool_users: i
                     {t: max(1, n // len(used)) for t in used}, workshop_rng)
         accounts.append(a)
     signups = []
-    email_rng, taken = random.Random(seed * 7919 + 5), set()
+    email_rng, taken = random.Random(seed * 7919 + 5), mailboxes if mailboxes is not None else set()
     for a in accounts:
         at = SIGNUPS_FROM + timedelta(days=rng.uniform(0, 40))
         signups.append(_signup(rng, a, _email(email_rng, a, taken), at))
