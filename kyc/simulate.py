@@ -429,7 +429,6 @@ def legit_population(rng: random.Random, count: int, start: datetime, days: floa
     companies = [f"{rng.choice(LAST)}{rng.choice(['corp', 'labs', 'group', 'media', 'works'])}{i}.com"
                  for i in range(200)]
     households: list[dict] = []
-    mailboxes = world.mailboxes
     for i in range(count):
         account = f"legit_{i}"
         region = rng.choices(_REGIONS, _REGION_WEIGHTS)[0]
@@ -495,9 +494,9 @@ def legit_population(rng: random.Random, count: int, start: datetime, days: floa
                 tz = COUNTRIES[ip_country][0]                       # clock set to local time
         email_draw = rng.random()
         if email_draw < SHARES["privacy_relay_email"]:
-            email = relay_address(rng)
+            local, _, domain = relay_address(rng).partition("@")
+            email = unique_mailbox(rng, local, domain, world.mailboxes)
             traits.add("privacy_relay_email")
-            mailboxes.add(f"{email.split('@')[0].replace('.', '')}@{email.split('@')[1]}")
         else:
             local, named = mailbox(rng, first, last)
             if named:
@@ -510,7 +509,7 @@ def legit_population(rng: random.Random, count: int, start: datetime, days: floa
                 domain = rng.choice(NATIONAL_MAIL[home])
             else:
                 domain = rng.choice(companies)
-            email = unique_mailbox(rng, local, domain, mailboxes)
+            email = unique_mailbox(rng, local, domain, world.mailboxes)
         form_fill = int(rng.lognormvariate(9.4, 0.55))
         if rng.random() < SHARES["fast_form"]:
             form_fill = rng.randrange(1000, 3000)

@@ -158,8 +158,9 @@ def populations(seed: int, light: int, heavy: int, companies: int, tool_users: i
     one report a day. `farm_wake_days`: the farm wakes over that many days, an equal share each
     day (a more careful farm; 1: within hours); `farm_human_pace`: the farm jitters its requests'
     timing as people's is (interval_cv 0.6-2.0, as the popular tools' users; the pace is measured
-    on traffic the farm sends, so it can fake it); everything else is drawn the same. `mailboxes`: the addresses taken already (the
-    signup phase's World.mailboxes, added to here): no address is drawn twice across the phases."""
+    on traffic the farm sends, so it can fake it); everything else is drawn the same. `mailboxes`:
+    the addresses taken already (the signup phase's World.mailboxes, added to here): no address is
+    drawn twice across the phases."""
     rng = random.Random(seed)
     agent_rng = random.Random(seed * 7919 + 1)                 # the other populations draw as before
     history_rng = random.Random(seed * 7919 + 2)
