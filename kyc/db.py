@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import select
 import sqlite3
 import threading
@@ -54,6 +55,30 @@ def load_json(document: bytes | str) -> Any:
     return json.loads(raw)
 
 
+def dump_json(value: Any) -> str:
+    """A JSON column's text, written with orjson: every JSON value bound through SQLAlchemy, on
+    both databases. What orjson refuses, json writes: an integer beyond 64 bits (a free-form
+    `metadata` can hold one). Keys that are not text are written as json writes them (1 -> "1").
+    A float NaN or infinity is written null, where json wrote a token that is no JSON (PostgreSQL
+    refused it). Why: an evaluation's input, signals, reasons and verifications (3.9 KB written
+    in all, 2,000 signups' stored on PostgreSQL) took json 84-92 us to write, orjson 16."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(_finite(value))
+
+
+def _finite(value: Any) -> Any:
+    """`value` with each NaN or infinity made None, as orjson writes them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.removeprefix("sqlite:///")
@@ -62,7 +87,7 @@ def make_engine(url: str) -> Engine:
         # hide_parameters: a database error's message (logged with its traceback) never holds the
         # statement's values, which can be emails, phone numbers or addresses.
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True,
-                               json_deserializer=load_json)
+                               json_serializer=dump_json, json_deserializer=load_json)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - exercised by every SQLite test
@@ -87,7 +112,7 @@ def make_engine(url: str) -> Engine:
     # after the operating system's TCP timeout of minutes; a URL may set its own.
     connect_args = {"connect_timeout": PG_CONNECT_TIMEOUT} if postgres and "connect_timeout" not in parsed.query else {}
     engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=not postgres, hide_parameters=True,
-                           connect_args=connect_args, json_deserializer=load_json)
+                           connect_args=connect_args, json_serializer=dump_json, json_deserializer=load_json)
     if postgres:
         event.listen(engine, "connect", _generic_plans)
         event.listen(engine, "checkout", _drop_if_closed_by_server)

@@ -27,7 +27,6 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
-import orjson
 from sqlalchemy import (JSON, Boolean, String, Table, Text, any_, bindparam, cast, column, event, exists, func, literal,
                         null, select, text, update)
 from sqlalchemy.dialects.postgresql import ARRAY, insert as pg_insert
@@ -39,7 +38,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import TypeDecorator
 
-from kyc.db import PIPELINE, closed_by_server
+from kyc.db import PIPELINE, closed_by_server, dump_json
 from kyc.models import (VELOCITY_SIGHTINGS, Account, ClusterMember, GraphEdge, GraphNode, IdempotentAnswer,
                         PhoneClaim, UTCDateTime)
 
@@ -392,10 +391,10 @@ def rows_json(rows: list[dict]) -> str:
 
 
 def _json(value) -> str:
-    """JSON text of rows or a list, datetimes and dates as ISO 8601. orjson, not json.dumps with
-    a default for them: 1,000 activity reports' rows, 8.3-11.1 ms -> 0.72-1.18 ms (50 each,
-    three alternated runs), and a bulk call writes several such documents."""
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    """JSON text of rows or a list, datetimes and dates as ISO 8601: kyc.db.dump_json (orjson),
+    not json.dumps with a default for them: 1,000 activity reports' rows, 8.3-11.1 ms -> 0.72-1.18
+    ms (50 each, three alternated runs), and a bulk call writes several such documents."""
+    return dump_json(value)
 
 
 # Many rows written as one statement on PostgreSQL, an executemany elsewhere (SQLite's is a loop
