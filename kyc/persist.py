@@ -74,7 +74,7 @@ class _JsonList(TypeDecorator):
     cache_ok = True
 
     def process_bind_param(self, value, dialect):
-        return _json(list(value))
+        return dump_json(list(value))
 
 
 class InList(ColumnElement[bool]):
@@ -386,15 +386,11 @@ def json_rows(table: Table, names: tuple[str, ...], param: str = "rows"):
 
 
 def rows_json(rows: list[dict]) -> str:
-    """The parameter of a json_rows statement: the rows (dicts keyed by column) as JSON text."""
-    return _json(rows)
-
-
-def _json(value) -> str:
-    """JSON text of rows or a list, datetimes and dates as ISO 8601: kyc.db.dump_json (orjson),
-    not json.dumps with a default for them: 1,000 activity reports' rows, 8.3-11.1 ms -> 0.72-1.18
-    ms (50 each, three alternated runs), and a bulk call writes several such documents."""
-    return dump_json(value)
+    """The parameter of a json_rows statement: the rows (dicts keyed by column) as JSON text,
+    datetimes and dates as ISO 8601. kyc.db.dump_json (orjson), not json.dumps with a default for
+    them: 1,000 activity reports' rows, 8.3-11.1 ms -> 0.72-1.18 ms (50 each, three alternated
+    runs), and a bulk call writes several such documents."""
+    return dump_json(rows)
 
 
 # Many rows written as one statement on PostgreSQL, an executemany elsewhere (SQLite's is a loop
