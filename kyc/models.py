@@ -411,6 +411,10 @@ class ActivityDay(Base):
     # that day and the next (kyc.usage.lockstep.WOKE_WITHIN), so a farm waking in the last hour of a
     # UTC day is still a group that woke together after midnight. None: never woke.
     woke_on: Mapped[date | None] = mapped_column(Date)
+    # The networks (/24, /64) the day's reports came from, as a set of NETWORK_BUCKETS buckets, each
+    # network's keyed hash to one bit (kyc.usage.reports.network_bit): a bounded, hashed count of how
+    # many networks the account used that day (usage.networks_today), merged by OR; no address kept.
+    networks: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     # The first day of usage kyc holds, read by lockstep (kyc/usage/lockstep.py: where kyc began
     # watching). min(day) through it: 0.07 ms; the index costs a new day's row about 0.5 us more

@@ -138,6 +138,12 @@ def mismatches(ip_country: str | None, phone_region: str | None, timezone_countr
     return facts
 
 
+def network_of(ip: str | None) -> str | None:
+    """The address's network, /24 or /64, as its identifiers name it (ip_prefix); None for no address."""
+    parsed = _address(ip) if ip and isinstance(ip, str) else None
+    return parsed[1] if parsed is not None else None
+
+
 def network_identifiers(ip: str | None, asn: int | None = None, at: datetime | None = None,
                         day_kind: str = "ip_prefix_day") -> list[tuple[str, str]]:
     """The address, its network and (with `at`) the network within that UTC day, as `day_kind`:

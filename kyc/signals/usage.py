@@ -50,6 +50,11 @@ FIELDS = (
     Field("usage.top_model_share", "float",
           "Share of the day's per-model requests that went to its most used model (missing without models).", 0.96),
     Field("usage.fingerprints", "int", "Distinct prompt templates (prompt_fingerprints) on the day, up to 100.", 2),
+    Field("usage.networks_today", "int",
+          "Distinct networks (/24, /64) the day's activity reports came from, as hashed buckets (up to 63; two "
+          "networks rarely share one): one or two for a person at home and at work, one an hour for an account "
+          "behind a rotating proxy or a job on a new cloud address each run. 0 for a day stored before kyc counted "
+          "them, or reports without an IP.", 1),
     Field("usage.signup_to_first_use_days", "float",
           "Days from the account's first sighting (signup) to its first reported usage.", 0.2),
     Field("usage.baseline_requests", "float",
@@ -94,6 +99,11 @@ FIELDS = (
           "On the day the account woke, and the day after: of the other accounts that used any of those templates "
           "that day, the share woken too (1.0: everyone on its templates woke with it, a farm; a tool's users coming back "
           "from a break are a small share of its users); missing on other days.", 1.0),
+    Field("usage.woke_together_roaming", "int",
+          "Of woke_together, the accounts that used three networks (/24, /64) or more that day (as "
+          "usage.networks_today): a farm behind rotating residential proxies, an exit an hour, roams as a whole; "
+          "a tool's users back from a break are at home or at work, and few of them roam. Missing on other days.",
+          0),
     Field("usage.cluster_requests_today", "int",
           "Requests the account's whole cluster (graph.cluster_id) was served on the day.", 1200),
     Field("usage.cluster_quota_ratio", "float",
@@ -162,6 +172,7 @@ def usage_signals(day: Mapping[str, Any] | None, at: datetime, first_seen_at: da
     if models and sum(models.values()):
         facts["top_model_share"] = round(max(models.values()) / sum(models.values()), 4)
     facts["fingerprints"] = len(day.get("fingerprints") or {})
+    facts["networks_today"] = (day.get("networks") or 0).bit_count()
     history = day.get("history_days") or 0
     facts.update(baseline_requests=round(day.get("baseline") or 0.0, 2), history_days=history)
     if history:

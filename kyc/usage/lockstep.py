@@ -37,6 +37,12 @@ of items within one window): usage.woke_together counts, for an account woken (o
 woke and the next), the other accounts woken too that used any of its uncommon templates that day.
 Waking is rare and a template nobody popular shares is rare, so both together are a group
 almost nobody else belongs to; from its first request the farm account's group is the farm.
+Where the group acts from tells a farm too: usage.woke_together_roaming counts those of them that
+used ROAMING_NETWORKS networks or more that day. A farm paced as people are (its requests jittered,
+spread over the day) is no machine to interval_cv, but behind residential proxies each account takes
+a new exit every hour or so, and the whole group roams; people back from a break work from home or
+the office, and the few who roam (a phone on the move, a job on a new cloud address each run) are
+a small share of any group of them.
 
 Sharing uncommon templates in the same hours at a machine pace is also what a mid-size agent
 tool's users do (a few hundred developers, the tool's handful of system prompts, all day): an
@@ -98,6 +104,15 @@ BEGAN_WITHIN = 1            # days between two accounts' starts on shared templa
 # the agent tool's launch adopters (seed 6161: 44 of 600 instead of 36; seed 4343: 58 instead of 41).
 # Reverted.
 WOKE_WITHIN = 1
+# An account that used this many networks (/24, /64) or more in a day is roaming that day
+# (usage.woke_together_roaming): a person works from home and from the office, two; an account behind a
+# rotating residential proxy takes a new exit each hour, three in its first three hours. Four held
+# a farm paced as people are, waking over three days, an hour later: `kyc simulate --usage
+# --usage-farm-human-pace --usage-farm-wake-days 3 --seed 4646` served it 12.20% (24.49% without the
+# roaming test); three, below.
+# Some honest accounts roam too (a job on a new cloud address each run, a phone on the move all day):
+# the rules read the share of a woken group that roams, not an account's own count.
+ROAMING_NETWORKS = 3
 # A first use of the API this many days or more after the account was last seen (its signup) is a
 # wake for lockstep too, however short of KYC_DORMANT_DAYS: farms register slowly and let their
 # accounts age before using them, at a steady drip over weeks, so most of a farm's accounts are
@@ -151,7 +166,8 @@ _MINE = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _P.c.accounts, _S.
                                  & (_YESTERDAY.c.day == bindparam("yesterday")))
                       .outerjoin(_S, _STARTED))
          .where(in_list(_U.c.account_id, "accounts"), _U.c.day == bindparam("day"), _UNCOMMON))
-_DAYS_USES = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _D.c.woke_on, _S.c.day, _D.c.last_ip_hash)
+_DAYS_USES = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _D.c.woke_on, _S.c.day, _D.c.last_ip_hash,
+                     _D.c.networks)
               .select_from(_U.outerjoin(_D, (_D.c.account_id == _U.c.account_id) & (_D.c.day == _U.c.day))
                            .outerjoin(_S, _STARTED))
               .where(_U.c.day == bindparam("day")))
@@ -420,10 +436,13 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
         used: dict[str, dict[str, int]] = {}                     # account -> template -> its hours
         awake: set[str] = set()                                  # accounts woken that day (woken)
         address: dict[str, str | None] = {}                       # account -> the day's last activity IP
+        roaming: set[str] = set()                                # accounts on ROAMING_NETWORKS or more that day
 
         def take(rows) -> None:
-            for account_id, value_hash, hours, woke_on, start, ip_hash in rows:
+            for account_id, value_hash, hours, woke_on, start, ip_hash, networks in rows:
                 address[account_id] = ip_hash
+                if (networks or 0).bit_count() >= ROAMING_NETWORKS:
+                    roaming.add(account_id)
                 its = used.setdefault(account_id, {})
                 if value_hash not in its:
                     users.setdefault(value_hash, []).append(account_id)
@@ -442,6 +461,7 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
             take(session.execute(_THEIRS, {"day": day, "accounts": others[i:i + _READ_CHUNK]}))
         censored_to = (watched_since or day) + timedelta(days=BEGAN_WITHIN)   # starts up to it are kyc's own
         group = _DayGroup(used, users, began, awake, address, set(asked))
+        roaming_bits = group.bits(roaming)
         shared_in_lockstep: dict[str, set[str]] = {}             # account -> the templates its group shares
         # account -> (its start on what it shares -> the others begun within BEGAN_WITHIN days of it),
         # and the others that began on it in kyc's first days (their start is censored)
@@ -454,6 +474,7 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
                 facts["woke_together"] = (peers & group.awake).bit_count()
                 facts["woke_together_share"] = (round(facts["woke_together"] / peers.bit_count(), 4) if peers
                                                 else 0.0)
+                facts["woke_together_roaming"] = (peers & group.awake & roaming_bits).bit_count()
             if len(templates) < SHARED:
                 continue
             mask = 0

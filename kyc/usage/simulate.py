@@ -23,6 +23,10 @@ Populations (all sign up cleanly first, weeks before the week of usage):
   hours of each other, each account about 27 calls a day, machine-regular, drawing its prompts
   from one rare set of templates nobody else uses.
 
+Honest accounts use the API from where people do (HABITS): most from one network a day, some
+from two or three (home, the office, a café), some from a phone on a carrier's NAT pool, a VPN's
+few exits, IPv6 privacy addresses in their home's /64, or jobs on a new cloud address each run.
+
 The gateway asks nothing it would not: it serves an account's hour of traffic while the
 account's last answer (a report's decision) is one the free tier tolerates, refuses it
 otherwise (reporting the refused requests), and reports each hour in bulk calls of up to 1,000.
@@ -33,6 +37,7 @@ worst tolerated `verify`). Nothing here reads the rules.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import time
 from collections import defaultdict
@@ -143,6 +148,59 @@ def _human_pace(account: Account, rng: random.Random) -> None:
         for report in reports:
             if "interval_cv" in report:
                 report["interval_cv"] = round(rng.uniform(0.6, 2.0), 3)
+
+
+# Where honest accounts use the API from, report by report. Most work from one place; some from two
+# or three in a day (home, the office, a café); some from a phone or its hotspot on a carrier's NAT
+# pool, whose address moves between the pool's networks; some through a VPN with a few exits; some
+# run their jobs on CI runners or cloud functions, a new cloud address each run; some on IPv6,
+# rotating addresses inside their home's /64. The shares are this simulator's assumptions, in the
+# ranges ../realism.md gives (a quarter to a third of people use a VPN at least sometimes); the
+# farm's exits, an address an hour, are drawn with its usage above.
+HABITS = {
+    "light": {"home": 50, "places": 20, "phone": 12, "vpn": 10, "ipv6": 8},
+    "tool_user": {"home": 50, "places": 20, "phone": 12, "vpn": 10, "ipv6": 8},
+    "agent_tool": {"home": 45, "places": 20, "cloud_jobs": 20, "vpn": 10, "ipv6": 5},
+    "heavy": {"home": 70, "cloud_jobs": 30},
+    "company": {"home": 70, "remote_days": 30},          # "home" here: the office's one address
+}
+CARRIER_POOL = ipaddress.ip_network("172.56.0.0/14")    # T-Mobile US's carrier-grade NAT: 1,024 /24s its subscribers share
+CLOUD_PREFIXES = ("3", "18", "20", "34", "52")           # AWS, Azure and Google ranges runners come from
+VPN_PREFIXES = ("185", "193", "45")                      # hosting ranges commercial VPNs rent exits in
+
+
+def _roam(account: Account, rng: random.Random) -> None:
+    """Give an honest account's reports the addresses its habit (HABITS) uses, hour by hour."""
+    habits = HABITS.get(account.population)
+    if not habits:
+        return
+    habit = rng.choices(list(habits), weights=list(habits.values()))[0]
+    if habit == "home":
+        return
+    places = [account.ip] + [_home_ip(rng) for _ in range(rng.randint(1, 2))]
+    exits = [f"{rng.choice(VPN_PREFIXES)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+             for _ in range(rng.randint(2, 4))]
+    home_64 = f"2601:{rng.randrange(0x10000):x}:{rng.randrange(0x10000):x}:{rng.randrange(0x10000):x}"
+    ip, day = account.ip, None
+    for hour in sorted(account.hours):
+        new_day = hour // 24 != day
+        day = hour // 24
+        if habit == "places":
+            # A day at one place, now and then moving on (home to the office, the office to a café).
+            ip = rng.choice(places) if new_day or rng.random() < 0.25 else ip
+        elif habit == "phone":
+            if new_day or rng.random() < 0.6:
+                ip = str(CARRIER_POOL[rng.randrange(CARRIER_POOL.num_addresses)])
+        elif habit == "vpn":
+            ip = rng.choice(exits) if new_day or rng.random() < 0.3 else ip
+        elif habit == "ipv6":
+            ip = ipaddress.IPv6Address((int(ipaddress.IPv6Address(f"{home_64}::")) | rng.randrange(1, 1 << 64))).compressed
+        elif habit == "cloud_jobs":
+            ip = f"{rng.choice(CLOUD_PREFIXES)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+        elif habit == "remote_days" and new_day:
+            ip = places[1] if rng.random() < 0.3 else account.ip
+        for report in account.hours[hour]:
+            report["ip"] = ip
 
 
 def _spread(total: int, slots: int) -> list[int]:
@@ -257,6 +315,9 @@ def populations(seed: int, light: int, heavy: int, companies: int, tool_users: i
             _hourly(a, day * 24 + workshop_rng.randrange(14, 23), n, workshop_rng.uniform(0.5, 2.0),
                     {t: max(1, n // len(used)) for t in used}, workshop_rng)
         accounts.append(a)
+    roam_rng = random.Random(seed * 7919 + 6)
+    for a in accounts:
+        _roam(a, roam_rng)
     signups = []
     email_rng, taken = random.Random(seed * 7919 + 5), mailboxes if mailboxes is not None else set()
     for a in accounts:

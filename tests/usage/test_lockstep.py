@@ -258,6 +258,36 @@ def test_people_waking_the_same_day_on_one_uncommon_tool_at_a_human_pace_are_ser
     assert [r["decision"] for r in results] == ["allow"] * 24
 
 
+def test_a_farm_at_a_person_s_pace_on_a_new_proxy_exit_each_hour_is_held_once_it_roams(client, auth, runtime):
+    """Dormant accounts waking together on a rare template, jittered as people's requests
+    are (so no machine pace, and no lockstep: no two share three templates): on a new residential
+    exit each hour they are held in their third hour, when each has used three networks
+    (usage.woke_together_roaming). The same group at home, one address each, is served all day."""
+    from kyc.usage.lockstep import lockstep_facts
+
+    def hours(prefix: str, roams: bool) -> tuple[list[list[str]], dict]:
+        accounts = _signups(client, auth, prefix, 24)
+        decisions = []
+        for hour in (9, 10, 11):
+            reports = [{**_report(a, {f"pf_{prefix}": 2}, hour=hour, requests=2, cv=1.2),
+                        "ip": f"73.{i + 20}.{hour if roams else 1}.7"} for i, a in enumerate(accounts)]
+            results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
+            decisions.append(sorted({r["decision"] for r in results}))
+        with runtime.session() as s:
+            facts = lockstep_facts(s, [(accounts[0], date.fromisoformat(WOKE), True)],
+                                   popular=runtime.config.usage_popular_prompt)[(accounts[0], date.fromisoformat(WOKE))]
+        return decisions, facts
+
+    decisions, facts = hours("farm", roams=True)
+    assert decisions == [["allow"], ["allow"], ["review"]]
+    assert facts["woke_together"] == 23 and 23 >= facts["woke_together_roaming"] >= 12
+    reasons = {r["rule"] for r in client.get("/v1/accounts/farm_0", headers=auth).json["reasons"]}
+    assert reasons == {"woke_together_on_rare_templates"}
+    decisions, facts = hours("home", roams=False)
+    assert decisions == [["allow"], ["allow"], ["allow"]]
+    assert facts["woke_together"] == 23 and facts["woke_together_roaming"] == 0
+
+
 def test_a_company_sharing_internal_templates_is_not_a_farm(client, auth, runtime):
     company = _signups(client, auth, "acme", 4)
     internal = {f"pf_acme_{k}": 50 for k in range(5)}
@@ -399,15 +429,17 @@ _DAY = date(2026, 11, 24)
 
 def _brute_force(uses: dict[tuple[str, str], int], held: Counter, woke_on: dict[str, date | None], wanted, *,
                  popular: int, starts: dict[tuple[str, str], date], since: date, signed_up: dict[str, date],
-                 adopted_by: date | None = None, ips: dict[str, str | None] | None = None):
+                 adopted_by: date | None = None, ips: dict[str, str | None] | None = None,
+                 networks: dict[str, int] | None = None):
     """The definitions of lockstep_facts, pair by pair: every other account, every template
     (`held`: template -> the accounts that used it; `starts`: (account, template) -> the day it
     began on it, the day itself when absent; `since`: kyc's first day of usage; `adopted_by`: the
     later day a rescore counts adopters by; `ips`: each account's last address of the day;
+    `networks`: how many networks each account used that day;
     `signed_up`: each account's signup day, a start in kyc's first days counting only for an account
     signed up on or after kyc's first day of usage;
     `woke_on`: each account's latest wake, woken on its day and the next)."""
-    from kyc.usage.lockstep import BEGAN_WITHIN
+    from kyc.usage.lockstep import BEGAN_WITHIN, ROAMING_NETWORKS
 
     out = {}
     near = timedelta(days=BEGAN_WITHIN)
@@ -431,6 +463,8 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, woke_on: dict[
             if woke:
                 facts["woke_together"] = len(woken)
                 facts["woke_together_share"] = round(len(woken) / len(others), 4) if others else 0.0
+                facts["woke_together_roaming"] = sum(1 for a in woken
+                                                     if (networks or {}).get(a, 0) >= ROAMING_NETWORKS)
             if len(mine) >= SHARED:
                 mask = 0
                 for h in mine.values():
@@ -477,9 +511,10 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, woke_on: dict[
        began=st.lists(st.sampled_from([None, 0, 1, 2, 3]), min_size=60, max_size=60),
        watched=st.sampled_from([0, 1, 2, 3, 4, 10]), later=st.sampled_from([None, 0, 1, 2]),
        ips=st.lists(st.sampled_from([None, "ip_a", "ip_b", "ip_c"]), min_size=12, max_size=12),
-       signed=st.lists(st.sampled_from([0, 1, 3, 5, 30]), min_size=12, max_size=12))
+       signed=st.lists(st.sampled_from([0, 1, 3, 5, 30]), min_size=12, max_size=12),
+       networks=st.lists(st.sampled_from([0, 1, 2, 3, 4, 9]), min_size=12, max_size=12))
 def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, wakes, woke, popular, began, watched,
-                                                                 later, ips, signed):
+                                                                 later, ips, signed, networks):
     """Whatever the day's uses, the batch read (least used templates first, then the candidates'
     uses) gives what comparing every pair of accounts gives; read again `later` days after, as a
     rescore does, the adopters counted by then."""
@@ -509,7 +544,8 @@ def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, wa
         # Each account's latest wake: that day, the day before (woken still), two days before or never.
         woke_on = {a: None if w is None else _DAY - timedelta(days=w) for a, w in zip(accounts, wakes)}
         s.execute(insert(ActivityDay), [{"account_id": a, "day": _DAY, "first_at": at, "last_at": at,
-                                         "woke_on": woke_on[a], "last_ip_hash": ip} for a, ip in zip(accounts, ips)])
+                                         "woke_on": woke_on[a], "last_ip_hash": ip, "networks": (1 << n) - 1}
+                                        for a, ip, n in zip(accounts, ips, networks)])
         if watched:                    # kyc's first day of usage, `watched` days before (else the day)
             s.execute(insert(ActivityDay), [{"account_id": accounts[0], "day": _DAY - timedelta(days=watched),
                                              "first_at": at, "last_at": at}])
@@ -533,7 +569,7 @@ def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, wa
     assert found == _brute_force(day_uses, held, woke_on, wanted, popular=popular,
                                  starts=starts, since=_DAY - timedelta(days=watched), adopted_by=adopted_by,
                                  signed_up={a: _DAY - timedelta(days=d) for a, d in zip(accounts, signed)},
-                                 ips=dict(zip(accounts, ips)))
+                                 ips=dict(zip(accounts, ips)), networks=dict(zip(accounts, networks)))
 
 
 def test_a_tool_s_users_some_back_from_a_break_are_not_a_farm_waking(client, auth, runtime):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import date
+from datetime import date, datetime, timezone
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 
 from kyc.models import Account, ActivityDay, ActivityReport, Evaluation, GraphEdge, PromptUse, Sighting
 from kyc.security import keyed_hash
-from kyc.usage.reports import spread
+from kyc.signals.usage import usage_signals
+from kyc.usage.reports import network_bit, spread
 from tests.conftest import TEST_SECRET, signup
 
 FULL = {
@@ -124,6 +125,27 @@ def test_the_day_keeps_its_baseline_and_first_use(client, auth, runtime, account
     assert first.history_days == 0 and first.first_used_at.isoformat().startswith("2026-11-01T12:00")
     assert day.history_days == 9 and day.baseline == pytest.approx(sum(100 * d for d in range(1, 10)) / 9)
     assert day.first_used_at == first.first_used_at
+
+
+def test_the_day_counts_the_networks_its_reports_came_from(client, auth, runtime, accounts):
+    """Addresses of one /24 (or an IPv6 /64, its privacy addresses) are one network; each other is one
+    more, in one bulk call or across calls; a report without an IP adds none."""
+    ips = ["73.1.2.3", "73.1.2.99", "2601:1:2:3::5", "2601:1:2:3:aaaa::9", "172.56.9.1", None, "198.51.100.4"]
+    reports = [{"account_id": "acct_0", "occurred_at": f"2026-11-24T{10 + i:02d}:00:00Z", "requests": 5,
+                **({"ip": ip} if ip else {})} for i, ip in enumerate(ips[:4])]
+    assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
+    for i, ip in enumerate(ips[4:]):
+        body = {"occurred_at": f"2026-11-24T{15 + i:02d}:00:00Z", "requests": 5, **({"ip": ip} if ip else {})}
+        assert client.post("/v1/accounts/acct_0/activity", json=body, headers=auth).status_code == 200
+    with runtime.session() as s:
+        networks = s.get(ActivityDay, ("acct_0", date(2026, 11, 24))).networks
+    # Four networks, each a bucket of the day's set, unless two hashed to one (1 in 63 a pair).
+    expected = {network_bit(keyed_hash(TEST_SECRET, "ip_prefix", n))
+                for n in ("73.1.2.0/24", "2601:1:2:3::/64", "172.56.9.0/24", "198.51.100.0/24")}
+    assert networks == sum(expected) and networks.bit_count() == len(expected)
+    assert usage_signals({"day": date(2026, 11, 24), "networks": networks, "requests": 20, "first_at": None,
+                          "last_at": None}, datetime(2026, 11, 24, 18, tzinfo=timezone.utc), None,
+                         {})["networks_today"] == len(expected)
 
 
 def test_each_day_keeps_the_latest_wake_within_one_batch_and_across_batches(client, auth, runtime, accounts):

@@ -21,7 +21,7 @@ def day(**values) -> dict:
            "last_at": AT, "dormant_days": 0, "refused": 40, "tokens_in": 250000, "tokens_out": 910000, "hours": hours,
            "cv_sum": 0.08 * 1000, "cv_requests": 1000, "models": {"model-large": 1150, "model-small": 50},
            "fingerprints": {"h1": 800, "h2": 400}, "tier": "standard", "baseline": 600.0, "history_days": 20,
-           "first_used_at": datetime(2026, 11, 3, 12, tzinfo=timezone.utc)}
+           "first_used_at": datetime(2026, 11, 3, 12, tzinfo=timezone.utc), "networks": 0b1000100001}
     row.update(values)
     return row
 
@@ -32,7 +32,8 @@ def test_a_day_of_usage_gives_every_fact():
         "signup_to_first_use_days": 2.0, "requests_today": 1200, "requests_hour": 800, "refused_today": 40,
         "active_hours": 2, "active_share": round(2 / 24, 4), "tier": "standard", "quota": 10000, "quota_ratio": 0.12,
         "interval_cv": 0.08, "tokens_in": 250000, "tokens_out": 910000, "token_ratio": 3.64, "models": 2,
-        "top_model_share": round(1150 / 1200, 4), "fingerprints": 2, "baseline_requests": 600.0, "history_days": 20,
+        "top_model_share": round(1150 / 1200, 4), "fingerprints": 2, "networks_today": 3, "baseline_requests": 600.0,
+        "history_days": 20,
         "baseline_ratio": 2.0,
     }
     # Every fact is declared with its type (the rules are checked against the schema).

@@ -160,3 +160,36 @@ def test_signups_carry_addresses_of_the_shapes_and_providers_people_use():
     assert len({domain[a] for a in people}) >= 8
     templates = Counter(dict(email_identifiers(emails[a]))["email_template"] for a in people)
     assert templates.most_common(1)[0][1] < len(people) / 10
+
+
+def test_honest_accounts_use_the_api_from_the_places_people_do_and_a_few_roam():
+    """Most people work from one network a day, some from two (home, the office); a phone on a
+    carrier's NAT pool, a VPN's exits and jobs on a new cloud address each run give some honest
+    accounts many (usage.woke_together_roaming reads the share of a group that roams, not an
+    account's count). The farm takes a new exit each hour."""
+    import ipaddress
+
+    accounts, _ = usage_sim.populations(11, 200, 30, 8, 600, 60, 200)
+
+    def networks(report) -> str:
+        addr = ipaddress.ip_address(report["ip"])
+        return str(ipaddress.ip_network(f"{addr}/{24 if addr.version == 4 else 64}", strict=False))
+
+    by_population: dict[str, Counter] = {}
+    for a in accounts:
+        days: dict[int, set[str]] = {}
+        for hour, reports in a.hours.items():
+            if hour >= 0:
+                days.setdefault(hour // 24, set()).update(networks(r) for r in reports)
+        for nets in days.values():
+            by_population.setdefault(a.population, Counter())[min(len(nets), 3)] += 1
+    for people in ("light", "tool_user"):
+        days = by_population[people]
+        assert days[1] / days.total() > 0.6 and 0 < days[3] / days.total() < 0.1, (people, days)
+    assert by_population["agent_tool"][3] / by_population["agent_tool"].total() < 0.35   # CI jobs among them
+    assert by_population["heavy"][3] > 0 and by_population["company"][3] == 0
+    assert set(by_population["farm"]) == {3}
+    # Carrier NAT, IPv6 privacy addresses and cloud addresses are all drawn.
+    ips = {r["ip"] for a in accounts for reports in a.hours.values() for r in reports}
+    assert any(ipaddress.ip_address(ip) in usage_sim.CARRIER_POOL for ip in ips if ":" not in ip)
+    assert any(":" in ip for ip in ips)
