@@ -870,9 +870,11 @@ def _usage_sizes(_ctx, _param, value: str) -> tuple[int, ...]:
               help="usage phase: the farm wakes over this many days, an equal share each day (1: within hours)")
 @click.option("--usage-farm-human-pace", "usage_farm_human_pace", is_flag=True,
               help="usage phase: the farm jitters its requests' timing as people's is (interval_cv 0.6-2.0)")
+@click.option("--usage-farm-sticky-exits", "usage_farm_sticky_exits", is_flag=True,
+              help="usage phase: each farm account keeps one proxy exit a day (a sticky session), not one an hour")
 def simulate(seed: int, legit: int, farms: int, farm_size: int, days: float, warmup_days: float, database_url: str,
              redis_url: str, usage_phase: bool, usage_sizes: tuple[int, ...], usage_without_cv: bool,
-             usage_farm_wake_days: int, usage_farm_human_pace: bool) -> None:
+             usage_farm_wake_days: int, usage_farm_human_pace: bool, usage_farm_sticky_exits: bool) -> None:
     """Post a labeled history (ordinary users as realism.md describes them, and farms) of signups
     and cards through the API; print how it scored and how well the scores rank. `--usage` then
     adds a week of API usage."""
@@ -948,7 +950,8 @@ def simulate(seed: int, legit: int, farms: int, farm_size: int, days: float, war
         from kyc.usage import simulate as usage_sim
 
         accounts, signups = usage_sim.populations(seed, *usage_sizes, farm_wake_days=usage_farm_wake_days,
-                                                  farm_human_pace=usage_farm_human_pace, mailboxes=world.mailboxes)
+                                                  farm_human_pace=usage_farm_human_pace,
+                                                  farm_sticky_exits=usage_farm_sticky_exits, mailboxes=world.mailboxes)
         click.echo(f"\nusage phase: {len(accounts)} accounts sign up, then a week of usage")
         usage_sim.report(usage_sim.run(app.test_client(), {"Authorization": f"Bearer {key}"}, accounts, signups,
                                        echo=click.echo, interval_cv=not usage_without_cv), echo=click.echo)

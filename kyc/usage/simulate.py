@@ -203,6 +203,15 @@ def _roam(account: Account, rng: random.Random) -> None:
             report["ip"] = ip
 
 
+def _sticky_exits(account: Account) -> None:
+    """Keep one proxy exit a day (a residential proxy's sticky session): each day's reports come
+    from the exit its first report drew."""
+    exits: dict[int, str] = {}
+    for hour in sorted(account.hours):
+        for report in account.hours[hour]:
+            report["ip"] = exits.setdefault(hour // 24, report["ip"])
+
+
 def _spread(total: int, slots: int) -> list[int]:
     base, extra = divmod(total, slots)
     return [base + (1 if i < extra else 0) for i in range(slots)]
@@ -210,13 +219,15 @@ def _spread(total: int, slots: int) -> list[int]:
 
 def populations(seed: int, light: int, heavy: int, companies: int, tool_users: int, farm: int, agent_users: int = 0,
                 workshop: int = 0, *, farm_wake_days: int = 1, farm_human_pace: bool = False,
+                farm_sticky_exits: bool = False,
                 mailboxes: set[str] | None = None) -> tuple[list[Account], list[dict]]:
     """The accounts with their week of hourly usage, and their signups (in time order). Hours
     before the week (negative) are the steady heavy users' and the agent tool's users' history,
     one report a day. `farm_wake_days`: the farm wakes over that many days, an equal share each
     day (a more careful farm; 1: within hours); `farm_human_pace`: the farm jitters its requests'
     timing as people's is (interval_cv 0.6-2.0, as the popular tools' users; the pace is measured
-    on traffic the farm sends, so it can fake it); everything else is drawn the same. `mailboxes`:
+    on traffic the farm sends, so it can fake it); `farm_sticky_exits`: each farm account keeps
+    one proxy exit a day instead of one an hour; everything else is drawn the same. `mailboxes`:
     the addresses taken already (the signup phase's World.mailboxes, added to here): no address is
     drawn twice across the phases."""
     rng = random.Random(seed)
@@ -282,6 +293,8 @@ def populations(seed: int, light: int, heavy: int, companies: int, tool_users: i
         _wake_later(a, (i % farm_wake_days) * 24)              # drawn as above, so nothing else changes
         if farm_human_pace:
             _human_pace(a, pace_rng)
+        if farm_sticky_exits:
+            _sticky_exits(a)
         accounts.append(a)
     for i in range(agent_users):
         a = Account(f"agent_{i}", "agent_tool", "free", _home_ip(agent_rng))

@@ -193,3 +193,23 @@ def test_honest_accounts_use_the_api_from_the_places_people_do_and_a_few_roam():
     ips = {r["ip"] for a in accounts for reports in a.hours.values() for r in reports}
     assert any(ipaddress.ip_address(ip) in usage_sim.CARRIER_POOL for ip in ips if ":" not in ip)
     assert any(":" in ip for ip in ips)
+
+
+def test_a_farm_on_sticky_exits_differs_only_in_its_addresses_one_a_day():
+    hourly, signups = usage_sim.populations(13, 4, 2, 1, 10, 30, 10, 10, farm_human_pace=True)
+    sticky, sticky_signups = usage_sim.populations(13, 4, 2, 1, 10, 30, 10, 10, farm_human_pace=True,
+                                                   farm_sticky_exits=True)
+    assert sticky_signups == signups
+
+    def without_ip(accounts):
+        return [(a.id, {h: [{k: v for k, v in r.items() if k != "ip"} for r in rs] for h, rs in a.hours.items()})
+                for a in accounts]
+
+    assert without_ip(sticky) == without_ip(hourly)
+    assert [(a.id, dict(a.hours)) for a in sticky if a.population != "farm"] == [
+        (a.id, dict(a.hours)) for a in hourly if a.population != "farm"]
+    for a in (a for a in sticky if a.population == "farm"):
+        days: dict[int, set[str]] = {}
+        for hour, reports in a.hours.items():
+            days.setdefault(hour // 24, set()).update(r["ip"] for r in reports)
+        assert days and all(len(ips) == 1 for ips in days.values())
