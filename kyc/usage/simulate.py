@@ -180,7 +180,8 @@ def _roam(account: Account, rng: random.Random) -> None:
     places = [account.ip] + [_home_ip(rng) for _ in range(rng.randint(1, 2))]
     exits = [f"{rng.choice(VPN_PREFIXES)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
              for _ in range(rng.randint(2, 4))]
-    home_64 = f"2601:{rng.randrange(0x10000):x}:{rng.randrange(0x10000):x}:{rng.randrange(0x10000):x}"
+    home_64 = ipaddress.ip_network(f"2601:{rng.randrange(0x10000):x}:{rng.randrange(0x10000):x}:"
+                                   f"{rng.randrange(0x10000):x}::/64")
     ip, day = account.ip, None
     for hour in sorted(account.hours):
         new_day = hour // 24 != day
@@ -194,7 +195,7 @@ def _roam(account: Account, rng: random.Random) -> None:
         elif habit == "vpn":
             ip = rng.choice(exits) if new_day or rng.random() < 0.3 else ip
         elif habit == "ipv6":
-            ip = ipaddress.IPv6Address((int(ipaddress.IPv6Address(f"{home_64}::")) | rng.randrange(1, 1 << 64))).compressed
+            ip = str(home_64[rng.randrange(1, 1 << 64)])       # a privacy address each hour
         elif habit == "cloud_jobs":
             ip = f"{rng.choice(CLOUD_PREFIXES)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
         elif habit == "remote_days" and new_day:
