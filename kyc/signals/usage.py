@@ -104,11 +104,6 @@ FIELDS = (
           "usage.networks_today): a farm behind rotating residential proxies, an exit an hour, roams as a whole; "
           "a tool's users back from a break are at home or at work, and few of them roam. Missing on other days.",
           0),
-    Field("usage.woke_together_addresses", "int",
-          "Distinct addresses the woken group (this account and woke_together) acted from on the day, each account's "
-          "last activity IP of the day (as lockstep_addresses): as many as the accounts, a farm behind residential "
-          "proxies or people at home; one or a few, an office's staff or a class on its campus's address. Missing on "
-          "other days.", 24),
     Field("usage.cluster_requests_today", "int",
           "Requests the account's whole cluster (graph.cluster_id) was served on the day.", 1200),
     Field("usage.cluster_quota_ratio", "float",

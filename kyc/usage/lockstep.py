@@ -43,9 +43,8 @@ spread over the day) is no machine to interval_cv, but behind residential proxie
 a new exit every hour or so, and the whole group roams; people back from a break work from home or
 the office, and the few who roam (a phone on the move, a job on a new cloud address each run) are
 a small share of any group of them. A farm that keeps one exit a day (a sticky session) does not
-roam; it still acts all day, where people back from a break use the API for a few hours, and from
-an address each, where a company's new staff starting on its templates together share their
-office's: usage.woke_together_addresses counts the group's addresses (each account's last of the day).
+roam, and a paced one is then told from people by nothing here on its first day (`kyc simulate
+--usage-farm-sticky-exits`; rules/signup.yaml, woke_together_on_rare_templates, says what was tried).
 
 Sharing uncommon templates in the same hours at a machine pace is also what a mid-size agent
 tool's users do (a few hundred developers, the tool's handful of system prompts, all day): an
@@ -479,7 +478,6 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
                 facts["woke_together_share"] = (round(facts["woke_together"] / peers.bit_count(), 4) if peers
                                                 else 0.0)
                 facts["woke_together_roaming"] = (peers & group.awake & roaming_bits).bit_count()
-                facts["woke_together_addresses"] = group.addresses((peers & group.awake) | me)
             if len(templates) < SHARED:
                 continue
             mask = 0

@@ -288,30 +288,6 @@ def test_a_farm_at_a_person_s_pace_on_a_new_proxy_exit_each_hour_is_held_once_it
     assert facts["woke_together"] == 23 and facts["woke_together_roaming"] == 0
 
 
-def test_a_farm_at_a_person_s_pace_on_sticky_exits_is_held_after_eight_hours_an_office_is_not(client, auth, runtime):
-    """The same group on one exit each all day (a residential proxy's sticky session) does not roam:
-    it is held in its eighth active hour (usage.active_hours), from an address each. A company's new
-    staff starting together on its internal template all day, from its office's one address, are served."""
-    def day(prefix: str, ip) -> list[list[str]]:
-        accounts = _signups(client, auth, prefix, 24)
-        decisions = []
-        for hour in range(9, 18):
-            reports = [{**_report(a, {f"pf_{prefix}": 2}, hour=hour, requests=2, cv=1.2), "ip": ip(i)}
-                       for i, a in enumerate(accounts)]
-            results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
-            decisions.append(sorted({r["decision"] for r in results}))
-        return decisions
-
-    assert day("farm", lambda i: f"73.{i + 20}.1.7") == [["allow"]] * 7 + [["review"]] * 2
-    reasons = {r["rule"] for r in client.get("/v1/accounts/farm_0", headers=auth).json["reasons"]}
-    assert reasons == {"woke_together_on_rare_templates"}
-    # (Their office's network and template link them, a cluster grown by 24 in a day: growing_cluster
-    # asks for a document, which the free tier serves.)
-    assert all(set(d) <= {"allow", "verify"} for d in day("staff", lambda i: "198.51.100.20"))
-    assert {r["rule"] for r in client.get("/v1/accounts/staff_0", headers=auth).json["reasons"]} == {"growing_cluster"}
-    assert client.get("/v1/accounts/staff_0/entitlement?tier=free", headers=auth).json["allowed"] is True
-
-
 def test_a_company_sharing_internal_templates_is_not_a_farm(client, auth, runtime):
     company = _signups(client, auth, "acme", 4)
     internal = {f"pf_acme_{k}": 50 for k in range(5)}
@@ -489,7 +465,6 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, woke_on: dict[
                 facts["woke_together_share"] = round(len(woken) / len(others), 4) if others else 0.0
                 facts["woke_together_roaming"] = sum(1 for a in woken
                                                      if (networks or {}).get(a, 0) >= ROAMING_NETWORKS)
-                facts["woke_together_addresses"] = len({(ips or {}).get(a) for a in woken | {account}} - {None})
             if len(mine) >= SHARED:
                 mask = 0
                 for h in mine.values():
