@@ -186,12 +186,23 @@ _THEIRS = _DAYS_USES.where(in_list(_U.c.account_id, "accounts"))
 _ADOPTERS = (select(_S.c.value_hash, _S.c.day, func.count()).where(in_list(_S.c.value_hash, "hashes"),
                                                                    _S.c.day <= bindparam("by"))
              .group_by(_S.c.value_hash, _S.c.day))
+# A day read again later (a rescore: `adopted_by`) counts the adopters begun since, but not those kyc
+# holds now: a tool that grew by itself releases its launch adopters, while a farm that wakes in
+# waves on the same templates, each wave held in turn, does not release its first.
+HELD = ("review", "block")
+_HELD_SINCE = (select(_S.c.value_hash, _S.c.day, func.count())
+               .select_from(_S.join(_A, _A.c.id == _S.c.account_id))
+               .where(in_list(_S.c.value_hash, "hashes"), _S.c.day > bindparam("day"), _S.c.day <= bindparam("by"),
+                      _A.c.decision.in_(HELD))
+               .group_by(_S.c.value_hash, _S.c.day))
 # Of the starts in kyc's first days (left-censored), those of accounts signed up on or after its
-# first day of usage, which count (read only when an account's own start is near those days).
+# first day of usage, which count (read only when an account's own start is near those days); as
+# above, of the starts after the day, not those of accounts held now.
 _ADOPTERS_WATCHED = (select(_S.c.value_hash, _S.c.day, func.count())
                      .select_from(_S.join(_A, _A.c.id == _S.c.account_id))
                      .where(in_list(_S.c.value_hash, "hashes"), _S.c.day <= bindparam("by"),
-                            _S.c.day <= bindparam("censored_to"), _A.c.first_seen_at >= bindparam("watched_from"))
+                            _S.c.day <= bindparam("censored_to"), _A.c.first_seen_at >= bindparam("watched_from"),
+                            or_(_S.c.day <= bindparam("day"), _A.c.decision.not_in(HELD)))
                      .group_by(_S.c.value_hash, _S.c.day))
 # Which of some accounts signed up on or after kyc's first day of usage.
 _WATCHED_FROM_SIGNUP = select(_A.c.id).where(in_list(_A.c.id, "ids"), _A.c.first_seen_at >= bindparam("watched_from"))
@@ -391,7 +402,8 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
     Woke together: the other accounts woken that day that used any of its uncommon templates.
     Adopters: the accounts that had begun on the template by the day, or by `adopted_by` when the
     day is read again later (a rescore: what is known now, so a tool's launch adopters held as
-    a group are released once the tool has grown past them); and of those, the ones that began
+    a group are released once the tool has grown past them; those begun since the day that kyc
+    holds now count for none: a farm's later waves are no growth); and of those, the ones that began
     on it within BEGAN_WITHIN days of this account (lockstep_adopters_together: a farm's remnant,
     the rest of it held and silent, began with all of them; a tool's newest adopters did not).
 
@@ -518,6 +530,11 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
             for value_hash, start, n in session.execute(_ADOPTERS, {"by": max(day, adopted_by or day),
                                                                     "hashes": hashes[i:i + _READ_CHUNK]}):
                 begun.setdefault(value_hash, {})[start] = n
+            if adopted_by is not None and adopted_by > day:
+                # Begun since the day and held now: no growth of the template's own (_HELD_SINCE).
+                for value_hash, start, n in session.execute(_HELD_SINCE, {"day": day, "by": adopted_by,
+                                                                          "hashes": hashes[i:i + _READ_CHUNK]}):
+                    begun[value_hash][start] -= n
         adopters = {h: sum(days.values()) for h, days in begun.items()}
         widest: dict[str, str] = {}
         for account_id, shared in shared_in_lockstep.items():
@@ -556,7 +573,7 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
                for a, h in widest.items()):
             for i in range(0, len(hashes), _READ_CHUNK):
                 for value_hash, start, n in session.execute(_ADOPTERS_WATCHED, {
-                        "by": max(day, adopted_by or day), "hashes": hashes[i:i + _READ_CHUNK],
+                        "by": max(day, adopted_by or day), "day": day, "hashes": hashes[i:i + _READ_CHUNK],
                         "censored_to": censored_to, "watched_from": watched_from}):
                     begun_watched.setdefault(value_hash, {})[start] = n
         for account_id, h in widest.items():

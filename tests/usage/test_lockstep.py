@@ -430,12 +430,13 @@ _DAY = date(2026, 11, 24)
 def _brute_force(uses: dict[tuple[str, str], int], held: Counter, woke_on: dict[str, date | None], wanted, *,
                  popular: int, starts: dict[tuple[str, str], date], since: date, signed_up: dict[str, date],
                  adopted_by: date | None = None, ips: dict[str, str | None] | None = None,
-                 networks: dict[str, int] | None = None):
+                 networks: dict[str, int] | None = None, held_now: set[str] = frozenset()):
     """The definitions of lockstep_facts, pair by pair: every other account, every template
     (`held`: template -> the accounts that used it; `starts`: (account, template) -> the day it
     began on it, the day itself when absent; `since`: kyc's first day of usage; `adopted_by`: the
     later day a rescore counts adopters by; `ips`: each account's last address of the day;
-    `networks`: how many networks each account used that day;
+    `networks`: how many networks each account used that day; `held_now`: the accounts kyc holds now (review,
+    block), which count as no adopter begun after the day read again later;
     `signed_up`: each account's signup day, a start in kyc's first days counting only for an account
     signed up on or after kyc's first day of usage;
     `woke_on`: each account's latest wake, woken on its day and the next)."""
@@ -486,7 +487,8 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, woke_on: dict[
                 by = max(day, adopted_by or day)
 
                 def adopters_of(t):
-                    return [(a, d) for (a, t2), d in starts.items() if t2 == t and a != account and d <= by]
+                    return [(a, d) for (a, t2), d in starts.items() if t2 == t and a != account and d <= by
+                            and not (d > day and a in held_now)]
 
                 adopters, adopters_together = 0, 0
                 if group_templates:
@@ -512,9 +514,10 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, woke_on: dict[
        watched=st.sampled_from([0, 1, 2, 3, 4, 10]), later=st.sampled_from([None, 0, 1, 2]),
        ips=st.lists(st.sampled_from([None, "ip_a", "ip_b", "ip_c"]), min_size=12, max_size=12),
        signed=st.lists(st.sampled_from([0, 1, 3, 5, 30]), min_size=12, max_size=12),
-       networks=st.lists(st.sampled_from([0, 1, 2, 3, 4, 9]), min_size=12, max_size=12))
+       networks=st.lists(st.sampled_from([0, 1, 2, 3, 4, 9]), min_size=12, max_size=12),
+       held_now=st.lists(st.booleans(), min_size=12, max_size=12))
 def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, wakes, woke, popular, began, watched,
-                                                                 later, ips, signed, networks):
+                                                                 later, ips, signed, networks, held_now):
     """Whatever the day's uses, the batch read (least used templates first, then the candidates'
     uses) gives what comparing every pair of accounts gives; read again `later` days after, as a
     rescore does, the adopters counted by then."""
@@ -539,8 +542,10 @@ def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, wa
         for table in (PromptUse, PromptDay, PromptStart, ActivityDay, Account):     # the example before's
             s.execute(delete(table))
         # Each signed up `signed` days before the day: before kyc's first day of usage or since.
+        # Each allowed, or held now (a later day's adopter held counts as none for a rescore).
         s.execute(insert(Account), [{"id": a, "first_seen_at": at - timedelta(days=d), "last_seen_at": at,
-                                     "decision": "allow", "score": 0} for a, d in zip(accounts, signed)])
+                                     "decision": "review" if h else "allow", "score": 0}
+                                    for a, d, h in zip(accounts, signed, held_now)])
         # Each account's latest wake: that day, the day before (woken still), two days before or never.
         woke_on = {a: None if w is None else _DAY - timedelta(days=w) for a, w in zip(accounts, wakes)}
         s.execute(insert(ActivityDay), [{"account_id": a, "day": _DAY, "first_at": at, "last_at": at,
@@ -569,7 +574,8 @@ def test_lockstep_facts_are_their_definition_on_generated_days(runtime, uses, wa
     assert found == _brute_force(day_uses, held, woke_on, wanted, popular=popular,
                                  starts=starts, since=_DAY - timedelta(days=watched), adopted_by=adopted_by,
                                  signed_up={a: _DAY - timedelta(days=d) for a, d in zip(accounts, signed)},
-                                 ips=dict(zip(accounts, ips)), networks=dict(zip(accounts, networks)))
+                                 ips=dict(zip(accounts, ips)), networks=dict(zip(accounts, networks)),
+                                 held_now={a for a, h in zip(accounts, held_now) if h})
 
 
 def test_a_tool_s_users_some_back_from_a_break_are_not_a_farm_waking(client, auth, runtime):
@@ -805,3 +811,41 @@ def test_a_tool_s_launch_adopters_held_as_a_group_are_released_once_it_grows_and
     for a in farm:
         answer = client.get(f"/v1/accounts/{a}", headers=auth).json
         assert answer["decision"] == "review" and "lockstep_machine_group" in {r["rule"] for r in answer["reasons"]}
+
+
+def test_a_farm_waking_in_waves_on_the_same_templates_does_not_release_its_first_wave(client, auth, runtime):
+    """A farm at a person's pace, an address per account, wakes in two waves a day apart on the same
+    templates; each wave is held (lockstep_farm_waking). The daily rescore of refused accounts reads
+    the first wave's day again with the adopters known now: the second wave, begun since and held,
+    is no growth of the templates' own (kyc.usage.lockstep._HELD_SINCE). Counted, it made 44 adopters
+    against the first wave's 20 woken in lockstep, and released the whole first wave. (A second wave
+    no larger than the first is not held by this rule: counted live, the held first wave is among
+    everyone who took up the templates, and the second is not half of them.)"""
+    from kyc.rescore.background import drain
+    from kyc.rescore.schedule import rescore_daily
+
+    templates = {f"pf_farm_{k}": 5 for k in range(4)}
+    first, second = _signups(client, auth, "farm", 21), _signups(client, auth, "wave", 24)
+    watcher = _signups(client, auth, "watcher", 1)
+    _post_before(client, auth, 12, [_report(a, {"pf_own": 1}, requests=1, cv=1.5) for a in watcher])   # kyc watching
+
+    def wave(accounts: list[str], base: int) -> list[dict]:
+        return [{**_report(a, templates, cv=1.2), "ip": f"73.{base + i}.3.3"} for i, a in enumerate(accounts)]
+
+    _post_before(client, auth, 2, wave(first, 20))
+    assert {client.get(f"/v1/accounts/{a}", headers=auth).json["decision"] for a in first} == {"review"}
+    refused = [{**_report(a, {}), "requests": 0, "refused": 27} for a in first]
+    _post_before(client, auth, 1, refused + wave(second, 60))
+    assert {client.get(f"/v1/accounts/{a}", headers=auth).json["decision"] for a in second} == {"review"}
+
+    _, refused_run = rescore_daily(runtime, now=datetime.fromisoformat(f"{WOKE}T03:00:00+00:00"))
+    drain(runtime)
+    assert refused_run.total == 21                   # the first wave, refused the day before
+    for a in first:
+        answer = client.get(f"/v1/accounts/{a}", headers=auth).json
+        assert answer["decision"] == "review" and "lockstep_farm_waking" in {r["rule"] for r in answer["reasons"]}, a
+    with runtime.session() as s:
+        usage = s.execute(select(Evaluation.signals).where(Evaluation.account_id == first[0],
+                                                           Evaluation.trigger == "rescore")
+                          .order_by(Evaluation.created_at.desc()).limit(1)).scalar_one()["usage"]
+    assert (usage["lockstep_woke"], usage["lockstep_adopters"]) == (20, 20)
