@@ -76,10 +76,15 @@ its users began within a day or two of each other, look like a farm's. Those fir
 only until the tool grows past them: a held account sends nothing that would re-evaluate it, so
 the daily rescore takes the accounts the gateway refused the day before (kyc.rescore.runs,
 selector "refused"), and a rescore counts the adopters known now, not those of the day that held
-it. A farm's templates gain no adopters but the farm's, so its accounts stay held; a farm that
-set going more accounts on its templates than it held, later, would release the first ones, while
-each new batch begins together and is held in turn (the usage rules hold for review; a person's or a
-cluster action's block stays: kyc.scoring.decide).
+it. A farm's templates gain no adopters but the farm's, so its accounts stay held. A farm that sets
+going more accounts on its templates later, in waves, does not release the first ones either: of the
+adopters begun since the day read again, those kyc holds now count for none (_HELD_SINCE). Before,
+its later waves counted as the tool's growth: `kyc simulate --usage --usage-farm-human-pace
+--usage-farm-wake-days 3 --usage-farm-sticky-exits --seed 4646` ended the week with 6 of its 400
+accounts allowed, now none. A later wave no larger than the ones held before it is not held by
+lockstep_farm_waking on its own day (counted live, the held waves are among everyone who took up
+the templates); the other usage rules read it as any group. (The usage rules hold for review; a
+person's or a cluster action's block stays: kyc.scoring.decide.)
 """
 
 from __future__ import annotations
