@@ -895,6 +895,7 @@ def simulate(seed: int, legit: int, farms: int, farm_size: int, days: float, war
     key = secrets.token_urlsafe(24)
     config = _config(database_url=url, redis_url=redis_url, dev_key=key, data_dir=Path(tmp.name),
                      secret_key=b"simulation", log_level="WARNING")
+    from kyc.db import pause_checkpoints
     from kyc.runtime import Runtime, upgrade_database
 
     upgrade_database(config.database_url)
@@ -955,6 +956,7 @@ def simulate(seed: int, legit: int, farms: int, farm_size: int, days: float, war
         click.echo(f"\nusage phase: {len(accounts)} accounts sign up, then a week of usage")
         usage_sim.report(usage_sim.run(app.test_client(), {"Authorization": f"Bearer {key}"}, accounts, signups,
                                        echo=click.echo, interval_cv=not usage_without_cv), echo=click.echo)
+    pause_checkpoints(runtime.engine)      # its thread opens the file by path: stopped before the file goes
     runtime.engine.dispose()
     tmp.cleanup()
 

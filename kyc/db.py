@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import weakref
 from pathlib import Path
+from urllib.parse import quote
 from typing import Any
 
 import orjson
@@ -180,7 +181,11 @@ class _Checkpointer(threading.Thread):
             while not self.stopped.wait(self.INTERVAL) and self.engine() is not None:
                 rounds += 1
                 try:
-                    conn = conn or sqlite3.connect(self.path, timeout=self.BUSY_WAIT, isolation_level=None,
+                    # mode=rw: never create the file. A file removed while the engine lives (`kyc
+                    # simulate`'s scratch directory at exit) came back empty when a round began
+                    # after the removal, and failed the removal ("Directory not empty").
+                    conn = conn or sqlite3.connect(f"file:{quote(self.path)}?mode=rw", uri=True,
+                                                   timeout=self.BUSY_WAIT, isolation_level=None,
                                                    check_same_thread=False)
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     if rounds >= self.TRUNCATE_EVERY:
