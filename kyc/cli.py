@@ -888,6 +888,7 @@ def simulate(seed: int, legit: int, farms: int, farm_size: int, days: float, war
     from kyc import create_app
     from kyc import simulate as sim
     from kyc.backtest import backtest, rule_column
+    from kyc.db import pause_checkpoints
     from kyc.models import Account
 
     tmp = tempfile.TemporaryDirectory(prefix="kyc-simulate-")
@@ -895,7 +896,6 @@ def simulate(seed: int, legit: int, farms: int, farm_size: int, days: float, war
     key = secrets.token_urlsafe(24)
     config = _config(database_url=url, redis_url=redis_url, dev_key=key, data_dir=Path(tmp.name),
                      secret_key=b"simulation", log_level="WARNING")
-    from kyc.db import pause_checkpoints
     from kyc.runtime import Runtime, upgrade_database
 
     upgrade_database(config.database_url)

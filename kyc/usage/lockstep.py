@@ -193,7 +193,9 @@ _ADOPTERS = (select(_S.c.value_hash, _S.c.day, func.count()).where(in_list(_S.c.
              .group_by(_S.c.value_hash, _S.c.day))
 # A day read again later (a rescore: `adopted_by`) counts the adopters begun since, but not those kyc
 # holds now: a tool that grew by itself releases its launch adopters, while a farm that wakes in
-# waves on the same templates, each wave held in turn, does not release its first.
+# waves on the same templates, each wave held in turn, does not release its first. Read apart from
+# _ADOPTERS and subtracted, so that _ADOPTERS stays a read of prompt_starts alone (no join to
+# accounts for every adopter), and only in a rescore (`adopted_by` after the day).
 HELD = ("review", "block")
 _HELD_SINCE = (select(_S.c.value_hash, _S.c.day, func.count())
                .select_from(_S.join(_A, _A.c.id == _S.c.account_id))

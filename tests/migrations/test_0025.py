@@ -4,22 +4,15 @@ database and on one holding days of usage, both backends, and back down."""
 from __future__ import annotations
 
 from alembic import command
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, text
 
 from kyc.runtime import alembic_config, upgrade_database
-
-
-def _columns(url: str) -> set[str]:
-    engine = create_engine(url)
-    try:
-        return {c["name"] for c in inspect(engine).get_columns("activity_days")}
-    finally:
-        engine.dispose()
+from tests.migrations import column_names
 
 
 def test_upgrade_on_an_empty_database_adds_the_column(empty_url):
     upgrade_database(empty_url)
-    assert "networks" in _columns(empty_url)
+    assert "networks" in column_names(empty_url, "activity_days")
 
 
 def test_upgrade_keeps_the_days_with_no_network_known_then_downgrades(empty_url):
@@ -43,4 +36,4 @@ def test_upgrade_keeps_the_days_with_no_network_known_then_downgrades(empty_url)
         assert conn.execute(text("SELECT networks FROM activity_days WHERE account_id = 'a2'")).scalar_one() == (1 << 63) - 1
     engine.dispose()
     command.downgrade(alembic_config(empty_url), "0024")
-    assert "networks" not in _columns(empty_url)
+    assert "networks" not in column_names(empty_url, "activity_days")

@@ -169,18 +169,15 @@ def test_honest_accounts_use_the_api_from_the_places_people_do_and_a_few_roam():
     account's count). The farm takes a new exit each hour."""
     import ipaddress
 
+    from kyc.signals.network import network_of
+
     accounts, _ = usage_sim.populations(11, 200, 30, 8, 600, 60, 200)
-
-    def networks(report) -> str:
-        addr = ipaddress.ip_address(report["ip"])
-        return str(ipaddress.ip_network(f"{addr}/{24 if addr.version == 4 else 64}", strict=False))
-
     by_population: dict[str, Counter] = {}
     for a in accounts:
         days: dict[int, set[str]] = {}
         for hour, reports in a.hours.items():
             if hour >= 0:
-                days.setdefault(hour // 24, set()).update(networks(r) for r in reports)
+                days.setdefault(hour // 24, set()).update(network_of(r["ip"]) for r in reports)
         for nets in days.values():
             by_population.setdefault(a.population, Counter())[min(len(nets), 3)] += 1
     for people in ("light", "tool_user"):
