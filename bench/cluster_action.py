@@ -135,7 +135,7 @@ def main() -> None:
         url = f"sqlite:///{Path(tmp.name) / 'bench.db'}"
     else:
         url = schema_url(os.environ.get("KYC_BENCH_POSTGRES_URL") or os.environ.get(
-            "KYC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+            "KYC_TEST_POSTGRES_URL") or "postgresql+psycopg://postgres@127.0.0.1:5432/test")
     upgrade_database(url)
     hook_url, received, gateway = start_gateway()
     config = Config.from_env({}, database_url=url, rules_dir=PROJECT_ROOT / "rules", data_dir=Path(tmp.name),

@@ -212,9 +212,9 @@ def main() -> None:
     n = 20_000 if args.quick else args.accounts
 
     pg = os.environ.get("KYC_BENCH_POSTGRES_URL") or os.environ.get(
-        "KYC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    redis_url = os.environ.get("KYC_BENCH_REDIS_URL") or os.environ.get("KYC_TEST_REDIS_URL",
-                                                                         "redis://127.0.0.1:6379/15")
+        "KYC_TEST_POSTGRES_URL") or "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    redis_url = (os.environ.get("KYC_BENCH_REDIS_URL") or os.environ.get("KYC_TEST_REDIS_URL")
+                 or "redis://127.0.0.1:6379/15")
     if args.reuse:
         url = f"{pg}{'&' if '?' in pg else '?'}options=-csearch_path%3D{SCHEMA}"
     else:

@@ -38,7 +38,7 @@ from kyc.config import PROJECT_ROOT, Config  # noqa: E402
 from kyc.rescore.background import drain  # noqa: E402
 from kyc.runtime import upgrade_database  # noqa: E402
 
-POSTGRES_URL = os.environ.get("KYC_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get("KYC_BENCH_POSTGRES_URL") or "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 USER_AGENTS = [
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",

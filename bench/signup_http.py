@@ -111,8 +111,8 @@ def loadavg() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--database-url", default=os.environ.get(
-        "KYC_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--database-url", default=os.environ.get("KYC_BENCH_POSTGRES_URL")
+                        or "postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--against", metavar="REV", help="also run this revision of kyc (a git worktree of it)")
     parser.add_argument("--duration", type=int, default=15, help="seconds per timed wrk run")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up signups before each timed run")

@@ -28,8 +28,9 @@ from kyc.runtime import Runtime, upgrade_database
 from kyc.security import hash_api_key, new_api_key
 
 CI = os.environ.get("CI", "").lower() == "true"
-POSTGRES_URL = os.environ.get("KYC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("KYC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# An empty variable (`KYC_TEST_POSTGRES_URL=` left in a shell) means unset, as an unset one does.
+POSTGRES_URL = os.environ.get("KYC_TEST_POSTGRES_URL") or "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+REDIS_URL = os.environ.get("KYC_TEST_REDIS_URL") or "redis://127.0.0.1:6379/15"
 RULES_DIR = PROJECT_ROOT / "rules"
 RUN_TAG = f"run{os.getpid()}"         # this test run's PostgreSQL schemas end with it
 TEST_SECRET = b"test-secret-key"
