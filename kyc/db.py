@@ -187,7 +187,15 @@ class _Checkpointer(threading.Thread):
                     conn = conn or sqlite3.connect(f"file:{quote(self.path)}?mode=rw", uri=True,
                                                    timeout=self.BUSY_WAIT, isolation_level=None,
                                                    check_same_thread=False)
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    ((_, frames, _),) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    if frames == -1:
+                        # Not in WAL mode, to this connection: it opened the file before the engine's
+                        # first connection turned WAL on (the migrations create the file), and a
+                        # connection that reads nothing never looks again. Every round did nothing,
+                        # and the WAL grew for good (5.5 GB in a `kyc simulate`). Open it anew.
+                        conn.close()
+                        conn = None
+                        continue
                     if rounds >= self.TRUNCATE_EVERY:
                         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                         rounds = 0

@@ -36,6 +36,34 @@ def test_sqlite_wal_is_checkpointed_off_the_request_path(tmp_path, monkeypatch):
     engine.dispose()
 
 
+def test_the_wal_is_checkpointed_when_the_thread_opened_the_file_before_it_was_in_wal_mode(tmp_path, monkeypatch):
+    """The usual start: the migrations create the file (not in WAL mode) and the checkpoint thread's
+    first round opens it before the engine's first connection turns WAL on. That connection never
+    read the file again, so to it the file was never in WAL mode: every checkpoint answered "not
+    WAL" (-1) and did nothing. `kyc simulate` grew a 5.5 GB WAL beside a database file still 320 KB;
+    a server started on a fresh file (the README's first command) grew its WAL until it stopped."""
+    import sqlite3
+
+    monkeypatch.setattr(db._Checkpointer, "INTERVAL", 0.02)
+    monkeypatch.setattr(db._Checkpointer, "TRUNCATE_EVERY", 2)
+    path = tmp_path / "kyc.db"
+    created = sqlite3.connect(path)                     # as the migrations leave it: a rollback journal
+    created.execute("CREATE TABLE filler (payload BLOB)")
+    created.commit()
+    created.close()
+    engine = db.make_engine(f"sqlite:///{path}")
+    time.sleep(0.2)                                     # the thread's first rounds open the file
+    for _ in range(20):
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO filler VALUES (randomblob(50000))"))
+    wal = path.with_name("kyc.db-wal")
+    deadline = time.monotonic() + 30
+    while wal.stat().st_size > 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert wal.stat().st_size == 0 and path.stat().st_size > 20 * 50000
+    engine.dispose()
+
+
 def test_the_checkpoint_thread_never_creates_the_database_file(tmp_path, monkeypatch):
     """A file removed while its engine lives (`kyc simulate`'s scratch directory at exit) stays
     removed: a round that began after the removal created it again, empty, and the directory's
