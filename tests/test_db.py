@@ -40,8 +40,7 @@ def test_the_wal_is_checkpointed_when_the_thread_opened_the_file_before_it_was_i
     """The usual start: the migrations create the file (not in WAL mode) and the checkpoint thread's
     first round opens it before the engine's first connection turns WAL on. That connection never
     read the file again, so to it the file was never in WAL mode: every checkpoint answered "not
-    WAL" (-1) and did nothing. `kyc simulate` grew a 5.5 GB WAL beside a database file still 320 KB;
-    a server started on a fresh file (the README's first command) grew its WAL until it stopped."""
+    WAL" (-1) and did nothing: `kyc simulate` grew a 5.5 GB WAL beside a database file still 320 KB."""
     import sqlite3
 
     monkeypatch.setattr(db._Checkpointer, "INTERVAL", 0.02)
