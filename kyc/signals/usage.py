@@ -78,9 +78,10 @@ FIELDS = (
     Field("usage.lockstep_adopters", "int",
           "Other accounts that had begun, by the day, on the template most accounts began on of those this one "
           "shares in lockstep, whether or not they used it that day (prompt_starts; a rescore counts those begun "
-          "by the day it runs): a farm's group is the farm, a tool's users keep adding up over weeks, and the "
-          "gateway refusing some of them does not shrink it (kyc/usage/lockstep.py); 0 without lockstep. Compare "
-          "lockstep_began_together with it.", 0),
+          "by the day it runs, but of those begun on the day it reads or since, none that kyc holds now): a "
+          "farm's group is the farm, a tool's users keep adding up over weeks, and the gateway refusing some of "
+          "them does not shrink it (kyc/usage/lockstep.py); 0 without lockstep. Compare lockstep_began_together "
+          "with it.", 0),
     Field("usage.lockstep_adopters_together", "int",
           "Of lockstep_adopters, those that began on that template within a day of when this one did, whether or "
           "not they used it that day: a farm's accounts set going together stay together in it when the gateway "

@@ -486,16 +486,22 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, woke_on: dict[
                 # start on it, both counted (after kyc's first days, or signed up since).
                 by = max(day, adopted_by or day)
 
-                def adopters_of(t):
+                def begun_on(t):
                     return [(a, d) for (a, t2), d in starts.items() if t2 == t and a != account and d <= by
                             and not (d > day and a in held_now)]
+
+                def adopters_of(t):
+                    # Read again later, those begun on the day itself and held now are no adopters either
+                    # (but they did begin together with it).
+                    return [(a, d) for a, d in begun_on(t)
+                            if not (by > day and d == day and a in held_now)]
 
                 adopters, adopters_together = 0, 0
                 if group_templates:
                     widest = max(sorted(group_templates), key=lambda t: len(adopters_of(t)))
                     ours = starts.get((account, widest), day)
                     adopters = len(adopters_of(widest))
-                    adopters_together = sum(1 for a, d in adopters_of(widest) if abs(d - ours) <= near
+                    adopters_together = sum(1 for a, d in begun_on(widest) if abs(d - ours) <= near
                                             and counts(a, d)) if counts(account, ours) else 0
                 facts.update(lockstep_accounts=len(together), lockstep_woke=len(together & woken),
                              lockstep_began_together=began, lockstep_adopters=adopters,
@@ -769,7 +775,8 @@ def test_a_tool_s_launch_adopters_held_as_a_group_are_released_once_it_grows_and
     """A tool's first users begin on it together, as a farm's accounts do, and are held. Held, they
     send nothing that would re-evaluate them: `kyc simulate --usage` found them held for good. The
     daily rescore takes the held accounts the gateway refused the day before, and counts the
-    templates' adopters known now: the tool has grown past its first users, the farm has not.
+    templates' adopters known now that kyc does not hold: the tool has grown past twice its first
+    users, the farm has not.
     `waking`: the first users signed up long before and wake on the tool's launch day, as a farm
     waking does (lockstep_farm_waking); `kyc simulate --usage --seed 7373` found 22 of them
     blocked for good when that rule blocked."""
@@ -779,18 +786,19 @@ def test_a_tool_s_launch_adopters_held_as_a_group_are_released_once_it_grows_and
     tool = {f"pf_agent_{k}": 5 for k in range(4)}
     farm_templates = {f"pf_farm_{k}": 5 for k in range(4)}
     launch, farm = _signups(client, auth, "launch", 24), _signups(client, auth, "farm", 24)
-    later = _signups(client, auth, "later", 30)
+    later = _signups(client, auth, "later", 25) + _signups(client, auth, "newer", 25)   # (50 of one prefix share mailboxes)
     held = launch + farm
     active = farm + later + ([] if waking else launch)
-    for back in range(12, 8, -1):                   # kyc watching since 12 days before: dormant only if waking
+    for back in range(16, 12, -1):                  # kyc watching since 16 days before: dormant only if waking
         _post_before(client, auth, back, [_report(a, {f"pf_own_{a}": 1}, requests=1, cv=1.5) for a in active])
-    _post_before(client, auth, 8, [_report(a, tool, cv=0.1) for a in launch]
+    _post_before(client, auth, 12, [_report(a, tool, cv=0.1) for a in launch]
                  + [_report(a, farm_templates) for a in farm])
     assert {client.get(f"/v1/accounts/{a}", headers=auth).json["decision"] for a in held} == {"review"}
-    for back in range(7, 0, -1):
-        # The gateway refuses the held accounts; five new users a day take up the tool.
+    for back in range(11, 0, -1):
+        # The gateway refuses the held accounts; five new users a day take up the tool (not twenty within
+        # three days: those would begin together, lockstep_machine_group).
         refused = [{**_report(a, {}), "requests": 0, "refused": 27} for a in held]
-        newcomers = later[(6 - back) * 5:(7 - back) * 5] if back <= 6 else []
+        newcomers = later[(10 - back) * 5:(11 - back) * 5] if back <= 10 else []
         _post_before(client, auth, back, refused + [_report(a, tool, cv=0.1) for a in newcomers])
     assert {client.get(f"/v1/accounts/{a}", headers=auth).json["decision"] for a in later} == {"allow"}
     assert {client.get(f"/v1/accounts/{a}", headers=auth).json["decision"] for a in held} == {"review"}
@@ -802,11 +810,14 @@ def test_a_tool_s_launch_adopters_held_as_a_group_are_released_once_it_grows_and
         assert client.get(f"/v1/accounts/{a}", headers=auth).json["decision"] == "allow", a
         assert client.get(f"/v1/accounts/{a}/entitlement?tier=free", headers=auth).json["allowed"] is True
     with runtime.session() as s:
+        # The first rescore's (the run of refused accounts; those after it count the launch peers, released).
         usage = s.execute(select(Evaluation.signals).where(Evaluation.account_id == launch[0],
                                                            Evaluation.trigger == "rescore")
-                          .order_by(Evaluation.created_at.desc()).limit(1)).scalar_one()["usage"]
-    # Began (and woke) together with its 23 launch peers, of 53 other adopters by now (23 + 30).
-    assert (usage["lockstep_began_together"], usage["lockstep_adopters"]) == (23, 53)
+                          .order_by(Evaluation.created_at).limit(1)).scalar_one()["usage"]
+    # Began (and woke) together with its 23 launch peers; 50 adopters by now that kyc does not hold (the
+    # newcomers: the launch peers, held now, are no growth, kyc.usage.lockstep._HELD_SINCE), more than twice as
+    # many. With 46 newcomers or fewer, the launch adopters stay held (before, 24 newcomers released them).
+    assert (usage["lockstep_began_together"], usage["lockstep_adopters"]) == (23, 50)
     assert usage["lockstep_woke"] == (23 if waking else 0)
     for a in farm:
         answer = client.get(f"/v1/accounts/{a}", headers=auth).json
@@ -848,4 +859,43 @@ def test_a_farm_waking_in_waves_on_the_same_templates_does_not_release_its_first
         usage = s.execute(select(Evaluation.signals).where(Evaluation.account_id == first[0],
                                                            Evaluation.trigger == "rescore")
                           .order_by(Evaluation.created_at.desc()).limit(1)).scalar_one()["usage"]
-    assert (usage["lockstep_woke"], usage["lockstep_adopters"]) == (20, 20)
+    # Of the 44 begun by now, none that kyc does not hold (the first wave's own 20 others are held too).
+    assert (usage["lockstep_woke"], usage["lockstep_adopters"]) == (20, 0)
+
+
+def test_a_farm_that_sets_more_accounts_going_later_the_same_day_does_not_release_the_first(client, auth, runtime):
+    """As above, but the second wave begins on the templates later the same day: read again the next
+    day, its accounts (held too) had counted as adopters of the templates begun by then, 44 against
+    the first wave's 20 woken in lockstep (the second wave acts in other hours, so it is not in the
+    first's lockstep group), and released the whole first wave. Those begun on the day that kyc
+    holds now count for none either (kyc.usage.lockstep._HELD_SINCE). `kyc simulate --usage
+    --usage-farm-human-pace --usage-farm-sticky-exits --seed 4646` ended its week with 15 of the
+    farm's 400 accounts allowed, released so; after, none."""
+    from kyc.rescore.background import drain
+    from kyc.rescore.schedule import rescore_daily
+
+    templates = {f"pf_farm_{k}": 5 for k in range(4)}
+    first, second = _signups(client, auth, "farm", 21), _signups(client, auth, "wave", 24)
+    watcher = _signups(client, auth, "watcher", 1)
+    _post_before(client, auth, 12, [_report(a, {"pf_own": 1}, requests=1, cv=1.5) for a in watcher])   # kyc watching
+
+    def wave(accounts: list[str], base: int) -> list[dict]:
+        return [{**_report(a, templates, cv=1.2), "ip": f"73.{base + i}.3.3"} for i, a in enumerate(accounts)]
+
+    _post_before(client, auth, 1, wave(first, 20), time="09:30:00")
+    assert {client.get(f"/v1/accounts/{a}", headers=auth).json["decision"] for a in first} == {"review"}
+    refused = [{**_report(a, {}), "requests": 0, "refused": 27} for a in first]
+    _post_before(client, auth, 1, refused + wave(second, 60), time="15:30:00")
+    assert {client.get(f"/v1/accounts/{a}", headers=auth).json["decision"] for a in second} == {"review"}
+
+    _, refused_run = rescore_daily(runtime, now=datetime.fromisoformat(f"{WOKE}T03:00:00+00:00"))
+    drain(runtime)
+    assert refused_run.total == 21                   # the first wave, refused the day before
+    for a in first:
+        answer = client.get(f"/v1/accounts/{a}", headers=auth).json
+        assert answer["decision"] == "review" and "lockstep_farm_waking" in {r["rule"] for r in answer["reasons"]}, a
+    with runtime.session() as s:
+        usage = s.execute(select(Evaluation.signals).where(Evaluation.account_id == first[0],
+                                                           Evaluation.trigger == "rescore")
+                          .order_by(Evaluation.created_at.desc()).limit(1)).scalar_one()["usage"]
+    assert (usage["lockstep_woke"], usage["lockstep_adopters"]) == (20, 0)
