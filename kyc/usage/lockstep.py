@@ -45,6 +45,11 @@ the office, and the few who roam (a phone on the move, a job on a new cloud addr
 a small share of any group of them. A farm that keeps one exit a day (a sticky session) does not
 roam, and a paced one is then told from people by nothing here on its first day (`kyc simulate
 --usage-farm-sticky-exits`; rules/signup.yaml, woke_together_on_rare_templates, says what was tried).
+Its later waves are told by whom they follow: usage.earlier_adopters counts the accounts that began
+on a woken account's templates before the day, and usage.earlier_adopters_held those of them kyc
+holds now. A farm's next wave wakes on the templates of its earlier waves, held; people back from a
+break take up templates whose earlier users are served (a tool's launch users, held as a group, are
+a few of its users once it has grown past them).
 
 Sharing uncommon templates in the same hours at a machine pace is also what a mid-size agent
 tool's users do (a few hundred developers, the tool's handful of system prompts, all day): an
@@ -226,6 +231,13 @@ _ADOPTERS_WATCHED = (select(_S.c.value_hash, _S.c.day, func.count())
                      .group_by(_S.c.value_hash, _S.c.day))
 # Which of some accounts signed up on or after kyc's first day of usage.
 _WATCHED_FROM_SIGNUP = select(_A.c.id).where(in_list(_A.c.id, "ids"), _A.c.first_seen_at >= bindparam("watched_from"))
+# For a woken account's templates: how many accounts began on each before the day, and how many of
+# those kyc holds now (usage.earlier_adopters, usage.earlier_adopters_held). Read only for accounts
+# woken that day (few: a wake ends a dormancy), on their uncommon templates.
+_EARLIER_ADOPTERS = (select(_S.c.value_hash, func.count(), func.count().filter(_A.c.decision.in_(HELD)))
+                     .select_from(_S.join(_A, _A.c.id == _S.c.account_id))
+                     .where(in_list(_S.c.value_hash, "hashes"), _S.c.day < bindparam("day"))
+                     .group_by(_S.c.value_hash))
 _READ_CHUNK = 1000
 
 
@@ -233,6 +245,36 @@ _USE_COLUMNS = ("value_hash", "day", "account_id", "hours")
 # The facts of an account in no group that day (lockstep_facts starts each from these).
 NO_LOCKSTEP = {"lockstep_accounts": 0, "lockstep_woke": 0, "lockstep_began_together": 0, "lockstep_adopters": 0,
                "lockstep_adopters_together": 0, "lockstep_addresses": 0, "woke_together": 0}
+
+
+def _earlier_adopters(session: Session, day: date, woken_templates: dict[str, set[str]],
+                      began: dict[str, dict[str, date]], kept: set[tuple[str, str]],
+                      out: dict[tuple[str, date], dict[str, Any]]) -> None:
+    """usage.earlier_adopters and usage.earlier_adopters_held of the accounts woken on `day` (account
+    -> its uncommon templates that day), into `out`: of the template most other accounts began on
+    before the day (the first by name of as many), those others, and how many of them kyc holds now."""
+    hashes = sorted({h for templates in woken_templates.values() for h in templates})
+    counts: dict[str, tuple[int, int]] = {}
+    for i in range(0, len(hashes), _READ_CHUNK):
+        for value_hash, n, held in session.execute(_EARLIER_ADOPTERS, {"day": day, "hashes": hashes[i:i + _READ_CHUNK]}):
+            counts[value_hash] = (n, held)
+    # An account's own start before the day (it woke the day before) is no adopter of its own.
+    own = {a for a, templates in woken_templates.items() if any((a, h) in kept and began[a][h] < day for h in templates)}
+    held_now: set[str] = set()
+    ids = sorted(own)
+    for i in range(0, len(ids), _READ_CHUNK):
+        held_now.update(session.scalars(_HELD_NOW, {"ids": ids[i:i + _READ_CHUNK]}))
+
+    def others(account_id: str, h: str) -> tuple[int, int]:
+        n, held = counts.get(h, (0, 0))
+        if (account_id, h) in kept and began[account_id][h] < day:
+            n, held = n - 1, held - (account_id in held_now)
+        return n, held
+
+    for account_id, templates in woken_templates.items():
+        widest = max(sorted(templates), key=lambda h: others(account_id, h)[0])
+        n, held = others(account_id, widest)
+        out[(account_id, day)].update(earlier_adopters=n, earlier_adopters_held=held)
 
 
 def hours_mask(hours: list[int] | None) -> int:
@@ -501,6 +543,7 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
         # account -> (its start on what it shares -> the others begun within BEGAN_WITHIN days of it),
         # and the others that began on it in kyc's first days (their start is censored)
         near_sets: dict[str, tuple[list[tuple[date, int]], int]] = {}
+        woken_templates: dict[str, set[str]] = {}                # woken account -> its uncommon templates
         for account_id, templates in asked.items():
             facts = out[(account_id, day)]
             me = group.bit(account_id)
@@ -510,6 +553,7 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
                 facts["woke_together_share"] = (round(facts["woke_together"] / peers.bit_count(), 4) if peers
                                                 else 0.0)
                 facts["woke_together_roaming"] = (peers & group.awake & roaming_bits).bit_count()
+                woken_templates[account_id] = set(templates)
             if len(templates) < SHARED:
                 continue
             mask = 0
@@ -544,6 +588,7 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
             # or a few shows itself (a class on its campus's address, an office's staff).
             facts.update(lockstep_accounts=lockstep.bit_count(), lockstep_woke=(lockstep & group.awake).bit_count(),
                          lockstep_addresses=group.addresses(lockstep | me))
+        _earlier_adopters(session, day, woken_templates, began, kept, out)
         hashes = sorted({h for shared in shared_in_lockstep.values() for h in shared})
         begun: dict[str, dict[date, int]] = {}                   # template -> day begun -> accounts
         held_that_day: Counter = Counter()                       # template -> accounts begun on it that day, held now

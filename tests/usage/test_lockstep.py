@@ -466,6 +466,15 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, woke_on: dict[
                 facts["woke_together_share"] = round(len(woken) / len(others), 4) if others else 0.0
                 facts["woke_together_roaming"] = sum(1 for a in woken
                                                      if (networks or {}).get(a, 0) >= ROAMING_NETWORKS)
+                # Earlier adopters: the other accounts whose kept start on a template is before the day, for
+                # the template with the most (the first by name of as many); and of them, those held now.
+
+                def earlier_of(t):
+                    return [a for (a, t2), d in starts.items() if t2 == t and a != account and d < day]
+
+                widest = max(sorted(mine), key=lambda t: len(earlier_of(t)))
+                facts["earlier_adopters"] = len(earlier_of(widest))
+                facts["earlier_adopters_held"] = sum(1 for a in earlier_of(widest) if a in held_now)
             if len(mine) >= SHARED:
                 mask = 0
                 for h in mine.values():
@@ -899,3 +908,50 @@ def test_a_farm_that_sets_more_accounts_going_later_the_same_day_does_not_releas
                                                            Evaluation.trigger == "rescore")
                           .order_by(Evaluation.created_at.desc()).limit(1)).scalar_one()["usage"]
     assert (usage["lockstep_woke"], usage["lockstep_adopters"]) == (20, 0)
+
+
+def test_a_farm_s_next_wave_at_a_person_s_pace_on_sticky_exits_is_held_on_its_first_reports(client, auth, runtime):
+    """A farm's second wave wakes on the templates of its first, held the day before: at a person's
+    pace, an address each that it keeps all day (no roaming), one template each so far (no
+    lockstep). What gives it away is whom it follows: those who began on its templates before are
+    held (usage.earlier_adopters_held). `kyc simulate --usage --usage-farm-human-pace
+    --usage-farm-wake-days 3 --usage-farm-sticky-exits`: each wave was served about nine hours of its
+    first day. A group of people back from a break on templates whose earlier users are served, the
+    same reports otherwise, is served."""
+    templates = {f"pf_farm_{k}": 5 for k in range(4)}
+    first, second = _signups(client, auth, "farm", 21), _signups(client, auth, "wave", 24)
+    watcher = _signups(client, auth, "watcher", 1)
+    _post_before(client, auth, 12, [_report(a, {"pf_own": 1}, requests=1, cv=1.5) for a in watcher])   # kyc watching
+    _post_before(client, auth, 2, [{**_report(a, templates, cv=1.2), "ip": f"73.{20 + i}.3.3"}
+                                   for i, a in enumerate(first)])
+    assert {client.get(f"/v1/accounts/{a}", headers=auth).json["decision"] for a in first} == {"review"}
+    refused = [{**_report(a, {}), "requests": 0, "refused": 27} for a in first]
+    _post_before(client, auth, 1, refused + [{**_report(a, {"pf_farm_0": 2, f"pf_farm_{1 + i % 3}": 1}, requests=3,
+                                                        cv=1.2), "ip": f"73.{60 + i}.3.3"}
+                                             for i, a in enumerate(second)])
+    for a in second:
+        answer = client.get(f"/v1/accounts/{a}", headers=auth).json
+        assert answer["decision"] == "review", a
+        assert "woke_together_on_rare_templates" in {r["rule"] for r in answer["reasons"]}, a
+    with runtime.session() as s:
+        usage = s.execute(select(Evaluation.signals).where(Evaluation.account_id == second[0])
+                          .order_by(Evaluation.created_at.desc()).limit(1)).scalar_one()["usage"]
+    assert (usage["woke_together"], usage["woke_together_roaming"], usage["lockstep_accounts"]) == (23, 0, 0)
+    assert (usage["earlier_adopters"], usage["earlier_adopters_held"]) == (21, 21)
+
+
+def test_people_back_from_a_break_on_templates_whose_earlier_users_are_served_are_served(client, auth, runtime):
+    """The control of the test above: the same second wave, the templates' earlier users served."""
+    templates = {f"pf_farm_{k}": 5 for k in range(4)}
+    earlier, second = _signups(client, auth, "user", 21), _signups(client, auth, "wave", 24)
+    _own_trickle(client, auth, earlier, days=12, last=3)              # active users: they wake no one
+    _post_before(client, auth, 2, [{**_report(a, templates, cv=1.2), "ip": f"73.{100 + i}.3.3"}
+                                   for i, a in enumerate(earlier)])
+    assert {client.get(f"/v1/accounts/{a}", headers=auth).json["decision"] for a in earlier} == {"allow"}
+    _post_before(client, auth, 1, [{**_report(a, {"pf_farm_0": 2, f"pf_farm_{1 + i % 3}": 1}, requests=3, cv=1.2),
+                                    "ip": f"73.{60 + i}.3.3"} for i, a in enumerate(second)])
+    assert {client.get(f"/v1/accounts/{a}", headers=auth).json["decision"] for a in second} == {"allow"}
+    with runtime.session() as s:
+        usage = s.execute(select(Evaluation.signals).where(Evaluation.account_id == second[0])
+                          .order_by(Evaluation.created_at.desc()).limit(1)).scalar_one()["usage"]
+    assert (usage["woke_together"], usage["earlier_adopters"], usage["earlier_adopters_held"]) == (23, 21, 0)
