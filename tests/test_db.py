@@ -14,6 +14,19 @@ from sqlalchemy import text
 from kyc import db, persist
 
 
+def _fill_and_wait_for_the_wal(engine, path) -> int:
+    """Write 1 MB to table filler in 20 commits; the WAL's size once the checkpoint thread has
+    emptied it, or after 30 s."""
+    for _ in range(20):
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO filler VALUES (randomblob(50000))"))
+    wal = path.with_name(path.name + "-wal")
+    deadline = time.monotonic() + 30
+    while wal.stat().st_size > 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return wal.stat().st_size
+
+
 def test_sqlite_wal_is_checkpointed_off_the_request_path(tmp_path, monkeypatch):
     monkeypatch.setattr(db._Checkpointer, "INTERVAL", 0.05)
     monkeypatch.setattr(db._Checkpointer, "TRUNCATE_EVERY", 2)
@@ -23,14 +36,7 @@ def test_sqlite_wal_is_checkpointed_off_the_request_path(tmp_path, monkeypatch):
         assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         conn.execute(text("CREATE TABLE filler (payload BLOB)"))
-    for _ in range(20):
-        with engine.begin() as conn:
-            conn.execute(text("INSERT INTO filler VALUES (randomblob(50000))"))
-    wal = path.with_name("kyc.db-wal")
-    deadline = time.monotonic() + 30
-    while wal.stat().st_size > 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert wal.stat().st_size == 0                      # copied into the database, then emptied
+    assert _fill_and_wait_for_the_wal(engine, path) == 0      # copied into the database, then emptied
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM filler")).scalar() == 20
     engine.dispose()
@@ -52,14 +58,7 @@ def test_the_wal_is_checkpointed_when_the_thread_opened_the_file_before_it_was_i
     created.close()
     engine = db.make_engine(f"sqlite:///{path}")
     time.sleep(0.2)                                     # the thread's first rounds open the file
-    for _ in range(20):
-        with engine.begin() as conn:
-            conn.execute(text("INSERT INTO filler VALUES (randomblob(50000))"))
-    wal = path.with_name("kyc.db-wal")
-    deadline = time.monotonic() + 30
-    while wal.stat().st_size > 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert wal.stat().st_size == 0 and path.stat().st_size > 20 * 50000
+    assert _fill_and_wait_for_the_wal(engine, path) == 0 and path.stat().st_size > 20 * 50000
     engine.dispose()
 
 
