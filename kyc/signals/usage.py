@@ -108,11 +108,12 @@ FIELDS = (
     Field("usage.earlier_adopters", "int",
           "On the day the account woke, and the day after: the other accounts that began before that day on the "
           "one of its templates of woke_together (not popular that day) that most accounts began on before it "
-          "(prompt_starts), used that day or not (kyc/usage/lockstep.py). Missing on other days.", 0),
+          "(prompt_starts), used that day or not (kyc/usage/lockstep.py). Missing on other days, and when "
+          "woke_together is 0.", 0),
     Field("usage.earlier_adopters_held", "int",
           "Of earlier_adopters, those kyc holds now (review or block): a farm that wakes in waves finds its earlier "
-          "waves held on the templates its next wave wakes on; a tool's earlier users are served. Missing on "
-          "other days.", 0),
+          "waves held on the templates its next wave wakes on; a tool's earlier users are served. Missing as "
+          "earlier_adopters is.", 0),
     Field("usage.cluster_requests_today", "int",
           "Requests the account's whole cluster (graph.cluster_id) was served on the day.", 1200),
     Field("usage.cluster_quota_ratio", "float",

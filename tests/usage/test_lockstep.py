@@ -472,9 +472,10 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, woke_on: dict[
                 def earlier_of(t):
                     return [a for (a, t2), d in starts.items() if t2 == t and a != account and d < day]
 
-                widest = max(sorted(mine), key=lambda t: len(earlier_of(t)))
-                facts["earlier_adopters"] = len(earlier_of(widest))
-                facts["earlier_adopters_held"] = sum(1 for a in earlier_of(widest) if a in held_now)
+                if woken:                               # read for a woken group only
+                    widest = max(sorted(mine), key=lambda t: len(earlier_of(t)))
+                    facts["earlier_adopters"] = len(earlier_of(widest))
+                    facts["earlier_adopters_held"] = sum(1 for a in earlier_of(widest) if a in held_now)
             if len(mine) >= SHARED:
                 mask = 0
                 for h in mine.values():
