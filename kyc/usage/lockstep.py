@@ -462,7 +462,8 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
     many of those began on the templates counted for the pair within BEGAN_WITHIN days of when
     the account did (each side's earliest start on them; a use without a start kept counts as
     begun that day).
-    Woke together: the other accounts woken that day that used any of its uncommon templates.
+    Woke together: the other accounts woken that day that used any of its uncommon templates; and, when
+    there are any, the earlier adopters of those templates (usage.earlier_adopters, _earlier_adopters).
     Adopters: the accounts that had begun on the template by the day, or by `adopted_by` when the
     day is read again later (a rescore: what is known now, so a tool's launch adopters held as
     a group are released once the tool has grown past twice them; those begun on the day or since
