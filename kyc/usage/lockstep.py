@@ -78,8 +78,8 @@ adopters are in a kyc that has watched for longer (below). Two limits: a farm th
 templates at staggered times over weeks looks like a tool's users to this test (the rules that
 read waking, above, and the identity graph remain for it); and a tool's first days, when most of
 its users began within a day or two of each other, look like a farm's. Those first users are held
-only until the tool grows past twice their number: a held account sends nothing that would re-evaluate it, so
-the daily rescore takes the accounts the gateway refused the day before (kyc.rescore.runs,
+only until the tool grows past twice their number: a held account sends nothing that would
+re-evaluate it, so the daily rescore takes the accounts the gateway refused the day before (kyc.rescore.runs,
 selector "refused"), and a rescore counts the adopters known now, not those of the day that held
 it. A farm's templates gain no adopters but the farm's, so its accounts stay held. A farm that sets
 going more accounts on its templates later, in waves or later the same day, does not release the
@@ -95,9 +95,9 @@ them before): at five newcomers a day, after ten days instead of five. `kyc simu
 about as many of its agent tool's users at some time (seed 4646: 35 of 600, as before; seed 1919, 37
 instead of 36; seed 2626, not looked at before either, 15 as before, its default variant unchanged,
 the farm served 3.58%), and all are allowed at the week's end. A later wave no larger than the ones
-held before it is not held by lockstep_farm_waking on its own day (counted live, the held waves are among everyone who took up
-the templates); the other usage rules read it as any group. (The usage rules hold for review; a
-person's or a cluster action's block stays: kyc.scoring.decide.)
+held before it is not held by lockstep_farm_waking on its own day (counted live, the held waves are
+among everyone who took up the templates); the other usage rules read it as any group. (The usage
+rules hold for review; a person's or a cluster action's block stays: kyc.scoring.decide.)
 """
 
 from __future__ import annotations
@@ -248,23 +248,31 @@ NO_LOCKSTEP = {"lockstep_accounts": 0, "lockstep_woke": 0, "lockstep_began_toget
                "lockstep_adopters_together": 0, "lockstep_addresses": 0, "woke_together": 0}
 
 
+def _held_now(session: Session, ids: set[str]) -> set[str]:
+    """Which of `ids` kyc holds now (HELD)."""
+    ordered, held = sorted(ids), set()
+    for i in range(0, len(ordered), _READ_CHUNK):
+        held.update(session.scalars(_HELD_NOW, {"ids": ordered[i:i + _READ_CHUNK]}))
+    return held
+
+
 def _earlier_adopters(session: Session, day: date, woken_templates: dict[str, set[str]],
                       began: dict[str, dict[str, date]], kept: set[tuple[str, str]],
                       out: dict[tuple[str, date], dict[str, Any]]) -> None:
     """usage.earlier_adopters and usage.earlier_adopters_held of the accounts woken on `day` (account
     -> its uncommon templates that day), into `out`: of the template most other accounts began on
     before the day (the first by name of as many), those others, and how many of them kyc holds now."""
+    if not woken_templates:
+        return
     hashes = sorted({h for templates in woken_templates.values() for h in templates})
     counts: dict[str, tuple[int, int]] = {}
     for i in range(0, len(hashes), _READ_CHUNK):
-        for value_hash, n, held in session.execute(_EARLIER_ADOPTERS, {"day": day, "hashes": hashes[i:i + _READ_CHUNK]}):
+        for value_hash, n, held in session.execute(_EARLIER_ADOPTERS,
+                                                   {"day": day, "hashes": hashes[i:i + _READ_CHUNK]}):
             counts[value_hash] = (n, held)
     # An account's own start before the day (it woke the day before) is no adopter of its own.
-    own = {a for a, templates in woken_templates.items() if any((a, h) in kept and began[a][h] < day for h in templates)}
-    held_now: set[str] = set()
-    ids = sorted(own)
-    for i in range(0, len(ids), _READ_CHUNK):
-        held_now.update(session.scalars(_HELD_NOW, {"ids": ids[i:i + _READ_CHUNK]}))
+    held_now = _held_now(session, {a for a, templates in woken_templates.items()
+                                   if any((a, h) in kept and began[a][h] < day for h in templates)})
 
     def others(account_id: str, h: str) -> tuple[int, int]:
         n, held = counts.get(h, (0, 0))
@@ -611,12 +619,10 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
                     else:
                         held_that_day[value_hash] += n
         adopters = {h: sum(days.values()) - held_that_day[h] for h, days in begun.items()}
-        held_now: set[str] = set()                               # of those begun that day, the accounts asked about
-        if held_that_day:
-            asked_held = sorted({a for a, shared in shared_in_lockstep.items()
-                                 if any((a, h) in kept and began[a][h] == day for h in shared)})
-            for i in range(0, len(asked_held), _READ_CHUNK):
-                held_now.update(session.scalars(_HELD_NOW, {"ids": asked_held[i:i + _READ_CHUNK]}))
+        # Of the accounts asked about, those begun that day and held now (counted out with the held already).
+        held_now = _held_now(session, {a for a, shared in shared_in_lockstep.items()
+                                       if any((a, h) in kept and began[a][h] == day for h in shared)}
+                             ) if held_that_day else set()
 
         def other_adopters(account_id: str, h: str) -> int:
             # This account's own kept start is no adopter of its own (if begun that day and held, it was
