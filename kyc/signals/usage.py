@@ -105,6 +105,11 @@ FIELDS = (
           "usage.networks_today): a farm behind rotating residential proxies, an exit an hour, roams as a whole; "
           "a tool's users back from a break are at home or at work, and few of them roam. Missing on other days.",
           0),
+    Field("usage.woke_together_addresses", "int",
+          "Distinct addresses the woken group (this account and woke_together) acted from that day, each account's "
+          "last activity IP of the day (as usage.lockstep_addresses): as many as the accounts, a small farm behind "
+          "residential proxies, an exit each; one or a few, a team's office or a class on its campus's address. "
+          "Missing on other days.", 1),
     Field("usage.earlier_adopters", "int",
           "On the day the account woke, and the day after: the other accounts that began before that day on the "
           "one of its templates of woke_together (not popular that day) that most accounts began on before it "

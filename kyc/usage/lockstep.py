@@ -42,8 +42,10 @@ used ROAMING_NETWORKS networks or more that day. A farm paced as people are (its
 spread over the day) is no machine to interval_cv, but behind residential proxies each account takes
 a new exit every hour or so, and the whole group roams; people back from a break work from home or
 the office, and the few who roam (a phone on the move, a job on a new cloud address each run) are
-a small share of any group of them. A farm that keeps one exit a day (a sticky session) does not
-roam, and a paced one is then told from people by nothing here on its first day (`kyc simulate
+a small share of any group of them. usage.woke_together_addresses is where the woken group acted
+from (as usage.lockstep_addresses for the lockstep group): a small farm, too few for the rules that
+ask twenty, is told by a machine pace from an address per account, where a team's scripts run from
+its office. A farm that keeps one exit a day (a sticky session) does not roam, and a paced one is then told from people by nothing here on its first day (`kyc simulate
 --usage-farm-sticky-exits`; rules/signup.yaml, woke_together_on_rare_templates, says what was tried).
 Its later waves are told by whom they follow: usage.earlier_adopters counts the accounts that began
 on a woken account's templates before the day, and usage.earlier_adopters_held those of them kyc
@@ -563,6 +565,7 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
                 facts["woke_together_share"] = (round(facts["woke_together"] / peers.bit_count(), 4) if peers
                                                 else 0.0)
                 facts["woke_together_roaming"] = (peers & group.awake & roaming_bits).bit_count()
+                facts["woke_together_addresses"] = group.addresses((peers & group.awake) | me)
                 if facts["woke_together"]:
                     # Whom a woken group follows; a lone waker (a person back from a break) is no group,
                     # and its templates' adopters are not read (a join to accounts for each of them:

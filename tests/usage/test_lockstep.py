@@ -28,14 +28,16 @@ _EMAIL_SHAPES = ("{p}.person{i}", "{p}{i}x", "x_{p}_{i}", "{p}-{i}-mail", "{i}{p
 _DOMAINS = ("gmail.com", "outlook.com", "yahoo.com", "icloud.com", "proton.me")
 
 
-def _signups(client, auth, prefix: str, n: int, signed_up: str = SIGNED_UP) -> list[str]:
+def _signups(client, auth, prefix: str, n: int, signed_up: str = SIGNED_UP, network: int = 1) -> list[str]:
+    """`n` people signing up, each from an address of its own (in 73.x.`network`.0/24: groups signed up on
+    other networks are not linked by their signup addresses)."""
     ids = []
     for i in range(n):
         account = f"{prefix}_{i}"
         # People, not a farm: addresses of many shapes at many providers.
         body = signup(account_id=account, email=_EMAIL_SHAPES[i % 5].format(p=prefix, i=i) + "@" + _DOMAINS[i // 5 % 5],
                       device_id=f"dv_{prefix}_{i}",
-                      phone=None, ip=f"73.{15 + i}.1.{i + 1}",
+                      phone=None, ip=f"73.{15 + i}.{network}.{i + 1}",
                       occurred_at=signed_up)
         assert client.post("/v1/signups", json=body, headers=auth).status_code == 200
         ids.append(account)
@@ -143,6 +145,39 @@ def test_a_group_waking_together_at_a_person_s_pace_is_held_behind_many_addresse
     assert all(client.get(f"/v1/accounts/{a}/entitlement?tier=free", headers=auth).json["allowed"] for a in students)
     facts = _facts_today(runtime, students[0])
     assert (facts["lockstep_accounts"], facts["lockstep_woke"], facts["lockstep_addresses"]) == (24, 24, 1)
+
+
+def test_a_small_farm_waking_together_at_a_machine_pace_from_an_address_each_is_held(client, auth, runtime):
+    """Ten dormant accounts waking together on six rare templates at a machine pace, each behind a
+    residential proxy exit of its own: fewer than the twenty the other group rules ask, and none of
+    them linked (an outside probe: 5, 10, 15 and 20 such accounts were served for twelve hours, 30 were
+    held in their first). The same ten from one office address, or at a person's pace, are served."""
+    templates = [f"pf_farm_{k}" for k in range(6)]
+
+    def wake(prefix: str, cv: float, ip, network: int) -> list[str]:
+        accounts = _signups(client, auth, prefix, 10, network=network)
+        reports = [{**_report(a, {f"{prefix}_{t}": 5 for t in templates if t != templates[i % 6]}, cv=cv), "ip": ip(i)}
+                   for i, a in enumerate(accounts)]
+        results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
+        assert all(r["woke_up"] for r in results)
+        return [r["decision"] for r in results]
+
+    assert wake("farm", 0.05, lambda i: f"73.{40 + i}.9.9", 1) == ["review"] * 10
+    farm = client.get("/v1/accounts/farm_0", headers=auth).json
+    assert {r["rule"] for r in farm["reasons"]} == {"small_group_waking_together"} and farm["cluster"]["size"] == 1
+    with runtime.session() as s:
+        usage = s.execute(select(Evaluation.signals).where(Evaluation.account_id == "farm_0")
+                          .order_by(Evaluation.created_at.desc()).limit(1)).scalar_one()["usage"]
+    assert (usage["woke_together"], usage["woke_together_share"], usage["woke_together_addresses"]) == (9, 1.0, 10)
+    assert client.get("/v1/accounts/farm_0/entitlement?tier=free", headers=auth).json["allowed"] is False
+    # Served: the team's shared address links it (growing_cluster asks for a document, which the free
+    # tier serves).
+    for people in (wake("team", 0.05, lambda i: "198.51.100.20", 2), wake("class", 1.1, lambda i: f"73.{60 + i}.9.9", 3)):
+        assert set(people) <= {"allow", "verify"}
+    for account in ("team_0", "class_0"):
+        reasons = {r["rule"] for r in client.get(f"/v1/accounts/{account}", headers=auth).json["reasons"]}
+        assert "small_group_waking_together" not in reasons, (account, reasons)
+        assert client.get(f"/v1/accounts/{account}/entitlement?tier=free", headers=auth).json["allowed"] is True
 
 
 def test_a_farm_waking_together_is_held_before_any_two_accounts_share_three_templates(client, auth, runtime):
@@ -466,6 +501,7 @@ def _brute_force(uses: dict[tuple[str, str], int], held: Counter, woke_on: dict[
                 facts["woke_together_share"] = round(len(woken) / len(others), 4) if others else 0.0
                 facts["woke_together_roaming"] = sum(1 for a in woken
                                                      if (networks or {}).get(a, 0) >= ROAMING_NETWORKS)
+                facts["woke_together_addresses"] = len({(ips or {}).get(a) for a in woken | {account}} - {None})
                 # Earlier adopters: the other accounts whose kept start on a template is before the day, for
                 # the template with the most (the first by name of as many); and of them, those held now.
 
