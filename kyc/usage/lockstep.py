@@ -288,6 +288,28 @@ def _earlier_adopters(session: Session, day: date, woken_templates: dict[str, se
         out[(account_id, day)].update(earlier_adopters=n, earlier_adopters_held=held)
 
 
+def woken_peers(session: Session, woken_on: dict[date, list[str]], *, popular: int) -> set[str]:
+    """The group each of the accounts woke with, that kyc does not hold now: for each day of
+    `woken_on` (day -> accounts woken then), the other accounts woken then (woken()) that used any
+    of those accounts' uncommon templates that day, as usage.woke_together counts them. The
+    accounts of `woken_on` are left out."""
+    asked = {a for accounts in woken_on.values() for a in accounts}
+    peers: set[str] = set()
+    for day, accounts in woken_on.items():
+        hashes: set[str] = set()
+        ids = sorted(accounts)
+        for i in range(0, len(ids), _READ_CHUNK):
+            hashes.update(row.value_hash for row in session.execute(
+                _MINE, {"accounts": ids[i:i + _READ_CHUNK], "day": day, "popular": popular,
+                        "yesterday": day - timedelta(days=1), "watched_before": day - timedelta(days=BEGAN_WITHIN)}))
+        ordered = sorted(hashes)
+        for i in range(0, len(ordered), _READ_CHUNK):
+            peers.update(row.account_id for row in session.execute(_USES, {"day": day, "hashes": ordered[i:i + _READ_CHUNK]})
+                         if woken(row.woke_on, day))
+    peers -= asked
+    return peers - _held_now(session, peers) if peers else peers
+
+
 def hours_mask(hours: list[int] | None) -> int:
     return sum(1 << h for h, n in enumerate(hours or ()) if n)
 

@@ -7,11 +7,14 @@ the new usage facts (a microsecond-scale check, its signals cached by evaluation
 account whose decision or score would rise is re-evaluated. The check only selects accounts;
 what they become is decided by the one pipeline (kyc.rescore.batch.rescore_chunk -> kyc.scoring), in
 the report's transaction, so the answer to the report and the next entitlement check carry the
-new decision. Each re-evaluated account's cluster is then rescored after the commit.
+new decision. Each re-evaluated account's cluster is then rescored after the commit, and so is the
+group a held account woke with (the group rules count the others: reported one account at a time,
+the group's first accounts are held only once its last reports show it whole).
 """
 
 from __future__ import annotations
 
+from datetime import date
 from typing import TYPE_CHECKING, Any, Iterable
 
 from sqlalchemy import select
@@ -24,7 +27,7 @@ from kyc.scoring.decide import evaluate
 from kyc.rescore.batch import rescore_chunk
 from kyc.rescore.requests import after_commit
 from kyc.usage.days import ClusterDaysOnce, lockstep_wanted, usage_facts
-from kyc.usage.lockstep import lockstep_facts
+from kyc.usage.lockstep import HELD, lockstep_facts, woken, woken_peers
 from kyc.usage.reports import Recorded
 
 if TYPE_CHECKING:
@@ -97,9 +100,17 @@ def accounts_to_reevaluate(runtime: Runtime, session: Session, recorded: Iterabl
     return sorted(rising)
 
 
-def reevaluate(runtime: Runtime, session: Session, account_ids: list[str]) -> dict[str, str]:
+def reevaluate(runtime: Runtime, session: Session, account_ids: list[str],
+               recorded: Iterable[Recorded] = ()) -> dict[str, str]:
     """Re-evaluate accounts through the pipeline in the caller's transaction and ask for their
-    clusters' rescoring once it commits; returns each account's new decision."""
+    clusters' rescoring once it commits; returns each account's new decision.
+
+    `recorded`: the reports that made them riskier. Each account woken (kyc.usage.lockstep.woken)
+    on the latest day of its reports and held now asks, once the transaction commits, for the
+    rescoring of the group it woke with (kyc.usage.lockstep.woken_peers: woken too, on its uncommon
+    templates, not held). Why: the group rules count the others, so a group reported one account
+    at a time was seen whole only by its last reports, and its first accounts were served until
+    their next report (10 accounts of a farm, one report each: the first 7 allowed)."""
     if not account_ids:
         return {}
     rules = runtime.rules
@@ -107,4 +118,18 @@ def reevaluate(runtime: Runtime, session: Session, account_ids: list[str]) -> di
     for account_id, cluster_id in session.execute(_CLUSTERS, {"ids": account_ids}).all():
         after_commit(session).ask_rescore(clusters=[cluster_id])
         after_commit(session).hand_over(runtime, exclude=account_id)
-    return dict(session.execute(_DECISIONS, {"ids": account_ids}).all())
+    decisions = dict(session.execute(_DECISIONS, {"ids": account_ids}).all())
+    latest: dict[str, Recorded] = {}
+    for r in recorded:
+        if r.account_id in decisions and (r.account_id not in latest or r.day >= latest[r.account_id].day):
+            latest[r.account_id] = r
+    held: dict[date, list[str]] = {}
+    for account_id, r in latest.items():
+        if decisions[account_id] in HELD and woken(r.usage_day.get("woke_on"), r.day):
+            held.setdefault(r.day, []).append(account_id)
+    if held:
+        peers = woken_peers(session, held, popular=runtime.config.usage_popular_prompt) - set(account_ids)
+        if peers:
+            after_commit(session).ask_rescore(accounts=sorted(peers))
+            after_commit(session).hand_over(runtime)
+    return decisions
