@@ -15,7 +15,7 @@ the group's first accounts are held only once its last reports show it whole).
 from __future__ import annotations
 
 from datetime import date
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -35,6 +35,15 @@ if TYPE_CHECKING:
 
 _CLUSTERS = select(ClusterMember.account_id, ClusterMember.cluster_id).where(in_list(ClusterMember.account_id, "ids"))
 _DECISIONS = select(Account.id, Account.decision).where(in_list(Account.id, "ids"))
+
+
+def _latest(recorded: Iterable[Recorded]) -> dict[str, Recorded]:
+    """Each account's report of its latest day (the last of that day's)."""
+    latest: dict[str, Recorded] = {}
+    for r in recorded:
+        if r.account_id not in latest or r.day >= latest[r.account_id].day:
+            latest[r.account_id] = r
+    return latest
 
 
 def riskier(rules: RuleSet, subjects: dict[str, Any] | None, usage: dict[str, Any],
@@ -62,19 +71,14 @@ def riskier(rules: RuleSet, subjects: dict[str, Any] | None, usage: dict[str, An
     return False
 
 
-def accounts_to_reevaluate(runtime: Runtime, session: Session, recorded: Iterable[Recorded],
+def accounts_to_reevaluate(runtime: Runtime, session: Session, recorded: Sequence[Recorded],
                            standing: dict[str, Any]) -> list[str]:
     """The accounts among `recorded` to re-evaluate now. `standing`: account id -> its row as
     locked for the report (subjects, first_seen_at, cluster_size, cluster_id)."""
     from kyc.tiers import evaluation_signals
 
-    latest: dict[str, Recorded] = {}
-    woke: set[str] = set()
-    for r in recorded:
-        if r.woke_up:
-            woke.add(r.account_id)
-        if r.account_id not in latest or r.day >= latest[r.account_id].day:
-            latest[r.account_id] = r
+    latest = _latest(recorded)
+    woke = {r.account_id for r in recorded if r.woke_up}
     rules = runtime.rules
     candidates = [a for a in latest if a not in woke and standing[a].subjects]
     stored = evaluation_signals(session, [s["evaluation_id"] for a in candidates
@@ -101,7 +105,7 @@ def accounts_to_reevaluate(runtime: Runtime, session: Session, recorded: Iterabl
 
 
 def reevaluate(runtime: Runtime, session: Session, account_ids: list[str],
-               recorded: Iterable[Recorded] = ()) -> dict[str, str]:
+               recorded: Sequence[Recorded] = ()) -> dict[str, str]:
     """Re-evaluate accounts through the pipeline in the caller's transaction and ask for their
     clusters' rescoring once it commits; returns each account's new decision.
 
@@ -119,13 +123,9 @@ def reevaluate(runtime: Runtime, session: Session, account_ids: list[str],
         after_commit(session).ask_rescore(clusters=[cluster_id])
         after_commit(session).hand_over(runtime, exclude=account_id)
     decisions = dict(session.execute(_DECISIONS, {"ids": account_ids}).all())
-    latest: dict[str, Recorded] = {}
-    for r in recorded:
-        if r.account_id in decisions and (r.account_id not in latest or r.day >= latest[r.account_id].day):
-            latest[r.account_id] = r
     held: dict[date, list[str]] = {}
-    for account_id, r in latest.items():
-        if decisions[account_id] in HELD and woken(r.usage_day.get("woke_on"), r.day):
+    for account_id, r in _latest(recorded).items():
+        if decisions.get(account_id) in HELD and woken(r.usage_day.get("woke_on"), r.day):
             held.setdefault(r.day, []).append(account_id)
     if held:
         peers = woken_peers(session, held, popular=runtime.config.usage_popular_prompt) - set(account_ids)
