@@ -122,7 +122,7 @@ def _record(reports: list[tuple[str, ActivityInput]], call: Call | None) -> list
             shown, moved = link_reports(rt, session, reports, hashes)
             redone = set(accounts_to_reevaluate(rt, session, recorded, standing)) | set(moved)
             decisions = {a: row.decision for a, row in standing.items()}
-            decisions.update(reevaluate(rt, session, sorted(redone), recorded))
+            decisions.update(reevaluate(rt, session, sorted(redone)))
             answers = [_answer(r, decisions[r.account_id], r.account_id in redone) for r in recorded]
             if call is not None and not call.keep(session, answers):
                 raise _AnsweredBefore

@@ -46,8 +46,7 @@ a small share of any group of them. usage.woke_together_addresses is where the w
 from (as usage.lockstep_addresses for the lockstep group): a small farm, too few for the rules that
 ask twenty, is told by a machine pace from an address per account, where a team's scripts run from
 its office. A farm that keeps one exit a day (a sticky session) does not roam, and a paced one is
-then told from people by nothing here on its first day (`kyc simulate --usage-farm-sticky-exits`;
-rules/signup.yaml, woke_together_on_rare_templates, says what was tried).
+then told from people by nothing here on its first day (`kyc simulate --usage-farm-sticky-exits`; rules/signup.yaml, woke_together_on_rare_templates, says what was tried).
 Its later waves are told by whom they follow: usage.earlier_adopters counts the accounts that began
 on a woken account's templates before the day, and usage.earlier_adopters_held those of them kyc
 holds now. A farm's next wave wakes on the templates of its earlier waves, held; people back from a
@@ -190,14 +189,6 @@ _MINE = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _P.c.accounts, _S.
                                  & (_YESTERDAY.c.day == bindparam("yesterday")))
                       .outerjoin(_S, _STARTED))
          .where(in_list(_U.c.account_id, "accounts"), _U.c.day == bindparam("day"), _UNCOMMON))
-
-
-def _mine_params(accounts: list[str], day: date, popular: int) -> dict[str, Any]:
-    """_MINE's parameters: `accounts`' uncommon templates of `day`."""
-    return {"accounts": accounts, "day": day, "popular": popular, "yesterday": day - timedelta(days=1),
-            "watched_before": day - timedelta(days=BEGAN_WITHIN)}
-
-
 _DAYS_USES = (select(_U.c.account_id, _U.c.value_hash, _U.c.hours, _D.c.woke_on, _S.c.day, _D.c.last_ip_hash,
                      _D.c.networks)
               .select_from(_U.outerjoin(_D, (_D.c.account_id == _U.c.account_id) & (_D.c.day == _U.c.day))
@@ -295,27 +286,6 @@ def _earlier_adopters(session: Session, day: date, woken_templates: dict[str, se
         widest = max(sorted(templates), key=lambda h: others(account_id, h)[0])
         n, held = others(account_id, widest)
         out[(account_id, day)].update(earlier_adopters=n, earlier_adopters_held=held)
-
-
-def woken_peers(session: Session, woken_on: dict[date, list[str]], *, popular: int) -> set[str]:
-    """The group each of the accounts woke with, that kyc does not hold now: for each day of
-    `woken_on` (day -> accounts woken then), the other accounts woken then (woken()) that used any
-    of those accounts' uncommon templates that day, as usage.woke_together counts them. The
-    accounts of `woken_on` are left out."""
-    asked = {a for accounts in woken_on.values() for a in accounts}
-    peers: set[str] = set()
-    for day, accounts in woken_on.items():
-        hashes: set[str] = set()
-        ids = sorted(accounts)
-        for i in range(0, len(ids), _READ_CHUNK):
-            mine = session.execute(_MINE, _mine_params(ids[i:i + _READ_CHUNK], day, popular))
-            hashes.update(row.value_hash for row in mine)
-        ordered = sorted(hashes)
-        for i in range(0, len(ordered), _READ_CHUNK):
-            uses = session.execute(_USES, {"day": day, "hashes": ordered[i:i + _READ_CHUNK]})
-            peers.update(row.account_id for row in uses if woken(row.woke_on, day))
-    peers -= asked
-    return peers - _held_now(session, peers) if peers else peers
 
 
 def hours_mask(hours: list[int] | None) -> int:
@@ -536,7 +506,8 @@ def lockstep_facts(session: Session, wanted: list[tuple[str, date, bool]], *, po
         ids = sorted(woke)
         for i in range(0, len(ids), _READ_CHUNK):
             for account_id, value_hash, hours, accounts, start, watched_since in session.execute(
-                    _MINE, _mine_params(ids[i:i + _READ_CHUNK], day, popular)):
+                    _MINE, {"accounts": ids[i:i + _READ_CHUNK], "day": day, "popular": popular,
+                            "yesterday": day - timedelta(days=1), "watched_before": day - timedelta(days=BEGAN_WITHIN)}):
                 mine.setdefault(account_id, {})[value_hash] = hours
                 held_by[value_hash] = accounts
                 began.setdefault(account_id, {})[value_hash] = start or day

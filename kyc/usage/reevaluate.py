@@ -7,15 +7,20 @@ the new usage facts (a microsecond-scale check, its signals cached by evaluation
 account whose decision or score would rise is re-evaluated. The check only selects accounts;
 what they become is decided by the one pipeline (kyc.rescore.batch.rescore_chunk -> kyc.scoring), in
 the report's transaction, so the answer to the report and the next entitlement check carry the
-new decision. Each re-evaluated account's cluster is then rescored after the commit, and so is the
-group a held account woke with (the group rules count the others: reported one account at a time,
-the group's first accounts are held only once its last reports show it whole).
+new decision. Each re-evaluated account's cluster is then rescored after the commit.
+
+The group rules (kyc.usage.lockstep) count the other accounts, so a farm reported one account at a
+time is seen whole only by its last reports: of ten woken together, one report each, the first seven
+are served until their next report (a gateway reports its active accounts every hour or so).
+Tried: each woken account held here asking for the rescoring of the group it woke with (woken too,
+on its uncommon templates, not held). All ten were held. But `kyc simulate --usage` (bulk reports:
+nothing to gain there) held the agent tool's users at some time 31 -> 53 (seed 7474) and 24 -> 49
+(seed 8585, a farm of 10): its launch adopters, each read with its whole day. Reverted.
 """
 
 from __future__ import annotations
 
-from datetime import date
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -27,7 +32,7 @@ from kyc.scoring.decide import evaluate
 from kyc.rescore.batch import rescore_chunk
 from kyc.rescore.requests import after_commit
 from kyc.usage.days import ClusterDaysOnce, lockstep_wanted, usage_facts
-from kyc.usage.lockstep import HELD, lockstep_facts, woken, woken_peers
+from kyc.usage.lockstep import lockstep_facts
 from kyc.usage.reports import Recorded
 
 if TYPE_CHECKING:
@@ -35,15 +40,6 @@ if TYPE_CHECKING:
 
 _CLUSTERS = select(ClusterMember.account_id, ClusterMember.cluster_id).where(in_list(ClusterMember.account_id, "ids"))
 _DECISIONS = select(Account.id, Account.decision).where(in_list(Account.id, "ids"))
-
-
-def _latest(recorded: Iterable[Recorded]) -> dict[str, Recorded]:
-    """Each account's report of its latest day (the last of that day's)."""
-    latest: dict[str, Recorded] = {}
-    for r in recorded:
-        if r.account_id not in latest or r.day >= latest[r.account_id].day:
-            latest[r.account_id] = r
-    return latest
 
 
 def riskier(rules: RuleSet, subjects: dict[str, Any] | None, usage: dict[str, Any],
@@ -71,14 +67,19 @@ def riskier(rules: RuleSet, subjects: dict[str, Any] | None, usage: dict[str, An
     return False
 
 
-def accounts_to_reevaluate(runtime: Runtime, session: Session, recorded: Sequence[Recorded],
+def accounts_to_reevaluate(runtime: Runtime, session: Session, recorded: Iterable[Recorded],
                            standing: dict[str, Any]) -> list[str]:
     """The accounts among `recorded` to re-evaluate now. `standing`: account id -> its row as
     locked for the report (subjects, first_seen_at, cluster_size, cluster_id)."""
     from kyc.tiers import evaluation_signals
 
-    latest = _latest(recorded)
-    woke = {r.account_id for r in recorded if r.woke_up}
+    latest: dict[str, Recorded] = {}
+    woke: set[str] = set()
+    for r in recorded:
+        if r.woke_up:
+            woke.add(r.account_id)
+        if r.account_id not in latest or r.day >= latest[r.account_id].day:
+            latest[r.account_id] = r
     rules = runtime.rules
     candidates = [a for a in latest if a not in woke and standing[a].subjects]
     stored = evaluation_signals(session, [s["evaluation_id"] for a in candidates
@@ -104,17 +105,9 @@ def accounts_to_reevaluate(runtime: Runtime, session: Session, recorded: Sequenc
     return sorted(rising)
 
 
-def reevaluate(runtime: Runtime, session: Session, account_ids: list[str],
-               recorded: Sequence[Recorded] = ()) -> dict[str, str]:
+def reevaluate(runtime: Runtime, session: Session, account_ids: list[str]) -> dict[str, str]:
     """Re-evaluate accounts through the pipeline in the caller's transaction and ask for their
-    clusters' rescoring once it commits; returns each account's new decision.
-
-    `recorded`: the reports that made them riskier. Each account woken (kyc.usage.lockstep.woken)
-    on the latest day of its reports and held now asks, once the transaction commits, for the
-    rescoring of the group it woke with (kyc.usage.lockstep.woken_peers: woken too, on its uncommon
-    templates, not held). Why: the group rules count the others, so a group reported one account
-    at a time was seen whole only by its last reports, and its first accounts were served until
-    their next report (10 accounts of a farm, one report each: the first 7 allowed)."""
+    clusters' rescoring once it commits; returns each account's new decision."""
     if not account_ids:
         return {}
     rules = runtime.rules
@@ -122,14 +115,4 @@ def reevaluate(runtime: Runtime, session: Session, account_ids: list[str],
     for account_id, cluster_id in session.execute(_CLUSTERS, {"ids": account_ids}).all():
         after_commit(session).ask_rescore(clusters=[cluster_id])
         after_commit(session).hand_over(runtime, exclude=account_id)
-    decisions = dict(session.execute(_DECISIONS, {"ids": account_ids}).all())
-    held: dict[date, list[str]] = {}
-    for account_id, r in _latest(recorded).items():
-        if decisions.get(account_id) in HELD and woken(r.usage_day.get("woke_on"), r.day):
-            held.setdefault(r.day, []).append(account_id)
-    if held:
-        peers = woken_peers(session, held, popular=runtime.config.usage_popular_prompt) - set(account_ids)
-        if peers:
-            after_commit(session).ask_rescore(accounts=sorted(peers))
-            after_commit(session).hand_over(runtime)
-    return decisions
+    return dict(session.execute(_DECISIONS, {"ids": account_ids}).all())

@@ -180,36 +180,6 @@ def test_a_small_farm_waking_together_at_a_machine_pace_from_an_address_each_is_
         assert client.get(f"/v1/accounts/{account}/entitlement?tier=free", headers=auth).json["allowed"] is True
 
 
-def test_a_group_reported_one_account_at_a_time_is_held_whole_once_its_last_reports_show_it(client, auth, runtime):
-    """The group rules count the others: the first reports of a farm reported one account at a time
-    find too few woken with them, and were served until their next report. The report that holds
-    an account asks for the rescoring of the group it woke with, and only that group."""
-    from kyc.rescore.background import drain
-
-    farm = _signups(client, auth, "farm", 10)
-    (person,) = _signups(client, auth, "person", 1, network=2)     # woken the same day, on other templates
-    templates = [f"pf_farm_{k}" for k in range(6)]
-    answers = []
-    for i, account in enumerate(farm + [person]):
-        prints = {t: 5 for t in templates if t != templates[i % 6]} if account != person else {"pf_own": 5}
-        report = {k: v for k, v in _report(account, prints).items() if k != "account_id"}
-        answers.append(client.post(f"/v1/accounts/{account}/activity", json={**report, "ip": f"73.{40 + i}.9.9"},
-                                   headers=auth).json)
-    assert all(a["woke_up"] for a in answers)
-    assert [a["decision"] for a in answers[:7]] == ["allow"] * 7 and answers[9]["decision"] == "review"
-    before = len(_evaluations_of(runtime, person))
-    drain(runtime)              # the group's rescore runs after the commit, in the background
-    assert [client.get(f"/v1/accounts/{a}/entitlement?tier=free", headers=auth).json["allowed"] for a in farm] == [False] * 10
-    assert {r["rule"] for r in client.get(f"/v1/accounts/{farm[0]}", headers=auth).json["reasons"]} == {
-        "small_group_waking_together"}
-    assert len(_evaluations_of(runtime, person)) == before and answers[10]["decision"] == "allow"
-
-
-def _evaluations_of(runtime, account: str) -> list:
-    with runtime.session() as s:
-        return list(s.scalars(select(Evaluation.id).where(Evaluation.account_id == account)))
-
-
 def test_a_farm_waking_together_is_held_before_any_two_accounts_share_three_templates(client, auth, runtime):
     farm = _signups(client, auth, "farm", 24)
     # A careful farm's first hour: one template per account and report, so no two accounts
