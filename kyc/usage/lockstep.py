@@ -46,7 +46,8 @@ a small share of any group of them. usage.woke_together_addresses is where the w
 from (as usage.lockstep_addresses for the lockstep group): a small farm, too few for the rules that
 ask twenty, is told by a machine pace from an address per account, where a team's scripts run from
 its office. A farm that keeps one exit a day (a sticky session) does not roam, and a paced one is
-then told from people by nothing here on its first day (`kyc simulate --usage-farm-sticky-exits`; rules/signup.yaml, woke_together_on_rare_templates, says what was tried).
+then told from people by nothing here on its first day (`kyc simulate --usage-farm-sticky-exits`;
+rules/signup.yaml, woke_together_on_rare_templates, says what was tried).
 Its later waves are told by whom they follow: usage.earlier_adopters counts the accounts that began
 on a woken account's templates before the day, and usage.earlier_adopters_held those of them kyc
 holds now. A farm's next wave wakes on the templates of its earlier waves, held; people back from a
