@@ -284,8 +284,8 @@ def _earlier_adopters(session: Session, day: date, woken_templates: dict[str, se
         return n, held
 
     for account_id, templates in woken_templates.items():
-        widest = max(sorted(templates), key=lambda h: others(account_id, h)[0])
-        n, held = others(account_id, widest)
+        # max keeps the first of as many: the template first by name.
+        n, held = max((others(account_id, h) for h in sorted(templates)), key=lambda counted: counted[0])
         out[(account_id, day)].update(earlier_adopters=n, earlier_adopters_held=held)
 
 

@@ -150,7 +150,7 @@ def test_a_group_waking_together_at_a_person_s_pace_is_held_behind_many_addresse
 def test_a_small_farm_waking_together_at_a_machine_pace_from_an_address_each_is_held(client, auth, runtime):
     """Ten dormant accounts waking together on six rare templates at a machine pace, each behind a
     residential proxy exit of its own: fewer than the twenty the other group rules ask, and none of
-    them linked (an outside probe: 5, 10, 15 and 20 such accounts were served for twelve hours, 30 were
+    them linked (a probe: 5, 10, 15 and 20 such accounts were served for twelve hours, 30 were
     held in their first). The same ten from one office address, or at a person's pace, are served."""
     templates = [f"pf_farm_{k}" for k in range(6)]
 
@@ -165,9 +165,7 @@ def test_a_small_farm_waking_together_at_a_machine_pace_from_an_address_each_is_
     assert wake("farm", 0.05, lambda i: f"73.{40 + i}.9.9", 1) == ["review"] * 10
     farm = client.get("/v1/accounts/farm_0", headers=auth).json
     assert {r["rule"] for r in farm["reasons"]} == {"small_group_waking_together"} and farm["cluster"]["size"] == 1
-    with runtime.session() as s:
-        usage = s.execute(select(Evaluation.signals).where(Evaluation.account_id == "farm_0")
-                          .order_by(Evaluation.created_at.desc()).limit(1)).scalar_one()["usage"]
+    usage = _usage_of(runtime, "farm_0")
     assert (usage["woke_together"], usage["woke_together_share"], usage["woke_together_addresses"]) == (9, 1.0, 10)
     assert client.get("/v1/accounts/farm_0/entitlement?tier=free", headers=auth).json["allowed"] is False
     # Served: the team's shared address links it (growing_cluster asks for a document, which the free
@@ -644,9 +642,7 @@ def test_a_tool_s_users_some_back_from_a_break_are_not_a_farm_waking(client, aut
     reports = [_report(a, tool | {f"pf_own_{a}": 2}, cv=0.1) for a in users]
     results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
     assert sum(r["woke_up"] for r in results) == 21
-    with runtime.session() as s:
-        waker = s.execute(select(Evaluation.signals).where(Evaluation.account_id == users[0])
-                          .order_by(Evaluation.created_at.desc()).limit(1)).scalar_one()["usage"]
+    waker = _usage_of(runtime, users[0])
     assert (waker["lockstep_accounts"], waker["lockstep_woke"], waker["woke_together"]) == (49, 20, 20)
     assert waker["woke_together_share"] == round(20 / 49, 4)
     for a in users:
@@ -663,6 +659,16 @@ def _facts_today(runtime, account: str) -> dict:
     with runtime.session() as s:
         return lockstep_facts(s, [(account, date.fromisoformat(WOKE), False)],
                               popular=runtime.config.usage_popular_prompt)[(account, date.fromisoformat(WOKE))]
+
+
+def _usage_of(runtime, account: str, trigger: str | None = None, first: bool = False) -> dict:
+    """The usage facts of the account's latest evaluation (`first`: its earliest), of `trigger` only if given."""
+    order = (Evaluation.created_at, Evaluation.id) if first else (Evaluation.created_at.desc(), Evaluation.id.desc())
+    query = select(Evaluation.signals).where(Evaluation.account_id == account)
+    if trigger is not None:
+        query = query.where(Evaluation.trigger == trigger)
+    with runtime.session() as s:
+        return s.execute(query.order_by(*order).limit(1)).scalar_one()["usage"]
 
 
 def _days_before(day: str, n: int) -> str:
@@ -855,11 +861,8 @@ def test_a_tool_s_launch_adopters_held_as_a_group_are_released_once_it_grows_and
     for a in launch:
         assert client.get(f"/v1/accounts/{a}", headers=auth).json["decision"] == "allow", a
         assert client.get(f"/v1/accounts/{a}/entitlement?tier=free", headers=auth).json["allowed"] is True
-    with runtime.session() as s:
-        # The first rescore's (the run of refused accounts; those after it count the launch peers, released).
-        usage = s.execute(select(Evaluation.signals).where(Evaluation.account_id == launch[0],
-                                                           Evaluation.trigger == "rescore")
-                          .order_by(Evaluation.created_at).limit(1)).scalar_one()["usage"]
+    # The first rescore's (the run of refused accounts; those after it count the launch peers, released).
+    usage = _usage_of(runtime, launch[0], trigger="rescore", first=True)
     # Began (and woke) together with its 23 launch peers; 50 adopters by now that kyc does not hold (the
     # newcomers: the launch peers, held now, are no growth, kyc.usage.lockstep._HELD_SINCE), more than twice as
     # many. With 46 newcomers or fewer, the launch adopters stay held (before, 24 newcomers released them).
@@ -908,10 +911,7 @@ def test_a_farm_waking_in_waves_on_the_same_templates_does_not_release_its_first
     for a in first:
         answer = client.get(f"/v1/accounts/{a}", headers=auth).json
         assert answer["decision"] == "review" and "lockstep_farm_waking" in {r["rule"] for r in answer["reasons"]}, a
-    with runtime.session() as s:
-        usage = s.execute(select(Evaluation.signals).where(Evaluation.account_id == first[0],
-                                                           Evaluation.trigger == "rescore")
-                          .order_by(Evaluation.created_at.desc()).limit(1)).scalar_one()["usage"]
+    usage = _usage_of(runtime, first[0], trigger="rescore")
     # Of the 44 begun by now, none that kyc does not hold (the first wave's own 20 others are held too).
     assert (usage["lockstep_woke"], usage["lockstep_adopters"]) == (20, 0)
 
@@ -939,9 +939,7 @@ def test_a_farm_s_next_wave_at_a_person_s_pace_on_sticky_exits_is_held_on_its_fi
         answer = client.get(f"/v1/accounts/{a}", headers=auth).json
         assert answer["decision"] == "review", a
         assert "woke_together_on_rare_templates" in {r["rule"] for r in answer["reasons"]}, a
-    with runtime.session() as s:
-        usage = s.execute(select(Evaluation.signals).where(Evaluation.account_id == second[0])
-                          .order_by(Evaluation.created_at.desc()).limit(1)).scalar_one()["usage"]
+    usage = _usage_of(runtime, second[0])
     assert (usage["woke_together"], usage["woke_together_roaming"], usage["lockstep_accounts"]) == (23, 0, 0)
     assert (usage["earlier_adopters"], usage["earlier_adopters_held"]) == (21, 21)
 
@@ -957,7 +955,5 @@ def test_people_back_from_a_break_on_templates_whose_earlier_users_are_served_ar
     _post_before(client, auth, 1, [{**_report(a, {"pf_farm_0": 2, f"pf_farm_{1 + i % 3}": 1}, requests=3, cv=1.2),
                                     "ip": f"73.{60 + i}.3.3"} for i, a in enumerate(second)])
     assert {client.get(f"/v1/accounts/{a}", headers=auth).json["decision"] for a in second} == {"allow"}
-    with runtime.session() as s:
-        usage = s.execute(select(Evaluation.signals).where(Evaluation.account_id == second[0])
-                          .order_by(Evaluation.created_at.desc()).limit(1)).scalar_one()["usage"]
+    usage = _usage_of(runtime, second[0])
     assert (usage["woke_together"], usage["earlier_adopters"], usage["earlier_adopters_held"]) == (23, 21, 0)
