@@ -74,6 +74,38 @@ def test_velocity_counts_distinct_accounts_in_event_time(client, auth):
     assert late["signals"]["velocity"]["device_24h"] == 1
 
 
+def _burst(client, auth, prefix: str, emails: list[str], ip: str) -> list[dict]:
+    """Signups from one new address, three minutes apart, each on a device of its own."""
+    return [client.post("/v1/signups", json=signup(account_id=f"{prefix}_{i}", email=email, ip=ip, phone=None,
+                                                   device_id=f"dv_{prefix}_{i}",
+                                                   occurred_at=f"2026-11-24T21:{3 * i:02d}:00Z"),
+                        headers=auth).json for i, email in enumerate(emails)]
+
+
+def test_colleagues_signing_up_together_from_their_office_are_asked_for_their_mailbox_not_held(client, auth):
+    """Eight colleagues at their organisation's domain from one new office address: the address's
+    burst is the domain's, so the fifth to eighth are asked to prove a mailbox there (the free
+    tier serves them), not held for review. The same burst on free mailboxes, or one mixing a
+    domain with them, is held."""
+    names = ["alice.moreau", "ben.kowalski", "chloe.nakamura", "david.osei", "emma.lindqvist", "farid.haddad",
+             "grace.obi", "henry.walsh"]
+    office = _burst(client, auth, "acme", [f"{n}@acme-widgets.com" for n in names], "98.51.7.20")
+    assert [e["decision"] for e in office] == ["allow"] * 4 + ["verify"] * 4
+    assert all(e["required_verifications"] == ["email"] for e in office[4:])
+    assert [r["rule"] for r in office[4]["reasons"]] == ["ip_burst_one_organisation"]
+    assert client.get("/v1/accounts/acme_7/entitlement?tier=free&at=2026-11-24T22:00:00Z",
+                      headers=auth).json["allowed"] is True
+
+    free = _burst(client, auth, "free", [f"{n}{i}@gmail.com" for i, n in enumerate(names)], "98.51.9.20")
+    assert [e["decision"] for e in free] == ["allow"] * 4 + ["review"] * 4
+    assert "ip_burst" in [r["rule"] for r in free[4]["reasons"]]
+    # One account at a domain among free mailboxes: the address's burst is not the domain's.
+    mixed = _burst(client, auth, "mixed", [f"{n}{i}@gmail.com" for i, n in enumerate(names[:5])]
+                   + ["zoe.king@kingfarm-mail.com"], "98.51.11.20")
+    assert mixed[-1]["decision"] == "review"
+    assert "ip_burst" in [r["rule"] for r in mixed[-1]["reasons"]]
+
+
 def test_get_unknown_account_is_404(client, auth):
     response = client.get("/v1/accounts/nobody", headers=auth)
     assert response.status_code == 404
