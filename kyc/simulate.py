@@ -101,11 +101,12 @@ REALISM = {
     "locale_mismatch": "timezone and locale of another country than the IP",
     "old_browser": "a browser many versions behind (ESR, pinned Chrome, an old iPhone)",
     "fast_form": "a password manager or autofill: the form filled in 1-3 s",
+    "team_onboarding": "colleagues signing up together, within the hour, from their office's one address",
 }
 # Shares of honest signups (ranges in realism.md; see each draw below).
 SHARES = {"vpn": 0.08, "private_relay": 0.04, "cloud_desktop": 0.03, "shared_network": 0.10, "carrier_nat": 0.25,
           "ipv6_home": 0.12, "traveller": 0.05, "old_browser": 0.05, "fast_form": 0.12, "privacy_relay_email": 0.05,
-          "shared_device": 0.06, "card": 0.45, "hints": 0.6}
+          "shared_device": 0.06, "card": 0.45, "hints": 0.6, "team_onboarding": 0.02}
 
 
 @dataclass
@@ -538,6 +539,44 @@ def legit_population(rng: random.Random, count: int, start: datetime, days: floa
         world.accounts[account] = SimAccount("legit", at >= measured_since, traits)
 
 
+def team_population(rng: random.Random, count: int, start: datetime, days: float, networks: Networks,
+                    measured_since: datetime, world: World) -> None:
+    """About `count` honest signups that arrive as teams onboarded together (realism.md: offices
+    put their staff behind one address; a company runs several accounts): five to twelve
+    colleagues within the hour from their office's one address (a business line's), each on a
+    laptop of their own; most at the organisation's own domain, a startup's on free mail."""
+    made = team = 0
+    while made < count:
+        region = rng.choices(_REGIONS, _REGION_WEIGHTS)[0]
+        tz, locale, _ = COUNTRIES[region]
+        office, began = networks.home_v4(region), _arrival(rng, start, days)
+        domain = (f"{rng.choice(LAST).lower()}{rng.choice(['corp', 'labs', 'group', 'media', 'works'])}-t{team}.com"
+                  if rng.random() < 0.8 else None)
+        for j in range(rng.randint(5, 12)):
+            account, at = f"legit_team{team}_{j}", began + timedelta(minutes=rng.uniform(0, 60))
+            first, last = rng.choice(FIRST), rng.choice(LAST)
+            local, named = mailbox(rng, first, last)
+            traits = {"team_onboarding"} | ({"name_shape"} if named else set())
+            if domain is None:
+                traits.add("big_free_mail")
+            browser = _browser(rng, old=rng.random() < SHARES["old_browser"])
+            if browser.old:
+                traits.add("old_browser")
+            body = {"account_id": account, "email": unique_mailbox(rng, local, domain or weighted(rng, BIG_MAIL),
+                                                                   world.mailboxes),
+                    "ip": office, "phone": _mobile(rng, region), "user_agent": browser.user_agent,
+                    "device_id": _device_id(rng), "timezone": tz, "locale": locale,
+                    "form_fill_ms": int(rng.lognormvariate(9.4, 0.55)), "occurred_at": _iso(at)}
+            if rng.random() < 0.3:
+                body.pop("phone")
+            if browser.hints and rng.random() < SHARES["hints"]:
+                body["client_hints"] = browser.hints
+            world.events.append(Event("signup", at, "legit", body))
+            world.accounts[account] = SimAccount("legit", at >= measured_since, traits)
+            made += 1
+        team += 1
+
+
 def farm_population(rng: random.Random, farm: int, count: int, start: datetime, days: float, networks: Networks,
                     cards: Cards, world: World) -> None:
     tactics = {"burst" if rng.random() < 0.5 else "drip"}
@@ -605,6 +644,9 @@ def history(seed: int, legit: int, farms: int, farm_size: int, days: float, geoi
     legit_population(rng, total, start, days + warmup_days, networks, cards, measured_since, world)
     for farm in range(farms):
         farm_population(rng, farm, farm_size, measured_since, days, networks, cards, world)
+    # Drawn last, from a generator of their own: the populations above are what they were before.
+    team_population(random.Random(seed * 7919 + 11), int(total * SHARES["team_onboarding"]), start,
+                    days + warmup_days, networks, measured_since, world)
     world.events.sort(key=lambda e: e.at)
     return world
 

@@ -43,7 +43,7 @@ MAGNITUDES = {
     "big_free_mail": (0.50, 0.80), "name_shape": (0.25, 0.50), "privacy_relay_email": (0.03, 0.08),
     "shared_device": (0.02, 0.10), "vpn": (0.05, 0.12), "private_relay": (0.02, 0.07),
     "cloud_desktop": (0.01, 0.05), "traveller": (0.03, 0.08), "locale_mismatch": (0.01, 0.06),
-    "old_browser": (0.03, 0.08), "fast_form": (0.08, 0.16),
+    "old_browser": (0.03, 0.08), "fast_form": (0.08, 0.16), "team_onboarding": (0.01, 0.04),
 }
 
 
@@ -136,3 +136,35 @@ def test_the_same_seed_draws_the_same_world(geoip):
     assert [e.body for e in one.events] == [e.body for e in two.events]
     three = sim.history(seed=10, legit=200, farms=1, farm_size=20, days=1, geoip=geoip, warmup_days=0.5)
     assert [e.body for e in one.events] != [e.body for e in three.events]
+
+
+def test_teams_sign_up_together_from_their_office_and_leave_the_rest_as_it_was(world, geoip, monkeypatch):
+    """Each team: five to twelve colleagues within an hour from one address nobody else in the
+    world signs up from, each on a device of its own; most at one organisation's domain. Drawn
+    last from a generator of their own, so every other signup is what the seed drew without them."""
+    from datetime import datetime, timedelta
+
+    def team(account_id: str) -> bool:
+        return account_id.startswith("legit_team")
+
+    teams: dict[str, list[dict]] = {}
+    for account_id, body in _signups(world).items():
+        if team(account_id):
+            teams.setdefault(account_id.split("_")[1], []).append(body)
+    assert len(teams) >= 3
+    others = {body["ip"] for account_id, body in _signups(world).items() if not team(account_id)}
+    at_own_domain = 0
+    for colleagues in teams.values():
+        assert 5 <= len(colleagues) <= 12
+        assert len({b["ip"] for b in colleagues}) == 1 and colleagues[0]["ip"] not in others
+        assert len({b["device_id"] for b in colleagues}) == len(colleagues)
+        times = sorted(datetime.fromisoformat(b["occurred_at"].replace("Z", "+00:00")) for b in colleagues)
+        assert times[-1] - times[0] <= timedelta(hours=1)
+        domains = {b["email"].split("@")[1] for b in colleagues}
+        at_own_domain += len(domains) == 1 and not domains & {d for d, _ in sim.BIG_MAIL}
+    assert at_own_domain >= len(teams) // 2
+    monkeypatch.setitem(sim.SHARES, "team_onboarding", 0)
+    without = sim.history(seed=5, legit=2000, farms=2, farm_size=80, days=2, geoip=geoip,
+                          hosting_asns=geoip.netintel.datacenter_asns, warmup_days=1)
+    assert not any(team(e.body["account_id"]) for e in without.events)
+    assert [e.body for e in without.events] == [e.body for e in world.events if not team(e.body["account_id"])]
