@@ -29,6 +29,10 @@ KEEP_HOURS = 24
 MAX_KEY_LENGTH = 255
 
 
+# What key_problem accepts, as the OpenAPI document states it.
+KEY_SCHEMA = {"type": "string", "pattern": f"^[!-~]{{1,{MAX_KEY_LENGTH}}}$"}
+
+
 def key_problem(key: str) -> str | None:
     """Why `key` is not an idempotency key, or None."""
     if not 1 <= len(key) <= MAX_KEY_LENGTH:

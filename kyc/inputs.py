@@ -10,13 +10,26 @@ from typing import Annotated, Any
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints, ValidationError,
-                      ValidationInfo, field_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, StringConstraints,
+                      ValidationError, ValidationInfo, field_validator)
 
 Text = Annotated[StrictStr, Field(max_length=512)]
 ShortText = Annotated[StrictStr, Field(max_length=128)]
 MAX_ACCOUNT_ID = 128
 AccountId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ACCOUNT_ID)]
+
+
+def _integral(value: Any) -> Any:
+    # JSON has one number type: 361.0 is the integer 361 (JSON Schema's "integer" says so too),
+    # and a gateway summing counts as floats sends it. Booleans and strings stay refused.
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+# An integer field takes a JSON integer, or a number with no fractional part:
+# Annotated[StrictInt, Field(...), INTEGRAL] (after the Field, which the document's bounds come from).
+INTEGRAL = BeforeValidator(_integral)
+# What the document says an address is; the validators below read it with ipaddress.
+IP_FORMATS = {"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}
 
 
 # RFC 3339 section 5.6 date-time, ASCII digits only: 2026-11-24T21:00:00Z, ...T21:00:00.5+01:00.
@@ -103,8 +116,8 @@ def check_email(value: str) -> str:
 
 class SignupInput(_Input):
     account_id: AccountId
-    email: Annotated[StrictStr, Field(max_length=320)]
-    ip: Annotated[StrictStr, Field(max_length=64)]
+    email: Annotated[StrictStr, Field(max_length=320, json_schema_extra={"format": "email"})]
+    ip: Annotated[StrictStr, Field(max_length=64, json_schema_extra=IP_FORMATS)]
     # phone_region precedes phone so the phone check can read it.
     phone_region: Annotated[StrictStr, Field(min_length=2, max_length=2)] | None = None
     phone: Annotated[StrictStr, Field(max_length=32)] | None = None
@@ -113,7 +126,7 @@ class SignupInput(_Input):
     device_id: ShortText | None = None
     timezone: Annotated[StrictStr, Field(max_length=64)] | None = None
     locale: Annotated[StrictStr, Field(max_length=35)] | None = None
-    form_fill_ms: Annotated[StrictInt, Field(ge=0, le=86_400_000)] | None = None
+    form_fill_ms: Annotated[StrictInt, Field(ge=0, le=86_400_000), INTEGRAL] | None = None
     metadata: dict[str, Any] | None = None
 
     @field_validator("email")
@@ -163,7 +176,7 @@ class PaymentMethodInput(_Input):
     issuer_country: Annotated[StrictStr, Field(pattern=r"^[A-Za-z]{2}$")] | None = None
     billing_country: Annotated[StrictStr, Field(pattern=r"^[A-Za-z]{2}$")] | None = None
     billing_postal_code: Annotated[StrictStr, Field(max_length=16)] | None = None
-    ip: Annotated[StrictStr, Field(max_length=64)] | None = None
+    ip: Annotated[StrictStr, Field(max_length=64, json_schema_extra=IP_FORMATS)] | None = None
     device_id: ShortText | None = None
     metadata: dict[str, Any] | None = None
 
@@ -181,15 +194,15 @@ class PaymentMethodInput(_Input):
 
 MAX_FINGERPRINTS = 100
 MAX_BULK_REPORTS = 1000
-Count = Annotated[StrictInt, Field(ge=0, le=10**12)]
+Count = Annotated[StrictInt, Field(ge=0, le=10**12), INTEGRAL]
 
 
 class ActivityInput(_Input):
     """POST /v1/accounts/{id}/activity: what the gateway served the account since its last report."""
 
-    window_seconds: Annotated[StrictInt, Field(ge=0, le=7 * 86400)] = 0
-    requests: Annotated[StrictInt, Field(ge=0, le=1_000_000_000)]
-    ip: Annotated[StrictStr, Field(max_length=64)] | None = None
+    window_seconds: Annotated[StrictInt, Field(ge=0, le=7 * 86400), INTEGRAL] = 0
+    requests: Annotated[StrictInt, Field(ge=0, le=1_000_000_000), INTEGRAL]
+    ip: Annotated[StrictStr, Field(max_length=64, json_schema_extra=IP_FORMATS)] | None = None
     api_key_id: Annotated[StrictStr, Field(min_length=1, max_length=128)] | None = None
     tier: Annotated[StrictStr, Field(min_length=1, max_length=64)] | None = None
     user_agent: Annotated[StrictStr, Field(max_length=1024)] | None = None
@@ -258,7 +271,7 @@ class ReviewInput(BaseModel):
     note: Annotated[StrictStr, Field(max_length=2000)] | None = None
     state_version: Annotated[StrictInt, Field(ge=0, description=(
         "The account's state_version the reviewer saw (GET /v1/reviews, GET /v1/accounts/{id}): if the "
-        "account changed since (rescored, decided by someone else), 409 account_changed and nothing changes"))] \
+        "account changed since (rescored, decided by someone else), 409 account_changed and nothing changes")), INTEGRAL] \
         | None = None
 
 

@@ -24,6 +24,11 @@ M = TypeVar("M", bound=BaseModel)
 
 v1 = Blueprint("v1", __name__, url_prefix="/v1")
 
+# Values a field takes from what this kyc runs with, not from code: its schema names them
+# (json_schema_extra={VALUES: "tiers"}) and the OpenAPI document lists them as its enum
+# (kyc.api.openapi.runtime_values), so that what the document allows is what the route accepts.
+VALUES = "x-kyc-values"
+
 
 def runtime() -> Runtime:
     return current_app.extensions["kyc"]
@@ -120,6 +125,7 @@ class Operation:
     media_type: str = "application/json"       # of the success responses
     tag: str | None = None
     headers: dict[str, str] = field(default_factory=dict)     # request headers: name -> description
+    header_schemas: dict[str, dict] = field(default_factory=dict)   # name -> its value's schema (default: a string)
 
 
 def documented(summary: str, **operation: Any) -> Callable:

@@ -15,7 +15,7 @@ from kyc.api import documented, parse, read_json, respond, runtime, v1
 from kyc.api.responses import Activity, BulkActivity
 from kyc.api.errors import ApiError, invalid
 from kyc.errors import NotFound, UnknownAccounts
-from kyc.idempotency import Call, key_problem
+from kyc.idempotency import KEY_SCHEMA, Call, key_problem
 from kyc.inputs import MAX_ACCOUNT_ID, MAX_BULK_REPORTS, ActivityInput, BulkActivityInput, rfc3339
 from kyc.persist import pipelined
 from kyc.security import KeyedHashes
@@ -29,11 +29,12 @@ BULK_MAX_BODY_BYTES = 4 * 1024 * 1024
 IDEMPOTENCY = {"Idempotency-Key": "Optional, unique per call (1-255 visible ASCII characters): the same call "
                                    "sent again within 24 hours is answered as the first time and changes "
                                    "nothing; reused for another body, 409 (kyc/idempotency.py)"}
+IDEMPOTENCY_SCHEMA = {"Idempotency-Key": KEY_SCHEMA}
 
 
 @v1.post("/accounts/<account_id>/activity")
 @documented("Report activity", body=ActivityInput, responses={200: Activity}, errors=(409,), tag="gateway",
-            headers=IDEMPOTENCY)
+            headers=IDEMPOTENCY, header_schemas=IDEMPOTENCY_SCHEMA)
 def report_activity(account_id: str):
     """What the gateway served to the account since its last report. Updates last-seen and the
     usage counters; a report that makes the account riskier evaluates it again at once."""
@@ -49,7 +50,7 @@ def report_activity(account_id: str):
 
 @v1.post("/activity")
 @documented("Report activity in bulk", body=BulkActivityInput, responses={200: BulkActivity}, errors=(409,),
-            tag="gateway", headers=IDEMPOTENCY)
+            tag="gateway", headers=IDEMPOTENCY, header_schemas=IDEMPOTENCY_SCHEMA)
 def report_activity_bulk():
     """1 to 1,000 reports, all or nothing (errors keyed by index); bodies up to 4 MiB."""
     data = read_json(BULK_MAX_BODY_BYTES)

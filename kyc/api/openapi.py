@@ -21,7 +21,7 @@ from markupsafe import Markup, escape
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from kyc.api import Operation, documented
+from kyc.api import VALUES, Operation, documented
 from kyc.api.responses import Error
 
 reference = Blueprint("reference", __name__)
@@ -96,7 +96,7 @@ def _operation(op: Operation, view, endpoint: str, path_params: list, refs: dict
         params += _query_parameters(op.query, refs)
     for name, text in op.headers.items():
         params.append({"name": name, "in": "header", "required": False, "description": text,
-                       "schema": {"type": "string"}})
+                       "schema": op.header_schemas.get(name, {"type": "string"})})
     if params:
         out["parameters"] = params
     if op.body is not None:
@@ -167,16 +167,41 @@ def build(app: Flask) -> dict[str, Any]:
     }
 
 
+def runtime_values(app: Flask) -> dict[str, tuple[str, ...]]:
+    """The values of each VALUES name: the tiers of the rule files loaded, the identity providers
+    configured (KYC_WEBHOOK_SECRETS)."""
+    rt = app.extensions["kyc"]
+    return {"tiers": tuple(rt.tiers.tiers) if rt.tiers else (),
+            "providers": tuple(sorted(rt.config.webhook_secrets))}
+
+
+def _with_values(node: Any, values: dict[str, tuple[str, ...]]) -> Any:
+    if isinstance(node, dict):
+        out = {k: _with_values(v, values) for k, v in node.items() if k != VALUES}
+        if VALUES in node:
+            out["enum"] = list(values[node[VALUES]])
+        return out
+    if isinstance(node, list):
+        return [_with_values(v, values) for v in node]
+    return node
+
+
 @lru_cache(maxsize=8)
-def _cached(app: Flask) -> dict[str, Any]:
-    return build(app)
+def _cached(app: Flask, values: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, Any]:
+    return _with_values(build(app), dict(values))
+
+
+def document() -> dict[str, Any]:
+    """This app's document, its runtime values (VALUES) as they are now."""
+    app = current_app._get_current_object()
+    return _cached(app, tuple(sorted(runtime_values(app).items())))
 
 
 @reference.get("/openapi.json")
 @documented("This OpenAPI document", responses={200: None}, public=True, tag="documentation")
 def openapi_json():
     """The OpenAPI 3.1 document of this API, generated from the code that validates it."""
-    return _cached(current_app._get_current_object())
+    return document()
 
 
 @reference.get("/docs")
@@ -184,7 +209,7 @@ def openapi_json():
             media_type="text/html")
 def docs_page():
     """The API reference as an HTML page, rendered on the server from the OpenAPI document."""
-    doc = _cached(current_app._get_current_object())
+    doc = document()
     return render_template_string(_PAGE, doc=doc, schemas=doc["components"]["schemas"], resolve=_resolve,
                                   type_of=_type_of, prose=_prose)
 
@@ -198,7 +223,7 @@ def _resolve(schema: dict) -> tuple[str | None, dict]:
     ref = schema.get("$ref")
     if ref:
         name = ref.rsplit("/", 1)[-1]
-        return name, _cached(current_app._get_current_object())["components"]["schemas"][name]
+        return name, document()["components"]["schemas"][name]
     return None, schema
 
 

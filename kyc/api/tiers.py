@@ -14,7 +14,7 @@ from typing import Annotated
 from flask import Response, request
 from pydantic import BaseModel, Field, field_validator
 
-from kyc.api import documented, parse_query, respond, runtime, v1
+from kyc.api import VALUES, documented, parse_query, respond, runtime, v1
 from kyc.api.responses import Entitlement
 from kyc.api.errors import invalid
 from kyc.inputs import event_time, parse_time
@@ -28,7 +28,8 @@ _UNENCODED_PLUS = re.compile(r"(.*T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?) ([0-
 
 
 class EntitlementQuery(BaseModel):
-    tier: str = Field(min_length=1, max_length=64, description="A tier of rules/tiers.yaml, e.g. high_volume")
+    tier: str = Field(min_length=1, max_length=64, description="A tier of rules/tiers.yaml, e.g. high_volume",
+                      json_schema_extra={VALUES: "tiers"})
     at: Annotated[str, Field(max_length=40, json_schema_extra={"format": "date-time"})] | None = Field(
         None, description="Evaluate the check as of this RFC 3339 time (backfills and replays; default now): the "
                           "tier's time-dependent conditions (account age, dormancy, wake-up) as of then, the "

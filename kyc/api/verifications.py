@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from kyc.api import documented, parse, respond, runtime, v1
+from kyc.api import VALUES, documented, parse, respond, runtime, v1
 from kyc.api.responses import Verification as VerificationBody
 from kyc.api.errors import invalid, not_found
 from kyc.inputs import check_email
@@ -20,15 +20,25 @@ from kyc.models import Verification
 from kyc.verification.service import StartRequest, confirm, start, verification_body
 
 
+def _only_for(kind: str, *fields: str) -> dict:
+    """The document's way of saying what start_verification refuses: `fields` given (not null)
+    with another kind."""
+    return {"if": {"properties": {"kind": {"not": {"const": kind}}}},
+            "then": {"properties": {name: {"type": "null"} for name in fields}}}
+
+
 class StartBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={"allOf": [
+        _only_for("email", "email"), _only_for("phone", "phone", "phone_region", "tier"),
+        _only_for("document", "provider")]})
 
     kind: Literal["email", "phone", "document", "payment"]
-    email: Annotated[StrictStr, Field(min_length=3, max_length=320)] | None = None
+    email: Annotated[StrictStr, Field(min_length=3, max_length=320, json_schema_extra={"format": "email"})] | None = None
     phone_region: Annotated[StrictStr, Field(min_length=2, max_length=2)] | None = None
     phone: Annotated[StrictStr, Field(min_length=3, max_length=32)] | None = None
-    tier: Annotated[StrictStr, Field(max_length=64)] | None = None
-    provider: Annotated[StrictStr, Field(min_length=1, max_length=64, description=(
+    tier: Annotated[StrictStr, Field(max_length=64, json_schema_extra={VALUES: "tiers"})] | None = None
+    provider: Annotated[StrictStr, Field(min_length=1, max_length=64, json_schema_extra={VALUES: "providers"},
+                                         description=(
         "kind document: the identity provider the document is sent to (one of KYC_WEBHOOK_SECRETS); "
         "only its signed webhook may then decide it"))] | None = None
 

@@ -9,10 +9,13 @@ but undocumented, or documented while still listed (take it off the list).
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given, strategies as st
 
 from kyc import create_app
 from kyc.api.openapi import build
@@ -195,6 +198,38 @@ def test_the_document_agrees_with_the_contract(served, route):
         assert "401" in op["responses"]
 
 
+def test_values_the_running_kyc_holds_are_listed_as_what_a_field_accepts(tmp_path):
+    """An unknown tier is a 400, so the document lists the tiers of the rule files loaded (and of
+    a reload), and the identity providers configured: what it allows a caller to send is what the
+    route accepts."""
+    from kyc import create_app
+    from kyc.config import Config
+    from tests.conftest import RULES_DIR, TEST_SECRET
+
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES_DIR, rules)
+    app = create_app(Config.from_env({"KYC_WEBHOOK_SECRETS": "onfido:s3cret,veriff:0ther"},
+                                     database_url=f"sqlite:///{tmp_path / 'kyc.db'}", rules_dir=rules,
+                                     data_dir=tmp_path, secret_key=TEST_SECRET, dev_key="dev-key"))
+    client = app.test_client()
+
+    def tier_values(doc: dict) -> list[str]:
+        query = doc["paths"]["/v1/accounts/{account_id}/entitlement"]["get"]["parameters"]
+        return next(p["schema"]["enum"] for p in query if p["name"] == "tier")
+
+    doc = client.get("/openapi.json").json
+    assert tier_values(doc) == ["free", "standard", "high_volume"]
+    start = doc["components"]["schemas"]["StartBody"]["properties"]
+    assert [s.get("enum") for s in start["provider"]["anyOf"]] == [["onfido", "veriff"], None]
+    assert "x-kyc-values" not in json.dumps(doc)
+    tiers = rules / "tiers.yaml"
+    tiers.write_text(tiers.read_text().replace("- id: standard", "- id: team"))
+    app.extensions["kyc"].reload_rules(rules)
+    assert tier_values(client.get("/openapi.json").json) == ["free", "team", "high_volume"]
+    answer = client.get("/v1/accounts/none/entitlement?tier=standard", headers={"Authorization": "Bearer dev-key"})
+    assert answer.status_code == 400 and answer.json["error"]["fields"]["tier"]
+
+
 def test_payment_methods_answer_as_signups_do(served):
     _, doc = served
     answers = [doc["paths"][p]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
@@ -228,3 +263,14 @@ def test_probes_and_documentation_need_no_key(served):
         assert client.get(path).status_code == 404, path          # moved out of /v1
     assert all(op["security"] for (method, path), op in _documented(doc).items()
                if path.startswith("/v1/") and not path.startswith("/v1/webhooks/")), "an open /v1 route"
+
+
+@given(key=st.text(max_size=300) | st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7f), max_size=300))
+def test_the_documented_idempotency_key_is_what_the_endpoints_accept(served, key):
+    """The header's schema in the document and kyc.idempotency.key_problem agree on every key."""
+    from kyc.idempotency import key_problem
+
+    _, doc = served
+    for path in ("/v1/activity", "/v1/accounts/{account_id}/activity"):
+        header = next(p for p in doc["paths"][path]["post"]["parameters"] if p["name"] == "Idempotency-Key")
+        assert (re.fullmatch(header["schema"]["pattern"], key) is not None) == (key_problem(key) is None), key

@@ -105,7 +105,8 @@ def test_rules_can_act_on_a_wake_up(database_url, make_config, tmp_path):
 
 
 @pytest.mark.parametrize("body", [
-    {"requests": -1}, {"requests": "12"}, {"requests": 1.5}, {"requests": 1, "ip": "999.1.1.1"},
+    {"requests": -1}, {"requests": "12"}, {"requests": 1.5}, {"requests": True}, {"requests": -3.0},
+    {"requests": 1, "tokens_in": 2.5}, {"requests": 1, "ip": "999.1.1.1"},
     {"requests": 1, "occurred_at": "yesterday"}, {"requests": 1, "user": "x"}, {"ip": "203.0.113.7"},
 ])
 def test_bad_activity_is_refused_and_changes_nothing(client, auth, runtime, account, body):
@@ -116,6 +117,15 @@ def test_bad_activity_is_refused_and_changes_nothing(client, auth, runtime, acco
     with runtime.session() as s:
         assert s.scalar(select(func.count()).select_from(ActivityDay)) == 0
         assert s.get(Account, "acct_1").last_seen_at == before
+
+
+def test_a_count_sent_as_a_number_with_no_fraction_is_that_integer(client, auth, account):
+    """JSON has one number type, and JSON Schema's "integer" (the document's) admits 361.0: a
+    gateway that sums its counts as floats sends it, and it counts as 361."""
+    answer = activity(client, auth, requests=361.0, window_seconds=3600.0, tokens_in=1.2e6,
+                      prompt_fingerprints={"pf_a": 361.0}, occurred_at="2026-11-24T21:00:00Z")
+    assert answer.status_code == 200, answer.json
+    assert answer.json["requests_today"] == 361 and isinstance(answer.json["requests_today"], int)
 
 
 def test_unknown_account_is_404(client, auth, runtime):
