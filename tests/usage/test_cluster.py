@@ -111,3 +111,42 @@ def test_linked_accounts_waking_together_in_one_hour_are_recorded_not_refused(cl
     assert latest.signals["usage"]["cluster_active_hour"] == 6
     shadow = {r["rule"] for r in latest.reasons if r.get("shadow")}
     assert ("cluster_waking_together" in shadow) is hit
+
+
+def _onboarded_together(client, auth, device: str | None = None) -> list[str]:
+    """Six colleagues signed up within the hour, each from home, at the company's domain; then
+    their first three working hours from the office's address on the company's own templates, at a
+    script's pace (what a new customer's team does on its first day)."""
+    names = ["alice.moreau", "ben.kowalski", "chloe.nakamura", "david.osei", "emma.lindqvist", "farid.haddad"]
+    ids = []
+    for i, name in enumerate(names):
+        body = signup(account_id=f"acme_{i}", email=f"{name}@acme-widgets.com", ip=f"73.{20 + i}.5.9", phone=None,
+                      device_id=device or f"dv_acme_{i}", occurred_at=f"2026-09-01T09:{5 * i:02d}:00Z")
+        assert client.post("/v1/signups", json=body, headers=auth).status_code == 200
+        ids.append(body["account_id"])
+    for hour in (10, 11, 12):
+        reports = [{"account_id": account, "occurred_at": f"2026-09-01T{hour}:00:00Z", "window_seconds": 3600,
+                    "requests": 60, "ip": "98.51.7.20", "api_key_id": f"key_{account}", "interval_cv": 0.1,
+                    "prompt_fingerprints": {f"pf_acme_{k}": 20 for k in range(3)}} for account in ids]
+        assert client.post("/v1/activity", json={"reports": reports}, headers=auth).status_code == 200
+    return ids
+
+
+def test_a_new_customer_s_team_linked_by_working_together_is_not_held_for_growing(client, auth, runtime):
+    """Its accounts link by what people who work together share (the office's network, the
+    company's templates), and all joined within the day: growing_cluster asked each for a
+    document, so the standard tier (which tolerates no step-up) refused the whole company. What
+    such a group does is for the usage rules to judge, as large_cluster leaves it."""
+    ids = _onboarded_together(client, auth)
+    drain(runtime)
+    for account in ids:
+        shown = client.get(f"/v1/accounts/{account}", headers=auth).json
+        assert shown["cluster"]["size"] == 6 and shown["decision"] == "allow", (account, shown["reasons"])
+
+
+def test_a_team_that_also_shares_a_device_is_still_asked_for_a_document(client, auth, runtime):
+    ids = _onboarded_together(client, auth, device="dv_one_laptop")
+    drain(runtime)
+    held = {account: {r["rule"] for r in client.get(f"/v1/accounts/{account}", headers=auth).json["reasons"]}
+            for account in ids}
+    assert all("growing_cluster" in rules for rules in list(held.values())[4:]), held

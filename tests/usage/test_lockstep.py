@@ -139,9 +139,9 @@ def test_a_group_waking_together_at_a_person_s_pace_is_held_behind_many_addresse
                for i, a in enumerate(students)]
     results = client.post("/v1/activity", json={"reports": reports}, headers=auth).json["results"]
     # (They enrolled in the same second, so the cluster their address and templates make grew by 25
-    # in a day: growing_cluster asks for a document, which the free tier serves.)
+    # in a day; linked only by working together, growing_cluster leaves them to the usage rules.)
     reasons = {r["rule"] for r in client.get(f"/v1/accounts/{students[0]}", headers=auth).json["reasons"]}
-    assert reasons == {"growing_cluster"}
+    assert reasons == set()
     assert all(client.get(f"/v1/accounts/{a}/entitlement?tier=free", headers=auth).json["allowed"] for a in students)
     facts = _facts_today(runtime, students[0])
     assert (facts["lockstep_accounts"], facts["lockstep_woke"], facts["lockstep_addresses"]) == (24, 24, 1)
@@ -168,8 +168,8 @@ def test_a_small_farm_waking_together_at_a_machine_pace_from_an_address_each_is_
     usage = _usage_of(runtime, "farm_0")
     assert (usage["woke_together"], usage["woke_together_share"], usage["woke_together_addresses"]) == (9, 1.0, 10)
     assert client.get("/v1/accounts/farm_0/entitlement?tier=free", headers=auth).json["allowed"] is False
-    # Served: the team's shared address links it (growing_cluster asks for a document, which the free
-    # tier serves).
+    # Served: the team's shared address links it, by working together only (which growing_cluster
+    # leaves to the usage rules).
     for people in (wake("team", 0.05, lambda i: "198.51.100.20", 2), wake("class", 1.1, lambda i: f"73.{60 + i}.9.9", 3)):
         assert set(people) <= {"allow", "verify"}
     for account in ("team_0", "class_0"):
