@@ -425,10 +425,26 @@ def _arrival(rng: random.Random, start: datetime, days: float) -> datetime:
             return at
 
 
+def _company_domain(rng: random.Random, tag: str) -> str:
+    return f"{rng.choice(LAST)}{rng.choice(['corp', 'labs', 'group', 'media', 'works'])}{tag}.com"
+
+
+def _signup_body(rng: random.Random, account: str, email: str, ip: str, phone: str, browser: Browser, device: str,
+                 tz: str, locale: str, form_fill: int, at: datetime) -> dict:
+    """An honest signup's body: some leave the phone out, and browsers that send client hints
+    mostly do."""
+    body = {"account_id": account, "email": email, "ip": ip, "phone": phone, "user_agent": browser.user_agent,
+            "device_id": device, "timezone": tz, "locale": locale, "form_fill_ms": form_fill, "occurred_at": _iso(at)}
+    if rng.random() < 0.3:
+        body.pop("phone")
+    if browser.hints and rng.random() < SHARES["hints"]:
+        body["client_hints"] = browser.hints
+    return body
+
+
 def legit_population(rng: random.Random, count: int, start: datetime, days: float, networks: Networks, cards: Cards,
                      measured_since: datetime, world: World) -> None:
-    companies = [f"{rng.choice(LAST)}{rng.choice(['corp', 'labs', 'group', 'media', 'works'])}{i}.com"
-                 for i in range(200)]
+    companies = [_company_domain(rng, str(i)) for i in range(200)]
     households: list[dict] = []
     for i in range(count):
         account = f"legit_{i}"
@@ -515,13 +531,7 @@ def legit_population(rng: random.Random, count: int, start: datetime, days: floa
         if rng.random() < SHARES["fast_form"]:
             form_fill = rng.randrange(1000, 3000)
             traits.add("fast_form")
-        body = {"account_id": account, "email": email, "ip": ip, "phone": _mobile(rng, home),
-                "user_agent": browser.user_agent, "device_id": device, "timezone": tz, "locale": locale,
-                "form_fill_ms": form_fill, "occurred_at": _iso(at)}
-        if rng.random() < 0.3:
-            body.pop("phone")
-        if browser.hints and rng.random() < SHARES["hints"]:
-            body["client_hints"] = browser.hints
+        body = _signup_body(rng, account, email, ip, _mobile(rng, home), browser, device, tz, locale, form_fill, at)
         world.events.append(Event("signup", at, "legit", body))
         if rng.random() < SHARES["card"]:
             bin_, big = cards.draw(home)
@@ -550,8 +560,7 @@ def team_population(rng: random.Random, count: int, start: datetime, days: float
         region = rng.choices(_REGIONS, _REGION_WEIGHTS)[0]
         tz, locale, _ = COUNTRIES[region]
         office, began = networks.home_v4(region), _arrival(rng, start, days)
-        domain = (f"{rng.choice(LAST).lower()}{rng.choice(['corp', 'labs', 'group', 'media', 'works'])}-t{team}.com"
-                  if rng.random() < 0.8 else None)
+        domain = _company_domain(rng, f"-t{team}") if rng.random() < 0.8 else None
         for j in range(rng.randint(5, 12)):
             account, at = f"legit_team{team}_{j}", began + timedelta(minutes=rng.uniform(0, 60))
             first, last = rng.choice(FIRST), rng.choice(LAST)
@@ -562,15 +571,9 @@ def team_population(rng: random.Random, count: int, start: datetime, days: float
             browser = _browser(rng, old=rng.random() < SHARES["old_browser"])
             if browser.old:
                 traits.add("old_browser")
-            body = {"account_id": account, "email": unique_mailbox(rng, local, domain or weighted(rng, BIG_MAIL),
-                                                                   world.mailboxes),
-                    "ip": office, "phone": _mobile(rng, region), "user_agent": browser.user_agent,
-                    "device_id": _device_id(rng), "timezone": tz, "locale": locale,
-                    "form_fill_ms": int(rng.lognormvariate(9.4, 0.55)), "occurred_at": _iso(at)}
-            if rng.random() < 0.3:
-                body.pop("phone")
-            if browser.hints and rng.random() < SHARES["hints"]:
-                body["client_hints"] = browser.hints
+            email = unique_mailbox(rng, local, domain or weighted(rng, BIG_MAIL), world.mailboxes)
+            body = _signup_body(rng, account, email, office, _mobile(rng, region), browser, _device_id(rng), tz, locale,
+                                int(rng.lognormvariate(9.4, 0.55)), at)
             world.events.append(Event("signup", at, "legit", body))
             world.accounts[account] = SimAccount("legit", at >= measured_since, traits)
             made += 1

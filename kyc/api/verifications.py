@@ -20,17 +20,19 @@ from kyc.models import Verification
 from kyc.verification.service import StartRequest, confirm, start, verification_body
 
 
-def _only_for(kind: str, *fields: str) -> dict:
-    """The document's way of saying what start_verification refuses: `fields` given (not null)
-    with another kind."""
+# The fields only one kind takes: start_verification refuses them with another kind, and the
+# document says so (each an if/then of StartBody's schema), from this one table.
+ONLY_FOR = {"email": ("email",), "phone": ("phone", "phone_region", "tier"), "document": ("provider",)}
+
+
+def _only_for(kind: str, fields: tuple[str, ...]) -> dict:
     return {"if": {"properties": {"kind": {"not": {"const": kind}}}},
             "then": {"properties": {name: {"type": "null"} for name in fields}}}
 
 
 class StartBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={"allOf": [
-        _only_for("email", "email"), _only_for("phone", "phone", "phone_region", "tier"),
-        _only_for("document", "provider")]})
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={
+        "allOf": [_only_for(kind, fields) for kind, fields in ONLY_FOR.items()]})
 
     kind: Literal["email", "phone", "document", "payment"]
     email: Annotated[StrictStr, Field(min_length=3, max_length=320, json_schema_extra={"format": "email"})] | None = None
@@ -68,15 +70,13 @@ def start_verification(account_id: str):
     rt = runtime()
     if body.tier is not None and rt.tiers.get(body.tier) is None:
         raise invalid("unknown tier", {"tier": f"one of {', '.join(rt.tiers.tiers)}"})
-    if body.kind != "email" and body.email is not None:
-        raise invalid("email is only for kind email", {"email": "only for kind email"})
-    if body.provider is not None and (body.kind != "document" or body.provider not in rt.config.webhook_secrets):
-        raise invalid("provider is a configured identity provider, for kind document", {"provider": (
-            "only for kind document" if body.kind != "document"
-            else f"unknown provider; one of {', '.join(sorted(rt.config.webhook_secrets)) or '(none configured)'}")})
-    if body.kind != "phone" and (body.phone or body.phone_region or body.tier):
-        raise invalid("phone, phone_region and tier are only for kind phone",
-                      {k: "only for kind phone" for k in ("phone", "phone_region", "tier") if getattr(body, k)})
+    for kind, fields in ONLY_FOR.items():
+        given = [name for name in fields if getattr(body, name) is not None]
+        if given and body.kind != kind:
+            raise invalid(f"{', '.join(given)}: only for kind {kind}", {name: f"only for kind {kind}" for name in given})
+    if body.provider is not None and body.provider not in rt.config.webhook_secrets:
+        raise invalid("provider is a configured identity provider", {"provider": (
+            f"unknown provider; one of {', '.join(sorted(rt.config.webhook_secrets)) or '(none configured)'}")})
     now = _now()
     with rt.session() as session, session.begin():         # SendFailed: 502, nothing was started
         v, created = start(rt, session, account_id, StartRequest(**body.model_dump()), now)

@@ -123,6 +123,24 @@ def test_start_refuses_bad_input_and_unknown_accounts(client, auth, runtime, acc
         assert s.scalar(select(func.count()).select_from(Verification)) == 0
 
 
+def test_a_field_of_one_kind_sent_with_another_is_refused_as_the_document_says(client, auth, runtime, account):
+    """Every field the document's StartBody allows only with one kind (its if/then) is refused,
+    named, with each other kind, and nothing is started."""
+    schema = client.get("/openapi.json").json["components"]["schemas"]["StartBody"]
+    values = {"email": "jane.smith84@gmail.com", "phone": GB_MOBILE, "phone_region": "GB", "tier": "free",
+              "provider": "idv"}
+    only = {rule["if"]["properties"]["kind"]["not"]["const"]: set(rule["then"]["properties"])
+            for rule in schema["allOf"]}
+    assert only == {"email": {"email"}, "phone": {"phone", "phone_region", "tier"}, "document": {"provider"}}
+    for kind, fields in only.items():
+        for other in {"email", "phone", "document", "payment"} - {kind}:
+            for name in fields:
+                refused = start(client, auth, kind=other, **{name: values[name]})
+                assert refused.status_code == 400 and set(refused.json["error"]["fields"]) == {name}, refused.json
+    with runtime.session() as s:
+        assert s.scalar(select(func.count()).select_from(Verification)) == 0
+
+
 def test_resend_is_throttled_with_retry_after(client, auth, runtime, account):
     first = start(client, auth, kind="email")
     second = start(client, auth, kind="email")
